@@ -1,0 +1,112 @@
+"""Every Redis key and stream name edgeloop uses, and nothing else.
+
+All names of one fleet carry the hash tag ``{<fleet>}`` so that they land on one
+Redis Cluster slot, which keeps MULTI/EXEC and Lua scripts over them legal.
+
+>>> k = FleetKeys("lab")
+>>> k.feedback
+'el:{lab}:feedback'
+>>> k.artifact("ab" * 32)[:22]
+'el:{lab}:artifact:abab'
+"""
+
+from __future__ import annotations
+
+import re
+
+PREFIX = "el"
+
+#: Consumer group the trainers read the feedback stream with.
+FEEDBACK_GROUP = "trainers"
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+
+
+def check_name(kind: str, value: str) -> str:
+    """Return ``value`` if it is a safe name for a key part, else raise ValueError."""
+    if not _NAME.match(value):
+        raise ValueError(
+            f"invalid {kind} {value!r}: use 1-64 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+class FleetKeys:
+    """The names of one fleet's streams and keys."""
+
+    def __init__(self, fleet: str) -> None:
+        self.fleet = check_name("fleet", fleet)
+        self._p = f"{PREFIX}:{{{fleet}}}"
+
+    # Streams
+    @property
+    def feedback(self) -> str:
+        """Labeled feedback from the edges (XADD by edges, XREADGROUP by trainers)."""
+        return f"{self._p}:feedback"
+
+    @property
+    def deltas(self) -> str:
+        """Announcements of new model versions (XADD by the publisher, XREAD by edges)."""
+        return f"{self._p}:deltas"
+
+    @property
+    def status(self) -> str:
+        """Edge status reports, a capped history."""
+        return f"{self._p}:status"
+
+    @property
+    def deadletter(self) -> str:
+        """Feedback the trainer refused, with the reason."""
+        return f"{self._p}:deadletter"
+
+    # Plain keys
+    def device(self, device_id: str) -> str:
+        """Latest status of one device; expires when the device goes quiet."""
+        return f"{self._p}:device:{check_name('device id', device_id)}"
+
+    @property
+    def devices(self) -> str:
+        """Sorted set of device ids by last-seen time."""
+        return f"{self._p}:devices"
+
+    def artifact(self, sha256: str) -> str:
+        """A full model artifact, zstd-compressed."""
+        return f"{self._p}:artifact:{sha256}"
+
+    def patch(self, base_sha256: str, target_sha256: str) -> str:
+        """A patch that turns ``base`` into ``target``."""
+        return f"{self._p}:patch:{base_sha256}:{target_sha256}"
+
+    def manifest(self, sha256: str) -> str:
+        """The signed manifest of a model version."""
+        return f"{self._p}:manifest:{sha256}"
+
+    @property
+    def seen(self) -> str:
+        """Hash of feedback idempotency watermarks, one field per device stream."""
+        return f"{self._p}:seen"
+
+    def replay(self, model: str) -> str:
+        """Hash holding the replay buffer's slots and counters for ``model``."""
+        return f"{self._p}:replay:{check_name('model', model)}"
+
+    def holdout(self, model: str) -> str:
+        """Hash holding the held-out evaluation reservoir for ``model``."""
+        return f"{self._p}:holdout:{check_name('model', model)}"
+
+    def recent(self, model: str) -> str:
+        """List of the most recent labeled samples for ``model`` (newest first)."""
+        return f"{self._p}:recent:{check_name('model', model)}"
+
+    def trainer(self, model: str) -> str:
+        """The trainer's published state for ``model`` (JSON)."""
+        return f"{self._p}:trainer:{check_name('model', model)}"
+
+    def trainer_lock(self, model: str) -> str:
+        """Lease that lets one trainer at a time run rounds for ``model``."""
+        return f"{self._p}:trainer-lock:{check_name('model', model)}"
+
+    def versions(self, model: str) -> str:
+        """Sorted set of published version numbers -> sha256 for ``model``."""
+        return f"{self._p}:versions:{check_name('model', model)}"

@@ -1,0 +1,253 @@
+"""Wire messages: every structure that crosses a process or a network.
+
+Each message carries ``schema_version``; readers refuse versions they do not
+know (MessageError) rather than guess. Messages are JSON on the wire, never
+pickle. ``to_wire``/``from_wire`` are the one pair of converters each message
+uses, so that a stream entry and an HTTP body look the same.
+
+>>> ev = FeedbackEvent(event_id="pi-1:e0:1", device_id="pi-1", model="digits",
+...                    x=[0.0, 1.0], label=3)
+>>> FeedbackEvent.from_wire(ev.to_wire()) == ev
+True
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared.errors import MessageError
+
+SCHEMA_VERSION = 1
+
+M = TypeVar("M", bound="WireModel")
+
+
+class WireModel(BaseModel):
+    """Base of every wire message: strict about unknown versions, tolerant of new fields."""
+
+    model_config = ConfigDict(extra="ignore", frozen=False)
+
+    schema_version: int = SCHEMA_VERSION
+
+    def to_wire(self) -> bytes:
+        return self.model_dump_json().encode("utf-8")
+
+    @classmethod
+    def from_wire(cls: type[M], data: bytes | str) -> M:
+        try:
+            obj = cls.model_validate_json(data)
+        except ValidationError as e:
+            raise MessageError(f"malformed {cls.__name__}: {_first_error(e)}") from e
+        if obj.schema_version != SCHEMA_VERSION:
+            raise MessageError(
+                f"{cls.__name__} schema_version {obj.schema_version} is not supported "
+                f"(this build speaks {SCHEMA_VERSION}); upgrade the reader"
+            )
+        return obj
+
+
+def _first_error(e: ValidationError) -> str:
+    err = e.errors()[0]
+    where = ".".join(str(p) for p in err.get("loc", ())) or "body"
+    return f"{where}: {err.get('msg', 'invalid')}"
+
+
+# --- feedback ---------------------------------------------------------------
+
+
+class FeedbackEvent(WireModel):
+    """A labeled sample from an edge. ``event_id`` is the idempotency id:
+    ``<device>:<epoch>:<seq>``, where the epoch changes when the device's state is
+    wiped so that a restarted counter never collides with old ids."""
+
+    event_id: str = Field(min_length=1, max_length=200)
+    device_id: str = Field(min_length=1, max_length=64)
+    model: str = Field(min_length=1, max_length=64)
+    x: list[float]
+    label: int
+    model_version: int | None = None
+    model_sha256: str | None = None
+    request_id: str | None = None
+    predicted: int | None = None
+    fallback: bool = False
+    ts: float = Field(default_factory=time.time)
+
+    @property
+    def stream_key(self) -> tuple[str, int]:
+        """(device stream, sequence number) from the idempotency id."""
+        head, _, seq = self.event_id.rpartition(":")
+        try:
+            return head, int(seq)
+        except ValueError as e:
+            raise MessageError(f"event_id {self.event_id!r} does not end in a sequence number") from e
+
+
+class DeadLetter(WireModel):
+    """A stream entry a consumer refused, kept with the reason."""
+
+    source_stream: str
+    source_id: str
+    reason: str
+    payload: str = Field(description="The refused entry, truncated to a few KiB")
+    consumer: str = ""
+    ts: float = Field(default_factory=time.time)
+
+
+# --- models -----------------------------------------------------------------
+
+
+class Signature(BaseModel):
+    key_id: str
+    value: str = Field(description="base64 Ed25519 signature")
+
+
+class ProbeSet(BaseModel):
+    """Inputs the edge runs a new model on before serving it, with the outputs the
+    cloud measured for the same file in the edge runtime."""
+
+    inputs: list[list[float]]
+    expected: list[list[float]] = Field(description="probabilities per input")
+    min_agreement: float = Field(0.95, ge=0, le=1, description="share of equal argmax required")
+    max_abs_error: float = Field(0.1, ge=0, description="largest allowed mean |p - expected|")
+
+
+class Explanation(BaseModel):
+    """Why a version exists. Issue-level detail grows here; every field is optional
+    for readers so that older manifests still parse."""
+
+    trigger: str = ""
+    summary: str = ""
+    data_window: dict[str, Any] = Field(default_factory=dict)
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelManifest(WireModel):
+    """An immutable model version: the TFLite file is named by ``sha256``."""
+
+    model: str
+    version: int = Field(ge=1)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=1)
+    parent_sha256: str | None = None
+    parent_version: int | None = None
+    created_at: float = Field(default_factory=time.time)
+    num_features: int = Field(ge=1)
+    labels: list[str] = Field(min_length=2)
+    quantization: Literal["int8-static"] = "int8-static"
+    runtime: str = Field(description="runtime and version the numeric check ran in")
+    metrics: dict[str, float] = Field(default_factory=dict)
+    explanation: Explanation = Field(default_factory=Explanation)
+    probe: ProbeSet
+
+
+class SignedManifest(WireModel):
+    """A manifest as the exact JSON that was signed, with its signature."""
+
+    manifest_json: str
+    signature: Signature | None = None
+
+    def manifest(self) -> ModelManifest:
+        return ModelManifest.from_wire(self.manifest_json)
+
+
+class Payload(BaseModel):
+    """One way to fetch a version: the full file, or a patch from a base."""
+
+    encoding: Literal["full", "patch"]
+    key: str
+    size: int = Field(ge=0)
+    base_sha256: str | None = None
+
+
+class DeltaAnnouncement(WireModel):
+    """Published on a fleet's delta stream when a version is ready for its edges."""
+
+    model: str
+    version: int
+    sha256: str
+    manifest_key: str
+    payloads: list[Payload] = Field(min_length=1)
+    published_at: float = Field(default_factory=time.time)
+
+    def full_payload(self) -> Payload:
+        for p in self.payloads:
+            if p.encoding == "full":
+                return p
+        raise MessageError(f"announcement of v{self.version} carries no full payload")
+
+    def patch_from(self, base_sha256: str | None) -> Payload | None:
+        for p in self.payloads:
+            if p.encoding == "patch" and base_sha256 and p.base_sha256 == base_sha256:
+                return p
+        return None
+
+
+# --- status -----------------------------------------------------------------
+
+
+class EdgeCounters(BaseModel):
+    predictions: int = 0
+    failed_requests: int = 0
+    fallback_predictions: int = 0
+    fallback_reasons: dict[str, int] = Field(default_factory=dict)
+    feedback_sent: int = 0
+    feedback_spooled: int = 0
+    feedback_dropped: int = 0
+    labeled: int = 0
+    labeled_correct: int = 0
+    swaps: int = 0
+    updates_refused: int = 0
+    bytes_downloaded: int = 0
+
+
+class EdgeStatus(WireModel):
+    """What an edge reports about itself, on a timer and after every swap."""
+
+    device_id: str
+    fleet: str
+    model: str
+    version: int | None = None
+    sha256: str | None = None
+    runtime: str = ""
+    state: Literal["starting", "serving", "degraded", "stopping"] = "starting"
+    uptime_s: float = 0.0
+    rolling_accuracy: float | None = None
+    latency_ms_p50: float | None = None
+    latency_ms_p99: float | None = None
+    counters: EdgeCounters = Field(default_factory=EdgeCounters)
+    last_error: str | None = None
+    ts: float = Field(default_factory=time.time)
+
+
+class VersionSummary(BaseModel):
+    version: int
+    sha256: str
+    trigger: str
+    metrics: dict[str, float] = Field(default_factory=dict)
+    published_at: float
+
+
+class TrainerStatus(WireModel):
+    """The trainer's own report, kept in one key per model."""
+
+    model: str
+    consumer: str
+    rounds: int = 0
+    rounds_rejected: int = 0
+    feedback_accepted: int = 0
+    feedback_duplicates: int = 0
+    feedback_deadlettered: int = 0
+    pending_samples: int = 0
+    last_round: dict[str, Any] = Field(default_factory=dict)
+    published: list[VersionSummary] = Field(default_factory=list)
+    ts: float = Field(default_factory=time.time)
+
+
+def dumps_compact(obj: Any) -> str:
+    """JSON with no spaces, for stream fields and logs."""
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True)
