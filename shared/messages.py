@@ -187,6 +187,42 @@ class DeltaAnnouncement(WireModel):
         return None
 
 
+# --- the edge's local API ---------------------------------------------------
+
+
+class PredictRequest(BaseModel):
+    """``POST /v1/predict``: one sample of float features."""
+
+    x: list[float] = Field(min_length=1, max_length=65536)
+    budget_ms: float | None = Field(
+        None, gt=0, description="latency budget; the fallback answers when the model cannot"
+    )
+
+
+class PredictResponse(BaseModel):
+    label: int
+    probabilities: list[float]
+    model_version: int | None
+    model_sha256: str | None
+    request_id: str
+    fallback: bool = Field(description="true when a fallback model answered")
+    fallback_reason: str | None = None
+    latency_ms: float
+
+
+class FeedbackRequest(BaseModel):
+    """``POST /v1/feedback``: a label for an earlier ``request_id``, or an input with its label."""
+
+    label: int = Field(ge=0)
+    request_id: str | None = Field(None, max_length=100)
+    x: list[float] | None = Field(None, min_length=1, max_length=65536)
+
+
+class FeedbackAccepted(BaseModel):
+    event_id: str
+    queued: bool = Field(description="false when the event went to the on-disk spool")
+
+
 # --- status -----------------------------------------------------------------
 
 

@@ -1,0 +1,69 @@
+# edgeloop: the commands people and CI use alike.
+#   make demo   the whole loop on this machine (installs what is missing first)
+#   make test   the test suite (same)
+#   make bench  the benchmarks, figures and ratios from one run
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+export LITERT_TORCH_SHOW_PROGRESS = n
+export TF_CPP_MIN_LOG_LEVEL = 3
+
+.PHONY: all install redis demo demo-quick test test-fast test-edge-only lint typecheck bench baseline clean
+
+all: test
+
+# torch is pinned and installed first so that nothing resolves a CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e '.[edge,cloud,dev]'
+	touch $(STAMP)
+
+install: $(STAMP) redis
+
+redis:
+	@command -v redis-server >/dev/null || { \
+	  echo "installing redis-server (apt)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
+	@redis-server --version
+
+demo: install
+	$(VENV)/bin/edgeloop demo
+
+demo-quick: install
+	$(VENV)/bin/edgeloop demo --quick
+
+test: install
+	$(PY) -m pytest -q
+	$(MAKE) --no-print-directory test-edge-only
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+# An edge-only install: no torch may arrive, and the daemon must start.
+test-edge-only: redis
+	rm -rf .venv-edge
+	$(PYTHON) -m venv .venv-edge
+	.venv-edge/bin/pip install --quiet '.[edge]' pytest pytest-timeout hypothesis
+	@! .venv-edge/bin/python -c "import torch" 2>/dev/null || { echo "torch arrived with .[edge]"; exit 1; }
+	.venv-edge/bin/edgeloop-edge --help >/dev/null
+	cd tests && ../.venv-edge/bin/python -m pytest -q -p no:cacheprovider -c ../pyproject.toml --rootdir .. edge shared
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+bench: install
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .venv-edge .pytest_cache build *.egg-info
