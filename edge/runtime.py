@@ -37,6 +37,10 @@ _RUNTIMES = (
 
 FloatArray = npt.NDArray[np.float32]
 
+_HEAVY_OPS = frozenset(
+    {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "TRANSPOSE_CONV"}
+)
+
 
 @cache
 def interpreter_class(prefer: str | None = None) -> tuple[Any, str]:
@@ -83,7 +87,7 @@ class TFLiteModel:
     """A TFLite classifier: float features in, class probabilities out.
 
     The model must take one input of shape [1, F] and give one output of shape
-    [1, C] holding logits (softmax is applied here).
+    [1, C] holding class probabilities.
     """
 
     def __init__(
@@ -129,44 +133,50 @@ class TFLiteModel:
 
     # -- inspection ---------------------------------------------------------
 
-    def tensor_dtypes(self) -> set[str]:
-        """Names of every tensor dtype in the graph (used to refuse dynamic-range models)."""
-        return {np.dtype(t["dtype"]).name for t in self._interp.get_tensor_details()}
+    def heavy_ops_int8(self) -> bool:
+        """True when every compute-heavy op takes int8 activations.
 
-    @property
-    def is_static_int8(self) -> bool:
-        """Int8 in, int8 out, and no float tensors in between."""
-        return self.input_dtype == "int8" and not ({"float32", "float16"} & self.tensor_dtypes())
+        This is what separates a static int8 model from a dynamic-range one (float
+        activations with int8 weights), which edgeloop never serves.
+        """
+        found = False
+        for op in self._interp._get_ops_details():
+            if op["op_name"] not in _HEAVY_OPS:
+                continue
+            found = True
+            first = int(op["inputs"][0])
+            dtype = np.dtype(self._interp._get_tensor_details(first, 0)["dtype"]).name
+            if dtype not in ("int8", "int16"):
+                return False
+        return found
 
     # -- inference ----------------------------------------------------------
 
-    def logits(self, x: FloatArray) -> FloatArray:
-        """Raw (dequantized) outputs for one sample of ``num_features`` floats."""
-        buf = self._in_buf
-        if self._in_inv_scale is not None:
-            # round-half-even like TFLite; clip before the cast so nothing wraps
-            q = np.rint(np.asarray(x, np.float32).reshape(1, -1) * self._in_inv_scale)
-            q += self._in_q.zero_point
-            np.clip(q, self._in_lo, self._in_hi, out=q)
+    def predict_proba(self, x: FloatArray) -> FloatArray:
+        """Class probabilities for one sample of ``num_features`` floats.
+
+        The model's output is taken as probabilities (edgeloop exports the softmax
+        in the graph); int8 outputs are dequantized.
+        """
+        if self._in_inv_scale is None:
+            x = np.asarray(x, np.float32).reshape(1, self.num_features)
             with self._lock:
-                buf[...] = q
-                self._interp.set_tensor(self._in_index, buf)
+                self._interp.set_tensor(self._in_index, x)
                 self._interp.invoke()
                 out = self._interp.get_tensor(self._out_index)
         else:
+            # round half to even like TFLite; clip before the cast so nothing wraps
+            q = np.rint(np.asarray(x, np.float32).reshape(1, self.num_features) * self._in_inv_scale)
+            q += self._in_q.zero_point
+            np.clip(q, self._in_lo, self._in_hi, out=q)
             with self._lock:
-                self._interp.set_tensor(self._in_index, np.asarray(x, np.float32).reshape(1, -1))
+                self._in_buf[...] = q
+                self._interp.set_tensor(self._in_index, self._in_buf)
                 self._interp.invoke()
                 out = self._interp.get_tensor(self._out_index)
         if self._out_q.is_quantized:
             return (out[0].astype(np.float32) - self._out_q.zero_point) * np.float32(self._out_q.scale)
-        return out[0].astype(np.float32, copy=False)
-
-    def predict_proba(self, x: FloatArray) -> FloatArray:
-        """Class probabilities for one sample."""
-        z = self.logits(x)
-        z = np.exp(z - z.max())
-        return z / z.sum()
+        return out[0]
 
     def predict_proba_batch(self, xs: Sequence[Sequence[float]] | FloatArray) -> FloatArray:
         arr = np.asarray(xs, dtype=np.float32)
