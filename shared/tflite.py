@@ -1,10 +1,10 @@
 """Numeric helpers for TFLite tensors that need only numpy.
 
->>> q = quantize(np.array([0.0, 0.5, 1.0], np.float32), scale=1 / 255, zero_point=-128, dtype=np.int8)
+>>> q = quantize(np.array([0.0, 0.25, 1.0, 7.0], np.float32), scale=1 / 256, zero_point=-128, dtype=np.int8)
 >>> q.tolist()
-[-128, 0, 127]
->>> np.allclose(dequantize(q, 1 / 255, -128), [0.0, 0.50196, 1.0], atol=1e-4)
-True
+[-128, -64, 127, 127]
+>>> dequantize(q, 1 / 256, -128).tolist()
+[0.0, 0.25, 0.99609375, 0.99609375]
 """
 
 from __future__ import annotations
