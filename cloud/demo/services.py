@@ -1,0 +1,111 @@
+"""Processes the demo starts and must stop: a private redis-server, the trainer
+and the edge daemons. Every child runs in its own session so that one signal
+stops it and whatever it started; ``ProcessGroup.stop_all`` is safe to call
+twice and runs on Ctrl-C too."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from shared.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class ProcessGroup:
+    """Children started by the demo, stopped in reverse order."""
+
+    workdir: Path
+    children: list[Child] = field(default_factory=list)
+
+    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Child:
+        log_path = self.workdir / f"{name}.log"
+        log = open(log_path, "wb")  # noqa: SIM115 - the child owns it until it exits
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True
+        )
+        log.close()
+        child = Child(name, proc, log_path)
+        self.children.append(child)
+        return child
+
+    def stop(self, child: Child, timeout: float = 15.0) -> None:
+        if child.alive():
+            os.killpg(child.proc.pid, signal.SIGTERM)
+            try:
+                child.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                logger.warning("%s did not stop in %.0fs; killing it", child.name, timeout)
+                os.killpg(child.proc.pid, signal.SIGKILL)
+                child.proc.wait()
+
+    def stop_all(self) -> None:
+        for child in reversed(self.children):
+            try:
+                self.stop(child)
+            except ProcessLookupError:
+                pass
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+def start_redis(group: ProcessGroup) -> str:
+    """A redis-server with AOF on a free loopback port in the demo's directory."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise ConfigError("redis-server is not installed: run `make demo`, which installs it")
+    port = free_port()
+    data = group.workdir / "redis"
+    data.mkdir()
+    group.spawn("redis", [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
+                          "--appendonly", "yes", "--save", "", "--daemonize", "no"])
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            return url
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise ConfigError(f"redis-server did not start; see {data.parent / 'redis.log'}") from None
+            time.sleep(0.05)
+        finally:
+            client.close()

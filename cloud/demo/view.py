@@ -1,0 +1,78 @@
+"""The demo's live view and its closing summary (rich tables)."""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from cloud.demo.apps import SensorApp
+from shared.messages import EdgeStatus, TrainerStatus
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def edges_table(statuses: dict[str, EdgeStatus | None], apps: dict[str, SensorApp]) -> Table:
+    t = Table(title="edges", expand=True)
+    for col in ("device", "version", "state", "rolling acc", "predictions", "feedback sent",
+                "fallbacks", "swaps", "refused", "p99 ms"):
+        t.add_column(col, justify="right" if col != "device" else "left")
+    for device, status in statuses.items():
+        app = apps.get(device)
+        if status is None:
+            t.add_row(device, "–", "[yellow]no report[/]", *["–"] * 7)
+            continue
+        c = status.counters
+        acc = status.rolling_accuracy if status.rolling_accuracy is not None else (
+            app.stats.rolling_accuracy if app else None)
+        t.add_row(
+            device,
+            f"v{status.version}" if status.version is not None else "baseline",
+            status.state,
+            _pct(acc),
+            str(c.predictions),
+            str(c.feedback_sent),
+            f"{c.fallback_predictions}" + (f" ({', '.join(f'{k}:{v}' for k, v in c.fallback_reasons.items())})" if c.fallback_reasons else ""),
+            str(c.swaps),
+            str(c.updates_refused),
+            "–" if status.latency_ms_p99 is None else f"{status.latency_ms_p99:.2f}",
+        )
+    return t
+
+
+def cloud_table(trainer: TrainerStatus | None) -> Table:
+    t = Table(title="cloud trainer", expand=True)
+    for col in ("version", "trigger", "published", "metrics"):
+        t.add_column(col)
+    if trainer is None:
+        t.add_row("–", "starting", "", "")
+        return t
+    for v in trainer.published[-8:]:
+        metrics = ", ".join(f"{k} {val:.3f}" for k, val in sorted(v.metrics.items())[:4])
+        t.add_row(f"v{v.version}", v.trigger, time.strftime("%H:%M:%S", time.localtime(v.published_at)), metrics)
+    t.caption = (
+        f"rounds {trainer.rounds} (rejected {trainer.rounds_rejected}) · accepted {trainer.feedback_accepted} · "
+        f"duplicates {trainer.feedback_duplicates} · dead-lettered {trainer.feedback_deadlettered}"
+    )
+    return t
+
+
+def live_view(headline: str, statuses: dict[str, EdgeStatus | None], apps: dict[str, SensorApp],
+              trainer: TrainerStatus | None) -> Group:
+    return Group(Panel(Text(headline, style="bold")), edges_table(statuses, apps), cloud_table(trainer))
+
+
+def summary_table(result: dict[str, object]) -> Table:
+    t = Table(title="edgeloop demo: summary")
+    t.add_column("measure")
+    t.add_column("value", justify="right")
+    for key, value in result.items():
+        if isinstance(value, float):
+            value = f"{value:.4f}"
+        t.add_row(key, str(value))
+    return t
