@@ -16,7 +16,7 @@ import importlib
 import importlib.metadata
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -177,6 +177,33 @@ class TFLiteModel:
         if self._out_q.is_quantized:
             return (out[0].astype(np.float32) - self._out_q.zero_point) * np.float32(self._out_q.scale)
         return out[0]
+
+    def row_predictor(self) -> Callable[[FloatArray], FloatArray]:
+        """A function from a float32 array of shape [1, F] to the output row.
+
+        This is the serving chain's hot path. For a float-IO model it is
+        set/invoke/get under the interpreter lock and nothing else, with every
+        attribute bound once, because at ~5 µs per invoke a few hundred
+        nanoseconds of Python are a measurable share. Other models go through
+        ``predict_proba`` and its (de)quantization.
+        """
+        if self._in_inv_scale is not None or self._out_q.is_quantized or self.input_dtype != "float32":
+            return self.predict_proba
+        acquire, release = self._lock.acquire, self._lock.release
+        set_tensor, invoke, get_tensor = self._interp.set_tensor, self._interp.invoke, self._interp.get_tensor
+        in_index, out_index = self._in_index, self._out_index
+
+        def run(x: FloatArray) -> FloatArray:
+            acquire()  # bound acquire/release: half the cost of a with block
+            try:
+                set_tensor(in_index, x)
+                invoke()
+                out: FloatArray = get_tensor(out_index)
+            finally:
+                release()
+            return out.ravel()  # a view of the fresh copy get_tensor made: cheaper than out[0]
+
+        return run
 
     def predict_proba_batch(self, xs: Sequence[Sequence[float]] | FloatArray) -> FloatArray:
         arr = np.asarray(xs, dtype=np.float32)

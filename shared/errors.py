@@ -27,3 +27,15 @@ class MessageError(EdgeloopError):
 
 class ModelRejected(EdgeloopError):
     """A model loaded but failed a check (shape, dtype, probe agreement)."""
+
+
+class InputError(EdgeloopError):
+    """A request's input is invalid (wrong feature count, non-finite value, label out of range)."""
+
+
+class NotFound(EdgeloopError):
+    """Something a request refers to (a request id, a version) is unknown or has expired."""
+
+
+class Unavailable(EdgeloopError):
+    """The service cannot answer right now (for example, no model can serve); retry later."""

@@ -1,0 +1,384 @@
+"""The serving chain: current model → last-known-good → bundled baseline.
+
+A request is answered by the first link that can: a link is passed over when it
+is absent (never loaded, or refused at load), when its invoke raises, when its
+output is not finite, or when its latency estimate exceeds what is left of the
+request's budget (ARCHITECTURE.md, "Latency budget"). The last link ignores the
+budget: a late answer beats none. Each passed-over request is counted by the
+reason the first link did not answer.
+
+This is the hot path, benchmarked against a bare set_tensor/invoke/get_tensor
+(about 5 µs). Hence: no pydantic, no logging, no uuid, no lock on the success
+path; one tuple read gives a consistent view of the chain even while ``swap``
+replaces it; request ids are a per-chain prefix plus a counter; the inputs kept
+for feedback joins live in a fixed ring indexed by that counter.
+
+>>> import numpy as np
+>>> from edge.runtime import TFLiteModel
+>>> from edge.settings import BUNDLED_BASELINE
+>>> chain = ServingChain()
+>>> chain.set_models(current=None, last_known_good=None,
+...                  baseline=TFLiteModel(BUNDLED_BASELINE.read_bytes()))
+>>> p = chain.predict(np.zeros(64, np.float32))
+>>> p.fallback, p.fallback_reason
+(True, 'absent')
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from math import isfinite
+from time import perf_counter
+from typing import Any
+
+import numpy as np
+
+from shared.errors import InputError, Unavailable
+
+from edge.runtime import FloatArray, TFLiteModel
+
+ABSENT = "absent"
+INVOKE_ERROR = "invoke_error"
+NOT_FINITE = "not_finite"
+LATENCY_BUDGET = "latency_budget"
+FALLBACK_REASONS = (ABSENT, INVOKE_ERROR, NOT_FINITE, LATENCY_BUDGET)
+
+#: Weight of the newest measurement in a link's moving latency estimate.
+EWMA = 0.2
+
+_F32 = np.dtype(np.float32)
+_ndarray = np.ndarray
+
+
+@dataclass(slots=True)
+class Prediction:
+    """One answer. ``fallback`` is true when a link other than the current model answered."""
+
+    label: int
+    probabilities: FloatArray
+    model_version: int | None
+    model_sha256: str | None
+    request_id: str
+    fallback: bool
+    fallback_reason: str | None
+    latency_ms: float
+
+
+@dataclass(slots=True, frozen=True)
+class RecentInput:
+    """What a feedback join needs about an earlier prediction."""
+
+    x: FloatArray
+    predicted: int
+    model_version: int | None
+    model_sha256: str | None
+    num_classes: int
+    fallback: bool
+
+
+class _Link:
+    """One model in the chain, with its moving latency estimate. The estimate
+    travels with the model when it moves from current to last-known-good."""
+
+    __slots__ = ("est_ms", "model", "num_classes", "num_features", "run", "sha256", "skipped", "version")
+
+    def __init__(self, model: TFLiteModel) -> None:
+        self.model = model
+        self.run: Callable[[FloatArray], FloatArray] = model.row_predictor()
+        self.version = model.version
+        self.sha256 = model.sha256
+        self.num_features = model.num_features
+        self.num_classes = model.num_classes
+        self.est_ms = 0.0
+        self.skipped = 0
+
+
+class _Plan:
+    """An immutable view of the chain, replaced whole by ``swap``."""
+
+    __slots__ = ("head", "head_reason", "last", "links", "shape", "shape2")
+
+    def __init__(self, links: tuple[_Link, ...], head_reason: str | None) -> None:
+        self.links = links
+        self.head = links[0] if links and head_reason is None else None
+        self.last = links[-1] if links else None
+        self.head_reason = head_reason
+        f = links[0].num_features if links else 0
+        self.shape = (f,)
+        self.shape2 = (1, f)
+
+
+class ServingChain:
+    """Answers predictions from the best model that can, and says which one did."""
+
+    def __init__(
+        self,
+        *,
+        budget_ms: float = 50.0,
+        probe_every: int = 100,
+        recent: int = 4096,
+        latency_window: int = 2048,
+    ) -> None:
+        self.budget_ms = float(budget_ms)
+        self.probe_every = int(probe_every)
+        self._current: _Link | None = None
+        self._lkg: _Link | None = None
+        self._baseline: _Link | None = None
+        self._plan = _Plan((), None)
+        self._swap_lock = threading.Lock()
+        # Request ids: unique per chain instance, so an id from before a restart
+        # never joins to an input it did not produce.
+        self._prefix = secrets.token_hex(4) + "-"
+        self._count = itertools.count(1)
+        self._peeks = 0
+        self._recent: list[tuple[Prediction, FloatArray, _Link] | None] = [None] * recent
+        self._recent_size = recent
+        self.latencies: deque[float] = deque(maxlen=latency_window)
+        self._stats_lock = threading.Lock()
+        self.fallback_reasons: dict[str, int] = {}
+        self.failed_requests = 0
+
+    # -- the chain ----------------------------------------------------------
+
+    def set_models(
+        self,
+        *,
+        current: TFLiteModel | None,
+        last_known_good: TFLiteModel | None,
+        baseline: TFLiteModel | None,
+    ) -> None:
+        """Install the links at start (models already built and warmed)."""
+        with self._swap_lock:
+            self._current = _Link(current) if current else None
+            self._lkg = _Link(last_known_good) if last_known_good else None
+            self._baseline = _Link(baseline) if baseline else None
+            self._replan()
+
+    def swap(self, model: TFLiteModel) -> None:
+        """Serve ``model`` from the next request on; the current model (if it was
+        serving) becomes last-known-good. The caller built and checked ``model``
+        off the request path; this is one reference assignment."""
+        link = _Link(model)
+        with self._swap_lock:
+            if self._current is not None and self._current.sha256 != link.sha256:
+                self._lkg = self._current
+            self._current = link
+            self._replan()
+
+    def _replan(self) -> None:
+        candidates = [x for x in (self._current, self._lkg, self._baseline) if x is not None]
+        links: list[_Link] = []
+        for link in candidates:
+            if not links:
+                links.append(link)
+            elif (
+                link.num_features == links[0].num_features
+                and link.num_classes == links[0].num_classes
+                and all(link.sha256 != other.sha256 for other in links)
+            ):
+                links.append(link)
+        self._plan = _Plan(tuple(links), None if self._current else ABSENT)
+
+    @property
+    def current(self) -> TFLiteModel | None:
+        return self._current.model if self._current else None
+
+    @property
+    def last_known_good(self) -> TFLiteModel | None:
+        return self._lkg.model if self._lkg else None
+
+    @property
+    def baseline(self) -> TFLiteModel | None:
+        return self._baseline.model if self._baseline else None
+
+    @property
+    def serving(self) -> list[TFLiteModel]:
+        """The models a request may be answered by, in order."""
+        return [link.model for link in self._plan.links]
+
+    @property
+    def num_features(self) -> int | None:
+        links = self._plan.links
+        return links[0].num_features if links else None
+
+    @property
+    def num_classes(self) -> int | None:
+        links = self._plan.links
+        return links[0].num_classes if links else None
+
+    # -- the hot path -------------------------------------------------------
+
+    def predict(self, x: FloatArray | Sequence[float], budget_ms: float | None = None) -> Prediction:
+        """Answer one sample of ``num_features`` floats within ``budget_ms``.
+
+        Raises InputError for a wrong feature count or a non-finite input, and
+        Unavailable when no link can answer. ``x`` is copied only when it is not
+        already a float32 array of the right shape: pass a fresh array, and do
+        not modify it afterwards, since it is kept for a feedback join.
+        """
+        t0 = perf_counter()
+        plan = self._plan
+        if x.__class__ is not _ndarray:
+            x = self._coerce(x, plan)
+        n = next(self._count)
+        head = plan.head
+        # The common case, written out: the current model answers within budget.
+        if head is None or head.est_ms > (budget_ms or self.budget_ms):
+            return self._walk(plan, self._checked(x, plan), n, t0, budget_ms, 0, plan.head_reason)  # type: ignore[arg-type]
+        try:
+            # set_tensor refuses a wrong dtype or shape, so a valid input costs no check.
+            out = head.run(x[None])  # type: ignore[index]
+        except Exception:  # a bad input, or any runtime fault of this model
+            checked = self._checked(x, plan)  # raises InputError for a bad input
+            if checked is not x:  # convertible (say, float64): answer the converted copy
+                return self._walk(plan, checked, n, t0, budget_ms, 0, plan.head_reason)
+            return self._walk(plan, x, n, t0, budget_ms, 1, INVOKE_ERROR)
+        t1 = perf_counter()
+        label = int(out.argmax())
+        # argmax returns the first NaN if there is one, and +inf wins it
+        # otherwise, so checking the winner sees any non-finite probability.
+        if not isfinite(out.item(label)):
+            self._check_finite_input(x)  # type: ignore[arg-type]
+            return self._walk(plan, x, n, t0, budget_ms, 1, NOT_FINITE)  # type: ignore[arg-type]
+        ms = (t1 - t0) * 1000.0
+        head.est_ms += (ms - head.est_ms) * EWMA
+        self.latencies.append(ms)
+        p = Prediction(label, out, head.version, head.sha256, f"{self._prefix}{n}", False, None, ms)
+        self._recent[n % self._recent_size] = (p, x, head)  # type: ignore[assignment]
+        return p
+
+    def _walk(
+        self,
+        plan: _Plan,
+        x: FloatArray,
+        n: int,
+        t0: float,
+        budget_ms: float | None,
+        start: int,
+        reason: str | None,
+    ) -> Prediction:
+        """The general case: try links from ``start`` on, with the budget and probes."""
+        budget = budget_ms or self.budget_ms
+        x2 = x.reshape(plan.shape2)
+        last = plan.last
+        t = perf_counter()
+        for link in plan.links[start:]:
+            probing = False
+            if link.est_ms > budget - (t - t0) * 1000.0 and link is not last:
+                link.skipped += 1
+                if link.skipped < self.probe_every:
+                    reason = reason or LATENCY_BUDGET
+                    continue
+                link.skipped, probing = 0, True
+            try:
+                out = link.run(x2)
+            except Exception:  # any runtime fault of this model: the next link answers
+                reason = reason or INVOKE_ERROR
+                t = perf_counter()
+                continue
+            t1 = perf_counter()
+            label = int(out.argmax())
+            if not isfinite(out.item(label)):
+                self._check_finite_input(x)
+                reason = reason or NOT_FINITE
+                t = t1
+                continue
+            ms = (t1 - t) * 1000.0
+            # A probe replaces the estimate: a model that was slow under load
+            # comes back as soon as one measurement says it is fast again.
+            link.est_ms = ms if probing else link.est_ms + (ms - link.est_ms) * EWMA
+            ms = (t1 - t0) * 1000.0
+            self.latencies.append(ms)
+            fallback = reason is not None
+            if fallback:
+                self._count_fallback(reason)  # type: ignore[arg-type]
+            p = Prediction(label, out, link.version, link.sha256, f"{self._prefix}{n}", fallback, reason, ms)
+            self._recent[n % self._recent_size] = (p, x, link)
+            return p
+        return self._fail(plan, reason)
+
+    # -- the slow paths -----------------------------------------------------
+
+    def _coerce(self, x: Any, plan: _Plan) -> FloatArray:
+        """A float32 copy of ``x`` with shape (F,), or InputError / Unavailable."""
+        if not plan.links:
+            raise Unavailable("no model is loaded: the edge cannot serve yet")
+        try:
+            arr = np.array(x, dtype=np.float32)  # a copy: the caller may reuse x
+        except (TypeError, ValueError) as e:
+            raise InputError(f"features must be a list of {plan.shape[0]} numbers: {e}") from e
+        if arr.ndim == 2 and arr.shape[0] == 1:
+            arr = arr[0]
+        if arr.shape != plan.shape:
+            got = arr.shape[0] if arr.ndim == 1 else f"shape {list(arr.shape)}"
+            raise InputError(f"expected {plan.shape[0]} features, got {got}")
+        return arr
+
+    def _checked(self, x: FloatArray, plan: _Plan) -> FloatArray:
+        """``x`` if it is already a float32 array of shape (F,), else a checked copy."""
+        if x.dtype is _F32 and x.shape == plan.shape:
+            return x
+        return self._coerce(x, plan)
+
+    @staticmethod
+    def _check_finite_input(x: FloatArray) -> None:
+        # Only looked at when an output is not finite, so the hot path pays nothing.
+        if not np.isfinite(x).all():
+            raise InputError("features must be finite numbers (got NaN or infinity)")
+
+    def _count_fallback(self, reason: str) -> None:
+        with self._stats_lock:
+            self.fallback_reasons[reason] = self.fallback_reasons.get(reason, 0) + 1
+
+    def _fail(self, plan: _Plan, reason: str | None) -> Prediction:
+        with self._stats_lock:
+            self.failed_requests += 1
+        if not plan.links:
+            raise Unavailable("no model is loaded: the edge cannot serve yet")
+        raise Unavailable(
+            f"no model could answer ({len(plan.links)} tried; first failure: {reason}); "
+            "see the edge's log and its last_error in /v1/health"
+        )
+
+    # -- feedback joins and stats -------------------------------------------
+
+    def recall(self, request_id: str) -> RecentInput | None:
+        """The input and answer of a recent request, or None if unknown or expired."""
+        if not request_id.startswith(self._prefix):
+            return None
+        try:
+            n = int(request_id[len(self._prefix) :])
+        except ValueError:
+            return None
+        entry = self._recent[n % self._recent_size]
+        if entry is None or entry[0].request_id != request_id:
+            return None
+        p, x, link = entry
+        return RecentInput(x, p.label, p.model_version, p.model_sha256, link.num_classes, p.fallback)
+
+    @property
+    def predictions(self) -> int:
+        """Requests that reached a model (answered or failed)."""
+        # itertools.count cannot be read without advancing it: take one number
+        # and remember how many were taken this way.
+        with self._stats_lock:
+            taken = next(self._count) - 1 - self._peeks
+            self._peeks += 1
+        return taken
+
+    def latency_percentiles(self) -> tuple[float | None, float | None]:
+        """(p50, p99) over the recent window, in ms."""
+        window = self.latencies.copy()
+        if not window:
+            return None, None
+        p50, p99 = np.percentile(np.fromiter(window, float, len(window)), [50, 99])
+        return float(p50), float(p99)
+
+    def fallback_counts(self) -> dict[str, int]:
+        with self._stats_lock:
+            return dict(self.fallback_reasons)

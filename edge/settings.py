@@ -1,0 +1,118 @@
+"""The edge daemon's settings: one class, built in ``main()`` and passed in.
+
+Values come from the environment (``EDGELOOP_EDGE_<FIELD>``), then the TOML file
+given to ``edgeloop-edge --config``, then the defaults below. Nothing is read at
+import time, so two daemons with different settings can run in one process.
+
+>>> s = EdgeSettings(public_key="/etc/edgeloop/signing.pub", device_id="pi-1", fleet="lab")
+>>> s.http_port, s.latency_budget_ms, s.runtime
+(8700, 50.0, None)
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from shared.codec import DEFAULT_MAX_SIZE
+from shared.config import EnvFirstSettings
+from shared.keys import check_name
+
+#: The digits classifier shipped with the package: the last link of the chain.
+BUNDLED_BASELINE = Path(__file__).resolve().parent / "baseline" / "digits.tflite"
+
+
+def _default_device_id() -> str:
+    # The short host name is what an operator recognises; sanitised so that it is
+    # a legal key part (FleetKeys refuses anything else).
+    host = socket.gethostname().split(".")[0] or "edge"
+    safe = "".join(c if c.isalnum() or c in "_.-" else "-" for c in host)
+    return safe[:64] if safe[:1].isalnum() else f"edge-{safe}"[:64]
+
+
+def _default_state_dir() -> Path:
+    # systemd's StateDirectory= exports STATE_DIRECTORY; elsewhere use XDG's place.
+    env = os.environ.get("STATE_DIRECTORY")
+    if env:
+        return Path(env.split(":")[0])
+    return Path.home() / ".local" / "state" / "edgeloop" / "edge"
+
+
+class EdgeSettings(EnvFirstSettings):
+    """Everything one edge daemon needs to know."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGELOOP_EDGE_", extra="forbid")
+
+    # -- identity -----------------------------------------------------------
+    device_id: str = Field(default_factory=_default_device_id)
+    fleet: str = "default"
+    model: str = Field("digits", description="name of the model this edge serves")
+    mode: Literal["development", "production"] = "development"
+
+    # -- connections and trust ----------------------------------------------
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    public_key: Path = Field(description="Ed25519 public key (PEM) that signs manifests")
+    state_dir: Path = Field(default_factory=_default_state_dir)
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8700, ge=0, le=65535)
+
+    # -- serving ------------------------------------------------------------
+    runtime: Literal["ai-edge-litert", "tflite-runtime"] | None = None
+    num_threads: int = Field(1, ge=1, le=64)
+    baseline_model: Path | None = BUNDLED_BASELINE
+    warmup_invokes: int = Field(3, ge=0)
+    latency_budget_ms: float = Field(50.0, gt=0)
+    latency_probe_every: int = Field(100, ge=1)
+    latency_window: int = Field(2048, ge=16, description="predictions kept for p50/p99")
+    recent_inputs: int = Field(4096, ge=1, description="predictions kept for feedback joins")
+    accuracy_window: int = Field(500, ge=1, description="labeled predictions for rolling accuracy")
+
+    # -- model store and updates --------------------------------------------
+    keep_versions: int = Field(5, ge=2)
+    max_artifact_bytes: int = Field(DEFAULT_MAX_SIZE, ge=1024)
+
+    # -- feedback uplink ----------------------------------------------------
+    feedback_batch: int = Field(256, ge=1)
+    feedback_flush_ms: float = Field(50.0, gt=0)
+    feedback_queue_max: int = Field(10_000, ge=1)
+    spool_max_bytes: int = Field(64 * 1024 * 1024, ge=4096)
+
+    # -- status -------------------------------------------------------------
+    status_interval_s: float = Field(2.0, gt=0)
+    status_ttl_s: int = Field(10, ge=1)
+    status_stream_maxlen: int = Field(10_000, ge=1)
+
+    @field_validator("device_id", "fleet", "model")
+    @classmethod
+    def _key_safe(cls, v: str) -> str:
+        return check_name("name", v)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EdgeSettings:
+        if self.status_ttl_s <= self.status_interval_s:
+            raise ValueError(
+                f"status_ttl_s ({self.status_ttl_s}) must exceed status_interval_s "
+                f"({self.status_interval_s}), or the health key expires between reports"
+            )
+        if self.mode == "production":
+            self._check_production()
+        return self
+
+    def _check_production(self) -> None:
+        """Refuse setups that are fine on a laptop but unsafe on a fleet."""
+        if not self.state_dir.is_absolute():
+            raise ValueError(f"state_dir {self.state_dir} must be absolute in production")
+        try:
+            mode = self.public_key.stat().st_mode
+        except OSError as e:
+            raise ValueError(f"public_key {self.public_key}: {e.strerror}") from e
+        if mode & 0o022:
+            # Whoever can rewrite the trust anchor can push any model to this device.
+            raise ValueError(
+                f"public_key {self.public_key} is group- or world-writable; chmod go-w it"
+            )
