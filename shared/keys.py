@@ -78,6 +78,10 @@ class FleetKeys:
         """A patch that turns ``base`` into ``target``."""
         return f"{self._p}:patch:{base_sha256}:{target_sha256}"
 
+    def weights(self, sha256: str) -> str:
+        """The float weights a published version was exported from (the trainer's next parent)."""
+        return f"{self._p}:weights:{sha256}"
+
     def manifest(self, sha256: str) -> str:
         """The signed manifest of a model version."""
         return f"{self._p}:manifest:{sha256}"

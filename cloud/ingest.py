@@ -1,0 +1,481 @@
+"""Feedback ingest: the fleet's feedback stream into the trainer's data, exactly once.
+
+The trainer reads ``FleetKeys.feedback`` in the consumer group
+``shared.keys.FEEDBACK_GROUP``. Each poll first takes over entries a dead
+consumer left pending (XAUTOCLAIM, idle longer than ``claim_idle_ms``), then
+reads new ones (XREADGROUP), and handles both the same way:
+
+1. every entry is parsed once; a bad one (no ``data`` field, oversize, not
+   JSON, unknown schema version, invalid fields, wrong model, wrong feature
+   count, NaN/inf, unknown label) becomes a ``DeadLetter`` with the reason;
+2. one WATCH/MULTI/EXEC transaction reads the idempotency watermarks of the
+   batch's device streams (hash ``FleetKeys.seen``) and the reservoir counters,
+   drops duplicates, then marks the rest seen, writes them into the replay
+   buffer / holdout / recent window, adds the dead letters and XACKs every
+   entry. A crash at any point either redelivers the batch (nothing happened)
+   or has fully accepted it, and the watermarks make redelivery harmless.
+
+Watermarks: per ``<device>:<epoch>`` the largest W such that every seq <= W was
+seen, plus the seen seqs above W. When an edge loses events for good (a gap
+never fills), the set above W would grow forever; past ``MAX_ABOVE`` entries the
+oldest gap is given up on (a straggler from it then counts as a duplicate).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+import redis
+from pydantic import ValidationError
+
+from cloud.replay import NewSample, TrainerData
+from shared.errors import MessageError
+from shared.keys import FEEDBACK_GROUP, FleetKeys
+from shared.messages import SCHEMA_VERSION, DeadLetter, FeedbackEvent
+
+if TYPE_CHECKING:
+    from cloud.settings import TrainerSettings
+
+logger = logging.getLogger(__name__)
+
+#: Seen sequence numbers kept above a device stream's watermark before the oldest gap is abandoned.
+MAX_ABOVE = 1024
+#: Bytes of a refused entry kept in its dead letter.
+DEADLETTER_PAYLOAD = 4096
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+def stream_id_key(entry_id: str) -> tuple[int, int]:
+    """A stream id as a tuple that sorts like Redis does."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class Watermark:
+    """Seen sequence numbers of one device stream: all <= ``low``, plus ``above``.
+
+    >>> w = Watermark.decode(None)
+    >>> [w.add(s) for s in (0, 2, 2, 1, 0)]
+    [True, True, False, True, False]
+    >>> w.encode()
+    b'2'
+    """
+
+    __slots__ = ("above", "low")
+
+    def __init__(self, low: int, above: set[int]) -> None:
+        self.low = low
+        self.above = above
+
+    @classmethod
+    def decode(cls, raw: bytes | None) -> Watermark:
+        if not raw:
+            return cls(-1, set())
+        low, _, rest = raw.partition(b"|")
+        return cls(int(low), {int(s) for s in rest.split(b",")} if rest else set())
+
+    def encode(self) -> bytes:
+        if not self.above:
+            return str(self.low).encode()
+        return f"{self.low}|{','.join(map(str, sorted(self.above)))}".encode()
+
+    def add(self, seq: int) -> bool:
+        """Mark ``seq`` seen; False when it already was."""
+        if seq <= self.low or seq in self.above:
+            return False
+        self.above.add(seq)
+        self._advance()
+        if len(self.above) > MAX_ABOVE:
+            self.low = min(self.above)
+            self.above.discard(self.low)
+            self._advance()
+        return True
+
+    def _advance(self) -> None:
+        while self.low + 1 in self.above:
+            self.low += 1
+            self.above.discard(self.low)
+
+
+@dataclass
+class Accepted:
+    """The samples one poll accepted, for the drift detector and the round trigger."""
+
+    X: npt.NDArray[np.float32]
+    y: npt.NDArray[np.int64]
+    predicted: npt.NDArray[np.int64]  # -1 where the event carried no usable prediction
+    holdout: npt.NDArray[np.bool_]
+    first_id: str | None = None
+    last_id: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class Batch:
+    """What one poll did."""
+
+    entries: int
+    accepted: Accepted
+    duplicates: int = 0
+    deadlettered: int = 0
+    reasons: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Counters:
+    """Totals since this ingest started (Redis keeps the fleet-wide ones: TrainerData.stats)."""
+
+    accepted: int = 0
+    duplicates: int = 0
+    deadlettered: int = 0
+    per_class: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Parsed:
+    entry_id: str
+    event: FeedbackEvent
+    head: str
+    seq: int
+    raw: bytes
+
+
+class FeedbackIngest:
+    """Reads, validates, deduplicates and accepts feedback for one model."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: FleetKeys,
+        data: TrainerData,
+        *,
+        model: str,
+        consumer: str,
+        holdout_every: int = 5,
+        read_count: int = 1000,
+        block_ms: int = 500,
+        claim_idle_ms: int = 30000,
+        max_event_bytes: int = 65536,
+        deadletter_maxlen: int = 10000,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.data = data
+        self.model = model
+        self.consumer = consumer
+        self.holdout_every = holdout_every
+        self.read_count = read_count
+        self.block_ms = block_ms
+        self.claim_idle_ms = claim_idle_ms
+        self.max_event_bytes = max_event_bytes
+        self.deadletter_maxlen = deadletter_maxlen
+        self.counters = Counters()
+        self._next_claim = 0.0
+
+    @classmethod
+    def from_settings(
+        cls, client: redis.Redis, settings: TrainerSettings, data: TrainerData
+    ) -> FeedbackIngest:
+        return cls(
+            client,
+            FleetKeys(settings.fleet),
+            data,
+            model=settings.model,
+            consumer=settings.consumer,
+            holdout_every=settings.holdout_every,
+            read_count=settings.read_count,
+            block_ms=settings.block_ms,
+            claim_idle_ms=settings.claim_idle_ms,
+            max_event_bytes=settings.max_event_bytes,
+            deadletter_maxlen=settings.deadletter_maxlen,
+        )
+
+    # -- reading --------------------------------------------------------------
+
+    def ensure_group(self) -> None:
+        """Create the consumer group (and the stream) unless they exist."""
+        try:
+            self.client.xgroup_create(self.keys.feedback, FEEDBACK_GROUP, id="0", mkstream=True)
+            logger.info("created consumer group %s on %s", FEEDBACK_GROUP, self.keys.feedback)
+        except redis.ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+    def poll(self, block_ms: int | None = None) -> Batch:
+        """Reclaim a dead consumer's entries when due, then read new ones; accept both."""
+        try:
+            entries = self._claim_due()
+            block = None if entries else (self.block_ms if block_ms is None else block_ms)
+            entries += self._read(block)
+        except redis.ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+            logger.warning("consumer group is gone (stream deleted?); creating it again")
+            self.ensure_group()
+            return self.process([])
+        return self.process(entries)
+
+    def _read(self, block: int | None) -> list[Entry]:
+        reply = self.client.xreadgroup(
+            FEEDBACK_GROUP,
+            self.consumer,
+            {self.keys.feedback: ">"},
+            count=self.read_count,
+            block=block,
+        )
+        return list(reply[0][1]) if reply else []
+
+    def _claim_due(self) -> list[Entry]:
+        now = time.monotonic()
+        if now < self._next_claim:
+            return []
+        self._next_claim = now + max(self.claim_idle_ms / 2000.0, 0.05)
+        return self.reclaim()
+
+    def reclaim(self) -> list[Entry]:
+        """Entries pending longer than ``claim_idle_ms`` on any consumer, now ours."""
+        entries: list[Entry] = []
+        cursor: bytes | str = "0-0"
+        while len(entries) < self.read_count:
+            reply = self.client.xautoclaim(
+                self.keys.feedback,
+                FEEDBACK_GROUP,
+                self.consumer,
+                self.claim_idle_ms,
+                start_id=cursor,
+                count=self.read_count - len(entries),
+            )
+            cursor, claimed = reply[0], reply[1]
+            entries += [e for e in claimed if e and e[1] is not None]
+            if cursor in (b"0-0", "0-0"):
+                break
+        if entries:
+            logger.info("reclaimed %d pending feedback entries from dead consumers", len(entries))
+        return entries
+
+    # -- accepting ------------------------------------------------------------
+
+    def process(self, entries: list[Entry]) -> Batch:
+        """Validate ``entries``, then accept, dead-letter and ack them in one transaction."""
+        parsed: list[_Parsed] = []
+        dead: list[tuple[str, str, bytes]] = []
+        for raw_id, fields in entries:
+            entry_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+            result = self._parse(entry_id, fields)
+            if isinstance(result, str):
+                dead.append((entry_id, result, _payload_of(fields)))
+            else:
+                parsed.append(result)
+        X, parsed, more_dead = self._features(parsed)
+        dead += more_dead
+        ids = [e[0] for e in entries]
+        batch = self._commit(parsed, X, dead, ids)
+        self._count(batch)
+        return batch
+
+    def _parse(self, entry_id: str, fields: dict[bytes, bytes]) -> _Parsed | str:
+        raw = fields.get(b"data")
+        if raw is None:
+            return "missing field 'data'"
+        if len(raw) > self.max_event_bytes:
+            return f"oversize: {len(raw)} bytes, the limit is {self.max_event_bytes}"
+        try:
+            ev = FeedbackEvent.model_validate_json(raw)
+        except ValidationError as e:
+            return _why_invalid(raw, e)
+        if ev.schema_version != SCHEMA_VERSION:
+            return f"schema_version {ev.schema_version} is not supported (this trainer speaks {SCHEMA_VERSION})"
+        if ev.model != self.model:
+            return f"wrong model {ev.model!r}: this trainer trains {self.model!r}"
+        if not 0 <= ev.label < self.data.num_classes:
+            return f"label {ev.label} is not a class of {self.model!r} (0..{self.data.num_classes - 1})"
+        if len(ev.x) != self.data.num_features:
+            return f"feature count {len(ev.x)}, the model takes {self.data.num_features}"
+        try:
+            head, seq = ev.stream_key
+        except MessageError as e:
+            return f"invalid event_id: {e}"
+        if seq < 0:
+            return f"invalid event_id {ev.event_id!r}: negative sequence number"
+        return _Parsed(entry_id, ev, head, seq, raw)
+
+    def _features(
+        self, parsed: list[_Parsed]
+    ) -> tuple[npt.NDArray[np.float32], list[_Parsed], list[tuple[str, str, bytes]]]:
+        """Stack the features once; refuse rows that are not finite as float32."""
+        if not parsed:
+            return np.zeros((0, self.data.num_features), np.float32), parsed, []
+        with np.errstate(over="ignore", invalid="ignore"):
+            X = np.array([p.event.x for p in parsed], dtype=np.float32)
+        finite = np.isfinite(X).all(axis=1)
+        if finite.all():
+            return X, parsed, []
+        dead = [
+            (
+                p.entry_id,
+                "non-finite feature values (nan, inf or beyond float32)",
+                p.raw[:DEADLETTER_PAYLOAD],
+            )
+            for p, ok in zip(parsed, finite, strict=True)
+            if not ok
+        ]
+        keep = [p for p, ok in zip(parsed, finite, strict=True) if ok]
+        return X[finite], keep, dead
+
+    def _commit(
+        self,
+        parsed: list[_Parsed],
+        X: npt.NDArray[np.float32],
+        dead: list[tuple[str, str, bytes]],
+        ids: list[Any],
+    ) -> Batch:
+        if not ids:
+            return Batch(0, _empty(self.data.num_features))
+        draws = [_draw(p.event.event_id) for p in parsed]
+        heads = sorted({p.head for p in parsed})
+        seen_key = self.keys.seen
+        out: dict[str, Any] = {}
+
+        def txn(pipe: Any) -> None:
+            marks = dict(zip(heads, pipe.hmget(seen_key, heads), strict=True)) if heads else {}
+            states = {h: Watermark.decode(v) for h, v in marks.items()}
+            keep = [i for i, p in enumerate(parsed) if states[p.head].add(p.seq)]
+            samples = [
+                NewSample(
+                    X[i],
+                    parsed[i].event.label,
+                    draws[i] >> 16,
+                    (draws[i] & 0xFFFF) % self.holdout_every == 0,
+                )
+                for i in keep
+            ]
+            counters = self.data.read_counters(pipe)
+            writes = self.data.plan(counters, samples)
+            pipe.multi()
+            if keep:
+                pipe.hset(seen_key, mapping={h: s.encode() for h, s in states.items()})
+                self.data.add_to(pipe, counters, samples, writes)
+            for entry_id, reason, payload in dead:
+                letter = DeadLetter(
+                    source_stream=self.keys.feedback,
+                    source_id=entry_id,
+                    reason=reason,
+                    payload=payload.decode("utf-8", "replace"),
+                    consumer=self.consumer,
+                )
+                pipe.xadd(
+                    self.keys.deadletter,
+                    {"data": letter.to_wire()},
+                    maxlen=self.deadletter_maxlen,
+                    approximate=True,
+                )
+            stats = {
+                "accepted": len(keep),
+                "duplicates": len(parsed) - len(keep),
+                "deadlettered": len(dead),
+            }
+            for i in keep:
+                c = f"class:{parsed[i].event.label}"
+                stats[c] = stats.get(c, 0) + 1
+            self.data.add_stats(pipe, stats)
+            pipe.xack(self.keys.feedback, FEEDBACK_GROUP, *ids)
+            out.update(keep=keep, samples=samples)
+
+        self.client.transaction(txn, seen_key, *self.data.watch_keys)
+        return self._batch(parsed, X, out["keep"], out["samples"], dead, len(ids))
+
+    def _batch(
+        self,
+        parsed: list[_Parsed],
+        X: Any,
+        keep: list[int],
+        samples: list[NewSample],
+        dead: list[Any],
+        n: int,
+    ) -> Batch:
+        nc = self.data.num_classes
+        predicted = [p.event.predicted for p in (parsed[i] for i in keep)]
+        accepted = Accepted(
+            X=X[keep] if keep else _empty(self.data.num_features).X,
+            y=np.array([s.label for s in samples], np.int64),
+            predicted=np.array(
+                [v if v is not None and 0 <= v < nc else -1 for v in predicted], np.int64
+            ),
+            holdout=np.array([s.holdout for s in samples], bool),
+        )
+        if keep:
+            accepted_ids = [parsed[i].entry_id for i in keep]
+            accepted.first_id = min(accepted_ids, key=stream_id_key)
+            accepted.last_id = max(accepted_ids, key=stream_id_key)
+        return Batch(
+            n,
+            accepted,
+            duplicates=len(parsed) - len(keep),
+            deadlettered=len(dead),
+            reasons=[d[1] for d in dead],
+        )
+
+    def _count(self, batch: Batch) -> None:
+        c = self.counters
+        c.accepted += len(batch.accepted)
+        c.duplicates += batch.duplicates
+        c.deadlettered += batch.deadlettered
+        for label, n in zip(*np.unique(batch.accepted.y, return_counts=True), strict=True):
+            c.per_class[int(label)] = c.per_class.get(int(label), 0) + int(n)
+        if batch.deadlettered:
+            logger.warning(
+                "dead-lettered %d feedback entries: %s",
+                batch.deadlettered,
+                "; ".join(sorted(set(batch.reasons))[:3]),
+            )
+
+
+def _draw(event_id: str) -> int:
+    """64 uniform bits fixed by the event id: holdout choice (low 16) and reservoir draw (rest)."""
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "little")
+
+
+def _empty(num_features: int) -> Accepted:
+    return Accepted(
+        np.zeros((0, num_features), np.float32),
+        np.zeros(0, np.int64),
+        np.zeros(0, np.int64),
+        np.zeros(0, bool),
+    )
+
+
+def _payload_of(fields: dict[bytes, bytes]) -> bytes:
+    raw = fields.get(b"data")
+    if raw is None:
+        raw = json.dumps(
+            {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in fields.items()}
+        ).encode()
+    return raw[:DEADLETTER_PAYLOAD]
+
+
+def _why_invalid(raw: bytes, e: ValidationError) -> str:
+    """The dead-letter reason for an event pydantic refused, most useful first."""
+    err = e.errors()[0]
+    if err.get("type") == "json_invalid":
+        return f"not JSON: {err.get('msg', '')}"
+    try:
+        obj = json.loads(raw)
+    except (ValueError, RecursionError):
+        obj = None
+    if isinstance(obj, dict):
+        version = obj.get("schema_version", SCHEMA_VERSION)
+        if version != SCHEMA_VERSION and not (isinstance(version, float) and math.isnan(version)):
+            return f"schema_version {version!r} is not supported (this trainer speaks {SCHEMA_VERSION})"
+    where = ".".join(str(p) for p in err.get("loc", ())) or "body"
+    return f"invalid: {where}: {err.get('msg', 'invalid')}"

@@ -1,0 +1,267 @@
+"""The trainer's data, kept in Redis so that a restarted trainer loses nothing.
+
+Four stores per model (names from ``shared.keys.FleetKeys``):
+
+- the **replay buffer** (hash ``replay(model)``): a class-balanced reservoir of
+  training samples, ``capacity // classes`` slots per class with reservoir
+  sampling inside a class, so that old data keeps being rehearsed (against
+  forgetting) and no class crowds out the others. The same hash holds a ring
+  of the most recent training samples (fields ``t:<slot>``) and the ingest
+  statistics (``stat:*``).
+- the **holdout reservoir** (hash ``holdout(model)``): the same structure for
+  held-out samples: the gate's "earlier data".
+- the **recent window** (list ``recent(model)``, newest first): the most recent
+  held-out samples: the gate's "data as it is now".
+
+Reservoir draws come from the caller (ingest derives them from the event id),
+so that a retried transaction makes the same decisions. Writes are *added to a
+pipeline* the caller executes, so that accepting a batch, marking it seen and
+acking it is one MULTI/EXEC. Samples are stored as int32 label + float32
+features, never pickled.
+
+>>> enc = encode_sample(np.array([1.5, -2.0], np.float32), 3)
+>>> X, y = decode_samples([enc], num_features=2)
+>>> X.tolist(), y.tolist()
+([[1.5, -2.0]], [3])
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import redis
+
+from shared.keys import FleetKeys
+
+logger = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float32]
+IntArray = npt.NDArray[np.int64]
+
+_LABEL = struct.Struct("<i")
+RING_COUNTER = b"t:n"
+STATS = ("accepted", "duplicates", "deadlettered")
+
+
+def encode_sample(x: FloatArray, label: int) -> bytes:
+    """int32 label, then the features as little-endian float32."""
+    return _LABEL.pack(label) + np.asarray(x, "<f4").tobytes()
+
+
+def decode_samples(blobs: Iterable[bytes], num_features: int) -> tuple[FloatArray, IntArray]:
+    """Stack encoded samples into (X, y); blobs of the wrong size are skipped with a warning."""
+    size = 4 + 4 * num_features
+    blobs = list(blobs)
+    good = [b for b in blobs if len(b) == size]
+    if len(good) != len(blobs):
+        logger.warning(
+            "skipped %d stored samples that are not %d bytes", len(blobs) - len(good), size
+        )
+    if not good:
+        return np.zeros((0, num_features), np.float32), np.zeros(0, np.int64)
+    raw = np.frombuffer(b"".join(good), np.uint8).reshape(len(good), size)
+    y = raw[:, :4].copy().view("<i4").reshape(-1).astype(np.int64)
+    X = raw[:, 4:].copy().view("<f4").astype(np.float32)
+    return X, y
+
+
+@dataclass(frozen=True)
+class NewSample:
+    """An accepted sample on its way into the stores."""
+
+    x: FloatArray
+    label: int
+    draw: int  # a uniform 64-bit integer, fixed per sample (ingest: from the event id)
+    holdout: bool
+
+
+@dataclass
+class Counters:
+    """Per-class counts seen so far by each reservoir, and the ring position."""
+
+    replay: list[int]
+    holdout: list[int]
+    ring: int
+
+
+@dataclass
+class Writes:
+    """What one batch adds, by field; later samples overwrite earlier ones in a slot."""
+
+    replay: dict[bytes, int] = field(default_factory=dict)
+    holdout: dict[bytes, int] = field(default_factory=dict)
+    recent: list[int] = field(default_factory=list)
+
+
+class ClassReservoir:
+    """Slot arithmetic of a class-balanced reservoir stored in one hash."""
+
+    def __init__(self, capacity: int, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.quota = max(1, capacity // num_classes)
+        self.count_fields = [f"n:{c}".encode() for c in range(num_classes)]
+
+    def place(self, counts: list[int], label: int, draw: int) -> bytes | None:
+        """The slot field the sample goes to, or None; advances ``counts[label]``.
+
+        Algorithm R per class: the first ``quota`` samples fill the slots, the
+        n-th after that replaces a random slot with probability quota/n.
+        """
+        n = counts[label]
+        counts[label] = n + 1
+        slot = n if n < self.quota else draw % (n + 1)
+        return f"s:{label}:{slot}".encode() if slot < self.quota else None
+
+
+class TrainerData:
+    """Replay buffer, holdout reservoir, recent window and recent-training ring of one model."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: FleetKeys,
+        model: str,
+        *,
+        num_classes: int,
+        num_features: int,
+        replay_capacity: int,
+        holdout_capacity: int,
+        recent_window: int,
+        recent_train: int,
+    ) -> None:
+        self.client = client
+        self.replay_key = keys.replay(model)
+        self.holdout_key = keys.holdout(model)
+        self.recent_key = keys.recent(model)
+        self.num_classes = num_classes
+        self.num_features = num_features
+        self.replay = ClassReservoir(replay_capacity, num_classes)
+        self.holdout = ClassReservoir(holdout_capacity, num_classes)
+        self.recent_window = recent_window
+        self.recent_train = recent_train
+
+    @property
+    def watch_keys(self) -> list[str]:
+        """Keys whose counters a batch's decisions depend on."""
+        return [self.replay_key, self.holdout_key]
+
+    # -- writing ------------------------------------------------------------
+
+    def read_counters(self, client: Any) -> Counters:
+        """Counters as of now; ``client`` may be a pipeline in WATCH (immediate) mode."""
+        r = client.hmget(self.replay_key, [*self.replay.count_fields, RING_COUNTER])
+        h = client.hmget(self.holdout_key, self.holdout.count_fields)
+        return Counters(
+            replay=[int(v or 0) for v in r[:-1]],
+            holdout=[int(v or 0) for v in h],
+            ring=int(r[-1] or 0),
+        )
+
+    def plan(self, counters: Counters, samples: Sequence[NewSample]) -> Writes:
+        """Decide where each sample goes; mutates ``counters`` to their new values."""
+        w = Writes()
+        for i, s in enumerate(samples):
+            if s.holdout:
+                slot = self.holdout.place(counters.holdout, s.label, s.draw)
+                if slot is not None:
+                    w.holdout[slot] = i
+                w.recent.append(i)
+                continue
+            slot = self.replay.place(counters.replay, s.label, s.draw)
+            if slot is not None:
+                w.replay[slot] = i
+            if self.recent_train:
+                w.replay[f"t:{counters.ring % self.recent_train}".encode()] = i
+                counters.ring += 1
+        return w
+
+    def add_to(
+        self, pipe: Any, counters: Counters, samples: Sequence[NewSample], writes: Writes
+    ) -> None:
+        """Queue the writes of ``plan`` on ``pipe`` (inside MULTI), encoding each sample once."""
+        cache: dict[int, bytes] = {}
+
+        def enc(i: int) -> bytes:
+            b = cache.get(i)
+            if b is None:
+                b = cache[i] = encode_sample(samples[i].x, samples[i].label)
+            return b
+
+        replay: dict[bytes, bytes | int] = {f: enc(i) for f, i in writes.replay.items()}
+        replay.update(zip(self.replay.count_fields, counters.replay, strict=True))
+        replay[RING_COUNTER] = counters.ring
+        pipe.hset(self.replay_key, mapping=replay)
+        holdout: dict[bytes, bytes | int] = {f: enc(i) for f, i in writes.holdout.items()}
+        holdout.update(zip(self.holdout.count_fields, counters.holdout, strict=True))
+        pipe.hset(self.holdout_key, mapping=holdout)
+        recent = writes.recent[-self.recent_window :]
+        if recent:
+            pipe.lpush(self.recent_key, *(enc(i) for i in recent))
+            pipe.ltrim(self.recent_key, 0, self.recent_window - 1)
+
+    def add_stats(self, pipe: Any, deltas: dict[str, int]) -> None:
+        """Queue increments of the ingest statistics (``accepted``, ``class:3``, ...)."""
+        for name, n in deltas.items():
+            if n:
+                pipe.hincrby(self.replay_key, f"stat:{name}", n)
+
+    def seed(self, X: FloatArray, y: IntArray, *, holdout: bool, seed: int) -> None:
+        """Put a dataset split into the replay buffer or the holdout reservoir (bootstrap)."""
+        rng = np.random.default_rng(seed)
+        draws = rng.integers(0, 2**62, size=len(y))
+        samples = [NewSample(X[i], int(y[i]), int(draws[i]), holdout) for i in range(len(y))]
+
+        def txn(pipe: Any) -> None:
+            counters = self.read_counters(pipe)
+            writes = self.plan(counters, samples)
+            writes.recent.clear()  # seed data is "earlier data", never the recent window
+            pipe.multi()
+            self.add_to(pipe, counters, samples, writes)
+
+        self.client.transaction(txn, *self.watch_keys)
+
+    # -- reading ------------------------------------------------------------
+
+    def training_set(self) -> tuple[FloatArray, IntArray]:
+        """Replay buffer plus the recent-training ring (recent samples count twice when in both)."""
+        fields = self.client.hgetall(self.replay_key)
+        blobs = [v for k, v in fields.items() if k.startswith((b"s:", b"t:")) and k != RING_COUNTER]
+        return decode_samples(blobs, self.num_features)
+
+    def replay_set(self) -> tuple[FloatArray, IntArray]:
+        """The replay buffer alone."""
+        fields = self.client.hgetall(self.replay_key)
+        return decode_samples(
+            (v for k, v in fields.items() if k.startswith(b"s:")), self.num_features
+        )
+
+    def recent_training_set(self) -> tuple[FloatArray, IntArray]:
+        fields = self.client.hgetall(self.replay_key)
+        blobs = [v for k, v in fields.items() if k.startswith(b"t:") and k != RING_COUNTER]
+        return decode_samples(blobs, self.num_features)
+
+    def holdout_set(self) -> tuple[FloatArray, IntArray]:
+        """The holdout reservoir: the gate's earlier data."""
+        fields = self.client.hgetall(self.holdout_key)
+        return decode_samples(
+            (v for k, v in fields.items() if k.startswith(b"s:")), self.num_features
+        )
+
+    def recent_set(self) -> tuple[FloatArray, IntArray]:
+        """The recent window, newest first."""
+        return decode_samples(self.client.lrange(self.recent_key, 0, -1), self.num_features)
+
+    def recent_count(self) -> int:
+        return int(self.client.llen(self.recent_key))
+
+    def stats(self) -> dict[str, int]:
+        """Ingest statistics and per-class accepted counts, from Redis."""
+        names = [f"stat:{s}" for s in STATS] + [f"stat:class:{c}" for c in range(self.num_classes)]
+        values = self.client.hmget(self.replay_key, names)
+        return {n[5:]: int(v or 0) for n, v in zip(names, values, strict=True)}

@@ -1,0 +1,268 @@
+"""One round, end to end: parent -> train -> export -> gate -> publish (or reject).
+
+Also the bootstrap, the round that makes version 1 from the dataset's seed
+split. Every outcome becomes a ``RoundReport``: what triggered it, on what data,
+with which hyperparameters, the parent's and child's numbers, how long each
+stage took, and whether (and why) the child was published. A published
+version's manifest carries the same facts as its ``Explanation``.
+
+The float weights of every published version are stored next to it
+(``FleetKeys.weights``), so that the next round fine-tunes from exactly the
+parent the edges run, even in a trainer that just started.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import redis
+from torch import nn
+
+from cloud.datasets import Split
+from cloud.evaluation import Decision, Metrics, evaluate, gate
+from cloud.exporter import ExportError, ExportResult, export_int8
+from cloud.models import build_model, load_weights, weights_to_bytes
+from cloud.publisher import Publisher, StaleParent
+from cloud.replay import TrainerData
+from cloud.settings import TrainerSettings
+from cloud.training import Hyperparameters, bootstrap, fine_tune
+from edge.runtime import TFLiteModel
+from shared.errors import EdgeloopError
+from shared.keys import FleetKeys
+from shared.messages import Explanation
+
+logger = logging.getLogger(__name__)
+
+
+class RoundError(EdgeloopError):
+    """A round cannot run (no parent, no weights for the parent, no data)."""
+
+
+@dataclass
+class RoundReport:
+    round: int
+    trigger: str
+    published: bool
+    reason: str
+    version: int | None = None
+    sha256: str | None = None
+    parent_version: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    data_window: dict[str, Any] = field(default_factory=dict)
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class RoundRunner:
+    """Runs bootstrap and rounds for one model; caches the parent between rounds."""
+
+    def __init__(
+        self,
+        settings: TrainerSettings,
+        client: redis.Redis,
+        publisher: Publisher,
+        data: TrainerData,
+        parts: Split,
+    ) -> None:
+        self.s = settings
+        self.client = client
+        self.keys = FleetKeys(settings.fleet)
+        self.publisher = publisher
+        self.data = data
+        self.parts = parts
+        self.labels = parts.seed_train.labels
+        self._parent: tuple[str, nn.Module, TFLiteModel] | None = None
+
+    # -- bootstrap ------------------------------------------------------------
+
+    def bootstrap(self) -> RoundReport:
+        """Version 1 from the seed split; seeds the replay buffer and the holdout once."""
+        t0 = time.perf_counter()
+        counters = self.data.read_counters(self.client)
+        if not any(counters.replay) and not any(counters.holdout):
+            self.data.seed(
+                self.parts.seed_train.X, self.parts.seed_train.y, holdout=False, seed=self.s.seed
+            )
+            self.data.seed(
+                self.parts.seed_holdout.X,
+                self.parts.seed_holdout.y,
+                holdout=True,
+                seed=self.s.seed + 1,
+            )
+        hp = Hyperparameters(
+            self.s.bootstrap_epochs, self.s.batch_size, self.s.lr, self.s.seed, self.s.weight_decay
+        )
+        result = bootstrap(self.parts.seed_train, hp)
+        t1 = time.perf_counter()
+        exported = self._export(result.model, self.parts.seed_train.X, seed=self.s.seed)
+        t2 = time.perf_counter()
+        earlier = evaluate(TFLiteModel(exported.content), self.data.holdout_set(), self.labels)
+        metrics = {"earlier_accuracy": earlier.accuracy or 0.0, "earlier_samples": float(earlier.samples),
+                   "int8_agreement": exported.agreement}  # fmt: skip
+        counts = np.bincount(self.parts.seed_train.y, minlength=len(self.labels))
+        report = RoundReport(
+            round=0, trigger="bootstrap", published=True, reason="first version", metrics=metrics,
+            data_window={"dataset": self.parts.seed_train.name, "seed_split": len(self.parts.seed_train.y),
+                         "labeled_per_class": {self.labels[c]: int(n) for c, n in enumerate(counts)}},
+            hyperparameters=result.hyperparameters, details={"earlier_recall": earlier.recall},
+        )  # fmt: skip
+        summary = (
+            f"First version, trained on {len(self.parts.seed_train.y)} samples of the "
+            f"{self.parts.seed_train.name} seed split; held-out accuracy {earlier.accuracy or 0:.3f}."
+        )
+        self._publish(report, result.model, exported, None, summary)
+        report.timings = {
+            "train_s": t1 - t0,
+            "export_s": t2 - t1,
+            "publish_s": time.perf_counter() - t2,
+        }
+        return report
+
+    # -- a round --------------------------------------------------------------
+
+    def run(
+        self, round_no: int, trigger: str, window: dict[str, Any], may_publish: Callable[[], bool]
+    ) -> RoundReport:
+        """Fine-tune the latest version on the trainer's data; publish the child if the gate agrees."""
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        parent_version, parent_sha, parent_model, parent_tfl = self.parent()
+        X, y = self.data.training_set()
+        earlier, recent = self.data.holdout_set(), self.data.recent_set()
+        hp = Hyperparameters(
+            self.s.epochs, self.s.batch_size, self.s.lr, self.s.seed + round_no, self.s.weight_decay
+        )
+        report = RoundReport(
+            round=round_no, trigger=trigger, published=False, reason="", parent_version=parent_version,
+            data_window={**window, "training_samples": len(y), "recent_holdout": len(recent[1]),
+                         "earlier_holdout": len(earlier[1])},
+            hyperparameters=hp.as_dict(), timings=timings,
+        )  # fmt: skip
+        result = fine_tune(parent_model, X, y, hp)
+        timings["train_s"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        try:
+            exported = self._export(result.model, X, seed=hp.seed)
+        except ExportError as e:
+            report.reason = f"export refused: {e}"
+            timings["export_s"] = time.perf_counter() - t1
+            return report
+        timings["export_s"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        child_tfl = TFLiteModel(exported.content, name="child")
+        decision = gate(parent_tfl, child_tfl, earlier=earlier, recent=recent, labels=self.labels,
+                        min_gain=self.s.min_gain, forgetting_tolerance=self.s.forgetting_tolerance)  # fmt: skip
+        timings["gate_s"] = time.perf_counter() - t2
+        report.metrics = {**decision.metrics(), "int8_agreement": exported.agreement}
+        report.details = _details(decision)
+        report.reason = decision.reason
+        if not decision.publish:
+            return report
+        if not may_publish():
+            report.reason = "lease lost before publishing; another trainer runs rounds now"
+            return report
+        t3 = time.perf_counter()
+        try:
+            self._publish(
+                report,
+                result.model,
+                exported,
+                parent_sha,
+                _summary(trigger, window, len(y), decision),
+            )
+        except StaleParent as e:
+            report.published, report.reason = False, str(e)
+        timings["publish_s"] = time.perf_counter() - t3
+        return report
+
+    def parent(self) -> tuple[int, str, nn.Module, TFLiteModel]:
+        """The latest version as (number, sha256, torch model, int8 artifact), cached by sha."""
+        latest = self.publisher.latest(self.s.model)
+        if latest is None:
+            raise RoundError(f"no version of {self.s.model} is published yet; bootstrap first")
+        version, sha, _ = latest
+        if self._parent is None or self._parent[0] != sha:
+            blob = self.client.get(self.keys.weights(sha))
+            if blob is None:
+                raise RoundError(f"v{version} ({sha[:12]}) has no stored weights to fine-tune from")
+            model = build_model(self.parts.seed_train, seed=self.s.seed)
+            load_weights(model, blob)
+            self._parent = (sha, model, TFLiteModel(self.publisher.content(sha), version=version))
+        return version, sha, self._parent[1], self._parent[2]
+
+    # -- helpers --------------------------------------------------------------
+
+    def _export(self, model: nn.Module, X: npt.NDArray[np.float32], seed: int) -> ExportResult:
+        """Calibrate on a deterministic sample of the training data; probe on other rows of it."""
+        order = np.random.default_rng(seed).permutation(len(X))
+        cal = X[order[: self.s.calibration_size]]
+        rest = order[self.s.calibration_size :]
+        probe = (
+            X[rest[: self.s.probe_size]]
+            if len(rest) >= self.s.probe_size
+            else X[order[-self.s.probe_size :]]
+        )
+        return export_int8(model, cal, probe, min_agreement=self.s.min_int8_agreement)
+
+    def _publish(
+        self,
+        report: RoundReport,
+        model: nn.Module,
+        exported: ExportResult,
+        parent_sha: str | None,
+        summary: str,
+    ) -> None:
+        # Weights first: a version must never exist without the weights the next round needs.
+        self.client.set(self.keys.weights(exported.sha256), weights_to_bytes(model))
+        explanation = Explanation(
+            trigger=report.trigger, summary=summary, data_window=report.data_window,
+            hyperparameters=report.hyperparameters, details=report.details,
+        )  # fmt: skip
+        published = self.publisher.publish(
+            self.s.model, exported.content, num_features=self.parts.seed_train.num_features,
+            labels=self.labels, probe=exported.probe, runtime=exported.runtime,
+            metrics=report.metrics, explanation=explanation, expected_parent=parent_sha,
+        )  # fmt: skip
+        report.published, report.version, report.sha256 = True, published.version, published.sha256
+        self._parent = (
+            published.sha256,
+            model,
+            TFLiteModel(exported.content, version=published.version),
+        )
+
+
+def _details(d: Decision) -> dict[str, Any]:
+    def m(x: Metrics) -> dict[str, Any]:
+        return {"accuracy": x.accuracy, "samples": x.samples, "recall": x.recall}
+
+    return {
+        "decision": "publish" if d.publish else "reject",
+        "reason": d.reason,
+        "parent": {"recent": m(d.parent_recent), "earlier": m(d.parent_earlier)},
+        "child": {"recent": m(d.child_recent), "earlier": m(d.child_earlier)},
+        "gate": {"min_gain": d.min_gain, "forgetting_tolerance": d.forgetting_tolerance},
+    }
+
+
+def _summary(trigger: str, window: dict[str, Any], samples: int, d: Decision) -> str:
+    why = {
+        "drift": "a drop in served accuracy (drift)",
+        "count": "enough new labels",
+        "timer": "the round timer",
+    }
+    new = window.get("new_samples", 0)
+    return (
+        f"Retrained after {why.get(trigger, trigger)} on {samples} samples ({new} new): recent accuracy "
+        f"{d.parent_recent.accuracy:.3f} -> {d.child_recent.accuracy:.3f}, earlier "
+        f"{d.parent_earlier.accuracy or 0:.3f} -> {d.child_earlier.accuracy or 0:.3f}."
+    )
