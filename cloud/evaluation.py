@@ -11,7 +11,7 @@ int8 file loses must not ship. Two data sets (see cloud/replay.py):
   distribution does not silently forget the old one.
 
 >>> import numpy as np
->>> m = Metrics.of(np.array([0, 1, 1, 0]), np.array([0, 1, 0, 0]), ["a", "b"])
+>>> m = Metrics.of(np.array([0, 1, 0, 0]), np.array([0, 1, 1, 0]), ["a", "b"])
 >>> m.accuracy, m.recall
 (0.75, {'a': 1.0, 'b': 0.5})
 """

@@ -94,7 +94,7 @@ def _fit(
             loss = loss_fn(model.logits(Xt[idx]), yt[idx])
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
             count += len(idx)
         last = total / count
     model.eval()

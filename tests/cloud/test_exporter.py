@@ -1,0 +1,72 @@
+"""Export: float TFLite -> static int8, checked in the edge runtime."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cloud.datasets import Dataset
+from cloud.exporter import NumericCheckError, check_int8, export_int8, to_float_tflite, write_atomic
+from cloud.models import predict_proba
+from cloud.training import Hyperparameters, bootstrap
+from edge.runtime import TFLiteModel
+
+
+def test_int8_file_is_all_int8_and_agrees_with_torch(exported, trained, parts):
+    tfl = TFLiteModel(exported.content)
+    assert tfl.heavy_ops_int8()
+    assert tfl.input_dtype == "float32"  # float IO around the int8 core
+    assert exported.agreement >= 0.97
+    X = parts.stream.X
+    agree = (
+        tfl.predict_proba_batch(X).argmax(1) == predict_proba(trained.model, X).argmax(1)
+    ).mean()
+    assert agree >= 0.97
+    assert (tfl.predict_proba_batch(X).argmax(1) == parts.stream.y).mean() > 0.9
+
+
+def test_probe_set_passes_the_edge_check_and_catches_a_different_model(exported, parts):
+    tfl = TFLiteModel(exported.content)
+    agreement, mae = tfl.check_probe(exported.probe)
+    assert agreement == 1.0 and mae < 1e-6
+    assert exported.probe.min_agreement == 0.95 and exported.probe.max_abs_error == 0.05
+    assert len(exported.probe.inputs) == 32 and len(exported.probe.expected[0]) == 10
+
+
+def test_export_is_deterministic(exported, trained, parts):
+    again = export_int8(trained.model, parts.seed_train.X[:200], parts.seed_holdout.X[:32])
+    assert again.content == exported.content and again.sha256 == exported.sha256
+
+
+def test_a_float_model_is_refused(trained):
+    float_bytes = to_float_tflite(trained.model, 64)
+    with pytest.raises(NumericCheckError, match="not all-int8"):
+        check_int8(trained.model, float_bytes, np.zeros((4, 64), np.float32), 0.9)
+
+
+def test_disagreement_is_refused(exported, parts):
+    other = bootstrap(
+        parts.seed_train, Hyperparameters(epochs=1, batch_size=64, lr=1e-4, seed=9)
+    ).model
+    with pytest.raises(NumericCheckError, match="agrees with the torch model"):
+        check_int8(other, exported.content, parts.stream.X[:300], 0.99)
+
+
+def test_tabular_mlp_exports_with_float_standardization():
+    rng = np.random.default_rng(0)
+    X = rng.normal([5, -3, 100, 0], [1, 1, 20, 5], size=(400, 4)).astype(np.float32)
+    y = ((X[:, 0] - 5) + (X[:, 2] - 100) / 20 > 0).astype(np.int64) + (X[:, 3] > 4)
+    ds = Dataset("toy", "tabular", X, y, ["a", "b", "c"])
+    model = bootstrap(ds, Hyperparameters(epochs=20, batch_size=32, lr=3e-3, seed=0)).model
+    result = export_int8(model, X[:150], X[150:170], min_agreement=0.95)
+    tfl = TFLiteModel(result.content)
+    assert tfl.heavy_ops_int8() and tfl.num_classes == 3
+    assert (tfl.predict_proba_batch(X).argmax(1) == y).mean() > 0.85
+
+
+def test_write_atomic_replaces_whole_files(tmp_path):
+    target = tmp_path / "sub" / "model.tflite"
+    write_atomic(target, b"one")
+    write_atomic(target, b"two")
+    assert target.read_bytes() == b"two"
+    assert [p.name for p in target.parent.iterdir()] == ["model.tflite"]

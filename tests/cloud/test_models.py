@@ -1,0 +1,95 @@
+"""Torch models, weight serialization and training rounds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cloud.datasets import Dataset
+from cloud.models import (
+    TabularMLP,
+    WeightsError,
+    build_model,
+    load_weights,
+    predict_proba,
+    weights_to_bytes,
+)
+from cloud.training import Hyperparameters, TrainingError, bootstrap, fine_tune
+
+
+def tabular(n: int = 300, seed: int = 0) -> Dataset:
+    rng = np.random.default_rng(seed)
+    X = rng.normal([5, -3, 100], [1, 1, 20], size=(n, 3)).astype(np.float32)
+    y = (X[:, 0] + (X[:, 2] - 100) / 20 > 5).astype(np.int64)
+    return Dataset("toy", "tabular", X, y, ["no", "yes"])
+
+
+def test_models_output_probabilities(digits):
+    for ds in (digits, tabular()):
+        p = predict_proba(build_model(ds, seed=0), ds.X[:5])
+        assert p.shape == (5, ds.num_classes)
+        assert np.allclose(p.sum(1), 1.0, atol=1e-5) and (p >= 0).all()
+
+
+def test_build_model_is_deterministic_and_leaves_global_rng_alone(digits):
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    a, b = build_model(digits, seed=7), build_model(digits, seed=7)
+    assert torch.equal(torch.rand(1), expected_next)
+    assert all(
+        torch.equal(x, y)
+        for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
+
+
+def test_mlp_standardizes_with_seed_statistics():
+    ds = tabular()
+    m = build_model(ds, seed=0)
+    assert isinstance(m, TabularMLP)
+    z = (torch.as_tensor(ds.X) - m.mean) * m.inv_std
+    assert torch.allclose(z.mean(0), torch.zeros(3), atol=1e-4)
+    assert torch.allclose(z.std(0, unbiased=False), torch.ones(3), atol=1e-3)
+
+
+def test_weights_round_trip_and_refuse_the_wrong_model(digits):
+    a, b = build_model(digits, seed=1), build_model(digits, seed=2)
+    load_weights(b, weights_to_bytes(a))
+    assert all(
+        torch.equal(x, y)
+        for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
+    with pytest.raises(WeightsError):
+        load_weights(build_model(tabular(), seed=0), weights_to_bytes(a))
+    with pytest.raises(WeightsError):
+        load_weights(a, b"not weights")
+    with pytest.raises(WeightsError):
+        load_weights(a, weights_to_bytes(a)[:-4])
+
+
+def test_training_is_deterministic_and_fine_tune_leaves_parent(parts):
+    hp = Hyperparameters(epochs=2, batch_size=32, lr=1e-3, seed=5)
+    a, b = bootstrap(parts.seed_train, hp), bootstrap(parts.seed_train, hp)
+    assert torch.equal(a.model.f2.weight, b.model.f2.weight)
+    before = a.model.f2.weight.clone()
+    child = fine_tune(a.model, parts.stream.X[:200], parts.stream.y[:200], hp)
+    assert torch.equal(a.model.f2.weight, before)
+    assert not torch.equal(child.model.f2.weight, before)
+    assert child.samples == 200 and child.hyperparameters["seed"] == 5
+
+
+def test_tabular_training_learns():
+    ds = tabular(600)
+    r = bootstrap(ds, Hyperparameters(epochs=30, batch_size=32, lr=3e-3, seed=0))
+    assert (predict_proba(r.model, ds.X).argmax(1) == ds.y).mean() > 0.9
+
+
+def test_nothing_to_train_on_is_a_named_error(trained):
+    with pytest.raises(TrainingError):
+        fine_tune(
+            trained.model,
+            np.zeros((0, 64), np.float32),
+            np.zeros(0, np.int64),
+            Hyperparameters(1, 8, 1e-3, 0),
+        )

@@ -1,0 +1,101 @@
+"""The trainer's data in Redis: class-balanced reservoirs, recent window, training ring."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cloud.replay import NewSample, TrainerData, decode_samples, encode_sample
+
+
+def make_data(client, keys, **kw) -> TrainerData:
+    args = {"num_classes": 4, "num_features": 3, "replay_capacity": 40, "holdout_capacity": 20,
+            "recent_window": 5, "recent_train": 6, **kw}  # fmt: skip
+    return TrainerData(client, keys, "m", **args)
+
+
+def add(data: TrainerData, samples: list[NewSample]) -> None:
+    def txn(pipe):
+        counters = data.read_counters(pipe)
+        writes = data.plan(counters, samples)
+        pipe.multi()
+        data.add_to(pipe, counters, samples, writes)
+
+    data.client.transaction(txn, *data.watch_keys)
+
+
+def stream(n: int, labels, holdout_every: int = 0, seed: int = 0) -> list[NewSample]:
+    rng = np.random.default_rng(seed)
+    return [
+        NewSample(np.array([i, i, i], np.float32), int(labels[i]), int(rng.integers(2**62)),
+                  bool(holdout_every) and i % holdout_every == 0)
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def test_samples_round_trip_compactly():
+    x = np.array([0.5, -1.25, 3e8], np.float32)
+    blob = encode_sample(x, 7)
+    assert len(blob) == 4 + 3 * 4
+    X, y = decode_samples([blob, blob, b"short"], num_features=3)
+    assert X.tolist() == [x.tolist(), x.tolist()] and y.tolist() == [7, 7]
+
+
+def test_replay_stays_class_balanced_and_bounded(redis_client, keys):
+    data = make_data(redis_client, keys)
+    # Heavily imbalanced stream: class 0 is 85% of it.
+    labels = np.where(np.arange(2000) % 20 < 17, 0, np.arange(2000) % 3 + 1)
+    for chunk in np.array_split(np.arange(2000), 8):
+        add(data, [s for s in stream(2000, labels) if s.x[0] in chunk])
+    X, y = data.replay_set()
+    counts = np.bincount(y, minlength=4)
+    assert len(y) <= 40 and counts.max() <= 10  # quota = capacity / classes
+    assert counts.tolist() == [10, 10, 10, 10]
+    c = data.read_counters(redis_client)
+    assert sum(c.replay) == 2000
+
+
+def test_reservoir_keeps_old_and_new_samples(redis_client, keys):
+    data = make_data(redis_client, keys, num_classes=1, replay_capacity=50)
+    add(data, stream(5000, np.zeros(5000, int)))
+    X, _ = data.replay_set()
+    first = X[:, 0]
+    # A uniform sample of 0..4999: both halves are represented.
+    assert (first < 2500).sum() > 10 and (first >= 2500).sum() > 10
+
+
+def test_holdout_recent_window_and_training_ring(redis_client, keys):
+    data = make_data(redis_client, keys)
+    samples = stream(30, np.arange(30) % 4, holdout_every=3)
+    add(data, samples[:15])
+    add(data, samples[15:])
+    Xr, _ = data.recent_set()
+    held = [s.x[0] for s in samples if s.holdout]
+    assert Xr[:, 0].tolist() == held[::-1][:5]  # newest first, window of 5
+    assert data.recent_count() == 5
+    _, yh = data.holdout_set()
+    assert len(yh) == len(held)
+    Xt, _ = data.recent_training_set()
+    trained_on = [s.x[0] for s in samples if not s.holdout]
+    assert sorted(Xt[:, 0].tolist()) == sorted(trained_on[-6:])  # ring of the last 6
+    Xall, _ = data.training_set()
+    assert len(Xall) == len(data.replay_set()[1]) + 6
+
+
+def test_seed_fills_holdout_but_not_the_recent_window(redis_client, keys, parts):
+    data = TrainerData(redis_client, keys, "digits", num_classes=10, num_features=64, replay_capacity=100,
+                       holdout_capacity=50, recent_window=10, recent_train=10)  # fmt: skip
+    data.seed(parts.seed_holdout.X, parts.seed_holdout.y, holdout=True, seed=0)
+    X, y = data.holdout_set()
+    assert len(y) == 50 and np.bincount(y).tolist() == [5] * 10
+    assert data.recent_count() == 0 and len(data.training_set()[1]) == 0
+    row = {r.tobytes() for r in parts.seed_holdout.X}
+    assert all(r.tobytes() in row for r in X)
+
+
+@pytest.mark.parametrize("capacity", [4, 7])
+def test_quota_never_below_one(redis_client, keys, capacity):
+    data = make_data(redis_client, keys, num_classes=10, replay_capacity=capacity)
+    add(data, stream(100, np.arange(100) % 10))
+    _, y = data.replay_set()
+    assert np.bincount(y, minlength=10).max() == 1
