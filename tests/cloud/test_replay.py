@@ -47,7 +47,7 @@ def test_replay_stays_class_balanced_and_bounded(redis_client, keys):
     labels = np.where(np.arange(2000) % 20 < 17, 0, np.arange(2000) % 3 + 1)
     for chunk in np.array_split(np.arange(2000), 8):
         add(data, [s for s in stream(2000, labels) if s.x[0] in chunk])
-    X, y = data.replay_set()
+    _, y = data.replay_set()
     counts = np.bincount(y, minlength=4)
     assert len(y) <= 40 and counts.max() <= 10  # quota = capacity / classes
     assert counts.tolist() == [10, 10, 10, 10]

@@ -1,0 +1,74 @@
+"""The gate judges int8 artifacts in the edge runtime: worse children are refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cloud.evaluation import Metrics, evaluate, gate
+from cloud.exporter import export_int8
+from cloud.training import Hyperparameters, bootstrap, fine_tune
+from edge.runtime import TFLiteModel
+
+
+@pytest.fixture(scope="session")
+def weak(parts):
+    """A barely trained model: the parent a better child should replace."""
+    model = bootstrap(parts.seed_train, Hyperparameters(epochs=1, batch_size=64, lr=5e-4, seed=1)).model
+    return TFLiteModel(export_int8(model, parts.seed_train.X[:200], parts.seed_train.X[:16], min_agreement=0.8).content)
+
+
+@pytest.fixture(scope="session")
+def scrambled(trained, parts):
+    """A child fine-tuned on permuted labels: it must never ship."""
+    y = (parts.seed_train.y + 1) % 10  # a permutation with no fixed point
+    model = fine_tune(trained.model, parts.seed_train.X, y, Hyperparameters(10, 64, 1e-3, 0)).model
+    return TFLiteModel(export_int8(model, parts.seed_train.X[:200], parts.seed_train.X[:16], min_agreement=0.8).content)
+
+
+def halves(parts):
+    X, y = parts.stream.X, parts.stream.y
+    return (X[:400], y[:400]), (X[400:], y[400:])
+
+
+def test_better_child_is_published(weak, exported, parts):
+    earlier, recent = halves(parts)
+    d = gate(weak, TFLiteModel(exported.content), earlier=earlier, recent=recent, labels=parts.stream.labels,
+             min_gain=0.01, forgetting_tolerance=0.02)  # fmt: skip
+    assert d.publish, d.reason
+    assert d.child_recent.accuracy > d.parent_recent.accuracy + 0.01
+    m = d.metrics()
+    assert m["recent_accuracy"] == d.child_recent.accuracy and m["parent_recent_accuracy"] < m["recent_accuracy"]
+    assert set(d.child_recent.recall) == set(parts.stream.labels)
+
+
+def test_scrambled_child_is_rejected(exported, scrambled, parts):
+    earlier, recent = halves(parts)
+    d = gate(TFLiteModel(exported.content), scrambled, earlier=earlier, recent=recent,
+             labels=parts.stream.labels, min_gain=0.0, forgetting_tolerance=0.05)  # fmt: skip
+    assert not d.publish and "does not beat" in d.reason
+    assert d.child_recent.accuracy < 0.3
+
+
+def test_forgetting_is_rejected_even_with_a_recent_gain(weak, exported, parts):
+    # The child wins on "recent" but loses on "earlier" (here: the same model pair, sets swapped).
+    earlier, recent = halves(parts)
+    parent, child = TFLiteModel(exported.content), weak
+    d = gate(child, parent, earlier=earlier, recent=recent, labels=parts.stream.labels, min_gain=0.0,
+             forgetting_tolerance=0.0)  # fmt: skip
+    assert d.publish
+    # Now make "earlier" a set only the parent gets right.
+    hits = parent.predict_proba_batch(earlier[0]).argmax(1) == earlier[1]
+    misses = weak.predict_proba_batch(earlier[0]).argmax(1) != earlier[1]
+    hard = (earlier[0][hits & misses], earlier[1][hits & misses])
+    d = gate(parent, weak, earlier=hard, recent=(hard[0][:0], hard[1][:0]), labels=parts.stream.labels,
+             min_gain=-1.0, forgetting_tolerance=0.05)  # fmt: skip
+    assert not d.publish and "no recent" in d.reason
+    d = gate(parent, weak, earlier=hard, recent=recent, labels=parts.stream.labels, min_gain=-1.0,
+             forgetting_tolerance=0.05)  # fmt: skip
+    assert not d.publish and "forgets earlier data" in d.reason
+
+
+def test_metrics_on_empty_data(exported):
+    m = evaluate(TFLiteModel(exported.content), (np.zeros((0, 64), np.float32), np.zeros(0, np.int64)), ["a"])
+    assert m == Metrics(None, 0)

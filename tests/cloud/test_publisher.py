@@ -1,0 +1,68 @@
+"""Publishing: signed manifests that verify, artifacts by hash, numbered versions, announcements."""
+
+from __future__ import annotations
+
+import pytest
+
+from cloud.publisher import Publisher, PublishError, StaleParent, VersionNotFound
+from shared.codec import decode_full, sha256_hex
+from shared.errors import SignatureError
+from shared.messages import DeltaAnnouncement, Explanation
+from shared.signing import Signer, Verifier
+
+
+@pytest.fixture
+def publisher(redis_client, keys, signing_dir) -> Publisher:
+    return Publisher(redis_client, keys, Signer.from_file(signing_dir / "signing.key"))
+
+
+def publish(publisher, content, **kw):
+    args = {"num_features": 64, "labels": [str(i) for i in range(10)], "runtime": "ai-edge-litert test",
+            "metrics": {"recent_accuracy": 0.9}, "explanation": Explanation(trigger="test", summary="s"), **kw}  # fmt: skip
+    return publisher.publish("digits", content, **args)
+
+
+def test_published_version_verifies_and_is_announced(publisher, redis_client, keys, signing_dir, exported):
+    p = publish(publisher, exported.content, probe=exported.probe, expected_parent=None)
+    assert p.version == 1 and p.sha256 == exported.sha256
+    verifier = Verifier.from_file(signing_dir / "signing.pub")
+    signed = publisher.signed_manifest(p.sha256)
+    verifier.verify(signed.manifest_json.encode(), signed.signature)
+    m = signed.manifest()
+    assert (m.version, m.sha256, m.size, m.parent_sha256) == (1, exported.sha256, len(exported.content), None)
+    assert m.explanation.trigger == "test" and m.metrics["recent_accuracy"] == 0.9
+    with pytest.raises(SignatureError):
+        verifier.verify(signed.manifest_json.replace('"version":1', '"version":9').encode(), signed.signature)
+    ((_, fields),) = redis_client.xrange(keys.deltas)
+    ann = DeltaAnnouncement.from_wire(fields[b"data"])
+    assert (ann.version, ann.sha256, ann.manifest_key) == (1, p.sha256, keys.manifest(p.sha256))
+    full = ann.full_payload()
+    blob = redis_client.get(full.key)
+    assert full.size == len(blob) and sha256_hex(decode_full(blob)) == p.sha256
+    assert publisher.content(p.sha256) == exported.content
+
+
+def test_versions_count_up_with_parents(publisher, exported):
+    first = publish(publisher, exported.content, probe=exported.probe)
+    second = publish(publisher, exported.content + b"\0", probe=exported.probe, expected_parent=first.sha256)
+    m = second.manifest
+    assert (m.version, m.parent_version, m.parent_sha256) == (2, 1, first.sha256)
+    version, sha, signed = publisher.latest("digits")
+    assert (version, sha) == (2, second.sha256) and signed.manifest().version == 2
+    assert publisher.versions("digits") == [(1, first.sha256), (2, second.sha256)]
+
+
+def test_stale_parent_and_republish_are_refused(publisher, exported, redis_client, keys):
+    first = publish(publisher, exported.content, probe=exported.probe)
+    with pytest.raises(StaleParent):
+        publish(publisher, exported.content + b"\1", probe=exported.probe, expected_parent=None)
+    with pytest.raises(PublishError, match="already"):
+        publish(publisher, exported.content, probe=exported.probe)
+    assert publisher.versions("digits") == [(1, first.sha256)]
+    assert redis_client.xlen(keys.deltas) == 1
+
+
+def test_unknown_versions(publisher):
+    assert publisher.latest("digits") is None
+    with pytest.raises(VersionNotFound):
+        publisher.content("0" * 64)
