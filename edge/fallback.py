@@ -38,9 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from shared.errors import InputError, Unavailable
-
 from edge.runtime import FloatArray, TFLiteModel
+from shared.errors import InputError, Unavailable
 
 ABSENT = "absent"
 INVOKE_ERROR = "invoke_error"
@@ -85,7 +84,16 @@ class _Link:
     """One model in the chain, with its moving latency estimate. The estimate
     travels with the model when it moves from current to last-known-good."""
 
-    __slots__ = ("est_ms", "model", "num_classes", "num_features", "run", "sha256", "skipped", "version")
+    __slots__ = (
+        "est_ms",
+        "model",
+        "num_classes",
+        "num_features",
+        "run",
+        "sha256",
+        "skipped",
+        "version",
+    )
 
     def __init__(self, model: TFLiteModel) -> None:
         self.model = model
@@ -174,9 +182,7 @@ class ServingChain:
         candidates = [x for x in (self._current, self._lkg, self._baseline) if x is not None]
         links: list[_Link] = []
         for link in candidates:
-            if not links:
-                links.append(link)
-            elif (
+            if not links or (
                 link.num_features == links[0].num_features
                 and link.num_classes == links[0].num_classes
                 and all(link.sha256 != other.sha256 for other in links)
@@ -213,7 +219,9 @@ class ServingChain:
 
     # -- the hot path -------------------------------------------------------
 
-    def predict(self, x: FloatArray | Sequence[float], budget_ms: float | None = None) -> Prediction:
+    def predict(
+        self, x: FloatArray | Sequence[float], budget_ms: float | None = None
+    ) -> Prediction:
         """Answer one sample of ``num_features`` floats within ``budget_ms``.
 
         Raises InputError for a wrong feature count or a non-finite input, and
@@ -297,7 +305,9 @@ class ServingChain:
             fallback = reason is not None
             if fallback:
                 self._count_fallback(reason)  # type: ignore[arg-type]
-            p = Prediction(label, out, link.version, link.sha256, f"{self._prefix}{n}", fallback, reason, ms)
+            p = Prediction(
+                label, out, link.version, link.sha256, f"{self._prefix}{n}", fallback, reason, ms
+            )
             self._recent[n % self._recent_size] = (p, x, link)
             return p
         return self._fail(plan, reason)
@@ -359,7 +369,9 @@ class ServingChain:
         if entry is None or entry[0].request_id != request_id:
             return None
         p, x, link = entry
-        return RecentInput(x, p.label, p.model_version, p.model_sha256, link.num_classes, p.fallback)
+        return RecentInput(
+            x, p.label, p.model_version, p.model_sha256, link.num_classes, p.fallback
+        )
 
     @property
     def predictions(self) -> int:

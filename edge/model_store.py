@@ -25,11 +25,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge.durable import atomic_write, remove_durably
 from shared.codec import check_sha256, sha256_hex
 from shared.errors import IntegrityError, MessageError, NotFound
 from shared.messages import SignedManifest
-
-from edge.durable import atomic_write, remove_durably
 
 logger = logging.getLogger(__name__)
 
@@ -157,10 +156,11 @@ class ModelStore:
             raise IntegrityError(f"stored manifest of {sha256[:12]} names {manifest.sha256[:12]}")
         return StoredVersion(sha256, manifest.version, data, signed)
 
-    def install(self, data: bytes, signed: SignedManifest) -> str:
-        """Store a verified version and make it current; the old current becomes
-        last-known-good. Returns the sha256. The caller has verified signature,
-        hash and probe; this only makes the result durable."""
+    def install(self, data: bytes, signed: SignedManifest, *, last_known_good: str | None) -> str:
+        """Store a verified version and make it current, with ``last_known_good``
+        (normally the version it replaces, if that one was serving) behind it.
+        Returns the sha256. The caller has verified signature, hash and probe;
+        this only makes the result durable."""
         sha = sha256_hex(data)
         manifest = signed.manifest()
         if manifest.sha256 != sha:
@@ -170,9 +170,12 @@ class ModelStore:
         atomic_write(self.manifest_path(sha), signed.to_wire())
         with self._lock:
             st = self._state
-            if st.current != sha:
-                st.last_known_good, st.current = st.current, sha
-            st.history.append({"sha256": sha, "version": manifest.version, "installed_at": time.time()})
+            st.current = sha
+            if last_known_good != sha:
+                st.last_known_good = last_known_good
+            st.history.append(
+                {"sha256": sha, "version": manifest.version, "installed_at": time.time()}
+            )
             del st.history[:-HISTORY_LIMIT]
             self._write_state()
         self.prune()
@@ -203,7 +206,9 @@ class ModelStore:
             if path.name.removesuffix(".manifest.json") not in keep:
                 remove_durably(path)
         if removed:
-            logger.info("pruned %d old version(s): %s", len(removed), ", ".join(s[:12] for s in removed))
+            logger.info(
+                "pruned %d old version(s): %s", len(removed), ", ".join(s[:12] for s in removed)
+            )
         return removed
 
     def _remove_temp_files(self) -> None:
@@ -212,7 +217,7 @@ class ModelStore:
                 tmp.unlink(missing_ok=True)
 
 
-def check_loadable(store: ModelStore, sha256: str | None) -> StoredVersion | None:
+def load_if_sound(store: ModelStore, sha256: str | None) -> StoredVersion | None:
     """Load ``sha256`` from ``store`` if set, logging (not raising) when it is
     unusable: a corrupted current version must not stop the edge from serving."""
     if sha256 is None:

@@ -111,10 +111,14 @@ class TFLiteModel:
             raise ModelRejected(f"{self.name}: the runtime cannot load this model: {e}") from e
         inputs, outputs = interp.get_input_details(), interp.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
-            raise ModelRejected(f"{self.name}: expected 1 input and 1 output, got {len(inputs)} and {len(outputs)}")
+            raise ModelRejected(
+                f"{self.name}: expected 1 input and 1 output, got {len(inputs)} and {len(outputs)}"
+            )
         in_shape, out_shape = list(inputs[0]["shape"]), list(outputs[0]["shape"])
         if len(in_shape) != 2 or in_shape[0] != 1 or len(out_shape) != 2 or out_shape[0] != 1:
-            raise ModelRejected(f"{self.name}: expected shapes [1,F] -> [1,C], got {in_shape} -> {out_shape}")
+            raise ModelRejected(
+                f"{self.name}: expected shapes [1,F] -> [1,C], got {in_shape} -> {out_shape}"
+            )
         self._interp = interp
         self._lock = threading.Lock()
         self._in_index = int(inputs[0]["index"])
@@ -166,7 +170,9 @@ class TFLiteModel:
                 out = self._interp.get_tensor(self._out_index)
         else:
             # round half to even like TFLite; clip before the cast so nothing wraps
-            q = np.rint(np.asarray(x, np.float32).reshape(1, self.num_features) * self._in_inv_scale)
+            q = np.rint(
+                np.asarray(x, np.float32).reshape(1, self.num_features) * self._in_inv_scale
+            )
             q += self._in_q.zero_point
             np.clip(q, self._in_lo, self._in_hi, out=q)
             with self._lock:
@@ -174,9 +180,10 @@ class TFLiteModel:
                 self._interp.set_tensor(self._in_index, self._in_buf)
                 self._interp.invoke()
                 out = self._interp.get_tensor(self._out_index)
+        row: FloatArray = out[0]
         if self._out_q.is_quantized:
-            return (out[0].astype(np.float32) - self._out_q.zero_point) * np.float32(self._out_q.scale)
-        return out[0]
+            return (row.astype(np.float32) - self._out_q.zero_point) * np.float32(self._out_q.scale)
+        return row
 
     def row_predictor(self) -> Callable[[FloatArray], FloatArray]:
         """A function from a float32 array of shape [1, F] to the output row.
@@ -187,10 +194,18 @@ class TFLiteModel:
         nanoseconds of Python are a measurable share. Other models go through
         ``predict_proba`` and its (de)quantization.
         """
-        if self._in_inv_scale is not None or self._out_q.is_quantized or self.input_dtype != "float32":
+        if (
+            self._in_inv_scale is not None
+            or self._out_q.is_quantized
+            or self.input_dtype != "float32"
+        ):
             return self.predict_proba
         acquire, release = self._lock.acquire, self._lock.release
-        set_tensor, invoke, get_tensor = self._interp.set_tensor, self._interp.invoke, self._interp.get_tensor
+        set_tensor, invoke, get_tensor = (
+            self._interp.set_tensor,
+            self._interp.invoke,
+            self._interp.get_tensor,
+        )
         in_index, out_index = self._in_index, self._out_index
 
         def run(x: FloatArray) -> FloatArray:
@@ -207,7 +222,11 @@ class TFLiteModel:
 
     def predict_proba_batch(self, xs: Sequence[Sequence[float]] | FloatArray) -> FloatArray:
         arr = np.asarray(xs, dtype=np.float32)
-        return np.stack([self.predict_proba(row) for row in arr]) if len(arr) else np.zeros((0, self.num_classes), np.float32)
+        return (
+            np.stack([self.predict_proba(row) for row in arr])
+            if len(arr)
+            else np.zeros((0, self.num_classes), np.float32)
+        )
 
     def warm_up(self, n: int = 3) -> None:
         """A few invokes so that the first real request does not pay for lazy setup."""
@@ -226,7 +245,9 @@ class TFLiteModel:
         got = self.predict_proba_batch(probe.inputs)
         want = np.asarray(probe.expected, np.float32)
         if got.shape != want.shape:
-            raise ModelRejected(f"{self.name}: probe outputs have shape {got.shape}, expected {want.shape}")
+            raise ModelRejected(
+                f"{self.name}: probe outputs have shape {got.shape}, expected {want.shape}"
+            )
         if not np.all(np.isfinite(got)):
             raise ModelRejected(f"{self.name}: non-finite outputs on the probe set")
         agreement = float(np.mean(got.argmax(1) == want.argmax(1)))

@@ -1,0 +1,132 @@
+"""The edge's local HTTP API: the daemon's three verbs over FastAPI.
+
+- ``POST /v1/predict``  PredictRequest → PredictResponse
+- ``POST /v1/feedback`` FeedbackRequest → 202 FeedbackAccepted
+- ``GET  /v1/health``   EdgeStatus (503 when no model can serve)
+
+Handlers are ``async def`` and do no I/O: a prediction is a few microseconds of
+CPU, cheaper than a hop to the thread pool. Responses are serialised once with
+``model_dump_json`` and returned as a ``Response``, so FastAPI does not
+re-validate them; ``response_model`` still documents them in the OpenAPI schema.
+Named errors become 4xx/5xx with ``{"detail": message}``, never a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from edge.daemon import EdgeDaemon
+from shared.errors import EdgeloopError, InputError, NotFound, Unavailable
+from shared.messages import (
+    EdgeStatus,
+    FeedbackAccepted,
+    FeedbackRequest,
+    PredictRequest,
+    PredictResponse,
+)
+
+logger = logging.getLogger(__name__)
+
+JSON = "application/json"
+
+
+def _error(description: str, example: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {JSON: {"example": {"detail": example}}},
+    }
+
+
+_INPUT_422 = _error("Invalid input", "expected 64 features, got 63")
+_NO_MODEL_503 = _error("No model can serve", "no model is loaded: the edge cannot serve yet")
+
+#: Status codes of the named errors the daemon raises.
+_STATUS: list[tuple[type[EdgeloopError], int]] = [
+    (InputError, 422),
+    (NotFound, 404),
+    (Unavailable, 503),
+]
+
+
+def create_app(daemon: EdgeDaemon) -> FastAPI:
+    """The HTTP API of ``daemon`` (already started by the caller)."""
+    app = FastAPI(
+        title="edgeloop edge",
+        version="1",
+        description="Local prediction, feedback and health of one edgeloop edge device.",
+    )
+    app.state.daemon = daemon
+    for exc_type, status in _STATUS:
+        app.add_exception_handler(exc_type, _handler(status))
+
+    @app.post(
+        "/v1/predict",
+        response_model=PredictResponse,
+        responses={422: _INPUT_422, 503: _NO_MODEL_503},
+        summary="Classify one sample",
+    )
+    async def predict(req: PredictRequest) -> Response:
+        x = np.array(req.x, dtype=np.float32)
+        if not np.isfinite(x).all():  # also catches floats beyond float32's range
+            raise InputError(
+                "features must be finite float32 numbers (got NaN, infinity or overflow)"
+            )
+        p = daemon.predict(x, req.budget_ms)
+        body = PredictResponse.model_construct(
+            label=p.label,
+            probabilities=p.probabilities.tolist(),
+            model_version=p.model_version,
+            model_sha256=p.model_sha256,
+            request_id=p.request_id,
+            fallback=p.fallback,
+            fallback_reason=p.fallback_reason,
+            latency_ms=p.latency_ms,
+        )
+        return Response(body.model_dump_json(), media_type=JSON)
+
+    @app.post(
+        "/v1/feedback",
+        status_code=202,
+        response_model=FeedbackAccepted,
+        responses={
+            404: _error("Unknown or expired request_id", "request_id 'x' is unknown or expired"),
+            422: _error("Invalid label or input", "label 12 is outside the model's classes 0..9"),
+            503: _NO_MODEL_503,
+        },
+        summary="Report the true label of an earlier prediction (or of an input)",
+    )
+    async def feedback(req: FeedbackRequest) -> Response:
+        accepted = daemon.feedback(req.label, request_id=req.request_id, x=req.x)
+        return Response(accepted.model_dump_json(), status_code=202, media_type=JSON)
+
+    @app.get(
+        "/v1/health",
+        response_model=EdgeStatus,
+        responses={
+            503: {
+                "description": "No model can serve; the body is still the status",
+                "model": EdgeStatus,
+            }
+        },
+        summary="This edge's status",
+    )
+    async def health() -> Response:
+        status = daemon.health()
+        code = 200 if daemon.can_serve else 503
+        return Response(status.model_dump_json(), status_code=code, media_type=JSON)
+
+    return app
+
+
+def _handler(status: int) -> Any:
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        if status >= 500:
+            logger.warning("%s %s -> %d: %s", request.method, request.url.path, status, exc)
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    return handle

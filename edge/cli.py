@@ -1,0 +1,139 @@
+"""``edgeloop-edge``: run the edge daemon and its local HTTP API, or check its health.
+
+    edgeloop-edge --config edge.toml           serve until SIGTERM/SIGINT
+    edgeloop-edge --config edge.toml --check   exit 0 if this device reports 'serving'
+
+Settings come from the TOML file with ``EDGELOOP_EDGE_*`` environment variables
+on top. A user error (bad config, missing key file, unusable state directory)
+prints one line and exits 2. ``--check`` exits 1 when the device is unhealthy
+or Redis cannot be reached. This is the only module that configures logging,
+and it imports the daemon only after the arguments parse, so that ``--help``
+works on any install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from shared.config import load_settings
+from shared.errors import ConfigError
+
+if TYPE_CHECKING:
+    from edge.settings import EdgeSettings
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_UNHEALTHY, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edgeloop-edge",
+        description="Serve quantized TFLite models at the edge with a local fallback, "
+        "stream feedback to the cloud trainers and apply their signed updates.",
+        epilog="Every setting can also be given as an environment variable "
+        "EDGELOOP_EDGE_<FIELD>, which wins over the file (e.g. EDGELOOP_EDGE_REDIS_URL).",
+    )
+    p.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file (edge.toml)")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="health check: exit 0 if this device's health key in Redis is fresh and its "
+        "state is 'serving', 1 otherwise",
+    )
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        from edge.settings import EdgeSettings
+
+        settings = load_settings(EdgeSettings, args.config)
+        return check(settings) if args.check else serve(settings)
+    except ConfigError as e:
+        print(f"edgeloop-edge: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def serve(settings: EdgeSettings) -> int:
+    """Run the daemon and the HTTP API until SIGTERM/SIGINT, then stop cleanly."""
+    import uvicorn
+
+    from edge.api import create_app
+    from edge.daemon import EdgeDaemon
+
+    try:
+        daemon = EdgeDaemon(settings)
+    except OSError as e:
+        raise ConfigError(f"cannot use state_dir {settings.state_dir}: {e.strerror or e}") from e
+    daemon.start()
+    try:
+        config = uvicorn.Config(
+            create_app(daemon),
+            host=settings.http_host,
+            port=settings.http_port,
+            log_config=None,  # logging is configured above; uvicorn's loggers propagate
+            access_log=False,
+            lifespan="off",
+        )
+        # uvicorn handles SIGTERM/SIGINT: it stops accepting, finishes requests, returns.
+        uvicorn.Server(config).run()
+    finally:
+        daemon.stop()
+    return EXIT_OK
+
+
+def check(settings: EdgeSettings) -> int:
+    """Exit status of the health check (arq-style: the exit code is the answer)."""
+    from edge.connections import REDIS_ERRORS, connect, describe, redact
+    from edge.status import read_health
+    from shared.errors import MessageError
+    from shared.keys import FleetKeys
+
+    client = connect(settings.redis_url)
+    try:
+        status = read_health(client, FleetKeys(settings.fleet), settings.device_id)
+    except REDIS_ERRORS as e:
+        print(f"unhealthy: cannot reach Redis at {redact(settings.redis_url)}: {describe(e)}")
+        return EXIT_UNHEALTHY
+    except MessageError as e:
+        print(f"unhealthy: the health key of {settings.device_id} does not parse: {e}")
+        return EXIT_UNHEALTHY
+    finally:
+        client.close()
+    if status is None:
+        print(
+            f"unhealthy: no report from {settings.device_id} in the last {settings.status_ttl_s}s"
+        )
+        return EXIT_UNHEALTHY
+    age = time.time() - status.ts
+    if age > settings.status_ttl_s:
+        print(f"unhealthy: last report from {settings.device_id} is {age:.0f}s old")
+        return EXIT_UNHEALTHY
+    if status.state != "serving":
+        print(
+            f"unhealthy: {settings.device_id} is {status.state} ({status.last_error or 'no error recorded'})"
+        )
+        return EXIT_UNHEALTHY
+    print(
+        f"healthy: {settings.device_id} serving {status.model} v{status.version}, reported {age:.1f}s ago"
+    )
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Redis connections for the edge's threads.
+
+Each long-running thread (uplink, updater, status) gets its own client: an XREAD
+BLOCK holds a connection, and one thread's outage handling must not stall
+another's. redis-py's own retry loop is switched off (one immediate retry, for
+a pooled connection that went stale across a server restart): the threads
+have their own backoff (``shared.retry.Backoff``) and must notice an outage
+within seconds, not after redis-py's default ten retries.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+logger = logging.getLogger(__name__)
+
+#: What a Redis call may raise when the server is down, restarting, out of memory
+#: or otherwise unable to answer; worth retrying later.
+REDIS_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+
+
+def connect(url: str, *, socket_timeout: float = 5.0, connect_timeout: float = 2.0) -> redis.Redis:
+    """A client for ``url`` that fails fast when Redis is down.
+
+    ``socket_timeout`` must exceed any XREAD BLOCK time the caller uses.
+    Nothing is sent until the first command, so this never blocks.
+    """
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=connect_timeout,
+        retry=Retry(NoBackoff(), 1),
+        health_check_interval=30,
+        protocol=2,
+    )
+
+
+def describe(e: BaseException) -> str:
+    """A one-line description of a Redis error for logs and ``last_error``."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def redact(url: str) -> str:
+    """``url`` with any password masked, for messages and logs.
+
+    >>> redact("redis://:s3cret@cache:6379/0")
+    'redis://:***@cache:6379/0'
+    """
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

@@ -1,0 +1,319 @@
+"""The edge daemon and its in-process API: ``predict``, ``feedback``, ``health``.
+
+``EdgeDaemon(settings)`` wires the parts together: the model store on disk, the
+serving chain in memory, and three threads (feedback uplink, update consumer,
+status reporter), each with its own Redis connection. It serves with Redis down:
+predictions never touch the network, feedback spools to disk, updates wait.
+
+The HTTP API (``edge.api``) is a thin layer over the same three verbs. Nothing
+here is global, so two daemons (two devices) can run in one process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Literal
+
+import numpy as np
+
+from edge.fallback import Prediction, ServingChain
+from edge.model_store import ModelStore, load_if_sound
+from edge.runtime import FloatArray, TFLiteModel, interpreter_class
+from edge.settings import EdgeSettings
+from edge.status import StatusReporter
+from edge.updater import UpdateConsumer
+from edge.uplink import FeedbackUplink
+from shared.errors import InputError, ModelRejected, NotFound, Unavailable
+from shared.keys import FleetKeys
+from shared.messages import EdgeCounters, EdgeStatus, FeedbackAccepted, FeedbackEvent
+from shared.signing import Verifier
+
+logger = logging.getLogger(__name__)
+
+
+class EdgeDaemon:
+    """One edge device: serve, learn from feedback, take updates."""
+
+    def __init__(self, settings: EdgeSettings) -> None:
+        self.settings = s = settings
+        self.keys = FleetKeys(s.fleet)
+        self.verifier = Verifier.from_file(s.public_key)  # ConfigError before anything starts
+        self.store = ModelStore(s.state_dir, keep=s.keep_versions)
+        self.chain = ServingChain(
+            budget_ms=s.latency_budget_ms,
+            probe_every=s.latency_probe_every,
+            recent=s.recent_inputs,
+            latency_window=s.latency_window,
+        )
+        self.uplink = FeedbackUplink(
+            redis_url=s.redis_url,
+            keys=self.keys,
+            device_id=s.device_id,
+            epoch=self.store.epoch,
+            state_dir=s.state_dir,
+            batch=s.feedback_batch,
+            flush_ms=s.feedback_flush_ms,
+            queue_max=s.feedback_queue_max,
+            spool_max_bytes=s.spool_max_bytes,
+        )
+        self.status = StatusReporter(
+            redis_url=s.redis_url,
+            keys=self.keys,
+            device_id=s.device_id,
+            build=self.health,
+            interval_s=s.status_interval_s,
+            ttl_s=s.status_ttl_s,
+            stream_maxlen=s.status_stream_maxlen,
+        )
+        self.updater = UpdateConsumer(
+            redis_url=s.redis_url,
+            keys=self.keys,
+            model=s.model,
+            store=self.store,
+            chain=self.chain,
+            verifier=self.verifier,
+            max_artifact_bytes=s.max_artifact_bytes,
+            runtime=s.runtime,
+            num_threads=s.num_threads,
+            warmup_invokes=s.warmup_invokes,
+            on_swap=self.status.kick,
+        )
+        self._state: str = "starting"
+        self._started_at = time.monotonic()
+        self._lifecycle = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self._accuracy: deque[bool] = deque(maxlen=s.accuracy_window)
+        self._labeled = 0
+        self._labeled_correct = 0
+        self._load_errors: list[str] = []
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def start(self) -> None:
+        """Load what the store says to serve, then start the threads. Never
+        needs Redis: an edge that boots offline serves from disk."""
+        with self._lifecycle:
+            if self._state != "starting":
+                return
+            self.chain.set_models(
+                current=self._load_stored(self.store.current, "current"),
+                last_known_good=self._load_stored(self.store.last_known_good, "last-known-good"),
+                baseline=self._load_baseline(),
+            )
+            self.uplink.start()
+            self.updater.start()
+            self.status.start()
+            self._state = "running"
+        served = ", ".join(m.name for m in self.chain.serving) or "nothing yet"
+        logger.info(
+            "edge %s (fleet %s) serving %s", self.settings.device_id, self.settings.fleet, served
+        )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop taking updates, drain feedback (spooling what cannot be sent),
+        publish a last 'stopping' status. Safe to call more than once."""
+        with self._lifecycle:
+            if self._state in ("stopping", "stopped"):
+                return
+            was_running = self._state == "running"
+            self._state = "stopping"
+        if was_running:
+            self.updater.stop()
+            self.uplink.close(timeout)
+            self.status.stop(final=self.health())
+        self._state = "stopped"
+        logger.info("edge %s stopped", self.settings.device_id)
+
+    def __enter__(self) -> EdgeDaemon:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _load_stored(self, sha: str | None, role: str) -> TFLiteModel | None:
+        stored = load_if_sound(self.store, sha)
+        if stored is None:
+            if sha is not None:
+                self._load_errors.append(f"stored {role} model {sha[:12]} is unusable")
+            return None
+        manifest = stored.signed.manifest()
+        try:
+            model = self._build(
+                stored.data, manifest.version, f"{manifest.model} v{manifest.version}"
+            )
+            # Re-run the probe: a runtime upgraded since install may answer differently.
+            model.check_probe(manifest.probe)
+        except ModelRejected as e:
+            logger.error("refusing stored %s model: %s", role, e)
+            self._load_errors.append(f"stored {role} model refused: {e}")
+            return None
+        return model
+
+    def _load_baseline(self) -> TFLiteModel | None:
+        path = self.settings.baseline_model
+        if path is None:
+            return None
+        try:
+            return self._build(path.read_bytes(), None, f"baseline {path.name}")
+        except (OSError, ModelRejected) as e:
+            logger.warning("baseline model %s not used: %s", path, e)
+            return None
+
+    def _build(self, data: bytes, version: int | None, name: str) -> TFLiteModel:
+        s = self.settings
+        model = TFLiteModel(
+            data, version=version, name=name, num_threads=s.num_threads, runtime=s.runtime
+        )
+        model.warm_up(s.warmup_invokes)
+        return model
+
+    # -- the in-process API -------------------------------------------------
+
+    def predict(
+        self, x: FloatArray | Sequence[float], budget_ms: float | None = None
+    ) -> Prediction:
+        """Classify one sample; see ``ServingChain.predict``."""
+        return self.chain.predict(x, budget_ms)
+
+    def feedback(
+        self,
+        label: int,
+        request_id: str | None = None,
+        x: FloatArray | Sequence[float] | None = None,
+    ) -> FeedbackAccepted:
+        """Record the true ``label`` for an earlier prediction (``request_id``) or
+        for an input ``x``, and send it to the trainers.
+
+        Raises NotFound for an unknown or expired request id and InputError for
+        a label outside the model's classes or a malformed ``x``. With a request
+        id, the stored input is used and ``x`` is ignored.
+        """
+        recalled = self.chain.recall(request_id) if request_id is not None else None
+        if request_id is not None and recalled is None:
+            raise NotFound(
+                f"request_id {request_id!r} is unknown or expired (this edge keeps the last "
+                f"{self.settings.recent_inputs} predictions of its current run)"
+            )
+        if recalled is not None:
+            features, num_classes = recalled.x, recalled.num_classes
+        elif x is not None:
+            features, num_classes = self._checked_features(x), self.chain.num_classes or 0
+        else:
+            raise InputError("feedback needs a request_id from /v1/predict or the input x")
+        if not 0 <= label < num_classes:
+            raise InputError(f"label {label} is outside the model's classes 0..{num_classes - 1}")
+        event = FeedbackEvent(
+            event_id=self.uplink.new_event_id(),
+            device_id=self.settings.device_id,
+            model=self.settings.model,
+            x=features.ravel().tolist(),
+            label=label,
+            model_version=recalled.model_version if recalled else None,
+            model_sha256=recalled.model_sha256 if recalled else None,
+            request_id=request_id,
+            predicted=recalled.predicted if recalled else None,
+            fallback=recalled.fallback if recalled else False,
+        )
+        queued = self.uplink.submit(event)
+        if recalled is not None:
+            correct = recalled.predicted == label
+            with self._stats_lock:
+                self._labeled += 1
+                self._labeled_correct += correct
+                self._accuracy.append(correct)
+        return FeedbackAccepted(event_id=event.event_id, queued=queued)
+
+    def _checked_features(self, x: FloatArray | Sequence[float]) -> FloatArray:
+        num_features = self.chain.num_features
+        if num_features is None:
+            raise Unavailable("no model is loaded, so the expected features are unknown")
+        try:
+            arr = np.array(x, dtype=np.float32).ravel()
+        except (TypeError, ValueError) as e:
+            raise InputError(f"x must be a list of {num_features} numbers: {e}") from e
+        if arr.shape != (num_features,):
+            raise InputError(f"expected {num_features} features, got {arr.size}")
+        if not np.isfinite(arr).all():
+            raise InputError("features must be finite numbers (got NaN or infinity)")
+        return arr
+
+    @property
+    def can_serve(self) -> bool:
+        """True when at least one model can answer."""
+        return bool(self.chain.serving)
+
+    def health(self) -> EdgeStatus:
+        """This edge's status: what it serves, how well, and what went wrong last."""
+        serving = self.chain.serving
+        head = serving[0] if serving else None
+        p50, p99 = self.chain.latency_percentiles()
+        with self._stats_lock:
+            accuracy = sum(self._accuracy) / len(self._accuracy) if self._accuracy else None
+            labeled, correct = self._labeled, self._labeled_correct
+        return EdgeStatus(
+            device_id=self.settings.device_id,
+            fleet=self.settings.fleet,
+            model=self.settings.model,
+            version=head.version if head else None,
+            sha256=head.sha256 if head else None,
+            runtime=head.runtime if head else self._runtime_name(),
+            state=self._public_state(),
+            uptime_s=time.monotonic() - self._started_at,
+            rolling_accuracy=accuracy,
+            latency_ms_p50=p50,
+            latency_ms_p99=p99,
+            counters=self._counters(labeled, correct),
+            last_error=self._last_error(),
+        )
+
+    def _counters(self, labeled: int, correct: int) -> EdgeCounters:
+        reasons = self.chain.fallback_counts()
+        return EdgeCounters(
+            predictions=self.chain.predictions,
+            failed_requests=self.chain.failed_requests,
+            fallback_predictions=sum(reasons.values()),
+            fallback_reasons=reasons,
+            feedback_sent=self.uplink.sent,
+            feedback_spooled=self.uplink.spooled,
+            feedback_dropped=self.uplink.dropped,
+            labeled=labeled,
+            labeled_correct=correct,
+            swaps=self.updater.swaps,
+            updates_refused=self.updater.updates_refused,
+            bytes_downloaded=self.updater.bytes_downloaded,
+        )
+
+    def _public_state(self) -> Literal["starting", "serving", "degraded", "stopping"]:
+        # serving: the current model is loaded. degraded: answering from a
+        # fallback (or not at all) because there is no usable current model.
+        if self._state == "running":
+            return "serving" if self.chain.current is not None else "degraded"
+        return "stopping" if self._state in ("stopping", "stopped") else "starting"
+
+    def _last_error(self) -> str | None:
+        timed = [
+            (self.updater.last_error_at, self.updater.last_error),
+            (self.uplink.last_error_at, self.uplink.last_error),
+            (self.status.last_error_at, self.status.last_error),
+        ]
+        latest = max(((t, m) for t, m in timed if m), default=None)
+        if latest is not None:
+            return latest[1]
+        return self._load_errors[-1] if self._load_errors else None
+
+    def _runtime_name(self) -> str:
+        try:
+            return interpreter_class(self.settings.runtime)[1]
+        except ImportError:
+            return ""

@@ -1,0 +1,362 @@
+"""The feedback uplink: labeled samples from this edge to the fleet's feedback stream.
+
+``submit`` never waits for the network. A sender thread takes up to
+``batch`` events (or what arrived within ``flush_ms``) and XADDs them with one
+pipeline. When Redis is unreachable, batches go to the on-disk spool instead;
+while the spool holds anything, new events go there too, so that a device's
+events reach the stream in the order they were made. When Redis comes back the
+spool is sent oldest first and each segment deleted once it is in the stream.
+
+Delivery is at-least-once: a connection lost mid-pipeline resends that batch.
+The trainer drops duplicates by ``event_id`` = ``<device>:<epoch>:<seq>``; the
+seq counter is persisted in blocks of ``SEQ_BLOCK`` (exactly at a clean
+close), so ids never repeat across restarts. After a crash, up to one block of
+numbers is skipped, never reused.
+
+Memory is bounded by ``queue_max``: a full queue spills to the spool from the
+submitting thread (a local disk write, not a network wait). The spool is
+bounded by ``spool_max_bytes``; beyond it events are dropped, counted and logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+from edge.connections import REDIS_ERRORS, connect, describe
+from edge.durable import atomic_write
+from edge.spool import Spool
+from shared.keys import FleetKeys
+from shared.messages import FeedbackEvent
+from shared.retry import Backoff
+
+logger = logging.getLogger(__name__)
+
+SEQ_BLOCK = 1000
+
+
+class SeqCounter:
+    """Feedback sequence numbers that never repeat for one epoch, across restarts."""
+
+    def __init__(self, path: Path, epoch: str, block: int = SEQ_BLOCK) -> None:
+        self._path, self._epoch, self._block = path, epoch, block
+        self._lock = threading.Lock()
+        self._next = 1
+        try:
+            saved = json.loads(path.read_bytes())
+            if saved.get("epoch") == epoch:
+                self._next = int(saved["next"])
+        except FileNotFoundError:
+            pass
+        except (ValueError, KeyError, TypeError) as e:
+            # Cannot tell which numbers were used: a new epoch is the only safe
+            # answer, and that is the store's call, not ours. Refuse loudly.
+            raise RuntimeError(
+                f"feedback seq file {path} is unreadable ({e}); remove it together with state.json"
+            ) from e
+        self._reserved = self._next
+        self._reserve()
+
+    def _reserve(self) -> None:
+        self._reserved = self._next + self._block
+        self._save(self._reserved)
+
+    def _save(self, value: int) -> None:
+        atomic_write(self._path, json.dumps({"epoch": self._epoch, "next": value}).encode())
+
+    def next(self) -> int:
+        with self._lock:
+            if self._next >= self._reserved:
+                self._reserve()
+            seq = self._next
+            self._next += 1
+            return seq
+
+    def close(self) -> None:
+        """Persist the exact next number, so that a clean restart leaves no gap."""
+        with self._lock:
+            self._save(self._next)
+            self._reserved = self._next  # the next number handed out reserves again
+
+
+class FeedbackUplink:
+    """Queue, batch, send or spool feedback events; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        redis_url: str,
+        keys: FleetKeys,
+        device_id: str,
+        epoch: str,
+        state_dir: Path,
+        batch: int = 256,
+        flush_ms: float = 50.0,
+        queue_max: int = 10_000,
+        spool_max_bytes: int = 64 * 1024 * 1024,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self._redis = connect(redis_url)
+        self._stream = keys.feedback
+        self._id_prefix = f"{device_id}:{epoch}:"
+        self._seq = SeqCounter(Path(state_dir) / "feedback.seq", epoch)
+        self._spool = Spool(Path(state_dir) / "spool", spool_max_bytes)
+        self._batch, self._flush_s, self._queue_max = batch, flush_ms / 1000.0, queue_max
+        self._backoff = backoff or Backoff(base=0.2, cap=5.0)
+        # Lock order: _spool_lock, then _cond. Neither is held across a network call.
+        self._spool_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._queue: deque[bytes] = deque()
+        self._inflight = 0
+        self._spill_gen = 0
+        self._closed = False
+        self._flush_requested = False
+        self._down = False
+        self._attempt = 0
+        self._next_attempt = 0.0
+        self._spool_full_logged = False
+        self._thread = threading.Thread(target=self._run, name="edgeloop-uplink", daemon=True)
+        self.sent = 0  # events XADDed, directly or from the spool
+        self.resent = 0  # of which from the spool
+        self.spooled = 0  # events written to the spool
+        self.dropped = 0  # events lost because the spool was full
+        self.last_error: str | None = None
+        self.last_error_at = 0.0
+
+    # -- the caller's side --------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def new_event_id(self) -> str:
+        """The idempotency id for the next event: ``<device>:<epoch>:<seq>``."""
+        return f"{self._id_prefix}{self._seq.next()}"
+
+    def submit(self, event: FeedbackEvent) -> bool:
+        """Hand ``event`` over; True if it is queued for Redis, False if it went
+        (or will go) to the spool because Redis is down or the queue is full."""
+        line = event.to_wire()
+        with self._cond:
+            if not self._closed and len(self._queue) < self._queue_max:
+                self._queue.append(line)
+                if len(self._queue) in (1, self._batch):
+                    self._cond.notify_all()
+                return not self._down and self._spool.empty()
+        self._spill(line)
+        return False
+
+    def _spill(self, line: bytes) -> None:
+        # Everything queued is older than ``line``: it goes first, so order holds.
+        with self._spool_lock:
+            with self._cond:
+                lines = [*self._queue, line]
+                self._queue.clear()
+                self._spill_gen += 1
+            self._write_spool(lines)
+
+    @property
+    def pending(self) -> int:
+        """Events in memory, not yet sent or spooled."""
+        return len(self._queue) + self._inflight
+
+    @property
+    def spool_bytes(self) -> int:
+        return self._spool.size
+
+    @property
+    def connected(self) -> bool:
+        return not self._down
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Try to deliver everything queued and spooled now; True if all of it
+        reached Redis within ``timeout``. Undelivered events stay safe."""
+        with self._cond:
+            self._flush_requested = True
+            self._next_attempt = 0.0
+            self._cond.notify_all()
+            done = self._cond.wait_for(self._idle, timeout)
+            self._flush_requested = False
+        return done
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Deliver what can be delivered within ``timeout``, spool the rest, stop."""
+        if self._closed:
+            return
+        if self._thread.is_alive():
+            self.flush(timeout)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        self._spool_queued()  # the thread's leftovers, if it could not finish
+        self._seq.close()
+        self._redis.close()
+
+    def _idle(self) -> bool:
+        return not self._queue and not self._inflight and self._spool.empty()
+
+    # -- the sender thread --------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            try:
+                if not self._cycle():
+                    return
+            except Exception:  # the thread must outlive any one bad cycle
+                logger.exception("feedback uplink: unexpected error; continuing")
+                time.sleep(0.5)
+
+    def _cycle(self) -> bool:
+        if not self._wait_for_work():
+            self._spool_queued()
+            return False
+        batch, gen = self._take()
+        if batch:
+            self._send(batch, gen)
+        elif not self._spool.empty() and time.monotonic() >= self._next_attempt:
+            self._drain_spool()
+        with self._cond:
+            self._cond.notify_all()  # wake flush() waiters
+        return True
+
+    def _wait_for_work(self) -> bool:
+        """Block until there is something to do; False once closed."""
+        with self._cond:
+            while not self._closed and not self._queue:
+                if not self._spool.empty():
+                    wait = self._next_attempt - time.monotonic()
+                    if wait <= 0:
+                        return True
+                    self._cond.wait(min(wait, 1.0))
+                else:
+                    self._cond.wait(1.0)
+            if self._closed:
+                return False
+            deadline = time.monotonic() + self._flush_s
+            while len(self._queue) < self._batch and not self._flush_requested and not self._closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            return True
+
+    def _take(self) -> tuple[list[bytes], int]:
+        """Take the next batch to send. While the spool is in use (or Redis is
+        down) everything queued goes behind it instead, and nothing is returned."""
+        with self._spool_lock:
+            with self._cond:
+                if self._down or not self._spool.empty():
+                    lines = list(self._queue)
+                    self._queue.clear()
+                else:
+                    n = min(self._batch, len(self._queue))
+                    batch = [self._queue.popleft() for _ in range(n)]
+                    self._inflight = n
+                    return batch, self._spill_gen
+            if lines:
+                self._write_spool(lines)
+        return [], self._spill_gen
+
+    def _send(self, batch: list[bytes], gen: int) -> None:
+        try:
+            self._xadd(batch)
+        except REDIS_ERRORS as e:
+            self._mark_down(e)
+            with self._spool_lock:
+                if self._spill_gen != gen:  # newer events were spilled meanwhile
+                    self._write_spool(batch, front=True)
+                else:
+                    self._write_spool(batch)
+        else:
+            self.sent += len(batch)
+            self._mark_up()
+        finally:
+            with self._cond:
+                self._inflight = 0
+
+    def _drain_spool(self) -> None:
+        """Send the spool oldest segment first; stop at the first failure."""
+        while True:
+            with self._spool_lock:
+                seg = self._spool.seal_head()
+            if seg is None:
+                self._mark_up()
+                return
+            try:
+                lines = self._spool.read(seg)
+            except OSError as e:
+                logger.error("feedback spool segment %s is unreadable (%s); discarding it", seg, e)
+                with self._spool_lock:
+                    self._spool.remove(seg)
+                continue
+            try:
+                for i in range(0, len(lines), self._batch):
+                    self._xadd(lines[i : i + self._batch])
+            except REDIS_ERRORS as e:
+                self._mark_down(e)
+                return
+            with self._spool_lock:
+                self._spool.remove(seg)
+            self.sent += len(lines)
+            self.resent += len(lines)
+            logger.info("feedback uplink: sent %d spooled event(s)", len(lines))
+
+    def _xadd(self, lines: list[bytes]) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        for line in lines:
+            pipe.xadd(self._stream, {"data": line})
+        pipe.execute()
+
+    def _write_spool(self, lines: list[bytes], front: bool = False) -> None:
+        """Append (or prepend) to the spool, counting what did not fit. Caller holds _spool_lock."""
+        try:
+            written = self._spool.prepend(lines) if front else self._spool.append(lines)
+        except OSError as e:  # disk full or failing: nothing more this edge can do
+            logger.error("feedback spool write failed (%s): dropping %d event(s)", e, len(lines))
+            written = 0
+        self.spooled += written
+        lost = len(lines) - written
+        if lost:
+            self.dropped += lost
+            if not self._spool_full_logged:
+                logger.error(
+                    "feedback spool is full (%d bytes, spool_max_bytes %d): dropping events "
+                    "until Redis is reachable again (%d so far)",
+                    self._spool.size,
+                    self._spool.max_bytes,
+                    self.dropped,
+                )
+                self._spool_full_logged = True
+        else:
+            self._spool_full_logged = False
+
+    def _spool_queued(self) -> None:
+        with self._spool_lock:
+            with self._cond:
+                lines = list(self._queue)
+                self._queue.clear()
+            if lines:
+                self._write_spool(lines)
+
+    def _mark_down(self, e: BaseException) -> None:
+        self.last_error, self.last_error_at = f"feedback uplink: {describe(e)}", time.time()
+        if not self._down:
+            logger.warning(
+                "feedback uplink: Redis unreachable (%s); spooling to %s",
+                describe(e),
+                self._spool.directory,
+            )
+        self._down = True
+        self._next_attempt = time.monotonic() + self._backoff.delay(self._attempt)
+        self._attempt += 1
+
+    def _mark_up(self) -> None:
+        if self._down:
+            logger.info("feedback uplink: Redis reachable again")
+        self._down = False
+        self._attempt = 0
