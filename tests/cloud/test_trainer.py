@@ -1,0 +1,139 @@
+"""The trainer loop: bootstrap to v1, a drift round to v2, status, the lease."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from cloud.datasets import drift
+from cloud.trainer import Trainer
+from edge.runtime import TFLiteModel
+from shared.messages import TrainerStatus
+from shared.signing import Verifier
+
+FAST = {"bootstrap_epochs": 20, "epochs": 8, "round_min_samples": 10_000, "round_interval_s": 3600,
+        "drift_window": 40, "drift_drop": 0.25, "gate_min_recent": 20, "status_interval_s": 0.2,
+        "block_ms": 10, "replay_capacity": 1000, "recent_train": 400}  # fmt: skip
+
+
+@pytest.fixture
+def trainer(make_settings, digits):
+    t = Trainer(make_settings(**FAST), dataset=digits, background_rounds=False)
+    yield t
+    t.close()
+
+
+def status_of(trainer: Trainer) -> TrainerStatus:
+    return TrainerStatus.from_wire(trainer.client.get(trainer.keys.trainer("digits")))
+
+
+def test_bootstrap_publishes_v1_once(trainer, make_settings, digits, signing_dir):
+    trainer.start()
+    version, sha, signed = trainer.publisher.latest("digits")
+    Verifier.from_file(signing_dir / "signing.pub").verify(signed.manifest_json.encode(), signed.signature)
+    m = signed.manifest()
+    assert version == 1 and m.explanation.trigger == "bootstrap" and m.metrics["earlier_accuracy"] > 0.9
+    assert m.explanation.data_window["seed_split"] == len(trainer.parts.seed_train.y)
+    assert TFLiteModel(trainer.publisher.content(sha)).check_probe(m.probe)[0] >= 0.95
+    assert trainer.client.exists(trainer.keys.weights(sha))
+    st = status_of(trainer)
+    assert [v.version for v in st.published] == [1] and st.last_round["trigger"] == "bootstrap"
+    # A second trainer (another process) neither bootstraps again nor runs rounds.
+    other = Trainer(make_settings(**FAST, consumer="trainer-2"), dataset=digits, background_rounds=False)
+    other.start()
+    assert not other.lease.held and trainer.publisher.versions("digits") == [(1, sha)]
+    other.close()
+
+
+def feed(trainer, events, X, y, start, predicted):
+    events.send(trainer.client, trainer.keys.feedback, events.many(X, y, start=start, predicted=predicted))
+    for _ in range(50):
+        if trainer.step(block_ms=10).entries == 0:
+            break
+
+
+def test_a_drift_round_publishes_a_better_v2(trainer, events, parts):
+    trainer.start()
+    _, sha1, _ = trainer.publisher.latest("digits")
+    v1 = TFLiteModel(trainer.publisher.content(sha1))
+    X, y = parts.stream.X, parts.stream.y
+    # Before the drift: the edges serve v1 well, no round starts.
+    feed(trainer, events, X[:300], y[:300], 0, v1.predict_proba_batch(X[:300]).argmax(1))
+    assert trainer.status.rounds == 0 and trainer.trigger.due() is None
+    # The inputs rotate; v1's served accuracy collapses and the feedback says so.
+    Xd, yd = drift("digits")(X[300:900]), y[300:900]
+    feed(trainer, events, Xd, yd, 100, v1.predict_proba_batch(Xd).argmax(1))
+    assert trainer.status.rounds == 1, trainer.status.last_round
+    version, sha2, signed = trainer.publisher.latest("digits")
+    m = signed.manifest()
+    assert version == 2 and m.parent_sha256 == sha1 and m.explanation.trigger == "drift"
+    assert m.metrics["recent_accuracy"] > m.metrics["parent_recent_accuracy"] + 0.1
+    assert m.metrics["earlier_accuracy"] >= m.metrics["parent_earlier_accuracy"] - 0.03
+    window = m.explanation.data_window
+    assert window["new_samples"] > 0 and sum(window["labeled_per_class"].values()) == window["new_samples"]
+    assert window["stream_ids"][0] < window["stream_ids"][1]
+    assert m.explanation.hyperparameters["epochs"] == 8 and "drift" in m.explanation.summary
+    assert m.explanation.details["parent"]["recent"]["accuracy"] == m.metrics["parent_recent_accuracy"]
+    # v2 serves the rotated digits far better than v1 did, in the edge runtime.
+    v2 = TFLiteModel(trainer.publisher.content(sha2))
+    Xt, yt = drift("digits")(X[900:]), y[900:]
+    assert (v2.predict_proba_batch(Xt).argmax(1) == yt).mean() > (v1.predict_proba_batch(Xt).argmax(1) == yt).mean() + 0.3
+    st = status_of(trainer)
+    assert st.rounds == 1 and [v.version for v in st.published] == [1, 2]
+    assert st.feedback_accepted == 900 and st.last_round["published"]
+    assert set(st.last_round["timings"]) == {"train_s", "export_s", "gate_s", "publish_s"}
+
+
+def test_count_trigger_and_rejection_are_recorded(make_settings, digits, events, parts):
+    trainer = Trainer(make_settings(**{**FAST, "round_min_samples": 150, "min_gain": 0.5}), dataset=digits,
+                      background_rounds=False)  # fmt: skip
+    trainer.start()
+    feed(trainer, events, parts.stream.X[:200], parts.stream.y[:200], 0, None)
+    assert trainer.status.rounds_rejected == 1 and trainer.status.rounds == 0
+    last = status_of(trainer).last_round
+    assert last["trigger"] == "count" and not last["published"] and "does not beat" in last["reason"]
+    assert trainer.publisher.versions("digits")[-1][0] == 1
+    trainer.close()
+
+
+def test_run_loop_ingests_while_a_round_runs_and_stops_cleanly(make_settings, digits, events, parts):
+    trainer = Trainer(make_settings(**{**FAST, "round_min_samples": 100, "min_gain": -1.0}), dataset=digits)
+    stop = threading.Event()
+    thread = threading.Thread(target=trainer.run, args=(stop,))
+    thread.start()
+    deadline = time.monotonic() + 60
+    while trainer.publisher.latest("digits") is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    events.send(trainer.client, trainer.keys.feedback, events.many(parts.stream.X[:150], parts.stream.y[:150]))
+    while trainer._round is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    events.send(trainer.client, trainer.keys.feedback,
+                events.many(parts.stream.X[150:300], parts.stream.y[150:300], start=50))  # fmt: skip
+    while trainer.data.stats()["accepted"] < 300 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert trainer._round is not None, "the second batch should be ingested while the round runs"
+    while trainer.publisher.latest("digits")[0] < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stop.set()
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert trainer.publisher.latest("digits")[0] >= 2  # the second batch may start another round
+    assert not trainer.client.exists(trainer.keys.trainer_lock("digits"))  # lease released
+    assert status_of(trainer).feedback_accepted == 300
+
+
+def test_a_standby_trainer_takes_over_when_the_lease_expires(make_settings, digits):
+    a = Trainer(make_settings(**FAST, lock_ttl_ms=300), dataset=digits, background_rounds=False)
+    b = Trainer(make_settings(**FAST, lock_ttl_ms=300, consumer="trainer-2"), dataset=digits,
+                background_rounds=False)  # fmt: skip
+    a.lease.refresh()
+    b.start()
+    assert a.lease.held and not b.lease.held
+    time.sleep(0.4)  # a dies without releasing
+    b._refresh_lease(force=True)
+    assert b.lease.held and not a.lease.refresh()
+    b.close()
+    a.close()
