@@ -14,8 +14,14 @@ from edge.runtime import TFLiteModel
 @pytest.fixture(scope="session")
 def weak(parts):
     """A barely trained model: the parent a better child should replace."""
-    model = bootstrap(parts.seed_train, Hyperparameters(epochs=1, batch_size=64, lr=5e-4, seed=1)).model
-    return TFLiteModel(export_int8(model, parts.seed_train.X[:200], parts.seed_train.X[:16], min_agreement=0.8).content)
+    model = bootstrap(
+        parts.seed_train, Hyperparameters(epochs=1, batch_size=64, lr=5e-4, seed=1)
+    ).model
+    return TFLiteModel(
+        export_int8(
+            model, parts.seed_train.X[:200], parts.seed_train.X[:16], min_agreement=0.8
+        ).content
+    )
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +29,11 @@ def scrambled(trained, parts):
     """A child fine-tuned on permuted labels: it must never ship."""
     y = (parts.seed_train.y + 1) % 10  # a permutation with no fixed point
     model = fine_tune(trained.model, parts.seed_train.X, y, Hyperparameters(10, 64, 1e-3, 0)).model
-    return TFLiteModel(export_int8(model, parts.seed_train.X[:200], parts.seed_train.X[:16], min_agreement=0.8).content)
+    return TFLiteModel(
+        export_int8(
+            model, parts.seed_train.X[:200], parts.seed_train.X[:16], min_agreement=0.8
+        ).content
+    )
 
 
 def halves(parts):
@@ -38,7 +48,10 @@ def test_better_child_is_published(weak, exported, parts):
     assert d.publish, d.reason
     assert d.child_recent.accuracy > d.parent_recent.accuracy + 0.01
     m = d.metrics()
-    assert m["recent_accuracy"] == d.child_recent.accuracy and m["parent_recent_accuracy"] < m["recent_accuracy"]
+    assert (
+        m["recent_accuracy"] == d.child_recent.accuracy
+        and m["parent_recent_accuracy"] < m["recent_accuracy"]
+    )
     assert set(d.child_recent.recall) == set(parts.stream.labels)
 
 
@@ -70,5 +83,7 @@ def test_forgetting_is_rejected_even_with_a_recent_gain(weak, exported, parts):
 
 
 def test_metrics_on_empty_data(exported):
-    m = evaluate(TFLiteModel(exported.content), (np.zeros((0, 64), np.float32), np.zeros(0, np.int64)), ["a"])
+    m = evaluate(
+        TFLiteModel(exported.content), (np.zeros((0, 64), np.float32), np.zeros(0, np.int64)), ["a"]
+    )
     assert m == Metrics(None, 0)

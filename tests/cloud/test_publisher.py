@@ -22,17 +22,26 @@ def publish(publisher, content, **kw):
     return publisher.publish("digits", content, **args)
 
 
-def test_published_version_verifies_and_is_announced(publisher, redis_client, keys, signing_dir, exported):
+def test_published_version_verifies_and_is_announced(
+    publisher, redis_client, keys, signing_dir, exported
+):
     p = publish(publisher, exported.content, probe=exported.probe, expected_parent=None)
     assert p.version == 1 and p.sha256 == exported.sha256
     verifier = Verifier.from_file(signing_dir / "signing.pub")
     signed = publisher.signed_manifest(p.sha256)
     verifier.verify(signed.manifest_json.encode(), signed.signature)
     m = signed.manifest()
-    assert (m.version, m.sha256, m.size, m.parent_sha256) == (1, exported.sha256, len(exported.content), None)
+    assert (m.version, m.sha256, m.size, m.parent_sha256) == (
+        1,
+        exported.sha256,
+        len(exported.content),
+        None,
+    )
     assert m.explanation.trigger == "test" and m.metrics["recent_accuracy"] == 0.9
     with pytest.raises(SignatureError):
-        verifier.verify(signed.manifest_json.replace('"version":1', '"version":9').encode(), signed.signature)
+        verifier.verify(
+            signed.manifest_json.replace('"version":1', '"version":9').encode(), signed.signature
+        )
     ((_, fields),) = redis_client.xrange(keys.deltas)
     ann = DeltaAnnouncement.from_wire(fields[b"data"])
     assert (ann.version, ann.sha256, ann.manifest_key) == (1, p.sha256, keys.manifest(p.sha256))
@@ -44,7 +53,9 @@ def test_published_version_verifies_and_is_announced(publisher, redis_client, ke
 
 def test_versions_count_up_with_parents(publisher, exported):
     first = publish(publisher, exported.content, probe=exported.probe)
-    second = publish(publisher, exported.content + b"\0", probe=exported.probe, expected_parent=first.sha256)
+    second = publish(
+        publisher, exported.content + b"\0", probe=exported.probe, expected_parent=first.sha256
+    )
     m = second.manifest
     assert (m.version, m.parent_version, m.parent_sha256) == (2, 1, first.sha256)
     version, sha, signed = publisher.latest("digits")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 
-import numpy as np
 import pytest
 
 from cloud.datasets import drift
@@ -33,23 +32,33 @@ def status_of(trainer: Trainer) -> TrainerStatus:
 def test_bootstrap_publishes_v1_once(trainer, make_settings, digits, signing_dir):
     trainer.start()
     version, sha, signed = trainer.publisher.latest("digits")
-    Verifier.from_file(signing_dir / "signing.pub").verify(signed.manifest_json.encode(), signed.signature)
+    Verifier.from_file(signing_dir / "signing.pub").verify(
+        signed.manifest_json.encode(), signed.signature
+    )
     m = signed.manifest()
-    assert version == 1 and m.explanation.trigger == "bootstrap" and m.metrics["earlier_accuracy"] > 0.9
+    assert (
+        version == 1
+        and m.explanation.trigger == "bootstrap"
+        and m.metrics["earlier_accuracy"] > 0.9
+    )
     assert m.explanation.data_window["seed_split"] == len(trainer.parts.seed_train.y)
     assert TFLiteModel(trainer.publisher.content(sha)).check_probe(m.probe)[0] >= 0.95
     assert trainer.client.exists(trainer.keys.weights(sha))
     st = status_of(trainer)
     assert [v.version for v in st.published] == [1] and st.last_round["trigger"] == "bootstrap"
     # A second trainer (another process) neither bootstraps again nor runs rounds.
-    other = Trainer(make_settings(**FAST, consumer="trainer-2"), dataset=digits, background_rounds=False)
+    other = Trainer(
+        make_settings(**FAST, consumer="trainer-2"), dataset=digits, background_rounds=False
+    )
     other.start()
     assert not other.lease.held and trainer.publisher.versions("digits") == [(1, sha)]
     other.close()
 
 
 def feed(trainer, events, X, y, start, predicted):
-    events.send(trainer.client, trainer.keys.feedback, events.many(X, y, start=start, predicted=predicted))
+    events.send(
+        trainer.client, trainer.keys.feedback, events.many(X, y, start=start, predicted=predicted)
+    )
     for _ in range(50):
         if trainer.step(block_ms=10).entries == 0:
             break
@@ -73,14 +82,21 @@ def test_a_drift_round_publishes_a_better_v2(trainer, events, parts):
     assert m.metrics["recent_accuracy"] > m.metrics["parent_recent_accuracy"] + 0.1
     assert m.metrics["earlier_accuracy"] >= m.metrics["parent_earlier_accuracy"] - 0.03
     window = m.explanation.data_window
-    assert window["new_samples"] > 0 and sum(window["labeled_per_class"].values()) == window["new_samples"]
+    assert (
+        window["new_samples"] > 0
+        and sum(window["labeled_per_class"].values()) == window["new_samples"]
+    )
     assert window["stream_ids"][0] < window["stream_ids"][1]
     assert m.explanation.hyperparameters["epochs"] == 8 and "drift" in m.explanation.summary
-    assert m.explanation.details["parent"]["recent"]["accuracy"] == m.metrics["parent_recent_accuracy"]
+    assert (
+        m.explanation.details["parent"]["recent"]["accuracy"] == m.metrics["parent_recent_accuracy"]
+    )
     # v2 serves the rotated digits far better than v1 did, in the edge runtime.
     v2 = TFLiteModel(trainer.publisher.content(sha2))
     Xt, yt = drift("digits")(X[900:]), y[900:]
-    assert (v2.predict_proba_batch(Xt).argmax(1) == yt).mean() > (v1.predict_proba_batch(Xt).argmax(1) == yt).mean() + 0.3
+    assert (v2.predict_proba_batch(Xt).argmax(1) == yt).mean() > (
+        v1.predict_proba_batch(Xt).argmax(1) == yt
+    ).mean() + 0.3
     st = status_of(trainer)
     assert st.rounds == 1 and [v.version for v in st.published] == [1, 2]
     assert st.feedback_accepted == 900 and st.last_round["published"]
@@ -94,20 +110,30 @@ def test_count_trigger_and_rejection_are_recorded(make_settings, digits, events,
     feed(trainer, events, parts.stream.X[:200], parts.stream.y[:200], 0, None)
     assert trainer.status.rounds_rejected == 1 and trainer.status.rounds == 0
     last = status_of(trainer).last_round
-    assert last["trigger"] == "count" and not last["published"] and "does not beat" in last["reason"]
+    assert (
+        last["trigger"] == "count" and not last["published"] and "does not beat" in last["reason"]
+    )
     assert trainer.publisher.versions("digits")[-1][0] == 1
     trainer.close()
 
 
-def test_run_loop_ingests_while_a_round_runs_and_stops_cleanly(make_settings, digits, events, parts):
-    trainer = Trainer(make_settings(**{**FAST, "round_min_samples": 100, "min_gain": -1.0}), dataset=digits)
+def test_run_loop_ingests_while_a_round_runs_and_stops_cleanly(
+    make_settings, digits, events, parts
+):
+    trainer = Trainer(
+        make_settings(**{**FAST, "round_min_samples": 100, "min_gain": -1.0}), dataset=digits
+    )
     stop = threading.Event()
     thread = threading.Thread(target=trainer.run, args=(stop,))
     thread.start()
     deadline = time.monotonic() + 60
     while trainer.publisher.latest("digits") is None and time.monotonic() < deadline:
         time.sleep(0.1)
-    events.send(trainer.client, trainer.keys.feedback, events.many(parts.stream.X[:150], parts.stream.y[:150]))
+    events.send(
+        trainer.client,
+        trainer.keys.feedback,
+        events.many(parts.stream.X[:150], parts.stream.y[:150]),
+    )
     while trainer._round is None and time.monotonic() < deadline:
         time.sleep(0.01)
     events.send(trainer.client, trainer.keys.feedback,
