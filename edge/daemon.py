@@ -207,6 +207,10 @@ class EdgeDaemon:
             )
         if recalled is not None:
             features, num_classes = recalled.x, recalled.num_classes
+            if not np.isfinite(features).all():
+                raise InputError(
+                    f"the input of {request_id} was not finite; it cannot train a model"
+                )
         elif x is not None:
             features, num_classes = self._checked_features(x), self.chain.num_classes or 0
         else:

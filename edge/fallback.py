@@ -143,7 +143,7 @@ class ServingChain:
         # never joins to an input it did not produce.
         self._prefix = secrets.token_hex(4) + "-"
         self._count = itertools.count(1)
-        self._peeks = 0
+        self._uncounted = 0
         self._recent: list[tuple[Prediction, FloatArray, _Link] | None] = [None] * recent
         self._recent_size = recent
         self.latencies: deque[float] = deque(maxlen=latency_window)
@@ -224,10 +224,15 @@ class ServingChain:
     ) -> Prediction:
         """Answer one sample of ``num_features`` floats within ``budget_ms``.
 
-        Raises InputError for a wrong feature count or a non-finite input, and
-        Unavailable when no link can answer. ``x`` is copied only when it is not
-        already a float32 array of the right shape: pass a fresh array, and do
-        not modify it afterwards, since it is kept for a feedback join.
+        Raises InputError for a wrong feature count, and Unavailable when no
+        link can answer. ``x`` is copied only when it is not already a float32
+        array of the right shape: pass a fresh array, and do not modify it
+        afterwards, since it is kept for a feedback join.
+
+        Finite inputs are the caller's business here (the HTTP API refuses NaN
+        and infinity): checking costs more than a quarter of the overhead
+        budget, and an int8 model saturates them rather than failing. A float
+        model's NaN output is caught and reported as InputError.
         """
         t0 = perf_counter()
         plan = self._plan
@@ -242,7 +247,7 @@ class ServingChain:
             # set_tensor refuses a wrong dtype or shape, so a valid input costs no check.
             out = head.run(x[None])  # type: ignore[index]
         except Exception:  # a bad input, or any runtime fault of this model
-            checked = self._checked(x, plan)  # raises InputError for a bad input
+            checked = self._checked(x, plan, counted=True)  # InputError for a bad input
             if checked is not x:  # convertible (say, float64): answer the converted copy
                 return self._walk(plan, checked, n, t0, budget_ms, 0, plan.head_reason)
             return self._walk(plan, x, n, t0, budget_ms, 1, INVOKE_ERROR)
@@ -329,11 +334,18 @@ class ServingChain:
             raise InputError(f"expected {plan.shape[0]} features, got {got}")
         return arr
 
-    def _checked(self, x: FloatArray, plan: _Plan) -> FloatArray:
-        """``x`` if it is already a float32 array of shape (F,), else a checked copy."""
+    def _checked(self, x: FloatArray, plan: _Plan, counted: bool = False) -> FloatArray:
+        """``x`` if it is already a float32 array of shape (F,), else a checked
+        copy. ``counted``: x already took a request number, to be given back."""
         if x.dtype is _F32 and x.shape == plan.shape:
             return x
-        return self._coerce(x, plan)
+        try:
+            return self._coerce(x, plan)
+        except InputError:
+            if counted:
+                with self._stats_lock:
+                    self._uncounted += 1
+            raise
 
     @staticmethod
     def _check_finite_input(x: FloatArray) -> None:
@@ -377,10 +389,10 @@ class ServingChain:
     def predictions(self) -> int:
         """Requests that reached a model (answered or failed)."""
         # itertools.count cannot be read without advancing it: take one number
-        # and remember how many were taken this way.
+        # and remember how many were taken this way (or by refused inputs).
         with self._stats_lock:
-            taken = next(self._count) - 1 - self._peeks
-            self._peeks += 1
+            taken = next(self._count) - 1 - self._uncounted
+            self._uncounted += 1
         return taken
 
     def latency_percentiles(self) -> tuple[float | None, float | None]:

@@ -1,0 +1,169 @@
+"""Helpers for the edge tests: model files, signed manifests, and publishing a
+version to Redis the way the cloud's publisher does (manifest and artifact keys
+first, then an announcement on the fleet's delta stream)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis
+
+from edge.runtime import TFLiteModel
+from edge.settings import BUNDLED_BASELINE, EdgeSettings
+from shared.codec import encode_full, sha256_hex
+from shared.config import load_settings
+from shared.keys import FleetKeys
+from shared.messages import (
+    DeltaAnnouncement,
+    ModelManifest,
+    Payload,
+    ProbeSet,
+    SignedManifest,
+)
+from shared.signing import Signer, generate_keypair
+
+DATA = Path(__file__).resolve().parent / "data"
+FLOAT_MODEL = DATA / "float_digits.tflite"
+DYNAMIC_MODEL = DATA / "dynamic_digits.tflite"
+FLOAT_16_FEATURES = DATA / "float_16features.tflite"
+LABELS = [str(i) for i in range(10)]
+
+
+def baseline_bytes() -> bytes:
+    return BUNDLED_BASELINE.read_bytes()
+
+
+def variant(n: int) -> bytes:
+    """A distinct, valid model file: the baseline with ``n`` padding bytes after
+    the flatbuffer, which TFLite ignores. Same answers, a different sha256."""
+    return baseline_bytes() + b"\0" * n
+
+
+def digit_inputs(n: int, seed: int = 0) -> np.ndarray:
+    """``n`` samples shaped like sklearn's digits: 64 pixel values in 0..16."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 17, size=(n, 64)).astype(np.float32)
+
+
+def probe_for(model_bytes: bytes, n: int = 8, seed: int = 0) -> ProbeSet:
+    """The probe a publisher would attach: the model's own outputs on a few inputs."""
+    inputs = digit_inputs(n, seed)
+    expected = TFLiteModel(model_bytes).predict_proba_batch(inputs)
+    return ProbeSet(inputs=inputs.tolist(), expected=expected.tolist())
+
+
+@dataclass
+class Signing:
+    """A key pair with the public half written where an edge's settings can name it."""
+
+    signer: Signer
+    public_pem: bytes
+    public_key: Path
+
+    @classmethod
+    def create(cls, directory: Path, name: str = "signing") -> Signing:
+        private_pem, public_pem = generate_keypair()
+        path = directory / f"{name}.pub"
+        path.write_bytes(public_pem)
+        return cls(Signer(private_pem), public_pem, path)
+
+
+def make_manifest(
+    model_bytes: bytes, version: int, *, model: str = "digits", **fields: Any
+) -> ModelManifest:
+    values: dict[str, Any] = {
+        "model": model,
+        "version": version,
+        "sha256": sha256_hex(model_bytes),
+        "size": len(model_bytes),
+        "num_features": 64,
+        "labels": LABELS,
+        "runtime": "ai-edge-litert (tests)",
+        "probe": probe_for(model_bytes),
+    }
+    values.update(fields)
+    return ModelManifest(**values)
+
+
+def sign(signer: Signer | None, manifest: ModelManifest) -> SignedManifest:
+    text = manifest.model_dump_json()
+    signature = signer.sign(text.encode()) if signer is not None else None
+    return SignedManifest(manifest_json=text, signature=signature)
+
+
+def publish_version(
+    client: redis.Redis,
+    keys: FleetKeys,
+    signer: Signer | None,
+    model_bytes: bytes,
+    version: int,
+    *,
+    model: str = "digits",
+    manifest: ModelManifest | None = None,
+    signed: SignedManifest | None = None,
+    artifact: bytes | None = None,
+    announce_sha: str | None = None,
+) -> DeltaAnnouncement:
+    """Write manifest and artifact keys, then XADD the announcement; return it.
+
+    ``manifest``/``signed``/``artifact`` override what is written, to publish
+    something broken on purpose; ``announce_sha`` makes the announcement name
+    another hash than the file's.
+    """
+    manifest = manifest or make_manifest(model_bytes, version, model=model)
+    signed = signed or sign(signer, manifest)
+    sha = manifest.sha256
+    blob = artifact if artifact is not None else encode_full(model_bytes, level=3)
+    client.set(keys.manifest(sha), signed.to_wire())
+    client.set(keys.artifact(sha), blob)
+    ann = DeltaAnnouncement(
+        model=model,
+        version=version,
+        sha256=announce_sha or sha,
+        manifest_key=keys.manifest(sha),
+        payloads=[Payload(encoding="full", key=keys.artifact(sha), size=len(blob))],
+    )
+    client.xadd(keys.deltas, {"data": ann.to_wire()})
+    return ann
+
+
+def make_settings(
+    tmp_path: Path, redis_url: str, public_key: Path, **overrides: Any
+) -> EdgeSettings:
+    values: dict[str, Any] = {
+        "device_id": "pi-1",
+        "fleet": "lab",
+        "redis_url": redis_url,
+        "public_key": public_key,
+        "state_dir": tmp_path / "state",
+        "status_interval_s": 0.2,
+        "status_ttl_s": 5,
+        "feedback_flush_ms": 10,
+        "warmup_invokes": 1,
+    }
+    values.update(overrides)
+    return load_settings(EdgeSettings, None, **values)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def stream_events(client: redis.Redis, stream: str) -> list[dict[str, Any]]:
+    """The FeedbackEvent JSON of every entry of ``stream``, in stream order."""
+    import json
+
+    return [json.loads(fields[b"data"]) for _, fields in client.xrange(stream)]
