@@ -42,6 +42,7 @@ _NOISY = (
     "litert_torch",
     "ai_edge_quantizer",
     "h5py",
+    "httpx",
 )
 
 
@@ -174,6 +175,7 @@ COMMANDS: dict[str, Command] = {
     "baseline": Command(
         "train and export the bundled digits baseline", baseline_arguments, run_baseline
     ),
+    "demo": Command("the whole loop on this machine", "cloud.demo.cli:add_arguments", "cloud.demo.cli:run"),
 }
 
 

@@ -1,0 +1,305 @@
+"""The demo's timeline: start everything, serve, drift, recover, report, stop.
+
+Everything runs for real: a private redis-server, ``edgeloop trainer`` and one
+``edgeloop-edge`` per edge as separate processes, and the sensor apps talking
+HTTP to the edges. The demo itself only watches (status keys in Redis, the
+edges' health endpoints) and scores (the apps know the true labels).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+from rich.console import Console
+from rich.live import Live
+
+from cloud.datasets import Dataset, drift, load_dataset, split
+from cloud.demo.apps import Phase, SensorApp, phase_accuracies
+from cloud.demo.services import Child, ProcessGroup, free_port, python_module, start_redis
+from cloud.demo.view import live_view, summary_table
+from shared.errors import EdgeloopError
+from shared.keys import FleetKeys
+from shared.messages import EdgeStatus, MessageError, TrainerStatus
+from shared.signing import write_keypair
+
+logger = logging.getLogger(__name__)
+
+FLEET = "demo"
+
+
+class DemoError(EdgeloopError):
+    """A part of the demo did not come up or died; the message names its log."""
+
+
+@dataclass
+class DemoOptions:
+    quick: bool = False
+    dataset: str = "digits"
+    label_column: str | None = None
+    edges: int = 3
+    seed: int = 0
+    keep: bool = False
+
+    @property
+    def pre_drift_s(self) -> float:
+        return 35.0 if self.quick else 75.0
+
+    @property
+    def post_drift_s(self) -> float:
+        return 80.0 if self.quick else 150.0
+
+    @property
+    def rate_hz(self) -> float:
+        return 25.0
+
+    label_share: float = 0.5
+    noise: float = 0.5
+
+
+def model_name(ds: Dataset) -> str:
+    if ds.kind == "digits":
+        return "digits"
+    return ("csv-" + re.sub(r"[^A-Za-z0-9_.-]", "-", ds.name))[:64]
+
+
+def _toml(values: dict[str, Any]) -> str:
+    lines = []
+    for k, v in values.items():
+        if v is None:
+            continue
+        if isinstance(v, bool):
+            lines.append(f"{k} = {'true' if v else 'false'}")
+        elif isinstance(v, (int, float)):
+            lines.append(f"{k} = {v}")
+        else:
+            lines.append(f'{k} = "{v}"')
+    return "\n".join(lines) + "\n"
+
+
+class Demo:
+    """One run. ``run()`` returns the result dict; ``close()`` stops everything."""
+
+    def __init__(self, options: DemoOptions, console: Console) -> None:
+        self.o = options
+        self.console = console
+        self.workdir = Path(tempfile.mkdtemp(prefix="edgeloop-demo-"))
+        self.group = ProcessGroup(self.workdir)
+        self.dataset = load_dataset(options.dataset, options.label_column)
+        self.model = model_name(self.dataset)
+        self.keys = FleetKeys(FLEET)
+        self.phase = Phase()
+        self.apps: dict[str, SensorApp] = {}
+        self.edge_urls: dict[str, str] = {}
+        self.edge_children: dict[str, Child] = {}
+        self.trainer_child: Child | None = None
+        self.redis: redis.Redis | None = None
+        self.headline = "starting"
+
+    # -- bring-up ---------------------------------------------------------------
+
+    def start(self) -> None:
+        redis_url = start_redis(self.group)
+        self.redis = redis.Redis.from_url(redis_url)
+        private_key, public_key = write_keypair(self.workdir / "keys")
+        self._start_trainer(redis_url, private_key)
+        self._wait("trainer bootstrap: first version", self._first_version, timeout=300)
+        for i in range(1, self.o.edges + 1):
+            self._start_edge(f"edge-{i}", redis_url, public_key)
+        self._wait("edges serving", self._edges_serving, timeout=120)
+
+    def _start_trainer(self, redis_url: str, private_key: Path) -> None:
+        q = self.o.quick
+        config = self.workdir / "cloud.toml"
+        config.write_text(_toml({
+            "mode": "development", "fleet": FLEET, "model": self.model, "redis_url": redis_url,
+            "signing_key": str(private_key), "consumer": "trainer-1", "seed": self.o.seed,
+            "dataset": self.o.dataset, "label_column": self.o.label_column,
+            "round_min_samples": 150 if q else 250, "round_interval_s": 20.0 if q else 30.0,
+            "drift_window": 40, "status_interval_s": 1.0, "claim_idle_ms": 5000,
+        }))  # fmt: skip
+        self.trainer_child = self.group.spawn(
+            "trainer", python_module("cloud.cli", "--log-level", "INFO", "trainer", "--config", str(config))
+        )
+
+    def _start_edge(self, device: str, redis_url: str, public_key: Path) -> None:
+        port = free_port()
+        config = self.workdir / f"{device}.toml"
+        config.write_text(_toml({
+            "mode": "development", "device_id": device, "fleet": FLEET, "model": self.model,
+            "redis_url": redis_url, "public_key": str(public_key),
+            "state_dir": str(self.workdir / device), "http_port": port, "status_interval_s": 1.0,
+        }))  # fmt: skip
+        self.edge_children[device] = self.group.spawn(
+            device, python_module("edge.cli", "--config", str(config))
+        )
+        self.edge_urls[device] = f"http://127.0.0.1:{port}"
+
+    def _wait(self, what: str, ready: Callable[[], bool], timeout: float) -> None:
+        self.headline = f"waiting for {what}"
+        deadline = time.monotonic() + timeout
+        with self.console.status(f"waiting for {what}…"):
+            while not ready():
+                self._check_children()
+                if time.monotonic() > deadline:
+                    raise DemoError(f"timed out waiting for {what}; logs in {self.workdir}")
+                time.sleep(0.5)
+
+    def _check_children(self) -> None:
+        for child in self.group.children:
+            if not child.alive():
+                raise DemoError(
+                    f"{child.name} exited with code {child.proc.returncode}; last lines of "
+                    f"{child.log_path}:\n{child.tail()}"
+                )
+
+    def _first_version(self) -> bool:
+        assert self.redis is not None
+        return bool(self.redis.zcard(self.keys.versions(self.model)))
+
+    def _edges_serving(self) -> bool:
+        statuses = self.edge_health()
+        return all(s is not None and s.version is not None for s in statuses.values())
+
+    # -- watching ---------------------------------------------------------------
+
+    def edge_health(self) -> dict[str, EdgeStatus | None]:
+        out: dict[str, EdgeStatus | None] = {}
+        for device, url in self.edge_urls.items():
+            try:
+                r = httpx.get(f"{url}/v1/health", timeout=2.0)
+                out[device] = EdgeStatus.model_validate_json(r.content) if r.status_code in (200, 503) else None
+            except (httpx.HTTPError, ValueError):
+                out[device] = None
+        return out
+
+    def trainer_status(self) -> TrainerStatus | None:
+        assert self.redis is not None
+        raw = self.redis.get(self.keys.trainer(self.model))
+        if raw is None:
+            return None
+        try:
+            return TrainerStatus.from_wire(raw)
+        except MessageError:
+            return None
+
+    def published_versions(self) -> set[int]:
+        assert self.redis is not None
+        return {int(score) for _, score in self.redis.zrange(self.keys.versions(self.model), 0, -1, withscores=True)}
+
+    # -- the run ----------------------------------------------------------------
+
+    def serve_and_drift(self) -> None:
+        parts = split(self.dataset, self.o.seed)
+        drift_fn = drift(self.dataset.kind)
+        for n, (device, url) in enumerate(self.edge_urls.items()):
+            app = SensorApp(
+                f"app-{device}", url, parts.stream.X, parts.stream.y, drift_fn, self.phase,
+                rate_hz=self.o.rate_hz, label_share=self.o.label_share,
+                noise=self.o.noise if self.dataset.kind == "digits" else 0.0, seed=self.o.seed + n,
+            )  # fmt: skip
+            self.apps[device] = app
+            app.start()
+        start = time.monotonic()
+        drift_at = start + self.o.pre_drift_s
+        end = drift_at + self.o.post_drift_s
+        with Live(self._render(), console=self.console, refresh_per_second=2, transient=False) as live:
+            while (now := time.monotonic()) < end:
+                if not self.phase.drift and now >= drift_at:
+                    self.phase.inject_drift(self.published_versions())
+                if self.phase.drift:
+                    self.headline = f"DRIFT injected ({self._drift_name()}): {end - now:.0f}s left"
+                else:
+                    self.headline = f"serving before drift: drift in {drift_at - now:.0f}s"
+                self._check_children()
+                live.update(self._render())
+                time.sleep(1.0)
+            for app in self.apps.values():
+                app.stop()
+            for app in self.apps.values():
+                app.join(timeout=10)
+            self.headline = "draining feedback"
+            live.update(self._render())
+            self._drain()
+            live.update(self._render())
+
+    def _drift_name(self) -> str:
+        return "digits rotated 90°" if self.dataset.kind == "digits" else "features mirrored"
+
+    def _render(self) -> Any:
+        return live_view(self.headline, self.edge_health(), self.apps, self.trainer_status())
+
+    def _drain(self, timeout: float = 60.0) -> None:
+        """Wait until the trainer has taken every feedback event the apps sent."""
+        sent = sum(a.stats.feedback_sent for a in self.apps.values())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.trainer_status()
+            if status and status.feedback_accepted + status.feedback_deadlettered >= sent:
+                return
+            time.sleep(0.5)
+        logger.warning("feedback did not drain in %.0fs", timeout)
+
+    def result(self) -> dict[str, Any]:
+        edges = self.edge_health()
+        trainer = self.trainer_status()
+        outcomes = [o for app in self.apps.values() for o in app.stats.outcomes]
+        sent = sum(a.stats.feedback_sent for a in self.apps.values())
+        accepted = trainer.feedback_accepted if trainer else 0
+        deadlettered = trainer.feedback_deadlettered if trainer else 0
+        versions = sorted(self.published_versions())
+        fallback = sum(s.counters.fallback_predictions for s in edges.values() if s)
+        failed_edge = sum(s.counters.failed_requests for s in edges.values() if s)
+        failed_apps = sum(a.stats.failed + a.stats.feedback_failed for a in self.apps.values())
+        return {
+            "dataset": self.dataset.name,
+            "edges": len(self.edge_urls),
+            "versions_published": len(versions),
+            "pre_drift_versions": sorted(self.phase.pre_drift_versions),
+            "edge_versions": {d: (s.version if s else None) for d, s in edges.items()},
+            **phase_accuracies(outcomes, self.phase),
+            "predictions": sum(a.stats.requests for a in self.apps.values()),
+            "feedback_sent": sent,
+            "feedback_trained": accepted,
+            "feedback_deadlettered": deadlettered,
+            "feedback_duplicates": trainer.feedback_duplicates if trainer else 0,
+            "feedback_lost": max(0, sent - accepted - deadlettered),
+            "fallback_predictions": fallback,
+            "failed_requests": failed_edge + failed_apps,
+            "rounds": trainer.rounds if trainer else 0,
+            "rounds_rejected": trainer.rounds_rejected if trainer else 0,
+            "bytes_downloaded": sum(s.counters.bytes_downloaded for s in edges.values() if s),
+        }
+
+    def close(self) -> None:
+        self.group.stop_all()
+        if self.redis is not None:
+            self.redis.close()
+        if self.o.keep:
+            self.console.print(f"[dim]logs and state kept in {self.workdir}[/]")
+        else:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def run_demo(options: DemoOptions, console: Console) -> dict[str, Any]:
+    demo = Demo(options, console)
+    try:
+        demo.start()
+        demo.serve_and_drift()
+        result = demo.result()
+    except BaseException:
+        options.keep = True  # keep the logs of a failed run
+        raise
+    finally:
+        demo.close()
+    console.print(summary_table(result))
+    return result
