@@ -94,6 +94,9 @@ class UpdateConsumer:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        # Closing the sockets ends a blocked XREAD now rather than after block_ms;
+        # the thread sees a connection error, then the stop flag.
+        self._redis.connection_pool.disconnect()
         if self._thread.is_alive():
             self._thread.join(timeout)
         self._redis.close()
@@ -105,6 +108,8 @@ class UpdateConsumer:
                 self.poll()
                 attempt = 0
             except REDIS_ERRORS as e:
+                if self._stop.is_set():
+                    return
                 if attempt == 0:
                     logger.warning(
                         "updater: Redis unreachable (%s); retrying with backoff", describe(e)
@@ -113,6 +118,8 @@ class UpdateConsumer:
                 self._stop.wait(self._backoff.delay(attempt))
                 attempt += 1
             except Exception as e:  # the thread must outlive any one bad announcement
+                if self._stop.is_set():
+                    return  # stop() closed the socket under a blocked read
                 logger.exception("updater: unexpected error")
                 self._error(f"updater: {type(e).__name__}: {e}")
                 self._stop.wait(1.0)

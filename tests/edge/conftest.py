@@ -33,7 +33,8 @@ def settings_factory(
     tmp_path: Path, redis_url: str, signing: Signing
 ) -> Callable[..., EdgeSettings]:
     def make(**overrides: Any) -> EdgeSettings:
-        return make_settings(tmp_path, redis_url, signing.public_key, **overrides)
+        url = overrides.pop("redis_url", redis_url)
+        return make_settings(tmp_path, url, signing.public_key, **overrides)
 
     return make
 
