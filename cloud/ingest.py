@@ -36,7 +36,7 @@ import numpy.typing as npt
 import redis
 from pydantic import ValidationError
 
-from cloud.replay import NewSample, TrainerData
+from cloud.replay import NewSamples, TrainerData
 from shared.errors import MessageError
 from shared.keys import FEEDBACK_GROUP, FleetKeys
 from shared.messages import SCHEMA_VERSION, DeadLetter, FeedbackEvent
@@ -215,16 +215,17 @@ class FeedbackIngest:
     def poll(self, block_ms: int | None = None) -> Batch:
         """Reclaim a dead consumer's entries when due, then read new ones; accept both."""
         try:
-            entries = self._claim_due()
-            block = None if entries else (self.block_ms if block_ms is None else block_ms)
-            entries += self._read(block)
+            claimed = self._claim_due()
+            if claimed:
+                # A separate transaction: each batch must be in stream order (see _batch).
+                return _merge(self.process(claimed), self.process(self._read(None)))
+            return self.process(self._read(self.block_ms if block_ms is None else block_ms))
         except redis.ResponseError as e:
             if "NOGROUP" not in str(e):
                 raise
             logger.warning("consumer group is gone (stream deleted?); creating it again")
             self.ensure_group()
             return self.process([])
-        return self.process(entries)
 
     def _read(self, block: int | None) -> list[Entry]:
         reply = self.client.xreadgroup(
@@ -271,7 +272,7 @@ class FeedbackIngest:
         parsed: list[_Parsed] = []
         dead: list[tuple[str, str, bytes]] = []
         for raw_id, fields in entries:
-            entry_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+            entry_id = _str_id(raw_id)
             result = self._parse(entry_id, fields)
             if isinstance(result, str):
                 dead.append((entry_id, result, _payload_of(fields)))
@@ -351,15 +352,12 @@ class FeedbackIngest:
             marks = dict(zip(heads, pipe.hmget(seen_key, heads), strict=True)) if heads else {}
             states = {h: Watermark.decode(v) for h, v in marks.items()}
             keep = [i for i, p in enumerate(parsed) if states[p.head].add(p.seq)]
-            samples = [
-                NewSample(
-                    X[i],
-                    parsed[i].event.label,
-                    draws[i] >> 16,
-                    (draws[i] & 0xFFFF) % self.holdout_every == 0,
-                )
-                for i in keep
-            ]
+            samples = NewSamples(
+                X[keep],
+                [parsed[i].event.label for i in keep],
+                [draws[i] >> 16 for i in keep],
+                [(draws[i] & 0xFFFF) % self.holdout_every == 0 for i in keep],
+            )
             counters = self.data.read_counters(pipe)
             writes = self.data.plan(counters, samples)
             pipe.multi()
@@ -367,59 +365,60 @@ class FeedbackIngest:
                 pipe.hset(seen_key, mapping={h: s.encode() for h, s in states.items()})
                 self.data.add_to(pipe, counters, samples, writes)
             for entry_id, reason, payload in dead:
-                letter = DeadLetter(
-                    source_stream=self.keys.feedback,
-                    source_id=entry_id,
-                    reason=reason,
-                    payload=payload.decode("utf-8", "replace"),
-                    consumer=self.consumer,
-                )
-                pipe.xadd(
-                    self.keys.deadletter,
-                    {"data": letter.to_wire()},
-                    maxlen=self.deadletter_maxlen,
-                    approximate=True,
-                )
+                self._add_dead_letter(pipe, entry_id, reason, payload)
             stats = {
                 "accepted": len(keep),
                 "duplicates": len(parsed) - len(keep),
                 "deadlettered": len(dead),
             }
-            for i in keep:
-                c = f"class:{parsed[i].event.label}"
-                stats[c] = stats.get(c, 0) + 1
+            for label in samples.labels:
+                stats[f"class:{label}"] = stats.get(f"class:{label}", 0) + 1
             self.data.add_stats(pipe, stats)
             pipe.xack(self.keys.feedback, FEEDBACK_GROUP, *ids)
             out.update(keep=keep, samples=samples)
 
         self.client.transaction(txn, seen_key, *self.data.watch_keys)
-        return self._batch(parsed, X, out["keep"], out["samples"], dead, len(ids))
+        return self._batch(parsed, out["keep"], out["samples"], dead, ids)
+
+    def _add_dead_letter(self, pipe: Any, entry_id: str, reason: str, payload: bytes) -> None:
+        letter = DeadLetter(
+            source_stream=self.keys.feedback,
+            source_id=entry_id,
+            reason=reason,
+            payload=payload.decode("utf-8", "replace"),
+            consumer=self.consumer,
+        )
+        pipe.xadd(
+            self.keys.deadletter,
+            {"data": letter.to_wire()},
+            maxlen=self.deadletter_maxlen,
+            approximate=True,
+        )
 
     def _batch(
         self,
         parsed: list[_Parsed],
-        X: Any,
         keep: list[int],
-        samples: list[NewSample],
+        samples: NewSamples,
         dead: list[Any],
-        n: int,
+        ids: list[Any],
     ) -> Batch:
         nc = self.data.num_classes
-        predicted = [p.event.predicted for p in (parsed[i] for i in keep)]
+        predicted = [parsed[i].event.predicted for i in keep]
         accepted = Accepted(
-            X=X[keep] if keep else _empty(self.data.num_features).X,
-            y=np.array([s.label for s in samples], np.int64),
+            X=samples.X,
+            y=np.array(samples.labels, np.int64),
             predicted=np.array(
                 [v if v is not None and 0 <= v < nc else -1 for v in predicted], np.int64
             ),
-            holdout=np.array([s.holdout for s in samples], bool),
+            holdout=np.array(samples.holdout, bool),
         )
         if keep:
-            accepted_ids = [parsed[i].entry_id for i in keep]
-            accepted.first_id = min(accepted_ids, key=stream_id_key)
-            accepted.last_id = max(accepted_ids, key=stream_id_key)
+            # Entries arrive in stream order (XREADGROUP and XAUTOCLAIM both), so the
+            # range of the batch is its first and last id.
+            accepted.first_id, accepted.last_id = _str_id(ids[0]), _str_id(ids[-1])
         return Batch(
-            n,
+            len(ids),
             accepted,
             duplicates=len(parsed) - len(keep),
             deadlettered=len(dead),
@@ -441,9 +440,37 @@ class FeedbackIngest:
             )
 
 
+def _str_id(entry_id: bytes | str) -> str:
+    return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+
 def _draw(event_id: str) -> int:
     """64 uniform bits fixed by the event id: holdout choice (low 16) and reservoir draw (rest)."""
     return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "little")
+
+
+def _merge(a: Batch, b: Batch) -> Batch:
+    """Two consecutive polls' results as one (older first)."""
+    if not b.entries:
+        return a
+    if not a.entries:
+        return b
+    x, y = a.accepted, b.accepted
+    accepted = Accepted(
+        np.concatenate([x.X, y.X]),
+        np.concatenate([x.y, y.y]),
+        np.concatenate([x.predicted, y.predicted]),
+        np.concatenate([x.holdout, y.holdout]),
+        first_id=x.first_id or y.first_id,
+        last_id=y.last_id or x.last_id,
+    )
+    return Batch(
+        a.entries + b.entries,
+        accepted,
+        a.duplicates + b.duplicates,
+        a.deadlettered + b.deadlettered,
+        a.reasons + b.reasons,
+    )
 
 
 def _empty(num_features: int) -> Accepted:

@@ -72,13 +72,26 @@ def decode_samples(blobs: Iterable[bytes], num_features: int) -> tuple[FloatArra
 
 
 @dataclass(frozen=True)
-class NewSample:
-    """An accepted sample on its way into the stores."""
+class NewSamples:
+    """Accepted samples on their way into the stores, one row each (columns, not objects,
+    because ingest moves tens of thousands of them a second)."""
 
-    x: FloatArray
-    label: int
-    draw: int  # a uniform 64-bit integer, fixed per sample (ingest: from the event id)
-    holdout: bool
+    X: FloatArray
+    labels: list[int]
+    draws: list[int]  # uniform 64-bit integers fixed per sample (ingest: from the event id)
+    holdout: list[bool]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: Sequence[int]) -> NewSamples:
+        idx = list(index)
+        return NewSamples(
+            self.X[idx],
+            [self.labels[i] for i in idx],
+            [self.draws[i] for i in idx],
+            [self.holdout[i] for i in idx],
+        )
 
 
 @dataclass
@@ -163,17 +176,18 @@ class TrainerData:
             ring=int(r[-1] or 0),
         )
 
-    def plan(self, counters: Counters, samples: Sequence[NewSample]) -> Writes:
+    def plan(self, counters: Counters, samples: NewSamples) -> Writes:
         """Decide where each sample goes; mutates ``counters`` to their new values."""
         w = Writes()
-        for i, s in enumerate(samples):
-            if s.holdout:
-                slot = self.holdout.place(counters.holdout, s.label, s.draw)
+        rows = zip(samples.labels, samples.draws, samples.holdout, strict=True)
+        for i, (label, draw, held) in enumerate(rows):
+            if held:
+                slot = self.holdout.place(counters.holdout, label, draw)
                 if slot is not None:
                     w.holdout[slot] = i
                 w.recent.append(i)
                 continue
-            slot = self.replay.place(counters.replay, s.label, s.draw)
+            slot = self.replay.place(counters.replay, label, draw)
             if slot is not None:
                 w.replay[slot] = i
             if self.recent_train:
@@ -181,16 +195,14 @@ class TrainerData:
                 counters.ring += 1
         return w
 
-    def add_to(
-        self, pipe: Any, counters: Counters, samples: Sequence[NewSample], writes: Writes
-    ) -> None:
+    def add_to(self, pipe: Any, counters: Counters, samples: NewSamples, writes: Writes) -> None:
         """Queue the writes of ``plan`` on ``pipe`` (inside MULTI), encoding each sample once."""
         cache: dict[int, bytes] = {}
 
         def enc(i: int) -> bytes:
             b = cache.get(i)
             if b is None:
-                b = cache[i] = encode_sample(samples[i].x, samples[i].label)
+                b = cache[i] = encode_sample(samples.X[i], samples.labels[i])
             return b
 
         replay: dict[bytes, bytes | int] = {f: enc(i) for f, i in writes.replay.items()}
@@ -215,7 +227,12 @@ class TrainerData:
         """Put a dataset split into the replay buffer or the holdout reservoir (bootstrap)."""
         rng = np.random.default_rng(seed)
         draws = rng.integers(0, 2**62, size=len(y))
-        samples = [NewSample(X[i], int(y[i]), int(draws[i]), holdout) for i in range(len(y))]
+        samples = NewSamples(
+            np.asarray(X, np.float32),
+            [int(v) for v in y],
+            [int(d) for d in draws],
+            [holdout] * len(y),
+        )
 
         def txn(pipe: Any) -> None:
             counters = self.read_counters(pipe)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cloud.replay import NewSample, TrainerData, decode_samples, encode_sample
+from cloud.replay import NewSamples, TrainerData, decode_samples, encode_sample
 
 
 def make_data(client, keys, **kw) -> TrainerData:
@@ -14,7 +14,7 @@ def make_data(client, keys, **kw) -> TrainerData:
     return TrainerData(client, keys, "m", **args)
 
 
-def add(data: TrainerData, samples: list[NewSample]) -> None:
+def add(data: TrainerData, samples: NewSamples) -> None:
     def txn(pipe):
         counters = data.read_counters(pipe)
         writes = data.plan(counters, samples)
@@ -24,13 +24,15 @@ def add(data: TrainerData, samples: list[NewSample]) -> None:
     data.client.transaction(txn, *data.watch_keys)
 
 
-def stream(n: int, labels, holdout_every: int = 0, seed: int = 0) -> list[NewSample]:
+def stream(n: int, labels, holdout_every: int = 0, seed: int = 0) -> NewSamples:
+    """Samples whose features all equal their position in the stream."""
     rng = np.random.default_rng(seed)
-    return [
-        NewSample(np.array([i, i, i], np.float32), int(labels[i]), int(rng.integers(2**62)),
-                  bool(holdout_every) and i % holdout_every == 0)
-        for i in range(n)
-    ]  # fmt: skip
+    return NewSamples(
+        X=np.repeat(np.arange(n, dtype=np.float32)[:, None], 3, axis=1),
+        labels=[int(v) for v in labels[:n]],
+        draws=[int(d) for d in rng.integers(0, 2**62, size=n)],
+        holdout=[bool(holdout_every) and i % holdout_every == 0 for i in range(n)],
+    )
 
 
 def test_samples_round_trip_compactly():
@@ -45,8 +47,9 @@ def test_replay_stays_class_balanced_and_bounded(redis_client, keys):
     data = make_data(redis_client, keys)
     # Heavily imbalanced stream: class 0 is 85% of it.
     labels = np.where(np.arange(2000) % 20 < 17, 0, np.arange(2000) % 3 + 1)
+    samples = stream(2000, labels)
     for chunk in np.array_split(np.arange(2000), 8):
-        add(data, [s for s in stream(2000, labels) if s.x[0] in chunk])
+        add(data, samples.subset(chunk))
     _, y = data.replay_set()
     counts = np.bincount(y, minlength=4)
     assert len(y) <= 40 and counts.max() <= 10  # quota = capacity / classes
@@ -67,16 +70,16 @@ def test_reservoir_keeps_old_and_new_samples(redis_client, keys):
 def test_holdout_recent_window_and_training_ring(redis_client, keys):
     data = make_data(redis_client, keys)
     samples = stream(30, np.arange(30) % 4, holdout_every=3)
-    add(data, samples[:15])
-    add(data, samples[15:])
+    add(data, samples.subset(range(15)))
+    add(data, samples.subset(range(15, 30)))
     Xr, _ = data.recent_set()
-    held = [s.x[0] for s in samples if s.holdout]
+    held = [float(i) for i in range(30) if samples.holdout[i]]
     assert Xr[:, 0].tolist() == held[::-1][:5]  # newest first, window of 5
     assert data.recent_count() == 5
     _, yh = data.holdout_set()
     assert len(yh) == len(held)
     Xt, _ = data.recent_training_set()
-    trained_on = [s.x[0] for s in samples if not s.holdout]
+    trained_on = [float(i) for i in range(30) if not samples.holdout[i]]
     assert sorted(Xt[:, 0].tolist()) == sorted(trained_on[-6:])  # ring of the last 6
     Xall, _ = data.training_set()
     assert len(Xall) == len(data.replay_set()[1]) + 6
