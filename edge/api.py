@@ -71,8 +71,9 @@ def create_app(daemon: EdgeDaemon) -> FastAPI:
         summary="Classify one sample",
     )
     async def predict(req: PredictRequest) -> Response:
-        x = np.array(req.x, dtype=np.float32)
-        if not np.isfinite(x).all():  # also catches floats beyond float32's range
+        with np.errstate(over="ignore"):  # beyond float32's range becomes inf, refused next
+            x = np.array(req.x, dtype=np.float32)
+        if not np.isfinite(x).all():
             raise InputError(
                 "features must be finite float32 numbers (got NaN, infinity or overflow)"
             )

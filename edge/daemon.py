@@ -243,7 +243,8 @@ class EdgeDaemon:
         if num_features is None:
             raise Unavailable("no model is loaded, so the expected features are unknown")
         try:
-            arr = np.array(x, dtype=np.float32).ravel()
+            with np.errstate(over="ignore"):  # out of float32 range: inf, refused below
+                arr = np.array(x, dtype=np.float32).ravel()
         except (TypeError, ValueError) as e:
             raise InputError(f"x must be a list of {num_features} numbers: {e}") from e
         if arr.shape != (num_features,):

@@ -324,7 +324,8 @@ class ServingChain:
         if not plan.links:
             raise Unavailable("no model is loaded: the edge cannot serve yet")
         try:
-            arr = np.array(x, dtype=np.float32)  # a copy: the caller may reuse x
+            with np.errstate(over="ignore"):  # out of float32 range: inf, like the model would see
+                arr = np.array(x, dtype=np.float32)  # a copy: the caller may reuse x
         except (TypeError, ValueError) as e:
             raise InputError(f"features must be a list of {plan.shape[0]} numbers: {e}") from e
         if arr.ndim == 2 and arr.shape[0] == 1:

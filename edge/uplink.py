@@ -117,6 +117,7 @@ class FeedbackUplink:
         self._flush_requested = False
         self._down = False
         self._attempt = 0
+        self._failures = 0
         self._next_attempt = 0.0
         self._spool_full_logged = False
         self._thread = threading.Thread(target=self._run, name="edgeloop-uplink", daemon=True)
@@ -173,14 +174,16 @@ class FeedbackUplink:
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Try to deliver everything queued and spooled now; True if all of it
-        reached Redis within ``timeout``. Undelivered events stay safe."""
+        reached Redis within ``timeout``. Returns False early when Redis refuses
+        the attempt. Undelivered events stay safe in the queue or the spool."""
         with self._cond:
+            failures = self._failures
             self._flush_requested = True
             self._next_attempt = 0.0
             self._cond.notify_all()
-            done = self._cond.wait_for(self._idle, timeout)
+            self._cond.wait_for(lambda: self._idle() or self._failures > failures, timeout)
             self._flush_requested = False
-        return done
+            return self._idle()
 
     def close(self, timeout: float = 5.0) -> None:
         """Deliver what can be delivered within ``timeout``, spool the rest, stop."""
@@ -352,6 +355,7 @@ class FeedbackUplink:
                 self._spool.directory,
             )
         self._down = True
+        self._failures += 1
         self._next_attempt = time.monotonic() + self._backoff.delay(self._attempt)
         self._attempt += 1
 

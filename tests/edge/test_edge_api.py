@@ -1,0 +1,209 @@
+"""The local HTTP API, served by a real uvicorn on a free port (stdlib client, so
+the edge-only install needs no httpx)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+import uvicorn
+from helpers import Signing, publish_version, stream_events, variant, wait_for
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge.api import create_app
+from edge.daemon import EdgeDaemon
+from shared.keys import FleetKeys
+from shared.messages import EdgeStatus, FeedbackAccepted, PredictResponse
+
+Factory = Callable[..., EdgeDaemon]
+Call = Callable[..., tuple[int, Any]]
+
+
+@pytest.fixture
+def serve(daemon_factory: Factory) -> Iterator[Callable[[EdgeDaemon], Call]]:
+    """Serve a daemon's API; returns call(method, path, body=None) -> (status, json)."""
+    running: list[tuple[uvicorn.Server, threading.Thread]] = []
+
+    def start(daemon: EdgeDaemon) -> Call:
+        config = uvicorn.Config(
+            create_app(daemon),
+            host="127.0.0.1",
+            port=0,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+        )
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        wait_for(lambda: server.started, what="uvicorn started")
+        port = server.servers[0].sockets[0].getsockname()[1]
+        running.append((server, thread))
+
+        def call(
+            method: str, path: str, body: Any = None, raw: bytes | None = None
+        ) -> tuple[int, Any]:
+            data = (
+                raw
+                if raw is not None
+                else (json.dumps(body).encode() if body is not None else None)
+            )
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{port}{path}",
+                data=data,
+                method=method,
+                headers={"Content-Type": "application/json"},
+            )
+            try:
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    return resp.status, json.loads(resp.read())
+            except urllib.error.HTTPError as e:
+                with e:
+                    return e.code, json.loads(e.read())
+
+        return call
+
+    yield start
+    for server, thread in running:
+        server.should_exit = True
+        thread.join(5)
+
+
+@pytest.fixture
+def api(daemon_factory: Factory, serve: Callable[[EdgeDaemon], Call]) -> Call:
+    return serve(daemon_factory())
+
+
+X = [float(i % 17) for i in range(64)]
+
+
+def test_predict_answers_with_a_request_id(api: Call) -> None:
+    status, body = api("POST", "/v1/predict", {"x": X})
+    assert status == 200
+    p = PredictResponse.model_validate(body)
+    assert len(p.probabilities) == 10 and 0 <= p.label < 10 and p.request_id
+    assert p.fallback and p.fallback_reason == "absent"  # only the bundled baseline yet
+    status, body = api("POST", "/v1/predict", {"x": X, "budget_ms": 5})
+    assert status == 200 and body["request_id"] != p.request_id
+
+
+def test_predict_answers_from_a_published_version(
+    daemon_factory: Factory,
+    serve: Callable[[EdgeDaemon], Call],
+    redis_client: redis.Redis,
+    keys: FleetKeys,
+    signing: Signing,
+) -> None:
+    daemon = daemon_factory()
+    call = serve(daemon)
+    publish_version(redis_client, keys, signing.signer, variant(1), 1)
+    wait_for(lambda: daemon.chain.current is not None, what="v1 served")
+    status, body = call("POST", "/v1/predict", {"x": X})
+    assert status == 200 and body["model_version"] == 1 and body["fallback"] is False
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b'{"x": [1.0, 2.0]}', "expected 64 features, got 2"),
+        (b'{"x": [' + b"NaN, " * 63 + b"1.0]}", "finite"),
+        (b'{"x": [' + b"1e39, " * 63 + b"1.0]}", "finite"),
+        (b'{"x": []}', "at least 1"),
+        (b'{"x": "abc"}', "list"),
+        (b'{"budget_ms": 5}', "Field required"),
+        (b'{"x": [1.0], "budget_ms": 0}', "greater than 0"),
+        (b"{not json", "JSON"),
+    ],
+)
+def test_bad_predict_input_is_a_422_with_a_message(api: Call, raw: bytes, message: str) -> None:
+    status, body = api("POST", "/v1/predict", raw=raw)
+    assert status == 422
+    assert message.lower() in json.dumps(body).lower()
+
+
+def test_feedback_is_accepted_and_reaches_the_stream(
+    api: Call, daemon_factory: Factory, redis_client: redis.Redis, keys: FleetKeys
+) -> None:
+    _, predicted = api("POST", "/v1/predict", {"x": X})
+    status, body = api("POST", "/v1/feedback", {"label": 4, "request_id": predicted["request_id"]})
+    assert status == 202
+    accepted = FeedbackAccepted.model_validate(body)
+    assert accepted.event_id.startswith("pi-1:") and accepted.queued
+    wait_for(lambda: stream_events(redis_client, keys.feedback), what="the event in Redis")
+    (event,) = stream_events(redis_client, keys.feedback)
+    assert event["event_id"] == accepted.event_id and event["x"] == X and event["label"] == 4
+    status, _ = api("POST", "/v1/feedback", {"label": 4, "x": X})
+    assert status == 202
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({"label": 1, "request_id": "feedbeef-1"}, 404, "unknown or expired"),
+        ({"label": 10, "x": X}, 422, "outside the model's classes"),
+        ({"label": -1, "x": X}, 422, "greater than or equal to 0"),
+        ({"label": 1, "x": X[:10]}, 422, "expected 64 features"),
+        ({"label": 1}, 422, "request_id"),
+    ],
+)
+def test_bad_feedback_is_a_4xx_with_a_message(
+    api: Call, body: dict[str, Any], status: int, message: str
+) -> None:
+    got, answer = api("POST", "/v1/feedback", body)
+    assert got == status
+    assert message in json.dumps(answer)
+
+
+def test_health_reports_the_status(api: Call) -> None:
+    api("POST", "/v1/predict", {"x": X})
+    status, body = api("GET", "/v1/health")
+    assert status == 200
+    health = EdgeStatus.model_validate(body)
+    assert health.device_id == "pi-1" and health.counters.predictions == 1
+    assert health.counters.fallback_reasons == {"absent": 1}
+
+
+def test_without_a_model_health_and_predict_are_503(
+    daemon_factory: Factory, serve: Callable[[EdgeDaemon], Call]
+) -> None:
+    call = serve(daemon_factory(baseline_model=None))
+    status, body = call("GET", "/v1/health")
+    assert status == 503 and body["device_id"] == "pi-1" and body["state"] == "degraded"
+    status, body = call("POST", "/v1/predict", {"x": X})
+    assert status == 503 and "no model is loaded" in body["detail"]
+
+
+def test_the_openapi_schema_documents_the_api(api: Call) -> None:
+    status, schema = api("GET", "/openapi.json")
+    assert status == 200
+    paths = schema["paths"]
+    predict = paths["/v1/predict"]["post"]
+    assert predict["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "PredictResponse"
+    )
+    assert {"422", "503"} <= set(predict["responses"])
+    assert {"202", "404", "422"} <= set(paths["/v1/feedback"]["post"]["responses"])
+    assert paths["/v1/health"]["get"]["responses"]["200"]["content"]["application/json"]["schema"][
+        "$ref"
+    ].endswith("EdgeStatus")
+
+
+def test_random_inputs_are_answered_or_refused_never_a_500(api: Call) -> None:
+    floats = st.floats(allow_nan=True, allow_infinity=True, width=64)
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(floats, max_size=70) | st.lists(st.just(1.0), min_size=64, max_size=64))
+    def check(x: list[float]) -> None:
+        status, body = api("POST", "/v1/predict", {"x": x})
+        assert status in (200, 422), body
+        if status == 200:
+            assert len(x) == 64 and len(body["probabilities"]) == 10
+
+    check()
