@@ -175,7 +175,9 @@ COMMANDS: dict[str, Command] = {
     "baseline": Command(
         "train and export the bundled digits baseline", baseline_arguments, run_baseline
     ),
-    "demo": Command("the whole loop on this machine", "cloud.demo.cli:add_arguments", "cloud.demo.cli:run"),
+    "demo": Command(
+        "the whole loop on this machine", "cloud.demo.cli:add_arguments", "cloud.demo.cli:run"
+    ),
 }
 
 

@@ -81,7 +81,7 @@ def export_int8(
     calibration_X: npt.NDArray[np.float32],
     probe_X: npt.NDArray[np.float32],
     *,
-    min_agreement: float = 0.97,
+    min_agreement: float = 0.95,
 ) -> ExportResult:
     """Convert, quantize and check ``model``; raise ExportError or NumericCheckError."""
     start = time.perf_counter()

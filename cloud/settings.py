@@ -86,7 +86,9 @@ class TrainerSettings(EnvFirstSettings):
     min_gain: float = Field(0.01, description="child must beat parent on the recent window by this")
     forgetting_tolerance: float = Field(0.03, ge=0, description="allowed loss on earlier data")
     probe_size: int = Field(32, ge=1)
-    min_int8_agreement: float = Field(0.97, ge=0, le=1)
+    # argmax flips between near-tied classes are expected on hard tabular data; a broken
+    # (e.g. dynamic-range) file disagrees far more than this
+    min_int8_agreement: float = Field(0.95, ge=0, le=1)
     calibration_size: int = Field(200, ge=1)
 
     # Ingest

@@ -89,16 +89,31 @@ class Trainer:
         self._next_status = 0.0
         self._next_lease = 0.0
         self._status_restored = False
+        self._summaries: dict[str, VersionSummary] = {}  # versions are immutable
 
     # -- lifecycle ------------------------------------------------------------
 
     def start(self) -> None:
         """Consumer group, lease, bootstrap if the model has no version yet."""
         self.ingest.ensure_group()
+        self._check_published_model()
         self._refresh_lease(force=True)
         if self.lease.held and self.publisher.latest(self.settings.model) is None:
             logger.info("no version of %s yet: bootstrapping", self.settings.model)
             self._finish(self.rounds.bootstrap())
+
+    def _check_published_model(self) -> None:
+        """Refuse to train a published model on a dataset with other features or classes."""
+        latest = self.publisher.latest(self.settings.model)
+        if latest is None:
+            return
+        m = latest[2].manifest()
+        if m.labels != self.dataset.labels or m.num_features != self.dataset.num_features:
+            raise ConfigError(
+                f"{self.settings.model} v{m.version} has {m.num_features} features and labels {m.labels}, "
+                f"but dataset {self.settings.dataset!r} has {self.dataset.num_features} and "
+                f"{self.dataset.labels}; use another model name for another dataset"
+            )
 
     def run(self, stop: threading.Event) -> None:
         """Ingest and train until ``stop`` is set; rides out Redis outages."""
@@ -240,9 +255,13 @@ class Trainer:
     def _version_summaries(self) -> list[VersionSummary]:
         out = []
         for version, sha in self.publisher.versions(self.settings.model)[-STATUS_VERSIONS:]:
+            if sha in self._summaries:
+                out.append(self._summaries[sha])
+                continue
             m = self.publisher.signed_manifest(sha).manifest()
             out.append(VersionSummary(version=version, sha256=sha, trigger=m.explanation.trigger,
                                       metrics=m.metrics, published_at=m.created_at))  # fmt: skip
+            self._summaries[sha] = out[-1]
         return out
 
 

@@ -163,3 +163,30 @@ def test_a_standby_trainer_takes_over_when_the_lease_expires(make_settings, digi
     assert b.lease.held and not a.lease.refresh()
     b.close()
     a.close()
+
+
+def test_a_csv_dataset_runs_through_the_same_trainer(make_settings, tmp_path, redis_client, events):
+    from sklearn.datasets import make_classification
+
+    X, y = make_classification(
+        n_samples=600, n_features=6, n_informative=4, n_classes=3, random_state=0
+    )
+    X = X * [1, 10, 100, 1, 1, 1] + [0, 50, -300, 0, 0, 0]  # raw units: the model standardizes
+    rows = ["a,b,c,d,e,f,kind"] + [
+        ",".join(f"{v:.5f}" for v in x) + f",{'xyz'[c]}" for x, c in zip(X, y, strict=True)
+    ]
+    path = tmp_path / "sensors.csv"
+    path.write_text("\n".join(rows) + "\n")
+    settings = make_settings(**FAST, dataset=f"csv:{path}", label_column="kind", model="sensors")
+    t = Trainer(settings, background_rounds=False)
+    t.start()
+    version, sha, signed = t.publisher.latest("sensors")
+    m = signed.manifest()
+    assert version == 1 and m.labels == ["x", "y", "z"] and m.num_features == 6
+    assert m.metrics["earlier_accuracy"] > 0.7
+    tfl = TFLiteModel(t.publisher.content(sha))
+    assert tfl.heavy_ops_int8() and tfl.input_dtype == "float32"
+    # The same trainer refuses a dataset that does not match the published model.
+    with pytest.raises(Exception, match="use another model name"):
+        Trainer(make_settings(**FAST, model="sensors"), background_rounds=False).start()
+    t.close()
