@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING
 
 from shared.config import load_settings
@@ -81,8 +83,8 @@ def serve(settings: EdgeSettings) -> int:
     except OSError as e:
         raise ConfigError(f"cannot use state_dir {settings.state_dir}: {e.strerror or e}") from e
     daemon.start()
-    try:
-        config = uvicorn.Config(
+    server = uvicorn.Server(
+        uvicorn.Config(
             create_app(daemon),
             host=settings.http_host,
             port=settings.http_port,
@@ -90,10 +92,21 @@ def serve(settings: EdgeSettings) -> int:
             access_log=False,
             lifespan="off",
         )
-        # uvicorn handles SIGTERM/SIGINT: it stops accepting, finishes requests, returns.
-        uvicorn.Server(config).run()
+    )
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        # uvicorn handles SIGTERM/SIGINT while it runs, then restores this
+        # handler and re-raises the signal: here that is a no-op, so the daemon
+        # below still drains its feedback instead of the process dying mid-way.
+        server.should_exit = True
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.run()
     finally:
         daemon.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return EXIT_OK
 
 

@@ -105,10 +105,10 @@ class EdgeDaemon:
                 last_known_good=self._load_stored(self.store.last_known_good, "last-known-good"),
                 baseline=self._load_baseline(),
             )
+            self._state = "running"  # before the threads: the first report says so
             self.uplink.start()
             self.updater.start()
             self.status.start()
-            self._state = "running"
         served = ", ".join(m.name for m in self.chain.serving) or "nothing yet"
         logger.info(
             "edge %s (fleet %s) serving %s", self.settings.device_id, self.settings.fleet, served
