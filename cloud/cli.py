@@ -196,8 +196,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _not_third_party_root(record: logging.LogRecord) -> bool:
+    # The converter logs progress on the root logger ("Serializing model...").
+    return not (
+        record.name == "root"
+        and "site-packages" in record.pathname
+        and record.levelno < logging.WARNING
+    )
+
+
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_not_third_party_root)
     for name in _NOISY:
         logging.getLogger(name).setLevel(logging.ERROR)
 
