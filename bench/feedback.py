@@ -1,0 +1,74 @@
+"""Feedback events/s from the edge (``EdgeDaemon.feedback``) to the trainer's
+ack (ingest in its own process), vs ``redis-benchmark`` XADD of the same
+payload with its default 50 clients; goal ≥ 0.5×."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+
+import redis
+
+from bench.report import Result, at_least
+from bench.setup import FLEET, MODEL, Bench, baseline_bytes, digits_inputs
+from cloud.demo.services import python_module
+from edge.daemon import EdgeDaemon
+from shared.keys import FEEDBACK_GROUP
+from shared.messages import FeedbackEvent
+
+
+def redis_benchmark_xadd(bench: Bench, payload: bytes, n: int) -> float:
+    port = bench.client.connection_pool.connection_kwargs["port"]
+    out = subprocess.run(
+        ["redis-benchmark", "-p", str(port), "-n", str(n), "-q",
+         "XADD", "bench:xadd", "*", "data", payload.decode()],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    match = re.findall(r"([\d.]+) requests per second", out)
+    bench.client.delete("bench:xadd")
+    return float(match[-1])
+
+
+def _acked(client: redis.Redis, stream: str) -> tuple[int, int]:
+    for group in client.xinfo_groups(stream):
+        if group["name"].decode() == FEEDBACK_GROUP:
+            return int(group.get("entries-read") or 0), int(group["pending"])
+    return 0, 0
+
+
+def run(bench: Bench, quick: bool) -> Result:
+    if shutil.which("redis-benchmark") is None:
+        raise RuntimeError("redis-benchmark is not installed (it comes with redis-server)")
+    n = 20_000 if quick else 100_000
+    bench.publish(baseline_bytes())
+    xs = digits_inputs(256)
+    sample = FeedbackEvent(event_id="bench-feedback:e:1", device_id="bench-feedback", model=MODEL,
+                           x=xs[0].tolist(), label=3, predicted=3, model_version=1)
+    baseline = redis_benchmark_xadd(bench, sample.to_wire(), n)
+
+    worker = bench.group.spawn("ingest", python_module("bench.ingest_worker", bench.redis_url, FLEET, MODEL))
+    stream = bench.keys.feedback
+    deadline = time.monotonic() + 30
+    while not bench.client.exists(stream) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with EdgeDaemon(bench.edge_settings("bench-feedback")) as daemon:
+        t0 = time.perf_counter()
+        for i in range(n):
+            daemon.feedback(label=int(i % 10), x=xs[i % len(xs)])
+        submitted = time.perf_counter() - t0
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            read, pending = _acked(bench.client, stream)
+            if read >= n and pending == 0:
+                break
+            time.sleep(0.005)
+        elapsed = time.perf_counter() - t0
+    bench.group.stop(worker)
+    read, pending = _acked(bench.client, stream)
+    result = at_least("feedback edge->trainer ack vs redis-benchmark XADD", n / elapsed, baseline,
+                      "events/s", 0.5, events=n, acked=read - pending,
+                      submit_rate=round(n / submitted), payload_bytes=len(sample.to_wire()))
+    result.met = result.met and read - pending >= n
+    return result

@@ -1,0 +1,35 @@
+"""The trainer's ingest, alone in its own process: read, validate, dedup,
+accept into the replay buffer, ack. Used by the feedback benchmark."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+
+import redis
+
+from cloud.ingest import FeedbackIngest
+from cloud.replay import TrainerData
+from shared.keys import FleetKeys
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("redis_url")
+    p.add_argument("fleet")
+    p.add_argument("model")
+    args = p.parse_args()
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    client = redis.Redis.from_url(args.redis_url)
+    keys = FleetKeys(args.fleet)
+    data = TrainerData(client, keys, args.model, num_classes=10, num_features=64,
+                       replay_capacity=2000, holdout_capacity=1000, recent_window=200, recent_train=300)
+    ingest = FeedbackIngest(client, keys, data, model=args.model, consumer="bench-ingest", block_ms=100)
+    ingest.ensure_group()
+    while not stopping:
+        ingest.poll()
+
+
+if __name__ == "__main__":
+    main()

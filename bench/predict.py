@@ -1,0 +1,58 @@
+"""In-process predict (``EdgeDaemon.predict``) vs the bare interpreter
+(set_tensor / invoke / get_tensor on the same file), goal ≤ 1.3×."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from bench.report import Result, at_most
+from bench.setup import Bench, baseline_bytes, digits_inputs
+from edge.daemon import EdgeDaemon
+from edge.runtime import interpreter_class
+
+
+def _per_call_us(fn, xs: np.ndarray, n: int, repeats: int = 5) -> float:
+    """Best of ``repeats`` runs of ``n`` calls, in µs per call (min filters noise from the other core)."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for i in range(n):
+            fn(xs[i % len(xs)])
+        best = min(best, (time.perf_counter() - t0) / n * 1e6)
+    return best
+
+
+def bare_interpreter(content: bytes):
+    cls, _ = interpreter_class()
+    interp = cls(model_content=content, num_threads=1)
+    interp.allocate_tensors()
+    i = interp.get_input_details()[0]["index"]
+    o = interp.get_output_details()[0]["index"]
+
+    def run(x: np.ndarray) -> np.ndarray:
+        interp.set_tensor(i, x)
+        interp.invoke()
+        return interp.get_tensor(o)
+
+    return run
+
+
+def run(bench: Bench, quick: bool) -> Result:
+    content = baseline_bytes()
+    bench.publish(content)
+    n = 20_000 if quick else 100_000
+    xs = digits_inputs(64).reshape(64, 1, 64)
+    bare = bare_interpreter(content)
+    with EdgeDaemon(bench.edge_settings("bench-predict")) as daemon:
+        deadline = time.monotonic() + 30
+        while daemon.health().version is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        _per_call_us(daemon.predict, xs, 2000, 1)  # warm
+        _per_call_us(bare, xs, 2000, 1)
+        ours = _per_call_us(daemon.predict, xs, n)
+        base = _per_call_us(bare, xs, n)
+        fallback = daemon.predict(xs[0]).fallback
+    return at_most("in-process predict vs bare interpreter", ours, base, "µs/call", 1.3,
+                   calls=n, answered_by_fallback=fallback)
