@@ -1,7 +1,8 @@
 """Regenerate the model files the edge tests refuse or use as odd baselines.
 
 Needs the cloud extra (torch, litert-torch, ai-edge-quantizer); the tests only
-read the files, so the edge-only test run needs none of it:
+read the files, so the edge-only test run needs none of it (and the imports
+below are inside ``main`` so that doctest collection never pulls torch in):
 
     .venv/bin/python tests/edge/data/make_models.py
 
@@ -16,30 +17,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import litert_torch
-import torch
-from ai_edge_quantizer import quantizer, recipe
-
 HERE = Path(__file__).resolve().parent
 
 
-class Mlp(torch.nn.Module):
-    def __init__(self, features: int) -> None:
-        super().__init__()
-        self.fc1 = torch.nn.Linear(features, 32)
-        self.fc2 = torch.nn.Linear(32, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.fc2(torch.relu(self.fc1(x / 16.0))), dim=-1)
-
-
 def export(features: int, path: Path) -> None:
+    import litert_torch
+    import torch
+
     torch.manual_seed(features)
-    model = Mlp(features).eval()
+    model = torch.nn.Sequential(
+        torch.nn.Linear(features, 32),
+        torch.nn.ReLU(),
+        torch.nn.Linear(32, 10),
+        torch.nn.Softmax(dim=-1),
+    ).eval()
     litert_torch.convert(model, (torch.rand(1, features) * 16,)).export(str(path))
 
 
 def main() -> None:
+    from ai_edge_quantizer import quantizer, recipe
+
     export(64, HERE / "float_digits.tflite")
     export(16, HERE / "float_16features.tflite")
     q = quantizer.Quantizer(str(HERE / "float_digits.tflite"))
