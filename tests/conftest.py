@@ -17,6 +17,11 @@ from pathlib import Path
 import pytest
 import redis
 
+# --doctest-modules would also import this file as a test module named "conftest",
+# which clashes with a sub-folder's conftest.py loaded before it (tests/cloud sorts
+# before conftest.py). It has no examples to run.
+collect_ignore = ["conftest.py"]
+
 os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 

@@ -22,6 +22,10 @@ from shared.signing import write_keypair
 
 FLEET = "test"
 
+# --doctest-modules would import this file as a module named "conftest", which
+# collides with the other test folders' conftest.py; it has no examples anyway.
+collect_ignore = ["conftest.py"]
+
 
 @pytest.fixture(scope="session")
 def digits() -> Dataset:
