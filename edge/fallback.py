@@ -29,7 +29,6 @@ from __future__ import annotations
 import itertools
 import secrets
 import threading
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from math import isfinite
@@ -130,7 +129,6 @@ class ServingChain:
         budget_ms: float = 50.0,
         probe_every: int = 100,
         recent: int = 4096,
-        latency_window: int = 2048,
     ) -> None:
         self.budget_ms = float(budget_ms)
         self.probe_every = int(probe_every)
@@ -146,7 +144,6 @@ class ServingChain:
         self._uncounted = 0
         self._recent: list[tuple[Prediction, FloatArray, _Link] | None] = [None] * recent
         self._recent_size = recent
-        self.latencies: deque[float] = deque(maxlen=latency_window)
         self._stats_lock = threading.Lock()
         self.fallback_reasons: dict[str, int] = {}
         self.failed_requests = 0
@@ -224,7 +221,8 @@ class ServingChain:
     ) -> Prediction:
         """Answer one sample of ``num_features`` floats within ``budget_ms``.
 
-        Raises InputError for a wrong feature count, and Unavailable when no
+        ``x`` holds F numbers, as shape (F,) or (1, F) (any shape of F
+        elements is read in order). Raises InputError for a wrong feature count, and Unavailable when no
         link can answer. ``x`` is copied only when it is not already a float32
         array of the right shape: pass a fresh array, and do not modify it
         afterwards, since it is kept for a feedback join.
@@ -244,8 +242,9 @@ class ServingChain:
         if head is None or head.est_ms > (budget_ms or self.budget_ms):
             return self._walk(plan, self._checked(x, plan), n, t0, budget_ms, 0, plan.head_reason)  # type: ignore[arg-type]
         try:
-            # set_tensor refuses a wrong dtype or shape, so a valid input costs no check.
-            out = head.run(x[None])  # type: ignore[index]
+            # reshape refuses a wrong size and set_tensor a wrong dtype, so a valid
+            # input (F floats, as (F,) or (1, F)) costs no separate check.
+            out = head.run(x if x.ndim == 2 else x.reshape(plan.shape2))  # type: ignore[union-attr]
         except Exception:  # a bad input, or any runtime fault of this model
             checked = self._checked(x, plan, counted=True)  # InputError for a bad input
             if checked is not x:  # convertible (say, float64): answer the converted copy
@@ -260,7 +259,6 @@ class ServingChain:
             return self._walk(plan, x, n, t0, budget_ms, 1, NOT_FINITE)  # type: ignore[arg-type]
         ms = (t1 - t0) * 1000.0
         head.est_ms += (ms - head.est_ms) * EWMA
-        self.latencies.append(ms)
         p = Prediction(label, out, head.version, head.sha256, f"{self._prefix}{n}", False, None, ms)
         self._recent[n % self._recent_size] = (p, x, head)  # type: ignore[assignment]
         return p
@@ -306,7 +304,6 @@ class ServingChain:
             # comes back as soon as one measurement says it is fast again.
             link.est_ms = ms if probing else link.est_ms + (ms - link.est_ms) * EWMA
             ms = (t1 - t0) * 1000.0
-            self.latencies.append(ms)
             fallback = reason is not None
             if fallback:
                 self._count_fallback(reason)  # type: ignore[arg-type]
@@ -328,17 +325,15 @@ class ServingChain:
                 arr = np.array(x, dtype=np.float32)  # a copy: the caller may reuse x
         except (TypeError, ValueError) as e:
             raise InputError(f"features must be a list of {plan.shape[0]} numbers: {e}") from e
-        if arr.ndim == 2 and arr.shape[0] == 1:
-            arr = arr[0]
-        if arr.shape != plan.shape:
-            got = arr.shape[0] if arr.ndim == 1 else f"shape {list(arr.shape)}"
+        if arr.size != plan.shape[0]:
+            got = arr.size if arr.ndim == 1 else f"shape {list(arr.shape)}"
             raise InputError(f"expected {plan.shape[0]} features, got {got}")
-        return arr
+        return arr.reshape(plan.shape)
 
     def _checked(self, x: FloatArray, plan: _Plan, counted: bool = False) -> FloatArray:
-        """``x`` if it is already a float32 array of shape (F,), else a checked
-        copy. ``counted``: x already took a request number, to be given back."""
-        if x.dtype is _F32 and x.shape == plan.shape:
+        """``x`` if it is already F float32 numbers, else a checked copy.
+        ``counted``: x already took a request number, to be given back."""
+        if x.dtype is _F32 and plan.links and (x.shape == plan.shape or x.shape == plan.shape2):
             return x
         try:
             return self._coerce(x, plan)
@@ -383,7 +378,7 @@ class ServingChain:
             return None
         p, x, link = entry
         return RecentInput(
-            x, p.label, p.model_version, p.model_sha256, link.num_classes, p.fallback
+            x.reshape(-1), p.label, p.model_version, p.model_sha256, link.num_classes, p.fallback
         )
 
     @property
@@ -397,11 +392,13 @@ class ServingChain:
         return taken
 
     def latency_percentiles(self) -> tuple[float | None, float | None]:
-        """(p50, p99) over the recent window, in ms."""
-        window = self.latencies.copy()
+        """(p50, p99) in ms over the predictions kept for feedback joins (the
+        last ``recent``): the ring already holds them, so the hot path pays
+        nothing extra for latency statistics."""
+        window = [e[0].latency_ms for e in self._recent[:] if e is not None]
         if not window:
             return None, None
-        p50, p99 = np.percentile(np.fromiter(window, float, len(window)), [50, 99])
+        p50, p99 = np.percentile(np.asarray(window), [50, 99])
         return float(p50), float(p99)
 
     def fallback_counts(self) -> dict[str, int]:

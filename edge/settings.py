@@ -68,8 +68,9 @@ class EdgeSettings(EnvFirstSettings):
     warmup_invokes: int = Field(3, ge=0)
     latency_budget_ms: float = Field(50.0, gt=0)
     latency_probe_every: int = Field(100, ge=1)
-    latency_window: int = Field(2048, ge=16, description="predictions kept for p50/p99")
-    recent_inputs: int = Field(4096, ge=1, description="predictions kept for feedback joins")
+    recent_inputs: int = Field(
+        4096, ge=16, description="predictions kept for feedback joins and latency p50/p99"
+    )
     accuracy_window: int = Field(500, ge=1, description="labeled predictions for rolling accuracy")
 
     # -- model store and updates --------------------------------------------

@@ -170,10 +170,11 @@ def test_inputs_are_converted_or_refused_with_a_message() -> None:
     assert chain.predict(X.tolist()).label == expected
     assert chain.predict(X.astype(np.float64)).label == expected
     assert chain.predict(X.reshape(1, 64).copy()).label == expected
-    for bad in (X[:63].copy(), X.reshape(8, 8).copy(), ["a"] * 64, [], np.float32(3.0)):
+    assert chain.predict(X.reshape(8, 8).copy()).label == expected  # 64 numbers, read in order
+    for bad in (X[:63].copy(), X.reshape(8, 8)[:, :4].copy(), ["a"] * 64, [], np.float32(3.0)):
         with pytest.raises(InputError, match="features"):
             chain.predict(bad)  # type: ignore[arg-type]
-    assert chain.predictions == 4  # refused inputs are not counted
+    assert chain.predictions == 5  # refused inputs are not counted
 
 
 def test_a_baseline_of_another_shape_is_left_out_of_the_chain() -> None:
@@ -212,6 +213,9 @@ def test_recent_predictions_are_recalled_until_they_expire() -> None:
     for _ in range(4):
         chain.predict(X.copy())
     assert chain.recall(first.request_id) is None
+    row = chain.predict(X.reshape(1, 64).copy())
+    recalled = chain.recall(row.request_id)
+    assert recalled is not None and recalled.x.shape == (64,)
     for bogus in ("", "nope", first.request_id + "x", "00000000-1"):
         assert chain.recall(bogus) is None
 
@@ -223,10 +227,10 @@ def test_request_ids_do_not_join_across_chains() -> None:
 
 
 def test_latency_percentiles_cover_recent_predictions() -> None:
-    chain = chain_of(model(1, 7), latency_window=16)
+    chain = chain_of(model(1, 7), recent=16)
     assert chain.latency_percentiles() == (None, None)
-    for _ in range(20):
-        chain.predict(X.copy())
+    answers = [chain.predict(X.copy()) for _ in range(20)]
     p50, p99 = chain.latency_percentiles()
     assert p50 is not None and p99 is not None and 0 < p50 <= p99
-    assert len(chain.latencies) == 16
+    recent = sorted(p.latency_ms for p in answers[-16:])
+    assert recent[0] <= p50 <= recent[-1] and p99 <= recent[-1]
