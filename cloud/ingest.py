@@ -15,18 +15,13 @@ reads new ones (XREADGROUP), and handles both the same way:
    entry. A crash at any point either redelivers the batch (nothing happened)
    or has fully accepted it, and the watermarks make redelivery harmless.
 
-Watermarks: per ``<device>:<epoch>`` the largest W such that every seq <= W was
-seen, plus the seen seqs above W. When an edge loses events for good (a gap
-never fills), the set above W would grow forever; past ``MAX_ABOVE`` entries the
-oldest gap is given up on (a straggler from it then counts as a duplicate).
+Validation lives in cloud/validation.py, the watermarks in cloud/watermark.py.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -34,22 +29,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 import redis
-from pydantic import ValidationError
 
 from cloud.replay import NewSamples, TrainerData
-from shared.errors import MessageError
+from cloud.validation import FeedbackValidator, Parsed, Refused, payload_of
+from cloud.watermark import Watermark
 from shared.keys import FEEDBACK_GROUP, FleetKeys
-from shared.messages import SCHEMA_VERSION, DeadLetter, FeedbackEvent
+from shared.messages import DeadLetter
 
 if TYPE_CHECKING:
     from cloud.settings import TrainerSettings
 
 logger = logging.getLogger(__name__)
 
-#: Seen sequence numbers kept above a device stream's watermark before the oldest gap is abandoned.
-MAX_ABOVE = 1024
-#: Bytes of a refused entry kept in its dead letter.
-DEADLETTER_PAYLOAD = 4096
 
 Entry = tuple[bytes, dict[bytes, bytes]]
 
@@ -58,52 +49,6 @@ def stream_id_key(entry_id: str) -> tuple[int, int]:
     """A stream id as a tuple that sorts like Redis does."""
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
-
-
-class Watermark:
-    """Seen sequence numbers of one device stream: all <= ``low``, plus ``above``.
-
-    >>> w = Watermark.decode(None)
-    >>> [w.add(s) for s in (0, 2, 2, 1, 0)]
-    [True, True, False, True, False]
-    >>> w.encode()
-    b'2'
-    """
-
-    __slots__ = ("above", "low")
-
-    def __init__(self, low: int, above: set[int]) -> None:
-        self.low = low
-        self.above = above
-
-    @classmethod
-    def decode(cls, raw: bytes | None) -> Watermark:
-        if not raw:
-            return cls(-1, set())
-        low, _, rest = raw.partition(b"|")
-        return cls(int(low), {int(s) for s in rest.split(b",")} if rest else set())
-
-    def encode(self) -> bytes:
-        if not self.above:
-            return str(self.low).encode()
-        return f"{self.low}|{','.join(map(str, sorted(self.above)))}".encode()
-
-    def add(self, seq: int) -> bool:
-        """Mark ``seq`` seen; False when it already was."""
-        if seq <= self.low or seq in self.above:
-            return False
-        self.above.add(seq)
-        self._advance()
-        if len(self.above) > MAX_ABOVE:
-            self.low = min(self.above)
-            self.above.discard(self.low)
-            self._advance()
-        return True
-
-    def _advance(self) -> None:
-        while self.low + 1 in self.above:
-            self.low += 1
-            self.above.discard(self.low)
 
 
 @dataclass
@@ -142,15 +87,6 @@ class Counters:
     per_class: dict[int, int] = field(default_factory=dict)
 
 
-@dataclass
-class _Parsed:
-    entry_id: str
-    event: FeedbackEvent
-    head: str
-    seq: int
-    raw: bytes
-
-
 class FeedbackIngest:
     """Reads, validates, deduplicates and accepts feedback for one model."""
 
@@ -178,7 +114,12 @@ class FeedbackIngest:
         self.read_count = read_count
         self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms
-        self.max_event_bytes = max_event_bytes
+        self.validator = FeedbackValidator(
+            model=model,
+            num_features=data.num_features,
+            num_classes=data.num_classes,
+            max_event_bytes=max_event_bytes,
+        )
         self.deadletter_maxlen = deadletter_maxlen
         self.counters = Counters()
         self._next_claim = 0.0
@@ -269,76 +210,27 @@ class FeedbackIngest:
 
     def process(self, entries: list[Entry]) -> Batch:
         """Validate ``entries``, then accept, dead-letter and ack them in one transaction."""
-        parsed: list[_Parsed] = []
-        dead: list[tuple[str, str, bytes]] = []
+        parsed: list[Parsed] = []
+        dead: list[Refused] = []
         for raw_id, fields in entries:
             entry_id = _str_id(raw_id)
-            result = self._parse(entry_id, fields)
+            result = self.validator.parse(entry_id, fields)
             if isinstance(result, str):
-                dead.append((entry_id, result, _payload_of(fields)))
+                dead.append((entry_id, result, payload_of(fields)))
             else:
                 parsed.append(result)
-        X, parsed, more_dead = self._features(parsed)
+        X, parsed, more_dead = self.validator.features(parsed)
         dead += more_dead
         ids = [e[0] for e in entries]
         batch = self._commit(parsed, X, dead, ids)
         self._count(batch)
         return batch
 
-    def _parse(self, entry_id: str, fields: dict[bytes, bytes]) -> _Parsed | str:
-        raw = fields.get(b"data")
-        if raw is None:
-            return "missing field 'data'"
-        if len(raw) > self.max_event_bytes:
-            return f"oversize: {len(raw)} bytes, the limit is {self.max_event_bytes}"
-        try:
-            ev = FeedbackEvent.model_validate_json(raw)
-        except ValidationError as e:
-            return _why_invalid(raw, e)
-        if ev.schema_version != SCHEMA_VERSION:
-            return f"schema_version {ev.schema_version} is not supported (this trainer speaks {SCHEMA_VERSION})"
-        if ev.model != self.model:
-            return f"wrong model {ev.model!r}: this trainer trains {self.model!r}"
-        if not 0 <= ev.label < self.data.num_classes:
-            return f"label {ev.label} is not a class of {self.model!r} (0..{self.data.num_classes - 1})"
-        if len(ev.x) != self.data.num_features:
-            return f"feature count {len(ev.x)}, the model takes {self.data.num_features}"
-        try:
-            head, seq = ev.stream_key
-        except MessageError as e:
-            return f"invalid event_id: {e}"
-        if seq < 0:
-            return f"invalid event_id {ev.event_id!r}: negative sequence number"
-        return _Parsed(entry_id, ev, head, seq, raw)
-
-    def _features(
-        self, parsed: list[_Parsed]
-    ) -> tuple[npt.NDArray[np.float32], list[_Parsed], list[tuple[str, str, bytes]]]:
-        """Stack the features once; refuse rows that are not finite as float32."""
-        if not parsed:
-            return np.zeros((0, self.data.num_features), np.float32), parsed, []
-        with np.errstate(over="ignore", invalid="ignore"):
-            X = np.array([p.event.x for p in parsed], dtype=np.float32)
-        finite = np.isfinite(X).all(axis=1)
-        if finite.all():
-            return X, parsed, []
-        dead = [
-            (
-                p.entry_id,
-                "non-finite feature values (nan, inf or beyond float32)",
-                p.raw[:DEADLETTER_PAYLOAD],
-            )
-            for p, ok in zip(parsed, finite, strict=True)
-            if not ok
-        ]
-        keep = [p for p, ok in zip(parsed, finite, strict=True) if ok]
-        return X[finite], keep, dead
-
     def _commit(
         self,
-        parsed: list[_Parsed],
+        parsed: list[Parsed],
         X: npt.NDArray[np.float32],
-        dead: list[tuple[str, str, bytes]],
+        dead: list[Refused],
         ids: list[Any],
     ) -> Batch:
         if not ids:
@@ -397,7 +289,7 @@ class FeedbackIngest:
 
     def _batch(
         self,
-        parsed: list[_Parsed],
+        parsed: list[Parsed],
         keep: list[int],
         samples: NewSamples,
         dead: list[Any],
@@ -480,29 +372,3 @@ def _empty(num_features: int) -> Accepted:
         np.zeros(0, np.int64),
         np.zeros(0, bool),
     )
-
-
-def _payload_of(fields: dict[bytes, bytes]) -> bytes:
-    raw = fields.get(b"data")
-    if raw is None:
-        raw = json.dumps(
-            {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in fields.items()}
-        ).encode()
-    return raw[:DEADLETTER_PAYLOAD]
-
-
-def _why_invalid(raw: bytes, e: ValidationError) -> str:
-    """The dead-letter reason for an event pydantic refused, most useful first."""
-    err = e.errors()[0]
-    if err.get("type") == "json_invalid":
-        return f"not JSON: {err.get('msg', '')}"
-    try:
-        obj = json.loads(raw)
-    except (ValueError, RecursionError):
-        obj = None
-    if isinstance(obj, dict):
-        version = obj.get("schema_version", SCHEMA_VERSION)
-        if version != SCHEMA_VERSION and not (isinstance(version, float) and math.isnan(version)):
-            return f"schema_version {version!r} is not supported (this trainer speaks {SCHEMA_VERSION})"
-    where = ".".join(str(p) for p in err.get("loc", ())) or "body"
-    return f"invalid: {where}: {err.get('msg', 'invalid')}"

@@ -12,8 +12,9 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cloud.ingest import FeedbackIngest, Watermark
+from cloud.ingest import FeedbackIngest
 from cloud.replay import TrainerData
+from cloud.watermark import Watermark
 from shared.keys import FEEDBACK_GROUP
 from shared.messages import DeadLetter
 from shared.retry import Backoff
@@ -150,7 +151,7 @@ def test_out_of_order_sequences_and_the_watermark():
 
 
 def test_lost_gap_is_eventually_given_up(monkeypatch):
-    monkeypatch.setattr("cloud.ingest.MAX_ABOVE", 4)
+    monkeypatch.setattr("cloud.watermark.MAX_ABOVE", 4)
     w = Watermark.decode(None)
     for s in range(1, 10):  # seq 0 never arrives
         w.add(s)
