@@ -1,0 +1,34 @@
+"""The whole loop, as a user runs it: ``edgeloop demo --quick --json``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.cloud]
+
+
+@pytest.mark.timeout(400)
+def test_quick_demo_recovers_from_drift_and_loses_nothing(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "cloud.cli", "demo", "--quick", "--json"],
+        capture_output=True, text=True, timeout=380, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+
+    assert result["edges"] == 3
+    assert result["feedback_lost"] == 0
+    assert result["failed_requests"] == 0
+    assert result["feedback_sent"] > 0
+    assert result["versions_published"] >= 2
+    # every edge ends on a version published after the drift
+    pre_drift = set(result["pre_drift_versions"])
+    assert pre_drift, result
+    for device, version in result["edge_versions"].items():
+        assert version is not None and version not in pre_drift and version > min(pre_drift), (device, result)
+    assert result["acc_drift_before_update"] < 0.7 * result["acc_pre_drift"]
+    assert result["acc_after_update"] >= 0.9 * result["acc_pre_drift"]
