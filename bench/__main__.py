@@ -17,8 +17,13 @@ BENCHES = ("predict", "http", "hotswap", "feedback")
 
 def main() -> int:
     p = argparse.ArgumentParser(prog="python -m bench")
-    p.add_argument("names", nargs="*", choices=[*BENCHES, []], metavar="NAME",
-                   help=f"benchmarks to run (default: all of {', '.join(BENCHES)})")
+    p.add_argument(
+        "names",
+        nargs="*",
+        choices=[*BENCHES, []],
+        metavar="NAME",
+        help=f"benchmarks to run (default: all of {', '.join(BENCHES)})",
+    )
     p.add_argument("--quick", action="store_true", help="shorter runs")
     p.add_argument("--json", action="store_true", help="print the results as JSON on the last line")
     args = p.parse_args()

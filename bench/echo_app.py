@@ -18,8 +18,14 @@ def main() -> None:
 
     import uvicorn
 
-    config = uvicorn.Config(app, host="127.0.0.1", port=int(sys.argv[1]), log_config=None,
-                            access_log=False, lifespan="off")
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=int(sys.argv[1]),
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+    )
     uvicorn.Server(config).run()
 
 

@@ -22,9 +22,22 @@ from shared.messages import FeedbackEvent
 def redis_benchmark_xadd(bench: Bench, payload: bytes, n: int) -> float:
     port = bench.client.connection_pool.connection_kwargs["port"]
     out = subprocess.run(
-        ["redis-benchmark", "-p", str(port), "-n", str(n), "-q",
-         "XADD", "bench:xadd", "*", "data", payload.decode()],
-        check=True, capture_output=True, text=True,
+        [
+            "redis-benchmark",
+            "-p",
+            str(port),
+            "-n",
+            str(n),
+            "-q",
+            "XADD",
+            "bench:xadd",
+            "*",
+            "data",
+            payload.decode(),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     match = re.findall(r"([\d.]+) requests per second", out)
     bench.client.delete("bench:xadd")
@@ -44,11 +57,20 @@ def run(bench: Bench, quick: bool) -> Result:
     n = 20_000 if quick else 100_000
     bench.publish(baseline_bytes())
     xs = digits_inputs(256)
-    sample = FeedbackEvent(event_id="bench-feedback:e:1", device_id="bench-feedback", model=MODEL,
-                           x=xs[0].tolist(), label=3, predicted=3, model_version=1)
+    sample = FeedbackEvent(
+        event_id="bench-feedback:e:1",
+        device_id="bench-feedback",
+        model=MODEL,
+        x=xs[0].tolist(),
+        label=3,
+        predicted=3,
+        model_version=1,
+    )
     baseline = redis_benchmark_xadd(bench, sample.to_wire(), n)
 
-    worker = bench.group.spawn("ingest", python_module("bench.ingest_worker", bench.redis_url, FLEET, MODEL))
+    worker = bench.group.spawn(
+        "ingest", python_module("bench.ingest_worker", bench.redis_url, FLEET, MODEL)
+    )
     stream = bench.keys.feedback
     deadline = time.monotonic() + 30
     while not bench.client.exists(stream) and time.monotonic() < deadline:
@@ -67,8 +89,16 @@ def run(bench: Bench, quick: bool) -> Result:
         elapsed = time.perf_counter() - t0
     bench.group.stop(worker)
     read, pending = _acked(bench.client, stream)
-    result = at_least("feedback edge->trainer ack vs redis-benchmark XADD", n / elapsed, baseline,
-                      "events/s", 0.5, events=n, acked=read - pending,
-                      submit_rate=round(n / submitted), payload_bytes=len(sample.to_wire()))
+    result = at_least(
+        "feedback edge->trainer ack vs redis-benchmark XADD",
+        n / elapsed,
+        baseline,
+        "events/s",
+        0.5,
+        events=n,
+        acked=read - pending,
+        submit_rate=round(n / submitted),
+        payload_bytes=len(sample.to_wire()),
+    )
     result.met = result.met and read - pending >= n
     return result

@@ -28,10 +28,15 @@ def distinct_models(n: int) -> list[bytes]:
     model = bootstrap(ds, Hyperparameters(epochs=5, batch_size=64, lr=3e-3, seed=0)).model
     float_bytes = to_float_tflite(model, ds.num_features)
     rng = np.random.default_rng(0)
-    return [quantize_static_int8(float_bytes, ds.X[rng.choice(len(ds.X), 150, replace=False)]) for _ in range(n)]
+    return [
+        quantize_static_int8(float_bytes, ds.X[rng.choice(len(ds.X), 150, replace=False)])
+        for _ in range(n)
+    ]
 
 
-def _latencies(daemon: EdgeDaemon, xs: np.ndarray, stop: threading.Event, failures: list[str]) -> list[float]:
+def _latencies(
+    daemon: EdgeDaemon, xs: np.ndarray, stop: threading.Event, failures: list[str]
+) -> list[float]:
     out: list[float] = []
     i = 0
     while not stop.is_set():
@@ -39,7 +44,7 @@ def _latencies(daemon: EdgeDaemon, xs: np.ndarray, stop: threading.Event, failur
         t0 = time.perf_counter()
         try:
             daemon.predict(x)
-        except Exception as e:  # noqa: BLE001 - a benchmark counts every failure
+        except Exception as e:
             failures.append(repr(e))
         out.append(time.perf_counter() - t0)
         i += 1
@@ -66,8 +71,12 @@ def run(bench: Bench, quick: bool) -> Result:
         threading.Timer(steady_s, stop.set).start()
         steady = _latencies(daemon, xs, stop, failures)
 
-        publisher = bench.group.spawn("swap-publisher", python_module(
-            "bench.swap_publisher", bench.redis_url, str(bench.private_key), str(models_dir)))
+        publisher = bench.group.spawn(
+            "swap-publisher",
+            python_module(
+                "bench.swap_publisher", bench.redis_url, str(bench.private_key), str(models_dir)
+            ),
+        )
         stop = threading.Event()
 
         def until_swapped() -> None:
@@ -87,9 +96,18 @@ def run(bench: Bench, quick: bool) -> Result:
         bench.group.stop(publisher)
     p99_steady = float(np.percentile(steady, 99)) * 1e6
     p99_swap = float(np.percentile(swapping, 99)) * 1e6
-    result = at_most("p99 predict during 20 hot swaps vs steady", p99_swap, p99_steady, "µs", 1.5,
-                     swaps=swaps, refused=refused, failed_requests=len(failures),
-                     window_s=round(window, 2), predictions_during_swaps=len(swapping),
-                     max_during_swaps_us=round(max(swapping) * 1e6, 1))
+    result = at_most(
+        "p99 predict during 20 hot swaps vs steady",
+        p99_swap,
+        p99_steady,
+        "µs",
+        1.5,
+        swaps=swaps,
+        refused=refused,
+        failed_requests=len(failures),
+        window_s=round(window, 2),
+        predictions_during_swaps=len(swapping),
+        max_during_swaps_us=round(max(swapping) * 1e6, 1),
+    )
     result.met = result.met and not failures and swaps >= SWAPS
     return result

@@ -41,7 +41,9 @@ def wrk(url: str, body: str, seconds: int, workdir) -> tuple[float, int]:
     )
     out = subprocess.run(
         ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "-s", str(script), url],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
@@ -64,13 +66,20 @@ def run(bench: Bench, quick: bool) -> Result:
         f'public_key = "{bench.public_key}"\nstate_dir = "{bench.workdir / "edge-http"}"\n'
         f"http_port = {edge_port}\n"
     )
-    edge = bench.group.spawn("edge-http", python_module("edge.cli", "--config", str(config), "--log-level", "WARNING"))
+    edge = bench.group.spawn(
+        "edge-http", python_module("edge.cli", "--config", str(config), "--log-level", "WARNING")
+    )
     echo_url = f"http://127.0.0.1:{echo_port}/v1/predict"
     edge_url = f"http://127.0.0.1:{edge_port}/v1/predict"
     _wait_http(f"http://127.0.0.1:{echo_port}/docs")
     _wait_http(f"http://127.0.0.1:{edge_port}/v1/health")
     deadline = time.monotonic() + 30
-    while httpx.post(edge_url, content=body, headers={"content-type": "application/json"}).json().get("model_version") is None:
+    while (
+        httpx.post(edge_url, content=body, headers={"content-type": "application/json"})
+        .json()
+        .get("model_version")
+        is None
+    ):
         if time.monotonic() > deadline:
             raise RuntimeError("edge did not load the published version")
         time.sleep(0.2)
@@ -82,5 +91,13 @@ def run(bench: Bench, quick: bool) -> Result:
     finally:
         bench.group.stop(edge)
         bench.group.stop(echo)
-    return at_least("HTTP predict vs bare FastAPI echo", ours, base, "req/s", 0.8,
-                    connections=CONNECTIONS, seconds=seconds, non_2xx=ours_bad + base_bad)
+    return at_least(
+        "HTTP predict vs bare FastAPI echo",
+        ours,
+        base,
+        "req/s",
+        0.8,
+        connections=CONNECTIONS,
+        seconds=seconds,
+        non_2xx=ours_bad + base_bad,
+    )

@@ -23,9 +23,20 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     client = redis.Redis.from_url(args.redis_url)
     keys = FleetKeys(args.fleet)
-    data = TrainerData(client, keys, args.model, num_classes=10, num_features=64,
-                       replay_capacity=2000, holdout_capacity=1000, recent_window=200, recent_train=300)
-    ingest = FeedbackIngest(client, keys, data, model=args.model, consumer="bench-ingest", block_ms=100)
+    data = TrainerData(
+        client,
+        keys,
+        args.model,
+        num_classes=10,
+        num_features=64,
+        replay_capacity=2000,
+        holdout_capacity=1000,
+        recent_window=200,
+        recent_train=300,
+    )
+    ingest = FeedbackIngest(
+        client, keys, data, model=args.model, consumer="bench-ingest", block_ms=100
+    )
     ingest.ensure_group()
     while not stopping:
         ingest.poll()

@@ -54,5 +54,12 @@ def run(bench: Bench, quick: bool) -> Result:
         ours = _per_call_us(daemon.predict, xs, n)
         base = _per_call_us(bare, xs, n)
         fallback = daemon.predict(xs[0]).fallback
-    return at_most("in-process predict vs bare interpreter", ours, base, "µs/call", 1.3,
-                   calls=n, answered_by_fallback=fallback)
+    return at_most(
+        "in-process predict vs bare interpreter",
+        ours,
+        base,
+        "µs/call",
+        1.3,
+        calls=n,
+        answered_by_fallback=fallback,
+    )

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import sys
 import tempfile
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +45,9 @@ class Bench:
         """Publish ``content`` as the next version, with a probe set made in the edge runtime."""
         model = TFLiteModel(content)
         inputs = digits_inputs(16)
-        probe = ProbeSet(inputs=inputs.tolist(), expected=model.predict_proba_batch(inputs).tolist())
+        probe = ProbeSet(
+            inputs=inputs.tolist(), expected=model.predict_proba_batch(inputs).tolist()
+        )
         return self.publisher().publish(
             MODEL, content, num_features=64, labels=[str(i) for i in range(10)], probe=probe,
             runtime=model.runtime, expected_parent=...,

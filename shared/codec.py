@@ -38,7 +38,9 @@ def decode_full(blob: bytes, max_size: int = DEFAULT_MAX_SIZE) -> bytes:
     except zstandard.ZstdError as e:
         raise ArtifactError(f"artifact is not a zstd frame: {e}") from e
     if params.content_size > max_size:
-        raise ArtifactError(f"artifact inflates to {params.content_size} bytes, over the {max_size} cap")
+        raise ArtifactError(
+            f"artifact inflates to {params.content_size} bytes, over the {max_size} cap"
+        )
     try:
         return zstandard.ZstdDecompressor().decompress(blob, max_output_size=max_size)
     except zstandard.ZstdError as e:

@@ -83,7 +83,9 @@ class FeedbackEvent(WireModel):
         try:
             return head, int(seq)
         except ValueError as e:
-            raise MessageError(f"event_id {self.event_id!r} does not end in a sequence number") from e
+            raise MessageError(
+                f"event_id {self.event_id!r} does not end in a sequence number"
+            ) from e
 
 
 class DeadLetter(WireModel):

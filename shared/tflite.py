@@ -22,7 +22,9 @@ def quantize(
     return np.clip(q, info.min, info.max).astype(dtype)
 
 
-def dequantize(q: npt.NDArray[np.integer], scale: float, zero_point: int) -> npt.NDArray[np.float32]:
+def dequantize(
+    q: npt.NDArray[np.integer], scale: float, zero_point: int
+) -> npt.NDArray[np.float32]:
     """x = (q - zero_point) * scale, as float32."""
     return ((q.astype(np.float32) - zero_point) * scale).astype(np.float32)
 

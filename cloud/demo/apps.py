@@ -126,7 +126,9 @@ class SensorApp(threading.Thread):
             Outcome(time.monotonic(), drift, answer["model_version"], correct, answer["fallback"])
         )
         try:
-            r = client.post("/v1/feedback", json={"request_id": answer["request_id"], "label": label})
+            r = client.post(
+                "/v1/feedback", json={"request_id": answer["request_id"], "label": label}
+            )
             r.raise_for_status()
             self.stats.feedback_sent += 1
         except httpx.HTTPError as e:
@@ -137,7 +139,9 @@ class SensorApp(threading.Thread):
         self.stop_event.set()
 
 
-def phase_accuracies(outcomes: list[Outcome], phase: Phase, settle_share: float = 0.4) -> dict[str, float | None]:
+def phase_accuracies(
+    outcomes: list[Outcome], phase: Phase, settle_share: float = 0.4
+) -> dict[str, float | None]:
     """Accuracy on labeled predictions in each phase of the run.
 
     - ``acc_pre_drift``: before the drift.
@@ -148,7 +152,11 @@ def phase_accuracies(outcomes: list[Outcome], phase: Phase, settle_share: float 
     """
     pre = [o.correct for o in outcomes if not o.drift]
     stale = [o.correct for o in outcomes if o.drift and o.version in phase.pre_drift_versions]
-    fresh = [o for o in outcomes if o.drift and o.version is not None and o.version not in phase.pre_drift_versions]
+    fresh = [
+        o
+        for o in outcomes
+        if o.drift and o.version is not None and o.version not in phase.pre_drift_versions
+    ]
     if fresh and phase.drift_at is not None:
         end = max(o.t for o in outcomes)
         start = end - settle_share * (end - phase.drift_at)

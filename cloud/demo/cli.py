@@ -13,12 +13,21 @@ from cloud.demo.runner import DemoOptions, run_demo
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quick", action="store_true", help="a shorter run (under 3 minutes on 2 cores)")
-    p.add_argument("--json", action="store_true",
-                   help="print the run's figures as one JSON object on the last line")
+    p.add_argument(
+        "--quick", action="store_true", help="a shorter run (under 3 minutes on 2 cores)"
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the run's figures as one JSON object on the last line",
+    )
     p.add_argument("--dataset", default="digits", help='"digits" (default) or "csv:PATH"')
-    p.add_argument("--label", dest="label_column", default=None,
-                   help="the CSV's label column (default: the last column)")
+    p.add_argument(
+        "--label",
+        dest="label_column",
+        default=None,
+        help="the CSV's label column (default: the last column)",
+    )
     p.add_argument("--edges", type=int, default=3, help="edge daemons to start (default 3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep", action="store_true", help="keep logs and state in the temp dir")
@@ -32,8 +41,14 @@ def run(args: argparse.Namespace) -> int:
     # SIGTERM stops the demo the way Ctrl-C does: everything it started is stopped.
     signal.signal(signal.SIGTERM, _interrupt)
     console = Console(stderr=args.json)
-    options = DemoOptions(quick=args.quick, dataset=args.dataset, label_column=args.label_column,
-                          edges=args.edges, seed=args.seed, keep=args.keep)
+    options = DemoOptions(
+        quick=args.quick,
+        dataset=args.dataset,
+        label_column=args.label_column,
+        edges=args.edges,
+        seed=args.seed,
+        keep=args.keep,
+    )
     result = run_demo(options, console)
     if args.json:
         print(json.dumps(result), file=sys.stdout, flush=True)

@@ -128,7 +128,8 @@ class Demo:
             "drift_window": 40, "status_interval_s": 1.0, "claim_idle_ms": 5000,
         }))  # fmt: skip
         self.trainer_child = self.group.spawn(
-            "trainer", python_module("cloud.cli", "--log-level", "INFO", "trainer", "--config", str(config))
+            "trainer",
+            python_module("cloud.cli", "--log-level", "INFO", "trainer", "--config", str(config)),
         )
 
     def _start_edge(self, device: str, redis_url: str, public_key: Path) -> None:
@@ -177,7 +178,11 @@ class Demo:
         for device, url in self.edge_urls.items():
             try:
                 r = httpx.get(f"{url}/v1/health", timeout=2.0)
-                out[device] = EdgeStatus.model_validate_json(r.content) if r.status_code in (200, 503) else None
+                out[device] = (
+                    EdgeStatus.model_validate_json(r.content)
+                    if r.status_code in (200, 503)
+                    else None
+                )
             except (httpx.HTTPError, ValueError):
                 out[device] = None
         return out
@@ -194,7 +199,12 @@ class Demo:
 
     def published_versions(self) -> set[int]:
         assert self.redis is not None
-        return {int(score) for _, score in self.redis.zrange(self.keys.versions(self.model), 0, -1, withscores=True)}
+        return {
+            int(score)
+            for _, score in self.redis.zrange(
+                self.keys.versions(self.model), 0, -1, withscores=True
+            )
+        }
 
     # -- the run ----------------------------------------------------------------
 
@@ -212,7 +222,9 @@ class Demo:
         start = time.monotonic()
         drift_at = start + self.o.pre_drift_s
         end = drift_at + self.o.post_drift_s
-        with Live(self._render(), console=self.console, refresh_per_second=2, transient=False) as live:
+        with Live(
+            self._render(), console=self.console, refresh_per_second=2, transient=False
+        ) as live:
             while (now := time.monotonic()) < end:
                 if not self.phase.drift and now >= drift_at:
                     self.phase.inject_drift(self.published_versions())

@@ -5,6 +5,7 @@ twice and runs on Ctrl-C too."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -76,10 +77,8 @@ class ProcessGroup:
 
     def stop_all(self) -> None:
         for child in reversed(self.children):
-            try:
+            with contextlib.suppress(ProcessLookupError):  # it exited between the check and the signal
                 self.stop(child)
-            except ProcessLookupError:
-                pass
 
 
 def python_module(module: str, *args: str) -> list[str]:
@@ -94,8 +93,24 @@ def start_redis(group: ProcessGroup) -> str:
     port = free_port()
     data = group.workdir / "redis"
     data.mkdir()
-    group.spawn("redis", [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
-                          "--appendonly", "yes", "--save", "", "--daemonize", "no"])
+    group.spawn(
+        "redis",
+        [
+            exe,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+        ],
+    )
     url = f"redis://127.0.0.1:{port}/0"
     client = redis.Redis.from_url(url)
     deadline = time.monotonic() + 10
@@ -105,7 +120,9 @@ def start_redis(group: ProcessGroup) -> str:
             return url
         except redis.ConnectionError:
             if time.monotonic() > deadline:
-                raise ConfigError(f"redis-server did not start; see {data.parent / 'redis.log'}") from None
+                raise ConfigError(
+                    f"redis-server did not start; see {data.parent / 'redis.log'}"
+                ) from None
             time.sleep(0.05)
         finally:
             client.close()

@@ -19,8 +19,18 @@ def _pct(x: float | None) -> str:
 
 def edges_table(statuses: dict[str, EdgeStatus | None], apps: dict[str, SensorApp]) -> Table:
     t = Table(title="edges", expand=True)
-    for col in ("device", "version", "state", "rolling acc", "predictions", "feedback sent",
-                "fallbacks", "swaps", "refused", "p99 ms"):
+    for col in (
+        "device",
+        "version",
+        "state",
+        "rolling acc",
+        "predictions",
+        "feedback sent",
+        "fallbacks",
+        "swaps",
+        "refused",
+        "p99 ms",
+    ):
         t.add_column(col, justify="right" if col != "device" else "left")
     for device, status in statuses.items():
         app = apps.get(device)
@@ -28,8 +38,11 @@ def edges_table(statuses: dict[str, EdgeStatus | None], apps: dict[str, SensorAp
             t.add_row(device, "–", "[yellow]no report[/]", *["–"] * 7)
             continue
         c = status.counters
-        acc = status.rolling_accuracy if status.rolling_accuracy is not None else (
-            app.stats.rolling_accuracy if app else None)
+        acc = (
+            status.rolling_accuracy
+            if status.rolling_accuracy is not None
+            else (app.stats.rolling_accuracy if app else None)
+        )
         t.add_row(
             device,
             f"v{status.version}" if status.version is not None else "baseline",
@@ -37,7 +50,12 @@ def edges_table(statuses: dict[str, EdgeStatus | None], apps: dict[str, SensorAp
             _pct(acc),
             str(c.predictions),
             str(c.feedback_sent),
-            f"{c.fallback_predictions}" + (f" ({', '.join(f'{k}:{v}' for k, v in c.fallback_reasons.items())})" if c.fallback_reasons else ""),
+            f"{c.fallback_predictions}"
+            + (
+                f" ({', '.join(f'{k}:{v}' for k, v in c.fallback_reasons.items())})"
+                if c.fallback_reasons
+                else ""
+            ),
             str(c.swaps),
             str(c.updates_refused),
             "–" if status.latency_ms_p99 is None else f"{status.latency_ms_p99:.2f}",
@@ -54,7 +72,12 @@ def cloud_table(trainer: TrainerStatus | None) -> Table:
         return t
     for v in trainer.published[-8:]:
         metrics = ", ".join(f"{k} {val:.3f}" for k, val in sorted(v.metrics.items())[:4])
-        t.add_row(f"v{v.version}", v.trigger, time.strftime("%H:%M:%S", time.localtime(v.published_at)), metrics)
+        t.add_row(
+            f"v{v.version}",
+            v.trigger,
+            time.strftime("%H:%M:%S", time.localtime(v.published_at)),
+            metrics,
+        )
     t.caption = (
         f"rounds {trainer.rounds} (rejected {trainer.rounds_rejected}) · accepted {trainer.feedback_accepted} · "
         f"duplicates {trainer.feedback_duplicates} · dead-lettered {trainer.feedback_deadlettered}"
@@ -62,9 +85,15 @@ def cloud_table(trainer: TrainerStatus | None) -> Table:
     return t
 
 
-def live_view(headline: str, statuses: dict[str, EdgeStatus | None], apps: dict[str, SensorApp],
-              trainer: TrainerStatus | None) -> Group:
-    return Group(Panel(Text(headline, style="bold")), edges_table(statuses, apps), cloud_table(trainer))
+def live_view(
+    headline: str,
+    statuses: dict[str, EdgeStatus | None],
+    apps: dict[str, SensorApp],
+    trainer: TrainerStatus | None,
+) -> Group:
+    return Group(
+        Panel(Text(headline, style="bold")), edges_table(statuses, apps), cloud_table(trainer)
+    )
 
 
 def summary_table(result: dict[str, object]) -> Table:

@@ -15,7 +15,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.cloud]
 def test_quick_demo_recovers_from_drift_and_loses_nothing(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "cloud.cli", "demo", "--quick", "--json"],
-        capture_output=True, text=True, timeout=380, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=380,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -29,6 +32,9 @@ def test_quick_demo_recovers_from_drift_and_loses_nothing(tmp_path):
     pre_drift = set(result["pre_drift_versions"])
     assert pre_drift, result
     for device, version in result["edge_versions"].items():
-        assert version is not None and version not in pre_drift and version > min(pre_drift), (device, result)
+        assert version is not None and version not in pre_drift and version > min(pre_drift), (
+            device,
+            result,
+        )
     assert result["acc_drift_before_update"] < 0.7 * result["acc_pre_drift"]
     assert result["acc_after_update"] >= 0.9 * result["acc_pre_drift"]

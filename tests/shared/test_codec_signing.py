@@ -84,8 +84,18 @@ def test_keypair_files(tmp_path):
 
 def test_keys_are_hash_tagged_and_names_checked():
     k = FleetKeys("lab-1")
-    for name in (k.feedback, k.deltas, k.status, k.deadletter, k.device("pi"), k.artifact("a"),
-                 k.manifest("a"), k.seen, k.replay("m"), k.versions("m")):
+    for name in (
+        k.feedback,
+        k.deltas,
+        k.status,
+        k.deadletter,
+        k.device("pi"),
+        k.artifact("a"),
+        k.manifest("a"),
+        k.seen,
+        k.replay("m"),
+        k.versions("m"),
+    ):
         assert name.startswith("el:{lab-1}:")
     for bad in ("", "a b", "x}", "{y", "a" * 65, "-lead"):
         with pytest.raises(ValueError):

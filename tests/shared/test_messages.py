@@ -19,8 +19,8 @@ from shared.messages import (
     ModelManifest,
     Payload,
     ProbeSet,
-    SignedManifest,
     Signature,
+    SignedManifest,
     TrainerStatus,
     VersionSummary,
 )
@@ -40,31 +40,52 @@ sha = st.from_regex(r"[0-9a-f]{64}", fullmatch=True)
 )
 def test_feedback_event_round_trip(device, epoch, seq, x, label, predicted):
     ev = FeedbackEvent(
-        event_id=f"{device}:{epoch}:{seq}", device_id=device, model="digits", x=x,
-        label=label, predicted=predicted,
+        event_id=f"{device}:{epoch}:{seq}",
+        device_id=device,
+        model="digits",
+        x=x,
+        label=label,
+        predicted=predicted,
     )
     back = FeedbackEvent.from_wire(ev.to_wire())
     assert back == ev
     assert back.stream_key == (f"{device}:{epoch}", seq)
 
 
-@given(version=st.integers(1, 10**6), digest=sha, parent=st.none() | sha,
-       probs=st.lists(st.lists(finite, min_size=3, max_size=3), min_size=1, max_size=5))
+@given(
+    version=st.integers(1, 10**6),
+    digest=sha,
+    parent=st.none() | sha,
+    probs=st.lists(st.lists(finite, min_size=3, max_size=3), min_size=1, max_size=5),
+)
 def test_manifest_and_announcement_round_trip(version, digest, parent, probs):
     manifest = ModelManifest(
-        model="digits", version=version, sha256=digest, size=1234, parent_sha256=parent,
-        num_features=3, labels=["a", "b", "c"], runtime="ai-edge-litert 2.3.0",
-        metrics={"acc": 0.5}, explanation=Explanation(trigger="count", summary="s"),
+        model="digits",
+        version=version,
+        sha256=digest,
+        size=1234,
+        parent_sha256=parent,
+        num_features=3,
+        labels=["a", "b", "c"],
+        runtime="ai-edge-litert 2.3.0",
+        metrics={"acc": 0.5},
+        explanation=Explanation(trigger="count", summary="s"),
         probe=ProbeSet(inputs=probs, expected=probs),
     )
     assert ModelManifest.from_wire(manifest.to_wire()) == manifest
-    signed = SignedManifest(manifest_json=manifest.model_dump_json(),
-                            signature=Signature(key_id="k", value="c2ln"))
+    signed = SignedManifest(
+        manifest_json=manifest.model_dump_json(), signature=Signature(key_id="k", value="c2ln")
+    )
     assert SignedManifest.from_wire(signed.to_wire()).manifest() == manifest
     ann = DeltaAnnouncement(
-        model="digits", version=version, sha256=digest, manifest_key="m",
-        payloads=[Payload(encoding="full", key="a", size=10),
-                  Payload(encoding="patch", key="p", size=2, base_sha256=parent)],
+        model="digits",
+        version=version,
+        sha256=digest,
+        manifest_key="m",
+        payloads=[
+            Payload(encoding="full", key="a", size=10),
+            Payload(encoding="patch", key="p", size=2, base_sha256=parent),
+        ],
     )
     back = DeltaAnnouncement.from_wire(ann.to_wire())
     assert back == ann
@@ -73,11 +94,21 @@ def test_manifest_and_announcement_round_trip(version, digest, parent, probs):
 
 
 def test_status_messages_round_trip():
-    status = EdgeStatus(device_id="pi-1", fleet="lab", model="digits", version=3,
-                        counters=EdgeCounters(predictions=5, fallback_reasons={"invoke_error": 1}))
+    status = EdgeStatus(
+        device_id="pi-1",
+        fleet="lab",
+        model="digits",
+        version=3,
+        counters=EdgeCounters(predictions=5, fallback_reasons={"invoke_error": 1}),
+    )
     assert EdgeStatus.from_wire(status.to_wire()) == status
-    ts = TrainerStatus(model="digits", consumer="c", published=[
-        VersionSummary(version=1, sha256="0" * 64, trigger="bootstrap", published_at=1.0)])
+    ts = TrainerStatus(
+        model="digits",
+        consumer="c",
+        published=[
+            VersionSummary(version=1, sha256="0" * 64, trigger="bootstrap", published_at=1.0)
+        ],
+    )
     assert TrainerStatus.from_wire(ts.to_wire()) == ts
     dl = DeadLetter(source_stream="s", source_id="1-0", reason="nan in x", payload="{}")
     assert DeadLetter.from_wire(dl.to_wire()) == dl

@@ -26,7 +26,8 @@ def test_gives_up_at_once_on_give_up_errors():
 
     with pytest.raises(AuthError):
         Backoff(base=0, on_giveup=lambda n, e: gave_up.append(n)).call(
-            fn, retry_on=(Exception,), give_up_on=(AuthError,))
+            fn, retry_on=(Exception,), give_up_on=(AuthError,)
+        )
     assert len(calls) == 1 and gave_up == [1]
 
 
@@ -38,7 +39,8 @@ def test_retries_until_max_tries_then_raises():
 
     with pytest.raises(ConnectionError):
         Backoff(base=0, max_tries=4, on_backoff=lambda n, w, e: backoffs.append(n)).call(
-            fn, retry_on=(ConnectionError,))
+            fn, retry_on=(ConnectionError,)
+        )
     assert backoffs == [1, 2, 3]
 
 
@@ -46,8 +48,9 @@ def test_stop_event_ends_the_wait():
     stop = threading.Event()
     stop.set()
     with pytest.raises(ConnectionError):
-        Backoff(base=10, cap=10).call(lambda: (_ for _ in ()).throw(ConnectionError()),
-                                      retry_on=(ConnectionError,), stop=stop)
+        Backoff(base=10, cap=10).call(
+            lambda: (_ for _ in ()).throw(ConnectionError()), retry_on=(ConnectionError,), stop=stop
+        )
 
 
 def test_delay_is_capped():
