@@ -14,11 +14,13 @@ Named errors become 4xx/5xx with ``{"detail": message}``, never a 500.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ValidationError
 
 from edge.daemon import EdgeDaemon
 from shared.errors import EdgeloopError, InputError, NotFound, Unavailable
@@ -33,6 +35,8 @@ from shared.messages import (
 logger = logging.getLogger(__name__)
 
 JSON = "application/json"
+B = TypeVar("B", bound=BaseModel)
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 def _error(description: str, example: str) -> dict[str, Any]:
@@ -68,25 +72,29 @@ def create_app(daemon: EdgeDaemon) -> FastAPI:
         "/v1/predict",
         response_model=PredictResponse,
         responses={422: _INPUT_422, 503: _NO_MODEL_503},
+        openapi_extra=_body(PredictRequest),
         summary="Classify one sample",
     )
-    async def predict(req: PredictRequest) -> Response:
-        with np.errstate(over="ignore"):  # beyond float32's range becomes inf, refused next
-            x = np.array(req.x, dtype=np.float32)
-        if not np.isfinite(x).all():
+    async def predict(request: Request) -> Response:
+        req = _parse(PredictRequest, await request.body())
+        x = np.array(req.x)  # float64, so that the range check itself cannot overflow
+        if not np.abs(x).max() <= _F32_MAX:  # NaN fails the comparison too
             raise InputError(
                 "features must be finite float32 numbers (got NaN, infinity or overflow)"
             )
-        p = daemon.predict(x, req.budget_ms)
-        body = PredictResponse.model_construct(
-            label=p.label,
-            probabilities=p.probabilities.tolist(),
-            model_version=p.model_version,
-            model_sha256=p.model_sha256,
-            request_id=p.request_id,
-            fallback=p.fallback,
-            fallback_reason=p.fallback_reason,
-            latency_ms=p.latency_ms,
+        p = daemon.predict(x.astype(np.float32), req.budget_ms)
+        # pydantic-core builds the model from a dict faster than model_construct does in Python.
+        body = PredictResponse.model_validate(
+            {
+                "label": p.label,
+                "probabilities": p.probabilities.tolist(),
+                "model_version": p.model_version,
+                "model_sha256": p.model_sha256,
+                "request_id": p.request_id,
+                "fallback": p.fallback,
+                "fallback_reason": p.fallback_reason,
+                "latency_ms": p.latency_ms,
+            }
         )
         return Response(body.model_dump_json(), media_type=JSON)
 
@@ -99,9 +107,11 @@ def create_app(daemon: EdgeDaemon) -> FastAPI:
             422: _error("Invalid label or input", "label 12 is outside the model's classes 0..9"),
             503: _NO_MODEL_503,
         },
+        openapi_extra=_body(FeedbackRequest),
         summary="Report the true label of an earlier prediction (or of an input)",
     )
-    async def feedback(req: FeedbackRequest) -> Response:
+    async def feedback(request: Request) -> Response:
+        req = _parse(FeedbackRequest, await request.body())
         accepted = daemon.feedback(req.label, request_id=req.request_id, x=req.x)
         return Response(accepted.model_dump_json(), status_code=202, media_type=JSON)
 
@@ -122,6 +132,27 @@ def create_app(daemon: EdgeDaemon) -> FastAPI:
         return Response(status.model_dump_json(), status_code=code, media_type=JSON)
 
     return app
+
+
+def _body(model: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI request body of a handler that parses its body itself (the
+    request models are flat, so their schema inlines without references)."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    return {"requestBody": {"required": True, "content": {JSON: {"schema": schema}}}}
+
+
+def _parse(model: type[B], raw: bytes) -> B:
+    """Validate a JSON body with pydantic-core's own parser, which is several
+    times cheaper per request than FastAPI's parameter machinery; errors look
+    the same as FastAPI's (422, ``detail`` a list with ``loc`` from "body")."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as e:
+        errors = [
+            {**err, "loc": ("body", *err["loc"])}
+            for err in e.errors(include_url=False, include_context=False)
+        ]
+        raise RequestValidationError(errors) from e
 
 
 def _handler(status: int) -> Any:
