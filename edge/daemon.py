@@ -17,9 +17,10 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from edge.fallback import Prediction, ServingChain
 from edge.model_store import ModelStore, load_if_sound
@@ -34,6 +35,8 @@ from shared.messages import EdgeCounters, EdgeStatus, FeedbackAccepted, Feedback
 from shared.signing import Verifier
 
 logger = logging.getLogger(__name__)
+
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 class EdgeDaemon:
@@ -208,6 +211,7 @@ class EdgeDaemon:
                 f"request_id {request_id!r} is unknown or expired (this edge keeps the last "
                 f"{self.settings.recent_inputs} predictions of its current run)"
             )
+        features: npt.NDArray[np.floating[Any]]
         if recalled is not None:
             features, num_classes = recalled.x, recalled.num_classes
             if not np.isfinite(features).all():
@@ -241,19 +245,22 @@ class EdgeDaemon:
                 self._accuracy.append(correct)
         return FeedbackAccepted(event_id=event.event_id, queued=queued)
 
-    def _checked_features(self, x: FloatArray | Sequence[float]) -> FloatArray:
+    def _checked_features(self, x: FloatArray | Sequence[float]) -> npt.NDArray[np.float64]:
         num_features = self.chain.num_features
         if num_features is None:
             raise Unavailable("no model is loaded, so the expected features are unknown")
         try:
-            with np.errstate(over="ignore"):  # out of float32 range: inf, refused below
-                arr = np.array(x, dtype=np.float32).ravel()
+            arr = np.asarray(
+                x, dtype=np.float64
+            ).ravel()  # float64: the range check cannot overflow
         except (TypeError, ValueError) as e:
             raise InputError(f"x must be a list of {num_features} numbers: {e}") from e
         if arr.shape != (num_features,):
             raise InputError(f"expected {num_features} features, got {arr.size}")
-        if not np.isfinite(arr).all():
-            raise InputError("features must be finite numbers (got NaN or infinity)")
+        if not np.abs(arr).max() <= _F32_MAX:  # NaN fails the comparison too
+            raise InputError(
+                "features must be finite float32 numbers (got NaN, infinity or overflow)"
+            )
         return arr
 
     @property

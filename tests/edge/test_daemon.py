@@ -35,7 +35,7 @@ def test_feedback_joins_the_stored_input_and_prediction(
     x = digit_inputs(1, seed=4)[0]
     p = serving.predict(x.copy())
     accepted = serving.feedback(label=3, request_id=p.request_id)
-    assert accepted.event_id == f"pi-1:{serving.store.epoch}:1" and accepted.queued
+    assert accepted.event_id == f"pi-1:{serving.store.epoch}:0" and accepted.queued
     assert serving.uplink.flush(5)
     (event,) = [FeedbackEvent.model_validate(e) for e in stream_events(redis_client, keys.feedback)]
     assert event.x == x.tolist() and event.label == 3

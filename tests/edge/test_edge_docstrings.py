@@ -7,7 +7,14 @@ import importlib
 
 import pytest
 
-MODULES = ["edge.settings", "edge.durable", "edge.spool", "edge.connections", "edge.fallback"]
+MODULES = [
+    "edge.settings",
+    "edge.durable",
+    "edge.spool",
+    "edge.connections",
+    "edge.fallback",
+    "edge.sequence",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

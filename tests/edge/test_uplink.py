@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -13,7 +14,9 @@ import pytest
 import redis
 from helpers import stream_events
 
-from edge.uplink import SEQ_BLOCK, FeedbackUplink
+from edge.sequence import SEQ_BLOCK, SeqCounter
+from edge.uplink import FeedbackUplink
+from shared.errors import ConfigError
 from shared.keys import FleetKeys
 from shared.messages import FeedbackEvent
 
@@ -78,7 +81,7 @@ def test_events_reach_the_stream_with_their_ids_in_order(
     up = uplinks(batch=64)
     ids = submit(up, 300)
     assert up.flush(5)
-    assert ids == [f"pi-1:{EPOCH}:{s}" for s in range(1, 301)]
+    assert ids == [f"pi-1:{EPOCH}:{s}" for s in range(300)]
     entries = redis_client.xrange(keys.feedback)
     assert [FeedbackEvent.from_wire(f[b"data"]).event_id for _, f in entries] == ids
     assert set(entries[0][1]) == {b"data"}
@@ -88,27 +91,39 @@ def test_events_reach_the_stream_with_their_ids_in_order(
 def test_sequence_numbers_survive_restarts_and_crashes(
     tmp_path: Path, redis_url: str, keys: FleetKeys
 ) -> None:
-    def make() -> FeedbackUplink:
+    def make(epoch: str = EPOCH) -> FeedbackUplink:
         return FeedbackUplink(
-            redis_url=redis_url, keys=keys, device_id="pi-1", epoch=EPOCH, state_dir=tmp_path
+            redis_url=redis_url, keys=keys, device_id="pi-1", epoch=epoch, state_dir=tmp_path
         )
 
     first = make()
-    assert [first.new_event_id() for _ in range(3)][-1].endswith(":3")
+    assert [first.new_event_id() for _ in range(3)] == [f"pi-1:{EPOCH}:{s}" for s in (0, 1, 2)]
     first.close()
     clean = make()
-    assert clean.new_event_id().endswith(":4")  # a clean close leaves no gap
+    assert clean.new_event_id().endswith(":3")  # a clean close leaves no gap
     for _ in range(10):
         clean.new_event_id()
-    # no close: a crash. The next run skips ahead to the reserved block, never reuses.
+    # no close: a crash. The next run skips ahead to the reservation, never reuses.
     after_crash = make()
-    assert int(after_crash.new_event_id().rsplit(":", 1)[1]) == 4 + SEQ_BLOCK
+    assert int(after_crash.new_event_id().rsplit(":", 1)[1]) == 3 + SEQ_BLOCK
     after_crash.close()
-    other_epoch = FeedbackUplink(
-        redis_url=redis_url, keys=keys, device_id="pi-1", epoch="e1", state_dir=tmp_path
-    )
-    assert other_epoch.new_event_id() == "pi-1:e1:1"
+    other_epoch = make("e1")
+    assert other_epoch.new_event_id() == "pi-1:e1:0"
     other_epoch.close()
+
+
+def test_the_reservation_moves_ahead_without_gaps(tmp_path: Path) -> None:
+    path = tmp_path / "feedback.seq"
+    seq = SeqCounter(path, "e0", block=10)
+    got = []
+    for _ in range(35):
+        got.append(seq.next())
+        seq.reserve_ahead()
+    assert got == list(range(35))
+    assert 35 < json.loads(path.read_text())["next"] <= 35 + 10
+    path.write_text("{torn")
+    with pytest.raises(ConfigError, match="unreadable"):
+        SeqCounter(path, "e0")
 
 
 def test_a_redis_restart_while_streaming_loses_nothing(
@@ -138,7 +153,7 @@ def test_a_redis_restart_while_streaming_loses_nothing(
     assert up.flush(20), f"not drained: pending {up.pending}, spool {up.spool_bytes} bytes"
     got = seqs(redis_client, keys)
     first_seen = list(dict.fromkeys(got))
-    assert first_seen == list(range(1, total + 1))  # every seq, in order
+    assert first_seen == list(range(total))  # every seq, in order
     duplicates = len(got) - len(first_seen)
     assert up.spooled > 0 and up.resent > 0
     assert duplicates <= up.resent
@@ -164,7 +179,7 @@ def test_a_spool_left_by_a_previous_run_is_sent_first(
     online = uplinks()
     submit(online, 10)
     assert online.flush(10)
-    assert seqs(redis_client, keys) == list(range(1, 132))
+    assert seqs(redis_client, keys) == list(range(131))
     assert not list((tmp_path / "spool").glob("*.jsonl"))
     assert online.resent == 121
 
@@ -177,7 +192,7 @@ def test_a_full_queue_spills_to_the_spool_in_order(
     assert up.pending <= 5 and up.spooled >= 18
     up.start()
     assert up.flush(10)
-    assert seqs(redis_client, keys) == list(range(1, 24))
+    assert seqs(redis_client, keys) == list(range(23))
 
 
 def test_a_full_spool_drops_counts_and_logs(
