@@ -9,8 +9,8 @@ reason the first link did not answer.
 
 This is the hot path, benchmarked against a bare set_tensor/invoke/get_tensor
 (about 5 µs). Hence: no pydantic, no logging, no uuid, no lock on the success
-path; one tuple read gives a consistent view of the chain even while ``swap``
-replaces it; request ids are a per-chain prefix plus a counter; the inputs kept
+path; one read of the immutable plan gives a consistent view of the chain even
+while ``swap`` replaces it; request ids are a per-chain prefix plus a counter; the inputs kept
 for feedback joins live in a fixed ring indexed by that counter.
 
 >>> import numpy as np
@@ -221,10 +221,10 @@ class ServingChain:
     ) -> Prediction:
         """Answer one sample of ``num_features`` floats within ``budget_ms``.
 
-        ``x`` holds F numbers, as shape (F,) or (1, F) (any shape of F
-        elements is read in order). Raises InputError for a wrong feature count, and Unavailable when no
-        link can answer. ``x`` is copied only when it is not already a float32
-        array of the right shape: pass a fresh array, and do not modify it
+        ``x`` holds F numbers, as shape (F,) or (1, F) (any shape of F elements
+        is read in order). Raises InputError for a wrong feature count, and
+        Unavailable when no link can answer. ``x`` is copied only when it is not
+        already a float32 array: pass a fresh array, and do not modify it
         afterwards, since it is kept for a feedback join.
 
         Finite inputs are the caller's business here (the HTTP API refuses NaN

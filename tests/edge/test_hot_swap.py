@@ -6,7 +6,7 @@ import threading
 import time
 
 import numpy as np
-from helpers import baseline_bytes, digit_inputs, variant
+from helpers import baseline_bytes, digit_inputs, variant, wait_for
 
 from edge.fallback import Prediction, ServingChain
 from edge.runtime import TFLiteModel
@@ -45,7 +45,12 @@ def test_swapping_under_concurrent_predictions_fails_no_request() -> None:
         time.sleep(0.002)
     final = TFLiteModel(variant(9), version=9)  # built while the clients run
     chain.swap(final)
-    time.sleep(0.05)
+    # Two more answers per thread: the second one started after the swap.
+    marks = [len(r) for r in results]
+    wait_for(
+        lambda: all(len(r) >= m + 2 for r, m in zip(results, marks, strict=True)),
+        what="answers after the swap",
+    )
     stop.set()
     for t in threads:
         t.join(5)
