@@ -130,17 +130,18 @@ def test_a_slow_model_is_skipped_for_the_budget_and_probed_back() -> None:
     lkg = model(2, 6)
     chain = chain_of(slow, lkg, budget_ms=5.0, probe_every=4)
     slow.delay = 0.02
-    answers = [chain.predict(X.copy()) for _ in range(3)]
-    # Late answers are still answers; the moving estimate then crosses the budget.
-    assert answers[0].model_version == 7 and answers[0].latency_ms >= 20
+    first = chain.predict(X.copy())
+    assert first.model_version == 7 and first.latency_ms >= 20  # late, but answered
+    # The moving estimate crosses the budget within a request or two.
+    answers = [chain.predict(X.copy()) for _ in range(2)]
     assert (answers[-1].model_version, answers[-1].fallback_reason) == (6, "latency_budget")
     # A request with a bigger budget may still use the slow model.
     assert chain.predict(X.copy(), budget_ms=1000).model_version == 7
     slow.delay = 0.0
-    # Within probe_every requests the model is re-measured and comes back.
+    # Within probe_every requests the model is re-measured, comes back and stays.
     versions = [chain.predict(X.copy()).model_version for _ in range(5)]
-    assert versions[:2] == [6, 6] and versions[-1] == 7
-    assert chain.fallback_counts() == {"latency_budget": 3}
+    assert versions[0] == 6 and versions[-2:] == [7, 7]
+    assert chain.fallback_counts()["latency_budget"] >= 2
 
 
 def test_the_last_link_answers_even_over_budget() -> None:

@@ -1,0 +1,66 @@
+"""Edge settings: defaults, environment over file, and the production checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge.settings import BUNDLED_BASELINE, EdgeSettings
+from shared.config import load_settings
+from shared.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "edge.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_usable(tmp_path: Path) -> None:
+    s = load_settings(EdgeSettings, write(tmp_path, f'public_key = "{tmp_path / "k.pub"}"\n'))
+    assert (s.http_host, s.http_port, s.keep_versions, s.recent_inputs) == (
+        "127.0.0.1",
+        8700,
+        5,
+        4096,
+    )
+    assert s.baseline_model == BUNDLED_BASELINE and BUNDLED_BASELINE.exists()
+    assert s.mode == "development" and s.runtime is None and s.status_ttl_s > s.status_interval_s
+
+
+def test_the_environment_beats_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, 'public_key = "/k.pub"\nfleet = "from-file"\nhttp_port = 9000\n')
+    monkeypatch.setenv("EDGELOOP_EDGE_FLEET", "from-env")
+    s = load_settings(EdgeSettings, path)
+    assert (s.fleet, s.http_port) == ("from-env", 9000)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('device_id = "no spaces"', "device_id"),
+        ("status_interval_s = 10\nstatus_ttl_s = 10", "must exceed status_interval_s"),
+        ('runtime = "onnx"', "runtime"),
+        ("unknown_field = 1", "unknown_field"),
+        ('mode = "production"\nstate_dir = "relative"', "must be absolute"),
+    ],
+)
+def test_bad_settings_are_refused_with_the_field_named(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    key = tmp_path / "k.pub"
+    key.write_text("not checked here")
+    with pytest.raises(ConfigError, match=message):
+        load_settings(EdgeSettings, write(tmp_path, f'public_key = "{key}"\n{text}\n'))
+
+
+def test_production_refuses_a_writable_trust_anchor(tmp_path: Path) -> None:
+    key = tmp_path / "k.pub"
+    key.write_text("pem")
+    key.chmod(0o666)
+    text = f'public_key = "{key}"\nmode = "production"\nstate_dir = "{tmp_path / "state"}"\n'
+    with pytest.raises(ConfigError, match="writable"):
+        load_settings(EdgeSettings, write(tmp_path, text))
+    key.chmod(0o644)
+    assert load_settings(EdgeSettings, write(tmp_path, text)).mode == "production"
