@@ -82,7 +82,11 @@ def serve(settings: EdgeSettings) -> int:
         daemon = EdgeDaemon(settings)
     except OSError as e:
         raise ConfigError(f"cannot use state_dir {settings.state_dir}: {e.strerror or e}") from e
-    daemon.start()
+    try:
+        daemon.start()
+    except ImportError as e:  # no TFLite runtime on this machine: an install problem
+        daemon.stop()
+        raise ConfigError(str(e)) from e
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(daemon),
