@@ -67,7 +67,7 @@ class UpdateConsumer:
         runtime: str | None = None,
         num_threads: int = 1,
         warmup_invokes: int = 3,
-        block_ms: int = 1000,
+        block_ms: int = 250,
         on_swap: Callable[[], None] | None = None,
         backoff: Backoff | None = None,
     ) -> None:
@@ -93,10 +93,9 @@ class UpdateConsumer:
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Stop after the current read: at most ``block_ms``, which is kept short
+        for this (a blocked XREAD cannot be interrupted from another thread)."""
         self._stop.set()
-        # Closing the sockets ends a blocked XREAD now rather than after block_ms;
-        # the thread sees a connection error, then the stop flag.
-        self._redis.connection_pool.disconnect()
         if self._thread.is_alive():
             self._thread.join(timeout)
         self._redis.close()
@@ -108,8 +107,6 @@ class UpdateConsumer:
                 self.poll()
                 attempt = 0
             except REDIS_ERRORS as e:
-                if self._stop.is_set():
-                    return
                 if attempt == 0:
                     logger.warning(
                         "updater: Redis unreachable (%s); retrying with backoff", describe(e)
@@ -118,8 +115,6 @@ class UpdateConsumer:
                 self._stop.wait(self._backoff.delay(attempt))
                 attempt += 1
             except Exception as e:  # the thread must outlive any one bad announcement
-                if self._stop.is_set():
-                    return  # stop() closed the socket under a blocked read
                 logger.exception("updater: unexpected error")
                 self._error(f"updater: {type(e).__name__}: {e}")
                 self._stop.wait(1.0)
