@@ -16,7 +16,7 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.codec import DEFAULT_MAX_SIZE
@@ -93,27 +93,37 @@ class EdgeSettings(EnvFirstSettings):
     def _key_safe(cls, v: str) -> str:
         return check_name("name", v)
 
-    @model_validator(mode="after")
-    def _consistent(self) -> EdgeSettings:
-        if self.status_ttl_s <= self.status_interval_s:
-            raise ValueError(
-                f"status_ttl_s ({self.status_ttl_s}) must exceed status_interval_s "
-                f"({self.status_interval_s}), or the health key expires between reports"
-            )
-        if self.mode == "production":
-            self._check_production()
-        return self
+    # Each check is on a field (declared after the fields it reads), so that an
+    # error names the field to fix.
 
-    def _check_production(self) -> None:
-        """Refuse setups that are fine on a laptop but unsafe on a fleet."""
-        if not self.state_dir.is_absolute():
-            raise ValueError(f"state_dir {self.state_dir} must be absolute in production")
+    @field_validator("public_key")
+    @classmethod
+    def _trusted_key(cls, v: Path, info: ValidationInfo) -> Path:
+        if info.data.get("mode") != "production":
+            return v
         try:
-            mode = self.public_key.stat().st_mode
+            mode = v.stat().st_mode
         except OSError as e:
-            raise ValueError(f"public_key {self.public_key}: {e.strerror}") from e
+            raise ValueError(f"{v}: {e.strerror}") from e
         if mode & 0o022:
             # Whoever can rewrite the trust anchor can push any model to this device.
+            raise ValueError(f"{v} is group- or world-writable; chmod go-w it")
+        return v
+
+    @field_validator("state_dir")
+    @classmethod
+    def _absolute_in_production(cls, v: Path, info: ValidationInfo) -> Path:
+        if info.data.get("mode") == "production" and not v.is_absolute():
+            raise ValueError(f"{v} must be an absolute path in production")
+        return v
+
+    @field_validator("status_ttl_s")
+    @classmethod
+    def _outlives_interval(cls, v: int, info: ValidationInfo) -> int:
+        interval = info.data.get("status_interval_s")
+        if interval is not None and v <= interval:
             raise ValueError(
-                f"public_key {self.public_key} is group- or world-writable; chmod go-w it"
+                f"must exceed status_interval_s ({interval}), "
+                "or the health key expires between reports"
             )
+        return v

@@ -40,10 +40,16 @@ def test_the_environment_beats_the_file(tmp_path: Path, monkeypatch: pytest.Monk
     ("text", "message"),
     [
         ('device_id = "no spaces"', "device_id"),
-        ("status_interval_s = 10\nstatus_ttl_s = 10", "must exceed status_interval_s"),
+        (
+            "status_interval_s = 10\nstatus_ttl_s = 10",
+            "status_ttl_s: Value error, must exceed status_interval_s",
+        ),
         ('runtime = "onnx"', "runtime"),
         ("unknown_field = 1", "unknown_field"),
-        ('mode = "production"\nstate_dir = "relative"', "must be absolute"),
+        (
+            'mode = "production"\nstate_dir = "relative"',
+            "state_dir: Value error, relative must be an absolute path",
+        ),
     ],
 )
 def test_bad_settings_are_refused_with_the_field_named(
