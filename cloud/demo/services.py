@@ -77,7 +77,9 @@ class ProcessGroup:
 
     def stop_all(self) -> None:
         for child in reversed(self.children):
-            with contextlib.suppress(ProcessLookupError):  # it exited between the check and the signal
+            with contextlib.suppress(
+                ProcessLookupError
+            ):  # it exited between the check and the signal
                 self.stop(child)
 
 
