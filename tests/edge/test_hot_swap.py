@@ -14,7 +14,9 @@ from edge.runtime import TFLiteModel
 
 def test_swapping_under_concurrent_predictions_fails_no_request() -> None:
     models = [TFLiteModel(variant(i), version=i) for i in (1, 2, 3)]
-    chain = ServingChain()
+    # A budget no stall on a loaded CI machine reaches: this test is about swaps, and a
+    # latency-budget fallback (a designed behaviour, tested elsewhere) would muddle it.
+    chain = ServingChain(budget_ms=60_000)
     chain.set_models(
         current=models[0], last_known_good=None, baseline=TFLiteModel(baseline_bytes())
     )
@@ -58,7 +60,7 @@ def test_swapping_under_concurrent_predictions_fails_no_request() -> None:
     assert not errors, errors[:3]
     answered = [p for r in results for _, p in r]
     assert swaps > 50 and len(answered) > 1000
-    assert all(not p.fallback for p in answered)
+    assert all(not p.fallback for p in answered), {p.fallback_reason for p in answered}
     assert all(p.label == expected[k] for r in results for k, p in r)
     shas = {m.sha256 for m in models} | {final.sha256}
     assert {p.model_sha256 for p in answered} <= shas
