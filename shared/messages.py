@@ -157,6 +157,39 @@ class SignedManifest(WireModel):
         return ModelManifest.from_wire(self.manifest_json)
 
 
+class VersionRecord(WireModel):
+    """The registry's row for one version: what a listing shows without reading
+    (and verifying) the whole manifest. Written once, when the version is
+    published; ``labels`` is not stored but filled in when the row is read.
+
+    >>> m = ModelManifest(model="digits", version=1, sha256="ab" * 32, size=10, num_features=64,
+    ...                   labels=["0", "1"], runtime="test", probe=ProbeSet(inputs=[], expected=[]))
+    >>> VersionRecord.from_manifest(m).version
+    1
+    """
+
+    model: str
+    version: int = Field(ge=1)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=1)
+    parent_sha256: str | None = None
+    parent_version: int | None = None
+    created_at: float
+    trigger: str = ""
+    summary: str = ""
+    metrics: dict[str, float] = Field(default_factory=dict)
+    labels: list[str] = Field(default_factory=list, description="labels on it when read")
+
+    @classmethod
+    def from_manifest(cls, m: ModelManifest) -> VersionRecord:
+        return cls(
+            model=m.model, version=m.version, sha256=m.sha256, size=m.size,
+            parent_sha256=m.parent_sha256, parent_version=m.parent_version,
+            created_at=m.created_at, trigger=m.explanation.trigger,
+            summary=m.explanation.summary, metrics=m.metrics,
+        )  # fmt: skip
+
+
 class Payload(BaseModel):
     """One way to fetch a version: the full file, or a patch from a base."""
 
@@ -241,6 +274,9 @@ class EdgeCounters(BaseModel):
     swaps: int = 0
     updates_refused: int = 0
     bytes_downloaded: int = 0
+    patches_applied: int = 0
+    full_downloads: int = 0
+    patch_failures: int = 0
 
 
 class EdgeStatus(WireModel):

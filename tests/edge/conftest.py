@@ -17,6 +17,10 @@ from edge.daemon import EdgeDaemon
 from edge.settings import EdgeSettings
 from shared.keys import FleetKeys
 
+# --doctest-modules would import this file as a module named "conftest", which
+# collides with the other test folders' conftest.py; it has no examples anyway.
+collect_ignore = ["conftest.py"]
+
 
 @pytest.fixture
 def signing(tmp_path: Path) -> Signing:
