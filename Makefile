@@ -63,6 +63,7 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 bench: install
+	@command -v wrk >/dev/null || { echo "installing wrk (apt)"; $(SUDO) apt-get install -y -qq wrk >/dev/null; }
 	$(PY) -m bench
 
 clean:
