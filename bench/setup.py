@@ -15,6 +15,7 @@ import redis
 
 from cloud.demo.services import ProcessGroup, start_redis
 from cloud.publisher import Publisher
+from cloud.registry import DirBlobStore, Registry
 from edge.runtime import TFLiteModel
 from edge.settings import BUNDLED_BASELINE, EdgeSettings
 from shared.keys import FleetKeys
@@ -39,7 +40,10 @@ class Bench:
         return FleetKeys(FLEET)
 
     def publisher(self) -> Publisher:
-        return Publisher(self.client, self.keys, Signer.from_file(self.private_key))
+        registry = Registry(self.client, self.keys, DirBlobStore(self.workdir / "blobs"))
+        return Publisher(
+            self.client, self.keys, Signer.from_file(self.private_key), registry=registry
+        )
 
     def publish(self, content: bytes) -> int:
         """Publish ``content`` as the next version, with a probe set made in the edge runtime."""

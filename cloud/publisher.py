@@ -1,36 +1,50 @@
-"""Publishing a model version: signed manifest, artifact, version number, announcement.
+"""Publishing a model version: signed manifest, file, version number, payloads, announcement.
 
 A version is immutable and named by the sha256 of its TFLite file. Publishing
 is one WATCH/MULTI/EXEC on the model's version set, so that two trainers can
 never hand out the same version number, and a version is announced only with
-its manifest and artifact already in place:
+its manifest, artifact and patches already in place:
 
-1. read the latest version (the parent) under WATCH;
-2. build the ``ModelManifest`` (number = latest + 1), serialize it once and
+1. put the file in the registry's blob store (content-addressed, so a failed
+   publish leaves at most an orphan blob);
+2. read the latest version (the parent) under WATCH;
+3. build the ``ModelManifest`` (number = latest + 1), serialize it once and
    sign exactly those bytes (``SignedManifest``);
-3. MULTI: SET manifest, SET artifact (zstd), ZADD the version set, XADD a
-   ``DeltaAnnouncement`` to the delta stream; EXEC.
+4. build a patch from each base the edges are likely to hold (see
+   ``patch_bases``): the parent, then the versions the most devices of the
+   fleet report serving, at most ``max_patches`` of them;
+5. MULTI: SET the patches (with the registry's TTL), record the version in the
+   registry (manifest, artifact, number, record, ``latest``), XADD a
+   ``DeltaAnnouncement`` listing the ``full`` payload and the patches; EXEC.
+
+A base whose file differs in length from the new one gets no patch (the edges
+holding it fetch the full file), and neither does a sha256 that is not a
+version of the model.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from types import EllipsisType
 from typing import Any
 
 import redis
 
-from shared.codec import check_sha256, decode_full, encode_full, sha256_hex
-from shared.errors import EdgeloopError
+from cloud.registry import PatchUnavailable, Registry, VersionNotFound
+from shared.codec import encode_full, sha256_hex
+from shared.errors import EdgeloopError, MessageError
 from shared.keys import FleetKeys
 from shared.messages import (
     DeltaAnnouncement,
+    EdgeStatus,
     Explanation,
     ModelManifest,
     Payload,
     ProbeSet,
     SignedManifest,
+    VersionRecord,
 )
 from shared.signing import Signer
 
@@ -45,8 +59,12 @@ class StaleParent(PublishError):
     """Another version was published since the child was judged against its parent."""
 
 
-class VersionNotFound(PublishError):
-    """No such version (or its artifact is gone)."""
+__all__ = ["PublishError", "Published", "Publisher", "StaleParent", "VersionNotFound"]
+
+#: Patches an announcement lists by default (the parent counts as one).
+MAX_PATCHES = 4
+#: Device statuses read to find the versions the fleet serves (the most recently seen).
+DEVICE_SCAN = 10_000
 
 
 @dataclass(frozen=True)
@@ -55,6 +73,7 @@ class Published:
     sha256: str
     signed: SignedManifest
     announcement_id: str
+    payloads: list[Payload] = field(default_factory=list)
 
     @property
     def manifest(self) -> ModelManifest:
@@ -62,12 +81,22 @@ class Published:
 
 
 class Publisher:
-    """Writes signed versions of a fleet's models to Redis and announces them."""
+    """Writes signed versions of a fleet's models to the registry and announces them."""
 
-    def __init__(self, client: redis.Redis, keys: FleetKeys, signer: Signer) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: FleetKeys,
+        signer: Signer,
+        *,
+        registry: Registry,
+        max_patches: int = MAX_PATCHES,
+    ) -> None:
         self.client = client
         self.keys = keys
         self.signer = signer
+        self.registry = registry
+        self.max_patches = max_patches
 
     def publish(
         self,
@@ -92,6 +121,8 @@ class Publisher:
         sha = sha256_hex(content)
         versions_key = self.keys.versions(model)
         artifact = encode_full(content)
+        self.registry.blobs.put(content)
+        served = served_versions(self.client, self.keys, model)
         out: dict[str, Any] = {}
 
         def txn(pipe: Any) -> None:
@@ -116,24 +147,48 @@ class Publisher:
                 manifest_json=manifest_json,
                 signature=self.signer.sign(manifest_json.encode("utf-8")),
             )
+            bases = patch_bases(pipe, versions_key, parent_sha, served, sha, self.max_patches)
+            patches = self._patches(bases, content)
+            payloads = [Payload(encoding="full", key=self.keys.artifact(sha), size=len(artifact))]
+            payloads += [
+                Payload(encoding="patch", key=self.keys.patch(base, sha), size=len(patch),
+                        base_sha256=base)
+                for base, patch in patches
+            ]  # fmt: skip
             announcement = DeltaAnnouncement(
-                model=model, version=manifest.version, sha256=sha, manifest_key=self.keys.manifest(sha),
-                payloads=[Payload(encoding="full", key=self.keys.artifact(sha), size=len(artifact))],
+                model=model, version=manifest.version, sha256=sha,
+                manifest_key=self.keys.manifest(sha), payloads=payloads,
             )  # fmt: skip
             pipe.multi()
-            pipe.set(self.keys.manifest(sha), signed.to_wire())
-            pipe.set(self.keys.artifact(sha), artifact)
-            pipe.zadd(versions_key, {sha: manifest.version})
+            for base, patch in patches:
+                pipe.set(self.keys.patch(base, sha), patch, ex=self.registry.patch_ttl_s)
+            self.registry.record_version(
+                pipe, VersionRecord.from_manifest(manifest), signed, artifact
+            )
             pipe.xadd(self.keys.deltas, {"data": announcement.to_wire()})
-            out.update(version=manifest.version, signed=signed)
+            out.update(version=manifest.version, signed=signed, payloads=payloads)
 
         results = self.client.transaction(txn, versions_key)
         stream_id = results[-1]
         announcement_id = stream_id.decode() if isinstance(stream_id, bytes) else str(stream_id)
-        logger.info(
-            "published %s v%d (%s, %d bytes)", model, out["version"], sha[:12], len(content)
+        patch_sizes = ", ".join(
+            f"{p.size} from {p.base_sha256[:8]}" for p in out["payloads"] if p.base_sha256
         )
-        return Published(out["version"], sha, out["signed"], announcement_id)
+        logger.info(
+            "published %s v%d (%s, %d bytes; full %d, patches: %s)",
+            model, out["version"], sha[:12], len(content), len(artifact), patch_sizes or "none",
+        )  # fmt: skip
+        return Published(out["version"], sha, out["signed"], announcement_id, out["payloads"])
+
+    def _patches(self, bases: list[str], content: bytes) -> list[tuple[str, bytes]]:
+        """(base, patch) for each base a patch can be made from; others are skipped."""
+        out = []
+        for base in bases:
+            try:
+                out.append((base, self.registry.build_patch(base, content)))
+            except (PatchUnavailable, VersionNotFound) as e:
+                logger.info("no patch from %s: %s", base[:12], e)
+        return out
 
     def latest(self, model: str) -> tuple[int, str, SignedManifest] | None:
         """(version, sha256, signed manifest) of the newest version, or None."""
@@ -156,9 +211,47 @@ class Publisher:
 
     def content(self, sha256: str) -> bytes:
         """The TFLite bytes of a published version, checked against their name."""
-        blob = self.client.get(self.keys.artifact(sha256))
-        if blob is None:
-            raise VersionNotFound(f"no artifact for {sha256[:12]}")
-        data = decode_full(blob)
-        check_sha256(data, sha256)
-        return data
+        return self.registry.content_by_sha(sha256)
+
+
+def served_versions(
+    client: redis.Redis, keys: FleetKeys, model: str, scan: int = DEVICE_SCAN
+) -> Counter[str]:
+    """How many of the fleet's devices report serving each sha256 of ``model``
+    (the ``scan`` most recently seen devices whose status has not expired)."""
+    ids = client.zrevrange(keys.devices, 0, scan - 1)
+    served: Counter[str] = Counter()
+    if not ids:
+        return served
+    for raw in client.mget([keys.device(i.decode()) for i in ids]):
+        if raw is None:
+            continue
+        try:
+            status = EdgeStatus.from_wire(raw)
+        except MessageError:
+            continue  # a device with a newer or broken report is not a reason to fail a publish
+        if status.model == model and status.sha256:
+            served[status.sha256] += 1
+    return served
+
+
+def patch_bases(
+    pipe: Any,
+    versions_key: str,
+    parent: str | None,
+    served: Counter[str],
+    target: str,
+    limit: int,
+) -> list[str]:
+    """The bases to ship patches from: the parent first, then the versions the most
+    devices serve, each a published version of the model and not the target."""
+    ordered = ([parent] if parent else []) + [sha for sha, _ in served.most_common()]
+    out: list[str] = []
+    for sha in ordered:
+        if len(out) >= limit:
+            break
+        if sha == target or sha in out:
+            continue
+        if sha == parent or pipe.zscore(versions_key, sha) is not None:
+            out.append(sha)
+    return out

@@ -29,6 +29,9 @@ from shared.keys import check_name
 
 #: Where a development trainer keeps the key pair it makes for itself.
 DEV_KEY_DIR = Path(".edgeloop-dev")
+#: Where the registry keeps version files unless ``blob_dir`` says otherwise.
+PROD_BLOB_DIR = Path("/var/lib/edgeloop/blobs")
+DEV_BLOB_DIR = DEV_KEY_DIR / "blobs"
 
 
 def _default_consumer() -> str:
@@ -91,6 +94,17 @@ class TrainerSettings(EnvFirstSettings):
     min_int8_agreement: float = Field(0.95, ge=0, le=1)
     calibration_size: int = Field(200, ge=1)
 
+    # The registry and delivery
+    blob_dir: Path | None = Field(
+        None,
+        description="version files by sha256 (DirBlobStore); default /var/lib/edgeloop/blobs, "
+        "in development .edgeloop-dev/blobs",
+    )
+    max_patches: int = Field(
+        4, ge=0, description="patches per announcement: the parent, then what most devices serve"
+    )
+    patch_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="how long a patch stays in Redis")
+
     # Ingest
     claim_idle_ms: int = Field(30000, ge=1)
     read_count: int = Field(1000, ge=1)
@@ -121,6 +135,12 @@ class TrainerSettings(EnvFirstSettings):
                     "and set signing_key = 'DIR/signing.key'"
                 )
             self.signing_key = DEV_KEY_DIR / "signing.key"
+        return self
+
+    @model_validator(mode="after")
+    def _default_blob_dir(self) -> TrainerSettings:
+        if self.blob_dir is None:
+            self.blob_dir = DEV_BLOB_DIR if self.mode == "development" else PROD_BLOB_DIR
         return self
 
     def dev_key_missing(self) -> bool:

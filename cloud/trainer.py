@@ -32,9 +32,10 @@ from cloud.datasets import Dataset, load_dataset, split
 from cloud.ingest import Batch, FeedbackIngest, stream_id_key
 from cloud.lease import Lease
 from cloud.publisher import Publisher
+from cloud.registry import DirBlobStore, Registry
 from cloud.replay import TrainerData
 from cloud.rounds import RoundReport, RoundRunner
-from cloud.settings import TrainerSettings
+from cloud.settings import PROD_BLOB_DIR, TrainerSettings
 from cloud.triggers import DriftDetector, RoundTrigger
 from shared.errors import ConfigError, MessageError
 from shared.keys import FleetKeys
@@ -73,7 +74,12 @@ class Trainer:
             holdout_capacity=s.holdout_capacity, recent_window=s.recent_window, recent_train=s.recent_train,
         )  # fmt: skip
         self.ingest = FeedbackIngest.from_settings(self.client, s, self.data)
-        self.publisher = Publisher(self.client, self.keys, Signer.from_file(s.signing_key))
+        blobs = DirBlobStore(s.blob_dir or PROD_BLOB_DIR)  # the settings fill blob_dir in
+        self.registry = Registry(self.client, self.keys, blobs, patch_ttl_s=s.patch_ttl_s)
+        self.publisher = Publisher(
+            self.client, self.keys, Signer.from_file(s.signing_key), registry=self.registry,
+            max_patches=s.max_patches,
+        )  # fmt: skip
         self.rounds = RoundRunner(s, self.client, self.publisher, self.data, self.parts)
         self.lease = Lease(self.client, self.keys.trainer_lock(s.model), s.consumer, s.lock_ttl_ms)
         self.drift = DriftDetector(s.drift_window, s.drift_drop, s.drift_level_alpha)

@@ -19,6 +19,12 @@ PREFIX = "el"
 #: Consumer group the trainers read the feedback stream with.
 FEEDBACK_GROUP = "trainers"
 
+#: Fields of a feedback stream entry: edges send a batch of ``FeedbackEvent``
+#: JSON documents, one per line, in ``events``; an entry may also carry a single
+#: event in ``data`` (edges before batched entries, tools).
+FEEDBACK_BATCH_FIELD = "events"
+FEEDBACK_EVENT_FIELD = "data"
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 
@@ -114,3 +120,21 @@ class FleetKeys:
     def versions(self, model: str) -> str:
         """Sorted set of published version numbers -> sha256 for ``model``."""
         return f"{self._p}:versions:{check_name('model', model)}"
+
+    # The registry (cloud/registry.py)
+    @property
+    def models(self) -> str:
+        """Set of the model names that have at least one published version."""
+        return f"{self._p}:models"
+
+    def version_records(self, model: str) -> str:
+        """Hash of sha256 -> ``VersionRecord`` (JSON) for every version of ``model``."""
+        return f"{self._p}:version-records:{check_name('model', model)}"
+
+    def labels(self, model: str) -> str:
+        """Hash of label (``latest``, ``stable``, ...) -> sha256 for ``model``."""
+        return f"{self._p}:labels:{check_name('model', model)}"
+
+    def label_moves(self, model: str) -> str:
+        """Stream of label moves for ``model`` (label, from, to), capped."""
+        return f"{self._p}:label-moves:{check_name('model', model)}"

@@ -61,11 +61,13 @@ def keys() -> FleetKeys:
 
 
 @pytest.fixture
-def make_settings(redis_url: str, signing_dir: Path) -> Callable[..., TrainerSettings]:
+def make_settings(
+    redis_url: str, signing_dir: Path, tmp_path: Path
+) -> Callable[..., TrainerSettings]:
     def make(**overrides: Any) -> TrainerSettings:
         base: dict[str, Any] = {
             "fleet": FLEET, "redis_url": redis_url, "signing_key": signing_dir / "signing.key",
-            "consumer": "trainer-1",
+            "consumer": "trainer-1", "blob_dir": tmp_path / "blobs",
         }  # fmt: skip
         return TrainerSettings(**{**base, **overrides})
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cloud.publisher import Publisher, PublishError, StaleParent, VersionNotFound
+from cloud.registry import DirBlobStore, Registry
 from shared.codec import decode_full, sha256_hex
 from shared.errors import SignatureError
 from shared.messages import DeltaAnnouncement, Explanation
@@ -12,8 +13,11 @@ from shared.signing import Signer, Verifier
 
 
 @pytest.fixture
-def publisher(redis_client, keys, signing_dir) -> Publisher:
-    return Publisher(redis_client, keys, Signer.from_file(signing_dir / "signing.key"))
+def publisher(redis_client, keys, signing_dir, tmp_path) -> Publisher:
+    registry = Registry(redis_client, keys, DirBlobStore(tmp_path / "blobs"))
+    return Publisher(
+        redis_client, keys, Signer.from_file(signing_dir / "signing.key"), registry=registry
+    )
 
 
 def publish(publisher, content, **kw):
