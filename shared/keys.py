@@ -134,7 +134,3 @@ class FleetKeys:
     def labels(self, model: str) -> str:
         """Hash of label (``latest``, ``stable``, ...) -> sha256 for ``model``."""
         return f"{self._p}:labels:{check_name('model', model)}"
-
-    def label_moves(self, model: str) -> str:
-        """Stream of label moves for ``model`` (label, from, to), capped."""
-        return f"{self._p}:label-moves:{check_name('model', model)}"
