@@ -307,6 +307,9 @@ class EdgeDaemon:
             swaps=self.updater.swaps,
             updates_refused=self.updater.updates_refused,
             bytes_downloaded=self.updater.bytes_downloaded,
+            patches_applied=self.updater.patches_applied,
+            full_downloads=self.updater.full_downloads,
+            patch_failures=self.updater.patch_failures,
         )
 
     def _public_state(self) -> Literal["starting", "serving", "degraded", "stopping"]:

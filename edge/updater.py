@@ -12,6 +12,16 @@ installed (atomically) and swapped in. Any failure is one log line, a count in
 ``updates_refused`` and ``last_error``; the old model keeps serving. A Redis
 outage is not a refusal: the read is retried with backoff and the stream
 position is not advanced past an announcement that could not be fetched.
+
+Payloads: when the announcement lists a ``patch`` whose base is the version
+this edge serves, the edge fetches it and applies it to that version's bytes
+from the model store (re-hashed when read; ``apply_patch`` checks the base hash
+before and the target hash after). Any patch failure (missing key, another
+base, corrupt or truncated patch, wrong result) is one log line and a count in
+``patch_failures``, and the edge fetches the ``full`` payload instead. Either
+way the file is whole in memory and verified before ``ModelStore.install``
+writes it atomically, so a truncated or interrupted download never leaves a
+half-written model in use.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from edge.fallback import ServingChain
 from edge.model_store import ModelStore
 from edge.runtime import TFLiteModel
 from shared.codec import check_sha256, decode_full
+from shared.delta import apply_patch
 from shared.errors import ArtifactError, EdgeloopError, IntegrityError, ModelRejected, NotFound
 from shared.keys import FleetKeys
 from shared.messages import DeltaAnnouncement, ModelManifest, Payload, SignedManifest
@@ -40,15 +51,18 @@ CONVERGE_SCAN = 200
 
 
 def materialize(payload: Payload, blob: bytes, base: bytes | None, max_size: int) -> bytes:
-    """The model file a payload describes: the seam where patches slot in.
+    """The model file a payload describes.
 
-    ``full`` payloads are zstd frames. ``patch`` payloads apply to ``base`` (the
-    bytes of the version named by ``payload.base_sha256``); this edge does not
-    speak a patch format yet, so the caller falls back to the full file.
+    ``full`` payloads are zstd frames. ``patch`` payloads (``shared.delta``) apply
+    to ``base``, the bytes of the version named by ``payload.base_sha256``.
     """
     if payload.encoding == "full":
         return decode_full(blob, max_size)
-    raise ArtifactError(f"{payload.encoding} payloads are not supported by this edge yet")
+    if payload.encoding == "patch":
+        if base is None:
+            raise ArtifactError("a patch payload needs the bytes of its base")
+        return apply_patch(base, blob, max_size)
+    raise ArtifactError(f"{payload.encoding} payloads are not supported by this edge")
 
 
 class UpdateConsumer:
@@ -84,6 +98,9 @@ class UpdateConsumer:
         self.swaps = 0
         self.updates_refused = 0
         self.bytes_downloaded = 0
+        self.patches_applied = 0
+        self.full_downloads = 0
+        self.patch_failures = 0
         self.last_error: str | None = None
         self.last_error_at = 0.0
 
@@ -223,14 +240,21 @@ class UpdateConsumer:
         if patch is not None and current is not None:
             try:
                 base = self._store.load(current.sha256).data
-                return self._fetch_payload(patch, manifest, base)
+                data = self._fetch_payload(patch, manifest, base)
             except EdgeloopError as e:
-                logger.info(
-                    "updater: patch for v%d unusable (%s); fetching the full file",
+                self.patch_failures += 1
+                logger.warning(
+                    "updater: patch v%d -> v%d refused (%s); fetching the full file",
+                    current.version or 0,
                     manifest.version,
                     e,
                 )
-        return self._fetch_payload(ann.full_payload(), manifest, None)
+            else:
+                self.patches_applied += 1
+                return data
+        data = self._fetch_payload(ann.full_payload(), manifest, None)
+        self.full_downloads += 1
+        return data
 
     def _fetch_payload(
         self, payload: Payload, manifest: ModelManifest, base: bytes | None

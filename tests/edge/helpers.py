@@ -44,6 +44,15 @@ def variant(n: int) -> bytes:
     return baseline_bytes() + b"\0" * n
 
 
+def same_size_variant(n: int, pad: int = 256) -> bytes:
+    """Like ``variant`` but of one length for every ``n`` (a few padding bytes
+    differ), so that one is a patch away from another."""
+    padding = bytearray(pad)
+    for i in range(0, pad, 37):
+        padding[i] = n % 256
+    return baseline_bytes() + bytes(padding)
+
+
 def digit_inputs(n: int, seed: int = 0) -> np.ndarray:
     """``n`` samples shaped like sklearn's digits: 64 pixel values in 0..16."""
     rng = np.random.default_rng(seed)
@@ -108,12 +117,14 @@ def publish_version(
     signed: SignedManifest | None = None,
     artifact: bytes | None = None,
     announce_sha: str | None = None,
+    patches: dict[str, bytes | None] | None = None,
 ) -> DeltaAnnouncement:
     """Write manifest and artifact keys, then XADD the announcement; return it.
 
     ``manifest``/``signed``/``artifact`` override what is written, to publish
     something broken on purpose; ``announce_sha`` makes the announcement name
-    another hash than the file's.
+    another hash than the file's. ``patches`` maps a base sha256 to the patch
+    bytes listed for it (None: listed, but the key is never written).
     """
     manifest = manifest or make_manifest(model_bytes, version, model=model)
     signed = signed or sign(signer, manifest)
@@ -121,12 +132,20 @@ def publish_version(
     blob = artifact if artifact is not None else encode_full(model_bytes, level=3)
     client.set(keys.manifest(sha), signed.to_wire())
     client.set(keys.artifact(sha), blob)
+    payloads = [Payload(encoding="full", key=keys.artifact(sha), size=len(blob))]
+    for base, patch in (patches or {}).items():
+        key = keys.patch(base, sha)
+        if patch is not None:
+            client.set(key, patch)
+        payloads.append(
+            Payload(encoding="patch", key=key, size=len(patch or b""), base_sha256=base)
+        )
     ann = DeltaAnnouncement(
         model=model,
         version=version,
         sha256=announce_sha or sha,
         manifest_key=keys.manifest(sha),
-        payloads=[Payload(encoding="full", key=keys.artifact(sha), size=len(blob))],
+        payloads=payloads,
     )
     client.xadd(keys.deltas, {"data": ann.to_wire()})
     return ann
