@@ -126,6 +126,7 @@ class Demo:
             "dataset": self.o.dataset, "label_column": self.o.label_column,
             "round_min_samples": 150 if q else 250, "round_interval_s": 20.0 if q else 30.0,
             "drift_window": 40, "status_interval_s": 1.0, "claim_idle_ms": 5000,
+            "blob_dir": str(self.workdir / "blobs"),
         }))  # fmt: skip
         self.trainer_child = self.group.spawn(
             "trainer",
@@ -290,6 +291,9 @@ class Demo:
             "rounds": trainer.rounds if trainer else 0,
             "rounds_rejected": trainer.rounds_rejected if trainer else 0,
             "bytes_downloaded": sum(s.counters.bytes_downloaded for s in edges.values() if s),
+            "patches_applied": sum(s.counters.patches_applied for s in edges.values() if s),
+            "full_downloads": sum(s.counters.full_downloads for s in edges.values() if s),
+            "patch_failures": sum(s.counters.patch_failures for s in edges.values() if s),
         }
 
     def close(self) -> None:
