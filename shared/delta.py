@@ -21,8 +21,8 @@ bytes differ. A patch is a fixed header and one zstd frame::
             ``(target - base) mod 256`` byte by byte, as in bsdiff.
 
 What keeps patches small: the data is the byte-wise difference, so a small
-change to an int8 weight is a small number and unchanged bytes inside a range
-are zeros; byte planes put the (mostly zero) high bytes of the range table
+change to an int8 weight is a small number (and unchanged bytes inside a
+merged range are zeros); byte planes put the (mostly zero) high bytes of the range table
 together, which zstd compresses about 20% better than plain u32 columns and as
 well as varints, while numpy still parses them without a loop. Ranges at most
 ``merge_gap`` unchanged bytes apart are merged, but the default is 0 (only
