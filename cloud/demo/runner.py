@@ -288,7 +288,7 @@ class Demo:
             "feedback_lost": max(0, sent - accepted - deadlettered),
             "fallback_predictions": fallback,
             "failed_requests": failed_edge + failed_apps,
-            "rounds": trainer.rounds if trainer else 0,
+            "rounds": trainer.rounds + trainer.rounds_rejected if trainer else 0,
             "rounds_rejected": trainer.rounds_rejected if trainer else 0,
             "bytes_downloaded": sum(s.counters.bytes_downloaded for s in edges.values() if s),
             "patches_applied": sum(s.counters.patches_applied for s in edges.values() if s),

@@ -79,7 +79,8 @@ def cloud_table(trainer: TrainerStatus | None) -> Table:
             metrics,
         )
     t.caption = (
-        f"rounds {trainer.rounds} (rejected {trainer.rounds_rejected}) · accepted {trainer.feedback_accepted} · "
+        f"rounds {trainer.rounds + trainer.rounds_rejected} (published {trainer.rounds}, "
+        f"rejected by the gate {trainer.rounds_rejected}) · accepted {trainer.feedback_accepted} · "
         f"duplicates {trainer.feedback_duplicates} · dead-lettered {trainer.feedback_deadlettered}"
     )
     return t
