@@ -25,7 +25,8 @@ import redis
 from torch import nn
 
 from cloud.datasets import Split
-from cloud.evaluation import Decision, Metrics, evaluate, gate
+from cloud.evaluation import Decision, Metrics, Samples, evaluate, gate
+from cloud.explain import Side, explain_version
 from cloud.exporter import ExportError, ExportResult, export_int8
 from cloud.models import build_model, load_weights, weights_to_bytes
 from cloud.publisher import Publisher, StaleParent
@@ -116,16 +117,11 @@ class RoundRunner:
                          "labeled_per_class": {self.labels[c]: int(n) for c, n in enumerate(counts)}},
             hyperparameters=result.hyperparameters, details={"earlier_recall": earlier.recall},
         )  # fmt: skip
-        summary = (
-            f"First version, trained on {len(self.parts.seed_train.y)} samples of the "
-            f"{self.parts.seed_train.name} seed split; held-out accuracy {earlier.accuracy or 0:.3f}."
-        )
-        self._publish(report, result.model, exported, None, summary)
-        report.timings = {
-            "train_s": t1 - t0,
-            "export_s": t2 - t1,
-            "publish_s": time.perf_counter() - t2,
-        }
+        explanation = self._explain(report, result.model, exported, None, self.data.holdout_set(),
+                                    self.data.recent_set())  # fmt: skip
+        t3 = time.perf_counter()
+        self._publish(report, result.model, exported, None, explanation)
+        report.timings.update(train_s=t1 - t0, export_s=t2 - t1, publish_s=time.perf_counter() - t3)
         return report
 
     # -- a round --------------------------------------------------------------
@@ -171,15 +167,11 @@ class RoundRunner:
         if not may_publish():
             report.reason = "lease lost before publishing; another trainer runs rounds now"
             return report
+        parent_side = Side(parent_model, parent_tfl, self.publisher.content(parent_sha))
+        explanation = self._explain(report, result.model, exported, parent_side, earlier, recent)
         t3 = time.perf_counter()
         try:
-            self._publish(
-                report,
-                result.model,
-                exported,
-                parent_sha,
-                _summary(trigger, window, len(y), decision),
-            )
+            self._publish(report, result.model, exported, parent_sha, explanation)
         except StaleParent as e:
             report.published, report.reason = False, str(e)
         timings["publish_s"] = time.perf_counter() - t3
@@ -214,20 +206,37 @@ class RoundRunner:
         )
         return export_int8(model, cal, probe, min_agreement=self.s.min_int8_agreement)
 
+    def _explain(
+        self,
+        report: RoundReport,
+        model: nn.Module,
+        exported: ExportResult,
+        parent: Side | None,
+        earlier: Samples,
+        recent: Samples,
+    ) -> Explanation:
+        """The explanation the version's signed manifest carries (cloud/explain.py)."""
+        t = time.perf_counter()
+        child = Side(model, TFLiteModel(exported.content), exported.content)
+        grid = (8, 8) if self.parts.seed_train.kind == "digits" else None
+        explanation = explain_version(
+            trigger=report.trigger, data_window=report.data_window, hyperparameters=report.hyperparameters,
+            details=report.details, labels=self.labels, child=child, parent=parent, earlier=earlier,
+            recent=recent, grid=grid,
+        )  # fmt: skip
+        report.timings["explain_s"] = time.perf_counter() - t
+        return explanation
+
     def _publish(
         self,
         report: RoundReport,
         model: nn.Module,
         exported: ExportResult,
         parent_sha: str | None,
-        summary: str,
+        explanation: Explanation,
     ) -> None:
         # Weights first: a version must never exist without the weights the next round needs.
         self.client.set(self.keys.weights(exported.sha256), weights_to_bytes(model))
-        explanation = Explanation(
-            trigger=report.trigger, summary=summary, data_window=report.data_window,
-            hyperparameters=report.hyperparameters, details=report.details,
-        )  # fmt: skip
         published = self.publisher.publish(
             self.s.model, exported.content, num_features=self.parts.seed_train.num_features,
             labels=self.labels, probe=exported.probe, runtime=exported.runtime,
@@ -252,17 +261,3 @@ def _details(d: Decision) -> dict[str, Any]:
         "child": {"recent": m(d.child_recent), "earlier": m(d.child_earlier)},
         "gate": {"min_gain": d.min_gain, "forgetting_tolerance": d.forgetting_tolerance},
     }
-
-
-def _summary(trigger: str, window: dict[str, Any], samples: int, d: Decision) -> str:
-    why = {
-        "drift": "a drop in served accuracy (drift)",
-        "count": "enough new labels",
-        "timer": "the round timer",
-    }
-    new = window.get("new_samples", 0)
-    return (
-        f"Retrained after {why.get(trigger, trigger)} on {samples} samples ({new} new): recent accuracy "
-        f"{d.parent_recent.accuracy:.3f} -> {d.child_recent.accuracy:.3f}, earlier "
-        f"{d.parent_earlier.accuracy or 0:.3f} -> {d.child_earlier.accuracy or 0:.3f}."
-    )

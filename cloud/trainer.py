@@ -92,6 +92,7 @@ class Trainer:
         )
         self._round: Future[RoundReport] | None = None
         self._window = _Window(self.dataset.labels)
+        self._drift_signal: dict[str, float] | None = None
         self._next_status = 0.0
         self._next_lease = 0.0
         self._status_restored = False
@@ -156,6 +157,8 @@ class Trainer:
         batch = self.ingest.poll(block_ms)
         if len(batch.accepted):
             drift = self.drift.update(batch.accepted.predicted, batch.accepted.y)
+            if drift and self._drift_signal is None:  # the signal that starts the round
+                self._drift_signal = self.drift.last_signal
             self.trigger.observe(len(batch.accepted), drift)
             self._window.add(batch)
         self._collect()
@@ -176,7 +179,7 @@ class Trainer:
             self._finish(self.rounds.bootstrap())
             return
         new = self.trigger.started()
-        window = self._window.take(new)
+        window = {**self._window.take(new), "signal": self._trigger_signal(trigger)}
         round_no = self.status.rounds + self.status.rounds_rejected + 1
         logger.info("round %d starts (trigger %s, %d new samples)", round_no, trigger, new)
         if self._executor is None:
@@ -185,6 +188,16 @@ class Trainer:
             self._round = self._executor.submit(
                 self.rounds.run, round_no, trigger, window, lambda: self.lease.held
             )
+
+    def _trigger_signal(self, trigger: str) -> dict[str, Any]:
+        """The numbers that made ``trigger`` fire, for the version's explanation."""
+        s = self.settings
+        if trigger == "drift":
+            signal, self._drift_signal = self._drift_signal or {}, None
+            return dict(signal)
+        if trigger == "timer":
+            return {"interval_s": s.round_interval_s, "threshold": s.round_interval_min_samples}
+        return {"threshold": s.round_min_samples}
 
     def _collect(self) -> None:
         """Pick up a finished background round."""

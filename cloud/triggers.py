@@ -35,6 +35,8 @@ class DriftDetector:
         self.drop = drop
         self.alpha = alpha
         self.level: float | None = None
+        #: The numbers behind the last signal (for the version's explanation).
+        self.last_signal: dict[str, float] | None = None
         self._recent: deque[bool] = deque()
         self._hits = 0
 
@@ -66,6 +68,8 @@ class DriftDetector:
         if acc >= self.level - self.drop:
             return False
         logger.warning("drift: served accuracy %.2f, running level %.2f", acc, self.level)
+        self.last_signal = {"served_accuracy": round(acc, 4), "level": round(self.level, 4),
+                            "drop": self.drop, "window": self.window}  # fmt: skip
         # Start over from the new level, so that one drift is one signal.
         self.level = acc
         self._recent.clear()

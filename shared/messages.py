@@ -117,15 +117,176 @@ class ProbeSet(BaseModel):
     max_abs_error: float = Field(0.1, ge=0, description="largest allowed mean |p - expected|")
 
 
-class Explanation(BaseModel):
-    """Why a version exists. Issue-level detail grows here; every field is optional
-    for readers so that older manifests still parse."""
+#: Format of the typed sections of ``Explanation``: 1 = free-form dicts only (manifests
+#: published before explanations were typed), 2 = every typed section filled in.
+EXPLANATION_FORMAT = 2
 
+#: How expected calibration error is binned, stated in every explanation that reports it.
+ECE_BINNING = "top-label confidence, 15 equal-width bins over [0, 1], weighted by bin size"
+
+#: How flipped samples are named: stable across rounds, processes and machines.
+SAMPLE_ID_SCHEME = "first 12 hex digits of sha256(int32 LE label + float32 LE features)"
+
+
+class TriggerSignal(BaseModel):
+    """What started the round, with the numbers that made it start."""
+
+    kind: str = Field(description='"bootstrap", "drift", "count" or "timer"')
+    served_accuracy: float | None = Field(
+        None, description="drift: served accuracy over the last drift window when it fired"
+    )
+    served_level: float | None = Field(
+        None, description="drift: the running level of served accuracy it fell below"
+    )
+    drop_threshold: float | None = Field(None, description="drift: the drop that counts as drift")
+    threshold_samples: int | None = Field(
+        None, description="count/timer: new labels the trigger needed"
+    )
+    interval_s: float | None = Field(None, description="timer: the round interval")
+
+
+class DataWindow(BaseModel):
+    """The data a version learned from."""
+
+    source: Literal["seed_split", "feedback_stream"]
+    first_stream_id: str | None = Field(
+        None, description="first feedback stream entry of the window (None: seed split)"
+    )
+    last_stream_id: str | None = None
+    new_samples: int = Field(0, ge=0, description="labeled samples new since the previous round")
+    labeled_per_class: dict[str, int] = Field(
+        default_factory=dict, description="new labeled samples per class"
+    )
+    training_samples: int = Field(0, ge=0, description="samples the round trained on")
+    earlier_samples: int = Field(0, ge=0, description="held-out earlier data it was judged on")
+    recent_samples: int = Field(0, ge=0, description="recent-window samples it was judged on")
+    trigger: TriggerSignal
+
+
+class SetMetrics(BaseModel):
+    """One model's numbers on one evaluation set (accuracy None when the set is empty)."""
+
+    samples: int = Field(0, ge=0)
+    accuracy: float | None = None
+    recall: dict[str, float] = Field(default_factory=dict, description="per-class recall")
+    ece: float | None = Field(None, description="expected calibration error (see ece_binning)")
+
+
+class ModelMetrics(BaseModel):
+    earlier: SetMetrics = Field(description="held-out data from all time (the holdout reservoir)")
+    recent: SetMetrics = Field(description="the newest held-out samples (the recent window)")
+
+
+class EvaluationReport(BaseModel):
+    """Parent and child artifacts (int8 files in the edge runtime) on the same data."""
+
+    ece_binning: str = ECE_BINNING
+    parent: ModelMetrics | None = Field(description="None: the version has no parent")
+    child: ModelMetrics
+
+
+class Forgetting(BaseModel):
+    """Accuracy on earlier data, before and after the update."""
+
+    parent_accuracy: float | None = None
+    child_accuracy: float | None = None
+    change: float | None = Field(None, description="child - parent; negative means forgetting")
+
+
+class FlipCounts(BaseModel):
+    compared: int = Field(0, ge=0, description="samples both models answered")
+    fixed: int = Field(0, ge=0, description="parent wrong, child right")
+    broken: int = Field(0, ge=0, description="parent right, child wrong")
+
+
+class Flips(FlipCounts):
+    """Predictions that changed between parent and child on the evaluation set."""
+
+    id_scheme: str = SAMPLE_ID_SCHEME
+    fixed_ids: list[str] = Field(default_factory=list, description="examples, at most a few")
+    broken_ids: list[str] = Field(default_factory=list, description="examples, at most a few")
+    by_set: dict[str, FlipCounts] = Field(
+        default_factory=dict, description='"earlier" and "recent"; a sample may be in both'
+    )
+
+
+class LayerChange(BaseModel):
+    """How much one layer's constant tensors (weights and bias) changed."""
+
+    name: str
+    params: int = Field(ge=0)
+    bytes: int = Field(ge=0, description="bytes of the layer's quantized tensors")
+    bytes_changed: int | None = Field(None, ge=0)
+    bytes_changed_fraction: float | None = Field(None, ge=0, le=1)
+    l2_change: float | None = Field(None, ge=0, description="L2 norm of the weight change")
+    relative_change: float | None = Field(
+        None, ge=0, description="l2_change / L2 norm of the parent's weights"
+    )
+    scales_changed: int | None = Field(
+        None, ge=0, description="quantization scales that differ (they live outside the buffers)"
+    )
+
+
+class WeightChange(BaseModel):
+    source: Literal["none", "artifacts", "trainer"] = Field(
+        description="artifacts: compared int8 files; trainer: the round's delta report; "
+        "none: no parent"
+    )
+    layers: list[LayerChange] = Field(default_factory=list)
+    bytes: int = Field(0, ge=0)
+    bytes_changed: int | None = None
+    bytes_changed_fraction: float | None = None
+
+
+class FeatureShift(BaseModel):
+    feature: str = Field(description='input name, e.g. "r3c4" (row 3, column 4) for 8x8 digits')
+    index: int = Field(ge=0)
+    parent: float = Field(description="share of total attribution in the parent")
+    child: float = Field(description="share of total attribution in the child")
+    change: float
+
+
+class AttributionShift(BaseModel):
+    """Which inputs the model relies on, before and after (integrated gradients)."""
+
+    method: str
+    probe_samples: int = Field(0, ge=0)
+    steps: int = Field(0, ge=0)
+    grid: list[int] | None = Field(None, description="[rows, cols] when inputs form an image")
+    parent_importance: list[float] | None = Field(
+        None, description="mean |attribution| per input, normalized to sum 1"
+    )
+    child_importance: list[float] = Field(default_factory=list)
+    gained: list[FeatureShift] = Field(default_factory=list)
+    lost: list[FeatureShift] = Field(default_factory=list)
+    shift_score: float | None = Field(
+        None, ge=0, le=1, description="total variation distance of the importance maps (0..1)"
+    )
+
+
+class Explanation(BaseModel):
+    """Why a version exists and what it changed.
+
+    ``data_window``, ``hyperparameters`` and ``details`` are the round's record as
+    it was written (format 1). The typed sections below are filled in every
+    version published at ``format`` 2; they are None only in older manifests,
+    which still parse. A version without a parent says so: ``parent`` sides are
+    None and ``notes`` says why.
+    """
+
+    format: int = Field(1, description="1: free-form record only; 2: typed sections filled")
     trigger: str = ""
     summary: str = ""
     data_window: dict[str, Any] = Field(default_factory=dict)
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     details: dict[str, Any] = Field(default_factory=dict)
+    window: DataWindow | None = None
+    evaluation: EvaluationReport | None = None
+    forgetting: Forgetting | None = None
+    flips: Flips | None = None
+    weights: WeightChange | None = None
+    attribution: AttributionShift | None = None
+    notes: list[str] = Field(default_factory=list)
 
 
 class ModelManifest(WireModel):

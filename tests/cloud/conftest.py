@@ -114,3 +114,70 @@ class EventMaker:
 @pytest.fixture
 def events() -> EventMaker:
     return EventMaker()
+
+
+# -- a fleet with published versions, made once ---------------------------------
+
+#: Trainer settings that make a bootstrap and one drift round in a few seconds.
+FAST_TRAINER = {"bootstrap_epochs": 20, "epochs": 8, "round_min_samples": 10_000, "round_interval_s": 3600,
+                "drift_window": 40, "drift_drop": 0.25, "gate_min_recent": 20, "status_interval_s": 0.2,
+                "block_ms": 10, "replay_capacity": 1000, "recent_train": 400,
+                "lock_ttl_ms": 300_000}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PublishedFleet:
+    """The Redis keys of a fleet after a bootstrap (v1) and a drift round (v2, rotated digits)."""
+
+    dump: dict[bytes, bytes]
+    shas: list[str]  # by version, v1 first
+
+    def restore(self, client: redis.Redis) -> None:
+        pipe = client.pipeline(transaction=False)
+        for key, value in self.dump.items():
+            pipe.restore(key, 0, value, replace=True)
+        pipe.execute()
+
+
+@pytest.fixture(scope="session")
+def published_fleet(
+    redis_server: Any, digits: Dataset, parts: Split, signing_dir: Path
+) -> PublishedFleet:
+    """Run a real trainer once per session: v1 by bootstrap, v2 by a drift round.
+
+    Tests get the keys restored into their flushed database (``fleet_client``).
+    """
+    from cloud.datasets import drift
+    from cloud.trainer import Trainer
+    from edge.runtime import TFLiteModel
+
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    settings = TrainerSettings(fleet=FLEET, redis_url=redis_server.url, consumer="trainer-1",
+                               signing_key=signing_dir / "signing.key", **FAST_TRAINER)  # fmt: skip
+    trainer = Trainer(settings, dataset=digits, background_rounds=False)
+    trainer.start()
+    v1 = TFLiteModel(trainer.publisher.content(trainer.publisher.latest("digits")[1]))
+    X, y = parts.stream.X, parts.stream.y
+    Xd = np.concatenate([X[:300], drift("digits")(X[300:900])])
+    sender = EventMaker()
+    for lo, hi, start in ((0, 300, 0), (300, 900, 100)):
+        sender.send(client, trainer.keys.feedback, sender.many(
+            Xd[lo:hi], y[lo:hi], start=start, predicted=v1.predict_proba_batch(Xd[lo:hi]).argmax(1)))  # fmt: skip
+        for _ in range(50):
+            if trainer.step(block_ms=10).entries == 0:
+                break
+    trainer.close()
+    shas = [sha for _, sha in trainer.publisher.versions("digits")]
+    assert len(shas) == 2, trainer.status.last_round
+    dump = {key: client.dump(key) for key in client.keys("*")}
+    client.flushall()
+    client.close()
+    return PublishedFleet(dump, shas)
+
+
+@pytest.fixture
+def fleet_client(redis_client: redis.Redis, published_fleet: PublishedFleet) -> redis.Redis:
+    """A flushed database holding the published fleet's keys."""
+    published_fleet.restore(redis_client)
+    return redis_client

@@ -100,7 +100,8 @@ def test_a_drift_round_publishes_a_better_v2(trainer, events, parts):
     st = status_of(trainer)
     assert st.rounds == 1 and [v.version for v in st.published] == [1, 2]
     assert st.feedback_accepted == 900 and st.last_round["published"]
-    assert set(st.last_round["timings"]) == {"train_s", "export_s", "gate_s", "publish_s"}
+    stages = {"train_s", "export_s", "gate_s", "explain_s", "publish_s"}
+    assert set(st.last_round["timings"]) == stages
 
 
 def test_count_trigger_and_rejection_are_recorded(make_settings, digits, events, parts):
