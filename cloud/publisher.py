@@ -12,7 +12,7 @@ its manifest, artifact and patches already in place:
    sign exactly those bytes (``SignedManifest``);
 4. build a patch from each base the edges are likely to hold (see
    ``patch_bases``): the parent, then the versions the most devices of the
-   fleet report serving, at most ``max_patches`` of them;
+   fleet report serving, until ``max_patches`` patches are made;
 5. MULTI: SET the patches (with the registry's TTL), record the version in the
    registry (manifest, artifact, number, record, ``latest``), XADD a
    ``DeltaAnnouncement`` listing the ``full`` payload and the patches; EXEC.
@@ -147,8 +147,9 @@ class Publisher:
                 manifest_json=manifest_json,
                 signature=self.signer.sign(manifest_json.encode("utf-8")),
             )
-            bases = patch_bases(pipe, versions_key, parent_sha, served, sha, self.max_patches)
-            patches = self._patches(bases, content)
+            patches = self._patches(
+                patch_bases(pipe, versions_key, parent_sha, served, sha), content
+            )
             payloads = [Payload(encoding="full", key=self.keys.artifact(sha), size=len(artifact))]
             payloads += [
                 Payload(encoding="patch", key=self.keys.patch(base, sha), size=len(patch),
@@ -181,9 +182,12 @@ class Publisher:
         return Published(out["version"], sha, out["signed"], announcement_id, out["payloads"])
 
     def _patches(self, bases: list[str], content: bytes) -> list[tuple[str, bytes]]:
-        """(base, patch) for each base a patch can be made from; others are skipped."""
-        out = []
+        """(base, patch) for the first ``max_patches`` bases a patch can be made
+        from (same length); the others are skipped."""
+        out: list[tuple[str, bytes]] = []
         for base in bases:
+            if len(out) >= self.max_patches:
+                break
             try:
                 out.append((base, self.registry.build_patch(base, content)))
             except (PatchUnavailable, VersionNotFound) as e:
@@ -236,20 +240,13 @@ def served_versions(
 
 
 def patch_bases(
-    pipe: Any,
-    versions_key: str,
-    parent: str | None,
-    served: Counter[str],
-    target: str,
-    limit: int,
+    pipe: Any, versions_key: str, parent: str | None, served: Counter[str], target: str
 ) -> list[str]:
-    """The bases to ship patches from: the parent first, then the versions the most
-    devices serve, each a published version of the model and not the target."""
+    """The candidate bases for patches, best first: the parent, then the versions
+    the most devices serve; each a published version of the model, not the target."""
     ordered = ([parent] if parent else []) + [sha for sha, _ in served.most_common()]
     out: list[str] = []
     for sha in ordered:
-        if len(out) >= limit:
-            break
         if sha == target or sha in out:
             continue
         if sha == parent or pipe.zscore(versions_key, sha) is not None:

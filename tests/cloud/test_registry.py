@@ -270,7 +270,9 @@ def test_the_publisher_lists_patches_for_the_parent_and_the_bases_devices_report
     redis_client.zadd(keys.devices, {"g": 1.0, "gone": 2.0})
 
     target = model_file(5, base=three[2])
-    published = publish(publisher, target)  # parent: v4, which has another length
+    # The parent, v4, has another length: no patch, and it does not use up the cap.
+    capped = Publisher(registry.client, keys, publisher.signer, registry=registry, max_patches=2)
+    published = publish(capped, target)
     patches = {p.base_sha256: p for p in published.payloads if p.encoding == "patch"}
     assert set(patches) == {sha1, sha2}  # v4 (length), f*64 (unknown) and v3 (nobody) get none
     ((_, fields),) = redis_client.xrevrange(keys.deltas, count=1)
