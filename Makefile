@@ -13,7 +13,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export LITERT_TORCH_SHOW_PROGRESS = n
 export TF_CPP_MIN_LOG_LEVEL = 3
 
-.PHONY: all install redis demo demo-quick test test-fast test-edge-only lint typecheck bench baseline clean
+.PHONY: all install redis demo demo-quick test test-fast test-edge-only test-tflite-runtime lint typecheck bench clean
 
 all: test
 
@@ -41,19 +41,33 @@ demo-quick: install
 
 test: install
 	$(PY) -m pytest -q
-	$(MAKE) --no-print-directory test-edge-only
+	$(MAKE) --no-print-directory test-edge-only test-tflite-runtime
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
+
+# The edge and shared tests in an environment of their own (run from tests/ so
+# that they import what that environment installed).
+EDGE_TESTS = cd tests && ../$(1)/bin/python -m pytest -q -p no:cacheprovider -c ../pyproject.toml --rootdir .. edge shared
+TEST_DEPS = pytest pytest-timeout hypothesis
 
 # An edge-only install: no torch may arrive, and the daemon must start.
 test-edge-only: redis
 	rm -rf .venv-edge
 	$(PYTHON) -m venv .venv-edge
-	.venv-edge/bin/pip install --quiet '.[edge]' pytest pytest-timeout hypothesis
+	.venv-edge/bin/pip install --quiet '.[edge]' $(TEST_DEPS)
 	@! .venv-edge/bin/python -c "import torch" 2>/dev/null || { echo "torch arrived with .[edge]"; exit 1; }
 	.venv-edge/bin/edgeloop-edge --help >/dev/null
-	cd tests && ../.venv-edge/bin/python -m pytest -q -p no:cacheprovider -c ../pyproject.toml --rootdir .. edge shared
+	$(call EDGE_TESTS,.venv-edge)
+
+# The same on tflite-runtime 2.14 (numpy < 2), the runtime for boards without
+# an ai-edge-litert wheel.
+test-tflite-runtime: redis
+	rm -rf .venv-tflite
+	$(PYTHON) -m venv .venv-tflite
+	.venv-tflite/bin/pip install --quiet '.[edge-tflite]' $(TEST_DEPS)
+	@! .venv-tflite/bin/python -c "import ai_edge_litert" 2>/dev/null || { echo "ai-edge-litert arrived with .[edge-tflite]"; exit 1; }
+	$(call EDGE_TESTS,.venv-tflite)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -67,4 +81,4 @@ bench: install
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) .venv-edge .pytest_cache build *.egg-info
+	rm -rf $(VENV) .venv-edge .venv-tflite .pytest_cache build *.egg-info
