@@ -66,7 +66,7 @@ class Side:
 
 @dataclass(frozen=True)
 class ExplainOptions:
-    probe_size: int = 64  # attribution probe: half recent window, half earlier data
+    probe_size: int = 48  # attribution probe: half recent window, half earlier data
     ig_steps: int = IG_STEPS
     flip_examples: int = FLIP_EXAMPLES
 

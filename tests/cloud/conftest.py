@@ -119,6 +119,7 @@ def events() -> EventMaker:
 # -- a fleet with published versions, made once ---------------------------------
 
 #: Trainer settings that make a bootstrap and one drift round in a few seconds.
+# (the long lease: a round on a busy machine must not lose it before it publishes)
 FAST_TRAINER = {"bootstrap_epochs": 20, "epochs": 8, "round_min_samples": 10_000, "round_interval_s": 3600,
                 "drift_window": 40, "drift_drop": 0.25, "gate_min_recent": 20, "status_interval_s": 0.2,
                 "block_ms": 10, "replay_capacity": 1000, "recent_train": 400,
@@ -131,6 +132,7 @@ class PublishedFleet:
 
     dump: dict[bytes, bytes]
     shas: list[str]  # by version, v1 first
+    blob_dir: Path  # the registry's files
 
     def restore(self, client: redis.Redis) -> None:
         pipe = client.pipeline(transaction=False)
@@ -141,7 +143,11 @@ class PublishedFleet:
 
 @pytest.fixture(scope="session")
 def published_fleet(
-    redis_server: Any, digits: Dataset, parts: Split, signing_dir: Path
+    redis_server: Any,
+    digits: Dataset,
+    parts: Split,
+    signing_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> PublishedFleet:
     """Run a real trainer once per session: v1 by bootstrap, v2 by a drift round.
 
@@ -153,8 +159,10 @@ def published_fleet(
 
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()
+    blob_dir = tmp_path_factory.mktemp("fleet-blobs")
     settings = TrainerSettings(fleet=FLEET, redis_url=redis_server.url, consumer="trainer-1",
-                               signing_key=signing_dir / "signing.key", **FAST_TRAINER)  # fmt: skip
+                               signing_key=signing_dir / "signing.key", blob_dir=blob_dir,
+                               **FAST_TRAINER)  # fmt: skip
     trainer = Trainer(settings, dataset=digits, background_rounds=False)
     trainer.start()
     v1 = TFLiteModel(trainer.publisher.content(trainer.publisher.latest("digits")[1]))
@@ -173,7 +181,7 @@ def published_fleet(
     dump = {key: client.dump(key) for key in client.keys("*")}
     client.flushall()
     client.close()
-    return PublishedFleet(dump, shas)
+    return PublishedFleet(dump, shas, blob_dir)
 
 
 @pytest.fixture

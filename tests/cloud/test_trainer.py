@@ -20,7 +20,8 @@ FAST = {"bootstrap_epochs": 20, "epochs": 8, "round_min_samples": 10_000, "round
 
 @pytest.fixture
 def trainer(make_settings, digits):
-    t = Trainer(make_settings(**FAST), dataset=digits, background_rounds=False)
+    # A lease longer than any round on a loaded machine: these tests are not about expiry.
+    t = Trainer(make_settings(**FAST, lock_ttl_ms=120_000), dataset=digits, background_rounds=False)
     yield t
     t.close()
 
