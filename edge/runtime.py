@@ -27,6 +27,7 @@ import numpy.typing as npt
 from shared.codec import sha256_hex
 from shared.errors import ModelRejected
 from shared.messages import ProbeSet
+from shared.tflite import FlatbufferError, check_flatbuffer
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +105,12 @@ class TFLiteModel:
         self.version = version
         self.name = name or self.sha256[:12]
         self.size = len(content)
+        try:
+            # tflite-runtime does not verify the flatbuffer: a garbled file would
+            # crash the process rather than raise, so check its structure first.
+            check_flatbuffer(content)
+        except FlatbufferError as e:
+            raise ModelRejected(f"{self.name}: not a valid TFLite file: {e}") from e
         try:
             interp = cls(model_content=content, num_threads=num_threads)
             interp.allocate_tensors()
@@ -207,7 +214,7 @@ class TFLiteModel:
         if not all(hasattr(native, m) for m in ("SetTensor", "Invoke", "GetTensor")):
             set_tensor, invoke, get_tensor = interp.set_tensor, interp.invoke, interp.get_tensor
 
-            def run(x: FloatArray) -> FloatArray:
+            def run_public(x: FloatArray) -> FloatArray:
                 acquire()  # bound acquire/release: half the cost of a with block
                 try:
                     set_tensor(in_index, x)
@@ -217,7 +224,7 @@ class TFLiteModel:
                     release()
                 return out.ravel()
 
-            return run
+            return run_public
 
         # Both runtimes' Python Interpreter wraps a native one and, on every
         # invoke(), counts references to it to refuse running while a numpy view
