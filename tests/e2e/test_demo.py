@@ -38,3 +38,6 @@ def test_quick_demo_recovers_from_drift_and_loses_nothing(tmp_path):
         )
     assert result["acc_drift_before_update"] < 0.7 * result["acc_pre_drift"]
     assert result["acc_after_update"] >= 0.9 * result["acc_pre_drift"]
+    # edges fetch their first version whole, every later one as a patch
+    assert result["full_downloads"] == result["edges"] and result["patch_failures"] == 0
+    assert result["patches_applied"] >= result["edges"]
