@@ -113,8 +113,8 @@ class Registry:
         """Every version of ``model`` (the newest ``limit`` if given), oldest first, with labels."""
         _check_model(model)
         start = -limit if limit else 0
-        rows = self.client.zrange(self.keys.versions(model), start, -1, withscores=True)
-        shas = [_text(sha) for sha, _ in rows]
+        rows: Any = self.client.zrange(self.keys.versions(model), start, -1)
+        shas = [_text(sha) for sha in rows]
         records = self._records(model, shas)
         by_sha = self._labels_by_sha(model)
         for r in records:
@@ -193,7 +193,7 @@ class Registry:
                 raise VersionNotFound(
                     f"no file for {sha256[:12]} in {self.blobs!r} or Redis"
                 ) from None
-            data = decode_full(blob)
+            data = decode_full(_binary(blob))
             check_sha256(data, sha256, what=f"artifact {sha256[:12]}")
             return data
 
@@ -287,7 +287,7 @@ class Registry:
         key = self.keys.patch(base, target)
         cached = self.client.get(key)
         if cached is not None:
-            return bytes(cached)
+            return _binary(cached)
         patch = self.build_patch(base, self.content_by_sha(target))
         self.client.set(key, patch, ex=self.patch_ttl_s)
         return patch
@@ -341,6 +341,12 @@ def _check_label(label: str) -> None:
         )
     if label == LATEST:
         raise LabelError(f"{LATEST!r} moves with every publish and cannot be set by hand")
+
+
+def _binary(value: Any) -> bytes:
+    if not isinstance(value, bytes):
+        raise RegistryError("the registry needs a Redis client without decode_responses")
+    return value
 
 
 def _text(value: Any) -> str:
