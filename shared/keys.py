@@ -134,3 +134,29 @@ class FleetKeys:
     def labels(self, model: str) -> str:
         """Hash of label (``latest``, ``stable``, ...) -> sha256 for ``model``."""
         return f"{self._p}:labels:{check_name('model', model)}"
+
+    # Rollouts (cloud/rollout/): what each device should serve.
+    def target(self, model: str) -> str:
+        """The sha256 every device of the fleet serves unless pinned or in a rollout ring."""
+        return f"{self._p}:target:{check_name('model', model)}"
+
+    def assignments(self, model: str) -> str:
+        """Hash of device id -> sha256 set by a running rollout (its rings)."""
+        return f"{self._p}:assign:{check_name('model', model)}"
+
+    def pins(self, model: str) -> str:
+        """Hash of device id -> sha256 an operator pinned; rollouts leave these alone."""
+        return f"{self._p}:pins:{check_name('model', model)}"
+
+    def rollout(self, rollout_id: str) -> str:
+        """One rollout's state (JSON)."""
+        return f"{self._p}:rollout:{check_name('rollout id', rollout_id)}"
+
+    @property
+    def rollouts(self) -> str:
+        """Sorted set of rollout ids by creation time."""
+        return f"{self._p}:rollouts"
+
+    def active_rollout(self, model: str) -> str:
+        """The id of the rollout in progress for ``model``, if any (one at a time)."""
+        return f"{self._p}:active-rollout:{check_name('model', model)}"

@@ -1,0 +1,362 @@
+"""The rollout controller: moves a fleet from version A to B ring by ring.
+
+What each device should serve is three Redis structures (shared/keys.py):
+the fleet ``target``, a running rollout's ``assignments`` and operator
+``pins``; an edge serves ``pin or assignment or target`` (shared.rollouts.
+desired_sha). A rollout assigns B to one ring at a time, judges the ring's
+health from what its devices report, and then promotes (next ring), waits for
+an operator, or rolls back by dropping its assignments so that every device
+falls back to the target, A. Completing sets the target to B.
+
+All state is in Redis: a restarted controller picks up where the last one
+stopped (``step`` is idempotent), and operator actions from the REST API race
+safely with it (each change is a WATCH/MULTI on the rollout's key). Edges are
+told to look again with an ``assign`` entry on the fleet's delta stream; a
+device that was offline reads its desired version when it comes back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import redis
+
+from cloud.rollout.health import evaluate, sample_of
+from cloud.rollout.rings import members
+from shared.errors import EdgeloopError, InputError, NotFound
+from shared.keys import FleetKeys, check_name
+from shared.messages import EdgeStatus, MessageError, VersionRecord
+from shared.rollouts import AssignmentNotice, Rollout, RolloutSpec, StageState
+
+logger = logging.getLogger(__name__)
+
+#: Devices not seen for this long are left out of new rollouts' rings.
+DEVICE_STALE_S = 24 * 3600
+
+
+class RolloutError(EdgeloopError):
+    """A rollout action cannot be done in the rollout's state."""
+
+
+class RolloutNotFound(RolloutError, NotFound):
+    pass
+
+
+class RolloutConflict(RolloutError):
+    """Another rollout of the model is in progress, or the request contradicts the state."""
+
+
+class Versions(Protocol):
+    def get(self, model: str, ref: str | int) -> VersionRecord: ...
+
+
+class RolloutController:
+    """Creates rollouts, runs them (``step``), and carries out operator actions."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: FleetKeys,
+        versions: Versions,
+        *,
+        clock: Callable[[], float] = time.time,
+        device_stale_s: float = DEVICE_STALE_S,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.versions = versions
+        self.clock = clock
+        self.device_stale_s = device_stale_s
+
+    # -- reading --------------------------------------------------------------
+
+    def get(self, rollout_id: str) -> Rollout:
+        raw = self.client.get(self.keys.rollout(rollout_id))
+        if raw is None:
+            raise RolloutNotFound(f"no rollout {rollout_id!r} in fleet {self.keys.fleet}")
+        return Rollout.from_wire(raw)
+
+    def list(self, limit: int = 50) -> list[Rollout]:
+        ids = self.client.zrevrange(self.keys.rollouts, 0, limit - 1)
+        out = []
+        for raw_id in ids:
+            try:
+                out.append(self.get(raw_id.decode()))
+            except (RolloutNotFound, MessageError):
+                continue
+        return out
+
+    def active(self, model: str) -> Rollout | None:
+        rid = self.client.get(self.keys.active_rollout(model))
+        return self.get(rid.decode()) if rid else None
+
+    def devices(self) -> list[str]:
+        """Devices of the fleet seen recently enough to be put in a ring."""
+        since = self.clock() - self.device_stale_s
+        return [d.decode() for d in self.client.zrangebyscore(self.keys.devices, since, "+inf")]
+
+    def statuses(self, devices: list[str]) -> dict[str, EdgeStatus | None]:
+        if not devices:
+            return {}
+        raws = self.client.mget([self.keys.device(d) for d in devices])
+        out: dict[str, EdgeStatus | None] = {}
+        for device, raw in zip(devices, raws, strict=True):
+            try:
+                out[device] = EdgeStatus.from_wire(raw) if raw else None
+            except MessageError:
+                out[device] = None
+        return out
+
+    def pins(self, model: str) -> dict[str, str]:
+        return {
+            k.decode(): v.decode() for k, v in self.client.hgetall(self.keys.pins(model)).items()
+        }
+
+    def target(self, model: str) -> str | None:
+        raw = self.client.get(self.keys.target(model))
+        return raw.decode() if raw else None
+
+    # -- creating -------------------------------------------------------------
+
+    def create(self, spec: RolloutSpec, by: str = "operator") -> Rollout:
+        """Start moving ``spec.model`` from its current target to ``spec.target``."""
+        to = self.versions.get(spec.model, spec.target)
+        from_sha = self.target(spec.model)
+        if from_sha == to.sha256:
+            raise RolloutConflict(f"{spec.model} v{to.version} is already the fleet's target")
+        from_version = self.versions.get(spec.model, from_sha).version if from_sha else None
+        pinned = set(self.pins(spec.model))
+        pool = [d for d in self.devices() if d not in pinned]
+        if spec.devices is not None:
+            wanted = set(spec.devices)
+            pool = [d for d in pool if d in wanted]
+        if not pool:
+            raise InputError("no device to roll out to (none seen recently, or all pinned)")
+        rings = members(spec.stages, pool)
+        rollout = Rollout(
+            id=uuid.uuid4().hex[:12], fleet=self.keys.fleet, model=spec.model,
+            from_version=from_version, from_sha256=from_sha, to_version=to.version,
+            to_sha256=to.sha256, auto_promote=spec.auto_promote, gate=spec.gate,
+            device_filter=spec.devices,
+            stages=[StageState(name=s.name, devices=ring) for s, ring in zip(spec.stages, rings, strict=True)],
+        )  # fmt: skip
+        rollout.log(f"created: v{from_version} -> v{to.version} over {len(pool)} devices", by)
+        key = self.keys.rollout(rollout.id)
+        pipe = self.client.pipeline()
+        pipe.set(self.keys.active_rollout(spec.model), rollout.id, nx=True)
+        pipe.set(key, rollout.to_wire())
+        pipe.zadd(self.keys.rollouts, {rollout.id: rollout.created_at})
+        if not pipe.execute()[0]:
+            self.client.delete(key)
+            self.client.zrem(self.keys.rollouts, rollout.id)
+            other = self.client.get(self.keys.active_rollout(spec.model))
+            raise RolloutConflict(
+                f"rollout {other.decode() if other else '?'} of {spec.model} is in progress; "
+                "finish, abort or roll it back first"
+            )
+        logger.info("rollout %s created by %s: %s", rollout.id, by, rollout.events[-1].what)
+        self.step_one(rollout.id)
+        return self.get(rollout.id)
+
+    # -- running --------------------------------------------------------------
+
+    def step(self) -> None:
+        """Advance every rollout in progress; safe to call from several processes."""
+        for raw in self.client.zrevrange(self.keys.rollouts, 0, 99):
+            rid = raw.decode()
+            try:
+                if self.get(rid).state == "running":
+                    self.step_one(rid)
+            except (RolloutNotFound, MessageError) as e:
+                logger.warning("skipping rollout %s: %s", rid, e)
+
+    def step_one(self, rollout_id: str) -> Rollout:
+        return self._change(rollout_id, self._advance, by="controller")
+
+    def _advance(self, r: Rollout, pipe: Any, by: str) -> None:
+        if r.state != "running":
+            return
+        stage = r.stages[r.current]
+        now = self.clock()
+        if stage.status == "pending":
+            self._start_stage(r, stage, pipe, now)
+            return
+        statuses = self.statuses(stage.devices)
+        for device, status in statuses.items():
+            if status is not None and status.sha256 == r.to_sha256 and device not in stage.switched:
+                stage.switched[device] = sample_of(status)
+        result = evaluate(stage, statuses, r.to_sha256, r.gate, now)
+        stage.gate = {"decision": result.decision, "reasons": result.reasons, **result.figures}
+        if result.decision == "fail":
+            stage.status, stage.decided_at = "failed", now
+            self._roll_back(
+                r,
+                pipe,
+                f"stage {stage.name} failed: {'; '.join(result.reasons)}",
+                by,
+                "rolled_back",
+            )
+        elif result.decision == "pass":
+            stage.status, stage.decided_at = "passed", now
+            r.log(f"stage {stage.name} passed", by)
+            self._after_pass(r, pipe, by)
+
+    def _start_stage(self, r: Rollout, stage: StageState, pipe: Any, now: float) -> None:
+        pinned = set(self.pins(r.model))
+        stage.devices = [d for d in stage.devices if d not in pinned]
+        before = self.statuses(stage.devices)
+        stage.before = {d: sample_of(s) for d, s in before.items() if s is not None}
+        stage.status, stage.started_at = "running", now
+        if stage.devices:
+            pipe.hset(
+                self.keys.assignments(r.model), mapping=dict.fromkeys(stage.devices, r.to_sha256)
+            )
+        self._notify(pipe, r.model, stage.devices)
+        r.log(f"stage {stage.name}: v{r.to_version} assigned to {len(stage.devices)} devices")
+
+    def _after_pass(self, r: Rollout, pipe: Any, by: str) -> None:
+        if r.current == len(r.stages) - 1:
+            self._complete(r, pipe, by)
+        elif r.auto_promote:
+            r.current += 1
+        else:
+            r.state = "waiting"
+            r.log("waiting for an operator to promote", by)
+
+    def _complete(self, r: Rollout, pipe: Any, by: str) -> None:
+        pipe.set(self.keys.target(r.model), r.to_sha256)
+        self._release(r, pipe)
+        r.state = "completed"
+        r.log(f"completed: v{r.to_version} is the fleet's target", by)
+
+    def _roll_back(self, r: Rollout, pipe: Any, reason: str, by: str, state: str) -> None:
+        self._release(r, pipe)
+        r.state = state  # type: ignore[assignment]
+        r.reason = reason
+        r.log(f"{state.replace('_', ' ')}: {reason}", by)
+        logger.warning("rollout %s %s: %s", r.id, state, reason)
+
+    def _release(self, r: Rollout, pipe: Any) -> None:
+        """Drop this rollout's assignments: its devices follow the target again."""
+        devices = sorted({d for s in r.stages for d in s.devices})
+        if devices:
+            pipe.hdel(self.keys.assignments(r.model), *devices)
+        pipe.delete(self.keys.active_rollout(r.model))
+        self._notify(pipe, r.model, devices)
+
+    def _notify(self, pipe: Any, model: str, devices: list[str]) -> None:
+        """Tell edges to look at their desired version again."""
+        pipe.xadd(
+            self.keys.deltas, {"assign": AssignmentNotice(model=model, devices=devices).to_wire()}
+        )
+
+    # -- operator actions -----------------------------------------------------
+
+    def pause(self, rollout_id: str, by: str) -> Rollout:
+        """Hold the rollout where it is: devices keep what they were assigned."""
+        allowed = {"running", "waiting"}
+        return self._change(
+            rollout_id, lambda r, p, b: self._set_state(r, b, "pause", "paused", allowed), by
+        )
+
+    def resume(self, rollout_id: str, by: str) -> Rollout:
+        allowed = {"paused"}
+        return self._change(
+            rollout_id, lambda r, p, b: self._set_state(r, b, "resume", "running", allowed), by
+        )
+
+    def promote(self, rollout_id: str, by: str) -> Rollout:
+        """Pass the current stage by hand (its gate notwithstanding)."""
+
+        def act(r: Rollout, pipe: Any, by: str) -> None:
+            self._require(r, {"running", "waiting", "paused"}, "promote")
+            stage = r.stages[r.current]
+            if stage.status != "passed":
+                if stage.status == "pending":
+                    self._start_stage(r, stage, pipe, self.clock())
+                stage.status, stage.decided_at = "passed", self.clock()
+                r.log(f"stage {stage.name} promoted by hand", by)
+            if r.current == len(r.stages) - 1:
+                self._complete(r, pipe, by)
+            else:
+                r.current += 1
+                r.state = "running"
+                r.log(f"moving on to stage {r.stages[r.current].name}", by)
+
+        return self._change(rollout_id, act, by)
+
+    def abort(self, rollout_id: str, by: str) -> Rollout:
+        return self._change(rollout_id, lambda r, p, b: self._stop(r, p, b, "aborted"), by)
+
+    def rollback(self, rollout_id: str, by: str) -> Rollout:
+        return self._change(rollout_id, lambda r, p, b: self._stop(r, p, b, "rolled_back"), by)
+
+    def _stop(self, r: Rollout, pipe: Any, by: str, state: str) -> None:
+        if r.state == "completed" and state == "rolled_back":
+            # Rolling back a finished rollout moves the target back to A.
+            if r.from_sha256 is None:
+                raise RolloutConflict("this rollout had no previous version to go back to")
+            pipe.set(self.keys.target(r.model), r.from_sha256)
+            self._notify(pipe, r.model, [])
+            r.state, r.reason = "rolled_back", f"rolled back by {by} after completion"
+            r.log(r.reason, by)
+            return
+        self._require(r, {"running", "waiting", "paused"}, state.replace("_", " "))
+        self._roll_back(r, pipe, f"{state.replace('_', ' ')} by {by}", by, state)
+
+    def _set_state(self, r: Rollout, by: str, action: str, state: str, allowed: set[str]) -> None:
+        self._require(r, allowed, action)
+        r.state = state  # type: ignore[assignment]
+        r.log(f"{action}d", by)
+
+    @staticmethod
+    def _require(r: Rollout, allowed: set[str], action: str) -> None:
+        if r.state not in allowed:
+            raise RolloutConflict(
+                f"cannot {action} rollout {r.id}: it is {r.state.replace('_', ' ')}"
+            )
+
+    # -- pins -----------------------------------------------------------------
+
+    def pin(self, model: str, device: str, ref: str, by: str) -> VersionRecord:
+        check_name("device id", device)
+        record = self.versions.get(model, ref)
+        pipe = self.client.pipeline()
+        pipe.hset(self.keys.pins(model), device, record.sha256)
+        self._notify(pipe, model, [device])
+        pipe.execute()
+        logger.info("%s pinned %s to %s v%d", by, device, model, record.version)
+        return record
+
+    def unpin(self, model: str, device: str, by: str) -> bool:
+        pipe = self.client.pipeline()
+        pipe.hdel(self.keys.pins(model), device)
+        self._notify(pipe, model, [device])
+        removed = bool(pipe.execute()[0])
+        if removed:
+            logger.info("%s unpinned %s", by, device)
+        return removed
+
+    # -- the one way state changes -------------------------------------------
+
+    def _change(self, rollout_id: str, fn: Callable[[Rollout, Any, str], None], by: str) -> Rollout:
+        key = self.keys.rollout(rollout_id)
+        out: dict[str, Rollout] = {}
+
+        def txn(pipe: Any) -> None:
+            raw = pipe.get(key)
+            if raw is None:
+                raise RolloutNotFound(f"no rollout {rollout_id!r} in fleet {self.keys.fleet}")
+            r = Rollout.from_wire(raw)
+            pipe.multi()
+            fn(r, pipe, by)
+            r.updated_at = self.clock()
+            pipe.set(key, r.to_wire())
+            out["r"] = r
+
+        self.client.transaction(txn, key)
+        return out["r"]

@@ -1,0 +1,134 @@
+"""Health gates: is a stage's version B at least as healthy as A on the same devices?
+
+Edges report cumulative counters (EdgeStatus). A stage keeps each ring device's
+counters from when the stage began (on A) and from when the device was first
+seen serving B; what happened on B is the difference since then. Accuracy on B
+is compared with the same devices' rolling accuracy on A.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from shared.messages import EdgeStatus
+from shared.rollouts import DeviceSample, GatePolicy, StageState
+
+Decision = Literal["pass", "fail", "wait"]
+
+
+def sample_of(status: EdgeStatus) -> DeviceSample:
+    c = status.counters
+    return DeviceSample(
+        sha256=status.sha256, predictions=c.predictions, failed=c.failed_requests,
+        fallbacks=c.fallback_predictions, labeled=c.labeled, correct=c.labeled_correct,
+        p99_ms=status.latency_ms_p99, accuracy=status.rolling_accuracy, ts=status.ts,
+    )  # fmt: skip
+
+
+@dataclass
+class GateResult:
+    decision: Decision
+    reasons: list[str] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _OnB:
+    predictions: int = 0
+    failed: int = 0
+    fallbacks: int = 0
+    labeled: int = 0
+    correct: int = 0
+    p99: list[float] = field(default_factory=list)
+
+
+def _since(now: DeviceSample, then: DeviceSample) -> DeviceSample:
+    """Counters since ``then``; a restarted device (counters went down) counts from zero."""
+    if now.predictions < then.predictions or now.labeled < then.labeled:
+        then = DeviceSample()
+    return DeviceSample(
+        predictions=now.predictions - then.predictions, failed=now.failed - then.failed,
+        fallbacks=now.fallbacks - then.fallbacks, labeled=now.labeled - then.labeled,
+        correct=now.correct - then.correct, p99_ms=now.p99_ms,
+    )  # fmt: skip
+
+
+def evaluate(
+    stage: StageState,
+    statuses: dict[str, EdgeStatus | None],
+    to_sha: str,
+    policy: GatePolicy,
+    now: float,
+) -> GateResult:
+    """Judge a running stage from the ring devices' latest reports."""
+    on_b = _OnB()
+    reasons: list[str] = []
+    for device, first_on_b in stage.switched.items():
+        status = statuses.get(device)
+        if status is None:
+            continue  # offline: it converges when it returns
+        if status.sha256 != to_sha:
+            why = status.last_error or "it no longer serves the new version"
+            return GateResult("fail", [f"{device} left version B: {why}"], {"reverted": device})
+        d = _since(sample_of(status), first_on_b)
+        on_b.predictions += d.predictions
+        on_b.failed += d.failed
+        on_b.fallbacks += d.fallbacks
+        on_b.labeled += d.labeled
+        on_b.correct += d.correct
+        if d.p99_ms is not None:
+            on_b.p99.append(d.p99_ms)
+    figures = _figures(stage, on_b)
+    fails = _failures(figures, policy)
+    if fails:
+        return GateResult("fail", fails, figures)
+    started = min((s.ts for s in stage.switched.values()), default=None)
+    if stage.started_at is not None and now - stage.started_at > policy.stage_timeout_s:
+        return GateResult("fail", [f"no decision within {policy.stage_timeout_s:.0f}s"], figures)
+    if started is None:
+        reasons.append("no ring device serves version B yet")
+    elif now - started < policy.min_dwell_s:
+        reasons.append(f"on B for {now - started:.0f}s of {policy.min_dwell_s:.0f}s")
+    if on_b.labeled < policy.min_labeled:
+        reasons.append(f"{on_b.labeled} of {policy.min_labeled} labeled predictions on B")
+    if on_b.predictions < policy.min_requests:
+        reasons.append(f"{on_b.predictions} of {policy.min_requests} predictions on B")
+    return GateResult("wait" if reasons else "pass", reasons, figures)
+
+
+def _figures(stage: StageState, b: _OnB) -> dict[str, Any]:
+    acc_a = [s.accuracy for s in stage.before.values() if s.accuracy is not None]
+    p99_a = [s.p99_ms for s in stage.before.values() if s.p99_ms is not None]
+    return {
+        "devices_on_b": len(stage.switched),
+        "devices_in_ring": len(stage.devices),
+        "predictions_b": b.predictions,
+        "labeled_b": b.labeled,
+        "accuracy_b": b.correct / b.labeled if b.labeled else None,
+        "accuracy_a": sum(acc_a) / len(acc_a) if acc_a else None,
+        "error_rate_b": b.failed / b.predictions if b.predictions else None,
+        "fallback_rate_b": b.fallbacks / b.predictions if b.predictions else None,
+        "p99_ms_b": max(b.p99) if b.p99 else None,
+        "p99_ms_a": max(p99_a) if p99_a else None,
+    }
+
+
+def _failures(f: dict[str, Any], policy: GatePolicy) -> list[str]:
+    out: list[str] = []
+    if f["predictions_b"] >= policy.min_requests and f["predictions_b"]:
+        if f["error_rate_b"] > policy.max_error_rate:
+            out.append(f"error rate {f['error_rate_b']:.3f} > {policy.max_error_rate}")
+        if f["fallback_rate_b"] > policy.max_fallback_rate:
+            out.append(f"fallback rate {f['fallback_rate_b']:.3f} > {policy.max_fallback_rate}")
+        if f["p99_ms_a"] and f["p99_ms_b"] and f["p99_ms_b"] > policy.max_p99_ratio * f["p99_ms_a"]:
+            out.append(
+                f"p99 {f['p99_ms_b']:.2f} ms > {policy.max_p99_ratio}x A's {f['p99_ms_a']:.2f} ms"
+            )
+    acc_a, acc_b = f["accuracy_a"], f["accuracy_b"]
+    judged = f["labeled_b"] >= policy.min_labeled and acc_a is not None and acc_b is not None
+    if judged and acc_b < acc_a - policy.max_accuracy_drop:
+        out.append(
+            f"accuracy {acc_b:.3f} on B vs {acc_a:.3f} on A (max drop {policy.max_accuracy_drop})"
+        )
+    return out
