@@ -169,6 +169,8 @@ def run_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
+_API, _V = "cloud.api.server:", "cloud.versions_cli:"
+
 COMMANDS: dict[str, Command] = {
     "trainer": Command("run a continual trainer", trainer_arguments, run_trainer),
     "keygen": Command("make an Ed25519 signing key pair", keygen_arguments, run_keygen),
@@ -178,6 +180,10 @@ COMMANDS: dict[str, Command] = {
     "demo": Command(
         "the whole loop on this machine", "cloud.demo.cli:add_arguments", "cloud.demo.cli:run"
     ),
+    "api": Command("run the cloud REST API", _API + "add_arguments", _API + "run"),
+    "versions": Command("list a model's versions", _V + "versions_args", _V + "versions"),
+    "explain": Command("show why a version exists", _V + "explain_args", _V + "explain"),
+    "diff": Command("compare two versions", _V + "diff_args", _V + "diff"),
 }
 
 

@@ -77,6 +77,21 @@ def model_metrics(
     )
 
 
+def older_than_recent(sets: dict[str, Samples]) -> npt.NDArray[np.bool_]:
+    """Which ``earlier`` samples are not in the ``recent`` window (every held-out sample
+    enters both, so "earlier" alone also holds the newest data)."""
+    recent = {sample_id(x, int(c)) for x, c in zip(*sets["recent"], strict=True)}
+    X, y = sets["earlier"]
+    return np.array([sample_id(X[i], int(y[i])) not in recent for i in range(len(y))], bool)
+
+
+def accuracy(proba: Proba, y: npt.NDArray[Any], mask: npt.NDArray[np.bool_]) -> float | None:
+    """Accuracy on the rows ``mask`` selects (None when it selects none)."""
+    if not mask.any():
+        return None
+    return round(float(np.mean(proba[mask].argmax(axis=1) == y[mask])), 4)
+
+
 def flips(
     sets: dict[str, Samples],
     before: dict[str, Proba],

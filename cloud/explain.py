@@ -5,7 +5,7 @@
 - the data window (stream id range, new labels per class, the trigger and its numbers);
 - metrics of parent and child on earlier data (the holdout reservoir) and the
   recent window: accuracy, per-class recall, expected calibration error;
-- forgetting (accuracy on earlier data, parent vs child);
+- forgetting (accuracy on held-out data outside the recent window, parent vs child);
 - predictions that flipped on the evaluation set, with stable sample ids;
 - per-layer change (``cloud.layer_diff``, or the trainer's own delta report);
 - feature attribution shift on a probe set (``cloud.attribution``);
@@ -37,7 +37,15 @@ import numpy.typing as npt
 from torch import nn
 
 from cloud.attribution import IG_STEPS, attribution_shift
-from cloud.comparison import EVAL_SETS, FLIP_EXAMPLES, flips, model_metrics, predict_sets
+from cloud.comparison import (
+    EVAL_SETS,
+    FLIP_EXAMPLES,
+    accuracy,
+    flips,
+    model_metrics,
+    older_than_recent,
+    predict_sets,
+)
 from cloud.evaluation import Samples
 from cloud.layer_diff import compare_artifacts, from_trainer_report
 from edge.runtime import TFLiteModel
@@ -92,7 +100,7 @@ def explain_version(
     child_m = model_metrics(child_p, sets, labels)
     notes: list[str] = []
     if parent is None:
-        parent_m, flipped = None, Flips()
+        parent_m, flipped, parent_p = None, Flips(), {}
         notes.append(
             "first version: no parent, so parent metrics, flips and weight change are empty"
         )
@@ -102,10 +110,12 @@ def explain_version(
         flipped = flips(sets, parent_p, child_p, opts.flip_examples)
     if len(recent[1]) == 0:
         notes.append("no recent window yet: recent metrics are empty")
-    p_early = parent_m.earlier.accuracy if parent_m else None
-    c_early = child_m.earlier.accuracy
+    older = older_than_recent(sets)
+    y_old = earlier[1]
+    p_early = accuracy(parent_p["earlier"], y_old, older) if parent is not None else None
+    c_early = accuracy(child_p["earlier"], y_old, older)
     forgetting = Forgetting(
-        parent_accuracy=p_early, child_accuracy=c_early,
+        samples=int(older.sum()), parent_accuracy=p_early, child_accuracy=c_early,
         change=round(c_early - p_early, 4) if c_early is not None and p_early is not None else None,
     )  # fmt: skip
     weights = _weights(details, parent, child)

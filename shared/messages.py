@@ -186,8 +186,13 @@ class EvaluationReport(BaseModel):
 
 
 class Forgetting(BaseModel):
-    """Accuracy on earlier data, before and after the update."""
+    """Accuracy on earlier data, before and after the update.
 
+    Measured on the held-out samples that are not in the recent window, so that
+    gains on new data cannot hide losses on old data.
+    """
+
+    samples: int = Field(0, ge=0, description="held-out samples outside the recent window")
     parent_accuracy: float | None = None
     child_accuracy: float | None = None
     change: float | None = Field(None, description="child - parent; negative means forgetting")

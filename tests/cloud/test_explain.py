@@ -161,11 +161,17 @@ def test_a_drift_round_fixes_more_than_it_breaks_and_says_why(manifests, fleet_c
     assert e.forgetting.change == pytest.approx(
         e.forgetting.child_accuracy - e.forgetting.parent_accuracy, abs=1e-4
     )
-    assert e.forgetting.child_accuracy == child.earlier.accuracy
     assert e.flips.fixed > e.flips.broken and e.flips.by_set["recent"].fixed > 0
     # The ids name real samples that the child gets right and the parent got wrong.
     artifacts = [TFLiteModel(_content(fleet_client, m.sha256)) for m in manifests]
-    fixed, broken = _flipped_ids(fleet_client, v2, *artifacts)
+    fixed, broken = _flipped_ids(fleet_client, *artifacts)
+    # Forgetting is measured on the held-out samples that are not in the recent window.
+    samples, accuracy = _older_accuracy(fleet_client, artifacts[1])
+    assert (e.forgetting.samples, e.forgetting.child_accuracy) == (
+        samples,
+        pytest.approx(accuracy, abs=1e-4),
+    )
+    assert 0 < samples < w.earlier_samples
     assert (e.flips.fixed, e.flips.broken) == (len(fixed), len(broken))
     assert set(e.flips.fixed_ids) <= fixed and set(e.flips.broken_ids) <= broken
     assert len(e.flips.fixed_ids) == min(8, len(fixed))
@@ -202,16 +208,31 @@ def _content(client, sha: str) -> bytes:
     return decode_full(client.get(FleetKeys(FLEET).artifact(sha)))
 
 
-def _flipped_ids(client, manifest, parent, child) -> tuple[set[str], set[str]]:
-    data = TrainerData(client, FleetKeys(FLEET), "digits", num_classes=10, num_features=64,
+def _data(client) -> TrainerData:
+    return TrainerData(client, FleetKeys(FLEET), "digits", num_classes=10, num_features=64,
                        replay_capacity=10, holdout_capacity=10, recent_window=1, recent_train=0)  # fmt: skip
+
+
+def _id(x, label) -> str:
+    return hashlib.sha256(np.int32(label).tobytes() + x.astype("<f4").tobytes()).hexdigest()[:12]
+
+
+def _older_accuracy(client, model) -> tuple[int, float]:
+    data = _data(client)
+    recent = {_id(x, c) for x, c in zip(*data.recent_set(), strict=True)}
+    X, y = data.holdout_set()
+    keep = np.array([_id(X[i], y[i]) not in recent for i in range(len(y))])
+    return int(keep.sum()), float((model.predict_proba_batch(X[keep]).argmax(1) == y[keep]).mean())
+
+
+def _flipped_ids(client, parent, child) -> tuple[set[str], set[str]]:
+    data = _data(client)
     fixed, broken = set(), set()
     for X, y in (data.holdout_set(), data.recent_set()):
         was = parent.predict_proba_batch(X).argmax(1) == y
         now = child.predict_proba_batch(X).argmax(1) == y
         for i in range(len(y)):
-            key = hashlib.sha256(np.int32(y[i]).tobytes() + X[i].astype("<f4").tobytes())
             (fixed if now[i] and not was[i] else broken if was[i] and not now[i] else set()).add(
-                key.hexdigest()[:12]
+                _id(X[i], y[i])
             )
     return fixed, broken

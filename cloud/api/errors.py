@@ -1,0 +1,70 @@
+"""Named errors to HTTP answers: always ``{"detail": "<one line>"}``, 4xx for anything a client did.
+
+- unknown model, version or base → 404; no patch possible → 409;
+- a malformed path or query → 422 naming the parameter and what a good one looks like;
+- the registry's Redis unreachable → 503 (retry later).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from cloud.api.deps import HINTS
+from cloud.api.schemas import ErrorPublic
+from cloud.registry import PatchUnavailable
+from shared.errors import NotFound
+
+logger = logging.getLogger(__name__)
+
+_STATUS: list[tuple[type[Exception], int]] = [(NotFound, 404), (PatchUnavailable, 409)]
+
+
+def error(description: str, example: str) -> dict[str, Any]:
+    """An OpenAPI response entry for an error, with an example body."""
+    return {
+        "model": ErrorPublic,
+        "description": description,
+        "content": {"application/json": {"example": {"detail": example}}},
+    }
+
+
+def install(app: FastAPI) -> None:
+    for exc_type, status in _STATUS:
+        app.add_exception_handler(exc_type, _named(status))
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(redis.ConnectionError, _unavailable)
+    app.add_exception_handler(redis.TimeoutError, _unavailable)
+
+
+def _named(status: int) -> Any:
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    return handle
+
+
+async def _invalid(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    err = exc.errors()[0]
+    loc = [str(p) for p in err.get("loc", ())]
+    name = loc[-1] if loc else "request"
+    where = f"{loc[0]} parameter {name!r}" if len(loc) > 1 else name
+    hint = (
+        HINTS.get(name)
+        if err.get("type") in ("string_pattern_mismatch", "string_too_long")
+        else None
+    )
+    return JSONResponse(
+        {"detail": f"{where}: {hint or err.get('msg', 'invalid')}"}, status_code=422
+    )
+
+
+async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    logger.warning("registry unavailable: %s", exc)
+    return JSONResponse({"detail": f"the registry is unavailable: {exc}"}, status_code=503)

@@ -1,0 +1,92 @@
+"""The CLI's side of the REST API: where it is, and one GET that fails in one clear line.
+
+The base URL comes from ``--api``, else ``EDGELOOP_API_URL``, else ``api_url``
+in the client config file (``--config``, default ``~/.config/edgeloop/client.toml``),
+else ``http://127.0.0.1:8080``.
+
+>>> ApiClient("http://api:8080/").url("/v1/models/{}/versions/{}", "digits", "v 2")
+'http://api:8080/v1/models/digits/versions/v%202'
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel, Field, ValidationError
+from pydantic_settings import SettingsConfigDict
+
+from shared.config import EnvFirstSettings, load_settings
+from shared.errors import EdgeloopError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = Path("~/.config/edgeloop/client.toml")
+M = TypeVar("M", bound=BaseModel)
+
+
+class ApiError(EdgeloopError):
+    """The API could not be reached or refused the request; the message says which and why."""
+
+
+class ClientSettings(EnvFirstSettings):
+    """Settings of the CLI commands that talk to the REST API."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGELOOP_", extra="forbid")
+
+    api_url: str = Field("http://127.0.0.1:8080", description="base URL of the edgeloop REST API")
+    timeout_s: float = Field(60.0, gt=0)
+
+
+def client_settings(config: Path | None) -> ClientSettings:
+    """The settings from ``config``, else the default file if it exists, plus the environment."""
+    if config is None:
+        default = DEFAULT_CONFIG.expanduser()
+        config = default if default.exists() else None
+    return load_settings(ClientSettings, config)
+
+
+class ApiClient:
+    def __init__(self, base_url: str, timeout_s: float = 60.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+
+    def url(self, template: str, *parts: str) -> str:
+        return self.base_url + template.format(*(quote(str(p), safe="") for p in parts))
+
+    def get(self, template: str, *parts: str, params: dict[str, str] | None = None) -> Any:
+        """GET a JSON body; ApiError with the API's own message on any failure."""
+        url = self.url(template, *parts)
+        try:
+            r = httpx.get(url, params=params, timeout=self.timeout_s)
+        except httpx.HTTPError as e:
+            raise ApiError(
+                f"cannot reach the edgeloop API at {self.base_url} ({type(e).__name__}: {e}); "
+                "point --api, EDGELOOP_API_URL or api_url in the client config at it"
+            ) from e
+        if r.status_code >= 400:
+            try:
+                detail = r.json()["detail"]
+            except (ValueError, KeyError, TypeError):
+                detail = r.text.strip()[:200] or r.reason_phrase
+            raise ApiError(f"{detail} (HTTP {r.status_code})")
+        try:
+            return r.json()
+        except ValueError as e:
+            raise ApiError(
+                f"{url} did not answer with JSON; is {self.base_url} an edgeloop API?"
+            ) from e
+
+    def get_as(self, shape: type[M], template: str, *parts: str, **params: str) -> tuple[M, Any]:
+        """The body parsed as ``shape``, and the raw JSON (for ``--json``)."""
+        raw = self.get(template, *parts, params=params or None)
+        try:
+            return shape.model_validate(raw), raw
+        except ValidationError as e:
+            raise ApiError(
+                f"the API's answer is not a {shape.__name__} ({e.errors()[0]['msg']}); "
+                "are the CLI and the API the same version?"
+            ) from e
