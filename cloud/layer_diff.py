@@ -30,7 +30,9 @@ import numpy as np
 import numpy.typing as npt
 
 from edge.runtime import interpreter_class
+from shared.errors import ModelRejected
 from shared.messages import LayerChange, WeightChange
+from shared.tflite import FlatbufferError, check_flatbuffer
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +77,15 @@ class LayerTensors:
 
 
 def read_layers(content: bytes) -> list[LayerTensors]:
-    """The layers of a TFLite file, in graph order, named after their torch modules."""
+    """The layers of a TFLite file, in graph order, named after their torch modules.
+
+    ModelRejected if the file is not structurally valid TFLite (tflite-runtime
+    would crash on it rather than raise).
+    """
+    try:
+        check_flatbuffer(content)
+    except FlatbufferError as e:
+        raise ModelRejected(f"not a valid TFLite file: {e}") from e
     cls, _ = interpreter_class()
     interp = cls(model_content=content)
     interp.allocate_tensors()

@@ -103,6 +103,8 @@ def test_no_patch_between_files_of_different_lengths_is_a_409(
     r = api.get(f"/v1/models/digits/delta?base={published_fleet.shas[1]}&target=3")
     assert r.status_code == 409, r.text
     assert "no patch" in r.json()["detail"] and "length" in r.json()["detail"]
+    r = api.get("/v1/models/digits/diff?a=2&b=3")  # v3 is not a TFLite file
+    assert r.status_code == 409 and "not a valid TFLite file" in r.json()["detail"]
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,8 @@ router = APIRouter(prefix="/v1/models/{model}/diff", tags=["versions"])
     "",
     summary="Compare two versions",
     responses={404: error("Unknown model or version", "digits has no version 9"),
+               409: error("A version's file does not load in this runtime",
+                          "not a valid TFLite file: not a TFLite flatbuffer (no TFL3 identifier)"),
                422: error("Malformed parameter", "query parameter 'a': name a version by number "
                           "(3 or v3), label (stable) or sha256 (or 6+ hex digits of it)")},
 )  # fmt: skip
