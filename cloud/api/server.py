@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -37,10 +39,23 @@ def run(args: argparse.Namespace) -> int:
 
     from cloud.api.app import create_app
 
-    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(settings), host=settings.host, port=settings.port,
+        log_level=settings.log_level.lower(), log_config=None, access_log=False,
+    ))  # fmt: skip
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        # uvicorn handles SIGTERM/SIGINT while it serves, then restores this handler
+        # and re-raises the signal: absorbing it makes a clean stop exit 0.
+        server.should_exit = True
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     logger.info("serving fleet %r on http://%s:%d", settings.fleet, settings.host, settings.port)
-    uvicorn.run(app, host=settings.host, port=settings.port,
-                log_level=settings.log_level.lower(), access_log=False)  # fmt: skip
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
 
 

@@ -4,6 +4,13 @@ unknown things are 404, malformed ones 422, impossible patches 409, and nothing 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
@@ -213,3 +220,42 @@ def test_no_input_is_a_server_error(api, model, ref, base, target, which):
 def test_arrays_in_responses_are_plain_numbers(api):
     e = api.get("/v1/models/digits/versions/2/explanation").json()["explanation"]
     assert np.isclose(sum(e["attribution"]["child_importance"]), 1.0, atol=1e-3)
+
+
+def test_the_example_config_loads():
+    root = Path(__file__).resolve().parents[2]
+    s = load_settings(ApiSettings, root / "deploy" / "examples" / "api.toml")
+    assert s.mode == "production" and s.public_key.name == "signing.pub"
+
+
+def test_edgeloop_api_serves_and_its_check_passes(tmp_path, api_settings):
+    config = tmp_path / "api.toml"
+    config.write_text(
+        f'fleet = "{FLEET}"\nredis_url = "{api_settings.redis_url}"\nblob_dir = "{api_settings.blob_dir}"\n'
+        f'public_key = "{api_settings.public_key}"\nport = {_free_port()}\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGELOOP_API_")}
+    cmd = [sys.executable, "-m", "cloud.cli", "api", "--config", str(config)]
+    check = subprocess.run([*cmd, "--check"], capture_output=True, text=True, env=env, timeout=30)
+    assert check.returncode == 1 and "unhealthy" in check.stderr  # nothing listens yet
+    server = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            check = subprocess.run(
+                [*cmd, "--check"], capture_output=True, text=True, env=env, timeout=30
+            )
+            if check.returncode == 0 or time.monotonic() > deadline or server.poll() is not None:
+                break
+            time.sleep(0.2)
+        assert check.returncode == 0 and f"fleet {FLEET}, redis ok" in check.stdout, check.stderr
+    finally:
+        server.send_signal(signal.SIGTERM)
+        _, err = server.communicate(timeout=30)
+    assert server.returncode == 0 and b"Traceback" not in err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
