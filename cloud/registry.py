@@ -43,6 +43,7 @@ from shared.messages import ModelManifest, SignedManifest, VersionRecord
 
 __all__ = [
     "LATEST",
+    "AmbiguousRef",
     "BlobNotFound",
     "BlobStore",
     "DirBlobStore",
@@ -73,6 +74,10 @@ class RegistryError(EdgeloopError):
 
 class VersionNotFound(RegistryError, NotFound):
     """No version of the model matches the ref (number, label, sha256 or prefix)."""
+
+
+class AmbiguousRef(VersionNotFound):
+    """A sha256 prefix matches more than one version."""
 
 
 class UnknownBase(VersionNotFound):
@@ -161,7 +166,9 @@ class Registry:
             if len(matches) == 1:
                 return matches[0]
             if matches:
-                raise VersionNotFound(f"{text!r} matches {len(matches)} versions of {model}")
+                raise AmbiguousRef(
+                    f"{text!r} matches {len(matches)} versions of {model}: give more hex digits"
+                )
         raise VersionNotFound(
             f"{model} has no version, label or sha256 {text!r}; "
             "name a version by number, label or sha256 (prefix of 6+ hex digits)"

@@ -1,7 +1,7 @@
 """Named errors to HTTP answers: always ``{"detail": "<one line>"}``, 4xx for anything a client did.
 
-- unknown model, version or base → 404; no patch possible → 409; a version whose
-  file does not load in this runtime (diff) → 409;
+- unknown model, version or base → 404; a sha256 prefix of several versions,
+  no patch possible, or a version whose file does not load in this runtime → 409;
 - a malformed path or query → 422 naming the parameter and what a good one looks like;
 - the registry's Redis unreachable → 503 (retry later).
 """
@@ -18,13 +18,14 @@ from fastapi.responses import JSONResponse
 
 from cloud.api.deps import HINTS
 from cloud.api.schemas import ErrorPublic
-from cloud.registry import PatchUnavailable
+from cloud.registry import AmbiguousRef, PatchUnavailable
 from shared.errors import ModelRejected, NotFound
 
 logger = logging.getLogger(__name__)
 
 _STATUS: list[tuple[type[Exception], int]] = [
     (NotFound, 404),
+    (AmbiguousRef, 409),  # a VersionNotFound: the handler of the most specific class wins
     (PatchUnavailable, 409),
     (ModelRejected, 409),
 ]

@@ -139,6 +139,14 @@ def test_unknown_is_404_and_malformed_is_422_with_a_message(api, path, status, w
     assert isinstance(detail, str) and words in detail and "\n" not in detail
 
 
+def test_a_sha256_prefix_of_two_versions_is_a_409(api, fleet_client):
+    fleet_client.zadd(
+        FleetKeys(FLEET).versions("digits"), {"abcdef" + "0" * 58: -2, "abcdef" + "1" * 58: -1}
+    )
+    r = api.get("/v1/models/digits/versions/abcdef")
+    assert r.status_code == 409 and "matches 2 versions" in r.json()["detail"]
+
+
 def test_diff_measures_both_versions_on_the_same_data(api, published_fleet):
     d = api.get("/v1/models/digits/diff?a=1&b=latest").json()
     assert d["a"]["version"]["version"] == 1 and d["b"]["version"]["version"] == 2
