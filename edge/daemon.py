@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge.fallback import Prediction, ServingChain
+from edge.guard import GuardPolicy, SwapGuard
 from edge.model_store import ModelStore, load_if_sound
 from edge.runtime import FloatArray, TFLiteModel, interpreter_class
 from edge.settings import EdgeSettings
@@ -75,10 +76,20 @@ class EdgeDaemon:
             ttl_s=s.status_ttl_s,
             stream_maxlen=s.status_stream_maxlen,
         )
+        self.guard = SwapGuard(
+            self.chain,
+            self.store,
+            GuardPolicy.of(s),
+            enabled=s.guard_enabled,
+            on_revert=self.status.kick,
+        )
         self.updater = UpdateConsumer(
             redis_url=s.redis_url,
             keys=self.keys,
             model=s.model,
+            device_id=s.device_id,
+            poll_s=s.desired_poll_s,
+            guard=self.guard,
             store=self.store,
             chain=self.chain,
             verifier=self.verifier,
@@ -238,6 +249,7 @@ class EdgeDaemon:
         )
         queued = self.uplink.submit(event)
         if recalled is not None:
+            self.guard.observe(recalled, label)
             correct = recalled.predicted == label
             with self._stats_lock:
                 self._labeled += 1
@@ -290,6 +302,8 @@ class EdgeDaemon:
             latency_ms_p99=p99,
             counters=self._counters(labeled, correct),
             last_error=self._last_error(),
+            refused_sha256=self.store.refused_sha256,
+            revert_reason=self.store.revert_reason,
         )
 
     def _counters(self, labeled: int, correct: int) -> EdgeCounters:
@@ -310,6 +324,7 @@ class EdgeDaemon:
             patches_applied=self.updater.patches_applied,
             full_downloads=self.updater.full_downloads,
             patch_failures=self.updater.patch_failures,
+            self_reverts=self.guard.reverts,
         )
 
     def _public_state(self) -> Literal["starting", "serving", "degraded", "stopping"]:
@@ -324,6 +339,7 @@ class EdgeDaemon:
             (self.updater.last_error_at, self.updater.last_error),
             (self.uplink.last_error_at, self.uplink.last_error),
             (self.status.last_error_at, self.status.last_error),
+            (self.guard.last_error_at, self.guard.last_error),
         ]
         latest = max(((t, m) for t, m in timed if m), default=None)
         if latest is not None:

@@ -391,11 +391,16 @@ class ServingChain:
             self._uncounted += 1
         return taken
 
-    def latency_percentiles(self) -> tuple[float | None, float | None]:
+    def latency_percentiles(self, sha256: str | None = None) -> tuple[float | None, float | None]:
         """(p50, p99) in ms over the predictions kept for feedback joins (the
-        last ``recent``): the ring already holds them, so the hot path pays
-        nothing extra for latency statistics."""
-        window = [e[0].latency_ms for e in self._recent[:] if e is not None]
+        last ``recent``), or over those of them the model ``sha256`` answered:
+        the ring already holds them, so the hot path pays nothing extra for
+        latency statistics."""
+        window = [
+            e[0].latency_ms
+            for e in self._recent[:]
+            if e is not None and (sha256 is None or e[0].model_sha256 == sha256)
+        ]
         if not window:
             return None, None
         p50, p99 = np.percentile(np.asarray(window), [50, 99])

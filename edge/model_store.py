@@ -3,7 +3,8 @@
 Layout under ``state_dir``::
 
     state.json                    current and last-known-good sha, history,
-                                  the delta stream's last id, the feedback epoch
+                                  the delta stream's last id, the feedback epoch,
+                                  a version the edge refused after a self-revert
     models/<sha>.tflite           the model file, named by its own hash
     models/<sha>.manifest.json    the SignedManifest it arrived with
 
@@ -45,6 +46,10 @@ class StoreState:
     last_known_good: str | None = None
     deltas_last_id: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: A version the edge reverted from (edge/guard.py) and why: the updater does
+    #: not apply it again while it stays the desired version.
+    refused_sha256: str | None = None
+    revert_reason: str | None = None
 
     @classmethod
     def fresh(cls) -> StoreState:
@@ -96,8 +101,38 @@ class ModelStore:
     def deltas_last_id(self) -> str | None:
         return self._state.deltas_last_id
 
+    @property
+    def refused_sha256(self) -> str | None:
+        return self._state.refused_sha256
+
+    @property
+    def revert_reason(self) -> str | None:
+        return self._state.revert_reason
+
     def history(self) -> list[dict[str, Any]]:
         return [dict(h) for h in self._state.history]
+
+    def revert(self, to_sha256: str, version: int | None, *, refused: str, reason: str) -> None:
+        """Serve ``to_sha256`` (a stored version) again and refuse ``refused``
+        until ``clear_refusal``; persisted at once. The refused version is not
+        kept as last-known-good: it just proved not to be good."""
+        with self._lock:
+            st = self._state
+            st.current, st.last_known_good = to_sha256, None
+            st.refused_sha256, st.revert_reason = refused, reason
+            st.history.append(
+                {"sha256": to_sha256, "version": version, "installed_at": time.time(),
+                 "reverted_from": refused}
+            )  # fmt: skip
+            del st.history[:-HISTORY_LIMIT]
+            self._write_state()
+
+    def clear_refusal(self) -> None:
+        """Allow the refused version again (the desired version moved on)."""
+        with self._lock:
+            if self._state.refused_sha256 is not None:
+                self._state.refused_sha256 = self._state.revert_reason = None
+                self._write_state()
 
     def set_deltas_last_id(self, entry_id: str) -> None:
         """Remember how far the delta stream has been read (persisted at once)."""

@@ -76,6 +76,30 @@ class EdgeSettings(EnvFirstSettings):
     # -- model store and updates --------------------------------------------
     keep_versions: int = Field(5, ge=2)
     max_artifact_bytes: int = Field(DEFAULT_MAX_SIZE, ge=1024)
+    desired_poll_s: float = Field(
+        30.0, gt=0, description="re-read the desired version this often, notice or not"
+    )
+
+    # -- self-protection after a swap (edge/guard.py) ------------------------
+    guard_enabled: bool = True
+    guard_window_s: float = Field(
+        600.0, gt=0, description="how long after a swap the new version is watched"
+    )
+    guard_min_predictions: int = Field(
+        200, ge=1, description="predictions on the new version before rates and p99 are judged"
+    )
+    guard_min_labeled: int = Field(
+        50, ge=1, description="labeled predictions on the new version before accuracy is judged"
+    )
+    guard_max_accuracy_drop: float = Field(
+        0.10, ge=0, le=1, description="vs the previous version on the same labeled inputs"
+    )
+    guard_max_fallback_increase: float = Field(0.05, ge=0, le=1)
+    guard_max_error_increase: float = Field(0.01, ge=0, le=1)
+    guard_max_p99_ratio: float = Field(3.0, gt=1, description="p99 on new / p99 on previous")
+    guard_p99_floor_ms: float = Field(
+        5.0, ge=0, description="a p99 below this is never a regression (timer noise)"
+    )
 
     # -- feedback uplink ----------------------------------------------------
     feedback_batch: int = Field(256, ge=1)

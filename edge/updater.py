@@ -1,27 +1,50 @@
-"""The update consumer: follows the fleet's delta stream and hot-swaps verified models.
+"""The update consumer: makes the edge serve its desired version, verified and hot-swapped.
 
-Every edge reads every announcement with plain XREAD from the last id it kept
+What an edge should serve is its **desired version** (``shared.rollouts.
+desired_sha``): its pin, else its rollout assignment, else the fleet's target,
+read from Redis in one pipeline. The consumer reads it again
+
+- when it starts (a device that was offline converges when it comes back),
+- on every delta-stream entry for its model: a ``DeltaAnnouncement`` (field
+  ``data``) or an ``AssignmentNotice`` (field ``assign``) that concerns it,
+- and every ``poll_s`` seconds, so that a missed notice is harmless.
+
+When no target, assignment or pin exists for the device (a fleet whose
+publisher predates targets), it follows the announcements as before: the newest
+one of its model that passes is applied.
+
+Every edge reads every stream entry with plain XREAD from the last id it kept
 (in the model store's state). A new edge, with no last id, reads the newest
-announcements with XREVRANGE and converges at once instead of replaying history.
+entries with XREVRANGE and converges at once instead of replaying history.
 
-An announcement is only a hint. The signed manifest is the authority: its
+Fetching a version by sha256: a version still in the local store (say, the one
+a rollback returns to) is taken from disk, its stored signed manifest verified
+again. Otherwise the signed manifest ``manifest(sha)`` is the authority: its
 signature is verified before anything in it is believed, then the file must hash
 to the manifest's sha256, load in this runtime, be static int8, have the
 manifest's shape and reproduce the manifest's probe outputs. Only then is it
 installed (atomically) and swapped in. Any failure is one log line, a count in
 ``updates_refused`` and ``last_error``; the old model keeps serving. A Redis
 outage is not a refusal: the read is retried with backoff and the stream
-position is not advanced past an announcement that could not be fetched.
+position is not advanced past an entry that could not be handled. A desired
+version that was refused is tried again on the next entry for this edge, or
+after ``RETRY_REFUSED_S``.
 
-Payloads: when the announcement lists a ``patch`` whose base is the version
-this edge serves, the edge fetches it and applies it to that version's bytes
-from the model store (re-hashed when read; ``apply_patch`` checks the base hash
-before and the target hash after). Any patch failure (missing key, another
-base, corrupt or truncated patch, wrong result) is one log line and a count in
-``patch_failures``, and the edge fetches the ``full`` payload instead. Either
-way the file is whole in memory and verified before ``ModelStore.install``
-writes it atomically, so a truncated or interrupted download never leaves a
-half-written model in use.
+Payloads: when a patch from the version this edge serves exists (listed in the
+version's announcement, or under the conventional key ``patch(served, sha)``),
+the edge fetches it and applies it to that version's bytes from the model store
+(re-hashed when read; ``apply_patch`` checks the base hash before and the target
+hash after). Any failure of a listed patch (missing key, another base, corrupt
+or truncated patch, wrong result) is one log line and a count in
+``patch_failures``, and the edge fetches the full file ``artifact(sha)``
+instead. Either way the file is whole in memory and verified before
+``ModelStore.install`` writes it atomically, so a truncated or interrupted
+download never leaves a half-written model in use.
+
+Self-protection (``edge.guard``) runs in this thread too, so that a revert and a
+swap never race: each swap is reported to the guard, the guard is ticked on
+every loop (also while Redis is down), and a version the guard refused is not
+applied again while it stays the desired version.
 """
 
 from __future__ import annotations
@@ -34,6 +57,7 @@ from typing import Any
 
 from edge.connections import REDIS_ERRORS, connect, describe
 from edge.fallback import ServingChain
+from edge.guard import SwapGuard
 from edge.model_store import ModelStore
 from edge.runtime import TFLiteModel
 from shared.codec import check_sha256, decode_full
@@ -42,12 +66,19 @@ from shared.errors import ArtifactError, EdgeloopError, IntegrityError, ModelRej
 from shared.keys import FleetKeys
 from shared.messages import DeltaAnnouncement, ModelManifest, Payload, SignedManifest
 from shared.retry import Backoff
+from shared.rollouts import AssignmentNotice, desired_sha
 from shared.signing import Verifier
 
 logger = logging.getLogger(__name__)
 
 #: How far back a new edge looks for an announcement of its model.
 CONVERGE_SCAN = 200
+#: A refused desired version is fetched again after this long without a new stream entry.
+RETRY_REFUSED_S = 300.0
+#: Announcements remembered by sha256, for their payload lists.
+ANNOUNCEMENTS_KEPT = 64
+#: Longest wait between guard ticks while Redis is unreachable.
+GUARD_TICK_S = 0.5
 
 
 def materialize(payload: Payload, blob: bytes, base: bytes | None, max_size: int) -> bytes:
@@ -66,7 +97,7 @@ def materialize(payload: Payload, blob: bytes, base: bytes | None, max_size: int
 
 
 class UpdateConsumer:
-    """A thread that turns announcements into swaps; see the module docstring."""
+    """A thread that keeps the served model on the desired version; see the module docstring."""
 
     def __init__(
         self,
@@ -74,6 +105,7 @@ class UpdateConsumer:
         redis_url: str,
         keys: FleetKeys,
         model: str,
+        device_id: str,
         store: ModelStore,
         chain: ServingChain,
         verifier: Verifier,
@@ -82,19 +114,27 @@ class UpdateConsumer:
         num_threads: int = 1,
         warmup_invokes: int = 3,
         block_ms: int = 250,
+        poll_s: float = 30.0,
+        guard: SwapGuard | None = None,
         on_swap: Callable[[], None] | None = None,
         backoff: Backoff | None = None,
     ) -> None:
         self._redis = connect(redis_url, socket_timeout=block_ms / 1000.0 + 5.0)
-        self._keys, self._model = keys, model
+        self._keys, self._model, self._device = keys, model, device_id
         self._store, self._chain, self._verifier = store, chain, verifier
         self._max_size = max_artifact_bytes
         self._runtime, self._num_threads, self._warmup = runtime, num_threads, warmup_invokes
         self._block_ms = block_ms
+        self._poll_s = poll_s
+        self._guard = guard
         self._on_swap = on_swap
         self._backoff = backoff or Backoff(base=0.2, cap=10.0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edgeloop-updater", daemon=True)
+        self._next_check = 0.0  # so the first poll reads the desired version
+        self._announced: dict[str, DeltaAnnouncement] = {}
+        self._failed: dict[str, float] = {}  # desired sha256 -> when it was refused
+        self.desired: str | None = None  # as last read; None: following announcements
         self.swaps = 0
         self.updates_refused = 0
         self.bytes_downloaded = 0
@@ -120,6 +160,7 @@ class UpdateConsumer:
     def _run(self) -> None:
         attempt = 0
         while not self._stop.is_set():
+            self._protect()
             try:
                 self.poll()
                 attempt = 0
@@ -129,44 +170,131 @@ class UpdateConsumer:
                         "updater: Redis unreachable (%s); retrying with backoff", describe(e)
                     )
                 self._error(f"updater: {describe(e)}")
-                self._stop.wait(self._backoff.delay(attempt))
+                self._wait(self._backoff.delay(attempt))
                 attempt += 1
-            except Exception as e:  # the thread must outlive any one bad announcement
+            except Exception as e:  # the thread must outlive any one bad entry
                 logger.exception("updater: unexpected error")
                 self._error(f"updater: {type(e).__name__}: {e}")
-                self._stop.wait(1.0)
+                self._wait(1.0)
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep (until stopped), still ticking the guard: self-protection needs no Redis."""
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._stop.wait(min(left, GUARD_TICK_S))
+            self._protect()
+
+    def _protect(self) -> None:
+        if self._guard is None:
+            return
+        try:
+            self._guard.tick()
+        except Exception:  # a fault in judging must not stop the updates
+            logger.exception("guard: unexpected error")
 
     def poll(self) -> None:
-        """Read (blocking up to block_ms) and handle what the stream has for us."""
+        """Read (blocking up to block_ms) what the stream has for us, and follow
+        the desired version when an entry concerns us or the periodic check is due."""
         last_id = self._store.deltas_last_id
         if last_id is None:
             self._converge()
             return
         resp: Any = self._redis.xread({self._keys.deltas: last_id}, count=100, block=self._block_ms)
-        if not resp:
-            return
-        entries = _entries(resp[0][1])
-        self._apply_newest(entries)
-        self._store.set_deltas_last_id(entries[-1][0])
+        entries = _entries(resp[0][1]) if resp else []
+        announcements, concerned = self._read(entries)
+        if concerned or time.monotonic() >= self._next_check:
+            self._follow(announcements, nudged=concerned)
+        if entries:
+            self._store.set_deltas_last_id(entries[-1][0])
 
     def _converge(self) -> None:
-        """First start: apply the newest good announcement, then follow from the stream's end."""
+        """First start: serve the desired version (or the newest good announcement),
+        then follow from the stream's end."""
         newest_first = _entries(self._redis.xrevrange(self._keys.deltas, count=CONVERGE_SCAN))
-        if newest_first:
-            self._apply_newest(newest_first[::-1])
+        announcements, _ = self._read(newest_first[::-1])
+        self._follow(announcements, nudged=True)
         self._store.set_deltas_last_id(newest_first[0][0] if newest_first else "0-0")
 
-    def _apply_newest(self, entries: list[Entry]) -> None:
+    def _read(self, entries: list[Entry]) -> tuple[list[DeltaAnnouncement], bool]:
+        """The announcements of our model in ``entries`` (stream order), and whether
+        any entry concerns this edge."""
+        found: list[DeltaAnnouncement] = []
+        concerned = False
+        for entry_id, fields in entries:
+            if b"assign" in fields:
+                notice = self._parse_notice(entry_id, fields[b"assign"])
+                concerned |= notice is not None and notice.concerns(self._model, self._device)
+                continue
+            ann = self._parse(entry_id, fields)
+            if ann is not None:
+                found.append(ann)
+                self._remember(ann)
+        return found, concerned or bool(found)
+
+    def _follow(self, announcements: list[DeltaAnnouncement], *, nudged: bool) -> None:
+        self.desired = self._read_desired()
+        self._next_check = time.monotonic() + self._poll_s
+        if self.desired is None:
+            self._apply_newest(announcements)
+        else:
+            self._converge_to(self.desired, retry=nudged)
+
+    def _read_desired(self) -> str | None:
+        """``desired_sha(target, assignment, pin)`` for this device, in one round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.get(self._keys.target(self._model))
+        pipe.hget(self._keys.assignments(self._model), self._device)
+        pipe.hget(self._keys.pins(self._model), self._device)
+        target, assignment, pin = (_text(v) for v in pipe.execute())
+        return desired_sha(target, assignment, pin)
+
+    def _converge_to(self, desired: str, *, retry: bool) -> None:
+        refused = self._store.refused_sha256
+        if refused is not None and refused != desired:
+            logger.info(
+                "updater: the desired version is no longer %s, which this edge reverted from; "
+                "it may be applied again",
+                refused[:12],
+            )
+            self._store.clear_refusal()
+        current = self._chain.current
+        if current is not None and current.sha256 == desired:
+            return
+        if desired == self._store.refused_sha256:
+            logger.debug("updater: desired %s was reverted here; staying", desired[:12])
+            return
+        failed_at = self._failed.get(desired)
+        if failed_at is not None and not retry and time.monotonic() - failed_at < RETRY_REFUSED_S:
+            return
+        ann = self._announced.get(desired)
+        what = (
+            f"{self._model} v{ann.version} ({desired[:12]})"
+            if ann
+            else f"{self._model} {desired[:12]}"
+        )
+        if self._apply_sha(desired, ann, what):
+            self._failed.pop(desired, None)
+        else:
+            self._failed[desired] = time.monotonic()
+
+    def _apply_newest(self, announcements: list[DeltaAnnouncement]) -> None:
         """Of announcements in stream order, apply the newest one that passes.
 
         Older ones in the same read are superseded; they are tried only when a
         newer one is refused, so the edge converges on the newest good version.
+        A version this edge reverted from stops the search: it stays where it is
+        until something newer is announced.
         """
-        candidates = [
-            a for a in (self._parse(eid, fields) for eid, fields in entries) if a is not None
-        ]
-        for ann in reversed(candidates):
+        refused = self._store.refused_sha256
+        for ann in reversed(announcements):
+            if ann.sha256 == refused:
+                return
             if self.apply(ann):
+                if refused is not None and ann.sha256 != refused:
+                    self._store.clear_refusal()
                 return
 
     def _parse(self, entry_id: str, fields: dict[bytes, bytes]) -> DeltaAnnouncement | None:
@@ -180,20 +308,35 @@ class UpdateConsumer:
             return None
         return ann if ann.model == self._model else None
 
-    # -- one announcement ---------------------------------------------------
+    def _parse_notice(self, entry_id: str, raw: bytes) -> AssignmentNotice | None:
+        try:
+            return AssignmentNotice.from_wire(raw)
+        except EdgeloopError as e:
+            # Only a hint to look again: the periodic check covers a lost one.
+            logger.warning("updater: ignoring assignment notice %s: %s", entry_id, e)
+            return None
+
+    def _remember(self, ann: DeltaAnnouncement) -> None:
+        self._announced.pop(ann.sha256, None)
+        self._announced[ann.sha256] = ann
+        while len(self._announced) > ANNOUNCEMENTS_KEPT:
+            del self._announced[next(iter(self._announced))]
+
+    # -- one version --------------------------------------------------------
 
     def apply(self, ann: DeltaAnnouncement) -> bool:
         """Verify, check and swap in ``ann``'s version. True when it is now
         served (or already was); False when refused. Redis errors propagate."""
+        return self._apply_sha(ann.sha256, ann, f"{ann.model} v{ann.version} ({ann.sha256[:12]})")
+
+    def _apply_sha(self, sha: str, ann: DeltaAnnouncement | None, what: str) -> bool:
         current = self._chain.current
-        if current is not None and current.sha256 == ann.sha256:
-            logger.debug("updater: already serving %s v%d", ann.model, ann.version)
+        if current is not None and current.sha256 == sha:
+            logger.debug("updater: already serving %s", what)
             return True
-        what = f"{ann.model} v{ann.version} ({ann.sha256[:12]})"
         started = time.perf_counter()
         try:
-            signed, manifest = self._fetch_manifest(ann)
-            data = self._fetch_model(ann, manifest)
+            signed, manifest, data = self._obtain(sha, ann)
             model = self._build(data, manifest)
         except EdgeloopError as e:
             self._refuse(what, e)
@@ -207,11 +350,17 @@ class UpdateConsumer:
         except OSError as e:
             self._refuse(what, e)
             return False
+        previous_lkg = self._chain.last_known_good
         self._chain.swap(model)
         self.swaps += 1
+        if self._guard is not None:
+            back = previous_lkg is not None and previous_lkg.sha256 == model.sha256
+            self._guard.swapped(current, model, back=back)
         logger.info(
-            "serving %s, was %s; verified and swapped in %.0f ms",
-            what,
+            "serving %s v%d (%s), was %s; verified and swapped in %.0f ms",
+            manifest.model,
+            manifest.version,
+            sha[:12],
             f"v{current.version}" if current else "no model",
             (time.perf_counter() - started) * 1000,
         )
@@ -219,42 +368,91 @@ class UpdateConsumer:
             self._on_swap()
         return True
 
-    def _fetch_manifest(self, ann: DeltaAnnouncement) -> tuple[SignedManifest, ModelManifest]:
-        raw = self._get(ann.manifest_key)
+    def _obtain(
+        self, sha: str, ann: DeltaAnnouncement | None
+    ) -> tuple[SignedManifest, ModelManifest, bytes]:
+        """The signed manifest, manifest and verified bytes of version ``sha``."""
+        local = self._from_store(sha)
+        if local is not None:
+            return local
+        signed, manifest = self._fetch_manifest(sha, ann)
+        return signed, manifest, self._fetch_model(sha, ann, manifest)
+
+    def _from_store(self, sha: str) -> tuple[SignedManifest, ModelManifest, bytes] | None:
+        """A version still on disk (a step back needs no download), verified again."""
+        if not self._store.has(sha):
+            return None
+        try:
+            stored = self._store.load(sha)
+            self._verifier.verify(
+                stored.signed.manifest_json.encode("utf-8"), stored.signed.signature
+            )
+            manifest = stored.signed.manifest()
+            if manifest.model != self._model:
+                raise IntegrityError(f"stored {sha[:12]} is a version of {manifest.model}")
+        except EdgeloopError as e:
+            logger.warning("updater: stored copy of %s not used (%s); fetching it", sha[:12], e)
+            return None
+        logger.info("updater: %s v%d is in the local store", manifest.model, manifest.version)
+        return stored.signed, manifest, stored.data
+
+    def _fetch_manifest(
+        self, sha: str, ann: DeltaAnnouncement | None
+    ) -> tuple[SignedManifest, ModelManifest]:
+        key = ann.manifest_key if ann is not None else self._keys.manifest(sha)
+        raw = self._get(key)
         if raw is None:
-            raise NotFound(f"manifest {ann.manifest_key} is not in Redis")
+            raise NotFound(f"manifest {key} is not in Redis")
         signed = SignedManifest.from_wire(raw)
         # Verify before believing a single field of the manifest.
         self._verifier.verify(signed.manifest_json.encode("utf-8"), signed.signature)
         manifest = signed.manifest()
-        if manifest.sha256 != ann.sha256 or manifest.model != self._model:
+        if manifest.sha256 != sha or manifest.model != self._model:
+            named = "announced" if ann is not None else "desired"
             raise IntegrityError(
                 f"the signed manifest describes {manifest.model} {manifest.sha256[:12]}, "
-                f"not the announced {ann.model} {ann.sha256[:12]}"
+                f"not the {named} {self._model} {sha[:12]}"
             )
         return signed, manifest
 
-    def _fetch_model(self, ann: DeltaAnnouncement, manifest: ModelManifest) -> bytes:
+    def _fetch_model(
+        self, sha: str, ann: DeltaAnnouncement | None, manifest: ModelManifest
+    ) -> bytes:
         current = self._chain.current
-        patch = ann.patch_from(current.sha256 if current else None)
-        if patch is not None and current is not None:
+        if current is not None:
+            listed = ann.patch_from(current.sha256) if ann is not None else None
+            patch = listed or Payload(
+                encoding="patch", key=self._keys.patch(current.sha256, sha), size=0,
+                base_sha256=current.sha256,
+            )  # fmt: skip
             try:
                 base = self._store.load(current.sha256).data
                 data = self._fetch_payload(patch, manifest, base)
+            except NotFound as e:
+                if listed is not None:  # an unlisted patch is only a guess
+                    self._patch_failed(current, manifest, e)
             except EdgeloopError as e:
-                self.patch_failures += 1
-                logger.warning(
-                    "updater: patch v%d -> v%d refused (%s); fetching the full file",
-                    current.version or 0,
-                    manifest.version,
-                    e,
-                )
+                self._patch_failed(current, manifest, e)
             else:
                 self.patches_applied += 1
                 return data
-        data = self._fetch_payload(ann.full_payload(), manifest, None)
+        full = (
+            ann.full_payload()
+            if ann is not None
+            else Payload(encoding="full", key=self._keys.artifact(sha), size=0)
+        )
+        data = self._fetch_payload(full, manifest, None)
         self.full_downloads += 1
         return data
+
+    def _patch_failed(self, current: TFLiteModel, manifest: ModelManifest, e: Exception) -> None:
+        self.patch_failures += 1
+        logger.warning(
+            "updater: patch v%d -> v%d refused (%s); fetching the full file",
+            current.version or 0,
+            manifest.version,
+            e,
+        )
 
     def _fetch_payload(
         self, payload: Payload, manifest: ModelManifest, base: bytes | None
@@ -321,3 +519,10 @@ def _entries(raw: Any) -> list[Entry]:
             )
         )
     return out
+
+
+def _text(value: Any) -> str | None:
+    """A Redis reply as text (keys hold ASCII sha256s); None stays None."""
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -443,6 +443,7 @@ class EdgeCounters(BaseModel):
     patches_applied: int = 0
     full_downloads: int = 0
     patch_failures: int = 0
+    self_reverts: int = Field(0, description="versions this edge reverted by itself (edge/guard.py)")
 
 
 class EdgeStatus(WireModel):
@@ -461,6 +462,10 @@ class EdgeStatus(WireModel):
     latency_ms_p99: float | None = None
     counters: EdgeCounters = Field(default_factory=EdgeCounters)
     last_error: str | None = None
+    refused_sha256: str | None = Field(
+        None, description="a version this edge reverted from and will not re-apply while desired"
+    )
+    revert_reason: str | None = Field(None, description="why it reverted from refused_sha256")
     ts: float = Field(default_factory=time.time)
 
 

@@ -25,12 +25,17 @@ from shared.messages import (
     ProbeSet,
     SignedManifest,
 )
+from shared.rollouts import AssignmentNotice
 from shared.signing import Signer, generate_keypair
 
 DATA = Path(__file__).resolve().parent / "data"
 FLOAT_MODEL = DATA / "float_digits.tflite"
 DYNAMIC_MODEL = DATA / "dynamic_digits.tflite"
 FLOAT_16_FEATURES = DATA / "float_16features.tflite"
+#: Valid, signed-off-able, and wrong: the digits CNN answering (true + 1) % 10.
+PERMUTED_MODEL = DATA / "permuted_digits.tflite"
+#: Real labeled digits (x, y), so that edge tests can send feedback without scikit-learn.
+DIGITS_SAMPLE = DATA / "digits_sample.npz"
 LABELS = [str(i) for i in range(10)]
 
 
@@ -151,6 +156,40 @@ def publish_version(
     return ann
 
 
+def labeled_digits() -> tuple[np.ndarray, np.ndarray]:
+    """(x float32 [n, 64], y int64 [n]) from ``DIGITS_SAMPLE``."""
+    with np.load(DIGITS_SAMPLE, allow_pickle=False) as d:
+        return d["x"], d["y"]
+
+
+def desire(
+    client: redis.Redis,
+    keys: FleetKeys,
+    *,
+    target: str | None = None,
+    assign: dict[str, str | None] | None = None,
+    pin: dict[str, str | None] | None = None,
+    notify: bool = True,
+    model: str = "digits",
+) -> None:
+    """Change what devices should serve, as the publisher and the rollout
+    controller do: the fleet ``target``, per-device ``assign``ments and ``pin``s
+    (None removes one), then an assignment notice on the delta stream unless
+    ``notify`` is false (a lost notice)."""
+    if target is not None:
+        client.set(keys.target(model), target)
+    for key, changes in ((keys.assignments(model), assign), (keys.pins(model), pin)):
+        for device, sha in (changes or {}).items():
+            if sha is None:
+                client.hdel(key, device)
+            else:
+                client.hset(key, device, sha)
+    if notify:
+        devices = sorted({*(assign or {}), *(pin or {})}) if target is None else []
+        notice = AssignmentNotice(model=model, devices=devices)
+        client.xadd(keys.deltas, {"assign": notice.to_wire()})
+
+
 def make_settings(
     tmp_path: Path, redis_url: str, public_key: Path, **overrides: Any
 ) -> EdgeSettings:
@@ -182,7 +221,9 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "c
 
 
 def stream_events(client: redis.Redis, stream: str) -> list[dict[str, Any]]:
-    """The FeedbackEvent JSON of every entry of ``stream``, in stream order."""
+    """The FeedbackEvent JSON of every event of ``stream``, in stream order (an
+    edge's entry holds a batch of events, one JSON document per line)."""
     import json
 
-    return [json.loads(fields[b"data"]) for _, fields in client.xrange(stream)]
+    entries = client.xrange(stream)
+    return [json.loads(line) for _, fields in entries for line in fields[b"events"].split(b"\n")]
