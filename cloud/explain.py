@@ -220,13 +220,12 @@ def summarize(e: Explanation) -> str:
         recent = _move(parent.recent.accuracy, child.recent.accuracy)
         if recent:
             clauses.append(f"recent-window accuracy {recent}")
-        earlier = _move(parent.earlier.accuracy, child.earlier.accuracy)
-        if earlier:
-            clauses.append(f"accuracy on earlier data {earlier}")
-        f = e.flips
-        clauses.append(
-            f"{f.fixed} predictions were fixed and {f.broken} broken out of {f.compared}"
-        )
+        f = e.forgetting
+        older = _move(f.parent_accuracy, f.child_accuracy) if f is not None else None
+        if f is not None and older:
+            clauses.append(f"accuracy on {f.samples} older held-out samples {older}")
+        fixed, broken, compared = e.flips.fixed, e.flips.broken, e.flips.compared
+        clauses.append(f"{fixed} predictions were fixed and {broken} broken out of {compared}")
         sentences.append(_capitalize("; ".join(clauses)) + ".")
         where = _where(e)
         if where:

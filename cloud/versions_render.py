@@ -29,21 +29,21 @@ def metric_value(name: str, value: float | None) -> str:
     return fmt(value)
 
 
-def versions_table(v: VersionsPublic) -> Table:
-    """Newest first; the summary column wraps so the others keep their width."""
-    t = Table(title=f"{v.model}: {len(v.versions)} versions", title_justify="left")
-    columns = (("version", "right"), ("sha256", "left"), ("parent", "right"),
-               ("published (UTC)", "left"), ("trigger", "left"), ("labels", "left"),
-               ("recent acc", "right"), ("earlier acc", "right"))  # fmt: skip
+def versions_table(v: VersionsPublic) -> Group:
+    """One row per version, newest first, then each version's summary (which wraps)."""
+    t = Table(title=f"{v.model}: {len(v.versions)} versions (accuracy on the recent window and "
+              "earlier data, as published)", title_justify="left", collapse_padding=True)  # fmt: skip
+    columns = (("version", "right"), ("sha256", "left"), ("parent", "right"), ("published UTC", "left"),
+               ("trigger", "left"), ("labels", "left"), ("recent", "right"), ("earlier", "right"))  # fmt: skip
     for name, justify in columns:
-        t.add_column(name, justify=justify, no_wrap=True, min_width=len(name))  # type: ignore[arg-type]
-    t.add_column("summary", ratio=1, min_width=30)
+        t.add_column(name, justify=justify, no_wrap=name == "sha256")  # type: ignore[arg-type]
+    summaries: list[RenderableType] = [heading("Summaries")]
     for r in reversed(v.versions):
         t.add_row(f"v{r.version}", r.sha256[:12], f"v{r.parent_version}" if r.parent_version else DASH,
                   when(r.created_at), r.trigger or DASH, ", ".join(r.labels),
-                  fmt(r.metrics.get("recent_accuracy")), fmt(r.metrics.get("earlier_accuracy")),
-                  r.summary)  # fmt: skip
-    return t
+                  fmt(r.metrics.get("recent_accuracy")), fmt(r.metrics.get("earlier_accuracy")))  # fmt: skip
+        summaries.append(Text.assemble((f"v{r.version}  ", "bold"), r.summary or DASH))
+    return Group(t, *summaries)
 
 
 def models_table(m: ModelsPublic) -> Table:

@@ -79,7 +79,8 @@ def _explanation(parent: SetMetrics, child: SetMetrics, fixed: int, broken: int)
                           trigger=TriggerSignal(kind="timer", interval_s=60)),
         evaluation=EvaluationReport(parent=ModelMetrics(earlier=parent, recent=parent),
                                     child=ModelMetrics(earlier=child, recent=child)),
-        forgetting=Forgetting(), flips=Flips(compared=100, fixed=fixed, broken=broken),
+        forgetting=Forgetting(samples=50, parent_accuracy=parent.accuracy, child_accuracy=child.accuracy),
+        flips=Flips(compared=100, fixed=fixed, broken=broken),
         weights=WeightChange(source="artifacts"),
     )  # fmt: skip
 
@@ -88,7 +89,10 @@ def test_the_summary_says_what_the_numbers_say():
     worse = summarize(
         _explanation(SetMetrics(accuracy=0.9), SetMetrics(accuracy=0.85), fixed=1, broken=6)
     )
-    assert "fell from 0.900 to 0.850" in worse and "rose" not in worse
+    assert (
+        "recent-window accuracy fell from 0.900 to 0.850" in worse.lower() and "rose" not in worse
+    )
+    assert "accuracy on 50 older held-out samples fell from 0.900 to 0.850" in worse
     assert "1 predictions were fixed and 6 broken out of 100" in worse
     assert "60 s round timer with 40 new labels" in worse
     same = summarize(
@@ -194,6 +198,8 @@ def test_a_drift_round_fixes_more_than_it_breaks_and_says_why(manifests, fleet_c
     # The summary's numbers are the explanation's.
     assert f"{child.recent.accuracy:.3f}" in e.summary and "drift" in e.summary
     assert f"{e.flips.fixed} predictions were fixed and {e.flips.broken} broken" in e.summary
+    older = f"{e.forgetting.samples} older held-out samples"
+    assert older in e.summary and f"{e.forgetting.child_accuracy:.3f}" in e.summary
 
 
 def test_explaining_a_round_takes_a_fraction_of_it(fleet_client):
