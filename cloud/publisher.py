@@ -14,8 +14,18 @@ its manifest, artifact and patches already in place:
    ``patch_bases``): the parent, then the versions the most devices of the
    fleet report serving, until ``max_patches`` patches are made;
 5. MULTI: SET the patches (with the registry's TTL), record the version in the
-   registry (manifest, artifact, number, record, ``latest``), XADD a
-   ``DeltaAnnouncement`` listing the ``full`` payload and the patches; EXEC.
+   registry (manifest, artifact, number, record, ``latest``), set the fleet's
+   target (see below), XADD a ``DeltaAnnouncement`` listing the ``full``
+   payload and the patches; EXEC.
+
+The ``release`` mode says whether a new version goes to the whole fleet at
+once. ``direct`` (the default) also SETs ``target(model)`` to it in the same
+transaction, so edges (which serve ``pin or assignment or target``) move to it
+as soon as they read the announcement; but while a rollout of the model is in
+progress (``active_rollout(model)`` exists, and is WATCHed so that a rollout
+created meanwhile retries the publish) the version is only registered: the
+rollout owns the target. ``manual`` never touches the target: versions reach
+edges through rollouts and operators.
 
 A base whose file differs in length from the new one gets no patch (the edges
 holding it fetch the full file), and neither does a sha256 that is not a
@@ -28,7 +38,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from types import EllipsisType
-from typing import Any
+from typing import Any, Literal
 
 import redis
 
@@ -66,6 +76,9 @@ MAX_PATCHES = 4
 #: Device statuses read to find the versions the fleet serves (the most recently seen).
 DEVICE_SCAN = 10_000
 
+#: Whether a publish moves the fleet's target (see the module docstring).
+Release = Literal["direct", "manual"]
+
 
 @dataclass(frozen=True)
 class Published:
@@ -74,6 +87,7 @@ class Published:
     signed: SignedManifest
     announcement_id: str
     payloads: list[Payload] = field(default_factory=list)
+    target_set: bool = False  # it became the fleet's target (release "direct")
 
     @property
     def manifest(self) -> ModelManifest:
@@ -91,12 +105,14 @@ class Publisher:
         *,
         registry: Registry,
         max_patches: int = MAX_PATCHES,
+        release: Release = "direct",
     ) -> None:
         self.client = client
         self.keys = keys
         self.signer = signer
         self.registry = registry
         self.max_patches = max_patches
+        self.release = release
 
     def publish(
         self,
@@ -123,6 +139,7 @@ class Publisher:
         artifact = encode_full(content)
         self.registry.blobs.put(content)
         served = served_versions(self.client, self.keys, model)
+        rollout_key = self.keys.active_rollout(model)
         out: dict[str, Any] = {}
 
         def txn(pipe: Any) -> None:
@@ -160,26 +177,34 @@ class Publisher:
                 model=model, version=manifest.version, sha256=sha,
                 manifest_key=self.keys.manifest(sha), payloads=payloads,
             )  # fmt: skip
+            set_target = self.release == "direct" and not pipe.exists(rollout_key)
             pipe.multi()
             for base, patch in patches:
                 pipe.set(self.keys.patch(base, sha), patch, ex=self.registry.patch_ttl_s)
             self.registry.record_version(
                 pipe, VersionRecord.from_manifest(manifest), signed, artifact
             )
+            if set_target:
+                pipe.set(self.keys.target(model), sha)
             pipe.xadd(self.keys.deltas, {"data": announcement.to_wire()})
-            out.update(version=manifest.version, signed=signed, payloads=payloads)
+            out.update(
+                version=manifest.version, signed=signed, payloads=payloads, target_set=set_target
+            )
 
-        results = self.client.transaction(txn, versions_key)
+        results = self.client.transaction(txn, versions_key, rollout_key)
         stream_id = results[-1]
         announcement_id = stream_id.decode() if isinstance(stream_id, bytes) else str(stream_id)
         patch_sizes = ", ".join(
             f"{p.size} from {p.base_sha256[:8]}" for p in out["payloads"] if p.base_sha256
         )
         logger.info(
-            "published %s v%d (%s, %d bytes; full %d, patches: %s)",
+            "published %s v%d (%s, %d bytes; full %d, patches: %s)%s",
             model, out["version"], sha[:12], len(content), len(artifact), patch_sizes or "none",
+            "; it is the fleet's target" if out["target_set"] else "",
         )  # fmt: skip
-        return Published(out["version"], sha, out["signed"], announcement_id, out["payloads"])
+        return Published(
+            out["version"], sha, out["signed"], announcement_id, out["payloads"], out["target_set"]
+        )
 
     def _patches(self, bases: list[str], content: bytes) -> list[tuple[str, bytes]]:
         """(base, patch) for the first ``max_patches`` bases a patch can be made

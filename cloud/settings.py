@@ -104,6 +104,11 @@ class TrainerSettings(EnvFirstSettings):
         4, ge=0, description="patches per announcement: the parent, then what most devices serve"
     )
     patch_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="how long a patch stays in Redis")
+    release: Literal["direct", "manual"] = Field(
+        "direct",
+        description="direct: a published version becomes the fleet's target (unless a rollout "
+        "of the model is in progress); manual: targets are left to rollouts and operators",
+    )
 
     # Ingest
     claim_idle_ms: int = Field(30000, ge=1)

@@ -78,7 +78,7 @@ class Trainer:
         self.registry = Registry(self.client, self.keys, blobs, patch_ttl_s=s.patch_ttl_s)
         self.publisher = Publisher(
             self.client, self.keys, Signer.from_file(s.signing_key), registry=self.registry,
-            max_patches=s.max_patches,
+            max_patches=s.max_patches, release=s.release,
         )  # fmt: skip
         self.rounds = RoundRunner(s, self.client, self.publisher, self.data, self.parts)
         self.lease = Lease(self.client, self.keys.trainer_lock(s.model), s.consumer, s.lock_ttl_ms)

@@ -81,3 +81,63 @@ def test_unknown_versions(publisher):
     assert publisher.latest("digits") is None
     with pytest.raises(VersionNotFound):
         publisher.content("0" * 64)
+
+
+def _publisher(publisher: Publisher, **kw) -> Publisher:
+    return Publisher(publisher.client, publisher.keys, publisher.signer,
+                     registry=publisher.registry, **kw)  # fmt: skip
+
+
+def test_direct_release_makes_each_version_the_fleet_target(
+    publisher, exported, redis_client, keys
+):
+    assert publisher.release == "direct"  # the default
+    first = publish(publisher, exported.content, probe=exported.probe)
+    assert first.target_set and redis_client.get(keys.target("digits")) == first.sha256.encode()
+    second = publish(publisher, exported.content + b"\0", probe=exported.probe)
+    assert redis_client.get(keys.target("digits")) == second.sha256.encode()
+
+
+def test_manual_release_leaves_the_target_alone(publisher, exported, redis_client, keys):
+    manual = _publisher(publisher, release="manual")
+    first = publish(manual, exported.content, probe=exported.probe)
+    assert not first.target_set and redis_client.get(keys.target("digits")) is None
+    redis_client.set(keys.target("digits"), first.sha256)  # an operator's or a rollout's choice
+    second = publish(manual, exported.content + b"\0", probe=exported.probe)
+    assert redis_client.get(keys.target("digits")) == first.sha256.encode()
+    assert manual.versions("digits") == [(1, first.sha256), (2, second.sha256)]  # registered
+    ((_, fields),) = redis_client.xrevrange(keys.deltas, count=1)
+    assert DeltaAnnouncement.from_wire(fields[b"data"]).sha256 == second.sha256  # and announced
+
+
+def test_a_rollout_in_progress_keeps_a_direct_publish_from_moving_the_target(
+    publisher, exported, redis_client, keys
+):
+    first = publish(publisher, exported.content, probe=exported.probe)
+    redis_client.set(keys.active_rollout("digits"), "r1")
+    second = publish(publisher, exported.content + b"\0", probe=exported.probe)
+    assert (
+        not second.target_set and redis_client.get(keys.target("digits")) == first.sha256.encode()
+    )
+    assert publisher.versions("digits")[-1] == (2, second.sha256)
+    redis_client.delete(keys.active_rollout("digits"))
+    third = publish(publisher, exported.content + b"\1", probe=exported.probe)
+    assert third.target_set and redis_client.get(keys.target("digits")) == third.sha256.encode()
+
+
+def test_a_rollout_started_during_a_publish_retries_it_without_the_target(
+    publisher, exported, redis_client, keys, monkeypatch
+):
+    first = publish(publisher, exported.content, probe=exported.probe)
+    make_patches = publisher._patches
+    started: list[bool] = []
+
+    def meanwhile(bases, content):
+        if not started:  # another process creates a rollout between the reads and EXEC
+            started.append(redis_client.set(keys.active_rollout("digits"), "r1"))
+        return make_patches(bases, content)
+
+    monkeypatch.setattr(publisher, "_patches", meanwhile)
+    second = publish(publisher, exported.content + b"\0", probe=exported.probe)
+    assert started and not second.target_set
+    assert redis_client.get(keys.target("digits")) == first.sha256.encode()
