@@ -13,6 +13,21 @@ from cloud.replay import TrainerData
 from shared.keys import FleetKeys
 
 
+def trainer_data(client: redis.Redis, fleet: str, model: str) -> TrainerData:
+    """The trainer's data as this worker keeps it (the benchmark reads its statistics)."""
+    return TrainerData(
+        client,
+        FleetKeys(fleet),
+        model,
+        num_classes=10,
+        num_features=64,
+        replay_capacity=2000,
+        holdout_capacity=1000,
+        recent_window=200,
+        recent_train=300,
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("redis_url")
@@ -23,17 +38,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     client = redis.Redis.from_url(args.redis_url)
     keys = FleetKeys(args.fleet)
-    data = TrainerData(
-        client,
-        keys,
-        args.model,
-        num_classes=10,
-        num_features=64,
-        replay_capacity=2000,
-        holdout_capacity=1000,
-        recent_window=200,
-        recent_train=300,
-    )
+    data = trainer_data(client, args.fleet, args.model)
     ingest = FeedbackIngest(
         client, keys, data, model=args.model, consumer="bench-ingest", block_ms=100
     )

@@ -5,9 +5,10 @@ The trainer reads ``FleetKeys.feedback`` in the consumer group
 consumer left pending (XAUTOCLAIM, idle longer than ``claim_idle_ms``), then
 reads new ones (XREADGROUP), and handles both the same way:
 
-1. every entry is parsed once; a bad one (no ``data`` field, oversize, not
-   JSON, unknown schema version, invalid fields, wrong model, wrong feature
-   count, NaN/inf, unknown label) becomes a ``DeadLetter`` with the reason;
+1. every event is parsed once (an entry holds an edge's batch of events, or
+   one); a bad event (oversize, not JSON, unknown schema version, invalid
+   fields, wrong model, wrong feature count, NaN/inf, unknown label) or an
+   entry without events becomes a ``DeadLetter`` with the reason;
 2. one WATCH/MULTI/EXEC transaction reads the idempotency watermarks of the
    batch's device streams (hash ``FleetKeys.seen``) and the reservoir counters,
    drops duplicates, then marks the rest seen, writes them into the replay
@@ -31,7 +32,7 @@ import numpy.typing as npt
 import redis
 
 from cloud.replay import NewSamples, TrainerData
-from cloud.validation import FeedbackValidator, Parsed, Refused, payload_of
+from cloud.validation import Entry, FeedbackValidator, Parsed, Refused
 from cloud.watermark import Watermark
 from shared.keys import FEEDBACK_GROUP, FleetKeys
 from shared.messages import DeadLetter
@@ -40,9 +41,6 @@ if TYPE_CHECKING:
     from cloud.settings import TrainerSettings
 
 logger = logging.getLogger(__name__)
-
-
-Entry = tuple[bytes, dict[bytes, bytes]]
 
 
 def stream_id_key(entry_id: str) -> tuple[int, int]:
@@ -123,6 +121,7 @@ class FeedbackIngest:
         self.deadletter_maxlen = deadletter_maxlen
         self.counters = Counters()
         self._next_claim = 0.0
+        self._events_per_entry = 1.0  # in the last entries read; see _entries_per_read
 
     @classmethod
     def from_settings(
@@ -168,12 +167,21 @@ class FeedbackIngest:
             self.ensure_group()
             return self.process([])
 
+    def _entries_per_read(self) -> int:
+        """Stream entries to ask for so that a read holds about ``read_count`` events.
+
+        An entry holds one event (older edges, tools) or an edge's batch; the
+        last read tells which. When that changes, one read overshoots, by at most
+        an edge's ``feedback_batch`` events per entry.
+        """
+        return max(1, round(self.read_count / self._events_per_entry))
+
     def _read(self, block: int | None) -> list[Entry]:
         reply = self.client.xreadgroup(
             FEEDBACK_GROUP,
             self.consumer,
             {self.keys.feedback: ">"},
-            count=self.read_count,
+            count=self._entries_per_read(),
             block=block,
         )
         return list(reply[0][1]) if reply else []
@@ -189,14 +197,15 @@ class FeedbackIngest:
         """Entries pending longer than ``claim_idle_ms`` on any consumer, now ours."""
         entries: list[Entry] = []
         cursor: bytes | str = "0-0"
-        while len(entries) < self.read_count:
+        wanted = self._entries_per_read()
+        while len(entries) < wanted:
             reply = self.client.xautoclaim(
                 self.keys.feedback,
                 FEEDBACK_GROUP,
                 self.consumer,
                 self.claim_idle_ms,
                 start_id=cursor,
-                count=self.read_count - len(entries),
+                count=wanted - len(entries),
             )
             cursor, claimed = reply[0], reply[1]
             entries += [e for e in claimed if e and e[1] is not None]
@@ -210,15 +219,9 @@ class FeedbackIngest:
 
     def process(self, entries: list[Entry]) -> Batch:
         """Validate ``entries``, then accept, dead-letter and ack them in one transaction."""
-        parsed: list[Parsed] = []
-        dead: list[Refused] = []
-        for raw_id, fields in entries:
-            entry_id = _str_id(raw_id)
-            result = self.validator.parse(entry_id, fields)
-            if isinstance(result, str):
-                dead.append((entry_id, result, payload_of(fields)))
-            else:
-                parsed.append(result)
+        parsed, dead = self.validator.parse_entries(entries)
+        if entries:
+            self._events_per_entry = (len(parsed) + len(dead)) / len(entries)
         X, parsed, more_dead = self.validator.features(parsed)
         dead += more_dead
         ids = [e[0] for e in entries]

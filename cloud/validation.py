@@ -1,16 +1,21 @@
 """Validation of feedback entries: every refusal has a reason for its dead letter.
 
-A stream entry must carry ``data``: a ``FeedbackEvent`` in JSON, no larger than
-``max_event_bytes``, of this build's schema version, for this trainer's model,
-with a known label, the model's feature count, finite features (as float32)
-and an event id ending in a sequence number. Each entry is parsed once;
-the features of a batch are stacked into one array once.
+A stream entry carries events as JSON lines in ``events`` (an edge's batch) or
+one event in ``data`` (``shared.keys``). Each event must be a ``FeedbackEvent``
+in JSON, no larger than ``max_event_bytes``, of this build's schema version, for
+this trainer's model, with a known label, the model's feature count, finite
+features (as float32) and an event id ending in a sequence number. A bad event
+is refused alone; the other events of its entry are accepted. Each event is
+parsed once; the features of a batch are stacked into one array once.
 
 >>> v = FeedbackValidator(model="digits", num_features=2, num_classes=3, max_event_bytes=1000)
->>> v.parse("1-0", {b"data": b'{"event_id":"pi:e:1","device_id":"pi","model":"digits","x":[1,2],"label":7}'})
-"label 7 is not a class of 'digits' (0..2)"
->>> v.parse("1-1", {b"other": b"x"})
-"missing field 'data'"
+>>> ok = b'{"event_id":"pi:e:1","device_id":"pi","model":"digits","x":[1,2],"label":2}'
+>>> parsed, refused = v.parse_entries([(b"1-0", {b"events": ok + b"\\n" + ok.replace(b"2}", b"7}")}),
+...                                    (b"1-1", {b"other": b"x"})])
+>>> [(p.entry_id, p.seq) for p in parsed]
+[('1-0', 1)]
+>>> [(entry_id, reason) for entry_id, reason, _ in refused]
+[('1-0', "label 7 is not a class of 'digits' (0..2)"), ('1-1', "missing field 'data' or 'events'")]
 """
 
 from __future__ import annotations
@@ -24,13 +29,20 @@ import numpy.typing as npt
 from pydantic import ValidationError
 
 from shared.errors import MessageError
+from shared.keys import FEEDBACK_BATCH_FIELD, FEEDBACK_EVENT_FIELD
 from shared.messages import SCHEMA_VERSION, FeedbackEvent
 
 #: Bytes of a refused entry kept in its dead letter.
 DEADLETTER_PAYLOAD = 4096
 
-#: (stream entry id, reason, payload) of a refused entry.
+#: (stream entry id, reason, payload) of a refused event or entry.
 Refused = tuple[str, str, bytes]
+
+#: A stream entry as redis-py returns it: (id, fields).
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+_BATCH = FEEDBACK_BATCH_FIELD.encode()
+_EVENT = FEEDBACK_EVENT_FIELD.encode()
 
 
 @dataclass
@@ -55,11 +67,31 @@ class FeedbackValidator:
         self.num_classes = num_classes
         self.max_event_bytes = max_event_bytes
 
-    def parse(self, entry_id: str, fields: dict[bytes, bytes]) -> Parsed | str:
-        """The event in a stream entry, or the reason to refuse it."""
-        raw = fields.get(b"data")
-        if raw is None:
-            return "missing field 'data'"
+    def parse_entries(self, entries: list[Entry]) -> tuple[list[Parsed], list[Refused]]:
+        """The valid events of ``entries`` in stream order, and the refused ones."""
+        parsed: list[Parsed] = []
+        refused: list[Refused] = []
+        for raw_id, fields in entries:
+            entry_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+            batch = fields.get(_BATCH)
+            if batch is not None:
+                payloads = batch.split(b"\n")
+            elif _EVENT in fields:
+                payloads = [fields[_EVENT]]
+            else:
+                reason = f"missing field {FEEDBACK_EVENT_FIELD!r} or {FEEDBACK_BATCH_FIELD!r}"
+                refused.append((entry_id, reason, payload_of(fields)))
+                continue
+            for raw in payloads:
+                result = self.parse(entry_id, raw)
+                if isinstance(result, str):
+                    refused.append((entry_id, result, raw[:DEADLETTER_PAYLOAD]))
+                else:
+                    parsed.append(result)
+        return parsed, refused
+
+    def parse(self, entry_id: str, raw: bytes) -> Parsed | str:
+        """One event of a stream entry, or the reason to refuse it."""
         if len(raw) > self.max_event_bytes:
             return f"oversize: {len(raw)} bytes, the limit is {self.max_event_bytes}"
         try:
@@ -107,11 +139,10 @@ class FeedbackValidator:
 
 
 def payload_of(fields: dict[bytes, bytes]) -> bytes:
-    raw = fields.get(b"data")
-    if raw is None:
-        raw = json.dumps(
-            {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in fields.items()}
-        ).encode()
+    """An entry without events, as JSON for its dead letter."""
+    raw = json.dumps(
+        {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in fields.items()}
+    ).encode()
     return raw[:DEADLETTER_PAYLOAD]
 
 

@@ -117,6 +117,44 @@ def test_each_malformed_event_is_deadlettered_with_its_reason_and_acked(
     assert ingest.data.stats()["deadlettered"] == 1
 
 
+def test_an_edge_batch_entry_is_accepted_event_by_event(redis_client, keys, events, parts):
+    ingest = make_ingest(redis_client, keys)
+    wires = events.many(parts.stream.X[:30], parts.stream.y[:30])
+    bad = events.wire("pi-9", 1, [1.0] * 64, 10)
+    first = redis_client.xadd(
+        keys.feedback, {"events": b"\n".join([*wires[:20], bad, *wires[20:]])}
+    )
+    redis_client.xadd(keys.feedback, {"events": b"\n".join(wires[25:])})  # a resent tail
+    b = ingest.poll()
+    assert b.entries == 2 and np.array_equal(b.accepted.X, parts.stream.X[:30])
+    assert b.duplicates == 5 and b.deadlettered == 1  # the bad event alone, not its entry
+    (letter,) = dead_letters(redis_client, keys)
+    assert "label 10 is not a class" in letter.reason
+    assert letter.source_id == first.decode() and letter.payload == bad.decode()
+    assert pending(redis_client, keys) == 0
+    stats = ingest.data.stats()
+    assert (stats["accepted"], stats["duplicates"], stats["deadlettered"]) == (30, 5, 1)
+
+
+def test_a_read_takes_about_read_count_events_whatever_the_entries_hold(
+    redis_client, keys, events, parts
+):
+    ingest = make_ingest(redis_client, keys, read_count=100)
+    wires = events.many(np.resize(parts.stream.X, (1000, 64)), np.resize(parts.stream.y, 1000))
+
+    def send(lines: list[bytes]) -> None:
+        for i in range(0, len(lines), 25):
+            redis_client.xadd(keys.feedback, {"events": b"\n".join(lines[i : i + 25])})
+
+    send(wires[:500])
+    assert len(ingest.poll().accepted) == 500  # entries of unknown size: 100 asked for
+    send(wires[500:])
+    b = ingest.poll()
+    assert b.entries == 4 and len(b.accepted) == 100  # 25 events per entry now
+    drain(ingest, rounds=30)
+    assert ingest.counters.accepted == 1000 and pending(redis_client, keys) == 0
+
+
 def test_deadletter_stream_is_capped(redis_client, keys):
     ingest = make_ingest(redis_client, keys, deadletter_maxlen=10)
     for _ in range(5):

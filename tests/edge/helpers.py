@@ -221,7 +221,9 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "c
 
 
 def stream_events(client: redis.Redis, stream: str) -> list[dict[str, Any]]:
-    """The FeedbackEvent JSON of every entry of ``stream``, in stream order."""
+    """The FeedbackEvent JSON of every event of ``stream``, in stream order (an
+    edge's entry holds a batch of events, one JSON document per line)."""
     import json
 
-    return [json.loads(fields[b"data"]) for _, fields in client.xrange(stream)]
+    entries = client.xrange(stream)
+    return [json.loads(line) for _, fields in entries for line in fields[b"events"].split(b"\n")]
