@@ -96,14 +96,7 @@ def export_int8(
     tfl, agreement = check_int8(
         model, content, np.concatenate([calibration_X, probe_X]), min_agreement
     )
-    expected = tfl.predict_proba_batch(probe_X)
-    probe = ProbeSet(
-        inputs=probe_X.tolist(),
-        expected=expected.tolist(),
-        min_agreement=PROBE_MIN_AGREEMENT,
-        max_abs_error=PROBE_MAX_ABS_ERROR,
-    )
-    tfl.check_probe(probe)  # the file must pass its own probe, or no edge will take it
+    probe = probe_set(tfl, probe_X)
     seconds = time.perf_counter() - start
     logger.info(
         "exported int8 model %s (%d bytes, agreement %.3f) in %.1fs",
@@ -113,6 +106,30 @@ def export_int8(
         seconds,
     )
     return ExportResult(content, sha256_hex(content), probe, agreement, tfl.runtime, seconds)
+
+
+def probe_set(tfl: TFLiteModel, probe_X: npt.NDArray[np.float32]) -> ProbeSet:
+    """The manifest's probe set: the int8 file's own outputs in this runtime, checked once."""
+    probe = ProbeSet(
+        inputs=probe_X.tolist(),
+        expected=tfl.predict_proba_batch(probe_X).tolist(),
+        min_agreement=PROBE_MIN_AGREEMENT,
+        max_abs_error=PROBE_MAX_ABS_ERROR,
+    )
+    tfl.check_probe(probe)  # the file must pass its own probe, or no edge will take it
+    return probe
+
+
+def convert_float(model: nn.Module, num_features: int) -> bytes:
+    """``to_float_tflite`` under the export lock (the converter keeps global state)."""
+    with _LOCK:
+        return to_float_tflite(model, num_features)
+
+
+def calibrate_int8(float_bytes: bytes, calibration_X: npt.NDArray[np.float32]) -> bytes:
+    """``quantize_static_int8`` under the export lock (the quantizer keeps global state)."""
+    with _LOCK:
+        return quantize_static_int8(float_bytes, calibration_X)
 
 
 def to_float_tflite(model: nn.Module, num_features: int) -> bytes:

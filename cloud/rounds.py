@@ -9,6 +9,13 @@ version's manifest carries the same facts as its ``Explanation``.
 The float weights of every published version are stored next to it
 (``FleetKeys.weights``), so that the next round fine-tunes from exactly the
 parent the edges run, even in a trainer that just started.
+
+A round's child is written on the parent's frozen int8 grid under a budget of
+changed bytes (``update_mode = "budgeted"``, cloud/sparse_training.py), so its
+patch is small; the stored weights are then the trainer's shadow, which holds
+what the budget left for later rounds. It is re-calibrated (a fresh export,
+new scales) when the grid no longer fits the weights, or when the budgeted
+child fails the gate and the fresh one passes; ``details["delta"]`` says which.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -32,6 +40,13 @@ from cloud.models import build_model, load_weights, weights_to_bytes
 from cloud.publisher import Publisher, StaleParent
 from cloud.replay import TrainerData
 from cloud.settings import TrainerSettings
+from cloud.sparse_training import (
+    Child,
+    FrozenScalesDoNotFit,
+    budget_options,
+    budgeted_child,
+    full_details,
+)
 from cloud.training import Hyperparameters, bootstrap, fine_tune
 from edge.runtime import TFLiteModel
 from shared.errors import EdgeloopError
@@ -148,19 +163,26 @@ class RoundRunner:
         timings["train_s"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         try:
-            exported = self._export(result.model, X, seed=hp.seed)
+            child = self._child(parent_sha, parent_model, result.model, X, y, hp)
         except ExportError as e:
             report.reason = f"export refused: {e}"
             timings["export_s"] = time.perf_counter() - t1
             return report
         timings["export_s"] = time.perf_counter() - t1
         t2 = time.perf_counter()
-        child_tfl = TFLiteModel(exported.content, name="child")
-        decision = gate(parent_tfl, child_tfl, earlier=earlier, recent=recent, labels=self.labels,
+        judge = partial(gate, parent_tfl, earlier=earlier, recent=recent, labels=self.labels,
                         min_gain=self.s.min_gain, forgetting_tolerance=self.s.forgetting_tolerance)  # fmt: skip
+        decision = judge(TFLiteModel(child.exported.content, name="child"))
+        if not decision.publish and child.details["scales"] != "recalibrated":
+            # The frozen grid may be what holds the child back: a fresh calibration decides.
+            child, decision = self._recalibrated(
+                child, decision, parent_sha, result.model, X, hp, judge
+            )
         timings["gate_s"] = time.perf_counter() - t2
-        report.metrics = {**decision.metrics(), "int8_agreement": exported.agreement}
-        report.details = _details(decision)
+        exported = child.exported
+        report.metrics = {**decision.metrics(), "int8_agreement": exported.agreement,
+                          "delta_bytes_changed": float(child.details["bytes_changed"])}  # fmt: skip
+        report.details = {**_details(decision), "delta": child.details}
         report.reason = decision.reason
         if not decision.publish:
             return report
@@ -168,10 +190,10 @@ class RoundRunner:
             report.reason = "lease lost before publishing; another trainer runs rounds now"
             return report
         parent_side = Side(parent_model, parent_tfl, self.publisher.content(parent_sha))
-        explanation = self._explain(report, result.model, exported, parent_side, earlier, recent)
+        explanation = self._explain(report, child.model, exported, parent_side, earlier, recent)
         t3 = time.perf_counter()
         try:
-            self._publish(report, result.model, exported, parent_sha, explanation)
+            self._publish(report, child.model, exported, parent_sha, explanation)
         except StaleParent as e:
             report.published, report.reason = False, str(e)
         timings["publish_s"] = time.perf_counter() - t3
@@ -195,16 +217,52 @@ class RoundRunner:
     # -- helpers --------------------------------------------------------------
 
     def _export(self, model: nn.Module, X: npt.NDArray[np.float32], seed: int) -> ExportResult:
-        """Calibrate on a deterministic sample of the training data; probe on other rows of it."""
+        """A freshly calibrated int8 export (the normal path: new scales everywhere)."""
+        cal, probe = self._calibration(X, seed)
+        return export_int8(model, cal, probe, min_agreement=self.s.min_int8_agreement)
+
+    def _calibration(
+        self, X: npt.NDArray[np.float32], seed: int
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """A deterministic sample of the training data to calibrate on, other rows to probe."""
         order = np.random.default_rng(seed).permutation(len(X))
         cal = X[order[: self.s.calibration_size]]
         rest = order[self.s.calibration_size :]
-        probe = (
-            X[rest[: self.s.probe_size]]
-            if len(rest) >= self.s.probe_size
-            else X[order[-self.s.probe_size :]]
-        )
-        return export_int8(model, cal, probe, min_agreement=self.s.min_int8_agreement)
+        n = self.s.probe_size
+        return cal, X[rest[:n]] if len(rest) >= n else X[order[-n:]]
+
+    def _child(self, parent_sha: str, shadow: nn.Module, trained: nn.Module,
+               X: npt.NDArray[np.float32], y: npt.NDArray[np.int64], hp: Hyperparameters) -> Child:  # fmt: skip
+        """The round's int8 child: on the parent's frozen grid under the update budget
+        (cloud/sparse_training.py), or re-calibrated when the mode or the grid says so."""
+        if self.s.update_mode == "full":
+            return self._full(parent_sha, trained, X, hp, "full mode")
+        try:
+            return budgeted_child(self.publisher.content(parent_sha), shadow, trained, (X, y),
+                                  self._calibration(X, hp.seed), hp, budget_options(self.s))  # fmt: skip
+        except FrozenScalesDoNotFit as e:
+            logger.info("re-calibrating: %s", e)
+            return self._full(parent_sha, trained, X, hp, e.reason, e.details)
+
+    def _full(self, parent_sha: str, model: nn.Module, X: npt.NDArray[np.float32],
+              hp: Hyperparameters, reason: str, extra: dict[str, Any] | None = None) -> Child:  # fmt: skip
+        exported = self._export(model, X, seed=hp.seed)
+        return Child(exported, model, full_details(self.publisher.content(parent_sha), exported.content,
+                                                   self.s.update_mode, reason, extra))  # fmt: skip
+
+    def _recalibrated(self, child: Child, rejected: Decision, parent_sha: str, trained: nn.Module,
+                      X: npt.NDArray[np.float32], hp: Hyperparameters,
+                      judge: Callable[[TFLiteModel], Decision]) -> tuple[Child, Decision]:  # fmt: skip
+        """The freshly calibrated child when it passes the gate the budgeted one failed."""
+        try:
+            fresh = self._full(
+                parent_sha, trained, X, hp, "gate", {"budgeted_rejected": rejected.reason}
+            )
+        except ExportError as e:
+            logger.info("no re-calibrated child either: %s", e)
+            return child, rejected
+        decision = judge(TFLiteModel(fresh.exported.content, name="recalibrated child"))
+        return (fresh, decision) if decision.publish else (child, rejected)
 
     def _explain(
         self,

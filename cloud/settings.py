@@ -94,6 +94,27 @@ class TrainerSettings(EnvFirstSettings):
     min_int8_agreement: float = Field(0.95, ge=0, le=1)
     calibration_size: int = Field(200, ge=1)
 
+    # How a round's child is written (cloud/sparse_training.py)
+    update_mode: Literal["budgeted", "full"] = Field(
+        "budgeted",
+        description="budgeted: the child on the parent's frozen int8 grid, at most the budget of "
+        "changed weight bytes, the rest carried to later rounds; full: a fresh export each round",
+    )
+    update_budget_bytes: int | None = Field(
+        None, ge=1, description="weight bytes a round may change; default update_budget_fraction"
+    )
+    update_budget_fraction: float = Field(
+        0.025, gt=0, le=1, description="the budget as a fraction of the model's weight bytes"
+    )
+    update_clip_tolerance: float = Field(
+        0.01, ge=0, le=1, description="weights outside the frozen range that force re-calibration"
+    )
+    update_activation_tolerance: float = Field(
+        0.1, ge=0, description="activation range misfit that re-calibrates activation scales only"
+    )
+    refit_epochs: int = Field(6, ge=1, description="epochs training only the budgeted weights")
+    refit_lr: float = Field(3e-3, gt=0)
+
     # The registry and delivery
     blob_dir: Path | None = Field(
         None,
@@ -112,7 +133,9 @@ class TrainerSettings(EnvFirstSettings):
 
     # Ingest
     claim_idle_ms: int = Field(30000, ge=1)
-    read_count: int = Field(1000, ge=1)
+    read_count: int = Field(
+        1000, ge=1, description="feedback events per read, about (an entry holds one or a batch)"
+    )
     block_ms: int = Field(500, ge=1)
     max_event_bytes: int = Field(65536, ge=64)
     deadletter_maxlen: int = Field(10000, ge=1)

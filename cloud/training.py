@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -68,14 +69,27 @@ def bootstrap(dataset: Dataset, hp: Hyperparameters) -> TrainResult:
 
 
 def fine_tune(
-    parent: nn.Module, X: npt.NDArray[np.float32], y: npt.NDArray[np.int64], hp: Hyperparameters
+    parent: nn.Module,
+    X: npt.NDArray[np.float32],
+    y: npt.NDArray[np.int64],
+    hp: Hyperparameters,
+    *,
+    after_step: Callable[[nn.Module], None] | None = None,
 ) -> TrainResult:
-    """A child: a copy of ``parent`` trained on (X, y); the parent is left untouched."""
-    return _fit(copy.deepcopy(parent), X, y, hp)
+    """A child: a copy of ``parent`` trained on (X, y); the parent is left untouched.
+
+    ``after_step(model)`` runs after every optimizer step, e.g. to hold some
+    parameters fixed or inside a range (cloud/sparse_training.py).
+    """
+    return _fit(copy.deepcopy(parent), X, y, hp, after_step)
 
 
 def _fit(
-    model: nn.Module, X: npt.NDArray[np.float32], y: npt.NDArray[np.int64], hp: Hyperparameters
+    model: nn.Module,
+    X: npt.NDArray[np.float32],
+    y: npt.NDArray[np.int64],
+    hp: Hyperparameters,
+    after_step: Callable[[nn.Module], None] | None = None,
 ) -> TrainResult:
     if len(y) == 0:
         raise TrainingError("no samples to train on")
@@ -94,6 +108,8 @@ def _fit(
             loss = loss_fn(model.logits(Xt[idx]), yt[idx])
             loss.backward()
             opt.step()
+            if after_step is not None:
+                after_step(model)
             total += float(loss.detach()) * len(idx)
             count += len(idx)
         last = total / count
