@@ -154,11 +154,11 @@ def window_of(trigger: str, window: dict[str, Any], *, earlier: int, recent: int
 
 
 def _weights(details: dict[str, Any], parent: Side | None, child: Side) -> WeightChange:
-    if parent is not None:
-        reported = from_trainer_report(details.get("delta"))
-        if reported is not None:
-            return reported
-    return compare_artifacts(parent.content if parent else None, child.content)
+    """The trainer's per-layer report when the round wrote one, completed from the files."""
+    measured = compare_artifacts(parent.content if parent else None, child.content)
+    if parent is None:
+        return measured
+    return from_trainer_report(details.get("delta"), measured) or measured
 
 
 def _probe(recent: Samples, earlier: Samples, size: int) -> npt.NDArray[np.float32]:
@@ -242,6 +242,12 @@ def _where(e: Explanation) -> str | None:
             f"layer {top.name} moved most (relative change {top.relative_change:.3f}, "
             f"{(top.bytes_changed_fraction or 0) * 100:.0f}% of its bytes)"
         )
+    held = e.weights.residual_l2 if e.weights else None
+    if held:
+        clauses.append(f"a change of L2 norm {held:.3f} is held back for later rounds")
+    held = e.weights.residual_l2 if e.weights else None
+    if held:
+        clauses.append(f"a change of L2 norm {held:.3f} is held back for later rounds")
     a = e.attribution
     if a is not None and a.shift_score is not None and a.gained and a.lost:
         kind = "pixel" if a.grid else "input"

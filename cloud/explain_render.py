@@ -187,18 +187,12 @@ def flips_text(f: Flips, before: str, after: str) -> Group:
     return Group(*lines)
 
 
-def layers_table(w: WeightChange) -> Table:
+def layers_table(w: WeightChange) -> Group:
+    """Per-layer change; the trainer's "held back" column and its scales and budget when given."""
+    residual = any(x.residual_l2 is not None for x in w.layers)
+    names = ["layer", "params", "bytes", "bytes changed", "%", "L2 change", "relative"]
+    names += ["scales changed", *(["held back (L2)"] if residual else [])]
     t = Table()
-    names = (
-        "layer",
-        "params",
-        "bytes",
-        "bytes changed",
-        "%",
-        "L2 change",
-        "relative",
-        "scales changed",
-    )
     for name in names:
         t.add_column(name, justify="left" if name == "layer" else "right")
 
@@ -209,11 +203,15 @@ def layers_table(w: WeightChange) -> Table:
         return DASH if x is None else f"{100 * x:.1f}"
 
     for x in w.layers:
+        held = [fmt(x.residual_l2, 4)] if residual else []
         t.add_row(x.name, str(x.params), str(x.bytes), count(x.bytes_changed), pct(x.bytes_changed_fraction),
-                  fmt(x.l2_change, 4), fmt(x.relative_change), count(x.scales_changed))  # fmt: skip
+                  fmt(x.l2_change, 4), fmt(x.relative_change), count(x.scales_changed), *held)  # fmt: skip
+    held = [fmt(w.residual_l2, 4)] if residual else []
     t.add_row("all", "", str(w.bytes), count(w.bytes_changed), pct(w.bytes_changed_fraction),
-              "", "", "", style="bold")  # fmt: skip
-    return t
+              "", "", "", *held, style="bold")  # fmt: skip
+    notes = [f"quantization scales {w.scales}"] if w.scales else []
+    notes += [f"budget {w.budget_bytes} bytes"] if w.budget_bytes is not None else []
+    return Group(t, *([Text("; ".join(notes))] if notes else []))
 
 
 def attribution_view(a: AttributionShift) -> list[RenderableType]:

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import ValidationError
 
 from edge.runtime import interpreter_class
 from shared.errors import ModelRejected
@@ -172,12 +173,14 @@ def _totals(source: Any, layers: list[LayerChange]) -> WeightChange:
     )  # fmt: skip
 
 
-def from_trainer_report(delta: Any) -> WeightChange | None:
-    """Per-layer figures the trainer's delta report carries, or None when it has none.
+def from_trainer_report(delta: Any, measured: WeightChange | None = None) -> WeightChange | None:
+    """Per-layer figures of the trainer's delta report (``RoundReport.details["delta"]``), or
+    None when it has none.
 
-    Accepts ``{"layers": {name: {...}}}`` or ``{"layers": [{"name": ..., ...}]}``
-    with, per layer, ``l2`` or ``l2_change``, ``bytes_changed`` and ``bytes``
-    (``params``, ``bytes_changed_fraction`` and ``relative_change`` optional).
+    The report holds ``{"layers": [{"name", "bytes", "bytes_changed", "l2_change", ...}],
+    "scales": "frozen" | "recalibrated", "budget_bytes", "residual_l2"}`` (cloud/sparse_update.py);
+    a figure it leaves out (e.g. ``relative_change``) is taken from ``measured``, the
+    comparison of the two files, layer by layer.
     """
     if not isinstance(delta, dict):
         return None
@@ -186,23 +189,34 @@ def from_trainer_report(delta: Any) -> WeightChange | None:
         raw = [{"name": k, **v} for k, v in raw.items() if isinstance(v, dict)]
     if not isinstance(raw, list) or not raw:
         return None
+    known = {layer.name: layer for layer in measured.layers} if measured else {}
     try:
-        layers = [_layer_from_entry(entry) for entry in raw]
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        layers = [_layer_from_entry(entry, known.get(str(entry["name"]))) for entry in raw]
+        out = _totals("trainer", layers)
+        out.scales = None if delta.get("scales") is None else str(delta["scales"])
+        out.budget_bytes = None if delta.get("budget_bytes") is None else int(delta["budget_bytes"])
+        out.residual_l2 = None if delta.get("residual_l2") is None else float(delta["residual_l2"])
+    except (KeyError, TypeError, ValueError, AttributeError, ValidationError) as e:
         logger.warning("the trainer's delta report has no usable per-layer figures: %s", e)
         return None
-    return _totals("trainer", layers)
+    return out
 
 
-def _layer_from_entry(entry: dict[str, Any]) -> LayerChange:
+def _layer_from_entry(entry: dict[str, Any], measured: LayerChange | None) -> LayerChange:
     size = int(entry.get("bytes", 0))
     changed = entry.get("bytes_changed")
     fraction = entry.get("bytes_changed_fraction")
     if fraction is None and changed is not None and size:
         fraction = round(int(changed) / size, 4)
-    return LayerChange(
+    reported = LayerChange(
         name=str(entry["name"]), params=int(entry.get("params", 0)), bytes=size,
         bytes_changed=None if changed is None else int(changed), bytes_changed_fraction=fraction,
         l2_change=entry.get("l2_change", entry.get("l2")), relative_change=entry.get("relative_change"),
-        scales_changed=entry.get("scales_changed"),
+        scales_changed=entry.get("scales_changed"), residual_l2=entry.get("residual_l2"),
     )  # fmt: skip
+    if measured is None:
+        return reported
+    missing = {k: v for k, v in measured.model_dump().items() if getattr(reported, k) is None}
+    if not reported.params:
+        missing["params"] = measured.params
+    return reported.model_copy(update=missing)

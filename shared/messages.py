@@ -230,6 +230,9 @@ class LayerChange(BaseModel):
     scales_changed: int | None = Field(
         None, ge=0, description="quantization scales that differ (they live outside the buffers)"
     )
+    residual_l2: float | None = Field(
+        None, ge=0, description="trainer: L2 norm of the change kept back for later rounds"
+    )
 
 
 class WeightChange(BaseModel):
@@ -241,6 +244,13 @@ class WeightChange(BaseModel):
     bytes: int = Field(0, ge=0)
     bytes_changed: int | None = None
     bytes_changed_fraction: float | None = None
+    scales: str | None = Field(
+        None, description='trainer: "frozen" (parent\'s int8 grid kept) or "recalibrated"'
+    )
+    budget_bytes: int | None = Field(None, description="trainer: the round's byte budget")
+    residual_l2: float | None = Field(
+        None, ge=0, description="trainer: L2 norm of all change kept back for later rounds"
+    )
 
 
 class FeatureShift(BaseModel):

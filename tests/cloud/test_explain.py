@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 
 import numpy as np
 import pytest
+from rich.console import Console
 
 from cloud.comparison import expected_calibration_error, flips, sample_id
 from cloud.explain import summarize
+from cloud.explain_render import layers_table
+from cloud.layer_diff import from_trainer_report
 from cloud.replay import TrainerData
 from edge.runtime import TFLiteModel
 from shared.keys import FleetKeys
@@ -21,6 +25,7 @@ from shared.messages import (
     Explanation,
     Flips,
     Forgetting,
+    LayerChange,
     ModelManifest,
     ModelMetrics,
     SetMetrics,
@@ -102,6 +107,36 @@ def test_the_summary_says_what_the_numbers_say():
     unknown = summarize(_explanation(SetMetrics(), SetMetrics(), fixed=0, broken=0))
     assert "accuracy" not in unknown  # no number, no clause
     assert 2 <= worse.count(". ") + 1 <= 3
+
+
+def test_the_trainers_delta_report_is_used_and_completed_from_the_files():
+    measured = WeightChange(source="artifacts", bytes=300, layers=[
+        LayerChange(name="c1", params=100, bytes=100, bytes_changed=90, l2_change=1.0, relative_change=0.5),
+        LayerChange(name="f1", params=200, bytes=200, bytes_changed=180, l2_change=2.0, relative_change=0.25)])  # fmt: skip
+    delta = {"mode": "budgeted", "scales": "frozen", "budget_bytes": 64, "residual_l2": 0.75,
+             "layers": [{"name": "c1", "params": 100, "bytes": 100, "bytes_changed": 0, "l2_change": 0.0,
+                         "scales_changed": 0, "residual_l2": 0.5},
+                        {"name": "f1", "params": 200, "bytes": 200, "bytes_changed": 40,
+                         "bytes_changed_fraction": 0.2, "l2_change": 0.3, "residual_l2": 0.25}]}  # fmt: skip
+    w = from_trainer_report(delta, measured)
+    assert w.source == "trainer" and (w.scales, w.budget_bytes, w.residual_l2) == (
+        "frozen",
+        64,
+        0.75,
+    )
+    c1, f1 = w.layers
+    assert (c1.bytes_changed, c1.l2_change, c1.residual_l2) == (0, 0.0, 0.5)  # reported zeros stay
+    assert c1.relative_change == 0.5 and f1.relative_change == 0.25  # filled in from the files
+    assert (w.bytes, w.bytes_changed, w.bytes_changed_fraction) == (300, 40, round(40 / 300, 4))
+    assert from_trainer_report({"layers": [{"bytes": 3}]}, measured) is None  # no name: unusable
+    assert from_trainer_report(None, measured) is None
+    e = _explanation(SetMetrics(accuracy=0.8), SetMetrics(accuracy=0.9), fixed=3, broken=1)
+    e.weights = w
+    assert "a change of L2 norm 0.750 is held back for later rounds" in summarize(e)
+    console = Console(width=120, record=True, file=io.StringIO())
+    console.print(layers_table(w))
+    shown = console.export_text()
+    assert "held back (L2)" in shown and "quantization scales frozen; budget 64 bytes" in shown
 
 
 # -- what the trainer publishes ------------------------------------------------
