@@ -32,7 +32,7 @@ import numpy.typing as npt
 import redis
 
 from cloud.replay import NewSamples, TrainerData
-from cloud.validation import Entry, FeedbackValidator, Parsed, Refused
+from cloud.validation import Entry, Events, FeedbackValidator, Refused
 from cloud.watermark import Watermark
 from shared.keys import FEEDBACK_GROUP, FleetKeys
 from shared.messages import DeadLetter
@@ -219,37 +219,29 @@ class FeedbackIngest:
 
     def process(self, entries: list[Entry]) -> Batch:
         """Validate ``entries``, then accept, dead-letter and ack them in one transaction."""
-        parsed, dead = self.validator.parse_entries(entries)
+        events, dead = self.validator.parse_entries(entries)
         if entries:
-            self._events_per_entry = (len(parsed) + len(dead)) / len(entries)
-        X, parsed, more_dead = self.validator.features(parsed)
-        dead += more_dead
-        ids = [e[0] for e in entries]
-        batch = self._commit(parsed, X, dead, ids)
+            self._events_per_entry = (len(events) + len(dead)) / len(entries)
+        batch = self._commit(events, dead, [e[0] for e in entries])
         self._count(batch)
         return batch
 
-    def _commit(
-        self,
-        parsed: list[Parsed],
-        X: npt.NDArray[np.float32],
-        dead: list[Refused],
-        ids: list[Any],
-    ) -> Batch:
+    def _commit(self, events: Events, dead: list[Refused], ids: list[Any]) -> Batch:
         if not ids:
             return Batch(0, _empty(self.data.num_features))
-        draws = [_draw(p.event.event_id) for p in parsed]
-        heads = sorted({p.head for p in parsed})
+        draws = [_draw(event_id) for event_id in events.event_ids]
+        heads = sorted(set(events.heads))
         seen_key = self.keys.seen
         out: dict[str, Any] = {}
 
         def txn(pipe: Any) -> None:
             marks = dict(zip(heads, pipe.hmget(seen_key, heads), strict=True)) if heads else {}
             states = {h: Watermark.decode(v) for h, v in marks.items()}
-            keep = [i for i, p in enumerate(parsed) if states[p.head].add(p.seq)]
+            pairs = zip(events.heads, events.seqs, strict=True)
+            keep = [i for i, (head, seq) in enumerate(pairs) if states[head].add(seq)]
             samples = NewSamples(
-                X[keep],
-                [parsed[i].event.label for i in keep],
+                events.X[keep],
+                [events.labels[i] for i in keep],
                 [draws[i] >> 16 for i in keep],
                 [(draws[i] & 0xFFFF) % self.holdout_every == 0 for i in keep],
             )
@@ -263,7 +255,7 @@ class FeedbackIngest:
                 self._add_dead_letter(pipe, entry_id, reason, payload)
             stats = {
                 "accepted": len(keep),
-                "duplicates": len(parsed) - len(keep),
+                "duplicates": len(events) - len(keep),
                 "deadlettered": len(dead),
             }
             for label in samples.labels:
@@ -273,7 +265,7 @@ class FeedbackIngest:
             out.update(keep=keep, samples=samples)
 
         self.client.transaction(txn, seen_key, *self.data.watch_keys)
-        return self._batch(parsed, out["keep"], out["samples"], dead, ids)
+        return self._batch(events, out["keep"], out["samples"], dead, ids)
 
     def _add_dead_letter(self, pipe: Any, entry_id: str, reason: str, payload: bytes) -> None:
         letter = DeadLetter(
@@ -291,21 +283,12 @@ class FeedbackIngest:
         )
 
     def _batch(
-        self,
-        parsed: list[Parsed],
-        keep: list[int],
-        samples: NewSamples,
-        dead: list[Any],
-        ids: list[Any],
+        self, events: Events, keep: list[int], samples: NewSamples, dead: list[Any], ids: list[Any]
     ) -> Batch:
-        nc = self.data.num_classes
-        predicted = [parsed[i].event.predicted for i in keep]
         accepted = Accepted(
             X=samples.X,
             y=np.array(samples.labels, np.int64),
-            predicted=np.array(
-                [v if v is not None and 0 <= v < nc else -1 for v in predicted], np.int64
-            ),
+            predicted=np.array([events.predicted[i] for i in keep], np.int64),
             holdout=np.array(samples.holdout, bool),
         )
         if keep:
@@ -315,7 +298,7 @@ class FeedbackIngest:
         return Batch(
             len(ids),
             accepted,
-            duplicates=len(parsed) - len(keep),
+            duplicates=len(events) - len(keep),
             deadlettered=len(dead),
             reasons=[d[1] for d in dead],
         )
