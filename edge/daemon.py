@@ -17,10 +17,9 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
-import numpy.typing as npt
 
 from edge.fallback import Prediction, ServingChain
 from edge.guard import GuardPolicy, SwapGuard
@@ -38,6 +37,11 @@ from shared.signing import Verifier
 logger = logging.getLogger(__name__)
 
 _F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_label(label: int, num_classes: int) -> None:
+    if not 0 <= label < num_classes:
+        raise InputError(f"label {label} is outside the model's classes 0..{num_classes - 1}")
 
 
 class EdgeDaemon:
@@ -216,64 +220,75 @@ class EdgeDaemon:
         a label outside the model's classes or a malformed ``x``. With a request
         id, the stored input is used and ``x`` is ignored.
         """
-        recalled = self.chain.recall(request_id) if request_id is not None else None
-        if request_id is not None and recalled is None:
+        if request_id is not None:
+            event = self._joined_event(label, request_id)
+        elif x is not None:
+            values = self._checked_features(x)
+            _check_label(label, self.chain.num_classes or 0)
+            event = FeedbackEvent(
+                event_id=self.uplink.new_event_id(),
+                device_id=self.settings.device_id,
+                model=self.settings.model,
+                x=values,
+                label=label,
+            )
+        else:
+            raise InputError("feedback needs a request_id from /v1/predict or the input x")
+        queued = self.uplink.submit(event)
+        return FeedbackAccepted(event_id=event.event_id, queued=queued)
+
+    def _joined_event(self, label: int, request_id: str) -> FeedbackEvent:
+        """The event for an earlier prediction, which also counts toward the rolling accuracy."""
+        recalled = self.chain.recall(request_id)
+        if recalled is None:
             raise NotFound(
                 f"request_id {request_id!r} is unknown or expired (this edge keeps the last "
                 f"{self.settings.recent_inputs} predictions of its current run)"
             )
-        features: npt.NDArray[np.floating[Any]]
-        if recalled is not None:
-            features, num_classes = recalled.x, recalled.num_classes
-            if not np.isfinite(features).all():
-                raise InputError(
-                    f"the input of {request_id} was not finite; it cannot train a model"
-                )
-        elif x is not None:
-            features, num_classes = self._checked_features(x), self.chain.num_classes or 0
-        else:
-            raise InputError("feedback needs a request_id from /v1/predict or the input x")
-        if not 0 <= label < num_classes:
-            raise InputError(f"label {label} is outside the model's classes 0..{num_classes - 1}")
+        if not np.isfinite(recalled.x).all():
+            raise InputError(f"the input of {request_id} was not finite; it cannot train a model")
+        _check_label(label, recalled.num_classes)
         event = FeedbackEvent(
             event_id=self.uplink.new_event_id(),
             device_id=self.settings.device_id,
             model=self.settings.model,
-            x=features.ravel().tolist(),
+            x=recalled.x.tolist(),
             label=label,
-            model_version=recalled.model_version if recalled else None,
-            model_sha256=recalled.model_sha256 if recalled else None,
+            model_version=recalled.model_version,
+            model_sha256=recalled.model_sha256,
             request_id=request_id,
-            predicted=recalled.predicted if recalled else None,
-            fallback=recalled.fallback if recalled else False,
+            predicted=recalled.predicted,
+            fallback=recalled.fallback,
         )
-        queued = self.uplink.submit(event)
-        if recalled is not None:
-            self.guard.observe(recalled, label)
-            correct = recalled.predicted == label
-            with self._stats_lock:
-                self._labeled += 1
-                self._labeled_correct += correct
-                self._accuracy.append(correct)
-        return FeedbackAccepted(event_id=event.event_id, queued=queued)
+        self.guard.observe(recalled, label)
+        correct = recalled.predicted == label
+        with self._stats_lock:
+            self._labeled += 1
+            self._labeled_correct += correct
+            self._accuracy.append(correct)
+        return event
 
-    def _checked_features(self, x: FloatArray | Sequence[float]) -> npt.NDArray[np.float64]:
+    def _checked_features(self, x: FloatArray | Sequence[float]) -> list[float]:
+        """``x`` as a list of the model's feature count of finite float32 numbers."""
         num_features = self.chain.num_features
         if num_features is None:
             raise Unavailable("no model is loaded, so the expected features are unknown")
         try:
-            arr = np.asarray(
-                x, dtype=np.float64
-            ).ravel()  # float64: the range check cannot overflow
+            arr = np.asarray(x)
+            if arr.dtype.kind != "f":
+                arr = arr.astype(np.float64)
         except (TypeError, ValueError) as e:
             raise InputError(f"x must be a list of {num_features} numbers: {e}") from e
-        if arr.shape != (num_features,):
+        if arr.size != num_features:
             raise InputError(f"expected {num_features} features, got {arr.size}")
+        # Floats are checked in their own width: float64 cannot overflow here, and
+        # a finite float32 (what predict takes, the common case) is in range.
         if not np.abs(arr).max() <= _F32_MAX:  # NaN fails the comparison too
             raise InputError(
                 "features must be finite float32 numbers (got NaN, infinity or overflow)"
             )
-        return arr
+        values: list[float] = arr.ravel().tolist()
+        return values
 
     @property
     def can_serve(self) -> bool:

@@ -29,8 +29,12 @@ from pathlib import Path
 from edge.durable import atomic_write
 from shared.errors import ConfigError
 
-#: Numbers reserved per write of the seq file (the most a crash can skip).
-SEQ_BLOCK = 1000
+#: Numbers reserved per write of the seq file (the most a crash can skip). The
+#: sender thread extends the reservation once per send, and under load a send
+#: moves about a thousand events: a block must outlast several sends, or the
+#: thread calling ``next`` waits for the fsync. The size of a gap costs the
+#: trainer nothing (cloud/watermark.py abandons it after MAX_ABOVE newer ids).
+SEQ_BLOCK = 10_000
 
 
 class SeqCounter:

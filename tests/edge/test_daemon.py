@@ -49,9 +49,12 @@ def test_feedback_with_an_input_instead_of_a_request_id(
     serving: EdgeDaemon, redis_client: redis.Redis, keys: FleetKeys
 ) -> None:
     serving.feedback(label=0, x=[1.0] * 64)
+    serving.feedback(label=1, x=np.arange(64, dtype=np.float32).reshape(1, 64))
+    serving.feedback(label=2, x=[0.1] * 63 + [7])  # float64 and int values are sent as given
     assert serving.uplink.flush(5)
-    (event,) = stream_events(redis_client, keys.feedback)
-    assert event["x"] == [1.0] * 64 and event["predicted"] is None and event["request_id"] is None
+    first, second, third = stream_events(redis_client, keys.feedback)
+    assert first["x"] == [1.0] * 64 and first["predicted"] is None and first["request_id"] is None
+    assert second["x"] == list(range(64)) and third["x"] == [0.1] * 63 + [7.0]
 
 
 @pytest.mark.parametrize(
@@ -62,6 +65,9 @@ def test_feedback_with_an_input_instead_of_a_request_id(
         ({"label": -1, "x": [0.0] * 64}, "InputError", "outside"),
         ({"label": 1, "x": [0.0] * 63}, "InputError", "expected 64 features"),
         ({"label": 1, "x": [float("nan")] * 64}, "InputError", "finite"),
+        ({"label": 1, "x": np.full(64, np.inf, np.float32)}, "InputError", "finite"),
+        ({"label": 1, "x": [1e39] * 64}, "InputError", "finite"),  # beyond float32
+        ({"label": 1, "x": ["a"] * 64}, "InputError", "64 numbers"),
         ({"label": 1}, "InputError", "request_id"),
     ],
 )
