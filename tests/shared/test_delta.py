@@ -121,8 +121,9 @@ def test_a_corrupted_patch_never_yields_a_wrong_file(
         result = apply_patch(base, bytes(patch), MAX)
     except (ArtifactError, IntegrityError):
         return
-    # Only the reserved flags byte may change without consequence.
-    assert where % len(patch) == 5 and result == target
+    # Some bytes carry nothing the result depends on (the reserved flags, parts of
+    # the zstd frame header): a flip there may pass, but never with a wrong file.
+    assert result == target
 
 
 def test_a_consistent_body_with_the_wrong_data_fails_the_target_hash() -> None:
