@@ -19,13 +19,12 @@ the two implementations below; tests run one contract over every implementation.
 from __future__ import annotations
 
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Protocol
 
 from shared.codec import check_sha256, sha256_hex
+from shared.durable import atomic_write
 from shared.errors import ConfigError, NotFound
 
 logger = logging.getLogger(__name__)
@@ -80,17 +79,7 @@ class DirBlobStore:
         if self._intact(path, sha):
             return sha
         path.parent.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{sha[2:14]}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_dir(path.parent)
+        atomic_write(path, data)
         return sha
 
     def get(self, sha256: str) -> bytes:
@@ -137,17 +126,3 @@ class MemoryBlobStore:
 
     def has(self, sha256: str) -> bool:
         return sha256 in self._blobs
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (a no-op where unsupported)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on directories
-    finally:
-        os.close(fd)

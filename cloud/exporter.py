@@ -26,7 +26,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import contextlib
 import io
 import logging
-import tempfile
 import threading
 import time
 import warnings
@@ -41,6 +40,7 @@ from torch import nn
 from cloud.models import predict_proba
 from edge.runtime import TFLiteModel
 from shared.codec import sha256_hex
+from shared.durable import atomic_write
 from shared.errors import EdgeloopError, ModelRejected
 from shared.messages import ProbeSet
 
@@ -213,15 +213,7 @@ def check_int8(
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+    """Write ``data`` to ``path`` (creating its directory) so that readers see the old
+    file or the new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, data)

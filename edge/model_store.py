@@ -8,7 +8,7 @@ Layout under ``state_dir``::
     models/<sha>.tflite           the model file, named by its own hash
     models/<sha>.manifest.json    the SignedManifest it arrived with
 
-Every write is atomic (see ``edge.durable``) and ``state.json`` is written last,
+Every write is atomic (see ``shared.durable``) and ``state.json`` is written last,
 so it is the commit point of an install: a crash before it leaves the previous
 version current and at most an orphan file, which the next prune removes. A file
 is re-hashed each time it is loaded, so a bit flip on the SD card is refused
@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge.durable import atomic_write, remove_durably
 from shared.codec import check_sha256, sha256_hex
+from shared.durable import atomic_write, remove_durably
 from shared.errors import IntegrityError, MessageError, NotFound
 from shared.messages import SignedManifest
 

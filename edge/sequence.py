@@ -26,7 +26,7 @@ import json
 import threading
 from pathlib import Path
 
-from edge.durable import atomic_write
+from shared.durable import atomic_write
 from shared.errors import ConfigError
 
 #: Numbers reserved per write of the seq file (the most a crash can skip). The

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from edge.durable import append_durably, remove_durably
+from shared.durable import append_durably, remove_durably
 
 logger = logging.getLogger(__name__)
 

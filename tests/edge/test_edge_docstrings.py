@@ -9,7 +9,6 @@ import pytest
 
 MODULES = [
     "edge.settings",
-    "edge.durable",
     "edge.spool",
     "edge.connections",
     "edge.fallback",

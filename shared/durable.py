@@ -1,5 +1,5 @@
-"""Writes that survive a power cut: what the model store, the seq counter and the
-feedback spool stand on.
+"""Writes that survive a power cut: what the edge's model store, seq counter and
+feedback spool, and the cloud's blob store and exports stand on.
 
 An edge loses power without warning. A file is therefore either replaced whole
 (temp file in the same directory, fsync, ``os.replace``, fsync the directory) or
