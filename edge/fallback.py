@@ -10,8 +10,10 @@ reason the first link did not answer.
 This is the hot path, benchmarked against a bare set_tensor/invoke/get_tensor
 (about 5 µs). Hence: no pydantic, no logging, no uuid, no lock on the success
 path; one read of the immutable plan gives a consistent view of the chain even
-while ``swap`` replaces it; request ids are a per-chain prefix plus a counter; the inputs kept
-for feedback joins live in a fixed ring indexed by that counter.
+while ``swap`` replaces it; request ids are a per-chain prefix plus a counter; the
+inputs kept for feedback joins live in a fixed ring of plain tuples indexed by
+that counter; an answer holds the link and the counter, and its request id,
+version and sha256 are derived when read.
 
 >>> import numpy as np
 >>> from edge.runtime import TFLiteModel
@@ -32,6 +34,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from math import isfinite
+from operator import index
 from time import perf_counter
 from typing import Any
 
@@ -53,18 +56,54 @@ _F32 = np.dtype(np.float32)
 _ndarray = np.ndarray
 
 
-@dataclass(slots=True)
 class Prediction:
-    """One answer. ``fallback`` is true when a link other than the current model answered."""
+    """One answer. ``fallback`` is true when a link other than the current model answered.
 
-    label: int
-    probabilities: FloatArray
-    model_version: int | None
-    model_sha256: str | None
-    request_id: str
-    fallback: bool
-    fallback_reason: str | None
-    latency_ms: float
+    What follows from the link that answered (the model's version and sha256)
+    or from the request number (the request id) is read on demand: building it
+    for every request cost a fifth of the chain's overhead.
+    """
+
+    __slots__ = ("_link", "_number", "fallback_reason", "label", "latency_ms", "probabilities")
+
+    def __init__(
+        self,
+        label: int,
+        probabilities: FloatArray,
+        link: _Link,
+        number: int,
+        fallback_reason: str | None,
+        latency_ms: float,
+    ) -> None:
+        self.label = label
+        self.probabilities = probabilities
+        self._link = link
+        self._number = number
+        self.fallback_reason = fallback_reason
+        self.latency_ms = latency_ms
+
+    @property
+    def model_version(self) -> int | None:
+        return self._link.version
+
+    @property
+    def model_sha256(self) -> str:
+        return self._link.sha256
+
+    @property
+    def request_id(self) -> str:
+        return f"{self._link.id_prefix}{self._number}"
+
+    @property
+    def fallback(self) -> bool:
+        return self.fallback_reason is not None
+
+    def __repr__(self) -> str:
+        return (
+            f"Prediction(label={self.label}, model_version={self.model_version}, "
+            f"request_id={self.request_id!r}, fallback_reason={self.fallback_reason!r}, "
+            f"latency_ms={self.latency_ms:.3f})"
+        )
 
 
 @dataclass(slots=True, frozen=True)
@@ -85,6 +124,7 @@ class _Link:
 
     __slots__ = (
         "est_ms",
+        "id_prefix",
         "model",
         "num_classes",
         "num_features",
@@ -94,8 +134,9 @@ class _Link:
         "version",
     )
 
-    def __init__(self, model: TFLiteModel) -> None:
+    def __init__(self, model: TFLiteModel, id_prefix: str) -> None:
         self.model = model
+        self.id_prefix = id_prefix  # of the request ids of the chain's answers
         self.run: Callable[[FloatArray], FloatArray] = model.row_predictor()
         self.version = model.version
         self.sha256 = model.sha256
@@ -103,6 +144,10 @@ class _Link:
         self.num_classes = model.num_classes
         self.est_ms = 0.0
         self.skipped = 0
+
+
+#: A recent request: (number, input, link that answered, label, fallback reason, latency ms).
+_Recent = tuple[int, FloatArray, _Link, int, str | None, float]
 
 
 class _Plan:
@@ -142,7 +187,10 @@ class ServingChain:
         self._prefix = secrets.token_hex(4) + "-"
         self._count = itertools.count(1)
         self._uncounted = 0
-        self._recent: list[tuple[Prediction, FloatArray, _Link] | None] = [None] * recent
+        # What a feedback join and the latency percentiles need of the last
+        # ``recent`` requests, as plain tuples (the cheapest record to build, and
+        # it does not keep the caller's answer alive): see _Recent.
+        self._recent: list[_Recent | None] = [None] * recent
         self._recent_size = recent
         self._stats_lock = threading.Lock()
         self.fallback_reasons: dict[str, int] = {}
@@ -159,16 +207,16 @@ class ServingChain:
     ) -> None:
         """Install the links at start (models already built and warmed)."""
         with self._swap_lock:
-            self._current = _Link(current) if current else None
-            self._lkg = _Link(last_known_good) if last_known_good else None
-            self._baseline = _Link(baseline) if baseline else None
+            self._current = _Link(current, self._prefix) if current else None
+            self._lkg = _Link(last_known_good, self._prefix) if last_known_good else None
+            self._baseline = _Link(baseline, self._prefix) if baseline else None
             self._replan()
 
     def swap(self, model: TFLiteModel) -> None:
         """Serve ``model`` from the next request on; the current model (if it was
         serving) becomes last-known-good. The caller built and checked ``model``
         off the request path; this is one reference assignment."""
-        link = _Link(model)
+        link = _Link(model, self._prefix)
         with self._swap_lock:
             if self._current is not None and self._current.sha256 != link.sha256:
                 self._lkg = self._current
@@ -251,7 +299,7 @@ class ServingChain:
                 return self._walk(plan, checked, n, t0, budget_ms, 0, plan.head_reason)
             return self._walk(plan, x, n, t0, budget_ms, 1, INVOKE_ERROR)
         t1 = perf_counter()
-        label = int(out.argmax())
+        label = index(out.argmax())  # operator.index: a third cheaper than int() here
         # argmax returns the first NaN if there is one, and +inf wins it
         # otherwise, so checking the winner sees any non-finite probability.
         if not isfinite(out.item(label)):
@@ -259,9 +307,8 @@ class ServingChain:
             return self._walk(plan, x, n, t0, budget_ms, 1, NOT_FINITE)  # type: ignore[arg-type]
         ms = (t1 - t0) * 1000.0
         head.est_ms += (ms - head.est_ms) * EWMA
-        p = Prediction(label, out, head.version, head.sha256, f"{self._prefix}{n}", False, None, ms)
-        self._recent[n % self._recent_size] = (p, x, head)  # type: ignore[assignment]
-        return p
+        self._recent[n % self._recent_size] = (n, x, head, label, None, ms)  # type: ignore[assignment]
+        return Prediction(label, out, head, n, None, ms)
 
     def _walk(
         self,
@@ -293,7 +340,7 @@ class ServingChain:
                 t = perf_counter()
                 continue
             t1 = perf_counter()
-            label = int(out.argmax())
+            label = index(out.argmax())
             if not isfinite(out.item(label)):
                 self._check_finite_input(x)
                 reason = reason or NOT_FINITE
@@ -304,14 +351,10 @@ class ServingChain:
             # comes back as soon as one measurement says it is fast again.
             link.est_ms = ms if probing else link.est_ms + (ms - link.est_ms) * EWMA
             ms = (t1 - t0) * 1000.0
-            fallback = reason is not None
-            if fallback:
-                self._count_fallback(reason)  # type: ignore[arg-type]
-            p = Prediction(
-                label, out, link.version, link.sha256, f"{self._prefix}{n}", fallback, reason, ms
-            )
-            self._recent[n % self._recent_size] = (p, x, link)
-            return p
+            if reason is not None:
+                self._count_fallback(reason)
+            self._recent[n % self._recent_size] = (n, x, link, label, reason, ms)
+            return Prediction(label, out, link, n, reason, ms)
         return self._fail(plan, reason)
 
     # -- the slow paths -----------------------------------------------------
@@ -374,11 +417,11 @@ class ServingChain:
         except ValueError:
             return None
         entry = self._recent[n % self._recent_size]
-        if entry is None or entry[0].request_id != request_id:
-            return None
-        p, x, link = entry
+        if entry is None or entry[0] != n or request_id != f"{self._prefix}{n}":
+            return None  # expired, or not the canonical form of the id (say, "007")
+        _, x, link, label, reason, _ = entry
         return RecentInput(
-            x.reshape(-1), p.label, p.model_version, p.model_sha256, link.num_classes, p.fallback
+            x.reshape(-1), label, link.version, link.sha256, link.num_classes, reason is not None
         )
 
     @property
@@ -397,9 +440,9 @@ class ServingChain:
         the ring already holds them, so the hot path pays nothing extra for
         latency statistics."""
         window = [
-            e[0].latency_ms
+            e[5]
             for e in self._recent[:]
-            if e is not None and (sha256 is None or e[0].model_sha256 == sha256)
+            if e is not None and (sha256 is None or e[2].sha256 == sha256)
         ]
         if not window:
             return None, None

@@ -217,7 +217,9 @@ def test_recent_predictions_are_recalled_until_they_expire() -> None:
     row = chain.predict(X.reshape(1, 64).copy())
     recalled = chain.recall(row.request_id)
     assert recalled is not None and recalled.x.shape == (64,)
-    for bogus in ("", "nope", first.request_id + "x", "00000000-1"):
+    latest = chain.predict(X.copy()).request_id
+    prefix, _, number = latest.rpartition("-")
+    for bogus in ("", "nope", first.request_id + "x", "00000000-1", f"{prefix}-0{number}"):
         assert chain.recall(bogus) is None
 
 
