@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(_resolve(args._run)(args))
     except EdgeloopError as e:
         print(f"edgeloop {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return int(getattr(e, "exit_code", 2))
     except OSError as e:  # a path the user gave cannot be read or written
         print(f"edgeloop {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -92,7 +92,8 @@ def models_table_of(models: ModelsPublic) -> Any:
 
 def _client(args: argparse.Namespace) -> ApiClient:
     settings = client_settings(args.config)
-    return ApiClient(args.api or settings.api_url, settings.timeout_s)
+    token = settings.token.get_secret_value() if settings.token else None
+    return ApiClient(args.api or settings.api_url, settings.timeout_s, token)
 
 
 def _only_model(api: ApiClient) -> str:

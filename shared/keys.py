@@ -160,3 +160,14 @@ class FleetKeys:
     def active_rollout(self, model: str) -> str:
         """The id of the rollout in progress for ``model``, if any (one at a time)."""
         return f"{self._p}:active-rollout:{check_name('model', model)}"
+
+    # API access (cloud/tokens.py): bearer tokens, stored hashed.
+    @property
+    def tokens(self) -> str:
+        """Hash of token digest (HMAC-SHA256 under the API's pepper) -> ``TokenRecord`` (JSON)."""
+        return f"{self._p}:tokens"
+
+    @property
+    def token_names(self) -> str:
+        """Hash of token name -> digest: names are unique, and a token is revoked by name."""
+        return f"{self._p}:token-names"

@@ -7,15 +7,35 @@ APIs for two fleets can run in one process or one test.
 >>> import tempfile
 >>> from cloud.api.settings import ApiSettings
 >>> app = create_app(ApiSettings(mode="development", fleet="lab", blob_dir=tempfile.gettempdir()))
->>> for path in sorted(app.openapi()["paths"]):
-...     print(path)
-/healthz
-/v1/models
-/v1/models/{model}/delta
-/v1/models/{model}/diff
-/v1/models/{model}/versions
-/v1/models/{model}/versions/{ref}
-/v1/models/{model}/versions/{ref}/explanation
+>>> for path, ops in sorted(app.openapi()["paths"].items()):
+...     print(path, " ".join(sorted(ops)))
+/healthz get
+/metrics get
+/v1/devices get
+/v1/devices/{device_id} get
+/v1/devices/{device_id}/pin delete put
+/v1/devices/{device_id}/status post
+/v1/feedback post
+/v1/fleet get
+/v1/models get
+/v1/models/{model}/delta get
+/v1/models/{model}/diff get
+/v1/models/{model}/versions get
+/v1/models/{model}/versions/{ref} get
+/v1/models/{model}/versions/{ref}/explanation get
+/v1/rollouts get post
+/v1/rollouts/{rollout_id} get
+/v1/rollouts/{rollout_id}/abort post
+/v1/rollouts/{rollout_id}/pause post
+/v1/rollouts/{rollout_id}/promote post
+/v1/rollouts/{rollout_id}/resume post
+/v1/rollouts/{rollout_id}/rollback post
+/v1/tokens get post
+/v1/tokens/{name} delete
+
+Every route but ``/healthz`` needs a bearer token (``cloud/api/auth.py``).
+With ``controller_interval_s`` > 0 the app steps the rollout controller in a
+thread from startup to shutdown (``cloud/rollout/runner.py``).
 """
 
 from __future__ import annotations
@@ -25,12 +45,31 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
-from cloud.api import errors
-from cloud.api.routers import deltas, diffs, health, models, versions
+from cloud.api import errors, metrics
+from cloud.api.auth import AUTH_RESPONSES, require_viewer
+from cloud.api.routers import (
+    deltas,
+    devices,
+    diffs,
+    feedback,
+    fleet,
+    health,
+    models,
+    pins,
+    rollouts,
+    tokens,
+    versions,
+)
+from cloud.api.routers import metrics as metrics_router
 from cloud.api.settings import ApiSettings
+from cloud.fleet_view import FleetView
 from cloud.registry import DirBlobStore, Registry
+from cloud.rollout.controller import RolloutController
+from cloud.rollout.runner import ControllerLoop
+from cloud.rollout.view import RolloutsView
+from cloud.tokens import TokenStore
 from cloud.versions_view import VersionsView
 from shared.keys import FleetKeys
 from shared.signing import Verifier
@@ -38,13 +77,19 @@ from shared.signing import Verifier
 logger = logging.getLogger(__name__)
 
 DESCRIPTION = """\
-Read a fleet's model versions: their signed manifests, the explanation each
-version carries (why it exists, what it changed), comparisons of two versions,
-and patches from a version an edge holds to a newer one.
+A fleet's model versions (signed manifests, explanations, comparisons, patches),
+its devices, staged rollouts with health gates, pins, and feedback and status
+over HTTP for edges that cannot reach Redis.
 
-Errors are `{"detail": "<message>"}`: 404 for an unknown model or version, 409
-when no patch is possible (fetch the full file), 422 for a malformed parameter,
-503 when the registry is unreachable.
+Authentication: `Authorization: Bearer <token>` (`edgeloop token issue`).
+Roles: `viewer` reads everything; `admin` also starts and steers rollouts, pins
+devices and manages tokens; `device` posts feedback and status for the one
+device its token names. 401 without a valid token, 403 for the wrong role.
+
+Errors are `{"detail": "<message>"}`: 404 for an unknown model, version, device
+or rollout, 409 when the state does not allow the request (no patch possible,
+a rollout in progress, an action the rollout's state forbids), 422 for a
+malformed parameter or body, 503 when Redis is unreachable.
 """
 
 
@@ -53,19 +98,45 @@ def create_app(settings: ApiSettings) -> FastAPI:
     assert settings.public_key is not None and settings.blob_dir is not None  # settings fill them
     verifier = _verifier(settings)
     client = redis.Redis.from_url(settings.redis_url)
-    registry = Registry(client, FleetKeys(settings.fleet), DirBlobStore(settings.blob_dir))
+    keys = FleetKeys(settings.fleet)
+    registry = Registry(client, keys, DirBlobStore(settings.blob_dir))
+    controller = RolloutController(client, keys, registry)
+    if settings.mode == "development" and settings.dev_pepper:
+        logger.warning(
+            "development mode: API tokens are hashed with a fixed, public pepper; "
+            "set token_pepper to a secret before this API holds real tokens"
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        client.close()
+        loop = None
+        if settings.controller_interval_s > 0:
+            loop = ControllerLoop(controller, settings.controller_interval_s)
+            loop.start()
+        app.state.controller_loop = loop
+        try:
+            yield
+        finally:
+            if loop is not None:
+                loop.stop()
+            client.close()
 
     app = FastAPI(title="edgeloop cloud", version="1", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.view = VersionsView(registry, verifier)
+    app.state.fleet = FleetView(client, keys, registry)
+    app.state.rollouts = RolloutsView(controller, registry)
+    app.state.tokens = TokenStore(client, keys, settings.pepper)
+    app.state.request_counts = metrics.RequestCounts()
+    app.state.controller_loop = None
     errors.install(app)
-    for module in (models, versions, diffs, deltas, health):
-        app.include_router(module.router)
+    metrics.install(app, app.state.request_counts)
+    reads = [Depends(require_viewer)]
+    for module in (models, versions, diffs, deltas):
+        app.include_router(module.router, dependencies=reads, responses=AUTH_RESPONSES)
+    for module in (fleet, devices, pins, rollouts, feedback, tokens, metrics_router):
+        app.include_router(module.router, responses=AUTH_RESPONSES)
+    app.include_router(health.router)
     return app
 
 

@@ -7,6 +7,9 @@ from typing import Annotated
 from fastapi import Depends, Path, Query, Request
 
 from cloud.api.settings import ApiSettings
+from cloud.fleet_view import FleetView
+from cloud.rollout.view import RolloutsView
+from cloud.tokens import TokenStore
 from cloud.versions_view import VersionsView
 
 #: A model name (shared.keys.check_name).
@@ -14,6 +17,8 @@ MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 #: A version ref: number (3 or v3), label, or sha256 / a prefix of 6+ hex digits of it.
 REF_PATTERN = r"^(?:[vV]?[1-9][0-9]{0,8}|[a-z][a-z0-9_.\-]{0,31}|[0-9a-f]{6,64})$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
+#: A device id, token name or rollout id (shared.keys.check_name).
+NAME_PATTERN = MODEL_PATTERN
 
 #: What to do about a parameter that does not match its pattern (the 422's message).
 HINTS = {
@@ -23,6 +28,9 @@ HINTS = {
     "a": "name a version by number (3 or v3), label (stable) or sha256 (or 6+ hex digits of it)",
     "b": "name a version by number (3 or v3), label (stable) or sha256 (or 6+ hex digits of it)",
     "base": "base is the full sha256 (64 lowercase hex digits) of the version the edge holds",
+    "device_id": "a device id is 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit",
+    "rollout_id": "a rollout id is the 12 hex digits POST /v1/rollouts answered with",
+    "name": "a token name is 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit",
 }
 
 
@@ -34,8 +42,29 @@ def get_view(request: Request) -> VersionsView:
     return request.app.state.view  # type: ignore[no-any-return]
 
 
+def get_fleet(request: Request) -> FleetView:
+    return request.app.state.fleet  # type: ignore[no-any-return]
+
+
+def get_rollouts(request: Request) -> RolloutsView:
+    return request.app.state.rollouts  # type: ignore[no-any-return]
+
+
+def get_tokens(request: Request) -> TokenStore:
+    return request.app.state.tokens  # type: ignore[no-any-return]
+
+
 SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
 ViewDep = Annotated[VersionsView, Depends(get_view)]
+FleetDep = Annotated[FleetView, Depends(get_fleet)]
+RolloutsDep = Annotated[RolloutsView, Depends(get_rollouts)]
+TokensDep = Annotated[TokenStore, Depends(get_tokens)]
+
+DeviceId = Annotated[str, Path(pattern=NAME_PATTERN, description="device id", examples=["pi-07"])]
+RolloutId = Annotated[
+    str, Path(pattern=NAME_PATTERN, description="rollout id", examples=["4be0c1f2a9d3"])
+]
+TokenName = Annotated[str, Path(pattern=NAME_PATTERN, description="token name", examples=["alice"])]
 
 ModelName = Annotated[
     str, Path(pattern=MODEL_PATTERN, description="model name", examples=["digits"])

@@ -3,6 +3,9 @@
 - unknown model, version or base → 404; a sha256 prefix of several versions,
   no patch possible, or a version whose file does not load in this runtime → 409;
 - a malformed path or query → 422 naming the parameter and what a good one looks like;
+- a rollout action the rollout's state does not allow, or a second rollout of
+  a model, or a token name in use → 409; a request the state makes impossible
+  (no device to roll out to, an event id of another device) → 422;
 - the registry's Redis unreachable → 503 (retry later).
 """
 
@@ -19,7 +22,9 @@ from fastapi.responses import JSONResponse
 from cloud.api.deps import HINTS
 from cloud.api.schemas import ErrorPublic
 from cloud.registry import AmbiguousRef, PatchUnavailable
-from shared.errors import ModelRejected, NotFound
+from cloud.rollout.controller import RolloutConflict
+from cloud.tokens import TokenConflict
+from shared.errors import InputError, ModelRejected, NotFound
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +33,9 @@ _STATUS: list[tuple[type[Exception], int]] = [
     (AmbiguousRef, 409),  # a VersionNotFound: the handler of the most specific class wins
     (PatchUnavailable, 409),
     (ModelRejected, 409),
+    (RolloutConflict, 409),
+    (TokenConflict, 409),
+    (InputError, 422),
 ]
 
 

@@ -1,21 +1,27 @@
 """The public shapes of the REST API: what ``cloud.versions_view`` returns and the CLI reads.
 
-``XPublic`` is what a client sees of X. Write shapes (``XCreate``) join them
-when the API grows writes (rollouts, pins, tokens).
+``XPublic`` is what a client sees of X; ``XCreate`` is what a client sends to
+make one (rollouts, pins, tokens, feedback).
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.messages import (
+    EdgeCounters,
     Explanation,
+    FeedbackEvent,
     Flips,
     ModelManifest,
     ModelMetrics,
     SignedManifest,
     WeightChange,
 )
+from shared.rollouts import Rollout, RolloutSpec, StageSpec
+from shared.tokens import Role
 
 SHA_EXAMPLE = "3f1c9a5e7b2d4c6f8a0e1b3d5f7a9c2e4b6d8f0a1c3e5a7b9d2f4c6e8a0b1d3f"
 
@@ -101,3 +107,214 @@ class HealthPublic(BaseModel):
 
 class ErrorPublic(BaseModel):
     detail: str = Field(examples=["digits has no version 9"])
+
+
+# -- devices and the fleet ----------------------------------------------------------
+
+#: A device id, model or rollout id as a key part (shared.keys.check_name).
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+
+DeviceHealth = Literal["starting", "serving", "degraded", "stopping", "offline"]
+
+
+class DevicePublic(BaseModel):
+    """One device: its last report (gone after the report's TTL: then ``offline``)."""
+
+    device_id: str = Field(examples=["pi-07"])
+    health: DeviceHealth = Field(
+        description="the reported state, or offline when the report expired"
+    )
+    last_seen: float | None = Field(None, description="unix time of the last report")
+    model: str | None = Field(None, examples=["digits"])
+    version: int | None = Field(None, description="version served (None: baseline or unknown)",
+                                examples=[3])  # fmt: skip
+    sha256: str | None = Field(None, examples=[SHA_EXAMPLE])
+    desired_sha256: str | None = Field(
+        None, description="pin, else rollout assignment, else target"
+    )
+    pinned_sha256: str | None = None
+    assigned_sha256: str | None = Field(None, description="set by a running rollout")
+    runtime: str | None = None
+    uptime_s: float | None = None
+    rolling_accuracy: float | None = Field(None, examples=[0.94])
+    latency_ms_p50: float | None = None
+    latency_ms_p99: float | None = None
+    counters: EdgeCounters | None = None
+    last_error: str | None = None
+    refused_sha256: str | None = None
+    revert_reason: str | None = None
+
+
+class DevicesPublic(BaseModel):
+    fleet: str = Field(examples=["default"])
+    total: int = Field(description="devices ever seen (the list may be a page of them)")
+    devices: list[DevicePublic] = Field(description="most recently seen first")
+
+
+class ModelTarget(BaseModel):
+    target_version: int | None = Field(None, examples=[3])
+    target_sha256: str | None = None
+    active_rollout: str | None = Field(None, examples=["4be0c1f2a9d3"])
+
+
+class FleetPublic(BaseModel):
+    """Device counts by version and by health."""
+
+    fleet: str = Field(examples=["default"])
+    devices: int = Field(examples=[12])
+    online: int = Field(examples=[11])
+    by_version: dict[str, int] = Field(
+        description="'v<N>', 'baseline' (no version), or 'unknown' (offline)",
+        examples=[{"v3": 10, "v4": 1, "unknown": 1}],
+    )
+    by_health: dict[str, int] = Field(examples=[{"serving": 11, "offline": 1}])
+    models: dict[str, ModelTarget] = Field(default_factory=dict)
+
+
+class StatusAccepted(BaseModel):
+    device_id: str = Field(examples=["pi-07"])
+    ttl_s: int = Field(description="the device counts as offline this long after the report")
+
+
+# -- pins -----------------------------------------------------------------------------
+
+
+class PinCreate(BaseModel):
+    """Pin a device to a version of a model: rollouts leave it alone."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"model": "digits", "version": "3"}]}
+    )
+
+    model: str = Field(pattern=NAME_PATTERN, examples=["digits"])
+    version: str = Field(min_length=1, max_length=64,
+                         description="version number (3 or v3), label or sha256",
+                         examples=["3"])  # fmt: skip
+
+
+class PinPublic(BaseModel):
+    device_id: str = Field(examples=["pi-07"])
+    model: str = Field(examples=["digits"])
+    version: int = Field(examples=[3])
+    sha256: str = Field(examples=[SHA_EXAMPLE])
+
+
+class PinsRemoved(BaseModel):
+    device_id: str
+    models: list[str] = Field(description="models the device was unpinned from")
+
+
+# -- rollouts -------------------------------------------------------------------------
+
+
+class RolloutCreate(RolloutSpec):
+    """Start moving a model from the fleet's target to ``target``, ring by ring."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"model": "digits", "target": "4",
+                 "stages": [{"name": "canary", "count": 1}, {"name": "half", "percent": 50},
+                            {"name": "all", "percent": 100}],
+                 "auto_promote": True, "gate": {"min_labeled": 50, "max_accuracy_drop": 0.05}},
+            ]
+        },
+    )  # fmt: skip
+
+    model: str = Field(pattern=NAME_PATTERN, examples=["digits"])
+    target: str = Field(min_length=1, max_length=64,
+                        description="version number (4 or v4), label or sha256 of version B",
+                        examples=["4"])  # fmt: skip
+    devices: list[str] | None = Field(None, max_length=100_000,
+                                      description="limit the rollout to these devices")  # fmt: skip
+
+    @field_validator("devices")
+    @classmethod
+    def _device_ids(cls, v: list[str] | None) -> list[str] | None:
+        return v if v is None else [_device_id(d) for d in v]
+
+    @field_validator("stages")
+    @classmethod
+    def _stage_devices(cls, v: list[StageSpec]) -> list[StageSpec]:
+        for stage in v:
+            for d in stage.devices or []:
+                _device_id(d)
+        return v
+
+
+def _device_id(v: str) -> str:
+    import re
+
+    if not re.match(NAME_PATTERN, v):
+        raise ValueError(f"invalid device id {v!r}: use 1-64 letters, digits, '_', '.' or '-'")
+    return v
+
+
+class RolloutDevices(BaseModel):
+    """Where the rollout's devices are, from their latest reports."""
+
+    total: int = Field(description="devices in the rollout's rings")
+    on_target: int = Field(description="serving version B")
+    on_source: int = Field(description="serving version A")
+    elsewhere: int = Field(description="serving another version (a pin, the baseline)")
+    offline: int = Field(description="no recent report")
+
+
+class RolloutPublic(Rollout):
+    """A rollout's whole state (stages, last gate figures and reasons, events) and its devices."""
+
+    devices: RolloutDevices
+
+
+class RolloutsPublic(BaseModel):
+    rollouts: list[RolloutPublic] = Field(description="newest first")
+
+
+# -- feedback -------------------------------------------------------------------------
+
+
+class FeedbackBatch(BaseModel):
+    """Several events in one request (an edge's batch)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[FeedbackEvent] = Field(min_length=1, max_length=1000)
+
+
+class FeedbackAcceptedPublic(BaseModel):
+    accepted: int = Field(description="events appended to the fleet's feedback stream",
+                          examples=[2])  # fmt: skip
+    entries: list[str] = Field(description="stream entry ids (one per batch of events)",
+                               examples=[["1718000000000-0"]])  # fmt: skip
+
+
+# -- tokens ---------------------------------------------------------------------------
+
+
+class TokenCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"name": "pi-07", "role": "device", "device": "pi-07"}]},
+    )
+
+    name: str = Field(pattern=NAME_PATTERN, examples=["alice"])
+    role: Role = Field(examples=["viewer"])
+    device: str | None = Field(None, pattern=NAME_PATTERN,
+                               description="device tokens only: the device it may post for")  # fmt: skip
+
+
+class TokenPublic(BaseModel):
+    name: str = Field(examples=["alice"])
+    role: Role
+    device: str | None = None
+    created_at: float
+    created_by: str = ""
+
+
+class TokenIssued(TokenPublic):
+    token: str = Field(description="the bearer token: shown this once, stored only hashed")
+
+
+class TokensPublic(BaseModel):
+    tokens: list[TokenPublic]

@@ -5,10 +5,14 @@ given to ``edgeloop api --config``, then the defaults below.
 
 The public key has no default outside ``mode = "development"``: an API that
 cannot verify what it serves would show operators explanations nobody signed.
+Nor has ``token_pepper``, the secret that API tokens are hashed under
+(``cloud/tokens.py``): outside development it must be set, and not to a
+well-known value; in development a fixed, public pepper is used (and logged).
 
->>> s = ApiSettings(public_key="/etc/edgeloop/signing.pub", fleet="lab")
->>> s.port, s.blob_dir
-(8080, PosixPath('/var/lib/edgeloop/blobs'))
+>>> s = ApiSettings(public_key="/etc/edgeloop/signing.pub", fleet="lab",
+...                 token_pepper="k3Jx9-fleet-lab-pepper-2f7Q")
+>>> s.port, s.blob_dir, s.controller_interval_s
+(8080, PosixPath('/var/lib/edgeloop/blobs'), 5.0)
 """
 
 from __future__ import annotations
@@ -16,12 +20,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from cloud.settings import DEV_BLOB_DIR, DEV_KEY_DIR, PROD_BLOB_DIR
 from shared.config import EnvFirstSettings
 from shared.keys import check_name
+
+#: The pepper of ``mode = "development"``: public, so never good for anything else.
+DEV_TOKEN_PEPPER = "edgeloop-development-token-pepper"
+#: Peppers that are defaults somewhere (or guessable): refused outside development.
+KNOWN_PEPPERS = frozenset(
+    {DEV_TOKEN_PEPPER, "changeme", "change-me", "change_me", "secret", "pepper", "edgeloop",
+     "default", "password", "token_pepper", "development", "test", "example"}
+)  # fmt: skip
+MIN_PEPPER_CHARS = 16
 
 
 class ApiSettings(EnvFirstSettings):
@@ -42,6 +55,21 @@ class ApiSettings(EnvFirstSettings):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    token_pepper: SecretStr | None = Field(
+        None,
+        description="secret that API tokens are hashed under (HMAC-SHA256); required outside "
+        "development, at least 16 characters; changing it invalidates every token",
+    )
+    controller_interval_s: float = Field(
+        5.0,
+        ge=0,
+        description="run the rollout controller's step this often (0: not in this process)",
+    )
+    device_status_ttl_s: int = Field(
+        10, ge=1, description="lifetime of a device key written by POST /v1/devices/{id}/status"
+    )
+    status_stream_maxlen: int = Field(10_000, ge=1, description="cap of the status stream (~)")
+    feedback_batch: int = Field(256, ge=1, description="events per feedback stream entry")
 
     @field_validator("fleet")
     @classmethod
@@ -60,4 +88,31 @@ class ApiSettings(EnvFirstSettings):
             self.public_key = DEV_KEY_DIR / "signing.pub"
         if self.blob_dir is None:
             self.blob_dir = DEV_BLOB_DIR if dev else PROD_BLOB_DIR
+        if not dev:
+            _check_pepper(self.token_pepper)
         return self
+
+    @property
+    def pepper(self) -> bytes:
+        """The token pepper; the public development one when none is set (development only)."""
+        if self.token_pepper is None:
+            return DEV_TOKEN_PEPPER.encode()
+        return self.token_pepper.get_secret_value().encode()
+
+    @property
+    def dev_pepper(self) -> bool:
+        return self.token_pepper is None or self.token_pepper.get_secret_value() in KNOWN_PEPPERS
+
+
+def _check_pepper(pepper: SecretStr | None) -> None:
+    if pepper is None:
+        raise ValueError(
+            "token_pepper is required outside development: set EDGELOOP_API_TOKEN_PEPPER to a "
+            "random secret, e.g. the output of `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+        )
+    value = pepper.get_secret_value()
+    if value.strip().lower() in KNOWN_PEPPERS or len(value) < MIN_PEPPER_CHARS:
+        raise ValueError(
+            f"token_pepper is a well-known or short value: use a random secret of at least "
+            f"{MIN_PEPPER_CHARS} characters outside development"
+        )

@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import numpy as np
 import pytest
+from api_helpers import PEPPER, bearer, issue
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -36,12 +37,15 @@ FLEET = "test"  # tests/cloud/conftest.py
 @pytest.fixture
 def api_settings(fleet_client, published_fleet, signing_dir, redis_url) -> ApiSettings:
     return ApiSettings(fleet=FLEET, redis_url=redis_url, public_key=signing_dir / "signing.pub",
-                       blob_dir=published_fleet.blob_dir)  # fmt: skip
+                       blob_dir=published_fleet.blob_dir, token_pepper=PEPPER)  # fmt: skip
 
 
 @pytest.fixture
-def api(api_settings):
-    with TestClient(create_app(api_settings), raise_server_exceptions=False) as client:
+def api(api_settings, fleet_client):
+    headers = bearer(issue(fleet_client, FLEET, "viewer"))
+    with TestClient(
+        create_app(api_settings), raise_server_exceptions=False, headers=headers
+    ) as client:
         yield client
 
 
@@ -166,7 +170,7 @@ def test_diff_measures_both_versions_on_the_same_data(api, published_fleet):
 def test_health_and_an_unreachable_registry(api, api_settings):
     assert api.get("/healthz").json() == {"status": "ok", "fleet": FLEET, "redis": "ok"}
     down = api_settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
-    with TestClient(create_app(down), raise_server_exceptions=False) as client:
+    with TestClient(create_app(down), raise_server_exceptions=False, headers=api.headers) as client:
         r = client.get("/healthz")
         assert r.status_code == 503 and r.json()["status"] == "unavailable"
         r = client.get("/v1/models/digits/versions")
@@ -195,7 +199,9 @@ def test_settings_refuse_to_start_without_a_public_key_outside_development(tmp_p
         load_settings(ApiSettings, None)
     monkeypatch.setenv("EDGELOOP_API_URL", "http://127.0.0.1:9")  # the CLI's variable: ignored
     config = tmp_path / "api.toml"
-    config.write_text('public_key = "/k.pub"\nport = 9000\nfleet = "lab"\n')
+    config.write_text(
+        f'public_key = "/k.pub"\nport = 9000\nfleet = "lab"\ntoken_pepper = "{PEPPER}"\n'
+    )
     monkeypatch.setenv("EDGELOOP_API_PORT", "9001")
     s = load_settings(ApiSettings, config)
     assert (s.port, s.fleet, str(s.public_key)) == (9001, "lab", "/k.pub")
@@ -230,7 +236,8 @@ def test_arrays_in_responses_are_plain_numbers(api):
     assert np.isclose(sum(e["attribution"]["child_importance"]), 1.0, atol=1e-3)
 
 
-def test_the_example_config_loads():
+def test_the_example_config_loads(monkeypatch):
+    monkeypatch.setenv("EDGELOOP_API_TOKEN_PEPPER", PEPPER)  # a secret: never in the file
     root = Path(__file__).resolve().parents[2]
     s = load_settings(ApiSettings, root / "deploy" / "examples" / "api.toml")
     assert s.mode == "production" and s.public_key.name == "signing.pub"
@@ -241,6 +248,7 @@ def test_edgeloop_api_serves_and_its_check_passes(tmp_path, api_settings):
     config.write_text(
         f'fleet = "{FLEET}"\nredis_url = "{api_settings.redis_url}"\nblob_dir = "{api_settings.blob_dir}"\n'
         f'public_key = "{api_settings.public_key}"\nport = {_free_port()}\n'
+        f'token_pepper = "{PEPPER}"\n'
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGELOOP_API_")}
     cmd = [sys.executable, "-m", "cloud.cli", "api", "--config", str(config)]

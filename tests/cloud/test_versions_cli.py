@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+from api_helpers import PEPPER, issue
 
 from cloud import cli
 from cloud.api.app import create_app
@@ -35,7 +36,8 @@ def free_port() -> int:
 def server(redis_server, published_fleet, signing_dir) -> Iterator[str]:
     """A real uvicorn server on the session's redis-server (tests restore the fleet's keys)."""
     settings = ApiSettings(fleet=FLEET, redis_url=redis_server.url, port=free_port(),
-                           public_key=signing_dir / "signing.pub", blob_dir=published_fleet.blob_dir)  # fmt: skip
+                           public_key=signing_dir / "signing.pub", blob_dir=published_fleet.blob_dir,
+                           token_pepper=PEPPER)  # fmt: skip
     config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.port,
                             log_level="warning", lifespan="on")  # fmt: skip
     srv = uvicorn.Server(config)
@@ -54,6 +56,7 @@ def server(redis_server, published_fleet, signing_dir) -> Iterator[str]:
 def api_url(server, fleet_client, monkeypatch) -> str:
     monkeypatch.setenv("COLUMNS", "160")  # rich's width when stdout is not a terminal
     monkeypatch.delenv("EDGELOOP_API_URL", raising=False)
+    monkeypatch.setenv("EDGELOOP_TOKEN", issue(fleet_client, FLEET, "viewer"))
     return server
 
 
@@ -107,14 +110,17 @@ def test_diff_puts_metrics_side_by_side(api_url, capsys):
     assert d["flips"]["fixed"] > d["flips"]["broken"] and d["b"]["version"]["version"] == 2
 
 
-def test_user_errors_are_one_line_and_exit_2(api_url, capsys):
-    for argv, words in (
-        (["explain", "9"], "no version 9 (HTTP 404)"),
-        (["explain", "not a ref!"], "name a version by number"),
-        (["diff", "1", "2", "--model", "nope"], "no model 'nope'"),
+def test_user_errors_are_one_line_and_exit_2_or_4_for_not_found(api_url, capsys, monkeypatch):
+    for argv, words, exit_code in (
+        (["explain", "9"], "no version 9 (HTTP 404)", 4),
+        (["explain", "not a ref!"], "name a version by number", 2),
+        (["diff", "1", "2", "--model", "nope"], "no model 'nope'", 4),
     ):
         code, out, err = run(capsys, *argv, "--api", api_url)
-        assert code == 2 and words in err and err.count("\n") == 1 and not out, (argv, err)
+        assert code == exit_code and words in err and err.count("\n") == 1 and not out, (argv, err)
+    monkeypatch.setenv("EDGELOOP_TOKEN", "elt_not-a-token")
+    code, _, err = run(capsys, "versions", "--api", api_url)
+    assert code == 5 and "unknown or revoked (HTTP 401)" in err
     code, _, err = run(capsys, "versions", "--api", "http://127.0.0.1:9")
     assert code == 2 and "cannot reach the edgeloop API at http://127.0.0.1:9" in err
 

@@ -1,0 +1,53 @@
+"""``/v1/devices``: every device's last report, and status reports over HTTP."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+
+from cloud.api.auth import PrincipalDep, ViewerDep, check_device
+from cloud.api.deps import DeviceId, FleetDep, SettingsDep
+from cloud.api.errors import error
+from cloud.api.schemas import DevicePublic, DevicesPublic, StatusAccepted
+from shared.errors import InputError
+from shared.messages import EdgeStatus
+
+router = APIRouter(prefix="/v1/devices", tags=["devices"])
+
+
+@router.get("", summary="List devices")
+def list_devices(
+    fleet: FleetDep,
+    _: ViewerDep,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> DevicesPublic:
+    """Devices by last report, newest first: health, serving and desired version, counters."""
+    return fleet.list_devices(limit, offset)
+
+
+@router.get("/{device_id}", summary="Get a device",
+            responses={404: error("Never heard of", "fleet default has no device 'pi-99'")})  # fmt: skip
+def read_device(device_id: DeviceId, fleet: FleetDep, _: ViewerDep) -> DevicePublic:
+    return fleet.read_device(device_id)
+
+
+@router.post(
+    "/{device_id}/status",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Report a device's status (edges without Redis)",
+    responses={422: error("Malformed report, or another device's", "status is for device 'pi-08', not 'pi-07'")},
+)  # fmt: skip
+def create_status(
+    device_id: DeviceId, report: EdgeStatus, fleet: FleetDep, settings: SettingsDep,
+    who: PrincipalDep,
+) -> StatusAccepted:  # fmt: skip
+    """What ``edgeloop-edge``'s status reporter writes to Redis, written for it: the status
+    stream, the device key (expires after ``device_status_ttl_s``) and the device index.
+    A device token posts for its own device only."""
+    check_device(who, device_id)
+    if report.device_id != device_id:
+        raise InputError(f"status is for device {report.device_id!r}, not {device_id!r}")
+    fleet.write_status(report, settings.device_status_ttl_s, settings.status_stream_maxlen)
+    return StatusAccepted(device_id=device_id, ttl_s=settings.device_status_ttl_s)

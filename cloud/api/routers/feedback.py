@@ -1,0 +1,41 @@
+"""``/v1/feedback``: labeled feedback over HTTP, for edges that cannot reach Redis."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+
+from cloud.api.auth import PrincipalDep, check_device
+from cloud.api.deps import FleetDep, SettingsDep
+from cloud.api.errors import error
+from cloud.api.schemas import FeedbackAcceptedPublic, FeedbackBatch
+from shared.messages import FeedbackEvent
+
+router = APIRouter(prefix="/v1/feedback", tags=["feedback"])
+
+_EXAMPLE = {
+    "event_id": "pi-07:3f9a1c:42", "device_id": "pi-07", "model": "digits",
+    "x": [0.0] * 64, "label": 3, "predicted": 3, "model_version": 4,
+}  # fmt: skip
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Send labeled feedback",
+    responses={422: error("Malformed event", "event_id 'x' must be '<device_id>:<epoch>:<seq>' for device 'pi-07'")},
+    openapi_extra={"requestBody": {"content": {"application/json": {"examples": {
+        "one": {"summary": "one event", "value": _EXAMPLE},
+        "batch": {"summary": "a batch", "value": {"events": [_EXAMPLE]}},
+    }}}}},
+)  # fmt: skip
+def create_feedback(
+    body: FeedbackEvent | FeedbackBatch, fleet: FleetDep, settings: SettingsDep, who: PrincipalDep
+) -> FeedbackAcceptedPublic:
+    """One ``FeedbackEvent`` or ``{"events": [...]}``, appended to the fleet's feedback stream in
+    the entry format the edge uplink uses, so the trainers accept, deduplicate (by ``event_id``
+    = ``<device>:<epoch>:<seq>``) and dead-letter it exactly as an edge's. A device token posts
+    events of its own device only."""
+    events = body.events if isinstance(body, FeedbackBatch) else [body]
+    for device in sorted({e.device_id for e in events}):
+        check_device(who, device)
+    return fleet.append_feedback(events, settings.feedback_batch)

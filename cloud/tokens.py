@@ -1,0 +1,135 @@
+"""Bearer tokens of the REST API, stored hashed in the fleet's Redis.
+
+A token is ``elt_`` + 43 URL-safe random characters (``secrets.token_urlsafe(32)``,
+256 bits), shown once by ``issue``. Redis keeps its HMAC-SHA256 under the API's
+``token_pepper`` (a secret outside Redis), so a dump of Redis yields no token and
+no offline guessing without the pepper. ``FleetKeys.tokens`` maps digest ->
+``TokenRecord``; ``FleetKeys.token_names`` maps name -> digest, so names are
+unique and ``revoke`` takes a name. A lookup is one HGET per request: revoking
+takes effect on the next request, in every API process.
+
+The CLI (``edgeloop token``) uses this module directly against Redis with the
+API's config, which is how the first admin token comes to exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+from typing import Any
+
+import redis
+
+from shared.errors import EdgeloopError, InputError, MessageError, NotFound
+from shared.keys import FleetKeys, check_name
+from shared.tokens import ROLES, Role, TokenRecord
+
+logger = logging.getLogger(__name__)
+
+TOKEN_PREFIX = "elt_"
+
+
+class TokenError(EdgeloopError):
+    """A token cannot be issued or revoked as asked."""
+
+
+class TokenNotFound(TokenError, NotFound):
+    pass
+
+
+class TokenConflict(TokenError):
+    """A token by that name exists; revoke it first or choose another name."""
+
+
+class TokenStore:
+    """Issue, look up, list and revoke one fleet's API tokens."""
+
+    def __init__(self, client: redis.Redis, keys: FleetKeys, pepper: bytes) -> None:
+        if not pepper:
+            raise ValueError("a token store needs a non-empty pepper")
+        self.client = client
+        self.keys = keys
+        self._pepper = pepper
+
+    def digest(self, token: str) -> str:
+        return hmac.new(self._pepper, token.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    def issue(
+        self, name: str, role: str, device: str | None = None, by: str = "cli"
+    ) -> tuple[TokenRecord, str]:
+        """A new token for ``name``: its record and the token, which is never stored."""
+        record = _record(name, role, device, by)
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        digest = self.digest(token)
+
+        def txn(pipe: Any) -> None:
+            if pipe.hexists(self.keys.token_names, name):
+                raise TokenConflict(f"a token named {name!r} exists; revoke it first")
+            pipe.multi()
+            pipe.hset(self.keys.token_names, name, digest)
+            pipe.hset(self.keys.tokens, digest, record.to_wire())
+
+        self.client.transaction(txn, self.keys.token_names)
+        logger.info("token %r (%s) issued by %s", name, role, by)
+        return record, token
+
+    def lookup(self, token: str) -> TokenRecord | None:
+        """The holder of ``token``, or None if it was never issued or is revoked."""
+        if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+            return None
+        raw = self.client.hget(self.keys.tokens, self.digest(token))
+        if raw is None:
+            return None
+        try:
+            return TokenRecord.from_wire(raw)
+        except MessageError:
+            logger.warning("an unreadable token record; treating the token as unknown")
+            return None
+
+    def list(self) -> list[TokenRecord]:
+        out = []
+        for raw in self.client.hvals(self.keys.tokens):
+            try:
+                out.append(TokenRecord.from_wire(raw))
+            except MessageError:
+                continue
+        return sorted(out, key=lambda r: (r.created_at, r.name))
+
+    def revoke(self, name: str, by: str = "cli") -> TokenRecord:
+        out: dict[str, TokenRecord] = {}
+
+        def txn(pipe: Any) -> None:
+            digest = pipe.hget(self.keys.token_names, name)
+            if digest is None:
+                raise TokenNotFound(f"no token named {name!r}")
+            raw = pipe.hget(self.keys.tokens, digest)
+            pipe.multi()
+            pipe.hdel(self.keys.token_names, name)
+            pipe.hdel(self.keys.tokens, digest)
+            if raw is not None:
+                out["r"] = TokenRecord.from_wire(raw)
+
+        self.client.transaction(txn, self.keys.token_names)
+        logger.info("token %r revoked by %s", name, by)
+        return out.get("r") or TokenRecord(name=name, role="viewer")
+
+
+def _record(name: str, role: str, device: str | None, by: str) -> TokenRecord:
+    try:
+        check_name("token name", name)
+        if device is not None:
+            check_name("device id", device)
+    except ValueError as e:
+        raise InputError(str(e)) from e
+    if role not in ROLES:
+        raise InputError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
+    if (role == "device") != (device is not None):
+        raise InputError(
+            "a device token needs --device ID (the one device it may post for)"
+            if role == "device"
+            else f"only device tokens name a device, not {role} tokens"
+        )
+    r: Role = role  # type: ignore[assignment]
+    return TokenRecord(name=name, role=r, device=device, created_by=by)
