@@ -54,6 +54,8 @@ class AppStats:
     feedback_failed: int = 0
     recent: deque[bool] = field(default_factory=lambda: deque(maxlen=200))
     outcomes: list[Outcome] = field(default_factory=list)
+    #: every answer's model version (labeled or not): which versions this app was served
+    versions: dict[int | None, int] = field(default_factory=lambda: defaultdict(int))
     errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
     @property
@@ -118,6 +120,7 @@ class SensorApp(threading.Thread):
             self.stats.failed += 1
             self.stats.errors[type(e).__name__] += 1
             return
+        self.stats.versions[answer["model_version"]] += 1
         if self.rng.random() >= self.label_share:
             return
         correct = answer["label"] == label

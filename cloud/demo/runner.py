@@ -117,7 +117,7 @@ class Demo:
             self._start_edge(f"edge-{i}", redis_url, public_key)
         self._wait("edges serving", self._edges_serving, timeout=120)
 
-    def _start_trainer(self, redis_url: str, private_key: Path) -> None:
+    def _start_trainer(self, redis_url: str, private_key: Path, **overrides: Any) -> None:
         q = self.o.quick
         config = self.workdir / "cloud.toml"
         config.write_text(_toml({
@@ -126,20 +126,21 @@ class Demo:
             "dataset": self.o.dataset, "label_column": self.o.label_column,
             "round_min_samples": 150 if q else 250, "round_interval_s": 20.0 if q else 30.0,
             "drift_window": 40, "status_interval_s": 1.0, "claim_idle_ms": 5000,
-            "blob_dir": str(self.workdir / "blobs"),
+            "blob_dir": str(self.workdir / "blobs"), **overrides,
         }))  # fmt: skip
         self.trainer_child = self.group.spawn(
             "trainer",
             python_module("cloud.cli", "--log-level", "INFO", "trainer", "--config", str(config)),
         )
 
-    def _start_edge(self, device: str, redis_url: str, public_key: Path) -> None:
+    def _start_edge(self, device: str, redis_url: str, public_key: Path, **overrides: Any) -> None:
         port = free_port()
         config = self.workdir / f"{device}.toml"
         config.write_text(_toml({
             "mode": "development", "device_id": device, "fleet": FLEET, "model": self.model,
             "redis_url": redis_url, "public_key": str(public_key),
             "state_dir": str(self.workdir / device), "http_port": port, "status_interval_s": 1.0,
+            **overrides,
         }))  # fmt: skip
         self.edge_children[device] = self.group.spawn(
             device, python_module("edge.cli", "--config", str(config))
@@ -209,17 +210,27 @@ class Demo:
 
     # -- the run ----------------------------------------------------------------
 
-    def serve_and_drift(self) -> None:
+    def start_apps(self, rate_hz: float) -> None:
+        """One simulated sensor app per edge, from the dataset's stream pool."""
         parts = split(self.dataset, self.o.seed)
         drift_fn = drift(self.dataset.kind)
         for n, (device, url) in enumerate(self.edge_urls.items()):
             app = SensorApp(
                 f"app-{device}", url, parts.stream.X, parts.stream.y, drift_fn, self.phase,
-                rate_hz=self.o.rate_hz, label_share=self.o.label_share,
+                rate_hz=rate_hz, label_share=self.o.label_share,
                 noise=self.o.noise if self.dataset.kind == "digits" else 0.0, seed=self.o.seed + n,
             )  # fmt: skip
             self.apps[device] = app
             app.start()
+
+    def stop_apps(self) -> None:
+        for app in self.apps.values():
+            app.stop()
+        for app in self.apps.values():
+            app.join(timeout=10)
+
+    def serve_and_drift(self) -> None:
+        self.start_apps(self.o.rate_hz)
         start = time.monotonic()
         drift_at = start + self.o.pre_drift_s
         end = drift_at + self.o.post_drift_s
@@ -236,10 +247,7 @@ class Demo:
                 self._check_children()
                 live.update(self._render())
                 time.sleep(1.0)
-            for app in self.apps.values():
-                app.stop()
-            for app in self.apps.values():
-                app.join(timeout=10)
+            self.stop_apps()
             self.headline = "draining feedback"
             live.update(self._render())
             self._drain()

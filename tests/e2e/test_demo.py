@@ -41,3 +41,23 @@ def test_quick_demo_recovers_from_drift_and_loses_nothing(tmp_path):
     # edges fetch their first version whole, every later one as a patch
     assert result["full_downloads"] == result["edges"] and result["patch_failures"] == 0
     assert result["patches_applied"] >= result["edges"]
+
+
+@pytest.mark.timeout(500)
+def test_bad_canary_scenario_stops_a_harmful_version_at_the_canary_ring(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "cloud.cli", "demo", "--scenario", "bad-canary", "--quick", "--json"],
+        capture_output=True, text=True, timeout=480, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+
+    assert result["edges"] >= 10
+    assert result["good_rollout_state"] == "completed"
+    assert result["rollout_state"] == "rolled_back"
+    canaries = set(result["canary_devices"])
+    assert canaries and len(canaries) < result["edges"]
+    # only canaries ever answered with the harmful version, and every device is back on the good one
+    assert set(result["devices_that_served_bad_version"]) <= canaries
+    assert set(result["fleet_versions"].values()) == {result["good_version"]}
+    assert result["failed_requests"] == 0
