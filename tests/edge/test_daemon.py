@@ -51,10 +51,12 @@ def test_feedback_with_an_input_instead_of_a_request_id(
     serving.feedback(label=0, x=[1.0] * 64)
     serving.feedback(label=1, x=np.arange(64, dtype=np.float32).reshape(1, 64))
     serving.feedback(label=2, x=[0.1] * 63 + [7])  # float64 and int values are sent as given
+    serving.feedback(label=3, x=np.full(64, 3e38, np.float32))  # large, but float32
     assert serving.uplink.flush(5)
-    first, second, third = stream_events(redis_client, keys.feedback)
+    first, second, third, fourth = stream_events(redis_client, keys.feedback)
     assert first["x"] == [1.0] * 64 and first["predicted"] is None and first["request_id"] is None
     assert second["x"] == list(range(64)) and third["x"] == [0.1] * 63 + [7.0]
+    assert fourth["x"] == [float(np.float32(3e38))] * 64
 
 
 @pytest.mark.parametrize(
@@ -66,6 +68,7 @@ def test_feedback_with_an_input_instead_of_a_request_id(
         ({"label": 1, "x": [0.0] * 63}, "InputError", "expected 64 features"),
         ({"label": 1, "x": [float("nan")] * 64}, "InputError", "finite"),
         ({"label": 1, "x": np.full(64, np.inf, np.float32)}, "InputError", "finite"),
+        ({"label": 1, "x": np.array([np.inf, -np.inf] * 32, np.float32)}, "InputError", "finite"),
         ({"label": 1, "x": [1e39] * 64}, "InputError", "finite"),  # beyond float32
         ({"label": 1, "x": ["a"] * 64}, "InputError", "64 numbers"),
         ({"label": 1}, "InputError", "request_id"),
