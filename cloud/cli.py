@@ -169,7 +169,8 @@ def run_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
-_API, _V = "cloud.api.server:", "cloud.versions_cli:"
+_API, _V, _R = "cloud.api.server:", "cloud.versions_cli:", "cloud.rollout_cli:"
+_T, _C = "cloud.token_cli:", "cloud.rollout.runner:"
 
 COMMANDS: dict[str, Command] = {
     "trainer": Command("run a continual trainer", trainer_arguments, run_trainer),
@@ -184,6 +185,11 @@ COMMANDS: dict[str, Command] = {
     "versions": Command("list a model's versions", _V + "versions_args", _V + "versions"),
     "explain": Command("show why a version exists", _V + "explain_args", _V + "explain"),
     "diff": Command("compare two versions", _V + "diff_args", _V + "diff"),
+    "rollout": Command("start, follow and steer rollouts", _R + "rollout_args", _R + "rollout"),
+    "fleet": Command("device counts by version and health", _R + "fleet_args", _R + "fleet"),
+    "devices": Command("every device's last report", _R + "devices_args", _R + "devices"),
+    "token": Command("issue, list and revoke API tokens", _T + "token_args", _T + "token"),
+    "controller": Command("run the rollout controller alone", _C + "add_arguments", _C + "run"),
 }
 
 

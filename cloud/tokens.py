@@ -36,7 +36,7 @@ class TokenError(EdgeloopError):
 
 
 class TokenNotFound(TokenError, NotFound):
-    pass
+    exit_code = 4  # the CLI's "not found"
 
 
 class TokenConflict(TokenError):

@@ -54,3 +54,39 @@ def serving(app: Any, port: int | None = None) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def seed_versions(client: redis.Redis, fleet: str, blob_dir: Any, n: int = 3) -> list[str]:
+    """``n`` published versions of ``digits`` (random bytes: enough for rollouts and pins,
+    not for serving), the first one the fleet's target; their sha256s."""
+    import numpy as np
+
+    from cloud.publisher import Publisher
+    from cloud.registry import DirBlobStore, Registry
+    from shared.messages import ProbeSet
+    from shared.signing import Signer, generate_keypair
+
+    keys = FleetKeys(fleet)
+    registry = Registry(client, keys, DirBlobStore(blob_dir))
+    publisher = Publisher(client, keys, Signer(generate_keypair()[0]), registry=registry,
+                          release="manual")  # fmt: skip
+    probe = ProbeSet(inputs=[[0.0]], expected=[[0.5, 0.5]])
+    rng = np.random.default_rng(0)
+    shas = []
+    for _ in range(n):
+        blob = rng.integers(0, 256, 3000, dtype=np.uint8).tobytes()
+        shas.append(publisher.publish("digits", blob, num_features=1, labels=["a", "b"],
+                                      probe=probe, runtime="t").sha256)  # fmt: skip
+    client.set(keys.target("digits"), shas[0])
+    return shas
+
+
+def report(client: redis.Redis, fleet: str, device: str, sha: str | None, **fields: Any) -> None:
+    """Write a device's status as its edge would (device key with a TTL, device index)."""
+    from shared.messages import EdgeStatus
+
+    keys = FleetKeys(fleet)
+    status = EdgeStatus(device_id=device, fleet=fleet, model="digits", sha256=sha,
+                        state="serving", **fields)  # fmt: skip
+    client.set(keys.device(device), status.to_wire(), ex=60)
+    client.zadd(keys.devices, {device: status.ts})

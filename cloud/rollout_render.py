@@ -1,0 +1,139 @@
+"""Rich renderings of rollouts, the fleet and its devices (the API's public shapes)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from cloud.api.schemas import DevicesPublic, FleetPublic, RolloutPublic, RolloutsPublic
+
+STATE_STYLE = {
+    "running": "cyan", "waiting": "yellow", "paused": "yellow", "completed": "green",
+    "rolled_back": "red", "aborted": "red", "passed": "green", "failed": "red", "pending": "dim",
+    "serving": "green", "degraded": "yellow", "offline": "red", "starting": "cyan", "stopping": "dim",
+}  # fmt: skip
+
+#: Gate figures shown, in order, with their labels.
+GATE_FIGURES = (
+    ("devices_on_b", "on B"), ("labeled_b", "labeled"), ("accuracy_b", "acc B"),
+    ("accuracy_a", "acc A"), ("error_rate_b", "errors"), ("fallback_rate_b", "fallback"),
+    ("p99_ms_b", "p99 B ms"), ("p99_ms_a", "p99 A ms"),
+)  # fmt: skip
+
+
+def _state(value: str) -> Text:
+    return Text(value.replace("_", " "), style=STATE_STYLE.get(value, ""))
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.3f}" if value < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def _ago(ts: float | None) -> str:
+    if ts is None:
+        return "–"
+    s = max(0.0, time.time() - ts)
+    return (
+        f"{s:.0f}s ago" if s < 120 else f"{s / 60:.0f}m ago" if s < 7200 else f"{s / 3600:.0f}h ago"
+    )
+
+
+def _version(v: int | None) -> str:
+    return f"v{v}" if v is not None else "none"
+
+
+def rollouts_table(rollouts: RolloutsPublic) -> Table:
+    t = Table(title="Rollouts", title_justify="left")
+    for col in ("id", "model", "from → to", "state", "stage", "devices on B", "updated"):
+        t.add_column(col)
+    for r in rollouts.rollouts:
+        stage = r.stages[r.current]
+        t.add_row(r.id, r.model, f"{_version(r.from_version)} → v{r.to_version}", _state(r.state),
+                  f"{stage.name} ({r.current + 1}/{len(r.stages)})",
+                  f"{r.devices.on_target}/{r.devices.total}", _ago(r.updated_at))  # fmt: skip
+    if not rollouts.rollouts:
+        t.caption = "no rollouts yet: edgeloop rollout start MODEL VERSION"
+    return t
+
+
+def rollout_view(r: RolloutPublic) -> Group:
+    head = Text.assemble(
+        ("rollout ", "bold"), (r.id, "bold"), f"  {r.model} {_version(r.from_version)} → v{r.to_version}  ",
+        _state(r.state), ("" if r.auto_promote else "  (manual promotion)", "dim"),
+    )  # fmt: skip
+    d = r.devices
+    counts = Text(
+        f"devices: {d.total} in rings · {d.on_target} on v{r.to_version} · "
+        f"{d.on_source} on {_version(r.from_version)} · {d.elsewhere} elsewhere · {d.offline} offline"
+    )
+    stages = Table(title="Stages", title_justify="left")
+    stages.add_column("stage")
+    stages.add_column("status")
+    stages.add_column("ring", justify="right")
+    for _, label in GATE_FIGURES:
+        stages.add_column(label, justify="right")
+    stages.add_column("gate")
+    for i, s in enumerate(r.stages):
+        marker = "▶ " if i == r.current and r.active else "  "
+        g = s.gate
+        reasons = "; ".join(g.get("reasons", [])) if g else ""
+        decision = g.get("decision", "") if g else ""
+        stages.add_row(marker + s.name, _state(s.status), str(len(s.devices)),
+                       *(_fmt(g.get(k)) for k, _ in GATE_FIGURES),
+                       f"{decision}: {reasons}" if reasons else decision)  # fmt: skip
+    parts: list[Any] = [head, counts, stages]
+    if r.reason:
+        parts.append(Text(f"reason: {r.reason}", style="red" if not r.active else ""))
+    events = Table(title="Recent events", title_justify="left", show_header=False, box=None)
+    for e in r.events[-6:]:
+        events.add_row(time.strftime("%H:%M:%S", time.localtime(e.ts)), e.by, e.what)
+    parts.append(events)
+    return Group(*parts)
+
+
+def fleet_view(f: FleetPublic) -> Group:
+    head = Text(f"fleet {f.fleet}: {f.devices} devices, {f.online} online", style="bold")
+    by = Table(show_header=True, title_justify="left")
+    by.add_column("version")
+    by.add_column("devices", justify="right")
+    for version, n in f.by_version.items():
+        by.add_row(version, str(n))
+    health = Table(show_header=True)
+    health.add_column("health")
+    health.add_column("devices", justify="right")
+    for state, n in f.by_health.items():
+        health.add_row(_state(state), str(n))
+    models = Table(show_header=True)
+    for col in ("model", "target", "rollout in progress"):
+        models.add_column(col)
+    for name, m in f.models.items():
+        models.add_row(name, _version(m.target_version), m.active_rollout or "–")
+    return Group(head, by, health, models)
+
+
+def devices_table(listing: DevicesPublic) -> Table:
+    t = Table(title=f"Devices of fleet {listing.fleet} ({listing.total})", title_justify="left")
+    for col in ("device", "health", "serving", "desired", "pinned", "acc", "p99 ms", "predictions",
+                "fallbacks", "last seen", "last error"):  # fmt: skip
+        t.add_column(col)
+    for d in listing.devices:
+        c = d.counters
+        desired = (
+            "same"
+            if d.desired_sha256 and d.desired_sha256 == d.sha256
+            else (d.desired_sha256 or "–")[:12]
+        )
+        t.add_row(d.device_id, _state(d.health),
+                  _version(d.version) if d.health != "offline" else "?", desired,
+                  (d.pinned_sha256 or "")[:12], _fmt(d.rolling_accuracy), _fmt(d.latency_ms_p99),
+                  str(c.predictions) if c else "–", str(c.fallback_predictions) if c else "–",
+                  _ago(d.last_seen), (d.last_error or "")[:60])  # fmt: skip
+    return t
