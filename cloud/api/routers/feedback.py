@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Annotated, Any
+
 from fastapi import APIRouter, status
+from pydantic import Discriminator, Tag
 
 from cloud.api.auth import PrincipalDep, check_device
 from cloud.api.deps import FleetDep, SettingsDep
@@ -11,6 +14,17 @@ from cloud.api.schemas import FeedbackAcceptedPublic, FeedbackBatch
 from shared.messages import FeedbackEvent
 
 router = APIRouter(prefix="/v1/feedback", tags=["feedback"])
+
+
+def _shape(value: Any) -> str:
+    # An object with "events" is a batch: its errors then name the batch's fields, not an event's.
+    return "batch" if isinstance(value, dict) and "events" in value else "event"
+
+
+FeedbackBody = Annotated[
+    Annotated[FeedbackEvent, Tag("event")] | Annotated[FeedbackBatch, Tag("batch")],
+    Discriminator(_shape),
+]
 
 _EXAMPLE = {
     "event_id": "pi-07:3f9a1c:42", "device_id": "pi-07", "model": "digits",
@@ -29,7 +43,7 @@ _EXAMPLE = {
     }}}}},
 )  # fmt: skip
 def create_feedback(
-    body: FeedbackEvent | FeedbackBatch, fleet: FleetDep, settings: SettingsDep, who: PrincipalDep
+    body: FeedbackBody, fleet: FleetDep, settings: SettingsDep, who: PrincipalDep
 ) -> FeedbackAcceptedPublic:
     """One ``FeedbackEvent`` or ``{"events": [...]}``, appended to the fleet's feedback stream in
     the entry format the edge uplink uses, so the trainers accept, deduplicate (by ``event_id``

@@ -1,0 +1,233 @@
+"""Feedback and status over HTTP land exactly where an edge with Redis access writes them
+(and the trainer's ingest takes the feedback as an edge's); devices, the fleet summary,
+/metrics, and the controller's place in the API process."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from api_helpers import PEPPER, bearer, issue, report, seed_versions
+from fastapi.testclient import TestClient
+
+from cloud import cli
+from cloud.api.app import create_app
+from cloud.api.settings import ApiSettings
+from cloud.ingest import FeedbackIngest
+from cloud.replay import TrainerData
+from edge.status import StatusReporter
+from edge.uplink import FeedbackUplink
+from shared.keys import FEEDBACK_BATCH_FIELD, FleetKeys
+from shared.messages import DeadLetter, EdgeCounters, EdgeStatus, FeedbackEvent
+
+FLEET = "lab"
+
+
+@pytest.fixture
+def settings(redis_url, tmp_path) -> ApiSettings:
+    return ApiSettings(fleet=FLEET, redis_url=redis_url, blob_dir=tmp_path / "blobs",
+                       public_key=tmp_path / "none.pub", token_pepper=PEPPER, mode="development",
+                       controller_interval_s=0)  # fmt: skip
+
+
+@pytest.fixture
+def api(settings):
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+def _events(X, y, device="pi-01", epoch="e0", start=0) -> list[FeedbackEvent]:
+    return [FeedbackEvent(event_id=f"{device}:{epoch}:{start + i}", device_id=device, model="digits",
+                          x=[float(v) for v in X[i]], label=int(y[i]), predicted=int(y[i]))
+            for i in range(len(y))]  # fmt: skip
+
+
+def _lines(client, stream) -> list[bytes]:
+    entries = client.xrange(stream)
+    assert all(set(fields) == {FEEDBACK_BATCH_FIELD.encode()} for _, fields in entries)
+    return [
+        line for _, fields in entries for line in fields[FEEDBACK_BATCH_FIELD.encode()].split(b"\n")
+    ]
+
+
+def test_feedback_over_http_is_an_edges_feedback_to_the_trainer(
+    api, redis_client, redis_url, parts, tmp_path
+):
+    keys = FleetKeys(FLEET)
+    device = bearer(issue(redis_client, FLEET, "device", "pi-01", device="pi-01"))
+    events = _events(parts.stream.X[:300], parts.stream.y[:300])
+    r = api.post("/v1/feedback", json=events[0].model_dump(), headers=device)
+    assert r.status_code == 202 and r.json()["accepted"] == 1
+    body = {"events": [e.model_dump() for e in events[1:]]}
+    r = api.post("/v1/feedback", json=body, headers=device)
+    assert r.status_code == 202 and r.json()["accepted"] == 299 and len(r.json()["entries"]) == 2
+    api.post("/v1/feedback", json=body, headers=device)  # a retry: duplicates
+    wrong = _events(np.zeros((1, 3)), [1], start=1000)[0]  # the trainer's check: feature count
+    assert api.post("/v1/feedback", json=wrong.model_dump(), headers=device).status_code == 202
+
+    # The same events through a real edge uplink, to another fleet: the same lines.
+    other = FleetKeys("edge-ref")
+    (tmp_path / "uplink").mkdir()
+    uplink = FeedbackUplink(redis_url=redis_url, keys=other, device_id="pi-01", epoch="e0",
+                            state_dir=tmp_path / "uplink", flush_ms=5)  # fmt: skip
+    uplink.start()
+    for e in events:
+        uplink.submit(e)
+    assert uplink.flush(10)
+    uplink.close()
+    assert _lines(redis_client, other.feedback) == _lines(redis_client, keys.feedback)[:300]
+
+    data = TrainerData(redis_client, keys, "digits", num_classes=10, num_features=64,
+                       replay_capacity=1000, holdout_capacity=200, recent_window=50,
+                       recent_train=50)  # fmt: skip
+    ingest = FeedbackIngest(redis_client, keys, data, model="digits", consumer="t1", block_ms=10)
+    ingest.ensure_group()
+    for _ in range(20):
+        if ingest.poll(block_ms=10).entries == 0:
+            break
+    assert (ingest.counters.accepted, ingest.counters.duplicates, ingest.counters.deadlettered) == (
+        300,
+        299,
+        1,
+    )
+    (letter,) = [DeadLetter.from_wire(f[b"data"]) for _, f in redis_client.xrange(keys.deadletter)]
+    assert "feature count 3" in letter.reason
+
+
+def test_feedback_the_api_refuses_at_once(api, redis_client):
+    admin = bearer(issue(redis_client, FLEET, "admin"))
+    good = _events(np.ones((1, 64)), [3])[0].model_dump()
+    for bad, words in (
+        ({**good, "x": [float("nan")] * 64}, "NaN"),
+        ({**good, "event_id": "pi-01:e0"}, "idempotency"),
+        ({**good, "schema_version": 9}, "schema_version 9"),
+        ({"events": []}, "events"),
+        ({"events": [good] * 1001}, "events"),
+        ({**good, "label": "three"}, "label"),
+    ):
+        r = api.post(
+            "/v1/feedback",
+            content=_json(bad),
+            headers={**admin, "content-type": "application/json"},
+        )
+        assert r.status_code == 422 and words in r.json()["detail"], (words, r.text)
+    assert redis_client.exists(FleetKeys(FLEET).feedback) == 0
+
+
+def _json(value) -> bytes:
+    import json
+
+    return json.dumps(value, allow_nan=True).encode()
+
+
+def test_status_over_http_writes_the_edge_reporters_keys(api, redis_client, redis_url):
+    keys, other = FleetKeys(FLEET), FleetKeys("edge-ref")
+    status = EdgeStatus(device_id="pi-01", fleet=FLEET, model="digits", version=2, sha256="ab" * 32,
+                        state="serving", rolling_accuracy=0.9,
+                        counters=EdgeCounters(predictions=10, fallback_predictions=2,
+                                              fallback_reasons={"latency_budget": 2}))  # fmt: skip
+    device = bearer(issue(redis_client, FLEET, "device", "pi-01", device="pi-01"))
+    r = api.post("/v1/devices/pi-01/status", json=status.model_dump(), headers=device)
+    assert r.status_code == 202 and r.json() == {"device_id": "pi-01", "ttl_s": 10}
+    reporter = StatusReporter(redis_url=redis_url, keys=other, device_id="pi-01",
+                              build=lambda: status, ttl_s=10)  # fmt: skip
+    assert reporter.publish(status.model_copy(update={"fleet": "edge-ref"}))
+    reporter.stop()
+    for k in (keys, other):
+        assert (
+            redis_client.type(k.device("pi-01")) == b"string"
+            and 0 < redis_client.ttl(k.device("pi-01")) <= 10
+        )
+        assert redis_client.zscore(k.devices, "pi-01") == pytest.approx(status.ts)
+        (entry,) = redis_client.xrange(k.status)
+        assert set(entry[1]) == {b"data"}
+    assert EdgeStatus.from_wire(redis_client.get(keys.device("pi-01"))) == status
+    wrong_fleet = status.model_copy(update={"fleet": "other"}).model_dump()
+    r = api.post("/v1/devices/pi-01/status", json=wrong_fleet, headers=device)
+    assert r.status_code == 422 and "fleet" in r.json()["detail"]
+
+
+def test_devices_and_the_fleet_summary(api, redis_client, tmp_path):
+    shas = seed_versions(redis_client, FLEET, tmp_path / "blobs")
+    viewer = bearer(issue(redis_client, FLEET, "viewer"))
+    report(redis_client, FLEET, "pi-01", shas[0], version=1, rolling_accuracy=0.93,
+           counters=EdgeCounters(predictions=100, fallback_predictions=3, fallback_reasons={"absent": 3}))  # fmt: skip
+    report(redis_client, FLEET, "pi-02", shas[1], version=2, counters=EdgeCounters(predictions=50))
+    report(redis_client, FLEET, "pi-03", shas[0], version=1)
+    redis_client.delete(FleetKeys(FLEET).device("pi-03"))  # its report expired: offline
+    redis_client.hset(FleetKeys(FLEET).pins("digits"), "pi-02", shas[1])
+
+    listing = api.get("/v1/devices", headers=viewer).json()
+    assert listing["total"] == 3 and {d["device_id"] for d in listing["devices"]} == {
+        "pi-01",
+        "pi-02",
+        "pi-03",
+    }
+    one = api.get("/v1/devices/pi-02", headers=viewer).json()
+    assert one["health"] == "serving" and one["version"] == 2 and one["pinned_sha256"] == shas[1]
+    assert one["desired_sha256"] == shas[1] and one["counters"]["predictions"] == 50
+    assert api.get("/v1/devices/pi-01", headers=viewer).json()["desired_sha256"] == shas[0]
+    assert api.get("/v1/devices/pi-03", headers=viewer).json()["health"] == "offline"
+    assert api.get("/v1/devices/pi-99", headers=viewer).status_code == 404
+    assert len(api.get("/v1/devices?limit=1&offset=1", headers=viewer).json()["devices"]) == 1
+
+    summary = api.get("/v1/fleet", headers=viewer).json()
+    assert summary["devices"] == 3 and summary["online"] == 2
+    assert summary["by_version"] == {"unknown": 1, "v1": 1, "v2": 1}
+    assert summary["by_health"] == {"offline": 1, "serving": 2}
+    assert summary["models"]["digits"] == {
+        "target_version": 1,
+        "target_sha256": shas[0],
+        "active_rollout": None,
+    }
+
+    text = api.get("/metrics", headers=viewer).text
+    assert 'edgeloop_devices{version="v1",health="serving"} 1' in text
+    assert 'edgeloop_devices{version="unknown",health="offline"} 1' in text
+    assert (
+        "edgeloop_edge_predictions 150" in text and "edgeloop_edge_fallback_predictions 3" in text
+    )
+    assert 'edgeloop_edge_fallbacks_by_reason{reason="absent"} 3' in text
+    assert (
+        'edgeloop_api_requests_total{method="GET",route="/v1/devices/{device_id}",status="404"} 1'
+        in text
+    )
+    assert api.get("/metrics").status_code == 401
+
+
+def test_the_controller_runs_in_the_api_and_alone(settings, redis_client, tmp_path, capsys):
+    shas = seed_versions(redis_client, FLEET, tmp_path / "blobs")
+    for d in ("pi-01", "pi-02"):
+        report(redis_client, FLEET, d, shas[0], rolling_accuracy=0.9)
+    admin = bearer(issue(redis_client, FLEET, "admin"))
+    spec = {"model": "digits", "target": "2", "auto_promote": False,
+            "stages": [{"name": "canary", "count": 1}, {"name": "all", "percent": 100}],
+            "gate": {"min_labeled": 0, "min_requests": 0, "min_dwell_s": 0}}  # fmt: skip
+    live = settings.model_copy(update={"controller_interval_s": 0.05})
+    app = create_app(live)
+    with TestClient(app) as api:
+        rid = api.post("/v1/rollouts", json=spec, headers=admin).json()["id"]
+        canary = api.get(f"/v1/rollouts/{rid}", headers=admin).json()["stages"][0]["devices"][0]
+        report(redis_client, FLEET, canary, shas[1], rolling_accuracy=0.9)
+        deadline = time.monotonic() + 10
+        while api.get(f"/v1/rollouts/{rid}", headers=admin).json()["state"] != "waiting":
+            assert time.monotonic() < deadline, "the API's controller did not judge the stage"
+            time.sleep(0.05)
+        loop = app.state.controller_loop
+        assert loop.steps > 0 and loop.errors == 0
+    assert not loop._thread.is_alive()  # stopped with the app
+
+    with TestClient(create_app(settings)) as api:  # no controller in this one
+        r = api.post(f"/v1/rollouts/{rid}/promote", headers=admin)
+        assert r.status_code == 200 and r.json()["current"] == 1
+    config = tmp_path / "api.toml"
+    config.write_text(f'mode = "development"\nfleet = "{FLEET}"\nredis_url = "{settings.redis_url}"\n'
+                      f'blob_dir = "{tmp_path / "blobs"}"\ntoken_pepper = "{PEPPER}"\n')  # fmt: skip
+    for d in ("pi-01", "pi-02"):
+        report(redis_client, FLEET, d, shas[1], rolling_accuracy=0.9)
+    assert cli.main(["controller", "--config", str(config), "--once"]) == 0  # stage 'all' judged
+    assert cli.main(["controller", "--config", str(config), "--once"]) == 0
+    with TestClient(create_app(settings)) as api:
+        state = api.get(f"/v1/rollouts/{rid}", headers=admin).json()
+    assert state["state"] == "completed", state
