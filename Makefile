@@ -2,6 +2,7 @@
 #   make demo   the whole loop on this machine (installs what is missing first)
 #   make test   the test suite (same)
 #   make bench  the benchmarks, figures and ratios from one run
+#   make schemathesis  the REST API fuzzed from its OpenAPI schema (part of make test)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -13,7 +14,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export LITERT_TORCH_SHOW_PROGRESS = n
 export TF_CPP_MIN_LOG_LEVEL = 3
 
-.PHONY: all install redis demo demo-quick test test-fast test-edge-only test-tflite-runtime lint typecheck bench clean
+.PHONY: all install redis demo demo-quick test test-fast test-edge-only test-tflite-runtime schemathesis lint typecheck bench clean
 
 all: test
 
@@ -41,7 +42,7 @@ demo-quick: install
 
 test: install
 	$(PY) -m pytest -q
-	$(MAKE) --no-print-directory test-edge-only test-tflite-runtime
+	$(MAKE) --no-print-directory schemathesis test-edge-only test-tflite-runtime
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
@@ -68,6 +69,11 @@ test-tflite-runtime: redis
 	.venv-tflite/bin/pip install --quiet '.[edge-tflite]' $(TEST_DEPS)
 	@! .venv-tflite/bin/python -c "import ai_edge_litert" 2>/dev/null || { echo "ai-edge-litert arrived with .[edge-tflite]"; exit 1; }
 	$(call EDGE_TESTS,.venv-tflite)
+
+# The REST API on a private redis-server, fuzzed by schemathesis from its own
+# OpenAPI schema with an admin token; any 5xx answer fails (about 30 s).
+schemathesis: install
+	$(PY) tests/schemathesis_api.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,191 @@
+"""deploy/cloud/users.acl on a real redis-server: a real edge daemon does all it needs as
+the ``edge`` user, which can do nothing else (no announcing, no targets, no reading
+feedback or the replay buffer, no other fleet); trainer and API users do their jobs."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+from api_helpers import PEPPER, bearer, free_port, issue
+from fastapi.testclient import TestClient
+
+from cloud.api.app import create_app
+from cloud.api.settings import ApiSettings
+from cloud.publisher import Publisher
+from cloud.registry import DirBlobStore, Registry
+from edge.daemon import EdgeDaemon
+from edge.runtime import TFLiteModel
+from edge.settings import BUNDLED_BASELINE, EdgeSettings
+from shared.config import load_settings
+from shared.keys import FleetKeys
+from shared.messages import ProbeSet
+from shared.signing import Signer, write_keypair
+
+ACL = Path(__file__).resolve().parents[2] / "deploy" / "cloud" / "users.acl"
+USERS = ("admin", "trainer", "api", "edge")
+FLEET = "default"  # the fleet the shipped file is written for
+
+
+@pytest.fixture
+def acl_redis(tmp_path) -> Iterator[dict[str, str]]:
+    """A redis-server with the shipped ACL file (each user's placeholder hash replaced by the
+    hash of a test password); the URL of each user."""
+    lines = []
+    for line in ACL.read_text().splitlines():
+        user = line.split()[1]
+        password = f"pw-{user}"
+        lines.append(
+            line.replace("#" + "0" * 64, "#" + hashlib.sha256(password.encode()).hexdigest())
+        )
+    acl = tmp_path / "users.acl"
+    acl.write_text("\n".join(lines) + "\n")
+    port = free_port()
+    proc = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(port),
+                             "--bind", "127.0.0.1", "--aclfile", str(acl), "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    urls = {u: f"redis://{u}:pw-{u}@127.0.0.1:{port}/0" for u in USERS}
+    urls["anonymous"] = f"redis://127.0.0.1:{port}/0"
+    admin = redis.Redis.from_url(urls["admin"])
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            admin.ping()
+            break
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline, "redis-server with the ACL file did not start"
+            time.sleep(0.05)
+    try:
+        yield urls
+    finally:
+        admin.close()
+        proc.terminate()
+        proc.wait(10)
+
+
+def _denied(call) -> bool:
+    try:
+        call()
+    except redis.exceptions.NoPermissionError:
+        return True
+    except redis.ResponseError as e:  # in a script: "... can't run this command ..."
+        return "NOPERM" in str(e) or "can't run this command" in str(e)
+    return False
+
+
+def test_an_edge_user_does_what_an_edge_does_and_nothing_else(acl_redis, tmp_path):
+    keys, other = FleetKeys(FLEET), FleetKeys("other")
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis.from_url(acl_redis["anonymous"]).ping()
+
+    # The trainer publishes a version (direct release: the fleet's target).
+    trainer = redis.Redis.from_url(acl_redis["trainer"])
+    write_keypair(tmp_path / "keys")
+    registry = Registry(trainer, keys, DirBlobStore(tmp_path / "blobs"))
+    content = BUNDLED_BASELINE.read_bytes() + b"\0"
+    inputs = np.zeros((2, 64), dtype=np.float32)
+    probe = ProbeSet(
+        inputs=inputs.tolist(), expected=TFLiteModel(content).predict_proba_batch(inputs).tolist()
+    )
+    sha = Publisher(trainer, keys, Signer.from_file(tmp_path / "keys" / "signing.key"),
+                    registry=registry).publish("digits", content, num_features=64,
+                                               labels=[str(i) for i in range(10)], probe=probe,
+                                               runtime="ai-edge-litert").sha256  # fmt: skip
+
+    # A real edge daemon as the edge user: installs it, serves, reports, sends feedback.
+    settings = load_settings(EdgeSettings, None, device_id="pi-1", fleet=FLEET,
+                             redis_url=acl_redis["edge"], public_key=tmp_path / "keys" / "signing.pub",
+                             state_dir=tmp_path / "edge", status_interval_s=0.2, feedback_flush_ms=10,
+                             warmup_invokes=1)  # fmt: skip
+    with EdgeDaemon(settings) as daemon:
+        deadline = time.monotonic() + 20
+        while daemon.health().sha256 != sha:
+            assert time.monotonic() < deadline, daemon.health().last_error
+            time.sleep(0.05)
+        p = daemon.predict(inputs[0])
+        daemon.feedback(3, request_id=p.request_id)
+        assert daemon.uplink.flush(10)
+        deadline = time.monotonic() + 10
+        while not trainer.exists(keys.device("pi-1")):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert daemon.health().last_error is None, daemon.health().last_error
+    assert trainer.xlen(keys.feedback) == 1 and trainer.xlen(keys.status) >= 1
+    assert trainer.zscore(keys.devices, "pi-1") is not None
+
+    edge = redis.Redis.from_url(acl_redis["edge"])
+    allowed = [
+        lambda: edge.xadd(keys.feedback, {"events": b"{}"}),
+        lambda: edge.xadd(keys.status, {"data": b"{}"}),
+        lambda: edge.set(keys.device("pi-1"), b"{}", ex=10),
+        lambda: edge.get(keys.device("pi-1")),
+        lambda: edge.zadd(keys.devices, {"pi-1": 1.0}),
+        lambda: edge.xread({keys.deltas: "0"}, count=1),
+        lambda: edge.xrevrange(keys.deltas, count=1),
+        lambda: edge.get(keys.manifest(sha)),
+        lambda: edge.get(keys.artifact(sha)),
+        lambda: edge.get(keys.patch(sha, sha)),
+        lambda: edge.get(keys.target("digits")),
+        lambda: edge.hget(keys.assignments("digits"), "pi-1"),
+        lambda: edge.hget(keys.pins("digits"), "pi-1"),
+    ]
+    for i, call in enumerate(allowed):
+        assert not _denied(call), f"allowed call {i} was refused"
+    denied = {
+        "announce a version": lambda: edge.xadd(keys.deltas, {"data": b"{}"}),
+        "set a target": lambda: edge.set(keys.target("digits"), sha),
+        "pin itself": lambda: edge.hset(keys.pins("digits"), "pi-1", sha),
+        "write a manifest": lambda: edge.set(keys.manifest("ab" * 32), b"{}"),
+        "read the feedback": lambda: edge.xrange(keys.feedback),
+        "XREAD the feedback": lambda: edge.xread({keys.feedback: "0"}),
+        "read it in a script": lambda: edge.eval(
+            "return redis.call('XRANGE', KEYS[1], '-', '+')", 1, keys.feedback
+        ),
+        "read the replay buffer": lambda: edge.hgetall(keys.replay("digits")),
+        "read the weights": lambda: edge.get(keys.weights(sha)),
+        "read tokens": lambda: edge.hgetall(keys.tokens),
+        "delete the status": lambda: edge.delete(keys.device("pi-1")),
+        "another fleet's target": lambda: edge.get(other.target("digits")),
+        "another fleet's deltas": lambda: edge.xread({other.deltas: "0"}),
+        "another fleet's feedback": lambda: edge.xadd(other.feedback, {"events": b"{}"}),
+        "list keys": lambda: edge.keys("*"),
+        "flush": lambda: edge.flushall(),
+        "config": lambda: edge.config_get("*"),
+    }
+    refused = {what for what, call in denied.items() if _denied(call)}
+    assert refused == set(denied)
+    assert trainer.get(keys.target("digits")).decode() == sha  # nothing changed
+
+    assert _denied(lambda: trainer.flushall()) and _denied(
+        lambda: trainer.get(other.target("digits"))
+    )
+    edge.close()
+    trainer.close()
+
+
+def test_the_api_user_serves_the_api(acl_redis, tmp_path):
+    api_client = redis.Redis.from_url(acl_redis["api"])
+    token = issue(api_client, FLEET, "admin")
+    settings = ApiSettings(fleet=FLEET, redis_url=acl_redis["api"], blob_dir=tmp_path / "blobs",
+                           public_key=tmp_path / "none.pub", token_pepper=PEPPER, mode="development",
+                           controller_interval_s=0.05)  # fmt: skip
+    with TestClient(create_app(settings), raise_server_exceptions=False) as api:
+        status = {"device_id": "pi-1", "fleet": FLEET, "model": "digits", "state": "serving"}
+        assert (
+            api.post("/v1/devices/pi-1/status", json=status, headers=bearer(token)).status_code
+            == 202
+        )
+        assert api.get("/v1/fleet", headers=bearer(token)).json()["online"] == 1
+        assert api.get("/healthz").status_code == 200
+        assert api.get("/metrics", headers=bearer(token)).status_code == 200
+        time.sleep(0.2)
+        assert api.app.state.controller_loop.errors == 0
+    api_client.close()

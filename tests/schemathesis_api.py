@@ -1,0 +1,147 @@
+"""``make schemathesis``: fuzz the REST API from its own OpenAPI schema; any 5xx fails.
+
+Starts a private redis-server, seeds a fleet (three versions of ``digits``, two
+real TFLite files and one that is not, devices on the first, a rollout in
+progress, a pin), issues an admin token, serves the API with uvicorn on a free
+port, and runs ``schemathesis run --checks not_a_server_error`` against
+``/openapi.json`` with that token. The exit code is schemathesis'.
+
+    python tests/schemathesis_api.py [--max-examples N] [-- extra schemathesis options]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FLEET = "fuzz"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--max-examples", type=int, default=30, help="per operation and phase")
+    p.add_argument("extra", nargs="*", help="more schemathesis options (after --)")
+    args = p.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "tests" / "cloud"))
+    with tempfile.TemporaryDirectory(prefix="edgeloop-fuzz-") as tmp:
+        work = Path(tmp)
+        redis_proc, redis_url = _redis(work)
+        try:
+            token = _seed(redis_url, work)
+            return _fuzz(redis_url, work, token, args)
+        finally:
+            redis_proc.terminate()
+            redis_proc.wait(10)
+
+
+def _redis(work: Path) -> tuple[subprocess.Popen[bytes], str]:
+    import redis
+    from api_helpers import free_port
+
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise SystemExit("redis-server is not installed: run `make redis`")
+    port = free_port()
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(work)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    client.close()
+    return proc, url
+
+
+def _seed(redis_url: str, work: Path) -> str:
+    import numpy as np
+    import redis
+    from api_helpers import issue, report
+
+    from cloud.publisher import Publisher
+    from cloud.registry import DirBlobStore, Registry
+    from cloud.rollout.controller import RolloutController
+    from edge.runtime import TFLiteModel
+    from edge.settings import BUNDLED_BASELINE
+    from shared.keys import FleetKeys
+    from shared.messages import ProbeSet
+    from shared.rollouts import RolloutSpec, StageSpec
+    from shared.signing import Signer, write_keypair
+
+    client = redis.Redis.from_url(redis_url)
+    keys = FleetKeys(FLEET)
+    write_keypair(work / "keys")
+    registry = Registry(client, keys, DirBlobStore(work / "blobs"))
+    publisher = Publisher(client, keys, Signer.from_file(work / "keys" / "signing.key"),
+                          registry=registry, release="manual")  # fmt: skip
+    baseline = BUNDLED_BASELINE.read_bytes()
+    inputs = np.zeros((2, 64), dtype=np.float32)
+    probe = ProbeSet(inputs=inputs.tolist(),
+                     expected=TFLiteModel(baseline).predict_proba_batch(inputs).tolist())  # fmt: skip
+    shas = [
+        publisher.publish("digits", content, num_features=64, labels=[str(i) for i in range(10)],
+                          probe=probe, runtime="ai-edge-litert").sha256
+        for content in (baseline + b"\0", baseline + b"\1", b"not a model" * 100)
+    ]  # fmt: skip
+    client.set(keys.target("digits"), shas[0])
+    for i in range(6):
+        report(client, FLEET, f"pi-{i}", shas[0], version=1, rolling_accuracy=0.9)
+    controller = RolloutController(client, keys, registry)
+    rollout = controller.create(RolloutSpec(model="digits", target="2",
+                                            stages=[StageSpec(name="canary", count=1), StageSpec(name="all", percent=100)]))  # fmt: skip
+    controller.pin("digits", "pi-5", "1", "seed")
+    token = issue(client, FLEET, "admin", "fuzz-admin")
+    issue(client, FLEET, "viewer", "fuzz-viewer")
+    client.close()
+    # Real identifiers, so that the fuzzer reaches past the 404s.
+    (work / "schemathesis.toml").write_text(
+        '[parameters]\n"path.model" = "digits"\n"path.device_id" = "pi-1"\n'
+        f'"path.rollout_id" = "{rollout.id}"\n"path.name" = "fuzz-viewer"\n'
+    )
+    return token
+
+
+def _fuzz(redis_url: str, work: Path, token: str, args: argparse.Namespace) -> int:
+    from api_helpers import PEPPER, serving
+
+    from cloud.api.app import create_app
+    from cloud.api.settings import ApiSettings
+
+    settings = ApiSettings(fleet=FLEET, redis_url=redis_url, blob_dir=work / "blobs",
+                           public_key=work / "keys" / "signing.pub", token_pepper=PEPPER,
+                           controller_interval_s=1.0, log_level="WARNING")  # fmt: skip
+    exe = shutil.which(
+        "schemathesis",
+        path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    )
+    if exe is None:
+        raise SystemExit("schemathesis is not installed: pip install -e '.[dev]'")
+    with serving(create_app(settings)) as base:
+        cmd = [exe, "run", f"{base}/openapi.json", "--checks", "not_a_server_error",
+               "-H", f"Authorization: Bearer {token}", "--max-examples", str(args.max_examples),
+               "--request-timeout", "30", "--workers", "1", *args.extra]  # fmt: skip
+        print(
+            "$",
+            " ".join(c if "Bearer" not in c else "Authorization: Bearer ***" for c in cmd),
+            flush=True,
+        )
+        return subprocess.run(cmd, cwd=work).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
