@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -229,7 +230,9 @@ class FeedbackIngest:
     def _commit(self, events: Events, dead: list[Refused], ids: list[Any]) -> Batch:
         if not ids:
             return Batch(0, _empty(self.data.num_features))
-        draws = [_draw(event_id) for event_id in events.event_ids]
+        draws = _draws(events.heads, events.seqs)
+        reservoir_draws = (draws >> np.uint64(16)).tolist()
+        held_out = ((draws & np.uint64(0xFFFF)) % np.uint64(self.holdout_every) == 0).tolist()
         heads = sorted(set(events.heads))
         seen_key = self.keys.seen
         out: dict[str, Any] = {}
@@ -242,8 +245,8 @@ class FeedbackIngest:
             samples = NewSamples(
                 events.X[keep],
                 [events.labels[i] for i in keep],
-                [draws[i] >> 16 for i in keep],
-                [(draws[i] & 0xFFFF) % self.holdout_every == 0 for i in keep],
+                [reservoir_draws[i] for i in keep],
+                [held_out[i] for i in keep],
             )
             counters = self.data.read_counters(pipe)
             writes = self.data.plan(counters, samples)
@@ -258,8 +261,7 @@ class FeedbackIngest:
                 "duplicates": len(events) - len(keep),
                 "deadlettered": len(dead),
             }
-            for label in samples.labels:
-                stats[f"class:{label}"] = stats.get(f"class:{label}", 0) + 1
+            stats.update((f"class:{c}", n) for c, n in Counter(samples.labels).items())
             self.data.add_stats(pipe, stats)
             pipe.xack(self.keys.feedback, FEEDBACK_GROUP, *ids)
             out.update(keep=keep, samples=samples)
@@ -322,9 +324,31 @@ def _str_id(entry_id: bytes | str) -> str:
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
 
-def _draw(event_id: str) -> int:
-    """64 uniform bits fixed by the event id: holdout choice (low 16) and reservoir draw (rest)."""
-    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "little")
+#: splitmix64 (Steele, Lea, Flood 2014): the increment and the finalizer's multipliers.
+_GAMMA, _MIX1, _MIX2 = (
+    np.uint64(0x9E3779B97F4A7C15),
+    np.uint64(0xBF58476D1CE4E5B9),
+    np.uint64(0x94D049BB133111EB),
+)
+
+
+def _draws(heads: list[str], seqs: list[int]) -> npt.NDArray[np.uint64]:
+    """64 uniform bits per event, fixed by its id ``<head>:<seq>``, so that a retried
+    transaction decides the same: holdout choice (low 16) and reservoir draw (the rest).
+
+    splitmix64 of a hash of the device stream plus the seq, for all events at once:
+    a hash per event id took a fifth of acceptance.
+    """
+    keys = {
+        h: int.from_bytes(hashlib.blake2b(h.encode(), digest_size=8).digest(), "little")
+        for h in set(heads)
+    }
+    z = np.array([keys[h] for h in heads], np.uint64) + np.array(seqs, np.uint64) * _GAMMA
+    z ^= z >> np.uint64(30)
+    z *= _MIX1
+    z ^= z >> np.uint64(27)
+    z *= _MIX2
+    return z ^ (z >> np.uint64(31))
 
 
 def _merge(a: Batch, b: Batch) -> Batch:

@@ -141,8 +141,8 @@ class FeedbackValidator:
             head, seq = ev.stream_key
         except MessageError as e:
             return f"invalid event_id: {e}"
-        if seq < 0:
-            return f"invalid event_id {ev.event_id!r}: negative sequence number"
+        if not 0 <= seq < 2**63:
+            return f"invalid event_id {ev.event_id!r}: sequence number not in 0..2**63-1"
         return ev, head, seq
 
     def _stacked(

@@ -75,6 +75,7 @@ MALFORMED = {
     "label": (None, "label 10 is not a class"),
     "model": (None, "wrong model 'cats'"),
     "bad id": (None, "invalid event_id"),
+    "huge seq": (None, "sequence number not in 0..2**63-1"),
     "type": ({"data": b'{"event_id":"a:e:1","device_id":"a","model":"digits","x":"no","label":1}'}, "invalid: x"),
 }  # fmt: skip
 
@@ -97,6 +98,7 @@ def malformed_fields(kind: str, events) -> dict:
         "label": events.wire("a", 1, x, 10),
         "model": events.wire("a", 1, x, 1).replace(b'"model":"digits"', b'"model":"cats"'),
         "bad id": events.wire("a", 1, x, 1).replace(b'"a:e0:1"', b'"a-e0-one"'),
+        "huge seq": events.wire("a", 2**64, x, 1),
     }[kind]
     return {"data": raw}
 
