@@ -190,6 +190,7 @@ COMMANDS: dict[str, Command] = {
     "devices": Command("every device's last report", _R + "devices_args", _R + "devices"),
     "token": Command("issue, list and revoke API tokens", _T + "token_args", _T + "token"),
     "controller": Command("run the rollout controller alone", _C + "add_arguments", _C + "run"),
+    "bench": Command("run a benchmark", "cloud.benchmarks:add_arguments", "cloud.benchmarks:run"),
 }
 
 

@@ -13,9 +13,10 @@ parent the edges run, even in a trainer that just started.
 A round's child is written on the parent's frozen int8 grid under a budget of
 changed bytes (``update_mode = "budgeted"``, cloud/sparse_training.py), so its
 patch is small; the stored weights are then the trainer's shadow, which holds
-what the budget left for later rounds. It is re-calibrated (a fresh export,
-new scales) when the grid no longer fits the weights, or when the budgeted
-child fails the gate and the fresh one passes; ``details["delta"]`` says which.
+what the budget left for later rounds. When the gate refuses that child, a
+larger budget is tried, then a fresh export (new scales); a child is also
+re-calibrated when the grid no longer fits the weights. ``details["delta"]``
+says which happened.
 """
 
 from __future__ import annotations
@@ -35,16 +36,17 @@ from torch import nn
 from cloud.datasets import Split
 from cloud.evaluation import Decision, Metrics, Samples, evaluate, gate
 from cloud.explain import Side, explain_version
-from cloud.exporter import ExportError, ExportResult, export_int8
+from cloud.exporter import ExportError, ExportResult, NumericCheckError, export_int8
 from cloud.models import build_model, load_weights, weights_to_bytes
 from cloud.publisher import Publisher, StaleParent
 from cloud.replay import TrainerData
 from cloud.settings import TrainerSettings
 from cloud.sparse_training import (
+    ESCALATION,
+    BudgetedUpdate,
     Child,
     FrozenScalesDoNotFit,
     budget_options,
-    budgeted_child,
     full_details,
 )
 from cloud.training import Hyperparameters, bootstrap, fine_tune
@@ -163,7 +165,7 @@ class RoundRunner:
         timings["train_s"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         try:
-            child = self._child(parent_sha, parent_model, result.model, X, y, hp)
+            child, update = self._child(parent_sha, parent_model, result.model, X, y, hp)
         except ExportError as e:
             report.reason = f"export refused: {e}"
             timings["export_s"] = time.perf_counter() - t1
@@ -173,11 +175,9 @@ class RoundRunner:
         judge = partial(gate, parent_tfl, earlier=earlier, recent=recent, labels=self.labels,
                         min_gain=self.s.min_gain, forgetting_tolerance=self.s.forgetting_tolerance)  # fmt: skip
         decision = judge(TFLiteModel(child.exported.content, name="child"))
-        if not decision.publish and child.details["scales"] != "recalibrated":
-            # The frozen grid may be what holds the child back: a fresh calibration decides.
-            child, decision = self._recalibrated(
-                child, decision, parent_sha, result.model, X, hp, judge
-            )
+        if not decision.publish and update is not None:
+            # The budget or the frozen grid may be what holds the child back: ship more.
+            child, decision = self._ship_more(update, child, decision, parent_sha, X, hp, judge)
         timings["gate_s"] = time.perf_counter() - t2
         exported = child.exported
         report.metrics = {**decision.metrics(), "int8_agreement": exported.agreement,
@@ -232,17 +232,22 @@ class RoundRunner:
         return cal, X[rest[:n]] if len(rest) >= n else X[order[-n:]]
 
     def _child(self, parent_sha: str, shadow: nn.Module, trained: nn.Module,
-               X: npt.NDArray[np.float32], y: npt.NDArray[np.int64], hp: Hyperparameters) -> Child:  # fmt: skip
+               X: npt.NDArray[np.float32], y: npt.NDArray[np.int64],
+               hp: Hyperparameters) -> tuple[Child, BudgetedUpdate | None]:  # fmt: skip
         """The round's int8 child: on the parent's frozen grid under the update budget
         (cloud/sparse_training.py), or re-calibrated when the mode or the grid says so."""
         if self.s.update_mode == "full":
-            return self._full(parent_sha, trained, X, hp, "full mode")
+            return self._full(parent_sha, trained, X, hp, "full mode"), None
         try:
-            return budgeted_child(self.publisher.content(parent_sha), shadow, trained, (X, y),
-                                  self._calibration(X, hp.seed), hp, budget_options(self.s))  # fmt: skip
+            update = BudgetedUpdate(self.publisher.content(parent_sha), shadow, trained, (X, y),
+                                    self._calibration(X, hp.seed), hp, budget_options(self.s))  # fmt: skip
+            return update.child(), update
         except FrozenScalesDoNotFit as e:
             logger.info("re-calibrating: %s", e)
-            return self._full(parent_sha, trained, X, hp, e.reason, e.details)
+            return self._full(parent_sha, trained, X, hp, e.reason, e.details), None
+        except NumericCheckError as e:  # e.g. activations the frozen scales saturate
+            logger.info("re-calibrating: %s", e)
+            return self._full(parent_sha, trained, X, hp, "numeric check", {"error": str(e)}), None
 
     def _full(self, parent_sha: str, model: nn.Module, X: npt.NDArray[np.float32],
               hp: Hyperparameters, reason: str, extra: dict[str, Any] | None = None) -> Child:  # fmt: skip
@@ -250,19 +255,26 @@ class RoundRunner:
         return Child(exported, model, full_details(self.publisher.content(parent_sha), exported.content,
                                                    self.s.update_mode, reason, extra))  # fmt: skip
 
-    def _recalibrated(self, child: Child, rejected: Decision, parent_sha: str, trained: nn.Module,
-                      X: npt.NDArray[np.float32], hp: Hyperparameters,
-                      judge: Callable[[TFLiteModel], Decision]) -> tuple[Child, Decision]:  # fmt: skip
-        """The freshly calibrated child when it passes the gate the budgeted one failed."""
-        try:
-            fresh = self._full(
-                parent_sha, trained, X, hp, "gate", {"budgeted_rejected": rejected.reason}
-            )
-        except ExportError as e:
-            logger.info("no re-calibrated child either: %s", e)
-            return child, rejected
-        decision = judge(TFLiteModel(fresh.exported.content, name="recalibrated child"))
-        return (fresh, decision) if decision.publish else (child, rejected)
+    def _ship_more(self, update: BudgetedUpdate, child: Child, rejected: Decision, parent_sha: str,
+                   X: npt.NDArray[np.float32], hp: Hyperparameters,
+                   judge: Callable[[TFLiteModel], Decision]) -> tuple[Child, Decision]:  # fmt: skip
+        """After the gate refused the budgeted child: a larger budget on the same grid,
+        then a fresh calibration; the first that passes, else the refusal stands."""
+        attempts: list[Callable[[], Child]] = [
+            *(partial(update.child, update.budget * k) for k in ESCALATION),
+            partial(self._full, parent_sha, update.unconstrained, X, hp, "gate"),
+        ]
+        for attempt in attempts:
+            try:
+                more = attempt()
+            except ExportError as e:
+                logger.info("no larger child: %s", e)
+                continue
+            decision = judge(TFLiteModel(more.exported.content, name="larger child"))
+            if decision.publish:
+                more.details["budgeted_rejected"] = rejected.reason
+                return more, decision
+        return child, rejected
 
     def _explain(
         self,

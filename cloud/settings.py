@@ -107,13 +107,13 @@ class TrainerSettings(EnvFirstSettings):
         0.025, gt=0, le=1, description="the budget as a fraction of the model's weight bytes"
     )
     update_clip_tolerance: float = Field(
-        0.01, ge=0, le=1, description="weights outside the frozen range that force re-calibration"
+        0.05, ge=0, le=1, description="weights outside the frozen range that force re-calibration"
     )
     update_activation_tolerance: float = Field(
         0.1, ge=0, description="activation range misfit that re-calibrates activation scales only"
     )
     refit_epochs: int = Field(6, ge=1, description="epochs training only the budgeted weights")
-    refit_lr: float = Field(3e-3, gt=0)
+    refit_lr: float = Field(2e-3, gt=0)
 
     # The registry and delivery
     blob_dir: Path | None = Field(

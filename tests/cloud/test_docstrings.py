@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES = ["cloud.datasets", "cloud.models", "cloud.replay", "cloud.ingest", "cloud.validation", "cloud.watermark", "cloud.training",
+MODULES = ["cloud.datasets", "cloud.models", "cloud.replay", "cloud.ingest", "cloud.validation", "cloud.watermark", "cloud.training", "cloud.tflite_file", "cloud.sparse_update",
            "cloud.evaluation", "cloud.triggers", "cloud.settings"]  # fmt: skip
 
 

@@ -1,0 +1,30 @@
+"""``edgeloop bench NAME``: benchmarks that run the cloud's own code end to end.
+
+Each benchmark is a module with ``add_arguments(parser)`` and ``run(args) -> int``,
+listed in ``BENCHMARKS``; nothing heavy is imported until one runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+#: name -> (help, module)
+BENCHMARKS = {
+    "deltas": (
+        "bytes shipped per update, budgeted trainer vs full re-export, on the digits drift",
+        "cloud.benchmarks.deltas",
+    ),
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    for name, (help_text, module) in BENCHMARKS.items():
+        bp = sub.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(module).add_arguments(bp)
+
+
+def run(args: argparse.Namespace) -> int:
+    _, module = BENCHMARKS[args.benchmark]
+    return int(importlib.import_module(module).run(args))

@@ -1,0 +1,348 @@
+"""``edgeloop bench deltas``: what an update costs on the wire, budgeted vs full re-export.
+
+The digits drift scenario, run twice through the trainer's own code (a real
+``cloud.trainer.Trainer`` on a private redis-server, feedback events through
+ingest, count-triggered rounds): once with ``update_mode = "budgeted"``, once
+with ``"full"`` (a freshly calibrated export every update). Both runs get the
+same bootstrap and the same labeled samples in the same order: a few updates
+of upright digits, then the inputs rotate by 90 degrees (``cloud.datasets.drift``)
+and stay rotated.
+
+Per update, for what each run published:
+
+- **delta**: our patch (``shared.delta.make_patch``, what the registry serves)
+  from the previous budgeted version to the new one;
+- **full**: the artifact as zstd level 19 (what shipping the file costs);
+- **patch-from**: ``zstd --patch-from`` between consecutive unconstrained
+  artifacts, computed as python-zstandard at level 19 with the previous file as
+  a raw-content dictionary, which is what ``--patch-from`` does;
+- **accuracy** of each run's current version, in the edge runtime, on held-out
+  stream samples that neither run trains on: upright and rotated (the mean of
+  the two is the headline).
+
+The goal: delta bytes at most 5% of the full bytes of the same updates, with
+the budgeted run's final accuracy within 0.5 points of the unconstrained run's.
+With ``--json`` the last line of stdout is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+GOAL_RATIO = 0.05
+GOAL_ACCURACY_POINTS = 0.5
+
+
+@dataclass(frozen=True)
+class Scenario:
+    updates: int
+    per_update: int  # labeled samples fed before each update
+    upright_updates: int  # updates before the drift
+    eval_size: int  # held-out stream samples (each evaluated upright and rotated)
+    seed: int = 0
+
+
+QUICK = Scenario(updates=10, per_update=72, upright_updates=2, eval_size=300)
+FULL = Scenario(updates=13, per_update=72, upright_updates=2, eval_size=300)
+
+#: Trainer settings of both runs (the update mode aside): count-triggered rounds of
+#: exactly one update's samples, and a gate that publishes any child that is no worse
+#: on the recent window (min_gain 0) and does not forget, so that the runs are
+#: sequences of continual updates.
+BENCH_SETTINGS: dict[str, Any] = {
+    "round_interval_s": 3600.0, "drift_window": 10_000, "gate_min_recent": 10, "min_gain": 0.0,
+    "status_interval_s": 3600.0, "block_ms": 10,
+    # rounds run inside step() here, where nothing renews the lease while they train
+    "lock_ttl_ms": 3_600_000,
+}  # fmt: skip
+
+
+@dataclass
+class RunRow:
+    """One update of one run."""
+
+    published: bool
+    version: int | None
+    reason: str
+    scales: str | None = None  # frozen, activations, recalibrated (details["delta"])
+    recalibrated_for: str | None = None  # why: clipping, gate, layout, full mode
+    residual_l2: float | None = None
+    bytes_changed: int = 0  # bytes of the file that differ from the previous version
+    delta_bytes: int = 0  # make_patch from the previous version
+    full_bytes: int = 0  # zstd -19 of the artifact
+    patch_from_bytes: int = 0  # zstd --patch-from the previous version
+    acc_upright: float = 0.0
+    acc_rotated: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def acc(self) -> float:
+        return (self.acc_upright + self.acc_rotated) / 2
+
+
+@dataclass
+class Result:
+    scenario: Scenario
+    budgeted: list[RunRow] = field(default_factory=list)
+    unconstrained: list[RunRow] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        b, u = self.budgeted, self.unconstrained
+        delta = sum(r.delta_bytes for r in b if r.published)
+        full = sum(r.full_bytes for r in b if r.published)
+        acc_b, acc_u = (b[-1].acc if b else 0.0), (u[-1].acc if u else 0.0)
+        ratio = delta / full if full else None
+        return {
+            "delta_bytes_total": delta,
+            "full_bytes_total": full,
+            "patch_from_bytes_total": sum(r.patch_from_bytes for r in u if r.published),
+            "full_bytes_total_unconstrained": sum(r.full_bytes for r in u if r.published),
+            "delta_ratio": None if ratio is None else round(ratio, 4),
+            "acc_budgeted": round(acc_b, 4),
+            "acc_unconstrained": round(acc_u, 4),
+            "acc_gap_points": round(100 * (acc_u - acc_b), 2),
+            "published_budgeted": sum(r.published for r in b),
+            "published_unconstrained": sum(r.published for r in u),
+            "goal_met": ratio is not None
+            and ratio <= GOAL_RATIO
+            and 100 * (acc_u - acc_b) <= GOAL_ACCURACY_POINTS,
+        }
+
+    def as_json(self) -> dict[str, Any]:
+        rows = [
+            {"update": i + 1, "rotated": i >= self.scenario.upright_updates,
+             "budgeted": {**asdict(rb), "acc": round(rb.acc, 4)},
+             "unconstrained": {**asdict(ru), "acc": round(ru.acc, 4)}}
+            for i, (rb, ru) in enumerate(zip(self.budgeted, self.unconstrained, strict=True))
+        ]  # fmt: skip
+        return {**self.summary(), "updates": rows, "scenario": asdict(self.scenario),
+                "settings": BENCH_SETTINGS, "seconds": round(self.seconds, 1)}  # fmt: skip
+
+
+# -- the runs ---------------------------------------------------------------------
+
+
+def run_benchmark(
+    scenario: Scenario, overrides: dict[str, Any] | None = None, progress: Any = None
+) -> Result:
+    """Both runs on one private redis-server; ``overrides`` go into both runs' settings."""
+    from cloud.demo.services import ProcessGroup, start_redis
+    from shared.signing import write_keypair
+
+    start = time.perf_counter()
+    result = Result(scenario)
+    with tempfile.TemporaryDirectory(prefix="edgeloop-bench-") as tmp:
+        workdir = Path(tmp)
+        group = ProcessGroup(workdir)
+        try:
+            url = start_redis(group)
+            write_keypair(workdir / "keys")
+            for mode in ("budgeted", "full"):
+                rows = _run(mode, url, workdir, scenario, overrides or {}, progress)
+                if mode == "budgeted":
+                    result.budgeted = rows
+                else:
+                    result.unconstrained = rows
+        finally:
+            group.stop_all()
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _run(
+    mode: str,
+    url: str,
+    workdir: Path,
+    scenario: Scenario,
+    overrides: dict[str, Any],
+    progress: Any,
+) -> list[RunRow]:
+    import redis
+
+    from cloud.datasets import drift, load_dataset, split
+    from cloud.settings import TrainerSettings
+    from cloud.trainer import Trainer
+    from edge.runtime import TFLiteModel
+
+    digits = load_dataset("digits")
+    stream = split(digits, scenario.seed).stream
+    rotate = drift("digits")
+    order = _order(len(stream.y), scenario.seed)
+    held, feed = order[: scenario.eval_size], order[scenario.eval_size :]
+    needed = scenario.updates * scenario.per_update
+    if len(feed) < needed:
+        raise ValueError(f"the stream pool has {len(feed)} samples; the scenario needs {needed}")
+    X_eval, y_eval = stream.X[held], stream.y[held]
+    X_eval_rot = rotate(X_eval)
+    settings = TrainerSettings(
+        fleet=f"bench-{mode}", redis_url=url, consumer=f"bench-{mode}", update_mode=mode,
+        signing_key=workdir / "keys" / "signing.key", blob_dir=workdir / f"blobs-{mode}",
+        round_min_samples=scenario.per_update, **{**BENCH_SETTINGS, **overrides},
+    )  # fmt: skip
+    client = redis.Redis.from_url(url)
+    trainer = Trainer(settings, client=client, dataset=digits, background_rounds=False)
+    rows: list[RunRow] = []
+    task = progress.add_task(f"{mode}: bootstrap", total=scenario.updates) if progress else None
+    try:
+        trainer.start()
+        _, sha, _ = trainer.publisher.latest(settings.model)  # type: ignore[misc]
+        previous = trainer.publisher.content(sha)
+        for i in range(scenario.updates):
+            if progress:
+                progress.update(task, description=f"{mode}: update {i + 1}/{scenario.updates}")
+            idx = feed[i * scenario.per_update : (i + 1) * scenario.per_update]
+            X = stream.X[idx] if i < scenario.upright_updates else rotate(stream.X[idx])
+            t = time.perf_counter()
+            report = _update(trainer, client, X, stream.y[idx], seq=i * scenario.per_update)
+            delta = (report.get("details") or {}).get("delta") or {}
+            row = RunRow(published=bool(report.get("published")), version=report.get("version"),
+                         reason=str(report.get("reason", report.get("error", ""))),
+                         scales=delta.get("scales"), recalibrated_for=delta.get("reason"),
+                         residual_l2=delta.get("residual_l2"),
+                         seconds=round(time.perf_counter() - t, 2))  # fmt: skip
+            if row.published:
+                content = trainer.publisher.content(report["sha256"])
+                _measure(row, previous, content)
+                previous = content
+            current = TFLiteModel(previous)
+            row.acc_upright = _accuracy(current, X_eval, y_eval)
+            row.acc_rotated = _accuracy(current, X_eval_rot, y_eval)
+            rows.append(row)
+            if progress:
+                progress.advance(task)
+    finally:
+        trainer.close()
+        client.close()
+    return rows
+
+
+def _order(n: int, seed: int) -> Any:
+    import numpy as np
+
+    return np.random.default_rng(seed).permutation(n)
+
+
+def _update(trainer: Any, client: Any, X: Any, y: Any, seq: int) -> dict[str, Any]:
+    """Feed one update's samples as feedback events; step until the round they start is done."""
+    from shared.messages import FeedbackEvent
+
+    pipe = client.pipeline(transaction=False)
+    for j in range(len(y)):
+        device = f"bench-{j % 4}"
+        event = FeedbackEvent(event_id=f"{device}:e0:{(seq + j) // 4}", device_id=device,
+                              model=trainer.settings.model, x=[float(v) for v in X[j]],
+                              label=int(y[j]))  # fmt: skip
+        pipe.xadd(trainer.keys.feedback, {"data": event.to_wire()})
+    pipe.execute()
+    done = trainer.status.rounds + trainer.status.rounds_rejected
+    deadline = time.monotonic() + 600
+    while trainer.status.rounds + trainer.status.rounds_rejected == done:
+        if time.monotonic() > deadline:
+            raise TimeoutError("no round ran within 600 s of feeding an update")
+        trainer.step(block_ms=10)
+    return dict(trainer.status.last_round or {})
+
+
+def _measure(row: RunRow, previous: bytes, content: bytes) -> None:
+    import numpy as np
+    import zstandard
+
+    from shared.delta import make_patch
+
+    row.full_bytes = len(zstandard.ZstdCompressor(level=19).compress(content))
+    row.delta_bytes = len(make_patch(previous, content))
+    raw = zstandard.ZstdCompressionDict(previous, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    row.patch_from_bytes = len(zstandard.ZstdCompressor(level=19, dict_data=raw).compress(content))
+    a, b = np.frombuffer(previous, np.uint8), np.frombuffer(content, np.uint8)
+    row.bytes_changed = int(np.count_nonzero(a != b)) if len(a) == len(b) else len(b)
+
+
+def _accuracy(model: Any, X: Any, y: Any) -> float:
+    return float((model.predict_proba_batch(X).argmax(1) == y).mean())
+
+
+# -- the command ------------------------------------------------------------------
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help=f"{QUICK.updates} updates (a few minutes)")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p.add_argument("--updates", type=int, help="number of updates (default 10 quick, 13 full)")
+    p.add_argument("--budget-bytes", type=int, help="update_budget_bytes of the budgeted run")
+
+
+def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    scenario = QUICK if args.quick else FULL
+    if args.updates:
+        scenario = replace(scenario, updates=args.updates)
+    overrides = {"update_budget_bytes": args.budget_bytes} if args.budget_bytes else {}
+    # The trainer logs every round; the progress bar says enough.
+    for name in ("cloud", "edge", "shared"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
+    err = Console(stderr=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TimeElapsedColumn())  # fmt: skip
+    with Progress(*columns, console=err, transient=True) as progress:
+        result = run_benchmark(scenario, overrides, progress)
+    if args.json:
+        print(json.dumps(result.as_json(), separators=(",", ":")))
+    else:
+        _print_table(result, Console())
+    return 0
+
+
+def _print_table(result: Result, console: Any) -> None:
+    from rich.table import Table
+
+    table = Table(
+        title="Bytes per update: budgeted trainer vs full re-export (digits, rotation drift)"
+    )
+    for col in ("update", "data", "budgeted: scales", "changed B", "delta B", "full B", "acc",
+                "unconstr.: full B", "patch-from B", "acc"):  # fmt: skip
+        table.add_column(col, justify="left" if col in ("data", "budgeted: scales") else "right")
+    for i, (b, u) in enumerate(zip(result.budgeted, result.unconstrained, strict=True)):
+        rotated = i >= result.scenario.upright_updates
+        table.add_row(
+            str(i + 1), "rotated" if rotated else "upright",
+            (b.scales or "-") if b.published else "rejected",
+            _n(b.bytes_changed, b.published), _n(b.delta_bytes, b.published),
+            _n(b.full_bytes, b.published), f"{b.acc:.3f}",
+            _n(u.full_bytes, u.published), _n(u.patch_from_bytes, u.published), f"{u.acc:.3f}",
+        )  # fmt: skip
+    s = result.summary()
+    table.add_section()
+    table.add_row("total", "", "", "", f"{s['delta_bytes_total']:,}", f"{s['full_bytes_total']:,}",
+                  f"{s['acc_budgeted']:.3f}", f"{s['full_bytes_total_unconstrained']:,}",
+                  f"{s['patch_from_bytes_total']:,}", f"{s['acc_unconstrained']:.3f}")  # fmt: skip
+    console.print(table)
+    ratio = "n/a" if s["delta_ratio"] is None else f"{s['delta_ratio']:.1%}"
+    verdict = "[green]met[/]" if s["goal_met"] else "[red]not met[/]"
+    console.print(
+        f"delta / full: {ratio} (goal ≤ {GOAL_RATIO:.0%}); accuracy gap "
+        f"{s['acc_gap_points']:+.2f} points (goal ≤ {GOAL_ACCURACY_POINTS}); goal {verdict}; "
+        f"{result.seconds:.0f}s"
+    )
+
+
+def _n(value: int, published: bool) -> str:
+    return f"{value:,}" if published else "-"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run(argparse.Namespace(quick=True, json=True, updates=None, budget_bytes=None)))
