@@ -37,6 +37,7 @@ from shared.signing import Verifier
 
 logger = logging.getLogger(__name__)
 
+_F32 = np.dtype(np.float32)
 _F32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -276,7 +277,8 @@ class EdgeDaemon:
             raise Unavailable("no model is loaded, so the expected features are unknown")
         try:
             arr = np.asarray(x)
-            if arr.dtype != np.float32:  # float32, what predict takes, stays as it is
+            is_f32 = arr.dtype is _F32  # what predict takes: checked as it is
+            if not is_f32:
                 arr = arr.astype(np.float64, copy=False)  # the range check cannot overflow
         except (TypeError, ValueError) as e:
             raise InputError(f"x must be a list of {num_features} numbers: {e}") from e
@@ -287,7 +289,6 @@ class EdgeDaemon:
         # overflow while a NaN or an infinity makes it non-finite: one pass over the
         # list the event needs anyway, a third of two numpy reductions. Other input
         # is float64 by now, range-checked whole (NaN fails the comparison too).
-        is_f32 = arr.dtype == np.float32
         if not (isfinite(sum(values)) if is_f32 else np.abs(arr).max() <= _F32_MAX):
             raise InputError(
                 "features must be finite float32 numbers (got NaN, infinity or overflow)"
