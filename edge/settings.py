@@ -102,7 +102,9 @@ class EdgeSettings(EnvFirstSettings):
     )
 
     # -- feedback uplink ----------------------------------------------------
-    feedback_batch: int = Field(256, ge=1)
+    feedback_batch: int = Field(
+        256, ge=1, description="events per feedback stream entry; the sender waits for as many"
+    )
     feedback_flush_ms: float = Field(50.0, gt=0)
     feedback_queue_max: int = Field(10_000, ge=1)
     spool_max_bytes: int = Field(64 * 1024 * 1024, ge=4096)
