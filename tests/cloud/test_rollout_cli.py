@@ -14,6 +14,7 @@ from api_helpers import PEPPER, issue, report, seed_versions, serving
 from cloud import cli
 from cloud.api.app import create_app
 from cloud.api.settings import ApiSettings
+from cloud.api_client import ApiClient
 
 FLEET = "lab"
 DEVICES = [f"pi-{i}" for i in range(4)]
@@ -62,10 +63,15 @@ def test_start_status_steer_and_watch_a_rollout(live, capsys):
     assert code == 2 and "cannot pause" in err and "(HTTP 409)" in err and err.count("\n") == 1
     assert run(capsys, "rollout", "resume", rid)[0] == 0
 
+    def act(action: str, rollout_id: str) -> None:  # an operator elsewhere (prints nothing here)
+        ApiClient(os.environ["EDGELOOP_API_URL"], token=os.environ["EDGELOOP_TOKEN"]).request(
+            "POST", f"/v1/rollouts/{{}}/{action}", rollout_id
+        )
+
     def operator() -> None:  # promotes by hand while `watch` follows
         for _ in range(3):
             time.sleep(0.4)
-            cli.main(["rollout", "promote", rid, "--json"])
+            act("promote", rid)
 
     t = threading.Thread(target=operator)
     t.start()
@@ -77,7 +83,7 @@ def test_start_status_steer_and_watch_a_rollout(live, capsys):
         capsys, "rollout", "start", "digits", "3", "--stages", "c=1,all=100%", "--json"
     )
     rid2 = json.loads(out)["id"]
-    threading.Timer(0.3, lambda: cli.main(["rollout", "abort", rid2, "--json"])).start()
+    threading.Timer(0.3, act, args=("abort", rid2)).start()
     code, out, _ = run(capsys, "rollout", "watch", rid2, "--interval", "0.1", "--json")
     lines = [json.loads(line) for line in out.splitlines()]
     assert code == 3 and lines[-1]["state"] == "aborted" and lines[0]["state"] == "running"
