@@ -1,0 +1,17 @@
+"""Docstring examples of the REST API, its clients and the rollout code run."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ["cloud.api.app", "cloud.api.settings", "cloud.api_client", "cloud.rollout_cli",
+           "cloud.rollout.rings"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples_run(name):
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
