@@ -231,3 +231,45 @@ def test_the_controller_runs_in_the_api_and_alone(settings, redis_client, tmp_pa
     with TestClient(create_app(settings)) as api:
         state = api.get(f"/v1/rollouts/{rid}", headers=admin).json()
     assert state["state"] == "completed", state
+
+
+def test_several_controllers_at_once_apply_each_decision_once(settings, redis_client, tmp_path):
+    from cloud.registry import DirBlobStore, Registry
+    from cloud.rollout.controller import RolloutController
+    from cloud.rollout.runner import ControllerLoop
+    from shared.rollouts import desired_sha
+
+    shas = seed_versions(redis_client, FLEET, tmp_path / "blobs")
+    devices = [f"pi-{i}" for i in range(6)]
+    for d in devices:
+        report(redis_client, FLEET, d, shas[0], rolling_accuracy=0.9)
+    keys = FleetKeys(FLEET)
+    admin = bearer(issue(redis_client, FLEET, "admin"))
+    spec = {"model": "digits", "target": "2",
+            "stages": [{"name": "c", "count": 1}, {"name": "h", "percent": 50}, {"name": "all", "percent": 100}],
+            "gate": {"min_labeled": 0, "min_requests": 0, "min_dwell_s": 0}}  # fmt: skip
+    busy = settings.model_copy(update={"controller_interval_s": 0.01})
+    loose = ControllerLoop(RolloutController(redis_client, keys,
+                                             Registry(redis_client, keys, DirBlobStore(tmp_path / "blobs"))), 0.01)  # fmt: skip
+    with TestClient(create_app(busy)) as one, TestClient(create_app(busy)) as two:
+        loose.start()
+        rid = one.post("/v1/rollouts", json=spec, headers=admin).json()["id"]
+        deadline = time.monotonic() + 20
+        while two.get(f"/v1/rollouts/{rid}", headers=admin).json()["state"] == "running":
+            assert time.monotonic() < deadline, "the rollout did not complete"
+            for d in devices:  # edges follow what they are told
+                get = redis_client.get(keys.target("digits"))
+                assigned = redis_client.hget(keys.assignments("digits"), d)
+                sha = desired_sha(
+                    get.decode() if get else None, assigned.decode() if assigned else None, None
+                )
+                report(redis_client, FLEET, d, sha, rolling_accuracy=0.9)
+            time.sleep(0.01)
+        loose.stop()
+        r = one.get(f"/v1/rollouts/{rid}", headers=admin).json()
+    assert r["state"] == "completed"
+    events = [e["what"] for e in r["events"]]
+    for stage in ("c", "h", "all"):
+        assert events.count(f"stage {stage} passed") == 1, events
+        assert sum(e.startswith(f"stage {stage}: v2 assigned") for e in events) == 1, events
+    assert sum(e.startswith("completed") for e in events) == 1
