@@ -273,3 +273,17 @@ def test_several_controllers_at_once_apply_each_decision_once(settings, redis_cl
         assert events.count(f"stage {stage} passed") == 1, events
         assert sum(e.startswith(f"stage {stage}: v2 assigned") for e in events) == 1, events
     assert sum(e.startswith("completed") for e in events) == 1
+
+
+def test_the_openapi_schema_documents_auth_and_write_shapes_with_examples(api):
+    spec = api.get("/openapi.json").json()
+    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    create = spec["paths"]["/v1/rollouts"]["post"]
+    assert {"201", "401", "403", "404", "409", "422"} <= set(create["responses"])
+    assert create["security"] == [{"HTTPBearer": []}]
+    schemas = spec["components"]["schemas"]
+    for name in ("RolloutCreate", "PinCreate", "TokenCreate"):
+        assert schemas[name].get("examples"), name
+    body = spec["paths"]["/v1/feedback"]["post"]["requestBody"]["content"]["application/json"]
+    assert set(body["examples"]) == {"one", "batch"}
+    assert "security" not in spec["paths"]["/healthz"]["get"]
