@@ -130,6 +130,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.state.request_counts = metrics.RequestCounts()
     app.state.controller_loop = None
     errors.install(app)
+    errors.limit_body(app, settings.max_body_bytes)
     metrics.install(app, app.state.request_counts)
     reads = [Depends(require_viewer)]
     for module in (models, versions, diffs, deltas):

@@ -79,6 +79,20 @@ async def _invalid(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def limit_body(app: FastAPI, max_bytes: int) -> None:
+    """Refuse a body whose declared length is over ``max_bytes`` before it is read (413)."""
+
+    @app.middleware("http")
+    async def check_length(request: Request, call_next: Any) -> Any:
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > max_bytes):
+            return JSONResponse(
+                {"detail": f"the request body is over {max_bytes} bytes: send smaller batches"},
+                status_code=413,
+            )
+        return await call_next(request)
+
+
 async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     logger.warning("registry unavailable: %s", exc)
     return JSONResponse({"detail": f"the registry is unavailable: {exc}"}, status_code=503)

@@ -70,6 +70,9 @@ class ApiSettings(EnvFirstSettings):
     )
     status_stream_maxlen: int = Field(10_000, ge=1, description="cap of the status stream (~)")
     feedback_batch: int = Field(256, ge=1, description="events per feedback stream entry")
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="larger request bodies are refused (413)"
+    )
 
     @field_validator("fleet")
     @classmethod

@@ -287,3 +287,16 @@ def test_the_openapi_schema_documents_auth_and_write_shapes_with_examples(api):
     body = spec["paths"]["/v1/feedback"]["post"]["requestBody"]["content"]["application/json"]
     assert set(body["examples"]) == {"one", "batch"}
     assert "security" not in spec["paths"]["/healthz"]["get"]
+
+
+def test_a_body_over_the_limit_is_a_413(settings, redis_client):
+    device = bearer(issue(redis_client, FLEET, "device", "pi-01", device="pi-01"))
+    small = settings.model_copy(update={"max_body_bytes": 4096})
+    with TestClient(create_app(small)) as api:
+        events = _events(np.ones((20, 64)), [1] * 20)
+        r = api.post(
+            "/v1/feedback", json={"events": [e.model_dump() for e in events]}, headers=device
+        )
+        assert r.status_code == 413 and "send smaller batches" in r.json()["detail"]
+        r = api.post("/v1/feedback", json=events[0].model_dump(), headers=device)
+        assert r.status_code == 202
