@@ -6,7 +6,7 @@ in JSON, no larger than ``max_event_bytes``, of this build's schema version, for
 this trainer's model, with a known label, the model's feature count, finite
 features (as float32) and an event id ending in a sequence number. A bad event
 is refused alone; the other events of its entry are accepted. Each event is
-parsed once; the features of a read are stacked into one array once.
+parsed once; the features of each entry are stacked into an array once.
 
 >>> v = FeedbackValidator(model="digits", num_features=2, num_classes=3, max_event_bytes=1000)
 >>> ok = b'{"event_id":"pi:e:1","device_id":"pi","model":"digits","x":[1,2],"label":2}'
@@ -92,7 +92,7 @@ class FeedbackValidator:
     def parse_entries(self, entries: list[Entry]) -> tuple[Events, list[Refused]]:
         """The valid events of ``entries`` in stream order, and the refused ones."""
         valid = Events([], [], [], [], [], [], np.zeros((0, self.num_features), np.float32))
-        xs: list[list[float]] = []
+        blocks: list[npt.NDArray[np.float32]] = []  # the features, an array per entry
         raws: list[bytes] = []
         refused: list[Refused] = []
         for raw_id, fields in entries:
@@ -102,6 +102,7 @@ class FeedbackValidator:
                 reason = f"missing field {FEEDBACK_EVENT_FIELD!r} or {FEEDBACK_BATCH_FIELD!r}"
                 refused.append((entry_id, reason, payload_of(fields)))
                 continue
+            rows: list[list[float]] = []
             for raw in payloads:
                 checked = self.parse(raw)
                 if isinstance(checked, str):
@@ -115,9 +116,14 @@ class FeedbackValidator:
                 valid.labels.append(ev.label)
                 p = ev.predicted
                 valid.predicted.append(p if p is not None and 0 <= p < self.num_classes else -1)
-                xs.append(ev.x)
+                rows.append(ev.x)
                 raws.append(raw)
-        events, nonfinite = self._stacked(valid, xs, raws)
+            if rows:  # stacked entry by entry: the lists of floats die young, in cache
+                with np.errstate(over="ignore", invalid="ignore"):
+                    blocks.append(np.array(rows, dtype=np.float32))
+        if blocks:
+            valid.X = np.concatenate(blocks)
+        events, nonfinite = self._finite(valid, raws)
         return events, refused + nonfinite
 
     def parse(self, raw: bytes) -> tuple[FeedbackEvent, str, int] | str:
@@ -145,14 +151,9 @@ class FeedbackValidator:
             return f"invalid event_id {ev.event_id!r}: sequence number not in 0..2**63-1"
         return ev, head, seq
 
-    def _stacked(
-        self, valid: Events, xs: list[list[float]], raws: list[bytes]
-    ) -> tuple[Events, list[Refused]]:
-        """``valid`` with its features stacked once; rows not finite as float32 refused."""
-        if not xs:
-            return valid, []
-        with np.errstate(over="ignore", invalid="ignore"):
-            valid.X = np.array(xs, dtype=np.float32)
+    def _finite(self, valid: Events, raws: list[bytes]) -> tuple[Events, list[Refused]]:
+        """``valid`` without the events whose features are not finite as float32,
+        and those refused."""
         finite = np.isfinite(valid.X).all(axis=1)
         if finite.all():
             return valid, []
