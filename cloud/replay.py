@@ -248,7 +248,10 @@ class TrainerData:
     def training_set(self) -> tuple[FloatArray, IntArray]:
         """Replay buffer plus the recent-training ring (recent samples count twice when in both)."""
         fields = self.client.hgetall(self.replay_key)
-        blobs = [v for k, v in fields.items() if k.startswith((b"s:", b"t:")) and k != RING_COUNTER]
+        # sorted: a hash's order depends on the server's random hash seed, and a round
+        # must train on the same sequence wherever it runs (deterministic under a seed)
+        blobs = [v for k, v in sorted(fields.items())
+                 if k.startswith((b"s:", b"t:")) and k != RING_COUNTER]  # fmt: skip
         return decode_samples(blobs, self.num_features)
 
     def replay_set(self) -> tuple[FloatArray, IntArray]:
