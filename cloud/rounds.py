@@ -13,10 +13,13 @@ parent the edges run, even in a trainer that just started.
 A round's child is written on the parent's frozen int8 grid under a budget of
 changed bytes (``update_mode = "budgeted"``, cloud/sparse_training.py), so its
 patch is small; the stored weights are then the trainer's shadow, which holds
-what the budget left for later rounds. When the gate refuses that child, a
-larger budget is tried, then a fresh export (new scales); a child is also
-re-calibrated when the grid no longer fits the weights. ``details["delta"]``
-says which happened.
+what the budget left for later rounds. When the gate refuses that child, or it
+trails the round's unconstrained model on the recent window by more than
+``update_max_loss`` (a drift the budget cannot follow), more is shipped if a
+fresh export (new scales) would do better: a larger budget on the same grid if
+that comes within ``update_max_loss`` of it, else the fresh export. A child is
+also re-calibrated when the grid no longer fits the weights.
+``details["delta"]`` says which.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from cloud.datasets import Split
 from cloud.evaluation import Decision, Metrics, Samples, evaluate, gate
 from cloud.explain import Side, explain_version
 from cloud.exporter import ExportError, ExportResult, NumericCheckError, export_int8
-from cloud.models import build_model, load_weights, weights_to_bytes
+from cloud.models import build_model, load_weights, predict_proba, weights_to_bytes
 from cloud.publisher import Publisher, StaleParent
 from cloud.replay import TrainerData
 from cloud.settings import TrainerSettings
@@ -175,7 +178,9 @@ class RoundRunner:
         judge = partial(gate, parent_tfl, earlier=earlier, recent=recent, labels=self.labels,
                         min_gain=self.s.min_gain, forgetting_tolerance=self.s.forgetting_tolerance)  # fmt: skip
         decision = judge(TFLiteModel(child.exported.content, name="child"))
-        if not decision.publish and update is not None:
+        if update is not None and (
+            not decision.publish or self._budget_costs(decision, result.model, recent)
+        ):
             # The budget or the frozen grid may be what holds the child back: ship more.
             child, decision = self._ship_more(update, child, decision, parent_sha, X, hp, judge)
         timings["gate_s"] = time.perf_counter() - t2
@@ -255,26 +260,57 @@ class RoundRunner:
         return Child(exported, model, full_details(self.publisher.content(parent_sha), exported.content,
                                                    self.s.update_mode, reason, extra))  # fmt: skip
 
-    def _ship_more(self, update: BudgetedUpdate, child: Child, rejected: Decision, parent_sha: str,
+    def _budget_costs(self, decision: Decision, unconstrained: nn.Module, recent: Samples) -> bool:
+        """Whether the budgeted child trails the round's unconstrained (float) model on
+        the recent window by more than update_max_loss: after a drift, a budget that
+        suits a quiet stream would leave the fleet on a model it could already beat."""
+        X, y = recent
+        ours = decision.child_recent.accuracy
+        if ours is None or len(y) == 0:
+            return False
+        wanted = float((predict_proba(unconstrained, X).argmax(axis=1) == y).mean())
+        if wanted - ours <= self.s.update_max_loss:
+            return False
+        logger.info(
+            "budgeted child: recent accuracy %.3f, the unconstrained model %.3f", ours, wanted
+        )
+        return True
+
+    def _ship_more(self, update: BudgetedUpdate, child: Child, first: Decision, parent_sha: str,
                    X: npt.NDArray[np.float32], hp: Hyperparameters,
                    judge: Callable[[TFLiteModel], Decision]) -> tuple[Child, Decision]:  # fmt: skip
-        """After the gate refused the budgeted child: a larger budget on the same grid,
-        then a fresh calibration; the first that passes, else the refusal stands."""
-        attempts: list[Callable[[], Child]] = [
-            *(partial(update.child, update.budget * k) for k in ESCALATION),
-            partial(self._full, parent_sha, update.unconstrained, X, hp, "gate"),
-        ]
-        for attempt in attempts:
+        """When the gate refused the budgeted child, or the budget cost more accuracy
+        than update_max_loss: the fresh export (new scales) sets the mark. If it fails
+        the gate too, the budget is not what held the child back and ``first`` stands;
+        else the first larger budget on the same grid (2x, 4x) within update_max_loss
+        of it ships, or the fresh export itself."""
+        try:
+            fresh = self._full(parent_sha, update.unconstrained, X, hp, "budget")
+        except ExportError as e:
+            logger.info("no fresh export to compare with: %s", e)
+            return child, first
+        marked = judge(TFLiteModel(fresh.exported.content, name="fresh child"))
+        if not marked.publish or marked.child_recent.accuracy is None:
+            return child, first
+        mark = marked.child_recent.accuracy - self.s.update_max_loss
+        why = first.reason if not first.publish else (
+            f"recent accuracy {first.child_recent.accuracy:.3f}; a fresh export "
+            f"{marked.child_recent.accuracy:.3f}"
+        )  # fmt: skip
+        if first.publish and (first.child_recent.accuracy or 0.0) >= mark - 1e-9:
+            return child, first
+        for factor in ESCALATION:
             try:
-                more = attempt()
+                more = update.child(update.budget * factor)
             except ExportError as e:
-                logger.info("no larger child: %s", e)
-                continue
+                logger.info("no larger budgeted child: %s", e)
+                break
             decision = judge(TFLiteModel(more.exported.content, name="larger child"))
-            if decision.publish:
-                more.details["budgeted_rejected"] = rejected.reason
+            if decision.publish and (decision.child_recent.accuracy or 0.0) >= mark - 1e-9:
+                more.details["budgeted_rejected"] = why
                 return more, decision
-        return child, rejected
+        fresh.details["budgeted_rejected"] = why
+        return fresh, marked
 
     def _explain(
         self,

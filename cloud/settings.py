@@ -112,6 +112,11 @@ class TrainerSettings(EnvFirstSettings):
     update_activation_tolerance: float = Field(
         0.1, ge=0, description="activation range misfit that re-calibrates activation scales only"
     )
+    update_max_loss: float = Field(
+        0.05, ge=0, le=1,
+        description="recent-window accuracy a budgeted child may trail the round's unconstrained "
+        "(float) model by; beyond it the round ships more (a larger budget, then a fresh export)",
+    )  # fmt: skip
     refit_epochs: int = Field(6, ge=1, description="epochs training only the budgeted weights")
     refit_lr: float = Field(2e-3, gt=0)
 

@@ -455,7 +455,9 @@ class EdgeCounters(BaseModel):
     patches_applied: int = 0
     full_downloads: int = 0
     patch_failures: int = 0
-    self_reverts: int = Field(0, description="versions this edge reverted by itself (edge/guard.py)")
+    self_reverts: int = Field(
+        0, description="versions this edge reverted by itself (edge/guard.py)"
+    )
 
 
 class EdgeStatus(WireModel):
@@ -494,8 +496,8 @@ class TrainerStatus(WireModel):
 
     model: str
     consumer: str
-    rounds: int = 0
-    rounds_rejected: int = 0
+    rounds: int = Field(0, description="rounds whose child was published")
+    rounds_rejected: int = Field(0, description="rounds the gate (or the exporter) refused")
     feedback_accepted: int = 0
     feedback_duplicates: int = 0
     feedback_deadlettered: int = 0

@@ -4,9 +4,13 @@ The digits drift scenario, run twice through the trainer's own code (a real
 ``cloud.trainer.Trainer`` on a private redis-server, feedback events through
 ingest, count-triggered rounds): once with ``update_mode = "budgeted"``, once
 with ``"full"`` (a freshly calibrated export every update). Both runs get the
-same bootstrap and the same labeled samples in the same order: a few updates
-of upright digits, then the inputs rotate by 90 degrees (``cloud.datasets.drift``)
-and stay rotated.
+same bootstrap and the same labeled samples in the same order: a warm-up of upright labels (ingested
+without a round, so that the gate's recent window is more than a dozen samples
+at the first update), a few updates of upright digits, then the inputs rotate
+by 90 degrees (``cloud.datasets.drift``) and stay rotated. Samples come from
+the dataset's stream pool, held-out rows aside; a scenario longer than the
+pool goes through it again, reshuffled. The measured ``zstd --patch-from``
+(CLI 1.5.4) was within 8 bytes of the python-zstandard figure on a digits pair.
 
 Per update, for what each run published:
 
@@ -37,6 +41,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shared.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 GOAL_RATIO = 0.05
@@ -49,11 +55,12 @@ class Scenario:
     per_update: int  # labeled samples fed before each update
     upright_updates: int  # updates before the drift
     eval_size: int  # held-out stream samples (each evaluated upright and rotated)
+    warmup: int = 150  # upright labels ingested before the first update (no round)
     seed: int = 0
 
 
 QUICK = Scenario(updates=10, per_update=72, upright_updates=2, eval_size=300)
-FULL = Scenario(updates=13, per_update=72, upright_updates=2, eval_size=300)
+FULL = Scenario(updates=16, per_update=72, upright_updates=2, eval_size=300)
 
 #: Trainer settings of both runs (the update mode aside): count-triggered rounds of
 #: exactly one update's samples, and a gate that publishes any child that is no worse
@@ -77,6 +84,7 @@ class RunRow:
     scales: str | None = None  # frozen, activations, recalibrated (details["delta"])
     recalibrated_for: str | None = None  # why: clipping, gate, layout, full mode
     residual_l2: float | None = None
+    budget_bytes: int | None = None
     bytes_changed: int = 0  # bytes of the file that differ from the previous version
     delta_bytes: int = 0  # make_patch from the previous version
     full_bytes: int = 0  # zstd -19 of the artifact
@@ -103,6 +111,7 @@ class Result:
         full = sum(r.full_bytes for r in b if r.published)
         acc_b, acc_u = (b[-1].acc if b else 0.0), (u[-1].acc if u else 0.0)
         ratio = delta / full if full else None
+        gap = round(100 * (acc_u - acc_b), 2)  # points, as printed
         return {
             "delta_bytes_total": delta,
             "full_bytes_total": full,
@@ -111,12 +120,11 @@ class Result:
             "delta_ratio": None if ratio is None else round(ratio, 4),
             "acc_budgeted": round(acc_b, 4),
             "acc_unconstrained": round(acc_u, 4),
-            "acc_gap_points": round(100 * (acc_u - acc_b), 2),
+            "acc_gap_points": gap,
             "published_budgeted": sum(r.published for r in b),
             "published_unconstrained": sum(r.published for r in u),
-            "goal_met": ratio is not None
-            and ratio <= GOAL_RATIO
-            and 100 * (acc_u - acc_b) <= GOAL_ACCURACY_POINTS,
+            "budget_bytes": min((r.budget_bytes for r in b if r.budget_bytes), default=None),
+            "goal_met": ratio is not None and ratio <= GOAL_RATIO and gap <= GOAL_ACCURACY_POINTS,
         }
 
     def as_json(self) -> dict[str, Any]:
@@ -178,11 +186,7 @@ def _run(
     digits = load_dataset("digits")
     stream = split(digits, scenario.seed).stream
     rotate = drift("digits")
-    order = _order(len(stream.y), scenario.seed)
-    held, feed = order[: scenario.eval_size], order[scenario.eval_size :]
-    needed = scenario.updates * scenario.per_update
-    if len(feed) < needed:
-        raise ValueError(f"the stream pool has {len(feed)} samples; the scenario needs {needed}")
+    held, feed = _sequence(len(stream.y), scenario)
     X_eval, y_eval = stream.X[held], stream.y[held]
     X_eval_rot = rotate(X_eval)
     settings = TrainerSettings(
@@ -198,18 +202,24 @@ def _run(
         trainer.start()
         _, sha, _ = trainer.publisher.latest(settings.model)  # type: ignore[misc]
         previous = trainer.publisher.content(sha)
+        # The fleet has served v1 for a while: a recent window the gate can judge by.
+        warm = feed[: scenario.warmup]
+        _send(trainer, client, stream.X[warm], stream.y[warm], seq=0)
+        while trainer.ingest.poll(10).entries:
+            pass
         for i in range(scenario.updates):
             if progress:
                 progress.update(task, description=f"{mode}: update {i + 1}/{scenario.updates}")
-            idx = feed[i * scenario.per_update : (i + 1) * scenario.per_update]
+            start = scenario.warmup + i * scenario.per_update
+            idx = feed[start : start + scenario.per_update]
             X = stream.X[idx] if i < scenario.upright_updates else rotate(stream.X[idx])
             t = time.perf_counter()
-            report = _update(trainer, client, X, stream.y[idx], seq=i * scenario.per_update)
+            report = _update(trainer, client, X, stream.y[idx], seq=start)
             delta = (report.get("details") or {}).get("delta") or {}
             row = RunRow(published=bool(report.get("published")), version=report.get("version"),
                          reason=str(report.get("reason", report.get("error", ""))),
                          scales=delta.get("scales"), recalibrated_for=delta.get("reason"),
-                         residual_l2=delta.get("residual_l2"),
+                         residual_l2=delta.get("residual_l2"), budget_bytes=delta.get("budget_bytes"),
                          seconds=round(time.perf_counter() - t, 2))  # fmt: skip
             if row.published:
                 content = trainer.publisher.content(report["sha256"])
@@ -227,24 +237,38 @@ def _run(
     return rows
 
 
-def _order(n: int, seed: int) -> Any:
+def _sequence(n: int, scenario: Scenario) -> tuple[Any, Any]:
+    """Held-out rows, and the rows fed in order: the rest of the pool, shuffled, and
+    reshuffled for another pass when the updates need more (a stream repeats itself)."""
     import numpy as np
 
-    return np.random.default_rng(seed).permutation(n)
+    if scenario.eval_size >= n:
+        raise ConfigError(f"the stream pool has {n} samples; eval_size must be smaller")
+    rng = np.random.default_rng(scenario.seed)
+    order = rng.permutation(n)
+    held, pool = order[: scenario.eval_size], order[scenario.eval_size :]
+    needed = scenario.warmup + scenario.updates * scenario.per_update
+    passes = [pool] + [rng.permutation(pool) for _ in range(needed // len(pool))]
+    return held, np.concatenate(passes)[:needed]
 
 
-def _update(trainer: Any, client: Any, X: Any, y: Any, seq: int) -> dict[str, Any]:
-    """Feed one update's samples as feedback events; step until the round they start is done."""
+def _send(trainer: Any, client: Any, X: Any, y: Any, seq: int) -> None:
+    """Labeled samples as four devices' feedback events (ids unique from ``seq`` on)."""
     from shared.messages import FeedbackEvent
 
     pipe = client.pipeline(transaction=False)
     for j in range(len(y)):
-        device = f"bench-{j % 4}"
+        device = f"bench-{(seq + j) % 4}"
         event = FeedbackEvent(event_id=f"{device}:e0:{(seq + j) // 4}", device_id=device,
                               model=trainer.settings.model, x=[float(v) for v in X[j]],
                               label=int(y[j]))  # fmt: skip
         pipe.xadd(trainer.keys.feedback, {"data": event.to_wire()})
     pipe.execute()
+
+
+def _update(trainer: Any, client: Any, X: Any, y: Any, seq: int) -> dict[str, Any]:
+    """Feed one update's samples; step the trainer until the round they start is done."""
+    _send(trainer, client, X, y, seq)
     done = trainer.status.rounds + trainer.status.rounds_rejected
     deadline = time.monotonic() + 600
     while trainer.status.rounds + trainer.status.rounds_rejected == done:
@@ -278,8 +302,17 @@ def _accuracy(model: Any, X: Any, y: Any) -> float:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help=f"{QUICK.updates} updates (a few minutes)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    p.add_argument("--updates", type=int, help="number of updates (default 10 quick, 13 full)")
-    p.add_argument("--budget-bytes", type=int, help="update_budget_bytes of the budgeted run")
+    p.add_argument(
+        "--updates", type=_positive, help="number of updates (default 10 quick, 16 full)"
+    )
+    p.add_argument("--budget-bytes", type=_positive, help="update_budget_bytes of the budgeted run")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:

@@ -180,10 +180,13 @@ def test_writes_that_do_not_fit_are_refused(parent):
 
 
 #: A bootstrap and one count-triggered round in seconds; the gate takes any child that
-#: does not forget, because the round is under test here, not the gate.
+#: does not forget, and the budget's cost in accuracy never ships more, because the
+#: budgeted round is under test here, not the gate (tests/cloud/test_trainer.py has a
+#: drift round that ships a fresh export).
 ROUND = {"bootstrap_epochs": 20, "epochs": 8, "round_min_samples": 300, "round_interval_s": 3600,
          "drift_window": 10_000, "gate_min_recent": 20, "status_interval_s": 3600, "block_ms": 10,
-         "min_gain": -1.0, "forgetting_tolerance": 1.0, "lock_ttl_ms": 600_000}  # fmt: skip
+         "min_gain": -1.0, "forgetting_tolerance": 1.0, "update_max_loss": 1.0,
+         "lock_ttl_ms": 600_000}  # fmt: skip
 
 
 @pytest.fixture(scope="session")

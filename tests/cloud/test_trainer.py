@@ -92,6 +92,10 @@ def test_a_drift_round_publishes_a_better_v2(trainer, events, parts):
     assert (
         m.explanation.details["parent"]["recent"]["accuracy"] == m.metrics["parent_recent_accuracy"]
     )
+    # The budgeted child could not follow the drift: the round shipped a fresh export, and says why.
+    delta = status_of(trainer).last_round["details"]["delta"]
+    assert delta["scales"] == "recalibrated" and delta["reason"] == "budget"
+    assert "a fresh export" in delta["budgeted_rejected"]
     # v2 serves the rotated digits far better than v1 did, in the edge runtime.
     v2 = TFLiteModel(trainer.publisher.content(sha2))
     Xt, yt = drift("digits")(X[900:]), y[900:]

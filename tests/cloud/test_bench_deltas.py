@@ -1,0 +1,51 @@
+"""``edgeloop bench deltas``: the scenario, the measurements and the summary (the runs
+themselves go through the trainer, which tests/cloud/test_sparse_update.py covers)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cloud.benchmarks.deltas import QUICK, Result, RunRow, Scenario, _measure, _sequence
+from cloud.cli import main
+
+
+def test_the_sequence_never_feeds_held_out_rows_and_repeats_the_pool_when_needed():
+    held, feed = _sequence(
+        1000, Scenario(updates=20, per_update=72, upright_updates=2, eval_size=300)
+    )
+    assert len(feed) == 150 + 20 * 72 and not set(held) & set(feed)
+    assert len(set(feed[:700])) == 700  # one full pass before anything repeats
+    again_held, again_feed = _sequence(1000, Scenario(20, 72, 2, 300))
+    assert np.array_equal(held, again_held) and np.array_equal(feed, again_feed)
+
+
+def test_measurements_of_one_update(exported):
+    base = exported.content
+    target = bytearray(base)
+    target[4000:4010] = bytes((b + 1) % 256 for b in target[4000:4010])
+    row = RunRow(published=True, version=2, reason="")
+    _measure(row, base, bytes(target))
+    assert row.bytes_changed == 10 and 0 < row.delta_bytes < 200
+    assert row.patch_from_bytes < row.full_bytes
+    assert row.full_bytes < len(base)
+
+
+def test_the_summary_compares_the_same_updates():
+    rows = [RunRow(True, 2, "", delta_bytes=100, full_bytes=4000, acc_upright=0.95, acc_rotated=0.93),
+            RunRow(False, None, "refused", acc_upright=0.95, acc_rotated=0.93)]  # fmt: skip
+    full = [RunRow(True, 2, "", full_bytes=4000, patch_from_bytes=3000, acc_upright=0.96, acc_rotated=0.93),
+            RunRow(True, 3, "", full_bytes=4000, patch_from_bytes=3000, acc_upright=0.96, acc_rotated=0.93)]  # fmt: skip
+    s = Result(QUICK, rows, full).summary()
+    assert s["delta_bytes_total"] == 100 and s["full_bytes_total"] == 4000
+    assert s["patch_from_bytes_total"] == 6000 and s["delta_ratio"] == 0.025
+    assert s["acc_gap_points"] == 0.5 and s["goal_met"]
+    assert not Result(
+        QUICK, rows, [RunRow(True, 2, "", acc_upright=1.0, acc_rotated=1.0)] * 2
+    ).summary()["goal_met"]
+
+
+def test_bench_refuses_nonsense_arguments(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "deltas", "--updates", "0"])
+    assert e.value.code == 2 and "at least 1" in capsys.readouterr().err
