@@ -104,7 +104,7 @@ class TrainerSettings(EnvFirstSettings):
         None, ge=1, description="weight bytes a round may change; default update_budget_fraction"
     )
     update_budget_fraction: float = Field(
-        0.025, gt=0, le=1, description="the budget as a fraction of the model's weight bytes"
+        0.022, gt=0, le=1, description="the budget as a fraction of the model's weight bytes"
     )
     update_clip_tolerance: float = Field(
         0.05, ge=0, le=1, description="weights outside the frozen range that force re-calibration"

@@ -227,7 +227,8 @@ def test_a_trainer_round_publishes_a_budgeted_version_with_a_small_patch(budgete
     assert report["published"] and report["version"] == 2
     delta = report["details"]["delta"]
     assert delta["mode"] == "budgeted" and delta["scales"] in ("frozen", "activations")
-    assert delta["budget_bytes"] == int(0.025 * sum(layer["bytes"] for layer in delta["layers"]))
+    fraction = TrainerSettings.model_fields["update_budget_fraction"].default
+    assert delta["budget_bytes"] == int(fraction * sum(layer["bytes"] for layer in delta["layers"]))
     assert delta["bytes_changed"] <= delta["budget_bytes"] + 16
     assert len(make_patch(v1, v2)) < 0.1 * len(encode_full(v2))
     # the manifest carries the same numbers; the stored weights are the shadow's
