@@ -32,8 +32,8 @@ from cloud.api.schemas import (
     RolloutPublic,
     RolloutsPublic,
 )
-from cloud.api_client import DEFAULT_CONFIG, ApiClient, client_settings
-from cloud.versions_cli import _only_model
+from cloud.api_client import DEFAULT_CONFIG, ApiClient
+from cloud.versions_cli import api_client, only_model, show
 from shared.errors import InputError
 
 #: ``watch``'s exit code for a rollout that ended without completing.
@@ -121,7 +121,7 @@ def devices_args(p: argparse.ArgumentParser) -> None:
 
 
 def rollout(args: argparse.Namespace) -> int:
-    api = _client(args)
+    api = api_client(args)
     if args.action == "start":
         return _start(api, args)
     if args.action == "status":
@@ -129,23 +129,23 @@ def rollout(args: argparse.Namespace) -> int:
             rollouts, raw = api.get_as(RolloutsPublic, "/v1/rollouts", limit=str(args.limit))
             from cloud.rollout_render import rollouts_table
 
-            return _show(args, raw, rollouts_table(rollouts))
+            return show(args, raw, rollouts_table(rollouts))
         r, raw = api.get_as(RolloutPublic, "/v1/rollouts/{}", args.id)
         from cloud.rollout_render import rollout_view
 
-        return _show(args, raw, rollout_view(r))
+        return show(args, raw, rollout_view(r))
     if args.action == "watch":
         return watch(api, args.id, args)
     if args.action in ACTIONS:
         r, raw = api.send_as(RolloutPublic, "POST", f"/v1/rollouts/{{}}/{args.action}", args.id)
         from cloud.rollout_render import rollout_view
 
-        return _show(args, raw, rollout_view(r))
+        return show(args, raw, rollout_view(r))
     if args.action == "pin":
-        model = args.model or _only_model(api)
+        model = args.model or only_model(api)
         body = {"model": model, "version": args.version}
         pin, raw = api.send_as(PinPublic, "PUT", "/v1/devices/{}/pin", args.device, body=body)
-        return _show(
+        return show(
             args, raw, f"{pin.device_id} pinned to {pin.model} v{pin.version} ({pin.sha256[:12]})"
         )
     assert args.action == "unpin"
@@ -153,21 +153,21 @@ def rollout(args: argparse.Namespace) -> int:
     removed, raw = api.send_as(
         PinsRemoved, "DELETE", "/v1/devices/{}/pin", args.device, params=params
     )
-    return _show(args, raw, f"{removed.device_id} unpinned from {', '.join(removed.models)}")
+    return show(args, raw, f"{removed.device_id} unpinned from {', '.join(removed.models)}")
 
 
 def fleet(args: argparse.Namespace) -> int:
-    summary, raw = _client(args).get_as(FleetPublic, "/v1/fleet")
+    summary, raw = api_client(args).get_as(FleetPublic, "/v1/fleet")
     from cloud.rollout_render import fleet_view
 
-    return _show(args, raw, fleet_view(summary))
+    return show(args, raw, fleet_view(summary))
 
 
 def devices(args: argparse.Namespace) -> int:
-    listing, raw = _client(args).get_as(DevicesPublic, "/v1/devices", limit=str(args.limit))
+    listing, raw = api_client(args).get_as(DevicesPublic, "/v1/devices", limit=str(args.limit))
     from cloud.rollout_render import devices_table
 
-    return _show(args, raw, devices_table(listing))
+    return show(args, raw, devices_table(listing))
 
 
 def _start(api: ApiClient, args: argparse.Namespace) -> int:
@@ -188,7 +188,7 @@ def _start(api: ApiClient, args: argparse.Namespace) -> int:
         return watch(api, r.id, args)
     from cloud.rollout_render import rollout_view
 
-    return _show(args, raw, rollout_view(r))
+    return show(args, raw, rollout_view(r))
 
 
 def stages_of(stages: str | None, canary: str | None) -> list[dict[str, Any]]:
@@ -273,19 +273,3 @@ def _pause(interval: float, deadline: float | None, rollout_id: str) -> None:
 
 def _exit_of(r: RolloutPublic) -> int:
     return 0 if r.state == "completed" else EXIT_ROLLOUT_FAILED
-
-
-def _client(args: argparse.Namespace) -> ApiClient:
-    settings = client_settings(args.config)
-    token = settings.token.get_secret_value() if settings.token else None
-    return ApiClient(args.api or settings.api_url, settings.timeout_s, token)
-
-
-def _show(args: argparse.Namespace, raw: Any, renderable: Any) -> int:
-    if args.json:
-        sys.stdout.write(json.dumps(raw, separators=(",", ":")) + "\n")
-        return 0
-    from rich.console import Console
-
-    Console().print(renderable)
-    return 0

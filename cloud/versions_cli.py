@@ -50,38 +50,38 @@ def diff_args(p: argparse.ArgumentParser) -> None:
 
 
 def versions(args: argparse.Namespace) -> int:
-    api = _client(args)
+    api = api_client(args)
     model = args.model
     if model is None:
         models, raw = api.get_as(ModelsPublic, "/v1/models")
         if len(models.models) != 1:
-            return _show(args, raw, models_table_of(models))
+            return show(args, raw, models_table_of(models))
         model = models.models[0].name
     params = {"limit": str(args.limit)} if args.limit else {}
     versions, raw = api.get_as(VersionsPublic, "/v1/models/{}/versions", model, **params)
     from cloud.versions_render import versions_table
 
-    return _show(args, raw, versions_table(versions))
+    return show(args, raw, versions_table(versions))
 
 
 def explain(args: argparse.Namespace) -> int:
-    api = _client(args)
-    model = args.model or _only_model(api)
+    api = api_client(args)
+    model = args.model or only_model(api)
     explanation, raw = api.get_as(
         ExplanationPublic, "/v1/models/{}/versions/{}/explanation", model, args.version
     )
     from cloud.explain_render import explanation_view
 
-    return _show(args, raw, explanation_view(explanation))
+    return show(args, raw, explanation_view(explanation))
 
 
 def diff(args: argparse.Namespace) -> int:
-    api = _client(args)
-    model = args.model or _only_model(api)
+    api = api_client(args)
+    model = args.model or only_model(api)
     diff, raw = api.get_as(DiffPublic, "/v1/models/{}/diff", model, a=args.a, b=args.b)
     from cloud.versions_render import diff_view
 
-    return _show(args, raw, diff_view(diff))
+    return show(args, raw, diff_view(diff))
 
 
 def models_table_of(models: ModelsPublic) -> Any:
@@ -90,13 +90,14 @@ def models_table_of(models: ModelsPublic) -> Any:
     return models_table(models)
 
 
-def _client(args: argparse.Namespace) -> ApiClient:
+def api_client(args: argparse.Namespace) -> ApiClient:
+    """The REST client the CLI's ``--api``/``--config`` name (shared with the rollout CLI)."""
     settings = client_settings(args.config)
     token = settings.token.get_secret_value() if settings.token else None
     return ApiClient(args.api or settings.api_url, settings.timeout_s, token)
 
 
-def _only_model(api: ApiClient) -> str:
+def only_model(api: ApiClient) -> str:
     models, _ = api.get_as(ModelsPublic, "/v1/models")
     names = [m.name for m in models.models]
     if len(names) == 1:
@@ -106,7 +107,8 @@ def _only_model(api: ApiClient) -> str:
     raise ApiError(f"fleet {models.fleet!r} has models {', '.join(names)}: pass --model")
 
 
-def _show(args: argparse.Namespace, raw: Any, renderable: Any) -> int:
+def show(args: argparse.Namespace, raw: Any, renderable: Any) -> int:
+    """``raw`` as one JSON line with ``--json``, else ``renderable`` in the terminal."""
     if args.json:
         sys.stdout.write(json.dumps(raw, separators=(",", ":")) + "\n")
         return 0

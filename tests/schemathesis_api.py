@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,40 +31,16 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "tests" / "cloud"))
     with tempfile.TemporaryDirectory(prefix="edgeloop-fuzz-") as tmp:
+        from cloud.demo.services import ProcessGroup, start_redis
+
         work = Path(tmp)
-        redis_proc, redis_url = _redis(work)
+        group = ProcessGroup(work)
         try:
+            redis_url = start_redis(group)
             token = _seed(redis_url, work)
             return _fuzz(redis_url, work, token, args)
         finally:
-            redis_proc.terminate()
-            redis_proc.wait(10)
-
-
-def _redis(work: Path) -> tuple[subprocess.Popen[bytes], str]:
-    import redis
-    from api_helpers import free_port
-
-    exe = shutil.which("redis-server")
-    if exe is None:
-        raise SystemExit("redis-server is not installed: run `make redis`")
-    port = free_port()
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(work)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-    client.close()
-    return proc, url
+            group.stop_all()
 
 
 def _seed(redis_url: str, work: Path) -> str:
