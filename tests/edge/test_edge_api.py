@@ -3,6 +3,7 @@ the edge-only install needs no httpx)."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import threading
 import urllib.error
@@ -126,6 +127,34 @@ def test_bad_predict_input_is_a_422_with_a_message(api: Call, raw: bytes, messag
     status, body = api("POST", "/v1/predict", raw=raw)
     assert status == 422
     assert message.lower() in json.dumps(body).lower()
+
+
+def test_predict_reads_a_body_sent_in_chunks(daemon_factory: Factory) -> None:
+    """The predict route reads its body itself: a chunked upload, which uvicorn
+    hands over in several messages, is joined before it is parsed."""
+    config = uvicorn.Config(
+        create_app(daemon_factory()), host="127.0.0.1", port=0, log_config=None, lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, what="uvicorn started")
+        port = server.servers[0].sockets[0].getsockname()[1]
+        body = json.dumps({"x": X}).encode()
+        chunks = [body[i : i + 50] for i in range(0, len(body), 50)]
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("POST", "/v1/predict", body=iter(chunks), encode_chunked=True)
+        resp = conn.getresponse()
+        assert resp.status == 200
+        assert len(json.loads(resp.read())["probabilities"]) == 10
+        conn.request("GET", "/v1/predict")
+        resp = conn.getresponse()
+        assert resp.status == 405 and json.loads(resp.read())["detail"]
+        conn.close()
+    finally:
+        server.should_exit = True
+        thread.join(5)
 
 
 def test_feedback_is_accepted_and_reaches_the_stream(
