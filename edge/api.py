@@ -9,7 +9,8 @@ CPU, cheaper than a hop to the thread pool. Responses are serialised once with
 ``model_dump_json``, so FastAPI does not re-validate them; ``response_model``
 still documents them in the OpenAPI schema. ``/v1/predict``, the hot route, is
 a plain ASGI endpoint (``_Predict``).
-Named errors become 4xx/5xx with ``{"detail": message}``, never a 500.
+Named errors become 4xx/5xx with ``{"detail": message}``, never a 500; a body
+over ``MAX_BODY_BYTES`` is a 413 before the rest of it is read.
 """
 
 from __future__ import annotations
@@ -51,8 +52,18 @@ def _error(description: str, example: str) -> dict[str, Any]:
 _INPUT_422 = _error("Invalid input", "expected 64 features, got 63")
 _NO_MODEL_503 = _error("No model can serve", "no model is loaded: the edge cannot serve yet")
 
+#: Largest request body the API reads: a sample of the most features PredictRequest
+#: allows (65536), written as JSON floats, fits.
+MAX_BODY_BYTES = 2 << 20
+
+
+class BodyTooLarge(EdgeloopError):
+    """A request body over MAX_BODY_BYTES (413): refused before the rest is read."""
+
+
 #: Status codes of the named errors the daemon raises.
 _STATUS: list[tuple[type[EdgeloopError], int]] = [
+    (BodyTooLarge, 413),
     (InputError, 422),
     (NotFound, 404),
     (Unavailable, 503),
@@ -104,7 +115,10 @@ def create_app(daemon: EdgeDaemon) -> FastAPI:
         summary="Report the true label of an earlier prediction (or of an input)",
     )
     async def feedback(request: Request) -> Response:
-        req = _parse(FeedbackRequest, await request.body())
+        body = await _read_body(request.receive)
+        if body is None:
+            return Response(status_code=400)  # the client left; nobody reads this
+        req = _parse(FeedbackRequest, body)
         accepted = daemon.feedback(req.label, request_id=req.request_id, x=req.x)
         return Response(accepted.model_dump_json(), status_code=202, media_type=JSON)
 
@@ -130,6 +144,29 @@ def create_app(daemon: EdgeDaemon) -> FastAPI:
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
+async def _read_body(receive: Receive) -> bytes | None:
+    """The request body, read up to MAX_BODY_BYTES (BodyTooLarge beyond, before the
+    rest is read), or None when the client disconnected first."""
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        return None
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body") and len(body) <= MAX_BODY_BYTES:
+        return body  # the usual case: one message
+    chunks, size = [body], len(body)
+    while message.get("more_body"):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        if size > MAX_BODY_BYTES:
+            break
+    if size > MAX_BODY_BYTES:
+        raise BodyTooLarge(f"request body over {MAX_BODY_BYTES} bytes; send one sample per request")
+    return b"".join(chunks)
+
+
 class _Predict:
     """ASGI endpoint of ``POST /v1/predict``: PredictRequest → PredictResponse."""
 
@@ -137,12 +174,8 @@ class _Predict:
         self._daemon = daemon
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        message = await receive()
-        body = message.get("body", b"")
-        while message.get("more_body"):
-            message = await receive()
-            body += message.get("body", b"")
-        if message["type"] == "http.disconnect":
+        body = await _read_body(receive)
+        if body is None:
             return  # the client left: nobody to answer
         req = _parse(PredictRequest, body)
         with np.errstate(over="ignore"):  # beyond float32 becomes inf, refused just below

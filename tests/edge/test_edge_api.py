@@ -18,7 +18,7 @@ from helpers import Signing, publish_version, stream_events, variant, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.api import create_app
+from edge.api import MAX_BODY_BYTES, create_app
 from edge.daemon import EdgeDaemon
 from shared.keys import FleetKeys
 from shared.messages import EdgeStatus, FeedbackAccepted, PredictResponse
@@ -155,6 +155,15 @@ def test_predict_reads_a_body_sent_in_chunks(daemon_factory: Factory) -> None:
     finally:
         server.should_exit = True
         thread.join(5)
+
+
+@pytest.mark.parametrize("path", ["/v1/predict", "/v1/feedback"])
+def test_a_body_over_the_limit_is_a_413_and_the_edge_keeps_serving(api: Call, path: str) -> None:
+    huge = b'{"x": [' + b"1.0, " * (MAX_BODY_BYTES // 5) + b"1.0]}"
+    status, body = api("POST", path, raw=huge)
+    assert status == 413 and str(MAX_BODY_BYTES) in body["detail"]
+    status, _ = api("POST", "/v1/predict", {"x": X})
+    assert status == 200
 
 
 def test_feedback_is_accepted_and_reaches_the_stream(
