@@ -35,6 +35,9 @@ class GatePolicy(BaseModel):
     max_error_rate: float = Field(0.01, ge=0, le=1)
     max_fallback_rate: float = Field(0.05, ge=0, le=1)
     max_p99_ratio: float = Field(2.0, gt=0, description="p99 latency on B / on A")
+    p99_floor_ms: float = Field(
+        5.0, ge=0, description="a p99 on B below this is never a regression (timer noise)"
+    )
     stage_timeout_s: float = Field(900.0, gt=0, description="no decision by then: roll back")
 
 

@@ -72,27 +72,30 @@ class Fleet:
                            get(self.keys.pins(MODEL), device))  # fmt: skip
 
     def report(self, device: str, sha: str, *, accuracy: float = 0.95, served: int = 0,
-               labeled: int = 0, correct: int | None = None, failed: int = 0, error: str | None = None) -> None:  # fmt: skip
+               labeled: int = 0, correct: int | None = None, failed: int = 0, error: str | None = None,
+               p99: float = 1.0) -> None:  # fmt: skip
         c = self.counters[device]
         c.predictions += served
         c.failed_requests += failed
         c.labeled += labeled
         c.labeled_correct += labeled if correct is None else correct
         status = EdgeStatus(device_id=device, fleet="lab", model=MODEL, sha256=sha, state="serving",
-                            rolling_accuracy=accuracy, latency_ms_p99=1.0, counters=c,
+                            rolling_accuracy=accuracy, latency_ms_p99=p99, counters=c,
                             last_error=error, ts=self.clock())  # fmt: skip
         self.client.set(self.keys.device(device), status.to_wire())
         self.client.zadd(self.keys.devices, {device: self.clock()})
 
     def edges_follow(
-        self, *, correct_share: float = 0.95, served: int = 30, labeled: int = 30
-    ) -> None:
+        self, *, correct_share: float = 0.95, served: int = 30, labeled: int = 30,
+        p99_a: float = 1.0, p99_b: float = 1.0,
+    ) -> None:  # fmt: skip
         """Every device serves what it is told and reports traffic on it."""
         for d in DEVICES:
             sha = self.desired(d)
             assert sha is not None
             correct = round(labeled * (correct_share if sha != self.a else 0.95))
-            self.report(d, sha, served=served, labeled=labeled, correct=correct)
+            p99 = p99_a if sha == self.a else p99_b
+            self.report(d, sha, served=served, labeled=labeled, correct=correct, p99=p99)
 
     def run(self, rollout_id: str, steps: int = 20, **follow: float) -> str:
         for _ in range(steps):
@@ -153,6 +156,22 @@ def test_a_bad_version_is_rolled_back_at_the_canary_ring(fleet: Fleet) -> None:
     assert ever_assigned_b == canary  # the others never received it
     assert all(fleet.desired(d) == fleet.a for d in DEVICES)
     assert r.stages[0].status == "failed" and r.stages[1].status == "pending"
+
+
+@pytest.mark.parametrize(
+    ("p99_a", "p99_b", "state"),
+    [(0.19, 0.44, "completed"), (1.0, 4.9, "completed"), (1.0, 30.0, "rolled_back")],
+)
+def test_p99_fails_a_stage_only_above_the_floor(
+    fleet: Fleet, p99_a: float, p99_b: float, state: str
+) -> None:
+    """More than max_p99_ratio x A's p99 fails a stage, unless B's p99 is under
+    p99_floor_ms (5 ms): sub-millisecond p99s double on a context switch."""
+    fleet.edges_follow(p99_a=p99_a, p99_b=p99_a)  # A's figures, before the rollout
+    r = fleet.controller.create(RolloutSpec(model=MODEL, target="2", gate=FAST_GATE))
+    assert fleet.run(r.id, p99_a=p99_a, p99_b=p99_b) == state
+    if state == "rolled_back":
+        assert "p99" in fleet.controller.get(r.id).reason
 
 
 def test_no_decision_before_enough_labeled_predictions(fleet: Fleet) -> None:
