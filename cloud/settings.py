@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -104,7 +104,7 @@ class TrainerSettings(EnvFirstSettings):
         None, ge=1, description="weight bytes a round may change; default update_budget_fraction"
     )
     update_budget_fraction: float = Field(
-        0.022, gt=0, le=1, description="the budget as a fraction of the model's weight bytes"
+        0.0285, gt=0, le=1, description="the budget as a fraction of the model's weight bytes"
     )
     update_clip_tolerance: float = Field(
         0.05, ge=0, le=1, description="weights outside the frozen range that force re-calibration"
@@ -117,6 +117,11 @@ class TrainerSettings(EnvFirstSettings):
         description="recent-window accuracy a budgeted child may trail the round's unconstrained "
         "(float) model by; beyond it the round ships more (a larger budget, then a fresh export)",
     )  # fmt: skip
+    update_delta_levels: tuple[Annotated[int, Field(ge=1, le=254)], ...] = Field(
+        (8, 16, 32, 64),
+        description="step counts a changed int8 weight moves by (either sign), so a patch's data "
+        "is a few symbols; empty: any step",
+    )
     refit_epochs: int = Field(6, ge=1, description="epochs training only the budgeted weights")
     refit_lr: float = Field(2e-3, gt=0)
 

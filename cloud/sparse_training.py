@@ -110,6 +110,7 @@ class BudgetOptions:
     refit_epochs: int
     refit_lr: float
     min_agreement: float
+    levels: tuple[int, ...] = ()  # step counts a changed int8 weight may move by; (): any
 
     def budget_for(self, parent: TFLiteFile) -> int:
         if self.budget_bytes is not None:
@@ -132,6 +133,7 @@ def budget_options(s: TrainerSettings) -> BudgetOptions:
         budget_bytes=s.update_budget_bytes, budget_fraction=s.update_budget_fraction,
         clip_tolerance=s.update_clip_tolerance, activation_tolerance=s.update_activation_tolerance,
         refit_epochs=s.refit_epochs, refit_lr=s.refit_lr, min_agreement=s.min_int8_agreement,
+        levels=tuple(s.update_delta_levels),
     )  # fmt: skip
 
 
@@ -344,7 +346,7 @@ class BudgetedUpdate:
         budget = self.budget if budget is None else budget
         names = list(self.wanted)
         chosen = TFLiteFile.read(
-            plan_update(self.parent, self.wanted, budget, self.curvature).content
+            plan_update(self.parent, self.wanted, budget, self.curvature, self.opts.levels).content
         )
         selected = self.layout.to_torch(
             {n: chosen.values(n) != self.parent.values(n) for n in names}
@@ -369,7 +371,7 @@ class BudgetedUpdate:
             "mode": "budgeted", "scales": scales, "reason": None, "budget_bytes": budget,
             **describe(self.parent, artifact, carried),
             "selected_values": int(sum(int(m.sum()) for m in selected.values())),
-            "pending_values": plan_update(artifact, carried, 0).pending,
+            "pending_values": plan_update(artifact, carried, 0, levels=self.opts.levels).pending,
             "clipped_fraction": round(self.clipped_fraction, 6),
             "activation_misfit": round(misfit, 4), "activations_recalibrated": len(recalibrated),
             "refit": {"epochs": self.refit_hp.epochs, "lr": self.refit_hp.lr},
@@ -383,7 +385,7 @@ class BudgetedUpdate:
     def _write(self, weights: Arrays, budget: int) -> tuple[TFLiteFile, float, list[str]]:
         """The weights on the frozen grid; the activation scales that no longer fit are
         re-calibrated, their bytes taken out of the budget (fewer weight changes)."""
-        plan = plan_update(self.parent, weights, budget, self.curvature)
+        plan = plan_update(self.parent, weights, budget, self.curvature, self.opts.levels)
         artifact = TFLiteFile.read(plan.content)
         reference = float_reference(self.float_file, artifact)
         fresh = TFLiteFile.read(calibrate_int8(reference, self.calibration[0]))
@@ -398,7 +400,9 @@ class BudgetedUpdate:
         extra = bytes_changed(
             parent, with_activations_from(artifact, fresh, names)
         ) - bytes_changed(parent, plan.content)
-        plan = plan_update(self.parent, weights, max(budget - extra, 0), self.curvature)
+        plan = plan_update(
+            self.parent, weights, max(budget - extra, 0), self.curvature, self.opts.levels
+        )
         artifact = TFLiteFile.read(
             with_activations_from(TFLiteFile.read(plan.content), fresh, names)
         )

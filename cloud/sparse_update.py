@@ -27,6 +27,19 @@ the next round's candidates (its model on this grid vs the newly published
 bytes) include it again: planning twice with budget B sends what planning once
 with 2B sends (error feedback; nothing is lost, only delayed).
 
+**Step levels.** A changed int8 weight moves by one of a few step counts
+(``levels``, default 8, 16, 32 and 64, either sign; ``grid_target`` to the
+nearest of them, or not at all), so a patch's data, the byte-wise differences,
+is one of eight symbols: about 4 bits a changed value where free values cost
+8 (a refit moves a chosen weight by about 40 steps, evenly spread). The error
+of the rounding stays in the trainer's float model, a candidate again next
+round like the rest of the residual. On ``edgeloop bench deltas --quick`` at
+1300 changed values a round (no escalation), free values ended at 0.965 with
+patches 6.5% of the full files; the levels 8-64 at 0.965 with 4.6%, the levels
+4-64 at 0.965 with 5.0%, half-octave levels 4-90 at 0.963 with 5.1%, and the
+levels 4, 16, 64 at 0.958 with 4.4%. What is left of a patch is then mostly
+positions (gaps and lengths), which sit at the entropy bound of a sparse choice.
+
 **Activations.** Their ranges are frozen too; when a fresh calibration of the
 published weights finds ranges that no longer fit, ``with_activations_from``
 copies just those fresh activation scales in (with the activations tied to
@@ -42,7 +55,7 @@ bytes instead of the whole file.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,14 +120,31 @@ def grid_target(t: Tensor, w: FloatArray) -> tuple[npt.NDArray[np.int64], int]:
     return np.clip(raw, lo, hi).astype(np.int64), clipped
 
 
+def on_levels(
+    q: npt.NDArray[np.int64], target: npt.NDArray[np.int64], levels: Sequence[int],
+    lo: int = -127, hi: int = 127,
+) -> npt.NDArray[np.int64]:  # fmt: skip
+    """``target`` moved to ``q`` plus the nearest allowed step count (or none), in range.
+
+    >>> on_levels(np.array([0, 0, 0, 120]), np.array([3, -5, 27, 50]), (8, 32)).tolist()
+    [0, -8, 32, 88]
+    """
+    allowed = np.concatenate(([0], np.asarray(levels, np.int64)))
+    d = target - q
+    step = allowed[np.abs(np.abs(d)[..., None] - allowed).argmin(axis=-1)]
+    return np.clip(q + np.sign(d) * step, lo, hi)
+
+
 def plan_update(
     parent: TFLiteFile,
     weights: Mapping[str, npt.ArrayLike],
     budget: int,
     curvature: Mapping[str, npt.ArrayLike] | None = None,
+    levels: Sequence[int] = (),
 ) -> Plan:
     """Write the most valuable changes of ``weights`` (float, TFLite layout, by tensor
-    name) onto ``parent``'s grid, changing at most ``budget`` bytes of weight data."""
+    name) onto ``parent``'s grid, changing at most ``budget`` bytes of weight data;
+    with ``levels``, an int8 weight moves only by one of those step counts."""
     tensors = update_tensors(parent)
     current, targets, scores, costs, owners = {}, {}, [], [], []
     clipped = weight_values = 0
@@ -128,6 +158,7 @@ def plan_update(
         q = t.values(parent.content).astype(np.int64)
         target, n_clipped = grid_target(t, w)
         if t.dtype == np.int8:
+            target = on_levels(q, target, levels, *_range(t)) if levels else target
             clipped += n_clipped
             weight_values += t.size
         s = np.broadcast_to(t.channel_scales(), t.shape)

@@ -102,6 +102,28 @@ def test_frozen_scale_update_changes_only_the_budgeted_bytes(parent, drifted):
     assert not np.any(diff & ~inside)
 
 
+def test_with_levels_every_changed_weight_moves_by_an_allowed_step(parent, drifted):
+    levels = (8, 16, 32, 64)
+    free = plan_update(parent, drifted.weights(), budget=600)
+    stepped = plan_update(parent, drifted.weights(), budget=600, levels=levels)
+    child = TFLiteFile.read(stepped.content)
+    moved = []
+    for t in update_tensors(parent):
+        if t.dtype == np.int8:
+            d = child.values(t.name).astype(int) - parent.values(t.name).astype(int)
+            moved.append(np.abs(d[d != 0]))
+    steps = np.concatenate(moved)
+    edge = sum(int(np.sum(np.abs(child.values(t.name)) == 127)) for t in update_tensors(parent)
+               if t.dtype == np.int8)  # fmt: skip
+    # a step that would leave the range stops at its end; everything else is a level
+    assert len(steps) > 400 and np.isin(steps, levels).sum() >= len(steps) - edge
+    assert stepped.weight_bytes_changed <= 600 and stepped.pending > 0
+    # the patch's data is a few symbols: it is smaller for the same number of changes
+    assert len(make_patch(parent.content, stepped.content)) < 0.9 * len(
+        make_patch(parent.content, free.content)
+    )
+
+
 def test_the_residual_is_carried_to_the_next_round(parent, drifted):
     w = drifted.weights()
     once = TFLiteFile.read(plan_update(parent, w, budget=1200).content)
