@@ -104,7 +104,7 @@ class TrainerSettings(EnvFirstSettings):
         None, ge=1, description="weight bytes a round may change; default update_budget_fraction"
     )
     update_budget_fraction: float = Field(
-        0.0285, gt=0, le=1, description="the budget as a fraction of the model's weight bytes"
+        0.0233, gt=0, le=1, description="the budget as a fraction of the model's weight bytes"
     )
     update_clip_tolerance: float = Field(
         0.05, ge=0, le=1, description="weights outside the frozen range that force re-calibration"
@@ -122,6 +122,11 @@ class TrainerSettings(EnvFirstSettings):
         description="step counts a changed int8 weight moves by (either sign), so a patch's data "
         "is a few symbols; empty: any step",
     )
+    update_select_factor: int = Field(
+        4, ge=1, le=64,
+        description="the first refit trains this many times the budget's values; each next one "
+        "the better half by benefit, down to the budget",
+    )  # fmt: skip
     refit_epochs: int = Field(6, ge=1, description="epochs training only the budgeted weights")
     refit_lr: float = Field(2e-3, gt=0)
 

@@ -6,7 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cloud.benchmarks.deltas import QUICK, Result, RunRow, Scenario, _measure, _sequence
+from cloud.benchmarks.deltas import (
+    QUICK,
+    Result,
+    RunRow,
+    Scenario,
+    Stream,
+    _measure,
+    _sequence,
+)
 from cloud.cli import main
 
 
@@ -36,13 +44,28 @@ def test_the_summary_compares_the_same_updates():
             RunRow(False, None, "refused", acc_upright=0.95, acc_rotated=0.93)]  # fmt: skip
     full = [RunRow(True, 2, "", full_bytes=4000, patch_from_bytes=3000, acc_upright=0.96, acc_rotated=0.93),
             RunRow(True, 3, "", full_bytes=4000, patch_from_bytes=3000, acc_upright=0.96, acc_rotated=0.93)]  # fmt: skip
-    s = Result(QUICK, rows, full).summary()
+    s = Result(QUICK, [Stream(0, rows, full)]).summary()
     assert s["delta_bytes_total"] == 100 and s["full_bytes_total"] == 4000
     assert s["patch_from_bytes_total"] == 6000 and s["delta_ratio"] == 0.025
     assert s["acc_gap_points"] == 0.5 and s["goal_met"]
-    assert not Result(
-        QUICK, rows, [RunRow(True, 2, "", acc_upright=1.0, acc_rotated=1.0)] * 2
-    ).summary()["goal_met"]
+    perfect = [RunRow(True, 2, "", acc_upright=1.0, acc_rotated=1.0)] * 2
+    assert not Result(QUICK, [Stream(0, rows, perfect)]).summary()["goal_met"]
+
+
+def test_streams_add_their_bytes_and_average_their_final_accuracies():
+    def row(acc: float, delta: int = 0, full: int = 0) -> RunRow:
+        return RunRow(True, 2, "", delta_bytes=delta, full_bytes=full, acc_upright=acc,
+                      acc_rotated=acc)  # fmt: skip
+
+    one = Stream(0, [row(0.90), row(0.94, 100, 4000)], [row(0.90), row(0.95)])
+    two = Stream(1, [row(0.90), row(0.97, 300, 4000)], [row(0.90), row(0.96)])
+    s = Result(QUICK, [one, two]).summary()
+    assert s["streams"] == 2 and s["delta_bytes_total"] == 400 and s["full_bytes_total"] == 8000
+    assert s["delta_ratio"] == 0.05
+    assert s["acc_budgeted"] == 0.955 and s["acc_unconstrained"] == 0.955
+    assert s["acc_gap_points"] == 0.0 and s["goal_met"]
+    # one stream alone misses the accuracy goal; the other the bytes goal
+    assert one.figures()["acc_gap_points"] == 1.0 and two.figures()["delta_ratio"] == 0.075
 
 
 def test_bench_refuses_nonsense_arguments(capsys):
