@@ -4,7 +4,7 @@ cloud/sparse_training.py) and a trainer round that publishes one."""
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -136,6 +136,31 @@ def test_the_residual_is_carried_to_the_next_round(parent, drifted):
     assert same > 0.99
     differ = sum(int(np.sum(a != b)) for a, b in values)
     assert differ < 0.1 * 1200  # two rounds of B send (almost) what one round of 2B sends
+
+
+def test_the_selection_narrows_from_four_times_the_budget_down_to_it(
+    exported, trained, drifted, parts, monkeypatch
+):
+    import cloud.sparse_training as st
+
+    trained_values = []
+    real_refit = st.refit
+
+    def counting_refit(shadow, start, selected, *args, **kwargs):
+        trained_values.append(int(sum(int(np.sum(m)) for m in selected.values())))
+        return real_refit(shadow, start, selected, *args, **kwargs)
+
+    monkeypatch.setattr(st, "refit", counting_refit)
+    opts = replace(OPTIONS, select_factor=4, levels=(8, 16, 32, 64))
+    update = BudgetedUpdate(exported.content, trained.model, drifted.model, (drifted.X, drifted.y),
+                            (drifted.X[:200], parts.seed_holdout.X[:32]),
+                            Hyperparameters(3, 64, 1e-3, 1), opts)  # fmt: skip
+    child = update.child(300)
+    # refit on ~1200 values, then ~600, then the budget's ~300 (int32 biases cost more bytes)
+    assert len(trained_values) == 3
+    assert trained_values[0] > 1.7 * trained_values[1] > 1.7**2 * trained_values[2]
+    assert 200 < trained_values[2] <= 300
+    assert 0 < child.details["bytes_changed"] <= 300 + 64  # + re-calibrated activations
 
 
 def test_weights_outside_the_frozen_range_force_recalibration(exported, trained, drifted, parts):
