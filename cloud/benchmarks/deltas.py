@@ -116,11 +116,16 @@ class Stream:
     budgeted: list[RunRow] = field(default_factory=list)
     unconstrained: list[RunRow] = field(default_factory=list)
 
+    def final(self) -> tuple[float, float]:
+        """Final accuracy of the budgeted and the unconstrained run."""
+        b, u = self.budgeted, self.unconstrained
+        return (b[-1].acc if b else 0.0), (u[-1].acc if u else 0.0)
+
     def figures(self) -> dict[str, Any]:
         b, u = self.budgeted, self.unconstrained
         delta = sum(r.delta_bytes for r in b if r.published)
         full = sum(r.full_bytes for r in b if r.published)
-        acc_b, acc_u = (b[-1].acc if b else 0.0), (u[-1].acc if u else 0.0)
+        acc_b, acc_u = self.final()
         return {
             "seed": self.seed, "delta_bytes": delta, "full_bytes": full,
             "patch_from_bytes": sum(r.patch_from_bytes for r in u if r.published),
@@ -143,10 +148,9 @@ class Result:
         each = [s.figures() for s in self.streams]
         delta = sum(f["delta_bytes"] for f in each)
         full = sum(f["full_bytes"] for f in each)
-        acc_b = sum(s.budgeted[-1].acc for s in self.streams if s.budgeted) / max(len(each), 1)
-        acc_u = sum(s.unconstrained[-1].acc for s in self.streams if s.unconstrained) / max(
-            len(each), 1
-        )
+        finals = [s.final() for s in self.streams] or [(0.0, 0.0)]
+        acc_b = sum(b for b, _ in finals) / len(finals)
+        acc_u = sum(u for _, u in finals) / len(finals)
         ratio = delta / full if full else None
         gap = round(100 * (acc_u - acc_b), 2)  # points, as printed
         budgets = [r.budget_bytes for s in self.streams for r in s.budgeted if r.budget_bytes]
@@ -200,14 +204,9 @@ def run_benchmark(
             write_keypair(workdir / "keys")
             for k in range(scenario.streams):
                 one = replace(scenario, seed=scenario.seed + k)
-                stream = Stream(one.seed)
-                for mode in ("budgeted", "full"):
-                    rows = _run(mode, url, workdir, one, overrides or {}, progress)
-                    if mode == "budgeted":
-                        stream.budgeted = rows
-                    else:
-                        stream.unconstrained = rows
-                result.streams.append(stream)
+                budgeted, full = (_run(mode, url, workdir, one, overrides or {}, progress)
+                                  for mode in ("budgeted", "full"))  # fmt: skip
+                result.streams.append(Stream(one.seed, budgeted, full))
         finally:
             group.stop_all()
     result.seconds = time.perf_counter() - start
