@@ -75,9 +75,11 @@ test-tflite-runtime: redis
 schemathesis: install
 	$(PY) tests/schemathesis_api.py
 
+# Style, formatting, and the layering contracts in pyproject.toml ([tool.importlinter]).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

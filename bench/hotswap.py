@@ -12,10 +12,10 @@ import numpy as np
 
 from bench.report import Result, at_most
 from bench.setup import Bench, digits_inputs
-from cloud.datasets import load_dataset
+from cloud.data.datasets import load_dataset
 from cloud.demo.services import python_module
-from cloud.exporter import quantize_static_int8, to_float_tflite
-from cloud.training import Hyperparameters, bootstrap
+from cloud.export.exporter import quantize_static_int8, to_float_tflite
+from cloud.learning.training import Hyperparameters, bootstrap
 from edge.daemon import EdgeDaemon
 
 SWAPS = 20

@@ -8,8 +8,8 @@ import signal
 
 import redis
 
-from cloud.ingest import FeedbackIngest
-from cloud.replay import TrainerData
+from cloud.data.ingest import FeedbackIngest, IngestOptions
+from cloud.data.replay import TrainerData
 from shared.keys import FleetKeys
 
 
@@ -39,9 +39,8 @@ def main() -> None:
     client = redis.Redis.from_url(args.redis_url)
     keys = FleetKeys(args.fleet)
     data = trainer_data(client, args.fleet, args.model)
-    ingest = FeedbackIngest(
-        client, keys, data, model=args.model, consumer="bench-ingest", block_ms=100
-    )
+    options = IngestOptions(model=args.model, consumer="bench-ingest", block_ms=100)
+    ingest = FeedbackIngest(client, keys, data, options)
     ingest.ensure_group()
     while not stopping:
         ingest.poll()

@@ -10,7 +10,7 @@ import numpy as np
 from bench.report import Result, at_most
 from bench.setup import Bench, baseline_bytes, digits_inputs
 from edge.daemon import EdgeDaemon
-from edge.runtime import interpreter_class
+from shared.runtime import interpreter_class
 
 
 def _per_call_us(fn, xs: np.ndarray, n: int) -> float:

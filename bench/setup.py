@@ -14,12 +14,12 @@ import numpy as np
 import redis
 
 from cloud.demo.services import ProcessGroup, start_redis
-from cloud.publisher import Publisher
-from cloud.registry import DirBlobStore, Registry
-from edge.runtime import TFLiteModel
+from cloud.registry.publisher import Publisher
+from cloud.registry.versions import DirBlobStore, Registry
 from edge.settings import BUNDLED_BASELINE, EdgeSettings
 from shared.keys import FleetKeys
 from shared.messages import ProbeSet
+from shared.runtime import TFLiteModel
 from shared.signing import Signer, write_keypair
 
 FLEET = "bench"

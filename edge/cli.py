@@ -117,9 +117,9 @@ def serve(settings: EdgeSettings) -> int:
 def check(settings: EdgeSettings) -> int:
     """Exit status of the health check (arq-style: the exit code is the answer)."""
     from edge.connections import REDIS_ERRORS, connect, describe, redact
-    from edge.status import read_health
     from shared.errors import MessageError
     from shared.keys import FleetKeys
+    from shared.status_report import read_health
 
     client = connect(settings.redis_url)
     try:

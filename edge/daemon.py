@@ -25,7 +25,6 @@ import numpy as np
 from edge.fallback import Prediction, ServingChain
 from edge.guard import GuardPolicy, SwapGuard
 from edge.model_store import ModelStore, load_if_sound
-from edge.runtime import FloatArray, TFLiteModel, interpreter_class
 from edge.settings import EdgeSettings
 from edge.status import StatusReporter
 from edge.updater import UpdateConsumer
@@ -33,6 +32,7 @@ from edge.uplink import FeedbackUplink
 from shared.errors import InputError, ModelRejected, NotFound, Unavailable
 from shared.keys import FleetKeys
 from shared.messages import EdgeCounters, EdgeStatus, FeedbackAccepted, FeedbackEvent
+from shared.runtime import FloatArray, TFLiteModel, interpreter_class
 from shared.signing import Verifier
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,6 @@ class EdgeDaemon:
         self.status = StatusReporter(
             redis_url=s.redis_url,
             keys=self.keys,
-            device_id=s.device_id,
             build=self.health,
             interval_s=s.status_interval_s,
             ttl_s=s.status_ttl_s,

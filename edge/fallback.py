@@ -16,7 +16,7 @@ that counter; an answer holds the link and the counter, and its request id,
 version and sha256 are derived when read.
 
 >>> import numpy as np
->>> from edge.runtime import TFLiteModel
+>>> from shared.runtime import TFLiteModel
 >>> from edge.settings import BUNDLED_BASELINE
 >>> chain = ServingChain()
 >>> chain.set_models(current=None, last_known_good=None,
@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from edge.runtime import FloatArray, TFLiteModel
 from shared.errors import InputError, Unavailable
+from shared.runtime import FloatArray, TFLiteModel
 
 ABSENT = "absent"
 INVOKE_ERROR = "invoke_error"

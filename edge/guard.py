@@ -49,8 +49,8 @@ import numpy as np
 
 from edge.fallback import INVOKE_ERROR, NOT_FINITE, RecentInput, ServingChain
 from edge.model_store import ModelStore
-from edge.runtime import FloatArray, TFLiteModel
 from edge.settings import EdgeSettings
+from shared.runtime import FloatArray, TFLiteModel
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ They count up from 0 per epoch (the trainer's watermark starts below 0) and
 must never repeat, even across a crash. A number is handed out only below a
 reservation persisted on disk; a restart continues from the reservation, so a
 crash skips at most ``block`` numbers and reuses none. The trainer abandons
-such a gap once newer ids pile up above it (cloud/watermark.py). A clean close
+such a gap once newer ids pile up above it (cloud/data/watermark.py). A clean close
 persists the exact next number, so a clean restart leaves no gap at all.
 
 The reservation is extended ahead of need by the uplink's sender thread
@@ -33,7 +33,7 @@ from shared.errors import ConfigError
 #: sender thread extends the reservation once per send, and under load a send
 #: moves about a thousand events: a block must outlast several sends, or the
 #: thread calling ``next`` waits for the fsync. The size of a gap costs the
-#: trainer nothing (cloud/watermark.py abandons it after MAX_ABOVE newer ids).
+#: trainer nothing (cloud/data/watermark.py abandons it after MAX_ABOVE newer ids).
 SEQ_BLOCK = 10_000
 
 

@@ -1,12 +1,8 @@
 """The status reporter: what this edge tells the fleet about itself.
 
 Every ``interval_s`` (and at once after a swap) the daemon's ``EdgeStatus`` is
-written three ways in one pipeline:
-
-- XADD to the fleet's status stream (capped with MAXLEN ~: old reports may go),
-- SET the device key with a TTL: the health key that ``edgeloop-edge --check``
-  and the dashboard read; it vanishes when the edge goes quiet,
-- ZADD the device into the fleet's device index by last-seen time.
+written as ``shared.status_report.add_status`` writes a report (the status
+stream, the device's health key with a TTL, the fleet's device index).
 
 A Redis error is logged once per outage and the next tick tries again.
 """
@@ -17,11 +13,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from edge.connections import REDIS_ERRORS, connect, describe
 from shared.keys import FleetKeys
 from shared.messages import EdgeStatus
+from shared.status_report import add_status
 
 logger = logging.getLogger(__name__)
 
@@ -34,15 +30,13 @@ class StatusReporter:
         *,
         redis_url: str,
         keys: FleetKeys,
-        device_id: str,
         build: Callable[[], EdgeStatus],
         interval_s: float = 2.0,
         ttl_s: int = 10,
         stream_maxlen: int = 10_000,
     ) -> None:
         self._redis = connect(redis_url)
-        self._keys, self._device_id = keys, device_id
-        self._device_key = keys.device(device_id)
+        self._keys = keys
         self._build = build
         self._interval, self._ttl, self._maxlen = interval_s, ttl_s, stream_maxlen
         self._kick = threading.Event()
@@ -82,12 +76,9 @@ class StatusReporter:
 
     def publish(self, status: EdgeStatus) -> bool:
         """Write one report; False (logged) when Redis is unreachable."""
-        data = status.to_wire()
         try:
             pipe = self._redis.pipeline(transaction=False)
-            pipe.xadd(self._keys.status, {"data": data}, maxlen=self._maxlen, approximate=True)
-            pipe.set(self._device_key, data, ex=self._ttl)
-            pipe.zadd(self._keys.devices, {self._device_id: status.ts})
+            add_status(pipe, self._keys, status, self._ttl, self._maxlen)
             pipe.execute()
         except REDIS_ERRORS as e:
             self.last_error, self.last_error_at = f"status: {describe(e)}", time.time()
@@ -104,10 +95,3 @@ class StatusReporter:
         self._failing = False
         self.reports += 1
         return True
-
-
-def read_health(client: Any, keys: FleetKeys, device_id: str) -> EdgeStatus | None:
-    """The device's last report from its health key (a ``redis.Redis``), or None
-    if it has expired. Raises MessageError if it does not parse."""
-    raw = client.get(keys.device(device_id))
-    return EdgeStatus.from_wire(raw) if raw is not None else None

@@ -59,7 +59,6 @@ from edge.connections import REDIS_ERRORS, connect, describe
 from edge.fallback import ServingChain
 from edge.guard import SwapGuard
 from edge.model_store import ModelStore
-from edge.runtime import TFLiteModel
 from shared.codec import check_sha256, decode_full
 from shared.delta import apply_patch
 from shared.errors import ArtifactError, EdgeloopError, IntegrityError, ModelRejected, NotFound
@@ -67,6 +66,7 @@ from shared.keys import FleetKeys
 from shared.messages import DeltaAnnouncement, ModelManifest, Payload, SignedManifest
 from shared.retry import Backoff
 from shared.rollouts import AssignmentNotice, desired_sha
+from shared.runtime import TFLiteModel
 from shared.signing import Verifier
 
 logger = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 ``submit`` never waits for the network. A sender thread waits for ``batch``
 events (or what arrived within ``flush_ms``), takes everything queued and XADDs
 it in one round trip (a pipeline) as stream entries of up to ``batch`` events
-each, JSON lines in the field ``events`` (see ``_xadd``). When Redis is unreachable, events
+each, JSON lines in the field ``events`` (``shared.feedback_stream``). When Redis is unreachable, events
 go to the on-disk spool instead;
 while the spool holds anything, new events go there too, so that a device's
 events reach the stream in the order they were made. When Redis comes back the
@@ -29,7 +29,8 @@ from pathlib import Path
 from edge.connections import REDIS_ERRORS, connect, describe
 from edge.sequence import SeqCounter
 from edge.spool import Spool
-from shared.keys import FEEDBACK_BATCH_FIELD, FleetKeys
+from shared.feedback_stream import add_feedback
+from shared.keys import FleetKeys
 from shared.messages import FeedbackEvent
 from shared.retry import Backoff
 
@@ -54,7 +55,7 @@ class FeedbackUplink:
         backoff: Backoff | None = None,
     ) -> None:
         self._redis = connect(redis_url)
-        self._stream = keys.feedback
+        self._keys = keys
         self._id_prefix = f"{device_id}:{epoch}:"
         self._seq = SeqCounter(Path(state_dir) / "feedback.seq", epoch)
         self._spool = Spool(Path(state_dir) / "spool", spool_max_bytes)
@@ -260,10 +261,7 @@ class FeedbackUplink:
             logger.info("feedback uplink: sent %d spooled event(s)", len(lines))
 
     def _xadd(self, lines: list[bytes]) -> None:
-        # An entry per ``batch`` events rather than per event: Redis stores, reads,
-        # acks and logs to its AOF one entry instead of hundreds, several times
-        # cheaper per event for Redis and for both ends. Compact JSON has no raw
-        # newline, so the lines split back unambiguously. All entries go in one
+        # Entries of ``batch`` events (shared.feedback_stream). All entries go in one
         # round trip: while the threads calling ``submit`` keep the interpreter
         # busy, each wait for the network costs this thread up to a GIL switch
         # interval (5 ms) to resume, so it must move what piled up meanwhile at
@@ -271,8 +269,7 @@ class FeedbackUplink:
         # with a few large entries per call, a script costs both ends more (its
         # arguments are copied into Lua and back).
         pipe = self._redis.pipeline(transaction=False)
-        for i in range(0, len(lines), self._batch):
-            pipe.xadd(self._stream, {FEEDBACK_BATCH_FIELD: b"\n".join(lines[i : i + self._batch])})
+        add_feedback(pipe, self._keys, lines, self._batch)
         pipe.execute()
 
     def _write_spool(self, lines: list[bytes], front: bool = False) -> None:

@@ -121,7 +121,7 @@ class FleetKeys:
         """Sorted set of published version numbers -> sha256 for ``model``."""
         return f"{self._p}:versions:{check_name('model', model)}"
 
-    # The registry (cloud/registry.py)
+    # The registry (cloud/registry/versions.py)
     @property
     def models(self) -> str:
         """Set of the model names that have at least one published version."""
@@ -161,7 +161,7 @@ class FleetKeys:
         """The id of the rollout in progress for ``model``, if any (one at a time)."""
         return f"{self._p}:active-rollout:{check_name('model', model)}"
 
-    # API access (cloud/tokens.py): bearer tokens, stored hashed.
+    # API access (cloud/api/tokens.py): bearer tokens, stored hashed.
     @property
     def tokens(self) -> str:
         """Hash of token digest (HMAC-SHA256 under the API's pepper) -> ``TokenRecord`` (JSON)."""

@@ -9,6 +9,15 @@ Field ids are those of the TFLite schema (schema.fbs).
 
 from __future__ import annotations
 
+#: The compute-heavy ops: each takes a weight tensor as its second input (a bias as
+#: its third, if any), and in a model the edge accepts each must run in int8. The
+#: edge's check (``TFLiteModel.heavy_ops_int8``), the exporter's and the per-layer
+#: views of a file (``cloud.export.tflite_file``, ``cloud.evaluation.layer_diff``)
+#: all use this one set.
+HEAVY_OPS = frozenset(
+    {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "TRANSPOSE_CONV"}
+)
+
 _MODEL_OPCODES, _MODEL_SUBGRAPHS, _MODEL_BUFFERS = 1, 2, 4
 _SG_TENSORS, _SG_INPUTS, _SG_OUTPUTS, _SG_OPERATORS = 0, 1, 2, 3
 _TENSOR_SHAPE, _TENSOR_BUFFER, _TENSOR_QUANT = 0, 2, 4

@@ -1,7 +1,7 @@
 """API access tokens: who holds one and what it may do.
 
 A token is a random string shown once when it is issued; Redis keeps only its
-HMAC-SHA256 under a server-side pepper (``cloud/tokens.py``), with this record
+HMAC-SHA256 under a server-side pepper (``cloud/api/tokens.py``), with this record
 beside it. The CLI writes records and the REST API reads them, so the record is
 a wire message.
 

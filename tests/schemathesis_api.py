@@ -48,14 +48,14 @@ def _seed(redis_url: str, work: Path) -> str:
     import redis
     from api_helpers import issue, report
 
-    from cloud.publisher import Publisher
-    from cloud.registry import DirBlobStore, Registry
+    from cloud.registry.publisher import Publisher
+    from cloud.registry.versions import DirBlobStore, Registry
     from cloud.rollout.controller import RolloutController
-    from edge.runtime import TFLiteModel
     from edge.settings import BUNDLED_BASELINE
     from shared.keys import FleetKeys
     from shared.messages import ProbeSet
     from shared.rollouts import RolloutSpec, StageSpec
+    from shared.runtime import TFLiteModel
     from shared.signing import Signer, write_keypair
 
     client = redis.Redis.from_url(redis_url)

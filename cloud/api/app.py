@@ -35,7 +35,7 @@ APIs for two fleets can run in one process or one test.
 
 Every route but ``/healthz`` needs a bearer token (``cloud/api/auth.py``).
 With ``controller_interval_s`` > 0 the app steps the rollout controller in a
-thread from startup to shutdown (``cloud/rollout/runner.py``).
+thread from startup to shutdown (``cloud/rollout/loop.py``).
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from fastapi import Depends, FastAPI
 
 from cloud.api import errors, metrics
 from cloud.api.auth import AUTH_RESPONSES, require_viewer
+from cloud.api.relay import DeviceRelay
 from cloud.api.routers import (
     deltas,
     devices,
@@ -64,13 +65,13 @@ from cloud.api.routers import (
 )
 from cloud.api.routers import metrics as metrics_router
 from cloud.api.settings import ApiSettings
-from cloud.fleet_view import FleetView
-from cloud.registry import DirBlobStore, Registry
+from cloud.api.tokens import TokenStore
+from cloud.api.views.fleet import FleetView
+from cloud.api.views.rollouts import RolloutsView
+from cloud.api.views.versions import VersionsView
+from cloud.registry.versions import DirBlobStore, Registry
 from cloud.rollout.controller import RolloutController
-from cloud.rollout.runner import ControllerLoop
-from cloud.rollout.view import RolloutsView
-from cloud.tokens import TokenStore
-from cloud.versions_view import VersionsView
+from cloud.rollout.loop import ControllerLoop
 from shared.keys import FleetKeys
 from shared.signing import Verifier
 
@@ -125,13 +126,16 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.state.settings = settings
     app.state.view = VersionsView(registry, verifier)
     app.state.fleet = FleetView(client, keys, registry)
+    app.state.relay = DeviceRelay(client, keys)
     app.state.rollouts = RolloutsView(controller, registry)
     app.state.tokens = TokenStore(client, keys, settings.pepper)
-    app.state.request_counts = metrics.RequestCounts()
     app.state.controller_loop = None
+    app.state.metrics = metrics.ApiMetrics(
+        app.state.fleet, controller, lambda: app.state.controller_loop
+    )
     errors.install(app)
     errors.limit_body(app, settings.max_body_bytes)
-    metrics.install(app, app.state.request_counts)
+    metrics.install(app, app.state.metrics)
     reads = [Depends(require_viewer)]
     for module in (models, versions, diffs, deltas):
         app.include_router(module.router, dependencies=reads, responses=AUTH_RESPONSES)

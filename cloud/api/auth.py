@@ -1,4 +1,4 @@
-"""Who may call what: bearer tokens with roles (``cloud/tokens.py`` keeps them).
+"""Who may call what: bearer tokens with roles (``cloud/api/tokens.py`` keeps them).
 
 - ``viewer``: every read; ``admin``: every read, rollouts, pins and tokens;
 - ``device``: ``POST /v1/feedback`` and ``POST /v1/devices/{id}/status`` for the

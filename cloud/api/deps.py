@@ -6,11 +6,13 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Query, Request
 
+from cloud.api.metrics import ApiMetrics
+from cloud.api.relay import DeviceRelay
 from cloud.api.settings import ApiSettings
-from cloud.fleet_view import FleetView
-from cloud.rollout.view import RolloutsView
-from cloud.tokens import TokenStore
-from cloud.versions_view import VersionsView
+from cloud.api.tokens import TokenStore
+from cloud.api.views.fleet import FleetView
+from cloud.api.views.rollouts import RolloutsView
+from cloud.api.views.versions import VersionsView
 
 #: A model name (shared.keys.check_name).
 MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
@@ -46,6 +48,14 @@ def get_fleet(request: Request) -> FleetView:
     return request.app.state.fleet  # type: ignore[no-any-return]
 
 
+def get_metrics(request: Request) -> ApiMetrics:
+    return request.app.state.metrics  # type: ignore[no-any-return]
+
+
+def get_relay(request: Request) -> DeviceRelay:
+    return request.app.state.relay  # type: ignore[no-any-return]
+
+
 def get_rollouts(request: Request) -> RolloutsView:
     return request.app.state.rollouts  # type: ignore[no-any-return]
 
@@ -57,6 +67,8 @@ def get_tokens(request: Request) -> TokenStore:
 SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
 ViewDep = Annotated[VersionsView, Depends(get_view)]
 FleetDep = Annotated[FleetView, Depends(get_fleet)]
+RelayDep = Annotated[DeviceRelay, Depends(get_relay)]
+MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]
 RolloutsDep = Annotated[RolloutsView, Depends(get_rollouts)]
 TokensDep = Annotated[TokenStore, Depends(get_tokens)]
 

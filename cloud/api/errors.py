@@ -21,9 +21,9 @@ from fastapi.responses import JSONResponse
 
 from cloud.api.deps import HINTS
 from cloud.api.schemas import ErrorPublic
-from cloud.registry import AmbiguousRef, PatchUnavailable
+from cloud.api.tokens import TokenConflict
+from cloud.registry.versions import AmbiguousRef, PatchUnavailable
 from cloud.rollout.controller import RolloutConflict
-from cloud.tokens import TokenConflict
 from shared.errors import InputError, ModelRejected, NotFound
 
 logger = logging.getLogger(__name__)

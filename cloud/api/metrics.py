@@ -1,52 +1,149 @@
-"""Prometheus metrics of the API process, in the text exposition format (0.0.4).
+"""Prometheus metrics of the API process, exposed with ``prometheus-client``.
 
-Written by hand (a few gauges and counters; no client library needed). Fleet
-figures are read from Redis at scrape time: rollouts by state, devices by
-version and health, and the edges' own counters summed over the devices that
-are online (an edge's counters restart with it, so the sums can go down: they
-are gauges). The API's requests are counted in-process by method, route
-template and status.
+Fleet figures are read from Redis at scrape time by a collector: rollouts by
+state, devices by version and health, and the edges' own counters summed over
+the devices that are online (an edge's counters restart with it, so the sums
+can go down: they are gauges). The API's requests are counted in-process by
+method, route template and status. Each app has a registry of its own, so two
+APIs in one process (tests) keep their figures apart.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from collections import Counter as Tally
+from collections.abc import Awaitable, Callable, Iterator
 
 from fastapi import FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
-from cloud.fleet_view import FleetView
+from cloud.api.views.fleet import FleetView
 from cloud.rollout.controller import RolloutController
+from cloud.rollout.loop import ControllerLoop
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+#: The controller loop running in this process now, if any.
+LoopOf = Callable[[], ControllerLoop | None]
 
 #: EdgeCounters fields exported as fleet-wide sums.
 EDGE_COUNTERS = (
-    "predictions", "failed_requests", "fallback_predictions", "labeled", "labeled_correct",
-    "feedback_sent", "feedback_spooled", "feedback_dropped", "swaps", "updates_refused",
-    "self_reverts", "bytes_downloaded", "patches_applied", "full_downloads", "patch_failures",
-)  # fmt: skip
+    "predictions",
+    "failed_requests",
+    "fallback_predictions",
+    "labeled",
+    "labeled_correct",
+    "feedback_sent",
+    "feedback_spooled",
+    "feedback_dropped",
+    "swaps",
+    "updates_refused",
+    "self_reverts",
+    "bytes_downloaded",
+    "patches_applied",
+    "full_downloads",
+    "patch_failures",
+)
 
 
-class RequestCounts:
-    """Requests answered, by (method, route template, status)."""
+class FleetCollector(Collector):
+    """The fleet's rollouts and devices, and the controller loop of this process
+    (``loop()``: the one running now, if any; the API starts it with its lifespan)."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counts: Counter[tuple[str, str, int]] = Counter()
+    def __init__(self, fleet: FleetView, controller: RolloutController, loop: LoopOf) -> None:
+        self.fleet = fleet
+        self.controller = controller
+        self.loop = loop
 
-    def add(self, method: str, route: str, status: int) -> None:
-        with self._lock:
-            self._counts[(method, route, status)] += 1
+    def collect(self) -> Iterator[Metric]:
+        yield from self._rollouts()
+        yield from self._devices()
+        loop = self.loop()
+        if loop is not None:
+            steps = CounterMetricFamily(
+                "edgeloop_controller_steps", "Rollout controller steps in this process."
+            )
+            steps.add_metric([], loop.steps)
+            errors = CounterMetricFamily(
+                "edgeloop_controller_errors",
+                "Rollout controller steps that failed in this process.",
+            )
+            errors.add_metric([], loop.errors)
+            yield from (steps, errors)
 
-    def items(self) -> list[tuple[tuple[str, str, int], int]]:
-        with self._lock:
-            return sorted(self._counts.items())
+    def _rollouts(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "edgeloop_rollouts",
+            "Rollouts by model and state (the newest 100).",
+            labels=["model", "state"],
+        )
+        by_state = Tally((r.model, r.state) for r in self.controller.list(limit=100))
+        for (model, state), n in sorted(by_state.items()):
+            family.add_metric([model, state], n)
+        yield family
+
+    def _devices(self) -> Iterator[Metric]:
+        devices = self.fleet.statuses()
+        by_version = GaugeMetricFamily(
+            "edgeloop_devices",
+            "Devices by served version and health.",
+            labels=["version", "health"],
+        )
+        version_health: Tally[tuple[str, str]] = Tally()
+        for d in devices:
+            if d.health == "offline":
+                version = "unknown"
+            else:
+                version = f"v{d.version}" if d.version else "baseline"
+            version_health[(version, d.health)] += 1
+        for (version, health), n in sorted(version_health.items()):
+            by_version.add_metric([version, health], n)
+        yield by_version
+
+        sums: Tally[str] = Tally()
+        reasons: Tally[str] = Tally()
+        for d in devices:
+            if d.counters is None:
+                continue
+            for name in EDGE_COUNTERS:
+                sums[name] += getattr(d.counters, name)
+            reasons.update(d.counters.fallback_reasons)
+        for name in EDGE_COUNTERS:
+            yield GaugeMetricFamily(
+                f"edgeloop_edge_{name}",
+                f"Sum of the online edges' {name.replace('_', ' ')} counters.",
+                value=sums[name],
+            )
+        by_reason = GaugeMetricFamily(
+            "edgeloop_edge_fallbacks_by_reason",
+            "Sum of the online edges' fallback answers by the first link's reason.",
+            labels=["reason"],
+        )
+        for reason, n in sorted(reasons.items()):
+            by_reason.add_metric([reason], n)
+        yield by_reason
 
 
-def install(app: FastAPI, counts: RequestCounts) -> None:
+class ApiMetrics:
+    """One app's registry: the fleet collector and the request counter."""
+
+    def __init__(self, fleet: FleetView, controller: RolloutController, loop: LoopOf) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(FleetCollector(fleet, controller, loop))
+        self.requests = Counter(
+            "edgeloop_api_requests",
+            "API requests answered.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def install(app: FastAPI, metrics: ApiMetrics) -> None:
     """Count every request by its route's template (never the raw path: ids would
     make a series per device)."""
 
@@ -62,80 +159,4 @@ def install(app: FastAPI, counts: RequestCounts) -> None:
         finally:
             route = request.scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            counts.add(request.method, template, status)
-
-
-def exposition(
-    fleet: FleetView,
-    controller: RolloutController,
-    counts: RequestCounts,
-    loop: Any | None,
-) -> str:
-    lines: list[str] = []
-    devices = fleet.statuses()
-
-    by_state: Counter[tuple[str, str]] = Counter(
-        (r.model, r.state) for r in controller.list(limit=100)
-    )
-    _family(lines, "edgeloop_rollouts", "gauge", "Rollouts by model and state (the newest 100).",
-            (({"model": m, "state": s}, n) for (m, s), n in sorted(by_state.items())))  # fmt: skip
-
-    version_health: Counter[tuple[str, str]] = Counter()
-    for d in devices:
-        version = (
-            "unknown" if d.health == "offline" else (f"v{d.version}" if d.version else "baseline")
-        )
-        version_health[(version, d.health)] += 1
-    _family(lines, "edgeloop_devices", "gauge", "Devices by served version and health.",
-            (({"version": v, "health": h}, n) for (v, h), n in sorted(version_health.items())))  # fmt: skip
-
-    sums: Counter[str] = Counter()
-    reasons: Counter[str] = Counter()
-    for d in devices:
-        if d.counters is None:
-            continue
-        for name in EDGE_COUNTERS:
-            sums[name] += getattr(d.counters, name)
-        reasons.update(d.counters.fallback_reasons)
-    for name in EDGE_COUNTERS:
-        _family(lines, f"edgeloop_edge_{name}", "gauge",
-                f"Sum of the online edges' {name.replace('_', ' ')} counters.",
-                [({}, sums[name])])  # fmt: skip
-    _family(lines, "edgeloop_edge_fallbacks_by_reason", "gauge",
-            "Sum of the online edges' fallback answers by the first link's reason.",
-            (({"reason": r}, n) for r, n in sorted(reasons.items())))  # fmt: skip
-
-    _family(lines, "edgeloop_api_requests_total", "counter", "API requests answered.",
-            (({"method": m, "route": r, "status": str(s)}, n)
-             for (m, r, s), n in counts.items()))  # fmt: skip
-    if loop is not None:
-        _family(lines, "edgeloop_controller_steps_total", "counter",
-                "Rollout controller steps in this process.", [({}, loop.steps)])  # fmt: skip
-        _family(lines, "edgeloop_controller_errors_total", "counter",
-                "Rollout controller steps that failed in this process.", [({}, loop.errors)])  # fmt: skip
-    return "\n".join(lines) + "\n"
-
-
-def _family(
-    lines: list[str],
-    name: str,
-    kind: str,
-    help_text: str,
-    samples: Iterable[tuple[dict[str, str], float]],
-) -> None:
-    lines.append(f"# HELP {name} {help_text}")
-    lines.append(f"# TYPE {name} {kind}")
-    for labels, value in samples:
-        if labels:
-            inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
-            lines.append(f"{name}{{{inner}}} {_number(value)}")
-        else:
-            lines.append(f"{name} {_number(value)}")
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
+            metrics.requests.labels(request.method, template, str(status)).inc()

@@ -1,4 +1,4 @@
-"""The public shapes of the REST API: what ``cloud.versions_view`` returns and the CLI reads.
+"""The public shapes of the REST API: what ``cloud.api.views.versions`` returns and the CLI reads.
 
 ``XPublic`` is what a client sees of X; ``XCreate`` is what a client sends to
 make one (rollouts, pins, tokens, feedback).

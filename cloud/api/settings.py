@@ -6,7 +6,7 @@ given to ``edgeloop api --config``, then the defaults below.
 The public key has no default outside ``mode = "development"``: an API that
 cannot verify what it serves would show operators explanations nobody signed.
 Nor has ``token_pepper``, the secret that API tokens are hashed under
-(``cloud/tokens.py``): outside development it must be set, and not to a
+(``cloud/api/tokens.py``): outside development it must be set, and not to a
 well-known value; in development a fixed, public pepper is used (and logged).
 
 >>> s = ApiSettings(public_key="/etc/edgeloop/signing.pub", fleet="lab",
@@ -23,7 +23,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from cloud.settings import DEV_BLOB_DIR, DEV_KEY_DIR, PROD_BLOB_DIR
+from cloud.registry.locations import DEV_BLOB_DIR, DEV_KEY_DIR, PROD_BLOB_DIR
 from shared.config import EnvFirstSettings
 from shared.keys import check_name
 

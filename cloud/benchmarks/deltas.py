@@ -1,13 +1,13 @@
 """``edgeloop bench deltas``: what an update costs on the wire, budgeted vs full re-export.
 
 The digits drift scenario, run twice through the trainer's own code (a real
-``cloud.trainer.Trainer`` on a private redis-server, feedback events through
+``cloud.trainer.loop.Trainer`` on a private redis-server, feedback events through
 ingest, count-triggered rounds): once with ``update_mode = "budgeted"``, once
 with ``"full"`` (a freshly calibrated export every update). Both runs get the
 same bootstrap and the same labeled samples in the same order: a warm-up of upright labels (ingested
 without a round, so that the gate's recent window is more than a dozen samples
 at the first update), a few updates of upright digits, then the inputs rotate
-by 90 degrees (``cloud.datasets.drift``) and stay rotated. Samples come from
+by 90 degrees (``cloud.data.datasets.drift``) and stay rotated. Samples come from
 the dataset's stream pool, held-out rows aside; a scenario longer than the
 pool goes through it again, reshuffled. The measured ``zstd --patch-from``
 (CLI 1.5.4) was within 8 bytes of the python-zstandard figure on a digits pair.
@@ -223,10 +223,10 @@ def _run(
 ) -> list[RunRow]:
     import redis
 
-    from cloud.datasets import drift, load_dataset, split
-    from cloud.settings import TrainerSettings
-    from cloud.trainer import Trainer
-    from edge.runtime import TFLiteModel
+    from cloud.data.datasets import drift, load_dataset, split
+    from cloud.trainer.loop import Trainer
+    from cloud.trainer.settings import TrainerSettings
+    from shared.runtime import TFLiteModel
 
     digits = load_dataset("digits")
     stream = split(digits, scenario.seed).stream

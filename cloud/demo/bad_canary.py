@@ -27,16 +27,16 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from cloud.blobs import DirBlobStore
-from cloud.datasets import split
+from cloud.api.tokens import TokenStore
+from cloud.data.datasets import split
 from cloud.demo.runner import FLEET, Demo, DemoError, _toml
 from cloud.demo.services import free_port, python_module, start_redis
 from cloud.demo.view import edges_table
-from cloud.exporter import ExportResult, export_int8
-from cloud.publisher import Publisher
-from cloud.registry import Registry
-from cloud.tokens import TokenStore
-from cloud.training import Hyperparameters, bootstrap
+from cloud.export.exporter import ExportResult, export_int8
+from cloud.learning.training import Hyperparameters, bootstrap
+from cloud.registry.blobs import DirBlobStore
+from cloud.registry.publisher import Publisher
+from cloud.registry.versions import Registry
 from shared.messages import Explanation
 from shared.signing import Signer, write_keypair
 
@@ -98,7 +98,7 @@ class BadCanaryDemo(Demo):
             "blob_dir": str(self.workdir / "blobs"), "public_key": str(self.public_key),
             "token_pepper": DEMO_PEPPER, "controller_interval_s": 1.0,
         }))  # fmt: skip
-        self.group.spawn("api", python_module("cloud.cli", "api", "--config", str(config)))
+        self.group.spawn("api", python_module("cloud.cli.main", "api", "--config", str(config)))
         assert self.redis is not None
         _, token = TokenStore(self.redis, self.keys, DEMO_PEPPER.encode()).issue(
             "demo-operator", "admin", by="demo"

@@ -23,7 +23,7 @@ import redis
 from rich.console import Console
 from rich.live import Live
 
-from cloud.datasets import Dataset, drift, load_dataset, split
+from cloud.data.datasets import Dataset, drift, load_dataset, split
 from cloud.demo.apps import Phase, SensorApp, phase_accuracies
 from cloud.demo.services import Child, ProcessGroup, free_port, python_module, start_redis
 from cloud.demo.view import live_view, summary_table
@@ -130,7 +130,9 @@ class Demo:
         }))  # fmt: skip
         self.trainer_child = self.group.spawn(
             "trainer",
-            python_module("cloud.cli", "--log-level", "INFO", "trainer", "--config", str(config)),
+            python_module(
+                "cloud.cli.main", "--log-level", "INFO", "trainer", "--config", str(config)
+            ),
         )
 
     def _start_edge(self, device: str, redis_url: str, public_key: Path, **overrides: Any) -> None:

@@ -11,8 +11,9 @@ from typing import Any
 
 import redis
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 
-from cloud.tokens import TokenStore
+from cloud.api.tokens import TokenStore
 from shared.keys import FleetKeys
 
 #: A pepper that passes the production check (tests only).
@@ -61,8 +62,8 @@ def seed_versions(client: redis.Redis, fleet: str, blob_dir: Any, n: int = 3) ->
     not for serving), the first one the fleet's target; their sha256s."""
     import numpy as np
 
-    from cloud.publisher import Publisher
-    from cloud.registry import DirBlobStore, Registry
+    from cloud.registry.publisher import Publisher
+    from cloud.registry.versions import DirBlobStore, Registry
     from shared.messages import ProbeSet
     from shared.signing import Signer, generate_keypair
 
@@ -90,3 +91,12 @@ def report(client: redis.Redis, fleet: str, device: str, sha: str | None, **fiel
                         state="serving", **fields)  # fmt: skip
     client.set(keys.device(device), status.to_wire(), ex=60)
     client.zadd(keys.devices, {device: status.ts})
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of the sample ``name{labels}`` in a Prometheus exposition, or None."""
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return float(s.value)
+    return None

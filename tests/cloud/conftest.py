@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import redis
 
-from cloud.datasets import Dataset, Split, load_dataset, split
-from cloud.exporter import ExportResult, export_int8
-from cloud.settings import TrainerSettings
-from cloud.training import Hyperparameters, TrainResult, bootstrap
+from cloud.data.datasets import Dataset, Split, load_dataset, split
+from cloud.export.exporter import ExportResult, export_int8
+from cloud.learning.training import Hyperparameters, TrainResult, bootstrap
+from cloud.trainer.settings import TrainerSettings
 from shared.keys import FleetKeys
 from shared.messages import FeedbackEvent
 from shared.signing import write_keypair
@@ -153,9 +153,9 @@ def published_fleet(
 
     Tests get the keys restored into their flushed database (``fleet_client``).
     """
-    from cloud.datasets import drift
-    from cloud.trainer import Trainer
-    from edge.runtime import TFLiteModel
+    from cloud.data.datasets import drift
+    from cloud.trainer.loop import Trainer
+    from shared.runtime import TFLiteModel
 
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()

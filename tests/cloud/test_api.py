@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 
 from cloud.api.app import create_app
 from cloud.api.settings import ApiSettings
-from cloud.publisher import Publisher
-from cloud.registry import DirBlobStore, Registry
+from cloud.registry.publisher import Publisher
+from cloud.registry.versions import DirBlobStore, Registry
 from shared.config import load_settings
 from shared.delta import apply_patch
 from shared.errors import ConfigError
@@ -251,7 +251,7 @@ def test_edgeloop_api_serves_and_its_check_passes(tmp_path, api_settings):
         f'token_pepper = "{PEPPER}"\n'
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGELOOP_API_")}
-    cmd = [sys.executable, "-m", "cloud.cli", "api", "--config", str(config)]
+    cmd = [sys.executable, "-m", "cloud.cli.main", "api", "--config", str(config)]
     check = subprocess.run([*cmd, "--check"], capture_output=True, text=True, env=env, timeout=30)
     assert check.returncode == 1 and "unhealthy" in check.stderr  # nothing listens yet
     server = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

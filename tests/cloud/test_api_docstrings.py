@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES = ["cloud.api.app", "cloud.api.settings", "cloud.api_client", "cloud.rollout_cli",
+MODULES = ["cloud.api.app", "cloud.api.settings", "cloud.cli.client", "cloud.cli.rollout",
            "cloud.rollout.rings"]  # fmt: skip
 
 

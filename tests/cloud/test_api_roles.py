@@ -15,10 +15,10 @@ from api_helpers import PEPPER, bearer, issue, report, seed_versions
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
-from cloud import cli
 from cloud.api.app import create_app
 from cloud.api.settings import ApiSettings
-from cloud.registry import DirBlobStore, Registry
+from cloud.cli import main as cli
+from cloud.registry.versions import DirBlobStore, Registry
 from cloud.rollout.controller import RolloutController
 from shared.config import load_settings
 from shared.errors import ConfigError

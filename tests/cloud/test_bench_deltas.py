@@ -15,7 +15,7 @@ from cloud.benchmarks.deltas import (
     _measure,
     _sequence,
 )
-from cloud.cli import main
+from cloud.cli.main import main
 
 
 def test_the_sequence_never_feeds_held_out_rows_and_repeats_the_pool_when_needed():

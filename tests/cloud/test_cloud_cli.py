@@ -13,7 +13,7 @@ from pathlib import Path
 
 import redis
 
-from cloud import cli
+from cloud.cli import main as cli
 from shared.keys import FleetKeys
 from shared.messages import TrainerStatus
 
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def run_cli(
     *args: str, env: dict[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cloud.cli", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "cloud.cli.main", *args], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=timeout)  # fmt: skip
 
 
@@ -40,7 +40,7 @@ def test_keygen_writes_a_private_key_only_we_can_read(tmp_path):
 
 def test_keygen_does_not_import_torch(tmp_path):
     code = (
-        "import sys; from cloud.cli import main; rc = main(['keygen', '--out', sys.argv[1]]); "
+        "import sys; from cloud.cli.main import main; rc = main(['keygen', '--out', sys.argv[1]]); "
         "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)"
     )
     r = subprocess.run(
@@ -51,7 +51,7 @@ def test_keygen_does_not_import_torch(tmp_path):
 
 def test_user_errors_are_one_line_and_exit_2(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGELOOP_TRAINER_")}
-    r = subprocess.run([sys.executable, "-m", "cloud.cli", "trainer"], cwd=tmp_path, capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "cloud.cli.main", "trainer"], cwd=tmp_path, capture_output=True,
                        text=True, env=env)  # fmt: skip
     assert (
         r.returncode == 2 and "signing_key is required" in r.stderr and "Traceback" not in r.stderr
@@ -64,7 +64,11 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path):
     assert r.returncode == 2 and "fleet" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-def _hello(args: argparse.Namespace) -> int:
+def hello_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out")
+
+
+def hello(args: argparse.Namespace) -> int:
     print(f"hello {args.out}")
     return 7
 
@@ -73,7 +77,7 @@ def test_more_commands_register_in_one_line(monkeypatch, capsys):
     monkeypatch.setitem(
         cli.COMMANDS,
         "hello",
-        cli.Command("say hello", "cloud.cli:keygen_arguments", f"{__name__}:_hello"),
+        cli.Command.of("say hello", __name__, "hello"),
     )
     assert cli.main(["hello", "--out", "there"]) == 7
     assert capsys.readouterr().out == "hello there\n"
@@ -97,7 +101,7 @@ def test_trainer_bootstraps_and_ctrl_c_exits_130_quietly(redis_url, signing_dir,
         f'fleet = "cli"\nredis_url = "{redis_url}"\nsigning_key = "{signing_dir / "signing.key"}"\n'
         "bootstrap_epochs = 5\nstatus_interval_s = 0.5\nblock_ms = 50\n"
     )
-    proc = subprocess.Popen([sys.executable, "-m", "cloud.cli", "trainer", "--config", str(config)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "cloud.cli.main", "trainer", "--config", str(config)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     client = redis.Redis.from_url(redis_url)
     deadline = time.monotonic() + 90

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cloud.datasets import DatasetError, drift, load_dataset, split
-from cloud.models import predict_proba
+from cloud.data.datasets import DatasetError, drift, load_dataset, split
+from cloud.learning.models import predict_proba
 
 
 def test_digits_split_is_deterministic_disjoint_and_stratified(digits):

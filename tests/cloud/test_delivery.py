@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import redis
 
-from cloud.publisher import Published, Publisher
-from cloud.registry import DirBlobStore, Registry
+from cloud.registry.publisher import Published, Publisher
+from cloud.registry.versions import DirBlobStore, Registry
 from edge.daemon import EdgeDaemon
-from edge.runtime import TFLiteModel
 from edge.settings import BUNDLED_BASELINE, EdgeSettings
 from shared.codec import sha256_hex
 from shared.keys import FleetKeys
 from shared.messages import EdgeStatus, ProbeSet
+from shared.runtime import TFLiteModel
 from shared.signing import Signer
 
 LABELS = [str(i) for i in range(10)]

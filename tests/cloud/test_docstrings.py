@@ -7,8 +7,8 @@ import importlib
 
 import pytest
 
-MODULES = ["cloud.datasets", "cloud.models", "cloud.replay", "cloud.ingest", "cloud.validation", "cloud.watermark", "cloud.training", "cloud.tflite_file", "cloud.sparse_update",
-           "cloud.evaluation", "cloud.triggers", "cloud.settings"]  # fmt: skip
+MODULES = ["cloud.data.datasets", "cloud.learning.models", "cloud.data.replay", "cloud.data.ingest", "cloud.data.validation", "cloud.data.watermark", "cloud.learning.training", "cloud.export.tflite_file", "cloud.export.grid",
+           "cloud.evaluation.gate", "cloud.trainer.triggers", "cloud.trainer.settings"]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from cloud.comparison import expected_calibration_error, flips, sample_id
-from cloud.explain import summarize
-from cloud.explain_render import layers_table
-from cloud.layer_diff import from_trainer_report
-from cloud.replay import TrainerData
-from edge.runtime import TFLiteModel
+from cloud.cli.render.explain import layers_table
+from cloud.data.replay import TrainerData
+from cloud.evaluation.comparison import expected_calibration_error, flips, sample_id
+from cloud.evaluation.explain import summarize
+from cloud.evaluation.layer_diff import from_trainer_report
 from shared.keys import FleetKeys
 from shared.messages import (
     EXPLANATION_FORMAT,
@@ -33,6 +32,7 @@ from shared.messages import (
     TriggerSignal,
     WeightChange,
 )
+from shared.runtime import TFLiteModel
 from shared.signing import Verifier
 
 FLEET = "test"  # tests/cloud/conftest.py

@@ -5,11 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cloud.datasets import Dataset
-from cloud.exporter import NumericCheckError, check_int8, export_int8, to_float_tflite, write_atomic
-from cloud.models import predict_proba
-from cloud.training import Hyperparameters, bootstrap
-from edge.runtime import TFLiteModel
+from cloud.data.datasets import Dataset
+from cloud.export.exporter import (
+    NumericCheckError,
+    check_int8,
+    export_int8,
+    to_float_tflite,
+    write_atomic,
+)
+from cloud.learning.models import predict_proba
+from cloud.learning.training import Hyperparameters, bootstrap
+from shared.runtime import TFLiteModel
 
 
 def test_int8_file_is_all_int8_and_agrees_with_torch(exported, trained, parts):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cloud.evaluation import Metrics, evaluate, gate
-from cloud.exporter import export_int8
-from cloud.training import Hyperparameters, bootstrap, fine_tune
-from edge.runtime import TFLiteModel
+from cloud.evaluation.gate import Metrics, evaluate, gate
+from cloud.export.exporter import export_int8
+from cloud.learning.training import Hyperparameters, bootstrap, fine_tune
+from shared.runtime import TFLiteModel
 
 
 @pytest.fixture(scope="session")

@@ -12,9 +12,9 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cloud.ingest import FeedbackIngest
-from cloud.replay import TrainerData
-from cloud.watermark import Watermark
+from cloud.data.ingest import FeedbackIngest, IngestOptions
+from cloud.data.replay import TrainerData
+from cloud.data.watermark import Watermark
 from shared.keys import FEEDBACK_GROUP
 from shared.messages import DeadLetter
 from shared.retry import Backoff
@@ -24,7 +24,7 @@ def make_ingest(client, keys, consumer="c1", **kw) -> FeedbackIngest:
     data = TrainerData(client, keys, "digits", num_classes=10, num_features=64, replay_capacity=500,
                        holdout_capacity=200, recent_window=50, recent_train=50)  # fmt: skip
     args = {"model": "digits", "consumer": consumer, "block_ms": 10, "max_event_bytes": 4096, **kw}
-    ingest = FeedbackIngest(client, keys, data, **args)
+    ingest = FeedbackIngest(client, keys, data, IngestOptions(**args))
     ingest.ensure_group()
     return ingest
 
@@ -191,7 +191,7 @@ def test_out_of_order_sequences_and_the_watermark():
 
 
 def test_lost_gap_is_eventually_given_up(monkeypatch):
-    monkeypatch.setattr("cloud.watermark.MAX_ABOVE", 4)
+    monkeypatch.setattr("cloud.data.watermark.MAX_ABOVE", 4)
     w = Watermark.decode(None)
     for s in range(1, 10):  # seq 0 never arrives
         w.add(s)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from cloud.datasets import Dataset
-from cloud.models import (
+from cloud.data.datasets import Dataset
+from cloud.learning.models import (
     TabularMLP,
     WeightsError,
     build_model,
@@ -15,7 +15,7 @@ from cloud.models import (
     predict_proba,
     weights_to_bytes,
 )
-from cloud.training import Hyperparameters, TrainingError, bootstrap, fine_tune
+from cloud.learning.training import Hyperparameters, TrainingError, bootstrap, fine_tune
 
 
 def tabular(n: int = 300, seed: int = 0) -> Dataset:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cloud.publisher import Publisher, PublishError, StaleParent, VersionNotFound
-from cloud.registry import DirBlobStore, Registry
+from cloud.registry.publisher import Publisher, PublishError, StaleParent, VersionNotFound
+from cloud.registry.versions import DirBlobStore, Registry
 from shared.codec import decode_full, sha256_hex
 from shared.errors import SignatureError
 from shared.messages import DeltaAnnouncement, Explanation

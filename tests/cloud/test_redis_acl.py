@@ -19,14 +19,14 @@ from fastapi.testclient import TestClient
 
 from cloud.api.app import create_app
 from cloud.api.settings import ApiSettings
-from cloud.publisher import Publisher
-from cloud.registry import DirBlobStore, Registry
+from cloud.registry.publisher import Publisher
+from cloud.registry.versions import DirBlobStore, Registry
 from edge.daemon import EdgeDaemon
-from edge.runtime import TFLiteModel
 from edge.settings import BUNDLED_BASELINE, EdgeSettings
 from shared.config import load_settings
 from shared.keys import FleetKeys
 from shared.messages import ProbeSet
+from shared.runtime import TFLiteModel
 from shared.signing import Signer, write_keypair
 
 ACL = Path(__file__).resolve().parents[2] / "deploy" / "cloud" / "users.acl"

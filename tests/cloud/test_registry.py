@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import redis
 
-from cloud.blobs import BlobNotFound, BlobStore, DirBlobStore, MemoryBlobStore
-from cloud.publisher import Publisher
-from cloud.registry import (
+from cloud.registry.blobs import BlobNotFound, BlobStore, DirBlobStore, MemoryBlobStore
+from cloud.registry.publisher import Publisher
+from cloud.registry.versions import (
     LATEST,
     LabelError,
     PatchUnavailable,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cloud.replay import NewSamples, TrainerData, decode_samples, encode_sample
+from cloud.data.replay import NewSamples, TrainerData, decode_samples, encode_sample
 
 
 def make_data(client, keys, **kw) -> TrainerData:

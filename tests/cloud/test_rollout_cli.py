@@ -11,10 +11,10 @@ import time
 import pytest
 from api_helpers import PEPPER, issue, report, seed_versions, serving
 
-from cloud import cli
 from cloud.api.app import create_app
 from cloud.api.settings import ApiSettings
-from cloud.api_client import ApiClient
+from cloud.cli import main as cli
+from cloud.cli.client import ApiClient
 
 FLEET = "lab"
 DEVICES = [f"pi-{i}" for i in range(4)]

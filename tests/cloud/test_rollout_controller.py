@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import redis
 
-from cloud.blobs import MemoryBlobStore
-from cloud.publisher import Publisher
-from cloud.registry import Registry
+from cloud.registry.blobs import MemoryBlobStore
+from cloud.registry.publisher import Publisher
+from cloud.registry.versions import Registry
 from cloud.rollout.controller import RolloutConflict, RolloutController, RolloutNotFound
 from cloud.rollout.rings import members, ring_order
 from shared.errors import InputError

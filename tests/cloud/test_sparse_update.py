@@ -1,5 +1,5 @@
-"""Budgeted updates on the parent's frozen int8 grid (cloud/sparse_update.py,
-cloud/sparse_training.py) and a trainer round that publishes one."""
+"""Budgeted updates on the parent's frozen int8 grid (cloud/export/grid.py,
+cloud/export/budgeted.py) and a trainer round that publishes one."""
 
 from __future__ import annotations
 
@@ -11,17 +11,16 @@ import pytest
 import redis
 import torch
 
-from cloud.datasets import drift
-from cloud.exporter import to_float_tflite
-from cloud.settings import TrainerSettings
-from cloud.sparse_training import (
+from cloud.data.datasets import drift
+from cloud.export.budgeted import (
     BudgetedUpdate,
     BudgetOptions,
     FrozenScalesDoNotFit,
     ParamLayout,
     params_of,
 )
-from cloud.sparse_update import (
+from cloud.export.exporter import to_float_tflite
+from cloud.export.grid import (
     activation_tensors,
     bytes_changed,
     float_reference,
@@ -29,11 +28,12 @@ from cloud.sparse_update import (
     update_tensors,
     with_activations_from,
 )
-from cloud.tflite_file import TFLiteFile, TFLiteFileError
-from cloud.training import Hyperparameters, fine_tune
-from edge.runtime import TFLiteModel
+from cloud.export.tflite_file import TFLiteFile, TFLiteFileError
+from cloud.learning.training import Hyperparameters, fine_tune
+from cloud.trainer.settings import TrainerSettings
 from shared.codec import encode_full
 from shared.delta import make_patch
+from shared.runtime import TFLiteModel
 
 OPTIONS = BudgetOptions(budget_bytes=400, budget_fraction=0.025, clip_tolerance=0.05,
                         activation_tolerance=0.1, refit_epochs=3, refit_lr=3e-3, min_agreement=0.95)  # fmt: skip
@@ -141,7 +141,7 @@ def test_the_residual_is_carried_to_the_next_round(parent, drifted):
 def test_the_selection_narrows_from_four_times_the_budget_down_to_it(
     exported, trained, drifted, parts, monkeypatch
 ):
-    import cloud.sparse_training as st
+    import cloud.export.budgeted as st
 
     trained_values = []
     real_refit = st.refit
@@ -197,7 +197,7 @@ def test_budgeted_artifact_passes_the_numeric_check(budgeted, parent, exported):
 
 
 def test_activation_recalibration_keeps_the_weights(parent, drifted, exported, parts):
-    from cloud.exporter import quantize_static_int8
+    from cloud.export.exporter import quantize_static_int8
 
     fresh = TFLiteFile.read(quantize_static_int8(drifted.float_file.content, drifted.X[-200:]))
     moved = TFLiteFile.read(with_activations_from(parent, fresh))
@@ -239,7 +239,7 @@ ROUND = {"bootstrap_epochs": 20, "epochs": 8, "round_min_samples": 300, "round_i
 @pytest.fixture(scope="session")
 def budgeted_round(redis_server, digits, parts, signing_dir, tmp_path_factory):
     """A real trainer: bootstrap, then one round on 300 labeled rotated digits."""
-    from cloud.trainer import Trainer
+    from cloud.trainer.loop import Trainer
     from shared.messages import FeedbackEvent
 
     client = redis.Redis.from_url(redis_server.url)

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from cloud.datasets import drift
-from cloud.trainer import Trainer
-from edge.runtime import TFLiteModel
+from cloud.data.datasets import drift
+from cloud.trainer.loop import Trainer
 from shared.messages import TrainerStatus
+from shared.runtime import TFLiteModel
 from shared.signing import Verifier
 
 FAST = {"bootstrap_epochs": 20, "epochs": 8, "round_min_samples": 10_000, "round_interval_s": 3600,

@@ -16,9 +16,9 @@ import pytest
 import uvicorn
 from api_helpers import PEPPER, issue
 
-from cloud import cli
 from cloud.api.app import create_app
 from cloud.api.settings import ApiSettings
+from cloud.cli import main as cli
 
 FLEET = "test"  # tests/cloud/conftest.py
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,7 +140,7 @@ def test_the_api_url_comes_from_the_environment_or_a_config_file(
 
 def test_a_real_process_prints_the_explanation_without_importing_torch(api_url):
     code = (
-        "import sys; from cloud.cli import main; rc = main(sys.argv[1:]); "
+        "import sys; from cloud.cli.main import main; rc = main(sys.argv[1:]); "
         "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)"
     )
     env = {**os.environ, "COLUMNS": "120"}

@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.cloud]
 @pytest.mark.timeout(400)
 def test_quick_demo_recovers_from_drift_and_loses_nothing(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "cloud.cli", "demo", "--quick", "--json"],
+        [sys.executable, "-m", "cloud.cli.main", "demo", "--quick", "--json"],
         capture_output=True,
         text=True,
         timeout=380,
@@ -46,7 +46,7 @@ def test_quick_demo_recovers_from_drift_and_loses_nothing(tmp_path):
 @pytest.mark.timeout(500)
 def test_bad_canary_scenario_stops_a_harmful_version_at_the_canary_ring(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "cloud.cli", "demo", "--scenario", "bad-canary", "--quick", "--json"],
+        [sys.executable, "-m", "cloud.cli.main", "demo", "--scenario", "bad-canary", "--quick", "--json"],
         capture_output=True, text=True, timeout=480, cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import redis
 
-from edge.runtime import TFLiteModel
 from edge.settings import BUNDLED_BASELINE, EdgeSettings
 from shared.codec import encode_full, sha256_hex
 from shared.config import load_settings
@@ -26,6 +25,7 @@ from shared.messages import (
     SignedManifest,
 )
 from shared.rollouts import AssignmentNotice
+from shared.runtime import TFLiteModel
 from shared.signing import Signer, generate_keypair
 
 DATA = Path(__file__).resolve().parent / "data"

@@ -12,9 +12,9 @@ import redis
 from helpers import Signing, digit_inputs, publish_version, stream_events, variant, wait_for
 
 from edge.daemon import EdgeDaemon
-from edge.runtime import interpreter_class
 from shared.keys import FleetKeys
 from shared.messages import EdgeStatus, FeedbackEvent
+from shared.runtime import interpreter_class
 
 Factory = Callable[..., EdgeDaemon]
 

@@ -16,8 +16,8 @@ import pytest
 from helpers import FLOAT_16_FEATURES, FLOAT_MODEL, baseline_bytes, digit_inputs, variant
 
 from edge.fallback import ServingChain
-from edge.runtime import FloatArray, TFLiteModel
 from shared.errors import InputError, ModelRejected, Unavailable
+from shared.runtime import FloatArray, TFLiteModel
 
 
 class Faulty:

@@ -9,7 +9,7 @@ import numpy as np
 from helpers import baseline_bytes, digit_inputs, variant, wait_for
 
 from edge.fallback import Prediction, ServingChain
-from edge.runtime import TFLiteModel
+from shared.runtime import TFLiteModel
 
 
 def test_swapping_under_concurrent_predictions_fails_no_request() -> None:

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.runtime import TFLiteModel
 from edge.settings import BUNDLED_BASELINE
 from shared.errors import ModelRejected
+from shared.runtime import TFLiteModel
 
 GOOD = Path(BUNDLED_BASELINE).read_bytes()
 

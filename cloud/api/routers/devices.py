@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 
 from cloud.api.auth import PrincipalDep, ViewerDep, check_device
-from cloud.api.deps import DeviceId, FleetDep, SettingsDep
+from cloud.api.deps import DeviceId, FleetDep, RelayDep, SettingsDep
 from cloud.api.errors import error
 from cloud.api.schemas import DevicePublic, DevicesPublic, StatusAccepted
 from shared.errors import InputError
@@ -40,14 +40,17 @@ def read_device(device_id: DeviceId, fleet: FleetDep, _: ViewerDep) -> DevicePub
     responses={422: error("Malformed report, or another device's", "status is for device 'pi-08', not 'pi-07'")},
 )  # fmt: skip
 def create_status(
-    device_id: DeviceId, report: EdgeStatus, fleet: FleetDep, settings: SettingsDep,
+    device_id: DeviceId,
+    report: EdgeStatus,
+    relay: RelayDep,
+    settings: SettingsDep,
     who: PrincipalDep,
-) -> StatusAccepted:  # fmt: skip
+) -> StatusAccepted:
     """What ``edgeloop-edge``'s status reporter writes to Redis, written for it: the status
     stream, the device key (expires after ``device_status_ttl_s``) and the device index.
     A device token posts for its own device only."""
     check_device(who, device_id)
     if report.device_id != device_id:
         raise InputError(f"status is for device {report.device_id!r}, not {device_id!r}")
-    fleet.write_status(report, settings.device_status_ttl_s, settings.status_stream_maxlen)
+    relay.write_status(report, settings.device_status_ttl_s, settings.status_stream_maxlen)
     return StatusAccepted(device_id=device_id, ttl_s=settings.device_status_ttl_s)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, status
 from pydantic import Discriminator, Tag
 
 from cloud.api.auth import PrincipalDep, check_device
-from cloud.api.deps import FleetDep, SettingsDep
+from cloud.api.deps import RelayDep, SettingsDep
 from cloud.api.errors import error
 from cloud.api.schemas import FeedbackAcceptedPublic, FeedbackBatch
 from shared.messages import FeedbackEvent
@@ -43,7 +43,7 @@ _EXAMPLE = {
     }}}}},
 )  # fmt: skip
 def create_feedback(
-    body: FeedbackBody, fleet: FleetDep, settings: SettingsDep, who: PrincipalDep
+    body: FeedbackBody, relay: RelayDep, settings: SettingsDep, who: PrincipalDep
 ) -> FeedbackAcceptedPublic:
     """One ``FeedbackEvent`` or ``{"events": [...]}``, appended to the fleet's feedback stream in
     the entry format the edge uplink uses, so the trainers accept, deduplicate (by ``event_id``
@@ -52,4 +52,4 @@ def create_feedback(
     events = body.events if isinstance(body, FeedbackBatch) else [body]
     for device in sorted({e.device_id for e in events}):
         check_device(who, device)
-    return fleet.append_feedback(events, settings.feedback_batch)
+    return relay.append_feedback(events, settings.feedback_batch)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 
 from cloud.api.deps import ViewDep
 from cloud.api.schemas import HealthPublic
-from cloud.versions_view import ping
+from cloud.api.views.versions import ping
 
 router = APIRouter(tags=["health"])
 

@@ -1,31 +1,24 @@
-"""``/metrics``: Prometheus text exposition (rollouts, devices, edge counters, API requests)."""
+"""``/metrics``: Prometheus exposition (rollouts, devices, edge counters, API requests)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 
-from cloud.api import metrics as exposition
 from cloud.api.auth import ViewerDep
-from cloud.api.deps import FleetDep, RolloutsDep
+from cloud.api.deps import MetricsDep
+from cloud.api.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["metrics"])
 
+_TEXT = {
+    "description": "Prometheus text exposition format",
+    "content": {CONTENT_TYPE: {"schema": {"type": "string"}}},
+}
+
 
 @router.get(
-    "/metrics",
-    summary="Prometheus metrics",
-    response_class=Response,
-    responses={200: {"description": "text exposition format 0.0.4",
-                     "content": {exposition.CONTENT_TYPE: {"schema": {"type": "string"}}}}},
-)  # fmt: skip
-def read_metrics(
-    request: Request, fleet: FleetDep, rollouts: RolloutsDep, _: ViewerDep
-) -> Response:
+    "/metrics", summary="Prometheus metrics", response_class=Response, responses={200: _TEXT}
+)
+def read_metrics(metrics: MetricsDep, _: ViewerDep) -> Response:
     """Scrape with a viewer token (Prometheus ``authorization: {credentials: ...}``)."""
-    text = exposition.exposition(
-        fleet,
-        rollouts.controller,
-        request.app.state.request_counts,
-        request.app.state.controller_loop,
-    )
-    return Response(text, media_type=exposition.CONTENT_TYPE)
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE)

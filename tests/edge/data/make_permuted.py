@@ -28,9 +28,9 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from cloud.datasets import load_dataset
-    from cloud.exporter import export_int8
-    from cloud.training import Hyperparameters, bootstrap
+    from cloud.data.datasets import load_dataset
+    from cloud.export.exporter import export_int8
+    from cloud.learning.training import Hyperparameters, bootstrap
 
     ds = load_dataset("digits")
     model = bootstrap(ds, Hyperparameters(epochs=30, batch_size=64, lr=1e-3, seed=0)).model

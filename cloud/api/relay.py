@@ -1,0 +1,82 @@
+"""What an edge that cannot reach Redis sends over HTTP, written where an edge writes it.
+
+- a status report: ``shared.status_report.add_status``, as ``StatusReporter``;
+- feedback: ``shared.feedback_stream.add_feedback``, as ``FeedbackUplink``, so
+  the trainer's ingest, deduplication and dead letters treat it as any edge's.
+
+The relay refuses at once what the API can judge (another fleet, an unknown
+schema version, a malformed event id, non-finite features); everything else
+(feature count, label range, model) is the trainer's, which dead-letters an
+event with the reason as it does any edge's.
+"""
+
+from __future__ import annotations
+
+import math
+
+import redis
+
+from cloud.api.schemas import FeedbackAcceptedPublic
+from shared.errors import InputError
+from shared.feedback_stream import add_feedback
+from shared.keys import FleetKeys, check_name
+from shared.messages import SCHEMA_VERSION, EdgeStatus, FeedbackEvent
+from shared.status_report import add_status
+
+
+class DeviceRelay:
+    """Writes one fleet's status reports and feedback on its edges' behalf."""
+
+    def __init__(self, client: redis.Redis, keys: FleetKeys) -> None:
+        self.client = client
+        self.keys = keys
+
+    @property
+    def fleet(self) -> str:
+        return self.keys.fleet
+
+    def write_status(self, status: EdgeStatus, ttl_s: int, maxlen: int) -> None:
+        if status.fleet != self.fleet:
+            raise InputError(
+                f"status is for fleet {status.fleet!r}; this API serves {self.fleet!r}"
+            )
+        _check_version(status.schema_version, "EdgeStatus")
+        try:
+            check_name("model", status.model)
+        except ValueError as e:
+            raise InputError(str(e)) from e
+        pipe = self.client.pipeline(transaction=False)
+        add_status(pipe, self.keys, status, ttl_s, maxlen)
+        pipe.execute()
+
+    def append_feedback(self, events: list[FeedbackEvent], batch: int) -> FeedbackAcceptedPublic:
+        for e in events:
+            _check_event(e)
+        lines = [e.to_wire() for e in events]
+        pipe = self.client.pipeline(transaction=True)  # a request's events land whole or not at all
+        add_feedback(pipe, self.keys, lines, batch)
+        ids = [i.decode() if isinstance(i, bytes) else str(i) for i in pipe.execute()]
+        return FeedbackAcceptedPublic(accepted=len(events), entries=ids)
+
+
+def _check_version(version: int, what: str) -> None:
+    if version != SCHEMA_VERSION:
+        raise InputError(
+            f"{what} schema_version {version} is not supported (this API speaks {SCHEMA_VERSION})"
+        )
+
+
+def _check_event(e: FeedbackEvent) -> None:
+    """What the API can refuse at once; the rest (feature count, label range, model) is the
+    trainer's, which dead-letters an event with the reason as it does any edge's."""
+    _check_version(e.schema_version, "FeedbackEvent")
+    head, _, seq = e.event_id.rpartition(":")
+    if not head.startswith(e.device_id + ":") or not seq.isdigit():
+        raise InputError(
+            f"event_id {e.event_id!r} must be '<device_id>:<epoch>:<seq>' for device "
+            f"{e.device_id!r} (seq a number): it is the event's idempotency key"
+        )
+    if not all(math.isfinite(v) for v in e.x):
+        raise InputError(f"event {e.event_id}: x holds a NaN or infinite value")
+    if not e.x:
+        raise InputError(f"event {e.event_id}: x is empty")

@@ -1,0 +1,159 @@
+"""A fleet's devices in the public shapes of the REST API.
+
+Everything comes from the keys a status report writes (``shared.status_report``):
+the device key (the latest ``EdgeStatus``, with a TTL: gone means offline) and
+the device index (a sorted set by last-seen time), with each device's desired
+version from the rollout state. Writes for devices are ``cloud.api.relay``'s.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import redis
+
+from cloud.api.schemas import (
+    DevicePublic,
+    DevicesPublic,
+    FleetPublic,
+    ModelTarget,
+)
+from cloud.registry.versions import Registry
+from shared.errors import MessageError, NotFound
+from shared.keys import FleetKeys, check_name
+from shared.messages import EdgeStatus
+from shared.rollouts import desired_sha
+
+
+class DeviceNotFound(NotFound):
+    """The fleet has never heard from a device by that id."""
+
+
+class FleetView:
+    """One fleet's devices, their versions and health, as the API shows them."""
+
+    def __init__(self, client: redis.Redis, keys: FleetKeys, registry: Registry) -> None:
+        self.client = client
+        self.keys = keys
+        self.registry = registry
+
+    @property
+    def fleet(self) -> str:
+        return self.keys.fleet
+
+    # -- reading ----------------------------------------------------------------
+
+    def list_devices(self, limit: int = 1000, offset: int = 0) -> DevicesPublic:
+        total = int(self.client.zcard(self.keys.devices))
+        seen = self.client.zrevrange(self.keys.devices, offset, offset + limit - 1, withscores=True)
+        devices = self._devices([(raw.decode(), float(ts)) for raw, ts in seen])
+        return DevicesPublic(fleet=self.fleet, total=total, devices=devices)
+
+    def read_device(self, device_id: str) -> DevicePublic:
+        ts = self.client.zscore(self.keys.devices, device_id)
+        devices = self._devices([(device_id, float(ts) if ts is not None else None)])
+        if ts is None and devices[0].health == "offline":
+            raise DeviceNotFound(f"fleet {self.fleet} has no device {device_id!r}")
+        return devices[0]
+
+    def read_fleet(self) -> FleetPublic:
+        seen = self.client.zrevrange(self.keys.devices, 0, -1, withscores=True)
+        devices = self._devices([(raw.decode(), float(ts)) for raw, ts in seen])
+        by_version = Counter(_version_label(d) for d in devices)
+        by_health = Counter(d.health for d in devices)
+        models = {name: self._model_target(name) for name in self.registry.models()}
+        return FleetPublic(
+            fleet=self.fleet, devices=len(devices),
+            online=sum(1 for d in devices if d.health != "offline"),
+            by_version=dict(sorted(by_version.items())), by_health=dict(sorted(by_health.items())),
+            models=models,
+        )  # fmt: skip
+
+    def statuses(self) -> list[DevicePublic]:
+        """Every device the fleet has seen (for the metrics)."""
+        seen = self.client.zrevrange(self.keys.devices, 0, -1, withscores=True)
+        return self._devices([(raw.decode(), float(ts)) for raw, ts in seen])
+
+    def _model_target(self, model: str) -> ModelTarget:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(self.keys.target(model))
+        pipe.get(self.keys.active_rollout(model))
+        target, active = (v.decode() if v else None for v in pipe.execute())
+        version = None
+        if target is not None:
+            try:
+                version = self.registry.get(model, target).version
+            except NotFound:
+                version = None
+        return ModelTarget(target_version=version, target_sha256=target, active_rollout=active)
+
+    def _devices(self, seen: list[tuple[str, float | None]]) -> list[DevicePublic]:
+        seen = [(d, ts) for d, ts in seen if _safe(d)]  # the index holds only what edges wrote
+        if not seen:
+            return []
+        raws = self.client.mget([self.keys.device(d) for d, _ in seen])
+        statuses: list[EdgeStatus | None] = []
+        for raw in raws:
+            try:
+                statuses.append(EdgeStatus.from_wire(raw) if raw else None)
+            except MessageError:
+                statuses.append(None)
+        desired = self._desired([(d, s) for (d, _), s in zip(seen, statuses, strict=True)])
+        return [
+            _device_public(device, ts, status, desired.get(device, (None, None, None)))
+            for (device, ts), status in zip(seen, statuses, strict=True)
+        ]
+
+    def _desired(
+        self, devices: list[tuple[str, EdgeStatus | None]]
+    ) -> dict[str, tuple[str | None, str | None, str | None]]:
+        """(target, assignment, pin) of each device for the model it reported serving."""
+        known = [(d, s.model) for d, s in devices if s is not None and _safe(s.model)]
+        if not known:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for device, model in known:
+            pipe.get(self.keys.target(model))
+            pipe.hget(self.keys.assignments(model), device)
+            pipe.hget(self.keys.pins(model), device)
+        values = [v.decode() if v else None for v in pipe.execute()]
+        return {
+            device: (values[3 * i], values[3 * i + 1], values[3 * i + 2])
+            for i, (device, _) in enumerate(known)
+        }
+
+
+def _safe(name: str) -> bool:
+    try:
+        check_name("name", name)
+    except ValueError:
+        return False
+    return True
+
+
+def _version_label(d: DevicePublic) -> str:
+    if d.health == "offline":
+        return "unknown"
+    return f"v{d.version}" if d.version is not None else "baseline"
+
+
+def _device_public(
+    device: str,
+    ts: float | None,
+    s: EdgeStatus | None,
+    desired: tuple[str | None, str | None, str | None],
+) -> DevicePublic:
+    target, assigned, pinned = desired
+    common: dict[str, Any] = {"device_id": device, "last_seen": ts}
+    if s is None:
+        return DevicePublic(health="offline", **common)
+    return DevicePublic(
+        health=s.state, model=s.model, version=s.version, sha256=s.sha256,
+        desired_sha256=desired_sha(target, assigned, pinned), pinned_sha256=pinned,
+        assigned_sha256=assigned, runtime=s.runtime, uptime_s=s.uptime_s,
+        rolling_accuracy=s.rolling_accuracy, latency_ms_p50=s.latency_ms_p50,
+        latency_ms_p99=s.latency_ms_p99, counters=s.counters, last_error=s.last_error,
+        refused_sha256=s.refused_sha256, revert_reason=s.revert_reason,
+        **{**common, "last_seen": ts if ts is not None else s.ts},
+    )  # fmt: skip

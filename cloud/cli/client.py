@@ -1,0 +1,155 @@
+"""The CLI's side of the REST API: where it is, who is asking, and requests that fail
+in one clear line.
+
+The base URL comes from ``--api``, else ``EDGELOOP_API_URL``, else ``api_url``
+in the client config file (``--config``, default ``~/.config/edgeloop/client.toml``),
+else ``http://127.0.0.1:8080``. The bearer token comes from ``EDGELOOP_TOKEN``,
+else ``token`` in the same file.
+
+A failure is an ``ApiError`` whose ``exit_code`` scripts can rely on: 4 when the
+API says 404, 5 for 401/403 (no, a bad, or a too weak token), 2 otherwise.
+
+>>> ApiClient("http://api:8080/").url("/v1/models/{}/versions/{}", "digits", "v 2")
+'http://api:8080/v1/models/digits/versions/v%202'
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic_settings import SettingsConfigDict
+
+from cloud.api.schemas import ModelsPublic
+from shared.config import EnvFirstSettings, load_settings
+from shared.errors import EdgeloopError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = Path("~/.config/edgeloop/client.toml")
+M = TypeVar("M", bound=BaseModel)
+
+
+class ApiError(EdgeloopError):
+    """The API could not be reached or refused the request; the message says which and why."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def exit_code(self) -> int:
+        if self.status == 404:
+            return 4
+        if self.status in (401, 403):
+            return 5
+        return 2
+
+
+class ClientSettings(EnvFirstSettings):
+    """Settings of the CLI commands that talk to the REST API."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGELOOP_", extra="forbid")
+
+    api_url: str = Field("http://127.0.0.1:8080", description="base URL of the edgeloop REST API")
+    timeout_s: float = Field(60.0, gt=0)
+    token: SecretStr | None = Field(None, description="bearer token (EDGELOOP_TOKEN)")
+
+
+def client_settings(config: Path | None) -> ClientSettings:
+    """The settings from ``config``, else the default file if it exists, plus the environment."""
+    if config is None:
+        default = DEFAULT_CONFIG.expanduser()
+        config = default if default.exists() else None
+    return load_settings(ClientSettings, config)
+
+
+class ApiClient:
+    def __init__(self, base_url: str, timeout_s: float = 60.0, token: str | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.token = token
+
+    def url(self, template: str, *parts: str) -> str:
+        return self.base_url + template.format(*(quote(str(p), safe="") for p in parts))
+
+    def request(
+        self,
+        method: str,
+        template: str,
+        *parts: str,
+        params: dict[str, str] | None = None,
+        body: Any = None,
+    ) -> Any:
+        """Send a request and return its JSON body; ApiError with the API's own message on
+        any failure."""
+        url = self.url(template, *parts)
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        try:
+            r = httpx.request(
+                method, url, params=params, json=body, headers=headers, timeout=self.timeout_s
+            )
+        except httpx.HTTPError as e:
+            raise ApiError(
+                f"cannot reach the edgeloop API at {self.base_url} ({type(e).__name__}: {e}); "
+                "point --api, EDGELOOP_API_URL or api_url in the client config at it"
+            ) from e
+        if r.status_code >= 400:
+            try:
+                detail = r.json()["detail"]
+            except (ValueError, KeyError, TypeError):
+                detail = r.text.strip()[:200] or r.reason_phrase
+            if r.status_code == 401 and not self.token:
+                detail += " (set EDGELOOP_TOKEN or token in the client config)"
+            raise ApiError(f"{detail} (HTTP {r.status_code})", r.status_code)
+        try:
+            return r.json()
+        except ValueError as e:
+            raise ApiError(
+                f"{url} did not answer with JSON; is {self.base_url} an edgeloop API?"
+            ) from e
+
+    def get(self, template: str, *parts: str, params: dict[str, str] | None = None) -> Any:
+        return self.request("GET", template, *parts, params=params)
+
+    def get_as(self, shape: type[M], template: str, *parts: str, **params: str) -> tuple[M, Any]:
+        """The body parsed as ``shape``, and the raw JSON (for ``--json``)."""
+        return self.parse(shape, self.get(template, *parts, params=params or None))
+
+    def send_as(
+        self, shape: type[M], method: str, template: str, *parts: str, body: Any = None,
+        params: dict[str, str] | None = None,
+    ) -> tuple[M, Any]:  # fmt: skip
+        return self.parse(shape, self.request(method, template, *parts, params=params, body=body))
+
+    @staticmethod
+    def parse(shape: type[M], raw: Any) -> tuple[M, Any]:
+        try:
+            return shape.model_validate(raw), raw
+        except ValidationError as e:
+            raise ApiError(
+                f"the API's answer is not a {shape.__name__} ({e.errors()[0]['msg']}); "
+                "are the CLI and the API the same version?"
+            ) from e
+
+
+def api_client(args: argparse.Namespace) -> ApiClient:
+    """The REST client the CLI's ``--api``/``--config`` name (shared with the rollout CLI)."""
+    settings = client_settings(args.config)
+    token = settings.token.get_secret_value() if settings.token else None
+    return ApiClient(args.api or settings.api_url, settings.timeout_s, token)
+
+
+def only_model(api: ApiClient) -> str:
+    models, _ = api.get_as(ModelsPublic, "/v1/models")
+    names = [m.name for m in models.models]
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise ApiError(f"fleet {models.fleet!r} has no published model yet")
+    raise ApiError(f"fleet {models.fleet!r} has models {', '.join(names)}: pass --model")

@@ -1,0 +1,58 @@
+"""``edgeloop controller``: the rollout controller in a process of its own.
+
+It reads the API's settings (the same fleet, Redis and blob directory) and steps
+every rollout every ``--interval`` seconds (default: the settings'
+``controller_interval_s``), or once with ``--once``. Beside API processes that
+run their own controller it is safe: see ``cloud/rollout/loop.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+from pathlib import Path
+from types import FrameType
+
+import redis
+
+from cloud.rollout.controller import RolloutController
+from cloud.rollout.loop import ControllerLoop
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="the API's TOML settings (EDGELOOP_API_* win)")
+    p.add_argument("--interval", type=float, help="seconds between steps (default: the settings')")
+    p.add_argument("--once", action="store_true", help="step every rollout once and exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    from cloud.api.settings import ApiSettings
+    from cloud.registry.versions import DirBlobStore, Registry
+    from shared.config import load_settings
+    from shared.keys import FleetKeys
+
+    settings = load_settings(ApiSettings, args.config)
+    assert settings.blob_dir is not None
+    client = redis.Redis.from_url(settings.redis_url)
+    keys = FleetKeys(settings.fleet)
+    controller = RolloutController(
+        client, keys, Registry(client, keys, DirBlobStore(settings.blob_dir))
+    )
+    if args.once:
+        controller.step()
+        return 0
+    interval = args.interval or settings.controller_interval_s or 5.0
+    loop = ControllerLoop(controller, interval)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        loop.stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    logger.info("rollout controller for fleet %r", settings.fleet)
+    loop.run()
+    client.close()
+    return 0

@@ -1,0 +1,275 @@
+"""``edgeloop rollout|fleet|devices``: staged rollouts and the fleet through the REST API.
+
+    edgeloop rollout start MODEL VERSION [--canary N|P%] [--stages ...] [--manual] [--devices ...]
+    edgeloop rollout status [ID]      edgeloop rollout watch ID
+    edgeloop rollout promote|pause|resume|abort|rollback ID
+    edgeloop rollout pin DEVICE VERSION [--model M]      edgeloop rollout unpin DEVICE
+    edgeloop fleet                    edgeloop devices
+
+The API's address and token come from ``--api``/``EDGELOOP_API_URL``/``api_url`` and
+``EDGELOOP_TOKEN``/``token`` in the client config (``cloud/cli/client.py``).
+``--json`` prints the API's JSON on one line (``watch``: a line per change).
+
+Exit codes: 0 ok; 2 a usage or user error (a conflict, a malformed request, the
+API unreachable); 3 the rollout was rolled back or aborted (``watch``, and
+``start --wait``); 4 not found; 5 no, a bad or a too weak token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from cloud.api.schemas import (
+    DevicesPublic,
+    FleetPublic,
+    PinPublic,
+    PinsRemoved,
+    RolloutPublic,
+    RolloutsPublic,
+)
+from cloud.cli.client import DEFAULT_CONFIG, ApiClient, api_client, only_model
+from cloud.cli.output import show
+from shared.errors import InputError
+
+#: ``watch``'s exit code for a rollout that ended without completing.
+EXIT_ROLLOUT_FAILED = 3
+ACTIONS = ("promote", "pause", "resume", "abort", "rollback")
+
+
+# -- arguments --------------------------------------------------------------------
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--api", metavar="URL", help="REST API base URL (else EDGELOOP_API_URL or the config)"
+    )
+    p.add_argument("--config", type=Path, help=f"client config TOML (default {DEFAULT_CONFIG})")
+    p.add_argument("--json", action="store_true", help="print the API's JSON on one line")
+
+
+def rollout_args(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    s = sub.add_parser("start", help="start a rollout of VERSION")
+    s.add_argument("model", help="model name")
+    s.add_argument("version", help="version B: number (4 or v4), label or sha256")
+    s.add_argument(
+        "--canary",
+        metavar="N|P%",
+        help="size of the first ring: a count or a percentage (default 10%%)",
+    )
+    s.add_argument(
+        "--stages",
+        metavar="NAME=N|P%,...",
+        help="all rings, e.g. canary=1,half=50%%,all=100%% (default canary=10%%,half=50%%,all=100%%)",
+    )
+    s.add_argument(
+        "--manual", action="store_true", help="wait for `rollout promote` after each passing stage"
+    )
+    s.add_argument(
+        "--devices", metavar="ID,...", action="append", help="only these devices (repeatable)"
+    )
+    s.add_argument("--min-labeled", type=int, help="labeled predictions on B before a decision")
+    s.add_argument("--min-requests", type=int, help="predictions on B before rates are judged")
+    s.add_argument("--min-dwell", type=float, metavar="S", help="seconds on B before a pass")
+    s.add_argument("--max-accuracy-drop", type=float, help="vs the same devices on A (0..1)")
+    s.add_argument(
+        "--stage-timeout", type=float, metavar="S", help="no decision by then: roll back"
+    )
+    s.add_argument(
+        "--wait", action="store_true", help="then watch it (exit 3 if it is rolled back)"
+    )
+    _common(s)
+    s = sub.add_parser("status", help="a rollout, or the list of rollouts")
+    s.add_argument("id", nargs="?", help="rollout id (default: list them)")
+    s.add_argument("--limit", type=int, default=20, help="rollouts to list")
+    _common(s)
+    s = sub.add_parser("watch", help="follow a rollout until it ends (exit 0 completed, 3 not)")
+    s.add_argument("id", help="rollout id")
+    s.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    s.add_argument("--timeout", type=float, help="give up after this many seconds (exit 2)")
+    _common(s)
+    for action in ACTIONS:
+        s = sub.add_parser(action, help=f"{action} a rollout")
+        s.add_argument("id", help="rollout id")
+        _common(s)
+    s = sub.add_parser("pin", help="pin a device to a version (rollouts leave it alone)")
+    s.add_argument("device", help="device id")
+    s.add_argument("version", help="version: number, label or sha256")
+    s.add_argument("--model", "-m", help="model name (default: the fleet's only model)")
+    _common(s)
+    s = sub.add_parser("unpin", help="let a device follow the fleet again")
+    s.add_argument("device", help="device id")
+    s.add_argument("--model", "-m", help="only this model's pin (default: every model's)")
+    _common(s)
+
+
+def fleet_args(p: argparse.ArgumentParser) -> None:
+    _common(p)
+
+
+def devices_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--limit", type=int, default=1000, help="at most this many, newest report first")
+    _common(p)
+
+
+# -- commands ---------------------------------------------------------------------
+
+
+def rollout(args: argparse.Namespace) -> int:
+    api = api_client(args)
+    if args.action == "start":
+        return _start(api, args)
+    if args.action == "status":
+        if args.id is None:
+            rollouts, raw = api.get_as(RolloutsPublic, "/v1/rollouts", limit=str(args.limit))
+            from cloud.cli.render.rollout import rollouts_table
+
+            return show(args, raw, rollouts_table(rollouts))
+        r, raw = api.get_as(RolloutPublic, "/v1/rollouts/{}", args.id)
+        from cloud.cli.render.rollout import rollout_view
+
+        return show(args, raw, rollout_view(r))
+    if args.action == "watch":
+        return watch(api, args.id, args)
+    if args.action in ACTIONS:
+        r, raw = api.send_as(RolloutPublic, "POST", f"/v1/rollouts/{{}}/{args.action}", args.id)
+        from cloud.cli.render.rollout import rollout_view
+
+        return show(args, raw, rollout_view(r))
+    if args.action == "pin":
+        model = args.model or only_model(api)
+        body = {"model": model, "version": args.version}
+        pin, raw = api.send_as(PinPublic, "PUT", "/v1/devices/{}/pin", args.device, body=body)
+        return show(
+            args, raw, f"{pin.device_id} pinned to {pin.model} v{pin.version} ({pin.sha256[:12]})"
+        )
+    assert args.action == "unpin"
+    params = {"model": args.model} if args.model else None
+    removed, raw = api.send_as(
+        PinsRemoved, "DELETE", "/v1/devices/{}/pin", args.device, params=params
+    )
+    return show(args, raw, f"{removed.device_id} unpinned from {', '.join(removed.models)}")
+
+
+def fleet(args: argparse.Namespace) -> int:
+    summary, raw = api_client(args).get_as(FleetPublic, "/v1/fleet")
+    from cloud.cli.render.rollout import fleet_view
+
+    return show(args, raw, fleet_view(summary))
+
+
+def devices(args: argparse.Namespace) -> int:
+    listing, raw = api_client(args).get_as(DevicesPublic, "/v1/devices", limit=str(args.limit))
+    from cloud.cli.render.rollout import devices_table
+
+    return show(args, raw, devices_table(listing))
+
+
+def _start(api: ApiClient, args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"model": args.model, "target": args.version,
+                            "stages": stages_of(args.stages, args.canary),
+                            "auto_promote": not args.manual}  # fmt: skip
+    if args.devices:
+        body["devices"] = [d for group in args.devices for d in group.split(",") if d]
+    gate = {k: v for k, v in (("min_labeled", args.min_labeled), ("min_requests", args.min_requests),
+                              ("min_dwell_s", args.min_dwell), ("max_accuracy_drop", args.max_accuracy_drop),
+                              ("stage_timeout_s", args.stage_timeout)) if v is not None}  # fmt: skip
+    if gate:
+        body["gate"] = gate
+    r, raw = api.send_as(RolloutPublic, "POST", "/v1/rollouts", body=body)
+    if args.wait:
+        if not args.json:
+            print(f"rollout {r.id} started", file=sys.stderr)
+        return watch(api, r.id, args)
+    from cloud.cli.render.rollout import rollout_view
+
+    return show(args, raw, rollout_view(r))
+
+
+def stages_of(stages: str | None, canary: str | None) -> list[dict[str, Any]]:
+    """Stage specs from ``--stages`` and ``--canary``.
+
+    >>> stages_of("c=1,all=100%", None)
+    [{'name': 'c', 'count': 1}, {'name': 'all', 'percent': 100.0}]
+    >>> stages_of(None, "2")[0], len(stages_of(None, "5%"))
+    ({'name': 'canary', 'count': 2}, 3)
+    """
+    text = stages or "canary=10%,half=50%,all=100%"
+    out = []
+    for part in text.split(","):
+        name, sep, size = part.strip().partition("=")
+        if not sep or not name or not size:
+            raise InputError(
+                f"--stages: {part!r} is not NAME=N or NAME=P% (e.g. canary=1,all=100%)"
+            )
+        out.append({"name": name.strip(), **_size(size.strip(), "--stages")})
+    if canary is not None:
+        out[0] = {"name": out[0]["name"], **_size(canary.strip(), "--canary")}
+    return out
+
+
+def _size(text: str, option: str) -> dict[str, Any]:
+    try:
+        if text.endswith("%"):
+            percent = float(text[:-1])
+            if not 0 < percent <= 100:
+                raise ValueError
+            return {"percent": percent}
+        count = int(text)
+        if count < 1:
+            raise ValueError
+        return {"count": count}
+    except ValueError as e:
+        raise InputError(
+            f"{option}: {text!r} is neither a count (>= 1) nor a percentage (1%-100%)"
+        ) from e
+
+
+def watch(api: ApiClient, rollout_id: str, args: argparse.Namespace) -> int:
+    """Follow a rollout until it ends: 0 when it completed, 3 when rolled back or aborted."""
+    from cloud.cli.render.rollout import rollout_view
+
+    interval = getattr(args, "interval", 1.0)
+    deadline = time.monotonic() + args.timeout if getattr(args, "timeout", None) else None
+    last_update = None
+
+    def fetch() -> tuple[RolloutPublic, Any]:
+        return api.get_as(RolloutPublic, "/v1/rollouts/{}", rollout_id)
+
+    if args.json:
+        while True:
+            r, raw = fetch()
+            if r.updated_at != last_update:
+                sys.stdout.write(json.dumps(raw, separators=(",", ":")) + "\n")
+                sys.stdout.flush()
+                last_update = r.updated_at
+            if not r.active:
+                return _exit_of(r)
+            _pause(interval, deadline, rollout_id)
+
+    from rich.console import Console
+    from rich.live import Live
+
+    console = Console()
+    r, _ = fetch()
+    with Live(rollout_view(r), console=console, refresh_per_second=4, transient=False) as live:
+        while r.active:
+            _pause(interval, deadline, rollout_id)
+            r, _ = fetch()
+            live.update(rollout_view(r))
+    return _exit_of(r)
+
+
+def _pause(interval: float, deadline: float | None, rollout_id: str) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise InputError(f"rollout {rollout_id} is still in progress (--timeout reached)")
+    time.sleep(interval)
+
+
+def _exit_of(r: RolloutPublic) -> int:
+    return 0 if r.state == "completed" else EXIT_ROLLOUT_FAILED

@@ -1,0 +1,101 @@
+"""``edgeloop token issue|list|revoke``: the API's tokens, straight in Redis.
+
+These commands read the API's own settings (``--config api.toml``,
+``EDGELOOP_API_*``) and talk to its Redis, not to the API: that is how the first
+admin token comes to exist, and it needs the pepper, which only the API's
+operators hold. A token is printed once, on stdout, and never stored.
+
+    edgeloop token issue --role admin --name alice --config api.toml
+    edgeloop token issue --role device --name pi-07 --device pi-07
+    edgeloop token list
+    edgeloop token revoke alice
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from shared.tokens import ROLES
+
+
+def token_args(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    s = sub.add_parser("issue", help="make a token and print it (once)")
+    s.add_argument("--role", required=True, choices=ROLES)
+    s.add_argument(
+        "--name", required=True, help="unique name: a person, a service or the device id"
+    )
+    s.add_argument("--device", help="device tokens: the device id it may post for")
+    sub.add_parser("list", help="tokens by name, role and device (never the tokens)")
+    s = sub.add_parser("revoke", help="revoke a token by name (at once, in every API process)")
+    s.add_argument("name")
+    for s in sub.choices.values():
+        s.add_argument("--config", type=Path, help="the API's TOML settings (EDGELOOP_API_* win)")
+        s.add_argument("--json", action="store_true", help="print JSON on one line")
+
+
+def token(args: argparse.Namespace) -> int:
+    import redis
+
+    from cloud.api.settings import ApiSettings
+    from cloud.api.tokens import TokenStore
+    from shared.config import load_settings
+    from shared.keys import FleetKeys
+
+    settings = load_settings(ApiSettings, args.config)
+    client = redis.Redis.from_url(settings.redis_url)
+    store = TokenStore(client, FleetKeys(settings.fleet), settings.pepper)
+    if settings.mode == "development" and settings.dev_pepper:
+        print(
+            "development mode: tokens are hashed with the public development pepper",
+            file=sys.stderr,
+        )
+    try:
+        return _run(store, args)
+    except redis.RedisError as e:
+        from shared.errors import Unavailable
+
+        raise Unavailable(f"cannot reach Redis at {settings.redis_url}: {e}") from e
+    finally:
+        client.close()
+
+
+def _run(store: object, args: argparse.Namespace) -> int:
+    from cloud.api.tokens import TokenStore
+
+    assert isinstance(store, TokenStore)
+    if args.action == "issue":
+        record, secret = store.issue(args.name, args.role, args.device, by="cli")
+        if args.json:
+            print(json.dumps({**record.model_dump(exclude={"schema_version"}), "token": secret}))
+        else:
+            print(secret)
+            who = f" for device {record.device}" if record.device else ""
+            print(
+                f"issued {record.role} token {record.name!r}{who}; it is shown only now",
+                file=sys.stderr,
+            )
+        return 0
+    if args.action == "revoke":
+        record = store.revoke(args.name, by="cli")
+        print(json.dumps({"revoked": record.name}) if args.json else f"revoked {record.name!r}")
+        return 0
+    records = store.list()
+    if args.json:
+        print(json.dumps([r.model_dump(exclude={"schema_version"}) for r in records]))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="API tokens", title_justify="left")
+    for col in ("name", "role", "device", "created", "by"):
+        t.add_column(col)
+    for r in records:
+        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created_at))
+        t.add_row(r.name, r.role, r.device or "", created, r.created_by)
+    Console().print(t)
+    return 0

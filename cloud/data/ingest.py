@@ -1,0 +1,361 @@
+"""Feedback ingest: the fleet's feedback stream into the trainer's data, exactly once.
+
+The trainer reads ``FleetKeys.feedback`` in the consumer group
+``shared.keys.FEEDBACK_GROUP``. Each poll first takes over entries a dead
+consumer left pending (XAUTOCLAIM, idle longer than ``claim_idle_ms``), then
+reads new ones (XREADGROUP), and handles both the same way:
+
+1. every event is parsed once (an entry holds an edge's batch of events, or
+   one); a bad event (oversize, not JSON, unknown schema version, invalid
+   fields, wrong model, wrong feature count, NaN/inf, unknown label) or an
+   entry without events becomes a ``DeadLetter`` with the reason;
+2. one WATCH/MULTI/EXEC transaction reads the idempotency watermarks of the
+   batch's device streams (hash ``FleetKeys.seen``) and the reservoir counters,
+   drops duplicates, then marks the rest seen, writes them into the replay
+   buffer / holdout / recent window, adds the dead letters and XACKs every
+   entry. A crash at any point either redelivers the batch (nothing happened)
+   or has fully accepted it, and the watermarks make redelivery harmless.
+
+Validation lives in cloud/data/validation.py, the watermarks in cloud/data/watermark.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import redis
+
+from cloud.data.replay import NewSamples, TrainerData
+from cloud.data.validation import Entry, Events, FeedbackValidator, Refused
+from cloud.data.watermark import Watermark
+from shared.keys import FEEDBACK_GROUP, FleetKeys
+from shared.messages import DeadLetter
+
+logger = logging.getLogger(__name__)
+
+
+def stream_id_key(entry_id: str) -> tuple[int, int]:
+    """A stream id as a tuple that sorts like Redis does."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+@dataclass
+class Accepted:
+    """The samples one poll accepted, for the drift detector and the round trigger."""
+
+    X: npt.NDArray[np.float32]
+    y: npt.NDArray[np.int64]
+    predicted: npt.NDArray[np.int64]  # -1 where the event carried no usable prediction
+    holdout: npt.NDArray[np.bool_]
+    first_id: str | None = None
+    last_id: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class Batch:
+    """What one poll did."""
+
+    entries: int
+    accepted: Accepted
+    duplicates: int = 0
+    deadlettered: int = 0
+    reasons: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Counters:
+    """Totals since this ingest started (Redis keeps the fleet-wide ones: TrainerData.stats)."""
+
+    accepted: int = 0
+    duplicates: int = 0
+    deadlettered: int = 0
+    per_class: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """How a trainer reads its model's feedback (built from the trainer's settings)."""
+
+    model: str
+    consumer: str  # this process's name in the consumer group
+    holdout_every: int = 5  # every k-th accepted sample is held out
+    read_count: int = 1000  # feedback events per read, about
+    block_ms: int = 500
+    claim_idle_ms: int = 30000  # a pending entry idle this long is taken over
+    max_event_bytes: int = 65536
+    deadletter_maxlen: int = 10000
+
+
+class FeedbackIngest:
+    """Reads, validates, deduplicates and accepts feedback for one model."""
+
+    def __init__(
+        self, client: redis.Redis, keys: FleetKeys, data: TrainerData, options: IngestOptions
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.data = data
+        self.options = options
+        self.validator = FeedbackValidator(
+            model=options.model,
+            num_features=data.num_features,
+            num_classes=data.num_classes,
+            max_event_bytes=options.max_event_bytes,
+        )
+        self.counters = Counters()
+        self._next_claim = 0.0
+        self._events_per_entry = 1.0  # in the last entries read; see _entries_per_read
+
+    # -- reading --------------------------------------------------------------
+
+    def ensure_group(self) -> None:
+        """Create the consumer group (and the stream) unless they exist."""
+        try:
+            self.client.xgroup_create(self.keys.feedback, FEEDBACK_GROUP, id="0", mkstream=True)
+            logger.info("created consumer group %s on %s", FEEDBACK_GROUP, self.keys.feedback)
+        except redis.ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+    def poll(self, block_ms: int | None = None) -> Batch:
+        """Reclaim a dead consumer's entries when due, then read new ones; accept both."""
+        try:
+            claimed = self._claim_due()
+            if claimed:
+                # A separate transaction: each batch must be in stream order (see _batch).
+                return _merge(self.process(claimed), self.process(self._read(None)))
+            return self.process(self._read(self.options.block_ms if block_ms is None else block_ms))
+        except redis.ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+            logger.warning("consumer group is gone (stream deleted?); creating it again")
+            self.ensure_group()
+            return self.process([])
+
+    def _entries_per_read(self) -> int:
+        """Stream entries to ask for so that a read holds about ``read_count`` events.
+
+        An entry holds one event (older edges, tools) or an edge's batch; the
+        last read tells which. When that changes, one read overshoots, by at most
+        an edge's ``feedback_batch`` events per entry.
+        """
+        return max(1, round(self.options.read_count / self._events_per_entry))
+
+    def _read(self, block: int | None) -> list[Entry]:
+        reply = self.client.xreadgroup(
+            FEEDBACK_GROUP,
+            self.options.consumer,
+            {self.keys.feedback: ">"},
+            count=self._entries_per_read(),
+            block=block,
+        )
+        return list(reply[0][1]) if reply else []
+
+    def _claim_due(self) -> list[Entry]:
+        now = time.monotonic()
+        if now < self._next_claim:
+            return []
+        self._next_claim = now + max(self.options.claim_idle_ms / 2000.0, 0.05)
+        return self.reclaim()
+
+    def reclaim(self) -> list[Entry]:
+        """Entries pending longer than ``claim_idle_ms`` on any consumer, now ours."""
+        entries: list[Entry] = []
+        cursor: bytes | str = "0-0"
+        wanted = self._entries_per_read()
+        while len(entries) < wanted:
+            reply = self.client.xautoclaim(
+                self.keys.feedback,
+                FEEDBACK_GROUP,
+                self.options.consumer,
+                self.options.claim_idle_ms,
+                start_id=cursor,
+                count=wanted - len(entries),
+            )
+            cursor, claimed = reply[0], reply[1]
+            entries += [e for e in claimed if e and e[1] is not None]
+            if cursor in (b"0-0", "0-0"):
+                break
+        if entries:
+            logger.info("reclaimed %d pending feedback entries from dead consumers", len(entries))
+        return entries
+
+    # -- accepting ------------------------------------------------------------
+
+    def process(self, entries: list[Entry]) -> Batch:
+        """Validate ``entries``, then accept, dead-letter and ack them in one transaction."""
+        events, dead = self.validator.parse_entries(entries)
+        if entries:
+            self._events_per_entry = (len(events) + len(dead)) / len(entries)
+        batch = self._commit(events, dead, [e[0] for e in entries])
+        self._count(batch)
+        return batch
+
+    def _commit(self, events: Events, dead: list[Refused], ids: list[Any]) -> Batch:
+        if not ids:
+            return Batch(0, _empty(self.data.num_features))
+        draws = _draws(events.heads, events.seqs)
+        reservoir_draws = (draws >> np.uint64(16)).tolist()
+        held_out = (
+            (draws & np.uint64(0xFFFF)) % np.uint64(self.options.holdout_every) == 0
+        ).tolist()
+        heads = sorted(set(events.heads))
+        seen_key = self.keys.seen
+        out: dict[str, Any] = {}
+
+        def txn(pipe: Any) -> None:
+            marks = dict(zip(heads, pipe.hmget(seen_key, heads), strict=True)) if heads else {}
+            states = {h: Watermark.decode(v) for h, v in marks.items()}
+            pairs = zip(events.heads, events.seqs, strict=True)
+            keep = [i for i, (head, seq) in enumerate(pairs) if states[head].add(seq)]
+            samples = NewSamples(
+                events.X[keep],
+                [events.labels[i] for i in keep],
+                [reservoir_draws[i] for i in keep],
+                [held_out[i] for i in keep],
+            )
+            counters = self.data.read_counters(pipe)
+            writes = self.data.plan(counters, samples)
+            pipe.multi()
+            if keep:
+                pipe.hset(seen_key, mapping={h: s.encode() for h, s in states.items()})
+                self.data.add_to(pipe, counters, samples, writes)
+            for entry_id, reason, payload in dead:
+                self._add_dead_letter(pipe, entry_id, reason, payload)
+            stats = {
+                "accepted": len(keep),
+                "duplicates": len(events) - len(keep),
+                "deadlettered": len(dead),
+            }
+            stats.update((f"class:{c}", n) for c, n in Counter(samples.labels).items())
+            self.data.add_stats(pipe, stats)
+            pipe.xack(self.keys.feedback, FEEDBACK_GROUP, *ids)
+            out.update(keep=keep, samples=samples)
+
+        self.client.transaction(txn, seen_key, *self.data.watch_keys)
+        return self._batch(events, out["keep"], out["samples"], dead, ids)
+
+    def _add_dead_letter(self, pipe: Any, entry_id: str, reason: str, payload: bytes) -> None:
+        letter = DeadLetter(
+            source_stream=self.keys.feedback,
+            source_id=entry_id,
+            reason=reason,
+            payload=payload.decode("utf-8", "replace"),
+            consumer=self.options.consumer,
+        )
+        pipe.xadd(
+            self.keys.deadletter,
+            {"data": letter.to_wire()},
+            maxlen=self.options.deadletter_maxlen,
+            approximate=True,
+        )
+
+    def _batch(
+        self, events: Events, keep: list[int], samples: NewSamples, dead: list[Any], ids: list[Any]
+    ) -> Batch:
+        accepted = Accepted(
+            X=samples.X,
+            y=np.array(samples.labels, np.int64),
+            predicted=np.array([events.predicted[i] for i in keep], np.int64),
+            holdout=np.array(samples.holdout, bool),
+        )
+        if keep:
+            # Entries arrive in stream order (XREADGROUP and XAUTOCLAIM both), so the
+            # range of the batch is its first and last id.
+            accepted.first_id, accepted.last_id = _str_id(ids[0]), _str_id(ids[-1])
+        return Batch(
+            len(ids),
+            accepted,
+            duplicates=len(events) - len(keep),
+            deadlettered=len(dead),
+            reasons=[d[1] for d in dead],
+        )
+
+    def _count(self, batch: Batch) -> None:
+        c = self.counters
+        c.accepted += len(batch.accepted)
+        c.duplicates += batch.duplicates
+        c.deadlettered += batch.deadlettered
+        for label, n in zip(*np.unique(batch.accepted.y, return_counts=True), strict=True):
+            c.per_class[int(label)] = c.per_class.get(int(label), 0) + int(n)
+        if batch.deadlettered:
+            logger.warning(
+                "dead-lettered %d feedback entries: %s",
+                batch.deadlettered,
+                "; ".join(sorted(set(batch.reasons))[:3]),
+            )
+
+
+def _str_id(entry_id: bytes | str) -> str:
+    return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+
+#: splitmix64 (Steele, Lea, Flood 2014): the increment and the finalizer's multipliers.
+_GAMMA, _MIX1, _MIX2 = (
+    np.uint64(0x9E3779B97F4A7C15),
+    np.uint64(0xBF58476D1CE4E5B9),
+    np.uint64(0x94D049BB133111EB),
+)
+
+
+def _draws(heads: list[str], seqs: list[int]) -> npt.NDArray[np.uint64]:
+    """64 uniform bits per event, fixed by its id ``<head>:<seq>``, so that a retried
+    transaction decides the same: holdout choice (low 16) and reservoir draw (the rest).
+
+    splitmix64 of a hash of the device stream plus the seq, for all events at once:
+    a hash per event id took a fifth of acceptance.
+    """
+    keys = {
+        h: int.from_bytes(hashlib.blake2b(h.encode(), digest_size=8).digest(), "little")
+        for h in set(heads)
+    }
+    z = np.array([keys[h] for h in heads], np.uint64) + np.array(seqs, np.uint64) * _GAMMA
+    z ^= z >> np.uint64(30)
+    z *= _MIX1
+    z ^= z >> np.uint64(27)
+    z *= _MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+def _merge(a: Batch, b: Batch) -> Batch:
+    """Two consecutive polls' results as one (older first)."""
+    if not b.entries:
+        return a
+    if not a.entries:
+        return b
+    x, y = a.accepted, b.accepted
+    accepted = Accepted(
+        np.concatenate([x.X, y.X]),
+        np.concatenate([x.y, y.y]),
+        np.concatenate([x.predicted, y.predicted]),
+        np.concatenate([x.holdout, y.holdout]),
+        first_id=x.first_id or y.first_id,
+        last_id=y.last_id or x.last_id,
+    )
+    return Batch(
+        a.entries + b.entries,
+        accepted,
+        a.duplicates + b.duplicates,
+        a.deadlettered + b.deadlettered,
+        a.reasons + b.reasons,
+    )
+
+
+def _empty(num_features: int) -> Accepted:
+    return Accepted(
+        np.zeros((0, num_features), np.float32),
+        np.zeros(0, np.int64),
+        np.zeros(0, np.int64),
+        np.zeros(0, bool),
+    )

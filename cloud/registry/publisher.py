@@ -1,0 +1,279 @@
+"""Publishing a model version: signed manifest, file, version number, payloads, announcement.
+
+A version is immutable and named by the sha256 of its TFLite file. Publishing
+is one WATCH/MULTI/EXEC on the model's version set, so that two trainers can
+never hand out the same version number, and a version is announced only with
+its manifest, artifact and patches already in place:
+
+1. put the file in the registry's blob store (content-addressed, so a failed
+   publish leaves at most an orphan blob);
+2. read the latest version (the parent) under WATCH;
+3. build the ``ModelManifest`` (number = latest + 1), serialize it once and
+   sign exactly those bytes (``SignedManifest``);
+4. build a patch from each base the edges are likely to hold (see
+   ``patch_bases``): the parent, then the versions the most devices of the
+   fleet report serving, until ``max_patches`` patches are made;
+5. MULTI: SET the patches (with the registry's TTL), record the version in the
+   registry (manifest, artifact, number, record, ``latest``), set the fleet's
+   target (see below), XADD a ``DeltaAnnouncement`` listing the ``full``
+   payload and the patches; EXEC.
+
+The ``release`` mode says whether a new version goes to the whole fleet at
+once. ``direct`` (the default) also SETs ``target(model)`` to it in the same
+transaction, so edges (which serve ``pin or assignment or target``) move to it
+as soon as they read the announcement; but while a rollout of the model is in
+progress (``active_rollout(model)`` exists, and is WATCHed so that a rollout
+created meanwhile retries the publish) the version is only registered: the
+rollout owns the target. ``manual`` never touches the target: versions reach
+edges through rollouts and operators.
+
+A base whose file differs in length from the new one gets no patch (the edges
+holding it fetch the full file), and neither does a sha256 that is not a
+version of the model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from types import EllipsisType
+from typing import Any, Literal
+
+import redis
+
+from cloud.registry.versions import PatchUnavailable, Registry, VersionNotFound
+from shared.codec import encode_full, sha256_hex
+from shared.errors import EdgeloopError, MessageError
+from shared.keys import FleetKeys
+from shared.messages import (
+    DeltaAnnouncement,
+    EdgeStatus,
+    Explanation,
+    ModelManifest,
+    Payload,
+    ProbeSet,
+    SignedManifest,
+    VersionRecord,
+)
+from shared.signing import Signer
+
+logger = logging.getLogger(__name__)
+
+
+class PublishError(EdgeloopError):
+    """A version could not be published."""
+
+
+class StaleParent(PublishError):
+    """Another version was published since the child was judged against its parent."""
+
+
+__all__ = ["PublishError", "Published", "Publisher", "StaleParent", "VersionNotFound"]
+
+#: Patches an announcement lists by default (the parent counts as one).
+MAX_PATCHES = 4
+#: Device statuses read to find the versions the fleet serves (the most recently seen).
+DEVICE_SCAN = 10_000
+
+#: Whether a publish moves the fleet's target (see the module docstring).
+Release = Literal["direct", "manual"]
+
+
+@dataclass(frozen=True)
+class Published:
+    version: int
+    sha256: str
+    signed: SignedManifest
+    announcement_id: str
+    payloads: list[Payload] = field(default_factory=list)
+    target_set: bool = False  # it became the fleet's target (release "direct")
+
+    @property
+    def manifest(self) -> ModelManifest:
+        return self.signed.manifest()
+
+
+class Publisher:
+    """Writes signed versions of a fleet's models to the registry and announces them."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: FleetKeys,
+        signer: Signer,
+        *,
+        registry: Registry,
+        max_patches: int = MAX_PATCHES,
+        release: Release = "direct",
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.signer = signer
+        self.registry = registry
+        self.max_patches = max_patches
+        self.release = release
+
+    def publish(
+        self,
+        model: str,
+        content: bytes,
+        *,
+        num_features: int,
+        labels: list[str],
+        probe: ProbeSet,
+        runtime: str,
+        metrics: dict[str, float] | None = None,
+        explanation: Explanation | None = None,
+        expected_parent: str | EllipsisType | None = ...,
+    ) -> Published:
+        """Publish ``content`` as the next version of ``model``.
+
+        ``expected_parent`` (a sha256, or None for "no version yet") makes the
+        publish fail with StaleParent if the latest version is another one: the
+        gate judged the child against that parent, not a newer one. Left out
+        (``...``), whatever is latest becomes the parent.
+        """
+        sha = sha256_hex(content)
+        versions_key = self.keys.versions(model)
+        artifact = encode_full(content)
+        self.registry.blobs.put(content)
+        served = served_versions(self.client, self.keys, model)
+        rollout_key = self.keys.active_rollout(model)
+        out: dict[str, Any] = {}
+
+        def txn(pipe: Any) -> None:
+            latest = pipe.zrevrange(versions_key, 0, 0, withscores=True)
+            parent_sha = latest[0][0].decode() if latest else None
+            parent_version = int(latest[0][1]) if latest else None
+            if expected_parent is not ... and parent_sha != expected_parent:
+                raise StaleParent(
+                    f"{model}: latest is now {parent_sha and parent_sha[:12]}, "
+                    f"the child was judged against {expected_parent and expected_parent[:12]}"
+                )
+            if pipe.zscore(versions_key, sha) is not None:
+                raise PublishError(f"{model}: {sha[:12]} is already a published version")
+            manifest = ModelManifest(
+                model=model, version=(parent_version or 0) + 1, sha256=sha, size=len(content),
+                parent_sha256=parent_sha, parent_version=parent_version, num_features=num_features,
+                labels=labels, runtime=runtime, metrics=metrics or {},
+                explanation=explanation or Explanation(), probe=probe,
+            )  # fmt: skip
+            manifest_json = manifest.model_dump_json()
+            signed = SignedManifest(
+                manifest_json=manifest_json,
+                signature=self.signer.sign(manifest_json.encode("utf-8")),
+            )
+            patches = self._patches(
+                patch_bases(pipe, versions_key, parent_sha, served, sha), content
+            )
+            payloads = [Payload(encoding="full", key=self.keys.artifact(sha), size=len(artifact))]
+            payloads += [
+                Payload(encoding="patch", key=self.keys.patch(base, sha), size=len(patch),
+                        base_sha256=base)
+                for base, patch in patches
+            ]  # fmt: skip
+            announcement = DeltaAnnouncement(
+                model=model, version=manifest.version, sha256=sha,
+                manifest_key=self.keys.manifest(sha), payloads=payloads,
+            )  # fmt: skip
+            set_target = self.release == "direct" and not pipe.exists(rollout_key)
+            pipe.multi()
+            for base, patch in patches:
+                pipe.set(self.keys.patch(base, sha), patch, ex=self.registry.patch_ttl_s)
+            self.registry.record_version(
+                pipe, VersionRecord.from_manifest(manifest), signed, artifact
+            )
+            if set_target:
+                pipe.set(self.keys.target(model), sha)
+            pipe.xadd(self.keys.deltas, {"data": announcement.to_wire()})
+            out.update(
+                version=manifest.version, signed=signed, payloads=payloads, target_set=set_target
+            )
+
+        results = self.client.transaction(txn, versions_key, rollout_key)
+        stream_id = results[-1]
+        announcement_id = stream_id.decode() if isinstance(stream_id, bytes) else str(stream_id)
+        patch_sizes = ", ".join(
+            f"{p.size} from {p.base_sha256[:8]}" for p in out["payloads"] if p.base_sha256
+        )
+        logger.info(
+            "published %s v%d (%s, %d bytes; full %d, patches: %s)%s",
+            model, out["version"], sha[:12], len(content), len(artifact), patch_sizes or "none",
+            "; it is the fleet's target" if out["target_set"] else "",
+        )  # fmt: skip
+        return Published(
+            out["version"], sha, out["signed"], announcement_id, out["payloads"], out["target_set"]
+        )
+
+    def _patches(self, bases: list[str], content: bytes) -> list[tuple[str, bytes]]:
+        """(base, patch) for the first ``max_patches`` bases a patch can be made
+        from (same length); the others are skipped."""
+        out: list[tuple[str, bytes]] = []
+        for base in bases:
+            if len(out) >= self.max_patches:
+                break
+            try:
+                out.append((base, self.registry.build_patch(base, content)))
+            except (PatchUnavailable, VersionNotFound) as e:
+                logger.info("no patch from %s: %s", base[:12], e)
+        return out
+
+    def latest(self, model: str) -> tuple[int, str, SignedManifest] | None:
+        """(version, sha256, signed manifest) of the newest version, or None."""
+        top = self.client.zrevrange(self.keys.versions(model), 0, 0, withscores=True)
+        if not top:
+            return None
+        sha = top[0][0].decode()
+        return int(top[0][1]), sha, self.signed_manifest(sha)
+
+    def versions(self, model: str) -> list[tuple[int, str]]:
+        """Every published (version, sha256), oldest first."""
+        rows = self.client.zrange(self.keys.versions(model), 0, -1, withscores=True)
+        return [(int(score), sha.decode()) for sha, score in rows]
+
+    def signed_manifest(self, sha256: str) -> SignedManifest:
+        raw = self.client.get(self.keys.manifest(sha256))
+        if raw is None:
+            raise VersionNotFound(f"no manifest for {sha256[:12]}")
+        return SignedManifest.from_wire(raw)
+
+    def content(self, sha256: str) -> bytes:
+        """The TFLite bytes of a published version, checked against their name."""
+        return self.registry.content_by_sha(sha256)
+
+
+def served_versions(
+    client: redis.Redis, keys: FleetKeys, model: str, scan: int = DEVICE_SCAN
+) -> Counter[str]:
+    """How many of the fleet's devices report serving each sha256 of ``model``
+    (the ``scan`` most recently seen devices whose status has not expired)."""
+    ids = client.zrevrange(keys.devices, 0, scan - 1)
+    served: Counter[str] = Counter()
+    if not ids:
+        return served
+    for raw in client.mget([keys.device(i.decode()) for i in ids]):
+        if raw is None:
+            continue
+        try:
+            status = EdgeStatus.from_wire(raw)
+        except MessageError:
+            continue  # a device with a newer or broken report is not a reason to fail a publish
+        if status.model == model and status.sha256:
+            served[status.sha256] += 1
+    return served
+
+
+def patch_bases(
+    pipe: Any, versions_key: str, parent: str | None, served: Counter[str], target: str
+) -> list[str]:
+    """The candidate bases for patches, best first: the parent, then the versions
+    the most devices serve; each a published version of the model, not the target."""
+    ordered = ([parent] if parent else []) + [sha for sha, _ in served.most_common()]
+    out: list[str] = []
+    for sha in ordered:
+        if sha == target or sha in out:
+            continue
+        if sha == parent or pipe.zscore(versions_key, sha) is not None:
+            out.append(sha)
+    return out

@@ -1,0 +1,66 @@
+"""The rollout controller's loop: a thread of the API process, or a process alone.
+
+``ControllerLoop`` calls ``RolloutController.step()`` every ``interval_s``
+until stopped. The API starts one in its lifespan (``controller_interval_s``,
+0 for none) and stops it on shutdown; ``edgeloop controller --config api.toml``
+(``cloud/cli/controller.py``) runs one alone. Several at once (API replicas, a standalone controller beside
+them) are safe: every change of a rollout is a WATCH/MULTI transaction on its
+key that redis-py retries when another process changed it first, and a step
+re-reads the state, so two controllers never apply one decision twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import redis
+
+from cloud.rollout.controller import RolloutController
+
+logger = logging.getLogger(__name__)
+
+
+class ControllerLoop:
+    """Step the controller on an interval in a daemon thread; ``stop`` returns when it ended."""
+
+    def __init__(self, controller: RolloutController, interval_s: float) -> None:
+        self.controller = controller
+        self.interval_s = interval_s
+        self.steps = 0
+        self.errors = 0
+        self.last_step_at: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self.run, name="edgeloop-controller", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def run(self) -> None:
+        logger.info("rollout controller: stepping every %.1fs", self.interval_s)
+        failing = False
+        while not self._stop.is_set():
+            try:
+                self.controller.step()
+                self.steps += 1
+                self.last_step_at = time.time()
+                if failing:
+                    logger.info("rollout controller: Redis reachable again")
+                failing = False
+            except redis.RedisError as e:
+                self.errors += 1
+                if not failing:
+                    logger.warning(
+                        "rollout controller: %s; retrying every %.1fs", e, self.interval_s
+                    )
+                failing = True
+            except Exception:  # one bad rollout must not stop the others' progress
+                self.errors += 1
+                logger.exception("rollout controller: step failed")
+            self._stop.wait(self.interval_s)

@@ -1,0 +1,316 @@
+"""The trainer process: ingest feedback continuously, train rounds when triggered.
+
+``Trainer.run(stop)`` is the loop; ``start()`` and ``step()`` are its parts, for
+tests to drive one at a time:
+
+- ``start()``: consumer group, lease, and — if no version of the model exists
+  and this trainer holds the lease — the bootstrap, which publishes v1.
+- ``step()``: one ingest poll (reclaim + read + accept), drift detection and
+  round triggers, lease renewal, and the status report when due.
+
+Rounds run in a worker thread (one at a time) so that ingest never stops while
+a round trains, exports and is judged; with ``background_rounds=False`` a
+round runs inside ``step()``, which tests use for determinism. Only the
+holder of the model's lease runs rounds and writes the status; any number of
+trainers may ingest. The state that matters (data, watermarks, versions,
+weights) is in Redis; the drift detector and trigger counters are rebuilt from
+new feedback after a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import redis
+
+from cloud.data.datasets import Dataset, load_dataset, split
+from cloud.data.ingest import Batch, FeedbackIngest, stream_id_key
+from cloud.data.replay import TrainerData
+from cloud.registry.publisher import Publisher
+from cloud.registry.versions import DirBlobStore, Registry
+from cloud.trainer.lease import Lease
+from cloud.trainer.rounds import RoundReport, RoundRunner
+from cloud.trainer.settings import PROD_BLOB_DIR, TrainerSettings
+from cloud.trainer.triggers import DriftDetector, RoundTrigger
+from shared.errors import ConfigError, MessageError
+from shared.keys import FleetKeys
+from shared.messages import TrainerStatus, VersionSummary
+from shared.retry import Backoff
+from shared.signing import Signer
+
+logger = logging.getLogger(__name__)
+
+REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+#: Versions listed in the status report.
+STATUS_VERSIONS = 20
+
+
+class Trainer:
+    """One trainer process for one model of one fleet."""
+
+    def __init__(
+        self,
+        settings: TrainerSettings,
+        *,
+        client: redis.Redis | None = None,
+        dataset: Dataset | None = None,
+        background_rounds: bool = True,
+    ) -> None:
+        if settings.signing_key is None:  # pragma: no cover - settings guarantee it
+            raise ConfigError("no signing key configured")
+        self.settings = s = settings
+        self.keys = FleetKeys(s.fleet)
+        self.client = client or redis.Redis.from_url(s.redis_url)
+        self.dataset = dataset or load_dataset(s.dataset, s.label_column)
+        self.parts = split(self.dataset, s.seed)
+        self.data = TrainerData(
+            self.client, self.keys, s.model, num_classes=self.dataset.num_classes,
+            num_features=self.dataset.num_features, replay_capacity=s.replay_capacity,
+            holdout_capacity=s.holdout_capacity, recent_window=s.recent_window, recent_train=s.recent_train,
+        )  # fmt: skip
+        self.ingest = FeedbackIngest(self.client, self.keys, self.data, s.ingest_options())
+        blobs = DirBlobStore(s.blob_dir or PROD_BLOB_DIR)  # the settings fill blob_dir in
+        self.registry = Registry(self.client, self.keys, blobs, patch_ttl_s=s.patch_ttl_s)
+        self.publisher = Publisher(
+            self.client, self.keys, Signer.from_file(s.signing_key), registry=self.registry,
+            max_patches=s.max_patches, release=s.release,
+        )  # fmt: skip
+        self.rounds = RoundRunner(s, self.client, self.publisher, self.data, self.parts)
+        self.lease = Lease(self.client, self.keys.trainer_lock(s.model), s.consumer, s.lock_ttl_ms)
+        self.drift = DriftDetector(s.drift_window, s.drift_drop, s.drift_level_alpha)
+        self.trigger = RoundTrigger(
+            s.round_min_samples, s.round_interval_s, s.round_interval_min_samples
+        )
+        self.status = TrainerStatus(model=s.model, consumer=s.consumer)
+        self._executor = (
+            ThreadPoolExecutor(1, thread_name_prefix="round") if background_rounds else None
+        )
+        self._round: Future[RoundReport] | None = None
+        self._window = _Window(self.dataset.labels)
+        self._drift_signal: dict[str, float] | None = None
+        self._next_status = 0.0
+        self._next_lease = 0.0
+        self._status_restored = False
+        self._summaries: dict[str, VersionSummary] = {}  # versions are immutable
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self) -> None:
+        """Consumer group, lease, bootstrap if the model has no version yet."""
+        self.ingest.ensure_group()
+        self._check_published_model()
+        self._refresh_lease(force=True)
+        if self.lease.held and self.publisher.latest(self.settings.model) is None:
+            logger.info("no version of %s yet: bootstrapping", self.settings.model)
+            self._finish(self.rounds.bootstrap())
+
+    def _check_published_model(self) -> None:
+        """Refuse to train a published model on a dataset with other features or classes."""
+        latest = self.publisher.latest(self.settings.model)
+        if latest is None:
+            return
+        m = latest[2].manifest()
+        if m.labels != self.dataset.labels or m.num_features != self.dataset.num_features:
+            raise ConfigError(
+                f"{self.settings.model} v{m.version} has {m.num_features} features and labels {m.labels}, "
+                f"but dataset {self.settings.dataset!r} has {self.dataset.num_features} and "
+                f"{self.dataset.labels}; use another model name for another dataset"
+            )
+
+    def run(self, stop: threading.Event) -> None:
+        """Ingest and train until ``stop`` is set; rides out Redis outages."""
+        backoff = Backoff(base=0.2, cap=5.0)
+        backoff.call(self.start, retry_on=REDIS_DOWN, stop=stop)
+        failures = 0
+        while not stop.is_set():
+            try:
+                self.step()
+                failures = 0
+            except REDIS_DOWN as e:
+                failures += 1
+                wait = backoff.delay(min(failures, 6))
+                logger.warning("redis unavailable (%s); retrying in %.1fs", e, wait)
+                stop.wait(wait)
+        self.close()
+
+    def close(self) -> None:
+        """Wait for a running round, write a last status, release the lease."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._collect()
+        try:
+            if self.lease.held:
+                self.write_status()
+            self.lease.release()
+        except REDIS_DOWN as e:
+            logger.warning("could not write the last status or release the lease: %s", e)
+
+    # -- one step -------------------------------------------------------------
+
+    def step(self, block_ms: int | None = None) -> Batch:
+        """One ingest poll, then triggers, lease and status."""
+        batch = self.ingest.poll(block_ms)
+        if len(batch.accepted):
+            drift = self.drift.update(batch.accepted.predicted, batch.accepted.y)
+            if drift and self._drift_signal is None:  # the signal that starts the round
+                self._drift_signal = self.drift.last_signal
+            self.trigger.observe(len(batch.accepted), drift)
+            self._window.add(batch)
+        self._collect()
+        self._refresh_lease()
+        if self.lease.held:
+            self._maybe_start_round()
+            if time.monotonic() >= self._next_status:
+                self.write_status()
+        return batch
+
+    def _maybe_start_round(self) -> None:
+        if self._round is not None:
+            return
+        trigger = self.trigger.due()
+        if trigger is None or self.data.recent_count() < self.settings.gate_min_recent:
+            return
+        if self.publisher.latest(self.settings.model) is None:
+            self._finish(self.rounds.bootstrap())
+            return
+        new = self.trigger.started()
+        window = {**self._window.take(new), "signal": self._trigger_signal(trigger)}
+        round_no = self.status.rounds + self.status.rounds_rejected + 1
+        logger.info("round %d starts (trigger %s, %d new samples)", round_no, trigger, new)
+        if self._executor is None:
+            self._finish(self.rounds.run(round_no, trigger, window, lambda: self.lease.held))
+        else:
+            self._round = self._executor.submit(
+                self.rounds.run, round_no, trigger, window, lambda: self.lease.held
+            )
+
+    def _trigger_signal(self, trigger: str) -> dict[str, Any]:
+        """The numbers that made ``trigger`` fire, for the version's explanation."""
+        s = self.settings
+        if trigger == "drift":
+            signal, self._drift_signal = self._drift_signal or {}, None
+            return dict(signal)
+        if trigger == "timer":
+            return {"interval_s": s.round_interval_s, "threshold": s.round_interval_min_samples}
+        return {"threshold": s.round_min_samples}
+
+    def _collect(self) -> None:
+        """Pick up a finished background round."""
+        if self._round is None or not self._round.done():
+            return
+        future, self._round = self._round, None
+        try:
+            self._finish(future.result())
+        except Exception as e:  # a failed round must not end ingest; it is reported
+            logger.exception("round failed")
+            self.status.last_round = {"error": f"{type(e).__name__}: {e}", "ts": time.time()}
+            self.status.rounds_rejected += 1
+
+    def _finish(self, report: RoundReport) -> None:
+        self._restore_status()
+        if report.trigger != "bootstrap":
+            if report.published:
+                self.status.rounds += 1
+            else:
+                self.status.rounds_rejected += 1
+        self.status.last_round = {**report.as_dict(), "ts": time.time()}
+        if report.published:
+            self.drift = DriftDetector(
+                self.settings.drift_window,
+                self.settings.drift_drop,
+                self.settings.drift_level_alpha,
+            )
+            logger.info("published v%s (%s): %s", report.version, report.trigger, report.reason)
+        else:
+            logger.info("round %d rejected: %s", report.round, report.reason)
+        self.write_status()
+
+    # -- lease and status -----------------------------------------------------
+
+    def _refresh_lease(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now >= self._next_lease:
+            was = self.lease.held
+            self.lease.refresh()
+            self._next_lease = now + self.settings.lock_ttl_ms / 3000.0
+            if self.lease.held and not was:
+                self._restore_status()
+
+    def _restore_status(self) -> None:
+        """Round counters from the previous holder's report, once per lease."""
+        if self._status_restored:
+            return
+        self._status_restored = True
+        raw = self.client.get(self.keys.trainer(self.settings.model))
+        if raw is None:
+            return
+        try:
+            old = TrainerStatus.from_wire(raw)
+        except MessageError as e:
+            logger.warning("ignoring an unreadable trainer status: %s", e)
+            return
+        self.status.rounds, self.status.rounds_rejected = old.rounds, old.rounds_rejected
+        self.status.last_round = old.last_round
+
+    def write_status(self) -> TrainerStatus:
+        """Write the TrainerStatus (counters from Redis, versions from their manifests)."""
+        stats = self.data.stats()
+        st = self.status
+        st.feedback_accepted = stats["accepted"]
+        st.feedback_duplicates = stats["duplicates"]
+        st.feedback_deadlettered = stats["deadlettered"]
+        st.pending_samples = self.trigger.pending
+        st.published = self._version_summaries()
+        st.ts = time.time()
+        self.client.set(self.keys.trainer(self.settings.model), st.to_wire())
+        self._next_status = time.monotonic() + self.settings.status_interval_s
+        return st
+
+    def _version_summaries(self) -> list[VersionSummary]:
+        out = []
+        for version, sha in self.publisher.versions(self.settings.model)[-STATUS_VERSIONS:]:
+            if sha in self._summaries:
+                out.append(self._summaries[sha])
+                continue
+            m = self.publisher.signed_manifest(sha).manifest()
+            out.append(VersionSummary(version=version, sha256=sha, trigger=m.explanation.trigger,
+                                      metrics=m.metrics, published_at=m.created_at))  # fmt: skip
+            self._summaries[sha] = out[-1]
+        return out
+
+
+class _Window:
+    """The new data since the last round: stream id range and labels per class."""
+
+    def __init__(self, labels: list[str]) -> None:
+        self.labels = labels
+        self._reset()
+
+    def _reset(self) -> None:
+        self.first: str | None = None
+        self.last: str | None = None
+        self.counts = np.zeros(len(self.labels), np.int64)
+
+    def add(self, batch: Batch) -> None:
+        a = batch.accepted
+        if a.first_id and (
+            self.first is None or stream_id_key(a.first_id) < stream_id_key(self.first)
+        ):
+            self.first = a.first_id
+        if a.last_id and (self.last is None or stream_id_key(a.last_id) > stream_id_key(self.last)):
+            self.last = a.last_id
+        self.counts += np.bincount(a.y, minlength=len(self.labels))
+
+    def take(self, new_samples: int) -> dict[str, Any]:
+        out = {
+            "stream_ids": [self.first, self.last],
+            "new_samples": new_samples,
+            "labeled_per_class": {self.labels[c]: int(n) for c, n in enumerate(self.counts)},
+        }
+        self._reset()
+        return out

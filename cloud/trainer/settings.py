@@ -1,0 +1,224 @@
+"""The trainer's settings: one class, built in ``main()`` and passed in.
+
+Values come from the environment (``EDGELOOP_TRAINER_<FIELD>``), then the TOML
+file given to ``edgeloop trainer --config``, then the defaults below. Nothing is
+read at import time, so that two trainers with different settings can run in
+one test.
+
+The signing key has no working default outside ``mode = "development"``: a
+trainer that signs with a key nobody configured would publish models that no
+edge trusts, or worse, that every edge of a careless fleet trusts.
+
+>>> s = TrainerSettings(signing_key="/etc/edgeloop/signing.key", fleet="lab")
+>>> s.model, s.dataset, s.holdout_every
+('digits', 'digits', 5)
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from cloud.data.ingest import IngestOptions
+from cloud.registry.locations import DEV_BLOB_DIR, DEV_KEY_DIR, PROD_BLOB_DIR
+from shared.config import EnvFirstSettings
+from shared.keys import check_name
+
+if TYPE_CHECKING:
+    from cloud.export.budgeted import BudgetOptions
+
+
+def _default_consumer() -> str:
+    # hostname-pid: unique per process, so a restarted trainer is a new consumer and
+    # the old one's pending entries are reclaimed with XAUTOCLAIM.
+    return f"{socket.gethostname().split('.')[0] or 'trainer'}-{os.getpid()}"
+
+
+class TrainerSettings(EnvFirstSettings):
+    """Everything one trainer process needs to know."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGELOOP_TRAINER_", extra="forbid")
+
+    mode: Literal["production", "development"] = "production"
+
+    # Where
+    fleet: str = "default"
+    model: str = "digits"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    signing_key: Path | None = Field(
+        None, description="Ed25519 private key (edgeloop keygen); required outside development"
+    )
+    consumer: str = Field(default_factory=_default_consumer, min_length=1, max_length=200)
+
+    # What
+    dataset: str = Field("digits", description='"digits" or "csv:PATH"')
+    label_column: str | None = Field(None, description="CSV label column; default: the last")
+    seed: int = 0
+
+    # When to train
+    round_min_samples: int = Field(200, ge=1, description="new labeled samples that start a round")
+    round_interval_s: float = Field(60.0, gt=0, description="timer trigger")
+    round_interval_min_samples: int = Field(20, ge=1, description="new samples the timer needs")
+    gate_min_recent: int = Field(30, ge=1, description="recent-window samples a round needs")
+    drift_window: int = Field(50, ge=5, description="served predictions per drift check")
+    drift_drop: float = Field(0.2, gt=0, lt=1, description="accuracy drop that signals drift")
+    drift_level_alpha: float = Field(0.02, gt=0, le=1, description="EWMA weight of the level")
+    lock_ttl_ms: int = Field(15000, ge=100, description="lease on rounds for this model")
+
+    # The data the trainer keeps (in Redis)
+    replay_capacity: int = Field(2000, ge=10)
+    holdout_capacity: int = Field(1000, ge=10)
+    holdout_every: int = Field(5, ge=2, description="every k-th accepted sample is held out")
+    recent_window: int = Field(200, ge=1, description="most recent held-out samples")
+    recent_train: int = Field(300, ge=0, description="most recent training samples")
+
+    # How to train
+    epochs: int = Field(6, ge=1)
+    bootstrap_epochs: int = Field(25, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+
+    # The gate and the export
+    min_gain: float = Field(0.01, description="child must beat parent on the recent window by this")
+    forgetting_tolerance: float = Field(0.03, ge=0, description="allowed loss on earlier data")
+    probe_size: int = Field(32, ge=1)
+    # argmax flips between near-tied classes are expected on hard tabular data; a broken
+    # (e.g. dynamic-range) file disagrees far more than this
+    min_int8_agreement: float = Field(0.95, ge=0, le=1)
+    calibration_size: int = Field(200, ge=1)
+
+    # How a round's child is written (cloud/export/budgeted.py)
+    update_mode: Literal["budgeted", "full"] = Field(
+        "budgeted",
+        description="budgeted: the child on the parent's frozen int8 grid, at most the budget of "
+        "changed weight bytes, the rest carried to later rounds; full: a fresh export each round",
+    )
+    update_budget_bytes: int | None = Field(
+        None, ge=1, description="weight bytes a round may change; default update_budget_fraction"
+    )
+    update_budget_fraction: float = Field(
+        0.0233, gt=0, le=1, description="the budget as a fraction of the model's weight bytes"
+    )
+    update_clip_tolerance: float = Field(
+        0.05, ge=0, le=1, description="weights outside the frozen range that force re-calibration"
+    )
+    update_activation_tolerance: float = Field(
+        0.1, ge=0, description="activation range misfit that re-calibrates activation scales only"
+    )
+    update_max_loss: float = Field(
+        0.05, ge=0, le=1,
+        description="recent-window accuracy a budgeted child may trail the round's unconstrained "
+        "(float) model by; beyond it the round ships more (a larger budget, then a fresh export)",
+    )  # fmt: skip
+    update_delta_levels: tuple[Annotated[int, Field(ge=1, le=254)], ...] = Field(
+        (8, 16, 32, 64),
+        description="step counts a changed int8 weight moves by (either sign), so a patch's data "
+        "is a few symbols; empty: any step",
+    )
+    update_select_factor: int = Field(
+        4, ge=1, le=64,
+        description="the first refit trains this many times the budget's values; each next one "
+        "the better half by benefit, down to the budget",
+    )  # fmt: skip
+    refit_epochs: int = Field(6, ge=1, description="epochs training only the budgeted weights")
+    refit_lr: float = Field(2e-3, gt=0)
+
+    # The registry and delivery
+    blob_dir: Path | None = Field(
+        None,
+        description="version files by sha256 (DirBlobStore); default /var/lib/edgeloop/blobs, "
+        "in development .edgeloop-dev/blobs",
+    )
+    max_patches: int = Field(
+        4, ge=0, description="patches per announcement: the parent, then what most devices serve"
+    )
+    patch_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="how long a patch stays in Redis")
+    release: Literal["direct", "manual"] = Field(
+        "direct",
+        description="direct: a published version becomes the fleet's target (unless a rollout "
+        "of the model is in progress); manual: targets are left to rollouts and operators",
+    )
+
+    # Ingest
+    claim_idle_ms: int = Field(30000, ge=1)
+    read_count: int = Field(
+        1000, ge=1, description="feedback events per read, about (an entry holds one or a batch)"
+    )
+    block_ms: int = Field(500, ge=1)
+    max_event_bytes: int = Field(65536, ge=64)
+    deadletter_maxlen: int = Field(10000, ge=1)
+
+    status_interval_s: float = Field(5.0, gt=0)
+
+    @field_validator("fleet", "model")
+    @classmethod
+    def _safe_name(cls, v: str, info: ValidationInfo) -> str:
+        return check_name(info.field_name or "name", v)
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset_spec(cls, v: str) -> str:
+        if v != "digits" and not (v.startswith("csv:") and len(v) > 4):
+            raise ValueError('use "digits" or "csv:PATH"')
+        return v
+
+    @model_validator(mode="after")
+    def _signing_key_required(self) -> TrainerSettings:
+        if self.signing_key is None:
+            if self.mode != "development":
+                raise ValueError(
+                    "signing_key is required outside development: run `edgeloop keygen --out DIR` "
+                    "and set signing_key = 'DIR/signing.key'"
+                )
+            self.signing_key = DEV_KEY_DIR / "signing.key"
+        return self
+
+    @model_validator(mode="after")
+    def _default_blob_dir(self) -> TrainerSettings:
+        if self.blob_dir is None:
+            self.blob_dir = DEV_BLOB_DIR if self.mode == "development" else PROD_BLOB_DIR
+        return self
+
+    def dev_key_missing(self) -> bool:
+        """True when a development trainer should make its own key pair first."""
+        return (
+            self.mode == "development"
+            and self.signing_key is not None
+            and not self.signing_key.exists()
+        )
+
+    def ingest_options(self) -> IngestOptions:
+        """How this trainer reads its model's feedback."""
+        return IngestOptions(
+            model=self.model,
+            consumer=self.consumer,
+            holdout_every=self.holdout_every,
+            read_count=self.read_count,
+            block_ms=self.block_ms,
+            claim_idle_ms=self.claim_idle_ms,
+            max_event_bytes=self.max_event_bytes,
+            deadletter_maxlen=self.deadletter_maxlen,
+        )
+
+    def budget_options(self) -> BudgetOptions:
+        """How a budgeted round writes its child."""
+        # imported here: the export stage imports torch, reading settings must not
+        from cloud.export.budgeted import BudgetOptions
+
+        return BudgetOptions(
+            budget_bytes=self.update_budget_bytes,
+            budget_fraction=self.update_budget_fraction,
+            clip_tolerance=self.update_clip_tolerance,
+            activation_tolerance=self.update_activation_tolerance,
+            refit_epochs=self.refit_epochs,
+            refit_lr=self.refit_lr,
+            min_agreement=self.min_int8_agreement,
+            levels=tuple(self.update_delta_levels),
+            select_factor=self.update_select_factor,
+        )
