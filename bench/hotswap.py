@@ -71,9 +71,15 @@ def run(bench: Bench, quick: bool) -> Result:
         # waits on a Redis list, so both windows share the machine's background alike.
         publisher = bench.group.spawn(
             "swap-publisher",
-            python_module("bench.swap_publisher", bench.redis_url, str(bench.private_key),
-                          str(models_dir), "--go-key", GO_KEY),
-        )  # fmt: skip
+            python_module(
+                "bench.swap_publisher",
+                bench.redis_url,
+                str(bench.private_key),
+                str(models_dir),
+                "--go-key",
+                GO_KEY,
+            ),
+        )
         time.sleep(3.0)  # its start-up, outside both windows
 
         stop = threading.Event()

@@ -52,16 +52,30 @@ class Bench:
         probe = ProbeSet(
             inputs=inputs.tolist(), expected=model.predict_proba_batch(inputs).tolist()
         )
-        return self.publisher().publish(
-            MODEL, content, num_features=64, labels=[str(i) for i in range(10)], probe=probe,
-            runtime=model.runtime, expected_parent=...,
-        ).version  # fmt: skip
+        return (
+            self.publisher()
+            .publish(
+                MODEL,
+                content,
+                num_features=64,
+                labels=[str(i) for i in range(10)],
+                probe=probe,
+                runtime=model.runtime,
+                expected_parent=...,
+            )
+            .version
+        )
 
     def edge_settings(self, device: str, **overrides: object) -> EdgeSettings:
         return EdgeSettings(
-            device_id=device, fleet=FLEET, model=MODEL, redis_url=self.redis_url,
-            public_key=self.public_key, state_dir=self.workdir / device, **overrides,
-        )  # fmt: skip
+            device_id=device,
+            fleet=FLEET,
+            model=MODEL,
+            redis_url=self.redis_url,
+            public_key=self.public_key,
+            state_dir=self.workdir / device,
+            **overrides,
+        )
 
 
 def digits_inputs(n: int, seed: int = 0) -> np.ndarray:

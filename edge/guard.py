@@ -76,12 +76,15 @@ class GuardPolicy:
         """The policy an edge's ``guard_*`` settings describe."""
         s = settings
         return cls(
-            window_s=s.guard_window_s, min_predictions=s.guard_min_predictions,
-            min_labeled=s.guard_min_labeled, max_accuracy_drop=s.guard_max_accuracy_drop,
+            window_s=s.guard_window_s,
+            min_predictions=s.guard_min_predictions,
+            min_labeled=s.guard_min_labeled,
+            max_accuracy_drop=s.guard_max_accuracy_drop,
             max_fallback_increase=s.guard_max_fallback_increase,
-            max_error_increase=s.guard_max_error_increase, max_p99_ratio=s.guard_max_p99_ratio,
+            max_error_increase=s.guard_max_error_increase,
+            max_p99_ratio=s.guard_max_p99_ratio,
             p99_floor_ms=s.guard_p99_floor_ms,
-        )  # fmt: skip
+        )
 
 
 @dataclass(frozen=True)
@@ -249,8 +252,11 @@ class SwapGuard:
         if self._clock() - p.started >= self.policy.window_s:
             logger.info(
                 "guard: %s accepted after %.0fs (%d predictions, %d labeled)",
-                p.new.name, self.policy.window_s, e.after.predictions, e.labeled,
-            )  # fmt: skip
+                p.new.name,
+                self.policy.window_s,
+                e.after.predictions,
+                e.labeled,
+            )
             self._probation = None
         return False
 

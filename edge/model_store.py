@@ -121,9 +121,13 @@ class ModelStore:
             st.current, st.last_known_good = to_sha256, None
             st.refused_sha256, st.revert_reason = refused, reason
             st.history.append(
-                {"sha256": to_sha256, "version": version, "installed_at": time.time(),
-                 "reverted_from": refused}
-            )  # fmt: skip
+                {
+                    "sha256": to_sha256,
+                    "version": version,
+                    "installed_at": time.time(),
+                    "reverted_from": refused,
+                }
+            )
             del st.history[:-HISTORY_LIMIT]
             self._write_state()
 

@@ -422,9 +422,11 @@ class UpdateConsumer:
         if current is not None:
             listed = ann.patch_from(current.sha256) if ann is not None else None
             patch = listed or Payload(
-                encoding="patch", key=self._keys.patch(current.sha256, sha), size=0,
+                encoding="patch",
+                key=self._keys.patch(current.sha256, sha),
+                size=0,
                 base_sha256=current.sha256,
-            )  # fmt: skip
+            )
             try:
                 base = self._store.load(current.sha256).data
                 data = self._fetch_payload(patch, manifest, base)

@@ -361,11 +361,17 @@ class VersionRecord(WireModel):
     @classmethod
     def from_manifest(cls, m: ModelManifest) -> VersionRecord:
         return cls(
-            model=m.model, version=m.version, sha256=m.sha256, size=m.size,
-            parent_sha256=m.parent_sha256, parent_version=m.parent_version,
-            created_at=m.created_at, trigger=m.explanation.trigger,
-            summary=m.explanation.summary, metrics=m.metrics,
-        )  # fmt: skip
+            model=m.model,
+            version=m.version,
+            sha256=m.sha256,
+            size=m.size,
+            parent_sha256=m.parent_sha256,
+            parent_version=m.parent_version,
+            created_at=m.created_at,
+            trigger=m.explanation.trigger,
+            summary=m.explanation.summary,
+            metrics=m.metrics,
+        )
 
 
 class Payload(BaseModel):

@@ -62,23 +62,40 @@ def _seed(redis_url: str, work: Path) -> str:
     keys = FleetKeys(FLEET)
     write_keypair(work / "keys")
     registry = Registry(client, keys, DirBlobStore(work / "blobs"))
-    publisher = Publisher(client, keys, Signer.from_file(work / "keys" / "signing.key"),
-                          registry=registry, release="manual")  # fmt: skip
+    publisher = Publisher(
+        client,
+        keys,
+        Signer.from_file(work / "keys" / "signing.key"),
+        registry=registry,
+        release="manual",
+    )
     baseline = BUNDLED_BASELINE.read_bytes()
     inputs = np.zeros((2, 64), dtype=np.float32)
-    probe = ProbeSet(inputs=inputs.tolist(),
-                     expected=TFLiteModel(baseline).predict_proba_batch(inputs).tolist())  # fmt: skip
+    probe = ProbeSet(
+        inputs=inputs.tolist(), expected=TFLiteModel(baseline).predict_proba_batch(inputs).tolist()
+    )
     shas = [
-        publisher.publish("digits", content, num_features=64, labels=[str(i) for i in range(10)],
-                          probe=probe, runtime="ai-edge-litert").sha256
+        publisher.publish(
+            "digits",
+            content,
+            num_features=64,
+            labels=[str(i) for i in range(10)],
+            probe=probe,
+            runtime="ai-edge-litert",
+        ).sha256
         for content in (baseline + b"\0", baseline + b"\1", b"not a model" * 100)
-    ]  # fmt: skip
+    ]
     client.set(keys.target("digits"), shas[0])
     for i in range(6):
         report(client, FLEET, f"pi-{i}", shas[0], version=1, rolling_accuracy=0.9)
     controller = RolloutController(client, keys, registry)
-    rollout = controller.create(RolloutSpec(model="digits", target="2",
-                                            stages=[StageSpec(name="canary", count=1), StageSpec(name="all", percent=100)]))  # fmt: skip
+    rollout = controller.create(
+        RolloutSpec(
+            model="digits",
+            target="2",
+            stages=[StageSpec(name="canary", count=1), StageSpec(name="all", percent=100)],
+        )
+    )
     controller.pin("digits", "pi-5", "1", "seed")
     token = issue(client, FLEET, "admin", "fuzz-admin")
     issue(client, FLEET, "viewer", "fuzz-viewer")
@@ -97,9 +114,15 @@ def _fuzz(redis_url: str, work: Path, token: str, args: argparse.Namespace) -> i
     from cloud.api.app import create_app
     from cloud.api.settings import ApiSettings
 
-    settings = ApiSettings(fleet=FLEET, redis_url=redis_url, blob_dir=work / "blobs",
-                           public_key=work / "keys" / "signing.pub", token_pepper=PEPPER,
-                           controller_interval_s=1.0, log_level="WARNING")  # fmt: skip
+    settings = ApiSettings(
+        fleet=FLEET,
+        redis_url=redis_url,
+        blob_dir=work / "blobs",
+        public_key=work / "keys" / "signing.pub",
+        token_pepper=PEPPER,
+        controller_interval_s=1.0,
+        log_level="WARNING",
+    )
     exe = shutil.which(
         "schemathesis",
         path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
@@ -107,9 +130,22 @@ def _fuzz(redis_url: str, work: Path, token: str, args: argparse.Namespace) -> i
     if exe is None:
         raise SystemExit("schemathesis is not installed: pip install -e '.[dev]'")
     with serving(create_app(settings)) as base:
-        cmd = [exe, "run", f"{base}/openapi.json", "--checks", "not_a_server_error",
-               "-H", f"Authorization: Bearer {token}", "--max-examples", str(args.max_examples),
-               "--request-timeout", "30", "--workers", "1", *args.extra]  # fmt: skip
+        cmd = [
+            exe,
+            "run",
+            f"{base}/openapi.json",
+            "--checks",
+            "not_a_server_error",
+            "-H",
+            f"Authorization: Bearer {token}",
+            "--max-examples",
+            str(args.max_examples),
+            "--request-timeout",
+            "30",
+            "--workers",
+            "1",
+            *args.extra,
+        ]
         print(
             "$",
             " ".join(c if "Bearer" not in c else "Authorization: Bearer ***" for c in cmd),

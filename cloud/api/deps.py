@@ -91,11 +91,17 @@ VersionRef = Annotated[
 ]
 RefQuery = Annotated[
     str,
-    Query(pattern=REF_PATTERN, description="a version ref, as in the version path",
-          examples=["latest"]),
-]  # fmt: skip
+    Query(
+        pattern=REF_PATTERN,
+        description="a version ref, as in the version path",
+        examples=["latest"],
+    ),
+]
 Sha256Query = Annotated[
     str,
-    Query(pattern=SHA256_PATTERN, description="sha256 of the version the edge holds",
-          examples=["3f1c9a5e7b2d4c6f8a0e1b3d5f7a9c2e4b6d8f0a1c3e5a7b9d2f4c6e8a0b1d3f"]),
-]  # fmt: skip
+    Query(
+        pattern=SHA256_PATTERN,
+        description="sha256 of the version the edge holds",
+        examples=["3f1c9a5e7b2d4c6f8a0e1b3d5f7a9c2e4b6d8f0a1c3e5a7b9d2f4c6e8a0b1d3f"],
+    ),
+]

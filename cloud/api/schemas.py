@@ -126,8 +126,9 @@ class DevicePublic(BaseModel):
     )
     last_seen: float | None = Field(None, description="unix time of the last report")
     model: str | None = Field(None, examples=["digits"])
-    version: int | None = Field(None, description="version served (None: baseline or unknown)",
-                                examples=[3])  # fmt: skip
+    version: int | None = Field(
+        None, description="version served (None: baseline or unknown)", examples=[3]
+    )
     sha256: str | None = Field(None, examples=[SHA_EXAMPLE])
     desired_sha256: str | None = Field(
         None, description="pin, else rollout assignment, else target"
@@ -187,9 +188,12 @@ class PinCreate(BaseModel):
     )
 
     model: str = Field(pattern=NAME_PATTERN, examples=["digits"])
-    version: str = Field(min_length=1, max_length=64,
-                         description="version number (3 or v3), label or sha256",
-                         examples=["3"])  # fmt: skip
+    version: str = Field(
+        min_length=1,
+        max_length=64,
+        description="version number (3 or v3), label or sha256",
+        examples=["3"],
+    )
 
 
 class PinPublic(BaseModel):
@@ -214,20 +218,31 @@ class RolloutCreate(RolloutSpec):
         extra="forbid",
         json_schema_extra={
             "examples": [
-                {"model": "digits", "target": "4",
-                 "stages": [{"name": "canary", "count": 1}, {"name": "half", "percent": 50},
-                            {"name": "all", "percent": 100}],
-                 "auto_promote": True, "gate": {"min_labeled": 50, "max_accuracy_drop": 0.05}},
+                {
+                    "model": "digits",
+                    "target": "4",
+                    "stages": [
+                        {"name": "canary", "count": 1},
+                        {"name": "half", "percent": 50},
+                        {"name": "all", "percent": 100},
+                    ],
+                    "auto_promote": True,
+                    "gate": {"min_labeled": 50, "max_accuracy_drop": 0.05},
+                },
             ]
         },
-    )  # fmt: skip
+    )
 
     model: str = Field(pattern=NAME_PATTERN, examples=["digits"])
-    target: str = Field(min_length=1, max_length=64,
-                        description="version number (4 or v4), label or sha256 of version B",
-                        examples=["4"])  # fmt: skip
-    devices: list[str] | None = Field(None, max_length=100_000,
-                                      description="limit the rollout to these devices")  # fmt: skip
+    target: str = Field(
+        min_length=1,
+        max_length=64,
+        description="version number (4 or v4), label or sha256 of version B",
+        examples=["4"],
+    )
+    devices: list[str] | None = Field(
+        None, max_length=100_000, description="limit the rollout to these devices"
+    )
 
     @field_validator("devices")
     @classmethod
@@ -283,10 +298,12 @@ class FeedbackBatch(BaseModel):
 
 
 class FeedbackAcceptedPublic(BaseModel):
-    accepted: int = Field(description="events appended to the fleet's feedback stream",
-                          examples=[2])  # fmt: skip
-    entries: list[str] = Field(description="stream entry ids (one per batch of events)",
-                               examples=[["1718000000000-0"]])  # fmt: skip
+    accepted: int = Field(
+        description="events appended to the fleet's feedback stream", examples=[2]
+    )
+    entries: list[str] = Field(
+        description="stream entry ids (one per batch of events)", examples=[["1718000000000-0"]]
+    )
 
 
 # -- tokens ---------------------------------------------------------------------------
@@ -300,8 +317,9 @@ class TokenCreate(BaseModel):
 
     name: str = Field(pattern=NAME_PATTERN, examples=["alice"])
     role: Role = Field(examples=["viewer"])
-    device: str | None = Field(None, pattern=NAME_PATTERN,
-                               description="device tokens only: the device it may post for")  # fmt: skip
+    device: str | None = Field(
+        None, pattern=NAME_PATTERN, description="device tokens only: the device it may post for"
+    )
 
 
 class TokenPublic(BaseModel):

@@ -39,10 +39,16 @@ def run(args: argparse.Namespace) -> int:
 
     from cloud.api.app import create_app
 
-    server = uvicorn.Server(uvicorn.Config(
-        create_app(settings), host=settings.host, port=settings.port,
-        log_level=settings.log_level.lower(), log_config=None, access_log=False,
-    ))  # fmt: skip
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level.lower(),
+            log_config=None,
+            access_log=False,
+        )
+    )
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         # uvicorn handles SIGTERM/SIGINT while it serves, then restores this handler

@@ -31,9 +31,22 @@ from shared.keys import check_name
 DEV_TOKEN_PEPPER = "edgeloop-development-token-pepper"
 #: Peppers that are defaults somewhere (or guessable): refused outside development.
 KNOWN_PEPPERS = frozenset(
-    {DEV_TOKEN_PEPPER, "changeme", "change-me", "change_me", "secret", "pepper", "edgeloop",
-     "default", "password", "token_pepper", "development", "test", "example"}
-)  # fmt: skip
+    {
+        DEV_TOKEN_PEPPER,
+        "changeme",
+        "change-me",
+        "change_me",
+        "secret",
+        "pepper",
+        "edgeloop",
+        "default",
+        "password",
+        "token_pepper",
+        "development",
+        "test",
+        "example",
+    }
+)
 MIN_PEPPER_CHARS = 16
 
 

@@ -77,11 +77,15 @@ FULL = Scenario(updates=16, per_update=72, upright_updates=2, eval_size=300)
 #: on the recent window (min_gain 0) and does not forget, so that the runs are
 #: sequences of continual updates.
 BENCH_SETTINGS: dict[str, Any] = {
-    "round_interval_s": 3600.0, "drift_window": 10_000, "gate_min_recent": 10, "min_gain": 0.0,
-    "status_interval_s": 3600.0, "block_ms": 10,
+    "round_interval_s": 3600.0,
+    "drift_window": 10_000,
+    "gate_min_recent": 10,
+    "min_gain": 0.0,
+    "status_interval_s": 3600.0,
+    "block_ms": 10,
     # rounds run inside step() here, where nothing renews the lease while they train
     "lock_ttl_ms": 3_600_000,
-}  # fmt: skip
+}
 
 
 @dataclass
@@ -127,15 +131,18 @@ class Stream:
         full = sum(r.full_bytes for r in b if r.published)
         acc_b, acc_u = self.final()
         return {
-            "seed": self.seed, "delta_bytes": delta, "full_bytes": full,
+            "seed": self.seed,
+            "delta_bytes": delta,
+            "full_bytes": full,
             "patch_from_bytes": sum(r.patch_from_bytes for r in u if r.published),
             "full_bytes_unconstrained": sum(r.full_bytes for r in u if r.published),
             "delta_ratio": round(delta / full, 4) if full else None,
-            "acc_budgeted": round(acc_b, 4), "acc_unconstrained": round(acc_u, 4),
+            "acc_budgeted": round(acc_b, 4),
+            "acc_unconstrained": round(acc_u, 4),
             "acc_gap_points": round(100 * (acc_u - acc_b), 2),
             "published_budgeted": sum(r.published for r in b),
             "published_unconstrained": sum(r.published for r in u),
-        }  # fmt: skip
+        }
 
 
 @dataclass
@@ -172,16 +179,29 @@ class Result:
 
     def as_json(self) -> dict[str, Any]:
         runs = [
-            {**stream.figures(), "updates": [
-                {"update": i + 1, "rotated": i >= self.scenario.upright_updates,
-                 "budgeted": {**asdict(rb), "acc": round(rb.acc, 4)},
-                 "unconstrained": {**asdict(ru), "acc": round(ru.acc, 4)}}
-                for i, (rb, ru) in enumerate(zip(stream.budgeted, stream.unconstrained, strict=True))
-            ]}
+            {
+                **stream.figures(),
+                "updates": [
+                    {
+                        "update": i + 1,
+                        "rotated": i >= self.scenario.upright_updates,
+                        "budgeted": {**asdict(rb), "acc": round(rb.acc, 4)},
+                        "unconstrained": {**asdict(ru), "acc": round(ru.acc, 4)},
+                    }
+                    for i, (rb, ru) in enumerate(
+                        zip(stream.budgeted, stream.unconstrained, strict=True)
+                    )
+                ],
+            }
             for stream in self.streams
-        ]  # fmt: skip
-        return {**self.summary(), "runs": runs, "scenario": asdict(self.scenario),
-                "settings": BENCH_SETTINGS, "seconds": round(self.seconds, 1)}  # fmt: skip
+        ]
+        return {
+            **self.summary(),
+            "runs": runs,
+            "scenario": asdict(self.scenario),
+            "settings": BENCH_SETTINGS,
+            "seconds": round(self.seconds, 1),
+        }
 
 
 # -- the runs ---------------------------------------------------------------------
@@ -204,8 +224,10 @@ def run_benchmark(
             write_keypair(workdir / "keys")
             for k in range(scenario.streams):
                 one = replace(scenario, seed=scenario.seed + k)
-                budgeted, full = (_run(mode, url, workdir, one, overrides or {}, progress)
-                                  for mode in ("budgeted", "full"))  # fmt: skip
+                budgeted, full = (
+                    _run(mode, url, workdir, one, overrides or {}, progress)
+                    for mode in ("budgeted", "full")
+                )
                 result.streams.append(Stream(one.seed, budgeted, full))
         finally:
             group.stop_all()
@@ -235,11 +257,15 @@ def _run(
     X_eval, y_eval = stream.X[held], stream.y[held]
     X_eval_rot = rotate(X_eval)
     settings = TrainerSettings(
-        fleet=f"bench-{mode}-{scenario.seed}", redis_url=url, consumer=f"bench-{mode}",
-        update_mode=mode, signing_key=workdir / "keys" / "signing.key",
+        fleet=f"bench-{mode}-{scenario.seed}",
+        redis_url=url,
+        consumer=f"bench-{mode}",
+        update_mode=mode,
+        signing_key=workdir / "keys" / "signing.key",
         blob_dir=workdir / f"blobs-{mode}-{scenario.seed}",
-        round_min_samples=scenario.per_update, **{**BENCH_SETTINGS, **overrides},
-    )  # fmt: skip
+        round_min_samples=scenario.per_update,
+        **{**BENCH_SETTINGS, **overrides},
+    )
     client = redis.Redis.from_url(url)
     trainer = Trainer(settings, client=client, dataset=digits, background_rounds=False)
     rows: list[RunRow] = []
@@ -263,11 +289,16 @@ def _run(
             t = time.perf_counter()
             report = _update(trainer, client, X, stream.y[idx], seq=start)
             delta = (report.get("details") or {}).get("delta") or {}
-            row = RunRow(published=bool(report.get("published")), version=report.get("version"),
-                         reason=str(report.get("reason", report.get("error", ""))),
-                         scales=delta.get("scales"), recalibrated_for=delta.get("reason"),
-                         residual_l2=delta.get("residual_l2"), budget_bytes=delta.get("budget_bytes"),
-                         seconds=round(time.perf_counter() - t, 2))  # fmt: skip
+            row = RunRow(
+                published=bool(report.get("published")),
+                version=report.get("version"),
+                reason=str(report.get("reason", report.get("error", ""))),
+                scales=delta.get("scales"),
+                recalibrated_for=delta.get("reason"),
+                residual_l2=delta.get("residual_l2"),
+                budget_bytes=delta.get("budget_bytes"),
+                seconds=round(time.perf_counter() - t, 2),
+            )
             if row.published:
                 content = trainer.publisher.content(report["sha256"])
                 _measure(row, previous, content)
@@ -306,9 +337,13 @@ def _send(trainer: Any, client: Any, X: Any, y: Any, seq: int) -> None:
     pipe = client.pipeline(transaction=False)
     for j in range(len(y)):
         device = f"bench-{(seq + j) % 4}"
-        event = FeedbackEvent(event_id=f"{device}:e0:{(seq + j) // 4}", device_id=device,
-                              model=trainer.settings.model, x=[float(v) for v in X[j]],
-                              label=int(y[j]))  # fmt: skip
+        event = FeedbackEvent(
+            event_id=f"{device}:e0:{(seq + j) // 4}",
+            device_id=device,
+            model=trainer.settings.model,
+            x=[float(v) for v in X[j]],
+            label=int(y[j]),
+        )
         pipe.xadd(trainer.keys.feedback, {"data": event.to_wire()})
     pipe.execute()
 
@@ -377,8 +412,12 @@ def run(args: argparse.Namespace) -> int:
     for name in ("cloud", "edge", "shared"):
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
     err = Console(stderr=True)
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TimeElapsedColumn())  # fmt: skip
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=err, transient=True) as progress:
         result = run_benchmark(scenario, overrides, progress)
     if args.json:
@@ -392,27 +431,53 @@ def _print_table(result: Result, console: Any) -> None:
     from rich.table import Table
 
     for stream in result.streams:
-        table = Table(title=f"Bytes per update, stream {stream.seed}: budgeted trainer vs full "
-                      "re-export (digits, rotation drift)")  # fmt: skip
-        for col in ("update", "data", "budgeted: scales", "changed B", "delta B", "full B", "acc",
-                    "unconstr.: full B", "patch-from B", "acc"):  # fmt: skip
+        table = Table(
+            title=f"Bytes per update, stream {stream.seed}: budgeted trainer vs full "
+            "re-export (digits, rotation drift)"
+        )
+        for col in (
+            "update",
+            "data",
+            "budgeted: scales",
+            "changed B",
+            "delta B",
+            "full B",
+            "acc",
+            "unconstr.: full B",
+            "patch-from B",
+            "acc",
+        ):
             table.add_column(
                 col, justify="left" if col in ("data", "budgeted: scales") else "right"
             )
         for i, (b, u) in enumerate(zip(stream.budgeted, stream.unconstrained, strict=True)):
             rotated = i >= result.scenario.upright_updates
             table.add_row(
-                str(i + 1), "rotated" if rotated else "upright",
+                str(i + 1),
+                "rotated" if rotated else "upright",
                 (b.scales or "-") if b.published else "rejected",
-                _n(b.bytes_changed, b.published), _n(b.delta_bytes, b.published),
-                _n(b.full_bytes, b.published), f"{b.acc:.3f}",
-                _n(u.full_bytes, u.published), _n(u.patch_from_bytes, u.published), f"{u.acc:.3f}",
-            )  # fmt: skip
+                _n(b.bytes_changed, b.published),
+                _n(b.delta_bytes, b.published),
+                _n(b.full_bytes, b.published),
+                f"{b.acc:.3f}",
+                _n(u.full_bytes, u.published),
+                _n(u.patch_from_bytes, u.published),
+                f"{u.acc:.3f}",
+            )
         f = stream.figures()
         table.add_section()
-        table.add_row("total", "", "", "", f"{f['delta_bytes']:,}", f"{f['full_bytes']:,}",
-                      f"{f['acc_budgeted']:.3f}", f"{f['full_bytes_unconstrained']:,}",
-                      f"{f['patch_from_bytes']:,}", f"{f['acc_unconstrained']:.3f}")  # fmt: skip
+        table.add_row(
+            "total",
+            "",
+            "",
+            "",
+            f"{f['delta_bytes']:,}",
+            f"{f['full_bytes']:,}",
+            f"{f['acc_budgeted']:.3f}",
+            f"{f['full_bytes_unconstrained']:,}",
+            f"{f['patch_from_bytes']:,}",
+            f"{f['acc_unconstrained']:.3f}",
+        )
         console.print(table)
     s = result.summary()
     ratio = "n/a" if s["delta_ratio"] is None else f"{s['delta_ratio']:.1%}"

@@ -122,9 +122,14 @@ class ApiClient:
         return self.parse(shape, self.get(template, *parts, params=params or None))
 
     def send_as(
-        self, shape: type[M], method: str, template: str, *parts: str, body: Any = None,
+        self,
+        shape: type[M],
+        method: str,
+        template: str,
+        *parts: str,
+        body: Any = None,
         params: dict[str, str] | None = None,
-    ) -> tuple[M, Any]:  # fmt: skip
+    ) -> tuple[M, Any]:
         return self.parse(shape, self.request(method, template, *parts, params=params, body=body))
 
     @staticmethod

@@ -171,14 +171,25 @@ def devices(args: argparse.Namespace) -> int:
 
 
 def _start(api: ApiClient, args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {"model": args.model, "target": args.version,
-                            "stages": stages_of(args.stages, args.canary),
-                            "auto_promote": not args.manual}  # fmt: skip
+    body: dict[str, Any] = {
+        "model": args.model,
+        "target": args.version,
+        "stages": stages_of(args.stages, args.canary),
+        "auto_promote": not args.manual,
+    }
     if args.devices:
         body["devices"] = [d for group in args.devices for d in group.split(",") if d]
-    gate = {k: v for k, v in (("min_labeled", args.min_labeled), ("min_requests", args.min_requests),
-                              ("min_dwell_s", args.min_dwell), ("max_accuracy_drop", args.max_accuracy_drop),
-                              ("stage_timeout_s", args.stage_timeout)) if v is not None}  # fmt: skip
+    gate = {
+        k: v
+        for k, v in (
+            ("min_labeled", args.min_labeled),
+            ("min_requests", args.min_requests),
+            ("min_dwell_s", args.min_dwell),
+            ("max_accuracy_drop", args.max_accuracy_drop),
+            ("stage_timeout_s", args.stage_timeout),
+        )
+        if v is not None
+    }
     if gate:
         body["gate"] = gate
     r, raw = api.send_as(RolloutPublic, "POST", "/v1/rollouts", body=body)

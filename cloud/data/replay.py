@@ -250,8 +250,11 @@ class TrainerData:
         fields = self.client.hgetall(self.replay_key)
         # sorted: a hash's order depends on the server's random hash seed, and a round
         # must train on the same sequence wherever it runs (deterministic under a seed)
-        blobs = [v for k, v in sorted(fields.items())
-                 if k.startswith((b"s:", b"t:")) and k != RING_COUNTER]  # fmt: skip
+        blobs = [
+            v
+            for k, v in sorted(fields.items())
+            if k.startswith((b"s:", b"t:")) and k != RING_COUNTER
+        ]
         return decode_samples(blobs, self.num_features)
 
     def replay_set(self) -> tuple[FloatArray, IntArray]:

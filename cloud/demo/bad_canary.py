@@ -47,10 +47,14 @@ DEMO_PEPPER = "edgeloop-demo-pepper-not-a-secret"
 
 #: Gates sized for a demo: decisions after a few dozen labels, not hundreds.
 DEMO_GATE = {
-    "min_labeled": 30, "min_requests": 40, "min_dwell_s": 6.0, "max_accuracy_drop": 0.10,
+    "min_labeled": 30,
+    "min_requests": 40,
+    "min_dwell_s": 6.0,
+    "max_accuracy_drop": 0.10,
     # ten edge processes share two cores here: latency says more about the machine than B
-    "max_p99_ratio": 20.0, "stage_timeout_s": 240.0,
-}  # fmt: skip
+    "max_p99_ratio": 20.0,
+    "stage_timeout_s": 240.0,
+}
 
 
 def operator_versions(demo: Demo) -> tuple[ExportResult, ExportResult]:
@@ -75,8 +79,9 @@ class BadCanaryDemo(Demo):
         redis_url = self._start_redis_and_keys()
         # The trainer ingests and bootstraps v1 (the fleet's target); its own rounds are
         # off so that the rollouts below are the only way versions move.
-        self._start_trainer(redis_url, self.private_key, round_min_samples=10**9,
-                            round_interval_s=10**6)  # fmt: skip
+        self._start_trainer(
+            redis_url, self.private_key, round_min_samples=10**9, round_interval_s=10**6
+        )
         self._wait("trainer bootstrap: first version", self._first_version, timeout=300)
         self._start_api(redis_url)
         guard = {"guard_p99_floor_ms": 200.0, "guard_min_labeled": 25}
@@ -93,18 +98,30 @@ class BadCanaryDemo(Demo):
     def _start_api(self, redis_url: str) -> None:
         port = free_port()
         config = self.workdir / "api.toml"
-        config.write_text(_toml({
-            "mode": "development", "fleet": FLEET, "redis_url": redis_url, "port": port,
-            "blob_dir": str(self.workdir / "blobs"), "public_key": str(self.public_key),
-            "token_pepper": DEMO_PEPPER, "controller_interval_s": 1.0,
-        }))  # fmt: skip
+        config.write_text(
+            _toml(
+                {
+                    "mode": "development",
+                    "fleet": FLEET,
+                    "redis_url": redis_url,
+                    "port": port,
+                    "blob_dir": str(self.workdir / "blobs"),
+                    "public_key": str(self.public_key),
+                    "token_pepper": DEMO_PEPPER,
+                    "controller_interval_s": 1.0,
+                }
+            )
+        )
         self.group.spawn("api", python_module("cloud.cli.main", "api", "--config", str(config)))
         assert self.redis is not None
         _, token = TokenStore(self.redis, self.keys, DEMO_PEPPER.encode()).issue(
             "demo-operator", "admin", by="demo"
         )
-        self.api = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10.0,
-                                headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+        self.api = httpx.Client(
+            base_url=f"http://127.0.0.1:{port}",
+            timeout=10.0,
+            headers={"Authorization": f"Bearer {token}"},
+        )
         self._wait("the REST API", self._api_up, timeout=60)
 
     def _api_up(self) -> bool:
@@ -120,23 +137,41 @@ class BadCanaryDemo(Demo):
         good, harmful = operator_versions(self)
         assert self.redis is not None
         registry = Registry(self.redis, self.keys, DirBlobStore(self.workdir / "blobs"))
-        publisher = Publisher(self.redis, self.keys, Signer.from_file(self.private_key),
-                              registry=registry, release="manual")  # fmt: skip
+        publisher = Publisher(
+            self.redis,
+            self.keys,
+            Signer.from_file(self.private_key),
+            registry=registry,
+            release="manual",
+        )
         versions = []
-        for exported, what in ((good, "retrained on the seed data"),
-                               (harmful, "output labels permuted on purpose (scenario)")):  # fmt: skip
+        for exported, what in (
+            (good, "retrained on the seed data"),
+            (harmful, "output labels permuted on purpose (scenario)"),
+        ):
             published = publisher.publish(
-                self.model, exported.content, num_features=self.dataset.num_features,
-                labels=self.dataset.labels, probe=exported.probe, runtime=exported.runtime,
+                self.model,
+                exported.content,
+                num_features=self.dataset.num_features,
+                labels=self.dataset.labels,
+                probe=exported.probe,
+                runtime=exported.runtime,
                 explanation=Explanation(trigger="operator", summary=what),
-            )  # fmt: skip
+            )
             versions.append(published.version)
         return versions[0], versions[1]
 
     def roll_out(self, version: int, live: Live, what: str) -> dict[str, Any]:
-        body = {"model": self.model, "target": str(version), "gate": DEMO_GATE,
-                "stages": [{"name": "canary", "count": 2}, {"name": "half", "percent": 50},
-                           {"name": "all", "percent": 100}]}  # fmt: skip
+        body = {
+            "model": self.model,
+            "target": str(version),
+            "gate": DEMO_GATE,
+            "stages": [
+                {"name": "canary", "count": 2},
+                {"name": "half", "percent": 50},
+                {"name": "all", "percent": 100},
+            ],
+        }
         r = self.api.post("/v1/rollouts", json=body)
         if r.status_code != 201:
             raise DemoError(f"the API refused the rollout of v{version}: {r.status_code} {r.text}")
@@ -144,8 +179,10 @@ class BadCanaryDemo(Demo):
         while rollout["state"] in ("running", "paused", "waiting"):
             self._check_children()
             stage = rollout["stages"][rollout["current"]]
-            self.headline = (f"{what}: rollout {rollout['id']} of v{version}, stage {stage['name']} "
-                             f"({len(stage['devices'])} devices): {_gate_line(stage)}")  # fmt: skip
+            self.headline = (
+                f"{what}: rollout {rollout['id']} of v{version}, stage {stage['name']} "
+                f"({len(stage['devices'])} devices): {_gate_line(stage)}"
+            )
             live.update(self._render())
             time.sleep(1.0)
             rollout = self.api.get(f"/v1/rollouts/{rollout['id']}").json()

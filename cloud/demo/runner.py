@@ -120,14 +120,28 @@ class Demo:
     def _start_trainer(self, redis_url: str, private_key: Path, **overrides: Any) -> None:
         q = self.o.quick
         config = self.workdir / "cloud.toml"
-        config.write_text(_toml({
-            "mode": "development", "fleet": FLEET, "model": self.model, "redis_url": redis_url,
-            "signing_key": str(private_key), "consumer": "trainer-1", "seed": self.o.seed,
-            "dataset": self.o.dataset, "label_column": self.o.label_column,
-            "round_min_samples": 150 if q else 250, "round_interval_s": 20.0 if q else 30.0,
-            "drift_window": 40, "status_interval_s": 1.0, "claim_idle_ms": 5000,
-            "blob_dir": str(self.workdir / "blobs"), **overrides,
-        }))  # fmt: skip
+        config.write_text(
+            _toml(
+                {
+                    "mode": "development",
+                    "fleet": FLEET,
+                    "model": self.model,
+                    "redis_url": redis_url,
+                    "signing_key": str(private_key),
+                    "consumer": "trainer-1",
+                    "seed": self.o.seed,
+                    "dataset": self.o.dataset,
+                    "label_column": self.o.label_column,
+                    "round_min_samples": 150 if q else 250,
+                    "round_interval_s": 20.0 if q else 30.0,
+                    "drift_window": 40,
+                    "status_interval_s": 1.0,
+                    "claim_idle_ms": 5000,
+                    "blob_dir": str(self.workdir / "blobs"),
+                    **overrides,
+                }
+            )
+        )
         self.trainer_child = self.group.spawn(
             "trainer",
             python_module(
@@ -138,12 +152,22 @@ class Demo:
     def _start_edge(self, device: str, redis_url: str, public_key: Path, **overrides: Any) -> None:
         port = free_port()
         config = self.workdir / f"{device}.toml"
-        config.write_text(_toml({
-            "mode": "development", "device_id": device, "fleet": FLEET, "model": self.model,
-            "redis_url": redis_url, "public_key": str(public_key),
-            "state_dir": str(self.workdir / device), "http_port": port, "status_interval_s": 1.0,
-            **overrides,
-        }))  # fmt: skip
+        config.write_text(
+            _toml(
+                {
+                    "mode": "development",
+                    "device_id": device,
+                    "fleet": FLEET,
+                    "model": self.model,
+                    "redis_url": redis_url,
+                    "public_key": str(public_key),
+                    "state_dir": str(self.workdir / device),
+                    "http_port": port,
+                    "status_interval_s": 1.0,
+                    **overrides,
+                }
+            )
+        )
         self.edge_children[device] = self.group.spawn(
             device, python_module("edge.cli", "--config", str(config))
         )
@@ -218,10 +242,17 @@ class Demo:
         drift_fn = drift(self.dataset.kind)
         for n, (device, url) in enumerate(self.edge_urls.items()):
             app = SensorApp(
-                f"app-{device}", url, parts.stream.X, parts.stream.y, drift_fn, self.phase,
-                rate_hz=rate_hz, label_share=self.o.label_share,
-                noise=self.o.noise if self.dataset.kind == "digits" else 0.0, seed=self.o.seed + n,
-            )  # fmt: skip
+                f"app-{device}",
+                url,
+                parts.stream.X,
+                parts.stream.y,
+                drift_fn,
+                self.phase,
+                rate_hz=rate_hz,
+                label_share=self.o.label_share,
+                noise=self.o.noise if self.dataset.kind == "digits" else 0.0,
+                seed=self.o.seed + n,
+            )
             self.apps[device] = app
             app.start()
 

@@ -104,8 +104,13 @@ def attribution_shift(
     order = np.argsort(change, kind="stable")
 
     def shift(i: int) -> FeatureShift:
-        return FeatureShift(feature=names[i], index=int(i), parent=round(float(before[i]), 6),
-                            child=round(float(after[i]), 6), change=round(float(change[i]), 6))  # fmt: skip
+        return FeatureShift(
+            feature=names[i],
+            index=int(i),
+            parent=round(float(before[i]), 6),
+            child=round(float(after[i]), 6),
+            change=round(float(change[i]), 6),
+        )
 
     out.gained = [shift(int(i)) for i in order[::-1][:top] if change[i] > 0]
     out.lost = [shift(int(i)) for i in order[:top] if change[i] < 0]

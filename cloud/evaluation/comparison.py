@@ -114,7 +114,10 @@ def flips(
     fixed = [sid for sid, (was, now) in outcome.items() if now and not was]
     broken = [sid for sid, (was, now) in outcome.items() if was and not now]
     return Flips(
-        compared=len(outcome), fixed=len(fixed), broken=len(broken),
-        fixed_ids=fixed[:examples], broken_ids=broken[:examples],
+        compared=len(outcome),
+        fixed=len(fixed),
+        broken=len(broken),
+        fixed_ids=fixed[:examples],
+        broken_ids=broken[:examples],
         by_set={name: by_set[name] for name in EVAL_SETS},
-    )  # fmt: skip
+    )

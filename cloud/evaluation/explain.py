@@ -115,21 +115,33 @@ def explain_version(
     p_early = accuracy(parent_p["earlier"], y_old, older) if parent is not None else None
     c_early = accuracy(child_p["earlier"], y_old, older)
     forgetting = Forgetting(
-        samples=int(older.sum()), parent_accuracy=p_early, child_accuracy=c_early,
+        samples=int(older.sum()),
+        parent_accuracy=p_early,
+        child_accuracy=c_early,
         change=round(c_early - p_early, 4) if c_early is not None and p_early is not None else None,
-    )  # fmt: skip
+    )
     weights = _weights(details, parent, child)
     attribution = attribution_shift(
-        parent.model if parent else None, child.model, _probe(recent, earlier, opts.probe_size),
-        grid=grid, steps=opts.ig_steps,
-    )  # fmt: skip
+        parent.model if parent else None,
+        child.model,
+        _probe(recent, earlier, opts.probe_size),
+        grid=grid,
+        steps=opts.ig_steps,
+    )
     explanation = Explanation(
-        format=EXPLANATION_FORMAT, trigger=trigger, data_window=data_window,
-        hyperparameters=hyperparameters, details=details,
+        format=EXPLANATION_FORMAT,
+        trigger=trigger,
+        data_window=data_window,
+        hyperparameters=hyperparameters,
+        details=details,
         window=window_of(trigger, data_window, earlier=len(earlier[1]), recent=len(recent[1])),
-        evaluation=EvaluationReport(parent=parent_m, child=child_m), forgetting=forgetting,
-        flips=flipped, weights=weights, attribution=attribution, notes=notes,
-    )  # fmt: skip
+        evaluation=EvaluationReport(parent=parent_m, child=child_m),
+        forgetting=forgetting,
+        flips=flipped,
+        weights=weights,
+        attribution=attribution,
+        notes=notes,
+    )
     explanation.summary = summarize(explanation)
     return explanation
 
@@ -142,15 +154,24 @@ def window_of(trigger: str, window: dict[str, Any], *, earlier: int, recent: int
     seeded = trigger == "bootstrap"
     return DataWindow(
         source="seed_split" if seeded else "feedback_stream",
-        first_stream_id=ids[0], last_stream_id=ids[-1],
-        new_samples=int(window.get("seed_split" if seeded else "new_samples", sum(per_class.values()))),
+        first_stream_id=ids[0],
+        last_stream_id=ids[-1],
+        new_samples=int(
+            window.get("seed_split" if seeded else "new_samples", sum(per_class.values()))
+        ),
         labeled_per_class=per_class,
         training_samples=int(window.get("seed_split" if seeded else "training_samples", 0)),
-        earlier_samples=earlier, recent_samples=recent,
-        trigger=TriggerSignal(kind=trigger, served_accuracy=signal.get("served_accuracy"),
-                              served_level=signal.get("level"), drop_threshold=signal.get("drop"),
-                              threshold_samples=signal.get("threshold"), interval_s=signal.get("interval_s")),
-    )  # fmt: skip
+        earlier_samples=earlier,
+        recent_samples=recent,
+        trigger=TriggerSignal(
+            kind=trigger,
+            served_accuracy=signal.get("served_accuracy"),
+            served_level=signal.get("level"),
+            drop_threshold=signal.get("drop"),
+            threshold_samples=signal.get("threshold"),
+            interval_s=signal.get("interval_s"),
+        ),
+    )
 
 
 def _weights(details: dict[str, Any], parent: Side | None, child: Side) -> WeightChange:
@@ -198,7 +219,7 @@ def _why(e: Explanation) -> str:
         why = f"on the {t.interval_s:g} s round timer with {w.new_samples} new labels"
     else:
         why = f"on a {t.kind} trigger"
-    return f"Retrained {why}, on {w.training_samples} samples ({w.new_samples} new)"  # fmt: skip
+    return f"Retrained {why}, on {w.training_samples} samples ({w.new_samples} new)"
 
 
 def summarize(e: Explanation) -> str:
@@ -214,7 +235,9 @@ def summarize(e: Explanation) -> str:
                 if child.earlier.ece is not None
                 else ""
             )
-            sentences.append(f"Held-out accuracy is {acc:.3f}{ece}; there is no parent to compare with.")  # fmt: skip
+            sentences.append(
+                f"Held-out accuracy is {acc:.3f}{ece}; there is no parent to compare with."
+            )
     else:
         clauses = []
         recent = _move(parent.recent.accuracy, child.recent.accuracy)

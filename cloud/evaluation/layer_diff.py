@@ -127,9 +127,13 @@ def compare_layer(parent: LayerTensors, child: LayerTensors) -> LayerChange:
     if not shapes_match:
         return LayerChange(name=child.name, params=child.params, bytes=child.nbytes)
     changed = sum(
-        int(np.count_nonzero(np.frombuffer(a.tobytes(), np.uint8) != np.frombuffer(b.tobytes(), np.uint8)))
+        int(
+            np.count_nonzero(
+                np.frombuffer(a.tobytes(), np.uint8) != np.frombuffer(b.tobytes(), np.uint8)
+            )
+        )
         for a, b in zip(parent.tensors, child.tensors, strict=True)
-    )  # fmt: skip
+    )
     before, after = parent.dequantized(), child.dequantized()
     l2 = float(np.linalg.norm(after - before))
     norm = float(np.linalg.norm(before))
@@ -138,11 +142,15 @@ def compare_layer(parent: LayerTensors, child: LayerTensors) -> LayerChange:
         for a, b in zip(parent.scales[:1], child.scales[:1], strict=True)
     )
     return LayerChange(
-        name=child.name, params=child.params, bytes=child.nbytes, bytes_changed=changed,
+        name=child.name,
+        params=child.params,
+        bytes=child.nbytes,
+        bytes_changed=changed,
         bytes_changed_fraction=round(changed / child.nbytes, 4) if child.nbytes else 0.0,
-        l2_change=round(l2, 6), relative_change=round(l2 / norm, 6) if norm > 0 else None,
+        l2_change=round(l2, 6),
+        relative_change=round(l2 / norm, 6) if norm > 0 else None,
         scales_changed=scales,
-    )  # fmt: skip
+    )
 
 
 def compare_artifacts(parent: bytes | None, child: bytes) -> WeightChange:
@@ -167,9 +175,12 @@ def _totals(source: Any, layers: list[LayerChange]) -> WeightChange:
     known = [layer.bytes_changed for layer in layers]
     changed = None if any(c is None for c in known) else sum(c or 0 for c in known)
     return WeightChange(
-        source=source, layers=layers, bytes=total, bytes_changed=changed,
+        source=source,
+        layers=layers,
+        bytes=total,
+        bytes_changed=changed,
         bytes_changed_fraction=round(changed / total, 4) if changed is not None and total else None,
-    )  # fmt: skip
+    )
 
 
 def from_trainer_report(delta: Any, measured: WeightChange | None = None) -> WeightChange | None:
@@ -208,11 +219,16 @@ def _layer_from_entry(entry: dict[str, Any], measured: LayerChange | None) -> La
     if fraction is None and changed is not None and size:
         fraction = round(int(changed) / size, 4)
     reported = LayerChange(
-        name=str(entry["name"]), params=int(entry.get("params", 0)), bytes=size,
-        bytes_changed=None if changed is None else int(changed), bytes_changed_fraction=fraction,
-        l2_change=entry.get("l2_change", entry.get("l2")), relative_change=entry.get("relative_change"),
-        scales_changed=entry.get("scales_changed"), residual_l2=entry.get("residual_l2"),
-    )  # fmt: skip
+        name=str(entry["name"]),
+        params=int(entry.get("params", 0)),
+        bytes=size,
+        bytes_changed=None if changed is None else int(changed),
+        bytes_changed_fraction=fraction,
+        l2_change=entry.get("l2_change", entry.get("l2")),
+        relative_change=entry.get("relative_change"),
+        scales_changed=entry.get("scales_changed"),
+        residual_l2=entry.get("residual_l2"),
+    )
     if measured is None:
         return reported
     missing = {k: v for k, v in measured.model_dump().items() if getattr(reported, k) is None}

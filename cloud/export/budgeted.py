@@ -144,10 +144,15 @@ def full_details(
 ) -> dict[str, Any]:
     """The delta details of a freshly calibrated child (everything sent: no residual)."""
     return {
-        "mode": mode, "scales": "recalibrated", "reason": reason, "budget_bytes": None,
+        "mode": mode,
+        "scales": "recalibrated",
+        "reason": reason,
+        "budget_bytes": None,
         **describe(TFLiteFile.read(parent_content), TFLiteFile.read(content)),
-        "residual_l2": 0.0, "pending_values": 0, **(extra or {}),
-    }  # fmt: skip
+        "residual_l2": 0.0,
+        "pending_values": 0,
+        **(extra or {}),
+    }
 
 
 @dataclass(frozen=True)
@@ -164,8 +169,13 @@ class ParamLayout:
         tensors, perms = {}, {}
         for name, p in model.named_parameters():
             arr = p.detach().cpu().numpy()
-            hits = [(t.name, perm) for t in consts if t.size == arr.size
-                    for perm in [_axes_onto(arr, values[t.name])] if perm is not None]  # fmt: skip
+            hits = [
+                (t.name, perm)
+                for t in consts
+                if t.size == arr.size
+                for perm in [_axes_onto(arr, values[t.name])]
+                if perm is not None
+            ]
             if len(hits) > 1:  # equal values (e.g. two untrained biases): the names decide
                 module = name.rsplit(".", 1)[0].rsplit(".", 1)[-1]
                 hits = [h for h in hits if parse_module_name(h[0]) == module]
@@ -309,8 +319,11 @@ class BudgetedUpdate:
         opts: BudgetOptions,
     ) -> None:
         self.shadow, self.unconstrained, self.data, self.calibration = (
-            shadow, unconstrained, data, calibration,
-        )  # fmt: skip
+            shadow,
+            unconstrained,
+            data,
+            calibration,
+        )
         self.opts = opts
         self.refit_hp = replace(hp, epochs=opts.refit_epochs, lr=opts.refit_lr, seed=hp.seed + 1)
         self.parent = TFLiteFile.read(parent_content)
@@ -357,21 +370,35 @@ class BudgetedUpdate:
         tfl, agreement = check_against_reference(
             artifact.content, reference, np.concatenate([cal, probe_X]), self.opts.min_agreement
         )
-        exported = ExportResult(artifact.content, sha256_hex(artifact.content), probe_set(tfl, probe_X),
-                                agreement, tfl.runtime, time.perf_counter() - start)  # fmt: skip
+        exported = ExportResult(
+            artifact.content,
+            sha256_hex(artifact.content),
+            probe_set(tfl, probe_X),
+            agreement,
+            tfl.runtime,
+            time.perf_counter() - start,
+        )
         details = {
-            "mode": "budgeted", "scales": scales, "reason": None, "budget_bytes": budget,
+            "mode": "budgeted",
+            "scales": scales,
+            "reason": None,
+            "budget_bytes": budget,
             **describe(self.parent, artifact, carried),
             "selected_values": int(sum(int(m.sum()) for m in selected.values())),
             "pending_values": plan_update(artifact, carried, 0, levels=self.opts.levels).pending,
             "clipped_fraction": round(self.clipped_fraction, 6),
-            "activation_misfit": round(misfit, 4), "activations_recalibrated": len(recalibrated),
+            "activation_misfit": round(misfit, 4),
+            "activations_recalibrated": len(recalibrated),
             "refit": {"epochs": self.refit_hp.epochs, "lr": self.refit_hp.lr},
-        }  # fmt: skip
+        }
         logger.info(
             "budgeted child %s: %d bytes changed (budget %d), scales %s, residual %.4f",
-            exported.sha256[:12], details["bytes_changed"], budget, scales, details["residual_l2"],
-        )  # fmt: skip
+            exported.sha256[:12],
+            details["bytes_changed"],
+            budget,
+            scales,
+            details["residual_l2"],
+        )
         return Child(exported, shadow, details)
 
     def _narrow(self, budget: int) -> tuple[nn.Module, dict[str, npt.NDArray[np.bool_]]]:

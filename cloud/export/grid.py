@@ -121,9 +121,12 @@ def grid_target(t: Tensor, w: FloatArray) -> tuple[npt.NDArray[np.int64], int]:
 
 
 def on_levels(
-    q: npt.NDArray[np.int64], target: npt.NDArray[np.int64], levels: Sequence[int],
-    lo: int = -127, hi: int = 127,
-) -> npt.NDArray[np.int64]:  # fmt: skip
+    q: npt.NDArray[np.int64],
+    target: npt.NDArray[np.int64],
+    levels: Sequence[int],
+    lo: int = -127,
+    hi: int = 127,
+) -> npt.NDArray[np.int64]:
     """``target`` moved to ``q`` plus the nearest allowed step count (or none), in range.
 
     >>> on_levels(np.array([0, 0, 0, 120]), np.array([3, -5, 27, 50]), (8, 32)).tolist()
@@ -189,10 +192,15 @@ def plan_update(
         new_values[name] = values
     content = parent.with_values(new_values)
     return Plan(
-        content=content, budget=budget, weight_bytes_changed=int(cost[take].sum()),
-        candidates=len(score), pending=int(len(score) - take.sum()), clipped=clipped,
-        weights=weight_values, targets=targets,
-    )  # fmt: skip
+        content=content,
+        budget=budget,
+        weight_bytes_changed=int(cost[take].sum()),
+        candidates=len(score),
+        pending=int(len(score) - take.sum()),
+        clipped=clipped,
+        weights=weight_values,
+        targets=targets,
+    )
 
 
 def grid_limits(parent: TFLiteFile) -> dict[str, tuple[FloatArray, FloatArray]]:
@@ -272,17 +280,25 @@ def describe(
         params = sum(t.size for t in layer.tensors)
         entry: dict[str, Any] = {"name": layer.name, "params": params, "bytes": size}
         if old is not None and [t.nbytes for t in old.tensors] == [t.nbytes for t in layer.tensors]:
-            changed = sum(_bytes_differ(parent.content, child.content, a, b)
-                          for a, b in zip(old.tensors, layer.tensors, strict=True))  # fmt: skip
-            diff = np.concatenate([(b.dequantize(child.content) - a.dequantize(parent.content)).ravel()
-                                   for a, b in zip(old.tensors, layer.tensors, strict=True)])  # fmt: skip
+            changed = sum(
+                _bytes_differ(parent.content, child.content, a, b)
+                for a, b in zip(old.tensors, layer.tensors, strict=True)
+            )
+            diff = np.concatenate(
+                [
+                    (b.dequantize(child.content) - a.dequantize(parent.content)).ravel()
+                    for a, b in zip(old.tensors, layer.tensors, strict=True)
+                ]
+            )
             ws, cs = old.weight.scales, layer.weight.scales
             entry.update(
-                bytes_changed=changed, bytes_changed_fraction=round(changed / size, 4),
+                bytes_changed=changed,
+                bytes_changed_fraction=round(changed / size, 4),
                 l2_change=round(float(np.linalg.norm(diff)), 6),
-                scales_changed=int(np.count_nonzero(ws != cs)) if ws is not None and cs is not None
-                and ws.shape == cs.shape else layer.weight.size,
-            )  # fmt: skip
+                scales_changed=int(np.count_nonzero(ws != cs))
+                if ws is not None and cs is not None and ws.shape == cs.shape
+                else layer.weight.size,
+            )
         if weights is not None:
             sq = 0.0
             for t in layer.tensors:
@@ -299,10 +315,13 @@ def describe(
     changed_total = sum(e.get("bytes_changed", e["bytes"]) for e in layers)
     file_changed = bytes_changed(parent.content, child.content)
     out: dict[str, Any] = {
-        "file_bytes": len(child.content), "bytes_changed": file_changed,
+        "file_bytes": len(child.content),
+        "bytes_changed": file_changed,
         "bytes_changed_fraction": round(file_changed / len(child.content), 4),
-        "weight_bytes": total, "weight_bytes_changed": changed_total, "layers": layers,
-    }  # fmt: skip
+        "weight_bytes": total,
+        "weight_bytes_changed": changed_total,
+        "layers": layers,
+    }
     if weights is not None:
         out["residual_l2"] = round(pending_sq**0.5, 6)
     return out

@@ -178,8 +178,9 @@ def _read(content: bytes) -> tuple[dict[str, Tensor], list[Layer]]:
     by_index: dict[int, Tensor] = {}
     for i in range(sg.TensorsLength()):
         by_index[i] = _tensor(i, sg.Tensors(i), model)
-    ops = {getattr(schema.BuiltinOperator, n): n for n in dir(schema.BuiltinOperator)
-           if n.isupper()}  # fmt: skip
+    ops = {
+        getattr(schema.BuiltinOperator, n): n for n in dir(schema.BuiltinOperator) if n.isupper()
+    }
     layers: list[Layer] = []
     seen: set[str] = set()
     for i in range(sg.OperatorsLength()):

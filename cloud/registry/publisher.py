@@ -154,11 +154,19 @@ class Publisher:
             if pipe.zscore(versions_key, sha) is not None:
                 raise PublishError(f"{model}: {sha[:12]} is already a published version")
             manifest = ModelManifest(
-                model=model, version=(parent_version or 0) + 1, sha256=sha, size=len(content),
-                parent_sha256=parent_sha, parent_version=parent_version, num_features=num_features,
-                labels=labels, runtime=runtime, metrics=metrics or {},
-                explanation=explanation or Explanation(), probe=probe,
-            )  # fmt: skip
+                model=model,
+                version=(parent_version or 0) + 1,
+                sha256=sha,
+                size=len(content),
+                parent_sha256=parent_sha,
+                parent_version=parent_version,
+                num_features=num_features,
+                labels=labels,
+                runtime=runtime,
+                metrics=metrics or {},
+                explanation=explanation or Explanation(),
+                probe=probe,
+            )
             manifest_json = manifest.model_dump_json()
             signed = SignedManifest(
                 manifest_json=manifest_json,
@@ -169,14 +177,21 @@ class Publisher:
             )
             payloads = [Payload(encoding="full", key=self.keys.artifact(sha), size=len(artifact))]
             payloads += [
-                Payload(encoding="patch", key=self.keys.patch(base, sha), size=len(patch),
-                        base_sha256=base)
+                Payload(
+                    encoding="patch",
+                    key=self.keys.patch(base, sha),
+                    size=len(patch),
+                    base_sha256=base,
+                )
                 for base, patch in patches
-            ]  # fmt: skip
+            ]
             announcement = DeltaAnnouncement(
-                model=model, version=manifest.version, sha256=sha,
-                manifest_key=self.keys.manifest(sha), payloads=payloads,
-            )  # fmt: skip
+                model=model,
+                version=manifest.version,
+                sha256=sha,
+                manifest_key=self.keys.manifest(sha),
+                payloads=payloads,
+            )
             set_target = self.release == "direct" and not pipe.exists(rollout_key)
             pipe.multi()
             for base, patch in patches:
@@ -199,9 +214,14 @@ class Publisher:
         )
         logger.info(
             "published %s v%d (%s, %d bytes; full %d, patches: %s)%s",
-            model, out["version"], sha[:12], len(content), len(artifact), patch_sizes or "none",
+            model,
+            out["version"],
+            sha[:12],
+            len(content),
+            len(artifact),
+            patch_sizes or "none",
             "; it is the fleet's target" if out["target_set"] else "",
-        )  # fmt: skip
+        )
         return Published(
             out["version"], sha, out["signed"], announcement_id, out["payloads"], out["target_set"]
         )

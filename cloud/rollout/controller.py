@@ -138,12 +138,21 @@ class RolloutController:
             raise InputError("no device to roll out to (none seen recently, or all pinned)")
         rings = members(spec.stages, pool)
         rollout = Rollout(
-            id=uuid.uuid4().hex[:12], fleet=self.keys.fleet, model=spec.model,
-            from_version=from_version, from_sha256=from_sha, to_version=to.version,
-            to_sha256=to.sha256, auto_promote=spec.auto_promote, gate=spec.gate,
+            id=uuid.uuid4().hex[:12],
+            fleet=self.keys.fleet,
+            model=spec.model,
+            from_version=from_version,
+            from_sha256=from_sha,
+            to_version=to.version,
+            to_sha256=to.sha256,
+            auto_promote=spec.auto_promote,
+            gate=spec.gate,
             device_filter=spec.devices,
-            stages=[StageState(name=s.name, devices=ring) for s, ring in zip(spec.stages, rings, strict=True)],
-        )  # fmt: skip
+            stages=[
+                StageState(name=s.name, devices=ring)
+                for s, ring in zip(spec.stages, rings, strict=True)
+            ],
+        )
         rollout.log(f"created: v{from_version} -> v{to.version} over {len(pool)} devices", by)
         key = self.keys.rollout(rollout.id)
         pipe = self.client.pipeline()

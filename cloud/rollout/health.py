@@ -20,10 +20,16 @@ Decision = Literal["pass", "fail", "wait"]
 def sample_of(status: EdgeStatus) -> DeviceSample:
     c = status.counters
     return DeviceSample(
-        sha256=status.sha256, predictions=c.predictions, failed=c.failed_requests,
-        fallbacks=c.fallback_predictions, labeled=c.labeled, correct=c.labeled_correct,
-        p99_ms=status.latency_ms_p99, accuracy=status.rolling_accuracy, ts=status.ts,
-    )  # fmt: skip
+        sha256=status.sha256,
+        predictions=c.predictions,
+        failed=c.failed_requests,
+        fallbacks=c.fallback_predictions,
+        labeled=c.labeled,
+        correct=c.labeled_correct,
+        p99_ms=status.latency_ms_p99,
+        accuracy=status.rolling_accuracy,
+        ts=status.ts,
+    )
 
 
 @dataclass
@@ -48,10 +54,13 @@ def _since(now: DeviceSample, then: DeviceSample) -> DeviceSample:
     if now.predictions < then.predictions or now.labeled < then.labeled:
         then = DeviceSample()
     return DeviceSample(
-        predictions=now.predictions - then.predictions, failed=now.failed - then.failed,
-        fallbacks=now.fallbacks - then.fallbacks, labeled=now.labeled - then.labeled,
-        correct=now.correct - then.correct, p99_ms=now.p99_ms,
-    )  # fmt: skip
+        predictions=now.predictions - then.predictions,
+        failed=now.failed - then.failed,
+        fallbacks=now.fallbacks - then.fallbacks,
+        labeled=now.labeled - then.labeled,
+        correct=now.correct - then.correct,
+        p99_ms=now.p99_ms,
+    )
 
 
 def evaluate(

@@ -69,17 +69,27 @@ class Trainer:
         self.dataset = dataset or load_dataset(s.dataset, s.label_column)
         self.parts = split(self.dataset, s.seed)
         self.data = TrainerData(
-            self.client, self.keys, s.model, num_classes=self.dataset.num_classes,
-            num_features=self.dataset.num_features, replay_capacity=s.replay_capacity,
-            holdout_capacity=s.holdout_capacity, recent_window=s.recent_window, recent_train=s.recent_train,
-        )  # fmt: skip
+            self.client,
+            self.keys,
+            s.model,
+            num_classes=self.dataset.num_classes,
+            num_features=self.dataset.num_features,
+            replay_capacity=s.replay_capacity,
+            holdout_capacity=s.holdout_capacity,
+            recent_window=s.recent_window,
+            recent_train=s.recent_train,
+        )
         self.ingest = FeedbackIngest(self.client, self.keys, self.data, s.ingest_options())
         blobs = DirBlobStore(s.blob_dir or PROD_BLOB_DIR)  # the settings fill blob_dir in
         self.registry = Registry(self.client, self.keys, blobs, patch_ttl_s=s.patch_ttl_s)
         self.publisher = Publisher(
-            self.client, self.keys, Signer.from_file(s.signing_key), registry=self.registry,
-            max_patches=s.max_patches, release=s.release,
-        )  # fmt: skip
+            self.client,
+            self.keys,
+            Signer.from_file(s.signing_key),
+            registry=self.registry,
+            max_patches=s.max_patches,
+            release=s.release,
+        )
         self.rounds = RoundRunner(s, self.client, self.publisher, self.data, self.parts)
         self.lease = Lease(self.client, self.keys.trainer_lock(s.model), s.consumer, s.lock_ttl_ms)
         self.drift = DriftDetector(s.drift_window, s.drift_drop, s.drift_level_alpha)
@@ -278,8 +288,15 @@ class Trainer:
                 out.append(self._summaries[sha])
                 continue
             m = self.publisher.signed_manifest(sha).manifest()
-            out.append(VersionSummary(version=version, sha256=sha, trigger=m.explanation.trigger,
-                                      metrics=m.metrics, published_at=m.created_at))  # fmt: skip
+            out.append(
+                VersionSummary(
+                    version=version,
+                    sha256=sha,
+                    trigger=m.explanation.trigger,
+                    metrics=m.metrics,
+                    published_at=m.created_at,
+                )
+            )
             self._summaries[sha] = out[-1]
         return out
 

@@ -127,17 +127,29 @@ class RoundRunner:
         exported = self._export(result.model, self.parts.seed_train.X, seed=self.s.seed)
         t2 = time.perf_counter()
         earlier = evaluate(TFLiteModel(exported.content), self.data.holdout_set(), self.labels)
-        metrics = {"earlier_accuracy": earlier.accuracy or 0.0, "earlier_samples": float(earlier.samples),
-                   "int8_agreement": exported.agreement}  # fmt: skip
+        metrics = {
+            "earlier_accuracy": earlier.accuracy or 0.0,
+            "earlier_samples": float(earlier.samples),
+            "int8_agreement": exported.agreement,
+        }
         counts = np.bincount(self.parts.seed_train.y, minlength=len(self.labels))
         report = RoundReport(
-            round=0, trigger="bootstrap", published=True, reason="first version", metrics=metrics,
-            data_window={"dataset": self.parts.seed_train.name, "seed_split": len(self.parts.seed_train.y),
-                         "labeled_per_class": {self.labels[c]: int(n) for c, n in enumerate(counts)}},
-            hyperparameters=result.hyperparameters, details={"earlier_recall": earlier.recall},
-        )  # fmt: skip
-        explanation = self._explain(report, result.model, exported, None, self.data.holdout_set(),
-                                    self.data.recent_set())  # fmt: skip
+            round=0,
+            trigger="bootstrap",
+            published=True,
+            reason="first version",
+            metrics=metrics,
+            data_window={
+                "dataset": self.parts.seed_train.name,
+                "seed_split": len(self.parts.seed_train.y),
+                "labeled_per_class": {self.labels[c]: int(n) for c, n in enumerate(counts)},
+            },
+            hyperparameters=result.hyperparameters,
+            details={"earlier_recall": earlier.recall},
+        )
+        explanation = self._explain(
+            report, result.model, exported, None, self.data.holdout_set(), self.data.recent_set()
+        )
         t3 = time.perf_counter()
         self._publish(report, result.model, exported, None, explanation)
         report.timings.update(train_s=t1 - t0, export_s=t2 - t1, publish_s=time.perf_counter() - t3)
@@ -158,11 +170,20 @@ class RoundRunner:
             self.s.epochs, self.s.batch_size, self.s.lr, self.s.seed + round_no, self.s.weight_decay
         )
         report = RoundReport(
-            round=round_no, trigger=trigger, published=False, reason="", parent_version=parent_version,
-            data_window={**window, "training_samples": len(y), "recent_holdout": len(recent[1]),
-                         "earlier_holdout": len(earlier[1])},
-            hyperparameters=hp.as_dict(), timings=timings,
-        )  # fmt: skip
+            round=round_no,
+            trigger=trigger,
+            published=False,
+            reason="",
+            parent_version=parent_version,
+            data_window={
+                **window,
+                "training_samples": len(y),
+                "recent_holdout": len(recent[1]),
+                "earlier_holdout": len(earlier[1]),
+            },
+            hyperparameters=hp.as_dict(),
+            timings=timings,
+        )
         result = fine_tune(parent_model, X, y, hp)
         timings["train_s"] = time.perf_counter() - t0
         t1 = time.perf_counter()
@@ -174,8 +195,15 @@ class RoundRunner:
             return report
         timings["export_s"] = time.perf_counter() - t1
         t2 = time.perf_counter()
-        judge = partial(gate, parent_tfl, earlier=earlier, recent=recent, labels=self.labels,
-                        min_gain=self.s.min_gain, forgetting_tolerance=self.s.forgetting_tolerance)  # fmt: skip
+        judge = partial(
+            gate,
+            parent_tfl,
+            earlier=earlier,
+            recent=recent,
+            labels=self.labels,
+            min_gain=self.s.min_gain,
+            forgetting_tolerance=self.s.forgetting_tolerance,
+        )
         decision = judge(TFLiteModel(child.exported.content, name="child"))
         if update is not None and (
             not decision.publish or self._budget_costs(decision, result.model, recent)
@@ -184,8 +212,11 @@ class RoundRunner:
             child, decision = self._ship_more(update, child, decision, parent_sha, X, hp, judge)
         timings["gate_s"] = time.perf_counter() - t2
         exported = child.exported
-        report.metrics = {**decision.metrics(), "int8_agreement": exported.agreement,
-                          "delta_bytes_changed": float(child.details["bytes_changed"])}  # fmt: skip
+        report.metrics = {
+            **decision.metrics(),
+            "int8_agreement": exported.agreement,
+            "delta_bytes_changed": float(child.details["bytes_changed"]),
+        }
         report.details = {**_details(decision), "delta": child.details}
         report.reason = decision.reason
         if not decision.publish:
@@ -235,16 +266,29 @@ class RoundRunner:
         n = self.s.probe_size
         return cal, X[rest[:n]] if len(rest) >= n else X[order[-n:]]
 
-    def _child(self, parent_sha: str, shadow: nn.Module, trained: nn.Module,
-               X: npt.NDArray[np.float32], y: npt.NDArray[np.int64],
-               hp: Hyperparameters) -> tuple[Child, BudgetedUpdate | None]:  # fmt: skip
+    def _child(
+        self,
+        parent_sha: str,
+        shadow: nn.Module,
+        trained: nn.Module,
+        X: npt.NDArray[np.float32],
+        y: npt.NDArray[np.int64],
+        hp: Hyperparameters,
+    ) -> tuple[Child, BudgetedUpdate | None]:
         """The round's int8 child: on the parent's frozen grid under the update budget
         (cloud/export/budgeted.py), or re-calibrated when the mode or the grid says so."""
         if self.s.update_mode == "full":
             return self._full(parent_sha, trained, X, hp, "full mode"), None
         try:
-            update = BudgetedUpdate(self.publisher.content(parent_sha), shadow, trained, (X, y),
-                                    self._calibration(X, hp.seed), hp, self.s.budget_options())  # fmt: skip
+            update = BudgetedUpdate(
+                self.publisher.content(parent_sha),
+                shadow,
+                trained,
+                (X, y),
+                self._calibration(X, hp.seed),
+                hp,
+                self.s.budget_options(),
+            )
             return update.child(), update
         except FrozenScalesDoNotFit as e:
             logger.info("re-calibrating: %s", e)
@@ -253,11 +297,27 @@ class RoundRunner:
             logger.info("re-calibrating: %s", e)
             return self._full(parent_sha, trained, X, hp, "numeric check", {"error": str(e)}), None
 
-    def _full(self, parent_sha: str, model: nn.Module, X: npt.NDArray[np.float32],
-              hp: Hyperparameters, reason: str, extra: dict[str, Any] | None = None) -> Child:  # fmt: skip
+    def _full(
+        self,
+        parent_sha: str,
+        model: nn.Module,
+        X: npt.NDArray[np.float32],
+        hp: Hyperparameters,
+        reason: str,
+        extra: dict[str, Any] | None = None,
+    ) -> Child:
         exported = self._export(model, X, seed=hp.seed)
-        return Child(exported, model, full_details(self.publisher.content(parent_sha), exported.content,
-                                                   self.s.update_mode, reason, extra))  # fmt: skip
+        return Child(
+            exported,
+            model,
+            full_details(
+                self.publisher.content(parent_sha),
+                exported.content,
+                self.s.update_mode,
+                reason,
+                extra,
+            ),
+        )
 
     def _budget_costs(self, decision: Decision, unconstrained: nn.Module, recent: Samples) -> bool:
         """Whether the budgeted child trails the round's unconstrained (float) model on
@@ -275,9 +335,16 @@ class RoundRunner:
         )
         return True
 
-    def _ship_more(self, update: BudgetedUpdate, child: Child, first: Decision, parent_sha: str,
-                   X: npt.NDArray[np.float32], hp: Hyperparameters,
-                   judge: Callable[[TFLiteModel], Decision]) -> tuple[Child, Decision]:  # fmt: skip
+    def _ship_more(
+        self,
+        update: BudgetedUpdate,
+        child: Child,
+        first: Decision,
+        parent_sha: str,
+        X: npt.NDArray[np.float32],
+        hp: Hyperparameters,
+        judge: Callable[[TFLiteModel], Decision],
+    ) -> tuple[Child, Decision]:
         """When the gate refused the budgeted child, or the budget cost more accuracy
         than update_max_loss: the fresh export (new scales) sets the mark. If it fails
         the gate too, the budget is not what held the child back and ``first`` stands;
@@ -292,10 +359,14 @@ class RoundRunner:
         if not marked.publish or marked.child_recent.accuracy is None:
             return child, first
         mark = marked.child_recent.accuracy - self.s.update_max_loss
-        why = first.reason if not first.publish else (
-            f"recent accuracy {first.child_recent.accuracy:.3f}; a fresh export "
-            f"{marked.child_recent.accuracy:.3f}"
-        )  # fmt: skip
+        why = (
+            first.reason
+            if not first.publish
+            else (
+                f"recent accuracy {first.child_recent.accuracy:.3f}; a fresh export "
+                f"{marked.child_recent.accuracy:.3f}"
+            )
+        )
         if first.publish and (first.child_recent.accuracy or 0.0) >= mark - 1e-9:
             return child, first
         for factor in ESCALATION:
@@ -325,10 +396,17 @@ class RoundRunner:
         child = Side(model, TFLiteModel(exported.content), exported.content)
         grid = (8, 8) if self.parts.seed_train.kind == "digits" else None
         explanation = explain_version(
-            trigger=report.trigger, data_window=report.data_window, hyperparameters=report.hyperparameters,
-            details=report.details, labels=self.labels, child=child, parent=parent, earlier=earlier,
-            recent=recent, grid=grid,
-        )  # fmt: skip
+            trigger=report.trigger,
+            data_window=report.data_window,
+            hyperparameters=report.hyperparameters,
+            details=report.details,
+            labels=self.labels,
+            child=child,
+            parent=parent,
+            earlier=earlier,
+            recent=recent,
+            grid=grid,
+        )
         report.timings["explain_s"] = time.perf_counter() - t
         return explanation
 
@@ -343,10 +421,16 @@ class RoundRunner:
         # Weights first: a version must never exist without the weights the next round needs.
         self.client.set(self.keys.weights(exported.sha256), weights_to_bytes(model))
         published = self.publisher.publish(
-            self.s.model, exported.content, num_features=self.parts.seed_train.num_features,
-            labels=self.labels, probe=exported.probe, runtime=exported.runtime,
-            metrics=report.metrics, explanation=explanation, expected_parent=parent_sha,
-        )  # fmt: skip
+            self.s.model,
+            exported.content,
+            num_features=self.parts.seed_train.num_features,
+            labels=self.labels,
+            probe=exported.probe,
+            runtime=exported.runtime,
+            metrics=report.metrics,
+            explanation=explanation,
+            expected_parent=parent_sha,
+        )
         report.published, report.version, report.sha256 = True, published.version, published.sha256
         self._parent = (
             published.sha256,

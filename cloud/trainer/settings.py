@@ -112,20 +112,24 @@ class TrainerSettings(EnvFirstSettings):
         0.1, ge=0, description="activation range misfit that re-calibrates activation scales only"
     )
     update_max_loss: float = Field(
-        0.05, ge=0, le=1,
+        0.05,
+        ge=0,
+        le=1,
         description="recent-window accuracy a budgeted child may trail the round's unconstrained "
         "(float) model by; beyond it the round ships more (a larger budget, then a fresh export)",
-    )  # fmt: skip
+    )
     update_delta_levels: tuple[Annotated[int, Field(ge=1, le=254)], ...] = Field(
         (8, 16, 32, 64),
         description="step counts a changed int8 weight moves by (either sign), so a patch's data "
         "is a few symbols; empty: any step",
     )
     update_select_factor: int = Field(
-        4, ge=1, le=64,
+        4,
+        ge=1,
+        le=64,
         description="the first refit trains this many times the budget's values; each next one "
         "the better half by benefit, down to the budget",
-    )  # fmt: skip
+    )
     refit_epochs: int = Field(6, ge=1, description="epochs training only the budgeted weights")
     refit_lr: float = Field(2e-3, gt=0)
 

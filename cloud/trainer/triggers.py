@@ -68,8 +68,12 @@ class DriftDetector:
         if acc >= self.level - self.drop:
             return False
         logger.warning("drift: served accuracy %.2f, running level %.2f", acc, self.level)
-        self.last_signal = {"served_accuracy": round(acc, 4), "level": round(self.level, 4),
-                            "drop": self.drop, "window": self.window}  # fmt: skip
+        self.last_signal = {
+            "served_accuracy": round(acc, 4),
+            "level": round(self.level, 4),
+            "drop": self.drop,
+            "window": self.window,
+        }
         # Start over from the new level, so that one drift is one signal.
         self.level = acc
         self._recent.clear()

@@ -69,15 +69,19 @@ def seed_versions(client: redis.Redis, fleet: str, blob_dir: Any, n: int = 3) ->
 
     keys = FleetKeys(fleet)
     registry = Registry(client, keys, DirBlobStore(blob_dir))
-    publisher = Publisher(client, keys, Signer(generate_keypair()[0]), registry=registry,
-                          release="manual")  # fmt: skip
+    publisher = Publisher(
+        client, keys, Signer(generate_keypair()[0]), registry=registry, release="manual"
+    )
     probe = ProbeSet(inputs=[[0.0]], expected=[[0.5, 0.5]])
     rng = np.random.default_rng(0)
     shas = []
     for _ in range(n):
         blob = rng.integers(0, 256, 3000, dtype=np.uint8).tobytes()
-        shas.append(publisher.publish("digits", blob, num_features=1, labels=["a", "b"],
-                                      probe=probe, runtime="t").sha256)  # fmt: skip
+        shas.append(
+            publisher.publish(
+                "digits", blob, num_features=1, labels=["a", "b"], probe=probe, runtime="t"
+            ).sha256
+        )
     client.set(keys.target("digits"), shas[0])
     return shas
 
@@ -87,8 +91,9 @@ def report(client: redis.Redis, fleet: str, device: str, sha: str | None, **fiel
     from shared.messages import EdgeStatus
 
     keys = FleetKeys(fleet)
-    status = EdgeStatus(device_id=device, fleet=fleet, model="digits", sha256=sha,
-                        state="serving", **fields)  # fmt: skip
+    status = EdgeStatus(
+        device_id=device, fleet=fleet, model="digits", sha256=sha, state="serving", **fields
+    )
     client.set(keys.device(device), status.to_wire(), ex=60)
     client.zadd(keys.devices, {device: status.ts})
 

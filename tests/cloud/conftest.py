@@ -66,9 +66,12 @@ def make_settings(
 ) -> Callable[..., TrainerSettings]:
     def make(**overrides: Any) -> TrainerSettings:
         base: dict[str, Any] = {
-            "fleet": FLEET, "redis_url": redis_url, "signing_key": signing_dir / "signing.key",
-            "consumer": "trainer-1", "blob_dir": tmp_path / "blobs",
-        }  # fmt: skip
+            "fleet": FLEET,
+            "redis_url": redis_url,
+            "signing_key": signing_dir / "signing.key",
+            "consumer": "trainer-1",
+            "blob_dir": tmp_path / "blobs",
+        }
         return TrainerSettings(**{**base, **overrides})
 
     return make
@@ -85,9 +88,13 @@ class EventMaker:
         self, device: str, seq: int, x: Iterable[float], label: int, predicted: int | None = None
     ) -> bytes:
         return FeedbackEvent(
-            event_id=f"{device}:{self.epoch}:{seq}", device_id=device, model=self.model,
-            x=[float(v) for v in x], label=int(label), predicted=predicted,
-        ).to_wire()  # fmt: skip
+            event_id=f"{device}:{self.epoch}:{seq}",
+            device_id=device,
+            model=self.model,
+            x=[float(v) for v in x],
+            label=int(label),
+            predicted=predicted,
+        ).to_wire()
 
     def many(
         self,
@@ -120,10 +127,20 @@ def events() -> EventMaker:
 
 #: Trainer settings that make a bootstrap and one drift round in a few seconds.
 # (the long lease: a round on a busy machine must not lose it before it publishes)
-FAST_TRAINER = {"bootstrap_epochs": 20, "epochs": 8, "round_min_samples": 10_000, "round_interval_s": 3600,
-                "drift_window": 40, "drift_drop": 0.25, "gate_min_recent": 20, "status_interval_s": 0.2,
-                "block_ms": 10, "replay_capacity": 1000, "recent_train": 400,
-                "lock_ttl_ms": 300_000}  # fmt: skip
+FAST_TRAINER = {
+    "bootstrap_epochs": 20,
+    "epochs": 8,
+    "round_min_samples": 10_000,
+    "round_interval_s": 3600,
+    "drift_window": 40,
+    "drift_drop": 0.25,
+    "gate_min_recent": 20,
+    "status_interval_s": 0.2,
+    "block_ms": 10,
+    "replay_capacity": 1000,
+    "recent_train": 400,
+    "lock_ttl_ms": 300_000,
+}
 
 
 @dataclass(frozen=True)
@@ -160,9 +177,14 @@ def published_fleet(
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()
     blob_dir = tmp_path_factory.mktemp("fleet-blobs")
-    settings = TrainerSettings(fleet=FLEET, redis_url=redis_server.url, consumer="trainer-1",
-                               signing_key=signing_dir / "signing.key", blob_dir=blob_dir,
-                               **FAST_TRAINER)  # fmt: skip
+    settings = TrainerSettings(
+        fleet=FLEET,
+        redis_url=redis_server.url,
+        consumer="trainer-1",
+        signing_key=signing_dir / "signing.key",
+        blob_dir=blob_dir,
+        **FAST_TRAINER,
+    )
     trainer = Trainer(settings, dataset=digits, background_rounds=False)
     trainer.start()
     v1 = TFLiteModel(trainer.publisher.content(trainer.publisher.latest("digits")[1]))
@@ -170,8 +192,16 @@ def published_fleet(
     Xd = np.concatenate([X[:300], drift("digits")(X[300:900])])
     sender = EventMaker()
     for lo, hi, start in ((0, 300, 0), (300, 900, 100)):
-        sender.send(client, trainer.keys.feedback, sender.many(
-            Xd[lo:hi], y[lo:hi], start=start, predicted=v1.predict_proba_batch(Xd[lo:hi]).argmax(1)))  # fmt: skip
+        sender.send(
+            client,
+            trainer.keys.feedback,
+            sender.many(
+                Xd[lo:hi],
+                y[lo:hi],
+                start=start,
+                predicted=v1.predict_proba_batch(Xd[lo:hi]).argmax(1),
+            ),
+        )
         for _ in range(50):
             # Stop at the first drift round: how many more would follow depends on batch sizes.
             if (

@@ -36,8 +36,13 @@ FLEET = "test"  # tests/cloud/conftest.py
 
 @pytest.fixture
 def api_settings(fleet_client, published_fleet, signing_dir, redis_url) -> ApiSettings:
-    return ApiSettings(fleet=FLEET, redis_url=redis_url, public_key=signing_dir / "signing.pub",
-                       blob_dir=published_fleet.blob_dir, token_pepper=PEPPER)  # fmt: skip
+    return ApiSettings(
+        fleet=FLEET,
+        redis_url=redis_url,
+        public_key=signing_dir / "signing.pub",
+        blob_dir=published_fleet.blob_dir,
+        token_pepper=PEPPER,
+    )
 
 
 @pytest.fixture
@@ -106,11 +111,21 @@ def test_a_patch_from_the_parent_rebuilds_the_target(api, registry, published_fl
 def test_no_patch_between_files_of_different_lengths_is_a_409(
     api, registry, signing_dir, published_fleet
 ):
-    publisher = Publisher(registry.client, registry.keys, Signer.from_file(signing_dir / "signing.key"),
-                          registry=registry)  # fmt: skip
+    publisher = Publisher(
+        registry.client,
+        registry.keys,
+        Signer.from_file(signing_dir / "signing.key"),
+        registry=registry,
+    )
     probe = ProbeSet(inputs=[[0.0] * 64], expected=[[0.1] * 10])
-    publisher.publish("digits", b"not the same length" * 10, num_features=64,
-                      labels=[str(i) for i in range(10)], probe=probe, runtime="test")  # fmt: skip
+    publisher.publish(
+        "digits",
+        b"not the same length" * 10,
+        num_features=64,
+        labels=[str(i) for i in range(10)],
+        probe=probe,
+        runtime="test",
+    )
     r = api.get(f"/v1/models/digits/delta?base={published_fleet.shas[1]}&target=3")
     assert r.status_code == 409, r.text
     assert "no patch" in r.json()["detail"] and "length" in r.json()["detail"]
@@ -179,16 +194,25 @@ def test_health_and_an_unreachable_registry(api, api_settings):
 
 def test_the_openapi_schema_documents_every_route_with_examples(api):
     spec = api.get("/openapi.json").json()
-    routes = {"/healthz", "/v1/models", "/v1/models/{model}/versions", "/v1/models/{model}/versions/{ref}",
-              "/v1/models/{model}/versions/{ref}/explanation", "/v1/models/{model}/delta",
-              "/v1/models/{model}/diff"}  # fmt: skip
+    routes = {
+        "/healthz",
+        "/v1/models",
+        "/v1/models/{model}/versions",
+        "/v1/models/{model}/versions/{ref}",
+        "/v1/models/{model}/versions/{ref}/explanation",
+        "/v1/models/{model}/delta",
+        "/v1/models/{model}/diff",
+    }
     assert routes <= set(spec["paths"])
     delta = spec["paths"]["/v1/models/{model}/delta"]["get"]
     assert {"200", "404", "409", "422"} <= set(delta["responses"])
     assert "application/octet-stream" in delta["responses"]["200"]["content"]
     assert delta["responses"]["409"]["content"]["application/json"]["example"]["detail"]
-    ref = next(p for p in spec["paths"]["/v1/models/{model}/versions/{ref}"]["get"]["parameters"]
-               if p["name"] == "ref")  # fmt: skip
+    ref = next(
+        p
+        for p in spec["paths"]["/v1/models/{model}/versions/{ref}"]["get"]["parameters"]
+        if p["name"] == "ref"
+    )
     assert ref["schema"]["pattern"] and ref["schema"]["examples"] == ["3", "latest"]
     version = spec["components"]["schemas"]["VersionPublic"]["properties"]
     assert all(version[f].get("examples") for f in ("model", "version", "sha256", "trigger"))

@@ -7,8 +7,13 @@ import importlib
 
 import pytest
 
-MODULES = ["cloud.api.app", "cloud.api.settings", "cloud.cli.client", "cloud.cli.rollout",
-           "cloud.rollout.rings"]  # fmt: skip
+MODULES = [
+    "cloud.api.app",
+    "cloud.api.settings",
+    "cloud.cli.client",
+    "cloud.cli.rollout",
+    "cloud.rollout.rings",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -26,9 +26,15 @@ FLEET = "lab"
 
 @pytest.fixture
 def settings(redis_url, tmp_path) -> ApiSettings:
-    return ApiSettings(fleet=FLEET, redis_url=redis_url, blob_dir=tmp_path / "blobs",
-                       public_key=tmp_path / "none.pub", token_pepper=PEPPER, mode="development",
-                       controller_interval_s=0)  # fmt: skip
+    return ApiSettings(
+        fleet=FLEET,
+        redis_url=redis_url,
+        blob_dir=tmp_path / "blobs",
+        public_key=tmp_path / "none.pub",
+        token_pepper=PEPPER,
+        mode="development",
+        controller_interval_s=0,
+    )
 
 
 @pytest.fixture
@@ -38,9 +44,17 @@ def api(settings):
 
 
 def _events(X, y, device="pi-01", epoch="e0", start=0) -> list[FeedbackEvent]:
-    return [FeedbackEvent(event_id=f"{device}:{epoch}:{start + i}", device_id=device, model="digits",
-                          x=[float(v) for v in X[i]], label=int(y[i]), predicted=int(y[i]))
-            for i in range(len(y))]  # fmt: skip
+    return [
+        FeedbackEvent(
+            event_id=f"{device}:{epoch}:{start + i}",
+            device_id=device,
+            model="digits",
+            x=[float(v) for v in X[i]],
+            label=int(y[i]),
+            predicted=int(y[i]),
+        )
+        for i in range(len(y))
+    ]
 
 
 def _lines(client, stream) -> list[bytes]:
@@ -69,8 +83,14 @@ def test_feedback_over_http_is_an_edges_feedback_to_the_trainer(
     # The same events through a real edge uplink, to another fleet: the same lines.
     other = FleetKeys("edge-ref")
     (tmp_path / "uplink").mkdir()
-    uplink = FeedbackUplink(redis_url=redis_url, keys=other, device_id="pi-01", epoch="e0",
-                            state_dir=tmp_path / "uplink", flush_ms=5)  # fmt: skip
+    uplink = FeedbackUplink(
+        redis_url=redis_url,
+        keys=other,
+        device_id="pi-01",
+        epoch="e0",
+        state_dir=tmp_path / "uplink",
+        flush_ms=5,
+    )
     uplink.start()
     for e in events:
         uplink.submit(e)
@@ -78,9 +98,17 @@ def test_feedback_over_http_is_an_edges_feedback_to_the_trainer(
     uplink.close()
     assert _lines(redis_client, other.feedback) == _lines(redis_client, keys.feedback)[:300]
 
-    data = TrainerData(redis_client, keys, "digits", num_classes=10, num_features=64,
-                       replay_capacity=1000, holdout_capacity=200, recent_window=50,
-                       recent_train=50)  # fmt: skip
+    data = TrainerData(
+        redis_client,
+        keys,
+        "digits",
+        num_classes=10,
+        num_features=64,
+        replay_capacity=1000,
+        holdout_capacity=200,
+        recent_window=50,
+        recent_train=50,
+    )
     ingest = FeedbackIngest(
         redis_client, keys, data, IngestOptions(model="digits", consumer="t1", block_ms=10)
     )
@@ -125,15 +153,22 @@ def _json(value) -> bytes:
 
 def test_status_over_http_writes_the_edge_reporters_keys(api, redis_client, redis_url):
     keys, other = FleetKeys(FLEET), FleetKeys("edge-ref")
-    status = EdgeStatus(device_id="pi-01", fleet=FLEET, model="digits", version=2, sha256="ab" * 32,
-                        state="serving", rolling_accuracy=0.9,
-                        counters=EdgeCounters(predictions=10, fallback_predictions=2,
-                                              fallback_reasons={"latency_budget": 2}))  # fmt: skip
+    status = EdgeStatus(
+        device_id="pi-01",
+        fleet=FLEET,
+        model="digits",
+        version=2,
+        sha256="ab" * 32,
+        state="serving",
+        rolling_accuracy=0.9,
+        counters=EdgeCounters(
+            predictions=10, fallback_predictions=2, fallback_reasons={"latency_budget": 2}
+        ),
+    )
     device = bearer(issue(redis_client, FLEET, "device", "pi-01", device="pi-01"))
     r = api.post("/v1/devices/pi-01/status", json=status.model_dump(), headers=device)
     assert r.status_code == 202 and r.json() == {"device_id": "pi-01", "ttl_s": 10}
-    reporter = StatusReporter(redis_url=redis_url, keys=other,
-                              build=lambda: status, ttl_s=10)  # fmt: skip
+    reporter = StatusReporter(redis_url=redis_url, keys=other, build=lambda: status, ttl_s=10)
     assert reporter.publish(status.model_copy(update={"fleet": "edge-ref"}))
     reporter.stop()
     for k in (keys, other):
@@ -153,8 +188,17 @@ def test_status_over_http_writes_the_edge_reporters_keys(api, redis_client, redi
 def test_devices_and_the_fleet_summary(api, redis_client, tmp_path):
     shas = seed_versions(redis_client, FLEET, tmp_path / "blobs")
     viewer = bearer(issue(redis_client, FLEET, "viewer"))
-    report(redis_client, FLEET, "pi-01", shas[0], version=1, rolling_accuracy=0.93,
-           counters=EdgeCounters(predictions=100, fallback_predictions=3, fallback_reasons={"absent": 3}))  # fmt: skip
+    report(
+        redis_client,
+        FLEET,
+        "pi-01",
+        shas[0],
+        version=1,
+        rolling_accuracy=0.93,
+        counters=EdgeCounters(
+            predictions=100, fallback_predictions=3, fallback_reasons={"absent": 3}
+        ),
+    )
     report(redis_client, FLEET, "pi-02", shas[1], version=2, counters=EdgeCounters(predictions=50))
     report(redis_client, FLEET, "pi-03", shas[0], version=1)
     redis_client.delete(FleetKeys(FLEET).device("pi-03"))  # its report expired: offline
@@ -200,9 +244,13 @@ def test_the_controller_runs_in_the_api_and_alone(settings, redis_client, tmp_pa
     for d in ("pi-01", "pi-02"):
         report(redis_client, FLEET, d, shas[0], rolling_accuracy=0.9)
     admin = bearer(issue(redis_client, FLEET, "admin"))
-    spec = {"model": "digits", "target": "2", "auto_promote": False,
-            "stages": [{"name": "canary", "count": 1}, {"name": "all", "percent": 100}],
-            "gate": {"min_labeled": 0, "min_requests": 0, "min_dwell_s": 0}}  # fmt: skip
+    spec = {
+        "model": "digits",
+        "target": "2",
+        "auto_promote": False,
+        "stages": [{"name": "canary", "count": 1}, {"name": "all", "percent": 100}],
+        "gate": {"min_labeled": 0, "min_requests": 0, "min_dwell_s": 0},
+    }
     live = settings.model_copy(update={"controller_interval_s": 0.05})
     app = create_app(live)
     with TestClient(app) as api:
@@ -221,8 +269,10 @@ def test_the_controller_runs_in_the_api_and_alone(settings, redis_client, tmp_pa
         r = api.post(f"/v1/rollouts/{rid}/promote", headers=admin)
         assert r.status_code == 200 and r.json()["current"] == 1
     config = tmp_path / "api.toml"
-    config.write_text(f'mode = "development"\nfleet = "{FLEET}"\nredis_url = "{settings.redis_url}"\n'
-                      f'blob_dir = "{tmp_path / "blobs"}"\ntoken_pepper = "{PEPPER}"\n')  # fmt: skip
+    config.write_text(
+        f'mode = "development"\nfleet = "{FLEET}"\nredis_url = "{settings.redis_url}"\n'
+        f'blob_dir = "{tmp_path / "blobs"}"\ntoken_pepper = "{PEPPER}"\n'
+    )
     for d in ("pi-01", "pi-02"):
         report(redis_client, FLEET, d, shas[1], rolling_accuracy=0.9)
     assert cli.main(["controller", "--config", str(config), "--once"]) == 0  # stage 'all' judged
@@ -244,12 +294,23 @@ def test_several_controllers_at_once_apply_each_decision_once(settings, redis_cl
         report(redis_client, FLEET, d, shas[0], rolling_accuracy=0.9)
     keys = FleetKeys(FLEET)
     admin = bearer(issue(redis_client, FLEET, "admin"))
-    spec = {"model": "digits", "target": "2",
-            "stages": [{"name": "c", "count": 1}, {"name": "h", "percent": 50}, {"name": "all", "percent": 100}],
-            "gate": {"min_labeled": 0, "min_requests": 0, "min_dwell_s": 0}}  # fmt: skip
+    spec = {
+        "model": "digits",
+        "target": "2",
+        "stages": [
+            {"name": "c", "count": 1},
+            {"name": "h", "percent": 50},
+            {"name": "all", "percent": 100},
+        ],
+        "gate": {"min_labeled": 0, "min_requests": 0, "min_dwell_s": 0},
+    }
     busy = settings.model_copy(update={"controller_interval_s": 0.01})
-    loose = ControllerLoop(RolloutController(redis_client, keys,
-                                             Registry(redis_client, keys, DirBlobStore(tmp_path / "blobs"))), 0.01)  # fmt: skip
+    loose = ControllerLoop(
+        RolloutController(
+            redis_client, keys, Registry(redis_client, keys, DirBlobStore(tmp_path / "blobs"))
+        ),
+        0.01,
+    )
     with TestClient(create_app(busy)) as one, TestClient(create_app(busy)) as two:
         loose.start()
         rid = one.post("/v1/rollouts", json=spec, headers=admin).json()["id"]

@@ -49,12 +49,17 @@ class World:
         self.tokens["other-device"] = issue(self.client, FLEET, "device", "pi-02", device="pi-02")
 
     def controller(self) -> RolloutController:
-        return RolloutController(self.client, self.keys,
-                                 Registry(self.client, self.keys, DirBlobStore(self.blob_dir)))  # fmt: skip
+        return RolloutController(
+            self.client, self.keys, Registry(self.client, self.keys, DirBlobStore(self.blob_dir))
+        )
 
     def rollout(self, paused: bool = False) -> str:
-        spec = RolloutSpec(model="digits", target="2", gate=GatePolicy(min_dwell_s=3600),
-                           stages=[StageSpec(name="canary", count=1), StageSpec(name="all", percent=100)])  # fmt: skip
+        spec = RolloutSpec(
+            model="digits",
+            target="2",
+            gate=GatePolicy(min_dwell_s=3600),
+            stages=[StageSpec(name="canary", count=1), StageSpec(name="all", percent=100)],
+        )
         rid = self.controller().create(spec).id
         if paused:
             self.controller().pause(rid, "test")
@@ -62,27 +67,68 @@ class World:
 
 
 def _event(device: str) -> dict[str, Any]:
-    return FeedbackEvent(event_id=f"{device}:e0:1", device_id=device, model="digits",
-                         x=[1.0] * 64, label=3).model_dump()  # fmt: skip
+    return FeedbackEvent(
+        event_id=f"{device}:e0:1", device_id=device, model="digits", x=[1.0] * 64, label=3
+    ).model_dump()
 
 
 #: Every state-changing route: who may call it, and a request that succeeds for them.
 Request = tuple[str, Any, dict[str, str] | None]
 WRITES: dict[tuple[str, str], tuple[set[str], Callable[[World], Request]]] = {
-    ("POST", "/v1/rollouts"): ({"admin"}, lambda w: ("/v1/rollouts", {"model": "digits", "target": "2"}, None)),
-    ("POST", "/v1/rollouts/{rollout_id}/pause"): ({"admin"}, lambda w: (f"/v1/rollouts/{w.rollout()}/pause", None, None)),
-    ("POST", "/v1/rollouts/{rollout_id}/resume"): ({"admin"}, lambda w: (f"/v1/rollouts/{w.rollout(paused=True)}/resume", None, None)),
-    ("POST", "/v1/rollouts/{rollout_id}/abort"): ({"admin"}, lambda w: (f"/v1/rollouts/{w.rollout()}/abort", None, None)),
-    ("POST", "/v1/rollouts/{rollout_id}/promote"): ({"admin"}, lambda w: (f"/v1/rollouts/{w.rollout()}/promote", None, None)),
-    ("POST", "/v1/rollouts/{rollout_id}/rollback"): ({"admin"}, lambda w: (f"/v1/rollouts/{w.rollout()}/rollback", None, None)),
-    ("PUT", "/v1/devices/{device_id}/pin"): ({"admin"}, lambda w: ("/v1/devices/pi-03/pin", {"model": "digits", "version": "2"}, None)),
-    ("DELETE", "/v1/devices/{device_id}/pin"): ({"admin"}, lambda w: (w.controller().pin("digits", "pi-03", "2", "t") and "/v1/devices/pi-03/pin", None, None)),
-    ("POST", "/v1/tokens"): ({"admin"}, lambda w: ("/v1/tokens", {"name": "carol", "role": "viewer"}, None)),
+    ("POST", "/v1/rollouts"): (
+        {"admin"},
+        lambda w: ("/v1/rollouts", {"model": "digits", "target": "2"}, None),
+    ),
+    ("POST", "/v1/rollouts/{rollout_id}/pause"): (
+        {"admin"},
+        lambda w: (f"/v1/rollouts/{w.rollout()}/pause", None, None),
+    ),
+    ("POST", "/v1/rollouts/{rollout_id}/resume"): (
+        {"admin"},
+        lambda w: (f"/v1/rollouts/{w.rollout(paused=True)}/resume", None, None),
+    ),
+    ("POST", "/v1/rollouts/{rollout_id}/abort"): (
+        {"admin"},
+        lambda w: (f"/v1/rollouts/{w.rollout()}/abort", None, None),
+    ),
+    ("POST", "/v1/rollouts/{rollout_id}/promote"): (
+        {"admin"},
+        lambda w: (f"/v1/rollouts/{w.rollout()}/promote", None, None),
+    ),
+    ("POST", "/v1/rollouts/{rollout_id}/rollback"): (
+        {"admin"},
+        lambda w: (f"/v1/rollouts/{w.rollout()}/rollback", None, None),
+    ),
+    ("PUT", "/v1/devices/{device_id}/pin"): (
+        {"admin"},
+        lambda w: ("/v1/devices/pi-03/pin", {"model": "digits", "version": "2"}, None),
+    ),
+    ("DELETE", "/v1/devices/{device_id}/pin"): (
+        {"admin"},
+        lambda w: (
+            w.controller().pin("digits", "pi-03", "2", "t") and "/v1/devices/pi-03/pin",
+            None,
+            None,
+        ),
+    ),
+    ("POST", "/v1/tokens"): (
+        {"admin"},
+        lambda w: ("/v1/tokens", {"name": "carol", "role": "viewer"}, None),
+    ),
     ("DELETE", "/v1/tokens/{name}"): ({"admin"}, lambda w: ("/v1/tokens/viewer", None, None)),
-    ("POST", "/v1/feedback"): ({"device", "admin"}, lambda w: ("/v1/feedback", _event("pi-01"), None)),
-    ("POST", "/v1/devices/{device_id}/status"): ({"device", "admin"}, lambda w: (
-        "/v1/devices/pi-01/status", {"device_id": "pi-01", "fleet": FLEET, "model": "digits", "state": "serving"}, None)),
-}  # fmt: skip
+    ("POST", "/v1/feedback"): (
+        {"device", "admin"},
+        lambda w: ("/v1/feedback", _event("pi-01"), None),
+    ),
+    ("POST", "/v1/devices/{device_id}/status"): (
+        {"device", "admin"},
+        lambda w: (
+            "/v1/devices/pi-01/status",
+            {"device_id": "pi-01", "fleet": FLEET, "model": "digits", "state": "serving"},
+            None,
+        ),
+    ),
+}
 
 
 @pytest.fixture
@@ -92,9 +138,15 @@ def world(redis_client, tmp_path) -> World:
 
 @pytest.fixture
 def api(world, redis_url, tmp_path):
-    settings = ApiSettings(fleet=FLEET, redis_url=redis_url, blob_dir=tmp_path / "blobs",
-                           public_key=tmp_path / "none.pub", token_pepper=PEPPER,
-                           mode="development", controller_interval_s=0)  # fmt: skip
+    settings = ApiSettings(
+        fleet=FLEET,
+        redis_url=redis_url,
+        blob_dir=tmp_path / "blobs",
+        public_key=tmp_path / "none.pub",
+        token_pepper=PEPPER,
+        mode="development",
+        controller_interval_s=0,
+    )
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         yield client
 
@@ -123,8 +175,11 @@ def test_only_the_right_role_may_change_state(api, world, route):
     for who in ("none", "wrong", "malformed", "admin", "viewer", "device", "other-device"):
         world.reset()  # each try on a fresh state, so that only the role decides
         path, body, params = prepare(world)
-        odd = {"none": {}, "wrong": bearer("elt_" + secrets.token_urlsafe(32)),
-               "malformed": {"Authorization": "Basic dXNlcjpwYXNz"}}  # fmt: skip
+        odd = {
+            "none": {},
+            "wrong": bearer("elt_" + secrets.token_urlsafe(32)),
+            "malformed": {"Authorization": "Basic dXNlcjpwYXNz"},
+        }
         headers = odd[who] if who in odd else bearer(world.tokens[who])
         r = api.request(method, path, json=body, params=params, headers=headers)
         if who in allowed:
@@ -138,11 +193,18 @@ def test_only_the_right_role_may_change_state(api, world, route):
 
 
 def _read_url(path: str, world: World, rollout_id: str) -> str:
-    values = {"model": "digits", "ref": "1", "device_id": "pi-01", "name": "viewer",
-              "rollout_id": rollout_id}  # fmt: skip
+    values = {
+        "model": "digits",
+        "ref": "1",
+        "device_id": "pi-01",
+        "name": "viewer",
+        "rollout_id": rollout_id,
+    }
     url = re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], path)
-    queries = {"/v1/models/{model}/delta": f"?base={world.shas[0]}&target=2",
-               "/v1/models/{model}/diff": "?a=1&b=2"}  # fmt: skip
+    queries = {
+        "/v1/models/{model}/delta": f"?base={world.shas[0]}&target=2",
+        "/v1/models/{model}/diff": "?a=1&b=2",
+    }
     return url + queries.get(path, "")
 
 
@@ -183,8 +245,10 @@ def test_a_device_token_posts_for_its_own_device_only(api, world):
 
 def test_tokens_issued_and_revoked_with_the_cli(api, world, redis_url, tmp_path, capsys):
     config = tmp_path / "api.toml"
-    config.write_text(f'mode = "development"\nfleet = "{FLEET}"\nredis_url = "{redis_url}"\n'
-                      f'token_pepper = "{PEPPER}"\n')  # fmt: skip
+    config.write_text(
+        f'mode = "development"\nfleet = "{FLEET}"\nredis_url = "{redis_url}"\n'
+        f'token_pepper = "{PEPPER}"\n'
+    )
     assert (
         cli.main(["token", "issue", "--role", "admin", "--name", "alice", "--config", str(config)])
         == 0

@@ -40,10 +40,18 @@ def test_measurements_of_one_update(exported):
 
 
 def test_the_summary_compares_the_same_updates():
-    rows = [RunRow(True, 2, "", delta_bytes=100, full_bytes=4000, acc_upright=0.95, acc_rotated=0.93),
-            RunRow(False, None, "refused", acc_upright=0.95, acc_rotated=0.93)]  # fmt: skip
-    full = [RunRow(True, 2, "", full_bytes=4000, patch_from_bytes=3000, acc_upright=0.96, acc_rotated=0.93),
-            RunRow(True, 3, "", full_bytes=4000, patch_from_bytes=3000, acc_upright=0.96, acc_rotated=0.93)]  # fmt: skip
+    rows = [
+        RunRow(True, 2, "", delta_bytes=100, full_bytes=4000, acc_upright=0.95, acc_rotated=0.93),
+        RunRow(False, None, "refused", acc_upright=0.95, acc_rotated=0.93),
+    ]
+    full = [
+        RunRow(
+            True, 2, "", full_bytes=4000, patch_from_bytes=3000, acc_upright=0.96, acc_rotated=0.93
+        ),
+        RunRow(
+            True, 3, "", full_bytes=4000, patch_from_bytes=3000, acc_upright=0.96, acc_rotated=0.93
+        ),
+    ]
     s = Result(QUICK, [Stream(0, rows, full)]).summary()
     assert s["delta_bytes_total"] == 100 and s["full_bytes_total"] == 4000
     assert s["patch_from_bytes_total"] == 6000 and s["delta_ratio"] == 0.025
@@ -54,8 +62,9 @@ def test_the_summary_compares_the_same_updates():
 
 def test_streams_add_their_bytes_and_average_their_final_accuracies():
     def row(acc: float, delta: int = 0, full: int = 0) -> RunRow:
-        return RunRow(True, 2, "", delta_bytes=delta, full_bytes=full, acc_upright=acc,
-                      acc_rotated=acc)  # fmt: skip
+        return RunRow(
+            True, 2, "", delta_bytes=delta, full_bytes=full, acc_upright=acc, acc_rotated=acc
+        )
 
     one = Stream(0, [row(0.90), row(0.94, 100, 4000)], [row(0.90), row(0.95)])
     two = Stream(1, [row(0.90), row(0.97, 300, 4000)], [row(0.90), row(0.96)])

@@ -23,8 +23,14 @@ ROOT = Path(__file__).resolve().parents[2]
 def run_cli(
     *args: str, env: dict[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cloud.cli.main", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "cloud.cli.main", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
 
 
 def test_keygen_writes_a_private_key_only_we_can_read(tmp_path):
@@ -51,8 +57,13 @@ def test_keygen_does_not_import_torch(tmp_path):
 
 def test_user_errors_are_one_line_and_exit_2(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGELOOP_TRAINER_")}
-    r = subprocess.run([sys.executable, "-m", "cloud.cli.main", "trainer"], cwd=tmp_path, capture_output=True,
-                       text=True, env=env)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "cloud.cli.main", "trainer"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert (
         r.returncode == 2 and "signing_key is required" in r.stderr and "Traceback" not in r.stderr
     )
@@ -89,8 +100,9 @@ def test_health_check(redis_url, signing_dir, tmp_path):
         f'fleet = "hc"\nredis_url = "{redis_url}"\nsigning_key = "{signing_dir / "signing.key"}"\n'
     )
     assert run_cli("trainer", "--config", str(config), "--check").returncode == 1
-    redis.Redis.from_url(redis_url).set(FleetKeys("hc").trainer("digits"),
-                                        TrainerStatus(model="digits", consumer="x").to_wire())  # fmt: skip
+    redis.Redis.from_url(redis_url).set(
+        FleetKeys("hc").trainer("digits"), TrainerStatus(model="digits", consumer="x").to_wire()
+    )
     r = run_cli("trainer", "--config", str(config), "--check")
     assert r.returncode == 0 and "healthy" in r.stdout
 
@@ -101,8 +113,13 @@ def test_trainer_bootstraps_and_ctrl_c_exits_130_quietly(redis_url, signing_dir,
         f'fleet = "cli"\nredis_url = "{redis_url}"\nsigning_key = "{signing_dir / "signing.key"}"\n'
         "bootstrap_epochs = 5\nstatus_interval_s = 0.5\nblock_ms = 50\n"
     )
-    proc = subprocess.Popen([sys.executable, "-m", "cloud.cli.main", "trainer", "--config", str(config)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cloud.cli.main", "trainer", "--config", str(config)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     client = redis.Redis.from_url(redis_url)
     deadline = time.monotonic() + 90
     while client.zcard(FleetKeys("cli").versions("digits")) == 0 and time.monotonic() < deadline:

@@ -64,11 +64,17 @@ def edge(redis_url: str, keys: FleetKeys, signing_dir: Path, tmp_path: Path):
     def make(device: str) -> EdgeDaemon:
         daemon = EdgeDaemon(
             EdgeSettings(
-                device_id=device, fleet=keys.fleet, redis_url=redis_url,
-                public_key=signing_dir / "signing.pub", state_dir=tmp_path / device,
-                status_interval_s=0.2, status_ttl_s=60, warmup_invokes=1, http_port=0,
+                device_id=device,
+                fleet=keys.fleet,
+                redis_url=redis_url,
+                public_key=signing_dir / "signing.pub",
+                state_dir=tmp_path / device,
+                status_interval_s=0.2,
+                status_ttl_s=60,
+                warmup_invokes=1,
+                http_port=0,
             )
-        )  # fmt: skip
+        )
         made.append(daemon)
         daemon.start()
         return daemon

@@ -7,8 +7,20 @@ import importlib
 
 import pytest
 
-MODULES = ["cloud.data.datasets", "cloud.learning.models", "cloud.data.replay", "cloud.data.ingest", "cloud.data.validation", "cloud.data.watermark", "cloud.learning.training", "cloud.export.tflite_file", "cloud.export.grid",
-           "cloud.evaluation.gate", "cloud.trainer.triggers", "cloud.trainer.settings"]  # fmt: skip
+MODULES = [
+    "cloud.data.datasets",
+    "cloud.learning.models",
+    "cloud.data.replay",
+    "cloud.data.ingest",
+    "cloud.data.validation",
+    "cloud.data.watermark",
+    "cloud.learning.training",
+    "cloud.export.tflite_file",
+    "cloud.export.grid",
+    "cloud.evaluation.gate",
+    "cloud.trainer.triggers",
+    "cloud.trainer.settings",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -80,14 +80,22 @@ def test_flips_count_each_sample_once_across_sets():
 def _explanation(parent: SetMetrics, child: SetMetrics, fixed: int, broken: int) -> Explanation:
     return Explanation(
         format=EXPLANATION_FORMAT,
-        window=DataWindow(source="feedback_stream", new_samples=40, training_samples=900,
-                          trigger=TriggerSignal(kind="timer", interval_s=60)),
-        evaluation=EvaluationReport(parent=ModelMetrics(earlier=parent, recent=parent),
-                                    child=ModelMetrics(earlier=child, recent=child)),
-        forgetting=Forgetting(samples=50, parent_accuracy=parent.accuracy, child_accuracy=child.accuracy),
+        window=DataWindow(
+            source="feedback_stream",
+            new_samples=40,
+            training_samples=900,
+            trigger=TriggerSignal(kind="timer", interval_s=60),
+        ),
+        evaluation=EvaluationReport(
+            parent=ModelMetrics(earlier=parent, recent=parent),
+            child=ModelMetrics(earlier=child, recent=child),
+        ),
+        forgetting=Forgetting(
+            samples=50, parent_accuracy=parent.accuracy, child_accuracy=child.accuracy
+        ),
         flips=Flips(compared=100, fixed=fixed, broken=broken),
         weights=WeightChange(source="artifacts"),
-    )  # fmt: skip
+    )
 
 
 def test_the_summary_says_what_the_numbers_say():
@@ -110,14 +118,54 @@ def test_the_summary_says_what_the_numbers_say():
 
 
 def test_the_trainers_delta_report_is_used_and_completed_from_the_files():
-    measured = WeightChange(source="artifacts", bytes=300, layers=[
-        LayerChange(name="c1", params=100, bytes=100, bytes_changed=90, l2_change=1.0, relative_change=0.5),
-        LayerChange(name="f1", params=200, bytes=200, bytes_changed=180, l2_change=2.0, relative_change=0.25)])  # fmt: skip
-    delta = {"mode": "budgeted", "scales": "frozen", "budget_bytes": 64, "residual_l2": 0.75,
-             "layers": [{"name": "c1", "params": 100, "bytes": 100, "bytes_changed": 0, "l2_change": 0.0,
-                         "scales_changed": 0, "residual_l2": 0.5},
-                        {"name": "f1", "params": 200, "bytes": 200, "bytes_changed": 40,
-                         "bytes_changed_fraction": 0.2, "l2_change": 0.3, "residual_l2": 0.25}]}  # fmt: skip
+    measured = WeightChange(
+        source="artifacts",
+        bytes=300,
+        layers=[
+            LayerChange(
+                name="c1",
+                params=100,
+                bytes=100,
+                bytes_changed=90,
+                l2_change=1.0,
+                relative_change=0.5,
+            ),
+            LayerChange(
+                name="f1",
+                params=200,
+                bytes=200,
+                bytes_changed=180,
+                l2_change=2.0,
+                relative_change=0.25,
+            ),
+        ],
+    )
+    delta = {
+        "mode": "budgeted",
+        "scales": "frozen",
+        "budget_bytes": 64,
+        "residual_l2": 0.75,
+        "layers": [
+            {
+                "name": "c1",
+                "params": 100,
+                "bytes": 100,
+                "bytes_changed": 0,
+                "l2_change": 0.0,
+                "scales_changed": 0,
+                "residual_l2": 0.5,
+            },
+            {
+                "name": "f1",
+                "params": 200,
+                "bytes": 200,
+                "bytes_changed": 40,
+                "bytes_changed_fraction": 0.2,
+                "l2_change": 0.3,
+                "residual_l2": 0.25,
+            },
+        ],
+    }
     w = from_trainer_report(delta, measured)
     assert w.source == "trainer" and (w.scales, w.budget_bytes, w.residual_l2) == (
         "frozen",
@@ -250,8 +298,17 @@ def _content(client, sha: str) -> bytes:
 
 
 def _data(client) -> TrainerData:
-    return TrainerData(client, FleetKeys(FLEET), "digits", num_classes=10, num_features=64,
-                       replay_capacity=10, holdout_capacity=10, recent_window=1, recent_train=0)  # fmt: skip
+    return TrainerData(
+        client,
+        FleetKeys(FLEET),
+        "digits",
+        num_classes=10,
+        num_features=64,
+        replay_capacity=10,
+        holdout_capacity=10,
+        recent_window=1,
+        recent_train=0,
+    )
 
 
 def _id(x, label) -> str:

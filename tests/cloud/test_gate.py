@@ -43,8 +43,15 @@ def halves(parts):
 
 def test_better_child_is_published(weak, exported, parts):
     earlier, recent = halves(parts)
-    d = gate(weak, TFLiteModel(exported.content), earlier=earlier, recent=recent, labels=parts.stream.labels,
-             min_gain=0.01, forgetting_tolerance=0.02)  # fmt: skip
+    d = gate(
+        weak,
+        TFLiteModel(exported.content),
+        earlier=earlier,
+        recent=recent,
+        labels=parts.stream.labels,
+        min_gain=0.01,
+        forgetting_tolerance=0.02,
+    )
     assert d.publish, d.reason
     assert d.child_recent.accuracy > d.parent_recent.accuracy + 0.01
     m = d.metrics()
@@ -57,8 +64,15 @@ def test_better_child_is_published(weak, exported, parts):
 
 def test_scrambled_child_is_rejected(exported, scrambled, parts):
     earlier, recent = halves(parts)
-    d = gate(TFLiteModel(exported.content), scrambled, earlier=earlier, recent=recent,
-             labels=parts.stream.labels, min_gain=0.0, forgetting_tolerance=0.05)  # fmt: skip
+    d = gate(
+        TFLiteModel(exported.content),
+        scrambled,
+        earlier=earlier,
+        recent=recent,
+        labels=parts.stream.labels,
+        min_gain=0.0,
+        forgetting_tolerance=0.05,
+    )
     assert not d.publish and "does not beat" in d.reason
     assert d.child_recent.accuracy < 0.3
 
@@ -67,18 +81,39 @@ def test_forgetting_is_rejected_even_with_a_recent_gain(weak, exported, parts):
     # The child wins on "recent" but loses on "earlier" (here: the same model pair, sets swapped).
     earlier, recent = halves(parts)
     parent, child = TFLiteModel(exported.content), weak
-    d = gate(child, parent, earlier=earlier, recent=recent, labels=parts.stream.labels, min_gain=0.0,
-             forgetting_tolerance=0.0)  # fmt: skip
+    d = gate(
+        child,
+        parent,
+        earlier=earlier,
+        recent=recent,
+        labels=parts.stream.labels,
+        min_gain=0.0,
+        forgetting_tolerance=0.0,
+    )
     assert d.publish
     # Now make "earlier" a set only the parent gets right.
     hits = parent.predict_proba_batch(earlier[0]).argmax(1) == earlier[1]
     misses = weak.predict_proba_batch(earlier[0]).argmax(1) != earlier[1]
     hard = (earlier[0][hits & misses], earlier[1][hits & misses])
-    d = gate(parent, weak, earlier=hard, recent=(hard[0][:0], hard[1][:0]), labels=parts.stream.labels,
-             min_gain=-1.0, forgetting_tolerance=0.05)  # fmt: skip
+    d = gate(
+        parent,
+        weak,
+        earlier=hard,
+        recent=(hard[0][:0], hard[1][:0]),
+        labels=parts.stream.labels,
+        min_gain=-1.0,
+        forgetting_tolerance=0.05,
+    )
     assert not d.publish and "no recent" in d.reason
-    d = gate(parent, weak, earlier=hard, recent=recent, labels=parts.stream.labels, min_gain=-1.0,
-             forgetting_tolerance=0.05)  # fmt: skip
+    d = gate(
+        parent,
+        weak,
+        earlier=hard,
+        recent=recent,
+        labels=parts.stream.labels,
+        min_gain=-1.0,
+        forgetting_tolerance=0.05,
+    )
     assert not d.publish and "forgets earlier data" in d.reason
 
 

@@ -21,8 +21,17 @@ from shared.retry import Backoff
 
 
 def make_ingest(client, keys, consumer="c1", **kw) -> FeedbackIngest:
-    data = TrainerData(client, keys, "digits", num_classes=10, num_features=64, replay_capacity=500,
-                       holdout_capacity=200, recent_window=50, recent_train=50)  # fmt: skip
+    data = TrainerData(
+        client,
+        keys,
+        "digits",
+        num_classes=10,
+        num_features=64,
+        replay_capacity=500,
+        holdout_capacity=200,
+        recent_window=50,
+        recent_train=50,
+    )
     args = {"model": "digits", "consumer": consumer, "block_ms": 10, "max_event_bytes": 4096, **kw}
     ingest = FeedbackIngest(client, keys, data, IngestOptions(**args))
     ingest.ensure_group()
@@ -65,8 +74,21 @@ def test_valid_events_are_accepted_and_acked(redis_client, keys, events, parts):
 MALFORMED = {
     "missing field": ({"other": b"x"}, "missing field 'data'"),
     "not json": ({"data": b"{not json"}, "not JSON"),
-    "schema": ({"data": json.dumps({"schema_version": 2, "event_id": "a:e:1", "device_id": "a", "model": "digits",
-                                    "x": [0.0] * 64, "label": 1}).encode()}, "schema_version 2"),
+    "schema": (
+        {
+            "data": json.dumps(
+                {
+                    "schema_version": 2,
+                    "event_id": "a:e:1",
+                    "device_id": "a",
+                    "model": "digits",
+                    "x": [0.0] * 64,
+                    "label": 1,
+                }
+            ).encode()
+        },
+        "schema_version 2",
+    ),
     "oversize": ({"data": b"{" + b" " * 5000 + b"}"}, "oversize"),
     "feature count": (None, "feature count 3"),
     "nan": (None, "non-finite"),
@@ -76,8 +98,11 @@ MALFORMED = {
     "model": (None, "wrong model 'cats'"),
     "bad id": (None, "invalid event_id"),
     "huge seq": (None, "sequence number not in 0..2**63-1"),
-    "type": ({"data": b'{"event_id":"a:e:1","device_id":"a","model":"digits","x":"no","label":1}'}, "invalid: x"),
-}  # fmt: skip
+    "type": (
+        {"data": b'{"event_id":"a:e:1","device_id":"a","model":"digits","x":"no","label":1}'},
+        "invalid: x",
+    ),
+}
 
 
 def malformed_fields(kind: str, events) -> dict:
@@ -87,8 +112,15 @@ def malformed_fields(kind: str, events) -> dict:
     x = [1.0] * 64
 
     def raw_json(first: float) -> bytes:  # pydantic writes inf/nan as null; edges may send tokens
-        return json.dumps({"event_id": "a:e0:1", "device_id": "a", "model": "digits", "x": [first, *x[1:]],
-                           "label": 1}).encode()  # fmt: skip
+        return json.dumps(
+            {
+                "event_id": "a:e0:1",
+                "device_id": "a",
+                "model": "digits",
+                "x": [first, *x[1:]],
+                "label": 1,
+            }
+        ).encode()
 
     raw = {
         "feature count": events.wire("a", 1, [1.0, 2.0, 3.0], 1),
@@ -233,8 +265,10 @@ def test_redis_restart_mid_stream_loses_nothing_and_accepts_nothing_twice(
         producer = redis.Redis.from_url(redis_url, socket_timeout=2)
         for i in range(0, n, 30):
             chunk = wires[i : i + 30]
-            backoff.call(lambda c=chunk: events.send(producer, keys.feedback, c),
-                         retry_on=(redis.ConnectionError, redis.TimeoutError))  # fmt: skip
+            backoff.call(
+                lambda c=chunk: events.send(producer, keys.feedback, c),
+                retry_on=(redis.ConnectionError, redis.TimeoutError),
+            )
             time.sleep(0.01)
         sent.set()
 
@@ -264,10 +298,20 @@ def test_redis_restart_mid_stream_loses_nothing_and_accepts_nothing_twice(
 
 payload = st.one_of(
     st.binary(max_size=300),
-    st.dictionaries(st.sampled_from(["event_id", "device_id", "model", "x", "label", "schema_version", "predicted"]),
-                    st.one_of(st.none(), st.integers(-5, 2**70), st.floats(), st.text(max_size=20),
-                              st.lists(st.floats(), max_size=70)), max_size=7).map(lambda d: json.dumps(d).encode()),
-)  # fmt: skip
+    st.dictionaries(
+        st.sampled_from(
+            ["event_id", "device_id", "model", "x", "label", "schema_version", "predicted"]
+        ),
+        st.one_of(
+            st.none(),
+            st.integers(-5, 2**70),
+            st.floats(),
+            st.text(max_size=20),
+            st.lists(st.floats(), max_size=70),
+        ),
+        max_size=7,
+    ).map(lambda d: json.dumps(d).encode()),
+)
 
 
 @settings(

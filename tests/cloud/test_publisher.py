@@ -21,8 +21,14 @@ def publisher(redis_client, keys, signing_dir, tmp_path) -> Publisher:
 
 
 def publish(publisher, content, **kw):
-    args = {"num_features": 64, "labels": [str(i) for i in range(10)], "runtime": "ai-edge-litert test",
-            "metrics": {"recent_accuracy": 0.9}, "explanation": Explanation(trigger="test", summary="s"), **kw}  # fmt: skip
+    args = {
+        "num_features": 64,
+        "labels": [str(i) for i in range(10)],
+        "runtime": "ai-edge-litert test",
+        "metrics": {"recent_accuracy": 0.9},
+        "explanation": Explanation(trigger="test", summary="s"),
+        **kw,
+    }
     return publisher.publish("digits", content, **args)
 
 
@@ -84,8 +90,9 @@ def test_unknown_versions(publisher):
 
 
 def _publisher(publisher: Publisher, **kw) -> Publisher:
-    return Publisher(publisher.client, publisher.keys, publisher.signer,
-                     registry=publisher.registry, **kw)  # fmt: skip
+    return Publisher(
+        publisher.client, publisher.keys, publisher.signer, registry=publisher.registry, **kw
+    )
 
 
 def test_direct_release_makes_each_version_the_fleet_target(

@@ -48,10 +48,25 @@ def acl_redis(tmp_path) -> Iterator[dict[str, str]]:
     acl = tmp_path / "users.acl"
     acl.write_text("\n".join(lines) + "\n")
     port = free_port()
-    proc = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(port),
-                             "--bind", "127.0.0.1", "--aclfile", str(acl), "--save", "",
-                             "--appendonly", "no", "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            shutil.which("redis-server") or "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--aclfile",
+            str(acl),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     urls = {u: f"redis://{u}:pw-{u}@127.0.0.1:{port}/0" for u in USERS}
     urls["anonymous"] = f"redis://127.0.0.1:{port}/0"
     admin = redis.Redis.from_url(urls["admin"])
@@ -95,16 +110,34 @@ def test_an_edge_user_does_what_an_edge_does_and_nothing_else(acl_redis, tmp_pat
     probe = ProbeSet(
         inputs=inputs.tolist(), expected=TFLiteModel(content).predict_proba_batch(inputs).tolist()
     )
-    sha = Publisher(trainer, keys, Signer.from_file(tmp_path / "keys" / "signing.key"),
-                    registry=registry).publish("digits", content, num_features=64,
-                                               labels=[str(i) for i in range(10)], probe=probe,
-                                               runtime="ai-edge-litert").sha256  # fmt: skip
+    sha = (
+        Publisher(
+            trainer, keys, Signer.from_file(tmp_path / "keys" / "signing.key"), registry=registry
+        )
+        .publish(
+            "digits",
+            content,
+            num_features=64,
+            labels=[str(i) for i in range(10)],
+            probe=probe,
+            runtime="ai-edge-litert",
+        )
+        .sha256
+    )
 
     # A real edge daemon as the edge user: installs it, serves, reports, sends feedback.
-    settings = load_settings(EdgeSettings, None, device_id="pi-1", fleet=FLEET,
-                             redis_url=acl_redis["edge"], public_key=tmp_path / "keys" / "signing.pub",
-                             state_dir=tmp_path / "edge", status_interval_s=0.2, feedback_flush_ms=10,
-                             warmup_invokes=1)  # fmt: skip
+    settings = load_settings(
+        EdgeSettings,
+        None,
+        device_id="pi-1",
+        fleet=FLEET,
+        redis_url=acl_redis["edge"],
+        public_key=tmp_path / "keys" / "signing.pub",
+        state_dir=tmp_path / "edge",
+        status_interval_s=0.2,
+        feedback_flush_ms=10,
+        warmup_invokes=1,
+    )
     with EdgeDaemon(settings) as daemon:
         deadline = time.monotonic() + 20
         while daemon.health().sha256 != sha:
@@ -174,9 +207,15 @@ def test_an_edge_user_does_what_an_edge_does_and_nothing_else(acl_redis, tmp_pat
 def test_the_api_user_serves_the_api(acl_redis, tmp_path):
     api_client = redis.Redis.from_url(acl_redis["api"])
     token = issue(api_client, FLEET, "admin")
-    settings = ApiSettings(fleet=FLEET, redis_url=acl_redis["api"], blob_dir=tmp_path / "blobs",
-                           public_key=tmp_path / "none.pub", token_pepper=PEPPER, mode="development",
-                           controller_interval_s=0.05)  # fmt: skip
+    settings = ApiSettings(
+        fleet=FLEET,
+        redis_url=acl_redis["api"],
+        blob_dir=tmp_path / "blobs",
+        public_key=tmp_path / "none.pub",
+        token_pepper=PEPPER,
+        mode="development",
+        controller_interval_s=0.05,
+    )
     with TestClient(create_app(settings), raise_server_exceptions=False) as api:
         status = {"device_id": "pi-1", "fleet": FLEET, "model": "digits", "state": "serving"}
         assert (

@@ -109,9 +109,15 @@ def make_publisher(registry: Registry, signing_dir: Path, **kw: int) -> Publishe
 
 def publish(publisher: Publisher, content: bytes, trigger: str = "count"):
     return publisher.publish(
-        MODEL, content, num_features=4, labels=["a", "b"], probe=PROBE, runtime="test",
-        metrics={"recent_accuracy": 0.9}, explanation=Explanation(trigger=trigger, summary="s"),
-    )  # fmt: skip
+        MODEL,
+        content,
+        num_features=4,
+        labels=["a", "b"],
+        probe=PROBE,
+        runtime="test",
+        metrics={"recent_accuracy": 0.9},
+        explanation=Explanation(trigger=trigger, summary="s"),
+    )
 
 
 @pytest.fixture
@@ -297,13 +303,21 @@ def test_the_parent_comes_first_and_the_cap_holds(
         report(redis_client, registry.keys, device, sha)
     capped = make_publisher(registry, signing_dir, max_patches=2)
     published = capped.publish(
-        MODEL, model_file(5, base=three[2]), num_features=4, labels=["a", "b"], probe=PROBE,
+        MODEL,
+        model_file(5, base=three[2]),
+        num_features=4,
+        labels=["a", "b"],
+        probe=PROBE,
         runtime="test",
-    )  # fmt: skip
+    )
     assert [p.base_sha256 for p in published.payloads] == [None, sha3, sha1]
     none = make_publisher(registry, signing_dir, max_patches=0)
     published = none.publish(
-        MODEL, model_file(6, base=three[2]), num_features=4, labels=["a", "b"], probe=PROBE,
+        MODEL,
+        model_file(6, base=three[2]),
+        num_features=4,
+        labels=["a", "b"],
+        probe=PROBE,
         runtime="test",
-    )  # fmt: skip
+    )
     assert [p.encoding for p in published.payloads] == ["full"]

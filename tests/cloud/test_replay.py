@@ -9,8 +9,15 @@ from cloud.data.replay import NewSamples, TrainerData, decode_samples, encode_sa
 
 
 def make_data(client, keys, **kw) -> TrainerData:
-    args = {"num_classes": 4, "num_features": 3, "replay_capacity": 40, "holdout_capacity": 20,
-            "recent_window": 5, "recent_train": 6, **kw}  # fmt: skip
+    args = {
+        "num_classes": 4,
+        "num_features": 3,
+        "replay_capacity": 40,
+        "holdout_capacity": 20,
+        "recent_window": 5,
+        "recent_train": 6,
+        **kw,
+    }
     return TrainerData(client, keys, "m", **args)
 
 
@@ -86,8 +93,17 @@ def test_holdout_recent_window_and_training_ring(redis_client, keys):
 
 
 def test_seed_fills_holdout_but_not_the_recent_window(redis_client, keys, parts):
-    data = TrainerData(redis_client, keys, "digits", num_classes=10, num_features=64, replay_capacity=100,
-                       holdout_capacity=50, recent_window=10, recent_train=10)  # fmt: skip
+    data = TrainerData(
+        redis_client,
+        keys,
+        "digits",
+        num_classes=10,
+        num_features=64,
+        replay_capacity=100,
+        holdout_capacity=50,
+        recent_window=10,
+        recent_train=10,
+    )
     data.seed(parts.seed_holdout.X, parts.seed_holdout.y, holdout=True, seed=0)
     X, y = data.holdout_set()
     assert len(y) == 50 and np.bincount(y).tolist() == [5] * 10

@@ -25,9 +25,15 @@ def live(redis_client, redis_url, tmp_path, monkeypatch):
     shas = seed_versions(redis_client, FLEET, tmp_path / "blobs")
     for d in DEVICES:
         report(redis_client, FLEET, d, shas[0], version=1, rolling_accuracy=0.9)
-    settings = ApiSettings(fleet=FLEET, redis_url=redis_url, blob_dir=tmp_path / "blobs",
-                           public_key=tmp_path / "none.pub", token_pepper=PEPPER, mode="development",
-                           controller_interval_s=0.1)  # fmt: skip
+    settings = ApiSettings(
+        fleet=FLEET,
+        redis_url=redis_url,
+        blob_dir=tmp_path / "blobs",
+        public_key=tmp_path / "none.pub",
+        token_pepper=PEPPER,
+        mode="development",
+        controller_interval_s=0.1,
+    )
     monkeypatch.setenv("COLUMNS", "200")
     monkeypatch.setenv("EDGELOOP_TOKEN", issue(redis_client, FLEET, "admin"))
     with serving(create_app(settings)) as url:
@@ -42,8 +48,19 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def test_start_status_steer_and_watch_a_rollout(live, capsys):
-    code, out, _ = run(capsys, "rollout", "start", "digits", "2", "--canary", "1", "--manual",
-                       "--min-dwell", "3600", "--json")  # fmt: skip
+    code, out, _ = run(
+        capsys,
+        "rollout",
+        "start",
+        "digits",
+        "2",
+        "--canary",
+        "1",
+        "--manual",
+        "--min-dwell",
+        "3600",
+        "--json",
+    )
     assert code == 0
     r = json.loads(out)
     rid = r["id"]

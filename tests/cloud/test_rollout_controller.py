@@ -68,27 +68,54 @@ class Fleet:
             raw = self.client.hget(key, field) if field else self.client.get(key)
             return raw.decode() if raw else None
 
-        return desired_sha(get(self.keys.target(MODEL)), get(self.keys.assignments(MODEL), device),
-                           get(self.keys.pins(MODEL), device))  # fmt: skip
+        return desired_sha(
+            get(self.keys.target(MODEL)),
+            get(self.keys.assignments(MODEL), device),
+            get(self.keys.pins(MODEL), device),
+        )
 
-    def report(self, device: str, sha: str, *, accuracy: float = 0.95, served: int = 0,
-               labeled: int = 0, correct: int | None = None, failed: int = 0, error: str | None = None,
-               p99: float = 1.0) -> None:  # fmt: skip
+    def report(
+        self,
+        device: str,
+        sha: str,
+        *,
+        accuracy: float = 0.95,
+        served: int = 0,
+        labeled: int = 0,
+        correct: int | None = None,
+        failed: int = 0,
+        error: str | None = None,
+        p99: float = 1.0,
+    ) -> None:
         c = self.counters[device]
         c.predictions += served
         c.failed_requests += failed
         c.labeled += labeled
         c.labeled_correct += labeled if correct is None else correct
-        status = EdgeStatus(device_id=device, fleet="lab", model=MODEL, sha256=sha, state="serving",
-                            rolling_accuracy=accuracy, latency_ms_p99=p99, counters=c,
-                            last_error=error, ts=self.clock())  # fmt: skip
+        status = EdgeStatus(
+            device_id=device,
+            fleet="lab",
+            model=MODEL,
+            sha256=sha,
+            state="serving",
+            rolling_accuracy=accuracy,
+            latency_ms_p99=p99,
+            counters=c,
+            last_error=error,
+            ts=self.clock(),
+        )
         self.client.set(self.keys.device(device), status.to_wire())
         self.client.zadd(self.keys.devices, {device: self.clock()})
 
     def edges_follow(
-        self, *, correct_share: float = 0.95, served: int = 30, labeled: int = 30,
-        p99_a: float = 1.0, p99_b: float = 1.0,
-    ) -> None:  # fmt: skip
+        self,
+        *,
+        correct_share: float = 0.95,
+        served: int = 30,
+        labeled: int = 30,
+        p99_a: float = 1.0,
+        p99_b: float = 1.0,
+    ) -> None:
         """Every device serves what it is told and reports traffic on it."""
         for d in DEVICES:
             sha = self.desired(d)
@@ -115,8 +142,14 @@ def fleet(redis_client: redis.Redis) -> Fleet:
 def test_rings_are_stable_cumulative_and_honour_named_devices() -> None:
     order = ring_order(DEVICES)
     assert order == ring_order(list(reversed(DEVICES)))  # input order does not matter
-    rings = members([StageSpec(name="c", percent=10), StageSpec(name="h", percent=50),
-                     StageSpec(name="all", percent=100)], DEVICES)  # fmt: skip
+    rings = members(
+        [
+            StageSpec(name="c", percent=10),
+            StageSpec(name="h", percent=50),
+            StageSpec(name="all", percent=100),
+        ],
+        DEVICES,
+    )
     assert [len(r) for r in rings] == [1, 5, 10]
     assert rings[0] == order[:1] and rings[1][:1] == rings[0]
     named = members(
@@ -247,8 +280,11 @@ def test_pinned_devices_are_left_alone(fleet: Fleet) -> None:
 
 def test_edges_are_notified_and_bad_requests_are_refused(fleet: Fleet) -> None:
     r = fleet.controller.create(RolloutSpec(model=MODEL, target="2", gate=FAST_GATE))
-    notices = [AssignmentNotice.from_wire(f[b"assign"]) for _, f in fleet.client.xrange(fleet.keys.deltas)
-               if b"assign" in f]  # fmt: skip
+    notices = [
+        AssignmentNotice.from_wire(f[b"assign"])
+        for _, f in fleet.client.xrange(fleet.keys.deltas)
+        if b"assign" in f
+    ]
     assert notices and notices[-1].devices == r.stages[0].devices
     assert notices[-1].concerns(MODEL, r.stages[0].devices[0])
     assert not notices[-1].concerns(MODEL, "somebody-else")

@@ -37,18 +37,27 @@ from shared.signing import Signer, write_keypair
 FLEET = "roll"
 EDGE_DATA = Path(__file__).resolve().parents[1] / "edge" / "data"
 PERMUTED = EDGE_DATA / "permuted_digits.tflite"
-GATE = {"min_labeled": 20, "min_requests": 20, "min_dwell_s": 0.5, "stage_timeout_s": 60,
-        "max_accuracy_drop": 0.1}  # fmt: skip
-STAGES = [{"name": "canary", "count": 1}, {"name": "half", "percent": 50},
-          {"name": "all", "percent": 100}]  # fmt: skip
+GATE = {
+    "min_labeled": 20,
+    "min_requests": 20,
+    "min_dwell_s": 0.5,
+    "stage_timeout_s": 60,
+    "max_accuracy_drop": 0.1,
+}
+STAGES = [
+    {"name": "canary", "count": 1},
+    {"name": "half", "percent": 50},
+    {"name": "all", "percent": 100},
+]
 
 pytestmark = pytest.mark.timeout(240)
 
 
 def _probe(content: bytes) -> ProbeSet:
     inputs = np.random.default_rng(0).integers(0, 17, size=(8, 64)).astype(np.float32)
-    return ProbeSet(inputs=inputs.tolist(),
-                    expected=TFLiteModel(content).predict_proba_batch(inputs).tolist())  # fmt: skip
+    return ProbeSet(
+        inputs=inputs.tolist(), expected=TFLiteModel(content).predict_proba_batch(inputs).tolist()
+    )
 
 
 class Fleet:
@@ -59,14 +68,26 @@ class Fleet:
         self.keys = FleetKeys(FLEET)
         write_keypair(tmp / "keys")
         registry = Registry(client, self.keys, DirBlobStore(tmp / "blobs"))
-        publisher = Publisher(client, self.keys, Signer.from_file(tmp / "keys" / "signing.key"),
-                              registry=registry, release="manual")  # fmt: skip
+        publisher = Publisher(
+            client,
+            self.keys,
+            Signer.from_file(tmp / "keys" / "signing.key"),
+            registry=registry,
+            release="manual",
+        )
         baseline = BUNDLED_BASELINE.read_bytes()
         self.shas = [""]  # by version number
         for content in (baseline + b"\0", baseline + b"\0\0", PERMUTED.read_bytes()):
-            self.shas.append(publisher.publish(
-                "digits", content, num_features=64, labels=[str(i) for i in range(10)],
-                probe=_probe(content), runtime="ai-edge-litert").sha256)  # fmt: skip
+            self.shas.append(
+                publisher.publish(
+                    "digits",
+                    content,
+                    num_features=64,
+                    labels=[str(i) for i in range(10)],
+                    probe=_probe(content),
+                    runtime="ai-edge-litert",
+                ).sha256
+            )
         client.set(self.keys.target("digits"), self.shas[1])
         client.xadd(self.keys.deltas, {"assign": AssignmentNotice(model="digits").to_wire()})
         with np.load(EDGE_DATA / "digits_sample.npz", allow_pickle=False) as d:
@@ -79,11 +100,21 @@ class Fleet:
             self.start(device)
 
     def settings(self, device: str) -> EdgeSettings:
-        return load_settings(EdgeSettings, None, device_id=device, fleet=FLEET,
-                             redis_url=self.redis_url, public_key=self.tmp / "keys" / "signing.pub",
-                             state_dir=self.tmp / device, status_interval_s=0.2, status_ttl_s=2,
-                             feedback_flush_ms=10, warmup_invokes=1, desired_poll_s=1.0,
-                             guard_enabled=False)  # fmt: skip
+        return load_settings(
+            EdgeSettings,
+            None,
+            device_id=device,
+            fleet=FLEET,
+            redis_url=self.redis_url,
+            public_key=self.tmp / "keys" / "signing.pub",
+            state_dir=self.tmp / device,
+            status_interval_s=0.2,
+            status_ttl_s=2,
+            feedback_flush_ms=10,
+            warmup_invokes=1,
+            desired_poll_s=1.0,
+            guard_enabled=False,
+        )
 
     def start(self, device: str) -> None:
         self.daemons[device] = EdgeDaemon(self.settings(device))
@@ -133,9 +164,14 @@ def fleet(redis_client, redis_url, tmp_path) -> Iterator[Fleet]:
 
 
 def _api(f: Fleet) -> ApiSettings:
-    return ApiSettings(fleet=FLEET, redis_url=f.redis_url, blob_dir=f.tmp / "blobs",
-                       public_key=f.tmp / "keys" / "signing.pub", token_pepper=PEPPER,
-                       controller_interval_s=0.2)  # fmt: skip
+    return ApiSettings(
+        fleet=FLEET,
+        redis_url=f.redis_url,
+        blob_dir=f.tmp / "blobs",
+        public_key=f.tmp / "keys" / "signing.pub",
+        token_pepper=PEPPER,
+        controller_interval_s=0.2,
+    )
 
 
 @pytest.fixture
@@ -153,11 +189,16 @@ def _ended(api: TestClient, headers: dict[str, str], rid: str) -> Callable[[], A
 
 def test_a_good_version_reaches_the_whole_fleet_and_a_bad_one_stops_at_the_canary(fleet, admin):
     f = fleet
-    f.until(lambda: all(s.rolling_accuracy for s in map(EdgeDaemon.health, f.daemons.values())),
-            what="accuracy on v1")  # fmt: skip
+    f.until(
+        lambda: all(s.rolling_accuracy for s in map(EdgeDaemon.health, f.daemons.values())),
+        what="accuracy on v1",
+    )
     with TestClient(create_app(_api(f)), raise_server_exceptions=False) as api:
-        r = api.post("/v1/rollouts", headers=admin,
-                     json={"model": "digits", "target": "2", "stages": STAGES, "gate": GATE})  # fmt: skip
+        r = api.post(
+            "/v1/rollouts",
+            headers=admin,
+            json={"model": "digits", "target": "2", "stages": STAGES, "gate": GATE},
+        )
         assert r.status_code == 201, r.text
         good = f.until(_ended(api, admin, r.json()["id"]), what="the good rollout to end")
         assert good["state"] == "completed", good["reason"]
@@ -173,8 +214,11 @@ def test_a_good_version_reaches_the_whole_fleet_and_a_bad_one_stops_at_the_canar
 
         for d in f.ids:
             f.served[d].clear()
-        r = api.post("/v1/rollouts", headers=admin,
-                     json={"model": "digits", "target": "3", "stages": STAGES, "gate": GATE})  # fmt: skip
+        r = api.post(
+            "/v1/rollouts",
+            headers=admin,
+            json={"model": "digits", "target": "3", "stages": STAGES, "gate": GATE},
+        )
         assert r.status_code == 201, r.text
         bad = f.until(_ended(api, admin, r.json()["id"]), what="the bad rollout to end")
         assert bad["state"] == "rolled_back", bad
@@ -202,8 +246,10 @@ def test_an_offline_device_converges_and_a_restarted_controller_resumes(fleet, a
         assert r.status_code == 201, r.text
         rid = r.json()["id"]
         assert offline in r.json()["stages"][-1]["devices"]  # seen recently: in the last ring
-        f.until(lambda: api.get(f"/v1/rollouts/{rid}", headers=admin).json()["current"] >= 1,
-                what="the canary stage to pass")  # fmt: skip
+        f.until(
+            lambda: api.get(f"/v1/rollouts/{rid}", headers=admin).json()["current"] >= 1,
+            what="the canary stage to pass",
+        )
     # No controller now: the rollout holds where it is.
     frozen = TestClient(create_app(_api(f).model_copy(update={"controller_interval_s": 0})))
     with frozen:

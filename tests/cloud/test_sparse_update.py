@@ -35,8 +35,15 @@ from shared.codec import encode_full
 from shared.delta import make_patch
 from shared.runtime import TFLiteModel
 
-OPTIONS = BudgetOptions(budget_bytes=400, budget_fraction=0.025, clip_tolerance=0.05,
-                        activation_tolerance=0.1, refit_epochs=3, refit_lr=3e-3, min_agreement=0.95)  # fmt: skip
+OPTIONS = BudgetOptions(
+    budget_bytes=400,
+    budget_fraction=0.025,
+    clip_tolerance=0.05,
+    activation_tolerance=0.1,
+    refit_epochs=3,
+    refit_lr=3e-3,
+    min_agreement=0.95,
+)
 
 
 @dataclass(frozen=True)
@@ -69,9 +76,15 @@ def parent(exported) -> TFLiteFile:
 
 @pytest.fixture(scope="session")
 def budgeted(exported, trained, drifted, parts):
-    update = BudgetedUpdate(exported.content, trained.model, drifted.model, (drifted.X, drifted.y),
-                            (drifted.X[:200], parts.seed_holdout.X[:32]),
-                            Hyperparameters(3, 64, 1e-3, 1), OPTIONS)  # fmt: skip
+    update = BudgetedUpdate(
+        exported.content,
+        trained.model,
+        drifted.model,
+        (drifted.X, drifted.y),
+        (drifted.X[:200], parts.seed_holdout.X[:32]),
+        Hyperparameters(3, 64, 1e-3, 1),
+        OPTIONS,
+    )
     return update, update.child()
 
 
@@ -113,8 +126,11 @@ def test_with_levels_every_changed_weight_moves_by_an_allowed_step(parent, drift
             d = child.values(t.name).astype(int) - parent.values(t.name).astype(int)
             moved.append(np.abs(d[d != 0]))
     steps = np.concatenate(moved)
-    edge = sum(int(np.sum(np.abs(child.values(t.name)) == 127)) for t in update_tensors(parent)
-               if t.dtype == np.int8)  # fmt: skip
+    edge = sum(
+        int(np.sum(np.abs(child.values(t.name)) == 127))
+        for t in update_tensors(parent)
+        if t.dtype == np.int8
+    )
     # a step that would leave the range stops at its end; everything else is a level
     assert len(steps) > 400 and np.isin(steps, levels).sum() >= len(steps) - edge
     assert stepped.weight_bytes_changed <= 600 and stepped.pending > 0
@@ -152,9 +168,15 @@ def test_the_selection_narrows_from_four_times_the_budget_down_to_it(
 
     monkeypatch.setattr(st, "refit", counting_refit)
     opts = replace(OPTIONS, select_factor=4, levels=(8, 16, 32, 64))
-    update = BudgetedUpdate(exported.content, trained.model, drifted.model, (drifted.X, drifted.y),
-                            (drifted.X[:200], parts.seed_holdout.X[:32]),
-                            Hyperparameters(3, 64, 1e-3, 1), opts)  # fmt: skip
+    update = BudgetedUpdate(
+        exported.content,
+        trained.model,
+        drifted.model,
+        (drifted.X, drifted.y),
+        (drifted.X[:200], parts.seed_holdout.X[:32]),
+        Hyperparameters(3, 64, 1e-3, 1),
+        opts,
+    )
     child = update.child(300)
     # refit on ~1200 values, then ~600, then the budget's ~300 (int32 biases cost more bytes)
     assert len(trained_values) == 3
@@ -168,9 +190,15 @@ def test_weights_outside_the_frozen_range_force_recalibration(exported, trained,
     with torch.no_grad():
         grown.f1.weight.mul_(3.0)
     with pytest.raises(FrozenScalesDoNotFit) as e:
-        BudgetedUpdate(exported.content, trained.model, grown, (drifted.X, drifted.y),
-                       (drifted.X[:200], parts.seed_holdout.X[:32]), Hyperparameters(3, 64, 1e-3, 1),
-                       OPTIONS)  # fmt: skip
+        BudgetedUpdate(
+            exported.content,
+            trained.model,
+            grown,
+            (drifted.X, drifted.y),
+            (drifted.X[:200], parts.seed_holdout.X[:32]),
+            Hyperparameters(3, 64, 1e-3, 1),
+            OPTIONS,
+        )
     assert e.value.reason == "clipping" and e.value.details["clipped_fraction"] > 0.05
 
 
@@ -205,8 +233,11 @@ def test_activation_recalibration_keeps_the_weights(parent, drifted, exported, p
         assert np.array_equal(moved.values(layer.weight.name), parent.values(layer.weight.name))
         assert np.array_equal(moved.tensors[layer.weight.name].scales, layer.weight.scales)
         # biases are requantized: the same float values in the new units
-        np.testing.assert_allclose(moved.tensors[layer.bias.name].dequantize(moved.content),
-                                   layer.bias.dequantize(parent.content), atol=1e-3)  # fmt: skip
+        np.testing.assert_allclose(
+            moved.tensors[layer.bias.name].dequantize(moved.content),
+            layer.bias.dequantize(parent.content),
+            atol=1e-3,
+        )
     for t in activation_tensors(parent):
         assert np.array_equal(moved.tensors[t.name].scales, fresh.tensors[t.name].scales)
     assert bytes_changed(parent.content, moved.content) < 0.03 * len(parent.content)
@@ -230,10 +261,20 @@ def test_writes_that_do_not_fit_are_refused(parent):
 #: does not forget, and the budget's cost in accuracy never ships more, because the
 #: budgeted round is under test here, not the gate (tests/cloud/test_trainer.py has a
 #: drift round that ships a fresh export).
-ROUND = {"bootstrap_epochs": 20, "epochs": 8, "round_min_samples": 300, "round_interval_s": 3600,
-         "drift_window": 10_000, "gate_min_recent": 20, "status_interval_s": 3600, "block_ms": 10,
-         "min_gain": -1.0, "forgetting_tolerance": 1.0, "update_max_loss": 1.0,
-         "lock_ttl_ms": 600_000}  # fmt: skip
+ROUND = {
+    "bootstrap_epochs": 20,
+    "epochs": 8,
+    "round_min_samples": 300,
+    "round_interval_s": 3600,
+    "drift_window": 10_000,
+    "gate_min_recent": 20,
+    "status_interval_s": 3600,
+    "block_ms": 10,
+    "min_gain": -1.0,
+    "forgetting_tolerance": 1.0,
+    "update_max_loss": 1.0,
+    "lock_ttl_ms": 600_000,
+}
 
 
 @pytest.fixture(scope="session")
@@ -244,16 +285,26 @@ def budgeted_round(redis_server, digits, parts, signing_dir, tmp_path_factory):
 
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()
-    settings = TrainerSettings(fleet="sparse", redis_url=redis_server.url, consumer="trainer-1",
-                               signing_key=signing_dir / "signing.key",
-                               blob_dir=tmp_path_factory.mktemp("blobs"), **ROUND)  # fmt: skip
+    settings = TrainerSettings(
+        fleet="sparse",
+        redis_url=redis_server.url,
+        consumer="trainer-1",
+        signing_key=signing_dir / "signing.key",
+        blob_dir=tmp_path_factory.mktemp("blobs"),
+        **ROUND,
+    )
     trainer = Trainer(settings, dataset=digits, background_rounds=False)
     trainer.start()
     X, y = drift("digits")(parts.stream.X[:300]), parts.stream.y[:300]
     pipe = client.pipeline(transaction=False)
     for i in range(len(y)):
-        event = FeedbackEvent(event_id=f"pi-0:e0:{i}", device_id="pi-0", model="digits",
-                              x=X[i].tolist(), label=int(y[i]))  # fmt: skip
+        event = FeedbackEvent(
+            event_id=f"pi-0:e0:{i}",
+            device_id="pi-0",
+            model="digits",
+            x=X[i].tolist(),
+            label=int(y[i]),
+        )
         pipe.xadd(trainer.keys.feedback, {"data": event.to_wire()})
     pipe.execute()
     for _ in range(50):
@@ -261,8 +312,13 @@ def budgeted_round(redis_server, digits, parts, signing_dir, tmp_path_factory):
             break
         trainer.step(block_ms=10)
     (_, sha1), (_, sha2) = trainer.publisher.versions("digits")
-    out = (trainer.status.last_round, trainer.publisher.content(sha1), trainer.publisher.content(sha2),
-           trainer.client.get(trainer.keys.weights(sha2)), trainer.publisher.latest("digits")[2])  # fmt: skip
+    out = (
+        trainer.status.last_round,
+        trainer.publisher.content(sha1),
+        trainer.publisher.content(sha2),
+        trainer.client.get(trainer.keys.weights(sha2)),
+        trainer.publisher.latest("digits")[2],
+    )
     trainer.close()
     client.flushall()
     client.close()

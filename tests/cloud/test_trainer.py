@@ -13,9 +13,19 @@ from shared.messages import TrainerStatus
 from shared.runtime import TFLiteModel
 from shared.signing import Verifier
 
-FAST = {"bootstrap_epochs": 20, "epochs": 8, "round_min_samples": 10_000, "round_interval_s": 3600,
-        "drift_window": 40, "drift_drop": 0.25, "gate_min_recent": 20, "status_interval_s": 0.2,
-        "block_ms": 10, "replay_capacity": 1000, "recent_train": 400}  # fmt: skip
+FAST = {
+    "bootstrap_epochs": 20,
+    "epochs": 8,
+    "round_min_samples": 10_000,
+    "round_interval_s": 3600,
+    "drift_window": 40,
+    "drift_drop": 0.25,
+    "gate_min_recent": 20,
+    "status_interval_s": 0.2,
+    "block_ms": 10,
+    "replay_capacity": 1000,
+    "recent_train": 400,
+}
 
 
 @pytest.fixture
@@ -110,8 +120,11 @@ def test_a_drift_round_publishes_a_better_v2(trainer, events, parts):
 
 
 def test_count_trigger_and_rejection_are_recorded(make_settings, digits, events, parts):
-    trainer = Trainer(make_settings(**{**FAST, "round_min_samples": 150, "min_gain": 0.5}), dataset=digits,
-                      background_rounds=False)  # fmt: skip
+    trainer = Trainer(
+        make_settings(**{**FAST, "round_min_samples": 150, "min_gain": 0.5}),
+        dataset=digits,
+        background_rounds=False,
+    )
     trainer.start()
     feed(trainer, events, parts.stream.X[:200], parts.stream.y[:200], 0, None)
     assert trainer.status.rounds_rejected == 1 and trainer.status.rounds == 0
@@ -142,8 +155,11 @@ def test_run_loop_ingests_while_a_round_runs_and_stops_cleanly(
     )
     while trainer._round is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    events.send(trainer.client, trainer.keys.feedback,
-                events.many(parts.stream.X[150:300], parts.stream.y[150:300], start=50))  # fmt: skip
+    events.send(
+        trainer.client,
+        trainer.keys.feedback,
+        events.many(parts.stream.X[150:300], parts.stream.y[150:300], start=50),
+    )
     while trainer.data.stats()["accepted"] < 300 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert trainer._round is not None, "the second batch should be ingested while the round runs"
@@ -159,8 +175,11 @@ def test_run_loop_ingests_while_a_round_runs_and_stops_cleanly(
 
 def test_a_standby_trainer_takes_over_when_the_lease_expires(make_settings, digits):
     a = Trainer(make_settings(**FAST, lock_ttl_ms=300), dataset=digits, background_rounds=False)
-    b = Trainer(make_settings(**FAST, lock_ttl_ms=300, consumer="trainer-2"), dataset=digits,
-                background_rounds=False)  # fmt: skip
+    b = Trainer(
+        make_settings(**FAST, lock_ttl_ms=300, consumer="trainer-2"),
+        dataset=digits,
+        background_rounds=False,
+    )
     a.lease.refresh()
     b.start()
     assert a.lease.held and not b.lease.held

@@ -35,11 +35,21 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def server(redis_server, published_fleet, signing_dir) -> Iterator[str]:
     """A real uvicorn server on the session's redis-server (tests restore the fleet's keys)."""
-    settings = ApiSettings(fleet=FLEET, redis_url=redis_server.url, port=free_port(),
-                           public_key=signing_dir / "signing.pub", blob_dir=published_fleet.blob_dir,
-                           token_pepper=PEPPER)  # fmt: skip
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.port,
-                            log_level="warning", lifespan="on")  # fmt: skip
+    settings = ApiSettings(
+        fleet=FLEET,
+        redis_url=redis_server.url,
+        port=free_port(),
+        public_key=signing_dir / "signing.pub",
+        blob_dir=published_fleet.blob_dir,
+        token_pepper=PEPPER,
+    )
+    config = uvicorn.Config(
+        create_app(settings),
+        host="127.0.0.1",
+        port=settings.port,
+        log_level="warning",
+        lifespan="on",
+    )
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -81,9 +91,18 @@ def test_versions_is_a_table_of_every_version(api_url, capsys, published_fleet):
 def test_explain_shows_every_section(api_url, capsys):
     code, out, _ = run(capsys, "explain", "2", "--api", api_url)
     assert code == 0, out
-    for section in ("Summary", "Data window", "Hyperparameters", "Metrics", "per-class recall",
-                    "Forgetting", "Predictions that flipped", "Per-layer change", "Attribution shift",
-                    "signature verified"):  # fmt: skip
+    for section in (
+        "Summary",
+        "Data window",
+        "Hyperparameters",
+        "Metrics",
+        "per-class recall",
+        "Forgetting",
+        "Predictions that flipped",
+        "Per-layer change",
+        "Attribution shift",
+        "signature verified",
+    ):
         assert section in out, section
     assert "trigger drift: served accuracy" in out and "r0 " in out and "c7" in out
     grid = [line for line in out.splitlines() if re.match(r"^│\s*r[0-7]\s*│", line)]
@@ -144,7 +163,13 @@ def test_a_real_process_prints_the_explanation_without_importing_torch(api_url):
         "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)"
     )
     env = {**os.environ, "COLUMNS": "120"}
-    r = subprocess.run([sys.executable, "-c", code, "explain", "2", "--api", api_url], cwd=ROOT,
-                       capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-c", code, "explain", "2", "--api", api_url],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     assert "Attribution shift" in r.stdout and "Traceback" not in r.stderr

@@ -46,9 +46,21 @@ def test_quick_demo_recovers_from_drift_and_loses_nothing(tmp_path):
 @pytest.mark.timeout(500)
 def test_bad_canary_scenario_stops_a_harmful_version_at_the_canary_ring(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "cloud.cli.main", "demo", "--scenario", "bad-canary", "--quick", "--json"],
-        capture_output=True, text=True, timeout=480, cwd=tmp_path,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "cloud.cli.main",
+            "demo",
+            "--scenario",
+            "bad-canary",
+            "--quick",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=480,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -117,9 +117,14 @@ def test_a_bad_patch_with_no_good_full_file_keeps_the_old_model_until_a_good_ver
 ) -> None:
     daemon = on_v1
     publish_version(
-        redis_client, keys, signing.signer, V2, 2,
-        patches={SHA1: _corrupted()}, artifact=encode_full(V2)[:100],
-    )  # fmt: skip
+        redis_client,
+        keys,
+        signing.signer,
+        V2,
+        2,
+        patches={SHA1: _corrupted()},
+        artifact=encode_full(V2)[:100],
+    )
     wait_for(lambda: daemon.updater.updates_refused == 1, what="v2 refused")
     assert serving(daemon) == 1 and daemon.store.current == SHA1
     assert daemon.predict([float(i % 17) for i in range(64)]).model_version == 1

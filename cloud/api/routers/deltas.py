@@ -23,11 +23,20 @@ OCTETS = "application/octet-stream"
             "the target's sha256 (also in the X-Edgeloop-Target-Sha256 header)",
             "content": {OCTETS: {"schema": {"type": "string", "format": "binary"}}},
         },
-        404: error("Unknown model, target or base", "base 3f1c9a5e7b2d is not a version of digits: fetch the full file"),
-        409: error("No patch is possible: fetch the full file", "no patch from 3f1c9a5e7b2d: lengths differ"),
-        422: error("Malformed parameter", "query parameter 'base': base is the full sha256 (64 lowercase hex digits) of the version the edge holds"),
+        404: error(
+            "Unknown model, target or base",
+            "base 3f1c9a5e7b2d is not a version of digits: fetch the full file",
+        ),
+        409: error(
+            "No patch is possible: fetch the full file",
+            "no patch from 3f1c9a5e7b2d: lengths differ",
+        ),
+        422: error(
+            "Malformed parameter",
+            "query parameter 'base': base is the full sha256 (64 lowercase hex digits) of the version the edge holds",
+        ),
     },
-)  # fmt: skip
+)
 def read_delta(model: ModelName, base: Sha256Query, target: RefQuery, view: ViewDep) -> Response:
     patch, target_sha = view.read_delta(model, base, target)
     headers = {"X-Edgeloop-Base-Sha256": base, "X-Edgeloop-Target-Sha256": target_sha}

@@ -27,8 +27,11 @@ def list_devices(
     return fleet.list_devices(limit, offset)
 
 
-@router.get("/{device_id}", summary="Get a device",
-            responses={404: error("Never heard of", "fleet default has no device 'pi-99'")})  # fmt: skip
+@router.get(
+    "/{device_id}",
+    summary="Get a device",
+    responses={404: error("Never heard of", "fleet default has no device 'pi-99'")},
+)
 def read_device(device_id: DeviceId, fleet: FleetDep, _: ViewerDep) -> DevicePublic:
     return fleet.read_device(device_id)
 
@@ -37,8 +40,12 @@ def read_device(device_id: DeviceId, fleet: FleetDep, _: ViewerDep) -> DevicePub
     "/{device_id}/status",
     status_code=status.HTTP_202_ACCEPTED,
     summary="Report a device's status (edges without Redis)",
-    responses={422: error("Malformed report, or another device's", "status is for device 'pi-08', not 'pi-07'")},
-)  # fmt: skip
+    responses={
+        422: error(
+            "Malformed report, or another device's", "status is for device 'pi-08', not 'pi-07'"
+        )
+    },
+)
 def create_status(
     device_id: DeviceId,
     report: EdgeStatus,

@@ -27,21 +27,38 @@ FeedbackBody = Annotated[
 ]
 
 _EXAMPLE = {
-    "event_id": "pi-07:3f9a1c:42", "device_id": "pi-07", "model": "digits",
-    "x": [0.0] * 64, "label": 3, "predicted": 3, "model_version": 4,
-}  # fmt: skip
+    "event_id": "pi-07:3f9a1c:42",
+    "device_id": "pi-07",
+    "model": "digits",
+    "x": [0.0] * 64,
+    "label": 3,
+    "predicted": 3,
+    "model_version": 4,
+}
 
 
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
     summary="Send labeled feedback",
-    responses={422: error("Malformed event", "event_id 'x' must be '<device_id>:<epoch>:<seq>' for device 'pi-07'")},
-    openapi_extra={"requestBody": {"content": {"application/json": {"examples": {
-        "one": {"summary": "one event", "value": _EXAMPLE},
-        "batch": {"summary": "a batch", "value": {"events": [_EXAMPLE]}},
-    }}}}},
-)  # fmt: skip
+    responses={
+        422: error(
+            "Malformed event", "event_id 'x' must be '<device_id>:<epoch>:<seq>' for device 'pi-07'"
+        )
+    },
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "application/json": {
+                    "examples": {
+                        "one": {"summary": "one event", "value": _EXAMPLE},
+                        "batch": {"summary": "a batch", "value": {"events": [_EXAMPLE]}},
+                    }
+                }
+            }
+        }
+    },
+)
 def create_feedback(
     body: FeedbackBody, relay: RelayDep, settings: SettingsDep, who: PrincipalDep
 ) -> FeedbackAcceptedPublic:

@@ -25,12 +25,16 @@ _409 = error(
     summary="Start a rollout",
     responses={
         404: error("Unknown model or version", "digits has no version 9"),
-        409: error("A rollout of the model is in progress, or the version is already the target",
-                   "rollout 4be0c1f2a9d3 of digits is in progress; finish, abort or roll it back first"),
-        422: error("Malformed spec, or no device to roll out to",
-                   "no device to roll out to (none seen recently, or all pinned)"),
+        409: error(
+            "A rollout of the model is in progress, or the version is already the target",
+            "rollout 4be0c1f2a9d3 of digits is in progress; finish, abort or roll it back first",
+        ),
+        422: error(
+            "Malformed spec, or no device to roll out to",
+            "no device to roll out to (none seen recently, or all pinned)",
+        ),
     },
-)  # fmt: skip
+)
 def create_rollout(spec: RolloutCreate, view: RolloutsDep, who: AdminDep) -> RolloutPublic:
     """Move ``model`` from the fleet's target (A) to ``target`` (B) ring by ring. Rings are
     chosen by a hash of the device ids (the same canaries each time) unless a stage names
@@ -60,8 +64,9 @@ def pause_rollout(rollout_id: RolloutId, view: RolloutsDep, who: AdminDep) -> Ro
     return view.act(rollout_id, "pause", who.name)
 
 
-@router.post("/{rollout_id}/resume", summary="Resume a paused rollout",
-             responses={404: _404, 409: _409})  # fmt: skip
+@router.post(
+    "/{rollout_id}/resume", summary="Resume a paused rollout", responses={404: _404, 409: _409}
+)
 def resume_rollout(rollout_id: RolloutId, view: RolloutsDep, who: AdminDep) -> RolloutPublic:
     return view.act(rollout_id, "resume", who.name)
 
@@ -72,15 +77,19 @@ def abort_rollout(rollout_id: RolloutId, view: RolloutsDep, who: AdminDep) -> Ro
     return view.act(rollout_id, "abort", who.name)
 
 
-@router.post("/{rollout_id}/promote", summary="Promote the current stage by hand",
-             responses={404: _404, 409: _409})  # fmt: skip
+@router.post(
+    "/{rollout_id}/promote",
+    summary="Promote the current stage by hand",
+    responses={404: _404, 409: _409},
+)
 def promote_rollout(rollout_id: RolloutId, view: RolloutsDep, who: AdminDep) -> RolloutPublic:
     """Pass the current stage whatever its gate says and move to the next (or complete)."""
     return view.act(rollout_id, "promote", who.name)
 
 
-@router.post("/{rollout_id}/rollback", summary="Roll a rollout back",
-             responses={404: _404, 409: _409})  # fmt: skip
+@router.post(
+    "/{rollout_id}/rollback", summary="Roll a rollout back", responses={404: _404, 409: _409}
+)
 def rollback_rollout(rollout_id: RolloutId, view: RolloutsDep, who: AdminDep) -> RolloutPublic:
     """Every device of the rollout goes back to A; after completion, the target moves back too."""
     return view.act(rollout_id, "rollback", who.name)

@@ -18,16 +18,23 @@ def list_tokens(tokens: TokensDep, _: AdminDep) -> TokensPublic:
     return TokensPublic(tokens=[TokenPublic(**r.model_dump()) for r in tokens.list()])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, summary="Issue a token",
-             responses={409: error("Name in use", "a token named 'alice' exists; revoke it first")})  # fmt: skip
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    summary="Issue a token",
+    responses={409: error("Name in use", "a token named 'alice' exists; revoke it first")},
+)
 def create_token(body: TokenCreate, tokens: TokensDep, who: AdminDep) -> TokenIssued:
     """The answer holds the token, shown this once."""
     record, secret = tokens.issue(body.name, body.role, body.device, by=who.name)
     return TokenIssued(**record.model_dump(), token=secret)
 
 
-@router.delete("/{name}", summary="Revoke a token",
-               responses={404: error("No such token", "no token named 'bob'")})  # fmt: skip
+@router.delete(
+    "/{name}",
+    summary="Revoke a token",
+    responses={404: error("No such token", "no token named 'bob'")},
+)
 def delete_token(name: TokenName, tokens: TokensDep, who: AdminDep) -> TokenPublic:
     """The token stops working at the next request, in every API process."""
     return TokenPublic(**tokens.revoke(name, by=who.name).model_dump())

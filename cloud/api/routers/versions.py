@@ -31,16 +31,20 @@ def list_versions(
     return view.list_versions(model, limit)
 
 
-@router.get("/{ref}", summary="Get a version's manifest",
-            responses={404: _VERSION_404, 422: _INVALID_422})  # fmt: skip
+@router.get(
+    "/{ref}", summary="Get a version's manifest", responses={404: _VERSION_404, 422: _INVALID_422}
+)
 def read_version(model: ModelName, ref: VersionRef, view: ViewDep) -> ManifestPublic:
     """The manifest, the exact JSON that was signed with its signature, and whether the
     API verified it with the fleet's public key."""
     return view.read_version(model, ref)
 
 
-@router.get("/{ref}/explanation", summary="Get a version's explanation",
-            responses={404: _VERSION_404, 422: _INVALID_422})  # fmt: skip
+@router.get(
+    "/{ref}/explanation",
+    summary="Get a version's explanation",
+    responses={404: _VERSION_404, 422: _INVALID_422},
+)
 def read_explanation(model: ModelName, ref: VersionRef, view: ViewDep) -> ExplanationPublic:
     """Why the version exists and what it changed: data window, trigger, metrics of parent
     and child, forgetting, flipped predictions, per-layer change, attribution shift and a

@@ -64,11 +64,13 @@ class FleetView:
         by_health = Counter(d.health for d in devices)
         models = {name: self._model_target(name) for name in self.registry.models()}
         return FleetPublic(
-            fleet=self.fleet, devices=len(devices),
+            fleet=self.fleet,
+            devices=len(devices),
             online=sum(1 for d in devices if d.health != "offline"),
-            by_version=dict(sorted(by_version.items())), by_health=dict(sorted(by_health.items())),
+            by_version=dict(sorted(by_version.items())),
+            by_health=dict(sorted(by_health.items())),
             models=models,
-        )  # fmt: skip
+        )
 
     def statuses(self) -> list[DevicePublic]:
         """Every device the fleet has seen (for the metrics)."""
@@ -149,11 +151,21 @@ def _device_public(
     if s is None:
         return DevicePublic(health="offline", **common)
     return DevicePublic(
-        health=s.state, model=s.model, version=s.version, sha256=s.sha256,
-        desired_sha256=desired_sha(target, assigned, pinned), pinned_sha256=pinned,
-        assigned_sha256=assigned, runtime=s.runtime, uptime_s=s.uptime_s,
-        rolling_accuracy=s.rolling_accuracy, latency_ms_p50=s.latency_ms_p50,
-        latency_ms_p99=s.latency_ms_p99, counters=s.counters, last_error=s.last_error,
-        refused_sha256=s.refused_sha256, revert_reason=s.revert_reason,
+        health=s.state,
+        model=s.model,
+        version=s.version,
+        sha256=s.sha256,
+        desired_sha256=desired_sha(target, assigned, pinned),
+        pinned_sha256=pinned,
+        assigned_sha256=assigned,
+        runtime=s.runtime,
+        uptime_s=s.uptime_s,
+        rolling_accuracy=s.rolling_accuracy,
+        latency_ms_p50=s.latency_ms_p50,
+        latency_ms_p99=s.latency_ms_p99,
+        counters=s.counters,
+        last_error=s.last_error,
+        refused_sha256=s.refused_sha256,
+        revert_reason=s.revert_reason,
         **{**common, "last_seen": ts if ts is not None else s.ts},
-    )  # fmt: skip
+    )

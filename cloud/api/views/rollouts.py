@@ -44,8 +44,9 @@ class RolloutsView:
 
     def pin_device(self, device_id: str, model: str, ref: str, by: str) -> PinPublic:
         record = self.controller.pin(model, device_id, ref, by)
-        return PinPublic(device_id=device_id, model=model, version=record.version,
-                         sha256=record.sha256)  # fmt: skip
+        return PinPublic(
+            device_id=device_id, model=model, version=record.version, sha256=record.sha256
+        )
 
     def unpin_device(self, device_id: str, model: str | None, by: str) -> PinsRemoved:
         models = [model] if model is not None else self.registry.models()

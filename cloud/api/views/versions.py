@@ -48,11 +48,18 @@ class ModelNotFound(VersionNotFound):
 
 def version_public(record: VersionRecord) -> VersionPublic:
     return VersionPublic(
-        model=record.model, version=record.version, sha256=record.sha256, size=record.size,
-        parent_version=record.parent_version, parent_sha256=record.parent_sha256,
-        created_at=record.created_at, trigger=record.trigger, summary=record.summary,
-        labels=record.labels, metrics=record.metrics,
-    )  # fmt: skip
+        model=record.model,
+        version=record.version,
+        sha256=record.sha256,
+        size=record.size,
+        parent_version=record.parent_version,
+        parent_sha256=record.parent_sha256,
+        created_at=record.created_at,
+        trigger=record.trigger,
+        summary=record.summary,
+        labels=record.labels,
+        metrics=record.metrics,
+    )
 
 
 class VersionsView:
@@ -85,13 +92,20 @@ class VersionsView:
 
     def read_version(self, model: str, ref: str) -> ManifestPublic:
         record, signed, verified = self._signed(model, ref)
-        return ManifestPublic(version=version_public(record), manifest=signed.manifest(),
-                              signed=signed, signature_verified=verified)  # fmt: skip
+        return ManifestPublic(
+            version=version_public(record),
+            manifest=signed.manifest(),
+            signed=signed,
+            signature_verified=verified,
+        )
 
     def read_explanation(self, model: str, ref: str) -> ExplanationPublic:
         record, signed, verified = self._signed(model, ref)
-        return ExplanationPublic(version=version_public(record),
-                                 explanation=signed.manifest().explanation, signature_verified=verified)  # fmt: skip
+        return ExplanationPublic(
+            version=version_public(record),
+            explanation=signed.manifest().explanation,
+            signature_verified=verified,
+        )
 
     def read_delta(self, model: str, base_sha256: str, target: str) -> tuple[bytes, str]:
         """The patch from ``base_sha256`` to ``target`` and the target's sha256.
@@ -132,34 +146,56 @@ class VersionsView:
         manifest = self.registry.manifest(model, rec_b.sha256)
         content_a = self.registry.content_by_sha(rec_a.sha256)
         content_b = self.registry.content_by_sha(rec_b.sha256)
-        sets = dict(zip(EVAL_SETS, self._evaluation_sets(model, manifest.num_features,
-                                                         len(manifest.labels)), strict=True))  # fmt: skip
+        sets = dict(
+            zip(
+                EVAL_SETS,
+                self._evaluation_sets(model, manifest.num_features, len(manifest.labels)),
+                strict=True,
+            )
+        )
         proba_a = predict_sets(TFLiteModel(content_a), sets)
         proba_b = predict_sets(TFLiteModel(content_b), sets)
         differing = (
-            int(np.count_nonzero(np.frombuffer(content_a, np.uint8) != np.frombuffer(content_b, np.uint8)))
+            int(
+                np.count_nonzero(
+                    np.frombuffer(content_a, np.uint8) != np.frombuffer(content_b, np.uint8)
+                )
+            )
             if len(content_a) == len(content_b)
             else None
-        )  # fmt: skip
+        )
         lineage = {r.sha256 for r in self.registry.lineage(model, rec_b.sha256)}
         return DiffPublic(
             model=model,
-            a=DiffSide(version=version_public(rec_a), metrics=model_metrics(proba_a, sets, manifest.labels)),
-            b=DiffSide(version=version_public(rec_b), metrics=model_metrics(proba_b, sets, manifest.labels)),
-            earlier_samples=len(sets["earlier"][1]), recent_samples=len(sets["recent"][1]),
-            flips=flips(sets, proba_a, proba_b), weights=compare_artifacts(content_a, content_b),
-            bytes_differing=differing, b_descends_from_a=rec_a.sha256 in lineage,
-        )  # fmt: skip
+            a=DiffSide(
+                version=version_public(rec_a), metrics=model_metrics(proba_a, sets, manifest.labels)
+            ),
+            b=DiffSide(
+                version=version_public(rec_b), metrics=model_metrics(proba_b, sets, manifest.labels)
+            ),
+            earlier_samples=len(sets["earlier"][1]),
+            recent_samples=len(sets["recent"][1]),
+            flips=flips(sets, proba_a, proba_b),
+            weights=compare_artifacts(content_a, content_b),
+            bytes_differing=differing,
+            b_descends_from_a=rec_a.sha256 in lineage,
+        )
 
     def _evaluation_sets(
         self, model: str, num_features: int, num_classes: int
     ) -> tuple[Samples, Samples]:
         # Only the readers of TrainerData are used; capacities matter for writes alone.
         data = TrainerData(
-            self.registry.client, FleetKeys(self.fleet), model, num_classes=num_classes,
-            num_features=num_features, replay_capacity=num_classes, holdout_capacity=num_classes,
-            recent_window=1, recent_train=0,
-        )  # fmt: skip
+            self.registry.client,
+            FleetKeys(self.fleet),
+            model,
+            num_classes=num_classes,
+            num_features=num_features,
+            replay_capacity=num_classes,
+            holdout_capacity=num_classes,
+            recent_window=1,
+            recent_train=0,
+        )
         return data.holdout_set(), data.recent_set()
 
 

@@ -75,21 +75,36 @@ def explanation_view(p: ExplanationPublic) -> Group:
         recorded = f"trigger {e.trigger or DASH}; published before explanations were typed"
         return Group(*parts, heading("Recorded"), Text(recorded))
     ev = e.evaluation
-    sides: list[Side] = [("child", ev.child)] if ev.parent is None else [
-        ("parent", ev.parent), ("child", ev.child)]  # fmt: skip
-    parts += [heading("Data window"), *window_lines(e), heading("Hyperparameters"),
-              Text("  ".join(f"{k}={v}" for k, v in e.hyperparameters.items()) or DASH),
-              heading(f"Metrics (int8 files in the edge runtime; ECE: {ev.ece_binning})"),
-              metrics_table(sides), recall_table(sides)]  # fmt: skip
+    sides: list[Side] = (
+        [("child", ev.child)] if ev.parent is None else [("parent", ev.parent), ("child", ev.child)]
+    )
+    parts += [
+        heading("Data window"),
+        *window_lines(e),
+        heading("Hyperparameters"),
+        Text("  ".join(f"{k}={v}" for k, v in e.hyperparameters.items()) or DASH),
+        heading(f"Metrics (int8 files in the edge runtime; ECE: {ev.ece_binning})"),
+        metrics_table(sides),
+        recall_table(sides),
+    ]
     if e.forgetting is not None:
         f = e.forgetting
-        parts += [heading(f"Forgetting (accuracy on {f.samples} held-out samples outside the recent window)"),
-                  Text(f"parent {fmt(f.parent_accuracy)} → child {fmt(f.child_accuracy)} ({signed(f.change)})")]  # fmt: skip
+        parts += [
+            heading(
+                f"Forgetting (accuracy on {f.samples} held-out samples outside the recent window)"
+            ),
+            Text(
+                f"parent {fmt(f.parent_accuracy)} → child {fmt(f.child_accuracy)} ({signed(f.change)})"
+            ),
+        ]
     if e.flips is not None and ev.parent is not None:
         parts += [heading("Predictions that flipped"), flips_text(e.flips, "parent", "child")]
     if e.weights is not None:
-        source = {"none": "no parent: sizes only", "artifacts": "the two int8 files",
-                  "trainer": "the trainer's delta report"}[e.weights.source]  # fmt: skip
+        source = {
+            "none": "no parent: sizes only",
+            "artifacts": "the two int8 files",
+            "trainer": "the trainer's delta report",
+        }[e.weights.source]
         parts += [heading(f"Per-layer change ({source})"), layers_table(e.weights)]
     if e.attribution is not None:
         parts += [heading("Attribution shift"), *attribution_view(e.attribution)]
@@ -119,10 +134,13 @@ def window_lines(e: Explanation) -> list[RenderableType]:
         trigger += f": {t.threshold_samples} new labels needed"
         trigger += f", every {t.interval_s:g} s" if t.interval_s is not None else ""
     out: list[RenderableType] = [
-        Text(where), Text(f"trigger {trigger}"),
-        Text(f"{w.new_samples} new labeled samples; trained on {w.training_samples}; judged on "
-             f"{w.earlier_samples} earlier and {w.recent_samples} recent held-out samples"),
-    ]  # fmt: skip
+        Text(where),
+        Text(f"trigger {trigger}"),
+        Text(
+            f"{w.new_samples} new labeled samples; trained on {w.training_samples}; judged on "
+            f"{w.earlier_samples} earlier and {w.recent_samples} recent held-out samples"
+        ),
+    ]
     if w.labeled_per_class:
         per_class = Table(
             box=None, pad_edge=False, title="new labels per class", title_justify="left"
@@ -149,8 +167,13 @@ def metrics_table(sides: list[Side]) -> Table:
         sets = [getattr(m, which) for _, m in sides]
         acc = [s.accuracy for s in sets]
         delta = [change(acc[0], acc[1])] if len(sides) == 2 else []
-        t.add_row(which, *(fmt(a) for a in acc), *delta, *(fmt(s.ece) for s in sets),
-                  str(sets[-1].samples))  # fmt: skip
+        t.add_row(
+            which,
+            *(fmt(a) for a in acc),
+            *delta,
+            *(fmt(s.ece) for s in sets),
+            str(sets[-1].samples),
+        )
     return t
 
 
@@ -175,10 +198,16 @@ def recall_table(sides: list[Side]) -> Table:
 
 
 def flips_text(f: Flips, before: str, after: str) -> Group:
-    lines = [Text(f"{f.fixed} fixed ({before} wrong, {after} right) and {f.broken} broken "
-                  f"({before} right, {after} wrong) of {f.compared} samples")]  # fmt: skip
-    lines += [Text(f"  {name}: {c.fixed} fixed, {c.broken} broken of {c.compared}")
-              for name, c in f.by_set.items()]  # fmt: skip
+    lines = [
+        Text(
+            f"{f.fixed} fixed ({before} wrong, {after} right) and {f.broken} broken "
+            f"({before} right, {after} wrong) of {f.compared} samples"
+        )
+    ]
+    lines += [
+        Text(f"  {name}: {c.fixed} fixed, {c.broken} broken of {c.compared}")
+        for name, c in f.by_set.items()
+    ]
     if f.fixed_ids:
         lines.append(Text(f"  fixed, e.g.: {' '.join(f.fixed_ids)}"))
     if f.broken_ids:
@@ -204,11 +233,30 @@ def layers_table(w: WeightChange) -> Group:
 
     for x in w.layers:
         held = [fmt(x.residual_l2, 4)] if residual else []
-        t.add_row(x.name, str(x.params), str(x.bytes), count(x.bytes_changed), pct(x.bytes_changed_fraction),
-                  fmt(x.l2_change, 4), fmt(x.relative_change), count(x.scales_changed), *held)  # fmt: skip
+        t.add_row(
+            x.name,
+            str(x.params),
+            str(x.bytes),
+            count(x.bytes_changed),
+            pct(x.bytes_changed_fraction),
+            fmt(x.l2_change, 4),
+            fmt(x.relative_change),
+            count(x.scales_changed),
+            *held,
+        )
     held = [fmt(w.residual_l2, 4)] if residual else []
-    t.add_row("all", "", str(w.bytes), count(w.bytes_changed), pct(w.bytes_changed_fraction),
-              "", "", "", *held, style="bold")  # fmt: skip
+    t.add_row(
+        "all",
+        "",
+        str(w.bytes),
+        count(w.bytes_changed),
+        pct(w.bytes_changed_fraction),
+        "",
+        "",
+        "",
+        *held,
+        style="bold",
+    )
     notes = [f"quantization scales {w.scales}"] if w.scales else []
     notes += [f"budget {w.budget_bytes} bytes"] if w.budget_bytes is not None else []
     return Group(t, *([Text("; ".join(notes))] if notes else []))
@@ -217,9 +265,11 @@ def layers_table(w: WeightChange) -> Group:
 def attribution_view(a: AttributionShift) -> list[RenderableType]:
     out: list[RenderableType] = [
         Text(a.method, style="dim"),
-        Text(f"probe: {a.probe_samples} samples; shift score {fmt(a.shift_score)} "
-             "(0 = the same inputs matter as much, 1 = entirely different inputs)"),
-    ]  # fmt: skip
+        Text(
+            f"probe: {a.probe_samples} samples; shift score {fmt(a.shift_score)} "
+            "(0 = the same inputs matter as much, 1 = entirely different inputs)"
+        ),
+    ]
     if a.parent_importance is None:
         return [*out, Text("no parent: nothing to compare with")]
     if a.grid and len(a.grid) == 2 and a.grid[0] * a.grid[1] == len(a.child_importance):

@@ -12,17 +12,33 @@ from rich.text import Text
 from cloud.api.schemas import DevicesPublic, FleetPublic, RolloutPublic, RolloutsPublic
 
 STATE_STYLE = {
-    "running": "cyan", "waiting": "yellow", "paused": "yellow", "completed": "green",
-    "rolled_back": "red", "aborted": "red", "passed": "green", "failed": "red", "pending": "dim",
-    "serving": "green", "degraded": "yellow", "offline": "red", "starting": "cyan", "stopping": "dim",
-}  # fmt: skip
+    "running": "cyan",
+    "waiting": "yellow",
+    "paused": "yellow",
+    "completed": "green",
+    "rolled_back": "red",
+    "aborted": "red",
+    "passed": "green",
+    "failed": "red",
+    "pending": "dim",
+    "serving": "green",
+    "degraded": "yellow",
+    "offline": "red",
+    "starting": "cyan",
+    "stopping": "dim",
+}
 
 #: Gate figures shown, in order, with their labels.
 GATE_FIGURES = (
-    ("devices_on_b", "on B"), ("labeled_b", "labeled"), ("accuracy_b", "acc B"),
-    ("accuracy_a", "acc A"), ("error_rate_b", "errors"), ("fallback_rate_b", "fallback"),
-    ("p99_ms_b", "p99 B ms"), ("p99_ms_a", "p99 A ms"),
-)  # fmt: skip
+    ("devices_on_b", "on B"),
+    ("labeled_b", "labeled"),
+    ("accuracy_b", "acc B"),
+    ("accuracy_a", "acc A"),
+    ("error_rate_b", "errors"),
+    ("fallback_rate_b", "fallback"),
+    ("p99_ms_b", "p99 B ms"),
+    ("p99_ms_a", "p99 A ms"),
+)
 
 
 def _state(value: str) -> Text:
@@ -56,9 +72,15 @@ def rollouts_table(rollouts: RolloutsPublic) -> Table:
         t.add_column(col)
     for r in rollouts.rollouts:
         stage = r.stages[r.current]
-        t.add_row(r.id, r.model, f"{_version(r.from_version)} → v{r.to_version}", _state(r.state),
-                  f"{stage.name} ({r.current + 1}/{len(r.stages)})",
-                  f"{r.devices.on_target}/{r.devices.total}", _ago(r.updated_at))  # fmt: skip
+        t.add_row(
+            r.id,
+            r.model,
+            f"{_version(r.from_version)} → v{r.to_version}",
+            _state(r.state),
+            f"{stage.name} ({r.current + 1}/{len(r.stages)})",
+            f"{r.devices.on_target}/{r.devices.total}",
+            _ago(r.updated_at),
+        )
     if not rollouts.rollouts:
         t.caption = "no rollouts yet: edgeloop rollout start MODEL VERSION"
     return t
@@ -66,9 +88,12 @@ def rollouts_table(rollouts: RolloutsPublic) -> Table:
 
 def rollout_view(r: RolloutPublic) -> Group:
     head = Text.assemble(
-        ("rollout ", "bold"), (r.id, "bold"), f"  {r.model} {_version(r.from_version)} → v{r.to_version}  ",
-        _state(r.state), ("" if r.auto_promote else "  (manual promotion)", "dim"),
-    )  # fmt: skip
+        ("rollout ", "bold"),
+        (r.id, "bold"),
+        f"  {r.model} {_version(r.from_version)} → v{r.to_version}  ",
+        _state(r.state),
+        ("" if r.auto_promote else "  (manual promotion)", "dim"),
+    )
     d = r.devices
     counts = Text(
         f"devices: {d.total} in rings · {d.on_target} on v{r.to_version} · "
@@ -86,9 +111,13 @@ def rollout_view(r: RolloutPublic) -> Group:
         g = s.gate
         reasons = "; ".join(g.get("reasons", [])) if g else ""
         decision = g.get("decision", "") if g else ""
-        stages.add_row(marker + s.name, _state(s.status), str(len(s.devices)),
-                       *(_fmt(g.get(k)) for k, _ in GATE_FIGURES),
-                       f"{decision}: {reasons}" if reasons else decision)  # fmt: skip
+        stages.add_row(
+            marker + s.name,
+            _state(s.status),
+            str(len(s.devices)),
+            *(_fmt(g.get(k)) for k, _ in GATE_FIGURES),
+            f"{decision}: {reasons}" if reasons else decision,
+        )
     parts: list[Any] = [head, counts, stages]
     if r.reason:
         parts.append(Text(f"reason: {r.reason}", style="red" if not r.active else ""))
@@ -121,8 +150,19 @@ def fleet_view(f: FleetPublic) -> Group:
 
 def devices_table(listing: DevicesPublic) -> Table:
     t = Table(title=f"Devices of fleet {listing.fleet} ({listing.total})", title_justify="left")
-    for col in ("device", "health", "serving", "desired", "pinned", "acc", "p99 ms", "predictions",
-                "fallbacks", "last seen", "last error"):  # fmt: skip
+    for col in (
+        "device",
+        "health",
+        "serving",
+        "desired",
+        "pinned",
+        "acc",
+        "p99 ms",
+        "predictions",
+        "fallbacks",
+        "last seen",
+        "last error",
+    ):
         t.add_column(col)
     for d in listing.devices:
         c = d.counters
@@ -131,9 +171,17 @@ def devices_table(listing: DevicesPublic) -> Table:
             if d.desired_sha256 and d.desired_sha256 == d.sha256
             else (d.desired_sha256 or "–")[:12]
         )
-        t.add_row(d.device_id, _state(d.health),
-                  _version(d.version) if d.health != "offline" else "?", desired,
-                  (d.pinned_sha256 or "")[:12], _fmt(d.rolling_accuracy), _fmt(d.latency_ms_p99),
-                  str(c.predictions) if c else "–", str(c.fallback_predictions) if c else "–",
-                  _ago(d.last_seen), (d.last_error or "")[:60])  # fmt: skip
+        t.add_row(
+            d.device_id,
+            _state(d.health),
+            _version(d.version) if d.health != "offline" else "?",
+            desired,
+            (d.pinned_sha256 or "")[:12],
+            _fmt(d.rolling_accuracy),
+            _fmt(d.latency_ms_p99),
+            str(c.predictions) if c else "–",
+            str(c.fallback_predictions) if c else "–",
+            _ago(d.last_seen),
+            (d.last_error or "")[:60],
+        )
     return t

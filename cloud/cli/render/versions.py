@@ -31,17 +31,36 @@ def metric_value(name: str, value: float | None) -> str:
 
 def versions_table(v: VersionsPublic) -> Group:
     """One row per version, newest first, then each version's summary (which wraps)."""
-    t = Table(title=f"{v.model}: {len(v.versions)} versions (accuracy on the recent window and "
-              "earlier data, as published)", title_justify="left", collapse_padding=True)  # fmt: skip
-    columns = (("version", "right"), ("sha256", "left"), ("parent", "right"), ("published UTC", "left"),
-               ("trigger", "left"), ("labels", "left"), ("recent", "right"), ("earlier", "right"))  # fmt: skip
+    t = Table(
+        title=f"{v.model}: {len(v.versions)} versions (accuracy on the recent window and "
+        "earlier data, as published)",
+        title_justify="left",
+        collapse_padding=True,
+    )
+    columns = (
+        ("version", "right"),
+        ("sha256", "left"),
+        ("parent", "right"),
+        ("published UTC", "left"),
+        ("trigger", "left"),
+        ("labels", "left"),
+        ("recent", "right"),
+        ("earlier", "right"),
+    )
     for name, justify in columns:
         t.add_column(name, justify=justify, no_wrap=name == "sha256")  # type: ignore[arg-type]
     summaries: list[RenderableType] = [heading("Summaries")]
     for r in reversed(v.versions):
-        t.add_row(f"v{r.version}", r.sha256[:12], f"v{r.parent_version}" if r.parent_version else DASH,
-                  when(r.created_at), r.trigger or DASH, ", ".join(r.labels),
-                  fmt(r.metrics.get("recent_accuracy")), fmt(r.metrics.get("earlier_accuracy")))  # fmt: skip
+        t.add_row(
+            f"v{r.version}",
+            r.sha256[:12],
+            f"v{r.parent_version}" if r.parent_version else DASH,
+            when(r.created_at),
+            r.trigger or DASH,
+            ", ".join(r.labels),
+            fmt(r.metrics.get("recent_accuracy")),
+            fmt(r.metrics.get("earlier_accuracy")),
+        )
         summaries.append(Text.assemble((f"v{r.version}  ", "bold"), r.summary or DASH))
     return Group(t, *summaries)
 
@@ -53,8 +72,13 @@ def models_table(m: ModelsPublic) -> Table:
     for model in m.models:
         latest = model.latest
         labels = ", ".join(f"{k}=v{v}" for k, v in sorted(model.labels.items()))
-        t.add_row(model.name, str(model.versions), f"v{latest.version}" if latest else DASH,
-                  when(latest.created_at) if latest else DASH, labels)  # fmt: skip
+        t.add_row(
+            model.name,
+            str(model.versions),
+            f"v{latest.version}" if latest else DASH,
+            when(latest.created_at) if latest else DASH,
+            labels,
+        )
     return t
 
 
@@ -68,14 +92,23 @@ def diff_view(d: DiffPublic) -> Group:
         size = f"the files differ in length ({a.size} and {b.size} bytes)"
     sides = [(na, d.a.metrics), (nb, d.b.metrics)]
     parts: list[RenderableType] = [
-        Text(f"{d.model}: {na} ({a.sha256[:12]}) → {nb} ({b.sha256[:12]}); {nb} {relation} from {na}",
-             style="bold"),
-        Text(f"both int8 files run now on {d.earlier_samples} earlier and {d.recent_samples} recent "
-             "held-out samples"),
-        heading("Metrics"), metrics_table(sides), recall_table(sides),
-        heading(f"Predictions that flipped from {na} to {nb}"), flips_text(d.flips, na, nb),
-        heading("Bytes and layers"), Text(size), layers_table(d.weights),
-    ]  # fmt: skip
+        Text(
+            f"{d.model}: {na} ({a.sha256[:12]}) → {nb} ({b.sha256[:12]}); {nb} {relation} from {na}",
+            style="bold",
+        ),
+        Text(
+            f"both int8 files run now on {d.earlier_samples} earlier and {d.recent_samples} recent "
+            "held-out samples"
+        ),
+        heading("Metrics"),
+        metrics_table(sides),
+        recall_table(sides),
+        heading(f"Predictions that flipped from {na} to {nb}"),
+        flips_text(d.flips, na, nb),
+        heading("Bytes and layers"),
+        Text(size),
+        layers_table(d.weights),
+    ]
     recorded = sorted(set(a.metrics) | set(b.metrics))
     if recorded:
         t = Table(title="as recorded when each was published", title_justify="left")
