@@ -1,6 +1,6 @@
 # edgeloop: the commands people and CI use alike.
 #   make demo   the whole loop on this machine (installs what is missing first)
-#   make test   the test suite (same)
+#   make test   lint, type check and the test suite (same)
 #   make bench  the benchmarks, figures and ratios from one run
 #   make schemathesis  the REST API fuzzed from its OpenAPI schema (part of make test)
 
@@ -40,7 +40,9 @@ demo: install
 demo-quick: install
 	$(VENV)/bin/edgeloop demo --quick
 
+# Lint and the type check first, so that CI and a person run the same thing.
 test: install
+	$(MAKE) --no-print-directory lint typecheck
 	$(PY) -m pytest -q
 	$(MAKE) --no-print-directory schemathesis test-edge-only test-tflite-runtime
 
