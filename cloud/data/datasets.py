@@ -215,8 +215,8 @@ def _rotate_digits(X: FloatArray) -> FloatArray:
 
 def _mirror_and_rotate_columns(X: FloatArray) -> FloatArray:
     X = np.asarray(X, np.float32)
-    mean = X.mean(axis=0)
-    std = X.std(axis=0)
+    mean: FloatArray = X.mean(axis=0)
+    std: FloatArray = X.std(axis=0)
     std[std < 1e-6] = 1.0
     z = (X - mean) / std
     moved = -np.roll(z, shift=-1, axis=1)

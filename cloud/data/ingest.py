@@ -26,7 +26,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -153,12 +153,17 @@ class FeedbackIngest:
         return max(1, round(self.options.read_count / self._events_per_entry))
 
     def _read(self, block: int | None) -> list[Entry]:
-        reply = self.client.xreadgroup(
-            FEEDBACK_GROUP,
-            self.options.consumer,
-            {self.keys.feedback: ">"},
-            count=self._entries_per_read(),
-            block=block,
+        # redis-py types the reply for both protocols and for decoded responses; this
+        # client speaks RESP2 in bytes: [(stream, [(id, fields), ...])] or None
+        reply = cast(
+            list[tuple[bytes, list[Entry]]] | None,
+            self.client.xreadgroup(
+                FEEDBACK_GROUP,
+                self.options.consumer,
+                {self.keys.feedback: ">"},
+                count=self._entries_per_read(),
+                block=block,
+            ),
         )
         return list(reply[0][1]) if reply else []
 
@@ -320,7 +325,9 @@ def _draws(heads: list[str], seqs: list[int]) -> npt.NDArray[np.uint64]:
         h: int.from_bytes(hashlib.blake2b(h.encode(), digest_size=8).digest(), "little")
         for h in set(heads)
     }
-    z = np.array([keys[h] for h in heads], np.uint64) + np.array(seqs, np.uint64) * _GAMMA
+    z: npt.NDArray[np.uint64] = (
+        np.array([keys[h] for h in heads], np.uint64) + np.array(seqs, np.uint64) * _GAMMA
+    )
     z ^= z >> np.uint64(30)
     z *= _MIX1
     z ^= z >> np.uint64(27)

@@ -247,7 +247,7 @@ class TrainerData:
 
     def training_set(self) -> tuple[FloatArray, IntArray]:
         """Replay buffer plus the recent-training ring (recent samples count twice when in both)."""
-        fields = self.client.hgetall(self.replay_key)
+        fields = self._stored(self.replay_key)
         # sorted: a hash's order depends on the server's random hash seed, and a round
         # must train on the same sequence wherever it runs (deterministic under a seed)
         blobs = [
@@ -259,26 +259,27 @@ class TrainerData:
 
     def replay_set(self) -> tuple[FloatArray, IntArray]:
         """The replay buffer alone."""
-        fields = self.client.hgetall(self.replay_key)
+        fields = self._stored(self.replay_key)
         return decode_samples(
             (v for k, v in fields.items() if k.startswith(b"s:")), self.num_features
         )
 
     def recent_training_set(self) -> tuple[FloatArray, IntArray]:
-        fields = self.client.hgetall(self.replay_key)
+        fields = self._stored(self.replay_key)
         blobs = [v for k, v in fields.items() if k.startswith(b"t:") and k != RING_COUNTER]
         return decode_samples(blobs, self.num_features)
 
     def holdout_set(self) -> tuple[FloatArray, IntArray]:
         """The holdout reservoir: the gate's earlier data."""
-        fields = self.client.hgetall(self.holdout_key)
+        fields = self._stored(self.holdout_key)
         return decode_samples(
             (v for k, v in fields.items() if k.startswith(b"s:")), self.num_features
         )
 
     def recent_set(self) -> tuple[FloatArray, IntArray]:
         """The recent window, newest first."""
-        return decode_samples(self.client.lrange(self.recent_key, 0, -1), self.num_features)
+        blobs = [_binary(v) for v in self.client.lrange(self.recent_key, 0, -1)]
+        return decode_samples(blobs, self.num_features)
 
     def recent_count(self) -> int:
         return int(self.client.llen(self.recent_key))
@@ -288,3 +289,14 @@ class TrainerData:
         names = [f"stat:{s}" for s in STATS] + [f"stat:class:{c}" for c in range(self.num_classes)]
         values = self.client.hmget(self.replay_key, names)
         return {n[5:]: int(v or 0) for n, v in zip(names, values, strict=True)}
+
+    def _stored(self, key: str) -> dict[bytes, bytes]:
+        """A hash of ours, fields and values as bytes, in the server's order."""
+        return {_binary(k): _binary(v) for k, v in self.client.hgetall(key).items()}
+
+
+def _binary(value: bytes | str) -> bytes:
+    """A reply of a client that returns bytes, as samples are binary."""
+    if isinstance(value, str):
+        raise TypeError("the trainer's data needs a Redis client without decode_responses")
+    return value

@@ -20,13 +20,12 @@ mean for tabular models (a buffer named ``mean``), an all-zero input otherwise
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
 import torch
-from torch import nn
 
+from cloud.learning.models import Classifier
 from shared.messages import AttributionShift, FeatureShift
 
 logger = logging.getLogger(__name__)
@@ -46,11 +45,11 @@ def feature_names(num_features: int, grid: tuple[int, int] | None) -> list[str]:
     return [f"f{i}" for i in range(num_features)]
 
 
-def total_variation(p: Sequence[float], q: Sequence[float]) -> float:
+def total_variation(p: npt.ArrayLike, q: npt.ArrayLike) -> float:
     return round(float(0.5 * np.abs(np.asarray(p) - np.asarray(q)).sum()), 6)
 
 
-def importance(model: nn.Module, X: npt.NDArray[np.float32], steps: int = IG_STEPS) -> list[float]:
+def importance(model: Classifier, X: npt.NDArray[np.float32], steps: int = IG_STEPS) -> list[float]:
     """Mean |integrated gradients| per input for the predicted class, normalized to sum 1."""
     from captum.attr import IntegratedGradients
 
@@ -62,10 +61,9 @@ def importance(model: nn.Module, X: npt.NDArray[np.float32], steps: int = IG_STE
         if isinstance(mean, torch.Tensor)
         else torch.zeros_like(x)
     )
-    logits = model.logits if hasattr(model, "logits") else model
     with torch.no_grad():
-        target = logits(x).argmax(dim=1)
-    attr = IntegratedGradients(logits).attribute(
+        target = model.logits(x).argmax(dim=1)
+    attr = IntegratedGradients(model.logits).attribute(
         x, baselines=baseline, target=target, n_steps=steps
     )
     score = attr.detach().abs().mean(dim=0).double().numpy()
@@ -75,8 +73,8 @@ def importance(model: nn.Module, X: npt.NDArray[np.float32], steps: int = IG_STE
 
 
 def attribution_shift(
-    parent: nn.Module | None,
-    child: nn.Module,
+    parent: Classifier | None,
+    child: Classifier,
     X: npt.NDArray[np.float32],
     *,
     grid: tuple[int, int] | None = None,

@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from torch import nn
 
 from cloud.evaluation.attribution import IG_STEPS, attribution_shift
 from cloud.evaluation.comparison import (
@@ -48,6 +47,7 @@ from cloud.evaluation.comparison import (
 )
 from cloud.evaluation.gate import Samples
 from cloud.evaluation.layer_diff import compare_artifacts, from_trainer_report
+from cloud.learning.models import Classifier
 from shared.messages import (
     EXPLANATION_FORMAT,
     DataWindow,
@@ -67,7 +67,7 @@ logger = logging.getLogger(__name__)
 class Side:
     """One version as the explainer sees it: its torch model and its int8 artifact."""
 
-    model: nn.Module
+    model: Classifier
     artifact: TFLiteModel
     content: bytes
 

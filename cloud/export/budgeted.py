@@ -86,6 +86,7 @@ from cloud.export.grid import (
     with_activations_from,
 )
 from cloud.export.tflite_file import TFLiteFile, parse_module_name
+from cloud.learning.models import Classifier
 from cloud.learning.training import Hyperparameters, fine_tune
 from shared.codec import sha256_hex
 from shared.errors import EdgeloopError
@@ -135,7 +136,7 @@ class Child:
     """A round's int8 child, the float model to continue from, and what changed."""
 
     exported: ExportResult
-    model: nn.Module  # the new shadow: its weights are stored with the version
+    model: Classifier  # the new shadow: its weights are stored with the version
     details: dict[str, Any]  # the round report's details["delta"]
 
 
@@ -216,7 +217,7 @@ def params_of(model: nn.Module) -> Arrays:
 
 
 def fisher_diagonal(
-    model: nn.Module, X: npt.NDArray[np.float32], y: npt.NDArray[np.int64], seed: int = 0
+    model: Classifier, X: npt.NDArray[np.float32], y: npt.NDArray[np.int64], seed: int = 0
 ) -> Arrays:
     """Mean squared gradient of the loss per parameter over small batches of (X, y):
     the diagonal of the empirical Fisher information, the loss's curvature."""
@@ -226,9 +227,9 @@ def fisher_diagonal(
     probe = copy.deepcopy(model).eval()
     total = {n: torch.zeros_like(p) for n, p in probe.named_parameters()}
     batches = 0
-    for idx in torch.arange(len(yt)).split(FISHER_BATCH):
+    for idx in torch.split(torch.arange(len(yt)), FISHER_BATCH):
         probe.zero_grad()
-        nn.functional.cross_entropy(probe.logits(Xt[idx]), yt[idx]).backward()
+        torch.autograd.backward(nn.functional.cross_entropy(probe.logits(Xt[idx]), yt[idx]))
         for n, p in probe.named_parameters():
             if p.grad is not None:
                 total[n] += p.grad.detach() ** 2
@@ -237,14 +238,14 @@ def fisher_diagonal(
 
 
 def refit(
-    shadow: nn.Module,
-    unconstrained: nn.Module,
+    shadow: Classifier,
+    unconstrained: Classifier,
     selected: Mapping[str, npt.NDArray[np.bool_]],
     limits: Mapping[str, tuple[npt.NDArray[Any], npt.NDArray[Any]]],
     X: npt.NDArray[np.float32],
     y: npt.NDArray[np.int64],
     hp: Hyperparameters,
-) -> nn.Module:
+) -> Classifier:
     """The shadow with only the ``selected`` values trained (from the unconstrained
     model's values), each held inside its ``limits``; every other value stays put."""
     start = copy.deepcopy(shadow)
@@ -268,7 +269,7 @@ def refit(
     return fine_tune(start, X, y, hp, after_step=hold).model
 
 
-def published_model(template: nn.Module, layout: ParamLayout, parent: TFLiteFile) -> nn.Module:
+def published_model(template: Classifier, layout: ParamLayout, parent: TFLiteFile) -> Classifier:
     """``template`` holding exactly the parent's int8 weights (dequantized): what the
     edges run, the start of a refit."""
     values = layout.to_torch({t.name: t.dequantize(parent.content) for t in update_tensors(parent)})
@@ -280,11 +281,11 @@ def published_model(template: nn.Module, layout: ParamLayout, parent: TFLiteFile
 
 
 def carry(
-    unconstrained: nn.Module,
-    refitted: nn.Module,
+    unconstrained: Classifier,
+    refitted: Classifier,
     selected: Mapping[str, npt.NDArray[np.bool_]],
     limits: Mapping[str, tuple[npt.NDArray[Any], npt.NDArray[Any]]],
-) -> nn.Module:
+) -> Classifier:
     """The next shadow: the refit values where this round wrote, the unconstrained
     model's (inside the grid's range) everywhere else, so the progress the budget left
     out is sent by later rounds instead of being trained again."""
@@ -311,8 +312,8 @@ class BudgetedUpdate:
     def __init__(
         self,
         parent_content: bytes,
-        shadow: nn.Module,
-        unconstrained: nn.Module,
+        shadow: Classifier,
+        unconstrained: Classifier,
         data: tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]],
         calibration: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]],
         hp: Hyperparameters,
@@ -401,7 +402,7 @@ class BudgetedUpdate:
         )
         return Child(exported, shadow, details)
 
-    def _narrow(self, budget: int) -> tuple[nn.Module, dict[str, npt.NDArray[np.bool_]]]:
+    def _narrow(self, budget: int) -> tuple[Classifier, dict[str, npt.NDArray[np.bool_]]]:
         """The refit model and the values it may change: ``select_factor`` times the
         budget's values refit first, then halved by benefit and refit again, down to
         the budget."""

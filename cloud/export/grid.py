@@ -135,7 +135,8 @@ def on_levels(
     allowed = np.concatenate(([0], np.asarray(levels, np.int64)))
     d = target - q
     step = allowed[np.abs(np.abs(d)[..., None] - allowed).argmin(axis=-1)]
-    return np.clip(q + np.sign(d) * step, lo, hi)
+    moved: npt.NDArray[np.int64] = np.clip(q + np.sign(d) * step, lo, hi)
+    return moved
 
 
 def plan_update(
@@ -412,25 +413,29 @@ def with_activations_from(
     layer whose input scale changes is requantized; weight grids stay frozen.
     """
     only = None if names is None else set(names)
-    params = {
-        t.name: (fresh.tensors[t.name].scales, fresh.tensors[t.name].zero_points)
-        for t in activation_tensors(artifact)
-        if (only is None or t.name in only)
-        and t.name in fresh.tensors
-        and fresh.tensors[t.name].scales is not None
-    }
-    content = TFLiteFile.read(artifact.with_quantization(params))
-    bias_params, bias_values = {}, {}
-    for layer in artifact.layers:
-        if layer.bias is None or layer.bias.scales is None or layer.input.name not in params:
+    params: dict[str, tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]] = {}
+    for t in activation_tensors(artifact):
+        new = fresh.tensors.get(t.name)
+        if (only is not None and t.name not in only) or new is None:
             continue
-        scale = _bias_scale(layer, float(np.asarray(params[layer.input.name][0])[0]))
-        value = layer.bias.dequantize(artifact.content).ravel()
-        info = np.iinfo(layer.bias.dtype)
-        bias_values[layer.bias.name] = np.clip(np.rint(value / scale), info.min, info.max).astype(
+        if new.scales is not None and new.zero_points is not None:
+            params[t.name] = (new.scales, new.zero_points)
+    content = TFLiteFile.read(artifact.with_quantization(params))
+    bias_params: dict[str, tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]] = {}
+    bias_values = {}
+    for layer in artifact.layers:
+        bias = layer.bias
+        if bias is None or bias.scales is None or bias.zero_points is None:
+            continue
+        if layer.input.name not in params:
+            continue
+        scale = _bias_scale(layer, float(params[layer.input.name][0][0]))
+        value = bias.dequantize(artifact.content).ravel()
+        info = np.iinfo(bias.dtype)
+        bias_values[bias.name] = np.clip(np.rint(value / scale), info.min, info.max).astype(
             np.int64
         )
-        bias_params[layer.bias.name] = (scale, layer.bias.zero_points)
+        bias_params[bias.name] = (scale, bias.zero_points)
     return TFLiteFile.read(content.with_quantization(bias_params)).with_values(bias_values)
 
 

@@ -243,7 +243,8 @@ def _buffer_place(buf: Any) -> tuple[int, int] | None:
         return int(buf.Offset()), int(buf.Size())
     if buf.DataIsNone() or buf.DataLength() == 0:
         return None
-    return _vector_at(buf._tab, 4), int(buf.DataLength())
+    at = _vector_at(buf._tab, 4)
+    return None if at is None else (at, int(buf.DataLength()))
 
 
 def parse_module_name(tensor_name: str) -> str:

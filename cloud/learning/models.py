@@ -25,6 +25,7 @@ import json
 import struct
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import nn
 
@@ -38,7 +39,18 @@ class WeightsError(EdgeloopError):
     """Serialized weights do not parse or do not fit the model."""
 
 
-class DigitsCNN(nn.Module):
+class Classifier(nn.Module):
+    """A model the trainer fine-tunes: class scores from ``logits`` (what training
+    uses), probabilities from ``forward`` (what the exported file computes)."""
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.logits(x), dim=-1)
+
+
+class DigitsCNN(Classifier):
     """8x8 digit images as 64 raw pixels (0..16): two 3x3 convs, a pool, two FC layers."""
 
     def __init__(self, num_classes: int = 10) -> None:
@@ -53,14 +65,15 @@ class DigitsCNN(nn.Module):
         x = torch.relu(self.c1(x))
         x = torch.relu(self.c2(x))
         x = nn.functional.max_pool2d(x, 2).flatten(1)
-        return self.f2(torch.relu(self.f1(x)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.logits(x), dim=-1)
+        out: torch.Tensor = self.f2(torch.relu(self.f1(x)))
+        return out
 
 
-class TabularMLP(nn.Module):
+class TabularMLP(Classifier):
     """Standardization (buffers from the seed data) then a two-layer MLP."""
+
+    mean: torch.Tensor
+    inv_std: torch.Tensor
 
     def __init__(
         self, mean: np.ndarray, std: np.ndarray, num_classes: int, hidden: int = 64
@@ -79,13 +92,11 @@ class TabularMLP(nn.Module):
         x = (x - self.mean) * self.inv_std
         x = torch.relu(self.f1(x))
         x = torch.relu(self.f2(x))
-        return self.f3(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.logits(x), dim=-1)
+        out: torch.Tensor = self.f3(x)
+        return out
 
 
-def build_model(dataset: Dataset, seed: int = 0) -> nn.Module:
+def build_model(dataset: Dataset, seed: int = 0) -> Classifier:
     """A fresh model for ``dataset``, initialized deterministically from ``seed``.
 
     For tabular data the standardization comes from ``dataset.X``: pass the seed
@@ -101,11 +112,12 @@ def build_model(dataset: Dataset, seed: int = 0) -> nn.Module:
         return TabularMLP(X.mean(axis=0), X.std(axis=0), dataset.num_classes)
 
 
-def predict_proba(model: nn.Module, X: np.ndarray) -> np.ndarray:
+def predict_proba(model: nn.Module, X: npt.ArrayLike) -> npt.NDArray[np.float32]:
     """Probabilities from the torch model, as float32 numpy."""
     model.eval()
     with torch.no_grad():
-        return model(torch.as_tensor(np.asarray(X, np.float32))).numpy()
+        proba: torch.Tensor = model(torch.as_tensor(np.asarray(X, np.float32)))
+    return np.asarray(proba.numpy(), np.float32)
 
 
 def weights_to_bytes(model: nn.Module) -> bytes:

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from cloud.data.datasets import Dataset
-from cloud.learning.models import build_model
+from cloud.learning.models import Classifier, build_model
 from shared.errors import EdgeloopError
 
 logger = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class Hyperparameters:
 
 @dataclass
 class TrainResult:
-    model: nn.Module
+    model: Classifier
     hyperparameters: dict[str, Any]
     samples: int
     final_loss: float
@@ -69,12 +69,12 @@ def bootstrap(dataset: Dataset, hp: Hyperparameters) -> TrainResult:
 
 
 def fine_tune(
-    parent: nn.Module,
+    parent: Classifier,
     X: npt.NDArray[np.float32],
     y: npt.NDArray[np.int64],
     hp: Hyperparameters,
     *,
-    after_step: Callable[[nn.Module], None] | None = None,
+    after_step: Callable[[Classifier], None] | None = None,
 ) -> TrainResult:
     """A child: a copy of ``parent`` trained on (X, y); the parent is left untouched.
 
@@ -85,11 +85,11 @@ def fine_tune(
 
 
 def _fit(
-    model: nn.Module,
+    model: Classifier,
     X: npt.NDArray[np.float32],
     y: npt.NDArray[np.int64],
     hp: Hyperparameters,
-    after_step: Callable[[nn.Module], None] | None = None,
+    after_step: Callable[[Classifier], None] | None = None,
 ) -> TrainResult:
     if len(y) == 0:
         raise TrainingError("no samples to train on")
@@ -103,7 +103,7 @@ def _fit(
     last = float("nan")
     for _ in range(hp.epochs):
         total, count = 0.0, 0
-        for idx in torch.randperm(len(yt), generator=gen).split(hp.batch_size):
+        for idx in torch.split(torch.randperm(len(yt), generator=gen), hp.batch_size):
             opt.zero_grad()
             loss = loss_fn(model.logits(Xt[idx]), yt[idx])
             loss.backward()

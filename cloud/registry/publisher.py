@@ -38,7 +38,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from types import EllipsisType
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import redis
 
@@ -78,6 +78,10 @@ DEVICE_SCAN = 10_000
 
 #: Whether a publish moves the fleet's target (see the module docstring).
 Release = Literal["direct", "manual"]
+
+#: A version set read WITHSCORES, as a client without decode_responses returns it (redis-py
+#: types the reply for every protocol and decoding): (sha256, version number) pairs.
+_Scored = list[tuple[bytes, float]]
 
 
 @dataclass(frozen=True)
@@ -206,8 +210,9 @@ class Publisher:
                 version=manifest.version, signed=signed, payloads=payloads, target_set=set_target
             )
 
-        results = self.client.transaction(txn, versions_key, rollout_key)
-        stream_id = results[-1]
+        # EXEC's replies (redis-py types them for every mode), the XADD's stream id last
+        replies = cast(list[object], self.client.transaction(txn, versions_key, rollout_key))
+        stream_id = replies[-1]
         announcement_id = stream_id.decode() if isinstance(stream_id, bytes) else str(stream_id)
         patch_sizes = ", ".join(
             f"{p.size} from {p.base_sha256[:8]}" for p in out["payloads"] if p.base_sha256
@@ -241,7 +246,7 @@ class Publisher:
 
     def latest(self, model: str) -> tuple[int, str, SignedManifest] | None:
         """(version, sha256, signed manifest) of the newest version, or None."""
-        top = self.client.zrevrange(self.keys.versions(model), 0, 0, withscores=True)
+        top = cast(_Scored, self.client.zrevrange(self.keys.versions(model), 0, 0, withscores=True))
         if not top:
             return None
         sha = top[0][0].decode()
@@ -249,7 +254,7 @@ class Publisher:
 
     def versions(self, model: str) -> list[tuple[int, str]]:
         """Every published (version, sha256), oldest first."""
-        rows = self.client.zrange(self.keys.versions(model), 0, -1, withscores=True)
+        rows = cast(_Scored, self.client.zrange(self.keys.versions(model), 0, -1, withscores=True))
         return [(int(score), sha.decode()) for sha, score in rows]
 
     def signed_manifest(self, sha256: str) -> SignedManifest:
@@ -268,7 +273,7 @@ def served_versions(
 ) -> Counter[str]:
     """How many of the fleet's devices report serving each sha256 of ``model``
     (the ``scan`` most recently seen devices whose status has not expired)."""
-    ids = client.zrevrange(keys.devices, 0, scan - 1)
+    ids = cast(list[bytes], client.zrevrange(keys.devices, 0, scan - 1))  # see _Scored
     served: Counter[str] = Counter()
     if not ids:
         return served

@@ -31,11 +31,12 @@ import redis
 from cloud.data.datasets import Dataset, load_dataset, split
 from cloud.data.ingest import Batch, FeedbackIngest, stream_id_key
 from cloud.data.replay import TrainerData
+from cloud.registry.locations import PROD_BLOB_DIR
 from cloud.registry.publisher import Publisher
 from cloud.registry.versions import DirBlobStore, Registry
 from cloud.trainer.lease import Lease
 from cloud.trainer.rounds import RoundReport, RoundRunner
-from cloud.trainer.settings import PROD_BLOB_DIR, TrainerSettings
+from cloud.trainer.settings import TrainerSettings
 from cloud.trainer.triggers import DriftDetector, RoundTrigger
 from shared.errors import ConfigError, MessageError
 from shared.keys import FleetKeys
@@ -61,7 +62,8 @@ class Trainer:
         dataset: Dataset | None = None,
         background_rounds: bool = True,
     ) -> None:
-        if settings.signing_key is None:  # pragma: no cover - settings guarantee it
+        signing_key = settings.signing_key
+        if signing_key is None:  # pragma: no cover - settings guarantee it
             raise ConfigError("no signing key configured")
         self.settings = s = settings
         self.keys = FleetKeys(s.fleet)
@@ -85,7 +87,7 @@ class Trainer:
         self.publisher = Publisher(
             self.client,
             self.keys,
-            Signer.from_file(s.signing_key),
+            Signer.from_file(signing_key),
             registry=self.registry,
             max_patches=s.max_patches,
             release=s.release,

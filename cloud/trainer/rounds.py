@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import redis
-from torch import nn
 
 from cloud.data.datasets import Split
 from cloud.data.replay import TrainerData
@@ -48,7 +47,13 @@ from cloud.export.budgeted import (
     full_details,
 )
 from cloud.export.exporter import ExportError, ExportResult, NumericCheckError, export_int8
-from cloud.learning.models import build_model, load_weights, predict_proba, weights_to_bytes
+from cloud.learning.models import (
+    Classifier,
+    build_model,
+    load_weights,
+    predict_proba,
+    weights_to_bytes,
+)
 from cloud.learning.training import Hyperparameters, bootstrap, fine_tune
 from cloud.registry.publisher import Publisher, StaleParent
 from cloud.trainer.settings import TrainerSettings
@@ -101,7 +106,7 @@ class RoundRunner:
         self.data = data
         self.parts = parts
         self.labels = parts.seed_train.labels
-        self._parent: tuple[str, nn.Module, TFLiteModel] | None = None
+        self._parent: tuple[str, Classifier, TFLiteModel] | None = None
 
     # -- bootstrap ------------------------------------------------------------
 
@@ -234,7 +239,7 @@ class RoundRunner:
         timings["publish_s"] = time.perf_counter() - t3
         return report
 
-    def parent(self) -> tuple[int, str, nn.Module, TFLiteModel]:
+    def parent(self) -> tuple[int, str, Classifier, TFLiteModel]:
         """The latest version as (number, sha256, torch model, int8 artifact), cached by sha."""
         latest = self.publisher.latest(self.s.model)
         if latest is None:
@@ -244,6 +249,8 @@ class RoundRunner:
             blob = self.client.get(self.keys.weights(sha))
             if blob is None:
                 raise RoundError(f"v{version} ({sha[:12]}) has no stored weights to fine-tune from")
+            if isinstance(blob, str):
+                raise RoundError("the trainer needs a Redis client without decode_responses")
             model = build_model(self.parts.seed_train, seed=self.s.seed)
             load_weights(model, blob)
             self._parent = (sha, model, TFLiteModel(self.publisher.content(sha), version=version))
@@ -251,7 +258,7 @@ class RoundRunner:
 
     # -- helpers --------------------------------------------------------------
 
-    def _export(self, model: nn.Module, X: npt.NDArray[np.float32], seed: int) -> ExportResult:
+    def _export(self, model: Classifier, X: npt.NDArray[np.float32], seed: int) -> ExportResult:
         """A freshly calibrated int8 export (the normal path: new scales everywhere)."""
         cal, probe = self._calibration(X, seed)
         return export_int8(model, cal, probe, min_agreement=self.s.min_int8_agreement)
@@ -269,8 +276,8 @@ class RoundRunner:
     def _child(
         self,
         parent_sha: str,
-        shadow: nn.Module,
-        trained: nn.Module,
+        shadow: Classifier,
+        trained: Classifier,
         X: npt.NDArray[np.float32],
         y: npt.NDArray[np.int64],
         hp: Hyperparameters,
@@ -300,7 +307,7 @@ class RoundRunner:
     def _full(
         self,
         parent_sha: str,
-        model: nn.Module,
+        model: Classifier,
         X: npt.NDArray[np.float32],
         hp: Hyperparameters,
         reason: str,
@@ -319,7 +326,7 @@ class RoundRunner:
             ),
         )
 
-    def _budget_costs(self, decision: Decision, unconstrained: nn.Module, recent: Samples) -> bool:
+    def _budget_costs(self, decision: Decision, unconstrained: Classifier, recent: Samples) -> bool:
         """Whether the budgeted child trails the round's unconstrained (float) model on
         the recent window by more than update_max_loss: after a drift, a budget that
         suits a quiet stream would leave the fleet on a model it could already beat."""
@@ -385,7 +392,7 @@ class RoundRunner:
     def _explain(
         self,
         report: RoundReport,
-        model: nn.Module,
+        model: Classifier,
         exported: ExportResult,
         parent: Side | None,
         earlier: Samples,
@@ -413,7 +420,7 @@ class RoundRunner:
     def _publish(
         self,
         report: RoundReport,
-        model: nn.Module,
+        model: Classifier,
         exported: ExportResult,
         parent_sha: str | None,
         explanation: Explanation,
