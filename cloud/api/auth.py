@@ -10,13 +10,14 @@ Bearer``. A valid token of the wrong role (or device): 403.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from cloud.api.deps import get_tokens
-from cloud.api.errors import error
+from cloud.api.errors import Responses, error
 from shared.tokens import Role, TokenRecord
 
 bearer = HTTPBearer(
@@ -29,7 +30,7 @@ UNAUTHORIZED = error("No token, or an unknown or revoked one", "a bearer token i
 FORBIDDEN = error(
     "The token's role may not do this", "this needs the admin role; the token is viewer"
 )
-AUTH_RESPONSES = {401: UNAUTHORIZED, 403: FORBIDDEN}
+AUTH_RESPONSES: Responses = {401: UNAUTHORIZED, 403: FORBIDDEN}
 
 
 def get_principal(
@@ -55,7 +56,7 @@ def get_principal(
 PrincipalDep = Annotated[TokenRecord, Depends(get_principal)]
 
 
-def _require(*roles: Role):  # type: ignore[no-untyped-def]
+def _require(*roles: Role) -> Callable[[TokenRecord], TokenRecord]:
     def check(principal: PrincipalDep) -> TokenRecord:
         if principal.role not in roles:
             raise HTTPException(

@@ -39,6 +39,10 @@ _STATUS: list[tuple[type[Exception], int]] = [
 ]
 
 
+#: FastAPI's ``responses=``: an OpenAPI response entry by status code.
+Responses = dict[int | str, dict[str, Any]]
+
+
 def error(description: str, example: str) -> dict[str, Any]:
     """An OpenAPI response entry for an error, with an example body."""
     return {

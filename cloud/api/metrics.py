@@ -79,7 +79,7 @@ class FleetCollector(Collector):
             "Rollouts by model and state (the newest 100).",
             labels=["model", "state"],
         )
-        by_state = Tally((r.model, r.state) for r in self.controller.list(limit=100))
+        by_state = Tally((r.model, r.state) for r in self.controller.recent(limit=100))
         for (model, state), n in sorted(by_state.items()):
             family.add_metric([model, state], n)
         yield family

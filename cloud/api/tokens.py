@@ -18,9 +18,9 @@ import hashlib
 import hmac
 import logging
 import secrets
-from typing import Any
 
 import redis
+from redis.client import Pipeline
 
 from shared.errors import EdgeloopError, InputError, MessageError, NotFound
 from shared.keys import FleetKeys, check_name
@@ -64,7 +64,7 @@ class TokenStore:
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         digest = self.digest(token)
 
-        def txn(pipe: Any) -> None:
+        def txn(pipe: Pipeline) -> None:
             if pipe.hexists(self.keys.token_names, name):
                 raise TokenConflict(f"a token named {name!r} exists; revoke it first")
             pipe.multi()
@@ -88,7 +88,8 @@ class TokenStore:
             logger.warning("an unreadable token record; treating the token as unknown")
             return None
 
-    def list(self) -> list[TokenRecord]:
+    def records(self) -> list[TokenRecord]:
+        """Every token of the fleet, oldest first (unreadable records left out)."""
         out = []
         for raw in self.client.hvals(self.keys.tokens):
             try:
@@ -100,7 +101,7 @@ class TokenStore:
     def revoke(self, name: str, by: str = "cli") -> TokenRecord:
         out: dict[str, TokenRecord] = {}
 
-        def txn(pipe: Any) -> None:
+        def txn(pipe: Pipeline) -> None:
             digest = pipe.hget(self.keys.token_names, name)
             if digest is None:
                 raise TokenNotFound(f"no token named {name!r}")
@@ -123,13 +124,18 @@ def _record(name: str, role: str, device: str | None, by: str) -> TokenRecord:
             check_name("device id", device)
     except ValueError as e:
         raise InputError(str(e)) from e
-    if role not in ROLES:
-        raise InputError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
+    known = _role(role)
     if (role == "device") != (device is not None):
         raise InputError(
             "a device token needs --device ID (the one device it may post for)"
             if role == "device"
             else f"only device tokens name a device, not {role} tokens"
         )
-    r: Role = role  # type: ignore[assignment]
-    return TokenRecord(name=name, role=r, device=device, created_by=by)
+    return TokenRecord(name=name, role=known, device=device, created_by=by)
+
+
+def _role(name: str) -> Role:
+    for role in ROLES:
+        if name == role:
+            return role
+    raise InputError(f"unknown role {name!r}: use one of {', '.join(ROLES)}")

@@ -84,7 +84,7 @@ def _run(store: object, args: argparse.Namespace) -> int:
         record = store.revoke(args.name, by="cli")
         print(json.dumps({"revoked": record.name}) if args.json else f"revoked {record.name!r}")
         return 0
-    records = store.list()
+    records = store.records()
     if args.json:
         print(json.dumps([r.model_dump(exclude={"schema_version"}) for r in records]))
         return 0

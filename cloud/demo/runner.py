@@ -27,9 +27,9 @@ from cloud.data.datasets import Dataset, drift, load_dataset, split
 from cloud.demo.apps import Phase, SensorApp, phase_accuracies
 from cloud.demo.services import Child, ProcessGroup, free_port, python_module, start_redis
 from cloud.demo.view import live_view, summary_table
-from shared.errors import EdgeloopError
+from shared.errors import EdgeloopError, MessageError
 from shared.keys import FleetKeys
-from shared.messages import EdgeStatus, MessageError, TrainerStatus
+from shared.messages import EdgeStatus, TrainerStatus
 from shared.signing import write_keypair
 
 logger = logging.getLogger(__name__)
@@ -227,12 +227,13 @@ class Demo:
 
     def published_versions(self) -> set[int]:
         assert self.redis is not None
-        return {
-            int(score)
-            for _, score in self.redis.zrange(
-                self.keys.versions(self.model), 0, -1, withscores=True
-            )
-        }
+        versions = set()
+        # the index's members are sha256s, its scores the version numbers
+        for pair in self.redis.zrange(self.keys.versions(self.model), 0, -1, withscores=True):
+            if not isinstance(pair, (tuple, list)):
+                raise TypeError(f"expected (sha256, version) pairs, got {pair!r}")
+            versions.add(int(pair[1]))
+        return versions
 
     # -- the run ----------------------------------------------------------------
 

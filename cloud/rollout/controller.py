@@ -20,17 +20,18 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable
+from typing import Literal, Protocol
 
 import redis
+from redis.client import Pipeline
 
 from cloud.rollout.health import evaluate, sample_of
 from cloud.rollout.rings import members
-from shared.errors import EdgeloopError, InputError, NotFound
+from shared.errors import EdgeloopError, InputError, MessageError, NotFound
 from shared.keys import FleetKeys, check_name
-from shared.messages import EdgeStatus, MessageError, VersionRecord
-from shared.rollouts import AssignmentNotice, Rollout, RolloutSpec, StageState
+from shared.messages import EdgeStatus, VersionRecord
+from shared.rollouts import AssignmentNotice, Rollout, RolloutSpec, RolloutState, StageState
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,10 @@ class RolloutNotFound(RolloutError, NotFound):
 
 class RolloutConflict(RolloutError):
     """Another rollout of the model is in progress, or the request contradicts the state."""
+
+
+#: The end states an operator can stop a rollout in.
+_Stopped = Literal["aborted", "rolled_back"]
 
 
 class Versions(Protocol):
@@ -80,24 +85,27 @@ class RolloutController:
             raise RolloutNotFound(f"no rollout {rollout_id!r} in fleet {self.keys.fleet}")
         return Rollout.from_wire(raw)
 
-    def list(self, limit: int = 50) -> list[Rollout]:
-        ids = self.client.zrevrange(self.keys.rollouts, 0, limit - 1)
+    def recent(self, limit: int = 50) -> list[Rollout]:
+        """The fleet's latest rollouts, newest first (unreadable ones left out)."""
         out = []
-        for raw_id in ids:
+        for rollout_id in self._recent_ids(limit):
             try:
-                out.append(self.get(raw_id.decode()))
+                out.append(self.get(rollout_id))
             except (RolloutNotFound, MessageError):
                 continue
         return out
 
+    def _recent_ids(self, limit: int) -> list[str]:
+        return _members(self.client.zrevrange(self.keys.rollouts, 0, limit - 1))
+
     def active(self, model: str) -> Rollout | None:
-        rid = self.client.get(self.keys.active_rollout(model))
-        return self.get(rid.decode()) if rid else None
+        rollout_id = self.client.get(self.keys.active_rollout(model))
+        return self.get(_text(rollout_id)) if rollout_id else None
 
     def devices(self) -> list[str]:
         """Devices of the fleet seen recently enough to be put in a ring."""
         since = self.clock() - self.device_stale_s
-        return [d.decode() for d in self.client.zrangebyscore(self.keys.devices, since, "+inf")]
+        return _members(self.client.zrangebyscore(self.keys.devices, since, "+inf"))
 
     def statuses(self, devices: list[str]) -> dict[str, EdgeStatus | None]:
         if not devices:
@@ -112,13 +120,12 @@ class RolloutController:
         return out
 
     def pins(self, model: str) -> dict[str, str]:
-        return {
-            k.decode(): v.decode() for k, v in self.client.hgetall(self.keys.pins(model)).items()
-        }
+        pins = self.client.hgetall(self.keys.pins(model))
+        return {_text(device): _text(sha) for device, sha in pins.items()}
 
     def target(self, model: str) -> str | None:
         raw = self.client.get(self.keys.target(model))
-        return raw.decode() if raw else None
+        return _text(raw) if raw else None
 
     # -- creating -------------------------------------------------------------
 
@@ -164,7 +171,7 @@ class RolloutController:
             self.client.zrem(self.keys.rollouts, rollout.id)
             other = self.client.get(self.keys.active_rollout(spec.model))
             raise RolloutConflict(
-                f"rollout {other.decode() if other else '?'} of {spec.model} is in progress; "
+                f"rollout {_text(other) if other else '?'} of {spec.model} is in progress; "
                 "finish, abort or roll it back first"
             )
         logger.info("rollout %s created by %s: %s", rollout.id, by, rollout.events[-1].what)
@@ -175,8 +182,7 @@ class RolloutController:
 
     def step(self) -> None:
         """Advance every rollout in progress; safe to call from several processes."""
-        for raw in self.client.zrevrange(self.keys.rollouts, 0, 99):
-            rid = raw.decode()
+        for rid in self._recent_ids(100):
             try:
                 if self.get(rid).state == "running":
                     self.step_one(rid)
@@ -186,7 +192,7 @@ class RolloutController:
     def step_one(self, rollout_id: str) -> Rollout:
         return self._change(rollout_id, self._advance, by="controller")
 
-    def _advance(self, r: Rollout, pipe: Any, by: str) -> None:
+    def _advance(self, r: Rollout, pipe: Pipeline, by: str) -> None:
         if r.state != "running":
             return
         stage = r.stages[r.current]
@@ -214,7 +220,7 @@ class RolloutController:
             r.log(f"stage {stage.name} passed", by)
             self._after_pass(r, pipe, by)
 
-    def _start_stage(self, r: Rollout, stage: StageState, pipe: Any, now: float) -> None:
+    def _start_stage(self, r: Rollout, stage: StageState, pipe: Pipeline, now: float) -> None:
         pinned = set(self.pins(r.model))
         stage.devices = [d for d in stage.devices if d not in pinned]
         before = self.statuses(stage.devices)
@@ -227,7 +233,7 @@ class RolloutController:
         self._notify(pipe, r.model, stage.devices)
         r.log(f"stage {stage.name}: v{r.to_version} assigned to {len(stage.devices)} devices")
 
-    def _after_pass(self, r: Rollout, pipe: Any, by: str) -> None:
+    def _after_pass(self, r: Rollout, pipe: Pipeline, by: str) -> None:
         if r.current == len(r.stages) - 1:
             self._complete(r, pipe, by)
         elif r.auto_promote:
@@ -236,20 +242,22 @@ class RolloutController:
             r.state = "waiting"
             r.log("waiting for an operator to promote", by)
 
-    def _complete(self, r: Rollout, pipe: Any, by: str) -> None:
+    def _complete(self, r: Rollout, pipe: Pipeline, by: str) -> None:
         pipe.set(self.keys.target(r.model), r.to_sha256)
         self._release(r, pipe)
         r.state = "completed"
         r.log(f"completed: v{r.to_version} is the fleet's target", by)
 
-    def _roll_back(self, r: Rollout, pipe: Any, reason: str, by: str, state: str) -> None:
+    def _roll_back(
+        self, r: Rollout, pipe: Pipeline, reason: str, by: str, state: RolloutState
+    ) -> None:
         self._release(r, pipe)
-        r.state = state  # type: ignore[assignment]
+        r.state = state
         r.reason = reason
         r.log(f"{state.replace('_', ' ')}: {reason}", by)
         logger.warning("rollout %s %s: %s", r.id, state, reason)
 
-    def _release(self, r: Rollout, pipe: Any) -> None:
+    def _release(self, r: Rollout, pipe: Pipeline) -> None:
         """Drop this rollout's assignments: its devices follow the target again."""
         devices = sorted({d for s in r.stages for d in s.devices})
         if devices:
@@ -257,7 +265,7 @@ class RolloutController:
         pipe.delete(self.keys.active_rollout(r.model))
         self._notify(pipe, r.model, devices)
 
-    def _notify(self, pipe: Any, model: str, devices: list[str]) -> None:
+    def _notify(self, pipe: Pipeline, model: str, devices: list[str]) -> None:
         """Tell edges to look at their desired version again."""
         pipe.xadd(
             self.keys.deltas, {"assign": AssignmentNotice(model=model, devices=devices).to_wire()}
@@ -281,7 +289,7 @@ class RolloutController:
     def promote(self, rollout_id: str, by: str) -> Rollout:
         """Pass the current stage by hand (its gate notwithstanding)."""
 
-        def act(r: Rollout, pipe: Any, by: str) -> None:
+        def act(r: Rollout, pipe: Pipeline, by: str) -> None:
             self._require(r, {"running", "waiting", "paused"}, "promote")
             stage = r.stages[r.current]
             if stage.status != "passed":
@@ -304,7 +312,7 @@ class RolloutController:
     def rollback(self, rollout_id: str, by: str) -> Rollout:
         return self._change(rollout_id, lambda r, p, b: self._stop(r, p, b, "rolled_back"), by)
 
-    def _stop(self, r: Rollout, pipe: Any, by: str, state: str) -> None:
+    def _stop(self, r: Rollout, pipe: Pipeline, by: str, state: _Stopped) -> None:
         if r.state == "completed" and state == "rolled_back":
             # Rolling back a finished rollout moves the target back to A.
             if r.from_sha256 is None:
@@ -317,9 +325,11 @@ class RolloutController:
         self._require(r, {"running", "waiting", "paused"}, state.replace("_", " "))
         self._roll_back(r, pipe, f"{state.replace('_', ' ')} by {by}", by, state)
 
-    def _set_state(self, r: Rollout, by: str, action: str, state: str, allowed: set[str]) -> None:
+    def _set_state(
+        self, r: Rollout, by: str, action: str, state: RolloutState, allowed: set[str]
+    ) -> None:
         self._require(r, allowed, action)
-        r.state = state  # type: ignore[assignment]
+        r.state = state
         r.log(f"{action}d", by)
 
     @staticmethod
@@ -352,11 +362,13 @@ class RolloutController:
 
     # -- the one way state changes -------------------------------------------
 
-    def _change(self, rollout_id: str, fn: Callable[[Rollout, Any, str], None], by: str) -> Rollout:
+    def _change(
+        self, rollout_id: str, fn: Callable[[Rollout, Pipeline, str], None], by: str
+    ) -> Rollout:
         key = self.keys.rollout(rollout_id)
         out: dict[str, Rollout] = {}
 
-        def txn(pipe: Any) -> None:
+        def txn(pipe: Pipeline) -> None:
             raw = pipe.get(key)
             if raw is None:
                 raise RolloutNotFound(f"no rollout {rollout_id!r} in fleet {self.keys.fleet}")
@@ -369,3 +381,18 @@ class RolloutController:
 
         self.client.transaction(txn, key)
         return out["r"]
+
+
+def _text(reply: bytes | str) -> str:
+    """A Redis string reply as text (the client returns bytes; a decoding one, str)."""
+    return reply.decode() if isinstance(reply, bytes) else reply
+
+
+def _members(reply: Iterable[object]) -> list[str]:
+    """A sorted set's members, read without their scores, as text."""
+    members = []
+    for member in reply:
+        if not isinstance(member, (bytes, str)):
+            raise TypeError(f"expected sorted-set members without scores, got {member!r}")
+        members.append(_text(member))
+    return members

@@ -15,7 +15,7 @@ router = APIRouter(prefix="/v1/tokens", tags=["tokens"])
 @router.get("", summary="List tokens")
 def list_tokens(tokens: TokensDep, _: AdminDep) -> TokensPublic:
     """Names, roles and devices; never the tokens (only their hashes are stored)."""
-    return TokensPublic(tokens=[TokenPublic(**r.model_dump()) for r in tokens.list()])
+    return TokensPublic(tokens=[TokenPublic(**r.model_dump()) for r in tokens.records()])
 
 
 @router.post(

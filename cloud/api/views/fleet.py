@@ -9,6 +9,7 @@ version from the rollout state. Writes for devices are ``cloud.api.relay``'s.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis
@@ -46,8 +47,7 @@ class FleetView:
 
     def list_devices(self, limit: int = 1000, offset: int = 0) -> DevicesPublic:
         total = int(self.client.zcard(self.keys.devices))
-        seen = self.client.zrevrange(self.keys.devices, offset, offset + limit - 1, withscores=True)
-        devices = self._devices([(raw.decode(), float(ts)) for raw, ts in seen])
+        devices = self._devices(self._seen(offset, offset + limit - 1))
         return DevicesPublic(fleet=self.fleet, total=total, devices=devices)
 
     def read_device(self, device_id: str) -> DevicePublic:
@@ -58,8 +58,7 @@ class FleetView:
         return devices[0]
 
     def read_fleet(self) -> FleetPublic:
-        seen = self.client.zrevrange(self.keys.devices, 0, -1, withscores=True)
-        devices = self._devices([(raw.decode(), float(ts)) for raw, ts in seen])
+        devices = self._devices(self._seen())
         by_version = Counter(_version_label(d) for d in devices)
         by_health = Counter(d.health for d in devices)
         models = {name: self._model_target(name) for name in self.registry.models()}
@@ -74,14 +73,17 @@ class FleetView:
 
     def statuses(self) -> list[DevicePublic]:
         """Every device the fleet has seen (for the metrics)."""
-        seen = self.client.zrevrange(self.keys.devices, 0, -1, withscores=True)
-        return self._devices([(raw.decode(), float(ts)) for raw, ts in seen])
+        return self._devices(self._seen())
+
+    def _seen(self, start: int = 0, end: int = -1) -> list[tuple[str, float]]:
+        """(device, last seen) from the device index, the most recent first."""
+        return _scored(self.client.zrevrange(self.keys.devices, start, end, withscores=True))
 
     def _model_target(self, model: str) -> ModelTarget:
         pipe = self.client.pipeline(transaction=False)
         pipe.get(self.keys.target(model))
         pipe.get(self.keys.active_rollout(model))
-        target, active = (v.decode() if v else None for v in pipe.execute())
+        target, active = (_text(v) if v else None for v in pipe.execute())
         version = None
         if target is not None:
             try:
@@ -90,7 +92,7 @@ class FleetView:
                 version = None
         return ModelTarget(target_version=version, target_sha256=target, active_rollout=active)
 
-    def _devices(self, seen: list[tuple[str, float | None]]) -> list[DevicePublic]:
+    def _devices(self, seen: Sequence[tuple[str, float | None]]) -> list[DevicePublic]:
         seen = [(d, ts) for d, ts in seen if _safe(d)]  # the index holds only what edges wrote
         if not seen:
             return []
@@ -119,11 +121,27 @@ class FleetView:
             pipe.get(self.keys.target(model))
             pipe.hget(self.keys.assignments(model), device)
             pipe.hget(self.keys.pins(model), device)
-        values = [v.decode() if v else None for v in pipe.execute()]
+        values = [_text(v) if v else None for v in pipe.execute()]
         return {
             device: (values[3 * i], values[3 * i + 1], values[3 * i + 2])
             for i, (device, _) in enumerate(known)
         }
+
+
+def _text(reply: bytes | str) -> str:
+    """A Redis string reply as text (the client returns bytes; a decoding one, str)."""
+    return reply.decode() if isinstance(reply, bytes) else reply
+
+
+def _scored(reply: Iterable[object]) -> list[tuple[str, float]]:
+    """A sorted set read with its scores, as (member, score) pairs."""
+    pairs = []
+    for pair in reply:
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise TypeError(f"expected (member, score) pairs, got {pair!r}")
+        member, score = pair
+        pairs.append((_text(member), float(score)))
+    return pairs
 
 
 def _safe(name: str) -> bool:

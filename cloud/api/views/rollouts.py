@@ -27,7 +27,7 @@ class RolloutsView:
         return self.public(self.controller.create(plain, by=by))
 
     def list_rollouts(self, limit: int = 50) -> RolloutsPublic:
-        return RolloutsPublic(rollouts=[self.public(r) for r in self.controller.list(limit)])
+        return RolloutsPublic(rollouts=[self.public(r) for r in self.controller.recent(limit)])
 
     def read_rollout(self, rollout_id: str) -> RolloutPublic:
         return self.public(self.controller.get(rollout_id))

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from rich.console import Group, RenderableType
+from rich.console import Group, JustifyMethod, RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -37,7 +37,7 @@ def versions_table(v: VersionsPublic) -> Group:
         title_justify="left",
         collapse_padding=True,
     )
-    columns = (
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
         ("version", "right"),
         ("sha256", "left"),
         ("parent", "right"),
@@ -48,7 +48,7 @@ def versions_table(v: VersionsPublic) -> Group:
         ("earlier", "right"),
     )
     for name, justify in columns:
-        t.add_column(name, justify=justify, no_wrap=name == "sha256")  # type: ignore[arg-type]
+        t.add_column(name, justify=justify, no_wrap=name == "sha256")
     summaries: list[RenderableType] = [heading("Summaries")]
     for r in reversed(v.versions):
         t.add_row(
