@@ -29,7 +29,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("extra", nargs="*", help="more schemathesis options (after --)")
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    sys.path.insert(0, str(ROOT / "tests" / "cloud"))
     with tempfile.TemporaryDirectory(prefix="edgeloop-fuzz-") as tmp:
         from cloud.demo.services import ProcessGroup, start_redis
 
@@ -46,7 +45,6 @@ def main(argv: list[str] | None = None) -> int:
 def _seed(redis_url: str, work: Path) -> str:
     import numpy as np
     import redis
-    from api_helpers import issue, report
 
     from cloud.registry.publisher import Publisher
     from cloud.registry.versions import DirBlobStore, Registry
@@ -57,6 +55,7 @@ def _seed(redis_url: str, work: Path) -> str:
     from shared.rollouts import RolloutSpec, StageSpec
     from shared.runtime import TFLiteModel
     from shared.signing import Signer, write_keypair
+    from tests.cloud.api_helpers import issue, report
 
     client = redis.Redis.from_url(redis_url)
     keys = FleetKeys(FLEET)
@@ -109,10 +108,9 @@ def _seed(redis_url: str, work: Path) -> str:
 
 
 def _fuzz(redis_url: str, work: Path, token: str, args: argparse.Namespace) -> int:
-    from api_helpers import PEPPER, serving
-
     from cloud.api.app import create_app
     from cloud.api.settings import ApiSettings
+    from tests.cloud.api_helpers import PEPPER, serving
 
     settings = ApiSettings(
         fleet=FLEET,

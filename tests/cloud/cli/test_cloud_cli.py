@@ -17,7 +17,7 @@ from cloud.cli import main as cli
 from shared.keys import FleetKeys
 from shared.messages import TrainerStatus
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def run_cli(

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 import uvicorn
-from api_helpers import PEPPER, issue
 
 from cloud.api.app import create_app
 from cloud.api.settings import ApiSettings
 from cloud.cli import main as cli
+from tests.cloud.api_helpers import PEPPER, issue
 
 FLEET = "test"  # tests/cloud/conftest.py
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def free_port() -> int:

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
-from api_helpers import PEPPER, bearer, free_port, issue
 from fastapi.testclient import TestClient
 
 from cloud.api.app import create_app
@@ -28,8 +27,9 @@ from shared.keys import FleetKeys
 from shared.messages import ProbeSet
 from shared.runtime import TFLiteModel
 from shared.signing import Signer, write_keypair
+from tests.cloud.api_helpers import PEPPER, bearer, free_port, issue
 
-ACL = Path(__file__).resolve().parents[2] / "deploy" / "cloud" / "users.acl"
+ACL = Path(__file__).resolve().parents[3] / "deploy" / "cloud" / "users.acl"
 USERS = ("admin", "trainer", "api", "edge")
 FLEET = "default"  # the fleet the shipped file is written for
 

@@ -1,5 +1,5 @@
 """``edgeloop bench deltas``: the scenario, the measurements and the summary (the runs
-themselves go through the trainer, which tests/cloud/test_sparse_update.py covers)."""
+themselves go through the trainer, which tests/cloud/export/test_budgeted.py covers)."""
 
 from __future__ import annotations
 

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
-from api_helpers import PEPPER, bearer, issue, sample
 from fastapi.testclient import TestClient
 
 from cloud.api.app import create_app
@@ -33,9 +32,10 @@ from shared.messages import ProbeSet
 from shared.rollouts import AssignmentNotice
 from shared.runtime import TFLiteModel
 from shared.signing import Signer, write_keypair
+from tests.cloud.api_helpers import PEPPER, bearer, issue, sample
 
 FLEET = "roll"
-EDGE_DATA = Path(__file__).resolve().parents[1] / "edge" / "data"
+EDGE_DATA = Path(__file__).resolve().parents[2] / "edge" / "data"
 PERMUTED = EDGE_DATA / "permuted_digits.tflite"
 GATE = {
     "min_labeled": 20,

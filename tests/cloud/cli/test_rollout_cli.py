@@ -9,12 +9,12 @@ import threading
 import time
 
 import pytest
-from api_helpers import PEPPER, issue, report, seed_versions, serving
 
 from cloud.api.app import create_app
 from cloud.api.settings import ApiSettings
 from cloud.cli import main as cli
 from cloud.cli.client import ApiClient
+from tests.cloud.api_helpers import PEPPER, issue, report, seed_versions, serving
 
 FLEET = "lab"
 DEVICES = [f"pi-{i}" for i in range(4)]

@@ -15,7 +15,6 @@ from urllib.parse import quote
 
 import numpy as np
 import pytest
-from api_helpers import PEPPER, bearer, issue
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -30,6 +29,7 @@ from shared.errors import ConfigError
 from shared.keys import FleetKeys
 from shared.messages import ProbeSet, SignedManifest
 from shared.signing import Signer, Verifier
+from tests.cloud.api_helpers import PEPPER, bearer, issue
 
 FLEET = "test"  # tests/cloud/conftest.py
 
@@ -262,7 +262,7 @@ def test_arrays_in_responses_are_plain_numbers(api):
 
 def test_the_example_config_loads(monkeypatch):
     monkeypatch.setenv("EDGELOOP_API_TOKEN_PEPPER", PEPPER)  # a secret: never in the file
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     s = load_settings(ApiSettings, root / "deploy" / "examples" / "api.toml")
     assert s.mode == "production" and s.public_key.name == "signing.pub"
 

@@ -259,7 +259,7 @@ def test_writes_that_do_not_fit_are_refused(parent):
 
 #: A bootstrap and one count-triggered round in seconds; the gate takes any child that
 #: does not forget, and the budget's cost in accuracy never ships more, because the
-#: budgeted round is under test here, not the gate (tests/cloud/test_trainer.py has a
+#: budgeted round is under test here, not the gate (tests/cloud/trainer/test_trainer.py has a
 #: drift round that ships a fresh export).
 ROUND = {
     "bootstrap_epochs": 20,

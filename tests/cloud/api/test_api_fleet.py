@@ -8,7 +8,6 @@ import time
 
 import numpy as np
 import pytest
-from api_helpers import PEPPER, bearer, issue, report, sample, seed_versions
 from fastapi.testclient import TestClient
 
 from cloud.api.app import create_app
@@ -20,6 +19,7 @@ from edge.status import StatusReporter
 from edge.uplink import FeedbackUplink
 from shared.keys import FEEDBACK_BATCH_FIELD, FleetKeys
 from shared.messages import DeadLetter, EdgeCounters, EdgeStatus, FeedbackEvent
+from tests.cloud.api_helpers import PEPPER, bearer, issue, report, sample, seed_versions
 
 FLEET = "lab"
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import redis
-from api_helpers import PEPPER, bearer, issue, report, seed_versions
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
@@ -25,6 +24,7 @@ from shared.errors import ConfigError
 from shared.keys import FleetKeys
 from shared.messages import FeedbackEvent
 from shared.rollouts import GatePolicy, RolloutSpec, StageSpec
+from tests.cloud.api_helpers import PEPPER, bearer, issue, report, seed_versions
 
 FLEET = "lab"
 DEVICES = ["pi-01", "pi-02", "pi-03", "pi-04"]
