@@ -155,7 +155,7 @@ def api_options(p: argparse.ArgumentParser) -> None:
 
 
 def api_client(args: argparse.Namespace) -> ApiClient:
-    """The REST client the CLI's ``--api``/``--config`` name (shared with the rollout CLI)."""
+    """The REST client that ``--api`` and ``--config`` (``api_options``) name."""
     settings = client_settings(args.config)
     token = settings.token.get_secret_value() if settings.token else None
     return ApiClient(args.api or settings.api_url, settings.timeout_s, token)

@@ -12,6 +12,8 @@ MODULES = [
     "cloud.api.settings",
     "cloud.cli.client",
     "cloud.cli.rollout",
+    "cloud.cli.render.explain",
+    "cloud.cli.render.versions",
     "cloud.rollout.rings",
 ]
 
