@@ -41,8 +41,8 @@ thread from startup to shutdown (``cloud/rollout/loop.py``).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import redis
 from fastapi import Depends, FastAPI
@@ -77,6 +77,8 @@ from shared.signing import Verifier
 
 logger = logging.getLogger(__name__)
 
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
 DESCRIPTION = """\
 A fleet's model versions (signed manifests, explanations, comparisons, patches),
 its devices, staged rollouts with health gates, pins, and feedback and status
@@ -108,20 +110,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             "set token_pepper to a secret before this API holds real tokens"
         )
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loop = None
-        if settings.controller_interval_s > 0:
-            loop = ControllerLoop(controller, settings.controller_interval_s)
-            loop.start()
-        app.state.controller_loop = loop
-        try:
-            yield
-        finally:
-            if loop is not None:
-                loop.stop()
-            client.close()
-
+    lifespan = _lifespan(controller, client, settings.controller_interval_s)
     app = FastAPI(title="edgeloop cloud", version="1", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.view = VersionsView(registry, verifier)
@@ -136,13 +125,38 @@ def create_app(settings: ApiSettings) -> FastAPI:
     errors.install(app)
     errors.limit_body(app, settings.max_body_bytes)
     metrics.install(app, app.state.metrics)
+    _include_routers(app)
+    return app
+
+
+def _lifespan(controller: RolloutController, client: redis.Redis, interval_s: float) -> Lifespan:
+    """Step the controller in a thread while the app runs (not at all when ``interval_s`` <= 0);
+    close the Redis client when it stops."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loop = None
+        if interval_s > 0:
+            loop = ControllerLoop(controller, interval_s)
+            loop.start()
+        app.state.controller_loop = loop
+        try:
+            yield
+        finally:
+            if loop is not None:
+                loop.stop()
+            client.close()
+
+    return lifespan
+
+
+def _include_routers(app: FastAPI) -> None:
     reads = [Depends(require_viewer)]
     for module in (models, versions, diffs, deltas):
         app.include_router(module.router, dependencies=reads, responses=AUTH_RESPONSES)
     for module in (fleet, devices, pins, rollouts, feedback, tokens, metrics_router):
         app.include_router(module.router, responses=AUTH_RESPONSES)
     app.include_router(health.router)
-    return app
 
 
 def _verifier(settings: ApiSettings) -> Verifier | None:

@@ -19,7 +19,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from cloud.api.views.fleet import FleetView
+from cloud.api.schemas import DevicePublic
+from cloud.api.views.fleet import FleetView, version_label
 from cloud.rollout.controller import RolloutController
 from cloud.rollout.loop import ControllerLoop
 
@@ -86,44 +87,46 @@ class FleetCollector(Collector):
 
     def _devices(self) -> Iterator[Metric]:
         devices = self.fleet.statuses()
-        by_version = GaugeMetricFamily(
-            "edgeloop_devices",
-            "Devices by served version and health.",
-            labels=["version", "health"],
-        )
-        version_health: Tally[tuple[str, str]] = Tally()
-        for d in devices:
-            if d.health == "offline":
-                version = "unknown"
-            else:
-                version = f"v{d.version}" if d.version else "baseline"
-            version_health[(version, d.health)] += 1
-        for (version, health), n in sorted(version_health.items()):
-            by_version.add_metric([version, health], n)
-        yield by_version
+        yield _by_version(devices)
+        yield from _edge_sums(devices)
 
-        sums: Tally[str] = Tally()
-        reasons: Tally[str] = Tally()
-        for d in devices:
-            if d.counters is None:
-                continue
-            for name in EDGE_COUNTERS:
-                sums[name] += getattr(d.counters, name)
-            reasons.update(d.counters.fallback_reasons)
+
+def _by_version(devices: list[DevicePublic]) -> Metric:
+    family = GaugeMetricFamily(
+        "edgeloop_devices",
+        "Devices by served version and health.",
+        labels=["version", "health"],
+    )
+    version_health = Tally((version_label(d), d.health) for d in devices)
+    for (version, health), n in sorted(version_health.items()):
+        family.add_metric([version, health], n)
+    return family
+
+
+def _edge_sums(devices: list[DevicePublic]) -> Iterator[Metric]:
+    """The online edges' counters summed, and their fallbacks by reason."""
+    sums: Tally[str] = Tally()
+    reasons: Tally[str] = Tally()
+    for d in devices:
+        if d.counters is None:
+            continue
         for name in EDGE_COUNTERS:
-            yield GaugeMetricFamily(
-                f"edgeloop_edge_{name}",
-                f"Sum of the online edges' {name.replace('_', ' ')} counters.",
-                value=sums[name],
-            )
-        by_reason = GaugeMetricFamily(
-            "edgeloop_edge_fallbacks_by_reason",
-            "Sum of the online edges' fallback answers by the first link's reason.",
-            labels=["reason"],
+            sums[name] += getattr(d.counters, name)
+        reasons.update(d.counters.fallback_reasons)
+    for name in EDGE_COUNTERS:
+        yield GaugeMetricFamily(
+            f"edgeloop_edge_{name}",
+            f"Sum of the online edges' {name.replace('_', ' ')} counters.",
+            value=sums[name],
         )
-        for reason, n in sorted(reasons.items()):
-            by_reason.add_metric([reason], n)
-        yield by_reason
+    by_reason = GaugeMetricFamily(
+        "edgeloop_edge_fallbacks_by_reason",
+        "Sum of the online edges' fallback answers by the first link's reason.",
+        labels=["reason"],
+    )
+    for reason, n in sorted(reasons.items()):
+        by_reason.add_metric([reason], n)
+    yield by_reason
 
 
 class ApiMetrics:

@@ -100,13 +100,7 @@ class ApiClient:
                 "point --api, EDGELOOP_API_URL or api_url in the client config at it"
             ) from e
         if r.status_code >= 400:
-            try:
-                detail = r.json()["detail"]
-            except (ValueError, KeyError, TypeError):
-                detail = r.text.strip()[:200] or r.reason_phrase
-            if r.status_code == 401 and not self.token:
-                detail += " (set EDGELOOP_TOKEN or token in the client config)"
-            raise ApiError(f"{detail} (HTTP {r.status_code})", r.status_code)
+            raise self._refusal(r)
         try:
             return r.json()
         except ValueError as e:
@@ -114,23 +108,31 @@ class ApiClient:
                 f"{url} did not answer with JSON; is {self.base_url} an edgeloop API?"
             ) from e
 
-    def get(self, template: str, *parts: str, params: dict[str, str] | None = None) -> Any:
-        return self.request("GET", template, *parts, params=params)
+    def _refusal(self, r: httpx.Response) -> ApiError:
+        """The API's own one-line reason for refusing, with the HTTP status."""
+        try:
+            detail = r.json()["detail"]
+        except (ValueError, KeyError, TypeError):
+            detail = r.text.strip()[:200] or r.reason_phrase
+        if r.status_code == 401 and not self.token:
+            detail += " (set EDGELOOP_TOKEN or token in the client config)"
+        return ApiError(f"{detail} (HTTP {r.status_code})", r.status_code)
+
+    # Each verb returns the answer parsed as ``shape`` and the raw JSON (for ``--json``).
 
     def get_as(self, shape: type[M], template: str, *parts: str, **params: str) -> tuple[M, Any]:
-        """The body parsed as ``shape``, and the raw JSON (for ``--json``)."""
-        return self.parse(shape, self.get(template, *parts, params=params or None))
+        return self.parse(shape, self.request("GET", template, *parts, params=params or None))
 
-    def send_as(
-        self,
-        shape: type[M],
-        method: str,
-        template: str,
-        *parts: str,
-        body: Any = None,
-        params: dict[str, str] | None = None,
+    def post_as(
+        self, shape: type[M], template: str, *parts: str, body: Any = None
     ) -> tuple[M, Any]:
-        return self.parse(shape, self.request(method, template, *parts, params=params, body=body))
+        return self.parse(shape, self.request("POST", template, *parts, body=body))
+
+    def put_as(self, shape: type[M], template: str, *parts: str, body: Any) -> tuple[M, Any]:
+        return self.parse(shape, self.request("PUT", template, *parts, body=body))
+
+    def delete_as(self, shape: type[M], template: str, *parts: str, **params: str) -> tuple[M, Any]:
+        return self.parse(shape, self.request("DELETE", template, *parts, params=params or None))
 
     @staticmethod
     def parse(shape: type[M], raw: Any) -> tuple[M, Any]:
@@ -143,8 +145,17 @@ class ApiClient:
             ) from e
 
 
+def api_options(p: argparse.ArgumentParser) -> None:
+    """``--api``, ``--config`` and ``--json``: the options of every command that calls the API."""
+    p.add_argument(
+        "--api", metavar="URL", help="REST API base URL (else EDGELOOP_API_URL or the config)"
+    )
+    p.add_argument("--config", type=Path, help=f"client config TOML (default {DEFAULT_CONFIG})")
+    p.add_argument("--json", action="store_true", help="print the API's JSON on one line")
+
+
 def api_client(args: argparse.Namespace) -> ApiClient:
-    """The REST client the CLI's ``--api``/``--config`` name (shared with the rollout CLI)."""
+    """The REST client that ``--api`` and ``--config`` (``api_options``) name."""
     settings = client_settings(args.config)
     token = settings.token.get_secret_value() if settings.token else None
     return ApiClient(args.api or settings.api_url, settings.timeout_s, token)

@@ -21,7 +21,8 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from cloud.api.schemas import (
@@ -32,7 +33,7 @@ from cloud.api.schemas import (
     RolloutPublic,
     RolloutsPublic,
 )
-from cloud.cli.client import DEFAULT_CONFIG, ApiClient, api_client, only_model
+from cloud.cli.client import ApiClient, api_client, api_options, only_model
 from cloud.cli.output import show
 from shared.errors import InputError
 
@@ -44,17 +45,34 @@ ACTIONS = ("promote", "pause", "resume", "abort", "rollback")
 # -- arguments --------------------------------------------------------------------
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--api", metavar="URL", help="REST API base URL (else EDGELOOP_API_URL or the config)"
-    )
-    p.add_argument("--config", type=Path, help=f"client config TOML (default {DEFAULT_CONFIG})")
-    p.add_argument("--json", action="store_true", help="print the API's JSON on one line")
-
-
 def rollout_args(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    s = sub.add_parser("start", help="start a rollout of VERSION")
+    _start_args(sub.add_parser("start", help="start a rollout of VERSION"))
+    s = sub.add_parser("status", help="a rollout, or the list of rollouts")
+    s.add_argument("id", nargs="?", help="rollout id (default: list them)")
+    s.add_argument("--limit", type=int, default=20, help="rollouts to list")
+    api_options(s)
+    s = sub.add_parser("watch", help="follow a rollout until it ends (exit 0 completed, 3 not)")
+    s.add_argument("id", help="rollout id")
+    s.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    s.add_argument("--timeout", type=float, help="give up after this many seconds (exit 2)")
+    api_options(s)
+    for action in ACTIONS:
+        s = sub.add_parser(action, help=f"{action} a rollout")
+        s.add_argument("id", help="rollout id")
+        api_options(s)
+    s = sub.add_parser("pin", help="pin a device to a version (rollouts leave it alone)")
+    s.add_argument("device", help="device id")
+    s.add_argument("version", help="version: number, label or sha256")
+    s.add_argument("--model", "-m", help="model name (default: the fleet's only model)")
+    api_options(s)
+    s = sub.add_parser("unpin", help="let a device follow the fleet again")
+    s.add_argument("device", help="device id")
+    s.add_argument("--model", "-m", help="only this model's pin (default: every model's)")
+    api_options(s)
+
+
+def _start_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("model", help="model name")
     s.add_argument("version", help="version B: number (4 or v4), label or sha256")
     s.add_argument(
@@ -83,38 +101,16 @@ def rollout_args(p: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--wait", action="store_true", help="then watch it (exit 3 if it is rolled back)"
     )
-    _common(s)
-    s = sub.add_parser("status", help="a rollout, or the list of rollouts")
-    s.add_argument("id", nargs="?", help="rollout id (default: list them)")
-    s.add_argument("--limit", type=int, default=20, help="rollouts to list")
-    _common(s)
-    s = sub.add_parser("watch", help="follow a rollout until it ends (exit 0 completed, 3 not)")
-    s.add_argument("id", help="rollout id")
-    s.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
-    s.add_argument("--timeout", type=float, help="give up after this many seconds (exit 2)")
-    _common(s)
-    for action in ACTIONS:
-        s = sub.add_parser(action, help=f"{action} a rollout")
-        s.add_argument("id", help="rollout id")
-        _common(s)
-    s = sub.add_parser("pin", help="pin a device to a version (rollouts leave it alone)")
-    s.add_argument("device", help="device id")
-    s.add_argument("version", help="version: number, label or sha256")
-    s.add_argument("--model", "-m", help="model name (default: the fleet's only model)")
-    _common(s)
-    s = sub.add_parser("unpin", help="let a device follow the fleet again")
-    s.add_argument("device", help="device id")
-    s.add_argument("--model", "-m", help="only this model's pin (default: every model's)")
-    _common(s)
+    api_options(s)
 
 
 def fleet_args(p: argparse.ArgumentParser) -> None:
-    _common(p)
+    api_options(p)
 
 
 def devices_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=1000, help="at most this many, newest report first")
-    _common(p)
+    api_options(p)
 
 
 # -- commands ---------------------------------------------------------------------
@@ -122,38 +118,14 @@ def devices_args(p: argparse.ArgumentParser) -> None:
 
 def rollout(args: argparse.Namespace) -> int:
     api = api_client(args)
-    if args.action == "start":
-        return _start(api, args)
-    if args.action == "status":
-        if args.id is None:
-            rollouts, raw = api.get_as(RolloutsPublic, "/v1/rollouts", limit=str(args.limit))
-            from cloud.cli.render.rollout import rollouts_table
-
-            return show(args, raw, rollouts_table(rollouts))
-        r, raw = api.get_as(RolloutPublic, "/v1/rollouts/{}", args.id)
-        from cloud.cli.render.rollout import rollout_view
-
-        return show(args, raw, rollout_view(r))
-    if args.action == "watch":
-        return watch(api, args.id, args)
-    if args.action in ACTIONS:
-        r, raw = api.send_as(RolloutPublic, "POST", f"/v1/rollouts/{{}}/{args.action}", args.id)
-        from cloud.cli.render.rollout import rollout_view
-
-        return show(args, raw, rollout_view(r))
-    if args.action == "pin":
-        model = args.model or only_model(api)
-        body = {"model": model, "version": args.version}
-        pin, raw = api.send_as(PinPublic, "PUT", "/v1/devices/{}/pin", args.device, body=body)
-        return show(
-            args, raw, f"{pin.device_id} pinned to {pin.model} v{pin.version} ({pin.sha256[:12]})"
-        )
-    assert args.action == "unpin"
-    params = {"model": args.model} if args.model else None
-    removed, raw = api.send_as(
-        PinsRemoved, "DELETE", "/v1/devices/{}/pin", args.device, params=params
-    )
-    return show(args, raw, f"{removed.device_id} unpinned from {', '.join(removed.models)}")
+    actions: dict[str, Callable[[ApiClient, argparse.Namespace], int]] = {
+        "start": _start,
+        "status": _status,
+        "watch": lambda api, args: watch(api, args.id, args),
+        "pin": _pin,
+        "unpin": _unpin,
+    }
+    return actions.get(args.action, _act)(api, args)
 
 
 def fleet(args: argparse.Namespace) -> int:
@@ -170,6 +142,38 @@ def devices(args: argparse.Namespace) -> int:
     return show(args, raw, devices_table(listing))
 
 
+def _status(api: ApiClient, args: argparse.Namespace) -> int:
+    from cloud.cli.render.rollout import rollout_view, rollouts_table
+
+    if args.id is None:
+        rollouts, raw = api.get_as(RolloutsPublic, "/v1/rollouts", limit=str(args.limit))
+        return show(args, raw, rollouts_table(rollouts))
+    r, raw = api.get_as(RolloutPublic, "/v1/rollouts/{}", args.id)
+    return show(args, raw, rollout_view(r))
+
+
+def _act(api: ApiClient, args: argparse.Namespace) -> int:
+    """promote, pause, resume, abort or rollback."""
+    r, raw = api.post_as(RolloutPublic, f"/v1/rollouts/{{}}/{args.action}", args.id)
+    from cloud.cli.render.rollout import rollout_view
+
+    return show(args, raw, rollout_view(r))
+
+
+def _pin(api: ApiClient, args: argparse.Namespace) -> int:
+    body = {"model": args.model or only_model(api), "version": args.version}
+    pin, raw = api.put_as(PinPublic, "/v1/devices/{}/pin", args.device, body=body)
+    return show(
+        args, raw, f"{pin.device_id} pinned to {pin.model} v{pin.version} ({pin.sha256[:12]})"
+    )
+
+
+def _unpin(api: ApiClient, args: argparse.Namespace) -> int:
+    params = {"model": args.model} if args.model else {}
+    removed, raw = api.delete_as(PinsRemoved, "/v1/devices/{}/pin", args.device, **params)
+    return show(args, raw, f"{removed.device_id} unpinned from {', '.join(removed.models)}")
+
+
 def _start(api: ApiClient, args: argparse.Namespace) -> int:
     body: dict[str, Any] = {
         "model": args.model,
@@ -179,20 +183,9 @@ def _start(api: ApiClient, args: argparse.Namespace) -> int:
     }
     if args.devices:
         body["devices"] = [d for group in args.devices for d in group.split(",") if d]
-    gate = {
-        k: v
-        for k, v in (
-            ("min_labeled", args.min_labeled),
-            ("min_requests", args.min_requests),
-            ("min_dwell_s", args.min_dwell),
-            ("max_accuracy_drop", args.max_accuracy_drop),
-            ("stage_timeout_s", args.stage_timeout),
-        )
-        if v is not None
-    }
-    if gate:
+    if gate := _gate_of(args):
         body["gate"] = gate
-    r, raw = api.send_as(RolloutPublic, "POST", "/v1/rollouts", body=body)
+    r, raw = api.post_as(RolloutPublic, "/v1/rollouts", body=body)
     if args.wait:
         if not args.json:
             print(f"rollout {r.id} started", file=sys.stderr)
@@ -200,6 +193,18 @@ def _start(api: ApiClient, args: argparse.Namespace) -> int:
     from cloud.cli.render.rollout import rollout_view
 
     return show(args, raw, rollout_view(r))
+
+
+def _gate_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The gate options given (the API's defaults stand for the others)."""
+    given = (
+        ("min_labeled", args.min_labeled),
+        ("min_requests", args.min_requests),
+        ("min_dwell_s", args.min_dwell),
+        ("max_accuracy_drop", args.max_accuracy_drop),
+        ("stage_timeout_s", args.stage_timeout),
+    )
+    return {name: value for name, value in given if value is not None}
 
 
 def stages_of(stages: str | None, canary: str | None) -> list[dict[str, Any]]:
@@ -243,43 +248,56 @@ def _size(text: str, option: str) -> dict[str, Any]:
 
 def watch(api: ApiClient, rollout_id: str, args: argparse.Namespace) -> int:
     """Follow a rollout until it ends: 0 when it completed, 3 when rolled back or aborted."""
-    from cloud.cli.render.rollout import rollout_view
+    timeout = getattr(args, "timeout", None)  # `start --wait` has no --interval, no --timeout
+    deadline = time.monotonic() + timeout if timeout else None
+    follow = _Follow(api, rollout_id, getattr(args, "interval", 1.0), deadline)
+    return follow.json_lines() if args.json else follow.live()
 
-    interval = getattr(args, "interval", 1.0)
-    deadline = time.monotonic() + args.timeout if getattr(args, "timeout", None) else None
-    last_update = None
 
-    def fetch() -> tuple[RolloutPublic, Any]:
-        return api.get_as(RolloutPublic, "/v1/rollouts/{}", rollout_id)
+@dataclass(frozen=True)
+class _Follow:
+    """A rollout read again every ``interval`` seconds until it ends (or ``deadline``)."""
 
-    if args.json:
+    api: ApiClient
+    rollout_id: str
+    interval: float
+    deadline: float | None
+
+    def json_lines(self) -> int:
+        """The API's JSON, a line each time the rollout changes."""
+        last_update = None
         while True:
-            r, raw = fetch()
+            r, raw = self.fetch()
             if r.updated_at != last_update:
                 sys.stdout.write(json.dumps(raw, separators=(",", ":")) + "\n")
                 sys.stdout.flush()
                 last_update = r.updated_at
             if not r.active:
                 return _exit_of(r)
-            _pause(interval, deadline, rollout_id)
+            self.pause()
 
-    from rich.console import Console
-    from rich.live import Live
+    def live(self) -> int:
+        """The rollout's view, redrawn in place."""
+        from rich.console import Console
+        from rich.live import Live
 
-    console = Console()
-    r, _ = fetch()
-    with Live(rollout_view(r), console=console, refresh_per_second=4, transient=False) as live:
-        while r.active:
-            _pause(interval, deadline, rollout_id)
-            r, _ = fetch()
-            live.update(rollout_view(r))
-    return _exit_of(r)
+        from cloud.cli.render.rollout import rollout_view
 
+        r, _ = self.fetch()
+        with Live(rollout_view(r), console=Console(), refresh_per_second=4) as live:
+            while r.active:
+                self.pause()
+                r, _ = self.fetch()
+                live.update(rollout_view(r))
+        return _exit_of(r)
 
-def _pause(interval: float, deadline: float | None, rollout_id: str) -> None:
-    if deadline is not None and time.monotonic() > deadline:
-        raise InputError(f"rollout {rollout_id} is still in progress (--timeout reached)")
-    time.sleep(interval)
+    def fetch(self) -> tuple[RolloutPublic, Any]:
+        return self.api.get_as(RolloutPublic, "/v1/rollouts/{}", self.rollout_id)
+
+    def pause(self) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise InputError(f"rollout {self.rollout_id} is still in progress (--timeout reached)")
+        time.sleep(self.interval)
 
 
 def _exit_of(r: RolloutPublic) -> int:

@@ -16,10 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shared.tokens import ROLES
+
+if TYPE_CHECKING:  # imported when a command runs: `edgeloop --help` stays light
+    from cloud.api.tokens import TokenStore
 
 
 def token_args(p: argparse.ArgumentParser) -> None:
@@ -64,22 +67,9 @@ def token(args: argparse.Namespace) -> int:
         client.close()
 
 
-def _run(store: object, args: argparse.Namespace) -> int:
-    from cloud.api.tokens import TokenStore
-
-    assert isinstance(store, TokenStore)
+def _run(store: TokenStore, args: argparse.Namespace) -> int:
     if args.action == "issue":
-        record, secret = store.issue(args.name, args.role, args.device, by="cli")
-        if args.json:
-            print(json.dumps({**record.model_dump(exclude={"schema_version"}), "token": secret}))
-        else:
-            print(secret)
-            who = f" for device {record.device}" if record.device else ""
-            print(
-                f"issued {record.role} token {record.name!r}{who}; it is shown only now",
-                file=sys.stderr,
-            )
-        return 0
+        return _issue(store, args)
     if args.action == "revoke":
         record = store.revoke(args.name, by="cli")
         print(json.dumps({"revoked": record.name}) if args.json else f"revoked {record.name!r}")
@@ -89,13 +79,19 @@ def _run(store: object, args: argparse.Namespace) -> int:
         print(json.dumps([r.model_dump(exclude={"schema_version"}) for r in records]))
         return 0
     from rich.console import Console
-    from rich.table import Table
 
-    t = Table(title="API tokens", title_justify="left")
-    for col in ("name", "role", "device", "created", "by"):
-        t.add_column(col)
-    for r in records:
-        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created_at))
-        t.add_row(r.name, r.role, r.device or "", created, r.created_by)
-    Console().print(t)
+    from cloud.cli.render.tokens import tokens_table
+
+    Console().print(tokens_table(records))
+    return 0
+
+
+def _issue(store: TokenStore, args: argparse.Namespace) -> int:
+    record, secret = store.issue(args.name, args.role, args.device, by="cli")
+    if args.json:
+        print(json.dumps({**record.model_dump(exclude={"schema_version"}), "token": secret}))
+        return 0
+    print(secret)
+    who = f" for device {record.device}" if record.device else ""
+    print(f"issued {record.role} token {record.name!r}{who}; it is shown only now", file=sys.stderr)
     return 0

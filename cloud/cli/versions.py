@@ -11,30 +11,24 @@ stderr and exit 2 (``cloud.cli.main.main``).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from cloud.api.schemas import DiffPublic, ExplanationPublic, ModelsPublic, VersionsPublic
-from cloud.cli.client import DEFAULT_CONFIG, api_client, only_model
+from cloud.cli.client import api_client, api_options, only_model
 from cloud.cli.output import show
 
 REF_HELP = "version: number (3 or v3), label (stable) or sha256 (6+ hex digits)"
 
 
-def _common(p: argparse.ArgumentParser, model_option: bool = True) -> None:
-    p.add_argument(
-        "--api", metavar="URL", help="REST API base URL (else EDGELOOP_API_URL or the config)"
-    )
-    p.add_argument("--config", type=Path, help=f"client config TOML (default {DEFAULT_CONFIG})")
-    p.add_argument("--json", action="store_true", help="print the API's JSON on one line")
-    if model_option:
-        p.add_argument("--model", "-m", help="model name (default: the fleet's only model)")
+def _common(p: argparse.ArgumentParser) -> None:
+    api_options(p)
+    p.add_argument("--model", "-m", help="model name (default: the fleet's only model)")
 
 
 def versions_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", help="model name (default: the fleet's only model)")
     p.add_argument("--limit", type=int, help="only the newest N versions")
-    _common(p, model_option=False)
+    api_options(p)
 
 
 def explain_args(p: argparse.ArgumentParser) -> None:

@@ -14,6 +14,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import numpy as np
@@ -63,32 +64,46 @@ class AppStats:
         return sum(self.recent) / len(self.recent) if self.recent else None
 
 
+@dataclass(frozen=True)
+class Samples:
+    """What an app draws requests from: the inputs, as they are and as drift turns
+    them, and their true labels."""
+
+    X: np.ndarray
+    X_drifted: np.ndarray
+    y: np.ndarray
+
+    @classmethod
+    def of(
+        cls, X: np.ndarray, y: np.ndarray, drift_fn: Callable[[np.ndarray], np.ndarray]
+    ) -> Samples:
+        return cls(X, drift_fn(X), y)
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """How an app uses its edge: requests a second, the share it labels, input noise."""
+
+    rate_hz: float
+    label_share: float
+    noise: float
+    seed: int
+
+
 class SensorApp(threading.Thread):
     """One client of one edge: predict, and label a share of the answers."""
 
     def __init__(
-        self,
-        name: str,
-        base_url: str,
-        X: np.ndarray,
-        y: np.ndarray,
-        drift_fn: Callable[[np.ndarray], np.ndarray],
-        phase: Phase,
-        *,
-        rate_hz: float,
-        label_share: float,
-        noise: float,
-        seed: int,
+        self, name: str, base_url: str, samples: Samples, phase: Phase, traffic: Traffic
     ) -> None:
         super().__init__(name=name, daemon=True)
         self.base_url = base_url
-        self.X, self.y = X, y
-        self.X_drifted = drift_fn(X)
+        self.samples = samples
         self.phase = phase
-        self.period = 1.0 / rate_hz
-        self.label_share = label_share
-        self.noise = noise
-        self.rng = np.random.default_rng(seed)
+        self.period = 1.0 / traffic.rate_hz
+        self.label_share = traffic.label_share
+        self.noise = traffic.noise
+        self.rng = np.random.default_rng(traffic.seed)
         self.stats = AppStats()
         self.stop_event = threading.Event()
 
@@ -105,20 +120,11 @@ class SensorApp(threading.Thread):
                     next_at = time.monotonic()
 
     def _one(self, client: httpx.Client) -> None:
-        i = int(self.rng.integers(len(self.X)))
         drift = self.phase.drift
-        x = (self.X_drifted if drift else self.X)[i]
-        if self.noise:
-            x = x + self.rng.normal(0, self.noise, size=x.shape).astype(np.float32)
-        label = int(self.y[i])
+        x, label = self._draw(drift)
         self.stats.requests += 1
-        try:
-            r = client.post("/v1/predict", json={"x": x.tolist()})
-            r.raise_for_status()
-            answer = r.json()
-        except (httpx.HTTPError, ValueError) as e:
-            self.stats.failed += 1
-            self.stats.errors[type(e).__name__] += 1
+        answer = self._predict(client, x)
+        if answer is None:
             return
         self.stats.versions[answer["model_version"]] += 1
         if self.rng.random() >= self.label_share:
@@ -128,10 +134,30 @@ class SensorApp(threading.Thread):
         self.stats.outcomes.append(
             Outcome(time.monotonic(), drift, answer["model_version"], correct, answer["fallback"])
         )
+        self._send_label(client, answer["request_id"], label)
+
+    def _draw(self, drift: bool) -> tuple[np.ndarray, int]:
+        """One input (drifted or not, with the app's noise) and its true label."""
+        i = int(self.rng.integers(len(self.samples.X)))
+        x = (self.samples.X_drifted if drift else self.samples.X)[i]
+        if self.noise:
+            x = x + self.rng.normal(0, self.noise, size=x.shape).astype(np.float32)
+        return x, int(self.samples.y[i])
+
+    def _predict(self, client: httpx.Client, x: np.ndarray) -> dict[str, Any] | None:
         try:
-            r = client.post(
-                "/v1/feedback", json={"request_id": answer["request_id"], "label": label}
-            )
+            r = client.post("/v1/predict", json={"x": x.tolist()})
+            r.raise_for_status()
+            answer: dict[str, Any] = r.json()
+        except (httpx.HTTPError, ValueError) as e:
+            self.stats.failed += 1
+            self.stats.errors[type(e).__name__] += 1
+            return None
+        return answer
+
+    def _send_label(self, client: httpx.Client, request_id: str, label: int) -> None:
+        try:
+            r = client.post("/v1/feedback", json={"request_id": request_id, "label": label})
             r.raise_for_status()
             self.stats.feedback_sent += 1
         except httpx.HTTPError as e:
@@ -140,6 +166,11 @@ class SensorApp(threading.Thread):
 
     def stop(self) -> None:
         self.stop_event.set()
+
+
+def failed_requests(apps: list[AppStats]) -> int:
+    """Predictions and labels the apps could not get through."""
+    return sum(a.failed + a.feedback_failed for a in apps)
 
 
 def phase_accuracies(

@@ -29,7 +29,7 @@ from rich.text import Text
 
 from cloud.api.tokens import TokenStore
 from cloud.data.datasets import split
-from cloud.demo.runner import FLEET, Demo, DemoError, _toml
+from cloud.demo.runner import FLEET, Demo, DemoError
 from cloud.demo.services import free_port, python_module, start_redis
 from cloud.demo.view import edges_table
 from cloud.export.exporter import ExportResult, export_int8
@@ -56,12 +56,19 @@ DEMO_GATE = {
     "stage_timeout_s": 240.0,
 }
 
+#: The rings of the scenario's rollouts: two canaries, then half the fleet, then all of it.
+RINGS = [
+    {"name": "canary", "count": 2},
+    {"name": "half", "percent": 50},
+    {"name": "all", "percent": 100},
+]
+
 
 def operator_versions(demo: Demo) -> tuple[ExportResult, ExportResult]:
     """A good model, and the same model with its output labels permuted (harmful, valid)."""
-    parts = split(demo.dataset, demo.o.seed)
+    parts = split(demo.dataset, demo.options.seed)
     train = parts.seed_train
-    hp = Hyperparameters(epochs=30, batch_size=64, lr=3e-3, seed=demo.o.seed + 100)
+    hp = Hyperparameters(epochs=30, batch_size=64, lr=3e-3, seed=demo.options.seed + 100)
     model = bootstrap(train, hp).model
     cal, probe = train.X[:200], parts.seed_holdout.X[:32]
     good = export_int8(model, cal, probe)
@@ -85,7 +92,7 @@ class BadCanaryDemo(Demo):
         self._wait("trainer bootstrap: first version", self._first_version, timeout=300)
         self._start_api(redis_url)
         guard = {"guard_p99_floor_ms": 200.0, "guard_min_labeled": 25}
-        for i in range(1, self.o.edges + 1):
+        for i in range(1, self.options.edges + 1):
             self._start_edge(f"edge-{i:02d}", redis_url, self.public_key, **guard)
         self._wait("edges serving", self._edges_serving, timeout=180)
 
@@ -97,31 +104,26 @@ class BadCanaryDemo(Demo):
 
     def _start_api(self, redis_url: str) -> None:
         port = free_port()
-        config = self.workdir / "api.toml"
-        config.write_text(
-            _toml(
-                {
-                    "mode": "development",
-                    "fleet": FLEET,
-                    "redis_url": redis_url,
-                    "port": port,
-                    "blob_dir": str(self.workdir / "blobs"),
-                    "public_key": str(self.public_key),
-                    "token_pepper": DEMO_PEPPER,
-                    "controller_interval_s": 1.0,
-                }
-            )
+        config = self._config(
+            "api.toml",
+            {
+                "mode": "development",
+                "fleet": FLEET,
+                "redis_url": redis_url,
+                "port": port,
+                "blob_dir": str(self.workdir / "blobs"),
+                "public_key": str(self.public_key),
+                "token_pepper": DEMO_PEPPER,
+                "controller_interval_s": 1.0,
+            },
         )
         self.group.spawn("api", python_module("cloud.cli.main", "api", "--config", str(config)))
         assert self.redis is not None
         _, token = TokenStore(self.redis, self.keys, DEMO_PEPPER.encode()).issue(
             "demo-operator", "admin", by="demo"
         )
-        self.api = httpx.Client(
-            base_url=f"http://127.0.0.1:{port}",
-            timeout=10.0,
-            headers={"Authorization": f"Bearer {token}"},
-        )
+        headers = {"Authorization": f"Bearer {token}"}
+        self.api = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10.0, headers=headers)
         self._wait("the REST API", self._api_up, timeout=60)
 
     def _api_up(self) -> bool:
@@ -144,34 +146,26 @@ class BadCanaryDemo(Demo):
             registry=registry,
             release="manual",
         )
-        versions = []
-        for exported, what in (
-            (good, "retrained on the seed data"),
-            (harmful, "output labels permuted on purpose (scenario)"),
-        ):
-            published = publisher.publish(
-                self.model,
-                exported.content,
-                num_features=self.dataset.num_features,
-                labels=self.dataset.labels,
-                probe=exported.probe,
-                runtime=exported.runtime,
-                explanation=Explanation(trigger="operator", summary=what),
-            )
-            versions.append(published.version)
-        return versions[0], versions[1]
+        good_version = self._publish(publisher, good, "retrained on the seed data")
+        bad_version = self._publish(
+            publisher, harmful, "output labels permuted on purpose (scenario)"
+        )
+        return good_version, bad_version
+
+    def _publish(self, publisher: Publisher, exported: ExportResult, what: str) -> int:
+        published = publisher.publish(
+            self.model,
+            exported.content,
+            num_features=self.dataset.num_features,
+            labels=self.dataset.labels,
+            probe=exported.probe,
+            runtime=exported.runtime,
+            explanation=Explanation(trigger="operator", summary=what),
+        )
+        return published.version
 
     def roll_out(self, version: int, live: Live, what: str) -> dict[str, Any]:
-        body = {
-            "model": self.model,
-            "target": str(version),
-            "gate": DEMO_GATE,
-            "stages": [
-                {"name": "canary", "count": 2},
-                {"name": "half", "percent": 50},
-                {"name": "all", "percent": 100},
-            ],
-        }
+        body = {"model": self.model, "target": str(version), "gate": DEMO_GATE, "stages": RINGS}
         r = self.api.post("/v1/rollouts", json=body)
         if r.status_code != 201:
             raise DemoError(f"the API refused the rollout of v{version}: {r.status_code} {r.text}")
@@ -263,7 +257,7 @@ def run_bad_canary(demo: BadCanaryDemo) -> dict[str, Any]:
         demo.start()
         result = demo.run_scenario()
     except BaseException:
-        demo.o.keep = True
+        demo.options.keep = True
         raise
     finally:
         demo.close()

@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.live import Live
 
 from cloud.data.datasets import Dataset, drift, load_dataset, split
-from cloud.demo.apps import Phase, SensorApp, phase_accuracies
+from cloud.demo.apps import Phase, Samples, SensorApp, Traffic, failed_requests, phase_accuracies
 from cloud.demo.services import Child, ProcessGroup, free_port, python_module, start_redis
 from cloud.demo.view import live_view, summary_table
 from shared.errors import EdgeloopError, MessageError
@@ -90,7 +90,7 @@ class Demo:
     """One run. ``run()`` returns the result dict; ``close()`` stops everything."""
 
     def __init__(self, options: DemoOptions, console: Console) -> None:
-        self.o = options
+        self.options = options
         self.console = console
         self.workdir = Path(tempfile.mkdtemp(prefix="edgeloop-demo-"))
         self.group = ProcessGroup(self.workdir)
@@ -107,40 +107,44 @@ class Demo:
 
     # -- bring-up ---------------------------------------------------------------
 
+    def _config(self, name: str, values: dict[str, Any]) -> Path:
+        """Write a process's TOML config into the work dir."""
+        path = self.workdir / name
+        path.write_text(_toml(values))
+        return path
+
     def start(self) -> None:
         redis_url = start_redis(self.group)
         self.redis = redis.Redis.from_url(redis_url)
         private_key, public_key = write_keypair(self.workdir / "keys")
         self._start_trainer(redis_url, private_key)
         self._wait("trainer bootstrap: first version", self._first_version, timeout=300)
-        for i in range(1, self.o.edges + 1):
+        for i in range(1, self.options.edges + 1):
             self._start_edge(f"edge-{i}", redis_url, public_key)
         self._wait("edges serving", self._edges_serving, timeout=120)
 
     def _start_trainer(self, redis_url: str, private_key: Path, **overrides: Any) -> None:
-        q = self.o.quick
-        config = self.workdir / "cloud.toml"
-        config.write_text(
-            _toml(
-                {
-                    "mode": "development",
-                    "fleet": FLEET,
-                    "model": self.model,
-                    "redis_url": redis_url,
-                    "signing_key": str(private_key),
-                    "consumer": "trainer-1",
-                    "seed": self.o.seed,
-                    "dataset": self.o.dataset,
-                    "label_column": self.o.label_column,
-                    "round_min_samples": 150 if q else 250,
-                    "round_interval_s": 20.0 if q else 30.0,
-                    "drift_window": 40,
-                    "status_interval_s": 1.0,
-                    "claim_idle_ms": 5000,
-                    "blob_dir": str(self.workdir / "blobs"),
-                    **overrides,
-                }
-            )
+        quick = self.options.quick
+        config = self._config(
+            "cloud.toml",
+            {
+                "mode": "development",
+                "fleet": FLEET,
+                "model": self.model,
+                "redis_url": redis_url,
+                "signing_key": str(private_key),
+                "consumer": "trainer-1",
+                "seed": self.options.seed,
+                "dataset": self.options.dataset,
+                "label_column": self.options.label_column,
+                "round_min_samples": 150 if quick else 250,
+                "round_interval_s": 20.0 if quick else 30.0,
+                "drift_window": 40,
+                "status_interval_s": 1.0,
+                "claim_idle_ms": 5000,
+                "blob_dir": str(self.workdir / "blobs"),
+                **overrides,
+            },
         )
         self.trainer_child = self.group.spawn(
             "trainer",
@@ -151,22 +155,20 @@ class Demo:
 
     def _start_edge(self, device: str, redis_url: str, public_key: Path, **overrides: Any) -> None:
         port = free_port()
-        config = self.workdir / f"{device}.toml"
-        config.write_text(
-            _toml(
-                {
-                    "mode": "development",
-                    "device_id": device,
-                    "fleet": FLEET,
-                    "model": self.model,
-                    "redis_url": redis_url,
-                    "public_key": str(public_key),
-                    "state_dir": str(self.workdir / device),
-                    "http_port": port,
-                    "status_interval_s": 1.0,
-                    **overrides,
-                }
-            )
+        config = self._config(
+            f"{device}.toml",
+            {
+                "mode": "development",
+                "device_id": device,
+                "fleet": FLEET,
+                "model": self.model,
+                "redis_url": redis_url,
+                "public_key": str(public_key),
+                "state_dir": str(self.workdir / device),
+                "http_port": port,
+                "status_interval_s": 1.0,
+                **overrides,
+            },
         )
         self.edge_children[device] = self.group.spawn(
             device, python_module("edge.cli", "--config", str(config))
@@ -239,21 +241,12 @@ class Demo:
 
     def start_apps(self, rate_hz: float) -> None:
         """One simulated sensor app per edge, from the dataset's stream pool."""
-        parts = split(self.dataset, self.o.seed)
-        drift_fn = drift(self.dataset.kind)
+        stream = split(self.dataset, self.options.seed).stream
+        samples = Samples.of(stream.X, stream.y, drift(self.dataset.kind))
+        noise = self.options.noise if self.dataset.kind == "digits" else 0.0
         for n, (device, url) in enumerate(self.edge_urls.items()):
-            app = SensorApp(
-                f"app-{device}",
-                url,
-                parts.stream.X,
-                parts.stream.y,
-                drift_fn,
-                self.phase,
-                rate_hz=rate_hz,
-                label_share=self.o.label_share,
-                noise=self.o.noise if self.dataset.kind == "digits" else 0.0,
-                seed=self.o.seed + n,
-            )
+            traffic = Traffic(rate_hz, self.options.label_share, noise, seed=self.options.seed + n)
+            app = SensorApp(f"app-{device}", url, samples, self.phase, traffic)
             self.apps[device] = app
             app.start()
 
@@ -264,20 +257,12 @@ class Demo:
             app.join(timeout=10)
 
     def serve_and_drift(self) -> None:
-        self.start_apps(self.o.rate_hz)
-        start = time.monotonic()
-        drift_at = start + self.o.pre_drift_s
-        end = drift_at + self.o.post_drift_s
-        with Live(
-            self._render(), console=self.console, refresh_per_second=2, transient=False
-        ) as live:
+        self.start_apps(self.options.rate_hz)
+        drift_at = time.monotonic() + self.options.pre_drift_s
+        end = drift_at + self.options.post_drift_s
+        with Live(self._render(), console=self.console, refresh_per_second=2) as live:
             while (now := time.monotonic()) < end:
-                if not self.phase.drift and now >= drift_at:
-                    self.phase.inject_drift(self.published_versions())
-                if self.phase.drift:
-                    self.headline = f"DRIFT injected ({self._drift_name()}): {end - now:.0f}s left"
-                else:
-                    self.headline = f"serving before drift: drift in {drift_at - now:.0f}s"
+                self._drift_if_due(now, drift_at, end)
                 self._check_children()
                 live.update(self._render())
                 time.sleep(1.0)
@@ -286,6 +271,14 @@ class Demo:
             live.update(self._render())
             self._drain()
             live.update(self._render())
+
+    def _drift_if_due(self, now: float, drift_at: float, end: float) -> None:
+        if not self.phase.drift and now >= drift_at:
+            self.phase.inject_drift(self.published_versions())
+        if self.phase.drift:
+            self.headline = f"DRIFT injected ({self._drift_name()}): {end - now:.0f}s left"
+        else:
+            self.headline = f"serving before drift: drift in {drift_at - now:.0f}s"
 
     def _drift_name(self) -> str:
         return "digits rotated 90°" if self.dataset.kind == "digits" else "features mirrored"
@@ -306,43 +299,40 @@ class Demo:
 
     def result(self) -> dict[str, Any]:
         edges = self.edge_health()
-        trainer = self.trainer_status()
-        outcomes = [o for app in self.apps.values() for o in app.stats.outcomes]
-        sent = sum(a.stats.feedback_sent for a in self.apps.values())
-        accepted = trainer.feedback_accepted if trainer else 0
-        deadlettered = trainer.feedback_deadlettered if trainer else 0
-        versions = sorted(self.published_versions())
-        fallback = sum(s.counters.fallback_predictions for s in edges.values() if s)
-        failed_edge = sum(s.counters.failed_requests for s in edges.values() if s)
-        failed_apps = sum(a.stats.failed + a.stats.feedback_failed for a in self.apps.values())
+        counters = [s.counters for s in edges.values() if s is not None]
+        # no report yet counts as a trainer that has done nothing
+        trainer = self.trainer_status() or TrainerStatus(model=self.model, consumer="")
+        apps = [a.stats for a in self.apps.values()]
+        sent = sum(a.feedback_sent for a in apps)
+        settled = trainer.feedback_accepted + trainer.feedback_deadlettered
         return {
             "dataset": self.dataset.name,
             "edges": len(self.edge_urls),
-            "versions_published": len(versions),
+            "versions_published": len(self.published_versions()),
             "pre_drift_versions": sorted(self.phase.pre_drift_versions),
             "edge_versions": {d: (s.version if s else None) for d, s in edges.items()},
-            **phase_accuracies(outcomes, self.phase),
-            "predictions": sum(a.stats.requests for a in self.apps.values()),
+            **phase_accuracies([o for a in apps for o in a.outcomes], self.phase),
+            "predictions": sum(a.requests for a in apps),
             "feedback_sent": sent,
-            "feedback_trained": accepted,
-            "feedback_deadlettered": deadlettered,
-            "feedback_duplicates": trainer.feedback_duplicates if trainer else 0,
-            "feedback_lost": max(0, sent - accepted - deadlettered),
-            "fallback_predictions": fallback,
-            "failed_requests": failed_edge + failed_apps,
-            "rounds": trainer.rounds + trainer.rounds_rejected if trainer else 0,
-            "rounds_rejected": trainer.rounds_rejected if trainer else 0,
-            "bytes_downloaded": sum(s.counters.bytes_downloaded for s in edges.values() if s),
-            "patches_applied": sum(s.counters.patches_applied for s in edges.values() if s),
-            "full_downloads": sum(s.counters.full_downloads for s in edges.values() if s),
-            "patch_failures": sum(s.counters.patch_failures for s in edges.values() if s),
+            "feedback_trained": trainer.feedback_accepted,
+            "feedback_deadlettered": trainer.feedback_deadlettered,
+            "feedback_duplicates": trainer.feedback_duplicates,
+            "feedback_lost": max(0, sent - settled),
+            "fallback_predictions": sum(c.fallback_predictions for c in counters),
+            "failed_requests": sum(c.failed_requests for c in counters) + failed_requests(apps),
+            "rounds": trainer.rounds + trainer.rounds_rejected,
+            "rounds_rejected": trainer.rounds_rejected,
+            "bytes_downloaded": sum(c.bytes_downloaded for c in counters),
+            "patches_applied": sum(c.patches_applied for c in counters),
+            "full_downloads": sum(c.full_downloads for c in counters),
+            "patch_failures": sum(c.patch_failures for c in counters),
         }
 
     def close(self) -> None:
         self.group.stop_all()
         if self.redis is not None:
             self.redis.close()
-        if self.o.keep:
+        if self.options.keep:
             self.console.print(f"[dim]logs and state kept in {self.workdir}[/]")
         else:
             shutil.rmtree(self.workdir, ignore_errors=True)

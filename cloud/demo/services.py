@@ -114,17 +114,20 @@ def start_redis(group: ProcessGroup) -> str:
         ],
     )
     url = f"redis://127.0.0.1:{port}/0"
+    _wait_for_redis(url, log=data.parent / "redis.log")
+    return url
+
+
+def _wait_for_redis(url: str, log: Path, timeout: float = 10.0) -> None:
     client = redis.Redis.from_url(url)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + timeout
     while True:
         try:
             client.ping()
-            return url
+            return
         except redis.ConnectionError:
             if time.monotonic() > deadline:
-                raise ConfigError(
-                    f"redis-server did not start; see {data.parent / 'redis.log'}"
-                ) from None
+                raise ConfigError(f"redis-server did not start; see {log}") from None
             time.sleep(0.05)
         finally:
             client.close()

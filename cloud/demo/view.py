@@ -10,27 +10,31 @@ from rich.table import Table
 from rich.text import Text
 
 from cloud.demo.apps import SensorApp
-from shared.messages import EdgeStatus, TrainerStatus
+from shared.messages import EdgeCounters, EdgeStatus, TrainerStatus
 
 
 def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}%"
 
 
+#: The edges table's columns (one row per edge).
+EDGE_COLUMNS = (
+    "device",
+    "version",
+    "state",
+    "rolling acc",
+    "predictions",
+    "feedback sent",
+    "fallbacks",
+    "swaps",
+    "refused",
+    "p99 ms",
+)
+
+
 def edges_table(statuses: dict[str, EdgeStatus | None], apps: dict[str, SensorApp]) -> Table:
     t = Table(title="edges", expand=True)
-    for col in (
-        "device",
-        "version",
-        "state",
-        "rolling acc",
-        "predictions",
-        "feedback sent",
-        "fallbacks",
-        "swaps",
-        "refused",
-        "p99 ms",
-    ):
+    for col in EDGE_COLUMNS:
         t.add_column(col, justify="right" if col != "device" else "left")
     for device, status in statuses.items():
         app = apps.get(device)
@@ -50,17 +54,20 @@ def edges_table(statuses: dict[str, EdgeStatus | None], apps: dict[str, SensorAp
             _pct(acc),
             str(c.predictions),
             str(c.feedback_sent),
-            f"{c.fallback_predictions}"
-            + (
-                f" ({', '.join(f'{k}:{v}' for k, v in c.fallback_reasons.items())})"
-                if c.fallback_reasons
-                else ""
-            ),
+            _fallbacks(c),
             str(c.swaps),
             str(c.updates_refused),
             "–" if status.latency_ms_p99 is None else f"{status.latency_ms_p99:.2f}",
         )
     return t
+
+
+def _fallbacks(c: EdgeCounters) -> str:
+    """Fallback answers, with their count by reason when there are any."""
+    if not c.fallback_reasons:
+        return str(c.fallback_predictions)
+    reasons = ", ".join(f"{k}:{v}" for k, v in c.fallback_reasons.items())
+    return f"{c.fallback_predictions} ({reasons})"
 
 
 def cloud_table(trainer: TrainerStatus | None) -> Table:

@@ -136,13 +136,7 @@ class RolloutController:
         if from_sha == to.sha256:
             raise RolloutConflict(f"{spec.model} v{to.version} is already the fleet's target")
         from_version = self.versions.get(spec.model, from_sha).version if from_sha else None
-        pinned = set(self.pins(spec.model))
-        pool = [d for d in self.devices() if d not in pinned]
-        if spec.devices is not None:
-            wanted = set(spec.devices)
-            pool = [d for d in pool if d in wanted]
-        if not pool:
-            raise InputError("no device to roll out to (none seen recently, or all pinned)")
+        pool = self._pool(spec)
         rings = members(spec.stages, pool)
         rollout = Rollout(
             id=uuid.uuid4().hex[:12],
@@ -161,22 +155,38 @@ class RolloutController:
             ],
         )
         rollout.log(f"created: v{from_version} -> v{to.version} over {len(pool)} devices", by)
+        self._store_new(rollout)
+        logger.info("rollout %s created by %s: %s", rollout.id, by, rollout.events[-1].what)
+        self.step_one(rollout.id)
+        return self.get(rollout.id)
+
+    def _pool(self, spec: RolloutSpec) -> list[str]:
+        """The devices a new rollout's rings are drawn from: seen recently, not pinned,
+        and among ``spec.devices`` when it names some."""
+        pinned = set(self.pins(spec.model))
+        pool = [d for d in self.devices() if d not in pinned]
+        if spec.devices is not None:
+            wanted = set(spec.devices)
+            pool = [d for d in pool if d in wanted]
+        if not pool:
+            raise InputError("no device to roll out to (none seen recently, or all pinned)")
+        return pool
+
+    def _store_new(self, rollout: Rollout) -> None:
+        """Store a new rollout as its model's active one, unless another one is."""
         key = self.keys.rollout(rollout.id)
         pipe = self.client.pipeline()
-        pipe.set(self.keys.active_rollout(spec.model), rollout.id, nx=True)
+        pipe.set(self.keys.active_rollout(rollout.model), rollout.id, nx=True)
         pipe.set(key, rollout.to_wire())
         pipe.zadd(self.keys.rollouts, {rollout.id: rollout.created_at})
         if not pipe.execute()[0]:
             self.client.delete(key)
             self.client.zrem(self.keys.rollouts, rollout.id)
-            other = self.client.get(self.keys.active_rollout(spec.model))
+            other = self.client.get(self.keys.active_rollout(rollout.model))
             raise RolloutConflict(
-                f"rollout {_text(other) if other else '?'} of {spec.model} is in progress; "
+                f"rollout {_text(other) if other else '?'} of {rollout.model} is in progress; "
                 "finish, abort or roll it back first"
             )
-        logger.info("rollout %s created by %s: %s", rollout.id, by, rollout.events[-1].what)
-        self.step_one(rollout.id)
-        return self.get(rollout.id)
 
     # -- running --------------------------------------------------------------
 

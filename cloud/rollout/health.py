@@ -48,6 +48,16 @@ class _OnB:
     correct: int = 0
     p99: list[float] = field(default_factory=list)
 
+    def add(self, d: DeviceSample) -> None:
+        """One device's counters since it switched to B."""
+        self.predictions += d.predictions
+        self.failed += d.failed
+        self.fallbacks += d.fallbacks
+        self.labeled += d.labeled
+        self.correct += d.correct
+        if d.p99_ms is not None:
+            self.p99.append(d.p99_ms)
+
 
 def _since(now: DeviceSample, then: DeviceSample) -> DeviceSample:
     """Counters since ``then``; a restarted device (counters went down) counts from zero."""
@@ -71,30 +81,40 @@ def evaluate(
     now: float,
 ) -> GateResult:
     """Judge a running stage from the ring devices' latest reports."""
+    left = _left_b(stage, statuses, to_sha)
+    if left is not None:
+        return left
     on_b = _OnB()
-    reasons: list[str] = []
     for device, first_on_b in stage.switched.items():
         status = statuses.get(device)
-        if status is None:
-            continue  # offline: it converges when it returns
-        if status.sha256 != to_sha:
-            why = status.last_error or "it no longer serves the new version"
-            return GateResult("fail", [f"{device} left version B: {why}"], {"reverted": device})
-        d = _since(sample_of(status), first_on_b)
-        on_b.predictions += d.predictions
-        on_b.failed += d.failed
-        on_b.fallbacks += d.fallbacks
-        on_b.labeled += d.labeled
-        on_b.correct += d.correct
-        if d.p99_ms is not None:
-            on_b.p99.append(d.p99_ms)
+        if status is not None:  # offline: it converges when it returns
+            on_b.add(_since(sample_of(status), first_on_b))
     figures = _figures(stage, on_b)
     fails = _failures(figures, policy)
     if fails:
         return GateResult("fail", fails, figures)
-    started = min((s.ts for s in stage.switched.values()), default=None)
     if stage.started_at is not None and now - stage.started_at > policy.stage_timeout_s:
         return GateResult("fail", [f"no decision within {policy.stage_timeout_s:.0f}s"], figures)
+    reasons = _not_yet(stage, on_b, policy, now)
+    return GateResult("wait" if reasons else "pass", reasons, figures)
+
+
+def _left_b(
+    stage: StageState, statuses: dict[str, EdgeStatus | None], to_sha: str
+) -> GateResult | None:
+    """A fail if a ring device that was serving B reports another version (it reverted)."""
+    for device in stage.switched:
+        status = statuses.get(device)
+        if status is not None and status.sha256 != to_sha:
+            why = status.last_error or "it no longer serves the new version"
+            return GateResult("fail", [f"{device} left version B: {why}"], {"reverted": device})
+    return None
+
+
+def _not_yet(stage: StageState, on_b: _OnB, policy: GatePolicy, now: float) -> list[str]:
+    """Why B cannot pass yet: not long enough on B, or too few predictions to judge."""
+    reasons = []
+    started = min((s.ts for s in stage.switched.values()), default=None)
     if started is None:
         reasons.append("no ring device serves version B yet")
     elif now - started < policy.min_dwell_s:
@@ -103,7 +123,7 @@ def evaluate(
         reasons.append(f"{on_b.labeled} of {policy.min_labeled} labeled predictions on B")
     if on_b.predictions < policy.min_requests:
         reasons.append(f"{on_b.predictions} of {policy.min_requests} predictions on B")
-    return GateResult("wait" if reasons else "pass", reasons, figures)
+    return reasons
 
 
 def _figures(stage: StageState, b: _OnB) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 import redis
 
@@ -59,7 +58,7 @@ class FleetView:
 
     def read_fleet(self) -> FleetPublic:
         devices = self._devices(self._seen())
-        by_version = Counter(_version_label(d) for d in devices)
+        by_version = Counter(version_label(d) for d in devices)
         by_health = Counter(d.health for d in devices)
         models = {name: self._model_target(name) for name in self.registry.models()}
         return FleetPublic(
@@ -152,10 +151,15 @@ def _safe(name: str) -> bool:
     return True
 
 
-def _version_label(d: DevicePublic) -> str:
+def version_label(d: DevicePublic) -> str:
+    """What a device serves, as the fleet's counts by version name it."""
     if d.health == "offline":
         return "unknown"
     return f"v{d.version}" if d.version is not None else "baseline"
+
+
+#: What of a status report the device's public shape leaves out or names otherwise.
+_NOT_PUBLIC = {"schema_version", "device_id", "fleet", "state", "ts"}
 
 
 def _device_public(
@@ -164,26 +168,15 @@ def _device_public(
     s: EdgeStatus | None,
     desired: tuple[str | None, str | None, str | None],
 ) -> DevicePublic:
-    target, assigned, pinned = desired
-    common: dict[str, Any] = {"device_id": device, "last_seen": ts}
     if s is None:
-        return DevicePublic(health="offline", **common)
+        return DevicePublic(device_id=device, health="offline", last_seen=ts)
+    target, assigned, pinned = desired
     return DevicePublic(
+        **s.model_dump(exclude=_NOT_PUBLIC),
+        device_id=device,
         health=s.state,
-        model=s.model,
-        version=s.version,
-        sha256=s.sha256,
+        last_seen=ts if ts is not None else s.ts,
         desired_sha256=desired_sha(target, assigned, pinned),
         pinned_sha256=pinned,
         assigned_sha256=assigned,
-        runtime=s.runtime,
-        uptime_s=s.uptime_s,
-        rolling_accuracy=s.rolling_accuracy,
-        latency_ms_p50=s.latency_ms_p50,
-        latency_ms_p99=s.latency_ms_p99,
-        counters=s.counters,
-        last_error=s.last_error,
-        refused_sha256=s.refused_sha256,
-        revert_reason=s.revert_reason,
-        **{**common, "last_seen": ts if ts is not None else s.ts},
     )

@@ -47,19 +47,8 @@ class ModelNotFound(VersionNotFound):
 
 
 def version_public(record: VersionRecord) -> VersionPublic:
-    return VersionPublic(
-        model=record.model,
-        version=record.version,
-        sha256=record.sha256,
-        size=record.size,
-        parent_version=record.parent_version,
-        parent_sha256=record.parent_sha256,
-        created_at=record.created_at,
-        trigger=record.trigger,
-        summary=record.summary,
-        labels=record.labels,
-        metrics=record.metrics,
-    )
+    """The registry's row as a listing shows it (every field but the wire's schema version)."""
+    return VersionPublic.model_validate(record, from_attributes=True)
 
 
 class VersionsView:
@@ -146,38 +135,22 @@ class VersionsView:
         manifest = self.registry.manifest(model, rec_b.sha256)
         content_a = self.registry.content_by_sha(rec_a.sha256)
         content_b = self.registry.content_by_sha(rec_b.sha256)
-        sets = dict(
-            zip(
-                EVAL_SETS,
-                self._evaluation_sets(model, manifest.num_features, len(manifest.labels)),
-                strict=True,
-            )
-        )
+        evaluation = self._evaluation_sets(model, manifest.num_features, len(manifest.labels))
+        sets = dict(zip(EVAL_SETS, evaluation, strict=True))
         proba_a = predict_sets(TFLiteModel(content_a), sets)
         proba_b = predict_sets(TFLiteModel(content_b), sets)
-        differing = (
-            int(
-                np.count_nonzero(
-                    np.frombuffer(content_a, np.uint8) != np.frombuffer(content_b, np.uint8)
-                )
-            )
-            if len(content_a) == len(content_b)
-            else None
-        )
+        metrics_a = model_metrics(proba_a, sets, manifest.labels)
+        metrics_b = model_metrics(proba_b, sets, manifest.labels)
         lineage = {r.sha256 for r in self.registry.lineage(model, rec_b.sha256)}
         return DiffPublic(
             model=model,
-            a=DiffSide(
-                version=version_public(rec_a), metrics=model_metrics(proba_a, sets, manifest.labels)
-            ),
-            b=DiffSide(
-                version=version_public(rec_b), metrics=model_metrics(proba_b, sets, manifest.labels)
-            ),
+            a=DiffSide(version=version_public(rec_a), metrics=metrics_a),
+            b=DiffSide(version=version_public(rec_b), metrics=metrics_b),
             earlier_samples=len(sets["earlier"][1]),
             recent_samples=len(sets["recent"][1]),
             flips=flips(sets, proba_a, proba_b),
             weights=compare_artifacts(content_a, content_b),
-            bytes_differing=differing,
+            bytes_differing=_bytes_differing(content_a, content_b),
             b_descends_from_a=rec_a.sha256 in lineage,
         )
 
@@ -197,6 +170,13 @@ class VersionsView:
             recent_train=0,
         )
         return data.holdout_set(), data.recent_set()
+
+
+def _bytes_differing(a: bytes, b: bytes) -> int | None:
+    """Bytes that differ at the same offset; None for files of different lengths."""
+    if len(a) != len(b):
+        return None
+    return int(np.count_nonzero(np.frombuffer(a, np.uint8) != np.frombuffer(b, np.uint8)))
 
 
 def ping(client: redis.Redis) -> str:

@@ -23,6 +23,7 @@ from shared.messages import (
     FeatureShift,
     Flips,
     ModelMetrics,
+    TriggerSignal,
     WeightChange,
 )
 
@@ -86,56 +87,55 @@ def explanation_view(p: ExplanationPublic) -> Group:
         heading(f"Metrics (int8 files in the edge runtime; ECE: {ev.ece_binning})"),
         metrics_table(sides),
         recall_table(sides),
+        *_changes(e, has_parent=ev.parent is not None),
     ]
+    return Group(*parts)
+
+
+#: Where a version's per-layer change was measured, by ``WeightChange.source``.
+WEIGHT_SOURCES = {
+    "none": "no parent: sizes only",
+    "artifacts": "the two int8 files",
+    "trainer": "the trainer's delta report",
+}
+
+
+def _changes(e: Explanation, has_parent: bool) -> list[RenderableType]:
+    """The sections an explanation has when there was something to compare."""
+    parts: list[RenderableType] = []
     if e.forgetting is not None:
         f = e.forgetting
+        change = f"parent {fmt(f.parent_accuracy)} → child {fmt(f.child_accuracy)}"
         parts += [
             heading(
                 f"Forgetting (accuracy on {f.samples} held-out samples outside the recent window)"
             ),
-            Text(
-                f"parent {fmt(f.parent_accuracy)} → child {fmt(f.child_accuracy)} ({signed(f.change)})"
-            ),
+            Text(f"{change} ({signed(f.change)})"),
         ]
-    if e.flips is not None and ev.parent is not None:
+    if e.flips is not None and has_parent:
         parts += [heading("Predictions that flipped"), flips_text(e.flips, "parent", "child")]
     if e.weights is not None:
-        source = {
-            "none": "no parent: sizes only",
-            "artifacts": "the two int8 files",
-            "trainer": "the trainer's delta report",
-        }[e.weights.source]
+        source = WEIGHT_SOURCES[e.weights.source]
         parts += [heading(f"Per-layer change ({source})"), layers_table(e.weights)]
     if e.attribution is not None:
         parts += [heading("Attribution shift"), *attribution_view(e.attribution)]
     if e.notes:
         parts += [heading("Notes"), *(Text(f"- {n}") for n in e.notes)]
-    return Group(*parts)
+    return parts
 
 
 def window_lines(e: Explanation) -> list[RenderableType]:
     w = e.window
     assert w is not None
-    t = w.trigger
     if w.source == "seed_split":
         where = (
             f"the dataset's seed split ({e.data_window.get('dataset', '?')}), no feedback stream"
         )
     else:
         where = f"feedback stream entries {w.first_stream_id or '?'} … {w.last_stream_id or '?'}"
-    trigger = t.kind
-    if t.served_accuracy is not None and t.served_level is not None:
-        trigger += (
-            f": served accuracy {fmt(t.served_accuracy)} against a level of {fmt(t.served_level)}"
-        )
-        if t.drop_threshold is not None:
-            trigger += f" (a drop of more than {t.drop_threshold:g} is drift)"
-    elif t.threshold_samples is not None:
-        trigger += f": {t.threshold_samples} new labels needed"
-        trigger += f", every {t.interval_s:g} s" if t.interval_s is not None else ""
     out: list[RenderableType] = [
         Text(where),
-        Text(f"trigger {trigger}"),
+        Text(f"trigger {trigger_text(w.trigger)}"),
         Text(
             f"{w.new_samples} new labeled samples; trained on {w.training_samples}; judged on "
             f"{w.earlier_samples} earlier and {w.recent_samples} recent held-out samples"
@@ -150,6 +150,21 @@ def window_lines(e: Explanation) -> list[RenderableType]:
         per_class.add_row(*(str(n) for n in w.labeled_per_class.values()))
         out.append(per_class)
     return out
+
+
+def trigger_text(t: TriggerSignal) -> str:
+    """What started the round, with the figures that made it start."""
+    text = t.kind
+    if t.served_accuracy is not None and t.served_level is not None:
+        text += (
+            f": served accuracy {fmt(t.served_accuracy)} against a level of {fmt(t.served_level)}"
+        )
+        if t.drop_threshold is not None:
+            text += f" (a drop of more than {t.drop_threshold:g} is drift)"
+    elif t.threshold_samples is not None:
+        text += f": {t.threshold_samples} new labels needed"
+        text += f", every {t.interval_s:g} s" if t.interval_s is not None else ""
+    return text
 
 
 def metrics_table(sides: list[Side]) -> Table:
@@ -216,6 +231,14 @@ def flips_text(f: Flips, before: str, after: str) -> Group:
     return Group(*lines)
 
 
+def count(n: int | None) -> str:
+    return DASH if n is None else str(n)
+
+
+def pct(x: float | None) -> str:
+    return DASH if x is None else f"{100 * x:.1f}"
+
+
 def layers_table(w: WeightChange) -> Group:
     """Per-layer change; the trainer's "held back" column and its scales and budget when given."""
     residual = any(x.residual_l2 is not None for x in w.layers)
@@ -224,13 +247,6 @@ def layers_table(w: WeightChange) -> Group:
     t = Table()
     for name in names:
         t.add_column(name, justify="left" if name == "layer" else "right")
-
-    def count(n: int | None) -> str:
-        return DASH if n is None else str(n)
-
-    def pct(x: float | None) -> str:
-        return DASH if x is None else f"{100 * x:.1f}"
-
     for x in w.layers:
         held = [fmt(x.residual_l2, 4)] if residual else []
         t.add_row(

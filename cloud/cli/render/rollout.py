@@ -5,11 +5,17 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from rich.console import Group
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from cloud.api.schemas import DevicesPublic, FleetPublic, RolloutPublic, RolloutsPublic
+from cloud.api.schemas import (
+    DevicePublic,
+    DevicesPublic,
+    FleetPublic,
+    RolloutPublic,
+    RolloutsPublic,
+)
 
 STATE_STYLE = {
     "running": "cyan",
@@ -38,6 +44,22 @@ GATE_FIGURES = (
     ("fallback_rate_b", "fallback"),
     ("p99_ms_b", "p99 B ms"),
     ("p99_ms_a", "p99 A ms"),
+)
+
+
+#: The devices table's columns (one row per device).
+DEVICE_COLUMNS = (
+    "device",
+    "health",
+    "serving",
+    "desired",
+    "pinned",
+    "acc",
+    "p99 ms",
+    "predictions",
+    "fallbacks",
+    "last seen",
+    "last error",
 )
 
 
@@ -99,6 +121,18 @@ def rollout_view(r: RolloutPublic) -> Group:
         f"devices: {d.total} in rings · {d.on_target} on v{r.to_version} · "
         f"{d.on_source} on {_version(r.from_version)} · {d.elsewhere} elsewhere · {d.offline} offline"
     )
+    parts: list[RenderableType] = [head, counts, _stages_table(r)]
+    if r.reason:
+        parts.append(Text(f"reason: {r.reason}", style="red" if not r.active else ""))
+    events = Table(title="Recent events", title_justify="left", show_header=False, box=None)
+    for e in r.events[-6:]:
+        events.add_row(time.strftime("%H:%M:%S", time.localtime(e.ts)), e.by, e.what)
+    parts.append(events)
+    return Group(*parts)
+
+
+def _stages_table(r: RolloutPublic) -> Table:
+    """Each ring with its gate's figures; ▶ marks the ring in progress."""
     stages = Table(title="Stages", title_justify="left")
     stages.add_column("stage")
     stages.add_column("status")
@@ -118,14 +152,7 @@ def rollout_view(r: RolloutPublic) -> Group:
             *(_fmt(g.get(k)) for k, _ in GATE_FIGURES),
             f"{decision}: {reasons}" if reasons else decision,
         )
-    parts: list[Any] = [head, counts, stages]
-    if r.reason:
-        parts.append(Text(f"reason: {r.reason}", style="red" if not r.active else ""))
-    events = Table(title="Recent events", title_justify="left", show_header=False, box=None)
-    for e in r.events[-6:]:
-        events.add_row(time.strftime("%H:%M:%S", time.localtime(e.ts)), e.by, e.what)
-    parts.append(events)
-    return Group(*parts)
+    return stages
 
 
 def fleet_view(f: FleetPublic) -> Group:
@@ -150,32 +177,15 @@ def fleet_view(f: FleetPublic) -> Group:
 
 def devices_table(listing: DevicesPublic) -> Table:
     t = Table(title=f"Devices of fleet {listing.fleet} ({listing.total})", title_justify="left")
-    for col in (
-        "device",
-        "health",
-        "serving",
-        "desired",
-        "pinned",
-        "acc",
-        "p99 ms",
-        "predictions",
-        "fallbacks",
-        "last seen",
-        "last error",
-    ):
+    for col in DEVICE_COLUMNS:
         t.add_column(col)
     for d in listing.devices:
         c = d.counters
-        desired = (
-            "same"
-            if d.desired_sha256 and d.desired_sha256 == d.sha256
-            else (d.desired_sha256 or "–")[:12]
-        )
         t.add_row(
             d.device_id,
             _state(d.health),
             _version(d.version) if d.health != "offline" else "?",
-            desired,
+            _desired(d),
             (d.pinned_sha256 or "")[:12],
             _fmt(d.rolling_accuracy),
             _fmt(d.latency_ms_p99),
@@ -185,3 +195,9 @@ def devices_table(listing: DevicesPublic) -> Table:
             (d.last_error or "")[:60],
         )
     return t
+
+
+def _desired(d: DevicePublic) -> str:
+    if d.desired_sha256 and d.desired_sha256 == d.sha256:
+        return "same"
+    return (d.desired_sha256 or "–")[:12]

@@ -10,7 +10,7 @@ from rich.console import Group, JustifyMethod, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from cloud.api.schemas import DiffPublic, ModelsPublic, VersionsPublic
+from cloud.api.schemas import DiffPublic, ModelsPublic, VersionPublic, VersionsPublic
 from cloud.cli.render.explain import (
     DASH,
     flips_text,
@@ -109,12 +109,16 @@ def diff_view(d: DiffPublic) -> Group:
         Text(size),
         layers_table(d.weights),
     ]
-    recorded = sorted(set(a.metrics) | set(b.metrics))
-    if recorded:
-        t = Table(title="as recorded when each was published", title_justify="left")
-        for name in ("metric", na, nb):
-            t.add_column(name, justify="left" if name == "metric" else "right")
-        for k in recorded:
-            t.add_row(k, metric_value(k, a.metrics.get(k)), metric_value(k, b.metrics.get(k)))
-        parts += [heading("Published metrics"), t]
+    if a.metrics or b.metrics:
+        parts += [heading("Published metrics"), published_metrics_table(a, b)]
     return Group(*parts)
+
+
+def published_metrics_table(a: VersionPublic, b: VersionPublic) -> Table:
+    """The metrics each version was published with, side by side."""
+    t = Table(title="as recorded when each was published", title_justify="left")
+    for name in ("metric", f"v{a.version}", f"v{b.version}"):
+        t.add_column(name, justify="left" if name == "metric" else "right")
+    for k in sorted(set(a.metrics) | set(b.metrics)):
+        t.add_row(k, metric_value(k, a.metrics.get(k)), metric_value(k, b.metrics.get(k)))
+    return t
