@@ -24,43 +24,54 @@ import logging
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge.connections import REDIS_ERRORS, connect, describe
+from edge.connections import REDIS_ERRORS, FleetMember, describe
 from edge.sequence import SeqCounter
 from edge.spool import Spool
 from shared.feedback_stream import add_feedback
-from shared.keys import FleetKeys
 from shared.messages import FeedbackEvent
 from shared.retry import Backoff
 
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class UplinkPolicy:
+    """How the uplink batches, buffers and retries (EdgeSettings ``feedback_*``
+    and ``spool_max_bytes``)."""
+
+    batch: int = 256
+    flush_ms: float = 50.0
+    queue_max: int = 10_000
+    spool_max_bytes: int = 64 * 1024 * 1024
+    backoff: Backoff = field(default_factory=lambda: Backoff(base=0.2, cap=5.0))
+
+
 class FeedbackUplink:
-    """Queue, batch, send or spool feedback events; see the module docstring."""
+    """Queue, batch, send or spool feedback events; see the module docstring.
+
+    ``epoch`` is the model store's (``<device>:<epoch>:<seq>`` ids); the sequence
+    counter and the spool live in ``state_dir``.
+    """
 
     def __init__(
         self,
-        *,
-        redis_url: str,
-        keys: FleetKeys,
-        device_id: str,
+        member: FleetMember,
         epoch: str,
         state_dir: Path,
-        batch: int = 256,
-        flush_ms: float = 50.0,
-        queue_max: int = 10_000,
-        spool_max_bytes: int = 64 * 1024 * 1024,
-        backoff: Backoff | None = None,
+        policy: UplinkPolicy | None = None,
     ) -> None:
-        self._redis = connect(redis_url)
-        self._keys = keys
-        self._id_prefix = f"{device_id}:{epoch}:"
+        policy = policy or UplinkPolicy()
+        self._redis = member.connect()
+        self._keys = member.keys
+        self._id_prefix = f"{member.device_id}:{epoch}:"
         self._seq = SeqCounter(Path(state_dir) / "feedback.seq", epoch)
-        self._spool = Spool(Path(state_dir) / "spool", spool_max_bytes)
-        self._batch, self._flush_s, self._queue_max = batch, flush_ms / 1000.0, queue_max
-        self._backoff = backoff or Backoff(base=0.2, cap=5.0)
+        self._spool = Spool(Path(state_dir) / "spool", policy.spool_max_bytes)
+        self._batch, self._flush_s = policy.batch, policy.flush_ms / 1000.0
+        self._queue_max = policy.queue_max
+        self._backoff = policy.backoff
         # Lock order: _spool_lock, then _cond. Neither is held across a network call.
         self._spool_lock = threading.Lock()
         self._cond = threading.Condition()

@@ -14,8 +14,9 @@ import pytest
 import redis
 from helpers import stream_events
 
+from edge.connections import FleetMember
 from edge.sequence import SEQ_BLOCK, SeqCounter
-from edge.uplink import FeedbackUplink
+from edge.uplink import FeedbackUplink, UplinkPolicy
 from shared.errors import ConfigError
 from shared.keys import FleetKeys
 from shared.messages import FeedbackEvent
@@ -40,16 +41,10 @@ def uplinks(
 ) -> Iterator[Callable[..., FeedbackUplink]]:
     made: list[FeedbackUplink] = []
 
-    def make(start: bool = True, url: str | None = None, **kwargs: Any) -> FeedbackUplink:
-        kwargs.setdefault("flush_ms", 10.0)
-        up = FeedbackUplink(
-            redis_url=url or redis_url,
-            keys=keys,
-            device_id="pi-1",
-            epoch=EPOCH,
-            state_dir=tmp_path,
-            **kwargs,
-        )
+    def make(start: bool = True, url: str | None = None, **policy: Any) -> FeedbackUplink:
+        policy.setdefault("flush_ms", 10.0)
+        member = FleetMember(url or redis_url, keys, "pi-1", "digits")
+        up = FeedbackUplink(member, EPOCH, tmp_path, UplinkPolicy(**policy))
         made.append(up)
         if start:
             up.start()
@@ -94,9 +89,7 @@ def test_sequence_numbers_survive_restarts_and_crashes(
     tmp_path: Path, redis_url: str, keys: FleetKeys
 ) -> None:
     def make(epoch: str = EPOCH) -> FeedbackUplink:
-        return FeedbackUplink(
-            redis_url=redis_url, keys=keys, device_id="pi-1", epoch=epoch, state_dir=tmp_path
-        )
+        return FeedbackUplink(FleetMember(redis_url, keys, "pi-1", "digits"), epoch, tmp_path)
 
     first = make()
     assert [first.new_event_id() for _ in range(3)] == [f"pi-1:{EPOCH}:{s}" for s in (0, 1, 2)]
