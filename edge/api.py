@@ -83,7 +83,13 @@ def create_app(daemon: EdgeDaemon) -> FastAPI:
     app.state.daemon = daemon
     for exc_type, status in _STATUS:
         app.add_exception_handler(exc_type, _handler(status))
+    _add_predict(app, daemon)
+    _add_feedback(app, daemon)
+    _add_health(app, daemon)
+    return app
 
+
+def _add_predict(app: FastAPI, daemon: EdgeDaemon) -> None:
     @app.post(
         "/v1/predict",
         response_model=PredictResponse,
@@ -102,6 +108,8 @@ def create_app(daemon: EdgeDaemon) -> FastAPI:
     # look like every other route's.
     app.router.routes.insert(0, Route("/v1/predict", _Predict(daemon), methods=["POST"]))
 
+
+def _add_feedback(app: FastAPI, daemon: EdgeDaemon) -> None:
     @app.post(
         "/v1/feedback",
         status_code=202,
@@ -122,6 +130,8 @@ def create_app(daemon: EdgeDaemon) -> FastAPI:
         accepted = daemon.feedback(req.label, request_id=req.request_id, x=req.x)
         return Response(accepted.model_dump_json(), status_code=202, media_type=JSON)
 
+
+def _add_health(app: FastAPI, daemon: EdgeDaemon) -> None:
     @app.get(
         "/v1/health",
         response_model=EdgeStatus,
@@ -137,8 +147,6 @@ def create_app(daemon: EdgeDaemon) -> FastAPI:
         status = daemon.health()
         code = 200 if daemon.can_serve else 503
         return Response(status.model_dump_json(), status_code=code, media_type=JSON)
-
-    return app
 
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]

@@ -6,16 +6,21 @@ another's. redis-py's own retry loop is switched off (one immediate retry, for
 a pooled connection that went stale across a server restart): the threads
 have their own backoff (``shared.retry.Backoff``) and must notice an outage
 within seconds, not after redis-py's default ten retries.
+
+A ``FleetMember`` says where those threads connect and who this device is there.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from shared.keys import FleetKeys
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +43,22 @@ def connect(url: str, *, socket_timeout: float = 5.0, connect_timeout: float = 2
         health_check_interval=30,
         protocol=2,
     )
+
+
+@dataclass(frozen=True)
+class FleetMember:
+    """This device in its fleet: the fleet's Redis and key names, the device's id
+    and the model it serves. The uplink, the updater and the status reporter each
+    connect with it on their own."""
+
+    redis_url: str
+    keys: FleetKeys
+    device_id: str
+    model: str
+
+    def connect(self, *, socket_timeout: float = 5.0) -> redis.Redis:
+        """A new client for the fleet's Redis; see ``connect``."""
+        return connect(self.redis_url, socket_timeout=socket_timeout)
 
 
 def describe(e: BaseException) -> str:

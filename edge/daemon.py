@@ -22,13 +22,14 @@ from typing import Literal
 
 import numpy as np
 
+from edge.connections import FleetMember
 from edge.fallback import Prediction, ServingChain
 from edge.guard import GuardPolicy, SwapGuard
 from edge.model_store import ModelStore, load_if_sound
 from edge.settings import EdgeSettings
-from edge.status import StatusReporter
-from edge.updater import UpdateConsumer
-from edge.uplink import FeedbackUplink
+from edge.status import ReportPolicy, StatusReporter
+from edge.updater import UpdateConsumer, UpdatePolicy
+from edge.uplink import FeedbackUplink, UplinkPolicy
 from shared.errors import InputError, ModelRejected, NotFound, Unavailable
 from shared.keys import FleetKeys
 from shared.messages import EdgeCounters, EdgeStatus, FeedbackAccepted, FeedbackEvent
@@ -41,6 +42,50 @@ _F32 = np.dtype(np.float32)
 _F32_MAX = float(np.finfo(np.float32).max)
 
 
+# -- what each setting drives: the parts' options, built from the settings here only --
+
+
+def uplink_policy(settings: EdgeSettings) -> UplinkPolicy:
+    return UplinkPolicy(
+        batch=settings.feedback_batch,
+        flush_ms=settings.feedback_flush_ms,
+        queue_max=settings.feedback_queue_max,
+        spool_max_bytes=settings.spool_max_bytes,
+    )
+
+
+def report_policy(settings: EdgeSettings) -> ReportPolicy:
+    return ReportPolicy(
+        interval_s=settings.status_interval_s,
+        ttl_s=settings.status_ttl_s,
+        stream_maxlen=settings.status_stream_maxlen,
+    )
+
+
+def guard_policy(settings: EdgeSettings) -> GuardPolicy:
+    return GuardPolicy(
+        enabled=settings.guard_enabled,
+        window_s=settings.guard_window_s,
+        min_predictions=settings.guard_min_predictions,
+        min_labeled=settings.guard_min_labeled,
+        max_accuracy_drop=settings.guard_max_accuracy_drop,
+        max_fallback_increase=settings.guard_max_fallback_increase,
+        max_error_increase=settings.guard_max_error_increase,
+        max_p99_ratio=settings.guard_max_p99_ratio,
+        p99_floor_ms=settings.guard_p99_floor_ms,
+    )
+
+
+def update_policy(settings: EdgeSettings) -> UpdatePolicy:
+    return UpdatePolicy(
+        max_artifact_bytes=settings.max_artifact_bytes,
+        runtime=settings.runtime,
+        num_threads=settings.num_threads,
+        warmup_invokes=settings.warmup_invokes,
+        poll_s=settings.desired_poll_s,
+    )
+
+
 def _check_label(label: int, num_classes: int) -> None:
     if not 0 <= label < num_classes:
         raise InputError(f"label {label} is outside the model's classes 0..{num_classes - 1}")
@@ -50,65 +95,41 @@ class EdgeDaemon:
     """One edge device: serve, learn from feedback, take updates."""
 
     def __init__(self, settings: EdgeSettings) -> None:
-        self.settings = s = settings
-        self.keys = FleetKeys(s.fleet)
-        self.verifier = Verifier.from_file(s.public_key)  # ConfigError before anything starts
-        self.store = ModelStore(s.state_dir, keep=s.keep_versions)
+        self.settings = settings
+        self.keys = FleetKeys(settings.fleet)
+        member = FleetMember(settings.redis_url, self.keys, settings.device_id, settings.model)
+        # A bad key file is a ConfigError before anything starts.
+        self.verifier = Verifier.from_file(settings.public_key)
+        self.store = ModelStore(settings.state_dir, keep=settings.keep_versions)
         self.chain = ServingChain(
-            budget_ms=s.latency_budget_ms,
-            probe_every=s.latency_probe_every,
-            recent=s.recent_inputs,
+            budget_ms=settings.latency_budget_ms,
+            probe_every=settings.latency_probe_every,
+            recent=settings.recent_inputs,
         )
         # The in-process predict is the chain's own bound method: one Python call
         # less on a path benchmarked in microseconds. The method below documents it.
         self.predict = self.chain.predict  # type: ignore[method-assign]
         self.uplink = FeedbackUplink(
-            redis_url=s.redis_url,
-            keys=self.keys,
-            device_id=s.device_id,
-            epoch=self.store.epoch,
-            state_dir=s.state_dir,
-            batch=s.feedback_batch,
-            flush_ms=s.feedback_flush_ms,
-            queue_max=s.feedback_queue_max,
-            spool_max_bytes=s.spool_max_bytes,
+            member, self.store.epoch, settings.state_dir, uplink_policy(settings)
         )
-        self.status = StatusReporter(
-            redis_url=s.redis_url,
-            keys=self.keys,
-            build=self.health,
-            interval_s=s.status_interval_s,
-            ttl_s=s.status_ttl_s,
-            stream_maxlen=s.status_stream_maxlen,
-        )
+        self.status = StatusReporter(member, self.health, report_policy(settings))
         self.guard = SwapGuard(
-            self.chain,
-            self.store,
-            GuardPolicy.of(s),
-            enabled=s.guard_enabled,
-            on_revert=self.status.kick,
+            self.chain, self.store, guard_policy(settings), on_revert=self.status.kick
         )
         self.updater = UpdateConsumer(
-            redis_url=s.redis_url,
-            keys=self.keys,
-            model=s.model,
-            device_id=s.device_id,
-            poll_s=s.desired_poll_s,
-            guard=self.guard,
+            member,
+            update_policy(settings),
             store=self.store,
             chain=self.chain,
             verifier=self.verifier,
-            max_artifact_bytes=s.max_artifact_bytes,
-            runtime=s.runtime,
-            num_threads=s.num_threads,
-            warmup_invokes=s.warmup_invokes,
+            guard=self.guard,
             on_swap=self.status.kick,
         )
         self._state: str = "starting"
         self._started_at = time.monotonic()
         self._lifecycle = threading.Lock()
         self._stats_lock = threading.Lock()
-        self._accuracy: deque[bool] = deque(maxlen=s.accuracy_window)
+        self._accuracy: deque[bool] = deque(maxlen=settings.accuracy_window)
         self._labeled = 0
         self._labeled_correct = 0
         self._load_errors: list[str] = []
@@ -192,11 +213,15 @@ class EdgeDaemon:
             return None
 
     def _build(self, data: bytes, version: int | None, name: str) -> TFLiteModel:
-        s = self.settings
+        settings = self.settings
         model = TFLiteModel(
-            data, version=version, name=name, num_threads=s.num_threads, runtime=s.runtime
+            data,
+            version=version,
+            name=name,
+            num_threads=settings.num_threads,
+            runtime=settings.runtime,
         )
-        model.warm_up(s.warmup_invokes)
+        model.warm_up(settings.warmup_invokes)
         return model
 
     # -- the in-process API -------------------------------------------------

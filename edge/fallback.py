@@ -288,7 +288,7 @@ class ServingChain:
         head = plan.head
         # The common case, written out: the current model answers within budget.
         if head is None or head.est_ms > (budget_ms or self.budget_ms):
-            return self._walk(plan, self._checked(x, plan), n, t0, budget_ms, 0, plan.head_reason)  # type: ignore[arg-type]
+            return self._walk(plan, self._checked(x, plan), n, t0, budget_ms)  # type: ignore[arg-type]
         try:
             # reshape refuses a wrong size and set_tensor a wrong dtype, so a valid
             # input (F floats, as (F,) or (1, F)) costs no separate check.
@@ -296,15 +296,15 @@ class ServingChain:
         except Exception:  # a bad input, or any runtime fault of this model
             checked = self._checked(x, plan, counted=True)  # InputError for a bad input
             if checked is not x:  # convertible (say, float64): answer the converted copy
-                return self._walk(plan, checked, n, t0, budget_ms, 0, plan.head_reason)
-            return self._walk(plan, x, n, t0, budget_ms, 1, INVOKE_ERROR)
+                return self._walk(plan, checked, n, t0, budget_ms)
+            return self._walk(plan, x, n, t0, budget_ms, INVOKE_ERROR)
         t1 = perf_counter()
         label = index(out.argmax())  # operator.index: a third cheaper than int() here
         # argmax returns the first NaN if there is one, and +inf wins it
         # otherwise, so checking the winner sees any non-finite probability.
         if not isfinite(out.item(label)):
             self._check_finite_input(x)  # type: ignore[arg-type]
-            return self._walk(plan, x, n, t0, budget_ms, 1, NOT_FINITE)  # type: ignore[arg-type]
+            return self._walk(plan, x, n, t0, budget_ms, NOT_FINITE)  # type: ignore[arg-type]
         ms = (t1 - t0) * 1000.0
         head.est_ms += (ms - head.est_ms) * EWMA
         self._recent[n % self._recent_size] = (n, x, head, label, None, ms)  # type: ignore[assignment]
@@ -317,15 +317,20 @@ class ServingChain:
         n: int,
         t0: float,
         budget_ms: float | None,
-        start: int,
-        reason: str | None,
+        head_failed: str | None = None,
     ) -> Prediction:
-        """The general case: try links from ``start`` on, with the budget and probes."""
+        """The general case: try the links in order, with the budget and probes;
+        from the second one on when the head was tried and ``head_failed`` (why).
+
+        Its arguments are ``predict``'s locals (the request's number and start
+        time), passed as they are: this runs for every request a fallback answers.
+        """
+        reason = head_failed or plan.head_reason
         budget = budget_ms or self.budget_ms
         x2 = x.reshape(plan.shape2)
         last = plan.last
         t = perf_counter()
-        for link in plan.links[start:]:
+        for link in plan.links[1:] if head_failed else plan.links:
             probing = False
             if link.est_ms > budget - (t - t0) * 1000.0 and link is not last:
                 link.skipped += 1

@@ -49,7 +49,6 @@ import numpy as np
 
 from edge.fallback import INVOKE_ERROR, NOT_FINITE, RecentInput, ServingChain
 from edge.model_store import ModelStore
-from edge.settings import EdgeSettings
 from shared.runtime import FloatArray, TFLiteModel
 
 logger = logging.getLogger(__name__)
@@ -60,8 +59,10 @@ PENDING_MAX = 10_000
 
 @dataclass(frozen=True)
 class GuardPolicy:
-    """When a new version counts as a regression (EdgeSettings ``guard_*``)."""
+    """Whether the guard watches swaps, and when a new version counts as a
+    regression (EdgeSettings ``guard_*``)."""
 
+    enabled: bool = True
     window_s: float = 600.0
     min_predictions: int = 200
     min_labeled: int = 50
@@ -70,21 +71,6 @@ class GuardPolicy:
     max_error_increase: float = 0.01
     max_p99_ratio: float = 3.0
     p99_floor_ms: float = 5.0
-
-    @classmethod
-    def of(cls, settings: EdgeSettings) -> GuardPolicy:
-        """The policy an edge's ``guard_*`` settings describe."""
-        s = settings
-        return cls(
-            window_s=s.guard_window_s,
-            min_predictions=s.guard_min_predictions,
-            min_labeled=s.guard_min_labeled,
-            max_accuracy_drop=s.guard_max_accuracy_drop,
-            max_fallback_increase=s.guard_max_fallback_increase,
-            max_error_increase=s.guard_max_error_increase,
-            max_p99_ratio=s.guard_max_p99_ratio,
-            p99_floor_ms=s.guard_p99_floor_ms,
-        )
 
 
 @dataclass(frozen=True)
@@ -171,12 +157,10 @@ class SwapGuard:
         store: ModelStore,
         policy: GuardPolicy,
         *,
-        enabled: bool = True,
         on_revert: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._chain, self._store, self.policy = chain, store, policy
-        self.enabled = enabled
         self._on_revert = on_revert
         self._clock = clock
         self._probation: _Probation | None = None
@@ -222,7 +206,7 @@ class SwapGuard:
         self._period_sha, self._period_start = new.sha256, now
         self._pending.clear()
         self._probation = None
-        if not self.enabled or back or previous is None or previous.sha256 == new.sha256:
+        if not self.policy.enabled or back or previous is None or previous.sha256 == new.sha256:
             return
         evidence = Evidence(
             before=before, p99_before=self._chain.latency_percentiles(previous.sha256)[1]

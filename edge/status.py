@@ -13,13 +13,22 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from edge.connections import REDIS_ERRORS, connect, describe
-from shared.keys import FleetKeys
+from edge.connections import REDIS_ERRORS, FleetMember, describe
 from shared.messages import EdgeStatus
 from shared.status_report import add_status
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReportPolicy:
+    """How often and how long a report counts (EdgeSettings ``status_*``)."""
+
+    interval_s: float = 2.0
+    ttl_s: int = 10
+    stream_maxlen: int = 10_000
 
 
 class StatusReporter:
@@ -27,18 +36,19 @@ class StatusReporter:
 
     def __init__(
         self,
-        *,
-        redis_url: str,
-        keys: FleetKeys,
+        member: FleetMember,
         build: Callable[[], EdgeStatus],
-        interval_s: float = 2.0,
-        ttl_s: int = 10,
-        stream_maxlen: int = 10_000,
+        policy: ReportPolicy | None = None,
     ) -> None:
-        self._redis = connect(redis_url)
-        self._keys = keys
+        policy = policy or ReportPolicy()
+        self._redis = member.connect()
+        self._keys = member.keys
         self._build = build
-        self._interval, self._ttl, self._maxlen = interval_s, ttl_s, stream_maxlen
+        self._interval, self._ttl, self._maxlen = (
+            policy.interval_s,
+            policy.ttl_s,
+            policy.stream_maxlen,
+        )
         self._kick = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edgeloop-status", daemon=True)

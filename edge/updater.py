@@ -53,16 +53,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from edge.connections import REDIS_ERRORS, connect, describe
+from edge.connections import REDIS_ERRORS, FleetMember, describe
 from edge.fallback import ServingChain
 from edge.guard import SwapGuard
 from edge.model_store import ModelStore
-from shared.codec import check_sha256, decode_full
+from shared.codec import DEFAULT_MAX_SIZE, check_sha256, decode_full
 from shared.delta import apply_patch
 from shared.errors import ArtifactError, EdgeloopError, IntegrityError, ModelRejected, NotFound
-from shared.keys import FleetKeys
 from shared.messages import DeltaAnnouncement, ModelManifest, Payload, SignedManifest
 from shared.retry import Backoff
 from shared.rollouts import AssignmentNotice, desired_sha
@@ -96,39 +96,50 @@ def materialize(payload: Payload, blob: bytes, base: bytes | None, max_size: int
     raise ArtifactError(f"{payload.encoding} payloads are not supported by this edge")
 
 
+@dataclass(frozen=True)
+class UpdatePolicy:
+    """What the consumer accepts and how it follows the fleet (EdgeSettings
+    ``max_artifact_bytes``, ``runtime``, ``num_threads``, ``warmup_invokes``,
+    ``desired_poll_s``).
+
+    ``block_ms`` bounds each XREAD, hence how long ``stop`` waits; ``backoff``
+    spaces the retries while Redis is unreachable.
+    """
+
+    max_artifact_bytes: int = DEFAULT_MAX_SIZE
+    runtime: str | None = None
+    num_threads: int = 1
+    warmup_invokes: int = 3
+    block_ms: int = 250
+    poll_s: float = 30.0
+    backoff: Backoff = field(default_factory=lambda: Backoff(base=0.2, cap=10.0))
+
+
 class UpdateConsumer:
-    """A thread that keeps the served model on the desired version; see the module docstring."""
+    """A thread that keeps the served model on the desired version; see the module docstring.
+
+    It installs versions in ``store`` and swaps them into ``chain``, trusting
+    manifests that ``verifier`` accepts; each swap is reported to ``guard`` (which
+    is ticked in this thread) and then to ``on_swap``.
+    """
 
     def __init__(
         self,
+        member: FleetMember,
+        policy: UpdatePolicy,
         *,
-        redis_url: str,
-        keys: FleetKeys,
-        model: str,
-        device_id: str,
         store: ModelStore,
         chain: ServingChain,
         verifier: Verifier,
-        max_artifact_bytes: int,
-        runtime: str | None = None,
-        num_threads: int = 1,
-        warmup_invokes: int = 3,
-        block_ms: int = 250,
-        poll_s: float = 30.0,
         guard: SwapGuard | None = None,
         on_swap: Callable[[], None] | None = None,
-        backoff: Backoff | None = None,
     ) -> None:
-        self._redis = connect(redis_url, socket_timeout=block_ms / 1000.0 + 5.0)
-        self._keys, self._model, self._device = keys, model, device_id
+        self._redis = member.connect(socket_timeout=policy.block_ms / 1000.0 + 5.0)
+        self._keys, self._model, self._device = member.keys, member.model, member.device_id
+        self._policy = policy
         self._store, self._chain, self._verifier = store, chain, verifier
-        self._max_size = max_artifact_bytes
-        self._runtime, self._num_threads, self._warmup = runtime, num_threads, warmup_invokes
-        self._block_ms = block_ms
-        self._poll_s = poll_s
         self._guard = guard
         self._on_swap = on_swap
-        self._backoff = backoff or Backoff(base=0.2, cap=10.0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edgeloop-updater", daemon=True)
         self._next_check = 0.0  # so the first poll reads the desired version
@@ -170,7 +181,7 @@ class UpdateConsumer:
                         "updater: Redis unreachable (%s); retrying with backoff", describe(e)
                     )
                 self._error(f"updater: {describe(e)}")
-                self._wait(self._backoff.delay(attempt))
+                self._wait(self._policy.backoff.delay(attempt))
                 attempt += 1
             except Exception as e:  # the thread must outlive any one bad entry
                 logger.exception("updater: unexpected error")
@@ -202,7 +213,9 @@ class UpdateConsumer:
         if last_id is None:
             self._converge()
             return
-        resp: Any = self._redis.xread({self._keys.deltas: last_id}, count=100, block=self._block_ms)
+        resp: Any = self._redis.xread(
+            {self._keys.deltas: last_id}, count=100, block=self._policy.block_ms
+        )
         entries = _entries(resp[0][1]) if resp else []
         announcements, concerned = self._read(entries)
         if concerned or time.monotonic() >= self._next_check:
@@ -236,7 +249,7 @@ class UpdateConsumer:
 
     def _follow(self, announcements: list[DeltaAnnouncement], *, nudged: bool) -> None:
         self.desired = self._read_desired()
-        self._next_check = time.monotonic() + self._poll_s
+        self._next_check = time.monotonic() + self._policy.poll_s
         if self.desired is None:
             self._apply_newest(announcements)
         else:
@@ -463,7 +476,7 @@ class UpdateConsumer:
         if blob is None:
             raise NotFound(f"payload {payload.key} is not in Redis")
         self.bytes_downloaded += len(blob)
-        data = materialize(payload, blob, base, self._max_size)
+        data = materialize(payload, blob, base, self._policy.max_artifact_bytes)
         if len(data) != manifest.size:
             raise IntegrityError(
                 f"model file is {len(data)} bytes, the manifest says {manifest.size}"
@@ -477,8 +490,8 @@ class UpdateConsumer:
             data,
             version=manifest.version,
             name=f"{manifest.model} v{manifest.version}",
-            num_threads=self._num_threads,
-            runtime=self._runtime,
+            num_threads=self._policy.num_threads,
+            runtime=self._policy.runtime,
         )
         if not model.heavy_ops_int8():
             raise ModelRejected(
@@ -490,7 +503,7 @@ class UpdateConsumer:
                 f"{model.name} maps {model.num_features} features to {model.num_classes} classes; "
                 f"the manifest says {manifest.num_features} to {len(manifest.labels)}"
             )
-        model.warm_up(self._warmup)
+        model.warm_up(self._policy.warmup_invokes)
         model.check_probe(manifest.probe)
         return model
 

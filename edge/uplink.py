@@ -2,12 +2,14 @@
 
 ``submit`` never waits for the network. A sender thread waits for ``batch``
 events (or what arrived within ``flush_ms``), takes everything queued and XADDs
-it in one round trip (a pipeline) as stream entries of up to ``batch`` events
-each, JSON lines in the field ``events`` (``shared.feedback_stream``). When Redis is unreachable, events
-go to the on-disk spool instead;
-while the spool holds anything, new events go there too, so that a device's
-events reach the stream in the order they were made. When Redis comes back the
-spool is sent oldest first and each segment deleted once it is in the stream.
+it in one command (a script when it makes several entries) as stream entries of
+up to ``batch`` events each, JSON lines in the field ``events``
+(``shared.feedback_stream``). When Redis is unreachable, events go to the
+on-disk spool instead; while the spool holds anything, new events go there too,
+so that a device's events reach the stream in the order they were made. When
+Redis comes back the spool is sent oldest first and each segment deleted once it
+is in the stream. Redis runs each send whole or not at all, so a batch it
+refused in part cannot be resent behind newer events it took.
 
 Delivery is at-least-once: a connection lost before the reply resends that
 batch. The trainer drops duplicates by ``event_id`` =
@@ -24,43 +26,56 @@ import logging
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge.connections import REDIS_ERRORS, connect, describe
+from edge.connections import REDIS_ERRORS, FleetMember, describe
 from edge.sequence import SeqCounter
 from edge.spool import Spool
-from shared.feedback_stream import add_feedback
-from shared.keys import FleetKeys
+from shared.feedback_stream import ADD_ENTRIES_SCRIPT, feedback_entries
+from shared.keys import FEEDBACK_BATCH_FIELD
 from shared.messages import FeedbackEvent
 from shared.retry import Backoff
 
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class UplinkPolicy:
+    """How the uplink batches, buffers and retries (EdgeSettings ``feedback_*``
+    and ``spool_max_bytes``)."""
+
+    batch: int = 256
+    flush_ms: float = 50.0
+    queue_max: int = 10_000
+    spool_max_bytes: int = 64 * 1024 * 1024
+    backoff: Backoff = field(default_factory=lambda: Backoff(base=0.2, cap=5.0))
+
+
 class FeedbackUplink:
-    """Queue, batch, send or spool feedback events; see the module docstring."""
+    """Queue, batch, send or spool feedback events; see the module docstring.
+
+    ``epoch`` is the model store's (``<device>:<epoch>:<seq>`` ids); the sequence
+    counter and the spool live in ``state_dir``.
+    """
 
     def __init__(
         self,
-        *,
-        redis_url: str,
-        keys: FleetKeys,
-        device_id: str,
+        member: FleetMember,
         epoch: str,
         state_dir: Path,
-        batch: int = 256,
-        flush_ms: float = 50.0,
-        queue_max: int = 10_000,
-        spool_max_bytes: int = 64 * 1024 * 1024,
-        backoff: Backoff | None = None,
+        policy: UplinkPolicy | None = None,
     ) -> None:
-        self._redis = connect(redis_url)
-        self._keys = keys
-        self._id_prefix = f"{device_id}:{epoch}:"
+        policy = policy or UplinkPolicy()
+        self._redis = member.connect()
+        self._add_entries = self._redis.register_script(ADD_ENTRIES_SCRIPT)
+        self._keys = member.keys
+        self._id_prefix = f"{member.device_id}:{epoch}:"
         self._seq = SeqCounter(Path(state_dir) / "feedback.seq", epoch)
-        self._spool = Spool(Path(state_dir) / "spool", spool_max_bytes)
-        self._batch, self._flush_s, self._queue_max = batch, flush_ms / 1000.0, queue_max
-        self._backoff = backoff or Backoff(base=0.2, cap=5.0)
+        self._spool = Spool(Path(state_dir) / "spool", policy.spool_max_bytes)
+        self._batch, self._flush_s = policy.batch, policy.flush_ms / 1000.0
+        self._queue_max = policy.queue_max
+        self._backoff = policy.backoff
         # Lock order: _spool_lock, then _cond. Neither is held across a network call.
         self._spool_lock = threading.Lock()
         self._cond = threading.Condition()
@@ -265,12 +280,17 @@ class FeedbackUplink:
         # round trip: while the threads calling ``submit`` keep the interpreter
         # busy, each wait for the network costs this thread up to a GIL switch
         # interval (5 ms) to resume, so it must move what piled up meanwhile at
-        # once, not a batch per round trip. A pipeline rather than a Lua script:
-        # with a few large entries per call, a script costs both ends more (its
-        # arguments are copied into Lua and back).
-        pipe = self._redis.pipeline(transaction=False)
-        add_feedback(pipe, self._keys, lines, self._batch)
-        pipe.execute()
+        # once, not a batch per round trip. And in one command, which Redis runs
+        # whole or not at all: in a pipeline, the entries Redis refused (say, as
+        # it finished loading after a restart) would be resent after the ones it
+        # added, newer events first. Several entries take the script, which costs
+        # Redis more per event than plain XADDs (its arguments are copied into
+        # Lua and back), so one entry is a plain XADD.
+        entries = feedback_entries(lines, self._batch)
+        if len(entries) == 1:
+            self._redis.xadd(self._keys.feedback, {FEEDBACK_BATCH_FIELD: entries[0]})
+        else:
+            self._add_entries(keys=[self._keys.feedback], args=entries)
 
     def _write_spool(self, lines: list[bytes], front: bool = False) -> None:
         """Append (or prepend) to the spool, counting what did not fit. Caller holds _spool_lock."""

@@ -8,6 +8,12 @@ per event for Redis and for both ends. Compact JSON has no raw newline, so the
 lines split back unambiguously. An entry may also carry a single event in the
 field ``data`` (edges before batched entries, tools).
 
+Redis checks each command of a pipeline on its own: one sent as Redis finishes
+loading its data after a restart (or leaves an out-of-memory state) can have its
+first entries refused and the rest added. A writer that must keep its events in
+order (the edge's uplink, which resends a refused batch) therefore adds several
+entries in one command, ``ADD_ENTRIES_SCRIPT``, which Redis runs whole or not at all.
+
 >>> class Pipe:
 ...     def __init__(self): self.entries = []
 ...     def xadd(self, stream, fields): self.entries.append(fields)
@@ -28,11 +34,29 @@ _BATCH = FEEDBACK_BATCH_FIELD.encode()
 _EVENT = FEEDBACK_EVENT_FIELD.encode()
 
 
+#: XADD each argument as the events of one entry of the stream KEYS[1], in order.
+ADD_ENTRIES_SCRIPT = f"""
+for i = 1, #ARGV do
+  redis.call('XADD', KEYS[1], '*', '{FEEDBACK_BATCH_FIELD}', ARGV[i])
+end
+return #ARGV
+"""
+
+
+def feedback_entries(lines: Sequence[bytes], batch: int) -> list[bytes]:
+    """The ``events`` values of the entries that hold ``lines``, ``batch`` an entry.
+
+    >>> feedback_entries([b'{"a":1}', b'{"a":2}', b'{"a":3}'], batch=2)
+    [b'{"a":1}\\n{"a":2}', b'{"a":3}']
+    """
+    return [b"\n".join(lines[i : i + batch]) for i in range(0, len(lines), batch)]
+
+
 def add_feedback(pipe: Any, keys: FleetKeys, lines: Sequence[bytes], batch: int) -> None:
     """Queue XADDs of ``lines`` (``FeedbackEvent.to_wire()`` each) on ``pipe`` (a
     redis-py pipeline), ``batch`` events an entry; the caller executes it."""
-    for i in range(0, len(lines), batch):
-        pipe.xadd(keys.feedback, {FEEDBACK_BATCH_FIELD: b"\n".join(lines[i : i + batch])})
+    for entry in feedback_entries(lines, batch):
+        pipe.xadd(keys.feedback, {FEEDBACK_BATCH_FIELD: entry})
 
 
 def events_of(fields: Mapping[bytes, bytes]) -> list[bytes] | None:

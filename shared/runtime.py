@@ -203,32 +203,44 @@ class TFLiteModel:
             or self.input_dtype != "float32"
         ):
             return self.predict_proba
+        native = getattr(self._interp, "_interpreter", None)
+        if all(hasattr(native, m) for m in ("SetTensor", "Invoke", "GetTensor")):
+            return self._native_row_predictor()
+        return self._public_row_predictor()
+
+    def _public_row_predictor(self) -> Callable[[FloatArray], FloatArray]:
+        """``row_predictor`` through the interpreter's public methods."""
         acquire, release = self._lock.acquire, self._lock.release
         in_index, out_index = self._in_index, self._out_index
         interp = self._interp
-        native = getattr(interp, "_interpreter", None)
-        if not all(hasattr(native, m) for m in ("SetTensor", "Invoke", "GetTensor")):
-            set_tensor, invoke, get_tensor = interp.set_tensor, interp.invoke, interp.get_tensor
+        set_tensor, invoke, get_tensor = interp.set_tensor, interp.invoke, interp.get_tensor
 
-            def run_public(x: FloatArray) -> FloatArray:
-                acquire()  # bound acquire/release: half the cost of a with block
-                try:
-                    set_tensor(in_index, x)
-                    invoke()
-                    out: FloatArray = get_tensor(out_index)
-                finally:
-                    release()
-                return out.ravel()
+        def run_public(x: FloatArray) -> FloatArray:
+            acquire()  # bound acquire/release: half the cost of a with block
+            try:
+                set_tensor(in_index, x)
+                invoke()
+                out: FloatArray = get_tensor(out_index)
+            finally:
+                release()
+            return out.ravel()
 
-            return run_public
+        return run_public
 
-        # Both runtimes' Python Interpreter wraps a native one and, on every
-        # invoke(), counts references to it to refuse running while a numpy view
-        # from tensor() is alive. edgeloop never takes such views (get_tensor
-        # copies), so the hot path calls the native wrapper directly: about a third
-        # of the wrapper's overhead. It looks the native object up on each call
-        # rather than holding it, so that the public API's reference check keeps
-        # working for everything else (probe checks, predict_proba).
+    def _native_row_predictor(self) -> Callable[[FloatArray], FloatArray]:
+        """``row_predictor`` through the native interpreter the Python one wraps.
+
+        Both runtimes' Python Interpreter wraps a native one and, on every
+        invoke(), counts references to it to refuse running while a numpy view
+        from tensor() is alive. edgeloop never takes such views (get_tensor
+        copies), so the hot path calls the native wrapper directly: about a third
+        of the wrapper's overhead. It looks the native object up on each call
+        rather than holding it, so that the public API's reference check keeps
+        working for everything else (probe checks, predict_proba).
+        """
+        acquire, release = self._lock.acquire, self._lock.release
+        in_index, out_index = self._in_index, self._out_index
+        interp = self._interp
 
         def run(x: FloatArray) -> FloatArray:
             acquire()
