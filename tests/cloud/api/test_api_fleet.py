@@ -15,8 +15,9 @@ from cloud.api.settings import ApiSettings
 from cloud.cli import main as cli
 from cloud.data.ingest import FeedbackIngest, IngestOptions
 from cloud.data.replay import TrainerData
-from edge.status import StatusReporter
-from edge.uplink import FeedbackUplink
+from edge.connections import FleetMember
+from edge.status import ReportPolicy, StatusReporter
+from edge.uplink import FeedbackUplink, UplinkPolicy
 from shared.keys import FEEDBACK_BATCH_FIELD, FleetKeys
 from shared.messages import DeadLetter, EdgeCounters, EdgeStatus, FeedbackEvent
 from tests.cloud.api_helpers import PEPPER, bearer, issue, report, sample, seed_versions
@@ -84,12 +85,10 @@ def test_feedback_over_http_is_an_edges_feedback_to_the_trainer(
     other = FleetKeys("edge-ref")
     (tmp_path / "uplink").mkdir()
     uplink = FeedbackUplink(
-        redis_url=redis_url,
-        keys=other,
-        device_id="pi-01",
-        epoch="e0",
-        state_dir=tmp_path / "uplink",
-        flush_ms=5,
+        FleetMember(redis_url, other, "pi-01", "digits"),
+        "e0",
+        tmp_path / "uplink",
+        UplinkPolicy(flush_ms=5),
     )
     uplink.start()
     for e in events:
@@ -168,7 +167,8 @@ def test_status_over_http_writes_the_edge_reporters_keys(api, redis_client, redi
     device = bearer(issue(redis_client, FLEET, "device", "pi-01", device="pi-01"))
     r = api.post("/v1/devices/pi-01/status", json=status.model_dump(), headers=device)
     assert r.status_code == 202 and r.json() == {"device_id": "pi-01", "ttl_s": 10}
-    reporter = StatusReporter(redis_url=redis_url, keys=other, build=lambda: status, ttl_s=10)
+    member = FleetMember(redis_url, other, "pi-01", "digits")
+    reporter = StatusReporter(member, lambda: status, ReportPolicy(ttl_s=10))
     assert reporter.publish(status.model_copy(update={"fleet": "edge-ref"}))
     reporter.stop()
     for k in (keys, other):
