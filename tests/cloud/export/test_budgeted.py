@@ -29,6 +29,7 @@ from cloud.export.grid import (
     with_activations_from,
 )
 from cloud.export.tflite_file import TFLiteFile, TFLiteFileError
+from cloud.learning.models import TabularMLP
 from cloud.learning.training import Hyperparameters, fine_tune
 from cloud.trainer.settings import TrainerSettings
 from shared.codec import encode_full
@@ -200,6 +201,34 @@ def test_weights_outside_the_frozen_range_force_recalibration(exported, trained,
             OPTIONS,
         )
     assert e.value.reason == "clipping" and e.value.details["clipped_fraction"] > 0.05
+
+
+def test_a_model_of_another_layout_cannot_use_the_parents_grid(exported, trained, drifted, parts):
+    # the same inputs and classes, other layers: nothing maps onto the parent's int8 tensors
+    other = TabularMLP(drifted.X.mean(axis=0), drifted.X.std(axis=0), num_classes=10)
+    with pytest.raises(FrozenScalesDoNotFit) as e:
+        BudgetedUpdate(
+            exported.content,
+            trained.model,
+            other,
+            (drifted.X, drifted.y),
+            (drifted.X[:200], parts.seed_holdout.X[:32]),
+            Hyperparameters(3, 64, 1e-3, 1),
+            OPTIONS,
+        )
+    assert e.value.reason == "layout"
+
+
+@pytest.mark.parametrize("budget", [120, 250])
+def test_a_child_changes_at_most_its_budgets_bytes(budgeted, parent, budget):
+    update, _ = budgeted
+    child = update.child(budget)
+    content = child.exported.content
+    assert len(content) == len(parent.content)
+    assert child.details["budget_bytes"] == budget
+    assert 0 < child.details["weight_bytes_changed"] <= budget
+    # activation scales re-calibrated come out of the same budget (give or take a scale)
+    assert child.details["bytes_changed"] == bytes_changed(parent.content, content) <= budget + 16
 
 
 def test_budgeted_artifact_passes_the_numeric_check(budgeted, parent, exported):

@@ -1,0 +1,162 @@
+"""One round end to end (cloud/trainer/rounds.py) on a real redis and real int8 files:
+the bootstrap publishes v1; a child that beats its parent on drifted data is
+published with its explanation; one the gate refuses is not, and the report says why."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cloud.data.datasets import drift
+from cloud.data.replay import NewSamples, TrainerData
+from cloud.learning.models import weights_to_bytes
+from cloud.registry.publisher import Publisher
+from cloud.registry.versions import DirBlobStore, Registry
+from cloud.trainer.rounds import RoundError, RoundRunner
+from shared.keys import FleetKeys
+from shared.signing import Signer
+
+#: Small enough for seconds, large enough that a fine-tune on rotated digits wins.
+FAST = {
+    "bootstrap_epochs": 3,
+    "epochs": 4,
+    "update_mode": "full",  # the budgeted path has tests of its own (tests/cloud/export)
+    "replay_capacity": 1000,
+    "recent_train": 300,
+}
+
+
+@pytest.fixture
+def runner(make_settings, redis_client, parts, signing_dir):
+    """A RoundRunner over a flushed fleet, wired the way the trainer wires it."""
+
+    def make(**overrides):
+        s = make_settings(**{**FAST, **overrides})
+        keys = FleetKeys(s.fleet)
+        data = TrainerData(
+            redis_client,
+            keys,
+            s.model,
+            num_classes=len(parts.seed_train.labels),
+            num_features=parts.seed_train.num_features,
+            replay_capacity=s.replay_capacity,
+            holdout_capacity=s.holdout_capacity,
+            recent_window=s.recent_window,
+            recent_train=s.recent_train,
+        )
+        registry = Registry(redis_client, keys, DirBlobStore(s.blob_dir))
+        publisher = Publisher(
+            redis_client, keys, Signer.from_file(signing_dir / "signing.key"), registry=registry
+        )
+        return RoundRunner(s, redis_client, publisher, data, parts)
+
+    return make
+
+
+@pytest.fixture
+def with_parent(runner, trained, exported, parts, keys):
+    """A RoundRunner whose fleet has v1 (the session's trained model, as a bootstrap
+    leaves it: the seed split in replay and holdout, the float weights stored)."""
+
+    def make(**overrides):
+        rounds = runner(**overrides)
+        rounds.data.seed(parts.seed_train.X, parts.seed_train.y, holdout=False, seed=0)
+        rounds.data.seed(parts.seed_holdout.X, parts.seed_holdout.y, holdout=True, seed=1)
+        rounds.client.set(keys.weights(exported.sha256), weights_to_bytes(trained.model))
+        rounds.publisher.publish(
+            "digits",
+            exported.content,
+            num_features=parts.seed_train.num_features,
+            labels=parts.seed_train.labels,
+            probe=exported.probe,
+            runtime=exported.runtime,
+            expected_parent=None,
+        )
+        return rounds
+
+    return make
+
+
+def add_samples(data: TrainerData, X: np.ndarray, y: np.ndarray, *, holdout: bool) -> None:
+    """Accept samples the way ingest does: plan their places, write them in one MULTI."""
+    samples = NewSamples(
+        np.asarray(X, np.float32),
+        [int(v) for v in y],
+        list(range(len(y))),
+        [holdout] * len(y),
+    )
+    counters = data.read_counters(data.client)
+    writes = data.plan(counters, samples)
+    pipe = data.client.pipeline()
+    data.add_to(pipe, counters, samples, writes)
+    pipe.execute()
+
+
+def drifted_feedback(data: TrainerData, parts) -> None:
+    """Rotated digits: 400 to train on, 100 held out as the recent window."""
+    X, y = drift("digits")(parts.stream.X[:500]), parts.stream.y[:500]
+    add_samples(data, X[:400], y[:400], holdout=False)
+    add_samples(data, X[400:], y[400:], holdout=True)
+
+
+def test_a_round_needs_a_published_parent(runner):
+    with pytest.raises(RoundError, match="bootstrap first"):
+        runner().run(1, "count", {}, lambda: True)
+
+
+def test_the_bootstrap_publishes_version_1_from_the_seed_split(runner, parts, keys):
+    rounds = runner()
+    report = rounds.bootstrap()
+    assert (report.published, report.version, report.trigger) == (True, 1, "bootstrap")
+    manifest = rounds.publisher.latest("digits")[2].manifest()
+    assert manifest.parent_sha256 is None and manifest.explanation.trigger == "bootstrap"
+    assert report.data_window["seed_split"] == len(parts.seed_train.y)
+    # the gate's earlier data and the replay buffer start from the seed split
+    assert len(rounds.data.holdout_set()[1]) == len(parts.seed_holdout.y)
+    assert len(rounds.data.replay_set()[1]) == len(parts.seed_train.y)
+    assert rounds.client.exists(keys.weights(report.sha256))
+
+
+def test_a_child_that_beats_its_parent_is_published_with_its_explanation(with_parent, parts, keys):
+    rounds = with_parent()
+    drifted_feedback(rounds.data, parts)
+
+    report = rounds.run(1, "drift", {"new_samples": 500}, lambda: True)
+
+    assert report.published and report.version == 2 and report.parent_version == 1
+    assert report.details["decision"] == "publish"
+    child, parent = report.details["child"]["recent"], report.details["parent"]["recent"]
+    assert child["accuracy"] > parent["accuracy"]
+    version, sha, signed = rounds.publisher.latest("digits")
+    manifest = signed.manifest()
+    assert (version, sha, manifest.parent_version) == (2, report.sha256, 1)
+    assert manifest.explanation.trigger == "drift"
+    assert manifest.explanation.data_window["new_samples"] == 500
+    assert manifest.explanation.evaluation is not None
+    assert manifest.metrics["recent_accuracy"] == pytest.approx(child["accuracy"])
+    # the next round fine-tunes from exactly this child: its weights are stored with it
+    assert rounds.client.exists(keys.weights(sha))
+    assert rounds.parent()[:2] == (2, sha)
+
+
+def test_a_child_the_gate_refuses_is_not_published_and_the_report_says_why(with_parent, parts):
+    rounds = with_parent(min_gain=0.9)  # no fine-tune gains 90 points on the recent window
+    drifted_feedback(rounds.data, parts)
+
+    report = rounds.run(1, "count", {}, lambda: True)
+
+    assert not report.published and report.version is None
+    assert report.details["decision"] == "reject"
+    assert "does not beat the parent" in report.reason
+    assert [v for v, _ in rounds.publisher.versions("digits")] == [1]
+
+
+def test_a_round_that_lost_its_lease_does_not_publish(with_parent, parts):
+    rounds = with_parent()
+    drifted_feedback(rounds.data, parts)
+
+    report = rounds.run(1, "count", {}, lambda: False)
+
+    assert report.details["decision"] == "publish"  # the gate agreed; the lease did not
+    assert not report.published and "lease lost" in report.reason
+    assert [v for v, _ in rounds.publisher.versions("digits")] == [1]

@@ -1,0 +1,107 @@
+"""When a round starts (cloud/trainer/triggers.py): the count, the timer and the
+drift signal each fire exactly at their threshold, and a round resets them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cloud.trainer.triggers import DriftDetector, RoundTrigger
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def trigger(clock) -> RoundTrigger:
+    return RoundTrigger(min_samples=100, interval_s=60.0, interval_min_samples=20, clock=clock)
+
+
+def test_the_count_fires_at_min_samples(trigger):
+    trigger.observe(99)
+    assert trigger.due() is None
+    trigger.observe(1)
+    assert trigger.due() == "count"
+    assert trigger.started() == 100
+    assert trigger.due() is None and trigger.pending == 0
+
+
+def test_the_timer_fires_after_the_interval_with_enough_samples(trigger, clock):
+    trigger.observe(20)
+    clock.now += 59.9
+    assert trigger.due() is None
+    clock.now += 0.1
+    assert trigger.due() == "timer"
+    trigger.started()
+    trigger.observe(20)
+    assert trigger.due() is None  # the interval counts from the last round
+    clock.now += 60
+    assert trigger.due() == "timer"
+
+
+def test_the_timer_waits_for_its_minimum_of_samples(trigger, clock):
+    trigger.observe(19)
+    clock.now += 3600
+    assert trigger.due() is None
+    trigger.observe(1)
+    assert trigger.due() == "timer"
+
+
+def test_drift_fires_at_once_but_only_with_new_samples(trigger):
+    trigger.observe(0, drift=True)
+    assert trigger.due() is None  # nothing new to train on
+    trigger.observe(1)
+    assert trigger.due() == "drift"
+    trigger.observe(500)
+    assert trigger.due() == "drift"  # drift outranks the count
+    assert trigger.started() == 501
+    trigger.observe(1)
+    assert trigger.due() is None  # the round consumed the signal
+
+
+def outcomes(hits: int, misses: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``hits`` correct then ``misses`` wrong served predictions (label 1)."""
+    predicted = np.array([1] * hits + [0] * misses, np.int64)
+    return predicted, np.ones_like(predicted)
+
+
+def test_drift_fires_when_the_window_falls_below_the_level_by_more_than_drop():
+    d = DriftDetector(window=10, drop=0.25, alpha=0.5)
+    assert not d.update(*outcomes(30))  # a level of 1.0 forms
+    assert d.level == 1.0
+    assert not d.update(*outcomes(0, 2))  # 0.8: a drop of 0.2
+    assert d.update(*outcomes(0, 1))  # 0.7: a drop of 0.3 > 0.25
+    assert d.last_signal == {"served_accuracy": 0.7, "level": 1.0, "drop": 0.25, "window": 10}
+
+
+def test_one_drift_is_one_signal():
+    d = DriftDetector(window=10, drop=0.25, alpha=0.1)
+    d.update(*outcomes(30))
+    assert d.update(*outcomes(0, 3))
+    # the level starts over from the drifted accuracy: staying at 0.7 is no new drift
+    pattern = np.tile([1, 0, 1, 1, 0, 1, 1, 0, 1, 1], 10)
+    assert not d.update(pattern, np.ones_like(pattern))
+    assert d.recent_accuracy == 0.7
+    # a further drop is a drift of its own
+    assert d.update(*outcomes(0, 10))
+
+
+def test_no_signal_before_a_level_exists_or_from_unknown_predictions():
+    d = DriftDetector(window=10, drop=0.25, alpha=0.5)
+    assert not d.update(*outcomes(0, 10))  # a full window, but nothing to compare with
+    assert d.level is None
+    d = DriftDetector(window=10, drop=0.25, alpha=0.5)
+    d.update(*outcomes(30))
+    unknown = np.full(50, -1, np.int64)  # the edge did not say what it predicted
+    assert not d.update(unknown, np.ones(50, np.int64))
+    assert d.recent_accuracy == 1.0
