@@ -35,7 +35,7 @@ from cloud.demo.view import edges_table
 from cloud.export.exporter import ExportResult, export_int8
 from cloud.learning.training import Hyperparameters, bootstrap
 from cloud.registry.blobs import DirBlobStore
-from cloud.registry.publisher import Publisher
+from cloud.registry.publisher import Publisher, PublishRequest
 from cloud.registry.versions import Registry
 from shared.messages import Explanation
 from shared.signing import Signer, write_keypair
@@ -137,26 +137,22 @@ class BadCanaryDemo(Demo):
         good, harmful = operator_versions(self)
         assert self.redis is not None
         registry = Registry(self.redis, self.keys, DirBlobStore(self.workdir / "blobs"))
-        publisher = Publisher(
-            self.redis,
-            self.keys,
-            Signer.from_file(self.private_key),
-            registry=registry,
-            release="manual",
-        )
+        publisher = Publisher(registry, Signer.from_file(self.private_key), release="manual")
         versions = []
         for exported, what in (
             (good, "retrained on the seed data"),
             (harmful, "output labels permuted on purpose (scenario)"),
         ):
             published = publisher.publish(
-                self.model,
-                exported.content,
-                num_features=self.dataset.num_features,
-                labels=self.dataset.labels,
-                probe=exported.probe,
-                runtime=exported.runtime,
-                explanation=Explanation(trigger="operator", summary=what),
+                PublishRequest(
+                    self.model,
+                    exported.content,
+                    num_features=self.dataset.num_features,
+                    labels=self.dataset.labels,
+                    probe=exported.probe,
+                    runtime=exported.runtime,
+                    explanation=Explanation(trigger="operator", summary=what),
+                )
             )
             versions.append(published.version)
         return versions[0], versions[1]

@@ -132,6 +132,27 @@ class BudgetOptions:
 
 
 @dataclass(frozen=True)
+class FineTuned:
+    """A round's fine-tune as the budgeted update takes it: the model it started from
+    (the shadow: the parent's float weights), the model it reached, and how."""
+
+    shadow: Classifier
+    unconstrained: Classifier  # where the round's data wants the model to go
+    X: npt.NDArray[np.float32]  # the round's training data: the Fisher estimate and refits
+    y: npt.NDArray[np.int64]
+    hp: Hyperparameters
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The values a refit trains (a mask per parameter) and the float range each must
+    stay in (the frozen grid's, per value)."""
+
+    mask: Mapping[str, npt.NDArray[np.bool_]]
+    limits: Mapping[str, tuple[npt.NDArray[Any], npt.NDArray[Any]]]
+
+
+@dataclass(frozen=True)
 class Child:
     """A round's int8 child, the float model to continue from, and what changed."""
 
@@ -240,22 +261,20 @@ def fisher_diagonal(
 def refit(
     shadow: Classifier,
     unconstrained: Classifier,
-    selected: Mapping[str, npt.NDArray[np.bool_]],
-    limits: Mapping[str, tuple[npt.NDArray[Any], npt.NDArray[Any]]],
-    X: npt.NDArray[np.float32],
-    y: npt.NDArray[np.int64],
+    selection: Selection,
+    data: tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]],
     hp: Hyperparameters,
 ) -> Classifier:
-    """The shadow with only the ``selected`` values trained (from the unconstrained
-    model's values), each held inside its ``limits``; every other value stays put."""
+    """The shadow with only the selected values trained (from the unconstrained
+    model's values), each held inside its limits; every other value stays put."""
     start = copy.deepcopy(shadow)
     target = dict(unconstrained.named_parameters())
     mask, lo, hi, base = {}, {}, {}, {}
     with torch.no_grad():
         for name, p in start.named_parameters():
-            mask[name] = torch.as_tensor(np.asarray(selected[name], bool))
-            lo[name] = torch.as_tensor(np.asarray(limits[name][0], np.float32))
-            hi[name] = torch.as_tensor(np.asarray(limits[name][1], np.float32))
+            mask[name] = torch.as_tensor(np.asarray(selection.mask[name], bool))
+            lo[name] = torch.as_tensor(np.asarray(selection.limits[name][0], np.float32))
+            hi[name] = torch.as_tensor(np.asarray(selection.limits[name][1], np.float32))
             moved = torch.clamp(target[name].detach(), lo[name], hi[name])
             p.copy_(torch.where(mask[name], moved, p))
             base[name] = p.detach().clone()
@@ -266,6 +285,7 @@ def refit(
                 inside = torch.clamp(p, lo[name], hi[name])
                 p.copy_(torch.where(mask[name], inside, base[name]))
 
+    X, y = data
     return fine_tune(start, X, y, hp, after_step=hold).model
 
 
@@ -280,12 +300,7 @@ def published_model(template: Classifier, layout: ParamLayout, parent: TFLiteFil
     return model
 
 
-def carry(
-    unconstrained: Classifier,
-    refitted: Classifier,
-    selected: Mapping[str, npt.NDArray[np.bool_]],
-    limits: Mapping[str, tuple[npt.NDArray[Any], npt.NDArray[Any]]],
-) -> Classifier:
+def carry(unconstrained: Classifier, refitted: Classifier, selection: Selection) -> Classifier:
     """The next shadow: the refit values where this round wrote, the unconstrained
     model's (inside the grid's range) everywhere else, so the progress the budget left
     out is sent by later rounds instead of being trained again."""
@@ -293,9 +308,9 @@ def carry(
     fitted = dict(refitted.named_parameters())
     with torch.no_grad():
         for name, p in out.named_parameters():
-            lo = torch.as_tensor(np.asarray(limits[name][0], np.float32))
-            hi = torch.as_tensor(np.asarray(limits[name][1], np.float32))
-            mask = torch.as_tensor(np.asarray(selected[name], bool))
+            lo = torch.as_tensor(np.asarray(selection.limits[name][0], np.float32))
+            hi = torch.as_tensor(np.asarray(selection.limits[name][1], np.float32))
+            mask = torch.as_tensor(np.asarray(selection.mask[name], bool))
             p.copy_(torch.where(mask, fitted[name], torch.clamp(p, lo, hi)))
     return out
 
@@ -312,24 +327,16 @@ class BudgetedUpdate:
     def __init__(
         self,
         parent_content: bytes,
-        shadow: Classifier,
-        unconstrained: Classifier,
-        data: tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]],
+        fit: FineTuned,
         calibration: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]],
-        hp: Hyperparameters,
         opts: BudgetOptions,
     ) -> None:
-        self.shadow, self.unconstrained, self.data, self.calibration = (
-            shadow,
-            unconstrained,
-            data,
-            calibration,
-        )
+        unconstrained, hp, X, y = fit.unconstrained, fit.hp, fit.X, fit.y
+        self.unconstrained, self.data, self.calibration = unconstrained, (X, y), calibration
         self.opts = opts
         self.refit_hp = replace(hp, epochs=opts.refit_epochs, lr=opts.refit_lr, seed=hp.seed + 1)
         self.parent = TFLiteFile.read(parent_content)
         self.budget = opts.budget_for(self.parent)
-        X, y = data
         self.float_file = TFLiteFile.read(convert_float(unconstrained, X.shape[1]))
         try:
             self.layout = ParamLayout.match(unconstrained, self.float_file)
@@ -350,7 +357,7 @@ class BudgetedUpdate:
                 {"clipped_fraction": round(self.clipped_fraction, 6)},
             )
         self.limits = _pairs(self.layout, grid_limits(self.parent))
-        self.published = published_model(shadow, self.layout, self.parent)
+        self.published = published_model(fit.shadow, self.layout, self.parent)
 
     def child(self, budget: int | None = None) -> Child:
         """The child for ``budget`` changed bytes (default: the round's budget).
@@ -360,10 +367,10 @@ class BudgetedUpdate:
         """
         start = time.perf_counter()
         budget = self.budget if budget is None else budget
-        model, selected = self._narrow(budget)
+        model, selection = self._narrow(budget)
         weights = self.layout.to_tflite(params_of(model))
         artifact, misfit, recalibrated = self._write(weights, budget)
-        shadow = carry(self.unconstrained, model, selected, self.limits)
+        shadow = carry(self.unconstrained, model, selection)
         carried = self.layout.to_tflite(params_of(shadow))
         scales = "activations" if recalibrated else "frozen"
         reference = float_reference(self.float_file, artifact)
@@ -385,7 +392,7 @@ class BudgetedUpdate:
             "reason": None,
             "budget_bytes": budget,
             **describe(self.parent, artifact, carried),
-            "selected_values": int(sum(int(m.sum()) for m in selected.values())),
+            "selected_values": int(sum(int(m.sum()) for m in selection.mask.values())),
             "pending_values": plan_update(artifact, carried, 0, levels=self.opts.levels).pending,
             "clipped_fraction": round(self.clipped_fraction, 6),
             "activation_misfit": round(misfit, 4),
@@ -402,11 +409,10 @@ class BudgetedUpdate:
         )
         return Child(exported, shadow, details)
 
-    def _narrow(self, budget: int) -> tuple[Classifier, dict[str, npt.NDArray[np.bool_]]]:
+    def _narrow(self, budget: int) -> tuple[Classifier, Selection]:
         """The refit model and the values it may change: ``select_factor`` times the
         budget's values refit first, then halved by benefit and refit again, down to
         the budget."""
-        X, y = self.data
         model, wanted, width = self.unconstrained, self.wanted, max(self.opts.select_factor, 1)
         while True:
             chosen = TFLiteFile.read(
@@ -417,9 +423,10 @@ class BudgetedUpdate:
             selected = self.layout.to_torch(
                 {n: chosen.values(n) != self.parent.values(n) for n in wanted}
             )
-            model = refit(self.published, model, selected, self.limits, X, y, self.refit_hp)
+            selection = Selection(selected, self.limits)
+            model = refit(self.published, model, selection, self.data, self.refit_hp)
             if width == 1:
-                return model, selected
+                return model, selection
             width = max(width // 2, 1)
             wanted = self.layout.to_tflite(params_of(model))
 

@@ -149,59 +149,73 @@ def plan_update(
     """Write the most valuable changes of ``weights`` (float, TFLite layout, by tensor
     name) onto ``parent``'s grid, changing at most ``budget`` bytes of weight data;
     with ``levels``, an int8 weight moves only by one of those step counts."""
-    tensors = update_tensors(parent)
-    current, targets, scores, costs, owners = {}, {}, [], [], []
-    clipped = weight_values = 0
-    for t in tensors:
-        if t.name not in weights:
-            raise LayoutMismatch(f"the child has no weights for the parent's {t.name!r}")
-        w = np.asarray(weights[t.name], np.float64)
-        if w.size != t.size:
-            raise LayoutMismatch(f"{t.name}: child has {w.size} values, the parent {t.size}")
-        w = w.reshape(t.shape)
-        q = t.values(parent.content).astype(np.int64)
-        target, n_clipped = grid_target(t, w)
-        if t.dtype == np.int8:
-            target = on_levels(q, target, levels, *_range(t)) if levels else target
-            clipped += n_clipped
-            weight_values += t.size
-        s = np.broadcast_to(t.channel_scales(), t.shape)
-        curv = (
-            np.broadcast_to(np.asarray(curvature[t.name], np.float64).reshape(t.shape), t.shape)
-            if curvature is not None and t.name in curvature
-            else 1.0 / (s * s)
-        )
-        changed = np.flatnonzero(target != q)
-        cost = _byte_cost(t, q, target).ravel()[changed]
-        zp = _zero_point(t)
-        gain = benefit(w, q - zp, target - zp, s, curv)
-        scores.append(gain.ravel()[changed] / cost)
-        costs.append(cost)
-        owners.append((t.name, changed))
-        current[t.name], targets[t.name] = q, target
-    score = np.concatenate(scores) if scores else np.zeros(0)
-    cost = np.concatenate(costs) if costs else np.zeros(0, np.int64)
+    found = [_candidates(parent, t, weights, curvature, levels) for t in update_tensors(parent)]
+    score = np.concatenate([c.score for c in found]) if found else np.zeros(0)
+    cost = np.concatenate([c.cost for c in found]) if found else np.zeros(0, np.int64)
     order = np.argsort(-score, kind="stable")
     take = np.zeros(len(score), bool)
     take[order[np.cumsum(cost[order]) <= budget]] = True
     new_values, start = {}, 0
-    for name, changed in owners:
-        chosen = changed[take[start : start + len(changed)]]
-        start += len(changed)
-        values = current[name].copy()
-        values.flat[chosen] = targets[name].flat[chosen]
-        new_values[name] = values
-    content = parent.with_values(new_values)
+    for c in found:
+        chosen = c.changed[take[start : start + len(c.changed)]]
+        start += len(c.changed)
+        values = c.current.copy()
+        values.flat[chosen] = c.target.flat[chosen]
+        new_values[c.tensor.name] = values
+    int8 = [c for c in found if c.tensor.dtype == np.int8]
     return Plan(
-        content=content,
+        content=parent.with_values(new_values),
         budget=budget,
         weight_bytes_changed=int(cost[take].sum()),
         candidates=len(score),
         pending=int(len(score) - take.sum()),
-        clipped=clipped,
-        weights=weight_values,
-        targets=targets,
+        clipped=sum(c.clipped for c in int8),
+        weights=sum(c.tensor.size for c in int8),
+        targets={c.tensor.name: c.target for c in found},
     )
+
+
+@dataclass(frozen=True)
+class _Candidates:
+    """One tensor's values whose grid target differs from what the parent holds."""
+
+    tensor: Tensor
+    current: npt.NDArray[np.int64]  # the parent's values
+    target: npt.NDArray[np.int64]  # the child's weights on the grid (and on the levels)
+    clipped: int  # values whose target fell outside the range
+    changed: npt.NDArray[np.intp]  # flat indices where target and current differ
+    score: FloatArray  # benefit per byte of each changed value
+    cost: npt.NDArray[np.int64]  # bytes each changed value changes
+
+
+def _candidates(
+    parent: TFLiteFile,
+    t: Tensor,
+    weights: Mapping[str, npt.ArrayLike],
+    curvature: Mapping[str, npt.ArrayLike] | None,
+    levels: Sequence[int],
+) -> _Candidates:
+    if t.name not in weights:
+        raise LayoutMismatch(f"the child has no weights for the parent's {t.name!r}")
+    w = np.asarray(weights[t.name], np.float64)
+    if w.size != t.size:
+        raise LayoutMismatch(f"{t.name}: child has {w.size} values, the parent {t.size}")
+    w = w.reshape(t.shape)
+    q = t.values(parent.content).astype(np.int64)
+    target, clipped = grid_target(t, w)
+    if t.dtype == np.int8 and levels:
+        target = on_levels(q, target, levels, *_range(t))
+    s = np.broadcast_to(t.channel_scales(), t.shape)
+    curv = (
+        np.broadcast_to(np.asarray(curvature[t.name], np.float64).reshape(t.shape), t.shape)
+        if curvature is not None and t.name in curvature
+        else 1.0 / (s * s)
+    )
+    changed = np.flatnonzero(target != q)
+    cost = _byte_cost(t, q, target).ravel()[changed]
+    zp = _zero_point(t)
+    gain = benefit(w, q - zp, target - zp, s, curv)
+    return _Candidates(t, q, target, clipped, changed, gain.ravel()[changed] / cost, cost)
 
 
 def grid_limits(parent: TFLiteFile) -> dict[str, tuple[FloatArray, FloatArray]]:
@@ -276,39 +290,9 @@ def describe(
     before = {layer.name: layer for layer in parent.layers}
     layers, pending_sq = [], 0.0
     for layer in child.layers:
-        old = before.get(layer.name)
-        size = sum(t.nbytes for t in layer.tensors)
-        params = sum(t.size for t in layer.tensors)
-        entry: dict[str, Any] = {"name": layer.name, "params": params, "bytes": size}
-        if old is not None and [t.nbytes for t in old.tensors] == [t.nbytes for t in layer.tensors]:
-            changed = sum(
-                _bytes_differ(parent.content, child.content, a, b)
-                for a, b in zip(old.tensors, layer.tensors, strict=True)
-            )
-            diff = np.concatenate(
-                [
-                    (b.dequantize(child.content) - a.dequantize(parent.content)).ravel()
-                    for a, b in zip(old.tensors, layer.tensors, strict=True)
-                ]
-            )
-            ws, cs = old.weight.scales, layer.weight.scales
-            entry.update(
-                bytes_changed=changed,
-                bytes_changed_fraction=round(changed / size, 4),
-                l2_change=round(float(np.linalg.norm(diff)), 6),
-                scales_changed=int(np.count_nonzero(ws != cs))
-                if ws is not None and cs is not None and ws.shape == cs.shape
-                else layer.weight.size,
-            )
+        entry = _layer_change(parent, child, before.get(layer.name), layer)
         if weights is not None:
-            sq = 0.0
-            for t in layer.tensors:
-                if t.name in weights and t.scales is not None:
-                    target, _ = grid_target(
-                        t, np.asarray(weights[t.name], np.float64).reshape(t.shape)
-                    )
-                    d = (target - t.values(child.content)) * t.channel_scales()
-                    sq += float(np.sum(d * d))
+            sq = _residual_sq(child, layer, weights)
             entry["residual_l2"] = round(sq**0.5, 6)
             pending_sq += sq
         layers.append(entry)
@@ -326,6 +310,45 @@ def describe(
     if weights is not None:
         out["residual_l2"] = round(pending_sq**0.5, 6)
     return out
+
+
+def _layer_change(
+    parent: TFLiteFile, child: TFLiteFile, old: Layer | None, layer: Layer
+) -> dict[str, Any]:
+    """One layer's entry of ``describe``; without a parent layer of the same sizes,
+    only its size."""
+    size = sum(t.nbytes for t in layer.tensors)
+    params = sum(t.size for t in layer.tensors)
+    entry: dict[str, Any] = {"name": layer.name, "params": params, "bytes": size}
+    if old is None or [t.nbytes for t in old.tensors] != [t.nbytes for t in layer.tensors]:
+        return entry
+    pairs = list(zip(old.tensors, layer.tensors, strict=True))
+    changed = sum(_bytes_differ(parent.content, child.content, a, b) for a, b in pairs)
+    diff = np.concatenate(
+        [(b.dequantize(child.content) - a.dequantize(parent.content)).ravel() for a, b in pairs]
+    )
+    ws, cs = old.weight.scales, layer.weight.scales
+    entry.update(
+        bytes_changed=changed,
+        bytes_changed_fraction=round(changed / size, 4),
+        l2_change=round(float(np.linalg.norm(diff)), 6),
+        scales_changed=int(np.count_nonzero(ws != cs))
+        if ws is not None and cs is not None and ws.shape == cs.shape
+        else layer.weight.size,
+    )
+    return entry
+
+
+def _residual_sq(child: TFLiteFile, layer: Layer, weights: Mapping[str, npt.ArrayLike]) -> float:
+    """Squared L2 norm of what the layer's grid image of ``weights`` still differs from
+    the child by."""
+    sq = 0.0
+    for t in layer.tensors:
+        if t.name in weights and t.scales is not None:
+            target, _ = grid_target(t, np.asarray(weights[t.name], np.float64).reshape(t.shape))
+            d = (target - t.values(child.content)) * t.channel_scales()
+            sq += float(np.sum(d * d))
+    return sq
 
 
 def bytes_changed(a: bytes, b: bytes) -> int:

@@ -15,6 +15,7 @@ from cloud.data.datasets import drift
 from cloud.export.budgeted import (
     BudgetedUpdate,
     BudgetOptions,
+    FineTuned,
     FrozenScalesDoNotFit,
     ParamLayout,
     params_of,
@@ -59,6 +60,14 @@ class Drifted:
     def weights(self) -> dict[str, np.ndarray]:
         return self.layout.to_tflite(params_of(self.model))
 
+    def fit(self, trained) -> FineTuned:
+        """This child as a round's fine-tune of the session's trained parent."""
+        return FineTuned(trained.model, self.model, self.X, self.y, Hyperparameters(3, 64, 1e-3, 1))
+
+
+def calibration(drifted: Drifted, parts) -> tuple[np.ndarray, np.ndarray]:
+    return drifted.X[:200], parts.seed_holdout.X[:32]
+
 
 @pytest.fixture(scope="session")
 def drifted(trained, parts) -> Drifted:
@@ -77,13 +86,7 @@ def parent(exported) -> TFLiteFile:
 @pytest.fixture(scope="session")
 def budgeted(exported, trained, drifted, parts):
     update = BudgetedUpdate(
-        exported.content,
-        trained.model,
-        drifted.model,
-        (drifted.X, drifted.y),
-        (drifted.X[:200], parts.seed_holdout.X[:32]),
-        Hyperparameters(3, 64, 1e-3, 1),
-        OPTIONS,
+        exported.content, drifted.fit(trained), calibration(drifted, parts), OPTIONS
     )
     return update, update.child()
 
@@ -162,20 +165,14 @@ def test_the_selection_narrows_from_four_times_the_budget_down_to_it(
     trained_values = []
     real_refit = st.refit
 
-    def counting_refit(shadow, start, selected, *args, **kwargs):
-        trained_values.append(int(sum(int(np.sum(m)) for m in selected.values())))
-        return real_refit(shadow, start, selected, *args, **kwargs)
+    def counting_refit(shadow, start, selection, *args, **kwargs):
+        trained_values.append(int(sum(int(np.sum(m)) for m in selection.mask.values())))
+        return real_refit(shadow, start, selection, *args, **kwargs)
 
     monkeypatch.setattr(st, "refit", counting_refit)
     opts = replace(OPTIONS, select_factor=4, levels=(8, 16, 32, 64))
     update = BudgetedUpdate(
-        exported.content,
-        trained.model,
-        drifted.model,
-        (drifted.X, drifted.y),
-        (drifted.X[:200], parts.seed_holdout.X[:32]),
-        Hyperparameters(3, 64, 1e-3, 1),
-        opts,
+        exported.content, drifted.fit(trained), calibration(drifted, parts), opts
     )
     child = update.child(300)
     # refit on ~1200 values, then ~600, then the budget's ~300 (int32 biases cost more bytes)
@@ -189,16 +186,9 @@ def test_weights_outside_the_frozen_range_force_recalibration(exported, trained,
     grown = copy.deepcopy(trained.model)
     with torch.no_grad():
         grown.f1.weight.mul_(3.0)
+    fit = replace(drifted.fit(trained), unconstrained=grown)
     with pytest.raises(FrozenScalesDoNotFit) as e:
-        BudgetedUpdate(
-            exported.content,
-            trained.model,
-            grown,
-            (drifted.X, drifted.y),
-            (drifted.X[:200], parts.seed_holdout.X[:32]),
-            Hyperparameters(3, 64, 1e-3, 1),
-            OPTIONS,
-        )
+        BudgetedUpdate(exported.content, fit, calibration(drifted, parts), OPTIONS)
     assert e.value.reason == "clipping" and e.value.details["clipped_fraction"] > 0.05
 
 
