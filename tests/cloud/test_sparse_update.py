@@ -1,5 +1,6 @@
 """Budgeted updates on the parent's frozen int8 grid (cloud/export/grid.py,
-cloud/export/budgeted.py) and a trainer round that publishes one."""
+cloud/export/param_layout.py, cloud/export/budgeted.py) and a trainer round that
+publishes one."""
 
 from __future__ import annotations
 
@@ -17,18 +18,17 @@ from cloud.export.budgeted import (
     BudgetOptions,
     FineTuned,
     FrozenScalesDoNotFit,
-    ParamLayout,
-    params_of,
+    plan_update,
 )
 from cloud.export.exporter import to_float_tflite
 from cloud.export.grid import (
     activation_tensors,
     bytes_changed,
     float_reference,
-    plan_update,
     update_tensors,
     with_activations_from,
 )
+from cloud.export.param_layout import ParamLayout, params_of
 from cloud.export.tflite_file import TFLiteFile, TFLiteFileError
 from cloud.learning.training import Hyperparameters, fine_tune
 from cloud.trainer.settings import TrainerSettings
