@@ -456,13 +456,10 @@ class BudgetedUpdate:
         tfl, agreement = check_against_reference(
             artifact.content, reference, np.concatenate([cal, probe_X]), self.opts.min_agreement
         )
+        probe = probe_set(tfl, probe_X)
+        seconds = time.perf_counter() - start
         exported = ExportResult(
-            artifact.content,
-            sha256_hex(artifact.content),
-            probe_set(tfl, probe_X),
-            agreement,
-            tfl.runtime,
-            time.perf_counter() - start,
+            artifact.content, sha256_hex(artifact.content), probe, agreement, tfl.runtime, seconds
         )
         details = {
             "mode": "budgeted",

@@ -274,8 +274,10 @@ class RoundRunner:
         return HeldOut(self.data.holdout_set(), self.data.recent_set(), self.labels)
 
     def _hyperparameters(self, epochs: int, seed: int) -> Hyperparameters:
-        s = self.settings
-        return Hyperparameters(epochs, s.batch_size, s.lr, seed, s.weight_decay)
+        settings = self.settings
+        return Hyperparameters(
+            epochs, settings.batch_size, settings.lr, seed, settings.weight_decay
+        )
 
     # -- the child ------------------------------------------------------------
 
