@@ -46,7 +46,7 @@ def _seed(redis_url: str, work: Path) -> str:
     import numpy as np
     import redis
 
-    from cloud.registry.publisher import Publisher
+    from cloud.registry.publisher import Publisher, PublishRequest
     from cloud.registry.versions import DirBlobStore, Registry
     from cloud.rollout.controller import RolloutController
     from edge.settings import BUNDLED_BASELINE
@@ -62,25 +62,17 @@ def _seed(redis_url: str, work: Path) -> str:
     write_keypair(work / "keys")
     registry = Registry(client, keys, DirBlobStore(work / "blobs"))
     publisher = Publisher(
-        client,
-        keys,
-        Signer.from_file(work / "keys" / "signing.key"),
-        registry=registry,
-        release="manual",
+        registry, Signer.from_file(work / "keys" / "signing.key"), release="manual"
     )
     baseline = BUNDLED_BASELINE.read_bytes()
     inputs = np.zeros((2, 64), dtype=np.float32)
     probe = ProbeSet(
         inputs=inputs.tolist(), expected=TFLiteModel(baseline).predict_proba_batch(inputs).tolist()
     )
+    labels = [str(i) for i in range(10)]
     shas = [
         publisher.publish(
-            "digits",
-            content,
-            num_features=64,
-            labels=[str(i) for i in range(10)],
-            probe=probe,
-            runtime="ai-edge-litert",
+            PublishRequest("digits", content, 64, labels, probe, runtime="ai-edge-litert")
         ).sha256
         for content in (baseline + b"\0", baseline + b"\1", b"not a model" * 100)
     ]

@@ -48,9 +48,17 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from cloud.trainer.loop import Trainer
+    from cloud.trainer.settings import TrainerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -207,8 +215,18 @@ class Result:
 # -- the runs ---------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Bench:
+    """What every run of one benchmark shares."""
+
+    url: str  # the private redis-server
+    workdir: Path  # the signing keys and each run's blob store
+    overrides: dict[str, Any]  # settings of both runs (update_budget_bytes)
+    progress: Progress | None
+
+
 def run_benchmark(
-    scenario: Scenario, overrides: dict[str, Any] | None = None, progress: Any = None
+    scenario: Scenario, overrides: dict[str, Any] | None = None, progress: Progress | None = None
 ) -> Result:
     """Both runs on one private redis-server; ``overrides`` go into both runs' settings."""
     from cloud.demo.services import ProcessGroup, start_redis
@@ -220,14 +238,11 @@ def run_benchmark(
         workdir = Path(tmp)
         group = ProcessGroup(workdir)
         try:
-            url = start_redis(group)
+            bench = Bench(start_redis(group), workdir, overrides or {}, progress)
             write_keypair(workdir / "keys")
             for k in range(scenario.streams):
                 one = replace(scenario, seed=scenario.seed + k)
-                budgeted, full = (
-                    _run(mode, url, workdir, one, overrides or {}, progress)
-                    for mode in ("budgeted", "full")
-                )
+                budgeted, full = (_run(bench, mode, one) for mode in ("budgeted", "full"))
                 result.streams.append(Stream(one.seed, budgeted, full))
         finally:
             group.stop_all()
@@ -235,19 +250,12 @@ def run_benchmark(
     return result
 
 
-def _run(
-    mode: str,
-    url: str,
-    workdir: Path,
-    scenario: Scenario,
-    overrides: dict[str, Any],
-    progress: Any,
-) -> list[RunRow]:
+def _run(bench: Bench, mode: str, scenario: Scenario) -> list[RunRow]:
+    """One run of one stream: a trainer in ``mode`` through the scenario's updates."""
     import redis
 
     from cloud.data.datasets import drift, load_dataset, split
     from cloud.trainer.loop import Trainer
-    from cloud.trainer.settings import TrainerSettings
     from shared.runtime import TFLiteModel
 
     digits = load_dataset("digits")
@@ -256,49 +264,31 @@ def _run(
     held, feed = _sequence(len(stream.y), scenario)
     X_eval, y_eval = stream.X[held], stream.y[held]
     X_eval_rot = rotate(X_eval)
-    settings = TrainerSettings(
-        fleet=f"bench-{mode}-{scenario.seed}",
-        redis_url=url,
-        consumer=f"bench-{mode}",
-        update_mode=mode,
-        signing_key=workdir / "keys" / "signing.key",
-        blob_dir=workdir / f"blobs-{mode}-{scenario.seed}",
-        round_min_samples=scenario.per_update,
-        **{**BENCH_SETTINGS, **overrides},
+    client = redis.Redis.from_url(bench.url)
+    trainer = Trainer(
+        _settings(bench, mode, scenario), client=client, dataset=digits, background_rounds=False
     )
-    client = redis.Redis.from_url(url)
-    trainer = Trainer(settings, client=client, dataset=digits, background_rounds=False)
     rows: list[RunRow] = []
     name = f"stream {scenario.seed}, {mode}"
+    progress = bench.progress
     task = progress.add_task(f"{name}: bootstrap", total=scenario.updates) if progress else None
     try:
         trainer.start()
-        _, sha, _ = trainer.publisher.latest(settings.model)  # type: ignore[misc]
-        previous = trainer.publisher.content(sha)
+        previous = _latest_content(trainer)
         # The fleet has served v1 for a while: a recent window the gate can judge by.
         warm = feed[: scenario.warmup]
         _send(trainer, client, stream.X[warm], stream.y[warm], seq=0)
         while trainer.ingest.poll(10).entries:
             pass
         for i in range(scenario.updates):
-            if progress:
+            if progress and task is not None:
                 progress.update(task, description=f"{name}: update {i + 1}/{scenario.updates}")
             start = scenario.warmup + i * scenario.per_update
             idx = feed[start : start + scenario.per_update]
             X = stream.X[idx] if i < scenario.upright_updates else rotate(stream.X[idx])
             t = time.perf_counter()
             report = _update(trainer, client, X, stream.y[idx], seq=start)
-            delta = (report.get("details") or {}).get("delta") or {}
-            row = RunRow(
-                published=bool(report.get("published")),
-                version=report.get("version"),
-                reason=str(report.get("reason", report.get("error", ""))),
-                scales=delta.get("scales"),
-                recalibrated_for=delta.get("reason"),
-                residual_l2=delta.get("residual_l2"),
-                budget_bytes=delta.get("budget_bytes"),
-                seconds=round(time.perf_counter() - t, 2),
-            )
+            row = _row(report, seconds=round(time.perf_counter() - t, 2))
             if row.published:
                 content = trainer.publisher.content(report["sha256"])
                 _measure(row, previous, content)
@@ -307,12 +297,49 @@ def _run(
             row.acc_upright = _accuracy(current, X_eval, y_eval)
             row.acc_rotated = _accuracy(current, X_eval_rot, y_eval)
             rows.append(row)
-            if progress:
+            if progress and task is not None:
                 progress.advance(task)
     finally:
         trainer.close()
         client.close()
     return rows
+
+
+def _settings(bench: Bench, mode: str, scenario: Scenario) -> TrainerSettings:
+    from cloud.trainer.settings import TrainerSettings
+
+    return TrainerSettings(
+        fleet=f"bench-{mode}-{scenario.seed}",
+        redis_url=bench.url,
+        consumer=f"bench-{mode}",
+        update_mode=mode,
+        signing_key=bench.workdir / "keys" / "signing.key",
+        blob_dir=bench.workdir / f"blobs-{mode}-{scenario.seed}",
+        round_min_samples=scenario.per_update,
+        **{**BENCH_SETTINGS, **bench.overrides},
+    )
+
+
+def _latest_content(trainer: Trainer) -> bytes:
+    latest = trainer.publisher.latest(trainer.settings.model)
+    if latest is None:
+        raise RuntimeError("the trainer started without publishing a first version")
+    return trainer.publisher.content(latest[1])
+
+
+def _row(report: dict[str, Any], seconds: float) -> RunRow:
+    """An update's row from the round's report (the byte and accuracy figures come later)."""
+    delta = (report.get("details") or {}).get("delta") or {}
+    return RunRow(
+        published=bool(report.get("published")),
+        version=report.get("version"),
+        reason=str(report.get("reason", report.get("error", ""))),
+        scales=delta.get("scales"),
+        recalibrated_for=delta.get("reason"),
+        residual_l2=delta.get("residual_l2"),
+        budget_bytes=delta.get("budget_bytes"),
+        seconds=seconds,
+    )
 
 
 def _sequence(n: int, scenario: Scenario) -> tuple[Any, Any]:
@@ -427,58 +454,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_table(result: Result, console: Any) -> None:
-    from rich.table import Table
+#: Columns of a stream's table: header, left-aligned.
+_COLUMNS = (
+    ("update", False),
+    ("data", True),
+    ("budgeted: scales", True),
+    ("changed B", False),
+    ("delta B", False),
+    ("full B", False),
+    ("acc", False),
+    ("unconstr.: full B", False),
+    ("patch-from B", False),
+    ("acc", False),
+)
 
+
+def _print_table(result: Result, console: Console) -> None:
     for stream in result.streams:
-        table = Table(
-            title=f"Bytes per update, stream {stream.seed}: budgeted trainer vs full "
-            "re-export (digits, rotation drift)"
-        )
-        for col in (
-            "update",
-            "data",
-            "budgeted: scales",
-            "changed B",
-            "delta B",
-            "full B",
-            "acc",
-            "unconstr.: full B",
-            "patch-from B",
-            "acc",
-        ):
-            table.add_column(
-                col, justify="left" if col in ("data", "budgeted: scales") else "right"
-            )
-        for i, (b, u) in enumerate(zip(stream.budgeted, stream.unconstrained, strict=True)):
-            rotated = i >= result.scenario.upright_updates
-            table.add_row(
-                str(i + 1),
-                "rotated" if rotated else "upright",
-                (b.scales or "-") if b.published else "rejected",
-                _n(b.bytes_changed, b.published),
-                _n(b.delta_bytes, b.published),
-                _n(b.full_bytes, b.published),
-                f"{b.acc:.3f}",
-                _n(u.full_bytes, u.published),
-                _n(u.patch_from_bytes, u.published),
-                f"{u.acc:.3f}",
-            )
-        f = stream.figures()
-        table.add_section()
-        table.add_row(
-            "total",
-            "",
-            "",
-            "",
-            f"{f['delta_bytes']:,}",
-            f"{f['full_bytes']:,}",
-            f"{f['acc_budgeted']:.3f}",
-            f"{f['full_bytes_unconstrained']:,}",
-            f"{f['patch_from_bytes']:,}",
-            f"{f['acc_unconstrained']:.3f}",
-        )
-        console.print(table)
+        console.print(_stream_table(stream, result.scenario))
     s = result.summary()
     ratio = "n/a" if s["delta_ratio"] is None else f"{s['delta_ratio']:.1%}"
     verdict = "[green]met[/]" if s["goal_met"] else "[red]not met[/]"
@@ -488,6 +481,36 @@ def _print_table(result: Result, console: Any) -> None:
         f"{s['acc_gap_points']:+.2f} points (goal ≤ {GOAL_ACCURACY_POINTS}); goal {verdict}; "
         f"{result.seconds:.0f}s"
     )
+
+
+def _stream_table(stream: Stream, scenario: Scenario) -> Table:
+    """One stream's updates, both runs side by side, and its totals."""
+    from rich.table import Table
+
+    table = Table(
+        title=f"Bytes per update, stream {stream.seed}: budgeted trainer vs full "
+        "re-export (digits, rotation drift)"
+    )
+    for col, left in _COLUMNS:
+        table.add_column(col, justify="left" if left else "right")
+    for i, (b, u) in enumerate(zip(stream.budgeted, stream.unconstrained, strict=True)):
+        budgeted = [_n(b.bytes_changed, b.published), _n(b.delta_bytes, b.published)]
+        budgeted += [_n(b.full_bytes, b.published), f"{b.acc:.3f}"]
+        unconstrained = [_n(u.full_bytes, u.published), _n(u.patch_from_bytes, u.published)]
+        table.add_row(
+            str(i + 1),
+            "rotated" if i >= scenario.upright_updates else "upright",
+            (b.scales or "-") if b.published else "rejected",
+            *budgeted,
+            *unconstrained,
+            f"{u.acc:.3f}",
+        )
+    f = stream.figures()
+    table.add_section()
+    totals = [f"{f['delta_bytes']:,}", f"{f['full_bytes']:,}", f"{f['acc_budgeted']:.3f}"]
+    totals += [f"{f['full_bytes_unconstrained']:,}", f"{f['patch_from_bytes']:,}"]
+    table.add_row("total", "", "", "", *totals, f"{f['acc_unconstrained']:.3f}")
+    return table
 
 
 def _n(value: int, published: bool) -> str:

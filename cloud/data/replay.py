@@ -132,32 +132,34 @@ class ClassReservoir:
         return f"s:{label}:{slot}".encode() if slot < self.quota else None
 
 
+@dataclass(frozen=True)
+class DataOptions:
+    """One model's stores: what a sample is, and how many each keeps (built from the
+    trainer's settings and its dataset; readers need only the first three)."""
+
+    model: str
+    num_classes: int
+    num_features: int
+    replay_capacity: int = 2000
+    holdout_capacity: int = 1000
+    recent_window: int = 200  # most recent held-out samples
+    recent_train: int = 300  # most recent training samples, in the ring
+
+
 class TrainerData:
     """Replay buffer, holdout reservoir, recent window and recent-training ring of one model."""
 
-    def __init__(
-        self,
-        client: redis.Redis,
-        keys: FleetKeys,
-        model: str,
-        *,
-        num_classes: int,
-        num_features: int,
-        replay_capacity: int,
-        holdout_capacity: int,
-        recent_window: int,
-        recent_train: int,
-    ) -> None:
+    def __init__(self, client: redis.Redis, keys: FleetKeys, options: DataOptions) -> None:
         self.client = client
-        self.replay_key = keys.replay(model)
-        self.holdout_key = keys.holdout(model)
-        self.recent_key = keys.recent(model)
-        self.num_classes = num_classes
-        self.num_features = num_features
-        self.replay = ClassReservoir(replay_capacity, num_classes)
-        self.holdout = ClassReservoir(holdout_capacity, num_classes)
-        self.recent_window = recent_window
-        self.recent_train = recent_train
+        self.replay_key = keys.replay(options.model)
+        self.holdout_key = keys.holdout(options.model)
+        self.recent_key = keys.recent(options.model)
+        self.num_classes = options.num_classes
+        self.num_features = options.num_features
+        self.replay = ClassReservoir(options.replay_capacity, options.num_classes)
+        self.holdout = ClassReservoir(options.holdout_capacity, options.num_classes)
+        self.recent_window = options.recent_window
+        self.recent_train = options.recent_train
 
     @property
     def watch_keys(self) -> list[str]:

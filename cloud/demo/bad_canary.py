@@ -35,7 +35,7 @@ from cloud.demo.view import edges_table
 from cloud.export.exporter import ExportResult, export_int8
 from cloud.learning.training import Hyperparameters, bootstrap
 from cloud.registry.blobs import DirBlobStore
-from cloud.registry.publisher import Publisher
+from cloud.registry.publisher import Publisher, PublishRequest
 from cloud.registry.versions import Registry
 from shared.messages import Explanation
 from shared.signing import Signer, write_keypair
@@ -139,13 +139,7 @@ class BadCanaryDemo(Demo):
         good, harmful = operator_versions(self)
         assert self.redis is not None
         registry = Registry(self.redis, self.keys, DirBlobStore(self.workdir / "blobs"))
-        publisher = Publisher(
-            self.redis,
-            self.keys,
-            Signer.from_file(self.private_key),
-            registry=registry,
-            release="manual",
-        )
+        publisher = Publisher(registry, Signer.from_file(self.private_key), release="manual")
         good_version = self._publish(publisher, good, "retrained on the seed data")
         bad_version = self._publish(
             publisher, harmful, "output labels permuted on purpose (scenario)"
@@ -153,7 +147,7 @@ class BadCanaryDemo(Demo):
         return good_version, bad_version
 
     def _publish(self, publisher: Publisher, exported: ExportResult, what: str) -> int:
-        published = publisher.publish(
+        request = PublishRequest(
             self.model,
             exported.content,
             num_features=self.dataset.num_features,
@@ -162,7 +156,7 @@ class BadCanaryDemo(Demo):
             runtime=exported.runtime,
             explanation=Explanation(trigger="operator", summary=what),
         )
-        return published.version
+        return publisher.publish(request).version
 
     def roll_out(self, version: int, live: Live, what: str) -> dict[str, Any]:
         body = {"model": self.model, "target": str(version), "gate": DEMO_GATE, "stages": RINGS}

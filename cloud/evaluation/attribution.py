@@ -79,7 +79,6 @@ def attribution_shift(
     *,
     grid: tuple[int, int] | None = None,
     steps: int = IG_STEPS,
-    top: int = TOP_FEATURES,
 ) -> AttributionShift:
     """Importance maps of both models on the probe ``X`` and the inputs that moved most."""
     names = feature_names(X.shape[1], grid)
@@ -110,7 +109,7 @@ def attribution_shift(
             change=round(float(change[i]), 6),
         )
 
-    out.gained = [shift(int(i)) for i in order[::-1][:top] if change[i] > 0]
-    out.lost = [shift(int(i)) for i in order[:top] if change[i] < 0]
+    out.gained = [shift(int(i)) for i in order[::-1][:TOP_FEATURES] if change[i] > 0]
+    out.lost = [shift(int(i)) for i in order[:TOP_FEATURES] if change[i] < 0]
     out.shift_score = total_variation(before, after)
     return out

@@ -39,13 +39,14 @@ from cloud.evaluation.attribution import IG_STEPS, attribution_shift
 from cloud.evaluation.comparison import (
     EVAL_SETS,
     FLIP_EXAMPLES,
+    Proba,
     accuracy,
     flips,
     model_metrics,
     older_than_recent,
     predict_sets,
 )
-from cloud.evaluation.gate import Samples
+from cloud.evaluation.gate import HeldOut, Samples
 from cloud.evaluation.layer_diff import compare_artifacts, from_trainer_report
 from cloud.learning.models import Classifier
 from shared.messages import (
@@ -55,6 +56,7 @@ from shared.messages import (
     Explanation,
     Flips,
     Forgetting,
+    ModelMetrics,
     TriggerSignal,
     WeightChange,
 )
@@ -73,81 +75,72 @@ class Side:
 
 
 @dataclass(frozen=True)
+class RoundRecord:
+    """What the round that made a version records of itself (its ``RoundReport``)."""
+
+    trigger: str
+    data_window: dict[str, Any]
+    hyperparameters: dict[str, Any]
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class ExplainOptions:
     probe_size: int = 48  # attribution probe: half recent window, half earlier data
     ig_steps: int = IG_STEPS
     flip_examples: int = FLIP_EXAMPLES
+    grid: tuple[int, int] | None = None  # the inputs as an image (rows, columns): pixel names
 
 
 def explain_version(
-    *,
-    trigger: str,
-    data_window: dict[str, Any],
-    hyperparameters: dict[str, Any],
-    details: dict[str, Any],
-    labels: list[str],
+    record: RoundRecord,
     child: Side,
     parent: Side | None,
-    earlier: Samples,
-    recent: Samples,
-    grid: tuple[int, int] | None = None,
+    data: HeldOut,
     options: ExplainOptions | None = None,
 ) -> Explanation:
     """Every section of the explanation of ``child`` (published after ``parent``, if any)."""
     opts = options or ExplainOptions()
-    sets = dict(zip(EVAL_SETS, (earlier, recent), strict=True))
+    sets = dict(zip(EVAL_SETS, (data.earlier, data.recent), strict=True))
     child_p = predict_sets(child.artifact, sets)
-    child_m = model_metrics(child_p, sets, labels)
-    notes: list[str] = []
-    if parent is None:
-        parent_m, flipped, parent_p = None, Flips(), {}
-        notes.append(
-            "first version: no parent, so parent metrics, flips and weight change are empty"
-        )
-    else:
+    parent_m: ModelMetrics | None = None
+    parent_p: dict[str, Proba] | None = None
+    flipped = Flips()
+    if parent is not None:
         parent_p = predict_sets(parent.artifact, sets)
-        parent_m = model_metrics(parent_p, sets, labels)
+        parent_m = model_metrics(parent_p, sets, data.labels)
         flipped = flips(sets, parent_p, child_p, opts.flip_examples)
-    if len(recent[1]) == 0:
-        notes.append("no recent window yet: recent metrics are empty")
-    older = older_than_recent(sets)
-    y_old = earlier[1]
-    p_early = accuracy(parent_p["earlier"], y_old, older) if parent is not None else None
-    c_early = accuracy(child_p["earlier"], y_old, older)
-    forgetting = Forgetting(
-        samples=int(older.sum()),
-        parent_accuracy=p_early,
-        child_accuracy=c_early,
-        change=round(c_early - p_early, 4) if c_early is not None and p_early is not None else None,
-    )
-    weights = _weights(details, parent, child)
-    attribution = attribution_shift(
-        parent.model if parent else None,
-        child.model,
-        _probe(recent, earlier, opts.probe_size),
-        grid=grid,
-        steps=opts.ig_steps,
-    )
+    probe = _probe(data.recent, data.earlier, opts.probe_size)
     explanation = Explanation(
         format=EXPLANATION_FORMAT,
-        trigger=trigger,
-        data_window=data_window,
-        hyperparameters=hyperparameters,
-        details=details,
-        window=window_of(trigger, data_window, earlier=len(earlier[1]), recent=len(recent[1])),
-        evaluation=EvaluationReport(parent=parent_m, child=child_m),
-        forgetting=forgetting,
+        trigger=record.trigger,
+        data_window=record.data_window,
+        hyperparameters=record.hyperparameters,
+        details=record.details,
+        window=window_of(record, data),
+        evaluation=EvaluationReport(
+            parent=parent_m, child=model_metrics(child_p, sets, data.labels)
+        ),
+        forgetting=_forgetting(sets, parent_p, child_p),
         flips=flipped,
-        weights=weights,
-        attribution=attribution,
-        notes=notes,
+        weights=_weights(record.details, parent, child),
+        attribution=attribution_shift(
+            parent.model if parent else None,
+            child.model,
+            probe,
+            grid=opts.grid,
+            steps=opts.ig_steps,
+        ),
+        notes=_notes(parent, data),
     )
     explanation.summary = summarize(explanation)
     return explanation
 
 
-def window_of(trigger: str, window: dict[str, Any], *, earlier: int, recent: int) -> DataWindow:
+def window_of(record: RoundRecord, data: HeldOut) -> DataWindow:
     """The typed data window from a round's (or the bootstrap's) window record."""
+    trigger, window = record.trigger, record.data_window
+    earlier, recent = len(data.earlier[1]), len(data.recent[1])
     signal = window.get("signal") or {}
     ids = window.get("stream_ids") or [None, None]
     per_class = {str(k): int(v) for k, v in (window.get("labeled_per_class") or {}).items()}
@@ -172,6 +165,35 @@ def window_of(trigger: str, window: dict[str, Any], *, earlier: int, recent: int
             interval_s=signal.get("interval_s"),
         ),
     )
+
+
+def _forgetting(
+    sets: dict[str, Samples],
+    parent_p: dict[str, Proba] | None,
+    child_p: dict[str, Proba],
+) -> Forgetting:
+    """Accuracy on the held-out samples older than the recent window, parent vs child."""
+    older = older_than_recent(sets)
+    y_old = sets["earlier"][1]
+    p_early = accuracy(parent_p["earlier"], y_old, older) if parent_p is not None else None
+    c_early = accuracy(child_p["earlier"], y_old, older)
+    return Forgetting(
+        samples=int(older.sum()),
+        parent_accuracy=p_early,
+        child_accuracy=c_early,
+        change=round(c_early - p_early, 4) if c_early is not None and p_early is not None else None,
+    )
+
+
+def _notes(parent: Side | None, data: HeldOut) -> list[str]:
+    notes = []
+    if parent is None:
+        notes.append(
+            "first version: no parent, so parent metrics, flips and weight change are empty"
+        )
+    if len(data.recent[1]) == 0:
+        notes.append("no recent window yet: recent metrics are empty")
+    return notes
 
 
 def _weights(details: dict[str, Any], parent: Side | None, child: Side) -> WeightChange:

@@ -64,6 +64,23 @@ def evaluate(model: TFLiteModel, samples: Samples, labels: list[str]) -> Metrics
 
 
 @dataclass(frozen=True)
+class HeldOut:
+    """The held-out data versions are judged on (cloud/data/replay.py), and the class names."""
+
+    earlier: Samples  # the holdout reservoir: held-out samples from all time
+    recent: Samples  # the recent window: the newest held-out samples
+    labels: list[str]
+
+
+@dataclass(frozen=True)
+class GateRule:
+    """How much better a child must be on the recent window, and how much it may forget."""
+
+    min_gain: float
+    forgetting_tolerance: float
+
+
+@dataclass(frozen=True)
 class Decision:
     publish: bool
     reason: str
@@ -71,8 +88,7 @@ class Decision:
     parent_earlier: Metrics
     child_recent: Metrics
     child_earlier: Metrics
-    min_gain: float
-    forgetting_tolerance: float
+    rule: GateRule
 
     def metrics(self) -> dict[str, float]:
         """Flat numbers for the manifest (the child's are the version's own)."""
@@ -90,37 +106,25 @@ class Decision:
         return asdict(self)
 
 
-def gate(
-    parent: TFLiteModel,
-    child: TFLiteModel,
-    *,
-    earlier: Samples,
-    recent: Samples,
-    labels: list[str],
-    min_gain: float,
-    forgetting_tolerance: float,
-) -> Decision:
+def gate(parent: TFLiteModel, child: TFLiteModel, data: HeldOut, rule: GateRule) -> Decision:
     """Evaluate both artifacts and decide whether the child replaces the parent."""
-    p_recent, c_recent = evaluate(parent, recent, labels), evaluate(child, recent, labels)
-    p_earlier, c_earlier = evaluate(parent, earlier, labels), evaluate(child, earlier, labels)
-    publish, reason = _decide(
-        p_recent, c_recent, p_earlier, c_earlier, min_gain, forgetting_tolerance
-    )
-    decision = Decision(
-        publish, reason, p_recent, p_earlier, c_recent, c_earlier, min_gain, forgetting_tolerance
-    )
+
+    def both(samples: Samples) -> tuple[Metrics, Metrics]:
+        return evaluate(parent, samples, data.labels), evaluate(child, samples, data.labels)
+
+    recent, earlier = both(data.recent), both(data.earlier)
+    publish, reason = _decide(recent, earlier, rule)
+    decision = Decision(publish, reason, recent[0], earlier[0], recent[1], earlier[1], rule)
     logger.info("gate: %s (%s)", "publish" if publish else "reject", reason)
     return decision
 
 
 def _decide(
-    p_recent: Metrics,
-    c_recent: Metrics,
-    p_earlier: Metrics,
-    c_earlier: Metrics,
-    min_gain: float,
-    tolerance: float,
+    recent: tuple[Metrics, Metrics], earlier: tuple[Metrics, Metrics], rule: GateRule
 ) -> tuple[bool, str]:
+    """Publish or not, and why, from the (parent, child) metrics on both sets."""
+    (p_recent, c_recent), (p_earlier, c_earlier) = recent, earlier
+    min_gain, tolerance = rule.min_gain, rule.forgetting_tolerance
     if c_recent.accuracy is None or p_recent.accuracy is None:
         return False, "no recent held-out samples to judge the child on"
     needed = p_recent.accuracy + min_gain

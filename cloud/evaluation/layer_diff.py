@@ -188,7 +188,8 @@ def from_trainer_report(delta: Any, measured: WeightChange | None = None) -> Wei
     None when it has none.
 
     The report holds ``{"layers": [{"name", "bytes", "bytes_changed", "l2_change", ...}],
-    "scales": "frozen" | "recalibrated", "budget_bytes", "residual_l2"}`` (cloud/export/grid.py);
+    "scales": "frozen" | "recalibrated", "budget_bytes", "residual_l2"}`` (``describe`` in
+    cloud/export/grid.py, completed in cloud/export/budgeted.py);
     a figure it leaves out (e.g. ``relative_change``) is taken from ``measured``, the
     comparison of the two files, layer by layer.
     """

@@ -1,13 +1,15 @@
-"""The trainer's half of a budgeted update: choose the weights a round may change,
-train only those on the parent's grid, and hand back a checked int8 file.
+"""The budgeted child: which weights a round may change under a budget of bytes,
+those trained on the parent's frozen grid (cloud/export/grid.py), and a checked
+int8 file. docs/ARCHITECTURE.md ("Small deltas: budgeted rounds") has the
+measurements behind each choice, and what was tried and not kept.
 
 A ``budgeted`` round (cloud/trainer/rounds.py) goes:
 
 1. **unconstrained**: the round's normal fine-tune of the shadow, exactly what a
    ``full`` round exports. It says where the model wants to go.
 2. **select**: its weights on the parent's frozen grid, ranked by Fisher-weighted
-   benefit per byte (cloud/export/grid.py); the top ones under the budget are
-   the weights this round may change.
+   benefit per byte (below); the top ones under the budget are the weights this
+   round may change.
 3. **refit**: from the published weights (the parent's int8 values), with the
    selected weights set to the unconstrained values, train only the selected
    weights, held inside the grid's range, so that they make up for the ones
@@ -16,54 +18,58 @@ A ``budgeted`` round (cloud/trainer/rounds.py) goes:
    budget's values, the better half of its result (by the same benefit, now
    of the refit values) is refit again, and so on down to the budget, so the
    weights that end up written are the ones that matter once the others have
-   been allowed to move, not the unconstrained model's guess. On three
-   streams of ``edgeloop bench deltas --quick`` (torch on one thread) this
-   ended at 0.968, 0.968, 0.965 with 900 values a round (patches 4.5% of the
-   full files on average), where one refit of the budget's values ended at
-   0.962, 0.963, 0.958 with 1100 a round (4.7%); narrowing from 2x: 0.965,
-   0.962, 0.968; from 8x: 0.955, 0.972, 0.963. Each step is one more refit
-   (a round takes ~1.7 s longer).
+   been allowed to move, not the unconstrained model's guess (three streams of
+   ``edgeloop bench deltas --quick``: 0.968, 0.968, 0.965 at 900 values a
+   round, where one refit of the budget's values ended at 0.962, 0.963, 0.958
+   with 1100). Each step is one more refit (a round takes ~1.7 s longer).
 4. **write**: the refit model on the parent's grid under the same budget. When
    a fresh calibration of those weights finds activation ranges that no longer
    fit, its activation scales are taken (weights stay frozen). The numeric
    check compares the file with a float model of exactly its weights.
 
-The new shadow (its float weights are stored with the version) is the
-unconstrained model with the refit values where this round wrote (``carry``),
-held inside the grid's range: what the budget left out, and progress smaller
-than one quantization step, is the residual, a candidate again next round, and
-the next round trains on from the whole progress, not from the refit alone.
-In ``edgeloop bench deltas --quick`` at 966 B a round, the carried residual
-ended at 0.962-0.970 (mean of upright and rotated held-out digits; three
-variants that differ only in details) where a shadow that is the refit model
-(the written weights' progress only) ended at 0.950-0.957 in five (refit lr
-and epochs varied); the unconstrained run reached 0.975. It trails further
-right after the drift, though, so more rounds ship 2x or 4x the budget
-(patches 6.1-6.3% of the full files, against 4.5-5.2%); at 850 B a round it
-ended at 0.958 with 5.15%, at 772 B at 0.953 with 4.4%.
-
 Why refit rather than write the unconstrained model's top changes: Adam moves
 every weight by about the learning rate per step, more than one quantization
-step, so an unconstrained round changes about 65% of the int8 values. In an
-offline run of the digits drift scenario, writing its top 1400 a round (error
-feedback alone) left the rotated digits at 0.88 after 10 drifted rounds while
-the unconstrained model was at 0.97; refitting the same 1400 tracked the
-unconstrained model round by round.
+step, so an unconstrained round changes about 65% of the int8 values; writing
+its top 1400 a round (error feedback alone) left the rotated digits at 0.88
+after 10 drifted rounds while the unconstrained model was at 0.97, and
+refitting the same 1400 tracked the unconstrained model round by round.
+
+**Ranking.** A candidate change of value i moves the published weight from
+``q·s`` to ``t·s`` while the trainer's float model holds ``w``. Around a trained
+model the loss grows like ``½ Σ F_i (w_i − published_i)²`` (second-order
+Taylor with the diagonal Fisher information F as the curvature, the saliency
+of Optimal Brain Damage; cloud/learning/fisher.py), so writing value i lowers
+the expected loss gap by ``½ F_i ((w − q·s)² − (w − t·s)²)``. Candidates are
+taken by that benefit per byte (1 for int8, the differing bytes of an int32
+bias) until the budget is spent (``plan_update``). Without a Fisher estimate
+the curvature is taken as 1/s² (distance in quantization steps), which
+ranked worse offline (0.43 on rotated digits after 12 rounds against 0.79).
+
+**Residual.** Whatever is not written stays in the trainer's float model, so
+the next round's candidates (its model on this grid vs the newly published
+bytes) include it again: planning twice with budget B sends what planning once
+with 2B sends (error feedback; nothing is lost, only delayed). The new shadow
+(its float weights are stored with the version) is the unconstrained model
+with the refit values where this round wrote (``carry``), held inside the
+grid's range, so the next round trains on from the whole progress, not from
+the refit alone (0.962-0.970 at 966 B a round where a shadow that is the
+refit model ended at 0.950-0.957).
 
 The torch model and the converted TFLite file are matched parameter by
-parameter: the converter lays a parameter out as a transposition of its axes
-(OIHW -> OHWI for a conv), and ``ParamLayout.match`` finds, for each one, the
-float tensor that holds exactly its values, so no name or layout is assumed.
+parameter (cloud/export/param_layout.py).
+
+>>> benefit(w=np.array([0.30, 0.10]), q=np.array([0, 1]), t=np.array([3, 1]),
+...         scale=np.array([0.1, 0.1]), curvature=np.ones(2)).round(4).tolist()
+[0.09, 0.0]
 """
 
 from __future__ import annotations
 
 import copy
-import itertools
 import logging
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -71,36 +77,42 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from cloud.export.exporter import ExportResult, calibrate_int8, convert_float, probe_set
+from cloud.export.exporter import (
+    ExportResult,
+    NumericCheckError,
+    calibrate_int8,
+    convert_float,
+    probe_set,
+)
 from cloud.export.grid import (
-    LayoutMismatch,
     activation_misfits,
     bytes_changed,
-    check_against_reference,
     describe,
     float_reference,
     grid_limits,
-    plan_update,
+    grid_range,
+    grid_target,
+    grid_zero_point,
+    on_levels,
     tied_activations,
     update_tensors,
     with_activations_from,
 )
-from cloud.export.tflite_file import TFLiteFile, parse_module_name
+from cloud.export.param_layout import Arrays, LayoutMismatch, ParamLayout, params_of
+from cloud.export.tflite_file import Tensor, TFLiteFile
+from cloud.learning.fisher import fisher_diagonal
 from cloud.learning.models import Classifier
 from cloud.learning.training import Hyperparameters, fine_tune
 from shared.codec import sha256_hex
-from shared.errors import EdgeloopError
+from shared.errors import EdgeloopError, ModelRejected
+from shared.runtime import TFLiteModel
 
 logger = logging.getLogger(__name__)
-
-#: Samples per gradient in the Fisher estimate; at most FISHER_SAMPLES samples.
-FISHER_BATCH = 16
-FISHER_SAMPLES = 2000
 
 #: After the gate refuses a budgeted child, the budgets tried next, as multiples.
 ESCALATION = (2, 4)
 
-Arrays = dict[str, npt.NDArray[Any]]
+FloatArray = npt.NDArray[np.float64]
 
 
 class FrozenScalesDoNotFit(EdgeloopError):
@@ -117,7 +129,7 @@ class BudgetOptions:
     budget_bytes: int | None  # changed bytes of weight data per round; None: budget_fraction
     budget_fraction: float  # of the model's weight bytes
     clip_tolerance: float  # weight values outside the frozen range, as a fraction
-    activation_tolerance: float  # see sparse_update.activation_misfit
+    activation_tolerance: float  # see grid.activation_misfits
     refit_epochs: int
     refit_lr: float
     min_agreement: float
@@ -129,6 +141,27 @@ class BudgetOptions:
             return self.budget_bytes
         total = sum(t.nbytes for t in update_tensors(parent))
         return max(1, int(self.budget_fraction * total))
+
+
+@dataclass(frozen=True)
+class FineTuned:
+    """A round's fine-tune as the budgeted update takes it: the model it started from
+    (the shadow: the parent's float weights), the model it reached, and how."""
+
+    shadow: Classifier
+    unconstrained: Classifier  # where the round's data wants the model to go
+    X: npt.NDArray[np.float32]  # the round's training data: the Fisher estimate and refits
+    y: npt.NDArray[np.int64]
+    hp: Hyperparameters
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The values a refit trains (a mask per parameter) and the float range each must
+    stay in (the frozen grid's, per value)."""
+
+    mask: Mapping[str, npt.NDArray[np.bool_]]
+    limits: Mapping[str, tuple[npt.NDArray[Any], npt.NDArray[Any]]]
 
 
 @dataclass(frozen=True)
@@ -156,106 +189,144 @@ def full_details(
     }
 
 
+# -- ranking under the budget ------------------------------------------------------
+
+
 @dataclass(frozen=True)
-class ParamLayout:
-    """Where each torch parameter sits in a converted TFLite file."""
+class Plan:
+    """The int8 file a budget allows, and what was left out."""
 
-    tensors: dict[str, str]  # parameter -> TFLite tensor name
-    perms: dict[str, tuple[int, ...]]  # parameter axes -> tensor axes (np.transpose)
+    content: bytes
+    budget: int
+    weight_bytes_changed: int  # bytes of weight and bias data that differ from the parent
+    candidates: int  # values whose grid target differs from the parent's
+    pending: int  # of those, not written (the residual still to send)
+    clipped: int  # weight values whose target fell outside the int8 range
+    weights: int  # int8 weight values in all layers
+    targets: dict[str, npt.NDArray[np.int64]] = field(repr=False)  # grid image of the child
 
-    @classmethod
-    def match(cls, model: nn.Module, float_file: TFLiteFile) -> ParamLayout:
-        consts = [t for t in float_file.constants() if t.dtype == np.float32]
-        values = {t.name: float_file.values(t.name) for t in consts}
-        tensors, perms = {}, {}
-        for name, p in model.named_parameters():
-            arr = p.detach().cpu().numpy()
-            hits = [
-                (t.name, perm)
-                for t in consts
-                if t.size == arr.size
-                for perm in [_axes_onto(arr, values[t.name])]
-                if perm is not None
-            ]
-            if len(hits) > 1:  # equal values (e.g. two untrained biases): the names decide
-                module = name.rsplit(".", 1)[0].rsplit(".", 1)[-1]
-                hits = [h for h in hits if parse_module_name(h[0]) == module]
-            if len(hits) != 1:
-                raise LayoutMismatch(
-                    f"parameter {name!r} matches {len(hits)} tensors of the converted file"
-                )
-            tensors[name], perms[name] = hits[0]
-        if len(set(tensors.values())) != len(tensors):
-            raise LayoutMismatch("two parameters map to one tensor of the converted file")
-        return cls(tensors, perms)
-
-    def to_tflite(self, arrays: Mapping[str, npt.ArrayLike]) -> Arrays:
-        """Arrays by parameter name (torch layout) -> by tensor name (TFLite layout)."""
-        return {
-            self.tensors[n]: np.transpose(np.asarray(a), self.perms[n]) for n, a in arrays.items()
-        }
-
-    def to_torch(self, arrays: Mapping[str, npt.ArrayLike]) -> Arrays:
-        """Arrays by tensor name (TFLite layout) -> by parameter name (torch layout)."""
-        out = {}
-        for param, tensor in self.tensors.items():
-            if tensor in arrays:
-                out[param] = np.transpose(np.asarray(arrays[tensor]), np.argsort(self.perms[param]))
-        return out
+    @property
+    def clipped_fraction(self) -> float:
+        return self.clipped / self.weights if self.weights else 0.0
 
 
-def _axes_onto(arr: npt.NDArray[Any], target: npt.NDArray[Any]) -> tuple[int, ...] | None:
-    for perm in itertools.permutations(range(arr.ndim)):
-        moved = np.transpose(arr, perm)
-        if moved.shape == target.shape and np.array_equal(moved, target):
-            return perm
-    return None
+def benefit(
+    w: FloatArray, q: npt.ArrayLike, t: npt.ArrayLike, scale: FloatArray, curvature: FloatArray
+) -> FloatArray:
+    """Expected loss decrease (up to ½) of moving a published value from q·s to t·s."""
+    before = w - np.asarray(q, np.float64) * scale
+    after = w - np.asarray(t, np.float64) * scale
+    return np.asarray(curvature * (before * before - after * after), np.float64)
 
 
-def params_of(model: nn.Module) -> Arrays:
-    return {n: p.detach().cpu().numpy().astype(np.float32) for n, p in model.named_parameters()}
+def plan_update(
+    parent: TFLiteFile,
+    weights: Mapping[str, npt.ArrayLike],
+    budget: int,
+    curvature: Mapping[str, npt.ArrayLike] | None = None,
+    levels: Sequence[int] = (),
+) -> Plan:
+    """Write the most valuable changes of ``weights`` (float, TFLite layout, by tensor
+    name) onto ``parent``'s grid, changing at most ``budget`` bytes of weight data;
+    with ``levels``, an int8 weight moves only by one of those step counts."""
+    found = [_candidates(parent, t, weights, curvature, levels) for t in update_tensors(parent)]
+    score = np.concatenate([c.score for c in found]) if found else np.zeros(0)
+    cost = np.concatenate([c.cost for c in found]) if found else np.zeros(0, np.int64)
+    order = np.argsort(-score, kind="stable")
+    take = np.zeros(len(score), bool)
+    take[order[np.cumsum(cost[order]) <= budget]] = True
+    new_values, start = {}, 0
+    for c in found:
+        chosen = c.changed[take[start : start + len(c.changed)]]
+        start += len(c.changed)
+        values = c.current.copy()
+        values.flat[chosen] = c.target.flat[chosen]
+        new_values[c.tensor.name] = values
+    int8 = [c for c in found if c.tensor.dtype == np.int8]
+    return Plan(
+        content=parent.with_values(new_values),
+        budget=budget,
+        weight_bytes_changed=int(cost[take].sum()),
+        candidates=len(score),
+        pending=int(len(score) - take.sum()),
+        clipped=sum(c.clipped for c in int8),
+        weights=sum(c.tensor.size for c in int8),
+        targets={c.tensor.name: c.target for c in found},
+    )
 
 
-def fisher_diagonal(
-    model: Classifier, X: npt.NDArray[np.float32], y: npt.NDArray[np.int64], seed: int = 0
-) -> Arrays:
-    """Mean squared gradient of the loss per parameter over small batches of (X, y):
-    the diagonal of the empirical Fisher information, the loss's curvature."""
-    order = np.random.default_rng(seed).permutation(len(y))[:FISHER_SAMPLES]
-    Xt = torch.as_tensor(np.ascontiguousarray(X[order], np.float32))
-    yt = torch.as_tensor(np.asarray(y[order], np.int64))
-    probe = copy.deepcopy(model).eval()
-    total = {n: torch.zeros_like(p) for n, p in probe.named_parameters()}
-    batches = 0
-    for idx in torch.split(torch.arange(len(yt)), FISHER_BATCH):
-        probe.zero_grad()
-        torch.autograd.backward(nn.functional.cross_entropy(probe.logits(Xt[idx]), yt[idx]))
-        for n, p in probe.named_parameters():
-            if p.grad is not None:
-                total[n] += p.grad.detach() ** 2
-        batches += 1
-    return {n: (t / max(batches, 1)).numpy().astype(np.float64) for n, t in total.items()}
+@dataclass(frozen=True)
+class _Candidates:
+    """One tensor's values whose grid target differs from what the parent holds."""
+
+    tensor: Tensor
+    current: npt.NDArray[np.int64]  # the parent's values
+    target: npt.NDArray[np.int64]  # the child's weights on the grid (and on the levels)
+    clipped: int  # values whose target fell outside the range
+    changed: npt.NDArray[np.intp]  # flat indices where target and current differ
+    score: FloatArray  # benefit per byte of each changed value
+    cost: npt.NDArray[np.int64]  # bytes each changed value changes
+
+
+def _candidates(
+    parent: TFLiteFile,
+    t: Tensor,
+    weights: Mapping[str, npt.ArrayLike],
+    curvature: Mapping[str, npt.ArrayLike] | None,
+    levels: Sequence[int],
+) -> _Candidates:
+    if t.name not in weights:
+        raise LayoutMismatch(f"the child has no weights for the parent's {t.name!r}")
+    w = np.asarray(weights[t.name], np.float64)
+    if w.size != t.size:
+        raise LayoutMismatch(f"{t.name}: child has {w.size} values, the parent {t.size}")
+    w = w.reshape(t.shape)
+    q = t.values(parent.content).astype(np.int64)
+    target, clipped = grid_target(t, w)
+    if t.dtype == np.int8 and levels:
+        target = on_levels(q, target, levels, *grid_range(t))
+    s = np.broadcast_to(t.channel_scales(), t.shape)
+    curv = (
+        np.broadcast_to(np.asarray(curvature[t.name], np.float64).reshape(t.shape), t.shape)
+        if curvature is not None and t.name in curvature
+        else 1.0 / (s * s)
+    )
+    changed = np.flatnonzero(target != q)
+    cost = _byte_cost(t, q, target).ravel()[changed]
+    zp = grid_zero_point(t)
+    gain = benefit(w, q - zp, target - zp, s, curv)
+    return _Candidates(t, q, target, clipped, changed, gain.ravel()[changed] / cost, cost)
+
+
+def _byte_cost(t: Tensor, q: npt.NDArray[np.int64], target: npt.NDArray[np.int64]) -> Any:
+    """Bytes that change per value (1 for int8; the differing bytes of wider ints)."""
+    if t.dtype.itemsize == 1:
+        return np.ones(q.shape, np.int64)
+    a = q.astype(t.dtype).view(np.uint8).reshape(*q.shape, t.dtype.itemsize)
+    b = target.astype(t.dtype).view(np.uint8).reshape(*q.shape, t.dtype.itemsize)
+    return np.maximum((a != b).sum(axis=-1), 1)
+
+
+# -- refit ------------------------------------------------------------------------
 
 
 def refit(
     shadow: Classifier,
     unconstrained: Classifier,
-    selected: Mapping[str, npt.NDArray[np.bool_]],
-    limits: Mapping[str, tuple[npt.NDArray[Any], npt.NDArray[Any]]],
-    X: npt.NDArray[np.float32],
-    y: npt.NDArray[np.int64],
+    selection: Selection,
+    data: tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]],
     hp: Hyperparameters,
 ) -> Classifier:
-    """The shadow with only the ``selected`` values trained (from the unconstrained
-    model's values), each held inside its ``limits``; every other value stays put."""
+    """The shadow with only the selected values trained (from the unconstrained
+    model's values), each held inside its limits; every other value stays put."""
     start = copy.deepcopy(shadow)
     target = dict(unconstrained.named_parameters())
     mask, lo, hi, base = {}, {}, {}, {}
     with torch.no_grad():
         for name, p in start.named_parameters():
-            mask[name] = torch.as_tensor(np.asarray(selected[name], bool))
-            lo[name] = torch.as_tensor(np.asarray(limits[name][0], np.float32))
-            hi[name] = torch.as_tensor(np.asarray(limits[name][1], np.float32))
+            mask[name] = torch.as_tensor(np.asarray(selection.mask[name], bool))
+            lo[name] = torch.as_tensor(np.asarray(selection.limits[name][0], np.float32))
+            hi[name] = torch.as_tensor(np.asarray(selection.limits[name][1], np.float32))
             moved = torch.clamp(target[name].detach(), lo[name], hi[name])
             p.copy_(torch.where(mask[name], moved, p))
             base[name] = p.detach().clone()
@@ -266,6 +337,7 @@ def refit(
                 inside = torch.clamp(p, lo[name], hi[name])
                 p.copy_(torch.where(mask[name], inside, base[name]))
 
+    X, y = data
     return fine_tune(start, X, y, hp, after_step=hold).model
 
 
@@ -280,12 +352,7 @@ def published_model(template: Classifier, layout: ParamLayout, parent: TFLiteFil
     return model
 
 
-def carry(
-    unconstrained: Classifier,
-    refitted: Classifier,
-    selected: Mapping[str, npt.NDArray[np.bool_]],
-    limits: Mapping[str, tuple[npt.NDArray[Any], npt.NDArray[Any]]],
-) -> Classifier:
+def carry(unconstrained: Classifier, refitted: Classifier, selection: Selection) -> Classifier:
     """The next shadow: the refit values where this round wrote, the unconstrained
     model's (inside the grid's range) everywhere else, so the progress the budget left
     out is sent by later rounds instead of being trained again."""
@@ -293,11 +360,37 @@ def carry(
     fitted = dict(refitted.named_parameters())
     with torch.no_grad():
         for name, p in out.named_parameters():
-            lo = torch.as_tensor(np.asarray(limits[name][0], np.float32))
-            hi = torch.as_tensor(np.asarray(limits[name][1], np.float32))
-            mask = torch.as_tensor(np.asarray(selected[name], bool))
+            lo = torch.as_tensor(np.asarray(selection.limits[name][0], np.float32))
+            hi = torch.as_tensor(np.asarray(selection.limits[name][1], np.float32))
+            mask = torch.as_tensor(np.asarray(selection.mask[name], bool))
             p.copy_(torch.where(mask, fitted[name], torch.clamp(p, lo, hi)))
     return out
+
+
+# -- the update --------------------------------------------------------------------
+
+
+def check_against_reference(
+    content: bytes, reference: bytes, X: npt.NDArray[np.float32], min_agreement: float
+) -> tuple[TFLiteModel, float]:
+    """The int8 file and the float model of the same weights, both in the edge runtime:
+    all heavy ops int8, and argmax agreement on ``X`` of at least ``min_agreement``."""
+    try:
+        tfl = TFLiteModel(content, name="budgeted")
+        ref = TFLiteModel(reference, name="float reference")
+    except ModelRejected as e:
+        raise NumericCheckError(f"the edge runtime refuses the budgeted file: {e}") from e
+    if not tfl.heavy_ops_int8():
+        raise NumericCheckError("the budgeted file is not all-int8; refusing it")
+    agreement = float(
+        np.mean(tfl.predict_proba_batch(X).argmax(1) == ref.predict_proba_batch(X).argmax(1))
+    )
+    if agreement < min_agreement:
+        raise NumericCheckError(
+            f"the budgeted int8 file agrees with the float model of its own weights on "
+            f"{agreement:.1%} of {len(X)} inputs in {tfl.runtime}; need {min_agreement:.1%}"
+        )
+    return tfl, agreement
 
 
 class BudgetedUpdate:
@@ -312,24 +405,16 @@ class BudgetedUpdate:
     def __init__(
         self,
         parent_content: bytes,
-        shadow: Classifier,
-        unconstrained: Classifier,
-        data: tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]],
+        fit: FineTuned,
         calibration: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]],
-        hp: Hyperparameters,
         opts: BudgetOptions,
     ) -> None:
-        self.shadow, self.unconstrained, self.data, self.calibration = (
-            shadow,
-            unconstrained,
-            data,
-            calibration,
-        )
+        unconstrained, hp, X, y = fit.unconstrained, fit.hp, fit.X, fit.y
+        self.unconstrained, self.data, self.calibration = unconstrained, (X, y), calibration
         self.opts = opts
         self.refit_hp = replace(hp, epochs=opts.refit_epochs, lr=opts.refit_lr, seed=hp.seed + 1)
         self.parent = TFLiteFile.read(parent_content)
         self.budget = opts.budget_for(self.parent)
-        X, y = data
         self.float_file = TFLiteFile.read(convert_float(unconstrained, X.shape[1]))
         try:
             self.layout = ParamLayout.match(unconstrained, self.float_file)
@@ -350,7 +435,7 @@ class BudgetedUpdate:
                 {"clipped_fraction": round(self.clipped_fraction, 6)},
             )
         self.limits = _pairs(self.layout, grid_limits(self.parent))
-        self.published = published_model(shadow, self.layout, self.parent)
+        self.published = published_model(fit.shadow, self.layout, self.parent)
 
     def child(self, budget: int | None = None) -> Child:
         """The child for ``budget`` changed bytes (default: the round's budget).
@@ -360,10 +445,10 @@ class BudgetedUpdate:
         """
         start = time.perf_counter()
         budget = self.budget if budget is None else budget
-        model, selected = self._narrow(budget)
+        model, selection = self._narrow(budget)
         weights = self.layout.to_tflite(params_of(model))
         artifact, misfit, recalibrated = self._write(weights, budget)
-        shadow = carry(self.unconstrained, model, selected, self.limits)
+        shadow = carry(self.unconstrained, model, selection)
         carried = self.layout.to_tflite(params_of(shadow))
         scales = "activations" if recalibrated else "frozen"
         reference = float_reference(self.float_file, artifact)
@@ -371,13 +456,10 @@ class BudgetedUpdate:
         tfl, agreement = check_against_reference(
             artifact.content, reference, np.concatenate([cal, probe_X]), self.opts.min_agreement
         )
+        probe = probe_set(tfl, probe_X)
+        seconds = time.perf_counter() - start
         exported = ExportResult(
-            artifact.content,
-            sha256_hex(artifact.content),
-            probe_set(tfl, probe_X),
-            agreement,
-            tfl.runtime,
-            time.perf_counter() - start,
+            artifact.content, sha256_hex(artifact.content), probe, agreement, tfl.runtime, seconds
         )
         details = {
             "mode": "budgeted",
@@ -385,7 +467,7 @@ class BudgetedUpdate:
             "reason": None,
             "budget_bytes": budget,
             **describe(self.parent, artifact, carried),
-            "selected_values": int(sum(int(m.sum()) for m in selected.values())),
+            "selected_values": int(sum(int(m.sum()) for m in selection.mask.values())),
             "pending_values": plan_update(artifact, carried, 0, levels=self.opts.levels).pending,
             "clipped_fraction": round(self.clipped_fraction, 6),
             "activation_misfit": round(misfit, 4),
@@ -402,11 +484,10 @@ class BudgetedUpdate:
         )
         return Child(exported, shadow, details)
 
-    def _narrow(self, budget: int) -> tuple[Classifier, dict[str, npt.NDArray[np.bool_]]]:
+    def _narrow(self, budget: int) -> tuple[Classifier, Selection]:
         """The refit model and the values it may change: ``select_factor`` times the
         budget's values refit first, then halved by benefit and refit again, down to
         the budget."""
-        X, y = self.data
         model, wanted, width = self.unconstrained, self.wanted, max(self.opts.select_factor, 1)
         while True:
             chosen = TFLiteFile.read(
@@ -417,9 +498,10 @@ class BudgetedUpdate:
             selected = self.layout.to_torch(
                 {n: chosen.values(n) != self.parent.values(n) for n in wanted}
             )
-            model = refit(self.published, model, selected, self.limits, X, y, self.refit_hp)
+            selection = Selection(selected, self.limits)
+            model = refit(self.published, model, selection, self.data, self.refit_hp)
             if width == 1:
-                return model, selected
+                return model, selection
             width = max(width // 2, 1)
             wanted = self.layout.to_tflite(params_of(model))
 

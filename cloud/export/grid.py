@@ -1,106 +1,58 @@
-"""Budgeted int8 updates on the parent's frozen quantization grid.
+"""The parent's frozen int8 grid: where a child's weights land on it, and what changed.
 
 A freshly calibrated export gives every tensor new scales, so ~90% of the int8
 file's bytes change and a patch is as large as the file (DESIGN, "Artifacts,
-versions and deltas"). Here the child is written onto the PARENT's grid
-instead: each weight keeps its per-channel scale, each int32 bias its scale, and
-the child's float weights become the int8 values ``round(w / scale)`` (clipped
-to the range). Of the values that would change, only the most valuable are
-written, under a budget of changed bytes, into a copy of the parent's bytes:
-same length, same offsets, so a byte-range patch carries just those bytes.
-
-**Ranking.** A candidate change of value i moves the published weight from
-``q·s`` to ``t·s`` while the trainer's float model holds ``w``. Around a trained
-model the loss grows like ``½ Σ F_i (w_i − published_i)²`` (second-order
-Taylor with the diagonal Fisher information F as the curvature, the saliency
-of Optimal Brain Damage), so writing value i lowers the expected loss gap by
-``½ F_i ((w − q·s)² − (w − t·s)²)``. Candidates are taken by that benefit per
-byte (1 for int8, the differing bytes of an int32 bias). Without a Fisher
-estimate the curvature is taken as 1/s² (distance in quantization steps).
-In an offline run of the digits drift scenario (12 rounds of 1200 bytes,
-written without the refit of cloud/export/budgeted.py) the Fisher ranking
-reached 0.79 accuracy on the rotated digits where step distance reached 0.43
-and plain float distance 0.53.
-
-**Residual.** Whatever is not written stays in the trainer's float model, so
-the next round's candidates (its model on this grid vs the newly published
-bytes) include it again: planning twice with budget B sends what planning once
-with 2B sends (error feedback; nothing is lost, only delayed).
+versions and deltas"). A budgeted child (cloud/export/budgeted.py) is written
+onto the PARENT's grid instead: each weight keeps its per-channel scale, each
+int32 bias its scale, and the child's float weights become the int8 values
+``round(w / scale)`` (``grid_target``, clipped to the range; ``grid_limits``
+is the float range a value can hold), written into a copy of the parent's
+bytes: same length, same offsets, so a byte-range patch carries just the
+values that changed. This module holds the grid; which values a round may
+change, under a budget of bytes, is budgeted.py's.
 
 **Step levels.** A changed int8 weight moves by one of a few step counts
-(``levels``, default 8, 16, 32 and 64, either sign; ``grid_target`` to the
-nearest of them, or not at all), so a patch's data, the byte-wise differences,
-is one of eight symbols: about 4 bits a changed value where free values cost
-8 (a refit moves a chosen weight by about 40 steps, evenly spread). The error
-of the rounding stays in the trainer's float model, a candidate again next
-round like the rest of the residual. On ``edgeloop bench deltas --quick`` at
-1300 changed values a round (no escalation), free values ended at 0.965 with
-patches 6.5% of the full files; the levels 8-64 at 0.965 with 4.6%, the levels
-4-64 at 0.965 with 5.0%, half-octave levels 4-90 at 0.963 with 5.1%, and the
-levels 4, 16, 64 at 0.958 with 4.4%. What is left of a patch is then mostly
-positions (gaps and lengths), which sit at the entropy bound of a sparse choice.
+(``levels``, default 8, 16, 32 and 64, either sign; ``on_levels`` moves a
+grid target to the nearest of them, or not at all), so a patch's data, the
+byte-wise differences, is one of eight symbols: about 4 bits a changed value
+where free values cost 8 (a refit moves a chosen weight by about 40 steps,
+evenly spread). The error of the rounding stays in the trainer's float model,
+a candidate again next round like the rest of the residual. On ``edgeloop
+bench deltas --quick`` at 1300 changed values a round (no escalation), free
+values ended at 0.965 with patches 6.5% of the full files; the levels 8-64 at
+0.965 with 4.6%, the levels 4-64 at 0.965 with 5.0%, half-octave levels 4-90
+at 0.963 with 5.1%, and the levels 4, 16, 64 at 0.958 with 4.4%. What is left
+of a patch is then mostly positions (gaps and lengths), which sit at the
+entropy bound of a sparse choice.
 
 **Activations.** Their ranges are frozen too; when a fresh calibration of the
-published weights finds ranges that no longer fit, ``with_activations_from``
-copies just those fresh activation scales in (with the activations tied to
-them) and requantizes the biases that depend on them: tens to a few hundred
-bytes instead of the whole file.
+published weights finds ranges that no longer fit (``activation_misfits``),
+``with_activations_from`` copies just those fresh activation scales in (with
+the activations tied to them) and requantizes the biases that depend on them:
+tens to a few hundred bytes instead of the whole file.
 
->>> import numpy as np
->>> benefit(w=np.array([0.30, 0.10]), q=np.array([0, 1]), t=np.array([3, 1]),
-...         scale=np.array([0.1, 0.1]), curvature=np.ones(2)).round(4).tolist()
-[0.09, 0.0]
+**The float reference** of an int8 file is the float model of exactly the
+weights it holds (``float_reference``), what its numeric check compares it
+with; **what changed** between two files of one layout, per layer, is
+``describe`` (a round's ``details["delta"]``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from cloud.export.exporter import ExportError, NumericCheckError
+from cloud.export.param_layout import LayoutMismatch
 from cloud.export.tflite_file import Layer, Tensor, TFLiteFile
-from shared.errors import ModelRejected
-from shared.runtime import TFLiteModel
 
 logger = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float64]
-
-
-class LayoutMismatch(ExportError):
-    """The child's float weights do not map onto the parent's int8 tensors."""
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The int8 file a budget allows, and what was left out."""
-
-    content: bytes
-    budget: int
-    weight_bytes_changed: int  # bytes of weight and bias data that differ from the parent
-    candidates: int  # values whose grid target differs from the parent's
-    pending: int  # of those, not written (the residual still to send)
-    clipped: int  # weight values whose target fell outside the int8 range
-    weights: int  # int8 weight values in all layers
-    targets: dict[str, npt.NDArray[np.int64]] = field(repr=False)  # grid image of the child
-
-    @property
-    def clipped_fraction(self) -> float:
-        return self.clipped / self.weights if self.weights else 0.0
-
-
-def benefit(
-    w: FloatArray, q: npt.ArrayLike, t: npt.ArrayLike, scale: FloatArray, curvature: FloatArray
-) -> FloatArray:
-    """Expected loss decrease (up to ½) of moving a published value from q·s to t·s."""
-    before = w - np.asarray(q, np.float64) * scale
-    after = w - np.asarray(t, np.float64) * scale
-    return np.asarray(curvature * (before * before - after * after), np.float64)
+IntArray = npt.NDArray[np.int64]
 
 
 def update_tensors(parent: TFLiteFile) -> list[Tensor]:
@@ -113,9 +65,9 @@ def update_tensors(parent: TFLiteFile) -> list[Tensor]:
 
 def grid_target(t: Tensor, w: FloatArray) -> tuple[npt.NDArray[np.int64], int]:
     """``w`` on the tensor's frozen grid, clipped to its range, and how many values clipped."""
-    zp = _zero_point(t)
+    zp = grid_zero_point(t)
     raw = np.rint(w / t.channel_scales()) + zp
-    lo, hi = _range(t)
+    lo, hi = grid_range(t)
     clipped = int(np.count_nonzero((raw < lo) | (raw > hi)))
     return np.clip(raw, lo, hi).astype(np.int64), clipped
 
@@ -139,124 +91,29 @@ def on_levels(
     return moved
 
 
-def plan_update(
-    parent: TFLiteFile,
-    weights: Mapping[str, npt.ArrayLike],
-    budget: int,
-    curvature: Mapping[str, npt.ArrayLike] | None = None,
-    levels: Sequence[int] = (),
-) -> Plan:
-    """Write the most valuable changes of ``weights`` (float, TFLite layout, by tensor
-    name) onto ``parent``'s grid, changing at most ``budget`` bytes of weight data;
-    with ``levels``, an int8 weight moves only by one of those step counts."""
-    tensors = update_tensors(parent)
-    current, targets, scores, costs, owners = {}, {}, [], [], []
-    clipped = weight_values = 0
-    for t in tensors:
-        if t.name not in weights:
-            raise LayoutMismatch(f"the child has no weights for the parent's {t.name!r}")
-        w = np.asarray(weights[t.name], np.float64)
-        if w.size != t.size:
-            raise LayoutMismatch(f"{t.name}: child has {w.size} values, the parent {t.size}")
-        w = w.reshape(t.shape)
-        q = t.values(parent.content).astype(np.int64)
-        target, n_clipped = grid_target(t, w)
-        if t.dtype == np.int8:
-            target = on_levels(q, target, levels, *_range(t)) if levels else target
-            clipped += n_clipped
-            weight_values += t.size
-        s = np.broadcast_to(t.channel_scales(), t.shape)
-        curv = (
-            np.broadcast_to(np.asarray(curvature[t.name], np.float64).reshape(t.shape), t.shape)
-            if curvature is not None and t.name in curvature
-            else 1.0 / (s * s)
-        )
-        changed = np.flatnonzero(target != q)
-        cost = _byte_cost(t, q, target).ravel()[changed]
-        zp = _zero_point(t)
-        gain = benefit(w, q - zp, target - zp, s, curv)
-        scores.append(gain.ravel()[changed] / cost)
-        costs.append(cost)
-        owners.append((t.name, changed))
-        current[t.name], targets[t.name] = q, target
-    score = np.concatenate(scores) if scores else np.zeros(0)
-    cost = np.concatenate(costs) if costs else np.zeros(0, np.int64)
-    order = np.argsort(-score, kind="stable")
-    take = np.zeros(len(score), bool)
-    take[order[np.cumsum(cost[order]) <= budget]] = True
-    new_values, start = {}, 0
-    for name, changed in owners:
-        chosen = changed[take[start : start + len(changed)]]
-        start += len(changed)
-        values = current[name].copy()
-        values.flat[chosen] = targets[name].flat[chosen]
-        new_values[name] = values
-    content = parent.with_values(new_values)
-    return Plan(
-        content=content,
-        budget=budget,
-        weight_bytes_changed=int(cost[take].sum()),
-        candidates=len(score),
-        pending=int(len(score) - take.sum()),
-        clipped=clipped,
-        weights=weight_values,
-        targets=targets,
-    )
-
-
 def grid_limits(parent: TFLiteFile) -> dict[str, tuple[FloatArray, FloatArray]]:
     """Per value, the float range the frozen grid can hold (what training must stay in)."""
     out = {}
     for t in update_tensors(parent):
-        lo, hi = _range(t)
+        lo, hi = grid_range(t)
         s = np.broadcast_to(t.channel_scales(), t.shape)
-        zp = _zero_point(t)
+        zp = grid_zero_point(t)
         out[t.name] = ((lo - zp) * s, (hi - zp) * s)
     return out
 
 
-def check_against_reference(
-    content: bytes, reference: bytes, X: npt.NDArray[np.float32], min_agreement: float
-) -> tuple[TFLiteModel, float]:
-    """The int8 file and the float model of the same weights, both in the edge runtime:
-    all heavy ops int8, and argmax agreement on ``X`` of at least ``min_agreement``."""
-    try:
-        tfl = TFLiteModel(content, name="budgeted")
-        ref = TFLiteModel(reference, name="float reference")
-    except ModelRejected as e:
-        raise NumericCheckError(f"the edge runtime refuses the budgeted file: {e}") from e
-    if not tfl.heavy_ops_int8():
-        raise NumericCheckError("the budgeted file is not all-int8; refusing it")
-    agreement = float(
-        np.mean(tfl.predict_proba_batch(X).argmax(1) == ref.predict_proba_batch(X).argmax(1))
-    )
-    if agreement < min_agreement:
-        raise NumericCheckError(
-            f"the budgeted int8 file agrees with the float model of its own weights on "
-            f"{agreement:.1%} of {len(X)} inputs in {tfl.runtime}; need {min_agreement:.1%}"
-        )
-    return tfl, agreement
-
-
-def _zero_point(t: Tensor) -> Any:
+def grid_zero_point(t: Tensor) -> int | IntArray:
+    """The tensor's zero point(s), shaped like its channel scales (one: an int)."""
     zp = t.zero_points if t.zero_points is not None else np.zeros(1, np.int64)
     return zp.reshape(t.channel_scales().shape) if zp.size > 1 else int(zp[0])
 
 
-def _range(t: Tensor) -> tuple[int, int]:
+def grid_range(t: Tensor) -> tuple[int, int]:
+    """The integers the tensor's values may take."""
     info = np.iinfo(t.dtype)
     # int8 weights are symmetric and narrow-range ([-127, 127]) in TFLite's int8 spec
     symmetric = t.dtype == np.int8 and not np.any(t.zero_points)
     return (-info.max if symmetric else info.min), info.max
-
-
-def _byte_cost(t: Tensor, q: npt.NDArray[np.int64], target: npt.NDArray[np.int64]) -> Any:
-    """Bytes that change per value (1 for int8; the differing bytes of wider ints)."""
-    if t.dtype.itemsize == 1:
-        return np.ones(q.shape, np.int64)
-    a = q.astype(t.dtype).view(np.uint8).reshape(*q.shape, t.dtype.itemsize)
-    b = target.astype(t.dtype).view(np.uint8).reshape(*q.shape, t.dtype.itemsize)
-    return np.maximum((a != b).sum(axis=-1), 1)
 
 
 # -- what changed ------------------------------------------------------------------
@@ -276,39 +133,9 @@ def describe(
     before = {layer.name: layer for layer in parent.layers}
     layers, pending_sq = [], 0.0
     for layer in child.layers:
-        old = before.get(layer.name)
-        size = sum(t.nbytes for t in layer.tensors)
-        params = sum(t.size for t in layer.tensors)
-        entry: dict[str, Any] = {"name": layer.name, "params": params, "bytes": size}
-        if old is not None and [t.nbytes for t in old.tensors] == [t.nbytes for t in layer.tensors]:
-            changed = sum(
-                _bytes_differ(parent.content, child.content, a, b)
-                for a, b in zip(old.tensors, layer.tensors, strict=True)
-            )
-            diff = np.concatenate(
-                [
-                    (b.dequantize(child.content) - a.dequantize(parent.content)).ravel()
-                    for a, b in zip(old.tensors, layer.tensors, strict=True)
-                ]
-            )
-            ws, cs = old.weight.scales, layer.weight.scales
-            entry.update(
-                bytes_changed=changed,
-                bytes_changed_fraction=round(changed / size, 4),
-                l2_change=round(float(np.linalg.norm(diff)), 6),
-                scales_changed=int(np.count_nonzero(ws != cs))
-                if ws is not None and cs is not None and ws.shape == cs.shape
-                else layer.weight.size,
-            )
+        entry = _layer_change(parent, child, before.get(layer.name), layer)
         if weights is not None:
-            sq = 0.0
-            for t in layer.tensors:
-                if t.name in weights and t.scales is not None:
-                    target, _ = grid_target(
-                        t, np.asarray(weights[t.name], np.float64).reshape(t.shape)
-                    )
-                    d = (target - t.values(child.content)) * t.channel_scales()
-                    sq += float(np.sum(d * d))
+            sq = _residual_sq(child, layer, weights)
             entry["residual_l2"] = round(sq**0.5, 6)
             pending_sq += sq
         layers.append(entry)
@@ -326,6 +153,45 @@ def describe(
     if weights is not None:
         out["residual_l2"] = round(pending_sq**0.5, 6)
     return out
+
+
+def _layer_change(
+    parent: TFLiteFile, child: TFLiteFile, old: Layer | None, layer: Layer
+) -> dict[str, Any]:
+    """One layer's entry of ``describe``; without a parent layer of the same sizes,
+    only its size."""
+    size = sum(t.nbytes for t in layer.tensors)
+    params = sum(t.size for t in layer.tensors)
+    entry: dict[str, Any] = {"name": layer.name, "params": params, "bytes": size}
+    if old is None or [t.nbytes for t in old.tensors] != [t.nbytes for t in layer.tensors]:
+        return entry
+    pairs = list(zip(old.tensors, layer.tensors, strict=True))
+    changed = sum(_bytes_differ(parent.content, child.content, a, b) for a, b in pairs)
+    diff = np.concatenate(
+        [(b.dequantize(child.content) - a.dequantize(parent.content)).ravel() for a, b in pairs]
+    )
+    ws, cs = old.weight.scales, layer.weight.scales
+    entry.update(
+        bytes_changed=changed,
+        bytes_changed_fraction=round(changed / size, 4),
+        l2_change=round(float(np.linalg.norm(diff)), 6),
+        scales_changed=int(np.count_nonzero(ws != cs))
+        if ws is not None and cs is not None and ws.shape == cs.shape
+        else layer.weight.size,
+    )
+    return entry
+
+
+def _residual_sq(child: TFLiteFile, layer: Layer, weights: Mapping[str, npt.ArrayLike]) -> float:
+    """Squared L2 norm of what the layer's grid image of ``weights`` still differs from
+    the child by."""
+    sq = 0.0
+    for t in layer.tensors:
+        if t.name in weights and t.scales is not None:
+            target, _ = grid_target(t, np.asarray(weights[t.name], np.float64).reshape(t.shape))
+            d = (target - t.values(child.content)) * t.channel_scales()
+            sq += float(np.sum(d * d))
+    return sq
 
 
 def bytes_changed(a: bytes, b: bytes) -> int:

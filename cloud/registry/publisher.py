@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import EllipsisType
 from typing import Any, Literal, cast
 
@@ -69,7 +69,14 @@ class StaleParent(PublishError):
     """Another version was published since the child was judged against its parent."""
 
 
-__all__ = ["PublishError", "Published", "Publisher", "StaleParent", "VersionNotFound"]
+__all__ = [
+    "PublishError",
+    "PublishRequest",
+    "Published",
+    "Publisher",
+    "StaleParent",
+    "VersionNotFound",
+]
 
 #: Patches an announcement lists by default (the parent counts as one).
 MAX_PATCHES = 4
@@ -82,6 +89,46 @@ Release = Literal["direct", "manual"]
 #: A version set read WITHSCORES, as a client without decode_responses returns it (redis-py
 #: types the reply for every protocol and decoding): (sha256, version number) pairs.
 _Scored = list[tuple[bytes, float]]
+
+
+@dataclass(frozen=True)
+class PublishRequest:
+    """A version to publish: its file and what its manifest says of it, besides what the
+    publish works out itself (number, parent, sha256, size).
+
+    ``expected_parent`` (a sha256, or None for "no version yet") makes the publish
+    fail with StaleParent if the latest version is another one: the gate judged the
+    child against that parent, not a newer one. Left out (``...``), whatever is
+    latest becomes the parent.
+    """
+
+    model: str
+    content: bytes
+    num_features: int
+    labels: list[str]
+    probe: ProbeSet
+    runtime: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    explanation: Explanation = field(default_factory=Explanation)
+    expected_parent: str | EllipsisType | None = ...
+
+    def manifest(self, sha: str, parent: tuple[str, int] | None) -> ModelManifest:
+        """The manifest of this version as the child of ``parent`` (sha256, number)."""
+        parent_sha, parent_version = parent if parent is not None else (None, None)
+        return ModelManifest(
+            model=self.model,
+            version=(parent_version or 0) + 1,
+            sha256=sha,
+            size=len(self.content),
+            parent_sha256=parent_sha,
+            parent_version=parent_version,
+            num_features=self.num_features,
+            labels=self.labels,
+            runtime=self.runtime,
+            metrics=self.metrics,
+            explanation=self.explanation,
+            probe=self.probe,
+        )
 
 
 @dataclass(frozen=True)
@@ -103,92 +150,38 @@ class Publisher:
 
     def __init__(
         self,
-        client: redis.Redis,
-        keys: FleetKeys,
+        registry: Registry,
         signer: Signer,
         *,
-        registry: Registry,
         max_patches: int = MAX_PATCHES,
         release: Release = "direct",
     ) -> None:
-        self.client = client
-        self.keys = keys
-        self.signer = signer
         self.registry = registry
+        self.client = registry.client
+        self.keys = registry.keys
+        self.signer = signer
         self.max_patches = max_patches
         self.release = release
 
-    def publish(
-        self,
-        model: str,
-        content: bytes,
-        *,
-        num_features: int,
-        labels: list[str],
-        probe: ProbeSet,
-        runtime: str,
-        metrics: dict[str, float] | None = None,
-        explanation: Explanation | None = None,
-        expected_parent: str | EllipsisType | None = ...,
-    ) -> Published:
-        """Publish ``content`` as the next version of ``model``.
-
-        ``expected_parent`` (a sha256, or None for "no version yet") makes the
-        publish fail with StaleParent if the latest version is another one: the
-        gate judged the child against that parent, not a newer one. Left out
-        (``...``), whatever is latest becomes the parent.
-        """
+    def publish(self, request: PublishRequest) -> Published:
+        """Publish ``request.content`` as the next version of ``request.model``."""
+        content, model = request.content, request.model
         sha = sha256_hex(content)
-        versions_key = self.keys.versions(model)
         artifact = encode_full(content)
         self.registry.blobs.put(content)
         served = served_versions(self.client, self.keys, model)
-        rollout_key = self.keys.active_rollout(model)
-        out: dict[str, Any] = {}
+        versions_key, rollout_key = self.keys.versions(model), self.keys.active_rollout(model)
+        done: list[Published] = []
 
         def txn(pipe: Any) -> None:
-            latest = pipe.zrevrange(versions_key, 0, 0, withscores=True)
-            parent_sha = latest[0][0].decode() if latest else None
-            parent_version = int(latest[0][1]) if latest else None
-            if expected_parent is not ... and parent_sha != expected_parent:
-                raise StaleParent(
-                    f"{model}: latest is now {parent_sha and parent_sha[:12]}, "
-                    f"the child was judged against {expected_parent and expected_parent[:12]}"
-                )
-            if pipe.zscore(versions_key, sha) is not None:
-                raise PublishError(f"{model}: {sha[:12]} is already a published version")
-            manifest = ModelManifest(
-                model=model,
-                version=(parent_version or 0) + 1,
-                sha256=sha,
-                size=len(content),
-                parent_sha256=parent_sha,
-                parent_version=parent_version,
-                num_features=num_features,
-                labels=labels,
-                runtime=runtime,
-                metrics=metrics or {},
-                explanation=explanation or Explanation(),
-                probe=probe,
-            )
+            manifest = request.manifest(sha, self._parent(pipe, request, sha))
             manifest_json = manifest.model_dump_json()
-            signed = SignedManifest(
-                manifest_json=manifest_json,
-                signature=self.signer.sign(manifest_json.encode("utf-8")),
-            )
-            patches = self._patches(
-                patch_bases(pipe, versions_key, parent_sha, served, sha), content
-            )
+            signature = self.signer.sign(manifest_json.encode("utf-8"))
+            signed = SignedManifest(manifest_json=manifest_json, signature=signature)
+            bases = patch_bases(pipe, versions_key, manifest.parent_sha256, served, sha)
+            patches = self._patches(bases, content)
             payloads = [Payload(encoding="full", key=self.keys.artifact(sha), size=len(artifact))]
-            payloads += [
-                Payload(
-                    encoding="patch",
-                    key=self.keys.patch(base, sha),
-                    size=len(patch),
-                    base_sha256=base,
-                )
-                for base, patch in patches
-            ]
+            payloads += [self._patch_payload(base, sha, patch) for base, patch in patches]
             announcement = DeltaAnnouncement(
                 model=model,
                 version=manifest.version,
@@ -200,35 +193,44 @@ class Publisher:
             pipe.multi()
             for base, patch in patches:
                 pipe.set(self.keys.patch(base, sha), patch, ex=self.registry.patch_ttl_s)
-            self.registry.record_version(
-                pipe, VersionRecord.from_manifest(manifest), signed, artifact
-            )
+            record = VersionRecord.from_manifest(manifest)
+            self.registry.record_version(pipe, record, signed, artifact)
             if set_target:
                 pipe.set(self.keys.target(model), sha)
             pipe.xadd(self.keys.deltas, {"data": announcement.to_wire()})
-            out.update(
-                version=manifest.version, signed=signed, payloads=payloads, target_set=set_target
-            )
+            done[:] = [Published(manifest.version, sha, signed, "", payloads, set_target)]
 
         # EXEC's replies (redis-py types them for every mode), the XADD's stream id last
         replies = cast(list[object], self.client.transaction(txn, versions_key, rollout_key))
         stream_id = replies[-1]
         announcement_id = stream_id.decode() if isinstance(stream_id, bytes) else str(stream_id)
-        patch_sizes = ", ".join(
-            f"{p.size} from {p.base_sha256[:8]}" for p in out["payloads"] if p.base_sha256
-        )
-        logger.info(
-            "published %s v%d (%s, %d bytes; full %d, patches: %s)%s",
-            model,
-            out["version"],
-            sha[:12],
-            len(content),
-            len(artifact),
-            patch_sizes or "none",
-            "; it is the fleet's target" if out["target_set"] else "",
-        )
-        return Published(
-            out["version"], sha, out["signed"], announcement_id, out["payloads"], out["target_set"]
+        published = replace(done[0], announcement_id=announcement_id)
+        _log(model, published, len(content), len(artifact))
+        return published
+
+    def _parent(self, pipe: Any, request: PublishRequest, sha: str) -> tuple[str, int] | None:
+        """The latest version (sha256, number), read under WATCH: the new one's parent.
+
+        StaleParent if it is not the one the request expects; PublishError if ``sha``
+        is already a version.
+        """
+        versions_key = self.keys.versions(request.model)
+        latest = pipe.zrevrange(versions_key, 0, 0, withscores=True)
+        parent = (latest[0][0].decode(), int(latest[0][1])) if latest else None
+        parent_sha = parent[0] if parent else None
+        expected = request.expected_parent
+        if expected is not ... and parent_sha != expected:
+            raise StaleParent(
+                f"{request.model}: latest is now {parent_sha and parent_sha[:12]}, "
+                f"the child was judged against {expected and expected[:12]}"
+            )
+        if pipe.zscore(versions_key, sha) is not None:
+            raise PublishError(f"{request.model}: {sha[:12]} is already a published version")
+        return parent
+
+    def _patch_payload(self, base: str, sha: str, patch: bytes) -> Payload:
+        return Payload(
+            encoding="patch", key=self.keys.patch(base, sha), size=len(patch), base_sha256=base
         )
 
     def _patches(self, bases: list[str], content: bytes) -> list[tuple[str, bytes]]:
@@ -266,6 +268,22 @@ class Publisher:
     def content(self, sha256: str) -> bytes:
         """The TFLite bytes of a published version, checked against their name."""
         return self.registry.content_by_sha(sha256)
+
+
+def _log(model: str, published: Published, size: int, artifact_size: int) -> None:
+    patch_sizes = ", ".join(
+        f"{p.size} from {p.base_sha256[:8]}" for p in published.payloads if p.base_sha256
+    )
+    logger.info(
+        "published %s v%d (%s, %d bytes; full %d, patches: %s)%s",
+        model,
+        published.version,
+        published.sha256[:12],
+        size,
+        artifact_size,
+        patch_sizes or "none",
+        "; it is the fleet's target" if published.target_set else "",
+    )
 
 
 def served_versions(

@@ -70,25 +70,13 @@ class Trainer:
         self.client = client or redis.Redis.from_url(s.redis_url)
         self.dataset = dataset or load_dataset(s.dataset, s.label_column)
         self.parts = split(self.dataset, s.seed)
-        self.data = TrainerData(
-            self.client,
-            self.keys,
-            s.model,
-            num_classes=self.dataset.num_classes,
-            num_features=self.dataset.num_features,
-            replay_capacity=s.replay_capacity,
-            holdout_capacity=s.holdout_capacity,
-            recent_window=s.recent_window,
-            recent_train=s.recent_train,
-        )
+        self.data = TrainerData(self.client, self.keys, s.data_options(self.dataset))
         self.ingest = FeedbackIngest(self.client, self.keys, self.data, s.ingest_options())
         blobs = DirBlobStore(s.blob_dir or PROD_BLOB_DIR)  # the settings fill blob_dir in
         self.registry = Registry(self.client, self.keys, blobs, patch_ttl_s=s.patch_ttl_s)
         self.publisher = Publisher(
-            self.client,
-            self.keys,
+            self.registry,
             Signer.from_file(signing_key),
-            registry=self.registry,
             max_patches=s.max_patches,
             release=s.release,
         )

@@ -28,7 +28,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -37,12 +36,13 @@ import redis
 
 from cloud.data.datasets import Split
 from cloud.data.replay import TrainerData
-from cloud.evaluation.explain import Side, explain_version
-from cloud.evaluation.gate import Decision, Metrics, Samples, evaluate, gate
+from cloud.evaluation.explain import ExplainOptions, RoundRecord, Side, explain_version
+from cloud.evaluation.gate import Decision, GateRule, HeldOut, Metrics, Samples, evaluate, gate
 from cloud.export.budgeted import (
     ESCALATION,
     BudgetedUpdate,
     Child,
+    FineTuned,
     FrozenScalesDoNotFit,
     full_details,
 )
@@ -55,7 +55,7 @@ from cloud.learning.models import (
     weights_to_bytes,
 )
 from cloud.learning.training import Hyperparameters, bootstrap, fine_tune
-from cloud.registry.publisher import Publisher, StaleParent
+from cloud.registry.publisher import Publisher, PublishRequest, StaleParent
 from cloud.trainer.settings import TrainerSettings
 from shared.errors import EdgeloopError
 from shared.keys import FleetKeys
@@ -63,6 +63,9 @@ from shared.messages import Explanation
 from shared.runtime import TFLiteModel
 
 logger = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float32]
+IntArray = npt.NDArray[np.int64]
 
 
 class RoundError(EdgeloopError):
@@ -87,6 +90,36 @@ class RoundReport:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def record(self) -> RoundRecord:
+        """What the version's explanation repeats of this report."""
+        return RoundRecord(self.trigger, self.data_window, self.hyperparameters, self.details)
+
+
+@dataclass(frozen=True)
+class Parent:
+    """The latest version: what a round fine-tunes, and what its child must beat."""
+
+    version: int
+    sha256: str
+    content: bytes
+    model: Classifier  # its stored float weights (after a budgeted round: the shadow)
+    artifact: TFLiteModel
+
+    @property
+    def side(self) -> Side:
+        return Side(self.model, self.artifact, self.content)
+
+
+@dataclass(frozen=True)
+class Round:
+    """One round's inputs: the parent, the training set, the held-out data, the hyperparameters."""
+
+    parent: Parent
+    X: FloatArray  # the replay buffer and the recent-training ring
+    y: IntArray
+    held_out: HeldOut
+    hp: Hyperparameters
+
 
 class RoundRunner:
     """Runs bootstrap and rounds for one model; caches the parent between rounds."""
@@ -99,39 +132,29 @@ class RoundRunner:
         data: TrainerData,
         parts: Split,
     ) -> None:
-        self.s = settings
+        self.settings = settings
         self.client = client
         self.keys = FleetKeys(settings.fleet)
         self.publisher = publisher
         self.data = data
         self.parts = parts
         self.labels = parts.seed_train.labels
-        self._parent: tuple[str, Classifier, TFLiteModel] | None = None
+        self.rule = GateRule(settings.min_gain, settings.forgetting_tolerance)
+        self._parent: Parent | None = None
 
     # -- bootstrap ------------------------------------------------------------
 
     def bootstrap(self) -> RoundReport:
         """Version 1 from the seed split; seeds the replay buffer and the holdout once."""
         t0 = time.perf_counter()
-        counters = self.data.read_counters(self.client)
-        if not any(counters.replay) and not any(counters.holdout):
-            self.data.seed(
-                self.parts.seed_train.X, self.parts.seed_train.y, holdout=False, seed=self.s.seed
-            )
-            self.data.seed(
-                self.parts.seed_holdout.X,
-                self.parts.seed_holdout.y,
-                holdout=True,
-                seed=self.s.seed + 1,
-            )
-        hp = Hyperparameters(
-            self.s.bootstrap_epochs, self.s.batch_size, self.s.lr, self.s.seed, self.s.weight_decay
-        )
-        result = bootstrap(self.parts.seed_train, hp)
+        epochs, seed = self.settings.bootstrap_epochs, self.settings.seed
+        self._seed_stores(seed)
+        result = bootstrap(self.parts.seed_train, self._hyperparameters(epochs, seed))
         t1 = time.perf_counter()
-        exported = self._export(result.model, self.parts.seed_train.X, seed=self.s.seed)
+        exported = self._export(result.model, self.parts.seed_train.X, seed=seed)
         t2 = time.perf_counter()
-        earlier = evaluate(TFLiteModel(exported.content), self.data.holdout_set(), self.labels)
+        held_out = self._held_out()
+        earlier = evaluate(TFLiteModel(exported.content), held_out.earlier, self.labels)
         metrics = {
             "earlier_accuracy": earlier.accuracy or 0.0,
             "earlier_samples": float(earlier.samples),
@@ -152,13 +175,19 @@ class RoundRunner:
             hyperparameters=result.hyperparameters,
             details={"earlier_recall": earlier.recall},
         )
-        explanation = self._explain(
-            report, result.model, exported, None, self.data.holdout_set(), self.data.recent_set()
-        )
+        explanation = self._explain(report, _side(result.model, exported), None, held_out)
         t3 = time.perf_counter()
         self._publish(report, result.model, exported, None, explanation)
         report.timings.update(train_s=t1 - t0, export_s=t2 - t1, publish_s=time.perf_counter() - t3)
         return report
+
+    def _seed_stores(self, seed: int) -> None:
+        """The seed split into the replay buffer and the holdout, unless they hold data."""
+        counters = self.data.read_counters(self.client)
+        if not any(counters.replay) and not any(counters.holdout):
+            train, holdout = self.parts.seed_train, self.parts.seed_holdout
+            self.data.seed(train.X, train.y, holdout=False, seed=seed)
+            self.data.seed(holdout.X, holdout.y, holdout=True, seed=seed + 1)
 
     # -- a round --------------------------------------------------------------
 
@@ -166,165 +195,152 @@ class RoundRunner:
         self, round_no: int, trigger: str, window: dict[str, Any], may_publish: Callable[[], bool]
     ) -> RoundReport:
         """Fine-tune the latest version on the trainer's data; publish the child if the gate agrees."""
-        timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        parent_version, parent_sha, parent_model, parent_tfl = self.parent()
-        X, y = self.data.training_set()
-        earlier, recent = self.data.holdout_set(), self.data.recent_set()
-        hp = Hyperparameters(
-            self.s.epochs, self.s.batch_size, self.s.lr, self.s.seed + round_no, self.s.weight_decay
-        )
+        rnd = self._start(round_no)
         report = RoundReport(
             round=round_no,
             trigger=trigger,
             published=False,
             reason="",
-            parent_version=parent_version,
+            parent_version=rnd.parent.version,
             data_window={
                 **window,
-                "training_samples": len(y),
-                "recent_holdout": len(recent[1]),
-                "earlier_holdout": len(earlier[1]),
+                "training_samples": len(rnd.y),
+                "recent_holdout": len(rnd.held_out.recent[1]),
+                "earlier_holdout": len(rnd.held_out.earlier[1]),
             },
-            hyperparameters=hp.as_dict(),
-            timings=timings,
+            hyperparameters=rnd.hp.as_dict(),
         )
-        result = fine_tune(parent_model, X, y, hp)
-        timings["train_s"] = time.perf_counter() - t0
+        trained = fine_tune(rnd.parent.model, rnd.X, rnd.y, rnd.hp).model
+        report.timings["train_s"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         try:
-            child, update = self._child(parent_sha, parent_model, result.model, X, y, hp)
+            child, update = self._child(rnd, trained)
         except ExportError as e:
             report.reason = f"export refused: {e}"
-            timings["export_s"] = time.perf_counter() - t1
             return report
-        timings["export_s"] = time.perf_counter() - t1
+        finally:
+            report.timings["export_s"] = time.perf_counter() - t1
         t2 = time.perf_counter()
-        judge = partial(
-            gate,
-            parent_tfl,
-            earlier=earlier,
-            recent=recent,
-            labels=self.labels,
-            min_gain=self.s.min_gain,
-            forgetting_tolerance=self.s.forgetting_tolerance,
-        )
-        decision = judge(TFLiteModel(child.exported.content, name="child"))
-        if update is not None and (
-            not decision.publish or self._budget_costs(decision, result.model, recent)
-        ):
-            # The budget or the frozen grid may be what holds the child back: ship more.
-            child, decision = self._ship_more(update, child, decision, parent_sha, X, hp, judge)
-        timings["gate_s"] = time.perf_counter() - t2
-        exported = child.exported
-        report.metrics = {
-            **decision.metrics(),
-            "int8_agreement": exported.agreement,
-            "delta_bytes_changed": float(child.details["bytes_changed"]),
-        }
-        report.details = {**_details(decision), "delta": child.details}
-        report.reason = decision.reason
+        child, decision = self._judge(rnd, child, update)
+        report.timings["gate_s"] = time.perf_counter() - t2
+        _report_decision(report, child, decision)
         if not decision.publish:
             return report
         if not may_publish():
             report.reason = "lease lost before publishing; another trainer runs rounds now"
             return report
-        parent_side = Side(parent_model, parent_tfl, self.publisher.content(parent_sha))
-        explanation = self._explain(report, child.model, exported, parent_side, earlier, recent)
+        explanation = self._explain(
+            report, _side(child.model, child.exported), rnd.parent.side, rnd.held_out
+        )
         t3 = time.perf_counter()
         try:
-            self._publish(report, child.model, exported, parent_sha, explanation)
+            self._publish(report, child.model, child.exported, rnd.parent.sha256, explanation)
         except StaleParent as e:
             report.published, report.reason = False, str(e)
-        timings["publish_s"] = time.perf_counter() - t3
+        report.timings["publish_s"] = time.perf_counter() - t3
         return report
 
-    def parent(self) -> tuple[int, str, Classifier, TFLiteModel]:
-        """The latest version as (number, sha256, torch model, int8 artifact), cached by sha."""
-        latest = self.publisher.latest(self.s.model)
+    def parent(self) -> Parent:
+        """The latest version, cached by sha256."""
+        latest = self.publisher.latest(self.settings.model)
         if latest is None:
-            raise RoundError(f"no version of {self.s.model} is published yet; bootstrap first")
+            raise RoundError(
+                f"no version of {self.settings.model} is published yet; bootstrap first"
+            )
         version, sha, _ = latest
-        if self._parent is None or self._parent[0] != sha:
+        if self._parent is None or self._parent.sha256 != sha:
             blob = self.client.get(self.keys.weights(sha))
             if blob is None:
                 raise RoundError(f"v{version} ({sha[:12]}) has no stored weights to fine-tune from")
             if isinstance(blob, str):
                 raise RoundError("the trainer needs a Redis client without decode_responses")
-            model = build_model(self.parts.seed_train, seed=self.s.seed)
+            model = build_model(self.parts.seed_train, seed=self.settings.seed)
             load_weights(model, blob)
-            self._parent = (sha, model, TFLiteModel(self.publisher.content(sha), version=version))
-        return version, sha, self._parent[1], self._parent[2]
+            content = self.publisher.content(sha)
+            self._parent = Parent(
+                version, sha, content, model, TFLiteModel(content, version=version)
+            )
+        return self._parent
 
-    # -- helpers --------------------------------------------------------------
+    def _start(self, round_no: int) -> Round:
+        """The parent and the trainer's data as they are now."""
+        parent = self.parent()
+        X, y = self.data.training_set()
+        hp = self._hyperparameters(self.settings.epochs, self.settings.seed + round_no)
+        return Round(parent, X, y, self._held_out(), hp)
 
-    def _export(self, model: Classifier, X: npt.NDArray[np.float32], seed: int) -> ExportResult:
+    def _held_out(self) -> HeldOut:
+        return HeldOut(self.data.holdout_set(), self.data.recent_set(), self.labels)
+
+    def _hyperparameters(self, epochs: int, seed: int) -> Hyperparameters:
+        settings = self.settings
+        return Hyperparameters(
+            epochs, settings.batch_size, settings.lr, seed, settings.weight_decay
+        )
+
+    # -- the child ------------------------------------------------------------
+
+    def _export(self, model: Classifier, X: FloatArray, seed: int) -> ExportResult:
         """A freshly calibrated int8 export (the normal path: new scales everywhere)."""
         cal, probe = self._calibration(X, seed)
-        return export_int8(model, cal, probe, min_agreement=self.s.min_int8_agreement)
+        return export_int8(model, cal, probe, min_agreement=self.settings.min_int8_agreement)
 
-    def _calibration(
-        self, X: npt.NDArray[np.float32], seed: int
-    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    def _calibration(self, X: FloatArray, seed: int) -> tuple[FloatArray, FloatArray]:
         """A deterministic sample of the training data to calibrate on, other rows to probe."""
         order = np.random.default_rng(seed).permutation(len(X))
-        cal = X[order[: self.s.calibration_size]]
-        rest = order[self.s.calibration_size :]
-        n = self.s.probe_size
+        cal = X[order[: self.settings.calibration_size]]
+        rest = order[self.settings.calibration_size :]
+        n = self.settings.probe_size
         return cal, X[rest[:n]] if len(rest) >= n else X[order[-n:]]
 
-    def _child(
-        self,
-        parent_sha: str,
-        shadow: Classifier,
-        trained: Classifier,
-        X: npt.NDArray[np.float32],
-        y: npt.NDArray[np.int64],
-        hp: Hyperparameters,
-    ) -> tuple[Child, BudgetedUpdate | None]:
+    def _child(self, rnd: Round, trained: Classifier) -> tuple[Child, BudgetedUpdate | None]:
         """The round's int8 child: on the parent's frozen grid under the update budget
         (cloud/export/budgeted.py), or re-calibrated when the mode or the grid says so."""
-        if self.s.update_mode == "full":
-            return self._full(parent_sha, trained, X, hp, "full mode"), None
+        if self.settings.update_mode == "full":
+            return self._full(rnd, trained, "full mode"), None
         try:
+            fit = FineTuned(rnd.parent.model, trained, rnd.X, rnd.y, rnd.hp)
+            calibration = self._calibration(rnd.X, rnd.hp.seed)
             update = BudgetedUpdate(
-                self.publisher.content(parent_sha),
-                shadow,
-                trained,
-                (X, y),
-                self._calibration(X, hp.seed),
-                hp,
-                self.s.budget_options(),
+                rnd.parent.content, fit, calibration, self.settings.budget_options()
             )
             return update.child(), update
         except FrozenScalesDoNotFit as e:
             logger.info("re-calibrating: %s", e)
-            return self._full(parent_sha, trained, X, hp, e.reason, e.details), None
+            return self._full(rnd, trained, e.reason, e.details), None
         except NumericCheckError as e:  # e.g. activations the frozen scales saturate
             logger.info("re-calibrating: %s", e)
-            return self._full(parent_sha, trained, X, hp, "numeric check", {"error": str(e)}), None
+            return self._full(rnd, trained, "numeric check", {"error": str(e)}), None
 
     def _full(
-        self,
-        parent_sha: str,
-        model: Classifier,
-        X: npt.NDArray[np.float32],
-        hp: Hyperparameters,
-        reason: str,
-        extra: dict[str, Any] | None = None,
+        self, rnd: Round, model: Classifier, reason: str, extra: dict[str, Any] | None = None
     ) -> Child:
-        exported = self._export(model, X, seed=hp.seed)
-        return Child(
-            exported,
-            model,
-            full_details(
-                self.publisher.content(parent_sha),
-                exported.content,
-                self.s.update_mode,
-                reason,
-                extra,
-            ),
-        )
+        """A freshly calibrated child of ``model``, and its delta details."""
+        exported = self._export(model, rnd.X, seed=rnd.hp.seed)
+        mode = self.settings.update_mode
+        details = full_details(rnd.parent.content, exported.content, mode, reason, extra)
+        return Child(exported, model, details)
+
+    # -- the gate -------------------------------------------------------------
+
+    def _gate(self, rnd: Round, child: Child, name: str) -> Decision:
+        artifact = TFLiteModel(child.exported.content, name=name)
+        return gate(rnd.parent.artifact, artifact, rnd.held_out, self.rule)
+
+    def _judge(
+        self, rnd: Round, child: Child, update: BudgetedUpdate | None
+    ) -> tuple[Child, Decision]:
+        """The gate's decision on the child; for a budgeted child that it refuses, or
+        that the budget cost too much, what ``_ship_more`` ships instead."""
+        decision = self._gate(rnd, child, "child")
+        if update is not None and (
+            not decision.publish
+            or self._budget_costs(decision, update.unconstrained, rnd.held_out.recent)
+        ):
+            # The budget or the frozen grid may be what holds the child back: ship more.
+            return self._ship_more(rnd, update, child, decision)
+        return child, decision
 
     def _budget_costs(self, decision: Decision, unconstrained: Classifier, recent: Samples) -> bool:
         """Whether the budgeted child trails the round's unconstrained (float) model on
@@ -335,7 +351,7 @@ class RoundRunner:
         if ours is None or len(y) == 0:
             return False
         wanted = float((predict_proba(unconstrained, X).argmax(axis=1) == y).mean())
-        if wanted - ours <= self.s.update_max_loss:
+        if wanted - ours <= self.settings.update_max_loss:
             return False
         logger.info(
             "budgeted child: recent accuracy %.3f, the unconstrained model %.3f", ours, wanted
@@ -343,14 +359,7 @@ class RoundRunner:
         return True
 
     def _ship_more(
-        self,
-        update: BudgetedUpdate,
-        child: Child,
-        first: Decision,
-        parent_sha: str,
-        X: npt.NDArray[np.float32],
-        hp: Hyperparameters,
-        judge: Callable[[TFLiteModel], Decision],
+        self, rnd: Round, update: BudgetedUpdate, child: Child, first: Decision
     ) -> tuple[Child, Decision]:
         """When the gate refused the budgeted child, or the budget cost more accuracy
         than update_max_loss: the fresh export (new scales) sets the mark. If it fails
@@ -358,14 +367,14 @@ class RoundRunner:
         else the first larger budget on the same grid (2x, 4x) within update_max_loss
         of it ships, or the fresh export itself."""
         try:
-            fresh = self._full(parent_sha, update.unconstrained, X, hp, "budget")
+            fresh = self._full(rnd, update.unconstrained, "budget")
         except ExportError as e:
             logger.info("no fresh export to compare with: %s", e)
             return child, first
-        marked = judge(TFLiteModel(fresh.exported.content, name="fresh child"))
+        marked = self._gate(rnd, fresh, "fresh child")
         if not marked.publish or marked.child_recent.accuracy is None:
             return child, first
-        mark = marked.child_recent.accuracy - self.s.update_max_loss
+        mark = marked.child_recent.accuracy - self.settings.update_max_loss
         why = (
             first.reason
             if not first.publish
@@ -382,38 +391,23 @@ class RoundRunner:
             except ExportError as e:
                 logger.info("no larger budgeted child: %s", e)
                 break
-            decision = judge(TFLiteModel(more.exported.content, name="larger child"))
+            decision = self._gate(rnd, more, "larger child")
             if decision.publish and (decision.child_recent.accuracy or 0.0) >= mark - 1e-9:
                 more.details["budgeted_rejected"] = why
                 return more, decision
         fresh.details["budgeted_rejected"] = why
         return fresh, marked
 
+    # -- publishing -----------------------------------------------------------
+
     def _explain(
-        self,
-        report: RoundReport,
-        model: Classifier,
-        exported: ExportResult,
-        parent: Side | None,
-        earlier: Samples,
-        recent: Samples,
+        self, report: RoundReport, child: Side, parent: Side | None, held_out: HeldOut
     ) -> Explanation:
         """The explanation the version's signed manifest carries (cloud/evaluation/explain.py)."""
         t = time.perf_counter()
-        child = Side(model, TFLiteModel(exported.content), exported.content)
         grid = (8, 8) if self.parts.seed_train.kind == "digits" else None
-        explanation = explain_version(
-            trigger=report.trigger,
-            data_window=report.data_window,
-            hyperparameters=report.hyperparameters,
-            details=report.details,
-            labels=self.labels,
-            child=child,
-            parent=parent,
-            earlier=earlier,
-            recent=recent,
-            grid=grid,
-        )
+        options = ExplainOptions(grid=grid)
+        explanation = explain_version(report.record(), child, parent, held_out, options)
         report.timings["explain_s"] = time.perf_counter() - t
         return explanation
 
@@ -427,8 +421,8 @@ class RoundRunner:
     ) -> None:
         # Weights first: a version must never exist without the weights the next round needs.
         self.client.set(self.keys.weights(exported.sha256), weights_to_bytes(model))
-        published = self.publisher.publish(
-            self.s.model,
+        request = PublishRequest(
+            self.settings.model,
             exported.content,
             num_features=self.parts.seed_train.num_features,
             labels=self.labels,
@@ -438,12 +432,27 @@ class RoundRunner:
             explanation=explanation,
             expected_parent=parent_sha,
         )
+        published = self.publisher.publish(request)
         report.published, report.version, report.sha256 = True, published.version, published.sha256
-        self._parent = (
-            published.sha256,
-            model,
-            TFLiteModel(exported.content, version=published.version),
+        artifact = TFLiteModel(exported.content, version=published.version)
+        self._parent = Parent(
+            published.version, published.sha256, exported.content, model, artifact
         )
+
+
+def _side(model: Classifier, exported: ExportResult) -> Side:
+    return Side(model, TFLiteModel(exported.content), exported.content)
+
+
+def _report_decision(report: RoundReport, child: Child, decision: Decision) -> None:
+    """The gate's numbers and reason, and what the child changed, into the report."""
+    report.metrics = {
+        **decision.metrics(),
+        "int8_agreement": child.exported.agreement,
+        "delta_bytes_changed": float(child.details["bytes_changed"]),
+    }
+    report.details = {**_details(decision), "delta": child.details}
+    report.reason = decision.reason
 
 
 def _details(d: Decision) -> dict[str, Any]:
@@ -455,5 +464,5 @@ def _details(d: Decision) -> dict[str, Any]:
         "reason": d.reason,
         "parent": {"recent": m(d.parent_recent), "earlier": m(d.parent_earlier)},
         "child": {"recent": m(d.child_recent), "earlier": m(d.child_earlier)},
-        "gate": {"min_gain": d.min_gain, "forgetting_tolerance": d.forgetting_tolerance},
+        "gate": asdict(d.rule),
     }

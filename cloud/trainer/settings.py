@@ -25,11 +25,13 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from cloud.data.ingest import IngestOptions
+from cloud.data.replay import DataOptions
 from cloud.registry.locations import DEV_BLOB_DIR, DEV_KEY_DIR, PROD_BLOB_DIR
 from shared.config import EnvFirstSettings
 from shared.keys import check_name
 
 if TYPE_CHECKING:
+    from cloud.data.datasets import Dataset
     from cloud.export.budgeted import BudgetOptions
 
 
@@ -208,6 +210,18 @@ class TrainerSettings(EnvFirstSettings):
             claim_idle_ms=self.claim_idle_ms,
             max_event_bytes=self.max_event_bytes,
             deadletter_maxlen=self.deadletter_maxlen,
+        )
+
+    def data_options(self, dataset: Dataset) -> DataOptions:
+        """What this trainer keeps of ``dataset``'s samples."""
+        return DataOptions(
+            model=self.model,
+            num_classes=dataset.num_classes,
+            num_features=dataset.num_features,
+            replay_capacity=self.replay_capacity,
+            holdout_capacity=self.holdout_capacity,
+            recent_window=self.recent_window,
+            recent_train=self.recent_train,
         )
 
     def budget_options(self) -> BudgetOptions:

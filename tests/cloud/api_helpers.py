@@ -62,16 +62,14 @@ def seed_versions(client: redis.Redis, fleet: str, blob_dir: Any, n: int = 3) ->
     not for serving), the first one the fleet's target; their sha256s."""
     import numpy as np
 
-    from cloud.registry.publisher import Publisher
+    from cloud.registry.publisher import Publisher, PublishRequest
     from cloud.registry.versions import DirBlobStore, Registry
     from shared.messages import ProbeSet
     from shared.signing import Signer, generate_keypair
 
     keys = FleetKeys(fleet)
     registry = Registry(client, keys, DirBlobStore(blob_dir))
-    publisher = Publisher(
-        client, keys, Signer(generate_keypair()[0]), registry=registry, release="manual"
-    )
+    publisher = Publisher(registry, Signer(generate_keypair()[0]), release="manual")
     probe = ProbeSet(inputs=[[0.0]], expected=[[0.5, 0.5]])
     rng = np.random.default_rng(0)
     shas = []
@@ -79,7 +77,7 @@ def seed_versions(client: redis.Redis, fleet: str, blob_dir: Any, n: int = 3) ->
         blob = rng.integers(0, 256, 3000, dtype=np.uint8).tobytes()
         shas.append(
             publisher.publish(
-                "digits", blob, num_features=1, labels=["a", "b"], probe=probe, runtime="t"
+                PublishRequest("digits", blob, 1, ["a", "b"], probe, runtime="t")
             ).sha256
         )
     client.set(keys.target("digits"), shas[0])

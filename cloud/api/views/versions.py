@@ -28,7 +28,7 @@ from cloud.api.schemas import (
     VersionPublic,
     VersionsPublic,
 )
-from cloud.data.replay import TrainerData
+from cloud.data.replay import DataOptions, TrainerData
 from cloud.evaluation.comparison import EVAL_SETS, flips, model_metrics, predict_sets
 from cloud.evaluation.gate import Samples
 from cloud.evaluation.layer_diff import compare_artifacts
@@ -158,17 +158,8 @@ class VersionsView:
         self, model: str, num_features: int, num_classes: int
     ) -> tuple[Samples, Samples]:
         # Only the readers of TrainerData are used; capacities matter for writes alone.
-        data = TrainerData(
-            self.registry.client,
-            FleetKeys(self.fleet),
-            model,
-            num_classes=num_classes,
-            num_features=num_features,
-            replay_capacity=num_classes,
-            holdout_capacity=num_classes,
-            recent_window=1,
-            recent_train=0,
-        )
+        options = DataOptions(model, num_classes=num_classes, num_features=num_features)
+        data = TrainerData(self.registry.client, FleetKeys(self.fleet), options)
         return data.holdout_set(), data.recent_set()
 
 

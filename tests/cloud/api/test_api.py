@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from cloud.api.app import create_app
 from cloud.api.settings import ApiSettings
-from cloud.registry.publisher import Publisher
+from cloud.registry.publisher import Publisher, PublishRequest
 from cloud.registry.versions import DirBlobStore, Registry
 from shared.config import load_settings
 from shared.delta import apply_patch
@@ -111,21 +111,11 @@ def test_a_patch_from_the_parent_rebuilds_the_target(api, registry, published_fl
 def test_no_patch_between_files_of_different_lengths_is_a_409(
     api, registry, signing_dir, published_fleet
 ):
-    publisher = Publisher(
-        registry.client,
-        registry.keys,
-        Signer.from_file(signing_dir / "signing.key"),
-        registry=registry,
-    )
+    publisher = Publisher(registry, Signer.from_file(signing_dir / "signing.key"))
     probe = ProbeSet(inputs=[[0.0] * 64], expected=[[0.1] * 10])
-    publisher.publish(
-        "digits",
-        b"not the same length" * 10,
-        num_features=64,
-        labels=[str(i) for i in range(10)],
-        probe=probe,
-        runtime="test",
-    )
+    labels = [str(i) for i in range(10)]
+    odd = b"not the same length" * 10
+    publisher.publish(PublishRequest("digits", odd, 64, labels, probe, runtime="test"))
     r = api.get(f"/v1/models/digits/delta?base={published_fleet.shas[1]}&target=3")
     assert r.status_code == 409, r.text
     assert "no patch" in r.json()["detail"] and "length" in r.json()["detail"]

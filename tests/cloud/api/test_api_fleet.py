@@ -14,7 +14,7 @@ from cloud.api.app import create_app
 from cloud.api.settings import ApiSettings
 from cloud.cli import main as cli
 from cloud.data.ingest import FeedbackIngest, IngestOptions
-from cloud.data.replay import TrainerData
+from cloud.data.replay import DataOptions, TrainerData
 from edge.connections import FleetMember
 from edge.status import ReportPolicy, StatusReporter
 from edge.uplink import FeedbackUplink, UplinkPolicy
@@ -97,17 +97,13 @@ def test_feedback_over_http_is_an_edges_feedback_to_the_trainer(
     uplink.close()
     assert _lines(redis_client, other.feedback) == _lines(redis_client, keys.feedback)[:300]
 
-    data = TrainerData(
-        redis_client,
-        keys,
-        "digits",
-        num_classes=10,
-        num_features=64,
-        replay_capacity=1000,
-        holdout_capacity=200,
-        recent_window=50,
-        recent_train=50,
-    )
+    sizes = {
+        "replay_capacity": 1000,
+        "holdout_capacity": 200,
+        "recent_window": 50,
+        "recent_train": 50,
+    }
+    data = TrainerData(redis_client, keys, DataOptions("digits", 10, 64, **sizes))
     ingest = FeedbackIngest(
         redis_client, keys, data, IngestOptions(model="digits", consumer="t1", block_ms=10)
     )

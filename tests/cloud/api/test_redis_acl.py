@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from cloud.api.app import create_app
 from cloud.api.settings import ApiSettings
-from cloud.registry.publisher import Publisher
+from cloud.registry.publisher import Publisher, PublishRequest
 from cloud.registry.versions import DirBlobStore, Registry
 from edge.daemon import EdgeDaemon
 from edge.settings import BUNDLED_BASELINE, EdgeSettings
@@ -110,20 +110,10 @@ def test_an_edge_user_does_what_an_edge_does_and_nothing_else(acl_redis, tmp_pat
     probe = ProbeSet(
         inputs=inputs.tolist(), expected=TFLiteModel(content).predict_proba_batch(inputs).tolist()
     )
-    sha = (
-        Publisher(
-            trainer, keys, Signer.from_file(tmp_path / "keys" / "signing.key"), registry=registry
-        )
-        .publish(
-            "digits",
-            content,
-            num_features=64,
-            labels=[str(i) for i in range(10)],
-            probe=probe,
-            runtime="ai-edge-litert",
-        )
-        .sha256
-    )
+    publisher = Publisher(registry, Signer.from_file(tmp_path / "keys" / "signing.key"))
+    labels = [str(i) for i in range(10)]
+    request = PublishRequest("digits", content, 64, labels, probe, runtime="ai-edge-litert")
+    sha = publisher.publish(request).sha256
 
     # A real edge daemon as the edge user: installs it, serves, reports, sends feedback.
     settings = load_settings(

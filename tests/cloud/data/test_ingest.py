@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cloud.data.ingest import FeedbackIngest, IngestOptions
-from cloud.data.replay import TrainerData
+from cloud.data.replay import DataOptions, TrainerData
 from cloud.data.watermark import Watermark
 from shared.keys import FEEDBACK_GROUP
 from shared.messages import DeadLetter
@@ -21,17 +21,13 @@ from shared.retry import Backoff
 
 
 def make_ingest(client, keys, consumer="c1", **kw) -> FeedbackIngest:
-    data = TrainerData(
-        client,
-        keys,
-        "digits",
-        num_classes=10,
-        num_features=64,
-        replay_capacity=500,
-        holdout_capacity=200,
-        recent_window=50,
-        recent_train=50,
-    )
+    sizes = {
+        "replay_capacity": 500,
+        "holdout_capacity": 200,
+        "recent_window": 50,
+        "recent_train": 50,
+    }
+    data = TrainerData(client, keys, DataOptions("digits", 10, 64, **sizes))
     args = {"model": "digits", "consumer": consumer, "block_ms": 10, "max_event_bytes": 4096, **kw}
     ingest = FeedbackIngest(client, keys, data, IngestOptions(**args))
     ingest.ensure_group()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cloud.data.replay import NewSamples, TrainerData, decode_samples, encode_sample
+from cloud.data.replay import DataOptions, NewSamples, TrainerData, decode_samples, encode_sample
 
 
 def make_data(client, keys, **kw) -> TrainerData:
@@ -18,7 +18,7 @@ def make_data(client, keys, **kw) -> TrainerData:
         "recent_train": 6,
         **kw,
     }
-    return TrainerData(client, keys, "m", **args)
+    return TrainerData(client, keys, DataOptions("m", **args))
 
 
 def add(data: TrainerData, samples: NewSamples) -> None:
@@ -93,17 +93,13 @@ def test_holdout_recent_window_and_training_ring(redis_client, keys):
 
 
 def test_seed_fills_holdout_but_not_the_recent_window(redis_client, keys, parts):
-    data = TrainerData(
-        redis_client,
-        keys,
-        "digits",
-        num_classes=10,
-        num_features=64,
-        replay_capacity=100,
-        holdout_capacity=50,
-        recent_window=10,
-        recent_train=10,
-    )
+    sizes = {
+        "replay_capacity": 100,
+        "holdout_capacity": 50,
+        "recent_window": 10,
+        "recent_train": 10,
+    }
+    data = TrainerData(redis_client, keys, DataOptions("digits", 10, 64, **sizes))
     data.seed(parts.seed_holdout.X, parts.seed_holdout.y, holdout=True, seed=0)
     X, y = data.holdout_set()
     assert len(y) == 50 and np.bincount(y).tolist() == [5] * 10

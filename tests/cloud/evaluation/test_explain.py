@@ -12,7 +12,7 @@ import pytest
 from rich.console import Console
 
 from cloud.cli.render.explain import layers_table
-from cloud.data.replay import TrainerData
+from cloud.data.replay import DataOptions, TrainerData
 from cloud.evaluation.comparison import expected_calibration_error, flips, sample_id
 from cloud.evaluation.explain import summarize
 from cloud.evaluation.layer_diff import from_trainer_report
@@ -298,17 +298,7 @@ def _content(client, sha: str) -> bytes:
 
 
 def _data(client) -> TrainerData:
-    return TrainerData(
-        client,
-        FleetKeys(FLEET),
-        "digits",
-        num_classes=10,
-        num_features=64,
-        replay_capacity=10,
-        holdout_capacity=10,
-        recent_window=1,
-        recent_train=0,
-    )
+    return TrainerData(client, FleetKeys(FLEET), DataOptions("digits", 10, 64))
 
 
 def _id(x, label) -> str:

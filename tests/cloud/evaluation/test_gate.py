@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from cloud.evaluation.gate import Metrics, evaluate, gate
+from cloud.evaluation.gate import GateRule, HeldOut, Metrics, evaluate, gate
 from cloud.export.exporter import export_int8
 from cloud.learning.training import Hyperparameters, bootstrap, fine_tune
 from shared.runtime import TFLiteModel
@@ -36,22 +38,15 @@ def scrambled(trained, parts):
     )
 
 
-def halves(parts):
+def halves(parts) -> HeldOut:
     X, y = parts.stream.X, parts.stream.y
-    return (X[:400], y[:400]), (X[400:], y[400:])
+    return HeldOut(
+        earlier=(X[:400], y[:400]), recent=(X[400:], y[400:]), labels=parts.stream.labels
+    )
 
 
 def test_better_child_is_published(weak, exported, parts):
-    earlier, recent = halves(parts)
-    d = gate(
-        weak,
-        TFLiteModel(exported.content),
-        earlier=earlier,
-        recent=recent,
-        labels=parts.stream.labels,
-        min_gain=0.01,
-        forgetting_tolerance=0.02,
-    )
+    d = gate(weak, TFLiteModel(exported.content), halves(parts), GateRule(0.01, 0.02))
     assert d.publish, d.reason
     assert d.child_recent.accuracy > d.parent_recent.accuracy + 0.01
     m = d.metrics()
@@ -63,57 +58,26 @@ def test_better_child_is_published(weak, exported, parts):
 
 
 def test_scrambled_child_is_rejected(exported, scrambled, parts):
-    earlier, recent = halves(parts)
-    d = gate(
-        TFLiteModel(exported.content),
-        scrambled,
-        earlier=earlier,
-        recent=recent,
-        labels=parts.stream.labels,
-        min_gain=0.0,
-        forgetting_tolerance=0.05,
-    )
+    d = gate(TFLiteModel(exported.content), scrambled, halves(parts), GateRule(0.0, 0.05))
     assert not d.publish and "does not beat" in d.reason
     assert d.child_recent.accuracy < 0.3
 
 
 def test_forgetting_is_rejected_even_with_a_recent_gain(weak, exported, parts):
     # The child wins on "recent" but loses on "earlier" (here: the same model pair, sets swapped).
-    earlier, recent = halves(parts)
+    data = halves(parts)
     parent, child = TFLiteModel(exported.content), weak
-    d = gate(
-        child,
-        parent,
-        earlier=earlier,
-        recent=recent,
-        labels=parts.stream.labels,
-        min_gain=0.0,
-        forgetting_tolerance=0.0,
-    )
+    d = gate(child, parent, data, GateRule(0.0, 0.0))
     assert d.publish
     # Now make "earlier" a set only the parent gets right.
-    hits = parent.predict_proba_batch(earlier[0]).argmax(1) == earlier[1]
-    misses = weak.predict_proba_batch(earlier[0]).argmax(1) != earlier[1]
-    hard = (earlier[0][hits & misses], earlier[1][hits & misses])
-    d = gate(
-        parent,
-        weak,
-        earlier=hard,
-        recent=(hard[0][:0], hard[1][:0]),
-        labels=parts.stream.labels,
-        min_gain=-1.0,
-        forgetting_tolerance=0.05,
-    )
+    X, y = data.earlier
+    hits = parent.predict_proba_batch(X).argmax(1) == y
+    misses = weak.predict_proba_batch(X).argmax(1) != y
+    hard = (X[hits & misses], y[hits & misses])
+    no_recent = replace(data, earlier=hard, recent=(hard[0][:0], hard[1][:0]))
+    d = gate(parent, weak, no_recent, GateRule(-1.0, 0.05))
     assert not d.publish and "no recent" in d.reason
-    d = gate(
-        parent,
-        weak,
-        earlier=hard,
-        recent=recent,
-        labels=parts.stream.labels,
-        min_gain=-1.0,
-        forgetting_tolerance=0.05,
-    )
+    d = gate(parent, weak, replace(data, earlier=hard), GateRule(-1.0, 0.05))
     assert not d.publish and "forgets earlier data" in d.reason
 
 

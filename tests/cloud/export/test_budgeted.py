@@ -1,5 +1,6 @@
 """Budgeted updates on the parent's frozen int8 grid (cloud/export/grid.py,
-cloud/export/budgeted.py) and a trainer round that publishes one."""
+cloud/export/param_layout.py, cloud/export/budgeted.py) and a trainer round that
+publishes one."""
 
 from __future__ import annotations
 
@@ -15,19 +16,19 @@ from cloud.data.datasets import drift
 from cloud.export.budgeted import (
     BudgetedUpdate,
     BudgetOptions,
+    FineTuned,
     FrozenScalesDoNotFit,
-    ParamLayout,
-    params_of,
+    plan_update,
 )
 from cloud.export.exporter import to_float_tflite
 from cloud.export.grid import (
     activation_tensors,
     bytes_changed,
     float_reference,
-    plan_update,
     update_tensors,
     with_activations_from,
 )
+from cloud.export.param_layout import ParamLayout, params_of
 from cloud.export.tflite_file import TFLiteFile, TFLiteFileError
 from cloud.learning.models import TabularMLP
 from cloud.learning.training import Hyperparameters, fine_tune
@@ -60,6 +61,14 @@ class Drifted:
     def weights(self) -> dict[str, np.ndarray]:
         return self.layout.to_tflite(params_of(self.model))
 
+    def fit(self, trained) -> FineTuned:
+        """This child as a round's fine-tune of the session's trained parent."""
+        return FineTuned(trained.model, self.model, self.X, self.y, Hyperparameters(3, 64, 1e-3, 1))
+
+
+def calibration(drifted: Drifted, parts) -> tuple[np.ndarray, np.ndarray]:
+    return drifted.X[:200], parts.seed_holdout.X[:32]
+
 
 @pytest.fixture(scope="session")
 def drifted(trained, parts) -> Drifted:
@@ -78,13 +87,7 @@ def parent(exported) -> TFLiteFile:
 @pytest.fixture(scope="session")
 def budgeted(exported, trained, drifted, parts):
     update = BudgetedUpdate(
-        exported.content,
-        trained.model,
-        drifted.model,
-        (drifted.X, drifted.y),
-        (drifted.X[:200], parts.seed_holdout.X[:32]),
-        Hyperparameters(3, 64, 1e-3, 1),
-        OPTIONS,
+        exported.content, drifted.fit(trained), calibration(drifted, parts), OPTIONS
     )
     return update, update.child()
 
@@ -163,20 +166,14 @@ def test_the_selection_narrows_from_four_times_the_budget_down_to_it(
     trained_values = []
     real_refit = st.refit
 
-    def counting_refit(shadow, start, selected, *args, **kwargs):
-        trained_values.append(int(sum(int(np.sum(m)) for m in selected.values())))
-        return real_refit(shadow, start, selected, *args, **kwargs)
+    def counting_refit(shadow, start, selection, *args, **kwargs):
+        trained_values.append(int(sum(int(np.sum(m)) for m in selection.mask.values())))
+        return real_refit(shadow, start, selection, *args, **kwargs)
 
     monkeypatch.setattr(st, "refit", counting_refit)
     opts = replace(OPTIONS, select_factor=4, levels=(8, 16, 32, 64))
     update = BudgetedUpdate(
-        exported.content,
-        trained.model,
-        drifted.model,
-        (drifted.X, drifted.y),
-        (drifted.X[:200], parts.seed_holdout.X[:32]),
-        Hyperparameters(3, 64, 1e-3, 1),
-        opts,
+        exported.content, drifted.fit(trained), calibration(drifted, parts), opts
     )
     child = update.child(300)
     # refit on ~1200 values, then ~600, then the budget's ~300 (int32 biases cost more bytes)
@@ -190,16 +187,9 @@ def test_weights_outside_the_frozen_range_force_recalibration(exported, trained,
     grown = copy.deepcopy(trained.model)
     with torch.no_grad():
         grown.f1.weight.mul_(3.0)
+    fit = replace(drifted.fit(trained), unconstrained=grown)
     with pytest.raises(FrozenScalesDoNotFit) as e:
-        BudgetedUpdate(
-            exported.content,
-            trained.model,
-            grown,
-            (drifted.X, drifted.y),
-            (drifted.X[:200], parts.seed_holdout.X[:32]),
-            Hyperparameters(3, 64, 1e-3, 1),
-            OPTIONS,
-        )
+        BudgetedUpdate(exported.content, fit, calibration(drifted, parts), OPTIONS)
     assert e.value.reason == "clipping" and e.value.details["clipped_fraction"] > 0.05
 
 

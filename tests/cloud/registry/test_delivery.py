@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import redis
 
-from cloud.registry.publisher import Published, Publisher
+from cloud.registry.publisher import Published, Publisher, PublishRequest
 from cloud.registry.versions import DirBlobStore, Registry
 from edge.daemon import EdgeDaemon
 from edge.settings import BUNDLED_BASELINE, EdgeSettings
@@ -45,7 +45,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "c
 def publisher(redis_client: redis.Redis, keys: FleetKeys, signing_dir: Path, tmp_path: Path):
     registry = Registry(redis_client, keys, DirBlobStore(tmp_path / "blobs"))
     signer = Signer.from_file(signing_dir / "signing.key")
-    return Publisher(redis_client, keys, signer, registry=registry)
+    return Publisher(registry, signer)
 
 
 def publish(publisher: Publisher, content: bytes) -> Published:
@@ -53,7 +53,7 @@ def publish(publisher: Publisher, content: bytes) -> Published:
     model = TFLiteModel(content)
     probe = ProbeSet(inputs=inputs.tolist(), expected=model.predict_proba_batch(inputs).tolist())
     return publisher.publish(
-        "digits", content, num_features=64, labels=LABELS, probe=probe, runtime=model.runtime
+        PublishRequest("digits", content, 64, LABELS, probe=probe, runtime=model.runtime)
     )
 
 

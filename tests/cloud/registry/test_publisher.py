@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from cloud.registry.publisher import Publisher, PublishError, StaleParent, VersionNotFound
+from cloud.registry.publisher import (
+    Publisher,
+    PublishError,
+    PublishRequest,
+    StaleParent,
+    VersionNotFound,
+)
 from cloud.registry.versions import DirBlobStore, Registry
 from shared.codec import decode_full, sha256_hex
 from shared.errors import SignatureError
@@ -15,9 +21,7 @@ from shared.signing import Signer, Verifier
 @pytest.fixture
 def publisher(redis_client, keys, signing_dir, tmp_path) -> Publisher:
     registry = Registry(redis_client, keys, DirBlobStore(tmp_path / "blobs"))
-    return Publisher(
-        redis_client, keys, Signer.from_file(signing_dir / "signing.key"), registry=registry
-    )
+    return Publisher(registry, Signer.from_file(signing_dir / "signing.key"))
 
 
 def publish(publisher, content, **kw):
@@ -29,7 +33,7 @@ def publish(publisher, content, **kw):
         "explanation": Explanation(trigger="test", summary="s"),
         **kw,
     }
-    return publisher.publish("digits", content, **args)
+    return publisher.publish(PublishRequest("digits", content, **args))
 
 
 def test_published_version_verifies_and_is_announced(
@@ -90,9 +94,7 @@ def test_unknown_versions(publisher):
 
 
 def _publisher(publisher: Publisher, **kw) -> Publisher:
-    return Publisher(
-        publisher.client, publisher.keys, publisher.signer, registry=publisher.registry, **kw
-    )
+    return Publisher(publisher.registry, publisher.signer, **kw)
 
 
 def test_direct_release_makes_each_version_the_fleet_target(

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import redis
 
 from cloud.registry.blobs import BlobNotFound, BlobStore, DirBlobStore, MemoryBlobStore
-from cloud.registry.publisher import Publisher
+from cloud.registry.publisher import Publisher, PublishRequest
 from cloud.registry.versions import (
     LATEST,
     LabelError,
@@ -104,19 +105,19 @@ def registry(redis_client: redis.Redis, keys: FleetKeys, tmp_path: Path) -> Regi
 
 def make_publisher(registry: Registry, signing_dir: Path, **kw: int) -> Publisher:
     signer = Signer.from_file(signing_dir / "signing.key")
-    return Publisher(registry.client, registry.keys, signer, registry=registry, **kw)
+    return Publisher(registry, signer, **kw)
+
+
+def request(content: bytes, **kw: Any) -> PublishRequest:
+    return PublishRequest(
+        MODEL, content, num_features=4, labels=["a", "b"], probe=PROBE, runtime="test", **kw
+    )
 
 
 def publish(publisher: Publisher, content: bytes, trigger: str = "count"):
+    explanation = Explanation(trigger=trigger, summary="s")
     return publisher.publish(
-        MODEL,
-        content,
-        num_features=4,
-        labels=["a", "b"],
-        probe=PROBE,
-        runtime="test",
-        metrics={"recent_accuracy": 0.9},
-        explanation=Explanation(trigger=trigger, summary="s"),
+        request(content, metrics={"recent_accuracy": 0.9}, explanation=explanation)
     )
 
 
@@ -277,7 +278,7 @@ def test_the_publisher_lists_patches_for_the_parent_and_the_bases_devices_report
 
     target = model_file(5, base=three[2])
     # The parent, v4, has another length: no patch, and it does not use up the cap.
-    capped = Publisher(registry.client, keys, publisher.signer, registry=registry, max_patches=2)
+    capped = Publisher(registry, publisher.signer, max_patches=2)
     published = publish(capped, target)
     patches = {p.base_sha256: p for p in published.payloads if p.encoding == "patch"}
     assert set(patches) == {sha1, sha2}  # v4 (length), f*64 (unknown) and v3 (nobody) get none
@@ -302,22 +303,8 @@ def test_the_parent_comes_first_and_the_cap_holds(
     for device, sha in [("a", sha1), ("b", sha1), ("c", sha2)]:
         report(redis_client, registry.keys, device, sha)
     capped = make_publisher(registry, signing_dir, max_patches=2)
-    published = capped.publish(
-        MODEL,
-        model_file(5, base=three[2]),
-        num_features=4,
-        labels=["a", "b"],
-        probe=PROBE,
-        runtime="test",
-    )
+    published = capped.publish(request(model_file(5, base=three[2])))
     assert [p.base_sha256 for p in published.payloads] == [None, sha3, sha1]
     none = make_publisher(registry, signing_dir, max_patches=0)
-    published = none.publish(
-        MODEL,
-        model_file(6, base=three[2]),
-        num_features=4,
-        labels=["a", "b"],
-        probe=PROBE,
-        runtime="test",
-    )
+    published = none.publish(request(model_file(6, base=three[2])))
     assert [p.encoding for p in published.payloads] == ["full"]

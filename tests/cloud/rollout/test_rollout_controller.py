@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from cloud.registry.blobs import MemoryBlobStore
-from cloud.registry.publisher import Publisher
+from cloud.registry.publisher import Publisher, PublishRequest
 from cloud.registry.versions import Registry
 from cloud.rollout.controller import RolloutConflict, RolloutController, RolloutNotFound
 from cloud.rollout.rings import members, ring_order
@@ -40,17 +40,13 @@ class Fleet:
         self.client = client
         self.keys = FleetKeys("lab")
         self.registry = Registry(client, self.keys, MemoryBlobStore())
-        publisher = Publisher(
-            client, self.keys, Signer(generate_keypair()[0]), registry=self.registry
-        )
+        publisher = Publisher(self.registry, Signer(generate_keypair()[0]))
         probe = ProbeSet(inputs=[[0.0]], expected=[[0.5, 0.5]])
         rng = np.random.default_rng(0)
         self.shas = []
         for _ in range(3):
             blob = rng.integers(0, 256, 3000, dtype=np.uint8).tobytes()
-            p = publisher.publish(
-                MODEL, blob, num_features=1, labels=["a", "b"], probe=probe, runtime="t"
-            )
+            p = publisher.publish(PublishRequest(MODEL, blob, 1, ["a", "b"], probe, runtime="t"))
             self.shas.append(p.sha256)
         self.a, self.b, self.c = self.shas
         client.set(self.keys.target(MODEL), self.a)

@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 
 from cloud.api.app import create_app
 from cloud.api.settings import ApiSettings
-from cloud.registry.publisher import Publisher
+from cloud.registry.publisher import Publisher, PublishRequest
 from cloud.registry.versions import DirBlobStore, Registry
 from cloud.rollout.rings import ring_order
 from edge.daemon import EdgeDaemon
@@ -35,6 +35,7 @@ from shared.signing import Signer, write_keypair
 from tests.cloud.api_helpers import PEPPER, bearer, issue, sample
 
 FLEET = "roll"
+LABELS = [str(i) for i in range(10)]
 EDGE_DATA = Path(__file__).resolve().parents[2] / "edge" / "data"
 PERMUTED = EDGE_DATA / "permuted_digits.tflite"
 GATE = {
@@ -68,24 +69,16 @@ class Fleet:
         self.keys = FleetKeys(FLEET)
         write_keypair(tmp / "keys")
         registry = Registry(client, self.keys, DirBlobStore(tmp / "blobs"))
-        publisher = Publisher(
-            client,
-            self.keys,
-            Signer.from_file(tmp / "keys" / "signing.key"),
-            registry=registry,
-            release="manual",
-        )
+        signer = Signer.from_file(tmp / "keys" / "signing.key")
+        publisher = Publisher(registry, signer, release="manual")
         baseline = BUNDLED_BASELINE.read_bytes()
         self.shas = [""]  # by version number
         for content in (baseline + b"\0", baseline + b"\0\0", PERMUTED.read_bytes()):
             self.shas.append(
                 publisher.publish(
-                    "digits",
-                    content,
-                    num_features=64,
-                    labels=[str(i) for i in range(10)],
-                    probe=_probe(content),
-                    runtime="ai-edge-litert",
+                    PublishRequest(
+                        "digits", content, 64, LABELS, _probe(content), runtime="ai-edge-litert"
+                    )
                 ).sha256
             )
         client.set(self.keys.target("digits"), self.shas[1])
