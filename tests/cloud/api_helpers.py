@@ -7,12 +7,14 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import redis
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
+from cloud.api.settings import ApiSettings
 from cloud.api.tokens import TokenStore
 from shared.keys import FleetKeys
 
@@ -103,3 +105,18 @@ def sample(text: str, name: str, **labels: str) -> float | None:
             if s.name == name and s.labels == labels:
                 return float(s.value)
     return None
+
+
+def dev_api_settings(fleet: str, redis_url: str, tmp: Path, **overrides: Any) -> ApiSettings:
+    """A development API on ``redis_url`` with its blobs under ``tmp`` and no public key
+    (manifests served unverified), tokens hashed under the tests' pepper."""
+    fields: dict[str, Any] = {
+        "fleet": fleet,
+        "redis_url": redis_url,
+        "blob_dir": tmp / "blobs",
+        "public_key": tmp / "none.pub",
+        "token_pepper": PEPPER,
+        "mode": "development",
+        "controller_interval_s": 0,
+    }
+    return ApiSettings(**{**fields, **overrides})

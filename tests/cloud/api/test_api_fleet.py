@@ -20,22 +20,22 @@ from edge.status import ReportPolicy, StatusReporter
 from edge.uplink import FeedbackUplink, UplinkPolicy
 from shared.keys import FEEDBACK_BATCH_FIELD, FleetKeys
 from shared.messages import DeadLetter, EdgeCounters, EdgeStatus, FeedbackEvent
-from tests.cloud.api_helpers import PEPPER, bearer, issue, report, sample, seed_versions
+from tests.cloud.api_helpers import (
+    PEPPER,
+    bearer,
+    dev_api_settings,
+    issue,
+    report,
+    sample,
+    seed_versions,
+)
 
 FLEET = "lab"
 
 
 @pytest.fixture
 def settings(redis_url, tmp_path) -> ApiSettings:
-    return ApiSettings(
-        fleet=FLEET,
-        redis_url=redis_url,
-        blob_dir=tmp_path / "blobs",
-        public_key=tmp_path / "none.pub",
-        token_pepper=PEPPER,
-        mode="development",
-        controller_interval_s=0,
-    )
+    return dev_api_settings(FLEET, redis_url, tmp_path)
 
 
 @pytest.fixture

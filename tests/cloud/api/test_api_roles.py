@@ -24,7 +24,7 @@ from shared.errors import ConfigError
 from shared.keys import FleetKeys
 from shared.messages import FeedbackEvent
 from shared.rollouts import GatePolicy, RolloutSpec, StageSpec
-from tests.cloud.api_helpers import PEPPER, bearer, issue, report, seed_versions
+from tests.cloud.api_helpers import PEPPER, bearer, dev_api_settings, issue, report, seed_versions
 
 FLEET = "lab"
 DEVICES = ["pi-01", "pi-02", "pi-03", "pi-04"]
@@ -138,15 +138,7 @@ def world(redis_client, tmp_path) -> World:
 
 @pytest.fixture
 def api(world, redis_url, tmp_path):
-    settings = ApiSettings(
-        fleet=FLEET,
-        redis_url=redis_url,
-        blob_dir=tmp_path / "blobs",
-        public_key=tmp_path / "none.pub",
-        token_pepper=PEPPER,
-        mode="development",
-        controller_interval_s=0,
-    )
+    settings = dev_api_settings(FLEET, redis_url, tmp_path)
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         yield client
 

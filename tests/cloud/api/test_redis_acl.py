@@ -17,7 +17,6 @@ import redis
 from fastapi.testclient import TestClient
 
 from cloud.api.app import create_app
-from cloud.api.settings import ApiSettings
 from cloud.registry.publisher import Publisher, PublishRequest
 from cloud.registry.versions import DirBlobStore, Registry
 from edge.daemon import EdgeDaemon
@@ -27,7 +26,7 @@ from shared.keys import FleetKeys
 from shared.messages import ProbeSet
 from shared.runtime import TFLiteModel
 from shared.signing import Signer, write_keypair
-from tests.cloud.api_helpers import PEPPER, bearer, free_port, issue
+from tests.cloud.api_helpers import bearer, dev_api_settings, free_port, issue
 
 ACL = Path(__file__).resolve().parents[3] / "deploy" / "cloud" / "users.acl"
 USERS = ("admin", "trainer", "api", "edge")
@@ -197,15 +196,7 @@ def test_an_edge_user_does_what_an_edge_does_and_nothing_else(acl_redis, tmp_pat
 def test_the_api_user_serves_the_api(acl_redis, tmp_path):
     api_client = redis.Redis.from_url(acl_redis["api"])
     token = issue(api_client, FLEET, "admin")
-    settings = ApiSettings(
-        fleet=FLEET,
-        redis_url=acl_redis["api"],
-        blob_dir=tmp_path / "blobs",
-        public_key=tmp_path / "none.pub",
-        token_pepper=PEPPER,
-        mode="development",
-        controller_interval_s=0.05,
-    )
+    settings = dev_api_settings(FLEET, acl_redis["api"], tmp_path, controller_interval_s=0.05)
     with TestClient(create_app(settings), raise_server_exceptions=False) as api:
         status = {"device_id": "pi-1", "fleet": FLEET, "model": "digits", "state": "serving"}
         assert (

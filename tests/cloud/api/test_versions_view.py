@@ -8,9 +8,9 @@ import json
 import pytest
 
 from cloud.api.views.versions import ModelNotFound, VersionsView
-from cloud.data.replay import TrainerData
+from cloud.data.replay import DataOptions, TrainerData
 from cloud.export.tflite_file import TFLiteFile
-from cloud.registry.publisher import Publisher
+from cloud.registry.publisher import Publisher, PublishRequest
 from cloud.registry.versions import DirBlobStore, Registry, VersionNotFound
 from shared.delta import apply_patch
 from shared.messages import Explanation, SignedManifest
@@ -31,9 +31,7 @@ def registry(redis_client, keys, signing_dir, tmp_path, exported, parts) -> Regi
     """v1 (the session's export, labelled stable) and v2 (one weight changed), and the
     seed holdout as the evaluation data."""
     registry = Registry(redis_client, keys, DirBlobStore(tmp_path / "blobs"))
-    publisher = Publisher(
-        redis_client, keys, Signer.from_file(signing_dir / "signing.key"), registry=registry
-    )
+    publisher = Publisher(registry, Signer.from_file(signing_dir / "signing.key"))
     common = {
         "num_features": 64,
         "labels": parts.seed_train.labels,
@@ -41,31 +39,26 @@ def registry(redis_client, keys, signing_dir, tmp_path, exported, parts) -> Regi
         "runtime": exported.runtime,
     }
     v1 = publisher.publish(
-        "digits",
-        exported.content,
-        explanation=Explanation(trigger="bootstrap", summary="first"),
-        expected_parent=None,
-        **common,
+        PublishRequest(
+            "digits",
+            exported.content,
+            explanation=Explanation(trigger="bootstrap", summary="first"),
+            expected_parent=None,
+            **common,
+        )
     )
     publisher.publish(
-        "digits",
-        one_weight_changed(exported.content),
-        explanation=Explanation(trigger="count", summary="second"),
-        expected_parent=v1.sha256,
-        **common,
+        PublishRequest(
+            "digits",
+            one_weight_changed(exported.content),
+            explanation=Explanation(trigger="count", summary="second"),
+            expected_parent=v1.sha256,
+            **common,
+        )
     )
     registry.set_label("digits", "stable", 1)
-    data = TrainerData(
-        redis_client,
-        keys,
-        "digits",
-        num_classes=10,
-        num_features=64,
-        replay_capacity=100,
-        holdout_capacity=1000,
-        recent_window=10,
-        recent_train=0,
-    )
+    options = DataOptions("digits", 10, 64, replay_capacity=100, recent_window=10, recent_train=0)
+    data = TrainerData(redis_client, keys, options)
     data.seed(parts.seed_holdout.X, parts.seed_holdout.y, holdout=True, seed=0)
     return registry
 

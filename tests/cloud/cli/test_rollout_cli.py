@@ -11,10 +11,9 @@ import time
 import pytest
 
 from cloud.api.app import create_app
-from cloud.api.settings import ApiSettings
 from cloud.cli import main as cli
 from cloud.cli.client import ApiClient
-from tests.cloud.api_helpers import PEPPER, issue, report, seed_versions, serving
+from tests.cloud.api_helpers import dev_api_settings, issue, report, seed_versions, serving
 
 FLEET = "lab"
 DEVICES = [f"pi-{i}" for i in range(4)]
@@ -25,15 +24,7 @@ def live(redis_client, redis_url, tmp_path, monkeypatch):
     shas = seed_versions(redis_client, FLEET, tmp_path / "blobs")
     for d in DEVICES:
         report(redis_client, FLEET, d, shas[0], version=1, rolling_accuracy=0.9)
-    settings = ApiSettings(
-        fleet=FLEET,
-        redis_url=redis_url,
-        blob_dir=tmp_path / "blobs",
-        public_key=tmp_path / "none.pub",
-        token_pepper=PEPPER,
-        mode="development",
-        controller_interval_s=0.1,
-    )
+    settings = dev_api_settings(FLEET, redis_url, tmp_path, controller_interval_s=0.1)
     monkeypatch.setenv("COLUMNS", "200")
     monkeypatch.setenv("EDGELOOP_TOKEN", issue(redis_client, FLEET, "admin"))
     with serving(create_app(settings)) as url:

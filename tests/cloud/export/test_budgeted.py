@@ -197,15 +197,8 @@ def test_a_model_of_another_layout_cannot_use_the_parents_grid(exported, trained
     # the same inputs and classes, other layers: nothing maps onto the parent's int8 tensors
     other = TabularMLP(drifted.X.mean(axis=0), drifted.X.std(axis=0), num_classes=10)
     with pytest.raises(FrozenScalesDoNotFit) as e:
-        BudgetedUpdate(
-            exported.content,
-            trained.model,
-            other,
-            (drifted.X, drifted.y),
-            (drifted.X[:200], parts.seed_holdout.X[:32]),
-            Hyperparameters(3, 64, 1e-3, 1),
-            OPTIONS,
-        )
+        fit = replace(drifted.fit(trained), unconstrained=other)
+        BudgetedUpdate(exported.content, fit, calibration(drifted, parts), OPTIONS)
     assert e.value.reason == "layout"
 
 

@@ -10,7 +10,7 @@ import pytest
 from cloud.data.datasets import drift
 from cloud.data.replay import NewSamples, TrainerData
 from cloud.learning.models import weights_to_bytes
-from cloud.registry.publisher import Publisher
+from cloud.registry.publisher import Publisher, PublishRequest
 from cloud.registry.versions import DirBlobStore, Registry
 from cloud.trainer.rounds import RoundError, RoundRunner
 from shared.keys import FleetKeys
@@ -33,21 +33,9 @@ def runner(make_settings, redis_client, parts, signing_dir):
     def make(**overrides):
         s = make_settings(**{**FAST, **overrides})
         keys = FleetKeys(s.fleet)
-        data = TrainerData(
-            redis_client,
-            keys,
-            s.model,
-            num_classes=len(parts.seed_train.labels),
-            num_features=parts.seed_train.num_features,
-            replay_capacity=s.replay_capacity,
-            holdout_capacity=s.holdout_capacity,
-            recent_window=s.recent_window,
-            recent_train=s.recent_train,
-        )
+        data = TrainerData(redis_client, keys, s.data_options(parts.seed_train))
         registry = Registry(redis_client, keys, DirBlobStore(s.blob_dir))
-        publisher = Publisher(
-            redis_client, keys, Signer.from_file(signing_dir / "signing.key"), registry=registry
-        )
+        publisher = Publisher(registry, Signer.from_file(signing_dir / "signing.key"))
         return RoundRunner(s, redis_client, publisher, data, parts)
 
     return make
@@ -64,13 +52,15 @@ def with_parent(runner, trained, exported, parts, keys):
         rounds.data.seed(parts.seed_holdout.X, parts.seed_holdout.y, holdout=True, seed=1)
         rounds.client.set(keys.weights(exported.sha256), weights_to_bytes(trained.model))
         rounds.publisher.publish(
-            "digits",
-            exported.content,
-            num_features=parts.seed_train.num_features,
-            labels=parts.seed_train.labels,
-            probe=exported.probe,
-            runtime=exported.runtime,
-            expected_parent=None,
+            PublishRequest(
+                "digits",
+                exported.content,
+                num_features=parts.seed_train.num_features,
+                labels=parts.seed_train.labels,
+                probe=exported.probe,
+                runtime=exported.runtime,
+                expected_parent=None,
+            )
         )
         return rounds
 
@@ -136,7 +126,8 @@ def test_a_child_that_beats_its_parent_is_published_with_its_explanation(with_pa
     assert manifest.metrics["recent_accuracy"] == pytest.approx(child["accuracy"])
     # the next round fine-tunes from exactly this child: its weights are stored with it
     assert rounds.client.exists(keys.weights(sha))
-    assert rounds.parent()[:2] == (2, sha)
+    parent = rounds.parent()
+    assert (parent.version, parent.sha256) == (2, sha)
 
 
 def test_a_child_the_gate_refuses_is_not_published_and_the_report_says_why(with_parent, parts):

@@ -12,20 +12,10 @@ from cloud.trainer.loop import Trainer
 from shared.messages import TrainerStatus
 from shared.runtime import TFLiteModel
 from shared.signing import Verifier
+from tests.cloud.conftest import FAST_TRAINER
 
-FAST = {
-    "bootstrap_epochs": 20,
-    "epochs": 8,
-    "round_min_samples": 10_000,
-    "round_interval_s": 3600,
-    "drift_window": 40,
-    "drift_drop": 0.25,
-    "gate_min_recent": 20,
-    "status_interval_s": 0.2,
-    "block_ms": 10,
-    "replay_capacity": 1000,
-    "recent_train": 400,
-}
+#: The fleet fixture's fast settings; each test sets its own lease.
+FAST = {k: v for k, v in FAST_TRAINER.items() if k != "lock_ttl_ms"}
 
 
 @pytest.fixture
