@@ -60,6 +60,7 @@ from edge.connections import REDIS_ERRORS, FleetMember, describe
 from edge.fallback import ServingChain
 from edge.guard import SwapGuard
 from edge.model_store import ModelStore
+from shared import replies
 from shared.codec import DEFAULT_MAX_SIZE, check_sha256, decode_full
 from shared.delta import apply_patch
 from shared.errors import ArtifactError, EdgeloopError, IntegrityError, ModelRejected, NotFound
@@ -261,7 +262,7 @@ class UpdateConsumer:
         pipe.get(self._keys.target(self._model))
         pipe.hget(self._keys.assignments(self._model), self._device)
         pipe.hget(self._keys.pins(self._model), self._device)
-        target, assignment, pin = (_text(v) for v in pipe.execute())
+        target, assignment, pin = (replies.optional_text(v) for v in pipe.execute())
         return desired_sha(target, assignment, pin)
 
     def _converge_to(self, desired: str, *, retry: bool) -> None:
@@ -525,19 +526,4 @@ Entry = tuple[str, dict[bytes, bytes]]
 
 def _entries(raw: Any) -> list[Entry]:
     """Stream entries of an XREAD/XREVRANGE reply as (id, fields)."""
-    out: list[Entry] = []
-    for entry_id, fields in raw or ():
-        out.append(
-            (
-                entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id),
-                dict(fields or {}),
-            )
-        )
-    return out
-
-
-def _text(value: Any) -> str | None:
-    """A Redis reply as text (keys hold ASCII sha256s); None stays None."""
-    if value is None:
-        return None
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return [(replies.text(entry_id), dict(fields or {})) for entry_id, fields in raw or ()]

@@ -17,6 +17,7 @@ import math
 import redis
 
 from cloud.api.schemas import FeedbackAcceptedPublic
+from shared import replies
 from shared.errors import InputError
 from shared.feedback_stream import add_feedback
 from shared.keys import FleetKeys, check_name
@@ -55,7 +56,7 @@ class DeviceRelay:
         lines = [e.to_wire() for e in events]
         pipe = self.client.pipeline(transaction=True)  # a request's events land whole or not at all
         add_feedback(pipe, self.keys, lines, batch)
-        ids = [i.decode() if isinstance(i, bytes) else str(i) for i in pipe.execute()]
+        ids = [replies.text(i) for i in pipe.execute()]
         return FeedbackAcceptedPublic(accepted=len(events), entries=ids)
 
 

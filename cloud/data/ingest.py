@@ -35,6 +35,7 @@ import redis
 from cloud.data.replay import NewSamples, TrainerData
 from cloud.data.validation import Entry, Events, FeedbackValidator, Refused
 from cloud.data.watermark import Watermark
+from shared import replies
 from shared.keys import FEEDBACK_GROUP, FleetKeys
 from shared.messages import DeadLetter
 
@@ -278,7 +279,7 @@ class FeedbackIngest:
         if keep:
             # Entries arrive in stream order (XREADGROUP and XAUTOCLAIM both), so the
             # range of the batch is its first and last id.
-            accepted.first_id, accepted.last_id = _str_id(ids[0]), _str_id(ids[-1])
+            accepted.first_id, accepted.last_id = replies.text(ids[0]), replies.text(ids[-1])
         return Batch(
             len(ids),
             accepted,
@@ -300,10 +301,6 @@ class FeedbackIngest:
                 batch.deadlettered,
                 "; ".join(sorted(set(batch.reasons))[:3]),
             )
-
-
-def _str_id(entry_id: bytes | str) -> str:
-    return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
 
 #: splitmix64 (Steele, Lea, Flood 2014): the increment and the finalizer's multipliers.

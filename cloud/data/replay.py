@@ -37,6 +37,7 @@ import numpy as np
 import numpy.typing as npt
 import redis
 
+from shared import replies
 from shared.keys import FleetKeys
 
 logger = logging.getLogger(__name__)
@@ -280,7 +281,7 @@ class TrainerData:
 
     def recent_set(self) -> tuple[FloatArray, IntArray]:
         """The recent window, newest first."""
-        blobs = [_binary(v) for v in self.client.lrange(self.recent_key, 0, -1)]
+        blobs = [replies.binary(v) for v in self.client.lrange(self.recent_key, 0, -1)]
         return decode_samples(blobs, self.num_features)
 
     def recent_count(self) -> int:
@@ -294,11 +295,4 @@ class TrainerData:
 
     def _stored(self, key: str) -> dict[bytes, bytes]:
         """A hash of ours, fields and values as bytes, in the server's order."""
-        return {_binary(k): _binary(v) for k, v in self.client.hgetall(key).items()}
-
-
-def _binary(value: bytes | str) -> bytes:
-    """A reply of a client that returns bytes, as samples are binary."""
-    if isinstance(value, str):
-        raise TypeError("the trainer's data needs a Redis client without decode_responses")
-    return value
+        return {replies.binary(k): replies.binary(v) for k, v in self.client.hgetall(key).items()}

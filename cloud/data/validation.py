@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import ValidationError
 
+from shared import replies
 from shared.errors import MessageError
 from shared.feedback_stream import events_of
 from shared.keys import FEEDBACK_BATCH_FIELD, FEEDBACK_EVENT_FIELD
@@ -94,7 +95,7 @@ class FeedbackValidator:
         raws: list[bytes] = []
         refused: list[Refused] = []
         for raw_id, fields in entries:
-            entry_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+            entry_id = replies.text(raw_id)
             payloads = events_of(fields)
             if payloads is None:
                 reason = f"missing field {FEEDBACK_EVENT_FIELD!r} or {FEEDBACK_BATCH_FIELD!r}"

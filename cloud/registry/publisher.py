@@ -43,6 +43,7 @@ from typing import Any, Literal, cast
 import redis
 
 from cloud.registry.versions import PatchUnavailable, Registry, VersionNotFound
+from shared import replies
 from shared.codec import encode_full, sha256_hex
 from shared.errors import EdgeloopError, MessageError
 from shared.keys import FleetKeys
@@ -201,9 +202,8 @@ class Publisher:
             done[:] = [Published(manifest.version, sha, signed, "", payloads, set_target)]
 
         # EXEC's replies (redis-py types them for every mode), the XADD's stream id last
-        replies = cast(list[object], self.client.transaction(txn, versions_key, rollout_key))
-        stream_id = replies[-1]
-        announcement_id = stream_id.decode() if isinstance(stream_id, bytes) else str(stream_id)
+        answers = cast(list[object], self.client.transaction(txn, versions_key, rollout_key))
+        announcement_id = replies.text(answers[-1])
         published = replace(done[0], announcement_id=announcement_id)
         _log(model, published, len(content), len(artifact))
         return published

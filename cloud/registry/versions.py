@@ -35,6 +35,7 @@ from typing import Any
 import redis
 
 from cloud.registry.blobs import BlobNotFound, BlobStore, DirBlobStore, MemoryBlobStore
+from shared import replies
 from shared.codec import check_sha256, decode_full
 from shared.delta import NotPatchable, make_patch
 from shared.errors import EdgeloopError, NotFound
@@ -112,14 +113,14 @@ class Registry:
 
     def models(self) -> list[str]:
         """Names of the models with at least one version, sorted."""
-        return sorted(_text(m) for m in self.client.smembers(self.keys.models))
+        return sorted(replies.text(m) for m in self.client.smembers(self.keys.models))
 
     def versions(self, model: str, limit: int | None = None) -> list[VersionRecord]:
         """Every version of ``model`` (the newest ``limit`` if given), oldest first, with labels."""
         _check_model(model)
         start = -limit if limit else 0
         rows: Any = self.client.zrange(self.keys.versions(model), start, -1)
-        shas = [_text(sha) for sha in rows]
+        shas = [replies.text(sha) for sha in rows]
         records = self._records(model, shas)
         by_sha = self._labels_by_sha(model)
         for r in records:
@@ -137,7 +138,7 @@ class Registry:
         """The newest version (by number), or None before the first publish."""
         _check_model(model)
         top = self.client.zrevrange(self.keys.versions(model), 0, 0)
-        return self.get(model, _text(top[0])) if top else None
+        return self.get(model, replies.text(top[0])) if top else None
 
     def resolve(self, model: str, ref: str | int) -> str:
         """The sha256 a ref names; VersionNotFound if none (or an ambiguous prefix)."""
@@ -149,19 +150,19 @@ class Registry:
             found = self.client.zrangebyscore(versions_key, number[1], number[1])
             if not found:
                 raise VersionNotFound(f"{model} has no version {number[1]}")
-            return _text(found[0])
+            return replies.text(found[0])
         labelled = self.client.hget(self.keys.labels(model), text) if _LABEL.match(text) else None
         if labelled is not None:
-            return _text(labelled)
+            return replies.text(labelled)
         if len(text) == 64 and _HEX.match(text):
             if self.client.zscore(versions_key, text) is None:
                 raise VersionNotFound(f"{text[:12]} is not a version of {model}")
             return text
         if _HEX.match(text):
             matches = [
-                _text(s)
+                replies.text(s)
                 for s in self.client.zrange(versions_key, 0, -1)
-                if _text(s).startswith(text)
+                if replies.text(s).startswith(text)
             ]
             if len(matches) == 1:
                 return matches[0]
@@ -200,7 +201,7 @@ class Registry:
                 raise VersionNotFound(
                     f"no file for {sha256[:12]} in {self.blobs!r} or Redis"
                 ) from None
-            data = decode_full(_binary(blob))
+            data = decode_full(replies.binary(blob))
             check_sha256(data, sha256, what=f"artifact {sha256[:12]}")
             return data
 
@@ -208,7 +209,7 @@ class Registry:
         """The version and its ancestors, newest first, back to the first version."""
         sha: str | None = self.resolve(model, ref)
         rows = self.client.hgetall(self.keys.version_records(model))
-        stored = {_text(k): v for k, v in rows.items()}
+        stored = {replies.text(k): v for k, v in rows.items()}
         by_sha = self._labels_by_sha(model)
         out: list[VersionRecord] = []
         seen: set[str] = set()
@@ -227,7 +228,8 @@ class Registry:
         """Every label of ``model`` and the version it points at."""
         _check_model(model)
         pairs = {
-            _text(k): _text(v) for k, v in self.client.hgetall(self.keys.labels(model)).items()
+            replies.text(k): replies.text(v)
+            for k, v in self.client.hgetall(self.keys.labels(model)).items()
         }
         shas = sorted(set(pairs.values()))
         records = dict(zip(shas, self._records(model, shas), strict=True))
@@ -266,7 +268,7 @@ class Registry:
             model,
             label,
             sha[:12],
-            _text(previous)[:12] if previous else "unset",
+            replies.text(previous)[:12] if previous else "unset",
         )
         return self.get(model, sha)
 
@@ -294,7 +296,7 @@ class Registry:
         key = self.keys.patch(base, target)
         cached = self.client.get(key)
         if cached is not None:
-            return _binary(cached)
+            return replies.binary(cached)
         patch = self.build_patch(base, self.content_by_sha(target))
         self.client.set(key, patch, ex=self.patch_ttl_s)
         return patch
@@ -329,7 +331,7 @@ class Registry:
     def _labels_by_sha(self, model: str) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
         for label, sha in sorted(self.client.hgetall(self.keys.labels(model)).items()):
-            out.setdefault(_text(sha), []).append(_text(label))
+            out.setdefault(replies.text(sha), []).append(replies.text(label))
         return out
 
 
@@ -348,13 +350,3 @@ def _check_label(label: str) -> None:
         )
     if label == LATEST:
         raise LabelError(f"{LATEST!r} moves with every publish and cannot be set by hand")
-
-
-def _binary(value: Any) -> bytes:
-    if not isinstance(value, bytes):
-        raise RegistryError("the registry needs a Redis client without decode_responses")
-    return value
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Literal, Protocol
 
 import redis
@@ -28,6 +28,7 @@ from redis.client import Pipeline
 
 from cloud.rollout.health import evaluate, sample_of
 from cloud.rollout.rings import members
+from shared import replies
 from shared.errors import EdgeloopError, InputError, MessageError, NotFound
 from shared.keys import FleetKeys, check_name
 from shared.messages import EdgeStatus, VersionRecord
@@ -96,16 +97,16 @@ class RolloutController:
         return out
 
     def _recent_ids(self, limit: int) -> list[str]:
-        return _members(self.client.zrevrange(self.keys.rollouts, 0, limit - 1))
+        return replies.members(self.client.zrevrange(self.keys.rollouts, 0, limit - 1))
 
     def active(self, model: str) -> Rollout | None:
         rollout_id = self.client.get(self.keys.active_rollout(model))
-        return self.get(_text(rollout_id)) if rollout_id else None
+        return self.get(replies.text(rollout_id)) if rollout_id else None
 
     def devices(self) -> list[str]:
         """Devices of the fleet seen recently enough to be put in a ring."""
         since = self.clock() - self.device_stale_s
-        return _members(self.client.zrangebyscore(self.keys.devices, since, "+inf"))
+        return replies.members(self.client.zrangebyscore(self.keys.devices, since, "+inf"))
 
     def statuses(self, devices: list[str]) -> dict[str, EdgeStatus | None]:
         if not devices:
@@ -121,11 +122,11 @@ class RolloutController:
 
     def pins(self, model: str) -> dict[str, str]:
         pins = self.client.hgetall(self.keys.pins(model))
-        return {_text(device): _text(sha) for device, sha in pins.items()}
+        return {replies.text(device): replies.text(sha) for device, sha in pins.items()}
 
     def target(self, model: str) -> str | None:
         raw = self.client.get(self.keys.target(model))
-        return _text(raw) if raw else None
+        return replies.text(raw) if raw else None
 
     # -- creating -------------------------------------------------------------
 
@@ -184,7 +185,7 @@ class RolloutController:
             self.client.zrem(self.keys.rollouts, rollout.id)
             other = self.client.get(self.keys.active_rollout(rollout.model))
             raise RolloutConflict(
-                f"rollout {_text(other) if other else '?'} of {rollout.model} is in progress; "
+                f"rollout {replies.text(other) if other else '?'} of {rollout.model} is in progress; "
                 "finish, abort or roll it back first"
             )
 
@@ -391,18 +392,3 @@ class RolloutController:
 
         self.client.transaction(txn, key)
         return out["r"]
-
-
-def _text(reply: bytes | str) -> str:
-    """A Redis string reply as text (the client returns bytes; a decoding one, str)."""
-    return reply.decode() if isinstance(reply, bytes) else reply
-
-
-def _members(reply: Iterable[object]) -> list[str]:
-    """A sorted set's members, read without their scores, as text."""
-    members = []
-    for member in reply:
-        if not isinstance(member, (bytes, str)):
-            raise TypeError(f"expected sorted-set members without scores, got {member!r}")
-        members.append(_text(member))
-    return members

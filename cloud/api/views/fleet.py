@@ -20,6 +20,7 @@ from cloud.api.schemas import (
     ModelTarget,
 )
 from cloud.registry.versions import Registry
+from shared import replies
 from shared.errors import MessageError, NotFound
 from shared.keys import FleetKeys, check_name
 from shared.messages import EdgeStatus
@@ -82,7 +83,7 @@ class FleetView:
         pipe = self.client.pipeline(transaction=False)
         pipe.get(self.keys.target(model))
         pipe.get(self.keys.active_rollout(model))
-        target, active = (_text(v) if v else None for v in pipe.execute())
+        target, active = (replies.text(v) if v else None for v in pipe.execute())
         version = None
         if target is not None:
             try:
@@ -120,16 +121,11 @@ class FleetView:
             pipe.get(self.keys.target(model))
             pipe.hget(self.keys.assignments(model), device)
             pipe.hget(self.keys.pins(model), device)
-        values = [_text(v) if v else None for v in pipe.execute()]
+        values = [replies.text(v) if v else None for v in pipe.execute()]
         return {
             device: (values[3 * i], values[3 * i + 1], values[3 * i + 2])
             for i, (device, _) in enumerate(known)
         }
-
-
-def _text(reply: bytes | str) -> str:
-    """A Redis string reply as text (the client returns bytes; a decoding one, str)."""
-    return reply.decode() if isinstance(reply, bytes) else reply
 
 
 def _scored(reply: Iterable[object]) -> list[tuple[str, float]]:
@@ -139,7 +135,7 @@ def _scored(reply: Iterable[object]) -> list[tuple[str, float]]:
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
             raise TypeError(f"expected (member, score) pairs, got {pair!r}")
         member, score = pair
-        pairs.append((_text(member), float(score)))
+        pairs.append((replies.text(member), float(score)))
     return pairs
 
 

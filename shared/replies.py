@@ -1,0 +1,57 @@
+"""Redis replies as the types the code works with.
+
+Every edgeloop Redis client is made without ``decode_responses``: samples,
+artifacts, patches and signed manifests are binary. A string reply therefore
+arrives as bytes; names, ids and sha256s are read as text with ``text``, and
+payloads with ``binary``, which refuses a client that decodes (it would have
+mangled them).
+
+>>> text(b"el:{lab}:feedback"), text("1700000000000-0"), optional_text(None)
+('el:{lab}:feedback', '1700000000000-0', None)
+>>> binary(b"\\x00\\xff")
+b'\\x00\\xff'
+>>> members([b"pi-1", "pi-2"])
+['pi-1', 'pi-2']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from shared.errors import ConfigError
+
+
+class DecodingClient(ConfigError):
+    """A Redis client with ``decode_responses`` was given where binary replies are needed."""
+
+
+def text(reply: object) -> str:
+    """A string reply (or a number) as text."""
+    if isinstance(reply, bytes):
+        return reply.decode()
+    return reply if isinstance(reply, str) else str(reply)
+
+
+def optional_text(reply: object) -> str | None:
+    """``text``, with None (a missing key) kept as None."""
+    return None if reply is None else text(reply)
+
+
+def binary(reply: object) -> bytes:
+    """A payload reply as the bytes stored."""
+    if not isinstance(reply, bytes):
+        raise DecodingClient(
+            f"expected bytes from Redis, got {type(reply).__name__}: edgeloop needs Redis "
+            "clients made without decode_responses"
+        )
+    return reply
+
+
+def members(reply: Iterable[object]) -> list[str]:
+    """A set's (or a sorted set's, read without scores) members as text."""
+    out = []
+    for member in reply:
+        if not isinstance(member, (bytes, str)):
+            raise TypeError(f"expected members without scores, got {member!r}")
+        out.append(text(member))
+    return out
