@@ -65,7 +65,6 @@ parameter (cloud/export/param_layout.py).
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -74,8 +73,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import torch
-from torch import nn
 
 from cloud.export.exporter import (
     ExportResult,
@@ -99,10 +96,11 @@ from cloud.export.grid import (
     with_activations_from,
 )
 from cloud.export.param_layout import Arrays, LayoutMismatch, ParamLayout, params_of
+from cloud.export.refit import Selection, carry, published_model, refit
 from cloud.export.tflite_file import Tensor, TFLiteFile
 from cloud.learning.fisher import fisher_diagonal
 from cloud.learning.models import Classifier
-from cloud.learning.training import Hyperparameters, fine_tune
+from cloud.learning.training import Hyperparameters
 from shared.codec import sha256_hex
 from shared.errors import EdgeloopError, ModelRejected
 from shared.runtime import TFLiteModel
@@ -153,15 +151,6 @@ class FineTuned:
     X: npt.NDArray[np.float32]  # the round's training data: the Fisher estimate and refits
     y: npt.NDArray[np.int64]
     hp: Hyperparameters
-
-
-@dataclass(frozen=True)
-class Selection:
-    """The values a refit trains (a mask per parameter) and the float range each must
-    stay in (the frozen grid's, per value)."""
-
-    mask: Mapping[str, npt.NDArray[np.bool_]]
-    limits: Mapping[str, tuple[npt.NDArray[Any], npt.NDArray[Any]]]
 
 
 @dataclass(frozen=True)
@@ -305,66 +294,6 @@ def _byte_cost(t: Tensor, q: npt.NDArray[np.int64], target: npt.NDArray[np.int64
     a = q.astype(t.dtype).view(np.uint8).reshape(*q.shape, t.dtype.itemsize)
     b = target.astype(t.dtype).view(np.uint8).reshape(*q.shape, t.dtype.itemsize)
     return np.maximum((a != b).sum(axis=-1), 1)
-
-
-# -- refit ------------------------------------------------------------------------
-
-
-def refit(
-    shadow: Classifier,
-    unconstrained: Classifier,
-    selection: Selection,
-    data: tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]],
-    hp: Hyperparameters,
-) -> Classifier:
-    """The shadow with only the selected values trained (from the unconstrained
-    model's values), each held inside its limits; every other value stays put."""
-    start = copy.deepcopy(shadow)
-    target = dict(unconstrained.named_parameters())
-    mask, lo, hi, base = {}, {}, {}, {}
-    with torch.no_grad():
-        for name, p in start.named_parameters():
-            mask[name] = torch.as_tensor(np.asarray(selection.mask[name], bool))
-            lo[name] = torch.as_tensor(np.asarray(selection.limits[name][0], np.float32))
-            hi[name] = torch.as_tensor(np.asarray(selection.limits[name][1], np.float32))
-            moved = torch.clamp(target[name].detach(), lo[name], hi[name])
-            p.copy_(torch.where(mask[name], moved, p))
-            base[name] = p.detach().clone()
-
-    def hold(model: nn.Module) -> None:
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                inside = torch.clamp(p, lo[name], hi[name])
-                p.copy_(torch.where(mask[name], inside, base[name]))
-
-    X, y = data
-    return fine_tune(start, X, y, hp, after_step=hold).model
-
-
-def published_model(template: Classifier, layout: ParamLayout, parent: TFLiteFile) -> Classifier:
-    """``template`` holding exactly the parent's int8 weights (dequantized): what the
-    edges run, the start of a refit."""
-    values = layout.to_torch({t.name: t.dequantize(parent.content) for t in update_tensors(parent)})
-    model = copy.deepcopy(template)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(torch.as_tensor(np.asarray(values[name], np.float32)).reshape(p.shape))
-    return model
-
-
-def carry(unconstrained: Classifier, refitted: Classifier, selection: Selection) -> Classifier:
-    """The next shadow: the refit values where this round wrote, the unconstrained
-    model's (inside the grid's range) everywhere else, so the progress the budget left
-    out is sent by later rounds instead of being trained again."""
-    out = copy.deepcopy(unconstrained)
-    fitted = dict(refitted.named_parameters())
-    with torch.no_grad():
-        for name, p in out.named_parameters():
-            lo = torch.as_tensor(np.asarray(selection.limits[name][0], np.float32))
-            hi = torch.as_tensor(np.asarray(selection.limits[name][1], np.float32))
-            mask = torch.as_tensor(np.asarray(selection.mask[name], bool))
-            p.copy_(torch.where(mask, fitted[name], torch.clamp(p, lo, hi)))
-    return out
 
 
 # -- the update --------------------------------------------------------------------
