@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 
@@ -33,7 +34,7 @@ def _wait_http(url: str, timeout: float = 60.0) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-def wrk(url: str, body: str, seconds: int, workdir) -> tuple[float, int]:
+def wrk(url: str, body: str, seconds: int, workdir: Path) -> tuple[float, int]:
     """Requests/s and the count of non-2xx answers."""
     script = workdir / "post.lua"
     script.write_text(
@@ -47,7 +48,10 @@ def wrk(url: str, body: str, seconds: int, workdir) -> tuple[float, int]:
         capture_output=True,
         text=True,
     ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    found = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if found is None:
+        raise RuntimeError(f"wrk printed no request rate:\n{out}")
+    rps = float(found.group(1))
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     return rps, int(bad.group(1)) if bad else 0
 

@@ -9,22 +9,14 @@ import signal
 import redis
 
 from cloud.data.ingest import FeedbackIngest, IngestOptions
-from cloud.data.replay import TrainerData
+from cloud.data.replay import DataOptions, TrainerData
 from shared.keys import FleetKeys
 
 
 def trainer_data(client: redis.Redis, fleet: str, model: str) -> TrainerData:
     """The trainer's data as this worker keeps it (the benchmark reads its statistics)."""
     return TrainerData(
-        client,
-        FleetKeys(fleet),
-        model,
-        num_classes=10,
-        num_features=64,
-        replay_capacity=2000,
-        holdout_capacity=1000,
-        recent_window=200,
-        recent_train=300,
+        client, FleetKeys(fleet), DataOptions(model, num_classes=10, num_features=64)
     )
 
 

@@ -4,16 +4,22 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from bench.report import Result, at_most
 from bench.setup import Bench, baseline_bytes, digits_inputs
 from edge.daemon import EdgeDaemon
 from shared.runtime import interpreter_class
 
+#: One prediction: a sample in, the model's answer out.
+Predict = Callable[[npt.NDArray[np.float32]], Any]
 
-def _per_call_us(fn, xs: np.ndarray, n: int) -> float:
+
+def _per_call_us(fn: Predict, xs: npt.NDArray[np.float32], n: int) -> float:
     """µs per call over ``n`` calls."""
     t0 = time.perf_counter()
     for i in range(n):
@@ -21,7 +27,9 @@ def _per_call_us(fn, xs: np.ndarray, n: int) -> float:
     return (time.perf_counter() - t0) / n * 1e6
 
 
-def _interleaved(a, b, xs: np.ndarray, n: int, rounds: int = 10) -> tuple[float, float]:
+def _interleaved(
+    a: Predict, b: Predict, xs: npt.NDArray[np.float32], n: int, rounds: int = 10
+) -> tuple[float, float]:
     """Best per-call time of ``a`` and of ``b`` over ``rounds`` alternating runs of
     ``n / rounds`` calls: alternating exposes both to the same machine state, and the
     minimum filters what other processes take from the core."""
@@ -32,14 +40,14 @@ def _interleaved(a, b, xs: np.ndarray, n: int, rounds: int = 10) -> tuple[float,
     return best_a, best_b
 
 
-def bare_interpreter(content: bytes):
+def bare_interpreter(content: bytes) -> Predict:
     cls, _ = interpreter_class()
     interp = cls(model_content=content, num_threads=1)
     interp.allocate_tensors()
     i = interp.get_input_details()[0]["index"]
     o = interp.get_output_details()[0]["index"]
 
-    def run(x: np.ndarray) -> np.ndarray:
+    def run(x: npt.NDArray[np.float32]) -> Any:
         interp.set_tensor(i, x)
         interp.invoke()
         return interp.get_tensor(o)

@@ -9,12 +9,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import redis
 
 from cloud.demo.services import ProcessGroup, start_redis
-from cloud.registry.publisher import Publisher
+from cloud.registry.publisher import Publisher, PublishRequest
 from cloud.registry.versions import DirBlobStore, Registry
 from edge.settings import BUNDLED_BASELINE, EdgeSettings
 from shared.keys import FleetKeys
@@ -41,9 +43,7 @@ class Bench:
 
     def publisher(self) -> Publisher:
         registry = Registry(self.client, self.keys, DirBlobStore(self.workdir / "blobs"))
-        return Publisher(
-            self.client, self.keys, Signer.from_file(self.private_key), registry=registry
-        )
+        return Publisher(registry, Signer.from_file(self.private_key))
 
     def publish(self, content: bytes) -> int:
         """Publish ``content`` as the next version, with a probe set made in the edge runtime."""
@@ -52,21 +52,17 @@ class Bench:
         probe = ProbeSet(
             inputs=inputs.tolist(), expected=model.predict_proba_batch(inputs).tolist()
         )
-        return (
-            self.publisher()
-            .publish(
-                MODEL,
-                content,
-                num_features=64,
-                labels=[str(i) for i in range(10)],
-                probe=probe,
-                runtime=model.runtime,
-                expected_parent=...,
-            )
-            .version
+        request = PublishRequest(
+            MODEL,
+            content,
+            num_features=64,
+            labels=[str(i) for i in range(10)],
+            probe=probe,
+            runtime=model.runtime,
         )
+        return self.publisher().publish(request).version
 
-    def edge_settings(self, device: str, **overrides: object) -> EdgeSettings:
+    def edge_settings(self, device: str, **overrides: Any) -> EdgeSettings:
         return EdgeSettings(
             device_id=device,
             fleet=FLEET,
@@ -78,10 +74,10 @@ class Bench:
         )
 
 
-def digits_inputs(n: int, seed: int = 0) -> np.ndarray:
+def digits_inputs(n: int, seed: int = 0) -> npt.NDArray[np.float32]:
     from sklearn.datasets import load_digits
 
-    X = load_digits().data.astype(np.float32)
+    X: npt.NDArray[np.float32] = load_digits().data.astype(np.float32)
     return X[np.random.default_rng(seed).choice(len(X), n, replace=False)]
 
 
