@@ -127,6 +127,8 @@ def _add_feedback(app: FastAPI, daemon: EdgeDaemon) -> None:
         if body is None:
             return Response(status_code=400)  # the client left; nobody reads this
         req = _parse(FeedbackRequest, body)
+        if req.label is None:
+            raise InputError("label is required: this edge serves a classifier")
         accepted = daemon.feedback(req.label, request_id=req.request_id, x=req.x)
         return Response(accepted.model_dump_json(), status_code=202, media_type=JSON)
 

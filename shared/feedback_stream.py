@@ -25,10 +25,16 @@ entries in one command, ``ADD_ENTRIES_SCRIPT``, which Redis runs whole or not at
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from shared.keys import FEEDBACK_BATCH_FIELD, FEEDBACK_EVENT_FIELD, FleetKeys
+from shared.keys import (
+    FEEDBACK_BATCH_FIELD,
+    FEEDBACK_EVENT_FIELD,
+    FEEDBACK_FRAMES_FIELD,
+    FleetKeys,
+)
 
 _BATCH = FEEDBACK_BATCH_FIELD.encode()
 _EVENT = FEEDBACK_EVENT_FIELD.encode()
@@ -60,9 +66,52 @@ def add_feedback(pipe: Any, keys: FleetKeys, lines: Sequence[bytes], batch: int)
 
 
 def events_of(fields: Mapping[bytes, bytes]) -> list[bytes] | None:
-    """The events of a stream entry (JSON documents), or None if it has none."""
+    """The JSON events of a stream entry (``events`` or ``data``), or None if it has
+    none (it may carry ``frames`` instead: ``frames_field``)."""
     batch = fields.get(_BATCH)
     if batch is not None:
         return batch.split(b"\n")
     single = fields.get(_EVENT)
     return None if single is None else [single]
+
+
+# -- frames: events whose samples travel as raw bytes ------------------------------
+
+#: A frame: the event's JSON length and the sample's byte length (u32 LE each), the
+#: event's JSON (``x`` left out, ``x_shape`` and ``x_dtype`` set), the sample's bytes.
+_FRAME_HEAD = struct.Struct("<II")
+_FRAMES = FEEDBACK_FRAMES_FIELD.encode()
+
+
+def frame(event_json: bytes, sample: bytes) -> bytes:
+    """One event and its sample's raw bytes as a frame.
+
+    >>> frames_of(frame(b'{"a":1}', b"xy") + frame(b'{"a":2}', b""))
+    [(b'{"a":1}', b'xy'), (b'{"a":2}', b'')]
+    """
+    return _FRAME_HEAD.pack(len(event_json), len(sample)) + event_json + sample
+
+
+def frames_of(blob: bytes) -> list[tuple[bytes, bytes]]:
+    """The (event JSON, sample bytes) pairs of concatenated frames.
+
+    Raises ValueError when the blob ends inside a frame (a truncated or foreign field).
+    """
+    out = []
+    at, end, head = 0, len(blob), _FRAME_HEAD.size
+    while at < end:
+        if at + head > end:
+            raise ValueError(f"a frame header is cut off at byte {at} of {end}")
+        json_len, data_len = _FRAME_HEAD.unpack_from(blob, at)
+        start = at + head
+        stop = start + json_len + data_len
+        if stop > end:
+            raise ValueError(f"a frame of {json_len}+{data_len} bytes at byte {at} runs past {end}")
+        out.append((blob[start : start + json_len], blob[start + json_len : stop]))
+        at = stop
+    return out
+
+
+def frames_field(fields: Mapping[bytes, bytes]) -> bytes | None:
+    """The frames of a stream entry, or None if it carries none."""
+    return fields.get(_FRAMES)

@@ -24,6 +24,9 @@ FEEDBACK_GROUP = "trainers"
 #: event in ``data`` (edges before batched entries, tools).
 FEEDBACK_BATCH_FIELD = "events"
 FEEDBACK_EVENT_FIELD = "data"
+#: Events with their samples as raw bytes: length-prefixed frames, one after another
+#: (``shared.feedback_stream``); what edges send for tensor inputs.
+FEEDBACK_FRAMES_FIELD = "frames"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 

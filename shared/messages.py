@@ -17,9 +17,11 @@ import json
 import time
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shared.errors import MessageError
+from shared.task import TaskSpec
+from shared.tensors import TensorSpec
 
 SCHEMA_VERSION = 1
 
@@ -64,17 +66,28 @@ def _first_error(e: ValidationError) -> str:
 class FeedbackEvent(WireModel):
     """A labeled sample from an edge. ``event_id`` is the idempotency id:
     ``<device>:<epoch>:<seq>``, where the epoch changes when the device's state is
-    wiped so that a restarted counter never collides with old ids."""
+    wiped so that a restarted counter never collides with old ids.
+
+    The truth is ``label`` (a class index) for a classifier, ``target`` (one number
+    per output) for a regressor. The sample is ``x``, its values as a flat JSON
+    list (what HTTP clients and older edges send), or, on the feedback stream, the
+    raw bytes after the event's JSON in a frame (``shared.feedback_stream``), with
+    ``x_shape`` and ``x_dtype`` saying how to read them.
+    """
 
     event_id: str = Field(min_length=1, max_length=200)
     device_id: str = Field(min_length=1, max_length=64)
     model: str = Field(min_length=1, max_length=64)
-    x: list[float]
-    label: int
+    x: list[float] | None = None
+    x_shape: list[int] | None = Field(None, max_length=4)
+    x_dtype: Literal["float32", "uint8"] | None = None
+    label: int | None = None
+    target: list[float] | None = Field(None, min_length=1, max_length=1024)
     model_version: int | None = None
     model_sha256: str | None = None
     request_id: str | None = None
     predicted: int | None = None
+    predicted_outputs: list[float] | None = Field(None, max_length=1024)
     fallback: bool = False
     ts: float = Field(default_factory=time.time)
 
@@ -316,13 +329,33 @@ class ModelManifest(WireModel):
     parent_sha256: str | None = None
     parent_version: int | None = None
     created_at: float = Field(default_factory=time.time)
-    num_features: int = Field(ge=1)
-    labels: list[str] = Field(min_length=2)
+    num_features: int = Field(ge=1, description="values in one sample (input's size)")
+    labels: list[str] = Field(default_factory=list, description="class names (classification)")
+    input: TensorSpec | None = Field(
+        None, description="one sample's shape and dtype; None: a flat float32 vector"
+    )
+    task: TaskSpec | None = Field(None, description="None: classification over labels")
     quantization: Literal["int8-static"] = "int8-static"
     runtime: str = Field(description="runtime and version the numeric check ran in")
     metrics: dict[str, float] = Field(default_factory=dict)
     explanation: Explanation = Field(default_factory=Explanation)
     probe: ProbeSet
+
+    @model_validator(mode="after")
+    def _task_fits(self) -> ModelManifest:
+        if self.task is None and len(self.labels) < 2:
+            raise ValueError("a classifier's manifest needs at least two labels")
+        if self.input is not None and self.input.size != self.num_features:
+            raise ValueError(f"num_features {self.num_features} is not the input's size")
+        return self
+
+    @property
+    def input_spec(self) -> TensorSpec:
+        return self.input if self.input is not None else TensorSpec.flat(self.num_features)
+
+    @property
+    def task_spec(self) -> TaskSpec:
+        return self.task if self.task is not None else TaskSpec.classification(self.labels)
 
 
 class SignedManifest(WireModel):
@@ -410,17 +443,22 @@ class DeltaAnnouncement(WireModel):
 
 
 class PredictRequest(BaseModel):
-    """``POST /v1/predict``: one sample of float features."""
+    """``POST /v1/predict``: one sample (nested lists in the model's input shape, or a
+    flat list of its values), or a batch ``[N, *shape]``."""
 
-    x: list[float] = Field(min_length=1, max_length=65536)
+    x: list[Any] = Field(min_length=1, max_length=65536)
     budget_ms: float | None = Field(
         None, gt=0, description="latency budget; the fallback answers when the model cannot"
     )
 
 
 class PredictResponse(BaseModel):
-    label: int
-    probabilities: list[float]
+    """One answer: a class with its probabilities (classification) or the outputs
+    (regression)."""
+
+    label: int | None = None
+    probabilities: list[float] | None = None
+    outputs: list[float] | None = None
     model_version: int | None
     model_sha256: str | None
     request_id: str
@@ -429,12 +467,20 @@ class PredictResponse(BaseModel):
     latency_ms: float
 
 
-class FeedbackRequest(BaseModel):
-    """``POST /v1/feedback``: a label for an earlier ``request_id``, or an input with its label."""
+class PredictBatchResponse(BaseModel):
+    """The answers to a batch, in its order."""
 
-    label: int = Field(ge=0)
+    predictions: list[PredictResponse]
+
+
+class FeedbackRequest(BaseModel):
+    """``POST /v1/feedback``: the truth for an earlier ``request_id``, or an input with
+    its truth: ``label`` (a class index) or ``target`` (one number per output)."""
+
+    label: int | None = Field(None, ge=0)
+    target: list[float] | None = Field(None, min_length=1, max_length=1024)
     request_id: str | None = Field(None, max_length=100)
-    x: list[float] | None = Field(None, min_length=1, max_length=65536)
+    x: list[Any] | None = Field(None, min_length=1, max_length=65536)
 
 
 class FeedbackAccepted(BaseModel):
@@ -478,6 +524,10 @@ class EdgeStatus(WireModel):
     state: Literal["starting", "serving", "degraded", "stopping"] = "starting"
     uptime_s: float = 0.0
     rolling_accuracy: float | None = None
+    metric: str = Field("accuracy", description="what rolling_metric measures (the task's)")
+    rolling_metric: float | None = Field(
+        None, description="the task's metric over the last labeled predictions"
+    )
     latency_ms_p50: float | None = None
     latency_ms_p99: float | None = None
     counters: EdgeCounters = Field(default_factory=EdgeCounters)

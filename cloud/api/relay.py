@@ -77,7 +77,9 @@ def _check_event(e: FeedbackEvent) -> None:
             f"event_id {e.event_id!r} must be '<device_id>:<epoch>:<seq>' for device "
             f"{e.device_id!r} (seq a number): it is the event's idempotency key"
         )
+    if not e.x:
+        raise InputError(f"event {e.event_id}: x is missing or empty")
     if not all(math.isfinite(v) for v in e.x):
         raise InputError(f"event {e.event_id}: x holds a NaN or infinite value")
-    if not e.x:
-        raise InputError(f"event {e.event_id}: x is empty")
+    if (e.label is None) == (e.target is None):
+        raise InputError(f"event {e.event_id}: give the truth as label or as target, not both")

@@ -112,6 +112,7 @@ class FeedbackValidator:
                 valid.event_ids.append(ev.event_id)
                 valid.heads.append(head)
                 valid.seqs.append(seq)
+                assert ev.label is not None and ev.x is not None  # parse checked both
                 valid.labels.append(ev.label)
                 p = ev.predicted
                 valid.predicted.append(p if p is not None and 0 <= p < self.num_classes else -1)
@@ -138,8 +139,12 @@ class FeedbackValidator:
             return f"schema_version {ev.schema_version} is not supported (this trainer speaks {SCHEMA_VERSION})"
         if ev.model != self.model:
             return f"wrong model {ev.model!r}: this trainer trains {self.model!r}"
+        if ev.label is None:
+            return f"no label: {self.model!r} is a classifier"
         if not 0 <= ev.label < self.num_classes:
             return f"label {ev.label} is not a class of {self.model!r} (0..{self.num_classes - 1})"
+        if ev.x is None:
+            return "no x: the event carries no sample"
         if len(ev.x) != self.num_features:
             return f"feature count {len(ev.x)}, the model takes {self.num_features}"
         try:

@@ -232,7 +232,7 @@ def test_the_openapi_schema_documents_the_api(api: Call) -> None:
     feedback_body = paths["/v1/feedback"]["post"]["requestBody"]["content"]["application/json"][
         "schema"
     ]
-    assert set(feedback_body["properties"]) == {"label", "request_id", "x"}
+    assert set(feedback_body["properties"]) == {"label", "target", "request_id", "x"}
     assert {"202", "404", "422"} <= set(paths["/v1/feedback"]["post"]["responses"])
     assert paths["/v1/health"]["get"]["responses"]["200"]["content"]["application/json"]["schema"][
         "$ref"
