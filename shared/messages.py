@@ -141,6 +141,10 @@ ECE_BINNING = "top-label confidence, 15 equal-width bins over [0, 1], weighted b
 
 #: How flipped samples are named: stable across rounds, processes and machines.
 SAMPLE_ID_SCHEME = "first 12 hex digits of sha256(int32 LE label + float32 LE features)"
+#: The same for a regressor's samples, and for samples that are not float32.
+TENSOR_SAMPLE_ID_SCHEME = (
+    "first 12 hex digits of sha256(int32 LE label, or float32 LE targets, + the sample's LE bytes)"
+)
 
 
 class TriggerSignal(BaseModel):
@@ -151,9 +155,18 @@ class TriggerSignal(BaseModel):
         None, description="drift: served accuracy over the last drift window when it fired"
     )
     served_level: float | None = Field(
-        None, description="drift: the running level of served accuracy it fell below"
+        None, description="drift: the running level of the served metric it left behind"
     )
-    drop_threshold: float | None = Field(None, description="drift: the drop that counts as drift")
+    drop_threshold: float | None = Field(
+        None,
+        description="drift: the drop that counts as drift (a regressor: the relative rise of its error)",
+    )
+    metric: str = Field(
+        "accuracy", description="the task's metric served_value and served_level are in"
+    )
+    served_value: float | None = Field(
+        None, description="drift: the served metric over the last drift window when it fired"
+    )
     threshold_samples: int | None = Field(
         None, description="count/timer: new labels the trigger needed"
     )
@@ -179,12 +192,16 @@ class DataWindow(BaseModel):
 
 
 class SetMetrics(BaseModel):
-    """One model's numbers on one evaluation set (accuracy None when the set is empty)."""
+    """One model's numbers on one evaluation set: a classifier's accuracy, recall and ECE,
+    or a regressor's MAE, RMSE and R² (None when the set is empty)."""
 
     samples: int = Field(0, ge=0)
     accuracy: float | None = None
     recall: dict[str, float] = Field(default_factory=dict, description="per-class recall")
     ece: float | None = Field(None, description="expected calibration error (see ece_binning)")
+    mae: float | None = Field(None, description="regression: mean absolute error over the outputs")
+    rmse: float | None = Field(None, description="regression: root mean squared error")
+    r2: float | None = Field(None, description="regression: coefficient of determination")
 
 
 class ModelMetrics(BaseModel):
@@ -210,7 +227,14 @@ class Forgetting(BaseModel):
     samples: int = Field(0, ge=0, description="held-out samples outside the recent window")
     parent_accuracy: float | None = None
     child_accuracy: float | None = None
-    change: float | None = Field(None, description="child - parent; negative means forgetting")
+    change: float | None = Field(
+        None, description="child - parent in the metric; forgetting when it is worse (see metric)"
+    )
+    metric: str = Field(
+        "accuracy", description="the task's metric: accuracy, or mae (lower is better)"
+    )
+    parent_value: float | None = Field(None, description="the parent's metric on these samples")
+    child_value: float | None = Field(None, description="the child's metric on these samples")
 
 
 class FlipCounts(BaseModel):
@@ -220,9 +244,13 @@ class FlipCounts(BaseModel):
 
 
 class Flips(FlipCounts):
-    """Predictions that changed between parent and child on the evaluation set."""
+    """Predictions that changed between parent and child on the evaluation set: for a
+    regressor, samples whose error shrank (fixed) or grew (broken) by more than ``tolerance``."""
 
     id_scheme: str = SAMPLE_ID_SCHEME
+    tolerance: float | None = Field(
+        None, description="regression: the change of a sample's |error| that counts (None: classes)"
+    )
     fixed_ids: list[str] = Field(default_factory=list, description="examples, at most a few")
     broken_ids: list[str] = Field(default_factory=list, description="examples, at most a few")
     by_set: dict[str, FlipCounts] = Field(
@@ -282,7 +310,9 @@ class AttributionShift(BaseModel):
     method: str
     probe_samples: int = Field(0, ge=0)
     steps: int = Field(0, ge=0)
-    grid: list[int] | None = Field(None, description="[rows, cols] when inputs form an image")
+    grid: list[int] | None = Field(
+        None, description="the input's shape when it has one ([rows, cols], [T, C], [H, W, C])"
+    )
     parent_importance: list[float] | None = Field(
         None, description="mean |attribution| per input, normalized to sum 1"
     )

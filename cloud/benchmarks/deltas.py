@@ -321,7 +321,7 @@ def _settings(bench: Bench, mode: str, scenario: Scenario) -> TrainerSettings:
 
 
 def _latest_content(trainer: Trainer) -> bytes:
-    latest = trainer.publisher.latest(trainer.settings.model)
+    latest = trainer.publisher.latest(trainer.settings.model_name)
     if latest is None:
         raise RuntimeError("the trainer started without publishing a first version")
     return trainer.publisher.content(latest[1])
@@ -367,7 +367,7 @@ def _send(trainer: Any, client: Any, X: Any, y: Any, seq: int) -> None:
         event = FeedbackEvent(
             event_id=f"{device}:e0:{(seq + j) // 4}",
             device_id=device,
-            model=trainer.settings.model,
+            model=trainer.settings.model_name,
             x=[float(v) for v in X[j]],
             label=int(y[j]),
         )

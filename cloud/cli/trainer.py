@@ -71,7 +71,7 @@ def _check_trainer(settings: TrainerSettings) -> int:
 
     try:
         raw = redis.Redis.from_url(settings.redis_url).get(
-            FleetKeys(settings.fleet).trainer(settings.model)
+            FleetKeys(settings.fleet).trainer(settings.model_name)
         )
     except redis.RedisError as e:
         print(f"unhealthy: redis: {e}", file=sys.stderr)

@@ -1,12 +1,20 @@
-"""Datasets the loop runs on: scikit-learn's digits, or any tabular CSV.
+"""Datasets the loop runs on: scikit-learn's digits, a CSV, an ``.npz`` file or a Python function.
 
-Features stay raw (digits: pixels 0..16; CSV: the numbers in the file) because
-normalization is the model's first op: a version is self-contained and the
-edges pass what their sensors give them.
+A dataset is samples of one ``TensorSpec`` (``X``: ``[N, *input.shape]``, float32
+or uint8) with truths of one ``TaskSpec`` (``y``: class indices int64 ``[N]``, or
+float32 targets ``[N, k]``), and optionally the same concept after a drift
+(``X_drift``, ``y_drift``). Samples stay raw (digits: pixels 0..16; CSV: the
+numbers in the file; frames: uint8) because normalization is the model's first
+op: a version is self-contained and the edges pass what their sensors give them.
+
+Specs: ``digits``, ``csv:PATH``, ``npz:PATH``, ``py:module:function``
+(``cloud.data.sources``); the task comes from ``y`` unless ``task`` names it
+(``cloud.data.truths``). A bad spec is a ``DatasetError`` naming the file and
+what was expected.
 
 >>> ds = load_dataset("digits")
->>> ds.kind, ds.num_features, ds.num_classes, ds.X.dtype.name
-('digits', 64, 10, 'float32')
+>>> ds.kind, ds.num_features, ds.num_classes, ds.X.dtype.name, ds.input.describe()
+('digits', 64, 10, 'float32', '[64] float32')
 >>> parts = split(ds, seed=0)
 >>> len(parts.seed_train.y) + len(parts.seed_holdout.y) + len(parts.stream.y) == len(ds.y)
 True
@@ -14,51 +22,63 @@ True
 
 from __future__ import annotations
 
-import csv
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from shared.errors import ConfigError
+from cloud.data.sources import DatasetError, TaskKind, read_csv, read_npz, read_py
+from cloud.data.truths import checked
+from shared.task import TaskSpec
+from shared.tensors import TensorSpec
+
+__all__ = ["Dataset", "DatasetError", "Split", "drift", "load_dataset", "split"]
 
 logger = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
-Kind = Literal["digits", "tabular"]
+#: digits: the 8x8 digits; tabular: flat samples ([F]); tensor: windows, images ([T, C], [H, W, C]).
+Kind = Literal["digits", "tabular", "tensor"]
 
 #: Shares of a dataset for the bootstrap's training set and the seed holdout; the
 #: rest is the stream pool the demo's simulated apps draw from.
 SEED_TRAIN_SHARE = 0.3
 SEED_HOLDOUT_SHARE = 0.1
 
-
-class DatasetError(ConfigError):
-    """A dataset spec or file cannot be used (missing column, non-numeric data, ...)."""
+SPECS = '"digits", "csv:PATH", "npz:PATH" or "py:module:function"'
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Samples with class indices; ``labels[i]`` names class ``i``."""
+    """Samples of ``input`` with truths of ``task``; ``labels[i]`` names class ``i``."""
 
     name: str
     kind: Kind
-    X: FloatArray
-    y: IntArray
-    labels: list[str]
+    X: npt.NDArray[Any]  # [N, *input.shape], float32 or uint8
+    y: npt.NDArray[Any]  # int64 [N] (classification) or float32 [N, k] (regression)
+    input: TensorSpec
+    task: TaskSpec
+    X_drift: npt.NDArray[Any] | None = None  # the concept after a drift, if the data has one
+    y_drift: npt.NDArray[Any] | None = None
+
+    @property
+    def labels(self) -> list[str]:
+        """Class names ([] for a regression)."""
+        return self.task.labels
 
     @property
     def num_features(self) -> int:
-        return int(self.X.shape[1])
+        """Values in one sample."""
+        return self.input.size
 
     @property
     def num_classes(self) -> int:
-        return len(self.labels)
+        return len(self.task.labels)
 
     def subset(self, index: npt.NDArray[np.intp]) -> Dataset:
         return replace(self, X=self.X[index], y=self.y[index])
@@ -73,13 +93,35 @@ class Split:
     stream: Dataset
 
 
-def load_dataset(spec: str, label_column: str | None = None) -> Dataset:
-    """``"digits"`` or ``"csv:PATH"`` (label column: ``label_column``, else the last)."""
+def load_dataset(
+    spec: str, label_column: str | None = None, task: TaskKind | None = None
+) -> Dataset:
+    """The dataset ``spec`` names; ``label_column`` picks a CSV's label column (default:
+    the last), ``task`` overrides what the labels say."""
     if spec == "digits":
         return _digits()
-    if spec.startswith("csv:") and len(spec) > 4:
-        return load_csv(Path(spec[4:]), label_column)
-    raise DatasetError(f'dataset {spec!r}: use "digits" or "csv:PATH"')
+    kind, _, rest = spec.partition(":")
+    if not rest:
+        raise DatasetError(f"dataset {spec!r}: use {SPECS}")
+    if kind == "csv":
+        arrays = read_csv(Path(rest), label_column, task)
+    elif kind == "npz":
+        arrays = read_npz(Path(rest))
+    elif kind == "py":
+        arrays = read_py(rest)
+    else:
+        raise DatasetError(f"dataset {spec!r}: use {SPECS}")
+    data = checked(arrays, task)
+    return Dataset(
+        name=arrays.name,
+        kind="tabular" if len(data.input.shape) == 1 else "tensor",
+        X=data.X,
+        y=data.y,
+        input=data.input,
+        task=data.task,
+        X_drift=data.X_drift,
+        y_drift=data.y_drift,
+    )
 
 
 def _digits() -> Dataset:
@@ -91,72 +133,14 @@ def _digits() -> Dataset:
         kind="digits",
         X=np.ascontiguousarray(d.data, dtype=np.float32),
         y=d.target.astype(np.int64),
-        labels=[str(c) for c in range(10)],
+        input=TensorSpec.flat(64),
+        task=TaskSpec.classification([str(c) for c in range(10)]),
     )
 
 
-def load_csv(path: Path, label_column: str | None = None) -> Dataset:
-    """A CSV with a header: numeric feature columns and one label column.
-
-    Labels become class indices in the sorted order of their distinct values
-    (numerically when every label is a number, so that "10" follows "9").
-    """
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.reader(f))
-    except OSError as e:
-        raise DatasetError(f"cannot read {path}: {e.strerror}") from e
-    except (csv.Error, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path} is not a readable CSV: {e}") from e
-    if len(rows) < 2:
-        raise DatasetError(f"{path}: needs a header row and at least one data row")
-    header = [h.strip() for h in rows[0]]
-    label_at = _label_index(path, header, label_column)
-    feature_at = [i for i in range(len(header)) if i != label_at]
-    if not feature_at:
-        raise DatasetError(f"{path}: no feature columns besides the label {header[label_at]!r}")
-    X = np.empty((len(rows) - 1, len(feature_at)), np.float32)
-    raw_labels = []
-    for r, row in enumerate(rows[1:], start=2):
-        if len(row) != len(header):
-            raise DatasetError(f"{path} line {r}: {len(row)} fields, the header has {len(header)}")
-        for j, i in enumerate(feature_at):
-            try:
-                X[r - 2, j] = float(row[i])
-            except ValueError as e:
-                raise DatasetError(
-                    f"{path} line {r}: column {header[i]!r} is not numeric ({row[i]!r}); "
-                    "feature columns must hold numbers"
-                ) from e
-        raw_labels.append(row[label_at].strip())
-    if not np.all(np.isfinite(X)):
-        raise DatasetError(f"{path}: feature values must be finite (found nan or inf)")
-    labels = _sorted_labels(raw_labels)
-    if len(labels) < 2:
-        raise DatasetError(f"{path}: the label column needs at least two distinct values")
-    index = {v: i for i, v in enumerate(labels)}
-    y = np.array([index[v] for v in raw_labels], np.int64)
-    return Dataset(name=path.stem, kind="tabular", X=X, y=y, labels=labels)
-
-
-def _label_index(path: Path, header: list[str], label_column: str | None) -> int:
-    if label_column is None:
-        return len(header) - 1
-    if label_column not in header:
-        raise DatasetError(f"{path}: no column {label_column!r}; columns are {', '.join(header)}")
-    return header.index(label_column)
-
-
-def _sorted_labels(values: list[str]) -> list[str]:
-    distinct = set(values)
-    try:
-        return sorted(distinct, key=float)
-    except ValueError:
-        return sorted(distinct)
-
-
 def split(dataset: Dataset, seed: int) -> Split:
-    """Seed-train / seed-holdout / stream pool, stratified and deterministic in ``seed``.
+    """Seed-train / seed-holdout / stream pool, deterministic in ``seed`` and stratified
+    by class for a classification.
 
     The trainer bootstraps from ``seed_train`` and seeds its holdout with
     ``seed_holdout``; simulated apps draw from ``stream``, which neither has seen.
@@ -164,7 +148,8 @@ def split(dataset: Dataset, seed: int) -> Split:
     from sklearn.model_selection import train_test_split
 
     index = np.arange(len(dataset.y))
-    stratify = dataset.y if np.bincount(dataset.y).min() >= 3 else None
+    classes = dataset.task.is_classification
+    stratify = dataset.y if classes and np.bincount(dataset.y).min() >= 3 else None
     seed_idx, stream_idx = train_test_split(
         index,
         train_size=SEED_TRAIN_SHARE + SEED_HOLDOUT_SHARE,
@@ -195,6 +180,8 @@ def drift(kind: Kind) -> Callable[[FloatArray], FloatArray]:
       units of column j. Every marginal range stays plausible while every
       learned relation breaks. Call it on a whole pool, not one row, so that
       the statistics mean something.
+
+    Tensor datasets bring their own drift (``X_drift``, ``y_drift``).
 
     >>> rot = drift("digits")
     >>> x = np.arange(64, dtype=np.float32)[None, :]

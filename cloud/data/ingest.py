@@ -7,7 +7,8 @@ reads new ones (XREADGROUP), and handles both the same way:
 
 1. every event is parsed once (an entry holds an edge's batch of events, or
    one); a bad event (oversize, not JSON, unknown schema version, invalid
-   fields, wrong model, wrong feature count, NaN/inf, unknown label) or an
+   fields, wrong model, a sample that does not fit the input, NaN/inf, a label
+   out of range or targets of the wrong width) or an
    entry without events becomes a ``DeadLetter`` with the reason;
 2. one WATCH/MULTI/EXEC transaction reads the idempotency watermarks of the
    batch's device streams (hash ``FleetKeys.seen``) and the reservoir counters,
@@ -52,9 +53,9 @@ def stream_id_key(entry_id: str) -> tuple[int, int]:
 class Accepted:
     """The samples one poll accepted, for the drift detector and the round trigger."""
 
-    X: npt.NDArray[np.float32]
-    y: npt.NDArray[np.int64]
-    predicted: npt.NDArray[np.int64]  # -1 where the event carried no usable prediction
+    X: npt.NDArray[Any]  # [N, *input.shape]
+    y: npt.NDArray[Any]  # class indices [N] or targets [N, k]
+    served: npt.NDArray[np.float64]  # the served answer's score (1/0, or |error|); nan: unknown
     holdout: npt.NDArray[np.bool_]
     first_id: str | None = None
     last_id: str | None = None
@@ -110,8 +111,8 @@ class FeedbackIngest:
         self.options = options
         self.validator = FeedbackValidator(
             model=options.model,
-            num_features=data.num_features,
-            num_classes=data.num_classes,
+            input=data.input,
+            task=data.task,
             max_event_bytes=options.max_event_bytes,
         )
         self.counters = Counters()
@@ -210,7 +211,7 @@ class FeedbackIngest:
 
     def _commit(self, events: Events, dead: list[Refused], ids: list[Any]) -> Batch:
         if not ids:
-            return Batch(0, _empty(self.data.num_features))
+            return Batch(0, _empty(self.data))
         draws = _draws(events.heads, events.seqs)
         reservoir_draws = (draws >> np.uint64(16)).tolist()
         held_out = (
@@ -225,9 +226,11 @@ class FeedbackIngest:
             states = {h: Watermark.decode(v) for h, v in marks.items()}
             pairs = zip(events.heads, events.seqs, strict=True)
             keep = [i for i, (head, seq) in enumerate(pairs) if states[head].add(seq)]
+            y = self._truths([events.truths[i] for i in keep])
             samples = NewSamples(
                 events.X[keep],
-                [events.labels[i] for i in keep],
+                y,
+                NewSamples.buckets_of(y, self.data.task),
                 [reservoir_draws[i] for i in keep],
                 [held_out[i] for i in keep],
             )
@@ -244,13 +247,20 @@ class FeedbackIngest:
                 "duplicates": len(events) - len(keep),
                 "deadlettered": len(dead),
             }
-            stats.update((f"class:{c}", n) for c, n in Counter(samples.labels).items())
+            if self.data.task.is_classification:
+                stats.update((f"class:{c}", n) for c, n in Counter(samples.buckets).items())
             self.data.add_stats(pipe, stats)
             pipe.xack(self.keys.feedback, FEEDBACK_GROUP, *ids)
             out.update(keep=keep, samples=samples)
 
         self.client.transaction(txn, seen_key, *self.data.watch_keys)
         return self._batch(events, out["keep"], out["samples"], dead, ids)
+
+    def _truths(self, truths: list[Any]) -> npt.NDArray[Any]:
+        """Class indices (int64 ``[N]``) or targets (float32 ``[N, k]``)."""
+        if self.data.task.is_classification:
+            return np.array(truths, np.int64)
+        return np.array(truths, np.float32).reshape(len(truths), self.data.task.width)
 
     def _add_dead_letter(self, pipe: Any, entry_id: str, reason: str, payload: bytes) -> None:
         letter = DeadLetter(
@@ -272,8 +282,8 @@ class FeedbackIngest:
     ) -> Batch:
         accepted = Accepted(
             X=samples.X,
-            y=np.array(samples.labels, np.int64),
-            predicted=np.array([events.predicted[i] for i in keep], np.int64),
+            y=samples.y,
+            served=np.array([events.served[i] for i in keep], np.float64),
             holdout=np.array(samples.holdout, bool),
         )
         if keep:
@@ -293,8 +303,9 @@ class FeedbackIngest:
         c.accepted += len(batch.accepted)
         c.duplicates += batch.duplicates
         c.deadlettered += batch.deadlettered
-        for label, n in zip(*np.unique(batch.accepted.y, return_counts=True), strict=True):
-            c.per_class[int(label)] = c.per_class.get(int(label), 0) + int(n)
+        if self.data.task.is_classification:
+            for label, n in zip(*np.unique(batch.accepted.y, return_counts=True), strict=True):
+                c.per_class[int(label)] = c.per_class.get(int(label), 0) + int(n)
         if batch.deadlettered:
             logger.warning(
                 "dead-lettered %d feedback entries: %s",
@@ -342,7 +353,7 @@ def _merge(a: Batch, b: Batch) -> Batch:
     accepted = Accepted(
         np.concatenate([x.X, y.X]),
         np.concatenate([x.y, y.y]),
-        np.concatenate([x.predicted, y.predicted]),
+        np.concatenate([x.served, y.served]),
         np.concatenate([x.holdout, y.holdout]),
         first_id=x.first_id or y.first_id,
         last_id=y.last_id or x.last_id,
@@ -356,10 +367,6 @@ def _merge(a: Batch, b: Batch) -> Batch:
     )
 
 
-def _empty(num_features: int) -> Accepted:
-    return Accepted(
-        np.zeros((0, num_features), np.float32),
-        np.zeros(0, np.int64),
-        np.zeros(0, np.int64),
-        np.zeros(0, bool),
-    )
+def _empty(data: TrainerData) -> Accepted:
+    X, y = data.codec.empty()
+    return Accepted(X, y, np.zeros(0, np.float64), np.zeros(0, bool))

@@ -4,10 +4,10 @@ Four stores per model (names from ``shared.keys.FleetKeys``):
 
 - the **replay buffer** (hash ``replay(model)``): a class-balanced reservoir of
   training samples, ``capacity // classes`` slots per class with reservoir
-  sampling inside a class, so that old data keeps being rehearsed (against
-  forgetting) and no class crowds out the others. The same hash holds a ring
-  of the most recent training samples (fields ``t:<slot>``) and the ingest
-  statistics (``stat:*``).
+  sampling inside a class (a regression has one bucket), so that old data keeps
+  being rehearsed (against forgetting) and no class crowds out the others. The
+  same hash holds a ring of the most recent training samples (fields
+  ``t:<slot>``) and the ingest statistics (``stat:*``).
 - the **holdout reservoir** (hash ``holdout(model)``): the same structure for
   held-out samples: the gate's "earlier data".
 - the **recent window** (list ``recent(model)``, newest first): the most recent
@@ -16,11 +16,13 @@ Four stores per model (names from ``shared.keys.FleetKeys``):
 Reservoir draws come from the caller (ingest derives them from the event id),
 so that a retried transaction makes the same decisions. Writes are *added to a
 pipeline* the caller executes, so that accepting a batch, marking it seen and
-acking it is one MULTI/EXEC. Samples are stored as int32 label + float32
-features, never pickled.
+acking it is one MULTI/EXEC. A stored sample is its truth (an int32 class
+index, or the float32 targets) then the sample's raw little-endian bytes in the
+input's dtype (``SampleCodec``), never pickled; a flat float classifier's
+samples are stored exactly as before tensor inputs.
 
->>> enc = encode_sample(np.array([1.5, -2.0], np.float32), 3)
->>> X, y = decode_samples([enc], num_features=2)
+>>> codec = SampleCodec(TensorSpec.flat(2), TaskSpec.classification(["a", "b", "c", "d"]))
+>>> X, y = codec.decode([codec.encode(np.array([1.5, -2.0], np.float32), 3)])
 >>> X.tolist(), y.tolist()
 ([[1.5, -2.0]], [3])
 """
@@ -39,37 +41,69 @@ import redis
 
 from shared import replies
 from shared.keys import FleetKeys
+from shared.task import TaskSpec
+from shared.tensors import TensorSpec, to_bytes
 
 logger = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
+#: (samples [N, *shape], truths: class indices [N] or targets [N, k]).
+Samples = tuple[npt.NDArray[Any], npt.NDArray[Any]]
 
 _LABEL = struct.Struct("<i")
 RING_COUNTER = b"t:n"
 STATS = ("accepted", "duplicates", "deadlettered")
 
 
-def encode_sample(x: FloatArray, label: int) -> bytes:
-    """int32 label, then the features as little-endian float32."""
-    return _LABEL.pack(label) + np.asarray(x, "<f4").tobytes()
+@dataclass(frozen=True)
+class SampleCodec:
+    """How one model's samples are stored: truth bytes, then the sample's bytes."""
 
+    input: TensorSpec
+    task: TaskSpec
 
-def decode_samples(blobs: Iterable[bytes], num_features: int) -> tuple[FloatArray, IntArray]:
-    """Stack encoded samples into (X, y); blobs of the wrong size are skipped with a warning."""
-    size = 4 + 4 * num_features
-    blobs = list(blobs)
-    good = [b for b in blobs if len(b) == size]
-    if len(good) != len(blobs):
-        logger.warning(
-            "skipped %d stored samples that are not %d bytes", len(blobs) - len(good), size
+    @property
+    def truth_bytes(self) -> int:
+        return _LABEL.size if self.task.is_classification else 4 * self.task.width
+
+    @property
+    def size(self) -> int:
+        return self.truth_bytes + self.input.nbytes
+
+    def encode(self, x: npt.ArrayLike, truth: Any) -> bytes:
+        """A class index (int32) or targets (float32), then the sample's raw bytes."""
+        head = (
+            _LABEL.pack(int(truth))
+            if self.task.is_classification
+            else np.asarray(truth, "<f4").tobytes()
         )
-    if not good:
-        return np.zeros((0, num_features), np.float32), np.zeros(0, np.int64)
-    raw = np.frombuffer(b"".join(good), np.uint8).reshape(len(good), size)
-    y = raw[:, :4].copy().view("<i4").reshape(-1).astype(np.int64)
-    X = raw[:, 4:].copy().view("<f4").astype(np.float32)
-    return X, y
+        return head + to_bytes(np.asarray(x, self.input.np_dtype))
+
+    def decode(self, blobs: Iterable[bytes]) -> Samples:
+        """Stack stored samples into (X, y); blobs of the wrong size are skipped with a warning."""
+        size, head = self.size, self.truth_bytes
+        blobs = list(blobs)
+        good = [b for b in blobs if len(b) == size]
+        if len(good) != len(blobs):
+            logger.warning(
+                "skipped %d stored samples that are not %d bytes", len(blobs) - len(good), size
+            )
+        if not good:
+            return self.empty()
+        raw = np.frombuffer(b"".join(good), np.uint8).reshape(len(good), size)
+        X = raw[:, head:].copy().view(self.input.np_dtype).reshape(len(good), *self.input.shape)
+        if self.task.is_classification:
+            y: npt.NDArray[Any] = raw[:, :head].copy().view("<i4").reshape(-1).astype(np.int64)
+        else:
+            y = raw[:, :head].copy().view("<f4").astype(np.float32).reshape(len(good), -1)
+        return X.astype(self.input.np_dtype.newbyteorder("="), copy=False), y
+
+    def empty(self) -> Samples:
+        X = np.zeros((0, *self.input.shape), self.input.np_dtype)
+        if self.task.is_classification:
+            return X, np.zeros(0, np.int64)
+        return X, np.zeros((0, self.task.width), np.float32)
 
 
 @dataclass(frozen=True)
@@ -77,22 +111,31 @@ class NewSamples:
     """Accepted samples on their way into the stores, one row each (columns, not objects,
     because ingest moves tens of thousands of them a second)."""
 
-    X: FloatArray
-    labels: list[int]
+    X: npt.NDArray[Any]  # [N, *input.shape]
+    y: npt.NDArray[Any]  # class indices [N] or targets [N, k]
+    buckets: list[int]  # the reservoir bucket: the class, or 0 for a regression
     draws: list[int]  # uniform 64-bit integers fixed per sample (ingest: from the event id)
     holdout: list[bool]
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.buckets)
 
     def subset(self, index: Sequence[int]) -> NewSamples:
         idx = list(index)
         return NewSamples(
             self.X[idx],
-            [self.labels[i] for i in idx],
+            self.y[idx],
+            [self.buckets[i] for i in idx],
             [self.draws[i] for i in idx],
             [self.holdout[i] for i in idx],
         )
+
+    @staticmethod
+    def buckets_of(y: npt.ArrayLike, task: TaskSpec) -> list[int]:
+        """Reservoir buckets of truths: the class, or one bucket for every regression sample."""
+        if task.is_classification:
+            return [int(v) for v in np.asarray(y).reshape(-1)]
+        return [0] * len(np.asarray(y))
 
 
 @dataclass
@@ -114,12 +157,12 @@ class Writes:
 
 
 class ClassReservoir:
-    """Slot arithmetic of a class-balanced reservoir stored in one hash."""
+    """Slot arithmetic of a class-balanced reservoir stored in one hash (a bucket per class)."""
 
-    def __init__(self, capacity: int, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.quota = max(1, capacity // num_classes)
-        self.count_fields = [f"n:{c}".encode() for c in range(num_classes)]
+    def __init__(self, capacity: int, buckets: int) -> None:
+        self.buckets = buckets
+        self.quota = max(1, capacity // buckets)
+        self.count_fields = [f"n:{c}".encode() for c in range(buckets)]
 
     def place(self, counts: list[int], label: int, draw: int) -> bytes | None:
         """The slot field the sample goes to, or None; advances ``counts[label]``.
@@ -135,16 +178,28 @@ class ClassReservoir:
 
 @dataclass(frozen=True)
 class DataOptions:
-    """One model's stores: what a sample is, and how many each keeps (built from the
-    trainer's settings and its dataset; readers need only the first three)."""
+    """One model's stores: what a sample and its truth are, and how many each keeps (built
+    from the trainer's settings and its dataset; readers need only the first three)."""
 
     model: str
-    num_classes: int
-    num_features: int
+    input: TensorSpec
+    task: TaskSpec
     replay_capacity: int = 2000
     holdout_capacity: int = 1000
     recent_window: int = 200  # most recent held-out samples
     recent_train: int = 300  # most recent training samples, in the ring
+
+    @classmethod
+    def flat(cls, model: str, num_classes: int, num_features: int, **sizes: int) -> DataOptions:
+        """The stores of a classifier of flat float samples (what every model was before
+        tensor inputs)."""
+        labels = [str(c) for c in range(num_classes)]
+        return cls(model, TensorSpec.flat(num_features), TaskSpec.classification(labels), **sizes)
+
+    @property
+    def buckets(self) -> int:
+        """Reservoir buckets: one per class, one for a regression."""
+        return self.task.width if self.task.is_classification else 1
 
 
 class TrainerData:
@@ -155,10 +210,12 @@ class TrainerData:
         self.replay_key = keys.replay(options.model)
         self.holdout_key = keys.holdout(options.model)
         self.recent_key = keys.recent(options.model)
-        self.num_classes = options.num_classes
-        self.num_features = options.num_features
-        self.replay = ClassReservoir(options.replay_capacity, options.num_classes)
-        self.holdout = ClassReservoir(options.holdout_capacity, options.num_classes)
+        self.input = options.input
+        self.task = options.task
+        self.codec = SampleCodec(options.input, options.task)
+        self.buckets = options.buckets
+        self.replay = ClassReservoir(options.replay_capacity, options.buckets)
+        self.holdout = ClassReservoir(options.holdout_capacity, options.buckets)
         self.recent_window = options.recent_window
         self.recent_train = options.recent_train
 
@@ -182,15 +239,15 @@ class TrainerData:
     def plan(self, counters: Counters, samples: NewSamples) -> Writes:
         """Decide where each sample goes; mutates ``counters`` to their new values."""
         w = Writes()
-        rows = zip(samples.labels, samples.draws, samples.holdout, strict=True)
-        for i, (label, draw, held) in enumerate(rows):
+        rows = zip(samples.buckets, samples.draws, samples.holdout, strict=True)
+        for i, (bucket, draw, held) in enumerate(rows):
             if held:
-                slot = self.holdout.place(counters.holdout, label, draw)
+                slot = self.holdout.place(counters.holdout, bucket, draw)
                 if slot is not None:
                     w.holdout[slot] = i
                 w.recent.append(i)
                 continue
-            slot = self.replay.place(counters.replay, label, draw)
+            slot = self.replay.place(counters.replay, bucket, draw)
             if slot is not None:
                 w.replay[slot] = i
             if self.recent_train:
@@ -205,7 +262,7 @@ class TrainerData:
         def enc(i: int) -> bytes:
             b = cache.get(i)
             if b is None:
-                b = cache[i] = encode_sample(samples.X[i], samples.labels[i])
+                b = cache[i] = self.codec.encode(samples.X[i], samples.y[i])
             return b
 
         replay: dict[bytes, bytes | int] = {f: enc(i) for f, i in writes.replay.items()}
@@ -226,13 +283,15 @@ class TrainerData:
             if n:
                 pipe.hincrby(self.replay_key, f"stat:{name}", n)
 
-    def seed(self, X: FloatArray, y: IntArray, *, holdout: bool, seed: int) -> None:
+    def seed(self, X: npt.ArrayLike, y: npt.ArrayLike, *, holdout: bool, seed: int) -> None:
         """Put a dataset split into the replay buffer or the holdout reservoir (bootstrap)."""
+        y = np.asarray(y)
         rng = np.random.default_rng(seed)
         draws = rng.integers(0, 2**62, size=len(y))
         samples = NewSamples(
-            np.asarray(X, np.float32),
-            [int(v) for v in y],
+            np.asarray(X, self.input.np_dtype),
+            y,
+            NewSamples.buckets_of(y, self.task),
             [int(d) for d in draws],
             [holdout] * len(y),
         )
@@ -248,7 +307,7 @@ class TrainerData:
 
     # -- reading ------------------------------------------------------------
 
-    def training_set(self) -> tuple[FloatArray, IntArray]:
+    def training_set(self) -> Samples:
         """Replay buffer plus the recent-training ring (recent samples count twice when in both)."""
         fields = self._stored(self.replay_key)
         # sorted: a hash's order depends on the server's random hash seed, and a round
@@ -258,38 +317,35 @@ class TrainerData:
             for k, v in sorted(fields.items())
             if k.startswith((b"s:", b"t:")) and k != RING_COUNTER
         ]
-        return decode_samples(blobs, self.num_features)
+        return self.codec.decode(blobs)
 
-    def replay_set(self) -> tuple[FloatArray, IntArray]:
+    def replay_set(self) -> Samples:
         """The replay buffer alone."""
         fields = self._stored(self.replay_key)
-        return decode_samples(
-            (v for k, v in fields.items() if k.startswith(b"s:")), self.num_features
-        )
+        return self.codec.decode(v for k, v in fields.items() if k.startswith(b"s:"))
 
-    def recent_training_set(self) -> tuple[FloatArray, IntArray]:
+    def recent_training_set(self) -> Samples:
         fields = self._stored(self.replay_key)
         blobs = [v for k, v in fields.items() if k.startswith(b"t:") and k != RING_COUNTER]
-        return decode_samples(blobs, self.num_features)
+        return self.codec.decode(blobs)
 
-    def holdout_set(self) -> tuple[FloatArray, IntArray]:
+    def holdout_set(self) -> Samples:
         """The holdout reservoir: the gate's earlier data."""
         fields = self._stored(self.holdout_key)
-        return decode_samples(
-            (v for k, v in fields.items() if k.startswith(b"s:")), self.num_features
-        )
+        return self.codec.decode(v for k, v in fields.items() if k.startswith(b"s:"))
 
-    def recent_set(self) -> tuple[FloatArray, IntArray]:
+    def recent_set(self) -> Samples:
         """The recent window, newest first."""
         blobs = [replies.binary(v) for v in self.client.lrange(self.recent_key, 0, -1)]
-        return decode_samples(blobs, self.num_features)
+        return self.codec.decode(blobs)
 
     def recent_count(self) -> int:
         return int(self.client.llen(self.recent_key))
 
     def stats(self) -> dict[str, int]:
-        """Ingest statistics and per-class accepted counts, from Redis."""
-        names = [f"stat:{s}" for s in STATS] + [f"stat:class:{c}" for c in range(self.num_classes)]
+        """Ingest statistics and per-class accepted counts (classifiers), from Redis."""
+        classes = self.task.width if self.task.is_classification else 0
+        names = [f"stat:{s}" for s in STATS] + [f"stat:class:{c}" for c in range(classes)]
         values = self.client.hmget(self.replay_key, names)
         return {n[5:]: int(v or 0) for n, v in zip(names, values, strict=True)}
 

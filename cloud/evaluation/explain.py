@@ -4,9 +4,11 @@
 
 - the data window (stream id range, new labels per class, the trigger and its numbers);
 - metrics of parent and child on earlier data (the holdout reservoir) and the
-  recent window: accuracy, per-class recall, expected calibration error;
-- forgetting (accuracy on held-out data outside the recent window, parent vs child);
-- predictions that flipped on the evaluation set, with stable sample ids;
+  recent window: accuracy, per-class recall, expected calibration error (a
+  regressor: MAE, RMSE, R²);
+- forgetting (the task's metric on held-out data outside the recent window, parent vs child);
+- predictions that flipped on the evaluation set (a regressor: samples whose
+  error shrank or grew past a tolerance), with stable sample ids;
 - per-layer change (``cloud.evaluation.layer_diff``, or the trainer's own delta report);
 - feature attribution shift on a probe set (``cloud.evaluation.attribution``);
 - a plain-language summary in which every clause comes from one of those numbers.
@@ -40,15 +42,16 @@ from cloud.evaluation.comparison import (
     EVAL_SETS,
     FLIP_EXAMPLES,
     Proba,
-    accuracy,
     flips,
+    metric_on,
     model_metrics,
     older_than_recent,
     predict_sets,
 )
 from cloud.evaluation.gate import HeldOut, Samples
 from cloud.evaluation.layer_diff import compare_artifacts, from_trainer_report
-from cloud.learning.models import Classifier
+from cloud.export.artifact import Artifact
+from cloud.learning.models import TaskModel
 from shared.messages import (
     EXPLANATION_FORMAT,
     DataWindow,
@@ -57,10 +60,11 @@ from shared.messages import (
     Flips,
     Forgetting,
     ModelMetrics,
+    SetMetrics,
     TriggerSignal,
     WeightChange,
 )
-from shared.runtime import TFLiteModel
+from shared.task import TaskSpec
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +73,8 @@ logger = logging.getLogger(__name__)
 class Side:
     """One version as the explainer sees it: its torch model and its int8 artifact."""
 
-    model: Classifier
-    artifact: TFLiteModel
+    model: TaskModel
+    artifact: Artifact
     content: bytes
 
 
@@ -89,7 +93,7 @@ class ExplainOptions:
     probe_size: int = 48  # attribution probe: half recent window, half earlier data
     ig_steps: int = IG_STEPS
     flip_examples: int = FLIP_EXAMPLES
-    grid: tuple[int, int] | None = None  # the inputs as an image (rows, columns): pixel names
+    grid: tuple[int, ...] | None = None  # the input's shape, for names like r3c4 (and ch1)
 
 
 def explain_version(
@@ -108,8 +112,8 @@ def explain_version(
     flipped = Flips()
     if parent is not None:
         parent_p = predict_sets(parent.artifact, sets)
-        parent_m = model_metrics(parent_p, sets, data.labels)
-        flipped = flips(sets, parent_p, child_p, opts.flip_examples)
+        parent_m = model_metrics(parent_p, sets, data.task)
+        flipped = flips(sets, parent_p, child_p, data.task, opts.flip_examples)
     probe = _probe(data.recent, data.earlier, opts.probe_size)
     explanation = Explanation(
         format=EXPLANATION_FORMAT,
@@ -118,10 +122,8 @@ def explain_version(
         hyperparameters=record.hyperparameters,
         details=record.details,
         window=window_of(record, data),
-        evaluation=EvaluationReport(
-            parent=parent_m, child=model_metrics(child_p, sets, data.labels)
-        ),
-        forgetting=_forgetting(sets, parent_p, child_p),
+        evaluation=EvaluationReport(parent=parent_m, child=model_metrics(child_p, sets, data.task)),
+        forgetting=_forgetting(sets, parent_p, child_p, data.task),
         flips=flipped,
         weights=_weights(record.details, parent, child),
         attribution=attribution_shift(
@@ -160,9 +162,11 @@ def window_of(record: RoundRecord, data: HeldOut) -> DataWindow:
             kind=trigger,
             served_accuracy=signal.get("served_accuracy"),
             served_level=signal.get("level"),
-            drop_threshold=signal.get("drop"),
+            drop_threshold=signal.get("drop", signal.get("rise")),
             threshold_samples=signal.get("threshold"),
             interval_s=signal.get("interval_s"),
+            metric=signal.get("metric", "accuracy"),
+            served_value=signal.get("served_value", signal.get("served_accuracy")),
         ),
     )
 
@@ -171,18 +175,27 @@ def _forgetting(
     sets: dict[str, Samples],
     parent_p: dict[str, Proba] | None,
     child_p: dict[str, Proba],
+    task: TaskSpec,
 ) -> Forgetting:
-    """Accuracy on the held-out samples older than the recent window, parent vs child."""
+    """The task's metric on the held-out samples older than the recent window, parent vs child."""
     older = older_than_recent(sets)
     y_old = sets["earlier"][1]
-    p_early = accuracy(parent_p["earlier"], y_old, older) if parent_p is not None else None
-    c_early = accuracy(child_p["earlier"], y_old, older)
-    return Forgetting(
-        samples=int(older.sum()),
-        parent_accuracy=p_early,
-        child_accuracy=c_early,
-        change=round(c_early - p_early, 4) if c_early is not None and p_early is not None else None,
+    p_early = metric_on(parent_p["earlier"], y_old, older, task) if parent_p is not None else None
+    c_early = metric_on(child_p["earlier"], y_old, older, task)
+    digits = 4 if task.is_classification else 6
+    change = (
+        round(c_early - p_early, digits) if c_early is not None and p_early is not None else None
     )
+    out = Forgetting(
+        samples=int(older.sum()),
+        change=change,
+        metric=task.metric,
+        parent_value=p_early,
+        child_value=c_early,
+    )
+    if task.is_classification:
+        out.parent_accuracy, out.child_accuracy = p_early, c_early
+    return out
 
 
 def _notes(parent: Side | None, data: HeldOut) -> list[str]:
@@ -214,14 +227,18 @@ def _probe(recent: Samples, earlier: Samples, size: int) -> npt.NDArray[np.float
 # -- the summary ---------------------------------------------------------------
 
 
-def _move(before: float | None, after: float | None) -> str | None:
+def _name(metric: str) -> str:
+    return "MAE" if metric == "mae" else metric
+
+
+def _move(before: float | None, after: float | None, digits: int = 3) -> str | None:
     if before is None or after is None:
         return None
-    if round(after, 3) > round(before, 3):
-        return f"rose from {before:.3f} to {after:.3f}"
-    if round(after, 3) < round(before, 3):
-        return f"fell from {before:.3f} to {after:.3f}"
-    return f"stayed at {after:.3f}"
+    if round(after, digits) > round(before, digits):
+        return f"rose from {before:.{digits}f} to {after:.{digits}f}"
+    if round(after, digits) < round(before, digits):
+        return f"fell from {before:.{digits}f} to {after:.{digits}f}"
+    return f"stayed at {after:.{digits}f}"
 
 
 def _why(e: Explanation) -> str:
@@ -233,6 +250,11 @@ def _why(e: Explanation) -> str:
         return f"First version, trained from scratch on {w.training_samples} samples of the {dataset} seed split"
     if t.kind == "drift" and t.served_accuracy is not None and t.served_level is not None:
         why = f"after served accuracy dropped to {t.served_accuracy:.3f} from a level of {t.served_level:.3f} (drift)"
+    elif t.kind == "drift" and t.served_value is not None and t.served_level is not None:
+        why = (
+            f"after the served {_name(t.metric)} rose to {t.served_value:.4g} from a level of "
+            f"{t.served_level:.4g} (drift)"
+        )
     elif t.kind == "count":
         why = f"after {w.new_samples} new labels" + (
             f" (threshold {t.threshold_samples})" if t.threshold_samples else ""
@@ -249,33 +271,69 @@ def summarize(e: Explanation) -> str:
     assert e.evaluation is not None and e.flips is not None and e.weights is not None
     sentences = [_why(e) + "."]
     child, parent = e.evaluation.child, e.evaluation.parent
+    regression = child.earlier.mae is not None or child.recent.mae is not None
     if parent is None:
-        acc = child.earlier.accuracy
-        if acc is not None:
-            ece = (
-                f" (calibration error {child.earlier.ece:.3f})"
-                if child.earlier.ece is not None
-                else ""
-            )
-            sentences.append(
-                f"Held-out accuracy is {acc:.3f}{ece}; there is no parent to compare with."
-            )
+        first = _first_figures(child.earlier) if regression else _first_accuracy(child.earlier)
+        if first:
+            sentences.append(first)
     else:
-        clauses = []
-        recent = _move(parent.recent.accuracy, child.recent.accuracy)
-        if recent:
-            clauses.append(f"recent-window accuracy {recent}")
-        f = e.forgetting
-        older = _move(f.parent_accuracy, f.child_accuracy) if f is not None else None
-        if f is not None and older:
-            clauses.append(f"accuracy on {f.samples} older held-out samples {older}")
-        fixed, broken, compared = e.flips.fixed, e.flips.broken, e.flips.compared
-        clauses.append(f"{fixed} predictions were fixed and {broken} broken out of {compared}")
+        clauses = _regression_clauses(e) if regression else _classification_clauses(e)
         sentences.append(_capitalize("; ".join(clauses)) + ".")
         where = _where(e)
         if where:
             sentences.append(where)
     return " ".join(sentences)
+
+
+def _first_accuracy(m: SetMetrics) -> str | None:
+    if m.accuracy is None:
+        return None
+    ece = f" (calibration error {m.ece:.3f})" if m.ece is not None else ""
+    return f"Held-out accuracy is {m.accuracy:.3f}{ece}; there is no parent to compare with."
+
+
+def _first_figures(m: SetMetrics) -> str | None:
+    if m.mae is None:
+        return None
+    r2 = f", R² {m.r2:.3f}" if m.r2 is not None else ""
+    return (
+        f"Held-out MAE is {m.mae:.4g} (RMSE {m.rmse:.4g}{r2}); there is no parent to compare with."
+    )
+
+
+def _classification_clauses(e: Explanation) -> list[str]:
+    assert e.evaluation is not None and e.evaluation.parent is not None and e.flips is not None
+    child, parent = e.evaluation.child, e.evaluation.parent
+    clauses = []
+    recent = _move(parent.recent.accuracy, child.recent.accuracy)
+    if recent:
+        clauses.append(f"recent-window accuracy {recent}")
+    f = e.forgetting
+    older = _move(f.parent_accuracy, f.child_accuracy) if f is not None else None
+    if f is not None and older:
+        clauses.append(f"accuracy on {f.samples} older held-out samples {older}")
+    fixed, broken, compared = e.flips.fixed, e.flips.broken, e.flips.compared
+    clauses.append(f"{fixed} predictions were fixed and {broken} broken out of {compared}")
+    return clauses
+
+
+def _regression_clauses(e: Explanation) -> list[str]:
+    assert e.evaluation is not None and e.evaluation.parent is not None and e.flips is not None
+    child, parent = e.evaluation.child, e.evaluation.parent
+    clauses = []
+    recent = _move(parent.recent.mae, child.recent.mae)
+    if recent:
+        clauses.append(f"recent-window MAE {recent}")
+    f = e.forgetting
+    older = _move(f.parent_value, f.child_value) if f is not None else None
+    if f is not None and older:
+        clauses.append(f"MAE on {f.samples} older held-out samples {older}")
+    fl = e.flips
+    clauses.append(
+        f"the error of {fl.fixed} samples shrank and of {fl.broken} grew by more than "
+        f"{fl.tolerance or 0.0:.3g} out of {fl.compared}"
+    )
+    return clauses
 
 
 def _where(e: Explanation) -> str | None:

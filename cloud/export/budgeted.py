@@ -74,9 +74,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from cloud.export.artifact import Artifact
 from cloud.export.exporter import (
     ExportResult,
     NumericCheckError,
+    agreement,
     calibrate_int8,
     convert_float,
     probe_set,
@@ -95,15 +97,16 @@ from cloud.export.grid import (
     update_tensors,
     with_activations_from,
 )
+from cloud.export.int8_check import NotInt8, check_all_int8
 from cloud.export.param_layout import Arrays, LayoutMismatch, ParamLayout, params_of
 from cloud.export.refit import Selection, carry, published_model, refit
 from cloud.export.tflite_file import Tensor, TFLiteFile
 from cloud.learning.fisher import fisher_diagonal
-from cloud.learning.models import Classifier
+from cloud.learning.models import TaskModel
 from cloud.learning.training import Hyperparameters
 from shared.codec import sha256_hex
 from shared.errors import EdgeloopError, ModelRejected
-from shared.runtime import TFLiteModel
+from shared.task import TaskSpec
 
 logger = logging.getLogger(__name__)
 
@@ -146,10 +149,10 @@ class FineTuned:
     """A round's fine-tune as the budgeted update takes it: the model it started from
     (the shadow: the parent's float weights), the model it reached, and how."""
 
-    shadow: Classifier
-    unconstrained: Classifier  # where the round's data wants the model to go
-    X: npt.NDArray[np.float32]  # the round's training data: the Fisher estimate and refits
-    y: npt.NDArray[np.int64]
+    shadow: TaskModel
+    unconstrained: TaskModel  # where the round's data wants the model to go
+    X: npt.NDArray[Any]  # the round's training data: the Fisher estimate and refits
+    y: npt.NDArray[Any]  # class indices or targets
     hp: Hyperparameters
 
 
@@ -158,7 +161,7 @@ class Child:
     """A round's int8 child, the float model to continue from, and what changed."""
 
     exported: ExportResult
-    model: Classifier  # the new shadow: its weights are stored with the version
+    model: TaskModel  # the new shadow: its weights are stored with the version
     details: dict[str, Any]  # the round report's details["delta"]
 
 
@@ -300,26 +303,26 @@ def _byte_cost(t: Tensor, q: npt.NDArray[np.int64], target: npt.NDArray[np.int64
 
 
 def check_against_reference(
-    content: bytes, reference: bytes, X: npt.NDArray[np.float32], min_agreement: float
-) -> tuple[TFLiteModel, float]:
+    content: bytes, reference: bytes, X: npt.NDArray[Any], task: TaskSpec, min_agreement: float
+) -> tuple[Artifact, float]:
     """The int8 file and the float model of the same weights, both in the edge runtime:
-    all heavy ops int8, and argmax agreement on ``X`` of at least ``min_agreement``."""
+    all-int8, and agreeing (``exporter.agreement``) on ``X`` at least ``min_agreement``."""
     try:
-        tfl = TFLiteModel(content, name="budgeted")
-        ref = TFLiteModel(reference, name="float reference")
+        check_all_int8(content)
+    except NotInt8 as e:
+        raise NumericCheckError(f"the budgeted file is not all-int8: {e}") from e
+    try:
+        tfl = Artifact(content, name="budgeted")
+        ref = Artifact(reference, name="float reference")
     except ModelRejected as e:
         raise NumericCheckError(f"the edge runtime refuses the budgeted file: {e}") from e
-    if not tfl.heavy_ops_int8():
-        raise NumericCheckError("the budgeted file is not all-int8; refusing it")
-    agreement = float(
-        np.mean(tfl.predict_proba_batch(X).argmax(1) == ref.predict_proba_batch(X).argmax(1))
-    )
-    if agreement < min_agreement:
+    agreed = agreement(task, tfl.answers(X), ref.answers(X))
+    if agreed < min_agreement:
         raise NumericCheckError(
             f"the budgeted int8 file agrees with the float model of its own weights on "
-            f"{agreement:.1%} of {len(X)} inputs in {tfl.runtime}; need {min_agreement:.1%}"
+            f"{agreed:.1%} of {len(X)} inputs in {tfl.runtime}; need {min_agreement:.1%}"
         )
-    return tfl, agreement
+    return tfl, agreed
 
 
 class BudgetedUpdate:
@@ -335,7 +338,7 @@ class BudgetedUpdate:
         self,
         parent_content: bytes,
         fit: FineTuned,
-        calibration: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]],
+        calibration: tuple[npt.NDArray[Any], npt.NDArray[Any]],
         opts: BudgetOptions,
     ) -> None:
         unconstrained, hp, X, y = fit.unconstrained, fit.hp, fit.X, fit.y
@@ -344,7 +347,7 @@ class BudgetedUpdate:
         self.refit_hp = replace(hp, epochs=opts.refit_epochs, lr=opts.refit_lr, seed=hp.seed + 1)
         self.parent = TFLiteFile.read(parent_content)
         self.budget = opts.budget_for(self.parent)
-        self.float_file = TFLiteFile.read(convert_float(unconstrained, X.shape[1]))
+        self.float_file = TFLiteFile.read(convert_float(unconstrained))
         try:
             self.layout = ParamLayout.match(unconstrained, self.float_file)
             names = {t.name for t in update_tensors(self.parent)}
@@ -382,13 +385,18 @@ class BudgetedUpdate:
         scales = "activations" if recalibrated else "frozen"
         reference = float_reference(self.float_file, artifact)
         cal, probe_X = self.calibration
-        tfl, agreement = check_against_reference(
-            artifact.content, reference, np.concatenate([cal, probe_X]), self.opts.min_agreement
+        task = self.unconstrained.task
+        tfl, agreed = check_against_reference(
+            artifact.content,
+            reference,
+            np.concatenate([cal, probe_X]),
+            task,
+            self.opts.min_agreement,
         )
-        probe = probe_set(tfl, probe_X)
+        probe = probe_set(tfl, probe_X, task)
         seconds = time.perf_counter() - start
         exported = ExportResult(
-            artifact.content, sha256_hex(artifact.content), probe, agreement, tfl.runtime, seconds
+            artifact.content, sha256_hex(artifact.content), probe, agreed, tfl.runtime, seconds
         )
         details = {
             "mode": "budgeted",
@@ -413,7 +421,7 @@ class BudgetedUpdate:
         )
         return Child(exported, shadow, details)
 
-    def _narrow(self, budget: int) -> tuple[Classifier, Selection]:
+    def _narrow(self, budget: int) -> tuple[TaskModel, Selection]:
         """The refit model and the values it may change: ``select_factor`` times the
         budget's values refit first, then halved by benefit and refit again, down to
         the budget."""

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 from torch import nn
 
-from cloud.export.exporter import ExportError
+from cloud.export.errors import ExportError
 from cloud.export.tflite_file import TFLiteFile, parse_module_name
 
 Arrays = dict[str, npt.NDArray[Any]]

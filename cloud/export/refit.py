@@ -24,7 +24,7 @@ from torch import nn
 from cloud.export.grid import update_tensors
 from cloud.export.param_layout import ParamLayout
 from cloud.export.tflite_file import TFLiteFile
-from cloud.learning.models import Classifier
+from cloud.learning.models import TaskModel
 from cloud.learning.training import Hyperparameters, fine_tune
 
 
@@ -38,12 +38,12 @@ class Selection:
 
 
 def refit(
-    shadow: Classifier,
-    unconstrained: Classifier,
+    shadow: TaskModel,
+    unconstrained: TaskModel,
     selection: Selection,
-    data: tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]],
+    data: tuple[npt.NDArray[Any], npt.NDArray[Any]],
     hp: Hyperparameters,
-) -> Classifier:
+) -> TaskModel:
     """The shadow with only the selected values trained (from the unconstrained
     model's values), each held inside its limits; every other value stays put."""
     start = copy.deepcopy(shadow)
@@ -68,7 +68,7 @@ def refit(
     return fine_tune(start, X, y, hp, after_step=hold).model
 
 
-def published_model(template: Classifier, layout: ParamLayout, parent: TFLiteFile) -> Classifier:
+def published_model(template: TaskModel, layout: ParamLayout, parent: TFLiteFile) -> TaskModel:
     """``template`` holding exactly the parent's int8 weights (dequantized): what the
     edges run, the start of a refit."""
     values = layout.to_torch({t.name: t.dequantize(parent.content) for t in update_tensors(parent)})
@@ -79,7 +79,7 @@ def published_model(template: Classifier, layout: ParamLayout, parent: TFLiteFil
     return model
 
 
-def carry(unconstrained: Classifier, refitted: Classifier, selection: Selection) -> Classifier:
+def carry(unconstrained: TaskModel, refitted: TaskModel, selection: Selection) -> TaskModel:
     """The next shadow: the refit values where this round wrote, the unconstrained
     model's (inside the grid's range) everywhere else, so the progress the budget left
     out is sent by later rounds instead of being trained again."""

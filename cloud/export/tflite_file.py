@@ -177,7 +177,7 @@ def _read(content: bytes) -> tuple[dict[str, Tensor], list[Layer]]:
     sg = model.Subgraphs(0)
     by_index: dict[int, Tensor] = {}
     for i in range(sg.TensorsLength()):
-        by_index[i] = _tensor(i, sg.Tensors(i), model)
+        by_index[i] = read_tensor(i, sg.Tensors(i), model)
     ops = {
         getattr(schema.BuiltinOperator, n): n for n in dir(schema.BuiltinOperator) if n.isupper()
     }
@@ -204,7 +204,7 @@ def _read(content: bytes) -> tuple[dict[str, Tensor], list[Layer]]:
     return tensors, layers
 
 
-def _tensor(index: int, t: Any, model: Any) -> Tensor:
+def read_tensor(index: int, t: Any, model: Any) -> Tensor:
     dtype = np.dtype(_DTYPES.get(t.Type(), "u1"))
     shape = tuple(int(d) for d in t.ShapeAsNumpy()) if t.ShapeLength() else ()
     place = _buffer_place(model.Buffers(t.Buffer()))

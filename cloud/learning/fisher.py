@@ -10,13 +10,14 @@ is sensitive to. The budgeted update ranks the values it may change by it
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
-from torch import nn
 
-from cloud.learning.models import Classifier
+from cloud.learning.models import TaskModel
+from cloud.learning.training import loss_of, truths_tensor
 
 #: Samples per gradient in the Fisher estimate; at most FISHER_SAMPLES samples.
 FISHER_BATCH = 16
@@ -24,19 +25,20 @@ FISHER_SAMPLES = 2000
 
 
 def fisher_diagonal(
-    model: Classifier, X: npt.NDArray[np.float32], y: npt.NDArray[np.int64], seed: int = 0
+    model: TaskModel, X: npt.NDArray[Any], y: npt.NDArray[Any], seed: int = 0
 ) -> dict[str, npt.NDArray[np.float64]]:
     """Mean squared gradient of the loss per parameter over small batches of (X, y):
     the diagonal of the empirical Fisher information, the loss's curvature."""
     order = np.random.default_rng(seed).permutation(len(y))[:FISHER_SAMPLES]
     Xt = torch.as_tensor(np.ascontiguousarray(X[order], np.float32))
-    yt = torch.as_tensor(np.asarray(y[order], np.int64))
+    yt = truths_tensor(np.asarray(y)[order], model.task)
+    loss_fn = loss_of(model.task)
     probe = copy.deepcopy(model).eval()
     total = {n: torch.zeros_like(p) for n, p in probe.named_parameters()}
     batches = 0
     for idx in torch.split(torch.arange(len(yt)), FISHER_BATCH):
         probe.zero_grad()
-        torch.autograd.backward(nn.functional.cross_entropy(probe.logits(Xt[idx]), yt[idx]))
+        torch.autograd.backward(loss_fn(probe.logits(Xt[idx]), yt[idx]))
         for n, p in probe.named_parameters():
             if p.grad is not None:
                 total[n] += p.grad.detach() ** 2

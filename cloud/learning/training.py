@@ -4,15 +4,16 @@ Each round starts from the parent's weights (the published version the edges
 run), never from scratch, and trains on the replay buffer together with the
 most recent training samples: the recent samples teach the new distribution,
 the class-balanced replay keeps rehearsing the old one so that the child does
-not forget it. Everything random (shuffling) comes from one seed, so the same
-data and seed give the same child.
+not forget it. The loss is the task's: cross-entropy on a classifier's logits,
+mean squared error on a regressor's outputs. Everything random (shuffling) comes
+from one seed, so the same data and seed give the same child.
 
 >>> from cloud.data.datasets import load_dataset, split
 >>> seed = split(load_dataset("digits"), seed=0).seed_train
 >>> hp = Hyperparameters(epochs=1, batch_size=64, lr=1e-3, seed=0)
 >>> a = bootstrap(seed, hp)
 >>> b = bootstrap(seed, hp)
->>> bool(torch.equal(a.model.f2.weight, b.model.f2.weight))
+>>> bool(torch.equal(a.model.net.f2.weight, b.model.net.f2.weight))
 True
 """
 
@@ -31,8 +32,10 @@ import torch
 from torch import nn
 
 from cloud.data.datasets import Dataset
-from cloud.learning.models import Classifier, build_model
+from cloud.learning.contract import DataInfo, build_model
+from cloud.learning.models import TaskModel
 from shared.errors import EdgeloopError
+from shared.task import TaskSpec
 
 logger = logging.getLogger(__name__)
 
@@ -55,26 +58,47 @@ class Hyperparameters:
 
 @dataclass
 class TrainResult:
-    model: Classifier
+    model: TaskModel
     hyperparameters: dict[str, Any]
     samples: int
     final_loss: float
     seconds: float
 
 
-def bootstrap(dataset: Dataset, hp: Hyperparameters) -> TrainResult:
-    """The first version: a fresh model (seeded) trained on ``dataset``."""
-    model = build_model(dataset, seed=hp.seed)
+def loss_of(task: TaskSpec) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The training loss of ``task``: cross-entropy on logits, or MSE on outputs."""
+    return nn.CrossEntropyLoss() if task.is_classification else nn.MSELoss()
+
+
+def truths_tensor(y: npt.ArrayLike, task: TaskSpec) -> torch.Tensor:
+    """Class indices (int64) or targets (float32 ``[N, k]``) as the loss takes them."""
+    if task.is_classification:
+        return torch.as_tensor(np.asarray(y, np.int64))
+    targets = np.asarray(y, np.float32)
+    return torch.as_tensor(targets.reshape(len(targets), -1))
+
+
+def bootstrap(dataset: Dataset, hp: Hyperparameters, spec: str | None = None) -> TrainResult:
+    """The first version: a fresh model of ``spec`` (default: the dataset's zoo model),
+    seeded by ``hp.seed``, trained on ``dataset``."""
+    from cloud.learning.zoo import default_model
+
+    model = build_model(spec or default_model(dataset), DataInfo.of(dataset), seed=hp.seed)
     return _fit(model, dataset.X, dataset.y, hp)
 
 
+def train(model: TaskModel, X: npt.ArrayLike, y: npt.ArrayLike, hp: Hyperparameters) -> TrainResult:
+    """``model`` itself trained on (X, y) (a fresh model's first training)."""
+    return _fit(model, X, y, hp)
+
+
 def fine_tune(
-    parent: Classifier,
-    X: npt.NDArray[np.float32],
-    y: npt.NDArray[np.int64],
+    parent: TaskModel,
+    X: npt.ArrayLike,
+    y: npt.ArrayLike,
     hp: Hyperparameters,
     *,
-    after_step: Callable[[Classifier], None] | None = None,
+    after_step: Callable[[TaskModel], None] | None = None,
 ) -> TrainResult:
     """A child: a copy of ``parent`` trained on (X, y); the parent is left untouched.
 
@@ -85,20 +109,20 @@ def fine_tune(
 
 
 def _fit(
-    model: Classifier,
-    X: npt.NDArray[np.float32],
-    y: npt.NDArray[np.int64],
+    model: TaskModel,
+    X: npt.ArrayLike,
+    y: npt.ArrayLike,
     hp: Hyperparameters,
-    after_step: Callable[[Classifier], None] | None = None,
+    after_step: Callable[[TaskModel], None] | None = None,
 ) -> TrainResult:
-    if len(y) == 0:
+    yt = truths_tensor(y, model.task)
+    if len(yt) == 0:
         raise TrainingError("no samples to train on")
     start = time.perf_counter()
     Xt = torch.as_tensor(np.ascontiguousarray(X, np.float32))
-    yt = torch.as_tensor(np.asarray(y, np.int64))
     gen = torch.Generator().manual_seed(hp.seed)
     opt = torch.optim.Adam(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = loss_of(model.task)
     model.train()
     last = float("nan")
     for _ in range(hp.epochs):
@@ -106,7 +130,7 @@ def _fit(
         for idx in torch.split(torch.randperm(len(yt), generator=gen), hp.batch_size):
             opt.zero_grad()
             loss = loss_fn(model.logits(Xt[idx]), yt[idx])
-            loss.backward()
+            torch.autograd.backward(loss)
             opt.step()
             if after_step is not None:
                 after_step(model)

@@ -58,6 +58,8 @@ from shared.messages import (
     VersionRecord,
 )
 from shared.signing import Signer
+from shared.task import TaskSpec
+from shared.tensors import TensorSpec
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +114,8 @@ class PublishRequest:
     metrics: dict[str, float] = field(default_factory=dict)
     explanation: Explanation = field(default_factory=Explanation)
     expected_parent: str | EllipsisType | None = ...
+    input: TensorSpec | None = None  # one sample's shape and dtype (None: flat float32)
+    task: TaskSpec | None = None  # None: a classifier over ``labels``
 
     def manifest(self, sha: str, parent: tuple[str, int] | None) -> ModelManifest:
         """The manifest of this version as the child of ``parent`` (sha256, number)."""
@@ -125,6 +129,8 @@ class PublishRequest:
             parent_version=parent_version,
             num_features=self.num_features,
             labels=self.labels,
+            input=self.input,
+            task=self.task,
             runtime=self.runtime,
             metrics=self.metrics,
             explanation=self.explanation,

@@ -31,6 +31,8 @@ import redis
 from cloud.data.datasets import Dataset, load_dataset, split
 from cloud.data.ingest import Batch, FeedbackIngest, stream_id_key
 from cloud.data.replay import TrainerData
+from cloud.learning.weights import WeightsError, load_weights
+from cloud.learning.zoo import model_spec
 from cloud.registry.locations import PROD_BLOB_DIR
 from cloud.registry.publisher import Publisher
 from cloud.registry.versions import DirBlobStore, Registry
@@ -43,6 +45,7 @@ from shared.keys import FleetKeys
 from shared.messages import TrainerStatus, VersionSummary
 from shared.retry import Backoff
 from shared.signing import Signer
+from shared.task import TaskSpec
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +71,9 @@ class Trainer:
         self.settings = s = settings
         self.keys = FleetKeys(s.fleet)
         self.client = client or redis.Redis.from_url(s.redis_url)
-        self.dataset = dataset or load_dataset(s.dataset, s.label_column)
+        self.dataset = dataset or load_dataset(s.dataset, s.label_column, s.task)
         self.parts = split(self.dataset, s.seed)
+        self.spec = model_spec(s.model, self.dataset)
         self.data = TrainerData(self.client, self.keys, s.data_options(self.dataset))
         self.ingest = FeedbackIngest(self.client, self.keys, self.data, s.ingest_options())
         blobs = DirBlobStore(s.blob_dir or PROD_BLOB_DIR)  # the settings fill blob_dir in
@@ -80,19 +84,22 @@ class Trainer:
             max_patches=s.max_patches,
             release=s.release,
         )
-        self.rounds = RoundRunner(s, self.client, self.publisher, self.data, self.parts)
-        self.lease = Lease(self.client, self.keys.trainer_lock(s.model), s.consumer, s.lock_ttl_ms)
-        self.drift = DriftDetector(s.drift_window, s.drift_drop, s.drift_level_alpha)
+        self.rounds = RoundRunner(s, self.client, self.publisher, self.data, self.parts, self.spec)
+        self.rounds.fresh_model()  # the model contract's checks, before anything starts
+        self.lease = Lease(
+            self.client, self.keys.trainer_lock(s.model_name), s.consumer, s.lock_ttl_ms
+        )
+        self.drift = self._drift_detector()
         self.trigger = RoundTrigger(
             s.round_min_samples, s.round_interval_s, s.round_interval_min_samples
         )
-        self.status = TrainerStatus(model=s.model, consumer=s.consumer)
+        self.status = TrainerStatus(model=s.model_name, consumer=s.consumer)
         self._executor = (
             ThreadPoolExecutor(1, thread_name_prefix="round") if background_rounds else None
         )
         self._round: Future[RoundReport] | None = None
-        self._window = _Window(self.dataset.labels)
-        self._drift_signal: dict[str, float] | None = None
+        self._window = _Window(self.dataset.task)
+        self._drift_signal: dict[str, float | str] | None = None
         self._next_status = 0.0
         self._next_lease = 0.0
         self._status_restored = False
@@ -105,22 +112,35 @@ class Trainer:
         self.ingest.ensure_group()
         self._check_published_model()
         self._refresh_lease(force=True)
-        if self.lease.held and self.publisher.latest(self.settings.model) is None:
-            logger.info("no version of %s yet: bootstrapping", self.settings.model)
+        if self.lease.held and self.publisher.latest(self.settings.model_name) is None:
+            logger.info("no version of %s yet: bootstrapping", self.settings.model_name)
             self._finish(self.rounds.bootstrap())
 
     def _check_published_model(self) -> None:
-        """Refuse to train a published model on a dataset with other features or classes."""
-        latest = self.publisher.latest(self.settings.model)
+        """Refuse to train a published model on a dataset with another input or task, or
+        with a model its stored weights do not fit."""
+        name = self.settings.model_name
+        latest = self.publisher.latest(name)
         if latest is None:
             return
         m = latest[2].manifest()
-        if m.labels != self.dataset.labels or m.num_features != self.dataset.num_features:
+        ds = self.dataset
+        if m.input_spec != ds.input or m.task_spec != ds.task:
             raise ConfigError(
-                f"{self.settings.model} v{m.version} has {m.num_features} features and labels {m.labels}, "
-                f"but dataset {self.settings.dataset!r} has {self.dataset.num_features} and "
-                f"{self.dataset.labels}; use another model name for another dataset"
+                f"{name} v{m.version} takes {m.input_spec.describe()} samples for "
+                f"{_describe(m.task_spec)}, but dataset {self.settings.dataset!r} has "
+                f"{ds.input.describe()} samples and {_describe(ds.task)}; use another model name "
+                "for another dataset"
             )
+        blob = self.client.get(self.keys.weights(m.sha256))
+        if isinstance(blob, bytes):
+            try:
+                load_weights(self.rounds.fresh_model().net, blob)
+            except WeightsError as e:
+                raise ConfigError(
+                    f"{name} v{m.version} was trained as another model than {self.spec!r} ({e}); "
+                    "use another model name for another model"
+                ) from e
 
     def run(self, stop: threading.Event) -> None:
         """Ingest and train until ``stop`` is set; rides out Redis outages."""
@@ -156,7 +176,7 @@ class Trainer:
         """One ingest poll, then triggers, lease and status."""
         batch = self.ingest.poll(block_ms)
         if len(batch.accepted):
-            drift = self.drift.update(batch.accepted.predicted, batch.accepted.y)
+            drift = self.drift.update(batch.accepted.served)
             if drift and self._drift_signal is None:  # the signal that starts the round
                 self._drift_signal = self.drift.last_signal
             self.trigger.observe(len(batch.accepted), drift)
@@ -175,7 +195,7 @@ class Trainer:
         trigger = self.trigger.due()
         if trigger is None or self.data.recent_count() < self.settings.gate_min_recent:
             return
-        if self.publisher.latest(self.settings.model) is None:
+        if self.publisher.latest(self.settings.model_name) is None:
             self._finish(self.rounds.bootstrap())
             return
         new = self.trigger.started()
@@ -220,15 +240,17 @@ class Trainer:
                 self.status.rounds_rejected += 1
         self.status.last_round = {**report.as_dict(), "ts": time.time()}
         if report.published:
-            self.drift = DriftDetector(
-                self.settings.drift_window,
-                self.settings.drift_drop,
-                self.settings.drift_level_alpha,
-            )
+            self.drift = self._drift_detector()
             logger.info("published v%s (%s): %s", report.version, report.trigger, report.reason)
         else:
             logger.info("round %d rejected: %s", report.round, report.reason)
         self.write_status()
+
+    def _drift_detector(self) -> DriftDetector:
+        s = self.settings
+        return DriftDetector(
+            s.drift_window, s.drift_drop, s.drift_level_alpha, self.dataset.task, s.drift_rise
+        )
 
     # -- lease and status -----------------------------------------------------
 
@@ -246,7 +268,7 @@ class Trainer:
         if self._status_restored:
             return
         self._status_restored = True
-        raw = self.client.get(self.keys.trainer(self.settings.model))
+        raw = self.client.get(self.keys.trainer(self.settings.model_name))
         if raw is None:
             return
         try:
@@ -267,13 +289,13 @@ class Trainer:
         st.pending_samples = self.trigger.pending
         st.published = self._version_summaries()
         st.ts = time.time()
-        self.client.set(self.keys.trainer(self.settings.model), st.to_wire())
+        self.client.set(self.keys.trainer(self.settings.model_name), st.to_wire())
         self._next_status = time.monotonic() + self.settings.status_interval_s
         return st
 
     def _version_summaries(self) -> list[VersionSummary]:
         out = []
-        for version, sha in self.publisher.versions(self.settings.model)[-STATUS_VERSIONS:]:
+        for version, sha in self.publisher.versions(self.settings.model_name)[-STATUS_VERSIONS:]:
             if sha in self._summaries:
                 out.append(self._summaries[sha])
                 continue
@@ -294,8 +316,9 @@ class Trainer:
 class _Window:
     """The new data since the last round: stream id range and labels per class."""
 
-    def __init__(self, labels: list[str]) -> None:
-        self.labels = labels
+    def __init__(self, task: TaskSpec) -> None:
+        self.task = task
+        self.labels = task.labels
         self._reset()
 
     def _reset(self) -> None:
@@ -311,13 +334,18 @@ class _Window:
             self.first = a.first_id
         if a.last_id and (self.last is None or stream_id_key(a.last_id) > stream_id_key(self.last)):
             self.last = a.last_id
-        self.counts += np.bincount(a.y, minlength=len(self.labels))
+        if self.task.is_classification:
+            self.counts += np.bincount(a.y, minlength=len(self.labels))
 
     def take(self, new_samples: int) -> dict[str, Any]:
-        out = {
-            "stream_ids": [self.first, self.last],
-            "new_samples": new_samples,
-            "labeled_per_class": {self.labels[c]: int(n) for c, n in enumerate(self.counts)},
-        }
+        out: dict[str, Any] = {"stream_ids": [self.first, self.last], "new_samples": new_samples}
+        if self.task.is_classification:
+            out["labeled_per_class"] = {self.labels[c]: int(n) for c, n in enumerate(self.counts)}
         self._reset()
         return out
+
+
+def _describe(task: TaskSpec) -> str:
+    if task.is_classification:
+        return f"classes {task.labels}"
+    return f"outputs {task.outputs}"

@@ -34,10 +34,19 @@ import numpy as np
 import numpy.typing as npt
 import redis
 
-from cloud.data.datasets import Split
-from cloud.data.replay import TrainerData
+from cloud.data.datasets import Dataset, Split
+from cloud.data.replay import Samples, TrainerData
 from cloud.evaluation.explain import ExplainOptions, RoundRecord, Side, explain_version
-from cloud.evaluation.gate import Decision, GateRule, HeldOut, Metrics, Samples, evaluate, gate
+from cloud.evaluation.gate import (
+    REGRESSION_FIGURES,
+    Decision,
+    GateRule,
+    HeldOut,
+    Metrics,
+    evaluate,
+    gate,
+)
+from cloud.export.artifact import Artifact
 from cloud.export.budgeted import (
     ESCALATION,
     BudgetedUpdate,
@@ -46,30 +55,36 @@ from cloud.export.budgeted import (
     FrozenScalesDoNotFit,
     full_details,
 )
-from cloud.export.exporter import ExportError, ExportResult, NumericCheckError, export_int8
-from cloud.learning.models import (
-    Classifier,
-    build_model,
-    load_weights,
-    predict_proba,
-    weights_to_bytes,
+from cloud.export.exporter import (
+    ExportError,
+    ExportResult,
+    NumericCheckError,
+    export_int8,
+    preflight,
 )
-from cloud.learning.training import Hyperparameters, bootstrap, fine_tune
+from cloud.learning.contract import DataInfo, build_model
+from cloud.learning.models import TaskModel, predict
+from cloud.learning.training import Hyperparameters, fine_tune, train
+from cloud.learning.weights import load_weights, read_weights_file, weights_to_bytes
 from cloud.registry.publisher import Publisher, PublishRequest, StaleParent
 from cloud.trainer.settings import TrainerSettings
-from shared.errors import EdgeloopError
+from shared.errors import ConfigError, EdgeloopError
 from shared.keys import FleetKeys
 from shared.messages import Explanation
-from shared.runtime import TFLiteModel
+from shared.task import TaskSpec
 
 logger = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
-IntArray = npt.NDArray[np.int64]
 
 
 class RoundError(EdgeloopError):
     """A round cannot run (no parent, no weights for the parent, no data)."""
+
+
+class ModelRefused(ConfigError):
+    """The model can never become a file edgeloop publishes (an op with no int8 kernel,
+    a dynamic shape): refused before any training."""
 
 
 @dataclass
@@ -102,8 +117,8 @@ class Parent:
     version: int
     sha256: str
     content: bytes
-    model: Classifier  # its stored float weights (after a budgeted round: the shadow)
-    artifact: TFLiteModel
+    model: TaskModel  # its stored float weights (after a budgeted round: the shadow)
+    artifact: Artifact
 
     @property
     def side(self) -> Side:
@@ -115,8 +130,8 @@ class Round:
     """One round's inputs: the parent, the training set, the held-out data, the hyperparameters."""
 
     parent: Parent
-    X: FloatArray  # the replay buffer and the recent-training ring
-    y: IntArray
+    X: npt.NDArray[Any]  # the replay buffer and the recent-training ring
+    y: npt.NDArray[Any]  # class indices or targets
     held_out: HeldOut
     hp: Hyperparameters
 
@@ -131,6 +146,7 @@ class RoundRunner:
         publisher: Publisher,
         data: TrainerData,
         parts: Split,
+        spec: str,
     ) -> None:
         self.settings = settings
         self.client = client
@@ -138,48 +154,78 @@ class RoundRunner:
         self.publisher = publisher
         self.data = data
         self.parts = parts
-        self.labels = parts.seed_train.labels
+        self.spec = spec  # the model: a zoo name or an import spec (cloud/learning/contract.py)
+        self.info = DataInfo.of(parts.seed_train)  # normalization statistics: the seed split's
+        self.task = parts.seed_train.task
+        self.labels = self.task.labels
         self.rule = GateRule(settings.min_gain, settings.forgetting_tolerance)
         self._parent: Parent | None = None
+
+    # -- the model ------------------------------------------------------------
+
+    def fresh_model(self) -> TaskModel:
+        """A new model of the spec, checked (ModelError) and seeded by the settings."""
+        return build_model(self.spec, self.info, seed=self.settings.seed)
+
+    def refuse_unpublishable(self) -> None:
+        """Export a fresh model once and refuse (ModelRefused) a model that cannot become an
+        all-int8 file, before any training: an op with no int8 kernel, a dynamic shape."""
+        model = self.fresh_model()
+        calibration = self.parts.seed_train.X[: self.settings.calibration_size]
+        try:
+            preflight(model, calibration)
+        except ExportError as e:
+            raise ModelRefused(
+                f"model {self.spec!r} cannot be published as an all-int8 file: {e}"
+            ) from e
 
     # -- bootstrap ------------------------------------------------------------
 
     def bootstrap(self) -> RoundReport:
-        """Version 1 from the seed split; seeds the replay buffer and the holdout once."""
+        """Version 1 from the seed split (or the pretrained weights); seeds the replay buffer
+        and the holdout once."""
+        self.refuse_unpublishable()
         t0 = time.perf_counter()
         epochs, seed = self.settings.bootstrap_epochs, self.settings.seed
         self._seed_stores(seed)
-        result = bootstrap(self.parts.seed_train, self._hyperparameters(epochs, seed))
+        hp = self._hyperparameters(epochs, seed)
+        model, hyperparameters = self.fresh_model(), hp.as_dict()
+        if self.settings.pretrained is not None:
+            read_weights_file(model.net, self.settings.pretrained)
+            hyperparameters = {"pretrained": str(self.settings.pretrained)}
+        else:
+            model = train(model, self.parts.seed_train.X, self.parts.seed_train.y, hp).model
         t1 = time.perf_counter()
-        exported = self._export(result.model, self.parts.seed_train.X, seed=seed)
+        exported = self._export(model, self.parts.seed_train.X, seed=seed)
         t2 = time.perf_counter()
         held_out = self._held_out()
-        earlier = evaluate(TFLiteModel(exported.content), held_out.earlier, self.labels)
-        metrics = {
-            "earlier_accuracy": earlier.accuracy or 0.0,
-            "earlier_samples": float(earlier.samples),
-            "int8_agreement": exported.agreement,
-        }
-        counts = np.bincount(self.parts.seed_train.y, minlength=len(self.labels))
+        earlier = evaluate(Artifact(exported.content), held_out.earlier, self.task)
         report = RoundReport(
             round=0,
             trigger="bootstrap",
             published=True,
-            reason="first version",
-            metrics=metrics,
+            reason="first version" + (" (pretrained weights)" if self.settings.pretrained else ""),
+            metrics={**_first_metrics(earlier, self.task), "int8_agreement": exported.agreement},
             data_window={
                 "dataset": self.parts.seed_train.name,
                 "seed_split": len(self.parts.seed_train.y),
-                "labeled_per_class": {self.labels[c]: int(n) for c, n in enumerate(counts)},
+                **self._per_class(self.parts.seed_train.y),
             },
-            hyperparameters=result.hyperparameters,
-            details={"earlier_recall": earlier.recall},
+            hyperparameters=hyperparameters,
+            details=_first_details(earlier, self.task),
         )
-        explanation = self._explain(report, _side(result.model, exported), None, held_out)
+        explanation = self._explain(report, _side(model, exported), None, held_out)
         t3 = time.perf_counter()
-        self._publish(report, result.model, exported, None, explanation)
+        self._publish(report, model, exported, None, explanation)
         report.timings.update(train_s=t1 - t0, export_s=t2 - t1, publish_s=time.perf_counter() - t3)
         return report
+
+    def _per_class(self, y: npt.NDArray[Any]) -> dict[str, Any]:
+        """The labels per class of a classifier's data window (nothing for a regressor)."""
+        if not self.task.is_classification:
+            return {}
+        counts = np.bincount(np.asarray(y, np.int64), minlength=len(self.labels))
+        return {"labeled_per_class": {self.labels[c]: int(n) for c, n in enumerate(counts)}}
 
     def _seed_stores(self, seed: int) -> None:
         """The seed split into the replay buffer and the holdout, unless they hold data."""
@@ -243,10 +289,10 @@ class RoundRunner:
 
     def parent(self) -> Parent:
         """The latest version, cached by sha256."""
-        latest = self.publisher.latest(self.settings.model)
+        latest = self.publisher.latest(self.settings.model_name)
         if latest is None:
             raise RoundError(
-                f"no version of {self.settings.model} is published yet; bootstrap first"
+                f"no version of {self.settings.model_name} is published yet; bootstrap first"
             )
         version, sha, _ = latest
         if self._parent is None or self._parent.sha256 != sha:
@@ -255,12 +301,10 @@ class RoundRunner:
                 raise RoundError(f"v{version} ({sha[:12]}) has no stored weights to fine-tune from")
             if isinstance(blob, str):
                 raise RoundError("the trainer needs a Redis client without decode_responses")
-            model = build_model(self.parts.seed_train, seed=self.settings.seed)
-            load_weights(model, blob)
+            model = self.fresh_model()
+            load_weights(model.net, blob)
             content = self.publisher.content(sha)
-            self._parent = Parent(
-                version, sha, content, model, TFLiteModel(content, version=version)
-            )
+            self._parent = Parent(version, sha, content, model, Artifact(content, version=version))
         return self._parent
 
     def _start(self, round_no: int) -> Round:
@@ -271,7 +315,7 @@ class RoundRunner:
         return Round(parent, X, y, self._held_out(), hp)
 
     def _held_out(self) -> HeldOut:
-        return HeldOut(self.data.holdout_set(), self.data.recent_set(), self.labels)
+        return HeldOut(self.data.holdout_set(), self.data.recent_set(), self.task)
 
     def _hyperparameters(self, epochs: int, seed: int) -> Hyperparameters:
         settings = self.settings
@@ -281,12 +325,14 @@ class RoundRunner:
 
     # -- the child ------------------------------------------------------------
 
-    def _export(self, model: Classifier, X: FloatArray, seed: int) -> ExportResult:
+    def _export(self, model: TaskModel, X: npt.NDArray[Any], seed: int) -> ExportResult:
         """A freshly calibrated int8 export (the normal path: new scales everywhere)."""
         cal, probe = self._calibration(X, seed)
         return export_int8(model, cal, probe, min_agreement=self.settings.min_int8_agreement)
 
-    def _calibration(self, X: FloatArray, seed: int) -> tuple[FloatArray, FloatArray]:
+    def _calibration(
+        self, X: npt.NDArray[Any], seed: int
+    ) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
         """A deterministic sample of the training data to calibrate on, other rows to probe."""
         order = np.random.default_rng(seed).permutation(len(X))
         cal = X[order[: self.settings.calibration_size]]
@@ -294,7 +340,7 @@ class RoundRunner:
         n = self.settings.probe_size
         return cal, X[rest[:n]] if len(rest) >= n else X[order[-n:]]
 
-    def _child(self, rnd: Round, trained: Classifier) -> tuple[Child, BudgetedUpdate | None]:
+    def _child(self, rnd: Round, trained: TaskModel) -> tuple[Child, BudgetedUpdate | None]:
         """The round's int8 child: on the parent's frozen grid under the update budget
         (cloud/export/budgeted.py), or re-calibrated when the mode or the grid says so."""
         if self.settings.update_mode == "full":
@@ -314,7 +360,7 @@ class RoundRunner:
             return self._full(rnd, trained, "numeric check", {"error": str(e)}), None
 
     def _full(
-        self, rnd: Round, model: Classifier, reason: str, extra: dict[str, Any] | None = None
+        self, rnd: Round, model: TaskModel, reason: str, extra: dict[str, Any] | None = None
     ) -> Child:
         """A freshly calibrated child of ``model``, and its delta details."""
         exported = self._export(model, rnd.X, seed=rnd.hp.seed)
@@ -325,7 +371,7 @@ class RoundRunner:
     # -- the gate -------------------------------------------------------------
 
     def _gate(self, rnd: Round, child: Child, name: str) -> Decision:
-        artifact = TFLiteModel(child.exported.content, name=name)
+        artifact = Artifact(child.exported.content, name=name)
         return gate(rnd.parent.artifact, artifact, rnd.held_out, self.rule)
 
     def _judge(
@@ -342,27 +388,40 @@ class RoundRunner:
             return self._ship_more(rnd, update, child, decision)
         return child, decision
 
-    def _budget_costs(self, decision: Decision, unconstrained: Classifier, recent: Samples) -> bool:
+    def _budget_costs(self, decision: Decision, unconstrained: TaskModel, recent: Samples) -> bool:
         """Whether the budgeted child trails the round's unconstrained (float) model on
         the recent window by more than update_max_loss: after a drift, a budget that
         suits a quiet stream would leave the fleet on a model it could already beat."""
         X, y = recent
-        ours = decision.child_recent.accuracy
+        ours = decision.child_value
         if ours is None or len(y) == 0:
             return False
-        wanted = float((predict_proba(unconstrained, X).argmax(axis=1) == y).mean())
-        if wanted - ours <= self.settings.update_max_loss:
+        wanted = self.task.score(predict(unconstrained, X), y)
+        loss = self.settings.update_max_loss
+        if self.task.gain(wanted, over=ours) <= (
+            loss if self.task.is_classification else loss * ours
+        ):
             return False
         logger.info(
-            "budgeted child: recent accuracy %.3f, the unconstrained model %.3f", ours, wanted
+            "budgeted child: recent %s %.3f, the unconstrained model %.3f",
+            self.task.metric,
+            ours,
+            wanted,
         )
         return True
+
+    def _within(self, value: float, mark: float) -> bool:
+        """``value`` trails ``mark`` by at most update_max_loss (accuracy points, or a share
+        of a regressor's MAE)."""
+        loss = self.settings.update_max_loss
+        allowed = loss if self.task.is_classification else loss * abs(mark)
+        return self.task.gain(value, over=mark) >= -allowed - 1e-9
 
     def _ship_more(
         self, rnd: Round, update: BudgetedUpdate, child: Child, first: Decision
     ) -> tuple[Child, Decision]:
-        """When the gate refused the budgeted child, or the budget cost more accuracy
-        than update_max_loss: the fresh export (new scales) sets the mark. If it fails
+        """When the gate refused the budgeted child, or the budget cost more than
+        update_max_loss: the fresh export (new scales) sets the mark. If it fails
         the gate too, the budget is not what held the child back and ``first`` stands;
         else the first larger budget on the same grid (2x, 4x) within update_max_loss
         of it ships, or the fresh export itself."""
@@ -372,18 +431,16 @@ class RoundRunner:
             logger.info("no fresh export to compare with: %s", e)
             return child, first
         marked = self._gate(rnd, fresh, "fresh child")
-        if not marked.publish or marked.child_recent.accuracy is None:
+        mark = marked.child_value
+        if not marked.publish or mark is None:
             return child, first
-        mark = marked.child_recent.accuracy - self.settings.update_max_loss
+        metric = self.task.metric
         why = (
             first.reason
             if not first.publish
-            else (
-                f"recent accuracy {first.child_recent.accuracy:.3f}; a fresh export "
-                f"{marked.child_recent.accuracy:.3f}"
-            )
+            else f"recent {metric} {first.child_value:.3f}; a fresh export {mark:.3f}"
         )
-        if first.publish and (first.child_recent.accuracy or 0.0) >= mark - 1e-9:
+        if first.publish and self._within(first.child_value or 0.0, mark):
             return child, first
         for factor in ESCALATION:
             try:
@@ -392,7 +449,7 @@ class RoundRunner:
                 logger.info("no larger budgeted child: %s", e)
                 break
             decision = self._gate(rnd, more, "larger child")
-            if decision.publish and (decision.child_recent.accuracy or 0.0) >= mark - 1e-9:
+            if decision.publish and self._within(decision.child_value or 0.0, mark):
                 more.details["budgeted_rejected"] = why
                 return more, decision
         fresh.details["budgeted_rejected"] = why
@@ -405,8 +462,7 @@ class RoundRunner:
     ) -> Explanation:
         """The explanation the version's signed manifest carries (cloud/evaluation/explain.py)."""
         t = time.perf_counter()
-        grid = (8, 8) if self.parts.seed_train.kind == "digits" else None
-        options = ExplainOptions(grid=grid)
+        options = ExplainOptions(grid=attribution_grid(self.parts.seed_train))
         explanation = explain_version(report.record(), child, parent, held_out, options)
         report.timings["explain_s"] = time.perf_counter() - t
         return explanation
@@ -414,34 +470,64 @@ class RoundRunner:
     def _publish(
         self,
         report: RoundReport,
-        model: Classifier,
+        model: TaskModel,
         exported: ExportResult,
         parent_sha: str | None,
         explanation: Explanation,
     ) -> None:
         # Weights first: a version must never exist without the weights the next round needs.
-        self.client.set(self.keys.weights(exported.sha256), weights_to_bytes(model))
+        self.client.set(self.keys.weights(exported.sha256), weights_to_bytes(model.net))
+        data = self.parts.seed_train
         request = PublishRequest(
-            self.settings.model,
+            self.settings.model_name,
             exported.content,
-            num_features=self.parts.seed_train.num_features,
+            num_features=data.num_features,
             labels=self.labels,
             probe=exported.probe,
             runtime=exported.runtime,
             metrics=report.metrics,
             explanation=explanation,
             expected_parent=parent_sha,
+            input=data.input,
+            task=data.task,
         )
         published = self.publisher.publish(request)
         report.published, report.version, report.sha256 = True, published.version, published.sha256
-        artifact = TFLiteModel(exported.content, version=published.version)
+        artifact = Artifact(exported.content, version=published.version)
         self._parent = Parent(
             published.version, published.sha256, exported.content, model, artifact
         )
 
 
-def _side(model: Classifier, exported: ExportResult) -> Side:
-    return Side(model, TFLiteModel(exported.content), exported.content)
+def _side(model: TaskModel, exported: ExportResult) -> Side:
+    return Side(model, Artifact(exported.content), exported.content)
+
+
+def attribution_grid(dataset: Dataset) -> tuple[int, ...] | None:
+    """The shape attribution maps are named over: the digits' 8x8, or the input's own
+    when it has one ([T, C], [H, W, C])."""
+    if dataset.kind == "digits":
+        return (8, 8)
+    shape = tuple(dataset.input.shape)
+    return shape if len(shape) > 1 else None
+
+
+def _first_metrics(earlier: Metrics, task: TaskSpec) -> dict[str, float]:
+    """Version 1's figures on the seed holdout: accuracy, or MAE, RMSE and R²."""
+    if task.is_classification:
+        return {
+            "earlier_accuracy": earlier.accuracy or 0.0,
+            "earlier_samples": float(earlier.samples),
+        }
+    figures = {f"earlier_{f}": getattr(earlier, f) for f in REGRESSION_FIGURES}
+    out = {k: float(v) for k, v in figures.items() if v is not None}
+    return {**out, "earlier_samples": float(earlier.samples)}
+
+
+def _first_details(earlier: Metrics, task: TaskSpec) -> dict[str, Any]:
+    if task.is_classification:
+        return {"earlier_recall": earlier.recall}
+    return {"earlier": _figures(earlier, task)}
 
 
 def _report_decision(report: RoundReport, child: Child, decision: Decision) -> None:
@@ -455,14 +541,23 @@ def _report_decision(report: RoundReport, child: Child, decision: Decision) -> N
     report.reason = decision.reason
 
 
-def _details(d: Decision) -> dict[str, Any]:
-    def m(x: Metrics) -> dict[str, Any]:
-        return {"accuracy": x.accuracy, "samples": x.samples, "recall": x.recall}
+def _figures(m: Metrics, task: TaskSpec) -> dict[str, Any]:
+    if task.is_classification:
+        return {"accuracy": m.accuracy, "samples": m.samples, "recall": m.recall}
+    return {"mae": m.mae, "rmse": m.rmse, "r2": m.r2, "samples": m.samples}
 
+
+def _details(d: Decision) -> dict[str, Any]:
     return {
         "decision": "publish" if d.publish else "reject",
         "reason": d.reason,
-        "parent": {"recent": m(d.parent_recent), "earlier": m(d.parent_earlier)},
-        "child": {"recent": m(d.child_recent), "earlier": m(d.child_earlier)},
+        "parent": {
+            "recent": _figures(d.parent_recent, d.task),
+            "earlier": _figures(d.parent_earlier, d.task),
+        },
+        "child": {
+            "recent": _figures(d.child_recent, d.task),
+            "earlier": _figures(d.child_earlier, d.task),
+        },
         "gate": asdict(d.rule),
     }

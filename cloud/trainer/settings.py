@@ -9,9 +9,18 @@ The signing key has no working default outside ``mode = "development"``: a
 trainer that signs with a key nobody configured would publish models that no
 edge trusts, or worse, that every edge of a careless fleet trusts.
 
+The model is a zoo name (``digits``, ``mlp``, ``regression_mlp``, ``dwcnn``,
+``cnn1d``), a user's import spec (``mypkg.models:build`` or
+``path/to/model.py:build``; ``cloud.learning.contract``), or any other name,
+which trains the dataset's default zoo model under that name. ``model_name`` is
+the model's name in the fleet (keys, versions, rollouts): the model setting
+itself for a name, the function's name for an import spec, unless given.
+
 >>> s = TrainerSettings(signing_key="/etc/edgeloop/signing.key", fleet="lab")
->>> s.model, s.dataset, s.holdout_every
-('digits', 'digits', 5)
+>>> s.model, s.model_name, s.dataset, s.holdout_every
+('digits', 'digits', 'digits', 5)
+>>> TrainerSettings(mode="development", model="models/vibration.py:build").model_name
+'build'
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from cloud.data.import_spec import function_name, is_import_spec
 from cloud.data.ingest import IngestOptions
 from cloud.data.replay import DataOptions
 from cloud.registry.locations import DEV_BLOB_DIR, DEV_KEY_DIR, PROD_BLOB_DIR
@@ -50,7 +60,17 @@ class TrainerSettings(EnvFirstSettings):
 
     # Where
     fleet: str = "default"
-    model: str = "digits"
+    model: str = Field(
+        "digits",
+        description="a zoo model (digits, mlp, regression_mlp, dwcnn, cnn1d), an import spec "
+        "'module:function' or 'path/to/file.py:function' (build(info) -> torch.nn.Module), or "
+        "a name under which the dataset's default zoo model trains",
+    )
+    model_name: str = Field(
+        "",
+        description="the model's name in the fleet; default: model itself, or for an import "
+        "spec the function's name",
+    )
     redis_url: str = "redis://127.0.0.1:6379/0"
     signing_key: Path | None = Field(
         None, description="Ed25519 private key (edgeloop keygen); required outside development"
@@ -58,8 +78,22 @@ class TrainerSettings(EnvFirstSettings):
     consumer: str = Field(default_factory=_default_consumer, min_length=1, max_length=200)
 
     # What
-    dataset: str = Field("digits", description='"digits" or "csv:PATH"')
+    dataset: str = Field(
+        "digits",
+        description='"digits", "csv:PATH", "npz:PATH" (arrays X [N, *input_shape] and y; optional '
+        'labels, outputs, X_drift, y_drift) or "py:module:function" (returns the same keys)',
+    )
     label_column: str | None = Field(None, description="CSV label column; default: the last")
+    task: Literal["classification", "regression"] | None = Field(
+        None,
+        description="the task, when y does not say it (default: integers or strings "
+        "are classes, floats are regression targets)",
+    )
+    pretrained: Path | None = Field(
+        None,
+        description="a safetensors file of the model's weights (its state_dict) to start from "
+        "instead of bootstrap training; version 1 is still exported, checked and published",
+    )
     seed: int = 0
 
     # When to train
@@ -69,6 +103,11 @@ class TrainerSettings(EnvFirstSettings):
     gate_min_recent: int = Field(30, ge=1, description="recent-window samples a round needs")
     drift_window: int = Field(50, ge=5, description="served predictions per drift check")
     drift_drop: float = Field(0.2, gt=0, lt=1, description="accuracy drop that signals drift")
+    drift_rise: float = Field(
+        1.0,
+        gt=0,
+        description="regression: a rise of the served MAE by this share of its level signals drift",
+    )
     drift_level_alpha: float = Field(0.02, gt=0, le=1, description="EWMA weight of the level")
     lock_ttl_ms: int = Field(15000, ge=100, description="lease on rounds for this model")
 
@@ -86,7 +125,7 @@ class TrainerSettings(EnvFirstSettings):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
 
-    # The gate and the export
+    # The gate and the export (a regressor's are shares of the parent's MAE)
     min_gain: float = Field(0.01, description="child must beat parent on the recent window by this")
     forgetting_tolerance: float = Field(0.03, ge=0, description="allowed loss on earlier data")
     probe_size: int = Field(32, ge=1)
@@ -162,16 +201,31 @@ class TrainerSettings(EnvFirstSettings):
 
     status_interval_s: float = Field(5.0, gt=0)
 
-    @field_validator("fleet", "model")
+    @field_validator("fleet")
     @classmethod
     def _safe_name(cls, v: str, info: ValidationInfo) -> str:
         return check_name(info.field_name or "name", v)
 
+    @field_validator("model")
+    @classmethod
+    def _model_spec(cls, v: str) -> str:
+        return v if is_import_spec(v) else check_name("model", v)
+
+    @model_validator(mode="after")
+    def _default_model_name(self) -> TrainerSettings:
+        if not self.model_name:
+            self.model_name = (
+                function_name(self.model) if is_import_spec(self.model) else self.model
+            )
+        check_name("model_name", self.model_name)
+        return self
+
     @field_validator("dataset")
     @classmethod
     def _dataset_spec(cls, v: str) -> str:
-        if v != "digits" and not (v.startswith("csv:") and len(v) > 4):
-            raise ValueError('use "digits" or "csv:PATH"')
+        kind, _, rest = v.partition(":")
+        if v != "digits" and not (kind in ("csv", "npz", "py") and rest):
+            raise ValueError('use "digits", "csv:PATH", "npz:PATH" or "py:module:function"')
         return v
 
     @model_validator(mode="after")
@@ -202,7 +256,7 @@ class TrainerSettings(EnvFirstSettings):
     def ingest_options(self) -> IngestOptions:
         """How this trainer reads its model's feedback."""
         return IngestOptions(
-            model=self.model,
+            model=self.model_name,
             consumer=self.consumer,
             holdout_every=self.holdout_every,
             read_count=self.read_count,
@@ -215,9 +269,9 @@ class TrainerSettings(EnvFirstSettings):
     def data_options(self, dataset: Dataset) -> DataOptions:
         """What this trainer keeps of ``dataset``'s samples."""
         return DataOptions(
-            model=self.model,
-            num_classes=dataset.num_classes,
-            num_features=dataset.num_features,
+            model=self.model_name,
+            input=dataset.input,
+            task=dataset.task,
             replay_capacity=self.replay_capacity,
             holdout_capacity=self.holdout_capacity,
             recent_window=self.recent_window,

@@ -1,22 +1,29 @@
-"""When to train: enough new labels, a timer, or drift in the served accuracy.
+"""When to train: enough new labels, a timer, or drift in the served metric.
 
-The drift signal watches the feedback itself: each event carries the label the
-edge ``predicted``, so the share of correct served predictions is the fleet's
-live accuracy. A running level (EWMA of outcomes that have left the window)
-is compared with the last ``window`` outcomes; a drop of more than ``drop``
-below the level is drift, and starts a round at once instead of waiting for
-the count or the timer.
+The drift signal watches the feedback itself: each event carries what the edge
+served (the ``predicted`` class, or a regressor's ``predicted_outputs``), so the
+score of each served answer against its truth is the fleet's live metric
+(``validation.FeedbackValidator``: 1/0 for a right/wrong class, the |error| of
+the outputs). A running level (EWMA of scores that have left the window) is
+compared with the last ``window`` scores: accuracy more than ``drop`` below
+the level, or a served MAE more than ``rise`` (a share of the level) above it,
+is drift, and starts a round at once instead of waiting for the count or the
+timer.
 
 >>> d = DriftDetector(window=10, drop=0.3, alpha=0.1)
->>> d.update(np.ones(30, int), np.ones(30, int))
+>>> d.update(np.ones(30))
 False
->>> d.update(np.zeros(10, int), np.ones(10, int))
+>>> d.update(np.zeros(10))
 True
+>>> r = DriftDetector(window=10, drop=0.3, alpha=0.1, task=TaskSpec.regression(["t"]), rise=1.0)
+>>> r.update(np.full(30, 0.5)), r.update(np.full(10, 1.5)), r.last_signal["metric"]
+(False, True, 'mae')
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -24,39 +31,54 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
+from shared.task import TaskSpec
+
 logger = logging.getLogger(__name__)
+
+_CLASSES = TaskSpec.classification(["0", "1"])
 
 
 class DriftDetector:
-    """Served accuracy, recent window vs running level."""
+    """The served metric, recent window vs running level."""
 
-    def __init__(self, window: int, drop: float, alpha: float) -> None:
+    def __init__(
+        self,
+        window: int,
+        drop: float,
+        alpha: float,
+        task: TaskSpec = _CLASSES,
+        rise: float = 1.0,
+    ) -> None:
         self.window = window
         self.drop = drop
+        self.rise = rise
         self.alpha = alpha
+        self.task = task
         self.level: float | None = None
         #: The numbers behind the last signal (for the version's explanation).
-        self.last_signal: dict[str, float] | None = None
-        self._recent: deque[bool] = deque()
-        self._hits = 0
+        self.last_signal: dict[str, float | str] | None = None
+        self._recent: deque[float] = deque()
+        self._sum = 0.0
 
     @property
-    def recent_accuracy(self) -> float | None:
-        return self._hits / len(self._recent) if self._recent else None
+    def recent_value(self) -> float | None:
+        """The served metric over the window (accuracy or MAE)."""
+        return self._sum / len(self._recent) if self._recent else None
 
-    def update(self, predicted: npt.NDArray[np.int64], y: npt.NDArray[np.int64]) -> bool:
-        """Add outcomes (``predicted`` -1 = unknown, skipped); True when drift shows."""
+    def update(self, served: npt.NDArray[np.float64]) -> bool:
+        """Add served scores (1/0 right/wrong, or |error|; nan = unknown, skipped); True
+        when drift shows."""
         signal = False
-        for hit in (predicted == y)[predicted >= 0].tolist():
-            self._recent.append(hit)
-            self._hits += hit
+        for score in served.tolist():
+            if math.isnan(score):
+                continue
+            self._recent.append(score)
+            self._sum += score
             if len(self._recent) > self.window:
                 old = self._recent.popleft()
-                self._hits -= old
+                self._sum -= old
                 self.level = (
-                    float(old)
-                    if self.level is None
-                    else self.level + self.alpha * (old - self.level)
+                    old if self.level is None else self.level + self.alpha * (old - self.level)
                 )
             signal = self._check() or signal
         return signal
@@ -64,20 +86,32 @@ class DriftDetector:
     def _check(self) -> bool:
         if self.level is None or len(self._recent) < self.window:
             return False
-        acc = self._hits / len(self._recent)
-        if acc >= self.level - self.drop:
-            return False
-        logger.warning("drift: served accuracy %.2f, running level %.2f", acc, self.level)
-        self.last_signal = {
-            "served_accuracy": round(acc, 4),
-            "level": round(self.level, 4),
-            "drop": self.drop,
-            "window": self.window,
-        }
+        value = self._sum / len(self._recent)
+        if self.task.is_classification:
+            if value >= self.level - self.drop:
+                return False
+            logger.warning("drift: served accuracy %.2f, running level %.2f", value, self.level)
+            self.last_signal = {
+                "served_accuracy": round(value, 4),
+                "level": round(self.level, 4),
+                "drop": self.drop,
+                "window": self.window,
+            }
+        else:
+            if value <= self.level * (1.0 + self.rise) + 1e-12:
+                return False
+            logger.warning("drift: served MAE %.4g, running level %.4g", value, self.level)
+            self.last_signal = {
+                "metric": self.task.metric,
+                "served_value": round(value, 6),
+                "level": round(self.level, 6),
+                "rise": self.rise,
+                "window": self.window,
+            }
         # Start over from the new level, so that one drift is one signal.
-        self.level = acc
+        self.level = value
         self._recent.clear()
-        self._hits = 0
+        self._sum = 0.0
         return True
 
 

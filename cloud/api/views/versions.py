@@ -32,12 +32,14 @@ from cloud.data.replay import DataOptions, TrainerData
 from cloud.evaluation.comparison import EVAL_SETS, flips, model_metrics, predict_sets
 from cloud.evaluation.gate import Samples
 from cloud.evaluation.layer_diff import compare_artifacts
+from cloud.export.artifact import Artifact
 from cloud.registry.versions import Registry, VersionNotFound
 from shared.errors import SignatureError
 from shared.keys import FleetKeys
 from shared.messages import SignedManifest, VersionRecord
-from shared.runtime import TFLiteModel
 from shared.signing import Verifier
+from shared.task import TaskSpec
+from shared.tensors import TensorSpec
 
 logger = logging.getLogger(__name__)
 
@@ -135,12 +137,13 @@ class VersionsView:
         manifest = self.registry.manifest(model, rec_b.sha256)
         content_a = self.registry.content_by_sha(rec_a.sha256)
         content_b = self.registry.content_by_sha(rec_b.sha256)
-        evaluation = self._evaluation_sets(model, manifest.num_features, len(manifest.labels))
+        task = manifest.task_spec
+        evaluation = self._evaluation_sets(model, manifest.input_spec, task)
         sets = dict(zip(EVAL_SETS, evaluation, strict=True))
-        proba_a = predict_sets(TFLiteModel(content_a), sets)
-        proba_b = predict_sets(TFLiteModel(content_b), sets)
-        metrics_a = model_metrics(proba_a, sets, manifest.labels)
-        metrics_b = model_metrics(proba_b, sets, manifest.labels)
+        proba_a = predict_sets(Artifact(content_a), sets)
+        proba_b = predict_sets(Artifact(content_b), sets)
+        metrics_a = model_metrics(proba_a, sets, task)
+        metrics_b = model_metrics(proba_b, sets, task)
         lineage = {r.sha256 for r in self.registry.lineage(model, rec_b.sha256)}
         return DiffPublic(
             model=model,
@@ -148,17 +151,17 @@ class VersionsView:
             b=DiffSide(version=version_public(rec_b), metrics=metrics_b),
             earlier_samples=len(sets["earlier"][1]),
             recent_samples=len(sets["recent"][1]),
-            flips=flips(sets, proba_a, proba_b),
+            flips=flips(sets, proba_a, proba_b, task),
             weights=compare_artifacts(content_a, content_b),
             bytes_differing=_bytes_differing(content_a, content_b),
             b_descends_from_a=rec_a.sha256 in lineage,
         )
 
     def _evaluation_sets(
-        self, model: str, num_features: int, num_classes: int
+        self, model: str, input: TensorSpec, task: TaskSpec
     ) -> tuple[Samples, Samples]:
         # Only the readers of TrainerData are used; capacities matter for writes alone.
-        options = DataOptions(model, num_classes=num_classes, num_features=num_features)
+        options = DataOptions(model, input, task)
         data = TrainerData(self.registry.client, FleetKeys(self.fleet), options)
         return data.holdout_set(), data.recent_set()
 

@@ -103,7 +103,7 @@ def test_feedback_over_http_is_an_edges_feedback_to_the_trainer(
         "recent_window": 50,
         "recent_train": 50,
     }
-    data = TrainerData(redis_client, keys, DataOptions("digits", 10, 64, **sizes))
+    data = TrainerData(redis_client, keys, DataOptions.flat("digits", 10, 64, **sizes))
     ingest = FeedbackIngest(
         redis_client, keys, data, IngestOptions(model="digits", consumer="t1", block_ms=10)
     )

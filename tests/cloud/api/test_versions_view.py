@@ -57,7 +57,9 @@ def registry(redis_client, keys, signing_dir, tmp_path, exported, parts) -> Regi
         )
     )
     registry.set_label("digits", "stable", 1)
-    options = DataOptions("digits", 10, 64, replay_capacity=100, recent_window=10, recent_train=0)
+    options = DataOptions.flat(
+        "digits", 10, 64, replay_capacity=100, recent_window=10, recent_train=0
+    )
     data = TrainerData(redis_client, keys, options)
     data.seed(parts.seed_holdout.X, parts.seed_holdout.y, holdout=True, seed=0)
     return registry

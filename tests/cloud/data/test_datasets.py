@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cloud.data.datasets import DatasetError, drift, load_dataset, split
-from cloud.learning.models import predict_proba
+from cloud.learning.models import predict
 
 
 def test_digits_split_is_deterministic_disjoint_and_stratified(digits):
@@ -72,8 +72,8 @@ def test_unknown_spec_and_missing_file(tmp_path):
 
 def test_digits_drift_breaks_a_trained_model(trained, parts):
     X, y = parts.stream.X, parts.stream.y
-    before = (predict_proba(trained.model, X).argmax(1) == y).mean()
-    after = (predict_proba(trained.model, drift("digits")(X)).argmax(1) == y).mean()
+    before = (predict(trained.model, X).argmax(1) == y).mean()
+    after = (predict(trained.model, drift("digits")(X)).argmax(1) == y).mean()
     assert before > 0.9 and after < 0.5
 
 

@@ -27,7 +27,7 @@ def make_ingest(client, keys, consumer="c1", **kw) -> FeedbackIngest:
         "recent_window": 50,
         "recent_train": 50,
     }
-    data = TrainerData(client, keys, DataOptions("digits", 10, 64, **sizes))
+    data = TrainerData(client, keys, DataOptions.flat("digits", 10, 64, **sizes))
     args = {"model": "digits", "consumer": consumer, "block_ms": 10, "max_event_bytes": 4096, **kw}
     ingest = FeedbackIngest(client, keys, data, IngestOptions(**args))
     ingest.ensure_group()

@@ -5,20 +5,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cloud.data.replay import DataOptions, NewSamples, TrainerData, decode_samples, encode_sample
+from cloud.data.replay import DataOptions, NewSamples, SampleCodec, TrainerData
+from shared.task import TaskSpec
+from shared.tensors import TensorSpec
 
 
 def make_data(client, keys, **kw) -> TrainerData:
     args = {
-        "num_classes": 4,
-        "num_features": 3,
         "replay_capacity": 40,
         "holdout_capacity": 20,
         "recent_window": 5,
         "recent_train": 6,
         **kw,
     }
-    return TrainerData(client, keys, DataOptions("m", **args))
+    num_classes, num_features = kw.pop("num_classes", 4), kw.pop("num_features", 3)
+    args = {k: v for k, v in args.items() if k not in ("num_classes", "num_features")}
+    return TrainerData(client, keys, DataOptions.flat("m", num_classes, num_features, **args))
 
 
 def add(data: TrainerData, samples: NewSamples) -> None:
@@ -36,7 +38,8 @@ def stream(n: int, labels, holdout_every: int = 0, seed: int = 0) -> NewSamples:
     rng = np.random.default_rng(seed)
     return NewSamples(
         X=np.repeat(np.arange(n, dtype=np.float32)[:, None], 3, axis=1),
-        labels=[int(v) for v in labels[:n]],
+        y=np.asarray(labels[:n], np.int64),
+        buckets=[int(v) for v in labels[:n]],
         draws=[int(d) for d in rng.integers(0, 2**62, size=n)],
         holdout=[bool(holdout_every) and i % holdout_every == 0 for i in range(n)],
     )
@@ -44,9 +47,10 @@ def stream(n: int, labels, holdout_every: int = 0, seed: int = 0) -> NewSamples:
 
 def test_samples_round_trip_compactly():
     x = np.array([0.5, -1.25, 3e8], np.float32)
-    blob = encode_sample(x, 7)
+    codec = SampleCodec(TensorSpec.flat(3), TaskSpec.classification([str(c) for c in range(8)]))
+    blob = codec.encode(x, 7)
     assert len(blob) == 4 + 3 * 4
-    X, y = decode_samples([blob, blob, b"short"], num_features=3)
+    X, y = codec.decode([blob, blob, b"short"])
     assert X.tolist() == [x.tolist(), x.tolist()] and y.tolist() == [7, 7]
 
 
@@ -66,11 +70,16 @@ def test_replay_stays_class_balanced_and_bounded(redis_client, keys):
 
 
 def test_reservoir_keeps_old_and_new_samples(redis_client, keys):
-    data = make_data(redis_client, keys, num_classes=1, replay_capacity=50)
-    add(data, stream(5000, np.zeros(5000, int)))
-    X, _ = data.replay_set()
+    # A regression keeps one bucket: the reservoir is a plain one of its capacity.
+    options = DataOptions("m", TensorSpec.flat(3), TaskSpec.regression(["t"]), replay_capacity=50)
+    data = TrainerData(redis_client, keys, options)
+    samples = stream(5000, np.zeros(5000, int))
+    targets = samples.X[:, :1] * 0.5
+    add(data, NewSamples(samples.X, targets, [0] * 5000, samples.draws, samples.holdout))
+    X, y = data.replay_set()
     first = X[:, 0]
-    # A uniform sample of 0..4999: both halves are represented.
+    # A uniform sample of 0..4999: both halves are represented, each with its target.
+    assert len(first) == 50 and y.shape == (50, 1) and np.array_equal(y[:, 0], first * 0.5)
     assert (first < 2500).sum() > 10 and (first >= 2500).sum() > 10
 
 
@@ -99,7 +108,7 @@ def test_seed_fills_holdout_but_not_the_recent_window(redis_client, keys, parts)
         "recent_window": 10,
         "recent_train": 10,
     }
-    data = TrainerData(redis_client, keys, DataOptions("digits", 10, 64, **sizes))
+    data = TrainerData(redis_client, keys, DataOptions.flat("digits", 10, 64, **sizes))
     data.seed(parts.seed_holdout.X, parts.seed_holdout.y, holdout=True, seed=0)
     X, y = data.holdout_set()
     assert len(y) == 50 and np.bincount(y).tolist() == [5] * 10

@@ -34,6 +34,7 @@ from shared.messages import (
 )
 from shared.runtime import TFLiteModel
 from shared.signing import Verifier
+from shared.task import TaskSpec
 
 FLEET = "test"  # tests/cloud/conftest.py
 
@@ -65,14 +66,21 @@ def test_flips_count_each_sample_once_across_sets():
     one_hot = lambda p: np.eye(2, dtype=np.float32)[p]  # noqa: E731
     before, after = one_hot([1, 1, 0, 0]), one_hot([0, 1, 0, 1])  # fixes 0 and 3, breaks none
     sets = {"earlier": (X, y), "recent": (X[:1], y[:1])}  # sample 0 is in both
+    task = TaskSpec.classification(["a", "b"])
     f = flips(
-        sets, {"earlier": before, "recent": before[:1]}, {"earlier": after, "recent": after[:1]}
+        sets,
+        {"earlier": before, "recent": before[:1]},
+        {"earlier": after, "recent": after[:1]},
+        task,
     )
     assert (f.compared, f.fixed, f.broken) == (4, 2, 0)
     assert f.fixed_ids[0] == sample_id(X[0], 0)  # recent examples first
     assert f.by_set["recent"].fixed == 1 and f.by_set["earlier"].fixed == 2
     f = flips(
-        sets, {"earlier": after, "recent": after[:1]}, {"earlier": before, "recent": before[:1]}
+        sets,
+        {"earlier": after, "recent": after[:1]},
+        {"earlier": before, "recent": before[:1]},
+        task,
     )
     assert (f.fixed, f.broken) == (0, 2)
 
@@ -298,7 +306,7 @@ def _content(client, sha: str) -> bytes:
 
 
 def _data(client) -> TrainerData:
-    return TrainerData(client, FleetKeys(FLEET), DataOptions("digits", 10, 64))
+    return TrainerData(client, FleetKeys(FLEET), DataOptions.flat("digits", 10, 64))
 
 
 def _id(x, label) -> str:

@@ -30,8 +30,9 @@ from cloud.export.grid import (
 )
 from cloud.export.param_layout import ParamLayout, params_of
 from cloud.export.tflite_file import TFLiteFile, TFLiteFileError
-from cloud.learning.models import TabularMLP
+from cloud.learning.models import TaskModel
 from cloud.learning.training import Hyperparameters, fine_tune
+from cloud.learning.zoo import TabularMLP
 from cloud.trainer.settings import TrainerSettings
 from shared.codec import encode_full
 from shared.delta import make_patch
@@ -95,8 +96,8 @@ def budgeted(exported, trained, drifted, parts):
 def test_layout_maps_every_parameter_onto_the_int8_layers(drifted, parent):
     assert set(drifted.layout.tensors.values()) == {t.name for t in update_tensors(parent)}
     # conv weights are transposed (OIHW -> OHWI), linear ones are not
-    assert drifted.layout.perms["c2.weight"] == (0, 2, 3, 1)
-    assert drifted.layout.perms["f1.weight"] == (0, 1)
+    assert drifted.layout.perms["net.c2.weight"] == (0, 2, 3, 1)
+    assert drifted.layout.perms["net.f1.weight"] == (0, 1)
     params = params_of(drifted.model)
     back = drifted.layout.to_torch(drifted.layout.to_tflite(params))
     assert all(np.array_equal(back[n], params[n]) for n in params)
@@ -186,7 +187,7 @@ def test_the_selection_narrows_from_four_times_the_budget_down_to_it(
 def test_weights_outside_the_frozen_range_force_recalibration(exported, trained, drifted, parts):
     grown = copy.deepcopy(trained.model)
     with torch.no_grad():
-        grown.f1.weight.mul_(3.0)
+        grown.net.f1.weight.mul_(3.0)
     fit = replace(drifted.fit(trained), unconstrained=grown)
     with pytest.raises(FrozenScalesDoNotFit) as e:
         BudgetedUpdate(exported.content, fit, calibration(drifted, parts), OPTIONS)
@@ -195,7 +196,8 @@ def test_weights_outside_the_frozen_range_force_recalibration(exported, trained,
 
 def test_a_model_of_another_layout_cannot_use_the_parents_grid(exported, trained, drifted, parts):
     # the same inputs and classes, other layers: nothing maps onto the parent's int8 tensors
-    other = TabularMLP(drifted.X.mean(axis=0), drifted.X.std(axis=0), num_classes=10)
+    mlp = TabularMLP(drifted.X.mean(axis=0), drifted.X.std(axis=0), 10)
+    other = TaskModel(mlp, trained.model.input_spec, trained.model.task)
     with pytest.raises(FrozenScalesDoNotFit) as e:
         fit = replace(drifted.fit(trained), unconstrained=other)
         BudgetedUpdate(exported.content, fit, calibration(drifted, parts), OPTIONS)

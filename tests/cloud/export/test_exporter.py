@@ -13,9 +13,11 @@ from cloud.export.exporter import (
     to_float_tflite,
     write_atomic,
 )
-from cloud.learning.models import predict_proba
+from cloud.learning.models import predict
 from cloud.learning.training import Hyperparameters, bootstrap
 from shared.runtime import TFLiteModel
+from shared.task import TaskSpec
+from shared.tensors import TensorSpec
 
 
 def test_int8_file_is_all_int8_and_agrees_with_torch(exported, trained, parts):
@@ -24,9 +26,7 @@ def test_int8_file_is_all_int8_and_agrees_with_torch(exported, trained, parts):
     assert tfl.input_dtype == "float32"  # float IO around the int8 core
     assert exported.agreement >= 0.97
     X = parts.stream.X
-    agree = (
-        tfl.predict_proba_batch(X).argmax(1) == predict_proba(trained.model, X).argmax(1)
-    ).mean()
+    agree = (tfl.predict_proba_batch(X).argmax(1) == predict(trained.model, X).argmax(1)).mean()
     assert agree >= 0.97
     assert (tfl.predict_proba_batch(X).argmax(1) == parts.stream.y).mean() > 0.9
 
@@ -62,7 +62,8 @@ def test_tabular_mlp_exports_with_float_standardization():
     rng = np.random.default_rng(0)
     X = rng.normal([5, -3, 100, 0], [1, 1, 20, 5], size=(400, 4)).astype(np.float32)
     y = ((X[:, 0] - 5) + (X[:, 2] - 100) / 20 > 0).astype(np.int64) + (X[:, 3] > 4)
-    ds = Dataset("toy", "tabular", X, y, ["a", "b", "c"])
+    task = TaskSpec.classification(["a", "b", "c"])
+    ds = Dataset("toy", "tabular", X, y, TensorSpec.flat(4), task)
     model = bootstrap(ds, Hyperparameters(epochs=20, batch_size=32, lr=3e-3, seed=0)).model
     result = export_int8(model, X[:150], X[150:170], min_agreement=0.95)
     tfl = TFLiteModel(result.content)

@@ -47,9 +47,9 @@ def test_the_layers_are_the_models_modules_in_graph_order(parent):
 def test_offsets_and_scales_give_back_the_trained_weights(parent, trained):
     params = dict(trained.model.named_parameters())
     for layer in parent.layers:
-        torch_weight = params[f"{layer.name}.weight"].detach().numpy()
+        torch_weight = params[f"net.{layer.name}.weight"].detach().numpy()
         assert steps_off(layer, parent.content, torch_weight) <= 0.5 + 1e-3, layer.name
-        bias = params[f"{layer.name}.bias"].detach().numpy()
+        bias = params[f"net.{layer.name}.bias"].detach().numpy()
         np.testing.assert_allclose(
             layer.bias.dequantize(parent.content), bias, atol=float(layer.bias.scales.max())
         )

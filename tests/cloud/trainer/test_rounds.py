@@ -9,7 +9,7 @@ import pytest
 
 from cloud.data.datasets import drift
 from cloud.data.replay import NewSamples, TrainerData
-from cloud.learning.models import weights_to_bytes
+from cloud.learning.weights import weights_to_bytes
 from cloud.registry.publisher import Publisher, PublishRequest
 from cloud.registry.versions import DirBlobStore, Registry
 from cloud.trainer.rounds import RoundError, RoundRunner
@@ -36,7 +36,7 @@ def runner(make_settings, redis_client, parts, signing_dir):
         data = TrainerData(redis_client, keys, s.data_options(parts.seed_train))
         registry = Registry(redis_client, keys, DirBlobStore(s.blob_dir))
         publisher = Publisher(registry, Signer.from_file(signing_dir / "signing.key"))
-        return RoundRunner(s, redis_client, publisher, data, parts)
+        return RoundRunner(s, redis_client, publisher, data, parts, "digits")
 
     return make
 
@@ -50,7 +50,7 @@ def with_parent(runner, trained, exported, parts, keys):
         rounds = runner(**overrides)
         rounds.data.seed(parts.seed_train.X, parts.seed_train.y, holdout=False, seed=0)
         rounds.data.seed(parts.seed_holdout.X, parts.seed_holdout.y, holdout=True, seed=1)
-        rounds.client.set(keys.weights(exported.sha256), weights_to_bytes(trained.model))
+        rounds.client.set(keys.weights(exported.sha256), weights_to_bytes(trained.model.net))
         rounds.publisher.publish(
             PublishRequest(
                 "digits",
@@ -71,6 +71,7 @@ def add_samples(data: TrainerData, X: np.ndarray, y: np.ndarray, *, holdout: boo
     """Accept samples the way ingest does: plan their places, write them in one MULTI."""
     samples = NewSamples(
         np.asarray(X, np.float32),
+        np.asarray(y, np.int64),
         [int(v) for v in y],
         list(range(len(y))),
         [holdout] * len(y),

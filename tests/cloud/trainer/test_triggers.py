@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from cloud.trainer.triggers import DriftDetector, RoundTrigger
+from shared.task import TaskSpec
 
 
 class Clock:
@@ -69,39 +70,52 @@ def test_drift_fires_at_once_but_only_with_new_samples(trigger):
     assert trigger.due() is None  # the round consumed the signal
 
 
-def outcomes(hits: int, misses: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``hits`` correct then ``misses`` wrong served predictions (label 1)."""
-    predicted = np.array([1] * hits + [0] * misses, np.int64)
-    return predicted, np.ones_like(predicted)
+def outcomes(hits: int, misses: int = 0) -> np.ndarray:
+    """``hits`` correct then ``misses`` wrong served predictions, as served scores."""
+    return np.array([1.0] * hits + [0.0] * misses)
 
 
 def test_drift_fires_when_the_window_falls_below_the_level_by_more_than_drop():
     d = DriftDetector(window=10, drop=0.25, alpha=0.5)
-    assert not d.update(*outcomes(30))  # a level of 1.0 forms
+    assert not d.update(outcomes(30))  # a level of 1.0 forms
     assert d.level == 1.0
-    assert not d.update(*outcomes(0, 2))  # 0.8: a drop of 0.2
-    assert d.update(*outcomes(0, 1))  # 0.7: a drop of 0.3 > 0.25
+    assert not d.update(outcomes(0, 2))  # 0.8: a drop of 0.2
+    assert d.update(outcomes(0, 1))  # 0.7: a drop of 0.3 > 0.25
     assert d.last_signal == {"served_accuracy": 0.7, "level": 1.0, "drop": 0.25, "window": 10}
 
 
 def test_one_drift_is_one_signal():
     d = DriftDetector(window=10, drop=0.25, alpha=0.1)
-    d.update(*outcomes(30))
-    assert d.update(*outcomes(0, 3))
+    d.update(outcomes(30))
+    assert d.update(outcomes(0, 3))
     # the level starts over from the drifted accuracy: staying at 0.7 is no new drift
     pattern = np.tile([1, 0, 1, 1, 0, 1, 1, 0, 1, 1], 10)
-    assert not d.update(pattern, np.ones_like(pattern))
-    assert d.recent_accuracy == 0.7
+    assert not d.update(pattern.astype(float))
+    assert d.recent_value == 0.7
     # a further drop is a drift of its own
-    assert d.update(*outcomes(0, 10))
+    assert d.update(outcomes(0, 10))
 
 
 def test_no_signal_before_a_level_exists_or_from_unknown_predictions():
     d = DriftDetector(window=10, drop=0.25, alpha=0.5)
-    assert not d.update(*outcomes(0, 10))  # a full window, but nothing to compare with
+    assert not d.update(outcomes(0, 10))  # a full window, but nothing to compare with
     assert d.level is None
     d = DriftDetector(window=10, drop=0.25, alpha=0.5)
-    d.update(*outcomes(30))
-    unknown = np.full(50, -1, np.int64)  # the edge did not say what it predicted
-    assert not d.update(unknown, np.ones(50, np.int64))
-    assert d.recent_accuracy == 1.0
+    d.update(outcomes(30))
+    unknown = np.full(50, np.nan)  # the edge did not say what it predicted
+    assert not d.update(unknown)
+    assert d.recent_value == 1.0
+
+
+def test_a_regressors_drift_is_its_error_rising_past_the_level():
+    d = DriftDetector(window=10, drop=0.25, alpha=0.5, task=TaskSpec.regression(["t"]), rise=1.0)
+    assert not d.update(np.full(30, 2.0))  # a level of MAE 2.0 forms
+    assert not d.update(np.full(8, 4.5))  # a window MAE of 4.0: twice the level, not more
+    assert d.update(np.full(1, 4.5))  # 4.25
+    assert d.last_signal == {
+        "metric": "mae",
+        "served_value": 4.25,
+        "level": 2.0,
+        "rise": 1.0,
+        "window": 10,
+    }
