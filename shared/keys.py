@@ -6,6 +6,8 @@ Redis Cluster slot, which keeps MULTI/EXEC and Lua scripts over them legal.
 >>> k = FleetKeys("lab")
 >>> k.feedback
 'el:{lab}:feedback'
+>>> k.feedback_of("vibration")
+'el:{lab}:feedback:vibration'
 >>> k.artifact("ab" * 32)[:22]
 'el:{lab}:artifact:abab'
 """
@@ -53,6 +55,13 @@ class FleetKeys:
     def feedback(self) -> str:
         """Labeled feedback from the edges (XADD by edges, XREADGROUP by trainers)."""
         return f"{self._p}:feedback"
+
+    def feedback_of(self, model: str) -> str:
+        """Labeled feedback for one model (XADD by edges, XREADGROUP by that model's
+        trainers): a fleet with several models keeps one stream and one consumer group per
+        model, so one model's trainer never reads another's events. ``feedback`` stays
+        the stream of edges that predate per-model streams; each trainer still reads it."""
+        return f"{self._p}:feedback:{check_name('model', model)}"
 
     @property
     def deltas(self) -> str:

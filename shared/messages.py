@@ -542,8 +542,31 @@ class EdgeCounters(BaseModel):
     )
 
 
+class ModelServing(BaseModel):
+    """One model an edge serves: its version, health and counters (``EdgeStatus.models``)."""
+
+    model: str
+    version: int | None = None
+    sha256: str | None = None
+    runtime: str = ""
+    state: Literal["starting", "serving", "degraded", "stopping"] = "starting"
+    rolling_accuracy: float | None = None
+    metric: str = "accuracy"
+    rolling_metric: float | None = None
+    latency_ms_p50: float | None = None
+    latency_ms_p99: float | None = None
+    counters: EdgeCounters = Field(default_factory=EdgeCounters)
+    last_error: str | None = None
+    refused_sha256: str | None = None
+    revert_reason: str | None = None
+
+
 class EdgeStatus(WireModel):
-    """What an edge reports about itself, on a timer and after every swap."""
+    """What an edge reports about itself, on a timer and after every swap.
+
+    The top-level fields describe the edge's first model (the only one on most edges,
+    and what readers before several models per edge read); ``models`` has every model
+    the edge serves, the first included. ``serving(name)`` reads either."""
 
     device_id: str
     fleet: str
@@ -566,7 +589,18 @@ class EdgeStatus(WireModel):
         None, description="a version this edge reverted from and will not re-apply while desired"
     )
     revert_reason: str | None = Field(None, description="why it reverted from refused_sha256")
+    models: dict[str, ModelServing] = Field(
+        default_factory=dict, description="every model this edge serves, by name"
+    )
     ts: float = Field(default_factory=time.time)
+
+    def serving(self, model: str) -> ModelServing | None:
+        """This edge's report on ``model``, or None when it does not serve it."""
+        if model in self.models:
+            return self.models[model]
+        if model != self.model:
+            return None
+        return ModelServing.model_validate(self.model_dump(include=set(ModelServing.model_fields)))
 
 
 class VersionSummary(BaseModel):
