@@ -16,7 +16,7 @@ from shared.keys import FleetKeys
 def trainer_data(client: redis.Redis, fleet: str, model: str) -> TrainerData:
     """The trainer's data as this worker keeps it (the benchmark reads its statistics)."""
     return TrainerData(
-        client, FleetKeys(fleet), DataOptions(model, num_classes=10, num_features=64)
+        client, FleetKeys(fleet), DataOptions.flat(model, num_classes=10, num_features=64)
     )
 
 
