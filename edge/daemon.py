@@ -18,9 +18,10 @@ from collections import deque
 from collections.abc import Sequence
 from math import isfinite
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from edge.connections import FleetMember
 from edge.fallback import Prediction, ServingChain
@@ -33,13 +34,12 @@ from edge.uplink import FeedbackUplink, UplinkPolicy
 from shared.errors import InputError, ModelRejected, NotFound, Unavailable
 from shared.keys import FleetKeys
 from shared.messages import EdgeCounters, EdgeStatus, FeedbackAccepted, FeedbackEvent
-from shared.runtime import FloatArray, TFLiteModel, interpreter_class
+from shared.runtime import TFLiteModel, interpreter_class
 from shared.signing import Verifier
+from shared.task import TaskSpec
+from shared.tensors import TensorSpec, as_batch, to_bytes
 
 logger = logging.getLogger(__name__)
-
-_F32 = np.dtype(np.float32)
-_F32_MAX = float(np.finfo(np.float32).max)
 
 
 # -- what each setting drives: the parts' options, built from the settings here only --
@@ -69,6 +69,7 @@ def guard_policy(settings: EdgeSettings) -> GuardPolicy:
         min_predictions=settings.guard_min_predictions,
         min_labeled=settings.guard_min_labeled,
         max_accuracy_drop=settings.guard_max_accuracy_drop,
+        max_mae_increase=settings.guard_max_mae_increase,
         max_fallback_increase=settings.guard_max_fallback_increase,
         max_error_increase=settings.guard_max_error_increase,
         max_p99_ratio=settings.guard_max_p99_ratio,
@@ -86,9 +87,30 @@ def update_policy(settings: EdgeSettings) -> UpdatePolicy:
     )
 
 
-def _check_label(label: int, num_classes: int) -> None:
-    if not 0 <= label < num_classes:
-        raise InputError(f"label {label} is outside the model's classes 0..{num_classes - 1}")
+def _check_truth(
+    classifies: bool, width: int, label: int | None, target: Sequence[float] | None
+) -> list[float] | None:
+    """The truth a model's task needs: a class index in range for a classifier, or one
+    finite number per output for a regressor (returned as a list); InputError if not."""
+    if classifies:
+        if label is None:
+            raise InputError(
+                "label is required: this model is a classifier (target is for regressors)"
+            )
+        if not 0 <= label < width:
+            raise InputError(f"label {label} is outside the model's classes 0..{width - 1}")
+        return None
+    if target is None:
+        raise InputError(
+            f"target is required: this model is a regressor with {width} output(s) "
+            "(label is for classifiers)"
+        )
+    values = [float(v) for v in target]
+    if len(values) != width:
+        raise InputError(f"target has {len(values)} value(s); the model has {width} output(s)")
+    if not all(isfinite(v) for v in values):
+        raise InputError("target must hold finite numbers (got NaN or infinity)")
+    return values
 
 
 class EdgeDaemon:
@@ -109,6 +131,7 @@ class EdgeDaemon:
         # The in-process predict is the chain's own bound method: one Python call
         # less on a path benchmarked in microseconds. The method below documents it.
         self.predict = self.chain.predict  # type: ignore[method-assign]
+        self.predict_batch = self.chain.predict_batch  # type: ignore[method-assign]
         self.uplink = FeedbackUplink(
             member, self.store.epoch, settings.state_dir, uplink_policy(settings)
         )
@@ -129,7 +152,8 @@ class EdgeDaemon:
         self._started_at = time.monotonic()
         self._lifecycle = threading.Lock()
         self._stats_lock = threading.Lock()
-        self._accuracy: deque[bool] = deque(maxlen=settings.accuracy_window)
+        # Per labeled prediction: 1/0 right/wrong (classifier) or |error| (regressor).
+        self._scores: deque[float] = deque(maxlen=settings.accuracy_window)
         self._labeled = 0
         self._labeled_correct = 0
         self._load_errors: list[str] = []
@@ -192,7 +216,11 @@ class EdgeDaemon:
         manifest = stored.signed.manifest()
         try:
             model = self._build(
-                stored.data, manifest.version, f"{manifest.model} v{manifest.version}"
+                stored.data,
+                manifest.version,
+                f"{manifest.model} v{manifest.version}",
+                input=manifest.input,
+                task=manifest.task,
             )
             # Re-run the probe: a runtime upgraded since install may answer differently.
             model.check_probe(manifest.probe)
@@ -212,7 +240,15 @@ class EdgeDaemon:
             logger.warning("baseline model %s not used: %s", path, e)
             return None
 
-    def _build(self, data: bytes, version: int | None, name: str) -> TFLiteModel:
+    def _build(
+        self,
+        data: bytes,
+        version: int | None,
+        name: str,
+        *,
+        input: TensorSpec | None = None,
+        task: TaskSpec | None = None,
+    ) -> TFLiteModel:
         settings = self.settings
         model = TFLiteModel(
             data,
@@ -220,6 +256,8 @@ class EdgeDaemon:
             name=name,
             num_threads=settings.num_threads,
             runtime=settings.runtime,
+            input=input,
+            task=task,
         )
         model.warm_up(settings.warmup_invokes)
         return model
@@ -227,44 +265,68 @@ class EdgeDaemon:
     # -- the in-process API -------------------------------------------------
 
     def predict(
-        self, x: FloatArray | Sequence[float], budget_ms: float | None = None
+        self, x: npt.NDArray[Any] | Sequence[Any], budget_ms: float | None = None
     ) -> Prediction:
-        """Classify one sample; see ``ServingChain.predict`` (which replaces this
+        """Answer one sample; see ``ServingChain.predict`` (which replaces this
         method on each instance)."""
         return self.chain.predict(x, budget_ms)
 
+    def predict_batch(
+        self, x: npt.NDArray[Any] | Sequence[Any], budget_ms: float | None = None
+    ) -> list[Prediction]:
+        """Answer a batch ``[N, *input shape]``; see ``ServingChain.predict_batch``
+        (which replaces this method on each instance)."""
+        return self.chain.predict_batch(x, budget_ms)
+
     def feedback(
         self,
-        label: int,
+        label: int | None = None,
         request_id: str | None = None,
-        x: FloatArray | Sequence[float] | None = None,
+        x: npt.NDArray[Any] | Sequence[Any] | None = None,
+        *,
+        target: Sequence[float] | None = None,
     ) -> FeedbackAccepted:
-        """Record the true ``label`` for an earlier prediction (``request_id``) or
-        for an input ``x``, and send it to the trainers.
+        """Record the truth for an earlier prediction (``request_id``) or for one
+        sample ``x``, and send it to the trainers: ``label`` (a class index) for a
+        classifier, ``target`` (one number per output) for a regressor.
 
-        Raises NotFound for an unknown or expired request id and InputError for
-        a label outside the model's classes or a malformed ``x``. With a request
-        id, the stored input is used and ``x`` is ignored.
+        Raises NotFound for an unknown or expired request id and InputError for a
+        truth the model's task does not take or an ``x`` that is not one sample of
+        its input (naming the expected shape). With a request id, the stored input
+        is used and ``x`` is ignored. The event carries the sample as raw bytes.
         """
         if request_id is not None:
-            event = self._joined_event(label, request_id)
+            event, sample = self._joined_event(label, target, request_id)
         elif x is not None:
-            values = self._checked_features(x)
-            _check_label(label, self.chain.num_classes or 0)
+            spec, classifies = self.chain.input, self.chain.classifies
+            if spec is None or classifies is None:
+                raise Unavailable("no model is loaded, so the expected input is unknown")
+            batch, _ = as_batch(x, spec)
+            if len(batch) != 1:
+                raise InputError(
+                    f"feedback takes one sample of {spec.describe()}, got {len(batch)}"
+                )
+            targets = _check_truth(classifies, self.chain.num_classes or 0, label, target)
+            sample = batch[0]
             event = FeedbackEvent(
                 event_id=self.uplink.new_event_id(),
                 device_id=self.settings.device_id,
                 model=self.settings.model,
-                x=values,
-                label=label,
+                x_shape=spec.shape,
+                x_dtype=spec.dtype,
+                label=label if classifies else None,
+                target=targets,
             )
         else:
             raise InputError("feedback needs a request_id from /v1/predict or the input x")
-        queued = self.uplink.submit(event)
+        queued = self.uplink.submit(event, to_bytes(sample))
         return FeedbackAccepted(event_id=event.event_id, queued=queued)
 
-    def _joined_event(self, label: int, request_id: str) -> FeedbackEvent:
-        """The event for an earlier prediction, which also counts toward the rolling accuracy."""
+    def _joined_event(
+        self, label: int | None, target: Sequence[float] | None, request_id: str
+    ) -> tuple[FeedbackEvent, npt.NDArray[Any]]:
+        """The event (and its sample) for an earlier prediction, which also counts
+        toward the rolling metric."""
         recalled = self.chain.recall(request_id)
         if recalled is None:
             raise NotFound(
@@ -273,51 +335,36 @@ class EdgeDaemon:
             )
         if not np.isfinite(recalled.x).all():
             raise InputError(f"the input of {request_id} was not finite; it cannot train a model")
-        _check_label(label, recalled.num_classes)
+        classifies = recalled.predicted_outputs is None
+        targets = _check_truth(classifies, recalled.num_classes, label, target)
         event = FeedbackEvent(
             event_id=self.uplink.new_event_id(),
             device_id=self.settings.device_id,
             model=self.settings.model,
-            x=recalled.x.tolist(),
-            label=label,
+            x_shape=list(recalled.x.shape),
+            x_dtype="uint8" if recalled.x.dtype == np.uint8 else "float32",
+            label=label if classifies else None,
+            target=targets,
             model_version=recalled.model_version,
             model_sha256=recalled.model_sha256,
             request_id=request_id,
             predicted=recalled.predicted,
+            predicted_outputs=recalled.predicted_outputs,
             fallback=recalled.fallback,
         )
-        self.guard.observe(recalled, label)
-        correct = recalled.predicted == label
+        if targets is None:
+            assert label is not None  # _check_truth: a classifier's label
+            self.guard.observe(recalled, label)
+            score = float(recalled.predicted == label)
+        else:
+            self.guard.observe(recalled, targets)
+            outputs = recalled.predicted_outputs or []
+            score = sum(abs(a - b) for a, b in zip(outputs, targets, strict=True)) / len(targets)
         with self._stats_lock:
             self._labeled += 1
-            self._labeled_correct += correct
-            self._accuracy.append(correct)
-        return event
-
-    def _checked_features(self, x: FloatArray | Sequence[float]) -> list[float]:
-        """``x`` as a list of the model's feature count of finite float32 numbers."""
-        num_features = self.chain.num_features
-        if num_features is None:
-            raise Unavailable("no model is loaded, so the expected features are unknown")
-        try:
-            arr = np.asarray(x)
-            is_f32 = arr.dtype is _F32  # what predict takes: checked as it is
-            if not is_f32:
-                arr = arr.astype(np.float64, copy=False)  # the range check cannot overflow
-        except (TypeError, ValueError) as e:
-            raise InputError(f"x must be a list of {num_features} numbers: {e}") from e
-        if arr.size != num_features:
-            raise InputError(f"expected {num_features} features, got {arr.size}")
-        values: list[float] = arr.ravel().tolist()
-        # A finite float32 is in range, and the float64 sum of such values cannot
-        # overflow while a NaN or an infinity makes it non-finite: one pass over the
-        # list the event needs anyway, a third of two numpy reductions. Other input
-        # is float64 by now, range-checked whole (NaN fails the comparison too).
-        if not (isfinite(sum(values)) if is_f32 else np.abs(arr).max() <= _F32_MAX):
-            raise InputError(
-                "features must be finite float32 numbers (got NaN, infinity or overflow)"
-            )
-        return values
+            self._labeled_correct += classifies and score == 1.0
+            self._scores.append(score)
+        return event, recalled.x
 
     @property
     def can_serve(self) -> bool:
@@ -330,8 +377,9 @@ class EdgeDaemon:
         head = serving[0] if serving else None
         p50, p99 = self.chain.latency_percentiles()
         with self._stats_lock:
-            accuracy = sum(self._accuracy) / len(self._accuracy) if self._accuracy else None
+            rolling = sum(self._scores) / len(self._scores) if self._scores else None
             labeled, correct = self._labeled, self._labeled_correct
+        classifies = self.chain.classifies is not False
         return EdgeStatus(
             device_id=self.settings.device_id,
             fleet=self.settings.fleet,
@@ -341,7 +389,9 @@ class EdgeDaemon:
             runtime=head.runtime if head else self._runtime_name(),
             state=self._public_state(),
             uptime_s=time.monotonic() - self._started_at,
-            rolling_accuracy=accuracy,
+            rolling_accuracy=rolling if classifies else None,
+            metric="accuracy" if classifies else "mae",
+            rolling_metric=rolling,
             latency_ms_p50=p50,
             latency_ms_p99=p99,
             counters=self._counters(labeled, correct),
@@ -388,7 +438,10 @@ class EdgeDaemon:
         latest = max(((t, m) for t, m in timed if m), default=None)
         if latest is not None:
             return latest[1]
-        return self._load_errors[-1] if self._load_errors else None
+        if self._load_errors:
+            return self._load_errors[-1]
+        left_out = self.chain.left_out
+        return left_out[0] if left_out else None
 
     def _runtime_name(self) -> str:
         try:

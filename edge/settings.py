@@ -94,6 +94,12 @@ class EdgeSettings(EnvFirstSettings):
     guard_max_accuracy_drop: float = Field(
         0.10, ge=0, le=1, description="vs the previous version on the same labeled inputs"
     )
+    guard_max_mae_increase: float = Field(
+        0.25,
+        ge=0,
+        description="a regressor: its MAE's rise over the previous version's on the same "
+        "labeled inputs, as a share of it",
+    )
     guard_max_fallback_increase: float = Field(0.05, ge=0, le=1)
     guard_max_error_increase: float = Field(0.01, ge=0, le=1)
     guard_max_p99_ratio: float = Field(3.0, gt=1, description="p99 on new / p99 on previous")

@@ -1,0 +1,66 @@
+"""Tensor-input models for the edge tests, made by the cloud's own exporter.
+
+Importing this module needs torch and ``cloud`` (the edge-only test run has
+neither): the fixtures that use it skip there. Each family is trained briefly
+on its example's generated data and exported to the all-int8 file the trainer
+would publish, once per session.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from shared.messages import ProbeSet
+from shared.task import TaskSpec
+from shared.tensors import TensorSpec
+
+
+@dataclass(frozen=True)
+class TensorModel:
+    """An exported file with what its manifest says, and samples with truths."""
+
+    name: str
+    content: bytes
+    input: TensorSpec
+    task: TaskSpec
+    probe: ProbeSet
+    X: npt.NDArray[Any]
+    y: npt.NDArray[Any]
+
+    def manifest_fields(self) -> dict[str, Any]:
+        """What ``helpers.make_manifest`` needs to describe this file."""
+        return {
+            "num_features": self.input.size,
+            "labels": self.task.labels,
+            "input": self.input,
+            "task": self.task,
+            "probe": self.probe,
+        }
+
+
+def export_family(name: str, spec: str, dataset: str, n: int, epochs: int) -> TensorModel:
+    """Train zoo model ``spec`` on ``dataset`` (a ``py:`` spec, its first ``n`` samples)
+    for ``epochs`` and export it."""
+    from cloud.data.datasets import load_dataset
+    from cloud.export.exporter import export_int8
+    from cloud.learning.training import Hyperparameters, bootstrap
+
+    ds = load_dataset(dataset)
+    ds = ds.subset(np.arange(min(n, len(ds.y))))
+    trained = bootstrap(ds, Hyperparameters(epochs=epochs, batch_size=64, lr=3e-3, seed=0), spec)
+    exported = export_int8(trained.model, ds.X[:200], ds.X[200:232], min_agreement=0.0)
+    return TensorModel(name, exported.content, ds.input, ds.task, exported.probe, ds.X, ds.y)
+
+
+def image_model() -> TensorModel:
+    """The depthwise CNN over 32x32x3 uint8 frames (examples/images)."""
+    return export_family("images", "dwcnn", "py:examples.images.data:make", 600, 3)
+
+
+def regression_model() -> TensorModel:
+    """The regression MLP over [32, 4] sensor windows (examples/regression)."""
+    return export_family("bearing", "regression_mlp", "py:examples.regression.data:make", 600, 10)
