@@ -221,7 +221,8 @@ class TFLiteModel:
                 self._interp.set_tensor(self._in_index, self._in_buf)
                 self._interp.invoke()
                 out = self._interp.get_tensor(self._out_index)
-        return self._dequantized(out)[0]
+        row: FloatArray = self._dequantized(out)[0]
+        return row
 
     def _dequantized(self, out: npt.NDArray[Any]) -> FloatArray:
         if self._out_q.is_quantized:
@@ -310,7 +311,7 @@ class TFLiteModel:
         out = np.empty((n, self.width), np.float32)
         in_index, out_index = self._in_index, self._out_index
         with self._lock:
-            native = getattr(self._interp, "_interpreter", None)
+            native: Any = getattr(self._interp, "_interpreter", None)
             if all(hasattr(native, m) for m in ("SetTensor", "Invoke", "GetTensor")):
                 for i in range(n):  # see _native_row_predictor
                     native.SetTensor(in_index, samples[i])
@@ -376,5 +377,7 @@ class TFLiteModel:
 def _cast_to(arr: npt.NDArray[Any], dtype: np.dtype[Any]) -> npt.NDArray[Any]:
     """``arr`` in the input's dtype: float samples of a uint8 input are rounded and clipped."""
     if dtype == np.uint8 and arr.dtype.kind == "f":
-        return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
-    return arr.astype(dtype)
+        rounded: npt.NDArray[Any] = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        return rounded
+    cast: npt.NDArray[Any] = arr.astype(dtype)
+    return cast

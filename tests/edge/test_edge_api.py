@@ -6,9 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import threading
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -25,56 +23,6 @@ from shared.messages import EdgeStatus, FeedbackAccepted, PredictResponse
 
 Factory = Callable[..., EdgeDaemon]
 Call = Callable[..., tuple[int, Any]]
-
-
-@pytest.fixture
-def serve(daemon_factory: Factory) -> Iterator[Callable[[EdgeDaemon], Call]]:
-    """Serve a daemon's API; returns call(method, path, body=None) -> (status, json)."""
-    running: list[tuple[uvicorn.Server, threading.Thread]] = []
-
-    def start(daemon: EdgeDaemon) -> Call:
-        config = uvicorn.Config(
-            create_app(daemon),
-            host="127.0.0.1",
-            port=0,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        wait_for(lambda: server.started, what="uvicorn started")
-        port = server.servers[0].sockets[0].getsockname()[1]
-        running.append((server, thread))
-
-        def call(
-            method: str, path: str, body: Any = None, raw: bytes | None = None
-        ) -> tuple[int, Any]:
-            data = (
-                raw
-                if raw is not None
-                else (json.dumps(body).encode() if body is not None else None)
-            )
-            req = urllib.request.Request(
-                f"http://127.0.0.1:{port}{path}",
-                data=data,
-                method=method,
-                headers={"Content-Type": "application/json"},
-            )
-            try:
-                with urllib.request.urlopen(req, timeout=10) as resp:
-                    return resp.status, json.loads(resp.read())
-            except urllib.error.HTTPError as e:
-                with e:
-                    return e.code, json.loads(e.read())
-
-        return call
-
-    yield start
-    for server, thread in running:
-        server.should_exit = True
-        thread.join(5)
 
 
 @pytest.fixture
