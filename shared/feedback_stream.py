@@ -1,11 +1,15 @@
 """Feedback stream entries: the one writer, used by the edge's uplink and by the
 API for edges that send feedback over HTTP, and its reader, the trainer's ingest.
 
-An entry holds up to ``batch`` events, one ``FeedbackEvent`` JSON document per
-line in the field ``events`` (``FEEDBACK_BATCH_FIELD``): Redis stores, reads,
-acks and logs to its AOF one entry instead of hundreds, several times cheaper
-per event for Redis and for both ends. Compact JSON has no raw newline, so the
-lines split back unambiguously. An entry may also carry a single event in the
+An entry holds up to ``batch`` events: Redis stores, reads, acks and logs to its
+AOF one entry instead of hundreds, several times cheaper per event for Redis and
+for both ends. Edges send **frames** in the field ``frames``
+(``FEEDBACK_FRAMES_FIELD``; ``frame``, ``frame_entries``): each event's JSON
+with its sample as raw bytes after it, so that an event for an image or a
+window is about the tensor's own size. An entry may instead hold one
+``FeedbackEvent`` JSON document per line in the field ``events``
+(``FEEDBACK_BATCH_FIELD``; the REST relay, edges before frames; compact JSON has
+no raw newline, so the lines split back unambiguously), or a single event in the
 field ``data`` (edges before batched entries, tools).
 
 Redis checks each command of a pipeline on its own: one sent as Redis finishes
