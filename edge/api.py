@@ -4,6 +4,11 @@
   PredictBatchResponse (a batch ``[N, *input shape]``: N answers)
 - ``POST /v1/feedback`` FeedbackRequest → 202 FeedbackAccepted
 - ``GET  /v1/health``   EdgeStatus (503 when no model can serve)
+- ``POST /v1/models/{name}/predict`` and ``/v1/models/{name}/feedback``: the same
+  for each model of an edge that serves several (``EdgeSettings.models``; 404
+  naming the served models for another name). ``/v1/predict`` and
+  ``/v1/feedback`` answer for the edge's first model, so a one-model edge's
+  clients need no name.
 
 A sample travels as JSON (``x``: nested lists of the model's input shape, or a
 flat list of its values) or as a binary ``.npy`` body (``Content-Type:
@@ -38,6 +43,7 @@ from starlette.types import Receive, Scope, Send
 
 from edge.daemon import EdgeDaemon
 from edge.fallback import Prediction
+from edge.serving import ServedModel
 from shared.errors import EdgeloopError, InputError, NotFound, Unavailable
 from shared.messages import (
     EdgeStatus,
@@ -68,6 +74,10 @@ _INPUT_422 = _error(
     "x must have shape [64] (one sample) or [N, 64] (a batch) of float32; got shape [63]",
 )
 _NO_MODEL_503 = _error("No model can serve", "no model is loaded: the edge cannot serve yet")
+_UNSUPPORTED_415 = _error(
+    "Neither JSON nor .npy",
+    "content type 'text/plain' is not supported: send application/json or application/x-npy (a .npy array)",
+)
 
 #: Largest request body the API reads: a sample of the most features PredictRequest
 #: allows (65536), written as JSON floats, fits.
@@ -111,17 +121,34 @@ def create_app(daemon: EdgeDaemon) -> FastAPI:
     return app
 
 
+_MODEL_404 = _error(
+    "This edge does not serve that model",
+    "this edge does not serve a model 'x'; it serves 'digits', 'bearing'",
+)
+
+
 def _add_predict(app: FastAPI, daemon: EdgeDaemon) -> None:
     @app.post(
         "/v1/predict",
         response_model=PredictResponse | PredictBatchResponse,
         responses={415: _UNSUPPORTED_415, 422: _INPUT_422, 503: _NO_MODEL_503},
         openapi_extra=_body(PredictRequest, _PREDICT_QUERY),
-        summary="Answer one sample, or each sample of a batch",
+        summary="Answer one sample, or each sample of a batch (the edge's first model)",
     )
     async def predict() -> None:
         """Documents the route in the OpenAPI schema; never called (see below)."""
         raise NotImplementedError("POST /v1/predict is answered by the _Predict route")
+
+    @app.post(
+        "/v1/models/{name}/predict",
+        response_model=PredictResponse | PredictBatchResponse,
+        responses={404: _MODEL_404, 415: _UNSUPPORTED_415, 422: _INPUT_422, 503: _NO_MODEL_503},
+        openapi_extra=_body(PredictRequest, _PREDICT_QUERY),
+        summary="Answer one sample, or each sample of a batch, with the model name",
+    )
+    async def predict_with(name: str) -> None:
+        """Documents the route in the OpenAPI schema; never called (see below)."""
+        raise NotImplementedError("POST /v1/models/{name}/predict is answered by _Predict")
 
     # The hot route is answered by a plain ASGI endpoint placed ahead of the
     # FastAPI route above: no Request object, no per-request dependency solving,
@@ -129,6 +156,17 @@ def _add_predict(app: FastAPI, daemon: EdgeDaemon) -> None:
     # (bench/http.py). Errors it raises go through the app's handlers, so they
     # look like every other route's.
     app.router.routes.insert(0, Route("/v1/predict", _Predict(daemon), methods=["POST"]))
+    app.router.routes.insert(
+        1, Route("/v1/models/{name}/predict", _Predict(daemon), methods=["POST"])
+    )
+
+
+_FEEDBACK_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: _error("Unknown or expired request_id", "request_id 'x' is unknown or expired"),
+    415: _UNSUPPORTED_415,
+    422: _error("Invalid label or input", "label 12 is outside the model's classes 0..9"),
+    503: _NO_MODEL_503,
+}
 
 
 def _add_feedback(app: FastAPI, daemon: EdgeDaemon) -> None:
@@ -136,33 +174,44 @@ def _add_feedback(app: FastAPI, daemon: EdgeDaemon) -> None:
         "/v1/feedback",
         status_code=202,
         response_model=FeedbackAccepted,
-        responses={
-            404: _error("Unknown or expired request_id", "request_id 'x' is unknown or expired"),
-            415: _UNSUPPORTED_415,
-            422: _error("Invalid label or input", "label 12 is outside the model's classes 0..9"),
-            503: _NO_MODEL_503,
-        },
+        responses=_FEEDBACK_RESPONSES,
         openapi_extra=_body(FeedbackRequest, _FEEDBACK_QUERY),
-        summary="Report the truth (label or target) of an earlier prediction or of a sample",
+        summary="Report the truth (label or target) of an earlier prediction or of a sample "
+        "(the edge's first model)",
     )
     async def feedback(request: Request) -> Response:
-        body = await _read_body(request.receive)
-        if body is None:
-            return Response(status_code=400)  # the client left; nobody reads this
-        if _is_npy(request.headers.get("content-type")):
-            query = _query(request.url.query.encode())
-            accepted = daemon.feedback(
-                _int_param(query, "label"),
-                request_id=query.get("request_id"),
-                x=read_npy(body),
-                target=_numbers_param(query, "target"),
-            )
-        else:
-            req = _parse(FeedbackRequest, body)
-            accepted = daemon.feedback(
-                req.label, request_id=req.request_id, x=req.x, target=req.target
-            )
-        return Response(accepted.model_dump_json(), status_code=202, media_type=JSON)
+        return await _feedback(daemon.first, request)
+
+    @app.post(
+        "/v1/models/{name}/feedback",
+        status_code=202,
+        response_model=FeedbackAccepted,
+        responses=_FEEDBACK_RESPONSES,
+        openapi_extra=_body(FeedbackRequest, _FEEDBACK_QUERY),
+        summary="Report the truth of an earlier prediction or of a sample, with the model name",
+    )
+    async def feedback_with(name: str, request: Request) -> Response:
+        # 404 for a model this edge does not serve (404 also for an unknown
+        # request_id: the message says which).
+        return await _feedback(daemon.served(name), request)
+
+
+async def _feedback(model: ServedModel, request: Request) -> Response:
+    body = await _read_body(request.receive)
+    if body is None:
+        return Response(status_code=400)  # the client left; nobody reads this
+    if _is_npy(request.headers.get("content-type")):
+        query = _query(request.url.query.encode())
+        accepted = model.feedback(
+            _int_param(query, "label"),
+            request_id=query.get("request_id"),
+            x=read_npy(body),
+            target=_numbers_param(query, "target"),
+        )
+    else:
+        req = _parse(FeedbackRequest, body)
+        accepted = model.feedback(req.label, request_id=req.request_id, x=req.x, target=req.target)
+    return Response(accepted.model_dump_json(), status_code=202, media_type=JSON)
 
 
 def _add_health(app: FastAPI, daemon: EdgeDaemon) -> None:
@@ -214,11 +263,13 @@ class _Predict:
         self._daemon = daemon
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        name = scope.get("path_params", {}).get("name")
+        # /v1/models/{name}/predict, or /v1/predict: the first model
+        model = self._daemon.first if name is None else self._daemon.served(name)
         body = await _read_body(receive)
         if body is None:
             return  # the client left: nobody to answer
-        daemon = self._daemon
-        spec = daemon.chain.input
+        spec = model.chain.input
         if spec is None:
             raise Unavailable("no model is loaded: the edge cannot serve yet")
         if _is_npy(_header(scope, b"content-type")):
@@ -229,9 +280,9 @@ class _Predict:
             budget_ms = req.budget_ms
             batch, single = as_batch(req.x, spec)
         if single:
-            payload = _answer(daemon.predict(batch[0], budget_ms)).model_dump_json()
+            payload = _answer(model.predict(batch[0], budget_ms)).model_dump_json()
         else:
-            answers = [_answer(p) for p in daemon.predict_batch(batch, budget_ms)]
+            answers = [_answer(p) for p in model.predict_batch(batch, budget_ms)]
             payload = PredictBatchResponse(predictions=answers).model_dump_json()
         headers = [*_JSON_HEADERS, (b"content-length", str(len(payload)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -333,11 +384,6 @@ def _numbers_param(query: dict[str, str], name: str) -> list[float] | None:
             f"query parameter {name} must be comma-separated numbers, got {value!r}"
         ) from e
 
-
-_UNSUPPORTED_415 = _error(
-    "Neither JSON nor .npy",
-    "content type 'text/plain' is not supported: send application/json or application/x-npy (a .npy array)",
-)
 
 _PREDICT_QUERY = [
     {
