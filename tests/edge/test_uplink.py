@@ -243,3 +243,29 @@ def test_close_without_redis_spools_everything_and_returns(
     up.close(timeout=0.5)
     assert time.monotonic() - started < 3
     assert up.spooled == 30 and up.pending == 0
+
+
+def test_a_spool_of_json_lines_from_an_older_edge_is_sent_as_frames(
+    uplinks: Callable[..., FeedbackUplink],
+    tmp_path: Path,
+    redis_client: redis.Redis,
+    keys: FleetKeys,
+) -> None:
+    """An edge upgraded with events still spooled as JSON lines (``<n>.jsonl``) sends
+    them first, as frames the trainer reads like any other, and skips a torn line."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    old = [
+        FeedbackEvent(
+            event_id=f"pi-1:{EPOCH}:{seq}", device_id="pi-1", model="digits", x=X, label=seq
+        ).to_wire()
+        for seq in range(3)
+    ]
+    (spool / f"{10**12}.jsonl").write_bytes(b"\n".join(old) + b'\n{"torn')
+    up = uplinks()
+    submit(up, 2)
+    assert up.flush(10)
+    events = stream_events(redis_client, keys.feedback)
+    assert [e["label"] for e in events[:3]] == [0, 1, 2] and len(events) == 5
+    assert events[0]["x_shape"] == [64] and events[0]["x"] == pytest.approx(X)
+    assert not list(spool.glob("*.jsonl"))
