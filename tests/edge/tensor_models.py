@@ -61,13 +61,33 @@ def export_family(name: str, spec: str, dataset: str, n: int, epochs: int) -> Te
     return TensorModel(name, exported.content, ds.input, ds.task, exported.probe, ds.X, ds.y)
 
 
+def _example(name: str, n: int) -> dict[str, object]:
+    """``n`` samples of examples/NAME's data generator, without its drift."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / name / "data.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    data: dict[str, object] = module.make(n=n, n_drift=1)
+    return {k: v for k, v in data.items() if not k.endswith("_drift")}
+
+
+def small_images() -> dict[str, object]:
+    """A ``py:`` dataset: 600 conveyor frames (the example makes 6000, in seconds)."""
+    return _example("images", 600)
+
+
+def small_bearing() -> dict[str, object]:
+    """A ``py:`` dataset: 600 sensor windows and temperatures."""
+    return _example("regression", 600)
+
+
 def image_model() -> TensorModel:
     """The depthwise CNN over 32x32x3 uint8 frames (examples/images)."""
-    return export_family("images", "dwcnn", f"py:{EXAMPLES / 'images' / 'data.py'}:make", 600, 3)
+    return export_family("images", "dwcnn", f"py:{__file__}:small_images", 600, 3)
 
 
 def regression_model() -> TensorModel:
     """The regression MLP over [32, 4] sensor windows (examples/regression)."""
-    return export_family(
-        "bearing", "regression_mlp", f"py:{EXAMPLES / 'regression' / 'data.py'}:make", 600, 10
-    )
+    return export_family("bearing", "regression_mlp", f"py:{__file__}:small_bearing", 600, 10)
