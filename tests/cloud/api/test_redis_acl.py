@@ -146,7 +146,6 @@ def test_an_edge_user_does_what_an_edge_does_and_nothing_else(acl_redis, tmp_pat
     edge = redis.Redis.from_url(acl_redis["edge"])
     allowed = [
         lambda: edge.xadd(keys.feedback, {"events": b"{}"}),
-        lambda: edge.xadd(keys.feedback_of("digits"), {"frames": b""}),  # a model's stream
         lambda: edge.xadd(keys.status, {"data": b"{}"}),
         lambda: edge.set(keys.device("pi-1"), b"{}", ex=10),
         lambda: edge.get(keys.device("pi-1")),
@@ -169,7 +168,6 @@ def test_an_edge_user_does_what_an_edge_does_and_nothing_else(acl_redis, tmp_pat
         "write a manifest": lambda: edge.set(keys.manifest("ab" * 32), b"{}"),
         "read the feedback": lambda: edge.xrange(keys.feedback),
         "XREAD the feedback": lambda: edge.xread({keys.feedback: "0"}),
-        "read a model's feedback": lambda: edge.xrange(keys.feedback_of("digits")),
         "read it in a script": lambda: edge.eval(
             "return redis.call('XRANGE', KEYS[1], '-', '+')", 1, keys.feedback
         ),
@@ -180,9 +178,6 @@ def test_an_edge_user_does_what_an_edge_does_and_nothing_else(acl_redis, tmp_pat
         "another fleet's target": lambda: edge.get(other.target("digits")),
         "another fleet's deltas": lambda: edge.xread({other.deltas: "0"}),
         "another fleet's feedback": lambda: edge.xadd(other.feedback, {"events": b"{}"}),
-        "another fleet's model feedback": lambda: edge.xadd(
-            other.feedback_of("digits"), {"frames": b""}
-        ),
         "list keys": lambda: edge.keys("*"),
         "flush": lambda: edge.flushall(),
         "config": lambda: edge.config_get("*"),
