@@ -299,7 +299,7 @@ class FeedbackBatch(BaseModel):
 
 class FeedbackAcceptedPublic(BaseModel):
     accepted: int = Field(
-        description="events appended to the fleet's feedback stream", examples=[2]
+        description="events appended to their models' feedback streams", examples=[2]
     )
     entries: list[str] = Field(
         description="stream entry ids (one per batch of events)", examples=[["1718000000000-0"]]

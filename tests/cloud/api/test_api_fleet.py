@@ -95,7 +95,11 @@ def test_feedback_over_http_is_an_edges_feedback_to_the_trainer(
         uplink.submit(e)
     assert uplink.flush(10)
     uplink.close()
-    assert _lines(redis_client, other.feedback) == _lines(redis_client, keys.feedback)[:300]
+    # (edges write their model's stream; an edge that predates streams per model the fleet's)
+    edge_stream = other.feedback_of("digits")
+    if not redis_client.exists(edge_stream):
+        edge_stream = other.feedback
+    assert _lines(redis_client, edge_stream) == _lines(redis_client, keys.feedback_of("digits"))[:300]
 
     sizes = {
         "replay_capacity": 1000,
@@ -120,6 +124,28 @@ def test_feedback_over_http_is_an_edges_feedback_to_the_trainer(
     assert "feature count 3" in letter.reason
 
 
+def test_feedback_goes_to_its_models_stream(api, redis_client):
+    keys = FleetKeys(FLEET)
+    admin = bearer(issue(redis_client, FLEET, "admin"))
+    digits = _events(np.ones((2, 64)), [3, 4])
+    shapes = [e.model_copy(update={"model": "shapes"}) for e in _events(np.ones((3, 8)), [1] * 3)]
+    body = {"events": [e.model_dump() for e in [*digits, *shapes]]}
+    assert api.post("/v1/feedback", json=body, headers=admin).status_code == 202
+    assert len(_lines(redis_client, keys.feedback_of("digits"))) == 2
+    assert len(_lines(redis_client, keys.feedback_of("shapes"))) == 3
+    assert not redis_client.exists(keys.feedback)  # the stream of edges before streams per model
+
+    one = {"events": [e.model_dump() for e in shapes]}
+    r = api.post("/v1/models/shapes/feedback", json=one, headers=admin)
+    assert r.status_code == 202 and r.json()["accepted"] == 3
+    assert len(_lines(redis_client, keys.feedback_of("shapes"))) == 6
+    r = api.post("/v1/models/shapes/feedback", json=body, headers=admin)
+    assert r.status_code == 422 and "'digits'" in r.json()["detail"]
+    r = api.post("/v1/models/sh{apes/feedback", json=one, headers=admin)
+    assert r.status_code == 422
+    assert len(_lines(redis_client, keys.feedback_of("digits"))) == 2  # nothing of a refused one
+
+
 def test_feedback_the_api_refuses_at_once(api, redis_client):
     admin = bearer(issue(redis_client, FLEET, "admin"))
     good = _events(np.ones((1, 64)), [3])[0].model_dump()
@@ -137,7 +163,7 @@ def test_feedback_the_api_refuses_at_once(api, redis_client):
             headers={**admin, "content-type": "application/json"},
         )
         assert r.status_code == 422 and words in r.json()["detail"], (words, r.text)
-    assert redis_client.exists(FleetKeys(FLEET).feedback) == 0
+    assert redis_client.exists(FleetKeys(FLEET).feedback_of("digits")) == 0
 
 
 def _json(value) -> bytes:
