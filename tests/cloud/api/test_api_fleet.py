@@ -19,7 +19,7 @@ from edge.connections import FleetMember
 from edge.status import ReportPolicy, StatusReporter
 from edge.uplink import FeedbackUplink, UplinkPolicy
 from shared.keys import FEEDBACK_BATCH_FIELD, FleetKeys
-from shared.messages import DeadLetter, EdgeCounters, EdgeStatus, FeedbackEvent
+from shared.messages import DeadLetter, EdgeCounters, EdgeStatus, FeedbackEvent, ModelServing
 from tests.cloud.api_helpers import (
     PEPPER,
     bearer,
@@ -248,6 +248,8 @@ def test_devices_and_the_fleet_summary(api, redis_client, tmp_path):
         "target_version": 1,
         "target_sha256": shas[0],
         "active_rollout": None,
+        "devices": 2,
+        "by_version": {"v1": 1, "v2": 1},
     }
 
     text = api.get("/metrics", headers=viewer).text
@@ -259,6 +261,32 @@ def test_devices_and_the_fleet_summary(api, redis_client, tmp_path):
     route = "/v1/devices/{device_id}"
     assert sample(text, "edgeloop_api_requests_total", method="GET", route=route, status="404") == 1
     assert api.get("/metrics").status_code == 401
+
+
+def test_a_device_serving_two_models_is_shown_per_model(api, redis_client, tmp_path):
+    shas = seed_versions(redis_client, FLEET, tmp_path / "blobs")
+    keys = FleetKeys(FLEET)
+    redis_client.set(keys.target("temp"), "ab" * 32)
+    redis_client.hset(keys.pins("temp"), "pi-01", "cd" * 32)
+    viewer = bearer(issue(redis_client, FLEET, "viewer"))
+    digits = ModelServing(model="digits", version=2, sha256=shas[1], rolling_accuracy=0.9)
+    temp = ModelServing(model="temp", version=5, sha256="cd" * 32, metric="mae", rolling_metric=0.4)
+    both = {"digits": digits, "temp": temp}
+    report(redis_client, FLEET, "pi-01", shas[1], version=2, models=both)
+    report(redis_client, FLEET, "pi-02", shas[0], version=1)  # an edge with one model
+
+    one = api.get("/v1/devices/pi-01", headers=viewer).json()
+    assert set(one["models"]) == {"digits", "temp"} and one["version"] == 2
+    assert one["models"]["digits"]["desired_sha256"] == shas[0]  # the fleet's target
+    assert one["models"]["temp"]["desired_sha256"] == "cd" * 32  # pinned
+    assert one["models"]["temp"]["pinned_sha256"] == "cd" * 32
+    assert one["models"]["temp"]["metric"] == "mae" and one["models"]["temp"]["rolling_metric"] == 0.4
+    assert set(api.get("/v1/devices/pi-02", headers=viewer).json()["models"]) == {"digits"}
+
+    models = api.get("/v1/fleet", headers=viewer).json()["models"]
+    assert models["digits"]["devices"] == 2 and models["digits"]["by_version"] == {"v1": 1, "v2": 1}
+    assert models["temp"]["devices"] == 1 and models["temp"]["by_version"] == {"v5": 1}
+    assert models["temp"]["target_sha256"] == "ab" * 32
 
 
 def test_the_controller_runs_in_the_api_and_alone(settings, redis_client, tmp_path, capsys):
