@@ -204,16 +204,14 @@ class FeedbackIngest:
         stream = self.keys.feedback
         if not self.client.exists(stream):
             return "0"
-        groups = {
-            replies.text(g["name"]): g for g in cast(list[dict[str, Any]], self.client.xinfo_groups(stream))
-        }
+        groups = {replies.text(g["name"]): g for g in self.client.xinfo_groups(stream)}
         if self.shared.group in groups or FEEDBACK_GROUP not in groups:
             return "0"
         old = groups[FEEDBACK_GROUP]
         # Entries pending in the old group were not accepted (acceptance acks in the same
         # transaction): they are read again. Accepted entries after the first pending one
         # are read again too, and dropped by the watermarks.
-        first_pending = cast(dict[str, Any], self.client.xpending(stream, FEEDBACK_GROUP))
+        first_pending = self.client.xpending(stream, FEEDBACK_GROUP)
         if first_pending["pending"]:
             return before(replies.text(first_pending["min"]))
         return replies.text(old["last-delivered-id"])

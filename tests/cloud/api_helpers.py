@@ -80,9 +80,7 @@ def seed_versions(
     for _ in range(n):
         blob = rng.integers(0, 256, 3000, dtype=np.uint8).tobytes()
         shas.append(
-            publisher.publish(
-                PublishRequest(model, blob, 1, ["a", "b"], probe, runtime="t")
-            ).sha256
+            publisher.publish(PublishRequest(model, blob, 1, ["a", "b"], probe, runtime="t")).sha256
         )
     client.set(keys.target(model), shas[0])
     return shas

@@ -38,7 +38,7 @@ _EXAMPLE = {
 }
 
 
-_RESPONSES = {
+_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: error(
         "Malformed event", "event_id 'x' must be '<device_id>:<epoch>:<seq>' for device 'pi-07'"
     )

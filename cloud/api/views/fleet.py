@@ -29,7 +29,6 @@ from shared.keys import FleetKeys, check_name
 from shared.messages import EdgeStatus
 from shared.rollouts import desired_sha
 
-
 #: (target, assignment, pin) by (device, model).
 Desired = dict[tuple[str, str], tuple[str | None, str | None, str | None]]
 
@@ -128,9 +127,7 @@ class FleetView:
 
     def _desired(self, devices: list[tuple[str, EdgeStatus | None]]) -> Desired:
         """(target, assignment, pin) of each device for each model it reported serving."""
-        known = [
-            (d, m) for d, s in devices if s is not None for m in _served(s) if _safe(m)
-        ]
+        known = [(d, m) for d, s in devices if s is not None for m in _served(s) if _safe(m)]
         if not known:
             return {}
         pipe = self.client.pipeline(transaction=False)
@@ -180,7 +177,9 @@ def _served(s: EdgeStatus) -> list[str]:
     return list(s.models) or [s.model]
 
 
-def _device_public(device: str, ts: float | None, s: EdgeStatus | None, desired: Desired) -> DevicePublic:
+def _device_public(
+    device: str, ts: float | None, s: EdgeStatus | None, desired: Desired
+) -> DevicePublic:
     if s is None:
         return DevicePublic(device_id=device, health="offline", last_seen=ts)
     models = {}

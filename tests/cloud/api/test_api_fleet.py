@@ -99,7 +99,9 @@ def test_feedback_over_http_is_an_edges_feedback_to_the_trainer(
     edge_stream = other.feedback_of("digits")
     if not redis_client.exists(edge_stream):
         edge_stream = other.feedback
-    assert _lines(redis_client, edge_stream) == _lines(redis_client, keys.feedback_of("digits"))[:300]
+    assert (
+        _lines(redis_client, edge_stream) == _lines(redis_client, keys.feedback_of("digits"))[:300]
+    )
 
     sizes = {
         "replay_capacity": 1000,
@@ -280,7 +282,9 @@ def test_a_device_serving_two_models_is_shown_per_model(api, redis_client, tmp_p
     assert one["models"]["digits"]["desired_sha256"] == shas[0]  # the fleet's target
     assert one["models"]["temp"]["desired_sha256"] == "cd" * 32  # pinned
     assert one["models"]["temp"]["pinned_sha256"] == "cd" * 32
-    assert one["models"]["temp"]["metric"] == "mae" and one["models"]["temp"]["rolling_metric"] == 0.4
+    assert (
+        one["models"]["temp"]["metric"] == "mae" and one["models"]["temp"]["rolling_metric"] == 0.4
+    )
     assert set(api.get("/v1/devices/pi-02", headers=viewer).json()["models"]) == {"digits"}
 
     models = api.get("/v1/fleet", headers=viewer).json()["models"]

@@ -220,7 +220,9 @@ def test_the_api_user_serves_the_api(acl_redis, tmp_path):
         )
         assert api.get("/v1/fleet", headers=bearer(token)).json()["online"] == 1
         event = {"event_id": "pi-1:e0:1", "device_id": "pi-1", "model": "digits", "x": [1.0]}
-        r = api.post("/v1/models/digits/feedback", json={**event, "label": 1}, headers=bearer(token))
+        r = api.post(
+            "/v1/models/digits/feedback", json={**event, "label": 1}, headers=bearer(token)
+        )
         assert r.status_code == 202, r.text
         assert api_client.xlen(FleetKeys(FLEET).feedback_of("digits")) == 1
         assert api.get("/healthz").status_code == 200

@@ -233,7 +233,9 @@ def test_a_killed_consumers_pending_entries_are_reclaimed_exactly_once(
     ingest_a = make_ingest(redis_client, keys, consumer="alive", claim_idle_ms=100)
     events.send(redis_client, keys.feedback, events.many(parts.stream.X[:40], parts.stream.y[:40]))
     # A consumer reads the entries and dies before accepting them.
-    got = redis_client.xreadgroup(legacy_feedback_group("digits"), "doomed", {keys.feedback: ">"}, count=100)
+    got = redis_client.xreadgroup(
+        legacy_feedback_group("digits"), "doomed", {keys.feedback: ">"}, count=100
+    )
     assert len(got[0][1]) == 40 and pending(redis_client, keys) == 40
     assert ingest_a.poll().entries == 0  # nothing new, and not idle long enough yet
     time.sleep(0.15)

@@ -34,7 +34,9 @@ def accepted_ids(ingest: FeedbackIngest) -> set[tuple[str, int]]:
     out = set()
     for head, raw in ingest.client.hgetall(ingest.seen_key).items():
         w = Watermark.decode(raw)
-        out |= {(head.decode(), s) for s in range(w.low + 1)} | {(head.decode(), s) for s in w.above}
+        out |= {(head.decode(), s) for s in range(w.low + 1)} | {
+            (head.decode(), s) for s in w.above
+        }
     return out
 
 

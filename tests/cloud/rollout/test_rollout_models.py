@@ -75,15 +75,25 @@ class TwoModelFleet:
         if model == CLF:
             c.labeled_correct += round(labeled * (0.95 if ok else 0.3))
             return ModelServing(
-                model=model, sha256=sha, state="serving", rolling_accuracy=0.95 if ok else 0.3,
-                metric="accuracy", rolling_metric=0.95 if ok else 0.3, counters=c,
+                model=model,
+                sha256=sha,
+                state="serving",
+                rolling_accuracy=0.95 if ok else 0.3,
+                metric="accuracy",
+                rolling_metric=0.95 if ok else 0.3,
+                counters=c,
                 latency_ms_p99=1.0,
-            )  # fmt: skip
+            )
         # A regressor's labeled_correct means nothing; its MAE is what counts.
         return ModelServing(
-            model=model, sha256=sha, state="serving", metric="mae",
-            rolling_metric=0.5 if ok else 2.0, counters=c, latency_ms_p99=1.0,
-        )  # fmt: skip
+            model=model,
+            sha256=sha,
+            state="serving",
+            metric="mae",
+            rolling_metric=0.5 if ok else 2.0,
+            counters=c,
+            latency_ms_p99=1.0,
+        )
 
     def follow(self, labeled: int = 30, **good: bool) -> None:
         """Every device serves what it is told, and reports on each of its models."""
