@@ -6,7 +6,7 @@ make one (rollouts, pins, tokens, feedback).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -315,12 +315,23 @@ class RolloutsPublic(BaseModel):
 # -- feedback -------------------------------------------------------------------------
 
 
+class FeedbackEventCreate(FeedbackEvent):
+    """A ``FeedbackEvent`` as HTTP clients send it: ``x`` a flat list of the sample's values,
+    or nested lists in the model's input shape."""
+
+    x: list[Any] | None = Field(  # type: ignore[assignment]
+        None,
+        description="the sample: nested lists in the model's input shape, or a flat list",
+        max_length=65536,
+    )
+
+
 class FeedbackBatch(BaseModel):
     """Several events in one request (an edge's batch)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    events: list[FeedbackEvent] = Field(min_length=1, max_length=1000)
+    events: list[FeedbackEventCreate] = Field(min_length=1, max_length=1000)
 
 
 class FeedbackAcceptedPublic(BaseModel):

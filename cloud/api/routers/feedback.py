@@ -11,8 +11,7 @@ from pydantic import Discriminator, Tag
 from cloud.api.auth import PrincipalDep, check_device
 from cloud.api.deps import ModelName, RelayDep, SettingsDep
 from cloud.api.errors import error
-from cloud.api.schemas import FeedbackAcceptedPublic, FeedbackBatch
-from shared.messages import FeedbackEvent
+from cloud.api.schemas import FeedbackAcceptedPublic, FeedbackBatch, FeedbackEventCreate
 
 router = APIRouter(tags=["feedback"])
 
@@ -23,7 +22,7 @@ def _shape(value: Any) -> str:
 
 
 FeedbackBody = Annotated[
-    Annotated[FeedbackEvent, Tag("event")] | Annotated[FeedbackBatch, Tag("batch")],
+    Annotated[FeedbackEventCreate, Tag("event")] | Annotated[FeedbackBatch, Tag("batch")],
     Discriminator(_shape),
 ]
 

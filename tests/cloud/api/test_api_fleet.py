@@ -15,11 +15,23 @@ from cloud.api.settings import ApiSettings
 from cloud.cli import main as cli
 from cloud.data.ingest import FeedbackIngest, IngestOptions
 from cloud.data.replay import DataOptions, TrainerData
+from cloud.registry.publisher import Publisher, PublishRequest
+from cloud.registry.versions import DirBlobStore, Registry
 from edge.connections import FleetMember
 from edge.status import ReportPolicy, StatusReporter
 from edge.uplink import FeedbackUplink, UplinkPolicy
 from shared.keys import FEEDBACK_BATCH_FIELD, FleetKeys
-from shared.messages import DeadLetter, EdgeCounters, EdgeStatus, FeedbackEvent, ModelServing
+from shared.messages import (
+    DeadLetter,
+    EdgeCounters,
+    EdgeStatus,
+    FeedbackEvent,
+    ModelServing,
+    ProbeSet,
+)
+from shared.signing import Signer, generate_keypair
+from shared.task import TaskSpec
+from shared.tensors import TensorSpec
 from tests.cloud.api_helpers import (
     PEPPER,
     bearer,
@@ -146,6 +158,49 @@ def test_feedback_goes_to_its_models_stream(api, redis_client):
     r = api.post("/v1/models/sh{apes/feedback", json=one, headers=admin)
     assert r.status_code == 422
     assert len(_lines(redis_client, keys.feedback_of("digits"))) == 2  # nothing of a refused one
+
+
+def test_tensor_feedback_over_http_travels_as_frames_to_the_trainer(api, redis_client, tmp_path):
+    """A published uint8 [2, 2, 3] model: nested lists (or a flat list) become frames of raw
+    bytes on the model's stream, which its trainer accepts; a wrong shape is a 422 naming it."""
+    keys = FleetKeys(FLEET)
+    spec = TensorSpec(shape=[2, 2, 3], dtype="uint8")
+    registry = Registry(redis_client, keys, DirBlobStore(tmp_path / "blobs"))
+    probe = ProbeSet(inputs=[[0.0] * 12], expected=[[0.5, 0.5]])
+    request = PublishRequest("cam", b"x" * 100, 12, ["a", "b"], probe, runtime="t", input=spec)
+    Publisher(registry, Signer(generate_keypair()[0])).publish(request)
+    admin = bearer(issue(redis_client, FLEET, "admin"))
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4, 2, 2, 3))
+    events = [
+        {"event_id": f"pi-01:e0:{i}", "device_id": "pi-01", "model": "cam", "label": i % 2}
+        for i in range(4)
+    ]
+    body = {
+        "events": [{**e, "x": img.tolist()} for e, img in zip(events[:3], images[:3], strict=True)]
+    }
+    assert api.post("/v1/models/cam/feedback", json=body, headers=admin).status_code == 202
+    flat = {**events[3], "x": images[3].reshape(-1).tolist()}
+    assert api.post("/v1/feedback", json=flat, headers=admin).status_code == 202
+    entries = redis_client.xrange(keys.feedback_of("cam"))
+    assert all(set(fields) == {b"frames"} for _, fields in entries)
+    blob = b"".join(fields[b"frames"] for _, fields in entries)
+    assert len(blob) < 4 * (12 + 400)  # the sample's 12 bytes, not a JSON list, besides the event
+
+    for bad, words in (
+        (images[0][:1].tolist(), "[2, 2, 3]"),
+        ((images[0] + 300).tolist(), "0..255"),
+        (images[:2].tolist(), "2 samples"),
+    ):
+        r = api.post("/v1/models/cam/feedback", json={**events[0], "x": bad}, headers=admin)
+        assert r.status_code == 422 and words in r.json()["detail"], r.text
+
+    options = DataOptions("cam", spec, TaskSpec.classification(["a", "b"]), 100, 50, 20, 20)
+    data = TrainerData(redis_client, keys, options)
+    ingest = FeedbackIngest(redis_client, keys, data, IngestOptions(model="cam", consumer="t1"))
+    ingest.ensure_group()
+    assert len(ingest.poll(block_ms=10).accepted) == 4 and ingest.counters.deadlettered == 0
+    assert sorted(data.stats().items()) and data.stats()["accepted"] == 4
 
 
 def test_feedback_the_api_refuses_at_once(api, redis_client):

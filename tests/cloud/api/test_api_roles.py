@@ -68,7 +68,11 @@ class World:
 
 def _event(device: str) -> dict[str, Any]:
     return FeedbackEvent(
-        event_id=f"{device}:e0:1", device_id=device, model="digits", x=[1.0] * 64, label=3
+        event_id=f"{device}:e0:1",
+        device_id=device,
+        model="digits",
+        x=[1.0],
+        label=1,  # the seeded versions take one feature
     ).model_dump()
 
 
