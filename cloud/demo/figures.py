@@ -8,8 +8,10 @@ for a regression). The phases:
 - ``pre_drift``: before the drift;
 - ``drift_before_update``: after the drift, answered by a version published before it;
 - ``after_update``: answered by a version published after the drift, in the last
-  ``settle_share`` of the drift phase (the trainer keeps improving after its first
-  post-drift version; this is where the fleet has settled).
+  ``settle_s`` seconds of the run (default: the last 40% of the drift phase; the
+  trainer keeps improving after its first post-drift version, and a version
+  published just after the drift may have been trained on data from before it:
+  the end of the run is where the fleet has settled).
 
 A run is done when nothing was lost or failed, every edge ends on a version
 published after the drift, and the metric after the update is back within
@@ -37,6 +39,8 @@ from shared.task import TaskSpec
 
 #: How close to its pre-drift level the metric must come back: a share of that level.
 RECOVERY = 0.10
+#: The share of the drift phase, at its end, that the after-update figure is taken over.
+SETTLE_SHARE = 0.4
 
 
 @dataclass
@@ -68,7 +72,7 @@ class Outcome:
 
 
 def phase_metrics(
-    outcomes: list[Outcome], phase: Phase, task: TaskSpec, settle_share: float = 0.4
+    outcomes: list[Outcome], phase: Phase, task: TaskSpec, settle_s: float | None = None
 ) -> dict[str, Any]:
     """The task's metric in each phase, with its name and direction; for a classifier
     also under the ``acc_*`` names the demo has always reported."""
@@ -81,7 +85,8 @@ def phase_metrics(
     ]
     if fresh and phase.drift_at is not None:
         end = max(o.t for o in outcomes)
-        start = end - settle_share * (end - phase.drift_at)
+        window = SETTLE_SHARE * (end - phase.drift_at) if settle_s is None else settle_s
+        start = max(phase.drift_at, end - window)
         fresh = [o for o in fresh if o.t >= start]
     figures: dict[str, Any] = {
         "task": task.kind,

@@ -31,7 +31,7 @@ from rich.live import Live
 from cloud.data.datasets import split
 from cloud.data.sources import TaskKind
 from cloud.demo.apps import Samples, SensorApp, Traffic, failed_requests
-from cloud.demo.figures import Phase, done_criteria, phase_metrics
+from cloud.demo.figures import SETTLE_SHARE, Phase, done_criteria, phase_metrics, recovered
 from cloud.demo.services import Child, ProcessGroup, free_port, python_module, start_redis
 from cloud.demo.view import live_view, summary_table
 from cloud.demo.workload import WorkloadRequest, prepare
@@ -68,6 +68,17 @@ class DemoOptions:
     @property
     def post_drift_s(self) -> float:
         return 80.0 if self.quick else 150.0
+
+    @property
+    def settle_s(self) -> float:
+        """The end of the run the after-update figure is taken over."""
+        return SETTLE_SHARE * self.post_drift_s
+
+    @property
+    def max_extra_s(self) -> float:
+        """How much longer than ``post_drift_s`` the drift phase may last while the fleet
+        has not settled: on a busy machine a round can take half a minute."""
+        return 100.0 if self.quick else 150.0
 
     @property
     def rate_hz(self) -> float:
@@ -127,6 +138,7 @@ class Demo:
         self.trainer_child: Child | None = None
         self.redis: redis.Redis | None = None
         self.headline = "starting"
+        self.drift_phase_s = 0.0
 
     # -- bring-up ---------------------------------------------------------------
 
@@ -283,26 +295,45 @@ class Demo:
             app.join(timeout=10)
 
     def serve_and_drift(self) -> None:
+        """Serve, drift, and serve until the fleet has settled: at least ``post_drift_s``
+        after the drift, then until every edge serves a version published after it and
+        the metric has recovered, for at most ``max_extra_s`` more."""
         self.start_apps(self.options.rate_hz)
         drift_at = time.monotonic() + self.options.pre_drift_s
         end = drift_at + self.options.post_drift_s
+        last = end + self.options.max_extra_s
         with Live(self._render(), console=self.console, refresh_per_second=2) as live:
-            while (now := time.monotonic()) < end:
+            while (now := time.monotonic()) < end or (now < last and not self._settled()):
                 self._drift_if_due(now, drift_at, end)
                 self._check_children()
                 live.update(self._render())
                 time.sleep(1.0)
+            self.drift_phase_s = time.monotonic() - drift_at
             self.stop_apps()
             self.headline = "draining feedback"
             live.update(self._render())
             self._drain()
             live.update(self._render())
 
+    def _settled(self) -> bool:
+        """Every edge on a post-drift version, and the metric back near its old level."""
+        stale = self.phase.pre_drift_versions
+        versions = [s.version if s else None for s in self.edge_health().values()]
+        if any(v is None or v in stale for v in versions):
+            return False
+        figures = self._figures()
+        return recovered(self.task, figures["metric_pre_drift"], figures["metric_after_update"])
+
+    def _figures(self) -> dict[str, Any]:
+        outcomes = [o for a in self.apps.values() for o in list(a.stats.outcomes)]
+        return phase_metrics(outcomes, self.phase, self.task, self.options.settle_s)
+
     def _drift_if_due(self, now: float, drift_at: float, end: float) -> None:
         if not self.phase.drift and now >= drift_at:
             self.phase.inject_drift(self.published_versions())
         if self.phase.drift:
-            self.headline = f"DRIFT injected ({self.workload.drift_name}): {end - now:.0f}s left"
+            left = f"{end - now:.0f}s left" if now < end else "waiting for the fleet to settle"
+            self.headline = f"DRIFT injected ({self.workload.drift_name}): {left}"
         else:
             self.headline = f"serving before drift: drift in {drift_at - now:.0f}s"
 
@@ -341,7 +372,8 @@ class Demo:
             "versions_published": len(self.published_versions()),
             "pre_drift_versions": sorted(self.phase.pre_drift_versions),
             "edge_versions": {d: (s.version if s else None) for d, s in edges.items()},
-            **phase_metrics([o for a in apps for o in a.outcomes], self.phase, self.task),
+            "drift_phase_s": round(self.drift_phase_s, 1),
+            **self._figures(),
             "predictions": sum(a.requests for a in apps),
             "feedback_sent": sent,
             "feedback_trained": trainer.feedback_accepted,
