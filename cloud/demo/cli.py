@@ -24,7 +24,7 @@ from shared.errors import InputError
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--quick", action="store_true", help="a shorter run (under 3 minutes on 2 cores)"
+        "--quick", action="store_true", help="a shorter run (a few minutes on 2 cores)"
     )
     p.add_argument(
         "--json",

@@ -50,14 +50,14 @@ def write_model(folder: Path, source: str = MODEL_PY, name: str = "my_model.py")
 def regression_arrays(seed: int = 0, n: int = 1500) -> dict[str, np.ndarray]:
     """Windows ``[12, 2]`` of a flow meter and a pressure sensor; the target is the
     line's throughput. Noise dominates what is left after a good fit (the error floor
-    is about 0.8), so a recovered model lands near it before and after the drift.
+    is about 1.2), so a recovered model lands near it before and after the drift.
     The drift: the pressure sensor is replaced by one with another zero and gain."""
     rng = np.random.default_rng(seed)
 
     def windows(offset: float, gain: float) -> tuple[np.ndarray, np.ndarray]:
         flow = rng.uniform(2, 10, (n, 1)) + rng.normal(0, 0.3, (n, 12))
         pressure = rng.uniform(1, 5, (n, 1)) + rng.normal(0, 0.2, (n, 12))
-        y = 1.5 * flow.mean(1) + 2.0 * pressure[:, -1] + rng.normal(0, 1.0, n)
+        y = 1.5 * flow.mean(1) + 2.0 * pressure[:, -1] + rng.normal(0, 1.5, n)
         X = np.stack([flow, pressure * gain + offset], axis=2)
         return X.astype(np.float32), y.astype(np.float32)
 
