@@ -233,7 +233,8 @@ def _feedback_bytes(bench: Bench, daemon: EdgeDaemon, family: Family) -> int:
     )
     daemon.feedback(request_id=daemon.predict(family.X[0]).request_id, **truth)
     assert daemon.uplink.flush(10), "the feedback never reached Redis"
-    ((_, fields),) = bench.client.xrange(stream)
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = bench.client.xrange(stream)  # type: ignore[assignment]
+    ((_, fields),) = entries
     blob = frames_field(fields)
     assert blob is not None and len(frames_of(blob)) == 1
     return len(blob)
