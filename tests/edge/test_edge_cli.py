@@ -179,5 +179,5 @@ def test_the_daemon_serves_until_sigterm_and_stops_cleanly(
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
     assert "Traceback" not in out and "edge pi-cli stopped" in out
-    assert redis_client.xlen(keys.feedback) == 1
+    assert redis_client.xlen(keys.feedback_of("digits")) == 1
     assert json.loads(redis_client.get(keys.device("pi-cli")))["state"] == "stopping"  # type: ignore[arg-type]

@@ -108,10 +108,10 @@ def test_a_uint8_frame_stays_uint8_and_its_feedback_is_about_its_own_size(
     assert recalled is not None and recalled.x.dtype == np.uint8  # never widened to float
     images.feedback(int(image_model.y[7]), request_id=p.request_id)
     assert images.uplink.flush(5)
-    ((event, sample),) = stream_frames(redis_client, keys.feedback)
+    ((event, sample),) = stream_frames(redis_client, keys.feedback_of(image_model.name))
     assert event["x_shape"] == [32, 32, 3] and event["x_dtype"] == "uint8" and "x" not in event
     assert sample == frame.tobytes()
-    ((_, fields),) = redis_client.xrange(keys.feedback)
+    ((_, fields),) = redis_client.xrange(keys.feedback_of(image_model.name))
     on_stream = len(fields[FEEDBACK_FRAMES_FIELD.encode()])
     raw = frame.nbytes  # 3072
     envelope = on_stream - raw  # the event's JSON and the frame's 8-byte header
@@ -144,7 +144,8 @@ def test_a_regressor_answers_outputs_and_learns_from_targets(
     status, body = call("POST", "/v1/feedback?target=1,2", raw=npy_bytes(window), content_type=NPY)
     assert status == 422 and "1 output" in body["detail"]
     assert bearing.uplink.flush(5)
-    joined, posted = (event for event, _ in stream_frames(redis_client, keys.feedback))
+    stream = keys.feedback_of(regression_model.name)
+    joined, posted = (event for event, _ in stream_frames(redis_client, stream))
     assert joined["target"] == [truth] and joined["predicted_outputs"] == p.outputs
     assert "label" not in joined and posted["target"] == [pytest.approx(truth + 1)]
     health = EdgeStatus.model_validate(call("GET", "/v1/health")[1])
@@ -223,7 +224,6 @@ def test_the_trainers_ingest_accepts_what_the_edge_sends(
     assert got.accepted.X.dtype == np.uint8 and np.array_equal(got.accepted.X, frames)
     assert got.accepted.y.tolist() == labels.tolist()
 
-    redis_client.delete(keys.feedback)
     bearing = serving(
         regression_model,
         daemon_factory,
