@@ -72,9 +72,8 @@ def add_feedback(pipe: Any, keys: FleetKeys, lines: Sequence[bytes], batch: int)
 def feedback_stream(keys: FleetKeys, model: str) -> str:
     """The stream an edge sends ``model``'s feedback to: the one place that chooses it.
 
-    The model's own stream, ``FleetKeys.feedback_of(model)``, which its trainers
-    read (cloud/data/ingest.py); they also read the fleet-wide ``FleetKeys.feedback``
-    that edges before streams per model write.
+    The model's own stream, which only its trainers read (cloud/data/ingest.py; they
+    also read the fleet-wide ``FleetKeys.feedback`` that older edges write).
 
     >>> feedback_stream(FleetKeys("lab"), "digits")
     'el:{lab}:feedback:digits'

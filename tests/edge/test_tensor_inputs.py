@@ -144,8 +144,9 @@ def test_a_regressor_answers_outputs_and_learns_from_targets(
     status, body = call("POST", "/v1/feedback?target=1,2", raw=npy_bytes(window), content_type=NPY)
     assert status == 422 and "1 output" in body["detail"]
     assert bearing.uplink.flush(5)
-    stream = keys.feedback_of(regression_model.name)
-    joined, posted = (event for event, _ in stream_frames(redis_client, stream))
+    joined, posted = (
+        event for event, _ in stream_frames(redis_client, keys.feedback_of(regression_model.name))
+    )
     assert joined["target"] == [truth] and joined["predicted_outputs"] == p.outputs
     assert "label" not in joined and posted["target"] == [pytest.approx(truth + 1)]
     health = EdgeStatus.model_validate(call("GET", "/v1/health")[1])
@@ -157,11 +158,7 @@ def test_a_regressor_answers_outputs_and_learns_from_targets(
     ("make_body", "status", "message"),
     [
         (lambda X: npy_bytes(X[0][:, :, 0]), 422, "[32, 32, 3]"),  # a grey frame
-        (
-            lambda X: npy_bytes(X[0].astype(np.float32) + 0.5),
-            422,
-            "whole numbers 0..255 for a [32, 32, 3]",
-        ),
+        (lambda X: npy_bytes(X[0].astype(np.float32) + 0.5), 422, "0..255 for a [32, 32, 3]"),
         (
             lambda X: npy_bytes(np.full((32, 32, 3), np.nan, np.float32)),
             422,
@@ -232,6 +229,7 @@ def test_the_trainers_ingest_accepts_what_the_edge_sends(
     assert got.accepted.X.dtype == np.uint8 and np.array_equal(got.accepted.X, frames)
     assert got.accepted.y.tolist() == labels.tolist()
 
+    redis_client.delete(keys.feedback_of(image_model.name))
     bearing = serving(
         regression_model,
         daemon_factory,
