@@ -158,8 +158,12 @@ def test_a_regressor_answers_outputs_and_learns_from_targets(
     ("make_body", "status", "message"),
     [
         (lambda X: npy_bytes(X[0][:, :, 0]), 422, "[32, 32, 3]"),  # a grey frame
-        (lambda X: npy_bytes(X[0].astype(np.float32) + 0.5), 422, "whole numbers"),
-        (lambda X: npy_bytes(np.full((32, 32, 3), np.nan, np.float32)), 422, "whole numbers"),
+        (lambda X: npy_bytes(X[0].astype(np.float32) + 0.5), 422, "0..255 for a [32, 32, 3]"),
+        (
+            lambda X: npy_bytes(np.full((32, 32, 3), np.nan, np.float32)),
+            422,
+            "0..255 for a [32, 32, 3]",
+        ),
         (lambda X: pickled_npy(), 422, "npy"),  # reading it would unpickle
         (lambda X: b"\x93NUMPY garbage", 422, "npy"),
         (lambda X: npy_bytes(X[:2].reshape(2, 3, 32, 32)), 422, "[32, 32, 3]"),
@@ -189,7 +193,7 @@ def test_nan_in_a_window_is_refused(
     window = np.zeros((32, 4), np.float32)
     window[3, 1] = np.nan
     got, answer = call("POST", "/v1/predict", raw=npy_bytes(window), content_type=NPY)
-    assert got == 422 and "finite" in answer["detail"]
+    assert got == 422 and "finite" in answer["detail"] and "[32, 4]" in answer["detail"]
     got, answer = call("POST", "/v1/predict", raw=npy_bytes(window[:, :3]), content_type=NPY)
     assert got == 422 and "[32, 4]" in answer["detail"]
 
