@@ -34,7 +34,7 @@ import numpy.typing as npt
 
 if TYPE_CHECKING:
     from cloud.data.datasets import Dataset
-    from cloud.export.budgeted import BudgetOptions
+    from cloud.export.budgeted import BudgetOptions, Child
     from cloud.export.exporter import ExportResult
     from cloud.learning.models import TaskModel
 
@@ -260,6 +260,8 @@ class FamilyResult:
     metric_budgeted: float = 0.0
     metric_unconstrained: float = 0.0
     seconds: float = 0.0
+    base: bytes = field(default=b"", repr=False)  # what the last budgeted child was made from
+    child: Child | None = field(default=None, repr=False)  # the last budgeted child, if any
 
     @property
     def full_bytes(self) -> int:
@@ -304,15 +306,21 @@ class FamilyResult:
 
 
 def budget_options(sizes: Sizes) -> BudgetOptions:
-    """The trainer's defaults (``TrainerSettings.budget_options``), with the sizes' refit."""
+    """The trainer's defaults (``TrainerSettings``), with the sizes' refit and budget."""
+    from cloud.export.budgeted import BudgetOptions
     from cloud.trainer.settings import TrainerSettings
 
-    opts = TrainerSettings().budget_options()
-    return replace(
-        opts,
-        refit_epochs=sizes.refit_epochs,
-        select_factor=sizes.select_factor,
+    default = {name: f.default for name, f in TrainerSettings.model_fields.items()}
+    return BudgetOptions(
+        budget_bytes=None,
         budget_fraction=sizes.budget_fraction,
+        clip_tolerance=default["update_clip_tolerance"],
+        activation_tolerance=default["update_activation_tolerance"],
+        refit_epochs=sizes.refit_epochs,
+        refit_lr=default["refit_lr"],
+        min_agreement=default["min_int8_agreement"],
+        levels=tuple(default["update_delta_levels"]),
+        select_factor=sizes.select_factor,
     )
 
 
@@ -347,11 +355,13 @@ def run_family(parent: Parent, opts: BudgetOptions | None = None) -> FamilyResul
             update = BudgetedUpdate(previous, FineTuned(shadow, wanted, X, y, hp), calibration, opts)
             child = update.child()
             content, shadow = child.exported.content, child.model
+            result.base, result.child = previous, child
             scales, reason = str(child.details["scales"]), None
             budget: int | None = update.budget
         except FrozenScalesDoNotFit as e:  # as the trainer does: a fresh export
             logger.warning("%s round %d re-calibrates: %s", parent.family, r + 1, e)
             content, shadow = export_int8(wanted, *calibration).content, wanted
+            result.child = None
             scales, reason, budget = "recalibrated", e.reason, None
         result.rounds.append(_row(previous, content, unconstrained_content, scales, reason, budget))
         previous = content

@@ -30,6 +30,7 @@ grid: ``LayoutMismatch``, and the round re-calibrates.
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -292,16 +293,32 @@ def _batch_norms(model: nn.Module) -> list[_Norm]:
 
 
 def _norm_of(weight: Placement, norms: list[_Norm]) -> _Norm | None:
-    """The batch norm folded into this layer: the one whose factor is the weight's."""
+    """The batch norm folded into this layer: the one whose factor is the weight's, or
+    proportional to it (a constant input scaling folded in too) when the converter's
+    tensor name says that norm was fused there."""
     if weight.factor is None:
         return None
-    found = [
-        n
-        for n in norms
-        if n.factor.shape == weight.factor.shape
-        and np.allclose(n.factor, weight.factor, rtol=_RTOL * 10)
-    ]
+    exact, scaled = [], []
+    for n in norms:
+        if n.factor.shape != weight.factor.shape or np.any(n.factor == 0):
+            continue
+        ratio = weight.factor / n.factor
+        if not np.allclose(ratio, ratio.mean(), rtol=_RTOL * 10):
+            continue
+        if np.isclose(ratio.mean(), 1.0, rtol=_RTOL * 10):
+            exact.append(n)
+        elif _mentions(weight.tensor, n):
+            scaled.append(n)
+    found = exact or scaled
+    if len(found) > 1:
+        found = [n for n in found if _mentions(weight.tensor, n)]
     return found[0] if len(found) == 1 else None
+
+
+def _mentions(tensor: str, norm: _Norm) -> bool:
+    """Whether the converter named the tensor after the norm (``...BatchNorm2d_bn1;``)."""
+    leaf = norm.prefix.rstrip(".").rsplit(".", 1)[-1]
+    return re.search(rf"BatchNorm\w*_{re.escape(leaf)}(;|$)", tensor) is not None
 
 
 def _bias_placement(
