@@ -3,7 +3,8 @@
 For each family (``cloud.learning.zoo``) on data of its kind, with a drift of
 its own (digits: rotated 90 degrees; the table: columns mirrored and rotated;
 ``examples/vibration``: a speed change and a re-mounted sensor; ``examples/images``:
-a failed lamp; a regression table whose sensor ages), a parent is trained on
+a failed lamp; ``examples/regression``, bearing temperatures: summer and a
+clogged fan), a parent is trained on
 the seed data and exported, then a few **rounds** each fine-tune on a new chunk
 of drifted data (with as much seed data replayed) twice over:
 
@@ -79,8 +80,7 @@ TINY = Sizes(
     refit_epochs=2,
     select_factor=2,
 )
-#: Fewer, larger windows in the 1-D family's runs: its convolutions over 256 samples
-#: train slowest.
+#: Fewer windows in the 1-D family's runs: its convolutions over 256 samples train slowest.
 _SAMPLE_SHARE = {"cnn1d": 0.5}
 
 
@@ -112,15 +112,7 @@ def family_data(family: str, sizes: Sizes, seed: int = 0) -> Drifting:
         return Drifting(
             parts.seed_train, parts.seed_holdout, drift("tabular")(parts.stream.X), parts.stream.y
         )
-    if family == "regression_mlp":
-        parts = split(_readings(n, seed), seed)
-        return Drifting(
-            parts.seed_train,
-            parts.seed_holdout,
-            _age_sensors(parts.stream.X),
-            parts.stream.y,
-        )
-    example = {"cnn1d": "vibration", "dwcnn": "images"}.get(family)
+    example = {"cnn1d": "vibration", "dwcnn": "images", "regression_mlp": "regression"}.get(family)
     if example is None:
         raise ValueError(f"no data for family {family!r}; families: {', '.join(FAMILIES)}")
     ds = _example(example, n, seed)
@@ -141,30 +133,6 @@ def _table(n: int, seed: int) -> Dataset:
     )
     X = X * [1, 10, 100, 1, 1, 1] + [0, 50, -300, 0, 0, 0]
     return _dataset(checked(Arrays("table", "table", X.astype(np.float32), y, list("xyz")), None))
-
-
-def _readings(n: int, seed: int) -> Dataset:
-    """A regression table: eight sensor readings -> two outputs (a load and a temperature)."""
-    from cloud.data.sources import Arrays
-    from cloud.data.truths import checked
-
-    rng = np.random.default_rng(seed)
-    X = rng.normal(0, 1, (n, 8)) * [1, 2, 5, 1, 1, 3, 1, 1] + [0, 20, 50, 0, 0, 10, 0, 0]
-    z = (X - X.mean(0)) / X.std(0)
-    y = np.stack(
-        [z[:, 0] + 0.5 * z[:, 1] - 0.3 * z[:, 2] ** 2, 40 + 5 * np.tanh(z[:, 3] + z[:, 4])], 1
-    ) + rng.normal(0, 0.05, (n, 2))
-    arrays = Arrays("readings", "readings", X.astype(np.float32), y.astype(np.float32))
-    return _dataset(checked(replace(arrays, outputs=["load", "temp_c"]), "regression"))
-
-
-def _age_sensors(X: npt.NDArray[Any]) -> npt.NDArray[Any]:
-    """Sensor ageing: every reading drifts by a third of its column's spread, two gains sag."""
-    X = np.asarray(X, np.float32)
-    out = X + 0.33 * X.std(axis=0)
-    out[:, 1] *= 0.8
-    out[:, 5] *= 0.7
-    return np.asarray(out, np.float32)
 
 
 def _example(example: str, n: int, seed: int) -> Dataset:
