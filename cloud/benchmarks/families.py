@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -63,16 +63,16 @@ class Sizes:
     budget_fraction: float = 0.0233
 
 
-FULL = Sizes(
+FULL_SIZES = Sizes(
     samples=2400, parent_epochs=15, round_samples=300, child_epochs=4, rounds=3, eval_size=400
 )
-QUICK = Sizes(
+QUICK_SIZES = Sizes(
     samples=1200, parent_epochs=10, round_samples=200, child_epochs=3, rounds=1, eval_size=300
 )
 #: What the tests run: the same path on little data and short training.
 TINY = Sizes(
     samples=600,
-    parent_epochs=4,
+    parent_epochs=8,
     round_samples=96,
     child_epochs=2,
     rounds=1,
@@ -80,10 +80,6 @@ TINY = Sizes(
     refit_epochs=2,
     select_factor=2,
 )
-#: Fewer windows in the 1-D family's runs: its convolutions over 256 samples train slowest.
-_SAMPLE_SHARE = {"cnn1d": 0.5}
-
-
 # -- data ------------------------------------------------------------------------------
 
 
@@ -101,7 +97,7 @@ def family_data(family: str, sizes: Sizes, seed: int = 0) -> Drifting:
     """Data of the family's kind with a drift of its own (module docstring)."""
     from cloud.data.datasets import drift, load_dataset, split
 
-    n = max(int(sizes.samples * _SAMPLE_SHARE.get(family, 1.0)), 200)
+    n = sizes.samples
     if family == "digits":
         parts = split(load_dataset("digits"), seed)
         return Drifting(
@@ -320,7 +316,9 @@ def run_family(parent: Parent, opts: BudgetOptions | None = None) -> FamilyResul
         # the first round starts both chains from the parent: one fine-tune serves both
         wanted = free if r == 0 else fine_tune(shadow, X, y, hp).model
         try:
-            update = BudgetedUpdate(previous, FineTuned(shadow, wanted, X, y, hp), calibration, opts)
+            update = BudgetedUpdate(
+                previous, FineTuned(shadow, wanted, X, y, hp), calibration, opts
+            )
             child = update.child()
             content, shadow = child.exported.content, child.model
             result.base, result.child = previous, child

@@ -451,7 +451,9 @@ class BudgetedUpdate:
         plan = plan_update(self.parent, weights, budget, self.curvature, self.opts.levels)
         artifact = TFLiteFile.read(plan.content)
         reference = float_reference(self.float_file, artifact)
-        fresh = TFLiteFile.read(calibrate_int8(reference, self.calibration[0]))
+        fresh = TFLiteFile.read(
+            calibrate_int8(reference, self.calibration[0], self.unconstrained.task)
+        )
         misfits = activation_misfits(artifact, fresh)
         misfit = max(misfits.values(), default=0.0)
         if misfit <= self.opts.activation_tolerance:
@@ -470,4 +472,3 @@ class BudgetedUpdate:
             with_activations_from(TFLiteFile.read(plan.content), fresh, names)
         )
         return artifact, misfit, sorted(names)
-

@@ -169,4 +169,3 @@ def test_a_model_with_folded_norms_gets_a_budgeted_child_and_an_exact_patch(norm
     # the new shadow keeps the user's norms, trainable again in the next round
     shadow_norm = made.model.net.bn1
     assert type(shadow_norm) is nn.BatchNorm2d
-
