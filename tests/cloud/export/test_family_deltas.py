@@ -28,9 +28,10 @@ from shared.delta import HEADER_SIZE, apply_patch, make_patch
 #: bytes (regression_mlp: 705 of 13,480 B). The digits goal (5%) is the benchmark's.
 FAMILY_RATIO = 0.08
 
-#: The families whose runs take longest on a small machine (windows of 256 samples,
-#: images): about a minute each.
-SLOW = {"cnn1d", "dwcnn"}
+#: The families whose runs take a minute or more on a small machine (the digits data
+#: set is not cut down; windows of 256 samples; images); test_budgeted.py covers the
+#: digits CNN's budgeted path in the fast tests.
+SLOW = {"digits", "cnn1d", "dwcnn"}
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +62,8 @@ def test_every_family_gets_a_small_exact_patch_with_int8_numerics(family, family
     budget = child.details["budget_bytes"]
     assert 0 < child.details["weight_bytes_changed"] <= 2 * budget
     assert figures["delta_ratio"] <= FAMILY_RATIO, figures
-    assert figures["patch_bytes"] <= HEADER_SIZE + 2 * child.details["bytes_changed"]
+    # the patch carries the changed bytes only: a few bytes each, and a zstd frame
+    assert figures["patch_bytes"] <= HEADER_SIZE + 64 + 3 * child.details["bytes_changed"]
     # the edge's patch code rebuilds the child byte for byte
     patch = make_patch(result.base, child.exported.content)
     rebuilt = apply_patch(result.base, patch, max_size=len(child.exported.content))
