@@ -125,7 +125,12 @@ def _table(n: int, seed: int) -> Dataset:
     from cloud.data.truths import checked
 
     X, y = make_classification(
-        n_samples=n, n_features=6, n_informative=4, n_classes=3, random_state=seed
+        n_samples=n,
+        n_features=6,
+        n_informative=4,
+        n_classes=3,
+        class_sep=2.0,
+        random_state=seed,
     )
     X = X * [1, 10, 100, 1, 1, 1] + [0, 50, -300, 0, 0, 0]
     return _dataset(checked(Arrays("table", "table", X.astype(np.float32), y, list("xyz")), None))
@@ -224,6 +229,7 @@ class FamilyResult:
     metric_budgeted: float = 0.0
     metric_unconstrained: float = 0.0
     seconds: float = 0.0
+    min_agreement: float = 1.0  # the lowest int8 vs torch agreement of a fresh export
     base: bytes = field(default=b"", repr=False)  # what the last budgeted child was made from
     child: Child | None = field(default=None, repr=False)  # the last budgeted child, if any
 
@@ -265,6 +271,7 @@ class FamilyResult:
             "metric_unconstrained": round(self.metric_unconstrained, 4),
             "gap": self.gap,
             "gap_unit": "points" if self.metric == "accuracy" else "target units",
+            "min_export_agreement": round(self.min_agreement, 4),
             "seconds": round(self.seconds, 1),
         }
 
@@ -292,7 +299,7 @@ def run_family(parent: Parent, opts: BudgetOptions | None = None) -> FamilyResul
     """The parent's rounds, budgeted and unconstrained (module docstring)."""
     from cloud.export.artifact import Artifact
     from cloud.export.budgeted import BudgetedUpdate, FineTuned, FrozenScalesDoNotFit
-    from cloud.export.exporter import export_int8
+    from cloud.export.exporter import NumericCheckError
     from cloud.learning.training import Hyperparameters, fine_tune
 
     start = time.perf_counter()
@@ -312,7 +319,7 @@ def run_family(parent: Parent, opts: BudgetOptions | None = None) -> FamilyResul
         hp = Hyperparameters(sizes.child_epochs, 64, 1e-3, parent.seed + 1 + r)
         calibration = (X[:200], data.holdout.X[:32])
         free = fine_tune(free, X, y, hp).model
-        unconstrained_content = export_int8(free, *calibration).content
+        unconstrained_content = _export(free, calibration, result)
         # the first round starts both chains from the parent: one fine-tune serves both
         wanted = free if r == 0 else fine_tune(shadow, X, y, hp).model
         try:
@@ -324,11 +331,12 @@ def run_family(parent: Parent, opts: BudgetOptions | None = None) -> FamilyResul
             result.base, result.child = previous, child
             scales, reason = str(child.details["scales"]), None
             budget: int | None = update.budget
-        except FrozenScalesDoNotFit as e:  # as the trainer does: a fresh export
+        except (FrozenScalesDoNotFit, NumericCheckError) as e:  # as the trainer: a fresh export
             logger.warning("%s round %d re-calibrates: %s", parent.family, r + 1, e)
-            content, shadow = export_int8(wanted, *calibration).content, wanted
+            content, shadow = _export(wanted, calibration, result), wanted
             result.child = None
-            scales, reason, budget = "recalibrated", e.reason, None
+            scales, budget = "recalibrated", None
+            reason = e.reason if isinstance(e, FrozenScalesDoNotFit) else "numeric check"
         result.rounds.append(_row(previous, content, unconstrained_content, scales, reason, budget))
         previous = content
     result.metric_budgeted = task.score(Artifact(previous).answers(X_eval), y_eval)
@@ -337,6 +345,24 @@ def run_family(parent: Parent, opts: BudgetOptions | None = None) -> FamilyResul
     )
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _export(
+    model: TaskModel, calibration: tuple[npt.NDArray[Any], npt.NDArray[Any]], into: FamilyResult
+) -> bytes:
+    """A fresh int8 export. A model that has barely begun to learn a drift answers with
+    near-tied classes, whose argmax flips in int8 below the trainer's 95% agreement
+    (its round would not publish); the run measures its bytes anyway and reports the
+    lowest agreement it let through."""
+    from cloud.export.exporter import NumericCheckError, export_int8
+
+    try:
+        exported = export_int8(model, *calibration)
+    except NumericCheckError as e:
+        logger.warning("%s: %s; measured anyway", into.family, e)
+        exported = export_int8(model, *calibration, min_agreement=0.0)
+    into.min_agreement = min(into.min_agreement, exported.agreement)
+    return exported.content
 
 
 def _rows(n: int, sizes: Sizes, seed: int) -> tuple[npt.NDArray[np.intp], list[Any]]:
