@@ -23,9 +23,7 @@ from shared.errors import InputError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--quick", action="store_true", help="a shorter run (a few minutes on 2 cores)"
-    )
+    p.add_argument("--quick", action="store_true", help="a shorter run (a few minutes on 2 cores)")
     p.add_argument(
         "--json",
         action="store_true",

@@ -171,11 +171,13 @@ def test_inputs_are_converted_or_refused_with_a_message() -> None:
     assert chain.predict(X.tolist()).label == expected
     assert chain.predict(X.astype(np.float64)).label == expected
     assert chain.predict(X.reshape(1, 64).copy()).label == expected
-    assert chain.predict(X.reshape(8, 8).copy()).label == expected  # 64 numbers, read in order
-    for bad in (X[:63].copy(), X.reshape(8, 8)[:, :4].copy(), ["a"] * 64, [], np.float32(3.0)):
-        with pytest.raises(InputError, match="features"):
+    bad_inputs = (X[:63].copy(), X.reshape(8, 8).copy(), ["a"] * 64, [], np.float32(3.0))
+    for bad in bad_inputs:  # 8x8 holds 64 numbers but is not the model's input shape
+        with pytest.raises(InputError, match=r"\[64\]|numbers"):
             chain.predict(bad)  # type: ignore[arg-type]
-    assert chain.predictions == 5  # refused inputs are not counted
+    with pytest.raises(InputError, match="predict_batch"):
+        chain.predict(np.stack([X, X]))
+    assert chain.predictions == 4  # refused inputs are not counted
 
 
 def test_a_baseline_of_another_shape_is_left_out_of_the_chain() -> None:
