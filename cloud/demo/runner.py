@@ -153,7 +153,7 @@ class Demo:
         self.redis = redis.Redis.from_url(redis_url)
         private_key, public_key = write_keypair(self.workdir / "keys")
         self._start_trainer(redis_url, private_key)
-        self._wait("trainer bootstrap: first version", self._first_version, timeout=300)
+        self._wait("trainer bootstrap: first version", self._first_version, timeout=600)
         for i in range(1, self.options.edges + 1):
             self._start_edge(f"edge-{i}", redis_url, public_key)
         self._wait("edges serving", self._edges_serving, timeout=120)
