@@ -69,7 +69,9 @@ STAGES = [StageSpec(name="canary", count=1), StageSpec(name="all", percent=100)]
 def bearing_data() -> dict[str, object]:
     """A ``py:`` dataset: 600 sensor windows [32, 4] and temperatures (examples/regression),
     without the drift."""
-    spec = importlib.util.spec_from_file_location("example_regression", EXAMPLES / "regression" / "data.py")
+    spec = importlib.util.spec_from_file_location(
+        "example_regression", EXAMPLES / "regression" / "data.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -160,9 +162,7 @@ def fleet(redis_client: redis.Redis, redis_url: str, tmp_path: Path) -> Iterator
         **TRAINER,
     }
     trainers = {
-        CLF: Trainer(
-            TrainerSettings(**common, consumer="trainer-digits"), background_rounds=False
-        ),
+        CLF: Trainer(TrainerSettings(**common, consumer="trainer-digits"), background_rounds=False),
         REG: Trainer(
             TrainerSettings(
                 **common,
@@ -268,9 +268,7 @@ def test_an_edge_serves_two_models_with_two_trainers(fleet: TwoModelFleet) -> No
     assert version == 2 and signed.manifest().parent_sha256 == v1[CLF]
     assert f.get(f.keys.target(CLF)) == sha2 and f.get(f.keys.target(REG)) == v1[REG]
     for device in DEVICES:
-        f.until(
-            lambda d=device: f.serving(d, CLF).sha256 == sha2, what=f"{device} on digits v2"
-        )
+        f.until(lambda d=device: f.serving(d, CLF).sha256 == sha2, what=f"{device} on digits v2")
         now = f.serving(device, CLF).counters
         assert now.patches_applied == before[device][CLF].patches_applied + 1
         assert now.full_downloads == before[device][CLF].full_downloads
