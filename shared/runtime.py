@@ -1,9 +1,11 @@
 """The TFLite interpreter wrapper: one loaded model, ready to answer.
 
 ai-edge-litert is preferred; tflite-runtime 2.14 is used when it is what the
-board has. Static int8 models take int8 inputs and give int8 outputs: the
-wrapper quantizes and dequantizes with the tensor's own parameters, so callers
-always pass float features and get float probabilities.
+board has. A model takes samples of its input (``TensorSpec``: any shape, float32
+or uint8; uint8 frames go in as they are) and answers with floats: class
+probabilities or a regressor's outputs (``TaskSpec``). A file with int8 input or
+output is quantized and dequantized with the tensor's own parameters, so callers
+never see int8. ``answers`` takes a batch.
 
 A ``TFLiteModel`` is thread-safe (one lock around set/invoke/get, since a
 TFLite interpreter is not). Hot swap is the caller building a new one off the
