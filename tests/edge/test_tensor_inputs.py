@@ -278,3 +278,30 @@ def _ingest(client: redis.Redis, keys: FleetKeys, model: TensorModel, *cloud: An
     )
     ingest.ensure_group()
     return ingest.poll(block_ms=100)
+
+
+def test_the_guard_judges_a_regressor_by_its_mae_on_the_same_inputs(
+    regression_model: TensorModel, tmp_path: Any
+) -> None:
+    """A new version of a regressor on probation is scored against the previous one
+    on the same labeled windows, in mean absolute error (lower is better)."""
+    from edge.fallback import ServingChain
+    from edge.guard import GuardPolicy, SwapGuard
+    from edge.model_store import ModelStore
+
+    reg = regression_model
+    old = TFLiteModel(reg.content, version=1, input=reg.input, task=reg.task)
+    new = TFLiteModel(reg.content + b"\0" * 8, version=2, input=reg.input, task=reg.task)
+    chain = ServingChain()
+    chain.set_models(current=old, last_known_good=None, baseline=None)
+    guard = SwapGuard(chain, ModelStore(tmp_path), GuardPolicy(min_labeled=4, window_s=60))
+    chain.swap(new)
+    guard.swapped(old, new, back=False)
+    for window, target in zip(reg.X[:4], reg.y[:4], strict=True):
+        recalled = chain.recall(chain.predict(window).request_id)
+        assert recalled is not None and recalled.predicted_outputs is not None
+        guard.observe(recalled, np.atleast_1d(target).astype(float).tolist())
+    assert guard.tick() is False  # the same weights: no worse
+    e = guard.evidence
+    assert e is not None and e.metric == "mae" and e.labeled == 4
+    assert e.new_error == pytest.approx(e.previous_error) and e.new_error > 0
