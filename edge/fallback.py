@@ -465,9 +465,10 @@ class ServingChain:
             raise Unavailable("no model is loaded: the edge cannot serve yet")
         batch, _ = as_batch(x, plan.spec)
         size = len(batch)
-        first = next(self._count)
-        for _ in range(size - 1):  # one request number per sample
-            next(self._count)
+        # One request number per sample, each taken on its own: another thread may
+        # take numbers in between, so a batch's numbers need not be consecutive.
+        count = self._count
+        numbers = [next(count) for _ in range(size)]
         reason = plan.head_reason
         budget = budget_ms or self.budget_ms
         for link in plan.links:
@@ -489,19 +490,11 @@ class ServingChain:
             if reason is not None:
                 self._count_fallback(reason, size)
             labels = outs.argmax(axis=1).tolist()
+            recent, ring = self._recent, self._recent_size
             answers = []
-            for i in range(size):
-                n = first + i
-                self._recent[n % self._recent_size] = (
-                    n,
-                    batch[i],
-                    link,
-                    labels[i],
-                    reason,
-                    ms,
-                    outs[i],
-                )
-                answers.append(Prediction(labels[i], outs[i], link, n, reason, ms))
+            for n, sample, label, out in zip(numbers, batch, labels, outs, strict=True):
+                recent[n % ring] = (n, sample, link, label, reason, ms, out)
+                answers.append(Prediction(label, out, link, n, reason, ms))
             return answers
         with self._stats_lock:
             self.failed_requests += size - 1  # _fail counts one

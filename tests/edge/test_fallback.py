@@ -7,6 +7,7 @@ its invoke. Everything else uses real files.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -260,3 +261,29 @@ def test_a_batch_gets_each_samples_own_answer_and_request_id(data: Any) -> None:
     assert 32 in model._resized  # decided once
     with pytest.raises(InputError, match=rf"\[{model.num_features}\]"):
         chain.predict_batch(np.zeros((2, model.num_features + 1), np.float32))
+
+
+def test_batches_and_single_predictions_from_several_threads_never_share_a_request_id() -> None:
+    chain = chain_of(model(1, 7), recent=100_000)
+    batch = digit_inputs(8, seed=4)
+    ids: list[list[str]] = [[], []]
+
+    def singles() -> None:
+        for _ in range(400):
+            ids[0].append(chain.predict(X.copy()).request_id)
+
+    def batches() -> None:
+        for _ in range(50):
+            got = chain.predict_batch(batch)
+            ids[1].extend(p.request_id for p in got)
+            recalled = [chain.recall(p.request_id) for p in got]
+            assert all(r is not None for r in recalled)
+            assert np.array_equal(np.stack([r.x for r in recalled if r is not None]), batch)
+
+    threads = [threading.Thread(target=singles), threading.Thread(target=batches)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    everything = ids[0] + ids[1]
+    assert len(everything) == 800 and len(set(everything)) == 800
