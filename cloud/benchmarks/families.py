@@ -190,15 +190,17 @@ class Parent:
         return self.data.seed.X[:200], self.data.holdout.X[:32]
 
 
-def train_parent(family: str, sizes: Sizes, seed: int = 0) -> Parent:
+def train_parent(family: str, sizes: Sizes, seed: int = 0, model: str | None = None) -> Parent:
+    """The family's parent, trained on its data's seed split; ``model`` (a zoo name or
+    an import spec such as ``path/to/file.py:build``) trains another model on that data."""
     from cloud.export.exporter import export_int8
     from cloud.learning.training import Hyperparameters, bootstrap
 
     data = family_data(family, sizes, seed)
     hp = Hyperparameters(epochs=sizes.parent_epochs, batch_size=64, lr=2e-3, seed=seed)
-    model = bootstrap(data.seed, hp, spec=family).model
-    exported = export_int8(model, data.seed.X[:200], data.holdout.X[:32])
-    return Parent(family, data, model, exported, sizes, seed)
+    trained = bootstrap(data.seed, hp, spec=model or family).model
+    exported = export_int8(trained, data.seed.X[:200], data.holdout.X[:32])
+    return Parent(family, data, trained, exported, sizes, seed)
 
 
 # -- the rounds --------------------------------------------------------------------
