@@ -16,7 +16,7 @@ from bench.report import Result, at_least
 from bench.setup import FLEET, MODEL, Bench, baseline_bytes, digits_inputs
 from cloud.demo.services import python_module
 from edge.daemon import EdgeDaemon
-from shared.keys import FEEDBACK_GROUP
+from shared.keys import FEEDBACK_GROUP, FleetKeys, legacy_feedback_group
 from shared.messages import FeedbackEvent
 
 
@@ -45,15 +45,20 @@ def redis_benchmark_xadd(bench: Bench, payload: bytes, n: int) -> float:
     return float(match[-1])
 
 
-def _acked(client: redis.Redis, stream: str) -> tuple[int, int]:
-    """(events the trainer accepted, stream entries read but not acked yet). Events,
-    not entries: an edge's stream entry holds a batch of them. The count is exact:
-    it is written in the transaction that acks the entries."""
+def _acked(client: redis.Redis, keys: FleetKeys) -> tuple[int, int]:
+    """(events the trainer accepted, stream entries read but not acked yet) over the
+    model's own stream and the fleet-wide one (where edges before streams per model
+    write). Events, not entries: an edge's stream entry holds a batch of them. The
+    count is exact: it is written in the transaction that acks the entries."""
     accepted = trainer_data(client, FLEET, MODEL).stats()["accepted"]
-    for group in client.xinfo_groups(stream):
-        if group["name"].decode() == FEEDBACK_GROUP:
-            return accepted, int(group["pending"])
-    return accepted, 0
+    pending = 0
+    for stream, group in (
+        (keys.feedback_of(MODEL), FEEDBACK_GROUP),
+        (keys.feedback, legacy_feedback_group(MODEL)),
+    ):
+        if client.exists(stream):
+            pending += int(client.xpending(stream, group)["pending"])
+    return accepted, pending
 
 
 def run(bench: Bench, quick: bool) -> Result:
@@ -76,7 +81,7 @@ def run(bench: Bench, quick: bool) -> Result:
     worker = bench.group.spawn(
         "ingest", python_module("bench.ingest_worker", bench.redis_url, FLEET, MODEL)
     )
-    stream = bench.keys.feedback
+    stream = bench.keys.feedback_of(MODEL)  # the ingest makes its streams and groups
     deadline = time.monotonic() + 30
     while not bench.client.exists(stream) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -87,13 +92,13 @@ def run(bench: Bench, quick: bool) -> Result:
         submitted = time.perf_counter() - t0
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            accepted, pending = _acked(bench.client, stream)
+            accepted, pending = _acked(bench.client, bench.keys)
             if accepted >= n and pending == 0:
                 break
             time.sleep(0.005)
         elapsed = time.perf_counter() - t0
     bench.group.stop(worker)
-    accepted, pending = _acked(bench.client, stream)
+    accepted, pending = _acked(bench.client, bench.keys)
     result = at_least(
         "feedback edge->trainer ack vs redis-benchmark XADD",
         n / elapsed,

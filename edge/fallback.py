@@ -39,9 +39,11 @@ from time import perf_counter
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from shared.errors import InputError, Unavailable
 from shared.runtime import FloatArray, TFLiteModel
+from shared.tensors import TensorSpec, as_batch
 
 ABSENT = "absent"
 INVOKE_ERROR = "invoke_error"
@@ -59,28 +61,50 @@ _ndarray = np.ndarray
 class Prediction:
     """One answer. ``fallback`` is true when a link other than the current model answered.
 
-    What follows from the link that answered (the model's version and sha256)
-    or from the request number (the request id) is read on demand: building it
-    for every request cost a fifth of the chain's overhead.
+    A classifier's answer is ``label`` and ``probabilities``; a regressor's is
+    ``outputs`` (named by ``output_names``), and its ``label`` and
+    ``probabilities`` are None. What follows from the link that answered (the
+    task, the model's version and sha256) or from the request number (the
+    request id) is read on demand: building it for every request cost a fifth of
+    the chain's overhead.
     """
 
-    __slots__ = ("_link", "_number", "fallback_reason", "label", "latency_ms", "probabilities")
+    __slots__ = ("_label", "_link", "_number", "_out", "fallback_reason", "latency_ms")
 
     def __init__(
         self,
         label: int,
-        probabilities: FloatArray,
+        out: FloatArray,
         link: _Link,
         number: int,
         fallback_reason: str | None,
         latency_ms: float,
     ) -> None:
-        self.label = label
-        self.probabilities = probabilities
+        self._label = label
+        self._out = out
         self._link = link
         self._number = number
         self.fallback_reason = fallback_reason
         self.latency_ms = latency_ms
+
+    @property
+    def label(self) -> int | None:
+        """The class (argmax of the probabilities); None for a regressor."""
+        return self._label if self._link.classifies else None
+
+    @property
+    def probabilities(self) -> FloatArray | None:
+        return self._out if self._link.classifies else None
+
+    @property
+    def outputs(self) -> FloatArray | None:
+        """A regressor's outputs; None for a classifier."""
+        return None if self._link.classifies else self._out
+
+    @property
+    def output_names(self) -> list[str]:
+        task = self._link.model.task
+        return list(task.outputs) if task is not None else []
 
     @property
     def model_version(self) -> int | None:
@@ -108,14 +132,16 @@ class Prediction:
 
 @dataclass(slots=True, frozen=True)
 class RecentInput:
-    """What a feedback join needs about an earlier prediction."""
+    """What a feedback join needs about an earlier prediction: the sample (in the
+    input's shape and dtype) and the answer (a class, or a regressor's outputs)."""
 
-    x: FloatArray
-    predicted: int
+    x: npt.NDArray[Any]
+    predicted: int | None
     model_version: int | None
     model_sha256: str | None
-    num_classes: int
+    num_classes: int  # the answer's width: classes, or a regressor's outputs
     fallback: bool
+    predicted_outputs: list[float] | None = None
 
 
 class _Link:
@@ -123,8 +149,10 @@ class _Link:
     travels with the model when it moves from current to last-known-good."""
 
     __slots__ = (
+        "classifies",
         "est_ms",
         "id_prefix",
+        "input",
         "model",
         "num_classes",
         "num_features",
@@ -137,32 +165,66 @@ class _Link:
     def __init__(self, model: TFLiteModel, id_prefix: str) -> None:
         self.model = model
         self.id_prefix = id_prefix  # of the request ids of the chain's answers
-        self.run: Callable[[FloatArray], FloatArray] = model.row_predictor()
+        self.run: Callable[[npt.NDArray[Any]], FloatArray] = model.row_predictor()
         self.version = model.version
         self.sha256 = model.sha256
+        self.input = model.input
+        self.classifies = model.classifies
         self.num_features = model.num_features
-        self.num_classes = model.num_classes
+        self.num_classes = model.width
         self.est_ms = 0.0
         self.skipped = 0
 
+    def fits(self, head: _Link) -> str | None:
+        """Why this link cannot stand in for ``head``, or None when it can."""
+        if self.input != head.input:
+            return f"takes {self.input.describe()}, the current model {head.input.describe()}"
+        if self.classifies != head.classifies or self.num_classes != head.num_classes:
+            return (
+                f"answers {self.num_classes} {'classes' if self.classifies else 'outputs'}, "
+                f"the current model {head.num_classes} "
+                f"{'classes' if head.classifies else 'outputs'}"
+            )
+        return None
 
-#: A recent request: (number, input, link that answered, label, fallback reason, latency ms).
-_Recent = tuple[int, FloatArray, _Link, int, str | None, float]
+
+#: A recent request: (number, input, link that answered, label, fallback reason, latency
+#: ms, answer).
+_Recent = tuple[int, npt.NDArray[Any], _Link, int, str | None, float, FloatArray]
 
 
 class _Plan:
     """An immutable view of the chain, replaced whole by ``swap``."""
 
-    __slots__ = ("head", "head_reason", "last", "links", "shape", "shape2")
+    __slots__ = (
+        "check_min",
+        "dtype",
+        "head",
+        "head_reason",
+        "last",
+        "links",
+        "ndim2",
+        "one_output",
+        "shape",
+        "shape2",
+        "spec",
+    )
 
     def __init__(self, links: tuple[_Link, ...], head_reason: str | None) -> None:
         self.links = links
         self.head = links[0] if links and head_reason is None else None
         self.last = links[-1] if links else None
         self.head_reason = head_reason
-        f = links[0].num_features if links else 0
-        self.shape = (f,)
-        self.shape2 = (1, f)
+        self.spec: TensorSpec | None = links[0].input if links else None
+        self.shape: tuple[int, ...] = tuple(self.spec.shape) if self.spec else (0,)
+        self.shape2 = (1, *self.shape)
+        self.ndim2 = len(self.shape2)
+        self.dtype = self.spec.np_dtype if self.spec else _F32
+        # argmax catches a NaN or +inf answer (see predict), but not a -inf among
+        # several outputs: only then the minimum is looked at too (a numpy reduction
+        # costs more than the rest of the chain on a small regressor).
+        self.check_min = bool(links) and not links[0].classifies and links[0].num_classes > 1
+        self.one_output = bool(links) and links[0].num_classes == 1
 
 
 class ServingChain:
@@ -195,6 +257,8 @@ class ServingChain:
         self._stats_lock = threading.Lock()
         self.fallback_reasons: dict[str, int] = {}
         self.failed_requests = 0
+        #: Why loaded models are not in the chain (a baseline for another input, say).
+        self.left_out: list[str] = []
 
     # -- the chain ----------------------------------------------------------
 
@@ -226,13 +290,20 @@ class ServingChain:
     def _replan(self) -> None:
         candidates = [x for x in (self._current, self._lkg, self._baseline) if x is not None]
         links: list[_Link] = []
+        left_out: list[str] = []
         for link in candidates:
-            if not links or (
-                link.num_features == links[0].num_features
-                and link.num_classes == links[0].num_classes
-                and all(link.sha256 != other.sha256 for other in links)
-            ):
+            if not links:
                 links.append(link)
+                continue
+            if any(link.sha256 == other.sha256 for other in links):
+                continue
+            # A model for another input or task cannot answer this one's requests.
+            why = link.fits(links[0])
+            if why is None:
+                links.append(link)
+            else:
+                left_out.append(f"{link.model.name} is not a fallback: it {why}")
+        self.left_out = left_out
         self._plan = _Plan(tuple(links), None if self._current else ABSENT)
 
     @property
@@ -258,6 +329,16 @@ class ServingChain:
         return links[0].num_features if links else None
 
     @property
+    def input(self) -> TensorSpec | None:
+        """What one sample must look like: the first serving model's input."""
+        return self._plan.spec
+
+    @property
+    def classifies(self) -> bool | None:
+        links = self._plan.links
+        return links[0].classifies if links else None
+
+    @property
     def num_classes(self) -> int | None:
         links = self._plan.links
         return links[0].num_classes if links else None
@@ -265,14 +346,16 @@ class ServingChain:
     # -- the hot path -------------------------------------------------------
 
     def predict(
-        self, x: FloatArray | Sequence[float], budget_ms: float | None = None
+        self, x: npt.NDArray[Any] | Sequence[Any], budget_ms: float | None = None
     ) -> Prediction:
-        """Answer one sample of ``num_features`` floats within ``budget_ms``.
+        """Answer one sample of the model's input within ``budget_ms``.
 
-        ``x`` holds F numbers, as shape (F,) or (1, F) (any shape of F elements
-        is read in order). Raises InputError for a wrong feature count, and
-        Unavailable when no link can answer. ``x`` is copied only when it is not
-        already a float32 array: pass a fresh array, and do not modify it
+        ``x`` is one sample: an array of the input's shape, or of it with a batch
+        axis of 1, or the sample's values in order (a flat list or array); nested
+        lists are copied into an array. Raises InputError for anything else
+        (naming the expected shape; a batch of several samples goes to
+        ``predict_batch``), and Unavailable when no link can answer. An array of
+        the input's dtype is used as it is: pass a fresh one, and do not modify it
         afterwards, since it is kept for a feedback join.
 
         Finite inputs are the caller's business here (the HTTP API refuses NaN
@@ -290,30 +373,32 @@ class ServingChain:
         if head is None or head.est_ms > (budget_ms or self.budget_ms):
             return self._walk(plan, self._checked(x, plan), n, t0, budget_ms)  # type: ignore[arg-type]
         try:
-            # reshape refuses a wrong size and set_tensor a wrong dtype, so a valid
-            # input (F floats, as (F,) or (1, F)) costs no separate check.
-            out = head.run(x if x.ndim == 2 else x.reshape(plan.shape2))  # type: ignore[union-attr]
+            # reshape refuses a wrong size and set_tensor a wrong dtype or shape, so a
+            # valid input costs no separate check.
+            out = head.run(x if x.ndim == plan.ndim2 else x.reshape(plan.shape2))  # type: ignore[union-attr]
         except Exception:  # a bad input, or any runtime fault of this model
             checked = self._checked(x, plan, counted=True)  # InputError for a bad input
             if checked is not x:  # convertible (say, float64): answer the converted copy
                 return self._walk(plan, checked, n, t0, budget_ms)
-            return self._walk(plan, x, n, t0, budget_ms, INVOKE_ERROR)
+            return self._walk(plan, x, n, t0, budget_ms, INVOKE_ERROR)  # type: ignore[arg-type]
         t1 = perf_counter()
-        label = index(out.argmax())  # operator.index: a third cheaper than int() here
+        # operator.index: a third cheaper than int() here. One output (a regressor of
+        # one value) needs no argmax, which costs a fifth of such a small model's invoke.
+        label = 0 if plan.one_output else index(out.argmax())
         # argmax returns the first NaN if there is one, and +inf wins it
         # otherwise, so checking the winner sees any non-finite probability.
-        if not isfinite(out.item(label)):
+        if not isfinite(out.item(label)) or (plan.check_min and not isfinite(out.min())):
             self._check_finite_input(x)  # type: ignore[arg-type]
             return self._walk(plan, x, n, t0, budget_ms, NOT_FINITE)  # type: ignore[arg-type]
         ms = (t1 - t0) * 1000.0
         head.est_ms += (ms - head.est_ms) * EWMA
-        self._recent[n % self._recent_size] = (n, x, head, label, None, ms)  # type: ignore[assignment]
+        self._recent[n % self._recent_size] = (n, x, head, label, None, ms, out)  # type: ignore[assignment]
         return Prediction(label, out, head, n, None, ms)
 
     def _walk(
         self,
         plan: _Plan,
-        x: FloatArray,
+        x: npt.NDArray[Any],
         n: int,
         t0: float,
         budget_ms: float | None,
@@ -346,7 +431,7 @@ class ServingChain:
                 continue
             t1 = perf_counter()
             label = index(out.argmax())
-            if not isfinite(out.item(label)):
+            if not isfinite(out.item(label)) or (plan.check_min and not isfinite(out.min())):
                 self._check_finite_input(x)
                 reason = reason or NOT_FINITE
                 t = t1
@@ -358,30 +443,99 @@ class ServingChain:
             ms = (t1 - t0) * 1000.0
             if reason is not None:
                 self._count_fallback(reason)
-            self._recent[n % self._recent_size] = (n, x, link, label, reason, ms)
+            self._recent[n % self._recent_size] = (n, x, link, label, reason, ms, out)
             return Prediction(label, out, link, n, reason, ms)
         return self._fail(plan, reason)
 
+    def predict_batch(
+        self, x: npt.NDArray[Any] | Sequence[Any], budget_ms: float | None = None
+    ) -> list[Prediction]:
+        """Answer a batch ``[N, *input shape]`` (or one sample): one Prediction per
+        sample, in order, each with its own request id for feedback.
+
+        The whole batch is checked first (shape, dtype, finite values: InputError
+        naming the expected shape) and answered by one link, the first that answers
+        every sample with finite values; ``budget_ms`` is for the whole batch, which
+        a link is expected to take N times its single-sample estimate for. Each
+        answer's ``latency_ms`` is the batch's.
+        """
+        t0 = perf_counter()
+        plan = self._plan
+        if plan.spec is None:
+            raise Unavailable("no model is loaded: the edge cannot serve yet")
+        batch, _ = as_batch(x, plan.spec)
+        size = len(batch)
+        first = next(self._count)
+        for _ in range(size - 1):  # one request number per sample
+            next(self._count)
+        reason = plan.head_reason
+        budget = budget_ms or self.budget_ms
+        for link in plan.links:
+            if (
+                link.est_ms * size > budget - (perf_counter() - t0) * 1000.0
+                and link is not plan.last
+            ):
+                reason = reason or LATENCY_BUDGET
+                continue
+            try:
+                outs = link.model.answers(batch)
+            except Exception:  # any runtime fault of this model: the next link answers
+                reason = reason or INVOKE_ERROR
+                continue
+            if not np.isfinite(outs).all():
+                reason = reason or NOT_FINITE
+                continue
+            ms = (perf_counter() - t0) * 1000.0
+            if reason is not None:
+                self._count_fallback(reason, size)
+            labels = outs.argmax(axis=1).tolist()
+            answers = []
+            for i in range(size):
+                n = first + i
+                self._recent[n % self._recent_size] = (
+                    n,
+                    batch[i],
+                    link,
+                    labels[i],
+                    reason,
+                    ms,
+                    outs[i],
+                )
+                answers.append(Prediction(labels[i], outs[i], link, n, reason, ms))
+            return answers
+        with self._stats_lock:
+            self.failed_requests += size - 1  # _fail counts one
+        return [self._fail(plan, reason)]
+
     # -- the slow paths -----------------------------------------------------
 
-    def _coerce(self, x: Any, plan: _Plan) -> FloatArray:
-        """A float32 copy of ``x`` with shape (F,), or InputError / Unavailable."""
-        if not plan.links:
+    def _coerce(self, x: Any, plan: _Plan) -> npt.NDArray[Any]:
+        """``x`` as a checked copy of one sample in the input's shape and dtype, or
+        InputError / Unavailable."""
+        if plan.spec is None:
             raise Unavailable("no model is loaded: the edge cannot serve yet")
-        try:
-            with np.errstate(over="ignore"):  # out of float32 range: inf, like the model would see
-                arr = np.array(x, dtype=np.float32)  # a copy: the caller may reuse x
-        except (TypeError, ValueError) as e:
-            raise InputError(f"features must be a list of {plan.shape[0]} numbers: {e}") from e
-        if arr.size != plan.shape[0]:
-            got = arr.size if arr.ndim == 1 else f"shape {list(arr.shape)}"
-            raise InputError(f"expected {plan.shape[0]} features, got {got}")
-        return arr.reshape(plan.shape)
+        batch, _ = as_batch(x, plan.spec)
+        if len(batch) != 1:
+            raise InputError(
+                f"x is a batch of {len(batch)} samples of {plan.spec.describe()}; "
+                "predict answers one (predict_batch answers a batch)"
+            )
+        sample: npt.NDArray[Any] = batch[0]
+        # A copy: the sample is kept for a feedback join, and the caller may reuse x.
+        return (
+            sample.copy()
+            if isinstance(x, np.ndarray) and np.may_share_memory(sample, x)
+            else sample
+        )
 
-    def _checked(self, x: FloatArray, plan: _Plan, counted: bool = False) -> FloatArray:
-        """``x`` if it is already F float32 numbers, else a checked copy.
+    def _checked(self, x: npt.NDArray[Any], plan: _Plan, counted: bool = False) -> npt.NDArray[Any]:
+        """``x`` if it is already one sample of the input's dtype, else a checked copy.
         ``counted``: x already took a request number, to be given back."""
-        if x.dtype is _F32 and plan.links and (x.shape == plan.shape or x.shape == plan.shape2):
+        if (
+            x.dtype == plan.dtype
+            and plan.links
+            and (x.shape == plan.shape or x.shape == plan.shape2)
+        ):
             return x
         try:
             return self._coerce(x, plan)
@@ -395,11 +549,11 @@ class ServingChain:
     def _check_finite_input(x: FloatArray) -> None:
         # Only looked at when an output is not finite, so the hot path pays nothing.
         if not np.isfinite(x).all():
-            raise InputError("features must be finite numbers (got NaN or infinity)")
+            raise InputError("x must hold finite numbers (got NaN or infinity)")
 
-    def _count_fallback(self, reason: str) -> None:
+    def _count_fallback(self, reason: str, answers: int = 1) -> None:
         with self._stats_lock:
-            self.fallback_reasons[reason] = self.fallback_reasons.get(reason, 0) + 1
+            self.fallback_reasons[reason] = self.fallback_reasons.get(reason, 0) + answers
 
     def _fail(self, plan: _Plan, reason: str | None) -> Prediction:
         with self._stats_lock:
@@ -424,9 +578,15 @@ class ServingChain:
         entry = self._recent[n % self._recent_size]
         if entry is None or entry[0] != n or request_id != f"{self._prefix}{n}":
             return None  # expired, or not the canonical form of the id (say, "007")
-        _, x, link, label, reason, _ = entry
+        _, x, link, label, reason, _, out = entry
         return RecentInput(
-            x.reshape(-1), label, link.version, link.sha256, link.num_classes, reason is not None
+            x.reshape(link.input.shape),
+            label if link.classifies else None,
+            link.version,
+            link.sha256,
+            link.num_classes,
+            reason is not None,
+            None if link.classifies else out.tolist(),
         )
 
     @property

@@ -10,10 +10,12 @@ the guard compares, on this device:
 - the p99 latency of the requests each version answered (the chain's ring of
   recent requests), over the same minimum; a p99 under ``p99_floor_ms`` is
   never a regression, since sub-millisecond timings are mostly scheduler noise;
-- labeled accuracy, **paired**: each labeled prediction the new version made is
-  also scored by the previous version (still loaded as last-known-good), so both
-  are judged on the same inputs. Accuracy is judged after ``min_labeled`` such
-  pairs. Comparing with the previous version's accuracy before the swap would
+- the task's metric on labeled predictions, **paired**: each labeled prediction
+  the new version made is also scored by the previous version (still loaded as
+  last-known-good), so both are judged on the same inputs: accuracy for a
+  classifier (a drop past ``max_accuracy_drop`` points), the mean absolute error
+  for a regressor (lower is better: a rise past ``max_mae_increase`` of the
+  previous version's). It is judged after ``min_labeled`` such pairs. Comparing with the previous version's accuracy before the swap would
   punish a new version for drift that arrived with it.
 
 Any criterion past its threshold reverts at once: the previous model serves
@@ -35,6 +37,8 @@ feedback threads and only appends to a bounded queue.
 ['accuracy 0.100 vs 0.917 for the previous version on the same 60 labeled inputs']
 >>> judge(GuardPolicy(min_labeled=50), Evidence(labeled=10, new_correct=0, previous_correct=10))
 []
+>>> judge(GuardPolicy(min_labeled=2), Evidence(labeled=2, metric="mae", new_error=3.0, previous_error=2.0))
+['MAE 1.500 vs 1.000 for the previous version on the same 2 labeled inputs']
 """
 
 from __future__ import annotations
@@ -44,12 +48,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from edge.fallback import INVOKE_ERROR, NOT_FINITE, RecentInput, ServingChain
 from edge.model_store import ModelStore
-from shared.runtime import FloatArray, TFLiteModel
+from shared.runtime import TFLiteModel
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +73,7 @@ class GuardPolicy:
     min_predictions: int = 200
     min_labeled: int = 50
     max_accuracy_drop: float = 0.10
+    max_mae_increase: float = 0.25
     max_fallback_increase: float = 0.05
     max_error_increase: float = 0.01
     max_p99_ratio: float = 3.0
@@ -109,6 +116,9 @@ class Evidence:
     labeled: int = 0
     new_correct: int = 0
     previous_correct: int = 0
+    metric: str = "accuracy"  # the task's: accuracy (classifier) or mae (regressor)
+    new_error: float = 0.0  # a regressor's summed absolute errors, per version
+    previous_error: float = 0.0
 
 
 def judge(policy: GuardPolicy, e: Evidence) -> list[str]:
@@ -129,7 +139,14 @@ def judge(policy: GuardPolicy, e: Evidence) -> list[str]:
             and new > policy.max_p99_ratio * old
         ):
             out.append(f"p99 latency {new:.2f} ms vs {old:.2f} ms on the previous version")
-    if e.labeled >= policy.min_labeled:
+    if e.labeled >= policy.min_labeled and e.metric == "mae":
+        mae_new, mae_old = e.new_error / e.labeled, e.previous_error / e.labeled
+        if mae_new - mae_old > policy.max_mae_increase * mae_old:
+            out.append(
+                f"MAE {mae_new:.3f} vs {mae_old:.3f} for the previous version "
+                f"on the same {e.labeled} labeled inputs"
+            )
+    elif e.labeled >= policy.min_labeled:
         acc_new, acc_old = e.new_correct / e.labeled, e.previous_correct / e.labeled
         if acc_old - acc_new > policy.max_accuracy_drop:
             out.append(
@@ -164,7 +181,8 @@ class SwapGuard:
         self._on_revert = on_revert
         self._clock = clock
         self._probation: _Probation | None = None
-        self._pending: deque[tuple[str, FloatArray, int, bool]] = deque(maxlen=PENDING_MAX)
+        #: (sha256, sample, truth, the new version's score: 1/0 right, or |error|)
+        self._pending: deque[tuple[str, npt.NDArray[Any], Any, float]] = deque(maxlen=PENDING_MAX)
         # What the chain's current model has served since it became current.
         self._period_sha: str | None = None
         self._period_start = Traffic()
@@ -186,11 +204,17 @@ class SwapGuard:
 
     # -- called by feedback threads -----------------------------------------
 
-    def observe(self, recalled: RecentInput, label: int) -> None:
-        """A label for a prediction: kept for scoring if the version on probation made it."""
+    def observe(self, recalled: RecentInput, truth: int | list[float]) -> None:
+        """The truth for a prediction (a class, or a regressor's targets): kept for
+        scoring if the version on probation made it."""
         p = self._probation
-        if p is not None and recalled.model_sha256 == p.new.sha256:
-            self._pending.append((p.new.sha256, recalled.x, label, recalled.predicted == label))
+        if p is None or recalled.model_sha256 != p.new.sha256:
+            return
+        if recalled.predicted_outputs is None:
+            score = float(recalled.predicted == truth)
+        else:
+            score = _abs_error(recalled.predicted_outputs, truth)
+        self._pending.append((p.new.sha256, recalled.x, truth, score))
 
     # -- called by the update consumer's thread -----------------------------
 
@@ -253,14 +277,23 @@ class SwapGuard:
                 batch.append(item)
         if not batch:
             return
-        xs = np.stack([x.reshape(-1) for _, x, _, _ in batch])
-        previous = p.previous.predict_proba_batch(xs).argmax(axis=1)
+        answers = p.previous.answers(np.stack([x for _, x, _, _ in batch]))
         e = p.evidence
         e.labeled += len(batch)
-        e.new_correct += sum(ok for *_, ok in batch)
-        e.previous_correct += int(
-            sum(int(a) == y for a, (_, _, y, _) in zip(previous, batch, strict=True))
-        )
+        if p.new.classifies:
+            e.new_correct += int(sum(score for *_, score in batch))
+            e.previous_correct += int(
+                sum(
+                    int(a) == y
+                    for a, (_, _, y, _) in zip(answers.argmax(axis=1), batch, strict=True)
+                )
+            )
+        else:
+            e.metric = "mae"
+            e.new_error += sum(score for *_, score in batch)
+            e.previous_error += sum(
+                _abs_error(a.tolist(), y) for a, (_, _, y, _) in zip(answers, batch, strict=True)
+            )
 
     def _revert(self, p: _Probation, reason: str) -> None:
         message = f"self-reverted {p.new.name} ({p.new.sha256[:12]}) to {p.previous.name}: {reason}"
@@ -281,3 +314,8 @@ class SwapGuard:
         logger.error("guard: %s", message)
         if self._on_revert is not None:
             self._on_revert()
+
+
+def _abs_error(outputs: list[float], targets: Any) -> float:
+    """The mean absolute error of a regressor's outputs against its targets."""
+    return float(np.mean(np.abs(np.asarray(outputs, np.float64) - np.asarray(targets, np.float64))))

@@ -16,7 +16,7 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.codec import DEFAULT_MAX_SIZE
@@ -43,6 +43,10 @@ def _default_state_dir() -> Path:
     return Path.home() / ".local" / "state" / "edgeloop" / "edge"
 
 
+#: Names in state_dir a model's own folder (state_dir/<model>) must not take.
+_STATE_NAMES = frozenset({"models", "spool"})
+
+
 class EdgeSettings(EnvFirstSettings):
     """Everything one edge daemon needs to know."""
 
@@ -51,7 +55,14 @@ class EdgeSettings(EnvFirstSettings):
     # -- identity -----------------------------------------------------------
     device_id: str = Field(default_factory=_default_device_id)
     fleet: str = "default"
-    model: str = Field("digits", description="name of the model this edge serves")
+    model: str = Field(
+        "digits", description="name of the model this edge serves (the first of models)"
+    )
+    models: list[str] = Field(
+        default_factory=list,
+        description="every model this edge serves, the first first (default: [model]). "
+        "The first keeps state_dir itself; each other one state_dir/<model>/",
+    )
     mode: Literal["development", "production"] = "development"
 
     # -- connections and trust ----------------------------------------------
@@ -94,6 +105,12 @@ class EdgeSettings(EnvFirstSettings):
     guard_max_accuracy_drop: float = Field(
         0.10, ge=0, le=1, description="vs the previous version on the same labeled inputs"
     )
+    guard_max_mae_increase: float = Field(
+        0.25,
+        ge=0,
+        description="a regressor: its MAE's rise over the previous version's on the same "
+        "labeled inputs, as a share of it",
+    )
     guard_max_fallback_increase: float = Field(0.05, ge=0, le=1)
     guard_max_error_increase: float = Field(0.01, ge=0, le=1)
     guard_max_p99_ratio: float = Field(3.0, gt=1, description="p99 on new / p99 on previous")
@@ -118,6 +135,31 @@ class EdgeSettings(EnvFirstSettings):
     @classmethod
     def _key_safe(cls, v: str) -> str:
         return check_name("name", v)
+
+    @field_validator("models")
+    @classmethod
+    def _distinct_names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            check_name("model", name)
+            if name in _STATE_NAMES:
+                raise ValueError(f"model name {name!r} is taken by the edge's own state files")
+        if len(set(v)) != len(v):
+            raise ValueError(f"models {v} name a model twice")
+        return v
+
+    @model_validator(mode="after")
+    def _first_model(self) -> EdgeSettings:
+        # ``model`` is the first of ``models``: an edge configured with either works.
+        if not self.models:
+            object.__setattr__(self, "models", [self.model])
+        elif "model" in self.model_fields_set and self.model != self.models[0]:
+            raise ValueError(
+                f"model {self.model!r} is not the first of models {self.models}; "
+                "set one of them (model is the first of models)"
+            )
+        else:
+            object.__setattr__(self, "model", self.models[0])
+        return self
 
     # Each check is on a field (declared after the fields it reads), so that an
     # error names the field to fix.

@@ -1,20 +1,25 @@
 """The feedback spool: events that could not reach Redis yet, on disk, in order.
 
-A directory of segment files, ``<n>.jsonl``, read oldest first. Every append is
-fsync'd, so an event the uplink counted as spooled survives a power cut. A torn
-last line (power cut mid-write) is skipped when read, and a new process never
-appends to an old segment, so a torn line cannot glue itself to the next one.
+A directory of segment files, ``<n>.frames``, read oldest first. A segment holds
+events as the uplink sends them, frames (``shared.feedback_stream.frame``: the
+event's JSON and its sample's raw bytes, each frame saying its own length), one
+after the other. Every append is fsync'd, so an event the uplink counted as
+spooled survives a power cut. A torn last frame (power cut mid-write) is
+skipped when read, and a new process never appends to an old segment, so a torn
+frame cannot glue itself to the next one. Segments of JSON lines (``<n>.jsonl``,
+from edges before frames) are read too, each line turned into a frame.
 
 The total size is bounded: an append beyond ``max_bytes`` writes what fits and
 reports the rest, which the uplink counts as dropped.
 
 >>> import tempfile
+>>> from shared.feedback_stream import frames_of
 >>> spool = Spool(Path(tempfile.mkdtemp()), max_bytes=1 << 20)
->>> spool.append([b'{"a":1}', b'{"a":2}'])
+>>> spool.append([frame(b'{"a":1}', b"xy"), frame(b'{"a":2}', b"z")])
 2
 >>> seg = spool.seal_head()
->>> spool.read(seg)
-[b'{"a":1}', b'{"a":2}']
+>>> [frames_of(f) for f in spool.read(seg)]
+[[(b'{"a":1}', b'xy')], [(b'{"a":2}', b'z')]]
 >>> spool.remove(seg); spool.empty()
 True
 """
@@ -24,7 +29,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from shared.durable import append_durably, remove_durably
+from shared.errors import MessageError
+from shared.feedback_stream import complete_frames, frame
+from shared.messages import FeedbackEvent
+from shared.tensors import to_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +47,8 @@ _FIRST = 10**12
 
 
 class Spool:
-    """Ordered, bounded, fsync'd segments of JSON lines. Not thread-safe by
-    itself: the uplink serialises access with its spool lock."""
+    """Ordered, bounded, fsync'd segments of frames. Not thread-safe by itself: the
+    uplink serialises access with its spool lock."""
 
     def __init__(self, directory: Path, max_bytes: int, segment_bytes: int = SEGMENT_BYTES) -> None:
         self.directory = Path(directory)
@@ -45,11 +56,16 @@ class Spool:
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
         self._segments: dict[int, int] = {}  # number -> bytes
-        for path in self.directory.glob("*.jsonl"):
+        self._legacy: set[int] = set()  # segments of JSON lines
+        for path in [*self.directory.glob("*.frames"), *self.directory.glob("*.jsonl")]:
             try:
-                self._segments[int(path.stem)] = path.stat().st_size
+                n = int(path.stem)
             except ValueError:
                 logger.warning("ignoring stray file %s in the spool", path)
+                continue
+            self._segments[n] = path.stat().st_size
+            if path.suffix == ".jsonl":
+                self._legacy.add(n)
         self._tail: int | None = None  # the segment appends go to; never an old one
         if self._segments:
             logger.info(
@@ -67,36 +83,40 @@ class Spool:
         return not self._segments
 
     def _path(self, n: int) -> Path:
-        return self.directory / f"{n}.jsonl"
+        return self.directory / f"{n}.{'jsonl' if n in self._legacy else 'frames'}"
 
-    def _fit(self, lines: list[bytes]) -> bytes:
+    def _fit(self, frames: list[bytes]) -> tuple[bytes, int]:
         room = self.max_bytes - self.size
-        out, size = [], 0
-        for line in lines:
-            if size + len(line) + 1 > room:
+        size, count = 0, 0
+        for f in frames:
+            if size + len(f) > room:
                 break
-            out.append(line)
-            size += len(line) + 1
-        return b"".join(line + b"\n" for line in out)
+            size += len(f)
+            count += 1
+        return b"".join(frames[:count]), count
 
-    def append(self, lines: list[bytes]) -> int:
-        """Append lines after everything spooled; return how many fitted."""
-        data = self._fit(lines)
-        if not data:
+    def append(self, frames: list[bytes]) -> int:
+        """Append frames after everything spooled; return how many fitted."""
+        data, count = self._fit(frames)
+        if not count:
             return 0
-        if self._tail is None or self._segments.get(self._tail, 0) >= self.segment_bytes:
+        if (
+            self._tail is None
+            or self._tail in self._legacy
+            or self._segments.get(self._tail, 0) >= self.segment_bytes
+        ):
             self._tail = max(self._segments, default=_FIRST - 1) + 1
         self._write(self._tail, data)
-        return data.count(b"\n")
+        return count
 
-    def prepend(self, lines: list[bytes]) -> int:
-        """Write lines before everything spooled (a batch that was in flight while
+    def prepend(self, frames: list[bytes]) -> int:
+        """Write frames before everything spooled (a batch that was in flight while
         newer events were spilled); return how many fitted."""
-        data = self._fit(lines)
-        if not data:
+        data, count = self._fit(frames)
+        if not count:
             return 0
         self._write(min(self._segments, default=_FIRST) - 1, data)
-        return data.count(b"\n")
+        return count
 
     def _write(self, n: int, data: bytes) -> None:
         append_durably(self._path(n), data)
@@ -113,18 +133,46 @@ class Spool:
         return head
 
     def read(self, n: int) -> list[bytes]:
-        """The lines of segment ``n``, without a torn last line."""
+        """The frames of segment ``n``, without a torn last one."""
         raw = self._path(n).read_bytes()
-        lines = raw.split(b"\n")
-        if lines and lines[-1]:
-            logger.warning(
-                "spool segment %s ends in a torn line (%d bytes); skipping it", n, len(lines[-1])
-            )
-        return [line for line in lines[:-1] if line]
+        if n in self._legacy:
+            return _frames_of_lines(n, raw)
+        frames, torn = complete_frames(raw)
+        if torn:
+            logger.warning("spool segment %s ends in a torn frame (%d bytes); skipping it", n, torn)
+        return frames
 
     def remove(self, n: int) -> None:
         """Delete a segment whose lines are safely in Redis."""
         remove_durably(self._path(n))
         self._segments.pop(n, None)
+        self._legacy.discard(n)
         if self._tail == n:
             self._tail = None
+
+
+def _frames_of_lines(n: int, raw: bytes) -> list[bytes]:
+    """The events of a segment of JSON lines (edges before frames) as frames, the
+    sample's values moved from ``x`` to raw float32 bytes; a torn last line and
+    lines that are not events are skipped."""
+    lines = raw.split(b"\n")
+    if lines and lines[-1]:
+        logger.warning(
+            "spool segment %s ends in a torn line (%d bytes); skipping it", n, len(lines[-1])
+        )
+    out = []
+    for line in lines[:-1]:
+        if not line:
+            continue
+        try:
+            event = FeedbackEvent.from_wire(line)
+        except MessageError as e:
+            logger.warning("spool segment %s: dropping an unreadable event (%s)", n, e)
+            continue
+        if event.x is None:
+            out.append(frame(line, b""))
+            continue
+        sample = np.asarray(event.x, np.float32)
+        event = event.model_copy(update={"x": None, "x_shape": [sample.size], "x_dtype": "float32"})
+        out.append(frame(event.to_wire(), to_bytes(sample)))
+    return out

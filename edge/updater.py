@@ -493,16 +493,19 @@ class UpdateConsumer:
             name=f"{manifest.model} v{manifest.version}",
             num_threads=self._policy.num_threads,
             runtime=self._policy.runtime,
+            input=manifest.input,
+            task=manifest.task,
         )
         if not model.heavy_ops_int8():
             raise ModelRejected(
                 f"{model.name} has float compute ops (a float or dynamic-range model); "
                 "edges serve static int8 models only"
             )
-        if model.num_features != manifest.num_features or model.num_classes != len(manifest.labels):
+        task = manifest.task_spec
+        if model.num_features != manifest.num_features or model.width != task.width:
             raise ModelRejected(
-                f"{model.name} maps {model.num_features} features to {model.num_classes} classes; "
-                f"the manifest says {manifest.num_features} to {len(manifest.labels)}"
+                f"{model.name} maps {model.num_features} values to {model.width} answers; "
+                f"the manifest says {manifest.num_features} to {task.width}"
             )
         model.warm_up(self._policy.warmup_invokes)
         model.check_probe(manifest.probe)

@@ -1,10 +1,11 @@
-"""The feedback uplink: labeled samples from this edge to the fleet's feedback stream.
+"""The feedback uplink: labeled samples from this edge to its model's feedback stream.
 
 ``submit`` never waits for the network. A sender thread waits for ``batch``
 events (or what arrived within ``flush_ms``), takes everything queued and XADDs
 it in one command (a script when it makes several entries) as stream entries of
-up to ``batch`` events each, JSON lines in the field ``events``
-(``shared.feedback_stream``). When Redis is unreachable, events go to the
+up to ``batch`` events each, frames in the field ``frames``
+(``shared.feedback_stream``: each event's JSON with its sample as raw bytes, so
+that an image's or a window's event is about the tensor's own size). When Redis is unreachable, events go to the
 on-disk spool instead; while the spool holds anything, new events go there too,
 so that a device's events reach the stream in the order they were made. When
 Redis comes back the spool is sent oldest first and each segment deleted once it
@@ -32,8 +33,8 @@ from pathlib import Path
 from edge.connections import REDIS_ERRORS, FleetMember, describe
 from edge.sequence import SeqCounter
 from edge.spool import Spool
-from shared.feedback_stream import ADD_ENTRIES_SCRIPT, feedback_entries
-from shared.keys import FEEDBACK_BATCH_FIELD
+from shared.feedback_stream import ADD_FRAMES_SCRIPT, feedback_stream, frame, frame_entries
+from shared.keys import FEEDBACK_FRAMES_FIELD
 from shared.messages import FeedbackEvent
 from shared.retry import Backoff
 
@@ -68,8 +69,9 @@ class FeedbackUplink:
     ) -> None:
         policy = policy or UplinkPolicy()
         self._redis = member.connect()
-        self._add_entries = self._redis.register_script(ADD_ENTRIES_SCRIPT)
+        self._add_entries = self._redis.register_script(ADD_FRAMES_SCRIPT)
         self._keys = member.keys
+        self._stream = feedback_stream(member.keys, member.model)
         self._id_prefix = f"{member.device_id}:{epoch}:"
         self._seq = SeqCounter(Path(state_dir) / "feedback.seq", epoch)
         self._spool = Spool(Path(state_dir) / "spool", policy.spool_max_bytes)
@@ -106,10 +108,12 @@ class FeedbackUplink:
         """The idempotency id for the next event: ``<device>:<epoch>:<seq>``."""
         return f"{self._id_prefix}{self._seq.next()}"
 
-    def submit(self, event: FeedbackEvent) -> bool:
-        """Hand ``event`` over; True if it is queued for Redis, False if it went
-        (or will go) to the spool because Redis is down or the queue is full."""
-        line = event.to_wire()
+    def submit(self, event: FeedbackEvent, sample: bytes = b"") -> bool:
+        """Hand ``event`` over with its sample's raw bytes (``x_shape`` and ``x_dtype``
+        say how to read them; none when the event carries ``x``); True if it is
+        queued for Redis, False if it went (or will go) to the spool because Redis
+        is down or the queue is full."""
+        line = frame(event.to_wire(), sample)
         with self._cond:
             if not self._closed and len(self._queue) < self._queue_max:
                 self._queue.append(line)
@@ -286,11 +290,11 @@ class FeedbackUplink:
         # added, newer events first. Several entries take the script, which costs
         # Redis more per event than plain XADDs (its arguments are copied into
         # Lua and back), so one entry is a plain XADD.
-        entries = feedback_entries(lines, self._batch)
+        entries = frame_entries(lines, self._batch)
         if len(entries) == 1:
-            self._redis.xadd(self._keys.feedback, {FEEDBACK_BATCH_FIELD: entries[0]})
+            self._redis.xadd(self._stream, {FEEDBACK_FRAMES_FIELD: entries[0]})
         else:
-            self._add_entries(keys=[self._keys.feedback], args=entries)
+            self._add_entries(keys=[self._stream], args=entries)
 
     def _write_spool(self, lines: list[bytes], front: bool = False) -> None:
         """Append (or prepend) to the spool, counting what did not fit. Caller holds _spool_lock."""

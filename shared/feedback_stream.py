@@ -1,11 +1,15 @@
 """Feedback stream entries: the one writer, used by the edge's uplink and by the
 API for edges that send feedback over HTTP, and its reader, the trainer's ingest.
 
-An entry holds up to ``batch`` events, one ``FeedbackEvent`` JSON document per
-line in the field ``events`` (``FEEDBACK_BATCH_FIELD``): Redis stores, reads,
-acks and logs to its AOF one entry instead of hundreds, several times cheaper
-per event for Redis and for both ends. Compact JSON has no raw newline, so the
-lines split back unambiguously. An entry may also carry a single event in the
+An entry holds up to ``batch`` events: Redis stores, reads, acks and logs to its
+AOF one entry instead of hundreds, several times cheaper per event for Redis and
+for both ends. Edges send **frames** in the field ``frames``
+(``FEEDBACK_FRAMES_FIELD``; ``frame``, ``frame_entries``): each event's JSON
+with its sample as raw bytes after it, so that an event for an image or a
+window is about the tensor's own size. An entry may instead hold one
+``FeedbackEvent`` JSON document per line in the field ``events``
+(``FEEDBACK_BATCH_FIELD``; the REST relay, edges before frames; compact JSON has
+no raw newline, so the lines split back unambiguously), or a single event in the
 field ``data`` (edges before batched entries, tools).
 
 Redis checks each command of a pipeline on its own: one sent as Redis finishes
@@ -65,6 +69,18 @@ def add_feedback(pipe: Any, keys: FleetKeys, lines: Sequence[bytes], batch: int)
         pipe.xadd(keys.feedback, {FEEDBACK_BATCH_FIELD: entry})
 
 
+def feedback_stream(keys: FleetKeys, model: str) -> str:
+    """The stream an edge sends ``model``'s feedback to: the one place that chooses it.
+
+    The model's own stream, which only its trainers read (cloud/data/ingest.py; they
+    also read the fleet-wide ``FleetKeys.feedback`` that older edges write).
+
+    >>> feedback_stream(FleetKeys("lab"), "digits")
+    'el:{lab}:feedback:digits'
+    """
+    return keys.feedback_of(model)
+
+
 def events_of(fields: Mapping[bytes, bytes]) -> list[bytes] | None:
     """The JSON events of a stream entry (``events`` or ``data``), or None if it has
     none (it may carry ``frames`` instead: ``frames_field``)."""
@@ -110,6 +126,40 @@ def frames_of(blob: bytes) -> list[tuple[bytes, bytes]]:
         out.append((blob[start : start + json_len], blob[start + json_len : stop]))
         at = stop
     return out
+
+
+#: XADD each argument as the frames of one entry of the stream KEYS[1], in order.
+ADD_FRAMES_SCRIPT = ADD_ENTRIES_SCRIPT.replace(
+    f"'{FEEDBACK_BATCH_FIELD}'", f"'{FEEDBACK_FRAMES_FIELD}'"
+)
+
+
+def frame_entries(frames: Sequence[bytes], batch: int) -> list[bytes]:
+    """The ``frames`` values of the entries that hold ``frames``, ``batch`` an entry.
+
+    >>> [frames_of(e) for e in frame_entries([frame(b"{}", b"a"), frame(b"{}", b"b")], 1)]
+    [[(b'{}', b'a')], [(b'{}', b'b')]]
+    """
+    return [b"".join(frames[i : i + batch]) for i in range(0, len(frames), batch)]
+
+
+def complete_frames(blob: bytes) -> tuple[list[bytes], int]:
+    """The whole frames at the start of ``blob``, each as its bytes, and the bytes left
+    over after them (a frame cut off by a power cut mid-write, say).
+
+    >>> complete_frames(frame(b"{}", b"xy") + frame(b"{}", b"z")[:5])
+    ([b'\\x02\\x00\\x00\\x00\\x02\\x00\\x00\\x00{}xy'], 5)
+    """
+    out = []
+    at, end, head = 0, len(blob), _FRAME_HEAD.size
+    while at + head <= end:
+        json_len, data_len = _FRAME_HEAD.unpack_from(blob, at)
+        stop = at + head + json_len + data_len
+        if stop > end:
+            break
+        out.append(blob[at:stop])
+        at = stop
+    return out, end - at
 
 
 def frames_field(fields: Mapping[bytes, bytes]) -> bytes | None:

@@ -8,6 +8,8 @@ Redis Cluster slot, which keeps MULTI/EXEC and Lua scripts over them legal.
 'el:{lab}:feedback'
 >>> k.feedback_of("vibration")
 'el:{lab}:feedback:vibration'
+>>> legacy_feedback_group("vibration")
+'trainers:vibration'
 >>> k.artifact("ab" * 32)[:22]
 'el:{lab}:artifact:abab'
 """
@@ -18,7 +20,8 @@ import re
 
 PREFIX = "el"
 
-#: Consumer group the trainers read the feedback stream with.
+#: Consumer group a model's trainers read the model's own feedback stream with
+#: (``FleetKeys.feedback_of``); before streams per model, the group of the fleet-wide one.
 FEEDBACK_GROUP = "trainers"
 
 #: Fields of a feedback stream entry: edges send a batch of ``FeedbackEvent``
@@ -41,6 +44,13 @@ def check_name(kind: str, value: str) -> str:
             "starting with a letter or digit"
         )
     return value
+
+
+def legacy_feedback_group(model: str) -> str:
+    """The consumer group ``model``'s trainers read the fleet-wide stream ``FleetKeys.feedback``
+    with (edges that predate streams per model write there): a group per model, since each
+    model's trainers must see every entry, and skip (and ack) the events of other models."""
+    return f"{FEEDBACK_GROUP}:{check_name('model', model)}"
 
 
 class FleetKeys:
@@ -106,8 +116,14 @@ class FleetKeys:
 
     @property
     def seen(self) -> str:
-        """Hash of feedback idempotency watermarks, one field per device stream."""
+        """Hash of feedback idempotency watermarks, one field per device stream: the one
+        model's, before watermarks per model (a trainer takes it over as ``seen_of``)."""
         return f"{self._p}:seen"
+
+    def seen_of(self, model: str) -> str:
+        """Hash of ``model``'s feedback idempotency watermarks, one field per device stream;
+        for both of its streams (``feedback_of`` and ``feedback``), written by its trainers."""
+        return f"{self._p}:seen:{check_name('model', model)}"
 
     def replay(self, model: str) -> str:
         """Hash holding the replay buffer's slots and counters for ``model``."""

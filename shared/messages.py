@@ -91,6 +91,11 @@ class FeedbackEvent(WireModel):
     fallback: bool = False
     ts: float = Field(default_factory=time.time)
 
+    def to_wire(self) -> bytes:
+        # Fields left unset are left out (a framed event has no ``x``; a classifier's
+        # has no target): readers take them as None, and each event is smaller.
+        return self.__pydantic_serializer__.to_json(self, exclude_none=True)
+
     @property
     def stream_key(self) -> tuple[str, int]:
         """(device stream, sequence number) from the idempotency id."""
@@ -489,6 +494,7 @@ class PredictResponse(BaseModel):
     label: int | None = None
     probabilities: list[float] | None = None
     outputs: list[float] | None = None
+    output_names: list[str] | None = Field(None, description="regression: what each output is")
     model_version: int | None
     model_sha256: str | None
     request_id: str

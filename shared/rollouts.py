@@ -32,6 +32,12 @@ class GatePolicy(BaseModel):
     min_requests: int = Field(100, ge=0, description="predictions on B before rates are judged")
     min_dwell_s: float = Field(10.0, ge=0, description="time on B before a pass")
     max_accuracy_drop: float = Field(0.05, ge=0, le=1, description="vs the same devices on A")
+    max_error_rise: float = Field(
+        0.2,
+        ge=0,
+        description="a lower-is-better metric (mae) on B may exceed the same devices' on A "
+        "by this share of A's",
+    )
     max_error_rate: float = Field(0.01, ge=0, le=1)
     max_fallback_rate: float = Field(0.05, ge=0, le=1)
     max_p99_ratio: float = Field(2.0, gt=0, description="p99 latency on B / on A")
@@ -87,6 +93,8 @@ class DeviceSample(BaseModel):
     correct: int = 0
     p99_ms: float | None = None
     accuracy: float | None = None
+    metric: str = Field("accuracy", description="the task's metric rolling_metric is in")
+    rolling_metric: float | None = None
     ts: float = Field(default_factory=time.time)
 
 

@@ -16,7 +16,8 @@ import importlib
 import importlib.metadata
 import logging
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -27,6 +28,8 @@ import numpy.typing as npt
 from shared.codec import sha256_hex
 from shared.errors import ModelRejected
 from shared.messages import ProbeSet
+from shared.task import TaskSpec
+from shared.tensors import TensorSpec
 from shared.tflite import HEAVY_OPS, FlatbufferError, check_flatbuffer
 
 logger = logging.getLogger(__name__)
@@ -81,10 +84,15 @@ def _quant_of(detail: dict[str, Any]) -> _Quant:
 
 
 class TFLiteModel:
-    """A TFLite classifier: float features in, class probabilities out.
+    """A TFLite model: one sample (or a batch) of its input in, its answers out.
 
-    The model must take one input of shape [1, F] and give one output of shape
-    [1, C] holding class probabilities.
+    The file takes one input of shape [1, *shape] (float32, uint8, or int8 with
+    its quantization, which the wrapper applies to float samples) and gives one
+    output [1, W]: class probabilities (classification) or the outputs
+    (regression), dequantized when the file's output is int8. ``input`` and
+    ``task`` are what the manifest says the file is; when given, a file that
+    disagrees is refused. Without them the file's own input is used and the task
+    is a classification (what every model was before tensor inputs).
     """
 
     def __init__(
@@ -95,6 +103,8 @@ class TFLiteModel:
         name: str = "",
         num_threads: int = 1,
         runtime: str | None = None,
+        input: TensorSpec | None = None,
+        task: TaskSpec | None = None,
     ) -> None:
         cls, self.runtime = interpreter_class(runtime)
         self.sha256 = sha256_hex(content)
@@ -117,10 +127,19 @@ class TFLiteModel:
             raise ModelRejected(
                 f"{self.name}: expected 1 input and 1 output, got {len(inputs)} and {len(outputs)}"
             )
-        in_shape, out_shape = list(inputs[0]["shape"]), list(outputs[0]["shape"])
-        if len(in_shape) != 2 or in_shape[0] != 1 or len(out_shape) != 2 or out_shape[0] != 1:
+        in_shape = [int(d) for d in inputs[0]["shape"]]
+        out_shape = [int(d) for d in outputs[0]["shape"]]
+        file_dtype = np.dtype(inputs[0]["dtype"]).name
+        if (
+            not 2 <= len(in_shape) <= 5
+            or in_shape[0] != 1
+            or len(out_shape) != 2
+            or out_shape[0] != 1
+            or file_dtype not in ("float32", "uint8", "int8")
+        ):
             raise ModelRejected(
-                f"{self.name}: expected shapes [1,F] -> [1,C], got {in_shape} -> {out_shape}"
+                f"{self.name}: expected a [1, ...] float32, uint8 or int8 input and a [1, W] "
+                f"output, got {in_shape} {file_dtype} -> {out_shape}"
             )
         self._interp = interp
         self._lock = threading.Lock()
@@ -128,15 +147,41 @@ class TFLiteModel:
         self._out_index = int(outputs[0]["index"])
         self._in_q = _quant_of(inputs[0])
         self._out_q = _quant_of(outputs[0])
-        self.num_features = int(in_shape[1])
-        self.num_classes = int(out_shape[1])
-        self.input_dtype = np.dtype(inputs[0]["dtype"]).name
+        # uint8 frames go in as they are (the graph's first op scales them); only an
+        # int8 input is quantized here, from float samples.
+        spec = TensorSpec(shape=in_shape[1:], dtype="uint8" if file_dtype == "uint8" else "float32")
+        if input is not None and (input.shape != spec.shape or input.dtype != spec.dtype):
+            raise ModelRejected(
+                f"{self.name}: the file takes {spec.describe()} samples, "
+                f"its manifest says {input.describe()}"
+            )
+        width = out_shape[1]
+        if task is not None and task.width != width:
+            raise ModelRejected(
+                f"{self.name}: the file answers with {width} values, its manifest's "
+                f"{task.kind} task has {task.width}"
+            )
+        self.input = spec
+        self.task = task
+        #: True for a classifier (the answers are class probabilities).
+        self.classifies = task is None or task.is_classification
+        self.width = width
+        self.num_features = spec.size
+        self.num_classes = width  # kept for classifier callers: the answer's width
+        self.input_dtype = file_dtype
+        self._batch_shape = (1, *spec.shape)
+        # What answers() needs to make a resized interpreter, and the ones it made (or
+        # None: the loop is faster or the file cannot be resized), by batch size.
+        self._cls, self._content, self._num_threads = cls, content, num_threads
+        self._resized: dict[int, _Resized | None] = {}
+        self._resized_lock = threading.Lock()
         # Precomputed so that the hot path is a handful of numpy calls.
-        self._in_inv_scale = np.float32(1.0 / self._in_q.scale) if self._in_q.is_quantized else None
-        if self._in_q.is_quantized:
+        quantized_in = self._in_q.is_quantized and file_dtype == "int8"
+        self._in_inv_scale = np.float32(1.0 / self._in_q.scale) if quantized_in else None
+        if quantized_in:
             info = np.iinfo(self._in_q.dtype)
             self._in_lo, self._in_hi = float(info.min), float(info.max)
-        self._in_buf = np.zeros((1, self.num_features), dtype=self._in_q.dtype)
+        self._in_buf = np.zeros(self._batch_shape, dtype=self._in_q.dtype)
 
     # -- inspection ---------------------------------------------------------
 
@@ -159,23 +204,22 @@ class TFLiteModel:
 
     # -- inference ----------------------------------------------------------
 
-    def predict_proba(self, x: FloatArray) -> FloatArray:
-        """Class probabilities for one sample of ``num_features`` floats.
-
-        The model's output is taken as probabilities (edgeloop exports the softmax
-        in the graph); int8 outputs are dequantized.
-        """
+    def predict_proba(self, x: npt.NDArray[Any]) -> FloatArray:
+        """The answer (probabilities or outputs, ``[W]`` float32) for one sample: an
+        array of the input's size, in its dtype (float samples of a uint8 input are
+        rounded); int8 inputs are quantized and int8 outputs dequantized."""
+        arr = np.asarray(x)
         if self._in_inv_scale is None:
-            x = np.asarray(x, np.float32).reshape(1, self.num_features)
+            if arr.dtype != self._in_buf.dtype:
+                arr = _cast_to(arr, self._in_buf.dtype)
+            arr = arr.reshape(self._batch_shape)
             with self._lock:
-                self._interp.set_tensor(self._in_index, x)
+                self._interp.set_tensor(self._in_index, arr)
                 self._interp.invoke()
                 out = self._interp.get_tensor(self._out_index)
         else:
             # round half to even like TFLite; clip before the cast so nothing wraps
-            q = np.rint(
-                np.asarray(x, np.float32).reshape(1, self.num_features) * self._in_inv_scale
-            )
+            q = np.rint(np.asarray(arr, np.float32).reshape(self._batch_shape) * self._in_inv_scale)
             q += self._in_q.zero_point
             np.clip(q, self._in_lo, self._in_hi, out=q)
             with self._lock:
@@ -183,39 +227,39 @@ class TFLiteModel:
                 self._interp.set_tensor(self._in_index, self._in_buf)
                 self._interp.invoke()
                 out = self._interp.get_tensor(self._out_index)
-        row: FloatArray = out[0]
-        if self._out_q.is_quantized:
-            return (row.astype(np.float32) - self._out_q.zero_point) * np.float32(self._out_q.scale)
+        row: FloatArray = self._dequantized(out)[0]
         return row
 
-    def row_predictor(self) -> Callable[[FloatArray], FloatArray]:
-        """A function from a float32 array of shape [1, F] to the output row.
+    def _dequantized(self, out: npt.NDArray[Any]) -> FloatArray:
+        if self._out_q.is_quantized:
+            return (out.astype(np.float32) - self._out_q.zero_point) * np.float32(self._out_q.scale)
+        return out
 
-        This is the serving chain's hot path. For a float-IO model it is
-        set/invoke/get under the interpreter lock and nothing else, with every
-        attribute bound once, because at ~5 µs per invoke a few hundred
-        nanoseconds of Python are a measurable share. Other models go through
-        ``predict_proba`` and its (de)quantization.
+    def row_predictor(self) -> Callable[[npt.NDArray[Any]], FloatArray]:
+        """A function from one sample as an array ``[1, *input.shape]`` of the input's
+        dtype (float32 or uint8) to the answer ``[W]``.
+
+        This is the serving chain's hot path. For a model whose input and output
+        need no (de)quantization it is set/invoke/get under the interpreter lock and
+        nothing else, with every attribute bound once, because at ~5 µs per invoke a
+        few hundred nanoseconds of Python are a measurable share. Other models go
+        through ``predict_proba`` and its (de)quantization.
         """
-        if (
-            self._in_inv_scale is not None
-            or self._out_q.is_quantized
-            or self.input_dtype != "float32"
-        ):
+        if self._in_inv_scale is not None or self._out_q.is_quantized:
             return self.predict_proba
         native = getattr(self._interp, "_interpreter", None)
         if all(hasattr(native, m) for m in ("SetTensor", "Invoke", "GetTensor")):
             return self._native_row_predictor()
         return self._public_row_predictor()
 
-    def _public_row_predictor(self) -> Callable[[FloatArray], FloatArray]:
+    def _public_row_predictor(self) -> Callable[[npt.NDArray[Any]], FloatArray]:
         """``row_predictor`` through the interpreter's public methods."""
         acquire, release = self._lock.acquire, self._lock.release
         in_index, out_index = self._in_index, self._out_index
         interp = self._interp
         set_tensor, invoke, get_tensor = interp.set_tensor, interp.invoke, interp.get_tensor
 
-        def run_public(x: FloatArray) -> FloatArray:
+        def run_public(x: npt.NDArray[Any]) -> FloatArray:
             acquire()  # bound acquire/release: half the cost of a with block
             try:
                 set_tensor(in_index, x)
@@ -227,7 +271,7 @@ class TFLiteModel:
 
         return run_public
 
-    def _native_row_predictor(self) -> Callable[[FloatArray], FloatArray]:
+    def _native_row_predictor(self) -> Callable[[npt.NDArray[Any]], FloatArray]:
         """``row_predictor`` through the native interpreter the Python one wraps.
 
         Both runtimes' Python Interpreter wraps a native one and, on every
@@ -242,7 +286,7 @@ class TFLiteModel:
         in_index, out_index = self._in_index, self._out_index
         interp = self._interp
 
-        def run(x: FloatArray) -> FloatArray:
+        def run(x: npt.NDArray[Any]) -> FloatArray:
             acquire()
             try:
                 native = interp._interpreter
@@ -255,29 +299,109 @@ class TFLiteModel:
 
         return run
 
-    def predict_proba_batch(self, xs: Sequence[Sequence[float]] | FloatArray) -> FloatArray:
-        arr = np.asarray(xs, dtype=np.float32)
-        return (
-            np.stack([self.predict_proba(row) for row in arr])
-            if len(arr)
-            else np.zeros((0, self.num_classes), np.float32)
-        )
+    def answers(self, batch: npt.NDArray[Any]) -> FloatArray:
+        """The answers ``[N, W]`` to a batch ``[N, *input.shape]`` in the input's dtype.
+
+        Two ways, and the faster one is kept per model and batch size: one invoke per
+        sample with the lock taken once, or one invoke of an interpreter resized to
+        ``[N, *shape]`` (resize_tensor_input + allocate_tensors, made on the first
+        batch of N, ``RESIZED_SIZES`` kept). Neither wins everywhere: at N = 32 the
+        tabular MLP answered about 20x more samples/s resized (bench/families.py),
+        while the int8 convolutions gain nothing from a batch (the depthwise CNN 5.3k
+        samples/s resized vs 5.4k looped) and the digits CNN cannot be resized at all
+        (its reshape is fixed to batch 1). The first batch of each N times both (a
+        few invokes) and checks that they agree.
+        """
+        n = len(batch)
+        if self._in_inv_scale is not None or self._out_q.is_quantized:
+            rows = [self.predict_proba(row) for row in batch]
+            return np.stack(rows) if rows else np.zeros((0, self.width), np.float32)
+        samples = np.ascontiguousarray(batch, self._in_buf.dtype)
+        if n > 1:
+            resized = self._resized.get(n)
+            if resized is None and n not in self._resized:
+                with self._resized_lock:  # one thread decides; the others wait for it
+                    resized = self._resized[n] if n in self._resized else self._try_resized(samples)
+            if resized is not None:
+                return _invoke_resized(resized, samples)
+        return self._looped(samples)
+
+    def _looped(self, samples: npt.NDArray[Any]) -> FloatArray:
+        n = len(samples)
+        rows = samples.reshape(n, *self._batch_shape)
+        out = np.empty((n, self.width), np.float32)
+        in_index, out_index = self._in_index, self._out_index
+        with self._lock:
+            native: Any = getattr(self._interp, "_interpreter", None)
+            if all(hasattr(native, m) for m in ("SetTensor", "Invoke", "GetTensor")):
+                for i in range(n):  # see _native_row_predictor
+                    native.SetTensor(in_index, rows[i])
+                    native.Invoke()
+                    out[i] = native.GetTensor(out_index, 0)[0]
+            else:
+                interp = self._interp
+                for i in range(n):
+                    interp.set_tensor(in_index, rows[i])
+                    interp.invoke()
+                    out[i] = interp.get_tensor(out_index)[0]
+            del native  # the public API's reference check must not see it
+        return out
+
+    def _try_resized(self, samples: npt.NDArray[Any]) -> _Resized | None:
+        """An interpreter resized to ``len(samples)`` if the file allows it, answers as
+        the loop does, and is faster on ``samples``; else None (and the loop is kept)."""
+        n = len(samples)
+        made: _Resized | None = None
+        try:
+            interp = self._cls(model_content=self._content, num_threads=self._num_threads)
+            interp.resize_tensor_input(self._in_index, [n, *self.input.shape])
+            interp.allocate_tensors()
+            made = _Resized(interp, threading.Lock(), self._in_index, self._out_index)
+            looped, t_loop = _timed(lambda: self._looped(samples))
+            resized, t_resized = _timed(lambda: _invoke_resized(made, samples))  # type: ignore[arg-type]
+            if resized.shape != looped.shape or not np.allclose(resized, looped, atol=1e-5):
+                made = None  # a graph that only looks batchable (a reshape to batch 1)
+            elif t_resized >= t_loop:
+                made = None
+        except (ValueError, RuntimeError) as e:
+            logger.debug("%s: no resized invoke for %d samples (%s)", self.name, n, e)
+            made = None
+        if len(self._resized) >= RESIZED_SIZES:
+            self._resized.pop(next(iter(self._resized)))
+        self._resized[n] = made
+        return made
+
+    def predict_proba_batch(self, xs: npt.ArrayLike) -> FloatArray:
+        """``answers`` for samples given as rows of the input's size (probe inputs, say)."""
+        arr = np.asarray(xs)
+        if arr.size == 0:
+            return np.zeros((0, self.width), np.float32)
+        batch = arr.reshape(-1, *self.input.shape)
+        if batch.dtype != self._in_buf.dtype and self._in_inv_scale is None:
+            batch = _cast_to(batch, self._in_buf.dtype)
+        return self.answers(batch)
 
     def warm_up(self, n: int = 3) -> None:
         """A few invokes so that the first real request does not pay for lazy setup."""
-        x = np.zeros(self.num_features, np.float32)
+        x = np.zeros(
+            self.input.shape, self._in_buf.dtype if self._in_inv_scale is None else np.float32
+        )
         for _ in range(n):
             self.predict_proba(x)
 
     def check_probe(self, probe: ProbeSet) -> tuple[float, float]:
-        """Run ``probe`` and return (argmax agreement, mean |p - expected|).
+        """Run ``probe`` and return (argmax agreement, mean |answer - expected|).
 
         Raises ModelRejected when either is outside the probe's tolerance: a file
-        that verifies but answers wrongly in this runtime never serves.
+        that verifies but answers wrongly in this runtime never serves. (A
+        regressor's probe asks for no agreement: its argmax means nothing.)
         """
         if not probe.inputs:
             raise ModelRejected(f"{self.name}: probe set is empty")
-        got = self.predict_proba_batch(probe.inputs)
+        try:
+            got = self.predict_proba_batch(probe.inputs)
+        except ValueError as e:  # the inputs do not have the input's size
+            raise ModelRejected(f"{self.name}: probe inputs do not fit the model: {e}") from e
         want = np.asarray(probe.expected, np.float32)
         if got.shape != want.shape:
             raise ModelRejected(
@@ -293,3 +417,43 @@ class TFLiteModel:
                 f"(need {probe.min_agreement}), mean abs error {mae:.4f} (max {probe.max_abs_error})"
             )
         return agreement, mae
+
+
+#: Batch sizes a model keeps a resized interpreter (or the decision to loop) for.
+RESIZED_SIZES = 4
+
+
+@dataclass(frozen=True)
+class _Resized:
+    interp: Any
+    lock: threading.Lock
+    in_index: int
+    out_index: int
+
+
+def _invoke_resized(r: _Resized, samples: npt.NDArray[Any]) -> FloatArray:
+    with r.lock:
+        r.interp.set_tensor(r.in_index, samples)
+        r.interp.invoke()
+        out: FloatArray = r.interp.get_tensor(r.out_index)
+    return out
+
+
+def _timed(fn: Callable[[], FloatArray], runs: int = 3) -> tuple[FloatArray, float]:
+    """``fn()``'s answer and its best time of ``runs``."""
+    best, out = float("inf"), None
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    assert out is not None
+    return out, best
+
+
+def _cast_to(arr: npt.NDArray[Any], dtype: np.dtype[Any]) -> npt.NDArray[Any]:
+    """``arr`` in the input's dtype: float samples of a uint8 input are rounded and clipped."""
+    if dtype == np.uint8 and arr.dtype.kind == "f":
+        rounded: npt.NDArray[Any] = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        return rounded
+    cast: npt.NDArray[Any] = arr.astype(dtype)
+    return cast

@@ -20,6 +20,7 @@ APIs for two fleets can run in one process or one test.
 /v1/models get
 /v1/models/{model}/delta get
 /v1/models/{model}/diff get
+/v1/models/{model}/feedback post
 /v1/models/{model}/versions get
 /v1/models/{model}/versions/{ref} get
 /v1/models/{model}/versions/{ref}/explanation get

@@ -1,28 +1,44 @@
 """What an edge that cannot reach Redis sends over HTTP, written where an edge writes it.
 
 - a status report: ``shared.status_report.add_status``, as ``StatusReporter``;
-- feedback: ``shared.feedback_stream.add_feedback``, as ``FeedbackUplink``, so
-  the trainer's ingest, deduplication and dead letters treat it as any edge's.
+- feedback: in the entry format of ``shared.feedback_stream`` (``FeedbackUplink``'s),
+  on the stream of each event's model (``FleetKeys.feedback_of``), so that model's
+  trainers' ingest, deduplication and dead letters treat it as any edge's.
+
+A sample arrives as JSON, nested lists in the model's input shape or a flat list of its
+values. With a published version of the model, the relay checks it against the input
+of the newest manifest (``shared.tensors.as_batch``: a 422 names the expected shape)
+and writes it as the edges do: a flat float vector as a JSON line, any other input
+(a window, an image, uint8) as a frame of raw bytes (``shared.feedback_stream.frame``),
+about the tensor's own size on the stream. Before the model's first version, samples
+are flattened into JSON lines, and the trainer judges their size.
 
 The relay refuses at once what the API can judge (another fleet, an unknown
 schema version, a malformed event id, non-finite features); everything else
-(feature count, label range, model) is the trainer's, which dead-letters an
+(feature count, label range) is the trainer's, which dead-letters an
 event with the reason as it does any edge's.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import redis
 
 from cloud.api.schemas import FeedbackAcceptedPublic
 from shared import replies
-from shared.errors import InputError
-from shared.feedback_stream import add_feedback
-from shared.keys import FleetKeys, check_name
-from shared.messages import SCHEMA_VERSION, EdgeStatus, FeedbackEvent
+from shared.errors import InputError, MessageError
+from shared.feedback_stream import feedback_entries, frame
+from shared.keys import FEEDBACK_BATCH_FIELD, FEEDBACK_FRAMES_FIELD, FleetKeys, check_name
+from shared.messages import SCHEMA_VERSION, EdgeStatus, FeedbackEvent, SignedManifest
 from shared.status_report import add_status
+from shared.tensors import TensorSpec, as_batch, to_bytes
+
+#: Input specs of manifests read, by sha256 (a version never changes).
+_SPECS_KEPT = 256
 
 
 class DeviceRelay:
@@ -31,6 +47,7 @@ class DeviceRelay:
     def __init__(self, client: redis.Redis, keys: FleetKeys) -> None:
         self.client = client
         self.keys = keys
+        self._specs: dict[str, TensorSpec] = {}
 
     @property
     def fleet(self) -> str:
@@ -50,14 +67,97 @@ class DeviceRelay:
         add_status(pipe, self.keys, status, ttl_s, maxlen)
         pipe.execute()
 
-    def append_feedback(self, events: list[FeedbackEvent], batch: int) -> FeedbackAcceptedPublic:
+    def append_feedback(
+        self, events: Sequence[FeedbackEvent], batch: int, model: str | None = None
+    ) -> FeedbackAcceptedPublic:
+        """Append ``events`` to their models' streams (all of them ``model``'s, when given)."""
+        by_model: dict[str, list[FeedbackEvent]] = {}
         for e in events:
-            _check_event(e)
-        lines = [e.to_wire() for e in events]
+            _check_event(e, model)
+            by_model.setdefault(e.model, []).append(e)
+        entries: list[tuple[str, dict[str, bytes]]] = []
+        for name, group in by_model.items():
+            entries += self._entries(name, group, batch)
         pipe = self.client.pipeline(transaction=True)  # a request's events land whole or not at all
-        add_feedback(pipe, self.keys, lines, batch)
+        for stream, fields in entries:
+            pipe.xadd(stream, fields)  # type: ignore[arg-type]
         ids = [replies.text(i) for i in pipe.execute()]
         return FeedbackAcceptedPublic(accepted=len(events), entries=ids)
+
+    def _entries(
+        self, model: str, events: list[FeedbackEvent], batch: int
+    ) -> list[tuple[str, dict[str, bytes]]]:
+        """The stream entries of one model's events: JSON lines, and frames for tensors."""
+        spec = self.input_of(model)
+        lines: list[bytes] = []
+        frames: list[bytes] = []
+        for e in events:
+            if spec is None or (len(spec.shape) == 1 and spec.dtype == "float32"):
+                lines.append(_flat(e, spec).to_wire())
+            else:
+                frames.append(_framed(e, spec))
+        stream = self.keys.feedback_of(model)
+        out = [(stream, {FEEDBACK_BATCH_FIELD: entry}) for entry in feedback_entries(lines, batch)]
+        for i in range(0, len(frames), batch):
+            out.append((stream, {FEEDBACK_FRAMES_FIELD: b"".join(frames[i : i + batch])}))
+        return out
+
+    def input_of(self, model: str) -> TensorSpec | None:
+        """The input of ``model``'s newest version, or None before its first."""
+        newest = self.client.zrevrange(self.keys.versions(model), 0, 0)
+        if not newest:
+            return None
+        sha = replies.text(newest[0])
+        if sha not in self._specs:
+            raw = self.client.get(self.keys.manifest(sha))
+            if raw is None:
+                return None
+            try:
+                spec = SignedManifest.from_wire(raw).manifest().input_spec
+            except MessageError:
+                return None
+            if len(self._specs) >= _SPECS_KEPT:
+                self._specs.clear()
+            self._specs[sha] = spec
+        return self._specs[sha]
+
+
+def _sample(e: FeedbackEvent, spec: TensorSpec) -> npt.NDArray[Any]:
+    """The event's one sample in ``spec``'s shape and dtype, or a 422 naming them."""
+    try:
+        batch, single = as_batch(e.x, spec)
+    except InputError as err:
+        raise InputError(f"event {e.event_id}: {err}") from err
+    if not single:
+        raise InputError(
+            f"event {e.event_id}: x holds {len(batch)} samples; an event has one of shape "
+            f"{list(spec.shape)}"
+        )
+    sample: npt.NDArray[Any] = batch[0]
+    return sample
+
+
+def _flat(e: FeedbackEvent, spec: TensorSpec | None) -> FeedbackEvent:
+    """The event with ``x`` a flat list of floats (what the JSON lines carry): the client's
+    own values, so that the line is the one an edge would have sent."""
+    if spec is not None:
+        _sample(e, spec)  # the shape and finite values
+    try:
+        values = np.asarray(e.x, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"event {e.event_id}: x must be numbers, as lists: {err}") from err
+    if not np.isfinite(values).all():
+        raise InputError(f"event {e.event_id}: x holds a NaN or infinite value")
+    return FeedbackEvent.model_validate({**e.model_dump(), "x": values.tolist()})
+
+
+def _framed(e: FeedbackEvent, spec: TensorSpec) -> bytes:
+    """The event as a frame: its JSON without ``x``, then the sample's raw bytes."""
+    sample = _sample(e, spec)
+    head = FeedbackEvent.model_validate(
+        {**e.model_dump(), "x": None, "x_shape": list(spec.shape), "x_dtype": spec.dtype}
+    )
+    return frame(head.to_wire(), to_bytes(sample))
 
 
 def _check_version(version: int, what: str) -> None:
@@ -67,10 +167,18 @@ def _check_version(version: int, what: str) -> None:
         )
 
 
-def _check_event(e: FeedbackEvent) -> None:
-    """What the API can refuse at once; the rest (feature count, label range, model) is the
+def _check_event(e: FeedbackEvent, model: str | None) -> None:
+    """What the API can refuse at once; the rest (feature count, label range) is the
     trainer's, which dead-letters an event with the reason as it does any edge's."""
     _check_version(e.schema_version, "FeedbackEvent")
+    if model is not None and e.model != model:
+        raise InputError(
+            f"event {e.event_id}: model {e.model!r}, but it was posted to {model!r}'s feedback"
+        )
+    try:
+        check_name("model", e.model)
+    except ValueError as err:
+        raise InputError(f"event {e.event_id}: {err}") from err
     head, _, seq = e.event_id.rpartition(":")
     if not head.startswith(e.device_id + ":") or not seq.isdigit():
         raise InputError(
@@ -79,7 +187,5 @@ def _check_event(e: FeedbackEvent) -> None:
         )
     if not e.x:
         raise InputError(f"event {e.event_id}: x is missing or empty")
-    if not all(math.isfinite(v) for v in e.x):
-        raise InputError(f"event {e.event_id}: x holds a NaN or infinite value")
     if (e.label is None) == (e.target is None):
         raise InputError(f"event {e.event_id}: give the truth as label or as target, not both")

@@ -6,7 +6,7 @@ make one (rollouts, pins, tokens, feedback).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -17,6 +17,7 @@ from shared.messages import (
     Flips,
     ModelManifest,
     ModelMetrics,
+    ModelServing,
     SignedManifest,
     WeightChange,
 )
@@ -117,6 +118,16 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 DeviceHealth = Literal["starting", "serving", "degraded", "stopping", "offline"]
 
 
+class ServingPublic(ModelServing):
+    """One model a device serves: its report on it, and what it should serve of it."""
+
+    desired_sha256: str | None = Field(
+        None, description="pin, else rollout assignment, else target"
+    )
+    pinned_sha256: str | None = None
+    assigned_sha256: str | None = Field(None, description="set by a running rollout")
+
+
 class DevicePublic(BaseModel):
     """One device: its last report (gone after the report's TTL: then ``offline``)."""
 
@@ -138,12 +149,19 @@ class DevicePublic(BaseModel):
     runtime: str | None = None
     uptime_s: float | None = None
     rolling_accuracy: float | None = Field(None, examples=[0.94])
+    metric: str | None = Field(None, description="the task's metric of rolling_metric")
+    rolling_metric: float | None = None
     latency_ms_p50: float | None = None
     latency_ms_p99: float | None = None
     counters: EdgeCounters | None = None
     last_error: str | None = None
     refused_sha256: str | None = None
     revert_reason: str | None = None
+    models: dict[str, ServingPublic] = Field(
+        default_factory=dict,
+        description="every model the device serves, by name; the top-level fields are its "
+        "first model's",
+    )
 
 
 class DevicesPublic(BaseModel):
@@ -153,9 +171,17 @@ class DevicesPublic(BaseModel):
 
 
 class ModelTarget(BaseModel):
+    """One model of the fleet: its target, its rollout, and the devices that serve it."""
+
     target_version: int | None = Field(None, examples=[3])
     target_sha256: str | None = None
     active_rollout: str | None = Field(None, examples=["4be0c1f2a9d3"])
+    devices: int = Field(0, description="online devices that serve the model", examples=[11])
+    by_version: dict[str, int] = Field(
+        default_factory=dict,
+        description="those devices by the version of the model they serve",
+        examples=[{"v3": 10, "v4": 1}],
+    )
 
 
 class FleetPublic(BaseModel):
@@ -289,17 +315,28 @@ class RolloutsPublic(BaseModel):
 # -- feedback -------------------------------------------------------------------------
 
 
+class FeedbackEventCreate(FeedbackEvent):
+    """A ``FeedbackEvent`` as HTTP clients send it: ``x`` a flat list of the sample's values,
+    or nested lists in the model's input shape."""
+
+    x: list[Any] | None = Field(  # type: ignore[assignment]
+        None,
+        description="the sample: nested lists in the model's input shape, or a flat list",
+        max_length=65536,
+    )
+
+
 class FeedbackBatch(BaseModel):
     """Several events in one request (an edge's batch)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    events: list[FeedbackEvent] = Field(min_length=1, max_length=1000)
+    events: list[FeedbackEventCreate] = Field(min_length=1, max_length=1000)
 
 
 class FeedbackAcceptedPublic(BaseModel):
     accepted: int = Field(
-        description="events appended to the fleet's feedback stream", examples=[2]
+        description="events appended to their models' feedback streams", examples=[2]
     )
     entries: list[str] = Field(
         description="stream entry ids (one per batch of events)", examples=[["1718000000000-0"]]

@@ -379,7 +379,7 @@ def _send(trainer: Any, client: Any, X: Any, y: Any, seq: int) -> None:
             x=[float(v) for v in X[j]],
             label=int(y[j]),
         )
-        pipe.xadd(trainer.keys.feedback, {"data": event.to_wire()})
+        pipe.xadd(trainer.keys.feedback_of(trainer.settings.model_name), {"data": event.to_wire()})
     pipe.execute()
 
 

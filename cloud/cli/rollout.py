@@ -1,10 +1,13 @@
 """``edgeloop rollout|fleet|devices``: staged rollouts and the fleet through the REST API.
 
-    edgeloop rollout start MODEL VERSION [--canary N|P%] [--stages ...] [--manual] [--devices ...]
-    edgeloop rollout status [ID]      edgeloop rollout watch ID
+    edgeloop rollout start [MODEL] VERSION [--canary N|P%] [--stages ...] [--manual] [--devices ...]
+    edgeloop rollout status [ID] [--model M]      edgeloop rollout watch ID
     edgeloop rollout promote|pause|resume|abort|rollback ID
-    edgeloop rollout pin DEVICE VERSION [--model M]      edgeloop rollout unpin DEVICE
-    edgeloop fleet                    edgeloop devices
+    edgeloop rollout pin DEVICE VERSION [--model M]      edgeloop rollout unpin DEVICE [--model M]
+    edgeloop fleet                    edgeloop devices [--model M]
+
+Where a command acts on one model's versions, the model is MODEL or ``--model``; without
+either, the fleet's only model (with several, the error lists them).
 
 The API's address and token come from ``--api``/``EDGELOOP_API_URL``/``api_url`` and
 ``EDGELOOP_TOKEN``/``token`` in the client config (``cloud/cli/client.py``).
@@ -51,6 +54,7 @@ def rollout_args(p: argparse.ArgumentParser) -> None:
     s = sub.add_parser("status", help="a rollout, or the list of rollouts")
     s.add_argument("id", nargs="?", help="rollout id (default: list them)")
     s.add_argument("--limit", type=int, default=20, help="rollouts to list")
+    s.add_argument("--model", "-m", help="list only this model's rollouts")
     api_options(s)
     s = sub.add_parser("watch", help="follow a rollout until it ends (exit 0 completed, 3 not)")
     s.add_argument("id", help="rollout id")
@@ -73,8 +77,14 @@ def rollout_args(p: argparse.ArgumentParser) -> None:
 
 
 def _start_args(s: argparse.ArgumentParser) -> None:
-    s.add_argument("model", help="model name")
-    s.add_argument("version", help="version B: number (4 or v4), label or sha256")
+    s.add_argument(
+        "target",
+        nargs="+",
+        metavar="[MODEL] VERSION",
+        help="the model (default: --model, or the fleet's only model) and version B: "
+        "number (4 or v4), label or sha256",
+    )
+    s.add_argument("--model", "-m", help="model name (or give it before VERSION)")
     s.add_argument(
         "--canary",
         metavar="N|P%",
@@ -96,6 +106,11 @@ def _start_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--min-dwell", type=float, metavar="S", help="seconds on B before a pass")
     s.add_argument("--max-accuracy-drop", type=float, help="vs the same devices on A (0..1)")
     s.add_argument(
+        "--max-error-rise",
+        type=float,
+        help="a lower-is-better metric (mae) on B vs the same devices on A, as a share of A's",
+    )
+    s.add_argument(
         "--stage-timeout", type=float, metavar="S", help="no decision by then: roll back"
     )
     s.add_argument(
@@ -110,6 +125,9 @@ def fleet_args(p: argparse.ArgumentParser) -> None:
 
 def devices_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=1000, help="at most this many, newest report first")
+    p.add_argument(
+        "--model", "-m", help="the devices that serve this model, with their report on it"
+    )
     api_options(p)
 
 
@@ -139,7 +157,10 @@ def devices(args: argparse.Namespace) -> int:
     listing, raw = api_client(args).get_as(DevicesPublic, "/v1/devices", limit=str(args.limit))
     from cloud.cli.render.rollout import devices_table
 
-    return show(args, raw, devices_table(listing))
+    if args.model is not None:
+        listing.devices = [d for d in listing.devices if args.model in d.models]
+        raw = listing.model_dump(mode="json")
+    return show(args, raw, devices_table(listing, args.model))
 
 
 def _status(api: ApiClient, args: argparse.Namespace) -> int:
@@ -147,6 +168,9 @@ def _status(api: ApiClient, args: argparse.Namespace) -> int:
 
     if args.id is None:
         rollouts, raw = api.get_as(RolloutsPublic, "/v1/rollouts", limit=str(args.limit))
+        if args.model is not None:
+            rollouts.rollouts = [r for r in rollouts.rollouts if r.model == args.model]
+            raw = rollouts.model_dump(mode="json")
         return show(args, raw, rollouts_table(rollouts))
     r, raw = api.get_as(RolloutPublic, "/v1/rollouts/{}", args.id)
     return show(args, raw, rollout_view(r))
@@ -175,9 +199,10 @@ def _unpin(api: ApiClient, args: argparse.Namespace) -> int:
 
 
 def _start(api: ApiClient, args: argparse.Namespace) -> int:
+    model, version = _model_and_version(api, args.target, args.model)
     body: dict[str, Any] = {
-        "model": args.model,
-        "target": args.version,
+        "model": model,
+        "target": version,
         "stages": stages_of(args.stages, args.canary),
         "auto_promote": not args.manual,
     }
@@ -195,6 +220,18 @@ def _start(api: ApiClient, args: argparse.Namespace) -> int:
     return show(args, raw, rollout_view(r))
 
 
+def _model_and_version(api: ApiClient, target: list[str], option: str | None) -> tuple[str, str]:
+    """``rollout start``'s model and version: ``MODEL VERSION``, or ``VERSION`` with the model
+    from ``--model`` or the fleet's only model."""
+    if len(target) > 2:
+        raise InputError(f"rollout start takes [MODEL] VERSION, not {' '.join(target)!r}")
+    if len(target) == 2:
+        if option is not None and option != target[0]:
+            raise InputError(f"model {target[0]!r} given twice, the second time as {option!r}")
+        return target[0], target[1]
+    return option or only_model(api), target[0]
+
+
 def _gate_of(args: argparse.Namespace) -> dict[str, Any]:
     """The gate options given (the API's defaults stand for the others)."""
     given = (
@@ -202,6 +239,7 @@ def _gate_of(args: argparse.Namespace) -> dict[str, Any]:
         ("min_requests", args.min_requests),
         ("min_dwell_s", args.min_dwell),
         ("max_accuracy_drop", args.max_accuracy_drop),
+        ("max_error_rise", args.max_error_rise),
         ("stage_timeout_s", args.stage_timeout),
     )
     return {name: value for name, value in given if value is not None}

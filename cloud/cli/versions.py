@@ -27,6 +27,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def versions_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", help="model name (default: the fleet's only model)")
+    p.add_argument("--model", "-m", dest="model_option", help="model name, as an option")
     p.add_argument("--limit", type=int, help="only the newest N versions")
     api_options(p)
 
@@ -44,7 +45,7 @@ def diff_args(p: argparse.ArgumentParser) -> None:
 
 def versions(args: argparse.Namespace) -> int:
     api = api_client(args)
-    model = args.model
+    model = args.model or args.model_option
     if model is None:
         models, raw = api.get_as(ModelsPublic, "/v1/models")
         if len(models.models) != 1:

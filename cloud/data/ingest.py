@@ -1,21 +1,40 @@
-"""Feedback ingest: the fleet's feedback stream into the trainer's data, exactly once.
+"""Feedback ingest: a model's feedback streams into the trainer's data, exactly once.
 
-The trainer reads ``FleetKeys.feedback`` in the consumer group
-``shared.keys.FEEDBACK_GROUP``. Each poll first takes over entries a dead
-consumer left pending (XAUTOCLAIM, idle longer than ``claim_idle_ms``), then
-reads new ones (XREADGROUP), and handles both the same way:
+A model's trainers read two streams (``Source``):
+
+- its own, ``FleetKeys.feedback_of(model)``, in the consumer group
+  ``shared.keys.FEEDBACK_GROUP``: what edges write since streams per model, so
+  one model's trainer never reads another's events;
+- the fleet-wide ``FleetKeys.feedback``, where edges that predate streams per
+  model still write, in the group ``legacy_feedback_group(model)``: each model
+  has its own group there, and skips (acks, without a dead letter) the events
+  of other models. When that group is first made where the one-model trainers'
+  group ``FEEDBACK_GROUP`` exists, it starts where that group stopped (before its
+  first pending entry, else at its last delivered id): nothing the old trainers
+  left is lost, and what they accepted is not read again but for the pending
+  window, whose accepted events the watermarks then drop.
+
+Each poll first takes over entries a dead consumer left pending (XAUTOCLAIM,
+idle longer than ``claim_idle_ms``), then reads new ones (XREADGROUP: the
+fleet-wide stream without blocking, then the model's own), and handles all of
+them the same way, one stream's entries at a time:
 
 1. every event is parsed once (an entry holds an edge's batch of events, or
    one); a bad event (oversize, not JSON, unknown schema version, invalid
-   fields, wrong model, a sample that does not fit the input, NaN/inf, a label
-   out of range or targets of the wrong width) or an
+   fields, wrong model on the model's own stream, a sample that does not fit
+   the input, NaN/inf, a label out of range or targets of the wrong width) or an
    entry without events becomes a ``DeadLetter`` with the reason;
 2. one WATCH/MULTI/EXEC transaction reads the idempotency watermarks of the
-   batch's device streams (hash ``FleetKeys.seen``) and the reservoir counters,
-   drops duplicates, then marks the rest seen, writes them into the replay
-   buffer / holdout / recent window, adds the dead letters and XACKs every
-   entry. A crash at any point either redelivers the batch (nothing happened)
-   or has fully accepted it, and the watermarks make redelivery harmless.
+   batch's device streams (hash ``FleetKeys.seen_of(model)``, one for both
+   streams, so an event resent on the other stream is a duplicate too) and the
+   reservoir counters, drops duplicates, then marks the rest seen, writes them
+   into the replay buffer / holdout / recent window, adds the dead letters and
+   XACKs every entry. A crash at any point either redelivers the batch (nothing
+   happened) or has fully accepted it, and the watermarks make redelivery harmless.
+
+The watermarks of a fleet from before streams per model (``FleetKeys.seen``) are
+taken over, once, by the first trainer of a model that has published versions
+(that fleet's one model): ``adopt_legacy_watermarks``.
 
 Validation lives in cloud/data/validation.py, the watermarks in cloud/data/watermark.py.
 """
@@ -37,7 +56,7 @@ from cloud.data.replay import NewSamples, TrainerData
 from cloud.data.validation import Entry, Events, FeedbackValidator, Refused
 from cloud.data.watermark import Watermark
 from shared import replies
-from shared.keys import FEEDBACK_GROUP, FleetKeys
+from shared.keys import FEEDBACK_GROUP, FleetKeys, legacy_feedback_group
 from shared.messages import DeadLetter
 
 logger = logging.getLogger(__name__)
@@ -47,6 +66,25 @@ def stream_id_key(entry_id: str) -> tuple[int, int]:
     """A stream id as a tuple that sorts like Redis does."""
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
+
+
+@dataclass(frozen=True)
+class Source:
+    """A stream a model's trainers read, with their consumer group on it."""
+
+    stream: str
+    group: str
+    shared: bool  # the fleet-wide stream: events of other models are skipped
+
+
+def before(entry_id: str) -> str:
+    """The stream id just before ``entry_id``: a group made there delivers it first.
+
+    >>> before("1700-3"), before("1700-0")
+    ('1700-2', '1699-18446744073709551615')
+    """
+    ms, seq = stream_id_key(entry_id)
+    return f"{ms}-{seq - 1}" if seq else f"{ms - 1}-{2**64 - 1}"
 
 
 @dataclass
@@ -73,6 +111,7 @@ class Batch:
     duplicates: int = 0
     deadlettered: int = 0
     reasons: list[str] = field(default_factory=list)
+    skipped: int = 0  # other models' events on the fleet-wide stream
 
 
 @dataclass
@@ -82,6 +121,7 @@ class Counters:
     accepted: int = 0
     duplicates: int = 0
     deadlettered: int = 0
+    skipped: int = 0
     per_class: dict[int, int] = field(default_factory=dict)
 
 
@@ -97,6 +137,8 @@ class IngestOptions:
     claim_idle_ms: int = 30000  # a pending entry idle this long is taken over
     max_event_bytes: int = 65536
     deadletter_maxlen: int = 10000
+    #: also read the fleet-wide stream, where edges that predate streams per model write
+    read_shared_stream: bool = True
 
 
 class FeedbackIngest:
@@ -121,27 +163,101 @@ class FeedbackIngest:
 
     # -- reading --------------------------------------------------------------
 
+    @property
+    def own(self) -> Source:
+        """The model's own stream."""
+        return Source(self.keys.feedback_of(self.options.model), FEEDBACK_GROUP, shared=False)
+
+    @property
+    def shared(self) -> Source:
+        """The fleet-wide stream of edges that predate streams per model."""
+        group = legacy_feedback_group(self.options.model)
+        return Source(self.keys.feedback, group, shared=True)
+
+    @property
+    def sources(self) -> list[Source]:
+        return [self.shared, self.own] if self.options.read_shared_stream else [self.own]
+
+    @property
+    def seen_key(self) -> str:
+        return self.keys.seen_of(self.options.model)
+
     def ensure_group(self) -> None:
-        """Create the consumer group (and the stream) unless they exist."""
+        """Create the consumer groups (and the streams) unless they exist, after taking
+        over the watermarks of a fleet from before watermarks per model."""
+        self.adopt_legacy_watermarks()
+        self._create_group(self.own, "0")
+        if self.options.read_shared_stream:
+            self._create_group(self.shared, self._shared_start())
+
+    def _create_group(self, source: Source, start: str) -> None:
         try:
-            self.client.xgroup_create(self.keys.feedback, FEEDBACK_GROUP, id="0", mkstream=True)
-            logger.info("created consumer group %s on %s", FEEDBACK_GROUP, self.keys.feedback)
+            self.client.xgroup_create(source.stream, source.group, id=start, mkstream=True)
+            logger.info("created consumer group %s on %s at %s", source.group, source.stream, start)
         except redis.ResponseError as e:
             if "BUSYGROUP" not in str(e):
                 raise
 
+    def _shared_start(self) -> str:
+        """Where this model's group on the fleet-wide stream starts: where the one-model
+        trainers' group stopped, or at the beginning (other models' events are skipped)."""
+        stream = self.keys.feedback
+        if not self.client.exists(stream):
+            return "0"
+        groups = {replies.text(g["name"]): g for g in self.client.xinfo_groups(stream)}
+        if self.shared.group in groups or FEEDBACK_GROUP not in groups:
+            return "0"
+        old = groups[FEEDBACK_GROUP]
+        # Entries pending in the old group were not accepted (acceptance acks in the same
+        # transaction): they are read again. Accepted entries after the first pending one
+        # are read again too, and dropped by the watermarks.
+        first_pending = self.client.xpending(stream, FEEDBACK_GROUP)
+        if first_pending["pending"]:
+            return before(replies.text(first_pending["min"]))
+        return replies.text(old["last-delivered-id"])
+
+    def adopt_legacy_watermarks(self) -> bool:
+        """Take over ``FleetKeys.seen`` as this model's watermarks when this model has
+        published versions (it is the fleet's model from before streams per model) and has
+        no watermarks of its own yet; once, atomically (RENAME), for one model only."""
+        legacy, mine = self.keys.seen, self.seen_key
+        if not self.client.sismember(self.keys.models, self.options.model):
+            return False
+        adopted = False
+
+        def txn(pipe: Any) -> None:
+            nonlocal adopted
+            adopted = bool(pipe.exists(legacy)) and not pipe.exists(mine)
+            pipe.multi()
+            if adopted:
+                pipe.rename(legacy, mine)
+
+        self.client.transaction(txn, legacy, mine)
+        if adopted:
+            logger.info("took over the fleet's feedback watermarks %s as %s", legacy, mine)
+        return adopted
+
     def poll(self, block_ms: int | None = None) -> Batch:
-        """Reclaim a dead consumer's entries when due, then read new ones; accept both."""
+        """Reclaim a dead consumer's entries when due, then read new ones; accept them.
+
+        The fleet-wide stream is read without blocking; the model's own stream blocks for
+        ``block_ms`` only when nothing else was read."""
+        block = self.options.block_ms if block_ms is None else block_ms
         try:
-            claimed = self._claim_due()
-            if claimed:
-                # A separate transaction: each batch must be in stream order (see _batch).
-                return _merge(self.process(claimed), self.process(self._read(None)))
-            return self.process(self._read(self.options.block_ms if block_ms is None else block_ms))
+            # One transaction per stream and read: each batch must be in stream order (see _batch).
+            batches = [self.process(entries, src) for src, entries in self._claim_due()]
+            for src in self.sources:
+                got = any(b.entries for b in batches)
+                wait = block if src == self.own and not got else None
+                batches.append(self.process(self._read(src, wait), src))
+            total = batches[0]
+            for b in batches[1:]:
+                total = _merge(total, b)
+            return total
         except redis.ResponseError as e:
             if "NOGROUP" not in str(e):
                 raise
-            logger.warning("consumer group is gone (stream deleted?); creating it again")
+            logger.warning("a consumer group is gone (stream deleted?); creating it again")
             self.ensure_group()
             return self.process([])
 
@@ -154,37 +270,40 @@ class FeedbackIngest:
         """
         return max(1, round(self.options.read_count / self._events_per_entry))
 
-    def _read(self, block: int | None) -> list[Entry]:
+    def _read(self, source: Source, block: int | None) -> list[Entry]:
         # redis-py types the reply for both protocols and for decoded responses; this
         # client speaks RESP2 in bytes: [(stream, [(id, fields), ...])] or None
         reply = cast(
             list[tuple[bytes, list[Entry]]] | None,
             self.client.xreadgroup(
-                FEEDBACK_GROUP,
+                source.group,
                 self.options.consumer,
-                {self.keys.feedback: ">"},
+                {source.stream: ">"},
                 count=self._entries_per_read(),
                 block=block,
             ),
         )
         return list(reply[0][1]) if reply else []
 
-    def _claim_due(self) -> list[Entry]:
+    def _claim_due(self) -> list[tuple[Source, list[Entry]]]:
         now = time.monotonic()
         if now < self._next_claim:
             return []
         self._next_claim = now + max(self.options.claim_idle_ms / 2000.0, 0.05)
-        return self.reclaim()
+        claimed = [(src, self.reclaim(src)) for src in self.sources]
+        return [(src, entries) for src, entries in claimed if entries]
 
-    def reclaim(self) -> list[Entry]:
-        """Entries pending longer than ``claim_idle_ms`` on any consumer, now ours."""
+    def reclaim(self, source: Source | None = None) -> list[Entry]:
+        """Entries of ``source`` (default: the model's own stream) pending longer than
+        ``claim_idle_ms`` on any consumer, now ours."""
+        src = source or self.own
         entries: list[Entry] = []
         cursor: bytes | str = "0-0"
         wanted = self._entries_per_read()
         while len(entries) < wanted:
             reply = self.client.xautoclaim(
-                self.keys.feedback,
-                FEEDBACK_GROUP,
+                src.stream,
+                src.group,
                 self.options.consumer,
                 self.options.claim_idle_ms,
                 start_id=cursor,
@@ -195,21 +314,27 @@ class FeedbackIngest:
             if cursor in (b"0-0", "0-0"):
                 break
         if entries:
-            logger.info("reclaimed %d pending feedback entries from dead consumers", len(entries))
+            logger.info(
+                "reclaimed %d pending feedback entries of %s from dead consumers",
+                len(entries),
+                src.stream,
+            )
         return entries
 
     # -- accepting ------------------------------------------------------------
 
-    def process(self, entries: list[Entry]) -> Batch:
-        """Validate ``entries``, then accept, dead-letter and ack them in one transaction."""
-        events, dead = self.validator.parse_entries(entries)
+    def process(self, entries: list[Entry], source: Source | None = None) -> Batch:
+        """Validate ``entries`` of ``source`` (default: the model's own stream), then accept,
+        dead-letter and ack them in one transaction."""
+        src = source or self.own
+        events, dead = self.validator.parse_entries(entries, skip_other_models=src.shared)
         if entries:
-            self._events_per_entry = (len(events) + len(dead)) / len(entries)
-        batch = self._commit(events, dead, [e[0] for e in entries])
+            self._events_per_entry = (len(events) + len(dead) + events.skipped) / len(entries)
+        batch = self._commit(src, events, dead, [e[0] for e in entries])
         self._count(batch)
         return batch
 
-    def _commit(self, events: Events, dead: list[Refused], ids: list[Any]) -> Batch:
+    def _commit(self, src: Source, events: Events, dead: list[Refused], ids: list[Any]) -> Batch:
         if not ids:
             return Batch(0, _empty(self.data))
         draws = _draws(events.heads, events.seqs)
@@ -218,7 +343,7 @@ class FeedbackIngest:
             (draws & np.uint64(0xFFFF)) % np.uint64(self.options.holdout_every) == 0
         ).tolist()
         heads = sorted(set(events.heads))
-        seen_key = self.keys.seen
+        seen_key = self.seen_key
         out: dict[str, Any] = {}
 
         def txn(pipe: Any) -> None:
@@ -241,7 +366,7 @@ class FeedbackIngest:
                 pipe.hset(seen_key, mapping={h: s.encode() for h, s in states.items()})
                 self.data.add_to(pipe, counters, samples, writes)
             for entry_id, reason, payload in dead:
-                self._add_dead_letter(pipe, entry_id, reason, payload)
+                self._add_dead_letter(pipe, src.stream, entry_id, reason, payload)
             stats = {
                 "accepted": len(keep),
                 "duplicates": len(events) - len(keep),
@@ -250,7 +375,7 @@ class FeedbackIngest:
             if self.data.task.is_classification:
                 stats.update((f"class:{c}", n) for c, n in Counter(samples.buckets).items())
             self.data.add_stats(pipe, stats)
-            pipe.xack(self.keys.feedback, FEEDBACK_GROUP, *ids)
+            pipe.xack(src.stream, src.group, *ids)
             out.update(keep=keep, samples=samples)
 
         self.client.transaction(txn, seen_key, *self.data.watch_keys)
@@ -262,9 +387,11 @@ class FeedbackIngest:
             return np.array(truths, np.int64)
         return np.array(truths, np.float32).reshape(len(truths), self.data.task.width)
 
-    def _add_dead_letter(self, pipe: Any, entry_id: str, reason: str, payload: bytes) -> None:
+    def _add_dead_letter(
+        self, pipe: Any, stream: str, entry_id: str, reason: str, payload: bytes
+    ) -> None:
         letter = DeadLetter(
-            source_stream=self.keys.feedback,
+            source_stream=stream,
             source_id=entry_id,
             reason=reason,
             payload=payload.decode("utf-8", "replace"),
@@ -296,6 +423,7 @@ class FeedbackIngest:
             duplicates=len(events) - len(keep),
             deadlettered=len(dead),
             reasons=[d[1] for d in dead],
+            skipped=events.skipped,
         )
 
     def _count(self, batch: Batch) -> None:
@@ -303,6 +431,7 @@ class FeedbackIngest:
         c.accepted += len(batch.accepted)
         c.duplicates += batch.duplicates
         c.deadlettered += batch.deadlettered
+        c.skipped += batch.skipped
         if self.data.task.is_classification:
             for label, n in zip(*np.unique(batch.accepted.y, return_counts=True), strict=True):
                 c.per_class[int(label)] = c.per_class.get(int(label), 0) + int(n)
@@ -364,6 +493,7 @@ def _merge(a: Batch, b: Batch) -> Batch:
         a.duplicates + b.duplicates,
         a.deadlettered + b.deadlettered,
         a.reasons + b.reasons,
+        a.skipped + b.skipped,
     )
 
 

@@ -56,6 +56,13 @@ Entry = tuple[bytes, dict[bytes, bytes]]
 Parsed = tuple[FeedbackEvent, str, int]
 
 
+class OtherModel(str):
+    """The refusal of an event for another model: on the fleet-wide stream, which every
+    model's trainers read, it is skipped (and acked with its entry), not dead-lettered."""
+
+    __slots__ = ()
+
+
 @dataclass
 class Events:
     """Valid events as columns, in stream order: what acceptance needs of them.
@@ -72,6 +79,7 @@ class Events:
     truths: list[Any]  # a class index, or the targets (a list of floats)
     served: list[float]  # the served answer's score: 1/0 right/wrong, or |error|; nan: unknown
     X: npt.NDArray[Any]
+    skipped: int = 0  # events of other models, left to their trainers
 
     def __len__(self) -> int:
         return len(self.seqs)
@@ -86,6 +94,7 @@ class Events:
             [self.truths[i] for i in index],
             [self.served[i] for i in index],
             self.X[index],
+            self.skipped,
         )
 
 
@@ -97,6 +106,13 @@ class _Blocks:
     blocks: list[npt.NDArray[Any]] = field(default_factory=list)
     raws: list[bytes] = field(default_factory=list)
     refused: list[Refused] = field(default_factory=list)
+    skip_other_models: bool = False
+
+    def refuse(self, entry_id: str, reason: str, payload: bytes) -> None:
+        if self.skip_other_models and isinstance(reason, OtherModel):
+            self.events.skipped += 1
+        else:
+            self.refused.append((entry_id, reason, payload[:DEADLETTER_PAYLOAD]))
 
 
 class FeedbackValidator:
@@ -111,10 +127,14 @@ class FeedbackValidator:
         self.max_event_bytes = max_event_bytes
         self._shape = tuple(input.shape)
 
-    def parse_entries(self, entries: list[Entry]) -> tuple[Events, list[Refused]]:
-        """The valid events of ``entries`` in stream order, and the refused ones."""
+    def parse_entries(
+        self, entries: list[Entry], skip_other_models: bool = False
+    ) -> tuple[Events, list[Refused]]:
+        """The valid events of ``entries`` in stream order, and the refused ones; events of
+        another model are refused too, or only counted (``Events.skipped``) when
+        ``skip_other_models`` (the fleet-wide stream, which carries every model's)."""
         empty = np.zeros((0, *self._shape), self.input.np_dtype)
-        out = _Blocks(Events([], [], [], [], [], [], empty))
+        out = _Blocks(Events([], [], [], [], [], [], empty), skip_other_models=skip_other_models)
         for raw_id, fields in entries:
             entry_id = replies.text(raw_id)
             payloads, frames = events_of(fields), frames_field(fields)
@@ -133,7 +153,7 @@ class FeedbackValidator:
         for raw in payloads:
             checked = self.parse(raw)
             if isinstance(checked, str):
-                out.refused.append((entry_id, checked, raw[:DEADLETTER_PAYLOAD]))
+                out.refuse(entry_id, checked, raw)
                 continue
             ev = checked[0]
             if ev.x is None:
@@ -164,7 +184,7 @@ class FeedbackValidator:
         for event_json, data in frames:
             checked = self.parse(event_json)
             if isinstance(checked, str):
-                out.refused.append((entry_id, checked, event_json[:DEADLETTER_PAYLOAD]))
+                out.refuse(entry_id, checked, event_json)
                 continue
             sample = self._sample_of(checked[0], data)
             if isinstance(sample, str):
@@ -222,7 +242,7 @@ class FeedbackValidator:
         if ev.schema_version != SCHEMA_VERSION:
             return f"schema_version {ev.schema_version} is not supported (this trainer speaks {SCHEMA_VERSION})"
         if ev.model != self.model:
-            return f"wrong model {ev.model!r}: this trainer trains {self.model!r}"
+            return OtherModel(f"wrong model {ev.model!r}: this trainer trains {self.model!r}")
         wrong = self._wrong_truth(ev)
         if wrong:
             return wrong

@@ -1,9 +1,11 @@
 """Simulated sensor apps: each asks one edge for predictions over HTTP, as a
-real client would, and sends the true label back for a share of them.
+real client would, and sends the truth back for a share of them: the class
+(``label``) for a classifier, the measured values (``target``) for a regressor.
 
-The app knows every true label, so it also scores the edge: each labeled
-prediction is recorded with the phase it fell in and the version that
-answered, which is where the demo's accuracy figures come from.
+The app knows every truth, so it also scores the edge: each labeled answer is
+recorded (``cloud.demo.figures.Outcome``) with the phase it fell in, the version
+that answered and its score in the task's metric, which is where the demo's
+figures come from.
 """
 
 from __future__ import annotations
@@ -18,33 +20,12 @@ from typing import Any
 
 import httpx
 import numpy as np
+import numpy.typing as npt
+
+from cloud.demo.figures import Outcome, Phase
+from shared.task import TaskSpec
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Phase:
-    """Shared, thread-safe timeline: drift on/off and versions published before it."""
-
-    drift: bool = False
-    drift_at: float | None = None
-    pre_drift_versions: frozenset[int] = frozenset()
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def inject_drift(self, published_versions: set[int]) -> None:
-        with self.lock:
-            self.pre_drift_versions = frozenset(published_versions)
-            self.drift_at = time.monotonic()
-            self.drift = True
-
-
-@dataclass
-class Outcome:
-    t: float
-    drift: bool
-    version: int | None
-    correct: bool
-    fallback: bool
 
 
 @dataclass
@@ -53,36 +34,49 @@ class AppStats:
     failed: int = 0
     feedback_sent: int = 0
     feedback_failed: int = 0
-    recent: deque[bool] = field(default_factory=lambda: deque(maxlen=200))
+    #: the latest labeled answers' sample scores (1/0, or absolute errors)
+    recent: deque[float] = field(default_factory=lambda: deque(maxlen=200))
     outcomes: list[Outcome] = field(default_factory=list)
     #: every answer's model version (labeled or not): which versions this app was served
     versions: dict[int | None, int] = field(default_factory=lambda: defaultdict(int))
     errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
     @property
-    def rolling_accuracy(self) -> float | None:
+    def rolling_metric(self) -> float | None:
+        """The task's metric over the latest labeled answers."""
         return sum(self.recent) / len(self.recent) if self.recent else None
 
 
 @dataclass(frozen=True)
 class Samples:
-    """What an app draws requests from: the inputs, as they are and as drift turns
-    them, and their true labels."""
+    """What an app draws requests from: the inputs and their truths before the drift,
+    and after it (the dataset's own drift concept, or the same inputs transformed)."""
 
-    X: np.ndarray
-    X_drifted: np.ndarray
-    y: np.ndarray
+    X: npt.NDArray[Any]
+    y: npt.NDArray[Any]
+    X_drift: npt.NDArray[Any]
+    y_drift: npt.NDArray[Any]
 
     @classmethod
     def of(
-        cls, X: np.ndarray, y: np.ndarray, drift_fn: Callable[[np.ndarray], np.ndarray]
+        cls,
+        X: npt.NDArray[Any],
+        y: npt.NDArray[Any],
+        drift_fn: Callable[[npt.NDArray[Any]], npt.NDArray[Any]],
     ) -> Samples:
-        return cls(X, drift_fn(X), y)
+        """Drift turns the same inputs into new ones; their truths stay."""
+        return cls(X, y, drift_fn(X), y)
+
+    def draw(self, rng: np.random.Generator, drift: bool) -> tuple[npt.NDArray[Any], Any]:
+        X, y = (self.X_drift, self.y_drift) if drift else (self.X, self.y)
+        i = int(rng.integers(len(X)))
+        return X[i], y[i]
 
 
 @dataclass(frozen=True)
 class Traffic:
-    """How an app uses its edge: requests a second, the share it labels, input noise."""
+    """How an app uses its edge: requests a second, the share it labels, input noise
+    (float inputs only: raw uint8 frames stay what the camera gives)."""
 
     rate_hz: float
     label_share: float
@@ -94,12 +88,19 @@ class SensorApp(threading.Thread):
     """One client of one edge: predict, and label a share of the answers."""
 
     def __init__(
-        self, name: str, base_url: str, samples: Samples, phase: Phase, traffic: Traffic
+        self,
+        name: str,
+        base_url: str,
+        samples: Samples,
+        phase: Phase,
+        traffic: Traffic,
+        task: TaskSpec,
     ) -> None:
         super().__init__(name=name, daemon=True)
         self.base_url = base_url
         self.samples = samples
         self.phase = phase
+        self.task = task
         self.period = 1.0 / traffic.rate_hz
         self.label_share = traffic.label_share
         self.noise = traffic.noise
@@ -121,7 +122,7 @@ class SensorApp(threading.Thread):
 
     def _one(self, client: httpx.Client) -> None:
         drift = self.phase.drift
-        x, label = self._draw(drift)
+        x, truth = self._draw(drift)
         self.stats.requests += 1
         answer = self._predict(client, x)
         if answer is None:
@@ -129,35 +130,58 @@ class SensorApp(threading.Thread):
         self.stats.versions[answer["model_version"]] += 1
         if self.rng.random() >= self.label_share:
             return
-        correct = answer["label"] == label
-        self.stats.recent.append(correct)
+        score = self.score(answer, truth)
+        if score is None:
+            return
+        self.stats.recent.append(score)
         self.stats.outcomes.append(
-            Outcome(time.monotonic(), drift, answer["model_version"], correct, answer["fallback"])
+            Outcome(time.monotonic(), drift, answer["model_version"], score, answer["fallback"])
         )
-        self._send_label(client, answer["request_id"], label)
+        self._send_truth(client, answer["request_id"], truth)
 
-    def _draw(self, drift: bool) -> tuple[np.ndarray, int]:
-        """One input (drifted or not, with the app's noise) and its true label."""
-        i = int(self.rng.integers(len(self.samples.X)))
-        x = (self.samples.X_drifted if drift else self.samples.X)[i]
-        if self.noise:
-            x = x + self.rng.normal(0, self.noise, size=x.shape).astype(np.float32)
-        return x, int(self.samples.y[i])
+    def score(self, answer: dict[str, Any], truth: Any) -> float | None:
+        """The answer's sample score in the task's metric; None (and counted as a failed
+        request) when the edge answered in another task's terms."""
+        if self.task.is_classification:
+            if answer.get("label") is None:
+                self._failed("answer without a label")
+                return None
+            return 1.0 if int(answer["label"]) == int(truth) else 0.0
+        outputs = answer.get("outputs")
+        if outputs is None or len(outputs) != self.task.width:
+            self._failed("answer without its outputs")
+            return None
+        return float(self.task.sample_scores([outputs], [truth])[0])
 
-    def _predict(self, client: httpx.Client, x: np.ndarray) -> dict[str, Any] | None:
+    def _draw(self, drift: bool) -> tuple[npt.NDArray[Any], Any]:
+        """One input (drifted or not, with the app's noise) and its truth."""
+        x, truth = self.samples.draw(self.rng, drift)
+        if self.noise and x.dtype.kind == "f":
+            x = x + self.rng.normal(0, self.noise, size=x.shape).astype(x.dtype)
+        return x, truth
+
+    def _predict(self, client: httpx.Client, x: npt.NDArray[Any]) -> dict[str, Any] | None:
         try:
             r = client.post("/v1/predict", json={"x": x.tolist()})
             r.raise_for_status()
             answer: dict[str, Any] = r.json()
         except (httpx.HTTPError, ValueError) as e:
-            self.stats.failed += 1
-            self.stats.errors[type(e).__name__] += 1
+            self._failed(type(e).__name__)
             return None
         return answer
 
-    def _send_label(self, client: httpx.Client, request_id: str, label: int) -> None:
+    def _failed(self, reason: str) -> None:
+        self.stats.failed += 1
+        self.stats.errors[reason] += 1
+
+    def _send_truth(self, client: httpx.Client, request_id: str, truth: Any) -> None:
+        body: dict[str, Any] = {"request_id": request_id}
+        if self.task.is_classification:
+            body["label"] = int(truth)
+        else:
+            body["target"] = np.asarray(truth, np.float64).reshape(-1).tolist()
         try:
-            r = client.post("/v1/feedback", json={"request_id": request_id, "label": label})
+            r = client.post("/v1/feedback", json=body)
             r.raise_for_status()
             self.stats.feedback_sent += 1
         except httpx.HTTPError as e:
@@ -169,38 +193,5 @@ class SensorApp(threading.Thread):
 
 
 def failed_requests(apps: list[AppStats]) -> int:
-    """Predictions and labels the apps could not get through."""
+    """Predictions and truths the apps could not get through."""
     return sum(a.failed + a.feedback_failed for a in apps)
-
-
-def phase_accuracies(
-    outcomes: list[Outcome], phase: Phase, settle_share: float = 0.4
-) -> dict[str, float | None]:
-    """Accuracy on labeled predictions in each phase of the run.
-
-    - ``acc_pre_drift``: before the drift.
-    - ``acc_drift_before_update``: after the drift, answered by a version published before it.
-    - ``acc_after_update``: answered by a version published after the drift, in the last
-      ``settle_share`` of the drift phase (the trainer keeps improving after its first
-      post-drift version; this is where the fleet has settled).
-    """
-    pre = [o.correct for o in outcomes if not o.drift]
-    stale = [o.correct for o in outcomes if o.drift and o.version in phase.pre_drift_versions]
-    fresh = [
-        o
-        for o in outcomes
-        if o.drift and o.version is not None and o.version not in phase.pre_drift_versions
-    ]
-    if fresh and phase.drift_at is not None:
-        end = max(o.t for o in outcomes)
-        start = end - settle_share * (end - phase.drift_at)
-        fresh = [o for o in fresh if o.t >= start]
-
-    def mean(xs: list[bool]) -> float | None:
-        return round(sum(xs) / len(xs), 4) if xs else None
-
-    return {
-        "acc_pre_drift": mean(pre),
-        "acc_drift_before_update": mean(stale),
-        "acc_after_update": mean([o.correct for o in fresh]),
-    }

@@ -1,4 +1,12 @@
-"""``edgeloop demo``: arguments and entry point."""
+"""``edgeloop demo``: arguments and entry point.
+
+    edgeloop demo [--quick] [--json]                       # the digits and their CNN
+    edgeloop demo --model my_model.py:build --dataset npz:windows.npz [--task regression]
+    edgeloop demo --example vibration|regression|images
+
+Bad input (a model or dataset spec that does not fit) is one line on stderr and
+exit 2, before anything is started (``cloud.demo.workload``).
+"""
 
 from __future__ import annotations
 
@@ -10,19 +18,43 @@ import sys
 from rich.console import Console
 
 from cloud.demo.runner import DemoOptions, run_demo
+from cloud.demo.workload import EXAMPLES
 from shared.errors import InputError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--quick", action="store_true", help="a shorter run (under 3 minutes on 2 cores)"
-    )
+    p.add_argument("--quick", action="store_true", help="a shorter run (a few minutes on 2 cores)")
     p.add_argument(
         "--json",
         action="store_true",
         help="print the run's figures as one JSON object on the last line",
     )
-    p.add_argument("--dataset", default="digits", help='"digits" (default) or "csv:PATH"')
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help='"digits" (default), "csv:PATH", "npz:PATH" (arrays X [N, *input_shape] and y; '
+        'optional labels, outputs, X_drift, y_drift) or "py:module:function"',
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="a zoo model (digits, mlp, regression_mlp, dwcnn, cnn1d) or an import spec "
+        "'path/to/file.py:build' or 'module:build' (build(info) -> torch.nn.Module); "
+        "default: the dataset's zoo model",
+    )
+    p.add_argument(
+        "--task",
+        choices=["classification", "regression"],
+        default=None,
+        help="the task, when the dataset's y does not say it (integers or strings are "
+        "classes, floats are regression targets)",
+    )
+    p.add_argument(
+        "--example",
+        choices=EXAMPLES,
+        default=None,
+        help="a shipped example with its own data generator and model (examples/NAME/)",
+    )
     p.add_argument(
         "--label",
         dest="label_column",
@@ -50,15 +82,33 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Combinations that cannot work (``InputError``: exit 2)."""
+    if args.example and (args.model or args.dataset or args.task or args.label_column):
+        raise InputError(
+            f"--example {args.example} brings its own model and data: "
+            "leave out --model, --dataset, --task and --label"
+        )
+    if args.scenario == "bad-canary" and (args.model or args.example or args.task):
+        raise InputError(
+            "the bad-canary scenario runs on the digits or a CSV (--dataset); "
+            "--model, --example and --task are for the drift scenario"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     # SIGTERM stops the demo the way Ctrl-C does: everything it started is stopped.
     signal.signal(signal.SIGTERM, _interrupt)
     console = Console(stderr=args.json)
     bad_canary = args.scenario == "bad-canary"
+    check_arguments(args)
     options = DemoOptions(
         quick=args.quick,
-        dataset=args.dataset,
+        dataset=args.dataset or "digits",
         label_column=args.label_column,
+        model=args.model,
+        example=args.example,
+        task=args.task,
         edges=args.edges or (10 if bad_canary else 3),
         seed=args.seed,
         keep=args.keep,

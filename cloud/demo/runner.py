@@ -3,13 +3,18 @@
 Everything runs for real: a private redis-server, ``edgeloop trainer`` and one
 ``edgeloop-edge`` per edge as separate processes, and the sensor apps talking
 HTTP to the edges. The demo itself only watches (status keys in Redis, the
-edges' health endpoints) and scores (the apps know the true labels).
+edges' health endpoints) and scores (the apps know the truths).
+
+The model and the dataset (``cloud.demo.workload``) are checked before anything
+is started: bad input is one line and exit 2, with no process left behind.
+The result is one dict (the ``--json`` line): the task's metric in each phase
+(``cloud.demo.figures``), the fleet's counters, and ``done_criteria`` with
+``done``: whether the run met every criterion the project holds a demo to.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 import tempfile
 import time
@@ -23,10 +28,13 @@ import redis
 from rich.console import Console
 from rich.live import Live
 
-from cloud.data.datasets import Dataset, drift, load_dataset, split
-from cloud.demo.apps import Phase, Samples, SensorApp, Traffic, failed_requests, phase_accuracies
+from cloud.data.datasets import split
+from cloud.data.sources import TaskKind
+from cloud.demo.apps import Samples, SensorApp, Traffic, failed_requests
+from cloud.demo.figures import SETTLE_SHARE, Phase, done_criteria, phase_metrics, recovered
 from cloud.demo.services import Child, ProcessGroup, free_port, python_module, start_redis
 from cloud.demo.view import live_view, summary_table
+from cloud.demo.workload import WorkloadRequest, prepare
 from shared.errors import EdgeloopError, MessageError
 from shared.keys import FleetKeys
 from shared.messages import EdgeStatus, TrainerStatus
@@ -46,6 +54,9 @@ class DemoOptions:
     quick: bool = False
     dataset: str = "digits"
     label_column: str | None = None
+    model: str | None = None  # a zoo name or an import spec; None: the dataset's zoo model
+    example: str | None = None  # a shipped example (its own data and model)
+    task: TaskKind | None = None
     edges: int = 3
     seed: int = 0
     keep: bool = False
@@ -59,17 +70,33 @@ class DemoOptions:
         return 80.0 if self.quick else 150.0
 
     @property
+    def settle_s(self) -> float:
+        """The end of the run the after-update figure is taken over."""
+        return SETTLE_SHARE * self.post_drift_s
+
+    @property
+    def max_extra_s(self) -> float:
+        """How much longer than ``post_drift_s`` the drift phase may last while the fleet
+        has not settled: on a busy machine a round can take half a minute."""
+        return 100.0 if self.quick else 150.0
+
+    @property
     def rate_hz(self) -> float:
         return 25.0
 
     label_share: float = 0.5
     noise: float = 0.5
 
-
-def model_name(ds: Dataset) -> str:
-    if ds.kind == "digits":
-        return "digits"
-    return ("csv-" + re.sub(r"[^A-Za-z0-9_.-]", "-", ds.name))[:64]
+    def request(self) -> WorkloadRequest:
+        return WorkloadRequest(
+            dataset=self.dataset,
+            model=self.model,
+            example=self.example,
+            label_column=self.label_column,
+            task=self.task,
+            seed=self.seed,
+            quick=self.quick,
+        )
 
 
 def _toml(values: dict[str, Any]) -> str:
@@ -93,9 +120,16 @@ class Demo:
         self.options = options
         self.console = console
         self.workdir = Path(tempfile.mkdtemp(prefix="edgeloop-demo-"))
+        try:
+            # bad input stops the demo here, before any process is started
+            self.workload = prepare(options.request(), self.workdir)
+        except BaseException:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            raise
         self.group = ProcessGroup(self.workdir)
-        self.dataset = load_dataset(options.dataset, options.label_column)
-        self.model = model_name(self.dataset)
+        self.dataset = self.workload.dataset
+        self.task = self.dataset.task
+        self.model = self.workload.name
         self.keys = FleetKeys(FLEET)
         self.phase = Phase()
         self.apps: dict[str, SensorApp] = {}
@@ -104,6 +138,7 @@ class Demo:
         self.trainer_child: Child | None = None
         self.redis: redis.Redis | None = None
         self.headline = "starting"
+        self.drift_phase_s = 0.0
 
     # -- bring-up ---------------------------------------------------------------
 
@@ -118,7 +153,7 @@ class Demo:
         self.redis = redis.Redis.from_url(redis_url)
         private_key, public_key = write_keypair(self.workdir / "keys")
         self._start_trainer(redis_url, private_key)
-        self._wait("trainer bootstrap: first version", self._first_version, timeout=300)
+        self._wait("trainer bootstrap: first version", self._first_version, timeout=600)
         for i in range(1, self.options.edges + 1):
             self._start_edge(f"edge-{i}", redis_url, public_key)
         self._wait("edges serving", self._edges_serving, timeout=120)
@@ -130,13 +165,15 @@ class Demo:
             {
                 "mode": "development",
                 "fleet": FLEET,
-                "model": self.model,
+                "model": self.workload.model,
+                "model_name": self.model,
                 "redis_url": redis_url,
                 "signing_key": str(private_key),
                 "consumer": "trainer-1",
                 "seed": self.options.seed,
-                "dataset": self.options.dataset,
-                "label_column": self.options.label_column,
+                "dataset": self.workload.dataset_spec,
+                "label_column": self.workload.label_column,
+                "task": self.workload.task,
                 "round_min_samples": 150 if quick else 250,
                 "round_interval_s": 20.0 if quick else 30.0,
                 "drift_window": 40,
@@ -240,13 +277,14 @@ class Demo:
     # -- the run ----------------------------------------------------------------
 
     def start_apps(self, rate_hz: float) -> None:
-        """One simulated sensor app per edge, from the dataset's stream pool."""
+        """One simulated sensor app per edge, from the dataset's stream pool (which the
+        trainer never saw), then from the drift's samples."""
         stream = split(self.dataset, self.options.seed).stream
-        samples = Samples.of(stream.X, stream.y, drift(self.dataset.kind))
+        samples = Samples(stream.X, stream.y, *self.workload.drift_samples(stream.X, stream.y))
         noise = self.options.noise if self.dataset.kind == "digits" else 0.0
         for n, (device, url) in enumerate(self.edge_urls.items()):
             traffic = Traffic(rate_hz, self.options.label_share, noise, seed=self.options.seed + n)
-            app = SensorApp(f"app-{device}", url, samples, self.phase, traffic)
+            app = SensorApp(f"app-{device}", url, samples, self.phase, traffic, self.task)
             self.apps[device] = app
             app.start()
 
@@ -257,34 +295,56 @@ class Demo:
             app.join(timeout=10)
 
     def serve_and_drift(self) -> None:
+        """Serve, drift, and serve until the fleet has settled: at least ``post_drift_s``
+        after the drift, then until every edge serves a version published after it and
+        the metric has recovered, for at most ``max_extra_s`` more."""
         self.start_apps(self.options.rate_hz)
         drift_at = time.monotonic() + self.options.pre_drift_s
         end = drift_at + self.options.post_drift_s
+        last = end + self.options.max_extra_s
         with Live(self._render(), console=self.console, refresh_per_second=2) as live:
-            while (now := time.monotonic()) < end:
+            while (now := time.monotonic()) < end or (now < last and not self._settled()):
                 self._drift_if_due(now, drift_at, end)
                 self._check_children()
                 live.update(self._render())
                 time.sleep(1.0)
+            self.drift_phase_s = time.monotonic() - drift_at
             self.stop_apps()
             self.headline = "draining feedback"
             live.update(self._render())
             self._drain()
             live.update(self._render())
 
+    def _settled(self) -> bool:
+        """Every edge on a post-drift version, and the metric back near its old level."""
+        stale = self.phase.pre_drift_versions
+        versions = [s.version if s else None for s in self.edge_health().values()]
+        if any(v is None or v in stale for v in versions):
+            return False
+        figures = self._figures()
+        return recovered(self.task, figures["metric_pre_drift"], figures["metric_after_update"])
+
+    def _figures(self) -> dict[str, Any]:
+        outcomes = [o for a in self.apps.values() for o in list(a.stats.outcomes)]
+        return phase_metrics(outcomes, self.phase, self.task, self.options.settle_s)
+
     def _drift_if_due(self, now: float, drift_at: float, end: float) -> None:
         if not self.phase.drift and now >= drift_at:
             self.phase.inject_drift(self.published_versions())
         if self.phase.drift:
-            self.headline = f"DRIFT injected ({self._drift_name()}): {end - now:.0f}s left"
+            left = f"{end - now:.0f}s left" if now < end else "waiting for the fleet to settle"
+            self.headline = f"DRIFT injected ({self.workload.drift_name}): {left}"
         else:
             self.headline = f"serving before drift: drift in {drift_at - now:.0f}s"
 
-    def _drift_name(self) -> str:
-        return "digits rotated 90°" if self.dataset.kind == "digits" else "features mirrored"
-
     def _render(self) -> Any:
-        return live_view(self.headline, self.edge_health(), self.apps, self.trainer_status())
+        return live_view(
+            self.headline,
+            self.edge_health(),
+            self.apps,
+            self.trainer_status(),
+            self.task.metric,
+        )
 
     def _drain(self, timeout: float = 60.0) -> None:
         """Wait until the trainer has taken every feedback event the apps sent."""
@@ -305,13 +365,15 @@ class Demo:
         apps = [a.stats for a in self.apps.values()]
         sent = sum(a.feedback_sent for a in apps)
         settled = trainer.feedback_accepted + trainer.feedback_deadlettered
-        return {
+        result: dict[str, Any] = {
             "dataset": self.dataset.name,
+            "model": self.model,
             "edges": len(self.edge_urls),
             "versions_published": len(self.published_versions()),
             "pre_drift_versions": sorted(self.phase.pre_drift_versions),
             "edge_versions": {d: (s.version if s else None) for d, s in edges.items()},
-            **phase_accuracies([o for a in apps for o in a.outcomes], self.phase),
+            "drift_phase_s": round(self.drift_phase_s, 1),
+            **self._figures(),
             "predictions": sum(a.requests for a in apps),
             "feedback_sent": sent,
             "feedback_trained": trainer.feedback_accepted,
@@ -327,6 +389,8 @@ class Demo:
             "full_downloads": sum(c.full_downloads for c in counters),
             "patch_failures": sum(c.patch_failures for c in counters),
         }
+        criteria = done_criteria(result, self.task, self.phase.pre_drift_versions)
+        return result | {"done_criteria": criteria, "done": all(criteria.values())}
 
     def close(self) -> None:
         self.group.stop_all()

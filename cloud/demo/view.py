@@ -17,12 +17,19 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}%"
 
 
+def _metric(x: float | None, metric: str) -> str:
+    """Accuracy as a percentage, an error in the outputs' units."""
+    if metric == "accuracy":
+        return _pct(x)
+    return "–" if x is None else f"{x:.3f}"
+
+
 #: The edges table's columns (one row per edge).
 EDGE_COLUMNS = (
     "device",
     "version",
     "state",
-    "rolling acc",
+    "rolling metric",
     "predictions",
     "feedback sent",
     "fallbacks",
@@ -32,26 +39,42 @@ EDGE_COLUMNS = (
 )
 
 
-def edges_table(statuses: dict[str, EdgeStatus | None], apps: dict[str, SensorApp]) -> Table:
+def edges_table(
+    statuses: dict[str, EdgeStatus | None], apps: dict[str, SensorApp], metric: str = "accuracy"
+) -> Table:
+    """One row per edge; ``metric`` is the task's (the rolling column's unit)."""
     t = Table(title="edges", expand=True)
     for col in EDGE_COLUMNS:
-        t.add_column(col, justify="right" if col != "device" else "left")
+        name = (
+            f"rolling {'acc' if metric == 'accuracy' else metric}"
+            if col == "rolling metric"
+            else col
+        )
+        t.add_column(name, justify="right" if col != "device" else "left")
     for device, status in statuses.items():
         app = apps.get(device)
         if status is None:
             t.add_row(device, "–", "[yellow]no report[/]", *["–"] * 7)
             continue
         c = status.counters
-        acc = (
-            status.rolling_accuracy
-            if status.rolling_accuracy is not None
-            else (app.stats.rolling_accuracy if app else None)
+        # the edge's own figure when it reports one, else what its app measured
+        rolling = next(
+            (
+                x
+                for x in (
+                    status.rolling_metric,
+                    status.rolling_accuracy if metric == "accuracy" else None,
+                    app.stats.rolling_metric if app else None,
+                )
+                if x is not None
+            ),
+            None,
         )
         t.add_row(
             device,
             f"v{status.version}" if status.version is not None else "baseline",
             status.state,
-            _pct(acc),
+            _metric(rolling, metric),
             str(c.predictions),
             str(c.feedback_sent),
             _fallbacks(c),
@@ -98,9 +121,12 @@ def live_view(
     statuses: dict[str, EdgeStatus | None],
     apps: dict[str, SensorApp],
     trainer: TrainerStatus | None,
+    metric: str = "accuracy",
 ) -> Group:
     return Group(
-        Panel(Text(headline, style="bold")), edges_table(statuses, apps), cloud_table(trainer)
+        Panel(Text(headline, style="bold")),
+        edges_table(statuses, apps, metric),
+        cloud_table(trainer),
     )
 
 

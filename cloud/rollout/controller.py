@@ -31,8 +31,15 @@ from cloud.rollout.rings import members
 from shared import replies
 from shared.errors import EdgeloopError, InputError, MessageError, NotFound
 from shared.keys import FleetKeys, check_name
-from shared.messages import EdgeStatus, VersionRecord
-from shared.rollouts import AssignmentNotice, Rollout, RolloutSpec, RolloutState, StageState
+from shared.messages import EdgeStatus, ModelServing, VersionRecord
+from shared.rollouts import (
+    AssignmentNotice,
+    DeviceSample,
+    Rollout,
+    RolloutSpec,
+    RolloutState,
+    StageState,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +127,20 @@ class RolloutController:
                 out[device] = None
         return out
 
+    def serving(self, devices: list[str], model: str) -> dict[str, ModelServing | None]:
+        """Each device's report on ``model`` (None: offline, or it does not serve ``model``):
+        an edge serving several models is judged on the rollout's only."""
+        return {d: s.serving(model) if s else None for d, s in self.statuses(devices).items()}
+
+    def _samples(self, devices: list[str], model: str) -> dict[str, DeviceSample]:
+        """The devices' counters on ``model`` now, for those that report on it."""
+        out = {}
+        for device, status in self.statuses(devices).items():
+            on = status.serving(model) if status else None
+            if status is not None and on is not None:
+                out[device] = sample_of(on, ts=status.ts)
+        return out
+
     def pins(self, model: str) -> dict[str, str]:
         pins = self.client.hgetall(self.keys.pins(model))
         return {replies.text(device): replies.text(sha) for device, sha in pins.items()}
@@ -169,8 +190,14 @@ class RolloutController:
         if spec.devices is not None:
             wanted = set(spec.devices)
             pool = [d for d in pool if d in wanted]
+        # Devices that report serving other models only are not this rollout's.
+        statuses = self.statuses(pool)
+        pool = [d for d, st in statuses.items() if st is None or st.serving(spec.model) is not None]
         if not pool:
-            raise InputError("no device to roll out to (none seen recently, or all pinned)")
+            raise InputError(
+                f"no device to roll out {spec.model} to (none that serves it seen recently, "
+                "or all pinned)"
+            )
         return pool
 
     def _store_new(self, rollout: Rollout) -> None:
@@ -211,11 +238,11 @@ class RolloutController:
         if stage.status == "pending":
             self._start_stage(r, stage, pipe, now)
             return
-        statuses = self.statuses(stage.devices)
-        for device, status in statuses.items():
-            if status is not None and status.sha256 == r.to_sha256 and device not in stage.switched:
-                stage.switched[device] = sample_of(status)
-        result = evaluate(stage, statuses, r.to_sha256, r.gate, now)
+        for device, sample in self._samples(stage.devices, r.model).items():
+            if sample.sha256 == r.to_sha256 and device not in stage.switched:
+                stage.switched[device] = sample
+        serving = self.serving(stage.devices, r.model)
+        result = evaluate(stage, serving, r.to_sha256, r.gate, now)
         stage.gate = {"decision": result.decision, "reasons": result.reasons, **result.figures}
         if result.decision == "fail":
             stage.status, stage.decided_at = "failed", now
@@ -234,8 +261,7 @@ class RolloutController:
     def _start_stage(self, r: Rollout, stage: StageState, pipe: Pipeline, now: float) -> None:
         pinned = set(self.pins(r.model))
         stage.devices = [d for d in stage.devices if d not in pinned]
-        before = self.statuses(stage.devices)
-        stage.before = {d: sample_of(s) for d, s in before.items() if s is not None}
+        stage.before = self._samples(stage.devices, r.model)
         stage.status, stage.started_at = "running", now
         if stage.devices:
             pipe.hset(

@@ -1,9 +1,13 @@
 """Health gates: is a stage's version B at least as healthy as A on the same devices?
 
-Edges report cumulative counters (EdgeStatus). A stage keeps each ring device's
-counters from when the stage began (on A) and from when the device was first
-seen serving B; what happened on B is the difference since then. Accuracy on B
-is compared with the same devices' rolling accuracy on A.
+Edges report cumulative counters per model they serve (``EdgeStatus.serving``:
+an edge serving two models is judged on the rollout's model only). A stage keeps
+each ring device's counters from when the stage began (on A) and from when the
+device was first seen serving B; what happened on B is the difference since then.
+B is judged on the task's metric against the same devices on A: for accuracy,
+B's from the labeled counters since the switch against A's rolling accuracy;
+for a lower-is-better metric (a regressor's MAE), the devices' rolling metric on
+B, once enough labeled predictions were made on B, against theirs on A.
 """
 
 from __future__ import annotations
@@ -11,24 +15,31 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from shared.messages import EdgeStatus
+from shared.messages import ModelServing
 from shared.rollouts import DeviceSample, GatePolicy, StageState
+from shared.task import TaskSpec
 
 Decision = Literal["pass", "fail", "wait"]
 
+#: The metric whose higher values are better; every other one (mae) is an error.
+_HIGHER_IS_BETTER = TaskSpec.classification(["a", "b"]).metric
 
-def sample_of(status: EdgeStatus) -> DeviceSample:
-    c = status.counters
+
+def sample_of(serving: ModelServing, ts: float | None = None) -> DeviceSample:
+    """A device's counters for one model (``EdgeStatus.serving(model)``) at ``ts``."""
+    c = serving.counters
     return DeviceSample(
-        sha256=status.sha256,
+        sha256=serving.sha256,
         predictions=c.predictions,
         failed=c.failed_requests,
         fallbacks=c.fallback_predictions,
         labeled=c.labeled,
         correct=c.labeled_correct,
-        p99_ms=status.latency_ms_p99,
-        accuracy=status.rolling_accuracy,
-        ts=status.ts,
+        p99_ms=serving.latency_ms_p99,
+        accuracy=serving.rolling_accuracy,
+        metric=serving.metric,
+        rolling_metric=serving.rolling_metric,
+        **({} if ts is None else {"ts": ts}),
     )
 
 
@@ -47,6 +58,8 @@ class _OnB:
     labeled: int = 0
     correct: int = 0
     p99: list[float] = field(default_factory=list)
+    metric: str | None = None
+    rolling: list[float] = field(default_factory=list)  # the devices' rolling metric on B
 
     def add(self, d: DeviceSample) -> None:
         """One device's counters since it switched to B."""
@@ -57,6 +70,9 @@ class _OnB:
         self.correct += d.correct
         if d.p99_ms is not None:
             self.p99.append(d.p99_ms)
+        self.metric = d.metric
+        if d.rolling_metric is not None:
+            self.rolling.append(d.rolling_metric)
 
 
 def _since(now: DeviceSample, then: DeviceSample) -> DeviceSample:
@@ -70,17 +86,20 @@ def _since(now: DeviceSample, then: DeviceSample) -> DeviceSample:
         labeled=now.labeled - then.labeled,
         correct=now.correct - then.correct,
         p99_ms=now.p99_ms,
+        metric=now.metric,
+        rolling_metric=now.rolling_metric,
     )
 
 
 def evaluate(
     stage: StageState,
-    statuses: dict[str, EdgeStatus | None],
+    statuses: dict[str, ModelServing | None],
     to_sha: str,
     policy: GatePolicy,
     now: float,
 ) -> GateResult:
-    """Judge a running stage from the ring devices' latest reports."""
+    """Judge a running stage from the ring devices' latest reports on the rollout's model
+    (None: offline, or not serving it)."""
     left = _left_b(stage, statuses, to_sha)
     if left is not None:
         return left
@@ -100,7 +119,7 @@ def evaluate(
 
 
 def _left_b(
-    stage: StageState, statuses: dict[str, EdgeStatus | None], to_sha: str
+    stage: StageState, statuses: dict[str, ModelServing | None], to_sha: str
 ) -> GateResult | None:
     """A fail if a ring device that was serving B reports another version (it reverted)."""
     for device in stage.switched:
@@ -129,13 +148,26 @@ def _not_yet(stage: StageState, on_b: _OnB, policy: GatePolicy, now: float) -> l
 def _figures(stage: StageState, b: _OnB) -> dict[str, Any]:
     acc_a = [s.accuracy for s in stage.before.values() if s.accuracy is not None]
     p99_a = [s.p99_ms for s in stage.before.values() if s.p99_ms is not None]
+    metric = b.metric or next((s.metric for s in stage.before.values()), _HIGHER_IS_BETTER)
+    accuracy_b = b.correct / b.labeled if b.labeled else None
+    if metric == _HIGHER_IS_BETTER:
+        metric_a: float | None = sum(acc_a) / len(acc_a) if acc_a else None
+        metric_b = accuracy_b
+    else:
+        on_a = [s.rolling_metric for s in stage.before.values() if s.rolling_metric is not None]
+        metric_a = sum(on_a) / len(on_a) if on_a else None
+        metric_b = sum(b.rolling) / len(b.rolling) if b.rolling else None
     return {
+        "metric": metric,
+        "lower_is_better": metric != _HIGHER_IS_BETTER,
+        "metric_b": metric_b,
+        "metric_a": metric_a,
         "devices_on_b": len(stage.switched),
         "devices_in_ring": len(stage.devices),
         "predictions_b": b.predictions,
         "labeled_b": b.labeled,
-        "accuracy_b": b.correct / b.labeled if b.labeled else None,
-        "accuracy_a": sum(acc_a) / len(acc_a) if acc_a else None,
+        "accuracy_b": accuracy_b if metric == _HIGHER_IS_BETTER else None,
+        "accuracy_a": metric_a if metric == _HIGHER_IS_BETTER else None,
         "error_rate_b": b.failed / b.predictions if b.predictions else None,
         "fallback_rate_b": b.fallbacks / b.predictions if b.predictions else None,
         "p99_ms_b": max(b.p99) if b.p99 else None,
@@ -157,10 +189,17 @@ def _failures(f: dict[str, Any], policy: GatePolicy) -> list[str]:
             out.append(
                 f"p99 {f['p99_ms_b']:.2f} ms > {policy.max_p99_ratio}x A's {f['p99_ms_a']:.2f} ms"
             )
-    acc_a, acc_b = f["accuracy_a"], f["accuracy_b"]
-    judged = f["labeled_b"] >= policy.min_labeled and acc_a is not None and acc_b is not None
-    if judged and acc_b < acc_a - policy.max_accuracy_drop:
+    a, b, metric = f["metric_a"], f["metric_b"], f["metric"]
+    if f["labeled_b"] < policy.min_labeled or a is None or b is None:
+        return out
+    if not f["lower_is_better"]:
+        if b < a - policy.max_accuracy_drop:
+            out.append(
+                f"{metric} {b:.3f} on B vs {a:.3f} on A (max drop {policy.max_accuracy_drop})"
+            )
+    elif b > a * (1 + policy.max_error_rise):
         out.append(
-            f"accuracy {acc_b:.3f} on B vs {acc_a:.3f} on A (max drop {policy.max_accuracy_drop})"
+            f"{metric} {b:.4g} on B vs {a:.4g} on A (lower is better; max rise "
+            f"{policy.max_error_rise:.0%} of A's)"
         )
     return out

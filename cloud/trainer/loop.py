@@ -203,11 +203,19 @@ class Trainer:
         round_no = self.status.rounds + self.status.rounds_rejected + 1
         logger.info("round %d starts (trigger %s, %d new samples)", round_no, trigger, new)
         if self._executor is None:
-            self._finish(self.rounds.run(round_no, trigger, window, lambda: self.lease.held))
+            self._finish(self.rounds.run(round_no, trigger, window, self._may_publish))
         else:
             self._round = self._executor.submit(
-                self.rounds.run, round_no, trigger, window, lambda: self.lease.held
+                self.rounds.run, round_no, trigger, window, self._may_publish
             )
+
+    def _may_publish(self) -> bool:
+        """True when this trainer holds the lease, taking it again if it ran out while
+        nobody else took it: a round run in the step's own thread (no background rounds)
+        cannot renew it while it trains, and one slower than the TTL would otherwise be
+        thrown away. Safe because the publisher refuses a child whose parent is no
+        longer the latest (StaleParent), whoever held the lease in between."""
+        return self.lease.held or self.lease.refresh()
 
     def _trigger_signal(self, trigger: str) -> dict[str, Any]:
         """The numbers that made ``trigger`` fire, for the version's explanation."""

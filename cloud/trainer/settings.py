@@ -198,6 +198,11 @@ class TrainerSettings(EnvFirstSettings):
     block_ms: int = Field(500, ge=1)
     max_event_bytes: int = Field(65536, ge=64)
     deadletter_maxlen: int = Field(10000, ge=1)
+    read_shared_stream: bool = Field(
+        True,
+        description="also read the fleet-wide feedback stream (edges that predate streams per "
+        "model write there); off once every edge writes its models' own streams",
+    )
 
     status_interval_s: float = Field(5.0, gt=0)
 
@@ -264,6 +269,7 @@ class TrainerSettings(EnvFirstSettings):
             claim_idle_ms=self.claim_idle_ms,
             max_event_bytes=self.max_event_bytes,
             deadletter_maxlen=self.deadletter_maxlen,
+            read_shared_stream=self.read_shared_stream,
         )
 
     def data_options(self, dataset: Dataset) -> DataOptions:

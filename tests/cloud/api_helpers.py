@@ -59,8 +59,10 @@ def serving(app: Any, port: int | None = None) -> Iterator[str]:
         thread.join(timeout=10)
 
 
-def seed_versions(client: redis.Redis, fleet: str, blob_dir: Any, n: int = 3) -> list[str]:
-    """``n`` published versions of ``digits`` (random bytes: enough for rollouts and pins,
+def seed_versions(
+    client: redis.Redis, fleet: str, blob_dir: Any, n: int = 3, model: str = "digits"
+) -> list[str]:
+    """``n`` published versions of ``model`` (random bytes: enough for rollouts and pins,
     not for serving), the first one the fleet's target; their sha256s."""
     import numpy as np
 
@@ -73,16 +75,14 @@ def seed_versions(client: redis.Redis, fleet: str, blob_dir: Any, n: int = 3) ->
     registry = Registry(client, keys, DirBlobStore(blob_dir))
     publisher = Publisher(registry, Signer(generate_keypair()[0]), release="manual")
     probe = ProbeSet(inputs=[[0.0]], expected=[[0.5, 0.5]])
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(len(model))
     shas = []
     for _ in range(n):
         blob = rng.integers(0, 256, 3000, dtype=np.uint8).tobytes()
         shas.append(
-            publisher.publish(
-                PublishRequest("digits", blob, 1, ["a", "b"], probe, runtime="t")
-            ).sha256
+            publisher.publish(PublishRequest(model, blob, 1, ["a", "b"], probe, runtime="t")).sha256
         )
-    client.set(keys.target("digits"), shas[0])
+    client.set(keys.target(model), shas[0])
     return shas
 
 

@@ -11,13 +11,14 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.cloud]
 
 
-@pytest.mark.timeout(400)
+# the drift phase waits up to 100 s more for a fleet that has not settled (a busy machine)
+@pytest.mark.timeout(600)
 def test_quick_demo_recovers_from_drift_and_loses_nothing(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "cloud.cli.main", "demo", "--quick", "--json"],
         capture_output=True,
         text=True,
-        timeout=380,
+        timeout=580,
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -38,6 +39,14 @@ def test_quick_demo_recovers_from_drift_and_loses_nothing(tmp_path):
         )
     assert result["acc_drift_before_update"] < 0.7 * result["acc_pre_drift"]
     assert result["acc_after_update"] >= 0.9 * result["acc_pre_drift"]
+    # the task-generic figures carry the same numbers, and the run reports itself done
+    assert (result["task"], result["metric"], result["lower_is_better"]) == (
+        "classification",
+        "accuracy",
+        False,
+    )
+    assert result["metric_after_update"] == result["acc_after_update"]
+    assert result["done"] is True, result["done_criteria"]
     # edges fetch their first version whole, every later one as a patch
     assert result["full_downloads"] == result["edges"] and result["patch_failures"] == 0
     assert result["patches_applied"] >= result["edges"]

@@ -16,7 +16,8 @@ import redis
 from edge.settings import BUNDLED_BASELINE, EdgeSettings
 from shared.codec import encode_full, sha256_hex
 from shared.config import load_settings
-from shared.keys import FleetKeys
+from shared.feedback_stream import frames_of
+from shared.keys import FEEDBACK_FRAMES_FIELD, FleetKeys
 from shared.messages import (
     DeltaAnnouncement,
     ModelManifest,
@@ -27,6 +28,7 @@ from shared.messages import (
 from shared.rollouts import AssignmentNotice
 from shared.runtime import TFLiteModel
 from shared.signing import Signer, generate_keypair
+from shared.tensors import DTYPES
 
 DATA = Path(__file__).resolve().parent / "data"
 FLOAT_MODEL = DATA / "float_digits.tflite"
@@ -98,9 +100,10 @@ def make_manifest(
         "num_features": 64,
         "labels": LABELS,
         "runtime": "ai-edge-litert (tests)",
-        "probe": probe_for(model_bytes),
     }
     values.update(fields)
+    if "probe" not in values:
+        values["probe"] = probe_for(model_bytes)
     return ModelManifest(**values)
 
 
@@ -220,10 +223,25 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "c
         time.sleep(0.02)
 
 
-def stream_events(client: redis.Redis, stream: str) -> list[dict[str, Any]]:
-    """The FeedbackEvent JSON of every event of ``stream``, in stream order (an
-    edge's entry holds a batch of events, one JSON document per line)."""
+def stream_frames(client: redis.Redis, stream: str) -> list[tuple[dict[str, Any], bytes]]:
+    """(FeedbackEvent JSON, sample bytes) of every event of ``stream``, in stream order
+    (an edge's entry holds a batch of frames)."""
     import json
 
     entries = client.xrange(stream)
-    return [json.loads(line) for _, fields in entries for line in fields[b"events"].split(b"\n")]
+    return [
+        (json.loads(event), sample)
+        for _, fields in entries
+        for event, sample in frames_of(fields[FEEDBACK_FRAMES_FIELD.encode()])
+    ]
+
+
+def stream_events(client: redis.Redis, stream: str) -> list[dict[str, Any]]:
+    """The FeedbackEvent JSON of every event of ``stream``, in stream order, with the
+    sample's values of a frame put back as ``x`` (a flat list)."""
+    out = []
+    for event, sample in stream_frames(client, stream):
+        if event.get("x_dtype") is not None:
+            event["x"] = np.frombuffer(sample, DTYPES[event["x_dtype"]]).tolist()
+        out.append(event)
+    return out

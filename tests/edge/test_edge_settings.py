@@ -70,3 +70,30 @@ def test_production_refuses_a_writable_trust_anchor(tmp_path: Path) -> None:
         load_settings(EdgeSettings, write(tmp_path, text))
     key.chmod(0o644)
     assert load_settings(EdgeSettings, write(tmp_path, text)).mode == "production"
+
+
+def test_models_default_to_the_one_model_and_name_the_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = f'public_key = "{tmp_path / "k.pub"}"\n'
+    one = load_settings(EdgeSettings, write(tmp_path, key + 'model = "vibration"\n'))
+    assert (one.model, one.models) == ("vibration", ["vibration"])
+    two = load_settings(EdgeSettings, write(tmp_path, key + 'models = ["digits", "bearing"]\n'))
+    assert (two.model, two.models) == ("digits", ["digits", "bearing"])
+    monkeypatch.setenv("EDGELOOP_EDGE_MODELS", '["images", "digits"]')
+    assert load_settings(EdgeSettings, write(tmp_path, key)).model == "images"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('models = ["a", "b"]\nmodel = "b"\n', "not the first of models"),
+        ('models = ["a", "a"]\n', "twice"),
+        ('models = ["digits", "spool"]\n', "taken by the edge's own state"),
+        ('models = ["digits", "no spaces"]\n', "models"),
+    ],
+)
+def test_bad_models_are_refused_naming_the_setting(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, f'public_key = "{tmp_path / "k.pub"}"\n' + text)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(EdgeSettings, path)

@@ -171,11 +171,13 @@ def test_inputs_are_converted_or_refused_with_a_message() -> None:
     assert chain.predict(X.tolist()).label == expected
     assert chain.predict(X.astype(np.float64)).label == expected
     assert chain.predict(X.reshape(1, 64).copy()).label == expected
-    assert chain.predict(X.reshape(8, 8).copy()).label == expected  # 64 numbers, read in order
-    for bad in (X[:63].copy(), X.reshape(8, 8)[:, :4].copy(), ["a"] * 64, [], np.float32(3.0)):
-        with pytest.raises(InputError, match="features"):
+    bad_inputs = (X[:63].copy(), X.reshape(8, 8).copy(), ["a"] * 64, [], np.float32(3.0))
+    for bad in bad_inputs:  # 8x8 holds 64 numbers but is not the model's input shape
+        with pytest.raises(InputError, match=r"\[64\]|numbers"):
             chain.predict(bad)  # type: ignore[arg-type]
-    assert chain.predictions == 5  # refused inputs are not counted
+    with pytest.raises(InputError, match="predict_batch"):
+        chain.predict(np.stack([X, X]))
+    assert chain.predictions == 4  # refused inputs are not counted
 
 
 def test_a_baseline_of_another_shape_is_left_out_of_the_chain() -> None:
@@ -237,3 +239,24 @@ def test_latency_percentiles_cover_recent_predictions() -> None:
     assert p50 is not None and p99 is not None and 0 < p50 <= p99
     recent = sorted(p.latency_ms for p in answers[-16:])
     assert recent[0] <= p50 <= recent[-1] and p99 <= recent[-1]
+
+
+@pytest.mark.parametrize("data", [FLOAT_16_FEATURES, FLOAT_MODEL], ids=["dense", "digits-cnn"])
+def test_a_batch_gets_each_samples_own_answer_and_request_id(data: Any) -> None:
+    """Resized or looped (whichever the model found faster), a batch answers as single
+    predictions do, one request id per sample; a wrong shape names the input."""
+    model = TFLiteModel(data.read_bytes(), version=1)
+    chain = chain_of(model)
+    rng = np.random.default_rng(3)
+    for n in (1, 5, 32, 32):  # the second batch of 32 takes the way the first chose
+        batch = rng.integers(0, 17, (n, model.num_features)).astype(np.float32)
+        got = chain.predict_batch(batch)
+        want = [chain.predict(x) for x in batch]
+        assert [p.label for p in got] == [p.label for p in want]
+        assert np.allclose(
+            [p.probabilities for p in got], [p.probabilities for p in want], atol=1e-6
+        )
+        assert len({p.request_id for p in got}) == n and not any(p.fallback for p in got)
+    assert 32 in model._resized  # decided once
+    with pytest.raises(InputError, match=rf"\[{model.num_features}\]"):
+        chain.predict_batch(np.zeros((2, model.num_features + 1), np.float32))

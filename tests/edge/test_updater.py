@@ -121,7 +121,7 @@ REFUSALS = {
     "signature by another key": (_wrong_key, "signed by key"),
     "manifest edited after signing": (_forged, "does not verify"),
     "probe mismatch": (_probe_mismatch, "probe check failed"),
-    "shape not as the manifest says": (_wrong_shape, "maps 64 features"),
+    "shape not as the manifest says": (_wrong_shape, "maps 64 values"),
     "size not as the manifest says": (_wrong_size, "the manifest says"),
     "announcement names another hash": (_other_hash_announced, "not the announced"),
 }

@@ -19,6 +19,7 @@ from edge.connections import FleetMember
 from edge.sequence import SEQ_BLOCK, SeqCounter
 from edge.uplink import FeedbackUplink, UplinkPolicy
 from shared.errors import ConfigError
+from shared.feedback_stream import frames_of
 from shared.keys import FleetKeys
 from shared.messages import FeedbackEvent
 from shared.retry import Backoff
@@ -69,7 +70,10 @@ def submit(up: FeedbackUplink, n: int) -> list[str]:
 
 
 def seqs(client: redis.Redis, keys: FleetKeys) -> list[int]:
-    return [int(e["event_id"].rsplit(":", 1)[1]) for e in stream_events(client, keys.feedback)]
+    return [
+        int(e["event_id"].rsplit(":", 1)[1])
+        for e in stream_events(client, keys.feedback_of("digits"))
+    ]
 
 
 def test_events_reach_the_stream_with_their_ids_in_order(
@@ -79,11 +83,11 @@ def test_events_reach_the_stream_with_their_ids_in_order(
     ids = submit(up, 300)
     assert up.flush(5)
     assert ids == [f"pi-1:{EPOCH}:{s}" for s in range(300)]
-    entries = redis_client.xrange(keys.feedback)
-    assert all(set(fields) == {b"events"} for _, fields in entries)
-    batches = [fields[b"events"].split(b"\n") for _, fields in entries]
-    assert max(len(lines) for lines in batches) <= 64  # one entry per batch
-    assert [FeedbackEvent.from_wire(line).event_id for b in batches for line in b] == ids
+    entries = redis_client.xrange(keys.feedback_of("digits"))
+    assert all(set(fields) == {b"frames"} for _, fields in entries)
+    batches = [frames_of(fields[b"frames"]) for _, fields in entries]
+    assert max(len(frames) for frames in batches) <= 64  # one entry per batch
+    assert [FeedbackEvent.from_wire(ev).event_id for b in batches for ev, _ in b] == ids
     assert (up.sent, up.spooled, up.dropped) == (300, 0, 0)
 
 
@@ -194,13 +198,13 @@ def test_a_spool_left_by_a_previous_run_is_sent_first(
     )
     assert offline.submit(late) is False  # known to be down: it goes to the spool
     offline.close(timeout=0.5)
-    assert offline.spooled == 121 and list((tmp_path / "spool").glob("*.jsonl"))
+    assert offline.spooled == 121 and list((tmp_path / "spool").glob("*.frames"))
 
     online = uplinks()
     submit(online, 10)
     assert online.flush(10)
     assert seqs(redis_client, keys) == list(range(131))
-    assert not list((tmp_path / "spool").glob("*.jsonl"))
+    assert not list((tmp_path / "spool").glob("*.frames"))
     assert online.resent == 121
 
 
@@ -242,3 +246,29 @@ def test_close_without_redis_spools_everything_and_returns(
     up.close(timeout=0.5)
     assert time.monotonic() - started < 3
     assert up.spooled == 30 and up.pending == 0
+
+
+def test_a_spool_of_json_lines_from_an_older_edge_is_sent_as_frames(
+    uplinks: Callable[..., FeedbackUplink],
+    tmp_path: Path,
+    redis_client: redis.Redis,
+    keys: FleetKeys,
+) -> None:
+    """An edge upgraded with events still spooled as JSON lines (``<n>.jsonl``) sends
+    them first, as frames the trainer reads like any other, and skips a torn line."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    old = [
+        FeedbackEvent(
+            event_id=f"pi-1:{EPOCH}:{seq}", device_id="pi-1", model="digits", x=X, label=seq
+        ).to_wire()
+        for seq in range(3)
+    ]
+    (spool / f"{10**12}.jsonl").write_bytes(b"\n".join(old) + b'\n{"torn')
+    up = uplinks()
+    submit(up, 2)
+    assert up.flush(10)
+    events = stream_events(redis_client, keys.feedback_of("digits"))
+    assert [e["label"] for e in events[:3]] == [0, 1, 2] and len(events) == 5
+    assert events[0]["x_shape"] == [64] and events[0]["x"] == pytest.approx(X)
+    assert not list(spool.glob("*.jsonl"))

@@ -93,6 +93,8 @@ def test_keys_are_hash_tagged_and_names_checked():
         k.artifact("a"),
         k.manifest("a"),
         k.seen,
+        k.seen_of("m"),
+        k.feedback_of("m"),
         k.replay("m"),
         k.versions("m"),
     ):

@@ -1,4 +1,5 @@
-"""``/v1/feedback``: labeled feedback over HTTP, for edges that cannot reach Redis."""
+"""``/v1/models/{model}/feedback`` and ``/v1/feedback``: labeled feedback over HTTP, for
+edges that cannot reach Redis. Each event goes to its model's feedback stream."""
 
 from __future__ import annotations
 
@@ -8,12 +9,11 @@ from fastapi import APIRouter, status
 from pydantic import Discriminator, Tag
 
 from cloud.api.auth import PrincipalDep, check_device
-from cloud.api.deps import RelayDep, SettingsDep
+from cloud.api.deps import ModelName, RelayDep, SettingsDep
 from cloud.api.errors import error
-from cloud.api.schemas import FeedbackAcceptedPublic, FeedbackBatch
-from shared.messages import FeedbackEvent
+from cloud.api.schemas import FeedbackAcceptedPublic, FeedbackBatch, FeedbackEventCreate
 
-router = APIRouter(prefix="/v1/feedback", tags=["feedback"])
+router = APIRouter(tags=["feedback"])
 
 
 def _shape(value: Any) -> str:
@@ -22,7 +22,7 @@ def _shape(value: Any) -> str:
 
 
 FeedbackBody = Annotated[
-    Annotated[FeedbackEvent, Tag("event")] | Annotated[FeedbackBatch, Tag("batch")],
+    Annotated[FeedbackEventCreate, Tag("event")] | Annotated[FeedbackBatch, Tag("batch")],
     Discriminator(_shape),
 ]
 
@@ -37,33 +37,58 @@ _EXAMPLE = {
 }
 
 
-@router.post(
-    "",
-    status_code=status.HTTP_202_ACCEPTED,
-    summary="Send labeled feedback",
-    responses={
-        422: error(
-            "Malformed event", "event_id 'x' must be '<device_id>:<epoch>:<seq>' for device 'pi-07'"
-        )
-    },
-    openapi_extra={
-        "requestBody": {
-            "content": {
-                "application/json": {
-                    "examples": {
-                        "one": {"summary": "one event", "value": _EXAMPLE},
-                        "batch": {"summary": "a batch", "value": {"events": [_EXAMPLE]}},
-                    }
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    422: error(
+        "Malformed event", "event_id 'x' must be '<device_id>:<epoch>:<seq>' for device 'pi-07'"
+    )
+}
+_BODY = {
+    "requestBody": {
+        "content": {
+            "application/json": {
+                "examples": {
+                    "one": {"summary": "one event", "value": _EXAMPLE},
+                    "batch": {"summary": "a batch", "value": {"events": [_EXAMPLE]}},
                 }
             }
         }
-    },
+    }
+}
+
+
+@router.post(
+    "/v1/models/{model}/feedback",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Send labeled feedback for a model",
+    responses=_RESPONSES,
+    openapi_extra=_BODY,
+)
+def create_model_feedback(
+    model: ModelName, body: FeedbackBody, relay: RelayDep, settings: SettingsDep, who: PrincipalDep
+) -> FeedbackAcceptedPublic:
+    """One ``FeedbackEvent`` or ``{"events": [...]}`` of ``model``, appended to the model's
+    feedback stream in the entry format the edge uplink uses, so its trainers accept,
+    deduplicate (by ``event_id`` = ``<device>:<epoch>:<seq>``) and dead-letter it exactly as
+    an edge's. An event of another model is a 422. A device token posts events of its own
+    device only."""
+    events = body.events if isinstance(body, FeedbackBatch) else [body]
+    for device in sorted({e.device_id for e in events}):
+        check_device(who, device)
+    return relay.append_feedback(events, settings.feedback_batch, model)
+
+
+@router.post(
+    "/v1/feedback",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Send labeled feedback",
+    responses=_RESPONSES,
+    openapi_extra=_BODY,
 )
 def create_feedback(
     body: FeedbackBody, relay: RelayDep, settings: SettingsDep, who: PrincipalDep
 ) -> FeedbackAcceptedPublic:
-    """One ``FeedbackEvent`` or ``{"events": [...]}``, appended to the fleet's feedback stream in
-    the entry format the edge uplink uses, so the trainers accept, deduplicate (by ``event_id``
+    """One ``FeedbackEvent`` or ``{"events": [...]}``, each event appended to its model's
+    feedback stream (as ``/v1/models/{model}/feedback``) in the entry format the edge uplink uses, so the trainers accept, deduplicate (by ``event_id``
     = ``<device>:<epoch>:<seq>``) and dead-letter it exactly as an edge's. A device token posts
     events of its own device only."""
     events = body.events if isinstance(body, FeedbackBatch) else [body]

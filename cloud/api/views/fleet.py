@@ -3,7 +3,9 @@
 Everything comes from the keys a status report writes (``shared.status_report``):
 the device key (the latest ``EdgeStatus``, with a TTL: gone means offline) and
 the device index (a sorted set by last-seen time), with each device's desired
-version from the rollout state. Writes for devices are ``cloud.api.relay``'s.
+version from the rollout state, per model it serves (``EdgeStatus.serving``). The
+fleet's summary counts devices per model too. Writes for devices are
+``cloud.api.relay``'s.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from cloud.api.schemas import (
     DevicesPublic,
     FleetPublic,
     ModelTarget,
+    ServingPublic,
 )
 from cloud.registry.versions import Registry
 from shared import replies
@@ -25,6 +28,9 @@ from shared.errors import MessageError, NotFound
 from shared.keys import FleetKeys, check_name
 from shared.messages import EdgeStatus
 from shared.rollouts import desired_sha
+
+#: (target, assignment, pin) by (device, model).
+Desired = dict[tuple[str, str], tuple[str | None, str | None, str | None]]
 
 
 class DeviceNotFound(NotFound):
@@ -61,7 +67,9 @@ class FleetView:
         devices = self._devices(self._seen())
         by_version = Counter(version_label(d) for d in devices)
         by_health = Counter(d.health for d in devices)
-        models = {name: self._model_target(name) for name in self.registry.models()}
+        names = [*self.registry.models()]
+        names += sorted({m for d in devices for m in d.models} - set(names))
+        models = {name: self._model_target(name, devices) for name in names}
         return FleetPublic(
             fleet=self.fleet,
             devices=len(devices),
@@ -79,7 +87,7 @@ class FleetView:
         """(device, last seen) from the device index, the most recent first."""
         return _scored(self.client.zrevrange(self.keys.devices, start, end, withscores=True))
 
-    def _model_target(self, model: str) -> ModelTarget:
+    def _model_target(self, model: str, devices: list[DevicePublic]) -> ModelTarget:
         pipe = self.client.pipeline(transaction=False)
         pipe.get(self.keys.target(model))
         pipe.get(self.keys.active_rollout(model))
@@ -90,7 +98,15 @@ class FleetView:
                 version = self.registry.get(model, target).version
             except NotFound:
                 version = None
-        return ModelTarget(target_version=version, target_sha256=target, active_rollout=active)
+        on = [d.models[model] for d in devices if d.health != "offline" and model in d.models]
+        by_version = Counter(f"v{m.version}" if m.version is not None else "baseline" for m in on)
+        return ModelTarget(
+            target_version=version,
+            target_sha256=target,
+            active_rollout=active,
+            devices=len(on),
+            by_version=dict(sorted(by_version.items())),
+        )
 
     def _devices(self, seen: Sequence[tuple[str, float | None]]) -> list[DevicePublic]:
         seen = [(d, ts) for d, ts in seen if _safe(d)]  # the index holds only what edges wrote
@@ -105,15 +121,13 @@ class FleetView:
                 statuses.append(None)
         desired = self._desired([(d, s) for (d, _), s in zip(seen, statuses, strict=True)])
         return [
-            _device_public(device, ts, status, desired.get(device, (None, None, None)))
+            _device_public(device, ts, status, desired)
             for (device, ts), status in zip(seen, statuses, strict=True)
         ]
 
-    def _desired(
-        self, devices: list[tuple[str, EdgeStatus | None]]
-    ) -> dict[str, tuple[str | None, str | None, str | None]]:
-        """(target, assignment, pin) of each device for the model it reported serving."""
-        known = [(d, s.model) for d, s in devices if s is not None and _safe(s.model)]
+    def _desired(self, devices: list[tuple[str, EdgeStatus | None]]) -> Desired:
+        """(target, assignment, pin) of each device for each model it reported serving."""
+        known = [(d, m) for d, s in devices if s is not None for m in _served(s) if _safe(m)]
         if not known:
             return {}
         pipe = self.client.pipeline(transaction=False)
@@ -123,8 +137,8 @@ class FleetView:
             pipe.hget(self.keys.pins(model), device)
         values = [replies.text(v) if v else None for v in pipe.execute()]
         return {
-            device: (values[3 * i], values[3 * i + 1], values[3 * i + 2])
-            for i, (device, _) in enumerate(known)
+            pair: (values[3 * i], values[3 * i + 1], values[3 * i + 2])
+            for i, pair in enumerate(known)
         }
 
 
@@ -155,24 +169,39 @@ def version_label(d: DevicePublic) -> str:
 
 
 #: What of a status report the device's public shape leaves out or names otherwise.
-_NOT_PUBLIC = {"schema_version", "device_id", "fleet", "state", "ts"}
+_NOT_PUBLIC = {"schema_version", "device_id", "fleet", "state", "ts", "models"}
+
+
+def _served(s: EdgeStatus) -> list[str]:
+    """The models an edge reports serving: every entry of ``models``, else its one model."""
+    return list(s.models) or [s.model]
 
 
 def _device_public(
-    device: str,
-    ts: float | None,
-    s: EdgeStatus | None,
-    desired: tuple[str | None, str | None, str | None],
+    device: str, ts: float | None, s: EdgeStatus | None, desired: Desired
 ) -> DevicePublic:
     if s is None:
         return DevicePublic(device_id=device, health="offline", last_seen=ts)
-    target, assigned, pinned = desired
+    models = {}
+    for name in _served(s):
+        serving = s.serving(name)
+        if serving is None:  # pragma: no cover - _served names only what serving() reads
+            continue
+        target, assigned, pinned = desired.get((device, name), (None, None, None))
+        models[name] = ServingPublic(
+            **serving.model_dump(),
+            desired_sha256=desired_sha(target, assigned, pinned),
+            pinned_sha256=pinned,
+            assigned_sha256=assigned,
+        )
+    first = models.get(s.model)
     return DevicePublic(
         **s.model_dump(exclude=_NOT_PUBLIC),
         device_id=device,
         health=s.state,
         last_seen=ts if ts is not None else s.ts,
-        desired_sha256=desired_sha(target, assigned, pinned),
-        pinned_sha256=pinned,
-        assigned_sha256=assigned,
+        desired_sha256=first.desired_sha256 if first else None,
+        pinned_sha256=first.pinned_sha256 if first else None,
+        assigned_sha256=first.assigned_sha256 if first else None,
+        models=models,
     )

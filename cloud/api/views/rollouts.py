@@ -58,7 +58,7 @@ class RolloutsView:
 
     def public(self, r: Rollout) -> RolloutPublic:
         devices = sorted({d for s in r.stages for d in s.devices})
-        statuses = self.controller.statuses(devices)
+        statuses = self.controller.serving(devices, r.model)
         counts = {"on_target": 0, "on_source": 0, "elsewhere": 0, "offline": 0}
         for status in statuses.values():
             if status is None:

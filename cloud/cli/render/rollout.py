@@ -15,6 +15,7 @@ from cloud.api.schemas import (
     FleetPublic,
     RolloutPublic,
     RolloutsPublic,
+    ServingPublic,
 )
 
 STATE_STYLE = {
@@ -38,8 +39,9 @@ STATE_STYLE = {
 GATE_FIGURES = (
     ("devices_on_b", "on B"),
     ("labeled_b", "labeled"),
-    ("accuracy_b", "acc B"),
-    ("accuracy_a", "acc A"),
+    ("metric", "metric"),
+    ("metric_b", "on B"),
+    ("metric_a", "on A"),
     ("error_rate_b", "errors"),
     ("fallback_rate_b", "fallback"),
     ("p99_ms_b", "p99 B ms"),
@@ -149,10 +151,22 @@ def _stages_table(r: RolloutPublic) -> Table:
             marker + s.name,
             _state(s.status),
             str(len(s.devices)),
-            *(_fmt(g.get(k)) for k, _ in GATE_FIGURES),
+            *(_fmt(_figure(g, k)) for k, _ in GATE_FIGURES),
             f"{decision}: {reasons}" if reasons else decision,
         )
     return stages
+
+
+#: Where a rollout's gate from before metrics per task kept a figure.
+_BEFORE_METRICS = {"metric_b": "accuracy_b", "metric_a": "accuracy_a"}
+
+
+def _figure(gate: dict[str, Any], key: str) -> Any:
+    if key in gate:
+        return gate[key]
+    if key == "metric" and "accuracy_b" in gate:
+        return "accuracy"
+    return gate.get(_BEFORE_METRICS.get(key, key))
 
 
 def fleet_view(f: FleetPublic) -> Group:
@@ -168,36 +182,48 @@ def fleet_view(f: FleetPublic) -> Group:
     for state, n in f.by_health.items():
         health.add_row(_state(state), str(n))
     models = Table(show_header=True)
-    for col in ("model", "target", "rollout in progress"):
+    for col in ("model", "target", "rollout in progress", "devices", "by version"):
         models.add_column(col)
     for name, m in f.models.items():
-        models.add_row(name, _version(m.target_version), m.active_rollout or "–")
+        versions = ", ".join(f"{v}: {n}" for v, n in m.by_version.items())
+        models.add_row(
+            name, _version(m.target_version), m.active_rollout or "–", str(m.devices), versions
+        )
     return Group(head, by, health, models)
 
 
-def devices_table(listing: DevicesPublic) -> Table:
-    t = Table(title=f"Devices of fleet {listing.fleet} ({listing.total})", title_justify="left")
+def devices_table(listing: DevicesPublic, model: str | None = None) -> Table:
+    """Every device's last report: on ``model`` when given, else on the device's first model
+    (with the models it serves, when several)."""
+    title = f"Devices of fleet {listing.fleet} ({listing.total})"
+    t = Table(title=title + (f", serving {model}" if model else ""), title_justify="left")
+    several = model is None and any(len(d.models) > 1 for d in listing.devices)
     for col in DEVICE_COLUMNS:
         t.add_column(col)
+    if several:
+        t.add_column("models")
     for d in listing.devices:
-        c = d.counters
+        on: DevicePublic | ServingPublic = d.models[model] if model else d
+        c = on.counters
+        metric = on.rolling_accuracy if on.metric in (None, "accuracy") else on.rolling_metric
         t.add_row(
             d.device_id,
             _state(d.health),
-            _version(d.version) if d.health != "offline" else "?",
-            _desired(d),
-            (d.pinned_sha256 or "")[:12],
-            _fmt(d.rolling_accuracy),
-            _fmt(d.latency_ms_p99),
+            _version(on.version) if d.health != "offline" else "?",
+            _desired(on),
+            (on.pinned_sha256 or "")[:12],
+            _fmt(metric) + ("" if on.metric in (None, "accuracy") else f" {on.metric}"),
+            _fmt(on.latency_ms_p99),
             str(c.predictions) if c else "–",
             str(c.fallback_predictions) if c else "–",
             _ago(d.last_seen),
-            (d.last_error or "")[:60],
+            (on.last_error or "")[:60],
+            *([", ".join(d.models)] if several else []),
         )
     return t
 
 
-def _desired(d: DevicePublic) -> str:
+def _desired(d: DevicePublic | ServingPublic) -> str:
     if d.desired_sha256 and d.desired_sha256 == d.sha256:
         return "same"
     return (d.desired_sha256 or "–")[:12]

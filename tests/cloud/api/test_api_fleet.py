@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -15,11 +16,24 @@ from cloud.api.settings import ApiSettings
 from cloud.cli import main as cli
 from cloud.data.ingest import FeedbackIngest, IngestOptions
 from cloud.data.replay import DataOptions, TrainerData
+from cloud.registry.publisher import Publisher, PublishRequest
+from cloud.registry.versions import DirBlobStore, Registry
 from edge.connections import FleetMember
 from edge.status import ReportPolicy, StatusReporter
 from edge.uplink import FeedbackUplink, UplinkPolicy
+from shared.feedback_stream import events_of, frames_field, frames_of
 from shared.keys import FEEDBACK_BATCH_FIELD, FleetKeys
-from shared.messages import DeadLetter, EdgeCounters, EdgeStatus, FeedbackEvent
+from shared.messages import (
+    DeadLetter,
+    EdgeCounters,
+    EdgeStatus,
+    FeedbackEvent,
+    ModelServing,
+    ProbeSet,
+)
+from shared.signing import Signer, generate_keypair
+from shared.task import TaskSpec
+from shared.tensors import TensorSpec
 from tests.cloud.api_helpers import (
     PEPPER,
     bearer,
@@ -66,6 +80,22 @@ def _lines(client, stream) -> list[bytes]:
     ]
 
 
+def _decoded(client, stream) -> list[tuple[str, int | None, list[float]]]:
+    """(event id, label, sample) of every event on ``stream``, JSON lines or frames."""
+    out = []
+    for _, fields in client.xrange(stream):
+        blob = frames_field(fields)
+        if blob is None:
+            pairs = [(line, b"") for line in events_of(fields) or []]
+        else:
+            pairs = frames_of(blob)
+        for head, raw in pairs:
+            e = json.loads(head)
+            x = e["x"] if raw == b"" else np.frombuffer(raw, "<f4").tolist()
+            out.append((e["event_id"], e["label"], np.float32(x).tolist()))
+    return out
+
+
 def test_feedback_over_http_is_an_edges_feedback_to_the_trainer(
     api, redis_client, redis_url, parts, tmp_path
 ):
@@ -95,7 +125,12 @@ def test_feedback_over_http_is_an_edges_feedback_to_the_trainer(
         uplink.submit(e)
     assert uplink.flush(10)
     uplink.close()
-    assert _lines(redis_client, other.feedback) == _lines(redis_client, keys.feedback)[:300]
+    # The edge sends its samples as frames of raw bytes, the API flat vectors as JSON
+    # lines: the same events either way.
+    assert (
+        _decoded(redis_client, other.feedback_of("digits"))
+        == _decoded(redis_client, keys.feedback_of("digits"))[:300]
+    )
 
     sizes = {
         "replay_capacity": 1000,
@@ -120,6 +155,71 @@ def test_feedback_over_http_is_an_edges_feedback_to_the_trainer(
     assert "feature count 3" in letter.reason
 
 
+def test_feedback_goes_to_its_models_stream(api, redis_client):
+    keys = FleetKeys(FLEET)
+    admin = bearer(issue(redis_client, FLEET, "admin"))
+    digits = _events(np.ones((2, 64)), [3, 4])
+    shapes = [e.model_copy(update={"model": "shapes"}) for e in _events(np.ones((3, 8)), [1] * 3)]
+    body = {"events": [e.model_dump() for e in [*digits, *shapes]]}
+    assert api.post("/v1/feedback", json=body, headers=admin).status_code == 202
+    assert len(_lines(redis_client, keys.feedback_of("digits"))) == 2
+    assert len(_lines(redis_client, keys.feedback_of("shapes"))) == 3
+    assert not redis_client.exists(keys.feedback)  # the stream of edges before streams per model
+
+    one = {"events": [e.model_dump() for e in shapes]}
+    r = api.post("/v1/models/shapes/feedback", json=one, headers=admin)
+    assert r.status_code == 202 and r.json()["accepted"] == 3
+    assert len(_lines(redis_client, keys.feedback_of("shapes"))) == 6
+    r = api.post("/v1/models/shapes/feedback", json=body, headers=admin)
+    assert r.status_code == 422 and "'digits'" in r.json()["detail"]
+    r = api.post("/v1/models/sh{apes/feedback", json=one, headers=admin)
+    assert r.status_code == 422
+    assert len(_lines(redis_client, keys.feedback_of("digits"))) == 2  # nothing of a refused one
+
+
+def test_tensor_feedback_over_http_travels_as_frames_to_the_trainer(api, redis_client, tmp_path):
+    """A published uint8 [2, 2, 3] model: nested lists (or a flat list) become frames of raw
+    bytes on the model's stream, which its trainer accepts; a wrong shape is a 422 naming it."""
+    keys = FleetKeys(FLEET)
+    spec = TensorSpec(shape=[2, 2, 3], dtype="uint8")
+    registry = Registry(redis_client, keys, DirBlobStore(tmp_path / "blobs"))
+    probe = ProbeSet(inputs=[[0.0] * 12], expected=[[0.5, 0.5]])
+    request = PublishRequest("cam", b"x" * 100, 12, ["a", "b"], probe, runtime="t", input=spec)
+    Publisher(registry, Signer(generate_keypair()[0])).publish(request)
+    admin = bearer(issue(redis_client, FLEET, "admin"))
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4, 2, 2, 3))
+    events = [
+        {"event_id": f"pi-01:e0:{i}", "device_id": "pi-01", "model": "cam", "label": i % 2}
+        for i in range(4)
+    ]
+    body = {
+        "events": [{**e, "x": img.tolist()} for e, img in zip(events[:3], images[:3], strict=True)]
+    }
+    assert api.post("/v1/models/cam/feedback", json=body, headers=admin).status_code == 202
+    flat = {**events[3], "x": images[3].reshape(-1).tolist()}
+    assert api.post("/v1/feedback", json=flat, headers=admin).status_code == 202
+    entries = redis_client.xrange(keys.feedback_of("cam"))
+    assert all(set(fields) == {b"frames"} for _, fields in entries)
+    blob = b"".join(fields[b"frames"] for _, fields in entries)
+    assert len(blob) < 4 * (12 + 400)  # the sample's 12 bytes, not a JSON list, besides the event
+
+    for bad, words in (
+        (images[0][:1].tolist(), "[2, 2, 3]"),
+        ((images[0] + 300).tolist(), "0..255"),
+        (images[:2].tolist(), "2 samples"),
+    ):
+        r = api.post("/v1/models/cam/feedback", json={**events[0], "x": bad}, headers=admin)
+        assert r.status_code == 422 and words in r.json()["detail"], r.text
+
+    options = DataOptions("cam", spec, TaskSpec.classification(["a", "b"]), 100, 50, 20, 20)
+    data = TrainerData(redis_client, keys, options)
+    ingest = FeedbackIngest(redis_client, keys, data, IngestOptions(model="cam", consumer="t1"))
+    ingest.ensure_group()
+    assert len(ingest.poll(block_ms=10).accepted) == 4 and ingest.counters.deadlettered == 0
+    assert sorted(data.stats().items()) and data.stats()["accepted"] == 4
+
+
 def test_feedback_the_api_refuses_at_once(api, redis_client):
     admin = bearer(issue(redis_client, FLEET, "admin"))
     good = _events(np.ones((1, 64)), [3])[0].model_dump()
@@ -137,7 +237,7 @@ def test_feedback_the_api_refuses_at_once(api, redis_client):
             headers={**admin, "content-type": "application/json"},
         )
         assert r.status_code == 422 and words in r.json()["detail"], (words, r.text)
-    assert redis_client.exists(FleetKeys(FLEET).feedback) == 0
+    assert redis_client.exists(FleetKeys(FLEET).feedback_of("digits")) == 0
 
 
 def _json(value) -> bytes:
@@ -222,6 +322,8 @@ def test_devices_and_the_fleet_summary(api, redis_client, tmp_path):
         "target_version": 1,
         "target_sha256": shas[0],
         "active_rollout": None,
+        "devices": 2,
+        "by_version": {"v1": 1, "v2": 1},
     }
 
     text = api.get("/metrics", headers=viewer).text
@@ -233,6 +335,34 @@ def test_devices_and_the_fleet_summary(api, redis_client, tmp_path):
     route = "/v1/devices/{device_id}"
     assert sample(text, "edgeloop_api_requests_total", method="GET", route=route, status="404") == 1
     assert api.get("/metrics").status_code == 401
+
+
+def test_a_device_serving_two_models_is_shown_per_model(api, redis_client, tmp_path):
+    shas = seed_versions(redis_client, FLEET, tmp_path / "blobs")
+    keys = FleetKeys(FLEET)
+    redis_client.set(keys.target("temp"), "ab" * 32)
+    redis_client.hset(keys.pins("temp"), "pi-01", "cd" * 32)
+    viewer = bearer(issue(redis_client, FLEET, "viewer"))
+    digits = ModelServing(model="digits", version=2, sha256=shas[1], rolling_accuracy=0.9)
+    temp = ModelServing(model="temp", version=5, sha256="cd" * 32, metric="mae", rolling_metric=0.4)
+    both = {"digits": digits, "temp": temp}
+    report(redis_client, FLEET, "pi-01", shas[1], version=2, models=both)
+    report(redis_client, FLEET, "pi-02", shas[0], version=1)  # an edge with one model
+
+    one = api.get("/v1/devices/pi-01", headers=viewer).json()
+    assert set(one["models"]) == {"digits", "temp"} and one["version"] == 2
+    assert one["models"]["digits"]["desired_sha256"] == shas[0]  # the fleet's target
+    assert one["models"]["temp"]["desired_sha256"] == "cd" * 32  # pinned
+    assert one["models"]["temp"]["pinned_sha256"] == "cd" * 32
+    assert (
+        one["models"]["temp"]["metric"] == "mae" and one["models"]["temp"]["rolling_metric"] == 0.4
+    )
+    assert set(api.get("/v1/devices/pi-02", headers=viewer).json()["models"]) == {"digits"}
+
+    models = api.get("/v1/fleet", headers=viewer).json()["models"]
+    assert models["digits"]["devices"] == 2 and models["digits"]["by_version"] == {"v1": 1, "v2": 1}
+    assert models["temp"]["devices"] == 1 and models["temp"]["by_version"] == {"v5": 1}
+    assert models["temp"]["target_sha256"] == "ab" * 32
 
 
 def test_the_controller_runs_in_the_api_and_alone(settings, redis_client, tmp_path, capsys):

@@ -68,7 +68,11 @@ class World:
 
 def _event(device: str) -> dict[str, Any]:
     return FeedbackEvent(
-        event_id=f"{device}:e0:1", device_id=device, model="digits", x=[1.0] * 64, label=3
+        event_id=f"{device}:e0:1",
+        device_id=device,
+        model="digits",
+        x=[1.0],
+        label=1,  # the seeded versions take one feature
     ).model_dump()
 
 
@@ -119,6 +123,10 @@ WRITES: dict[tuple[str, str], tuple[set[str], Callable[[World], Request]]] = {
     ("POST", "/v1/feedback"): (
         {"device", "admin"},
         lambda w: ("/v1/feedback", _event("pi-01"), None),
+    ),
+    ("POST", "/v1/models/{model}/feedback"): (
+        {"device", "admin"},
+        lambda w: ("/v1/models/digits/feedback", _event("pi-01"), None),
     ),
     ("POST", "/v1/devices/{device_id}/status"): (
         {"device", "admin"},
@@ -225,7 +233,7 @@ def test_a_device_token_posts_for_its_own_device_only(api, world):
         "/v1/feedback", json={"events": [_event("pi-01"), _event("pi-02")]}, headers=device
     )
     assert r.status_code == 403 and "pi-01" in r.json()["detail"]
-    assert world.client.xlen(world.keys.feedback) == 0  # nothing of the batch landed
+    assert world.client.xlen(world.keys.feedback_of("digits")) == 0  # nothing of the batch landed
     status = {"device_id": "pi-02", "fleet": FLEET, "model": "digits"}
     assert api.post("/v1/devices/pi-02/status", json=status, headers=device).status_code == 403
     # its own id in the path but another's in the body is refused too

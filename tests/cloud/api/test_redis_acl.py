@@ -22,6 +22,7 @@ from cloud.registry.versions import DirBlobStore, Registry
 from edge.daemon import EdgeDaemon
 from edge.settings import BUNDLED_BASELINE, EdgeSettings
 from shared.config import load_settings
+from shared.feedback_stream import ADD_ENTRIES_SCRIPT
 from shared.keys import FleetKeys
 from shared.messages import ProbeSet
 from shared.runtime import TFLiteModel
@@ -140,12 +141,18 @@ def test_an_edge_user_does_what_an_edge_does_and_nothing_else(acl_redis, tmp_pat
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert daemon.health().last_error is None, daemon.health().last_error
-    assert trainer.xlen(keys.feedback) == 1 and trainer.xlen(keys.status) >= 1
+    # (on the model's own stream, or the fleet-wide one of edges before streams per model)
+    assert trainer.xlen(keys.feedback) + trainer.xlen(keys.feedback_of("digits")) == 1
+    assert trainer.xlen(keys.status) >= 1
     assert trainer.zscore(keys.devices, "pi-1") is not None
 
     edge = redis.Redis.from_url(acl_redis["edge"])
     allowed = [
         lambda: edge.xadd(keys.feedback, {"events": b"{}"}),
+        lambda: edge.xadd(keys.feedback_of("digits"), {"events": b"{}"}),
+        lambda: edge.evalsha(
+            edge.script_load(ADD_ENTRIES_SCRIPT), 1, keys.feedback_of("digits"), b"{}"
+        ),
         lambda: edge.xadd(keys.status, {"data": b"{}"}),
         lambda: edge.set(keys.device("pi-1"), b"{}", ex=10),
         lambda: edge.get(keys.device("pi-1")),
@@ -170,6 +177,14 @@ def test_an_edge_user_does_what_an_edge_does_and_nothing_else(acl_redis, tmp_pat
         "XREAD the feedback": lambda: edge.xread({keys.feedback: "0"}),
         "read it in a script": lambda: edge.eval(
             "return redis.call('XRANGE', KEYS[1], '-', '+')", 1, keys.feedback
+        ),
+        "read a model's feedback": lambda: edge.xrange(keys.feedback_of("digits")),
+        "read a model's feedback in a script": lambda: edge.eval(
+            "return redis.call('XRANGE', KEYS[1], '-', '+')", 1, keys.feedback_of("digits")
+        ),
+        "read a model's watermarks": lambda: edge.hgetall(keys.seen_of("digits")),
+        "another fleet's model feedback": lambda: edge.xadd(
+            other.feedback_of("digits"), {"events": b"{}"}
         ),
         "read the replay buffer": lambda: edge.hgetall(keys.replay("digits")),
         "read the weights": lambda: edge.get(keys.weights(sha)),
@@ -204,6 +219,12 @@ def test_the_api_user_serves_the_api(acl_redis, tmp_path):
             == 202
         )
         assert api.get("/v1/fleet", headers=bearer(token)).json()["online"] == 1
+        event = {"event_id": "pi-1:e0:1", "device_id": "pi-1", "model": "digits", "x": [1.0]}
+        r = api.post(
+            "/v1/models/digits/feedback", json={**event, "label": 1}, headers=bearer(token)
+        )
+        assert r.status_code == 202, r.text
+        assert api_client.xlen(FleetKeys(FLEET).feedback_of("digits")) == 1
         assert api.get("/healthz").status_code == 200
         assert api.get("/metrics", headers=bearer(token)).status_code == 200
         time.sleep(0.2)

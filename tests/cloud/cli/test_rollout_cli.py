@@ -13,6 +13,7 @@ import pytest
 from cloud.api.app import create_app
 from cloud.cli import main as cli
 from cloud.cli.client import ApiClient
+from shared.messages import ModelServing
 from tests.cloud.api_helpers import dev_api_settings, issue, report, seed_versions, serving
 
 FLEET = "lab"
@@ -141,3 +142,43 @@ def test_pins_the_fleet_and_its_devices(live, capsys, tmp_path, monkeypatch):
     config = tmp_path / "client.toml"
     config.write_text(f'token = "{token}"\n')
     assert run(capsys, "fleet", "--config", str(config))[0] == 0
+
+
+def test_commands_on_a_fleet_of_two_models_take_the_models_name(
+    live, capsys, redis_client, tmp_path
+):
+    temp = seed_versions(redis_client, FLEET, tmp_path / "blobs", n=2, model="temp")
+    both = {
+        "digits": ModelServing(model="digits", version=1, sha256=live[0]),
+        "temp": ModelServing(model="temp", version=1, sha256=temp[0], metric="mae"),
+    }
+    for d in DEVICES[:2]:
+        report(redis_client, FLEET, d, live[0], version=1, models=both)
+
+    for argv in (("rollout", "start", "2"), ("rollout", "pin", "pi-0", "2"), ("explain", "2")):
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and "has models digits, temp: pass --model" in err, (argv, err)
+
+    code, out, _ = run(capsys, "rollout", "start", "2", "--model", "temp", "--json")
+    assert code == 0
+    r = json.loads(out)
+    assert r["model"] == "temp" and set(r["stages"][-1]["devices"]) == set(DEVICES[:2])
+    code, out, _ = run(capsys, "rollout", "start", "digits", "2", "--canary", "1", "--json")
+    assert code == 0 and json.loads(out)["model"] == "digits"
+    code, out, _ = run(capsys, "rollout", "status", "--model", "temp", "--json")
+    assert [x["model"] for x in json.loads(out)["rollouts"]] == ["temp"]
+    code, _, err = run(capsys, "rollout", "start", "digits", "2", "--model", "temp")
+    assert code == 2 and "given twice" in err
+
+    code, out, _ = run(capsys, "rollout", "pin", "pi-3", "2", "--model", "temp")
+    assert code == 0 and "pi-3 pinned to temp v2" in out
+    code, out, _ = run(capsys, "devices", "--model", "temp", "--json")
+    assert sorted(d["device_id"] for d in json.loads(out)["devices"]) == DEVICES[:2]
+    code, out, _ = run(capsys, "devices", "--model", "temp")
+    assert code == 0 and "serving temp" in out and "mae" in out
+    code, out, _ = run(capsys, "devices")
+    assert code == 0 and "digits, temp" in out
+    code, out, _ = run(capsys, "fleet")
+    assert code == 0 and "temp" in out
+    code, out, _ = run(capsys, "versions", "--model", "temp", "--json")
+    assert code == 0 and [v["version"] for v in json.loads(out)["versions"]] == [1, 2]

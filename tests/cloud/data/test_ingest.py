@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from cloud.data.ingest import FeedbackIngest, IngestOptions
 from cloud.data.replay import DataOptions, TrainerData
 from cloud.data.watermark import Watermark
-from shared.keys import FEEDBACK_GROUP
+from shared.keys import FEEDBACK_GROUP, legacy_feedback_group
 from shared.messages import DeadLetter
 from shared.retry import Backoff
 
@@ -45,7 +45,7 @@ def drain(ingest: FeedbackIngest, rounds: int = 20):
 
 
 def pending(client, keys) -> int:
-    return int(client.xpending(keys.feedback, FEEDBACK_GROUP)["pending"])
+    return int(client.xpending(keys.feedback, legacy_feedback_group("digits"))["pending"])
 
 
 def dead_letters(client, keys) -> list[DeadLetter]:
@@ -136,14 +136,15 @@ def test_each_malformed_event_is_deadlettered_with_its_reason_and_acked(
     redis_client, keys, events, kind
 ):
     ingest = make_ingest(redis_client, keys)
-    redis_client.xadd(keys.feedback, malformed_fields(kind, events))
-    redis_client.xadd(keys.feedback, {"data": events.wire("ok", 1, [1.0] * 64, 2)})
+    stream = keys.feedback_of("digits")  # on the fleet-wide one, another model's is skipped
+    redis_client.xadd(stream, malformed_fields(kind, events))
+    redis_client.xadd(stream, {"data": events.wire("ok", 1, [1.0] * 64, 2)})
     b = ingest.poll()
     assert b.deadlettered == 1 and len(b.accepted) == 1
     (letter,) = dead_letters(redis_client, keys)
     assert MALFORMED[kind][1] in letter.reason, letter.reason
-    assert letter.source_stream == keys.feedback and letter.consumer == "c1"
-    assert pending(redis_client, keys) == 0
+    assert letter.source_stream == stream and letter.consumer == "c1"
+    assert redis_client.xpending(stream, FEEDBACK_GROUP)["pending"] == 0
     assert ingest.data.stats()["deadlettered"] == 1
 
 
@@ -232,7 +233,9 @@ def test_a_killed_consumers_pending_entries_are_reclaimed_exactly_once(
     ingest_a = make_ingest(redis_client, keys, consumer="alive", claim_idle_ms=100)
     events.send(redis_client, keys.feedback, events.many(parts.stream.X[:40], parts.stream.y[:40]))
     # A consumer reads the entries and dies before accepting them.
-    got = redis_client.xreadgroup(FEEDBACK_GROUP, "doomed", {keys.feedback: ">"}, count=100)
+    got = redis_client.xreadgroup(
+        legacy_feedback_group("digits"), "doomed", {keys.feedback: ">"}, count=100
+    )
     assert len(got[0][1]) == 40 and pending(redis_client, keys) == 40
     assert ingest_a.poll().entries == 0  # nothing new, and not idle long enough yet
     time.sleep(0.15)

@@ -180,6 +180,26 @@ def test_a_standby_trainer_takes_over_when_the_lease_expires(make_settings, digi
     a.close()
 
 
+def test_a_round_slower_than_the_lease_still_publishes_unless_another_trainer_took_over(
+    make_settings, digits
+):
+    # A round run in the step's thread cannot renew the lease while it trains.
+    a = Trainer(make_settings(**FAST, lock_ttl_ms=300), dataset=digits, background_rounds=False)
+    b = Trainer(
+        make_settings(**FAST, lock_ttl_ms=300, consumer="trainer-2"),
+        dataset=digits,
+        background_rounds=False,
+    )
+    a.lease.refresh()
+    time.sleep(0.4)  # the round outlives the lease; nobody else wanted it
+    assert not a.lease.held and a._may_publish() and a.lease.held
+    time.sleep(0.4)
+    b._refresh_lease(force=True)  # this time the standby took over
+    assert b.lease.held and not a._may_publish()
+    b.close()
+    a.close()
+
+
 def test_a_csv_dataset_runs_through_the_same_trainer(make_settings, tmp_path, redis_client, events):
     from sklearn.datasets import make_classification
 

@@ -1,0 +1,418 @@
+"""One model an edge serves: its store, serving chain, feedback uplink, updater,
+guard and counters.
+
+An edge serves one model or several (``EdgeSettings.models``); each is a
+``ServedModel``, independent of the others: its own state directory (the first
+model's is ``state_dir`` itself, so that a device's state survives the upgrade to
+several models; another model's is ``state_dir/<model>``), so its own feedback
+epoch and sequence numbers, spool and stream (``shared.feedback_stream.feedback_stream``);
+its own updater, which applies only its model's announcements; its own guard.
+``edge.daemon.EdgeDaemon`` starts and stops them and reports them in one status.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from math import isfinite
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from edge.connections import FleetMember
+from edge.fallback import Prediction, ServingChain
+from edge.guard import GuardPolicy, SwapGuard
+from edge.model_store import ModelStore, load_if_sound
+from edge.settings import EdgeSettings
+from edge.status import ReportPolicy
+from edge.updater import UpdateConsumer, UpdatePolicy
+from edge.uplink import FeedbackUplink, UplinkPolicy
+from shared.errors import InputError, ModelRejected, NotFound, Unavailable
+from shared.keys import FleetKeys
+from shared.messages import EdgeCounters, FeedbackAccepted, FeedbackEvent, ModelServing
+from shared.runtime import TFLiteModel
+from shared.signing import Verifier
+from shared.task import TaskSpec
+from shared.tensors import TensorSpec, as_batch, to_bytes
+
+logger = logging.getLogger(__name__)
+
+State = Literal["starting", "serving", "degraded", "stopping"]
+
+
+# -- what each setting drives: the parts' options, built from the settings here only --
+
+
+def uplink_policy(settings: EdgeSettings) -> UplinkPolicy:
+    return UplinkPolicy(
+        batch=settings.feedback_batch,
+        flush_ms=settings.feedback_flush_ms,
+        queue_max=settings.feedback_queue_max,
+        spool_max_bytes=settings.spool_max_bytes,
+    )
+
+
+def report_policy(settings: EdgeSettings) -> ReportPolicy:
+    return ReportPolicy(
+        interval_s=settings.status_interval_s,
+        ttl_s=settings.status_ttl_s,
+        stream_maxlen=settings.status_stream_maxlen,
+    )
+
+
+def guard_policy(settings: EdgeSettings) -> GuardPolicy:
+    return GuardPolicy(
+        enabled=settings.guard_enabled,
+        window_s=settings.guard_window_s,
+        min_predictions=settings.guard_min_predictions,
+        min_labeled=settings.guard_min_labeled,
+        max_accuracy_drop=settings.guard_max_accuracy_drop,
+        max_mae_increase=settings.guard_max_mae_increase,
+        max_fallback_increase=settings.guard_max_fallback_increase,
+        max_error_increase=settings.guard_max_error_increase,
+        max_p99_ratio=settings.guard_max_p99_ratio,
+        p99_floor_ms=settings.guard_p99_floor_ms,
+    )
+
+
+def update_policy(settings: EdgeSettings) -> UpdatePolicy:
+    return UpdatePolicy(
+        max_artifact_bytes=settings.max_artifact_bytes,
+        runtime=settings.runtime,
+        num_threads=settings.num_threads,
+        warmup_invokes=settings.warmup_invokes,
+        poll_s=settings.desired_poll_s,
+    )
+
+
+def check_truth(
+    classifies: bool, width: int, label: int | None, target: Sequence[float] | None
+) -> list[float] | None:
+    """The truth a model's task needs: a class index in range for a classifier, or one
+    finite number per output for a regressor (returned as a list); InputError if not."""
+    if classifies:
+        if label is None:
+            raise InputError(
+                "label is required: this model is a classifier (target is for regressors)"
+            )
+        if not 0 <= label < width:
+            raise InputError(f"label {label} is outside the model's classes 0..{width - 1}")
+        return None
+    if target is None:
+        raise InputError(
+            f"target is required: this model is a regressor with {width} output(s) "
+            "(label is for classifiers)"
+        )
+    values = [float(v) for v in target]
+    if len(values) != width:
+        raise InputError(f"target has {len(values)} value(s); the model has {width} output(s)")
+    if not all(isfinite(v) for v in values):
+        raise InputError("target must hold finite numbers (got NaN or infinity)")
+    return values
+
+
+class ServedModel:
+    """One model on this edge: serve it, send its feedback, take its updates."""
+
+    def __init__(
+        self,
+        settings: EdgeSettings,
+        model: str,
+        state_dir: Path,
+        *,
+        verifier: Verifier,
+        baseline: Path | None,
+        on_change: Callable[[], None],
+    ) -> None:
+        self.settings = settings
+        self.name = model
+        self.state_dir = state_dir
+        self._baseline_path = baseline
+        keys = FleetKeys(settings.fleet)
+        member = FleetMember(settings.redis_url, keys, settings.device_id, model)
+        self.store = ModelStore(state_dir, keep=settings.keep_versions)
+        self.chain = ServingChain(
+            budget_ms=settings.latency_budget_ms,
+            probe_every=settings.latency_probe_every,
+            recent=settings.recent_inputs,
+        )
+        # The in-process predict is the chain's own bound method: one Python call
+        # less on a path benchmarked in microseconds. The methods below document it.
+        self.predict = self.chain.predict  # type: ignore[method-assign]
+        self.predict_batch = self.chain.predict_batch  # type: ignore[method-assign]
+        self.uplink = FeedbackUplink(member, self.store.epoch, state_dir, uplink_policy(settings))
+        self.guard = SwapGuard(self.chain, self.store, guard_policy(settings), on_revert=on_change)
+        self.updater = UpdateConsumer(
+            member,
+            update_policy(settings),
+            store=self.store,
+            chain=self.chain,
+            verifier=verifier,
+            guard=self.guard,
+            on_swap=on_change,
+        )
+        self._stats_lock = threading.Lock()
+        # Per labeled prediction: 1/0 right/wrong (classifier) or |error| (regressor).
+        self._scores: deque[float] = deque(maxlen=settings.accuracy_window)
+        self._labeled = 0
+        self._labeled_correct = 0
+        self._load_errors: list[str] = []
+
+    # -- lifecycle (EdgeDaemon's) -------------------------------------------
+
+    def load(self) -> None:
+        """Put what the store says to serve into the chain (no network)."""
+        self.chain.set_models(
+            current=self._load_stored(self.store.current, "current"),
+            last_known_good=self._load_stored(self.store.last_known_good, "last-known-good"),
+            baseline=self._load_baseline(),
+        )
+
+    def start(self) -> None:
+        self.uplink.start()
+        self.updater.start()
+
+    def stop(self, timeout: float) -> None:
+        """Stop taking updates, then drain feedback (spooling what cannot be sent)."""
+        self.updater.stop()
+        self.uplink.close(timeout)
+
+    def _load_stored(self, sha: str | None, role: str) -> TFLiteModel | None:
+        stored = load_if_sound(self.store, sha)
+        if stored is None:
+            if sha is not None:
+                self._load_errors.append(f"stored {role} model {sha[:12]} is unusable")
+            return None
+        manifest = stored.signed.manifest()
+        try:
+            model = self._build(
+                stored.data,
+                manifest.version,
+                f"{manifest.model} v{manifest.version}",
+                input=manifest.input,
+                task=manifest.task,
+            )
+            # Re-run the probe: a runtime upgraded since install may answer differently.
+            model.check_probe(manifest.probe)
+        except ModelRejected as e:
+            logger.error("refusing stored %s model: %s", role, e)
+            self._load_errors.append(f"stored {role} model refused: {e}")
+            return None
+        return model
+
+    def _load_baseline(self) -> TFLiteModel | None:
+        path = self._baseline_path
+        if path is None:
+            return None
+        try:
+            return self._build(path.read_bytes(), None, f"baseline {path.name}")
+        except (OSError, ModelRejected) as e:
+            logger.warning("baseline model %s not used: %s", path, e)
+            return None
+
+    def _build(
+        self,
+        data: bytes,
+        version: int | None,
+        name: str,
+        *,
+        input: TensorSpec | None = None,
+        task: TaskSpec | None = None,
+    ) -> TFLiteModel:
+        settings = self.settings
+        model = TFLiteModel(
+            data,
+            version=version,
+            name=name,
+            num_threads=settings.num_threads,
+            runtime=settings.runtime,
+            input=input,
+            task=task,
+        )
+        model.warm_up(settings.warmup_invokes)
+        return model
+
+    # -- the in-process API -------------------------------------------------
+
+    def predict(
+        self, x: npt.NDArray[Any] | Sequence[Any], budget_ms: float | None = None
+    ) -> Prediction:
+        """Answer one sample; see ``ServingChain.predict`` (which replaces this
+        method on each instance)."""
+        return self.chain.predict(x, budget_ms)
+
+    def predict_batch(
+        self, x: npt.NDArray[Any] | Sequence[Any], budget_ms: float | None = None
+    ) -> list[Prediction]:
+        """Answer a batch ``[N, *input shape]``; see ``ServingChain.predict_batch``
+        (which replaces this method on each instance)."""
+        return self.chain.predict_batch(x, budget_ms)
+
+    def feedback(
+        self,
+        label: int | None = None,
+        request_id: str | None = None,
+        x: npt.NDArray[Any] | Sequence[Any] | None = None,
+        *,
+        target: Sequence[float] | None = None,
+    ) -> FeedbackAccepted:
+        """Record the truth for an earlier prediction (``request_id``) or for one
+        sample ``x``, and send it to the trainers: ``label`` (a class index) for a
+        classifier, ``target`` (one number per output) for a regressor.
+
+        Raises NotFound for an unknown or expired request id and InputError for a
+        truth the model's task does not take or an ``x`` that is not one sample of
+        its input (naming the expected shape). With a request id, the stored input
+        is used and ``x`` is ignored. The event carries the sample as raw bytes.
+        """
+        if request_id is not None:
+            event, sample = self._joined_event(label, target, request_id)
+        elif x is not None:
+            spec, classifies = self.chain.input, self.chain.classifies
+            if spec is None or classifies is None:
+                raise Unavailable("no model is loaded, so the expected input is unknown")
+            batch, _ = as_batch(x, spec)
+            if len(batch) != 1:
+                raise InputError(
+                    f"feedback takes one sample of {spec.describe()}, got {len(batch)}"
+                )
+            targets = check_truth(classifies, self.chain.num_classes or 0, label, target)
+            sample = batch[0]
+            event = FeedbackEvent(
+                event_id=self.uplink.new_event_id(),
+                device_id=self.settings.device_id,
+                model=self.name,
+                x_shape=spec.shape,
+                x_dtype=spec.dtype,
+                label=label if classifies else None,
+                target=targets,
+            )
+        else:
+            raise InputError("feedback needs a request_id from /v1/predict or the input x")
+        queued = self.uplink.submit(event, to_bytes(sample))
+        return FeedbackAccepted(event_id=event.event_id, queued=queued)
+
+    def _joined_event(
+        self, label: int | None, target: Sequence[float] | None, request_id: str
+    ) -> tuple[FeedbackEvent, npt.NDArray[Any]]:
+        """The event (and its sample) for an earlier prediction, which also counts
+        toward the rolling metric."""
+        recalled = self.chain.recall(request_id)
+        if recalled is None:
+            raise NotFound(
+                f"request_id {request_id!r} is unknown or expired (this edge keeps the last "
+                f"{self.settings.recent_inputs} predictions of its current run)"
+            )
+        if not np.isfinite(recalled.x).all():
+            raise InputError(f"the input of {request_id} was not finite; it cannot train a model")
+        classifies = recalled.predicted_outputs is None
+        targets = check_truth(classifies, recalled.num_classes, label, target)
+        event = FeedbackEvent(
+            event_id=self.uplink.new_event_id(),
+            device_id=self.settings.device_id,
+            model=self.name,
+            x_shape=list(recalled.x.shape),
+            x_dtype="uint8" if recalled.x.dtype == np.uint8 else "float32",
+            label=label if classifies else None,
+            target=targets,
+            model_version=recalled.model_version,
+            model_sha256=recalled.model_sha256,
+            request_id=request_id,
+            predicted=recalled.predicted,
+            predicted_outputs=recalled.predicted_outputs,
+            fallback=recalled.fallback,
+        )
+        if targets is None:
+            assert label is not None  # _check_truth: a classifier's label
+            self.guard.observe(recalled, label)
+            score = float(recalled.predicted == label)
+        else:
+            self.guard.observe(recalled, targets)
+            outputs = recalled.predicted_outputs or []
+            score = sum(abs(a - b) for a, b in zip(outputs, targets, strict=True)) / len(targets)
+        with self._stats_lock:
+            self._labeled += 1
+            self._labeled_correct += classifies and score == 1.0
+            self._scores.append(score)
+        return event, recalled.x
+
+    # -- status -------------------------------------------------------------
+
+    def report(self, running: bool, runtime: str) -> ModelServing:
+        """This model's part of the edge's status. ``running``: the edge's threads run;
+        ``runtime`` names the runtime when no model is loaded."""
+        serving = self.chain.serving
+        head = serving[0] if serving else None
+        p50, p99 = self.chain.latency_percentiles()
+        with self._stats_lock:
+            rolling = sum(self._scores) / len(self._scores) if self._scores else None
+            labeled, correct = self._labeled, self._labeled_correct
+        classifies = self.chain.classifies is not False
+        return ModelServing(
+            model=self.name,
+            version=head.version if head else None,
+            sha256=head.sha256 if head else None,
+            runtime=head.runtime if head else runtime,
+            state=self.public_state(running),
+            rolling_accuracy=rolling if classifies else None,
+            metric="accuracy" if classifies else "mae",
+            rolling_metric=rolling,
+            latency_ms_p50=p50,
+            latency_ms_p99=p99,
+            counters=self._counters(labeled, correct),
+            last_error=self.last_error(),
+            refused_sha256=self.store.refused_sha256,
+            revert_reason=self.store.revert_reason,
+        )
+
+    def _counters(self, labeled: int, correct: int) -> EdgeCounters:
+        reasons = self.chain.fallback_counts()
+        return EdgeCounters(
+            predictions=self.chain.predictions,
+            failed_requests=self.chain.failed_requests,
+            fallback_predictions=sum(reasons.values()),
+            fallback_reasons=reasons,
+            feedback_sent=self.uplink.sent,
+            feedback_spooled=self.uplink.spooled,
+            feedback_dropped=self.uplink.dropped,
+            labeled=labeled,
+            labeled_correct=correct,
+            swaps=self.updater.swaps,
+            updates_refused=self.updater.updates_refused,
+            bytes_downloaded=self.updater.bytes_downloaded,
+            patches_applied=self.updater.patches_applied,
+            full_downloads=self.updater.full_downloads,
+            patch_failures=self.updater.patch_failures,
+            self_reverts=self.guard.reverts,
+        )
+
+    def public_state(self, running: bool) -> State:
+        # serving: the current model is loaded. degraded: answering from a
+        # fallback (or not at all) because there is no usable current model.
+        if running:
+            return "serving" if self.chain.current is not None else "degraded"
+        return "starting"
+
+    def timed_errors(self) -> list[tuple[float, str | None]]:
+        """(when, message) of the last error of each of this model's threads."""
+        return [
+            (self.updater.last_error_at, self.updater.last_error),
+            (self.uplink.last_error_at, self.uplink.last_error),
+            (self.guard.last_error_at, self.guard.last_error),
+        ]
+
+    def last_error(self, also: list[tuple[float, str | None]] | None = None) -> str | None:
+        """The newest error of this model's threads (and ``also``), else why a stored
+        model was refused at start, else why a loaded model is not in the chain."""
+        timed = [*self.timed_errors(), *(also or [])]
+        latest = max(((t, m) for t, m in timed if m), default=None)
+        if latest is not None:
+            return latest[1]
+        if self._load_errors:
+            return self._load_errors[-1]
+        left_out = self.chain.left_out
+        return left_out[0] if left_out else None

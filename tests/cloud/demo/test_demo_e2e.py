@@ -1,0 +1,78 @@
+"""Quick demos end to end, as a user runs them: a shipped tensor example, and a
+regression with a model file and an ``.npz`` dataset the repository does not hold
+(written to tmp_path: the stand-in for a user's own)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cloud.demo.user_workload import regression_arrays, write_model, write_npz
+
+pytestmark = [pytest.mark.slow, pytest.mark.cloud]
+
+ROOT = Path(__file__).resolve().parents[3]
+FIELDS = (
+    "task",
+    "metric",
+    "metric_pre_drift",
+    "metric_drift_before_update",
+    "metric_after_update",
+    "lower_is_better",
+)
+
+
+def run_demo(cwd: Path, *args: str) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "cloud.cli.main", "demo", "--quick", "--json", *args],
+        capture_output=True,
+        text=True,
+        timeout=560,
+        cwd=cwd,
+        env=None,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def assert_done(result: dict[str, Any]) -> None:
+    assert all(k in result for k in FIELDS), result
+    assert result["feedback_lost"] == 0 and result["failed_requests"] == 0, result
+    assert result["feedback_sent"] > 0
+    pre_drift = set(result["pre_drift_versions"])
+    assert pre_drift, result
+    for device, version in result["edge_versions"].items():
+        assert version is not None and version not in pre_drift, (device, result)
+    assert result["done_criteria"]["metric_recovered_within_10pct"], result
+    assert result["done"] is True, result
+
+
+@pytest.mark.timeout(600)
+def test_the_vibration_example_recovers_from_its_drift(tmp_path):
+    result = run_demo(tmp_path, "--example", "vibration")
+    assert result["model"] == "vibration" and result["task"] == "classification"
+    assert result["metric"] == "accuracy" and result["lower_is_better"] is False
+    assert result["acc_pre_drift"] == result["metric_pre_drift"]
+    # the drift hurts the version trained before it
+    assert result["metric_drift_before_update"] < 0.85 * result["metric_pre_drift"], result
+    assert_done(result)
+
+
+@pytest.mark.timeout(600)
+def test_a_users_regression_model_and_npz_recover_from_the_drift(tmp_path):
+    model = write_model(tmp_path)
+    data = write_npz(tmp_path, **regression_arrays())
+    result = run_demo(tmp_path, "--model", f"{model}:build", "--dataset", f"npz:{data}")
+    assert result["model"] == "my_model" and result["dataset"] == "windows"
+    assert result["task"] == "regression" and result["metric"] == "mae"
+    assert result["lower_is_better"] is True
+    assert not any(k.startswith("acc_") for k in result)
+    # the drift hurts: the error of the version trained before it grows
+    assert result["metric_drift_before_update"] > 1.5 * result["metric_pre_drift"], result
+    assert_done(result)
