@@ -190,15 +190,17 @@ class Parent:
         return self.data.seed.X[:200], self.data.holdout.X[:32]
 
 
-def train_parent(family: str, sizes: Sizes, seed: int = 0) -> Parent:
+def train_parent(family: str, sizes: Sizes, seed: int = 0, model: str | None = None) -> Parent:
+    """The family's parent, trained on its data's seed split; ``model`` (a zoo name or
+    an import spec such as ``path/to/file.py:build``) trains another model on that data."""
     from cloud.export.exporter import export_int8
     from cloud.learning.training import Hyperparameters, bootstrap
 
     data = family_data(family, sizes, seed)
     hp = Hyperparameters(epochs=sizes.parent_epochs, batch_size=64, lr=2e-3, seed=seed)
-    model = bootstrap(data.seed, hp, spec=family).model
-    exported = export_int8(model, data.seed.X[:200], data.holdout.X[:32])
-    return Parent(family, data, model, exported, sizes, seed)
+    trained = bootstrap(data.seed, hp, spec=model or family).model
+    exported = export_int8(trained, data.seed.X[:200], data.holdout.X[:32])
+    return Parent(family, data, trained, exported, sizes, seed)
 
 
 # -- the rounds --------------------------------------------------------------------
@@ -230,8 +232,10 @@ class FamilyResult:
     metric_unconstrained: float = 0.0
     seconds: float = 0.0
     min_agreement: float = 1.0  # the lowest int8 vs torch agreement of a fresh export
-    base: bytes = field(default=b"", repr=False)  # what the last budgeted child was made from
-    child: Child | None = field(default=None, repr=False)  # the last budgeted child, if any
+    base: bytes = field(default=b"", repr=False)  # the budgeted chain's last file but one
+    content: bytes = field(default=b"", repr=False)  # its last file (a child or a re-export)
+    model: TaskModel | None = field(default=None, repr=False)  # the float model of the last
+    child: Child | None = field(default=None, repr=False)  # the last child, if budgeted
 
     @property
     def full_bytes(self) -> int:
@@ -328,7 +332,7 @@ def run_family(parent: Parent, opts: BudgetOptions | None = None) -> FamilyResul
             )
             child = update.child()
             content, shadow = child.exported.content, child.model
-            result.base, result.child = previous, child
+            result.child = child
             scales, reason = str(child.details["scales"]), None
             budget: int | None = update.budget
         except (FrozenScalesDoNotFit, NumericCheckError) as e:  # as the trainer: a fresh export
@@ -338,6 +342,7 @@ def run_family(parent: Parent, opts: BudgetOptions | None = None) -> FamilyResul
             scales, budget = "recalibrated", None
             reason = e.reason if isinstance(e, FrozenScalesDoNotFit) else "numeric check"
         result.rounds.append(_row(previous, content, unconstrained_content, scales, reason, budget))
+        result.base, result.content, result.model = previous, content, shadow
         previous = content
     result.metric_budgeted = task.score(Artifact(previous).answers(X_eval), y_eval)
     result.metric_unconstrained = task.score(
