@@ -12,7 +12,7 @@ import sys
 os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-BENCHES = ("predict", "http", "hotswap", "feedback")
+BENCHES = ("predict", "families", "http", "hotswap", "feedback")
 
 
 def main() -> int:
@@ -38,7 +38,8 @@ def main() -> int:
         module = importlib.import_module(f"bench.{name}")
         with bench_env() as bench:
             print(f"running {name}…", file=sys.stderr, flush=True)
-            results.append(module.run(bench, args.quick))
+            got = module.run(bench, args.quick)  # one Result, or one per case
+            results.extend(got if isinstance(got, list) else [got])
     render(results)
     if args.json:
         print(json.dumps([r.as_dict() for r in results]))

@@ -119,6 +119,7 @@ def check(settings: EdgeSettings) -> int:
     from edge.connections import REDIS_ERRORS, connect, describe, redact
     from shared.errors import MessageError
     from shared.keys import FleetKeys
+    from shared.messages import ModelServing
     from shared.status_report import read_health
 
     client = connect(settings.redis_url)
@@ -141,14 +142,20 @@ def check(settings: EdgeSettings) -> int:
     if age > settings.status_ttl_s:
         print(f"unhealthy: last report from {settings.device_id} is {age:.0f}s old")
         return EXIT_UNHEALTHY
-    if status.state != "serving":
-        print(
-            f"unhealthy: {settings.device_id} is {status.state} ({status.last_error or 'no error recorded'})"
-        )
-        return EXIT_UNHEALTHY
-    print(
-        f"healthy: {settings.device_id} serving {status.model} v{status.version}, reported {age:.1f}s ago"
-    )
+    # Every model the device serves must be serving (an edge of one model reports
+    # only the top-level fields when it predates EdgeStatus.models).
+    reports: list[ModelServing | None] = list(status.models.values()) or [
+        status.serving(status.model)
+    ]
+    for report in reports:
+        if report is None or report.state != "serving":
+            state = report.state if report else "missing"
+            error = (report.last_error if report else None) or "no error recorded"
+            model = f" ({report.model})" if report and len(reports) > 1 else ""
+            print(f"unhealthy: {settings.device_id}{model} is {state} ({error})")
+            return EXIT_UNHEALTHY
+    served = ", ".join(f"{r.model} v{r.version}" for r in reports if r is not None)
+    print(f"healthy: {settings.device_id} serving {served}, reported {age:.1f}s ago")
     return EXIT_OK
 
 

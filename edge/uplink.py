@@ -1,4 +1,4 @@
-"""The feedback uplink: labeled samples from this edge to the fleet's feedback stream.
+"""The feedback uplink: labeled samples from this edge to its model's feedback stream.
 
 ``submit`` never waits for the network. A sender thread waits for ``batch``
 events (or what arrived within ``flush_ms``), takes everything queued and XADDs

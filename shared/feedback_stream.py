@@ -72,15 +72,13 @@ def add_feedback(pipe: Any, keys: FleetKeys, lines: Sequence[bytes], batch: int)
 def feedback_stream(keys: FleetKeys, model: str) -> str:
     """The stream an edge sends ``model``'s feedback to: the one place that chooses it.
 
-    The fleet-wide ``FleetKeys.feedback``, which is what the trainers read
-    (cloud/data/ingest.py); ``FleetKeys.feedback_of(model)`` once they read a
-    stream per model.
+    The model's own stream, which only its trainers read (cloud/data/ingest.py; they
+    also read the fleet-wide ``FleetKeys.feedback`` that older edges write).
 
     >>> feedback_stream(FleetKeys("lab"), "digits")
-    'el:{lab}:feedback'
+    'el:{lab}:feedback:digits'
     """
-    del model  # every model's events go to the fleet-wide stream for now
-    return keys.feedback
+    return keys.feedback_of(model)
 
 
 def events_of(fields: Mapping[bytes, bytes]) -> list[bytes] | None:

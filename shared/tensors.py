@@ -113,20 +113,24 @@ def as_batch(x: Any, spec: TensorSpec) -> tuple[npt.NDArray[Any], bool]:
 
 
 def _cast(batch: npt.NDArray[Any], spec: TensorSpec) -> npt.NDArray[Any]:
+    # Every message names the input, so that a client learns what to send.
     if batch.dtype.kind not in "biuf":
-        raise InputError(f"x must hold numbers, got {batch.dtype}")
+        raise InputError(f"x must hold numbers for a {spec.describe()} input, got {batch.dtype}")
     if spec.dtype == "uint8":
         if batch.dtype == np.uint8:
             return np.ascontiguousarray(batch)
         if batch.dtype.kind == "f" and not np.array_equal(batch, np.round(batch)):
-            raise InputError("x must hold whole numbers 0..255 for a uint8 input")
+            raise InputError(f"x must hold whole numbers 0..255 for a {spec.describe()} input")
         if batch.size and (batch.min() < 0 or batch.max() > 255):
-            raise InputError("x must hold whole numbers 0..255 for a uint8 input")
+            raise InputError(f"x must hold whole numbers 0..255 for a {spec.describe()} input")
         return np.ascontiguousarray(batch, dtype=np.uint8)
     with np.errstate(over="ignore", invalid="ignore"):
         out = np.ascontiguousarray(batch, dtype=np.float32)
     if not np.isfinite(out).all():
-        raise InputError("x must hold finite float32 numbers (got NaN, infinity or overflow)")
+        raise InputError(
+            f"x must hold finite float32 numbers for a {spec.describe()} input "
+            "(got NaN, infinity or overflow)"
+        )
     return out
 
 

@@ -12,7 +12,7 @@ import importlib
 #: name -> (help, module)
 BENCHMARKS = {
     "deltas": (
-        "bytes shipped per update, budgeted trainer vs full re-export, on the digits drift",
+        "bytes shipped per update, budgeted vs full re-export: the digits trainer, every zoo family",
         "cloud.benchmarks.deltas",
     ),
 }

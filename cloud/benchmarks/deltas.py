@@ -35,7 +35,15 @@ are in the output too.
 
 The goal: delta bytes at most 5% of the full bytes of the same updates, with
 the budgeted run's final accuracy within 0.5 points of the unconstrained run's.
-With ``--json`` the last line of stdout is one JSON object.
+
+Then **every zoo family** (``cloud/benchmarks/families.py``: digits, mlp,
+regression_mlp, dwcnn, cnn1d, each on data of its kind with a drift of its own):
+a parent, rounds of budgeted children on its frozen grid next to fresh exports,
+and one table of the child file's bytes, the full (zstd) and patch bytes, their
+ratio and the metric gap (accuracy points, or MAE in the targets' units).
+``--families`` picks some (``none``: only the digits trainer runs),
+``--no-trainer`` skips the digits trainer runs. With ``--json`` the last line
+of stdout is one JSON object (the families under ``families``).
 """
 
 from __future__ import annotations
@@ -416,6 +424,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--streams", type=_positive, help="seeds the scenario runs on (default 3)")
     p.add_argument("--budget-bytes", type=_positive, help="update_budget_bytes of the budgeted run")
+    p.add_argument(
+        "--families",
+        type=_families,
+        default=None,
+        help="zoo families of the per-family table, comma-separated (default: all; none: skip)",
+    )
+    p.add_argument(
+        "--no-trainer", action="store_true", help="skip the digits trainer runs (families only)"
+    )
+
+
+def _families(text: str) -> tuple[str, ...]:
+    from cloud.benchmarks.families import FAMILIES
+
+    if text.strip() == "none":
+        return ()
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in FAMILIES]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown family {unknown[0]!r}; families: {', '.join(FAMILIES)} (or none)"
+        )
+    return names
 
 
 def _positive(text: str) -> int:
@@ -445,12 +476,26 @@ def run(args: argparse.Namespace) -> int:
         TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(),
     )
+    from cloud.benchmarks.families import FAMILIES, FULL_SIZES, QUICK_SIZES, run_families
+
+    families = FAMILIES if args.families is None else args.families
+    result: Result | None = None
     with Progress(*columns, console=err, transient=True) as progress:
-        result = run_benchmark(scenario, overrides, progress)
+        if not args.no_trainer:
+            result = run_benchmark(scenario, overrides, progress)
+        per_family = run_families(families, QUICK_SIZES if args.quick else FULL_SIZES, 0, progress)
     if args.json:
-        print(json.dumps(result.as_json(), separators=(",", ":")))
-    else:
-        _print_table(result, Console())
+        out = result.as_json() if result is not None else {}
+        out["families"] = [f.figures() for f in per_family]
+        print(json.dumps(out, separators=(",", ":")))
+        return 0
+    console = Console()
+    if result is not None:
+        _print_table(result, console)
+    if per_family:
+        from cloud.benchmarks.families import families_table
+
+        console.print(families_table(per_family))
     return 0
 
 
@@ -520,6 +565,14 @@ def _n(value: int, published: bool) -> str:
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(
         run(
-            argparse.Namespace(quick=True, json=True, updates=None, streams=None, budget_bytes=None)
+            argparse.Namespace(
+                quick=True,
+                json=True,
+                updates=None,
+                streams=None,
+                budget_bytes=None,
+                families=None,
+                no_trainer=False,
+            )
         )
     )

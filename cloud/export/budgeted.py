@@ -351,12 +351,14 @@ class BudgetedUpdate:
         try:
             self.layout = ParamLayout.match(unconstrained, self.float_file)
             names = {t.name for t in update_tensors(self.parent)}
-            if names != set(self.layout.tensors.values()):
+            if names != self.layout.tensor_names():
                 raise LayoutMismatch("the model's parameters and the parent's int8 layers differ")
         except LayoutMismatch as e:
             raise FrozenScalesDoNotFit("layout", str(e)) from e
         self.wanted = {n: self.float_file.values(n) for n in names}
-        self.curvature = self.layout.to_tflite(fisher_diagonal(unconstrained, X, y, hp.seed))
+        self.curvature = self.layout.curvature_to_tflite(
+            fisher_diagonal(unconstrained, X, y, hp.seed)
+        )
         everything = plan_update(self.parent, self.wanted, 0, self.curvature)
         self.clipped_fraction = everything.clipped_fraction
         if self.clipped_fraction > opts.clip_tolerance:
@@ -366,8 +368,9 @@ class BudgetedUpdate:
                 f"(tolerance {opts.clip_tolerance:.2%})",
                 {"clipped_fraction": round(self.clipped_fraction, 6)},
             )
-        self.limits = _pairs(self.layout, grid_limits(self.parent))
-        self.published = published_model(fit.shadow, self.layout, self.parent)
+        self.limits = self.layout.limits_to_torch(grid_limits(self.parent))
+        # the unconstrained model, not the shadow: a folded norm's statistics are its
+        self.published = published_model(unconstrained, self.layout, self.parent)
 
     def child(self, budget: int | None = None) -> Child:
         """The child for ``budget`` changed bytes (default: the round's budget).
@@ -378,10 +381,10 @@ class BudgetedUpdate:
         start = time.perf_counter()
         budget = self.budget if budget is None else budget
         model, selection = self._narrow(budget)
-        weights = self.layout.to_tflite(params_of(model))
+        weights = self.layout.weights(params_of(model))
         artifact, misfit, recalibrated = self._write(weights, budget)
         shadow = carry(self.unconstrained, model, selection)
-        carried = self.layout.to_tflite(params_of(shadow))
+        carried = self.layout.weights(params_of(shadow))
         scales = "activations" if recalibrated else "frozen"
         reference = float_reference(self.float_file, artifact)
         cal, probe_X = self.calibration
@@ -432,7 +435,7 @@ class BudgetedUpdate:
                     self.parent, wanted, budget * width, self.curvature, self.opts.levels
                 ).content
             )
-            selected = self.layout.to_torch(
+            selected = self.layout.masks_to_torch(
                 {n: chosen.values(n) != self.parent.values(n) for n in wanted}
             )
             selection = Selection(selected, self.limits)
@@ -440,7 +443,7 @@ class BudgetedUpdate:
             if width == 1:
                 return model, selection
             width = max(width // 2, 1)
-            wanted = self.layout.to_tflite(params_of(model))
+            wanted = self.layout.weights(params_of(model))
 
     def _write(self, weights: Arrays, budget: int) -> tuple[TFLiteFile, float, list[str]]:
         """The weights on the frozen grid; the activation scales that no longer fit are
@@ -448,7 +451,9 @@ class BudgetedUpdate:
         plan = plan_update(self.parent, weights, budget, self.curvature, self.opts.levels)
         artifact = TFLiteFile.read(plan.content)
         reference = float_reference(self.float_file, artifact)
-        fresh = TFLiteFile.read(calibrate_int8(reference, self.calibration[0]))
+        fresh = TFLiteFile.read(
+            calibrate_int8(reference, self.calibration[0], self.unconstrained.task)
+        )
         misfits = activation_misfits(artifact, fresh)
         misfit = max(misfits.values(), default=0.0)
         if misfit <= self.opts.activation_tolerance:
@@ -467,11 +472,3 @@ class BudgetedUpdate:
             with_activations_from(TFLiteFile.read(plan.content), fresh, names)
         )
         return artifact, misfit, sorted(names)
-
-
-def _pairs(
-    layout: ParamLayout, limits: Mapping[str, tuple[npt.NDArray[Any], npt.NDArray[Any]]]
-) -> dict[str, tuple[npt.NDArray[Any], npt.NDArray[Any]]]:
-    lo = layout.to_torch({t: v[0] for t, v in limits.items()})
-    hi = layout.to_torch({t: v[1] for t, v in limits.items()})
-    return {n: (lo[n], hi[n]) for n in lo}

@@ -173,10 +173,14 @@ def convert_float(model: TaskModel) -> bytes:
         return to_float_tflite(model, model.input_spec)
 
 
-def calibrate_int8(float_bytes: bytes, calibration_X: npt.ArrayLike) -> bytes:
-    """``quantize_static_int8`` under the export lock (the quantizer keeps global state)."""
+def calibrate_int8(
+    float_bytes: bytes, calibration_X: npt.ArrayLike, task: TaskSpec | None = None
+) -> bytes:
+    """``quantize_static_int8`` under the export lock (the quantizer keeps global state),
+    with the ranges ``export_int8`` takes for ``task`` (a regressor's true ranges)."""
+    ranges = "min_max" if task is not None and not task.is_classification else "smoothed"
     with _LOCK:
-        return quantize_static_int8(float_bytes, calibration_X)
+        return quantize_static_int8(float_bytes, calibration_X, ranges=ranges)
 
 
 def to_float_tflite(model: torch.nn.Module, spec: TensorSpec | int) -> bytes:

@@ -46,7 +46,10 @@ def test_feedback_joins_the_stored_input_and_prediction(
     accepted = serving.feedback(label=3, request_id=p.request_id)
     assert accepted.event_id == f"pi-1:{serving.store.epoch}:0" and accepted.queued
     assert serving.uplink.flush(5)
-    (event,) = [FeedbackEvent.model_validate(e) for e in stream_events(redis_client, keys.feedback)]
+    (event,) = [
+        FeedbackEvent.model_validate(e)
+        for e in stream_events(redis_client, keys.feedback_of("digits"))
+    ]
     assert event.x == x.tolist() and event.label == 3
     assert (event.predicted, event.model_version, event.request_id) == (p.label, 1, p.request_id)
     assert event.model_sha256 == p.model_sha256 and event.fallback is False
@@ -61,7 +64,7 @@ def test_feedback_with_an_input_instead_of_a_request_id(
     serving.feedback(label=2, x=[0.1] * 63 + [7])  # float64 and int values: as the model's float32
     serving.feedback(label=3, x=np.full(64, 3e38, np.float32))  # large, but float32
     assert serving.uplink.flush(5)
-    first, second, third, fourth = stream_events(redis_client, keys.feedback)
+    first, second, third, fourth = stream_events(redis_client, keys.feedback_of("digits"))
     assert first["x"] == [1.0] * 64 and "predicted" not in first and "request_id" not in first
     assert second["x"] == list(range(64))
     assert third["x"] == np.asarray([0.1] * 63 + [7.0], np.float32).tolist()
@@ -75,7 +78,7 @@ def test_feedback_with_an_input_instead_of_a_request_id(
 
 def third_raw(client: redis.Redis, keys: FleetKeys) -> dict[str, object]:
     """The third event's JSON as it is on the stream (its sample travels beside it)."""
-    return stream_frames(client, keys.feedback)[2][0]
+    return stream_frames(client, keys.feedback_of("digits"))[2][0]
 
 
 @pytest.mark.parametrize(
@@ -137,7 +140,7 @@ def test_stop_is_idempotent_drains_feedback_and_reports_stopping(
     serving.feedback(label=1, request_id=p.request_id)
     serving.stop()
     serving.stop()
-    assert len(stream_events(redis_client, keys.feedback)) == 1
+    assert len(stream_events(redis_client, keys.feedback_of("digits"))) == 1
     status = json.loads(redis_client.get(keys.device("pi-1")))  # type: ignore[arg-type]
     assert status["state"] == "stopping"
     assert serving.health().state == "stopping"
@@ -156,7 +159,10 @@ def test_two_daemons_run_side_by_side(
         a.feedback(label=1, request_id=b.predict([0.0] * 64).request_id)
     wait_for(lambda: redis_client.zcard(keys.devices) == 2, what="both devices reporting")
     assert a.uplink.flush(5) and b.uplink.flush(5)
-    assert {e["device_id"] for e in stream_events(redis_client, keys.feedback)} == {"pi-a", "pi-b"}
+    assert {e["device_id"] for e in stream_events(redis_client, keys.feedback_of("digits"))} == {
+        "pi-a",
+        "pi-b",
+    }
 
 
 def test_an_edge_with_redis_down_serves_and_spools(daemon_factory: Factory) -> None:

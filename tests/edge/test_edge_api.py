@@ -122,8 +122,10 @@ def test_feedback_is_accepted_and_reaches_the_stream(
     assert status == 202
     accepted = FeedbackAccepted.model_validate(body)
     assert accepted.event_id.startswith("pi-1:") and accepted.queued
-    wait_for(lambda: stream_events(redis_client, keys.feedback), what="the event in Redis")
-    (event,) = stream_events(redis_client, keys.feedback)
+    wait_for(
+        lambda: stream_events(redis_client, keys.feedback_of("digits")), what="the event in Redis"
+    )
+    (event,) = stream_events(redis_client, keys.feedback_of("digits"))
     assert event["event_id"] == accepted.event_id and event["x"] == X and event["label"] == 4
     status, _ = api("POST", "/v1/feedback", {"label": 4, "x": X})
     assert status == 202

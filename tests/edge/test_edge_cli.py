@@ -111,11 +111,21 @@ def test_check_follows_the_health_key(
     assert "degraded" in capsys.readouterr().out
 
     # A status that says serving, as a device with a cloud model reports it.
-    status = daemon.health().model_copy(update={"state": "serving", "version": 3})
+    served = {"state": "serving", "version": 3}
+    health = daemon.health()
+    models = {"digits": health.models["digits"].model_copy(update=served)}
+    status = health.model_copy(update={**served, "models": models})
     daemon.status.stop()
     redis_client.set(keys.device("pi-1"), status.to_wire(), ex=5)
     assert cli.main(["--config", str(cfg), "--check"]) == 0
     assert capsys.readouterr().out.startswith("healthy: pi-1 serving digits v3")
+
+    # An edge of several models is healthy only when every model serves.
+    bearing = models["digits"].model_copy(update={"model": "bearing", "state": "degraded"})
+    both = status.model_copy(update={"models": {**models, "bearing": bearing}})
+    redis_client.set(keys.device("pi-1"), both.to_wire(), ex=5)
+    assert cli.main(["--config", str(cfg), "--check"]) == 1
+    assert "pi-1 (bearing) is degraded" in capsys.readouterr().out
 
     stale = status.model_copy(update={"ts": time.time() - 60})
     redis_client.set(keys.device("pi-1"), stale.to_wire(), ex=5)
@@ -179,5 +189,5 @@ def test_the_daemon_serves_until_sigterm_and_stops_cleanly(
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
     assert "Traceback" not in out and "edge pi-cli stopped" in out
-    assert redis_client.xlen(keys.feedback) == 1
+    assert redis_client.xlen(keys.feedback_of("digits")) == 1
     assert json.loads(redis_client.get(keys.device("pi-cli")))["state"] == "stopping"  # type: ignore[arg-type]

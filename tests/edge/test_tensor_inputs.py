@@ -108,10 +108,10 @@ def test_a_uint8_frame_stays_uint8_and_its_feedback_is_about_its_own_size(
     assert recalled is not None and recalled.x.dtype == np.uint8  # never widened to float
     images.feedback(int(image_model.y[7]), request_id=p.request_id)
     assert images.uplink.flush(5)
-    ((event, sample),) = stream_frames(redis_client, keys.feedback)
+    ((event, sample),) = stream_frames(redis_client, keys.feedback_of(image_model.name))
     assert event["x_shape"] == [32, 32, 3] and event["x_dtype"] == "uint8" and "x" not in event
     assert sample == frame.tobytes()
-    ((_, fields),) = redis_client.xrange(keys.feedback)
+    ((_, fields),) = redis_client.xrange(keys.feedback_of(image_model.name))
     on_stream = len(fields[FEEDBACK_FRAMES_FIELD.encode()])
     raw = frame.nbytes  # 3072
     envelope = on_stream - raw  # the event's JSON and the frame's 8-byte header
@@ -144,7 +144,9 @@ def test_a_regressor_answers_outputs_and_learns_from_targets(
     status, body = call("POST", "/v1/feedback?target=1,2", raw=npy_bytes(window), content_type=NPY)
     assert status == 422 and "1 output" in body["detail"]
     assert bearing.uplink.flush(5)
-    joined, posted = (event for event, _ in stream_frames(redis_client, keys.feedback))
+    joined, posted = (
+        event for event, _ in stream_frames(redis_client, keys.feedback_of(regression_model.name))
+    )
     assert joined["target"] == [truth] and joined["predicted_outputs"] == p.outputs
     assert "label" not in joined and posted["target"] == [pytest.approx(truth + 1)]
     health = EdgeStatus.model_validate(call("GET", "/v1/health")[1])
@@ -156,8 +158,12 @@ def test_a_regressor_answers_outputs_and_learns_from_targets(
     ("make_body", "status", "message"),
     [
         (lambda X: npy_bytes(X[0][:, :, 0]), 422, "[32, 32, 3]"),  # a grey frame
-        (lambda X: npy_bytes(X[0].astype(np.float32) + 0.5), 422, "whole numbers"),
-        (lambda X: npy_bytes(np.full((32, 32, 3), np.nan, np.float32)), 422, "whole numbers"),
+        (lambda X: npy_bytes(X[0].astype(np.float32) + 0.5), 422, "0..255 for a [32, 32, 3]"),
+        (
+            lambda X: npy_bytes(np.full((32, 32, 3), np.nan, np.float32)),
+            422,
+            "0..255 for a [32, 32, 3]",
+        ),
         (lambda X: pickled_npy(), 422, "npy"),  # reading it would unpickle
         (lambda X: b"\x93NUMPY garbage", 422, "npy"),
         (lambda X: npy_bytes(X[:2].reshape(2, 3, 32, 32)), 422, "[32, 32, 3]"),
@@ -187,7 +193,7 @@ def test_nan_in_a_window_is_refused(
     window = np.zeros((32, 4), np.float32)
     window[3, 1] = np.nan
     got, answer = call("POST", "/v1/predict", raw=npy_bytes(window), content_type=NPY)
-    assert got == 422 and "finite" in answer["detail"]
+    assert got == 422 and "finite" in answer["detail"] and "[32, 4]" in answer["detail"]
     got, answer = call("POST", "/v1/predict", raw=npy_bytes(window[:, :3]), content_type=NPY)
     assert got == 422 and "[32, 4]" in answer["detail"]
 
@@ -223,7 +229,7 @@ def test_the_trainers_ingest_accepts_what_the_edge_sends(
     assert got.accepted.X.dtype == np.uint8 and np.array_equal(got.accepted.X, frames)
     assert got.accepted.y.tolist() == labels.tolist()
 
-    redis_client.delete(keys.feedback)
+    redis_client.delete(keys.feedback_of(image_model.name))
     bearing = serving(
         regression_model,
         daemon_factory,

@@ -70,7 +70,10 @@ def submit(up: FeedbackUplink, n: int) -> list[str]:
 
 
 def seqs(client: redis.Redis, keys: FleetKeys) -> list[int]:
-    return [int(e["event_id"].rsplit(":", 1)[1]) for e in stream_events(client, keys.feedback)]
+    return [
+        int(e["event_id"].rsplit(":", 1)[1])
+        for e in stream_events(client, keys.feedback_of("digits"))
+    ]
 
 
 def test_events_reach_the_stream_with_their_ids_in_order(
@@ -80,7 +83,7 @@ def test_events_reach_the_stream_with_their_ids_in_order(
     ids = submit(up, 300)
     assert up.flush(5)
     assert ids == [f"pi-1:{EPOCH}:{s}" for s in range(300)]
-    entries = redis_client.xrange(keys.feedback)
+    entries = redis_client.xrange(keys.feedback_of("digits"))
     assert all(set(fields) == {b"frames"} for _, fields in entries)
     batches = [frames_of(fields[b"frames"]) for _, fields in entries]
     assert max(len(frames) for frames in batches) <= 64  # one entry per batch
@@ -265,7 +268,7 @@ def test_a_spool_of_json_lines_from_an_older_edge_is_sent_as_frames(
     up = uplinks()
     submit(up, 2)
     assert up.flush(10)
-    events = stream_events(redis_client, keys.feedback)
+    events = stream_events(redis_client, keys.feedback_of("digits"))
     assert [e["label"] for e in events[:3]] == [0, 1, 2] and len(events) == 5
     assert events[0]["x_shape"] == [64] and events[0]["x"] == pytest.approx(X)
     assert not list(spool.glob("*.jsonl"))

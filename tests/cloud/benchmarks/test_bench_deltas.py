@@ -3,8 +3,11 @@ themselves go through the trainer, which tests/cloud/export/test_budgeted.py cov
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+from rich.console import Console
 
 from cloud.benchmarks.deltas import (
     QUICK,
@@ -15,6 +18,7 @@ from cloud.benchmarks.deltas import (
     _measure,
     _sequence,
 )
+from cloud.benchmarks.families import FamilyResult, RoundRow, families_table
 from cloud.cli.main import main
 
 
@@ -81,3 +85,37 @@ def test_bench_refuses_nonsense_arguments(capsys):
     with pytest.raises(SystemExit) as e:
         main(["bench", "deltas", "--updates", "0"])
     assert e.value.code == 2 and "at least 1" in capsys.readouterr().err
+
+
+def test_bench_refuses_an_unknown_family(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "deltas", "--families", "digits,resnet"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "unknown family 'resnet'" in err and "cnn1d" in err
+
+
+def test_family_figures_and_their_table():
+    rows = [
+        RoundRow("frozen", None, 9000, 5000, 200, 90, 70, True, 5100),
+        RoundRow("recalibrated", "layout", 9000, 5000, 4000, 7000, None, True, 5100),
+    ]
+    res = FamilyResult("mlp", "classification", "accuracy", rows, 0.3, 0.9, 0.92)
+    f = res.figures()
+    assert f["full_bytes"] == 10_000 and f["patch_bytes"] == 4200 and f["delta_ratio"] == 0.42
+    assert f["gap"] == 2.0 and f["gap_unit"] == "points" and f["recalibrated_for"] == ["layout"]
+    reg = FamilyResult("regression_mlp", "regression", "mae", rows[:1], 9.0, 1.25, 1.0)
+    assert reg.figures()["gap"] == 0.25 and reg.figures()["gap_unit"] == "target units"
+    console = Console(width=200, record=True)
+    console.print(families_table([res, reg]))
+    text = console.export_text()
+    assert "regression_mlp" in text and "42.0%" in text and "+2.00 pt" in text
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_bench_deltas_quick_runs_a_family_end_to_end(capsys):
+    assert main(["bench", "deltas", "--quick", "--no-trainer", "--families", "mlp", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    (mlp,) = out["families"]
+    assert mlp["family"] == "mlp" and mlp["patch_exact"] and mlp["delta_ratio"] < 0.1
+    assert mlp["scales"] != ["recalibrated"]
