@@ -109,13 +109,15 @@ def _mean(xs: list[float]) -> float | None:
     return round(math.fsum(xs) / len(xs), 4) if xs else None
 
 
-def recovered(task: TaskSpec, pre: float | None, after: float | None) -> bool:
-    """The metric after the update is back within ``RECOVERY`` of its pre-drift level."""
+def recovered(
+    task: TaskSpec, pre: float | None, after: float | None, within: float = RECOVERY
+) -> bool:
+    """The metric after the update is back within ``within`` (a share) of its pre-drift level."""
     if pre is None or after is None:
         return False
     if task.lower_is_better:
-        return after <= (1 + RECOVERY) * pre
-    return after >= (1 - RECOVERY) * pre
+        return after <= (1 + within) * pre
+    return after >= (1 - within) * pre
 
 
 def done_criteria(

@@ -31,7 +31,14 @@ from rich.live import Live
 from cloud.data.datasets import split
 from cloud.data.sources import TaskKind
 from cloud.demo.apps import Samples, SensorApp, Traffic, failed_requests
-from cloud.demo.figures import SETTLE_SHARE, Phase, done_criteria, phase_metrics, recovered
+from cloud.demo.figures import (
+    RECOVERY,
+    SETTLE_SHARE,
+    Phase,
+    done_criteria,
+    phase_metrics,
+    recovered,
+)
 from cloud.demo.services import Child, ProcessGroup, free_port, python_module, start_redis
 from cloud.demo.view import live_view, summary_table
 from cloud.demo.workload import WorkloadRequest, prepare
@@ -316,13 +323,16 @@ class Demo:
             live.update(self._render())
 
     def _settled(self) -> bool:
-        """Every edge on a post-drift version, and the metric back near its old level."""
+        """Every edge on a post-drift version, and the metric back near its old level:
+        within half the done criterion's margin, so that a run that waited does not stop
+        the moment its figure first crosses the line."""
         stale = self.phase.pre_drift_versions
         versions = [s.version if s else None for s in self.edge_health().values()]
         if any(v is None or v in stale for v in versions):
             return False
         figures = self._figures()
-        return recovered(self.task, figures["metric_pre_drift"], figures["metric_after_update"])
+        pre, after = figures["metric_pre_drift"], figures["metric_after_update"]
+        return recovered(self.task, pre, after, within=RECOVERY / 2)
 
     def _figures(self) -> dict[str, Any]:
         outcomes = [o for a in self.apps.values() for o in list(a.stats.outcomes)]

@@ -74,5 +74,5 @@ def test_a_users_regression_model_and_npz_recover_from_the_drift(tmp_path):
     assert result["lower_is_better"] is True
     assert not any(k.startswith("acc_") for k in result)
     # the drift hurts: the error of the version trained before it grows
-    assert result["metric_drift_before_update"] > 1.5 * result["metric_pre_drift"], result
+    assert result["metric_drift_before_update"] > 1.3 * result["metric_pre_drift"], result
     assert_done(result)
