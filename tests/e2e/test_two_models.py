@@ -21,8 +21,12 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
+import torch
 
 from cloud.data.datasets import Split
+from cloud.export.exporter import export_int8
+from cloud.learning.weights import load_weights
+from cloud.registry.publisher import Published, PublishRequest
 from cloud.rollout.controller import RolloutController
 from cloud.trainer.loop import Trainer
 from cloud.trainer.settings import TrainerSettings
@@ -47,7 +51,8 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 TRAINER = {
     "bootstrap_epochs": 12,
     "epochs": 3,
-    "refit_epochs": 3,
+    "refit_epochs": 2,
+    "update_select_factor": 1,
     "round_min_samples": 50,
     "round_interval_s": 3600,
     "gate_min_recent": 10,
@@ -69,7 +74,9 @@ STAGES = [StageSpec(name="canary", count=1), StageSpec(name="all", percent=100)]
 def bearing_data() -> dict[str, object]:
     """A ``py:`` dataset: 600 sensor windows [32, 4] and temperatures (examples/regression),
     without the drift."""
-    spec = importlib.util.spec_from_file_location("example_regression", EXAMPLES / "regression" / "data.py")
+    spec = importlib.util.spec_from_file_location(
+        "example_regression", EXAMPLES / "regression" / "data.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -160,9 +167,7 @@ def fleet(redis_client: redis.Redis, redis_url: str, tmp_path: Path) -> Iterator
         **TRAINER,
     }
     trainers = {
-        CLF: Trainer(
-            TrainerSettings(**common, consumer="trainer-digits"), background_rounds=False
-        ),
+        CLF: Trainer(TrainerSettings(**common, consumer="trainer-digits"), background_rounds=False),
         REG: Trainer(
             TrainerSettings(
                 **common,
@@ -268,9 +273,7 @@ def test_an_edge_serves_two_models_with_two_trainers(fleet: TwoModelFleet) -> No
     assert version == 2 and signed.manifest().parent_sha256 == v1[CLF]
     assert f.get(f.keys.target(CLF)) == sha2 and f.get(f.keys.target(REG)) == v1[REG]
     for device in DEVICES:
-        f.until(
-            lambda d=device: f.serving(d, CLF).sha256 == sha2, what=f"{device} on digits v2"
-        )
+        f.until(lambda d=device: f.serving(d, CLF).sha256 == sha2, what=f"{device} on digits v2")
         now = f.serving(device, CLF).counters
         assert now.patches_applied == before[device][CLF].patches_applied + 1
         assert now.full_downloads == before[device][CLF].full_downloads
@@ -332,5 +335,50 @@ def test_an_edge_serves_two_models_with_two_trainers(fleet: TwoModelFleet) -> No
     for device in DEVICES:
         f.until(lambda d=device: f.serving(d, REG).sha256 == reg3, what=f"{device} on bearing v3")
         assert f.serving(device, CLF).sha256 == clf3
+
+    # A regressor version that is off by five standard deviations: valid, signed, and
+    # wrong. Its rollout stops at the canary on the regressor's MAE (on the edges' own
+    # labeled traffic) and leaves the classifier alone.
+    bad = publish_offset_version(reg, reg3)
+    r = controller.create(RolloutSpec(model=REG, target=str(bad.version), gate=GATE, stages=STAGES))
+    canary = r.stages[0].devices[0]
+    r = run_rollout(f, controller, r)
+    assert r.state == "rolled_back", r
+    assert r.current == 0 and r.stages[0].status == "failed"
+    assert "mae" in r.reason and "lower is better" in r.reason, r.reason
+    gate = r.stages[0].gate
+    assert gate["metric"] == "mae" and gate["metric_b"] > 2 * gate["metric_a"], gate
+    assert f.get(f.keys.target(REG)) == reg3 and not f.client.exists(f.keys.assignments(REG))
+    assert f.get(f.keys.target(CLF)) == clf3 and not f.client.exists(f.keys.assignments(CLF))
+    for device in DEVICES:
+        f.until(lambda d=device: f.serving(d, REG).sha256 == reg3, what=f"{device} back on v3")
+        assert f.serving(device, CLF).sha256 == clf3
+    assert f.edges[canary].served(REG).store.current == reg3
     status = EdgeStatus.from_wire(f.client.get(f.keys.device(DEVICES[0])))  # type: ignore[arg-type]
     assert set(status.models) == {CLF, REG}
+
+
+def publish_offset_version(trainer: Trainer, base_sha: str) -> Published:
+    """Publish (release manual: no target) the regressor ``base_sha`` with its output
+    shifted by five of the targets' standard deviations, exported as a round would."""
+    model = trainer.rounds.fresh_model()
+    raw = trainer.client.get(trainer.keys.weights(base_sha))
+    assert isinstance(raw, bytes)
+    load_weights(model.net, raw)
+    last = [m for m in model.net.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.bias += 5.0  # the output layer works in standardized target units
+    data = trainer.parts.seed_train
+    exported = export_int8(model, data.X[:200], data.X[200:232], min_agreement=0.0)
+    return trainer.publisher.publish(
+        PublishRequest(
+            trainer.settings.model_name,
+            exported.content,
+            num_features=data.num_features,
+            labels=trainer.rounds.labels,
+            probe=exported.probe,
+            runtime=exported.runtime,
+            input=data.input,
+            task=data.task,
+        )
+    )
