@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -48,7 +48,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 # Small, fast trainers: rounds start on a count of new samples and the gate lets any
 # child through (how good a round is, is the trainer tests' business; here it is
 # which model a version, a patch or a rollout reaches).
-TRAINER = {
+TRAINER: dict[str, Any] = {
     "bootstrap_epochs": 12,
     "epochs": 3,
     "refit_epochs": 2,
@@ -103,6 +103,13 @@ class TwoModelFleet:
         assert found is not None, f"{device} reports no {model}"
         return found
 
+    def wait_serving(self, device: str, model: str, sha: str) -> None:
+        """Wait until ``device`` reports serving ``sha`` as ``model``."""
+        self.until(
+            lambda: self.serving(device, model).sha256 == sha,
+            what=f"{device} serving {model} {sha[:12]}",
+        )
+
     def get(self, key: str) -> str | None:
         raw = self.client.get(key)
         return raw.decode() if isinstance(raw, bytes) else None
@@ -149,7 +156,8 @@ class TwoModelFleet:
     def stream(self, model: str) -> list[dict[str, Any]]:
         """The FeedbackEvent JSON of every event on ``model``'s stream."""
         out = []
-        for _, fields in self.client.xrange(feedback_stream(self.keys, model)):
+        entries = self.client.xrange(feedback_stream(self.keys, model))
+        for _, fields in cast(list[tuple[bytes, dict[bytes, bytes]]], entries):
             blob = frames_field(fields)
             assert blob is not None, "an edge writes frames"
             out += [json.loads(event) for event, _ in frames_of(blob)]
@@ -159,7 +167,7 @@ class TwoModelFleet:
 @pytest.fixture
 def fleet(redis_client: redis.Redis, redis_url: str, tmp_path: Path) -> Iterator[TwoModelFleet]:
     write_keypair(tmp_path / "keys")
-    common = {
+    common: dict[str, Any] = {
         "fleet": FLEET,
         "redis_url": redis_url,
         "signing_key": tmp_path / "keys" / "signing.key",
@@ -233,10 +241,7 @@ def test_an_edge_serves_two_models_with_two_trainers(fleet: TwoModelFleet) -> No
     assert v1[CLF] != v1[REG]
     for device in DEVICES:
         for model in (CLF, REG):
-            f.until(
-                lambda d=device, m=model: f.serving(d, m).sha256 == v1[m],
-                what=f"{device} serving {model} v1",
-            )
+            f.wait_serving(device, model, v1[model])
     health = f.edges[DEVICES[0]].health()
     assert health.serving(CLF).metric == "accuracy"  # type: ignore[union-attr]
     assert health.serving(REG).metric == "mae"  # type: ignore[union-attr]
@@ -273,7 +278,7 @@ def test_an_edge_serves_two_models_with_two_trainers(fleet: TwoModelFleet) -> No
     assert version == 2 and signed.manifest().parent_sha256 == v1[CLF]
     assert f.get(f.keys.target(CLF)) == sha2 and f.get(f.keys.target(REG)) == v1[REG]
     for device in DEVICES:
-        f.until(lambda d=device: f.serving(d, CLF).sha256 == sha2, what=f"{device} on digits v2")
+        f.wait_serving(device, CLF, sha2)
         now = f.serving(device, CLF).counters
         assert now.patches_applied == before[device][CLF].patches_applied + 1
         assert now.full_downloads == before[device][CLF].full_downloads
@@ -291,7 +296,7 @@ def test_an_edge_serves_two_models_with_two_trainers(fleet: TwoModelFleet) -> No
     version, reg2, signed = reg.publisher.latest(REG)  # type: ignore[misc]
     assert version == 2 and signed.manifest().parent_sha256 == v1[REG]
     for device in DEVICES:
-        f.until(lambda d=device: f.serving(d, REG).sha256 == reg2, what=f"{device} on bearing v2")
+        f.wait_serving(device, REG, reg2)
         assert f.serving(device, REG).counters.patches_applied == 1
         assert f.serving(device, CLF).sha256 == sha2
         assert f.serving(device, CLF).counters.patches_applied == 1
@@ -321,7 +326,7 @@ def test_an_edge_serves_two_models_with_two_trainers(fleet: TwoModelFleet) -> No
     # The regressor was not touched: same target, no assignments, same file served.
     assert f.get(f.keys.target(REG)) == reg2 and not f.client.exists(f.keys.assignments(REG))
     for device in DEVICES:
-        f.until(lambda d=device: f.serving(d, CLF).sha256 == clf3, what=f"{device} on digits v3")
+        f.wait_serving(device, CLF, clf3)
         assert f.serving(device, REG).sha256 == reg2
     assert canary in DEVICES
 
@@ -333,7 +338,7 @@ def test_an_edge_serves_two_models_with_two_trainers(fleet: TwoModelFleet) -> No
     assert r.state == "completed", r.reason
     assert f.get(f.keys.target(REG)) == reg3 and f.get(f.keys.target(CLF)) == clf3
     for device in DEVICES:
-        f.until(lambda d=device: f.serving(d, REG).sha256 == reg3, what=f"{device} on bearing v3")
+        f.wait_serving(device, REG, reg3)
         assert f.serving(device, CLF).sha256 == clf3
 
     # A regressor version that is off by five standard deviations: valid, signed, and
@@ -351,7 +356,7 @@ def test_an_edge_serves_two_models_with_two_trainers(fleet: TwoModelFleet) -> No
     assert f.get(f.keys.target(REG)) == reg3 and not f.client.exists(f.keys.assignments(REG))
     assert f.get(f.keys.target(CLF)) == clf3 and not f.client.exists(f.keys.assignments(CLF))
     for device in DEVICES:
-        f.until(lambda d=device: f.serving(d, REG).sha256 == reg3, what=f"{device} back on v3")
+        f.wait_serving(device, REG, reg3)
         assert f.serving(device, CLF).sha256 == clf3
     assert f.edges[canary].served(REG).store.current == reg3
     status = EdgeStatus.from_wire(f.client.get(f.keys.device(DEVICES[0])))  # type: ignore[arg-type]
@@ -367,9 +372,10 @@ def publish_offset_version(trainer: Trainer, base_sha: str) -> Published:
     load_weights(model.net, raw)
     last = [m for m in model.net.modules() if isinstance(m, torch.nn.Linear)][-1]
     with torch.no_grad():
-        last.bias += 5.0  # the output layer works in standardized target units
+        last.bias.add_(5.0)  # the output layer works in standardized target units
     data = trainer.parts.seed_train
-    exported = export_int8(model, data.X[:200], data.X[200:232], min_agreement=0.0)
+    probe = trainer.parts.seed_holdout.X[:32]
+    exported = export_int8(model, data.X[:200], probe, min_agreement=0.0)
     return trainer.publisher.publish(
         PublishRequest(
             trainer.settings.model_name,
