@@ -55,7 +55,10 @@ TRAINER: dict[str, Any] = {
     "update_select_factor": 1,
     "round_min_samples": 50,
     "round_interval_s": 3600,
-    "gate_min_recent": 10,
+    # held-out samples are drawn at random from the events' ids: a third, of which a
+    # round needs a few (a stricter figure would fail now and then on the draw)
+    "holdout_every": 3,
+    "gate_min_recent": 5,
     "min_gain": -1.0,
     "forgetting_tolerance": 1.0,
     "update_max_loss": 1.0,
