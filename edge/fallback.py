@@ -197,13 +197,14 @@ class _Plan:
     """An immutable view of the chain, replaced whole by ``swap``."""
 
     __slots__ = (
+        "check_min",
         "dtype",
         "head",
         "head_reason",
         "last",
         "links",
         "ndim2",
-        "regression",
+        "one_output",
         "shape",
         "shape2",
         "spec",
@@ -219,8 +220,11 @@ class _Plan:
         self.shape2 = (1, *self.shape)
         self.ndim2 = len(self.shape2)
         self.dtype = self.spec.np_dtype if self.spec else _F32
-        #: A regressor's outputs are checked whole for finiteness (argmax sees no -inf).
-        self.regression = bool(links) and not links[0].classifies
+        # argmax catches a NaN or +inf answer (see predict), but not a -inf among
+        # several outputs: only then the minimum is looked at too (a numpy reduction
+        # costs more than the rest of the chain on a small regressor).
+        self.check_min = bool(links) and not links[0].classifies and links[0].num_classes > 1
+        self.one_output = bool(links) and links[0].num_classes == 1
 
 
 class ServingChain:
@@ -378,10 +382,12 @@ class ServingChain:
                 return self._walk(plan, checked, n, t0, budget_ms)
             return self._walk(plan, x, n, t0, budget_ms, INVOKE_ERROR)  # type: ignore[arg-type]
         t1 = perf_counter()
-        label = index(out.argmax())  # operator.index: a third cheaper than int() here
+        # operator.index: a third cheaper than int() here. One output (a regressor of
+        # one value) needs no argmax, which costs a fifth of such a small model's invoke.
+        label = 0 if plan.one_output else index(out.argmax())
         # argmax returns the first NaN if there is one, and +inf wins it
         # otherwise, so checking the winner sees any non-finite probability.
-        if not isfinite(out.item(label)) or (plan.regression and not isfinite(out.sum())):
+        if not isfinite(out.item(label)) or (plan.check_min and not isfinite(out.min())):
             self._check_finite_input(x)  # type: ignore[arg-type]
             return self._walk(plan, x, n, t0, budget_ms, NOT_FINITE)  # type: ignore[arg-type]
         ms = (t1 - t0) * 1000.0
@@ -425,7 +431,7 @@ class ServingChain:
                 continue
             t1 = perf_counter()
             label = index(out.argmax())
-            if not isfinite(out.item(label)) or (plan.regression and not isfinite(out.sum())):
+            if not isfinite(out.item(label)) or (plan.check_min and not isfinite(out.min())):
                 self._check_finite_input(x)
                 reason = reason or NOT_FINITE
                 t = t1
@@ -481,8 +487,7 @@ class ServingChain:
                 continue
             ms = (perf_counter() - t0) * 1000.0
             if reason is not None:
-                for _ in range(size):
-                    self._count_fallback(reason)
+                self._count_fallback(reason, size)
             labels = outs.argmax(axis=1).tolist()
             answers = []
             for i in range(size):
@@ -546,9 +551,9 @@ class ServingChain:
         if not np.isfinite(x).all():
             raise InputError("x must hold finite numbers (got NaN or infinity)")
 
-    def _count_fallback(self, reason: str) -> None:
+    def _count_fallback(self, reason: str, answers: int = 1) -> None:
         with self._stats_lock:
-            self.fallback_reasons[reason] = self.fallback_reasons.get(reason, 0) + 1
+            self.fallback_reasons[reason] = self.fallback_reasons.get(reason, 0) + answers
 
     def _fail(self, plan: _Plan, reason: str | None) -> Prediction:
         with self._stats_lock:

@@ -16,6 +16,7 @@ import importlib
 import importlib.metadata
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -169,6 +170,11 @@ class TFLiteModel:
         self.num_classes = width  # kept for classifier callers: the answer's width
         self.input_dtype = file_dtype
         self._batch_shape = (1, *spec.shape)
+        # What answers() needs to make a resized interpreter, and the ones it made (or
+        # None: the loop is faster or the file cannot be resized), by batch size.
+        self._cls, self._content, self._num_threads = cls, content, num_threads
+        self._resized: dict[int, _Resized | None] = {}
+        self._resized_lock = threading.Lock()
         # Precomputed so that the hot path is a handful of numpy calls.
         quantized_in = self._in_q.is_quantized and file_dtype == "int8"
         self._in_inv_scale = np.float32(1.0 / self._in_q.scale) if quantized_in else None
@@ -296,35 +302,74 @@ class TFLiteModel:
     def answers(self, batch: npt.NDArray[Any]) -> FloatArray:
         """The answers ``[N, W]`` to a batch ``[N, *input.shape]`` in the input's dtype.
 
-        One invoke per sample with the lock taken once. An interpreter resized to
-        the batch (resize_tensor_input + allocate_tensors, kept per N) was measured
-        against this loop at N = 32 and lost: the int8 kernels gain nothing from a
-        batch, and the regression MLP answered 201k samples/s resized vs 319k looped,
-        the depthwise CNN 5.3k vs 5.4k; the digits CNN cannot be resized at all (its
-        reshape is fixed to batch 1).
+        Two ways, and the faster one is kept per model and batch size: one invoke per
+        sample with the lock taken once, or one invoke of an interpreter resized to
+        ``[N, *shape]`` (resize_tensor_input + allocate_tensors, made on the first
+        batch of N, ``RESIZED_SIZES`` kept). Neither wins everywhere: at N = 32 the
+        tabular MLP answered about 20x more samples/s resized (bench/families.py),
+        while the int8 convolutions gain nothing from a batch (the depthwise CNN 5.3k
+        samples/s resized vs 5.4k looped) and the digits CNN cannot be resized at all
+        (its reshape is fixed to batch 1). The first batch of each N times both (a
+        few invokes) and checks that they agree.
         """
         n = len(batch)
         if self._in_inv_scale is not None or self._out_q.is_quantized:
             rows = [self.predict_proba(row) for row in batch]
             return np.stack(rows) if rows else np.zeros((0, self.width), np.float32)
-        samples = np.ascontiguousarray(batch, self._in_buf.dtype).reshape(n, *self._batch_shape)
+        samples = np.ascontiguousarray(batch, self._in_buf.dtype)
+        if n > 1:
+            resized = self._resized.get(n)
+            if resized is None and n not in self._resized:
+                with self._resized_lock:  # one thread decides; the others wait for it
+                    resized = self._resized[n] if n in self._resized else self._try_resized(samples)
+            if resized is not None:
+                return _invoke_resized(resized, samples)
+        return self._looped(samples)
+
+    def _looped(self, samples: npt.NDArray[Any]) -> FloatArray:
+        n = len(samples)
+        rows = samples.reshape(n, *self._batch_shape)
         out = np.empty((n, self.width), np.float32)
         in_index, out_index = self._in_index, self._out_index
         with self._lock:
             native: Any = getattr(self._interp, "_interpreter", None)
             if all(hasattr(native, m) for m in ("SetTensor", "Invoke", "GetTensor")):
                 for i in range(n):  # see _native_row_predictor
-                    native.SetTensor(in_index, samples[i])
+                    native.SetTensor(in_index, rows[i])
                     native.Invoke()
                     out[i] = native.GetTensor(out_index, 0)[0]
             else:
                 interp = self._interp
                 for i in range(n):
-                    interp.set_tensor(in_index, samples[i])
+                    interp.set_tensor(in_index, rows[i])
                     interp.invoke()
                     out[i] = interp.get_tensor(out_index)[0]
             del native  # the public API's reference check must not see it
         return out
+
+    def _try_resized(self, samples: npt.NDArray[Any]) -> _Resized | None:
+        """An interpreter resized to ``len(samples)`` if the file allows it, answers as
+        the loop does, and is faster on ``samples``; else None (and the loop is kept)."""
+        n = len(samples)
+        made: _Resized | None = None
+        try:
+            interp = self._cls(model_content=self._content, num_threads=self._num_threads)
+            interp.resize_tensor_input(self._in_index, [n, *self.input.shape])
+            interp.allocate_tensors()
+            made = _Resized(interp, threading.Lock(), self._in_index, self._out_index)
+            looped, t_loop = _timed(lambda: self._looped(samples))
+            resized, t_resized = _timed(lambda: _invoke_resized(made, samples))  # type: ignore[arg-type]
+            if resized.shape != looped.shape or not np.allclose(resized, looped, atol=1e-5):
+                made = None  # a graph that only looks batchable (a reshape to batch 1)
+            elif t_resized >= t_loop:
+                made = None
+        except (ValueError, RuntimeError) as e:
+            logger.debug("%s: no resized invoke for %d samples (%s)", self.name, n, e)
+            made = None
+        if len(self._resized) >= RESIZED_SIZES:
+            self._resized.pop(next(iter(self._resized)))
+        self._resized[n] = made
+        return made
 
     def predict_proba_batch(self, xs: npt.ArrayLike) -> FloatArray:
         """``answers`` for samples given as rows of the input's size (probe inputs, say)."""
@@ -372,6 +417,37 @@ class TFLiteModel:
                 f"(need {probe.min_agreement}), mean abs error {mae:.4f} (max {probe.max_abs_error})"
             )
         return agreement, mae
+
+
+#: Batch sizes a model keeps a resized interpreter (or the decision to loop) for.
+RESIZED_SIZES = 4
+
+
+@dataclass(frozen=True)
+class _Resized:
+    interp: Any
+    lock: threading.Lock
+    in_index: int
+    out_index: int
+
+
+def _invoke_resized(r: _Resized, samples: npt.NDArray[Any]) -> FloatArray:
+    with r.lock:
+        r.interp.set_tensor(r.in_index, samples)
+        r.interp.invoke()
+        out: FloatArray = r.interp.get_tensor(r.out_index)
+    return out
+
+
+def _timed(fn: Callable[[], FloatArray], runs: int = 3) -> tuple[FloatArray, float]:
+    """``fn()``'s answer and its best time of ``runs``."""
+    best, out = float("inf"), None
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    assert out is not None
+    return out, best
 
 
 def _cast_to(arr: npt.NDArray[Any], dtype: np.dtype[Any]) -> npt.NDArray[Any]:
