@@ -14,15 +14,19 @@ import importlib.util
 import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
 import redis
+import torch
 
 from cloud.data.datasets import Split
+from cloud.export.exporter import export_int8
+from cloud.learning.weights import load_weights
+from cloud.registry.publisher import Published, PublishRequest
 from cloud.rollout.controller import RolloutController
 from cloud.trainer.loop import Trainer
 from cloud.trainer.settings import TrainerSettings
@@ -44,13 +48,17 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 # Small, fast trainers: rounds start on a count of new samples and the gate lets any
 # child through (how good a round is, is the trainer tests' business; here it is
 # which model a version, a patch or a rollout reaches).
-TRAINER = {
+TRAINER: dict[str, Any] = {
     "bootstrap_epochs": 12,
     "epochs": 3,
-    "refit_epochs": 3,
+    "refit_epochs": 2,
+    "update_select_factor": 1,
     "round_min_samples": 50,
     "round_interval_s": 3600,
-    "gate_min_recent": 10,
+    # held-out samples are drawn at random from the events' ids: a third, of which a
+    # round needs a few (a stricter figure would fail now and then on the draw)
+    "holdout_every": 3,
+    "gate_min_recent": 5,
     "min_gain": -1.0,
     "forgetting_tolerance": 1.0,
     "update_max_loss": 1.0,
@@ -86,6 +94,8 @@ class TwoModelFleet:
     trainers: dict[str, Trainer]
     edges: dict[str, EdgeDaemon]
     cursor: int = 0
+    #: (device, model) -> every sha256 that answered the traffic there
+    answered: dict[tuple[str, str], set[str]] = field(default_factory=dict)
 
     def parts(self, model: str) -> Split:
         return self.trainers[model].parts
@@ -98,6 +108,13 @@ class TwoModelFleet:
         assert found is not None, f"{device} reports no {model}"
         return found
 
+    def wait_serving(self, device: str, model: str, sha: str) -> None:
+        """Wait until ``device`` reports serving ``sha`` as ``model``."""
+        self.until(
+            lambda: self.serving(device, model).sha256 == sha,
+            what=f"{device} serving {model} {sha[:12]}",
+        )
+
     def get(self, key: str) -> str | None:
         raw = self.client.get(key)
         return raw.decode() if isinstance(raw, bytes) else None
@@ -106,13 +123,14 @@ class TwoModelFleet:
         """``n`` labeled predictions per model on every edge, as a sensor app makes them
         (each sample predicted, then its truth sent back with the request id)."""
         sent = dict.fromkeys(models, 0)
-        for daemon in self.edges.values():
+        for device, daemon in self.edges.items():
             for _ in range(n):
                 for model in models:
                     stream = self.parts(model).stream
                     i = self.cursor % len(stream.y)
                     served = daemon.served(model)
                     p = served.predict(stream.X[i])
+                    self.answered.setdefault((device, model), set()).add(p.model_sha256)
                     if model == CLF:
                         served.feedback(int(stream.y[i]), request_id=p.request_id)
                     else:
@@ -144,7 +162,8 @@ class TwoModelFleet:
     def stream(self, model: str) -> list[dict[str, Any]]:
         """The FeedbackEvent JSON of every event on ``model``'s stream."""
         out = []
-        for _, fields in self.client.xrange(feedback_stream(self.keys, model)):
+        entries = self.client.xrange(feedback_stream(self.keys, model))
+        for _, fields in cast(list[tuple[bytes, dict[bytes, bytes]]], entries):
             blob = frames_field(fields)
             assert blob is not None, "an edge writes frames"
             out += [json.loads(event) for event, _ in frames_of(blob)]
@@ -154,7 +173,7 @@ class TwoModelFleet:
 @pytest.fixture
 def fleet(redis_client: redis.Redis, redis_url: str, tmp_path: Path) -> Iterator[TwoModelFleet]:
     write_keypair(tmp_path / "keys")
-    common = {
+    common: dict[str, Any] = {
         "fleet": FLEET,
         "redis_url": redis_url,
         "signing_key": tmp_path / "keys" / "signing.key",
@@ -204,7 +223,10 @@ def fleet(redis_client: redis.Redis, redis_url: str, tmp_path: Path) -> Iterator
 
 
 def run_rollout(f: TwoModelFleet, controller: RolloutController, rollout: Rollout) -> Rollout:
-    """Step the rollout while both models on every edge keep answering labeled traffic."""
+    """Step the rollout while both models on every edge keep answering labeled traffic;
+    at every step, the other model's target and assignments stay as they were."""
+    other = REG if rollout.model == CLF else CLF
+    untouched = (f.get(f.keys.target(other)), f.client.hgetall(f.keys.assignments(other)))
     deadline = time.monotonic() + 120
     r = rollout
     while r.state == "running":
@@ -212,6 +234,8 @@ def run_rollout(f: TwoModelFleet, controller: RolloutController, rollout: Rollou
         f.traffic(5)
         time.sleep(0.25)  # a status report or two from each edge
         r = controller.step_one(r.id)
+        now = (f.get(f.keys.target(other)), f.client.hgetall(f.keys.assignments(other)))
+        assert now == untouched, f"the rollout of {rollout.model} changed {other}'s"
     return r
 
 
@@ -228,10 +252,7 @@ def test_an_edge_serves_two_models_with_two_trainers(fleet: TwoModelFleet) -> No
     assert v1[CLF] != v1[REG]
     for device in DEVICES:
         for model in (CLF, REG):
-            f.until(
-                lambda d=device, m=model: f.serving(d, m).sha256 == v1[m],
-                what=f"{device} serving {model} v1",
-            )
+            f.wait_serving(device, model, v1[model])
     health = f.edges[DEVICES[0]].health()
     assert health.serving(CLF).metric == "accuracy"  # type: ignore[union-attr]
     assert health.serving(REG).metric == "mae"  # type: ignore[union-attr]
@@ -268,7 +289,7 @@ def test_an_edge_serves_two_models_with_two_trainers(fleet: TwoModelFleet) -> No
     assert version == 2 and signed.manifest().parent_sha256 == v1[CLF]
     assert f.get(f.keys.target(CLF)) == sha2 and f.get(f.keys.target(REG)) == v1[REG]
     for device in DEVICES:
-        f.until(lambda d=device: f.serving(d, CLF).sha256 == sha2, what=f"{device} on digits v2")
+        f.wait_serving(device, CLF, sha2)
         now = f.serving(device, CLF).counters
         assert now.patches_applied == before[device][CLF].patches_applied + 1
         assert now.full_downloads == before[device][CLF].full_downloads
@@ -286,7 +307,7 @@ def test_an_edge_serves_two_models_with_two_trainers(fleet: TwoModelFleet) -> No
     version, reg2, signed = reg.publisher.latest(REG)  # type: ignore[misc]
     assert version == 2 and signed.manifest().parent_sha256 == v1[REG]
     for device in DEVICES:
-        f.until(lambda d=device: f.serving(d, REG).sha256 == reg2, what=f"{device} on bearing v2")
+        f.wait_serving(device, REG, reg2)
         assert f.serving(device, REG).counters.patches_applied == 1
         assert f.serving(device, CLF).sha256 == sha2
         assert f.serving(device, CLF).counters.patches_applied == 1
@@ -305,8 +326,7 @@ def test_an_edge_serves_two_models_with_two_trainers(fleet: TwoModelFleet) -> No
 
     controller = RolloutController(f.client, f.keys, clf.registry)
     r = controller.create(RolloutSpec(model=CLF, target="3", gate=GATE, stages=STAGES))
-    assert [sorted(s.devices) for s in r.stages] == [r.stages[0].devices, sorted(DEVICES)]
-    canary = r.stages[0].devices[0]
+    assert len(r.stages[0].devices) == 1 and sorted(r.stages[-1].devices) == DEVICES
     r = run_rollout(f, controller, r)
     assert r.state == "completed", r.reason
     gate = r.stages[0].gate
@@ -316,9 +336,8 @@ def test_an_edge_serves_two_models_with_two_trainers(fleet: TwoModelFleet) -> No
     # The regressor was not touched: same target, no assignments, same file served.
     assert f.get(f.keys.target(REG)) == reg2 and not f.client.exists(f.keys.assignments(REG))
     for device in DEVICES:
-        f.until(lambda d=device: f.serving(d, CLF).sha256 == clf3, what=f"{device} on digits v3")
+        f.wait_serving(device, CLF, clf3)
         assert f.serving(device, REG).sha256 == reg2
-    assert canary in DEVICES
 
     r = controller.create(RolloutSpec(model=REG, target="3", gate=GATE, stages=STAGES))
     r = run_rollout(f, controller, r)
@@ -328,7 +347,56 @@ def test_an_edge_serves_two_models_with_two_trainers(fleet: TwoModelFleet) -> No
     assert r.state == "completed", r.reason
     assert f.get(f.keys.target(REG)) == reg3 and f.get(f.keys.target(CLF)) == clf3
     for device in DEVICES:
-        f.until(lambda d=device: f.serving(d, REG).sha256 == reg3, what=f"{device} on bearing v3")
+        f.wait_serving(device, REG, reg3)
         assert f.serving(device, CLF).sha256 == clf3
+
+    # A regressor version that is off by five standard deviations: valid, signed, and
+    # wrong. Its rollout stops at the canary on the regressor's MAE (on the edges' own
+    # labeled traffic) and leaves the classifier alone.
+    bad = publish_offset_version(reg, reg3)
+    r = controller.create(RolloutSpec(model=REG, target=str(bad.version), gate=GATE, stages=STAGES))
+    canary = r.stages[0].devices[0]
+    r = run_rollout(f, controller, r)
+    assert r.state == "rolled_back", r
+    assert r.current == 0 and r.stages[0].status == "failed"
+    assert "mae" in r.reason and "lower is better" in r.reason, r.reason
+    gate = r.stages[0].gate
+    assert gate["metric"] == "mae" and gate["metric_b"] > 2 * gate["metric_a"], gate
+    assert f.get(f.keys.target(REG)) == reg3 and not f.client.exists(f.keys.assignments(REG))
+    assert f.get(f.keys.target(CLF)) == clf3 and not f.client.exists(f.keys.assignments(CLF))
+    for device in DEVICES:
+        f.wait_serving(device, REG, reg3)
+        assert f.serving(device, CLF).sha256 == clf3
+    assert f.edges[canary].served(REG).store.current == reg3
+    # The canary answered with the bad version (the gate had its labeled traffic); the
+    # other edge never did.
+    assert [d for d in DEVICES if bad.sha256 in f.answered[(d, REG)]] == [canary]
     status = EdgeStatus.from_wire(f.client.get(f.keys.device(DEVICES[0])))  # type: ignore[arg-type]
     assert set(status.models) == {CLF, REG}
+
+
+def publish_offset_version(trainer: Trainer, base_sha: str) -> Published:
+    """Publish (release manual: no target) the regressor ``base_sha`` with its output
+    shifted by five of the targets' standard deviations, exported as a round would."""
+    model = trainer.rounds.fresh_model()
+    raw = trainer.client.get(trainer.keys.weights(base_sha))
+    assert isinstance(raw, bytes)
+    load_weights(model.net, raw)
+    last = [m for m in model.net.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.bias.add_(5.0)  # the output layer works in standardized target units
+    data = trainer.parts.seed_train
+    probe = trainer.parts.seed_holdout.X[:32]
+    exported = export_int8(model, data.X[:200], probe, min_agreement=0.0)
+    return trainer.publisher.publish(
+        PublishRequest(
+            trainer.settings.model_name,
+            exported.content,
+            num_features=data.num_features,
+            labels=trainer.rounds.labels,
+            probe=exported.probe,
+            runtime=exported.runtime,
+            input=data.input,
+            task=data.task,
+        )
+    )
