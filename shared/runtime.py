@@ -404,7 +404,7 @@ class TFLiteModel:
         lock = threading.Lock()
         in_index, out_index = self._in_index, self._out_index
 
-        def run(samples: npt.NDArray[Any]) -> FloatArray:
+        def run_native(samples: npt.NDArray[Any]) -> FloatArray:
             with lock:
                 native = interp._interpreter  # see _native_row_predictor
                 native.SetTensor(in_index, samples)
@@ -412,19 +412,17 @@ class TFLiteModel:
                 out: FloatArray = native.GetTensor(out_index, 0)
             return out
 
-        if not all(
-            hasattr(getattr(interp, "_interpreter", None), m)
-            for m in ("SetTensor", "Invoke", "GetTensor")
-        ):
+        def run_public(samples: npt.NDArray[Any]) -> FloatArray:
+            with lock:
+                interp.set_tensor(in_index, samples)
+                interp.invoke()
+                out: FloatArray = interp.get_tensor(out_index)
+            return out
 
-            def run(samples: npt.NDArray[Any]) -> FloatArray:  # noqa: F811 (the public API)
-                with lock:
-                    interp.set_tensor(in_index, samples)
-                    interp.invoke()
-                    out: FloatArray = interp.get_tensor(out_index)
-                return out
-
-        return run
+        native = getattr(interp, "_interpreter", None)
+        if all(hasattr(native, m) for m in ("SetTensor", "Invoke", "GetTensor")):
+            return run_native
+        return run_public
 
     def predict_proba_batch(self, xs: npt.ArrayLike) -> FloatArray:
         """``answers`` for samples given as rows of the input's size (probe inputs, say)."""
