@@ -31,8 +31,10 @@ from __future__ import annotations
 import itertools
 import secrets
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from math import isfinite
 from operator import index
 from time import perf_counter
@@ -481,7 +483,9 @@ class ServingChain:
             ms = (t1 - t0) * 1000.0
             if reason is not None:
                 self._count_fallback(reason)
-            self._recent[n % self._recent_size] = p = _new(Prediction, (n, x, link, reason, ms, out))
+            self._recent[n % self._recent_size] = p = _new(
+                Prediction, (n, x, link, reason, ms, out)
+            )
             return p
         return self._fail(plan, reason)
 
@@ -492,21 +496,33 @@ class ServingChain:
         sample, in order, each with its own request id for feedback (built when read;
         ``answers`` is the whole array).
 
-        The whole batch is checked first (shape, dtype, finite values: InputError
-        naming the expected shape) and answered by one link, the first that answers
-        every sample with finite values; ``budget_ms`` is for the whole batch, which
-        a link is expected to take N times its single-sample estimate for. Each
-        answer's ``latency_ms`` is the batch's.
+        The batch's shape and dtype are checked first (InputError naming the expected
+        shape; as in ``predict``, an array of the input's dtype is used as it is and
+        kept for feedback joins). It is answered by one link, the first that answers
+        every sample with finite values; a float batch holding NaN or infinity is an
+        InputError when its answers are not finite (checked only then: like
+        ``predict``, the hot path does not pay for it). ``budget_ms`` is for the whole
+        batch, which a link is expected to take N times its single-sample estimate
+        for. Each answer's ``latency_ms`` is the batch's.
         """
         t0 = perf_counter()
         plan = self._plan
-        if plan.spec is None:
+        spec = plan.spec
+        if spec is None:
             raise Unavailable("no model is loaded: the edge cannot serve yet")
-        batch, _ = as_batch(x, plan.spec)
+        if (
+            x.__class__ is _ndarray
+            and x.dtype == plan.dtype  # type: ignore[union-attr]
+            and x.shape[1:] == plan.shape  # type: ignore[union-attr]
+            and len(x)
+        ):
+            batch: npt.NDArray[Any] = x  # type: ignore[assignment]
+        else:
+            batch, _ = as_batch(x, spec)
         size = len(batch)
-        first = next(self._count)
-        for _ in range(size - 1):  # one request number per sample
-            next(self._count)
+        # One request number per sample, taken in one C call (so no other thread's
+        # request takes a number in between: the batch's record needs them contiguous).
+        first = deque(islice(self._count, size), maxlen=1)[0] - size + 1
         reason = plan.head_reason
         budget = budget_ms or self.budget_ms
         for link in plan.links:
@@ -521,7 +537,15 @@ class ServingChain:
             except Exception:  # any runtime fault of this model: the next link answers
                 reason = reason or INVOKE_ERROR
                 continue
-            if not np.isfinite(outs).all():
+            # See shared.tensors: one float64 sum is non-finite iff a value is.
+            if not isfinite(np.add.reduce(outs, axis=None, dtype=np.float64)):
+                if batch is x:
+                    try:
+                        as_batch(batch, spec)  # InputError for a NaN or infinity
+                    except InputError:
+                        with self._stats_lock:
+                            self._uncounted += size
+                        raise
                 reason = reason or NOT_FINITE
                 continue
             ms = (perf_counter() - t0) * 1000.0

@@ -45,7 +45,6 @@ FloatArray = npt.NDArray[np.float32]
 MAX_RESIZED = 64
 #: Batch sizes whose way (resized or looped) a model remembers; others loop.
 MAX_BATCH_SIZES = 8
-_UNMEASURED: Any = object()
 
 
 @cache
@@ -325,14 +324,14 @@ class TFLiteModel:
         samples = np.ascontiguousarray(batch, self._in_buf.dtype).reshape(n, *self.input.shape)
         if n > MAX_RESIZED:
             whole = n - n % MAX_RESIZED
-            parts = [self.answers(samples[k : k + MAX_RESIZED]) for k in range(0, whole, MAX_RESIZED)]
+            parts = [
+                self.answers(samples[k : k + MAX_RESIZED]) for k in range(0, whole, MAX_RESIZED)
+            ]
             if whole < n:
                 parts.append(self._looped(samples[whole:]))
             return np.concatenate(parts)
         if n > 1:
-            way = self._batched.get(n, _UNMEASURED)
-            if way is _UNMEASURED:
-                way = self._choose(n, samples)
+            way = self._batched[n] if n in self._batched else self._choose(n, samples)
             if way is not None:
                 return way(samples)
         return self._looped(samples)
