@@ -537,8 +537,7 @@ class ServingChain:
             except Exception:  # any runtime fault of this model: the next link answers
                 reason = reason or INVOKE_ERROR
                 continue
-            # See shared.tensors: one float64 sum is non-finite iff a value is.
-            if not isfinite(np.add.reduce(outs, axis=None, dtype=np.float64)):
+            if not np.isfinite(outs).all():
                 if batch is x:
                     try:
                         as_batch(batch, spec)  # InputError for a NaN or infinity
