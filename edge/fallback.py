@@ -11,9 +11,10 @@ This is the hot path, benchmarked against a bare set_tensor/invoke/get_tensor
 (about 5 µs). Hence: no pydantic, no logging, no uuid, no lock on the success
 path; one read of the immutable plan gives a consistent view of the chain even
 while ``swap`` replaces it; request ids are a per-chain prefix plus a counter; the
-inputs kept for feedback joins live in a fixed ring of plain tuples indexed by
-that counter; an answer holds the link and the counter, and its request id,
-version and sha256 are derived when read.
+inputs kept for feedback joins live in a fixed ring indexed by that counter,
+whose entry is the answer itself (a tuple holding the link and the counter: its
+request id, version, sha256 and label are derived when read); a batch is one
+record for all its slots.
 
 >>> import numpy as np
 >>> from shared.runtime import TFLiteModel
