@@ -331,7 +331,12 @@ class TFLiteModel:
                 parts.append(self._looped(samples[whole:]))
             return np.concatenate(parts)
         if n > 1:
-            way = self._batched[n] if n in self._batched else self._choose(n, samples)
+            if n in self._batched:
+                way = self._batched[n]
+            elif len(self._batched) < MAX_BATCH_SIZES:
+                way = self._choose(n, samples)
+            else:  # sizes beyond the first few loop, rather than measure each time
+                way = None
             if way is not None:
                 return way(samples)
         return self._looped(samples)
@@ -390,8 +395,7 @@ class TFLiteModel:
                         "%s: batch of %d: resized %.1f µs, looped %.1f µs, same answers %s",
                         self.name, n, t_resized * 1e6, t_looped * 1e6, same,
                     )  # fmt: skip
-            if len(self._batched) < MAX_BATCH_SIZES:
-                self._batched[n] = way
+            self._batched[n] = way
             return way
 
     def _resized(self, n: int) -> Callable[[npt.NDArray[Any]], FloatArray] | None:
