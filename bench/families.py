@@ -19,7 +19,7 @@ on a loaded machine):
   edge/fallback.py). Even a stripped predict that only reads the clock twice,
   numbers the request, checks the answer and keeps it (no budget, no fallback)
   takes 3.4 µs against a bare 2.16 µs (1.57x); x[None] and the finiteness check
-  alone take it to 2.75 µs (1.27x). They measure ~1.6-1.7x (3.8 vs 2.25 µs and 3.9 vs 2.46 µs;
+  alone take it to 2.75 µs (1.27x). They measure ~1.5-1.7x (3.8 vs 2.25 µs and 3.9 vs 2.46 µs;
   before: 4.5 and 7.0 µs, 2.0x and 2.9x). The three other families, whose invoke
   takes 30 µs or more, are within 1.3x (digits ~1.2x, dwcnn and cnn1d ~1.0x).
 * predict_batch(32), mlp: the resized interpreter answers 32 rows in ~7 µs (~4.5M
