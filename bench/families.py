@@ -8,9 +8,8 @@ Each family is trained briefly on its example's generated data and exported by t
 trainer's own exporter (accuracy is not the point here, the file's shape and ops
 are), published as a signed version, and served by an ``EdgeDaemon`` of its own.
 
-What the goals cannot reach, and why (best of 300 runs of 300 calls, 2 shared
-cores; ``python -m bench families --quick`` takes the best of 10 and reads higher
-on a loaded machine):
+What the goals cannot reach, and why (figures: this bench, or the best of 300
+runs of 300 calls of the chain alone, on 2 shared cores):
 
 * predict, mlp and regression_mlp: the bare invoke is 2.2-2.6 µs, so 1.3x leaves
   0.7 µs for the serving chain, whose fixed cost is ~1.5 µs (two clock reads, the
@@ -19,13 +18,14 @@ on a loaded machine):
   edge/fallback.py). Even a stripped predict that only reads the clock twice,
   numbers the request, checks the answer and keeps it (no budget, no fallback)
   takes 3.4 µs against a bare 2.16 µs (1.57x); x[None] and the finiteness check
-  alone take it to 2.75 µs (1.27x). They measure ~1.5-1.7x (3.8 vs 2.25 µs and 3.9 vs 2.46 µs;
-  before: 4.5 and 7.0 µs, 2.0x and 2.9x). The three other families, whose invoke
+  alone take it to 2.75 µs (1.27x). They measure ~1.5-1.7x (here 3.68 vs 2.19 µs
+  and 5.28 vs 3.53 µs; the chain alone 3.8 vs 2.25 µs and 3.9 vs 2.46 µs, where it
+  took 4.5 and 7.0 µs before, 2.0x and 2.9x). The three other families, whose invoke
   takes 30 µs or more, are within 1.3x (digits ~1.2x, dwcnn and cnn1d ~1.0x).
 * predict_batch(32), mlp: the resized interpreter answers 32 rows in ~7 µs (~4.5M
   samples/s), and the chain's fixed cost per batch (request numbers, the answers'
   finiteness check, the ring record, the batch wrapper) is ~6-8 µs of numpy and
-  Python calls whatever N is: ~0.45x (from 0.03x: 65k samples/s looped, 1.3-1.7M
+  Python calls whatever N is: ~0.45x (from 0.03x: 65k samples/s looped, ~1.9M
   now). At N = 32 no per-sample work is left to cut.
 """
 
