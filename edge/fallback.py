@@ -550,8 +550,7 @@ class ServingChain:
                 continue
             ms = (perf_counter() - t0) * 1000.0
             if reason is not None:
-                for _ in range(size):
-                    self._count_fallback(reason)
+                self._count_fallback(reason, size)
             record: _BatchRecord = (first, batch, link, reason, ms, outs, size)
             self._keep(first, size, record)
             return BatchPredictions(record)
@@ -616,9 +615,9 @@ class ServingChain:
         if not np.isfinite(x).all():
             raise InputError("x must hold finite numbers (got NaN or infinity)")
 
-    def _count_fallback(self, reason: str) -> None:
+    def _count_fallback(self, reason: str, answers: int = 1) -> None:
         with self._stats_lock:
-            self.fallback_reasons[reason] = self.fallback_reasons.get(reason, 0) + 1
+            self.fallback_reasons[reason] = self.fallback_reasons.get(reason, 0) + answers
 
     def _fail(self, plan: _Plan, reason: str | None) -> NoReturn:
         with self._stats_lock:

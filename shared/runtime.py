@@ -150,8 +150,8 @@ class TFLiteModel:
         self._lock = threading.Lock()
         # For the resized copies that answer batches (see answers).
         self._cls, self._content, self._num_threads = cls, content, num_threads
-        self._batched: dict[int, Callable[[npt.NDArray[Any]], FloatArray] | None] = {}
-        self._batched_lock = threading.Lock()
+        self._resized: dict[int, Callable[[npt.NDArray[Any]], FloatArray] | None] = {}
+        self._resized_lock = threading.Lock()
         self._in_index = int(inputs[0]["index"])
         self._out_index = int(outputs[0]["index"])
         self._in_q = _quant_of(inputs[0])
@@ -331,9 +331,9 @@ class TFLiteModel:
                 parts.append(self._looped(samples[whole:]))
             return np.concatenate(parts)
         if n > 1:
-            if n in self._batched:
-                way = self._batched[n]
-            elif len(self._batched) < MAX_BATCH_SIZES:
+            if n in self._resized:
+                way = self._resized[n]
+            elif len(self._resized) < MAX_BATCH_SIZES:
                 way = self._choose(n, samples)
             else:  # sizes beyond the first few loop, rather than measure each time
                 way = None
@@ -376,10 +376,10 @@ class TFLiteModel:
     ) -> Callable[[npt.NDArray[Any]], FloatArray] | None:
         """The resized way for batches of ``n`` when it is faster than the loop and
         answers the same, else None (the loop); measured once per ``n`` on ``samples``."""
-        with self._batched_lock:
-            if n in self._batched:  # another thread measured it meanwhile
-                return self._batched[n]
-            resized = self._resized(n)
+        with self._resized_lock:
+            if n in self._resized:  # another thread measured it meanwhile
+                return self._resized[n]
+            resized = self._resized_for(n)
             way = None
             if resized is not None:
                 try:
@@ -395,10 +395,10 @@ class TFLiteModel:
                         "%s: batch of %d: resized %.1f µs, looped %.1f µs, same answers %s",
                         self.name, n, t_resized * 1e6, t_looped * 1e6, same,
                     )  # fmt: skip
-            self._batched[n] = way
+            self._resized[n] = way
             return way
 
-    def _resized(self, n: int) -> Callable[[npt.NDArray[Any]], FloatArray] | None:
+    def _resized_for(self, n: int) -> Callable[[npt.NDArray[Any]], FloatArray] | None:
         """A copy of the interpreter taking ``[n, *input.shape]``, as a function from a
         batch to its answers; None when the file cannot be resized (a reshape fixed to
         batch 1, say: allocate_tensors or the delegate's reshape raises)."""

@@ -39,7 +39,7 @@ def test_a_batch_is_answered_as_each_sample_alone(
             alone = chain.predict(x.copy())
             assert p.label == alone.label
             np.testing.assert_allclose(p.probabilities, alone.probabilities, atol=1e-6)
-    assert 32 in model._batched  # the choice is remembered for this size
+    assert 32 in model._resized  # the choice is remembered for this size
 
 
 def test_the_mlp_file_can_be_resized_and_batches_larger_than_the_limit_go_in_chunks(
@@ -48,7 +48,7 @@ def test_the_mlp_file_can_be_resized_and_batches_larger_than_the_limit_go_in_chu
     model = TFLiteModel(tabular_model.content, input=tabular_model.input, task=tabular_model.task)
     n = 2 * MAX_RESIZED + 5
     samples = np.ascontiguousarray(tabular_model.X[:n], np.float32)
-    assert model._resized(8) is not None  # a batch invoke exists for the MLP
+    assert model._resized_for(8) is not None  # a batch invoke exists for the MLP
     want = np.stack([model.predict_proba(x) for x in samples])
     np.testing.assert_allclose(model.answers(samples), want, atol=1e-6)
     np.testing.assert_allclose(model.answers(samples[:7]), want[:7], atol=1e-6)

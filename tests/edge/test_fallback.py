@@ -239,3 +239,24 @@ def test_latency_percentiles_cover_recent_predictions() -> None:
     assert p50 is not None and p99 is not None and 0 < p50 <= p99
     recent = sorted(p.latency_ms for p in answers[-16:])
     assert recent[0] <= p50 <= recent[-1] and p99 <= recent[-1]
+
+
+@pytest.mark.parametrize("data", [FLOAT_16_FEATURES, FLOAT_MODEL], ids=["dense", "digits-cnn"])
+def test_a_batch_gets_each_samples_own_answer_and_request_id(data: Any) -> None:
+    """Resized or looped (whichever the model found faster), a batch answers as single
+    predictions do, one request id per sample; a wrong shape names the input."""
+    model = TFLiteModel(data.read_bytes(), version=1)
+    chain = chain_of(model)
+    rng = np.random.default_rng(3)
+    for n in (1, 5, 32, 32):  # the second batch of 32 takes the way the first chose
+        batch = rng.integers(0, 17, (n, model.num_features)).astype(np.float32)
+        got = chain.predict_batch(batch)
+        want = [chain.predict(x) for x in batch]
+        assert [p.label for p in got] == [p.label for p in want]
+        assert np.allclose(
+            [p.probabilities for p in got], [p.probabilities for p in want], atol=1e-6
+        )
+        assert len({p.request_id for p in got}) == n and not any(p.fallback for p in got)
+    assert 32 in model._resized  # decided once
+    with pytest.raises(InputError, match=rf"\[{model.num_features}\]"):
+        chain.predict_batch(np.zeros((2, model.num_features + 1), np.float32))
