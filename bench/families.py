@@ -11,22 +11,24 @@ are), published as a signed version, and served by an ``EdgeDaemon`` of its own.
 What the goals cannot reach, and why (figures: this bench, or the best of 300
 runs of 300 calls of the chain alone, on 2 shared cores):
 
-* predict, mlp and regression_mlp: the bare invoke is 2.2-2.6 µs, so 1.3x leaves
+* predict, mlp and regression_mlp: the bare invoke is 2.2-2.7 µs, so 1.3x leaves
   0.7 µs for the serving chain, whose fixed cost is ~1.5 µs (two clock reads, the
   request number, the latency estimate, the ring entry that is also the answer,
   the finiteness check, the interpreter lock and the native calls; see
   edge/fallback.py). Even a stripped predict that only reads the clock twice,
   numbers the request, checks the answer and keeps it (no budget, no fallback)
   takes 3.4 µs against a bare 2.16 µs (1.57x); x[None] and the finiteness check
-  alone take it to 2.75 µs (1.27x). They measure ~1.5-1.7x (here 3.68 vs 2.19 µs
-  and 5.28 vs 3.53 µs; the chain alone 3.8 vs 2.25 µs and 3.9 vs 2.46 µs, where it
-  took 4.5 and 7.0 µs before, 2.0x and 2.9x). The three other families, whose invoke
-  takes 30 µs or more, are within 1.3x (digits ~1.2x, dwcnn and cnn1d ~1.0x).
-* predict_batch(32), mlp: the resized interpreter answers 32 rows in ~7 µs (~4.5M
+  alone take it to 2.75 µs (1.27x). Measured here: mlp 1.72x (4.11 vs 2.40 µs),
+  regression_mlp 1.60x (4.33 vs 2.70 µs); at the start of this work 2.7x and
+  4.5x (the chain alone, best of 300 runs: 4.5 and 7.0 µs, now 3.8 and 3.9). The
+  three other families, whose invoke takes 15 µs or more, are within 1.3x
+  (digits 1.13x, dwcnn 1.02x, cnn1d 1.06x).
+* predict_batch(32), mlp: the resized interpreter answers 32 rows in ~8 µs (~4M
   samples/s), and the chain's fixed cost per batch (request numbers, the answers'
   finiteness check, the ring record, the batch wrapper) is ~6-8 µs of numpy and
-  Python calls whatever N is: ~0.45x (from 0.03x: 65k samples/s looped, ~1.9M
-  now). At N = 32 no per-sample work is left to cut.
+  Python calls whatever N is: 0.44x (1.77M samples/s; 0.03x looped, 0.15x resized
+  with a Prediction and a ring entry built per sample). No per-sample work is
+  left to cut.
 """
 
 from __future__ import annotations
@@ -62,9 +64,9 @@ ROUNDS = 50
 
 #: Goals a family cannot reach, and why in a few words (the docstring has the figures).
 UNREACHABLE = {
-    ("predict", "mlp"): "bare invoke ~2.3 µs; the chain's fixed ~1.5 µs is 1.6x",
-    ("predict", "regression_mlp"): "bare invoke ~2.5 µs; the chain's fixed ~1.5 µs is 1.6x",
-    ("predict_batch", "mlp"): "bare batch ~7 µs; the chain's fixed ~7 µs per batch",
+    ("predict", "mlp"): "bare invoke ~2.4 µs; the chain's fixed ~1.5 µs makes 1.6-1.7x",
+    ("predict", "regression_mlp"): "bare invoke ~2.7 µs; the chain's fixed ~1.5 µs makes 1.6x",
+    ("predict_batch", "mlp"): "bare batch ~8 µs; the chain's fixed ~6-8 µs per batch",
 }
 
 
