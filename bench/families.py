@@ -7,6 +7,28 @@ stream vs its sample's raw bytes (goal <= 1.2x plus a fixed envelope) for a
 Each family is trained briefly on its example's generated data and exported by the
 trainer's own exporter (accuracy is not the point here, the file's shape and ops
 are), published as a signed version, and served by an ``EdgeDaemon`` of its own.
+
+What the goals cannot reach, and why (figures: this bench, or the best of 300
+runs of 300 calls of the chain alone, on 2 shared cores):
+
+* predict, mlp and regression_mlp: the bare invoke is 2.2-2.7 µs, so 1.3x leaves
+  0.7 µs for the serving chain, whose fixed cost is ~1.5 µs (two clock reads, the
+  request number, the latency estimate, the ring entry that is also the answer,
+  the finiteness check, the interpreter lock and the native calls; see
+  edge/fallback.py). Even a stripped predict that only reads the clock twice,
+  numbers the request, checks the answer and keeps it (no budget, no fallback)
+  takes 3.4 µs against a bare 2.16 µs (1.57x); x[None] and the finiteness check
+  alone take it to 2.75 µs (1.27x). Measured here: mlp 1.72x (4.11 vs 2.40 µs),
+  regression_mlp 1.60x (4.33 vs 2.70 µs); at the start of this work 2.7x and
+  4.5x (the chain alone, best of 300 runs: 4.5 and 7.0 µs, now 3.8 and 3.9). The
+  three other families, whose invoke takes 15 µs or more, are within 1.3x
+  (digits 1.13x, dwcnn 1.02x, cnn1d 1.06x).
+* predict_batch(32), mlp: the resized interpreter answers 32 rows in ~8 µs (~4M
+  samples/s), and the chain's fixed cost per batch (request numbers, the answers'
+  finiteness check, the ring record, the batch wrapper) is ~6-8 µs of numpy and
+  Python calls whatever N is: 0.44x (1.77M samples/s; 0.03x looped, 0.15x resized
+  with a Prediction and a ring entry built per sample). No per-sample work is
+  left to cut.
 """
 
 from __future__ import annotations
@@ -14,7 +36,7 @@ from __future__ import annotations
 import importlib.util
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +59,27 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 #: JSON (ids, version, sha256, truth, prediction) and the frame's header.
 ENVELOPE = 512
 BATCH = 32
+#: Alternating timing runs per measurement (see _interleaved).
+ROUNDS = 50
+
+#: Goals a family cannot reach, and why in a few words (the docstring has the figures).
+UNREACHABLE = {
+    ("predict", "mlp"): "bare invoke ~2.4 µs; the chain's fixed ~1.5 µs makes 1.6-1.7x",
+    ("predict", "regression_mlp"): "bare invoke ~2.7 µs; the chain's fixed ~1.5 µs makes 1.6x",
+    ("predict_batch", "mlp"): "bare batch ~8 µs; the chain's fixed ~6-8 µs per batch",
+}
+
+
+def _noted(result: Result, kind: str, family: str) -> Result:
+    """``result`` with its goal line saying why it cannot be met, where it cannot."""
+    why = UNREACHABLE.get((kind, family))
+    if why is None:
+        return result
+    return replace(
+        result,
+        goal=f"{result.goal} (unreachable: {why})",
+        details=result.details | {"unreachable": why},
+    )
 
 
 @dataclass(frozen=True)
@@ -179,11 +222,17 @@ def _best_us(fn: Callable[[Any], Any], inputs: list[Any], n: int, rounds: int) -
 def _interleaved(
     a: Callable[[Any], Any], xa: list[Any], b: Callable[[Any], Any], xb: list[Any], n: int
 ) -> tuple[float, float]:
-    """Best per-call µs of ``a`` and ``b`` over alternating runs (same machine state)."""
+    """Best per-call µs of ``a`` and ``b`` over alternating runs (same machine state).
+
+    Many short runs rather than a few long ones: on a shared machine a run of a few
+    milliseconds is likely to be preempted, and a 2 µs call then reads 2-3x slower
+    (10 runs of 1000 calls put the MLPs at 3x the bare interpreter; 50 runs of 200
+    at the 1.6-1.7x a quiet machine measures)."""
+    rounds = min(ROUNDS, n)
     best_a = best_b = float("inf")
-    for _ in range(10):
-        best_a = min(best_a, *_best_us(a, xa, n // 10, 1))
-        best_b = min(best_b, *_best_us(b, xb, n // 10, 1))
+    for _ in range(rounds):
+        best_a = min(best_a, *_best_us(a, xa, n // rounds, 1))
+        best_b = min(best_b, *_best_us(b, xb, n // rounds, 1))
     return best_a, best_b
 
 
@@ -251,14 +300,22 @@ def run_family(bench: Bench, family: Family, quick: bool) -> list[Result]:
         bare, how = bare_batch(family.content, BATCH)
         ours_b, base_b = _interleaved(daemon.predict_batch, batches, bare, batches, n // 50)
         results = [
-            at_most(f"predict {family.name} vs bare interpreter", ours, base, "µs/call", 1.3),
-            at_least(
-                f"predict_batch({BATCH}) {family.name} vs bare batch invoke",
-                BATCH / ours_b * 1e6,
-                BATCH / base_b * 1e6,
-                "samples/s",
-                0.8,
-                bare=how,
+            _noted(
+                at_most(f"predict {family.name} vs bare interpreter", ours, base, "µs/call", 1.3),
+                "predict",
+                family.name,
+            ),
+            _noted(
+                at_least(
+                    f"predict_batch({BATCH}) {family.name} vs bare batch invoke",
+                    BATCH / ours_b * 1e6,
+                    BATCH / base_b * 1e6,
+                    "samples/s",
+                    0.8,
+                    bare=how,
+                ),
+                "predict_batch",
+                family.name,
             ),
         ]
         if family.name in ("dwcnn", "cnn1d"):  # the 32x32x3 frame and the 256x3 window

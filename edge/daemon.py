@@ -25,7 +25,7 @@ from typing import Any
 import numpy.typing as npt
 
 from edge.connections import FleetMember
-from edge.fallback import Prediction
+from edge.fallback import BatchPredictions, Prediction
 from edge.serving import ServedModel, report_policy
 from edge.settings import EdgeSettings
 from edge.status import StatusReporter
@@ -142,7 +142,7 @@ class EdgeDaemon:
 
     def predict_batch(
         self, x: npt.NDArray[Any] | Sequence[Any], budget_ms: float | None = None
-    ) -> list[Prediction]:
+    ) -> BatchPredictions:
         """Answer a batch with the first model; see ``ServingChain.predict_batch``
         (which replaces this method on each instance)."""
         return self.first.predict_batch(x, budget_ms)

@@ -11,9 +11,10 @@ This is the hot path, benchmarked against a bare set_tensor/invoke/get_tensor
 (about 5 µs). Hence: no pydantic, no logging, no uuid, no lock on the success
 path; one read of the immutable plan gives a consistent view of the chain even
 while ``swap`` replaces it; request ids are a per-chain prefix plus a counter; the
-inputs kept for feedback joins live in a fixed ring of plain tuples indexed by
-that counter; an answer holds the link and the counter, and its request id,
-version and sha256 are derived when read.
+inputs kept for feedback joins live in a fixed ring indexed by that counter,
+whose entry is the answer itself (a tuple holding the link and the counter: its
+request id, version, sha256 and label are derived when read); a batch is one
+record for all its slots.
 
 >>> import numpy as np
 >>> from shared.runtime import TFLiteModel
@@ -31,12 +32,14 @@ from __future__ import annotations
 import itertools
 import secrets
 import threading
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from math import isfinite
 from operator import index
 from time import perf_counter
-from typing import Any
+from typing import Any, NoReturn, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -58,69 +61,66 @@ _F32 = np.dtype(np.float32)
 _ndarray = np.ndarray
 
 
-class Prediction:
+class Prediction(tuple[int, Any, "_Link", str | None, float, FloatArray]):
     """One answer. ``fallback`` is true when a link other than the current model answered.
 
     A classifier's answer is ``label`` and ``probabilities``; a regressor's is
     ``outputs`` (named by ``output_names``), and its ``label`` and
     ``probabilities`` are None. What follows from the link that answered (the
-    task, the model's version and sha256) or from the request number (the
-    request id) is read on demand: building it for every request cost a fifth of
-    the chain's overhead.
+    task, the model's version and sha256), from the request number (the request
+    id) or from the answer (the label) is read on demand: building it for every
+    request cost a fifth of the chain's overhead.
+
+    It is a tuple (request number, input, link, fallback reason, latency ms,
+    answer), built by ``tuple.__new__`` without a Python ``__init__``, and the
+    very object the chain keeps in its ring of recent requests for feedback
+    joins: one allocation per request instead of two.
     """
 
-    __slots__ = ("_label", "_link", "_number", "_out", "fallback_reason", "latency_ms")
+    __slots__ = ()
 
-    def __init__(
-        self,
-        label: int,
-        out: FloatArray,
-        link: _Link,
-        number: int,
-        fallback_reason: str | None,
-        latency_ms: float,
-    ) -> None:
-        self._label = label
-        self._out = out
-        self._link = link
-        self._number = number
-        self.fallback_reason = fallback_reason
-        self.latency_ms = latency_ms
+    @property
+    def fallback_reason(self) -> str | None:
+        return self[3]
+
+    @property
+    def latency_ms(self) -> float:
+        return self[4]
 
     @property
     def label(self) -> int | None:
         """The class (argmax of the probabilities); None for a regressor."""
-        return self._label if self._link.classifies else None
+        return index(self[5].argmax()) if self[2].classifies else None
 
     @property
     def probabilities(self) -> FloatArray | None:
-        return self._out if self._link.classifies else None
+        return self[5] if self[2].classifies else None
 
     @property
     def outputs(self) -> FloatArray | None:
         """A regressor's outputs; None for a classifier."""
-        return None if self._link.classifies else self._out
+        return None if self[2].classifies else self[5]
 
     @property
     def output_names(self) -> list[str]:
-        task = self._link.model.task
+        task = self[2].model.task
         return list(task.outputs) if task is not None else []
 
     @property
     def model_version(self) -> int | None:
-        return self._link.version
+        return self[2].version
 
     @property
     def model_sha256(self) -> str:
-        return self._link.sha256
+        return self[2].sha256
 
     @property
     def request_id(self) -> str:
-        return f"{self._link.id_prefix}{self._number}"
+        return f"{self[2].id_prefix}{self[0]}"
 
     @property
     def fallback(self) -> bool:
-        return self.fallback_reason is not None
+        return self[3] is not None
 
     def __repr__(self) -> str:
         return (
@@ -128,6 +128,53 @@ class Prediction:
             f"request_id={self.request_id!r}, fallback_reason={self.fallback_reason!r}, "
             f"latency_ms={self.latency_ms:.3f})"
         )
+
+
+_new = tuple.__new__
+
+
+class BatchPredictions(Sequence[Prediction]):
+    """The answers to a batch, one ``Prediction`` per sample in order, each built
+    when it is read: a batch of a small model is answered in a few microseconds,
+    and building 32 answers up front took longer than the invoke.
+
+    ``answers`` is the whole ``[N, W]`` array (probabilities or outputs).
+    """
+
+    __slots__ = ("_record",)
+
+    def __init__(self, record: _BatchRecord) -> None:
+        self._record = record
+
+    @property
+    def answers(self) -> FloatArray:
+        return self._record[5]
+
+    def __len__(self) -> int:
+        return self._record[6]
+
+    @overload
+    def __getitem__(self, i: int) -> Prediction: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Prediction]: ...
+    def __getitem__(self, i: int | slice) -> Prediction | list[Prediction]:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        first, batch, link, reason, ms, outs, size = self._record
+        k = index(i)
+        if k < 0:
+            k += size
+        if not 0 <= k < size:
+            raise IndexError(f"a batch of {size} has no answer {i}")
+        return _new(Prediction, (first + k, batch[k], link, reason, ms, outs[k]))
+
+    def __iter__(self) -> Iterator[Prediction]:
+        first, batch, link, reason, ms, outs, size = self._record
+        for k in range(size):
+            yield _new(Prediction, (first + k, batch[k], link, reason, ms, outs[k]))
+
+    def __repr__(self) -> str:
+        return f"BatchPredictions({list(self)!r})"
 
 
 @dataclass(slots=True, frozen=True)
@@ -188,23 +235,24 @@ class _Link:
         return None
 
 
-#: A recent request: (number, input, link that answered, label, fallback reason, latency
-#: ms, answer).
-_Recent = tuple[int, npt.NDArray[Any], _Link, int, str | None, float, FloatArray]
+#: A batch's requests, kept once for all of its ring slots: (first number, inputs, link
+#: that answered, fallback reason, latency ms, answers, size). Its fields 2-4 are where a
+#: Prediction has them, so the latency statistics read both alike.
+_BatchRecord = tuple[int, npt.NDArray[Any], _Link, str | None, float, FloatArray, int]
+#: A recent request: its Prediction, or the record of the batch it was in.
+_Recent = Prediction | _BatchRecord
 
 
 class _Plan:
     """An immutable view of the chain, replaced whole by ``swap``."""
 
     __slots__ = (
-        "check_min",
         "dtype",
         "head",
         "head_reason",
         "last",
         "links",
         "ndim2",
-        "one_output",
         "shape",
         "shape2",
         "spec",
@@ -220,11 +268,6 @@ class _Plan:
         self.shape2 = (1, *self.shape)
         self.ndim2 = len(self.shape2)
         self.dtype = self.spec.np_dtype if self.spec else _F32
-        # argmax catches a NaN or +inf answer (see predict), but not a -inf among
-        # several outputs: only then the minimum is looked at too (a numpy reduction
-        # costs more than the rest of the chain on a small regressor).
-        self.check_min = bool(links) and not links[0].classifies and links[0].num_classes > 1
-        self.one_output = bool(links) and links[0].num_classes == 1
 
 
 class ServingChain:
@@ -373,27 +416,26 @@ class ServingChain:
         if head is None or head.est_ms > (budget_ms or self.budget_ms):
             return self._walk(plan, self._checked(x, plan), n, t0, budget_ms)  # type: ignore[arg-type]
         try:
-            # reshape refuses a wrong size and set_tensor a wrong dtype or shape, so a
-            # valid input costs no separate check.
-            out = head.run(x if x.ndim == plan.ndim2 else x.reshape(plan.shape2))  # type: ignore[union-attr]
+            # set_tensor refuses a wrong dtype or shape (a flat sample of a shaped
+            # input, say, which the slow path reshapes), so a valid input costs no
+            # separate check; x[None] is a cheaper view than reshape.
+            out = head.run(x if x.ndim == plan.ndim2 else x[None])  # type: ignore[union-attr]
         except Exception:  # a bad input, or any runtime fault of this model
             checked = self._checked(x, plan, counted=True)  # InputError for a bad input
             if checked is not x:  # convertible (say, float64): answer the converted copy
                 return self._walk(plan, checked, n, t0, budget_ms)
             return self._walk(plan, x, n, t0, budget_ms, INVOKE_ERROR)  # type: ignore[arg-type]
         t1 = perf_counter()
-        # operator.index: a third cheaper than int() here. One output (a regressor of
-        # one value) needs no argmax, which costs a fifth of such a small model's invoke.
-        label = 0 if plan.one_output else index(out.argmax())
-        # argmax returns the first NaN if there is one, and +inf wins it
-        # otherwise, so checking the winner sees any non-finite probability.
-        if not isfinite(out.item(label)) or (plan.check_min and not isfinite(out.min())):
+        # Any NaN or infinity makes the sum non-finite (a Python float sum of float32
+        # values cannot overflow): half the cost of numpy's argmax or isfinite on a
+        # few values. The label (the argmax) is computed when read.
+        if not isfinite(sum(out.tolist())):
             self._check_finite_input(x)  # type: ignore[arg-type]
             return self._walk(plan, x, n, t0, budget_ms, NOT_FINITE)  # type: ignore[arg-type]
         ms = (t1 - t0) * 1000.0
         head.est_ms += (ms - head.est_ms) * EWMA
-        self._recent[n % self._recent_size] = (n, x, head, label, None, ms, out)  # type: ignore[assignment]
-        return Prediction(label, out, head, n, None, ms)
+        self._recent[n % self._recent_size] = p = _new(Prediction, (n, x, head, None, ms, out))
+        return p
 
     def _walk(
         self,
@@ -430,8 +472,7 @@ class ServingChain:
                 t = perf_counter()
                 continue
             t1 = perf_counter()
-            label = index(out.argmax())
-            if not isfinite(out.item(label)) or (plan.check_min and not isfinite(out.min())):
+            if not isfinite(sum(out.tolist())):
                 self._check_finite_input(x)
                 reason = reason or NOT_FINITE
                 t = t1
@@ -443,32 +484,46 @@ class ServingChain:
             ms = (t1 - t0) * 1000.0
             if reason is not None:
                 self._count_fallback(reason)
-            self._recent[n % self._recent_size] = (n, x, link, label, reason, ms, out)
-            return Prediction(label, out, link, n, reason, ms)
+            self._recent[n % self._recent_size] = p = _new(
+                Prediction, (n, x, link, reason, ms, out)
+            )
+            return p
         return self._fail(plan, reason)
 
     def predict_batch(
         self, x: npt.NDArray[Any] | Sequence[Any], budget_ms: float | None = None
-    ) -> list[Prediction]:
+    ) -> BatchPredictions:
         """Answer a batch ``[N, *input shape]`` (or one sample): one Prediction per
-        sample, in order, each with its own request id for feedback.
+        sample, in order, each with its own request id for feedback (built when read;
+        ``answers`` is the whole array).
 
-        The whole batch is checked first (shape, dtype, finite values: InputError
-        naming the expected shape) and answered by one link, the first that answers
-        every sample with finite values; ``budget_ms`` is for the whole batch, which
-        a link is expected to take N times its single-sample estimate for. Each
-        answer's ``latency_ms`` is the batch's.
+        The batch's shape and dtype are checked first (InputError naming the expected
+        shape; as in ``predict``, an array of the input's dtype is used as it is and
+        kept for feedback joins). It is answered by one link, the first that answers
+        every sample with finite values; a float batch holding NaN or infinity is an
+        InputError when its answers are not finite (checked only then: like
+        ``predict``, the hot path does not pay for it). ``budget_ms`` is for the whole
+        batch, which a link is expected to take N times its single-sample estimate
+        for. Each answer's ``latency_ms`` is the batch's.
         """
         t0 = perf_counter()
         plan = self._plan
-        if plan.spec is None:
+        spec = plan.spec
+        if spec is None:
             raise Unavailable("no model is loaded: the edge cannot serve yet")
-        batch, _ = as_batch(x, plan.spec)
+        if (
+            x.__class__ is _ndarray
+            and x.dtype == plan.dtype  # type: ignore[union-attr]
+            and x.shape[1:] == plan.shape  # type: ignore[union-attr]
+            and len(x)
+        ):
+            batch: npt.NDArray[Any] = x  # type: ignore[assignment]
+        else:
+            batch, _ = as_batch(x, spec)
         size = len(batch)
-        # One request number per sample, each taken on its own: another thread may
-        # take numbers in between, so a batch's numbers need not be consecutive.
-        count = self._count
-        numbers = [next(count) for _ in range(size)]
+        # One request number per sample, taken in one C call (so no other thread's
+        # request takes a number in between: the batch's record needs them contiguous).
+        first = deque(islice(self._count, size), maxlen=1)[0] - size + 1
         reason = plan.head_reason
         budget = budget_ms or self.budget_ms
         for link in plan.links:
@@ -484,21 +539,37 @@ class ServingChain:
                 reason = reason or INVOKE_ERROR
                 continue
             if not np.isfinite(outs).all():
+                if batch is x:
+                    try:
+                        as_batch(batch, spec)  # InputError for a NaN or infinity
+                    except InputError:
+                        with self._stats_lock:
+                            self._uncounted += size
+                        raise
                 reason = reason or NOT_FINITE
                 continue
             ms = (perf_counter() - t0) * 1000.0
             if reason is not None:
                 self._count_fallback(reason, size)
-            labels = outs.argmax(axis=1).tolist()
-            recent, ring = self._recent, self._recent_size
-            answers = []
-            for n, sample, label, out in zip(numbers, batch, labels, outs, strict=True):
-                recent[n % ring] = (n, sample, link, label, reason, ms, out)
-                answers.append(Prediction(label, out, link, n, reason, ms))
-            return answers
+            record: _BatchRecord = (first, batch, link, reason, ms, outs, size)
+            self._keep(first, size, record)
+            return BatchPredictions(record)
         with self._stats_lock:
             self.failed_requests += size - 1  # _fail counts one
-        return [self._fail(plan, reason)]
+        self._fail(plan, reason)
+
+    def _keep(self, first: int, size: int, record: _BatchRecord) -> None:
+        """Put a batch's record in the ring slots of its request numbers (the last
+        ``recent`` of them when the batch is larger than the ring)."""
+        ring, slots = self._recent, self._recent_size
+        start = max(first, first + size - slots)
+        a = start % slots
+        end = a + first + size - start
+        if end <= slots:
+            ring[a:end] = [record] * (end - a)
+        else:
+            ring[a:] = [record] * (slots - a)
+            ring[: end - slots] = [record] * (end - slots)
 
     # -- the slow paths -----------------------------------------------------
 
@@ -548,7 +619,7 @@ class ServingChain:
         with self._stats_lock:
             self.fallback_reasons[reason] = self.fallback_reasons.get(reason, 0) + answers
 
-    def _fail(self, plan: _Plan, reason: str | None) -> Prediction:
+    def _fail(self, plan: _Plan, reason: str | None) -> NoReturn:
         with self._stats_lock:
             self.failed_requests += 1
         if not plan.links:
@@ -569,12 +640,20 @@ class ServingChain:
         except ValueError:
             return None
         entry = self._recent[n % self._recent_size]
-        if entry is None or entry[0] != n or request_id != f"{self._prefix}{n}":
+        if entry is None or request_id != f"{self._prefix}{n}":
             return None  # expired, or not the canonical form of the id (say, "007")
-        _, x, link, label, reason, _, out = entry
+        if len(entry) == 7:  # a batch's record
+            first, batch, link, reason, _, outs, size = entry  # type: ignore[misc]
+            if not first <= n < first + size:
+                return None
+            x, out = batch[n - first], outs[n - first]
+        else:
+            if entry[0] != n:
+                return None
+            _, x, link, reason, _, out = entry  # type: ignore[misc]
         return RecentInput(
             x.reshape(link.input.shape),
-            label if link.classifies else None,
+            index(out.argmax()) if link.classifies else None,
             link.version,
             link.sha256,
             link.num_classes,
@@ -598,7 +677,7 @@ class ServingChain:
         the ring already holds them, so the hot path pays nothing extra for
         latency statistics."""
         window = [
-            e[5]
+            e[4]
             for e in self._recent[:]
             if e is not None and (sha256 is None or e[2].sha256 == sha256)
         ]

@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge.connections import FleetMember
-from edge.fallback import Prediction, ServingChain
+from edge.fallback import BatchPredictions, Prediction, ServingChain
 from edge.guard import GuardPolicy, SwapGuard
 from edge.model_store import ModelStore, load_if_sound
 from edge.settings import EdgeSettings
@@ -247,7 +247,7 @@ class ServedModel:
 
     def predict_batch(
         self, x: npt.NDArray[Any] | Sequence[Any], budget_ms: float | None = None
-    ) -> list[Prediction]:
+    ) -> BatchPredictions:
         """Answer a batch ``[N, *input shape]``; see ``ServingChain.predict_batch``
         (which replaces this method on each instance)."""
         return self.chain.predict_batch(x, budget_ms)

@@ -43,6 +43,11 @@ _RUNTIMES = (
 
 FloatArray = npt.NDArray[np.float32]
 
+#: Largest batch answered by one invoke of a resized interpreter (larger ones go in chunks).
+MAX_RESIZED = 64
+#: Batch sizes whose way (resized or looped) a model remembers; others loop.
+MAX_BATCH_SIZES = 8
+
 
 @cache
 def interpreter_class(prefer: str | None = None) -> tuple[Any, str]:
@@ -145,6 +150,10 @@ class TFLiteModel:
             )
         self._interp = interp
         self._lock = threading.Lock()
+        # For the resized copies that answer batches (see answers).
+        self._cls, self._content, self._num_threads = cls, content, num_threads
+        self._resized: dict[int, Callable[[npt.NDArray[Any]], FloatArray] | None] = {}
+        self._resized_lock = threading.Lock()
         self._in_index = int(inputs[0]["index"])
         self._out_index = int(outputs[0]["index"])
         self._in_q = _quant_of(inputs[0])
@@ -172,11 +181,6 @@ class TFLiteModel:
         self.num_classes = width  # kept for classifier callers: the answer's width
         self.input_dtype = file_dtype
         self._batch_shape = (1, *spec.shape)
-        # What answers() needs to make a resized interpreter, and the ones it made (or
-        # None: the loop is faster or the file cannot be resized), by batch size.
-        self._cls, self._content, self._num_threads = cls, content, num_threads
-        self._resized: dict[int, _Resized | None] = {}
-        self._resized_lock = threading.Lock()
         # Precomputed so that the hot path is a handful of numpy calls.
         quantized_in = self._in_q.is_quantized and file_dtype == "int8"
         self._in_inv_scale = np.float32(1.0 / self._in_q.scale) if quantized_in else None
@@ -304,74 +308,134 @@ class TFLiteModel:
     def answers(self, batch: npt.NDArray[Any]) -> FloatArray:
         """The answers ``[N, W]`` to a batch ``[N, *input.shape]`` in the input's dtype.
 
-        Two ways, and the faster one is kept per model and batch size: one invoke per
-        sample with the lock taken once, or one invoke of an interpreter resized to
-        ``[N, *shape]`` (resize_tensor_input + allocate_tensors, made on the first
-        batch of N, ``RESIZED_SIZES`` kept). Neither wins everywhere: at N = 32 the
-        tabular MLP answered about 20x more samples/s resized (bench/families.py),
-        while the int8 convolutions gain nothing from a batch (the depthwise CNN 5.3k
-        samples/s resized vs 5.4k looped) and the digits CNN cannot be resized at all
-        (its reshape is fixed to batch 1). The first batch of each N times both (a
-        few invokes) and checks that they agree.
+        Two ways, chosen per batch size N by measuring both on the first batch of
+        that size (three runs each, the faster kept, and only when they agree): one
+        invoke per sample with the lock taken once, or one invoke of a copy of the
+        interpreter resized to ``[N, *input.shape]`` (built lazily, cached per N, with
+        its own lock). Measured at N = 32 on the zoo: the MLP answers ~3M samples/s
+        resized vs ~250k looped (its fully connected kernel takes the batch as one
+        matrix), while the convolutions gain nothing from a batch (dwcnn ~5k, cnn1d
+        ~13k samples/s either way) and the digits CNN and the regression MLP cannot
+        be resized at all (a reshape fixed to batch 1: allocate_tensors raises),
+        so they loop. Batches larger than ``MAX_RESIZED`` go in chunks of it.
         """
         n = len(batch)
         if self._in_inv_scale is not None or self._out_q.is_quantized:
             rows = [self.predict_proba(row) for row in batch]
             return np.stack(rows) if rows else np.zeros((0, self.width), np.float32)
-        samples = np.ascontiguousarray(batch, self._in_buf.dtype)
+        samples = np.ascontiguousarray(batch, self._in_buf.dtype).reshape(n, *self.input.shape)
+        if n > MAX_RESIZED:
+            whole = n - n % MAX_RESIZED
+            parts = [
+                self.answers(samples[k : k + MAX_RESIZED]) for k in range(0, whole, MAX_RESIZED)
+            ]
+            if whole < n:
+                parts.append(self._looped(samples[whole:]))
+            return np.concatenate(parts)
         if n > 1:
-            resized = self._resized.get(n)
-            if resized is None and n not in self._resized:
-                with self._resized_lock:  # one thread decides; the others wait for it
-                    resized = self._resized[n] if n in self._resized else self._try_resized(samples)
-            if resized is not None:
-                return _invoke_resized(resized, samples)
+            if n in self._resized:
+                way = self._resized[n]
+            elif len(self._resized) < MAX_BATCH_SIZES:
+                way = self._choose(n, samples)
+            else:  # sizes beyond the first few loop, rather than measure each time
+                way = None
+            if way is not None:
+                return way(samples)
         return self._looped(samples)
 
     def _looped(self, samples: npt.NDArray[Any]) -> FloatArray:
+        """``answers`` by one invoke per sample on the model's own interpreter."""
         n = len(samples)
-        rows = samples.reshape(n, *self._batch_shape)
-        out = np.empty((n, self.width), np.float32)
+        if n == 0:
+            return np.zeros((0, self.width), np.float32)
+        samples = samples.reshape(n, *self._batch_shape)
         in_index, out_index = self._in_index, self._out_index
+        # The [1, W] answers are collected and joined once: a third cheaper per
+        # sample than copying each into a row of the result.
+        rows: list[FloatArray] = []
+        keep = rows.append
         with self._lock:
             native: Any = getattr(self._interp, "_interpreter", None)
             if all(hasattr(native, m) for m in ("SetTensor", "Invoke", "GetTensor")):
-                for i in range(n):  # see _native_row_predictor
-                    native.SetTensor(in_index, rows[i])
-                    native.Invoke()
-                    out[i] = native.GetTensor(out_index, 0)[0]
+                set_tensor, invoke, get_tensor = native.SetTensor, native.Invoke, native.GetTensor
+                for x in samples:  # see _native_row_predictor
+                    set_tensor(in_index, x)
+                    invoke()
+                    keep(get_tensor(out_index, 0))
+                del set_tensor, invoke, get_tensor  # bound to native: see below
             else:
                 interp = self._interp
-                for i in range(n):
-                    interp.set_tensor(in_index, rows[i])
+                for x in samples:
+                    interp.set_tensor(in_index, x)
                     interp.invoke()
-                    out[i] = interp.get_tensor(out_index)[0]
+                    keep(interp.get_tensor(out_index))
             del native  # the public API's reference check must not see it
+        out: FloatArray = np.concatenate(rows).astype(np.float32, copy=False)
         return out
 
-    def _try_resized(self, samples: npt.NDArray[Any]) -> _Resized | None:
-        """An interpreter resized to ``len(samples)`` if the file allows it, answers as
-        the loop does, and is faster on ``samples``; else None (and the loop is kept)."""
-        n = len(samples)
-        made: _Resized | None = None
+    def _choose(
+        self, n: int, samples: npt.NDArray[Any]
+    ) -> Callable[[npt.NDArray[Any]], FloatArray] | None:
+        """The resized way for batches of ``n`` when it is faster than the loop and
+        answers the same, else None (the loop); measured once per ``n`` on ``samples``."""
+        with self._resized_lock:
+            if n in self._resized:  # another thread measured it meanwhile
+                return self._resized[n]
+            resized = self._resized_for(n)
+            way = None
+            if resized is not None:
+                try:
+                    t_resized, got = _timed(resized, samples)
+                    t_looped, want = _timed(self._looped, samples)
+                except (ValueError, RuntimeError) as e:
+                    logger.debug("%s: a batch of %d cannot run resized: %s", self.name, n, e)
+                else:
+                    same = got.shape == want.shape and np.allclose(got, want, atol=1e-5)
+                    if same and t_resized < t_looped:
+                        way = resized
+                    logger.debug(
+                        "%s: batch of %d: resized %.1f µs, looped %.1f µs, same answers %s",
+                        self.name, n, t_resized * 1e6, t_looped * 1e6, same,
+                    )  # fmt: skip
+            self._resized[n] = way
+            return way
+
+    def _resized_for(self, n: int) -> Callable[[npt.NDArray[Any]], FloatArray] | None:
+        """A copy of the interpreter taking ``[n, *input.shape]``, as a function from a
+        batch to its answers; None when the file cannot be resized (a reshape fixed to
+        batch 1, say: allocate_tensors or the delegate's reshape raises)."""
         try:
             interp = self._cls(model_content=self._content, num_threads=self._num_threads)
             interp.resize_tensor_input(self._in_index, [n, *self.input.shape])
             interp.allocate_tensors()
-            made = _Resized(interp, threading.Lock(), self._in_index, self._out_index)
-            looped, t_loop = _timed(lambda: self._looped(samples))
-            resized, t_resized = _timed(lambda: _invoke_resized(made, samples))  # type: ignore[arg-type]
-            if resized.shape != looped.shape or not np.allclose(resized, looped, atol=1e-5):
-                made = None  # a graph that only looks batchable (a reshape to batch 1)
-            elif t_resized >= t_loop:
-                made = None
         except (ValueError, RuntimeError) as e:
-            logger.debug("%s: no resized invoke for %d samples (%s)", self.name, n, e)
-            made = None
-        if len(self._resized) >= RESIZED_SIZES:
-            self._resized.pop(next(iter(self._resized)))
-        self._resized[n] = made
-        return made
+            logger.debug("%s: cannot be resized to a batch of %d: %s", self.name, n, e)
+            return None
+        out_shape = [int(d) for d in interp.get_output_details()[0]["shape"]]
+        if out_shape != [n, self.width]:
+            return None
+        lock = threading.Lock()
+        in_index, out_index = self._in_index, self._out_index
+
+        def run_native(samples: npt.NDArray[Any]) -> FloatArray:
+            with lock:
+                native = interp._interpreter  # see _native_row_predictor
+                native.SetTensor(in_index, samples)
+                native.Invoke()
+                out: FloatArray = native.GetTensor(out_index, 0)
+            return out
+
+        def run_public(samples: npt.NDArray[Any]) -> FloatArray:
+            with lock:
+                interp.set_tensor(in_index, samples)
+                interp.invoke()
+                out: FloatArray = interp.get_tensor(out_index)
+            return out
+
+        native = getattr(interp, "_interpreter", None)
+        if all(hasattr(native, m) for m in ("SetTensor", "Invoke", "GetTensor")):
+            return run_native
+        return run_public
 
     def predict_proba_batch(self, xs: npt.ArrayLike) -> FloatArray:
         """``answers`` for samples given as rows of the input's size (probe inputs, say)."""
@@ -421,35 +485,16 @@ class TFLiteModel:
         return agreement, mae
 
 
-#: Batch sizes a model keeps a resized interpreter (or the decision to loop) for.
-RESIZED_SIZES = 4
-
-
-@dataclass(frozen=True)
-class _Resized:
-    interp: Any
-    lock: threading.Lock
-    in_index: int
-    out_index: int
-
-
-def _invoke_resized(r: _Resized, samples: npt.NDArray[Any]) -> FloatArray:
-    with r.lock:
-        r.interp.set_tensor(r.in_index, samples)
-        r.interp.invoke()
-        out: FloatArray = r.interp.get_tensor(r.out_index)
-    return out
-
-
-def _timed(fn: Callable[[], FloatArray], runs: int = 3) -> tuple[FloatArray, float]:
-    """``fn()``'s answer and its best time of ``runs``."""
-    best, out = float("inf"), None
+def _timed(
+    fn: Callable[[npt.NDArray[Any]], FloatArray], samples: npt.NDArray[Any], runs: int = 3
+) -> tuple[float, FloatArray]:
+    """The best of ``runs`` timings of ``fn(samples)`` (seconds) and its answer."""
+    best = float("inf")
     for _ in range(runs):
         t0 = time.perf_counter()
-        out = fn()
+        out = fn(samples)
         best = min(best, time.perf_counter() - t0)
-    assert out is not None
-    return out, best
+    return best, out
 
 
 def _cast_to(arr: npt.NDArray[Any], dtype: np.dtype[Any]) -> npt.NDArray[Any]:

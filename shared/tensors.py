@@ -124,8 +124,11 @@ def _cast(batch: npt.NDArray[Any], spec: TensorSpec) -> npt.NDArray[Any]:
         if batch.size and (batch.min() < 0 or batch.max() > 255):
             raise InputError(f"x must hold whole numbers 0..255 for a {spec.describe()} input")
         return np.ascontiguousarray(batch, dtype=np.uint8)
-    with np.errstate(over="ignore", invalid="ignore"):
-        out = np.ascontiguousarray(batch, dtype=np.float32)
+    if batch.dtype == np.float32:  # no cast, so nothing can overflow
+        out = np.ascontiguousarray(batch)
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = np.ascontiguousarray(batch, dtype=np.float32)
     if not np.isfinite(out).all():
         raise InputError(
             f"x must hold finite float32 numbers for a {spec.describe()} input "

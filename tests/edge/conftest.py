@@ -145,3 +145,12 @@ def regression_model() -> TensorModel:
     from tensor_models import regression_model
 
     return regression_model()
+
+
+@pytest.fixture(scope="session")
+def tabular_model() -> TensorModel:
+    """The MLP over 12 float32 columns (a file that can be resized to a batch)."""
+    pytest.importorskip("torch", reason="exporting a model needs torch (not in an edge install)")
+    from tensor_models import tabular_model
+
+    return tabular_model()

@@ -91,3 +91,18 @@ def image_model() -> TensorModel:
 def regression_model() -> TensorModel:
     """The regression MLP over [32, 4] sensor windows (examples/regression)."""
     return export_family("bearing", "regression_mlp", f"py:{__file__}:small_bearing", 600, 10)
+
+
+def small_tabular() -> dict[str, object]:
+    """A ``py:`` dataset: 400 rows of 12 sensor columns, 4 classes (what a CSV gives)."""
+    from sklearn.datasets import make_classification
+
+    X, y = make_classification(
+        n_samples=400, n_features=12, n_informative=6, n_classes=4, random_state=0
+    )
+    return {"X": (X * 10 + 50).astype(np.float32), "y": y}
+
+
+def tabular_model() -> TensorModel:
+    """The MLP over 12 float32 columns (its file can be resized to a batch)."""
+    return export_family("tabular", "mlp", f"py:{__file__}:small_tabular", 400, 3)
