@@ -14,7 +14,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export LITERT_TORCH_SHOW_PROGRESS = n
 export TF_CPP_MIN_LOG_LEVEL = 3
 
-.PHONY: all install redis demo demo-quick test test-fast test-edge-only test-tflite-runtime schemathesis lint typecheck bench clean
+.PHONY: all install redis demo demo-quick test test-examples test-fast test-edge-only test-tflite-runtime schemathesis lint typecheck bench clean
 
 all: test
 
@@ -43,8 +43,12 @@ demo-quick: install
 # Lint and the type check first, so that CI and a person run the same thing.
 test: install
 	$(MAKE) --no-print-directory lint typecheck
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not example" --durations=15
 	$(MAKE) --no-print-directory schemathesis test-edge-only test-tflite-runtime
+
+# Each shipped example's quick demo end to end (a few minutes each).
+test-examples: install
+	$(PY) -m pytest -q -m example
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"

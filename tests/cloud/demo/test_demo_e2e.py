@@ -53,6 +53,7 @@ def assert_done(result: dict[str, Any]) -> None:
     assert result["done"] is True, result
 
 
+@pytest.mark.example
 @pytest.mark.timeout(600)
 def test_the_vibration_example_recovers_from_its_drift(tmp_path):
     result = run_demo(tmp_path, "--example", "vibration")
@@ -75,4 +76,18 @@ def test_a_users_regression_model_and_npz_recover_from_the_drift(tmp_path):
     assert not any(k.startswith("acc_") for k in result)
     # the drift hurts: the error of the version trained before it grows
     assert result["metric_drift_before_update"] > 1.3 * result["metric_pre_drift"], result
+    assert_done(result)
+
+
+@pytest.mark.example
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize(
+    ("name", "task"), [("regression", "regression"), ("images", "classification")]
+)
+def test_every_other_example_recovers_from_its_drift(tmp_path, name, task):
+    result = run_demo(tmp_path, "--example", name)
+    assert result["model"] == name and result["task"] == task
+    pre, hurt = result["metric_pre_drift"], result["metric_drift_before_update"]
+    # the drift hurts the version trained before it
+    assert (hurt > 1.3 * pre) if result["lower_is_better"] else (hurt < 0.85 * pre), result
     assert_done(result)
