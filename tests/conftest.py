@@ -1,4 +1,6 @@
-"""Fixtures every test may use: a real redis-server per session, flushed per test.
+"""Fixtures every test may use: a real redis-server per session, flushed per test;
+and a real edge: signing keys, settings, daemons that stop at teardown, and their
+HTTP API on a real socket (built on tests/serving.py).
 
 This file must import nothing from ``cloud`` or torch: the edge-only test run
 (``make test-edge-only``) loads it in an environment without them.
@@ -11,11 +13,19 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
+
+from shared.keys import FleetKeys
+from tests.serving import Call, ServedApi, Signing, make_settings
+
+if TYPE_CHECKING:
+    from edge.daemon import EdgeDaemon
+    from edge.settings import EdgeSettings
 
 # --doctest-modules would also import this file as a test module named "conftest",
 # which clashes with a sub-folder's conftest.py loaded before it (tests/cloud sorts
@@ -122,3 +132,63 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
+
+
+# -- a real edge ------------------------------------------------------------------
+
+
+@pytest.fixture
+def signing(tmp_path: Path) -> Signing:
+    return Signing.create(tmp_path)
+
+
+@pytest.fixture
+def keys() -> FleetKeys:
+    return FleetKeys("lab")
+
+
+@pytest.fixture
+def settings_factory(
+    tmp_path: Path, redis_url: str, signing: Signing
+) -> Callable[..., EdgeSettings]:
+    def make(**overrides: Any) -> EdgeSettings:
+        url = overrides.pop("redis_url", redis_url)
+        return make_settings(tmp_path, url, signing.public_key, **overrides)
+
+    return make
+
+
+@pytest.fixture
+def daemon_factory(
+    settings_factory: Callable[..., EdgeSettings],
+) -> Iterator[Callable[..., EdgeDaemon]]:
+    """Build (and start, unless start=False) daemons; all are stopped at teardown."""
+    from edge.daemon import EdgeDaemon
+
+    made: list[EdgeDaemon] = []
+
+    def make(start: bool = True, **overrides: Any) -> EdgeDaemon:
+        daemon = EdgeDaemon(settings_factory(**overrides))
+        made.append(daemon)
+        if start:
+            daemon.start()
+        return daemon
+
+    yield make
+    for daemon in made:
+        daemon.stop(timeout=2.0)
+
+
+@pytest.fixture
+def serve(daemon_factory: Callable[..., EdgeDaemon]) -> Iterator[Callable[[EdgeDaemon], Call]]:
+    """Serve a daemon's API; returns call(method, path, body=None) -> (status, json)."""
+    running: list[ServedApi] = []
+
+    def start(daemon: EdgeDaemon) -> Call:
+        api = ServedApi(daemon)
+        running.append(api)
+        return api.call
+
+    yield start
+    for api in running:
+        api.stop()

@@ -1,23 +1,20 @@
 """Helpers for the edge tests: model files, signed manifests, and publishing a
 version to Redis the way the cloud's publisher does (manifest and artifact keys
-first, then an announcement on the fleet's delta stream)."""
+first, then an announcement on the fleet's delta stream). What other tests share
+with these (signing keys, settings, waiting, reading a feedback stream) is in
+tests/serving.py."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import redis
 
-from edge.settings import BUNDLED_BASELINE, EdgeSettings
+from edge.settings import BUNDLED_BASELINE
 from shared.codec import encode_full, sha256_hex
-from shared.config import load_settings
-from shared.feedback_stream import frames_of
-from shared.keys import FEEDBACK_FRAMES_FIELD, FleetKeys
+from shared.keys import FleetKeys
 from shared.messages import (
     DeltaAnnouncement,
     ModelManifest,
@@ -27,8 +24,9 @@ from shared.messages import (
 )
 from shared.rollouts import AssignmentNotice
 from shared.runtime import TFLiteModel
-from shared.signing import Signer, generate_keypair
+from shared.signing import Signer
 from shared.tensors import DTYPES
+from tests.serving import stream_frames
 
 DATA = Path(__file__).resolve().parent / "data"
 FLOAT_MODEL = DATA / "float_digits.tflite"
@@ -71,22 +69,6 @@ def probe_for(model_bytes: bytes, n: int = 8, seed: int = 0) -> ProbeSet:
     inputs = digit_inputs(n, seed)
     expected = TFLiteModel(model_bytes).predict_proba_batch(inputs)
     return ProbeSet(inputs=inputs.tolist(), expected=expected.tolist())
-
-
-@dataclass
-class Signing:
-    """A key pair with the public half written where an edge's settings can name it."""
-
-    signer: Signer
-    public_pem: bytes
-    public_key: Path
-
-    @classmethod
-    def create(cls, directory: Path, name: str = "signing") -> Signing:
-        private_pem, public_pem = generate_keypair()
-        path = directory / f"{name}.pub"
-        path.write_bytes(public_pem)
-        return cls(Signer(private_pem), public_pem, path)
 
 
 def make_manifest(
@@ -191,49 +173,6 @@ def desire(
         devices = sorted({*(assign or {}), *(pin or {})}) if target is None else []
         notice = AssignmentNotice(model=model, devices=devices)
         client.xadd(keys.deltas, {"assign": notice.to_wire()})
-
-
-def make_settings(
-    tmp_path: Path, redis_url: str, public_key: Path, **overrides: Any
-) -> EdgeSettings:
-    values: dict[str, Any] = {
-        "device_id": "pi-1",
-        "fleet": "lab",
-        "redis_url": redis_url,
-        "public_key": public_key,
-        "state_dir": tmp_path / "state",
-        "status_interval_s": 0.2,
-        "status_ttl_s": 5,
-        "feedback_flush_ms": 10,
-        "warmup_invokes": 1,
-    }
-    values.update(overrides)
-    return load_settings(EdgeSettings, None, **values)
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
-
-
-def stream_frames(client: redis.Redis, stream: str) -> list[tuple[dict[str, Any], bytes]]:
-    """(FeedbackEvent JSON, sample bytes) of every event of ``stream``, in stream order
-    (an edge's entry holds a batch of frames)."""
-    import json
-
-    entries = client.xrange(stream)
-    return [
-        (json.loads(event), sample)
-        for _, fields in entries
-        for event, sample in frames_of(fields[FEEDBACK_FRAMES_FIELD.encode()])
-    ]
 
 
 def stream_events(client: redis.Redis, stream: str) -> list[dict[str, Any]]:

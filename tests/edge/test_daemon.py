@@ -9,20 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
-from helpers import (
-    Signing,
-    digit_inputs,
-    publish_version,
-    stream_events,
-    stream_frames,
-    variant,
-    wait_for,
-)
+from helpers import digit_inputs, publish_version, stream_events, variant
 
 from edge.daemon import EdgeDaemon
 from shared.keys import FleetKeys
 from shared.messages import EdgeStatus, FeedbackEvent
 from shared.runtime import interpreter_class
+from tests.serving import Signing, stream_frames, wait_for
 
 Factory = Callable[..., EdgeDaemon]
 

@@ -11,12 +11,13 @@ import time
 from collections.abc import Callable
 
 import redis
-from helpers import Signing, desire, make_manifest, publish_version, sign, variant, wait_for
+from helpers import desire, make_manifest, publish_version, sign, variant
 
 from edge.daemon import EdgeDaemon
 from shared.codec import sha256_hex
 from shared.keys import FleetKeys
 from shared.messages import SignedManifest
+from tests.serving import Signing, wait_for
 
 Factory = Callable[..., EdgeDaemon]
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 import uvicorn
-from helpers import Signing, publish_version, stream_events, variant, wait_for
+from helpers import publish_version, stream_events, variant
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +20,7 @@ from edge.api import MAX_BODY_BYTES, create_app
 from edge.daemon import EdgeDaemon
 from shared.keys import FleetKeys
 from shared.messages import EdgeStatus, FeedbackAccepted, PredictResponse
+from tests.serving import Signing, wait_for
 
 Factory = Callable[..., EdgeDaemon]
 Call = Callable[..., tuple[int, Any]]

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import redis
-from helpers import Signing, wait_for
 
 from edge import cli
 from edge.daemon import EdgeDaemon
 from shared.keys import FleetKeys
+from tests.serving import Signing, wait_for
 
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -17,20 +17,13 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
-from helpers import (
-    PERMUTED_MODEL,
-    Signing,
-    desire,
-    labeled_digits,
-    publish_version,
-    variant,
-    wait_for,
-)
+from helpers import PERMUTED_MODEL, desire, labeled_digits, publish_version, variant
 
 from edge.daemon import EdgeDaemon
 from edge.guard import Evidence, GuardPolicy, Traffic, judge
 from shared.codec import sha256_hex
 from shared.keys import FleetKeys
+from tests.serving import Signing, wait_for
 
 Factory = Callable[..., EdgeDaemon]
 

@@ -6,10 +6,11 @@ import threading
 import time
 
 import numpy as np
-from helpers import baseline_bytes, digit_inputs, variant, wait_for
+from helpers import baseline_bytes, digit_inputs, variant
 
 from edge.fallback import Prediction, ServingChain
 from shared.runtime import TFLiteModel
+from tests.serving import wait_for
 
 
 def test_swapping_under_concurrent_predictions_fails_no_request() -> None:

@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import Signing, make_manifest, sign, variant
+from helpers import make_manifest, sign, variant
 
 from edge.model_store import ModelStore, load_if_sound
 from shared.codec import sha256_hex
 from shared.errors import IntegrityError, NotFound
+from tests.serving import Signing
 
 
 def install(store: ModelStore, signing: Signing, data: bytes, version: int) -> str:

@@ -7,12 +7,13 @@ from collections.abc import Callable
 
 import pytest
 import redis
-from helpers import Signing, publish_version, same_size_variant, wait_for
+from helpers import publish_version, same_size_variant
 
 from edge.daemon import EdgeDaemon
 from shared.codec import encode_full, sha256_hex
 from shared.delta import make_patch
 from shared.keys import FleetKeys
+from tests.serving import Signing, wait_for
 
 Factory = Callable[..., EdgeDaemon]
 

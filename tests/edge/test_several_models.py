@@ -9,15 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
-from helpers import (
-    Signing,
-    digit_inputs,
-    make_manifest,
-    publish_version,
-    stream_events,
-    variant,
-    wait_for,
-)
+from helpers import digit_inputs, make_manifest, publish_version, stream_events, variant
 from tensor_models import TensorModel
 
 from edge.daemon import EdgeDaemon
@@ -25,6 +17,7 @@ from shared.codec import sha256_hex
 from shared.feedback_stream import feedback_stream
 from shared.keys import FleetKeys
 from shared.messages import EdgeStatus
+from tests.serving import Signing, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
-from helpers import Signing, make_manifest, publish_version, stream_frames, wait_for
+from helpers import make_manifest, publish_version
 from tensor_models import TensorModel
 
 from edge.daemon import EdgeDaemon
@@ -22,6 +22,7 @@ from shared.keys import FEEDBACK_FRAMES_FIELD, FleetKeys
 from shared.messages import EdgeStatus, PredictBatchResponse, PredictResponse
 from shared.runtime import TFLiteModel
 from shared.tensors import npy_bytes
+from tests.serving import Signing, ingest_once, stream_frames, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -215,16 +216,11 @@ def test_the_trainers_ingest_accepts_what_the_edge_sends(
 ) -> None:
     """Edge -> real Redis -> the trainer's FeedbackIngest, for a uint8 image model and
     a regressor: every event accepted, samples and truths as sent."""
-    from cloud.data.ingest import FeedbackIngest, IngestOptions
-    from cloud.data.replay import DataOptions, TrainerData
-
     frames, labels = image_model.X[:6], image_model.y[:6]
     for frame, label in zip(frames, labels, strict=True):
         images.feedback(int(label), request_id=images.predict(frame).request_id)
     assert images.uplink.flush(5)
-    got = _ingest(
-        redis_client, keys, image_model, FeedbackIngest, IngestOptions, DataOptions, TrainerData
-    )
+    got = ingest_once(redis_client, keys, image_model.name, image_model.input, image_model.task)
     assert got.deadlettered == 0 and len(got.accepted) == 6
     assert got.accepted.X.dtype == np.uint8 and np.array_equal(got.accepted.X, frames)
     assert got.accepted.y.tolist() == labels.tolist()
@@ -244,15 +240,8 @@ def test_the_trainers_ingest_accepts_what_the_edge_sends(
     for window, target in zip(windows[1:], targets[1:], strict=True):
         bearing.feedback(target=target.tolist(), x=window)
     assert bearing.uplink.flush(5)
-    got = _ingest(
-        redis_client,
-        keys,
-        regression_model,
-        FeedbackIngest,
-        IngestOptions,
-        DataOptions,
-        TrainerData,
-    )
+    reg = regression_model
+    got = ingest_once(redis_client, keys, reg.name, reg.input, reg.task)
     assert got.deadlettered == 0 and len(got.accepted) == 4
     assert np.array_equal(got.accepted.X, windows)
     assert np.allclose(np.asarray(got.accepted.y, np.float32).reshape(4, -1), targets)
@@ -266,18 +255,6 @@ def pickled_npy() -> bytes:
     out = io.BytesIO()
     np.save(out, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     return out.getvalue()
-
-
-def _ingest(client: redis.Redis, keys: FleetKeys, model: TensorModel, *cloud: Any) -> Any:
-    """One poll of a trainer's ingest for ``model`` (the cloud classes are passed in,
-    imported by the test, so that this module imports without torch)."""
-    feedback_ingest, ingest_options, data_options, trainer_data = cloud
-    data = trainer_data(client, keys, data_options(model.name, model.input, model.task))
-    ingest = feedback_ingest(
-        client, keys, data, ingest_options(model=model.name, consumer=f"t-{model.name}")
-    )
-    ingest.ensure_group()
-    return ingest.poll(block_ms=100)
 
 
 def test_the_guard_judges_a_regressor_by_its_mae_on_the_same_inputs(

@@ -11,13 +11,11 @@ import redis
 from helpers import (
     DYNAMIC_MODEL,
     FLOAT_MODEL,
-    Signing,
     make_manifest,
     probe_for,
     publish_version,
     sign,
     variant,
-    wait_for,
 )
 
 from edge.daemon import EdgeDaemon
@@ -25,6 +23,7 @@ from shared.codec import encode_full, sha256_hex
 from shared.keys import FleetKeys
 from shared.messages import DeltaAnnouncement, Payload, ProbeSet, SignedManifest
 from shared.signing import Signer, generate_keypair
+from tests.serving import Signing, wait_for
 
 Factory = Callable[..., EdgeDaemon]
 

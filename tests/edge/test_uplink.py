@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import redis
-from helpers import stream_events, wait_for
+from helpers import stream_events
 from redis_proxy import LoadingProxy
 
 from edge.connections import FleetMember
@@ -23,6 +23,7 @@ from shared.feedback_stream import frames_of
 from shared.keys import FleetKeys
 from shared.messages import FeedbackEvent
 from shared.retry import Backoff
+from tests.serving import wait_for
 
 EPOCH = "e0"
 X = [float(i % 17) for i in range(64)]
