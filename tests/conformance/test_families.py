@@ -199,17 +199,19 @@ def test_a_model_family_is_served_by_an_edge_and_learns_from_its_feedback(
         else:
             assert got.label is None and got.output_names == task.outputs
             assert got.outputs == pytest.approx(expected.tolist(), abs=1e-5)
+    # the npy sample is served as it came: uint8 frames stay uint8, never widened
+    assert spec.dtype == ("uint8" if CASES[case][0] == "dwcnn" else "float32")
     recalled = edge.chain.recall(answers[1][0].request_id)
-    assert recalled is not None and recalled.x.dtype == spec.np_dtype  # uint8 stays uint8
+    assert recalled is not None and recalled.x.dtype == spec.np_dtype
 
     # feedback over HTTP: JSON for the npy-predicted sample (joined by request_id), npy
     # for another sample (sent whole); both come back from the model's stream as the
     # tensors sent, and the trainer's ingest accepts them as the samples sent
     y = parent.data.y_drift[1:3]
-    truths = [_truth(task, t) for t in y]
-    joined = {**truths[0], "request_id": answers[1][0].request_id}
+    (key, first), (_, second) = (_truth(task, t) for t in y)
+    joined = {key: first, "request_id": answers[1][0].request_id}
     assert call("POST", "/v1/feedback", joined)[0] == 202
-    query = "&".join(f"{k}={','.join(map(str, np.atleast_1d(v)))}" for k, v in truths[1].items())
+    query = f"{key}={','.join(map(str, np.atleast_1d(second)))}"  # target=1.5,2.5
     status, _ = call("POST", f"/v1/feedback?{query}", raw=npy_bytes(X[2]), content_type=NPY)
     assert status == 202 and edge.uplink.flush(5)
     frames = stream_frames(redis_client, keys.feedback_of(case))
@@ -252,8 +254,8 @@ def _serving(edge: EdgeDaemon) -> str | None:
     return current.sha256 if current is not None else None
 
 
-def _truth(task: TaskSpec, y: Any) -> dict[str, Any]:
-    """A feedback request's truth: the class index, or the targets as a list."""
+def _truth(task: TaskSpec, y: Any) -> tuple[str, int | list[float]]:
+    """A feedback request's truth: ("label", the class index) or ("target", the targets)."""
     if task.is_classification:
-        return {"label": int(y)}
-    return {"target": np.atleast_1d(y).astype(float).tolist()}
+        return "label", int(y)
+    return "target", np.atleast_1d(y).astype(float).tolist()
