@@ -133,7 +133,9 @@ class ServedModel:
         self.state_dir = state_dir
         self._baseline_path = baseline
         keys = FleetKeys(settings.fleet)
-        member = FleetMember(settings.redis_url, keys, settings.device_id, model)
+        member = FleetMember(
+            settings.redis_url, keys, settings.device_id, model, tls=settings.redis_options()
+        )
         self.store = ModelStore(state_dir, keep=settings.keep_versions)
         self.chain = ServingChain(
             budget_ms=settings.latency_budget_ms,

@@ -20,8 +20,8 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.codec import DEFAULT_MAX_SIZE
-from shared.config import EnvFirstSettings
 from shared.keys import check_name
+from shared.transport import RedisSettings
 
 #: The digits classifier shipped with the package: the last link of the chain.
 BUNDLED_BASELINE = Path(__file__).resolve().parent / "baseline" / "digits.tflite"
@@ -47,7 +47,7 @@ def _default_state_dir() -> Path:
 _STATE_NAMES = frozenset({"models", "spool"})
 
 
-class EdgeSettings(EnvFirstSettings):
+class EdgeSettings(RedisSettings):
     """Everything one edge daemon needs to know."""
 
     model_config = SettingsConfigDict(env_prefix="EDGELOOP_EDGE_", extra="forbid")
@@ -66,7 +66,7 @@ class EdgeSettings(EnvFirstSettings):
     mode: Literal["development", "production"] = "development"
 
     # -- connections and trust ----------------------------------------------
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    # redis_url and its TLS files: shared.transport.RedisSettings
     public_key: Path = Field(description="Ed25519 public key (PEM) that signs manifests")
     state_dir: Path = Field(default_factory=_default_state_dir)
     http_host: str = "127.0.0.1"

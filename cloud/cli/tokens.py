@@ -50,7 +50,7 @@ def token(args: argparse.Namespace) -> int:
     from shared.keys import FleetKeys
 
     settings = load_settings(ApiSettings, args.config)
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis_url, **settings.redis_options())
     store = TokenStore(client, FleetKeys(settings.fleet), settings.pepper)
     if settings.mode == "development" and settings.dev_pepper:
         print(
@@ -61,8 +61,12 @@ def token(args: argparse.Namespace) -> int:
         return _run(store, args)
     except redis.RedisError as e:
         from shared.errors import Unavailable
+        from shared.transport import redact, scrub
 
-        raise Unavailable(f"cannot reach Redis at {settings.redis_url}: {e}") from e
+        raise Unavailable(
+            f"cannot reach Redis at {redact(settings.redis_url)}: "
+            f"{scrub(str(e), settings.redis_url)}"
+        ) from e
     finally:
         client.close()
 
