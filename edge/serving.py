@@ -86,6 +86,7 @@ def update_policy(settings: EdgeSettings) -> UpdatePolicy:
         num_threads=settings.num_threads,
         warmup_invokes=settings.warmup_invokes,
         poll_s=settings.desired_poll_s,
+        download_deadline_s=settings.download_deadline_s,
     )
 
 

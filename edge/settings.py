@@ -87,6 +87,9 @@ class EdgeSettings(RedisSettings):
     # -- model store and updates --------------------------------------------
     keep_versions: int = Field(5, ge=2)
     max_artifact_bytes: int = Field(DEFAULT_MAX_SIZE, ge=1024)
+    download_deadline_s: float = Field(
+        60.0, gt=0, description="a version's download that takes longer is abandoned (refused)"
+    )
     desired_poll_s: float = Field(
         30.0, gt=0, description="re-read the desired version this often, notice or not"
     )

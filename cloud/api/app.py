@@ -118,7 +118,13 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.state.fleet = FleetView(client, keys, registry)
     app.state.relay = DeviceRelay(client, keys)
     app.state.rollouts = RolloutsView(controller, registry)
-    app.state.tokens = TokenStore(client, keys, settings.pepper)
+    app.state.tokens = TokenStore(
+        client,
+        keys,
+        settings.pepper,
+        default_ttl_s=settings.token_ttl_s,
+        allow_no_expiry=settings.mode == "development",
+    )
     app.state.controller_loop = None
     app.state.metrics = metrics.ApiMetrics(
         app.state.fleet, controller, lambda: app.state.controller_loop

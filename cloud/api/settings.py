@@ -76,6 +76,11 @@ class ApiSettings(RedisSettings):
         description="secret that API tokens are hashed under (HMAC-SHA256); required outside "
         "development, at least 16 characters; changing it invalidates every token",
     )
+    token_ttl_s: float = Field(
+        90 * 24 * 3600.0,
+        gt=0,
+        description="lifetime of a token issued without one (edgeloop token issue --ttl)",
+    )
     controller_interval_s: float = Field(
         5.0,
         ge=0,
