@@ -40,20 +40,22 @@ def connect(
     socket_timeout: float = 5.0,
     connect_timeout: float = 2.0,
     tls: Mapping[str, Any] | None = None,
+    retries: int = 1,
 ) -> redis.Redis:
     """A client for ``url`` that fails fast when Redis is down.
 
     ``socket_timeout`` must exceed any XREAD BLOCK time the caller uses. ``tls``:
     redis-py's ``ssl_*`` options for a ``rediss://`` URL
     (``shared.transport.RedisSettings.redis_options``). Nothing is sent until the
-    first command, so this never blocks.
+    first command, so this never blocks. ``retries``: immediate retries of a command
+    whose connection broke (0 for a download that a deadline may cut off).
     """
     return redis.Redis.from_url(
         url,
         **(tls or {}),
         socket_timeout=socket_timeout,
         socket_connect_timeout=connect_timeout,
-        retry=Retry(NoBackoff(), 1),
+        retry=Retry(NoBackoff(), retries),
         health_check_interval=30,
         protocol=2,
     )
@@ -71,9 +73,9 @@ class FleetMember:
     model: str
     tls: Mapping[str, Any] = field(default_factory=dict)
 
-    def connect(self, *, socket_timeout: float = 5.0) -> redis.Redis:
+    def connect(self, *, socket_timeout: float = 5.0, retries: int = 1) -> redis.Redis:
         """A new client for the fleet's Redis; see ``connect``."""
-        return connect(self.redis_url, socket_timeout=socket_timeout, tls=self.tls)
+        return connect(self.redis_url, socket_timeout=socket_timeout, tls=self.tls, retries=retries)
 
 
 def describe(e: BaseException) -> str:

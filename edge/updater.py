@@ -47,8 +47,9 @@ fleet's (``FleetKeys.owns``), or the entry is refused. A payload or manifest is
 measured (``STRLEN``) before a byte of it is read and refused when it is over its
 bound (the signed size, compressed, for a payload; ``MAX_MANIFEST_BYTES`` for a
 manifest) or not the size its announcement lists; it is then read in pieces
-(``GETRANGE``) under one deadline per download (``download_deadline_s``), so
-neither an endless nor a trickling value can hold the updater. A key the edge
+(``GETRANGE``) on a connection of its own that is cut when the download's
+deadline (``download_deadline_s``) passes, so neither an endless nor a stalled
+or trickling value can hold the updater. A key the edge
 may not read (``NOPERM``) or that holds another type (``WRONGTYPE``) refuses
 that entry (logged, counted in ``updates_refused``, the stream position
 advanced), exactly as a missing key does: only an unreachable Redis is an outage.
@@ -98,7 +99,7 @@ GUARD_TICK_S = 0.5
 #: A signed manifest larger than this is refused unread (a real one is a few KiB to
 #: a few hundred: probe set, metrics, explanation).
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
-#: Bytes per GETRANGE of a download: the deadline is checked between pieces.
+#: Bytes per GETRANGE of a download: a value is never one huge reply.
 DOWNLOAD_PIECE_BYTES = 1024 * 1024
 
 
@@ -177,6 +178,10 @@ class UpdateConsumer:
         on_swap: Callable[[], None] | None = None,
     ) -> None:
         self._redis = member.connect(socket_timeout=policy.block_ms / 1000.0 + 5.0)
+        # Downloads have a connection of their own, without retries, that a deadline
+        # can cut (``_download``) without touching the stream reads.
+        self._downloads = member.connect(socket_timeout=policy.block_ms / 1000.0 + 5.0, retries=0)
+        self._abandoned = threading.Event()
         self._keys, self._model, self._device = member.keys, member.model, member.device_id
         self._policy = policy
         self._store, self._chain, self._verifier = store, chain, verifier
@@ -209,6 +214,7 @@ class UpdateConsumer:
         if self._thread.is_alive():
             self._thread.join(timeout)
         self._redis.close()
+        self._downloads.close()
 
     def _run(self) -> None:
         attempt = 0
@@ -585,10 +591,35 @@ class UpdateConsumer:
 
     def _download(self, key: str, bound: int, *, what: str, listed: int = 0) -> bytes:
         """The value of ``key``: measured before it is read, refused over ``bound`` or
-        when not ``listed`` bytes (0: unlisted), read in pieces under the download
-        deadline. NotFound, KeyRefused or DownloadRefused; Redis outages propagate."""
-        deadline = time.monotonic() + self._policy.download_deadline_s
-        size = int(_reply(self._call(self._redis.strlen, key), f"{what} {key}"))
+        when not ``listed`` bytes (0: unlisted), read in pieces on the download
+        connection, which is cut when the download deadline passes (a stalled or
+        trickling server). NotFound, KeyRefused or DownloadRefused; an unreachable
+        Redis propagates."""
+        limit = self._policy.download_deadline_s
+        self._abandoned.clear()
+        timer = threading.Timer(limit, self._abandon)
+        timer.daemon = True
+        timer.start()
+        try:
+            return self._read_value(key, bound, what, listed)
+        except REDIS_ERRORS as e:
+            if self._abandoned.is_set():
+                raise DownloadRefused(
+                    f"{what} {key} was not read within the download deadline of {limit:g}s; "
+                    "abandoned"
+                ) from e
+            raise
+        finally:
+            timer.cancel()
+
+    def _abandon(self) -> None:
+        self._abandoned.set()
+        # Closing the sockets under a blocked read ends it at once (ConnectionError).
+        self._downloads.connection_pool.disconnect()
+
+    def _read_value(self, key: str, bound: int, what: str, listed: int) -> bytes:
+        client = self._downloads
+        size = int(_reply(self._call(client.strlen, key), f"{what} {key}"))
         if size == 0:  # STRLEN of a missing key; an empty value is no model either
             raise NotFound(f"{what} {key} is not in Redis")
         if size > bound:
@@ -598,13 +629,8 @@ class UpdateConsumer:
         pieces: list[bytes] = []
         got = 0
         while got < size:
-            if time.monotonic() > deadline:
-                raise DownloadRefused(
-                    f"{what} {key}: {got} of {size} bytes after the download deadline of "
-                    f"{self._policy.download_deadline_s:g}s; abandoned"
-                )
             end = min(got + DOWNLOAD_PIECE_BYTES, size) - 1
-            piece = _reply(self._call(self._redis.getrange, key, got, end), f"{what} {key}")
+            piece = _reply(self._call(client.getrange, key, got, end), f"{what} {key}")
             if not isinstance(piece, bytes) or not piece:
                 break
             pieces.append(piece)

@@ -55,7 +55,9 @@ def test_an_expired_token_is_a_401_that_says_so(
         # Tokens issued over the API expire too.
         admin = issue(redis_client, FLEET, "admin")
         r = http.post(
-            "/v1/tokens", json={"name": "ci", "role": "viewer", "ttl_s": 3600}, headers=bearer(admin)
+            "/v1/tokens",
+            json={"name": "ci", "role": "viewer", "ttl_s": 3600},
+            headers=bearer(admin),
         )
         assert r.status_code == 201
         assert r.json()["expires_at"] == pytest.approx(time.time() + 3600, abs=60)
