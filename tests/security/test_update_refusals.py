@@ -84,8 +84,9 @@ def test_unreadable_mistyped_missing_malformed_and_oversized_entries_are_refused
 
         def refused_after(entry_id: str, count: int, why: str) -> None:
             wait_for(
-                lambda: updater.updates_refused >= count
-                and daemon.store.deltas_last_id == entry_id,
+                lambda: (
+                    updater.updates_refused >= count and daemon.store.deltas_last_id == entry_id
+                ),
                 what=f"{why} refused and passed",
             )
             assert why in (updater.last_error or ""), updater.last_error
@@ -138,7 +139,11 @@ def test_unreadable_mistyped_missing_malformed_and_oversized_entries_are_refused
         entry = _announce(
             admin,
             DeltaAnnouncement(
-                model="digits", version=4, sha256=sha, manifest_key=KEYS.manifest(sha), payloads=[full]
+                model="digits",
+                version=4,
+                sha256=sha,
+                manifest_key=KEYS.manifest(sha),
+                payloads=[full],
             ),
         )
         refused_after(entry, 3, "is not in Redis")
@@ -186,7 +191,9 @@ def test_unreadable_mistyped_missing_malformed_and_oversized_entries_are_refused
         publish_version(admin, KEYS, signing.signer, variant(7), 7)
         wait_for(lambda: _serving(daemon) == 7, what="v7 served after the refusals")
         assert sorted(p.name for p in (tmp_path / "edge" / "models").iterdir()) == sorted(
-            f"{sha256_hex(variant(v))}{ext}" for v in (1, 7) for ext in (".tflite", ".manifest.json")
+            f"{sha256_hex(variant(v))}{ext}"
+            for v in (1, 7)
+            for ext in (".tflite", ".manifest.json")
         )
 
         def reported() -> bool:
