@@ -9,7 +9,7 @@ and ``<verb>(args) -> int`` (without one, ``add_arguments`` and ``run``). To add
 
 ``run(args) -> int`` returns the exit code. User errors (``EdgeloopError``)
 print one line to stderr and exit 2; an unreachable Redis (a ``RedisError`` no
-command turned into one) prints one line and exits 3, never the URL's password;
+command turned into one) prints one line and exits 2, never the URL's password;
 Ctrl-C exits 130 without a traceback.
 """
 
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     except RedisError as e:
         # redis-py's messages name host and port, never the password
         print(f"edgeloop {args.command}: error: Redis: {type(e).__name__}: {e}", file=sys.stderr)
-        return 3
+        return 2
     except KeyboardInterrupt:
         return 130
 
