@@ -79,6 +79,10 @@ class FleetMember:
 
 
 def describe(e: BaseException) -> str:
-    """A one-line description of a Redis error for logs and ``last_error``."""
+    r"""A one-line description of a Redis error for logs and ``last_error``.
+
+    >>> describe(redis.ConnectionError("Error 111 connecting to cache:6379.\nrefused"))
+    'ConnectionError: Error 111 connecting to cache:6379.'
+    """
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
