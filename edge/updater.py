@@ -385,8 +385,8 @@ class UpdateConsumer:
             return None
         if ann.model != self._model:
             return None
-        foreign = [k for k in (ann.manifest_key, *(p.key for p in ann.payloads))]
-        foreign = [k for k in foreign if not self._keys.owns(k)]
+        named = (ann.manifest_key, *(p.key for p in ann.payloads))
+        foreign = [k for k in named if not self._keys.owns(k)]
         if foreign:
             self._refuse(
                 f"announcement {entry_id}",
