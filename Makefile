@@ -14,7 +14,8 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export LITERT_TORCH_SHOW_PROGRESS = n
 export TF_CPP_MIN_LOG_LEVEL = 3
 
-.PHONY: all install redis demo demo-quick test test-examples test-fast test-edge-only test-tflite-runtime schemathesis lint typecheck bench clean
+.PHONY: all install redis demo demo-quick test test-examples test-fast test-edge-only test-tflite-runtime \
+	edge-venvs venv-edge venv-tflite edge-only-tests tflite-runtime-tests schemathesis lint typecheck bench clean
 
 all: test
 
@@ -40,11 +41,14 @@ demo: install
 demo-quick: install
 	$(VENV)/bin/edgeloop demo --quick
 
-# Lint and the type check first, so that CI and a person run the same thing.
+# Lint and the type check first, so that CI and a person run the same thing. The two
+# edge-only environments are built while lint and the type check run (pip waits on
+# disk and network more than on the CPU), and their suites run beside schemathesis
+# after the main suite: the same tests, a few minutes less on 2 cores.
 test: install
-	$(MAKE) --no-print-directory lint typecheck
+	$(MAKE) --no-print-directory -j3 --output-sync=target lint typecheck edge-venvs
 	$(PY) -m pytest -q -m "not example" --durations=15
-	$(MAKE) --no-print-directory schemathesis test-edge-only test-tflite-runtime
+	$(MAKE) --no-print-directory -j3 --output-sync=target schemathesis edge-only-tests tflite-runtime-tests
 
 # Each shipped example's quick demo end to end (a few minutes each).
 test-examples: install
@@ -59,21 +63,36 @@ EDGE_TESTS = cd tests && ../$(1)/bin/python -m pytest -q -p no:cacheprovider -c 
 TEST_DEPS = pytest pytest-timeout hypothesis
 
 # An edge-only install: no torch may arrive, and the daemon must start.
-test-edge-only: redis
+test-edge-only: venv-edge
+	$(MAKE) --no-print-directory edge-only-tests
+
+# One after the other: both build the project from this tree (setuptools' build/).
+edge-venvs:
+	$(MAKE) --no-print-directory venv-edge
+	$(MAKE) --no-print-directory venv-tflite
+
+venv-edge:
 	rm -rf .venv-edge
 	$(PYTHON) -m venv .venv-edge
 	.venv-edge/bin/pip install --quiet '.[edge]' $(TEST_DEPS)
 	@! .venv-edge/bin/python -c "import torch" 2>/dev/null || { echo "torch arrived with .[edge]"; exit 1; }
 	.venv-edge/bin/edgeloop-edge --help >/dev/null
+
+edge-only-tests: redis
 	$(call EDGE_TESTS,.venv-edge)
 
 # The same on tflite-runtime 2.14 (numpy < 2), the runtime for boards without
 # an ai-edge-litert wheel.
-test-tflite-runtime: redis
+test-tflite-runtime: venv-tflite
+	$(MAKE) --no-print-directory tflite-runtime-tests
+
+venv-tflite:
 	rm -rf .venv-tflite
 	$(PYTHON) -m venv .venv-tflite
 	.venv-tflite/bin/pip install --quiet '.[edge-tflite]' $(TEST_DEPS)
 	@! .venv-tflite/bin/python -c "import ai_edge_litert" 2>/dev/null || { echo "ai-edge-litert arrived with .[edge-tflite]"; exit 1; }
+
+tflite-runtime-tests: redis
 	$(call EDGE_TESTS,.venv-tflite)
 
 # The REST API on a private redis-server, fuzzed by schemathesis from its own

@@ -122,7 +122,7 @@ def check(settings: EdgeSettings) -> int:
     from shared.messages import ModelServing
     from shared.status_report import read_health
 
-    client = connect(settings.redis_url)
+    client = connect(settings.redis_url, tls=settings.redis_options())
     try:
         status = read_health(client, FleetKeys(settings.fleet), settings.device_id)
     except REDIS_ERRORS as e:

@@ -7,20 +7,25 @@ a pooled connection that went stale across a server restart): the threads
 have their own backoff (``shared.retry.Backoff``) and must notice an outage
 within seconds, not after redis-py's default ten retries.
 
-A ``FleetMember`` says where those threads connect and who this device is there.
+A ``FleetMember`` says where those threads connect (with the TLS options of
+``shared.transport``) and who this device is there.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from shared.keys import FleetKeys
+from shared.transport import redact
+
+__all__ = ["REDIS_ERRORS", "FleetMember", "connect", "describe", "redact"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,17 +34,28 @@ logger = logging.getLogger(__name__)
 REDIS_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
 
 
-def connect(url: str, *, socket_timeout: float = 5.0, connect_timeout: float = 2.0) -> redis.Redis:
+def connect(
+    url: str,
+    *,
+    socket_timeout: float = 5.0,
+    connect_timeout: float = 2.0,
+    tls: Mapping[str, Any] | None = None,
+    retries: int = 1,
+) -> redis.Redis:
     """A client for ``url`` that fails fast when Redis is down.
 
-    ``socket_timeout`` must exceed any XREAD BLOCK time the caller uses.
-    Nothing is sent until the first command, so this never blocks.
+    ``socket_timeout`` must exceed any XREAD BLOCK time the caller uses. ``tls``:
+    redis-py's ``ssl_*`` options for a ``rediss://`` URL
+    (``shared.transport.RedisSettings.redis_options``). Nothing is sent until the
+    first command, so this never blocks. ``retries``: immediate retries of a command
+    whose connection broke (0 for a download that a deadline may cut off).
     """
     return redis.Redis.from_url(
         url,
+        **(tls or {}),
         socket_timeout=socket_timeout,
         socket_connect_timeout=connect_timeout,
-        retry=Retry(NoBackoff(), 1),
+        retry=Retry(NoBackoff(), retries),
         health_check_interval=30,
         protocol=2,
     )
@@ -55,27 +71,18 @@ class FleetMember:
     keys: FleetKeys
     device_id: str
     model: str
+    tls: Mapping[str, Any] = field(default_factory=dict)
 
-    def connect(self, *, socket_timeout: float = 5.0) -> redis.Redis:
+    def connect(self, *, socket_timeout: float = 5.0, retries: int = 1) -> redis.Redis:
         """A new client for the fleet's Redis; see ``connect``."""
-        return connect(self.redis_url, socket_timeout=socket_timeout)
+        return connect(self.redis_url, socket_timeout=socket_timeout, tls=self.tls, retries=retries)
 
 
 def describe(e: BaseException) -> str:
-    """A one-line description of a Redis error for logs and ``last_error``."""
+    r"""A one-line description of a Redis error for logs and ``last_error``.
+
+    >>> describe(redis.ConnectionError("Error 111 connecting to cache:6379.\nrefused"))
+    'ConnectionError: Error 111 connecting to cache:6379.'
+    """
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
-def redact(url: str) -> str:
-    """``url`` with any password masked, for messages and logs.
-
-    >>> redact("redis://:s3cret@cache:6379/0")
-    'redis://:***@cache:6379/0'
-    """
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

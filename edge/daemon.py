@@ -44,7 +44,13 @@ class EdgeDaemon:
     def __init__(self, settings: EdgeSettings) -> None:
         self.settings = settings
         self.keys = FleetKeys(settings.fleet)
-        member = FleetMember(settings.redis_url, self.keys, settings.device_id, settings.model)
+        member = FleetMember(
+            settings.redis_url,
+            self.keys,
+            settings.device_id,
+            settings.model,
+            tls=settings.redis_options(),
+        )
         # A bad key file is a ConfigError before anything starts.
         self.verifier = Verifier.from_file(settings.public_key)
         self.status = StatusReporter(member, self.health, report_policy(settings))

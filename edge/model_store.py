@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.codec import check_sha256, sha256_hex
+from shared.codec import check_sha256, is_sha256, sha256_hex
 from shared.durable import atomic_write, remove_durably
 from shared.errors import IntegrityError, MessageError, NotFound
 from shared.messages import SignedManifest
@@ -169,17 +169,18 @@ class ModelStore:
     # -- files --------------------------------------------------------------
 
     def model_path(self, sha256: str) -> Path:
-        return self.models_dir / f"{sha256}.tflite"
+        return self.models_dir / f"{_file_name(sha256)}.tflite"
 
     def manifest_path(self, sha256: str) -> Path:
-        return self.models_dir / f"{sha256}.manifest.json"
+        return self.models_dir / f"{_file_name(sha256)}.manifest.json"
 
     def has(self, sha256: str) -> bool:
         return self.model_path(sha256).exists() and self.manifest_path(sha256).exists()
 
     def stored(self) -> list[str]:
         """The sha256 of every model file on disk."""
-        return sorted(p.name.removesuffix(".tflite") for p in self.models_dir.glob("*.tflite"))
+        names = (p.name.removesuffix(".tflite") for p in self.models_dir.glob("*.tflite"))
+        return sorted(name for name in names if is_sha256(name))
 
     def load(self, sha256: str) -> StoredVersion:
         """Read and re-verify one version. Raises NotFound, IntegrityError or MessageError."""
@@ -254,6 +255,14 @@ class ModelStore:
         for directory in (self.state_dir, self.models_dir):
             for tmp in directory.glob(".*.tmp"):
                 tmp.unlink(missing_ok=True)
+
+
+def _file_name(sha256: str) -> str:
+    # A name from the wire (an announcement, a target) becomes a path here: only
+    # 64 hex digits may, so "../" or a slash never reaches the file system.
+    if not is_sha256(sha256):
+        raise IntegrityError(f"{sha256[:80]!r} is not a version name (64 lowercase hex digits)")
+    return sha256
 
 
 def load_if_sound(store: ModelStore, sha256: str | None) -> StoredVersion | None:

@@ -86,6 +86,7 @@ def update_policy(settings: EdgeSettings) -> UpdatePolicy:
         num_threads=settings.num_threads,
         warmup_invokes=settings.warmup_invokes,
         poll_s=settings.desired_poll_s,
+        download_deadline_s=settings.download_deadline_s,
     )
 
 
@@ -133,7 +134,9 @@ class ServedModel:
         self.state_dir = state_dir
         self._baseline_path = baseline
         keys = FleetKeys(settings.fleet)
-        member = FleetMember(settings.redis_url, keys, settings.device_id, model)
+        member = FleetMember(
+            settings.redis_url, keys, settings.device_id, model, tls=settings.redis_options()
+        )
         self.store = ModelStore(state_dir, keep=settings.keep_versions)
         self.chain = ServingChain(
             budget_ms=settings.latency_budget_ms,

@@ -20,8 +20,8 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.codec import DEFAULT_MAX_SIZE
-from shared.config import EnvFirstSettings
 from shared.keys import check_name
+from shared.transport import RedisSettings
 
 #: The digits classifier shipped with the package: the last link of the chain.
 BUNDLED_BASELINE = Path(__file__).resolve().parent / "baseline" / "digits.tflite"
@@ -47,7 +47,7 @@ def _default_state_dir() -> Path:
 _STATE_NAMES = frozenset({"models", "spool"})
 
 
-class EdgeSettings(EnvFirstSettings):
+class EdgeSettings(RedisSettings):
     """Everything one edge daemon needs to know."""
 
     model_config = SettingsConfigDict(env_prefix="EDGELOOP_EDGE_", extra="forbid")
@@ -66,7 +66,7 @@ class EdgeSettings(EnvFirstSettings):
     mode: Literal["development", "production"] = "development"
 
     # -- connections and trust ----------------------------------------------
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    # redis_url and its TLS files: shared.transport.RedisSettings
     public_key: Path = Field(description="Ed25519 public key (PEM) that signs manifests")
     state_dir: Path = Field(default_factory=_default_state_dir)
     http_host: str = "127.0.0.1"
@@ -87,6 +87,9 @@ class EdgeSettings(EnvFirstSettings):
     # -- model store and updates --------------------------------------------
     keep_versions: int = Field(5, ge=2)
     max_artifact_bytes: int = Field(DEFAULT_MAX_SIZE, ge=1024)
+    download_deadline_s: float = Field(
+        60.0, gt=0, description="a version's download that takes longer is abandoned (refused)"
+    )
     desired_poll_s: float = Field(
         30.0, gt=0, description="re-read the desired version this often, notice or not"
     )

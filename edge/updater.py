@@ -41,6 +41,19 @@ instead. Either way the file is whole in memory and verified before
 ``ModelStore.install`` writes it atomically, so a truncated or interrupted
 download never leaves a half-written model in use.
 
+Reading what the wire names: an announcement's sha256 and a desired version must
+be 64 hex digits, and every key an announcement names must be one of this
+fleet's (``FleetKeys.owns``), or the entry is refused. A payload or manifest is
+measured (``STRLEN``) before a byte of it is read and refused when it is over its
+bound (the signed size, compressed, for a payload; ``MAX_MANIFEST_BYTES`` for a
+manifest) or not the size its announcement lists; it is then read in pieces
+(``GETRANGE``) on a connection of its own that is cut when the download's
+deadline (``download_deadline_s``) passes, so neither an endless nor a stalled
+or trickling value can hold the updater. A key the edge
+may not read (``NOPERM``) or that holds another type (``WRONGTYPE``) refuses
+that entry (logged, counted in ``updates_refused``, the stream position
+advanced), exactly as a missing key does: only an unreachable Redis is an outage.
+
 Self-protection (``edge.guard``) runs in this thread too, so that a revert and a
 swap never race: each swap is reported to the guard, the guard is ticked on
 every loop (also while Redis is down), and a version the guard refused is not
@@ -56,12 +69,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
+from redis.exceptions import NoPermissionError
+
 from edge.connections import REDIS_ERRORS, FleetMember, describe
 from edge.fallback import ServingChain
 from edge.guard import SwapGuard
 from edge.model_store import ModelStore
 from shared import replies
-from shared.codec import DEFAULT_MAX_SIZE, check_sha256, decode_full
+from shared.codec import DEFAULT_MAX_SIZE, check_sha256, decode_full, is_sha256
 from shared.delta import apply_patch
 from shared.errors import ArtifactError, EdgeloopError, IntegrityError, ModelRejected, NotFound
 from shared.messages import DeltaAnnouncement, ModelManifest, Payload, SignedManifest
@@ -80,6 +96,31 @@ RETRY_REFUSED_S = 300.0
 ANNOUNCEMENTS_KEPT = 64
 #: Longest wait between guard ticks while Redis is unreachable.
 GUARD_TICK_S = 0.5
+#: A signed manifest larger than this is refused unread (a real one is a few KiB to
+#: a few hundred: probe set, metrics, explanation).
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+#: Bytes per GETRANGE of a download: a value is never one huge reply.
+DOWNLOAD_PIECE_BYTES = 1024 * 1024
+
+
+class KeyRefused(EdgeloopError):
+    """Redis refused a key an entry names (no permission, another type): a refusal of
+    that entry, not an outage."""
+
+
+class DownloadRefused(ArtifactError):
+    """A payload or manifest is over its bound, not its listed size, or took longer
+    than the download deadline; nothing more of it is read."""
+
+
+def payload_bound(size: int) -> int:
+    """The most bytes a payload (zstd frame or patch) of a ``size``-byte model may take:
+    zstd's worst case for incompressible data, plus headers.
+
+    >>> payload_bound(1000)
+    66543
+    """
+    return size + (size >> 7) + 65536
 
 
 def materialize(payload: Payload, blob: bytes, base: bytes | None, max_size: int) -> bytes:
@@ -113,6 +154,7 @@ class UpdatePolicy:
     warmup_invokes: int = 3
     block_ms: int = 250
     poll_s: float = 30.0
+    download_deadline_s: float = 60.0
     backoff: Backoff = field(default_factory=lambda: Backoff(base=0.2, cap=10.0))
 
 
@@ -136,6 +178,10 @@ class UpdateConsumer:
         on_swap: Callable[[], None] | None = None,
     ) -> None:
         self._redis = member.connect(socket_timeout=policy.block_ms / 1000.0 + 5.0)
+        # Downloads have a connection of their own, without retries, that a deadline
+        # can cut (``_download``) without touching the stream reads.
+        self._downloads = member.connect(socket_timeout=policy.block_ms / 1000.0 + 5.0, retries=0)
+        self._abandoned = threading.Event()
         self._keys, self._model, self._device = member.keys, member.model, member.device_id
         self._policy = policy
         self._store, self._chain, self._verifier = store, chain, verifier
@@ -168,6 +214,7 @@ class UpdateConsumer:
         if self._thread.is_alive():
             self._thread.join(timeout)
         self._redis.close()
+        self._downloads.close()
 
     def _run(self) -> None:
         attempt = 0
@@ -257,13 +304,29 @@ class UpdateConsumer:
             self._converge_to(self.desired, retry=nudged)
 
     def _read_desired(self) -> str | None:
-        """``desired_sha(target, assignment, pin)`` for this device, in one round trip."""
+        """``desired_sha(target, assignment, pin)`` for this device, in one round trip.
+
+        A value that is not a version name, or a key Redis refuses (another type, no
+        permission), counts as a refusal and as absent."""
+        names = ("target", "assignment", "pin")
         pipe = self._redis.pipeline(transaction=False)
         pipe.get(self._keys.target(self._model))
         pipe.hget(self._keys.assignments(self._model), self._device)
         pipe.hget(self._keys.pins(self._model), self._device)
-        target, assignment, pin = (replies.optional_text(v) for v in pipe.execute())
-        return desired_sha(target, assignment, pin)
+        values: list[str | None] = []
+        for name, reply in zip(names, pipe.execute(raise_on_error=False), strict=True):
+            try:
+                value = replies.optional_text(_reply(reply, f"the {name} of {self._model}"))
+                if value is not None and not is_sha256(value):
+                    raise IntegrityError(
+                        f"the {name} of {self._model} is {value[:80]!r}, not a version name "
+                        "(64 lowercase hex digits)"
+                    )
+            except EdgeloopError as e:
+                self._refuse(f"the {name} of {self._model}", e)
+                value = None
+            values.append(value)
+        return desired_sha(*values)
 
     def _converge_to(self, desired: str, *, retry: bool) -> None:
         refused = self._store.refused_sha256
@@ -320,7 +383,17 @@ class UpdateConsumer:
         except EdgeloopError as e:
             self._refuse(f"announcement {entry_id}", e)
             return None
-        return ann if ann.model == self._model else None
+        if ann.model != self._model:
+            return None
+        named = (ann.manifest_key, *(p.key for p in ann.payloads))
+        foreign = [k for k in named if not self._keys.owns(k)]
+        if foreign:
+            self._refuse(
+                f"announcement {entry_id}",
+                IntegrityError(f"it names {foreign[0][:80]!r}, not a key of this fleet"),
+            )
+            return None
+        return ann
 
     def _parse_notice(self, entry_id: str, raw: bytes) -> AssignmentNotice | None:
         try:
@@ -414,9 +487,7 @@ class UpdateConsumer:
         self, sha: str, ann: DeltaAnnouncement | None
     ) -> tuple[SignedManifest, ModelManifest]:
         key = ann.manifest_key if ann is not None else self._keys.manifest(sha)
-        raw = self._get(key)
-        if raw is None:
-            raise NotFound(f"manifest {key} is not in Redis")
+        raw = self._download(key, MAX_MANIFEST_BYTES, what="manifest")
         signed = SignedManifest.from_wire(raw)
         # Verify before believing a single field of the manifest.
         self._verifier.verify(signed.manifest_json.encode("utf-8"), signed.signature)
@@ -473,9 +544,8 @@ class UpdateConsumer:
     def _fetch_payload(
         self, payload: Payload, manifest: ModelManifest, base: bytes | None
     ) -> bytes:
-        blob = self._get(payload.key)
-        if blob is None:
-            raise NotFound(f"payload {payload.key} is not in Redis")
+        bound = payload_bound(min(manifest.size, self._policy.max_artifact_bytes))
+        blob = self._download(payload.key, bound, what="payload", listed=payload.size)
         self.bytes_downloaded += len(blob)
         data = materialize(payload, blob, base, self._policy.max_artifact_bytes)
         if len(data) != manifest.size:
@@ -519,12 +589,78 @@ class UpdateConsumer:
     def _error(self, message: str) -> None:
         self.last_error, self.last_error_at = message, time.time()
 
-    def _get(self, key: str) -> bytes | None:
-        value: Any = self._redis.get(key)
-        return value if isinstance(value, bytes) or value is None else str(value).encode()
+    def _download(self, key: str, bound: int, *, what: str, listed: int = 0) -> bytes:
+        """The value of ``key``: measured before it is read, refused over ``bound`` or
+        when not ``listed`` bytes (0: unlisted), read in pieces on the download
+        connection, which is cut when the download deadline passes (a stalled or
+        trickling server). NotFound, KeyRefused or DownloadRefused; an unreachable
+        Redis propagates."""
+        limit = self._policy.download_deadline_s
+        self._abandoned.clear()
+        timer = threading.Timer(limit, self._abandon)
+        timer.daemon = True
+        timer.start()
+        try:
+            return self._read_value(key, bound, what, listed)
+        except REDIS_ERRORS as e:
+            if self._abandoned.is_set():
+                raise DownloadRefused(
+                    f"{what} {key} was not read within the download deadline of {limit:g}s; "
+                    "abandoned"
+                ) from e
+            raise
+        finally:
+            timer.cancel()
+
+    def _abandon(self) -> None:
+        self._abandoned.set()
+        # Closing the sockets under a blocked read ends it at once (ConnectionError).
+        self._downloads.connection_pool.disconnect()
+
+    def _read_value(self, key: str, bound: int, what: str, listed: int) -> bytes:
+        client = self._downloads
+        size = int(_reply(self._call(client.strlen, key), f"{what} {key}"))
+        if size == 0:  # STRLEN of a missing key; an empty value is no model either
+            raise NotFound(f"{what} {key} is not in Redis")
+        if size > bound:
+            raise DownloadRefused(f"{what} {key} holds {size} bytes, over its bound of {bound}")
+        if listed and size != listed:
+            raise DownloadRefused(f"{what} {key} holds {size} bytes, its announcement {listed}")
+        pieces: list[bytes] = []
+        got = 0
+        while got < size:
+            end = min(got + DOWNLOAD_PIECE_BYTES, size) - 1
+            piece = _reply(self._call(client.getrange, key, got, end), f"{what} {key}")
+            if not isinstance(piece, bytes) or not piece:
+                break
+            pieces.append(piece)
+            got += len(piece)
+        if got != size:  # the key changed while it was read
+            raise DownloadRefused(f"{what} {key} changed while it was read ({got} of {size})")
+        return b"".join(pieces)
+
+    @staticmethod
+    def _call(read: Callable[..., Any], *args: Any) -> Any:
+        """A read whose error replies (NOPERM, WRONGTYPE) are returned, for ``_reply``."""
+        try:
+            return read(*args)
+        except redis.ResponseError as e:
+            return e
 
 
 Entry = tuple[str, dict[bytes, bytes]]
+
+
+def _reply(value: Any, what: str) -> Any:
+    """``value``, or KeyRefused when it is Redis refusing a key (no permission, another
+    type). Any other error reply propagates as the Redis error it is."""
+    if isinstance(value, NoPermissionError) or (
+        isinstance(value, redis.ResponseError) and str(value).startswith("WRONGTYPE")
+    ):
+        raise KeyRefused(f"Redis refuses {what}: {describe(value)}")
+    if isinstance(value, redis.RedisError):
+        raise value
+    return value
 
 
 def _entries(raw: Any) -> list[Entry]:

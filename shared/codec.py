@@ -47,6 +47,22 @@ def decode_full(blob: bytes, max_size: int = DEFAULT_MAX_SIZE) -> bytes:
         raise ArtifactError(f"artifact does not decompress: {e}") from e
 
 
+#: A version's name: 64 lowercase hex digits, nothing else (never a path).
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+
+
+def is_sha256(value: object) -> bool:
+    """True for a well-formed version name; anything from the wire is checked with it
+    before it names a key or a file.
+
+    >>> is_sha256("ab" * 32), is_sha256("../" + "a" * 61), is_sha256("AB" * 32)
+    (True, False, False)
+    """
+    return (
+        isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+    )
+
+
 def check_sha256(data: bytes, expected: str, what: str = "artifact") -> None:
     """Raise IntegrityError unless ``data`` hashes to ``expected``."""
     actual = sha256_hex(data)

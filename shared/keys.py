@@ -60,6 +60,15 @@ class FleetKeys:
         self.fleet = check_name("fleet", fleet)
         self._p = f"{PREFIX}:{{{fleet}}}"
 
+    def owns(self, key: str) -> bool:
+        """True for a key of this fleet: a key named on the wire (an announcement's
+        payload) is read only if it is one.
+
+        >>> FleetKeys("lab").owns("el:{lab}:artifact:ab"), FleetKeys("lab").owns("el:{x}:a")
+        (True, False)
+        """
+        return key.startswith(self._p + ":")
+
     # Streams
     @property
     def feedback(self) -> str:

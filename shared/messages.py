@@ -19,6 +19,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from shared.codec import SHA256_PATTERN
 from shared.errors import MessageError
 from shared.task import TaskSpec
 from shared.tensors import TensorSpec
@@ -446,9 +447,9 @@ class Payload(BaseModel):
     """One way to fetch a version: the full file, or a patch from a base."""
 
     encoding: Literal["full", "patch"]
-    key: str
+    key: str = Field(max_length=512)
     size: int = Field(ge=0)
-    base_sha256: str | None = None
+    base_sha256: str | None = Field(None, pattern=SHA256_PATTERN)
 
 
 class DeltaAnnouncement(WireModel):
@@ -456,9 +457,9 @@ class DeltaAnnouncement(WireModel):
 
     model: str
     version: int
-    sha256: str
-    manifest_key: str
-    payloads: list[Payload] = Field(min_length=1)
+    sha256: str = Field(pattern=SHA256_PATTERN)
+    manifest_key: str = Field(max_length=512)
+    payloads: list[Payload] = Field(min_length=1, max_length=64)
     published_at: float = Field(default_factory=time.time)
 
     def full_payload(self) -> Payload:

@@ -5,9 +5,12 @@ HMAC-SHA256 under a server-side pepper (``cloud/api/tokens.py``), with this reco
 beside it. The CLI writes records and the REST API reads them, so the record is
 a wire message.
 
->>> r = TokenRecord(name="pi-7", role="device", device="pi-7")
->>> TokenRecord.from_wire(r.to_wire()) == r
-True
+A token expires at ``expires_at`` (epoch seconds); one without it never does,
+which the API accepts only in development (``cloud/api/tokens.py``).
+
+>>> r = TokenRecord(name="pi-7", role="device", device="pi-7", expires_at=2e9)
+>>> TokenRecord.from_wire(r.to_wire()) == r, r.expired(now=2e9), r.expired(now=1e9)
+(True, True, False)
 """
 
 from __future__ import annotations
@@ -34,6 +37,12 @@ class TokenRecord(WireModel):
     device: str | None = Field(None, description="the device a device token may post for")
     created_at: float = Field(default_factory=time.time)
     created_by: str = ""
+    expires_at: float | None = Field(None, description="epoch seconds; None: never expires")
+
+    def expired(self, now: float | None = None) -> bool:
+        return (
+            self.expires_at is not None and (time.time() if now is None else now) >= self.expires_at
+        )
 
     @model_validator(mode="after")
     def _device_iff_device_role(self) -> TokenRecord:

@@ -101,7 +101,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     """The API for ``settings.fleet``; ConfigError if the public key cannot be read."""
     assert settings.public_key is not None and settings.blob_dir is not None  # settings fill them
     verifier = _verifier(settings)
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis_url, **settings.redis_options())
     keys = FleetKeys(settings.fleet)
     registry = Registry(client, keys, DirBlobStore(settings.blob_dir))
     controller = RolloutController(client, keys, registry)
@@ -118,7 +118,13 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.state.fleet = FleetView(client, keys, registry)
     app.state.relay = DeviceRelay(client, keys)
     app.state.rollouts = RolloutsView(controller, registry)
-    app.state.tokens = TokenStore(client, keys, settings.pepper)
+    app.state.tokens = TokenStore(
+        client,
+        keys,
+        settings.pepper,
+        default_ttl_s=settings.token_ttl_s,
+        allow_no_expiry=settings.mode == "development",
+    )
     app.state.controller_loop = None
     app.state.metrics = metrics.ApiMetrics(
         app.state.fleet, controller, lambda: app.state.controller_loop

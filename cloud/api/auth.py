@@ -4,8 +4,9 @@
 - ``device``: ``POST /v1/feedback`` and ``POST /v1/devices/{id}/status`` for the
   one device its token is bound to (an admin may post for any device).
 
-No token, or one that is unknown or revoked: 401 with ``WWW-Authenticate:
-Bearer``. A valid token of the wrong role (or device): 403.
+No token, or one that is unknown, revoked or expired (or, in production, one
+without an expiry): 401 with ``WWW-Authenticate: Bearer`` and a message saying
+which. A valid token of the wrong role (or device): 403.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from cloud.api.deps import get_tokens
 from cloud.api.errors import Responses, error
+from cloud.api.tokens import TokenRefused
 from shared.tokens import Role, TokenRecord
 
 bearer = HTTPBearer(
@@ -43,7 +45,12 @@ def get_principal(
             "a bearer token is required: Authorization: Bearer <token from edgeloop token issue>",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    record = get_tokens(request).lookup(credentials.credentials)
+    try:
+        record = get_tokens(request).authenticate(credentials.credentials)
+    except TokenRefused as e:
+        raise HTTPException(
+            401, str(e), headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+        ) from e
     if record is None:
         raise HTTPException(
             401,

@@ -18,6 +18,8 @@ import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cloud.api.deps import HINTS
 from cloud.api.schemas import ErrorPublic
@@ -84,17 +86,62 @@ async def _invalid(request: Request, exc: Exception) -> JSONResponse:
 
 
 def limit_body(app: FastAPI, max_bytes: int) -> None:
-    """Refuse a body whose declared length is over ``max_bytes`` before it is read (413)."""
+    """Refuse a body over ``max_bytes`` with 413 before any route (or its auth) reads it."""
+    app.add_middleware(BodyLimit, max_bytes=max_bytes)
 
-    @app.middleware("http")
-    async def check_length(request: Request, call_next: Any) -> Any:
-        declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > max_bytes):
-            return JSONResponse(
-                {"detail": f"the request body is over {max_bytes} bytes: send smaller batches"},
-                status_code=413,
-            )
-        return await call_next(request)
+
+class BodyLimit:
+    """ASGI middleware: a request body is at most ``max_bytes``, declared or not.
+
+    A declared ``Content-Length`` over the cap is refused before a byte is read
+    (the server enforces the declared length). A body without one (chunked) is
+    read here, at most the cap, before the app sees any of it: one byte more and
+    the answer is 413, the rest never read; otherwise the app gets the same
+    messages. Routes read a body whole anyway, so buffering it costs nothing extra.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None:
+            if not declared.isdigit() or int(declared) > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+            return
+        buffered: list[Message] = []
+        size = 0
+        while True:
+            message = await receive()
+            buffered.append(message)
+            if message["type"] != "http.request":
+                break  # a disconnect: the app sees it in turn
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                logger.info("refused a chunked body over %d bytes", self.max_bytes)
+                await self._refuse(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+
+        async def replay() -> Message:
+            return buffered.pop(0) if buffered else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = JSONResponse(
+            {"detail": f"the request body is over {self.max_bytes} bytes: send smaller batches"},
+            status_code=413,
+            headers={"Connection": "close"},
+        )
+        await response(scope, receive, send)
 
 
 async def _unavailable(request: Request, exc: Exception) -> JSONResponse:

@@ -357,6 +357,12 @@ class TokenCreate(BaseModel):
     device: str | None = Field(
         None, pattern=NAME_PATTERN, description="device tokens only: the device it may post for"
     )
+    ttl_s: float | None = Field(
+        None,
+        gt=0,
+        le=10 * 365 * 24 * 3600,
+        description="seconds until the token expires; default: the API's token_ttl_s",
+    )
 
 
 class TokenPublic(BaseModel):
@@ -365,6 +371,7 @@ class TokenPublic(BaseModel):
     device: str | None = None
     created_at: float
     created_by: str = ""
+    expires_at: float | None = Field(None, description="epoch seconds; None: never expires")
 
 
 class TokenIssued(TokenPublic):

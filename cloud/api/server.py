@@ -1,7 +1,9 @@
 """``edgeloop api``: run the cloud REST API with uvicorn, or check a running one.
 
 Settings come from ``--config api.toml`` and ``EDGELOOP_API_*`` variables
-(``cloud.api.settings.ApiSettings``); ``--host``/``--port`` override them.
+(``cloud.api.settings.ApiSettings``); ``--host``/``--port`` override them. With
+``tls_cert_file`` and ``tls_key_file`` it serves HTTPS (uvicorn's ``ssl_certfile``,
+``ssl_keyfile``); in production a non-loopback ``host`` needs them.
 ``--check`` asks the configured address's ``/healthz`` and exits 0 when the API
 and its Redis answer, 1 otherwise (a container health check).
 """
@@ -33,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {k: v for k in ("host", "port") if (v := getattr(args, k))}
     settings = load_settings(ApiSettings, args.config, **overrides)
     if args.check:
-        return _check(f"http://{settings.host}:{settings.port}/healthz")
+        return _check(f"{settings.scheme}://{settings.host}:{settings.port}/healthz")
 
     import uvicorn
 
@@ -47,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
             log_level=settings.log_level.lower(),
             log_config=None,
             access_log=False,
+            ssl_certfile=settings.tls_cert_file,
+            ssl_keyfile=settings.tls_key_file,
         )
     )
 
@@ -56,7 +60,13 @@ def run(args: argparse.Namespace) -> int:
         server.should_exit = True
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    logger.info("serving fleet %r on http://%s:%d", settings.fleet, settings.host, settings.port)
+    logger.info(
+        "serving fleet %r on %s://%s:%d",
+        settings.fleet,
+        settings.scheme,
+        settings.host,
+        settings.port,
+    )
     try:
         server.run()
     finally:
@@ -69,7 +79,8 @@ def _check(url: str) -> int:
     import httpx
 
     try:
-        r = httpx.get(url, timeout=5)
+        # the API's own health: the point is that it answers, not whose certificate it has
+        r = httpx.get(url, timeout=5, verify=not url.startswith("https://"))
         body = r.json()
     except (httpx.HTTPError, ValueError) as e:
         print(f"unhealthy: {url}: {e}", file=sys.stderr)

@@ -24,8 +24,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from cloud.registry.locations import DEV_BLOB_DIR, DEV_KEY_DIR, PROD_BLOB_DIR
-from shared.config import EnvFirstSettings
 from shared.keys import check_name
+from shared.transport import RedisSettings, is_local
 
 #: The pepper of ``mode = "development"``: public, so never good for anything else.
 DEV_TOKEN_PEPPER = "edgeloop-development-token-pepper"
@@ -50,14 +50,13 @@ KNOWN_PEPPERS = frozenset(
 MIN_PEPPER_CHARS = 16
 
 
-class ApiSettings(EnvFirstSettings):
+class ApiSettings(RedisSettings):
     """Everything one API process needs to know."""
 
     model_config = SettingsConfigDict(env_prefix="EDGELOOP_API_", extra="forbid")
 
     mode: Literal["production", "development"] = "production"
     fleet: str = "default"
-    redis_url: str = "redis://127.0.0.1:6379/0"
     blob_dir: Path | None = Field(
         None, description="the registry's version files (the trainer's blob_dir)"
     )
@@ -67,11 +66,20 @@ class ApiSettings(EnvFirstSettings):
     )
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
+    tls_cert_file: Path | None = Field(
+        None, description="serve HTTPS with this certificate (PEM, the chain after it)"
+    )
+    tls_key_file: Path | None = Field(None, description="the private key of tls_cert_file (PEM)")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     token_pepper: SecretStr | None = Field(
         None,
         description="secret that API tokens are hashed under (HMAC-SHA256); required outside "
         "development, at least 16 characters; changing it invalidates every token",
+    )
+    token_ttl_s: float = Field(
+        90 * 24 * 3600.0,
+        gt=0,
+        description="lifetime of a token issued without one (edgeloop token issue --ttl)",
     )
     controller_interval_s: float = Field(
         5.0,
@@ -106,7 +114,26 @@ class ApiSettings(EnvFirstSettings):
             self.blob_dir = DEV_BLOB_DIR if dev else PROD_BLOB_DIR
         if not dev:
             _check_pepper(self.token_pepper)
+        self._check_tls(dev)
         return self
+
+    def _check_tls(self, dev: bool) -> None:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
+        for path in (self.tls_cert_file, self.tls_key_file):
+            if path is not None and not path.is_file():
+                raise ValueError(f"{path}: no such file (a TLS setting of the API)")
+        if not dev and self.tls_cert_file is None and not is_local(self.host):
+            # Bearer tokens and device feedback would cross the network in clear.
+            raise ValueError(
+                f"host {self.host} is not a loopback address and the API has no TLS: set "
+                "tls_cert_file and tls_key_file, or listen on 127.0.0.1 behind a "
+                "TLS-terminating proxy"
+            )
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert_file is not None else "http"
 
     @property
     def pepper(self) -> bytes:

@@ -8,6 +8,12 @@ no offline guessing without the pepper. ``FleetKeys.tokens`` maps digest ->
 unique and ``revoke`` takes a name. A lookup is one HGET per request: revoking
 takes effect on the next request, in every API process.
 
+Every token expires (``ttl_s``; ``DEFAULT_TOKEN_TTL_S`` unless the issuer says
+otherwise): a leaked token stops working on its own. A token without an expiry
+can be issued, and is accepted, only by a store with ``allow_no_expiry`` (the
+API's development mode); a production API answers such a token with 401, as it
+does an expired one, each with a message saying what to do.
+
 The CLI (``edgeloop token``) uses this module directly against Redis with the
 API's config, which is how the first admin token comes to exist.
 """
@@ -18,6 +24,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import time
 
 import redis
 from redis.client import Pipeline
@@ -29,6 +36,8 @@ from shared.tokens import ROLES, Role, TokenRecord
 logger = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "elt_"
+#: A token's lifetime unless its issuer gives one: 90 days.
+DEFAULT_TOKEN_TTL_S = 90 * 24 * 3600.0
 
 
 class TokenError(EdgeloopError):
@@ -43,24 +52,57 @@ class TokenConflict(TokenError):
     """A token by that name exists; revoke it first or choose another name."""
 
 
+class TokenRefused(TokenError):
+    """A token that was issued but may not be used (expired, or without an expiry in
+    production); the message says which and what to do."""
+
+
 class TokenStore:
     """Issue, look up, list and revoke one fleet's API tokens."""
 
-    def __init__(self, client: redis.Redis, keys: FleetKeys, pepper: bytes) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: FleetKeys,
+        pepper: bytes,
+        *,
+        default_ttl_s: float = DEFAULT_TOKEN_TTL_S,
+        allow_no_expiry: bool = True,
+    ) -> None:
         if not pepper:
             raise ValueError("a token store needs a non-empty pepper")
         self.client = client
         self.keys = keys
         self._pepper = pepper
+        self.default_ttl_s = default_ttl_s
+        self.allow_no_expiry = allow_no_expiry
 
     def digest(self, token: str) -> str:
         return hmac.new(self._pepper, token.encode("utf-8"), hashlib.sha256).hexdigest()
 
     def issue(
-        self, name: str, role: str, device: str | None = None, by: str = "cli"
+        self,
+        name: str,
+        role: str,
+        device: str | None = None,
+        by: str = "cli",
+        *,
+        ttl_s: float | None = None,
+        never_expires: bool = False,
     ) -> tuple[TokenRecord, str]:
-        """A new token for ``name``: its record and the token, which is never stored."""
-        record = _record(name, role, device, by)
+        """A new token for ``name``: its record and the token, which is never stored.
+
+        It expires after ``ttl_s`` seconds (default: the store's ``default_ttl_s``),
+        or never with ``never_expires`` where the store allows it."""
+        if never_expires and not self.allow_no_expiry:
+            raise InputError(
+                "tokens without an expiry are for development only: give a lifetime "
+                "(--ttl 30d, or ttl_s)"
+            )
+        if ttl_s is not None and ttl_s <= 0:
+            raise InputError(f"a token's lifetime must be positive, not {ttl_s}s")
+        expires_at = None if never_expires else time.time() + (ttl_s or self.default_ttl_s)
+        record = _record(name, role, device, by).model_copy(update={"expires_at": expires_at})
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         digest = self.digest(token)
 
@@ -87,6 +129,25 @@ class TokenStore:
         except MessageError:
             logger.warning("an unreadable token record; treating the token as unknown")
             return None
+
+    def authenticate(self, token: str) -> TokenRecord | None:
+        """The holder of ``token`` if it may be used now; None if unknown or revoked;
+        TokenRefused if it expired (or has no expiry where that is not allowed)."""
+        record = self.lookup(token)
+        if record is None:
+            return None
+        if record.expires_at is None and not self.allow_no_expiry:
+            raise TokenRefused(
+                f"the bearer token {record.name!r} has no expiry, which only a development "
+                "API accepts: issue a new one with `edgeloop token issue --ttl DURATION`"
+            )
+        if record.expired():
+            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(record.expires_at))
+            raise TokenRefused(
+                f"the bearer token {record.name!r} expired at {when}: issue a new one "
+                "with `edgeloop token issue --ttl DURATION`"
+            )
+        return record
 
     def records(self) -> list[TokenRecord]:
         """Every token of the fleet, oldest first (unreadable records left out)."""

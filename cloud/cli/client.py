@@ -4,7 +4,10 @@ in one clear line.
 The base URL comes from ``--api``, else ``EDGELOOP_API_URL``, else ``api_url``
 in the client config file (``--config``, default ``~/.config/edgeloop/client.toml``),
 else ``http://127.0.0.1:8080``. The bearer token comes from ``EDGELOOP_TOKEN``,
-else ``token`` in the same file.
+else ``token`` in the same file. An ``https://`` API is verified against ``ca_file``
+(``EDGELOOP_CA_FILE``; default: the system's CAs). With ``mode = "production"``
+(``EDGELOOP_MODE``, the default) a plain ``http://`` URL is refused unless it is a
+loopback address: the token would cross the network in clear.
 
 A failure is an ``ApiError`` whose ``exit_code`` scripts can rely on: 4 when the
 API says 404, 5 for 401/403 (no, a bad, or a too weak token), 2 otherwise.
@@ -17,8 +20,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import ssl
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -28,6 +32,7 @@ from pydantic_settings import SettingsConfigDict
 from cloud.api.schemas import ModelsPublic
 from shared.config import EnvFirstSettings, load_settings
 from shared.errors import EdgeloopError
+from shared.transport import check_api_url
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +64,12 @@ class ClientSettings(EnvFirstSettings):
     api_url: str = Field("http://127.0.0.1:8080", description="base URL of the edgeloop REST API")
     timeout_s: float = Field(60.0, gt=0)
     token: SecretStr | None = Field(None, description="bearer token (EDGELOOP_TOKEN)")
+    mode: Literal["production", "development"] = Field(
+        "production", description="production refuses plain http:// to a remote API"
+    )
+    ca_file: Path | None = Field(
+        None, description="PEM of the CA that signed the API's certificate (https://)"
+    )
 
 
 def client_settings(config: Path | None) -> ClientSettings:
@@ -70,10 +81,20 @@ def client_settings(config: Path | None) -> ClientSettings:
 
 
 class ApiClient:
-    def __init__(self, base_url: str, timeout_s: float = 60.0, token: str | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        timeout_s: float = 60.0,
+        token: str | None = None,
+        ca_file: Path | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self.token = token
+        # httpx verifies https certificates; a CA file replaces the system's CAs
+        self.verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=str(ca_file)) if ca_file is not None else True
+        )
 
     def url(self, template: str, *parts: str) -> str:
         return self.base_url + template.format(*(quote(str(p), safe="") for p in parts))
@@ -92,7 +113,13 @@ class ApiClient:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         try:
             r = httpx.request(
-                method, url, params=params, json=body, headers=headers, timeout=self.timeout_s
+                method,
+                url,
+                params=params,
+                json=body,
+                headers=headers,
+                timeout=self.timeout_s,
+                verify=self.verify,
             )
         except httpx.HTTPError as e:
             raise ApiError(
@@ -158,7 +185,12 @@ def api_client(args: argparse.Namespace) -> ApiClient:
     """The REST client that ``--api`` and ``--config`` (``api_options``) name."""
     settings = client_settings(args.config)
     token = settings.token.get_secret_value() if settings.token else None
-    return ApiClient(args.api or settings.api_url, settings.timeout_s, token)
+    url = args.api or settings.api_url
+    try:
+        check_api_url(url, settings.mode)
+    except ValueError as e:
+        raise ApiError(f"{e} (EDGELOOP_MODE=development allows it for a test)") from e
+    return ApiClient(url, settings.timeout_s, token, settings.ca_file)
 
 
 def only_model(api: ApiClient) -> str:

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = load_settings(ApiSettings, args.config)
     assert settings.blob_dir is not None
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis_url, **settings.redis_options())
     keys = FleetKeys(settings.fleet)
     controller = RolloutController(
         client, keys, Registry(client, keys, DirBlobStore(settings.blob_dir))

@@ -8,7 +8,9 @@ and ``<verb>(args) -> int`` (without one, ``add_arguments`` and ``run``). To add
     COMMANDS["demo"] = Command.of("the whole loop on this machine", "cloud.demo.cli")
 
 ``run(args) -> int`` returns the exit code. User errors (``EdgeloopError``)
-print one line to stderr and exit 2; Ctrl-C exits 130 without a traceback.
+print one line to stderr and exit 2; an unreachable Redis (a ``RedisError`` no
+command turned into one) prints one line and exits 2, never the URL's password;
+Ctrl-C exits 130 without a traceback.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from shared.errors import EdgeloopError
 
@@ -125,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(getattr(e, "exit_code", 2))
     except OSError as e:  # a path the user gave cannot be read or written
         print(f"edgeloop {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except RedisError as e:
+        # redis-py's messages name host and port, never the password
+        print(f"edgeloop {args.command}: error: Redis: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

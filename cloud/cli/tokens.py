@@ -5,10 +5,13 @@ These commands read the API's own settings (``--config api.toml``,
 admin token comes to exist, and it needs the pepper, which only the API's
 operators hold. A token is printed once, on stdout, and never stored.
 
-    edgeloop token issue --role admin --name alice --config api.toml
-    edgeloop token issue --role device --name pi-07 --device pi-07
+    edgeloop token issue --role admin --name alice --ttl 30d --config api.toml
+    edgeloop token issue --role device --name pi-07 --device pi-07 --ttl 1y
     edgeloop token list
     edgeloop token revoke alice
+
+A token expires after ``--ttl`` (``90s``, ``45m``, ``12h``, ``30d``, ``1y``; default
+the API's ``token_ttl_s``); ``--ttl never`` only against a development API.
 """
 
 from __future__ import annotations
@@ -16,10 +19,39 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shared.tokens import ROLES
+
+#: ``--ttl never``: a token without an expiry.
+NEVER = -1.0
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0, "y": 365 * 86400.0}
+
+
+def duration(text: str) -> float:
+    """Seconds in ``text`` (``90s``, ``45m``, ``12h``, ``30d``, ``2w``, ``1y``, or plain
+    seconds); ``NEVER`` for ``never``.
+
+    >>> duration("30d"), duration("90"), duration("never")
+    (2592000.0, 90.0, -1.0)
+    """
+    text = text.strip().lower()
+    if text == "never":
+        return NEVER
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
+    try:
+        value = float(number) * _UNITS[unit]
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: use a positive number with s, m, h, d, w or y "
+            "(30d), or never"
+        )
+    return value
+
 
 if TYPE_CHECKING:  # imported when a command runs: `edgeloop --help` stays light
     from cloud.api.tokens import TokenStore
@@ -33,6 +65,13 @@ def token_args(p: argparse.ArgumentParser) -> None:
         "--name", required=True, help="unique name: a person, a service or the device id"
     )
     s.add_argument("--device", help="device tokens: the device id it may post for")
+    s.add_argument(
+        "--ttl",
+        type=duration,
+        metavar="DURATION",
+        help="lifetime: 90s, 45m, 12h, 30d or 1y (default: the API's token_ttl_s); "
+        "never: no expiry (development only)",
+    )
     sub.add_parser("list", help="tokens by name, role and device (never the tokens)")
     s = sub.add_parser("revoke", help="revoke a token by name (at once, in every API process)")
     s.add_argument("name")
@@ -50,8 +89,14 @@ def token(args: argparse.Namespace) -> int:
     from shared.keys import FleetKeys
 
     settings = load_settings(ApiSettings, args.config)
-    client = redis.Redis.from_url(settings.redis_url)
-    store = TokenStore(client, FleetKeys(settings.fleet), settings.pepper)
+    client = redis.Redis.from_url(settings.redis_url, **settings.redis_options())
+    store = TokenStore(
+        client,
+        FleetKeys(settings.fleet),
+        settings.pepper,
+        default_ttl_s=settings.token_ttl_s,
+        allow_no_expiry=settings.mode == "development",
+    )
     if settings.mode == "development" and settings.dev_pepper:
         print(
             "development mode: tokens are hashed with the public development pepper",
@@ -61,8 +106,12 @@ def token(args: argparse.Namespace) -> int:
         return _run(store, args)
     except redis.RedisError as e:
         from shared.errors import Unavailable
+        from shared.transport import redact, scrub
 
-        raise Unavailable(f"cannot reach Redis at {settings.redis_url}: {e}") from e
+        raise Unavailable(
+            f"cannot reach Redis at {redact(settings.redis_url)}: "
+            f"{scrub(str(e), settings.redis_url)}"
+        ) from e
     finally:
         client.close()
 
@@ -87,11 +136,27 @@ def _run(store: TokenStore, args: argparse.Namespace) -> int:
 
 
 def _issue(store: TokenStore, args: argparse.Namespace) -> int:
-    record, secret = store.issue(args.name, args.role, args.device, by="cli")
+    never = args.ttl == NEVER
+    record, secret = store.issue(
+        args.name,
+        args.role,
+        args.device,
+        by="cli",
+        ttl_s=None if never else args.ttl,
+        never_expires=never,
+    )
     if args.json:
         print(json.dumps({**record.model_dump(exclude={"schema_version"}), "token": secret}))
         return 0
     print(secret)
     who = f" for device {record.device}" if record.device else ""
-    print(f"issued {record.role} token {record.name!r}{who}; it is shown only now", file=sys.stderr)
+    until = (
+        time.strftime(" until %Y-%m-%d %H:%M UTC", time.gmtime(record.expires_at))
+        if record.expires_at is not None
+        else " that never expires"
+    )
+    print(
+        f"issued {record.role} token {record.name!r}{who}{until}; it is shown only now",
+        file=sys.stderr,
+    )
     return 0

@@ -68,13 +68,14 @@ def _check_trainer(settings: TrainerSettings) -> int:
 
     from shared.keys import FleetKeys
     from shared.messages import TrainerStatus
+    from shared.transport import scrub
 
     try:
-        raw = redis.Redis.from_url(settings.redis_url).get(
+        raw = redis.Redis.from_url(settings.redis_url, **settings.redis_options()).get(
             FleetKeys(settings.fleet).trainer(settings.model_name)
         )
     except redis.RedisError as e:
-        print(f"unhealthy: redis: {e}", file=sys.stderr)
+        print(f"unhealthy: redis: {scrub(str(e), settings.redis_url)}", file=sys.stderr)
         return 1
     if raw is None:
         print("unhealthy: no trainer status yet", file=sys.stderr)

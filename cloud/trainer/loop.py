@@ -70,7 +70,7 @@ class Trainer:
             raise ConfigError("no signing key configured")
         self.settings = s = settings
         self.keys = FleetKeys(s.fleet)
-        self.client = client or redis.Redis.from_url(s.redis_url)
+        self.client = client or redis.Redis.from_url(s.redis_url, **s.redis_options())
         self.dataset = dataset or load_dataset(s.dataset, s.label_column, s.task)
         self.parts = split(self.dataset, s.seed)
         self.spec = model_spec(s.model, self.dataset)

@@ -37,8 +37,8 @@ from cloud.data.import_spec import function_name, is_import_spec
 from cloud.data.ingest import IngestOptions
 from cloud.data.replay import DataOptions
 from cloud.registry.locations import DEV_BLOB_DIR, DEV_KEY_DIR, PROD_BLOB_DIR
-from shared.config import EnvFirstSettings
 from shared.keys import check_name
+from shared.transport import RedisSettings
 
 if TYPE_CHECKING:
     from cloud.data.datasets import Dataset
@@ -51,7 +51,7 @@ def _default_consumer() -> str:
     return f"{socket.gethostname().split('.')[0] or 'trainer'}-{os.getpid()}"
 
 
-class TrainerSettings(EnvFirstSettings):
+class TrainerSettings(RedisSettings):
     """Everything one trainer process needs to know."""
 
     model_config = SettingsConfigDict(env_prefix="EDGELOOP_TRAINER_", extra="forbid")
@@ -71,7 +71,6 @@ class TrainerSettings(EnvFirstSettings):
         description="the model's name in the fleet; default: model itself, or for an import "
         "spec the function's name",
     )
-    redis_url: str = "redis://127.0.0.1:6379/0"
     signing_key: Path | None = Field(
         None, description="Ed25519 private key (edgeloop keygen); required outside development"
     )

@@ -25,8 +25,8 @@ def list_tokens(tokens: TokensDep, _: AdminDep) -> TokensPublic:
     responses={409: error("Name in use", "a token named 'alice' exists; revoke it first")},
 )
 def create_token(body: TokenCreate, tokens: TokensDep, who: AdminDep) -> TokenIssued:
-    """The answer holds the token, shown this once."""
-    record, secret = tokens.issue(body.name, body.role, body.device, by=who.name)
+    """The answer holds the token, shown this once; it expires after ``ttl_s``."""
+    record, secret = tokens.issue(body.name, body.role, body.device, by=who.name, ttl_s=body.ttl_s)
     return TokenIssued(**record.model_dump(), token=secret)
 
 

@@ -1,0 +1,210 @@
+"""Transport security: TLS to Redis and to the API, and the plaintext production refuses.
+
+Every process that talks to Redis (edge daemon, trainer, API, rollout controller,
+the ``edgeloop token`` commands) takes its connection from ``RedisSettings``:
+``redis_url`` plus, for a ``rediss://`` URL, the CA that signed the server's
+certificate (``redis_ca_file``; without it the system's CAs) and, when the server
+requires client certificates (``tls-auth-clients yes``), this client's own
+certificate and key (``redis_cert_file``, ``redis_key_file``).
+
+In ``mode = "production"`` a plaintext URL is refused unless it stays on this
+machine (a loopback address or a unix socket): a password or an update sent in
+clear across a network is the attack TLS exists to stop. The same rule holds for
+the REST API's URL (``check_api_url``): HTTPS unless it is loopback.
+
+Whatever prints a URL prints ``redact(url)``: the password never reaches a log.
+
+>>> check_redis_url("redis://127.0.0.1:6379/0", "production")
+>>> check_redis_url("rediss://:pw@cache.lab:6380/0", "production")
+>>> check_redis_url("redis://:pw@cache.lab:6379/0", "production")
+Traceback (most recent call last):
+...
+ValueError: redis_url redis://:***@cache.lab:6379/0 is plaintext to a remote host; production needs rediss:// (TLS; set redis_ca_file to the CA that signed the server's certificate) or a loopback or unix-socket address
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, model_validator
+
+from shared.config import EnvFirstSettings
+
+Mode = Literal["production", "development"]
+
+#: Redis URL schemes redis-py understands; ``rediss`` is Redis over TLS.
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+
+
+def redact(url: str) -> str:
+    """``url`` with any password masked, for messages and logs.
+
+    >>> redact("redis://:s3cret@cache:6379/0")
+    'redis://:***@cache:6379/0'
+    >>> redact("rediss://edge:s3cret@cache:6380/0"), redact("redis://cache:6379")
+    ('rediss://edge:***@cache:6380/0', 'redis://cache:6379')
+    """
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # a malformed URL: show no part of it that could be a secret
+        return "<unparsable URL>"
+    if not password:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` with ``url``'s password masked wherever it occurs (an error message that
+    quotes the URL or its parts).
+
+    >>> scrub("cannot connect to redis://:s3cret@h:1/0", "redis://:s3cret@h:1/0")
+    'cannot connect to redis://:***@h:1/0'
+    """
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return text
+    return text.replace(url, redact(url)).replace(password, "***") if password else text
+
+
+def is_local(host: str | None) -> bool:
+    """True for a host that never leaves this machine: ``localhost`` or a loopback address.
+
+    >>> is_local("127.0.0.1"), is_local("::1"), is_local("localhost"), is_local("10.0.0.2")
+    (True, True, True, False)
+    """
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_redis_url(url: str, mode: str) -> None:
+    """ValueError for a URL redis-py cannot use, or (in production) one in plaintext
+    to another machine. The message carries the URL redacted."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError as e:
+        raise ValueError(f"redis_url {redact(url)} is not a URL: {e}") from e
+    if parts.scheme not in REDIS_SCHEMES:
+        raise ValueError(
+            f"redis_url {redact(url)} must start with redis://, rediss:// (TLS) or unix://"
+        )
+    if mode != "production" or parts.scheme in ("rediss", "unix") or is_local(host):
+        return
+    raise ValueError(
+        f"redis_url {redact(url)} is plaintext to a remote host; production needs rediss:// "
+        "(TLS; set redis_ca_file to the CA that signed the server's certificate) or a "
+        "loopback or unix-socket address"
+    )
+
+
+def check_api_url(url: str, mode: str) -> None:
+    """ValueError for an API URL that is not http(s), or (in production) plain HTTP to
+    another machine: a bearer token would cross the network in clear.
+
+    >>> check_api_url("https://api.lab:8443", "production")
+    >>> check_api_url("http://127.0.0.1:8080", "production")
+    >>> check_api_url("http://api.lab:8080", "production")
+    Traceback (most recent call last):
+    ...
+    ValueError: api_url http://api.lab:8080 is plain HTTP to a remote host; production needs https:// (set ca_file to the CA that signed the API's certificate) or a loopback address
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError as e:
+        raise ValueError(f"api_url {redact(url)} is not a URL: {e}") from e
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"api_url {redact(url)} must start with https:// or http://")
+    if mode != "production" or parts.scheme == "https" or is_local(host):
+        return
+    raise ValueError(
+        f"api_url {redact(url)} is plain HTTP to a remote host; production needs https:// "
+        "(set ca_file to the CA that signed the API's certificate) or a loopback address"
+    )
+
+
+class RedisSettings(EnvFirstSettings):
+    """The Redis connection of a process's settings (a base of each settings class).
+
+    A subclass with a ``mode`` field gets the production check; the TLS files are
+    checked for existence when a process starts, so a typo fails at once.
+    """
+
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="redis://, rediss:// (TLS) or unix://; production refuses plaintext "
+        "to a remote host",
+    )
+    redis_ca_file: Path | None = Field(
+        None,
+        description="rediss://: PEM of the CA that signed the server's certificate "
+        "(default: the system's CAs)",
+    )
+    redis_cert_file: Path | None = Field(
+        None, description="rediss://: this client's certificate (PEM), for tls-auth-clients"
+    )
+    redis_key_file: Path | None = Field(
+        None, description="rediss://: the private key of redis_cert_file (PEM)"
+    )
+
+    @model_validator(mode="after")
+    def _redis_transport(self) -> RedisSettings:
+        check_redis_url(self.redis_url, str(getattr(self, "mode", "development")))
+        files = (self.redis_ca_file, self.redis_cert_file, self.redis_key_file)
+        if any(files) and not self.redis_url.startswith("rediss://"):
+            raise ValueError(
+                f"redis_ca_file, redis_cert_file and redis_key_file are for TLS, but redis_url "
+                f"{redact(self.redis_url)} is not rediss://"
+            )
+        if (self.redis_cert_file is None) != (self.redis_key_file is None):
+            raise ValueError("redis_cert_file and redis_key_file go together: set both or neither")
+        for path in files:
+            if path is not None and not path.is_file():
+                raise ValueError(f"{path}: no such file (a TLS setting of redis_url)")
+        return self
+
+    def redis_options(self) -> dict[str, Any]:
+        """redis-py's keyword arguments for this connection's TLS (none for plaintext):
+        ``redis.Redis.from_url(s.redis_url, **s.redis_options())``."""
+        return tls_options(
+            self.redis_url, self.redis_ca_file, self.redis_cert_file, self.redis_key_file
+        )
+
+
+def tls_options(
+    url: str,
+    ca_file: Path | None = None,
+    cert_file: Path | None = None,
+    key_file: Path | None = None,
+) -> dict[str, Any]:
+    """redis-py's ``ssl_*`` keyword arguments for ``url``: the server's certificate is
+    always verified against ``ca_file`` (or the system's CAs), with its host name.
+
+    >>> tls_options("redis://127.0.0.1:6379")
+    {}
+    >>> sorted(tls_options("rediss://cache:6380", Path("ca.pem")))
+    ['ssl_ca_certs', 'ssl_cert_reqs', 'ssl_check_hostname']
+    """
+    if not url.startswith("rediss://"):
+        return {}
+    options: dict[str, Any] = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+    if ca_file is not None:
+        options["ssl_ca_certs"] = str(ca_file)
+    if cert_file is not None:
+        options["ssl_certfile"] = str(cert_file)
+    if key_file is not None:
+        options["ssl_keyfile"] = str(key_file)
+    return options

@@ -1,0 +1,50 @@
+"""A TCP proxy that forwards bytes both ways until it is told to stall large replies.
+
+It works below TLS: it sees records, not commands. Once ``stall_large`` is set, the
+first chunk from the server of ``threshold`` bytes or more on a connection (a
+payload or manifest, never the small replies of XREAD, STRLEN or a status write)
+and everything after it on that connection is held back: a server that stops
+sending in the middle of a download.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+
+
+class StallProxy:
+    def __init__(self, upstream_port: int, threshold: int = 1500) -> None:
+        self.upstream_port = upstream_port
+        self.threshold = threshold
+        self.stall_large = threading.Event()
+        self.stalled = threading.Event()  # a connection was stalled
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, name="stall-proxy", daemon=True).start()
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, from_server: bool) -> None:
+        held = False
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                if from_server and self.stall_large.is_set() and len(data) >= self.threshold:
+                    held = True
+                    self.stalled.set()
+                if not held:
+                    dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.close()
