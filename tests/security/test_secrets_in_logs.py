@@ -13,8 +13,8 @@ import pytest
 
 from edge.cli import check as edge_check
 from edge.daemon import EdgeDaemon
-from tests.edge.helpers import Signing, make_settings, wait_for
 from tests.security.conftest import free_port
+from tests.serving import Signing, make_settings, wait_for
 
 SECRET = "s3cret-Pw-4711"
 

@@ -26,9 +26,10 @@ from shared.codec import encode_full, sha256_hex
 from shared.config import load_settings
 from shared.keys import FleetKeys
 from shared.messages import DeltaAnnouncement, Payload
-from tests.edge.helpers import Signing, make_manifest, publish_version, sign, variant, wait_for
+from tests.edge.helpers import make_manifest, publish_version, sign, variant
 from tests.security.conftest import FLEET, TlsRedis
 from tests.security.stall_proxy import StallProxy
+from tests.serving import Signing, wait_for
 
 KEYS = FleetKeys(FLEET)
 
