@@ -408,22 +408,23 @@ class ServingChain:
         """
         t0 = perf_counter()
         plan = self._plan
-        if x.__class__ is not _ndarray:
-            x = self._coerce(x, plan)
-        n = next(self._count)
         head = plan.head
-        # The common case, written out: the current model answers within budget.
-        if head is None or head.est_ms > (budget_ms or self.budget_ms):
-            return self._walk(plan, self._checked(x, plan), n, t0, budget_ms)  # type: ignore[arg-type]
+        # The common case, written out: a sample of the input's dtype and shape, and
+        # the current model answers within budget. The dtype and shape are checked
+        # here because the model's row predictor writes into the interpreter's input
+        # buffer, which would cast or broadcast what set_tensor refused.
+        if (
+            head is None
+            or x.__class__ is not _ndarray
+            or x.dtype is not plan.dtype  # type: ignore[union-attr]
+            or (x.shape != plan.shape and x.shape != plan.shape2)  # type: ignore[union-attr]
+            or head.est_ms > (budget_ms or self.budget_ms)
+        ):
+            return self._predict_slow(plan, x, t0, budget_ms)
+        n = next(self._count)
         try:
-            # set_tensor refuses a wrong dtype or shape (a flat sample of a shaped
-            # input, say, which the slow path reshapes), so a valid input costs no
-            # separate check; x[None] is a cheaper view than reshape.
-            out = head.run(x if x.ndim == plan.ndim2 else x[None])  # type: ignore[union-attr]
-        except Exception:  # a bad input, or any runtime fault of this model
-            checked = self._checked(x, plan, counted=True)  # InputError for a bad input
-            if checked is not x:  # convertible (say, float64): answer the converted copy
-                return self._walk(plan, checked, n, t0, budget_ms)
+            out = head.run(x)  # type: ignore[arg-type]
+        except Exception:  # any runtime fault of this model: the next link answers
             return self._walk(plan, x, n, t0, budget_ms, INVOKE_ERROR)  # type: ignore[arg-type]
         t1 = perf_counter()
         # Any NaN or infinity makes the sum non-finite (a Python float sum of float32
@@ -436,6 +437,15 @@ class ServingChain:
         head.est_ms += (ms - head.est_ms) * EWMA
         self._recent[n % self._recent_size] = p = _new(Prediction, (n, x, head, None, ms, out))
         return p
+
+    def _predict_slow(
+        self, plan: _Plan, x: Any, t0: float, budget_ms: float | None
+    ) -> Prediction:
+        """``predict`` of anything but the common case: another type, dtype or shape
+        (checked, and copied when it must be converted: InputError before a request
+        number is taken), no current model, or a current model over budget."""
+        x = self._coerce(x, plan) if x.__class__ is not _ndarray else self._checked(x, plan)
+        return self._walk(plan, x, next(self._count), t0, budget_ms)
 
     def _walk(
         self,
@@ -592,22 +602,15 @@ class ServingChain:
             else sample
         )
 
-    def _checked(self, x: npt.NDArray[Any], plan: _Plan, counted: bool = False) -> npt.NDArray[Any]:
-        """``x`` if it is already one sample of the input's dtype, else a checked copy.
-        ``counted``: x already took a request number, to be given back."""
+    def _checked(self, x: npt.NDArray[Any], plan: _Plan) -> npt.NDArray[Any]:
+        """``x`` if it is already one sample of the input's dtype, else a checked copy."""
         if (
             x.dtype == plan.dtype
             and plan.links
             and (x.shape == plan.shape or x.shape == plan.shape2)
         ):
             return x
-        try:
-            return self._coerce(x, plan)
-        except InputError:
-            if counted:
-                with self._stats_lock:
-                    self._uncounted += 1
-            raise
+        return self._coerce(x, plan)
 
     @staticmethod
     def _check_finite_input(x: FloatArray) -> None:
