@@ -32,7 +32,6 @@ from __future__ import annotations
 import itertools
 import secrets
 import threading
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -59,6 +58,7 @@ EWMA = 0.2
 
 _F32 = np.dtype(np.float32)
 _ndarray = np.ndarray
+_vdot = np.vdot
 
 
 class Prediction(tuple[int, Any, "_Link", str | None, float, FloatArray]):
@@ -196,6 +196,7 @@ class _Link:
     travels with the model when it moves from current to last-known-good."""
 
     __slots__ = (
+        "batch_ways",
         "classifies",
         "est_ms",
         "id_prefix",
@@ -221,6 +222,16 @@ class _Link:
         self.num_classes = model.width
         self.est_ms = 0.0
         self.skipped = 0
+        #: Batch size -> the model's way for it and ones ``[size, W]`` to sum its answers
+        #: with (see predict_batch), for the sizes whose way the model has chosen.
+        self.batch_ways: dict[int, tuple[Callable[[npt.NDArray[Any]], FloatArray], FloatArray]] = {}
+
+    def learn_batch_way(self, size: int) -> None:
+        """Remember the model's way for batches of ``size`` once it has chosen one."""
+        if size not in self.batch_ways:
+            way = self.model.batch_ways.get(size)
+            if way is not None:
+                self.batch_ways[size] = (way, np.ones((size, self.num_classes), np.float32))
 
     def fits(self, head: _Link) -> str | None:
         """Why this link cannot stand in for ``head``, or None when it can."""
@@ -518,6 +529,40 @@ class ServingChain:
         """
         t0 = perf_counter()
         plan = self._plan
+        head = plan.head
+        # The common case, written out: an array of the input's dtype and sample shape
+        # whose size the current model has answered before (so its way is known: see
+        # TFLiteModel.answers), within budget.
+        if (
+            head is not None
+            and x.__class__ is _ndarray
+            and x.dtype is plan.dtype  # type: ignore[union-attr]
+            and x.shape[1:] == plan.shape  # type: ignore[union-attr]
+        ):
+            size = len(x)
+            known = head.batch_ways.get(size)
+            if known is not None and head.est_ms * size <= (budget_ms or self.budget_ms):
+                first = next(islice(self._count, size - 1, None)) - size + 1  # see below
+                way, ones = known
+                try:
+                    outs = way(x)
+                except Exception:  # any runtime fault of this model: the next link answers
+                    return self._walk_batch(plan, x, first, t0, budget_ms, INVOKE_ERROR)  # type: ignore[arg-type]
+                # One dot product over the answers is NaN or infinite when any answer
+                # is, at half the cost of np.isfinite(outs).all(); that one decides only
+                # when the dot product overflowed on finite answers.
+                if not isfinite(_vdot(outs, ones)) and not np.isfinite(outs).all():
+                    self._check_finite_batch(x, plan)  # type: ignore[arg-type]
+                    return self._walk_batch(plan, x, first, t0, budget_ms, NOT_FINITE)  # type: ignore[arg-type]
+                record: _BatchRecord = (
+                    first, x, head, None, (perf_counter() - t0) * 1000.0, outs, size,
+                )  # type: ignore[assignment]  # fmt: skip
+                a = first % self._recent_size
+                if a + size <= self._recent_size:  # _keep, written out for the common case
+                    self._recent[a : a + size] = [record] * size
+                else:
+                    self._keep(first, size, record)
+                return BatchPredictions(record)
         spec = plan.spec
         if spec is None:
             raise Unavailable("no model is loaded: the edge cannot serve yet")
@@ -529,14 +574,29 @@ class ServingChain:
         ):
             batch: npt.NDArray[Any] = x  # type: ignore[assignment]
         else:
-            batch, _ = as_batch(x, spec)
-        size = len(batch)
+            batch, _ = as_batch(x, spec)  # InputError for a NaN or infinity, among others
         # One request number per sample, taken in one C call (so no other thread's
         # request takes a number in between: the batch's record needs them contiguous).
-        first = deque(islice(self._count, size), maxlen=1)[0] - size + 1
-        reason = plan.head_reason
+        first = next(islice(self._count, len(batch) - 1, None)) - len(batch) + 1
+        return self._walk_batch(plan, batch, first, t0, budget_ms, checked=batch is not x)
+
+    def _walk_batch(
+        self,
+        plan: _Plan,
+        batch: npt.NDArray[Any],
+        first: int,
+        t0: float,
+        budget_ms: float | None,
+        head_failed: str | None = None,
+        checked: bool = False,
+    ) -> BatchPredictions:
+        """``predict_batch``'s general case: try the links in order, with the budget;
+        from the second one on when the head was tried and ``head_failed`` (why).
+        ``checked``: the batch went through as_batch (so it holds finite numbers)."""
+        size = len(batch)
+        reason = head_failed or plan.head_reason
         budget = budget_ms or self.budget_ms
-        for link in plan.links:
+        for link in plan.links[1:] if head_failed else plan.links:
             if (
                 link.est_ms * size > budget - (perf_counter() - t0) * 1000.0
                 and link is not plan.last
@@ -549,13 +609,8 @@ class ServingChain:
                 reason = reason or INVOKE_ERROR
                 continue
             if not np.isfinite(outs).all():
-                if batch is x:
-                    try:
-                        as_batch(batch, spec)  # InputError for a NaN or infinity
-                    except InputError:
-                        with self._stats_lock:
-                            self._uncounted += size
-                        raise
+                if not checked:
+                    self._check_finite_batch(batch, plan)
                 reason = reason or NOT_FINITE
                 continue
             ms = (perf_counter() - t0) * 1000.0
@@ -563,10 +618,22 @@ class ServingChain:
                 self._count_fallback(reason, size)
             record: _BatchRecord = (first, batch, link, reason, ms, outs, size)
             self._keep(first, size, record)
+            link.learn_batch_way(size)
             return BatchPredictions(record)
         with self._stats_lock:
             self.failed_requests += size - 1  # _fail counts one
         self._fail(plan, reason)
+
+    def _check_finite_batch(self, batch: npt.NDArray[Any], plan: _Plan) -> None:
+        """InputError for a batch holding NaN or infinity, its numbers given back (looked
+        at only when answers are not finite, so the hot path pays nothing)."""
+        assert plan.spec is not None
+        try:
+            as_batch(batch, plan.spec)
+        except InputError:
+            with self._stats_lock:
+                self._uncounted += len(batch)
+            raise
 
     def _keep(self, first: int, size: int, record: _BatchRecord) -> None:
         """Put a batch's record in the ring slots of its request numbers (the last
