@@ -61,7 +61,12 @@ _ndarray = np.ndarray
 _vdot = np.vdot
 
 
-class Prediction(tuple[int, Any, "_Link", str | None, float, FloatArray]):
+#: An answer's values: a list of floats for one sample (read out of the interpreter's
+#: output buffer, see TFLiteModel.row_predictor), a row of the answers for a batch's.
+Answer = FloatArray | list[float]
+
+
+class Prediction(tuple[int, Any, "_Link", str | None, float, Answer]):
     """One answer. ``fallback`` is true when a link other than the current model answered.
 
     A classifier's answer is ``label`` and ``probabilities``; a regressor's is
@@ -74,7 +79,9 @@ class Prediction(tuple[int, Any, "_Link", str | None, float, FloatArray]):
     It is a tuple (request number, input, link, fallback reason, latency ms,
     answer), built by ``tuple.__new__`` without a Python ``__init__``, and the
     very object the chain keeps in its ring of recent requests for feedback
-    joins: one allocation per request instead of two.
+    joins: one allocation per request instead of two. The answer is kept as the
+    model gave it (``Answer``) and ``probabilities`` / ``outputs`` make it an array
+    when read.
     """
 
     __slots__ = ()
@@ -90,16 +97,16 @@ class Prediction(tuple[int, Any, "_Link", str | None, float, FloatArray]):
     @property
     def label(self) -> int | None:
         """The class (argmax of the probabilities); None for a regressor."""
-        return index(self[5].argmax()) if self[2].classifies else None
+        return int(np.argmax(self[5])) if self[2].classifies else None
 
     @property
     def probabilities(self) -> FloatArray | None:
-        return self[5] if self[2].classifies else None
+        return np.asarray(self[5], _F32) if self[2].classifies else None
 
     @property
     def outputs(self) -> FloatArray | None:
         """A regressor's outputs; None for a classifier."""
-        return None if self[2].classifies else self[5]
+        return None if self[2].classifies else np.asarray(self[5], _F32)
 
     @property
     def output_names(self) -> list[str]:
@@ -213,7 +220,7 @@ class _Link:
     def __init__(self, model: TFLiteModel, id_prefix: str) -> None:
         self.model = model
         self.id_prefix = id_prefix  # of the request ids of the chain's answers
-        self.run: Callable[[npt.NDArray[Any]], FloatArray] = model.row_predictor()
+        self.run: Callable[[npt.NDArray[Any]], list[float]] = model.row_predictor()
         self.version = model.version
         self.sha256 = model.sha256
         self.input = model.input
@@ -441,7 +448,7 @@ class ServingChain:
         # Any NaN or infinity makes the sum non-finite (a Python float sum of float32
         # values cannot overflow): half the cost of numpy's argmax or isfinite on a
         # few values. The label (the argmax) is computed when read.
-        if not isfinite(sum(out.tolist())):
+        if not isfinite(sum(out)):
             self._check_finite_input(x)  # type: ignore[arg-type]
             return self._walk(plan, x, n, t0, budget_ms, NOT_FINITE)  # type: ignore[arg-type]
         ms = (t1 - t0) * 1000.0
@@ -493,7 +500,7 @@ class ServingChain:
                 t = perf_counter()
                 continue
             t1 = perf_counter()
-            if not isfinite(sum(out.tolist())):
+            if not isfinite(sum(out)):
                 self._check_finite_input(x)
                 reason = reason or NOT_FINITE
                 t = t1
@@ -723,12 +730,12 @@ class ServingChain:
             _, x, link, reason, _, out = entry  # type: ignore[misc]
         return RecentInput(
             x.reshape(link.input.shape),
-            index(out.argmax()) if link.classifies else None,
+            int(np.argmax(out)) if link.classifies else None,
             link.version,
             link.sha256,
             link.num_classes,
             reason is not None,
-            None if link.classifies else out.tolist(),
+            None if link.classifies else np.asarray(out, np.float32).tolist(),
         )
 
     @property

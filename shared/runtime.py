@@ -124,7 +124,7 @@ def _views_of(interp: Any, in_index: int, out_index: int) -> _Views | None:
     views are taken (``_resized_for``). A file whose output is a dynamic tensor is
     caught here: its buffer moves on the first invoke, and the public API is kept.
     """
-    native = getattr(interp, "_interpreter", None)
+    native: Any = getattr(interp, "_interpreter", None)
     if not callable(getattr(native, "Invoke", None)):
         return None
     try:
@@ -305,9 +305,9 @@ class TFLiteModel:
             return (out.astype(np.float32) - self._out_q.zero_point) * np.float32(self._out_q.scale)
         return out
 
-    def row_predictor(self) -> Callable[[npt.NDArray[Any]], FloatArray]:
+    def row_predictor(self) -> Callable[[npt.NDArray[Any]], list[float]]:
         """A function from one sample, an array of the input's dtype and of its shape
-        (or ``[1, *input.shape]``), to the answer ``[W]`` (a fresh array).
+        (or ``[1, *input.shape]``), to the answer: its ``W`` values as a list.
 
         This is the serving chain's hot path, and the caller's to check: through the
         interpreter's buffers (``_views_of``) an array of another dtype would be cast
@@ -315,23 +315,31 @@ class TFLiteModel:
         input and output need no (de)quantization it is copy in / invoke / copy out
         under the interpreter lock and nothing else, with every attribute bound once,
         because at ~2 µs per invoke of a small MLP a few hundred nanoseconds of Python
-        are a measurable share. Other models go through ``predict_proba`` and its
-        (de)quantization.
+        are a measurable share. A list because the values are read out of the output
+        buffer once, as Python floats, which is cheaper than copying them into a new
+        array (and what a finiteness check and a JSON answer read anyway). Other models
+        go through ``predict_proba`` and its (de)quantization.
         """
         if self._in_inv_scale is not None or self._out_q.is_quantized:
-            return self.predict_proba
+            predict_proba = self.predict_proba
+
+            def run_quantized(x: npt.NDArray[Any]) -> list[float]:
+                values: list[float] = predict_proba(x).tolist()
+                return values
+
+            return run_quantized
         if self._views is not None:
             return self._view_row_predictor(self._views)
         return self._public_row_predictor()
 
-    def _public_row_predictor(self) -> Callable[[npt.NDArray[Any]], FloatArray]:
+    def _public_row_predictor(self) -> Callable[[npt.NDArray[Any]], list[float]]:
         """``row_predictor`` through the interpreter's public methods."""
         acquire, release = self._lock.acquire, self._lock.release
         in_index, out_index, shape = self._in_index, self._out_index, self._batch_shape
         interp = self._interp
         set_tensor, invoke, get_tensor = interp.set_tensor, interp.invoke, interp.get_tensor
 
-        def run_public(x: npt.NDArray[Any]) -> FloatArray:
+        def run_public(x: npt.NDArray[Any]) -> list[float]:
             x = x.reshape(shape)
             acquire()  # bound acquire/release: half the cost of a with block
             try:
@@ -340,23 +348,24 @@ class TFLiteModel:
                 out: FloatArray = get_tensor(out_index)
             finally:
                 release()
-            return out.ravel()
+            values: list[float] = out.ravel().tolist()
+            return values
 
         return run_public
 
-    def _view_row_predictor(self, views: _Views) -> Callable[[npt.NDArray[Any]], FloatArray]:
+    def _view_row_predictor(self, views: _Views) -> Callable[[npt.NDArray[Any]], list[float]]:
         """``row_predictor`` through the interpreter's buffers: the sample is copied
-        into the input's (a ``[W]`` sample broadcasts into its ``[1, W]``), and the
-        answer is a copy of the output's only row."""
+        into the input's (a sample without the batch axis broadcasts into it), and
+        the answer read out of the output's only row."""
         acquire, release = self._lock.acquire, self._lock.release
-        inp, invoke, copy = views.inp, views.invoke, views.out[0].copy
+        inp, invoke, read = views.inp, views.invoke, views.out[0].tolist
 
-        def run(x: npt.NDArray[Any]) -> FloatArray:
+        def run(x: npt.NDArray[Any]) -> list[float]:
             acquire()
             try:
                 inp[...] = x
                 invoke()
-                out: FloatArray = copy()
+                out: list[float] = read()
             finally:
                 release()
             return out
