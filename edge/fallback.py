@@ -8,13 +8,17 @@ budget: a late answer beats none. Each passed-over request is counted by the
 reason the first link did not answer.
 
 This is the hot path, benchmarked against a bare set_tensor/invoke/get_tensor
-(about 5 µs). Hence: no pydantic, no logging, no uuid, no lock on the success
-path; one read of the immutable plan gives a consistent view of the chain even
-while ``swap`` replaces it; request ids are a per-chain prefix plus a counter; the
-inputs kept for feedback joins live in a fixed ring indexed by that counter,
-whose entry is the answer itself (a tuple holding the link and the counter: its
-request id, version, sha256 and label are derived when read); a batch is one
-record for all its slots.
+(2.4 µs for the zoo's MLP). Hence: no pydantic, no logging, no uuid, no lock but
+the interpreter's on a prediction's success path; one read of the immutable plan
+gives a consistent view of the chain even while ``swap`` replaces it; request ids
+are a per-chain prefix plus a counter; the inputs kept for feedback joins live in
+a fixed ring indexed by that counter, whose entry is the answer itself (a tuple
+holding the link and the counter: its request id, version, sha256 and label are
+derived when read, and the answer's values stay the list the model read out of
+its output buffer until they are asked for as an array). A batch is one request:
+one number, one ring entry, its samples' ids that number followed by ``.k``
+(numbering each sample and filling a ring slot for each cost a tenth of a small
+model's batch invoke).
 
 >>> import numpy as np
 >>> from shared.runtime import TFLiteModel
@@ -34,7 +38,6 @@ import secrets
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import islice
 from math import isfinite
 from operator import index
 from time import perf_counter
@@ -58,7 +61,6 @@ EWMA = 0.2
 
 _F32 = np.dtype(np.float32)
 _ndarray = np.ndarray
-_vdot = np.vdot
 
 
 #: An answer's values: a list of floats for one sample (read out of the interpreter's
@@ -66,7 +68,7 @@ _vdot = np.vdot
 Answer = FloatArray | list[float]
 
 
-class Prediction(tuple[int, Any, "_Link", str | None, float, Answer]):
+class Prediction(tuple[int | str, Any, "_Link", str | None, float, Answer]):
     """One answer. ``fallback`` is true when a link other than the current model answered.
 
     A classifier's answer is ``label`` and ``probabilities``; a regressor's is
@@ -76,8 +78,8 @@ class Prediction(tuple[int, Any, "_Link", str | None, float, Answer]):
     id) or from the answer (the label) is read on demand: building it for every
     request cost a fifth of the chain's overhead.
 
-    It is a tuple (request number, input, link, fallback reason, latency ms,
-    answer), built by ``tuple.__new__`` without a Python ``__init__``, and the
+    It is a tuple (request number, or ``"number.index"`` for a batch's sample, input,
+    link, fallback reason, latency ms, answer), built by ``tuple.__new__`` without a Python ``__init__``, and the
     very object the chain keeps in its ring of recent requests for feedback
     joins: one allocation per request instead of two. The answer is kept as the
     model gave it (``Answer``) and ``probabilities`` / ``outputs`` make it an array
@@ -143,7 +145,9 @@ _new = tuple.__new__
 class BatchPredictions(Sequence[Prediction]):
     """The answers to a batch, one ``Prediction`` per sample in order, each built
     when it is read: a batch of a small model is answered in a few microseconds,
-    and building 32 answers up front took longer than the invoke.
+    and building 32 answers up front took longer than the invoke. A batch is one
+    request (one number, one ring entry); its sample ``k``'s request id is the
+    batch's followed by ``.k``.
 
     ``answers`` is the whole ``[N, W]`` array (probabilities or outputs).
     """
@@ -167,18 +171,18 @@ class BatchPredictions(Sequence[Prediction]):
     def __getitem__(self, i: int | slice) -> Prediction | list[Prediction]:
         if isinstance(i, slice):
             return [self[k] for k in range(*i.indices(len(self)))]
-        first, batch, link, reason, ms, outs, size = self._record
+        n, batch, link, reason, ms, outs, size = self._record
         k = index(i)
         if k < 0:
             k += size
         if not 0 <= k < size:
             raise IndexError(f"a batch of {size} has no answer {i}")
-        return _new(Prediction, (first + k, batch[k], link, reason, ms, outs[k]))
+        return _new(Prediction, (f"{n}.{k}", batch[k], link, reason, ms, outs[k]))
 
     def __iter__(self) -> Iterator[Prediction]:
-        first, batch, link, reason, ms, outs, size = self._record
+        n, batch, link, reason, ms, outs, size = self._record
         for k in range(size):
-            yield _new(Prediction, (first + k, batch[k], link, reason, ms, outs[k]))
+            yield _new(Prediction, (f"{n}.{k}", batch[k], link, reason, ms, outs[k]))
 
     def __repr__(self) -> str:
         return f"BatchPredictions({list(self)!r})"
@@ -229,16 +233,20 @@ class _Link:
         self.num_classes = model.width
         self.est_ms = 0.0
         self.skipped = 0
-        #: Batch size -> the model's way for it and ones ``[size, W]`` to sum its answers
-        #: with (see predict_batch), for the sizes whose way the model has chosen.
-        self.batch_ways: dict[int, tuple[Callable[[npt.NDArray[Any]], FloatArray], FloatArray]] = {}
+        #: Batch size -> the model's way for it, ones ``[size * W]`` to sum its answers
+        #: with (see predict_batch) and the batch's shape, for the sizes whose way the
+        #: model has chosen.
+        self.batch_ways: dict[
+            int, tuple[Callable[[npt.NDArray[Any]], FloatArray], FloatArray, tuple[int, ...]]
+        ] = {}
 
     def learn_batch_way(self, size: int) -> None:
         """Remember the model's way for batches of ``size`` once it has chosen one."""
         if size not in self.batch_ways:
             way = self.model.batch_ways.get(size)
             if way is not None:
-                self.batch_ways[size] = (way, np.ones((size, self.num_classes), np.float32))
+                ones = np.ones(size * self.num_classes, np.float32)
+                self.batch_ways[size] = (way, ones, (size, *self.input.shape))
 
     def fits(self, head: _Link) -> str | None:
         """Why this link cannot stand in for ``head``, or None when it can."""
@@ -253,9 +261,9 @@ class _Link:
         return None
 
 
-#: A batch's requests, kept once for all of its ring slots: (first number, inputs, link
-#: that answered, fallback reason, latency ms, answers, size). Its fields 2-4 are where a
-#: Prediction has them, so the latency statistics read both alike.
+#: A batch, one request in the ring: (number, inputs, link that answered, fallback
+#: reason, latency ms, answers, size). Its fields 2-4 are where a Prediction has them,
+#: so the latency statistics read both alike.
 _BatchRecord = tuple[int, npt.NDArray[Any], _Link, str | None, float, FloatArray, int]
 #: A recent request: its Prediction, or the record of the batch it was in.
 _Recent = Prediction | _BatchRecord
@@ -310,6 +318,11 @@ class ServingChain:
         self._prefix = secrets.token_hex(4) + "-"
         self._count = itertools.count(1)
         self._uncounted = 0
+        # Samples of batches beyond their one request number each: appended to a list
+        # (atomic, and a fifth of the cost of a lock around an addition) and summed
+        # into _batched when read, or when the list grows long.
+        self._batched = 0
+        self._batched_extra: list[int] = []
         # What a feedback join and the latency percentiles need of the last
         # ``recent`` requests, as plain tuples (the cheapest record to build, and
         # it does not keep the caller's answer alive): see _Recent.
@@ -523,7 +536,8 @@ class ServingChain:
     ) -> BatchPredictions:
         """Answer a batch ``[N, *input shape]`` (or one sample): one Prediction per
         sample, in order, each with its own request id for feedback (built when read;
-        ``answers`` is the whole array).
+        ``answers`` is the whole array). The batch is one request: one number, one
+        ring entry, and its samples' ids are its id followed by ``.k``.
 
         The batch's shape and dtype are checked first (InputError naming the expected
         shape; as in ``predict``, an array of the input's dtype is used as it is and
@@ -540,36 +554,34 @@ class ServingChain:
         # The common case, written out: an array of the input's dtype and sample shape
         # whose size the current model has answered before (so its way is known: see
         # TFLiteModel.answers), within budget.
-        if (
-            head is not None
-            and x.__class__ is _ndarray
-            and x.dtype is plan.dtype  # type: ignore[union-attr]
-            and x.shape[1:] == plan.shape  # type: ignore[union-attr]
-        ):
+        if head is not None and x.__class__ is _ndarray and x.dtype is plan.dtype:  # type: ignore[union-attr]
             size = len(x)
             known = head.batch_ways.get(size)
-            if known is not None and head.est_ms * size <= (budget_ms or self.budget_ms):
-                first = next(islice(self._count, size - 1, None)) - size + 1  # see below
-                way, ones = known
+            if (
+                known is not None
+                and x.shape == known[2]  # type: ignore[union-attr]
+                and head.est_ms * size <= (budget_ms or self.budget_ms)
+            ):
+                extra = self._batched_extra  # _number_batch, written out
+                extra.append(size - 1)
+                if len(extra) > 4096:
+                    self._sum_batched()
+                n = next(self._count)
+                way, ones, _ = known
                 try:
                     outs = way(x)
                 except Exception:  # any runtime fault of this model: the next link answers
-                    return self._walk_batch(plan, x, first, t0, budget_ms, INVOKE_ERROR)  # type: ignore[arg-type]
+                    return self._walk_batch(plan, x, n, t0, budget_ms, INVOKE_ERROR)  # type: ignore[arg-type]
                 # One dot product over the answers is NaN or infinite when any answer
-                # is, at half the cost of np.isfinite(outs).all(); that one decides only
-                # when the dot product overflowed on finite answers.
-                if not isfinite(_vdot(outs, ones)) and not np.isfinite(outs).all():
+                # is, at a third of the cost of np.isfinite(outs).all(); that one
+                # decides only when the dot product overflowed on finite answers.
+                if not isfinite(outs.ravel().dot(ones)) and not np.isfinite(outs).all():
                     self._check_finite_batch(x, plan)  # type: ignore[arg-type]
-                    return self._walk_batch(plan, x, first, t0, budget_ms, NOT_FINITE)  # type: ignore[arg-type]
-                record: _BatchRecord = (
-                    first, x, head, None, (perf_counter() - t0) * 1000.0, outs, size,
-                )  # type: ignore[assignment]  # fmt: skip
-                a = first % self._recent_size
-                if a + size <= self._recent_size:  # _keep, written out for the common case
-                    self._recent[a : a + size] = [record] * size
-                else:
-                    self._keep(first, size, record)
-                return BatchPredictions(record)
+                    return self._walk_batch(plan, x, n, t0, budget_ms, NOT_FINITE)  # type: ignore[arg-type]
+                self._recent[n % self._recent_size] = record = (
+                    n, x, head, None, (perf_counter() - t0) * 1000.0, outs, size,
+                )  # fmt: skip
+                return BatchPredictions(record)  # type: ignore[arg-type]
         spec = plan.spec
         if spec is None:
             raise Unavailable("no model is loaded: the edge cannot serve yet")
@@ -582,16 +594,29 @@ class ServingChain:
             batch: npt.NDArray[Any] = x  # type: ignore[assignment]
         else:
             batch, _ = as_batch(x, spec)  # InputError for a NaN or infinity, among others
-        # One request number per sample, taken in one C call (so no other thread's
-        # request takes a number in between: the batch's record needs them contiguous).
-        first = next(islice(self._count, len(batch) - 1, None)) - len(batch) + 1
-        return self._walk_batch(plan, batch, first, t0, budget_ms, checked=batch is not x)
+        n = self._number_batch(len(batch))
+        return self._walk_batch(plan, batch, n, t0, budget_ms, checked=batch is not x)
+
+    def _number_batch(self, size: int) -> int:
+        """The batch's request number; its samples count as requests all the same."""
+        extra = self._batched_extra
+        extra.append(size - 1)
+        if len(extra) > 4096:
+            self._sum_batched()
+        return next(self._count)
+
+    def _sum_batched(self) -> None:
+        with self._stats_lock:
+            extra = self._batched_extra
+            k = len(extra)  # appends from other threads meanwhile land after these
+            self._batched += sum(extra[:k])
+            del extra[:k]
 
     def _walk_batch(
         self,
         plan: _Plan,
         batch: npt.NDArray[Any],
-        first: int,
+        n: int,
         t0: float,
         budget_ms: float | None,
         head_failed: str | None = None,
@@ -623,8 +648,8 @@ class ServingChain:
             ms = (perf_counter() - t0) * 1000.0
             if reason is not None:
                 self._count_fallback(reason, size)
-            record: _BatchRecord = (first, batch, link, reason, ms, outs, size)
-            self._keep(first, size, record)
+            record: _BatchRecord = (n, batch, link, reason, ms, outs, size)
+            self._recent[n % self._recent_size] = record
             link.learn_batch_way(size)
             return BatchPredictions(record)
         with self._stats_lock:
@@ -641,19 +666,6 @@ class ServingChain:
             with self._stats_lock:
                 self._uncounted += len(batch)
             raise
-
-    def _keep(self, first: int, size: int, record: _BatchRecord) -> None:
-        """Put a batch's record in the ring slots of its request numbers (the last
-        ``recent`` of them when the batch is larger than the ring)."""
-        ring, slots = self._recent, self._recent_size
-        start = max(first, first + size - slots)
-        a = start % slots
-        end = a + first + size - start
-        if end <= slots:
-            ring[a:end] = [record] * (end - a)
-        else:
-            ring[a:] = [record] * (slots - a)
-            ring[: end - slots] = [record] * (end - slots)
 
     # -- the slow paths -----------------------------------------------------
 
@@ -712,20 +724,22 @@ class ServingChain:
         """The input and answer of a recent request, or None if unknown or expired."""
         if not request_id.startswith(self._prefix):
             return None
+        number, dot, sample = request_id[len(self._prefix) :].partition(".")
         try:
-            n = int(request_id[len(self._prefix) :])
+            n, k = int(number), int(sample) if dot else None
         except ValueError:
             return None
         entry = self._recent[n % self._recent_size]
-        if entry is None or request_id != f"{self._prefix}{n}":
+        canonical = f"{self._prefix}{n}" if k is None else f"{self._prefix}{n}.{k}"
+        if entry is None or entry[0] != n or request_id != canonical:
             return None  # expired, or not the canonical form of the id (say, "007")
-        if len(entry) == 7:  # a batch's record
-            first, batch, link, reason, _, outs, size = entry  # type: ignore[misc]
-            if not first <= n < first + size:
+        if len(entry) == 7:  # a batch's record: the id must name one of its samples
+            _, batch, link, reason, _, outs, size = entry  # type: ignore[misc]
+            if k is None or not 0 <= k < size:
                 return None
-            x, out = batch[n - first], outs[n - first]
+            x, out = batch[k], outs[k]
         else:
-            if entry[0] != n:
+            if k is not None:
                 return None
             _, x, link, reason, _, out = entry  # type: ignore[misc]
         return RecentInput(
@@ -743,16 +757,17 @@ class ServingChain:
         """Requests that reached a model (answered or failed)."""
         # itertools.count cannot be read without advancing it: take one number
         # and remember how many were taken this way (or by refused inputs).
+        self._sum_batched()
         with self._stats_lock:
-            taken = next(self._count) - 1 - self._uncounted
+            taken = next(self._count) - 1 - self._uncounted + self._batched
             self._uncounted += 1
         return taken
 
     def latency_percentiles(self, sha256: str | None = None) -> tuple[float | None, float | None]:
-        """(p50, p99) in ms over the predictions kept for feedback joins (the
-        last ``recent``), or over those of them the model ``sha256`` answered:
-        the ring already holds them, so the hot path pays nothing extra for
-        latency statistics."""
+        """(p50, p99) in ms over the requests kept for feedback joins (the last
+        ``recent``; a batch is one, with the whole batch's latency), or over those
+        of them the model ``sha256`` answered: the ring already holds them, so the
+        hot path pays nothing extra for latency statistics."""
         window = [
             e[4]
             for e in self._recent[:]
