@@ -140,6 +140,7 @@ class Prediction(tuple[int | str, Any, "_Link", str | None, float, Answer]):
 
 
 _new = tuple.__new__
+_new_object = object.__new__
 
 
 class BatchPredictions(Sequence[Prediction]):
@@ -466,7 +467,8 @@ class ServingChain:
             return self._walk(plan, x, n, t0, budget_ms, NOT_FINITE)  # type: ignore[arg-type]
         ms = (t1 - t0) * 1000.0
         head.est_ms += (ms - head.est_ms) * EWMA
-        self._recent[n % self._recent_size] = p = _new(Prediction, (n, x, head, None, ms, out))
+        # Prediction(...) rather than _new: the type's own call is a little cheaper.
+        self._recent[n % self._recent_size] = p = Prediction((n, x, head, None, ms, out))
         return p
 
     def _predict_slow(
@@ -581,7 +583,9 @@ class ServingChain:
                 self._recent[n % self._recent_size] = record = (
                     n, x, head, None, (perf_counter() - t0) * 1000.0, outs, size,
                 )  # fmt: skip
-                return BatchPredictions(record)  # type: ignore[arg-type]
+                answers = _new_object(BatchPredictions)  # its __init__, without the call
+                answers._record = record  # type: ignore[assignment]
+                return answers
         spec = plan.spec
         if spec is None:
             raise Unavailable("no model is loaded: the edge cannot serve yet")

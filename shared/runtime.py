@@ -355,10 +355,11 @@ class TFLiteModel:
 
     def _view_row_predictor(self, views: _Views) -> Callable[[npt.NDArray[Any]], list[float]]:
         """``row_predictor`` through the interpreter's buffers: the sample is copied
-        into the input's (a sample without the batch axis broadcasts into it), and
+        into the input's only row (a third cheaper than into the whole ``[1, ...]``
+        buffer, which would broadcast it; a ``[1, ...]`` sample fits the row too), and
         the answer read out of the output's only row."""
         acquire, release = self._lock.acquire, self._lock.release
-        inp, invoke, read = views.inp, views.invoke, views.out[0].tolist
+        inp, invoke, read = views.inp[0], views.invoke, views.out[0].tolist
 
         def run(x: npt.NDArray[Any]) -> list[float]:
             acquire()
