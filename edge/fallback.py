@@ -47,7 +47,7 @@ import numpy as np
 import numpy.typing as npt
 
 from shared.errors import InputError, Unavailable
-from shared.runtime import FloatArray, TFLiteModel
+from shared.runtime import BatchWay, FloatArray, TFLiteModel
 from shared.tensors import TensorSpec, as_batch
 
 ABSENT = "absent"
@@ -234,20 +234,16 @@ class _Link:
         self.num_classes = model.width
         self.est_ms = 0.0
         self.skipped = 0
-        #: Batch size -> the model's way for it, ones ``[size * W]`` to sum its answers
-        #: with (see predict_batch) and the batch's shape, for the sizes whose way the
-        #: model has chosen.
-        self.batch_ways: dict[
-            int, tuple[Callable[[npt.NDArray[Any]], FloatArray], FloatArray, tuple[int, ...]]
-        ] = {}
+        #: Batch size -> the model's way for it and the batch's shape, for the sizes
+        #: whose way the model has chosen (see predict_batch).
+        self.batch_ways: dict[int, tuple[BatchWay, tuple[int, ...]]] = {}
 
     def learn_batch_way(self, size: int) -> None:
         """Remember the model's way for batches of ``size`` once it has chosen one."""
         if size not in self.batch_ways:
             way = self.model.batch_ways.get(size)
             if way is not None:
-                ones = np.ones(size * self.num_classes, np.float32)
-                self.batch_ways[size] = (way, ones, (size, *self.input.shape))
+                self.batch_ways[size] = (way, (size, *self.input.shape))
 
     def fits(self, head: _Link) -> str | None:
         """Why this link cannot stand in for ``head``, or None when it can."""
@@ -471,9 +467,7 @@ class ServingChain:
         self._recent[n % self._recent_size] = p = Prediction((n, x, head, None, ms, out))
         return p
 
-    def _predict_slow(
-        self, plan: _Plan, x: Any, t0: float, budget_ms: float | None
-    ) -> Prediction:
+    def _predict_slow(self, plan: _Plan, x: Any, t0: float, budget_ms: float | None) -> Prediction:
         """``predict`` of anything but the common case: another type, dtype or shape
         (checked, and copied when it must be converted: InputError before a request
         number is taken), no current model, or a current model over budget."""
@@ -561,7 +555,7 @@ class ServingChain:
             known = head.batch_ways.get(size)
             if (
                 known is not None
-                and x.shape == known[2]  # type: ignore[union-attr]
+                and x.shape == known[1]  # type: ignore[union-attr]
                 and head.est_ms * size <= (budget_ms or self.budget_ms)
             ):
                 extra = self._batched_extra  # _number_batch, written out
@@ -569,15 +563,14 @@ class ServingChain:
                 if len(extra) > 4096:
                     self._sum_batched()
                 n = next(self._count)
-                way, ones, _ = known
                 try:
-                    outs = way(x)
+                    outs, total = known[0](x)
                 except Exception:  # any runtime fault of this model: the next link answers
                     return self._walk_batch(plan, x, n, t0, budget_ms, INVOKE_ERROR)  # type: ignore[arg-type]
-                # One dot product over the answers is NaN or infinite when any answer
-                # is, at a third of the cost of np.isfinite(outs).all(); that one
-                # decides only when the dot product overflowed on finite answers.
-                if not isfinite(outs.ravel().dot(ones)) and not np.isfinite(outs).all():
+                # The answers' sum is NaN or infinite when any answer is, and costs a
+                # third of np.isfinite(outs).all(); that one decides only when the sum
+                # of finite answers overflowed.
+                if not isfinite(total) and not np.isfinite(outs).all():
                     self._check_finite_batch(x, plan)  # type: ignore[arg-type]
                     return self._walk_batch(plan, x, n, t0, budget_ms, NOT_FINITE)  # type: ignore[arg-type]
                 self._recent[n % self._recent_size] = record = (

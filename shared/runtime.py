@@ -45,6 +45,11 @@ _RUNTIMES = (
 )
 
 FloatArray = npt.NDArray[np.float32]
+#: A way to answer batches of one size: the answers ``[n, W]`` to ``[n, *input shape]``
+#: samples of the input's dtype, and their sum, which is NaN or infinite when any answer
+#: is (or, rarely, when the float32 sum of finite answers overflows): one float that
+#: tells a caller whether to look at every answer.
+BatchWay = Callable[[npt.NDArray[Any]], tuple[FloatArray, float]]
 
 #: Largest batch answered by one invoke of a resized interpreter (larger ones go in chunks).
 MAX_RESIZED = 64
@@ -209,7 +214,7 @@ class TFLiteModel:
         self._lock = threading.Lock()
         # For the resized copies that answer batches (see answers).
         self._cls, self._content, self._num_threads = cls, content, num_threads
-        self._resized: dict[int, Callable[[npt.NDArray[Any]], FloatArray] | None] = {}
+        self._resized: dict[int, BatchWay | None] = {}
         self._resized_lock = threading.Lock()
         self._in_index = int(inputs[0]["index"])
         self._out_index = int(outputs[0]["index"])
@@ -249,7 +254,7 @@ class TFLiteModel:
         self._views = _views_of(interp, self._in_index, self._out_index)
         #: The way each batch size measured so far is answered (see ``answers``): a
         #: function from ``[n, *input.shape]`` in the input's dtype to ``[n, W]``.
-        self.batch_ways: dict[int, Callable[[npt.NDArray[Any]], FloatArray]] = {}
+        self.batch_ways: dict[int, BatchWay] = {}
 
     # -- inspection ---------------------------------------------------------
 
@@ -404,8 +409,9 @@ class TFLiteModel:
         way = self.batch_ways.get(n)
         if way is None and n > 1 and len(self._resized) < MAX_BATCH_SIZES:
             way = self._choose(n, samples)
-        # sizes beyond the first few loop, rather than measure each time
-        return (way or self._looped)(samples)
+        if way is None:  # sizes beyond the first few loop, rather than measure each time
+            return self._looped(samples)
+        return way(samples)[0]
 
     def _looped(self, samples: npt.NDArray[Any]) -> FloatArray:
         """``answers`` by one invoke per sample on the model's own interpreter."""
@@ -434,9 +440,12 @@ class TFLiteModel:
         out: FloatArray = np.concatenate(rows).astype(np.float32, copy=False)
         return out
 
-    def _choose(
-        self, n: int, samples: npt.NDArray[Any]
-    ) -> Callable[[npt.NDArray[Any]], FloatArray]:
+    def _looped_summed(self, samples: npt.NDArray[Any]) -> tuple[FloatArray, float]:
+        """``_looped`` as a ``BatchWay``."""
+        out = self._looped(samples)
+        return out, float(out.sum())
+
+    def _choose(self, n: int, samples: npt.NDArray[Any]) -> BatchWay:
         """The resized way for batches of ``n`` when it is faster than the loop and
         answers the same, else the loop; measured once per ``n`` on ``samples``."""
         with self._resized_lock:
@@ -446,8 +455,8 @@ class TFLiteModel:
             way = None
             if resized is not None:
                 try:
-                    t_resized, got = _timed(resized, samples)
-                    t_looped, want = _timed(self._looped, samples)
+                    t_resized, (got, _) = _timed(resized, samples)
+                    t_looped, (want, _) = _timed(self._looped_summed, samples)
                 except (ValueError, RuntimeError) as e:
                     logger.debug("%s: a batch of %d cannot run resized: %s", self.name, n, e)
                 else:
@@ -459,13 +468,13 @@ class TFLiteModel:
                         self.name, n, t_resized * 1e6, t_looped * 1e6, same,
                     )  # fmt: skip
             self._resized[n] = way
-            self.batch_ways[n] = chosen = way or self._looped
+            self.batch_ways[n] = chosen = way or self._looped_summed
             return chosen
 
-    def _resized_for(self, n: int) -> Callable[[npt.NDArray[Any]], FloatArray] | None:
-        """A copy of the interpreter taking ``[n, *input.shape]``, as a function from a
-        batch to its answers; None when the file cannot be resized (a reshape fixed to
-        batch 1, say: allocate_tensors or the delegate's reshape raises)."""
+    def _resized_for(self, n: int) -> BatchWay | None:
+        """A copy of the interpreter taking ``[n, *input.shape]``, as a ``BatchWay``;
+        None when the file cannot be resized (a reshape fixed to batch 1, say:
+        allocate_tensors or the delegate's reshape raises)."""
         try:
             interp = self._cls(model_content=self._content, num_threads=self._num_threads)
             interp.resize_tensor_input(self._in_index, [n, *self.input.shape])
@@ -481,27 +490,35 @@ class TFLiteModel:
         if views is not None:
             acquire, release = lock.acquire, lock.release
             inp, invoke, copy = views.inp, views.invoke, views.out.copy
+            # The answers' sum, read in the output buffer as a dot product with ones
+            # into a result buffer of its own: a third of the cost of out.sum(), and
+            # the result buffer is this interpreter's, so its lock guards it too.
+            flat = views.out.reshape(-1)
+            ones, total = np.ones(flat.size, np.float32), np.zeros((), np.float32)
+            dot, item = flat.dot, total.item
 
-            def run_views(samples: npt.NDArray[Any]) -> FloatArray:
+            def run_views(samples: npt.NDArray[Any]) -> tuple[FloatArray, float]:
                 # ``samples`` are n: a batch of another size would broadcast or raise
                 acquire()
                 try:
                     inp[...] = samples
                     invoke()
                     out: FloatArray = copy()
+                    dot(ones, total)
+                    summed: float = item()
                 finally:
                     release()
-                return out
+                return out, summed
 
             return run_views
         in_index, out_index = self._in_index, self._out_index
 
-        def run_public(samples: npt.NDArray[Any]) -> FloatArray:
+        def run_public(samples: npt.NDArray[Any]) -> tuple[FloatArray, float]:
             with lock:
                 interp.set_tensor(in_index, samples)
                 interp.invoke()
                 out: FloatArray = interp.get_tensor(out_index)
-            return out
+            return out, float(out.sum())
 
         return run_public
 
@@ -517,9 +534,7 @@ class TFLiteModel:
 
     def warm_up(self, n: int = 3) -> None:
         """A few invokes so that the first real request does not pay for lazy setup."""
-        x = np.zeros(
-            self.input.shape, self._in_dtype if self._in_inv_scale is None else np.float32
-        )
+        x = np.zeros(self.input.shape, self._in_dtype if self._in_inv_scale is None else np.float32)
         for _ in range(n):
             self.predict_proba(x)
 
@@ -554,8 +569,8 @@ class TFLiteModel:
 
 
 def _timed(
-    fn: Callable[[npt.NDArray[Any]], FloatArray], samples: npt.NDArray[Any], runs: int = 3
-) -> tuple[float, FloatArray]:
+    fn: BatchWay, samples: npt.NDArray[Any], runs: int = 3
+) -> tuple[float, tuple[FloatArray, float]]:
     """The best of ``runs`` timings of ``fn(samples)`` (seconds) and its answer."""
     best = float("inf")
     for _ in range(runs):
