@@ -78,12 +78,12 @@ class Prediction(tuple[int | str, Any, "_Link", str | None, float, Answer]):
     id) or from the answer (the label) is read on demand: building it for every
     request cost a fifth of the chain's overhead.
 
-    It is a tuple (request number, or ``"number.index"`` for a batch's sample, input,
-    link, fallback reason, latency ms, answer), built by ``tuple.__new__`` without a Python ``__init__``, and the
-    very object the chain keeps in its ring of recent requests for feedback
-    joins: one allocation per request instead of two. The answer is kept as the
-    model gave it (``Answer``) and ``probabilities`` / ``outputs`` make it an array
-    when read.
+    It is a tuple (request number, or ``"number.index"`` for a batch's sample,
+    input, link, fallback reason, latency ms, answer), built by ``tuple.__new__``
+    without a Python ``__init__``, and the very object the chain keeps in its ring
+    of recent requests for feedback joins: one allocation per request instead of
+    two. The answer is kept as the model gave it (``Answer``); ``probabilities`` and
+    ``outputs`` make it an array when read.
     """
 
     __slots__ = ()
