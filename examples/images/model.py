@@ -3,10 +3,10 @@ a 3x3 depthwise conv, then a 1x1 pointwise conv), the kind of model that fits a 
 CPU. Frames arrive as raw 0..255 pixels (uint8 on the wire); the per-channel
 standardization with the seed frames' statistics is the model's first op.
 
-A full 3x3 conv with stride 2 makes the stem (a depthwise conv over 3 channels sees
-too little), average pooling halves the resolution after each next stage, and a
-small dense head reads the 4x4 map, so that where the part's edges and corners are counts. Without
-batch norm (the budgeted rounds map every parameter onto the int8 file), a stack
+A full 3x3 conv with stride 2 makes the stem (a depthwise conv over 3 channels
+sees too little), average pooling halves the resolution after each next stage,
+and a small dense head reads the 4x4 map, so that where the part's edges and
+corners are counts. Without batch norm (the budgeted rounds map every parameter onto the int8 file), a stack
 of depthwise convs with only global pooling at the end barely moves from chance
 in the 25 epochs of a bootstrap on a few hundred frames; this one reaches about
 0.87 in them (quick demo: 1500 frames, 450 of them for the bootstrap).
