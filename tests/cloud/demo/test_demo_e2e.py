@@ -45,7 +45,9 @@ def run_demo(cwd: Path, *args: str) -> dict[str, Any]:
         env=None,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    line = proc.stdout.strip().splitlines()[-1]
+    print(line)  # the run's figures, for -rP and for a failure's report
+    result: dict[str, Any] = json.loads(line)
     return result
 
 
