@@ -1,6 +1,6 @@
-"""Quick demos end to end, as a user runs them: a shipped tensor example, and a
-regression with a model file and an ``.npz`` dataset the repository does not hold
-(written to tmp_path: the stand-in for a user's own)."""
+"""Quick demos end to end, as a user runs them: the shipped examples, and a
+classification and a regression, each with a model file and an ``.npz`` dataset the
+repository does not hold (written to tmp_path: the stand-in for a user's own)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,15 @@ from typing import Any
 
 import pytest
 
-from tests.cloud.demo.user_workload import regression_arrays, write_model, write_npz
+from tests.cloud.demo.user_workload import (
+    CONV_PY,
+    GESTURES,
+    MODEL_PY,
+    classification_arrays,
+    regression_arrays,
+    write_model,
+    write_npz,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.cloud]
 
@@ -37,7 +45,9 @@ def run_demo(cwd: Path, *args: str) -> dict[str, Any]:
         env=None,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    line = proc.stdout.strip().splitlines()[-1]
+    print(line)  # the run's figures, for -rP and for a failure's report
+    result: dict[str, Any] = json.loads(line)
     return result
 
 
@@ -66,16 +76,32 @@ def test_the_vibration_example_recovers_from_its_drift(tmp_path):
 
 
 @pytest.mark.timeout(600)
-def test_a_users_regression_model_and_npz_recover_from_the_drift(tmp_path):
-    model = write_model(tmp_path)
-    data = write_npz(tmp_path, **regression_arrays())
-    result = run_demo(tmp_path, "--model", f"{model}:build", "--dataset", f"npz:{data}")
-    assert result["model"] == "my_model" and result["dataset"] == "windows"
-    assert result["task"] == "regression" and result["metric"] == "mae"
-    assert result["lower_is_better"] is True
-    assert not any(k.startswith("acc_") for k in result)
-    # the drift hurts: the error of the version trained before it grows
-    assert result["metric_drift_before_update"] > 1.3 * result["metric_pre_drift"], result
+@pytest.mark.parametrize(
+    ("task", "source", "arrays", "data"),
+    [
+        ("classification", CONV_PY, classification_arrays, "gestures"),
+        ("regression", MODEL_PY, regression_arrays, "windows"),
+    ],
+)
+def test_a_users_model_file_and_npz_recover_from_the_drift(tmp_path, task, source, arrays, data):
+    """A 1-D CNN over wrist-band windows (classes) and an MLP over flow-meter windows
+    (a throughput): written as a user would, nothing imported from the repository."""
+    model = write_model(tmp_path, source, f"my_{task}.py")
+    npz = write_npz(tmp_path, f"{data}.npz", **arrays())
+    result = run_demo(tmp_path, "--model", f"{model}:build", "--dataset", f"npz:{npz}")
+    assert result["model"] == f"my_{task}" and result["dataset"] == data
+    assert result["task"] == task
+    pre, hurt = result["metric_pre_drift"], result["metric_drift_before_update"]
+    if task == "classification":
+        assert result["metric"] == "accuracy" and result["lower_is_better"] is False
+        # today's fields stay for a classifier
+        assert result["acc_after_update"] == result["metric_after_update"]
+        assert pre > 2 / len(GESTURES)  # well above chance before the drift
+        assert hurt < 0.85 * pre, result  # the drift hurts the version trained before it
+    else:
+        assert result["metric"] == "mae" and result["lower_is_better"] is True
+        assert not any(k.startswith("acc_") for k in result)
+        assert hurt > 1.3 * pre, result  # the error of the version trained before it grows
     assert_done(result)
 
 
