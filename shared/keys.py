@@ -119,6 +119,12 @@ class FleetKeys:
         """The float weights a published version was exported from (the trainer's next parent)."""
         return f"{self._p}:weights:{sha256}"
 
+    def tuf_metadata(self, filename: str) -> str:
+        """A TUF metadata file of the fleet's repository (``root.json``, ``3.root.json``,
+        ``targets.json``, ``snapshot.json``, ``timestamp.json``); see cloud/registry/tuf_repo.py.
+        """
+        return f"{self._p}:tuf:{filename}"
+
     def manifest(self, sha256: str) -> str:
         """The signed manifest of a model version."""
         return f"{self._p}:manifest:{sha256}"

@@ -1,0 +1,133 @@
+"""TUF between cloud and edge: a version published into the fleet's TUF repository in
+a real redis-server reaches an edge's ngclient Updater, and what TUF defends against
+(unlisted versions, tampered files, oversized files, replayed or frozen metadata,
+a key that is not the targets key) is refused."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from securesystemslib.signer import CryptoSigner
+
+from cloud.registry.publisher import Publisher, PublishRequest
+from cloud.registry.tuf_repo import TufRepository, TufSigners
+from cloud.registry.versions import MemoryBlobStore, Registry
+from edge.tuf_client import NotInTargets, TufClient, TufRefused
+from shared.codec import decode_full, sha256_hex
+from shared.keys import FleetKeys
+from shared.messages import ProbeSet
+from shared.signing import Signer, generate_keypair
+
+
+def _signer() -> CryptoSigner:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return CryptoSigner(Ed25519PrivateKey.generate())
+
+
+class Fleet:
+    def __init__(self, client, keys: FleetKeys, ttl_s: int = 3600) -> None:
+        self.client, self.keys = client, keys
+        self.roots = [_signer() for _ in range(3)]
+        self.targets, self.online = _signer(), _signer()
+        self.repo = TufRepository(
+            client, keys, TufSigners(self.targets, self.online), timestamp_ttl_s=ttl_s
+        )
+        self.trusted_root = self.repo.initialize(self.roots[:2], threshold=2)
+        registry = Registry(client, keys, MemoryBlobStore())
+        self.publisher = Publisher(registry, Signer(generate_keypair()[0]), tuf=self.repo)
+
+    def publish(self, content: bytes):
+        probe = ProbeSet(inputs=[[0.0] * 4], expected=[[0.5, 0.5]])
+        return self.publisher.publish(
+            PublishRequest("digits", content, 4, ["a", "b"], probe, runtime="test")
+        )
+
+    def edge(self, directory: Path) -> TufClient:
+        return TufClient(self.client, self.keys, directory, self.trusted_root)
+
+
+@pytest.fixture
+def fleet(redis_client, keys) -> Fleet:
+    return Fleet(redis_client, keys)
+
+
+def test_published_version_downloads_verified(fleet, tmp_path):
+    started = time.perf_counter()
+    content = b"tflite-v1" * 1000
+    p = fleet.publish(content)
+    got = fleet.edge(tmp_path / "edge").download(p.sha256)
+    assert decode_full(got.artifact) == content and sha256_hex(content) == p.sha256
+    assert got.signed.manifest().sha256 == p.sha256 and (got.model, got.version) == ("digits", 1)
+    assert time.perf_counter() - started < 5
+
+
+def test_unlisted_version_refused(fleet, tmp_path, redis_client, keys):
+    fleet.publish(b"v1" * 100)
+    # A file put in place by anyone who can write the fleet's keys, but not signed into targets.
+    rogue = b"rogue" * 100
+    redis_client.set(keys.artifact(sha256_hex(rogue)), rogue)
+    with pytest.raises(NotInTargets):
+        fleet.edge(tmp_path / "edge").download(sha256_hex(rogue))
+
+
+def test_tampered_file_refused(fleet, tmp_path, redis_client, keys):
+    p = fleet.publish(b"v1" * 100)
+    stored = redis_client.get(keys.artifact(p.sha256))
+    redis_client.set(keys.artifact(p.sha256), stored[:-1] + bytes([stored[-1] ^ 1]))
+    with pytest.raises(TufRefused, match="LengthOrHashMismatch"):
+        fleet.edge(tmp_path / "edge").download(p.sha256)
+
+
+def test_oversized_file_refused_before_read(fleet, tmp_path, redis_client, keys, monkeypatch):
+    p = fleet.publish(b"v1" * 100)
+    redis_client.append(keys.artifact(p.sha256), b"x" * 10_000_000)
+    reads: list[int] = []
+    real = redis_client.getrange
+    monkeypatch.setattr(redis_client, "getrange", lambda k, a, b: reads.append(b - a) or real(k, a, b))
+    edge = fleet.edge(tmp_path / "edge")
+    with pytest.raises(TufRefused, match="DownloadLengthMismatch"):
+        edge.download(p.sha256)
+    assert sum(reads) < 100_000  # only metadata was read, never the 10 MB
+
+
+def test_targets_signed_by_another_key_refused(fleet, tmp_path, redis_client, keys):
+    edge = fleet.edge(tmp_path / "edge")
+    fleet.publish(b"v1" * 100)
+    edge.refresh()
+    # The trainer's key stolen? No: a key that root does not name for targets.
+    rogue = TufRepository(redis_client, keys, TufSigners(_signer(), fleet.online))
+    rogue_pub = Publisher(fleet.publisher.registry, Signer(generate_keypair()[0]), tuf=rogue)
+    probe = ProbeSet(inputs=[[0.0] * 4], expected=[[0.5, 0.5]])
+    p = rogue_pub.publish(PublishRequest("digits", b"evil" * 99, 4, ["a", "b"], probe, "t"))
+    with pytest.raises(TufRefused):
+        edge.download(p.sha256)
+
+
+def test_replayed_old_metadata_refused(fleet, tmp_path, redis_client, keys):
+    edge = fleet.edge(tmp_path / "edge")
+    fleet.publish(b"v1" * 100)
+    old = {n: redis_client.get(keys.tuf_metadata(n)) for n in ("targets.json", "snapshot.json", "timestamp.json")}
+    p2 = fleet.publish(b"v2" * 100)
+    edge.download(p2.sha256)
+    for n, v in old.items():  # roll the whole repository back to before v2
+        redis_client.set(keys.tuf_metadata(n), v)
+    with pytest.raises(TufRefused, match="Version"):
+        edge.refresh()
+
+
+def test_expired_timestamp_is_stale(redis_client, keys, tmp_path):
+    fleet = Fleet(redis_client, keys, ttl_s=1)
+    p = fleet.publish(b"v1" * 100)
+    edge = fleet.edge(tmp_path / "edge")
+    edge.download(p.sha256)
+    assert not edge.stale
+    time.sleep(2.1)
+    with pytest.raises(TufRefused, match="expired"):
+        edge.refresh()
+    assert edge.stale
+    fleet.repo.refresh()  # the cloud's schedule re-signs: fresh again
+    edge.refresh()
+    assert not edge.stale
