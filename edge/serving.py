@@ -28,6 +28,7 @@ from edge.fallback import BatchPredictions, Prediction, ServingChain
 from edge.guard import GuardPolicy, SwapGuard
 from edge.model_store import ModelStore, load_if_sound
 from edge.settings import EdgeSettings
+from edge.tuf_client import TufClient
 from edge.status import ReportPolicy
 from edge.updater import UpdateConsumer, UpdatePolicy
 from edge.uplink import FeedbackUplink, UplinkPolicy
@@ -157,6 +158,16 @@ class ServedModel:
             verifier=verifier,
             guard=self.guard,
             on_swap=on_change,
+            tuf=(
+                TufClient.from_file(
+                    member.connect(socket_timeout=30.0, retries=0),
+                    keys,
+                    state_dir / "tuf",
+                    settings.tuf_root,
+                )
+                if settings.tuf_root is not None
+                else None
+            ),
         )
         self._stats_lock = threading.Lock()
         # Per labeled prediction: 1/0 right/wrong (classifier) or |error| (regressor).

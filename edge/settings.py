@@ -68,6 +68,12 @@ class EdgeSettings(RedisSettings):
     # -- connections and trust ----------------------------------------------
     # redis_url and its TLS files: shared.transport.RedisSettings
     public_key: Path = Field(description="Ed25519 public key (PEM) that signs manifests")
+    tuf_root: Path | None = Field(
+        None,
+        description="the fleet's trusted TUF root (root.json from `edgeloop keys`); set: a "
+        "version is installed only if the fleet's signed TUF targets list it, through TUF's "
+        "verified download (metadata kept in state_dir/tuf)",
+    )
     state_dir: Path = Field(default_factory=_default_state_dir)
     http_host: str = "127.0.0.1"
     http_port: int = Field(8700, ge=0, le=65535)

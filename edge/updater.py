@@ -76,6 +76,7 @@ from edge.connections import REDIS_ERRORS, FleetMember, describe
 from edge.fallback import ServingChain
 from edge.guard import SwapGuard
 from edge.model_store import ModelStore
+from edge.tuf_client import NotInTargets, TufClient
 from shared import replies
 from shared.codec import DEFAULT_MAX_SIZE, check_sha256, decode_full, is_sha256
 from shared.delta import apply_patch
@@ -176,6 +177,7 @@ class UpdateConsumer:
         verifier: Verifier,
         guard: SwapGuard | None = None,
         on_swap: Callable[[], None] | None = None,
+        tuf: TufClient | None = None,
     ) -> None:
         self._redis = member.connect(socket_timeout=policy.block_ms / 1000.0 + 5.0)
         # Downloads have a connection of their own, without retries, that a deadline
@@ -187,6 +189,9 @@ class UpdateConsumer:
         self._store, self._chain, self._verifier = store, chain, verifier
         self._guard = guard
         self._on_swap = on_swap
+        # Set (the setting ``tuf_root``): a version is installed only if the fleet's
+        # signed TUF targets list it, and its file comes through TUF's verified download.
+        self._tuf = tuf
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edgeloop-updater", daemon=True)
         self._next_check = 0.0  # so the first poll reads the desired version
@@ -459,11 +464,43 @@ class UpdateConsumer:
         self, sha: str, ann: DeltaAnnouncement | None
     ) -> tuple[SignedManifest, ModelManifest, bytes]:
         """The signed manifest, manifest and verified bytes of version ``sha``."""
+        if self._tuf is not None:
+            return self._obtain_tuf(sha)
         local = self._from_store(sha)
         if local is not None:
             return local
         signed, manifest = self._fetch_manifest(sha, ann)
         return signed, manifest, self._fetch_model(sha, ann, manifest)
+
+    def _obtain_tuf(self, sha: str) -> tuple[SignedManifest, ModelManifest, bytes]:
+        """Version ``sha`` as the fleet's TUF targets vouch for it: from the local store
+        when still there and still listed, else downloaded through the TUF updater.
+        (Patches are not listed in targets yet: a TUF edge downloads the full file.)"""
+        assert self._tuf is not None
+        self._tuf.refresh()
+        if not self._tuf.lists(sha):
+            raise NotInTargets(f"the signed targets do not list {sha[:12]}")
+        local = self._from_store(sha)
+        if local is not None:
+            return local
+        target = self._tuf.download(sha)
+        signed = target.signed
+        self._verifier.verify(signed.manifest_json.encode("utf-8"), signed.signature)
+        manifest = signed.manifest()
+        if manifest.sha256 != sha or manifest.model != self._model:
+            raise IntegrityError(
+                f"the targets' manifest describes {manifest.model} {manifest.sha256[:12]}, "
+                f"not {self._model} {sha[:12]}"
+            )
+        self.bytes_downloaded += len(target.artifact)
+        data = decode_full(target.artifact, max_size=min(manifest.size, self._policy.max_artifact_bytes))
+        if len(data) != manifest.size:
+            raise IntegrityError(
+                f"model file is {len(data)} bytes, the manifest says {manifest.size}"
+            )
+        check_sha256(data, manifest.sha256, what="model file")
+        self.full_downloads += 1
+        return signed, manifest, data
 
     def _from_store(self, sha: str) -> tuple[SignedManifest, ModelManifest, bytes] | None:
         """A version still on disk (a step back needs no download), verified again."""

@@ -14,11 +14,14 @@ from securesystemslib.signer import CryptoSigner
 from cloud.registry.publisher import Publisher, PublishRequest
 from cloud.registry.tuf_repo import TufRepository, TufSigners
 from cloud.registry.versions import MemoryBlobStore, Registry
+from edge.daemon import EdgeDaemon
 from edge.tuf_client import NotInTargets, TufClient, TufRefused
 from shared.codec import decode_full, sha256_hex
 from shared.keys import FleetKeys
 from shared.messages import ProbeSet
 from shared.signing import Signer, generate_keypair
+from tests.edge.helpers import make_manifest, publish_version, variant
+from tests.serving import make_settings, wait_for
 
 
 def _signer() -> CryptoSigner:
@@ -131,3 +134,51 @@ def test_expired_timestamp_is_stale(redis_client, keys, tmp_path):
     fleet.repo.refresh()  # the cloud's schedule re-signs: fresh again
     edge.refresh()
     assert not edge.stale
+
+
+# -- a real edge daemon serving through TUF ------------------------------------------
+
+
+def _request(version: int) -> PublishRequest:
+    data = variant(version)
+    m = make_manifest(data, version)
+    return PublishRequest(
+        "digits", data, m.num_features, m.labels, m.probe, runtime=m.runtime
+    )
+
+
+def test_edge_daemon_installs_only_tuf_listed_versions(redis_client, keys, tmp_path, signing):
+    fleet = Fleet(redis_client, keys)
+    fleet.publisher.signer = signing.signer
+    root = tmp_path / "root.json"
+    root.write_bytes(fleet.trusted_root)
+    fleet.publisher.publish(_request(1))
+    settings = make_settings(
+        tmp_path, _url(redis_client), signing.public_key, tuf_root=root, guard_enabled=False,
+    )
+    with EdgeDaemon(settings) as daemon:
+        wait_for(lambda: _serving(daemon) == 1, what="v1 served through TUF")
+        updater = daemon.models["digits"].updater
+        # A version announced, signed with the manifest key and made the fleet's target,
+        # but never put into the TUF targets (raw writes by anyone with the fleet's
+        # keys and the trainer's manifest key): refused.
+        redis_client.set(keys.target("digits"), sha256_hex(variant(2)))
+        publish_version(redis_client, keys, signing.signer, variant(2), 2)
+        wait_for(lambda: updater.updates_refused >= 1, what="unlisted v2 refused")
+        assert "do not list" in (updater.last_error or "")
+        assert _serving(daemon) == 1
+        good = fleet.publisher.publish(_request(3))  # the registry's version 2
+        wait_for(
+            lambda: daemon.chain.current.sha256 == good.sha256,  # type: ignore[union-attr]
+            what="the published version served through TUF",
+        )
+
+
+def _url(client) -> str:
+    kw = client.connection_pool.connection_kwargs
+    return f"redis://{kw['host']}:{kw['port']}/{kw.get('db', 0)}"
+
+
+def _serving(daemon: EdgeDaemon) -> int | None:
+    current = daemon.chain.current
+    return current.version if current else None
