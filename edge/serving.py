@@ -28,8 +28,8 @@ from edge.fallback import BatchPredictions, Prediction, ServingChain
 from edge.guard import GuardPolicy, SwapGuard
 from edge.model_store import ModelStore, load_if_sound
 from edge.settings import EdgeSettings
-from edge.tuf_client import TufClient
 from edge.status import ReportPolicy
+from edge.tuf_client import TufClient
 from edge.updater import UpdateConsumer, UpdatePolicy
 from edge.uplink import FeedbackUplink, UplinkPolicy
 from shared.errors import InputError, ModelRejected, NotFound, Unavailable

@@ -493,7 +493,9 @@ class UpdateConsumer:
                 f"not {self._model} {sha[:12]}"
             )
         self.bytes_downloaded += len(target.artifact)
-        data = decode_full(target.artifact, max_size=min(manifest.size, self._policy.max_artifact_bytes))
+        data = decode_full(
+            target.artifact, max_size=min(manifest.size, self._policy.max_artifact_bytes)
+        )
         if len(data) != manifest.size:
             raise IntegrityError(
                 f"model file is {len(data)} bytes, the manifest says {manifest.size}"

@@ -142,8 +142,8 @@ class TufRepository:
                 f"to sign; {len(root_signers)} given"
             )
         root = Metadata(Root(expires=_expiry(root_ttl_s), consistent_snapshot=False))
-        for k in keys:
-            root.signed.add_key(k, "root")
+        for key in keys:
+            root.signed.add_key(key, "root")
         root.signed.roles["root"].threshold = threshold
         root.signed.add_key(targets_signer.public_key, "targets")
         root.signed.add_key(online.public_key, "snapshot")
@@ -160,8 +160,12 @@ class TufRepository:
         for k, v in writes.items():
             pipe.set(k, v)
         pipe.execute()
-        logger.info("TUF repository of fleet %s created (root %d of %d)", self.keys.fleet,
-                    threshold, len(keys))
+        logger.info(
+            "TUF repository of fleet %s created (root %d of %d)",
+            self.keys.fleet,
+            threshold,
+            len(keys),
+        )
         return root_bytes
 
     def _need_both(self) -> tuple[CryptoSigner, CryptoSigner]:
@@ -176,7 +180,13 @@ class TufRepository:
         return [self.key("targets.json"), self.key("snapshot.json"), self.key("timestamp.json")]
 
     def stage_version(
-        self, pipe: Any, *, sha256: str, artifact: bytes, manifest_wire: str, model: str,
+        self,
+        pipe: Any,
+        *,
+        sha256: str,
+        artifact: bytes,
+        manifest_wire: str,
+        model: str,
         version: int,
     ) -> dict[str, bytes]:
         """The metadata writes that add version ``sha256`` to targets (and, with the
@@ -229,11 +239,13 @@ class TufRepository:
         """New snapshot (naming ``targets_version``) and timestamp, each one version
         above the stored one."""
         assert self.signers.online is not None
-        reader = pipe if pipe is not None else self.client
-        old_snap = reader.get(self.key("snapshot.json")) if pipe is not None else None
-        old_ts = reader.get(self.key("timestamp.json")) if pipe is not None else None
-        snap_version = Metadata[Snapshot].from_bytes(old_snap).signed.version if old_snap else 0
-        ts_version = Metadata[Timestamp].from_bytes(old_ts).signed.version if old_ts else 0
+        # No pipe: a new repository, nothing to read.
+        old_snap = pipe.get(self.key("snapshot.json")) if pipe is not None else None
+        old_ts = pipe.get(self.key("timestamp.json")) if pipe is not None else None
+        snap_version = (
+            Metadata[Snapshot].from_bytes(bytes(old_snap)).signed.version if old_snap else 0
+        )
+        ts_version = Metadata[Timestamp].from_bytes(bytes(old_ts)).signed.version if old_ts else 0
         snapshot = Metadata(
             Snapshot(
                 version=snap_version + 1,

@@ -89,7 +89,9 @@ def test_oversized_file_refused_before_read(fleet, tmp_path, redis_client, keys,
     redis_client.append(keys.artifact(p.sha256), b"x" * 10_000_000)
     reads: list[int] = []
     real = redis_client.getrange
-    monkeypatch.setattr(redis_client, "getrange", lambda k, a, b: reads.append(b - a) or real(k, a, b))
+    monkeypatch.setattr(
+        redis_client, "getrange", lambda k, a, b: reads.append(b - a) or real(k, a, b)
+    )
     edge = fleet.edge(tmp_path / "edge")
     with pytest.raises(TufRefused, match="DownloadLengthMismatch"):
         edge.download(p.sha256)
@@ -112,7 +114,10 @@ def test_targets_signed_by_another_key_refused(fleet, tmp_path, redis_client, ke
 def test_replayed_old_metadata_refused(fleet, tmp_path, redis_client, keys):
     edge = fleet.edge(tmp_path / "edge")
     fleet.publish(b"v1" * 100)
-    old = {n: redis_client.get(keys.tuf_metadata(n)) for n in ("targets.json", "snapshot.json", "timestamp.json")}
+    old = {
+        n: redis_client.get(keys.tuf_metadata(n))
+        for n in ("targets.json", "snapshot.json", "timestamp.json")
+    }
     p2 = fleet.publish(b"v2" * 100)
     edge.download(p2.sha256)
     for n, v in old.items():  # roll the whole repository back to before v2
@@ -142,9 +147,7 @@ def test_expired_timestamp_is_stale(redis_client, keys, tmp_path):
 def _request(version: int) -> PublishRequest:
     data = variant(version)
     m = make_manifest(data, version)
-    return PublishRequest(
-        "digits", data, m.num_features, m.labels, m.probe, runtime=m.runtime
-    )
+    return PublishRequest("digits", data, m.num_features, m.labels, m.probe, runtime=m.runtime)
 
 
 def test_edge_daemon_installs_only_tuf_listed_versions(redis_client, keys, tmp_path, signing):
@@ -154,7 +157,11 @@ def test_edge_daemon_installs_only_tuf_listed_versions(redis_client, keys, tmp_p
     root.write_bytes(fleet.trusted_root)
     fleet.publisher.publish(_request(1))
     settings = make_settings(
-        tmp_path, _url(redis_client), signing.public_key, tuf_root=root, guard_enabled=False,
+        tmp_path,
+        _url(redis_client),
+        signing.public_key,
+        tuf_root=root,
+        guard_enabled=False,
     )
     with EdgeDaemon(settings) as daemon:
         wait_for(lambda: _serving(daemon) == 1, what="v1 served through TUF")
