@@ -381,6 +381,7 @@ class ServedModel:
             last_error=self.last_error(),
             refused_sha256=self.store.refused_sha256,
             revert_reason=self.store.revert_reason,
+            stale=self.updater.stale,
         )
 
     def _counters(self, labeled: int, correct: int) -> EdgeCounters:

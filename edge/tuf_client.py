@@ -181,10 +181,12 @@ class TufClient:
         except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as e:
             raise TufRefused(f"TUF metadata refused: {type(e).__name__}: {e}") from e
 
-    def download(self, sha256: str) -> VerifiedTarget:
-        """Refresh, then download version ``sha256`` through the updater (length and
-        sha256 enforced). NotInTargets if targets do not list it."""
-        self.refresh()
+    def download(self, sha256: str, *, refresh: bool = True) -> VerifiedTarget:
+        """Refresh (unless the caller just did), then download version ``sha256``
+        through the updater (length and sha256 enforced). NotInTargets if targets do
+        not list it."""
+        if refresh or self._updater is None:
+            self.refresh()
         info = self._info(sha256)
         if info is None:
             raise NotInTargets(f"the signed targets do not list {sha256[:12]}")

@@ -76,7 +76,7 @@ from edge.connections import REDIS_ERRORS, FleetMember, describe
 from edge.fallback import ServingChain
 from edge.guard import SwapGuard
 from edge.model_store import ModelStore
-from edge.tuf_client import NotInTargets, TufClient
+from edge.tuf_client import NotInTargets, TufClient, TufRefused
 from shared import replies
 from shared.codec import DEFAULT_MAX_SIZE, check_sha256, decode_full, is_sha256
 from shared.delta import apply_patch
@@ -300,7 +300,20 @@ class UpdateConsumer:
                 self._remember(ann)
         return found, concerned or bool(found)
 
+    @property
+    def stale(self) -> bool:
+        """The fleet's TUF timestamp expired at the last refresh (never without TUF)."""
+        return self._tuf is not None and self._tuf.stale
+
     def _follow(self, announcements: list[DeltaAnnouncement], *, nudged: bool) -> None:
+        if self._tuf is not None:
+            # Every poll, not only when a version is wanted: a frozen repository must be
+            # noticed (``stale``) while the edge has nothing to install.
+            try:
+                self._tuf.refresh()
+            except TufRefused as e:
+                self._error(str(e))
+                logger.warning("updater: %s", e)
         self.desired = self._read_desired()
         self._next_check = time.monotonic() + self._policy.poll_s
         if self.desired is None:
@@ -483,7 +496,7 @@ class UpdateConsumer:
         local = self._from_store(sha)
         if local is not None:
             return local
-        target = self._tuf.download(sha)
+        target = self._tuf.download(sha, refresh=False)
         signed = target.signed
         self._verifier.verify(signed.manifest_json.encode("utf-8"), signed.signature)
         manifest = signed.manifest()

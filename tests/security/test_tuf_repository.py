@@ -189,3 +189,28 @@ def _url(client) -> str:
 def _serving(daemon: EdgeDaemon) -> int | None:
     current = daemon.chain.current
     return current.version if current else None
+
+
+def test_edge_daemon_reports_stale_and_keeps_serving(redis_client, keys, tmp_path, signing):
+    fleet = Fleet(redis_client, keys, ttl_s=2)
+    fleet.publisher.signer = signing.signer
+    root = tmp_path / "root.json"
+    root.write_bytes(fleet.trusted_root)
+    fleet.publisher.publish(_request(1))
+    settings = make_settings(
+        tmp_path,
+        _url(redis_client),
+        signing.public_key,
+        tuf_root=root,
+        guard_enabled=False,
+        desired_poll_s=0.2,
+    )
+    with EdgeDaemon(settings) as daemon:
+        wait_for(lambda: _serving(daemon) == 1, what="v1 served through TUF")
+        assert not daemon.health().stale
+        # Nobody re-signs the timestamp (the cloud's schedule is frozen): stale, still serving.
+        wait_for(lambda: daemon.health().stale, timeout=6, what="stale reported")
+        health = daemon.health()
+        assert health.version == 1 and health.models["digits"].stale
+        fleet.repo.refresh()
+        wait_for(lambda: not daemon.health().stale, what="fresh again after the refresh")
