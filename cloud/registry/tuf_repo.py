@@ -62,6 +62,7 @@ __all__ = [
     "TufRepository",
     "TufSigners",
     "load_signer",
+    "tuf_repository",
 ]
 
 ROOT_TTL_S = 365 * 24 * 3600
@@ -96,6 +97,25 @@ class TufSigners:
 
     targets: CryptoSigner | None = None
     online: CryptoSigner | None = None  # snapshot and timestamp
+
+
+def tuf_repository(
+    client: redis.Redis,
+    keys: FleetKeys,
+    targets_key: Path | None,
+    online_key: Path | None,
+) -> TufRepository | None:
+    """The repository a process signs with the keys it was given; None without any."""
+    if targets_key is None and online_key is None:
+        return None
+    return TufRepository(
+        client,
+        keys,
+        TufSigners(
+            targets=load_signer(targets_key) if targets_key else None,
+            online=load_signer(online_key) if online_key else None,
+        ),
+    )
 
 
 def _expiry(ttl_s: int) -> datetime:
