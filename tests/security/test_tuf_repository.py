@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from securesystemslib.signer import CryptoSigner
+from tuf.api.metadata import Metadata, Timestamp
 
 from cloud.registry.publisher import Publisher, PublishRequest
 from cloud.registry.tuf_repo import TufRepository, TufSigners
@@ -214,3 +215,25 @@ def test_edge_daemon_reports_stale_and_keeps_serving(redis_client, keys, tmp_pat
         assert health.version == 1 and health.models["digits"].stale
         fleet.repo.refresh()
         wait_for(lambda: not daemon.health().stale, what="fresh again after the refresh")
+
+
+def test_controller_loop_re_signs_the_timestamp(fleet, redis_client, keys):
+    from cloud.rollout.controller import RolloutController
+    from cloud.rollout.loop import ControllerLoop
+
+    def ts_version() -> int:
+        return int(
+            Metadata[Timestamp]
+            .from_bytes(redis_client.get(keys.tuf_metadata("timestamp.json")))
+            .signed.version
+        )
+
+    first = ts_version()
+    controller = RolloutController(redis_client, keys, fleet.publisher.registry)
+    online_only = TufRepository(redis_client, keys, TufSigners(online=fleet.online))
+    loop = ControllerLoop(controller, 0.05, tuf=online_only, tuf_refresh_s=0.1)
+    loop.start()
+    try:
+        wait_for(lambda: ts_version() >= first + 2, what="two scheduled re-signs")
+    finally:
+        loop.stop()
