@@ -237,3 +237,27 @@ def test_controller_loop_re_signs_the_timestamp(fleet, redis_client, keys):
         wait_for(lambda: ts_version() >= first + 2, what="two scheduled re-signs")
     finally:
         loop.stop()
+
+
+def test_metadata_from_another_fleet_refused(fleet, redis_client, keys, tmp_path):
+    """Mix-and-match: another fleet's (validly signed) targets copied into this one."""
+    other_keys = FleetKeys("other")
+    other = Fleet(redis_client, other_keys)
+    p = other.publish(b"theirs" * 100)
+    edge = fleet.edge(tmp_path / "edge")
+    edge.refresh()
+    for name in ("targets.json", "snapshot.json", "timestamp.json"):
+        redis_client.set(keys.tuf_metadata(name), redis_client.get(other_keys.tuf_metadata(name)))
+    redis_client.set(keys.artifact(p.sha256), redis_client.get(other_keys.artifact(p.sha256)))
+    with pytest.raises(TufRefused):
+        edge.download(p.sha256)
+
+
+def test_targets_older_than_the_snapshot_says_refused(fleet, redis_client, keys, tmp_path):
+    """Mix-and-match: the current snapshot and timestamp with an older targets file."""
+    fleet.publish(b"v1" * 100)
+    old_targets = redis_client.get(keys.tuf_metadata("targets.json"))
+    p2 = fleet.publish(b"v2" * 100)
+    redis_client.set(keys.tuf_metadata("targets.json"), old_targets)
+    with pytest.raises(TufRefused, match="Version"):
+        fleet.edge(tmp_path / "edge").download(p2.sha256)
