@@ -125,6 +125,15 @@ class FleetKeys:
         """
         return f"{self._p}:tuf:{filename}"
 
+    def director(self, model: str) -> str:
+        """Hash of signed director orders of ``model``, one field per scope (shared/director.py)."""
+        return f"{self._p}:director:{model}"
+
+    @property
+    def director_counter(self) -> str:
+        """Hash of the last director counter per model (only the controller writes it)."""
+        return f"{self._p}:director_counter"
+
     def manifest(self, sha256: str) -> str:
         """The signed manifest of a model version."""
         return f"{self._p}:manifest:{sha256}"
