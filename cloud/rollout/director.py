@@ -33,7 +33,7 @@ class Director:
 
     def order(self, model: str, sha256: str, scope: str = FLEET_SCOPE) -> SignedOrder:
         """Sign and store an order: ``scope`` serves ``sha256`` of ``model`` from now on."""
-        counter = int(cast(int, self.client.hincrby(self.keys.director_counter, model, 1)))
+        counter = int(self.client.hincrby(self.keys.director_counter, model, 1))  # type: ignore[arg-type]
         order = DirectorOrder(
             fleet=self.keys.fleet,
             model=model,
