@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge.connections import FleetMember
+from edge.director import DirectorGate
 from edge.fallback import BatchPredictions, Prediction, ServingChain
 from edge.guard import GuardPolicy, SwapGuard
 from edge.model_store import ModelStore, load_if_sound
@@ -166,6 +167,17 @@ class ServedModel:
                     settings.tuf_root,
                 )
                 if settings.tuf_root is not None
+                else None
+            ),
+            director=(
+                DirectorGate(
+                    keys,
+                    model,
+                    settings.device_id,
+                    [Verifier.from_file(k) for k in settings.director_keys],
+                    state_dir / "director.counter",
+                )
+                if settings.director_keys
                 else None
             ),
         )

@@ -74,6 +74,12 @@ class EdgeSettings(RedisSettings):
         "version is installed only if the fleet's signed TUF targets list it, through TUF's "
         "verified download (metadata kept in state_dir/tuf)",
     )
+    director_keys: list[Path] = Field(
+        default_factory=list,
+        description="public keys (PEM) of the fleet's director (the rollout controller); set: "
+        "the edge serves only what a signed director order names (highest counter wins, "
+        "lower ones refused), ignoring the unsigned target/assignment/pin",
+    )
     state_dir: Path = Field(default_factory=_default_state_dir)
     http_host: str = "127.0.0.1"
     http_port: int = Field(8700, ge=0, le=65535)

@@ -73,6 +73,7 @@ import redis
 from redis.exceptions import NoPermissionError
 
 from edge.connections import REDIS_ERRORS, FleetMember, describe
+from edge.director import DirectorGate
 from edge.fallback import ServingChain
 from edge.guard import SwapGuard
 from edge.model_store import ModelStore
@@ -178,6 +179,7 @@ class UpdateConsumer:
         guard: SwapGuard | None = None,
         on_swap: Callable[[], None] | None = None,
         tuf: TufClient | None = None,
+        director: DirectorGate | None = None,
     ) -> None:
         self._redis = member.connect(socket_timeout=policy.block_ms / 1000.0 + 5.0)
         # Downloads have a connection of their own, without retries, that a deadline
@@ -192,6 +194,9 @@ class UpdateConsumer:
         # Set (the setting ``tuf_root``): a version is installed only if the fleet's
         # signed TUF targets list it, and its file comes through TUF's verified download.
         self._tuf = tuf
+        # Set (the setting ``director_keys``): the desired version is what a signed
+        # director order names, never the unsigned target/assignment/pin.
+        self._director = director
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edgeloop-updater", daemon=True)
         self._next_check = 0.0  # so the first poll reads the desired version
@@ -302,8 +307,9 @@ class UpdateConsumer:
 
     @property
     def stale(self) -> bool:
-        """The fleet's TUF timestamp expired at the last refresh (never without TUF)."""
-        return self._tuf is not None and self._tuf.stale
+        """The fleet's TUF timestamp or this device's director order has expired."""
+        tuf_stale = self._tuf is not None and self._tuf.stale
+        return tuf_stale or (self._director is not None and self._director.stale)
 
     def _follow(self, announcements: list[DeltaAnnouncement], *, nudged: bool) -> None:
         if self._tuf is not None:
@@ -317,11 +323,23 @@ class UpdateConsumer:
         self.desired = self._read_desired()
         self._next_check = time.monotonic() + self._policy.poll_s
         if self.desired is None:
+            if self._director is not None:
+                return  # no order to follow: keep serving; announcements choose nothing
             self._apply_newest(announcements)
         else:
             self._converge_to(self.desired, retry=nudged)
 
     def _read_desired(self) -> str | None:
+        if self._director is not None:
+            try:
+                order = self._director.read(self._redis)
+            except EdgeloopError as e:
+                self._refuse(f"the director order of {self._model}", e)
+                return None
+            return order.sha256 if order is not None else None
+        return self._read_unsigned()
+
+    def _read_unsigned(self) -> str | None:
         """``desired_sha(target, assignment, pin)`` for this device, in one round trip.
 
         A value that is not a version name, or a key Redis refuses (another type, no

@@ -261,3 +261,46 @@ def test_targets_older_than_the_snapshot_says_refused(fleet, redis_client, keys,
     redis_client.set(keys.tuf_metadata("targets.json"), old_targets)
     with pytest.raises(TufRefused, match="Version"):
         fleet.edge(tmp_path / "edge").download(p2.sha256)
+
+
+def test_edge_daemon_serves_only_what_director_and_targets_name(
+    redis_client, keys, tmp_path, signing
+):
+    from cloud.rollout.director import Director
+
+    fleet = Fleet(redis_client, keys)
+    fleet.publisher.signer = signing.signer
+    fleet.publisher.release = "manual"  # what a device serves is the director's to say
+    root = tmp_path / "root.json"
+    root.write_bytes(fleet.trusted_root)
+    director_private, director_public = generate_keypair()
+    (tmp_path / "director.pub").write_bytes(director_public)
+    director = Director(redis_client, keys, Signer(director_private))
+    v1 = fleet.publisher.publish(_request(1))
+    v2 = fleet.publisher.publish(_request(2))
+    director.order("digits", v1.sha256)
+    settings = make_settings(
+        tmp_path,
+        _url(redis_client),
+        signing.public_key,
+        tuf_root=root,
+        director_keys=[tmp_path / "director.pub"],
+        guard_enabled=False,
+        desired_poll_s=0.2,
+    )
+    with EdgeDaemon(settings) as daemon:
+        wait_for(lambda: _serving(daemon) == 1, what="v1 served: the director's order")
+        updater = daemon.models["digits"].updater
+        # Raw unsigned writes (and the trainer's publish) choose nothing.
+        redis_client.set(keys.target("digits"), v2.sha256)
+        time.sleep(0.6)
+        assert _serving(daemon) == 1
+        old = redis_client.hget(keys.director("digits"), "fleet")
+        director.order("digits", v2.sha256)
+        wait_for(lambda: _serving(daemon) == 2, what="v2 served: a newer order")
+        refused = updater.updates_refused
+        redis_client.hset(keys.director("digits"), "fleet", old)  # replay the older order
+        wait_for(lambda: updater.updates_refused > refused, what="replayed order refused")
+        assert _serving(daemon) == 2 and "replayed" in (updater.last_error or "")
+        director.order("digits", v1.sha256)  # a legitimate rollback: higher counter
+        wait_for(lambda: _serving(daemon) == 1, what="rolled back by a newer order")
