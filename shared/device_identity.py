@@ -21,15 +21,20 @@ adding 64 bytes to each event of a few hundred bytes.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from typing import Any
+
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
+from pydantic import BaseModel
 
 from shared.errors import ConfigError, SignatureError
-from shared.keys import check_name
+from shared.keys import FleetKeys, check_name
 
 #: What a signature is for (its domain tag).
 FEEDBACK = "feedback"
@@ -42,7 +47,9 @@ SIG_FIELD = "sig"
 
 def payload_bytes(purpose: str, fleet: str, device_id: str, payload: bytes) -> bytes:
     """The bytes a device signs: ``edgeloop/<purpose>\\n<fleet>\\n<device>\\n`` + payload."""
-    head = f"edgeloop/{purpose}\n{check_name('fleet', fleet)}\n{check_name('device id', device_id)}\n"
+    head = (
+        f"edgeloop/{purpose}\n{check_name('fleet', fleet)}\n{check_name('device id', device_id)}\n"
+    )
     return head.encode() + payload
 
 
@@ -90,3 +97,79 @@ def device_verifier(public_pem: bytes) -> DeviceVerifier:
     if not isinstance(key, Ed25519PublicKey):
         raise ConfigError("device public key is not an Ed25519 key")
     return DeviceVerifier(key)
+
+
+class EnrolledDevice(BaseModel):
+    """A device registry entry (``FleetKeys.device_registry``): never the private key."""
+
+    device_id: str
+    acl_user: str
+    public_key: str
+    enrolled_at: float
+
+
+class DeviceKeyring:
+    """The enrolled devices' public keys as the trainer and the rollout gates check them.
+
+    The registry is re-read at most every ``refresh_s`` seconds: a revoked device's
+    entries are refused from then on (its Redis user is gone at once anyway).
+    Development rule: while the fleet has no enrolled device, ``enforcing`` is False and
+    unsigned writes are accepted; from the first enrolment on, only signed ones are.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        keys: FleetKeys,
+        refresh_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client, self.keys, self.refresh_s, self.clock = client, keys, refresh_s, clock
+        self._verifiers: dict[str, DeviceVerifier] = {}
+        self._pems: dict[str, str] = {}
+        self._read_at: float | None = None
+
+    def _refresh(self) -> None:
+        now = self.clock()
+        if self._read_at is not None and now - self._read_at < self.refresh_s:
+            return
+        raw = self.client.hgetall(self.keys.device_registry)
+        pems: dict[str, str] = {}
+        for k, v in raw.items():
+            device = k.decode() if isinstance(k, bytes) else str(k)
+            try:
+                pems[device] = EnrolledDevice.model_validate_json(v).public_key
+            except ValueError:
+                continue  # an unreadable entry enrolls nobody
+        verifiers: dict[str, DeviceVerifier] = {}
+        for d, pem in pems.items():
+            known = self._verifiers.get(d)
+            if known is not None and self._pems.get(d) == pem:
+                verifiers[d] = known
+                continue
+            try:
+                verifiers[d] = device_verifier(pem.encode())
+            except ConfigError:
+                continue  # a key that does not load verifies nothing
+        self._verifiers, self._pems, self._read_at = verifiers, pems, now
+
+    @property
+    def enforcing(self) -> bool:
+        self._refresh()
+        return bool(self._pems)
+
+    def check(
+        self, purpose: str, device_id: str | None, payload: bytes, sig: bytes | None
+    ) -> str | None:
+        """None if ``sig`` is ``device_id``'s signature of ``payload``, else why not."""
+        if not device_id:
+            return "unsigned: no device id on the entry (the fleet has enrolled devices)"
+        self._refresh()
+        verifier = self._verifiers.get(device_id)
+        if verifier is None:
+            return f"device {device_id!r} is not enrolled"
+        try:
+            verifier.verify(payload_bytes(purpose, self.keys.fleet, device_id, payload), sig)
+        except (SignatureError, ValueError) as e:
+            return f"device {device_id!r}: {e}"
+        return None

@@ -199,6 +199,10 @@ class FleetKeys:
         return f"{self._p}:active-rollout:{check_name('model', model)}"
 
     # Device identity (cloud/registry/devices.py): who may write as which device.
+    def device_sig(self, device_id: str) -> str:
+        """The device's Ed25519 signature of its latest status (``device``), same TTL."""
+        return f"{self._p}:device-sig:{check_name('device id', device_id)}"
+
     @property
     def device_registry(self) -> str:
         """Hash of device id -> ``EnrolledDevice`` (JSON: its public key and Redis user).

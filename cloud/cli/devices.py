@@ -62,7 +62,11 @@ def device(args: argparse.Namespace) -> int:
             return _enroll(registry, args)
         if args.action == "revoke":
             record = registry.revoke(args.name)
-            print(json.dumps({"revoked": record.device_id}) if args.json else f"revoked {record.device_id!r}")
+            print(
+                json.dumps({"revoked": record.device_id})
+                if args.json
+                else f"revoked {record.device_id!r}"
+            )
             return 0
         records = registry.list()
         if args.json:
@@ -88,7 +92,11 @@ def _enroll(registry: DeviceRegistry, args: argparse.Namespace) -> int:
     creds = registry.enroll(args.name)
     write_credentials(out, creds)
     summary = {"enrolled": creds.device_id, "acl_user": creds.acl_user, "out": str(out)}
-    print(json.dumps(summary) if args.json else f"enrolled {creds.device_id!r}: copy {out} to the device")
+    print(
+        json.dumps(summary)
+        if args.json
+        else f"enrolled {creds.device_id!r}: copy {out} to the device"
+    )
     return 0
 
 
@@ -102,7 +110,10 @@ def write_credentials(out: Path, creds: Credentials) -> None:
         "redis_password": creds.password,
         "key_file": "device.key",
     }
-    for name, data in (("device.json", json.dumps(doc, indent=2).encode()), ("device.key", creds.private_key)):
+    for name, data in (
+        ("device.json", json.dumps(doc, indent=2).encode()),
+        ("device.key", creds.private_key),
+    ):
         fd = os.open(out / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -18,6 +18,7 @@ see docs/ARCHITECTURE.md, "Per-device identity", for what bounds a hostile devic
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections.abc import Iterable
@@ -25,9 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from pydantic import BaseModel
 
-from shared.device_identity import DeviceVerifier, device_verifier
+from shared.device_identity import DeviceVerifier, EnrolledDevice, device_verifier
 from shared.errors import EdgeloopError
 from shared.keys import FleetKeys, check_name
 from shared.signing import generate_keypair
@@ -42,15 +42,6 @@ class DeviceNotEnrolled(EdgeloopError):
 
 class DeviceAlreadyEnrolled(EdgeloopError):
     """The device id is enrolled already; revoke it first to enroll it again."""
-
-
-class EnrolledDevice(BaseModel):
-    """A device registry entry (``FleetKeys.device_registry``): never the private key."""
-
-    device_id: str
-    acl_user: str
-    public_key: str
-    enrolled_at: float
 
 
 @dataclass(frozen=True)
@@ -85,7 +76,7 @@ def _edge_rules(keys: FleetKeys, device_pattern: str) -> list[str]:
         # Appends only; a device never reads or trims the shared streams.
         f"%W~{p}:feedback", f"%W~{p}:feedback:*", f"%W~{p}:status", "+xadd",
         # Its own latest status and nothing of any other device.
-        f"(+set +get ~{device_pattern})",
+        f"(+set +get ~{device_pattern} ~{device_pattern.replace(':device:', ':device-sig:')})",
         f"(+zadd %W~{keys.devices})",
         f"(+xread +xrevrange %R~{keys.deltas})",
         f"(+get +hget +strlen +getrange %R~{p}:manifest:* %R~{p}:artifact:* "
@@ -129,7 +120,7 @@ class DeviceRegistry:
         password = secrets.token_urlsafe(32)
         private_pem, public_pem = generate_keypair()
         self.client.acl_setuser(user, reset=True)  # a stale user of that name goes
-        self.client.execute_command(
+        self.client.execute_command(  # type: ignore[no-untyped-call]
             "ACL", "SETUSER", user, "on", f">{password}", *device_rules(self.keys, device_id)
         )
         record = EnrolledDevice(
@@ -179,7 +170,7 @@ class DeviceRegistry:
     def _save_acl(self) -> None:
         # A Redis started with --aclfile keeps the users across restarts only once saved;
         # without an ACL file the users live in the running server (and redis.conf).
-        try:
-            self.client.execute_command("ACL", "SAVE")
-        except redis.ResponseError:
-            pass
+        with contextlib.suppress(redis.ResponseError):
+            self.client.execute_command(  # type: ignore[no-untyped-call]
+                "ACL", "SAVE"
+            )

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import redis
 
-from cloud.cli.devices import write_credentials
 from cloud.cli.main import main
 from cloud.registry.devices import (
     Credentials,
@@ -80,24 +79,32 @@ def test_revoke_makes_the_credentials_fail(registry: DeviceRegistry, redis_url: 
         registry.verifier("pi-a")
 
 
-def test_enroll_cli_writes_private_credentials(redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_enroll_cli_writes_private_credentials(
+    redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "pi-a"
     base = ["--fleet", FLEET, "--redis-url", redis_url, "--json"]
     assert main(["device", "enroll", "pi-a", "--out", str(out), *base]) == 0
     for name in ("device.json", "device.key"):
         assert stat.S_IMODE((out / name).stat().st_mode) == 0o600
     doc = json.loads((out / "device.json").read_text())
-    dev = redis.Redis.from_url(redis_url, username=doc["redis_user"], password=doc["redis_password"])
+    dev = redis.Redis.from_url(
+        redis_url, username=doc["redis_user"], password=doc["redis_password"]
+    )
     assert dev.ping()
     capsys.readouterr()
     assert main(["device", "list", *base]) == 0
     assert [d["device_id"] for d in json.loads(capsys.readouterr().out)] == ["pi-a"]
     assert main(["device", "revoke", "pi-a", *base]) == 0
     with pytest.raises(redis.exceptions.AuthenticationError):
-        redis.Redis.from_url(redis_url, username=doc["redis_user"], password=doc["redis_password"]).ping()
+        redis.Redis.from_url(
+            redis_url, username=doc["redis_user"], password=doc["redis_password"]
+        ).ping()
 
 
-def test_generated_acl_for_two_fleets_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_generated_acl_for_two_fleets_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["acl", "generate", "--fleet", "a", "--fleet", "b"]) == 0
     acl = tmp_path / "users.acl"
     acl.write_text(capsys.readouterr().out)
@@ -123,3 +130,117 @@ def test_generated_acl_for_two_fleets_loads(tmp_path: Path, capsys: pytest.Captu
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+# -- forged feedback and status, refused by the trainer's ingest and the gates --------
+
+
+def feedback_batch(device_id: str, seqs: range) -> bytes:
+    return b"\n".join(
+        json.dumps(
+            {
+                "event_id": f"{device_id}:e:{i}",
+                "device_id": device_id,
+                "model": "digits",
+                "x": [0.0] * 64,
+                "label": i % 10,
+            }
+        ).encode()
+        for i in seqs
+    )
+
+
+def test_forged_feedback_is_dead_lettered(
+    registry: DeviceRegistry, redis_client: redis.Redis
+) -> None:
+    from shared.device_identity import FEEDBACK, DeviceSigner
+    from tests.cloud.data.test_ingest import dead_letters, make_ingest
+
+    keys = registry.keys
+    a, b = registry.enroll("pi-a"), registry.enroll("pi-b")
+    sign_a = DeviceSigner(FLEET, "pi-a", a.private_key)
+    sign_b_with_a = DeviceSigner(FLEET, "pi-b", a.private_key)  # claims pi-b, holds a's key
+    ingest = make_ingest(redis_client, keys)
+    stream = keys.feedback
+    good = feedback_batch("pi-a", range(1, 4))
+    redis_client.xadd(stream, {"events": good, **sign_a.fields(FEEDBACK, good)})
+    other = feedback_batch("pi-b", range(1, 3))
+    redis_client.xadd(stream, {"events": other, **sign_b_with_a.fields(FEEDBACK, other)})
+    redis_client.xadd(
+        stream, {"events": other, **sign_a.fields(FEEDBACK, other)}
+    )  # a's entry, b's events
+    redis_client.xadd(stream, {"events": other})  # unsigned
+    tampered = feedback_batch("pi-a", range(4, 6))
+    redis_client.xadd(stream, {"events": tampered, **sign_a.fields(FEEDBACK, good)})
+    batch = ingest.poll()
+    assert len(batch.accepted) == 3 and batch.entries == 5
+    reasons = [d.reason for d in dead_letters(redis_client, keys)]
+    assert len(reasons) == 1 + 2 + 1 + 1, reasons
+    assert "device 'pi-b': signature does not verify with the device's key" in reasons
+    assert sum("in an entry signed by device 'pi-a'" in r for r in reasons) == 2
+    assert sum("unsigned" in r for r in reasons) == 1
+    assert (
+        sum(r == "device 'pi-a': signature does not verify with the device's key" for r in reasons)
+        == 1
+    )
+    assert b.device_id == "pi-b"
+
+
+def test_forged_status_is_ignored_by_the_gates(
+    registry: DeviceRegistry, redis_client: redis.Redis
+) -> None:
+    from cloud.rollout.controller import RolloutController
+    from shared.device_identity import DeviceSigner
+    from shared.messages import EdgeStatus
+    from shared.status_report import add_status
+
+    keys = registry.keys
+    a = registry.enroll("pi-a")
+    registry.enroll("pi-b")
+
+    def report(device: str, signer: DeviceSigner | None) -> None:
+        status = EdgeStatus(
+            device_id=device,
+            fleet=FLEET,
+            model="digits",
+            sha256="ab" * 32,
+            state="serving",
+            ts=time.time(),
+        )
+        pipe = redis_client.pipeline()
+        add_status(pipe, keys, status, ttl_s=60, maxlen=100, signer=signer)
+        pipe.execute()
+
+    report("pi-a", DeviceSigner(FLEET, "pi-a", a.private_key))
+    report("pi-b", DeviceSigner(FLEET, "pi-b", a.private_key))  # forged with a's key
+    report("pi-c", None)  # unsigned, never enrolled
+    controller = RolloutController(redis_client, keys, versions=None)  # type: ignore[arg-type]
+    statuses = controller.statuses(["pi-a", "pi-b", "pi-c"])
+    assert statuses["pi-a"] is not None and statuses["pi-a"].device_id == "pi-a"
+    assert statuses["pi-b"] is None and statuses["pi-c"] is None
+    assert sum(controller.refused_statuses.values()) == 2
+
+
+def test_unsigned_edges_work_while_no_device_is_enrolled(redis_client: redis.Redis) -> None:
+    from cloud.rollout.controller import RolloutController
+    from shared.messages import EdgeStatus
+    from shared.status_report import add_status
+    from tests.cloud.data.test_ingest import make_ingest
+
+    keys = FleetKeys(FLEET)
+    redis_client.xadd(keys.feedback, {"events": feedback_batch("pi-a", range(1, 3))})
+    assert len(make_ingest(redis_client, keys).poll().accepted) == 2
+    pipe = redis_client.pipeline()
+    status = EdgeStatus(
+        device_id="pi-a",
+        fleet=FLEET,
+        model="digits",
+        sha256="ab" * 32,
+        state="serving",
+        ts=time.time(),
+    )
+    add_status(pipe, keys, status, ttl_s=60, maxlen=100)
+    pipe.execute()
+    assert (
+        RolloutController(redis_client, keys, versions=None).statuses(["pi-a"])["pi-a"] is not None
+    )  # type: ignore[arg-type]
