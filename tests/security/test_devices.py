@@ -4,8 +4,10 @@ what it writes."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import socket
 import stat
 import subprocess
 import time
@@ -16,6 +18,7 @@ import redis
 
 from cloud.cli.main import main
 from cloud.registry.devices import (
+    PLACEHOLDER_HASH,
     Credentials,
     DeviceAlreadyEnrolled,
     DeviceNotEnrolled,
@@ -106,8 +109,9 @@ def test_generated_acl_for_two_fleets_loads(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["acl", "generate", "--fleet", "a", "--fleet", "b"]) == 0
+    digest = hashlib.sha256(b"pw").hexdigest()
     acl = tmp_path / "users.acl"
-    acl.write_text(capsys.readouterr().out)
+    acl.write_text(capsys.readouterr().out.replace(PLACEHOLDER_HASH, "#" + digest))
     port = free_port()
     proc = subprocess.Popen(
         [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
@@ -115,18 +119,22 @@ def test_generated_acl_for_two_fleets_loads(
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        client = redis.Redis(port=port, username="admin", password="x")
         deadline = time.monotonic() + 10
-        while True:
+        while True:  # a refused ACL file stops redis-server before it listens
             assert proc.poll() is None, "redis-server refused the generated ACL file"
-            try:
-                client.ping()
-            except redis.exceptions.AuthenticationError:
-                break  # loaded: the placeholder hash matches no password
-            except redis.ConnectionError:
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
-        users = redis.Redis(port=port, username="default", password="").execute_command  # noqa: F841
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.02)
+        admin = redis.Redis(port=port, username="admin", password="pw")
+        assert {"admin", "trainer", "api", "edge:a", "edge:b"} <= set(admin.acl_users())
+        edge_a = redis.Redis(port=port, username="edge:a", password="pw")
+        edge_a.set(FleetKeys("a").device("pi"), b"{}")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            edge_a.set(FleetKeys("b").device("pi"), b"{}")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            edge_a.eval("return 1", 0)
     finally:
         proc.terminate()
         proc.wait(10)
