@@ -213,9 +213,9 @@ class FleetKeys:
         """The Redis ACL user of one enrolled device.
 
         >>> FleetKeys("lab").device_user("pi-07")
-        'device:lab:pi-07'
+        'device~lab~pi-07'
         """
-        return f"device:{self.fleet}:{check_name('device id', device_id)}"
+        return f"device~{self.fleet}~{check_name('device id', device_id)}"
 
     # API access (cloud/api/tokens.py): bearer tokens, stored hashed.
     @property

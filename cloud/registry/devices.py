@@ -87,7 +87,8 @@ def _edge_rules(keys: FleetKeys, device_pattern: str) -> list[str]:
 
 def service_lines(fleets: Iterable[str]) -> list[str]:
     """The service users of one Redis serving ``fleets``, one ACL file line each; the
-    development ``edge`` user becomes ``edge:<fleet>`` per fleet so no name repeats."""
+    development ``edge`` user becomes ``edge~<fleet>`` per fleet so no name repeats
+    (``~``: a name part never has one, and a URL carries it as it is)."""
     fleets = list(dict.fromkeys(check_name("fleet", f) for f in fleets))
     patterns = " ".join(f"~el:{{{f}}}:*" for f in fleets)
     lines = [
@@ -98,7 +99,7 @@ def service_lines(fleets: Iterable[str]) -> list[str]:
     ]
     for f in fleets:
         rules = " ".join(_edge_rules(FleetKeys(f), f"el:{{{f}}}:device:*"))
-        lines.append(f"user edge:{f} on {PLACEHOLDER_HASH} {rules}")
+        lines.append(f"user edge~{f} on {PLACEHOLDER_HASH} {rules}")
     return lines
 
 

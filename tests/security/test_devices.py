@@ -128,8 +128,8 @@ def test_generated_acl_for_two_fleets_loads(
             assert time.monotonic() < deadline, "redis-server did not start"
             time.sleep(0.02)
         admin = redis.Redis(port=port, username="admin", password="pw")
-        assert {"admin", "trainer", "api", "edge:a", "edge:b"} <= set(admin.acl_users())
-        edge_a = redis.Redis(port=port, username="edge:a", password="pw")
+        assert {"admin", "trainer", "api", "edge~a", "edge~b"} <= set(admin.acl_users())
+        edge_a = redis.Redis(port=port, username="edge~a", password="pw")
         edge_a.set(FleetKeys("a").device("pi"), b"{}")
         with pytest.raises(redis.exceptions.NoPermissionError):
             edge_a.set(FleetKeys("b").device("pi"), b"{}")
@@ -252,3 +252,56 @@ def test_unsigned_edges_work_while_no_device_is_enrolled(redis_client: redis.Red
     assert (
         RolloutController(redis_client, keys, versions=None).statuses(["pi-a"])["pi-a"] is not None
     )  # type: ignore[arg-type]
+
+
+def test_an_enrolled_edge_sends_signed_feedback_and_status(
+    registry: DeviceRegistry, redis_client: redis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """The edge's own writers, logged in as the device's Redis user (no scripting)."""
+    from cloud.rollout.controller import RolloutController
+    from edge.connections import FleetMember
+    from edge.uplink import FeedbackUplink, UplinkPolicy
+    from shared.device_identity import DeviceSigner
+    from shared.messages import EdgeStatus, FeedbackEvent
+    from shared.status_report import add_status
+    from tests.cloud.data.test_ingest import make_ingest
+
+    keys = registry.keys
+    creds = registry.enroll("pi-1")
+    signer = DeviceSigner(FLEET, "pi-1", creds.private_key)
+    url = redis_url.replace("redis://", f"redis://{creds.acl_user}:{creds.password}@")
+    member = FleetMember(url, keys, "pi-1", "digits", signer=signer)
+    ingest = make_ingest(redis_client, keys)
+    up = FeedbackUplink(member, "e0", tmp_path, UplinkPolicy(batch=10, flush_ms=10.0))
+    up.start()
+    try:
+        for i in range(25):
+            ev = FeedbackEvent(
+                event_id=up.new_event_id(),
+                device_id="pi-1",
+                model="digits",
+                x_shape=[64],
+                x_dtype="float32",
+                label=i % 10,
+            )
+            up.submit(ev, bytes(4 * 64))
+        assert up.flush(timeout=5.0)
+    finally:
+        up.close(timeout=1.0)
+    accepted = sum(len(ingest.poll(block_ms=10).accepted) for _ in range(3))
+    assert accepted == 25 and ingest.counters.deadlettered == 0
+
+    status = EdgeStatus(
+        device_id="pi-1",
+        fleet=FLEET,
+        model="digits",
+        sha256="ab" * 32,
+        state="serving",
+        ts=time.time(),
+    )
+    device = member.connect()
+    pipe = device.pipeline()
+    add_status(pipe, keys, status, ttl_s=60, maxlen=100, signer=signer)
+    pipe.execute()
+    controller = RolloutController(redis_client, keys, versions=None)  # type: ignore[arg-type]
+    assert controller.statuses(["pi-1"])["pi-1"] is not None
