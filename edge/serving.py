@@ -27,7 +27,7 @@ from edge.connections import FleetMember
 from edge.fallback import BatchPredictions, Prediction, ServingChain
 from edge.guard import GuardPolicy, SwapGuard
 from edge.model_store import ModelStore, load_if_sound
-from edge.settings import EdgeSettings
+from edge.settings import EdgeSettings, device_signer
 from edge.status import ReportPolicy
 from edge.updater import UpdateConsumer, UpdatePolicy
 from edge.uplink import FeedbackUplink, UplinkPolicy
@@ -135,7 +135,12 @@ class ServedModel:
         self._baseline_path = baseline
         keys = FleetKeys(settings.fleet)
         member = FleetMember(
-            settings.redis_url, keys, settings.device_id, model, tls=settings.redis_options()
+            settings.redis_url,
+            keys,
+            settings.device_id,
+            model,
+            tls=settings.redis_options(),
+            signer=device_signer(settings),
         )
         self.store = ModelStore(state_dir, keep=settings.keep_versions)
         self.chain = ServingChain(
