@@ -8,13 +8,17 @@ budget: a late answer beats none. Each passed-over request is counted by the
 reason the first link did not answer.
 
 This is the hot path, benchmarked against a bare set_tensor/invoke/get_tensor
-(about 5 µs). Hence: no pydantic, no logging, no uuid, no lock on the success
-path; one read of the immutable plan gives a consistent view of the chain even
-while ``swap`` replaces it; request ids are a per-chain prefix plus a counter; the
-inputs kept for feedback joins live in a fixed ring indexed by that counter,
-whose entry is the answer itself (a tuple holding the link and the counter: its
-request id, version, sha256 and label are derived when read); a batch is one
-record for all its slots.
+(2.4 µs for the zoo's MLP). Hence: no pydantic, no logging, no uuid, no lock but
+the interpreter's on a prediction's success path; one read of the immutable plan
+gives a consistent view of the chain even while ``swap`` replaces it; request ids
+are a per-chain prefix plus a counter; the inputs kept for feedback joins live in
+a fixed ring indexed by that counter, whose entry is the answer itself (a tuple
+holding the link and the counter: its request id, version, sha256 and label are
+derived when read, and the answer's values stay the list the model read out of
+its output buffer until they are asked for as an array). A batch is one request:
+one number, one ring entry, its samples' ids that number followed by ``.k``
+(numbering each sample and filling a ring slot for each cost a tenth of a small
+model's batch invoke).
 
 >>> import numpy as np
 >>> from shared.runtime import TFLiteModel
@@ -32,10 +36,8 @@ from __future__ import annotations
 import itertools
 import secrets
 import threading
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import islice
 from math import isfinite
 from operator import index
 from time import perf_counter
@@ -45,7 +47,7 @@ import numpy as np
 import numpy.typing as npt
 
 from shared.errors import InputError, Unavailable
-from shared.runtime import FloatArray, TFLiteModel
+from shared.runtime import BatchWay, FloatArray, TFLiteModel
 from shared.tensors import TensorSpec, as_batch
 
 ABSENT = "absent"
@@ -61,7 +63,12 @@ _F32 = np.dtype(np.float32)
 _ndarray = np.ndarray
 
 
-class Prediction(tuple[int, Any, "_Link", str | None, float, FloatArray]):
+#: An answer's values: a list of floats for one sample (read out of the interpreter's
+#: output buffer, see TFLiteModel.row_predictor), a row of the answers for a batch's.
+Answer = FloatArray | list[float]
+
+
+class Prediction(tuple[int | str, Any, "_Link", str | None, float, Answer]):
     """One answer. ``fallback`` is true when a link other than the current model answered.
 
     A classifier's answer is ``label`` and ``probabilities``; a regressor's is
@@ -71,10 +78,12 @@ class Prediction(tuple[int, Any, "_Link", str | None, float, FloatArray]):
     id) or from the answer (the label) is read on demand: building it for every
     request cost a fifth of the chain's overhead.
 
-    It is a tuple (request number, input, link, fallback reason, latency ms,
-    answer), built by ``tuple.__new__`` without a Python ``__init__``, and the
-    very object the chain keeps in its ring of recent requests for feedback
-    joins: one allocation per request instead of two.
+    It is a tuple (request number, or ``"number.index"`` for a batch's sample,
+    input, link, fallback reason, latency ms, answer), built by ``tuple.__new__``
+    without a Python ``__init__``, and the very object the chain keeps in its ring
+    of recent requests for feedback joins: one allocation per request instead of
+    two. The answer is kept as the model gave it (``Answer``); ``probabilities`` and
+    ``outputs`` make it an array when read.
     """
 
     __slots__ = ()
@@ -90,16 +99,16 @@ class Prediction(tuple[int, Any, "_Link", str | None, float, FloatArray]):
     @property
     def label(self) -> int | None:
         """The class (argmax of the probabilities); None for a regressor."""
-        return index(self[5].argmax()) if self[2].classifies else None
+        return int(np.argmax(self[5])) if self[2].classifies else None
 
     @property
     def probabilities(self) -> FloatArray | None:
-        return self[5] if self[2].classifies else None
+        return np.asarray(self[5], _F32) if self[2].classifies else None
 
     @property
     def outputs(self) -> FloatArray | None:
         """A regressor's outputs; None for a classifier."""
-        return None if self[2].classifies else self[5]
+        return None if self[2].classifies else np.asarray(self[5], _F32)
 
     @property
     def output_names(self) -> list[str]:
@@ -131,12 +140,15 @@ class Prediction(tuple[int, Any, "_Link", str | None, float, FloatArray]):
 
 
 _new = tuple.__new__
+_new_object = object.__new__
 
 
 class BatchPredictions(Sequence[Prediction]):
     """The answers to a batch, one ``Prediction`` per sample in order, each built
     when it is read: a batch of a small model is answered in a few microseconds,
-    and building 32 answers up front took longer than the invoke.
+    and building 32 answers up front took longer than the invoke. A batch is one
+    request (one number, one ring entry); its sample ``k``'s request id is the
+    batch's followed by ``.k``.
 
     ``answers`` is the whole ``[N, W]`` array (probabilities or outputs).
     """
@@ -160,18 +172,18 @@ class BatchPredictions(Sequence[Prediction]):
     def __getitem__(self, i: int | slice) -> Prediction | list[Prediction]:
         if isinstance(i, slice):
             return [self[k] for k in range(*i.indices(len(self)))]
-        first, batch, link, reason, ms, outs, size = self._record
+        n, batch, link, reason, ms, outs, size = self._record
         k = index(i)
         if k < 0:
             k += size
         if not 0 <= k < size:
             raise IndexError(f"a batch of {size} has no answer {i}")
-        return _new(Prediction, (first + k, batch[k], link, reason, ms, outs[k]))
+        return _new(Prediction, (f"{n}.{k}", batch[k], link, reason, ms, outs[k]))
 
     def __iter__(self) -> Iterator[Prediction]:
-        first, batch, link, reason, ms, outs, size = self._record
+        n, batch, link, reason, ms, outs, size = self._record
         for k in range(size):
-            yield _new(Prediction, (first + k, batch[k], link, reason, ms, outs[k]))
+            yield _new(Prediction, (f"{n}.{k}", batch[k], link, reason, ms, outs[k]))
 
     def __repr__(self) -> str:
         return f"BatchPredictions({list(self)!r})"
@@ -196,6 +208,7 @@ class _Link:
     travels with the model when it moves from current to last-known-good."""
 
     __slots__ = (
+        "batch_ways",
         "classifies",
         "est_ms",
         "id_prefix",
@@ -212,7 +225,7 @@ class _Link:
     def __init__(self, model: TFLiteModel, id_prefix: str) -> None:
         self.model = model
         self.id_prefix = id_prefix  # of the request ids of the chain's answers
-        self.run: Callable[[npt.NDArray[Any]], FloatArray] = model.row_predictor()
+        self.run: Callable[[npt.NDArray[Any]], list[float]] = model.row_predictor()
         self.version = model.version
         self.sha256 = model.sha256
         self.input = model.input
@@ -221,6 +234,16 @@ class _Link:
         self.num_classes = model.width
         self.est_ms = 0.0
         self.skipped = 0
+        #: Batch size -> the model's way for it and the batch's shape, for the sizes
+        #: whose way the model has chosen (see predict_batch).
+        self.batch_ways: dict[int, tuple[BatchWay, tuple[int, ...]]] = {}
+
+    def learn_batch_way(self, size: int) -> None:
+        """Remember the model's way for batches of ``size`` once it has chosen one."""
+        if size not in self.batch_ways:
+            way = self.model.batch_ways.get(size)
+            if way is not None:
+                self.batch_ways[size] = (way, (size, *self.input.shape))
 
     def fits(self, head: _Link) -> str | None:
         """Why this link cannot stand in for ``head``, or None when it can."""
@@ -235,9 +258,9 @@ class _Link:
         return None
 
 
-#: A batch's requests, kept once for all of its ring slots: (first number, inputs, link
-#: that answered, fallback reason, latency ms, answers, size). Its fields 2-4 are where a
-#: Prediction has them, so the latency statistics read both alike.
+#: A batch, one request in the ring: (number, inputs, link that answered, fallback
+#: reason, latency ms, answers, size). Its fields 2-4 are where a Prediction has them,
+#: so the latency statistics read both alike.
 _BatchRecord = tuple[int, npt.NDArray[Any], _Link, str | None, float, FloatArray, int]
 #: A recent request: its Prediction, or the record of the batch it was in.
 _Recent = Prediction | _BatchRecord
@@ -292,6 +315,11 @@ class ServingChain:
         self._prefix = secrets.token_hex(4) + "-"
         self._count = itertools.count(1)
         self._uncounted = 0
+        # Samples of batches beyond their one request number each: appended to a list
+        # (atomic, and a fifth of the cost of a lock around an addition) and summed
+        # into _batched when read, or when the list grows long.
+        self._batched = 0
+        self._batched_extra: list[int] = []
         # What a feedback join and the latency percentiles need of the last
         # ``recent`` requests, as plain tuples (the cheapest record to build, and
         # it does not keep the caller's answer alive): see _Recent.
@@ -408,34 +436,43 @@ class ServingChain:
         """
         t0 = perf_counter()
         plan = self._plan
-        if x.__class__ is not _ndarray:
-            x = self._coerce(x, plan)
-        n = next(self._count)
         head = plan.head
-        # The common case, written out: the current model answers within budget.
-        if head is None or head.est_ms > (budget_ms or self.budget_ms):
-            return self._walk(plan, self._checked(x, plan), n, t0, budget_ms)  # type: ignore[arg-type]
+        # The common case, written out: a sample of the input's dtype and shape, and
+        # the current model answers within budget. The dtype and shape are checked
+        # here because the model's row predictor writes into the interpreter's input
+        # buffer, which would cast or broadcast what set_tensor refused.
+        if (
+            head is None
+            or x.__class__ is not _ndarray
+            or x.dtype is not plan.dtype  # type: ignore[union-attr]
+            or (x.shape != plan.shape and x.shape != plan.shape2)  # type: ignore[union-attr]
+            or head.est_ms > (budget_ms or self.budget_ms)
+        ):
+            return self._predict_slow(plan, x, t0, budget_ms)
+        n = next(self._count)
         try:
-            # set_tensor refuses a wrong dtype or shape (a flat sample of a shaped
-            # input, say, which the slow path reshapes), so a valid input costs no
-            # separate check; x[None] is a cheaper view than reshape.
-            out = head.run(x if x.ndim == plan.ndim2 else x[None])  # type: ignore[union-attr]
-        except Exception:  # a bad input, or any runtime fault of this model
-            checked = self._checked(x, plan, counted=True)  # InputError for a bad input
-            if checked is not x:  # convertible (say, float64): answer the converted copy
-                return self._walk(plan, checked, n, t0, budget_ms)
+            out = head.run(x)  # type: ignore[arg-type]
+        except Exception:  # any runtime fault of this model: the next link answers
             return self._walk(plan, x, n, t0, budget_ms, INVOKE_ERROR)  # type: ignore[arg-type]
         t1 = perf_counter()
         # Any NaN or infinity makes the sum non-finite (a Python float sum of float32
         # values cannot overflow): half the cost of numpy's argmax or isfinite on a
         # few values. The label (the argmax) is computed when read.
-        if not isfinite(sum(out.tolist())):
+        if not isfinite(sum(out)):
             self._check_finite_input(x)  # type: ignore[arg-type]
             return self._walk(plan, x, n, t0, budget_ms, NOT_FINITE)  # type: ignore[arg-type]
         ms = (t1 - t0) * 1000.0
         head.est_ms += (ms - head.est_ms) * EWMA
-        self._recent[n % self._recent_size] = p = _new(Prediction, (n, x, head, None, ms, out))
+        # Prediction(...) rather than _new: the type's own call is a little cheaper.
+        self._recent[n % self._recent_size] = p = Prediction((n, x, head, None, ms, out))
         return p
+
+    def _predict_slow(self, plan: _Plan, x: Any, t0: float, budget_ms: float | None) -> Prediction:
+        """``predict`` of anything but the common case: another type, dtype or shape
+        (checked, and copied when it must be converted: InputError before a request
+        number is taken), no current model, or a current model over budget."""
+        x = self._coerce(x, plan) if x.__class__ is not _ndarray else self._checked(x, plan)
+        return self._walk(plan, x, next(self._count), t0, budget_ms)
 
     def _walk(
         self,
@@ -472,7 +509,7 @@ class ServingChain:
                 t = perf_counter()
                 continue
             t1 = perf_counter()
-            if not isfinite(sum(out.tolist())):
+            if not isfinite(sum(out)):
                 self._check_finite_input(x)
                 reason = reason or NOT_FINITE
                 t = t1
@@ -495,7 +532,8 @@ class ServingChain:
     ) -> BatchPredictions:
         """Answer a batch ``[N, *input shape]`` (or one sample): one Prediction per
         sample, in order, each with its own request id for feedback (built when read;
-        ``answers`` is the whole array).
+        ``answers`` is the whole array). The batch is one request: one number, one
+        ring entry, and its samples' ids are its id followed by ``.k``.
 
         The batch's shape and dtype are checked first (InputError naming the expected
         shape; as in ``predict``, an array of the input's dtype is used as it is and
@@ -508,6 +546,39 @@ class ServingChain:
         """
         t0 = perf_counter()
         plan = self._plan
+        head = plan.head
+        # The common case, written out: an array of the input's dtype and sample shape
+        # whose size the current model has answered before (so its way is known: see
+        # TFLiteModel.answers), within budget.
+        if head is not None and x.__class__ is _ndarray and x.dtype is plan.dtype:  # type: ignore[union-attr]
+            size = len(x)
+            known = head.batch_ways.get(size)
+            if (
+                known is not None
+                and x.shape == known[1]  # type: ignore[union-attr]
+                and head.est_ms * size <= (budget_ms or self.budget_ms)
+            ):
+                extra = self._batched_extra  # _number_batch, written out
+                extra.append(size - 1)
+                if len(extra) > 4096:
+                    self._sum_batched()
+                n = next(self._count)
+                try:
+                    outs, total = known[0](x)
+                except Exception:  # any runtime fault of this model: the next link answers
+                    return self._walk_batch(plan, x, n, t0, budget_ms, INVOKE_ERROR)  # type: ignore[arg-type]
+                # The answers' sum is NaN or infinite when any answer is, and costs a
+                # third of np.isfinite(outs).all(); that one decides only when the sum
+                # of finite answers overflowed.
+                if not isfinite(total) and not np.isfinite(outs).all():
+                    self._check_finite_batch(x, plan)  # type: ignore[arg-type]
+                    return self._walk_batch(plan, x, n, t0, budget_ms, NOT_FINITE)  # type: ignore[arg-type]
+                self._recent[n % self._recent_size] = record = (
+                    n, x, head, None, (perf_counter() - t0) * 1000.0, outs, size,
+                )  # fmt: skip
+                answers = _new_object(BatchPredictions)  # its __init__, without the call
+                answers._record = record  # type: ignore[assignment]
+                return answers
         spec = plan.spec
         if spec is None:
             raise Unavailable("no model is loaded: the edge cannot serve yet")
@@ -519,14 +590,42 @@ class ServingChain:
         ):
             batch: npt.NDArray[Any] = x  # type: ignore[assignment]
         else:
-            batch, _ = as_batch(x, spec)
+            batch, _ = as_batch(x, spec)  # InputError for a NaN or infinity, among others
+        n = self._number_batch(len(batch))
+        return self._walk_batch(plan, batch, n, t0, budget_ms, checked=batch is not x)
+
+    def _number_batch(self, size: int) -> int:
+        """The batch's request number; its samples count as requests all the same."""
+        extra = self._batched_extra
+        extra.append(size - 1)
+        if len(extra) > 4096:
+            self._sum_batched()
+        return next(self._count)
+
+    def _sum_batched(self) -> None:
+        with self._stats_lock:
+            extra = self._batched_extra
+            k = len(extra)  # appends from other threads meanwhile land after these
+            self._batched += sum(extra[:k])
+            del extra[:k]
+
+    def _walk_batch(
+        self,
+        plan: _Plan,
+        batch: npt.NDArray[Any],
+        n: int,
+        t0: float,
+        budget_ms: float | None,
+        head_failed: str | None = None,
+        checked: bool = False,
+    ) -> BatchPredictions:
+        """``predict_batch``'s general case: try the links in order, with the budget;
+        from the second one on when the head was tried and ``head_failed`` (why).
+        ``checked``: the batch went through as_batch (so it holds finite numbers)."""
         size = len(batch)
-        # One request number per sample, taken in one C call (so no other thread's
-        # request takes a number in between: the batch's record needs them contiguous).
-        first = deque(islice(self._count, size), maxlen=1)[0] - size + 1
-        reason = plan.head_reason
+        reason = head_failed or plan.head_reason
         budget = budget_ms or self.budget_ms
-        for link in plan.links:
+        for link in plan.links[1:] if head_failed else plan.links:
             if (
                 link.est_ms * size > budget - (perf_counter() - t0) * 1000.0
                 and link is not plan.last
@@ -539,37 +638,31 @@ class ServingChain:
                 reason = reason or INVOKE_ERROR
                 continue
             if not np.isfinite(outs).all():
-                if batch is x:
-                    try:
-                        as_batch(batch, spec)  # InputError for a NaN or infinity
-                    except InputError:
-                        with self._stats_lock:
-                            self._uncounted += size
-                        raise
+                if not checked:
+                    self._check_finite_batch(batch, plan)
                 reason = reason or NOT_FINITE
                 continue
             ms = (perf_counter() - t0) * 1000.0
             if reason is not None:
                 self._count_fallback(reason, size)
-            record: _BatchRecord = (first, batch, link, reason, ms, outs, size)
-            self._keep(first, size, record)
+            record: _BatchRecord = (n, batch, link, reason, ms, outs, size)
+            self._recent[n % self._recent_size] = record
+            link.learn_batch_way(size)
             return BatchPredictions(record)
         with self._stats_lock:
             self.failed_requests += size - 1  # _fail counts one
         self._fail(plan, reason)
 
-    def _keep(self, first: int, size: int, record: _BatchRecord) -> None:
-        """Put a batch's record in the ring slots of its request numbers (the last
-        ``recent`` of them when the batch is larger than the ring)."""
-        ring, slots = self._recent, self._recent_size
-        start = max(first, first + size - slots)
-        a = start % slots
-        end = a + first + size - start
-        if end <= slots:
-            ring[a:end] = [record] * (end - a)
-        else:
-            ring[a:] = [record] * (slots - a)
-            ring[: end - slots] = [record] * (end - slots)
+    def _check_finite_batch(self, batch: npt.NDArray[Any], plan: _Plan) -> None:
+        """InputError for a batch holding NaN or infinity, its numbers given back (looked
+        at only when answers are not finite, so the hot path pays nothing)."""
+        assert plan.spec is not None
+        try:
+            as_batch(batch, plan.spec)
+        except InputError:
+            with self._stats_lock:
+                self._uncounted += len(batch)
+            raise
 
     # -- the slow paths -----------------------------------------------------
 
@@ -592,22 +685,15 @@ class ServingChain:
             else sample
         )
 
-    def _checked(self, x: npt.NDArray[Any], plan: _Plan, counted: bool = False) -> npt.NDArray[Any]:
-        """``x`` if it is already one sample of the input's dtype, else a checked copy.
-        ``counted``: x already took a request number, to be given back."""
+    def _checked(self, x: npt.NDArray[Any], plan: _Plan) -> npt.NDArray[Any]:
+        """``x`` if it is already one sample of the input's dtype, else a checked copy."""
         if (
             x.dtype == plan.dtype
             and plan.links
             and (x.shape == plan.shape or x.shape == plan.shape2)
         ):
             return x
-        try:
-            return self._coerce(x, plan)
-        except InputError:
-            if counted:
-                with self._stats_lock:
-                    self._uncounted += 1
-            raise
+        return self._coerce(x, plan)
 
     @staticmethod
     def _check_finite_input(x: FloatArray) -> None:
@@ -635,30 +721,32 @@ class ServingChain:
         """The input and answer of a recent request, or None if unknown or expired."""
         if not request_id.startswith(self._prefix):
             return None
+        number, dot, sample = request_id[len(self._prefix) :].partition(".")
         try:
-            n = int(request_id[len(self._prefix) :])
+            n, k = int(number), int(sample) if dot else None
         except ValueError:
             return None
         entry = self._recent[n % self._recent_size]
-        if entry is None or request_id != f"{self._prefix}{n}":
+        canonical = f"{self._prefix}{n}" if k is None else f"{self._prefix}{n}.{k}"
+        if entry is None or entry[0] != n or request_id != canonical:
             return None  # expired, or not the canonical form of the id (say, "007")
-        if len(entry) == 7:  # a batch's record
-            first, batch, link, reason, _, outs, size = entry  # type: ignore[misc]
-            if not first <= n < first + size:
+        if len(entry) == 7:  # a batch's record: the id must name one of its samples
+            _, batch, link, reason, _, outs, size = entry  # type: ignore[misc]
+            if k is None or not 0 <= k < size:
                 return None
-            x, out = batch[n - first], outs[n - first]
+            x, out = batch[k], outs[k]
         else:
-            if entry[0] != n:
+            if k is not None:
                 return None
             _, x, link, reason, _, out = entry  # type: ignore[misc]
         return RecentInput(
             x.reshape(link.input.shape),
-            index(out.argmax()) if link.classifies else None,
+            int(np.argmax(out)) if link.classifies else None,
             link.version,
             link.sha256,
             link.num_classes,
             reason is not None,
-            None if link.classifies else out.tolist(),
+            None if link.classifies else np.asarray(out, np.float32).tolist(),
         )
 
     @property
@@ -666,16 +754,17 @@ class ServingChain:
         """Requests that reached a model (answered or failed)."""
         # itertools.count cannot be read without advancing it: take one number
         # and remember how many were taken this way (or by refused inputs).
+        self._sum_batched()
         with self._stats_lock:
-            taken = next(self._count) - 1 - self._uncounted
+            taken = next(self._count) - 1 - self._uncounted + self._batched
             self._uncounted += 1
         return taken
 
     def latency_percentiles(self, sha256: str | None = None) -> tuple[float | None, float | None]:
-        """(p50, p99) in ms over the predictions kept for feedback joins (the
-        last ``recent``), or over those of them the model ``sha256`` answered:
-        the ring already holds them, so the hot path pays nothing extra for
-        latency statistics."""
+        """(p50, p99) in ms over the requests kept for feedback joins (the last
+        ``recent``; a batch is one, with the whole batch's latency), or over those
+        of them the model ``sha256`` answered: the ring already holds them, so the
+        hot path pays nothing extra for latency statistics."""
         window = [
             e[4]
             for e in self._recent[:]

@@ -28,7 +28,7 @@ from edge.director import DirectorGate
 from edge.fallback import BatchPredictions, Prediction, ServingChain
 from edge.guard import GuardPolicy, SwapGuard
 from edge.model_store import ModelStore, load_if_sound
-from edge.settings import EdgeSettings
+from edge.settings import EdgeSettings, device_signer
 from edge.status import ReportPolicy
 from edge.tuf_client import TufClient
 from edge.updater import UpdateConsumer, UpdatePolicy
@@ -137,7 +137,12 @@ class ServedModel:
         self._baseline_path = baseline
         keys = FleetKeys(settings.fleet)
         member = FleetMember(
-            settings.redis_url, keys, settings.device_id, model, tls=settings.redis_options()
+            settings.redis_url,
+            keys,
+            settings.device_id,
+            model,
+            tls=settings.redis_options(),
+            signer=device_signer(settings),
         )
         self.store = ModelStore(state_dir, keep=settings.keep_versions)
         self.chain = ServingChain(

@@ -213,6 +213,25 @@ class FleetKeys:
         """The id of the rollout in progress for ``model``, if any (one at a time)."""
         return f"{self._p}:active-rollout:{check_name('model', model)}"
 
+    # Device identity (cloud/registry/devices.py): who may write as which device.
+    def device_sig(self, device_id: str) -> str:
+        """The device's Ed25519 signature of its latest status (``device``), same TTL."""
+        return f"{self._p}:device-sig:{check_name('device id', device_id)}"
+
+    @property
+    def device_registry(self) -> str:
+        """Hash of device id -> ``EnrolledDevice`` (JSON: its public key and Redis user).
+        Written only by the cloud (``edgeloop device enroll|revoke``); no device may write it."""
+        return f"{self._p}:device-registry"
+
+    def device_user(self, device_id: str) -> str:
+        """The Redis ACL user of one enrolled device.
+
+        >>> FleetKeys("lab").device_user("pi-07")
+        'device~lab~pi-07'
+        """
+        return f"device~{self.fleet}~{check_name('device id', device_id)}"
+
     # API access (cloud/api/tokens.py): bearer tokens, stored hashed.
     @property
     def tokens(self) -> str:

@@ -9,7 +9,10 @@ never see int8. ``answers`` takes a batch.
 
 A ``TFLiteModel`` is thread-safe (one lock around set/invoke/get, since a
 TFLite interpreter is not). Hot swap is the caller building a new one off the
-request path and replacing a reference.
+request path and replacing a reference. Samples go in and answers come out
+through numpy views of the interpreter's own buffers where the runtime allows it
+(see ``_views_of``): for a model whose invoke takes 2 µs, set_tensor and
+get_tensor were a sixth of it.
 """
 
 from __future__ import annotations
@@ -42,6 +45,11 @@ _RUNTIMES = (
 )
 
 FloatArray = npt.NDArray[np.float32]
+#: A way to answer batches of one size: the answers ``[n, W]`` to ``[n, *input shape]``
+#: samples of the input's dtype, and their sum, which is NaN or infinite when any answer
+#: is (or, rarely, when the float32 sum of finite answers overflows): one float that
+#: tells a caller whether to look at every answer.
+BatchWay = Callable[[npt.NDArray[Any]], tuple[FloatArray, float]]
 
 #: Largest batch answered by one invoke of a resized interpreter (larger ones go in chunks).
 MAX_RESIZED = 64
@@ -88,6 +96,60 @@ class _Quant:
 def _quant_of(detail: dict[str, Any]) -> _Quant:
     scale, zero_point = detail["quantization"]
     return _Quant(float(scale), int(zero_point), detail["dtype"])
+
+
+@dataclass(frozen=True, slots=True)
+class _Views:
+    """An allocated interpreter's way in and out without its Python wrapper."""
+
+    inp: npt.NDArray[Any]  # the input tensor's buffer, [n, *input shape]: written in place
+    out: npt.NDArray[Any]  # the output tensor's buffer, [n, W]: copied out after each invoke
+    invoke: Callable[[], None]  # the native interpreter's Invoke
+
+
+def _views_of(interp: Any, in_index: int, out_index: int) -> _Views | None:
+    """Persistent numpy views of ``interp``'s input and output buffers and its native
+    invoke; None when the runtime has no native interpreter to call (then the public
+    set_tensor / invoke / get_tensor are used) or when the output moves on invoke.
+
+    Why: set_tensor and get_tensor check their arguments and copy through the
+    wrapper, a few hundred nanoseconds each; writing the sample into the input's
+    buffer and copying the answer out of the output's is the same copy without
+    them. The public invoke() refuses to run while such a view is alive (each view
+    holds a reference to the native interpreter, which invoke() counts), so the
+    invokes go to the native interpreter itself (``_interpreter.Invoke``, in both
+    ai-edge-litert and tflite-runtime).
+
+    Why that is safe: what the public check protects against is a view left
+    pointing into memory the interpreter has reallocated, which happens only in
+    allocate_tensors, resize_tensor_input, or an invoke that reallocates a dynamic
+    tensor. ``interp`` must be allocated before this is called and never be resized
+    or reallocated afterwards: a ``TFLiteModel`` allocates its interpreter once, and
+    each batch size gets an interpreter of its own, resized and allocated before its
+    views are taken (``_resized_for``). A file whose output is a dynamic tensor is
+    caught here: its buffer moves on the first invoke, and the public API is kept.
+    """
+    native: Any = getattr(interp, "_interpreter", None)
+    if not callable(getattr(native, "Invoke", None)):
+        return None
+    try:
+        inp = interp.tensor(in_index)()
+        out = interp.tensor(out_index)()
+        inp[...] = 0
+        native.Invoke()
+        moved = _address(interp.tensor(out_index)()) != _address(out)
+    except (ValueError, RuntimeError) as e:
+        logger.debug("the interpreter's buffers cannot be used directly: %s", e)
+        return None
+    if moved:
+        logger.debug("the output tensor moved on invoke: the public API answers")
+        return None
+    return _Views(inp, out, native.Invoke)
+
+
+def _address(a: npt.NDArray[Any]) -> int:
+    address: int = a.__array_interface__["data"][0]
+    return address
 
 
 class TFLiteModel:
@@ -152,7 +214,7 @@ class TFLiteModel:
         self._lock = threading.Lock()
         # For the resized copies that answer batches (see answers).
         self._cls, self._content, self._num_threads = cls, content, num_threads
-        self._resized: dict[int, Callable[[npt.NDArray[Any]], FloatArray] | None] = {}
+        self._resized: dict[int, BatchWay | None] = {}
         self._resized_lock = threading.Lock()
         self._in_index = int(inputs[0]["index"])
         self._out_index = int(outputs[0]["index"])
@@ -187,7 +249,12 @@ class TFLiteModel:
         if quantized_in:
             info = np.iinfo(self._in_q.dtype)
             self._in_lo, self._in_hi = float(info.min), float(info.max)
-        self._in_buf = np.zeros(self._batch_shape, dtype=self._in_q.dtype)
+        self._in_dtype: np.dtype[Any] = np.dtype(self._in_q.dtype)
+        # Taken last: from here on every invoke of ``interp`` goes through them.
+        self._views = _views_of(interp, self._in_index, self._out_index)
+        #: The way each batch size measured so far is answered (see ``answers``): a
+        #: function from ``[n, *input.shape]`` in the input's dtype to ``[n, W]``.
+        self.batch_ways: dict[int, BatchWay] = {}
 
     # -- inspection ---------------------------------------------------------
 
@@ -216,21 +283,23 @@ class TFLiteModel:
         rounded); int8 inputs are quantized and int8 outputs dequantized."""
         arr = np.asarray(x)
         if self._in_inv_scale is None:
-            if arr.dtype != self._in_buf.dtype:
-                arr = _cast_to(arr, self._in_buf.dtype)
+            if arr.dtype != self._in_dtype:
+                arr = _cast_to(arr, self._in_dtype)
             arr = arr.reshape(self._batch_shape)
-            with self._lock:
-                self._interp.set_tensor(self._in_index, arr)
-                self._interp.invoke()
-                out = self._interp.get_tensor(self._out_index)
         else:
             # round half to even like TFLite; clip before the cast so nothing wraps
             q = np.rint(np.asarray(arr, np.float32).reshape(self._batch_shape) * self._in_inv_scale)
             q += self._in_q.zero_point
             np.clip(q, self._in_lo, self._in_hi, out=q)
-            with self._lock:
-                self._in_buf[...] = q
-                self._interp.set_tensor(self._in_index, self._in_buf)
+            arr = q.astype(self._in_dtype)
+        views = self._views
+        with self._lock:
+            if views is not None:
+                views.inp[...] = arr
+                views.invoke()
+                out = views.out.copy()
+            else:
+                self._interp.set_tensor(self._in_index, arr)
                 self._interp.invoke()
                 out = self._interp.get_tensor(self._out_index)
         row: FloatArray = self._dequantized(out)[0]
@@ -241,31 +310,42 @@ class TFLiteModel:
             return (out.astype(np.float32) - self._out_q.zero_point) * np.float32(self._out_q.scale)
         return out
 
-    def row_predictor(self) -> Callable[[npt.NDArray[Any]], FloatArray]:
-        """A function from one sample as an array ``[1, *input.shape]`` of the input's
-        dtype (float32 or uint8) to the answer ``[W]``.
+    def row_predictor(self) -> Callable[[npt.NDArray[Any]], list[float]]:
+        """A function from one sample, an array of the input's dtype and of its shape
+        (or ``[1, *input.shape]``), to the answer: its ``W`` values as a list.
 
-        This is the serving chain's hot path. For a model whose input and output
-        need no (de)quantization it is set/invoke/get under the interpreter lock and
-        nothing else, with every attribute bound once, because at ~5 µs per invoke a
-        few hundred nanoseconds of Python are a measurable share. Other models go
-        through ``predict_proba`` and its (de)quantization.
+        This is the serving chain's hot path, and the caller's to check: through the
+        interpreter's buffers (``_views_of``) an array of another dtype would be cast
+        and one of another shape broadcast rather than refused. For a model whose
+        input and output need no (de)quantization it is copy in / invoke / copy out
+        under the interpreter lock and nothing else, with every attribute bound once,
+        because at ~2 µs per invoke of a small MLP a few hundred nanoseconds of Python
+        are a measurable share. A list because the values are read out of the output
+        buffer once, as Python floats, which is cheaper than copying them into a new
+        array (and what a finiteness check and a JSON answer read anyway). Other models
+        go through ``predict_proba`` and its (de)quantization.
         """
         if self._in_inv_scale is not None or self._out_q.is_quantized:
-            return self.predict_proba
-        native = getattr(self._interp, "_interpreter", None)
-        if all(hasattr(native, m) for m in ("SetTensor", "Invoke", "GetTensor")):
-            return self._native_row_predictor()
+            predict_proba = self.predict_proba
+
+            def run_quantized(x: npt.NDArray[Any]) -> list[float]:
+                values: list[float] = predict_proba(x).tolist()
+                return values
+
+            return run_quantized
+        if self._views is not None:
+            return self._view_row_predictor(self._views)
         return self._public_row_predictor()
 
-    def _public_row_predictor(self) -> Callable[[npt.NDArray[Any]], FloatArray]:
+    def _public_row_predictor(self) -> Callable[[npt.NDArray[Any]], list[float]]:
         """``row_predictor`` through the interpreter's public methods."""
         acquire, release = self._lock.acquire, self._lock.release
-        in_index, out_index = self._in_index, self._out_index
+        in_index, out_index, shape = self._in_index, self._out_index, self._batch_shape
         interp = self._interp
         set_tensor, invoke, get_tensor = interp.set_tensor, interp.invoke, interp.get_tensor
 
-        def run_public(x: npt.NDArray[Any]) -> FloatArray:
+        def run_public(x: npt.NDArray[Any]) -> list[float]:
+            x = x.reshape(shape)
             acquire()  # bound acquire/release: half the cost of a with block
             try:
                 set_tensor(in_index, x)
@@ -273,35 +353,28 @@ class TFLiteModel:
                 out: FloatArray = get_tensor(out_index)
             finally:
                 release()
-            return out.ravel()
+            values: list[float] = out.ravel().tolist()
+            return values
 
         return run_public
 
-    def _native_row_predictor(self) -> Callable[[npt.NDArray[Any]], FloatArray]:
-        """``row_predictor`` through the native interpreter the Python one wraps.
-
-        Both runtimes' Python Interpreter wraps a native one and, on every
-        invoke(), counts references to it to refuse running while a numpy view
-        from tensor() is alive. edgeloop never takes such views (get_tensor
-        copies), so the hot path calls the native wrapper directly: about a third
-        of the wrapper's overhead. It looks the native object up on each call
-        rather than holding it, so that the public API's reference check keeps
-        working for everything else (probe checks, predict_proba).
-        """
+    def _view_row_predictor(self, views: _Views) -> Callable[[npt.NDArray[Any]], list[float]]:
+        """``row_predictor`` through the interpreter's buffers: the sample is copied
+        into the input's only row (a third cheaper than into the whole ``[1, ...]``
+        buffer, which would broadcast it; a ``[1, ...]`` sample fits the row too), and
+        the answer read out of the output's only row."""
         acquire, release = self._lock.acquire, self._lock.release
-        in_index, out_index = self._in_index, self._out_index
-        interp = self._interp
+        inp, invoke, read = views.inp[0], views.invoke, views.out[0].tolist
 
-        def run(x: npt.NDArray[Any]) -> FloatArray:
+        def run(x: npt.NDArray[Any]) -> list[float]:
             acquire()
             try:
-                native = interp._interpreter
-                native.SetTensor(in_index, x)
-                native.Invoke()
-                out: FloatArray = native.GetTensor(out_index, 0)
+                inp[...] = x
+                invoke()
+                out: list[float] = read()
             finally:
                 release()
-            return out.ravel()  # a view of the fresh copy get_tensor made: cheaper than out[0]
+            return out
 
         return run
 
@@ -317,13 +390,14 @@ class TFLiteModel:
         matrix), while the convolutions gain nothing from a batch (dwcnn ~5k, cnn1d
         ~13k samples/s either way) and the digits CNN and the regression MLP cannot
         be resized at all (a reshape fixed to batch 1: allocate_tensors raises),
-        so they loop. Batches larger than ``MAX_RESIZED`` go in chunks of it.
+        so they loop. Batches larger than ``MAX_RESIZED`` go in chunks of it. The
+        choice is kept in ``batch_ways``, which callers may use directly.
         """
         n = len(batch)
         if self._in_inv_scale is not None or self._out_q.is_quantized:
             rows = [self.predict_proba(row) for row in batch]
             return np.stack(rows) if rows else np.zeros((0, self.width), np.float32)
-        samples = np.ascontiguousarray(batch, self._in_buf.dtype).reshape(n, *self.input.shape)
+        samples = np.ascontiguousarray(batch, self._in_dtype).reshape(n, *self.input.shape)
         if n > MAX_RESIZED:
             whole = n - n % MAX_RESIZED
             parts = [
@@ -332,16 +406,12 @@ class TFLiteModel:
             if whole < n:
                 parts.append(self._looped(samples[whole:]))
             return np.concatenate(parts)
-        if n > 1:
-            if n in self._resized:
-                way = self._resized[n]
-            elif len(self._resized) < MAX_BATCH_SIZES:
-                way = self._choose(n, samples)
-            else:  # sizes beyond the first few loop, rather than measure each time
-                way = None
-            if way is not None:
-                return way(samples)
-        return self._looped(samples)
+        way = self.batch_ways.get(n)
+        if way is None and n > 1 and len(self._resized) < MAX_BATCH_SIZES:
+            way = self._choose(n, samples)
+        if way is None:  # sizes beyond the first few loop, rather than measure each time
+            return self._looped(samples)
+        return way(samples)[0]
 
     def _looped(self, samples: npt.NDArray[Any]) -> FloatArray:
         """``answers`` by one invoke per sample on the model's own interpreter."""
@@ -349,44 +419,44 @@ class TFLiteModel:
         if n == 0:
             return np.zeros((0, self.width), np.float32)
         samples = samples.reshape(n, *self._batch_shape)
-        in_index, out_index = self._in_index, self._out_index
         # The [1, W] answers are collected and joined once: a third cheaper per
         # sample than copying each into a row of the result.
         rows: list[FloatArray] = []
         keep = rows.append
+        views = self._views
         with self._lock:
-            native: Any = getattr(self._interp, "_interpreter", None)
-            if all(hasattr(native, m) for m in ("SetTensor", "Invoke", "GetTensor")):
-                set_tensor, invoke, get_tensor = native.SetTensor, native.Invoke, native.GetTensor
-                for x in samples:  # see _native_row_predictor
-                    set_tensor(in_index, x)
+            if views is not None:
+                inp, invoke, copy = views.inp, views.invoke, views.out.copy
+                for x in samples:
+                    inp[...] = x
                     invoke()
-                    keep(get_tensor(out_index, 0))
-                del set_tensor, invoke, get_tensor  # bound to native: see below
+                    keep(copy())
             else:
                 interp = self._interp
                 for x in samples:
-                    interp.set_tensor(in_index, x)
+                    interp.set_tensor(self._in_index, x)
                     interp.invoke()
-                    keep(interp.get_tensor(out_index))
-            del native  # the public API's reference check must not see it
+                    keep(interp.get_tensor(self._out_index))
         out: FloatArray = np.concatenate(rows).astype(np.float32, copy=False)
         return out
 
-    def _choose(
-        self, n: int, samples: npt.NDArray[Any]
-    ) -> Callable[[npt.NDArray[Any]], FloatArray] | None:
+    def _looped_summed(self, samples: npt.NDArray[Any]) -> tuple[FloatArray, float]:
+        """``_looped`` as a ``BatchWay``."""
+        out = self._looped(samples)
+        return out, float(out.sum())
+
+    def _choose(self, n: int, samples: npt.NDArray[Any]) -> BatchWay:
         """The resized way for batches of ``n`` when it is faster than the loop and
-        answers the same, else None (the loop); measured once per ``n`` on ``samples``."""
+        answers the same, else the loop; measured once per ``n`` on ``samples``."""
         with self._resized_lock:
-            if n in self._resized:  # another thread measured it meanwhile
-                return self._resized[n]
+            if n in self.batch_ways:  # another thread measured it meanwhile
+                return self.batch_ways[n]
             resized = self._resized_for(n)
             way = None
             if resized is not None:
                 try:
-                    t_resized, got = _timed(resized, samples)
-                    t_looped, want = _timed(self._looped, samples)
+                    t_resized, (got, _) = _timed(resized, samples)
+                    t_looped, (want, _) = _timed(self._looped_summed, samples)
                 except (ValueError, RuntimeError) as e:
                     logger.debug("%s: a batch of %d cannot run resized: %s", self.name, n, e)
                 else:
@@ -398,12 +468,13 @@ class TFLiteModel:
                         self.name, n, t_resized * 1e6, t_looped * 1e6, same,
                     )  # fmt: skip
             self._resized[n] = way
-            return way
+            self.batch_ways[n] = chosen = way or self._looped_summed
+            return chosen
 
-    def _resized_for(self, n: int) -> Callable[[npt.NDArray[Any]], FloatArray] | None:
-        """A copy of the interpreter taking ``[n, *input.shape]``, as a function from a
-        batch to its answers; None when the file cannot be resized (a reshape fixed to
-        batch 1, say: allocate_tensors or the delegate's reshape raises)."""
+    def _resized_for(self, n: int) -> BatchWay | None:
+        """A copy of the interpreter taking ``[n, *input.shape]``, as a ``BatchWay``;
+        None when the file cannot be resized (a reshape fixed to batch 1, say:
+        allocate_tensors or the delegate's reshape raises)."""
         try:
             interp = self._cls(model_content=self._content, num_threads=self._num_threads)
             interp.resize_tensor_input(self._in_index, [n, *self.input.shape])
@@ -415,26 +486,40 @@ class TFLiteModel:
         if out_shape != [n, self.width]:
             return None
         lock = threading.Lock()
+        views = _views_of(interp, self._in_index, self._out_index)
+        if views is not None:
+            acquire, release = lock.acquire, lock.release
+            inp, invoke, copy = views.inp, views.invoke, views.out.copy
+            # The answers' sum, read in the output buffer as a dot product with ones
+            # into a result buffer of its own: a third of the cost of out.sum(), and
+            # the result buffer is this interpreter's, so its lock guards it too.
+            flat = views.out.reshape(-1)
+            ones, total = np.ones(flat.size, np.float32), np.zeros((), np.float32)
+            dot, item = flat.dot, total.item
+
+            def run_views(samples: npt.NDArray[Any]) -> tuple[FloatArray, float]:
+                # ``samples`` are n: a batch of another size would broadcast or raise
+                acquire()
+                try:
+                    inp[...] = samples
+                    invoke()
+                    out: FloatArray = copy()
+                    dot(ones, total)
+                    summed: float = item()
+                finally:
+                    release()
+                return out, summed
+
+            return run_views
         in_index, out_index = self._in_index, self._out_index
 
-        def run_native(samples: npt.NDArray[Any]) -> FloatArray:
-            with lock:
-                native = interp._interpreter  # see _native_row_predictor
-                native.SetTensor(in_index, samples)
-                native.Invoke()
-                out: FloatArray = native.GetTensor(out_index, 0)
-            return out
-
-        def run_public(samples: npt.NDArray[Any]) -> FloatArray:
+        def run_public(samples: npt.NDArray[Any]) -> tuple[FloatArray, float]:
             with lock:
                 interp.set_tensor(in_index, samples)
                 interp.invoke()
                 out: FloatArray = interp.get_tensor(out_index)
-            return out
+            return out, float(out.sum())
 
-        native = getattr(interp, "_interpreter", None)
-        if all(hasattr(native, m) for m in ("SetTensor", "Invoke", "GetTensor")):
-            return run_native
         return run_public
 
     def predict_proba_batch(self, xs: npt.ArrayLike) -> FloatArray:
@@ -443,15 +528,13 @@ class TFLiteModel:
         if arr.size == 0:
             return np.zeros((0, self.width), np.float32)
         batch = arr.reshape(-1, *self.input.shape)
-        if batch.dtype != self._in_buf.dtype and self._in_inv_scale is None:
-            batch = _cast_to(batch, self._in_buf.dtype)
+        if batch.dtype != self._in_dtype and self._in_inv_scale is None:
+            batch = _cast_to(batch, self._in_dtype)
         return self.answers(batch)
 
     def warm_up(self, n: int = 3) -> None:
         """A few invokes so that the first real request does not pay for lazy setup."""
-        x = np.zeros(
-            self.input.shape, self._in_buf.dtype if self._in_inv_scale is None else np.float32
-        )
+        x = np.zeros(self.input.shape, self._in_dtype if self._in_inv_scale is None else np.float32)
         for _ in range(n):
             self.predict_proba(x)
 
@@ -486,8 +569,8 @@ class TFLiteModel:
 
 
 def _timed(
-    fn: Callable[[npt.NDArray[Any]], FloatArray], samples: npt.NDArray[Any], runs: int = 3
-) -> tuple[float, FloatArray]:
+    fn: BatchWay, samples: npt.NDArray[Any], runs: int = 3
+) -> tuple[float, tuple[FloatArray, float]]:
     """The best of ``runs`` timings of ``fn(samples)`` (seconds) and its answer."""
     best = float("inf")
     for _ in range(runs):

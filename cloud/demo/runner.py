@@ -51,6 +51,14 @@ logger = logging.getLogger(__name__)
 
 FLEET = "demo"
 
+#: The edges' guard in the demo: every edge, the trainer and the apps share this
+#: machine's cores, and a round's training stalls the edges' requests, so a p99 of a
+#: few milliseconds says more about the machine than about a version (the default
+#: floor, 5 ms, self-reverted good versions on a loaded machine and left an edge on
+#: the version from before the drift). Under the edges' latency budget, a p99 is no
+#: regression here; the metric and error criteria still judge every version.
+DEMO_GUARD: dict[str, Any] = {"guard_p99_floor_ms": 50.0}
+
 
 class DemoError(EdgeloopError):
     """A part of the demo did not come up or died; the message names its log."""
@@ -162,7 +170,7 @@ class Demo:
         self._start_trainer(redis_url, private_key)
         self._wait("trainer bootstrap: first version", self._first_version, timeout=600)
         for i in range(1, self.options.edges + 1):
-            self._start_edge(f"edge-{i}", redis_url, public_key)
+            self._start_edge(f"edge-{i}", redis_url, public_key, **DEMO_GUARD)
         self._wait("edges serving", self._edges_serving, timeout=120)
 
     def _start_trainer(self, redis_url: str, private_key: Path, **overrides: Any) -> None:

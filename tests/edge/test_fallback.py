@@ -287,3 +287,32 @@ def test_batches_and_single_predictions_from_several_threads_never_share_a_reque
         t.join(30)
     everything = ids[0] + ids[1]
     assert len(everything) == 800 and len(set(everything)) == 800
+
+
+def test_a_batch_is_one_request_whose_samples_ids_name_it() -> None:
+    chain = chain_of(TFLiteModel(FLOAT_16_FEATURES.read_bytes(), version=1))
+    batch = np.random.default_rng(6).integers(0, 17, (4, 16)).astype(np.float32)
+    for _ in range(2):  # the second batch of the size takes the way the first chose
+        got = chain.predict_batch(batch)
+        request = got[0].request_id.rpartition(".")[0]
+        assert [p.request_id for p in got] == [f"{request}.{k}" for k in range(4)]
+        recalled = chain.recall(got[2].request_id)
+        assert recalled is not None and np.array_equal(recalled.x, batch[2])
+        assert recalled.predicted == got[2].label
+        for bogus in (request, f"{request}.4", f"{request}.-1", f"{request}.02", f"{request}."):
+            assert chain.recall(bogus) is None
+    assert chain.predictions == 8  # every sample counts as a request
+
+
+def test_a_non_finite_batch_is_an_input_error_on_the_fast_path_too() -> None:
+    chain = chain_of(TFLiteModel(FLOAT_MODEL.read_bytes(), version=1), model(2, 6))
+    batch = digit_inputs(8, seed=7)
+    chain.predict_batch(batch)
+    chain.predict_batch(batch)
+    assert 8 in chain._plan.head.batch_ways  # type: ignore[union-attr]  # the fast path's
+    before = chain.predictions
+    bad = batch.copy()
+    bad[3, 5] = np.nan
+    with pytest.raises(InputError, match="finite"):
+        chain.predict_batch(bad)
+    assert chain.predictions == before and chain.fallback_counts() == {}

@@ -1,18 +1,25 @@
-"""Quick demos end to end, as a user runs them: a shipped tensor example, and a
-regression with a model file and an ``.npz`` dataset the repository does not hold
-(written to tmp_path: the stand-in for a user's own)."""
+"""Quick demos end to end, as a user runs them: the shipped examples, and a
+classification and a regression, each with a model file and an ``.npz`` dataset the
+repository does not hold (written to the run's own folder: the stand-in for a user's own)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.cloud.demo.user_workload import regression_arrays, write_model, write_npz
+from tests.cloud.demo.user_workload import (
+    CONV_PY,
+    GESTURES,
+    MODEL_PY,
+    classification_arrays,
+    regression_arrays,
+    write_model,
+    write_npz,
+)
+from tests.demo_runs import run_demo
 
 pytestmark = [pytest.mark.slow, pytest.mark.cloud]
 
@@ -25,20 +32,6 @@ FIELDS = (
     "metric_after_update",
     "lower_is_better",
 )
-
-
-def run_demo(cwd: Path, *args: str) -> dict[str, Any]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "cloud.cli.main", "demo", "--quick", "--json", *args],
-        capture_output=True,
-        text=True,
-        timeout=560,
-        cwd=cwd,
-        env=None,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result
 
 
 def assert_done(result: dict[str, Any]) -> None:
@@ -65,17 +58,43 @@ def test_the_vibration_example_recovers_from_its_drift(tmp_path):
     assert_done(result)
 
 
-@pytest.mark.timeout(600)
-def test_a_users_regression_model_and_npz_recover_from_the_drift(tmp_path):
-    model = write_model(tmp_path)
-    data = write_npz(tmp_path, **regression_arrays())
-    result = run_demo(tmp_path, "--model", f"{model}:build", "--dataset", f"npz:{data}")
-    assert result["model"] == "my_model" and result["dataset"] == "windows"
-    assert result["task"] == "regression" and result["metric"] == "mae"
-    assert result["lower_is_better"] is True
-    assert not any(k.startswith("acc_") for k in result)
-    # the drift hurts: the error of the version trained before it grows
-    assert result["metric_drift_before_update"] > 1.3 * result["metric_pre_drift"], result
+def user_run(task: str, source: str, arrays: Callable[[], dict[str, Any]], data: str) -> Any:
+    """The demo run of a user's model file and ``.npz``, written into the run's folder."""
+
+    def prepare(cwd: Path) -> list[str]:
+        model = write_model(cwd, source, f"my_{task}.py")
+        npz = write_npz(cwd, f"{data}.npz", **arrays())
+        return ["--model", f"{model}:build", "--dataset", f"npz:{npz}"]
+
+    return pytest.param(task, data, marks=pytest.mark.demo_run(f"user-{task}", prepare), id=task)
+
+
+# The demos run two at a time (tests/demo_runs.py): a test may wait for two runs.
+@pytest.mark.timeout(1500)
+@pytest.mark.parametrize(
+    ("task", "data"),
+    [
+        user_run("classification", CONV_PY, classification_arrays, "gestures"),
+        user_run("regression", MODEL_PY, regression_arrays, "windows"),
+    ],
+)
+def test_a_users_model_file_and_npz_recover_from_the_drift(demo_result, task, data):
+    """A 1-D CNN over wrist-band windows (classes) and an MLP over flow-meter windows
+    (a throughput): written as a user would, nothing imported from the repository."""
+    result = demo_result
+    assert result["model"] == f"my_{task}" and result["dataset"] == data
+    assert result["task"] == task
+    pre, hurt = result["metric_pre_drift"], result["metric_drift_before_update"]
+    if task == "classification":
+        assert result["metric"] == "accuracy" and result["lower_is_better"] is False
+        # today's fields stay for a classifier
+        assert result["acc_after_update"] == result["metric_after_update"]
+        assert pre > 2 / len(GESTURES)  # well above chance before the drift
+        assert hurt < 0.85 * pre, result  # the drift hurts the version trained before it
+    else:
+        assert result["metric"] == "mae" and result["lower_is_better"] is True
+        assert not any(k.startswith("acc_") for k in result)
+        assert hurt > 1.3 * pre, result  # the error of the version trained before it grows
     assert_done(result)
 
 

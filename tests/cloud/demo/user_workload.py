@@ -70,3 +70,66 @@ def write_npz(folder: Path, name: str = "windows.npz", **arrays: np.ndarray) -> 
     path = folder / name
     np.savez(path, **arrays)  # type: ignore[arg-type]
     return path
+
+
+#: Another user's model file: a small 1-D CNN classifier over ``[T, C]`` windows,
+#: its per-channel standardization inside.
+CONV_PY = """
+import torch
+from torch import nn
+
+
+class GestureNet(nn.Module):
+    def __init__(self, mean, std, steps, classes):
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("inv_std", 1.0 / std)
+        channels = mean.numel()
+        self.c1 = nn.Conv1d(channels, 16, 5, padding=2)
+        self.c2 = nn.Conv1d(16, 24, 5, stride=2, padding=2)
+        self.f1 = nn.Linear(24 * ((steps + 1) // 2), 32)
+        self.out = nn.Linear(32, classes)
+
+    def forward(self, x):
+        x = ((x - self.mean) * self.inv_std).transpose(1, 2)
+        x = torch.relu(self.c2(torch.relu(self.c1(x)))).flatten(1)
+        return self.out(torch.relu(self.f1(x)))
+
+
+def build(info):
+    X = torch.as_tensor(info.X, dtype=torch.float32)
+    channels = X.reshape(-1, X.shape[-1])
+    steps = int(X.shape[1])
+    return GestureNet(channels.mean(0), channels.std(0).clamp_min(1e-3), steps, info.width)
+"""
+
+GESTURES = ["rest", "wave", "shake", "tap"]
+
+
+def classification_arrays(seed: int = 0, n: int = 1500) -> dict[str, np.ndarray]:
+    """Windows ``[32, 3]`` of a wrist band's accelerometer (g); the class is the wearer's
+    gesture: at rest, a slow wave (side to side), a fast shake, or taps (spikes along
+    the arm). The drift: the band is worn on the other wrist, so the axis across the
+    wrist reads with the opposite sign."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(32)[None, :]
+
+    def windows(flipped: bool) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.integers(0, len(GESTURES), n)
+        X = rng.normal(0, 0.08, (n, 32, 3))
+        X[:, :, 2] += 1.0  # gravity
+        phase = rng.uniform(0, 2 * np.pi, (n, 1))
+        amp = rng.uniform(0.5, 1.0, (n, 1))
+        wave, shake, tap = y == 1, y == 2, y == 3
+        X[wave, :, 0] += (amp * np.sin(2 * np.pi * t / 16 + phase))[wave] + 0.4
+        X[shake, :, 1] += (amp * np.sin(2 * np.pi * t / 4 + phase))[shake] - 0.3
+        spikes = (rng.random((n, 32)) < 0.15) * rng.uniform(1.0, 2.0, (n, 32))
+        X[tap, :, 0] += 0.3 * spikes[tap]
+        X[tap, :, 2] -= spikes[tap]
+        if flipped:  # the axis across the wrist points the other way
+            X[:, :, 0] *= -1
+        return X.astype(np.float32), y.astype(np.int64)
+
+    X, y = windows(False)
+    X_drift, y_drift = windows(True)
+    return {"X": X, "y": y, "labels": np.array(GESTURES), "X_drift": X_drift, "y_drift": y_drift}
