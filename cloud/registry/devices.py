@@ -79,8 +79,9 @@ def _edge_rules(keys: FleetKeys, device_pattern: str) -> list[str]:
         f"(+set +get ~{device_pattern} ~{device_pattern.replace(':device:', ':device-sig:')})",
         f"(+zadd %W~{keys.devices})",
         f"(+xread +xrevrange %R~{keys.deltas})",
-        f"(+get +hget +strlen +getrange %R~{p}:manifest:* %R~{p}:artifact:* "
-        f"%R~{p}:patch:* %R~{p}:target:* %R~{p}:assign:* %R~{p}:pins:*)",
+        f"(+get +hget +hmget +strlen +getrange %R~{p}:manifest:* %R~{p}:artifact:* "
+        f"%R~{p}:patch:* %R~{p}:target:* %R~{p}:assign:* %R~{p}:pins:* "
+        f"%R~{p}:tuf:* %R~{p}:director:*)",
         "-@scripting",
     ]  # fmt: skip
 

@@ -48,10 +48,15 @@ def test_a_device_writes_only_its_own_keys(registry: DeviceRegistry, redis_url: 
     dev.xadd(keys.status, {"data": b"{}"})
     dev.zadd(keys.devices, {"pi-a": 1.0})
     assert dev.get(keys.target("digits")) is None
+    # the trust metadata it verifies: TUF files and director orders
+    assert dev.strlen(keys.tuf_metadata("timestamp.json")) == 0
+    assert dev.hmget(keys.director("digits"), ["fleet", "device:pi-a"]) == [None, None]
     for write in (
         lambda: dev.set(keys.device("pi-b"), b"{}"),  # another device's status
         lambda: dev.hset(keys.device_registry, "pi-b", "{}"),  # the registry
         lambda: dev.set(keys.target("digits"), "ab" * 32),  # what devices serve
+        lambda: dev.set(keys.tuf_metadata("timestamp.json"), b"{}"),  # trust metadata
+        lambda: dev.hset(keys.director("digits"), "fleet", b"{}"),
         lambda: dev.xrange(keys.feedback_of("digits")),  # others' feedback
         lambda: dev.xtrim(keys.feedback_of("digits"), maxlen=0),
         lambda: dev.eval("return 1", 0),
