@@ -22,6 +22,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from shared.device_identity import DeviceSigner
 from shared.keys import FleetKeys
 from shared.transport import redact
 
@@ -72,6 +73,8 @@ class FleetMember:
     device_id: str
     model: str
     tls: Mapping[str, Any] = field(default_factory=dict)
+    #: Signs feedback entries and status reports (an enrolled device; None: unsigned).
+    signer: DeviceSigner | None = None
 
     def connect(self, *, socket_timeout: float = 5.0, retries: int = 1) -> redis.Redis:
         """A new client for the fleet's Redis; see ``connect``."""

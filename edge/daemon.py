@@ -27,7 +27,7 @@ import numpy.typing as npt
 from edge.connections import FleetMember
 from edge.fallback import BatchPredictions, Prediction
 from edge.serving import ServedModel, report_policy
-from edge.settings import EdgeSettings
+from edge.settings import EdgeSettings, device_signer
 from edge.status import StatusReporter
 from shared.errors import NotFound
 from shared.keys import FleetKeys
@@ -50,6 +50,7 @@ class EdgeDaemon:
             settings.device_id,
             settings.model,
             tls=settings.redis_options(),
+            signer=device_signer(settings),
         )
         # A bad key file is a ConfigError before anything starts.
         self.verifier = Verifier.from_file(settings.public_key)

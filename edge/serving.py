@@ -24,11 +24,13 @@ import numpy as np
 import numpy.typing as npt
 
 from edge.connections import FleetMember
+from edge.director import DirectorGate
 from edge.fallback import BatchPredictions, Prediction, ServingChain
 from edge.guard import GuardPolicy, SwapGuard
 from edge.model_store import ModelStore, load_if_sound
-from edge.settings import EdgeSettings
+from edge.settings import EdgeSettings, device_signer
 from edge.status import ReportPolicy
+from edge.tuf_client import TufClient
 from edge.updater import UpdateConsumer, UpdatePolicy
 from edge.uplink import FeedbackUplink, UplinkPolicy
 from shared.errors import InputError, ModelRejected, NotFound, Unavailable
@@ -135,7 +137,12 @@ class ServedModel:
         self._baseline_path = baseline
         keys = FleetKeys(settings.fleet)
         member = FleetMember(
-            settings.redis_url, keys, settings.device_id, model, tls=settings.redis_options()
+            settings.redis_url,
+            keys,
+            settings.device_id,
+            model,
+            tls=settings.redis_options(),
+            signer=device_signer(settings),
         )
         self.store = ModelStore(state_dir, keep=settings.keep_versions)
         self.chain = ServingChain(
@@ -157,6 +164,27 @@ class ServedModel:
             verifier=verifier,
             guard=self.guard,
             on_swap=on_change,
+            tuf=(
+                TufClient.from_file(
+                    member.connect(socket_timeout=30.0, retries=0),
+                    keys,
+                    state_dir / "tuf",
+                    settings.tuf_root,
+                )
+                if settings.tuf_root is not None
+                else None
+            ),
+            director=(
+                DirectorGate(
+                    keys,
+                    model,
+                    settings.device_id,
+                    [Verifier.from_file(k) for k in settings.director_keys],
+                    state_dir / "director.counter",
+                )
+                if settings.director_keys
+                else None
+            ),
         )
         self._stats_lock = threading.Lock()
         # Per labeled prediction: 1/0 right/wrong (classifier) or |error| (regressor).
@@ -370,6 +398,7 @@ class ServedModel:
             last_error=self.last_error(),
             refused_sha256=self.store.refused_sha256,
             revert_reason=self.store.revert_reason,
+            stale=self.updater.stale,
         )
 
     def _counters(self, labeled: int, correct: int) -> EdgeCounters:

@@ -20,6 +20,8 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.codec import DEFAULT_MAX_SIZE
+from shared.device_identity import DeviceSigner
+from shared.errors import ConfigError
 from shared.keys import check_name
 from shared.transport import RedisSettings
 
@@ -68,6 +70,23 @@ class EdgeSettings(RedisSettings):
     # -- connections and trust ----------------------------------------------
     # redis_url and its TLS files: shared.transport.RedisSettings
     public_key: Path = Field(description="Ed25519 public key (PEM) that signs manifests")
+    tuf_root: Path | None = Field(
+        None,
+        description="the fleet's trusted TUF root (root.json from `edgeloop keys`); set: a "
+        "version is installed only if the fleet's signed TUF targets list it, through TUF's "
+        "verified download (metadata kept in state_dir/tuf)",
+    )
+    director_keys: list[Path] = Field(
+        default_factory=list,
+        description="public keys (PEM) of the fleet's director (the rollout controller); set: "
+        "the edge serves only what a signed director order names (highest counter wins, "
+        "lower ones refused), ignoring the unsigned target/assignment/pin",
+    )
+    device_key: Path | None = Field(
+        None,
+        description="this device's Ed25519 private key from `edgeloop device enroll` "
+        "(device.key): signs its feedback and status reports",
+    )
     state_dir: Path = Field(default_factory=_default_state_dir)
     http_host: str = "127.0.0.1"
     http_port: int = Field(8700, ge=0, le=65535)
@@ -198,3 +217,15 @@ class EdgeSettings(RedisSettings):
                 "or the health key expires between reports"
             )
         return v
+
+
+def device_signer(settings: EdgeSettings) -> DeviceSigner | None:
+    """The signer of an enrolled device (``device_key``), or None: an unsigned edge, which
+    a fleet accepts only while it has no enrolled device (development)."""
+    if settings.device_key is None:
+        return None
+    try:
+        pem = Path(settings.device_key).read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read the device key {settings.device_key}: {e}") from e
+    return DeviceSigner(settings.fleet, settings.device_id, pem)

@@ -43,6 +43,7 @@ class StatusReporter:
         policy = policy or ReportPolicy()
         self._redis = member.connect()
         self._keys = member.keys
+        self._signer = member.signer
         self._build = build
         self._interval, self._ttl, self._maxlen = (
             policy.interval_s,
@@ -88,7 +89,7 @@ class StatusReporter:
         """Write one report; False (logged) when Redis is unreachable."""
         try:
             pipe = self._redis.pipeline(transaction=False)
-            add_status(pipe, self._keys, status, self._ttl, self._maxlen)
+            add_status(pipe, self._keys, status, self._ttl, self._maxlen, self._signer)
             pipe.execute()
         except REDIS_ERRORS as e:
             self.last_error, self.last_error_at = f"status: {describe(e)}", time.time()

@@ -73,9 +73,11 @@ import redis
 from redis.exceptions import NoPermissionError
 
 from edge.connections import REDIS_ERRORS, FleetMember, describe
+from edge.director import DirectorGate
 from edge.fallback import ServingChain
 from edge.guard import SwapGuard
 from edge.model_store import ModelStore
+from edge.tuf_client import NotInTargets, TufClient, TufRefused
 from shared import replies
 from shared.codec import DEFAULT_MAX_SIZE, check_sha256, decode_full, is_sha256
 from shared.delta import apply_patch
@@ -176,6 +178,8 @@ class UpdateConsumer:
         verifier: Verifier,
         guard: SwapGuard | None = None,
         on_swap: Callable[[], None] | None = None,
+        tuf: TufClient | None = None,
+        director: DirectorGate | None = None,
     ) -> None:
         self._redis = member.connect(socket_timeout=policy.block_ms / 1000.0 + 5.0)
         # Downloads have a connection of their own, without retries, that a deadline
@@ -187,6 +191,12 @@ class UpdateConsumer:
         self._store, self._chain, self._verifier = store, chain, verifier
         self._guard = guard
         self._on_swap = on_swap
+        # Set (the setting ``tuf_root``): a version is installed only if the fleet's
+        # signed TUF targets list it, and its file comes through TUF's verified download.
+        self._tuf = tuf
+        # Set (the setting ``director_keys``): the desired version is what a signed
+        # director order names, never the unsigned target/assignment/pin.
+        self._director = director
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edgeloop-updater", daemon=True)
         self._next_check = 0.0  # so the first poll reads the desired version
@@ -295,15 +305,41 @@ class UpdateConsumer:
                 self._remember(ann)
         return found, concerned or bool(found)
 
+    @property
+    def stale(self) -> bool:
+        """The fleet's TUF timestamp or this device's director order has expired."""
+        tuf_stale = self._tuf is not None and self._tuf.stale
+        return tuf_stale or (self._director is not None and self._director.stale)
+
     def _follow(self, announcements: list[DeltaAnnouncement], *, nudged: bool) -> None:
+        if self._tuf is not None:
+            # Every poll, not only when a version is wanted: a frozen repository must be
+            # noticed (``stale``) while the edge has nothing to install.
+            try:
+                self._tuf.refresh()
+            except TufRefused as e:
+                self._error(str(e))
+                logger.warning("updater: %s", e)
         self.desired = self._read_desired()
         self._next_check = time.monotonic() + self._policy.poll_s
         if self.desired is None:
+            if self._director is not None:
+                return  # no order to follow: keep serving; announcements choose nothing
             self._apply_newest(announcements)
         else:
             self._converge_to(self.desired, retry=nudged)
 
     def _read_desired(self) -> str | None:
+        if self._director is not None:
+            try:
+                order = self._director.read(self._redis)
+            except EdgeloopError as e:
+                self._refuse(f"the director order of {self._model}", e)
+                return None
+            return order.sha256 if order is not None else None
+        return self._read_unsigned()
+
+    def _read_unsigned(self) -> str | None:
         """``desired_sha(target, assignment, pin)`` for this device, in one round trip.
 
         A value that is not a version name, or a key Redis refuses (another type, no
@@ -459,11 +495,45 @@ class UpdateConsumer:
         self, sha: str, ann: DeltaAnnouncement | None
     ) -> tuple[SignedManifest, ModelManifest, bytes]:
         """The signed manifest, manifest and verified bytes of version ``sha``."""
+        if self._tuf is not None:
+            return self._obtain_tuf(sha)
         local = self._from_store(sha)
         if local is not None:
             return local
         signed, manifest = self._fetch_manifest(sha, ann)
         return signed, manifest, self._fetch_model(sha, ann, manifest)
+
+    def _obtain_tuf(self, sha: str) -> tuple[SignedManifest, ModelManifest, bytes]:
+        """Version ``sha`` as the fleet's TUF targets vouch for it: from the local store
+        when still there and still listed, else downloaded through the TUF updater.
+        (Patches are not listed in targets yet: a TUF edge downloads the full file.)"""
+        assert self._tuf is not None
+        self._tuf.refresh()
+        if not self._tuf.lists(sha):
+            raise NotInTargets(f"the signed targets do not list {sha[:12]}")
+        local = self._from_store(sha)
+        if local is not None:
+            return local
+        target = self._tuf.download(sha, refresh=False)
+        signed = target.signed
+        self._verifier.verify(signed.manifest_json.encode("utf-8"), signed.signature)
+        manifest = signed.manifest()
+        if manifest.sha256 != sha or manifest.model != self._model:
+            raise IntegrityError(
+                f"the targets' manifest describes {manifest.model} {manifest.sha256[:12]}, "
+                f"not {self._model} {sha[:12]}"
+            )
+        self.bytes_downloaded += len(target.artifact)
+        data = decode_full(
+            target.artifact, max_size=min(manifest.size, self._policy.max_artifact_bytes)
+        )
+        if len(data) != manifest.size:
+            raise IntegrityError(
+                f"model file is {len(data)} bytes, the manifest says {manifest.size}"
+            )
+        check_sha256(data, manifest.sha256, what="model file")
+        self.full_downloads += 1
+        return signed, manifest, data
 
     def _from_store(self, sha: str) -> tuple[SignedManifest, ModelManifest, bytes] | None:
         """A version still on disk (a step back needs no download), verified again."""

@@ -33,6 +33,7 @@ from pathlib import Path
 from edge.connections import REDIS_ERRORS, FleetMember, describe
 from edge.sequence import SeqCounter
 from edge.spool import Spool
+from shared.device_identity import FEEDBACK
 from shared.feedback_stream import ADD_FRAMES_SCRIPT, feedback_stream, frame, frame_entries
 from shared.keys import FEEDBACK_FRAMES_FIELD
 from shared.messages import FeedbackEvent
@@ -71,6 +72,7 @@ class FeedbackUplink:
         self._redis = member.connect()
         self._add_entries = self._redis.register_script(ADD_FRAMES_SCRIPT)
         self._keys = member.keys
+        self._signer = member.signer
         self._stream = feedback_stream(member.keys, member.model)
         self._id_prefix = f"{member.device_id}:{epoch}:"
         self._seq = SeqCounter(Path(state_dir) / "feedback.seq", epoch)
@@ -291,7 +293,15 @@ class FeedbackUplink:
         # Redis more per event than plain XADDs (its arguments are copied into
         # Lua and back), so one entry is a plain XADD.
         entries = frame_entries(lines, self._batch)
-        if len(entries) == 1:
+        if self._signer is not None:
+            # An enrolled device may not run scripts (its ACL user has -@scripting):
+            # MULTI/EXEC keeps the entries whole or not at all, each signed on its own.
+            pipe = self._redis.pipeline(transaction=True)
+            for entry in entries:
+                fields = {FEEDBACK_FRAMES_FIELD: entry, **self._signer.fields(FEEDBACK, entry)}
+                pipe.xadd(self._stream, fields)  # type: ignore[arg-type]
+            pipe.execute()
+        elif len(entries) == 1:
             self._redis.xadd(self._stream, {FEEDBACK_FRAMES_FIELD: entries[0]})
         else:
             self._add_entries(keys=[self._stream], args=entries)

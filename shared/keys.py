@@ -119,6 +119,21 @@ class FleetKeys:
         """The float weights a published version was exported from (the trainer's next parent)."""
         return f"{self._p}:weights:{sha256}"
 
+    def tuf_metadata(self, filename: str) -> str:
+        """A TUF metadata file of the fleet's repository (``root.json``, ``3.root.json``,
+        ``targets.json``, ``snapshot.json``, ``timestamp.json``); see cloud/registry/tuf_repo.py.
+        """
+        return f"{self._p}:tuf:{filename}"
+
+    def director(self, model: str) -> str:
+        """Hash of signed director orders of ``model``, one field per scope (shared/director.py)."""
+        return f"{self._p}:director:{model}"
+
+    @property
+    def director_counter(self) -> str:
+        """Hash of the last director counter per model (only the controller writes it)."""
+        return f"{self._p}:director_counter"
+
     def manifest(self, sha256: str) -> str:
         """The signed manifest of a model version."""
         return f"{self._p}:manifest:{sha256}"
@@ -197,6 +212,25 @@ class FleetKeys:
     def active_rollout(self, model: str) -> str:
         """The id of the rollout in progress for ``model``, if any (one at a time)."""
         return f"{self._p}:active-rollout:{check_name('model', model)}"
+
+    # Device identity (cloud/registry/devices.py): who may write as which device.
+    def device_sig(self, device_id: str) -> str:
+        """The device's Ed25519 signature of its latest status (``device``), same TTL."""
+        return f"{self._p}:device-sig:{check_name('device id', device_id)}"
+
+    @property
+    def device_registry(self) -> str:
+        """Hash of device id -> ``EnrolledDevice`` (JSON: its public key and Redis user).
+        Written only by the cloud (``edgeloop device enroll|revoke``); no device may write it."""
+        return f"{self._p}:device-registry"
+
+    def device_user(self, device_id: str) -> str:
+        """The Redis ACL user of one enrolled device.
+
+        >>> FleetKeys("lab").device_user("pi-07")
+        'device~lab~pi-07'
+        """
+        return f"device~{self.fleet}~{check_name('device id', device_id)}"
 
     # API access (cloud/api/tokens.py): bearer tokens, stored hashed.
     @property

@@ -566,6 +566,7 @@ class ModelServing(BaseModel):
     last_error: str | None = None
     refused_sha256: str | None = None
     revert_reason: str | None = None
+    stale: bool = False
 
 
 class EdgeStatus(WireModel):
@@ -596,6 +597,11 @@ class EdgeStatus(WireModel):
         None, description="a version this edge reverted from and will not re-apply while desired"
     )
     revert_reason: str | None = Field(None, description="why it reverted from refused_sha256")
+    stale: bool = Field(
+        False,
+        description="the fleet's signed update metadata (TUF timestamp) has expired: the edge "
+        "keeps serving what it has and installs nothing new until it is fresh again",
+    )
     models: dict[str, ModelServing] = Field(
         default_factory=dict, description="every model this edge serves, by name"
     )

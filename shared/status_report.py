@@ -8,12 +8,17 @@ stands on its own, and the next report repairs a partial one):
 - SET the device key with a TTL: the health key that ``edgeloop-edge --check``,
   the rollout gates and the API read; it vanishes when the edge goes quiet;
 - ZADD the device into the fleet's device index by last-seen time.
+
+An enrolled device signs the report (``shared.device_identity``): the signature goes
+into the stream entry and, with the same TTL, into ``FleetKeys.device_sig``; the
+rollout gates read the health key only with a signature that verifies.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from shared.device_identity import STATUS, DeviceKeyring, DeviceSigner
 from shared.keys import FleetKeys
 from shared.messages import EdgeStatus
 
@@ -21,12 +26,24 @@ from shared.messages import EdgeStatus
 STATUS_FIELD = "data"
 
 
-def add_status(pipe: Any, keys: FleetKeys, status: EdgeStatus, ttl_s: int, maxlen: int) -> None:
-    """Queue the three writes of one report on ``pipe`` (a redis-py pipeline); the
-    caller executes it."""
+def add_status(
+    pipe: Any,
+    keys: FleetKeys,
+    status: EdgeStatus,
+    ttl_s: int,
+    maxlen: int,
+    signer: DeviceSigner | None = None,
+) -> None:
+    """Queue the writes of one report on ``pipe`` (a redis-py pipeline), signed by
+    ``signer`` if given; the caller executes it."""
     data = status.to_wire()
-    pipe.xadd(keys.status, {STATUS_FIELD: data}, maxlen=maxlen, approximate=True)
+    fields: dict[str, Any] = {STATUS_FIELD: data}
+    if signer is not None:
+        fields.update(signer.fields(STATUS, data))
+    pipe.xadd(keys.status, fields, maxlen=maxlen, approximate=True)
     pipe.set(keys.device(status.device_id), data, ex=ttl_s)
+    if signer is not None:
+        pipe.set(keys.device_sig(status.device_id), signer.sign(STATUS, data), ex=ttl_s)
     pipe.zadd(keys.devices, {status.device_id: status.ts})
 
 
@@ -35,3 +52,25 @@ def read_health(client: Any, keys: FleetKeys, device_id: str) -> EdgeStatus | No
     if it has expired. Raises MessageError if it does not parse."""
     raw = client.get(keys.device(device_id))
     return EdgeStatus.from_wire(raw) if raw is not None else None
+
+
+def verified_statuses(
+    client: Any, keys: FleetKeys, devices: list[str], keyring: DeviceKeyring
+) -> tuple[dict[str, bytes | None], dict[str, str]]:
+    """The devices' health keys (None: expired) and, for those refused, why: once the
+    fleet has enrolled devices, a report counts only with its device's signature."""
+    if not devices:
+        return {}, {}
+    raws = client.mget([keys.device(d) for d in devices])
+    if not keyring.enforcing:
+        return dict(zip(devices, raws, strict=True)), {}
+    sigs = client.mget([keys.device_sig(d) for d in devices])
+    out: dict[str, bytes | None] = {}
+    refused: dict[str, str] = {}
+    for device, raw, sig in zip(devices, raws, sigs, strict=True):
+        why = keyring.check(STATUS, device, raw, sig) if raw is not None else None
+        if why is not None:
+            refused[device] = why
+            raw = None
+        out[device] = raw
+    return out, refused

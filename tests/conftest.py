@@ -21,6 +21,7 @@ import pytest
 import redis
 
 from shared.keys import FleetKeys
+from tests.demo_runs import DemoRuns, demo_runs_of
 from tests.serving import Call, ServedApi, Signing, make_settings
 
 if TYPE_CHECKING:
@@ -192,3 +193,22 @@ def serve(daemon_factory: Callable[..., EdgeDaemon]) -> Iterator[Callable[[EdgeD
     yield start
     for api in running:
         api.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_runs(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[DemoRuns]:
+    """Every quick demo the session's selected tests mark, started together (see
+    tests/demo_runs.py)."""
+    runs = DemoRuns(tmp_path_factory.mktemp("demos"), demo_runs_of(request.session.items))
+    yield runs
+    runs.close()
+
+
+@pytest.fixture
+def demo_result(request: pytest.FixtureRequest, demo_runs: DemoRuns) -> dict[str, Any]:
+    """The figures of the demo this test's ``demo_run`` mark names."""
+    mark = request.node.get_closest_marker("demo_run")
+    assert mark is not None, "demo_result needs @pytest.mark.demo_run(NAME, prepare)"
+    return demo_runs.result(mark.args[0])

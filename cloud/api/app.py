@@ -70,6 +70,7 @@ from cloud.api.tokens import TokenStore
 from cloud.api.views.fleet import FleetView
 from cloud.api.views.rollouts import RolloutsView
 from cloud.api.views.versions import VersionsView
+from cloud.registry.tuf_repo import TufRepository, tuf_repository
 from cloud.registry.versions import DirBlobStore, Registry
 from cloud.rollout.controller import RolloutController
 from cloud.rollout.loop import ControllerLoop
@@ -111,7 +112,10 @@ def create_app(settings: ApiSettings) -> FastAPI:
             "set token_pepper to a secret before this API holds real tokens"
         )
 
-    lifespan = _lifespan(controller, client, settings.controller_interval_s)
+    tuf = tuf_repository(client, keys, None, settings.tuf_online_key)
+    lifespan = _lifespan(
+        controller, client, settings.controller_interval_s, tuf, settings.tuf_refresh_s
+    )
     app = FastAPI(title="edgeloop cloud", version="1", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.view = VersionsView(registry, verifier)
@@ -136,7 +140,13 @@ def create_app(settings: ApiSettings) -> FastAPI:
     return app
 
 
-def _lifespan(controller: RolloutController, client: redis.Redis, interval_s: float) -> Lifespan:
+def _lifespan(
+    controller: RolloutController,
+    client: redis.Redis,
+    interval_s: float,
+    tuf: TufRepository | None = None,
+    tuf_refresh_s: float = 600.0,
+) -> Lifespan:
     """Step the controller in a thread while the app runs (not at all when ``interval_s`` <= 0);
     close the Redis client when it stops."""
 
@@ -144,7 +154,7 @@ def _lifespan(controller: RolloutController, client: redis.Redis, interval_s: fl
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loop = None
         if interval_s > 0:
-            loop = ControllerLoop(controller, interval_s)
+            loop = ControllerLoop(controller, interval_s, tuf=tuf, tuf_refresh_s=tuf_refresh_s)
             loop.start()
         app.state.controller_loop = loop
         try:

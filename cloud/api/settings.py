@@ -86,6 +86,14 @@ class ApiSettings(RedisSettings):
         ge=0,
         description="run the rollout controller's step this often (0: not in this process)",
     )
+    tuf_online_key: Path | None = Field(
+        None,
+        description="the fleet's TUF snapshot/timestamp key (Ed25519 PEM); set: the controller "
+        "loop re-signs snapshot and timestamp every tuf_refresh_s",
+    )
+    tuf_refresh_s: float = Field(
+        600.0, gt=0, description="re-sign the TUF timestamp this often (well within its expiry)"
+    )
     device_status_ttl_s: int = Field(
         10, ge=1, description="lifetime of a device key written by POST /v1/devices/{id}/status"
     )

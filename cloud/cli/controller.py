@@ -30,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cloud.api.settings import ApiSettings
+    from cloud.registry.tuf_repo import tuf_repository
     from cloud.registry.versions import DirBlobStore, Registry
     from shared.config import load_settings
     from shared.keys import FleetKeys
@@ -45,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
         controller.step()
         return 0
     interval = args.interval or settings.controller_interval_s or 5.0
-    loop = ControllerLoop(controller, interval)
+    tuf = tuf_repository(client, keys, None, settings.tuf_online_key)
+    loop = ControllerLoop(controller, interval, tuf=tuf, tuf_refresh_s=settings.tuf_refresh_s)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         loop.stop()

@@ -82,6 +82,8 @@ COMMANDS: dict[str, Command] = {
     "fleet": Command.of("device counts by version and health", "cloud.cli.rollout", "fleet"),
     "devices": Command.of("every device's last report", "cloud.cli.rollout", "devices"),
     "token": Command.of("issue, list and revoke API tokens", "cloud.cli.tokens", "token"),
+    "device": Command.of("enroll, revoke and list devices", "cloud.cli.devices", "device"),
+    "acl": Command.of("generate the Redis ACL file for fleets", "cloud.cli.devices", "acl"),
     "controller": Command.of("run the rollout controller alone", "cloud.cli.controller"),
     "bench": Command.of("run a benchmark", "cloud.benchmarks"),
 }

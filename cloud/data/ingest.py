@@ -53,10 +53,17 @@ import numpy.typing as npt
 import redis
 
 from cloud.data.replay import NewSamples, TrainerData
-from cloud.data.validation import Entry, Events, FeedbackValidator, Refused
+from cloud.data.validation import Entry, Events, FeedbackValidator, Refused, payload_of
 from cloud.data.watermark import Watermark
 from shared import replies
-from shared.keys import FEEDBACK_GROUP, FleetKeys, legacy_feedback_group
+from shared.device_identity import DEVICE_FIELD, FEEDBACK, SIG_FIELD, DeviceKeyring
+from shared.keys import (
+    FEEDBACK_BATCH_FIELD,
+    FEEDBACK_FRAMES_FIELD,
+    FEEDBACK_GROUP,
+    FleetKeys,
+    legacy_feedback_group,
+)
 from shared.messages import DeadLetter
 
 logger = logging.getLogger(__name__)
@@ -157,6 +164,8 @@ class FeedbackIngest:
             task=data.task,
             max_event_bytes=options.max_event_bytes,
         )
+        #: Enrolled devices' keys: once the fleet has one, only signed entries are accepted.
+        self.devices = DeviceKeyring(client, keys)
         self.counters = Counters()
         self._next_claim = 0.0
         self._events_per_entry = 1.0  # in the last entries read; see _entries_per_read
@@ -327,12 +336,43 @@ class FeedbackIngest:
         """Validate ``entries`` of ``source`` (default: the model's own stream), then accept,
         dead-letter and ack them in one transaction."""
         src = source or self.own
-        events, dead = self.validator.parse_entries(entries, skip_other_models=src.shared)
+        signed, owners, forged = self._signed(entries)
+        events, dead = self.validator.parse_entries(
+            signed, skip_other_models=src.shared, owners=owners
+        )
+        dead = forged + dead
         if entries:
             self._events_per_entry = (len(events) + len(dead) + events.skipped) / len(entries)
         batch = self._commit(src, events, dead, [e[0] for e in entries])
         self._count(batch)
         return batch
+
+    def _signed(
+        self, entries: list[Entry]
+    ) -> tuple[list[Entry], dict[str, str] | None, list[Refused]]:
+        """The entries whose device signature verifies, the device each was signed by
+        (its events must carry that ``device_id``), and the refused ones with the reason.
+        A fleet without enrolled devices accepts unsigned entries (development)."""
+        if not entries or not self.devices.enforcing:
+            return entries, None, []
+        signed: list[Entry] = []
+        owners: dict[str, str] = {}
+        forged: list[Refused] = []
+        for raw_id, fields in entries:
+            entry_id = replies.text(raw_id)
+            payload = fields.get(FEEDBACK_FRAMES_FIELD.encode())
+            if payload is None:
+                payload = fields.get(FEEDBACK_BATCH_FIELD.encode(), fields.get(b"data", b""))
+            device = fields.get(DEVICE_FIELD.encode())
+            device_id = device.decode("utf-8", "replace") if device else None
+            why = self.devices.check(FEEDBACK, device_id, payload, fields.get(SIG_FIELD.encode()))
+            if why is not None:
+                forged.append((entry_id, why, payload_of(fields)))
+                continue
+            assert device_id is not None
+            owners[entry_id] = device_id
+            signed.append((raw_id, fields))
+        return signed, owners, forged
 
     def _commit(self, src: Source, events: Events, dead: list[Refused], ids: list[Any]) -> Batch:
         if not ids:

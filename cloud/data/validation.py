@@ -107,6 +107,7 @@ class _Blocks:
     raws: list[bytes] = field(default_factory=list)
     refused: list[Refused] = field(default_factory=list)
     skip_other_models: bool = False
+    owners: dict[str, str] | None = None  # entry id -> the device that signed it
 
     def refuse(self, entry_id: str, reason: str, payload: bytes) -> None:
         if self.skip_other_models and isinstance(reason, OtherModel):
@@ -128,13 +129,19 @@ class FeedbackValidator:
         self._shape = tuple(input.shape)
 
     def parse_entries(
-        self, entries: list[Entry], skip_other_models: bool = False
+        self,
+        entries: list[Entry],
+        skip_other_models: bool = False,
+        owners: dict[str, str] | None = None,
     ) -> tuple[Events, list[Refused]]:
         """The valid events of ``entries`` in stream order, and the refused ones; events of
         another model are refused too, or only counted (``Events.skipped``) when
-        ``skip_other_models`` (the fleet-wide stream, which carries every model's)."""
+        ``skip_other_models`` (the fleet-wide stream, which carries every model's). With
+        ``owners`` (entry id -> the device that signed it), an event of another device
+        is refused."""
         empty = np.zeros((0, *self._shape), self.input.np_dtype)
         out = _Blocks(Events([], [], [], [], [], [], empty), skip_other_models=skip_other_models)
+        out.owners = owners
         for raw_id, fields in entries:
             entry_id = replies.text(raw_id)
             payloads, frames = events_of(fields), frames_field(fields)
@@ -168,8 +175,8 @@ class FeedbackValidator:
                 )
                 out.refused.append((entry_id, reason, raw[:DEADLETTER_PAYLOAD]))
                 continue
-            self._add(entry_id, checked, raw, out)
-            rows.append(ev.x)
+            if self._add(entry_id, checked, raw, out):
+                rows.append(ev.x)
         if rows:  # stacked entry by entry: the lists of floats die young, in cache
             with np.errstate(over="ignore", invalid="ignore"):
                 out.blocks.append(np.array(rows, dtype=np.float32).reshape(-1, *self._shape))
@@ -190,8 +197,8 @@ class FeedbackValidator:
             if isinstance(sample, str):
                 out.refused.append((entry_id, sample, event_json[:DEADLETTER_PAYLOAD]))
                 continue
-            self._add(entry_id, checked, event_json, out)
-            samples.append(sample)
+            if self._add(entry_id, checked, event_json, out):
+                samples.append(sample)
         if samples:
             out.blocks.append(np.stack(samples))
 
@@ -207,8 +214,13 @@ class FeedbackValidator:
         except InputError as e:
             return str(e)
 
-    def _add(self, entry_id: str, checked: Parsed, raw: bytes, out: _Blocks) -> None:
+    def _add(self, entry_id: str, checked: Parsed, raw: bytes, out: _Blocks) -> bool:
         ev, head, seq = checked
+        owner = out.owners.get(entry_id) if out.owners is not None else None
+        if out.owners is not None and (owner != ev.device_id or not head.startswith(f"{owner}:")):
+            reason = f"event of device {ev.device_id!r} in an entry signed by device {owner!r}"
+            out.refused.append((entry_id, reason, raw[:DEADLETTER_PAYLOAD]))
+            return False
         e = out.events
         e.entry_ids.append(entry_id)
         e.event_ids.append(ev.event_id)
@@ -217,6 +229,7 @@ class FeedbackValidator:
         e.truths.append(ev.label if self.task.is_classification else ev.target)
         e.served.append(self._served(ev))
         out.raws.append(raw)
+        return True
 
     def _served(self, ev: FeedbackEvent) -> float:
         """How well the served answer did: 1.0/0.0 for the class, or the mean |error| of the

@@ -42,6 +42,7 @@ from typing import Any, Literal, cast
 
 import redis
 
+from cloud.registry.tuf_repo import TufRepository
 from cloud.registry.versions import PatchUnavailable, Registry, VersionNotFound
 from shared import replies
 from shared.codec import encode_full, sha256_hex
@@ -162,6 +163,7 @@ class Publisher:
         *,
         max_patches: int = MAX_PATCHES,
         release: Release = "direct",
+        tuf: TufRepository | None = None,
     ) -> None:
         self.registry = registry
         self.client = registry.client
@@ -169,6 +171,9 @@ class Publisher:
         self.signer = signer
         self.max_patches = max_patches
         self.release = release
+        # None: the signed manifest alone vouches for a version (the edges' setting
+        # ``tuf_root`` unset); see cloud/registry/tuf_repo.py.
+        self.tuf = tuf
 
     def publish(self, request: PublishRequest) -> Published:
         """Publish ``request.content`` as the next version of ``request.model``."""
@@ -197,7 +202,21 @@ class Publisher:
                 payloads=payloads,
             )
             set_target = self.release == "direct" and not pipe.exists(rollout_key)
+            tuf_writes = (
+                self.tuf.stage_version(
+                    pipe,
+                    sha256=sha,
+                    artifact=artifact,
+                    manifest_wire=signed.to_wire().decode("utf-8"),
+                    model=model,
+                    version=manifest.version,
+                )
+                if self.tuf is not None
+                else {}
+            )
             pipe.multi()
+            for key, value in tuf_writes.items():
+                pipe.set(key, value)
             for base, patch in patches:
                 pipe.set(self.keys.patch(base, sha), patch, ex=self.registry.patch_ttl_s)
             record = VersionRecord.from_manifest(manifest)
@@ -208,7 +227,8 @@ class Publisher:
             done[:] = [Published(manifest.version, sha, signed, "", payloads, set_target)]
 
         # EXEC's replies (redis-py types them for every mode), the XADD's stream id last
-        answers = cast(list[object], self.client.transaction(txn, versions_key, rollout_key))
+        watched = [versions_key, rollout_key, *(self.tuf.watched() if self.tuf else [])]
+        answers = cast(list[object], self.client.transaction(txn, *watched))
         announcement_id = replies.text(answers[-1])
         published = replace(done[0], announcement_id=announcement_id)
         _log(model, published, len(content), len(artifact))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from typing import Literal, Protocol
 
@@ -29,6 +30,7 @@ from redis.client import Pipeline
 from cloud.rollout.health import evaluate, sample_of
 from cloud.rollout.rings import members
 from shared import replies
+from shared.device_identity import DeviceKeyring
 from shared.errors import EdgeloopError, InputError, MessageError, NotFound
 from shared.keys import FleetKeys, check_name
 from shared.messages import EdgeStatus, ModelServing, VersionRecord
@@ -40,6 +42,7 @@ from shared.rollouts import (
     RolloutState,
     StageState,
 )
+from shared.status_report import verified_statuses
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +87,10 @@ class RolloutController:
         self.versions = versions
         self.clock = clock
         self.device_stale_s = device_stale_s
+        #: Enrolled devices' keys: once the fleet has one, a status counts only if signed.
+        self.device_keys = DeviceKeyring(client, keys)
+        #: Status reports ignored by the gates, by reason.
+        self.refused_statuses: Counter[str] = Counter()
 
     # -- reading --------------------------------------------------------------
 
@@ -118,9 +125,12 @@ class RolloutController:
     def statuses(self, devices: list[str]) -> dict[str, EdgeStatus | None]:
         if not devices:
             return {}
-        raws = self.client.mget([self.keys.device(d) for d in devices])
+        raws, refused = verified_statuses(self.client, self.keys, devices, self.device_keys)
+        for device, why in refused.items():
+            self.refused_statuses[why.split(":")[0]] += 1
+            logger.warning("rollout gate: ignoring the status of %s: %s", device, why)
         out: dict[str, EdgeStatus | None] = {}
-        for device, raw in zip(devices, raws, strict=True):
+        for device, raw in raws.items():
             try:
                 out[device] = EdgeStatus.from_wire(raw) if raw else None
             except MessageError:

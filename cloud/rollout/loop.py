@@ -17,6 +17,7 @@ import time
 
 import redis
 
+from cloud.registry.tuf_repo import TufRepository
 from cloud.rollout.controller import RolloutController
 
 logger = logging.getLogger(__name__)
@@ -25,9 +26,20 @@ logger = logging.getLogger(__name__)
 class ControllerLoop:
     """Step the controller on an interval in a daemon thread; ``stop`` returns when it ended."""
 
-    def __init__(self, controller: RolloutController, interval_s: float) -> None:
+    def __init__(
+        self,
+        controller: RolloutController,
+        interval_s: float,
+        *,
+        tuf: TufRepository | None = None,
+        tuf_refresh_s: float = 600.0,
+    ) -> None:
         self.controller = controller
         self.interval_s = interval_s
+        # The fleet's TUF snapshot and timestamp are re-signed here: this loop is the
+        # cloud's one scheduled, long-running duty (cloud/registry/tuf_repo.py).
+        self.tuf, self.tuf_refresh_s = tuf, tuf_refresh_s
+        self._tuf_due = 0.0
         self.steps = 0
         self.errors = 0
         self.last_step_at: float | None = None
@@ -47,6 +59,7 @@ class ControllerLoop:
         failing = False
         while not self._stop.is_set():
             try:
+                self._refresh_tuf()
                 self.controller.step()
                 self.steps += 1
                 self.last_step_at = time.time()
@@ -64,3 +77,10 @@ class ControllerLoop:
                 self.errors += 1
                 logger.exception("rollout controller: step failed")
             self._stop.wait(self.interval_s)
+
+    def _refresh_tuf(self) -> None:
+        if self.tuf is None or time.monotonic() < self._tuf_due:
+            return
+        version = self.tuf.refresh()
+        self._tuf_due = time.monotonic() + self.tuf_refresh_s
+        logger.info("TUF timestamp re-signed (version %d)", version)

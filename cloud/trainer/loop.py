@@ -35,6 +35,7 @@ from cloud.learning.weights import WeightsError, load_weights
 from cloud.learning.zoo import model_spec
 from cloud.registry.locations import PROD_BLOB_DIR
 from cloud.registry.publisher import Publisher
+from cloud.registry.tuf_repo import tuf_repository
 from cloud.registry.versions import DirBlobStore, Registry
 from cloud.trainer.lease import Lease
 from cloud.trainer.rounds import RoundReport, RoundRunner
@@ -83,6 +84,7 @@ class Trainer:
             Signer.from_file(signing_key),
             max_patches=s.max_patches,
             release=s.release,
+            tuf=tuf_repository(self.client, self.keys, s.tuf_targets_key, s.tuf_online_key),
         )
         self.rounds = RoundRunner(s, self.client, self.publisher, self.data, self.parts, self.spec)
         self.rounds.fresh_model()  # the model contract's checks, before anything starts

@@ -74,6 +74,16 @@ class TrainerSettings(RedisSettings):
     signing_key: Path | None = Field(
         None, description="Ed25519 private key (edgeloop keygen); required outside development"
     )
+    tuf_targets_key: Path | None = Field(
+        None,
+        description="the fleet's TUF targets key (Ed25519 PEM); set: every published version "
+        "is also signed into the fleet's TUF targets (edges with tuf_root install only those)",
+    )
+    tuf_online_key: Path | None = Field(
+        None,
+        description="the TUF snapshot/timestamp key, for development only: with it a publish "
+        "also re-signs snapshot and timestamp; without it the controller's schedule does",
+    )
     consumer: str = Field(default_factory=_default_consumer, min_length=1, max_length=200)
 
     # What

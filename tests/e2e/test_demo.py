@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.cloud]
 
 
-# the drift phase waits up to 100 s more for a fleet that has not settled (a busy machine)
-@pytest.mark.timeout(600)
-def test_quick_demo_recovers_from_drift_and_loses_nothing(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "cloud.cli.main", "demo", "--quick", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=580,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+# The demos run two at a time (tests/demo_runs.py): a test may wait for two runs.
+@pytest.mark.timeout(1500)
+@pytest.mark.demo_run("digits", lambda cwd: [])
+def test_quick_demo_recovers_from_drift_and_loses_nothing(demo_result):
+    result = demo_result
 
     assert result["edges"] == 3
     assert result["feedback_lost"] == 0
@@ -52,26 +41,10 @@ def test_quick_demo_recovers_from_drift_and_loses_nothing(tmp_path):
     assert result["patches_applied"] >= result["edges"]
 
 
-@pytest.mark.timeout(500)
-def test_bad_canary_scenario_stops_a_harmful_version_at_the_canary_ring(tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cloud.cli.main",
-            "demo",
-            "--scenario",
-            "bad-canary",
-            "--quick",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=480,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+@pytest.mark.timeout(1500)
+@pytest.mark.demo_run("bad-canary", lambda cwd: ["--scenario", "bad-canary"])
+def test_bad_canary_scenario_stops_a_harmful_version_at_the_canary_ring(demo_result):
+    result = demo_result
 
     assert result["edges"] >= 10
     assert result["good_rollout_state"] == "completed"

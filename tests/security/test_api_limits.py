@@ -41,11 +41,13 @@ def test_an_expired_token_is_a_401_that_says_so(
     redis_url: str, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     store = TokenStore(redis_client, FleetKeys(FLEET), PEPPER.encode())
-    _, short = store.issue("short", "viewer", ttl_s=0.3)
     _, forever = store.issue("forever", "viewer", never_expires=True)
     with TestClient(create_app(_production(redis_url, tmp_path))) as http:
+        # issued once the API is up, and long enough for one request on a busy machine
+        record, short = store.issue("short", "viewer", ttl_s=2.0)
         assert http.get("/v1/fleet", headers=bearer(short)).status_code == 200
-        time.sleep(0.35)
+        assert record.expires_at is not None
+        time.sleep(max(0.0, record.expires_at - time.time()) + 0.05)
         r = http.get("/v1/fleet", headers=bearer(short))
         assert r.status_code == 401 and "expired at" in r.json()["detail"]
         assert "edgeloop token issue --ttl" in r.json()["detail"]

@@ -1,12 +1,10 @@
 """Quick demos end to end, as a user runs them: the shipped examples, and a
 classification and a regression, each with a model file and an ``.npz`` dataset the
-repository does not hold (written to tmp_path: the stand-in for a user's own)."""
+repository does not hold (written to the run's own folder: the stand-in for a user's own)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ from tests.cloud.demo.user_workload import (
     write_model,
     write_npz,
 )
+from tests.demo_runs import run_demo
 
 pytestmark = [pytest.mark.slow, pytest.mark.cloud]
 
@@ -33,22 +32,6 @@ FIELDS = (
     "metric_after_update",
     "lower_is_better",
 )
-
-
-def run_demo(cwd: Path, *args: str) -> dict[str, Any]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "cloud.cli.main", "demo", "--quick", "--json", *args],
-        capture_output=True,
-        text=True,
-        timeout=560,
-        cwd=cwd,
-        env=None,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    line = proc.stdout.strip().splitlines()[-1]
-    print(line)  # the run's figures, for -rP and for a failure's report
-    result: dict[str, Any] = json.loads(line)
-    return result
 
 
 def assert_done(result: dict[str, Any]) -> None:
@@ -75,20 +58,30 @@ def test_the_vibration_example_recovers_from_its_drift(tmp_path):
     assert_done(result)
 
 
-@pytest.mark.timeout(600)
+def user_run(task: str, source: str, arrays: Callable[[], dict[str, Any]], data: str) -> Any:
+    """The demo run of a user's model file and ``.npz``, written into the run's folder."""
+
+    def prepare(cwd: Path) -> list[str]:
+        model = write_model(cwd, source, f"my_{task}.py")
+        npz = write_npz(cwd, f"{data}.npz", **arrays())
+        return ["--model", f"{model}:build", "--dataset", f"npz:{npz}"]
+
+    return pytest.param(task, data, marks=pytest.mark.demo_run(f"user-{task}", prepare), id=task)
+
+
+# The demos run two at a time (tests/demo_runs.py): a test may wait for two runs.
+@pytest.mark.timeout(1500)
 @pytest.mark.parametrize(
-    ("task", "source", "arrays", "data"),
+    ("task", "data"),
     [
-        ("classification", CONV_PY, classification_arrays, "gestures"),
-        ("regression", MODEL_PY, regression_arrays, "windows"),
+        user_run("classification", CONV_PY, classification_arrays, "gestures"),
+        user_run("regression", MODEL_PY, regression_arrays, "windows"),
     ],
 )
-def test_a_users_model_file_and_npz_recover_from_the_drift(tmp_path, task, source, arrays, data):
+def test_a_users_model_file_and_npz_recover_from_the_drift(demo_result, task, data):
     """A 1-D CNN over wrist-band windows (classes) and an MLP over flow-meter windows
     (a throughput): written as a user would, nothing imported from the repository."""
-    model = write_model(tmp_path, source, f"my_{task}.py")
-    npz = write_npz(tmp_path, f"{data}.npz", **arrays())
-    result = run_demo(tmp_path, "--model", f"{model}:build", "--dataset", f"npz:{npz}")
+    result = demo_result
     assert result["model"] == f"my_{task}" and result["dataset"] == data
     assert result["task"] == task
     pre, hurt = result["metric_pre_drift"], result["metric_drift_before_update"]

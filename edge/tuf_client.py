@@ -1,0 +1,216 @@
+"""The edge's side of TUF: python-tuf's ``ngclient.Updater`` reading the fleet's
+repository from Redis.
+
+The device holds a trusted root (``EDGELOOP_TUF_ROOT``, a file put on it at
+enrollment); from there the updater walks the root chain, then timestamp,
+snapshot and targets, checking signatures, thresholds, versions (never lower
+than what it has seen: the metadata it trusted is kept in ``metadata_dir``)
+and expiry. A version is installed only if targets lists ``artifacts/<sha256>``,
+and its bytes come through ``Updater.download_target``, which enforces the
+signed length and sha256.
+
+``RedisFetcher`` maps the updater's URLs to Redis keys (shared/tuf_paths.py)
+and reads a value in chunks with GETRANGE after checking its STRLEN against the
+most the updater will accept: an oversized file is refused before a byte of it
+is read, never read whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import redis
+from tuf.api import exceptions as tuf_errors
+from tuf.ngclient import FetcherInterface, Updater
+
+from shared.errors import EdgeloopError, IntegrityError, NotFound
+from shared.keys import FleetKeys
+from shared.messages import SignedManifest
+from shared.tuf_paths import artifact_path, metadata_key, target_key
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["NotInTargets", "RedisFetcher", "TufClient", "TufRefused", "VerifiedTarget"]
+
+METADATA_URL = "redis://tuf/metadata/"
+TARGETS_URL = "redis://tuf/targets/"
+#: GETRANGE chunk: what one read of a target holds in memory at most besides the file.
+CHUNK = 256 * 1024
+
+
+class TufRefused(IntegrityError):
+    """The TUF metadata or a target file did not verify."""
+
+
+class NotInTargets(TufRefused, NotFound):
+    """The signed targets do not list this version."""
+
+
+class RedisFetcher(FetcherInterface):
+    """Reads TUF metadata and target files from a fleet's Redis keys."""
+
+    def __init__(self, client: redis.Redis, keys: FleetKeys, chunk: int = CHUNK) -> None:
+        self._client, self._keys, self._chunk = client, keys, chunk
+
+    def _key(self, url: str) -> str:
+        try:
+            if url.startswith(METADATA_URL):
+                return metadata_key(self._keys, url[len(METADATA_URL) :])
+            if url.startswith(TARGETS_URL):
+                return target_key(self._keys, url[len(TARGETS_URL) :])
+        except IntegrityError as e:
+            raise tuf_errors.DownloadHTTPError(str(e), 403) from e
+        raise tuf_errors.DownloadHTTPError(f"not a URL of this fetcher: {url}", 403)
+
+    def _size(self, key: str) -> int:
+        try:
+            size = int(self._client.strlen(key))  # type: ignore[arg-type]
+        except redis.ResponseError as e:  # a wrong type: refused, not an outage
+            raise tuf_errors.DownloadHTTPError(f"{key}: {e}", 403) from e
+        if size == 0:
+            # 404 is how ngclient learns that the root chain ends here.
+            raise tuf_errors.DownloadHTTPError(f"{key} does not exist", 404)
+        return size
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        key = self._key(url)
+        size = self._size(key)
+        return self._chunks(key, size)
+
+    def _chunks(self, key: str, size: int) -> Iterator[bytes]:
+        offset = 0
+        while offset < size:
+            part = self._client.getrange(key, offset, min(offset + self._chunk, size) - 1)
+            data = bytes(part)  # type: ignore[arg-type]
+            if not data:
+                break  # the value shrank meanwhile: the hash check refuses what came
+            offset += len(data)
+            yield data
+
+    @contextlib.contextmanager
+    def download_file(self, url: str, max_length: int) -> Iterator[IO[bytes]]:
+        # Refuse before reading: the library would stop only after max_length bytes.
+        size = self._size(self._key(url))
+        if size > max_length:
+            raise tuf_errors.DownloadLengthMismatchError(
+                f"{url} holds {size} bytes, more than the {max_length} allowed"
+            )
+        with super().download_file(url, max_length) as f:
+            yield f
+
+
+@dataclass(frozen=True)
+class VerifiedTarget:
+    """A version's file and manifest as the signed targets describe them."""
+
+    sha256: str
+    artifact: bytes  # the zstd file, its length and sha256 checked
+    signed: SignedManifest
+    model: str
+    version: int
+
+
+class TufClient:
+    """Refreshes the fleet's TUF metadata and downloads verified versions."""
+
+    def __init__(
+        self, client: redis.Redis, keys: FleetKeys, metadata_dir: Path, trusted_root: bytes
+    ) -> None:
+        self._fetcher = RedisFetcher(client, keys)
+        self._dir = Path(metadata_dir)
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._bootstrap = trusted_root
+        self.stale = False  # timestamp or snapshot expired at the last refresh
+        self.last_refresh = 0.0
+        self._updater: Updater | None = None
+
+    @classmethod
+    def from_file(
+        cls, client: redis.Redis, keys: FleetKeys, metadata_dir: Path, root_file: Path
+    ) -> TufClient:
+        return cls(client, keys, metadata_dir, Path(root_file).read_bytes())
+
+    def _new_updater(self) -> Updater:
+        # The root kept from the last refresh is trusted over the bootstrap one
+        # (it may have rotated since the device was set up).
+        kept = self._dir / "root.json"
+        bootstrap = kept.read_bytes() if kept.exists() else self._bootstrap
+        return Updater(
+            metadata_dir=str(self._dir),
+            metadata_base_url=METADATA_URL,
+            target_base_url=TARGETS_URL,
+            fetcher=self._fetcher,
+            bootstrap=bootstrap,
+        )
+
+    def refresh(self) -> None:
+        """Fetch the newest metadata. An expired timestamp or snapshot sets ``stale``
+        (the edge keeps serving what it has); any other failure is TufRefused."""
+        updater = self._new_updater()
+        try:
+            updater.refresh()
+        except tuf_errors.ExpiredMetadataError as e:
+            self.stale = True
+            self._updater = None
+            raise TufRefused(f"TUF metadata expired: {e}") from e
+        except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as e:
+            self._updater = None
+            raise TufRefused(f"TUF metadata refused: {type(e).__name__}: {e}") from e
+        self.stale = False
+        self.last_refresh = time.time()
+        self._updater = updater
+
+    def lists(self, sha256: str) -> bool:
+        """Whether the signed targets (as of the last refresh) list version ``sha256``."""
+        return self._info(sha256) is not None
+
+    def _info(self, sha256: str) -> Any:
+        if self._updater is None:
+            self.refresh()
+        assert self._updater is not None
+        try:
+            return self._updater.get_targetinfo(artifact_path(sha256))
+        except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as e:
+            raise TufRefused(f"TUF metadata refused: {type(e).__name__}: {e}") from e
+
+    def download(self, sha256: str, *, refresh: bool = True) -> VerifiedTarget:
+        """Refresh (unless the caller just did), then download version ``sha256``
+        through the updater (length and sha256 enforced). NotInTargets if targets do
+        not list it."""
+        if refresh or self._updater is None:
+            self.refresh()
+        info = self._info(sha256)
+        if info is None:
+            raise NotInTargets(f"the signed targets do not list {sha256[:12]}")
+        custom = info.custom.get("edgeloop") if isinstance(info.custom, dict) else None
+        if not isinstance(custom, dict) or not isinstance(custom.get("manifest"), str):
+            raise TufRefused(f"target {sha256[:12]} carries no manifest")
+        assert self._updater is not None
+        fd, tmp = tempfile.mkstemp(dir=self._dir, prefix=".target-")
+        os.close(fd)
+        try:
+            self._updater.download_target(info, filepath=tmp)
+            data = Path(tmp).read_bytes()
+        except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as e:
+            raise TufRefused(f"target {sha256[:12]} refused: {type(e).__name__}: {e}") from e
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        try:
+            signed = SignedManifest.from_wire(custom["manifest"])
+        except EdgeloopError as e:
+            raise TufRefused(f"target {sha256[:12]}: manifest does not parse: {e}") from e
+        return VerifiedTarget(
+            sha256=sha256,
+            artifact=data,
+            signed=signed,
+            model=str(custom.get("model", "")),
+            version=int(custom.get("version", 0)),
+        )

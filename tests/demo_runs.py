@@ -1,0 +1,75 @@
+"""Whole quick demos (``edgeloop demo --quick --json``) for the tests that check them,
+run side by side.
+
+A quick demo is a tree of processes (a redis-server, a trainer, edges and their
+sensor apps) that spends much of its run on its own clock: the phases before and
+after the drift last as long as they last, and the trainer trains in bursts. On 2
+cores two demos side by side take little longer than one, so ``make test`` starts
+every demo its selected tests need when the first of those tests runs, two at a
+time, and each test then waits for its own run. A test names its run with the
+``demo_run`` mark: ``@pytest.mark.demo_run(NAME, prepare)``, where ``prepare(cwd)``
+writes what the run needs into ``cwd`` and returns the demo's extra arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+#: Demos running at once: two keep both cores busy without starving either's clock.
+WORKERS = 2
+#: One demo's longest run (its drift phase may wait up to 100 s more on a busy machine).
+RUN_TIMEOUT_S = 580
+
+Prepare = Callable[[Path], Sequence[str]]
+
+
+def run_demo(cwd: Path, *args: str) -> dict[str, Any]:
+    """``edgeloop demo --quick --json ARGS`` in ``cwd``: its last line, parsed."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "cloud.cli.main", "demo", "--quick", "--json", *args],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        cwd=cwd,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = proc.stdout.strip().splitlines()[-1]
+    print(line)  # the run's figures, for -rP and for a failure's report
+    result: dict[str, Any] = json.loads(line)
+    return result
+
+
+class DemoRuns:
+    """The demos a session's tests asked for, started at once, ``WORKERS`` at a time."""
+
+    def __init__(self, root: Path, runs: dict[str, Prepare]) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="demo")
+        self._futures: dict[str, Future[dict[str, Any]]] = {}
+        for name, prepare in runs.items():
+            cwd = root / name
+            cwd.mkdir()
+            self._futures[name] = self._pool.submit(run_demo, cwd, *prepare(cwd))
+
+    def result(self, name: str) -> dict[str, Any]:
+        """The run's figures; its failure (a non-zero exit, a timeout) raised here."""
+        return self._futures[name].result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def demo_runs_of(items: Sequence[Any]) -> dict[str, Prepare]:
+    """Every ``demo_run`` mark among the selected test items, in their order."""
+    runs: dict[str, Prepare] = {}
+    for item in items:
+        mark = item.get_closest_marker("demo_run")
+        if mark is not None:
+            name, prepare = mark.args
+            runs.setdefault(name, prepare)
+    return runs
