@@ -61,6 +61,7 @@ class ControllerLoop:
             try:
                 self._refresh_tuf()
                 self.controller.step()
+                self.controller.renew_orders()
                 self.steps += 1
                 self.last_step_at = time.time()
                 if failing:
