@@ -168,8 +168,15 @@ class RolloutController:
         return out
 
     def pins(self, model: str) -> dict[str, str]:
-        pins = self.client.hgetall(self.keys.pins(model))
-        return {replies.text(device): replies.text(sha) for device, sha in pins.items()}
+        """Pinned devices and their versions. With a director, only pins it signed (the
+        device's own order names the pinned version): a pin written to Redis by anyone
+        else neither keeps a device out of a rollout nor gets signed."""
+        raw = self.client.hgetall(self.keys.pins(model))
+        pins = {replies.text(device): replies.text(sha) for device, sha in raw.items()}
+        if self.director is None or not pins:
+            return pins
+        ordered = self.director.current(model).devices
+        return {d: sha for d, sha in pins.items() if d in ordered and ordered[d].sha256 == sha}
 
     def target(self, model: str) -> str | None:
         """The fleet's version of ``model``: with a director, what its signed fleet order

@@ -123,3 +123,15 @@ def test_renewal_and_a_replayed_order_restored(setup):
     before = setup.gates["pi-a"].highest
     assert setup.director.renew_due(now=setup.director.current(MODEL).fleet.expires - 10) == 1
     assert setup.served()["pi-a"] == b and setup.gates["pi-a"].highest > before
+
+
+def test_a_pin_written_around_the_controller_decides_nothing(setup):
+    a, b, c = setup.shas
+    setup.director.order(MODEL, a)
+    setup.client.hset(setup.keys.pins(MODEL), "pi-c", c)  # not through the controller
+    assert setup.controller.pins(MODEL) == {}
+    rollout = setup.rollout(b)
+    setup.controller.promote(rollout, "op")
+    setup.controller.step()
+    setup.controller.promote(rollout, "op")
+    assert setup.served() == dict.fromkeys(DEVICES, b)
