@@ -76,6 +76,7 @@ class FleetView:
             online=sum(1 for d in devices if d.health != "offline"),
             by_version=dict(sorted(by_version.items())),
             by_health=dict(sorted(by_health.items())),
+            stale=[d.device_id for d in devices if d.stale and d.health != "offline"],
             models=models,
         )
 

@@ -171,6 +171,8 @@ def _figure(gate: dict[str, Any], key: str) -> Any:
 
 def fleet_view(f: FleetPublic) -> Group:
     head = Text(f"fleet {f.fleet}: {f.devices} devices, {f.online} online", style="bold")
+    if f.stale:
+        head.append(f"\nstale update metadata: {', '.join(f.stale)}", style="yellow")
     by = Table(show_header=True, title_justify="left")
     by.add_column("version")
     by.add_column("devices", justify="right")
@@ -208,7 +210,7 @@ def devices_table(listing: DevicesPublic, model: str | None = None) -> Table:
         metric = on.rolling_accuracy if on.metric in (None, "accuracy") else on.rolling_metric
         t.add_row(
             d.device_id,
-            _state(d.health),
+            _state(d.health) + (Text(" stale", style="yellow") if d.stale else ""),
             _version(on.version) if d.health != "offline" else "?",
             _desired(on),
             (on.pinned_sha256 or "")[:12],
