@@ -22,8 +22,9 @@ itself for a name, the function's name for an import spec, unless given.
 >>> s = TrainerSettings(signing_key="/etc/edgeloop/signing.key", fleet="lab")
 >>> s.model, s.model_name, s.dataset, s.holdout_every, s.release
 ('digits', 'digits', 'digits', 5, 'manual')
->>> TrainerSettings(mode="development", model="models/vibration.py:build").model_name
-'build'
+>>> dev = TrainerSettings(mode="development", model="models/vibration.py:build")
+>>> dev.model_name, dev.release
+('build', 'direct')
 """
 
 from __future__ import annotations

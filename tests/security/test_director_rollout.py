@@ -6,6 +6,7 @@ nothing; the loop renews orders and restores a replayed one."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -135,3 +136,22 @@ def test_a_pin_written_around_the_controller_decides_nothing(setup):
     setup.controller.step()
     setup.controller.promote(rollout, "op")
     assert setup.served() == dict.fromkeys(DEVICES, b)
+
+
+def test_the_controller_loop_renews_orders_before_they_expire(setup):
+    from cloud.rollout.loop import ControllerLoop
+
+    a = setup.shas[0]
+    setup.director.ttl_s = 1.0  # renewed once less than half of it is left
+    setup.director.order(MODEL, a)
+    first = setup.director.current(MODEL).fleet.counter
+    loop = ControllerLoop(setup.controller, 0.05, renew_check_s=0.05)
+    loop.start()
+    try:
+        deadline = time.monotonic() + 1.6
+        while time.monotonic() < deadline:  # past the first order's expiry
+            assert setup.served()["pi-a"] == a and not setup.gates["pi-a"].stale
+            time.sleep(0.05)
+    finally:
+        loop.stop()
+    assert setup.director.current(MODEL).fleet.counter > first and loop.errors == 0
