@@ -107,6 +107,11 @@ def create_app(settings: ApiSettings) -> FastAPI:
     keys = FleetKeys(settings.fleet)
     registry = Registry(client, keys, DirBlobStore(settings.blob_dir))
     director = director_of(client, keys, settings.director_key, settings.director_ttl_s)
+    if director is None and settings.mode == "production":
+        logger.warning(
+            "no director_key: rollout decisions are unsigned Redis writes, which edges with "
+            "director_keys ignore and any writer of the fleet's keys can change"
+        )
     controller = RolloutController(client, keys, registry, director=director)
     if settings.mode == "development" and settings.dev_pepper:
         logger.warning(
