@@ -126,7 +126,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app = FastAPI(title="edgeloop cloud", version="1", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.view = VersionsView(registry, verifier)
-    app.state.fleet = FleetView(client, keys, registry)
+    app.state.fleet = FleetView(client, keys, registry, director)
     app.state.relay = DeviceRelay(client, keys)
     app.state.rollouts = RolloutsView(controller, registry)
     app.state.tokens = TokenStore(

@@ -181,6 +181,13 @@ class ModelTarget(BaseModel):
     target_version: int | None = Field(None, examples=[3])
     target_sha256: str | None = None
     active_rollout: str | None = Field(None, examples=["4be0c1f2a9d3"])
+    ordered_version: int | None = Field(
+        None,
+        description="the version the fleet's signed director order names (an API with "
+        "director_key; edges with director_keys follow it, not the unsigned target)",
+        examples=[3],
+    )
+    ordered_sha256: str | None = None
     devices: int = Field(0, description="online devices that serve the model", examples=[11])
     by_version: dict[str, int] = Field(
         default_factory=dict,

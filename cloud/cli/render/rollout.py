@@ -184,12 +184,21 @@ def fleet_view(f: FleetPublic) -> Group:
     for state, n in f.by_health.items():
         health.add_row(_state(state), str(n))
     models = Table(show_header=True)
-    for col in ("model", "target", "rollout in progress", "devices", "by version"):
+    signed = any(m.ordered_sha256 for m in f.models.values())
+    for col in ("model", "target", *(["signed order"] if signed else [])):
+        models.add_column(col)
+    for col in ("rollout in progress", "devices", "by version"):
         models.add_column(col)
     for name, m in f.models.items():
         versions = ", ".join(f"{v}: {n}" for v, n in m.by_version.items())
+        ordered = [_version(m.ordered_version) if m.ordered_sha256 else "–"] if signed else []
         models.add_row(
-            name, _version(m.target_version), m.active_rollout or "–", str(m.devices), versions
+            name,
+            _version(m.target_version),
+            *ordered,
+            m.active_rollout or "–",
+            str(m.devices),
+            versions,
         )
     return Group(head, by, health, models)
 

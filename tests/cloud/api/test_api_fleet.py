@@ -322,6 +322,8 @@ def test_devices_and_the_fleet_summary(api, redis_client, tmp_path):
         "target_version": 1,
         "target_sha256": shas[0],
         "active_rollout": None,
+        "ordered_version": None,  # no director_key
+        "ordered_sha256": None,
         "devices": 2,
         "by_version": {"v1": 1, "v2": 1},
     }
@@ -425,6 +427,11 @@ def test_the_api_with_a_director_key_signs_its_decisions(redis_client, redis_url
         assert (ordered("pi-01"), ordered("pi-02")) == (shas[0], shas[1])
         api.delete("/v1/devices/pi-02/pin", headers=admin).raise_for_status()
         assert ordered("pi-02") == shas[0]
+        redis_client.set(keys.target("digits"), shas[2])  # around the controller
+        viewer = bearer(issue(redis_client, FLEET, "viewer"))
+        digits = api.get("/v1/fleet", headers=viewer).json()["models"]["digits"]
+        assert (digits["target_version"], digits["ordered_version"]) == (3, 1)
+        assert ordered("pi-01") == shas[0]
 
 
 def test_the_controller_runs_in_the_api_and_alone(settings, redis_client, tmp_path, capsys):
