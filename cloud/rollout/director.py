@@ -26,10 +26,13 @@ without its own above it), and two controllers never sign one counter twice.
 before the earliest order expires.
 
 The current orders are read back from Redis and verified with the director's
-own key: what does not verify is deleted on the next write. An older order of
-this director put back into Redis (a replay) is caught by the counters this
-process has seen, and the one it replaced is restored; a controller that
-restarted has seen nothing yet and takes Redis as it finds it.
+own key: what does not verify is deleted on the next write, and so is a device
+order below the fleet order's counter (withdrawn, then put back: signing it
+again would make the device follow it). An older order of this director put
+back in place of a newer one (a replay) is caught by the counters this process
+has seen, and the newer one is restored; a controller that restarted has seen
+nothing yet and takes the fleet order in Redis as it finds it (the edges still
+refuse an older one; a renewal would sign it anew).
 """
 
 from __future__ import annotations
@@ -127,9 +130,8 @@ class Director:
     def current(self, model: str) -> Orders:
         """``model``'s orders now (no WATCH)."""
         raw = cast(dict[bytes, bytes], self.client.hgetall(self.keys.director(model)))
-        return self._parse(
-            model, raw, int(self.client.hget(self.keys.director_counter, model) or 0)
-        )  # type: ignore[arg-type]
+        top = cast(bytes | None, self.client.hget(self.keys.director_counter, model))
+        return self._parse(model, raw, int(top or 0))
 
     def fleet_sha(self, model: str) -> str | None:
         """The version the fleet's signed order names (None without one)."""
@@ -172,6 +174,23 @@ class Director:
                 out.fleet = order
             else:
                 out.devices[scope.removeprefix("device:")] = order
+        if out.fleet is not None:
+            # Every live device order is above the fleet order (see the module's
+            # docstring); one below it was withdrawn and put back (a replay). Signing it
+            # again would make the edge follow it: it is deleted instead.
+            for device, order in list(out.devices.items()):
+                if order.counter < out.fleet.counter:
+                    logger.error(
+                        "director: the order of %s for %s (counter %d) is older than the "
+                        "fleet's (%d): a withdrawn order put back; deleting it",
+                        device,
+                        model,
+                        order.counter,
+                        out.fleet.counter,
+                    )
+                    self.replays += 1
+                    out.junk.append(device_scope(device))
+                    del out.devices[device]
         return out
 
     # -- writing -----------------------------------------------------------------

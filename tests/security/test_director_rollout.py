@@ -155,3 +155,20 @@ def test_the_controller_loop_renews_orders_before_they_expire(setup):
     finally:
         loop.stop()
     assert setup.director.current(MODEL).fleet.counter > first and loop.errors == 0
+
+
+def test_a_withdrawn_device_order_put_back_is_never_signed_again(setup):
+    """Replaying a canary's order after its rollback: the edge ignores it (the fleet
+    order is newer), and a controller, even a restarted one, deletes it rather than
+    renewing it."""
+    a, b, _ = setup.shas
+    setup.director.order(MODEL, a)
+    rollout = setup.rollout(b)
+    canary = setup.client.hget(setup.keys.director(MODEL), "device:pi-a")
+    setup.controller.rollback(rollout, "op")
+    setup.client.hset(setup.keys.director(MODEL), "device:pi-a", canary)
+    assert setup.served()["pi-a"] == a
+    restarted = Director(setup.client, setup.keys, setup.director.signer)
+    restarted.renew(MODEL)
+    assert setup.client.hget(setup.keys.director(MODEL), "device:pi-a") is None
+    assert setup.served() == dict.fromkeys(DEVICES, a)
