@@ -106,7 +106,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
     client = redis.Redis.from_url(settings.redis_url, **settings.redis_options())
     keys = FleetKeys(settings.fleet)
     registry = Registry(client, keys, DirBlobStore(settings.blob_dir))
-    director = director_of(client, keys, settings.director_key, settings.director_ttl_s)
+    director = director_of(
+        client, keys, settings.director_key, settings.director_ttl_s, settings.director_state
+    )
     if director is None and settings.mode == "production":
         logger.warning(
             "no director_key: rollout decisions are unsigned Redis writes, which edges with "

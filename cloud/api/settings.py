@@ -102,6 +102,12 @@ class ApiSettings(RedisSettings):
         "renewed by the controller loop (edges with director_keys follow only those); unset "
         "(development): unsigned writes only",
     )
+    director_state: Path | None = Field(
+        None,
+        description="a file where the controller keeps the newest director orders it has "
+        "seen, so that an older order put back in Redis is caught after a restart too "
+        "(one per controller process; recommended with director_key)",
+    )
     director_ttl_s: float = Field(
         24 * 3600.0,
         ge=1,

@@ -44,7 +44,13 @@ def run(args: argparse.Namespace) -> int:
         client,
         keys,
         Registry(client, keys, DirBlobStore(settings.blob_dir)),
-        director=director_of(client, keys, settings.director_key, settings.director_ttl_s),
+        director=director_of(
+            client,
+            keys,
+            settings.director_key,
+            settings.director_ttl_s,
+            settings.director_state,
+        ),
     )
     if args.once:
         controller.step()

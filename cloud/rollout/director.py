@@ -29,15 +29,19 @@ The current orders are read back from Redis and verified with the director's
 own key: what does not verify is deleted on the next write, and so is a device
 order below the fleet order's counter (withdrawn, then put back: signing it
 again would make the device follow it). An older order of this director put
-back in place of a newer one (a replay) is caught by the counters this process
-has seen, and the newer one is restored; a controller that restarted has seen
-nothing yet and takes the fleet order in Redis as it finds it (the edges still
-refuse an older one; a renewal would sign it anew).
+back in place of a newer one (a replay) is caught by the newest orders this
+director has seen, and the newer one is restored. Those are kept in
+``state_file`` (the API setting ``director_state``) so that this holds across a
+restart; without it a restarted controller takes Redis as it finds it (the
+edges still refuse an older order, but a renewal would sign it anew).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -55,7 +59,7 @@ from shared.director import (
     sign_order,
     verify_order,
 )
-from shared.errors import EdgeloopError
+from shared.errors import ConfigError, EdgeloopError
 from shared.keys import FleetKeys
 from shared.signing import Signer, Verifier
 
@@ -68,12 +72,16 @@ ORDER_TTL_S = 24 * 3600.0
 
 
 def director_of(
-    client: redis.Redis, keys: FleetKeys, key_file: Path | None, ttl_s: float = ORDER_TTL_S
+    client: redis.Redis,
+    keys: FleetKeys,
+    key_file: Path | None,
+    ttl_s: float = ORDER_TTL_S,
+    state_file: Path | None = None,
 ) -> Director | None:
     """The director of a process given ``director_key``; None without one (development)."""
     if key_file is None:
         return None
-    return Director(client, keys, Signer.from_file(key_file), ttl_s)
+    return Director(client, keys, Signer.from_file(key_file), ttl_s, state_file=state_file)
 
 
 @dataclass
@@ -110,13 +118,51 @@ class Director:
     """Signs and stores the orders of one fleet with the controller's director key."""
 
     def __init__(
-        self, client: redis.Redis, keys: FleetKeys, signer: Signer, ttl_s: float = ORDER_TTL_S
+        self,
+        client: redis.Redis,
+        keys: FleetKeys,
+        signer: Signer,
+        ttl_s: float = ORDER_TTL_S,
+        *,
+        state_file: Path | None = None,
     ) -> None:
         self.client, self.keys, self.signer, self.ttl_s = client, keys, signer, ttl_s
         self._verifier = Verifier(signer.public_pem())
-        #: The newest order this process has seen per (model, scope): a replay's defence.
+        #: The newest order seen per (model, scope): a replay's defence. Kept in
+        #: ``state_file`` when given, so that it outlives a restart.
         self._seen: dict[tuple[str, str], tuple[DirectorOrder, bytes]] = {}
+        self._state_file = state_file
+        self._state_lock = threading.Lock()
         self.replays = 0
+        self._load_state()
+
+    def _load_state(self) -> None:
+        if self._state_file is None or not self._state_file.exists():
+            return
+        try:
+            saved = json.loads(self._state_file.read_text())
+            for model, scopes in saved.items():
+                for scope, wire in scopes.items():
+                    value = wire.encode()
+                    order = verify_order(SignedOrder.from_wire(value), [self._verifier])
+                    self._seen[(model, scope)] = (order, value)
+        except (OSError, ValueError, AttributeError, EdgeloopError) as e:
+            raise ConfigError(
+                f"director state {self._state_file} does not load ({e}); it holds the "
+                "newest orders this controller signed: restore it, or move it away to start "
+                "afresh from what Redis holds"
+            ) from e
+
+    def _save_state(self) -> None:
+        if self._state_file is None:
+            return
+        saved: dict[str, dict[str, str]] = {}
+        for (model, scope), (_, value) in list(self._seen.items()):
+            saved.setdefault(model, {})[scope] = value.decode()
+        with self._state_lock:
+            tmp = self._state_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(saved))
+            os.replace(tmp, self._state_file)
 
     # -- reading -----------------------------------------------------------------
 
@@ -144,6 +190,7 @@ class Director:
 
     def _parse(self, model: str, raw: dict[bytes, bytes], top: int) -> Orders:
         out = Orders(model=model, top=top)
+        learned = False
         for field_, value in raw.items():
             scope = field_.decode(errors="replace")
             try:
@@ -167,8 +214,9 @@ class Director:
                     seen[0].counter,
                 )
                 order = seen[0]
-            else:
+            elif seen is None or order.counter > seen[0].counter:
                 self._seen[(model, scope)] = (order, value)
+                learned = True
             out.top = max(out.top, order.counter)
             if scope == FLEET_SCOPE:
                 out.fleet = order
@@ -191,6 +239,8 @@ class Director:
                     self.replays += 1
                     out.junk.append(device_scope(device))
                     del out.devices[device]
+        if learned:  # another controller signed something since: remember it too
+            self._save_state()
         return out
 
     # -- writing -----------------------------------------------------------------
@@ -276,6 +326,8 @@ class Director:
         """Remember what a committed ``write`` signed: an older order is a replay from now on."""
         for scope, seen in orders.written.items():
             self._seen[(orders.model, scope)] = seen
+        if orders.written:
+            self._save_state()
 
     def set(
         self,

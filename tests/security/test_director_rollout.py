@@ -172,3 +172,16 @@ def test_a_withdrawn_device_order_put_back_is_never_signed_again(setup):
     restarted.renew(MODEL)
     assert setup.client.hget(setup.keys.director(MODEL), "device:pi-a") is None
     assert setup.served() == dict.fromkeys(DEVICES, a)
+
+
+def test_a_replayed_fleet_order_is_caught_after_a_restart_with_a_state_file(setup, tmp_path):
+    a, b, _ = setup.shas
+    state = tmp_path / "director.state"
+    director = Director(setup.client, setup.keys, setup.director.signer, state_file=state)
+    director.order(MODEL, a)
+    old = setup.client.hget(setup.keys.director(MODEL), FLEET_SCOPE)
+    director.order(MODEL, b)
+    setup.client.hset(setup.keys.director(MODEL), FLEET_SCOPE, old)  # replay A's order
+    restarted = Director(setup.client, setup.keys, setup.director.signer, state_file=state)
+    restarted.renew(MODEL)  # restores B rather than signing A anew
+    assert setup.served() == dict.fromkeys(DEVICES, b) and restarted.replays >= 1
