@@ -13,6 +13,14 @@ stopped (``step`` is idempotent), and operator actions from the REST API race
 safely with it (each change is a WATCH/MULTI on the rollout's key). Edges are
 told to look again with an ``assign`` entry on the fleet's delta stream; a
 device that was offline reads its desired version when it comes back.
+
+Given a ``Director`` (the setting ``director_key``), every decision is also a
+signed director order, written in the same transaction (cloud/rollout/
+director.py): a stage's devices are ordered to B, completion orders the fleet
+to B, a rollback is a newer order naming A, a pin is the device's own order.
+Edges with ``director_keys`` follow only those, so the controller's own idea of
+the fleet's version and of pins comes from the signed orders too, never from
+what anyone else wrote to ``target`` or ``pins``.
 """
 
 from __future__ import annotations
@@ -454,6 +462,7 @@ class RolloutController:
     def _change(self, rollout_id: str, fn: Callable[[Rollout, _Tx, str], None], by: str) -> Rollout:
         key = self.keys.rollout(rollout_id)
         out: dict[str, Rollout] = {}
+        commit: dict[str, Orders | None] = {}
 
         def txn(pipe: Pipeline) -> None:
             raw = pipe.get(key)
@@ -469,7 +478,6 @@ class RolloutController:
             self._sign(tx, orders)
             out["r"], commit["orders"] = r, orders
 
-        commit: dict[str, Orders | None] = {}
         self.client.transaction(txn, key)
         self._committed(commit.get("orders"))
         return out["r"]
