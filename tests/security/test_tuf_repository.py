@@ -340,4 +340,10 @@ def test_edge_daemon_applies_a_patch_listed_in_targets(redis_client, keys, tmp_p
         redis_client.append(keys.patch(v2.sha256, v3.sha256), b"x")
         redis_client.set(keys.target("digits"), v3.sha256)
         wait_for(lambda: _serving(daemon) == 3, what="v3 served from the full file")
-        assert updater.full_downloads == 2 and updater.patch_failures >= 1
+        assert updater.full_downloads == 2 and updater.patch_failures == 1
+        # Listed, but its key expired in Redis (patch_ttl_s): the full file again.
+        v4 = fleet.publisher.publish(same_size(4))
+        redis_client.delete(keys.patch(v3.sha256, v4.sha256))
+        redis_client.set(keys.target("digits"), v4.sha256)
+        wait_for(lambda: _serving(daemon) == 4, what="v4 served from the full file")
+        assert (updater.full_downloads, updater.patch_failures) == (3, 2)
