@@ -183,7 +183,7 @@ class RolloutController:
         pins = {replies.text(device): replies.text(sha) for device, sha in raw.items()}
         if self.director is None or not pins:
             return pins
-        ordered = self.director.current(model).devices
+        ordered = self.director.some(model, list(pins)).devices
         return {d: sha for d, sha in pins.items() if d in ordered and ordered[d].sha256 == sha}
 
     def target(self, model: str) -> str | None:

@@ -179,9 +179,17 @@ class Director:
         top = cast(bytes | None, self.client.hget(self.keys.director_counter, model))
         return self._parse(model, raw, int(top or 0))
 
+    def some(self, model: str, devices: list[str]) -> Orders:
+        """The fleet's order and those of ``devices`` only (no WATCH): what a read needs,
+        without verifying every device order of a large stage."""
+        scopes = [FLEET_SCOPE, *(device_scope(d) for d in devices)]
+        values = cast(list[bytes | None], self.client.hmget(self.keys.director(model), scopes))
+        raw = {s.encode(): v for s, v in zip(scopes, values, strict=True) if v is not None}
+        return self._parse(model, raw, 0)
+
     def fleet_sha(self, model: str) -> str | None:
         """The version the fleet's signed order names (None without one)."""
-        return self.current(model).fleet_sha
+        return self.some(model, []).fleet_sha
 
     def models(self) -> list[str]:
         """Models this fleet's director has ever ordered."""
