@@ -34,7 +34,7 @@ from tuf.ngclient import FetcherInterface, Updater
 from shared.errors import EdgeloopError, IntegrityError, NotFound
 from shared.keys import FleetKeys
 from shared.messages import SignedManifest
-from shared.tuf_paths import artifact_path, metadata_key, target_key
+from shared.tuf_paths import artifact_path, metadata_key, patch_path, target_key
 
 logger = logging.getLogger(__name__)
 
@@ -181,32 +181,59 @@ class TufClient:
         except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as e:
             raise TufRefused(f"TUF metadata refused: {type(e).__name__}: {e}") from e
 
-    def download(self, sha256: str, *, refresh: bool = True) -> VerifiedTarget:
-        """Refresh (unless the caller just did), then download version ``sha256``
-        through the updater (length and sha256 enforced). NotInTargets if targets do
-        not list it."""
-        if refresh or self._updater is None:
-            self.refresh()
+    def manifest(self, sha256: str) -> SignedManifest:
+        """The signed manifest the targets carry for version ``sha256`` (as of the last
+        refresh). NotInTargets if targets do not list it."""
+        return self._manifest(sha256)[0]
+
+    def _manifest(self, sha256: str) -> tuple[SignedManifest, Any, dict[str, Any]]:
         info = self._info(sha256)
         if info is None:
             raise NotInTargets(f"the signed targets do not list {sha256[:12]}")
         custom = info.custom.get("edgeloop") if isinstance(info.custom, dict) else None
         if not isinstance(custom, dict) or not isinstance(custom.get("manifest"), str):
             raise TufRefused(f"target {sha256[:12]} carries no manifest")
+        try:
+            signed = SignedManifest.from_wire(custom["manifest"])
+        except EdgeloopError as e:
+            raise TufRefused(f"target {sha256[:12]}: manifest does not parse: {e}") from e
+        return signed, info, custom
+
+    def download_patch(self, base_sha256: str, sha256: str) -> bytes | None:
+        """The patch from ``base_sha256`` to ``sha256`` if the targets list one (as of
+        the last refresh), downloaded through the updater (length and sha256
+        enforced); None if they do not. TufRefused if it does not download or verify
+        (e.g. its key expired in Redis): the caller fetches the full file."""
+        if self._updater is None:
+            self.refresh()
+        assert self._updater is not None
+        path = patch_path(base_sha256, sha256)
+        try:
+            info = self._updater.get_targetinfo(path)
+        except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as e:
+            raise TufRefused(f"TUF metadata refused: {type(e).__name__}: {e}") from e
+        return None if info is None else self._fetch(info, f"patch to {sha256[:12]}")
+
+    def _fetch(self, info: Any, what: str) -> bytes:
         assert self._updater is not None
         fd, tmp = tempfile.mkstemp(dir=self._dir, prefix=".target-")
         os.close(fd)
         try:
             self._updater.download_target(info, filepath=tmp)
-            data = Path(tmp).read_bytes()
+            return Path(tmp).read_bytes()
         except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as e:
-            raise TufRefused(f"target {sha256[:12]} refused: {type(e).__name__}: {e}") from e
+            raise TufRefused(f"{what} refused: {type(e).__name__}: {e}") from e
         finally:
             Path(tmp).unlink(missing_ok=True)
-        try:
-            signed = SignedManifest.from_wire(custom["manifest"])
-        except EdgeloopError as e:
-            raise TufRefused(f"target {sha256[:12]}: manifest does not parse: {e}") from e
+
+    def download(self, sha256: str, *, refresh: bool = True) -> VerifiedTarget:
+        """Refresh (unless the caller just did), then download version ``sha256``
+        through the updater (length and sha256 enforced). NotInTargets if targets do
+        not list it."""
+        if refresh or self._updater is None:
+            self.refresh()
+        signed, info, custom = self._manifest(sha256)
+        data = self._fetch(info, f"target {sha256[:12]}")
         return VerifiedTarget(
             sha256=sha256,
             artifact=data,

@@ -505,8 +505,8 @@ class UpdateConsumer:
 
     def _obtain_tuf(self, sha: str) -> tuple[SignedManifest, ModelManifest, bytes]:
         """Version ``sha`` as the fleet's TUF targets vouch for it: from the local store
-        when still there and still listed, else downloaded through the TUF updater.
-        (Patches are not listed in targets yet: a TUF edge downloads the full file.)"""
+        when still there and still listed, else a listed patch from the served version,
+        else the full file, each downloaded through the TUF updater."""
         assert self._tuf is not None
         self._tuf.refresh()
         if not self._tuf.lists(sha):
@@ -514,8 +514,7 @@ class UpdateConsumer:
         local = self._from_store(sha)
         if local is not None:
             return local
-        target = self._tuf.download(sha, refresh=False)
-        signed = target.signed
+        signed = self._tuf.manifest(sha)
         self._verifier.verify(signed.manifest_json.encode("utf-8"), signed.signature)
         manifest = signed.manifest()
         if manifest.sha256 != sha or manifest.model != self._model:
@@ -523,17 +522,46 @@ class UpdateConsumer:
                 f"the targets' manifest describes {manifest.model} {manifest.sha256[:12]}, "
                 f"not {self._model} {sha[:12]}"
             )
+        patched = self._tuf_patch(manifest)
+        if patched is not None:
+            return signed, manifest, patched
+        target = self._tuf.download(sha, refresh=False)
         self.bytes_downloaded += len(target.artifact)
         data = decode_full(
             target.artifact, max_size=min(manifest.size, self._policy.max_artifact_bytes)
         )
+        self._check_model(data, manifest)
+        self.full_downloads += 1
+        return signed, manifest, data
+
+    def _tuf_patch(self, manifest: ModelManifest) -> bytes | None:
+        """The new version from a patch the targets list from the served one, or None
+        (none listed, or it failed: logged, counted, and the full file is fetched)."""
+        assert self._tuf is not None
+        current = self._chain.current
+        if current is None or not self._store.has(current.sha256):
+            return None
+        try:
+            patch = self._tuf.download_patch(current.sha256, manifest.sha256)
+            if patch is None:
+                return None
+            self.bytes_downloaded += len(patch)
+            base = self._store.load(current.sha256).data
+            data = apply_patch(base, patch, min(manifest.size, self._policy.max_artifact_bytes))
+            self._check_model(data, manifest)
+        except EdgeloopError as e:
+            self._patch_failed(current, manifest, e)
+            return None
+        self.patches_applied += 1
+        return data
+
+    @staticmethod
+    def _check_model(data: bytes, manifest: ModelManifest) -> None:
         if len(data) != manifest.size:
             raise IntegrityError(
                 f"model file is {len(data)} bytes, the manifest says {manifest.size}"
             )
         check_sha256(data, manifest.sha256, what="model file")
-        self.full_downloads += 1
-        return signed, manifest, data
 
     def _from_store(self, sha: str) -> tuple[SignedManifest, ModelManifest, bytes] | None:
         """A version still on disk (a step back needs no download), verified again."""

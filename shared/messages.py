@@ -599,8 +599,9 @@ class EdgeStatus(WireModel):
     revert_reason: str | None = Field(None, description="why it reverted from refused_sha256")
     stale: bool = Field(
         False,
-        description="the fleet's signed update metadata (TUF timestamp) has expired: the edge "
-        "keeps serving what it has and installs nothing new until it is fresh again",
+        description="the fleet's signed update metadata (TUF timestamp, or this device's "
+        "director order) has expired: the edge keeps serving what it has and installs nothing "
+        "new until it is fresh again",
     )
     models: dict[str, ModelServing] = Field(
         default_factory=dict, description="every model this edge serves, by name"

@@ -84,6 +84,12 @@ class Signer:
         except OSError as e:
             raise ConfigError(f"cannot read signing key {path}: {e}") from e
 
+    def public_pem(self) -> bytes:
+        """The public half, for a process that checks what it signed itself."""
+        return self._key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
     def sign(self, data: bytes) -> Signature:
         sig = self._key.sign(data)
         return Signature(key_id=self.key_id, value=base64.b64encode(sig).decode("ascii"))

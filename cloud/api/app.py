@@ -73,6 +73,7 @@ from cloud.api.views.versions import VersionsView
 from cloud.registry.tuf_repo import TufRepository, tuf_repository
 from cloud.registry.versions import DirBlobStore, Registry
 from cloud.rollout.controller import RolloutController
+from cloud.rollout.director import director_of
 from cloud.rollout.loop import ControllerLoop
 from shared.keys import FleetKeys
 from shared.signing import Verifier
@@ -105,7 +106,15 @@ def create_app(settings: ApiSettings) -> FastAPI:
     client = redis.Redis.from_url(settings.redis_url, **settings.redis_options())
     keys = FleetKeys(settings.fleet)
     registry = Registry(client, keys, DirBlobStore(settings.blob_dir))
-    controller = RolloutController(client, keys, registry)
+    director = director_of(
+        client, keys, settings.director_key, settings.director_ttl_s, settings.director_state
+    )
+    if director is None and settings.mode == "production":
+        logger.warning(
+            "no director_key: rollout decisions are unsigned Redis writes, which edges with "
+            "director_keys ignore and any writer of the fleet's keys can change"
+        )
+    controller = RolloutController(client, keys, registry, director=director)
     if settings.mode == "development" and settings.dev_pepper:
         logger.warning(
             "development mode: API tokens are hashed with a fixed, public pepper; "
@@ -119,7 +128,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app = FastAPI(title="edgeloop cloud", version="1", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.view = VersionsView(registry, verifier)
-    app.state.fleet = FleetView(client, keys, registry)
+    app.state.fleet = FleetView(client, keys, registry, director)
     app.state.relay = DeviceRelay(client, keys)
     app.state.rollouts = RolloutsView(controller, registry)
     app.state.tokens = TokenStore(

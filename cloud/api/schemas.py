@@ -157,6 +157,11 @@ class DevicePublic(BaseModel):
     last_error: str | None = None
     refused_sha256: str | None = None
     revert_reason: str | None = None
+    stale: bool = Field(
+        False,
+        description="the device's signed update metadata (the fleet's TUF timestamp or its "
+        "director order) has expired: it keeps serving what it has and installs nothing new",
+    )
     models: dict[str, ServingPublic] = Field(
         default_factory=dict,
         description="every model the device serves, by name; the top-level fields are its "
@@ -176,6 +181,13 @@ class ModelTarget(BaseModel):
     target_version: int | None = Field(None, examples=[3])
     target_sha256: str | None = None
     active_rollout: str | None = Field(None, examples=["4be0c1f2a9d3"])
+    ordered_version: int | None = Field(
+        None,
+        description="the version the fleet's signed director order names (an API with "
+        "director_key; edges with director_keys follow it, not the unsigned target)",
+        examples=[3],
+    )
+    ordered_sha256: str | None = None
     devices: int = Field(0, description="online devices that serve the model", examples=[11])
     by_version: dict[str, int] = Field(
         default_factory=dict,
@@ -195,6 +207,12 @@ class FleetPublic(BaseModel):
         examples=[{"v3": 10, "v4": 1, "unknown": 1}],
     )
     by_health: dict[str, int] = Field(examples=[{"serving": 11, "offline": 1}])
+    stale: list[str] = Field(
+        default_factory=list,
+        description="online devices that report stale update metadata (an expired TUF "
+        "timestamp or director order: a frozen repository, or a director nobody renews)",
+        examples=[["pi-07"]],
+    )
     models: dict[str, ModelTarget] = Field(default_factory=dict)
 
 

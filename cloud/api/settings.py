@@ -94,6 +94,26 @@ class ApiSettings(RedisSettings):
     tuf_refresh_s: float = Field(
         600.0, gt=0, description="re-sign the TUF timestamp this often (well within its expiry)"
     )
+    director_key: Path | None = Field(
+        None,
+        description="the fleet's director key (Ed25519 private PEM, e.g. the signing.key of its "
+        "own `edgeloop keygen --out DIR`, never the trainer's); "
+        "set: every target, assignment, pin and rollback is also a signed director order, "
+        "renewed by the controller loop (edges with director_keys follow only those); unset "
+        "(development): unsigned writes only",
+    )
+    director_state: Path | None = Field(
+        None,
+        description="a file where the controller keeps the newest director orders it has "
+        "seen, so that an older order put back in Redis is caught after a restart too "
+        "(one per controller process; recommended with director_key)",
+    )
+    director_ttl_s: float = Field(
+        24 * 3600.0,
+        ge=1,
+        description="lifetime of a director order; the loop renews at half of it, and an edge "
+        "that sees no renewal for this long reports stale",
+    )
     device_status_ttl_s: int = Field(
         10, ge=1, description="lifetime of a device key written by POST /v1/devices/{id}/status"
     )

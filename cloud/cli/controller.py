@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from cloud.api.settings import ApiSettings
     from cloud.registry.tuf_repo import tuf_repository
     from cloud.registry.versions import DirBlobStore, Registry
+    from cloud.rollout.director import director_of
     from shared.config import load_settings
     from shared.keys import FleetKeys
 
@@ -40,10 +41,20 @@ def run(args: argparse.Namespace) -> int:
     client = redis.Redis.from_url(settings.redis_url, **settings.redis_options())
     keys = FleetKeys(settings.fleet)
     controller = RolloutController(
-        client, keys, Registry(client, keys, DirBlobStore(settings.blob_dir))
+        client,
+        keys,
+        Registry(client, keys, DirBlobStore(settings.blob_dir)),
+        director=director_of(
+            client,
+            keys,
+            settings.director_key,
+            settings.director_ttl_s,
+            settings.director_state,
+        ),
     )
     if args.once:
         controller.step()
+        controller.renew_orders()
         return 0
     interval = args.interval or settings.controller_interval_s or 5.0
     tuf = tuf_repository(client, keys, None, settings.tuf_online_key)

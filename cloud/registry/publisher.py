@@ -210,6 +210,7 @@ class Publisher:
                     manifest_wire=signed.to_wire().decode("utf-8"),
                     model=model,
                     version=manifest.version,
+                    patches=patches,
                 )
                 if self.tuf is not None
                 else {}

@@ -50,7 +50,7 @@ from tuf.api.serialization.json import JSONSerializer
 
 from shared.errors import ConfigError, EdgeloopError
 from shared.keys import FleetKeys
-from shared.tuf_paths import artifact_path, metadata_key
+from shared.tuf_paths import artifact_path, metadata_key, patch_path
 
 logger = logging.getLogger(__name__)
 
@@ -208,10 +208,12 @@ class TufRepository:
         manifest_wire: str,
         model: str,
         version: int,
+        patches: list[tuple[str, bytes]] | None = None,
     ) -> dict[str, bytes]:
         """The metadata writes that add version ``sha256`` to targets (and, with the
-        online key, to snapshot and timestamp). ``pipe`` is in WATCH mode (before
-        MULTI): reads go through it so that a concurrent publish retries."""
+        online key, to snapshot and timestamp), with each of ``patches`` (base sha256,
+        patch bytes) as target ``patches/<base>/<sha256>``. ``pipe`` is in WATCH mode
+        (before MULTI): reads go through it so that a concurrent publish retries."""
         if self.signers.targets is None:
             raise ConfigError("publishing into TUF needs the targets key")
         raw = pipe.get(self.key("targets.json"))
@@ -223,6 +225,14 @@ class TufRepository:
             "edgeloop": {"model": model, "version": version, "manifest": manifest_wire}
         }
         targets.signed.targets[tf.path] = tf
+        for base, patch in patches or []:
+            # Listed with its length and hash like the full file; the edge takes its
+            # manifest from the version's artifact target. A patch whose key expired
+            # (the registry's patch_ttl_s) is a failed download: the edge falls back
+            # to the full file.
+            pf = TargetFile.from_data(patch_path(base, sha256), patch, HASHES)
+            pf.unrecognized_fields["custom"] = {"edgeloop": {"base": base, "sha256": sha256}}
+            targets.signed.targets[pf.path] = pf
         targets.signed.version += 1
         targets.signed.expires = _expiry(self.targets_ttl_s)
         targets.sign(self.signers.targets)

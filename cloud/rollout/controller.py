@@ -13,6 +13,14 @@ stopped (``step`` is idempotent), and operator actions from the REST API race
 safely with it (each change is a WATCH/MULTI on the rollout's key). Edges are
 told to look again with an ``assign`` entry on the fleet's delta stream; a
 device that was offline reads its desired version when it comes back.
+
+Given a ``Director`` (the setting ``director_key``), every decision is also a
+signed director order, written in the same transaction (cloud/rollout/
+director.py): a stage's devices are ordered to B, completion orders the fleet
+to B, a rollback is a newer order naming A, a pin is the device's own order.
+Edges with ``director_keys`` follow only those, so the controller's own idea of
+the fleet's version and of pins comes from the signed orders too, never from
+what anyone else wrote to ``target`` or ``pins``.
 """
 
 from __future__ import annotations
@@ -22,11 +30,13 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import redis
 from redis.client import Pipeline
 
+from cloud.rollout.director import Director, Orders
 from cloud.rollout.health import evaluate, sample_of
 from cloud.rollout.rings import members
 from shared import replies
@@ -70,6 +80,16 @@ class Versions(Protocol):
     def get(self, model: str, ref: str | int) -> VersionRecord: ...
 
 
+@dataclass
+class _Tx:
+    """One change's writes: the pipeline (in MULTI), and what the director is to sign:
+    the fleet's new version (None: unchanged) and devices' own (None: the fleet's)."""
+
+    pipe: Pipeline
+    fleet: str | None = None
+    devices: dict[str, str | None] = field(default_factory=dict)
+
+
 class RolloutController:
     """Creates rollouts, runs them (``step``), and carries out operator actions."""
 
@@ -81,10 +101,14 @@ class RolloutController:
         *,
         clock: Callable[[], float] = time.time,
         device_stale_s: float = DEVICE_STALE_S,
+        director: Director | None = None,
     ) -> None:
         self.client = client
         self.keys = keys
         self.versions = versions
+        #: Set (the setting ``director_key``): every decision is also a signed director
+        #: order, in the same transaction; None (development): unsigned writes only.
+        self.director = director
         self.clock = clock
         self.device_stale_s = device_stale_s
         #: Enrolled devices' keys: once the fleet has one, a status counts only if signed.
@@ -152,12 +176,27 @@ class RolloutController:
         return out
 
     def pins(self, model: str) -> dict[str, str]:
-        pins = self.client.hgetall(self.keys.pins(model))
-        return {replies.text(device): replies.text(sha) for device, sha in pins.items()}
+        """Pinned devices and their versions. With a director, only pins it signed (the
+        device's own order names the pinned version): a pin written to Redis by anyone
+        else neither keeps a device out of a rollout nor gets signed."""
+        raw = self.client.hgetall(self.keys.pins(model))
+        pins = {replies.text(device): replies.text(sha) for device, sha in raw.items()}
+        if self.director is None or not pins:
+            return pins
+        ordered = self.director.some(model, list(pins)).devices
+        return {d: sha for d, sha in pins.items() if d in ordered and ordered[d].sha256 == sha}
 
     def target(self, model: str) -> str | None:
+        """The fleet's version of ``model``: with a director, what its signed fleet order
+        names (a trainer's unsigned ``target`` write, release ``direct``, is no decision)."""
+        if self.director is not None:
+            return self.director.fleet_sha(model)
         raw = self.client.get(self.keys.target(model))
         return replies.text(raw) if raw else None
+
+    def renew_orders(self) -> int:
+        """Re-sign director orders that are past half their lifetime (the loop's duty)."""
+        return self.director.renew_due() if self.director is not None else 0
 
     # -- creating -------------------------------------------------------------
 
@@ -240,13 +279,13 @@ class RolloutController:
     def step_one(self, rollout_id: str) -> Rollout:
         return self._change(rollout_id, self._advance, by="controller")
 
-    def _advance(self, r: Rollout, pipe: Pipeline, by: str) -> None:
+    def _advance(self, r: Rollout, tx: _Tx, by: str) -> None:
         if r.state != "running":
             return
         stage = r.stages[r.current]
         now = self.clock()
         if stage.status == "pending":
-            self._start_stage(r, stage, pipe, now)
+            self._start_stage(r, stage, tx, now)
             return
         for device, sample in self._samples(stage.devices, r.model).items():
             if sample.sha256 == r.to_sha256 and device not in stage.switched:
@@ -258,7 +297,7 @@ class RolloutController:
             stage.status, stage.decided_at = "failed", now
             self._roll_back(
                 r,
-                pipe,
+                tx,
                 f"stage {stage.name} failed: {'; '.join(result.reasons)}",
                 by,
                 "rolled_back",
@@ -266,51 +305,53 @@ class RolloutController:
         elif result.decision == "pass":
             stage.status, stage.decided_at = "passed", now
             r.log(f"stage {stage.name} passed", by)
-            self._after_pass(r, pipe, by)
+            self._after_pass(r, tx, by)
 
-    def _start_stage(self, r: Rollout, stage: StageState, pipe: Pipeline, now: float) -> None:
+    def _start_stage(self, r: Rollout, stage: StageState, tx: _Tx, now: float) -> None:
         pinned = set(self.pins(r.model))
         stage.devices = [d for d in stage.devices if d not in pinned]
         stage.before = self._samples(stage.devices, r.model)
         stage.status, stage.started_at = "running", now
         if stage.devices:
-            pipe.hset(
+            tx.pipe.hset(
                 self.keys.assignments(r.model), mapping=dict.fromkeys(stage.devices, r.to_sha256)
             )
-        self._notify(pipe, r.model, stage.devices)
+        tx.devices.update(dict.fromkeys(stage.devices, r.to_sha256))
+        self._notify(tx.pipe, r.model, stage.devices)
         r.log(f"stage {stage.name}: v{r.to_version} assigned to {len(stage.devices)} devices")
 
-    def _after_pass(self, r: Rollout, pipe: Pipeline, by: str) -> None:
+    def _after_pass(self, r: Rollout, tx: _Tx, by: str) -> None:
         if r.current == len(r.stages) - 1:
-            self._complete(r, pipe, by)
+            self._complete(r, tx, by)
         elif r.auto_promote:
             r.current += 1
         else:
             r.state = "waiting"
             r.log("waiting for an operator to promote", by)
 
-    def _complete(self, r: Rollout, pipe: Pipeline, by: str) -> None:
-        pipe.set(self.keys.target(r.model), r.to_sha256)
-        self._release(r, pipe)
+    def _complete(self, r: Rollout, tx: _Tx, by: str) -> None:
+        tx.pipe.set(self.keys.target(r.model), r.to_sha256)
+        tx.fleet = r.to_sha256
+        self._release(r, tx)
         r.state = "completed"
         r.log(f"completed: v{r.to_version} is the fleet's target", by)
 
-    def _roll_back(
-        self, r: Rollout, pipe: Pipeline, reason: str, by: str, state: RolloutState
-    ) -> None:
-        self._release(r, pipe)
+    def _roll_back(self, r: Rollout, tx: _Tx, reason: str, by: str, state: RolloutState) -> None:
+        self._release(r, tx)
         r.state = state
         r.reason = reason
         r.log(f"{state.replace('_', ' ')}: {reason}", by)
         logger.warning("rollout %s %s: %s", r.id, state, reason)
 
-    def _release(self, r: Rollout, pipe: Pipeline) -> None:
+    def _release(self, r: Rollout, tx: _Tx) -> None:
         """Drop this rollout's assignments: its devices follow the target again."""
         devices = sorted({d for s in r.stages for d in s.devices})
         if devices:
-            pipe.hdel(self.keys.assignments(r.model), *devices)
-        pipe.delete(self.keys.active_rollout(r.model))
-        self._notify(pipe, r.model, devices)
+            tx.pipe.hdel(self.keys.assignments(r.model), *devices)
+        pinned = self.pins(r.model) if self.director is not None else {}
+        tx.devices.update({d: pinned.get(d) for d in devices})  # a pin outlives the rollout
+        tx.pipe.delete(self.keys.active_rollout(r.model))
+        self._notify(tx.pipe, r.model, devices)
 
     def _notify(self, pipe: Pipeline, model: str, devices: list[str]) -> None:
         """Tell edges to look at their desired version again."""
@@ -336,16 +377,16 @@ class RolloutController:
     def promote(self, rollout_id: str, by: str) -> Rollout:
         """Pass the current stage by hand (its gate notwithstanding)."""
 
-        def act(r: Rollout, pipe: Pipeline, by: str) -> None:
+        def act(r: Rollout, tx: _Tx, by: str) -> None:
             self._require(r, {"running", "waiting", "paused"}, "promote")
             stage = r.stages[r.current]
             if stage.status != "passed":
                 if stage.status == "pending":
-                    self._start_stage(r, stage, pipe, self.clock())
+                    self._start_stage(r, stage, tx, self.clock())
                 stage.status, stage.decided_at = "passed", self.clock()
                 r.log(f"stage {stage.name} promoted by hand", by)
             if r.current == len(r.stages) - 1:
-                self._complete(r, pipe, by)
+                self._complete(r, tx, by)
             else:
                 r.current += 1
                 r.state = "running"
@@ -354,23 +395,24 @@ class RolloutController:
         return self._change(rollout_id, act, by)
 
     def abort(self, rollout_id: str, by: str) -> Rollout:
-        return self._change(rollout_id, lambda r, p, b: self._stop(r, p, b, "aborted"), by)
+        return self._change(rollout_id, lambda r, t, b: self._stop(r, t, b, "aborted"), by)
 
     def rollback(self, rollout_id: str, by: str) -> Rollout:
-        return self._change(rollout_id, lambda r, p, b: self._stop(r, p, b, "rolled_back"), by)
+        return self._change(rollout_id, lambda r, t, b: self._stop(r, t, b, "rolled_back"), by)
 
-    def _stop(self, r: Rollout, pipe: Pipeline, by: str, state: _Stopped) -> None:
+    def _stop(self, r: Rollout, tx: _Tx, by: str, state: _Stopped) -> None:
         if r.state == "completed" and state == "rolled_back":
             # Rolling back a finished rollout moves the target back to A.
             if r.from_sha256 is None:
                 raise RolloutConflict("this rollout had no previous version to go back to")
-            pipe.set(self.keys.target(r.model), r.from_sha256)
-            self._notify(pipe, r.model, [])
+            tx.pipe.set(self.keys.target(r.model), r.from_sha256)
+            tx.fleet = r.from_sha256  # a new, higher-counter order naming the older version
+            self._notify(tx.pipe, r.model, [])
             r.state, r.reason = "rolled_back", f"rolled back by {by} after completion"
             r.log(r.reason, by)
             return
         self._require(r, {"running", "waiting", "paused"}, state.replace("_", " "))
-        self._roll_back(r, pipe, f"{state.replace('_', ' ')} by {by}", by, state)
+        self._roll_back(r, tx, f"{state.replace('_', ' ')} by {by}", by, state)
 
     def _set_state(
         self, r: Rollout, by: str, action: str, state: RolloutState, allowed: set[str]
@@ -391,40 +433,76 @@ class RolloutController:
     def pin(self, model: str, device: str, ref: str, by: str) -> VersionRecord:
         check_name("device id", device)
         record = self.versions.get(model, ref)
-        pipe = self.client.pipeline()
-        pipe.hset(self.keys.pins(model), device, record.sha256)
-        self._notify(pipe, model, [device])
-        pipe.execute()
+
+        def write(tx: _Tx) -> None:
+            tx.pipe.hset(self.keys.pins(model), device, record.sha256)
+            tx.devices[device] = record.sha256
+            self._notify(tx.pipe, model, [device])
+
+        self._change_model(model, write)
         logger.info("%s pinned %s to %s v%d", by, device, model, record.version)
         return record
 
     def unpin(self, model: str, device: str, by: str) -> bool:
-        pipe = self.client.pipeline()
-        pipe.hdel(self.keys.pins(model), device)
-        self._notify(pipe, model, [device])
-        removed = bool(pipe.execute()[0])
+        # Unpinned, the device serves its rollout assignment if it has one, else the target.
+        assigned = self.client.hget(self.keys.assignments(model), device)
+
+        def write(tx: _Tx) -> None:
+            tx.pipe.hdel(self.keys.pins(model), device)
+            tx.devices[device] = replies.text(assigned) if assigned else None
+            self._notify(tx.pipe, model, [device])
+
+        removed = bool(self._change_model(model, write)[0])
         if removed:
             logger.info("%s unpinned %s", by, device)
         return removed
 
     # -- the one way state changes -------------------------------------------
 
-    def _change(
-        self, rollout_id: str, fn: Callable[[Rollout, Pipeline, str], None], by: str
-    ) -> Rollout:
+    def _change(self, rollout_id: str, fn: Callable[[Rollout, _Tx, str], None], by: str) -> Rollout:
         key = self.keys.rollout(rollout_id)
         out: dict[str, Rollout] = {}
+        commit: dict[str, Orders | None] = {}
 
         def txn(pipe: Pipeline) -> None:
             raw = pipe.get(key)
             if raw is None:
                 raise RolloutNotFound(f"no rollout {rollout_id!r} in fleet {self.keys.fleet}")
             r = Rollout.from_wire(raw)
+            orders = self.director.watch(pipe, r.model) if self.director else None
             pipe.multi()
-            fn(r, pipe, by)
+            tx = _Tx(pipe)
+            fn(r, tx, by)
             r.updated_at = self.clock()
             pipe.set(key, r.to_wire())
-            out["r"] = r
+            self._sign(tx, orders)
+            out["r"], commit["orders"] = r, orders
 
         self.client.transaction(txn, key)
+        self._committed(commit.get("orders"))
         return out["r"]
+
+    def _change_model(self, model: str, fn: Callable[[_Tx], None]) -> list[object]:
+        """``fn``'s writes for ``model`` and the director's orders for them, in one
+        transaction; the replies of the writes."""
+        commit: dict[str, Orders | None] = {}
+
+        def txn(pipe: Pipeline) -> None:
+            orders = self.director.watch(pipe, model) if self.director else None
+            pipe.multi()
+            tx = _Tx(pipe)
+            fn(tx)
+            self._sign(tx, orders)
+            commit["orders"] = orders
+
+        replies_ = self.client.transaction(txn)
+        self._committed(commit.get("orders"))
+        return list(replies_ or [])
+
+    def _sign(self, tx: _Tx, orders: Orders | None) -> None:
+        if self.director is not None and orders is not None:
+            self.director.write(tx.pipe, orders, fleet=tx.fleet, devices=tx.devices)
+
+    def _committed(self, orders: Orders | None) -> None:
+        if self.director is not None and orders is not None:
+            self.director.committed(orders)

@@ -33,6 +33,7 @@ class ControllerLoop:
         *,
         tuf: TufRepository | None = None,
         tuf_refresh_s: float = 600.0,
+        renew_check_s: float = 30.0,
     ) -> None:
         self.controller = controller
         self.interval_s = interval_s
@@ -40,6 +41,10 @@ class ControllerLoop:
         # cloud's one scheduled, long-running duty (cloud/registry/tuf_repo.py).
         self.tuf, self.tuf_refresh_s = tuf, tuf_refresh_s
         self._tuf_due = 0.0
+        # Director orders are checked for renewal (and replays) this often, not every
+        # step: it verifies every stored order.
+        self.renew_check_s = renew_check_s
+        self._renew_due = 0.0
         self.steps = 0
         self.errors = 0
         self.last_step_at: float | None = None
@@ -61,6 +66,7 @@ class ControllerLoop:
             try:
                 self._refresh_tuf()
                 self.controller.step()
+                self._renew_orders()
                 self.steps += 1
                 self.last_step_at = time.time()
                 if failing:
@@ -77,6 +83,12 @@ class ControllerLoop:
                 self.errors += 1
                 logger.exception("rollout controller: step failed")
             self._stop.wait(self.interval_s)
+
+    def _renew_orders(self) -> None:
+        if time.monotonic() < self._renew_due:
+            return
+        self.controller.renew_orders()
+        self._renew_due = time.monotonic() + self.renew_check_s
 
     def _refresh_tuf(self) -> None:
         if self.tuf is None or time.monotonic() < self._tuf_due:

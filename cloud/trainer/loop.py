@@ -83,7 +83,7 @@ class Trainer:
             self.registry,
             Signer.from_file(signing_key),
             max_patches=s.max_patches,
-            release=s.release,
+            release=s.release or "manual",  # the settings fill it in by mode
             tuf=tuf_repository(self.client, self.keys, s.tuf_targets_key, s.tuf_online_key),
         )
         self.rounds = RoundRunner(s, self.client, self.publisher, self.data, self.parts, self.spec)

@@ -7,7 +7,10 @@ one test.
 
 The signing key has no working default outside ``mode = "development"``: a
 trainer that signs with a key nobody configured would publish models that no
-edge trusts, or worse, that every edge of a careless fleet trusts.
+edge trusts, or worse, that every edge of a careless fleet trusts. Nor does
+``release``: in production it is ``manual`` unless set (a published version is
+only registered; rollouts and operators decide what devices run), in
+development ``direct`` (the version becomes the fleet's target at once).
 
 The model is a zoo name (``digits``, ``mlp``, ``regression_mlp``, ``dwcnn``,
 ``cnn1d``), a user's import spec (``mypkg.models:build`` or
@@ -17,10 +20,11 @@ the model's name in the fleet (keys, versions, rollouts): the model setting
 itself for a name, the function's name for an import spec, unless given.
 
 >>> s = TrainerSettings(signing_key="/etc/edgeloop/signing.key", fleet="lab")
->>> s.model, s.model_name, s.dataset, s.holdout_every
-('digits', 'digits', 'digits', 5)
->>> TrainerSettings(mode="development", model="models/vibration.py:build").model_name
-'build'
+>>> s.model, s.model_name, s.dataset, s.holdout_every, s.release
+('digits', 'digits', 'digits', 5, 'manual')
+>>> dev = TrainerSettings(mode="development", model="models/vibration.py:build")
+>>> dev.model_name, dev.release
+('build', 'direct')
 """
 
 from __future__ import annotations
@@ -193,10 +197,12 @@ class TrainerSettings(RedisSettings):
         4, ge=0, description="patches per announcement: the parent, then what most devices serve"
     )
     patch_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="how long a patch stays in Redis")
-    release: Literal["direct", "manual"] = Field(
-        "direct",
+    release: Literal["direct", "manual"] | None = Field(
+        None,
         description="direct: a published version becomes the fleet's target (unless a rollout "
-        "of the model is in progress); manual: targets are left to rollouts and operators",
+        "of the model is in progress); manual: targets are left to rollouts and operators. "
+        "Default: manual in production (the trainer's key publishes, it does not decide what "
+        "devices run), direct in development",
     )
 
     # Ingest
@@ -251,6 +257,12 @@ class TrainerSettings(RedisSettings):
                     "and set signing_key = 'DIR/signing.key'"
                 )
             self.signing_key = DEV_KEY_DIR / "signing.key"
+        return self
+
+    @model_validator(mode="after")
+    def _default_release(self) -> TrainerSettings:
+        if self.release is None:
+            self.release = "direct" if self.mode == "development" else "manual"
         return self
 
     @model_validator(mode="after")

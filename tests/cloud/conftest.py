@@ -71,6 +71,9 @@ def make_settings(
             "signing_key": signing_dir / "signing.key",
             "consumer": "trainer-1",
             "blob_dir": tmp_path / "blobs",
+            # these tests read the fleet's target after a publish (production's default
+            # is manual: targets are the rollouts')
+            "release": "direct",
         }
         return TrainerSettings(**{**base, **overrides})
 
@@ -140,6 +143,7 @@ FAST_TRAINER = {
     "replay_capacity": 1000,
     "recent_train": 400,
     "lock_ttl_ms": 300_000,
+    "release": "direct",  # a published version is the fleet's target at once
 }
 
 

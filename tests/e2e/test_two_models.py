@@ -49,6 +49,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 # child through (how good a round is, is the trainer tests' business; here it is
 # which model a version, a patch or a rollout reaches).
 TRAINER: dict[str, Any] = {
+    "release": "direct",  # a published version is the fleet's target at once
     "bootstrap_epochs": 12,
     "epochs": 3,
     "refit_epochs": 2,

@@ -304,3 +304,46 @@ def test_edge_daemon_serves_only_what_director_and_targets_name(
         assert _serving(daemon) == 2 and "replayed" in (updater.last_error or "")
         director.order("digits", v1.sha256)  # a legitimate rollback: higher counter
         wait_for(lambda: _serving(daemon) == 1, what="rolled back by a newer order")
+
+
+def test_edge_daemon_applies_a_patch_listed_in_targets(redis_client, keys, tmp_path, signing):
+    """A patch is a TUF target too (length and sha256 signed): a TUF edge applies it
+    instead of downloading the full file, and falls back to the full file when the
+    listed patch is gone (its key expired) or does not verify."""
+    from tests.edge.helpers import same_size_variant
+
+    def same_size(version: int) -> PublishRequest:
+        data = same_size_variant(version)
+        m = make_manifest(data, version)
+        return PublishRequest("digits", data, m.num_features, m.labels, m.probe, m.runtime)
+
+    fleet = Fleet(redis_client, keys)
+    fleet.publisher.signer = signing.signer
+    fleet.publisher.release = "direct"
+    root = tmp_path / "root.json"
+    root.write_bytes(fleet.trusted_root)
+    fleet.publisher.publish(same_size(1))
+    settings = make_settings(
+        tmp_path, _url(redis_client), signing.public_key, tuf_root=root, guard_enabled=False
+    )
+    with EdgeDaemon(settings) as daemon:
+        wait_for(lambda: _serving(daemon) == 1, what="v1 served through TUF")
+        updater = daemon.models["digits"].updater
+        assert (updater.full_downloads, updater.patches_applied) == (1, 0)
+        v2 = fleet.publisher.publish(same_size(2))
+        assert any(p.encoding == "patch" for p in v2.payloads)
+        wait_for(lambda: _serving(daemon) == 2, what="v2 served through a TUF patch")
+        assert (updater.full_downloads, updater.patches_applied) == (1, 1)
+        # The next patch is listed, but its key is tampered with: refused, full file.
+        fleet.publisher.release = "manual"  # the target stays on v2 until we move it
+        v3 = fleet.publisher.publish(same_size(3))
+        redis_client.append(keys.patch(v2.sha256, v3.sha256), b"x")
+        redis_client.set(keys.target("digits"), v3.sha256)
+        wait_for(lambda: _serving(daemon) == 3, what="v3 served from the full file")
+        assert updater.full_downloads == 2 and updater.patch_failures == 1
+        # Listed, but its key expired in Redis (patch_ttl_s): the full file again.
+        v4 = fleet.publisher.publish(same_size(4))
+        redis_client.delete(keys.patch(v3.sha256, v4.sha256))
+        redis_client.set(keys.target("digits"), v4.sha256)
+        wait_for(lambda: _serving(daemon) == 4, what="v4 served from the full file")
+        assert (updater.full_downloads, updater.patch_failures) == (3, 2)

@@ -23,6 +23,7 @@ from cloud.api.schemas import (
     ServingPublic,
 )
 from cloud.registry.versions import Registry
+from cloud.rollout.director import Director
 from shared import replies
 from shared.errors import MessageError, NotFound
 from shared.keys import FleetKeys, check_name
@@ -40,10 +41,18 @@ class DeviceNotFound(NotFound):
 class FleetView:
     """One fleet's devices, their versions and health, as the API shows them."""
 
-    def __init__(self, client: redis.Redis, keys: FleetKeys, registry: Registry) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: FleetKeys,
+        registry: Registry,
+        director: Director | None = None,
+    ) -> None:
         self.client = client
         self.keys = keys
         self.registry = registry
+        #: Set (the API's director_key): each model also shows its signed fleet order.
+        self.director = director
 
     @property
     def fleet(self) -> str:
@@ -76,6 +85,7 @@ class FleetView:
             online=sum(1 for d in devices if d.health != "offline"),
             by_version=dict(sorted(by_version.items())),
             by_health=dict(sorted(by_health.items())),
+            stale=[d.device_id for d in devices if d.stale and d.health != "offline"],
             models=models,
         )
 
@@ -92,21 +102,27 @@ class FleetView:
         pipe.get(self.keys.target(model))
         pipe.get(self.keys.active_rollout(model))
         target, active = (replies.text(v) if v else None for v in pipe.execute())
-        version = None
-        if target is not None:
-            try:
-                version = self.registry.get(model, target).version
-            except NotFound:
-                version = None
+        version = self._version(model, target)
+        ordered = self.director.fleet_sha(model) if self.director is not None else None
         on = [d.models[model] for d in devices if d.health != "offline" and model in d.models]
         by_version = Counter(f"v{m.version}" if m.version is not None else "baseline" for m in on)
         return ModelTarget(
             target_version=version,
             target_sha256=target,
             active_rollout=active,
+            ordered_version=self._version(model, ordered),
+            ordered_sha256=ordered,
             devices=len(on),
             by_version=dict(sorted(by_version.items())),
         )
+
+    def _version(self, model: str, sha: str | None) -> int | None:
+        if sha is None:
+            return None
+        try:
+            return self.registry.get(model, sha).version
+        except NotFound:
+            return None
 
     def _devices(self, seen: Sequence[tuple[str, float | None]]) -> list[DevicePublic]:
         seen = [(d, ts) for d, ts in seen if _safe(d)]  # the index holds only what edges wrote

@@ -171,6 +171,8 @@ def _figure(gate: dict[str, Any], key: str) -> Any:
 
 def fleet_view(f: FleetPublic) -> Group:
     head = Text(f"fleet {f.fleet}: {f.devices} devices, {f.online} online", style="bold")
+    if f.stale:
+        head.append(f"\nstale update metadata: {', '.join(f.stale)}", style="yellow")
     by = Table(show_header=True, title_justify="left")
     by.add_column("version")
     by.add_column("devices", justify="right")
@@ -182,12 +184,21 @@ def fleet_view(f: FleetPublic) -> Group:
     for state, n in f.by_health.items():
         health.add_row(_state(state), str(n))
     models = Table(show_header=True)
-    for col in ("model", "target", "rollout in progress", "devices", "by version"):
+    signed = any(m.ordered_sha256 for m in f.models.values())
+    for col in ("model", "target", *(["signed order"] if signed else [])):
+        models.add_column(col)
+    for col in ("rollout in progress", "devices", "by version"):
         models.add_column(col)
     for name, m in f.models.items():
         versions = ", ".join(f"{v}: {n}" for v, n in m.by_version.items())
+        ordered = [_version(m.ordered_version) if m.ordered_sha256 else "–"] if signed else []
         models.add_row(
-            name, _version(m.target_version), m.active_rollout or "–", str(m.devices), versions
+            name,
+            _version(m.target_version),
+            *ordered,
+            m.active_rollout or "–",
+            str(m.devices),
+            versions,
         )
     return Group(head, by, health, models)
 
@@ -208,7 +219,7 @@ def devices_table(listing: DevicesPublic, model: str | None = None) -> Table:
         metric = on.rolling_accuracy if on.metric in (None, "accuracy") else on.rolling_metric
         t.add_row(
             d.device_id,
-            _state(d.health),
+            _state(d.health) + (Text(" stale", style="yellow") if d.stale else ""),
             _version(on.version) if d.health != "offline" else "?",
             _desired(on),
             (on.pinned_sha256 or "")[:12],

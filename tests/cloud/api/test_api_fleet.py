@@ -322,6 +322,8 @@ def test_devices_and_the_fleet_summary(api, redis_client, tmp_path):
         "target_version": 1,
         "target_sha256": shas[0],
         "active_rollout": None,
+        "ordered_version": None,  # no director_key
+        "ordered_sha256": None,
         "devices": 2,
         "by_version": {"v1": 1, "v2": 1},
     }
@@ -363,6 +365,73 @@ def test_a_device_serving_two_models_is_shown_per_model(api, redis_client, tmp_p
     assert models["digits"]["devices"] == 2 and models["digits"]["by_version"] == {"v1": 1, "v2": 1}
     assert models["temp"]["devices"] == 1 and models["temp"]["by_version"] == {"v5": 1}
     assert models["temp"]["target_sha256"] == "ab" * 32
+
+
+def test_the_fleet_view_shows_stale_devices(api, redis_client, tmp_path):
+    """An edge whose TUF timestamp or director order expired says so in its status; the
+    API's device and fleet views and the CLI's tables show it."""
+    from rich.console import Console
+
+    from cloud.api.schemas import DevicesPublic, FleetPublic
+    from cloud.cli.render.rollout import devices_table, fleet_view
+
+    shas = seed_versions(redis_client, FLEET, tmp_path / "blobs")
+    viewer = bearer(issue(redis_client, FLEET, "viewer"))
+    report(redis_client, FLEET, "pi-01", shas[0], version=1, stale=True)
+    report(redis_client, FLEET, "pi-02", shas[0], version=1)
+    report(redis_client, FLEET, "pi-03", shas[0], version=1, stale=True)
+    redis_client.delete(FleetKeys(FLEET).device("pi-03"))  # offline: its last word unknown
+
+    assert api.get("/v1/devices/pi-01", headers=viewer).json()["stale"] is True
+    assert api.get("/v1/devices/pi-02", headers=viewer).json()["stale"] is False
+    summary = api.get("/v1/fleet", headers=viewer).json()
+    assert summary["stale"] == ["pi-01"]
+
+    console = Console(width=200, record=True)
+    console.print(fleet_view(FleetPublic.model_validate(summary)))
+    listing = DevicesPublic.model_validate(api.get("/v1/devices", headers=viewer).json())
+    console.print(devices_table(listing))
+    text = console.export_text()
+    assert "stale update metadata: pi-01" in text
+    rows = {line.split()[1]: line for line in text.splitlines() if "pi-0" in line}
+    assert "stale" in rows["pi-01"] and "stale" not in rows["pi-02"]
+
+
+def test_the_api_with_a_director_key_signs_its_decisions(redis_client, redis_url, tmp_path):
+    """REST pins and rollouts of an API given ``director_key`` are signed director orders."""
+    from edge.director import DirectorGate
+    from shared.signing import Verifier, write_keypair
+
+    private, public = write_keypair(tmp_path / "director")
+    settings = dev_api_settings(FLEET, redis_url, tmp_path, director_key=private)
+    shas = seed_versions(redis_client, FLEET, tmp_path / "blobs")
+    for d in ("pi-01", "pi-02"):
+        report(redis_client, FLEET, d, shas[0])
+    admin = bearer(issue(redis_client, FLEET, "admin"))
+    keys = FleetKeys(FLEET)
+
+    def ordered(device: str) -> str | None:
+        gate = DirectorGate(
+            keys, "digits", device, [Verifier.from_file(public)], tmp_path / f"{device}.n"
+        )
+        order = gate.read(redis_client)
+        return order.sha256 if order else None
+
+    with TestClient(create_app(settings)) as api:
+        spec = {"model": "digits", "target": "1", "stages": [{"name": "all", "percent": 100}]}
+        rid = api.post("/v1/rollouts", json=spec, headers=admin).json()["id"]
+        api.post(f"/v1/rollouts/{rid}/promote", headers=admin).raise_for_status()
+        assert ordered("pi-01") == ordered("pi-02") == shas[0]
+        pin = {"model": "digits", "version": "2"}
+        api.put("/v1/devices/pi-02/pin", json=pin, headers=admin).raise_for_status()
+        assert (ordered("pi-01"), ordered("pi-02")) == (shas[0], shas[1])
+        api.delete("/v1/devices/pi-02/pin", headers=admin).raise_for_status()
+        assert ordered("pi-02") == shas[0]
+        redis_client.set(keys.target("digits"), shas[2])  # around the controller
+        viewer = bearer(issue(redis_client, FLEET, "viewer"))
+        digits = api.get("/v1/fleet", headers=viewer).json()["models"]["digits"]
+        assert (digits["target_version"], digits["ordered_version"]) == (3, 1)
+        assert ordered("pi-01") == shas[0]
 
 
 def test_the_controller_runs_in_the_api_and_alone(settings, redis_client, tmp_path, capsys):
