@@ -50,18 +50,21 @@ from tuf.api.serialization.json import JSONSerializer
 
 from shared.errors import ConfigError, EdgeloopError
 from shared.keys import FleetKeys
-from shared.tuf_paths import artifact_path, metadata_key
+from shared.tuf_paths import DIRECTOR_FIELD, artifact_path, metadata_key
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DIRECTOR_FIELD",
     "ROOT_TTL_S",
     "TARGETS_TTL_S",
     "TIMESTAMP_TTL_S",
     "RepositoryMissing",
     "TufRepository",
     "TufSigners",
+    "director_keys",
     "load_signer",
+    "set_director_keys",
     "tuf_repository",
 ]
 
@@ -150,6 +153,7 @@ class TufRepository:
         *,
         root_keys: list[Key] | None = None,
         root_ttl_s: int = ROOT_TTL_S,
+        director_keys: list[Key] | None = None,
     ) -> bytes:
         """Write root v1 (threshold ``threshold`` of ``root_keys``, signed by
         ``root_signers``), an empty targets, snapshot and timestamp. Returns the
@@ -168,6 +172,8 @@ class TufRepository:
         root.signed.add_key(targets_signer.public_key, "targets")
         root.signed.add_key(online.public_key, "snapshot")
         root.signed.add_key(online.public_key, "timestamp")
+        if director_keys:
+            set_director_keys(root.signed, director_keys)
         for s in root_signers:
             root.sign(s, append=True)
         root_bytes = root.to_bytes(_SERIALIZER)
@@ -288,9 +294,69 @@ class TufRepository:
             self.key("timestamp.json"): timestamp.to_bytes(_SERIALIZER),
         }
 
+    def publish_root(
+        self,
+        root_bytes: bytes,
+        targets_signer: CryptoSigner | None = None,
+        *,
+        resign_online: bool = False,
+    ) -> None:
+        """Store a new root version (``N.root.json`` and ``root.json``: the chain edges
+        walk). With ``targets_signer`` (a rotated targets key) targets are re-signed
+        with it in the same transaction, every listed version kept, and with the
+        online key snapshot and timestamp too, so that edges never see a targets file
+        the snapshot does not name. ``resign_online`` (a rotated online key): snapshot
+        and timestamp are re-signed by it at once. The caller checked the root's
+        signatures."""
+        version = Metadata[Root].from_bytes(root_bytes).signed.version
+
+        def txn(pipe: Any) -> None:
+            writes = {
+                self.key(f"{version}.root.json"): root_bytes,
+                self.key("root.json"): root_bytes,
+            }
+            if targets_signer is not None:
+                raw = pipe.get(self.key("targets.json"))
+                if raw is None:
+                    raise RepositoryMissing(f"fleet {self.keys.fleet} has no TUF repository")
+                targets = Metadata[Targets].from_bytes(raw)
+                targets.signed.version += 1
+                targets.signed.expires = _expiry(self.targets_ttl_s)
+                targets.sign(targets_signer)
+                writes[self.key("targets.json")] = targets.to_bytes(_SERIALIZER)
+                if self.signers.online is not None:
+                    writes.update(self._online(targets.signed.version, pipe))
+            elif resign_online and self.signers.online is not None:
+                raw = pipe.get(self.key("targets.json"))
+                if raw is not None:
+                    current = Metadata[Targets].from_bytes(raw).signed.version
+                    writes.update(self._online(current, pipe))
+            pipe.multi()
+            for k, v in writes.items():
+                pipe.set(k, v)
+
+        self.client.transaction(txn, *self.watched(), self.key("root.json"))
+        logger.info("TUF root v%d of fleet %s published", version, self.keys.fleet)
+
     def root(self) -> bytes:
         """The newest root (what a new device is given as its trusted root)."""
         raw = self.client.get(self.key("root.json"))
         if raw is None:
             raise RepositoryMissing(f"fleet {self.keys.fleet} has no TUF repository")
         return bytes(raw)  # type: ignore[arg-type]
+
+
+def set_director_keys(root: Root, keys: list[Key], threshold: int = 1) -> None:
+    """Name ``keys`` as the director's in ``root`` (its custom field ``DIRECTOR_FIELD``)."""
+    root.unrecognized_fields[DIRECTOR_FIELD] = {
+        "keys": {k.keyid: k.to_dict() for k in keys},
+        "threshold": threshold,
+    }
+
+
+def director_keys(root: Root) -> dict[str, Key] | None:
+    """The director keys ``root`` names, by keyid; None when it names none."""
+    field = root.unrecognized_fields.get(DIRECTOR_FIELD)
+    if not isinstance(field, dict) or not isinstance(field.get("keys"), dict):
+        return None
+    return {keyid: Key.from_dict(keyid, dict(d)) for keyid, d in field["keys"].items()}
