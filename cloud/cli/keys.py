@@ -66,12 +66,25 @@ def keys_args(p: argparse.ArgumentParser) -> None:
     s = sub.add_parser("revoke", help="remove a role's key, in a new root version")
     s.add_argument("role", help="one of " + ", ".join(ROLES))
     s.add_argument("keyid", help="the key to remove (8 or more digits of its id)")
+    for name in ("rotate", "revoke"):
+        sub.choices[name].add_argument(
+            "--offline",
+            action="store_true",
+            help="no Redis: read KEYS/root.json, write the new signed root and keys to KEYS "
+            "(on the air-gapped machine; then `keys publish` online)",
+        )
+    s = sub.add_parser("publish", help="store a root signed offline (after checking its chain)")
+    s.add_argument("root_file", type=Path, help="the new N.root.json")
+    s.add_argument("--targets-key", type=Path, help="the new targets key, if the root names one")
+    s.add_argument(
+        "--online-key", type=Path, help="the (new) online key: re-sign snapshot and timestamp"
+    )
     sub.add_parser("show", help="what the fleet's root trusts, and which root each edge trusts")
     for name, s in sub.choices.items():
         s.add_argument("--fleet", default="default")
         s.add_argument("--redis-url", default=os.environ.get("EDGELOOP_ADMIN_REDIS_URL"))
         s.add_argument("--ca-file", type=Path, help="CA of a rediss:// server")
-        if name != "show":
+        if name not in ("show", "publish"):
             s.add_argument("--keys", type=Path, required=True, help="the fleet's key directory")
             s.add_argument(
                 "--root-keys-dir",
@@ -88,15 +101,19 @@ def keys(args: argparse.Namespace) -> int:
     from shared.keys import FleetKeys
     from shared.transport import redact, scrub, tls_options
 
-    if not args.redis_url:
-        raise ConfigError("give the admin Redis URL: --redis-url or EDGELOOP_ADMIN_REDIS_URL")
     if getattr(args, "role", None) is not None and args.role not in ROLES:
         raise ConfigError(f"unknown role {args.role!r}: one of {', '.join(ROLES)}")
-    client = redis.Redis.from_url(args.redis_url, **tls_options(args.redis_url, args.ca_file))
     fleet = FleetKeys(args.fleet)
+    if getattr(args, "offline", False):
+        return _change(None, fleet, args)
+    if not args.redis_url:
+        raise ConfigError("give the admin Redis URL: --redis-url or EDGELOOP_ADMIN_REDIS_URL")
+    client = redis.Redis.from_url(args.redis_url, **tls_options(args.redis_url, args.ca_file))
     try:
         if args.action == "show":
             return _show(client, fleet, args.json)
+        if args.action == "publish":
+            return _publish(client, fleet, args)
         return _change(client, fleet, args)
     except redis.RedisError as e:
         raise Unavailable(
@@ -106,13 +123,30 @@ def keys(args: argparse.Namespace) -> int:
         client.close()
 
 
-def _change(client: redis.Redis, fleet: FleetKeys, args: argparse.Namespace) -> int:
+def _publish(client: redis.Redis, fleet: FleetKeys, args: argparse.Namespace) -> int:
+    from cloud.registry.tuf_keys import publish_root_file
+
+    root = publish_root_file(
+        client, fleet, args.root_file, targets_key=args.targets_key, online_key=args.online_key
+    ).signed
+    print(
+        json.dumps(_trust(root))
+        if args.json
+        else f"fleet {fleet.fleet}: root v{root.version} stored (edges follow it at their "
+        "next refresh)"
+    )
+    return 0
+
+
+def _change(client: redis.Redis | None, fleet: FleetKeys, args: argparse.Namespace) -> int:
     from tuf.api.metadata import Metadata, Root
 
     from cloud.registry.tuf_keys import KeyDir, init_fleet, revoke_key, rotate_key
 
     keydir = KeyDir(args.keys, args.root_keys_dir)
     if args.action == "init":
+        if client is None:  # pragma: no cover - init has no --offline
+            raise ConfigError("init stores root v1: it needs Redis")
         if args.root_keys < 1:
             raise ConfigError(f"--root-keys must be at least 1, not {args.root_keys}")
         data = init_fleet(
@@ -136,10 +170,18 @@ def _change(client: redis.Redis, fleet: FleetKeys, args: argparse.Namespace) -> 
         done = (
             f"fleet {fleet.fleet}: new {args.role} key, root v{root.version} stored "
             f"(edges follow it at their next refresh){_restart_hint(args.role, keydir)}"
+            if client is not None
+            else f"fleet {fleet.fleet}: new {args.role} key, root v{root.version} signed: "
+            f"carry {args.keys}/{root.version}.root.json (and the new {args.role} key, "
+            "unless root) to `edgeloop keys publish`"
         )
     else:
         root = revoke_key(client, fleet, keydir, args.role, args.keyid).signed
         done = f"fleet {fleet.fleet}: {args.role} key {args.keyid} revoked, root v{root.version}"
+        if client is None:
+            done += (
+                f" signed: carry {args.keys}/{root.version}.root.json to `edgeloop keys publish`"
+            )
     if args.json:
         print(json.dumps(_trust(root)))
     else:

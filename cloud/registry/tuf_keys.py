@@ -59,6 +59,7 @@ __all__ = [
     "RootChange",
     "current_root",
     "init_fleet",
+    "publish_root_file",
     "revoke_key",
     "rotate_key",
 ]
@@ -227,8 +228,8 @@ def _match(root: Root, role: str, keyid: str) -> str:
     return found[0]
 
 
-def _begin(client: redis.Redis, keys: FleetKeys, ttl_s: int) -> RootChange:
-    old = current_root(client, keys)
+def _begin(client: redis.Redis | None, keys: FleetKeys, keydir: KeyDir, ttl_s: int) -> RootChange:
+    old = current_root(client, keys) if client is not None else _root_file(keydir.trusted_root)
     new = Metadata[Root].from_bytes(old.to_bytes(_SERIALIZER))
     new.signatures.clear()
     new.signed.version += 1
@@ -267,7 +268,7 @@ def _replace(change: RootChange, keydir: KeyDir, role: str, keyid: str | None) -
 
 
 def rotate_key(
-    client: redis.Redis,
+    client: redis.Redis | None,
     keys: FleetKeys,
     keydir: KeyDir,
     role: str,
@@ -278,7 +279,7 @@ def rotate_key(
     """A new key for ``role`` (replacing ``replace``, a keyid prefix, or every key of
     the role), in a new root version; returns it, stored."""
     _check_role(role)
-    change = _begin(client, keys, root_ttl_s)
+    change = _begin(client, keys, keydir, root_ttl_s)
     old_id = _match(change.old.signed, role, replace) if replace else None
     if role == "root" and old_id is None:
         # Every root key at once: as many new ones, same threshold.
@@ -290,7 +291,7 @@ def rotate_key(
 
 
 def revoke_key(
-    client: redis.Redis,
+    client: redis.Redis | None,
     keys: FleetKeys,
     keydir: KeyDir,
     role: str,
@@ -301,7 +302,7 @@ def revoke_key(
     """Remove key ``keyid`` (a prefix of 8+ digits) from ``role`` in a new root version.
     Refused when the role would be left with fewer keys than its threshold."""
     _check_role(role)
-    change = _begin(client, keys, root_ttl_s)
+    change = _begin(client, keys, keydir, root_ttl_s)
     full = _match(change.old.signed, role, keyid)
     root = change.new.signed
     left = len(_keyids(root, role)) - 1
@@ -342,9 +343,16 @@ def _sign(change: RootChange, keydir: KeyDir) -> bytes:
 
 
 def _commit(
-    client: redis.Redis, keys: FleetKeys, keydir: KeyDir, change: RootChange, role: str
+    client: redis.Redis | None, keys: FleetKeys, keydir: KeyDir, change: RootChange, role: str
 ) -> Metadata[Root]:
     data = _sign(change, keydir)
+    if client is None:
+        # Offline (the air-gapped machine): only files. The signed root travels to
+        # the online side (`edgeloop keys publish`), with the new role key if any.
+        _put_files(keydir, change)
+        keydir.trusted_root.write_bytes(data)
+        (keydir.path / f"{change.new.signed.version}.root.json").write_bytes(data)
+        return Metadata[Root].from_bytes(data)
     new_online = change.new_files.get(keydir.file("online"))
     online_file = keydir.file("online")
     online = (
@@ -364,6 +372,64 @@ def _commit(
     keydir.trusted_root.write_bytes(data)
     logger.info("fleet %s: %s key changed, root v%d", keys.fleet, role, change.new.signed.version)
     return Metadata[Root].from_bytes(data)
+
+
+def _root_file(path: Path) -> Metadata[Root]:
+    try:
+        return Metadata[Root].from_bytes(path.read_bytes())
+    except OSError as e:
+        raise ConfigError(f"no root at {path}: {e.strerror}") from e
+    except Exception as e:  # the library's DeserializationError and friends
+        raise ConfigError(f"{path} is not a TUF root: {e}") from e
+
+
+def _check_chain(old: Metadata[Root], new: Metadata[Root]) -> None:
+    """TUF's rule for the next root: version + 1, old threshold and new threshold met."""
+    if new.signed.version != old.signed.version + 1:
+        raise ConfigError(
+            f"the root to publish is v{new.signed.version}; the fleet's is "
+            f"v{old.signed.version}, so it must be v{old.signed.version + 1}"
+        )
+    payload = CanonicalJSONSerializer().serialize(new.signed)
+    for name, root in (("current", old.signed), ("new", new.signed)):
+        try:
+            root.verify_delegate("root", payload, new.signatures)
+        except UnsignedMetadataError as e:
+            raise ConfigError(f"the new root is not signed by the {name} root's keys: {e}") from e
+
+
+def publish_root_file(
+    client: redis.Redis,
+    keys: FleetKeys,
+    root_file: Path,
+    *,
+    targets_key: Path | None = None,
+    online_key: Path | None = None,
+) -> Metadata[Root]:
+    """Store a root signed offline, after checking that it chains from the fleet's
+    current root. A changed targets or online key must come with it (the new key
+    file), so that targets, snapshot and timestamp are re-signed in the same step."""
+    old = current_root(client, keys)
+    new = _root_file(root_file)
+    _check_chain(old, new)
+    signers: dict[str, CryptoSigner | None] = {
+        "targets": load_signer(targets_key) if targets_key else None,
+        "snapshot": load_signer(online_key) if online_key else None,
+    }
+    for role, signer in signers.items():
+        wanted = new.signed.roles[role].keyids
+        if signer is None and wanted != old.signed.roles[role].keyids:
+            option = "--targets-key" if role == "targets" else "--online-key"
+            raise ConfigError(f"the new root names a new {role} key: give its file with {option}")
+        if signer is not None and signer.public_key.keyid not in wanted:
+            raise ConfigError(f"the key given for {role} is not the one the new root names")
+    repo = TufRepository(client, keys, TufSigners(online=signers["snapshot"]))
+    repo.publish_root(
+        new.to_bytes(_SERIALIZER),
+        targets_signer=signers["targets"],
+        resign_online=signers["snapshot"] is not None,
+    )
+    return new
 
 
 def _put_files(keydir: KeyDir, change: RootChange) -> None:

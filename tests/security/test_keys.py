@@ -14,7 +14,7 @@ from tuf.api.metadata import Metadata, Root
 
 from cloud.cli.main import main
 from cloud.registry.publisher import Publisher, PublishRequest
-from cloud.registry.tuf_keys import KeyDir, init_fleet, revoke_key, rotate_key
+from cloud.registry.tuf_keys import KeyDir, current_root, init_fleet, revoke_key, rotate_key
 from cloud.registry.tuf_repo import TufRepository, TufSigners, load_signer
 from cloud.registry.versions import MemoryBlobStore, Registry
 from edge.daemon import EdgeDaemon
@@ -291,3 +291,28 @@ def test_missing_targets_key_file_is_one_line(fleet, capsys):
     code = main(["keys", "show", "--fleet", "nofleet", "--redis-url", url])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "no TUF repository" in err and len(err.splitlines()) == 1
+
+
+def test_offline_ceremony_then_publish(fleet, tmp_path, capsys):
+    """Root keys on an air-gapped machine: rotate there (no Redis), carry the signed
+    root and the new targets key, publish online; a root short of signatures is refused."""
+    v1 = fleet.publish(b"v1" * 100)
+    edge = fleet.edge(tmp_path / "edge")
+    edge.refresh()
+    rotate_key(None, fleet.keys, fleet.keydir, "targets")
+    assert current_root(fleet.client, fleet.keys).signed.version == 1  # nothing online yet
+    signed = fleet.keydir.path / "2.root.json"
+    short = Metadata[Root].from_bytes(signed.read_bytes())
+    while len(short.signatures) > 1:  # 1 of the 2 root signatures needed
+        short.signatures.popitem()
+    (tmp_path / "short.json").write_bytes(short.to_bytes())
+    url = _url(fleet.client)
+    base = ["--fleet", "lab", "--redis-url", url]
+    assert main(["keys", "publish", str(tmp_path / "short.json"), *base]) == 2
+    assert "not signed by the current root's keys" in capsys.readouterr().err
+    assert main(["keys", "publish", str(signed), *base]) == 2
+    assert "--targets-key" in capsys.readouterr().err
+    args = ["--targets-key", str(fleet.keydir.file("targets"))]
+    args += ["--online-key", str(fleet.keydir.file("online"))]
+    assert main(["keys", "publish", str(signed), *args, *base]) == 0
+    assert edge.download(v1.sha256).sha256 == v1.sha256 and edge.root_version == 2
