@@ -1,4 +1,4 @@
-"""``edgeloop keygen`` and ``edgeloop keys init|rotate|revoke|show``.
+"""``edgeloop keygen`` and ``edgeloop keys init|rotate|revoke|publish|show``.
 
 ``keygen`` makes the Ed25519 key pair that signs version manifests. ``keys`` is the
 ceremony of the fleet's TUF repository (cloud/registry/tuf_keys.py)::
@@ -7,6 +7,9 @@ ceremony of the fleet's TUF repository (cloud/registry/tuf_keys.py)::
     edgeloop keys rotate targets --fleet lab --keys ./lab-keys
     edgeloop keys revoke root 3f2a9c01 --fleet lab --keys ./lab-keys
     edgeloop keys show --fleet lab
+    # root keys offline: on the air-gapped machine, then online
+    edgeloop keys rotate targets --fleet lab --keys ./lab-keys --offline
+    edgeloop keys publish ./lab-keys/2.root.json --fleet lab --targets-key targets.key
 
 They talk to Redis as its ``admin`` user (``--redis-url``, else
 ``EDGELOOP_ADMIN_REDIS_URL``). The root keys are read from ``--root-keys-dir``
