@@ -220,6 +220,9 @@ class TufRepository:
         MULTI): reads go through it so that a concurrent publish retries."""
         if self.signers.targets is None:
             raise ConfigError("publishing into TUF needs the targets key")
+        self._check_named(pipe, "targets", self.signers.targets)
+        if self.signers.online is not None:
+            self._check_named(pipe, "timestamp", self.signers.online)
         raw = pipe.get(self.key("targets.json"))
         if raw is None:
             raise RepositoryMissing(f"fleet {self.keys.fleet} has no TUF repository")
@@ -247,6 +250,8 @@ class TufRepository:
         written: list[int] = []
 
         def txn(pipe: Any) -> None:
+            assert self.signers.online is not None
+            self._check_named(pipe, "timestamp", self.signers.online)
             raw = pipe.get(self.key("targets.json"))
             if raw is None:
                 raise RepositoryMissing(f"fleet {self.keys.fleet} has no TUF repository")
@@ -260,6 +265,21 @@ class TufRepository:
 
         self.client.transaction(txn, *self.watched())
         return written[0]
+
+    def _check_named(self, pipe: Any, role: str, signer: CryptoSigner) -> None:
+        """Refuse to sign ``role`` with a key the fleet's root no longer names: a
+        process still holding a rotated-out key would only write metadata that every
+        edge refuses, and hide the repository's good metadata behind it."""
+        raw = pipe.get(self.key("root.json"))
+        if raw is None:
+            raise RepositoryMissing(f"fleet {self.keys.fleet} has no TUF repository")
+        root = Metadata[Root].from_bytes(bytes(raw)).signed
+        if signer.public_key.keyid not in root.roles[role].keyids:
+            raise ConfigError(
+                f"this process's {role} key ({signer.public_key.keyid[:16]}) is not the one "
+                f"the fleet's TUF root v{root.version} names: it was rotated out; restart "
+                "with the new key (`edgeloop keys show`)"
+            )
 
     def _online(self, targets_version: int, pipe: Any | None) -> dict[str, bytes]:
         """New snapshot (naming ``targets_version``) and timestamp, each one version

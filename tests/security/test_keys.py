@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tuf.api.metadata import Metadata, Root
+from tuf.api.metadata import Metadata, Root, TargetFile, Targets
 
 from cloud.cli.main import main
 from cloud.registry.publisher import Publisher, PublishRequest
@@ -65,6 +65,25 @@ class Fleet:
         return TufClient(self.client, self.keys, directory, self.root_v1)
 
 
+def _forge_targets(fleet: Fleet, signer, content: bytes) -> str:
+    """Targets listing ``content`` signed by ``signer``, written straight to Redis, and
+    snapshot and timestamp re-signed over them by the fleet's online key."""
+    from shared.codec import sha256_hex
+    from shared.tuf_paths import artifact_path
+
+    key = fleet.keys.tuf_metadata("targets.json")
+    targets = Metadata[Targets].from_bytes(fleet.client.get(key))
+    tf = TargetFile.from_data(artifact_path(sha256_hex(content)), content, ["sha256"])
+    targets.signed.targets[tf.path] = tf
+    targets.signed.version += 1
+    targets.sign(signer)
+    fleet.client.set(key, targets.to_bytes())
+    fleet.client.set(fleet.keys.artifact(sha256_hex(content)), content)
+    online = TufSigners(online=load_signer(fleet.keydir.file("online")))
+    TufRepository(fleet.client, fleet.keys, online).refresh()
+    return sha256_hex(content)
+
+
 @pytest.fixture
 def fleet(redis_client, keys, tmp_path) -> Fleet:
     return Fleet(redis_client, keys, tmp_path)
@@ -103,10 +122,14 @@ def test_targets_rotation_keeps_every_version_and_refuses_the_old_key(fleet, tmp
     fresh.download(v1.sha256)
     assert fresh.root_version == 2
 
-    # The rotated-out key (a trainer not restarted, or a thief) signs targets: refused.
-    evil = fleet.publish(b"evil" * 500, targets_key=old_key)
+    # A trainer not restarted refuses to publish with its rotated-out key ...
+    with pytest.raises(ConfigError, match="rotated out"):
+        fleet.publish(b"late" * 500, targets_key=old_key)
+    # ... and targets a thief signs with it (even vouched for by the online key) are
+    # refused by the edge.
+    evil = _forge_targets(fleet, load_signer(old_key), b"evil" * 500)
     with pytest.raises(TufRefused, match="targets"):
-        edge.download(evil.sha256)
+        edge.download(evil)
     with pytest.raises(TufRefused):
         fleet.edge(tmp_path / "third").download(v1.sha256)
     assert time.perf_counter() - started < 8
@@ -316,3 +339,20 @@ def test_offline_ceremony_then_publish(fleet, tmp_path, capsys):
     args += ["--online-key", str(fleet.keydir.file("online"))]
     assert main(["keys", "publish", str(signed), *args, *base]) == 0
     assert edge.download(v1.sha256).sha256 == v1.sha256 and edge.root_version == 2
+
+
+def test_keys_commands_do_not_import_torch(fleet):
+    """The ceremony runs on a bare machine: no torch on it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from cloud.cli.main import main; "
+        "rc = main(['keys', 'show', '--fleet', 'lab', '--redis-url', sys.argv[1]]); "
+        "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)"
+    )
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run(
+        [sys.executable, "-c", code, _url(fleet.client)], cwd=root, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
