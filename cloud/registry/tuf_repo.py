@@ -21,6 +21,11 @@ When the publisher holds the online key too (development, ``release = direct``),
 ``stage_version`` writes snapshot and timestamp in the publish transaction;
 otherwise the version is visible to edges after the next ``refresh``.
 
+The keys are made and changed by ``edgeloop keys`` (cloud/registry/tuf_keys.py):
+each change is a new root stored by ``publish_root``; the director's keys are in
+the root's custom field ``DIRECTOR_FIELD``. A process refuses to sign a role with a
+key the current root does not name (it was rotated out).
+
 Files live at the keys of shared/tuf_paths.py; writes are WATCH/MULTI on
 ``targets.json`` so that two publishes never sign the same targets version.
 """
