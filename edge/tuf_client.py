@@ -156,10 +156,11 @@ class TufClient:
 
     def trusted_root(self) -> Root | None:
         """The newest root this device has verified (kept by the updater in
-        ``metadata_dir``), or None before the first refresh."""
+        ``metadata_dir``), else the one it was set up with."""
         kept = self._dir / "root.json"
         try:
-            return Metadata[Root].from_bytes(kept.read_bytes()).signed
+            data = kept.read_bytes() if kept.exists() else self._bootstrap
+            return Metadata[Root].from_bytes(data).signed
         except (OSError, ValueError, tuf_errors.RepositoryError):
             return None
 

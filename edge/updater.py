@@ -340,7 +340,10 @@ class UpdateConsumer:
     def _directed(self) -> bool:
         """Whether the desired version comes from director orders: the edge has
         director keys, from its files or from the fleet's TUF root."""
-        return self._director is not None and bool(self._director.trusted)
+        # A root that names a director directs the edge even if none of its keys is
+        # usable here: nothing verifies then, and the unsigned target is never a fallback.
+        named = self._director_pems is not None
+        return self._director is not None and (bool(self._director.trusted) or named)
 
     def _adopt_director_keys(self) -> None:
         """The director keys the trusted TUF root names replace any others: a rotated
