@@ -246,10 +246,24 @@ def _edges(client: redis.Redis, fleet: FleetKeys) -> list[dict[str, Any]]:
     return out
 
 
+def _metadata_expiry(client: redis.Redis, fleet: FleetKeys, role: str) -> dict[str, Any]:
+    """Version and expiry of the role's current metadata file (a frozen repository
+    shows as an expired timestamp)."""
+    from tuf.api.metadata import Metadata
+
+    raw = client.get(fleet.tuf_metadata(f"{role}.json"))
+    if raw is None:
+        return {"version": None, "expires": None}
+    signed = Metadata.from_bytes(bytes(raw)).signed  # type: ignore[arg-type]
+    return {"version": signed.version, "expires": signed.expires.isoformat()}
+
+
 def _show(client: redis.Redis, fleet: FleetKeys, as_json: bool) -> int:
     from cloud.registry.tuf_keys import current_root
 
     trust = _trust(current_root(client, fleet).signed)
+    for role in ("root", "targets", "snapshot", "timestamp"):
+        trust["roles"][role]["metadata"] = _metadata_expiry(client, fleet, role)
     edges = _edges(client, fleet)
     newest = trust["root_version"]
     for e in edges:
@@ -259,14 +273,17 @@ def _show(client: redis.Redis, fleet: FleetKeys, as_json: bool) -> int:
         print(json.dumps({"fleet": fleet.fleet, **trust, "edges": edges}))
         return 0
     print(f"fleet {fleet.fleet}: root v{newest}, expires {trust['expires']}")
-    print(f"{'role':<10} {'threshold':<10} keyids")
+    print(f"{'role':<10} {'threshold':<10} {'metadata':<36} keyids")
     for name in ROLES:
         role = trust["roles"].get(name)
         if role is None:
             print(f"{name:<10} {'-':<10} not named in the root (edges use director_keys files)")
             continue
         ids = " ".join(k[:16] for k in role["keyids"])
-        print(f"{name:<10} {role['threshold']} of {len(role['keyids']):<5} {ids}")
+        meta = role.get("metadata")
+        label = f"v{meta['version']} until {meta['expires']}" if meta and meta["version"] else ""
+        threshold = f"{role['threshold']} of {len(role['keyids'])}"
+        print(f"{name:<10} {threshold:<10} {label:<36} {ids}")
     if edges:
         print(f"\n{'device':<24} root")
         for e in edges:

@@ -356,3 +356,17 @@ def test_keys_commands_do_not_import_torch(fleet):
         [sys.executable, "-c", code, _url(fleet.client)], cwd=root, capture_output=True, text=True
     )
     assert r.returncode == 0, r.stderr
+
+
+def test_cli_init_then_rotate(redis_client, tmp_path, capsys):
+    url, d = _url(redis_client), tmp_path / "k"
+    base = ["--fleet", "cli", "--keys", str(d), "--redis-url", url]
+    assert main(["keys", "init", "--root-keys", "2", "--threshold", "1", *base]) == 0
+    assert "offline media" in capsys.readouterr().out
+    old_director = (d / "director.pub").read_bytes()
+    assert main(["keys", "rotate", "director", *base, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["root_version"] == 2 and shown["roles"]["root"]["threshold"] == 1
+    assert (d / "director.pub").read_bytes() != old_director
+    assert stat.S_IMODE((d / "director.key").stat().st_mode) == 0o600
+    assert [p.name.split(".")[0] for p in (d / "retired").iterdir()] == ["director"]
