@@ -173,9 +173,10 @@ def init_fleet(
             f"fleet {keys.fleet} already has a TUF repository: rotate keys instead "
             "(`edgeloop keys rotate ROLE`)"
         )
-    for path in (keydir.roots, keydir.file("targets"), keydir.trusted_root):
-        if path.exists():
-            raise ConfigError(f"{path} exists; refusing to overwrite a fleet's keys")
+    existing = [*keydir.roots.glob("*.key")] if keydir.roots.is_dir() else []
+    existing += [p for p in (keydir.file("targets"), keydir.trusted_root) if p.exists()]
+    if existing:
+        raise ConfigError(f"{existing[0]} exists; refusing to overwrite a fleet's keys")
     roots = [_new_key() for _ in range(root_keys)]
     targets_pem, _ = _new_key()
     online_pem, _ = _new_key()

@@ -336,6 +336,12 @@ class TufRepository:
         version = Metadata[Root].from_bytes(root_bytes).signed.version
 
         def txn(pipe: Any) -> None:
+            current = pipe.get(self.key("root.json"))
+            now = Metadata[Root].from_bytes(bytes(current)).signed.version if current else 0
+            if now != version - 1:  # another ceremony stored a root meanwhile
+                raise ConfigError(
+                    f"the fleet's root is v{now} now; a v{version} must follow v{version - 1}"
+                )
             writes = {
                 self.key(f"{version}.root.json"): root_bytes,
                 self.key("root.json"): root_bytes,
