@@ -370,3 +370,11 @@ def test_cli_init_then_rotate(redis_client, tmp_path, capsys):
     assert (d / "director.pub").read_bytes() != old_director
     assert stat.S_IMODE((d / "director.key").stat().st_mode) == 0o600
     assert [p.name.split(".")[0] for p in (d / "retired").iterdir()] == ["director"]
+
+
+def test_a_root_must_follow_the_stored_one(fleet):
+    """Two ceremonies at once: the second's root (same version) is refused."""
+    rotate_key(fleet.client, fleet.keys, fleet.keydir, "director")
+    stale = TufRepository(fleet.client, fleet.keys, TufSigners())
+    with pytest.raises(ConfigError, match="is v2 now"):
+        stale.publish_root(fleet.keydir.trusted_root.read_bytes())
