@@ -182,7 +182,8 @@ class ServedModel:
                     [Verifier.from_file(k) for k in settings.director_keys],
                     state_dir / "director.counter",
                 )
-                if settings.director_keys
+                # With tuf_root, the fleet's root may name the director keys (keys init).
+                if settings.director_keys or settings.tuf_root is not None
                 else None
             ),
         )
@@ -399,6 +400,7 @@ class ServedModel:
             refused_sha256=self.store.refused_sha256,
             revert_reason=self.store.revert_reason,
             stale=self.updater.stale,
+            tuf_root_version=self.updater.tuf_root_version,
         )
 
     def _counters(self, labeled: int, correct: int) -> EdgeCounters:

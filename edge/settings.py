@@ -72,7 +72,7 @@ class EdgeSettings(RedisSettings):
     public_key: Path = Field(description="Ed25519 public key (PEM) that signs manifests")
     tuf_root: Path | None = Field(
         None,
-        description="the fleet's trusted TUF root (root.json from `edgeloop keys`); set: a "
+        description="the fleet's trusted TUF root (root.json from `edgeloop keys init`); set: a "
         "version is installed only if the fleet's signed TUF targets list it, through TUF's "
         "verified download (metadata kept in state_dir/tuf)",
     )
@@ -80,7 +80,8 @@ class EdgeSettings(RedisSettings):
         default_factory=list,
         description="public keys (PEM) of the fleet's director (the rollout controller); set: "
         "the edge serves only what a signed director order names (highest counter wins, "
-        "lower ones refused), ignoring the unsigned target/assignment/pin",
+        "lower ones refused), ignoring the unsigned target/assignment/pin. With tuf_root, "
+        "the director keys the fleet's TUF root names replace these (`edgeloop keys`)",
     )
     device_key: Path | None = Field(
         None,

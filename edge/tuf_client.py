@@ -28,13 +28,16 @@ from pathlib import Path
 from typing import IO, Any
 
 import redis
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from tuf.api import exceptions as tuf_errors
+from tuf.api.metadata import Metadata, Root
 from tuf.ngclient import FetcherInterface, Updater
 
 from shared.errors import EdgeloopError, IntegrityError, NotFound
 from shared.keys import FleetKeys
 from shared.messages import SignedManifest
-from shared.tuf_paths import artifact_path, metadata_key, patch_path, target_key
+from shared.tuf_paths import DIRECTOR_FIELD, artifact_path, metadata_key, patch_path, target_key
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +153,46 @@ class TufClient:
             fetcher=self._fetcher,
             bootstrap=bootstrap,
         )
+
+    def trusted_root(self) -> Root | None:
+        """The newest root this device has verified (kept by the updater in
+        ``metadata_dir``), else the one it was set up with."""
+        kept = self._dir / "root.json"
+        try:
+            data = kept.read_bytes() if kept.exists() else self._bootstrap
+            return Metadata[Root].from_bytes(data).signed
+        except (OSError, ValueError, tuf_errors.RepositoryError):
+            return None
+
+    @property
+    def root_version(self) -> int | None:
+        """The version of the root this device trusts (reported as ``tuf_root_version``)."""
+        root = self.trusted_root()
+        return root.version if root is not None else None
+
+    def director_keys(self) -> list[bytes] | None:
+        """The director's public keys (PEM) the trusted root names, or None when it
+        names none (the edge then keeps the ``director_keys`` files, if any)."""
+        root = self.trusted_root()
+        field = root.unrecognized_fields.get(DIRECTOR_FIELD) if root is not None else None
+        if not isinstance(field, dict) or not isinstance(field.get("keys"), dict):
+            return None
+        pems = []
+        for keyid, key in field["keys"].items():
+            try:
+                if key["keytype"] != "ed25519":
+                    raise ValueError(f"key type {key['keytype']!r}")
+                raw = bytes.fromhex(key["keyval"]["public"])
+                public = Ed25519PublicKey.from_public_bytes(raw)
+            except (KeyError, TypeError, ValueError) as e:
+                logger.error("TUF root names a director key %s that is unusable: %s", keyid, e)
+                continue
+            pems.append(
+                public.public_bytes(
+                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+                )
+            )
+        return pems
 
     def refresh(self) -> None:
         """Fetch the newest metadata. An expired timestamp or snapshot sets ``stale``

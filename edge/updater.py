@@ -197,6 +197,7 @@ class UpdateConsumer:
         # Set (the setting ``director_keys``): the desired version is what a signed
         # director order names, never the unsigned target/assignment/pin.
         self._director = director
+        self._director_pems: list[bytes] | None = None  # the last adopted from the TUF root
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edgeloop-updater", daemon=True)
         self._next_check = 0.0  # so the first poll reads the desired version
@@ -320,17 +321,44 @@ class UpdateConsumer:
             except TufRefused as e:
                 self._error(str(e))
                 logger.warning("updater: %s", e)
+            self._adopt_director_keys()
         self.desired = self._read_desired()
         self._next_check = time.monotonic() + self._policy.poll_s
         if self.desired is None:
-            if self._director is not None:
+            if self._directed:
                 return  # no order to follow: keep serving; announcements choose nothing
             self._apply_newest(announcements)
         else:
             self._converge_to(self.desired, retry=nudged)
 
+    @property
+    def tuf_root_version(self) -> int | None:
+        """The version of the fleet's TUF root this edge trusts (None without TUF)."""
+        return self._tuf.root_version if self._tuf is not None else None
+
+    @property
+    def _directed(self) -> bool:
+        """Whether the desired version comes from director orders: the edge has
+        director keys, from its files or from the fleet's TUF root."""
+        # A root that names a director directs the edge even if none of its keys is
+        # usable here: nothing verifies then, and the unsigned target is never a fallback.
+        named = self._director_pems is not None
+        return self._director is not None and (bool(self._director.trusted) or named)
+
+    def _adopt_director_keys(self) -> None:
+        """The director keys the trusted TUF root names replace any others: a rotated
+        director key reaches the edge through the root chain, and the old one is
+        refused from then on."""
+        assert self._tuf is not None
+        pems = self._tuf.director_keys()
+        if pems is None or self._director is None or pems == self._director_pems:
+            return
+        self._director.trusted = [Verifier(pem) for pem in pems]
+        self._director_pems = pems
+        logger.info("updater: director keys from TUF root v%s", self._tuf.root_version)
+
     def _read_desired(self) -> str | None:
-        if self._director is not None:
+        if self._director is not None and self._directed:
             try:
                 order = self._director.read(self._redis)
             except EdgeloopError as e:

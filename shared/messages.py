@@ -567,6 +567,7 @@ class ModelServing(BaseModel):
     refused_sha256: str | None = None
     revert_reason: str | None = None
     stale: bool = False
+    tuf_root_version: int | None = None
 
 
 class EdgeStatus(WireModel):
@@ -602,6 +603,11 @@ class EdgeStatus(WireModel):
         description="the fleet's signed update metadata (TUF timestamp, or this device's "
         "director order) has expired: the edge keeps serving what it has and installs nothing "
         "new until it is fresh again",
+    )
+    tuf_root_version: int | None = Field(
+        None,
+        description="the version of the fleet's TUF root this edge trusts (None: no TUF); "
+        "`edgeloop keys show` lists edges still behind the newest root",
     )
     models: dict[str, ModelServing] = Field(
         default_factory=dict, description="every model this edge serves, by name"

@@ -31,6 +31,12 @@ from shared.keys import FleetKeys
 #: The metadata files a repository holds (besides the numbered roots).
 METADATA_NAMES = ("root.json", "targets.json", "snapshot.json", "timestamp.json")
 
+#: The root's custom field naming the director's keys (Uptane's director role, for
+#: which TUF's root has no slot): ``{"keys": {keyid: TUF key dict}, "threshold": 1}``.
+#: It is signed with the root, so edges take the director keys from the root chain
+#: they already follow, and rotating the director key edits no device.
+DIRECTOR_FIELD = "x-edgeloop-director"
+
 _SHA = "[0-9a-f]{64}"
 _ARTIFACT = re.compile(rf"^artifacts/({_SHA})$")
 _PATCH = re.compile(rf"^patches/({_SHA})/({_SHA})$")

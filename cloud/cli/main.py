@@ -70,6 +70,9 @@ def _resolve(target: Target) -> Callable[..., Any]:
 COMMANDS: dict[str, Command] = {
     "trainer": Command.of("run a continual trainer", "cloud.cli.trainer", "trainer"),
     "keygen": Command.of("make an Ed25519 signing key pair", "cloud.cli.keys", "keygen"),
+    "keys": Command.of(
+        "the fleet's TUF keys: init, rotate, revoke, show", "cloud.cli.keys", "keys"
+    ),
     "baseline": Command.of(
         "train and export the bundled digits baseline", "cloud.cli.trainer", "baseline"
     ),

@@ -21,6 +21,11 @@ When the publisher holds the online key too (development, ``release = direct``),
 ``stage_version`` writes snapshot and timestamp in the publish transaction;
 otherwise the version is visible to edges after the next ``refresh``.
 
+The keys are made and changed by ``edgeloop keys`` (cloud/registry/tuf_keys.py):
+each change is a new root stored by ``publish_root``; the director's keys are in
+the root's custom field ``DIRECTOR_FIELD``. A process refuses to sign a role with a
+key the current root does not name (it was rotated out).
+
 Files live at the keys of shared/tuf_paths.py; writes are WATCH/MULTI on
 ``targets.json`` so that two publishes never sign the same targets version.
 """
@@ -50,18 +55,21 @@ from tuf.api.serialization.json import JSONSerializer
 
 from shared.errors import ConfigError, EdgeloopError
 from shared.keys import FleetKeys
-from shared.tuf_paths import artifact_path, metadata_key, patch_path
+from shared.tuf_paths import DIRECTOR_FIELD, artifact_path, metadata_key, patch_path
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DIRECTOR_FIELD",
     "ROOT_TTL_S",
     "TARGETS_TTL_S",
     "TIMESTAMP_TTL_S",
     "RepositoryMissing",
     "TufRepository",
     "TufSigners",
+    "director_keys",
     "load_signer",
+    "set_director_keys",
     "tuf_repository",
 ]
 
@@ -150,6 +158,7 @@ class TufRepository:
         *,
         root_keys: list[Key] | None = None,
         root_ttl_s: int = ROOT_TTL_S,
+        director_keys: list[Key] | None = None,
     ) -> bytes:
         """Write root v1 (threshold ``threshold`` of ``root_keys``, signed by
         ``root_signers``), an empty targets, snapshot and timestamp. Returns the
@@ -168,6 +177,8 @@ class TufRepository:
         root.signed.add_key(targets_signer.public_key, "targets")
         root.signed.add_key(online.public_key, "snapshot")
         root.signed.add_key(online.public_key, "timestamp")
+        if director_keys:
+            set_director_keys(root.signed, director_keys)
         for s in root_signers:
             root.sign(s, append=True)
         root_bytes = root.to_bytes(_SERIALIZER)
@@ -216,6 +227,9 @@ class TufRepository:
         (before MULTI): reads go through it so that a concurrent publish retries."""
         if self.signers.targets is None:
             raise ConfigError("publishing into TUF needs the targets key")
+        self._check_named(pipe, "targets", self.signers.targets)
+        if self.signers.online is not None:
+            self._check_named(pipe, "timestamp", self.signers.online)
         raw = pipe.get(self.key("targets.json"))
         if raw is None:
             raise RepositoryMissing(f"fleet {self.keys.fleet} has no TUF repository")
@@ -251,6 +265,8 @@ class TufRepository:
         written: list[int] = []
 
         def txn(pipe: Any) -> None:
+            assert self.signers.online is not None
+            self._check_named(pipe, "timestamp", self.signers.online)
             raw = pipe.get(self.key("targets.json"))
             if raw is None:
                 raise RepositoryMissing(f"fleet {self.keys.fleet} has no TUF repository")
@@ -264,6 +280,21 @@ class TufRepository:
 
         self.client.transaction(txn, *self.watched())
         return written[0]
+
+    def _check_named(self, pipe: Any, role: str, signer: CryptoSigner) -> None:
+        """Refuse to sign ``role`` with a key the fleet's root no longer names: a
+        process still holding a rotated-out key would only write metadata that every
+        edge refuses, and hide the repository's good metadata behind it."""
+        raw = pipe.get(self.key("root.json"))
+        if raw is None:
+            raise RepositoryMissing(f"fleet {self.keys.fleet} has no TUF repository")
+        root = Metadata[Root].from_bytes(bytes(raw)).signed
+        if signer.public_key.keyid not in root.roles[role].keyids:
+            raise ConfigError(
+                f"this process's {role} key ({signer.public_key.keyid[:16]}) is not the one "
+                f"the fleet's TUF root v{root.version} names: it was rotated out; restart "
+                "with the new key (`edgeloop keys show`)"
+            )
 
     def _online(self, targets_version: int, pipe: Any | None) -> dict[str, bytes]:
         """New snapshot (naming ``targets_version``) and timestamp, each one version
@@ -298,9 +329,75 @@ class TufRepository:
             self.key("timestamp.json"): timestamp.to_bytes(_SERIALIZER),
         }
 
+    def publish_root(
+        self,
+        root_bytes: bytes,
+        targets_signer: CryptoSigner | None = None,
+        *,
+        resign_online: bool = False,
+    ) -> None:
+        """Store a new root version (``N.root.json`` and ``root.json``: the chain edges
+        walk). With ``targets_signer`` (a rotated targets key) targets are re-signed
+        with it in the same transaction, every listed version kept, and with the
+        online key snapshot and timestamp too, so that edges never see a targets file
+        the snapshot does not name. ``resign_online`` (a rotated online key): snapshot
+        and timestamp are re-signed by it at once. The caller checked the root's
+        signatures."""
+        version = Metadata[Root].from_bytes(root_bytes).signed.version
+
+        def txn(pipe: Any) -> None:
+            current = pipe.get(self.key("root.json"))
+            now = Metadata[Root].from_bytes(bytes(current)).signed.version if current else 0
+            if now != version - 1:  # another ceremony stored a root meanwhile
+                raise ConfigError(
+                    f"the fleet's root is v{now} now; a v{version} must follow v{version - 1}"
+                )
+            writes = {
+                self.key(f"{version}.root.json"): root_bytes,
+                self.key("root.json"): root_bytes,
+            }
+            if targets_signer is not None:
+                raw = pipe.get(self.key("targets.json"))
+                if raw is None:
+                    raise RepositoryMissing(f"fleet {self.keys.fleet} has no TUF repository")
+                targets = Metadata[Targets].from_bytes(raw)
+                targets.signed.version += 1
+                targets.signed.expires = _expiry(self.targets_ttl_s)
+                targets.sign(targets_signer)
+                writes[self.key("targets.json")] = targets.to_bytes(_SERIALIZER)
+                if self.signers.online is not None:
+                    writes.update(self._online(targets.signed.version, pipe))
+            elif resign_online and self.signers.online is not None:
+                raw = pipe.get(self.key("targets.json"))
+                if raw is not None:
+                    current = Metadata[Targets].from_bytes(raw).signed.version
+                    writes.update(self._online(current, pipe))
+            pipe.multi()
+            for k, v in writes.items():
+                pipe.set(k, v)
+
+        self.client.transaction(txn, *self.watched(), self.key("root.json"))
+        logger.info("TUF root v%d of fleet %s published", version, self.keys.fleet)
+
     def root(self) -> bytes:
         """The newest root (what a new device is given as its trusted root)."""
         raw = self.client.get(self.key("root.json"))
         if raw is None:
             raise RepositoryMissing(f"fleet {self.keys.fleet} has no TUF repository")
         return bytes(raw)  # type: ignore[arg-type]
+
+
+def set_director_keys(root: Root, keys: list[Key], threshold: int = 1) -> None:
+    """Name ``keys`` as the director's in ``root`` (its custom field ``DIRECTOR_FIELD``)."""
+    root.unrecognized_fields[DIRECTOR_FIELD] = {
+        "keys": {k.keyid: k.to_dict() for k in keys},
+        "threshold": threshold,
+    }
+
+
+def director_keys(root: Root) -> dict[str, Key] | None:
+    """The director keys ``root`` names, by keyid; None when it names none."""
+    field = root.unrecognized_fields.get(DIRECTOR_FIELD)
+    if not isinstance(field, dict) or not isinstance(field.get("keys"), dict):
+        return None
+    return {keyid: Key.from_dict(keyid, dict(d)) for keyid, d in field["keys"].items()}

@@ -80,7 +80,8 @@ class TrainerSettings(RedisSettings):
     )
     tuf_targets_key: Path | None = Field(
         None,
-        description="the fleet's TUF targets key (Ed25519 PEM); set: every published version "
+        description="the fleet's TUF targets key (targets.key from `edgeloop keys init`); set: "
+        "every published version "
         "is also signed into the fleet's TUF targets (edges with tuf_root install only those)",
     )
     tuf_online_key: Path | None = Field(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from securesystemslib.signer import CryptoSigner
-from tuf.api.metadata import Metadata, Timestamp
+from tuf.api.metadata import Metadata, TargetFile, Targets, Timestamp
 
 from cloud.registry.publisher import Publisher, PublishRequest
 from cloud.registry.tuf_repo import TufRepository, TufSigners
@@ -18,9 +18,11 @@ from cloud.registry.versions import MemoryBlobStore, Registry
 from edge.daemon import EdgeDaemon
 from edge.tuf_client import NotInTargets, TufClient, TufRefused
 from shared.codec import decode_full, sha256_hex
+from shared.errors import ConfigError
 from shared.keys import FleetKeys
 from shared.messages import ProbeSet
 from shared.signing import Signer, generate_keypair
+from shared.tuf_paths import artifact_path
 from tests.edge.helpers import make_manifest, publish_version, variant
 from tests.serving import make_settings, wait_for
 
@@ -103,13 +105,25 @@ def test_targets_signed_by_another_key_refused(fleet, tmp_path, redis_client, ke
     edge = fleet.edge(tmp_path / "edge")
     fleet.publish(b"v1" * 100)
     edge.refresh()
-    # The trainer's key stolen? No: a key that root does not name for targets.
-    rogue = TufRepository(redis_client, keys, TufSigners(_signer(), fleet.online))
+    # The trainer's key stolen? No: a key that root does not name for targets. Our own
+    # publisher refuses to sign with it; written straight to Redis, the edge refuses it.
+    rogue_key = _signer()
+    rogue = TufRepository(redis_client, keys, TufSigners(rogue_key, fleet.online))
     rogue_pub = Publisher(fleet.publisher.registry, Signer(generate_keypair()[0]), tuf=rogue)
     probe = ProbeSet(inputs=[[0.0] * 4], expected=[[0.5, 0.5]])
-    p = rogue_pub.publish(PublishRequest("digits", b"evil" * 99, 4, ["a", "b"], probe, "t"))
+    with pytest.raises(ConfigError, match="not the one"):
+        rogue_pub.publish(PublishRequest("digits", b"evil" * 99, 4, ["a", "b"], probe, "t"))
+    evil = b"evil" * 99
+    targets = Metadata[Targets].from_bytes(redis_client.get(keys.tuf_metadata("targets.json")))
+    tf = TargetFile.from_data(artifact_path(sha256_hex(evil)), evil, ["sha256"])
+    targets.signed.targets[tf.path] = tf
+    targets.signed.version += 1
+    targets.sign(rogue_key)
+    redis_client.set(keys.tuf_metadata("targets.json"), targets.to_bytes())
+    redis_client.set(keys.artifact(sha256_hex(evil)), evil)
+    fleet.repo.refresh()  # even the online key vouching for them
     with pytest.raises(TufRefused):
-        edge.download(p.sha256)
+        edge.download(sha256_hex(evil))
 
 
 def test_replayed_old_metadata_refused(fleet, tmp_path, redis_client, keys):
