@@ -137,12 +137,13 @@ def _table(n: int, seed: int) -> Dataset:
 
 
 def _example(example: str, n: int, seed: int) -> Dataset:
-    import importlib
-
     from cloud.data.sources import Arrays
     from cloud.data.truths import checked
+    from cloud.demo.workload import example_files, load_make
 
-    made = importlib.import_module(f"examples.{example}.data").make(seed=seed, n=n, n_drift=n)
+    # by file, as the demo does: `examples` is a folder of the repository, not a package
+    # an installed edgeloop imports
+    made = load_make(example_files(example)[0])(seed=seed, n=n, n_drift=n)
     arrays = Arrays(
         example,
         f"examples/{example}",

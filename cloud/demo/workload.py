@@ -199,7 +199,7 @@ def _example(request: WorkloadRequest, workdir: Path) -> tuple[str, str | None]:
     """Generate the example's data into ``workdir``: its dataset spec and model spec."""
     assert request.example is not None
     data_py, model_py = example_files(request.example)
-    make = _load_make(data_py)
+    make = load_make(data_py)
     n = EXAMPLE_SAMPLES_QUICK if request.quick else EXAMPLE_SAMPLES
     try:
         arrays = make(seed=request.seed, n=n, n_drift=n)
@@ -211,7 +211,8 @@ def _example(request: WorkloadRequest, workdir: Path) -> tuple[str, str | None]:
     return f"npz:{path}", f"{model_py}:build"
 
 
-def _load_make(data_py: Path) -> Any:
+def load_make(data_py: Path) -> Any:
+    """The ``make`` function of an example's ``data.py``, loaded from its file."""
     module_spec = importlib.util.spec_from_file_location(
         f"edgeloop_example_{data_py.parent.name}", data_py
     )

@@ -7,14 +7,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cloud.demo.workload import EXAMPLES, WorkloadRequest, _load_make, example_files, prepare
+from cloud.demo.workload import EXAMPLES, WorkloadRequest, example_files, load_make, prepare
 
 pytestmark = pytest.mark.cloud
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_an_example_generates_deterministic_data_with_a_drift(name):
-    make = _load_make(example_files(name)[0])
+    make = load_make(example_files(name)[0])
     a, b = make(seed=3, n=120, n_drift=80), make(seed=3, n=120, n_drift=80)
     assert np.array_equal(a["X"], b["X"]) and np.array_equal(a["y_drift"], b["y_drift"])
     assert a["X"].shape[0] == 120 and a["X_drift"].shape == (80, *a["X"].shape[1:])
