@@ -32,6 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, model_validator
 
 from shared.config import EnvFirstSettings
+from shared.errors import Unavailable
 
 Mode = Literal["production", "development"]
 
@@ -71,6 +72,15 @@ def scrub(text: str, url: str) -> str:
     except ValueError:
         return text
     return text.replace(url, redact(url)).replace(password, "***") if password else text
+
+
+def unreachable(url: str, error: BaseException) -> Unavailable:
+    """The one-line error for a Redis at ``url`` that failed with ``error``, no password in it.
+
+    >>> str(unreachable("redis://:pw@h:1/0", OSError("redis://:pw@h:1/0 refused")))
+    'cannot reach Redis at redis://:***@h:1/0: redis://:***@h:1/0 refused'
+    """
+    return Unavailable(f"cannot reach Redis at {redact(url)}: {scrub(str(error), url)}")
 
 
 def is_local(host: str | None) -> bool:

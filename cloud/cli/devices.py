@@ -51,7 +51,7 @@ def device(args: argparse.Namespace) -> int:
 
     from cloud.registry.devices import DeviceRegistry
     from shared.keys import FleetKeys
-    from shared.transport import redact, scrub, tls_options
+    from shared.transport import tls_options, unreachable
 
     if not args.redis_url:
         raise ConfigError("give the admin Redis URL: --redis-url or EDGELOOP_ADMIN_REDIS_URL")
@@ -76,11 +76,7 @@ def device(args: argparse.Namespace) -> int:
                 print(f"{r.device_id}\t{r.acl_user}")
         return 0
     except redis.RedisError as e:
-        from shared.errors import Unavailable
-
-        raise Unavailable(
-            f"cannot reach Redis at {redact(args.redis_url)}: {scrub(str(e), args.redis_url)}"
-        ) from e
+        raise unreachable(args.redis_url, e) from e
     finally:
         client.close()
 

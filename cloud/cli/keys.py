@@ -100,9 +100,8 @@ def keys_args(p: argparse.ArgumentParser) -> None:
 def keys(args: argparse.Namespace) -> int:
     import redis
 
-    from shared.errors import Unavailable
     from shared.keys import FleetKeys
-    from shared.transport import redact, scrub, tls_options
+    from shared.transport import tls_options, unreachable
 
     if getattr(args, "role", None) is not None and args.role not in ROLES:
         raise ConfigError(f"unknown role {args.role!r}: one of {', '.join(ROLES)}")
@@ -119,9 +118,7 @@ def keys(args: argparse.Namespace) -> int:
             return _publish(client, fleet, args)
         return _change(client, fleet, args)
     except redis.RedisError as e:
-        raise Unavailable(
-            f"cannot reach Redis at {redact(args.redis_url)}: {scrub(str(e), args.redis_url)}"
-        ) from e
+        raise unreachable(args.redis_url, e) from e
     finally:
         client.close()
 

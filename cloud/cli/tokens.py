@@ -105,13 +105,9 @@ def token(args: argparse.Namespace) -> int:
     try:
         return _run(store, args)
     except redis.RedisError as e:
-        from shared.errors import Unavailable
-        from shared.transport import redact, scrub
+        from shared.transport import unreachable
 
-        raise Unavailable(
-            f"cannot reach Redis at {redact(settings.redis_url)}: "
-            f"{scrub(str(e), settings.redis_url)}"
-        ) from e
+        raise unreachable(settings.redis_url, e) from e
     finally:
         client.close()
 
