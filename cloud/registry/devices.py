@@ -116,8 +116,12 @@ def trainer_rules(fleets: Iterable[str]) -> list[str]:
         rules += [f"~{keys.family(name)}" for name in _TRAINER_WRITES]
         rules += [f"~{k}" for k in (keys.feedback, keys.deadletter, keys.seen, keys.models)]
         rules += [f"~{keys.deltas}"]
-        rules += [f"~{keys.tuf_metadata(n)}" for n in ("targets.json", "snapshot.json", "timestamp.json")]
-        rules += [f"%R~{keys.family(name)}" for name in ("tuf", "device", "target", "active-rollout")]
+        rules += [
+            f"~{keys.tuf_metadata(n)}" for n in ("targets.json", "snapshot.json", "timestamp.json")
+        ]
+        rules += [
+            f"%R~{keys.family(name)}" for name in ("tuf", "device", "target", "active-rollout")
+        ]
         rules += [f"%R~{k}" for k in (keys.devices, keys.device_registry)]
     return [*rules, "+@all", "-@dangerous"]
 
