@@ -216,5 +216,3 @@ def test_http_updates_need_the_api_and_a_tuf_root(tmp_path, signing):
             tmp_path, NO_REDIS, signing.public_key, update_source="http", mode="production",
             api_url="http://api.lab:8080", api_token="elt_x", tuf_root=tmp_path / "root.json",
         )  # fmt: skip
-
-
