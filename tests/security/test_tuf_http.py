@@ -7,14 +7,17 @@ a stalled download is abandoned at its deadline."""
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 import urllib3
+import uvicorn
 
 from cloud.api.app import create_app
 from cloud.registry.publisher import Publisher, PublishRequest
@@ -28,7 +31,7 @@ from edge.tuf_client import TufClient, TufRefused
 from shared.codec import decode_full
 from shared.keys import FleetKeys
 from shared.signing import Signer
-from tests.cloud.api_helpers import dev_api_settings, issue, serving
+from tests.cloud.api_helpers import dev_api_settings, free_port, issue, serving
 from tests.edge.helpers import make_manifest, variant
 from tests.security.stall_proxy import StallProxy
 from tests.serving import make_settings, wait_for
@@ -56,7 +59,7 @@ class HttpFleet:
         )
         return self.publisher.publish(request).sha256
 
-    def tuf_client(self, directory: Path, **api: float) -> TufClient:
+    def tuf_client(self, directory: Path, **api: Any) -> TufClient:
         fleet_api = FleetApi(self.url, self.token, **api)
         return TufClient(
             None,
@@ -178,6 +181,33 @@ def test_a_download_over_http_is_verified_and_a_stalled_one_abandoned(fleet, tmp
         assert time.monotonic() - started < 5 and proxy.stalled.is_set()
     finally:
         proxy.close()
+
+
+def test_over_https_the_api_is_verified_against_the_fleets_ca(fleet, redis_url, tmp_path, pki):
+    sha = fleet.publish(variant(1), 1)
+    app = create_app(dev_api_settings(FLEET, redis_url, tmp_path / "https"))
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning",
+        ssl_certfile=str(pki.server_cert), ssl_keyfile=str(pki.server_key),
+        timeout_graceful_shutdown=1,
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, what="the HTTPS API")
+        url = f"https://127.0.0.1:{port}"
+        trusted = replace(fleet, url=url)
+        edge = trusted.tuf_client(tmp_path / "edge", ca_file=pki.ca)
+        assert edge.download(sha).signed.manifest().sha256 == sha
+        # A client that does not trust the fleet's CA never gets a byte.
+        stranger = trusted.tuf_client(tmp_path / "edge-2", ca_file=pki.other_ca)
+        with pytest.raises(TufRefused, match="unreachable"):
+            stranger.refresh()
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 def test_the_api_serves_the_repository_to_device_tokens_only_for_their_own_orders(fleet):
