@@ -37,7 +37,7 @@ from shared.keys import check_name
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ApiUnreachable", "FleetApi", "HttpFetcher", "Orders"]
+__all__ = ["ApiTimeout", "ApiUnreachable", "FleetApi", "HttpFetcher", "Orders"]
 
 #: Bytes per socket read of a download: what one read holds in memory at most.
 CHUNK = 64 * 1024
@@ -48,6 +48,10 @@ MAX_ORDERS_BYTES = 256 * 1024
 class ApiUnreachable(Unavailable):
     """The API did not answer (connection refused, TLS failure, timeout, 5xx): an outage,
     retried with backoff, never a refusal of what it serves."""
+
+
+class ApiTimeout(ApiUnreachable):
+    """The API did not answer within the time given (a download's: its deadline)."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,8 @@ class FleetApi:
                 timeout=urllib3.Timeout(connect=min(timeout, self.timeout_s), read=timeout),
                 redirect=False,
             )
+        except urllib3.exceptions.TimeoutError as e:
+            raise ApiTimeout(f"the API at {self.base_url} did not answer in time: {e}") from e
         except urllib3.exceptions.HTTPError as e:
             raise ApiUnreachable(f"the API at {self.base_url} is unreachable: {e}") from e
         if response.status >= 500:
@@ -186,6 +192,8 @@ class HttpFetcher(FetcherInterface):
         deadline = time.monotonic() + self._api.deadline_s
         try:
             response = self._api.open(url, timeout_s=self._api.deadline_s)
+        except ApiTimeout as e:  # stalled before the headers: abandoned at the deadline too
+            raise tuf_errors.SlowRetrievalError(str(e)) from e
         except ApiUnreachable as e:
             raise tuf_errors.DownloadError(str(e)) from e
         except IntegrityError as e:

@@ -10,7 +10,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,11 @@ class HttpFleet:
     director: Director
     url: str
     token: str
+    apis: list[FleetApi] = field(default_factory=list)  # closed before the server stops
+
+    def close(self) -> None:
+        for api in self.apis:
+            api.close()
 
     def publish(self, content: bytes, version: int) -> str:
         m = make_manifest(content, version)
@@ -61,6 +66,7 @@ class HttpFleet:
 
     def tuf_client(self, directory: Path, **api: Any) -> TufClient:
         fleet_api = FleetApi(self.url, self.token, **api)
+        self.apis.append(fleet_api)
         return TufClient(
             None,
             self.keys,
@@ -83,7 +89,9 @@ def fleet(redis_client, redis_url, keys, tmp_path, signing) -> Iterator[HttpFlee
     director = Director(redis_client, keys, Signer.from_file(keydir.file("director")))
     token = issue(redis_client, FLEET, "device", name="pi-1", device="pi-1")
     with serving(create_app(dev_api_settings(FLEET, redis_url, tmp_path))) as url:
-        yield HttpFleet(redis_client, keys, keydir, publisher, director, url, token)
+        fleet = HttpFleet(redis_client, keys, keydir, publisher, director, url, token)
+        yield fleet
+        fleet.close()
 
 
 def _sha(daemon: EdgeDaemon) -> str | None:
@@ -165,6 +173,7 @@ def test_a_download_over_http_is_verified_and_a_stalled_one_abandoned(fleet, tmp
     proxy = StallProxy(port, threshold=4096)
     try:
         stalled = FleetApi(f"http://127.0.0.1:{proxy.port}", fleet.token, deadline_s=1.0)
+        fleet.apis.append(stalled)
         edge = TufClient(
             None,
             fleet.keys,
@@ -190,7 +199,6 @@ def test_over_https_the_api_is_verified_against_the_fleets_ca(fleet, redis_url, 
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_level="warning",
         ssl_certfile=str(pki.server_cert), ssl_keyfile=str(pki.server_key),
-        timeout_graceful_shutdown=1,
     )  # fmt: skip
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -198,7 +206,7 @@ def test_over_https_the_api_is_verified_against_the_fleets_ca(fleet, redis_url, 
     try:
         wait_for(lambda: server.started, what="the HTTPS API")
         url = f"https://127.0.0.1:{port}"
-        trusted = replace(fleet, url=url)
+        trusted = replace(fleet, url=url, apis=[])
         edge = trusted.tuf_client(tmp_path / "edge", ca_file=pki.ca)
         assert edge.download(sha).signed.manifest().sha256 == sha
         # A client that does not trust the fleet's CA never gets a byte.
@@ -206,6 +214,7 @@ def test_over_https_the_api_is_verified_against_the_fleets_ca(fleet, redis_url, 
         with pytest.raises(TufRefused, match="unreachable"):
             stranger.refresh()
     finally:
+        trusted.close()
         server.should_exit = True
         thread.join(10)
 
