@@ -26,6 +26,7 @@ import numpy.typing as npt
 from edge.connections import FleetMember
 from edge.director import DirectorGate
 from edge.fallback import BatchPredictions, Prediction, ServingChain
+from edge.fleet_api import FleetApi, HttpFetcher
 from edge.guard import GuardPolicy, SwapGuard
 from edge.model_store import ModelStore, load_if_sound
 from edge.settings import EdgeSettings, device_signer
@@ -92,6 +93,33 @@ def update_policy(settings: EdgeSettings) -> UpdatePolicy:
     )
 
 
+def fleet_api(settings: EdgeSettings) -> FleetApi | None:
+    """The cloud API client of an edge that updates over HTTP (``update_source``), or None."""
+    if settings.update_source != "http":
+        return None
+    assert settings.api_url is not None and settings.api_token is not None  # settings check
+    return FleetApi(
+        settings.api_url,
+        settings.api_token.get_secret_value(),
+        ca_file=settings.api_ca_file,
+        deadline_s=settings.download_deadline_s,
+    )
+
+
+def _tuf_client(
+    settings: EdgeSettings, member: FleetMember, metadata_dir: Path, api: FleetApi | None
+) -> TufClient:
+    assert settings.tuf_root is not None
+    if api is not None:
+        fetcher = HttpFetcher(api)
+        urls = (api.metadata_url, api.targets_url)
+        return TufClient.from_file(
+            None, member.keys, metadata_dir, settings.tuf_root, fetcher=fetcher, base_urls=urls
+        )
+    client = member.connect(socket_timeout=30.0, retries=0)
+    return TufClient.from_file(client, member.keys, metadata_dir, settings.tuf_root)
+
+
 def check_truth(
     classifies: bool, width: int, label: int | None, target: Sequence[float] | None
 ) -> list[float] | None:
@@ -156,6 +184,7 @@ class ServedModel:
         self.predict_batch = self.chain.predict_batch  # type: ignore[method-assign]
         self.uplink = FeedbackUplink(member, self.store.epoch, state_dir, uplink_policy(settings))
         self.guard = SwapGuard(self.chain, self.store, guard_policy(settings), on_revert=on_change)
+        api = fleet_api(settings)
         self.updater = UpdateConsumer(
             member,
             update_policy(settings),
@@ -165,12 +194,7 @@ class ServedModel:
             guard=self.guard,
             on_swap=on_change,
             tuf=(
-                TufClient.from_file(
-                    member.connect(socket_timeout=30.0, retries=0),
-                    keys,
-                    state_dir / "tuf",
-                    settings.tuf_root,
-                )
+                _tuf_client(settings, member, state_dir / "tuf", api)
                 if settings.tuf_root is not None
                 else None
             ),
@@ -186,6 +210,7 @@ class ServedModel:
                 if settings.director_keys or settings.tuf_root is not None
                 else None
             ),
+            api=api,
         )
         self._stats_lock = threading.Lock()
         # Per labeled prediction: 1/0 right/wrong (classifier) or |error| (regressor).

@@ -9,6 +9,9 @@ and expiry. A version is installed only if targets lists ``artifacts/<sha256>``,
 and its bytes come through ``Updater.download_target``, which enforces the
 signed length and sha256.
 
+An edge without Redis gives it ``edge.fleet_api.HttpFetcher`` instead, reading the
+same files from the cloud API; everything else is the same.
+
 ``RedisFetcher`` maps the updater's URLs to Redis keys (shared/tuf_paths.py)
 and reads a value in chunks with GETRANGE after checking its STRLEN against the
 most the updater will accept: an oversized file is refused before a byte of it
@@ -125,9 +128,23 @@ class TufClient:
     """Refreshes the fleet's TUF metadata and downloads verified versions."""
 
     def __init__(
-        self, client: redis.Redis, keys: FleetKeys, metadata_dir: Path, trusted_root: bytes
+        self,
+        client: redis.Redis | None,
+        keys: FleetKeys,
+        metadata_dir: Path,
+        trusted_root: bytes,
+        *,
+        fetcher: FetcherInterface | None = None,
+        base_urls: tuple[str, str] = (METADATA_URL, TARGETS_URL),
     ) -> None:
-        self._fetcher = RedisFetcher(client, keys)
+        """Reads the fleet's repository from Redis through ``client``, or through
+        ``fetcher`` at ``base_urls`` (metadata, targets): the API's, for an edge without
+        Redis (edge/fleet_api.py)."""
+        if fetcher is None:
+            assert client is not None, "TufClient reads Redis (client) or a fetcher"
+            fetcher = RedisFetcher(client, keys)
+        self._fetcher = fetcher
+        self._urls = base_urls
         self._dir = Path(metadata_dir)
         self._dir.mkdir(parents=True, exist_ok=True)
         self._bootstrap = trusted_root
@@ -137,9 +154,14 @@ class TufClient:
 
     @classmethod
     def from_file(
-        cls, client: redis.Redis, keys: FleetKeys, metadata_dir: Path, root_file: Path
+        cls,
+        client: redis.Redis | None,
+        keys: FleetKeys,
+        metadata_dir: Path,
+        root_file: Path,
+        **options: Any,
     ) -> TufClient:
-        return cls(client, keys, metadata_dir, Path(root_file).read_bytes())
+        return cls(client, keys, metadata_dir, Path(root_file).read_bytes(), **options)
 
     def _new_updater(self) -> Updater:
         # The root kept from the last refresh is trusted over the bootstrap one
@@ -148,8 +170,8 @@ class TufClient:
         bootstrap = kept.read_bytes() if kept.exists() else self._bootstrap
         return Updater(
             metadata_dir=str(self._dir),
-            metadata_base_url=METADATA_URL,
-            target_base_url=TARGETS_URL,
+            metadata_base_url=self._urls[0],
+            target_base_url=self._urls[1],
             fetcher=self._fetcher,
             bootstrap=bootstrap,
         )

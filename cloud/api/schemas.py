@@ -398,3 +398,22 @@ class TokenIssued(TokenPublic):
 
 class TokensPublic(BaseModel):
     tokens: list[TokenPublic]
+
+
+class DirectorOrdersPublic(BaseModel):
+    """What decides the version one device serves of a model, as an edge reads it from Redis:
+    the director's signed orders (the device's own and the fleet's, exactly as stored; the
+    edge verifies them) and the unsigned target, assignment and pin (for edges without
+    director keys)."""
+
+    model: str = Field(examples=["digits"])
+    device_id: str = Field(examples=["pi-07"])
+    device_order: str | None = Field(
+        None, description="the signed order for this device (a SignedOrder's JSON), if any"
+    )
+    fleet_order: str | None = Field(
+        None, description="the signed order for the whole fleet (a SignedOrder's JSON), if any"
+    )
+    target: str | None = Field(None, description="unsigned: the fleet's target sha256")
+    assignment: str | None = Field(None, description="unsigned: a rollout's sha256 for the device")
+    pin: str | None = Field(None, description="unsigned: an operator's pin for the device")
