@@ -21,6 +21,7 @@ from tuf.api.metadata import Metadata, Targets
 
 from cloud.data.datasets import load_dataset
 from cloud.registry.devices import PLACEHOLDER_HASH, service_lines, trainer_rules
+from cloud.registry.publisher import PublishError
 from cloud.registry.tuf_keys import KeyDir, init_fleet
 from cloud.trainer.loop import Trainer
 from cloud.trainer.settings import TrainerSettings
@@ -158,4 +159,30 @@ def test_a_trainer_publishes_but_cannot_say_what_devices_serve(acl_urls, tmp_pat
         pipe.execute()
     assert admin.get(keys.target("digits")) is None and admin.xlen(keys.deltas) == 1
     as_trainer.close()
+    admin.close()
+
+
+def test_a_direct_release_under_the_trainer_acl_is_one_clear_error(acl_urls, tmp_path):
+    """``release = "direct"`` needs a Redis user that may set the target: under the
+    trainer's ACL the publish is refused whole, with an error that says what to change."""
+    keys = FleetKeys(FLEET)
+    admin = redis.Redis.from_url(acl_urls["admin"])
+    write_keypair(tmp_path / "keys")
+    settings = TrainerSettings(
+        **{**FAST_TRAINER, "bootstrap_epochs": 2, "release": "direct"},
+        fleet=FLEET,
+        redis_url=acl_urls["trainer"],
+        signing_key=tmp_path / "keys" / "signing.key",
+        consumer="trainer-1",
+        blob_dir=tmp_path / "blobs",
+    )
+    trainer = Trainer(settings, dataset=load_dataset("digits"), background_rounds=False)
+    try:
+        with pytest.raises(PublishError, match=r'NOPERM.*release = "manual"'):
+            trainer.start()
+    finally:
+        trainer.close()
+    # nothing of the version was written
+    assert admin.xlen(keys.deltas) == 0 and admin.get(keys.target("digits")) is None
+    assert admin.zcard(keys.versions("digits")) == 0
     admin.close()
