@@ -166,7 +166,9 @@ class ServedModel:
             on_swap=on_change,
             tuf=(
                 TufClient.from_file(
-                    member.connect(socket_timeout=30.0, retries=0),
+                    # A stalled metadata or target read is abandoned at the download
+                    # deadline, as the updater's own downloads are (slow retrieval).
+                    member.connect(socket_timeout=settings.download_deadline_s, retries=0),
                     keys,
                     state_dir / "tuf",
                     settings.tuf_root,

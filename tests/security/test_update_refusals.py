@@ -28,7 +28,7 @@ from shared.keys import FleetKeys
 from shared.messages import DeltaAnnouncement, Payload
 from tests.edge.helpers import make_manifest, publish_version, sign, variant
 from tests.security.conftest import FLEET, TlsRedis
-from tests.security.stall_proxy import StallProxy
+from cloud.demo.stall_proxy import StallProxy
 from tests.serving import Signing, wait_for
 
 KEYS = FleetKeys(FLEET)
