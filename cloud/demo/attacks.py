@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -486,7 +485,7 @@ def other_fleet(fleet: AttackFleet) -> AttackResult:
     held = fleet.hold("another fleet", marker="UnsignedMetadataError")
     for n, raw in saved.items():
         fleet.client.set(fleet.keys.tuf_metadata(n), raw)  # type: ignore[arg-type]
-    fleet.client.delete(*fleet.client.keys(f"el:{{{other.fleet}}}:*"))  # type: ignore[misc]
+    fleet.client.delete(*[k for k in fleet.client.scan_iter(count=1000) if other.owns(k.decode())])
     return AttackResult(
         "mix-and-match: a version from another fleet",
         held,
@@ -528,12 +527,8 @@ def endless_metadata(fleet: AttackFleet, size: int = 32 * 1024 * 1024) -> Attack
     """Endless data: the timestamp every edge reads on each poll replaced by 32 MiB."""
     key = fleet.keys.tuf_metadata("timestamp.json")
     saved = fleet.client.get(key)
-    piece = os.urandom(1024 * 1024)
-    staging = key + ":staging"  # built aside (one argument is bounded), then swapped in
-    fleet.client.set(staging, piece)
-    for _ in range(size // len(piece) - 1):
-        fleet.client.append(staging, piece)
-    fleet.client.rename(staging, key)
+    # One write: the stored timestamp, then zeros up to ``size`` bytes.
+    fleet.client.setrange(key, size - 1, b"\0")
     sent_before = int(fleet.client.info("stats")["total_net_output_bytes"])
     held = fleet.hold("endless data", marker="DownloadLengthMismatchError")
     sent = int(fleet.client.info("stats")["total_net_output_bytes"]) - sent_before
