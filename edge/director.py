@@ -49,6 +49,7 @@ class DirectorGate:
         self.state_file = Path(state_file)
         self.stale = False
         self.refused = 0
+        self.last_refusal: str | None = None  # why the last order was refused
         self.highest = self._load()
 
     def _load(self) -> int:
@@ -91,6 +92,7 @@ class DirectorGate:
                     )
             except EdgeloopError as e:
                 self.refused += 1
+                self.last_refusal = f"the {scope} order: {e}"
                 logger.error("director: refused the %s order: %s", scope, e)
                 continue
             valid.append(order)

@@ -116,7 +116,9 @@ def _tuf_client(
         return TufClient.from_file(
             None, member.keys, metadata_dir, settings.tuf_root, fetcher=fetcher, base_urls=urls
         )
-    client = member.connect(socket_timeout=30.0, retries=0)
+    # A stalled metadata or target read is abandoned at the download deadline, as the
+    # updater's own downloads are (slow retrieval).
+    client = member.connect(socket_timeout=settings.download_deadline_s, retries=0)
     return TufClient.from_file(client, member.keys, metadata_dir, settings.tuf_root)
 
 

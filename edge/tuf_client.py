@@ -60,6 +60,12 @@ class NotInTargets(TufRefused, NotFound):
     """The signed targets do not list this version."""
 
 
+def _stalled(key: str) -> tuf_errors.SlowRetrievalError:
+    """A read that got no answer within the connection's timeout (the edge's download
+    deadline): a refusal of this download (slow retrieval), not a Redis outage."""
+    return tuf_errors.SlowRetrievalError(f"{key}: no answer within the download deadline")
+
+
 class RedisFetcher(FetcherInterface):
     """Reads TUF metadata and target files from a fleet's Redis keys."""
 
@@ -81,6 +87,8 @@ class RedisFetcher(FetcherInterface):
             size = int(self._client.strlen(key))  # type: ignore[arg-type]
         except redis.ResponseError as e:  # a wrong type: refused, not an outage
             raise tuf_errors.DownloadHTTPError(f"{key}: {e}", 403) from e
+        except redis.TimeoutError as e:
+            raise _stalled(key) from e
         if size == 0:
             # 404 is how ngclient learns that the root chain ends here.
             raise tuf_errors.DownloadHTTPError(f"{key} does not exist", 404)
@@ -94,7 +102,10 @@ class RedisFetcher(FetcherInterface):
     def _chunks(self, key: str, size: int) -> Iterator[bytes]:
         offset = 0
         while offset < size:
-            part = self._client.getrange(key, offset, min(offset + self._chunk, size) - 1)
+            try:
+                part = self._client.getrange(key, offset, min(offset + self._chunk, size) - 1)
+            except redis.TimeoutError as e:
+                raise _stalled(key) from e
             data = bytes(part)  # type: ignore[arg-type]
             if not data:
                 break  # the value shrank meanwhile: the hash check refuses what came

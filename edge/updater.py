@@ -380,11 +380,17 @@ class UpdateConsumer:
         if self._api is not None:
             return self._read_desired_over_api()
         if self._director is not None and self._directed:
+            refused = self._director.refused
             try:
                 order = self._director.read(self._redis)
             except EdgeloopError as e:
                 self._refuse(f"the director order of {self._model}", e)
                 return None
+            if self._director.refused > refused:
+                # An order that does not verify is not followed; it is reported, as any
+                # refused update is (the edge keeps its valid order or what it serves).
+                self.updates_refused += self._director.refused - refused
+                self._error(f"refused {self._director.last_refusal}")
             return order.sha256 if order is not None else None
         return self._read_unsigned()
 
