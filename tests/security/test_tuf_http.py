@@ -20,6 +20,7 @@ import urllib3
 import uvicorn
 
 from cloud.api.app import create_app
+from cloud.demo.stall_proxy import StallProxy
 from cloud.registry.publisher import Publisher, PublishRequest
 from cloud.registry.tuf_keys import KeyDir, init_fleet
 from cloud.registry.tuf_repo import TufRepository, TufSigners
@@ -33,7 +34,6 @@ from shared.keys import FleetKeys
 from shared.signing import Signer
 from tests.cloud.api_helpers import dev_api_settings, free_port, issue, serving
 from tests.edge.helpers import make_manifest, variant
-from tests.security.stall_proxy import StallProxy
 from tests.serving import make_settings, wait_for
 
 FLEET = "lab"
