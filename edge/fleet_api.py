@@ -37,7 +37,7 @@ from shared.keys import check_name
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ApiTimeout", "ApiUnreachable", "FleetApi", "HttpFetcher", "Orders"]
+__all__ = ["ApiTimeout", "ApiUnreachable", "FleetApi", "HttpFetcher", "Orders", "detail"]
 
 #: Bytes per socket read of a download: what one read holds in memory at most.
 CHUNK = 64 * 1024
@@ -121,6 +121,36 @@ class FleetApi:
             raise ApiUnreachable(f"the API at {self.base_url} answered {response.status}")
         return response
 
+    def post(self, path: str, body: bytes, max_answer: int = 64 * 1024) -> tuple[int, bytes]:
+        """POST ``body`` (JSON) to ``path``; the status and (at most ``max_answer`` bytes of)
+        the answer. ApiUnreachable when the API cannot be reached or answers 5xx; any other
+        status is the caller's to judge. Never retried here: the caller knows whether a
+        resend is safe."""
+        url = self.base_url + path
+        try:
+            response = self._pool.request(
+                "POST",
+                url,
+                body=body,
+                headers={**self._headers, "Content-Type": "application/json"},
+                preload_content=False,
+                timeout=urllib3.Timeout(connect=self.timeout_s, read=self.timeout_s),
+                redirect=False,
+            )
+            try:
+                answer = response.read(max_answer, decode_content=True)
+            finally:
+                _discard(response)
+        except urllib3.exceptions.TimeoutError as e:
+            raise ApiTimeout(f"the API at {self.base_url} did not answer in time: {e}") from e
+        except urllib3.exceptions.HTTPError as e:
+            raise ApiUnreachable(f"the API at {self.base_url} is unreachable: {e}") from e
+        if response.status >= 500:
+            raise ApiUnreachable(
+                f"POST {path}: the API at {self.base_url} answered {response.status}"
+            )
+        return response.status, answer
+
     def orders(self, model: str, device_id: str) -> Orders:
         """The director's orders (and the unsigned target, assignment and pin) for
         ``device_id``'s ``model``. ApiUnreachable on an outage; IntegrityError when the
@@ -134,7 +164,7 @@ class FleetApi:
         finally:
             _discard(response)
         if response.status != 200:
-            raise IntegrityError(f"GET {path}: {response.status} {_detail(body)}")
+            raise IntegrityError(f"GET {path}: {response.status} {detail(body)}")
         if len(body) > MAX_ORDERS_BYTES:
             raise IntegrityError(f"GET {path}: the answer is over {MAX_ORDERS_BYTES} bytes")
         try:
@@ -163,7 +193,8 @@ def _encoded(value: str | None) -> bytes | None:
     return None if value is None else value.encode("utf-8")
 
 
-def _detail(body: bytes) -> str:
+def detail(body: bytes) -> str:
+    """The one-line ``detail`` of an API error answer (empty if it has none)."""
     try:
         return str(json.loads(body)["detail"])[:200]
     except (ValueError, KeyError, TypeError):

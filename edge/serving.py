@@ -28,6 +28,7 @@ from edge.director import DirectorGate
 from edge.fallback import BatchPredictions, Prediction, ServingChain
 from edge.fleet_api import FleetApi, HttpFetcher
 from edge.guard import GuardPolicy, SwapGuard
+from edge.http_uplink import HttpSink
 from edge.model_store import ModelStore, load_if_sound
 from edge.settings import EdgeSettings, device_signer
 from edge.status import ReportPolicy
@@ -95,8 +96,16 @@ def update_policy(settings: EdgeSettings) -> UpdatePolicy:
 
 def fleet_api(settings: EdgeSettings) -> FleetApi | None:
     """The cloud API client of an edge that updates over HTTP (``update_source``), or None."""
-    if settings.update_source != "http":
-        return None
+    return _api(settings) if settings.update_source == "http" else None
+
+
+def uplink_api(settings: EdgeSettings) -> FleetApi | None:
+    """A cloud API client of an edge whose feedback and status go over HTTP (``uplink``),
+    or None; one per thread that uses it (its own connection pool)."""
+    return _api(settings) if settings.uplink == "http" else None
+
+
+def _api(settings: EdgeSettings) -> FleetApi:
     assert settings.api_url is not None and settings.api_token is not None  # settings check
     return FleetApi(
         settings.api_url,
@@ -120,6 +129,14 @@ def _tuf_client(
     # updater's own downloads are (slow retrieval).
     client = member.connect(socket_timeout=settings.download_deadline_s, retries=0)
     return TufClient.from_file(client, member.keys, metadata_dir, settings.tuf_root)
+
+
+def _sink(settings: EdgeSettings, member: FleetMember) -> HttpSink | None:
+    """The uplink's way through the API (``uplink = "http"``), or None: Redis."""
+    api = uplink_api(settings)
+    if api is None:
+        return None
+    return HttpSink(api, member.model, member.signer, settings.feedback_batch)
 
 
 def check_truth(
@@ -184,7 +201,9 @@ class ServedModel:
         # less on a path benchmarked in microseconds. The methods below document it.
         self.predict = self.chain.predict  # type: ignore[method-assign]
         self.predict_batch = self.chain.predict_batch  # type: ignore[method-assign]
-        self.uplink = FeedbackUplink(member, self.store.epoch, state_dir, uplink_policy(settings))
+        self.uplink = FeedbackUplink(
+            member, self.store.epoch, state_dir, uplink_policy(settings), _sink(settings, member)
+        )
         self.guard = SwapGuard(self.chain, self.store, guard_policy(settings), on_revert=on_change)
         api = fleet_api(settings)
         self.updater = UpdateConsumer(

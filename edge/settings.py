@@ -46,7 +46,7 @@ def _default_state_dir() -> Path:
 
 
 #: Names in state_dir a model's own folder (state_dir/<model>) must not take.
-_STATE_NAMES = frozenset({"models", "spool"})
+_STATE_NAMES = frozenset({"models", "spool", "refused"})
 
 
 class EdgeSettings(RedisSettings):
@@ -89,9 +89,16 @@ class EdgeSettings(RedisSettings):
         "Redis) the cloud API at api_url with api_token, which serves the same TUF files and "
         "director orders; http needs tuf_root, since the API vouches for nothing",
     )
+    uplink: Literal["redis", "http"] | None = Field(
+        None,
+        description="where feedback and status reports go: the fleet's Redis, or the cloud API "
+        "at api_url with api_token, which relays them unchanged (signed by device_key as over "
+        "Redis). Default: as update_source, so an edge that updates over HTTP needs no Redis",
+    )
     api_url: str | None = Field(
         None,
-        description="the cloud API's base URL for update_source = http (https:// off the machine)",
+        description="the cloud API's base URL for update_source or uplink = http "
+        "(https:// off the machine)",
     )
     api_token: SecretStr | None = Field(
         None, description="this device's API token (`edgeloop token issue --role device`)"
@@ -187,6 +194,16 @@ class EdgeSettings(RedisSettings):
         if len(set(v)) != len(v):
             raise ValueError(f"models {v} name a model twice")
         return v
+
+    @model_validator(mode="after")
+    def _uplink_source(self) -> EdgeSettings:
+        if self.uplink is None:
+            object.__setattr__(self, "uplink", self.update_source)
+        if self.uplink == "http":
+            if not self.api_url or self.api_token is None:
+                raise ValueError("uplink = http needs api_url and api_token")
+            check_api_url(self.api_url, self.mode)
+        return self
 
     @model_validator(mode="after")
     def _first_model(self) -> EdgeSettings:

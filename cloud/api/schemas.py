@@ -352,6 +352,13 @@ class FeedbackBatch(BaseModel):
     events: list[FeedbackEventCreate] = Field(min_length=1, max_length=1000)
 
 
+class FeedbackEntriesPublic(BaseModel):
+    entries: list[str] = Field(
+        description="stream entry ids, one per relayed entry, in order",
+        examples=[["1718000000000-0"]],
+    )
+
+
 class FeedbackAcceptedPublic(BaseModel):
     accepted: int = Field(
         description="events appended to their models' feedback streams", examples=[2]
