@@ -3,6 +3,7 @@ tried with no token, a wrong one, and each role; every read needs a viewer (or a
 
 from __future__ import annotations
 
+import base64
 import re
 import secrets
 from collections.abc import Callable
@@ -136,7 +137,34 @@ WRITES: dict[tuple[str, str], tuple[set[str], Callable[[World], Request]]] = {
             None,
         ),
     ),
+    # An edge's own entries and report with its signature (which the API carries, not checks).
+    ("POST", "/v1/models/{model}/feedback/entries"): (
+        {"device", "admin"},
+        lambda w: (
+            "/v1/models/digits/feedback/entries",
+            {"entries": [{"payload": _b64(b"frames"), "device": "pi-01", "sig": _b64(bytes(64))}]},
+            None,
+        ),
+    ),
+    ("POST", "/v1/devices/{device_id}/status/signed"): (
+        {"device", "admin"},
+        lambda w: (
+            "/v1/devices/pi-01/status/signed",
+            {
+                "payload": _b64(
+                    b'{"device_id":"pi-01","fleet":"%s","model":"digits"}' % FLEET.encode()
+                ),
+                "device": "pi-01",
+                "sig": _b64(bytes(64)),
+            },
+            None,
+        ),
+    ),
 }
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
 
 
 @pytest.fixture
