@@ -79,7 +79,7 @@ class EntrySink(Protocol):
 
 
 class RedisSink:
-    """XADD to the model's feedback stream (see ``FeedbackUplink._xadd`` for why so)."""
+    """XADD to the model's feedback stream, whole or not at all (``_xadd`` says why)."""
 
     name = "Redis"
 
