@@ -33,6 +33,7 @@ class BaselineRun:
     correct: npt.NDArray[np.bool_]  # [streamed]
     labels_learned: int
     seconds: float
+    probe_accuracy: float | None = None  # on rows asked again at the end, not learnt
 
 
 def learners(classes: int, seed: int) -> dict[str, Callable[[], Any]]:
@@ -60,8 +61,11 @@ def learners(classes: int, seed: int) -> dict[str, Callable[[], Any]]:
     }
 
 
-def run_baseline(name: str, model: Any, stream: Stream, plan: Plan) -> BaselineRun:
-    """Prequential test-then-train of ``model`` on ``stream`` as ``plan`` says."""
+def run_baseline(
+    name: str, model: Any, stream: Stream, plan: Plan, probe: npt.NDArray[np.intp] | None = None
+) -> BaselineRun:
+    """Prequential test-then-train of ``model`` on ``stream`` as ``plan`` says; then its
+    accuracy on the rows ``probe`` (the replay's forgetting rows), learning nothing."""
     started = time.perf_counter()
     rows = [dict(enumerate(map(float, x))) for x in stream.X]
     y = stream.y.tolist()
@@ -76,11 +80,17 @@ def run_baseline(name: str, model: Any, stream: Stream, plan: Plan) -> BaselineR
         if j is not None:
             model.learn_one(rows[j], y[j])
             learned += 1
-    return BaselineRun(name, correct, learned, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    probed = None
+    if probe is not None and len(probe):
+        probed = round(float(np.mean([model.predict_one(rows[i]) == y[i] for i in probe])), 4)
+    return BaselineRun(name, correct, learned, seconds, probed)
 
 
-def run_baselines(stream: Stream, plan: Plan, seed: int) -> list[BaselineRun]:
+def run_baselines(
+    stream: Stream, plan: Plan, seed: int, probe: npt.NDArray[np.intp] | None = None
+) -> list[BaselineRun]:
     return [
-        run_baseline(name, make(), stream, plan)
+        run_baseline(name, make(), stream, plan, probe)
         for name, make in learners(len(stream.labels), seed).items()
     ]

@@ -34,7 +34,7 @@ def windowed(correct: Bools, window: int) -> npt.NDArray[np.float64]:
     c = np.concatenate([[0.0], np.cumsum(correct, dtype=np.float64)])
     ends = np.arange(1, len(correct) + 1)
     starts = np.maximum(0, ends - window)
-    return (c[ends] - c[starts]) / (ends - starts)
+    return np.asarray((c[ends] - c[starts]) / (ends - starts), np.float64)
 
 
 def plot_window(rows: int) -> int:

@@ -52,7 +52,9 @@ class ReplayOptions:
         if self.label_delay < 0:
             raise InputError(f"--label-delay {self.label_delay}: must be 0 or more rows")
         if self.rate < 0:
-            raise InputError(f"--rate {self.rate}: rows a second must be 0 (as fast as possible) or more")
+            raise InputError(
+                f"--rate {self.rate}: rows a second must be 0 (as fast as possible) or more"
+            )
         if self.edges < 1:
             raise InputError(f"--edges {self.edges}: at least one edge")
         if self.seed_rows is not None and self.seed_rows < MIN_SEED_ROWS:
@@ -76,7 +78,9 @@ class Plan:
     labeled: npt.NDArray[np.bool_]  # [rows]: the row's label is one the user gives
 
     @classmethod
-    def of(cls, *, rows: int, seed_rows: int, label_share: float, label_delay: int, seed: int) -> Plan:
+    def of(
+        cls, *, rows: int, seed_rows: int, label_share: float, label_delay: int, seed: int
+    ) -> Plan:
         """The plan for a stream of ``rows`` (``InputError`` when it does not fit)."""
         if seed_rows >= rows:
             raise InputError(

@@ -5,7 +5,7 @@ Specs: every dataset spec the project takes (``csv:PATH``, ``npz:PATH``,
 ``river:NAME``, one of River's synthetic generators with known drifts or its
 bundled data sets (no download; river is imported only here and in the baselines):
 
-- ``sea`` / ``sea-gradual``: SEA, variant 0 then 2 (``ConceptDriftStream``), abrupt
+- ``sea`` / ``sea-gradual``: SEA, variant 0 then 3 (``ConceptDriftStream``), abrupt
   or over a tenth of the stream;
 - ``agrawal`` / ``agrawal-gradual``: Agrawal, function 0 then 2;
 - ``led``: LED, then LED with 7 of its segments swapped (``LEDDrift``), abrupt;
@@ -116,14 +116,14 @@ def river_stream(name: str, *, seed: int, rows: int) -> Stream:
     elif name == "phishing":
         source, rows = datasets.Phishing(), 10**9
     else:
-        source, rows = datasets.Bananas(), 10**9
+        source, rows = datasets.Bananas(), 10**9  # type: ignore[no-untyped-call]
     return _rows(f"river-{name}", itertools.islice(source, rows), drifts)
 
 
 def _concepts(synth: Any, family: str, seed: int) -> tuple[Any, Any]:
     """The generators before and after a drift of ``family``."""
     if family == "sea":
-        return synth.SEA(variant=0, seed=seed), synth.SEA(variant=2, seed=seed + 1)
+        return synth.SEA(variant=0, seed=seed), synth.SEA(variant=3, seed=seed + 1)
     if family == "agrawal":
         return (
             synth.Agrawal(classification_function=0, seed=seed),
@@ -165,5 +165,6 @@ def _label_order(label: str) -> tuple[int, float | str]:
 def describe(stream: Stream) -> str:
     drifts = ", ".join(map(str, stream.drifts)) or "none known"
     return f"{stream.name}: {len(stream)} rows, {stream.X.shape[1]} features, {len(stream.labels)} classes, drifts at {drifts}"
+
 
 __all__ = ["RIVER_STREAMS", "Stream", "describe", "load_stream", "river_stream"]
