@@ -11,7 +11,7 @@ before ``d``; the stream has recovered at the first row ``r`` whose trailing
 >>> c = np.array([1] * 300 + [0] * 100 + [1] * 300, bool)
 >>> rec = recovery(c, d=300, sends=np.ones(700, np.int64), window=100)
 >>> rec["accuracy_before"], rec["recovery_labels"], rec["recovered_at_row"]
-(1.0, 199, 499)
+(1.0, 198, 497)
 """
 
 from __future__ import annotations

@@ -110,10 +110,13 @@ class Plan:
     def labels_sent(self) -> int:
         return int(self.labeled[self.seed_rows : self.rows - self.label_delay].sum())
 
+    def labeled_rows(self) -> list[int]:
+        """The streamed rows (0 = the first after the seed rows) whose labels are sent."""
+        last = self.streamed - self.label_delay
+        return [s for s in range(last) if self.labeled[self.seed_rows + s]]
+
     def sends(self) -> npt.NDArray[np.int64]:
         """[streamed]: 1 where a label is sent after predicting that row."""
         out = np.zeros(self.streamed, np.int64)
-        for s in range(self.streamed):
-            if self.label_sent_after(self.seed_rows + s) is not None:
-                out[s] = 1
+        out[[s + self.label_delay for s in self.labeled_rows()]] = 1
         return out

@@ -70,6 +70,7 @@ class Served:
     predicted: npt.NDArray[np.int64] = field(init=False)
     request_ids: list[str | None] = field(init=False)
     label_sent_at: dict[int, float] = field(default_factory=dict)  # streamed row -> time
+    label_sent_after: dict[int, int] = field(default_factory=dict)  # streamed row -> row then
     failed: int = 0
     feedback_sent: int = 0
     feedback_failed: int = 0
@@ -205,6 +206,7 @@ class Replay(LocalFleet):
                 if j is not None:
                     r = j - plan.seed_rows
                     self._send_label(clients[r % len(clients)], r, j)
+                    served.label_sent_after[r] = s
                 if time.monotonic() >= next_check:
                     next_check = time.monotonic() + 1.0
                     self._check_children()
@@ -391,6 +393,9 @@ class Replay(LocalFleet):
             "predictions": int(served.predicted.sum()),
             "rows_predicted_once": bool(np.all(served.predicted == 1)),
             "labels_planned": plan.labels_sent,
+            # the rows whose labels were sent are the plan's, each sent label_delay rows on
+            "labels_as_planned": sorted(served.label_sent_after) == plan.labeled_rows(),
+            "label_delays": sorted({a - r for r, a in served.label_sent_after.items()}),
             "labels_sent": served.feedback_sent,
             "feedback_trained": trainer.feedback_accepted,
             "feedback_deadlettered": trainer.feedback_deadlettered,
