@@ -101,9 +101,10 @@ def test_the_plan_is_deterministic_and_sends_what_it_says():
     a = Plan.of(rows=1000, seed_rows=100, label_share=0.3, label_delay=7, seed=4)
     b = Plan.of(rows=1000, seed_rows=100, label_share=0.3, label_delay=7, seed=4)
     assert a.labeled_rows() == b.labeled_rows()
-    assert a.labeled_rows() != Plan.of(
-        rows=1000, seed_rows=100, label_share=0.3, label_delay=7, seed=5
-    ).labeled_rows()
+    assert (
+        a.labeled_rows()
+        != Plan.of(rows=1000, seed_rows=100, label_share=0.3, label_delay=7, seed=5).labeled_rows()
+    )
     assert 0.22 < len(a.labeled_rows()) / (a.streamed - 7) < 0.38
     sent = [s for s in range(a.streamed) if a.label_sent_after(100 + s) is not None]
     assert [s - 7 for s in sent] == a.labeled_rows()
