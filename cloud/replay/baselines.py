@@ -36,6 +36,14 @@ class BaselineRun:
     probe_accuracy: float | None = None  # on rows asked again at the end, not learnt
 
 
+def require_river() -> None:
+    """``ConfigError`` now, before a fleet is started, when River is not installed."""
+    try:
+        import river  # noqa: F401
+    except ImportError as e:
+        raise ConfigError("the baselines need River: pip install river (the dev extra)") from e
+
+
 def learners(classes: int, seed: int) -> dict[str, Callable[[], Any]]:
     """Fresh pipelines by name (``ConfigError`` when River is not installed)."""
     try:

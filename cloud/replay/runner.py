@@ -43,7 +43,7 @@ from cloud.demo.fleet import LocalFleet
 from cloud.demo.runner import DEMO_GUARD
 from cloud.demo.workload import Workload, check_model
 from cloud.registry.versions import DirBlobStore, Registry
-from cloud.replay.baselines import run_baselines
+from cloud.replay.baselines import require_river, run_baselines
 from cloud.replay.figures import percentile, summary
 from cloud.replay.plan import QUICK_ROWS, Plan, ReplayOptions, default_seed_rows
 from cloud.replay.streams import Stream, load_stream
@@ -90,6 +90,7 @@ class Served:
 def prepare_stream(options: ReplayOptions) -> tuple[Stream, Plan]:
     """The stream and its plan, checked (``InputError``/``DatasetError``: exit 2)."""
     options.check()
+    require_river()
     stream = load_stream(
         options.dataset, options.label_column, seed=options.seed, quick=options.quick
     )
