@@ -77,6 +77,10 @@ COMMANDS: dict[str, Command] = {
         "train and export the bundled digits baseline", "cloud.cli.trainer", "baseline"
     ),
     "demo": Command.of("the whole loop on this machine", "cloud.demo.cli"),
+    "replay": Command.of(
+        "a dataset's rows in order through the loop, against River's learners",
+        "cloud.replay.cli",
+    ),
     "api": Command.of("run the cloud REST API", "cloud.api.server"),
     "versions": Command.of("list a model's versions", "cloud.cli.versions", "versions"),
     "explain": Command.of("show why a version exists", "cloud.cli.versions", "explain"),

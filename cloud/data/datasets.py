@@ -49,6 +49,9 @@ Kind = Literal["digits", "tabular", "tensor"]
 #: rest is the stream pool the demo's simulated apps draw from.
 SEED_TRAIN_SHARE = 0.3
 SEED_HOLDOUT_SHARE = 0.1
+#: A whole-dataset seed split holds out every HOLDOUT_EVERY-th row (the trainer's
+#: default for feedback, ``holdout_every``).
+HOLDOUT_EVERY = 5
 
 SPECS = '"digits", "csv:PATH", "npz:PATH" or "py:module:function"'
 
@@ -138,13 +141,29 @@ def _digits() -> Dataset:
     )
 
 
-def split(dataset: Dataset, seed: int) -> Split:
+def split(dataset: Dataset, seed: int, *, whole: bool = False) -> Split:
     """Seed-train / seed-holdout / stream pool, deterministic in ``seed`` and stratified
     by class for a classification.
 
     The trainer bootstraps from ``seed_train`` and seeds its holdout with
     ``seed_holdout``; simulated apps draw from ``stream``, which neither has seen.
+
+    ``whole``: the dataset is all seed data, in its order (``edgeloop replay`` gives
+    the trainer a stream's first rows): every ``HOLDOUT_EVERY``-th row is held out,
+    the others are trained on, and the stream pool is empty.
+
+    >>> parts = split(load_dataset("digits").subset(np.arange(10)), 0, whole=True)
+    >>> len(parts.seed_train.y), len(parts.seed_holdout.y), len(parts.stream.y)
+    (8, 2, 0)
     """
+    if whole:
+        index = np.arange(len(dataset.y))
+        held = index % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
+        return Split(
+            seed_train=dataset.subset(index[~held]),
+            seed_holdout=dataset.subset(index[held]),
+            stream=dataset.subset(index[:0]),
+        )
     from sklearn.model_selection import train_test_split
 
     index = np.arange(len(dataset.y))

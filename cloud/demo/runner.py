@@ -18,13 +18,10 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-import redis
 from rich.console import Console
 from rich.live import Live
 
@@ -39,17 +36,14 @@ from cloud.demo.figures import (
     phase_metrics,
     recovered,
 )
-from cloud.demo.services import Child, ProcessGroup, free_port, python_module, start_redis
+from cloud.demo.fleet import FLEET, DemoError, LocalFleet
 from cloud.demo.view import live_view, summary_table
 from cloud.demo.workload import WorkloadRequest, prepare
-from shared.errors import EdgeloopError, MessageError
-from shared.keys import FleetKeys
-from shared.messages import EdgeStatus, TrainerStatus
-from shared.signing import write_keypair
+from shared.messages import TrainerStatus
 
 logger = logging.getLogger(__name__)
 
-FLEET = "demo"
+__all__ = ["FLEET", "Demo", "DemoError", "DemoOptions", "run_demo"]
 
 #: The edges' guard in the demo: every edge, the trainer and the apps share this
 #: machine's cores, and a round's training stalls the edges' requests, so a p99 of a
@@ -58,10 +52,6 @@ FLEET = "demo"
 #: the version from before the drift). Under the edges' latency budget, a p99 is no
 #: regression here; the metric and error criteria still judge every version.
 DEMO_GUARD: dict[str, Any] = {"guard_p99_floor_ms": 50.0}
-
-
-class DemoError(EdgeloopError):
-    """A part of the demo did not come up or died; the message names its log."""
 
 
 @dataclass
@@ -114,180 +104,34 @@ class DemoOptions:
         )
 
 
-def _toml(values: dict[str, Any]) -> str:
-    lines = []
-    for k, v in values.items():
-        if v is None:
-            continue
-        if isinstance(v, bool):
-            lines.append(f"{k} = {'true' if v else 'false'}")
-        elif isinstance(v, (int, float)):
-            lines.append(f"{k} = {v}")
-        else:
-            lines.append(f'{k} = "{v}"')
-    return "\n".join(lines) + "\n"
-
-
-class Demo:
+class Demo(LocalFleet):
     """One run. ``run()`` returns the result dict; ``close()`` stops everything."""
+
+    edge_overrides = DEMO_GUARD
 
     def __init__(self, options: DemoOptions, console: Console) -> None:
         self.options = options
-        self.console = console
-        self.workdir = Path(tempfile.mkdtemp(prefix="edgeloop-demo-"))
+        workdir = Path(tempfile.mkdtemp(prefix="edgeloop-demo-"))
         try:
             # bad input stops the demo here, before any process is started
-            self.workload = prepare(options.request(), self.workdir)
+            workload = prepare(options.request(), workdir)
         except BaseException:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+            shutil.rmtree(workdir, ignore_errors=True)
             raise
-        self.group = ProcessGroup(self.workdir)
+        super().__init__(workdir, workload, console, edges=options.edges, seed=options.seed)
         self.dataset = self.workload.dataset
         self.task = self.dataset.task
-        self.model = self.workload.name
-        self.keys = FleetKeys(FLEET)
         self.phase = Phase()
         self.apps: dict[str, SensorApp] = {}
-        self.edge_urls: dict[str, str] = {}
-        self.edge_children: dict[str, Child] = {}
-        self.trainer_child: Child | None = None
-        self.redis: redis.Redis | None = None
-        self.headline = "starting"
         self.drift_phase_s = 0.0
 
-    # -- bring-up ---------------------------------------------------------------
-
-    def _config(self, name: str, values: dict[str, Any]) -> Path:
-        """Write a process's TOML config into the work dir."""
-        path = self.workdir / name
-        path.write_text(_toml(values))
-        return path
-
-    def start(self) -> None:
-        redis_url = start_redis(self.group)
-        self.redis = redis.Redis.from_url(redis_url)
-        private_key, public_key = write_keypair(self.workdir / "keys")
-        self._start_trainer(redis_url, private_key)
-        self._wait("trainer bootstrap: first version", self._first_version, timeout=600)
-        for i in range(1, self.options.edges + 1):
-            self._start_edge(f"edge-{i}", redis_url, public_key, **DEMO_GUARD)
-        self._wait("edges serving", self._edges_serving, timeout=120)
-
-    def _start_trainer(self, redis_url: str, private_key: Path, **overrides: Any) -> None:
+    def trainer_settings(self) -> dict[str, Any]:
         quick = self.options.quick
-        config = self._config(
-            "cloud.toml",
-            {
-                "mode": "development",
-                "fleet": FLEET,
-                "model": self.workload.model,
-                "model_name": self.model,
-                "redis_url": redis_url,
-                "signing_key": str(private_key),
-                "consumer": "trainer-1",
-                "seed": self.options.seed,
-                "dataset": self.workload.dataset_spec,
-                "label_column": self.workload.label_column,
-                "task": self.workload.task,
-                "round_min_samples": 150 if quick else 250,
-                "round_interval_s": 20.0 if quick else 30.0,
-                "drift_window": 40,
-                "status_interval_s": 1.0,
-                "claim_idle_ms": 5000,
-                "blob_dir": str(self.workdir / "blobs"),
-                **overrides,
-            },
-        )
-        self.trainer_child = self.group.spawn(
-            "trainer",
-            python_module(
-                "cloud.cli.main", "--log-level", "INFO", "trainer", "--config", str(config)
-            ),
-        )
-
-    def _start_edge(self, device: str, redis_url: str, public_key: Path, **overrides: Any) -> None:
-        port = free_port()
-        config = self._config(
-            f"{device}.toml",
-            {
-                "mode": "development",
-                "device_id": device,
-                "fleet": FLEET,
-                "model": self.model,
-                "redis_url": redis_url,
-                "public_key": str(public_key),
-                "state_dir": str(self.workdir / device),
-                "http_port": port,
-                "status_interval_s": 1.0,
-                **overrides,
-            },
-        )
-        self.edge_children[device] = self.group.spawn(
-            device, python_module("edge.cli", "--config", str(config))
-        )
-        self.edge_urls[device] = f"http://127.0.0.1:{port}"
-
-    def _wait(self, what: str, ready: Callable[[], bool], timeout: float) -> None:
-        self.headline = f"waiting for {what}"
-        deadline = time.monotonic() + timeout
-        with self.console.status(f"waiting for {what}…"):
-            while not ready():
-                self._check_children()
-                if time.monotonic() > deadline:
-                    raise DemoError(f"timed out waiting for {what}; logs in {self.workdir}")
-                time.sleep(0.5)
-
-    def _check_children(self) -> None:
-        for child in self.group.children:
-            if not child.alive():
-                raise DemoError(
-                    f"{child.name} exited with code {child.proc.returncode}; last lines of "
-                    f"{child.log_path}:\n{child.tail()}"
-                )
-
-    def _first_version(self) -> bool:
-        assert self.redis is not None
-        return bool(self.redis.zcard(self.keys.versions(self.model)))
-
-    def _edges_serving(self) -> bool:
-        statuses = self.edge_health()
-        return all(s is not None and s.version is not None for s in statuses.values())
-
-    # -- watching ---------------------------------------------------------------
-
-    def edge_health(self) -> dict[str, EdgeStatus | None]:
-        out: dict[str, EdgeStatus | None] = {}
-        for device, url in self.edge_urls.items():
-            try:
-                r = httpx.get(f"{url}/v1/health", timeout=2.0)
-                out[device] = (
-                    EdgeStatus.model_validate_json(r.content)
-                    if r.status_code in (200, 503)
-                    else None
-                )
-            except (httpx.HTTPError, ValueError):
-                out[device] = None
-        return out
-
-    def trainer_status(self) -> TrainerStatus | None:
-        assert self.redis is not None
-        raw = self.redis.get(self.keys.trainer(self.model))
-        if raw is None:
-            return None
-        try:
-            return TrainerStatus.from_wire(raw)
-        except MessageError:
-            return None
-
-    def published_versions(self) -> set[int]:
-        assert self.redis is not None
-        versions = set()
-        # the index's members are sha256s, its scores the version numbers
-        for pair in self.redis.zrange(self.keys.versions(self.model), 0, -1, withscores=True):
-            if not isinstance(pair, (tuple, list)):
-                raise TypeError(f"expected (sha256, version) pairs, got {pair!r}")
-            versions.add(int(pair[1]))
-        return versions
+        return {
+            "round_min_samples": 150 if quick else 250,
+            "round_interval_s": 20.0 if quick else 30.0,
+            "drift_window": 40,
+        }
 
     # -- the run ----------------------------------------------------------------
 
@@ -364,16 +208,9 @@ class Demo:
             self.task.metric,
         )
 
-    def _drain(self, timeout: float = 60.0) -> None:
+    def _drain(self) -> None:
         """Wait until the trainer has taken every feedback event the apps sent."""
-        sent = sum(a.stats.feedback_sent for a in self.apps.values())
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            status = self.trainer_status()
-            if status and status.feedback_accepted + status.feedback_deadlettered >= sent:
-                return
-            time.sleep(0.5)
-        logger.warning("feedback did not drain in %.0fs", timeout)
+        self.wait_drained(sum(a.stats.feedback_sent for a in self.apps.values()))
 
     def result(self) -> dict[str, Any]:
         edges = self.edge_health()
@@ -411,13 +248,8 @@ class Demo:
         return result | {"done_criteria": criteria, "done": all(criteria.values())}
 
     def close(self) -> None:
-        self.group.stop_all()
-        if self.redis is not None:
-            self.redis.close()
-        if self.options.keep:
-            self.console.print(f"[dim]logs and state kept in {self.workdir}[/]")
-        else:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+        self.keep = self.options.keep
+        super().close()
 
 
 def run_demo(options: DemoOptions, console: Console) -> dict[str, Any]:

@@ -73,7 +73,7 @@ class Trainer:
         self.keys = FleetKeys(s.fleet)
         self.client = client or redis.Redis.from_url(s.redis_url, **s.redis_options())
         self.dataset = dataset or load_dataset(s.dataset, s.label_column, s.task)
-        self.parts = split(self.dataset, s.seed)
+        self.parts = split(self.dataset, s.seed, whole=s.seed_split == "whole")
         self.spec = model_spec(s.model, self.dataset)
         self.data = TrainerData(self.client, self.keys, s.data_options(self.dataset))
         self.ingest = FeedbackIngest(self.client, self.keys, self.data, s.ingest_options())

@@ -109,6 +109,12 @@ class TrainerSettings(RedisSettings):
         "instead of bootstrap training; version 1 is still exported, checked and published",
     )
     seed: int = 0
+    seed_split: Literal["shuffled", "whole"] = Field(
+        "shuffled",
+        description="shuffled: the bootstrap trains on a stratified 30% of the dataset and holds "
+        "out 10%; whole: the dataset is all seed data in its order, every 5th row held out "
+        "(edgeloop replay gives the trainer a stream's first rows)",
+    )
 
     # When to train
     round_min_samples: int = Field(200, ge=1, description="new labeled samples that start a round")

@@ -1,0 +1,230 @@
+"""A private fleet on this machine, for the demo and the replay: a redis-server, one
+``edgeloop trainer`` and ``edgeloop-edge`` daemons as separate processes, and the
+probes that watch them (status keys in Redis, the edges' health endpoints).
+
+``LocalFleet`` owns the work dir and every process it starts; ``close()`` stops
+them and removes the work dir unless asked to keep it. A subclass says how its
+trainer rounds (``trainer_settings``) and what it does with the fleet.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import httpx
+import redis
+from rich.console import Console
+
+from cloud.demo.services import Child, ProcessGroup, free_port, python_module, start_redis
+from cloud.demo.workload import Workload
+from shared.errors import EdgeloopError, MessageError
+from shared.keys import FleetKeys
+from shared.messages import EdgeStatus, TrainerStatus
+from shared.signing import write_keypair
+
+logger = logging.getLogger(__name__)
+
+FLEET = "demo"
+
+
+class DemoError(EdgeloopError):
+    """A part of the demo did not come up or died; the message names its log."""
+
+
+def toml_of(values: dict[str, Any]) -> str:
+    """A flat TOML document of ``values`` (None values left out)."""
+    lines = []
+    for k, v in values.items():
+        if v is None:
+            continue
+        if isinstance(v, bool):
+            lines.append(f"{k} = {'true' if v else 'false'}")
+        elif isinstance(v, (int, float)):
+            lines.append(f"{k} = {v}")
+        else:
+            lines.append(f'{k} = "{v}"')
+    return "\n".join(lines) + "\n"
+
+
+class LocalFleet:
+    """Redis, a trainer and ``edges`` edge daemons for ``workload``, in ``workdir``."""
+
+    #: Settings every edge of the fleet gets on top of its own (the demo's guard).
+    edge_overrides: ClassVar[dict[str, Any]] = {}
+
+    def __init__(
+        self, workdir: Path, workload: Workload, console: Console, *, edges: int, seed: int
+    ) -> None:
+        self.workdir = workdir
+        self.workload = workload
+        self.console = console
+        self.edges = edges
+        self.seed = seed
+        self.keep = False
+        self.group = ProcessGroup(workdir)
+        self.model = workload.name
+        self.keys = FleetKeys(FLEET)
+        self.edge_urls: dict[str, str] = {}
+        self.edge_children: dict[str, Child] = {}
+        self.trainer_child: Child | None = None
+        self.redis: redis.Redis | None = None
+        self.headline = "starting"
+
+    # -- bring-up ---------------------------------------------------------------
+
+    def trainer_settings(self) -> dict[str, Any]:
+        """When and how the trainer rounds; the subclass's choice."""
+        return {}
+
+    def _config(self, name: str, values: dict[str, Any]) -> Path:
+        """Write a process's TOML config into the work dir."""
+        path = self.workdir / name
+        path.write_text(toml_of(values))
+        return path
+
+    def start(self) -> None:
+        redis_url = start_redis(self.group)
+        self.redis = redis.Redis.from_url(redis_url)
+        private_key, public_key = write_keypair(self.workdir / "keys")
+        self._start_trainer(redis_url, private_key)
+        self._wait("trainer bootstrap: first version", self._first_version, timeout=600)
+        for i in range(1, self.edges + 1):
+            self._start_edge(f"edge-{i}", redis_url, public_key, **self.edge_overrides)
+        self._wait("edges serving", self._edges_serving, timeout=120)
+
+    def _start_trainer(self, redis_url: str, private_key: Path, **overrides: Any) -> None:
+        config = self._config(
+            "cloud.toml",
+            {
+                "mode": "development",
+                "fleet": FLEET,
+                "model": self.workload.model,
+                "model_name": self.model,
+                "redis_url": redis_url,
+                "signing_key": str(private_key),
+                "consumer": "trainer-1",
+                "seed": self.seed,
+                "dataset": self.workload.dataset_spec,
+                "label_column": self.workload.label_column,
+                "task": self.workload.task,
+                "status_interval_s": 1.0,
+                "claim_idle_ms": 5000,
+                "blob_dir": str(self.workdir / "blobs"),
+                **self.trainer_settings(),
+                **overrides,
+            },
+        )
+        self.trainer_child = self.group.spawn(
+            "trainer",
+            python_module(
+                "cloud.cli.main", "--log-level", "INFO", "trainer", "--config", str(config)
+            ),
+        )
+
+    def _start_edge(self, device: str, redis_url: str, public_key: Path, **overrides: Any) -> None:
+        port = free_port()
+        config = self._config(
+            f"{device}.toml",
+            {
+                "mode": "development",
+                "device_id": device,
+                "fleet": FLEET,
+                "model": self.model,
+                "redis_url": redis_url,
+                "public_key": str(public_key),
+                "state_dir": str(self.workdir / device),
+                "http_port": port,
+                "status_interval_s": 1.0,
+                **overrides,
+            },
+        )
+        self.edge_children[device] = self.group.spawn(
+            device, python_module("edge.cli", "--config", str(config))
+        )
+        self.edge_urls[device] = f"http://127.0.0.1:{port}"
+
+    def _wait(self, what: str, ready: Callable[[], bool], timeout: float) -> None:
+        self.headline = f"waiting for {what}"
+        deadline = time.monotonic() + timeout
+        with self.console.status(f"waiting for {what}…"):
+            while not ready():
+                self._check_children()
+                if time.monotonic() > deadline:
+                    raise DemoError(f"timed out waiting for {what}; logs in {self.workdir}")
+                time.sleep(0.5)
+
+    def _check_children(self) -> None:
+        for child in self.group.children:
+            if not child.alive():
+                raise DemoError(
+                    f"{child.name} exited with code {child.proc.returncode}; last lines of "
+                    f"{child.log_path}:\n{child.tail()}"
+                )
+
+    def _first_version(self) -> bool:
+        assert self.redis is not None
+        return bool(self.redis.zcard(self.keys.versions(self.model)))
+
+    def _edges_serving(self) -> bool:
+        statuses = self.edge_health()
+        return all(s is not None and s.version is not None for s in statuses.values())
+
+    # -- watching ---------------------------------------------------------------
+
+    def edge_health(self) -> dict[str, EdgeStatus | None]:
+        out: dict[str, EdgeStatus | None] = {}
+        for device, url in self.edge_urls.items():
+            try:
+                r = httpx.get(f"{url}/v1/health", timeout=2.0)
+                out[device] = (
+                    EdgeStatus.model_validate_json(r.content)
+                    if r.status_code in (200, 503)
+                    else None
+                )
+            except (httpx.HTTPError, ValueError):
+                out[device] = None
+        return out
+
+    def trainer_status(self) -> TrainerStatus | None:
+        assert self.redis is not None
+        raw = self.redis.get(self.keys.trainer(self.model))
+        if raw is None:
+            return None
+        try:
+            return TrainerStatus.from_wire(raw)
+        except MessageError:
+            return None
+
+    def published_versions(self) -> set[int]:
+        assert self.redis is not None
+        versions = set()
+        # the index's members are sha256s, its scores the version numbers
+        for pair in self.redis.zrange(self.keys.versions(self.model), 0, -1, withscores=True):
+            if not isinstance(pair, (tuple, list)):
+                raise TypeError(f"expected (sha256, version) pairs, got {pair!r}")
+            versions.add(int(pair[1]))
+        return versions
+
+    def wait_drained(self, sent: int, timeout: float = 60.0) -> None:
+        """Wait until the trainer has taken every one of the ``sent`` feedback events."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.trainer_status()
+            if status and status.feedback_accepted + status.feedback_deadlettered >= sent:
+                return
+            time.sleep(0.5)
+        logger.warning("feedback did not drain in %.0fs", timeout)
+
+    def close(self) -> None:
+        self.group.stop_all()
+        if self.redis is not None:
+            self.redis.close()
+        if self.keep:
+            self.console.print(f"[dim]logs and state kept in {self.workdir}[/]")
+        else:
+            shutil.rmtree(self.workdir, ignore_errors=True)
