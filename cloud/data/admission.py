@@ -158,7 +158,7 @@ def admit(
         for _d, key, q, samples, writes in plans:
             data.add_to(pipe, counters, samples, writes)  # the counters as of every plan
             pipe.ltrim(key, q, -1)
-        for d, key in zip(devices, lists, strict=True):
+        for d in devices:
             if counts[d] - quota.get(d, 0) <= 0:
                 pipe.srem(data.pending_devices_key, d)
         out.admitted = {d: q for d, _k, q, _s, _w in plans}

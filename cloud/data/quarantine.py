@@ -36,9 +36,8 @@ from typing import Any
 import redis
 
 from shared import replies
-
-from shared.keys import FleetKeys
 from shared.errors import MessageError, NotFound
+from shared.keys import FleetKeys
 from shared.messages import QuarantineRecord
 
 logger = logging.getLogger(__name__)
@@ -145,9 +144,7 @@ class Quarantine:
     def checks(self) -> dict[str, tuple[int, int]]:
         """(checked, disagreed) per device."""
         raw = {replies.text(f): int(v) for f, v in self.client.hgetall(self.counts_key).items()}
-        return {
-            f[2:]: (n, raw.get(f"k:{f[2:]}", 0)) for f, n in raw.items() if f.startswith("n:")
-        }
+        return {f[2:]: (n, raw.get(f"k:{f[2:]}", 0)) for f, n in raw.items() if f.startswith("n:")}
 
     def judge(self, margin: float, delta: float, min_samples: int) -> list[QuarantineRecord]:
         """Quarantine the devices the counts condemn; returns the new records."""

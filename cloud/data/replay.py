@@ -207,7 +207,7 @@ class DataOptions:
     stage: bool = False
 
     @classmethod
-    def flat(cls, model: str, num_classes: int, num_features: int, **sizes: int) -> DataOptions:
+    def flat(cls, model: str, num_classes: int, num_features: int, **sizes: Any) -> DataOptions:
         """The stores of a classifier of flat float samples (what every model was before
         tensor inputs)."""
         labels = [str(c) for c in range(num_classes)]
@@ -327,7 +327,9 @@ class TrainerData:
             pipe.lpush(self.recent_devices_key, *tags)
             pipe.ltrim(self.recent_devices_key, 0, self.recent_window - 1)
         for device, rows in writes.pending.items():
-            pipe.rpush(self.keys.pending(self.model, device), *(self.kept(samples, i) for i in rows))
+            pipe.rpush(
+                self.keys.pending(self.model, device), *(self.kept(samples, i) for i in rows)
+            )
             pipe.sadd(self.pending_devices_key, device)
         for device, rows in writes.quarantined.items():
             key = self.keys.quarantined(self.model, device)
@@ -343,11 +345,15 @@ class TrainerData:
         size = _DRAW.size + self.codec.size
         good = [b for b in blobs if len(b) == size]
         if len(good) != len(blobs):
-            logger.warning("skipped %d kept samples of %s of the wrong size", len(blobs) - len(good), device)
+            logger.warning(
+                "skipped %d kept samples of %s of the wrong size", len(blobs) - len(good), device
+            )
         X, y = self.codec.decode(b[_DRAW.size :] for b in good)
         draws = [_DRAW.unpack_from(b)[0] for b in good]
         n = len(draws)
-        return NewSamples(X, y, NewSamples.buckets_of(y, self.task), draws, [False] * n, [device] * n)
+        return NewSamples(
+            X, y, NewSamples.buckets_of(y, self.task), draws, [False] * n, [device] * n
+        )
 
     def add_stats(self, pipe: Any, deltas: dict[str, int]) -> None:
         """Queue increments of the ingest statistics (``accepted``, ``class:3``, ...)."""
@@ -429,9 +435,7 @@ class TrainerData:
         size = self.codec.size
         tags = [_tag(replies.binary(t)) for t in raw_tags]
         # both lists grow at the head; samples from before tags have none at the tail
-        rows = [
-            (replies.binary(v), tags[i] if i < len(tags) else None) for i, v in enumerate(raw)
-        ]
+        rows = [(replies.binary(v), tags[i] if i < len(tags) else None) for i, v in enumerate(raw)]
         rows = [(b, d) for b, d in rows if len(b) == size]
         return self.codec.decode(b for b, _ in rows), [d for _, d in rows]
 
