@@ -60,6 +60,7 @@ from cloud.api.routers import (
     health,
     models,
     pins,
+    quarantine,
     rollouts,
     tokens,
     versions,
@@ -180,7 +181,7 @@ def _include_routers(app: FastAPI) -> None:
     reads = [Depends(require_viewer)]
     for module in (models, versions, diffs, deltas):
         app.include_router(module.router, dependencies=reads, responses=AUTH_RESPONSES)
-    for module in (fleet, devices, pins, rollouts, feedback, tokens, metrics_router):
+    for module in (fleet, devices, pins, quarantine, rollouts, feedback, tokens, metrics_router):
         app.include_router(module.router, responses=AUTH_RESPONSES)
     app.include_router(health.router)
 
