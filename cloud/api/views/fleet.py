@@ -23,8 +23,8 @@ from cloud.api.schemas import (
     FleetPublic,
     ModelTarget,
     QuarantinedPublic,
-    QuarantineReleased,
     QuarantinePublic,
+    QuarantineReleased,
     ServingPublic,
 )
 from cloud.data.quarantine import NotQuarantined, Quarantine
