@@ -98,7 +98,7 @@ def device_weights(
                 mid = (lo + hi) / 2
                 lo, hi = (mid, hi) if fits(mid) else (lo, mid)
             tau = lo
-        if tau <= 1e-9:  # nothing fits (too few devices, no seed data): equal devices
+        if tau <= 1e-6 * top:  # nothing fits (too few devices, no seed data): equal devices
             tau = float(min(counts.values()))
         totals = {d: min(n, tau) for d, n in counts.items()}
     for i, d in enumerate(devices):
