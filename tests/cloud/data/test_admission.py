@@ -70,7 +70,10 @@ def test_gate_weights_cap_a_device_and_drop_quarantined_ones():
     assert share == pytest.approx(0.5) and (w[90:] == 1).all()
     w = device_weights(["a"] * 90 + ["b"] * 10, 0.5, exclude={"a"})
     assert (w[:90] == 0).all() and (w[90:] == 1).all()
-    assert device_weights(["a"] * 30 + ["b"] * 10, 0.5).tolist() == [1 / 3] * 30 + [1.0] * 10
+    assert device_weights(["a"] * 30 + ["b"] * 10, 0.5).tolist() == pytest.approx(
+        [1 / 3] * 30 + [1.0] * 10
+    )
+    assert device_weights(["a"] * 30, 0.5).tolist() == [1.0] * 30  # alone: nothing to cap
 
 
 def test_a_flooding_devices_excess_waits_and_is_admitted_later_exactly_once(
