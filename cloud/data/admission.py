@@ -10,10 +10,10 @@ quota per device, chosen by water-filling so that no device holds more than
 
 A device's excess stays in its list, oldest first, for a later round in which
 others have contributed. Since fewer than ``1 / max_share`` devices can never
-satisfy the cap, a device may always add ``max_share * base`` samples (``base``
-is a round's worth of data, the trainer's ``round_min_samples``): a lone device
-still trains, slowly, and its share of the round's whole training set (the
-replay buffer rehearses earlier data too) stays small. The move is one
+satisfy the cap, a device may always add ``floor`` samples (the trainer's
+``device_share_floor``, 100): a lone device still trains, slowly, and its share
+of the round's whole training set (the replay buffer rehearses earlier data
+too) stays small. The move is one
 WATCH/MULTI/EXEC: a sample is admitted once or waits; it is never lost, never
 admitted twice.
 
@@ -21,9 +21,9 @@ The gate's held-out data is capped the same way by weight (``device_weights``):
 every device's samples together weigh at most ``max_share`` of the whole, the
 seed split (no device) weighs one per sample, quarantined devices nothing.
 
->>> share_quota({"a": 1000, "b": 100, "c": 100}, 0.5, base=0)
+>>> share_quota({"a": 1000, "b": 100, "c": 100}, 0.5)
 {'a': 200, 'b': 100, 'c': 100}
->>> share_quota({"a": 1000}, 0.5, base=200)
+>>> share_quota({"a": 1000}, 0.5, floor=100)
 {'a': 100}
 >>> device_weights(["a", "a", "a", "b", None], 0.5).round(3).tolist()
 [0.667, 0.667, 0.667, 1.0, 1.0]
@@ -32,7 +32,6 @@ seed split (no device) weighs one per sample, quarantined devices nothing.
 from __future__ import annotations
 
 import logging
-import math
 from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
@@ -47,9 +46,9 @@ from shared import replies
 logger = logging.getLogger(__name__)
 
 
-def share_quota(counts: dict[str, int], max_share: float, base: int = 0) -> dict[str, int]:
+def share_quota(counts: dict[str, int], max_share: float, floor: int = 0) -> dict[str, int]:
     """Samples each device may add to a round so that none exceeds ``max_share`` of what
-    the round adds, with a floor of ``max_share * base`` per device."""
+    the round adds, or ``floor`` samples when that is more."""
     if not counts:
         return {}
     if max_share >= 1.0:
@@ -67,7 +66,7 @@ def share_quota(counts: dict[str, int], max_share: float, base: int = 0) -> dict
             lo = mid
         else:
             hi = mid - 1
-    tau = min(top, max(lo, math.floor(max_share * base)))
+    tau = min(top, max(lo, floor))
     return {d: min(n, tau) for d, n in counts.items()}
 
 
@@ -130,7 +129,7 @@ class Admission:
 def admit(
     data: TrainerData,
     max_share: float,
-    base: int = 0,
+    floor: int = 0,
     quarantined: Collection[str] = (),
 ) -> Admission:
     """Move each device's quota of waiting samples into the replay buffer and the ring, in
@@ -145,7 +144,7 @@ def admit(
 
     def txn(pipe: Any) -> None:
         counts = {d: int(pipe.llen(k)) for d, k in zip(devices, lists, strict=True)}
-        quota = share_quota({d: n for d, n in counts.items() if n}, max_share, base)
+        quota = share_quota({d: n for d, n in counts.items() if n}, max_share, floor)
         batches = []
         for d, key in zip(devices, lists, strict=True):
             q = quota.get(d, 0)

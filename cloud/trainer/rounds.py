@@ -317,7 +317,7 @@ class RoundRunner:
         parent = self.parent()
         s = self.settings
         quarantined = set(self.quarantine.members())
-        admission = admit(self.data, s.max_device_share, s.round_min_samples, quarantined)
+        admission = admit(self.data, s.max_device_share, s.device_share_floor, quarantined)
         X, y = self.data.training_set()
         hp = self._hyperparameters(s.epochs, s.seed + round_no)
         return Round(parent, X, y, self._held_out(quarantined), hp, admission)

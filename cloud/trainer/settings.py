@@ -146,7 +146,13 @@ class TrainerSettings(RedisSettings):
         le=1,
         description="the largest share one device may have of a round's new training data "
         "and of the gate's held-out data (by weight); its excess waits for a later round. "
-        "A device may always add this share of round_min_samples; 1: no cap",
+        "1: no cap",
+    )
+    device_share_floor: int = Field(
+        100,
+        ge=0,
+        description="samples a device may always add to a round, whatever its share: with "
+        "fewer devices than 1 / max_device_share, the cap alone would admit nothing",
     )
     quarantine: bool = Field(
         True, description="check every device's labels against the model and quarantine outliers"

@@ -58,7 +58,8 @@ def test_water_filling_quotas():
     assert share_quota({"a": 30, "b": 30, "c": 30}, 0.5) == {"a": 30, "b": 30, "c": 30}
     assert share_quota({"a": 900, "b": 100}, 0.5) == {"a": 100, "b": 100}
     assert share_quota({"a": 900, "b": 100}, 1.0) == {"a": 900, "b": 100}
-    assert share_quota({"a": 900}, 0.5, base=200) == {"a": 100}  # a lone device: the floor
+    assert share_quota({"a": 900}, 0.5, floor=100) == {"a": 100}  # a lone device: the floor
+    assert share_quota({"a": 900, "b": 100}, 0.5, floor=150) == {"a": 150, "b": 100}
     for counts in ({"a": 1000, "b": 100, "c": 100}, {"a": 7, "b": 300, "c": 50, "d": 1}):
         q = share_quota(counts, 0.4)
         assert max(q.values()) <= 0.4 * sum(q.values()) + 1e-9
@@ -92,7 +93,7 @@ def test_a_flooding_devices_excess_waits_and_is_admitted_later_exactly_once(
     assert first.held_back == {"pi-a": 400, "pi-b": 0, "pi-c": 0}
     assert data.pending_counts() == {"pi-a": 400}  # kept, in Redis
 
-    # An admission with no one else's data admits nothing more of pi-a's (base 0).
+    # An admission with no one else's data admits nothing more of pi-a's (no floor).
     assert admit(data, 0.5).total == 0
     # The others contribute: pi-a's backlog goes in, oldest first.
     send(ingest, events, "pi-b", 100, 200)
