@@ -24,6 +24,8 @@ APIs for two fleets can run in one process or one test.
 /v1/models/{model}/versions get
 /v1/models/{model}/versions/{ref} get
 /v1/models/{model}/versions/{ref}/explanation get
+/v1/quarantine get
+/v1/quarantine/{device_id}/release post
 /v1/rollouts get post
 /v1/rollouts/{rollout_id} get
 /v1/rollouts/{rollout_id}/abort post
