@@ -34,9 +34,9 @@ class GatePolicy(BaseModel):
     min_devices: int = Field(
         2,
         ge=1,
-        description="distinct ring devices whose reports on B a pass needs (each with "
-        "predictions, and labeled ones when min_labeled > 0), so that no one device's "
-        "reports promote a version; a ring with fewer devices needs all of them",
+        description="distinct ring devices whose reports on B a pass needs (each serving B, "
+        "with predictions and labeled ones when min_requests and min_labeled ask for them), "
+        "so that no one device's reports promote a version; a smaller ring needs all of them",
     )
     max_accuracy_drop: float = Field(0.05, ge=0, le=1, description="vs the same devices on A")
     max_error_rise: float = Field(

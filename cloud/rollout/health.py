@@ -10,8 +10,8 @@ for a lower-is-better metric (a regressor's MAE), the devices' rolling metric on
 B, once enough labeled predictions were made on B, against theirs on A.
 
 A pass needs evidence from ``GatePolicy.min_devices`` distinct devices (each
-with predictions on B, and labeled ones when the policy asks for labels), or
-from every device of a smaller ring: one device's reports, honest or not, do
+serving B, with predictions and labeled ones on B when the policy asks for
+them), or from every device of a smaller ring: one device's reports, honest or not, do
 not promote a version to more of the fleet.
 """
 
@@ -115,7 +115,7 @@ def evaluate(
         if status is not None:  # offline: it converges when it returns
             since = _since(sample_of(status), first_on_b)
             on_b.add(since)
-            if since.predictions > 0 and (since.labeled > 0 or policy.min_labeled == 0):
+            if _witnesses(since, policy):
                 on_b.witnesses.add(device)
     figures = _figures(stage, on_b)
     fails = _failures(figures, policy)
@@ -125,6 +125,14 @@ def evaluate(
         return GateResult("fail", [f"no decision within {policy.stage_timeout_s:.0f}s"], figures)
     reasons = _not_yet(stage, on_b, policy, now)
     return GateResult("wait" if reasons else "pass", reasons, figures)
+
+
+def _witnesses(since: DeviceSample, policy: GatePolicy) -> bool:
+    """Whether a device serving B gives evidence about it: the traffic the policy asks for
+    (predictions when ``min_requests`` > 0, labeled ones when ``min_labeled`` > 0)."""
+    return (since.predictions > 0 or policy.min_requests == 0) and (
+        since.labeled > 0 or policy.min_labeled == 0
+    )
 
 
 def _left_b(
