@@ -419,7 +419,9 @@ class FeedbackIngest:
                 "quarantined": aside,
             }
             if self.data.task.is_classification:
-                stats.update((f"class:{c}", n) for c, n in Counter(samples.buckets).items())
+                set_aside = {i for rows in writes.quarantined.values() for i in rows}
+                classes = Counter(b for i, b in enumerate(samples.buckets) if i not in set_aside)
+                stats.update((f"class:{c}", n) for c, n in classes.items())
             self.data.add_stats(pipe, stats)
             pipe.xack(src.stream, src.group, *ids)
             out.update(keep=keep, samples=samples, aside=writes.quarantined)
