@@ -52,7 +52,7 @@ import numpy as np
 import numpy.typing as npt
 import redis
 
-from cloud.data.replay import NewSamples, TrainerData
+from cloud.data.replay import NewSamples, TrainerData, Writes
 from cloud.data.validation import Entry, Events, FeedbackValidator, Refused, payload_of
 from cloud.data.watermark import Watermark
 from shared import replies
@@ -148,6 +148,9 @@ class IngestOptions:
     deadletter_maxlen: int = 10000
     #: also read the fleet-wide stream, where edges that predate streams per model write
     read_shared_stream: bool = True
+    #: training samples one device may have waiting for admission (0: no limit); beyond
+    #: it, its new ones are dead-lettered with the reason
+    max_device_backlog: int = 0
 
 
 class FeedbackIngest:
@@ -405,17 +408,22 @@ class FeedbackIngest:
             quarantined = frozenset(replies.text(d) for d in pipe.hkeys(quarantine_key))
             counters = self.data.read_counters(pipe)
             writes = self.data.plan(counters, samples, quarantined)
+            flooded = self._over_backlog(pipe, writes)
             pipe.multi()
             if keep:
                 pipe.hset(seen_key, mapping={h: s.encode() for h, s in states.items()})
                 self.data.add_to(pipe, counters, samples, writes)
             for entry_id, reason, payload in dead:
                 self._add_dead_letter(pipe, src.stream, entry_id, reason, payload)
+            for i, reason in flooded:
+                j = keep[i]
+                payload = events.event_ids[j].encode()
+                self._add_dead_letter(pipe, src.stream, events.entry_ids[j], reason, payload)
             aside = sum(len(rows) for rows in writes.quarantined.values())
             stats = {
-                "accepted": len(keep) - aside,
+                "accepted": len(keep) - aside - len(flooded),
                 "duplicates": len(events) - len(keep),
-                "deadlettered": len(dead),
+                "deadlettered": len(dead) + len(flooded),
                 "quarantined": aside,
             }
             if self.data.task.is_classification:
@@ -424,11 +432,36 @@ class FeedbackIngest:
                 stats.update((f"class:{c}", n) for c, n in classes.items())
             self.data.add_stats(pipe, stats)
             pipe.xack(src.stream, src.group, *ids)
-            out.update(keep=keep, samples=samples, aside=writes.quarantined)
+            out.update(keep=keep, samples=samples, aside=writes.quarantined, flooded=flooded)
 
         quarantine_key = self.keys.quarantine(self.options.model)
         self.client.transaction(txn, seen_key, quarantine_key, *self.data.watch_keys)
-        return self._batch(events, out["keep"], out["samples"], dead, ids, out["aside"])
+        refused = dead + [(events.entry_ids[out["keep"][i]], why, b"") for i, why in out["flooded"]]
+        aside = {**out["aside"], "": [i for i, _ in out["flooded"]]}
+        batch = self._batch(events, out["keep"], out["samples"], refused, ids, aside)
+        batch.quarantined -= len(out["flooded"])
+        return batch
+
+    def _over_backlog(self, pipe: Any, writes: Writes) -> list[tuple[int, str]]:
+        """Drop from ``writes`` the waiting samples of a device beyond
+        ``max_device_backlog``; returns them (sample row, reason) for dead letters."""
+        limit = self.options.max_device_backlog
+        if not limit or not writes.pending:
+            return []
+        out: list[tuple[int, str]] = []
+        for device, rows in writes.pending.items():
+            waiting = int(pipe.llen(self.keys.pending(self.options.model, device)))
+            room = max(0, limit - waiting)
+            if len(rows) > room:
+                reason = (
+                    f"device {device!r} has {waiting} training samples waiting for admission "
+                    f"(max_device_backlog {limit}): its share of rounds is capped"
+                )
+                out += [(i, reason) for i in rows[room:]]
+                writes.pending[device] = rows[:room]
+        if out:
+            logger.warning("refused %d samples over a device's backlog", len(out))
+        return out
 
     def _truths(self, truths: list[Any]) -> npt.NDArray[Any]:
         """Class indices (int64 ``[N]``) or targets (float32 ``[N, k]``)."""
@@ -464,7 +497,7 @@ class FeedbackIngest:
     ) -> Batch:
         served = [events.served[i] for i in keep]
         quarantined = 0
-        if aside:  # a quarantined device's samples are kept, not accepted
+        if aside:  # a quarantined device's samples are kept, not accepted (nor refused ones)
             rows = sorted(set(range(len(samples))) - {i for r in aside.values() for i in r})
             quarantined = len(samples) - len(rows)
             samples, served = samples.subset(rows), [served[i] for i in rows]

@@ -154,6 +154,12 @@ class TrainerSettings(RedisSettings):
         description="samples a device may always add to a round, whatever its share: with "
         "fewer devices than 1 / max_device_share, the cap alone would admit nothing",
     )
+    max_device_backlog: int = Field(
+        20000,
+        ge=0,
+        description="training samples one device may have waiting for admission; beyond it "
+        "its new ones are dead-lettered with the reason (0: no limit)",
+    )
     quarantine: bool = Field(
         True, description="check every device's labels against the model and quarantine outliers"
     )
@@ -329,6 +335,7 @@ class TrainerSettings(RedisSettings):
             max_event_bytes=self.max_event_bytes,
             deadletter_maxlen=self.deadletter_maxlen,
             read_shared_stream=self.read_shared_stream,
+            max_device_backlog=self.max_device_backlog,
         )
 
     def data_options(self, dataset: Dataset) -> DataOptions:

@@ -11,12 +11,12 @@ from cloud.data.admission import admit, device_weights, share_quota
 from cloud.data.ingest import FeedbackIngest, IngestOptions
 from cloud.data.quarantine import NotQuarantined, Quarantine, suspects
 from cloud.data.replay import DataOptions, TrainerData
-from shared.messages import QuarantineRecord
+from shared.messages import DeadLetter, QuarantineRecord
 
 SIZES = {"replay_capacity": 5000, "holdout_capacity": 500, "recent_window": 50}
 
 
-def staged(client, keys, recent_train: int = 10_000) -> FeedbackIngest:
+def staged(client, keys, recent_train: int = 10_000, backlog: int = 0) -> FeedbackIngest:
     """Ingest into staged stores whose ring keeps every admitted sample (to count them)."""
     options = DataOptions.flat("digits", 10, 64, **SIZES, recent_train=recent_train, stage=True)
     data = TrainerData(client, keys, options)
@@ -24,7 +24,13 @@ def staged(client, keys, recent_train: int = 10_000) -> FeedbackIngest:
         client,
         keys,
         data,
-        IngestOptions(model="digits", consumer="c1", block_ms=10, holdout_every=10**6),
+        IngestOptions(
+            model="digits",
+            consumer="c1",
+            block_ms=10,
+            holdout_every=10**6,
+            max_device_backlog=backlog,
+        ),
     )
     ingest.ensure_group()
     return ingest
@@ -172,3 +178,17 @@ def test_only_the_label_flipping_device_is_quarantined_never_honest_noisy_ones()
 def test_a_lone_device_or_too_few_samples_is_never_judged():
     assert suspects({"flipper": (5000, 5000)}, margin=0.25) == {}
     assert suspects({"a": (500, 20), "flipper": (50, 50)}, margin=0.25, min_samples=100) == {}
+
+
+def test_a_devices_backlog_is_bounded_and_the_excess_dead_lettered(redis_client, keys, events):
+    ingest = staged(redis_client, keys, backlog=250)
+    send(ingest, events, "pi-a", 0, 200)
+    send(ingest, events, "pi-a", 200, 100)
+    send(ingest, events, "pi-b", 0, 20)
+    assert ingest.data.pending_counts() == {"pi-a": 250, "pi-b": 20}
+    stats = ingest.data.stats()
+    assert stats["accepted"] == 270 and stats["deadlettered"] == 50
+    letters = [DeadLetter.from_wire(f[b"data"]) for _, f in redis_client.xrange(keys.deadletter)]
+    assert len(letters) == 50 and all("max_device_backlog 250" in d.reason for d in letters)
+    assert letters[0].payload == "pi-a:e0:250"
+    assert ingest.counters.accepted == 270 and ingest.counters.deadlettered == 50
