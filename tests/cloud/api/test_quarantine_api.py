@@ -1,26 +1,23 @@
-"""Quarantined devices in the fleet view, and their release over REST and the CLI (the
-trainer's side: tests/cloud/trainer/test_poisoning.py)."""
+"""Quarantined devices in the fleet view, and their release over REST (the CLI's:
+tests/cloud/cli/test_quarantine_cli.py; the trainer's side:
+tests/cloud/trainer/test_poisoning.py)."""
 
 from __future__ import annotations
-
-import json
 
 import pytest
 from fastapi.testclient import TestClient
 
 from cloud.api.app import create_app
-from cloud.cli import main as cli
 from cloud.data.quarantine import Quarantine
 from shared.keys import FleetKeys
 from shared.messages import QuarantineRecord
-from tests.cloud.api_helpers import bearer, dev_api_settings, issue, seed_versions, serving
+from tests.cloud.api_helpers import bearer, dev_api_settings, issue, seed_versions
 
 FLEET = "lab"
 
 
-@pytest.fixture
-def world(redis_client, redis_url, tmp_path):
-    seed_versions(redis_client, FLEET, tmp_path / "blobs")
+def quarantine_pi_07(redis_client) -> Quarantine:
+    """pi-07 quarantined for digits, with 3 samples kept (2 that waited, 1 sent after)."""
     keys = FleetKeys(FLEET)
     q = Quarantine(redis_client, keys, "digits")
     record = QuarantineRecord(
@@ -37,7 +34,13 @@ def world(redis_client, redis_url, tmp_path):
     redis_client.rpush(keys.pending("digits", "pi-07"), b"a", b"b")
     q.put(record)  # its waiting samples go aside with it
     redis_client.rpush(keys.quarantined("digits", "pi-07"), b"c")
-    return dev_api_settings(FLEET, redis_url, tmp_path), q
+    return q
+
+
+@pytest.fixture
+def world(redis_client, redis_url, tmp_path):
+    seed_versions(redis_client, FLEET, tmp_path / "blobs")
+    return dev_api_settings(FLEET, redis_url, tmp_path), quarantine_pi_07(redis_client)
 
 
 def test_the_fleet_view_shows_a_quarantine_and_an_admin_releases_it(world, redis_client):
@@ -64,22 +67,3 @@ def test_the_fleet_view_shows_a_quarantine_and_an_admin_releases_it(world, redis
     assert redis_client.lrange(keys.pending("digits", "pi-07"), 0, -1) == [b"a", b"b", b"c"]
     assert redis_client.sismember(keys.pending_devices("digits"), "pi-07")
     assert q.members() == {}
-
-
-def test_the_cli_lists_and_releases(world, redis_client, monkeypatch, capsys):
-    settings, _ = world
-    monkeypatch.setenv("COLUMNS", "200")
-    monkeypatch.setenv("EDGELOOP_TOKEN", issue(redis_client, FLEET, "viewer"))
-    with serving(create_app(settings)) as url:
-        monkeypatch.setenv("EDGELOOP_API_URL", url)
-        assert cli.main(["quarantine", "list"]) == 0
-        out = capsys.readouterr().out
-        assert "pi-07" in out and "95%" in out
-        assert cli.main(["quarantine", "release", "pi-07"]) == 5  # a viewer may not
-        assert "admin" in capsys.readouterr().err
-        monkeypatch.setenv("EDGELOOP_TOKEN", issue(redis_client, FLEET, "admin", "root"))
-        assert cli.main(["quarantine", "release", "pi-07", "--model", "digits", "--json"]) == 0
-        assert json.loads(capsys.readouterr().out)["requeued"] == 3
-        assert cli.main(["quarantine", "release", "pi-07"]) == 4
-        assert cli.main(["quarantine", "list"]) == 0
-        assert "no device of fleet lab is quarantined" in capsys.readouterr().out
