@@ -122,6 +122,12 @@ def check(settings: EdgeSettings) -> int:
     from shared.messages import ModelServing
     from shared.status_report import read_health
 
+    if settings.uplink == "http":
+        print(
+            f"unhealthy: cannot tell: {settings.device_id} reports through the API (uplink = "
+            "http), not to a health key in Redis; ask its local GET /v1/health instead"
+        )
+        return EXIT_UNHEALTHY
     client = connect(settings.redis_url, tls=settings.redis_options())
     try:
         status = read_health(client, FleetKeys(settings.fleet), settings.device_id)

@@ -26,7 +26,7 @@ import numpy.typing as npt
 
 from edge.connections import FleetMember
 from edge.fallback import BatchPredictions, Prediction
-from edge.serving import ServedModel, report_policy
+from edge.serving import ServedModel, report_policy, uplink_api
 from edge.settings import EdgeSettings, device_signer
 from edge.status import StatusReporter
 from shared.errors import NotFound
@@ -54,7 +54,9 @@ class EdgeDaemon:
         )
         # A bad key file is a ConfigError before anything starts.
         self.verifier = Verifier.from_file(settings.public_key)
-        self.status = StatusReporter(member, self.health, report_policy(settings))
+        self.status = StatusReporter(
+            member, self.health, report_policy(settings), uplink_api(settings)
+        )
         self.models: dict[str, ServedModel] = {}
         for i, name in enumerate(settings.models):
             self.models[name] = ServedModel(

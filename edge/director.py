@@ -49,6 +49,7 @@ class DirectorGate:
         self.state_file = Path(state_file)
         self.stale = False
         self.refused = 0
+        self.last_refusal: str | None = None  # why the last order was refused
         self.highest = self._load()
 
     def _load(self) -> int:
@@ -66,9 +67,18 @@ class DirectorGate:
     def read(self, client: redis.Redis, now: float | None = None) -> DirectorOrder | None:
         """The order to follow, or None when there is none (or none may be followed).
         OrderRefused when the newest order is a replay (lower counter than seen)."""
+        scopes = [device_scope(self.device_id), FLEET_SCOPE]
+        raws = cast(list[bytes | None], client.hmget(self.keys.director(self.model), scopes))
+        return self.choose(raws[0], raws[1], now)
+
+    def choose(
+        self, device_order: bytes | None, fleet_order: bytes | None, now: float | None = None
+    ) -> DirectorOrder | None:
+        """``read``'s judgement of the device's and the fleet's order as stored (read from
+        Redis, or from the cloud API by an edge without Redis)."""
         now = time.time() if now is None else now
         scopes = (device_scope(self.device_id), FLEET_SCOPE)
-        raws = cast(list[bytes | None], client.hmget(self.keys.director(self.model), scopes))
+        raws = (device_order, fleet_order)
         valid: list[DirectorOrder] = []
         for scope, raw in zip(scopes, raws, strict=True):
             if raw is None:
@@ -82,6 +92,7 @@ class DirectorGate:
                     )
             except EdgeloopError as e:
                 self.refused += 1
+                self.last_refusal = f"the {scope} order: {e}"
                 logger.error("director: refused the %s order: %s", scope, e)
                 continue
             valid.append(order)

@@ -26,7 +26,9 @@ import numpy.typing as npt
 from edge.connections import FleetMember
 from edge.director import DirectorGate
 from edge.fallback import BatchPredictions, Prediction, ServingChain
+from edge.fleet_api import FleetApi, HttpFetcher
 from edge.guard import GuardPolicy, SwapGuard
+from edge.http_uplink import HttpSink
 from edge.model_store import ModelStore, load_if_sound
 from edge.settings import EdgeSettings, device_signer
 from edge.status import ReportPolicy
@@ -92,6 +94,51 @@ def update_policy(settings: EdgeSettings) -> UpdatePolicy:
     )
 
 
+def fleet_api(settings: EdgeSettings) -> FleetApi | None:
+    """The cloud API client of an edge that updates over HTTP (``update_source``), or None."""
+    return _api(settings) if settings.update_source == "http" else None
+
+
+def uplink_api(settings: EdgeSettings) -> FleetApi | None:
+    """A cloud API client of an edge whose feedback and status go over HTTP (``uplink``),
+    or None; one per thread that uses it (its own connection pool)."""
+    return _api(settings) if settings.uplink == "http" else None
+
+
+def _api(settings: EdgeSettings) -> FleetApi:
+    assert settings.api_url is not None and settings.api_token is not None  # settings check
+    return FleetApi(
+        settings.api_url,
+        settings.api_token.get_secret_value(),
+        ca_file=settings.api_ca_file,
+        deadline_s=settings.download_deadline_s,
+    )
+
+
+def _tuf_client(
+    settings: EdgeSettings, member: FleetMember, metadata_dir: Path, api: FleetApi | None
+) -> TufClient:
+    assert settings.tuf_root is not None
+    if api is not None:
+        fetcher = HttpFetcher(api)
+        urls = (api.metadata_url, api.targets_url)
+        return TufClient.from_file(
+            None, member.keys, metadata_dir, settings.tuf_root, fetcher=fetcher, base_urls=urls
+        )
+    # A stalled metadata or target read is abandoned at the download deadline, as the
+    # updater's own downloads are (slow retrieval).
+    client = member.connect(socket_timeout=settings.download_deadline_s, retries=0)
+    return TufClient.from_file(client, member.keys, metadata_dir, settings.tuf_root)
+
+
+def _sink(settings: EdgeSettings, member: FleetMember) -> HttpSink | None:
+    """The uplink's way through the API (``uplink = "http"``), or None: Redis."""
+    api = uplink_api(settings)
+    if api is None:
+        return None
+    return HttpSink(api, member.model, member.signer, settings.feedback_batch)
+
+
 def check_truth(
     classifies: bool, width: int, label: int | None, target: Sequence[float] | None
 ) -> list[float] | None:
@@ -154,8 +201,11 @@ class ServedModel:
         # less on a path benchmarked in microseconds. The methods below document it.
         self.predict = self.chain.predict  # type: ignore[method-assign]
         self.predict_batch = self.chain.predict_batch  # type: ignore[method-assign]
-        self.uplink = FeedbackUplink(member, self.store.epoch, state_dir, uplink_policy(settings))
+        self.uplink = FeedbackUplink(
+            member, self.store.epoch, state_dir, uplink_policy(settings), _sink(settings, member)
+        )
         self.guard = SwapGuard(self.chain, self.store, guard_policy(settings), on_revert=on_change)
+        api = fleet_api(settings)
         self.updater = UpdateConsumer(
             member,
             update_policy(settings),
@@ -165,12 +215,7 @@ class ServedModel:
             guard=self.guard,
             on_swap=on_change,
             tuf=(
-                TufClient.from_file(
-                    member.connect(socket_timeout=30.0, retries=0),
-                    keys,
-                    state_dir / "tuf",
-                    settings.tuf_root,
-                )
+                _tuf_client(settings, member, state_dir / "tuf", api)
                 if settings.tuf_root is not None
                 else None
             ),
@@ -186,6 +231,7 @@ class ServedModel:
                 if settings.director_keys or settings.tuf_root is not None
                 else None
             ),
+            api=api,
         )
         self._stats_lock = threading.Lock()
         # Per labeled prediction: 1/0 right/wrong (classifier) or |error| (regressor).

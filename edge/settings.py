@@ -16,14 +16,14 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.codec import DEFAULT_MAX_SIZE
 from shared.device_identity import DeviceSigner
 from shared.errors import ConfigError
 from shared.keys import check_name
-from shared.transport import RedisSettings
+from shared.transport import RedisSettings, check_api_url
 
 #: The digits classifier shipped with the package: the last link of the chain.
 BUNDLED_BASELINE = Path(__file__).resolve().parent / "baseline" / "digits.tflite"
@@ -46,7 +46,7 @@ def _default_state_dir() -> Path:
 
 
 #: Names in state_dir a model's own folder (state_dir/<model>) must not take.
-_STATE_NAMES = frozenset({"models", "spool"})
+_STATE_NAMES = frozenset({"models", "spool", "refused"})
 
 
 class EdgeSettings(RedisSettings):
@@ -82,6 +82,31 @@ class EdgeSettings(RedisSettings):
         "the edge serves only what a signed director order names (highest counter wins, "
         "lower ones refused), ignoring the unsigned target/assignment/pin. With tuf_root, "
         "the director keys the fleet's TUF root names replace these (`edgeloop keys`)",
+    )
+    update_source: Literal["redis", "http"] = Field(
+        "redis",
+        description="where updates come from: the fleet's Redis, or (an edge that cannot reach "
+        "Redis) the cloud API at api_url with api_token, which serves the same TUF files and "
+        "director orders; http needs tuf_root, since the API vouches for nothing",
+    )
+    uplink: Literal["redis", "http"] | None = Field(
+        None,
+        description="where feedback and status reports go: the fleet's Redis, or the cloud API "
+        "at api_url with api_token, which relays them unchanged (signed by device_key as over "
+        "Redis). Default: as update_source, so an edge that updates over HTTP needs no Redis",
+    )
+    api_url: str | None = Field(
+        None,
+        description="the cloud API's base URL for update_source or uplink = http "
+        "(https:// off the machine)",
+    )
+    api_token: SecretStr | None = Field(
+        None, description="this device's API token (`edgeloop token issue --role device`)"
+    )
+    api_ca_file: Path | None = Field(
+        None,
+        validate_default=True,  # its check covers update_source, api_url and api_token
+        description="the CA that signed an https:// API's certificate (default: the system's)",
     )
     device_key: Path | None = Field(
         None,
@@ -171,6 +196,16 @@ class EdgeSettings(RedisSettings):
         return v
 
     @model_validator(mode="after")
+    def _uplink_source(self) -> EdgeSettings:
+        if self.uplink is None:
+            object.__setattr__(self, "uplink", self.update_source)
+        if self.uplink == "http":
+            if not self.api_url or self.api_token is None:
+                raise ValueError("uplink = http needs api_url and api_token")
+            check_api_url(self.api_url, self.mode)
+        return self
+
+    @model_validator(mode="after")
     def _first_model(self) -> EdgeSettings:
         # ``model`` is the first of ``models``: an edge configured with either works.
         if not self.models:
@@ -199,6 +234,22 @@ class EdgeSettings(RedisSettings):
         if mode & 0o022:
             # Whoever can rewrite the trust anchor can push any model to this device.
             raise ValueError(f"{v} is group- or world-writable; chmod go-w it")
+        return v
+
+    @field_validator("api_ca_file")
+    @classmethod
+    def _http_updates(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        if info.data.get("update_source") != "http":
+            return v
+        url, token = info.data.get("api_url"), info.data.get("api_token")
+        if not url or token is None:
+            raise ValueError("update_source = http needs api_url and api_token")
+        if info.data.get("tuf_root") is None:
+            raise ValueError(
+                "update_source = http needs tuf_root: the API is not trusted, the fleet's "
+                "signed TUF metadata is"
+            )
+        check_api_url(url, str(info.data.get("mode")))
         return v
 
     @field_validator("state_dir")

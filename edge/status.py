@@ -5,6 +5,10 @@ written as ``shared.status_report.add_status`` writes a report (the status
 stream, the device's health key with a TTL, the fleet's device index).
 
 A Redis error is logged once per outage and the next tick tries again.
+
+An edge with ``uplink = "http"`` sends the same report, signed the same way, through the
+cloud API instead (``edge.http_uplink.post_status``); an unreachable API is an outage as
+Redis's is, and a report the API refuses (4xx) is logged and counted in ``refused``.
 """
 
 from __future__ import annotations
@@ -16,10 +20,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from edge.connections import REDIS_ERRORS, FleetMember, describe
+from edge.fleet_api import ApiUnreachable, FleetApi
+from edge.http_uplink import StatusRefused, post_status
 from shared.messages import EdgeStatus
 from shared.status_report import add_status
 
 logger = logging.getLogger(__name__)
+
+#: What a report's write may raise when Redis or the API cannot take it now.
+_UNREACHABLE: tuple[type[BaseException], ...] = (*REDIS_ERRORS, ApiUnreachable)
 
 
 @dataclass(frozen=True)
@@ -39,9 +48,12 @@ class StatusReporter:
         member: FleetMember,
         build: Callable[[], EdgeStatus],
         policy: ReportPolicy | None = None,
+        api: FleetApi | None = None,
     ) -> None:
         policy = policy or ReportPolicy()
-        self._redis = member.connect()
+        # Set (``uplink = "http"``): reports go through the API, Redis is never touched.
+        self._api = api
+        self._redis = member.connect() if api is None else None
         self._keys = member.keys
         self._signer = member.signer
         self._build = build
@@ -55,6 +67,7 @@ class StatusReporter:
         self._thread = threading.Thread(target=self._run, name="edgeloop-status", daemon=True)
         self._failing = False
         self.reports = 0
+        self.refused = 0  # reports the API refused
         self.last_error: str | None = None
         self.last_error_at = 0.0
 
@@ -73,7 +86,10 @@ class StatusReporter:
             self._thread.join(timeout)
         if final is not None:
             self.publish(final)
-        self._redis.close()
+        if self._redis is not None:
+            self._redis.close()
+        if self._api is not None:
+            self._api.close()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -86,17 +102,29 @@ class StatusReporter:
             self._kick.clear()
 
     def publish(self, status: EdgeStatus) -> bool:
-        """Write one report; False (logged) when Redis is unreachable."""
+        """Write one report; False (logged) when Redis or the API is unreachable or the
+        API refuses it."""
         try:
-            pipe = self._redis.pipeline(transaction=False)
-            add_status(pipe, self._keys, status, self._ttl, self._maxlen, self._signer)
-            pipe.execute()
-        except REDIS_ERRORS as e:
-            self.last_error, self.last_error_at = f"status: {describe(e)}", time.time()
+            if self._api is not None:
+                post_status(self._api, status, self._signer)
+            else:
+                assert self._redis is not None
+                pipe = self._redis.pipeline(transaction=False)
+                add_status(pipe, self._keys, status, self._ttl, self._maxlen, self._signer)
+                pipe.execute()
+        except StatusRefused as e:
+            self.refused += 1
+            self.last_error, self.last_error_at = f"status: {e}", time.time()
+            logger.error("status: the API refused the report: %s", e)
+            return False
+        except _UNREACHABLE as e:
+            what = str(e) if isinstance(e, ApiUnreachable) else describe(e)
+            self.last_error, self.last_error_at = f"status: {what}", time.time()
             if not self._failing:
                 logger.warning(
-                    "status: cannot report to Redis (%s); retrying every %.1fs",
-                    describe(e),
+                    "status: cannot report to %s (%s); retrying every %.1fs",
+                    "the API" if self._api is not None else "Redis",
+                    what,
                     self._interval,
                 )
             self._failing = True

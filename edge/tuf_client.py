@@ -9,6 +9,9 @@ and expiry. A version is installed only if targets lists ``artifacts/<sha256>``,
 and its bytes come through ``Updater.download_target``, which enforces the
 signed length and sha256.
 
+An edge without Redis gives it ``edge.fleet_api.HttpFetcher`` instead, reading the
+same files from the cloud API; everything else is the same.
+
 ``RedisFetcher`` maps the updater's URLs to Redis keys (shared/tuf_paths.py)
 and reads a value in chunks with GETRANGE after checking its STRLEN against the
 most the updater will accept: an oversized file is refused before a byte of it
@@ -57,6 +60,12 @@ class NotInTargets(TufRefused, NotFound):
     """The signed targets do not list this version."""
 
 
+def _stalled(key: str) -> tuf_errors.SlowRetrievalError:
+    """A read that got no answer within the connection's timeout (the edge's download
+    deadline): a refusal of this download (slow retrieval), not a Redis outage."""
+    return tuf_errors.SlowRetrievalError(f"{key}: no answer within the download deadline")
+
+
 class RedisFetcher(FetcherInterface):
     """Reads TUF metadata and target files from a fleet's Redis keys."""
 
@@ -78,6 +87,8 @@ class RedisFetcher(FetcherInterface):
             size = int(self._client.strlen(key))  # type: ignore[arg-type]
         except redis.ResponseError as e:  # a wrong type: refused, not an outage
             raise tuf_errors.DownloadHTTPError(f"{key}: {e}", 403) from e
+        except redis.TimeoutError as e:
+            raise _stalled(key) from e
         if size == 0:
             # 404 is how ngclient learns that the root chain ends here.
             raise tuf_errors.DownloadHTTPError(f"{key} does not exist", 404)
@@ -91,7 +102,10 @@ class RedisFetcher(FetcherInterface):
     def _chunks(self, key: str, size: int) -> Iterator[bytes]:
         offset = 0
         while offset < size:
-            part = self._client.getrange(key, offset, min(offset + self._chunk, size) - 1)
+            try:
+                part = self._client.getrange(key, offset, min(offset + self._chunk, size) - 1)
+            except redis.TimeoutError as e:
+                raise _stalled(key) from e
             data = bytes(part)  # type: ignore[arg-type]
             if not data:
                 break  # the value shrank meanwhile: the hash check refuses what came
@@ -125,9 +139,23 @@ class TufClient:
     """Refreshes the fleet's TUF metadata and downloads verified versions."""
 
     def __init__(
-        self, client: redis.Redis, keys: FleetKeys, metadata_dir: Path, trusted_root: bytes
+        self,
+        client: redis.Redis | None,
+        keys: FleetKeys,
+        metadata_dir: Path,
+        trusted_root: bytes,
+        *,
+        fetcher: FetcherInterface | None = None,
+        base_urls: tuple[str, str] = (METADATA_URL, TARGETS_URL),
     ) -> None:
-        self._fetcher = RedisFetcher(client, keys)
+        """Reads the fleet's repository from Redis through ``client``, or through
+        ``fetcher`` at ``base_urls`` (metadata, targets): the API's, for an edge without
+        Redis (edge/fleet_api.py)."""
+        if fetcher is None:
+            assert client is not None, "TufClient reads Redis (client) or a fetcher"
+            fetcher = RedisFetcher(client, keys)
+        self._fetcher = fetcher
+        self._urls = base_urls
         self._dir = Path(metadata_dir)
         self._dir.mkdir(parents=True, exist_ok=True)
         self._bootstrap = trusted_root
@@ -137,9 +165,14 @@ class TufClient:
 
     @classmethod
     def from_file(
-        cls, client: redis.Redis, keys: FleetKeys, metadata_dir: Path, root_file: Path
+        cls,
+        client: redis.Redis | None,
+        keys: FleetKeys,
+        metadata_dir: Path,
+        root_file: Path,
+        **options: Any,
     ) -> TufClient:
-        return cls(client, keys, metadata_dir, Path(root_file).read_bytes())
+        return cls(client, keys, metadata_dir, Path(root_file).read_bytes(), **options)
 
     def _new_updater(self) -> Updater:
         # The root kept from the last refresh is trusted over the bootstrap one
@@ -148,8 +181,8 @@ class TufClient:
         bootstrap = kept.read_bytes() if kept.exists() else self._bootstrap
         return Updater(
             metadata_dir=str(self._dir),
-            metadata_base_url=METADATA_URL,
-            target_base_url=TARGETS_URL,
+            metadata_base_url=self._urls[0],
+            target_base_url=self._urls[1],
             fetcher=self._fetcher,
             bootstrap=bootstrap,
         )

@@ -75,6 +75,7 @@ from redis.exceptions import NoPermissionError
 from edge.connections import REDIS_ERRORS, FleetMember, describe
 from edge.director import DirectorGate
 from edge.fallback import ServingChain
+from edge.fleet_api import ApiUnreachable, FleetApi
 from edge.guard import SwapGuard
 from edge.model_store import ModelStore
 from edge.tuf_client import NotInTargets, TufClient, TufRefused
@@ -90,6 +91,8 @@ from shared.signing import Verifier
 
 logger = logging.getLogger(__name__)
 
+#: What the thread waits out with backoff: the fleet's Redis or the API cannot answer.
+OUTAGES: tuple[type[BaseException], ...] = (*REDIS_ERRORS, ApiUnreachable)
 #: How far back a new edge looks for an announcement of its model.
 CONVERGE_SCAN = 200
 #: A refused desired version is fetched again after this long without a new stream entry.
@@ -180,6 +183,7 @@ class UpdateConsumer:
         on_swap: Callable[[], None] | None = None,
         tuf: TufClient | None = None,
         director: DirectorGate | None = None,
+        api: FleetApi | None = None,
     ) -> None:
         self._redis = member.connect(socket_timeout=policy.block_ms / 1000.0 + 5.0)
         # Downloads have a connection of their own, without retries, that a deadline
@@ -198,6 +202,10 @@ class UpdateConsumer:
         # director order names, never the unsigned target/assignment/pin.
         self._director = director
         self._director_pems: list[bytes] | None = None  # the last adopted from the TUF root
+        # Set (the setting ``update_source = "http"``): no Redis at all. The desired version
+        # (orders, or target/assignment/pin) comes from the cloud API every ``poll_s``, and
+        # ``tuf`` reads the repository from it too; there is no stream to wake up on.
+        self._api = api
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edgeloop-updater", daemon=True)
         self._next_check = 0.0  # so the first poll reads the desired version
@@ -226,6 +234,8 @@ class UpdateConsumer:
             self._thread.join(timeout)
         self._redis.close()
         self._downloads.close()
+        if self._api is not None:
+            self._api.close()
 
     def _run(self) -> None:
         attempt = 0
@@ -234,10 +244,12 @@ class UpdateConsumer:
             try:
                 self.poll()
                 attempt = 0
-            except REDIS_ERRORS as e:
+            except OUTAGES as e:
                 if attempt == 0:
                     logger.warning(
-                        "updater: Redis unreachable (%s); retrying with backoff", describe(e)
+                        "updater: %s unreachable (%s); retrying with backoff",
+                        "the API" if self._api is not None else "Redis",
+                        describe(e),
                     )
                 self._error(f"updater: {describe(e)}")
                 self._wait(self._policy.backoff.delay(attempt))
@@ -267,7 +279,14 @@ class UpdateConsumer:
 
     def poll(self) -> None:
         """Read (blocking up to block_ms) what the stream has for us, and follow
-        the desired version when an entry concerns us or the periodic check is due."""
+        the desired version when an entry concerns us or the periodic check is due.
+        Over the API: wait for the periodic check (the first one at once), then follow."""
+        if self._api is not None:
+            first = self._next_check == 0.0
+            self._wait(self._next_check - time.monotonic())
+            if not self._stop.is_set():
+                self._follow([], nudged=first)
+            return
         last_id = self._store.deltas_last_id
         if last_id is None:
             self._converge()
@@ -358,14 +377,52 @@ class UpdateConsumer:
         logger.info("updater: director keys from TUF root v%s", self._tuf.root_version)
 
     def _read_desired(self) -> str | None:
+        if self._api is not None:
+            return self._read_desired_over_api()
         if self._director is not None and self._directed:
+            refused = self._director.refused
             try:
                 order = self._director.read(self._redis)
             except EdgeloopError as e:
                 self._refuse(f"the director order of {self._model}", e)
                 return None
+            if self._director.refused > refused:
+                # An order that does not verify is not followed; it is reported, as any
+                # refused update is (the edge keeps its valid order or what it serves).
+                self.updates_refused += self._director.refused - refused
+                self._error(f"refused {self._director.last_refusal}")
             return order.sha256 if order is not None else None
         return self._read_unsigned()
+
+    def _read_desired_over_api(self) -> str | None:
+        """``_read_desired`` from the API's copy of the same keys: the same judgement of
+        orders, or of the unsigned values. ApiUnreachable propagates (an outage)."""
+        assert self._api is not None
+        try:
+            orders = self._api.orders(self._model, self._device)
+        except ApiUnreachable:
+            raise
+        except EdgeloopError as e:
+            self._refuse(f"the orders of {self._model} from the API", e)
+            return None
+        if self._director is not None and self._directed:
+            try:
+                order = self._director.choose(orders.device_order, orders.fleet_order)
+            except EdgeloopError as e:
+                self._refuse(f"the director order of {self._model}", e)
+                return None
+            return order.sha256 if order is not None else None
+        named = {"target": orders.target, "assignment": orders.assignment, "pin": orders.pin}
+        values: list[str | None] = []
+        for name, value in named.items():
+            if value is not None and not is_sha256(value):
+                self._refuse(
+                    f"the {name} of {self._model}",
+                    IntegrityError(f"{value[:80]!r} is not a version name (64 hex digits)"),
+                )
+                value = None
+            values.append(value)
+        return desired_sha(*values)
 
     def _read_unsigned(self) -> str | None:
         """``desired_sha(target, assignment, pin)`` for this device, in one round trip.

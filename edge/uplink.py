@@ -19,6 +19,14 @@ batch. The trainer drops duplicates by ``event_id`` =
 Memory is bounded by ``queue_max``: a full queue spills to the spool from the
 submitting thread (a local disk write, not a network wait). The spool is
 bounded by ``spool_max_bytes``; beyond it events are dropped, counted and logged.
+
+Where the entries go is an ``EntrySink``: ``RedisSink`` (XADD, above) or, for an edge
+with ``uplink = "http"``, ``edge.http_uplink.HttpSink`` (the same entries, signed the
+same way, relayed by the cloud API). A sink that cannot deliver raises ``SinkDown``
+(spool, retry with backoff); one whose far end refuses part of a batch for its content
+returns those events with the reason, and the uplink moves them to ``state_dir/refused``
+(``<n>.frames`` and ``<n>.reason``, bounded by ``spool_max_bytes`` too), logged and counted
+in ``refused``: never retried, never lost silently.
 """
 
 from __future__ import annotations
@@ -29,17 +37,93 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from edge.connections import REDIS_ERRORS, FleetMember, describe
 from edge.sequence import SeqCounter
 from edge.spool import Spool
 from shared.device_identity import FEEDBACK
+from shared.durable import append_durably
 from shared.feedback_stream import ADD_FRAMES_SCRIPT, feedback_stream, frame, frame_entries
 from shared.keys import FEEDBACK_FRAMES_FIELD
 from shared.messages import FeedbackEvent
 from shared.retry import Backoff
 
 logger = logging.getLogger(__name__)
+
+
+class SinkDown(Exception):
+    """The sink could not deliver (unreachable, or refusing the credential): the events
+    stay in the spool and are retried with backoff."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Events the far end refused for what they are (never to be resent), and why."""
+
+    lines: list[bytes]
+    reason: str
+
+
+class EntrySink(Protocol):
+    """Where the uplink's entries go; ``name`` is what log lines call it."""
+
+    name: str
+
+    def add(self, lines: list[bytes]) -> list[Refusal]:
+        """Deliver ``lines`` (frames) in order, whole or not at all per request; the
+        refused ones. Raises SinkDown when nothing can be said to be delivered."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class RedisSink:
+    """XADD to the model's feedback stream, whole or not at all (``_xadd`` says why)."""
+
+    name = "Redis"
+
+    def __init__(self, member: FleetMember, batch: int) -> None:
+        self._redis = member.connect()
+        self._add_entries = self._redis.register_script(ADD_FRAMES_SCRIPT)
+        self._signer = member.signer
+        self._stream = feedback_stream(member.keys, member.model)
+        self._batch = batch
+
+    def add(self, lines: list[bytes]) -> list[Refusal]:
+        try:
+            self._xadd(lines)
+        except REDIS_ERRORS as e:
+            raise SinkDown(describe(e)) from e
+        return []
+
+    def _xadd(self, lines: list[bytes]) -> None:
+        # Entries of ``batch`` events (shared.feedback_stream). All entries go in one
+        # round trip: while the threads calling ``submit`` keep the interpreter
+        # busy, each wait for the network costs this thread up to a GIL switch
+        # interval (5 ms) to resume, so it must move what piled up meanwhile at
+        # once, not a batch per round trip. And in one command, which Redis runs
+        # whole or not at all: in a pipeline, the entries Redis refused (say, as
+        # it finished loading after a restart) would be resent after the ones it
+        # added, newer events first. Several entries take the script, which costs
+        # Redis more per event than plain XADDs (its arguments are copied into
+        # Lua and back), so one entry is a plain XADD.
+        entries = frame_entries(lines, self._batch)
+        if self._signer is not None:
+            # An enrolled device may not run scripts (its ACL user has -@scripting):
+            # MULTI/EXEC keeps the entries whole or not at all, each signed on its own.
+            pipe = self._redis.pipeline(transaction=True)
+            for entry in entries:
+                fields = {FEEDBACK_FRAMES_FIELD: entry, **self._signer.fields(FEEDBACK, entry)}
+                pipe.xadd(self._stream, fields)  # type: ignore[arg-type]
+            pipe.execute()
+        elif len(entries) == 1:
+            self._redis.xadd(self._stream, {FEEDBACK_FRAMES_FIELD: entries[0]})
+        else:
+            self._add_entries(keys=[self._stream], args=entries)
+
+    def close(self) -> None:
+        self._redis.close()
 
 
 @dataclass(frozen=True)
@@ -67,13 +151,11 @@ class FeedbackUplink:
         epoch: str,
         state_dir: Path,
         policy: UplinkPolicy | None = None,
+        sink: EntrySink | None = None,
     ) -> None:
         policy = policy or UplinkPolicy()
-        self._redis = member.connect()
-        self._add_entries = self._redis.register_script(ADD_FRAMES_SCRIPT)
-        self._keys = member.keys
-        self._signer = member.signer
-        self._stream = feedback_stream(member.keys, member.model)
+        self._sink = sink if sink is not None else RedisSink(member, policy.batch)
+        self._refused_dir = Path(state_dir) / "refused"
         self._id_prefix = f"{member.device_id}:{epoch}:"
         self._seq = SeqCounter(Path(state_dir) / "feedback.seq", epoch)
         self._spool = Spool(Path(state_dir) / "spool", policy.spool_max_bytes)
@@ -98,6 +180,7 @@ class FeedbackUplink:
         self.resent = 0  # of which from the spool
         self.spooled = 0  # events written to the spool
         self.dropped = 0  # events lost because the spool was full
+        self.refused = 0  # events the far end refused, kept in state_dir/refused
         self.last_error: str | None = None
         self.last_error_at = 0.0
 
@@ -173,7 +256,7 @@ class FeedbackUplink:
             self._thread.join(timeout)
         self._spool_queued()  # the thread's leftovers, if it could not finish
         self._seq.close()
-        self._redis.close()
+        self._sink.close()
 
     def _idle(self) -> bool:
         return not self._queue and not self._inflight and self._spool.empty()
@@ -240,8 +323,8 @@ class FeedbackUplink:
 
     def _send(self, batch: list[bytes], gen: int) -> None:
         try:
-            self._xadd(batch)
-        except REDIS_ERRORS as e:
+            refusals = self._sink.add(batch)
+        except SinkDown as e:
             self._mark_down(e)
             with self._spool_lock:
                 if self._spill_gen != gen:  # newer events were spilled meanwhile
@@ -249,7 +332,7 @@ class FeedbackUplink:
                 else:
                     self._write_spool(batch)
         else:
-            self.sent += len(batch)
+            self.sent += len(batch) - self._keep_refused(refusals)
             self._mark_up()
         finally:
             with self._cond:
@@ -271,40 +354,40 @@ class FeedbackUplink:
                     self._spool.remove(seg)
                 continue
             try:
-                self._xadd(lines)
-            except REDIS_ERRORS as e:
+                refusals = self._sink.add(lines)
+            except SinkDown as e:
                 self._mark_down(e)
                 return
+            refused = self._keep_refused(refusals)
             with self._spool_lock:
                 self._spool.remove(seg)
-            self.sent += len(lines)
-            self.resent += len(lines)
+            self.sent += len(lines) - refused
+            self.resent += len(lines) - refused
             logger.info("feedback uplink: sent %d spooled event(s)", len(lines))
 
-    def _xadd(self, lines: list[bytes]) -> None:
-        # Entries of ``batch`` events (shared.feedback_stream). All entries go in one
-        # round trip: while the threads calling ``submit`` keep the interpreter
-        # busy, each wait for the network costs this thread up to a GIL switch
-        # interval (5 ms) to resume, so it must move what piled up meanwhile at
-        # once, not a batch per round trip. And in one command, which Redis runs
-        # whole or not at all: in a pipeline, the entries Redis refused (say, as
-        # it finished loading after a restart) would be resent after the ones it
-        # added, newer events first. Several entries take the script, which costs
-        # Redis more per event than plain XADDs (its arguments are copied into
-        # Lua and back), so one entry is a plain XADD.
-        entries = frame_entries(lines, self._batch)
-        if self._signer is not None:
-            # An enrolled device may not run scripts (its ACL user has -@scripting):
-            # MULTI/EXEC keeps the entries whole or not at all, each signed on its own.
-            pipe = self._redis.pipeline(transaction=True)
-            for entry in entries:
-                fields = {FEEDBACK_FRAMES_FIELD: entry, **self._signer.fields(FEEDBACK, entry)}
-                pipe.xadd(self._stream, fields)  # type: ignore[arg-type]
-            pipe.execute()
-        elif len(entries) == 1:
-            self._redis.xadd(self._stream, {FEEDBACK_FRAMES_FIELD: entries[0]})
-        else:
-            self._add_entries(keys=[self._stream], args=entries)
+    def _keep_refused(self, refusals: list[Refusal]) -> int:
+        """Move refused events to ``state_dir/refused`` with the reason; how many."""
+        total = 0
+        for refusal in refusals:
+            n = len(refusal.lines)
+            total += n
+            self.refused += n
+            logger.error(
+                "feedback uplink: %s refused %d event(s): %s", self._sink.name, n, refusal.reason
+            )
+            blob = b"".join(refusal.lines)
+            try:
+                self._refused_dir.mkdir(parents=True, exist_ok=True)
+                held = sum(p.stat().st_size for p in self._refused_dir.iterdir())
+                if held + len(blob) > self._spool.max_bytes:
+                    raise OSError(f"{self._refused_dir} holds {held} bytes (spool_max_bytes)")
+                name = f"{time.time_ns()}"
+                append_durably(self._refused_dir / f"{name}.reason", refusal.reason.encode())
+                append_durably(self._refused_dir / f"{name}.frames", blob)
+            except OSError as e:
+                self.dropped += n
+                logger.error("feedback uplink: cannot keep refused events (%s); dropped", e)
+        return total
 
     def _write_spool(self, lines: list[bytes], front: bool = False) -> None:
         """Append (or prepend) to the spool, counting what did not fit. Caller holds _spool_lock."""
@@ -337,12 +420,13 @@ class FeedbackUplink:
             if lines:
                 self._write_spool(lines)
 
-    def _mark_down(self, e: BaseException) -> None:
-        self.last_error, self.last_error_at = f"feedback uplink: {describe(e)}", time.time()
+    def _mark_down(self, e: SinkDown) -> None:
+        self.last_error, self.last_error_at = f"feedback uplink: {e}", time.time()
         if not self._down:
             logger.warning(
-                "feedback uplink: Redis unreachable (%s); spooling to %s",
-                describe(e),
+                "feedback uplink: %s unreachable (%s); spooling to %s",
+                self._sink.name,
+                e,
                 self._spool.directory,
             )
         self._down = True
@@ -352,6 +436,6 @@ class FeedbackUplink:
 
     def _mark_up(self) -> None:
         if self._down:
-            logger.info("feedback uplink: Redis reachable again")
+            logger.info("feedback uplink: %s reachable again", self._sink.name)
         self._down = False
         self._attempt = 0

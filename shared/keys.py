@@ -33,6 +33,15 @@ FEEDBACK_EVENT_FIELD = "data"
 #: (``shared.feedback_stream``); what edges send for tensor inputs.
 FEEDBACK_FRAMES_FIELD = "frames"
 
+#: Prefixes of the key families (a name part follows them): what ``FleetKeys.family`` globs.
+FAMILIES = (
+    "feedback", "device", "device-sig", "artifact", "patch", "weights", "tuf", "director",
+    "manifest", "seen", "replay", "holdout", "recent", "trainer", "trainer-lock", "versions",
+    "version-records", "labels", "target", "assign", "pins", "rollout", "active-rollout",
+    "pending", "pending-devices", "device-tags", "recent-devices", "agreement", "quarantine",
+    "quarantined",
+)  # fmt: skip
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 
@@ -59,6 +68,17 @@ class FleetKeys:
     def __init__(self, fleet: str) -> None:
         self.fleet = check_name("fleet", fleet)
         self._p = f"{PREFIX}:{{{fleet}}}"
+
+    def family(self, name: str) -> str:
+        """The glob of every key of one family of this fleet (``artifact``, ``pins``, ...),
+        for ACL rules: ``family("pins")`` matches ``pins(model)`` for every model.
+
+        >>> FleetKeys("lab").family("pins")
+        'el:{lab}:pins:*'
+        """
+        if name not in FAMILIES:
+            raise ValueError(f"{name!r} is not a key family; one of {', '.join(FAMILIES)}")
+        return f"{self._p}:{name}:*"
 
     def owns(self, key: str) -> bool:
         """True for a key of this fleet: a key named on the wire (an announcement's

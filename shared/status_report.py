@@ -18,7 +18,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.device_identity import STATUS, DeviceKeyring, DeviceSigner
+from shared.device_identity import (
+    DEVICE_FIELD,
+    SIG_FIELD,
+    STATUS,
+    DeviceKeyring,
+    DeviceSigner,
+)
 from shared.keys import FleetKeys
 from shared.messages import EdgeStatus
 
@@ -37,13 +43,29 @@ def add_status(
     """Queue the writes of one report on ``pipe`` (a redis-py pipeline), signed by
     ``signer`` if given; the caller executes it."""
     data = status.to_wire()
+    sig = signer.sign(STATUS, data) if signer is not None else None
+    add_report(pipe, keys, status, data, sig, ttl_s, maxlen)
+
+
+def add_report(
+    pipe: Any,
+    keys: FleetKeys,
+    status: EdgeStatus,
+    data: bytes,
+    sig: bytes | None,
+    ttl_s: int,
+    maxlen: int,
+) -> None:
+    """Queue the writes of the report ``data`` (``status``'s exact wire bytes, as signed)
+    with ``status.device_id``'s signature ``sig`` (None: unsigned). The API relays an HTTP
+    edge's signed report through this unchanged: it never re-signs."""
     fields: dict[str, Any] = {STATUS_FIELD: data}
-    if signer is not None:
-        fields.update(signer.fields(STATUS, data))
+    if sig is not None:
+        fields.update({DEVICE_FIELD: status.device_id.encode(), SIG_FIELD: sig})
     pipe.xadd(keys.status, fields, maxlen=maxlen, approximate=True)
     pipe.set(keys.device(status.device_id), data, ex=ttl_s)
-    if signer is not None:
-        pipe.set(keys.device_sig(status.device_id), signer.sign(STATUS, data), ex=ttl_s)
+    if sig is not None:
+        pipe.set(keys.device_sig(status.device_id), sig, ex=ttl_s)
     pipe.zadd(keys.devices, {status.device_id: status.ts})
 
 

@@ -15,6 +15,7 @@ APIs for two fleets can run in one process or one test.
 /v1/devices/{device_id} get
 /v1/devices/{device_id}/pin delete put
 /v1/devices/{device_id}/status post
+/v1/director/{model}/{device_id} get
 /v1/feedback post
 /v1/fleet get
 /v1/models get
@@ -35,6 +36,8 @@ APIs for two fleets can run in one process or one test.
 /v1/rollouts/{rollout_id}/rollback post
 /v1/tokens get post
 /v1/tokens/{name} delete
+/v1/tuf/targets/{path} get
+/v1/tuf/{name} get
 
 Every route but ``/healthz`` needs a bearer token (``cloud/api/auth.py``).
 With ``controller_interval_s`` > 0 the app steps the rollout controller in a
@@ -57,6 +60,7 @@ from cloud.api.routers import (
     deltas,
     devices,
     diffs,
+    director,
     feedback,
     fleet,
     health,
@@ -68,10 +72,12 @@ from cloud.api.routers import (
     versions,
 )
 from cloud.api.routers import metrics as metrics_router
+from cloud.api.routers import tuf as tuf_router
 from cloud.api.settings import ApiSettings
 from cloud.api.tokens import TokenStore
 from cloud.api.views.fleet import FleetView
 from cloud.api.views.rollouts import RolloutsView
+from cloud.api.views.tuf import TufView
 from cloud.api.views.versions import VersionsView
 from cloud.registry.tuf_repo import TufRepository, tuf_repository
 from cloud.registry.versions import DirBlobStore, Registry
@@ -133,6 +139,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.state.view = VersionsView(registry, verifier)
     app.state.fleet = FleetView(client, keys, registry, director)
     app.state.relay = DeviceRelay(client, keys)
+    app.state.tuf = TufView(client, keys)
     app.state.rollouts = RolloutsView(controller, registry)
     app.state.tokens = TokenStore(
         client,
@@ -184,6 +191,8 @@ def _include_routers(app: FastAPI) -> None:
     for module in (models, versions, diffs, deltas):
         app.include_router(module.router, dependencies=reads, responses=AUTH_RESPONSES)
     for module in (fleet, devices, pins, quarantine, rollouts, feedback, tokens, metrics_router):
+        app.include_router(module.router, responses=AUTH_RESPONSES)
+    for module in (tuf_router, director):  # what an edge without Redis updates from
         app.include_router(module.router, responses=AUTH_RESPONSES)
     app.include_router(health.router)
 

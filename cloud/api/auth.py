@@ -2,7 +2,8 @@
 
 - ``viewer``: every read; ``admin``: every read, rollouts, pins and tokens;
 - ``device``: ``POST /v1/feedback`` and ``POST /v1/devices/{id}/status`` for the
-  one device its token is bound to (an admin may post for any device).
+  one device its token is bound to (an admin may post for any device), and what an
+  edge reads to update itself: ``/v1/tuf/...`` and its own ``/v1/director/...``.
 
 No token, or one that is unknown, revoked or expired (or, in production, one
 without an expiry): 401 with ``WWW-Authenticate: Bearer`` and a message saying
@@ -76,9 +77,20 @@ def _require(*roles: Role) -> Callable[[TokenRecord], TokenRecord]:
 
 require_viewer = _require("viewer", "admin")
 require_admin = _require("admin")
+#: What an edge reads to update itself (signed TUF files, director orders): every role.
+require_reader = _require("viewer", "admin", "device")
 
 ViewerDep = Annotated[TokenRecord, Depends(require_viewer)]
 AdminDep = Annotated[TokenRecord, Depends(require_admin)]
+ReaderDep = Annotated[TokenRecord, Depends(require_reader)]
+
+
+def check_reads_device(principal: TokenRecord, device_id: str) -> None:
+    """A device token may read what concerns its own device only; viewer and admin any."""
+    if principal.role == "device" and principal.device != device_id:
+        raise HTTPException(
+            403, f"this token may read for device {principal.device!r} only, not {device_id!r}"
+        )
 
 
 def check_device(principal: TokenRecord, device_id: str) -> None:

@@ -12,6 +12,7 @@ from cloud.api.settings import ApiSettings
 from cloud.api.tokens import TokenStore
 from cloud.api.views.fleet import FleetView
 from cloud.api.views.rollouts import RolloutsView
+from cloud.api.views.tuf import TufView
 from cloud.api.views.versions import VersionsView
 
 #: A model name (shared.keys.check_name).
@@ -60,6 +61,10 @@ def get_rollouts(request: Request) -> RolloutsView:
     return request.app.state.rollouts  # type: ignore[no-any-return]
 
 
+def get_tuf(request: Request) -> TufView:
+    return request.app.state.tuf  # type: ignore[no-any-return]
+
+
 def get_tokens(request: Request) -> TokenStore:
     return request.app.state.tokens  # type: ignore[no-any-return]
 
@@ -71,6 +76,7 @@ RelayDep = Annotated[DeviceRelay, Depends(get_relay)]
 MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]
 RolloutsDep = Annotated[RolloutsView, Depends(get_rollouts)]
 TokensDep = Annotated[TokenStore, Depends(get_tokens)]
+TufDep = Annotated[TufView, Depends(get_tuf)]
 
 DeviceId = Annotated[str, Path(pattern=NAME_PATTERN, description="device id", examples=["pi-07"])]
 RolloutId = Annotated[

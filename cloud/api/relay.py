@@ -13,6 +13,12 @@ and writes it as the edges do: a flat float vector as a JSON line, any other inp
 about the tensor's own size on the stream. Before the model's first version, samples
 are flattened into JSON lines, and the trainer judges their size.
 
+Entries an edge made itself (``shared.signed_relay``: the frames it would XADD, with its
+device signature) are written unchanged, to the model's stream, and a signed status report
+to the keys an enrolled edge writes (``shared.status_report.add_report``): the API
+carries a device's signature and never makes one, so the trainer and the rollout gates
+check it as they check a Redis edge's.
+
 The relay refuses at once what the API can judge (another fleet, an unknown
 schema version, a malformed event id, non-finite features); everything else
 (feature count, label range) is the trainer's, which dead-letters an
@@ -30,11 +36,13 @@ import redis
 
 from cloud.api.schemas import FeedbackAcceptedPublic
 from shared import replies
+from shared.device_identity import DEVICE_FIELD, SIG_FIELD
 from shared.errors import InputError, MessageError
-from shared.feedback_stream import feedback_entries, frame
+from shared.feedback_stream import feedback_entries, frame, frames_of
 from shared.keys import FEEDBACK_BATCH_FIELD, FEEDBACK_FRAMES_FIELD, FleetKeys, check_name
 from shared.messages import SCHEMA_VERSION, EdgeStatus, FeedbackEvent, SignedManifest
-from shared.status_report import add_status
+from shared.signed_relay import RelayedEntry, RelayedFeedback, RelayedStatus
+from shared.status_report import add_report, add_status
 from shared.tensors import TensorSpec, as_batch, to_bytes
 
 #: Input specs of manifests read, by sha256 (a version never changes).
@@ -54,6 +62,12 @@ class DeviceRelay:
         return self.keys.fleet
 
     def write_status(self, status: EdgeStatus, ttl_s: int, maxlen: int) -> None:
+        self._check_status(status)
+        pipe = self.client.pipeline(transaction=False)
+        add_status(pipe, self.keys, status, ttl_s, maxlen)
+        pipe.execute()
+
+    def _check_status(self, status: EdgeStatus) -> None:
         if status.fleet != self.fleet:
             raise InputError(
                 f"status is for fleet {status.fleet!r}; this API serves {self.fleet!r}"
@@ -63,9 +77,36 @@ class DeviceRelay:
             check_name("model", status.model)
         except ValueError as e:
             raise InputError(str(e)) from e
+
+    def write_signed_status(self, report: RelayedStatus, ttl_s: int, maxlen: int) -> EdgeStatus:
+        """Write an edge's signed report as it would itself: its exact bytes and signature."""
+        _check_version(report.schema_version, "RelayedStatus")
+        try:
+            status = EdgeStatus.from_wire(report.payload)
+        except MessageError as e:
+            raise InputError(f"payload is not an EdgeStatus: {e}") from e
+        if status.device_id != report.device:
+            raise InputError(
+                f"the report is device {status.device_id!r}'s, but signed as {report.device!r}"
+            )
+        self._check_status(status)
         pipe = self.client.pipeline(transaction=False)
-        add_status(pipe, self.keys, status, ttl_s, maxlen)
+        add_report(pipe, self.keys, status, report.payload, report.sig, ttl_s, maxlen)
         pipe.execute()
+        return status
+
+    def append_entries(self, model: str, body: RelayedFeedback) -> list[str]:
+        """XADD an edge's own entries to ``model``'s stream unchanged, in order, all or
+        none; their entry ids."""
+        _check_version(body.schema_version, "RelayedFeedback")
+        stream = self.keys.feedback_of(model)
+        pipe = self.client.pipeline(transaction=True)
+        for entry in body.entries:
+            fields: dict[str, bytes] = {entry.field: entry.payload}
+            if entry.device is not None and entry.sig is not None:
+                fields.update({DEVICE_FIELD: entry.device.encode(), SIG_FIELD: entry.sig})
+            pipe.xadd(stream, fields)  # type: ignore[arg-type]
+        return [replies.text(i) for i in pipe.execute()]
 
     def append_feedback(
         self, events: Sequence[FeedbackEvent], batch: int, model: str | None = None
@@ -120,6 +161,20 @@ class DeviceRelay:
                 self._specs.clear()
             self._specs[sha] = spec
         return self._specs[sha]
+
+
+def entry_devices(entry: RelayedEntry) -> set[str]:
+    """The ``device_id`` of every event in an unsigned entry, so that a device token's
+    unsigned entries hold its own events only; InputError when they do not parse."""
+    try:
+        if entry.field == "frames":
+            heads = [head for head, _ in frames_of(entry.payload)]
+        else:
+            heads = entry.payload.split(b"\n")
+        devices = {FeedbackEvent.from_wire(head).device_id for head in heads}
+    except (ValueError, MessageError) as e:
+        raise InputError(f"an unsigned entry's {entry.field} do not parse: {e}") from e
+    return devices
 
 
 def _sample(e: FeedbackEvent, spec: TensorSpec) -> npt.NDArray[Any]:

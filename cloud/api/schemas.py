@@ -383,6 +383,13 @@ class FeedbackBatch(BaseModel):
     events: list[FeedbackEventCreate] = Field(min_length=1, max_length=1000)
 
 
+class FeedbackEntriesPublic(BaseModel):
+    entries: list[str] = Field(
+        description="stream entry ids, one per relayed entry, in order",
+        examples=[["1718000000000-0"]],
+    )
+
+
 class FeedbackAcceptedPublic(BaseModel):
     accepted: int = Field(
         description="events appended to their models' feedback streams", examples=[2]
@@ -429,3 +436,22 @@ class TokenIssued(TokenPublic):
 
 class TokensPublic(BaseModel):
     tokens: list[TokenPublic]
+
+
+class DirectorOrdersPublic(BaseModel):
+    """What decides the version one device serves of a model, as an edge reads it from Redis:
+    the director's signed orders (the device's own and the fleet's, exactly as stored; the
+    edge verifies them) and the unsigned target, assignment and pin (for edges without
+    director keys)."""
+
+    model: str = Field(examples=["digits"])
+    device_id: str = Field(examples=["pi-07"])
+    device_order: str | None = Field(
+        None, description="the signed order for this device (a SignedOrder's JSON), if any"
+    )
+    fleet_order: str | None = Field(
+        None, description="the signed order for the whole fleet (a SignedOrder's JSON), if any"
+    )
+    target: str | None = Field(None, description="unsigned: the fleet's target sha256")
+    assignment: str | None = Field(None, description="unsigned: a rollout's sha256 for the device")
+    pin: str | None = Field(None, description="unsigned: an operator's pin for the device")

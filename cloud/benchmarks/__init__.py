@@ -15,6 +15,10 @@ BENCHMARKS = {
         "bytes shipped per update, budgeted vs full re-export: the digits trainer, every zoo family",
         "cloud.benchmarks.deltas",
     ),
+    "verify": (
+        "an update's apply time with TUF and director verification vs reading and swapping only",
+        "cloud.benchmarks.verify",
+    ),
 }
 
 

@@ -63,10 +63,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--scenario",
-        choices=["drift", "bad-canary"],
+        choices=["drift", "bad-canary", "attacks"],
         default="drift",
         help="drift: the continual-learning loop (default); bad-canary: a harmful version "
-        "rolled out ring by ring is stopped at the canary ring",
+        "rolled out ring by ring is stopped at the canary ring; attacks: the update and "
+        "device attacks of the threat model, each against the live fleet",
     )
     p.add_argument(
         "--edges",
@@ -94,6 +95,15 @@ def check_arguments(args: argparse.Namespace) -> None:
             "the bad-canary scenario runs on the digits or a CSV (--dataset); "
             "--model, --example and --task are for the drift scenario"
         )
+    if args.scenario == "attacks" and (
+        args.model or args.example or args.task or args.dataset or args.label_column
+    ):
+        raise InputError(
+            "the attacks scenario runs on the digits; --model, --example, --task, "
+            "--dataset and --label are for the drift scenario"
+        )
+    if args.scenario == "attacks" and args.edges is not None and args.edges < 2:
+        raise InputError("the attacks scenario needs at least 2 edges")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -119,6 +129,10 @@ def run(args: argparse.Namespace) -> int:
         if options.edges < 10:
             raise InputError("the bad-canary scenario needs at least 10 edges")
         result = run_bad_canary(BadCanaryDemo(options, console))
+    elif args.scenario == "attacks":
+        from cloud.demo.attacks_scenario import AttacksDemo, run_attacks
+
+        result = run_attacks(AttacksDemo(options, console))
     else:
         result = run_demo(options, console)
     if args.json:

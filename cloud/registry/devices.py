@@ -86,6 +86,49 @@ def _edge_rules(keys: FleetKeys, device_pattern: str) -> list[str]:
     ]  # fmt: skip
 
 
+#: Key families the trainer writes: what a round reads, learns from and publishes.
+_TRAINER_WRITES = (
+    "feedback", "seen", "replay", "holdout", "recent", "trainer", "trainer-lock", "versions",
+    "version-records", "labels", "artifact", "patch", "manifest", "weights",
+    # limits against poisoning: waiting samples, device tags, label checks, quarantine
+    "pending", "pending-devices", "device-tags", "recent-devices", "agreement", "quarantine",
+    "quarantined",
+)  # fmt: skip
+
+
+def trainer_rules(fleets: Iterable[str]) -> list[str]:
+    """ACL rules of the ``trainer`` user for ``fleets``: it may publish versions, it may
+    not decide what devices run.
+
+    It reads and writes what a round needs (feedback streams and their watermarks, the
+    replay buffer, its lease and state, the registry, artifacts, patches, manifests and
+    weights, the announcements, and the TUF ``targets``/``snapshot``/``timestamp``
+    files a publish signs); it only reads the TUF root, the devices' statuses (bases for
+    patches), the device registry (feedback signatures), the fleet's target and whether a
+    rollout is active (a publish WATCHes it). Nothing else of the fleet is a key it may
+    touch: not ``target``, ``assign``, ``pins``, ``director``, ``director_counter``,
+    ``rollout``, ``rollouts``, ``active-rollout`` (writes), nor the tokens.
+
+    >>> rules = trainer_rules(["lab"])
+    >>> "~el:{lab}:pins:*" in rules, "%R~el:{lab}:target:*" in rules
+    (False, True)
+    """
+    rules = ["resetkeys"]
+    for fleet in dict.fromkeys(check_name("fleet", f) for f in fleets):
+        keys = FleetKeys(fleet)
+        rules += [f"~{keys.family(name)}" for name in _TRAINER_WRITES]
+        rules += [f"~{k}" for k in (keys.feedback, keys.deadletter, keys.seen, keys.models)]
+        rules += [f"~{keys.deltas}"]
+        rules += [
+            f"~{keys.tuf_metadata(n)}" for n in ("targets.json", "snapshot.json", "timestamp.json")
+        ]
+        rules += [
+            f"%R~{keys.family(name)}" for name in ("tuf", "device", "target", "active-rollout")
+        ]
+        rules += [f"%R~{k}" for k in (keys.devices, keys.device_registry)]
+    return [*rules, "+@all", "-@dangerous"]
+
+
 def service_lines(fleets: Iterable[str]) -> list[str]:
     """The service users of one Redis serving ``fleets``, one ACL file line each; the
     development ``edge`` user becomes ``edge~<fleet>`` per fleet so no name repeats
@@ -95,7 +138,7 @@ def service_lines(fleets: Iterable[str]) -> list[str]:
     lines = [
         "user default off",
         f"user admin on {PLACEHOLDER_HASH} ~* &* +@all",
-        f"user trainer on {PLACEHOLDER_HASH} {patterns} +@all -@dangerous",
+        f"user trainer on {PLACEHOLDER_HASH} {' '.join(trainer_rules(fleets))}",
         f"user api on {PLACEHOLDER_HASH} {patterns} +@all -@dangerous",
     ]
     for f in fleets:

@@ -229,7 +229,18 @@ class Publisher:
 
         # EXEC's replies (redis-py types them for every mode), the XADD's stream id last
         watched = [versions_key, rollout_key, *(self.tuf.watched() if self.tuf else [])]
-        answers = cast(list[object], self.client.transaction(txn, *watched))
+        try:
+            answers = cast(list[object], self.client.transaction(txn, *watched))
+        except redis.ResponseError as e:
+            if not isinstance(e, redis.exceptions.NoPermissionError) and "NOPERM" not in str(e):
+                raise
+            hint = (
+                ": release = \"direct\" sets the fleet's target, which the trainer's Redis"
+                ' user may not write; use release = "manual" (the default in production)'
+                if done and done[0].target_set
+                else ""
+            )
+            raise PublishError(f"{model}: Redis refused the publish (NOPERM){hint}") from e
         announcement_id = replies.text(answers[-1])
         published = replace(done[0], announcement_id=announcement_id)
         _log(model, published, len(content), len(artifact))

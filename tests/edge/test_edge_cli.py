@@ -191,3 +191,19 @@ def test_the_daemon_serves_until_sigterm_and_stops_cleanly(
     assert "Traceback" not in out and "edge pi-cli stopped" in out
     assert redis_client.xlen(keys.feedback_of("digits")) == 1
     assert json.loads(redis_client.get(keys.device("pi-cli")))["state"] == "stopping"  # type: ignore[arg-type]
+
+
+def test_check_says_an_http_uplink_edge_has_no_health_key_to_read(
+    tmp_path: Path, signing: Signing, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = write_config(
+        tmp_path / "edge.toml",
+        device_id="pi-1",
+        fleet="lab",
+        public_key=signing.public_key,
+        uplink="http",
+        api_url="http://127.0.0.1:9",
+        api_token="elt_x",
+    )
+    assert cli.main(["--config", str(cfg), "--check"]) == 1
+    assert "reports through the API (uplink = http)" in capsys.readouterr().out

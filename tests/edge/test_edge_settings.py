@@ -97,3 +97,24 @@ def test_bad_models_are_refused_naming_the_setting(tmp_path: Path, text: str, me
     path = write(tmp_path, f'public_key = "{tmp_path / "k.pub"}"\n' + text)
     with pytest.raises(ConfigError, match=message):
         load_settings(EdgeSettings, path)
+
+
+def test_the_uplink_follows_update_source_unless_set(tmp_path: Path) -> None:
+    (tmp_path / "k.pub").write_bytes(b"")  # production checks the trust anchor's mode
+    (tmp_path / "k.pub").chmod(0o644)
+    key = f'public_key = "{tmp_path / "k.pub"}"\nstate_dir = "{tmp_path / "state"}"\n'
+    assert load_settings(EdgeSettings, write(tmp_path, key)).uplink == "redis"
+    api = 'api_url = "http://127.0.0.1:8000"\napi_token = "elt_x"\n'
+    s = load_settings(EdgeSettings, write(tmp_path, key + api + 'uplink = "http"\n'))
+    assert (s.update_source, s.uplink) == ("redis", "http")
+    with pytest.raises(ConfigError, match="uplink = http needs api_url and api_token"):
+        load_settings(EdgeSettings, write(tmp_path, key + 'uplink = "http"\n'))
+    with pytest.raises(ConfigError, match="plain"):
+        load_settings(
+            EdgeSettings,
+            write(
+                tmp_path,
+                key + 'mode = "production"\nuplink = "http"\napi_token = "elt_x"\n'
+                'api_url = "http://cloud.example:8000"\n',
+            ),
+        )

@@ -310,3 +310,46 @@ def test_an_enrolled_edge_sends_signed_feedback_and_status(
     pipe.execute()
     controller = RolloutController(redis_client, keys, versions=None)  # type: ignore[arg-type]
     assert controller.statuses(["pi-1"])["pi-1"] is not None
+
+
+def test_a_devices_script_is_refused_and_its_oversized_event_dead_lettered(
+    registry: DeviceRegistry, redis_client: redis.Redis, redis_url: str
+) -> None:
+    """What a device's ACL user refuses (a Lua script that would block Redis, large
+    writes outside its own streams) and what the trainer refuses for it (an event over
+    the ingest's size bound, appended to the stream the device may write)."""
+    from cloud.demo.attacks import dead_letters, feedback_fields
+    from tests.cloud.data.test_ingest import make_ingest
+
+    keys = registry.keys
+    creds = registry.enroll("pi-a")
+    dev = as_device(redis_url, creds)
+    big = b"x" * (1024 * 1024)
+    for attempt in (
+        lambda: dev.eval("while true do end", 0),  # would hold Redis BUSY for everyone
+        lambda: dev.evalsha("0" * 40, 0),
+        lambda: dev.execute_command("FUNCTION", "FLUSH"),
+        lambda: dev.append(keys.device("pi-a"), big),
+        lambda: dev.set(keys.artifact("ab" * 32), big),
+        lambda: dev.xadd(keys.deltas, {"data": big}),
+    ):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            attempt()
+    assert redis_client.ping()  # never BUSY
+    event = {
+        "event_id": "pi-a:e:1",
+        "device_id": "pi-a",
+        "model": "digits",
+        "x": [0.0] * 64,
+        "label": 1,
+        "note": "y" * 10_000,
+    }
+    dev.xadd(
+        keys.feedback_of("digits"),
+        feedback_fields(FLEET, "pi-a", creds.private_key, [event]),
+    )
+    dev.close()
+    batch = make_ingest(redis_client, keys).poll()  # max_event_bytes 4096
+    assert not batch.accepted
+    reasons = [d.reason for d in dead_letters(redis_client, keys)]
+    assert len(reasons) == 1 and reasons[0].startswith("oversize"), reasons

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tuf.api.metadata import Metadata, Root, TargetFile, Targets
+from tuf.api.metadata import Metadata, Root
 
 from cloud.cli.main import main
 from cloud.registry.publisher import Publisher, PublishRequest
@@ -67,20 +67,15 @@ class Fleet:
 
 def _forge_targets(fleet: Fleet, signer, content: bytes) -> str:
     """Targets listing ``content`` signed by ``signer``, written straight to Redis, and
-    snapshot and timestamp re-signed over them by the fleet's online key."""
+    snapshot and timestamp re-signed over them by the fleet's online key (the
+    attacks scenario's own forgery)."""
+    from cloud.demo.attacks import forge_targets
     from shared.codec import sha256_hex
-    from shared.tuf_paths import artifact_path
 
-    key = fleet.keys.tuf_metadata("targets.json")
-    targets = Metadata[Targets].from_bytes(fleet.client.get(key))
-    tf = TargetFile.from_data(artifact_path(sha256_hex(content)), content, ["sha256"])
-    targets.signed.targets[tf.path] = tf
-    targets.signed.version += 1
-    targets.sign(signer)
-    fleet.client.set(key, targets.to_bytes())
-    fleet.client.set(fleet.keys.artifact(sha256_hex(content)), content)
-    online = TufSigners(online=load_signer(fleet.keydir.file("online")))
-    TufRepository(fleet.client, fleet.keys, online).refresh()
+    online = TufRepository(
+        fleet.client, fleet.keys, TufSigners(online=load_signer(fleet.keydir.file("online")))
+    )
+    forge_targets(fleet.client, fleet.keys, signer, content, online)
     return sha256_hex(content)
 
 

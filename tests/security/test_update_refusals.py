@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import redis
 
+from cloud.demo.stall_proxy import StallProxy
 from edge.daemon import EdgeDaemon
 from edge.settings import EdgeSettings
 from shared.codec import encode_full, sha256_hex
@@ -28,7 +29,6 @@ from shared.keys import FleetKeys
 from shared.messages import DeltaAnnouncement, Payload
 from tests.edge.helpers import make_manifest, publish_version, sign, variant
 from tests.security.conftest import FLEET, TlsRedis
-from tests.security.stall_proxy import StallProxy
 from tests.serving import Signing, wait_for
 
 KEYS = FleetKeys(FLEET)

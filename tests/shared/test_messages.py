@@ -139,3 +139,44 @@ def test_event_id_without_sequence_is_refused():
     ev = FeedbackEvent(event_id="no-seq", device_id="d", model="m", x=[1.0], label=0)
     with pytest.raises(MessageError, match="sequence number"):
         _ = ev.stream_key
+
+
+# -- what the API relays for an edge (shared.signed_relay) ------------------------------
+
+
+@given(
+    payload=st.binary(min_size=1, max_size=512),
+    signed=st.booleans(),
+    sig=st.binary(min_size=64, max_size=64),
+    field=st.sampled_from(["frames", "events"]),
+)
+def test_relayed_entries_round_trip_byte_for_byte(
+    payload: bytes, signed: bool, sig: bytes, field: str
+) -> None:
+    from shared.signed_relay import RelayedEntry, RelayedFeedback, RelayedStatus
+
+    entry = RelayedEntry(
+        field=field,  # type: ignore[arg-type]
+        payload=payload,
+        device="pi-07" if signed else None,
+        sig=sig if signed else None,
+    )
+    body = RelayedFeedback(entries=[entry]).model_dump_json()
+    assert RelayedFeedback.model_validate_json(body).entries == [entry]
+    status = RelayedStatus(payload=payload + b"{}", device="pi-07", sig=sig)
+    assert RelayedStatus.model_validate_json(status.model_dump_json()) == status
+
+
+def test_relayed_entries_refuse_half_signatures_and_bad_base64() -> None:
+    from pydantic import ValidationError
+
+    from shared.signed_relay import RelayedEntry
+
+    for doc in (
+        {"payload": "eA==", "device": "pi-07"},  # a device without a signature
+        {"payload": "eA==", "device": "pi-07", "sig": "eA=="},  # a 1-byte signature
+        {"payload": "e A=="},  # not base64
+        {"payload": ""},  # nothing
+    ):
+        with pytest.raises(ValidationError):
+            RelayedEntry.model_validate_json(json.dumps(doc))

@@ -12,6 +12,7 @@ from cloud.api.errors import error
 from cloud.api.schemas import DevicePublic, DevicesPublic, StatusAccepted
 from shared.errors import InputError
 from shared.messages import EdgeStatus
+from shared.signed_relay import RelayedStatus
 
 router = APIRouter(prefix="/v1/devices", tags=["devices"])
 
@@ -60,4 +61,32 @@ def create_status(
     if report.device_id != device_id:
         raise InputError(f"status is for device {report.device_id!r}, not {device_id!r}")
     relay.write_status(report, settings.device_status_ttl_s, settings.status_stream_maxlen)
+    return StatusAccepted(device_id=device_id, ttl_s=settings.device_status_ttl_s)
+
+
+@router.post(
+    "/{device_id}/status/signed",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Relay a device's signed status report (enrolled edges without Redis)",
+    responses={
+        403: error("Another device's report", "this token may post for device 'pi-07' only"),
+        422: error("Malformed report", "payload is not an EdgeStatus: ..."),
+    },
+)
+def create_signed_status(
+    device_id: DeviceId,
+    report: RelayedStatus,
+    relay: RelayDep,
+    settings: SettingsDep,
+    who: PrincipalDep,
+) -> StatusAccepted:
+    """An enrolled edge's report as it writes it to Redis: the exact ``EdgeStatus`` bytes
+    it signed and its signature, written unchanged to the status stream, the device key and
+    ``device-sig:<id>`` (both expire after ``device_status_ttl_s``) and the device index.
+    The rollout gates count it only if the signature verifies with the enrolled key."""
+    check_device(who, device_id)
+    if report.device != device_id:
+        check_device(who, report.device)
+        raise InputError(f"the report is signed as device {report.device!r}, not {device_id!r}")
+    relay.write_signed_status(report, settings.device_status_ttl_s, settings.status_stream_maxlen)
     return StatusAccepted(device_id=device_id, ttl_s=settings.device_status_ttl_s)

@@ -11,7 +11,14 @@ from pydantic import Discriminator, Tag
 from cloud.api.auth import PrincipalDep, check_device
 from cloud.api.deps import ModelName, RelayDep, SettingsDep
 from cloud.api.errors import error
-from cloud.api.schemas import FeedbackAcceptedPublic, FeedbackBatch, FeedbackEventCreate
+from cloud.api.relay import entry_devices
+from cloud.api.schemas import (
+    FeedbackAcceptedPublic,
+    FeedbackBatch,
+    FeedbackEntriesPublic,
+    FeedbackEventCreate,
+)
+from shared.signed_relay import RelayedFeedback
 
 router = APIRouter(tags=["feedback"])
 
@@ -95,3 +102,28 @@ def create_feedback(
     for device in sorted({e.device_id for e in events}):
         check_device(who, device)
     return relay.append_feedback(events, settings.feedback_batch)
+
+
+@router.post(
+    "/v1/models/{model}/feedback/entries",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Relay an edge's own feedback stream entries (signed by the device)",
+    responses={
+        403: error("Another device's entry", "this token may post for device 'pi-07' only"),
+        422: error("Malformed entries", "sig must be 64 bytes, not 12"),
+    },
+)
+def create_feedback_entries(
+    model: ModelName, body: RelayedFeedback, relay: RelayDep, who: PrincipalDep
+) -> FeedbackEntriesPublic:
+    """Stream entries exactly as an edge would XADD them to ``model``'s feedback stream
+    (``frames`` or ``events``, base64) with, from an enrolled device, its id and signature:
+    appended unchanged, in order, all or none. The API does not check or make signatures:
+    the trainer accepts an entry only if it verifies with the enrolled device's key. Each
+    signed entry's device must be the token's (403); an unsigned entry's events must all be
+    of the token's device (403), as on ``/v1/feedback``."""
+    for entry in body.entries:
+        devices = {entry.device} if entry.device is not None else entry_devices(entry)
+        for device in sorted(devices):
+            check_device(who, device)
+    return FeedbackEntriesPublic(entries=relay.append_entries(model, body))

@@ -180,3 +180,16 @@ def test_the_command_line_prints_one_line_and_exits_2(tmp_path):
         f"edgeloop demo: error: {data}: no y; expected arrays X [N, *input_shape] and y [N] "
         "(has: X)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--dataset", "digits"], ["attacks scenario runs on the digits"]),
+        (["--example", "vibration"], ["attacks scenario runs on the digits"]),
+        (["--edges", "1"], ["at least 2 edges"]),
+    ],
+)
+def test_the_attacks_scenario_refuses_what_it_does_not_run(no_process, capsys, args, words):
+    code, err = demo(capsys, "--scenario", "attacks", *args)
+    assert_refused(code, err, *words)
