@@ -15,6 +15,7 @@ APIs for two fleets can run in one process or one test.
 /v1/devices/{device_id} get
 /v1/devices/{device_id}/pin delete put
 /v1/devices/{device_id}/status post
+/v1/devices/{device_id}/status/signed post
 /v1/director/{model}/{device_id} get
 /v1/feedback post
 /v1/fleet get
@@ -22,6 +23,7 @@ APIs for two fleets can run in one process or one test.
 /v1/models/{model}/delta get
 /v1/models/{model}/diff get
 /v1/models/{model}/feedback post
+/v1/models/{model}/feedback/entries post
 /v1/models/{model}/versions get
 /v1/models/{model}/versions/{ref} get
 /v1/models/{model}/versions/{ref}/explanation get
