@@ -25,11 +25,19 @@ def feed(trainer: Trainer, events, device: str, X, y, start: int = 0) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # about 30 s alone; a loaded shared machine takes several times that
 def test_share_cap_quarantine_and_release_through_the_trainer(
     make_settings, digits, parts, events, redis_url, tmp_path
 ):
     trainer = Trainer(
-        make_settings(**FAST, lock_ttl_ms=120_000, quarantine_min_samples=60),
+        # rounds here are about the data they admit: short, and exported in full (no
+        # budgeted refits)
+        make_settings(
+            **{**FAST, "epochs": 2},
+            lock_ttl_ms=120_000,
+            quarantine_min_samples=60,
+            update_mode="full",
+        ),
         dataset=digits,
         background_rounds=False,
     )
