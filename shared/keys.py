@@ -38,6 +38,8 @@ FAMILIES = (
     "feedback", "device", "device-sig", "artifact", "patch", "weights", "tuf", "director",
     "manifest", "seen", "replay", "holdout", "recent", "trainer", "trainer-lock", "versions",
     "version-records", "labels", "target", "assign", "pins", "rollout", "active-rollout",
+    "pending", "pending-devices", "device-tags", "recent-devices", "agreement", "quarantine",
+    "quarantined",
 )  # fmt: skip
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
@@ -178,6 +180,46 @@ class FleetKeys:
     def recent(self, model: str) -> str:
         """List of the most recent labeled samples for ``model`` (newest first)."""
         return f"{self._p}:recent:{check_name('model', model)}"
+
+    # Limits against poisoning (cloud/data/admission.py, cloud/data/quarantine.py)
+    def pending(self, model: str, device_id: str) -> str:
+        """List of one device's accepted training samples of ``model`` waiting for a round
+        to admit them (RPUSH by ingest, LRANGE + LTRIM by the round's admission): what the
+        per-device share cap held back stays here, oldest first."""
+        return (
+            f"{self._p}:pending:{check_name('model', model)}:{check_name('device id', device_id)}"
+        )
+
+    def pending_devices(self, model: str) -> str:
+        """Set of the devices with samples of ``model`` in ``pending``."""
+        return f"{self._p}:pending-devices:{check_name('model', model)}"
+
+    def device_tags(self, model: str) -> str:
+        """Hash of holdout slot -> the device whose sample fills it (ingest writes it with
+        the slot), so that the gate can cap one device's weight."""
+        return f"{self._p}:device-tags:{check_name('model', model)}"
+
+    def recent_devices(self, model: str) -> str:
+        """List of the devices of ``recent`` (same order and length, newest first)."""
+        return f"{self._p}:recent-devices:{check_name('model', model)}"
+
+    def agreement(self, model: str) -> str:
+        """Hash of per-device label checks against the trainer's model: ``n:<device>``
+        samples checked, ``k:<device>`` of them disagreeing (HINCRBY by the trainer)."""
+        return f"{self._p}:agreement:{check_name('model', model)}"
+
+    def quarantine(self, model: str) -> str:
+        """Hash of device id -> ``QuarantineRecord`` (JSON): devices whose feedback for
+        ``model`` is kept aside, not trained on (the trainer writes, an admin releases)."""
+        return f"{self._p}:quarantine:{check_name('model', model)}"
+
+    def quarantined(self, model: str, device_id: str) -> str:
+        """List of a quarantined device's kept samples of ``model`` (the pending format),
+        oldest first; a release moves them back to ``pending``."""
+        return (
+            f"{self._p}:quarantined:{check_name('model', model)}:"
+            f"{check_name('device id', device_id)}"
+        )
 
     def trainer(self, model: str) -> str:
         """The trainer's published state for ``model`` (JSON)."""

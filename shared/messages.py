@@ -647,6 +647,23 @@ class TrainerStatus(WireModel):
     ts: float = Field(default_factory=time.time)
 
 
+class QuarantineRecord(WireModel):
+    """Why a device's feedback for a model is kept aside, not trained on (the trainer
+    writes it, ``edgeloop quarantine release`` ends it): its labels disagreed with the
+    model far more often than the rest of the fleet's, beyond what chance explains."""
+
+    device_id: str
+    model: str
+    reason: str
+    checked: int = Field(description="the device's samples checked against the model")
+    disagreed: int = Field(description="of them, those whose label the model disagreed with")
+    rate: float = Field(description="disagreed / checked")
+    fleet_rate: float = Field(description="the other devices' median rate")
+    bound: float = Field(description="the rate beyond which chance is ruled out (fleet + margin)")
+    p_value: float = Field(description="Chernoff bound on the chance of so many disagreements")
+    since: float = Field(default_factory=time.time)
+
+
 def dumps_compact(obj: Any) -> str:
     """JSON with no spaces, for stream fields and logs."""
     return json.dumps(obj, separators=(",", ":"), sort_keys=True)

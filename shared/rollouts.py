@@ -31,6 +31,13 @@ class GatePolicy(BaseModel):
     min_labeled: int = Field(50, ge=0, description="labeled predictions on B before any decision")
     min_requests: int = Field(100, ge=0, description="predictions on B before rates are judged")
     min_dwell_s: float = Field(10.0, ge=0, description="time on B before a pass")
+    min_devices: int = Field(
+        2,
+        ge=1,
+        description="distinct ring devices whose reports on B a pass needs (each serving B, "
+        "with predictions and labeled ones when min_requests and min_labeled ask for them), "
+        "so that no one device's reports promote a version; a smaller ring needs all of them",
+    )
     max_accuracy_drop: float = Field(0.05, ge=0, le=1, description="vs the same devices on A")
     max_error_rise: float = Field(
         0.2,

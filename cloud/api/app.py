@@ -15,6 +15,7 @@ APIs for two fleets can run in one process or one test.
 /v1/devices/{device_id} get
 /v1/devices/{device_id}/pin delete put
 /v1/devices/{device_id}/status post
+/v1/devices/{device_id}/status/signed post
 /v1/director/{model}/{device_id} get
 /v1/feedback post
 /v1/fleet get
@@ -22,9 +23,12 @@ APIs for two fleets can run in one process or one test.
 /v1/models/{model}/delta get
 /v1/models/{model}/diff get
 /v1/models/{model}/feedback post
+/v1/models/{model}/feedback/entries post
 /v1/models/{model}/versions get
 /v1/models/{model}/versions/{ref} get
 /v1/models/{model}/versions/{ref}/explanation get
+/v1/quarantine get
+/v1/quarantine/{device_id}/release post
 /v1/rollouts get post
 /v1/rollouts/{rollout_id} get
 /v1/rollouts/{rollout_id}/abort post
@@ -64,6 +68,7 @@ from cloud.api.routers import (
     health,
     models,
     pins,
+    quarantine,
     rollouts,
     tokens,
     versions,
@@ -187,7 +192,7 @@ def _include_routers(app: FastAPI) -> None:
     reads = [Depends(require_viewer)]
     for module in (models, versions, diffs, deltas):
         app.include_router(module.router, dependencies=reads, responses=AUTH_RESPONSES)
-    for module in (fleet, devices, pins, rollouts, feedback, tokens, metrics_router):
+    for module in (fleet, devices, pins, quarantine, rollouts, feedback, tokens, metrics_router):
         app.include_router(module.router, responses=AUTH_RESPONSES)
     for module in (tuf_router, director):  # what an edge without Redis updates from
         app.include_router(module.router, responses=AUTH_RESPONSES)

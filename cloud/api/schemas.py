@@ -196,6 +196,32 @@ class ModelTarget(BaseModel):
     )
 
 
+class QuarantinedPublic(BaseModel):
+    """A device whose feedback for a model is kept aside, not trained on."""
+
+    device_id: str = Field(examples=["pi-07"])
+    model: str = Field(examples=["digits"])
+    reason: str = Field(
+        examples=["labels disagree with the model on 91% of 240 samples; the fleet's median 6%"]
+    )
+    rate: float = Field(description="the device's disagreement rate with the model")
+    fleet_rate: float = Field(description="the other devices' median rate")
+    checked: int = Field(description="samples checked")
+    kept: int = Field(description="its samples kept aside, re-queued for training on release")
+    since: float
+
+
+class QuarantinePublic(BaseModel):
+    fleet: str
+    devices: list[QuarantinedPublic] = Field(default_factory=list)
+
+
+class QuarantineReleased(BaseModel):
+    device_id: str
+    models: list[str] = Field(description="models the device was released for")
+    requeued: int = Field(description="kept samples queued for training again")
+
+
 class FleetPublic(BaseModel):
     """Device counts by version and by health."""
 
@@ -214,6 +240,11 @@ class FleetPublic(BaseModel):
         examples=[["pi-07"]],
     )
     models: dict[str, ModelTarget] = Field(default_factory=dict)
+    quarantined: list[QuarantinedPublic] = Field(
+        default_factory=list,
+        description="devices whose feedback is kept aside, not trained on: their labels "
+        "disagree with the fleet's far beyond chance (`edgeloop quarantine release`)",
+    )
 
 
 class StatusAccepted(BaseModel):

@@ -88,6 +88,9 @@ COMMANDS: dict[str, Command] = {
     "rollout": Command.of("start, follow and steer rollouts", "cloud.cli.rollout", "rollout"),
     "fleet": Command.of("device counts by version and health", "cloud.cli.rollout", "fleet"),
     "devices": Command.of("every device's last report", "cloud.cli.rollout", "devices"),
+    "quarantine": Command.of(
+        "list quarantined devices, release one", "cloud.cli.quarantine", "quarantine"
+    ),
     "token": Command.of("issue, list and revoke API tokens", "cloud.cli.tokens", "token"),
     "device": Command.of("enroll, revoke and list devices", "cloud.cli.devices", "device"),
     "acl": Command.of("generate the Redis ACL file for fleets", "cloud.cli.devices", "acl"),

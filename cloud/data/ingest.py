@@ -52,7 +52,7 @@ import numpy as np
 import numpy.typing as npt
 import redis
 
-from cloud.data.replay import NewSamples, TrainerData
+from cloud.data.replay import NewSamples, TrainerData, Writes
 from cloud.data.validation import Entry, Events, FeedbackValidator, Refused, payload_of
 from cloud.data.watermark import Watermark
 from shared import replies
@@ -104,6 +104,7 @@ class Accepted:
     holdout: npt.NDArray[np.bool_]
     first_id: str | None = None
     last_id: str | None = None
+    devices: list[str] = field(default_factory=list)  # the device of each sample
 
     def __len__(self) -> int:
         return len(self.y)
@@ -119,6 +120,7 @@ class Batch:
     deadlettered: int = 0
     reasons: list[str] = field(default_factory=list)
     skipped: int = 0  # other models' events on the fleet-wide stream
+    quarantined: int = 0  # quarantined devices' events, kept aside (cloud/data/quarantine.py)
 
 
 @dataclass
@@ -146,6 +148,9 @@ class IngestOptions:
     deadletter_maxlen: int = 10000
     #: also read the fleet-wide stream, where edges that predate streams per model write
     read_shared_stream: bool = True
+    #: training samples one device may have waiting for admission (0: no limit); beyond
+    #: it, its new ones are dead-lettered with the reason
+    max_device_backlog: int = 0
 
 
 class FeedbackIngest:
@@ -398,28 +403,65 @@ class FeedbackIngest:
                 NewSamples.buckets_of(y, self.data.task),
                 [reservoir_draws[i] for i in keep],
                 [held_out[i] for i in keep],
+                [events.devices[i] for i in keep],
             )
+            quarantined = frozenset(replies.text(d) for d in pipe.hkeys(quarantine_key))
             counters = self.data.read_counters(pipe)
-            writes = self.data.plan(counters, samples)
+            writes = self.data.plan(counters, samples, quarantined)
+            flooded = self._over_backlog(pipe, writes)
             pipe.multi()
             if keep:
                 pipe.hset(seen_key, mapping={h: s.encode() for h, s in states.items()})
                 self.data.add_to(pipe, counters, samples, writes)
             for entry_id, reason, payload in dead:
                 self._add_dead_letter(pipe, src.stream, entry_id, reason, payload)
+            for i, reason in flooded:
+                j = keep[i]
+                payload = events.event_ids[j].encode()
+                self._add_dead_letter(pipe, src.stream, events.entry_ids[j], reason, payload)
+            aside = sum(len(rows) for rows in writes.quarantined.values())
             stats = {
-                "accepted": len(keep),
+                "accepted": len(keep) - aside - len(flooded),
                 "duplicates": len(events) - len(keep),
-                "deadlettered": len(dead),
+                "deadlettered": len(dead) + len(flooded),
+                "quarantined": aside,
             }
             if self.data.task.is_classification:
-                stats.update((f"class:{c}", n) for c, n in Counter(samples.buckets).items())
+                set_aside = {i for rows in writes.quarantined.values() for i in rows}
+                classes = Counter(b for i, b in enumerate(samples.buckets) if i not in set_aside)
+                stats.update((f"class:{c}", n) for c, n in classes.items())
             self.data.add_stats(pipe, stats)
             pipe.xack(src.stream, src.group, *ids)
-            out.update(keep=keep, samples=samples)
+            out.update(keep=keep, samples=samples, aside=writes.quarantined, flooded=flooded)
 
-        self.client.transaction(txn, seen_key, *self.data.watch_keys)
-        return self._batch(events, out["keep"], out["samples"], dead, ids)
+        quarantine_key = self.keys.quarantine(self.options.model)
+        self.client.transaction(txn, seen_key, quarantine_key, *self.data.watch_keys)
+        refused = dead + [(events.entry_ids[out["keep"][i]], why, b"") for i, why in out["flooded"]]
+        aside = {**out["aside"], "": [i for i, _ in out["flooded"]]}
+        batch = self._batch(events, out["keep"], out["samples"], refused, ids, aside)
+        batch.quarantined -= len(out["flooded"])
+        return batch
+
+    def _over_backlog(self, pipe: Any, writes: Writes) -> list[tuple[int, str]]:
+        """Drop from ``writes`` the waiting samples of a device beyond
+        ``max_device_backlog``; returns them (sample row, reason) for dead letters."""
+        limit = self.options.max_device_backlog
+        if not limit or not writes.pending:
+            return []
+        out: list[tuple[int, str]] = []
+        for device, rows in writes.pending.items():
+            waiting = int(pipe.llen(self.keys.pending(self.options.model, device)))
+            room = max(0, limit - waiting)
+            if len(rows) > room:
+                reason = (
+                    f"device {device!r} has {waiting} training samples waiting for admission "
+                    f"(max_device_backlog {limit}): its share of rounds is capped"
+                )
+                out += [(i, reason) for i in rows[room:]]
+                writes.pending[device] = rows[:room]
+        if out:
+            logger.warning("refused %d samples over a device's backlog", len(out))
+        return out
 
     def _truths(self, truths: list[Any]) -> npt.NDArray[Any]:
         """Class indices (int64 ``[N]``) or targets (float32 ``[N, k]``)."""
@@ -445,13 +487,26 @@ class FeedbackIngest:
         )
 
     def _batch(
-        self, events: Events, keep: list[int], samples: NewSamples, dead: list[Any], ids: list[Any]
+        self,
+        events: Events,
+        keep: list[int],
+        samples: NewSamples,
+        dead: list[Any],
+        ids: list[Any],
+        aside: dict[str, list[int]] | None = None,
     ) -> Batch:
+        served = [events.served[i] for i in keep]
+        quarantined = 0
+        if aside:  # a quarantined device's samples are kept, not accepted (nor refused ones)
+            rows = sorted(set(range(len(samples))) - {i for r in aside.values() for i in r})
+            quarantined = len(samples) - len(rows)
+            samples, served = samples.subset(rows), [served[i] for i in rows]
         accepted = Accepted(
             X=samples.X,
             y=samples.y,
-            served=np.array([events.served[i] for i in keep], np.float64),
+            served=np.array(served, np.float64),
             holdout=np.array(samples.holdout, bool),
+            devices=list(samples.devices or []),
         )
         if keep:
             # Entries arrive in stream order (XREADGROUP and XAUTOCLAIM both), so the
@@ -464,6 +519,7 @@ class FeedbackIngest:
             deadlettered=len(dead),
             reasons=[d[1] for d in dead],
             skipped=events.skipped,
+            quarantined=quarantined,
         )
 
     def _count(self, batch: Batch) -> None:
@@ -526,6 +582,7 @@ def _merge(a: Batch, b: Batch) -> Batch:
         np.concatenate([x.holdout, y.holdout]),
         first_id=x.first_id or y.first_id,
         last_id=y.last_id or x.last_id,
+        devices=x.devices + y.devices,
     )
     return Batch(
         a.entries + b.entries,
@@ -534,6 +591,7 @@ def _merge(a: Batch, b: Batch) -> Batch:
         a.deadlettered + b.deadlettered,
         a.reasons + b.reasons,
         a.skipped + b.skipped,
+        a.quarantined + b.quarantined,
     )
 
 

@@ -13,6 +13,14 @@ Four stores per model (names from ``shared.keys.FleetKeys``):
 - the **recent window** (list ``recent(model)``, newest first): the most recent
   held-out samples: the gate's "data as it is now".
 
+With ``DataOptions.stage`` (what the trainer runs), accepted training samples do
+not go into the replay buffer at once: they wait in a list per device
+(``pending(model, device)``) until a round admits them under the per-device
+share cap (cloud/data/admission.py), and a quarantined device's samples are kept
+aside in ``quarantined(model, device)`` (cloud/data/quarantine.py). Held-out
+samples carry their device (``device_tags``, ``recent_devices``) so that the
+gate can cap one device's weight.
+
 Reservoir draws come from the caller (ingest derives them from the event id),
 so that a retried transaction makes the same decisions. Writes are *added to a
 pipeline* the caller executes, so that accepting a batch, marking it seen and
@@ -52,8 +60,9 @@ IntArray = npt.NDArray[np.int64]
 Samples = tuple[npt.NDArray[Any], npt.NDArray[Any]]
 
 _LABEL = struct.Struct("<i")
+_DRAW = struct.Struct("<Q")
 RING_COUNTER = b"t:n"
-STATS = ("accepted", "duplicates", "deadlettered")
+STATS = ("accepted", "duplicates", "deadlettered", "quarantined")
 
 
 @dataclass(frozen=True)
@@ -116,6 +125,7 @@ class NewSamples:
     buckets: list[int]  # the reservoir bucket: the class, or 0 for a regression
     draws: list[int]  # uniform 64-bit integers fixed per sample (ingest: from the event id)
     holdout: list[bool]
+    devices: list[str] | None = None  # the device each came from (None: the seed split)
 
     def __len__(self) -> int:
         return len(self.buckets)
@@ -128,6 +138,7 @@ class NewSamples:
             [self.buckets[i] for i in idx],
             [self.draws[i] for i in idx],
             [self.holdout[i] for i in idx],
+            None if self.devices is None else [self.devices[i] for i in idx],
         )
 
     @staticmethod
@@ -154,6 +165,10 @@ class Writes:
     replay: dict[bytes, int] = field(default_factory=dict)
     holdout: dict[bytes, int] = field(default_factory=dict)
     recent: list[int] = field(default_factory=list)
+    #: training samples waiting for a round's admission, by device (``DataOptions.stage``)
+    pending: dict[str, list[int]] = field(default_factory=dict)
+    #: samples of quarantined devices, kept aside, by device
+    quarantined: dict[str, list[int]] = field(default_factory=dict)
 
 
 class ClassReservoir:
@@ -188,9 +203,11 @@ class DataOptions:
     holdout_capacity: int = 1000
     recent_window: int = 200  # most recent held-out samples
     recent_train: int = 300  # most recent training samples, in the ring
+    #: training samples wait per device for a round to admit them (cloud/data/admission.py)
+    stage: bool = False
 
     @classmethod
-    def flat(cls, model: str, num_classes: int, num_features: int, **sizes: int) -> DataOptions:
+    def flat(cls, model: str, num_classes: int, num_features: int, **sizes: Any) -> DataOptions:
         """The stores of a classifier of flat float samples (what every model was before
         tensor inputs)."""
         labels = [str(c) for c in range(num_classes)]
@@ -207,9 +224,15 @@ class TrainerData:
 
     def __init__(self, client: redis.Redis, keys: FleetKeys, options: DataOptions) -> None:
         self.client = client
+        self.keys = keys
+        self.model = options.model
         self.replay_key = keys.replay(options.model)
         self.holdout_key = keys.holdout(options.model)
         self.recent_key = keys.recent(options.model)
+        self.tags_key = keys.device_tags(options.model)
+        self.recent_devices_key = keys.recent_devices(options.model)
+        self.pending_devices_key = keys.pending_devices(options.model)
+        self.stage = options.stage
         self.input = options.input
         self.task = options.task
         self.codec = SampleCodec(options.input, options.task)
@@ -236,11 +259,29 @@ class TrainerData:
             ring=int(r[-1] or 0),
         )
 
-    def plan(self, counters: Counters, samples: NewSamples) -> Writes:
-        """Decide where each sample goes; mutates ``counters`` to their new values."""
+    def plan(
+        self,
+        counters: Counters,
+        samples: NewSamples,
+        quarantined: frozenset[str] = frozenset(),
+        *,
+        admit: bool = False,
+    ) -> Writes:
+        """Decide where each sample goes; mutates ``counters`` to their new values.
+
+        A quarantined device's samples are kept aside; with staging, training samples
+        wait for admission (``admit``: this is the admission, they go in)."""
         w = Writes()
         rows = zip(samples.buckets, samples.draws, samples.holdout, strict=True)
+        devices = samples.devices
         for i, (bucket, draw, held) in enumerate(rows):
+            device = devices[i] if devices is not None else None
+            if device is not None and device in quarantined:
+                w.quarantined.setdefault(device, []).append(i)
+                continue
+            if not held and self.stage and not admit and device is not None:
+                w.pending.setdefault(device, []).append(i)
+                continue
             if held:
                 slot = self.holdout.place(counters.holdout, bucket, draw)
                 if slot is not None:
@@ -272,10 +313,47 @@ class TrainerData:
         holdout: dict[bytes, bytes | int] = {f: enc(i) for f, i in writes.holdout.items()}
         holdout.update(zip(self.holdout.count_fields, counters.holdout, strict=True))
         pipe.hset(self.holdout_key, mapping=holdout)
+        devices = samples.devices
+        if writes.holdout:
+            if devices is not None:
+                pipe.hset(self.tags_key, mapping={f: devices[i] for f, i in writes.holdout.items()})
+            else:
+                pipe.hdel(self.tags_key, *writes.holdout)
         recent = writes.recent[-self.recent_window :]
         if recent:
             pipe.lpush(self.recent_key, *(enc(i) for i in recent))
             pipe.ltrim(self.recent_key, 0, self.recent_window - 1)
+            tags = [devices[i] if devices is not None else "" for i in recent]
+            pipe.lpush(self.recent_devices_key, *tags)
+            pipe.ltrim(self.recent_devices_key, 0, self.recent_window - 1)
+        for device, rows in writes.pending.items():
+            pipe.rpush(
+                self.keys.pending(self.model, device), *(self.kept(samples, i) for i in rows)
+            )
+            pipe.sadd(self.pending_devices_key, device)
+        for device, rows in writes.quarantined.items():
+            key = self.keys.quarantined(self.model, device)
+            pipe.rpush(key, *(self.kept(samples, i) for i in rows))
+
+    def kept(self, samples: NewSamples, i: int) -> bytes:
+        """A sample as it waits (pending or quarantined): its reservoir draw, then the
+        stored sample, so that its admission later decides as ingest would have."""
+        return _DRAW.pack(samples.draws[i]) + self.codec.encode(samples.X[i], samples.y[i])
+
+    def unpack_kept(self, blobs: Sequence[bytes], device: str) -> NewSamples:
+        """Waiting samples back as training samples of ``device`` (bad sizes skipped)."""
+        size = _DRAW.size + self.codec.size
+        good = [b for b in blobs if len(b) == size]
+        if len(good) != len(blobs):
+            logger.warning(
+                "skipped %d kept samples of %s of the wrong size", len(blobs) - len(good), device
+            )
+        X, y = self.codec.decode(b[_DRAW.size :] for b in good)
+        draws = [_DRAW.unpack_from(b)[0] for b in good]
+        n = len(draws)
+        return NewSamples(
+            X, y, NewSamples.buckets_of(y, self.task), draws, [False] * n, [device] * n
+        )
 
     def add_stats(self, pipe: Any, deltas: dict[str, int]) -> None:
         """Queue increments of the ingest statistics (``accepted``, ``class:3``, ...)."""
@@ -339,6 +417,28 @@ class TrainerData:
         blobs = [replies.binary(v) for v in self.client.lrange(self.recent_key, 0, -1)]
         return self.codec.decode(blobs)
 
+    def tagged_holdout_set(self) -> tuple[Samples, list[str | None]]:
+        """The holdout reservoir and the device of each sample (None: the seed split)."""
+        fields = self._stored(self.holdout_key)
+        tags = self._stored(self.tags_key)
+        size = self.codec.size
+        slots = [(k, v) for k, v in fields.items() if k.startswith(b"s:") and len(v) == size]
+        devices = [_tag(tags.get(k)) for k, _ in slots]
+        return self.codec.decode(v for _, v in slots), devices
+
+    def tagged_recent_set(self) -> tuple[Samples, list[str | None]]:
+        """The recent window (newest first) and the device of each sample."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.lrange(self.recent_key, 0, -1)
+        pipe.lrange(self.recent_devices_key, 0, -1)
+        raw, raw_tags = pipe.execute()
+        size = self.codec.size
+        tags = [_tag(replies.binary(t)) for t in raw_tags]
+        # both lists grow at the head; samples from before tags have none at the tail
+        rows = [(replies.binary(v), tags[i] if i < len(tags) else None) for i, v in enumerate(raw)]
+        rows = [(b, d) for b, d in rows if len(b) == size]
+        return self.codec.decode(b for b, _ in rows), [d for _, d in rows]
+
     def recent_count(self) -> int:
         return int(self.client.llen(self.recent_key))
 
@@ -349,6 +449,18 @@ class TrainerData:
         values = self.client.hmget(self.replay_key, names)
         return {n[5:]: int(v or 0) for n, v in zip(names, values, strict=True)}
 
+    def pending_counts(self) -> dict[str, int]:
+        """Training samples waiting for admission, by device."""
+        devices = sorted(replies.text(d) for d in self.client.smembers(self.pending_devices_key))
+        pipe = self.client.pipeline(transaction=False)
+        for d in devices:
+            pipe.llen(self.keys.pending(self.model, d))
+        return {d: int(n) for d, n in zip(devices, pipe.execute(), strict=True) if n}
+
     def _stored(self, key: str) -> dict[bytes, bytes]:
         """A hash of ours, fields and values as bytes, in the server's order."""
         return {replies.binary(k): replies.binary(v) for k, v in self.client.hgetall(key).items()}
+
+
+def _tag(raw: bytes | None) -> str | None:
+    return raw.decode("utf-8", "replace") if raw else None

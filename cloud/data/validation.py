@@ -80,6 +80,7 @@ class Events:
     served: list[float]  # the served answer's score: 1/0 right/wrong, or |error|; nan: unknown
     X: npt.NDArray[Any]
     skipped: int = 0  # events of other models, left to their trainers
+    devices: list[str] = field(default_factory=list)  # the event's device_id
 
     def __len__(self) -> int:
         return len(self.seqs)
@@ -95,6 +96,7 @@ class Events:
             [self.served[i] for i in index],
             self.X[index],
             self.skipped,
+            [self.devices[i] for i in index],
         )
 
 
@@ -225,6 +227,7 @@ class FeedbackValidator:
         e.entry_ids.append(entry_id)
         e.event_ids.append(ev.event_id)
         e.heads.append(head)
+        e.devices.append(ev.device_id)
         e.seqs.append(seq)
         e.truths.append(ev.label if self.task.is_classification else ev.target)
         e.served.append(self._served(ev))

@@ -60,36 +60,52 @@ class Metrics:
 
     @classmethod
     def of(
-        cls, predicted: npt.NDArray[np.int64], y: npt.NDArray[np.int64], labels: list[str]
+        cls,
+        predicted: npt.NDArray[np.int64],
+        y: npt.NDArray[np.int64],
+        labels: list[str],
+        weights: npt.NDArray[np.float64] | None = None,
     ) -> Metrics:
-        """A classifier's figures from its predicted classes."""
-        if len(y) == 0:
+        """A classifier's figures from its predicted classes (``weights``: per sample,
+        e.g. the per-device share cap's; default all 1)."""
+        w = np.ones(len(y)) if weights is None else np.asarray(weights, np.float64)
+        if len(y) == 0 or w.sum() <= 0:
             return cls(None, 0)
-        hit = predicted == y
+        hit = (predicted == y).astype(np.float64)
         recall = {
-            labels[c]: round(float(hit[y == c].mean()), 4)
+            labels[c]: round(float(np.average(hit[y == c], weights=w[y == c])), 4)
             for c in range(len(labels))
-            if np.any(y == c)
+            if w[y == c].sum() > 0
         }
-        return cls(round(float(hit.mean()), 4), len(y), recall)
+        return cls(round(float(np.average(hit, weights=w)), 4), len(y), recall)
 
     @classmethod
-    def of_answers(cls, answers: npt.ArrayLike, y: npt.ArrayLike, task: TaskSpec) -> Metrics:
+    def of_answers(
+        cls,
+        answers: npt.ArrayLike,
+        y: npt.ArrayLike,
+        task: TaskSpec,
+        weights: npt.NDArray[np.float64] | None = None,
+    ) -> Metrics:
         """The figures of answers (probabilities or outputs) against truths."""
         a = np.asarray(answers, np.float64)
-        if len(a) == 0:
+        w = np.ones(len(a)) if weights is None else np.asarray(weights, np.float64)
+        if len(a) == 0 or w.sum() <= 0:
             return cls(None, 0)
         if task.is_classification:
-            return cls.of(a.argmax(axis=1), np.asarray(y, np.int64), task.labels)
+            return cls.of(a.argmax(axis=1), np.asarray(y, np.int64), task.labels, w)
         t = np.asarray(y, np.float64).reshape(a.shape)
         err = a - t
-        spread = float(((t - t.mean(axis=0)) ** 2).sum())
-        r2 = 1.0 - float((err**2).sum()) / spread if spread > 0 else None
+        wc = w.reshape(-1, *([1] * (a.ndim - 1)))
+        total = float(wc.sum()) * (a.size // len(a))
+        spread = float((wc * (t - (wc * t).sum(axis=0) / w.sum()) ** 2).sum())
+        sq = float((wc * err**2).sum())
+        r2 = 1.0 - sq / spread if spread > 0 else None
         return cls(
             None,
             len(a),
-            mae=round(float(np.abs(err).mean()), 6),
-            rmse=round(float(np.sqrt((err**2).mean())), 6),
+            mae=round(float((wc * np.abs(err)).sum()) / total, 6),
+            rmse=round(float(np.sqrt(sq / total)), 6),
             r2=None if r2 is None else round(r2, 6),
         )
 
@@ -98,21 +114,32 @@ class Metrics:
         return self.accuracy if task.is_classification else self.mae
 
 
-def evaluate(artifact: Artifact, samples: Samples, task: TaskSpec) -> Metrics:
-    """Metrics of an artifact, run in the edge runtime, on (X, y)."""
+def evaluate(
+    artifact: Artifact,
+    samples: Samples,
+    task: TaskSpec,
+    weights: npt.NDArray[np.float64] | None = None,
+) -> Metrics:
+    """Metrics of an artifact, run in the edge runtime, on (X, y), samples weighted by
+    ``weights`` (default: all alike)."""
     X, y = samples
     if len(y) == 0:
         return Metrics(None, 0)
-    return Metrics.of_answers(artifact.answers(X), y, task)
+    return Metrics.of_answers(artifact.answers(X), y, task, weights)
 
 
 @dataclass(frozen=True)
 class HeldOut:
-    """The held-out data versions are judged on (cloud/data/replay.py), and the task."""
+    """The held-out data versions are judged on (cloud/data/replay.py), and the task.
+
+    The weights cap one device's share of the judgment (cloud/data/admission.py:
+    ``device_weights``); None weighs every sample alike."""
 
     earlier: Samples  # the holdout reservoir: held-out samples from all time
     recent: Samples  # the recent window: the newest held-out samples
     task: TaskSpec
+    earlier_weights: npt.NDArray[np.float64] | None = None
+    recent_weights: npt.NDArray[np.float64] | None = None
 
     @property
     def labels(self) -> list[str]:
@@ -171,10 +198,11 @@ class Decision:
 def gate(parent: Artifact, child: Artifact, data: HeldOut, rule: GateRule) -> Decision:
     """Evaluate both artifacts and decide whether the child replaces the parent."""
 
-    def both(samples: Samples) -> tuple[Metrics, Metrics]:
-        return evaluate(parent, samples, data.task), evaluate(child, samples, data.task)
+    def both(samples: Samples, w: npt.NDArray[np.float64] | None) -> tuple[Metrics, Metrics]:
+        return evaluate(parent, samples, data.task, w), evaluate(child, samples, data.task, w)
 
-    recent, earlier = both(data.recent), both(data.earlier)
+    recent = both(data.recent, data.recent_weights)
+    earlier = both(data.earlier, data.earlier_weights)
     publish, reason = _decide(recent, earlier, rule, data.task)
     decision = Decision(
         publish, reason, recent[0], earlier[0], recent[1], earlier[1], rule, data.task

@@ -90,6 +90,9 @@ def _edge_rules(keys: FleetKeys, device_pattern: str) -> list[str]:
 _TRAINER_WRITES = (
     "feedback", "seen", "replay", "holdout", "recent", "trainer", "trainer-lock", "versions",
     "version-records", "labels", "artifact", "patch", "manifest", "weights",
+    # limits against poisoning: waiting samples, device tags, label checks, quarantine
+    "pending", "pending-devices", "device-tags", "recent-devices", "agreement", "quarantine",
+    "quarantined",
 )  # fmt: skip
 
 

@@ -8,6 +8,11 @@ B is judged on the task's metric against the same devices on A: for accuracy,
 B's from the labeled counters since the switch against A's rolling accuracy;
 for a lower-is-better metric (a regressor's MAE), the devices' rolling metric on
 B, once enough labeled predictions were made on B, against theirs on A.
+
+A pass needs evidence from ``GatePolicy.min_devices`` distinct devices (each
+serving B, with predictions and labeled ones on B when the policy asks for
+them), or from every device of a smaller ring: one device's reports, honest or not, do
+not promote a version to more of the fleet.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ class _OnB:
     p99: list[float] = field(default_factory=list)
     metric: str | None = None
     rolling: list[float] = field(default_factory=list)  # the devices' rolling metric on B
+    witnesses: set[str] = field(default_factory=set)  # devices with evidence on B
 
     def add(self, d: DeviceSample) -> None:
         """One device's counters since it switched to B."""
@@ -107,7 +113,10 @@ def evaluate(
     for device, first_on_b in stage.switched.items():
         status = statuses.get(device)
         if status is not None:  # offline: it converges when it returns
-            on_b.add(_since(sample_of(status), first_on_b))
+            since = _since(sample_of(status), first_on_b)
+            on_b.add(since)
+            if _witnesses(since, policy):
+                on_b.witnesses.add(device)
     figures = _figures(stage, on_b)
     fails = _failures(figures, policy)
     if fails:
@@ -116,6 +125,14 @@ def evaluate(
         return GateResult("fail", [f"no decision within {policy.stage_timeout_s:.0f}s"], figures)
     reasons = _not_yet(stage, on_b, policy, now)
     return GateResult("wait" if reasons else "pass", reasons, figures)
+
+
+def _witnesses(since: DeviceSample, policy: GatePolicy) -> bool:
+    """Whether a device serving B gives evidence about it: the traffic the policy asks for
+    (predictions when ``min_requests`` > 0, labeled ones when ``min_labeled`` > 0)."""
+    return (since.predictions > 0 or policy.min_requests == 0) and (
+        since.labeled > 0 or policy.min_labeled == 0
+    )
 
 
 def _left_b(
@@ -142,6 +159,9 @@ def _not_yet(stage: StageState, on_b: _OnB, policy: GatePolicy, now: float) -> l
         reasons.append(f"{on_b.labeled} of {policy.min_labeled} labeled predictions on B")
     if on_b.predictions < policy.min_requests:
         reasons.append(f"{on_b.predictions} of {policy.min_requests} predictions on B")
+    needed = min(policy.min_devices, len(stage.devices)) if stage.devices else policy.min_devices
+    if len(on_b.witnesses) < needed:
+        reasons.append(f"evidence from {len(on_b.witnesses)} of {needed} devices on B")
     return reasons
 
 
@@ -163,6 +183,7 @@ def _figures(stage: StageState, b: _OnB) -> dict[str, Any]:
         "metric_b": metric_b,
         "metric_a": metric_a,
         "devices_on_b": len(stage.switched),
+        "devices_with_evidence": len(b.witnesses),
         "devices_in_ring": len(stage.devices),
         "predictions_b": b.predictions,
         "labeled_b": b.labeled,

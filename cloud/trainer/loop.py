@@ -29,7 +29,8 @@ import numpy as np
 import redis
 
 from cloud.data.datasets import Dataset, load_dataset, split
-from cloud.data.ingest import Batch, FeedbackIngest, stream_id_key
+from cloud.data.ingest import Accepted, Batch, FeedbackIngest, stream_id_key
+from cloud.data.quarantine import Quarantine
 from cloud.data.replay import TrainerData
 from cloud.learning.weights import WeightsError, load_weights
 from cloud.learning.zoo import model_spec
@@ -37,6 +38,7 @@ from cloud.registry.locations import PROD_BLOB_DIR
 from cloud.registry.publisher import Publisher
 from cloud.registry.tuf_repo import tuf_repository
 from cloud.registry.versions import DirBlobStore, Registry
+from cloud.trainer.label_check import LabelCheck
 from cloud.trainer.lease import Lease
 from cloud.trainer.rounds import RoundReport, RoundRunner
 from cloud.trainer.settings import TrainerSettings
@@ -85,6 +87,10 @@ class Trainer:
             max_patches=s.max_patches,
             release=s.release or "manual",  # the settings fill it in by mode
             tuf=tuf_repository(self.client, self.keys, s.tuf_targets_key, s.tuf_online_key),
+        )
+        self.quarantine = Quarantine(self.client, self.keys, s.model_name)
+        self.label_check = LabelCheck(
+            self.publisher, self.data, s.model_name, s.quarantine_error_factor
         )
         self.rounds = RoundRunner(s, self.client, self.publisher, self.data, self.parts, self.spec)
         self.rounds.fresh_model()  # the model contract's checks, before anything starts
@@ -177,6 +183,8 @@ class Trainer:
     def step(self, block_ms: int | None = None) -> Batch:
         """One ingest poll, then triggers, lease and status."""
         batch = self.ingest.poll(block_ms)
+        if len(batch.accepted) and self.settings.quarantine:
+            self._check_labels(batch.accepted)
         if len(batch.accepted):
             drift = self.drift.update(batch.accepted.served)
             if drift and self._drift_signal is None:  # the signal that starts the round
@@ -190,6 +198,17 @@ class Trainer:
             if time.monotonic() >= self._next_status:
                 self.write_status()
         return batch
+
+    def _check_labels(self, accepted: Accepted) -> None:
+        """Count the batch's labels against the model per device; the lease holder then
+        quarantines the devices whose counts are beyond chance (cloud/data/quarantine.py)."""
+        checks = self.label_check.check(accepted)
+        if not checks:
+            return
+        self.quarantine.count(checks)
+        if self.lease.held:
+            s = self.settings
+            self.quarantine.judge(s.quarantine_margin, s.quarantine_delta, s.quarantine_min_samples)
 
     def _maybe_start_round(self) -> None:
         if self._round is not None:

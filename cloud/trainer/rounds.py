@@ -34,7 +34,9 @@ import numpy as np
 import numpy.typing as npt
 import redis
 
+from cloud.data.admission import Admission, admit, device_weights
 from cloud.data.datasets import Dataset, Split
+from cloud.data.quarantine import Quarantine
 from cloud.data.replay import Samples, TrainerData
 from cloud.evaluation.explain import ExplainOptions, RoundRecord, Side, explain_version
 from cloud.evaluation.gate import (
@@ -134,6 +136,7 @@ class Round:
     y: npt.NDArray[Any]  # class indices or targets
     held_out: HeldOut
     hp: Hyperparameters
+    admission: Admission = field(default_factory=Admission)
 
 
 class RoundRunner:
@@ -159,6 +162,7 @@ class RoundRunner:
         self.task = parts.seed_train.task
         self.labels = self.task.labels
         self.rule = GateRule(settings.min_gain, settings.forgetting_tolerance)
+        self.quarantine = Quarantine(client, self.keys, settings.model_name)
         self._parent: Parent | None = None
 
     # -- the model ------------------------------------------------------------
@@ -252,6 +256,7 @@ class RoundRunner:
             data_window={
                 **window,
                 "training_samples": len(rnd.y),
+                "admission": rnd.admission.as_dict(),
                 "recent_holdout": len(rnd.held_out.recent[1]),
                 "earlier_holdout": len(rnd.held_out.earlier[1]),
             },
@@ -310,12 +315,27 @@ class RoundRunner:
     def _start(self, round_no: int) -> Round:
         """The parent and the trainer's data as they are now."""
         parent = self.parent()
+        s = self.settings
+        quarantined = set(self.quarantine.members())
+        admission = admit(self.data, s.max_device_share, s.device_share_floor, quarantined)
         X, y = self.data.training_set()
-        hp = self._hyperparameters(self.settings.epochs, self.settings.seed + round_no)
-        return Round(parent, X, y, self._held_out(), hp)
+        hp = self._hyperparameters(s.epochs, s.seed + round_no)
+        return Round(parent, X, y, self._held_out(quarantined), hp, admission)
 
-    def _held_out(self) -> HeldOut:
-        return HeldOut(self.data.holdout_set(), self.data.recent_set(), self.task)
+    def _held_out(self, quarantined: set[str] | None = None) -> HeldOut:
+        """The gate's data, each device's weight capped, quarantined devices' at 0."""
+        if quarantined is None:
+            quarantined = set(self.quarantine.members())
+        share = self.settings.max_device_share
+        earlier, earlier_devices = self.data.tagged_holdout_set()
+        recent, recent_devices = self.data.tagged_recent_set()
+        return HeldOut(
+            earlier,
+            recent,
+            self.task,
+            device_weights(earlier_devices, share, quarantined),
+            device_weights(recent_devices, share, quarantined),
+        )
 
     def _hyperparameters(self, epochs: int, seed: int) -> Hyperparameters:
         settings = self.settings

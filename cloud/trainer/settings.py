@@ -145,6 +145,49 @@ class TrainerSettings(RedisSettings):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
 
+    # Limits against poisoning (cloud/data/admission.py, cloud/data/quarantine.py)
+    max_device_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="the largest share one device may have of a round's new training data "
+        "and of the gate's held-out data (by weight); its excess waits for a later round. "
+        "1: no cap",
+    )
+    device_share_floor: int = Field(
+        100,
+        ge=0,
+        description="samples a device may always add to a round, whatever its share: with "
+        "fewer devices than 1 / max_device_share, the cap alone would admit nothing",
+    )
+    max_device_backlog: int = Field(
+        20000,
+        ge=0,
+        description="training samples one device may have waiting for admission; beyond it "
+        "its new ones are dead-lettered with the reason (0: no limit)",
+    )
+    quarantine: bool = Field(
+        True, description="check every device's labels against the model and quarantine outliers"
+    )
+    quarantine_margin: float = Field(
+        0.25,
+        gt=0,
+        lt=1,
+        description="how far above the fleet's median disagreement rate a device must be",
+    )
+    quarantine_delta: float = Field(
+        1e-6, gt=0, lt=1, description="the chance bound (Chernoff) below which it is quarantined"
+    )
+    quarantine_min_samples: int = Field(
+        100, ge=1, description="samples checked before a device is judged"
+    )
+    quarantine_error_factor: float = Field(
+        3.0,
+        gt=0,
+        description="regression: a label disagrees when the model's error on it exceeds this "
+        "many times the model's MAE on the trusted seed holdout",
+    )
+
     # The gate and the export (a regressor's are shares of the parent's MAE)
     min_gain: float = Field(0.01, description="child must beat parent on the recent window by this")
     forgetting_tolerance: float = Field(0.03, ge=0, description="allowed loss on earlier data")
@@ -298,6 +341,7 @@ class TrainerSettings(RedisSettings):
             max_event_bytes=self.max_event_bytes,
             deadletter_maxlen=self.deadletter_maxlen,
             read_shared_stream=self.read_shared_stream,
+            max_device_backlog=self.max_device_backlog,
         )
 
     def data_options(self, dataset: Dataset) -> DataOptions:
@@ -310,6 +354,7 @@ class TrainerSettings(RedisSettings):
             holdout_capacity=self.holdout_capacity,
             recent_window=self.recent_window,
             recent_train=self.recent_train,
+            stage=True,
         )
 
     def budget_options(self) -> BudgetOptions:

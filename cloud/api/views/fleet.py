@@ -4,12 +4,14 @@ Everything comes from the keys a status report writes (``shared.status_report``)
 the device key (the latest ``EdgeStatus``, with a TTL: gone means offline) and
 the device index (a sorted set by last-seen time), with each device's desired
 version from the rollout state, per model it serves (``EdgeStatus.serving``). The
-fleet's summary counts devices per model too. Writes for devices are
-``cloud.api.relay``'s.
+fleet's summary counts devices per model too, and lists the quarantined devices
+(cloud/data/quarantine.py), whose release is the one write here; the other
+writes for devices are ``cloud.api.relay``'s.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
@@ -20,8 +22,12 @@ from cloud.api.schemas import (
     DevicesPublic,
     FleetPublic,
     ModelTarget,
+    QuarantinedPublic,
+    QuarantinePublic,
+    QuarantineReleased,
     ServingPublic,
 )
+from cloud.data.quarantine import NotQuarantined, Quarantine
 from cloud.registry.versions import Registry
 from cloud.rollout.director import Director
 from shared import replies
@@ -29,6 +35,8 @@ from shared.errors import MessageError, NotFound
 from shared.keys import FleetKeys, check_name
 from shared.messages import EdgeStatus
 from shared.rollouts import desired_sha
+
+logger = logging.getLogger(__name__)
 
 #: (target, assignment, pin) by (device, model).
 Desired = dict[tuple[str, str], tuple[str | None, str | None, str | None]]
@@ -87,7 +95,51 @@ class FleetView:
             by_health=dict(sorted(by_health.items())),
             stale=[d.device_id for d in devices if d.stale and d.health != "offline"],
             models=models,
+            quarantined=self.quarantined(names),
         )
+
+    # -- quarantine (cloud/data/quarantine.py) ----------------------------------
+
+    def quarantined(self, models: Iterable[str] | None = None) -> list[QuarantinedPublic]:
+        """The devices quarantined for any of ``models`` (default: every published model)."""
+        out = []
+        for model in models if models is not None else self.registry.models():
+            if not _safe(model):
+                continue
+            q = Quarantine(self.client, self.keys, model)
+            for device, r in sorted(q.members().items()):
+                out.append(
+                    QuarantinedPublic(
+                        device_id=device,
+                        model=model,
+                        reason=r.reason,
+                        rate=r.rate,
+                        fleet_rate=r.fleet_rate,
+                        checked=r.checked,
+                        kept=q.kept(device),
+                        since=r.since,
+                    )
+                )
+        return out
+
+    def read_quarantine(self) -> QuarantinePublic:
+        return QuarantinePublic(fleet=self.fleet, devices=self.quarantined())
+
+    def release_quarantine(self, device_id: str, model: str | None, by: str) -> QuarantineReleased:
+        """End a device's quarantine for ``model`` (default: every model it is quarantined
+        for); its kept feedback is queued for training again. NotQuarantined if none."""
+        models = [model] if model is not None else [*self.registry.models()]
+        released, requeued = [], 0
+        for name in models:
+            q = Quarantine(self.client, self.keys, name)
+            if device_id in q.members():
+                requeued += q.release(device_id)
+                released.append(name)
+        if not released:
+            where = f"for {model}" if model is not None else "for any model"
+            raise NotQuarantined(f"device {device_id!r} is not quarantined {where}")
+        logger.info("%s released %s from quarantine for %s", by, device_id, released)
+        return QuarantineReleased(device_id=device_id, models=released, requeued=requeued)
 
     def statuses(self) -> list[DevicePublic]:
         """Every device the fleet has seen (for the metrics)."""

@@ -18,12 +18,13 @@ from fastapi.testclient import TestClient
 from cloud.api.app import create_app
 from cloud.api.settings import ApiSettings
 from cloud.cli import main as cli
+from cloud.data.quarantine import Quarantine
 from cloud.registry.versions import DirBlobStore, Registry
 from cloud.rollout.controller import RolloutController
 from shared.config import load_settings
 from shared.errors import ConfigError
 from shared.keys import FleetKeys
-from shared.messages import FeedbackEvent
+from shared.messages import FeedbackEvent, QuarantineRecord
 from shared.rollouts import GatePolicy, RolloutSpec, StageSpec
 from tests.cloud.api_helpers import PEPPER, bearer, dev_api_settings, issue, report, seed_versions
 
@@ -53,6 +54,22 @@ class World:
         return RolloutController(
             self.client, self.keys, Registry(self.client, self.keys, DirBlobStore(self.blob_dir))
         )
+
+    def quarantine(self, device: str) -> str:
+        """``device`` quarantined for digits; the path that releases it."""
+        record = QuarantineRecord(
+            device_id=device,
+            model="digits",
+            reason="test",
+            checked=200,
+            disagreed=190,
+            rate=0.95,
+            fleet_rate=0.05,
+            bound=0.3,
+            p_value=1e-30,
+        )
+        Quarantine(self.client, self.keys, "digits").put(record)
+        return f"/v1/quarantine/{device}/release"
 
     def rollout(self, paused: bool = False) -> str:
         spec = RolloutSpec(
@@ -119,6 +136,10 @@ WRITES: dict[tuple[str, str], tuple[set[str], Callable[[World], Request]]] = {
     ("POST", "/v1/tokens"): (
         {"admin"},
         lambda w: ("/v1/tokens", {"name": "carol", "role": "viewer"}, None),
+    ),
+    ("POST", "/v1/quarantine/{device_id}/release"): (
+        {"admin"},
+        lambda w: (w.quarantine("pi-03"), None, None),
     ),
     ("DELETE", "/v1/tokens/{name}"): ({"admin"}, lambda w: ("/v1/tokens/viewer", None, None)),
     ("POST", "/v1/feedback"): (

@@ -289,3 +289,29 @@ def test_edges_are_notified_and_bad_requests_are_refused(fleet: Fleet) -> None:
         fleet.controller.create(RolloutSpec(model=MODEL, target="1"))
     with pytest.raises(InputError, match="no device"):
         fleet.controller.create(RolloutSpec(model=MODEL, target="2", devices=["ghost"]))
+
+
+def test_a_stage_waits_for_evidence_from_min_devices(fleet: Fleet) -> None:
+    """One device's reports never promote a version: a two-device canary with only one
+    device reporting on B waits, however good that device says B is."""
+    spec = RolloutSpec(
+        model=MODEL,
+        target="2",
+        gate=FAST_GATE,
+        stages=[StageSpec(name="canary", count=2), StageSpec(name="all", percent=100)],
+    )
+    r = fleet.controller.create(spec)
+    quiet, loud = r.stages[0].devices
+    fleet.report(quiet, fleet.b)  # switched, but no traffic on B
+    for _ in range(6):
+        fleet.report(loud, fleet.b, served=30, labeled=30)
+        fleet.clock.t += 10
+        r = fleet.controller.step_one(r.id)
+    gate = r.stages[0].gate
+    assert r.state == "running" and r.current == 0 and gate["decision"] == "wait"
+    assert "evidence from 1 of 2 devices on B" in gate["reasons"]
+    assert gate["devices_with_evidence"] == 1
+    fleet.report(quiet, fleet.b, served=30, labeled=30)
+    fleet.clock.t += 10
+    r = fleet.controller.step_one(r.id)
+    assert r.current == 1 and r.stages[0].status == "passed"
