@@ -128,7 +128,13 @@ def _tuf_client(
     # A stalled metadata or target read is abandoned at the download deadline, as the
     # updater's own downloads are (slow retrieval).
     client = member.connect(socket_timeout=settings.download_deadline_s, retries=0)
-    return TufClient.from_file(client, member.keys, metadata_dir, settings.tuf_root)
+    return TufClient.from_file(
+        client,
+        member.keys,
+        metadata_dir,
+        settings.tuf_root,
+        deadline_s=settings.download_deadline_s,
+    )
 
 
 def _sink(settings: EdgeSettings, member: FleetMember) -> HttpSink | None:

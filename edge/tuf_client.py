@@ -67,10 +67,21 @@ def _stalled(key: str) -> tuf_errors.SlowRetrievalError:
 
 
 class RedisFetcher(FetcherInterface):
-    """Reads TUF metadata and target files from a fleet's Redis keys."""
+    """Reads TUF metadata and target files from a fleet's Redis keys.
 
-    def __init__(self, client: redis.Redis, keys: FleetKeys, chunk: int = CHUNK) -> None:
+    Each read waits at most the connection's timeout, and a whole download at most
+    ``deadline_s``: a server that trickles pieces just inside the timeout is cut off
+    too (slow retrieval)."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: FleetKeys,
+        chunk: int = CHUNK,
+        deadline_s: float | None = None,
+    ) -> None:
         self._client, self._keys, self._chunk = client, keys, chunk
+        self._deadline_s = deadline_s
 
     def _key(self, url: str) -> str:
         try:
@@ -101,7 +112,13 @@ class RedisFetcher(FetcherInterface):
 
     def _chunks(self, key: str, size: int) -> Iterator[bytes]:
         offset = 0
+        started = time.monotonic()
         while offset < size:
+            if self._deadline_s is not None and time.monotonic() - started > self._deadline_s:
+                raise tuf_errors.SlowRetrievalError(
+                    f"{key}: {offset} of {size} bytes after the {self._deadline_s:g} s"
+                    " download deadline"
+                )
             try:
                 part = self._client.getrange(key, offset, min(offset + self._chunk, size) - 1)
             except redis.TimeoutError as e:
@@ -147,13 +164,14 @@ class TufClient:
         *,
         fetcher: FetcherInterface | None = None,
         base_urls: tuple[str, str] = (METADATA_URL, TARGETS_URL),
+        deadline_s: float | None = None,
     ) -> None:
         """Reads the fleet's repository from Redis through ``client``, or through
         ``fetcher`` at ``base_urls`` (metadata, targets): the API's, for an edge without
-        Redis (edge/fleet_api.py)."""
+        Redis (edge/fleet_api.py). ``deadline_s`` bounds a whole download from Redis."""
         if fetcher is None:
             assert client is not None, "TufClient reads Redis (client) or a fetcher"
-            fetcher = RedisFetcher(client, keys)
+            fetcher = RedisFetcher(client, keys, deadline_s=deadline_s)
         self._fetcher = fetcher
         self._urls = base_urls
         self._dir = Path(metadata_dir)

@@ -4,7 +4,9 @@ It works below TLS: it sees records, not commands. Once ``stall_large`` is set, 
 first chunk from the server of ``threshold`` bytes or more on a connection (a
 payload or manifest, never the small replies of XREAD, STRLEN or a status write)
 and everything after it on that connection is held back: a server that stops
-sending in the middle of a download.
+sending in the middle of a download. Once ``trickle`` is set, every chunk from the
+server waits ``trickle_s`` first: a server that answers each read just inside a
+client's timeout, so that only a deadline for the whole download stops it.
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 
 
 class StallProxy:
-    def __init__(self, upstream_port: int, threshold: int = 1500) -> None:
+    def __init__(self, upstream_port: int, threshold: int = 1500, trickle_s: float = 0.2) -> None:
         self.upstream_port = upstream_port
         self.threshold = threshold
+        self.trickle_s = trickle_s
+        self.trickle = threading.Event()
         self.stall_large = threading.Event()
         self.stalled = threading.Event()  # a connection was stalled
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -44,6 +49,8 @@ class StallProxy:
                 if from_server and self.stall_large.is_set() and len(data) >= self.threshold:
                     held = True
                     self.stalled.set()
+                if from_server and self.trickle.is_set():
+                    time.sleep(self.trickle_s)
                 if not held:
                     dst.sendall(data)
         with contextlib.suppress(OSError):

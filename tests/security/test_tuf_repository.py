@@ -5,18 +5,21 @@ a key that is not the targets key) is refused."""
 
 from __future__ import annotations
 
+import random
 import time
 from pathlib import Path
 
 import pytest
+import redis
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, TargetFile, Targets, Timestamp
 
+from cloud.demo.stall_proxy import StallProxy
 from cloud.registry.publisher import Publisher, PublishRequest
 from cloud.registry.tuf_repo import TufRepository, TufSigners
 from cloud.registry.versions import MemoryBlobStore, Registry
 from edge.daemon import EdgeDaemon
-from edge.tuf_client import NotInTargets, TufClient, TufRefused
+from edge.tuf_client import NotInTargets, RedisFetcher, TufClient, TufRefused
 from shared.codec import decode_full, sha256_hex
 from shared.errors import ConfigError
 from shared.keys import FleetKeys
@@ -68,6 +71,29 @@ def test_published_version_downloads_verified(fleet, tmp_path):
     assert decode_full(got.artifact) == content and sha256_hex(content) == p.sha256
     assert got.signed.manifest().sha256 == p.sha256 and (got.model, got.version) == ("digits", 1)
     assert time.perf_counter() - started < 5
+
+
+def test_a_trickled_download_is_cut_at_its_deadline(fleet, tmp_path, redis_server, keys):
+    """Each read answered inside the connection's timeout, the whole download not
+    inside its deadline: refused as slow retrieval, and a good read goes through."""
+    # 16 KiB that zstd cannot shrink: 32 reads of 512 bytes
+    p = fleet.publish(random.Random(0).randbytes(16384))
+    proxy = StallProxy(redis_server.port)
+    client = redis.Redis(port=proxy.port, socket_timeout=1.0)
+    try:
+        fetcher = RedisFetcher(client, keys, chunk=512, deadline_s=1.0)
+        edge = TufClient(client, keys, tmp_path / "edge", fleet.trusted_root, fetcher=fetcher)
+        edge.refresh()  # metadata at full speed
+        proxy.trickle.set()  # then 0.2 s per reply: 32 reads take 6 s
+        started = time.monotonic()
+        with pytest.raises(TufRefused, match="SlowRetrieval"):
+            edge.download(p.sha256, refresh=False)
+        assert time.monotonic() - started < 3.0
+        proxy.trickle.clear()
+        assert edge.download(p.sha256, refresh=False).sha256 == p.sha256
+    finally:
+        client.close()
+        proxy.close()
 
 
 def test_unlisted_version_refused(fleet, tmp_path, redis_client, keys):
