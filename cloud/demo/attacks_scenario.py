@@ -32,7 +32,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cloud.demo.attacks import ATTACKS, AttackFleet, AttackResult, run_attack
-from cloud.demo.runner import FLEET, Demo
+from cloud.demo.runner import FLEET, Demo, run_to_end
 from cloud.demo.services import python_module, start_redis
 from cloud.demo.stall_proxy import StallProxy
 from cloud.demo.view import edges_table
@@ -268,16 +268,7 @@ def summary(result: dict[str, Any]) -> Table:
 
 
 def run_attacks(demo: AttacksDemo) -> dict[str, Any]:
-    try:
-        demo.start()
-        result = demo.run_scenario()
-    except BaseException:
-        demo.options.keep = True
-        raise
-    finally:
-        demo.close()
-    demo.console.print(summary(result))
-    return result
+    return run_to_end(demo, demo.run_scenario, summary)
 
 
 __all__ = ["AttacksDemo", "run_attacks"]

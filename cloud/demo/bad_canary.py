@@ -29,7 +29,7 @@ from rich.text import Text
 
 from cloud.api.tokens import TokenStore
 from cloud.data.datasets import split
-from cloud.demo.runner import FLEET, Demo, DemoError
+from cloud.demo.runner import FLEET, Demo, DemoError, run_to_end
 from cloud.demo.services import free_port, python_module, start_redis
 from cloud.demo.view import edges_table
 from cloud.export.exporter import ExportResult, export_int8
@@ -247,13 +247,4 @@ def summary(result: dict[str, Any]) -> Table:
 
 
 def run_bad_canary(demo: BadCanaryDemo) -> dict[str, Any]:
-    try:
-        demo.start()
-        result = demo.run_scenario()
-    except BaseException:
-        demo.options.keep = True
-        raise
-    finally:
-        demo.close()
-    demo.console.print(summary(result))
-    return result
+    return run_to_end(demo, demo.run_scenario, summary)

@@ -18,11 +18,12 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.live import Live
 
 from cloud.data.datasets import split
@@ -252,16 +253,30 @@ class Demo(LocalFleet):
         super().close()
 
 
-def run_demo(options: DemoOptions, console: Console) -> dict[str, Any]:
-    demo = Demo(options, console)
+def run_to_end(
+    demo: Demo,
+    work: Callable[[], dict[str, Any]],
+    summary: Callable[[dict[str, Any]], RenderableType],
+) -> dict[str, Any]:
+    """Start ``demo``, run ``work`` (the run or a scenario), close it, print ``summary``
+    of the result: every demo and scenario ends this way."""
     try:
         demo.start()
-        demo.serve_and_drift()
-        result = demo.result()
+        result = work()
     except BaseException:
-        options.keep = True  # keep the logs of a failed run
+        demo.options.keep = True  # keep the logs of a failed run
         raise
     finally:
         demo.close()
-    console.print(summary_table(result))
+    demo.console.print(summary(result))
     return result
+
+
+def run_demo(options: DemoOptions, console: Console) -> dict[str, Any]:
+    demo = Demo(options, console)
+
+    def work() -> dict[str, Any]:
+        demo.serve_and_drift()
+        return demo.result()
+
+    return run_to_end(demo, work, summary_table)
