@@ -9,9 +9,6 @@ the root of trust."""
 from __future__ import annotations
 
 import hashlib
-import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,8 +25,8 @@ from cloud.trainer.settings import TrainerSettings
 from shared.keys import FleetKeys
 from shared.signing import write_keypair
 from shared.tuf_paths import artifact_path
+from tests.acl_redis import acl_server, noperm
 from tests.cloud.conftest import FAST_TRAINER, EventMaker
-from tests.conftest import free_port
 
 FLEET = "lab"
 SHIPPED = Path(__file__).resolve().parents[2] / "deploy" / "cloud" / "users.acl"
@@ -39,42 +36,10 @@ SHIPPED = Path(__file__).resolve().parents[2] / "deploy" / "cloud" / "users.acl"
 def acl_urls(tmp_path: Path) -> Iterator[dict[str, str]]:
     """A redis-server with ``edgeloop acl generate --fleet lab``'s file (password ``pw``)."""
     digest = hashlib.sha256(b"pw").hexdigest()
-    acl = tmp_path / "users.acl"
     text = "\n".join(service_lines([FLEET])) + "\n"
-    acl.write_text(text.replace(PLACEHOLDER_HASH, "#" + digest))
-    port = free_port()
-    proc = subprocess.Popen(
-        [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind",
-         "127.0.0.1", "--aclfile", str(acl), "--save", "", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    urls = {u: f"redis://{u}:pw@127.0.0.1:{port}/0" for u in ("admin", "trainer")}
-    admin = redis.Redis.from_url(urls["admin"])
-    deadline = time.monotonic() + 10
-    try:
-        while True:
-            try:
-                admin.ping()
-                break
-            except redis.ConnectionError:
-                assert proc.poll() is None, "redis-server refused the generated ACL file"
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.02)
-        yield urls
-    finally:
-        admin.close()
-        proc.terminate()
-        proc.wait(10)
-
-
-def _denied(call) -> bool:
-    try:
-        call()
-    except redis.exceptions.NoPermissionError:
-        return True
-    except redis.ResponseError as e:  # in a script or a transaction
-        return "NOPERM" in str(e) or "can't run this command" in str(e)
-    return False
+    text = text.replace(PLACEHOLDER_HASH, "#" + digest)
+    with acl_server(text, tmp_path, lambda port: f"redis://admin:pw@127.0.0.1:{port}/0") as port:
+        yield {u: f"redis://{u}:pw@127.0.0.1:{port}/0" for u in ("admin", "trainer")}
 
 
 def test_the_shipped_trainer_line_is_the_generated_one() -> None:
@@ -149,7 +114,7 @@ def test_a_trainer_publishes_but_cannot_say_what_devices_serve(acl_urls, tmp_pat
         ),
         "another fleet's target": lambda: as_trainer.get(FleetKeys("other").target("digits")),
     }
-    refused = {what for what, call in denied.items() if _denied(call)}
+    refused = {what for what, call in denied.items() if noperm(call)}
     assert refused == set(denied)
     # A direct release (the trainer setting the target) fails whole: nothing half-published.
     pipe = as_trainer.pipeline(transaction=True)

@@ -5,8 +5,6 @@ feedback or the replay buffer, no other fleet); trainer and API users do their j
 from __future__ import annotations
 
 import hashlib
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +25,8 @@ from shared.keys import FleetKeys
 from shared.messages import ProbeSet
 from shared.runtime import TFLiteModel
 from shared.signing import Signer, write_keypair
-from tests.cloud.api_helpers import bearer, dev_api_settings, free_port, issue
+from tests.acl_redis import acl_server, noperm
+from tests.cloud.api_helpers import bearer, dev_api_settings, issue
 
 ACL = Path(__file__).resolve().parents[3] / "deploy" / "cloud" / "users.acl"
 USERS = ("admin", "trainer", "api", "edge")
@@ -45,55 +44,13 @@ def acl_redis(tmp_path) -> Iterator[dict[str, str]]:
         lines.append(
             line.replace("#" + "0" * 64, "#" + hashlib.sha256(password.encode()).hexdigest())
         )
-    acl = tmp_path / "users.acl"
-    acl.write_text("\n".join(lines) + "\n")
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            shutil.which("redis-server") or "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--aclfile",
-            str(acl),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    urls = {u: f"redis://{u}:pw-{u}@127.0.0.1:{port}/0" for u in USERS}
-    urls["anonymous"] = f"redis://127.0.0.1:{port}/0"
-    admin = redis.Redis.from_url(urls["admin"])
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            admin.ping()
-            break
-        except redis.ConnectionError:
-            assert time.monotonic() < deadline, "redis-server with the ACL file did not start"
-            time.sleep(0.05)
-    try:
+    text = "\n".join(lines) + "\n"
+    with acl_server(
+        text, tmp_path, lambda port: f"redis://admin:pw-admin@127.0.0.1:{port}/0"
+    ) as port:
+        urls = {u: f"redis://{u}:pw-{u}@127.0.0.1:{port}/0" for u in USERS}
+        urls["anonymous"] = f"redis://127.0.0.1:{port}/0"
         yield urls
-    finally:
-        admin.close()
-        proc.terminate()
-        proc.wait(10)
-
-
-def _denied(call) -> bool:
-    try:
-        call()
-    except redis.exceptions.NoPermissionError:
-        return True
-    except redis.ResponseError as e:  # in a script: "... can't run this command ..."
-        return "NOPERM" in str(e) or "can't run this command" in str(e)
-    return False
 
 
 def test_an_edge_user_does_what_an_edge_does_and_nothing_else(acl_redis, tmp_path):
@@ -170,7 +127,7 @@ def test_an_edge_user_does_what_an_edge_does_and_nothing_else(acl_redis, tmp_pat
         lambda: edge.hget(keys.pins("digits"), "pi-1"),
     ]
     for i, call in enumerate(allowed):
-        assert not _denied(call), f"allowed call {i} was refused"
+        assert not noperm(call), f"allowed call {i} was refused"
     denied = {
         "announce a version": lambda: edge.xadd(keys.deltas, {"data": b"{}"}),
         "set a target": lambda: edge.set(keys.target("digits"), sha),
@@ -200,11 +157,11 @@ def test_an_edge_user_does_what_an_edge_does_and_nothing_else(acl_redis, tmp_pat
         "flush": lambda: edge.flushall(),
         "config": lambda: edge.config_get("*"),
     }
-    refused = {what for what, call in denied.items() if _denied(call)}
+    refused = {what for what, call in denied.items() if noperm(call)}
     assert refused == set(denied)
     assert trainer.get(keys.target("digits")) is None  # nothing changed
 
-    assert _denied(lambda: trainer.flushall()) and _denied(
+    assert noperm(lambda: trainer.flushall()) and noperm(
         lambda: trainer.get(other.target("digits"))
     )
     edge.close()
