@@ -205,13 +205,7 @@ class AttacksDemo(Demo):
         """Wait until the trainer has settled every label the apps sent and every
         forged event the attacks wrote."""
         sent = sum(a.stats.feedback_sent for a in self.apps.values()) + self.fleet.forged_events
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            status = self.trainer_status()
-            if status and status.feedback_accepted + status.feedback_deadlettered >= sent:
-                return
-            time.sleep(0.5)
-        logger.warning("feedback did not drain in %.0fs", timeout)
+        self.wait_drained(sent, timeout)
 
     def scenario_result(self, results: list[AttackResult]) -> dict[str, Any]:
         apps = [a.stats for a in self.apps.values()]
