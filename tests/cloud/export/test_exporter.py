@@ -77,3 +77,33 @@ def test_write_atomic_replaces_whole_files(tmp_path):
     write_atomic(target, b"two")
     assert target.read_bytes() == b"two"
     assert [p.name for p in target.parent.iterdir()] == ["model.tflite"]
+
+
+def test_a_small_classifier_the_smoothed_ranges_break_is_calibrated_with_min_max(tmp_path):
+    """River's Bananas (two features): the quantizer's "smoothed" ranges clip the few
+    activations that decide most answers; the export falls back to min_max ranges
+    instead of refusing the model."""
+    from cloud.data.datasets import load_dataset
+    from cloud.export.exporter import agreement, quantize_static_int8
+    from cloud.learning.contract import DataInfo, build_model
+    from cloud.learning.training import train
+    from cloud.replay.streams import load_stream
+    from shared.runtime import TFLiteModel
+
+    stream = load_stream("river:bananas", None, seed=0, quick=False)
+    path = tmp_path / "bananas.npz"
+    np.savez(path, X=stream.X[:500], y=stream.y[:500], labels=np.array(stream.labels))
+    data = load_dataset(f"npz:{path}", None, "classification")
+    model = build_model("mlp", DataInfo.of(data), seed=0)
+    model = train(model, data.X, data.y, Hyperparameters(30, 32, 1e-2, 0, 0.0)).model
+    want = predict(model, data.X)
+
+    smoothed = quantize_static_int8(
+        to_float_tflite(model, model.input_spec), data.X[:200], ranges="smoothed"
+    )
+    assert agreement(model.task, TFLiteModel(smoothed).predict_proba_batch(data.X), want) < 0.9
+
+    exported = export_int8(model, data.X[:200], data.X[200:264])
+    assert exported.agreement >= 0.95
+    served = TFLiteModel(exported.content).predict_proba_batch(data.X)
+    assert agreement(model.task, served, want) >= 0.95
