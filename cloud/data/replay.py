@@ -62,6 +62,8 @@ Samples = tuple[npt.NDArray[Any], npt.NDArray[Any]]
 _LABEL = struct.Struct("<i")
 _DRAW = struct.Struct("<Q")
 RING_COUNTER = b"t:n"
+#: The latest drift's mark (cloud/data/concept.py), in the replay hash.
+_DRIFT_OPEN, _DRIFT_HELD, _DRIFT_RING = b"d:open", b"d:held", b"d:ring"
 STATS = ("accepted", "duplicates", "deadlettered", "quarantined")
 
 
@@ -147,6 +149,15 @@ class NewSamples:
         if task.is_classification:
             return [int(v) for v in np.asarray(y).reshape(-1)]
         return [0] * len(np.asarray(y))
+
+
+@dataclass(frozen=True)
+class DriftMark:
+    """Where the latest drift began, in the trainer's counters: held-out samples and
+    training-ring positions accepted before it (cloud/data/concept.py)."""
+
+    held: int
+    ring: int
 
 
 @dataclass
@@ -438,6 +449,51 @@ class TrainerData:
         rows = [(replies.binary(v), tags[i] if i < len(tags) else None) for i, v in enumerate(raw)]
         rows = [(b, d) for b, d in rows if len(b) == size]
         return self.codec.decode(b for b, _ in rows), [d for _, d in rows]
+
+    # -- the latest drift (cloud/data/concept.py) ------------------------------
+
+    def mark_drift(self) -> DriftMark:
+        """Mark a drift as beginning now, unless a drift marked earlier is still open (no
+        version published since it): one drift seen by several signals is one mark."""
+        marks: list[DriftMark] = []
+
+        def txn(pipe: Any) -> None:
+            marks.clear()
+            open_, held, ring = pipe.hmget(self.replay_key, [_DRIFT_OPEN, _DRIFT_HELD, _DRIFT_RING])
+            if replies.text(open_ or b"0") == "1":
+                marks.append(DriftMark(int(held or 0), int(ring or 0)))
+                pipe.multi()
+                return
+            counters = self.read_counters(pipe)
+            marks.append(DriftMark(sum(counters.holdout), counters.ring))
+            pipe.multi()
+            pipe.hset(
+                self.replay_key,
+                mapping={_DRIFT_OPEN: 1, _DRIFT_HELD: marks[0].held, _DRIFT_RING: marks[0].ring},
+            )
+
+        self.client.transaction(txn, self.replay_key)
+        return marks[0]
+
+    def close_drift(self) -> None:
+        """A version was published after the mark: the next signal is a new drift."""
+        self.client.hset(self.replay_key, _DRIFT_OPEN, 0)
+
+    def drift_mark(self) -> DriftMark | None:
+        held, ring = self.client.hmget(self.replay_key, [_DRIFT_HELD, _DRIFT_RING])
+        if held is None or ring is None:
+            return None
+        return DriftMark(int(held), int(ring))
+
+    def since_drift(self, mark: DriftMark) -> tuple[Samples, int]:
+        """The training samples of the ring accepted since ``mark`` (at most the ring's
+        size, oldest first), and how many held-out samples were accepted since it."""
+        counters = self.read_counters(self.client)
+        first = max(mark.ring, counters.ring - self.recent_train)
+        fields = [f"t:{i % self.recent_train}".encode() for i in range(first, counters.ring)]
+        blobs = self.client.hmget(self.replay_key, fields) if fields else []
+        samples = self.codec.decode(replies.binary(b) for b in blobs if b is not None)
+        return samples, max(0, sum(counters.holdout) - mark.held)
 
     def recent_count(self) -> int:
         return int(self.client.llen(self.recent_key))

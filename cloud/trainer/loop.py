@@ -187,6 +187,8 @@ class Trainer:
             self._check_labels(batch.accepted)
         if len(batch.accepted):
             drift = self.drift.update(batch.accepted.served)
+            if drift:
+                self.data.mark_drift()  # cloud/data/concept.py: one open drift, one mark
             if drift and self._drift_signal is None:  # the signal that starts the round
                 self._drift_signal = self.drift.last_signal
             self.trigger.observe(len(batch.accepted), drift)
@@ -270,6 +272,7 @@ class Trainer:
         self.status.last_round = {**report.as_dict(), "ts": time.time()}
         if report.published:
             self.drift = self._drift_detector()
+            self.data.close_drift()
             logger.info("published v%s (%s): %s", report.version, report.trigger, report.reason)
         else:
             logger.info("round %d rejected: %s", report.round, report.reason)

@@ -35,9 +35,10 @@ import numpy.typing as npt
 import redis
 
 from cloud.data.admission import Admission, admit, device_weights
+from cloud.data.concept import contradicted
 from cloud.data.datasets import Dataset, Split
 from cloud.data.quarantine import Quarantine
-from cloud.data.replay import Samples, TrainerData
+from cloud.data.replay import DriftMark, Samples, TrainerData
 from cloud.evaluation.explain import ExplainOptions, RoundRecord, Side, explain_version
 from cloud.evaluation.gate import (
     REGRESSION_FIGURES,
@@ -137,6 +138,7 @@ class Round:
     held_out: HeldOut
     hp: Hyperparameters
     admission: Admission = field(default_factory=Admission)
+    concept: dict[str, Any] = field(default_factory=dict)  # what the latest drift changed
 
 
 class RoundRunner:
@@ -257,6 +259,7 @@ class RoundRunner:
                 **window,
                 "training_samples": len(rnd.y),
                 "admission": rnd.admission.as_dict(),
+                **({"concept": rnd.concept} if rnd.concept else {}),
                 "recent_holdout": len(rnd.held_out.recent[1]),
                 "earlier_holdout": len(rnd.held_out.earlier[1]),
             },
@@ -319,8 +322,26 @@ class RoundRunner:
         quarantined = set(self.quarantine.members())
         admission = admit(self.data, s.max_device_share, s.device_share_floor, quarantined)
         X, y = self.data.training_set()
+        held_out = self._held_out(quarantined)
+        concept: dict[str, Any] = {}
+        current = self._current_concept()
+        if current is not None:
+            (X, y), held_out, concept = _after_drift(current, (X, y), held_out, s.gate_min_recent)
         hp = self._hyperparameters(s.epochs, s.seed + round_no)
-        return Round(parent, X, y, self._held_out(quarantined), hp, admission)
+        return Round(parent, X, y, held_out, hp, admission, concept)
+
+    def _current_concept(self) -> Concept | None:
+        """The labels since the latest drift, when there are enough of them to say what
+        the world is now (a classifier's; cloud/data/concept.py)."""
+        if not self.task.is_classification or not self.settings.drop_contradicted:
+            return None
+        mark = self.data.drift_mark()
+        if mark is None:
+            return None
+        reference, held_since = self.data.since_drift(mark)
+        if len(reference[1]) < self.settings.concept_min_samples:
+            return None
+        return Concept(mark, reference, held_since)
 
     def _held_out(self, quarantined: set[str] | None = None) -> HeldOut:
         """The gate's data, each device's weight capped, quarantined devices' at 0."""
@@ -517,6 +538,46 @@ class RoundRunner:
         self._parent = Parent(
             published.version, published.sha256, exported.content, model, artifact
         )
+
+
+@dataclass(frozen=True)
+class Concept:
+    """The world since the latest drift: its mark, the training samples labelled since
+    (the reference), and how many held-out samples came since."""
+
+    mark: DriftMark
+    reference: Samples
+    held_since: int
+
+
+def _after_drift(
+    concept: Concept, training: Samples, held_out: HeldOut, min_recent: int
+) -> tuple[Samples, HeldOut, dict[str, Any]]:
+    """A round's data after a drift: training and earlier held-out samples the newest
+    labels contradict are left out (the old concept there was overwritten), and the
+    recent window is the held-out samples since the drift (at least ``min_recent``),
+    so that the child is judged on the world as it is now."""
+    X, y = training
+    keep = ~contradicted(concept.reference, training)
+    (eX, ey), ew = held_out.earlier, held_out.earlier_weights
+    keep_earlier = ~contradicted(concept.reference, (eX, ey))
+    (rX, ry), rw = held_out.recent, held_out.recent_weights
+    n = min(len(ry), max(concept.held_since, min_recent))  # the recent window: newest first
+    judged = HeldOut(
+        (eX[keep_earlier], ey[keep_earlier]),
+        (rX[:n], ry[:n]),
+        held_out.task,
+        None if ew is None else ew[keep_earlier],
+        None if rw is None else rw[:n],
+    )
+    facts = {
+        "drift_mark": asdict(concept.mark),
+        "reference_samples": len(concept.reference[1]),
+        "training_contradicted": int((~keep).sum()),
+        "earlier_contradicted": int((~keep_earlier).sum()),
+        "recent_since_drift": n,
+    }
+    return (X[keep], y[keep]), judged, facts
 
 
 def _side(model: TaskModel, exported: ExportResult) -> Side:

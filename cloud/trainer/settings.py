@@ -189,6 +189,14 @@ class TrainerSettings(RedisSettings):
     )
 
     # The gate and the export (a regressor's are shares of the parent's MAE)
+    drop_contradicted: bool = Field(
+        True,
+        description="after a drift, leave out of training and of the forgetting check the "
+        "stored samples the labels since the drift contradict (a classifier's)",
+    )
+    concept_min_samples: int = Field(
+        20, ge=2, description="training samples since a drift before they say what the world is"
+    )
     min_gain: float = Field(0.01, description="child must beat parent on the recent window by this")
     forgetting_tolerance: float = Field(0.03, ge=0, description="allowed loss on earlier data")
     probe_size: int = Field(32, ge=1)
