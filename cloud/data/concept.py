@@ -8,17 +8,20 @@ the new concept — nor can the gate, which checks forgetting on them, let it.
 
 So after a drift (``DriftMark``, set by the trainer when the served accuracy
 drops) the samples labelled since the mark are the *reference* of the current
-concept, and a stored classifier sample is **contradicted** when it lies where
-the reference has data and most of its nearest reference samples carry another
-label. A round trains without the contradicted samples and the gate checks
-forgetting without them. A sample outside the reference's reach is never
+concept. A stored classifier sample is **contradicted** when it lies within the
+reference's reach (its nearest reference sample is no farther than most
+reference samples are from each other) and a model of the current concept (the
+parent fine-tuned on the reference alone: ``cloud/trainer/rounds.py``) gives it
+another label. A round trains without the contradicted samples and the gate
+checks forgetting without them. A sample outside the reference's reach is never
 contradicted: a concept that still exists (a region the new labels do not
 cover) keeps being rehearsed and is still guarded against forgetting.
 
->>> ref_X = np.array([[0.0], [0.1], [0.2], [5.0]], np.float32)
->>> ref_y = np.array([1, 1, 1, 0])
+>>> ref = np.array([[0.0], [0.1], [0.2], [0.3]], np.float32)
 >>> X = np.array([[0.05], [0.15], [20.0]], np.float32)
->>> contradicted((ref_X, ref_y), (X, np.array([0, 1, 0])), k=3).tolist()
+>>> within_reach(ref, X).tolist()
+[True, True, False]
+>>> contradicted(ref, (X, np.array([0, 1, 0])), now=np.array([1, 1, 1])).tolist()
 [True, False, False]
 """
 
@@ -29,37 +32,41 @@ import numpy.typing as npt
 
 from cloud.data.replay import DriftMark, Samples
 
-__all__ = ["DriftMark", "contradicted"]
+__all__ = ["DriftMark", "contradicted", "within_reach"]
 
-#: Nearest reference samples that vote on a stored sample.
-NEIGHBOURS = 5
-#: A stored sample is within the reference's reach when its nearest reference
-#: sample is no farther than this quantile of the reference's own nearest-neighbour
-#: distances.
+#: A sample is within the reference's reach when its nearest reference sample is no
+#: farther than this quantile of the reference samples' own nearest-neighbour distances.
 REACH_QUANTILE = 0.9
 
 
 def contradicted(
-    reference: Samples, samples: Samples, k: int = NEIGHBOURS
+    reference_X: npt.ArrayLike, samples: Samples, now: npt.ArrayLike
 ) -> npt.NDArray[np.bool_]:
-    """Per sample: whether the reference (the newest labels) contradicts its label."""
-    ref_X, ref_y = reference
+    """Per sample: within the reference's reach, and its stored label is not the one
+    the current concept gives it (``now``: class indices)."""
     X, y = samples
-    if len(ref_y) < 2 or len(y) == 0:
-        return np.zeros(len(y), bool)
-    R = np.asarray(ref_X, np.float32).reshape(len(ref_y), -1)
-    S = np.asarray(X, np.float32).reshape(len(y), -1)
+    if len(y) == 0:
+        return np.zeros(0, bool)
+    out: npt.NDArray[np.bool_] = within_reach(reference_X, X) & (np.asarray(now) != np.asarray(y))
+    return out
+
+
+def within_reach(reference_X: npt.ArrayLike, X: npt.ArrayLike) -> npt.NDArray[np.bool_]:
+    """Per row of ``X``: whether the reference has data where it lies (features scaled by
+    their spread over both)."""
+    R = np.asarray(reference_X, np.float32)
+    R = R.reshape(len(R), -1)
+    S = np.asarray(X, np.float32)
+    S = S.reshape(len(S), -1)
+    if len(R) < 2 or len(S) == 0:
+        return np.zeros(len(S), bool)
     scale = np.concatenate([R, S]).std(axis=0)
     scale[scale == 0] = 1.0
     R, S = R / scale, S / scale
-    k = min(k, len(ref_y))
-    d = _distances(S, R)
-    near = np.argpartition(d, k - 1, axis=1)[:, :k]
-    agree = (np.asarray(ref_y)[near] == np.asarray(y)[:, None]).sum(axis=1)
     own = _distances(R, R)
     np.fill_diagonal(own, np.inf)
     reach = float(np.quantile(own.min(axis=1), REACH_QUANTILE))
-    out: npt.NDArray[np.bool_] = (d.min(axis=1) <= reach) & (2 * agree < k)
+    out: npt.NDArray[np.bool_] = _distances(S, R).min(axis=1) <= reach
     return out
 
 

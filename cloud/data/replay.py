@@ -63,7 +63,7 @@ _LABEL = struct.Struct("<i")
 _DRAW = struct.Struct("<Q")
 RING_COUNTER = b"t:n"
 #: The latest drift's mark (cloud/data/concept.py), in the replay hash.
-_DRIFT_OPEN, _DRIFT_HELD, _DRIFT_RING = b"d:open", b"d:held", b"d:ring"
+_DRIFT_HELD, _DRIFT_RING = b"d:held", b"d:ring"
 STATS = ("accepted", "duplicates", "deadlettered", "quarantined")
 
 
@@ -453,31 +453,27 @@ class TrainerData:
     # -- the latest drift (cloud/data/concept.py) ------------------------------
 
     def mark_drift(self) -> DriftMark:
-        """Mark a drift as beginning now, unless a drift marked earlier is still open (no
-        version published since it): one drift seen by several signals is one mark."""
+        """Mark a drift as beginning now, unless the latest mark is still young (fewer
+        held-out samples since it than the recent window holds): one drift, seen by
+        several signals while the served accuracy falls, is one mark."""
         marks: list[DriftMark] = []
 
         def txn(pipe: Any) -> None:
             marks.clear()
-            open_, held, ring = pipe.hmget(self.replay_key, [_DRIFT_OPEN, _DRIFT_HELD, _DRIFT_RING])
-            if replies.text(open_ or b"0") == "1":
-                marks.append(DriftMark(int(held or 0), int(ring or 0)))
+            held, ring = pipe.hmget(self.replay_key, [_DRIFT_HELD, _DRIFT_RING])
+            counters = self.read_counters(pipe)
+            if held is not None and sum(counters.holdout) - int(held) < self.recent_window:
+                marks.append(DriftMark(int(held), int(ring or 0)))
                 pipe.multi()
                 return
-            counters = self.read_counters(pipe)
             marks.append(DriftMark(sum(counters.holdout), counters.ring))
             pipe.multi()
             pipe.hset(
-                self.replay_key,
-                mapping={_DRIFT_OPEN: 1, _DRIFT_HELD: marks[0].held, _DRIFT_RING: marks[0].ring},
+                self.replay_key, mapping={_DRIFT_HELD: marks[0].held, _DRIFT_RING: marks[0].ring}
             )
 
-        self.client.transaction(txn, self.replay_key)
+        self.client.transaction(txn, self.replay_key, self.holdout_key)
         return marks[0]
-
-    def close_drift(self) -> None:
-        """A version was published after the mark: the next signal is a new drift."""
-        self.client.hset(self.replay_key, _DRIFT_OPEN, 0)
 
     def drift_mark(self) -> DriftMark | None:
         held, ring = self.client.hmget(self.replay_key, [_DRIFT_HELD, _DRIFT_RING])
@@ -494,6 +490,41 @@ class TrainerData:
         blobs = self.client.hmget(self.replay_key, fields) if fields else []
         samples = self.codec.decode(replies.binary(b) for b in blobs if b is not None)
         return samples, max(0, sum(counters.holdout) - mark.held)
+
+    def stored(self, holdout: bool) -> tuple[list[bytes], list[bytes], Samples]:
+        """The replay buffer and ring (or the holdout reservoir): each sample's field, its
+        stored bytes, and the samples, in field order."""
+        fields = self._stored(self.holdout_key if holdout else self.replay_key)
+        size = self.codec.size
+        prefixes = (b"s:",) if holdout else (b"s:", b"t:")
+        slots = sorted(
+            (k, v)
+            for k, v in fields.items()
+            if k.startswith(prefixes) and k != RING_COUNTER and len(v) == size
+        )
+        blobs = [v for _, v in slots]
+        return [k for k, _ in slots], blobs, self.codec.decode(blobs)
+
+    def forget(self, holdout: bool, fields: Sequence[bytes], blobs: Sequence[bytes]) -> int:
+        """Delete stored samples (``fields`` holding exactly ``blobs``: one a batch
+        accepted meanwhile has replaced is kept); how many went."""
+        key = self.holdout_key if holdout else self.replay_key
+        if not fields:
+            return 0
+
+        gone: list[bytes] = []
+
+        def txn(pipe: Any) -> None:
+            now = [replies.binary(v) if v is not None else None for v in pipe.hmget(key, fields)]
+            gone[:] = [f for f, old, new in zip(fields, blobs, now, strict=True) if new == old]
+            pipe.multi()
+            if gone:
+                pipe.hdel(key, *gone)
+                if holdout:
+                    pipe.hdel(self.tags_key, *gone)
+
+        self.client.transaction(txn, key)
+        return len(gone)
 
     def recent_count(self) -> int:
         return int(self.client.llen(self.recent_key))

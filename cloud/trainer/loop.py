@@ -272,7 +272,6 @@ class Trainer:
         self.status.last_round = {**report.as_dict(), "ts": time.time()}
         if report.published:
             self.drift = self._drift_detector()
-            self.data.close_drift()
             logger.info("published v%s (%s): %s", report.version, report.trigger, report.reason)
         else:
             logger.info("round %d rejected: %s", report.round, report.reason)

@@ -321,27 +321,58 @@ class RoundRunner:
         s = self.settings
         quarantined = set(self.quarantine.members())
         admission = admit(self.data, s.max_device_share, s.device_share_floor, quarantined)
+        concept = self._young_concept()
+        facts: dict[str, Any] = {}
+        if concept is not None:
+            facts = self._forget_contradicted(parent, concept)
         X, y = self.data.training_set()
         held_out = self._held_out(quarantined)
-        concept: dict[str, Any] = {}
-        current = self._current_concept()
-        if current is not None:
-            (X, y), held_out, concept = _after_drift(current, (X, y), held_out, s.gate_min_recent)
         hp = self._hyperparameters(s.epochs, s.seed + round_no)
-        return Round(parent, X, y, held_out, hp, admission, concept)
+        if concept is not None:
+            held_out = _since_drift(held_out, concept, s.gate_min_recent)
+            facts["recent_since_drift"] = len(held_out.recent[1])
+            hp = self._hyperparameters(s.drift_epochs, s.seed + round_no, s.drift_lr)
+        return Round(parent, X, y, held_out, hp, admission, facts)
 
-    def _current_concept(self) -> Concept | None:
-        """The labels since the latest drift, when there are enough of them to say what
-        the world is now (a classifier's; cloud/data/concept.py)."""
+    def _young_concept(self) -> Concept | None:
+        """The labels since the latest drift while it is young (the recent window still
+        holds samples from before it) and there are enough of them to say what the world
+        is now (a classifier's; cloud/data/concept.py)."""
         if not self.task.is_classification or not self.settings.drop_contradicted:
             return None
         mark = self.data.drift_mark()
         if mark is None:
             return None
         reference, held_since = self.data.since_drift(mark)
+        if held_since >= self.data.recent_window:
+            return None
         if len(reference[1]) < self.settings.concept_min_samples:
             return None
         return Concept(mark, reference, held_since)
+
+    def _forget_contradicted(self, parent: Parent, concept: Concept) -> dict[str, Any]:
+        """Delete the stored samples the labels since the drift contradict (the old concept
+        there was overwritten): the parent fine-tuned on those labels alone says what the
+        world is now, and a sample within their reach that it labels otherwise goes."""
+        s = self.settings
+        hp = self._hyperparameters(s.drift_epochs, s.seed, s.drift_lr)
+        now = fine_tune(parent.model, *concept.reference, hp).model
+        facts: dict[str, Any] = {
+            "drift_mark": asdict(concept.mark),
+            "reference_samples": len(concept.reference[1]),
+        }
+        for holdout, name in ((False, "training_forgotten"), (True, "earlier_forgotten")):
+            fields, blobs, (X, y) = self.data.stored(holdout)
+            if not fields:
+                facts[name] = 0
+                continue
+            labels = predict(now, X).argmax(axis=1)
+            gone = np.flatnonzero(contradicted(concept.reference[0], (X, y), labels))
+            facts[name] = self.data.forget(
+                holdout, [fields[i] for i in gone], [blobs[i] for i in gone]
+            )
+        logger.info("after the drift: %s", facts)
+        return facts
 
     def _held_out(self, quarantined: set[str] | None = None) -> HeldOut:
         """The gate's data, each device's weight capped, quarantined devices' at 0."""
@@ -358,10 +389,10 @@ class RoundRunner:
             device_weights(recent_devices, share, quarantined),
         )
 
-    def _hyperparameters(self, epochs: int, seed: int) -> Hyperparameters:
+    def _hyperparameters(self, epochs: int, seed: int, lr: float | None = None) -> Hyperparameters:
         settings = self.settings
         return Hyperparameters(
-            epochs, settings.batch_size, settings.lr, seed, settings.weight_decay
+            epochs, settings.batch_size, lr or settings.lr, seed, settings.weight_decay
         )
 
     # -- the child ------------------------------------------------------------
@@ -550,34 +581,18 @@ class Concept:
     held_since: int
 
 
-def _after_drift(
-    concept: Concept, training: Samples, held_out: HeldOut, min_recent: int
-) -> tuple[Samples, HeldOut, dict[str, Any]]:
-    """A round's data after a drift: training and earlier held-out samples the newest
-    labels contradict are left out (the old concept there was overwritten), and the
-    recent window is the held-out samples since the drift (at least ``min_recent``),
-    so that the child is judged on the world as it is now."""
-    X, y = training
-    keep = ~contradicted(concept.reference, training)
-    (eX, ey), ew = held_out.earlier, held_out.earlier_weights
-    keep_earlier = ~contradicted(concept.reference, (eX, ey))
+def _since_drift(held_out: HeldOut, concept: Concept, min_recent: int) -> HeldOut:
+    """The recent window cut to the held-out samples since the drift (at least
+    ``min_recent``): the child is judged on the world as it is now."""
     (rX, ry), rw = held_out.recent, held_out.recent_weights
     n = min(len(ry), max(concept.held_since, min_recent))  # the recent window: newest first
-    judged = HeldOut(
-        (eX[keep_earlier], ey[keep_earlier]),
+    return HeldOut(
+        held_out.earlier,
         (rX[:n], ry[:n]),
         held_out.task,
-        None if ew is None else ew[keep_earlier],
+        held_out.earlier_weights,
         None if rw is None else rw[:n],
     )
-    facts = {
-        "drift_mark": asdict(concept.mark),
-        "reference_samples": len(concept.reference[1]),
-        "training_contradicted": int((~keep).sum()),
-        "earlier_contradicted": int((~keep_earlier).sum()),
-        "recent_since_drift": n,
-    }
-    return (X[keep], y[keep]), judged, facts
 
 
 def _side(model: TaskModel, exported: ExportResult) -> Side:

@@ -195,7 +195,11 @@ class TrainerSettings(RedisSettings):
         "stored samples the labels since the drift contradict (a classifier's)",
     )
     concept_min_samples: int = Field(
-        20, ge=2, description="training samples since a drift before they say what the world is"
+        50, ge=2, description="training samples since a drift before they say what the world is"
+    )
+    drift_epochs: int = Field(10, ge=1, description="epochs of a round while a drift is young")
+    drift_lr: float = Field(
+        1e-2, gt=0, description="learning rate of a round while a drift is young"
     )
     min_gain: float = Field(0.01, description="child must beat parent on the recent window by this")
     forgetting_tolerance: float = Field(0.03, ge=0, description="allowed loss on earlier data")

@@ -88,14 +88,18 @@ def test_a_drift_round_publishes_a_better_v2(trainer, events, parts):
         and sum(window["labeled_per_class"].values()) == window["new_samples"]
     )
     assert window["stream_ids"][0] < window["stream_ids"][1]
-    assert m.explanation.hyperparameters["epochs"] == 8 and "drift" in m.explanation.summary
+    # a young drift's round trains harder (drift_epochs, drift_lr) than a quiet one (epochs 8)
+    hp = m.explanation.hyperparameters
+    assert (hp["epochs"], hp["lr"]) == (10, 1e-2) and "drift" in m.explanation.summary
     assert (
         m.explanation.details["parent"]["recent"]["accuracy"] == m.metrics["parent_recent_accuracy"]
     )
-    # The budgeted child could not follow the drift: the round shipped a fresh export, and says why.
+    # The frozen grid could not follow the drift: the round shipped a fresh export, and says
+    # why (the weights left the grid's range, or the budgeted child lost to the fresh one).
     delta = status_of(trainer).last_round["details"]["delta"]
-    assert delta["scales"] == "recalibrated" and delta["reason"] == "budget"
-    assert "a fresh export" in delta["budgeted_rejected"]
+    assert delta["scales"] == "recalibrated" and delta["reason"] in ("clipping", "budget")
+    if delta["reason"] == "budget":
+        assert "a fresh export" in delta["budgeted_rejected"]
     # v2 serves the rotated digits far better than v1 did, in the edge runtime.
     v2 = TFLiteModel(trainer.publisher.content(sha2))
     Xt, yt = drift("digits")(X[900:]), y[900:]
