@@ -11,7 +11,8 @@ quota per device, chosen by water-filling so that no device holds more than
 A device's excess stays in its list, oldest first, for a later round in which
 others have contributed. Since fewer than ``1 / max_share`` devices can never
 satisfy the cap, a device may always add ``floor`` samples (the trainer's
-``device_share_floor``, 100): a lone device still trains, slowly, and its share
+``device_share_floor``, by default ``round_min_samples``): a lone device still
+trains, and its share
 of the round's whole training set (the replay buffer rehearses earlier data
 too) stays small. The move is one
 WATCH/MULTI/EXEC: a sample is admitted once or waits; it is never lost, never

@@ -320,7 +320,8 @@ class RoundRunner:
         parent = self.parent()
         s = self.settings
         quarantined = set(self.quarantine.members())
-        admission = admit(self.data, s.max_device_share, s.device_share_floor, quarantined)
+        floor = s.device_share_floor or 0  # the settings fill it in
+        admission = admit(self.data, s.max_device_share, floor, quarantined)
         concept = self._young_concept()
         facts: dict[str, Any] = {}
         if concept is not None:

@@ -154,11 +154,13 @@ class TrainerSettings(RedisSettings):
         "and of the gate's held-out data (by weight); its excess waits for a later round. "
         "1: no cap",
     )
-    device_share_floor: int = Field(
-        100,
+    device_share_floor: int | None = Field(
+        None,
         ge=0,
         description="samples a device may always add to a round, whatever its share: with "
-        "fewer devices than 1 / max_device_share, the cap alone would admit nothing",
+        "fewer devices than 1 / max_device_share, the cap alone would admit nothing. "
+        "Default: round_min_samples, so that a lone device's samples are admitted as fast "
+        "as they start rounds and its backlog does not grow",
     )
     max_device_backlog: int = Field(
         20000,
@@ -319,6 +321,12 @@ class TrainerSettings(RedisSettings):
                     "and set signing_key = 'DIR/signing.key'"
                 )
             self.signing_key = DEV_KEY_DIR / "signing.key"
+        return self
+
+    @model_validator(mode="after")
+    def _default_share_floor(self) -> TrainerSettings:
+        if self.device_share_floor is None:
+            self.device_share_floor = self.round_min_samples
         return self
 
     @model_validator(mode="after")

@@ -37,6 +37,7 @@ def test_share_cap_quarantine_and_release_through_the_trainer(
             lock_ttl_ms=120_000,
             quarantine_min_samples=60,
             update_mode="full",
+            device_share_floor=100,  # the cap, not the floor, decides what pi-0 adds
         ),
         dataset=digits,
         background_rounds=False,
@@ -105,3 +106,10 @@ def test_share_cap_quarantine_and_release_through_the_trainer(
     total = admission["admitted"] + second.data_window["admission"]["admitted"]
     assert replay_after - replay_before == total  # the reservoir saw each admitted sample once
     trainer.close()
+
+
+def test_a_lone_device_is_admitted_as_fast_as_it_starts_rounds(make_settings):
+    """The floor defaults to one round's worth: with a single device (one edge; the cap
+    alone admits nothing) its backlog does not grow round after round."""
+    assert make_settings(round_min_samples=150).device_share_floor == 150
+    assert make_settings(round_min_samples=150, device_share_floor=40).device_share_floor == 40
