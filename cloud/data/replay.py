@@ -466,7 +466,10 @@ class TrainerData:
                 marks.append(DriftMark(int(held), int(ring or 0)))
                 pipe.multi()
                 return
-            marks.append(DriftMark(sum(counters.holdout), counters.ring))
+            # Training samples accepted but not admitted yet (staged) enter the ring before
+            # any accepted from now on: the drift's first ring position is after them.
+            waiting = sum(self.pending_counts().values()) if self.stage else 0
+            marks.append(DriftMark(sum(counters.holdout), counters.ring + waiting))
             pipe.multi()
             pipe.hset(
                 self.replay_key, mapping={_DRIFT_HELD: marks[0].held, _DRIFT_RING: marks[0].ring}
@@ -485,7 +488,7 @@ class TrainerData:
         """The training samples of the ring accepted since ``mark`` (at most the ring's
         size, oldest first), and how many held-out samples were accepted since it."""
         counters = self.read_counters(self.client)
-        first = max(mark.ring, counters.ring - self.recent_train)
+        first = max(mark.ring, counters.ring - self.recent_train)  # may be ahead of the ring
         fields = [f"t:{i % self.recent_train}".encode() for i in range(first, counters.ring)]
         blobs = self.client.hmget(self.replay_key, fields) if fields else []
         samples = self.codec.decode(replies.binary(b) for b in blobs if b is not None)
