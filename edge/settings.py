@@ -129,6 +129,18 @@ class EdgeSettings(RedisSettings):
     )
     accuracy_window: int = Field(500, ge=1, description="labeled predictions for rolling accuracy")
 
+    # -- adaptation on the edge (edge/adaptation.py) --------------------------
+    adaptation: Literal["auto", "off", "knn"] = Field(
+        "auto",
+        description="a kNN over the device's own latest labels that answers instead of the "
+        "served model while a sign test says it is better: auto = classifiers whose input has "
+        "at most 64 values, knn = every classifier, off = never (regressors never adapt)",
+    )
+    adaptation_window: int = Field(
+        300, ge=8, le=5000, description="the latest labelled samples the kNN votes over"
+    )
+    adaptation_k: int = Field(5, ge=1, le=99, description="neighbours per vote")
+
     # -- model store and updates --------------------------------------------
     keep_versions: int = Field(5, ge=2)
     max_artifact_bytes: int = Field(DEFAULT_MAX_SIZE, ge=1024)
