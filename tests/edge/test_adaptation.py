@@ -17,7 +17,7 @@ from edge.daemon import EdgeDaemon
 from edge.fallback import ServingChain
 from shared.keys import FleetKeys
 from shared.runtime import TFLiteModel
-from tests.serving import Signing, wait_for
+from tests.serving import Call, Signing, wait_for
 
 Factory = Callable[..., EdgeDaemon]
 
@@ -71,6 +71,28 @@ def test_contradicting_labels_turn_it_on_and_the_answers_get_better(
     assert counters.adapter_active and counters.adapter_switches == 1
     assert counters.adapter_labels == 360 and counters.adapted_predictions >= 300
     assert counters.labeled_correct < 0.2 * counters.labeled  # the model's, not the adapter's
+
+
+def test_the_http_answer_says_it_was_adapted(
+    serving: Callable[..., EdgeDaemon], serve: Callable[[EdgeDaemon], Call]
+) -> None:
+    daemon = serving()
+    call = serve(daemon)
+    status, body = call("POST", "/v1/predict", {"x": X[0].tolist()})
+    assert status == 200 and body["adapted"] is False
+    labels = shifted(Y)
+    for i in range(60):
+        status, body = call("POST", "/v1/predict", {"x": X[i].tolist()})
+        call("POST", "/v1/feedback", {"request_id": body["request_id"], "label": int(labels[i])})
+    status, body = call("POST", "/v1/predict", {"x": [X[300].tolist(), X[301].tolist()]})
+    assert status == 200
+    assert [(p["adapted"], p["label"]) for p in body["predictions"]] == [
+        (True, labels[300]),
+        (True, labels[301]),
+    ]
+    assert body["predictions"][0]["fallback"] is False
+    status, health = call("GET", "/v1/health")
+    assert health["counters"]["adapter_active"] is True
 
 
 def test_labels_that_agree_with_the_model_never_turn_it_on(
