@@ -39,6 +39,7 @@ import numpy as np
 import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float32]
+Float64s = npt.NDArray[np.float64]
 
 #: ``adaptation = "auto"`` adapts classifiers whose input has at most this many values:
 #: the kNN's cost grows with the input, and its distances mean little on images.
@@ -60,7 +61,8 @@ class KnnWindow:
     """A k-nearest-neighbours vote over the last ``window`` labelled samples.
 
     Samples are flattened and standardised by the window's own mean and standard
-    deviation; among equally near neighbours the newest win (a stable sort over
+    deviation, in float64 (a float32 input near its largest value overflows a
+    float32 variance); among equally near neighbours the newest win (a stable sort over
     the window ordered newest first), so a stream whose inputs repeat follows its
     newest labels. The answer is the neighbours' vote shares per class.
 
@@ -73,18 +75,16 @@ class KnnWindow:
         self.num_classes = num_classes
         self.window = window
         self.k = k
-        self._x: deque[FloatArray] = deque(maxlen=window)
+        self._x: deque[npt.NDArray[np.float64]] = deque(maxlen=window)
         self._y: deque[int] = deque(maxlen=window)
         self._eye = np.eye(num_classes, dtype=np.float32)
-        self._snapshot: tuple[FloatArray, npt.NDArray[np.intp], FloatArray, FloatArray] | None = (
-            None
-        )
+        self._snapshot: tuple[Float64s, npt.NDArray[np.intp], Float64s, Float64s] | None = None
 
     def __len__(self) -> int:
         return len(self._y)
 
     def learn_one(self, x: npt.NDArray[Any], y: int) -> None:
-        self._x.append(np.asarray(x, np.float32).reshape(-1))
+        self._x.append(np.asarray(x, np.float64).reshape(-1))
         self._y.append(int(y))
         xs = np.stack(list(reversed(self._x)))  # newest first
         mean = xs.mean(axis=0)
@@ -99,7 +99,7 @@ class KnnWindow:
         if snap is None or len(snap[1]) < self.k:
             return None
         z, ys, mean, scale = snap
-        q = (np.asarray(x, np.float32).reshape(-1) - mean) / scale
+        q = (np.asarray(x, np.float64).reshape(-1) - mean) / scale
         d = np.square(z - q).sum(axis=1)
         nearest = ys[np.argsort(d, kind="stable")[: self.k]]
         shares: list[float] = (np.bincount(nearest, minlength=self.num_classes) / self.k).tolist()
@@ -111,7 +111,7 @@ class KnnWindow:
         if snap is None or len(snap[1]) < self.k:
             return None
         z, ys, mean, scale = snap
-        q = (np.asarray(xs, np.float32).reshape(len(xs), -1) - mean) / scale
+        q = (np.asarray(xs, np.float64).reshape(len(xs), -1) - mean) / scale
         d = np.square(q[:, None, :] - z[None, :, :]).sum(axis=2)
         nearest = ys[np.argsort(d, axis=1, kind="stable")[:, : self.k]]
         shares: FloatArray = self._eye[nearest].sum(axis=1) / self.k

@@ -310,9 +310,7 @@ class _Link:
 _BatchRecord = tuple[int, npt.NDArray[Any], _Link, str | None, float, FloatArray, int]
 #: A batch the adapter answered: a _BatchRecord with the adapter's answers in place of
 #: the model's, followed by the model's own.
-_AdaptedRecord = tuple[
-    int, npt.NDArray[Any], _Link, str | None, float, FloatArray, int, FloatArray
-]
+_AdaptedRecord = tuple[int, npt.NDArray[Any], _Link, str | None, float, FloatArray, int, FloatArray]
 #: A recent request: its Prediction, or the record of the batch it was in.
 _Recent = Prediction | _BatchRecord | _AdaptedRecord
 
