@@ -420,7 +420,7 @@ class ServedModel:
             if self._adapter is None or self._adapter_for != (spec, width):
                 self._retire()
                 self._adapter = adapter = Adapter(
-                    width, window=settings.adaptation_window, k=settings.adaptation_k
+                    width, window=settings.adaptation_window, ks=settings.adaptation_ks
                 )
                 adapter.on_switch = lambda on, sha: chain.adapt(adapter if on else None, sha)
                 self._adapter_for = (spec, width)

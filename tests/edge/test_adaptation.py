@@ -163,24 +163,43 @@ def test_sign_test() -> None:
 
 
 def test_knn_ties_go_to_the_newest_and_batches_agree() -> None:
-    knn = KnnWindow(num_classes=3, window=10, k=3)
+    knn = KnnWindow(num_classes=3, window=10, ks=(3, 1, 5))
     same = np.zeros(4, np.float32)
     for y in (0, 0, 0, 1, 1, 2):
         knn.learn_one(same, y)
-    assert knn.predict_one(same) == pytest.approx([0.0, 2 / 3, 1 / 3])
+    assert knn.predict_one(same, 3) == pytest.approx([0.0, 2 / 3, 1 / 3])
+    # newest first the labels are 2 1 1 0 0 0, all equally near
+    assert knn.predict_each_k(same) == [
+        pytest.approx([0.0, 2 / 3, 1 / 3]),
+        [0.0, 0.0, 1.0],
+        pytest.approx([0.4, 0.4, 0.2]),
+    ]
     rng = np.random.default_rng(0)
     for y in rng.integers(0, 3, 20):
         knn.learn_one(rng.normal(size=4).astype(np.float32), int(y))
     assert len(knn) == 10  # the window slides
     xs = rng.normal(size=(6, 4)).astype(np.float32)
-    many = knn.predict_many(xs)
-    assert many is not None
-    assert np.allclose(many, [knn.predict_one(x) for x in xs])
+    for k in (1, 3, 5):
+        many = knn.predict_many(xs, k)
+        assert many is not None
+        assert np.allclose(many, [knn.predict_one(x, k) for x in xs])
+    each = [knn.predict_each_k(x) for x in xs]
+    assert all(
+        e == [knn.predict_one(x, k) for k in (3, 1, 5)] for e, x in zip(each, xs, strict=True)
+    )
+
+
+def test_it_answers_with_the_k_that_was_right_most_often() -> None:
+    adapter = Adapter(2, window=100, ks=(5, 1))
+    x = np.zeros(1, np.float32)
+    for y in [0] * 10 + [1] * 3:  # k = 1 follows the newest label at once, k = 5 after 3
+        adapter.learn(x, y, None, "a")
+    assert adapter.k == 1 and adapter.answer(x) == [0.0, 1.0]
 
 
 def test_the_guard_stops_it_as_soon_as_it_is_no_longer_better() -> None:
     switches: list[bool] = []
-    adapter = Adapter(2, window=20, k=1, compare=20)
+    adapter = Adapter(2, window=20, ks=(1,), compare=20)
     adapter.on_switch = lambda on, sha: switches.append(on) is None
     x = np.zeros(1, np.float32)
     for _ in range(8):  # the adapter repeats the last label, the model says 0
