@@ -304,6 +304,7 @@ def _answer(p: Prediction) -> PredictResponse:
                 "fallback": p.fallback,
                 "fallback_reason": p.fallback_reason,
                 "latency_ms": p.latency_ms,
+                "adapted": p.adapted,
             }
         )
     return PredictResponse.model_validate(

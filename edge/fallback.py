@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from math import isfinite
 from operator import index
 from time import perf_counter
-from typing import Any, NoReturn, overload
+from typing import Any, NoReturn, Protocol, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -131,12 +131,35 @@ class Prediction(tuple[int | str, Any, "_Link", str | None, float, Answer]):
     def fallback(self) -> bool:
         return self[3] is not None
 
+    @property
+    def adapted(self) -> bool:
+        """True when the edge's adapter answered instead of the current model
+        (edge/adaptation.py; AdaptedPrediction)."""
+        return False
+
     def __repr__(self) -> str:
         return (
             f"Prediction(label={self.label}, model_version={self.model_version}, "
             f"request_id={self.request_id!r}, fallback_reason={self.fallback_reason!r}, "
             f"latency_ms={self.latency_ms:.3f})"
         )
+
+
+class AdaptedPrediction(Prediction):
+    """An answer of the edge's adapter instead of the current model: a Prediction
+    whose answer is the adapter's vote shares, with the current model's own answer
+    kept as a seventh field (what feedback reports and the swap guard judges)."""
+
+    __slots__ = ()
+
+    @property
+    def adapted(self) -> bool:
+        return True
+
+    @property
+    def model_label(self) -> int:
+        """What the current model itself answered."""
+        return int(np.argmax(tuple.__getitem__(self, 6)))
 
 
 _new = tuple.__new__
@@ -187,6 +210,29 @@ class BatchPredictions(Sequence[Prediction]):
 
     def __repr__(self) -> str:
         return f"BatchPredictions({list(self)!r})"
+
+
+class AdaptedBatchPredictions(BatchPredictions):
+    """A batch the adapter answered: its record holds the current model's own
+    answers as an eighth field, and its samples are AdaptedPredictions."""
+
+    __slots__ = ()
+
+    def __getitem__(self, i: int | slice) -> Any:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        n, batch, link, reason, ms, outs, size, own = self._record  # type: ignore[misc]
+        k = index(i)
+        if k < 0:
+            k += size
+        if not 0 <= k < size:
+            raise IndexError(f"a batch of {size} has no answer {i}")
+        return _new(AdaptedPrediction, (f"{n}.{k}", batch[k], link, reason, ms, outs[k], own[k]))
+
+    def __iter__(self) -> Iterator[Prediction]:
+        n, batch, link, reason, ms, outs, size, own = self._record  # type: ignore[misc]
+        for k in range(size):
+            yield _new(AdaptedPrediction, (f"{n}.{k}", batch[k], link, reason, ms, outs[k], own[k]))
 
 
 @dataclass(slots=True, frozen=True)
@@ -262,14 +308,27 @@ class _Link:
 #: reason, latency ms, answers, size). Its fields 2-4 are where a Prediction has them,
 #: so the latency statistics read both alike.
 _BatchRecord = tuple[int, npt.NDArray[Any], _Link, str | None, float, FloatArray, int]
+#: A batch the adapter answered: a _BatchRecord with the adapter's answers in place of
+#: the model's, followed by the model's own.
+_AdaptedRecord = tuple[int, npt.NDArray[Any], _Link, str | None, float, FloatArray, int, FloatArray]
 #: A recent request: its Prediction, or the record of the batch it was in.
-_Recent = Prediction | _BatchRecord
+_Recent = Prediction | _BatchRecord | _AdaptedRecord
+
+
+class Adapting(Protocol):
+    """What the chain needs of an adapter (edge.adaptation.Adapter): vote shares for
+    a sample or a batch, or None when it cannot answer yet."""
+
+    def answer(self, x: npt.NDArray[Any]) -> list[float] | None: ...
+
+    def answer_many(self, xs: npt.NDArray[Any]) -> FloatArray | None: ...
 
 
 class _Plan:
     """An immutable view of the chain, replaced whole by ``swap``."""
 
     __slots__ = (
+        "adapter",
         "dtype",
         "head",
         "head_reason",
@@ -281,9 +340,17 @@ class _Plan:
         "spec",
     )
 
-    def __init__(self, links: tuple[_Link, ...], head_reason: str | None) -> None:
+    def __init__(
+        self,
+        links: tuple[_Link, ...],
+        head_reason: str | None,
+        adapter: Adapting | None = None,
+    ) -> None:
         self.links = links
         self.head = links[0] if links and head_reason is None else None
+        #: Answers instead of the head while set (edge/adaptation.py); every new plan
+        #: (a swap, a revert) starts without it.
+        self.adapter = adapter if self.head is not None else None
         self.last = links[-1] if links else None
         self.head_reason = head_reason
         self.spec: TensorSpec | None = links[0].input if links else None
@@ -377,6 +444,36 @@ class ServingChain:
         self.left_out = left_out
         self._plan = _Plan(tuple(links), None if self._current else ABSENT)
 
+    def adapt(self, adapter: Adapting | None, sha256: str) -> bool:
+        """Let ``adapter`` answer instead of the current model (None: stop), if the
+        current model is still ``sha256``, the version it was compared with. A swap or
+        revert meanwhile made a plan without it; True when the plan now says so."""
+        with self._swap_lock:
+            plan = self._plan
+            if adapter is not None and (plan.head is None or plan.head.sha256 != sha256):
+                return False
+            self._plan = _Plan(plan.links, plan.head_reason, adapter)
+            return True
+
+    @property
+    def adapting(self) -> bool:
+        """Whether an adapter answers instead of the current model now."""
+        return self._plan.adapter is not None
+
+    def current_label(self, x: npt.NDArray[Any]) -> tuple[int, str] | None:
+        """The current model's own class for one sample and its sha256, or None (no
+        current model, not a classifier, or its answer failed). Off the hot path."""
+        head = self._plan.head
+        if head is None or not head.classifies:
+            return None
+        try:
+            out = head.run(np.ascontiguousarray(x, head.input.np_dtype).reshape(head.input.shape))
+        except Exception:  # any runtime fault: nothing to compare with
+            return None
+        if not isfinite(sum(out)):
+            return None
+        return int(np.argmax(out)), head.sha256
+
     @property
     def current(self) -> TFLiteModel | None:
         return self._current.model if self._current else None
@@ -463,8 +560,23 @@ class ServingChain:
             return self._walk(plan, x, n, t0, budget_ms, NOT_FINITE)  # type: ignore[arg-type]
         ms = (t1 - t0) * 1000.0
         head.est_ms += (ms - head.est_ms) * EWMA
+        if plan.adapter is not None:
+            return self._adapted(plan.adapter, n, x, head, t0, out)  # type: ignore[arg-type]
         # Prediction(...) rather than _new: the type's own call is a little cheaper.
         self._recent[n % self._recent_size] = p = Prediction((n, x, head, None, ms, out))
+        return p
+
+    def _adapted(
+        self, adapter: Adapting, n: int, x: npt.NDArray[Any], head: _Link, t0: float, out: Answer
+    ) -> Prediction:
+        """The head answered ``out``; the adapter answers instead while it may."""
+        shares = adapter.answer(x)
+        if shares is None:
+            p = _new(Prediction, (n, x, head, None, (perf_counter() - t0) * 1000.0, out))
+        else:
+            ms = (perf_counter() - t0) * 1000.0
+            p = _new(AdaptedPrediction, (n, x, head, None, ms, shares, out))
+        self._recent[n % self._recent_size] = p
         return p
 
     def _predict_slow(self, plan: _Plan, x: Any, t0: float, budget_ms: float | None) -> Prediction:
@@ -521,6 +633,8 @@ class ServingChain:
             ms = (t1 - t0) * 1000.0
             if reason is not None:
                 self._count_fallback(reason)
+            elif plan.adapter is not None:
+                return self._adapted(plan.adapter, n, x, link, t0, out)
             self._recent[n % self._recent_size] = p = _new(
                 Prediction, (n, x, link, reason, ms, out)
             )
@@ -573,6 +687,8 @@ class ServingChain:
                 if not isfinite(total) and not np.isfinite(outs).all():
                     self._check_finite_batch(x, plan)  # type: ignore[arg-type]
                     return self._walk_batch(plan, x, n, t0, budget_ms, NOT_FINITE)  # type: ignore[arg-type]
+                if plan.adapter is not None:
+                    return self._adapted_batch(plan.adapter, n, x, head, t0, outs)  # type: ignore[arg-type]
                 self._recent[n % self._recent_size] = record = (
                     n, x, head, None, (perf_counter() - t0) * 1000.0, outs, size,
                 )  # fmt: skip
@@ -642,9 +758,12 @@ class ServingChain:
                     self._check_finite_batch(batch, plan)
                 reason = reason or NOT_FINITE
                 continue
-            ms = (perf_counter() - t0) * 1000.0
             if reason is not None:
                 self._count_fallback(reason, size)
+            elif plan.adapter is not None:
+                link.learn_batch_way(size)
+                return self._adapted_batch(plan.adapter, n, batch, link, t0, outs)
+            ms = (perf_counter() - t0) * 1000.0
             record: _BatchRecord = (n, batch, link, reason, ms, outs, size)
             self._recent[n % self._recent_size] = record
             link.learn_batch_way(size)
@@ -652,6 +771,27 @@ class ServingChain:
         with self._stats_lock:
             self.failed_requests += size - 1  # _fail counts one
         self._fail(plan, reason)
+
+    def _adapted_batch(
+        self,
+        adapter: Adapting,
+        n: int,
+        batch: npt.NDArray[Any],
+        head: _Link,
+        t0: float,
+        outs: FloatArray,
+    ) -> BatchPredictions:
+        """The head answered ``outs``; the adapter answers instead while it may."""
+        shares = adapter.answer_many(batch)
+        size = len(batch)
+        ms = (perf_counter() - t0) * 1000.0
+        if shares is None:
+            record: _BatchRecord = (n, batch, head, None, ms, outs, size)
+            self._recent[n % self._recent_size] = record
+            return BatchPredictions(record)
+        adapted: _AdaptedRecord = (n, batch, head, None, ms, shares, size, outs)
+        self._recent[n % self._recent_size] = adapted
+        return AdaptedBatchPredictions(adapted)  # type: ignore[arg-type]
 
     def _check_finite_batch(self, batch: npt.NDArray[Any], plan: _Plan) -> None:
         """InputError for a batch holding NaN or infinity, its numbers given back (looked
@@ -730,15 +870,18 @@ class ServingChain:
         canonical = f"{self._prefix}{n}" if k is None else f"{self._prefix}{n}.{k}"
         if entry is None or entry[0] != n or request_id != canonical:
             return None  # expired, or not the canonical form of the id (say, "007")
-        if len(entry) == 7:  # a batch's record: the id must name one of its samples
-            _, batch, link, reason, _, outs, size = entry  # type: ignore[misc]
+        # The model's own answer, which an adapted request keeps after the adapter's.
+        if entry.__class__ is tuple:  # a batch's record: the id must name one of its samples
+            _, batch, link, reason, _, outs, size = entry[:7]  # type: ignore[misc]
             if k is None or not 0 <= k < size:
                 return None
-            x, out = batch[k], outs[k]
+            x, out = batch[k], (entry[7] if len(entry) == 8 else outs)[k]  # type: ignore[misc]
         else:
             if k is not None:
                 return None
-            _, x, link, reason, _, out = entry  # type: ignore[misc]
+            _, x, link, reason, _, out = entry[:6]
+            if len(entry) == 7:
+                out = entry[6]  # type: ignore[misc]
         return RecentInput(
             x.reshape(link.input.shape),
             int(np.argmax(out)) if link.classifies else None,

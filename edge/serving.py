@@ -16,16 +16,17 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from math import isfinite
+from math import isfinite, prod
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
+from edge.adaptation import Adapter, wanted
 from edge.connections import FleetMember
 from edge.director import DirectorGate
-from edge.fallback import BatchPredictions, Prediction, ServingChain
+from edge.fallback import BatchPredictions, Prediction, RecentInput, ServingChain
 from edge.fleet_api import FleetApi, HttpFetcher
 from edge.guard import GuardPolicy, SwapGuard
 from edge.http_uplink import HttpSink
@@ -245,6 +246,12 @@ class ServedModel:
         self._labeled = 0
         self._labeled_correct = 0
         self._load_errors: list[str] = []
+        # Adaptation on the edge (edge/adaptation.py): built for the first label of a
+        # model that wants one, again when the model's input or classes change.
+        self._adapter: Adapter | None = None
+        self._adapter_for: tuple[TensorSpec, int] | None = None
+        self._adapter_lock = threading.Lock()
+        self._retired = (0, 0, 0)  # answered, labels, switches of replaced adapters
 
     # -- lifecycle (EdgeDaemon's) -------------------------------------------
 
@@ -354,7 +361,7 @@ class ServedModel:
         is used and ``x`` is ignored. The event carries the sample as raw bytes.
         """
         if request_id is not None:
-            event, sample = self._joined_event(label, target, request_id)
+            event, sample, answered = self._joined_event(label, target, request_id)
         elif x is not None:
             spec, classifies = self.chain.input, self.chain.classifies
             if spec is None or classifies is None:
@@ -366,6 +373,7 @@ class ServedModel:
                 )
             targets = check_truth(classifies, self.chain.num_classes or 0, label, target)
             sample = batch[0]
+            answered = None
             event = FeedbackEvent(
                 event_id=self.uplink.new_event_id(),
                 device_id=self.settings.device_id,
@@ -378,11 +386,58 @@ class ServedModel:
         else:
             raise InputError("feedback needs a request_id from /v1/predict or the input x")
         queued = self.uplink.submit(event, to_bytes(sample))
+        if event.label is not None:
+            self._adapt(sample, event.label, answered)
         return FeedbackAccepted(event_id=event.event_id, queued=queued)
+
+    def _adapt(self, x: npt.NDArray[Any], label: int, answered: RecentInput | None) -> None:
+        """Teach the adapter one label, compared with the current model's own answer:
+        the one it gave the request if it answered it, else its answer now."""
+        adapter = self._adapter_now()
+        current = self.chain.current
+        if adapter is None or current is None:
+            return
+        if adapter.active and not self.chain.adapting:
+            adapter.reset()  # a swap or revert dropped it: a fresh comparison
+        if answered is not None and answered.model_sha256 == current.sha256:
+            adapter.learn(x, label, answered.predicted, current.sha256)
+            return
+        own = self.chain.current_label(x)
+        if own is not None:
+            adapter.learn(x, label, own[0], own[1])
+
+    def _adapter_now(self) -> Adapter | None:
+        """The adapter for the current model (None if it wants none), new if its
+        input or classes changed."""
+        chain, settings = self.chain, self.settings
+        spec, width = chain.input, chain.num_classes
+        if spec is None or width is None:
+            return None
+        with self._adapter_lock:
+            if not wanted(settings.adaptation, chain.classifies, prod(spec.shape)):
+                self._retire()
+                return None
+            if self._adapter is None or self._adapter_for != (spec, width):
+                self._retire()
+                self._adapter = adapter = Adapter(
+                    width, window=settings.adaptation_window, ks=settings.adaptation_ks
+                )
+                adapter.on_switch = lambda on, sha: chain.adapt(adapter if on else None, sha)
+                self._adapter_for = (spec, width)
+            return self._adapter
+
+    def _retire(self) -> None:
+        old = self._adapter
+        if old is None:
+            return
+        self.chain.adapt(None, "")
+        answered, labels, switches = self._retired
+        self._retired = (answered + old.answered, labels + old.labels, switches + old.switches)
+        self._adapter = None
 
     def _joined_event(
         self, label: int | None, target: Sequence[float] | None, request_id: str
-    ) -> tuple[FeedbackEvent, npt.NDArray[Any]]:
+    ) -> tuple[FeedbackEvent, npt.NDArray[Any], RecentInput]:
         """The event (and its sample) for an earlier prediction, which also counts
         toward the rolling metric."""
         recalled = self.chain.recall(request_id)
@@ -422,7 +477,7 @@ class ServedModel:
             self._labeled += 1
             self._labeled_correct += classifies and score == 1.0
             self._scores.append(score)
-        return event, recalled.x
+        return event, recalled.x, recalled
 
     # -- status -------------------------------------------------------------
 
@@ -474,7 +529,22 @@ class ServedModel:
             full_downloads=self.updater.full_downloads,
             patch_failures=self.updater.patch_failures,
             self_reverts=self.guard.reverts,
+            **self._adapter_counters(),
         )
+
+    def _adapter_counters(self) -> dict[str, Any]:
+        with self._adapter_lock:
+            adapter, (answered, labels, switches) = self._adapter, self._retired
+        if adapter is not None:
+            answered += adapter.answered
+            labels += adapter.labels
+            switches += adapter.switches
+        return {
+            "adapted_predictions": answered,
+            "adapter_labels": labels,
+            "adapter_switches": switches,
+            "adapter_active": self.chain.adapting,
+        }
 
     def public_state(self, running: bool) -> State:
         # serving: the current model is loaded. degraded: answering from a

@@ -129,6 +129,24 @@ class EdgeSettings(RedisSettings):
     )
     accuracy_window: int = Field(500, ge=1, description="labeled predictions for rolling accuracy")
 
+    # -- adaptation on the edge (edge/adaptation.py) --------------------------
+    adaptation: Literal["auto", "off", "knn"] = Field(
+        "auto",
+        description="a kNN over the device's own latest labels that answers instead of the "
+        "served model while a sign test says it is better: auto = classifiers whose input has "
+        "at most 64 values, knn = every classifier, off = never (regressors never adapt)",
+    )
+    adaptation_window: int = Field(
+        1000, ge=16, le=10_000, description="the latest labelled samples the kNN votes over"
+    )
+    adaptation_ks: list[int] = Field(
+        default_factory=lambda: [5, 1, 11],
+        min_length=1,
+        max_length=8,
+        description="neighbours per vote: the kNN votes with each and answers with the one "
+        "right most often over the last 200 labels (ties: the first)",
+    )
+
     # -- model store and updates --------------------------------------------
     keep_versions: int = Field(5, ge=2)
     max_artifact_bytes: int = Field(DEFAULT_MAX_SIZE, ge=1024)
@@ -178,6 +196,14 @@ class EdgeSettings(RedisSettings):
     status_interval_s: float = Field(2.0, gt=0)
     status_ttl_s: int = Field(10, ge=1)
     status_stream_maxlen: int = Field(10_000, ge=1)
+
+    @field_validator("adaptation_ks")
+    @classmethod
+    def _ks_in_window(cls, v: list[int], info: ValidationInfo) -> list[int]:
+        window = info.data.get("adaptation_window", 1000)
+        if not all(1 <= k <= window for k in v):
+            raise ValueError(f"each k must be between 1 and adaptation_window ({window})")
+        return v
 
     @field_validator("device_id", "fleet", "model")
     @classmethod

@@ -502,6 +502,11 @@ class PredictResponse(BaseModel):
     fallback: bool = Field(description="true when a fallback model answered")
     fallback_reason: str | None = None
     latency_ms: float
+    adapted: bool = Field(
+        False,
+        description="true when the edge's adapter (a kNN over its latest labels, measured "
+        "better than the model) answered instead of the current model",
+    )
 
 
 class PredictBatchResponse(BaseModel):
@@ -547,6 +552,12 @@ class EdgeCounters(BaseModel):
     self_reverts: int = Field(
         0, description="versions this edge reverted by itself (edge/guard.py)"
     )
+    adapted_predictions: int = Field(
+        0, description="answers of the edge's adapter instead of the current model"
+    )
+    adapter_labels: int = Field(0, description="labels the edge's adapter learned")
+    adapter_switches: int = Field(0, description="times the adapter started or stopped answering")
+    adapter_active: bool = Field(False, description="the adapter answers instead of the model now")
 
 
 class ModelServing(BaseModel):

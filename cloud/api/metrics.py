@@ -46,6 +46,9 @@ EDGE_COUNTERS = (
     "patches_applied",
     "full_downloads",
     "patch_failures",
+    "adapted_predictions",
+    "adapter_labels",
+    "adapter_switches",
 )
 
 

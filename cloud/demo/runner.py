@@ -237,6 +237,7 @@ class Demo(LocalFleet):
             "feedback_duplicates": trainer.feedback_duplicates,
             "feedback_lost": max(0, sent - settled),
             "fallback_predictions": sum(c.fallback_predictions for c in counters),
+            "adapted_predictions": sum(c.adapted_predictions for c in counters),
             "failed_requests": sum(c.failed_requests for c in counters) + failed_requests(apps),
             "rounds": trainer.rounds + trainer.rounds_rejected,
             "rounds_rejected": trainer.rounds_rejected,

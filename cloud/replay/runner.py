@@ -67,6 +67,7 @@ class Served:
     version: npt.NDArray[np.int64] = field(init=False)
     answered_at: npt.NDArray[np.float64] = field(init=False)
     fallback: npt.NDArray[np.bool_] = field(init=False)
+    adapted: npt.NDArray[np.bool_] = field(init=False)  # the edge's adapter answered
     predicted: npt.NDArray[np.int64] = field(init=False)
     request_ids: list[str | None] = field(init=False)
     label_sent_at: dict[int, float] = field(default_factory=dict)  # streamed row -> time
@@ -83,6 +84,7 @@ class Served:
         self.version = np.full(n, -1, np.int64)
         self.answered_at = np.zeros(n, np.float64)
         self.fallback = np.zeros(n, bool)
+        self.adapted = np.zeros(n, bool)
         self.predicted = np.zeros(n, np.int64)  # predictions asked per row (each once)
         self.request_ids = [None] * n
 
@@ -234,6 +236,7 @@ class Replay(LocalFleet):
         served.request_ids[s] = answer.get("request_id")
         served.version[s] = answer.get("model_version") or -1
         served.fallback[s] = bool(answer.get("fallback"))
+        served.adapted[s] = bool(answer.get("adapted"))
         label = answer.get("label")
         served.correct[s] = label is not None and int(label) == int(
             self.stream.y[self.plan.seed_rows + s]
@@ -383,6 +386,13 @@ class Replay(LocalFleet):
             "label_delay": plan.label_delay,
             **figures,
             "fallback_answers": int(served.fallback.sum()),
+            "adapted_answers": int(served.adapted.sum()),
+            "adapted_accuracy": (
+                round(float(served.correct[served.adapted].mean()), 4)
+                if served.adapted.any()
+                else None
+            ),
+            "adapter_switches": sum(c.adapter_switches for c in counters),
             "time_to_serve_p50": percentile(tts, 50),
             "time_to_serve_p95": percentile(tts, 95),
             "labels_not_served_yet": unserved,

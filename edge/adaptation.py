@@ -1,0 +1,302 @@
+"""Adaptation on the edge: a small online learner that answers instead of the served
+model only while it is measurably better (ARCHITECTURE.md, "Adaptation on the edge").
+
+Between cloud versions an edge serves a model that has not seen the newest labels.
+``Adapter`` learns each label the device receives (test-then-train: it first
+predicts the sample, then learns it) with a k-nearest-neighbours vote over a
+sliding window of the device's most recent labelled samples, and compares its
+answer with the served model's on every one of them. Over the last ``compare``
+labels since the current version was installed it counts b = adapter right and
+model wrong, c = model right and adapter wrong; it answers the requests only while
+b > c with a one-sided sign test p <= ``alpha``, and stops as soon as that no longer
+holds. A new version (hot swap, revert) starts a fresh comparison: the chain drops
+the adapter from its plan at once, and the comparison restarts on the first label
+that the adapter learns under the new version.
+
+Invariants: the chain answers with the adapter only for the version the comparison
+was made against (``ServingChain.adapt`` refuses any other); fallback answers are
+never replaced; the served model's own answer is what feedback reports and what
+the swap guard judges.
+
+>>> a = KnnWindow(num_classes=2, window=8, ks=(3,))
+>>> for v, y in [(0.0, 0), (0.1, 0), (0.2, 0), (5.0, 1), (5.1, 1), (5.2, 1)]:
+...     a.learn_one(np.array([v], np.float32), y)
+>>> a.predict_one(np.array([4.9], np.float32), k=3)
+[0.0, 1.0]
+>>> round(sign_test_p(9, 1), 4)
+0.0107
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from math import comb
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float32]
+Float64s = npt.NDArray[np.float64]
+
+#: ``adaptation = "auto"`` adapts classifiers whose input has at most this many values:
+#: the kNN's cost grows with the input, and its distances mean little on images.
+AUTO_MAX_VALUES = 64
+
+Mode = Literal["auto", "off", "knn"]
+
+
+def sign_test_p(b: int, c: int) -> float:
+    """One-sided sign test: the chance of ``b`` or more wins in ``b + c`` fair coin
+    tosses (the discordant pairs, under "adapter and model are equally good")."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    return sum(comb(n, i) for i in range(b, n + 1)) / 2.0**n
+
+
+class KnnWindow:
+    """k-nearest-neighbours votes over the last ``window`` labelled samples, for each
+    k of ``ks`` from one distance computation.
+
+    Samples are flattened and standardised by the window's own mean and standard
+    deviation, in float64 (a float32 input near its largest value overflows a
+    float32 variance). Among equally near neighbours the newest win, so a stream
+    whose inputs repeat follows its newest labels. An answer is the neighbours'
+    vote shares per class.
+
+    ``learn_one`` and the predicts may run on different threads: the samples live
+    in a ring only ``learn_one`` touches, and each learn publishes one immutable
+    snapshot (standardised samples newest first, labels, mean, scale) by a single
+    reference assignment, which a predict reads once. A learn costs O(window x
+    input values); a predict one matrix-vector product (the squared distance less
+    the query's own norm, which ranks alike) and a partition, not a sort, of the window.
+    """
+
+    def __init__(self, num_classes: int, window: int = 1000, ks: Sequence[int] = (5,)) -> None:
+        self.num_classes = num_classes
+        self.window = window
+        self.ks = tuple(ks)
+        self._kmax = max(self.ks)
+        self._raw: Float64s | None = None  # the ring, [window, input values]
+        self._ys = np.zeros(window, np.intp)
+        self._seen = 0
+        self._eye = np.eye(num_classes, dtype=np.float32)
+        self._snapshot: _Snapshot | None = None
+
+    def __len__(self) -> int:
+        return min(self._seen, self.window)
+
+    def learn_one(self, x: npt.NDArray[Any], y: int) -> None:
+        row = np.asarray(x, np.float64).reshape(-1)
+        if self._raw is None or self._raw.shape[1] != row.size:
+            self._raw, self._seen = np.zeros((self.window, row.size)), 0
+        slot = self._seen % self.window
+        self._raw[slot], self._ys[slot] = row, y
+        self._seen += 1
+        n = len(self)
+        newest_first = (slot - np.arange(n)) % self.window
+        xs = self._raw[newest_first]
+        mean = xs.mean(axis=0)
+        scale = xs.std(axis=0)
+        scale[scale == 0] = 1.0
+        z = (xs - mean) / scale
+        self._snapshot = (z, np.einsum("ij,ij->i", z, z), self._ys[newest_first], mean, scale)
+
+    def predict_one(self, x: npt.NDArray[Any], k: int) -> list[float] | None:
+        """The vote shares of the ``k`` nearest for one sample, or None while the
+        window holds fewer than k."""
+        snap = self._snapshot
+        if snap is None or len(snap[2]) < k:
+            return None
+        z, zz, ys, mean, scale = snap
+        d = zz - 2.0 * (z @ ((np.asarray(x, np.float64).reshape(-1) - mean) / scale))
+        shares: list[float] = (
+            np.bincount(ys[_nearest(d, k)], minlength=self.num_classes) / k
+        ).tolist()
+        return shares
+
+    def predict_each_k(self, x: npt.NDArray[Any]) -> list[list[float]] | None:
+        """The vote shares for one sample with each k of ``ks``, or None while the
+        window holds fewer than the largest k."""
+        snap = self._snapshot
+        if snap is None or len(snap[2]) < self._kmax:
+            return None
+        z, zz, ys, mean, scale = snap
+        d = zz - 2.0 * (z @ ((np.asarray(x, np.float64).reshape(-1) - mean) / scale))
+        near = _nearest(d, self._kmax)
+        ordered = ys[near[np.lexsort((near, d[near]))]]  # nearest first, then newest
+        return [
+            (np.bincount(ordered[:k], minlength=self.num_classes) / k).tolist() for k in self.ks
+        ]
+
+    def predict_many(self, xs: npt.NDArray[Any], k: int) -> FloatArray | None:
+        """The vote shares ``[N, classes]`` of the ``k`` nearest for a batch, or None
+        (see predict_one)."""
+        snap = self._snapshot
+        if snap is None or len(snap[2]) < k:
+            return None
+        z, zz, ys, mean, scale = snap
+        q = (np.asarray(xs, np.float64).reshape(len(xs), -1) - mean) / scale
+        # One matrix-vector product per sample: a [N, window] matrix product was 10x
+        # slower on a loaded 2-core device (the BLAS's threads against the others).
+        nearest = np.stack([ys[_nearest(zz - 2.0 * (z @ row), k)] for row in q])
+        shares: FloatArray = self._eye[nearest].sum(axis=1) / k
+        return shares
+
+
+#: A KnnWindow's state as predicts see it: the standardised samples newest first,
+#: their squared norms, their labels, the mean and the scale.
+_Snapshot = tuple[Float64s, Float64s, npt.NDArray[np.intp], Float64s, Float64s]
+
+
+def _nearest(d: Float64s, k: int) -> npt.NDArray[np.intp]:
+    """The positions of the ``k`` smallest of ``d``, ties going to the lowest
+    positions (the newest samples): a partition, not a sort, of the window."""
+    if k >= len(d):
+        return np.argsort(d, kind="stable")[:k]
+    kth = np.partition(d, k - 1)[k - 1]
+    closer = np.flatnonzero(d < kth)
+    tied = np.flatnonzero(d == kth)[: k - len(closer)]
+    return np.concatenate((closer, tied))
+
+
+class Adapter:
+    """The kNN and its guard: learns labels, compares itself with the served model,
+    and tells the chain when to answer (``on_switch(active, sha256)``).
+
+    It votes with each k of ``ks`` on every label (test-then-train) and answers
+    with the k that was right most often over the last ``compare`` labels (ties:
+    the earlier in ``ks``): one k does not fit every stream — on STAGGER's
+    noiseless repeating inputs k = 1 recovers from a drift fastest, on Agrawal's
+    and SEA's noisy ones k = 11 does best. What the guard compares with the model
+    is the answer the adapter would have served, choice of k included.
+
+    ``learn`` runs on feedback threads (serialised by a lock); ``answer`` and
+    ``answer_many`` on request threads, lock-free but for their counter.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        window: int = 1000,
+        ks: Sequence[int] = (5, 1, 11),
+        compare: int = 200,
+        alpha: float = 0.01,
+        on_switch: Callable[[bool, str], bool] | None = None,
+    ) -> None:
+        self.knn = KnnWindow(num_classes, window, ks)
+        self.alpha = alpha
+        #: Called to start (True) or stop answering for the version sha256; returns
+        #: whether the chain took it (a swap meanwhile refuses a start).
+        self.on_switch = on_switch
+        self._lock = threading.Lock()
+        # Per compared label: +1 adapter right & model wrong, -1 the reverse, 0 a tie.
+        self._outcomes: deque[int] = deque(maxlen=compare)
+        self._b = self._c = 0
+        # Per label, which k were right; and their sums: the k to answer with.
+        self._rights: deque[npt.NDArray[np.int64]] = deque(maxlen=compare)
+        self._right = np.zeros(len(self.knn.ks), np.int64)
+        self.k = self.knn.ks[0]
+        self._sha: str | None = None
+        self.active = False
+        self.labels = 0
+        self.switches = 0
+        self._answered = 0
+        self._count_lock = threading.Lock()
+
+    @property
+    def answered(self) -> int:
+        """Requests (samples of batches included) the adapter answered."""
+        with self._count_lock:
+            return self._answered
+
+    @property
+    def comparison(self) -> tuple[int, int]:
+        """(b, c) over the current comparison window."""
+        with self._lock:
+            return self._b, self._c
+
+    # -- request threads ----------------------------------------------------
+
+    def answer(self, x: npt.NDArray[Any]) -> list[float] | None:
+        shares = self.knn.predict_one(x, self.k)
+        if shares is not None:
+            with self._count_lock:
+                self._answered += 1
+        return shares
+
+    def answer_many(self, xs: npt.NDArray[Any]) -> FloatArray | None:
+        shares = self.knn.predict_many(xs, self.k)
+        if shares is not None:
+            with self._count_lock:
+                self._answered += len(xs)
+        return shares
+
+    # -- feedback threads ---------------------------------------------------
+
+    def learn(self, x: npt.NDArray[Any], y: int, model_label: int | None, sha256: str) -> None:
+        """Test-then-train on one label: compare the adapter's answer for ``x`` (before
+        learning it) with ``model_label``, the answer of the version ``sha256`` that
+        serves now (None: not compared), then learn (x, y), then switch if the
+        comparison says so."""
+        with self._lock:
+            if sha256 != self._sha:
+                self._reset(sha256)
+            votes = self.knn.predict_each_k(x)
+            if votes is not None:
+                labels = [int(np.argmax(v)) for v in votes]
+                mine = labels[self.knn.ks.index(self.k)]
+                self._score_ks(np.array([a == y for a in labels], np.int64))
+                if model_label is not None:
+                    self._compare(int(mine == y) - int(model_label == y))
+            self.knn.learn_one(x, y)
+            self.labels += 1
+            better = self._b > self._c and sign_test_p(self._b, self._c) <= self.alpha
+            if better != self.active:
+                self._switch(better, sha256)
+
+    def reset(self) -> None:
+        """Forget the comparison (not the samples): the next label starts a new one."""
+        with self._lock:
+            self._sha = None
+            self.active = False
+
+    def _score_ks(self, right: npt.NDArray[np.int64]) -> None:
+        if len(self._rights) == self._rights.maxlen:
+            self._right -= self._rights[0]
+        self._rights.append(right)
+        self._right += right
+        self.k = self.knn.ks[int(np.argmax(self._right))]
+
+    def _compare(self, outcome: int) -> None:
+        if len(self._outcomes) == self._outcomes.maxlen:
+            first = self._outcomes[0]
+            self._b -= first == 1
+            self._c -= first == -1
+        self._outcomes.append(outcome)
+        self._b += outcome == 1
+        self._c += outcome == -1
+
+    def _reset(self, sha256: str) -> None:
+        self._outcomes.clear()
+        self._b = self._c = 0
+        self._sha = sha256
+        self.active = False  # the chain dropped the adapter when the version changed
+
+    def _switch(self, on: bool, sha256: str) -> None:
+        taken = self.on_switch(on, sha256) if self.on_switch is not None else True
+        if taken:
+            self.active = on
+            self.switches += 1
+
+
+def wanted(mode: Mode, classifies: bool | None, input_values: int) -> bool:
+    """Whether a model gets an adapter: ``knn`` any classifier, ``auto`` a classifier
+    whose input has at most AUTO_MAX_VALUES values, ``off`` none (nor regressors)."""
+    if mode == "off" or not classifies:
+        return False
+    return mode == "knn" or input_values <= AUTO_MAX_VALUES

@@ -1,0 +1,229 @@
+"""Adaptation on the edge (edge/adaptation.py): a real daemon serving the real digits
+model learns real labelled digits. Labels that contradict the model turn the adapter
+on and the answers get better; labels that agree never do; a new version resets the
+comparison; "off" never adapts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import redis
+from helpers import labeled_digits, publish_version, variant
+
+from edge.adaptation import Adapter, KnnWindow, sign_test_p, wanted
+from edge.daemon import EdgeDaemon
+from edge.fallback import ServingChain
+from shared.keys import FleetKeys
+from shared.runtime import TFLiteModel
+from tests.serving import Call, Signing, wait_for
+
+Factory = Callable[..., EdgeDaemon]
+
+X, Y = labeled_digits()
+
+
+def shifted(y: np.ndarray) -> np.ndarray:
+    """Labels the model contradicts: each digit's label moved by one class."""
+    return (y + 1) % 10
+
+
+@pytest.fixture
+def serving(
+    daemon_factory: Factory, redis_client: redis.Redis, keys: FleetKeys, signing: Signing
+) -> Callable[..., EdgeDaemon]:
+    def make(**overrides: object) -> EdgeDaemon:
+        daemon = daemon_factory(**overrides)
+        publish_version(redis_client, keys, signing.signer, variant(1), 1)
+        wait_for(lambda: daemon.chain.current is not None, what="v1 served")
+        return daemon
+
+    return make
+
+
+def teach(daemon: EdgeDaemon, rows: range, labels: np.ndarray) -> list[bool]:
+    """Predict each row, then send its label by request id; whether each answer was right."""
+    right = []
+    for i in rows:
+        p = daemon.predict(X[i].copy())
+        right.append(p.label == labels[i])
+        daemon.feedback(label=int(labels[i]), request_id=p.request_id)
+    return right
+
+
+def test_contradicting_labels_turn_it_on_and_the_answers_get_better(
+    serving: Callable[..., EdgeDaemon],
+) -> None:
+    daemon = serving()
+    labels = shifted(Y)
+    before = teach(daemon, range(0, 60), labels)
+    assert daemon.chain.adapting
+    after = teach(daemon, range(300, 600), labels)
+    assert np.mean(before[:15]) < 0.2 and np.mean(after) > 0.8
+    p = daemon.predict(X[0].copy())
+    assert p.adapted and p.label == labels[0] and p.probabilities is not None
+    assert abs(float(p.probabilities.sum()) - 1.0) < 1e-6
+    # The feedback join keeps the model's own answer, which the guard and the trainer judge.
+    recalled = daemon.chain.recall(p.request_id)
+    assert recalled is not None and recalled.predicted == int(Y[0]) != p.label
+    counters = daemon.health().models["digits"].counters
+    assert counters.adapter_active and counters.adapter_switches == 1
+    assert counters.adapter_labels == 360 and counters.adapted_predictions >= 300
+    assert counters.labeled_correct < 0.2 * counters.labeled  # the model's, not the adapter's
+
+
+def test_the_http_answer_says_it_was_adapted(
+    serving: Callable[..., EdgeDaemon], serve: Callable[[EdgeDaemon], Call]
+) -> None:
+    daemon = serving()
+    call = serve(daemon)
+    status, body = call("POST", "/v1/predict", {"x": X[0].tolist()})
+    assert status == 200 and body["adapted"] is False
+    labels = shifted(Y)
+    for i in range(60):
+        status, body = call("POST", "/v1/predict", {"x": X[i].tolist()})
+        call("POST", "/v1/feedback", {"request_id": body["request_id"], "label": int(labels[i])})
+    status, body = call("POST", "/v1/predict", {"x": [X[300].tolist(), X[301].tolist()]})
+    assert status == 200
+    assert [(p["adapted"], p["label"]) for p in body["predictions"]] == [
+        (True, labels[300]),
+        (True, labels[301]),
+    ]
+    assert body["predictions"][0]["fallback"] is False
+    status, health = call("GET", "/v1/health")
+    assert health["counters"]["adapter_active"] is True
+
+
+def test_labels_that_agree_with_the_model_never_turn_it_on(
+    serving: Callable[..., EdgeDaemon],
+) -> None:
+    daemon = serving()
+    own = np.array([daemon.predict(X[i].copy()).label for i in range(len(X))])
+    assert not any(daemon.predict(X[i].copy()).adapted for i in range(3))
+    teach(daemon, range(0, 300), own)
+    assert not daemon.chain.adapting
+    counters = daemon.health().models["digits"].counters
+    assert counters.adapter_labels == 300 and counters.adapter_switches == 0
+    assert counters.adapted_predictions == 0
+
+
+def test_a_new_version_resets_the_comparison(
+    serving: Callable[..., EdgeDaemon],
+    redis_client: redis.Redis,
+    keys: FleetKeys,
+    signing: Signing,
+) -> None:
+    daemon = serving()
+    labels = shifted(Y)
+    teach(daemon, range(0, 60), labels)
+    assert daemon.chain.adapting
+    publish_version(redis_client, keys, signing.signer, variant(2), 2)
+    wait_for(lambda: daemon.chain.current and daemon.chain.current.version == 2, what="v2")
+    assert not daemon.chain.adapting and not daemon.predict(X[0].copy()).adapted
+    teach(daemon, range(60, 63), labels)
+    adapter = daemon.served("digits")._adapter
+    assert adapter is not None and not daemon.chain.adapting
+    assert sum(adapter.comparison) <= 3  # only the labels since v2
+    teach(daemon, range(63, 120), labels)  # v2 is as wrong: a fresh chance, then on again
+    assert daemon.chain.adapting
+    assert daemon.health().models["digits"].counters.adapter_switches == 2
+
+
+def test_off_never_adapts(serving: Callable[..., EdgeDaemon]) -> None:
+    daemon = serving(adaptation="off")
+    teach(daemon, range(0, 200), shifted(Y))
+    assert not daemon.chain.adapting
+    counters = daemon.health().models["digits"].counters
+    assert counters.adapter_labels == 0 and counters.adapted_predictions == 0
+
+
+def test_feedback_by_input_teaches_it_too(serving: Callable[..., EdgeDaemon]) -> None:
+    daemon = serving()
+    labels = shifted(Y)
+    for i in range(60):
+        daemon.feedback(label=int(labels[i]), x=X[i].tolist())
+    assert daemon.chain.adapting
+    answers = daemon.predict_batch(X[300:340].copy())
+    assert all(p.adapted for p in answers)
+    assert np.mean([p.label == labels[300 + k] for k, p in enumerate(answers)]) > 0.8
+    recalled = daemon.chain.recall(answers[0].request_id)
+    own = daemon.chain.current.answers(X[300:301]).argmax()  # type: ignore[union-attr]
+    assert recalled is not None and recalled.predicted == own != answers[0].label
+
+
+# -- the parts ---------------------------------------------------------------------
+
+
+def test_sign_test() -> None:
+    assert sign_test_p(0, 0) == 1.0
+    assert sign_test_p(7, 0) == pytest.approx(1 / 128)
+    assert sign_test_p(6, 0) > 0.01 >= sign_test_p(7, 0)
+    assert sign_test_p(5, 5) == pytest.approx(638 / 1024)
+
+
+def test_knn_ties_go_to_the_newest_and_batches_agree() -> None:
+    knn = KnnWindow(num_classes=3, window=10, ks=(3, 1, 5))
+    same = np.zeros(4, np.float32)
+    for y in (0, 0, 0, 1, 1, 2):
+        knn.learn_one(same, y)
+    assert knn.predict_one(same, 3) == pytest.approx([0.0, 2 / 3, 1 / 3])
+    # newest first the labels are 2 1 1 0 0 0, all equally near
+    assert knn.predict_each_k(same) == [
+        pytest.approx([0.0, 2 / 3, 1 / 3]),
+        [0.0, 0.0, 1.0],
+        pytest.approx([0.4, 0.4, 0.2]),
+    ]
+    rng = np.random.default_rng(0)
+    for y in rng.integers(0, 3, 20):
+        knn.learn_one(rng.normal(size=4).astype(np.float32), int(y))
+    assert len(knn) == 10  # the window slides
+    xs = rng.normal(size=(6, 4)).astype(np.float32)
+    for k in (1, 3, 5):
+        many = knn.predict_many(xs, k)
+        assert many is not None
+        assert np.allclose(many, [knn.predict_one(x, k) for x in xs])
+    each = [knn.predict_each_k(x) for x in xs]
+    assert all(
+        e == [knn.predict_one(x, k) for k in (3, 1, 5)] for e, x in zip(each, xs, strict=True)
+    )
+
+
+def test_it_answers_with_the_k_that_was_right_most_often() -> None:
+    adapter = Adapter(2, window=100, ks=(5, 1))
+    x = np.zeros(1, np.float32)
+    for y in [0] * 10 + [1] * 3:  # k = 1 follows the newest label at once, k = 5 after 3
+        adapter.learn(x, y, None, "a")
+    assert adapter.k == 1 and adapter.answer(x) == [0.0, 1.0]
+
+
+def test_the_guard_stops_it_as_soon_as_it_is_no_longer_better() -> None:
+    switches: list[bool] = []
+    adapter = Adapter(2, window=20, ks=(1,), compare=20)
+    adapter.on_switch = lambda on, sha: switches.append(on) is None
+    x = np.zeros(1, np.float32)
+    for _ in range(8):  # the adapter repeats the last label, the model says 0
+        adapter.learn(x, 1, 0, "a")
+    assert adapter.active and switches == [True]
+    for y in (0, 1, 0, 1, 0, 1, 0, 1):  # now the adapter is wrong each time the label flips
+        adapter.learn(x, y, y, "a")
+    assert not adapter.active and switches == [True, False]
+    adapter.learn(x, 1, 0, "b")  # another version: a new comparison
+    assert adapter.comparison == (0, 0) or sum(adapter.comparison) == 1
+
+
+def test_the_chain_refuses_an_adapter_for_a_version_it_no_longer_serves() -> None:
+    chain = ServingChain()
+    model = TFLiteModel(variant(1), version=1)
+    chain.set_models(current=model, last_known_good=None, baseline=None)
+    adapter = Adapter(10)
+    assert not chain.adapt(adapter, "0" * 64)
+    assert chain.adapt(adapter, model.sha256) and chain.adapting
+    chain.swap(TFLiteModel(variant(2), version=2))
+    assert not chain.adapting
+
+
+def test_auto_adapts_small_classifiers_only() -> None:
+    assert wanted("auto", True, 64) and not wanted("auto", True, 65)
+    assert wanted("knn", True, 4096) and not wanted("auto", False, 8)
+    assert not wanted("off", True, 8) and not wanted("knn", None, 8)
