@@ -135,7 +135,14 @@ class SensorApp(threading.Thread):
             return
         self.stats.recent.append(score)
         self.stats.outcomes.append(
-            Outcome(time.monotonic(), drift, answer["model_version"], score, answer["fallback"])
+            Outcome(
+                time.monotonic(),
+                drift,
+                answer["model_version"],
+                score,
+                answer["fallback"],
+                bool(answer.get("adapted")),
+            )
         )
         self._send_truth(client, answer["request_id"], truth)
 

@@ -69,6 +69,7 @@ class Outcome:
     version: int | None
     score: float
     fallback: bool
+    adapted: bool = False  # the edge's adaptation answered, not the version itself
 
 
 def phase_metrics(
@@ -77,7 +78,13 @@ def phase_metrics(
     """The task's metric in each phase, with its name and direction; for a classifier
     also under the ``acc_*`` names the demo has always reported."""
     pre = [o.score for o in outcomes if not o.drift]
-    stale = [o.score for o in outcomes if o.drift and o.version in phase.pre_drift_versions]
+    # The old version's own answers: the edge's adaptation answers for it once it is
+    # measurably better (edge/adaptation.py), which is not what the old version does.
+    stale = [
+        o.score
+        for o in outcomes
+        if o.drift and o.version in phase.pre_drift_versions and not o.adapted
+    ]
     fresh = [
         o
         for o in outcomes

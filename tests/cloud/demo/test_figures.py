@@ -138,3 +138,12 @@ def test_an_answer_in_another_tasks_terms_is_a_failed_request():
     clf = app(CLF)
     assert clf.score({"outputs": [0.2]}, 1) is None
     assert reg.stats.failed == clf.stats.failed == 1
+
+
+def test_the_old_versions_figure_after_the_drift_leaves_out_adapted_answers():
+    """Once the edge's adaptation answers for the old version, its answers are not the old
+    version's: the drift's harm is measured on the version's own answers."""
+    outcomes, phase = timeline([1, 1, 1, 1], [0, 0], [1, 1], [1, 1])
+    outcomes += [Outcome(110.0 + i, True, 1, 1.0, False, True) for i in range(6)]
+    f = phase_metrics(outcomes, phase, CLF)
+    assert f["acc_drift_before_update"] == 0.0

@@ -88,9 +88,13 @@ def test_a_drift_round_publishes_a_better_v2(trainer, events, parts):
         and sum(window["labeled_per_class"].values()) == window["new_samples"]
     )
     assert window["stream_ids"][0] < window["stream_ids"][1]
-    # a young drift's round trains harder (drift_epochs, drift_lr) than a quiet one (epochs 8)
+    # a young drift's round (once 50 labels since the drift say what the world is) trains
+    # harder (drift_epochs, drift_lr) than a quiet one (epochs 8); which one this round was
+    # depends on how many labels had come when the signal started it
     hp = m.explanation.hyperparameters
-    assert (hp["epochs"], hp["lr"]) == (10, 1e-2) and "drift" in m.explanation.summary
+    young = "concept" in window
+    assert (hp["epochs"], hp["lr"]) == ((10, 1e-2) if young else (8, 1e-3))
+    assert "drift" in m.explanation.summary
     assert (
         m.explanation.details["parent"]["recent"]["accuracy"] == m.metrics["parent_recent_accuracy"]
     )
