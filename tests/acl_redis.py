@@ -6,13 +6,12 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import redis
 
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_answering
 
 
 @contextlib.contextmanager
@@ -29,16 +28,8 @@ def acl_server(acl_text: str, workdir: Path, admin_url: Callable[[int], str]) ->
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     admin = redis.Redis.from_url(admin_url(port))
-    deadline = time.monotonic() + 10
     try:
-        while True:
-            try:
-                admin.ping()
-                break
-            except redis.ConnectionError:
-                assert proc.poll() is None, "redis-server refused the ACL file"
-                assert time.monotonic() < deadline, "redis-server with the ACL file did not start"
-                time.sleep(0.02)
+        wait_answering(admin, proc, "redis-server with the ACL file")
         yield port
     finally:
         admin.close()

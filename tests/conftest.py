@@ -43,6 +43,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_answering(
+    client: redis.Redis,
+    proc: subprocess.Popen[bytes] | None = None,
+    what: str = "redis-server",
+    timeout: float = 10.0,
+) -> None:
+    """Ping ``client`` until its redis-server answers; fail when ``proc`` (the server we
+    started) exits first or after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.ping()
+            return
+        except redis.ConnectionError:
+            assert proc is None or proc.poll() is None, f"{what} exited before it answered"
+            assert time.monotonic() < deadline, f"{what} did not answer in {timeout:.0f} s"
+            time.sleep(0.02)
+
+
 class RedisServer:
     """A redis-server we start, stop and restart for real, with AOF on."""
 
@@ -85,15 +104,7 @@ class RedisServer:
             stderr=subprocess.DEVNULL,
         )
         client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if client.ping():
-                    break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
+        wait_answering(client, self.proc)
         client.close()
 
     def stop(self) -> None:

@@ -6,7 +6,7 @@ a model keeps what it learnt. When the world changes where the old samples lie
 samples argue against the new labels in every round, and a round cannot learn
 the new concept — nor can the gate, which checks forgetting on them, let it.
 
-So after a drift (``DriftMark``, set by the trainer when the served accuracy
+So after a drift (``cloud.data.replay.DriftMark``, set by the trainer when the served accuracy
 drops) the samples labelled since the mark are the *reference* of the current
 concept. A stored classifier sample is **contradicted** when it lies within the
 reference's reach (its nearest reference sample is no farther than most
@@ -30,9 +30,9 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from cloud.data.replay import DriftMark, Samples
+from cloud.data.replay import Samples
 
-__all__ = ["DriftMark", "contradicted", "within_reach"]
+__all__ = ["contradicted", "within_reach"]
 
 #: A sample is within the reference's reach when its nearest reference sample is no
 #: farther than this quantile of the reference samples' own nearest-neighbour distances.

@@ -398,15 +398,7 @@ class TrainerData:
 
     def training_set(self) -> Samples:
         """Replay buffer plus the recent-training ring (recent samples count twice when in both)."""
-        fields = self._stored(self.replay_key)
-        # sorted: a hash's order depends on the server's random hash seed, and a round
-        # must train on the same sequence wherever it runs (deterministic under a seed)
-        blobs = [
-            v
-            for k, v in sorted(fields.items())
-            if k.startswith((b"s:", b"t:")) and k != RING_COUNTER
-        ]
-        return self.codec.decode(blobs)
+        return self.stored(holdout=False)[2]
 
     def replay_set(self) -> Samples:
         """The replay buffer alone."""
@@ -496,17 +488,21 @@ class TrainerData:
 
     def stored(self, holdout: bool) -> tuple[list[bytes], list[bytes], Samples]:
         """The replay buffer and ring (or the holdout reservoir): each sample's field, its
-        stored bytes, and the samples, in field order."""
+        stored bytes, and the samples, in field order — sorted: a hash's order depends on
+        the server's random hash seed, and a round must train on the same sequence
+        wherever it runs (deterministic under a seed)."""
         fields = self._stored(self.holdout_key if holdout else self.replay_key)
-        size = self.codec.size
         prefixes = (b"s:",) if holdout else (b"s:", b"t:")
-        slots = sorted(
-            (k, v)
-            for k, v in fields.items()
-            if k.startswith(prefixes) and k != RING_COUNTER and len(v) == size
-        )
-        blobs = [v for _, v in slots]
-        return [k for k, _ in slots], blobs, self.codec.decode(blobs)
+        slots = sorted((k, v) for k, v in fields.items() if k.startswith(prefixes))
+        slots = [(k, v) for k, v in slots if k != RING_COUNTER]
+        size = self.codec.size
+        good = [(k, v) for k, v in slots if len(v) == size]
+        if len(good) < len(slots):
+            logger.warning(
+                "skipped %d stored samples that are not %d bytes", len(slots) - len(good), size
+            )
+        blobs = [v for _, v in good]
+        return [k for k, _ in good], blobs, self.codec.decode(blobs)
 
     def forget(self, holdout: bool, fields: Sequence[bytes], blobs: Sequence[bytes]) -> int:
         """Delete stored samples (``fields`` holding exactly ``blobs``: one a batch

@@ -188,7 +188,7 @@ class Trainer:
         if len(batch.accepted):
             drift = self.drift.update(batch.accepted.served)
             if drift:
-                self.data.mark_drift()  # cloud/data/concept.py: one open drift, one mark
+                self.data.mark_drift()  # cloud/data/concept.py: one young drift, one mark
             if drift and self._drift_signal is None:  # the signal that starts the round
                 self._drift_signal = self.drift.last_signal
             self.trigger.observe(len(batch.accepted), drift)

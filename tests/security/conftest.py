@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ import pytest
 import redis
 
 from shared.transport import tls_options
+from tests.conftest import free_port, wait_answering
 from tests.security.pki import Pki, make_pki
 
 ACL = Path(__file__).resolve().parents[2] / "deploy" / "cloud" / "users.acl"
@@ -31,12 +30,6 @@ USERS = ("admin", "trainer", "api", "edge")
 FLEET = "default"
 
 collect_ignore = ["conftest.py"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -92,15 +85,7 @@ def _start(directory: Path, pki: Pki, *, auth_clients: str, acl: bool) -> TlsRed
         else {}
     )
     client = server.client("admin" if acl else None, **options)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            assert proc.poll() is None, "redis-server refused the TLS options"
-            assert time.monotonic() < deadline, "the TLS redis-server did not start"
-            time.sleep(0.02)
+    wait_answering(client, proc, "the TLS redis-server")
     client.close()
     return server
 
