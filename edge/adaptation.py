@@ -11,7 +11,10 @@ model wrong, c = model right and adapter wrong; it answers the requests only whi
 b > c with a one-sided sign test p <= ``alpha``, and stops as soon as that no longer
 holds. A new version (hot swap, revert) starts a fresh comparison: the chain drops
 the adapter from its plan at once, and the comparison restarts on the first label
-that the adapter learns under the new version.
+that the adapter learns under the new version — with the new version judged again
+on the labels among the last ``compare`` that the trainers held out
+(shared/holdout.py: no version was trained on them), against what the adapter
+answered for them then.
 
 Invariants: the chain answers with the adapter only for the version the comparison
 was made against (``ServingChain.adapt`` refuses any other); fallback answers are
@@ -202,6 +205,14 @@ class Adapter:
         self._right = np.zeros(len(self.knn.ks), np.int64)
         self.k = self.knn.ks[0]
         self._sha: str | None = None
+        #: The current model's own class for one sample and its sha256 (None: no
+        #: answer), to judge a new version on the held-out labels: ``rejudge``.
+        self.judge: Callable[[npt.NDArray[Any]], tuple[int, str] | None] | None = None
+        # Held-out labels among the last ``compare``: (label number, x, y, whether
+        # the adapter's answer before learning it was right).
+        self._held: deque[tuple[int, npt.NDArray[Any], int, bool]] = deque(maxlen=compare)
+        self._compare_over = compare
+        self.rejudged = 0
         self.active = False
         self.labels = 0
         self.switches = 0
@@ -238,11 +249,19 @@ class Adapter:
 
     # -- feedback threads ---------------------------------------------------
 
-    def learn(self, x: npt.NDArray[Any], y: int, model_label: int | None, sha256: str) -> None:
+    def learn(
+        self,
+        x: npt.NDArray[Any],
+        y: int,
+        model_label: int | None,
+        sha256: str,
+        held_out: bool = False,
+    ) -> None:
         """Test-then-train on one label: compare the adapter's answer for ``x`` (before
         learning it) with ``model_label``, the answer of the version ``sha256`` that
         serves now (None: not compared), then learn (x, y), then switch if the
-        comparison says so."""
+        comparison says so. ``held_out``: the trainers never train on this label, so
+        a later version may be judged on it."""
         with self._lock:
             if sha256 != self._sha:
                 self._reset(sha256)
@@ -253,6 +272,8 @@ class Adapter:
                 self._score_ks(np.array([a == y for a in labels], np.int64))
                 if model_label is not None:
                     self._compare(int(mine == y) - int(model_label == y))
+                if held_out:
+                    self._held.append((self.labels, x, y, mine == y))
             self.knn.learn_one(x, y)
             self.labels += 1
             better = self._b > self._c and sign_test_p(self._b, self._c) <= self.alpha
@@ -286,6 +307,24 @@ class Adapter:
         self._b = self._c = 0
         self._sha = sha256
         self.active = False  # the chain dropped the adapter when the version changed
+        self._rejudge(sha256)
+
+    def _rejudge(self, sha256: str) -> None:
+        """Start the new version's comparison with the held-out labels among the last
+        ``compare``: its answer now against the adapter's then. No version was trained
+        on them; the gate that let it out chose it on others like them, which can only
+        favour the model."""
+        if self.judge is None:
+            return
+        since = self.labels - self._compare_over
+        for n, x, y, right in self._held:
+            if n < since:
+                continue
+            own = self.judge(x)
+            if own is None or own[1] != sha256:
+                return  # another version serves already: its own reset judges it
+            self._compare(int(right) - int(own[0] == y))
+            self.rejudged += 1
 
     def _switch(self, on: bool, sha256: str) -> None:
         taken = self.on_switch(on, sha256) if self.on_switch is not None else True

@@ -37,6 +37,7 @@ from edge.tuf_client import TufClient
 from edge.updater import UpdateConsumer, UpdatePolicy
 from edge.uplink import FeedbackUplink, UplinkPolicy
 from shared.errors import InputError, ModelRejected, NotFound, Unavailable
+from shared.holdout import held_out
 from shared.keys import FleetKeys
 from shared.messages import EdgeCounters, FeedbackAccepted, FeedbackEvent, ModelServing
 from shared.runtime import TFLiteModel
@@ -387,12 +388,17 @@ class ServedModel:
             raise InputError("feedback needs a request_id from /v1/predict or the input x")
         queued = self.uplink.submit(event, to_bytes(sample))
         if event.label is not None:
-            self._adapt(sample, event.label, answered)
+            self._adapt(
+                sample, event.label, answered, held_out(event.event_id, self.settings.holdout_every)
+            )
         return FeedbackAccepted(event_id=event.event_id, queued=queued)
 
-    def _adapt(self, x: npt.NDArray[Any], label: int, answered: RecentInput | None) -> None:
+    def _adapt(
+        self, x: npt.NDArray[Any], label: int, answered: RecentInput | None, held: bool
+    ) -> None:
         """Teach the adapter one label, compared with the current model's own answer:
-        the one it gave the request if it answered it, else its answer now."""
+        the one it gave the request if it answered it, else its answer now (``held``:
+        the trainers hold the label out)."""
         adapter = self._adapter_now()
         current = self.chain.current
         if adapter is None or current is None:
@@ -400,11 +406,11 @@ class ServedModel:
         if adapter.active and not self.chain.adapting:
             adapter.reset()  # a swap or revert dropped it: a fresh comparison
         if answered is not None and answered.model_sha256 == current.sha256:
-            adapter.learn(x, label, answered.predicted, current.sha256)
+            adapter.learn(x, label, answered.predicted, current.sha256, held)
             return
         own = self.chain.current_label(x)
         if own is not None:
-            adapter.learn(x, label, own[0], own[1])
+            adapter.learn(x, label, own[0], own[1], held)
 
     def _adapter_now(self) -> Adapter | None:
         """The adapter for the current model (None if it wants none), new if its
@@ -423,6 +429,7 @@ class ServedModel:
                     width, window=settings.adaptation_window, ks=settings.adaptation_ks
                 )
                 adapter.on_switch = lambda on, sha: chain.adapt(adapter if on else None, sha)
+                adapter.judge = chain.current_label
                 self._adapter_for = (spec, width)
             return self._adapter
 

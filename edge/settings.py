@@ -139,6 +139,13 @@ class EdgeSettings(RedisSettings):
     adaptation_window: int = Field(
         1000, ge=16, le=10_000, description="the latest labelled samples the kNN votes over"
     )
+    holdout_every: int = Field(
+        5,
+        ge=2,
+        description="the trainers' holdout_every: one label in this many is never trained on, "
+        "and the adapter judges a new version on those (a wrong value only leans towards the "
+        "served model)",
+    )
     adaptation_ks: list[int] = Field(
         default_factory=lambda: [5, 1, 11],
         min_length=1,

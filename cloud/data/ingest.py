@@ -41,7 +41,6 @@ Validation lives in cloud/data/validation.py, the watermarks in cloud/data/water
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections import Counter
@@ -57,6 +56,7 @@ from cloud.data.validation import Entry, Events, FeedbackValidator, Refused, pay
 from cloud.data.watermark import Watermark
 from shared import replies
 from shared.device_identity import DEVICE_FIELD, FEEDBACK, SIG_FIELD, DeviceKeyring
+from shared.holdout import draws, held_out_draws
 from shared.keys import (
     FEEDBACK_BATCH_FIELD,
     FEEDBACK_FRAMES_FIELD,
@@ -382,11 +382,9 @@ class FeedbackIngest:
     def _commit(self, src: Source, events: Events, dead: list[Refused], ids: list[Any]) -> Batch:
         if not ids:
             return Batch(0, _empty(self.data))
-        draws = _draws(events.heads, events.seqs)
-        reservoir_draws = (draws >> np.uint64(16)).tolist()
-        held_out = (
-            (draws & np.uint64(0xFFFF)) % np.uint64(self.options.holdout_every) == 0
-        ).tolist()
+        z = draws(events.heads, events.seqs)  # fixed by the event ids: shared/holdout.py
+        reservoir_draws = (z >> np.uint64(16)).tolist()
+        held_out = held_out_draws(z, self.options.holdout_every).tolist()
         heads = sorted(set(events.heads))
         seen_key = self.seen_key
         out: dict[str, Any] = {}
@@ -537,35 +535,6 @@ class FeedbackIngest:
                 batch.deadlettered,
                 "; ".join(sorted(set(batch.reasons))[:3]),
             )
-
-
-#: splitmix64 (Steele, Lea, Flood 2014): the increment and the finalizer's multipliers.
-_GAMMA, _MIX1, _MIX2 = (
-    np.uint64(0x9E3779B97F4A7C15),
-    np.uint64(0xBF58476D1CE4E5B9),
-    np.uint64(0x94D049BB133111EB),
-)
-
-
-def _draws(heads: list[str], seqs: list[int]) -> npt.NDArray[np.uint64]:
-    """64 uniform bits per event, fixed by its id ``<head>:<seq>``, so that a retried
-    transaction decides the same: holdout choice (low 16) and reservoir draw (the rest).
-
-    splitmix64 of a hash of the device stream plus the seq, for all events at once:
-    a hash per event id took a fifth of acceptance.
-    """
-    keys = {
-        h: int.from_bytes(hashlib.blake2b(h.encode(), digest_size=8).digest(), "little")
-        for h in set(heads)
-    }
-    z: npt.NDArray[np.uint64] = (
-        np.array([keys[h] for h in heads], np.uint64) + np.array(seqs, np.uint64) * _GAMMA
-    )
-    z ^= z >> np.uint64(30)
-    z *= _MIX1
-    z ^= z >> np.uint64(27)
-    z *= _MIX2
-    return z ^ (z >> np.uint64(31))
 
 
 def _merge(a: Batch, b: Batch) -> Batch:

@@ -98,9 +98,7 @@ class Trainer:
             self.client, self.keys.trainer_lock(s.model_name), s.consumer, s.lock_ttl_ms
         )
         self.drift = self._drift_detector()
-        self.trigger = RoundTrigger(
-            s.round_min_samples, s.round_interval_s, s.round_interval_min_samples
-        )
+        self.trigger = self._round_trigger()
         self.status = TrainerStatus(model=s.model_name, consumer=s.consumer)
         self._executor = (
             ThreadPoolExecutor(1, thread_name_prefix="round") if background_rounds else None
@@ -248,6 +246,8 @@ class Trainer:
             return dict(signal)
         if trigger == "timer":
             return {"interval_s": s.round_interval_s, "threshold": s.round_interval_min_samples}
+        if trigger == "concept":
+            return {"threshold": s.concept_round_samples}
         return {"threshold": s.round_min_samples}
 
     def _collect(self) -> None:
@@ -276,6 +276,31 @@ class Trainer:
         else:
             logger.info("round %d rejected: %s", report.round, report.reason)
         self.write_status()
+
+    def _round_trigger(self) -> RoundTrigger:
+        """Counts, timer and drift; after a classifier's drift, the young concept's pace:
+        the drift round once the samples since it can say what the world is (concept_min
+        _samples for training, concept_min_recent held out), then a round every
+        concept_round_samples while it is young (fewer held out since it than the recent
+        window holds; cloud/data/replay.py's mark)."""
+        s = self.settings
+        if not (self.dataset.task.is_classification and s.drop_contradicted):
+            return RoundTrigger(
+                s.round_min_samples, s.round_interval_s, s.round_interval_min_samples
+            )
+        k = s.holdout_every
+        return RoundTrigger(
+            s.round_min_samples,
+            s.round_interval_s,
+            s.round_interval_min_samples,
+            # a quarter more than the expected share of training samples: the holdout
+            # draw varies, and a drift round without its concept learns nothing
+            concept_samples=max(
+                -(-5 * s.concept_min_samples * k // (4 * (k - 1))), s.concept_min_recent * k
+            ),
+            young_samples=s.concept_round_samples,
+            young_span=s.recent_window * k,
+        )
 
     def _drift_detector(self) -> DriftDetector:
         s = self.settings

@@ -330,7 +330,9 @@ class RoundRunner:
         held_out = self._held_out(quarantined)
         hp = self._hyperparameters(s.epochs, s.seed + round_no)
         if concept is not None:
-            held_out = _since_drift(held_out, concept, s.gate_min_recent)
+            X, y = _weighted_concept(X, y, concept.reference, s.concept_share)
+            facts["concept_share"] = round(_share(len(y), len(concept.reference[1]), len(X)), 3)
+            held_out = _since_drift(held_out, concept, s.concept_min_recent, s.gate_min_recent)
             facts["recent_since_drift"] = len(held_out.recent[1])
             hp = self._hyperparameters(s.drift_epochs, s.seed + round_no, s.drift_lr)
         return Round(parent, X, y, held_out, hp, admission, facts)
@@ -582,11 +584,41 @@ class Concept:
     held_since: int
 
 
-def _since_drift(held_out: HeldOut, concept: Concept, min_recent: int) -> HeldOut:
-    """The recent window cut to the held-out samples since the drift (at least
-    ``min_recent``): the child is judged on the world as it is now."""
+def _copies(stored: int, since: int, share: float) -> int:
+    """How many more times the ``since`` samples of a young concept (already once among
+    the ``stored``) are repeated to make up ``share`` of a round's training data."""
+    if since == 0 or share <= 0 or stored <= since:
+        return 0
+    # since * (1 + c) = share * (stored + since * c)
+    return max(0, round((share * stored - since) / (since * (1 - share))))
+
+
+def _share(before: int, since: int, after: int) -> float:
+    """The share the since-drift samples have of a round's ``after`` training samples."""
+    return (since + (after - before)) / after if after else 0.0
+
+
+def _weighted_concept(
+    X: npt.NDArray[Any], y: npt.NDArray[Any], reference: tuple[Any, Any], share: float
+) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+    """The training data with the labels since a young drift repeated to ``share`` of it:
+    the stored samples from before the drift (those the new labels do not contradict)
+    outnumber them many times, and would otherwise slow the new concept's learning
+    down as much."""
+    rX, ry = reference
+    c = _copies(len(y), len(ry), share)
+    if c == 0:
+        return X, y
+    return np.concatenate([X, *([rX] * c)]), np.concatenate([y, *([ry] * c)])
+
+
+def _since_drift(held_out: HeldOut, concept: Concept, min_since: int, min_recent: int) -> HeldOut:
+    """The recent window cut to the held-out samples since the drift, when there are
+    ``min_since`` of them: the child is judged on the world as it is now. Fewer: the
+    newest ``min_recent``, some from before the drift."""
     (rX, ry), rw = held_out.recent, held_out.recent_weights
-    n = min(len(ry), max(concept.held_since, min_recent))  # the recent window: newest first
+    since = concept.held_since
+    n = min(len(ry), since if since >= min_since else max(since, min_recent))  # newest first
     return HeldOut(
         held_out.earlier,
         (rX[:n], ry[:n]),

@@ -199,6 +199,22 @@ class TrainerSettings(RedisSettings):
     concept_min_samples: int = Field(
         50, ge=2, description="training samples since a drift before they say what the world is"
     )
+    concept_min_recent: int = Field(
+        10,
+        ge=1,
+        description="held-out samples since a drift that judge its rounds alone (fewer: the "
+        "newest gate_min_recent, some from before the drift)",
+    )
+    concept_share: float = Field(
+        0.5,
+        ge=0,
+        lt=1,
+        description="share of a young drift's rounds' training data that is the labels since "
+        "the drift (repeated to reach it; 0: each once)",
+    )
+    concept_round_samples: int = Field(
+        50, ge=1, description="new samples that start a round while a drift is young"
+    )
     drift_epochs: int = Field(10, ge=1, description="epochs of a round while a drift is young")
     drift_lr: float = Field(
         1e-2, gt=0, description="learning rate of a round while a drift is young"

@@ -1,4 +1,5 @@
-"""When to train: enough new labels, a timer, or drift in the served metric.
+"""When to train: enough new labels, a timer, or drift in the served metric (and,
+while a drift's concept is young, fewer new labels).
 
 The drift signal watches the feedback itself: each event carries what the edge
 served (the ``predicted`` class, or a regressor's ``predicted_outputs``), so the
@@ -116,7 +117,17 @@ class DriftDetector:
 
 
 class RoundTrigger:
-    """Counts new samples and says which trigger, if any, is due."""
+    """Counts new samples and says which trigger, if any, is due.
+
+    After a drift signal the labels since it are a new concept, and a round on too few
+    of them learns nothing (cloud/data/concept.py needs ``concept_samples`` of them):
+    the drift round waits until that many samples have been accepted since the signal.
+    While the concept is young (fewer than ``young_span`` samples since the signal) a
+    round is due every ``young_samples`` new samples instead of every ``min_samples``:
+    the served version is furthest from the world then, and each round closes more of
+    the gap than a quiet one. 0 for all three: the drift round at once and no young
+    concept (a regressor's, or with the concept's data handling off).
+    """
 
     def __init__(
         self,
@@ -124,23 +135,46 @@ class RoundTrigger:
         interval_s: float,
         interval_min_samples: int,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        concept_samples: int = 0,
+        young_samples: int = 0,
+        young_span: int = 0,
     ) -> None:
         self.min_samples = min_samples
         self.interval_s = interval_s
         self.interval_min_samples = interval_min_samples
         self.clock = clock
+        self.concept_samples = concept_samples
+        self.young_samples = young_samples
+        self.young_span = young_span
         self.pending = 0
         self.drift = False
+        #: Samples accepted since the latest drift signal while its concept is young.
+        self.since_drift: int | None = None
         self._last = clock()
 
     def observe(self, new_samples: int, drift: bool = False) -> None:
         self.pending += new_samples
         self.drift = self.drift or drift
+        if drift and self.since_drift is None and self.young_span:
+            self.since_drift = 0  # a signal while the concept is young is the same drift
+        if self.since_drift is not None:
+            self.since_drift += new_samples
+            if self.since_drift >= self.young_span:
+                self.since_drift = None
+
+    @property
+    def young(self) -> bool:
+        """A drift's concept is young: rounds come every ``young_samples``."""
+        return self.since_drift is not None and self.young_samples > 0
 
     def due(self) -> str | None:
-        """ "drift", "count", "timer" or None."""
+        """ "drift", "concept", "count", "timer" or None."""
         if self.drift and self.pending > 0:
-            return "drift"
+            ready = self.since_drift is None or self.since_drift >= self.concept_samples
+            return "drift" if ready else None
+        if self.young and self.pending >= self.young_samples:
+            return "concept"
         if self.pending >= self.min_samples:
             return "count"
         if (

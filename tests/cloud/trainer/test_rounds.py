@@ -203,6 +203,8 @@ def test_after_an_overwritten_concept_a_round_learns_the_new_one(with_parent, pa
     assert len(rounds.data.training_set()[1]) == stored - concept["training_forgotten"]
     assert concept["earlier_forgotten"] > 0 and concept["recent_since_drift"] == 100
     assert report.hyperparameters["lr"] == 1e-2  # a young drift's
+    # the 300 labels since the drift, repeated to half of what the round trained on
+    assert concept["concept_share"] == pytest.approx(0.5, abs=0.05)
     child, parent = report.details["child"]["recent"], report.details["parent"]["recent"]
     assert child["accuracy"] > 0.5 > 0.1 > parent["accuracy"]
 

@@ -1,5 +1,6 @@
 """When a round starts (cloud/trainer/triggers.py): the count, the timer and the
-drift signal each fire exactly at their threshold, and a round resets them."""
+drift signal each fire exactly at their threshold, and a round resets them; after a
+drift, the young concept's pace."""
 
 from __future__ import annotations
 
@@ -68,6 +69,36 @@ def test_drift_fires_at_once_but_only_with_new_samples(trigger):
     assert trigger.started() == 501
     trigger.observe(1)
     assert trigger.due() is None  # the round consumed the signal
+
+
+def test_a_young_concept_waits_for_its_samples_then_trains_in_small_rounds(clock):
+    t = RoundTrigger(100, 60.0, 20, clock, concept_samples=60, young_samples=25, young_span=300)
+    t.observe(500)  # a count round is due ...
+    t.observe(10, drift=True)
+    assert t.due() is None  # ... but a drift outranks it, and waits for its concept
+    t.observe(49)
+    assert t.due() is None
+    t.observe(1)
+    assert t.due() == "drift"
+    t.started()
+    t.observe(24, drift=True)  # the same drift signalled again: no new wait
+    assert t.due() == "drift"
+    t.started()
+    t.observe(24)
+    assert t.due() is None
+    t.observe(1)
+    assert t.due() == "concept"
+    t.started()
+    t.observe(199)  # 300 samples since the signal: the concept is no longer young
+    assert not t.young and t.due() == "count"
+
+
+def test_without_a_concept_pace_drift_fires_at_once_and_no_concept_rounds(trigger):
+    trigger.observe(1, drift=True)
+    assert trigger.due() == "drift"
+    trigger.started()
+    trigger.observe(99)
+    assert not trigger.young and trigger.due() is None
 
 
 def outcomes(hits: int, misses: int = 0) -> np.ndarray:
