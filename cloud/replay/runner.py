@@ -169,6 +169,10 @@ class Replay(LocalFleet):
             "round_min_samples": 100 if quick else 200,
             "round_interval_s": 10.0 if quick else 20.0,
             "drift_window": 40,
+            # a tabular MLP's quiet rounds learn more per round from more passes at a
+            # higher rate (ARCHITECTURE.md, "Learning fast enough")
+            "epochs": 20,
+            "lr": 3e-3,
         }
 
     # -- streaming ---------------------------------------------------------------
