@@ -140,6 +140,16 @@ def seed_workload(stream: Stream, plan: Plan, workdir: Path, seed: int) -> Workl
     )
 
 
+def round_samples(labels: int, quick: bool = False) -> int:
+    """New labels that start a round: 200 (100 quick), fewer for a short stream, so
+    that its labels make about ten rounds (at least 50 labels each).
+
+    >>> round_samples(5722), round_samples(525), round_samples(100, quick=True)
+    (200, 52, 50)
+    """
+    return max(50, min(100 if quick else 200, labels // 10))
+
+
 class Replay(LocalFleet):
     """One replay; ``run()`` streams, ``result()`` reads the figures back."""
 
@@ -166,7 +176,7 @@ class Replay(LocalFleet):
         quick = self.options.quick
         return {
             "seed_split": "whole",
-            "round_min_samples": 100 if quick else 200,
+            "round_min_samples": round_samples(self.plan.labels_sent, quick),
             "round_interval_s": 10.0 if quick else 20.0,
             "drift_window": 40,
             # a tabular MLP's quiet rounds learn more per round from more passes at a
