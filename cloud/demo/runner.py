@@ -204,6 +204,9 @@ class Demo(LocalFleet):
             versions = self.watch.read(self._versions, None)
             if versions is not None:
                 self.phase.inject_drift(versions)
+                late = now - drift_at
+                if late > 3.0:  # the loop's own step is a second or two
+                    logger.warning("drift injected %.0f s late: Redis did not answer", late)
         if self.phase.drift_at is not None:
             end = self.phase.drift_at + self.options.post_drift_s
             left = f"{end - now:.0f}s left" if now < end else "waiting for the fleet to settle"
