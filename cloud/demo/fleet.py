@@ -22,7 +22,7 @@ import httpx
 import redis
 from rich.console import Console
 
-from cloud.demo.redis_watch import RedisUnreachable, RedisWatch
+from cloud.demo.redis_watch import RedisWatch
 from cloud.demo.services import Child, ProcessGroup, free_port, python_module, start_redis
 from cloud.demo.workload import Workload
 from shared.errors import EdgeloopError, MessageError
@@ -171,6 +171,7 @@ class LocalFleet:
                 self._check_children()
                 if time.monotonic() > deadline:
                     raise DemoError(f"timed out waiting for {what}; logs in {self.workdir}")
+                self.watch.check(f"waiting for {what}")
                 down = self.watch.state
                 status.update(f"waiting for {what}…" + (f" {down}" if down else ""))
                 time.sleep(0.5)
@@ -250,11 +251,7 @@ class LocalFleet:
             now = time.monotonic()
             down = self.watch.down_for
             if down is not None:
-                if down > self.watch.patience_s:
-                    raise RedisUnreachable(
-                        f"Redis did not answer for {down:.0f} s while the feedback drained "
-                        f"({self.watch.last_error}); logs in {self.workdir}"
-                    )
+                self.watch.check("the feedback drained")
                 deadline += now - last
             last = now
             if now >= deadline:

@@ -6,7 +6,9 @@ redis-server instead of ending the run.
   live view shows the last thing it knew) and the outage is noted;
 - ``must(fn, what)``: a read the result needs, retried for up to ``patience_s``;
   then ``RedisUnreachable``, one line (the CLI's exit 2), never a traceback;
-- ``state``: ``"Redis unreachable for 7 s (TimeoutError)"`` while it lasts, else None.
+- ``state``: ``"Redis unreachable for 7 s (TimeoutError)"`` while it lasts, else None;
+- ``check(what)``: ``RedisUnreachable`` once an outage has lasted ``patience_s``
+  (a loop that waits for Redis does not wait forever).
 
 Its client has a short socket timeout and no retries of its own: a paused
 redis-server accepts connections and never answers, and redis-py's default (5 s,
@@ -117,6 +119,14 @@ class RedisWatch:
                 continue
             self._answered()
             return value
+
+    def check(self, what: str) -> None:
+        """Raise ``RedisUnreachable`` when Redis has not answered for ``patience_s``."""
+        down = self.down_for
+        if down is not None and down > self.patience_s:
+            raise RedisUnreachable(
+                f"Redis did not answer for {down:.0f} s while {what} ({self.last_error})"
+            )
 
     def close(self) -> None:
         self.client.close()

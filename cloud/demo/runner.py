@@ -171,6 +171,7 @@ class Demo(LocalFleet):
                     if now >= end + self.options.max_extra_s or (now >= end and self._settled()):
                         break
                 self._check_children()
+                self.watch.check("the demo served")
                 live.update(self._render())
                 time.sleep(1.0)
             assert self.phase.drift_at is not None
