@@ -24,7 +24,6 @@ import logging
 import time
 from typing import Any
 
-import redis
 from rich.console import Group
 from rich.live import Live
 from rich.panel import Panel
@@ -54,7 +53,8 @@ class AttacksDemo(Demo):
     def start(self) -> None:
         redis_url = start_redis(self.group)
         self.redis_url = redis_url
-        self.redis = redis.Redis.from_url(redis_url)
+        self.connect_redis(redis_url)
+        assert self.redis is not None
         self.keydir = KeyDir(self.workdir / "tuf")
         init_fleet(self.redis, self.keys, self.keydir)
         self.private_key, self.public_key = write_keypair(self.workdir / "keys")
@@ -215,7 +215,7 @@ class AttacksDemo(Demo):
             for version, n in s.versions.items()
             if version is not None and version != self.authorized_version
         )
-        trainer = self.trainer_status() or TrainerStatus(model=self.model, consumer="")
+        trainer = self.trainer_status(fresh=True) or TrainerStatus(model=self.model, consumer="")
         sent = sum(s.feedback_sent for s in apps)
         # Every forged event was dead-lettered (an attack says so); the rest of the
         # settled events are the apps'.

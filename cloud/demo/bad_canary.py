@@ -19,7 +19,6 @@ from typing import Any
 
 import httpx
 import numpy as np
-import redis
 import torch
 from rich.console import Group
 from rich.live import Live
@@ -98,7 +97,7 @@ class BadCanaryDemo(Demo):
 
     def _start_redis_and_keys(self) -> str:
         redis_url = start_redis(self.group)
-        self.redis = redis.Redis.from_url(redis_url)
+        self.connect_redis(redis_url)
         self.private_key, self.public_key = write_keypair(self.workdir / "keys")
         return redis_url
 

@@ -3,7 +3,9 @@
 probes that watch them (status keys in Redis, the edges' health endpoints).
 
 ``LocalFleet`` owns the work dir and every process it starts; ``close()`` stops
-them and removes the work dir unless asked to keep it. A subclass says how its
+them and removes the work dir unless asked to keep it. Its Redis reads go through
+one ``RedisWatch`` (``cloud.demo.redis_watch``): a hung or restarted redis-server
+is a state the view shows, not the end of the run. A subclass says how its
 trainer rounds (``trainer_settings``) and what it does with the fleet.
 """
 
@@ -20,6 +22,7 @@ import httpx
 import redis
 from rich.console import Console
 
+from cloud.demo.redis_watch import RedisWatch
 from cloud.demo.services import Child, ProcessGroup, free_port, python_module, start_redis
 from cloud.demo.workload import Workload
 from shared.errors import EdgeloopError, MessageError
@@ -73,6 +76,8 @@ class LocalFleet:
         self.edge_children: dict[str, Child] = {}
         self.trainer_child: Child | None = None
         self.redis: redis.Redis | None = None
+        self.redis_watch: RedisWatch | None = None
+        self._trainer_raw: bytes | str | None = None  # the trainer's last report read
         self.headline = "starting"
 
     # -- bring-up ---------------------------------------------------------------
@@ -87,9 +92,19 @@ class LocalFleet:
         path.write_text(toml_of(values))
         return path
 
+    def connect_redis(self, url: str) -> None:
+        """The fleet's client (set-up writes) and its watch (every read while it runs)."""
+        self.redis = redis.Redis.from_url(url)
+        self.redis_watch = RedisWatch.connect(url)
+
+    @property
+    def watch(self) -> RedisWatch:
+        assert self.redis_watch is not None, "connect_redis() first"
+        return self.redis_watch
+
     def start(self) -> None:
         redis_url = start_redis(self.group)
-        self.redis = redis.Redis.from_url(redis_url)
+        self.connect_redis(redis_url)
         private_key, public_key = write_keypair(self.workdir / "keys")
         self._start_trainer(redis_url, private_key)
         self._wait("trainer bootstrap: first version", self._first_version, timeout=600)
@@ -151,11 +166,14 @@ class LocalFleet:
     def _wait(self, what: str, ready: Callable[[], bool], timeout: float) -> None:
         self.headline = f"waiting for {what}"
         deadline = time.monotonic() + timeout
-        with self.console.status(f"waiting for {what}…"):
+        with self.console.status(f"waiting for {what}…") as status:
             while not ready():
                 self._check_children()
                 if time.monotonic() > deadline:
                     raise DemoError(f"timed out waiting for {what}; logs in {self.workdir}")
+                self.watch.check(f"waiting for {what}")
+                down = self.watch.state
+                status.update(f"waiting for {what}…" + (f" {down}" if down else ""))
                 time.sleep(0.5)
 
     def _check_children(self) -> None:
@@ -167,8 +185,8 @@ class LocalFleet:
                 )
 
     def _first_version(self) -> bool:
-        assert self.redis is not None
-        return bool(self.redis.zcard(self.keys.versions(self.model)))
+        key = self.keys.versions(self.model)
+        return bool(self.watch.read(lambda r: r.zcard(key), 0))
 
     def _edges_serving(self) -> bool:
         statuses = self.edge_health()
@@ -190,9 +208,15 @@ class LocalFleet:
                 out[device] = None
         return out
 
-    def trainer_status(self) -> TrainerStatus | None:
-        assert self.redis is not None
-        raw = self.redis.get(self.keys.trainer(self.model))
+    def trainer_status(self, fresh: bool = False) -> TrainerStatus | None:
+        """The trainer's report; while Redis does not answer, the last one read.
+        ``fresh``: the current one, waiting for Redis up to the watch's patience."""
+        key = self.keys.trainer(self.model)
+        if fresh:
+            raw = self.watch.must(lambda r: r.get(key), "the trainer's status")
+        else:
+            raw = self.watch.read(lambda r: r.get(key), self._trainer_raw)
+        self._trainer_raw = raw
         if raw is None:
             return None
         try:
@@ -201,29 +225,46 @@ class LocalFleet:
             return None
 
     def published_versions(self) -> set[int]:
-        assert self.redis is not None
+        """Every version published so far, waiting for Redis up to the watch's patience."""
+        return self.watch.must(self._versions, "the published versions")
+
+    def _versions(self, client: redis.Redis) -> set[int]:
         versions = set()
         # the index's members are sha256s, its scores the version numbers
-        for pair in self.redis.zrange(self.keys.versions(self.model), 0, -1, withscores=True):
+        for pair in client.zrange(self.keys.versions(self.model), 0, -1, withscores=True):
             if not isinstance(pair, (tuple, list)):
                 raise TypeError(f"expected (sha256, version) pairs, got {pair!r}")
             versions.add(int(pair[1]))
         return versions
 
     def wait_drained(self, sent: int, timeout: float = 60.0) -> None:
-        """Wait until the trainer has taken every one of the ``sent`` feedback events."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        """Wait until the trainer has taken every one of the ``sent`` feedback events.
+        While Redis does not answer the trainer takes nothing and the edges spool their
+        feedback, so that time does not count against ``timeout``; an outage longer
+        than the watch's patience ends the wait (``RedisUnreachable``)."""
+        deadline = last = time.monotonic()
+        deadline += timeout
+        while True:
             status = self.trainer_status()
             if status and status.feedback_accepted + status.feedback_deadlettered >= sent:
                 return
+            now = time.monotonic()
+            down = self.watch.down_for
+            if down is not None:
+                self.watch.check("the feedback drained")
+                deadline += now - last
+            last = now
+            if now >= deadline:
+                logger.warning("feedback did not drain in %.0fs", timeout)
+                return
             time.sleep(0.5)
-        logger.warning("feedback did not drain in %.0fs", timeout)
 
     def close(self) -> None:
         self.group.stop_all()
         if self.redis is not None:
             self.redis.close()
+        if self.redis_watch is not None:
+            self.redis_watch.close()
         if self.keep:
             self.console.print(f"[dim]logs and state kept in {self.workdir}[/]")
         else:

@@ -160,15 +160,22 @@ class Demo(LocalFleet):
         the metric has recovered, for at most ``max_extra_s`` more."""
         self.start_apps(self.options.rate_hz)
         drift_at = time.monotonic() + self.options.pre_drift_s
-        end = drift_at + self.options.post_drift_s
-        last = end + self.options.max_extra_s
         with Live(self._render(), console=self.console, refresh_per_second=2) as live:
-            while (now := time.monotonic()) < end or (now < last and not self._settled()):
-                self._drift_if_due(now, drift_at, end)
+            while True:
+                now = time.monotonic()
+                self._drift_if_due(now, drift_at)
+                if self.phase.drift_at is not None:
+                    # the phase after the drift runs from when it happened (a drift
+                    # waits for Redis to say which versions came before it)
+                    end = self.phase.drift_at + self.options.post_drift_s
+                    if now >= end + self.options.max_extra_s or (now >= end and self._settled()):
+                        break
                 self._check_children()
+                self.watch.check("the demo served")
                 live.update(self._render())
                 time.sleep(1.0)
-            self.drift_phase_s = time.monotonic() - drift_at
+            assert self.phase.drift_at is not None
+            self.drift_phase_s = time.monotonic() - self.phase.drift_at
             self.stop_apps()
             self.headline = "draining feedback"
             live.update(self._render())
@@ -191,12 +198,22 @@ class Demo(LocalFleet):
         outcomes = [o for a in self.apps.values() for o in list(a.stats.outcomes)]
         return phase_metrics(outcomes, self.phase, self.task, self.options.settle_s)
 
-    def _drift_if_due(self, now: float, drift_at: float, end: float) -> None:
+    def _drift_if_due(self, now: float, drift_at: float) -> None:
         if not self.phase.drift and now >= drift_at:
-            self.phase.inject_drift(self.published_versions())
-        if self.phase.drift:
+            # the versions before the drift are what the figures are filed by: no
+            # drift until Redis says which they are
+            versions = self.watch.read(self._versions, None)
+            if versions is not None:
+                self.phase.inject_drift(versions)
+                late = now - drift_at
+                if late > 3.0:  # the loop's own step is a second or two
+                    logger.warning("drift injected %.0f s late: Redis did not answer", late)
+        if self.phase.drift_at is not None:
+            end = self.phase.drift_at + self.options.post_drift_s
             left = f"{end - now:.0f}s left" if now < end else "waiting for the fleet to settle"
             self.headline = f"DRIFT injected ({self.workload.drift_name}): {left}"
+        elif now >= drift_at:
+            self.headline = "drift due: waiting for Redis to list the versions before it"
         else:
             self.headline = f"serving before drift: drift in {drift_at - now:.0f}s"
 
@@ -207,6 +224,7 @@ class Demo(LocalFleet):
             self.apps,
             self.trainer_status(),
             self.task.metric,
+            redis_state=self.watch.state,
         )
 
     def _drain(self) -> None:
@@ -217,7 +235,7 @@ class Demo(LocalFleet):
         edges = self.edge_health()
         counters = [s.counters for s in edges.values() if s is not None]
         # no report yet counts as a trainer that has done nothing
-        trainer = self.trainer_status() or TrainerStatus(model=self.model, consumer="")
+        trainer = self.trainer_status(fresh=True) or TrainerStatus(model=self.model, consumer="")
         apps = [a.stats for a in self.apps.values()]
         sent = sum(a.feedback_sent for a in apps)
         settled = trainer.feedback_accepted + trainer.feedback_deadlettered

@@ -122,9 +122,17 @@ def live_view(
     apps: dict[str, SensorApp],
     trainer: TrainerStatus | None,
     metric: str = "accuracy",
+    redis_state: str | None = None,
 ) -> Group:
+    """The headline, the edges and the trainer; ``redis_state`` (an outage of the
+    demo's Redis, ``RedisWatch.state``) under the headline while it lasts, with the
+    trainer's last report read before it."""
+    head = Text(headline, style="bold")
+    if redis_state:
+        head.append(f"\n{redis_state}: ", style="bold red")
+        head.append("the edges spool their feedback; the demo goes on when it answers")
     return Group(
-        Panel(Text(headline, style="bold")),
+        Panel(head),
         edges_table(statuses, apps, metric),
         cloud_table(trainer),
     )

@@ -375,7 +375,7 @@ class Replay(LocalFleet):
 
     def result(self) -> dict[str, Any]:
         plan, served, stream = self.plan, self.served, self.stream
-        trainer = self.trainer_status() or TrainerStatus(model=self.model, consumer="")
+        trainer = self.trainer_status(fresh=True) or TrainerStatus(model=self.model, consumer="")
         counters = [s.counters for s in self.edge_health().values() if s is not None]
         sends = plan.sends()
         drifts = [d - plan.seed_rows for d in stream.drifts]
