@@ -330,8 +330,9 @@ class RoundRunner:
         held_out = self._held_out(quarantined)
         hp = self._hyperparameters(s.epochs, s.seed + round_no)
         if concept is not None:
+            stored = len(y)
             X, y = _weighted_concept(X, y, concept.reference, s.concept_share)
-            facts["concept_share"] = round(_share(len(y), len(concept.reference[1]), len(X)), 3)
+            facts["concept_share"] = round(_share(stored, len(concept.reference[1]), len(y)), 3)
             held_out = _since_drift(held_out, concept, s.concept_min_recent, s.gate_min_recent)
             facts["recent_since_drift"] = len(held_out.recent[1])
             hp = self._hyperparameters(s.drift_epochs, s.seed + round_no, s.drift_lr)
