@@ -211,7 +211,6 @@ class Adapter:
         # Held-out labels among the last ``compare``: (label number, x, y, whether
         # the adapter's answer before learning it was right).
         self._held: deque[tuple[int, npt.NDArray[Any], int, bool]] = deque(maxlen=compare)
-        self._compare_over = compare
         self.rejudged = 0
         self.active = False
         self.labels = 0
@@ -316,7 +315,7 @@ class Adapter:
         favour the model."""
         if self.judge is None:
             return
-        since = self.labels - self._compare_over
+        since = self.labels - (self._outcomes.maxlen or 0)
         for n, x, y, right in self._held:
             if n < since:
                 continue

@@ -388,21 +388,20 @@ class ServedModel:
             raise InputError("feedback needs a request_id from /v1/predict or the input x")
         queued = self.uplink.submit(event, to_bytes(sample))
         if event.label is not None:
-            self._adapt(
-                sample, event.label, answered, held_out(event.event_id, self.settings.holdout_every)
-            )
+            self._adapt(sample, event.label, answered, event)
         return FeedbackAccepted(event_id=event.event_id, queued=queued)
 
     def _adapt(
-        self, x: npt.NDArray[Any], label: int, answered: RecentInput | None, held: bool
+        self, x: npt.NDArray[Any], label: int, answered: RecentInput | None, event: FeedbackEvent
     ) -> None:
         """Teach the adapter one label, compared with the current model's own answer:
-        the one it gave the request if it answered it, else its answer now (``held``:
-        the trainers hold the label out)."""
+        the one it gave the request if it answered it, else its answer now; whether the
+        trainers hold the label out comes from the event's id."""
         adapter = self._adapter_now()
         current = self.chain.current
         if adapter is None or current is None:
             return
+        held = held_out(*event.stream_key, self.settings.holdout_every)
         if adapter.active and not self.chain.adapting:
             adapter.reset()  # a swap or revert dropped it: a fresh comparison
         if answered is not None and answered.model_sha256 == current.sha256:

@@ -7,10 +7,8 @@ draw. Being fixed by the id, a retried ingest transaction decides the same, and
 an edge knows which of its own labels no version was trained on (``held_out``):
 what the edge's adapter re-judges a new version on (edge/adaptation.py).
 
->>> [held_out(f"pi-7:1:{seq}", 5) for seq in range(8)]
+>>> [held_out("pi-7:1", seq, 5) for seq in range(8)]
 [False, False, False, True, True, True, False, False]
->>> held_out("pi-7:1:3", 5) == bool(held_out_draws(draws(["pi-7:1"], [3]), 5)[0])
-True
 """
 
 from __future__ import annotations
@@ -54,10 +52,7 @@ def held_out_draws(z: npt.NDArray[np.uint64], every: int) -> npt.NDArray[np.bool
     return held
 
 
-def held_out(event_id: str, every: int) -> bool:
-    """Whether a trainer holding out one in ``every`` holds this event out (False for
-    an id that does not end in a sequence number: no trainer accepts it)."""
-    head, _, seq = event_id.rpartition(":")
-    if not head or not seq.isdigit():
-        return False
-    return bool(held_out_draws(draws([head], [int(seq)]), every)[0])
+def held_out(head: str, seq: int, every: int) -> bool:
+    """Whether a trainer holding out one in ``every`` holds the event ``<head>:<seq>``
+    out (``FeedbackEvent.stream_key``)."""
+    return bool(held_out_draws(draws([head], [seq]), every)[0])

@@ -18,7 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import redis
+
 from shared.errors import ConfigError
+
+#: What a Redis that does not answer (down, hung, restarting) raises in redis-py.
+REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 
 
 class DecodingClient(ConfigError):

@@ -35,13 +35,12 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from shared.errors import EdgeloopError
+from shared.replies import REDIS_DOWN
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: What a hung, stopped or restarting redis-server raises in redis-py.
-REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 #: How long one read may wait for an answer: a loopback Redis answers in well under
 #: a millisecond, so a second means it is not answering.
 READ_TIMEOUT_S = 1.5

@@ -46,13 +46,13 @@ from cloud.trainer.triggers import DriftDetector, RoundTrigger
 from shared.errors import ConfigError, MessageError
 from shared.keys import FleetKeys
 from shared.messages import TrainerStatus, VersionSummary
+from shared.replies import REDIS_DOWN
 from shared.retry import Backoff
 from shared.signing import Signer
 from shared.task import TaskSpec
 
 logger = logging.getLogger(__name__)
 
-REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 #: Versions listed in the status report.
 STATUS_VERSIONS = 20
 
