@@ -6,15 +6,15 @@ Between cloud versions an edge serves a model that has not seen the newest label
 predicts the sample, then learns it) with a k-nearest-neighbours vote over a
 sliding window of the device's most recent labelled samples, and compares its
 answer with the served model's on every one of them. Over the last ``compare``
-labels since the current version was installed it counts b = adapter right and
-model wrong, c = model right and adapter wrong; it answers the requests only while
-b > c with a one-sided sign test p <= ``alpha``, and stops as soon as that no longer
-holds. A new version (hot swap, revert) starts a fresh comparison: the chain drops
-the adapter from its plan at once, and the comparison restarts on the first label
-that the adapter learns under the new version — with the new version judged again
-on the labels among the last ``compare`` that the trainers held out
-(shared/holdout.py: no version was trained on them), against what the adapter
-answered for them then.
+labels it counts b = adapter right and model wrong, c = model right and adapter
+wrong, each label against the version that served when it arrived; it answers the
+requests only while b > c with a one-sided sign test p <= ``alpha``, and stops as
+soon as that no longer holds. A new version (hot swap, revert) inherits the record:
+the chain drops the adapter from its plan at once, the labels among the last
+``compare`` that the trainers held out (shared/holdout.py: no version was trained on
+them) are judged again with the new version's answers, and on the next label the
+adapter offers itself again if it is still better. Only those labels are judged
+again: the new version may have been trained on the others.
 
 Invariants: the chain answers with the adapter only for the version the comparison
 was made against (``ServingChain.adapt`` refuses any other); fallback answers are
@@ -197,8 +197,9 @@ class Adapter:
         #: whether the chain took it (a swap meanwhile refuses a start).
         self.on_switch = on_switch
         self._lock = threading.Lock()
-        # Per compared label: +1 adapter right & model wrong, -1 the reverse, 0 a tie.
-        self._outcomes: deque[int] = deque(maxlen=compare)
+        # Per compared label: [label number, +1 adapter right & model wrong, -1 the
+        # reverse, 0 a tie] (a list: a new version's judging rewrites the outcome).
+        self._outcomes: deque[list[int]] = deque(maxlen=compare)
         self._b = self._c = 0
         # Per label, which k were right; and their sums: the k to answer with.
         self._rights: deque[npt.NDArray[np.int64]] = deque(maxlen=compare)
@@ -263,7 +264,7 @@ class Adapter:
         a later version may be judged on it."""
         with self._lock:
             if sha256 != self._sha:
-                self._reset(sha256)
+                self._inherit(sha256)
             votes = self.knn.predict_each_k(x)
             if votes is not None:
                 labels = [int(np.argmax(v)) for v in votes]
@@ -279,10 +280,10 @@ class Adapter:
             if better != self.active:
                 self._switch(better, sha256)
 
-    def reset(self) -> None:
-        """Forget the comparison (not the samples): the next label starts a new one."""
+    def dropped(self) -> None:
+        """The chain no longer answers with the adapter (a swap or a revert): it offers
+        itself again on the next label if its record still says it is better."""
         with self._lock:
-            self._sha = None
             self.active = False
 
     def _score_ks(self, right: npt.NDArray[np.int64]) -> None:
@@ -294,35 +295,38 @@ class Adapter:
 
     def _compare(self, outcome: int) -> None:
         if len(self._outcomes) == self._outcomes.maxlen:
-            first = self._outcomes[0]
-            self._b -= first == 1
-            self._c -= first == -1
-        self._outcomes.append(outcome)
-        self._b += outcome == 1
-        self._c += outcome == -1
+            self._count(self._outcomes[0][1], -1)
+        self._outcomes.append([self.labels, outcome])
+        self._count(outcome, 1)
 
-    def _reset(self, sha256: str) -> None:
-        self._outcomes.clear()
-        self._b = self._c = 0
+    def _count(self, outcome: int, sign: int) -> None:
+        self._b += sign * (outcome == 1)
+        self._c += sign * (outcome == -1)
+
+    def _inherit(self, sha256: str) -> None:
+        """A new version takes over the record; its held-out labels are judged again."""
         self._sha = sha256
         self.active = False  # the chain dropped the adapter when the version changed
         self._rejudge(sha256)
 
     def _rejudge(self, sha256: str) -> None:
-        """Start the new version's comparison with the held-out labels among the last
-        ``compare``: its answer now against the adapter's then. No version was trained
-        on them; the gate that let it out chose it on others like them, which can only
-        favour the model."""
+        """Judge the new version on the held-out labels among the last ``compare``: its
+        answer now, in place of the old version's, against the adapter's then. No
+        version was trained on them; the gate that let it out chose it on others like
+        them, which can only favour the model."""
         if self.judge is None:
             return
-        since = self.labels - (self._outcomes.maxlen or 0)
+        compared = {entry[0]: entry for entry in self._outcomes}
         for n, x, y, right in self._held:
-            if n < since:
-                continue
+            entry = compared.get(n)
+            if entry is None:
+                continue  # older than the window
             own = self.judge(x)
             if own is None or own[1] != sha256:
-                return  # another version serves already: its own reset judges it
-            self._compare(int(right) - int(own[0] == y))
+                return  # another version serves already: its own turn judges it
+            self._count(entry[1], -1)
+            entry[1] = int(right) - int(own[0] == y)
+            self._count(entry[1], 1)
             self.rejudged += 1
 
     def _switch(self, on: bool, sha256: str) -> None:

@@ -403,7 +403,7 @@ class ServedModel:
             return
         held = held_out(*event.stream_key, self.settings.holdout_every)
         if adapter.active and not self.chain.adapting:
-            adapter.reset()  # a swap or revert dropped it: a fresh comparison
+            adapter.dropped()  # a swap or revert dropped it: it offers itself again
         if answered is not None and answered.model_sha256 == current.sha256:
             adapter.learn(x, label, answered.predicted, current.sha256, held)
             return

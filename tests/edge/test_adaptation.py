@@ -1,7 +1,7 @@
 """Adaptation on the edge (edge/adaptation.py): a real daemon serving the real digits
 model learns real labelled digits. Labels that contradict the model turn the adapter
-on and the answers get better; labels that agree never do; a new version resets the
-comparison; "off" never adapts."""
+on and the answers get better; labels that agree never do; a new version inherits the
+comparison, judged again on the held-out labels; "off" never adapts."""
 
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def test_labels_that_agree_with_the_model_never_turn_it_on(
     assert counters.adapted_predictions == 0
 
 
-def test_a_new_version_starts_a_comparison_judged_on_the_held_out_labels(
+def test_a_new_version_inherits_the_comparison_judged_on_the_held_out_labels(
     serving: Callable[..., EdgeDaemon],
     redis_client: redis.Redis,
     keys: FleetKeys,
@@ -124,9 +124,9 @@ def test_a_new_version_starts_a_comparison_judged_on_the_held_out_labels(
     adapter = daemon.served("digits")._adapter
     assert adapter is not None
     teach(daemon, range(150, 151), labels)
-    # v2 is judged again on the labels the trainers hold out (no version trained on
-    # them): as wrong as v1, it gives the adapter back the requests after one label
-    # (a fresh comparison alone needs 7 wins)
+    # v2 inherits v1's record and is judged again on the labels the trainers hold out
+    # (no version trained on them): as wrong as v1, it gives the adapter back the
+    # requests on the next label
     assert adapter.rejudged > 0 and daemon.chain.adapting
     assert daemon.health().models["digits"].counters.adapter_switches == 2
 
@@ -213,30 +213,31 @@ def test_the_guard_stops_it_as_soon_as_it_is_no_longer_better() -> None:
     for y in (0, 1, 0, 1, 0, 1, 0, 1):  # now the adapter is wrong each time the label flips
         adapter.learn(x, y, y, "a")
     assert not adapter.active and switches == [True, False]
-    adapter.learn(x, 1, 0, "b")  # another version: a new comparison
-    assert adapter.comparison == (1, 0) and not adapter.active  # only the label under "b"
+    adapter.learn(x, 1, 0, "b")  # another version inherits the record (no held-out labels)
+    assert adapter.comparison == (8, 8) and not adapter.active
 
 
 def test_a_new_version_is_judged_again_on_the_held_out_labels_only() -> None:
     """The adapter (k = 1 on one input) is right on every label after the first; v "a"
-    is always wrong. A version right on the held-out labels starts level with it; one
-    as wrong starts where "a" left off; labels not held out, and those older than the
-    comparison window, are not judged again (a version may have been trained on them)."""
+    is always wrong. A new version inherits the record, and its answers replace the
+    old version's on the held-out labels in the comparison window: one right on them
+    turns those wins into ties, one as wrong turns them back; labels not held out,
+    and those older than the window, keep the answer of the version that served
+    them (a new version may have been trained on them)."""
     adapter = Adapter(2, window=100, ks=(1,), compare=40)
     x = np.zeros(1, np.float32)
     for i in range(60):
         adapter.learn(x, 1, 0, "a", held_out=i % 4 == 0)  # 15 held out, 10 in the window
-    assert adapter.active
+    assert adapter.active and adapter.comparison == (40, 0)
     adapter.judge = lambda sample: (1, "b")
-    adapter.learn(x, 1, 1, "b")
-    assert adapter.rejudged == 10 and adapter.comparison == (0, 0) and not adapter.active
+    adapter.learn(x, 1, 1, "b")  # a tie; the window drops label 20, a held-out one
+    assert adapter.rejudged == 10 and adapter.comparison == (30, 0) and adapter.active
     adapter.judge = lambda sample: (0, "c")
-    adapter.learn(x, 1, 0, "c")
-    # the window moved on by one label: 9 held out in it now
-    assert adapter.rejudged == 19 and adapter.comparison == (10, 0) and adapter.active
+    adapter.learn(x, 1, 0, "c")  # a win; the window drops label 21, a win
+    assert adapter.rejudged == 19 and adapter.comparison == (39, 0)
     adapter.judge = lambda sample: (0, "e")  # another version serves already: no judging
     adapter.learn(x, 1, 0, "d")
-    assert adapter.rejudged == 19 and adapter.comparison == (1, 0)
+    assert adapter.rejudged == 19 and adapter.comparison == (39, 0)
 
 
 def test_the_chain_refuses_an_adapter_for_a_version_it_no_longer_serves() -> None:
