@@ -93,14 +93,30 @@ class KnnWindow:
         return min(self._seen, self.window)
 
     def learn_one(self, x: npt.NDArray[Any], y: int) -> None:
-        row = np.asarray(x, np.float64).reshape(-1)
+        self._put(np.asarray(x, np.float64).reshape(-1), y)
+        self._publish()
+
+    def learn_many(self, X: npt.NDArray[Any], y: npt.NDArray[Any]) -> None:
+        """Learn the samples of ``X`` in order, as many learn_one calls would, with one
+        snapshot at the end (an adapter's start from a version's exemplars)."""
+        rows = np.asarray(X, np.float64).reshape(len(X), -1)
+        for row, label in zip(rows[-self.window :], np.asarray(y)[-self.window :], strict=True):
+            self._put(row, int(label))
+        if len(rows):
+            self._publish()
+
+    def _put(self, row: Float64s, y: int) -> None:
         if self._raw is None or self._raw.shape[1] != row.size:
             self._raw, self._seen = np.zeros((self.window, row.size)), 0
         slot = self._seen % self.window
         self._raw[slot], self._ys[slot] = row, y
         self._seen += 1
+
+    def _publish(self) -> None:
+        if self._raw is None:
+            return
         n = len(self)
-        newest_first = (slot - np.arange(n)) % self.window
+        newest_first = ((self._seen - 1) - np.arange(n)) % self.window
         xs = self._raw[newest_first]
         mean = xs.mean(axis=0)
         scale = xs.std(axis=0)
@@ -213,6 +229,7 @@ class Adapter:
         # the adapter's answer before learning it was right).
         self._held: deque[tuple[int, npt.NDArray[Any], int, bool]] = deque(maxlen=compare)
         self.rejudged = 0
+        self.exemplars = 0  # samples learnt from a manifest, before the device's own
         self.active = False
         self.labels = 0
         self.switches = 0
@@ -248,6 +265,14 @@ class Adapter:
         return shares
 
     # -- feedback threads ---------------------------------------------------
+
+    def start_from(self, X: npt.NDArray[Any], y: npt.NDArray[Any]) -> None:
+        """Learn labelled samples a version was trained on (its manifest's exemplars)
+        before any of the device's own: they are not compared with the model, so the
+        guard still waits for the device's labels before the adapter answers."""
+        with self._lock:
+            self.knn.learn_many(X, y)
+            self.exemplars += len(y)
 
     def learn(
         self,

@@ -430,7 +430,23 @@ class ServedModel:
                 adapter.on_switch = lambda on, sha: chain.adapt(adapter if on else None, sha)
                 adapter.judge = chain.current_label
                 self._adapter_for = (spec, width)
+                self._start_adapter(adapter, spec)
             return self._adapter
+
+    def _start_adapter(self, adapter: Adapter, spec: TensorSpec) -> None:
+        """Teach a new adapter the exemplars of the version serving now, if its manifest
+        carries any (the bootstrap's seed rows) for this input."""
+        stored = load_if_sound(self.store, self.store.current)
+        if stored is None:
+            return
+        manifest = stored.signed.manifest()
+        if manifest.exemplars is None or manifest.input_spec != spec:
+            return
+        X, y = manifest.exemplars.arrays(manifest.num_features)
+        adapter.start_from(X, y)
+        logger.info(
+            "adapter starts from %d exemplars of %s v%d", len(y), manifest.model, manifest.version
+        )
 
     def _retire(self) -> None:
         old = self._adapter

@@ -13,11 +13,24 @@ True
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import time
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+import numpy as np
+import numpy.typing as npt
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
 
 from shared.codec import SHA256_PATTERN
 from shared.errors import MessageError
@@ -27,6 +40,28 @@ from shared.tensors import TensorSpec
 SCHEMA_VERSION = 1
 
 M = TypeVar("M", bound="WireModel")
+
+
+def _from_base64(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise ValueError(f"not standard base64: {e}") from e
+    return value
+
+
+def _to_base64(value: bytes) -> str:
+    return base64.b64encode(value).decode("ascii")
+
+
+#: Bytes that travel in JSON as standard base64 (RFC 4648 section 4, with padding).
+B64Bytes = Annotated[
+    bytes,
+    BeforeValidator(_from_base64),
+    PlainSerializer(_to_base64, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "contentEncoding": "base64"}),
+]
 
 
 class WireModel(BaseModel):
@@ -136,6 +171,32 @@ class ProbeSet(BaseModel):
     expected: list[list[float]] = Field(description="probabilities per input")
     min_agreement: float = Field(0.95, ge=0, le=1, description="share of equal argmax required")
     max_abs_error: float = Field(0.1, ge=0, description="largest allowed mean |p - expected|")
+
+
+class Exemplars(BaseModel):
+    """Labelled samples a classifier version was trained on, from which an edge's
+    adapter starts instead of from nothing (edge/adaptation.py): the bootstrap's seed
+    rows, newest last. ``values`` is their float32 little-endian bytes, one sample
+    after another (``num_features`` values each).
+
+    >>> e = Exemplars.of(np.array([[0.5, 1.0], [2.0, 3.0]]), [1, 0])
+    >>> X, y = e.arrays(2)
+    >>> X.tolist(), y.tolist()
+    ([[0.5, 1.0], [2.0, 3.0]], [1, 0])
+    """
+
+    values: B64Bytes
+    labels: list[int] = Field(min_length=1, description="class index per sample")
+
+    @classmethod
+    def of(cls, X: npt.ArrayLike, y: npt.ArrayLike) -> Exemplars:
+        rows = np.asarray(X, "<f4")
+        return cls(values=rows.tobytes(), labels=np.asarray(y, np.int64).tolist())
+
+    def arrays(self, num_features: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """The samples [n, num_features] and their labels [n]."""
+        X = np.frombuffer(self.values, "<f4").reshape(len(self.labels), num_features)
+        return X.astype(np.float32), np.asarray(self.labels, np.int64)
 
 
 #: Format of the typed sections of ``Explanation``: 1 = free-form dicts only (manifests
@@ -376,6 +437,9 @@ class ModelManifest(WireModel):
     metrics: dict[str, float] = Field(default_factory=dict)
     explanation: Explanation = Field(default_factory=Explanation)
     probe: ProbeSet
+    exemplars: Exemplars | None = Field(
+        None, description="labelled samples for the edges' adapters to start from (bootstrap)"
+    )
 
     @model_validator(mode="after")
     def _task_fits(self) -> ModelManifest:
@@ -383,7 +447,21 @@ class ModelManifest(WireModel):
             raise ValueError("a classifier's manifest needs at least two labels")
         if self.input is not None and self.input.size != self.num_features:
             raise ValueError(f"num_features {self.num_features} is not the input's size")
+        if self.exemplars is not None:
+            self._exemplars_fit(self.exemplars)
         return self
+
+    def _exemplars_fit(self, exemplars: Exemplars) -> None:
+        if not self.task_spec.is_classification:
+            raise ValueError("exemplars are for classifiers")
+        size = 4 * self.num_features * len(exemplars.labels)
+        if len(exemplars.values) != size:
+            raise ValueError(
+                f"exemplars: {len(exemplars.values)} bytes of values for "
+                f"{len(exemplars.labels)} samples of {self.num_features} float32 ({size})"
+            )
+        if not all(0 <= c < len(self.labels) for c in exemplars.labels):
+            raise ValueError(f"exemplars: a label outside the {len(self.labels)} classes")
 
     @property
     def input_spec(self) -> TensorSpec:

@@ -22,48 +22,16 @@ True
 
 from __future__ import annotations
 
-import base64
-import binascii
-from typing import Annotated, Any, Literal
+from typing import Literal
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    PlainSerializer,
-    WithJsonSchema,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shared.messages import SCHEMA_VERSION
+from shared.messages import SCHEMA_VERSION, B64Bytes
 
 #: Entries one request may carry (an uplink batch splits into several requests).
 MAX_ENTRIES = 1000
 #: A signature is Ed25519's: 64 bytes.
 SIG_BYTES = 64
-
-
-def _from_base64(value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            return base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError) as e:
-            raise ValueError(f"not standard base64: {e}") from e
-    return value
-
-
-def _to_base64(value: bytes) -> str:
-    return base64.b64encode(value).decode("ascii")
-
-
-#: Bytes that travel in JSON as standard base64 (RFC 4648 section 4, with padding).
-B64Bytes = Annotated[
-    bytes,
-    BeforeValidator(_from_base64),
-    PlainSerializer(_to_base64, return_type=str, when_used="json"),
-    WithJsonSchema({"type": "string", "contentEncoding": "base64"}),
-]
 
 
 class RelayedEntry(BaseModel):

@@ -51,6 +51,7 @@ from shared.keys import FleetKeys
 from shared.messages import (
     DeltaAnnouncement,
     EdgeStatus,
+    Exemplars,
     Explanation,
     ModelManifest,
     Payload,
@@ -117,6 +118,7 @@ class PublishRequest:
     expected_parent: str | EllipsisType | None = ...
     input: TensorSpec | None = None  # one sample's shape and dtype (None: flat float32)
     task: TaskSpec | None = None  # None: a classifier over ``labels``
+    exemplars: Exemplars | None = None  # for the edges' adapters (the bootstrap's seed rows)
 
     def manifest(self, sha: str, parent: tuple[str, int] | None) -> ModelManifest:
         """The manifest of this version as the child of ``parent`` (sha256, number)."""
@@ -136,6 +138,7 @@ class PublishRequest:
             metrics=self.metrics,
             explanation=self.explanation,
             probe=self.probe,
+            exemplars=self.exemplars,
         )
 
 

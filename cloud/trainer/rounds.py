@@ -73,8 +73,12 @@ from cloud.registry.publisher import Publisher, PublishRequest, StaleParent
 from cloud.trainer.settings import TrainerSettings
 from shared.errors import ConfigError, EdgeloopError
 from shared.keys import FleetKeys
-from shared.messages import Explanation
+from shared.messages import Exemplars, Explanation
 from shared.task import TaskSpec
+
+#: Inputs of at most this many values get exemplars: the edges' ``adaptation = "auto"``
+#: adapts no larger one (edge/adaptation.py, AUTO_MAX_VALUES).
+EXEMPLAR_MAX_VALUES = 64
 
 logger = logging.getLogger(__name__)
 
@@ -222,9 +226,19 @@ class RoundRunner:
         )
         explanation = self._explain(report, _side(model, exported), None, held_out)
         t3 = time.perf_counter()
-        self._publish(report, model, exported, None, explanation)
+        self._publish(report, model, exported, None, explanation, self._exemplars())
         report.timings.update(train_s=t1 - t0, export_s=t2 - t1, publish_s=time.perf_counter() - t3)
         return report
+
+    def _exemplars(self) -> Exemplars | None:
+        """The newest ``exemplars`` seed rows, for the edges' adapters to start from
+        (ARCHITECTURE.md, "Adaptation on the edge"); None for a regressor, an input the
+        edges do not adapt by default, or ``exemplars = 0``."""
+        data, n = self.parts.seed_train, self.settings.exemplars
+        if n == 0 or not self.task.is_classification or data.num_features > EXEMPLAR_MAX_VALUES:
+            return None
+        X = np.asarray(data.X, np.float32).reshape(len(data.y), -1)
+        return Exemplars.of(X[-n:], np.asarray(data.y)[-n:])
 
     def _per_class(self, y: npt.NDArray[Any]) -> dict[str, Any]:
         """The labels per class of a classifier's data window (nothing for a regressor)."""
@@ -550,6 +564,7 @@ class RoundRunner:
         exported: ExportResult,
         parent_sha: str | None,
         explanation: Explanation,
+        exemplars: Exemplars | None = None,
     ) -> None:
         # Weights first: a version must never exist without the weights the next round needs.
         self.client.set(self.keys.weights(exported.sha256), weights_to_bytes(model.net))
@@ -566,6 +581,7 @@ class RoundRunner:
             expected_parent=parent_sha,
             input=data.input,
             task=data.task,
+            exemplars=exemplars,
         )
         published = self.publisher.publish(request)
         report.published, report.version, report.sha256 = True, published.version, published.sha256

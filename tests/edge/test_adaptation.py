@@ -10,12 +10,13 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import redis
-from helpers import labeled_digits, publish_version, variant
+from helpers import labeled_digits, make_manifest, publish_version, variant
 
 from edge.adaptation import Adapter, KnnWindow, sign_test_p, wanted
 from edge.daemon import EdgeDaemon
 from edge.fallback import ServingChain
 from shared.keys import FleetKeys
+from shared.messages import Exemplars
 from shared.runtime import TFLiteModel
 from tests.serving import Call, Signing, wait_for
 
@@ -129,6 +130,31 @@ def test_a_new_version_inherits_the_comparison_judged_on_the_held_out_labels(
     # requests on the next label
     assert adapter.rejudged > 0 and daemon.chain.adapting
     assert daemon.health().models["digits"].counters.adapter_switches == 2
+
+
+def test_a_manifest_s_exemplars_start_the_adapter(
+    daemon_factory: Factory, redis_client: redis.Redis, keys: FleetKeys, signing: Signing
+) -> None:
+    """A version whose manifest carries exemplars (the bootstrap's seed rows; labels the
+    model contradicts here) starts the adapter from them: it votes on the device's
+    first label and answers after 7 wins, where an empty one first needs 11 labels to
+    vote at all. The exemplars are never compared with the model."""
+    labels = shifted(Y)
+    daemon = daemon_factory()
+    manifest = make_manifest(variant(1), 1, exemplars=Exemplars.of(X[:300], labels[:300]))
+    publish_version(redis_client, keys, signing.signer, variant(1), 1, manifest=manifest)
+    wait_for(lambda: daemon.chain.current is not None, what="v1 served")
+    right = teach(daemon, range(300, 308), labels)
+    adapter = daemon.served("digits")._adapter
+    assert adapter is not None and adapter.exemplars == 300 and adapter.labels == 8
+    assert daemon.chain.adapting and adapter.comparison[0] >= 7
+    assert not any(right[:7])  # the model answered until then
+    assert np.mean(teach(daemon, range(308, 408), labels)) > 0.8
+
+    empty = Adapter(10)
+    for i in range(300, 308):
+        empty.learn(X[i], int(labels[i]), int(Y[i]), "a")
+    assert empty.comparison == (0, 0) and not empty.active
 
 
 def test_off_never_adapts(serving: Callable[..., EdgeDaemon]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -14,6 +15,7 @@ from shared.messages import (
     DeltaAnnouncement,
     EdgeCounters,
     EdgeStatus,
+    Exemplars,
     Explanation,
     FeedbackEvent,
     ModelManifest,
@@ -180,3 +182,25 @@ def test_relayed_entries_refuse_half_signatures_and_bad_base64() -> None:
     ):
         with pytest.raises(ValidationError):
             RelayedEntry.model_validate_json(json.dumps(doc))
+
+
+def test_exemplars_must_fit_the_manifest() -> None:
+    """A manifest's exemplars are float32 samples of its input, one class index each."""
+    base = {
+        "model": "m",
+        "version": 1,
+        "sha256": "ab" * 32,
+        "size": 10,
+        "num_features": 2,
+        "labels": ["a", "b"],
+        "runtime": "test",
+        "probe": ProbeSet(inputs=[], expected=[]),
+    }
+    good = Exemplars.of(np.array([[0.0, 1.0], [2.0, 3.0]]), [0, 1])
+    manifest = ModelManifest(**base, exemplars=good)
+    back = ModelManifest.from_wire(manifest.to_wire())
+    assert back.exemplars == good and back.exemplars.arrays(2)[1].tolist() == [0, 1]
+    with pytest.raises(ValueError, match="bytes of values"):
+        ModelManifest(**base, exemplars=Exemplars.of(np.zeros((2, 3)), [0, 1]))
+    with pytest.raises(ValueError, match="outside the 2 classes"):
+        ModelManifest(**base, exemplars=Exemplars.of(np.zeros((1, 2)), [2]))

@@ -106,6 +106,18 @@ def test_the_bootstrap_publishes_version_1_from_the_seed_split(runner, parts, ke
     assert len(rounds.data.holdout_set()[1]) == len(parts.seed_holdout.y)
     assert len(rounds.data.replay_set()[1]) == len(parts.seed_train.y)
     assert rounds.client.exists(keys.weights(report.sha256))
+    # the edges' adapters start from the newest seed rows (ARCHITECTURE.md)
+    assert manifest.exemplars is not None
+    X, y = manifest.exemplars.arrays(manifest.num_features)
+    seed = parts.seed_train
+    assert np.array_equal(y, seed.y[-len(y) :]) and len(y) == min(1000, len(seed.y))
+    assert np.array_equal(X, np.asarray(seed.X, np.float32).reshape(len(seed.y), -1)[-len(y) :])
+
+
+def test_no_exemplars_when_the_setting_is_0(runner):
+    rounds = runner(exemplars=0)
+    rounds.bootstrap()
+    assert rounds.publisher.latest("digits")[2].manifest().exemplars is None
 
 
 def test_a_child_that_beats_its_parent_is_published_with_its_explanation(with_parent, parts, keys):
