@@ -1,0 +1,481 @@
+"""Fleet-wide figures kept up to date as statuses are written, never by scanning devices.
+
+A device is counted in buckets (``buckets``): the whole fleet (``devices``), its version
+and health together (``vh:v3|serving``; ``vh:unknown|offline`` once its report expired),
+each model it serves and that model's version (``model:digits``, ``mv:digits|v3``), and,
+online, its counters summed (``e:predictions``, ``reason:absent``). The counts live in one
+hash, ``FleetKeys.fleet_counts``; what each device is counted as lives beside them
+(``FleetKeys.counted``) with the status stream id it was counted at.
+
+Invariants:
+
+- One Lua script (``_APPLY``, loaded once, run by EVALSHA) applies a device's report:
+  it takes the device out of the buckets it was counted in and puts it in the new ones,
+  only if the report is newer (by stream id) than what it is counted at. Applying a
+  report twice, or an older one after a newer one, changes nothing: every writer may
+  apply any report, in any order, and the counts end as one pass over the latest would.
+- The API's HTTP status path runs the script in the MULTI/EXEC of the status write
+  (``queue_report``): the report and its counting are one. Edges that write their status
+  to Redis themselves cannot run scripts (their ACL user has ``-@scripting``); the
+  controller, and each read, fold the status stream from ``counts_cursor`` (``fold``).
+- A device's report expires with its device key: ``counted_live`` holds each online
+  device by the time its key expires, and ``sweep`` checks only the devices past that
+  time (ZRANGEBYSCORE from the oldest), counting those whose key is gone as offline.
+- A stream trimmed past the cursor (reports never folded) starts a repair walk (ZSCAN
+  of the device index, ``repair_batch`` devices per refresh); ``recount`` rebuilds it all
+  from the device keys, for upgrades and repair (``edgeloop controller --recount``).
+
+Every read (``read``) costs O(buckets + stale devices), whatever the fleet's size.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from shared import replies
+from shared.errors import MessageError
+from shared.keys import FleetKeys, check_name
+from shared.messages import EdgeCounters, EdgeStatus
+from shared.status_report import STATUS_FIELD
+
+logger = logging.getLogger(__name__)
+
+#: EdgeCounters fields summed over the online devices (every int counter).
+COUNTERS = tuple(
+    name
+    for name, f in EdgeCounters.model_fields.items()
+    if f.annotation is int  # fallback_reasons is summed per reason; adapter_active is a flag
+)
+
+#: The deadline of a device key that never expires (none is written so).
+_NEVER = 10 * 365 * 24 * 3600.0
+
+_APPLY = """
+local function newer(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  if am ~= bm then return am > bm end
+  return as > bs
+end
+local function neg(s)
+  if string.sub(s, 1, 1) == '-' then return string.sub(s, 2) end
+  return '-' .. s
+end
+local counts, counted, live, stale, ids, stream, cursor = unpack(KEYS)
+local seq_now = nil
+local applied = 0
+local n = tonumber(ARGV[1])
+for i = 0, n - 1 do
+  local device, seq, deadline, new = ARGV[3 + 4 * i], ARGV[4 + 4 * i], ARGV[5 + 4 * i], ARGV[6 + 4 * i]
+  if seq == '' then
+    -- the newest entry of the status stream: the report this transaction just added
+    if seq_now == nil then
+      local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+      seq_now = last[1] and last[1][1] or '0-0'
+    end
+    seq = seq_now
+  end
+  local raw = redis.call('HGET', counted, device)
+  local go = true
+  if raw then
+    local old = cjson.decode(raw)
+    if newer(seq, old.s) then
+      for f, a in pairs(old.f) do
+        if redis.call('HINCRBY', counts, f, neg(a)) == 0 then redis.call('HDEL', counts, f) end
+      end
+    else
+      go = false
+    end
+  else
+    redis.call('ZADD', ids, 0, device)
+  end
+  if go then
+    local rec = cjson.decode(new)
+    for f, a in pairs(rec.f) do redis.call('HINCRBY', counts, f, a) end
+    rec.s = seq
+    redis.call('HSET', counted, device, cjson.encode(rec))
+    if deadline == '' then
+      redis.call('ZREM', live, device)
+    else
+      redis.call('ZADD', live, deadline, device)
+    end
+    if rec.x == 1 then redis.call('SADD', stale, device) else redis.call('SREM', stale, device) end
+    applied = applied + 1
+  end
+end
+local to = ARGV[2]
+if to ~= '' then
+  local cur = redis.call('GET', cursor)
+  if not cur or newer(to, cur) then redis.call('SET', cursor, to) end
+end
+return applied
+"""
+
+
+@dataclass
+class Counted:
+    """What one report counts a device as: its buckets (name -> amount), whether it
+    reports stale update metadata, and until when (None: offline)."""
+
+    fields: dict[str, int]
+    stale: bool = False
+    deadline: float | None = None
+
+    def record(self) -> str:
+        # amounts as strings: HINCRBY takes them exactly (Lua numbers are doubles)
+        return json.dumps({"f": {k: str(v) for k, v in self.fields.items()}, "x": int(self.stale)})
+
+
+def version_of(version: int | None) -> str:
+    """How the counts name a served version."""
+    return f"v{version}" if version is not None else "baseline"
+
+
+def _safe(name: str) -> bool:
+    try:
+        check_name("name", name)
+    except ValueError:
+        return False
+    return True
+
+
+def buckets(status: EdgeStatus | None, deadline: float | None = None) -> Counted:
+    """The buckets of a device whose latest report is ``status`` (None: expired or
+    unreadable, i.e. offline), exactly as ``GET /v1/fleet`` and ``/metrics`` count it."""
+    if status is None:
+        return Counted({"devices": 1, "vh:unknown|offline": 1})
+    fields = {"devices": 1, f"vh:{version_of(status.version)}|{status.state}": 1}
+    for model in list(status.models) or [status.model]:
+        serving = status.serving(model)
+        if serving is None or not _safe(model):
+            continue
+        fields[f"model:{model}"] = 1
+        fields[f"mv:{model}|{version_of(serving.version)}"] = 1
+    c = status.counters
+    for name in COUNTERS:
+        if value := getattr(c, name):
+            fields[f"e:{name}"] = value
+    for reason, n in c.fallback_reasons.items():
+        if n:
+            fields[f"reason:{reason}"] = fields.get(f"reason:{reason}", 0) + n
+    return Counted(fields, status.stale, deadline if deadline is not None else time.time())
+
+
+@dataclass
+class Figures:
+    """The fleet's counts as one read: no device was read to make them."""
+
+    devices: int = 0
+    #: (version label, health) -> devices
+    version_health: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: model -> online devices serving it
+    models: dict[str, int] = field(default_factory=dict)
+    #: model -> version label -> online devices
+    model_versions: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: EdgeCounters name -> sum over online devices
+    edge: dict[str, int] = field(default_factory=dict)
+    #: fallback reason -> sum over online devices
+    reasons: dict[str, int] = field(default_factory=dict)
+    #: online devices that report stale update metadata
+    stale: list[str] = field(default_factory=list)
+
+    def by_version(self) -> dict[str, int]:
+        return _sum_by(self.version_health, 0)
+
+    def by_health(self) -> dict[str, int]:
+        return _sum_by(self.version_health, 1)
+
+
+def _sum_by(pairs: dict[tuple[str, str], int], at: int) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for pair, n in pairs.items():
+        out[pair[at]] = out.get(pair[at], 0) + n
+    return {k: v for k, v in sorted(out.items()) if v}
+
+
+def figures_of(counts: dict[str, int], stale: Iterable[str]) -> Figures:
+    """Figures from the counts hash (``FleetKeys.fleet_counts``) and the stale set."""
+    out = Figures(stale=sorted(stale))
+    for name, n in counts.items():
+        if not n:
+            continue
+        kind, _, rest = name.partition(":")
+        if name == "devices":
+            out.devices = n
+        elif kind == "vh":
+            version, _, health = rest.partition("|")
+            out.version_health[(version, health)] = n
+        elif kind == "model":
+            out.models[rest] = n
+        elif kind == "mv":
+            model, _, version = rest.partition("|")
+            out.model_versions.setdefault(model, {})[version] = n
+        elif kind == "e":
+            out.edge[rest] = n
+        elif kind == "reason":
+            out.reasons[rest] = n
+    return out
+
+
+class FleetCounts:
+    """One fleet's counts: kept (``queue_report``, ``refresh``), rebuilt (``recount``), read."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: FleetKeys,
+        *,
+        clock: Callable[[], float] = time.time,
+        batch: int = 1000,
+    ) -> None:
+        self.client, self.keys, self.clock = client, keys, clock
+        #: Reports folded, devices swept or repaired per call (a read's bound).
+        self.batch = batch
+        self._apply = client.register_script(_APPLY)
+
+    def _keys(self) -> list[str]:
+        k = self.keys
+        return [
+            k.fleet_counts, k.counted, k.counted_live, k.counted_stale, k.counted_ids,
+            k.status, k.counts_cursor,
+        ]  # fmt: skip
+
+    def _args(self, items: Sequence[tuple[str, str, Counted]], cursor: str = "") -> list[Any]:
+        args: list[Any] = [len(items), cursor]
+        for device, seq, c in items:
+            deadline = "" if c.deadline is None else repr(c.deadline)
+            args += [device, seq, deadline, c.record()]
+        return args
+
+    def apply(self, items: Sequence[tuple[str, str, Counted]], cursor: str = "") -> int:
+        """Count each (device, stream id, buckets) unless it is counted at a newer id;
+        then move the fold's cursor to ``cursor`` if it is newer. Returns those applied."""
+        return int(self._apply(keys=self._keys(), args=self._args(items, cursor)))
+
+    # -- the writers --------------------------------------------------------------
+
+    def queue_report(self, pipe: Any, status: EdgeStatus, ttl_s: int) -> None:
+        """Queue the counting of ``status`` on ``pipe`` (a MULTI pipeline), after the
+        report's own writes (``shared.status_report.add_report``): it is counted at the
+        status stream entry the same transaction added."""
+        deadline = self.clock() + ttl_s
+        args = self._args([(status.device_id, "", buckets(status, deadline))])
+        self._apply(keys=self._keys(), args=args, client=pipe)
+
+    def refresh(self) -> None:
+        """Bring the counts up to date, within ``batch`` of each kind of work: fold the
+        newest reports, take a step of a repair walk if one runs, sweep expired devices."""
+        if self.client.get(self.keys.counts_cursor) is None:
+            logger.info("fleet %s: no counts yet; counting every device", self.keys.fleet)
+            self.recount()
+            return
+        self.fold()
+        self.repair_step()
+        self.sweep()
+
+    def catch_up(self, rounds: int = 100) -> None:
+        """``refresh`` until the fold has nothing left (or ``rounds`` batches): the
+        controller's step, so that reads usually find nothing to fold."""
+        self.refresh()
+        for _ in range(rounds):
+            if self.fold() < self.batch:
+                break
+        self.sweep()
+
+    def fold(self) -> int:
+        """Count the status stream's reports after the cursor (one batch): how many."""
+        cursor = replies.text(self.client.get(self.keys.counts_cursor) or b"0-0")
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xrange(self.keys.status, f"({cursor}", "+", count=self.batch)
+        pipe.execute_command("XINFO", "STREAM", self.keys.status)
+        try:
+            entries, info = pipe.execute()
+        except redis.ResponseError:  # no stream yet: no reports
+            return 0
+        deleted = _info(info).get("max-deleted-entry-id", "0-0")
+        if _newer(deleted, cursor) and self.client.set(self.keys.counts_repair, "0", nx=True):
+            logger.warning(
+                "fleet %s: the status stream was trimmed past the counts (at %s, deleted up "
+                "to %s); repairing them from the device keys",
+                self.keys.fleet,
+                cursor,
+                deleted,
+            )
+        if not entries:
+            return 0
+        reports: list[tuple[str, EdgeStatus]] = []
+        for entry_id, fields in entries:
+            raw = fields.get(STATUS_FIELD.encode())
+            try:
+                status = EdgeStatus.from_wire(raw) if raw else None
+            except MessageError:
+                status = None
+            if status is not None and _safe(status.device_id):
+                reports.append((replies.text(entry_id), status))
+        last = replies.text(entries[-1][0])
+        deadlines = self._deadlines({s.device_id for _, s in reports})
+        items = [(s.device_id, i, buckets(s, deadlines[s.device_id])) for i, s in reports]
+        self.apply(items, last)
+        return len(entries)
+
+    def _deadlines(self, devices: Iterable[str]) -> dict[str, float]:
+        """When each device's key expires (now, if gone: the sweep counts it offline)."""
+        devices = list(devices)
+        pipe = self.client.pipeline(transaction=False)
+        for d in devices:
+            pipe.pttl(self.keys.device(d))
+        now = self.clock()
+        return {d: _deadline(now, ms) for d, ms in zip(devices, pipe.execute(), strict=True)}
+
+    def sweep(self) -> int:
+        """Count offline the devices whose key expired, oldest deadline first (one batch);
+        a device whose key lives on (a report not folded yet) is checked again when it
+        expires. Returns the devices counted offline."""
+        now = self.clock()
+        due = replies.members(
+            self.client.zrangebyscore(self.keys.counted_live, "-inf", now, start=0, num=self.batch)
+        )
+        if not due:
+            return 0
+        snapshot = self._snapshot(due, values=False)
+        gone = [d for d in due if snapshot.ttl[d] == -2]
+        later = {d: _deadline(now, snapshot.ttl[d]) for d in due if snapshot.ttl[d] != -2}
+        if later:
+            self.client.zadd(self.keys.counted_live, later, xx=True)
+        if gone:
+            self.apply([(d, snapshot.seq, buckets(None)) for d in gone])
+        return len(gone)
+
+    def repair_step(self) -> int:
+        """One step of a running repair walk: recount ``batch`` devices from their keys."""
+        cursor = self.client.get(self.keys.counts_repair)
+        if cursor is None:
+            return 0
+        nxt, pairs = self.client.zscan(self.keys.devices, int(cursor), count=self.batch)
+        done = self.resync(replies.text(d) for d, _ in pairs)
+        if int(nxt) == 0:
+            self.client.delete(self.keys.counts_repair)
+            logger.info("fleet %s: counts repaired", self.keys.fleet)
+        else:
+            self.client.set(self.keys.counts_repair, int(nxt))
+        return done
+
+    def resync(self, devices: Iterable[str]) -> int:
+        """Count ``devices`` from their device keys, as of the status stream's newest id."""
+        wanted = [d for d in dict.fromkeys(devices) if _safe(d)]
+        if not wanted:
+            return 0
+        snap = self._snapshot(wanted, values=True)
+        now = self.clock()
+        items = []
+        for d in wanted:
+            raw = snap.raw.get(d)
+            try:
+                status = EdgeStatus.from_wire(raw) if raw else None
+            except MessageError:
+                status = None
+            deadline = _deadline(now, snap.ttl[d])
+            items.append((d, snap.seq, buckets(status, deadline) if status else buckets(None)))
+        return self.apply(items)
+
+    def recount(self, progress: Callable[[int], None] | None = None) -> int:
+        """Rebuild the counts from every device's key (a full scan, for upgrades and
+        repair): reports written meanwhile are folded after it. Returns the devices."""
+        start = self._snapshot([], values=False).seq
+        k = self.keys
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(
+            k.fleet_counts, k.counted, k.counted_live, k.counted_stale, k.counted_ids,
+            k.counts_repair,
+        )  # fmt: skip
+        pipe.set(k.counts_cursor, start)
+        pipe.execute()
+        total, cursor = 0, 0
+        while True:
+            cursor, pairs = self.client.zscan(k.devices, cursor, count=500)
+            total += self.resync(replies.text(d) for d, _ in pairs)
+            if progress is not None:
+                progress(total)
+            if cursor == 0:
+                return total
+
+    @dataclass
+    class _Snap:
+        seq: str
+        ttl: dict[str, int]
+        raw: dict[str, bytes | None]
+
+    def _snapshot(self, devices: list[str], *, values: bool) -> FleetCounts._Snap:
+        """The devices' key TTLs (and values) and the status stream's newest id, read in
+        one transaction: any report after it has a larger id."""
+        pipe = self.client.pipeline(transaction=True)
+        for d in devices:
+            pipe.pttl(self.keys.device(d))
+            if values:
+                pipe.get(self.keys.device(d))
+        pipe.xrevrange(self.keys.status, "+", "-", count=1)
+        out = pipe.execute()
+        last = out[-1]
+        seq = replies.text(last[0][0]) if last else "0-0"
+        step = 2 if values else 1
+        ttl = {d: int(out[i * step]) for i, d in enumerate(devices)}
+        raw = {d: out[i * step + 1] for i, d in enumerate(devices)} if values else {}
+        return FleetCounts._Snap(seq, ttl, raw)
+
+    # -- the readers --------------------------------------------------------------
+
+    def read(self) -> Figures:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hgetall(self.keys.fleet_counts)
+        pipe.smembers(self.keys.counted_stale)
+        raw, stale = pipe.execute()
+        counts = {replies.text(k): int(v) for k, v in raw.items()}
+        return figures_of(counts, replies.members(stale))
+
+    def page(self, after: str, limit: int) -> tuple[list[str], str | None]:
+        """Up to ``limit`` counted device ids after ``after`` ("" for the first), by id,
+        and the cursor of the next page (None: this was the last)."""
+        low = f"({after}" if after else "-"
+        ids = replies.members(
+            self.client.zrangebylex(self.keys.counted_ids, low, "+", start=0, num=limit + 1)
+        )
+        if len(ids) > limit:
+            return ids[:limit], ids[limit - 1]
+        return ids, None
+
+    def total(self) -> int:
+        return int(self.client.zcard(self.keys.counted_ids))
+
+
+def _deadline(now: float, pttl_ms: int) -> float:
+    if pttl_ms == -2:
+        return now
+    if pttl_ms == -1:
+        return now + _NEVER
+    return now + pttl_ms / 1000.0
+
+
+def _info(reply: Any) -> dict[str, str]:
+    """XINFO STREAM's flat reply as text fields (the values this module reads)."""
+    if isinstance(reply, dict):
+        items = list(reply.items())
+    else:
+        items = list(zip(reply[::2], reply[1::2], strict=True))
+    return {
+        replies.text(k): replies.text(v) for k, v in items if isinstance(v, (bytes, str, int))
+    }
+
+
+def _newer(a: str, b: str) -> bool:
+    """Stream id ``a`` after ``b``."""
+    am, _, asq = a.partition("-")
+    bm, _, bsq = b.partition("-")
+    return (int(am), int(asq or 0)) > (int(bm), int(bsq or 0))
