@@ -58,12 +58,16 @@ COUNTERS = tuple(
 _NEVER = 10 * 365 * 24 * 3600.0
 
 _APPLY = """
+-- ids are stream ids, "<ms>-<seq>", or "<ms>-<seq>-1": read from the device keys after
+-- that entry was written (a snapshot), so after the report of that very entry
 local function newer(a, b)
-  local am, as = string.match(a, '^(%d+)-(%d+)$')
-  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
-  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  local am, as, ao = string.match(a, '^(%d+)-(%d+)-?(%d*)$')
+  local bm, bs, bo = string.match(b, '^(%d+)-(%d+)-?(%d*)$')
+  am, as, ao = tonumber(am), tonumber(as), tonumber(ao) or 0
+  bm, bs, bo = tonumber(bm), tonumber(bs), tonumber(bo) or 0
   if am ~= bm then return am > bm end
-  return as > bs
+  if as ~= bs then return as > bs end
+  return ao > bo
 end
 local function neg(s)
   if string.sub(s, 1, 1) == '-' then return string.sub(s, 2) end
@@ -300,15 +304,18 @@ class FleetCounts:
             entries, info = pipe.execute()
         except redis.ResponseError:  # no stream yet: no reports
             return 0
-        deleted = _info(info).get("max-deleted-entry-id", "0-0")
-        if _newer(deleted, cursor) and self.client.set(self.keys.counts_repair, "0", nx=True):
-            logger.warning(
-                "fleet %s: the status stream was trimmed past the counts (at %s, deleted up "
-                "to %s); repairing them from the device keys",
-                self.keys.fleet,
-                cursor,
-                deleted,
-            )
+        first = _trimmed_to(_info(info))
+        if first is not None and _newer(first, cursor):
+            # MAXLEN ~ keeps the newest maxlen entries: the cursor's own entry is gone only
+            # after that many more reports, and some of them may be gone unfolded too
+            if self.client.set(self.keys.counts_repair, "0", nx=True):
+                logger.warning(
+                    "fleet %s: the status stream was trimmed past the counts (at %s, the "
+                    "stream starts at %s); repairing them from the device keys",
+                    self.keys.fleet,
+                    cursor,
+                    first,
+                )
         if not entries:
             return 0
         reports: list[tuple[str, EdgeStatus]] = []
@@ -389,7 +396,7 @@ class FleetCounts:
     def recount(self, progress: Callable[[int], None] | None = None) -> int:
         """Rebuild the counts from every device's key (a full scan, for upgrades and
         repair): reports written meanwhile are folded after it. Returns the devices."""
-        start = self._snapshot([], values=False).seq
+        start = self._snapshot([], values=False).seq.removesuffix("-1")
         k = self.keys
         pipe = self.client.pipeline(transaction=True)
         pipe.delete(
@@ -424,7 +431,8 @@ class FleetCounts:
         pipe.xrevrange(self.keys.status, "+", "-", count=1)
         out = pipe.execute()
         last = out[-1]
-        seq = replies.text(last[0][0]) if last else "0-0"
+        # after the newest entry: what the keys say now is newer than that entry's report
+        seq = (replies.text(last[0][0]) if last else "0-0") + "-1"
         step = 2 if values else 1
         ttl = {d: int(out[i * step]) for i, d in enumerate(devices)}
         raw = {d: out[i * step + 1] for i, d in enumerate(devices)} if values else {}
@@ -472,6 +480,13 @@ def _info(reply: Any) -> dict[str, str]:
     return {
         replies.text(k): replies.text(v) for k, v in items if isinstance(v, (bytes, str, int))
     }
+
+
+def _trimmed_to(info: dict[str, str]) -> str | None:
+    """The first entry id of a stream that lost entries to trimming, else None."""
+    if int(info.get("entries-added", 0)) <= int(info.get("length", 0)):
+        return None
+    return info.get("recorded-first-entry-id") or None
 
 
 def _newer(a: str, b: str) -> bool:
