@@ -177,8 +177,7 @@ class DevicesPublic(BaseModel):
     )
     next_cursor: str | None = Field(
         None,
-        description="pass as `cursor` for the next page (by id); null: no more, or paged "
-        "by offset",
+        description="pass as `cursor` for the next page (by id); null: no more, or paged by offset",
         examples=["pi-07"],
     )
 

@@ -20,8 +20,8 @@ import redis
 
 from cloud.registry.fleet_counts import FleetCounts
 from cloud.rollout.controller import RolloutController
-from shared.keys import FleetKeys
 from cloud.rollout.loop import ControllerLoop
+from shared.keys import FleetKeys
 
 logger = logging.getLogger(__name__)
 

@@ -299,23 +299,23 @@ class FleetCounts:
         cursor = replies.text(self.client.get(self.keys.counts_cursor) or b"0-0")
         pipe = self.client.pipeline(transaction=False)
         pipe.xrange(self.keys.status, f"({cursor}", "+", count=self.batch)
-        pipe.execute_command("XINFO", "STREAM", self.keys.status)
+        pipe.execute_command("XINFO", "STREAM", self.keys.status)  # type: ignore[no-untyped-call]
         try:
             entries, info = pipe.execute()
         except redis.ResponseError:  # no stream yet: no reports
             return 0
+        # MAXLEN ~ keeps the newest maxlen entries: the cursor's own entry is gone only
+        # after that many more reports, and some of them may be gone unfolded too
         first = _trimmed_to(_info(info))
-        if first is not None and _newer(first, cursor):
-            # MAXLEN ~ keeps the newest maxlen entries: the cursor's own entry is gone only
-            # after that many more reports, and some of them may be gone unfolded too
-            if self.client.set(self.keys.counts_repair, "0", nx=True):
-                logger.warning(
-                    "fleet %s: the status stream was trimmed past the counts (at %s, the "
-                    "stream starts at %s); repairing them from the device keys",
-                    self.keys.fleet,
-                    cursor,
-                    first,
-                )
+        gap = first is not None and _newer(first, cursor)
+        if gap and self.client.set(self.keys.counts_repair, "0", nx=True):
+            logger.warning(
+                "fleet %s: the status stream was trimmed past the counts (at %s, the "
+                "stream starts at %s); repairing them from the device keys",
+                self.keys.fleet,
+                cursor,
+                first,
+            )
         if not entries:
             return 0
         reports: list[tuple[str, EdgeStatus]] = []
@@ -477,9 +477,7 @@ def _info(reply: Any) -> dict[str, str]:
         items = list(reply.items())
     else:
         items = list(zip(reply[::2], reply[1::2], strict=True))
-    return {
-        replies.text(k): replies.text(v) for k, v in items if isinstance(v, (bytes, str, int))
-    }
+    return {replies.text(k): replies.text(v) for k, v in items if isinstance(v, (bytes, str, int))}
 
 
 def _trimmed_to(info: dict[str, str]) -> str | None:
