@@ -235,3 +235,28 @@ def test_bad_page_parameters_are_refused(api, redis_client, query, says):
     viewer = bearer(issue(redis_client, FLEET, "viewer"))
     r = api.get(f"/v1/devices?{query}", headers=viewer)
     assert r.status_code == 422 and says in r.text
+
+
+def test_edgeloop_controller_recounts_and_its_step_folds(redis_client, redis_url, tmp_path, capsys):
+    """``--recount`` rebuilds the counts from the devices; ``--once`` folds what edges wrote."""
+    from cloud.cli import main as cli
+    from tests.cloud.api_helpers import PEPPER
+
+    keys = FleetKeys(FLEET)
+    for i in range(30):
+        edge_writes(redis_client, status(f"pi-{i:02d}", i % 2))
+    redis_client.delete(keys.status)  # reports from before the counts: only the keys remain
+    config = tmp_path / "api.toml"
+    config.write_text(
+        f'mode = "development"\nfleet = "{FLEET}"\nredis_url = "{redis_url}"\n'
+        f'blob_dir = "{tmp_path / "blobs"}"\ntoken_pepper = "{PEPPER}"\n'
+    )
+    assert cli.main(["controller", "--config", str(config), "--recount"]) == 0
+    assert "30 devices counted" in capsys.readouterr().out
+    counts = FleetCounts(redis_client, keys)
+    assert counts.read().by_version() == {"v0": 15, "v1": 15}
+
+    edge_writes(redis_client, status("pi-00", 7))
+    assert counts.read().by_version() == {"v0": 15, "v1": 15}  # not folded yet
+    assert cli.main(["controller", "--config", str(config), "--once"]) == 0
+    assert counts.read().by_version() == {"v0": 14, "v1": 15, "v7": 1}
