@@ -73,8 +73,8 @@ def measure(bench: Bench, n: int) -> Result:
     counts.catch_up(rounds=10 * n // counts.batch + 1)
     fold_s = time.perf_counter() - t
 
-    view = FleetView(client, keys, Registry(client, keys, DirBlobStore(bench.workdir / "blobs")))
-    view.counts = counts
+    registry = Registry(client, keys, DirBlobStore(bench.workdir / "blobs"))
+    view = FleetView(client, keys, registry, None, counts)
     assert view.read_fleet() == view.scan_fleet(), "the counts differ from a full scan"
     counted = _timed(view.read_fleet, 200)
     scanned = _timed(view.scan_fleet, max(3, min(30, 30_000 // n)))

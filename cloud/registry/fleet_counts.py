@@ -229,6 +229,15 @@ def figures_of(counts: dict[str, int], stale: Iterable[str]) -> Figures:
     return out
 
 
+@dataclass
+class _Snapshot:
+    """Device keys' TTLs (ms; -2: gone) and values, and the stamp of that read."""
+
+    seq: str
+    ttl: dict[str, int]
+    raw: dict[str, bytes | None]
+
+
 class FleetCounts:
     """One fleet's counts: kept (``queue_report``, ``refresh``), rebuilt (``recount``), read."""
 
@@ -414,13 +423,7 @@ class FleetCounts:
             if cursor == 0:
                 return total
 
-    @dataclass
-    class _Snap:
-        seq: str
-        ttl: dict[str, int]
-        raw: dict[str, bytes | None]
-
-    def _snapshot(self, devices: list[str], *, values: bool) -> FleetCounts._Snap:
+    def _snapshot(self, devices: list[str], *, values: bool) -> _Snapshot:
         """The devices' key TTLs (and values) and the status stream's newest id, read in
         one transaction: any report after it has a larger id."""
         pipe = self.client.pipeline(transaction=True)
@@ -436,7 +439,7 @@ class FleetCounts:
         step = 2 if values else 1
         ttl = {d: int(out[i * step]) for i, d in enumerate(devices)}
         raw = {d: out[i * step + 1] for i, d in enumerate(devices)} if values else {}
-        return FleetCounts._Snap(seq, ttl, raw)
+        return _Snapshot(seq, ttl, raw)
 
     # -- the readers --------------------------------------------------------------
 
@@ -458,9 +461,6 @@ class FleetCounts:
         if len(ids) > limit:
             return ids[:limit], ids[limit - 1]
         return ids, None
-
-    def total(self) -> int:
-        return int(self.client.zcard(self.keys.counted_ids))
 
 
 def _deadline(now: float, pttl_ms: int) -> float:
