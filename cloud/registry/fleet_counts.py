@@ -1,6 +1,6 @@
 """Fleet-wide figures kept up to date as statuses are written, never by scanning devices.
 
-A device is counted in buckets (``buckets``): the whole fleet (``devices``), its version
+A device is counted in buckets (``cloud.registry.fleet_buckets``): the whole fleet (``devices``), its version
 and health together (``vh:v3|serving``; ``vh:unknown|offline`` once its report expired),
 each model it serves and that model's version (``model:digits``, ``mv:digits|v3``), and,
 online, its counters summed (``e:predictions``, ``reason:absent``). The counts live in one
@@ -30,31 +30,23 @@ Every read (``read``) costs O(buckets + stale devices), whatever the fleet's siz
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 
+from cloud.registry.fleet_buckets import Counted, Figures, buckets, figures_of, safe
 from shared import replies
 from shared.errors import MessageError
-from shared.keys import FleetKeys, check_name
-from shared.messages import EdgeCounters, EdgeStatus
+from shared.keys import FleetKeys
+from shared.messages import EdgeStatus
 from shared.status_report import STATUS_FIELD
 
 logger = logging.getLogger(__name__)
 
-#: EdgeCounters fields summed over the online devices (every int counter).
-COUNTERS = tuple(
-    name
-    for name, f in EdgeCounters.model_fields.items()
-    if f.annotation is int  # fallback_reasons is summed per reason; adapter_active is a flag
-)
-
-#: The deadline of a device key that never expires (none is written so).
 _NEVER = 10 * 365 * 24 * 3600.0
 
 _APPLY = """
@@ -122,111 +114,6 @@ if to ~= '' then
 end
 return applied
 """
-
-
-@dataclass
-class Counted:
-    """What one report counts a device as: its buckets (name -> amount), whether it
-    reports stale update metadata, and until when (None: offline)."""
-
-    fields: dict[str, int]
-    stale: bool = False
-    deadline: float | None = None
-
-    def record(self) -> str:
-        # amounts as strings: HINCRBY takes them exactly (Lua numbers are doubles)
-        return json.dumps({"f": {k: str(v) for k, v in self.fields.items()}, "x": int(self.stale)})
-
-
-def version_of(version: int | None) -> str:
-    """How the counts name a served version."""
-    return f"v{version}" if version is not None else "baseline"
-
-
-def _safe(name: str) -> bool:
-    try:
-        check_name("name", name)
-    except ValueError:
-        return False
-    return True
-
-
-def buckets(status: EdgeStatus | None, deadline: float | None = None) -> Counted:
-    """The buckets of a device whose latest report is ``status`` (None: expired or
-    unreadable, i.e. offline), exactly as ``GET /v1/fleet`` and ``/metrics`` count it."""
-    if status is None:
-        return Counted({"devices": 1, "vh:unknown|offline": 1})
-    fields = {"devices": 1, f"vh:{version_of(status.version)}|{status.state}": 1}
-    for model in list(status.models) or [status.model]:
-        serving = status.serving(model)
-        if serving is None or not _safe(model):
-            continue
-        fields[f"model:{model}"] = 1
-        fields[f"mv:{model}|{version_of(serving.version)}"] = 1
-    c = status.counters
-    for name in COUNTERS:
-        if value := getattr(c, name):
-            fields[f"e:{name}"] = value
-    for reason, n in c.fallback_reasons.items():
-        if n:
-            fields[f"reason:{reason}"] = fields.get(f"reason:{reason}", 0) + n
-    return Counted(fields, status.stale, deadline if deadline is not None else time.time())
-
-
-@dataclass
-class Figures:
-    """The fleet's counts as one read: no device was read to make them."""
-
-    devices: int = 0
-    #: (version label, health) -> devices
-    version_health: dict[tuple[str, str], int] = field(default_factory=dict)
-    #: model -> online devices serving it
-    models: dict[str, int] = field(default_factory=dict)
-    #: model -> version label -> online devices
-    model_versions: dict[str, dict[str, int]] = field(default_factory=dict)
-    #: EdgeCounters name -> sum over online devices
-    edge: dict[str, int] = field(default_factory=dict)
-    #: fallback reason -> sum over online devices
-    reasons: dict[str, int] = field(default_factory=dict)
-    #: online devices that report stale update metadata
-    stale: list[str] = field(default_factory=list)
-
-    def by_version(self) -> dict[str, int]:
-        return _sum_by(self.version_health, 0)
-
-    def by_health(self) -> dict[str, int]:
-        return _sum_by(self.version_health, 1)
-
-
-def _sum_by(pairs: dict[tuple[str, str], int], at: int) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for pair, n in pairs.items():
-        out[pair[at]] = out.get(pair[at], 0) + n
-    return {k: v for k, v in sorted(out.items()) if v}
-
-
-def figures_of(counts: dict[str, int], stale: Iterable[str]) -> Figures:
-    """Figures from the counts hash (``FleetKeys.fleet_counts``) and the stale set."""
-    out = Figures(stale=sorted(stale))
-    for name, n in counts.items():
-        if not n:
-            continue
-        kind, _, rest = name.partition(":")
-        if name == "devices":
-            out.devices = n
-        elif kind == "vh":
-            version, _, health = rest.partition("|")
-            out.version_health[(version, health)] = n
-        elif kind == "model":
-            out.models[rest] = n
-        elif kind == "mv":
-            model, _, version = rest.partition("|")
-            out.model_versions.setdefault(model, {})[version] = n
-        elif kind == "e":
-            out.edge[rest] = n
-        elif kind == "reason":
-            out.reasons[rest] = n
-    return out
 
 
 @dataclass
@@ -334,7 +221,7 @@ class FleetCounts:
                 status = EdgeStatus.from_wire(raw) if raw else None
             except MessageError:
                 status = None
-            if status is not None and _safe(status.device_id):
+            if status is not None and safe(status.device_id):
                 reports.append((replies.text(entry_id), status))
         last = replies.text(entries[-1][0])
         deadlines = self._deadlines({s.device_id for _, s in reports})
@@ -386,7 +273,7 @@ class FleetCounts:
 
     def resync(self, devices: Iterable[str]) -> int:
         """Count ``devices`` from their device keys, as of the status stream's newest id."""
-        wanted = [d for d in dict.fromkeys(devices) if _safe(d)]
+        wanted = [d for d in dict.fromkeys(devices) if safe(d)]
         if not wanted:
             return 0
         snap = self._snapshot(wanted, values=True)
