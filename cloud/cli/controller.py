@@ -63,9 +63,9 @@ def run(args: argparse.Namespace) -> int:
         ),
     )
     if args.once:
-        FleetCounts(client, keys).catch_up()
         controller.step()
         controller.renew_orders()
+        FleetCounts(client, keys).catch_up()
         return 0
     interval = args.interval or settings.controller_interval_s or 5.0
     tuf = tuf_repository(client, keys, None, settings.tuf_online_key)

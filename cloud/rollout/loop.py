@@ -1,7 +1,7 @@
 """The rollout controller's loop: a thread of the API process, or a process alone.
 
 ``ControllerLoop`` calls ``RolloutController.step()`` every ``interval_s``
-until stopped, after bringing the fleet's counts up to date (``FleetCounts.catch_up``). The API starts one in its lifespan (``controller_interval_s``,
+until stopped, then brings the fleet's counts up to date (``FleetCounts.catch_up``). The API starts one in its lifespan (``controller_interval_s``,
 0 for none) and stops it on shutdown; ``edgeloop controller --config api.toml``
 (``cloud/cli/controller.py``) runs one alone. Several at once (API replicas, a standalone controller beside
 them) are safe: every change of a rollout is a WATCH/MULTI transaction on its
@@ -70,9 +70,9 @@ class ControllerLoop:
         while not self._stop.is_set():
             try:
                 self._refresh_tuf()
-                self.counts.catch_up()
                 self.controller.step()
                 self._renew_orders()
+                self._count()
                 self.steps += 1
                 self.last_step_at = time.time()
                 if failing:
@@ -89,6 +89,14 @@ class ControllerLoop:
                 self.errors += 1
                 logger.exception("rollout controller: step failed")
             self._stop.wait(self.interval_s)
+
+    def _count(self) -> None:
+        """Fold the fleet's new reports into its counts; a refusal (a Redis user without
+        scripting, say) is logged, and never holds up the rollouts."""
+        try:
+            self.counts.catch_up()
+        except redis.ResponseError as e:
+            logger.warning("fleet counts not updated: %s", e)
 
     def _renew_orders(self) -> None:
         if time.monotonic() < self._renew_due:
