@@ -21,9 +21,10 @@ Invariants:
 - A device's report expires with its device key: ``counted_live`` holds each online
   device by the time its key expires, and ``sweep`` checks only the devices past that
   time (ZRANGEBYSCORE from the oldest), counting those whose key is gone as offline.
-- A stream trimmed past the cursor (reports never folded) starts a repair walk (ZSCAN
-  of the device index, ``repair_batch`` devices per refresh); ``recount`` rebuilds it all
-  from the device keys, for upgrades and repair (``edgeloop controller --recount``).
+- A stream trimmed past the cursor (reports never folded), or a fleet without counts,
+  starts a repair walk (ZSCAN of the device index, ``batch`` devices per refresh);
+  ``recount`` rebuilds it all at once from the device keys, for upgrades and repair
+  (``edgeloop controller --recount``).
 
 Every read (``read``) costs O(buckets + stale devices), whatever the fleet's size.
 """
@@ -174,21 +175,37 @@ class FleetCounts:
         """Bring the counts up to date, within ``batch`` of each kind of work: fold the
         newest reports, take a step of a repair walk if one runs, sweep expired devices."""
         if self.client.get(self.keys.counts_cursor) is None:
-            logger.info("fleet %s: no counts yet; counting every device", self.keys.fleet)
-            self.recount()
-            return
+            self._start_walk()
         self.fold()
         self.repair_step()
         self.sweep()
 
     def catch_up(self, rounds: int = 100) -> None:
-        """``refresh`` until the fold has nothing left (or ``rounds`` batches): the
-        controller's step, so that reads usually find nothing to fold."""
+        """``refresh``, then fold and repair until nothing is left (or ``rounds`` batches
+        of each): the controller's step, so that reads usually find nothing to do."""
         self.refresh()
         for _ in range(rounds):
             if self.fold() < self.batch:
                 break
+        for _ in range(rounds):
+            if not self.client.exists(self.keys.counts_repair):
+                break
+            self.repair_step()
         self.sweep()
+
+    def _start_walk(self) -> None:
+        """A fleet without counts (new, or upgraded from a version without them): count
+        every device from its key by a repair walk, ``batch`` devices per refresh, so no
+        read pays for the whole fleet; the first process to get here starts it."""
+        start = self._snapshot([], values=False).seq.removesuffix("-1")
+        if not self.client.set(self.keys.counts_cursor, start, nx=True):
+            return
+        k = self.keys
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(k.fleet_counts, k.counted, k.counted_live, k.counted_stale, k.counted_ids)
+        pipe.set(k.counts_repair, "0")
+        pipe.execute()
+        logger.info("fleet %s: no counts yet; counting every device", k.fleet)
 
     def fold(self) -> int:
         """Count the status stream's reports after the cursor (one batch): how many."""

@@ -169,12 +169,22 @@ def test_a_trimmed_status_stream_is_repaired_from_the_device_keys(view, redis_cl
     assert view.read_fleet().devices == 200
 
 
-def test_counts_are_built_on_first_read_of_a_fleet_that_had_none(view, redis_client):
-    """An upgraded fleet: devices reported before the counts existed."""
-    for i in range(5):
-        edge_writes(redis_client, status(f"pi-{i}", 1))
-    redis_client.delete(FleetKeys(FLEET).status)  # history gone: only the device keys remain
-    assert view.read_fleet().devices == 5
+def test_a_fleet_without_counts_is_counted_by_a_walk_no_read_pays_for(view, redis_client):
+    """An upgraded fleet: devices reported before the counts existed. Its first reads
+    count it 100 devices at a time; then the counts are the scan's."""
+    keys = FleetKeys(FLEET)
+    pipe = redis_client.pipeline(transaction=False)
+    for i in range(400):
+        add_status(pipe, keys, status(f"pi-{i:03d}", i % 2), 60, 10_000)
+    pipe.execute()
+    redis_client.delete(keys.status)  # history gone: only the device keys remain
+    view.counts.batch = 100
+    first = view.read_fleet().devices
+    assert 0 < first < 400 and redis_client.exists(keys.counts_repair)
+    for _ in range(10):
+        view.read_fleet()
+    assert not redis_client.exists(keys.counts_repair)
+    assert view.read_fleet().devices == 400
     assert_counts_match_scan(view)
 
 
@@ -199,6 +209,7 @@ def test_a_status_posted_over_http_is_counted(api, redis_client):
 
 def test_a_cursor_walk_lists_every_device_once(api, redis_client):
     viewer = bearer(issue(redis_client, FLEET, "viewer"))
+    assert api.get("/v1/fleet", headers=viewer).json()["devices"] == 0  # the fleet's counts
     devices = [f"d-{i:04d}" for i in range(1203)]
     pipe = redis_client.pipeline(transaction=False)
     for d in devices:
