@@ -12,7 +12,7 @@ import sys
 os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-BENCHES = ("predict", "families", "http", "hotswap", "feedback", "verify")
+BENCHES = ("predict", "families", "http", "hotswap", "feedback", "verify", "fleet")
 
 
 def main() -> int:

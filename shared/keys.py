@@ -127,6 +127,50 @@ class FleetKeys:
         """Sorted set of device ids by last-seen time."""
         return f"{self._p}:devices"
 
+    # Fleet figures kept as statuses are written (cloud/registry/fleet_counts.py): the API's
+    # status relay and the controller's fold of the status stream write them, through one
+    # Lua script; ``GET /v1/fleet`` and ``/metrics`` read them. No edge touches them.
+    @property
+    def fleet_counts(self) -> str:
+        """Hash of bucket -> devices (or summed counter): ``devices``, ``vh:<version>|<health>``,
+        ``model:<m>``, ``mv:<m>|<version>``, ``e:<counter>``, ``reason:<r>``."""
+        return f"{self._p}:fleet-counts"
+
+    @property
+    def counted(self) -> str:
+        """Hash of device id -> what the device is counted as (JSON: the status stream id
+        it was counted at, its buckets), so that a report moves it between buckets once."""
+        return f"{self._p}:counted"
+
+    @property
+    def counted_live(self) -> str:
+        """Sorted set of the devices counted online, by when their device key expires:
+        the oldest are checked and counted offline once their key is gone."""
+        return f"{self._p}:counted-live"
+
+    @property
+    def counted_stale(self) -> str:
+        """Set of the online devices that report stale update metadata."""
+        return f"{self._p}:counted-stale"
+
+    @property
+    def counted_ids(self) -> str:
+        """Sorted set of every counted device id, all with score 0: ``GET /v1/devices``
+        pages through it by id (ZRANGEBYLEX), so a walk sees each device once."""
+        return f"{self._p}:counted-ids"
+
+    @property
+    def counts_cursor(self) -> str:
+        """The last status stream entry id folded into the counts (the controller and the
+        API's reads advance it)."""
+        return f"{self._p}:counts-cursor"
+
+    @property
+    def counts_repair(self) -> str:
+        """ZSCAN cursor of a repair walk over ``devices``, while one runs: set when the
+        status stream was trimmed past ``counts_cursor`` (reports were never folded)."""
+        return f"{self._p}:counts-repair"
+
     def artifact(self, sha256: str) -> str:
         """A full model artifact, zstd-compressed."""
         return f"{self._p}:artifact:{sha256}"

@@ -81,6 +81,7 @@ from cloud.api.views.fleet import FleetView
 from cloud.api.views.rollouts import RolloutsView
 from cloud.api.views.tuf import TufView
 from cloud.api.views.versions import VersionsView
+from cloud.registry.fleet_counts import FleetCounts
 from cloud.registry.tuf_repo import TufRepository, tuf_repository
 from cloud.registry.versions import DirBlobStore, Registry
 from cloud.rollout.controller import RolloutController
@@ -139,8 +140,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app = FastAPI(title="edgeloop cloud", version="1", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.view = VersionsView(registry, verifier)
-    app.state.fleet = FleetView(client, keys, registry, director)
-    app.state.relay = DeviceRelay(client, keys)
+    counts = FleetCounts(client, keys)
+    app.state.fleet = FleetView(client, keys, registry, director, counts)
+    app.state.relay = DeviceRelay(client, keys, counts)
     app.state.tuf = TufView(client, keys)
     app.state.rollouts = RolloutsView(controller, registry)
     app.state.tokens = TokenStore(

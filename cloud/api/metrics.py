@@ -2,7 +2,8 @@
 
 Fleet figures are read from Redis at scrape time by a collector: rollouts by
 state, devices by version and health, and the edges' own counters summed over
-the devices that are online (an edge's counters restart with it, so the sums
+the devices that are online, all from the fleet's counts (cloud/registry/
+fleet_counts.py), not from each device (an edge's counters restart with it, so the sums
 can go down: they are gauges). The API's requests are counted in-process by
 method, route template and status. Each app has a registry of its own, so two
 APIs in one process (tests) keep their figures apart.
@@ -89,9 +90,25 @@ class FleetCollector(Collector):
         yield family
 
     def _devices(self) -> Iterator[Metric]:
-        devices = self.fleet.statuses()
-        yield _by_version(devices)
-        yield from _edge_sums(devices)
+        counts = self.fleet.counts
+        counts.refresh()
+        f = counts.read()
+        family = GaugeMetricFamily(
+            "edgeloop_devices",
+            "Devices by served version and health.",
+            labels=["version", "health"],
+        )
+        for (version, health), n in sorted(f.version_health.items()):
+            family.add_metric([version, health], n)
+        yield family
+        yield from _edge_gauges(Tally(f.edge), Tally(f.reasons))
+
+
+def scan_devices(devices: list[DevicePublic]) -> Iterator[Metric]:
+    """The device families from every device's status, read one by one: what the
+    collector exposed before the counts (``FleetView.statuses``), kept to check them."""
+    yield _by_version(devices)
+    yield from _edge_sums(devices)
 
 
 def _by_version(devices: list[DevicePublic]) -> Metric:
@@ -116,6 +133,10 @@ def _edge_sums(devices: list[DevicePublic]) -> Iterator[Metric]:
         for name in EDGE_COUNTERS:
             sums[name] += getattr(d.counters, name)
         reasons.update(d.counters.fallback_reasons)
+    yield from _edge_gauges(sums, reasons)
+
+
+def _edge_gauges(sums: Tally[str], reasons: Tally[str]) -> Iterator[Metric]:
     for name in EDGE_COUNTERS:
         yield GaugeMetricFamily(
             f"edgeloop_edge_{name}",
@@ -128,7 +149,8 @@ def _edge_sums(devices: list[DevicePublic]) -> Iterator[Metric]:
         labels=["reason"],
     )
     for reason, n in sorted(reasons.items()):
-        by_reason.add_metric([reason], n)
+        if n:
+            by_reason.add_metric([reason], n)
     yield by_reason
 
 

@@ -1,6 +1,7 @@
 """What an edge that cannot reach Redis sends over HTTP, written where an edge writes it.
 
-- a status report: ``shared.status_report.add_status``, as ``StatusReporter``;
+- a status report: ``shared.status_report.add_status``, as ``StatusReporter``, and in the
+  same MULTI/EXEC its counting in the fleet's figures (``cloud.registry.fleet_counts``);
 - feedback: in the entry format of ``shared.feedback_stream`` (``FeedbackUplink``'s),
   on the stream of each event's model (``FleetKeys.feedback_of``), so that model's
   trainers' ingest, deduplication and dead letters treat it as any edge's.
@@ -35,6 +36,7 @@ import numpy.typing as npt
 import redis
 
 from cloud.api.schemas import FeedbackAcceptedPublic
+from cloud.registry.fleet_counts import FleetCounts
 from shared import replies
 from shared.device_identity import DEVICE_FIELD, SIG_FIELD
 from shared.errors import InputError, MessageError
@@ -52,9 +54,13 @@ _SPECS_KEPT = 256
 class DeviceRelay:
     """Writes one fleet's status reports and feedback on its edges' behalf."""
 
-    def __init__(self, client: redis.Redis, keys: FleetKeys) -> None:
+    def __init__(
+        self, client: redis.Redis, keys: FleetKeys, counts: FleetCounts | None = None
+    ) -> None:
         self.client = client
         self.keys = keys
+        #: The fleet's counts, updated in the transaction of each status report.
+        self.counts = counts if counts is not None else FleetCounts(client, keys)
         self._specs: dict[str, TensorSpec] = {}
 
     @property
@@ -63,8 +69,9 @@ class DeviceRelay:
 
     def write_status(self, status: EdgeStatus, ttl_s: int, maxlen: int) -> None:
         self._check_status(status)
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self.client.pipeline(transaction=True)  # the report and its counting are one
         add_status(pipe, self.keys, status, ttl_s, maxlen)
+        self.counts.queue_report(pipe, status, ttl_s)
         pipe.execute()
 
     def _check_status(self, status: EdgeStatus) -> None:
@@ -90,8 +97,9 @@ class DeviceRelay:
                 f"the report is device {status.device_id!r}'s, but signed as {report.device!r}"
             )
         self._check_status(status)
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self.client.pipeline(transaction=True)
         add_report(pipe, self.keys, status, report.payload, report.sig, ttl_s, maxlen)
+        self.counts.queue_report(pipe, status, ttl_s)
         pipe.execute()
         return status
 

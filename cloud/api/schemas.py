@@ -172,7 +172,14 @@ class DevicePublic(BaseModel):
 class DevicesPublic(BaseModel):
     fleet: str = Field(examples=["default"])
     total: int = Field(description="devices ever seen (the list may be a page of them)")
-    devices: list[DevicePublic] = Field(description="most recently seen first")
+    devices: list[DevicePublic] = Field(
+        description="most recently seen first; by device id when paged with a cursor"
+    )
+    next_cursor: str | None = Field(
+        None,
+        description="pass as `cursor` for the next page (by id); null: no more, or paged by offset",
+        examples=["pi-07"],
+    )
 
 
 class ModelTarget(BaseModel):

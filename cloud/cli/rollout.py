@@ -124,7 +124,12 @@ def fleet_args(p: argparse.ArgumentParser) -> None:
 
 
 def devices_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--limit", type=int, default=1000, help="at most this many, newest report first")
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=1000,
+        help="at most this many, newest report first (fetched 500 a page)",
+    )
     p.add_argument(
         "--model", "-m", help="the devices that serve this model, with their report on it"
     )
@@ -153,12 +158,30 @@ def fleet(args: argparse.Namespace) -> int:
     return show(args, raw, fleet_view(summary))
 
 
+#: The most devices the API answers in one page (``GET /v1/devices``).
+DEVICES_PAGE = 500
+
+
 def devices(args: argparse.Namespace) -> int:
-    listing, raw = api_client(args).get_as(DevicesPublic, "/v1/devices", limit=str(args.limit))
+    api = api_client(args)
+    listing, raw = api.get_as(
+        DevicesPublic, "/v1/devices", limit=str(min(args.limit, DEVICES_PAGE))
+    )
+    while len(listing.devices) < min(args.limit, listing.total):  # further pages, by offset
+        offset = len(listing.devices)
+        page, _ = api.get_as(
+            DevicesPublic,
+            "/v1/devices",
+            limit=str(min(args.limit - offset, DEVICES_PAGE)),
+            offset=str(offset),
+        )
+        if not page.devices:
+            break
+        listing.devices += page.devices
     from cloud.cli.render.rollout import devices_table
 
-    if args.model is not None:
-        listing.devices = [d for d in listing.devices if args.model in d.models]
+    if args.model is not None or len(listing.devices) > DEVICES_PAGE:
+        listing.devices = [d for d in listing.devices if args.model in (None, *d.models)]
         raw = listing.model_dump(mode="json")
     return show(args, raw, devices_table(listing, args.model))
 

@@ -1,7 +1,7 @@
 """The rollout controller's loop: a thread of the API process, or a process alone.
 
 ``ControllerLoop`` calls ``RolloutController.step()`` every ``interval_s``
-until stopped. The API starts one in its lifespan (``controller_interval_s``,
+until stopped, then brings the fleet's counts up to date (``FleetCounts.catch_up``). The API starts one in its lifespan (``controller_interval_s``,
 0 for none) and stops it on shutdown; ``edgeloop controller --config api.toml``
 (``cloud/cli/controller.py``) runs one alone. Several at once (API replicas, a standalone controller beside
 them) are safe: every change of a rollout is a WATCH/MULTI transaction on its
@@ -17,6 +17,7 @@ import time
 
 import redis
 
+from cloud.registry.fleet_counts import FleetCounts
 from cloud.registry.tuf_repo import TufRepository
 from cloud.rollout.controller import RolloutController
 
@@ -34,8 +35,12 @@ class ControllerLoop:
         tuf: TufRepository | None = None,
         tuf_refresh_s: float = 600.0,
         renew_check_s: float = 30.0,
+        counts: FleetCounts | None = None,
     ) -> None:
         self.controller = controller
+        # The fleet's counts: each step folds in the reports edges wrote to Redis
+        # themselves and counts expired devices offline (cloud/registry/fleet_counts.py).
+        self.counts = counts or FleetCounts(controller.client, controller.keys)
         self.interval_s = interval_s
         # The fleet's TUF snapshot and timestamp are re-signed here: this loop is the
         # cloud's one scheduled, long-running duty (cloud/registry/tuf_repo.py).
@@ -67,6 +72,7 @@ class ControllerLoop:
                 self._refresh_tuf()
                 self.controller.step()
                 self._renew_orders()
+                self._count()
                 self.steps += 1
                 self.last_step_at = time.time()
                 if failing:
@@ -83,6 +89,14 @@ class ControllerLoop:
                 self.errors += 1
                 logger.exception("rollout controller: step failed")
             self._stop.wait(self.interval_s)
+
+    def _count(self) -> None:
+        """Fold the fleet's new reports into its counts; a refusal (a Redis user without
+        scripting, say) is logged, and never holds up the rollouts."""
+        try:
+            self.counts.catch_up()
+        except redis.ResponseError as e:
+            logger.warning("fleet counts not updated: %s", e)
 
     def _renew_orders(self) -> None:
         if time.monotonic() < self._renew_due:

@@ -86,16 +86,26 @@ def seed_versions(
     return shas
 
 
-def report(client: redis.Redis, fleet: str, device: str, sha: str | None, **fields: Any) -> None:
-    """Write a device's status as its edge would (device key with a TTL, device index)."""
+def report(
+    client: redis.Redis,
+    fleet: str,
+    device: str,
+    sha: str | None,
+    ttl_s: int = 60,
+    **fields: Any,
+) -> None:
+    """Write a device's status as its edge would (``shared.status_report.add_status``:
+    the status stream, the device key with a TTL, the device index)."""
     from shared.messages import EdgeStatus
+    from shared.status_report import add_status
 
     keys = FleetKeys(fleet)
     status = EdgeStatus(
         device_id=device, fleet=fleet, model="digits", sha256=sha, state="serving", **fields
     )
-    client.set(keys.device(device), status.to_wire(), ex=60)
-    client.zadd(keys.devices, {device: status.ts})
+    pipe = client.pipeline(transaction=False)
+    add_status(pipe, keys, status, ttl_s, 10_000)
+    pipe.execute()
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:

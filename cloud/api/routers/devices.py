@@ -17,15 +17,28 @@ from shared.signed_relay import RelayedStatus
 router = APIRouter(prefix="/v1/devices", tags=["devices"])
 
 
-@router.get("", summary="List devices")
+#: The most devices one page of ``GET /v1/devices`` holds.
+MAX_PAGE = 500
+
+
+@router.get(
+    "",
+    summary="List devices",
+    responses={422: error("Bad page", "Input should be less than or equal to 500")},
+)
 def list_devices(
     fleet: FleetDep,
     _: ViewerDep,
-    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
 ) -> DevicesPublic:
-    """Devices by last report, newest first: health, serving and desired version, counters."""
-    return fleet.list_devices(limit, offset)
+    """Devices by last report, newest first, from ``offset``: health, serving and desired
+    version, counters. With ``cursor`` ("" to start, then each reply's ``next_cursor``)
+    the pages go by device id and a walk sees every device once, even while they report."""
+    if cursor is not None and offset:
+        raise InputError("give cursor or offset, not both")
+    return fleet.list_devices(limit, offset, cursor)
 
 
 @router.get(

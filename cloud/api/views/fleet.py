@@ -4,7 +4,9 @@ Everything comes from the keys a status report writes (``shared.status_report``)
 the device key (the latest ``EdgeStatus``, with a TTL: gone means offline) and
 the device index (a sorted set by last-seen time), with each device's desired
 version from the rollout state, per model it serves (``EdgeStatus.serving``). The
-fleet's summary counts devices per model too, and lists the quarantined devices
+fleet's summary comes from the counts kept as statuses are written
+(``cloud.registry.fleet_counts``), not from the devices, counts devices per model
+too, and lists the quarantined devices
 (cloud/data/quarantine.py), whose release is the one write here; the other
 writes for devices are ``cloud.api.relay``'s.
 """
@@ -28,10 +30,11 @@ from cloud.api.schemas import (
     ServingPublic,
 )
 from cloud.data.quarantine import NotQuarantined, Quarantine
+from cloud.registry.fleet_counts import FleetCounts
 from cloud.registry.versions import Registry
 from cloud.rollout.director import Director
 from shared import replies
-from shared.errors import MessageError, NotFound
+from shared.errors import InputError, MessageError, NotFound
 from shared.keys import FleetKeys, check_name
 from shared.messages import EdgeStatus
 from shared.rollouts import desired_sha
@@ -55,10 +58,13 @@ class FleetView:
         keys: FleetKeys,
         registry: Registry,
         director: Director | None = None,
+        counts: FleetCounts | None = None,
     ) -> None:
         self.client = client
         self.keys = keys
         self.registry = registry
+        #: The fleet's figures kept as statuses are written: what the summary reads.
+        self.counts = counts if counts is not None else FleetCounts(client, keys)
         #: Set (the API's director_key): each model also shows its signed fleet order.
         self.director = director
 
@@ -68,10 +74,27 @@ class FleetView:
 
     # -- reading ----------------------------------------------------------------
 
-    def list_devices(self, limit: int = 1000, offset: int = 0) -> DevicesPublic:
+    def list_devices(
+        self, limit: int = 100, offset: int = 0, cursor: str | None = None
+    ) -> DevicesPublic:
+        """A page of devices: by last report, newest first, from ``offset``; or, given a
+        ``cursor`` ("" for the first page), by id after it, with the next page's cursor:
+        a walk by cursor sees every device once, even while devices report."""
         total = int(self.client.zcard(self.keys.devices))
-        devices = self._devices(self._seen(offset, offset + limit - 1))
-        return DevicesPublic(fleet=self.fleet, total=total, devices=devices)
+        if cursor is None:
+            devices = self._devices(self._seen(offset, offset + limit - 1))
+            return DevicesPublic(fleet=self.fleet, total=total, devices=devices)
+        if cursor and not _safe(cursor):
+            raise InputError(f"cursor {cursor!r} is not one this API gave (a device id)")
+        self.counts.refresh()
+        ids, next_cursor = self.counts.page(cursor, limit)
+        scores = self.client.zmscore(self.keys.devices, ids) if ids else []
+        seen = [
+            (d, float(ts) if ts is not None else None) for d, ts in zip(ids, scores, strict=True)
+        ]
+        return DevicesPublic(
+            fleet=self.fleet, total=total, devices=self._devices(seen), next_cursor=next_cursor
+        )
 
     def read_device(self, device_id: str) -> DevicePublic:
         ts = self.client.zscore(self.keys.devices, device_id)
@@ -81,19 +104,48 @@ class FleetView:
         return devices[0]
 
     def read_fleet(self) -> FleetPublic:
+        """The fleet's summary from its counts (``cloud.registry.fleet_counts``): no device
+        is read, whatever the fleet's size; the counts are brought up to date first."""
+        self.counts.refresh()
+        f = self.counts.read()
+        by_health = f.by_health()
+        names = [*self.registry.models()]
+        names += sorted(set(f.models) - set(names))
+        models = {}
+        for name in names:
+            by_version = dict(sorted((f.model_versions.get(name) or {}).items()))
+            models[name] = self._model_target(name, f.models.get(name, 0), by_version)
+        return FleetPublic(
+            fleet=self.fleet,
+            devices=f.devices,
+            online=f.devices - by_health.get("offline", 0),
+            by_version=f.by_version(),
+            by_health=by_health,
+            stale=f.stale,
+            models=models,
+            quarantined=self.quarantined(names),
+        )
+
+    def scan_fleet(self) -> FleetPublic:
+        """The summary by reading every device's status: what ``read_fleet`` answered
+        before the counts, kept to check them (tests, ``bench/fleet.py``)."""
         devices = self._devices(self._seen())
         by_version = Counter(version_label(d) for d in devices)
         by_health = Counter(d.health for d in devices)
         names = [*self.registry.models()]
         names += sorted({m for d in devices for m in d.models} - set(names))
-        models = {name: self._model_target(name, devices) for name in names}
+        models = {}
+        for name in names:
+            on = [d.models[name] for d in devices if d.health != "offline" and name in d.models]
+            versions = Counter(f"v{m.version}" if m.version is not None else "baseline" for m in on)
+            models[name] = self._model_target(name, len(on), dict(sorted(versions.items())))
         return FleetPublic(
             fleet=self.fleet,
             devices=len(devices),
             online=sum(1 for d in devices if d.health != "offline"),
             by_version=dict(sorted(by_version.items())),
             by_health=dict(sorted(by_health.items())),
-            stale=[d.device_id for d in devices if d.stale and d.health != "offline"],
+            stale=sorted(d.device_id for d in devices if d.stale and d.health != "offline"),
             models=models,
             quarantined=self.quarantined(names),
         )
@@ -142,30 +194,29 @@ class FleetView:
         return QuarantineReleased(device_id=device_id, models=released, requeued=requeued)
 
     def statuses(self) -> list[DevicePublic]:
-        """Every device the fleet has seen (for the metrics)."""
+        """Every device the fleet has seen, read one by one (``/metrics`` reads the counts;
+        this is the scan they are checked against)."""
         return self._devices(self._seen())
 
     def _seen(self, start: int = 0, end: int = -1) -> list[tuple[str, float]]:
         """(device, last seen) from the device index, the most recent first."""
         return _scored(self.client.zrevrange(self.keys.devices, start, end, withscores=True))
 
-    def _model_target(self, model: str, devices: list[DevicePublic]) -> ModelTarget:
+    def _model_target(self, model: str, devices: int, by_version: dict[str, int]) -> ModelTarget:
         pipe = self.client.pipeline(transaction=False)
         pipe.get(self.keys.target(model))
         pipe.get(self.keys.active_rollout(model))
         target, active = (replies.text(v) if v else None for v in pipe.execute())
         version = self._version(model, target)
         ordered = self.director.fleet_sha(model) if self.director is not None else None
-        on = [d.models[model] for d in devices if d.health != "offline" and model in d.models]
-        by_version = Counter(f"v{m.version}" if m.version is not None else "baseline" for m in on)
         return ModelTarget(
             target_version=version,
             target_sha256=target,
             active_rollout=active,
             ordered_version=self._version(model, ordered),
             ordered_sha256=ordered,
-            devices=len(on),
-            by_version=dict(sorted(by_version.items())),
+            devices=devices,
+            by_version=by_version,
         )
 
     def _version(self, model: str, sha: str | None) -> int | None:

@@ -296,8 +296,8 @@ def test_devices_and_the_fleet_summary(api, redis_client, tmp_path):
         ),
     )
     report(redis_client, FLEET, "pi-02", shas[1], version=2, counters=EdgeCounters(predictions=50))
-    report(redis_client, FLEET, "pi-03", shas[0], version=1)
-    redis_client.delete(FleetKeys(FLEET).device("pi-03"))  # its report expired: offline
+    report(redis_client, FLEET, "pi-03", shas[0], version=1, ttl_s=1)
+    time.sleep(1.1)  # its report expired: offline
     redis_client.hset(FleetKeys(FLEET).pins("digits"), "pi-02", shas[1])
 
     listing = api.get("/v1/devices", headers=viewer).json()
@@ -379,8 +379,8 @@ def test_the_fleet_view_shows_stale_devices(api, redis_client, tmp_path):
     viewer = bearer(issue(redis_client, FLEET, "viewer"))
     report(redis_client, FLEET, "pi-01", shas[0], version=1, stale=True)
     report(redis_client, FLEET, "pi-02", shas[0], version=1)
-    report(redis_client, FLEET, "pi-03", shas[0], version=1, stale=True)
-    redis_client.delete(FleetKeys(FLEET).device("pi-03"))  # offline: its last word unknown
+    report(redis_client, FLEET, "pi-03", shas[0], version=1, stale=True, ttl_s=1)
+    time.sleep(1.1)  # offline (its report expired): its last word unknown
 
     assert api.get("/v1/devices/pi-01", headers=viewer).json()["stale"] is True
     assert api.get("/v1/devices/pi-02", headers=viewer).json()["stale"] is False
