@@ -229,6 +229,7 @@ class Adapter:
         # the adapter's answer before learning it was right).
         self._held: deque[tuple[int, npt.NDArray[Any], int, bool]] = deque(maxlen=compare)
         self.rejudged = 0
+        self.restarts = 0  # new versions whose record restarted from the held-out labels
         self.exemplars = 0  # samples learnt from a manifest, before the device's own
         self.active = False
         self.labels = 0
@@ -329,18 +330,33 @@ class Adapter:
         self._c += sign * (outcome == -1)
 
     def _inherit(self, sha256: str) -> None:
-        """A new version takes over the record; its held-out labels are judged again."""
+        """A new version takes over the record, its held-out labels judged again; unless
+        on those it is significantly better than the version it replaces: then the
+        record restarts from them alone (the rest would flatter the adapter)."""
         self._sha = sha256
         self.active = False  # the chain dropped the adapter when the version changed
-        self._rejudge(sha256)
+        judged = self._rejudge(sha256)
+        better = sum(new < old for _, old, new in judged)
+        worse = sum(new > old for _, old, new in judged)
+        if better > worse and sign_test_p(better, worse) <= self.alpha:
+            kept = {id(entry) for entry, _, _ in judged}
+            for entry in self._outcomes:
+                if id(entry) not in kept:
+                    self._count(entry[1], -1)
+            self._outcomes = deque(
+                (e for e in self._outcomes if id(e) in kept), maxlen=self._outcomes.maxlen
+            )
+            self.restarts += 1
 
-    def _rejudge(self, sha256: str) -> None:
+    def _rejudge(self, sha256: str) -> list[tuple[list[int], int, int]]:
         """Judge the new version on the held-out labels among the last ``compare``: its
         answer now, in place of the old version's, against the adapter's then. No
         version was trained on them; the gate that let it out chose it on others like
-        them, which can only favour the model."""
+        them, which can only favour the model. Returns (entry, old outcome, new one)
+        per label judged."""
+        judged: list[tuple[list[int], int, int]] = []
         if self.judge is None:
-            return
+            return judged
         compared = {entry[0]: entry for entry in self._outcomes}
         for n, x, y, right in self._held:
             entry = compared.get(n)
@@ -348,11 +364,14 @@ class Adapter:
                 continue  # older than the window
             own = self.judge(x)
             if own is None or own[1] != sha256:
-                return  # another version serves already: its own turn judges it
-            self._count(entry[1], -1)
+                return []  # another version serves already: its own turn judges it
+            old = entry[1]
+            self._count(old, -1)
             entry[1] = int(right) - int(own[0] == y)
             self._count(entry[1], 1)
+            judged.append((entry, old, entry[1]))
             self.rejudged += 1
+        return judged
 
     def _switch(self, on: bool, sha256: str) -> None:
         taken = self.on_switch(on, sha256) if self.on_switch is not None else True

@@ -246,24 +246,27 @@ def test_the_guard_stops_it_as_soon_as_it_is_no_longer_better() -> None:
 def test_a_new_version_is_judged_again_on_the_held_out_labels_only() -> None:
     """The adapter (k = 1 on one input) is right on every label after the first; v "a"
     is always wrong. A new version inherits the record, and its answers replace the
-    old version's on the held-out labels in the comparison window: one right on them
-    turns those wins into ties, one as wrong turns them back; labels not held out,
-    and those older than the window, keep the answer of the version that served
-    them (a new version may have been trained on them)."""
+    old version's on the held-out labels in the comparison window; labels not held
+    out, and those older than the window, keep the answer of the version that served
+    them (a new version may have been trained on them). A version significantly
+    better than the one before on the held-out labels restarts the record from them."""
     adapter = Adapter(2, window=100, ks=(1,), compare=40)
     x = np.zeros(1, np.float32)
     for i in range(60):
         adapter.learn(x, 1, 0, "a", held_out=i % 4 == 0)  # 15 held out, 10 in the window
     assert adapter.active and adapter.comparison == (40, 0)
-    adapter.judge = lambda sample: (1, "b")
-    adapter.learn(x, 1, 1, "b")  # a tie; the window drops label 20, a held-out one
-    assert adapter.rejudged == 10 and adapter.comparison == (30, 0) and adapter.active
-    adapter.judge = lambda sample: (0, "c")
-    adapter.learn(x, 1, 0, "c")  # a win; the window drops label 21, a win
-    assert adapter.rejudged == 19 and adapter.comparison == (39, 0)
+    answers = iter([1, 1] + [0] * 8)
+    adapter.judge = lambda sample: (next(answers), "b")  # right on 2 of the 10: not better
+    adapter.learn(x, 1, 1, "b")  # a tie; the window drops label 20, one of the 2
+    assert adapter.rejudged == 10 and adapter.comparison == (38, 0) and adapter.active
+    assert adapter.restarts == 0
+    adapter.judge = lambda sample: (1, "c")  # right on all 9 left: better on 8 (p = 1/256)
+    adapter.learn(x, 1, 1, "c")
+    assert adapter.rejudged == 19 and adapter.restarts == 1
+    assert adapter.comparison == (0, 0) and not adapter.active  # 9 ties and the new label
     adapter.judge = lambda sample: (0, "e")  # another version serves already: no judging
     adapter.learn(x, 1, 0, "d")
-    assert adapter.rejudged == 19 and adapter.comparison == (39, 0)
+    assert adapter.rejudged == 19 and adapter.comparison == (1, 0)
 
 
 def test_the_chain_refuses_an_adapter_for_a_version_it_no_longer_serves() -> None:
