@@ -107,3 +107,40 @@ def test_a_small_classifier_the_smoothed_ranges_break_is_calibrated_with_min_max
     assert exported.agreement >= 0.95
     served = TFLiteModel(exported.content).predict_proba_batch(data.X)
     assert agreement(model.task, served, want) >= 0.95
+
+
+def test_a_classifier_gets_the_calibration_that_agrees_best(tmp_path):
+    """River's SEA (three features, a linear concept): the smoothed ranges pass the
+    agreement check yet move a few percent of the answers; the export also tries
+    min_max and keeps the file that agrees better with the torch model."""
+    from cloud.data.datasets import load_dataset
+    from cloud.export.exporter import agreement, quantize_static_int8
+    from cloud.learning.contract import DataInfo, build_model
+    from cloud.learning.training import train
+    from cloud.replay.streams import load_stream
+    from shared.runtime import TFLiteModel
+
+    stream = load_stream("river:sea", None, seed=0, quick=False)
+    path = tmp_path / "sea.npz"
+    np.savez(path, X=stream.X[:480], y=stream.y[:480], labels=np.array(stream.labels))
+    data = load_dataset(f"npz:{path}", None, "classification")
+    model = build_model("mlp", DataInfo.of(data), seed=0)
+    model = train(model, data.X, data.y, Hyperparameters(25, 64, 3e-3, 0, 0.0)).model
+    later = stream.X[480:2480]
+    want = predict(model, later)
+    float_bytes = to_float_tflite(model, model.input_spec)
+    agreements = {
+        ranges: agreement(
+            model.task,
+            TFLiteModel(
+                quantize_static_int8(float_bytes, data.X[:200], ranges=ranges)
+            ).predict_proba_batch(later),
+            want,
+        )
+        for ranges in ("smoothed", "min_max")
+    }
+    assert agreements["smoothed"] < agreements["min_max"] - 0.01
+
+    exported = export_int8(model, data.X[:200], data.X[200:264])
+    served = TFLiteModel(exported.content).predict_proba_batch(later)
+    assert agreement(model.task, served, want) == pytest.approx(agreements["min_max"])
