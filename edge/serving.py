@@ -425,7 +425,10 @@ class ServedModel:
             if self._adapter is None or self._adapter_for != (spec, width):
                 self._retire()
                 self._adapter = adapter = Adapter(
-                    width, window=settings.adaptation_window, ks=settings.adaptation_ks
+                    width,
+                    window=settings.adaptation_window,
+                    ks=settings.adaptation_ks,
+                    alpha=settings.adaptation_alpha,
                 )
                 adapter.on_switch = lambda on, sha: chain.adapt(adapter if on else None, sha)
                 adapter.judge = chain.current_label

@@ -146,6 +146,13 @@ class EdgeSettings(RedisSettings):
         "and the adapter judges a new version on those (a wrong value only leans towards the "
         "served model)",
     )
+    adaptation_alpha: float = Field(
+        0.01,
+        gt=0,
+        lt=1,
+        description="the guard's sign test: the adapter answers while it beats the served "
+        "model over the last 200 labels with p at most this",
+    )
     adaptation_ks: list[int] = Field(
         default_factory=lambda: [5, 1, 11],
         min_length=1,
