@@ -284,3 +284,14 @@ def test_auto_adapts_small_classifiers_only() -> None:
     assert wanted("auto", True, 64) and not wanted("auto", True, 65)
     assert wanted("knn", True, 4096) and not wanted("auto", False, 8)
     assert not wanted("off", True, 8) and not wanted("knn", None, 8)
+
+
+@pytest.mark.parametrize(("alpha", "wins"), [(0.01, 7), (0.05, 5)])
+def test_alpha_sets_how_many_wins_turn_it_on(alpha: float, wins: int) -> None:
+    adapter = Adapter(2, window=20, ks=(1,), compare=20, alpha=alpha)
+    x = np.zeros(1, np.float32)
+    adapter.learn(x, 1, 0, "a")  # the first label: nothing to vote with yet
+    for _ in range(wins):
+        assert not adapter.active
+        adapter.learn(x, 1, 0, "a")  # the adapter repeats the last label, the model says 0
+    assert adapter.active and adapter.comparison == (wins, 0)
