@@ -228,6 +228,7 @@ class Adapter:
         # Held-out labels among the last ``compare``: (label number, x, y, whether
         # the adapter's answer before learning it was right).
         self._held: deque[tuple[int, npt.NDArray[Any], int, bool]] = deque(maxlen=compare)
+        self._seq = 0  # numbers the samples compared: labels and held-out exemplars
         self.rejudged = 0
         self.restarts = 0  # new versions whose record restarted from the held-out labels
         self.exemplars = 0  # samples learnt from a manifest, before the device's own
@@ -267,13 +268,24 @@ class Adapter:
 
     # -- feedback threads ---------------------------------------------------
 
-    def start_from(self, X: npt.NDArray[Any], y: npt.NDArray[Any]) -> None:
-        """Learn labelled samples a version was trained on (its manifest's exemplars)
-        before any of the device's own: they are not compared with the model, so the
-        guard still waits for the device's labels before the adapter answers."""
+    def start_from(self, X: npt.NDArray[Any], y: npt.NDArray[Any], held_out: int = 0) -> None:
+        """Learn labelled samples of the seed data (a manifest's exemplars) before any
+        of the device's own. The last ``held_out`` were never trained on: each is
+        first compared with the current model's answer (``judge``), test-then-train,
+        and counts in the record as a label of the device would; the others are only
+        learnt, since the model was trained on them."""
+        n_trained = len(y) - held_out
         with self._lock:
-            self.knn.learn_many(X, y)
-            self.exemplars += len(y)
+            self.knn.learn_many(X[:n_trained], y[:n_trained])
+            self.exemplars += n_trained
+        for x, label in zip(X[n_trained:], y[n_trained:], strict=True):
+            own = self.judge(x) if self.judge is not None else None
+            with self._lock:
+                if own is None:
+                    self.knn.learn_one(x, int(label))
+                else:
+                    self._learn(x, int(label), own[0], own[1], held_out=True)
+                self.exemplars += 1
 
     def learn(
         self,
@@ -289,22 +301,28 @@ class Adapter:
         comparison says so. ``held_out``: the trainers never train on this label, so
         a later version may be judged on it."""
         with self._lock:
-            if sha256 != self._sha:
-                self._inherit(sha256)
-            votes = self.knn.predict_each_k(x)
-            if votes is not None:
-                labels = [int(np.argmax(v)) for v in votes]
-                mine = labels[self.knn.ks.index(self.k)]
-                self._score_ks(np.array([a == y for a in labels], np.int64))
-                if model_label is not None:
-                    self._compare(int(mine == y) - int(model_label == y))
-                if held_out:
-                    self._held.append((self.labels, x, y, mine == y))
-            self.knn.learn_one(x, y)
+            self._learn(x, y, model_label, sha256, held_out)
             self.labels += 1
-            better = self._b > self._c and sign_test_p(self._b, self._c) <= self.alpha
-            if better != self.active:
-                self._switch(better, sha256)
+
+    def _learn(
+        self, x: npt.NDArray[Any], y: int, model_label: int | None, sha256: str, held_out: bool
+    ) -> None:
+        if sha256 != self._sha:
+            self._inherit(sha256)
+        votes = self.knn.predict_each_k(x)
+        if votes is not None:
+            labels = [int(np.argmax(v)) for v in votes]
+            mine = labels[self.knn.ks.index(self.k)]
+            self._score_ks(np.array([a == y for a in labels], np.int64))
+            if model_label is not None:
+                self._compare(int(mine == y) - int(model_label == y))
+            if held_out:
+                self._held.append((self._seq, x, y, mine == y))
+        self.knn.learn_one(x, y)
+        self._seq += 1
+        better = self._b > self._c and sign_test_p(self._b, self._c) <= self.alpha
+        if better != self.active:
+            self._switch(better, sha256)
 
     def dropped(self) -> None:
         """The chain no longer answers with the adapter (a swap or a revert): it offers
@@ -322,7 +340,7 @@ class Adapter:
     def _compare(self, outcome: int) -> None:
         if len(self._outcomes) == self._outcomes.maxlen:
             self._count(self._outcomes[0][1], -1)
-        self._outcomes.append([self.labels, outcome])
+        self._outcomes.append([self._seq, outcome])
         self._count(outcome, 1)
 
     def _count(self, outcome: int, sign: int) -> None:

@@ -446,7 +446,7 @@ class ServedModel:
         if manifest.exemplars is None or manifest.input_spec != spec:
             return
         X, y = manifest.exemplars.arrays(manifest.num_features)
-        adapter.start_from(X, y)
+        adapter.start_from(X, y, manifest.exemplars.held_out)
         logger.info(
             "adapter starts from %d exemplars of %s v%d", len(y), manifest.model, manifest.version
         )

@@ -174,24 +174,29 @@ class ProbeSet(BaseModel):
 
 
 class Exemplars(BaseModel):
-    """Labelled samples a classifier version was trained on, from which an edge's
-    adapter starts instead of from nothing (edge/adaptation.py): the bootstrap's seed
-    rows, newest last. ``values`` is their float32 little-endian bytes, one sample
+    """Labelled samples of a classifier version's seed data, from which an edge's
+    adapter starts instead of from nothing (edge/adaptation.py): the rows the
+    bootstrap was trained on, then the rows it held out (``held_out``: the trailing
+    ones, which no version was trained on, so the edge may compare the adapter with
+    the model on them). ``values`` is their float32 little-endian bytes, one sample
     after another (``num_features`` values each).
 
-    >>> e = Exemplars.of(np.array([[0.5, 1.0], [2.0, 3.0]]), [1, 0])
+    >>> e = Exemplars.of(np.array([[0.5, 1.0], [2.0, 3.0]]), [1, 0], held_out=1)
     >>> X, y = e.arrays(2)
-    >>> X.tolist(), y.tolist()
-    ([[0.5, 1.0], [2.0, 3.0]], [1, 0])
+    >>> X.tolist(), y.tolist(), e.held_out
+    ([[0.5, 1.0], [2.0, 3.0]], [1, 0], 1)
     """
 
     values: B64Bytes
     labels: list[int] = Field(min_length=1, description="class index per sample")
+    held_out: int = Field(0, ge=0, description="the last this many samples were never trained on")
 
     @classmethod
-    def of(cls, X: npt.ArrayLike, y: npt.ArrayLike) -> Exemplars:
+    def of(cls, X: npt.ArrayLike, y: npt.ArrayLike, held_out: int = 0) -> Exemplars:
         rows = np.asarray(X, "<f4")
-        return cls(values=rows.tobytes(), labels=np.asarray(y, np.int64).tolist())
+        return cls(
+            values=rows.tobytes(), labels=np.asarray(y, np.int64).tolist(), held_out=held_out
+        )
 
     def arrays(self, num_features: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         """The samples [n, num_features] and their labels [n]."""
@@ -460,6 +465,8 @@ class ModelManifest(WireModel):
                 f"exemplars: {len(exemplars.values)} bytes of values for "
                 f"{len(exemplars.labels)} samples of {self.num_features} float32 ({size})"
             )
+        if exemplars.held_out > len(exemplars.labels):
+            raise ValueError("exemplars: more held out than there are samples")
         if not all(0 <= c < len(self.labels) for c in exemplars.labels):
             raise ValueError(f"exemplars: a label outside the {len(self.labels)} classes")
 

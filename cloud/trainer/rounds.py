@@ -231,14 +231,18 @@ class RoundRunner:
         return report
 
     def _exemplars(self) -> Exemplars | None:
-        """The newest ``exemplars`` seed rows, for the edges' adapters to start from
+        """The newest seed rows, at most ``exemplars``: a fifth of them (or all there
+        are) from the held-out seed rows, last, for the edges' adapters to start from
         (ARCHITECTURE.md, "Adaptation on the edge"); None for a regressor, an input the
         edges do not adapt by default, or ``exemplars = 0``."""
-        data, n = self.parts.seed_train, self.settings.exemplars
-        if n == 0 or not self.task.is_classification or data.num_features > EXEMPLAR_MAX_VALUES:
+        train, held, n = self.parts.seed_train, self.parts.seed_holdout, self.settings.exemplars
+        if n == 0 or not self.task.is_classification or train.num_features > EXEMPLAR_MAX_VALUES:
             return None
-        X = np.asarray(data.X, np.float32).reshape(len(data.y), -1)
-        return Exemplars.of(X[-n:], np.asarray(data.y)[-n:])
+        n_held = min(len(held.y), n // 5)
+        parts = [(train, min(n - n_held, len(train.y))), (held, n_held)]
+        X = np.concatenate([_flat(d.X)[len(d.y) - k :] for d, k in parts if k > 0])
+        y = np.concatenate([np.asarray(d.y)[len(d.y) - k :] for d, k in parts if k > 0])
+        return Exemplars.of(X, y, held_out=n_held)
 
     def _per_class(self, y: npt.NDArray[Any]) -> dict[str, Any]:
         """The labels per class of a classifier's data window (nothing for a regressor)."""
@@ -707,3 +711,9 @@ def _details(d: Decision) -> dict[str, Any]:
         },
         "gate": asdict(d.rule),
     }
+
+
+def _flat(X: npt.ArrayLike) -> FloatArray:
+    """Samples as float32 rows."""
+    rows = np.asarray(X, np.float32)
+    return rows.reshape(len(rows), -1)

@@ -107,11 +107,16 @@ def test_the_bootstrap_publishes_version_1_from_the_seed_split(runner, parts, ke
     assert len(rounds.data.replay_set()[1]) == len(parts.seed_train.y)
     assert rounds.client.exists(keys.weights(report.sha256))
     # the edges' adapters start from the newest seed rows (ARCHITECTURE.md)
-    assert manifest.exemplars is not None
-    X, y = manifest.exemplars.arrays(manifest.num_features)
-    seed = parts.seed_train
-    assert np.array_equal(y, seed.y[-len(y) :]) and len(y) == min(1000, len(seed.y))
-    assert np.array_equal(X, np.asarray(seed.X, np.float32).reshape(len(seed.y), -1)[-len(y) :])
+    # (the trained-on rows, then the held-out ones, which no version was trained on)
+    exemplars = manifest.exemplars
+    assert exemplars is not None
+    X, y = exemplars.arrays(manifest.num_features)
+    train, held = parts.seed_train, parts.seed_holdout
+    h = exemplars.held_out
+    assert h == min(len(held.y), 200) and len(y) - h == min(1000 - h, len(train.y))
+    assert np.array_equal(y[:-h], train.y[-(len(y) - h) :]) and np.array_equal(y[-h:], held.y[-h:])
+    flat = np.asarray(held.X, np.float32).reshape(len(held.y), -1)
+    assert np.array_equal(X[-h:], flat[-h:])
 
 
 def test_no_exemplars_when_the_setting_is_0(runner):
