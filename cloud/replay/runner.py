@@ -183,6 +183,8 @@ class Replay(LocalFleet):
             # higher rate (ARCHITECTURE.md, "Learning fast enough")
             "epochs": 20,
             "lr": 3e-3,
+            # the edges' adapters start from every seed row (ARCHITECTURE.md, "Exemplars")
+            "exemplars": 1000,
         }
 
     # -- streaming ---------------------------------------------------------------

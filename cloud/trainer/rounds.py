@@ -79,6 +79,9 @@ from shared.task import TaskSpec
 #: Inputs of at most this many values get exemplars: the edges' ``adaptation = "auto"``
 #: adapts no larger one (edge/adaptation.py, AUTO_MAX_VALUES).
 EXEMPLAR_MAX_VALUES = 64
+#: Bytes of exemplar values at most: the manifest travels in every TUF targets.json
+#: that lists its version (digits: 256 rows).
+EXEMPLAR_MAX_BYTES = 64 * 1024
 
 logger = logging.getLogger(__name__)
 
@@ -238,6 +241,7 @@ class RoundRunner:
         train, held, n = self.parts.seed_train, self.parts.seed_holdout, self.settings.exemplars
         if n == 0 or not self.task.is_classification or train.num_features > EXEMPLAR_MAX_VALUES:
             return None
+        n = min(n, EXEMPLAR_MAX_BYTES // (4 * train.num_features))
         n_held = min(len(held.y), n // 5)
         parts = [(train, min(n - n_held, len(train.y))), (held, n_held)]
         X = np.concatenate([_flat(d.X)[len(d.y) - k :] for d, k in parts if k > 0])

@@ -223,10 +223,11 @@ class TrainerSettings(RedisSettings):
     forgetting_tolerance: float = Field(0.03, ge=0, description="allowed loss on earlier data")
     probe_size: int = Field(32, ge=1)
     exemplars: int = Field(
-        1000,
+        200,
         ge=0,
         description="the newest seed rows the bootstrap's manifest carries for the edges' "
-        "adapters to start from (classifiers with at most 64 input values; 0: none)",
+        "adapters to start from (classifiers with at most 64 input values, at most 64 KiB "
+        "of values; 0: none)",
     )
     # argmax flips between near-tied classes are expected on hard tabular data; a broken
     # (e.g. dynamic-range) file disagrees far more than this

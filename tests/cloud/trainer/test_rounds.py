@@ -113,7 +113,7 @@ def test_the_bootstrap_publishes_version_1_from_the_seed_split(runner, parts, ke
     X, y = exemplars.arrays(manifest.num_features)
     train, held = parts.seed_train, parts.seed_holdout
     h = exemplars.held_out
-    assert h == min(len(held.y), 200) and len(y) - h == min(1000 - h, len(train.y))
+    assert h == min(len(held.y), 40) and len(y) - h == min(200 - h, len(train.y))
     assert np.array_equal(y[:-h], train.y[-(len(y) - h) :]) and np.array_equal(y[-h:], held.y[-h:])
     flat = np.asarray(held.X, np.float32).reshape(len(held.y), -1)
     assert np.array_equal(X[-h:], flat[-h:])
