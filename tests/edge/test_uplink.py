@@ -194,6 +194,8 @@ def test_a_spool_left_by_a_previous_run_is_sent_first(
     offline = uplinks(url=dead_url())
     submit(offline, 120)
     assert not offline.flush(0.3)
+    # under load the sender may not have tried Redis within the flush's 0.3 s
+    wait_for(lambda: not offline.connected, what="the uplink to find Redis down")
     late = FeedbackEvent(
         event_id=offline.new_event_id(), device_id="pi-1", model="digits", x=X, label=1
     )
