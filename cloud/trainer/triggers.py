@@ -77,13 +77,10 @@ class DriftDetector:
             self._sum += score
             if len(self._recent) > self.window:
                 old = self._recent.popleft()
-                if self.level is None:
-                    # The first window's mean: one score alone (a 1 or a 0) made the
-                    # level 1.0 or 0.0, and a steady 0.78 from the start a "drift".
-                    self.level = self._sum / (len(self._recent) + 1)
-                else:
-                    self.level += self.alpha * (old - self.level)
                 self._sum -= old
+                self.level = (
+                    old if self.level is None else self.level + self.alpha * (old - self.level)
+                )
             signal = self._check() or signal
         return signal
 
