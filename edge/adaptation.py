@@ -357,13 +357,9 @@ class Adapter:
         better = sum(new < old for _, old, new in judged)
         worse = sum(new > old for _, old, new in judged)
         if better > worse and sign_test_p(better, worse) <= self.alpha:
-            kept = {id(entry) for entry, _, _ in judged}
-            for entry in self._outcomes:
-                if id(entry) not in kept:
-                    self._count(entry[1], -1)
-            self._outcomes = deque(
-                (e for e in self._outcomes if id(e) in kept), maxlen=self._outcomes.maxlen
-            )
+            self._outcomes = deque((e for e, _, _ in judged), maxlen=self._outcomes.maxlen)
+            self._b = sum(e[1] == 1 for e in self._outcomes)
+            self._c = sum(e[1] == -1 for e in self._outcomes)
             self.restarts += 1
 
     def _rejudge(self, sha256: str) -> list[tuple[list[int], int, int]]:

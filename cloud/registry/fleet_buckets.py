@@ -47,6 +47,8 @@ def version_of(version: int | None) -> str:
 
 
 def safe(name: str) -> bool:
+    """Whether ``name`` is a name edgeloop writes (a device id, model or cursor from outside
+    may not be)."""
     try:
         check_name("name", name)
     except ValueError:

@@ -30,12 +30,13 @@ from cloud.api.schemas import (
     ServingPublic,
 )
 from cloud.data.quarantine import NotQuarantined, Quarantine
+from cloud.registry.fleet_buckets import safe
 from cloud.registry.fleet_counts import FleetCounts
 from cloud.registry.versions import Registry
 from cloud.rollout.director import Director
 from shared import replies
 from shared.errors import InputError, MessageError, NotFound
-from shared.keys import FleetKeys, check_name
+from shared.keys import FleetKeys
 from shared.messages import EdgeStatus
 from shared.rollouts import desired_sha
 
@@ -84,7 +85,7 @@ class FleetView:
         if cursor is None:
             devices = self._devices(self._seen(offset, offset + limit - 1))
             return DevicesPublic(fleet=self.fleet, total=total, devices=devices)
-        if cursor and not _safe(cursor):
+        if cursor and not safe(cursor):
             raise InputError(f"cursor {cursor!r} is not one this API gave (a device id)")
         self.counts.refresh()
         ids, next_cursor = self.counts.page(cursor, limit)
@@ -156,7 +157,7 @@ class FleetView:
         """The devices quarantined for any of ``models`` (default: every published model)."""
         out = []
         for model in models if models is not None else self.registry.models():
-            if not _safe(model):
+            if not safe(model):
                 continue
             q = Quarantine(self.client, self.keys, model)
             for device, r in sorted(q.members().items()):
@@ -228,7 +229,7 @@ class FleetView:
             return None
 
     def _devices(self, seen: Sequence[tuple[str, float | None]]) -> list[DevicePublic]:
-        seen = [(d, ts) for d, ts in seen if _safe(d)]  # the index holds only what edges wrote
+        seen = [(d, ts) for d, ts in seen if safe(d)]  # the index holds only what edges wrote
         if not seen:
             return []
         raws = self.client.mget([self.keys.device(d) for d, _ in seen])
@@ -246,7 +247,7 @@ class FleetView:
 
     def _desired(self, devices: list[tuple[str, EdgeStatus | None]]) -> Desired:
         """(target, assignment, pin) of each device for each model it reported serving."""
-        known = [(d, m) for d, s in devices if s is not None for m in _served(s) if _safe(m)]
+        known = [(d, m) for d, s in devices if s is not None for m in _served(s) if safe(m)]
         if not known:
             return {}
         pipe = self.client.pipeline(transaction=False)
@@ -270,14 +271,6 @@ def _scored(reply: Iterable[object]) -> list[tuple[str, float]]:
         member, score = pair
         pairs.append((replies.text(member), float(score)))
     return pairs
-
-
-def _safe(name: str) -> bool:
-    try:
-        check_name("name", name)
-    except ValueError:
-        return False
-    return True
 
 
 def version_label(d: DevicePublic) -> str:

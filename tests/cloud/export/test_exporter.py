@@ -79,23 +79,30 @@ def test_write_atomic_replaces_whole_files(tmp_path):
     assert [p.name for p in target.parent.iterdir()] == ["model.tflite"]
 
 
+def stream_mlp(tmp_path, name: str, rows: int, hp: Hyperparameters):
+    """River's stream ``name``, its first ``rows`` as an npz dataset, and the tabular MLP
+    trained on them as a trainer would."""
+    from cloud.data.datasets import load_dataset
+    from cloud.learning.contract import DataInfo, build_model
+    from cloud.learning.training import train
+    from cloud.replay.streams import load_stream
+
+    stream = load_stream(f"river:{name}", None, seed=0, quick=False)
+    path = tmp_path / f"{name}.npz"
+    np.savez(path, X=stream.X[:rows], y=stream.y[:rows], labels=np.array(stream.labels))
+    data = load_dataset(f"npz:{path}", None, "classification")
+    model = build_model("mlp", DataInfo.of(data), seed=0)
+    return stream, data, train(model, data.X, data.y, hp).model
+
+
 def test_a_small_classifier_the_smoothed_ranges_break_is_calibrated_with_min_max(tmp_path):
     """River's Bananas (two features): the quantizer's "smoothed" ranges clip the few
     activations that decide most answers; the export falls back to min_max ranges
     instead of refusing the model."""
-    from cloud.data.datasets import load_dataset
     from cloud.export.exporter import agreement, quantize_static_int8
-    from cloud.learning.contract import DataInfo, build_model
-    from cloud.learning.training import train
-    from cloud.replay.streams import load_stream
     from shared.runtime import TFLiteModel
 
-    stream = load_stream("river:bananas", None, seed=0, quick=False)
-    path = tmp_path / "bananas.npz"
-    np.savez(path, X=stream.X[:500], y=stream.y[:500], labels=np.array(stream.labels))
-    data = load_dataset(f"npz:{path}", None, "classification")
-    model = build_model("mlp", DataInfo.of(data), seed=0)
-    model = train(model, data.X, data.y, Hyperparameters(30, 32, 1e-2, 0, 0.0)).model
+    _, data, model = stream_mlp(tmp_path, "bananas", 500, Hyperparameters(30, 32, 1e-2, 0))
     want = predict(model, data.X)
 
     smoothed = quantize_static_int8(
@@ -113,19 +120,10 @@ def test_a_classifier_gets_the_calibration_that_agrees_best(tmp_path):
     """River's SEA (three features, a linear concept): the smoothed ranges pass the
     agreement check yet move a few percent of the answers; the export also tries
     min_max and keeps the file that agrees better with the torch model."""
-    from cloud.data.datasets import load_dataset
     from cloud.export.exporter import agreement, quantize_static_int8
-    from cloud.learning.contract import DataInfo, build_model
-    from cloud.learning.training import train
-    from cloud.replay.streams import load_stream
     from shared.runtime import TFLiteModel
 
-    stream = load_stream("river:sea", None, seed=0, quick=False)
-    path = tmp_path / "sea.npz"
-    np.savez(path, X=stream.X[:480], y=stream.y[:480], labels=np.array(stream.labels))
-    data = load_dataset(f"npz:{path}", None, "classification")
-    model = build_model("mlp", DataInfo.of(data), seed=0)
-    model = train(model, data.X, data.y, Hyperparameters(25, 64, 3e-3, 0, 0.0)).model
+    stream, data, model = stream_mlp(tmp_path, "sea", 480, Hyperparameters(25, 64, 3e-3, 0))
     later = stream.X[480:2480]
     want = predict(model, later)
     float_bytes = to_float_tflite(model, model.input_spec)
