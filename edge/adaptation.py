@@ -8,8 +8,9 @@ sliding window of the device's most recent labelled samples, and compares its
 answer with the served model's on every one of them. Over the last ``compare``
 labels it counts b = adapter right and model wrong, c = model right and adapter
 wrong, each label against the version that served when it arrived; it answers the
-requests only while b > c with a one-sided sign test p <= ``alpha``, and stops as
-soon as that no longer holds. A new version (hot swap, revert) inherits the record:
+requests once b > c with a one-sided sign test p <= ``alpha``, and stops as soon
+as b > c with p <= ``keep_alpha`` (the larger) no longer holds: at the threshold,
+one label more or less does not switch it on and off. A new version (hot swap, revert) inherits the record:
 the chain drops the adapter from its plan at once, the labels among the last
 ``compare`` that the trainers held out (shared/holdout.py: no version was trained on
 them) are judged again with the new version's answers, and on the next label the
@@ -32,6 +33,7 @@ the swap guard judges.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -40,6 +42,8 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+
+logger = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
 Float64s = npt.NDArray[np.float64]
@@ -204,11 +208,13 @@ class Adapter:
         window: int = 1000,
         ks: Sequence[int] = (5, 1, 11),
         compare: int = 200,
-        alpha: float = 0.01,
+        alpha: float = 0.05,
+        keep_alpha: float = 0.2,
         on_switch: Callable[[bool, str], bool] | None = None,
     ) -> None:
         self.knn = KnnWindow(num_classes, window, ks)
         self.alpha = alpha
+        self.keep_alpha = max(alpha, keep_alpha)
         #: Called to start (True) or stop answering for the version sha256; returns
         #: whether the chain took it (a swap meanwhile refuses a start).
         self.on_switch = on_switch
@@ -233,6 +239,9 @@ class Adapter:
         self.restarts = 0  # new versions whose record restarted from the held-out labels
         self.exemplars = 0  # samples learnt from a manifest, before the device's own
         self.active = False
+        # It answered until the version changed, and the record was not restarted: it
+        # offers itself again at ``keep_alpha``.
+        self._resume = False
         self.labels = 0
         self.switches = 0
         self._answered = 0
@@ -320,7 +329,8 @@ class Adapter:
                 self._held.append((self._seq, x, y, mine == y))
         self.knn.learn_one(x, y)
         self._seq += 1
-        better = self._b > self._c and sign_test_p(self._b, self._c) <= self.alpha
+        needed = self.keep_alpha if self.active or self._resume else self.alpha
+        better = self._b > self._c and sign_test_p(self._b, self._c) <= needed
         if better != self.active:
             self._switch(better, sha256)
 
@@ -328,6 +338,7 @@ class Adapter:
         """The chain no longer answers with the adapter (a swap or a revert): it offers
         itself again on the next label if its record still says it is better."""
         with self._lock:
+            self._resume |= self.active
             self.active = False
 
     def _score_ks(self, right: npt.NDArray[np.int64]) -> None:
@@ -352,7 +363,10 @@ class Adapter:
         on those it is significantly better than the version it replaces: then the
         record restarts from them alone (the rest would flatter the adapter)."""
         self._sha = sha256
-        self.active = False  # the chain dropped the adapter when the version changed
+        # the chain dropped the adapter when the version changed; if it answered, the
+        # record it takes over is the one it answered on, so the same bar goes on
+        self._resume |= self.active
+        self.active = False
         judged = self._rejudge(sha256)
         better = sum(new < old for _, old, new in judged)
         worse = sum(new > old for _, old, new in judged)
@@ -361,6 +375,7 @@ class Adapter:
             self._b = sum(e[1] == 1 for e in self._outcomes)
             self._c = sum(e[1] == -1 for e in self._outcomes)
             self.restarts += 1
+            self._resume = False
 
     def _rejudge(self, sha256: str) -> list[tuple[list[int], int, int]]:
         """Judge the new version on the held-out labels among the last ``compare``: its
@@ -391,7 +406,17 @@ class Adapter:
         taken = self.on_switch(on, sha256) if self.on_switch is not None else True
         if taken:
             self.active = on
+            self._resume = False
             self.switches += 1
+            logger.info(
+                "adapter %s %s after %d labels (k=%d; adapter/model right alone: %d/%d)",
+                "answers instead of" if on else "stops answering for",
+                sha256[:12],
+                self.labels,
+                self.k,
+                self._b,
+                self._c,
+            )
 
 
 def wanted(mode: Mode, classifies: bool | None, input_values: int) -> bool:

@@ -429,6 +429,7 @@ class ServedModel:
                     window=settings.adaptation_window,
                     ks=settings.adaptation_ks,
                     alpha=settings.adaptation_alpha,
+                    keep_alpha=settings.adaptation_keep_alpha,
                 )
                 adapter.on_switch = lambda on, sha: chain.adapt(adapter if on else None, sha)
                 adapter.judge = chain.current_label

@@ -147,11 +147,19 @@ class EdgeSettings(RedisSettings):
         "served model)",
     )
     adaptation_alpha: float = Field(
-        0.01,
+        0.05,
         gt=0,
         lt=1,
         description="the guard's sign test: the adapter answers while it beats the served "
         "model over the last 200 labels with p at most this",
+    )
+    adaptation_keep_alpha: float = Field(
+        0.2,
+        gt=0,
+        lt=1,
+        description="once answering, the adapter goes on while it is still ahead of the "
+        "served model with p at most this (not below adaptation_alpha): a record at the "
+        "threshold does not flap on and off",
     )
     adaptation_ks: list[int] = Field(
         default_factory=lambda: [5, 1, 11],

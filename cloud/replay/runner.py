@@ -258,6 +258,35 @@ class Replay(LocalFleet):
             self.stream.y[self.plan.seed_rows + s]
         )
 
+    def close(self) -> None:
+        if self.keep:
+            self._keep_rows()
+        super().close()
+
+    def _keep_rows(self) -> None:
+        """What each streamed row got, kept with the logs (``rows.npz``) to study a run
+        offline: the version that answered (-1: none), when, whether it was right, a
+        fallback's or the adapter's answer, the streamed row after which each row's
+        label was sent (-1: never), and the stream's spec."""
+        served = self.served
+        sent_after = np.full(served.rows, -1, np.int64)
+        for r, s in served.label_sent_after.items():
+            sent_after[r] = s
+        np.savez(
+            self.workdir / "rows.npz",
+            version=served.version,
+            answered_at=served.answered_at,
+            correct=served.correct,
+            fallback=served.fallback,
+            adapted=served.adapted,
+            label_sent_after=sent_after,
+            seed_rows=self.plan.seed_rows,
+            dataset=self.options.dataset,
+            label_column=self.options.label_column or "",
+            quick=self.options.quick,
+            seed=self.options.seed,
+        )
+
     def _send_label(self, client: httpx.Client, r: int, j: int) -> None:
         """The label of file row ``j`` (streamed row ``r``), by its request id; by its
         input when the prediction failed or the edge no longer holds it."""

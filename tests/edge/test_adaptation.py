@@ -132,7 +132,7 @@ def test_a_new_version_inherits_the_comparison_judged_on_the_held_out_labels(
     assert daemon.health().models["digits"].counters.adapter_switches == 2
 
 
-@pytest.mark.parametrize(("held_out", "labels_to_answer"), [(0, 7), (20, 1)])
+@pytest.mark.parametrize(("held_out", "labels_to_answer"), [(0, 5), (20, 1)])
 def test_a_manifest_s_exemplars_start_the_adapter(
     daemon_factory: Factory,
     redis_client: redis.Redis,
@@ -144,8 +144,8 @@ def test_a_manifest_s_exemplars_start_the_adapter(
     """A version whose manifest carries exemplars (seed rows; labels the model
     contradicts here) starts the adapter from them: it votes on the device's first
     label, where an empty one first needs 11 labels to vote at all. Exemplars the
-    model was trained on are never compared with it, so the adapter answers after 7
-    wins on the device's labels; the held-out ones are, test-then-train, so with 20 of
+    model was trained on are never compared with it, so the adapter answers after 5
+    wins on the device's labels (alpha 0.05); the held-out ones are, test-then-train, so with 20 of
     them it answers from the device's first label on."""
     labels = shifted(Y)
     daemon = daemon_factory()
@@ -304,3 +304,25 @@ def test_alpha_sets_how_many_wins_turn_it_on(alpha: float, wins: int) -> None:
         assert not adapter.active
         adapter.learn(x, 1, 0, "a")  # the adapter repeats the last label, the model says 0
     assert adapter.active and adapter.comparison == (wins, 0)
+
+
+def test_once_answering_it_goes_on_at_the_keep_alpha() -> None:
+    """alpha 0.01 turns it on (7 wins and no loss); it keeps answering while its record
+    is still ahead with p <= 0.05, through a new version that takes the record over;
+    an adapter that was not answering needs p <= 0.01 for the same record."""
+    adapter = Adapter(2, window=20, ks=(1,), compare=40, alpha=0.01, keep_alpha=0.05)
+    x = np.zeros(1, np.float32)
+    for _ in range(8):  # the adapter repeats the last label (1), the model says 0
+        adapter.learn(x, 1, 0, "a")
+    assert adapter.active and adapter.comparison == (7, 0)
+    for y in (1, 0, 1):  # the model right alone twice: 7/2, p = 0.090 -> off;
+        adapter.learn(x, y, y, "a")  # first one label lost each: 7/1 (p = 0.035) on
+    assert adapter.comparison == (7, 2) and not adapter.active
+    for _ in range(3):  # 10/2 (p = 0.019): between the two alphas; it was off: still off
+        adapter.learn(x, 1, 0, "a")
+    assert adapter.comparison == (10, 2) and not adapter.active
+    adapter.learn(x, 1, 0, "a")  # 11/2 (p = 0.011): still off; 12/2 (p = 0.0065): on
+    adapter.learn(x, 1, 0, "a")
+    assert adapter.comparison == (12, 2) and adapter.active
+    adapter.learn(x, 0, 0, "b")  # a new version takes the record over; 12/3 (p = 0.018)
+    assert adapter.comparison == (12, 3) and adapter.active

@@ -1,15 +1,22 @@
 """A short stream with a known abrupt drift through the real loop (a redis-server, the
 trainer and an edge as processes): the figures' books balance — every row is
 predicted once, the labels sent are the plan's (share and delay), the trainer took
-every one, and the baselines ran on the same rows with the same labels."""
+every one, and the baselines ran on the same rows with the same labels. The kept run
+serves again offline (bench/adapter_rerun.py): its stored versions give the answers
+the edge gave, row by row."""
 
 from __future__ import annotations
 
 import io
+import re
+import shutil
+from pathlib import Path
 
+import numpy as np
 import pytest
 from rich.console import Console
 
+from bench.adapter_rerun import KeptRun, Variant
 from cloud.replay.plan import ReplayOptions
 from cloud.replay.runner import prepare_stream, run_replay
 
@@ -17,7 +24,8 @@ pytestmark = [pytest.mark.cloud, pytest.mark.slow]
 
 
 @pytest.mark.timeout(240)
-def test_a_replay_keeps_its_books(tmp_path):
+def test_a_replay_keeps_its_books(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGELOOP_EDGE_KEEP_VERSIONS", "1000")
     options = ReplayOptions(
         dataset="river:sea",
         rate=0,
@@ -26,11 +34,18 @@ def test_a_replay_keeps_its_books(tmp_path):
         seed_rows=200,
         quick=True,
         plot=tmp_path / "acc.png",
+        keep=True,
     )
     stream, plan = prepare_stream(options)
     assert len(stream) == 2000 and stream.drifts == [1000]
 
-    result = run_replay(options, Console(file=io.StringIO()))
+    out = io.StringIO()
+    result = run_replay(options, Console(file=out, width=400))
+    kept = Path(re.findall(r"kept in (\S+)", out.getvalue())[-1])
+    try:
+        rerun_the_kept_run(kept)
+    finally:
+        shutil.rmtree(kept, ignore_errors=True)
 
     assert result["streamed_rows"] == plan.streamed == 1800
     assert result["predictions"] == 1800 and result["rows_predicted_once"]
@@ -57,3 +72,13 @@ def test_a_replay_keeps_its_books(tmp_path):
     # an int8 model served from an edge has learnt the stream, not guessed it
     assert result["prequential_accuracy"] > 0.75
     assert (tmp_path / "acc.png").stat().st_size > 10_000
+
+
+def rerun_the_kept_run(kept: Path) -> None:
+    run = KeptRun(kept)
+    rows = np.flatnonzero((run.version >= 0) & ~run.adapted)
+    assert len(rows) > 1000
+    again = [run.row_answer(int(run.version[s]), run.seed_rows + s) for s in rows]
+    assert np.array_equal(np.array(again) == run.y[run.seed_rows + rows], run.correct[rows])
+    never = run.serve(Variant("never", alpha=1e-12, keep_alpha=1e-12))
+    assert never.adapted == 0 and never.switches == 0
