@@ -41,21 +41,39 @@ HOLDOUT_EVERY = 5
 
 @dataclass(frozen=True)
 class Variant:
+    """The adapter's settings to serve with (the edge's defaults where unset)."""
+
     name: str
-    alpha: float
-    keep_alpha: float
+    alpha: float = 0.05
+    keep_alpha: float = 0.2
+    compare: int = 200
+    window: int = 1000
+    ks: tuple[int, ...] = (5, 1, 11)
 
     @classmethod
     def parse(cls, text: str) -> Variant:
-        """``NAME:alpha=0.05,keep=0.2`` (unset: the edge's defaults 0.01 and 0.05)."""
+        """``NAME:alpha=0.05,keep=0.2,compare=200,window=1000,ks=5/1/11``."""
         name, _, spec = text.partition(":")
-        values = {"alpha": 0.01, "keep": 0.05}
+        fields: dict[str, Any] = {}
         for part in filter(None, spec.split(",")):
             key, _, value = part.partition("=")
-            if key not in values:
-                raise ValueError(f"variant {name!r}: unknown setting {key!r} (alpha, keep)")
-            values[key] = float(value)
-        return cls(name, values["alpha"], values["keep"])
+            try:
+                if key in ("alpha", "keep"):
+                    fields["keep_alpha" if key == "keep" else key] = float(value)
+                elif key in ("compare", "window"):
+                    fields[key] = int(value)
+                elif key == "ks":
+                    fields[key] = tuple(int(k) for k in value.split("/"))
+                else:
+                    raise ValueError(
+                        f"variant {name!r}: unknown setting {key!r} "
+                        "(alpha, keep, compare, window, ks)"
+                    )
+            except ValueError as e:
+                if "unknown setting" in str(e):
+                    raise
+                raise ValueError(f"variant {name!r}: {key}={value!r} is not a number") from e
+        return cls(name, **fields)
 
 
 @dataclass
@@ -114,7 +132,14 @@ class KeptRun:
         return self._answers[key]
 
     def serve(self, variant: Variant) -> Outcome:
-        adapter = Adapter(self.classes, alpha=variant.alpha, keep_alpha=variant.keep_alpha)
+        adapter = Adapter(
+            self.classes,
+            window=variant.window,
+            ks=variant.ks,
+            compare=variant.compare,
+            alpha=variant.alpha,
+            keep_alpha=variant.keep_alpha,
+        )
         serving: dict[str, Any] = {"version": None, "adapter_for": None}
 
         def sha(version: int) -> str:
@@ -168,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         "--variant",
         action="append",
         default=[],
-        help="NAME:alpha=A,keep=K (repeatable; default: the edge's defaults)",
+        help="NAME:alpha=A,keep=K,compare=N,window=N,ks=K/K/K (repeatable; unset: the "
+        "edge's defaults)",
     )
     args = p.parse_args(argv)
     try:
@@ -183,8 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     for variant in variants:
         got = run.serve(variant)
         print(
-            f"  {variant.name:14s} alpha {variant.alpha:<5g} keep {variant.keep_alpha:<5g} "
-            f"{got.accuracy:.4f}  adapted {got.adapted:5d}  switches {got.switches}",
+            f"  {variant.name:14s} {got.accuracy:.4f}  adapted {got.adapted:5d}  "
+            f"switches {got.switches:3d}   {variant}",
             flush=True,
         )
     return 0
