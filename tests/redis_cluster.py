@@ -1,0 +1,125 @@
+"""A real Redis Cluster for tests: 3 masters and 3 replicas on loopback ports.
+
+Each node is a ``redis-server --cluster-enabled yes`` with its own port and cluster
+bus port (``cluster-port``, both free ports); ``redis-cli --cluster create ...
+--cluster-replicas 1 --cluster-yes`` assigns the slots and the replicas, and the
+cluster is ready when every node says ``cluster_state:ok``. The whole start takes
+about a second; ``tests/conftest.py`` starts one per session, and only when a test
+asks for it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+MASTERS = 3
+REPLICAS_PER_MASTER = 1
+
+
+def _free_ports(n: int) -> list[int]:
+    from tests.conftest import free_port
+
+    ports: set[int] = set()
+    while len(ports) < n:
+        ports.add(free_port())
+    return sorted(ports)
+
+
+class RedisClusterNodes:
+    """Six redis-servers we start, join into one cluster and stop."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        n = MASTERS * (1 + REPLICAS_PER_MASTER)
+        ports = _free_ports(2 * n)
+        self.ports, self.bus_ports = ports[:n], ports[n:]
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def url(self) -> str:
+        """The cluster URL with every node as a seed (any one would do)."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    def node(self, port: int) -> redis.Redis:
+        return redis.Redis(port=port, socket_timeout=5)
+
+    def start(self) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None or shutil.which("redis-cli") is None:
+            pytest.fail("redis-server is not installed: run `make test`, which installs it")
+        for port, bus in zip(self.ports, self.bus_ports, strict=True):
+            self._start_node(exe, port, bus)
+        for port in self.ports:
+            self._wait(lambda p=port: self.node(p).ping(), f"node {port} answers")
+        create = subprocess.run(
+            ["redis-cli", "--cluster", "create",
+             *(f"127.0.0.1:{p}" for p in self.ports),
+             "--cluster-replicas", str(REPLICAS_PER_MASTER), "--cluster-yes"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert create.returncode == 0, f"redis-cli --cluster create failed:\n{create.stdout}"
+        self._wait(self._all_ok, "cluster_state:ok on every node", timeout=30)
+
+    def _start_node(self, exe: str, port: int, bus: int) -> None:
+        d = self.workdir / str(port)
+        d.mkdir(exist_ok=True)
+        self.procs[port] = subprocess.Popen(
+            [exe, "--port", str(port), "--cluster-port", str(bus), "--bind", "127.0.0.1",
+             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+             "--cluster-node-timeout", "2000", "--dir", str(d), "--save", "",
+             "--appendonly", "yes", "--appendfsync", "everysec", "--protected-mode", "no",
+             "--daemonize", "no", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def _all_ok(self) -> bool:
+        for port in self.ports:
+            if port not in self.procs:
+                continue
+            info = self.node(port).execute_command("CLUSTER", "INFO")
+            text = info.decode() if isinstance(info, bytes) else str(info)
+            if "cluster_state:ok" not in text:
+                return False
+        return True
+
+    def _wait(self, ok: object, what: str, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if ok():  # type: ignore[operator]
+                    return
+            except redis.RedisError:
+                pass
+            assert time.monotonic() < deadline, f"Redis Cluster: no {what} in {timeout:.0f} s"
+            time.sleep(0.05)
+
+    def masters(self) -> list[int]:
+        """The ports of the nodes that are masters now."""
+        return [
+            p
+            for p in self.procs
+            if self.node(p).info("replication").get("role") == "master"
+        ]
+
+    def flushall(self) -> None:
+        for port in self.masters():
+            self.node(port).flushall()
+
+    def kill(self, port: int) -> None:
+        """SIGKILL one node (a crash, no goodbye)."""
+        proc = self.procs.pop(port)
+        proc.kill()
+        proc.wait(10)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            proc.terminate()
+        for proc in self.procs.values():
+            proc.wait(10)
+        self.procs.clear()
