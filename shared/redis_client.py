@@ -35,7 +35,8 @@ from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
-from redis.cluster import ClusterNode, RedisCluster
+from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.commands.core import Script
 from redis.connection import Encoder
 from redis.exceptions import RedisClusterException
 
@@ -168,10 +169,8 @@ class ClusterClient:
             o.get("decode_responses", False),
         )
 
-    def register_script(self, script: str) -> Any:
-        from redis.commands.core import Script
-
-        return Script(self, script)
+    def register_script(self, script: str) -> ClusterScript:
+        return ClusterScript(self, script)
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
         """MULTI/EXEC by default, as ``redis.Redis.pipeline``: every key of one
@@ -202,6 +201,24 @@ class ClusterClient:
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
+
+
+class ClusterScript(Script):
+    """A script that, queued on a cluster pipeline, is sent whole (EVAL): a cluster
+    pipeline cannot load it first, and SCRIPT LOAD is not replicated, so a promoted
+    replica would refuse an EVALSHA. Called on its own it is EVALSHA, loaded on a
+    NOSCRIPT reply."""
+
+    def __call__(
+        self,
+        keys: Any = None,
+        args: Any = None,
+        client: Any = None,
+    ) -> Any:
+        if isinstance(client, ClusterPipeline):
+            keys, args = list(keys or []), list(args or [])
+            return client.execute_command("EVAL", self.script, len(keys), *keys, *args)
+        return super().__call__(keys, args, client)
 
 
 def disconnect(client: redis.Redis) -> None:

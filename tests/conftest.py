@@ -157,10 +157,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture
 def redis_url(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iterator[str]:
-    """A flushed database on the session's redis-server, or (for the ``cluster`` run of a
-    test marked ``redis_cluster``) on the session's Redis Cluster, as its
-    ``redis+cluster://`` URL."""
-    if getattr(request, "param", "server") == "cluster":
+    """A flushed database on the session's redis-server, or on the session's Redis Cluster
+    (its ``redis+cluster://`` URL) for the ``cluster`` run of a test marked
+    ``redis_cluster``, and for every test with ``EDGELOOP_TEST_REDIS=cluster``."""
+    if getattr(request, "param", os.environ.get("EDGELOOP_TEST_REDIS", "server")) == "cluster":
         cluster: RedisClusterNodes = request.getfixturevalue("redis_cluster")
         cluster.flushall()
         yield cluster.url
