@@ -31,10 +31,12 @@ walks every master.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
+from redis.client import CaseInsensitiveDict
 from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.commands.core import Script
 from redis.connection import Encoder
@@ -43,6 +45,7 @@ from redis.exceptions import RedisClusterException
 __all__ = [
     "CLUSTER_SCHEMES",
     "ClusterClient",
+    "NotACluster",
     "connect_redis",
     "disconnect",
     "hosts_of",
@@ -50,6 +53,29 @@ __all__ = [
     "is_tls_url",
     "parse_cluster_url",
 ]
+
+#: Commands a cluster client runs on every node: a node's users are its own.
+_ON_EVERY_NODE = {("ACL", "SETUSER"), ("ACL", "DELUSER"), ("ACL", "SAVE")}
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _without_keys(parse: Callable[..., Any]) -> Callable[..., Any]:
+    """``parse`` (a one-server reply parser) called without the ``keys`` option a cluster
+    pipeline adds to each command (one server's client drops it before parsing)."""
+
+    def call(reply: Any, **options: Any) -> Any:
+        options.pop("keys", None)
+        return parse(reply, **options)
+
+    return call
+
+
+class NotACluster(redis.ConnectionError):
+    """A cluster URL names a server that is not part of a Redis Cluster."""
+
 
 #: Cluster scheme -> the scheme of one of its nodes.
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
@@ -78,7 +104,9 @@ def parse_cluster_url(url: str) -> tuple[str, list[tuple[str, int]]]:
     parts = urlsplit(url)
     scheme = CLUSTER_SCHEMES.get(parts.scheme.lower())
     if scheme is None:
-        raise ValueError(f"not a cluster URL: use {' or '.join(s + '://' for s in CLUSTER_SCHEMES)}")
+        raise ValueError(
+            f"not a cluster URL: use {' or '.join(s + '://' for s in CLUSTER_SCHEMES)}"
+        )
     userinfo, _, hostlist = parts.netloc.rpartition("@")
     nodes: list[tuple[str, int]] = []
     for node in filter(None, hostlist.split(",")):
@@ -89,9 +117,7 @@ def parse_cluster_url(url: str) -> tuple[str, list[tuple[str, int]]]:
     if not nodes:
         raise ValueError("a cluster URL names at least one node: redis+cluster://host:port")
     if parts.path.strip("/") not in ("", "0"):
-        raise ValueError(
-            f"a Redis Cluster has only database 0; drop {parts.path} from the URL"
-        )
+        raise ValueError(f"a Redis Cluster has only database 0; drop {parts.path} from the URL")
     first = hostlist.split(",")[0]
     netloc = f"{userinfo}@{first}" if userinfo else first
     return urlunsplit((scheme, netloc, parts.path, parts.query, "")), nodes
@@ -130,6 +156,7 @@ class ClusterClient:
         self._node_url, self._nodes = parse_cluster_url(url)
         self._options = options
         self._client: RedisCluster | None = None
+        self._callbacks: CaseInsensitiveDict | None = None
         self._lock = threading.Lock()
 
     @property
@@ -155,7 +182,13 @@ class ClusterClient:
             )
         except RedisClusterException as e:
             # Callers treat an unreachable server as redis.ConnectionError; so is this.
-            raise redis.ConnectionError(f"Redis Cluster: {e}") from e
+            nodes = ",".join(f"{h}:{p}" for h, p in self._nodes)
+            if "not enabled" in str(e):
+                raise NotACluster(
+                    f"{nodes} is not a Redis Cluster (cluster mode is not enabled there): "
+                    "give one server as redis:// or rediss://, a cluster as redis+cluster://"
+                ) from e
+            raise redis.ConnectionError(f"cannot reach the Redis Cluster at {nodes}: {e}") from e
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.cluster, name)
@@ -174,29 +207,54 @@ class ClusterClient:
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
         """MULTI/EXEC by default, as ``redis.Redis.pipeline``: every key of one
-        transaction must share a slot (one fleet's keys do)."""
-        return self.cluster.pipeline(transaction=transaction, shard_hint=shard_hint)
+        transaction must share a slot (one fleet's keys do). A transaction's replies are
+        parsed as one server's are (redis-py's cluster transaction parses only the
+        cluster commands: SET would give b"OK", XRANGE flat lists)."""
+        pipe = self.cluster.pipeline(transaction=transaction, shard_hint=shard_hint)
+        if transaction:
+            pipe.cluster_response_callbacks = self._transaction_callbacks()
+        return pipe
+
+    def _transaction_callbacks(self) -> CaseInsensitiveDict:
+        if self._callbacks is None:
+            cluster = self.cluster
+            node = cluster.get_default_node().redis_connection
+            assert node is not None  # the cluster client built it with its layout
+            parsers = {name: _without_keys(cb) for name, cb in node.response_callbacks.items()}
+            self._callbacks = CaseInsensitiveDict({**parsers, **cluster.cluster_response_callbacks})
+        return self._callbacks
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        """As ``RedisCluster.execute_command``, but ACL SETUSER, DELUSER and SAVE run on
+        every node (``every_node``); the first node's reply is returned."""
+        if len(args) >= 2 and "target_nodes" not in options:
+            command = (_text(args[0]).upper(), _text(args[1]).upper())
+            if command in _ON_EVERY_NODE:
+                return self.on_every_node(lambda node: node.execute_command(*args, **options))[0]
+        return self.cluster.execute_command(*args, **options)
 
     def acl_setuser(self, *args: Any, **kwargs: Any) -> bool:
-        return all(node.acl_setuser(*args, **kwargs) for node in self.every_node())
+        return all(self.on_every_node(lambda node: node.acl_setuser(*args, **kwargs)))
 
     def acl_deluser(self, *usernames: str) -> int:
-        return max(node.acl_deluser(*usernames) for node in self.every_node())
+        return max(self.on_every_node(lambda node: node.acl_deluser(*usernames)))
 
-    def every_node(self) -> list[redis.Redis]:
-        """A client of each node the cluster knows, masters and replicas, failed or not
-        (ACLs are per node and not replicated: a user must exist on a replica before it
-        is promoted). From CLUSTER NODES: CLUSTER SLOTS leaves out a replica until it has
-        replicated a write."""
+    def on_every_node(self, call: Callable[[redis.Redis], Any]) -> list[Any]:
+        """``call`` on a client of each node the cluster knows, masters and replicas,
+        failed or not, and their replies (ACLs are per node and not replicated: a user
+        must exist on a replica before it is promoted). The nodes come from CLUSTER NODES:
+        CLUSTER SLOTS leaves out a replica until it has replicated a write."""
         parts = urlsplit(self._node_url)
         userinfo = parts.netloc.rpartition("@")[0]
-        clients = []
+        replies = []
         for address in self.cluster.cluster_nodes():
-            host, _, port = address.rpartition(":")
-            netloc = f"{userinfo}@{host}:{port.split('@')[0]}" if userinfo else address
-            url = urlunsplit(parts._replace(netloc=netloc))
-            clients.append(redis.Redis.from_url(url, **self._options))
-        return clients
+            netloc = f"{userinfo}@{address}" if userinfo else address
+            node = redis.Redis.from_url(urlunsplit(parts._replace(netloc=netloc)), **self._options)
+            try:
+                replies.append(call(node))
+            finally:
+                node.close()
+        return replies
 
     def close(self) -> None:
         if self._client is not None:

@@ -101,11 +101,7 @@ class RedisClusterNodes:
 
     def masters(self) -> list[int]:
         """The ports of the nodes that are masters now."""
-        return [
-            p
-            for p in self.procs
-            if self.node(p).info("replication").get("role") == "master"
-        ]
+        return [p for p in self.procs if self.node(p).info("replication").get("role") == "master"]
 
     def flushall(self) -> None:
         for port in self.masters():
