@@ -36,10 +36,10 @@ from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
+from redis._parsers import Encoder
 from redis.client import CaseInsensitiveDict
 from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.commands.core import Script
-from redis.connection import Encoder
 from redis.exceptions import RedisClusterException
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "connect_redis",
     "disconnect",
     "hosts_of",
+    "is_cluster_client",
     "is_cluster_url",
     "is_tls_url",
     "parse_cluster_url",
@@ -60,6 +61,10 @@ _ON_EVERY_NODE = {("ACL", "SETUSER"), ("ACL", "DELUSER"), ("ACL", "SAVE")}
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _node(host: str, port: int) -> Any:
+    return ClusterNode(host, port)  # type: ignore[no-untyped-call]
 
 
 def _without_keys(parse: Callable[..., Any]) -> Callable[..., Any]:
@@ -155,12 +160,13 @@ class ClusterClient:
         self.url = url
         self._node_url, self._nodes = parse_cluster_url(url)
         self._options = options
-        self._client: RedisCluster | None = None
-        self._callbacks: CaseInsensitiveDict | None = None
+        # RedisCluster and its helpers are untyped in redis-py: Any, not a false type.
+        self._client: Any = None
+        self._callbacks: Any = None
         self._lock = threading.Lock()
 
     @property
-    def cluster(self) -> RedisCluster:
+    def cluster(self) -> Any:
         """The ``RedisCluster``, built now if it is not yet: redis.ConnectionError when
         no node named in the URL answers."""
         if self._client is None:
@@ -169,14 +175,14 @@ class ClusterClient:
                     self._client = self._build()
         return self._client
 
-    def _build(self) -> RedisCluster:
+    def _build(self) -> Any:
         options = dict(self._options)
         # Cluster-level retries: the given Retry, else redis-py's default (3, with backoff).
         retry = options.pop("retry", None)
         try:
             return RedisCluster(
                 url=self._node_url,
-                startup_nodes=[ClusterNode(h, p) for h, p in self._nodes[1:]],
+                startup_nodes=[_node(h, p) for h, p in self._nodes[1:]],
                 retry=retry,
                 **options,
             )
@@ -193,17 +199,17 @@ class ClusterClient:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.cluster, name)
 
-    def get_encoder(self) -> Encoder:
+    def get_encoder(self) -> Any:
         """What ``register_script`` needs, without reaching the cluster."""
         o = self._options
-        return Encoder(
+        return Encoder(  # type: ignore[no-untyped-call]
             o.get("encoding", "utf-8"),
             o.get("encoding_errors", "strict"),
             o.get("decode_responses", False),
         )
 
     def register_script(self, script: str) -> ClusterScript:
-        return ClusterScript(self, script)
+        return ClusterScript(cast("redis.Redis", self), script)
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
         """MULTI/EXEC by default, as ``redis.Redis.pipeline``: every key of one
@@ -215,12 +221,14 @@ class ClusterClient:
             pipe.cluster_response_callbacks = self._transaction_callbacks()
         return pipe
 
-    def _transaction_callbacks(self) -> CaseInsensitiveDict:
+    def _transaction_callbacks(self) -> Any:
         if self._callbacks is None:
             cluster = self.cluster
             node = cluster.get_default_node().redis_connection
             assert node is not None  # the cluster client built it with its layout
-            parsers = {name: _without_keys(cb) for name, cb in node.response_callbacks.items()}
+            parsers: dict[str, Any] = {
+                name: _without_keys(cb) for name, cb in node.response_callbacks.items()
+            }
             self._callbacks = CaseInsensitiveDict({**parsers, **cluster.cluster_response_callbacks})
         return self._callbacks
 
@@ -230,14 +238,14 @@ class ClusterClient:
         if len(args) >= 2 and "target_nodes" not in options:
             command = (_text(args[0]).upper(), _text(args[1]).upper())
             if command in _ON_EVERY_NODE:
-                return self.on_every_node(lambda node: node.execute_command(*args, **options))[0]
+                return self.on_every_node(lambda n: n.execute_command(*args, **options))[0]  # type: ignore[no-untyped-call]
         return self.cluster.execute_command(*args, **options)
 
     def acl_setuser(self, *args: Any, **kwargs: Any) -> bool:
         return all(self.on_every_node(lambda node: node.acl_setuser(*args, **kwargs)))
 
     def acl_deluser(self, *usernames: str) -> int:
-        return max(self.on_every_node(lambda node: node.acl_deluser(*usernames)))
+        return max(int(n) for n in self.on_every_node(lambda node: node.acl_deluser(*usernames)))
 
     def on_every_node(self, call: Callable[[redis.Redis], Any]) -> list[Any]:
         """``call`` on a client of each node the cluster knows, masters and replicas,
@@ -275,8 +283,13 @@ class ClusterScript(Script):
     ) -> Any:
         if isinstance(client, ClusterPipeline):
             keys, args = list(keys or []), list(args or [])
-            return client.execute_command("EVAL", self.script, len(keys), *keys, *args)
+            return client.execute_command("EVAL", self.script, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
         return super().__call__(keys, args, client)
+
+
+def is_cluster_client(client: object) -> bool:
+    """True for a client ``connect_redis`` made for a cluster URL."""
+    return isinstance(client, ClusterClient)
 
 
 def disconnect(client: redis.Redis) -> None:

@@ -65,16 +65,21 @@ class RedisClusterNodes:
         )  # fmt: skip
         assert create.returncode == 0, f"redis-cli --cluster create failed:\n{create.stdout}"
         self._wait(self._all_ok, "cluster_state:ok on every node", timeout=30)
+        self._wait(self._replicas_online, "replica in sync with each master", timeout=30)
 
     def _start_node(self, exe: str, port: int, bus: int) -> None:
         d = self.workdir / str(port)
-        d.mkdir(exist_ok=True)
+        d.mkdir(parents=True, exist_ok=True)
         self.procs[port] = subprocess.Popen(
             [exe, "--port", str(port), "--cluster-port", str(bus), "--bind", "127.0.0.1",
              "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
              "--cluster-node-timeout", "2000", "--dir", str(d), "--save", "",
              "--appendonly", "yes", "--appendfsync", "everysec", "--protected-mode", "no",
-             "--daemonize", "no", "--loglevel", "warning"],
+             "--daemonize", "no", "--loglevel", "warning",
+             # a replica syncs at once (the default waits 5 s for more replicas to join)
+             "--repl-diskless-sync-delay", "0",
+             # a stopped master does not wait for its (also stopping) replica to catch up
+             "--shutdown-timeout", "0"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
 
@@ -85,6 +90,15 @@ class RedisClusterNodes:
             info = self.node(port).execute_command("CLUSTER", "INFO")
             text = info.decode() if isinstance(info, bytes) else str(info)
             if "cluster_state:ok" not in text:
+                return False
+        return True
+
+    def _replicas_online(self) -> bool:
+        """Each master has its replicas connected and synced (WAIT counts only those)."""
+        for port in self.masters():
+            info = self.node(port).info("replication")
+            replicas = [info.get(f"slave{i}", {}) for i in range(REPLICAS_PER_MASTER)]
+            if not all(r.get("state") == "online" for r in replicas):
                 return False
         return True
 
@@ -117,5 +131,9 @@ class RedisClusterNodes:
         for proc in self.procs.values():
             proc.terminate()
         for proc in self.procs.values():
-            proc.wait(10)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:  # stuck in a sync: no data to keep
+                proc.kill()
+                proc.wait(10)
         self.procs.clear()
