@@ -40,6 +40,7 @@ class RedisClusterNodes:
         ports = _free_ports(2 * n)
         self.ports, self.bus_ports = ports[:n], ports[n:]
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._bus = dict(zip(self.ports, self.bus_ports, strict=True))
 
     @property
     def url(self) -> str:
@@ -126,6 +127,11 @@ class RedisClusterNodes:
         proc = self.procs.pop(port)
         proc.kill()
         proc.wait(10)
+
+    def restart(self, port: int) -> None:
+        """Start a killed node again on its port and directory: it rejoins the cluster
+        (a replica of the master that replaced it)."""
+        self._start_node(shutil.which("redis-server") or "redis-server", port, self._bus[port])
 
     def stop(self) -> None:
         for proc in self.procs.values():
