@@ -47,7 +47,7 @@ from shared.durable import append_durably
 from shared.feedback_stream import ADD_FRAMES_SCRIPT, feedback_stream, frame, frame_entries
 from shared.keys import FEEDBACK_FRAMES_FIELD
 from shared.messages import FeedbackEvent
-from shared.redis_client import is_cluster_client
+from shared.redis_client import wait_replicas
 from shared.retry import Backoff
 
 logger = logging.getLogger(__name__)
@@ -112,12 +112,7 @@ class RedisSink:
         recently returned one, and only this thread uses the client)."""
         if self._wait_replicas <= 0:
             return
-        options = {}
-        if is_cluster_client(self._redis):
-            options["target_nodes"] = self._redis.get_node_from_key(self._stream)
-        acked = int(
-            self._redis.execute_command("WAIT", self._wait_replicas, self._wait_ms, **options)
-        )  # type: ignore[no-untyped-call]
+        acked = wait_replicas(self._redis, self._stream, self._wait_replicas, self._wait_ms)
         if acked < self._wait_replicas:
             raise SinkDown(
                 f"{acked} of {self._wait_replicas} replicas acknowledged the feedback within "

@@ -53,6 +53,7 @@ __all__ = [
     "is_cluster_url",
     "is_tls_url",
     "parse_cluster_url",
+    "wait_replicas",
 ]
 
 #: Commands a cluster client runs on every node: a node's users are its own.
@@ -290,6 +291,18 @@ class ClusterScript(Script):
 def is_cluster_client(client: object) -> bool:
     """True for a client ``connect_redis`` made for a cluster URL."""
     return isinstance(client, ClusterClient)
+
+
+def wait_replicas(client: redis.Redis, key: str, replicas: int, timeout_ms: int) -> int:
+    """WAIT on the node of ``key`` (a cluster's master of its slot): how many replicas
+    hold this client's writes there, within ``timeout_ms``. WAIT counts the writes of its
+    own connection: call it from the thread that wrote, right after, on a client no
+    other thread uses (its pool then hands back the connection the write used)."""
+    options: dict[str, Any] = {}
+    if isinstance(client, ClusterClient):
+        options["target_nodes"] = client.cluster.get_node_from_key(key)
+    reply = client.execute_command("WAIT", replicas, timeout_ms, **options)  # type: ignore[no-untyped-call]
+    return int(reply)
 
 
 def disconnect(client: redis.Redis) -> None:

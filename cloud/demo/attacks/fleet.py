@@ -175,6 +175,4 @@ class AttackFleet:
 
     def device_client(self, device: str) -> redis.Redis:
         creds = self.devices[device]
-        return connect_redis(
-            self.redis_url, username=creds.acl_user, password=creds.password
-        )
+        return connect_redis(self.redis_url, username=creds.acl_user, password=creds.password)
