@@ -13,7 +13,9 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -31,11 +33,55 @@ def _free_ports(n: int) -> list[int]:
     return sorted(ports)
 
 
+@dataclass
+class Secure:
+    """A cluster with TLS on every link (clients, cluster bus, replication; no
+    plaintext port) and an ACL file on every node; the replicas and the tests connect as
+    ``admin_user``."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    #: What a node shows when it connects to another's bus or to its master (the
+    #: server certificate is for serverAuth only).
+    client_cert: Path
+    client_key: Path
+    aclfile: Path
+    admin_user: str
+    passwords: dict[str, str]
+
+    def password(self, user: str) -> str:
+        return self.passwords[user]
+
+    @property
+    def admin(self) -> dict[str, Any]:
+        return {
+            "ssl": True, "ssl_ca_certs": str(self.ca), "username": self.admin_user,
+            "password": self.password(self.admin_user),
+        }  # fmt: skip
+
+    @property
+    def cli_args(self) -> list[str]:
+        return ["--tls", "--cacert", str(self.ca), "--user", self.admin_user,
+                "--pass", self.password(self.admin_user), "--no-auth-warning"]  # fmt: skip
+
+    def node_args(self, port: int) -> list[str]:
+        return ["--port", "0", "--tls-port", str(port), "--tls-cluster", "yes",
+                "--tls-replication", "yes", "--tls-cert-file", str(self.cert),
+                "--tls-key-file", str(self.key), "--tls-ca-cert-file", str(self.ca),
+                "--tls-client-cert-file", str(self.client_cert),
+                "--tls-client-key-file", str(self.client_key),
+                "--tls-auth-clients", "no", "--aclfile", str(self.aclfile),
+                "--masteruser", self.admin_user,
+                "--masterauth", self.password(self.admin_user)]  # fmt: skip
+
+
 class RedisClusterNodes:
     """Six redis-servers we start, join into one cluster and stop."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, secure: Secure | None = None) -> None:
         self.workdir = workdir
+        self.secure = secure
         n = MASTERS * (1 + REPLICAS_PER_MASTER)
         ports = _free_ports(2 * n)
         self.ports, self.bus_ports = ports[:n], ports[n:]
@@ -45,10 +91,19 @@ class RedisClusterNodes:
     @property
     def url(self) -> str:
         """The cluster URL with every node as a seed (any one would do)."""
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+        return self.url_as(None)
+
+    def url_as(self, user: str | None) -> str:
+        """The URL with ``user``'s credentials (``secure``'s password of that user)."""
+        scheme = "rediss+cluster" if self.secure else "redis+cluster"
+        auth = f"{user}:{self.secure.password(user)}@" if user and self.secure else ""
+        return f"{scheme}://{auth}" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
 
     def node(self, port: int) -> redis.Redis:
-        return redis.Redis(port=port, socket_timeout=5)
+        """An admin's client of one node."""
+        return redis.Redis(
+            port=port, socket_timeout=5, **(self.secure.admin if self.secure else {})
+        )
 
     def start(self) -> None:
         exe = shutil.which("redis-server")
@@ -59,10 +114,10 @@ class RedisClusterNodes:
         for port in self.ports:
             self._wait(lambda p=port: self.node(p).ping(), f"node {port} answers")
         create = subprocess.run(
-            ["redis-cli", "--cluster", "create",
+            ["redis-cli", *(self.secure.cli_args if self.secure else ()), "--cluster", "create",
              *(f"127.0.0.1:{p}" for p in self.ports),
              "--cluster-replicas", str(REPLICAS_PER_MASTER), "--cluster-yes"],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True, text=True, timeout=30,
         )  # fmt: skip
         assert create.returncode == 0, f"redis-cli --cluster create failed:\n{create.stdout}"
         self._wait(self._all_ok, "cluster_state:ok on every node", timeout=30)
@@ -80,7 +135,8 @@ class RedisClusterNodes:
              # a replica syncs at once (the default waits 5 s for more replicas to join)
              "--repl-diskless-sync-delay", "0",
              # a stopped master does not wait for its (also stopping) replica to catch up
-             "--shutdown-timeout", "0"],
+             "--shutdown-timeout", "0",
+             *(self.secure.node_args(port) if self.secure else ())],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
 
