@@ -1,4 +1,5 @@
-"""Fixtures every test may use: a real redis-server per session, flushed per test;
+"""Fixtures every test may use: a real redis-server per session, flushed per test (and a
+real Redis Cluster for the tests marked ``redis_cluster``, see ``redis_url``);
 and a real edge: signing keys, settings, daemons that stop at teardown, and their
 HTTP API on a real socket (built on tests/serving.py).
 
