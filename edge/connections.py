@@ -24,6 +24,7 @@ from redis.retry import Retry
 
 from shared.device_identity import DeviceSigner
 from shared.keys import FleetKeys
+from shared.redis_client import connect_redis
 from shared.transport import redact
 
 __all__ = ["REDIS_ERRORS", "FleetMember", "connect", "describe", "redact"]
@@ -32,7 +33,12 @@ logger = logging.getLogger(__name__)
 
 #: What a Redis call may raise when the server is down, restarting, out of memory
 #: or otherwise unable to answer; worth retrying later.
-REDIS_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+#: (A cluster that cannot be reached at all raises RedisClusterException, no RedisError.)
+REDIS_ERRORS: tuple[type[BaseException], ...] = (
+    redis.RedisError,
+    OSError,
+    redis.exceptions.RedisClusterException,
+)
 
 
 def connect(
@@ -43,7 +49,8 @@ def connect(
     tls: Mapping[str, Any] | None = None,
     retries: int = 1,
 ) -> redis.Redis:
-    """A client for ``url`` that fails fast when Redis is down.
+    """A client for ``url`` (one server or a Redis Cluster, ``shared/redis_client.py``)
+    that fails fast when Redis is down.
 
     ``socket_timeout`` must exceed any XREAD BLOCK time the caller uses. ``tls``:
     redis-py's ``ssl_*`` options for a ``rediss://`` URL
@@ -51,7 +58,7 @@ def connect(
     first command, so this never blocks. ``retries``: immediate retries of a command
     whose connection broke (0 for a download that a deadline may cut off).
     """
-    return redis.Redis.from_url(
+    return connect_redis(
         url,
         **(tls or {}),
         socket_timeout=socket_timeout,

@@ -59,6 +59,8 @@ def uplink_policy(settings: EdgeSettings) -> UplinkPolicy:
         flush_ms=settings.feedback_flush_ms,
         queue_max=settings.feedback_queue_max,
         spool_max_bytes=settings.spool_max_bytes,
+        wait_replicas=settings.feedback_wait_replicas,
+        wait_ms=settings.feedback_wait_ms,
     )
 
 

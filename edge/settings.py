@@ -213,6 +213,14 @@ class EdgeSettings(RedisSettings):
     feedback_flush_ms: float = Field(50.0, gt=0)
     feedback_queue_max: int = Field(10_000, ge=1)
     spool_max_bytes: int = Field(64 * 1024 * 1024, ge=4096)
+    feedback_wait_replicas: int = Field(
+        0,
+        ge=0,
+        description="replicas of the stream's Redis master that must hold a feedback send "
+        "before the spool drops it (Redis WAIT): what survives a failover; 0: the master's "
+        "reply is enough",
+    )
+    feedback_wait_ms: int = Field(1000, ge=1, description="how long a send waits for them")
 
     # -- status -------------------------------------------------------------
     status_interval_s: float = Field(2.0, gt=0)

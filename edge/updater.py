@@ -84,6 +84,7 @@ from shared.codec import DEFAULT_MAX_SIZE, check_sha256, decode_full, is_sha256
 from shared.delta import apply_patch
 from shared.errors import ArtifactError, EdgeloopError, IntegrityError, ModelRejected, NotFound
 from shared.messages import DeltaAnnouncement, ModelManifest, Payload, SignedManifest
+from shared.redis_client import disconnect
 from shared.retry import Backoff
 from shared.rollouts import AssignmentNotice, desired_sha
 from shared.runtime import TFLiteModel
@@ -798,7 +799,7 @@ class UpdateConsumer:
     def _abandon(self) -> None:
         self._abandoned.set()
         # Closing the sockets under a blocked read ends it at once (ConnectionError).
-        self._downloads.connection_pool.disconnect()
+        disconnect(self._downloads)
 
     def _read_value(self, key: str, bound: int, what: str, listed: int) -> bytes:
         client = self._downloads

@@ -47,6 +47,7 @@ from shared.durable import append_durably
 from shared.feedback_stream import ADD_FRAMES_SCRIPT, feedback_stream, frame, frame_entries
 from shared.keys import FEEDBACK_FRAMES_FIELD
 from shared.messages import FeedbackEvent
+from shared.redis_client import wait_replicas
 from shared.retry import Backoff
 
 logger = logging.getLogger(__name__)
@@ -83,19 +84,40 @@ class RedisSink:
 
     name = "Redis"
 
-    def __init__(self, member: FleetMember, batch: int) -> None:
+    def __init__(
+        self, member: FleetMember, batch: int, wait_replicas: int = 0, wait_ms: int = 1000
+    ) -> None:
         self._redis = member.connect()
         self._add_entries = self._redis.register_script(ADD_FRAMES_SCRIPT)
         self._signer = member.signer
         self._stream = feedback_stream(member.keys, member.model)
         self._batch = batch
+        self._wait_replicas, self._wait_ms = wait_replicas, wait_ms
 
     def add(self, lines: list[bytes]) -> list[Refusal]:
         try:
             self._xadd(lines)
+            self._wait_for_replicas()
         except REDIS_ERRORS as e:
             raise SinkDown(describe(e)) from e
         return []
+
+    def _wait_for_replicas(self) -> None:
+        """With ``wait_replicas``: WAIT until that many replicas hold the entries just
+        added, else SinkDown (they stay spooled and are resent; the trainer drops the
+        duplicates). Redis replicates asynchronously: without it, a master that dies
+        after its reply loses what it had not yet passed on, and the spool has let go
+        of it. WAIT counts the writes of its own connection, so it goes to the node of
+        the stream on the connection the XADD just gave back (a pool hands out the most
+        recently returned one, and only this thread uses the client)."""
+        if self._wait_replicas <= 0:
+            return
+        acked = wait_replicas(self._redis, self._stream, self._wait_replicas, self._wait_ms)
+        if acked < self._wait_replicas:
+            raise SinkDown(
+                f"{acked} of {self._wait_replicas} replicas acknowledged the feedback within "
+                f"{self._wait_ms} ms; kept in the spool"
+            )
 
     def _xadd(self, lines: list[bytes]) -> None:
         # Entries of ``batch`` events (shared.feedback_stream). All entries go in one
@@ -135,6 +157,9 @@ class UplinkPolicy:
     flush_ms: float = 50.0
     queue_max: int = 10_000
     spool_max_bytes: int = 64 * 1024 * 1024
+    #: Replicas that must hold a send before the spool lets go of it (Redis WAIT; 0: none).
+    wait_replicas: int = 0
+    wait_ms: int = 1000
     backoff: Backoff = field(default_factory=lambda: Backoff(base=0.2, cap=5.0))
 
 
@@ -154,7 +179,11 @@ class FeedbackUplink:
         sink: EntrySink | None = None,
     ) -> None:
         policy = policy or UplinkPolicy()
-        self._sink = sink if sink is not None else RedisSink(member, policy.batch)
+        self._sink = (
+            sink
+            if sink is not None
+            else RedisSink(member, policy.batch, policy.wait_replicas, policy.wait_ms)
+        )
         self._refused_dir = Path(state_dir) / "refused"
         self._id_prefix = f"{member.device_id}:{epoch}:"
         self._seq = SeqCounter(Path(state_dir) / "feedback.seq", epoch)

@@ -16,6 +16,7 @@ Whatever prints a URL prints ``redact(url)``: the password never reaches a log.
 
 >>> check_redis_url("redis://127.0.0.1:6379/0", "production")
 >>> check_redis_url("rediss://:pw@cache.lab:6380/0", "production")
+>>> check_redis_url("redis+cluster://127.0.0.1:7000,127.0.0.1:7001", "production")
 >>> check_redis_url("redis://:pw@cache.lab:6379/0", "production")
 Traceback (most recent call last):
 ...
@@ -29,15 +30,18 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+import redis
 from pydantic import Field, model_validator
 
 from shared.config import EnvFirstSettings
 from shared.errors import Unavailable
+from shared.redis_client import CLUSTER_SCHEMES, connect_redis, hosts_of, is_tls_url
 
 Mode = Literal["production", "development"]
 
-#: Redis URL schemes redis-py understands; ``rediss`` is Redis over TLS.
-REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+#: Redis URL schemes: one server as redis-py spells it (``rediss`` is Redis over TLS),
+#: or a Redis Cluster (``shared/redis_client.py``).
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", *CLUSTER_SCHEMES})
 
 
 def redact(url: str) -> str:
@@ -104,14 +108,17 @@ def check_redis_url(url: str, mode: str) -> None:
     to another machine. The message carries the URL redacted."""
     try:
         parts = urlsplit(url)
-        host = parts.hostname
+        hosts = hosts_of(url) if parts.scheme in REDIS_SCHEMES else []
     except ValueError as e:
         raise ValueError(f"redis_url {redact(url)} is not a URL: {e}") from e
     if parts.scheme not in REDIS_SCHEMES:
         raise ValueError(
-            f"redis_url {redact(url)} must start with redis://, rediss:// (TLS) or unix://"
+            f"redis_url {redact(url)} must start with redis://, rediss:// (TLS), unix://, "
+            "or for a Redis Cluster redis+cluster:// or rediss+cluster:// (TLS)"
         )
-    if mode != "production" or parts.scheme in ("rediss", "unix") or is_local(host):
+    if mode != "production" or is_tls_url(url) or parts.scheme == "unix":
+        return
+    if hosts and all(is_local(h) for h in hosts):
         return
     raise ValueError(
         f"redis_url {redact(url)} is plaintext to a remote host; production needs rediss:// "
@@ -155,8 +162,9 @@ class RedisSettings(EnvFirstSettings):
 
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0",
-        description="redis://, rediss:// (TLS) or unix://; production refuses plaintext "
-        "to a remote host",
+        description="redis://, rediss:// (TLS) or unix:// for one server; "
+        "redis+cluster://host:port[,host:port...] or rediss+cluster:// (TLS) for a Redis "
+        "Cluster; production refuses plaintext to a remote host",
     )
     redis_ca_file: Path | None = Field(
         None,
@@ -174,10 +182,10 @@ class RedisSettings(EnvFirstSettings):
     def _redis_transport(self) -> RedisSettings:
         check_redis_url(self.redis_url, str(getattr(self, "mode", "development")))
         files = (self.redis_ca_file, self.redis_cert_file, self.redis_key_file)
-        if any(files) and not self.redis_url.startswith("rediss://"):
+        if any(files) and not is_tls_url(self.redis_url):
             raise ValueError(
                 f"redis_ca_file, redis_cert_file and redis_key_file are for TLS, but redis_url "
-                f"{redact(self.redis_url)} is not rediss://"
+                f"{redact(self.redis_url)} is not rediss:// or rediss+cluster://"
             )
         if (self.redis_cert_file is None) != (self.redis_key_file is None):
             raise ValueError("redis_cert_file and redis_key_file go together: set both or neither")
@@ -188,10 +196,15 @@ class RedisSettings(EnvFirstSettings):
 
     def redis_options(self) -> dict[str, Any]:
         """redis-py's keyword arguments for this connection's TLS (none for plaintext):
-        ``redis.Redis.from_url(s.redis_url, **s.redis_options())``."""
+        ``connect_redis(s.redis_url, **s.redis_options())``, which ``redis_client`` does."""
         return tls_options(
             self.redis_url, self.redis_ca_file, self.redis_cert_file, self.redis_key_file
         )
+
+    def redis_client(self, **options: Any) -> redis.Redis:
+        """A client for ``redis_url`` (one server or a cluster) with its TLS options and
+        ``options`` (timeouts...); nothing is sent until its first command."""
+        return connect_redis(self.redis_url, **self.redis_options(), **options)
 
 
 def tls_options(
@@ -208,7 +221,7 @@ def tls_options(
     >>> sorted(tls_options("rediss://cache:6380", Path("ca.pem")))
     ['ssl_ca_certs', 'ssl_cert_reqs', 'ssl_check_hostname']
     """
-    if not url.startswith("rediss://"):
+    if not is_tls_url(url):
         return {}
     options: dict[str, Any] = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
     if ca_file is not None:

@@ -1,4 +1,5 @@
-"""Fixtures every test may use: a real redis-server per session, flushed per test;
+"""Fixtures every test may use: a real redis-server per session, flushed per test (and a
+real Redis Cluster for the tests marked ``redis_cluster``, see ``redis_url``);
 and a real edge: signing keys, settings, daemons that stop at teardown, and their
 HTTP API on a real socket (built on tests/serving.py).
 
@@ -21,7 +22,9 @@ import pytest
 import redis
 
 from shared.keys import FleetKeys
+from shared.redis_client import connect_redis
 from tests.demo_runs import DemoRuns, demo_runs_of
+from tests.redis_cluster import RedisClusterNodes
 from tests.serving import Call, ServedApi, Signing, make_settings
 
 if TYPE_CHECKING:
@@ -128,9 +131,41 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
+    """A real Redis Cluster (3 masters, 3 replicas; tests/redis_cluster.py), started once
+    per session by the first test that asks for it."""
+    cluster = RedisClusterNodes(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+#: What a test marked ``redis_cluster`` runs against: each of its tests runs twice.
+REDIS_KINDS = ("server", "cluster")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test marked ``@pytest.mark.redis_cluster`` that uses ``redis_url`` (itself or
+    through a fixture) runs against the single redis-server and against the cluster."""
+    if metafunc.definition.get_closest_marker("redis_cluster") is None:
+        return
+    if "redis_url" in metafunc.fixturenames:
+        metafunc.parametrize("redis_url", REDIS_KINDS, indirect=True)
+
+
 @pytest.fixture
-def redis_url(redis_server: RedisServer) -> Iterator[str]:
-    """A flushed database on the session's redis-server."""
+def redis_url(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iterator[str]:
+    """A flushed database on the session's redis-server, or on the session's Redis Cluster
+    (its ``redis+cluster://`` URL) for the ``cluster`` run of a test marked
+    ``redis_cluster``, and for every test with ``EDGELOOP_TEST_REDIS=cluster``."""
+    if getattr(request, "param", os.environ.get("EDGELOOP_TEST_REDIS", "server")) == "cluster":
+        cluster: RedisClusterNodes = request.getfixturevalue("redis_cluster")
+        cluster.flushall()
+        yield cluster.url
+        return
     if redis_server.proc is None:
         redis_server.start()
     client = redis.Redis.from_url(redis_server.url)
@@ -141,7 +176,8 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
 
 @pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
+    """A client of ``redis_url``: one server's or the cluster's."""
+    client = connect_redis(redis_url)
     yield client
     client.close()
 

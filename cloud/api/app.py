@@ -115,7 +115,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     """The API for ``settings.fleet``; ConfigError if the public key cannot be read."""
     assert settings.public_key is not None and settings.blob_dir is not None  # settings fill them
     verifier = _verifier(settings)
-    client = redis.Redis.from_url(settings.redis_url, **settings.redis_options())
+    client = settings.redis_client()
     keys = FleetKeys(settings.fleet)
     registry = Registry(client, keys, DirBlobStore(settings.blob_dir))
     director = director_of(

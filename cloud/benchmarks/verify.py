@@ -37,6 +37,7 @@ import redis
 
 import cloud
 from shared.errors import ConfigError
+from shared.redis_client import connect_redis
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
 def measure(redis_url: str, work: Path, runs: int) -> dict[str, Any]:
     """Prepare the fleet on ``redis_url`` (an empty database), run the edge's half and
     return ``summarize``'s figures. RuntimeError naming the edge's last line if it fails."""
-    client = redis.Redis.from_url(redis_url)
+    client = connect_redis(redis_url)
     try:
         edge_args = prepare(client, work)
     finally:

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = load_settings(ApiSettings, args.config)
     assert settings.blob_dir is not None
-    client = redis.Redis.from_url(settings.redis_url, **settings.redis_options())
+    client = settings.redis_client()
     keys = FleetKeys(settings.fleet)
     if args.recount:
         return _recount(client, keys)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shared.errors import ConfigError
+from shared.redis_client import connect_redis
 
 if TYPE_CHECKING:  # imported when a command runs: `edgeloop --help` stays light
     from cloud.registry.devices import Credentials, DeviceRegistry
@@ -55,7 +56,7 @@ def device(args: argparse.Namespace) -> int:
 
     if not args.redis_url:
         raise ConfigError("give the admin Redis URL: --redis-url or EDGELOOP_ADMIN_REDIS_URL")
-    client = redis.Redis.from_url(args.redis_url, **tls_options(args.redis_url, args.ca_file))
+    client = connect_redis(args.redis_url, **tls_options(args.redis_url, args.ca_file))
     registry = DeviceRegistry(client, FleetKeys(args.fleet))
     try:
         if args.action == "enroll":

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import ConfigError
+from shared.redis_client import connect_redis
 
 if TYPE_CHECKING:  # imported when a command runs: `edgeloop --help` stays light
     import redis
@@ -110,7 +111,7 @@ def keys(args: argparse.Namespace) -> int:
         return _change(None, fleet, args)
     if not args.redis_url:
         raise ConfigError("give the admin Redis URL: --redis-url or EDGELOOP_ADMIN_REDIS_URL")
-    client = redis.Redis.from_url(args.redis_url, **tls_options(args.redis_url, args.ca_file))
+    client = connect_redis(args.redis_url, **tls_options(args.redis_url, args.ca_file))
     try:
         if args.action == "show":
             return _show(client, fleet, args.json)

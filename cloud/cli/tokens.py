@@ -89,7 +89,7 @@ def token(args: argparse.Namespace) -> int:
     from shared.keys import FleetKeys
 
     settings = load_settings(ApiSettings, args.config)
-    client = redis.Redis.from_url(settings.redis_url, **settings.redis_options())
+    client = settings.redis_client()
     store = TokenStore(
         client,
         FleetKeys(settings.fleet),

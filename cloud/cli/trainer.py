@@ -71,9 +71,7 @@ def _check_trainer(settings: TrainerSettings) -> int:
     from shared.transport import scrub
 
     try:
-        raw = redis.Redis.from_url(settings.redis_url, **settings.redis_options()).get(
-            FleetKeys(settings.fleet).trainer(settings.model_name)
-        )
+        raw = settings.redis_client().get(FleetKeys(settings.fleet).trainer(settings.model_name))
     except redis.RedisError as e:
         print(f"unhealthy: redis: {scrub(str(e), settings.redis_url)}", file=sys.stderr)
         return 1

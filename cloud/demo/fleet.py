@@ -28,6 +28,7 @@ from cloud.demo.workload import Workload
 from shared.errors import EdgeloopError, MessageError
 from shared.keys import FleetKeys
 from shared.messages import EdgeStatus, TrainerStatus
+from shared.redis_client import connect_redis
 from shared.signing import write_keypair
 
 logger = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ class LocalFleet:
 
     def connect_redis(self, url: str) -> None:
         """The fleet's client (set-up writes) and its watch (every read while it runs)."""
-        self.redis = redis.Redis.from_url(url)
+        self.redis = connect_redis(url)
         self.redis_watch = RedisWatch.connect(url)
 
     @property

@@ -35,6 +35,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from shared.errors import EdgeloopError
+from shared.redis_client import connect_redis
 from shared.replies import REDIS_DOWN
 
 logger = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ class RedisWatch:
     @classmethod
     def connect(cls, url: str, patience_s: float = PATIENCE_S) -> RedisWatch:
         """A watch with its own client on ``url``: short timeouts, no hidden retries."""
-        client = redis.Redis.from_url(
+        client = connect_redis(
             url,
             socket_timeout=READ_TIMEOUT_S,
             socket_connect_timeout=READ_TIMEOUT_S,

@@ -20,6 +20,7 @@ from pathlib import Path
 import redis
 
 from shared.errors import ConfigError
+from shared.redis_client import connect_redis
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ def start_redis(group: ProcessGroup) -> str:
 
 
 def _wait_for_redis(url: str, log: Path, timeout: float = 10.0) -> None:
-    client = redis.Redis.from_url(url)
+    client = connect_redis(url)
     deadline = time.monotonic() + timeout
     while True:
         try:

@@ -73,6 +73,9 @@ def _edge_rules(keys: FleetKeys, device_pattern: str) -> list[str]:
         "-@all",
         # MULTI/EXEC: the uplink's atomic multi-entry append when scripting is refused
         "+ping", "+hello", "+auth", "+multi", "+exec", "+discard",
+        # A Redis Cluster client reads which node holds which slot (a single server
+        # answers with an error, harmless) and the command table (where a command's keys are).
+        "+cluster|slots", "+command",
         # Appends only; a device never reads or trims the shared streams.
         f"%W~{p}:feedback", f"%W~{p}:feedback:*", f"%W~{p}:status", "+xadd",
         # Its own latest status and nothing of any other device.

@@ -73,7 +73,7 @@ class Trainer:
             raise ConfigError("no signing key configured")
         self.settings = s = settings
         self.keys = FleetKeys(s.fleet)
-        self.client = client or redis.Redis.from_url(s.redis_url, **s.redis_options())
+        self.client = client or s.redis_client()
         self.dataset = dataset or load_dataset(s.dataset, s.label_column, s.task)
         self.parts = split(self.dataset, s.seed, whole=s.seed_split == "whole")
         self.spec = model_spec(s.model, self.dataset)

@@ -109,6 +109,7 @@ def test_labeled_feedback_feeds_the_rolling_accuracy(serving: EdgeDaemon) -> Non
     assert health.latency_ms_p50 is not None and health.latency_ms_p99 is not None
 
 
+@pytest.mark.redis_cluster
 def test_status_is_published_to_the_health_key_stream_and_index(
     serving: EdgeDaemon, redis_client: redis.Redis, keys: FleetKeys
 ) -> None:

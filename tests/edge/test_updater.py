@@ -46,6 +46,7 @@ def test_a_new_edge_converges_to_the_newest_announcement_at_once(
     assert daemon.store.current == sha256_hex(variant(3))
 
 
+@pytest.mark.redis_cluster
 def test_new_versions_are_applied_live_and_reported(
     daemon_factory: Factory, redis_client: redis.Redis, keys: FleetKeys, signing: Signing
 ) -> None:

@@ -77,6 +77,7 @@ def seqs(client: redis.Redis, keys: FleetKeys) -> list[int]:
     ]
 
 
+@pytest.mark.redis_cluster
 def test_events_reach_the_stream_with_their_ids_in_order(
     uplinks: Callable[..., FeedbackUplink], redis_client: redis.Redis, keys: FleetKeys
 ) -> None:

@@ -38,17 +38,17 @@ from shared.messages import ProbeSet
 from shared.runtime import TFLiteModel
 from shared.signing import Signer, write_keypair
 from tests.cloud.api_helpers import PEPPER, bearer, issue
-from tests.security.conftest import FLEET, TlsRedis, free_port
+from tests.redis_cluster import RedisClusterNodes, Secure
+from tests.security.conftest import FLEET, USERS, TlsRedis, _acl_file, free_port
 from tests.security.pki import Pki
 
 
-def _edge_settings(tls: TlsRedis, tmp_path: Path, **overrides: Any) -> EdgeSettings:
+def _edge_settings(tls: TlsRedis | None, tmp_path: Path, **overrides: Any) -> EdgeSettings:
     values: dict[str, Any] = {
         "mode": "production",
         "device_id": "pi-1",
         "fleet": FLEET,
-        "redis_url": tls.url("edge"),
-        "redis_ca_file": tls.pki.ca,
+        **({"redis_url": tls.url("edge"), "redis_ca_file": tls.pki.ca} if tls else {}),
         "public_key": tmp_path / "keys" / "signing.pub",
         "state_dir": tmp_path / "edge",
         "status_interval_s": 0.2,
@@ -286,3 +286,64 @@ def test_the_api_serves_https_and_the_cli_verifies_it(
         monkeypatch.delenv("EDGELOOP_CA_FILE")
         assert edgeloop(["versions", "--api", url]) == 2
         assert "CERTIFICATE_VERIFY_FAILED" in capsys.readouterr().err
+
+
+@pytest.fixture
+def tls_cluster(tmp_path: Path, pki: Pki) -> Iterator[RedisClusterNodes]:
+    """A Redis Cluster speaking only TLS, on every link, with the shipped ACL on each node."""
+    secure = Secure(
+        ca=pki.ca,
+        cert=pki.server_cert,
+        key=pki.server_key,
+        client_cert=pki.client_cert,
+        client_key=pki.client_key,
+        aclfile=_acl_file(tmp_path),
+        admin_user="admin",
+        passwords={u: f"pw-{u}" for u in USERS},
+    )
+    cluster = RedisClusterNodes(tmp_path / "cluster", secure)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def test_an_edge_a_trainer_and_the_api_work_over_a_tls_cluster_with_the_shipped_acl(
+    tls_cluster: RedisClusterNodes, tmp_path: Path
+) -> None:
+    keys = FleetKeys(FLEET)
+    assert tls_cluster.secure is not None
+    ca = tls_cluster.secure.ca
+    trainer = TrainerSettings(
+        redis_url=tls_cluster.url_as("trainer"),
+        redis_ca_file=ca,
+        signing_key=tmp_path / "keys" / "signing.key",
+        fleet=FLEET,
+    )
+    client = trainer.redis_client()
+    sha = _publish(client, tmp_path)
+    edge = _edge_settings(None, tmp_path, redis_url=tls_cluster.url_as("edge"), redis_ca_file=ca)
+    with EdgeDaemon(edge) as daemon:
+        deadline = time.monotonic() + 30
+        while daemon.health().sha256 != sha:
+            assert time.monotonic() < deadline, daemon.health().last_error
+            time.sleep(0.05)
+        x = np.zeros(64, dtype=np.float32)
+        daemon.feedback(3, request_id=daemon.predict(x).request_id)
+        assert daemon.uplink.flush(10)
+    assert client.xlen(keys.feedback_of("digits")) + client.xlen(keys.feedback) >= 1
+    assert client.exists(keys.device("pi-1"))
+    api = ApiSettings(
+        mode="development",
+        fleet=FLEET,
+        redis_url=tls_cluster.url_as("api"),
+        redis_ca_file=ca,
+        blob_dir=tmp_path / "blobs",
+        public_key=tmp_path / "keys" / "signing.pub",
+        token_pepper=PEPPER,
+        controller_interval_s=0,
+    )
+    with TestClient(create_app(api)) as http:
+        assert http.get("/healthz").json()["redis"] == "ok"
+    client.close()

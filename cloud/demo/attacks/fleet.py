@@ -19,6 +19,7 @@ from cloud.registry.tuf_repo import TufRepository, TufSigners, load_signer
 from cloud.registry.versions import Registry
 from shared.keys import FleetKeys
 from shared.messages import EdgeStatus, SignedManifest
+from shared.redis_client import connect_redis
 from shared.signing import Signer
 
 logger = logging.getLogger(__name__)
@@ -174,6 +175,4 @@ class AttackFleet:
 
     def device_client(self, device: str) -> redis.Redis:
         creds = self.devices[device]
-        return redis.Redis.from_url(
-            self.redis_url, username=creds.acl_user, password=creds.password
-        )
+        return connect_redis(self.redis_url, username=creds.acl_user, password=creds.password)

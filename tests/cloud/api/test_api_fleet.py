@@ -246,6 +246,7 @@ def _json(value) -> bytes:
     return json.dumps(value, allow_nan=True).encode()
 
 
+@pytest.mark.redis_cluster
 def test_status_over_http_writes_the_edge_reporters_keys(api, redis_client, redis_url):
     keys, other = FleetKeys(FLEET), FleetKeys("edge-ref")
     status = EdgeStatus(
@@ -281,6 +282,7 @@ def test_status_over_http_writes_the_edge_reporters_keys(api, redis_client, redi
     assert r.status_code == 422 and "fleet" in r.json()["detail"]
 
 
+@pytest.mark.redis_cluster
 def test_devices_and_the_fleet_summary(api, redis_client, tmp_path):
     shas = seed_versions(redis_client, FLEET, tmp_path / "blobs")
     viewer = bearer(issue(redis_client, FLEET, "viewer"))
@@ -477,6 +479,7 @@ def test_the_controller_runs_in_the_api_and_alone(settings, redis_client, tmp_pa
     assert state["state"] == "completed", state
 
 
+@pytest.mark.redis_cluster
 def test_several_controllers_at_once_apply_each_decision_once(settings, redis_client, tmp_path):
     from cloud.registry.versions import DirBlobStore, Registry
     from cloud.rollout.controller import RolloutController

@@ -11,11 +11,12 @@ import sys
 import time
 from pathlib import Path
 
-import redis
+import pytest
 
 from cloud.cli import main as cli
 from shared.keys import FleetKeys
 from shared.messages import TrainerStatus
+from shared.redis_client import connect_redis
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -94,13 +95,14 @@ def test_more_commands_register_in_one_line(monkeypatch, capsys):
     assert capsys.readouterr().out == "hello there\n"
 
 
+@pytest.mark.redis_cluster
 def test_health_check(redis_url, signing_dir, tmp_path):
     config = tmp_path / "cloud.toml"
     config.write_text(
         f'fleet = "hc"\nredis_url = "{redis_url}"\nsigning_key = "{signing_dir / "signing.key"}"\n'
     )
     assert run_cli("trainer", "--config", str(config), "--check").returncode == 1
-    redis.Redis.from_url(redis_url).set(
+    connect_redis(redis_url).set(
         FleetKeys("hc").trainer("digits"), TrainerStatus(model="digits", consumer="x").to_wire()
     )
     r = run_cli("trainer", "--config", str(config), "--check")
@@ -120,7 +122,7 @@ def test_trainer_bootstraps_and_ctrl_c_exits_130_quietly(redis_url, signing_dir,
         stderr=subprocess.PIPE,
         text=True,
     )
-    client = redis.Redis.from_url(redis_url)
+    client = connect_redis(redis_url)
     deadline = time.monotonic() + 90
     while client.zcard(FleetKeys("cli").versions("digits")) == 0 and time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()[1][-2000:]

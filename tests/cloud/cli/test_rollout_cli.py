@@ -39,6 +39,7 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+@pytest.mark.redis_cluster
 def test_start_status_steer_and_watch_a_rollout(live, capsys):
     code, out, _ = run(
         capsys,

@@ -52,6 +52,7 @@ def dead_letters(client, keys) -> list[DeadLetter]:
     return [DeadLetter.from_wire(f[b"data"]) for _, f in client.xrange(keys.deadletter)]
 
 
+@pytest.mark.redis_cluster
 def test_valid_events_are_accepted_and_acked(redis_client, keys, events, parts):
     ingest = make_ingest(redis_client, keys)
     events.send(
@@ -227,6 +228,7 @@ def test_lost_gap_is_eventually_given_up(monkeypatch):
     assert w.low == 9 and not w.above
 
 
+@pytest.mark.redis_cluster
 def test_a_killed_consumers_pending_entries_are_reclaimed_exactly_once(
     redis_client, keys, events, parts
 ):

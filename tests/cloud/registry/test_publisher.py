@@ -134,6 +134,7 @@ def test_a_rollout_in_progress_keeps_a_direct_publish_from_moving_the_target(
     assert third.target_set and redis_client.get(keys.target("digits")) == third.sha256.encode()
 
 
+@pytest.mark.redis_cluster
 def test_a_rollout_started_during_a_publish_retries_it_without_the_target(
     publisher, exported, redis_client, keys, monkeypatch
 ):

@@ -157,6 +157,7 @@ def test_rings_are_stable_cumulative_and_honour_named_devices() -> None:
         StageSpec(name="x", percent=10, count=2)
 
 
+@pytest.mark.redis_cluster
 def test_a_good_version_is_promoted_through_every_ring(fleet: Fleet) -> None:
     r = fleet.controller.create(RolloutSpec(model=MODEL, target="2", gate=FAST_GATE))
     canary = r.stages[0].devices
@@ -222,6 +223,7 @@ def test_a_device_that_leaves_version_b_fails_the_stage(fleet: Fleet) -> None:
     assert r.state == "rolled_back" and "self-reverted" in r.reason
 
 
+@pytest.mark.redis_cluster
 def test_the_controller_restarted_mid_rollout_resumes_it(fleet: Fleet) -> None:
     r = fleet.controller.create(RolloutSpec(model=MODEL, target="2", gate=FAST_GATE))
     for _ in range(3):

@@ -49,6 +49,7 @@ def test_only_the_holder_releases(redis_client, lease_key):
     assert b.refresh()  # free for the next one at once, without waiting for a TTL
 
 
+@pytest.mark.redis_cluster
 def test_an_unrenewed_lease_expires_and_another_trainer_takes_over(redis_client, lease_key):
     a = Lease(redis_client, lease_key, "trainer-a", SHORT_MS)
     b = Lease(redis_client, lease_key, "trainer-b", TTL_MS)
