@@ -49,10 +49,11 @@ class Variant:
     compare: int = 200
     window: int = 1000
     ks: tuple[int, ...] = (5, 1, 11)
+    spans: tuple[int, ...] = (400,)
 
     @classmethod
     def parse(cls, text: str) -> Variant:
-        """``NAME:alpha=0.05,keep=0.2,compare=200,window=1000,ks=5/1/11``."""
+        """``NAME:alpha=0.05,keep=0.2,compare=200,window=1000,ks=5/1/11,spans=500``."""
         name, _, spec = text.partition(":")
         fields: dict[str, Any] = {}
         for part in filter(None, spec.split(",")):
@@ -62,12 +63,12 @@ class Variant:
                     fields["keep_alpha" if key == "keep" else key] = float(value)
                 elif key in ("compare", "window"):
                     fields[key] = int(value)
-                elif key == "ks":
+                elif key in ("ks", "spans"):
                     fields[key] = tuple(int(k) for k in value.split("/"))
                 else:
                     raise ValueError(
                         f"variant {name!r}: unknown setting {key!r} "
-                        "(alpha, keep, compare, window, ks)"
+                        "(alpha, keep, compare, window, ks, spans)"
                     )
             except ValueError as e:
                 if "unknown setting" in str(e):
@@ -136,6 +137,7 @@ class KeptRun:
             self.classes,
             window=variant.window,
             ks=variant.ks,
+            spans=variant.spans,
             compare=variant.compare,
             alpha=variant.alpha,
             keep_alpha=variant.keep_alpha,
@@ -193,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         "--variant",
         action="append",
         default=[],
-        help="NAME:alpha=A,keep=K,compare=N,window=N,ks=K/K/K (repeatable; unset: the "
+        help="NAME:alpha=A,keep=K,compare=N,window=N,ks=K/K/K,spans=N/N (repeatable; unset: the "
         "edge's defaults)",
     )
     args = p.parse_args(argv)

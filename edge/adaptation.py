@@ -82,11 +82,24 @@ class KnnWindow:
     the query's own norm, which ranks alike) and a partition, not a sort, of the window.
     """
 
-    def __init__(self, num_classes: int, window: int = 1000, ks: Sequence[int] = (5,)) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        window: int = 1000,
+        ks: Sequence[int] = (5,),
+        spans: Sequence[int] = (),
+    ) -> None:
         self.num_classes = num_classes
         self.window = window
         self.ks = tuple(ks)
         self._kmax = max(self.ks)
+        #: Who votes: (span, k) — the k nearest among the ``span`` newest samples (None:
+        #: the whole window), for each k of ``ks``, over the window and each shorter
+        #: span of ``spans``.
+        shorter = sorted({s for s in spans if self._kmax <= s < window}, reverse=True)
+        self.voters: tuple[Voter, ...] = tuple(
+            (span, k) for span in [None, *shorter] for k in self.ks
+        )
         self._raw: Float64s | None = None  # the ring, [window, input values]
         self._ys = np.zeros(window, np.intp)
         self._seen = 0
@@ -128,40 +141,49 @@ class KnnWindow:
         z = (xs - mean) / scale
         self._snapshot = (z, np.einsum("ij,ij->i", z, z), self._ys[newest_first], mean, scale)
 
-    def predict_one(self, x: npt.NDArray[Any], k: int) -> list[float] | None:
-        """The vote shares of the ``k`` nearest for one sample, or None while the
-        window holds fewer than k."""
+    def predict_one(
+        self, x: npt.NDArray[Any], k: int, span: int | None = None
+    ) -> list[float] | None:
+        """The vote shares of the ``k`` nearest among the ``span`` newest samples (None:
+        the window) for one sample, or None while the window holds fewer than k."""
         snap = self._snapshot
         if snap is None or len(snap[2]) < k:
             return None
-        z, zz, ys, mean, scale = snap
+        z, zz, ys, mean, scale = _recent(snap, span)
         d = zz - 2.0 * (z @ ((np.asarray(x, np.float64).reshape(-1) - mean) / scale))
         shares: list[float] = (
             np.bincount(ys[_nearest(d, k)], minlength=self.num_classes) / k
         ).tolist()
         return shares
 
-    def predict_each_k(self, x: npt.NDArray[Any]) -> list[list[float]] | None:
-        """The vote shares for one sample with each k of ``ks``, or None while the
-        window holds fewer than the largest k."""
+    def predict_each(self, x: npt.NDArray[Any]) -> list[list[float]] | None:
+        """The vote shares for one sample of each of ``voters``, in order, from one
+        distance computation; None while the window holds fewer than the largest k."""
         snap = self._snapshot
         if snap is None or len(snap[2]) < self._kmax:
             return None
         z, zz, ys, mean, scale = snap
         d = zz - 2.0 * (z @ ((np.asarray(x, np.float64).reshape(-1) - mean) / scale))
-        near = _nearest(d, self._kmax)
-        ordered = ys[near[np.lexsort((near, d[near]))]]  # nearest first, then newest
-        return [
-            (np.bincount(ordered[:k], minlength=self.num_classes) / k).tolist() for k in self.ks
-        ]
+        votes: list[list[float]] = []
+        ordered: npt.NDArray[np.intp] = ys
+        last: int | bool | None = False
+        for span, k in self.voters:
+            if span != last:
+                near = _nearest(d[:span], self._kmax)
+                ordered = ys[near[np.lexsort((near, d[near]))]]  # nearest, then newest
+                last = span
+            votes.append((np.bincount(ordered[:k], minlength=self.num_classes) / k).tolist())
+        return votes
 
-    def predict_many(self, xs: npt.NDArray[Any], k: int) -> FloatArray | None:
+    def predict_many(
+        self, xs: npt.NDArray[Any], k: int, span: int | None = None
+    ) -> FloatArray | None:
         """The vote shares ``[N, classes]`` of the ``k`` nearest for a batch, or None
         (see predict_one)."""
         snap = self._snapshot
         if snap is None or len(snap[2]) < k:
             return None
-        z, zz, ys, mean, scale = snap
+        z, zz, ys, mean, scale = _recent(snap, span)
         q = (np.asarray(xs, np.float64).reshape(len(xs), -1) - mean) / scale
         # One matrix-vector product per sample: a [N, window] matrix product was 10x
         # slower on a loaded 2-core device (the BLAS's threads against the others).
@@ -173,6 +195,17 @@ class KnnWindow:
 #: A KnnWindow's state as predicts see it: the standardised samples newest first,
 #: their squared norms, their labels, the mean and the scale.
 _Snapshot = tuple[Float64s, Float64s, npt.NDArray[np.intp], Float64s, Float64s]
+
+#: Who votes: the k nearest among the span newest samples (None: the whole window).
+Voter = tuple[int | None, int]
+
+
+def _recent(snap: _Snapshot, span: int | None) -> _Snapshot:
+    """The snapshot's ``span`` newest samples (views; standardised as the window)."""
+    if span is None:
+        return snap
+    z, zz, ys, mean, scale = snap
+    return z[:span], zz[:span], ys[:span], mean, scale
 
 
 def _nearest(d: Float64s, k: int) -> npt.NDArray[np.intp]:
@@ -190,12 +223,15 @@ class Adapter:
     """The kNN and its guard: learns labels, compares itself with the served model,
     and tells the chain when to answer (``on_switch(active, sha256)``).
 
-    It votes with each k of ``ks`` on every label (test-then-train) and answers
-    with the k that was right most often over the last ``compare`` labels (ties:
-    the earlier in ``ks``): one k does not fit every stream — on STAGGER's
-    noiseless repeating inputs k = 1 recovers from a drift fastest, on Agrawal's
-    and SEA's noisy ones k = 11 does best. What the guard compares with the model
-    is the answer the adapter would have served, choice of k included.
+    It votes with each k of ``ks``, over the whole window and over each shorter
+    span of ``spans`` of its newest samples, on every label (test-then-train) and
+    answers with the voter that was right most often over the last ``compare``
+    labels (ties: the first of ``KnnWindow.voters``): one k does not fit every
+    stream — on STAGGER's noiseless repeating inputs k = 1 recovers from a drift
+    fastest, on Agrawal's and SEA's noisy ones k = 11 does best — nor does one
+    memory: after an abrupt drift the newest samples say more. What the guard
+    compares with the model is the answer the adapter would have served, choice of
+    voter included.
 
     ``learn`` runs on feedback threads (serialised by a lock); ``answer`` and
     ``answer_many`` on request threads, lock-free but for their counter.
@@ -207,12 +243,13 @@ class Adapter:
         *,
         window: int = 1000,
         ks: Sequence[int] = (5, 1, 11),
+        spans: Sequence[int] = (400,),
         compare: int = 200,
         alpha: float = 0.05,
         keep_alpha: float = 0.2,
         on_switch: Callable[[bool, str], bool] | None = None,
     ) -> None:
-        self.knn = KnnWindow(num_classes, window, ks)
+        self.knn = KnnWindow(num_classes, window, ks, spans)
         self.alpha = alpha
         self.keep_alpha = max(alpha, keep_alpha)
         #: Called to start (True) or stop answering for the version sha256; returns
@@ -223,10 +260,10 @@ class Adapter:
         # reverse, 0 a tie] (a list: a new version's judging rewrites the outcome).
         self._outcomes: deque[list[int]] = deque(maxlen=compare)
         self._b = self._c = 0
-        # Per label, which k were right; and their sums: the k to answer with.
+        # Per label, which voters were right; and their sums: the voter to answer with.
         self._rights: deque[npt.NDArray[np.int64]] = deque(maxlen=compare)
-        self._right = np.zeros(len(self.knn.ks), np.int64)
-        self.k = self.knn.ks[0]
+        self._right = np.zeros(len(self.knn.voters), np.int64)
+        self.voter: Voter = self.knn.voters[0]
         self._sha: str | None = None
         #: The current model's own class for one sample and its sha256 (None: no
         #: answer), to judge a new version on the held-out labels: ``rejudge``.
@@ -262,14 +299,16 @@ class Adapter:
     # -- request threads ----------------------------------------------------
 
     def answer(self, x: npt.NDArray[Any]) -> list[float] | None:
-        shares = self.knn.predict_one(x, self.k)
+        span, k = self.voter
+        shares = self.knn.predict_one(x, k, span)
         if shares is not None:
             with self._count_lock:
                 self._answered += 1
         return shares
 
     def answer_many(self, xs: npt.NDArray[Any]) -> FloatArray | None:
-        shares = self.knn.predict_many(xs, self.k)
+        span, k = self.voter
+        shares = self.knn.predict_many(xs, k, span)
         if shares is not None:
             with self._count_lock:
                 self._answered += len(xs)
@@ -318,10 +357,10 @@ class Adapter:
     ) -> None:
         if sha256 != self._sha:
             self._inherit(sha256)
-        votes = self.knn.predict_each_k(x)
+        votes = self.knn.predict_each(x)
         if votes is not None:
             labels = [int(np.argmax(v)) for v in votes]
-            mine = labels[self.knn.ks.index(self.k)]
+            mine = labels[self.knn.voters.index(self.voter)]
             self._score_ks(np.array([a == y for a in labels], np.int64))
             if model_label is not None:
                 self._compare(int(mine == y) - int(model_label == y))
@@ -333,6 +372,11 @@ class Adapter:
         better = self._b > self._c and sign_test_p(self._b, self._c) <= needed
         if better != self.active:
             self._switch(better, sha256)
+
+    @property
+    def k(self) -> int:
+        """The k of the voter that answers."""
+        return self.voter[1]
 
     def dropped(self) -> None:
         """The chain no longer answers with the adapter (a swap or a revert): it offers
@@ -346,7 +390,7 @@ class Adapter:
             self._right -= self._rights[0]
         self._rights.append(right)
         self._right += right
-        self.k = self.knn.ks[int(np.argmax(self._right))]
+        self.voter = self.knn.voters[int(np.argmax(self._right))]
 
     def _compare(self, outcome: int) -> None:
         if len(self._outcomes) == self._outcomes.maxlen:
@@ -409,11 +453,13 @@ class Adapter:
             self._resume = False
             self.switches += 1
             logger.info(
-                "adapter %s %s after %d labels (k=%d; adapter/model right alone: %d/%d)",
+                "adapter %s %s after %d labels (k=%d of the %s newest; adapter/model right "
+                "alone: %d/%d)",
                 "answers instead of" if on else "stops answering for",
                 sha256[:12],
                 self.labels,
-                self.k,
+                self.voter[1],
+                self.voter[0] or len(self.knn),
                 self._b,
                 self._c,
             )

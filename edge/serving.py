@@ -430,6 +430,7 @@ class ServedModel:
                     width,
                     window=settings.adaptation_window,
                     ks=settings.adaptation_ks,
+                    spans=settings.adaptation_spans,
                     alpha=settings.adaptation_alpha,
                     keep_alpha=settings.adaptation_keep_alpha,
                 )

@@ -168,6 +168,14 @@ class EdgeSettings(RedisSettings):
         description="neighbours per vote: the kNN votes with each and answers with the one "
         "right most often over the last 200 labels (ties: the first)",
     )
+    adaptation_spans: list[int] = Field(
+        default_factory=lambda: [400],
+        max_length=4,
+        description="shorter memories that vote too: the kNN votes with each k over the whole "
+        "window and over each span of its newest samples, and answers with the voter right "
+        "most often over the last 200 labels (after an abrupt drift the newest say more); a "
+        "span as long as the window adds nothing",
+    )
 
     # -- model store and updates --------------------------------------------
     keep_versions: int = Field(5, ge=2)
@@ -233,6 +241,14 @@ class EdgeSettings(RedisSettings):
         window = info.data.get("adaptation_window", 1000)
         if not all(1 <= k <= window for k in v):
             raise ValueError(f"each k must be between 1 and adaptation_window ({window})")
+        return v
+
+    @field_validator("adaptation_spans")
+    @classmethod
+    def _spans_in_window(cls, v: list[int], info: ValidationInfo) -> list[int]:
+        k = max(info.data.get("adaptation_ks") or [1])
+        if not all(span >= k for span in v):
+            raise ValueError(f"each span must be at least the largest k ({k})")
         return v
 
     @field_validator("device_id", "fleet", "model")

@@ -205,7 +205,7 @@ def test_knn_ties_go_to_the_newest_and_batches_agree() -> None:
         knn.learn_one(same, y)
     assert knn.predict_one(same, 3) == pytest.approx([0.0, 2 / 3, 1 / 3])
     # newest first the labels are 2 1 1 0 0 0, all equally near
-    assert knn.predict_each_k(same) == [
+    assert knn.predict_each(same) == [
         pytest.approx([0.0, 2 / 3, 1 / 3]),
         [0.0, 0.0, 1.0],
         pytest.approx([0.4, 0.4, 0.2]),
@@ -219,7 +219,7 @@ def test_knn_ties_go_to_the_newest_and_batches_agree() -> None:
         many = knn.predict_many(xs, k)
         assert many is not None
         assert np.allclose(many, np.array([knn.predict_one(x, k) for x in xs]))
-    each = [knn.predict_each_k(x) for x in xs]
+    each = [knn.predict_each(x) for x in xs]
     assert all(
         e == [knn.predict_one(x, k) for k in (3, 1, 5)] for e, x in zip(each, xs, strict=True)
     )
@@ -326,3 +326,24 @@ def test_once_answering_it_goes_on_at_the_keep_alpha() -> None:
     assert adapter.comparison == (12, 2) and adapter.active
     adapter.learn(x, 0, 0, "b")  # a new version takes the record over; 12/3 (p = 0.018)
     assert adapter.comparison == (12, 3) and adapter.active
+
+
+def test_after_an_abrupt_drift_it_answers_from_its_newest_samples() -> None:
+    """The same inputs change class: over the whole window their neighbours are mostly
+    old labels, over a span of the 10 newest only new ones, so that voter is right
+    more often and answers."""
+    rng = np.random.default_rng(0)
+    xs = rng.uniform(0, 1, (130, 1)).astype(np.float32)
+    adapter = Adapter(2, window=100, ks=(3,), spans=(10,), compare=20)
+    assert adapter.knn.voters == ((None, 3), (10, 3))
+    for x in xs[:100]:
+        adapter.learn(x, 0, 0, "a")
+    assert adapter.voter == (None, 3)
+    for x in xs[100:]:
+        adapter.learn(x, 1, 0, "a")
+    assert adapter.voter == (10, 3)
+    probe = np.array([0.5], np.float32)
+    window = adapter.knn.predict_one(probe, 3)
+    assert window is not None and window[0] > 0.5  # the whole window: mostly old labels
+    assert adapter.answer(probe) == [0.0, 1.0] == adapter.knn.predict_one(probe, 3, span=10)
+    assert adapter.knn.predict_each(probe) == [window, [0.0, 1.0]]
