@@ -369,7 +369,7 @@ class Pool:
         self.store.set(f"case/{self.cases}", b"end")  # type: ignore[arg-type]
         # a failed worker has been reported by run(); stop the rest
         with contextlib.suppress(Exception):
-            self.context.join(timeout=30)
+            self.context.join(timeout=10)
         for p in self.context.processes:
             if p.is_alive():
                 p.terminate()
