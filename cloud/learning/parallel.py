@@ -1,7 +1,7 @@
 """Data-parallel training with bounded staleness (Stale Synchronous Parallel).
 
 A round whose data outgrows one machine trains on ``workers`` processes joined
-by ``torch.distributed`` (gloo on CPU, NCCL where a GPU exists), each one on its
+by ``torch.distributed`` (gloo; the loop keeps tensors on the CPU), each one on its
 share of the training rows: every epoch all workers draw the same seeded
 permutation and worker ``r`` takes rows ``r, r + W, r + 2W, ...`` of it (the
 remainder past a multiple of ``W`` is left out of that epoch, so that every
