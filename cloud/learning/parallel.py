@@ -86,6 +86,8 @@ logger = logging.getLogger(__name__)
 HOST = "127.0.0.1"
 #: How long a worker waits at the gate or in a collective before the case fails.
 TIMEOUT = timedelta(seconds=120)
+#: How long a worker waits for its next case.
+IDLE = timedelta(hours=1)
 
 
 class ParallelTrainingError(EdgeloopError):
@@ -294,6 +296,7 @@ def _worker(rank: int, job: _Job) -> None:
     X, y = saved["X"], saved["y"]
     try:
         for n in range(1_000_000):
+            store.wait([f"case/{n}"], IDLE)  # the launcher gone: the wait fails, the worker ends
             raw = store.get(f"case/{n}")
             if raw == b"end":
                 break
