@@ -8,6 +8,9 @@ machine's cores, so their own compute alone would measure the CPU scheduler);
 the slowed worker sleeps ``slow`` times that plus ``slow - 1`` times a step's
 measured compute, so that its steps really take ``slow`` times as long.
 
+A last scenario moves the 4x slowdown to the next worker every 2 steps (``4x rot2``):
+a straggler that is slow for a while, the case a staleness bound is meant for.
+
 For each case the launching process evaluates, every 25 ms, the mean of the
 workers' latest parameters on held-out rows: **time to target** is when that
 model first reaches ``--target`` accuracy, **final** is its accuracy when every
@@ -31,9 +34,11 @@ from typing import Any
 from shared.errors import ConfigError
 
 WORKERS = 4
-#: 1x: four workers and no straggler, for reference.
-SLOWDOWNS = (1.0, 2.0, 4.0)
-QUICK_SLOWDOWNS = (4.0,)
+#: (slowdown, rotate): the last worker slowed ``slowdown`` times; with ``rotate`` > 0
+#: the slowed role moves to the next worker every ``rotate`` steps (a transient
+#: straggler, what a staleness bound is meant to absorb). 1x: no straggler.
+SLOWDOWNS: tuple[tuple[float, int], ...] = ((1.0, 0), (2.0, 0), (4.0, 0), (4.0, 2))
+QUICK_SLOWDOWNS: tuple[tuple[float, int], ...] = ((4.0, 0),)
 STALENESS: tuple[int | None, ...] = (0, 1, 4, None)
 
 
@@ -44,7 +49,7 @@ class Config:
     repeats: int
     step_ms: float
     target: float
-    slowdowns: tuple[float, ...] = SLOWDOWNS
+    slowdowns: tuple[tuple[float, int], ...] = SLOWDOWNS
     batch_size: int = 32
     lr: float = 3e-3
     seed: int = 0
@@ -144,15 +149,17 @@ def measure(config: Config, progress: Any = None) -> dict[str, Any]:
             baseline.add(got, config.target)
             solo = got.workers[0]
             compute.append(max(solo.seconds / solo.steps - step, 0.0))
-            for slow, s in cases:
+            for (slow, rotate), s in cases:
                 delays = straggler_delays(config.workers, step, slow, statistics.median(compute))
-                cases[slow, s].add(pool.run(Case(hp, s, delays), holdout), config.target)
+                got = pool.run(Case(hp, s, delays, rotate), holdout)
+                cases[(slow, rotate), s].add(got, config.target)
                 if progress is not None:
                     progress()
     base = baseline.summary()
     rows = []
-    for (slow, s), runs in cases.items():
-        row = {"slowdown": slow, "staleness": "inf" if s is None else s, **runs.summary()}
+    for ((slow, rotate), s), runs in cases.items():
+        staleness = "inf" if s is None else s
+        row = {"slowdown": slow, "rotate": rotate, "staleness": staleness, **runs.summary()}
         row["time_to_target_ratio"] = _ratio(row["time_to_target_s"], base["time_to_target_s"])
         row["round_ratio"] = _ratio(row["round_s"], base["round_s"])
         row["accuracy_delta"] = round(row["final_accuracy"] - base["final_accuracy"], 4)
@@ -161,7 +168,7 @@ def measure(config: Config, progress: Any = None) -> dict[str, Any]:
     return {
         "cores": os.cpu_count(),
         "load_average_1m": load,
-        "config": {**config.__dict__, "slowdowns": list(config.slowdowns)},
+        "config": {**config.__dict__, "slowdowns": [list(x) for x in config.slowdowns]},
         "step_compute_ms": round(statistics.median(compute) * 1000, 3),
         "baseline": {"workers": 1, **base},
         "cases": rows,
@@ -201,7 +208,8 @@ def _table(figures: dict[str, Any]) -> None:
         f"{c['workers']} workers on digits, the last one slowed: target accuracy "
         f"{c['target']:.2f}, {c['epochs']} epochs, {c['step_ms']:g} ms sleep a step, median of "
         f"{c['repeats']}; {figures['cores']} cores (load {figures['load_average_1m']:.1f}); "
-        "'-': target never reached; /1w, -1w: against one worker"
+        "'-': target never reached; /1w, -1w: against one worker; rotN: the slowed role "
+        "moves on every N steps"
     )
     t = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False)
     for column in ("slowed", "s", "target s", "/1w", "round s", "fast s", "slow s", "acc",
@@ -212,7 +220,7 @@ def _table(figures: dict[str, Any]) -> None:
               "", "", f"{b['final_accuracy']:.3f}", "", "")  # fmt: skip
     for r in figures["cases"]:
         t.add_row(
-            f"{r['slowdown']:g}x",
+            f"{r['slowdown']:g}x" + (f" rot{r['rotate']}" if r.get("rotate") else ""),
             str(r["staleness"]),
             _seconds(r["time_to_target_s"]),
             "-" if r["time_to_target_ratio"] is None else f"{r['time_to_target_ratio']:.2f}",

@@ -148,6 +148,10 @@ class Case:
     staleness: int | None
     #: Seconds each rank sleeps after each step (a stand-in for a slower machine).
     delays: tuple[float, ...] = ()
+    #: With ``rotate > 0`` the delays move one rank on every ``rotate`` steps: rank
+    #: ``r`` sleeps ``delays[(r + k // rotate) % W]`` after step ``k`` (a straggler
+    #: that is slow for a while, then another one is).
+    rotate: int = 0
     #: Ranks that train (the first ``ranks``); the others sit this case out.
     ranks: int | None = None
     #: Record a digest of each worker's parameters after every step.
@@ -214,6 +218,16 @@ class _Sync:
         vector_to_parameters(total / self.world, model.parameters())
 
 
+def _delay(case: Case, rank: int, world: int, step: int) -> float:
+    """The sleep after step ``step`` of ``rank``.
+
+    >>> [_delay(Case(None, 0, (0.0, 0.5), rotate=2), 0, 2, k) for k in range(5)]
+    [0.0, 0.0, 0.5, 0.5, 0.0]
+    """
+    slot = (rank + step // case.rotate) % world if case.rotate else rank
+    return case.delays[slot] if slot < len(case.delays) else 0.0
+
+
 def _digest(model: TaskModel) -> str:
     vec = parameters_to_vector(model.parameters()).detach().numpy()
     return hashlib.sha256(vec.tobytes()).hexdigest()[:16]
@@ -233,7 +247,6 @@ def train_share(
     (with ``world > 1``), its parameters published after every step. ``forward`` is
     ``model.logits``, or its ``DistributedDataParallel`` wrapper for ``s = 0``."""
     hp = case.hp
-    delay = case.delays[rank] if rank < len(case.delays) else 0.0
     gen = torch.Generator().manual_seed(hp.seed)
     opt = torch.optim.Adam(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
     loss_fn = loss_of(model.task)
@@ -255,6 +268,7 @@ def train_share(
             loss = loss_fn(forward(X[idx]), y[idx])
             torch.autograd.backward(loss)
             opt.step()
+            delay = _delay(case, rank, world, stats.steps)
             if delay:
                 time.sleep(delay)
             stats.steps += 1
@@ -323,9 +337,8 @@ def _case_to_json(case: Case) -> bytes:
 
 def _case_from_json(raw: bytes) -> Case:
     d = json.loads(raw)
-    return Case(
-        Hyperparameters(**d["hp"]), d["staleness"], tuple(d["delays"]), d["ranks"], d["trace"]
-    )
+    hp = Hyperparameters(**d["hp"])
+    return Case(hp, d["staleness"], tuple(d["delays"]), d["rotate"], d["ranks"], d["trace"])
 
 
 # -- the launching side ------------------------------------------------------
