@@ -90,8 +90,8 @@ class Runs:
     to_target: list[float] = field(default_factory=list)
     round: list[float] = field(default_factory=list)
     final: list[float] = field(default_factory=list)
-    fast: list[float] = field(default_factory=list)
-    slow: list[float] = field(default_factory=list)
+    first: list[float] = field(default_factory=list)
+    last: list[float] = field(default_factory=list)
     gap: int = 0
 
     def add(self, result: Any, target: float) -> None:
@@ -100,8 +100,8 @@ class Runs:
         self.to_target.append(time_to(result.curve, target))
         self.round.append(result.seconds)
         self.final.append(result.curve[-1][1])
-        self.fast.append(result.workers[0].seconds)
-        self.slow.append(result.workers[-1].seconds)
+        self.first.append(result.workers[0].seconds)
+        self.last.append(result.workers[-1].seconds)
         self.gap = max(self.gap, result.max_gap)
 
     def summary(self) -> dict[str, Any]:
@@ -110,8 +110,8 @@ class Runs:
             "time_to_target_s": _round(med(self.to_target)),
             "round_s": _round(med(self.round)),
             "final_accuracy": round(med(self.final), 4),
-            "fastest_worker_s": _round(med(self.fast)),
-            "slowed_worker_s": _round(med(self.slow)),
+            "first_worker_s": _round(med(self.first)),
+            "last_worker_s": _round(med(self.last)),
             "max_gap": self.gap,
         }
 
@@ -208,11 +208,11 @@ def _table(figures: dict[str, Any]) -> None:
         f"{c['workers']} workers on digits, the last one slowed: target accuracy "
         f"{c['target']:.2f}, {c['epochs']} epochs, {c['step_ms']:g} ms sleep a step, median of "
         f"{c['repeats']}; {figures['cores']} cores (load {figures['load_average_1m']:.1f}); "
-        "'-': target never reached; /1w, -1w: against one worker; rotN: the slowed role "
-        "moves on every N steps"
+        "'-': target never reached; /1w, -1w: against one worker; w0, wN: the first and "
+        "last worker (the last is the slowed one); rotN: the slowed role moves on every N steps"
     )
     t = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False)
-    for column in ("slowed", "s", "target s", "/1w", "round s", "fast s", "slow s", "acc",
+    for column in ("slowed", "s", "target s", "/1w", "round s", "w0 s", "wN s", "acc",
                    "-1w", "gap"):  # fmt: skip
         t.add_column(column, justify="right", no_wrap=True)
     b = figures["baseline"]
@@ -225,8 +225,8 @@ def _table(figures: dict[str, Any]) -> None:
             _seconds(r["time_to_target_s"]),
             "-" if r["time_to_target_ratio"] is None else f"{r['time_to_target_ratio']:.2f}",
             _seconds(r["round_s"]),
-            _seconds(r["fastest_worker_s"]),
-            _seconds(r["slowed_worker_s"]),
+            _seconds(r["first_worker_s"]),
+            _seconds(r["last_worker_s"]),
             f"{r['final_accuracy']:.3f}",
             f"{r['accuracy_delta']:+.3f}",
             str(r["max_gap"]),
