@@ -19,6 +19,11 @@ BENCHMARKS = {
         "an update's apply time with TUF and director verification vs reading and swapping only",
         "cloud.benchmarks.verify",
     ),
+    "ssp": (
+        "data-parallel training with a straggler: time to a target accuracy and the final "
+        "accuracy for staleness s in 0, 1, 4, inf, against one worker",
+        "cloud.benchmarks.ssp",
+    ),
 }
 
 

@@ -287,7 +287,10 @@ class RoundRunner:
             },
             hyperparameters=rnd.hp.as_dict(),
         )
-        trained = fine_tune(rnd.parent.model, rnd.X, rnd.y, rnd.hp).model
+        if self.settings.train_workers > 1:
+            report.hyperparameters["workers"] = self.settings.train_workers
+            report.hyperparameters["staleness"] = self.settings.train_staleness
+        trained = self._fine_tune(rnd.parent.model, rnd.X, rnd.y, rnd.hp)
         report.timings["train_s"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         try:
@@ -414,6 +417,19 @@ class RoundRunner:
             device_weights(earlier_devices, share, quarantined),
             device_weights(recent_devices, share, quarantined),
         )
+
+    def _fine_tune(
+        self, parent: TaskModel, X: npt.NDArray[Any], y: npt.NDArray[Any], hp: Hyperparameters
+    ) -> TaskModel:
+        """The round's child: trained here, or data-parallel over ``train_workers``
+        processes (a worker that fails abandons the round: ParallelTrainingError)."""
+        settings = self.settings
+        if settings.train_workers == 1:
+            return fine_tune(parent, X, y, hp).model
+        from cloud.learning.parallel import Parallelism, fine_tune_parallel
+
+        how = Parallelism(settings.train_workers, settings.train_staleness)
+        return fine_tune_parallel(parent, X, y, hp, how).model
 
     def _hyperparameters(self, epochs: int, seed: int, lr: float | None = None) -> Hyperparameters:
         settings = self.settings

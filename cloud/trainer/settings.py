@@ -144,6 +144,18 @@ class TrainerSettings(RedisSettings):
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    train_workers: int = Field(
+        1,
+        ge=1,
+        description="processes a round trains on, data-parallel with torch.distributed "
+        "(cloud/learning/parallel.py); 1: in the trainer's own process, as always",
+    )
+    train_staleness: int | None = Field(
+        0,
+        ge=0,
+        description="steps a training worker may run ahead of the slowest (Stale Synchronous "
+        "Parallel): 0 all-reduces the gradients every step, 'inf' never waits",
+    )
 
     # Limits against poisoning (cloud/data/admission.py, cloud/data/quarantine.py)
     max_device_share: float = Field(
@@ -326,6 +338,13 @@ class TrainerSettings(RedisSettings):
             )
         check_name("model_name", self.model_name)
         return self
+
+    @field_validator("train_staleness", mode="before")
+    @classmethod
+    def _unbounded(cls, v: object) -> object:
+        if isinstance(v, str) and v.strip().lower() in ("inf", "infinity", "none", "∞"):
+            return None
+        return v
 
     @field_validator("dataset")
     @classmethod

@@ -238,3 +238,28 @@ def test_labels_that_agree_with_the_old_concept_contradict_little(with_parent, p
     concept = report.data_window["concept"]
     assert concept["earlier_forgotten"] < 0.1 * before
     assert report.details["child"]["earlier"]["samples"] > 0.9 * before
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_data_parallel_round_publishes_a_child_that_beats_its_parent(with_parent, parts):
+    rounds = with_parent(train_workers=2, train_staleness=1)
+    drifted_feedback(rounds.data, parts)
+
+    report = rounds.run(1, "drift", {"new_samples": 500}, lambda: True)
+
+    assert report.published and report.version == 2, report.reason
+    assert (report.hyperparameters["workers"], report.hyperparameters["staleness"]) == (2, 1)
+    child, parent = report.details["child"]["recent"], report.details["parent"]["recent"]
+    assert child["accuracy"] > parent["accuracy"]
+
+
+def test_the_trainer_reads_its_parallelism_and_refuses_bad_values(make_settings):
+    from pydantic import ValidationError
+
+    assert make_settings().train_workers == 1  # a round trains in the trainer, as always
+    assert make_settings(train_staleness="inf").train_staleness is None
+    assert make_settings(train_workers=4, train_staleness="2").train_staleness == 2
+    for bad in ({"train_workers": 0}, {"train_staleness": -1}):
+        with pytest.raises(ValidationError, match="greater than or equal to"):
+            make_settings(**bad)
