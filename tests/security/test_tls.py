@@ -89,14 +89,7 @@ def test_an_edge_takes_an_update_and_sends_feedback_over_tls_only(
     client = redis.Redis.from_url(trainer.redis_url, **trainer.redis_options())
     sha = _publish(client, tmp_path)
 
-    with EdgeDaemon(_edge_settings(tls_redis, tmp_path)) as daemon:
-        deadline = time.monotonic() + 20
-        while daemon.health().sha256 != sha:
-            assert time.monotonic() < deadline, daemon.health().last_error
-            time.sleep(0.05)
-        x = np.zeros(64, dtype=np.float32)
-        daemon.feedback(3, request_id=daemon.predict(x).request_id)
-        assert daemon.uplink.flush(10)
+    _install_and_send_feedback(_edge_settings(tls_redis, tmp_path), sha, within=20)
     sent = client.xlen(keys.feedback_of("digits")) + client.xlen(keys.feedback)
     assert sent >= 1
     assert client.exists(keys.device("pi-1"))
@@ -324,14 +317,7 @@ def test_an_edge_a_trainer_and_the_api_work_over_a_tls_cluster_with_the_shipped_
     client = trainer.redis_client()
     sha = _publish(client, tmp_path)
     edge = _edge_settings(None, tmp_path, redis_url=tls_cluster.url_as("edge"), redis_ca_file=ca)
-    with EdgeDaemon(edge) as daemon:
-        deadline = time.monotonic() + 30
-        while daemon.health().sha256 != sha:
-            assert time.monotonic() < deadline, daemon.health().last_error
-            time.sleep(0.05)
-        x = np.zeros(64, dtype=np.float32)
-        daemon.feedback(3, request_id=daemon.predict(x).request_id)
-        assert daemon.uplink.flush(10)
+    _install_and_send_feedback(edge, sha, within=30)
     assert client.xlen(keys.feedback_of("digits")) + client.xlen(keys.feedback) >= 1
     assert client.exists(keys.device("pi-1"))
     api = ApiSettings(
@@ -347,3 +333,16 @@ def test_an_edge_a_trainer_and_the_api_work_over_a_tls_cluster_with_the_shipped_
     with TestClient(create_app(api)) as http:
         assert http.get("/healthz").json()["redis"] == "ok"
     client.close()
+
+
+def _install_and_send_feedback(settings: EdgeSettings, sha: str, *, within: float) -> None:
+    """An edge daemon installs version ``sha`` within ``within`` s, answers one request
+    and sends its truth."""
+    with EdgeDaemon(settings) as daemon:
+        deadline = time.monotonic() + within
+        while daemon.health().sha256 != sha:
+            assert time.monotonic() < deadline, daemon.health().last_error
+            time.sleep(0.05)
+        x = np.zeros(64, dtype=np.float32)
+        daemon.feedback(3, request_id=daemon.predict(x).request_id)
+        assert daemon.uplink.flush(10)
