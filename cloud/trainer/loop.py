@@ -257,6 +257,10 @@ class Trainer:
         future, self._round = self._round, None
         try:
             self._finish(future.result())
+        except REDIS_DOWN as e:  # an outage, not a bug: one line; the next round retries
+            logger.warning("round failed: Redis unreachable (%s); a later round retries", e)
+            self.status.last_round = {"error": f"{type(e).__name__}: {e}", "ts": time.time()}
+            self.status.rounds_rejected += 1
         except Exception as e:  # a failed round must not end ingest; it is reported
             logger.exception("round failed")
             self.status.last_round = {"error": f"{type(e).__name__}: {e}", "ts": time.time()}
