@@ -12,8 +12,8 @@
   byte for the fault's duration, then breaks the connections it starved.
 - ``clock-step``: the edge runs with ``clockshift.so`` preloaded (``clock.py``): its
   wall clock jumps an hour ahead, and back after the fault's duration.
-- ``disk-full``: the edge's state directory is a small tmpfs; a filler file takes
-  every free byte for the fault's duration.
+- ``disk-full``: the edge's state directory, or the cloud's blob directory, is a
+  small tmpfs; a filler file takes every free byte for the fault's duration.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cloud.demo.chaos.schedule import CLOCK_STEP_S, Fault
@@ -46,7 +46,8 @@ class Targets:
     target_sha: Callable[[], str | None]
     proxy: StallProxy | None = None
     clock_file: Path | None = None
-    disk: Path | None = None  # the full-able state dir (a tmpfs)
+    #: the directories a disk-full fault fills (tmpfs), by target
+    disks: dict[str, Path] = field(default_factory=dict)
 
 
 def inject(fault: Fault, targets: Targets, stop: Callable[[], bool]) -> str:
@@ -90,15 +91,16 @@ def inject(fault: Fault, targets: Targets, stop: Callable[[], bool]) -> str:
             targets.clock_file.write_text("0\n")
         return f"{fault.target}'s clock +{CLOCK_STEP_S} s for {fault.duration:.0f} s, then back"
     if fault.kind == "disk-full":
-        if targets.disk is None:
+        disk = targets.disks.get(fault.target)
+        if disk is None:
             return "skipped: no tmpfs (mount refused)"
-        filler = targets.disk / "filler"
+        filler = disk / "filler"
         fill(filler)
         try:
             _sleep(fault.duration, stop)
         finally:
             filler.unlink(missing_ok=True)
-        return f"{fault.target}'s state dir full {fault.duration:.0f} s"
+        return f"{disk.name} full {fault.duration:.0f} s"
     raise ValueError(f"unknown fault {fault.kind!r}")
 
 
@@ -121,9 +123,10 @@ def _wait_for_moment(fault: Fault, targets: Targets, stop: Callable[[], bool]) -
         return "at its time"
     deadline = time.monotonic() + MOMENT_WAIT_S
     if fault.moment == "publish":
-        before = set(os.listdir(targets.blob_dir))
+        # versions are files in shard folders, written through a temp file beside them
+        before = set(targets.blob_dir.rglob("*"))
         while time.monotonic() < deadline and not stop():
-            if set(os.listdir(targets.blob_dir)) - before:
+            if set(targets.blob_dir.rglob("*")) - before:
                 return "during a publish (its file written)"
             time.sleep(0.01)
     else:

@@ -23,7 +23,7 @@ Kind = Literal["redis-freeze", "redis-kill", "kill", "cut", "clock-step", "disk-
 #: of a new version (an edge) after it
 Moment = Literal["at", "publish", "install"]
 
-#: The quick run's freeze: the outage of ``tests/cloud/demo/test_redis_pause.py``.
+#: The quick run's freeze: the outage that used to end the demo (``tests/cloud/demo/test_chaos.py``).
 QUICK_FREEZE_S = 15.0
 #: How long the cut-off edge cannot reach Redis.
 CUT_S = 60.0
@@ -65,6 +65,8 @@ def draw(seed: int, quick: bool, edges: int) -> list[Fault]:
     faults.append(Fault("cut", cut_edge, rng.uniform(5.0, 30.0), CUT_S))
     # the cut edge's state dir fills while it spools behind the cut
     faults.append(Fault("disk-full", cut_edge, faults[-1].at + rng.uniform(10.0, 25.0), 15.0))
+    # the cloud's blob directory fills across a round: its publish cannot write the file
+    faults.append(Fault("disk-full", "blobs", rng.uniform(20.0, span - 30), 25.0))
     faults.append(Fault("clock-step", clock_edge, rng.uniform(5.0, 40.0), rng.uniform(20.0, 40.0)))
     faults.append(
         Fault("kill", "trainer", rng.uniform(10.0, span - 20), moment=_pick(rng, "publish"))
