@@ -37,6 +37,9 @@ class AppStats:
     #: of the failed requests and truths, those no edge took: its port refused the
     #: connection (the edge process was down)
     refused: int = 0
+    #: of the failed ones, those the edge's connection dropped without an answer (its
+    #: process died with the request in it: a live edge answers or times out)
+    cut: int = 0
     #: the latest labeled answers' sample scores (1/0, or absolute errors)
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=200))
     outcomes: list[Outcome] = field(default_factory=list)
@@ -178,10 +181,14 @@ class SensorApp(threading.Thread):
             r.raise_for_status()
             answer: dict[str, Any] = r.json()
         except (httpx.HTTPError, ValueError) as e:
-            self.stats.refused += isinstance(e, httpx.ConnectError)
+            self._count_connection(e)
             self._failed(type(e).__name__)
             return None
         return answer
+
+    def _count_connection(self, e: Exception) -> None:
+        self.stats.refused += isinstance(e, httpx.ConnectError)
+        self.stats.cut += isinstance(e, (httpx.RemoteProtocolError, httpx.ReadError))
 
     def _failed(self, reason: str) -> None:
         self.stats.failed += 1
@@ -200,7 +207,7 @@ class SensorApp(threading.Thread):
             self.stats.feedback_sent += 1
             self.stats.event_ids.append(event_id)
         except (httpx.HTTPError, ValueError) as e:
-            self.stats.refused += isinstance(e, httpx.ConnectError)
+            self._count_connection(e)
             self.stats.feedback_failed += 1
             self.stats.errors[f"feedback {type(e).__name__}"] += 1
 

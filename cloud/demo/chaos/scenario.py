@@ -21,7 +21,8 @@ stream, plus ids in the stream the trainer neither trained nor dead-lettered),
 ``duplicates_trained`` (trained beyond the distinct ids in the stream: an event
 trained twice), ``failed_requests`` (requests and truths an edge took and did not
 answer well; ``requests_refused`` are those whose connection no edge accepted, its
-process being down), ``unverified_served`` (answers from a version not in the
+process being down, and ``requests_cut_by_kill`` those an edge's death cut: at most
+one per edge kill, as each app has one request in flight), ``unverified_served`` (answers from a version not in the
 signed registry), ``edges_converged`` (every edge on the fleet's target at the end).
 """
 
@@ -313,7 +314,12 @@ class ChaosDemo(Demo):
             if version is not None and version not in published
         )
         refused = sum(a.refused for a in apps)
+        cut = sum(a.cut for a in apps)
+        edge_kills = sum(
+            1 for f in self.fault_log if f["kind"] == "kill" and f["target"] in self.edge_urls
+        )
         edge_failed = base["failed_requests"] - failed_requests(apps)
+        failed = edge_failed + failed_requests(apps) - refused - cut
         return {
             "scenario": "chaos",
             "seed": self.options.seed,
@@ -329,8 +335,9 @@ class ChaosDemo(Demo):
             "feedback_never_in_stream": len(never_sent),
             "duplicates_trained": max(0, trained + deadlettered - len(in_stream)),
             "ids_reused": len(app_ids) - len(set(app_ids)),
-            "failed_requests": edge_failed + failed_requests(apps) - refused,
+            "failed_requests": failed,
             "requests_refused": refused,
+            "requests_cut_by_kill": cut,
             "edges_converged": converged,
             "edge_versions": base["edge_versions"],
             "unverified_served": unverified,
@@ -344,7 +351,8 @@ class ChaosDemo(Demo):
                 and not never_sent
                 and not untrained
                 and trained + deadlettered <= len(in_stream)
-                and edge_failed + failed_requests(apps) - refused == 0
+                and failed == 0
+                and cut <= edge_kills  # a sequential app has one request in flight
                 and unverified == 0
             ),
         }

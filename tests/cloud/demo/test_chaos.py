@@ -52,10 +52,12 @@ def test_the_quick_chaos_scenario_loses_nothing_and_every_process_comes_back(
     for process in ("redis", "trainer", "edge-1", "api", "controller"):
         assert result["restarts"][process] >= 1, result["restarts"]
     assert result["feedback_sent"] > 1000, result
-    assert result["feedback_trained"] == result["feedback_sent"], result
+    # a truth whose answer a kill cut may still have been kept and trained
+    assert result["feedback_trained"] >= result["feedback_sent"], result
     assert result["feedback_lost"] == 0, result
     assert result["duplicates_trained"] == 0, result
     assert result["failed_requests"] == 0, result
+    assert result["requests_cut_by_kill"] <= 1, result  # one edge kill, one request in flight
     assert result["unverified_served"] == 0, result
     assert result["edges_converged"], result
     assert result["done"], result
