@@ -107,7 +107,10 @@ def check_arguments(args: argparse.Namespace) -> None:
     if args.scenario == "chaos" and (
         args.model or args.example or args.task or args.dataset or args.label_column
     ):
-        raise InputError("the chaos scenario runs on the digits; leave out --model, --dataset, ...")
+        raise InputError(
+            "the chaos scenario runs on the digits; --model, --example, --task, --dataset "
+            "and --label are for the drift scenario"
+        )
     if args.scenario == "chaos" and args.edges is not None and args.edges < 3:
         raise InputError(
             "the chaos scenario needs at least 3 edges (one cut off, one on a stepped clock)"
