@@ -95,12 +95,17 @@ def inject(fault: Fault, targets: Targets, stop: Callable[[], bool]) -> str:
         if disk is None:
             return "skipped: no tmpfs (mount refused)"
         filler = disk / "filler"
+        log = targets.child("trainer").log_path
+        refused = _count(log, "No space left")
         fill(filler)
         try:
             _sleep(fault.duration, stop)
         finally:
             filler.unlink(missing_ok=True)
-        return f"{disk.name} full {fault.duration:.0f} s"
+        what = f"{disk.name} full {fault.duration:.0f} s"
+        if fault.target == "blobs":  # did a round try to publish into it?
+            what += f"; rounds refused by it: {_count(log, 'No space left') - refused}"
+        return what
     raise ValueError(f"unknown fault {fault.kind!r}")
 
 
@@ -146,3 +151,10 @@ def _sleep(seconds: float, stop: Callable[[], bool]) -> None:
     end = time.monotonic() + seconds
     while time.monotonic() < end and not stop():
         time.sleep(min(0.2, max(0.0, end - time.monotonic())))
+
+
+def _count(path: Path, text: str) -> int:
+    try:
+        return path.read_text(errors="replace").count(text)
+    except OSError:
+        return 0

@@ -63,6 +63,8 @@ MAX_RESTARTS = 12
 DISK_BYTES = 24 * 1024 * 1024
 #: The size of the tmpfs the cloud's blob directory lives on (a version is ~50 KB).
 BLOB_DISK_BYTES = 16 * 1024 * 1024
+#: How long the view calls a restarted process "restarting" (a trainer takes ~10 s).
+RESTARTING_S = 10.0
 #: How long the end of the run waits for every edge to serve the fleet's target.
 CONVERGE_S = 90.0
 
@@ -83,6 +85,8 @@ class ChaosDemo(Demo):
         super().__init__(*args, **kwargs)
         self.plan = draw(self.options.seed, self.options.quick, self.options.edges)
         self.restarts: Counter[str] = Counter()
+        self._restarted_at: dict[str, float] = {}
+        self._active: set[str] = set()
         self.fault_log: list[dict[str, Any]] = []
         self.crash_loop: str | None = None
         self.proxy: StallProxy | None = None
@@ -176,6 +180,7 @@ class ChaosDemo(Demo):
                     continue
                 logger.warning("%s exited with code %s: restarting it", child.name, code)
                 self.restarts[child.name] += 1
+                self._restarted_at[child.name] = time.monotonic()
                 self.group.respawn(child)
             self._stop.wait(0.25)
 
@@ -216,10 +221,14 @@ class ChaosDemo(Demo):
 
     def _one(self, fault: Fault, targets: Targets) -> None:
         started = time.monotonic() - self._t0
+        name = f"{fault.kind} {fault.target}"
+        self._active.add(name)
         try:
             what = inject(fault, targets, self._stop.is_set)
         except Exception as e:  # a fault that could not be caused is reported, not hidden
             what = f"not caused: {type(e).__name__}: {e}"
+        finally:
+            self._active.discard(name)
         logger.info("fault %s on %s at %.1f s: %s", fault.kind, fault.target, started, what)
         self.fault_log.append({**fault.as_dict(), "started": round(started, 1), "what": what})
 
@@ -239,13 +248,18 @@ class ChaosDemo(Demo):
 
     def _render(self) -> Any:
         self._probe_api()
-        active = [
-            f"{f['kind']} {f['target']}" for f in self.fault_log[-3:]
-        ]  # the latest faults, for the headline
-        restarts = ", ".join(f"{k} ×{n}" for k, n in sorted(self.restarts.items()))
+        active = list(self._active)  # the faults under way, for the headline
+        now = time.monotonic()
+        restarts = ", ".join(
+            f"{k} {'restarting' if now - self._restarted_at[k] < RESTARTING_S else 'restarted'}"
+            f" ×{n}"
+            for k, n in sorted(self.restarts.items())
+        )
         headline = self.headline
         self.headline = " | ".join(
-            x for x in (headline, "faults: " + "; ".join(active) if active else "", restarts) if x
+            x
+            for x in (headline, "under way: " + "; ".join(active) if active else "", restarts)
+            if x
         )
         try:
             return super()._render()

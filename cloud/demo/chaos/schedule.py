@@ -66,7 +66,7 @@ def draw(seed: int, quick: bool, edges: int) -> list[Fault]:
     # the cut edge's state dir fills while it spools behind the cut
     faults.append(Fault("disk-full", cut_edge, faults[-1].at + rng.uniform(10.0, 25.0), 15.0))
     # the cloud's blob directory fills across a round: its publish cannot write the file
-    faults.append(Fault("disk-full", "blobs", rng.uniform(20.0, span - 30), 25.0))
+    faults.append(Fault("disk-full", "blobs", rng.uniform(20.0, span - 40), 40.0))
     faults.append(Fault("clock-step", clock_edge, rng.uniform(5.0, 40.0), rng.uniform(20.0, 40.0)))
     faults.append(
         Fault("kill", "trainer", rng.uniform(10.0, span - 20), moment=_pick(rng, "publish"))
