@@ -146,6 +146,7 @@ class LocalFleet:
         device: str,
         redis_url: str,
         public_key: Path,
+        *,
         env: dict[str, str] | None = None,
         **overrides: Any,
     ) -> None:

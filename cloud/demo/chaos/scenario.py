@@ -130,7 +130,7 @@ class ChaosDemo(Demo):
                 device,
                 url if device == cut_edge else redis_url,
                 public_key,
-                env,
+                env=env,
                 **self.edge_overrides,
             )
         self._wait("edges serving", self._edges_serving, timeout=120)

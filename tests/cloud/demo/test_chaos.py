@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from tests.demo_runs import DemoRuns
 
 pytestmark = [pytest.mark.slow, pytest.mark.cloud]
 
@@ -28,8 +31,8 @@ def chaos_args(cwd: Path) -> list[str]:
 @pytest.mark.timeout(1500)
 @pytest.mark.demo_run("chaos", chaos_args)
 def test_the_quick_chaos_scenario_loses_nothing_and_every_process_comes_back(
-    demo_runs, demo_result
-):
+    demo_runs: DemoRuns, demo_result: dict[str, Any]
+) -> None:
     cwd = demo_runs.cwd("chaos")
     stdout_text, stderr_text = (cwd / "stdout").read_text(), (cwd / "stderr").read_text()
     assert "Traceback" not in stdout_text + stderr_text, stderr_text[-4000:]
