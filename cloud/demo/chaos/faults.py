@@ -142,7 +142,7 @@ def _wait_for_moment(fault: Fault, targets: Targets, stop: Callable[[], bool]) -
         while time.monotonic() < deadline and not stop():
             if targets.target_sha() not in (None, before_sha):
                 time.sleep(0.1)  # the announcement reaches the edge; it fetches
-                return "during the install of a new version"
+                return "0.1 s after the target changed (the edge fetching or installing it)"
             time.sleep(0.05)
     return f"at its time + {MOMENT_WAIT_S:.0f} s (no {fault.moment} came)"
 
