@@ -23,7 +23,7 @@ from shared.keys import FleetKeys
 from shared.messages import FeedbackEvent
 from shared.retry import Backoff
 from tests.conftest import RedisServer
-from tests.serving import wait_for
+from tests.serving import Signing, wait_for
 
 X = [float(i % 17) for i in range(64)]
 
@@ -132,3 +132,28 @@ def test_an_uplink_killed_after_it_kept_an_event_loses_none_of_them(
     got = {e["event_id"] for e in stream_events(client, keys.feedback_of("digits"))}
     client.close()
     assert kept and set(kept) <= got, sorted(set(kept) - got)[:5]
+
+
+@pytest.mark.timeout(60)
+def test_an_edge_started_on_a_full_disk_exits_2_in_one_line(
+    small_disk: Path, tmp_path: Path, redis_url: str, signing: Signing
+) -> None:
+    """What it cannot survive ends in one line and a non-zero code, for its supervisor
+    (systemd, the demo's process group) to start it again later."""
+    public_key = signing.public_key
+    fill(small_disk / "filler")
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(
+        f'device_id = "pi-full"\nredis_url = "{redis_url}"\n'
+        f'public_key = "{public_key}"\nstate_dir = "{small_disk / "state"}"\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "edge", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("edgeloop-edge:")]
+    assert len(lines) == 1 and "No space left" in lines[0], done.stderr
