@@ -94,8 +94,9 @@ class UnsupportedMediaType(EdgeloopError):
     """A body that is neither JSON nor .npy (415)."""
 
 
-#: How long a feedback answer waits for its event to be kept (``feedback_ack``).
-KEPT_WAIT_S = 2.0
+#: How long a feedback answer waits for its event's send before it spools it itself
+#: (``feedback_ack = "kept"``): a send takes milliseconds unless Redis hangs.
+KEPT_WAIT_S = 1.0
 
 #: Status codes of the named errors the daemon raises.
 _STATUS: list[tuple[type[EdgeloopError], int]] = [
@@ -225,11 +226,17 @@ async def _feedback(model: ServedModel, request: Request) -> Response:
 
 async def _kept(model: ServedModel, line: bytes) -> None:
     """Answer once the event is in Redis or the spool (``feedback_ack = "kept"``), so
-    that a crash of this process after the answer cannot lose it; after
-    ``KEPT_WAIT_S`` (Redis unreachable and the disk refusing the spool) answer anyway:
-    the event waits in memory, and the client must not send it again."""
+    that a crash of this process after the answer cannot lose it. A send that has not
+    ended after ``KEPT_WAIT_S`` (a Redis that accepts and does not answer holds it up
+    to the socket timeout) is not waited for: the event is written to the spool now
+    (``keep_now``). Only when the disk refuses that too is the answer given with the
+    event in memory alone; the client must not send it again."""
     deadline = time.monotonic() + KEPT_WAIT_S
-    while not model.uplink.kept(line) and time.monotonic() < deadline:
+    while not model.uplink.kept(line):
+        if time.monotonic() >= deadline:
+            if not model.uplink.keep_now(line):
+                logger.warning("feedback answered while only in memory: the disk refuses it")
+            return
         await asyncio.sleep(0.002)
 
 

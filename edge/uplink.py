@@ -234,6 +234,18 @@ class FeedbackUplink:
         with self._cond:
             return id(line) not in self._held
 
+    def keep_now(self, line: bytes) -> bool:
+        """Write ``line`` to the spool now if it is still only in memory (its send is
+        stuck on a Redis that does not answer); False if the disk refused it. The event
+        may then reach the stream twice, with one id: the trainer drops the second."""
+        with self._spool_lock:
+            if self.kept(line):
+                return True
+            if not self._write_spool([line]):
+                return False
+            self._unhold([line])
+            return True
+
     def _unhold(self, lines: list[bytes]) -> None:
         with self._cond:
             self._held.difference_update(id(line) for line in lines)

@@ -157,3 +157,34 @@ def test_an_edge_started_on_a_full_disk_exits_2_in_one_line(
     assert "Traceback" not in done.stderr
     lines = [line for line in done.stderr.splitlines() if line.startswith("edgeloop-edge:")]
     assert len(lines) == 1 and "No space left" in lines[0], done.stderr
+
+
+@pytest.mark.timeout(60)
+def test_a_send_stuck_on_a_frozen_redis_is_spooled_by_keep_now_and_trained_once(
+    tmp_path: Path, redis_server: RedisServer, redis_url: str, keys: FleetKeys
+) -> None:
+    """A Redis that accepts and does not answer (SIGSTOP) holds a send up to the socket
+    timeout; ``keep_now`` (what the edge's feedback answer does after 1 s) puts the
+    event in the fsync'd spool at once, so an answer never waits on that timeout and a
+    kill after it loses nothing. The event may reach the stream twice, with one id."""
+    member = FleetMember(redis_url, keys, "pi-1", "digits")
+    up = FeedbackUplink(member, "e0", tmp_path, UplinkPolicy(flush_ms=5.0))
+    up.start()
+    assert redis_server.proc is not None
+    try:
+        os.kill(redis_server.proc.pid, signal.SIGSTOP)
+        try:
+            ((event_id, line),) = events(up, 1)
+            time.sleep(0.5)
+            assert not up.kept(line)  # its send hangs
+            assert up.keep_now(line) and up.kept(line)
+            assert up.spooled == 1 and up.spool_bytes > 0
+        finally:
+            os.kill(redis_server.proc.pid, signal.SIGCONT)
+        assert up.flush(timeout=20)
+    finally:
+        up.close(timeout=2)
+    client = redis.Redis.from_url(redis_url)
+    got = [e["event_id"] for e in stream_events(client, keys.feedback_of("digits"))]
+    client.close()
+    assert set(got) == {event_id}  # once or twice, one id: the trainer trains it once

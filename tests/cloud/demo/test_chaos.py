@@ -39,12 +39,10 @@ def test_the_quick_chaos_scenario_loses_nothing_and_every_process_comes_back(
     # the demo met the outage (a read failed) and went on
     assert "redis does not answer" in stderr_text, stderr_text[-4000:]
     assert "redis answers again" in stderr_text, stderr_text[-4000:]
-    (workdir,) = (cwd / "tmp").glob("edgeloop-demo-*")  # kept (--keep) for its logs
-    try:
-        for log in workdir.glob("*.log"):
-            assert "Traceback" not in log.read_text(errors="replace"), log
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    # kept (--keep) for its logs, and left for a failed test's reader
+    (workdir,) = (cwd / "tmp").glob("edgeloop-demo-*")
+    for log in workdir.glob("*.log"):
+        assert "Traceback" not in log.read_text(errors="replace"), log
     result = demo_result
     faults = {(f["kind"], f["target"]): f for f in result["faults"]}
     assert len(faults) == 10, result["faults"]
@@ -64,3 +62,4 @@ def test_the_quick_chaos_scenario_loses_nothing_and_every_process_comes_back(
     assert result["unverified_served"] == 0, result
     assert result["edges_converged"], result
     assert result["done"], result
+    shutil.rmtree(workdir, ignore_errors=True)
