@@ -38,7 +38,8 @@ class AppStats:
     #: connection (the edge process was down)
     refused: int = 0
     #: of the failed ones, those the edge's connection dropped without an answer (its
-    #: process died with the request in it: a live edge answers or times out)
+    #: process died with the request in it, or before the client saw that its
+    #: keep-alive connection was dead: a live edge answers or times out)
     cut: int = 0
     #: the latest labeled answers' sample scores (1/0, or absolute errors)
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=200))

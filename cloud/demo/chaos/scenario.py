@@ -22,7 +22,8 @@ stream, plus ids in the stream the trainer neither trained nor dead-lettered),
 trained twice), ``failed_requests`` (requests and truths an edge took and did not
 answer well; ``requests_refused`` are those whose connection no edge accepted, its
 process being down, and ``requests_cut_by_kill`` those an edge's death cut: at most
-one per edge kill, as each app has one request in flight), ``unverified_served`` (answers from a version not in the
+two per edge kill, the app's request in flight and one it sends on the dead
+keep-alive connection before it notices), ``unverified_served`` (answers from a version not in the
 signed registry), ``edges_converged`` (every edge on the fleet's target at the end).
 """
 
@@ -366,7 +367,9 @@ class ChaosDemo(Demo):
                 and not untrained
                 and trained + deadlettered <= len(in_stream)
                 and failed == 0
-                and cut <= edge_kills  # a sequential app has one request in flight
+                # an app's request in flight, and one sent on its dead keep-alive
+                # connection before the client notices the edge is gone
+                and cut <= 2 * edge_kills
                 and unverified == 0
             ),
         }

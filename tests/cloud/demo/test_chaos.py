@@ -58,7 +58,8 @@ def test_the_quick_chaos_scenario_loses_nothing_and_every_process_comes_back(
     assert result["feedback_lost"] == 0, result
     assert result["duplicates_trained"] == 0, result
     assert result["failed_requests"] == 0, result
-    assert result["requests_cut_by_kill"] <= 1, result  # one edge kill, one request in flight
+    # one edge kill: the request in flight, and one on the dead keep-alive connection
+    assert result["requests_cut_by_kill"] <= 2, result
     assert result["unverified_served"] == 0, result
     assert result["edges_converged"], result
     assert result["done"], result
