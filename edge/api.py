@@ -30,7 +30,9 @@ over ``MAX_BODY_BYTES`` is a 413 before the rest of it is read.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
@@ -91,6 +93,10 @@ class BodyTooLarge(EdgeloopError):
 class UnsupportedMediaType(EdgeloopError):
     """A body that is neither JSON nor .npy (415)."""
 
+
+#: How long a feedback answer waits for its event's send before it spools it itself
+#: (``feedback_ack = "kept"``): a send takes milliseconds unless Redis hangs.
+KEPT_WAIT_S = 1.0
 
 #: Status codes of the named errors the daemon raises.
 _STATUS: list[tuple[type[EdgeloopError], int]] = [
@@ -202,7 +208,7 @@ async def _feedback(model: ServedModel, request: Request) -> Response:
         return Response(status_code=400)  # the client left; nobody reads this
     if _is_npy(request.headers.get("content-type")):
         query = _query(request.url.query.encode())
-        accepted = model.feedback(
+        accepted, line = model.handle_feedback(
             _int_param(query, "label"),
             request_id=query.get("request_id"),
             x=read_npy(body),
@@ -210,8 +216,28 @@ async def _feedback(model: ServedModel, request: Request) -> Response:
         )
     else:
         req = _parse(FeedbackRequest, body)
-        accepted = model.feedback(req.label, request_id=req.request_id, x=req.x, target=req.target)
+        accepted, line = model.handle_feedback(
+            req.label, request_id=req.request_id, x=req.x, target=req.target
+        )
+    if model.settings.feedback_ack == "kept":
+        await _kept(model, line)
     return Response(accepted.model_dump_json(), status_code=202, media_type=JSON)
+
+
+async def _kept(model: ServedModel, line: bytes) -> None:
+    """Answer once the event is in Redis or the spool (``feedback_ack = "kept"``), so
+    that a crash of this process after the answer cannot lose it. A send that has not
+    ended after ``KEPT_WAIT_S`` (a Redis that accepts and does not answer holds it up
+    to the socket timeout) is not waited for: the event is written to the spool now
+    (``keep_now``). Only when the disk refuses that too is the answer given with the
+    event in memory alone; the client must not send it again."""
+    deadline = time.monotonic() + KEPT_WAIT_S
+    while not model.uplink.kept(line):
+        if time.monotonic() >= deadline:
+            if not model.uplink.keep_now(line):
+                logger.warning("feedback answered while only in memory: the disk refuses it")
+            return
+        await asyncio.sleep(0.002)
 
 
 def _add_health(app: FastAPI, daemon: EdgeDaemon) -> None:

@@ -23,11 +23,14 @@ The reservation is extended ahead of need by the uplink's sender thread
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from pathlib import Path
 
 from shared.durable import atomic_write
-from shared.errors import ConfigError
+from shared.errors import ConfigError, Unavailable
+
+logger = logging.getLogger(__name__)
 
 #: Numbers reserved per write of the seq file (the most a crash can skip). The
 #: sender thread extends the reservation once per send, and under load a send
@@ -74,9 +77,14 @@ class SeqCounter:
                 self._persisted = value
 
     def next(self) -> int:
+        """The next number. Raises ``Unavailable`` when the reservation is used up and
+        the disk refuses a new one (full): no number is handed out unreserved."""
         with self._lock:
             if self._next >= self._reserved:  # reserve_ahead fell behind: reserve here
-                self._persist(self._next + self._block)
+                try:
+                    self._persist(self._next + self._block)
+                except OSError as e:
+                    raise Unavailable(f"cannot reserve feedback ids in {self._path}: {e}") from e
                 self._reserved = self._persisted
             seq = self._next
             self._next += 1
@@ -88,7 +96,11 @@ class SeqCounter:
             if self._reserved - self._next > self._block // 2:
                 return
             target = self._next + self._block
-        self._persist(target)
+        try:
+            self._persist(target)
+        except OSError as e:  # disk full: ``next`` uses what is reserved, then refuses
+            logger.warning("cannot extend the feedback id reservation (%s); retrying later", e)
+            return
         with self._lock:
             self._reserved = max(self._reserved, min(target, self._persisted))
 

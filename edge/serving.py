@@ -354,6 +354,17 @@ class ServedModel:
         *,
         target: Sequence[float] | None = None,
     ) -> FeedbackAccepted:
+        """``handle_feedback`` without the event's frame; see there."""
+        return self.handle_feedback(label, request_id, x, target=target)[0]
+
+    def handle_feedback(
+        self,
+        label: int | None = None,
+        request_id: str | None = None,
+        x: npt.NDArray[Any] | Sequence[Any] | None = None,
+        *,
+        target: Sequence[float] | None = None,
+    ) -> tuple[FeedbackAccepted, bytes]:
         """Record the truth for an earlier prediction (``request_id``) or for one
         sample ``x``, and send it to the trainers: ``label`` (a class index) for a
         classifier, ``target`` (one number per output) for a regressor.
@@ -362,6 +373,7 @@ class ServedModel:
         truth the model's task does not take or an ``x`` that is not one sample of
         its input (naming the expected shape). With a request id, the stored input
         is used and ``x`` is ignored. The event carries the sample as raw bytes.
+        Returns the answer and the event's frame (``FeedbackUplink.kept``).
         """
         if request_id is not None:
             event, sample, answered = self._joined_event(label, target, request_id)
@@ -388,10 +400,10 @@ class ServedModel:
             )
         else:
             raise InputError("feedback needs a request_id from /v1/predict or the input x")
-        queued = self.uplink.submit(event, to_bytes(sample))
+        queued, line = self.uplink.hand_over(event, to_bytes(sample))
         if event.label is not None:
             self._adapt(sample, event.label, answered, event)
-        return FeedbackAccepted(event_id=event.event_id, queued=queued)
+        return FeedbackAccepted(event_id=event.event_id, queued=queued), line
 
     def _adapt(
         self, x: npt.NDArray[Any], label: int, answered: RecentInput | None, event: FeedbackEvent

@@ -220,6 +220,13 @@ class EdgeSettings(RedisSettings):
     )
     feedback_flush_ms: float = Field(50.0, gt=0)
     feedback_queue_max: int = Field(10_000, ge=1)
+    feedback_ack: Literal["queued", "kept"] = Field(
+        "queued",
+        description="when /v1/feedback answers 202: once the event is queued in memory "
+        "(fastest; a killed process loses what it had not sent, a flush's worth), or once it "
+        "is kept, in Redis or the fsync'd spool (a killed process loses nothing it answered; "
+        "the answer waits for the send: lower feedback_flush_ms with it)",
+    )
     spool_max_bytes: int = Field(64 * 1024 * 1024, ge=4096)
     feedback_wait_replicas: int = Field(
         0,

@@ -26,7 +26,9 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -119,8 +121,21 @@ class Spool:
         return count
 
     def _write(self, n: int, data: bytes) -> None:
-        append_durably(self._path(n), data)
-        self._segments[n] = self._segments.get(n, 0) + len(data)
+        """Append ``data`` to segment ``n`` whole or not at all: a write the disk
+        refused part of (full) is cut back, so no torn frame is left for the next
+        append to follow."""
+        path = self._path(n)
+        before = self._segments.get(n, 0)
+        try:
+            append_durably(path, data)
+        except OSError:
+            with contextlib.suppress(OSError):
+                if before:
+                    os.truncate(path, before)
+                else:
+                    path.unlink(missing_ok=True)
+            raise
+        self._segments[n] = before + len(data)
 
     def seal_head(self) -> int | None:
         """The oldest segment, closed for further appends so that it can be sent

@@ -19,6 +19,11 @@ batch. The trainer drops duplicates by ``event_id`` =
 Memory is bounded by ``queue_max``: a full queue spills to the spool from the
 submitting thread (a local disk write, not a network wait). The spool is
 bounded by ``spool_max_bytes``; beyond it events are dropped, counted and logged.
+A spool the disk refuses (full, failing) loses nothing: what could not be written
+stays in memory, oldest first, and is written or sent later; once memory is full
+too, ``submit`` refuses the new event (``Unavailable``: the API answers 503, so the
+client knows its truth was not taken). Only a process ending with its disk full
+loses what it held in memory (logged and counted in ``dropped``).
 
 Where the entries go is an ``EntrySink``: ``RedisSink`` (XADD, above) or, for an edge
 with ``uplink = "http"``, ``edge.http_uplink.HttpSink`` (the same entries, signed the
@@ -44,6 +49,7 @@ from edge.sequence import SeqCounter
 from edge.spool import Spool
 from shared.device_identity import FEEDBACK
 from shared.durable import append_durably
+from shared.errors import Unavailable
 from shared.feedback_stream import ADD_FRAMES_SCRIPT, feedback_stream, frame, frame_entries
 from shared.keys import FEEDBACK_FRAMES_FIELD
 from shared.messages import FeedbackEvent
@@ -196,6 +202,8 @@ class FeedbackUplink:
         self._cond = threading.Condition()
         self._queue: deque[bytes] = deque()
         self._inflight = 0
+        #: ids of the lines in memory (queued or in flight): not yet in Redis or the spool
+        self._held: set[int] = set()
         self._spill_gen = 0
         self._closed = False
         self._flush_requested = False
@@ -204,6 +212,7 @@ class FeedbackUplink:
         self._failures = 0
         self._next_attempt = 0.0
         self._spool_full_logged = False
+        self._disk_error_logged = False
         self._thread = threading.Thread(target=self._run, name="edgeloop-uplink", daemon=True)
         self.sent = 0  # events XADDed, directly or from the spool
         self.resent = 0  # of which from the spool
@@ -227,24 +236,69 @@ class FeedbackUplink:
         say how to read them; none when the event carries ``x``); True if it is
         queued for Redis, False if it went (or will go) to the spool because Redis
         is down or the queue is full."""
+        return self.hand_over(event, sample)[0]
+
+    def hand_over(self, event: FeedbackEvent, sample: bytes = b"") -> tuple[bool, bytes]:
+        """``submit``, also returning the event's frame: ``kept(frame)`` says when it
+        has left memory (in Redis or in the fsync'd spool)."""
         line = frame(event.to_wire(), sample)
         with self._cond:
             if not self._closed and len(self._queue) < self._queue_max:
                 self._queue.append(line)
+                self._held.add(id(line))
                 if len(self._queue) in (1, self._batch):
                     self._cond.notify_all()
-                return not self._down and self._spool.empty()
-        self._spill(line)
-        return False
+                return not self._down and self._spool.empty(), line
+        if not self._spill(line):
+            raise Unavailable(
+                f"feedback cannot be kept: {self._queue_max} events wait in memory and the "
+                f"spool in {self._spool.directory} cannot be written; retry later"
+            )
+        return False, line
 
-    def _spill(self, line: bytes) -> None:
+    def kept(self, line: bytes) -> bool:
+        """Whether the event of ``line`` (from ``hand_over``) is out of memory: in Redis,
+        in the spool, or refused and kept in ``state_dir/refused``; a process killed now
+        would not lose it."""
+        with self._cond:
+            return id(line) not in self._held
+
+    def keep_now(self, line: bytes) -> bool:
+        """Write ``line`` to the spool now if it is still only in memory (its send is
+        stuck on a Redis that does not answer); False if the disk refused it. The event
+        may then reach the stream twice, with one id: the trainer drops the second."""
+        with self._spool_lock:
+            if self.kept(line):
+                return True
+            if not self._write_spool([line]):
+                return False
+            self._unhold([line])
+            return True
+
+    def _unhold(self, lines: list[bytes]) -> None:
+        with self._cond:
+            self._held.difference_update(id(line) for line in lines)
+
+    def _spill(self, line: bytes) -> bool:
+        """Spool the queue and ``line`` after it; False if the disk refused them (the
+        queue is kept, ``line`` is not)."""
         # Everything queued is older than ``line``: it goes first, so order holds.
         with self._spool_lock:
             with self._cond:
-                lines = [*self._queue, line]
+                queued = list(self._queue)
                 self._queue.clear()
+            if not self._write_spool([*queued, line]):
+                self._requeue(queued)
+                return False
+            self._unhold(queued)
+            with self._cond:
                 self._spill_gen += 1
-            self._write_spool(lines)
+            return True
+
+    def _requeue(self, lines: list[bytes]) -> None:
+        """Put ``lines``, older than anything queued, back in front of the queue."""
+        with self._cond:
+            self._queue.extendleft(reversed(lines))
 
     @property
     def pending(self) -> int:
@@ -343,11 +397,17 @@ class FeedbackUplink:
             with self._cond:
                 lines = list(self._queue)
                 self._queue.clear()
-                if not self._down and self._spool.empty():
+                # With Redis down the queue goes to the spool; but when the disk
+                # refused it (the spool stays empty), Redis is tried again itself.
+                retry = self._spool.empty() and time.monotonic() >= self._next_attempt
+                if self._spool.empty() and (not self._down or retry):
                     self._inflight = len(lines)
                     return lines, self._spill_gen
             if lines:
-                self._write_spool(lines)
+                if self._write_spool(lines):
+                    self._unhold(lines)
+                else:
+                    self._requeue(lines)
         return [], self._spill_gen
 
     def _send(self, batch: list[bytes], gen: int) -> None:
@@ -356,12 +416,14 @@ class FeedbackUplink:
         except SinkDown as e:
             self._mark_down(e)
             with self._spool_lock:
-                if self._spill_gen != gen:  # newer events were spilled meanwhile
-                    self._write_spool(batch, front=True)
+                # newer events spilled meanwhile: the batch goes before them
+                if self._write_spool(batch, front=self._spill_gen != gen):
+                    self._unhold(batch)
                 else:
-                    self._write_spool(batch)
+                    self._requeue(batch)
         else:
             self.sent += len(batch) - self._keep_refused(refusals)
+            self._unhold(batch)
             self._mark_up()
         finally:
             with self._cond:
@@ -418,13 +480,25 @@ class FeedbackUplink:
                 logger.error("feedback uplink: cannot keep refused events (%s); dropped", e)
         return total
 
-    def _write_spool(self, lines: list[bytes], front: bool = False) -> None:
-        """Append (or prepend) to the spool, counting what did not fit. Caller holds _spool_lock."""
+    def _write_spool(self, lines: list[bytes], front: bool = False) -> bool:
+        """Append (or prepend) to the spool, counting what did not fit in
+        ``spool_max_bytes`` as dropped; False, with nothing written, if the disk refused
+        the write (the caller keeps the lines). Caller holds _spool_lock."""
         try:
             written = self._spool.prepend(lines) if front else self._spool.append(lines)
-        except OSError as e:  # disk full or failing: nothing more this edge can do
-            logger.error("feedback spool write failed (%s): dropping %d event(s)", e, len(lines))
-            written = 0
+        except OSError as e:  # disk full or failing: the lines stay in memory
+            if not self._disk_error_logged:
+                logger.error(
+                    "feedback spool write failed (%s): keeping %d event(s) in memory "
+                    "until the disk or Redis takes them",
+                    e,
+                    len(lines),
+                )
+                self._disk_error_logged = True
+            return False
+        if self._disk_error_logged:
+            logger.info("feedback spool writable again")
+            self._disk_error_logged = False
         self.spooled += written
         lost = len(lines) - written
         if lost:
@@ -440,14 +514,20 @@ class FeedbackUplink:
                 self._spool_full_logged = True
         else:
             self._spool_full_logged = False
+        return True
 
     def _spool_queued(self) -> None:
         with self._spool_lock:
             with self._cond:
                 lines = list(self._queue)
                 self._queue.clear()
-            if lines:
-                self._write_spool(lines)
+            self._unhold(lines)
+            if lines and not self._write_spool(lines):
+                # the process is ending and its disk refuses them: nothing can keep them
+                self.dropped += len(lines)
+                logger.error(
+                    "feedback spool cannot be written: %d event(s) lost at shutdown", len(lines)
+                )
 
     def _mark_down(self, e: SinkDown) -> None:
         self.last_error, self.last_error_at = f"feedback uplink: {e}", time.time()

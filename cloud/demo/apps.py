@@ -34,12 +34,21 @@ class AppStats:
     failed: int = 0
     feedback_sent: int = 0
     feedback_failed: int = 0
+    #: of the failed requests and truths, those no edge took: its port refused the
+    #: connection (the edge process was down)
+    refused: int = 0
+    #: of the failed ones, those the edge's connection dropped without an answer (its
+    #: process died with the request in it, or before the client saw that its
+    #: keep-alive connection was dead: a live edge answers or times out)
+    cut: int = 0
     #: the latest labeled answers' sample scores (1/0, or absolute errors)
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=200))
     outcomes: list[Outcome] = field(default_factory=list)
     #: every answer's model version (labeled or not): which versions this app was served
     versions: dict[int | None, int] = field(default_factory=lambda: defaultdict(int))
     errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    #: the event id of every truth an edge accepted (202): what the trainer must get
+    event_ids: list[str] = field(default_factory=list)
 
     @property
     def rolling_metric(self) -> float | None:
@@ -173,9 +182,14 @@ class SensorApp(threading.Thread):
             r.raise_for_status()
             answer: dict[str, Any] = r.json()
         except (httpx.HTTPError, ValueError) as e:
+            self._count_connection(e)
             self._failed(type(e).__name__)
             return None
         return answer
+
+    def _count_connection(self, e: Exception) -> None:
+        self.stats.refused += isinstance(e, httpx.ConnectError)
+        self.stats.cut += isinstance(e, (httpx.RemoteProtocolError, httpx.ReadError))
 
     def _failed(self, reason: str) -> None:
         self.stats.failed += 1
@@ -190,8 +204,11 @@ class SensorApp(threading.Thread):
         try:
             r = client.post("/v1/feedback", json=body)
             r.raise_for_status()
+            event_id = str(r.json().get("event_id", ""))
             self.stats.feedback_sent += 1
-        except httpx.HTTPError as e:
+            self.stats.event_ids.append(event_id)
+        except (httpx.HTTPError, ValueError) as e:
+            self._count_connection(e)
             self.stats.feedback_failed += 1
             self.stats.errors[f"feedback {type(e).__name__}"] += 1
 

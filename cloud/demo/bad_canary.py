@@ -90,7 +90,7 @@ class BadCanaryDemo(Demo):
         )
         self._wait("trainer bootstrap: first version", self._first_version, timeout=300)
         self._start_api(redis_url)
-        guard = {"guard_p99_floor_ms": 200.0, "guard_min_labeled": 25}
+        guard: dict[str, Any] = {"guard_p99_floor_ms": 200.0, "guard_min_labeled": 25}
         for i in range(1, self.options.edges + 1):
             self._start_edge(f"edge-{i:02d}", redis_url, self.public_key, **guard)
         self._wait("edges serving", self._edges_serving, timeout=180)

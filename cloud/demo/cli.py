@@ -63,11 +63,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--scenario",
-        choices=["drift", "bad-canary", "attacks"],
+        choices=["drift", "bad-canary", "attacks", "chaos"],
         default="drift",
         help="drift: the continual-learning loop (default); bad-canary: a harmful version "
         "rolled out ring by ring is stopped at the canary ring; attacks: the update and "
-        "device attacks of the threat model, each against the live fleet",
+        "device attacks of the threat model, each against the live fleet; chaos: the drift "
+        "loop while a fault schedule drawn from --seed runs (Redis frozen and killed, "
+        "processes killed, an edge cut off, its disk full, a clock stepped)",
     )
     p.add_argument(
         "--edges",
@@ -102,6 +104,17 @@ def check_arguments(args: argparse.Namespace) -> None:
             "the attacks scenario runs on the digits; --model, --example, --task, "
             "--dataset and --label are for the drift scenario"
         )
+    if args.scenario == "chaos" and (
+        args.model or args.example or args.task or args.dataset or args.label_column
+    ):
+        raise InputError(
+            "the chaos scenario runs on the digits; --model, --example, --task, --dataset "
+            "and --label are for the drift scenario"
+        )
+    if args.scenario == "chaos" and args.edges is not None and args.edges < 3:
+        raise InputError(
+            "the chaos scenario needs at least 3 edges (one cut off, one on a stepped clock)"
+        )
     if args.scenario == "attacks" and args.edges is not None and args.edges < 2:
         raise InputError("the attacks scenario needs at least 2 edges")
 
@@ -133,6 +146,10 @@ def run(args: argparse.Namespace) -> int:
         from cloud.demo.attacks_scenario import AttacksDemo, run_attacks
 
         result = run_attacks(AttacksDemo(options, console))
+    elif args.scenario == "chaos":
+        from cloud.demo.chaos.scenario import ChaosDemo, run_chaos
+
+        result = run_chaos(ChaosDemo(options, console))
     else:
         result = run_demo(options, console)
     if args.json:

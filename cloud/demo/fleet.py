@@ -142,7 +142,15 @@ class LocalFleet:
             ),
         )
 
-    def _start_edge(self, device: str, redis_url: str, public_key: Path, **overrides: Any) -> None:
+    def _start_edge(
+        self,
+        device: str,
+        redis_url: str,
+        public_key: Path,
+        *,
+        env: dict[str, str] | None = None,
+        **overrides: Any,
+    ) -> None:
         port = free_port()
         config = self._config(
             f"{device}.toml",
@@ -160,7 +168,7 @@ class LocalFleet:
             },
         )
         self.edge_children[device] = self.group.spawn(
-            device, python_module("edge.cli", "--config", str(config))
+            device, python_module("edge.cli", "--config", str(config)), env
         )
         self.edge_urls[device] = f"http://127.0.0.1:{port}"
 

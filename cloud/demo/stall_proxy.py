@@ -7,6 +7,10 @@ and everything after it on that connection is held back: a server that stops
 sending in the middle of a download. Once ``trickle`` is set, every chunk from the
 server waits ``trickle_s`` first: a server that answers each read just inside a
 client's timeout, so that only a deadline for the whole download stops it.
+While ``cut`` is set, nothing gets through either way and new connections are
+accepted and left silent: a link that drops every packet, which a client meets as
+timeouts, not as refused connections. ``heal`` ends the cut and closes the
+connections that lost bytes to it, as TCP would once its retransmissions gave up.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ class StallProxy:
         self.trickle = threading.Event()
         self.stall_large = threading.Event()
         self.stalled = threading.Event()  # a connection was stalled
+        self.cut = threading.Event()
+        self._cut_off: list[socket.socket] = []  # connections that lost bytes to a cut
+        self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         threading.Thread(target=self._accept, name="stall-proxy", daemon=True).start()
@@ -32,13 +39,30 @@ class StallProxy:
     def close(self) -> None:
         self._listener.close()
 
+    def heal(self) -> None:
+        """End a cut: close the connections it broke; new ones get through."""
+        self.cut.clear()
+        with self._lock:
+            broken, self._cut_off = self._cut_off, []
+        for sock in broken:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                sock.close()
+
     def _accept(self) -> None:
         while True:
             try:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            except OSError:  # the server is down (restarting): so is this connection
+                client.close()
+                continue
+            if self.cut.is_set():
+                self._broken(client, upstream)
             threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
 
@@ -51,7 +75,14 @@ class StallProxy:
                     self.stalled.set()
                 if from_server and self.trickle.is_set():
                     time.sleep(self.trickle_s)
+                if self.cut.is_set():
+                    self._broken(src, dst)
+                    continue
                 if not held:
                     dst.sendall(data)
         with contextlib.suppress(OSError):
             dst.close()
+
+    def _broken(self, *socks: socket.socket) -> None:
+        with self._lock:
+            self._cut_off.extend(s for s in socks if s not in self._cut_off)

@@ -19,6 +19,7 @@ new feedback after a restart.
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -52,6 +53,9 @@ from shared.signing import Signer
 from shared.task import TaskSpec
 
 logger = logging.getLogger(__name__)
+
+#: Disk errors a round can fail on without a bug: the blob directory full or failing.
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS)
 
 #: Versions listed in the status report.
 STATUS_VERSIONS = 20
@@ -257,6 +261,15 @@ class Trainer:
         future, self._round = self._round, None
         try:
             self._finish(future.result())
+        except (*REDIS_DOWN, OSError) as e:
+            # an outage (Redis, a full or failing blob disk), not a bug: one line, and a
+            # later round starts anew from what Redis holds
+            if isinstance(e, OSError) and e.errno not in _DISK_ERRORS:
+                logger.exception("round failed")
+            else:
+                logger.warning("round failed (%s: %s); a later round retries", type(e).__name__, e)
+            self.status.last_round = {"error": f"{type(e).__name__}: {e}", "ts": time.time()}
+            self.status.rounds_rejected += 1
         except Exception as e:  # a failed round must not end ingest; it is reported
             logger.exception("round failed")
             self.status.last_round = {"error": f"{type(e).__name__}: {e}", "ts": time.time()}

@@ -193,3 +193,16 @@ def test_the_command_line_prints_one_line_and_exits_2(tmp_path):
 def test_the_attacks_scenario_refuses_what_it_does_not_run(no_process, capsys, args, words):
     code, err = demo(capsys, "--scenario", "attacks", *args)
     assert_refused(code, err, *words)
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--dataset", "digits"], ["chaos scenario runs on the digits"]),
+        (["--model", "mlp"], ["chaos scenario runs on the digits"]),
+        (["--edges", "2"], ["at least 3 edges"]),
+    ],
+)
+def test_the_chaos_scenario_refuses_what_it_does_not_run(no_process, capsys, args, words):
+    code, err = demo(capsys, "--scenario", "chaos", *args)
+    assert_refused(code, err, *words)

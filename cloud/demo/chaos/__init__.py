@@ -1,0 +1,1 @@
+"""``edgeloop demo --scenario chaos``: the loop under a seeded schedule of real faults."""
