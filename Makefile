@@ -34,6 +34,10 @@ redis:
 	  echo "installing redis-server (apt)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
 	@redis-server --version
+	@# the chaos scenario builds its wall-clock shim (cloud/demo/chaos/clockshift.c)
+	@command -v cc >/dev/null || { \
+	  echo "installing a C compiler (apt)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq gcc libc6-dev >/dev/null; }
 
 demo: install
 	$(VENV)/bin/edgeloop demo
