@@ -11,8 +11,9 @@ row and after which row each label was sent; the edge's store (kept with
 file and signed manifest. Each variant runs the real ``Adapter`` as the edge's
 ``ServedModel`` drives it: the bootstrap's exemplars first, then test-then-train on
 each label compared with the model's own answer, the adapter answering only while its
-guard says so and dropped at each version change. One difference from the edge: a
-label is held out by a draw on its row (one in five), not by its event id.
+guard says so and dropped at each version change. A label is held out as the
+trainers hold it out, by its feedback event's id (kept since ``rows.npz`` has
+``label_event_id``; in older kept runs by a draw on its row, one in five).
 
 Prints each variant's prequential accuracy (every streamed row counted, as the
 replay does), its adapted answers and switches, and the kept run's own figure, which
@@ -33,6 +34,7 @@ import numpy.typing as npt
 
 from cloud.replay.streams import load_stream
 from edge.adaptation import Adapter
+from shared.holdout import held_out
 from shared.messages import ModelManifest, SignedManifest
 from shared.runtime import TFLiteModel
 
@@ -93,6 +95,16 @@ class KeptRun:
         self.correct: npt.NDArray[np.bool_] = rows["correct"]
         self.adapted: npt.NDArray[np.bool_] = rows["adapted"]
         sent_after: npt.NDArray[np.int64] = rows["label_sent_after"]
+        ids = rows.get("label_event_id")
+        #: Per streamed row, whether the trainers hold its label out.
+        self.held = np.array(
+            [
+                held_out(*_stream_key(str(ids[r])), HOLDOUT_EVERY)
+                if ids is not None and ids[r]
+                else (r * 2654435761 % 2**32) % HOLDOUT_EVERY == 0
+                for r in range(len(sent_after))
+            ]
+        )
         self.seed_rows = int(rows["seed_rows"])
         self.dataset = str(rows["dataset"])
         column = str(rows["label_column"]) or None
@@ -183,9 +195,13 @@ class KeptRun:
                 j = self.seed_rows + r
                 then, label = model_answered.get(r, (None, None))
                 mine = label if then == v and label is not None else self.row_answer(v, j)
-                held = (r * 2654435761 % 2**32) % HOLDOUT_EVERY == 0
-                adapter.learn(self.X[j], int(self.y[j]), mine, sha(v), held)
+                adapter.learn(self.X[j], int(self.y[j]), mine, sha(v), bool(self.held[r]))
         return Outcome(right / len(self.version), adapted, adapter.switches)
+
+
+def _stream_key(event_id: str) -> tuple[str, int]:
+    head, _, seq = event_id.rpartition(":")
+    return head, int(seq)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -72,6 +72,7 @@ class Served:
     request_ids: list[str | None] = field(init=False)
     label_sent_at: dict[int, float] = field(default_factory=dict)  # streamed row -> time
     label_sent_after: dict[int, int] = field(default_factory=dict)  # streamed row -> row then
+    label_event_id: dict[int, str] = field(default_factory=dict)  # streamed row -> its event
     failed: int = 0
     feedback_sent: int = 0
     feedback_failed: int = 0
@@ -267,11 +268,12 @@ class Replay(LocalFleet):
         """What each streamed row got, kept with the logs (``rows.npz``) to study a run
         offline: the version that answered (-1: none), when, whether it was right, a
         fallback's or the adapter's answer, the streamed row after which each row's
-        label was sent (-1: never), and the stream's spec."""
+        label was sent (-1: never) and its feedback event's id, and the stream's spec."""
         served = self.served
         sent_after = np.full(served.rows, -1, np.int64)
         for r, s in served.label_sent_after.items():
             sent_after[r] = s
+        event_ids = np.array([served.label_event_id.get(r, "") for r in range(served.rows)])
         np.savez(
             self.workdir / "rows.npz",
             version=served.version,
@@ -280,6 +282,7 @@ class Replay(LocalFleet):
             fallback=served.fallback,
             adapted=served.adapted,
             label_sent_after=sent_after,
+            label_event_id=event_ids,
             seed_rows=self.plan.seed_rows,
             dataset=self.options.dataset,
             label_column=self.options.label_column or "",
@@ -308,6 +311,7 @@ class Replay(LocalFleet):
             return
         served.feedback_sent += 1
         served.label_sent_at[r] = time.time()
+        served.label_event_id[r] = str(resp.json().get("event_id", ""))
 
     def _watch_backlog(self) -> None:
         status = self.trainer_status()
