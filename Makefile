@@ -45,18 +45,24 @@ demo: install
 demo-quick: install
 	$(VENV)/bin/edgeloop demo --quick
 
-# Lint and the type check first, so that CI and a person run the same thing. The two
-# edge-only environments are built while lint and the type check run (pip waits on
-# disk and network more than on the CPU), and their suites run beside schemathesis
-# after the main suite: the same tests, a few minutes less on 2 cores.
+# Lint, the type check and the two edge-only environments' builds run at the lowest
+# CPU priority behind the main suite (which leaves a core idle much of the time: its
+# tests wait on processes and sockets), and fail the run as they would before it;
+# the edge-only suites then run beside schemathesis. CI and a person run the same.
 test: install
-	$(MAKE) --no-print-directory -j3 --output-sync=target lint typecheck edge-venvs
-	$(PY) -m pytest -q -m "not example" --durations=15
+	@nice -n 19 $(MAKE) --no-print-directory lint typecheck edge-venvs > .test-prep.log 2>&1 & prep=$$!; \
+	$(PY) -m pytest -q -m "not example and not bench_run" --durations=15; tests=$$?; \
+	if ! wait $$prep; then cat .test-prep.log; echo "lint, typecheck or edge-venvs failed"; exit 1; fi; \
+	echo "lint, typecheck and the edge-only environments: ok"; exit $$tests
 	$(MAKE) --no-print-directory -j3 --output-sync=target schemathesis edge-only-tests tflite-runtime-tests
 
 # Each shipped example's quick demo end to end (a few minutes each).
 test-examples: install
 	$(PY) -m pytest -q -m example
+
+# Whole benchmarks run as tests (their quick forms): a minute or so each.
+test-benches: install
+	$(PY) -m pytest -q -m bench_run
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"

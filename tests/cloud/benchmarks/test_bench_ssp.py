@@ -12,6 +12,7 @@ from cloud.cli.main import main
 
 
 @pytest.mark.slow
+@pytest.mark.bench_run
 @pytest.mark.timeout(300)
 def test_the_quick_bench_prints_the_straggler_table_and_its_json(capsys):
     assert main(["bench", "ssp", "--quick", "--json"]) == 0
