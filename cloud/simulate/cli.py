@@ -33,6 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--events", type=int, default=5, help="feedback events per device")
     p.add_argument("--processes", type=int, default=2, help="processes the devices run in")
     p.add_argument("--redis-url", help="an existing Redis (default: a private redis-server)")
+    p.add_argument(
+        "--fleet-prefix", default="sim", help="the fleets are named <prefix>0, <prefix>1, ..."
+    )
     p.add_argument("--timeout", type=float, default=600.0, help="seconds for the whole fan-out")
     p.add_argument("--json", action="store_true", help="one JSON document per line")
     p.add_argument("--keep", action="store_true", help="keep the work dir and its logs")
@@ -50,6 +53,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise InputError(f"--events must be at least 1, not {args.events}")
     if args.processes < 1 or args.processes > 64:
         raise InputError(f"--processes must be 1..64, not {args.processes}")
+    if not args.fleet_prefix.isalnum() or len(args.fleet_prefix) > 24:
+        raise InputError(
+            f"--fleet-prefix must be 1..24 letters or digits, not {args.fleet_prefix!r}"
+        )
     if args.timeout <= 0:
         raise InputError(f"--timeout must be positive, not {args.timeout}")
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from shared.codec import check_sha256
+from shared.codec import check_sha256, is_sha256
 from shared.errors import EdgeloopError, IntegrityError
 from shared.feedback_stream import ADD_FRAMES_SCRIPT, feedback_stream, frame, frame_entries
 from shared.keys import FleetKeys
@@ -36,10 +36,12 @@ from shared.messages import (
     EdgeCounters,
     EdgeStatus,
     FeedbackEvent,
+    Payload,
     SignedManifest,
 )
 from shared.payloads import materialize, payload_bound
 from shared.redis_client import connect_redis
+from shared.rollouts import desired_sha
 from shared.signing import Verifier
 from shared.status_report import add_status
 
@@ -65,6 +67,7 @@ class SimDevice:
     patches: int = 0
     full: int = 0
     refused: int = 0
+    failed: set[str] = field(default_factory=set)  # versions refused: not fetched again
     sent: int = 0
 
     def status(self) -> EdgeStatus:
@@ -96,19 +99,36 @@ class WorkerSpec:
 
 
 def _fetch(
-    client: Any, keys: FleetKeys, dev: SimDevice, ann: DeltaAnnouncement, v: Verifier
-) -> bytes:
-    """The announced version's bytes for ``dev``, verified as the edge's updater does."""
-    raw = client.get(ann.manifest_key)
+    client: Any,
+    keys: FleetKeys,
+    dev: SimDevice,
+    sha: str,
+    ann: DeltaAnnouncement | None,
+    v: Verifier,
+) -> tuple[bytes, int]:
+    """Version ``sha``'s bytes and number for ``dev``, verified as the edge's updater
+    does: the signed manifest first, then the listed patch from the served version (or
+    the conventional patch key), else the full file; size and sha256 checked."""
+    raw = client.get(ann.manifest_key if ann is not None else keys.manifest(sha))
     if raw is None:
-        raise IntegrityError(f"no manifest at {ann.manifest_key}")
+        raise IntegrityError(f"no manifest of {sha[:12]}")
     signed = SignedManifest.from_wire(raw)
     v.verify(signed.manifest_json.encode("utf-8"), signed.signature)
     manifest = signed.manifest()
-    if manifest.sha256 != ann.sha256 or manifest.model != dev.model:
+    if manifest.sha256 != sha or manifest.model != dev.model:
         raise IntegrityError("the signed manifest describes another version")
-    patch = ann.patch_from(dev.sha256) if dev.data is not None else None
-    for payload, base in ((patch, dev.data), (ann.full_payload(), None)):
+    patch: Payload | None = None
+    if dev.data is not None and dev.sha256 is not None:
+        patch = ann.patch_from(dev.sha256) if ann is not None else None
+        patch = patch or Payload(
+            encoding="patch", key=keys.patch(dev.sha256, sha), size=0, base_sha256=dev.sha256
+        )
+    full = (
+        ann.full_payload()
+        if ann is not None
+        else Payload(encoding="full", key=keys.artifact(sha), size=0)
+    )
+    for payload, base in ((patch, dev.data), (full, None)):
         if payload is None:
             continue
         blob = client.get(payload.key)
@@ -125,32 +145,53 @@ def _fetch(
             dev.patches += 1
         else:
             dev.full += 1
-        return data
-    raise IntegrityError(f"no payload of {ann.sha256[:12]} verified")
+        return data, manifest.version
+    raise IntegrityError(f"no payload of {sha[:12]} verified")
+
+
+def _desired(client: Any, keys: dict[str, FleetKeys], devs: list[SimDevice]) -> list[str | None]:
+    """Each device's ``desired_sha(target, assignment, pin)``, read as the updater's
+    ``_read_unsigned`` reads it (pipelined over the devices)."""
+    pipe = client.pipeline(transaction=False)
+    for dev in devs:
+        k = keys[dev.fleet]
+        pipe.get(k.target(dev.model))
+        pipe.hget(k.assignments(dev.model), dev.device_id)
+        pipe.hget(k.pins(dev.model), dev.device_id)
+    replies = pipe.execute()
+    out: list[str | None] = []
+    for i in range(len(devs)):
+        values = [r.decode() if isinstance(r, bytes) else None for r in replies[3 * i : 3 * i + 3]]
+        values = [x if x is not None and is_sha256(x) else None for x in values]
+        out.append(desired_sha(*values))
+    return out
 
 
 def _follow(
     client: Any,
     keys: dict[str, FleetKeys],
-    by_model: dict[tuple[str, str], list[SimDevice]],
-    anns: list[tuple[str, DeltaAnnouncement]],
+    devs: list[SimDevice],
+    announced: dict[tuple[str, str], dict[str, DeltaAnnouncement]],
     verifier: Verifier,
 ) -> list[SimDevice]:
-    """Every device of an announcement's model fetches and serves it (newest wins);
-    the devices that changed version."""
+    """Each of ``devs`` serves its desired version (else the newest announced one), as
+    the updater's ``_follow`` does; the devices that changed version."""
     changed = []
-    for fleet, ann in anns:
-        for dev in by_model.get((fleet, ann.model), []):
-            if dev.version is not None and dev.version >= ann.version:
-                continue
-            try:
-                dev.data = _fetch(client, keys[fleet], dev, ann, verifier)
-            except EdgeloopError:
-                dev.refused += 1
-                continue
-            dev.version, dev.sha256 = ann.version, ann.sha256
-            dev.served_at[ann.version] = time.time()
-            changed.append(dev)
+    for dev, sha in zip(devs, _desired(client, keys, devs), strict=True):
+        anns = announced.get((dev.fleet, dev.model), {})
+        if sha is None and anns:
+            sha = max(anns.values(), key=lambda a: a.version).sha256
+        if sha is None or sha == dev.sha256 or sha in dev.failed:
+            continue
+        try:
+            dev.data, version = _fetch(client, keys[dev.fleet], dev, sha, anns.get(sha), verifier)
+        except EdgeloopError:
+            dev.refused += 1
+            dev.failed.add(sha)
+            continue
+        dev.version, dev.sha256 = version, sha
+        dev.served_at.setdefault(version, time.time())
+        changed.append(dev)
     return changed
 
 
@@ -212,20 +253,17 @@ def run_worker(spec: WorkerSpec, go_feedback: Any, ready: Any) -> dict[str, Any]
     verifier = Verifier(spec.public_key)
     devs = [SimDevice(d, f, m) for d, f, m in spec.devices]
     keys = {f: FleetKeys(f) for f in {d.fleet for d in devs}}
-    by_model: dict[tuple[str, str], list[SimDevice]] = {}
-    for dev in devs:
-        by_model.setdefault((dev.fleet, dev.model), []).append(dev)
     n_all = max(len(devs), 1000)
-    # converge: the newest announcement of each fleet's stream, as a new edge does
+    # converge: the announcements a new edge looks back on, then the desired version
+    announced: dict[tuple[str, str], dict[str, DeltaAnnouncement]] = {}
     last_ids: dict[str, bytes] = {}
     for fleet, k in keys.items():
         recent: list[Entry] = client.xrevrange(k.deltas, count=200)
         last_ids[fleet] = recent[0][0] if recent else b"0-0"
-        found = [a for _, fields in reversed(recent) if (a := _parse(k, fields)) is not None]
-        newest: dict[str, DeltaAnnouncement] = {}
-        for a in found:
-            newest[a.model] = a
-        _follow(client, keys, by_model, [(fleet, a) for a in newest.values()], verifier)
+        for _, fields in reversed(recent):
+            if (a := _parse(k, fields)) is not None:
+                announced.setdefault((fleet, a.model), {})[a.sha256] = a
+    _follow(client, keys, devs, announced, verifier)
     start_versions = {d.device_id: d.version or 0 for d in devs}
     _report(client, keys, devs, n_all)
     ready.put(len(devs))
@@ -244,18 +282,21 @@ def run_worker(spec: WorkerSpec, go_feedback: Any, ready: Any) -> dict[str, Any]
         resp: list[tuple[bytes, list[Entry]]] = client.xread(
             {keys[f].deltas: last_ids[f] for f in keys}, count=100, block=250
         )
-        anns: list[tuple[str, DeltaAnnouncement]] = []
+        nudged: set[str] = set()
         for stream, entries in resp or []:
-            name = stream.decode() if isinstance(stream, bytes) else stream
+            name = stream.decode()
             fleet = next(f for f, k in keys.items() if k.deltas == name)
             for entry_id, fields in entries:
                 last_ids[fleet] = entry_id
+                nudged.add(fleet)  # an announcement or an assignment notice
                 if (a := _parse(keys[fleet], fields)) is not None:
-                    anns.append((fleet, a))
-        changed = _follow(client, keys, by_model, anns, verifier)
+                    announced.setdefault((fleet, a.model), {})[a.sha256] = a
+        periodic = time.monotonic() >= next_report
+        concerned = devs if periodic else [d for d in devs if d.fleet in nudged]
+        changed = _follow(client, keys, concerned, announced, verifier) if concerned else []
         if changed:
             _report(client, keys, changed, n_all)  # the reporter is kicked on a swap
-        if time.monotonic() >= next_report:
+        if periodic:
             _report(client, keys, devs, n_all)
             next_report = time.monotonic() + spec.status_interval_s
     _report(client, keys, devs, n_all)

@@ -48,7 +48,7 @@ class SimulatedFleet:
         self.args = args
         self.workdir = workdir
         self.group = ProcessGroup(workdir)
-        self.fleets = [f"sim{i}" for i in range(args.fleets)]
+        self.fleets = [f"{args.fleet_prefix}{i}" for i in range(args.fleets)]
         self.models = [f"digits{j}" for j in range(args.models)]
         self.redis_url = ""
         self.api_url = ""
@@ -57,13 +57,16 @@ class SimulatedFleet:
     # -- bring-up --------------------------------------------------------------
 
     def _start_cloud(self) -> None:
-        from cloud.demo.workload import WorkloadRequest, prepare
+        from cloud.data.datasets import load_dataset
+        from cloud.learning.zoo import default_model
 
         self.redis_url = self.args.redis_url or start_redis(self.group)
         self.client = connect_redis(self.redis_url)
         private, public = write_keypair(self.workdir / "keys")
         self.public_pem = public.read_bytes()
-        self.workload = prepare(WorkloadRequest(quick=True), self.workdir)
+        # the demo's default workload: the digits and the zoo's model for them
+        self.dataset = load_dataset("digits")
+        self.model_spec = default_model(self.dataset)
         events = self.args.devices * self.args.events // (len(self.fleets) * len(self.models))
         for fleet in self.fleets:
             for model in self.models:
@@ -97,26 +100,23 @@ class SimulatedFleet:
 
     def _start_trainer(self, fleet: str, model: str, private: Path, events: int) -> None:
         config = self.workdir / f"trainer-{fleet}-{model}.toml"
-        w = self.workload
         config.write_text(
             toml_of(
                 {
                     "mode": "development",
                     "fleet": fleet,
-                    "model": w.model,
+                    "model": self.model_spec,
                     "model_name": model,
                     "redis_url": self.redis_url,
                     "signing_key": str(private),
                     "consumer": f"trainer-{fleet}-{model}",
-                    "dataset": w.dataset_spec,
-                    "label_column": w.label_column,
-                    "task": w.task,
+                    "dataset": "digits",
                     "status_interval_s": 0.5,
                     "blob_dir": str(self.workdir / "blobs"),
                     "release": "direct",
                     # one round for the fleet's feedback, and its version published
                     # whatever it scores: the fan-out is measured, not the learning
-                    "round_min_samples": max(100, min(events // 2, 20_000)),
+                    "round_min_samples": max(20, min(events // 4, 20_000)),
                     "round_interval_s": 3600.0,
                     "min_gain": -1.0,
                     "forgetting_tolerance": 1.0,
@@ -250,10 +250,7 @@ class SimulatedFleet:
         )
 
     def _dataset(self) -> tuple[np.ndarray, np.ndarray]:
-        from cloud.data.datasets import load_dataset
-
-        w = self.workload
-        d = load_dataset(w.dataset_spec, w.label_column, w.task)
+        d = self.dataset
         return np.asarray(d.X[:500], dtype=np.float32), np.asarray(d.y[:500])
 
     def _accepted(self) -> int:
@@ -377,7 +374,8 @@ class SimulatedFleet:
     ) -> dict[str, Any]:
         a = self.args
         p50, p99, served = self._fanout(results)
-        first = next((t for t, n in samples if n > 0), None)
+        # from the last time nothing was accepted yet (a lower bound on the rate)
+        first = max((t for t, n in samples if n == 0), default=None)
         last = next((t for t, n in samples if n >= sent), samples[-1][0])
         accepted = self._accepted()
         rate = accepted / (last - first) if first is not None and last > first else 0.0
