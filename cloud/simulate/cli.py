@@ -37,6 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--fleet-prefix", default="sim", help="the fleets are named <prefix>0, <prefix>1, ..."
     )
     p.add_argument("--timeout", type=float, default=600.0, help="seconds for the whole fan-out")
+    p.add_argument(
+        "--no-rollout",
+        dest="rollout",
+        action="store_false",
+        help="skip the staged rollout over the fleet at the end",
+    )
     p.add_argument("--json", action="store_true", help="one JSON document per line")
     p.add_argument("--keep", action="store_true", help="keep the work dir and its logs")
 

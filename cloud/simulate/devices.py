@@ -245,10 +245,14 @@ def _send_feedback(
         dev.sent += len(frames)
 
 
-def run_worker(spec: WorkerSpec, go_feedback: Any, ready: Any) -> dict[str, Any]:
+def run_worker(
+    spec: WorkerSpec, go_feedback: Any, ready: Any, out: Any, stop: Any
+) -> dict[str, Any]:
     """Bring this process's devices up on the newest announced version, report, send
     their feedback when ``go_feedback`` is set, and follow announcements until each
-    serves ``want_versions`` newer versions (or the deadline); their records."""
+    serves ``want_versions`` newer versions (or the deadline); their records go to
+    ``out``. Then go on following (a staged rollout) until ``stop`` is set; the
+    versions served at the end are returned."""
     client: Any = connect_redis(spec.redis_url)
     verifier = Verifier(spec.public_key)
     devs = [SimDevice(d, f, m) for d, f, m in spec.devices]
@@ -278,7 +282,12 @@ def run_worker(spec: WorkerSpec, go_feedback: Any, ready: Any) -> dict[str, Any]
             for d in devs
         )
 
-    while not done() and time.monotonic() < deadline:
+    def follow(until: Any) -> None:
+        while not until():
+            step()
+
+    def step() -> None:
+        nonlocal next_report
         resp: list[tuple[bytes, list[Entry]]] = client.xread(
             {keys[f].deltas: last_ids[f] for f in keys}, count=100, block=250
         )
@@ -299,20 +308,32 @@ def run_worker(spec: WorkerSpec, go_feedback: Any, ready: Any) -> dict[str, Any]
         if periodic:
             _report(client, keys, devs, n_all)
             next_report = time.monotonic() + spec.status_interval_s
+
+    def results() -> dict[str, Any]:
+        return {
+            "devices": len(devs),
+            "sent": sum(d.sent for d in devs),
+            "served_at": [
+                (d.device_id, v, t)
+                for d in devs
+                for v, t in d.served_at.items()
+                if v > start_versions[d.device_id]
+            ],
+            "start_versions": start_versions,
+            "final_versions": {d.device_id: d.version for d in devs},
+            "patches": sum(d.patches for d in devs),
+            "full": sum(d.full for d in devs),
+            "refused": sum(d.refused for d in devs),
+        }
+
+    follow(lambda: done() or time.monotonic() >= deadline)
+    _report(client, keys, devs, n_all)
+    out.put(results())
+    swaps0 = {d.device_id: d.patches + d.full for d in devs}
+    follow(stop.is_set)
     _report(client, keys, devs, n_all)
     client.close()
     return {
-        "devices": len(devs),
-        "sent": sum(d.sent for d in devs),
-        "served_at": [
-            (d.device_id, v, t)
-            for d in devs
-            for v, t in d.served_at.items()
-            if v > start_versions[d.device_id]
-        ],
-        "start_versions": start_versions,
         "final_versions": {d.device_id: d.version for d in devs},
-        "patches": sum(d.patches for d in devs),
-        "full": sum(d.full for d in devs),
-        "refused": sum(d.refused for d in devs),
+        "rollout_swaps": sum(d.patches + d.full - swaps0[d.device_id] for d in devs),
     }

@@ -35,9 +35,9 @@ def _p(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else 0.0
 
 
-def _worker(spec: WorkerSpec, go: Any, ready: Any, out: Any) -> None:
+def _worker(spec: WorkerSpec, go: Any, ready: Any, out: Any, stop: Any, final: Any) -> None:
     try:
-        out.put(run_worker(spec, go, ready))
+        final.put(run_worker(spec, go, ready, out, stop))
     except BaseException as e:  # the coordinator must hear of it, not wait forever
         out.put({"error": f"{type(e).__name__}: {e}"})
         raise
@@ -139,7 +139,7 @@ class SimulatedFleet:
 
         settings = load_settings(ApiSettings, self.api_config)
         store = TokenStore(self.client, FleetKeys(self.fleets[0]), settings.pepper)
-        _, self.token = store.issue(f"simulate-{time.time_ns()}", "viewer", never_expires=True)
+        _, self.token = store.issue(f"simulate-{time.time_ns()}", "admin", never_expires=True)
 
     def _wait(self, what: str, ready: Any, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -196,7 +196,13 @@ class SimulatedFleet:
         ]
         procs = min(a.processes, a.devices)
         ctx = mp.get_context("spawn")
-        go, ready, out = ctx.Event(), ctx.Queue(), ctx.Queue()
+        go, stop, ready, out, final = (
+            ctx.Event(),
+            ctx.Event(),
+            ctx.Queue(),
+            ctx.Queue(),
+            ctx.Queue(),
+        )
         workers = []
         for w in range(procs):
             spec = WorkerSpec(
@@ -211,7 +217,7 @@ class SimulatedFleet:
                 deadline_s=a.timeout,
                 want_versions=1,
             )
-            p = ctx.Process(target=_worker, args=(spec, go, ready, out), daemon=True)
+            p = ctx.Process(target=_worker, args=(spec, go, ready, out, stop, final), daemon=True)
             p.start()
             workers.append(p)
         up = 0
@@ -241,13 +247,61 @@ class SimulatedFleet:
         errors = [r["error"] for r in results if "error" in r]
         if errors:
             raise SimulationError(f"a device process failed: {errors[0]}")
-        for p in workers:
-            p.join(10)
         self._wait_drained(sent_total, samples, deadline)
         mem2 = self._used_memory()
-        return self._figures(
+        figures = self._figures(
             results, samples, sent_total, reported, (mem0, mem1, mem2), versions0, cloud_up_s
         )
+        rollout = self._rollout(versions0[(self.fleets[0], self.models[0])]) if a.rollout else {}
+        stop.set()
+        finals: dict[str, int | None] = {}
+        for _ in workers:
+            got = final.get(timeout=60)
+            finals.update(got.get("final_versions", {}))
+        for p in workers:
+            p.join(10)
+        if rollout:
+            target = rollout.pop("to_version")
+            ring = [d for d, f, m in devices if (f, m) == (self.fleets[0], self.models[0])]
+            rollout["rollout_devices_on_target"] = sum(1 for d in ring if finals.get(d) == target)
+            ok = rollout["rollout_state"] == "completed" and rollout[
+                "rollout_devices_on_target"
+            ] == len(ring)
+            figures["rollout_whole_fleet"] = ok
+            figures["books_balance"] = figures["books_balance"] and ok
+            figures.update(rollout)
+        return figures
+
+    def _rollout(self, version: int) -> dict[str, Any]:
+        """A staged rollout (canary 10%, half, all) of ``version`` (the one the fleet
+        started on) over the first fleet's devices of its first model, through the
+        API; the controller promotes each stage as its gate passes."""
+        spec = {
+            "model": self.models[0],
+            "target": str(version),
+            "gate": {"min_labeled": 0, "min_requests": 0, "min_dwell_s": 1, "min_devices": 1},
+        }
+        headers = {"Authorization": f"Bearer {self.token}"}
+        with httpx.Client(base_url=self.api_url, headers=headers, timeout=60) as http:
+            t0 = time.monotonic()
+            r = http.post("/v1/rollouts", json=spec)
+            if r.status_code != 201:
+                raise SimulationError(f"POST /v1/rollouts: {r.status_code} {r.text[:300]}")
+            rid = r.json()["id"]
+            deadline = t0 + self.args.timeout
+            while True:
+                body = http.get(f"/v1/rollouts/{rid}").json()
+                if body["state"] not in ("running", "paused", "waiting"):
+                    break
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.25)
+        return {
+            "rollout_state": body["state"],
+            "rollout_s": round(time.monotonic() - t0, 1),
+            "rollout_stages": len(body.get("stages", [])),
+            "to_version": body["to_version"],
+        }
 
     def _dataset(self) -> tuple[np.ndarray, np.ndarray]:
         d = self.dataset

@@ -1,6 +1,6 @@
 """``edgeloop simulate``: a small simulated fleet against the real cloud (a real
 redis-server, the trainer, the API under uvicorn and the controller as processes)
-balances its books; bad input is one line and exit 2 with nothing started."""
+balances its books and rolls out over the whole fleet; bad input is one line and exit 2 with nothing started."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def test_bad_input_is_one_line_and_exit_2_with_nothing_started(
 
 
 def test_a_small_fleet_balances_its_books(redis_server: RedisServer, tmp_path: Path) -> None:
-    devices, events = 30, 10
+    devices, events = 20, 10
     r = subprocess.run(
         [
             sys.executable,
@@ -74,5 +74,8 @@ def test_a_small_fleet_balances_its_books(redis_server: RedisServer, tmp_path: P
     assert figures["refused_downloads"] == 0
     # the first version came whole, the new one as a patch
     assert figures["full_downloads"] == devices and figures["patch_downloads"] == devices
+    # a staged rollout (canary, half, all) took the whole fleet to its target
+    assert figures["rollout_state"] == "completed" and figures["rollout_stages"] == 3
+    assert figures["rollout_devices_on_target"] == devices
     assert figures["books_balance"] is True
     assert 0 <= figures["fanout_p50_s"] <= figures["fanout_p99_s"] < 60
