@@ -282,17 +282,28 @@ def run_worker(
             for d in devs
         )
 
+    # A cluster refuses one XREAD over fleets in different slots: one per fleet there.
+    cluster = hasattr(client, "get_nodes")
+    groups = [[f] for f in keys] if cluster else [list(keys)]
+
     def follow(until: Any) -> None:
         while not until():
             step()
 
     def step() -> None:
         nonlocal next_report
-        resp: list[tuple[bytes, list[Entry]]] = client.xread(
-            {keys[f].deltas: last_ids[f] for f in keys}, count=100, block=250
-        )
+        resp: list[tuple[bytes, list[Entry]]] = []
+        for group in groups:
+            resp += (
+                client.xread(
+                    {keys[f].deltas: last_ids[f] for f in group},
+                    count=100,
+                    block=max(1, 250 // len(groups)),
+                )
+                or []
+            )
         nudged: set[str] = set()
-        for stream, entries in resp or []:
+        for stream, entries in resp:
             name = stream.decode()
             fleet = next(f for f, k in keys.items() if k.deltas == name)
             for entry_id, fields in entries:

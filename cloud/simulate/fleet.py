@@ -228,7 +228,7 @@ class SimulatedFleet:
             except Exception:
                 if time.monotonic() > deadline or not all(p.is_alive() for p in workers):
                     raise SimulationError(f"{up} of {a.devices} devices came up") from None
-        time.sleep(0.5)
+        time.sleep(2.0)  # the controller (every 1 s) has folded the reports into the counts
         mem1 = self._used_memory()
         reported = int(self.client.zcard(FleetKeys(self.fleets[0]).devices))
         # feedback: every device sends; the trainers' accepted counts are sampled
