@@ -4,11 +4,14 @@ the edge's own code, none with an interpreter of its own.
 A device here does what ``edgeloop-edge`` does on the wire and nothing else:
 
 - status reports through ``shared.status_report.add_status`` (the edge reporter's
-  writer: stream entry, health key with its TTL, device index);
+  writer: stream entry, health key with its TTL, device index), every 10 s and on
+  each swap;
 - feedback as frames with idempotency ids ``<device>:<epoch>:<seq>``, several events
   an entry, in one ``ADD_FRAMES_SCRIPT`` call (``edge.uplink.RedisSink``'s path);
-- announcements read from the fleet's deltas stream (one XREAD per process, handed
-  to every device of the model: the multiplexing) and parsed as the updater does;
+- the desired version read as the updater's ``_read_unsigned`` reads it (target,
+  assignment, pin), else the newest announcement; announcements and assignment
+  notices come from one XREAD of the deltas stream per process (per fleet on a
+  cluster), which nudges every device of the fleet: the multiplexing;
 - versions fetched and verified per device: the signed manifest verified with the
   fleet's public key (``shared.signing.Verifier``) before a field of it is believed,
   then the patch from the served version (``shared.delta.apply_patch``) or the full
@@ -49,7 +52,8 @@ from shared.status_report import add_status
 Entry = tuple[bytes, dict[bytes, bytes]]
 
 STATUS_TTL_S = 600
-STATUS_MAXLEN_PER_DEVICE = 4
+#: The status stream's cap: the edge's default ``status_stream_maxlen``.
+STATUS_STREAM_MAXLEN = 10_000
 MAX_MODEL_BYTES = 64 * 1024 * 1024
 
 
@@ -207,12 +211,10 @@ def _parse(keys: FleetKeys, fields: dict[bytes, bytes]) -> DeltaAnnouncement | N
     return ann if all(keys.owns(k) for k in named) else None
 
 
-def _report(client: Any, keys: dict[str, FleetKeys], devices: list[SimDevice], n_all: int) -> None:
+def _report(client: Any, keys: dict[str, FleetKeys], devices: list[SimDevice]) -> None:
     pipe = client.pipeline(transaction=False)
     for i, dev in enumerate(devices):
-        add_status(
-            pipe, keys[dev.fleet], dev.status(), STATUS_TTL_S, STATUS_MAXLEN_PER_DEVICE * n_all
-        )
+        add_status(pipe, keys[dev.fleet], dev.status(), STATUS_TTL_S, STATUS_STREAM_MAXLEN)
         if i % 500 == 499:
             pipe.execute()
     pipe.execute()
@@ -257,7 +259,6 @@ def run_worker(
     verifier = Verifier(spec.public_key)
     devs = [SimDevice(d, f, m) for d, f, m in spec.devices]
     keys = {f: FleetKeys(f) for f in {d.fleet for d in devs}}
-    n_all = max(len(devs), 1000)
     # converge: the announcements a new edge looks back on, then the desired version
     announced: dict[tuple[str, str], dict[str, DeltaAnnouncement]] = {}
     last_ids: dict[str, bytes] = {}
@@ -269,7 +270,7 @@ def run_worker(
                 announced.setdefault((fleet, a.model), {})[a.sha256] = a
     _follow(client, keys, devs, announced, verifier)
     start_versions = {d.device_id: d.version or 0 for d in devs}
-    _report(client, keys, devs, n_all)
+    _report(client, keys, devs)
     ready.put(len(devs))
     go_feedback.wait()
     _send_feedback(client, keys, devs, spec)
@@ -315,9 +316,9 @@ def run_worker(
         concerned = devs if periodic else [d for d in devs if d.fleet in nudged]
         changed = _follow(client, keys, concerned, announced, verifier) if concerned else []
         if changed:
-            _report(client, keys, changed, n_all)  # the reporter is kicked on a swap
+            _report(client, keys, changed)  # the reporter is kicked on a swap
         if periodic:
-            _report(client, keys, devs, n_all)
+            _report(client, keys, devs)
             next_report = time.monotonic() + spec.status_interval_s
 
     def results() -> dict[str, Any]:
@@ -338,11 +339,11 @@ def run_worker(
         }
 
     follow(lambda: done() or time.monotonic() >= deadline)
-    _report(client, keys, devs, n_all)
+    _report(client, keys, devs)
     out.put(results())
     swaps0 = {d.device_id: d.patches + d.full for d in devs}
     follow(stop.is_set)
-    _report(client, keys, devs, n_all)
+    _report(client, keys, devs)
     client.close()
     return {
         "final_versions": {d.device_id: d.version for d in devs},
