@@ -38,6 +38,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--timeout", type=float, default=600.0, help="seconds for the whole fan-out")
     p.add_argument(
+        "--minutes",
+        type=float,
+        default=0.0,
+        help="then soak: every device sends its events each minute for this long, "
+        "and Redis memory is sampled (its slope after warm-up is reported)",
+    )
+    p.add_argument(
         "--no-rollout",
         dest="rollout",
         action="store_false",
@@ -63,6 +70,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise InputError(
             f"--fleet-prefix must be 1..24 letters or digits, not {args.fleet_prefix!r}"
         )
+    if args.minutes < 0 or args.minutes > 24 * 60:
+        raise InputError(f"--minutes must be 0..1440, not {args.minutes}")
     if args.timeout <= 0:
         raise InputError(f"--timeout must be positive, not {args.timeout}")
 

@@ -15,7 +15,7 @@ A device here does what ``edgeloop-edge`` does on the wire and nothing else:
 - versions fetched and verified per device: the signed manifest verified with the
   fleet's public key (``shared.signing.Verifier``) before a field of it is believed,
   then the patch from the served version (``shared.delta.apply_patch``) or the full
-  file, its size and sha256 checked (``edge.updater.materialize``).
+  file, its size and sha256 checked (``shared.payloads.materialize``, the updater's own).
 
 It does not load the model into a TFLite interpreter, predict, keep a spool or a
 local model store, or run the swap guard: those cost CPU on the device, not on the cloud.
@@ -100,6 +100,7 @@ class WorkerSpec:
     status_interval_s: float
     deadline_s: float
     want_versions: int  # new versions each device must serve before the process ends
+    soak_every_s: float = 60.0  # in the soak, each device sends its events this often
 
 
 def _fetch(
@@ -248,13 +249,14 @@ def _send_feedback(
 
 
 def run_worker(
-    spec: WorkerSpec, go_feedback: Any, ready: Any, out: Any, stop: Any
+    spec: WorkerSpec, go_feedback: Any, ready: Any, out: Any, stop: Any, soak: Any
 ) -> dict[str, Any]:
     """Bring this process's devices up on the newest announced version, report, send
     their feedback when ``go_feedback`` is set, and follow announcements until each
     serves ``want_versions`` newer versions (or the deadline); their records go to
-    ``out``. Then go on following (a staged rollout) until ``stop`` is set; the
-    versions served at the end are returned."""
+    ``out``. Then go on following (a staged rollout) until ``stop`` is set, and once
+    ``soak`` is set each device sends its events again every ``soak_every_s``; the
+    versions served at the end and the events sent are returned."""
     client: Any = connect_redis(spec.redis_url)
     verifier = Verifier(spec.public_key)
     devs = [SimDevice(d, f, m) for d, f, m in spec.devices]
@@ -342,10 +344,21 @@ def run_worker(
     _report(client, keys, devs)
     out.put(results())
     swaps0 = {d.device_id: d.patches + d.full for d in devs}
-    follow(stop.is_set)
+    next_feedback = 0.0
+
+    def soaked() -> bool:
+        nonlocal next_feedback
+        if soak.is_set() and time.monotonic() >= next_feedback:
+            if next_feedback:
+                _send_feedback(client, keys, devs, spec)
+            next_feedback = time.monotonic() + spec.soak_every_s
+        return bool(stop.is_set())
+
+    follow(soaked)
     _report(client, keys, devs)
     client.close()
     return {
+        "sent": sum(d.sent for d in devs),
         "final_versions": {d.device_id: d.version for d in devs},
         "rollout_swaps": sum(d.patches + d.full - swaps0[d.device_id] for d in devs),
     }

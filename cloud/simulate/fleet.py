@@ -35,9 +35,11 @@ def _p(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else 0.0
 
 
-def _worker(spec: WorkerSpec, go: Any, ready: Any, out: Any, stop: Any, final: Any) -> None:
+def _worker(
+    spec: WorkerSpec, go: Any, ready: Any, out: Any, stop: Any, soak: Any, final: Any
+) -> None:
     try:
-        final.put(run_worker(spec, go, ready, out, stop))
+        final.put(run_worker(spec, go, ready, out, stop, soak))
     except BaseException as e:  # the coordinator must hear of it, not wait forever
         out.put({"error": f"{type(e).__name__}: {e}"})
         raise
@@ -196,13 +198,8 @@ class SimulatedFleet:
         ]
         procs = min(a.processes, a.devices)
         ctx = mp.get_context("spawn")
-        go, stop, ready, out, final = (
-            ctx.Event(),
-            ctx.Event(),
-            ctx.Queue(),
-            ctx.Queue(),
-            ctx.Queue(),
-        )
+        go, stop, soak = ctx.Event(), ctx.Event(), ctx.Event()
+        ready, out, final = ctx.Queue(), ctx.Queue(), ctx.Queue()
         workers = []
         for w in range(procs):
             spec = WorkerSpec(
@@ -217,7 +214,9 @@ class SimulatedFleet:
                 deadline_s=a.timeout,
                 want_versions=1,
             )
-            p = ctx.Process(target=_worker, args=(spec, go, ready, out, stop, final), daemon=True)
+            p = ctx.Process(
+                target=_worker, args=(spec, go, ready, out, stop, soak, final), daemon=True
+            )
             p.start()
             workers.append(p)
         up = 0
@@ -253,13 +252,26 @@ class SimulatedFleet:
             results, samples, sent_total, reported, (mem0, mem1, mem2), versions0, cloud_up_s
         )
         rollout = self._rollout(versions0[(self.fleets[0], self.models[0])]) if a.rollout else {}
+        memory: list[tuple[float, int]] = []
+        if a.minutes > 0:
+            soak.set()
+            end = time.monotonic() + a.minutes * 60
+            while time.monotonic() < end:
+                memory.append((time.monotonic(), self._used_memory()))
+                time.sleep(min(10.0, max(0.0, end - time.monotonic())))
         stop.set()
         finals: dict[str, int | None] = {}
+        soak_sent = 0
         for _ in workers:
-            got = final.get(timeout=60)
+            got = final.get(timeout=120)
+            if "error" in got:
+                raise SimulationError(f"a device process failed: {got['error']}")
             finals.update(got.get("final_versions", {}))
+            soak_sent += got["sent"]
         for p in workers:
             p.join(10)
+        if a.minutes > 0:
+            figures.update(self._soak(memory, soak_sent, deadline))
         if rollout:
             target = rollout.pop("to_version")
             ring = [d for d, f, m in devices if (f, m) == (self.fleets[0], self.models[0])]
@@ -271,6 +283,27 @@ class SimulatedFleet:
             figures["books_balance"] = figures["books_balance"] and ok
             figures.update(rollout)
         return figures
+
+    def _soak(self, memory: list[tuple[float, int]], sent: int, deadline: float) -> dict[str, Any]:
+        """The soak's memory slope after warm-up (the first quarter) and its books: every
+        event sent, the first phase's and the soak's, accepted once."""
+        self._wait_drained(sent, [], time.monotonic() + 60)
+        accepted = self._accepted()
+        warm = memory[len(memory) // 4 :]
+        slope = 0.0
+        if len(warm) >= 2:
+            t = np.array([m[0] for m in warm]) / 60.0
+            y = np.array([m[1] for m in warm], dtype=np.float64)
+            slope = float(np.polyfit(t, y, 1)[0])
+        return {
+            "soak_minutes": self.args.minutes,
+            "soak_memory_start": memory[0][1] if memory else 0,
+            "soak_memory_end": memory[-1][1] if memory else 0,
+            "soak_memory_slope_bytes_per_min": round(slope),
+            "soak_feedback_sent": sent,
+            "soak_feedback_accepted": accepted,
+            "soak_nothing_lost": accepted == sent,
+        }
 
     def _rollout(self, version: int) -> dict[str, Any]:
         """A staged rollout (canary 10%, half, all) of ``version`` (the one the fleet
