@@ -349,8 +349,7 @@ def run_worker(
     def soaked() -> bool:
         nonlocal next_feedback
         if soak.is_set() and time.monotonic() >= next_feedback:
-            if next_feedback:
-                _send_feedback(client, keys, devs, spec)
+            _send_feedback(client, keys, devs, spec)
             next_feedback = time.monotonic() + spec.soak_every_s
         return bool(stop.is_set())
 
