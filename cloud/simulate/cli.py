@@ -9,9 +9,13 @@ device converges on it and reports (Redis memory per device: INFO before and aft
 every device sends ``--events`` labelled feedback events; the trainers take them and
 round; each new version fans out to the fleet (time until 50% / 99% of the devices
 serve it, from its announcement); then ``GET /v1/fleet`` and a paginated walk of
-``GET /v1/devices`` are timed, and the controller's step is timed on the same Redis.
-The books: every device reported, every event accepted once, every device on a new
-version. The last line of ``--json`` is the figures.
+``GET /v1/devices`` are timed, the controller's step is timed on the same Redis, and
+a staged rollout (canary, half, all) goes over the first fleet through the API.
+With ``--minutes`` a soak follows: every device sends its events each minute and
+Redis memory is sampled (its slope after warm-up). The books: every device
+reported, every event accepted once, every device on a new version, the rollout
+complete on every device. The last line of ``--json`` is the figures
+(docs/ARCHITECTURE.md, "A simulated fleet").
 """
 
 from __future__ import annotations
