@@ -19,7 +19,7 @@ from cloud.demo.services import ProcessGroup, free_port, python_module, start_re
 from cloud.simulate.devices import WorkerSpec, run_worker
 from shared.errors import EdgeloopError
 from shared.keys import FleetKeys
-from shared.messages import DeltaAnnouncement, TrainerStatus
+from shared.messages import DeltaAnnouncement, EdgeStatus, TrainerStatus
 from shared.redis_client import connect_redis
 from shared.signing import write_keypair
 
@@ -251,7 +251,10 @@ class SimulatedFleet:
         figures = self._figures(
             results, samples, sent_total, reported, (mem0, mem1, mem2), versions0, cloud_up_s
         )
-        rollout = self._rollout(versions0[(self.fleets[0], self.models[0])]) if a.rollout else {}
+        ring = [d for d, f, m in devices if (f, m) == (self.fleets[0], self.models[0])]
+        rollout = (
+            self._rollout(versions0[(self.fleets[0], self.models[0])], ring) if a.rollout else {}
+        )
         memory: list[tuple[float, int]] = []
         if a.minutes > 0:
             soak.set()
@@ -273,13 +276,9 @@ class SimulatedFleet:
         if a.minutes > 0:
             figures.update(self._soak(memory, soak_sent, deadline))
         if rollout:
-            target = rollout.pop("to_version")
-            ring = [d for d, f, m in devices if (f, m) == (self.fleets[0], self.models[0])]
-            rollout["rollout_devices_on_target"] = sum(1 for d in ring if finals.get(d) == target)
-            ok = rollout["rollout_state"] == "completed" and rollout[
-                "rollout_devices_on_target"
-            ] == len(ring)
-            figures["rollout_whole_fleet"] = ok
+            figures["rollout_whole_fleet"] = ok = rollout[
+                "rollout_state"
+            ] == "completed" and rollout["rollout_devices_on_target"] == rollout.pop("rollout_ring")
             figures["books_balance"] = figures["books_balance"] and ok
             figures.update(rollout)
         return figures
@@ -305,7 +304,7 @@ class SimulatedFleet:
             "soak_nothing_lost": accepted == sent,
         }
 
-    def _rollout(self, version: int) -> dict[str, Any]:
+    def _rollout(self, version: int, ring: list[str]) -> dict[str, Any]:
         """A staged rollout (canary 10%, half, all) of ``version`` (the one the fleet
         started on) over the first fleet's devices of its first model, through the
         API; the controller promotes each stage as its gate passes."""
@@ -329,12 +328,27 @@ class SimulatedFleet:
                 if time.monotonic() > deadline:
                     break
                 time.sleep(0.25)
+        rollout_s = time.monotonic() - t0
+        # then every device's own report (its health key) says it serves the target
+        on_target, until = 0, time.monotonic() + 60
+        while on_target < len(ring) and time.monotonic() < until:
+            on_target = self._serving(ring, body["to_version"])
+            time.sleep(0.5)
         return {
             "rollout_state": body["state"],
-            "rollout_s": round(time.monotonic() - t0, 1),
+            "rollout_s": round(rollout_s, 1),
             "rollout_stages": len(body.get("stages", [])),
-            "to_version": body["to_version"],
+            "rollout_devices_on_target": on_target,
+            "rollout_ring": len(ring),
         }
+
+    def _serving(self, devices: list[str], version: int) -> int:
+        keys = FleetKeys(self.fleets[0])
+        n = 0
+        for i in range(0, len(devices), 1000):
+            raws = self.client.mget([keys.device(d) for d in devices[i : i + 1000]])
+            n += sum(1 for raw in raws if raw and EdgeStatus.from_wire(raw).version == version)
+        return n
 
     def _dataset(self) -> tuple[np.ndarray, np.ndarray]:
         d = self.dataset
