@@ -84,6 +84,7 @@ from shared.codec import DEFAULT_MAX_SIZE, check_sha256, decode_full, is_sha256
 from shared.delta import apply_patch
 from shared.errors import ArtifactError, EdgeloopError, IntegrityError, ModelRejected, NotFound
 from shared.messages import DeltaAnnouncement, ModelManifest, Payload, SignedManifest
+from shared.payloads import materialize, payload_bound
 from shared.redis_client import disconnect
 from shared.retry import Backoff
 from shared.rollouts import AssignmentNotice, desired_sha
@@ -117,31 +118,6 @@ class KeyRefused(EdgeloopError):
 class DownloadRefused(ArtifactError):
     """A payload or manifest is over its bound, not its listed size, or took longer
     than the download deadline; nothing more of it is read."""
-
-
-def payload_bound(size: int) -> int:
-    """The most bytes a payload (zstd frame or patch) of a ``size``-byte model may take:
-    zstd's worst case for incompressible data, plus headers.
-
-    >>> payload_bound(1000)
-    66543
-    """
-    return size + (size >> 7) + 65536
-
-
-def materialize(payload: Payload, blob: bytes, base: bytes | None, max_size: int) -> bytes:
-    """The model file a payload describes.
-
-    ``full`` payloads are zstd frames. ``patch`` payloads (``shared.delta``) apply
-    to ``base``, the bytes of the version named by ``payload.base_sha256``.
-    """
-    if payload.encoding == "full":
-        return decode_full(blob, max_size)
-    if payload.encoding == "patch":
-        if base is None:
-            raise ArtifactError("a patch payload needs the bytes of its base")
-        return apply_patch(base, blob, max_size)
-    raise ArtifactError(f"{payload.encoding} payloads are not supported by this edge")
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,9 @@ COMMANDS: dict[str, Command] = {
     "acl": Command.of("generate the Redis ACL file for fleets", "cloud.cli.devices", "acl"),
     "controller": Command.of("run the rollout controller alone", "cloud.cli.controller"),
     "bench": Command.of("run a benchmark", "cloud.benchmarks"),
+    "simulate": Command.of(
+        "a simulated fleet of N devices against the real cloud, measured", "cloud.simulate.cli"
+    ),
 }
 
 

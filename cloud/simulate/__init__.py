@@ -1,0 +1,1 @@
+"""``edgeloop simulate``: a simulated fleet against the real cloud, measured."""
