@@ -97,9 +97,8 @@ class KnnWindow:
         #: the whole window), for each k of ``ks``, over the window and each shorter
         #: span of ``spans``.
         shorter = sorted({s for s in spans if self._kmax <= s < window}, reverse=True)
-        self.voters: tuple[Voter, ...] = tuple(
-            (span, k) for span in [None, *shorter] for k in self.ks
-        )
+        self._spans: tuple[int | None, ...] = (None, *shorter)
+        self.voters: tuple[Voter, ...] = tuple((span, k) for span in self._spans for k in self.ks)
         self._raw: Float64s | None = None  # the ring, [window, input values]
         self._ys = np.zeros(window, np.intp)
         self._seen = 0
@@ -165,14 +164,12 @@ class KnnWindow:
         z, zz, ys, mean, scale = snap
         d = zz - 2.0 * (z @ ((np.asarray(x, np.float64).reshape(-1) - mean) / scale))
         votes: list[list[float]] = []
-        ordered: npt.NDArray[np.intp] = ys
-        last: int | bool | None = False
-        for span, k in self.voters:
-            if span != last:
-                near = _nearest(d[:span], self._kmax)
-                ordered = ys[near[np.lexsort((near, d[near]))]]  # nearest, then newest
-                last = span
-            votes.append((np.bincount(ordered[:k], minlength=self.num_classes) / k).tolist())
+        for span in self._spans:  # in the order of ``voters``
+            near = _nearest(d[:span], self._kmax)
+            ordered = ys[near[np.lexsort((near, d[near]))]]  # nearest first, then newest
+            votes += [
+                (np.bincount(ordered[:k], minlength=self.num_classes) / k).tolist() for k in self.ks
+            ]
         return votes
 
     def predict_many(

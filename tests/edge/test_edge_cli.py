@@ -44,6 +44,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def start_edge(cfg: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    """``python -m edge --config cfg`` with ``env``, its output in one pipe."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "edge", "--config", str(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
 def test_help_works() -> None:
     result = run_cli("--help")
     assert result.returncode == 0
@@ -152,24 +171,10 @@ def test_the_daemon_serves_until_sigterm_and_stops_cleanly(
         http_port=port,
         status_interval_s=0.5,
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edge", "--config", str(cfg)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "EDGELOOP_EDGE_STATUS_TTL_S": "7"},
-    )
+    proc = start_edge(cfg, {**os.environ, "EDGELOOP_EDGE_STATUS_TTL_S": "7"})
     try:
         url = f"http://127.0.0.1:{port}"
-
-        def healthy() -> bool:
-            try:
-                with urllib.request.urlopen(f"{url}/v1/health", timeout=2) as resp:
-                    return resp.status == 200
-            except OSError:
-                return False
-
-        wait_for(healthy, timeout=60, what="the CLI's HTTP API")
+        wait_for(lambda: healthy(f"{url}/v1/health"), timeout=60, what="the CLI's HTTP API")
         body = json.dumps({"x": [0.0] * 64}).encode()
         req = urllib.request.Request(
             f"{url}/v1/predict", data=body, headers={"Content-Type": "application/json"}

@@ -10,8 +10,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -21,7 +19,7 @@ import numpy as np
 import pytest
 import redis
 from helpers import publish_version, stream_events, variant
-from test_edge_cli import free_port, write_config
+from test_edge_cli import free_port, healthy, start_edge, write_config
 
 from cloud.demo.chaos import clock
 from cloud.demo.stall_proxy import StallProxy
@@ -91,13 +89,7 @@ def test_an_edge_an_hour_ahead_installs_serves_and_reports(
         http_port=port,
         status_interval_s=0.5,
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edge", "--config", str(cfg)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
+    proc = start_edge(cfg, env)
     try:
         publish_version(redis_client, keys, signing.signer, variant(1), 1)
 
@@ -121,14 +113,6 @@ def test_an_edge_an_hour_ahead_installs_serves_and_reports(
         print(out)  # shown when the test fails
     assert proc.returncode == 0, out
     assert "Traceback" not in out, out
-
-
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
 
 
 def post(url: str, body: dict[str, object]) -> dict[str, object]:

@@ -3,7 +3,6 @@ while Redis is down, and the process killed (-9) once it said an event was kept.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -17,6 +16,7 @@ import pytest
 import redis
 from helpers import stream_events
 
+from cloud.demo.chaos.disks import fill, mount_tmpfs, unmount
 from edge.connections import FleetMember
 from edge.uplink import FeedbackUplink, UplinkPolicy
 from shared.keys import FleetKeys
@@ -32,20 +32,11 @@ X = [float(i % 17) for i in range(64)]
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 4 MiB tmpfs (root only: skipped where mount is refused)."""
     path = tmp_path / "state"
-    path.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(path)], capture_output=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    refused = mount_tmpfs(path, 4 << 20)
+    if refused is not None:
+        pytest.skip(f"cannot mount a tmpfs here: {refused}")
     yield path
-    subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill(path: Path) -> None:
-    with contextlib.suppress(OSError), path.open("wb", buffering=0) as f:
-        while True:
-            f.write(b"\0" * 4096)
+    unmount(path)
 
 
 def events(up: FeedbackUplink, n: int) -> list[tuple[str, bytes]]:

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cloud.demo.chaos.disks import fill
 from cloud.demo.chaos.schedule import CLOCK_STEP_S, Fault
 from cloud.demo.services import Child
 from cloud.demo.stall_proxy import StallProxy
@@ -107,20 +108,6 @@ def inject(fault: Fault, targets: Targets, stop: Callable[[], bool]) -> str:
             what += f"; rounds refused by it: {_count(log, 'No space left') - refused}"
         return what
     raise ValueError(f"unknown fault {fault.kind!r}")
-
-
-def fill(path: Path) -> int:
-    """Write zeros to ``path`` until its file system is full; the bytes written."""
-    written = 0
-    block = b"\0" * (64 * 1024)
-    with contextlib.suppress(OSError), path.open("wb", buffering=0) as f:
-        while True:
-            written += f.write(block) or 0
-    # the last partial block: fill to the byte
-    with contextlib.suppress(OSError), path.open("ab", buffering=0) as f:
-        while True:
-            written += f.write(b"\0" * 512) or 0
-    return written
 
 
 def _wait_for_moment(fault: Fault, targets: Targets, stop: Callable[[], bool]) -> str:

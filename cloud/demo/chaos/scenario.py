@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -46,6 +45,7 @@ from rich.table import Table
 
 from cloud.demo.apps import failed_requests
 from cloud.demo.chaos import clock
+from cloud.demo.chaos.disks import mount_tmpfs, unmount
 from cloud.demo.chaos.faults import Targets, inject
 from cloud.demo.chaos.schedule import Fault, draw
 from cloud.demo.fleet import FLEET, DemoError
@@ -157,14 +157,9 @@ class ChaosDemo(Demo):
         )
 
     def _mount_tmpfs(self, path: Path, size: int) -> Path | None:
-        path.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-            capture_output=True,
-            text=True,
-        )
-        if done.returncode != 0:
-            logger.warning("no tmpfs for %s (%s): disk-full is skipped", path, done.stderr.strip())
+        refused = mount_tmpfs(path, size)
+        if refused is not None:
+            logger.warning("no tmpfs for %s (%s): disk-full is skipped", path, refused)
             return None
         return path
 
@@ -385,7 +380,7 @@ class ChaosDemo(Demo):
             self.group.stop_all()  # before the tmpfs goes: the edge on it drains first
         finally:
             for disk in self.disks.values():
-                subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+                unmount(disk)
             super().close()
 
 

@@ -18,7 +18,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from cloud.demo.chaos import clock
-from cloud.demo.chaos.faults import fill
+from cloud.demo.chaos.disks import fill, mount_tmpfs, unmount
 from cloud.demo.chaos.schedule import QUICK_FREEZE_S, draw
 from cloud.demo.services import ProcessGroup, start_redis
 from cloud.demo.stall_proxy import StallProxy
@@ -115,12 +115,9 @@ def test_the_cut_starves_every_connection_and_healing_lets_new_ones_through(
 
 def test_a_full_tmpfs_refuses_writes_until_the_filler_goes(tmp_path: Path) -> None:
     disk = tmp_path / "disk"
-    disk.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    refused = mount_tmpfs(disk, 1 << 20)
+    if refused is not None:
+        pytest.skip(f"cannot mount a tmpfs here: {refused}")
     try:
         assert fill(disk / "filler") > 900_000
         with pytest.raises(OSError, match="No space left"), (disk / "x").open("wb") as f:
@@ -130,7 +127,7 @@ def test_a_full_tmpfs_refuses_writes_until_the_filler_goes(tmp_path: Path) -> No
         (disk / "filler").unlink()
         (disk / "x").write_bytes(b"x" * 8192)
     finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
+        unmount(disk)
 
 
 STEPPED = """
