@@ -93,7 +93,8 @@ def test_start_status_steer_and_watch_a_rollout(live, capsys):
         capsys, "rollout", "start", "digits", "3", "--stages", "c=1,all=100%", "--json"
     )
     rid2 = json.loads(out)["id"]
-    threading.Timer(0.3, act, args=("abort", rid2)).start()
+    # late enough that the watch has printed the running rollout, even on a loaded machine
+    threading.Timer(1.5, act, args=("abort", rid2)).start()
     code, out, _ = run(capsys, "rollout", "watch", rid2, "--interval", "0.1", "--json")
     lines = [json.loads(line) for line in out.splitlines()]
     assert code == 3 and lines[-1]["state"] == "aborted" and lines[0]["state"] == "running"
