@@ -32,6 +32,10 @@ them the same way, one stream's entries at a time:
    XACKs every entry. A crash at any point either redelivers the batch (nothing
    happened) or has fully accepted it, and the watermarks make redelivery harmless.
 
+Every ``trim_interval_s`` a poll trims each stream it read to the oldest entry that
+one of its consumer groups still needs (cloud/data/trim.py): accepted feedback
+leaves Redis, pending and unread entries stay.
+
 The watermarks of a fleet from before streams per model (``FleetKeys.seen``) are
 taken over, once, by the first trainer of a model that has published versions
 (that fleet's one model): ``adopt_legacy_watermarks``.
@@ -51,6 +55,7 @@ import numpy as np
 import numpy.typing as npt
 import redis
 
+from cloud.data.trim import StreamTrimmer
 from cloud.data.replay import NewSamples, TrainerData, Writes
 from cloud.data.validation import Entry, Events, FeedbackValidator, Refused, payload_of
 from cloud.data.watermark import Watermark
@@ -151,6 +156,9 @@ class IngestOptions:
     #: training samples one device may have waiting for admission (0: no limit); beyond
     #: it, its new ones are dead-lettered with the reason
     max_device_backlog: int = 0
+    #: trim the streams read to what no consumer group still needs, at most this often
+    #: (seconds; negative: never): cloud/data/trim.py
+    trim_interval_s: float = 5.0
 
 
 class FeedbackIngest:
@@ -174,6 +182,7 @@ class FeedbackIngest:
         self.counters = Counters()
         self._next_claim = 0.0
         self._events_per_entry = 1.0  # in the last entries read; see _entries_per_read
+        self.trimmer = StreamTrimmer(client, options.trim_interval_s)
 
     # -- reading --------------------------------------------------------------
 
@@ -267,6 +276,7 @@ class FeedbackIngest:
             total = batches[0]
             for b in batches[1:]:
                 total = _merge(total, b)
+            self._trim()
             return total
         except redis.ResponseError as e:
             if "NOGROUP" not in str(e):
@@ -274,6 +284,15 @@ class FeedbackIngest:
             logger.warning("a consumer group is gone (stream deleted?); creating it again")
             self.ensure_group()
             return self.process([])
+
+    def _trim(self) -> None:
+        """Drop the entries every group has accepted (rate-limited; a failure is logged:
+        trimming must never stop the ingest)."""
+        for src in self.sources:
+            try:
+                self.trimmer.maybe_trim(src.stream)
+            except redis.ResponseError as e:
+                logger.warning("could not trim %s: %s", src.stream, e)
 
     def _entries_per_read(self) -> int:
         """Stream entries to ask for so that a read holds about ``read_count`` events.

@@ -85,6 +85,10 @@ __all__ = [
 
 #: Patches an announcement lists by default (the parent counts as one).
 MAX_PATCHES = 4
+#: Entries the deltas stream keeps (MAXLEN ~), announcements and the controller's notices
+#: alike: an edge follows its desired version (target, assignment, pin), and one that was
+#: away longer than this history reads what is left and still converges on it.
+DELTAS_MAXLEN = 1000
 #: Device statuses read to find the versions the fleet serves (the most recently seen).
 DEVICE_SCAN = 10_000
 
@@ -167,8 +171,10 @@ class Publisher:
         max_patches: int = MAX_PATCHES,
         release: Release = "direct",
         tuf: TufRepository | None = None,
+        deltas_maxlen: int = DELTAS_MAXLEN,
     ) -> None:
         self.registry = registry
+        self.deltas_maxlen = deltas_maxlen
         self.client = registry.client
         self.keys = registry.keys
         self.signer = signer
@@ -227,7 +233,12 @@ class Publisher:
             self.registry.record_version(pipe, record, signed, artifact)
             if set_target:
                 pipe.set(self.keys.target(model), sha)
-            pipe.xadd(self.keys.deltas, {"data": announcement.to_wire()})
+            pipe.xadd(
+                self.keys.deltas,
+                {"data": announcement.to_wire()},
+                maxlen=self.deltas_maxlen,
+                approximate=True,
+            )
             done[:] = [Published(manifest.version, sha, signed, "", payloads, set_target)]
 
         # EXEC's replies (redis-py types them for every mode), the XADD's stream id last

@@ -36,6 +36,7 @@ from typing import Literal, Protocol
 import redis
 from redis.client import Pipeline
 
+from cloud.registry.publisher import DELTAS_MAXLEN
 from cloud.rollout.director import Director, Orders
 from cloud.rollout.health import evaluate, sample_of
 from cloud.rollout.rings import members
@@ -355,8 +356,12 @@ class RolloutController:
 
     def _notify(self, pipe: Pipeline, model: str, devices: list[str]) -> None:
         """Tell edges to look at their desired version again."""
+        notice = AssignmentNotice(model=model, devices=devices)
         pipe.xadd(
-            self.keys.deltas, {"assign": AssignmentNotice(model=model, devices=devices).to_wire()}
+            self.keys.deltas,
+            {"assign": notice.to_wire()},
+            maxlen=DELTAS_MAXLEN,
+            approximate=True,
         )
 
     # -- operator actions -----------------------------------------------------

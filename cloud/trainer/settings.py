@@ -296,6 +296,12 @@ class TrainerSettings(RedisSettings):
         4, ge=0, description="patches per announcement: the parent, then what most devices serve"
     )
     patch_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="how long a patch stays in Redis")
+    deltas_maxlen: int = Field(
+        1000,
+        ge=10,
+        description="announcements kept in the fleet's deltas stream (MAXLEN ~): edges follow "
+        "their desired version, the history is only their nudge",
+    )
     release: Literal["direct", "manual"] | None = Field(
         None,
         description="direct: a published version becomes the fleet's target (unless a rollout "
@@ -312,6 +318,11 @@ class TrainerSettings(RedisSettings):
     block_ms: int = Field(500, ge=1)
     max_event_bytes: int = Field(65536, ge=64)
     deadletter_maxlen: int = Field(10000, ge=1)
+    feedback_trim_interval_s: float = Field(
+        5.0,
+        description="trim the feedback streams to what no consumer group still needs (accepted "
+        "entries go), at most this often; negative: never",
+    )
     read_shared_stream: bool = Field(
         True,
         description="also read the fleet-wide feedback stream (edges that predate streams per "
@@ -404,6 +415,7 @@ class TrainerSettings(RedisSettings):
             deadletter_maxlen=self.deadletter_maxlen,
             read_shared_stream=self.read_shared_stream,
             max_device_backlog=self.max_device_backlog,
+            trim_interval_s=self.feedback_trim_interval_s,
         )
 
     def data_options(self, dataset: Dataset) -> DataOptions:
