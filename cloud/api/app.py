@@ -81,6 +81,7 @@ from cloud.api.views.fleet import FleetView
 from cloud.api.views.rollouts import RolloutsView
 from cloud.api.views.tuf import TufView
 from cloud.api.views.versions import VersionsView
+from cloud.registry.collect import VersionCollector
 from cloud.registry.fleet_counts import FleetCounts
 from cloud.registry.tuf_repo import TufRepository, tuf_repository
 from cloud.registry.versions import DirBlobStore, Registry
@@ -134,8 +135,11 @@ def create_app(settings: ApiSettings) -> FastAPI:
         )
 
     tuf = tuf_repository(client, keys, None, settings.tuf_online_key)
+    collector = VersionCollector(
+        client, keys, keep_last=settings.keep_versions, interval_s=settings.collect_interval_s
+    )
     lifespan = _lifespan(
-        controller, client, settings.controller_interval_s, tuf, settings.tuf_refresh_s
+        controller, client, settings.controller_interval_s, tuf, settings.tuf_refresh_s, collector
     )
     app = FastAPI(title="edgeloop cloud", version="1", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
@@ -169,6 +173,7 @@ def _lifespan(
     interval_s: float,
     tuf: TufRepository | None = None,
     tuf_refresh_s: float = 600.0,
+    collector: VersionCollector | None = None,
 ) -> Lifespan:
     """Step the controller in a thread while the app runs (not at all when ``interval_s`` <= 0);
     close the Redis client when it stops."""
@@ -177,7 +182,9 @@ def _lifespan(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loop = None
         if interval_s > 0:
-            loop = ControllerLoop(controller, interval_s, tuf=tuf, tuf_refresh_s=tuf_refresh_s)
+            loop = ControllerLoop(
+                controller, interval_s, tuf=tuf, tuf_refresh_s=tuf_refresh_s, collector=collector
+            )
             loop.start()
         app.state.controller_loop = loop
         try:

@@ -86,6 +86,16 @@ class ApiSettings(RedisSettings):
         ge=0,
         description="run the rollout controller's step this often (0: not in this process)",
     )
+    keep_versions: int = Field(
+        8,
+        ge=1,
+        description="the controller loop keeps in Redis the files and patches of this many "
+        "newest versions of each model, besides every labelled, targeted, assigned, pinned "
+        "or served one; older ones' are collected (their records and manifests stay)",
+    )
+    collect_interval_s: float = Field(
+        60.0, description="collect old versions' payloads this often (negative: never)"
+    )
     tuf_online_key: Path | None = Field(
         None,
         description="the fleet's TUF snapshot/timestamp key (Ed25519 PEM); set: the controller "

@@ -18,6 +18,7 @@ from types import FrameType
 
 import redis
 
+from cloud.registry.collect import VersionCollector
 from cloud.registry.fleet_counts import FleetCounts
 from cloud.rollout.controller import RolloutController
 from cloud.rollout.loop import ControllerLoop
@@ -69,7 +70,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     interval = args.interval or settings.controller_interval_s or 5.0
     tuf = tuf_repository(client, keys, None, settings.tuf_online_key)
-    loop = ControllerLoop(controller, interval, tuf=tuf, tuf_refresh_s=settings.tuf_refresh_s)
+    collector = VersionCollector(
+        client, keys, keep_last=settings.keep_versions, interval_s=settings.collect_interval_s
+    )
+    loop = ControllerLoop(
+        controller, interval, tuf=tuf, tuf_refresh_s=settings.tuf_refresh_s, collector=collector
+    )
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         loop.stop()

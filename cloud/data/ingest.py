@@ -55,8 +55,8 @@ import numpy as np
 import numpy.typing as npt
 import redis
 
-from cloud.data.trim import StreamTrimmer
 from cloud.data.replay import NewSamples, TrainerData, Writes
+from cloud.data.trim import StreamTrimmer
 from cloud.data.validation import Entry, Events, FeedbackValidator, Refused, payload_of
 from cloud.data.watermark import Watermark
 from shared import replies

@@ -36,7 +36,7 @@ import redis
 
 from cloud.registry.blobs import BlobNotFound, BlobStore, DirBlobStore, MemoryBlobStore
 from shared import replies
-from shared.codec import check_sha256, decode_full
+from shared.codec import check_sha256, decode_full, encode_full
 from shared.delta import NotPatchable, make_patch
 from shared.errors import EdgeloopError, NotFound
 from shared.keys import FleetKeys, check_name
@@ -256,6 +256,17 @@ class Registry:
         pipe.hset(self.keys.version_records(model), sha, stored.to_wire())
         pipe.sadd(self.keys.models, model)
         pipe.hset(self.keys.labels(model), LATEST, sha)
+
+    def queue_artifact(self, pipe: Any, sha256: str) -> None:
+        """Queue ``SET artifact(sha256) NX`` from the blob store on a pipeline in MULTI:
+        a version whose payloads were collected (cloud/registry/collect.py) is fetchable
+        again by the time a pin or an assignment naming it is written, in the same
+        transaction. A no-op for a version whose artifact is there."""
+        try:
+            content = self.blobs.get(sha256)
+        except BlobNotFound:
+            return  # a version from before the blob store: its artifact is never collected
+        pipe.set(self.keys.artifact(sha256), encode_full(content), nx=True)
 
     def set_label(self, model: str, label: str, ref: str | int) -> VersionRecord:
         """Point ``label`` at a version (moving it if it pointed elsewhere)."""

@@ -80,6 +80,8 @@ _Stopped = Literal["aborted", "rolled_back"]
 class Versions(Protocol):
     def get(self, model: str, ref: str | int) -> VersionRecord: ...
 
+    def queue_artifact(self, pipe: Pipeline, sha256: str) -> None: ...
+
 
 @dataclass
 class _Tx:
@@ -314,6 +316,8 @@ class RolloutController:
         stage.before = self._samples(stage.devices, r.model)
         stage.status, stage.started_at = "running", now
         if stage.devices:
+            # a version whose payloads were collected is fetchable again (cloud/registry/collect.py)
+            self.versions.queue_artifact(tx.pipe, r.to_sha256)
             tx.pipe.hset(
                 self.keys.assignments(r.model), mapping=dict.fromkeys(stage.devices, r.to_sha256)
             )
@@ -440,6 +444,7 @@ class RolloutController:
         record = self.versions.get(model, ref)
 
         def write(tx: _Tx) -> None:
+            self.versions.queue_artifact(tx.pipe, record.sha256)  # see cloud/registry/collect.py
             tx.pipe.hset(self.keys.pins(model), device, record.sha256)
             tx.devices[device] = record.sha256
             self._notify(tx.pipe, model, [device])

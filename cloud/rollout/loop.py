@@ -1,7 +1,8 @@
 """The rollout controller's loop: a thread of the API process, or a process alone.
 
 ``ControllerLoop`` calls ``RolloutController.step()`` every ``interval_s``
-until stopped, then brings the fleet's counts up to date (``FleetCounts.catch_up``). The API starts one in its lifespan (``controller_interval_s``,
+until stopped, then brings the fleet's counts up to date (``FleetCounts.catch_up``) and,
+every ``VersionCollector.interval_s``, collects old versions' payloads. The API starts one in its lifespan (``controller_interval_s``,
 0 for none) and stops it on shutdown; ``edgeloop controller --config api.toml``
 (``cloud/cli/controller.py``) runs one alone. Several at once (API replicas, a standalone controller beside
 them) are safe: every change of a rollout is a WATCH/MULTI transaction on its
@@ -17,6 +18,7 @@ import time
 
 import redis
 
+from cloud.registry.collect import VersionCollector
 from cloud.registry.fleet_counts import FleetCounts
 from cloud.registry.tuf_repo import TufRepository
 from cloud.rollout.controller import RolloutController
@@ -36,12 +38,15 @@ class ControllerLoop:
         tuf_refresh_s: float = 600.0,
         renew_check_s: float = 30.0,
         counts: FleetCounts | None = None,
+        collector: VersionCollector | None = None,
     ) -> None:
         self.controller = controller
         # The fleet's counts: each step folds in the reports edges wrote to Redis
         # themselves and counts expired devices offline (cloud/registry/fleet_counts.py).
         self.counts = counts or FleetCounts(controller.client, controller.keys)
         self.interval_s = interval_s
+        # Old versions' payloads leave Redis (cloud/registry/collect.py), once a minute.
+        self.collector = collector or VersionCollector(controller.client, controller.keys)
         # The fleet's TUF snapshot and timestamp are re-signed here: this loop is the
         # cloud's one scheduled, long-running duty (cloud/registry/tuf_repo.py).
         self.tuf, self.tuf_refresh_s = tuf, tuf_refresh_s
@@ -73,6 +78,7 @@ class ControllerLoop:
                 self.controller.step()
                 self._renew_orders()
                 self._count()
+                self._collect()
                 self.steps += 1
                 self.last_step_at = time.time()
                 if failing:
@@ -97,6 +103,13 @@ class ControllerLoop:
             self.counts.catch_up()
         except redis.ResponseError as e:
             logger.warning("fleet counts not updated: %s", e)
+
+    def _collect(self) -> None:
+        """Collect old versions' payloads when due; a refusal is logged, like the counts'."""
+        try:
+            self.collector.maybe_collect()
+        except redis.ResponseError as e:
+            logger.warning("old versions not collected: %s", e)
 
     def _renew_orders(self) -> None:
         if time.monotonic() < self._renew_due:
