@@ -17,6 +17,7 @@ import numpy as np
 from cloud.demo.fleet import toml_of
 from cloud.demo.services import ProcessGroup, free_port, python_module, start_redis
 from cloud.simulate.devices import WorkerSpec, run_worker
+from shared import replies
 from shared.errors import EdgeloopError
 from shared.keys import FleetKeys
 from shared.messages import DeltaAnnouncement, EdgeStatus, TrainerStatus
@@ -24,6 +25,12 @@ from shared.redis_client import connect_redis
 from shared.signing import write_keypair
 
 logger = logging.getLogger(__name__)
+
+
+#: The soak's warm-up, left out of its memory slope (at most half the soak): the replay
+#: buffer fills, the capped streams reach their caps, the first versions' payloads pile
+#: up to the number kept.
+SOAK_WARMUP_MIN = 5.0
 
 
 class SimulationError(EdgeloopError):
@@ -256,12 +263,15 @@ class SimulatedFleet:
             self._rollout(versions0[(self.fleets[0], self.models[0])], ring) if a.rollout else {}
         )
         memory: list[tuple[float, int]] = []
+        families: dict[str, tuple[int, int]] = {}
         if a.minutes > 0:
+            families = self._families()
             soak.set()
             end = time.monotonic() + a.minutes * 60
             while time.monotonic() < end:
                 memory.append((time.monotonic(), self._used_memory()))
                 time.sleep(min(10.0, max(0.0, end - time.monotonic())))
+            memory.append((time.monotonic(), self._used_memory()))
         stop.set()
         finals: dict[str, int | None] = {}
         soak_sent = 0
@@ -274,7 +284,7 @@ class SimulatedFleet:
         for p in workers:
             p.join(10)
         if a.minutes > 0:
-            figures.update(self._soak(memory, soak_sent, deadline))
+            figures.update(self._soak(memory, soak_sent, families))
         if rollout:
             figures["rollout_whole_fleet"] = ok = rollout[
                 "rollout_state"
@@ -283,26 +293,68 @@ class SimulatedFleet:
             figures.update(rollout)
         return figures
 
-    def _soak(self, memory: list[tuple[float, int]], sent: int, deadline: float) -> dict[str, Any]:
-        """The soak's memory slope after warm-up (the first quarter) and its books: every
+    def _soak(
+        self, memory: list[tuple[float, int]], sent: int, before: dict[str, tuple[int, int]]
+    ) -> dict[str, Any]:
+        """The soak's memory: every sample, and the slope of a least-squares line through
+        the samples after warm-up (the first ``SOAK_WARMUP_MIN`` minutes, at most half the
+        soak), in MB (10^6 bytes) a minute; what grew, by key family; and its books: every
         event sent, the first phase's and the soak's, accepted once."""
         self._wait_drained(sent, [], time.monotonic() + 60)
         accepted = self._accepted()
-        warm = memory[len(memory) // 4 :]
+        warmup_min = min(SOAK_WARMUP_MIN, self.args.minutes / 2)
+        t0 = memory[0][0] if memory else 0.0
+        warm = [(t, m) for t, m in memory if t - t0 >= warmup_min * 60]
         slope = 0.0
         if len(warm) >= 2:
             t = np.array([m[0] for m in warm]) / 60.0
             y = np.array([m[1] for m in warm], dtype=np.float64)
             slope = float(np.polyfit(t, y, 1)[0])
+        after = self._families()
+        grew = {
+            name: {
+                "keys": after.get(name, (0, 0))[0],
+                "bytes": after.get(name, (0, 0))[1],
+                "bytes_change": after.get(name, (0, 0))[1] - before.get(name, (0, 0))[1],
+            }
+            for name in sorted(set(before) | set(after))
+        }
         return {
             "soak_minutes": self.args.minutes,
+            "soak_warmup_minutes": warmup_min,
+            "soak_memory_samples": [[round(t - t0, 1), m] for t, m in memory],
             "soak_memory_start": memory[0][1] if memory else 0,
+            "soak_memory_after_warmup": warm[0][1] if warm else 0,
             "soak_memory_end": memory[-1][1] if memory else 0,
             "soak_memory_slope_bytes_per_min": round(slope),
+            "soak_memory_slope_mb_per_min": round(slope / 1e6, 3),
+            "soak_key_families": grew,
             "soak_feedback_sent": sent,
             "soak_feedback_accepted": accepted,
             "soak_nothing_lost": accepted == sent,
         }
+
+    def _families(self) -> dict[str, tuple[int, int]]:
+        """Keys and bytes (MEMORY USAGE) by key family (``feedback``, ``device``, ``artifact``,
+        ...: the part of the name after the fleet), over every key; empty on a cluster."""
+        if hasattr(self.client, "get_nodes"):
+            return {}
+        out: dict[str, list[int]] = {}
+        names = [replies.text(k) for k in self.client.scan_iter(count=1000)]
+        for i in range(0, len(names), 1000):
+            chunk = names[i : i + 1000]
+            pipe = self.client.pipeline(transaction=False)
+            for name in chunk:
+                pipe.memory_usage(name, samples=0)
+            for name, size in zip(chunk, pipe.execute(), strict=True):
+                parts = name.split(":")
+                family = parts[2] if len(parts) > 2 else name
+                if family == "feedback" and len(parts) > 3:
+                    family = "feedback:<model>"
+                row = out.setdefault(family, [0, 0])
+                row[0] += 1
+                row[1] += int(size or 0)
+        return {k: (v[0], v[1]) for k, v in out.items()}
 
     def _rollout(self, version: int, ring: list[str]) -> dict[str, Any]:
         """A staged rollout (canary 10%, half, all) of ``version`` (the one the fleet
@@ -460,6 +512,8 @@ class SimulatedFleet:
             for _, fields in self._deltas(fleet):
                 ann = DeltaAnnouncement.from_wire(fields[b"data"])
                 named = [ann.manifest_key, *(p.key for p in ann.payloads)]
+                if not self.client.exists(ann.full_payload().key):
+                    continue  # a version collected since (cloud/registry/collect.py)
                 sizes.append(sum(int(self.client.memory_usage(k) or 0) for k in named))
         return round(statistics.mean(sizes)) if sizes else 0.0
 

@@ -151,3 +151,33 @@ def test_a_refused_desired_version_is_not_fetched_on_every_check(
     redis_client.set(keys.manifest(B), sign(signing.signer, make_manifest(variant(2), 2)).to_wire())
     desire(redis_client, keys, target=B)
     wait_for(lambda: serving(daemon) == 2, what="v2 once it verifies")
+
+
+def test_an_edge_offline_longer_than_the_announcement_history_converges(
+    daemon_factory: Factory, redis_client: redis.Redis, keys: FleetKeys, signing: Signing
+) -> None:
+    """The deltas stream is capped (MAXLEN ~): an edge whose saved position was trimmed
+    away reads what is left and still reaches its desired version, and without one the
+    newest announcement."""
+    publish_abc(redis_client, keys, signing)
+    first = daemon_factory(desired_poll_s=3600)
+    wait_for(lambda: serving(first) == 3, what="the newest announcement, v3")
+    wait_for(lambda: caught_up(first, redis_client, keys), what="stream position saved")
+    saved = first.store.deltas_last_id
+    first.stop()
+    for v in range(4, 9):
+        publish_version(redis_client, keys, signing.signer, variant(v), v)
+    redis_client.xtrim(
+        keys.deltas, maxlen=2, approximate=False
+    )  # the history no longer reaches the saved id
+    oldest = redis_client.xrange(keys.deltas, count=1)[0][0].decode()
+    assert tuple(map(int, oldest.split("-"))) > tuple(map(int, str(saved).split("-")))
+    again = daemon_factory(start=False, desired_poll_s=3600)
+    again.start()
+    wait_for(lambda: serving(again) == 8, what="the newest announcement left, v8")
+    again.stop()
+    desire(redis_client, keys, target=B, notify=False)  # and a target set while it was away
+    redis_client.xtrim(keys.deltas, maxlen=0, approximate=False)
+    third = daemon_factory(start=False, desired_poll_s=3600)
+    third.start()
+    wait_for(lambda: serving(third) == 2, what="the target set while offline, v2")
