@@ -203,6 +203,13 @@ class FleetKeys:
         return f"{self._p}:manifest:{sha256}"
 
     @property
+    def manifest_archive(self) -> str:
+        """Hash of version sha256 -> sha256 of its signed manifest's bytes in the registry's
+        blob store: the manifests of versions whose payloads left Redis
+        (cloud/registry/collect.py), read back from there."""
+        return f"{self._p}:manifest-archive"
+
+    @property
     def seen(self) -> str:
         """Hash of feedback idempotency watermarks, one field per device stream: the one
         model's, before watermarks per model (a trainer takes it over as ``seen_of``)."""

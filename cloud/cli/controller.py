@@ -51,10 +51,11 @@ def run(args: argparse.Namespace) -> int:
     keys = FleetKeys(settings.fleet)
     if args.recount:
         return _recount(client, keys)
+    registry = Registry(client, keys, DirBlobStore(settings.blob_dir))
     controller = RolloutController(
         client,
         keys,
-        Registry(client, keys, DirBlobStore(settings.blob_dir)),
+        registry,
         director=director_of(
             client,
             keys,
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     interval = args.interval or settings.controller_interval_s or 5.0
     tuf = tuf_repository(client, keys, None, settings.tuf_online_key)
     collector = VersionCollector(
-        client, keys, keep_last=settings.keep_versions, interval_s=settings.collect_interval_s
+        registry, keep_last=settings.keep_versions, interval_s=settings.collect_interval_s
     )
     loop = ControllerLoop(
         controller, interval, tuf=tuf, tuf_refresh_s=settings.tuf_refresh_s, collector=collector

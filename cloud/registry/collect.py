@@ -14,14 +14,19 @@ that no one can be told to install and that nothing else needs:
   back to the first), and every version a device reports serving (the fleet
   counts' ``mv:<model>|v<n>`` buckets: ``cloud/registry/fleet_counts.py``; no
   device is read);
-- collected: the artifact, the weights and every patch to or from the version.
+- collected: the artifact, the weights, every patch to or from the version, and
+  the manifest (archived, below).
 
-What stays: the version's record, number and signed manifest (the registry lists
-and explains every version, and a manifest cannot be signed again without the
-key), and its TFLite file in the blob store (on disk, not in Redis), from which a
-collected version is brought back when an operator pins it or a rollout assigns
-it (``Registry.queue_artifact``, in the transaction that writes the pin or the
-assignment). The trainer only ever fine-tunes from the latest version's weights.
+The signed manifest (40 KB for the digits model: its probe set and exemplars)
+moves to the registry's blob store (on disk), named in ``manifest_archive``
+(version -> blob): the registry still lists, explains and verifies every version
+(``Registry.manifest_bytes`` reads either place), and a manifest cannot be signed
+again without the key. What stays in Redis: the version's record and number.
+Only a version whose TFLite file is in the blob store is collected, since that is
+where it comes back from when an operator pins it or a rollout assigns it
+(``Registry.queue_artifact``: artifact and manifest, in the transaction that
+writes the pin or the assignment). The trainer only ever fine-tunes from the
+latest version's weights.
 
 Safety against a concurrent pin or rollout: the collection reads the kept set and
 deletes in one WATCH/MULTI on the keys that name versions to install (labels,
@@ -44,8 +49,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
-
+from cloud.registry.versions import Registry
 from shared import replies
 from shared.keys import FleetKeys
 
@@ -62,23 +66,20 @@ class Collected:
     model: str
     versions: list[str] = field(default_factory=list)  # sha256s whose payloads went
     keys: int = 0  # keys deleted
+    archived: bool = False  # manifests were moved to the blob store
 
 
 class VersionCollector:
     """Deletes the Redis payloads of the versions of a fleet's models that nothing needs."""
 
     def __init__(
-        self,
-        client: redis.Redis,
-        keys: FleetKeys,
-        *,
-        keep_last: int = KEEP_LAST,
-        interval_s: float = 60.0,
+        self, registry: Registry, *, keep_last: int = KEEP_LAST, interval_s: float = 60.0
     ) -> None:
         if keep_last < 1:
             raise ValueError(f"keep_last must be at least 1, not {keep_last}")
-        self.client = client
-        self.keys = keys
+        self.registry = registry
+        self.client = registry.client
+        self.keys = registry.keys
         self.keep_last = keep_last
         self.interval_s = interval_s
         self._due = 0.0
@@ -106,15 +107,21 @@ class VersionCollector:
             keep = self._kept(pipe, model, shas)
             candidates = [s for s in shas if s not in keep]
             present = _present(pipe, k, candidates)
-            doomed = [s for s in candidates if s in present]
+            # only a version whose file is in the blob store: it can be brought back
+            doomed = [s for s in candidates if s in present and self.registry.blobs.has(s)]
+            archived = self._archive(pipe, doomed)
             names = [key for s in doomed for key in self._payload_keys(s, shas)]
+            names += [k.manifest(s) for s in archived]
             pipe.multi()
+            if archived:
+                pipe.hset(k.manifest_archive, mapping=archived)
             for i in range(0, len(names), 1000):
                 pipe.unlink(*names[i : i + 1000])
-            out.versions, out.keys = doomed, 0
+            out.versions, out.archived = doomed, bool(archived)
 
         answers = self.client.transaction(txn, *watched)
-        out.keys = sum(int(n) for n in answers or [])
+        unlinks = list(answers or [])[1:] if out.archived else list(answers or [])
+        out.keys = sum(int(n) for n in unlinks)
         if out.versions:
             logger.info(
                 "%s: collected the payloads of %d old versions (%d keys)",
@@ -122,6 +129,16 @@ class VersionCollector:
                 len(out.versions),
                 out.keys,
             )
+        return out
+
+    def _archive(self, pipe: Any, shas: list[str]) -> dict[str, str]:
+        """Put the signed manifests of ``shas`` in the blob store; version -> the blob's name
+        (the manifest is deleted from Redis only once its copy is written)."""
+        out: dict[str, str] = {}
+        for sha in shas:
+            raw = pipe.get(self.keys.manifest(sha))
+            if raw is not None:
+                out[sha] = self.registry.blobs.put(replies.binary(raw))
         return out
 
     def _payload_keys(self, sha: str, shas: list[str]) -> list[str]:

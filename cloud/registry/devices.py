@@ -107,8 +107,8 @@ def trainer_rules(fleets: Iterable[str]) -> list[str]:
     replay buffer, its lease and state, the registry, artifacts, patches, manifests and
     weights, the announcements, and the TUF ``targets``/``snapshot``/``timestamp``
     files a publish signs); it only reads the TUF root, the devices' statuses (bases for
-    patches), the device registry (feedback signatures), the fleet's target and whether a
-    rollout is active (a publish WATCHes it). Nothing else of the fleet is a key it may
+    patches), the device registry (feedback signatures), the fleet's target, whether a
+    rollout is active (a publish WATCHes it) and where collected versions' manifests went. Nothing else of the fleet is a key it may
     touch: not ``target``, ``assign``, ``pins``, ``director``, ``director_counter``,
     ``rollout``, ``rollouts``, ``active-rollout`` (writes), nor the tokens.
 
@@ -129,6 +129,7 @@ def trainer_rules(fleets: Iterable[str]) -> list[str]:
             f"%R~{keys.family(name)}" for name in ("tuf", "device", "target", "active-rollout")
         ]
         rules += [f"%R~{k}" for k in (keys.devices, keys.device_registry)]
+        rules += [f"%R~{keys.manifest_archive}"]  # collected versions' manifests (collect.py)
     return [*rules, "+@all", "-@dangerous"]
 
 

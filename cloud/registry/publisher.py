@@ -312,7 +312,7 @@ class Publisher:
         return [(int(score), sha.decode()) for sha, score in rows]
 
     def signed_manifest(self, sha256: str) -> SignedManifest:
-        raw = self.client.get(self.keys.manifest(sha256))
+        raw = self.registry.manifest_bytes(sha256)  # a collected version's too
         if raw is None:
             raise VersionNotFound(f"no manifest for {sha256[:12]}")
         return SignedManifest.from_wire(raw)

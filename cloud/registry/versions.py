@@ -178,10 +178,24 @@ class Registry:
     def signed_manifest(self, model: str, ref: str | int) -> SignedManifest:
         """The manifest of a version as it was signed (verify before trusting it)."""
         sha = self.resolve(model, ref)
-        raw = self.client.get(self.keys.manifest(sha))
+        raw = self.manifest_bytes(sha)
         if raw is None:
             raise VersionNotFound(f"{model} {sha[:12]} has no manifest in Redis")
         return SignedManifest.from_wire(raw)
+
+    def manifest_bytes(self, sha256: str) -> bytes | None:
+        """A version's signed manifest as stored: in Redis, else (a collected version's,
+        cloud/registry/collect.py) in the blob store; None if neither has it."""
+        raw = self.client.get(self.keys.manifest(sha256))
+        if raw is not None:
+            return replies.binary(raw)
+        pointer = self.client.hget(self.keys.manifest_archive, sha256)
+        if pointer is None:
+            return None
+        try:
+            return self.blobs.get(replies.text(pointer))
+        except BlobNotFound:
+            return None
 
     def manifest(self, model: str, ref: str | int) -> ModelManifest:
         return self.signed_manifest(model, ref).manifest()
@@ -258,15 +272,19 @@ class Registry:
         pipe.hset(self.keys.labels(model), LATEST, sha)
 
     def queue_artifact(self, pipe: Any, sha256: str) -> None:
-        """Queue ``SET artifact(sha256) NX`` from the blob store on a pipeline in MULTI:
+        """Queue ``SET artifact(sha256) NX`` from the blob store (and ``SET manifest(sha256)
+        NX`` from its archive) on a pipeline in MULTI:
         a version whose payloads were collected (cloud/registry/collect.py) is fetchable
         again by the time a pin or an assignment naming it is written, in the same
         transaction. A no-op for a version whose artifact is there."""
         try:
             content = self.blobs.get(sha256)
         except BlobNotFound:
-            return  # a version from before the blob store: its artifact is never collected
+            return  # a version from before the blob store: its payloads are never collected
         pipe.set(self.keys.artifact(sha256), encode_full(content), nx=True)
+        manifest = self.manifest_bytes(sha256)
+        if manifest is not None:
+            pipe.set(self.keys.manifest(sha256), manifest, nx=True)
 
     def set_label(self, model: str, label: str, ref: str | int) -> VersionRecord:
         """Point ``label`` at a version (moving it if it pointed elsewhere)."""
@@ -334,7 +352,7 @@ class Registry:
 
     def _record_of(self, model: str, sha: str) -> VersionRecord:
         """A record rebuilt from the manifest (versions published before records existed)."""
-        raw = self.client.get(self.keys.manifest(sha))
+        raw = self.manifest_bytes(sha)
         if raw is None:
             raise VersionNotFound(f"{model} {sha[:12]} has neither a record nor a manifest")
         return VersionRecord.from_manifest(SignedManifest.from_wire(raw).manifest())

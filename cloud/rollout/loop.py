@@ -45,8 +45,8 @@ class ControllerLoop:
         # themselves and counts expired devices offline (cloud/registry/fleet_counts.py).
         self.counts = counts or FleetCounts(controller.client, controller.keys)
         self.interval_s = interval_s
-        # Old versions' payloads leave Redis (cloud/registry/collect.py), once a minute.
-        self.collector = collector or VersionCollector(controller.client, controller.keys)
+        # Old versions' payloads leave Redis (cloud/registry/collect.py); None: not here.
+        self.collector = collector
         # The fleet's TUF snapshot and timestamp are re-signed here: this loop is the
         # cloud's one scheduled, long-running duty (cloud/registry/tuf_repo.py).
         self.tuf, self.tuf_refresh_s = tuf, tuf_refresh_s
@@ -106,6 +106,8 @@ class ControllerLoop:
 
     def _collect(self) -> None:
         """Collect old versions' payloads when due; a refusal is logged, like the counts'."""
+        if self.collector is None:
+            return
         try:
             self.collector.maybe_collect()
         except redis.ResponseError as e:

@@ -9,7 +9,8 @@ from cloud.registry.publisher import Publisher
 from cloud.registry.versions import DirBlobStore, Registry
 from cloud.rollout.controller import RolloutController
 from shared.codec import decode_full
-from shared.signing import Signer
+from shared.messages import SignedManifest
+from shared.signing import Signer, Verifier
 from tests.cloud.registry.test_publisher import publish
 
 
@@ -35,7 +36,7 @@ def test_old_payloads_go_and_the_wanted_ones_stay(
     patch_to_5 = keys.patch(v[4], v[5])
     assert redis_client.exists(patch_to_5)  # the publish of v5 patched from its parent
 
-    collected = VersionCollector(redis_client, keys, keep_last=2).collect()
+    collected = VersionCollector(registry, keep_last=2).collect()
 
     assert [c.versions for c in collected] == [[v[5]]]
     gone = [keys.artifact(v[5]), keys.weights(v[5]), patch_to_5, keys.patch(v[5], v[6])]
@@ -43,19 +44,23 @@ def test_old_payloads_go_and_the_wanted_ones_stay(
     for n in (1, 2, 3, 4, 6, 7):  # labelled, pinned, assigned, served, the last two
         assert redis_client.exists(keys.artifact(v[n]), keys.weights(v[n])) == 2, n
     # the version is still listed, explained and readable from the blob store
+    assert not redis_client.exists(keys.manifest(v[5]))  # archived there
     assert registry.get("digits", 5).sha256 == v[5]
     assert registry.signed_manifest("digits", 5).manifest().version == 5
+    assert publisher.signed_manifest(v[5]).manifest().sha256 == v[5]
     assert registry.content("digits", 5) == variants(exported.content, 7)[4]
-    assert VersionCollector(redis_client, keys, keep_last=2).collect() == []  # nothing left
+    assert VersionCollector(registry, keep_last=2).collect() == []  # nothing left
 
     # pinning the collected version brings its file back for the edges, in the same transaction
     RolloutController(redis_client, keys, registry).pin("digits", "pi-9", "5", by="ops")
     blob = redis_client.get(keys.artifact(v[5]))
     assert blob is not None and decode_full(blob) == variants(exported.content, 7)[4]
+    signed = SignedManifest.from_wire(redis_client.get(keys.manifest(v[5])))
+    Verifier.from_file(signing_dir / "signing.pub").verify(
+        signed.manifest_json.encode(), signed.signature
+    )
     redis_client.hdel(keys.pins("digits"), "pi-1")  # v2 is wanted no more
-    assert [c.versions for c in VersionCollector(redis_client, keys, keep_last=2).collect()] == [
-        [v[2]]
-    ]
+    assert [c.versions for c in VersionCollector(registry, keep_last=2).collect()] == [[v[2]]]
 
 
 def test_the_active_rollouts_versions_stay(redis_client, keys, signing_dir, tmp_path, exported):
@@ -66,7 +71,7 @@ def test_the_active_rollouts_versions_stay(redis_client, keys, signing_dir, tmp_
     ]
     redis_client.set(keys.active_rollout("digits"), "r1")
     redis_client.set(keys.rollout("r1"), json.dumps({"from_sha256": shas[0], "to_sha256": shas[1]}))
-    collector = VersionCollector(redis_client, keys, keep_last=1)
+    collector = VersionCollector(registry, keep_last=1)
     assert [c.versions for c in collector.collect()] == [[shas[2]]]
     redis_client.delete(keys.active_rollout("digits"))
     assert [c.versions for c in collector.collect()] == [[shas[0], shas[1]]]
