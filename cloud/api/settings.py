@@ -94,7 +94,15 @@ class ApiSettings(RedisSettings):
         "or served one; older ones' are collected (their records and manifests stay)",
     )
     collect_interval_s: float = Field(
-        60.0, description="collect old versions' payloads this often (negative: never)"
+        60.0,
+        description="collect old versions' payloads and forget old rollouts this often "
+        "(negative: never)",
+    )
+    keep_rollouts: int = Field(
+        50,
+        ge=1,
+        description="rollout records kept (newest first); older finished ones are deleted "
+        "by the controller loop",
     )
     tuf_online_key: Path | None = Field(
         None,

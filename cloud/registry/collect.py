@@ -57,6 +57,8 @@ logger = logging.getLogger(__name__)
 
 #: Versions of each model whose payloads are always kept, newest first.
 KEEP_LAST = 8
+#: Rollout records kept, newest first: older finished ones are deleted.
+KEEP_ROLLOUTS = 50
 
 
 @dataclass
@@ -73,7 +75,12 @@ class VersionCollector:
     """Deletes the Redis payloads of the versions of a fleet's models that nothing needs."""
 
     def __init__(
-        self, registry: Registry, *, keep_last: int = KEEP_LAST, interval_s: float = 60.0
+        self,
+        registry: Registry,
+        *,
+        keep_last: int = KEEP_LAST,
+        interval_s: float = 60.0,
+        keep_rollouts: int = KEEP_ROLLOUTS,
     ) -> None:
         if keep_last < 1:
             raise ValueError(f"keep_last must be at least 1, not {keep_last}")
@@ -82,14 +89,17 @@ class VersionCollector:
         self.keys = registry.keys
         self.keep_last = keep_last
         self.interval_s = interval_s
+        #: finished rollouts' records kept (the controller forgets older ones when this is due)
+        self.keep_rollouts = keep_rollouts
         self._due = 0.0
 
-    def maybe_collect(self) -> list[Collected]:
-        """``collect`` when ``interval_s`` has passed since the last one (negative: never)."""
+    def due(self) -> bool:
+        """Whether ``interval_s`` has passed since the last time this said so (negative:
+        never); the controller loop collects versions and forgets old rollouts then."""
         if self.interval_s < 0 or time.monotonic() < self._due:
-            return []
+            return False
         self._due = time.monotonic() + self.interval_s
-        return self.collect()
+        return True
 
     def collect(self) -> list[Collected]:
         """Collect every model of the fleet; what each collection removed (if anything)."""

@@ -105,11 +105,13 @@ class ControllerLoop:
             logger.warning("fleet counts not updated: %s", e)
 
     def _collect(self) -> None:
-        """Collect old versions' payloads when due; a refusal is logged, like the counts'."""
-        if self.collector is None:
+        """Collect old versions' payloads and forget old finished rollouts when due; a
+        refusal is logged, like the counts'."""
+        if self.collector is None or not self.collector.due():
             return
         try:
-            self.collector.maybe_collect()
+            self.collector.collect()
+            self.controller.forget_finished(self.collector.keep_rollouts)
         except redis.ResponseError as e:
             logger.warning("old versions not collected: %s", e)
 
