@@ -369,14 +369,16 @@ class Trainer:
             if sha in self._summaries:
                 out.append(self._summaries[sha])
                 continue
-            m = self.publisher.signed_manifest(sha).manifest()
+            # the registry's record, not the manifest: an old version's manifest may have
+            # been moved to the blob store (cloud/registry/collect.py)
+            r = self.registry.get(self.settings.model_name, sha)
             out.append(
                 VersionSummary(
                     version=version,
                     sha256=sha,
-                    trigger=m.explanation.trigger,
-                    metrics=m.metrics,
-                    published_at=m.created_at,
+                    trigger=r.trigger,
+                    metrics=r.metrics,
+                    published_at=r.created_at,
                 )
             )
             self._summaries[sha] = out[-1]
