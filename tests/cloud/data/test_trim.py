@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import redis
 
 from cloud.data.trim import StreamTrimmer
@@ -23,6 +24,7 @@ def read(client: redis.Redis, group: str, consumer: str, n: int) -> list[str]:
     return [i.decode() for i, _ in reply[0][1]] if reply else []
 
 
+@pytest.mark.redis_cluster
 def test_acked_entries_go_pending_and_unread_stay(redis_client):
     written = add(redis_client, 10)
     redis_client.xgroup_create(STREAM, "trainers", id="0")
