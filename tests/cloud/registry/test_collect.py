@@ -8,6 +8,7 @@ from cloud.registry.collect import VersionCollector
 from cloud.registry.publisher import Publisher
 from cloud.registry.versions import DirBlobStore, Registry
 from cloud.rollout.controller import RolloutController
+from cloud.rollout.loop import ControllerLoop
 from shared.codec import decode_full
 from shared.messages import SignedManifest
 from shared.signing import Signer, Verifier
@@ -75,3 +76,18 @@ def test_the_active_rollouts_versions_stay(redis_client, keys, signing_dir, tmp_
     assert [c.versions for c in collector.collect()] == [[shas[2]]]
     redis_client.delete(keys.active_rollout("digits"))
     assert [c.versions for c in collector.collect()] == [[shas[0], shas[1]]]
+
+
+def test_the_controller_loop_collects_when_due(redis_client, keys, signing_dir, tmp_path, exported):
+    registry = Registry(redis_client, keys, DirBlobStore(tmp_path / "blobs"))
+    publisher = Publisher(registry, Signer.from_file(signing_dir / "signing.key"), release="manual")
+    shas = [
+        publish(publisher, c, probe=exported.probe).sha256 for c in variants(exported.content, 3)
+    ]
+    collector = VersionCollector(registry, keep_last=1, interval_s=3600)
+    loop = ControllerLoop(RolloutController(redis_client, keys, registry), 1.0, collector=collector)
+    loop._collect()
+    assert redis_client.exists(*(keys.artifact(s) for s in shas)) == 1  # the newest
+    publish(publisher, variants(exported.content, 4)[3], probe=exported.probe)
+    loop._collect()  # not due again for an hour
+    assert redis_client.exists(keys.artifact(shas[2]))
