@@ -230,10 +230,12 @@ def _send_feedback(
     for dev in devs:
         frames = []
         for _ in range(spec.events_per_device):
-            dev.seq += 1
+            # from 0, as an edge counts (edge/sequence.py): a first number of 1 would leave
+            # a gap at 0 that the trainer's watermark keeps every later number above
+            seq, dev.seq = dev.seq, dev.seq + 1
             i = int(rng.integers(len(spec.samples)))
             event = FeedbackEvent(
-                event_id=f"{dev.device_id}:{dev.epoch}:{dev.seq}",
+                event_id=f"{dev.device_id}:{dev.epoch}:{seq}",
                 device_id=dev.device_id,
                 model=dev.model,
                 x_shape=shape,

@@ -37,6 +37,15 @@ class SimulationError(EdgeloopError):
     """A part of the cloud did not come up, or the fleet did not converge in time."""
 
 
+def _slope(samples: list[tuple[float, int]]) -> float:
+    """Bytes a minute: the least-squares line through (monotonic s, bytes) samples."""
+    if len(samples) < 2:
+        return 0.0
+    t = np.array([s[0] for s in samples]) / 60.0
+    y = np.array([s[1] for s in samples], dtype=np.float64)
+    return float(np.polyfit(t, y, 1)[0])
+
+
 def _p(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else 0.0
@@ -298,18 +307,24 @@ class SimulatedFleet:
     ) -> dict[str, Any]:
         """The soak's memory: every sample, and the slope of a least-squares line through
         the samples after warm-up (the first ``SOAK_WARMUP_MIN`` minutes, at most half the
-        soak), in MB (10^6 bytes) a minute; what grew, by key family; and its books: every
-        event sent, the first phase's and the soak's, accepted once."""
+        soak), in MB (10^6 bytes) a minute, and of the same line through each minute's
+        least sample (the floor, between the devices' bursts of feedback); what grew, by
+        key family; and its books: every event sent, the first phase's and the soak's,
+        accepted once."""
         self._wait_drained(sent, [], time.monotonic() + 60)
         accepted = self._accepted()
         warmup_min = min(SOAK_WARMUP_MIN, self.args.minutes / 2)
         t0 = memory[0][0] if memory else 0.0
         warm = [(t, m) for t, m in memory if t - t0 >= warmup_min * 60]
-        slope = 0.0
-        if len(warm) >= 2:
-            t = np.array([m[0] for m in warm]) / 60.0
-            y = np.array([m[1] for m in warm], dtype=np.float64)
-            slope = float(np.polyfit(t, y, 1)[0])
+        slope = _slope(warm)
+        # the least memory of each minute: between the devices' bursts of feedback (each
+        # sends its events once a minute), what stays when what is in flight is accepted
+        floors: dict[int, tuple[float, int]] = {}
+        for t, m in warm:
+            minute = int((t - t0) // 60)
+            if minute not in floors or m < floors[minute][1]:
+                floors[minute] = (t, m)
+        floor_slope = _slope(sorted(floors.values()))
         after = self._families()
         grew = {
             name: {
@@ -328,6 +343,10 @@ class SimulatedFleet:
             "soak_memory_end": memory[-1][1] if memory else 0,
             "soak_memory_slope_bytes_per_min": round(slope),
             "soak_memory_slope_mb_per_min": round(slope / 1e6, 3),
+            "soak_memory_peak": max((m for _, m in warm), default=0),
+            "soak_memory_floor_first": min(floors.items())[1][1] if floors else 0,
+            "soak_memory_floor_last": max(floors.items())[1][1] if floors else 0,
+            "soak_memory_floor_slope_mb_per_min": round(floor_slope / 1e6, 3),
             "soak_key_families": grew,
             "soak_feedback_sent": sent,
             "soak_feedback_accepted": accepted,
