@@ -52,6 +52,7 @@ __all__ = [
     "is_cluster_client",
     "is_cluster_url",
     "is_tls_url",
+    "node_pipeline",
     "parse_cluster_url",
     "wait_replicas",
 ]
@@ -303,6 +304,18 @@ def wait_replicas(client: redis.Redis, key: str, replicas: int, timeout_ms: int)
         options["target_nodes"] = client.cluster.get_node_from_key(key)
     reply = client.execute_command("WAIT", replicas, timeout_ms, **options)  # type: ignore[no-untyped-call]
     return int(reply)
+
+
+def node_pipeline(client: redis.Redis, key: str) -> Any:
+    """A pipeline without MULTI on one connection to the node that serves ``key`` now
+    (a cluster's master of its slot): its commands run in order on that connection, so
+    a WAIT in it counts the writes queued before it. On a cluster a keyed command is
+    not redirected: if the slot moved, it fails (MOVED) rather than run elsewhere."""
+    if isinstance(client, ClusterClient):
+        cluster = client.cluster
+        node = cluster.get_redis_connection(cluster.get_node_from_key(key))
+        return node.pipeline(transaction=False)
+    return client.pipeline(transaction=False)
 
 
 def disconnect(client: redis.Redis) -> None:

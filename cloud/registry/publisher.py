@@ -30,6 +30,21 @@ edges through rollouts and operators.
 A base whose file differs in length from the new one gets no patch (the edges
 holding it fetch the full file), and neither does a sha256 that is not a
 version of the model.
+
+Replication. Redis copies writes to replicas after it has answered, so a master
+that dies right after EXEC can take a version its replicas never saw. With
+``wait_replicas`` (the trainer's ``publish_wait_replicas``) a publish is whole on
+the master and on that many replicas before ``publish`` returns: on the
+connection the confirmation uses, a script rewrites the version's record (the same
+bytes, so a write that replicates after the EXEC) only if the version is there,
+then ``WAIT``. Replication is in order, so the replicas that hold that write hold
+the publish and every write before it (the trainer's weights of the version). Fewer
+replicas in time, a lost connection, or a master that no longer has the version (its
+slot moved to a replica that never saw it) raise ``PublishNotReplicated``: the
+version may be on the master and announced, but nothing says it will survive the
+master, so it does not count as published (the trainer's next round publishes
+again on whatever the registry then holds). The announcement stays in the one
+transaction: a version is never seen half-written, whatever happens between.
 """
 
 from __future__ import annotations
@@ -46,6 +61,7 @@ from cloud.registry.tuf_repo import TufRepository
 from cloud.registry.versions import PatchUnavailable, Registry, VersionNotFound
 from shared import replies
 from shared.codec import encode_full, sha256_hex
+from shared.redis_client import node_pipeline
 from shared.errors import EdgeloopError, MessageError
 from shared.keys import FleetKeys
 from shared.messages import (
@@ -74,8 +90,18 @@ class StaleParent(PublishError):
     """Another version was published since the child was judged against its parent."""
 
 
+class PublishNotReplicated(PublishError):
+    """Fewer replicas than asked confirmed a version in time: it may be on the master
+    (and announced) but may be lost with it, so it does not count as published."""
+
+    def __init__(self, message: str, published: Published | None = None) -> None:
+        super().__init__(message)
+        self.published = published
+
+
 __all__ = [
     "PublishError",
+    "PublishNotReplicated",
     "PublishRequest",
     "Published",
     "Publisher",
@@ -87,6 +113,15 @@ __all__ = [
 MAX_PATCHES = 4
 #: Device statuses read to find the versions the fleet serves (the most recently seen).
 DEVICE_SCAN = 10_000
+
+#: Rewrites a version's record with its own bytes if the version is there (1), else 0: a
+#: write that replicates after the publish, for WAIT to count (see the module docstring).
+_TOUCH_RECORD = """
+local record = redis.call('HGET', KEYS[1], ARGV[1])
+if not record then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], record)
+return 1
+"""
 
 #: Whether a publish moves the fleet's target (see the module docstring).
 Release = Literal["direct", "manual"]
@@ -167,6 +202,8 @@ class Publisher:
         max_patches: int = MAX_PATCHES,
         release: Release = "direct",
         tuf: TufRepository | None = None,
+        wait_replicas: int = 0,
+        wait_ms: int = 1000,
     ) -> None:
         self.registry = registry
         self.client = registry.client
@@ -177,6 +214,7 @@ class Publisher:
         # None: the signed manifest alone vouches for a version (the edges' setting
         # ``tuf_root`` unset); see cloud/registry/tuf_repo.py.
         self.tuf = tuf
+        self.wait_replicas, self.wait_ms = wait_replicas, wait_ms
 
     def publish(self, request: PublishRequest) -> Published:
         """Publish ``request.content`` as the next version of ``request.model``."""
@@ -247,7 +285,42 @@ class Publisher:
         announcement_id = replies.text(answers[-1])
         published = replace(done[0], announcement_id=announcement_id)
         _log(model, published, len(content), len(artifact))
+        try:
+            self.confirm(model, sha)
+        except PublishNotReplicated as e:
+            e.published = published
+            raise
         return published
+
+    def confirm(self, model: str, sha256: str) -> None:
+        """With ``wait_replicas``: return once that many replicas hold the version
+        ``sha256`` of ``model`` (and every write before it on its master), else
+        PublishNotReplicated (see the module docstring). Also for a version whose
+        publish raised and that turned out to be there ("already a published version")."""
+        n = self.wait_replicas
+        if n <= 0:
+            return
+        what = f"{model} {sha256[:12]}"
+        records = self.keys.version_records(model)
+        try:
+            pipe = node_pipeline(self.client, records)
+            pipe.eval(_TOUCH_RECORD, 1, records, sha256)
+            pipe.execute_command("WAIT", n, self.wait_ms)
+            there, acked = (int(r) for r in pipe.execute())
+        except redis.RedisError as e:
+            raise PublishNotReplicated(
+                f"{what} was published, but its confirmation by {n} replica(s) failed "
+                f"({type(e).__name__}: {e}); it may be lost with the master"
+            ) from e
+        if not there:
+            raise PublishNotReplicated(
+                f"{what} is not on the master of its slot (lost in a failover?)"
+            )
+        if acked < n:
+            raise PublishNotReplicated(
+                f"{what} was published, but {acked} of {n} replica(s) confirmed it within "
+                f"{self.wait_ms} ms; it may be lost with the master"
+            )
 
     def _parent(self, pipe: Any, request: PublishRequest, sha: str) -> tuple[str, int] | None:
         """The latest version (sha256, number), read under WATCH: the new one's parent.

@@ -91,6 +91,8 @@ class Trainer:
             max_patches=s.max_patches,
             release=s.release or "manual",  # the settings fill it in by mode
             tuf=tuf_repository(self.client, self.keys, s.tuf_targets_key, s.tuf_online_key),
+            wait_replicas=s.publish_wait_replicas,
+            wait_ms=s.publish_wait_ms,
         )
         self.quarantine = Quarantine(self.client, self.keys, s.model_name)
         self.label_check = LabelCheck(

@@ -296,6 +296,14 @@ class TrainerSettings(RedisSettings):
         4, ge=0, description="patches per announcement: the parent, then what most devices serve"
     )
     patch_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="how long a patch stays in Redis")
+    publish_wait_replicas: int = Field(
+        0,
+        ge=0,
+        description="replicas that must hold a published version (Redis WAIT) before it "
+        "counts as published; fewer within publish_wait_ms: the round is reported not "
+        "published and a later one publishes again (0: do not wait)",
+    )
+    publish_wait_ms: int = Field(1000, ge=1, description="how long a publish waits for them")
     release: Literal["direct", "manual"] | None = Field(
         None,
         description="direct: a published version becomes the fleet's target (unless a rollout "

@@ -1,0 +1,258 @@
+"""A Redis Cluster master killed while a version is being published and an edge follows
+the fleet: the replica takes over, the publisher and the edge reconnect, no version is
+half-published or lost once confirmed, and the edge serves only verified files.
+
+The test starts a cluster of its own (it kills one of its masters). Run with ``-s`` for
+the figures (docs/ARCHITECTURE.md, "A publish during a failover").
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+
+from cloud.registry.publisher import (
+    PublishError,
+    Publisher,
+    PublishNotReplicated,
+    PublishRequest,
+    StaleParent,
+)
+from cloud.registry.versions import DirBlobStore, Registry
+from edge.daemon import EdgeDaemon
+from edge.settings import BUNDLED_BASELINE
+from shared.codec import decode_full, sha256_hex
+from shared.keys import FleetKeys
+from shared.messages import DeltaAnnouncement, ProbeSet, SignedManifest, VersionRecord
+from shared.redis_client import connect_redis
+from shared.runtime import TFLiteModel
+from shared.signing import Verifier
+from tests.redis_cluster import RedisClusterNodes
+from tests.serving import Signing, wait_for
+
+MODEL = "digits"
+VERSIONS = 8  # published in a row; the master dies inside the third
+KILL_IN = 3
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path) -> Iterator[RedisClusterNodes]:
+    cluster = RedisClusterNodes(tmp_path / "cluster")
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+def _request(n: int) -> PublishRequest:
+    """A distinct, valid model file (the baseline with ``n`` padding bytes TFLite ignores)
+    and what its manifest says of it."""
+    content = BUNDLED_BASELINE.read_bytes() + b"\0" * n
+    inputs = np.zeros((2, 64), dtype=np.float32)
+    expected = TFLiteModel(content).predict_proba_batch(inputs)
+    probe = ProbeSet(inputs=inputs.tolist(), expected=expected.tolist())
+    return PublishRequest(
+        MODEL, content, num_features=64, labels=[str(i) for i in range(10)], probe=probe,
+        runtime="ai-edge-litert (tests)",
+    )  # fmt: skip
+
+
+def _publish_ms(publisher: Publisher, first: int, count: int) -> float:
+    """Median time of one publish, in ms."""
+    times = []
+    for n in range(first, first + count):
+        request = _request(n)
+        t = time.perf_counter()
+        publisher.publish(request)
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2] * 1000
+
+
+class PublishLoop:
+    """Publishes versions one after another as a trainer's rounds would, each retried
+    until it is confirmed on a replica: a publish that raised is published again, or,
+    when it turns out to be a version already (it survived), confirmed again."""
+
+    def __init__(self, publisher: Publisher) -> None:
+        self.publisher = publisher
+        self.confirmed: list[str] = []
+        self.failures: dict[str, int] = {}
+        self.elapsed: list[float] = []
+
+    def run(self, requests: list[PublishRequest]) -> None:
+        for request in requests:
+            t = time.monotonic()
+            sha = sha256_hex(request.content)
+            while True:
+                try:
+                    self.publisher.publish(request)
+                    break
+                except StaleParent:
+                    raise  # not asked for: each publish takes whatever is latest
+                except PublishError as e:
+                    self._count(e)
+                    if "already a published version" in str(e) and self._reconfirm(sha):
+                        break
+                except redis.RedisError as e:
+                    self._count(e)
+                time.sleep(0.1)
+            self.confirmed.append(sha)
+            self.elapsed.append(time.monotonic() - t)
+
+    def _reconfirm(self, sha: str) -> bool:
+        try:
+            self.publisher.confirm(MODEL, sha)
+            return True
+        except PublishNotReplicated as e:
+            self._count(e)
+            return False
+
+    def _count(self, e: Exception) -> None:
+        name = type(e).__name__
+        self.failures[name] = self.failures.get(name, 0) + 1
+
+
+def test_a_master_killed_inside_a_publish_leaves_every_version_whole(
+    own_cluster: RedisClusterNodes,
+    tmp_path: Path,
+    signing: Signing,
+    daemon_factory: Callable[..., EdgeDaemon],
+) -> None:
+    keys = FleetKeys("lab")
+    client = connect_redis(own_cluster.url)
+    registry = Registry(client, keys, DirBlobStore(tmp_path / "blobs"))
+    plain = Publisher(registry, signing.signer)
+    waiting = Publisher(registry, signing.signer, wait_replicas=1, wait_ms=500)
+    cost = _publish_ms(plain, 1000, 15), _publish_ms(waiting, 2000, 15)
+    print(f"\npublish: {cost[0]:.1f} ms; with WAIT 1: {cost[1]:.1f} ms (median of 15)")
+    own_cluster.flushall()
+    master = client.get_node_from_key(keys.versions(MODEL)).port
+
+    # The kill lands between a publish's EXEC (answered: the version is on the master and
+    # announced) and its confirmation by a replica: the window the confirmation is for.
+    killed_at = 0.0
+    publishes = 0
+    confirm = waiting.confirm
+
+    def confirm_then_kill(model: str, sha256: str) -> None:
+        nonlocal killed_at, publishes
+        publishes += 1
+        if publishes == KILL_IN and not killed_at:
+            own_cluster.kill(master)
+            killed_at = time.monotonic()
+        confirm(model, sha256)
+
+    waiting.confirm = confirm_then_kill  # type: ignore[method-assign]
+    loop = PublishLoop(waiting)
+    requests = [_request(n) for n in range(1, VERSIONS + 1)]
+    loop.run(requests[:1])
+    edge = daemon_factory(redis_url=own_cluster.url, desired_poll_s=0.5)
+    wait_for(lambda: _serving(edge) == loop.confirmed[0], 10, "the edge on v1")
+    served, watching = _watch(edge)
+
+    publisher = threading.Thread(target=loop.run, args=(requests[1:],))
+    publisher.start()
+    wait_for(lambda: killed_at, 10, "the kill")
+    wait_for(lambda: _slot_master(own_cluster, keys.versions(MODEL), master), 15, "a new master")
+    failover_s = time.monotonic() - killed_at
+    # The promoted master has no replica: no publish is confirmed until the killed node is
+    # back as its replica.
+    confirmed_alone = len(loop.confirmed)
+    own_cluster.restart(master)
+    publisher.join(30)
+    assert not publisher.is_alive()
+    done_s = time.monotonic() - killed_at
+    latest = loop.confirmed[-1]
+    wait_for(lambda: _serving(edge) == latest, 10, "the edge on the latest version")
+    converged_s = time.monotonic() - killed_at
+
+    watching.set()
+    reader = connect_redis(own_cluster.url)
+    listed = _check_whole(reader, keys, signing)
+    announced = _announced(reader, keys)
+    print(
+        f"master {master} killed inside publish {KILL_IN} (after its EXEC, before its WAIT); "
+        f"a replica served the slot {failover_s:.1f} s later; {confirmed_alone - KILL_IN + 1} "
+        f"publishes confirmed before the killed node was back as its replica; "
+        f"{len(loop.confirmed)} versions confirmed, {len(listed)} listed, all whole; "
+        f"failures retried: {loop.failures}; publishes done {done_s:.1f} s after the kill; "
+        f"the edge on the latest {converged_s:.1f} s after it, {edge.updater.swaps} swaps, "
+        f"{edge.updater.updates_refused} refused"
+    )
+    # Every confirmed version is listed, once, and each listed one is whole; numbers 1..n.
+    assert set(loop.confirmed) <= set(listed.values())
+    assert sorted(listed) == list(range(1, len(listed) + 1))
+    assert len(set(listed.values())) == len(listed)
+    # Every version listed was announced, and every announcement names a listed version.
+    assert set(announced) == set(listed.values())
+    assert sum(loop.failures.values()) > 0  # the kill was felt, and retried
+    # The edge served only versions the registry holds, each verified (manifest signature,
+    # file hash) before the swap; it refused nothing, and ends on the latest.
+    assert set(served) <= set(listed.values())
+    assert edge.updater.updates_refused == 0
+    assert _serving(edge) == latest == listed[max(listed)]
+
+
+def _watch(edge: EdgeDaemon) -> tuple[set[str], threading.Event]:
+    """Every version the edge serves, seen every 10 ms until the event is set."""
+    served: set[str] = set()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.01):
+            sha = _serving(edge)
+            if sha is not None:
+                served.add(sha)
+
+    threading.Thread(target=watch, daemon=True).start()
+    return served, done
+
+
+def _serving(edge: EdgeDaemon) -> str | None:
+    current = edge.chain.current
+    return current.sha256 if current is not None else None
+
+
+def _slot_master(cluster: RedisClusterNodes, key: str, dead: int) -> int | None:
+    """The port of the master that serves ``key``'s slot, asked of a live node, once it is
+    not ``dead``."""
+    slot = redis.cluster.key_slot(key.encode())
+    live = next(p for p in cluster.procs if p != dead)
+    for start, end, node, *_ in cluster.node(live).execute_command("CLUSTER SLOTS"):
+        if start <= slot <= end:
+            port = int(node[1])
+            return port if port != dead else None
+    return None
+
+
+def _check_whole(client: redis.Redis, keys: FleetKeys, signing: Signing) -> dict[int, str]:
+    """Every version the registry lists, by number: each has its record, its signed
+    manifest (verified, naming that number and sha256) and its file (hashing to it)."""
+    verifier = Verifier(signing.public_pem)
+    listed: dict[int, str] = {}
+    for sha_raw, score in client.zrange(keys.versions(MODEL), 0, -1, withscores=True):
+        sha, number = sha_raw.decode(), int(score)
+        record = VersionRecord.from_wire(client.hget(keys.version_records(MODEL), sha))
+        raw = client.get(keys.manifest(sha))
+        assert raw is not None, f"v{number}: no manifest"
+        signed = SignedManifest.from_wire(raw)
+        verifier.verify(signed.manifest_json.encode(), signed.signature)
+        manifest = signed.manifest()
+        assert (manifest.version, manifest.sha256, record.version) == (number, sha, number)
+        artifact = client.get(keys.artifact(sha))
+        assert artifact is not None and sha256_hex(decode_full(artifact)) == sha
+        listed[number] = sha
+    return listed
+
+
+def _announced(client: redis.Redis, keys: FleetKeys) -> list[str]:
+    return [
+        DeltaAnnouncement.from_wire(fields[b"data"]).sha256
+        for _, fields in client.xrange(keys.deltas)
+        if b"data" in fields
+    ]
