@@ -61,7 +61,6 @@ from cloud.registry.tuf_repo import TufRepository
 from cloud.registry.versions import PatchUnavailable, Registry, VersionNotFound
 from shared import replies
 from shared.codec import encode_full, sha256_hex
-from shared.redis_client import node_pipeline
 from shared.errors import EdgeloopError, MessageError
 from shared.keys import FleetKeys
 from shared.messages import (
@@ -75,6 +74,7 @@ from shared.messages import (
     SignedManifest,
     VersionRecord,
 )
+from shared.redis_client import node_pipeline
 from shared.signing import Signer
 from shared.task import TaskSpec
 from shared.tensors import TensorSpec

@@ -12,14 +12,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import redis
 
 from cloud.registry.publisher import (
-    PublishError,
     Publisher,
+    PublishError,
     PublishNotReplicated,
     PublishRequest,
     StaleParent,
@@ -223,14 +224,15 @@ def _slot_master(cluster: RedisClusterNodes, key: str, dead: int) -> int | None:
     not ``dead``."""
     slot = redis.cluster.key_slot(key.encode())
     live = next(p for p in cluster.procs if p != dead)
-    for start, end, node, *_ in cluster.node(live).execute_command("CLUSTER SLOTS"):
+    slots: Any = cluster.node(live).execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
+    for start, end, node, *_ in slots:
         if start <= slot <= end:
             port = int(node[1])
             return port if port != dead else None
     return None
 
 
-def _check_whole(client: redis.Redis, keys: FleetKeys, signing: Signing) -> dict[int, str]:
+def _check_whole(client: Any, keys: FleetKeys, signing: Signing) -> dict[int, str]:
     """Every version the registry lists, by number: each has its record, its signed
     manifest (verified, naming that number and sha256) and its file (hashing to it)."""
     verifier = Verifier(signing.public_pem)
@@ -250,9 +252,29 @@ def _check_whole(client: redis.Redis, keys: FleetKeys, signing: Signing) -> dict
     return listed
 
 
-def _announced(client: redis.Redis, keys: FleetKeys) -> list[str]:
+def _announced(client: Any, keys: FleetKeys) -> list[str]:
     return [
         DeltaAnnouncement.from_wire(fields[b"data"]).sha256
         for _, fields in client.xrange(keys.deltas)
         if b"data" in fields
     ]
+
+
+def test_a_publish_is_confirmed_by_the_replica_of_its_slots_master(
+    redis_cluster: RedisClusterNodes, tmp_path: Path, signing: Signing
+) -> None:
+    redis_cluster.flushall()
+    keys = FleetKeys("lab")
+    client = connect_redis(redis_cluster.url)
+    registry = Registry(client, keys, DirBlobStore(tmp_path / "blobs"))
+    publisher = Publisher(registry, signing.signer, wait_replicas=1, wait_ms=2000)
+    published = publisher.publish(_request(1))
+    # the replica of that master holds the whole version at once
+    node = client.get_node_from_key(keys.versions(MODEL))  # type: ignore[attr-defined]
+    info = redis.Redis(host=node.host, port=node.port).info("replication")
+    replica = redis.Redis(host=info["slave0"]["ip"], port=info["slave0"]["port"])
+    replica.execute_command("READONLY")  # type: ignore[no-untyped-call]
+    assert replica.zscore(keys.versions(MODEL), published.sha256) == 1
+    assert replica.exists(keys.manifest(published.sha256), keys.artifact(published.sha256)) == 2
+    with pytest.raises(PublishNotReplicated, match="1 of 2"):
+        Publisher(registry, signing.signer, wait_replicas=2, wait_ms=50).publish(_request(2))

@@ -1,0 +1,108 @@
+"""The rollout controller's loop while the master of the fleet's slot is killed in the
+middle of a step that decides a stage: the step completes after the election or fails
+with one log line and a later one succeeds; no traceback, no decision applied twice.
+
+The test starts a cluster of its own (it kills one of its masters). Run with ``-s`` for
+the figures (docs/ARCHITECTURE.md, "Redis Cluster").
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from cloud.rollout.loop import ControllerLoop
+from shared.redis_client import connect_redis
+from shared.rollouts import AssignmentNotice, RolloutSpec
+from tests.cloud.rollout.test_rollout_controller import FAST_GATE, MODEL, Fleet
+from tests.redis_cluster import RedisClusterNodes
+from tests.serving import wait_for
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path) -> Iterator[RedisClusterNodes]:
+    cluster = RedisClusterNodes(tmp_path / "cluster")
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+def _retried(call: Callable[[], Any], timeout: float = 15.0) -> Any:
+    """The test's own writes (the edges' reports) ride through the election too."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except redis.RedisError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def test_a_step_in_flight_during_a_failover_is_applied_once(
+    own_cluster: RedisClusterNodes, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    client = connect_redis(own_cluster.url)
+    fleet = Fleet(client)
+    rollout = fleet.controller.create(RolloutSpec(model=MODEL, target="2", gate=FAST_GATE))
+    master = client.get_node_from_key(fleet.keys.rollout(rollout.id)).port  # type: ignore[attr-defined]
+    controller = fleet.controller
+    serving = controller.serving
+    killed_at = 0.0
+
+    def kill_inside_a_decision(devices: list[str], model: str) -> dict[str, Any]:
+        # Called under WATCH, before MULTI, in a step that judges a running stage: the
+        # first one after the dwell has passed is the one that decides it.
+        nonlocal killed_at
+        if not killed_at and fleet.clock.t >= 1_000_000.0 + 20:
+            own_cluster.kill(master)
+            killed_at = time.monotonic()
+        return serving(devices, model)
+
+    controller.serving = kill_inside_a_decision  # type: ignore[method-assign]
+    loop = ControllerLoop(controller, 0.05)
+    loop.start()
+    try:
+        state = "running"
+        for _ in range(30):
+            _retried(fleet.edges_follow)
+            fleet.clock.t += 10
+            steps = loop.steps
+            wait_for(lambda s=steps: loop.steps > s + 1, 20, "two controller steps")
+            state = _retried(lambda: controller.get(rollout.id)).state
+            if state != "running":
+                break
+    finally:
+        loop.stop()
+    recovered_s = time.monotonic() - killed_at
+    done = controller.get(rollout.id)
+    whats = [e.what for e in done.events]
+    notices = [
+        AssignmentNotice.from_wire(f[b"assign"])
+        for _, f in client.xrange(fleet.keys.deltas)
+        if b"assign" in f
+    ]
+    loop_records = [r for r in caplog.records if r.name == "cloud.rollout.loop"]
+    warnings = [r.getMessage() for r in loop_records if r.levelno >= logging.WARNING]
+    print(
+        f"\nmaster {master} killed inside a step deciding a stage; the rollout "
+        f"{done.state} {recovered_s:.1f} s after the kill; {loop.steps} steps, "
+        f"{loop.errors} failed, controller warnings: {warnings}; events: {whats}; "
+        f"{len(notices)} assignment notices"
+    )
+    assert killed_at, "the kill never happened"
+    assert done.state == "completed"
+    assert [s.status for s in done.stages] == ["passed"] * len(done.stages)
+    assert len(whats) == len(set(whats))  # every decision once
+    assert all(fleet.desired(d) == fleet.b for d in fleet.counters)
+    assert not any(r.exc_info for r in caplog.records)  # no traceback anywhere
+    assert len(warnings) <= 1  # at most one line for the outage...
+    if warnings:  # ...and one when it is over
+        assert any("reachable again" in r.getMessage() for r in loop_records)
