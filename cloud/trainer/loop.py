@@ -156,7 +156,7 @@ class Trainer:
 
     def run(self, stop: threading.Event) -> None:
         """Ingest and train until ``stop`` is set; rides out Redis outages."""
-        backoff = Backoff(base=0.2, cap=5.0)
+        backoff = Backoff(base=0.2, cap=5.0, on_backoff=_start_failed)
         backoff.call(self.start, retry_on=REDIS_DOWN, stop=stop)
         failures = 0
         while not stop.is_set():
@@ -414,6 +414,13 @@ class _Window:
             out["labeled_per_class"] = {self.labels[c]: int(n) for c, n in enumerate(self.counts)}
         self._reset()
         return out
+
+
+def _start_failed(attempt: int, wait: float, e: BaseException) -> None:
+    """One line when the start (its bootstrap round included) meets an outage, not one
+    per retry: the start is retried from the beginning until Redis answers."""
+    if attempt == 1:
+        logger.warning("redis unavailable at start (%s); retrying until it answers", e)
 
 
 def _describe(task: TaskSpec) -> str:
