@@ -1,8 +1,8 @@
 """A trainer's round (its bootstrap: train, export, publish) while the master of the fleet's
 slot is killed between training and publishing, in the trainer's own loop (``run``): the
-round fails on its first write with one log line, the loop starts it again, and the
-next one publishes a version that is whole and confirmed by a replica
-(``publish_wait_replicas = 1``) once the killed node is back as one.
+round's writes either ride through the election, or fail with one log line and the loop
+runs the round again; either way the version published is whole and confirmed by a
+replica (``publish_wait_replicas = 1``) once the killed node is back as one.
 
 The test starts a cluster of its own (it kills one of its masters). Run with ``-s`` for
 the figures (docs/ARCHITECTURE.md, "A publish during a failover").
@@ -105,7 +105,8 @@ def test_a_round_in_flight_during_a_failover_publishes_once_confirmed(
     print(
         f"\nround (bootstrap) {times['kill'] - t0:.1f} s to train and export; master {master} "
         f"killed before its first write; slot moved {times['failover'] - times['kill']:.1f} s "
-        f"later; the next round published and confirmed by a replica "
+        f"later; {'the round' if not lines else 'the next round'} published and confirmed "
+        f"by a replica "
         f"{times['published'] - times['kill']:.1f} s after the kill; report: "
         f"published={report.get('published')} {report.get('reason')!r}; versions {versions}; "
         f"log: {lines}"
@@ -120,7 +121,9 @@ def test_a_round_in_flight_during_a_failover_publishes_once_confirmed(
     assert sha256_hex(decode_full(client.get(keys.artifact(sha)))) == sha  # type: ignore[arg-type]
     assert client.exists(keys.weights(sha)) == 1  # the next round's starting point
     assert not any(r.exc_info for r in caplog.records)  # no traceback
-    assert len(lines) == 1 and "redis unavailable at start" in lines[0]
+    # Either the round's writes rode through the election (redis-py's cluster retries and
+    # a new layout) and it completed, or they failed: one line, and the loop ran it again.
+    assert lines == [] or (len(lines) == 1 and "redis unavailable at start" in lines[0])
 
 
 def _moved(cluster: RedisClusterNodes, key: str, dead: int) -> bool:
