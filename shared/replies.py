@@ -22,8 +22,18 @@ import redis
 
 from shared.errors import ConfigError
 
-#: What a Redis that does not answer (down, hung, restarting) raises in redis-py.
-REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+#: What a Redis that does not answer (down, hung, restarting) raises in redis-py; and a
+#: Redis Cluster during a failover: its slot not served yet (CLUSTERDOWN, TRYAGAIN, a slot
+#: no node covers), or, when a layout refresh reached no node, RedisClusterUnreachableError
+#: (a RedisClusterException, no RedisError).
+REDIS_DOWN: tuple[type[Exception], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.RedisClusterUnreachableError,
+    redis.exceptions.SlotNotCoveredError,
+)
 
 
 class DecodingClient(ConfigError):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -27,6 +26,7 @@ from cloud.api.tokens import TokenConflict
 from cloud.registry.versions import AmbiguousRef, PatchUnavailable
 from cloud.rollout.controller import RolloutConflict
 from shared.errors import InputError, ModelRejected, NotFound
+from shared.replies import REDIS_DOWN
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +58,8 @@ def install(app: FastAPI) -> None:
     for exc_type, status in _STATUS:
         app.add_exception_handler(exc_type, _named(status))
     app.add_exception_handler(RequestValidationError, _invalid)
-    app.add_exception_handler(redis.ConnectionError, _unavailable)
-    app.add_exception_handler(redis.TimeoutError, _unavailable)
+    for down in REDIS_DOWN:  # one server down, or a cluster during a failover
+        app.add_exception_handler(down, _unavailable)
 
 
 def _named(status: int) -> Any:

@@ -75,6 +75,7 @@ from shared.messages import (
     VersionRecord,
 )
 from shared.redis_client import node_pipeline
+from shared.replies import REDIS_DOWN
 from shared.signing import Signer
 from shared.task import TaskSpec
 from shared.tensors import TensorSpec
@@ -307,7 +308,7 @@ class Publisher:
             pipe.eval(_TOUCH_RECORD, 1, records, sha256)
             pipe.execute_command("WAIT", n, self.wait_ms)
             there, acked = (int(r) for r in pipe.execute())
-        except redis.RedisError as e:
+        except (redis.RedisError, *REDIS_DOWN) as e:
             raise PublishNotReplicated(
                 f"{what} was published, but its confirmation by {n} replica(s) failed "
                 f"({type(e).__name__}: {e}); it may be lost with the master"

@@ -20,6 +20,7 @@ import redis
 from cloud.registry.fleet_counts import FleetCounts
 from cloud.registry.tuf_repo import TufRepository
 from cloud.rollout.controller import RolloutController
+from shared.replies import REDIS_DOWN
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class ControllerLoop:
                 if failing:
                     logger.info("rollout controller: Redis reachable again")
                 failing = False
-            except redis.RedisError as e:
+            except (redis.RedisError, *REDIS_DOWN) as e:
                 self.errors += 1
                 if not failing:
                     logger.warning(

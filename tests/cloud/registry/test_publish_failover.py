@@ -8,6 +8,7 @@ the figures (docs/ARCHITECTURE.md, "A publish during a failover").
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ import pytest
 import redis
 
 from cloud.registry.publisher import (
+    Published,
     Publisher,
     PublishError,
     PublishNotReplicated,
@@ -32,6 +34,7 @@ from shared.codec import decode_full, sha256_hex
 from shared.keys import FleetKeys
 from shared.messages import DeltaAnnouncement, ProbeSet, SignedManifest, VersionRecord
 from shared.redis_client import connect_redis
+from shared.replies import REDIS_DOWN
 from shared.runtime import TFLiteModel
 from shared.signing import Verifier
 from tests.redis_cluster import RedisClusterNodes
@@ -83,6 +86,7 @@ class PublishLoop:
         self.publisher = publisher
         self.confirmed: list[str] = []
         self.failures: dict[str, int] = {}
+        self.unconfirmed: list[Published] = []  # published on a master, not confirmed
         self.elapsed: list[float] = []
 
     def run(self, requests: list[PublishRequest]) -> None:
@@ -97,9 +101,11 @@ class PublishLoop:
                     raise  # not asked for: each publish takes whatever is latest
                 except PublishError as e:
                     self._count(e)
+                    if isinstance(e, PublishNotReplicated) and e.published is not None:
+                        self.unconfirmed.append(e.published)
                     if "already a published version" in str(e) and self._reconfirm(sha):
                         break
-                except redis.RedisError as e:
+                except (redis.RedisError, *REDIS_DOWN) as e:
                     self._count(e)
                 time.sleep(0.1)
             self.confirmed.append(sha)
@@ -172,6 +178,7 @@ def test_a_master_killed_inside_a_publish_leaves_every_version_whole(
     wait_for(lambda: _serving(edge) == latest, 10, "the edge on the latest version")
     converged_s = time.monotonic() - killed_at
 
+    time.sleep(0.05)  # a last look
     watching.set()
     reader = connect_redis(own_cluster.url)
     listed = _check_whole(reader, keys, signing)
@@ -197,6 +204,83 @@ def test_a_master_killed_inside_a_publish_leaves_every_version_whole(
     assert set(served) <= set(listed.values())
     assert edge.updater.updates_refused == 0
     assert _serving(edge) == latest == listed[max(listed)]
+
+
+def test_a_publish_its_replica_never_saw_is_lost_and_reported(
+    own_cluster: RedisClusterNodes,
+    tmp_path: Path,
+    signing: Signing,
+    daemon_factory: Callable[..., EdgeDaemon],
+) -> None:
+    """The window WAIT is for, made certain: the replica stopped and its link cut before a
+    publish's EXEC, the master killed right after it. The master answered the EXEC (a
+    publisher without WAIT would have returned), the version dies with it."""
+    keys = FleetKeys("lab")
+    client = connect_redis(own_cluster.url)
+    registry = Registry(client, keys, DirBlobStore(tmp_path / "blobs"))
+    publisher = Publisher(registry, signing.signer, wait_replicas=1, wait_ms=500)
+    loop = PublishLoop(publisher)
+    requests = [_request(n) for n in range(1, 5)]
+    loop.run(requests[:2])
+    edge = daemon_factory(redis_url=own_cluster.url, desired_poll_s=0.5)
+    wait_for(lambda: _serving(edge) == loop.confirmed[1], 10, "the edge on v2")
+    served, watching = _watch(edge)
+    master = client.get_node_from_key(keys.versions(MODEL)).port  # type: ignore[attr-defined]
+    replica = int(own_cluster.node(master).info("replication")["slave0"]["port"])
+    record_version, confirm = registry.record_version, publisher.confirm
+    cut = 0.0
+
+    def cut_then_record(pipe: Any, record: VersionRecord, *args: Any) -> None:
+        # inside v3's transaction, before its EXEC: the replica stops and its link is cut
+        nonlocal cut
+        if record.version == 3 and not cut:
+            own_cluster.procs[replica].send_signal(signal.SIGSTOP)
+            own_cluster.node(master).client_kill_filter(_type="replica")
+            cut = time.monotonic()
+        record_version(pipe, record, *args)
+
+    killed: list[float] = []
+
+    def kill_then_confirm(model: str, sha256: str) -> None:
+        if cut and not killed:
+            own_cluster.kill(master)  # the EXEC was answered: the version is on the master
+            own_cluster.procs[replica].send_signal(signal.SIGCONT)
+            killed.append(time.monotonic())
+        confirm(model, sha256)
+
+    registry.record_version = cut_then_record  # type: ignore[method-assign]
+    publisher.confirm = kill_then_confirm  # type: ignore[method-assign]
+    publishing = threading.Thread(target=loop.run, args=(requests[2:],))
+    publishing.start()
+    wait_for(lambda: _slot_master(own_cluster, keys.versions(MODEL), master), 15, "a new master")
+    failover_s = time.monotonic() - cut
+    own_cluster.restart(master)
+    publishing.join(30)
+    assert not publishing.is_alive()
+    latest = loop.confirmed[-1]
+    wait_for(lambda: _serving(edge) == latest, 10, "the edge on the latest version")
+    time.sleep(0.05)  # a last look
+    watching.set()
+
+    reader = connect_redis(own_cluster.url)
+    listed = _check_whole(reader, keys, signing)
+    stream_ids = {i.decode() for i, _ in reader.xrange(keys.deltas)}
+    first = loop.unconfirmed[0]  # v3 as the killed master published it
+    lost = first.announcement_id not in stream_ids
+    print(
+        f"\nreplica {replica} stopped and cut off, master {master} killed after v3's EXEC; "
+        f"slot served by {replica} {failover_s:.1f} s later; v3 as the master answered it "
+        f"{'lost' if lost else 'survived'} (its announcement {first.announcement_id} "
+        f"{'absent' if lost else 'present'}); failures retried: {loop.failures}; "
+        f"{len(loop.confirmed)} versions confirmed, {len(listed)} listed, all whole; "
+        f"the edge served {sorted(n for n, sha in listed.items() if sha in served)} and "
+        f"refused {edge.updater.updates_refused}"
+    )
+    assert first.version == 3 and lost  # acknowledged by the master, gone with it...
+    assert sorted(listed) == [1, 2, 3, 4]  # ...reported, and published again
+    assert loop.confirmed == [listed[n] for n in (1, 2, 3, 4)]
+    assert set(served) <= set(listed.values()) and edge.updater.updates_refused == 0
+    assert _serving(edge) == listed[4]
 
 
 def _watch(edge: EdgeDaemon) -> tuple[set[str], threading.Event]:

@@ -19,6 +19,7 @@ import redis
 
 from cloud.rollout.loop import ControllerLoop
 from shared.redis_client import connect_redis
+from shared.replies import REDIS_DOWN
 from shared.rollouts import AssignmentNotice, RolloutSpec
 from tests.cloud.rollout.test_rollout_controller import FAST_GATE, MODEL, Fleet
 from tests.redis_cluster import RedisClusterNodes
@@ -39,7 +40,7 @@ def _retried(call: Callable[[], Any], timeout: float = 15.0) -> Any:
     while True:
         try:
             return call()
-        except redis.RedisError:
+        except (redis.RedisError, *REDIS_DOWN):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
