@@ -26,7 +26,7 @@ from shared.errors import ConfigError
 #: Redis Cluster during a failover: its slot not served yet (CLUSTERDOWN, TRYAGAIN, a slot
 #: no node covers), or, when a layout refresh reached no node, RedisClusterUnreachableError
 #: (a RedisClusterException, no RedisError).
-REDIS_DOWN: tuple[type[Exception], ...] = (
+REDIS_DOWN = (
     redis.ConnectionError,
     redis.TimeoutError,
     redis.exceptions.ClusterDownError,
