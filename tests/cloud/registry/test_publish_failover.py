@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
+from tuf.api.metadata import Metadata, Root
 
 from cloud.registry.publisher import (
     Published,
@@ -27,6 +28,8 @@ from cloud.registry.publisher import (
     PublishRequest,
     StaleParent,
 )
+from cloud.registry.tuf_keys import KeyDir, init_fleet
+from cloud.registry.tuf_repo import TufRepository, TufSigners, load_signer
 from cloud.registry.versions import DirBlobStore, Registry
 from edge.daemon import EdgeDaemon
 from edge.settings import BUNDLED_BASELINE
@@ -41,6 +44,7 @@ from tests.redis_cluster import RedisClusterNodes
 from tests.serving import Signing, wait_for
 
 MODEL = "digits"
+_ROLES = ("root", "targets", "snapshot", "timestamp")
 VERSIONS = 8  # published in a row; the master dies inside the third
 KILL_IN = 3
 
@@ -152,7 +156,17 @@ def test_a_master_killed_inside_a_publish_leaves_every_version_whole(
         f"the confirmation alone (record rewrite + WAIT 1): {confirm_ms:.2f} ms (median of 50)"
     )
     own_cluster.flushall()
-    waiting = Publisher(registry, signing.signer, wait_replicas=1, wait_ms=1000)
+    # A TUF repository (cloud/registry/tuf_repo.py): each publish adds its version to
+    # targets, snapshot and timestamp in its transaction; the edge trusts only what
+    # that metadata vouches for.
+    keydir = KeyDir(tmp_path / "keys")
+    init_fleet(client, keys, keydir, director=False)
+    tuf = TufRepository(
+        client,
+        keys,
+        TufSigners(load_signer(keydir.file("targets")), load_signer(keydir.file("online"))),
+    )
+    waiting = Publisher(registry, signing.signer, wait_replicas=1, wait_ms=1000, tuf=tuf)
     master = client.get_node_from_key(keys.versions(MODEL)).port
 
     # The kill lands between a publish's EXEC (answered: the version is on the master and
@@ -173,7 +187,9 @@ def test_a_master_killed_inside_a_publish_leaves_every_version_whole(
     loop = PublishLoop(waiting)
     requests = [_request(n) for n in range(1, VERSIONS + 1)]
     loop.run(requests[:1])
-    edge = daemon_factory(redis_url=own_cluster.url, desired_poll_s=0.5)
+    edge = daemon_factory(
+        redis_url=own_cluster.url, desired_poll_s=0.5, tuf_root=keydir.trusted_root
+    )
     wait_for(lambda: _serving(edge) == loop.confirmed[0], 10, "the edge on v1")
     served, watching = _watch(edge)
 
@@ -197,13 +213,14 @@ def test_a_master_killed_inside_a_publish_leaves_every_version_whole(
     watching.set()
     reader = connect_redis(own_cluster.url)
     listed = _check_whole(reader, keys, signing)
+    vouched = _check_tuf(reader, keys)
     announced = _announced(reader, keys)
     print(
         f"master {master} killed inside publish {KILL_IN} (after its EXEC, before its WAIT); "
         f"a replica served the slot {failover_s:.1f} s later; {confirmed_alone - KILL_IN + 1} "
         f"publishes confirmed before the killed node was back as its replica; "
-        f"{len(loop.confirmed)} versions confirmed, {len(listed)} listed, all whole; "
-        f"failures retried: {loop.failures}; publishes done {done_s:.1f} s after the kill; "
+        f"{len(loop.confirmed)} versions confirmed, {len(listed)} listed, all whole, "
+        f"{len(vouched)} in TUF's targets; failures retried: {loop.failures}; publishes done {done_s:.1f} s after the kill; "
         f"the edge on the latest {converged_s:.1f} s after it, {edge.updater.swaps} swaps, "
         f"{edge.updater.updates_refused} refused"
     )
@@ -213,6 +230,9 @@ def test_a_master_killed_inside_a_publish_leaves_every_version_whole(
     assert len(set(listed.values())) == len(listed)
     # Every version listed was announced, and every announcement names a listed version.
     assert set(announced) == set(listed.values())
+    # TUF's metadata, each role signed by the keys root names and chained by version,
+    # vouches for exactly the listed versions' files.
+    assert vouched == set(listed.values())
     assert sum(loop.failures.values()) > 0  # the kill was felt, and retried
     # The edge served only versions the registry holds, each verified (manifest signature,
     # file hash) before the swap; it refused nothing, and ends on the latest.
@@ -228,16 +248,26 @@ def test_a_publish_its_replica_never_saw_is_lost_and_reported(
     daemon_factory: Callable[..., EdgeDaemon],
 ) -> None:
     """The window WAIT is for, made certain: the replica stopped and its link cut before a
-    publish's EXEC, the master killed right after it. The master answered the EXEC (a
-    publisher without WAIT would have returned), the version dies with it."""
+    publish's EXEC, the master killed after it once the edge has installed the version
+    (TUF metadata and all). The master answered the EXEC (a publisher without WAIT would
+    have returned), the version dies with it."""
     keys = FleetKeys("lab")
     client = connect_redis(own_cluster.url)
     registry = Registry(client, keys, DirBlobStore(tmp_path / "blobs"))
-    publisher = Publisher(registry, signing.signer, wait_replicas=1, wait_ms=500)
+    keydir = KeyDir(tmp_path / "keys")
+    init_fleet(client, keys, keydir, director=False)
+    tuf = TufRepository(
+        client,
+        keys,
+        TufSigners(load_signer(keydir.file("targets")), load_signer(keydir.file("online"))),
+    )
+    publisher = Publisher(registry, signing.signer, wait_replicas=1, wait_ms=500, tuf=tuf)
     loop = PublishLoop(publisher)
     requests = [_request(n) for n in range(1, 5)]
     loop.run(requests[:2])
-    edge = daemon_factory(redis_url=own_cluster.url, desired_poll_s=0.5)
+    edge = daemon_factory(
+        redis_url=own_cluster.url, desired_poll_s=0.5, tuf_root=keydir.trusted_root
+    )
     wait_for(lambda: _serving(edge) == loop.confirmed[1], 10, "the edge on v2")
     served, watching = _watch(edge)
     master = client.get_node_from_key(keys.versions(MODEL)).port  # type: ignore[attr-defined]
@@ -256,9 +286,14 @@ def test_a_publish_its_replica_never_saw_is_lost_and_reported(
 
     killed: list[float] = []
 
+    edge_had_it: list[bool] = []
+
     def kill_then_confirm(model: str, sha256: str) -> None:
         if cut and not killed:
-            own_cluster.kill(master)  # the EXEC was answered: the version is on the master
+            # the EXEC was answered: the version is on the master, and announced; the edge
+            # installs it (the replica must not stay stopped past cluster-node-timeout)
+            edge_had_it.append(_until(lambda: _serving(edge) == sha256, 1.2))
+            own_cluster.kill(master)
             own_cluster.procs[replica].send_signal(signal.SIGCONT)
             killed.append(time.monotonic())
         confirm(model, sha256)
@@ -284,7 +319,8 @@ def test_a_publish_its_replica_never_saw_is_lost_and_reported(
     lost = first.announcement_id not in stream_ids
     print(
         f"\nreplica {replica} stopped and cut off, master {master} killed after v3's EXEC; "
-        f"slot served by {replica} {failover_s:.1f} s later; v3 as the master answered it "
+        f"slot served by {replica} {failover_s:.1f} s later (the edge had installed v3: "
+        f"{edge_had_it}); v3 as the master answered it "
         f"{'lost' if lost else 'survived'} (its announcement {first.announcement_id} "
         f"{'absent' if lost else 'present'}); failures retried: {loop.failures}; "
         f"{len(loop.confirmed)} versions confirmed, {len(listed)} listed, all whole; "
@@ -292,10 +328,20 @@ def test_a_publish_its_replica_never_saw_is_lost_and_reported(
         f"refused {edge.updater.updates_refused}"
     )
     assert first.version == 3 and lost  # acknowledged by the master, gone with it...
+    assert edge_had_it == [True]  # ...after the edge had installed it, verified
     assert sorted(listed) == [1, 2, 3, 4]  # ...reported, and published again
     assert loop.confirmed == [listed[n] for n in (1, 2, 3, 4)]
     assert set(served) <= set(listed.values()) and edge.updater.updates_refused == 0
     assert _serving(edge) == listed[4]
+
+
+def _until(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def _watch(edge: EdgeDaemon) -> tuple[set[str], threading.Event]:
@@ -349,6 +395,31 @@ def _check_whole(client: Any, keys: FleetKeys, signing: Signing) -> dict[int, st
         assert artifact is not None and sha256_hex(decode_full(artifact)) == sha
         listed[number] = sha
     return listed
+
+
+def _check_tuf(client: Any, keys: FleetKeys) -> set[str]:
+    """The sha256 of every version TUF's targets lists, after checking the chain: root
+    signs targets, snapshot and timestamp; timestamp names snapshot's version, snapshot
+    names targets'; each listed file's length and sha256 are its artifact's."""
+    meta = {n: client.get(keys.tuf_metadata(f"{n}.json")) for n in _ROLES}
+    root = Metadata[Root].from_bytes(meta["root"])
+    parsed: dict[str, Any] = {}
+    for role in ("targets", "snapshot", "timestamp"):
+        md = Metadata.from_bytes(meta[role])
+        root.signed.verify_delegate(role, md.signed_bytes, md.signatures)
+        parsed[role] = md.signed
+    assert parsed["timestamp"].snapshot_meta.version == parsed["snapshot"].version
+    assert parsed["snapshot"].meta["targets.json"].version == parsed["targets"].version
+    shas = set()
+    for path, target in parsed["targets"].targets.items():
+        if not path.startswith("artifacts/"):
+            continue
+        sha = path.removeprefix("artifacts/")
+        artifact = client.get(keys.artifact(sha))
+        assert artifact is not None and target.length == len(artifact)
+        assert target.hashes["sha256"] == sha256_hex(artifact)
+        shas.add(sha)
+    return shas
 
 
 def _announced(client: Any, keys: FleetKeys) -> list[str]:
