@@ -22,6 +22,11 @@ import redis
 
 from shared.errors import ConfigError
 
+# Cluster errors of newer redis-py releases than the oldest this project accepts (redis>=5);
+# where one is missing, the fallback (ConnectionError, listed already) keeps the tuple valid.
+_UNREACHABLE = getattr(redis.exceptions, "RedisClusterUnreachableError", redis.ConnectionError)
+_UNCOVERED = getattr(redis.exceptions, "SlotNotCoveredError", redis.ConnectionError)
+
 #: What a Redis that does not answer (down, hung, restarting) raises in redis-py; and a
 #: Redis Cluster during a failover: its slot not served yet (CLUSTERDOWN, TRYAGAIN, a slot
 #: no node covers), or, when a layout refresh reached no node, RedisClusterUnreachableError
@@ -31,8 +36,8 @@ REDIS_DOWN = (
     redis.TimeoutError,
     redis.exceptions.ClusterDownError,
     redis.exceptions.TryAgainError,
-    redis.exceptions.RedisClusterUnreachableError,
-    redis.exceptions.SlotNotCoveredError,
+    _UNREACHABLE,
+    _UNCOVERED,
 )
 
 

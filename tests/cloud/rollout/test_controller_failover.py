@@ -107,3 +107,43 @@ def test_a_step_in_flight_during_a_failover_is_applied_once(
     assert len(warnings) <= 1  # at most one line for the outage...
     if warnings:  # ...and one when it is over
         assert any("reachable again" in r.getMessage() for r in loop_records)
+
+
+class _Unreachable:
+    """A controller whose steps meet a cluster no layout refresh could reach (as during
+    the publish failover test), then one that answers again."""
+
+    client = keys = None
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+
+    def step(self) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise redis.exceptions.RedisClusterUnreachableError("no reachable node")
+
+    def renew_orders(self) -> None:
+        pass
+
+
+def test_an_unreachable_cluster_is_an_outage_for_the_loop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """RedisClusterUnreachableError is no RedisError: the loop must still take it for an
+    outage (one line, then one when it is over), not a failed step with a traceback."""
+    controller = _Unreachable(failures=3)
+    loop = ControllerLoop(controller, 0.01, counts=_NoCounts())  # type: ignore[arg-type]
+    with caplog.at_level(logging.INFO, logger="cloud.rollout.loop"):
+        loop.start()
+        wait_for(lambda: loop.steps >= 2, 5, "steps after the outage")
+        loop.stop()
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert loop.errors == 3 and len(lines) == 1 and "no reachable node" in lines[0]
+    assert not any(r.exc_info for r in caplog.records)
+    assert any("reachable again" in r.getMessage() for r in caplog.records)
+
+
+class _NoCounts:
+    def catch_up(self) -> None:
+        pass
