@@ -155,6 +155,10 @@ class PublishRequest:
     input: TensorSpec | None = None  # one sample's shape and dtype (None: flat float32)
     task: TaskSpec | None = None  # None: a classifier over ``labels``
     exemplars: Exemplars | None = None  # for the edges' adapters (the bootstrap's seed rows)
+    #: Keys the version needs, written before the publish (the trainer's weights of it):
+    #: checked under WATCH on the master that takes the publish, so that a failover which
+    #: lost them never leaves a version without them (PublishNotReplicated).
+    requires: tuple[str, ...] = ()
 
     def manifest(self, sha: str, parent: tuple[str, int] | None) -> ModelManifest:
         """The manifest of this version as the child of ``parent`` (sha256, number)."""
@@ -228,6 +232,12 @@ class Publisher:
         done: list[Published] = []
 
         def txn(pipe: Any) -> None:
+            missing = [key for key in request.requires if not pipe.exists(key)]
+            if missing:
+                raise PublishNotReplicated(
+                    f"{model}: {', '.join(missing)} written before the publish is not on "
+                    "the master (lost in a failover?); not published"
+                )
             manifest = request.manifest(sha, self._parent(pipe, request, sha))
             manifest_json = manifest.model_dump_json()
             signature = self.signer.sign(manifest_json.encode("utf-8"))
@@ -270,7 +280,12 @@ class Publisher:
             done[:] = [Published(manifest.version, sha, signed, "", payloads, set_target)]
 
         # EXEC's replies (redis-py types them for every mode), the XADD's stream id last
-        watched = [versions_key, rollout_key, *(self.tuf.watched() if self.tuf else [])]
+        watched = [
+            versions_key,
+            rollout_key,
+            *(self.tuf.watched() if self.tuf else []),
+            *request.requires,
+        ]
         try:
             answers = cast(list[object], self.client.transaction(txn, *watched))
         except redis.ResponseError as e:

@@ -616,6 +616,7 @@ class RoundRunner:
             input=data.input,
             task=data.task,
             exemplars=exemplars,
+            requires=(self.keys.weights(exported.sha256),),
         )
         published = self.publisher.publish(request)
         report.published, report.version, report.sha256 = True, published.version, published.sha256

@@ -170,3 +170,15 @@ def test_a_publish_no_replica_confirms_does_not_count(publisher, exported, redis
         waiting.confirm("digits", "0" * 64)
     # the confirmation rewrote the record with its own bytes, nothing else
     assert waiting.registry.get("digits", 1).sha256 == exported.sha256
+
+
+def test_a_publish_needs_what_was_written_before_it(publisher, exported, redis_client, keys):
+    """A key the version needs (the trainer's weights) missing on the master, as after a
+    failover that lost it: nothing is published."""
+    weights = keys.weights(exported.sha256)
+    with pytest.raises(PublishNotReplicated, match="weights"):
+        publish(publisher, exported.content, probe=exported.probe, requires=(weights,))
+    assert publisher.versions("digits") == [] and redis_client.xlen(keys.deltas) == 0
+    redis_client.set(weights, b"w")
+    p = publish(publisher, exported.content, probe=exported.probe, requires=(weights,))
+    assert publisher.versions("digits") == [(1, p.sha256)]
