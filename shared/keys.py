@@ -166,6 +166,13 @@ class FleetKeys:
         return f"{self._p}:counts-cursor"
 
     @property
+    def counts_folded(self) -> str:
+        """Set, with a lifetime of a few controller steps, by each controller step that
+        brought the counts up to date: while it lives, reads trust the counts as they are
+        and fold nothing themselves (``FleetCounts.read_refresh``)."""
+        return f"{self._p}:counts-folded"
+
+    @property
     def counts_repair(self) -> str:
         """ZSCAN cursor of a repair walk over ``devices``, while one runs: set when the
         status stream was trimmed past ``counts_cursor`` (reports were never folded)."""
