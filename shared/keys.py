@@ -315,6 +315,15 @@ class FleetKeys:
         """One rollout's state (JSON)."""
         return f"{self._p}:rollout:{check_name('rollout id', rollout_id)}"
 
+    def gate_book(self, rollout_id: str) -> str:
+        """Hash of a rollout's running stage's gate figures (cloud/rollout/gate_book.py):
+        ``d:<device>`` -> what each ring device on B counts for, and the sums."""
+        return f"{self._p}:gate-book:{check_name('rollout id', rollout_id)}"
+
+    def gate_p99(self, rollout_id: str) -> str:
+        """Sorted set of a rollout's running stage's devices on B by their p99 latency."""
+        return f"{self._p}:gate-p99:{check_name('rollout id', rollout_id)}"
+
     @property
     def rollouts(self) -> str:
         """Sorted set of rollout ids by creation time."""

@@ -240,8 +240,8 @@ class FleetCounts:
             return 0
         # MAXLEN ~ keeps the newest maxlen entries: the cursor's own entry is gone only
         # after that many more reports, and some of them may be gone unfolded too
-        first = _trimmed_to(_info(info))
-        gap = first is not None and _newer(first, cursor)
+        first = replies.trimmed_to(replies.stream_info(info))
+        gap = first is not None and replies.id_newer(first, cursor)
         if gap and self.client.set(self.keys.counts_repair, "0", nx=True):
             logger.warning(
                 "fleet %s: the status stream was trimmed past the counts (at %s, the "
@@ -394,26 +394,3 @@ def _deadline(now: float, pttl_ms: int) -> float:
     if pttl_ms == -1:
         return now + _NEVER
     return now + pttl_ms / 1000.0
-
-
-def _info(reply: Any) -> dict[str, str]:
-    """XINFO STREAM's flat reply as text fields (the values this module reads)."""
-    if isinstance(reply, dict):
-        items = list(reply.items())
-    else:
-        items = list(zip(reply[::2], reply[1::2], strict=True))
-    return {replies.text(k): replies.text(v) for k, v in items if isinstance(v, (bytes, str, int))}
-
-
-def _trimmed_to(info: dict[str, str]) -> str | None:
-    """The first entry id of a stream that lost entries to trimming, else None."""
-    if int(info.get("entries-added", 0)) <= int(info.get("length", 0)):
-        return None
-    return info.get("recorded-first-entry-id") or None
-
-
-def _newer(a: str, b: str) -> bool:
-    """Stream id ``a`` after ``b``."""
-    am, _, asq = a.partition("-")
-    bm, _, bsq = b.partition("-")
-    return (int(am), int(asq or 0)) > (int(bm), int(bsq or 0))
