@@ -137,14 +137,15 @@ def test_a_dead_trainers_models_are_taken_over_within_the_lease(
                 }
             )
 
-        round_s = wait_for(
-            "the v2s", lambda: all(versions(m) >= 2 for m in MODELS), 240, group, state
-        )
-        for m in MODELS:
-            raw = redis_client.get(keys.trainer(m))
-            assert raw is not None
-            status = TrainerStatus.from_wire(raw)
-            assert status.consumer == others[m] and status.rounds >= 1, status
+        def rounds_by_new_holders() -> bool:
+            for m in MODELS:
+                raw = redis_client.get(keys.trainer(m))
+                status = TrainerStatus.from_wire(raw) if raw is not None else None
+                if status is None or status.consumer != others[m] or status.rounds < 1:
+                    return False
+            return all(versions(m) >= 2 for m in MODELS)
+
+        round_s = wait_for("the new holders' rounds", rounds_by_new_holders, 240, group, state)
         print(
             f"\ntrainer takeover: v1s in {boot_s:.1f}s; holders {holders}; killed; taken over "
             f"in {', '.join(f'{m} {s:.2f}s' for m, s in sorted(taken.items()))} "
