@@ -57,10 +57,10 @@ from shared.redis_sentinel import (
 
 __all__ = [
     "CLUSTER_SCHEMES",
+    "SENTINEL_SCHEMES",
     "ClusterClient",
     "NoSentinelPrimary",
     "NotACluster",
-    "SENTINEL_SCHEMES",
     "connect_redis",
     "disconnect",
     "hosts_of",

@@ -99,7 +99,9 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     parts = urlsplit(url)
     tls = SENTINEL_SCHEMES.get(parts.scheme.lower())
     if tls is None:
-        raise ValueError(f"not a Sentinel URL: use {' or '.join(s + '://' for s in SENTINEL_SCHEMES)}")
+        raise ValueError(
+            f"not a Sentinel URL: use {' or '.join(s + '://' for s in SENTINEL_SCHEMES)}"
+        )
     userinfo, _, hostlist = parts.netloc.rpartition("@")
     sentinels: list[tuple[str, int]] = []
     for node in filter(None, hostlist.split(",")):
@@ -108,7 +110,9 @@ def parse_sentinel_url(url: str) -> SentinelURL:
             raise ValueError(f"sentinel {node!r} needs host:port (a sentinel's port, often 26379)")
         sentinels.append((host.strip("[]"), int(port)))
     if not sentinels:
-        raise ValueError("a Sentinel URL names at least one sentinel: redis+sentinel://host:port/<service>")
+        raise ValueError(
+            "a Sentinel URL names at least one sentinel: redis+sentinel://host:port/<service>"
+        )
     path = [p for p in parts.path.split("/") if p]
     if not path:
         raise ValueError(
@@ -120,7 +124,9 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     query = parse_qs(parts.query, keep_blank_values=True)
     unknown = sorted(set(query) - set(_QUERY))
     if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(unknown)}: a Sentinel URL takes {', '.join(_QUERY)}")
+        raise ValueError(
+            f"unknown option(s) {', '.join(unknown)}: a Sentinel URL takes {', '.join(_QUERY)}"
+        )
     user, has_pw, password = userinfo.partition(":")
     return SentinelURL(
         sentinels=sentinels,
@@ -194,7 +200,8 @@ class SentinelClient(redis.Redis):
     """The primary's client (``Sentinel.master_for``) whose ACL changes reach every
     replica too (module docstring)."""
 
-    sentinel: _Sentinels
+    # Set by connect_sentinel. Not ``sentinel``: that is redis-py's SENTINEL command.
+    sentinels: _Sentinels
     service: str
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
@@ -203,21 +210,21 @@ class SentinelClient(redis.Redis):
         if tuple(words) in _ON_EVERY_NODE:
             replies = self.on_every_node(lambda n: n.execute_command(*args, **options))
             return replies[0]
-        return super().execute_command(*args, **options)
+        return super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
 
-    def on_every_node(self, call: Callable[[redis.Redis], Any]) -> list[Any]:
+    def on_every_node(self, call: Callable[[Any], Any]) -> list[Any]:
         """``call`` on the primary (this client), then on a client of each replica the
         sentinels list, up or down (a replica that is down fails the call: a user must
         exist on a replica before it is promoted); the replies in that order."""
         replies = [call(_Primary(self))]
-        for sentinel in self.sentinel.sentinels:
+        for sentinel in self.sentinels.sentinels:
             try:
                 replicas = sentinel.sentinel_slaves(self.service)
                 break
             except redis.RedisError:
                 continue
         else:
-            raise NoSentinelPrimary(f"no sentinel at {self.sentinel.url.where} lists the replicas")
+            raise NoSentinelPrimary(f"no sentinel at {self.sentinels.url.where} lists the replicas")
         kwargs = self.connection_pool.connection_kwargs
         options = {k: v for k, v in kwargs.items() if k not in ("connection_pool", "host", "port")}
         for replica in replicas:
@@ -251,7 +258,9 @@ class _Primary:
 
 def _plain_class(sentinel_class: type[Any]) -> type[Any]:
     """The connection class of one server that a Sentinel-managed class stands for."""
-    return redis.SSLConnection if issubclass(sentinel_class, redis.SSLConnection) else redis.Connection
+    return (
+        redis.SSLConnection if issubclass(sentinel_class, redis.SSLConnection) else redis.Connection
+    )
 
 
 def _text(value: Any) -> str:
@@ -281,5 +290,5 @@ def connect_sentinel(url: str, *, loopback_only: bool = False, **options: Any) -
         u, loopback_only and not u.tls, sentinel_kwargs=sentinel_options, **options
     )
     client: SentinelClient = sentinels.master_for(u.service, redis_class=SentinelClient, db=u.db)
-    client.sentinel, client.service = sentinels, u.service
+    client.sentinels, client.service = sentinels, u.service
     return client

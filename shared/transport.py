@@ -94,7 +94,9 @@ def scrub(text: str, url: str) -> str:
     except ValueError:
         return text
     secrets = [password] if password else []
-    secrets += [m.group(0)[len("sentinel_password=") :] for m in _SENTINEL_PASSWORD.finditer(parts.query)]
+    secrets += [
+        m.group(0)[len("sentinel_password=") :] for m in _SENTINEL_PASSWORD.finditer(parts.query)
+    ]
     text = text.replace(url, redact(url))
     for secret in filter(None, secrets):
         text = text.replace(secret, "***")

@@ -102,7 +102,9 @@ class RedisSentinelPair:
 
     def _replica_online(self) -> bool:
         info = self.node(self.primary()).info("replication")
-        return bool(info.get("connected_slaves")) and info.get("slave0", {}).get("state") == "online"
+        return (
+            bool(info.get("connected_slaves")) and info.get("slave0", {}).get("state") == "online"
+        )
 
     def _sentinels_ready(self) -> bool:
         for port in self.sentinel_ports:

@@ -78,7 +78,7 @@ def test_the_client_is_the_primarys_and_each_bad_input_is_one_clear_error(
     with pytest.raises(NoSentinelPrimary, match=f"watch no service 'nosuch' .*watch: {SERVICE}"):
         connect_redis(unknown).ping()
     nobody = f"redis+sentinel://127.0.0.1:{free_port()},127.0.0.1:{free_port()}/{SERVICE}"
-    with pytest.raises(NoSentinelPrimary, match="no sentinel at 127.0.0.1:.* answers"):
+    with pytest.raises(NoSentinelPrimary, match=r"no sentinel at 127\.0\.0\.1:.* answers"):
         connect_redis(nobody, socket_connect_timeout=1).ping()
     # both are outages to the callers that retry (the edge's spool, the API's 503)
     assert issubclass(NoSentinelPrimary, redis.ConnectionError)
