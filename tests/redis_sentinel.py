@@ -7,6 +7,11 @@ config file, so each has its own) watching the service ``SERVICE`` with a quorum
 ``down-after-milliseconds`` 1000 and ``failover-timeout`` 3000, so that a killed
 primary is replaced within a few seconds. Ready when every sentinel knows the replica
 and the two other sentinels and the replica is in sync.
+
+With ``secure`` (``tests.redis_cluster.Secure``) every link speaks only TLS (clients,
+replication, the sentinels' own) and the data nodes load an ACL file; with
+``sentinel_password`` the sentinels require it (``requirepass``, and ``sentinel-pass``
+among themselves).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from pathlib import Path
 
 import pytest
 import redis
+
+from tests.redis_cluster import Secure
 
 SERVICE = "lab"
 SENTINELS = 3
@@ -38,8 +45,10 @@ def _free_ports(n: int) -> list[int]:
 class RedisSentinelPair:
     """A primary, its replica and three sentinels we start and stop."""
 
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
+    def __init__(
+        self, workdir: Path, secure: Secure | None = None, sentinel_password: str | None = None
+    ) -> None:
+        self.workdir, self.secure, self.sentinel_password = workdir, secure, sentinel_password
         ports = _free_ports(2 + SENTINELS)
         #: The data nodes' ports, the first the primary at the start.
         self.ports = ports[:2]
@@ -50,17 +59,28 @@ class RedisSentinelPair:
     def url(self) -> str:
         return self.url_as(None, None)
 
-    def url_as(self, user: str | None, password: str | None, db: int = 0) -> str:
-        """The Sentinel URL with a data node user's credentials."""
+    def url_as(self, user: str | None, password: str | None = None, db: int = 0) -> str:
+        """The Sentinel URL with a data node user's credentials (``secure``'s password of
+        ``user`` when none is given) and the sentinels' password if they require one."""
+        if password is None and user and self.secure:
+            password = self.secure.password(user)
         auth = f"{user or ''}:{password}@" if password else ""
         hosts = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
-        return f"redis+sentinel://{auth}{hosts}/{SERVICE}/{db}"
+        scheme = "rediss+sentinel" if self.secure else "redis+sentinel"
+        query = f"?sentinel_password={self.sentinel_password}" if self.sentinel_password else ""
+        return f"{scheme}://{auth}{hosts}/{SERVICE}/{db}{query}"
 
     def node(self, port: int) -> redis.Redis:
-        return redis.Redis(port=port, socket_timeout=5, socket_connect_timeout=1)
+        """An admin's client of one data node."""
+        admin = self.secure.admin if self.secure else {}
+        return redis.Redis(port=port, socket_timeout=5, socket_connect_timeout=1, **admin)
 
     def sentinel(self, port: int) -> redis.Redis:
-        return redis.Redis(port=port, socket_timeout=5, socket_connect_timeout=1)
+        tls = {"ssl": True, "ssl_ca_certs": str(self.secure.ca)} if self.secure else {}
+        return redis.Redis(
+            port=port, socket_timeout=5, socket_connect_timeout=1,
+            password=self.sentinel_password, **tls,
+        )  # fmt: skip
 
     def start(self) -> None:
         if shutil.which("redis-server") is None:
@@ -80,7 +100,8 @@ class RedisSentinelPair:
             ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(d),
              "--save", "", "--appendonly", "no", "--protected-mode", "no",
              "--daemonize", "no", "--loglevel", "warning",
-             "--repl-diskless-sync-delay", "0", "--shutdown-timeout", "0", *extra],
+             "--repl-diskless-sync-delay", "0", "--shutdown-timeout", "0",
+             *(self._tls_node_args(port) if self.secure else ()), *extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
 
@@ -93,12 +114,37 @@ class RedisSentinelPair:
             f"sentinel monitor {SERVICE} 127.0.0.1 {primary} 2\n"
             f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}\n"
             f"sentinel failover-timeout {SERVICE} {FAILOVER_TIMEOUT_MS}\n"
-            f"sentinel parallel-syncs {SERVICE} 1\n"
+            f"sentinel parallel-syncs {SERVICE} 1\n" + self._secure_sentinel_conf(port)
         )
         self.procs[port] = subprocess.Popen(
             ["redis-server", str(conf), "--sentinel"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
+
+    def _tls_node_args(self, port: int) -> list[str]:
+        assert self.secure is not None
+        # Secure.node_args is a cluster node's: the same without the cluster bus
+        args = self.secure.node_args(port)
+        i = args.index("--tls-cluster")
+        return args[:i] + args[i + 2 :]
+
+    def _secure_sentinel_conf(self, port: int) -> str:
+        lines = []
+        if self.sentinel_password:
+            p = self.sentinel_password
+            lines += [f"requirepass {p}", f"sentinel sentinel-pass {p}"]
+        if self.secure:
+            sec = self.secure
+            lines += [
+                "port 0", f"tls-port {port}", f"tls-cert-file {sec.cert}",
+                f"tls-key-file {sec.key}", f"tls-ca-cert-file {sec.ca}",
+                f"tls-client-cert-file {sec.client_cert}",
+                f"tls-client-key-file {sec.client_key}",
+                "tls-auth-clients no", "tls-replication yes",
+                f"sentinel auth-user {SERVICE} {sec.admin_user}",
+                f"sentinel auth-pass {SERVICE} {sec.password(sec.admin_user)}",
+            ]  # fmt: skip
+        return "".join(line + "\n" for line in lines)
 
     def _replica_online(self) -> bool:
         info = self.node(self.primary()).info("replication")
