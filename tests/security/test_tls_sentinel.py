@@ -57,7 +57,7 @@ def test_an_edge_user_and_an_enrolment_over_tls_sentinels(
         assert tls_pair.node(port).acl_getuser(creds.acl_user) is not None
     # the sentinels' password is theirs: without it no sentinel answers
     no_pw = admin_url.partition("?")[0]
-    with pytest.raises(NoSentinelPrimary, match="no sentinel at .* answers.*(auth|AUTH)"):
+    with pytest.raises(NoSentinelPrimary, match=r"no sentinel at .* answers.*(auth|AUTH)"):
         connect_redis(no_pw, **tls_options(no_pw, pki.ca), socket_timeout=2).ping()
     # plaintext to TLS-only sentinels: none answers
     plain = admin_url.replace("rediss+", "redis+")
