@@ -205,9 +205,10 @@ class SentinelClient(redis.Redis):
     service: str
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
-        # redis-py sends "ACL SETUSER" as one argument, callers as two
-        words = [w.upper() for a in args[:2] for w in _text(a).split()][:2]
-        if tuple(words) in _ON_EVERY_NODE:
+        # redis-py sends "ACL SETUSER" as one argument, callers as two; the second
+        # argument of any other command may be a binary key: look only after ACL
+        name = _text(args[0]).upper() if args else ""
+        if name.startswith("ACL") and _acl_command(name, args) in _ON_EVERY_NODE:
             replies = self.on_every_node(lambda n: n.execute_command(*args, **options))
             return replies[0]
         return super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
@@ -261,6 +262,14 @@ def _plain_class(sentinel_class: type[Any]) -> type[Any]:
     return (
         redis.SSLConnection if issubclass(sentinel_class, redis.SSLConnection) else redis.Connection
     )
+
+
+def _acl_command(name: str, args: tuple[Any, ...]) -> tuple[str, ...]:
+    """("ACL", "SETUSER") for ``("ACL SETUSER", ...)`` and ``("ACL", "SETUSER", ...)``."""
+    words = name.split()
+    if len(words) == 1 and len(args) > 1:
+        words.append(_text(args[1]).upper())
+    return tuple(words[:2])
 
 
 def _text(value: Any) -> str:

@@ -72,6 +72,7 @@ def test_the_client_is_the_primarys_and_each_bad_input_is_one_clear_error(
     pipe.set("el:{lab}:n", 1)
     client.register_script("return redis.call('incrby', KEYS[1], 2)")(["el:{lab}:n"], client=pipe)
     assert pipe.execute() == [True, 3]
+    assert client.set(b"el:{lab}:\xff\xfe", b"\x00") and client.delete(b"el:{lab}:\xff\xfe")
     client.delete("el:{lab}:k", "el:{lab}:n")
 
     unknown = redis_sentinel.url.replace(f"/{SERVICE}/", "/nosuch/")
