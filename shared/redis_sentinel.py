@@ -243,6 +243,10 @@ class SentinelClient(redis.Redis):
                 node.close()
         return replies
 
+    def close(self) -> None:
+        super().close()
+        self.sentinels.close()
+
 
 class _Primary:
     """This client with its plain ``execute_command`` (no fan-out), for ``call``."""

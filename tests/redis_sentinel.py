@@ -147,14 +147,16 @@ class RedisSentinelPair:
         return "".join(line + "\n" for line in lines)
 
     def _replica_online(self) -> bool:
-        info = self.node(self.primary()).info("replication")
+        with self.node(self.primary()) as node:
+            info = node.info("replication")
         return (
             bool(info.get("connected_slaves")) and info.get("slave0", {}).get("state") == "online"
         )
 
     def _sentinels_ready(self) -> bool:
         for port in self.sentinel_ports:
-            state = self.sentinel(port).sentinel_master(SERVICE)
+            with self.sentinel(port) as sentinel:
+                state = sentinel.sentinel_master(SERVICE)
             if state["num-other-sentinels"] < SENTINELS - 1 or state["num-slaves"] < 1:
                 return False
         return True
@@ -173,15 +175,19 @@ class RedisSentinelPair:
     def primary(self) -> int:
         """The port of the data node that is the primary now (asked of the nodes)."""
         for port in self.ports:
-            if port in self.procs and self.node(port).info("replication")["role"] == "master":
-                return port
+            if port not in self.procs:
+                continue
+            with self.node(port) as node:
+                if node.info("replication")["role"] == "master":
+                    return port
         raise AssertionError("no primary among the live data nodes")
 
     def named_primary(self) -> int | None:
         """The primary's port as a live sentinel names it."""
         for port in self.sentinel_ports:
             try:
-                _, p = self.sentinel(port).sentinel_get_master_addr_by_name(SERVICE)
+                with self.sentinel(port) as sentinel:
+                    _, p = sentinel.sentinel_get_master_addr_by_name(SERVICE)
                 return int(p)
             except (redis.RedisError, TypeError):
                 continue

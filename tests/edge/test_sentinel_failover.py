@@ -108,6 +108,7 @@ def test_a_killed_primary_loses_no_acknowledged_feedback(
     node = redis.Redis(port=promoted, username=user, password=password)
     assert node.ping() and node.xadd(stream, {"frames": b"x"})
     node.close()
+    admin.close()
 
 
 def _event(event_id: str) -> FeedbackEvent:

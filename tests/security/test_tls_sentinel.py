@@ -54,15 +54,18 @@ def test_an_edge_user_and_an_enrolment_over_tls_sentinels(
     # ACL SETUSER reaches the replica over TLS too
     creds = DeviceRegistry(admin, keys).enroll("pi-t")
     for port in tls_pair.ports:
-        assert tls_pair.node(port).acl_getuser(creds.acl_user) is not None
+        with tls_pair.node(port) as node:
+            assert node.acl_getuser(creds.acl_user) is not None
     # the sentinels' password is theirs: without it no sentinel answers
     no_pw = admin_url.partition("?")[0]
     with pytest.raises(NoSentinelPrimary, match=r"no sentinel at .* answers.*(auth|AUTH)"):
-        connect_redis(no_pw, **tls_options(no_pw, pki.ca), socket_timeout=2).ping()
+        with connect_redis(no_pw, **tls_options(no_pw, pki.ca), socket_timeout=2) as bad:
+            bad.ping()
     # plaintext to TLS-only sentinels: none answers
     plain = admin_url.replace("rediss+", "redis+")
     with pytest.raises(NoSentinelPrimary, match="no sentinel at"):
-        connect_redis(plain, socket_timeout=1, socket_connect_timeout=1).ping()
+        with connect_redis(plain, socket_timeout=1, socket_connect_timeout=1) as bad:
+            bad.ping()
     # a failover over TLS (the sentinels log in to the data nodes as admin): the same
     # clients go on with the promoted replica, where the device's user already is
     primary = tls_pair.primary()
@@ -71,7 +74,10 @@ def test_an_edge_user_and_an_enrolment_over_tls_sentinels(
     wait_for(lambda: _added(edge, keys), 10, "the edge's XADD on the new primary")
     assert admin.xlen(keys.feedback_of("digits")) >= 2
     device = tls_pair.url_as(creds.acl_user, creds.password)
-    assert connect_redis(device, **tls_options(device, pki.ca)).ping()
+    with connect_redis(device, **tls_options(device, pki.ca)) as client:
+        assert client.ping()
+    edge.close()
+    admin.close()
 
 
 def _added(edge: redis.Redis, keys: FleetKeys) -> bool:

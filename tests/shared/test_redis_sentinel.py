@@ -74,13 +74,16 @@ def test_the_client_is_the_primarys_and_each_bad_input_is_one_clear_error(
     assert pipe.execute() == [True, 3]
     assert client.set(b"el:{lab}:\xff\xfe", b"\x00") and client.delete(b"el:{lab}:\xff\xfe")
     client.delete("el:{lab}:k", "el:{lab}:n")
+    client.close()
 
     unknown = redis_sentinel.url.replace(f"/{SERVICE}/", "/nosuch/")
     with pytest.raises(NoSentinelPrimary, match=f"watch no service 'nosuch' .*watch: {SERVICE}"):
-        connect_redis(unknown).ping()
+        with connect_redis(unknown) as bad:
+            bad.ping()
     nobody = f"redis+sentinel://127.0.0.1:{free_port()},127.0.0.1:{free_port()}/{SERVICE}"
     with pytest.raises(NoSentinelPrimary, match=r"no sentinel at 127\.0\.0\.1:.* answers"):
-        connect_redis(nobody, socket_connect_timeout=1).ping()
+        with connect_redis(nobody, socket_connect_timeout=1) as bad:
+            bad.ping()
     # both are outages to the callers that retry (the edge's spool, the API's 503)
     assert issubclass(NoSentinelPrimary, redis.ConnectionError)
 
@@ -91,9 +94,9 @@ def test_production_refuses_a_remote_primary_behind_loopback_sentinels(
     """The sentinels are on loopback; the primary they name is too: accepted. A client
     that takes only loopback refuses any other address (checked here with the address
     the sentinels give rewritten, as a remote primary would be named)."""
-    client = connect_redis(redis_sentinel.url, loopback_only=True)
-    assert client.ping()
-    remote = connect_redis(redis_sentinel.url, loopback_only=True)
-    remote.connection_pool.sentinel_manager._force_master_ip = "192.0.2.10"
-    with pytest.raises(NoSentinelPrimary, match="production refuses plaintext"):
-        remote.ping()
+    with connect_redis(redis_sentinel.url, loopback_only=True) as client:
+        assert client.ping()
+    with connect_redis(redis_sentinel.url, loopback_only=True) as remote:
+        remote.connection_pool.sentinel_manager._force_master_ip = "192.0.2.10"
+        with pytest.raises(NoSentinelPrimary, match="production refuses plaintext"):
+            remote.ping()

@@ -69,3 +69,4 @@ def test_the_api_answers_through_a_failover(
     assert summary.status_code == 200 and summary.json()["devices"] >= 1
     # The status written last (after the election) is on the promoted primary.
     assert pair.primary() != primary
+    admin.close()

@@ -24,7 +24,10 @@ def test_enrol_and_revoke_reach_the_replica(redis_sentinel: RedisSentinelPair) -
     device = connect_redis(redis_sentinel.url_as(creds.acl_user, creds.password), socket_timeout=2)
     device.xadd(keys.feedback_of("digits"), {"frames": b"x"})
     assert client.xlen(keys.feedback_of("digits")) == 1
+    device.close()
     registry.revoke("pi-s")
     for port in redis_sentinel.ports:
-        assert redis_sentinel.node(port).acl_getuser(creds.acl_user) is None
+        with redis_sentinel.node(port) as node:
+            assert node.acl_getuser(creds.acl_user) is None
     client.delete(keys.feedback_of("digits"), keys.device_registry)
+    client.close()
