@@ -229,8 +229,9 @@ class SentinelClient(redis.Redis):
         kwargs = self.connection_pool.connection_kwargs
         options = {k: v for k, v in kwargs.items() if k not in ("connection_pool", "host", "port")}
         for replica in replicas:
-            node = redis.Redis(
-                connection_pool=redis.ConnectionPool(
+            # from_pool: closing the client closes its pool (and socket) too
+            node = redis.Redis.from_pool(
+                redis.ConnectionPool(
                     connection_class=_plain_class(self.connection_pool.connection_class),
                     host=replica["ip"],
                     port=int(replica["port"]),

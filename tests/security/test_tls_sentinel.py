@@ -58,14 +58,14 @@ def test_an_edge_user_and_an_enrolment_over_tls_sentinels(
             assert node.acl_getuser(creds.acl_user) is not None
     # the sentinels' password is theirs: without it no sentinel answers
     no_pw = admin_url.partition("?")[0]
-    with pytest.raises(NoSentinelPrimary, match=r"no sentinel at .* answers.*(auth|AUTH)"):
-        with connect_redis(no_pw, **tls_options(no_pw, pki.ca), socket_timeout=2) as bad:
-            bad.ping()
+    bad = connect_redis(no_pw, **tls_options(no_pw, pki.ca), socket_timeout=2)
+    with bad, pytest.raises(NoSentinelPrimary, match=r"no sentinel at .* answers.*(auth|AUTH)"):
+        bad.ping()
     # plaintext to TLS-only sentinels: none answers
     plain = admin_url.replace("rediss+", "redis+")
-    with pytest.raises(NoSentinelPrimary, match="no sentinel at"):
-        with connect_redis(plain, socket_timeout=1, socket_connect_timeout=1) as bad:
-            bad.ping()
+    bad = connect_redis(plain, socket_timeout=1, socket_connect_timeout=1)
+    with bad, pytest.raises(NoSentinelPrimary, match="no sentinel at"):
+        bad.ping()
     # a failover over TLS (the sentinels log in to the data nodes as admin): the same
     # clients go on with the promoted replica, where the device's user already is
     primary = tls_pair.primary()
