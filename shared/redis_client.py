@@ -47,6 +47,7 @@ from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.commands.core import Script
 from redis.exceptions import RedisClusterException
 
+from shared.errors import BadRedisURL
 from shared.redis_sentinel import (
     SENTINEL_SCHEMES,
     NoSentinelPrimary,
@@ -117,17 +118,18 @@ def is_tls_url(url: str) -> bool:
 def parse_cluster_url(url: str) -> tuple[str, list[tuple[str, int]]]:
     """A cluster URL as (the URL of its first node, every node it names).
 
-    ValueError for a URL with no node, a node without a port, or a database other than 0.
+    BadRedisURL (a ValueError) for a URL with no node, a node without a port, or a
+    database other than 0.
 
     >>> parse_cluster_url("redis+cluster://127.0.0.1:7000/1")
     Traceback (most recent call last):
     ...
-    ValueError: a Redis Cluster has only database 0; drop /1 from the URL
+    shared.errors.BadRedisURL: a Redis Cluster has only database 0; drop /1 from the URL
     """
     parts = urlsplit(url)
     scheme = CLUSTER_SCHEMES.get(parts.scheme.lower())
     if scheme is None:
-        raise ValueError(
+        raise BadRedisURL(
             f"not a cluster URL: use {' or '.join(s + '://' for s in CLUSTER_SCHEMES)}"
         )
     userinfo, _, hostlist = parts.netloc.rpartition("@")
@@ -135,12 +137,12 @@ def parse_cluster_url(url: str) -> tuple[str, list[tuple[str, int]]]:
     for node in filter(None, hostlist.split(",")):
         host, sep, port = node.rpartition(":")
         if not sep or not port.isdigit() or not host:
-            raise ValueError(f"cluster node {node!r} needs host:port")
+            raise BadRedisURL(f"cluster node {node!r} needs host:port")
         nodes.append((host.strip("[]"), int(port)))
     if not nodes:
-        raise ValueError("a cluster URL names at least one node: redis+cluster://host:port")
+        raise BadRedisURL("a cluster URL names at least one node: redis+cluster://host:port")
     if parts.path.strip("/") not in ("", "0"):
-        raise ValueError(f"a Redis Cluster has only database 0; drop {parts.path} from the URL")
+        raise BadRedisURL(f"a Redis Cluster has only database 0; drop {parts.path} from the URL")
     first = hostlist.split(",")[0]
     netloc = f"{userinfo}@{first}" if userinfo else first
     return urlunsplit((scheme, netloc, parts.path, parts.query, "")), nodes

@@ -40,6 +40,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import redis
 from redis.sentinel import MasterNotFoundError, Sentinel
 
+from shared.errors import BadRedisURL
+
 __all__ = [
     "SENTINEL_SCHEMES",
     "NoSentinelPrimary",
@@ -88,18 +90,18 @@ def is_sentinel_url(url: str) -> bool:
 
 
 def parse_sentinel_url(url: str) -> SentinelURL:
-    """``url`` parsed: ValueError for no sentinel, a sentinel without a port, no service
-    name, a database that is not a number, or an unknown query option.
+    """``url`` parsed: BadRedisURL (a ValueError) for no sentinel, a sentinel without a
+    port, no service name, a database that is not a number, or an unknown query option.
 
     >>> parse_sentinel_url("redis+sentinel://127.0.0.1:26379")
     Traceback (most recent call last):
     ...
-    ValueError: a Sentinel URL names the service its sentinels watch: redis+sentinel://host:port/<service>[/db]
+    shared.errors.BadRedisURL: a Sentinel URL names the service its sentinels watch: redis+sentinel://host:port/<service>[/db]
     """
     parts = urlsplit(url)
     tls = SENTINEL_SCHEMES.get(parts.scheme.lower())
     if tls is None:
-        raise ValueError(
+        raise BadRedisURL(
             f"not a Sentinel URL: use {' or '.join(s + '://' for s in SENTINEL_SCHEMES)}"
         )
     userinfo, _, hostlist = parts.netloc.rpartition("@")
@@ -107,24 +109,24 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     for node in filter(None, hostlist.split(",")):
         host, sep, port = node.rpartition(":")
         if not sep or not port.isdigit() or not host:
-            raise ValueError(f"sentinel {node!r} needs host:port (a sentinel's port, often 26379)")
+            raise BadRedisURL(f"sentinel {node!r} needs host:port (a sentinel's port, often 26379)")
         sentinels.append((host.strip("[]"), int(port)))
     if not sentinels:
-        raise ValueError(
+        raise BadRedisURL(
             "a Sentinel URL names at least one sentinel: redis+sentinel://host:port/<service>"
         )
     path = [p for p in parts.path.split("/") if p]
     if not path:
-        raise ValueError(
+        raise BadRedisURL(
             "a Sentinel URL names the service its sentinels watch: "
             "redis+sentinel://host:port/<service>[/db]"
         )
     if len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
-        raise ValueError(f"{parts.path!r}: a Sentinel URL's path is /<service>[/db]")
+        raise BadRedisURL(f"{parts.path!r}: a Sentinel URL's path is /<service>[/db]")
     query = parse_qs(parts.query, keep_blank_values=True)
     unknown = sorted(set(query) - set(_QUERY))
     if unknown:
-        raise ValueError(
+        raise BadRedisURL(
             f"unknown option(s) {', '.join(unknown)}: a Sentinel URL takes {', '.join(_QUERY)}"
         )
     user, has_pw, password = userinfo.partition(":")
