@@ -5,6 +5,7 @@ that says why while they elect, never a 500. Run with ``-s`` for the figures
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import Counter
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from cloud.api.app import create_app
+from cloud.registry.fleet_counts import _APPLY
 from shared.messages import EdgeStatus
 from shared.redis_client import connect_redis
 from tests.cloud.api_helpers import bearer, dev_api_settings, issue
@@ -67,6 +69,10 @@ def test_the_api_answers_through_a_failover(
     assert set(codes) <= {202, 200, 503}  # never a 500
     assert all("unavailable" in text for text in unavailable)
     assert summary.status_code == 200 and summary.json()["devices"] >= 1
-    # The status written last (after the election) is on the promoted primary.
+    # The statuses written after the election ran the fleet-count script in their MULTI
+    # on the promoted primary: the pipeline loaded it there (a script cache is the
+    # server's own, not replicated).
     assert pair.primary() != primary
+    with pair.node(pair.primary()) as node:
+        assert node.script_exists(hashlib.sha1(_APPLY.encode()).hexdigest()) == [True]
     admin.close()
