@@ -166,9 +166,7 @@ class GateBook:
     def _samples(self, r: Rollout, devices: list[str]) -> list[tuple[str, _Sample]]:
         return _samples_of(r, self.read(devices).items())
 
-    def _reports(
-        self, cursor: str, ring: set[str]
-    ) -> tuple[list[EdgeStatus], str, str | None]:
+    def _reports(self, cursor: str, ring: set[str]) -> tuple[list[EdgeStatus], str, str | None]:
         """The ring's verified reports after ``cursor`` in stream order, the last entry
         read, and the stream's first entry if it was trimmed past ``cursor``."""
         try:
