@@ -126,7 +126,8 @@ class Trainer:
         self._refresh_lease(force=True)
         if self.lease.held and self.publisher.latest(self.settings.model_name) is None:
             logger.info("no version of %s yet: bootstrapping", self.settings.model_name)
-            self._finish(self.rounds.bootstrap())
+            with self.lease.kept():  # a bootstrap outlasts the lease: a standby must wait
+                self._finish(self.rounds.bootstrap())
 
     def _check_published_model(self) -> None:
         """Refuse to train a published model on a dataset with another input or task, or
@@ -223,7 +224,8 @@ class Trainer:
         if trigger is None or self.data.recent_count() < self.settings.gate_min_recent:
             return
         if self.publisher.latest(self.settings.model_name) is None:
-            self._finish(self.rounds.bootstrap())
+            with self.lease.kept():
+                self._finish(self.rounds.bootstrap())
             return
         new = self.trigger.started()
         window = {**self._window.take(new), "signal": self._trigger_signal(trigger)}
