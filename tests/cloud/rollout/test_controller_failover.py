@@ -55,19 +55,20 @@ def test_a_step_in_flight_during_a_failover_is_applied_once(
     rollout = fleet.controller.create(RolloutSpec(model=MODEL, target="2", gate=FAST_GATE))
     master = client.get_node_from_key(fleet.keys.rollout(rollout.id)).port  # type: ignore[attr-defined]
     controller = fleet.controller
-    serving = controller.serving
+    advance = controller.book.advance
     killed_at = 0.0
 
-    def kill_inside_a_decision(devices: list[str], model: str) -> dict[str, Any]:
-        # Called under WATCH, before MULTI, in a step that judges a running stage: the
-        # first one after the dwell has passed is the one that decides it.
+    def kill_inside_a_decision(pipe: Any, rollout: Any) -> Any:
+        # Called under WATCH, before MULTI, in a step that judges a running stage (the
+        # gate book's reports since the last step): the first one after the dwell has
+        # passed is the one that decides it.
         nonlocal killed_at
         if not killed_at and fleet.clock.t >= 1_000_000.0 + 20:
             own_cluster.kill(master)
             killed_at = time.monotonic()
-        return serving(devices, model)
+        return advance(pipe, rollout)
 
-    controller.serving = kill_inside_a_decision  # type: ignore[method-assign]
+    controller.book.advance = kill_inside_a_decision  # type: ignore[method-assign]
     loop = ControllerLoop(controller, 0.05)
     loop.start()
     try:
@@ -136,8 +137,10 @@ def test_an_unreachable_cluster_is_an_outage_for_the_loop(
     loop = ControllerLoop(controller, 0.01, counts=_NoCounts())  # type: ignore[arg-type]
     with caplog.at_level(logging.INFO, logger="cloud.rollout.loop"):
         loop.start()
-        wait_for(lambda: loop.steps >= 2, 5, "steps after the outage")
-        loop.stop()
+        try:
+            wait_for(lambda: loop.steps >= 2, 5, "steps after the outage")
+        finally:
+            loop.stop()
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert loop.errors == 3 and len(lines) == 1 and "no reachable node" in lines[0]
     assert not any(r.exc_info for r in caplog.records)
@@ -145,5 +148,5 @@ def test_an_unreachable_cluster_is_an_outage_for_the_loop(
 
 
 class _NoCounts:
-    def catch_up(self) -> None:
+    def catch_up(self, **_: Any) -> None:
         pass
