@@ -6,7 +6,10 @@
 - a rollout action the rollout's state does not allow, or a second rollout of
   a model, or a token name in use → 409; a request the state makes impossible
   (no device to roll out to, an event id of another device) → 422;
-- the registry's Redis unreachable → 503 (retry later).
+- the registry's Redis unreachable → 503 (retry later);
+- a command the Redis refuses (a user without the permission, a cluster that is down
+  or mid-failover, a replica that is read-only, a disk that stops writes) → 503 naming
+  the refusal: it is the deployment's to fix or wait out, not the client's.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -60,6 +64,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _invalid)
     for down in REDIS_DOWN:  # one server down, or a cluster during a failover
         app.add_exception_handler(down, _unavailable)
+    app.add_exception_handler(redis.ResponseError, _refused)
 
 
 def _named(status: int) -> Any:
@@ -142,6 +147,14 @@ class BodyLimit:
             headers={"Connection": "close"},
         )
         await response(scope, receive, send)
+
+
+async def _refused(request: Request, exc: Exception) -> JSONResponse:
+    why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    logger.warning("Redis refused a command of %s %s: %s", request.method, request.url.path, why)
+    return JSONResponse(
+        {"detail": f"the registry's Redis refused a command: {why}"}, status_code=503
+    )
 
 
 async def _unavailable(request: Request, exc: Exception) -> JSONResponse:

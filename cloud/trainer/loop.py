@@ -156,18 +156,21 @@ class Trainer:
                 ) from e
 
     def run(self, stop: threading.Event) -> None:
-        """Ingest and train until ``stop`` is set; rides out Redis outages."""
-        backoff = Backoff(base=0.2, cap=5.0, on_backoff=_start_failed)
-        backoff.call(self.start, retry_on=REDIS_DOWN, stop=stop)
+        """Ingest and train until ``stop`` is set; rides out Redis outages, and commands a
+        Redis refuses (a cluster down or mid-failover, too few replicas to write, a disk
+        that stops writes, a user without a permission): one warning line each time, and
+        the work is tried again until the refusal is gone."""
+        backoff = Backoff(base=0.2, cap=5.0, on_backoff=_starting_again)
+        backoff.call(self.start, retry_on=(*REDIS_DOWN, redis.ResponseError), stop=stop)
         failures = 0
         while not stop.is_set():
             try:
                 self.step()
                 failures = 0
-            except REDIS_DOWN as e:
+            except (*REDIS_DOWN, redis.ResponseError) as e:
                 failures += 1
                 wait = backoff.delay(min(failures, 6))
-                logger.warning("redis unavailable (%s); retrying in %.1fs", e, wait)
+                logger.warning("%s; retrying in %.1fs", _redis_trouble(e), wait)
                 stop.wait(wait)
         self.close()
 
@@ -418,14 +421,18 @@ class _Window:
         return out
 
 
-def _start_failed(attempt: int, wait: float, e: BaseException) -> None:
-    """One line when the start (its bootstrap round included) meets an outage, not one
-    per retry: the start is retried from the beginning until Redis answers."""
-    if attempt == 1:
-        logger.warning("redis unavailable at start (%s); retrying until it answers", e)
-
-
 def _describe(task: TaskSpec) -> str:
     if task.is_classification:
         return f"classes {task.labels}"
     return f"outputs {task.outputs}"
+
+
+def _redis_trouble(e: BaseException) -> str:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    if isinstance(e, redis.ResponseError):
+        return f"redis refused a command ({first})"
+    return f"redis unavailable ({first})"
+
+
+def _starting_again(attempt: int, wait: float, e: BaseException) -> None:
+    logger.warning("could not start: %s; trying again in %.1fs", _redis_trouble(e), wait)
