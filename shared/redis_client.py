@@ -52,6 +52,7 @@ from shared.redis_sentinel import (
     SENTINEL_SCHEMES,
     NoSentinelPrimary,
     connect_sentinel,
+    host_ports,
     is_sentinel_url,
     parse_sentinel_url,
 )
@@ -134,12 +135,7 @@ def parse_cluster_url(url: str) -> tuple[str, list[tuple[str, int]]]:
             f"not a cluster URL: use {' or '.join(s + '://' for s in CLUSTER_SCHEMES)}"
         )
     userinfo, _, hostlist = parts.netloc.rpartition("@")
-    nodes: list[tuple[str, int]] = []
-    for node in filter(None, hostlist.split(",")):
-        host, sep, port = node.rpartition(":")
-        if not sep or not port.isdigit() or not host:
-            raise BadRedisURL(f"cluster node {node!r} needs host:port")
-        nodes.append((host.strip("[]"), int(port)))
+    nodes = host_ports(hostlist, "cluster node")
     if not nodes:
         raise BadRedisURL("a cluster URL names at least one node: redis+cluster://host:port")
     if parts.path.strip("/") not in ("", "0"):

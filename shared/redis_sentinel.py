@@ -89,6 +89,22 @@ def is_sentinel_url(url: str) -> bool:
     return url.partition("://")[0].lower() in SENTINEL_SCHEMES
 
 
+def host_ports(hostlist: str, what: str, hint: str = "") -> list[tuple[str, int]]:
+    """The ``host:port`` pairs of a URL's comma-separated host list (an IPv6 host in
+    brackets); BadRedisURL naming ``what`` for one without a port.
+
+    >>> host_ports("127.0.0.1:7000,[::1]:7001", "node")
+    [('127.0.0.1', 7000), ('::1', 7001)]
+    """
+    out = []
+    for node in filter(None, hostlist.split(",")):
+        host, sep, port = node.rpartition(":")
+        if not sep or not port.isdigit() or not host:
+            raise BadRedisURL(f"{what} {node!r} needs host:port{hint}")
+        out.append((host.strip("[]"), int(port)))
+    return out
+
+
 def parse_sentinel_url(url: str) -> SentinelURL:
     """``url`` parsed: BadRedisURL (a ValueError) for no sentinel, a sentinel without a
     port, no service name, a database that is not a number, or an unknown query option.
@@ -105,12 +121,7 @@ def parse_sentinel_url(url: str) -> SentinelURL:
             f"not a Sentinel URL: use {' or '.join(s + '://' for s in SENTINEL_SCHEMES)}"
         )
     userinfo, _, hostlist = parts.netloc.rpartition("@")
-    sentinels: list[tuple[str, int]] = []
-    for node in filter(None, hostlist.split(",")):
-        host, sep, port = node.rpartition(":")
-        if not sep or not port.isdigit() or not host:
-            raise BadRedisURL(f"sentinel {node!r} needs host:port (a sentinel's port, often 26379)")
-        sentinels.append((host.strip("[]"), int(port)))
+    sentinels = host_ports(hostlist, "sentinel", " (a sentinel's port, often 26379)")
     if not sentinels:
         raise BadRedisURL(
             "a Sentinel URL names at least one sentinel: redis+sentinel://host:port/<service>"

@@ -158,6 +158,17 @@ def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSe
 
 
 @pytest.fixture
+def own_cluster(tmp_path: Path) -> Iterator[RedisClusterNodes]:
+    """A Redis Cluster of this test's own, to kill masters of."""
+    cluster = RedisClusterNodes(tmp_path / "cluster")
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
 def own_sentinel_pair(tmp_path: Path) -> Iterator[RedisSentinelPair]:
     """A Sentinel-managed pair of this test's own, to kill nodes of."""
     pair = RedisSentinelPair(tmp_path / "sentinel")

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import redis
 from helpers import stream_events
 
@@ -28,14 +26,6 @@ from tests.redis_cluster import RedisClusterNodes
 from tests.serving import wait_for
 
 X = [float(i % 17) for i in range(64)]
-
-
-@pytest.fixture
-def own_cluster(tmp_path: Path) -> Iterator[RedisClusterNodes]:
-    cluster = RedisClusterNodes(tmp_path / "cluster")
-    cluster.start()
-    yield cluster
-    cluster.stop()
 
 
 def _send_ms(member: FleetMember, wait_replicas: int, sends: int = 200) -> float:

@@ -12,7 +12,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +48,6 @@ MODEL = "digits"
 _ROLES = ("root", "targets", "snapshot", "timestamp")
 VERSIONS = 8  # published in a row; the master dies inside the third
 KILL_IN = 3
-
-
-@pytest.fixture
-def own_cluster(tmp_path: Path) -> Iterator[RedisClusterNodes]:
-    cluster = RedisClusterNodes(tmp_path / "cluster")
-    cluster.start()
-    yield cluster
-    cluster.stop()
 
 
 def _request(n: int) -> PublishRequest:

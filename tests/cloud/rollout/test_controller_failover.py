@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -24,14 +23,6 @@ from shared.rollouts import AssignmentNotice, RolloutSpec
 from tests.cloud.rollout.test_rollout_controller import FAST_GATE, MODEL, Fleet
 from tests.redis_cluster import RedisClusterNodes
 from tests.serving import wait_for
-
-
-@pytest.fixture
-def own_cluster(tmp_path: Path) -> Iterator[RedisClusterNodes]:
-    cluster = RedisClusterNodes(tmp_path / "cluster")
-    cluster.start()
-    yield cluster
-    cluster.stop()
 
 
 def _retried(call: Callable[[], Any], timeout: float = 15.0) -> Any:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +32,6 @@ from tests.redis_cluster import RedisClusterNodes
 from tests.serving import wait_for
 
 pytestmark = pytest.mark.cloud
-
-
-@pytest.fixture
-def own_cluster(tmp_path: Path) -> Iterator[RedisClusterNodes]:
-    cluster = RedisClusterNodes(tmp_path / "cluster")
-    cluster.start()
-    yield cluster
-    cluster.stop()
 
 
 def test_a_round_in_flight_during_a_failover_publishes_once_confirmed(
