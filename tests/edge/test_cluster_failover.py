@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import redis
 from helpers import stream_events
 
@@ -25,6 +26,9 @@ from shared.retry import Backoff
 from tests.edge.failover import X, send_ms
 from tests.redis_cluster import RedisClusterNodes
 from tests.serving import wait_for
+
+#: Redis failover semantics, the same whatever runtime serves: the main suite's only.
+pytestmark = pytest.mark.failover
 
 
 def test_a_killed_master_loses_no_acknowledged_feedback(

@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import redis
 from helpers import stream_events
 
@@ -26,6 +27,9 @@ from shared.retry import Backoff
 from tests.edge.failover import X, send_ms
 from tests.redis_sentinel import RedisSentinelPair
 from tests.serving import wait_for
+
+#: Redis failover semantics, the same whatever runtime serves: the main suite's only.
+pytestmark = pytest.mark.failover
 
 
 def test_a_killed_primary_loses_no_acknowledged_feedback(
