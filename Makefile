@@ -69,7 +69,7 @@ test-fast: install
 
 # The edge and shared tests in an environment of their own (run from tests/ so
 # that they import what that environment installed).
-EDGE_TESTS = cd tests && ../$(1)/bin/python -m pytest -q -p no:cacheprovider -c ../pyproject.toml --rootdir .. edge shared
+EDGE_TESTS = cd tests && ../$(1)/bin/python -m pytest -q -p no:cacheprovider -c ../pyproject.toml --rootdir .. -m "not failover" edge shared
 TEST_DEPS = pytest pytest-timeout hypothesis
 
 # An edge-only install: no torch may arrive, and the daemon must start.

@@ -9,6 +9,11 @@ class ConfigError(EdgeloopError):
     """A configuration file or setting is missing or invalid."""
 
 
+class BadRedisURL(ConfigError, ValueError):
+    """A Redis URL that cannot be used as written (a cluster or Sentinel URL without its
+    nodes, service or port). A ValueError too: the settings' validators report it."""
+
+
 class SignatureError(EdgeloopError):
     """A signature is missing, malformed, or does not verify with the configured key."""
 

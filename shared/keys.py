@@ -166,6 +166,13 @@ class FleetKeys:
         return f"{self._p}:counts-cursor"
 
     @property
+    def counts_folded(self) -> str:
+        """Set, with a lifetime of a few controller steps, by each controller step that
+        brought the counts up to date: while it lives, reads trust the counts as they are
+        and fold nothing themselves (``FleetCounts.read_refresh``)."""
+        return f"{self._p}:counts-folded"
+
+    @property
     def counts_repair(self) -> str:
         """ZSCAN cursor of a repair walk over ``devices``, while one runs: set when the
         status stream was trimmed past ``counts_cursor`` (reports were never folded)."""
@@ -314,6 +321,15 @@ class FleetKeys:
     def rollout(self, rollout_id: str) -> str:
         """One rollout's state (JSON)."""
         return f"{self._p}:rollout:{check_name('rollout id', rollout_id)}"
+
+    def gate_book(self, rollout_id: str) -> str:
+        """Hash of a rollout's running stage's gate figures (cloud/rollout/gate_book.py):
+        ``d:<device>`` -> what each ring device on B counts for, and the sums."""
+        return f"{self._p}:gate-book:{check_name('rollout id', rollout_id)}"
+
+    def gate_p99(self, rollout_id: str) -> str:
+        """Sorted set of a rollout's running stage's devices on B by their p99 latency."""
+        return f"{self._p}:gate-p99:{check_name('rollout id', rollout_id)}"
 
     @property
     def rollouts(self) -> str:

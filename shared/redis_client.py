@@ -1,4 +1,5 @@
-"""The one way every process connects to Redis: one server or a Redis Cluster.
+"""The one way every process connects to Redis: one server, a Redis Cluster, or a
+Sentinel-managed primary (``shared/redis_sentinel.py``).
 
 A URL names one server as redis-py spells it (``redis://``, ``rediss://`` for TLS,
 ``unix://``), or a Redis Cluster with ``+cluster`` in its scheme and one or more
@@ -6,6 +7,8 @@ of its nodes, comma-separated, to learn the cluster's layout from::
 
     redis+cluster://[user:password@]host:port[,host:port...][/0][?option=value]
     rediss+cluster://...   (TLS to every node, with the same ssl_* options)
+    redis+sentinel://[user:password@]host:port[,host:port...]/<service>[/db]
+    rediss+sentinel://...  (TLS to the sentinels and the primary)
 
 A cluster has only database 0. Every key of one fleet carries the hash tag
 ``{<fleet>}`` (``shared/keys.py``), so a fleet's keys share one slot: its MULTI/EXEC
@@ -26,6 +29,8 @@ walks every master.
 (True, False)
 >>> is_tls_url("rediss+cluster://cache:7000"), is_tls_url("redis+cluster://cache:7000")
 (True, False)
+>>> is_tls_url("rediss+sentinel://s:26379/lab"), hosts_of("redis+sentinel://a:1,b:2/lab")
+(True, ['a', 'b'])
 """
 
 from __future__ import annotations
@@ -42,16 +47,30 @@ from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.commands.core import Script
 from redis.exceptions import RedisClusterException
 
+from shared.errors import BadRedisURL
+from shared.redis_sentinel import (
+    SENTINEL_SCHEMES,
+    NoSentinelPrimary,
+    connect_sentinel,
+    host_ports,
+    is_sentinel_url,
+    parse_sentinel_url,
+)
+
 __all__ = [
     "CLUSTER_SCHEMES",
+    "SENTINEL_SCHEMES",
     "ClusterClient",
+    "NoSentinelPrimary",
     "NotACluster",
     "connect_redis",
     "disconnect",
     "hosts_of",
     "is_cluster_client",
     "is_cluster_url",
+    "is_sentinel_url",
     "is_tls_url",
+    "node_pipeline",
     "parse_cluster_url",
     "wait_replicas",
 ]
@@ -93,62 +112,68 @@ def is_cluster_url(url: str) -> bool:
 
 
 def is_tls_url(url: str) -> bool:
-    """True for a URL whose connections use TLS (``rediss://``, ``rediss+cluster://``)."""
-    return url.partition("://")[0].lower() in ("rediss", "rediss+cluster")
+    """True for a URL whose connections use TLS (``rediss://``, ``rediss+cluster://``,
+    ``rediss+sentinel://``)."""
+    return url.partition("://")[0].lower() in ("rediss", "rediss+cluster", "rediss+sentinel")
 
 
 def parse_cluster_url(url: str) -> tuple[str, list[tuple[str, int]]]:
     """A cluster URL as (the URL of its first node, every node it names).
 
-    ValueError for a URL with no node, a node without a port, or a database other than 0.
+    BadRedisURL (a ValueError) for a URL with no node, a node without a port, or a
+    database other than 0.
 
     >>> parse_cluster_url("redis+cluster://127.0.0.1:7000/1")
     Traceback (most recent call last):
     ...
-    ValueError: a Redis Cluster has only database 0; drop /1 from the URL
+    shared.errors.BadRedisURL: a Redis Cluster has only database 0; drop /1 from the URL
     """
     parts = urlsplit(url)
     scheme = CLUSTER_SCHEMES.get(parts.scheme.lower())
     if scheme is None:
-        raise ValueError(
+        raise BadRedisURL(
             f"not a cluster URL: use {' or '.join(s + '://' for s in CLUSTER_SCHEMES)}"
         )
     userinfo, _, hostlist = parts.netloc.rpartition("@")
-    nodes: list[tuple[str, int]] = []
-    for node in filter(None, hostlist.split(",")):
-        host, sep, port = node.rpartition(":")
-        if not sep or not port.isdigit() or not host:
-            raise ValueError(f"cluster node {node!r} needs host:port")
-        nodes.append((host.strip("[]"), int(port)))
+    nodes = host_ports(hostlist, "cluster node")
     if not nodes:
-        raise ValueError("a cluster URL names at least one node: redis+cluster://host:port")
+        raise BadRedisURL("a cluster URL names at least one node: redis+cluster://host:port")
     if parts.path.strip("/") not in ("", "0"):
-        raise ValueError(f"a Redis Cluster has only database 0; drop {parts.path} from the URL")
+        raise BadRedisURL(f"a Redis Cluster has only database 0; drop {parts.path} from the URL")
     first = hostlist.split(",")[0]
     netloc = f"{userinfo}@{first}" if userinfo else first
     return urlunsplit((scheme, netloc, parts.path, parts.query, "")), nodes
 
 
 def hosts_of(url: str) -> list[str]:
-    """Every host a URL connects to (all the nodes of a cluster URL).
+    """Every host a URL connects to (all the nodes of a cluster URL, the sentinels of a
+    Sentinel URL: the primary's address is known only when the sentinels name it).
 
     >>> hosts_of("redis+cluster://a:1,b:2"), hosts_of("redis://:pw@c:6379/0")
     (['a', 'b'], ['c'])
     """
     if is_cluster_url(url):
         return [host for host, _ in parse_cluster_url(url)[1]]
+    if is_sentinel_url(url):
+        return [host for host, _ in parse_sentinel_url(url).sentinels]
     host = urlsplit(url).hostname
     return [host] if host else []
 
 
 def connect_redis(url: str, **options: Any) -> redis.Redis:
-    """A client for ``url`` (one server or a cluster; see the module's docstring).
+    """A client for ``url`` (one server, a cluster or a Sentinel-managed primary; see
+    the module's docstring).
 
     ``options``: redis-py's keyword arguments (``ssl_*`` from
-    ``shared.transport.tls_options``, timeouts, ``retry``). Nothing is sent until the
-    first command. A cluster client is typed as ``redis.Redis``: it answers the same
-    commands for the keys of one fleet, which is all the callers send.
+    ``shared.transport.tls_options``, timeouts, ``retry``), and ``loopback_only``
+    (``RedisSettings.redis_options`` in production): a plaintext Sentinel URL refuses
+    a primary that is not on loopback. Nothing is sent until the first command. A
+    cluster client is typed as ``redis.Redis``: it answers the same commands for the
+    keys of one fleet, which is all the callers send.
     """
+    loopback_only = bool(options.pop("loopback_only", False))
+    if is_sentinel_url(url):
+        return connect_sentinel(url, loopback_only=loopback_only, **options)
     if is_cluster_url(url):
         return cast("redis.Redis", ClusterClient(url, **options))
     return redis.Redis.from_url(url, **options)
@@ -303,6 +328,18 @@ def wait_replicas(client: redis.Redis, key: str, replicas: int, timeout_ms: int)
         options["target_nodes"] = client.cluster.get_node_from_key(key)
     reply = client.execute_command("WAIT", replicas, timeout_ms, **options)  # type: ignore[no-untyped-call]
     return int(reply)
+
+
+def node_pipeline(client: redis.Redis, key: str) -> Any:
+    """A pipeline without MULTI on one connection to the node that serves ``key`` now
+    (a cluster's master of its slot): its commands run in order on that connection, so
+    a WAIT in it counts the writes queued before it. On a cluster a keyed command is
+    not redirected: if the slot moved, it fails (MOVED) rather than run elsewhere."""
+    if isinstance(client, ClusterClient):
+        cluster = client.cluster
+        node = cluster.get_redis_connection(cluster.get_node_from_key(key))
+        return node.pipeline(transaction=False)
+    return client.pipeline(transaction=False)
 
 
 def disconnect(client: redis.Redis) -> None:

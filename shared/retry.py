@@ -40,7 +40,13 @@ class Backoff:
     on_giveup: Callable[[int, BaseException], None] | None = None
 
     def delay(self, attempt: int) -> float:
-        return random.uniform(0, min(self.cap, self.base * (2**attempt)))
+        """A delay before try ``attempt + 1``; any attempt count is fine (a sender that
+        retries for hours reaches counts whose ``2**n`` is no float).
+
+        >>> Backoff(base=0.1, cap=2.0).delay(5000) <= 2.0
+        True
+        """
+        return random.uniform(0, min(self.cap, self.base * 2.0 ** min(attempt, 64)))
 
     def call(
         self,

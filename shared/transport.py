@@ -26,6 +26,7 @@ ValueError: redis_url redis://:***@cache.lab:6379/0 is plaintext to a remote hos
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -35,13 +36,20 @@ from pydantic import Field, model_validator
 
 from shared.config import EnvFirstSettings
 from shared.errors import Unavailable
-from shared.redis_client import CLUSTER_SCHEMES, connect_redis, hosts_of, is_tls_url
+from shared.redis_client import (
+    CLUSTER_SCHEMES,
+    SENTINEL_SCHEMES,
+    connect_redis,
+    hosts_of,
+    is_sentinel_url,
+    is_tls_url,
+)
 
 Mode = Literal["production", "development"]
 
 #: Redis URL schemes: one server as redis-py spells it (``rediss`` is Redis over TLS),
 #: or a Redis Cluster (``shared/redis_client.py``).
-REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", *CLUSTER_SCHEMES})
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", *CLUSTER_SCHEMES, *SENTINEL_SCHEMES})
 
 
 def redact(url: str) -> str:
@@ -51,17 +59,26 @@ def redact(url: str) -> str:
     'redis://:***@cache:6379/0'
     >>> redact("rediss://edge:s3cret@cache:6380/0"), redact("redis://cache:6379")
     ('rediss://edge:***@cache:6380/0', 'redis://cache:6379')
+    >>> redact("redis+sentinel://s:26379/lab?sentinel_password=s3cret")
+    'redis+sentinel://s:26379/lab?sentinel_password=***'
     """
     try:
         parts = urlsplit(url)
         password = parts.password
     except ValueError:  # a malformed URL: show no part of it that could be a secret
         return "<unparsable URL>"
+    query = _SENTINEL_PASSWORD.sub(r"\1***", parts.query)
+    if query != parts.query:
+        parts = parts._replace(query=query)
     if not password:
-        return url
+        return urlunsplit(parts)
     user = parts.username or ""
     host = parts.netloc.rpartition("@")[2]
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+#: A Sentinel URL's ``sentinel_password=...`` query option (``shared/redis_sentinel.py``).
+_SENTINEL_PASSWORD = re.compile(r"(sentinel_password=)[^&]*")
 
 
 def scrub(text: str, url: str) -> str:
@@ -72,10 +89,18 @@ def scrub(text: str, url: str) -> str:
     'cannot connect to redis://:***@h:1/0'
     """
     try:
-        password = urlsplit(url).password
+        parts = urlsplit(url)
+        password = parts.password
     except ValueError:
         return text
-    return text.replace(url, redact(url)).replace(password, "***") if password else text
+    secrets = [password] if password else []
+    secrets += [
+        m.group(0)[len("sentinel_password=") :] for m in _SENTINEL_PASSWORD.finditer(parts.query)
+    ]
+    text = text.replace(url, redact(url))
+    for secret in filter(None, secrets):
+        text = text.replace(secret, "***")
+    return text
 
 
 def unreachable(url: str, error: BaseException) -> Unavailable:
@@ -114,7 +139,8 @@ def check_redis_url(url: str, mode: str) -> None:
     if parts.scheme not in REDIS_SCHEMES:
         raise ValueError(
             f"redis_url {redact(url)} must start with redis://, rediss:// (TLS), unix://, "
-            "or for a Redis Cluster redis+cluster:// or rediss+cluster:// (TLS)"
+            "for a Redis Cluster redis+cluster:// or rediss+cluster:// (TLS), for a "
+            "Sentinel-managed primary redis+sentinel:// or rediss+sentinel:// (TLS)"
         )
     if mode != "production" or is_tls_url(url) or parts.scheme == "unix":
         return
@@ -164,7 +190,9 @@ class RedisSettings(EnvFirstSettings):
         "redis://127.0.0.1:6379/0",
         description="redis://, rediss:// (TLS) or unix:// for one server; "
         "redis+cluster://host:port[,host:port...] or rediss+cluster:// (TLS) for a Redis "
-        "Cluster; production refuses plaintext to a remote host",
+        "Cluster; redis+sentinel://host:port[,host:port...]/<service>[/db] or "
+        "rediss+sentinel:// (TLS) for a Sentinel-managed primary; production refuses "
+        "plaintext to a remote host",
     )
     redis_ca_file: Path | None = Field(
         None,
@@ -185,7 +213,8 @@ class RedisSettings(EnvFirstSettings):
         if any(files) and not is_tls_url(self.redis_url):
             raise ValueError(
                 f"redis_ca_file, redis_cert_file and redis_key_file are for TLS, but redis_url "
-                f"{redact(self.redis_url)} is not rediss:// or rediss+cluster://"
+                f"{redact(self.redis_url)} is not rediss://, rediss+cluster:// or "
+                "rediss+sentinel://"
             )
         if (self.redis_cert_file is None) != (self.redis_key_file is None):
             raise ValueError("redis_cert_file and redis_key_file go together: set both or neither")
@@ -196,10 +225,15 @@ class RedisSettings(EnvFirstSettings):
 
     def redis_options(self) -> dict[str, Any]:
         """redis-py's keyword arguments for this connection's TLS (none for plaintext):
-        ``connect_redis(s.redis_url, **s.redis_options())``, which ``redis_client`` does."""
-        return tls_options(
+        ``connect_redis(s.redis_url, **s.redis_options())``, which ``redis_client`` does.
+        In production a plaintext Sentinel URL also gets ``loopback_only``: its sentinels
+        are on loopback (``check_redis_url``), and so must be the primary they name."""
+        options = tls_options(
             self.redis_url, self.redis_ca_file, self.redis_cert_file, self.redis_key_file
         )
+        if is_sentinel_url(self.redis_url) and getattr(self, "mode", None) == "production":
+            options["loopback_only"] = True
+        return options
 
     def redis_client(self, **options: Any) -> redis.Redis:
         """A client for ``redis_url`` (one server or a cluster) with its TLS options and

@@ -25,6 +25,7 @@ from shared.keys import FleetKeys
 from shared.redis_client import connect_redis
 from tests.demo_runs import DemoRuns, demo_runs_of
 from tests.redis_cluster import RedisClusterNodes
+from tests.redis_sentinel import RedisSentinelPair
 from tests.serving import Call, ServedApi, Signing, make_settings
 
 if TYPE_CHECKING:
@@ -141,6 +142,41 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinelPair]:
+    """A real Sentinel-managed pair (a primary, a replica, 3 sentinels;
+    tests/redis_sentinel.py), started once per session by the first test that asks for
+    it. A test that kills one of its nodes takes ``own_sentinel_pair``."""
+    pair = RedisSentinelPair(tmp_path_factory.mktemp("redis-sentinel"))
+    try:
+        pair.start()
+        yield pair
+    finally:
+        pair.stop()
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path) -> Iterator[RedisClusterNodes]:
+    """A Redis Cluster of this test's own, to kill masters of."""
+    cluster = RedisClusterNodes(tmp_path / "cluster")
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def own_sentinel_pair(tmp_path: Path) -> Iterator[RedisSentinelPair]:
+    """A Sentinel-managed pair of this test's own, to kill nodes of."""
+    pair = RedisSentinelPair(tmp_path / "sentinel")
+    try:
+        pair.start()
+        yield pair
+    finally:
+        pair.stop()
 
 
 #: What a test marked ``redis_cluster`` runs against: each of its tests runs twice.

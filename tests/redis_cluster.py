@@ -184,9 +184,12 @@ class RedisClusterNodes:
         proc.kill()
         proc.wait(10)
 
-    def restart(self, port: int) -> None:
+    def restart(self, port: int, *, empty: bool = False) -> None:
         """Start a killed node again on its port and directory: it rejoins the cluster
-        (a replica of the master that replaced it)."""
+        (a replica of the master that replaced it). ``empty``: without the data it had
+        (its append-only file), as a replaced machine would come back."""
+        if empty:
+            shutil.rmtree(self.workdir / str(port) / "appendonlydir", ignore_errors=True)
         self._start_node(shutil.which("redis-server") or "redis-server", port, self._bus[port])
 
     def stop(self) -> None:

@@ -6,7 +6,10 @@
 - a rollout action the rollout's state does not allow, or a second rollout of
   a model, or a token name in use → 409; a request the state makes impossible
   (no device to roll out to, an event id of another device) → 422;
-- the registry's Redis unreachable → 503 (retry later).
+- the registry's Redis unreachable → 503 (retry later);
+- a command the Redis refuses (a user without the permission, a cluster that is down
+  or mid-failover, a replica that is read-only, a disk that stops writes) → 503 naming
+  the refusal: it is the deployment's to fix or wait out, not the client's.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from cloud.api.tokens import TokenConflict
 from cloud.registry.versions import AmbiguousRef, PatchUnavailable
 from cloud.rollout.controller import RolloutConflict
 from shared.errors import InputError, ModelRejected, NotFound
+from shared.replies import REDIS_DOWN
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +62,9 @@ def install(app: FastAPI) -> None:
     for exc_type, status in _STATUS:
         app.add_exception_handler(exc_type, _named(status))
     app.add_exception_handler(RequestValidationError, _invalid)
-    app.add_exception_handler(redis.ConnectionError, _unavailable)
-    app.add_exception_handler(redis.TimeoutError, _unavailable)
+    for down in REDIS_DOWN:  # one server down, or a cluster during a failover
+        app.add_exception_handler(down, _unavailable)
+    app.add_exception_handler(redis.ResponseError, _refused)
 
 
 def _named(status: int) -> Any:
@@ -142,6 +147,14 @@ class BodyLimit:
             headers={"Connection": "close"},
         )
         await response(scope, receive, send)
+
+
+async def _refused(request: Request, exc: Exception) -> JSONResponse:
+    why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    logger.warning("Redis refused a command of %s %s: %s", request.method, request.url.path, why)
+    return JSONResponse(
+        {"detail": f"the registry's Redis refused a command: {why}"}, status_code=503
+    )
 
 
 async def _unavailable(request: Request, exc: Exception) -> JSONResponse:

@@ -91,7 +91,7 @@ class FleetCollector(Collector):
 
     def _devices(self) -> Iterator[Metric]:
         counts = self.fleet.counts
-        counts.refresh()
+        counts.read_refresh()
         f = counts.read()
         family = GaugeMetricFamily(
             "edgeloop_devices",

@@ -79,6 +79,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep", action="store_true", help="keep logs and state in the temp dir")
+    p.add_argument(
+        "--redis-url",
+        help="run the drift scenario on this Redis (redis://, rediss://, redis+cluster://, "
+        "redis+sentinel://...) instead of a private redis-server; its fleet 'demo' must be "
+        "empty",
+    )
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -115,6 +121,11 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise InputError(
             "the chaos scenario needs at least 3 edges (one cut off, one on a stepped clock)"
         )
+    if args.redis_url and args.scenario != "drift":
+        raise InputError(
+            f"--redis-url is for the drift scenario; the {args.scenario} scenario starts (and "
+            "in some scenarios stops or kills) a redis-server of its own"
+        )
     if args.scenario == "attacks" and args.edges is not None and args.edges < 2:
         raise InputError("the attacks scenario needs at least 2 edges")
 
@@ -135,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         edges=args.edges or (10 if bad_canary else 3),
         seed=args.seed,
         keep=args.keep,
+        redis_url=args.redis_url,
     )
     if bad_canary:
         from cloud.demo.bad_canary import BadCanaryDemo, run_bad_canary

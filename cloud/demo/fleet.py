@@ -25,7 +25,7 @@ from rich.console import Console
 from cloud.demo.redis_watch import RedisWatch
 from cloud.demo.services import Child, ProcessGroup, free_port, python_module, start_redis
 from cloud.demo.workload import Workload
-from shared.errors import EdgeloopError, MessageError
+from shared.errors import EdgeloopError, InputError, MessageError
 from shared.keys import FleetKeys
 from shared.messages import EdgeStatus, TrainerStatus
 from shared.redis_client import connect_redis
@@ -38,6 +38,21 @@ FLEET = "demo"
 
 class DemoError(EdgeloopError):
     """A part of the demo did not come up or died; the message names its log."""
+
+
+def check_empty(url: str, model: str) -> None:
+    """An existing Redis (the drift demo's ``--redis-url``) must not hold the demo's fleet
+    already: a run on top of another's versions and feedback would measure neither."""
+    keys = FleetKeys(FLEET)
+    client = connect_redis(url)
+    try:
+        if client.exists(keys.models, keys.versions(model), keys.feedback):
+            raise InputError(
+                f"the Redis at --redis-url already holds fleet {FLEET!r} (versions or feedback "
+                "of an earlier run): give an empty database, or delete the fleet's keys"
+            )
+    finally:
+        client.close()
 
 
 def toml_of(values: dict[str, Any]) -> str:
@@ -78,6 +93,9 @@ class LocalFleet:
         self.trainer_child: Child | None = None
         self.redis: redis.Redis | None = None
         self.redis_watch: RedisWatch | None = None
+        #: An existing Redis to run on (the drift demo's ``--redis-url``); None: a
+        #: private redis-server in the work dir.
+        self.given_redis_url: str | None = None
         self._trainer_raw: bytes | str | None = None  # the trainer's last report read
         self.headline = "starting"
 
@@ -104,7 +122,7 @@ class LocalFleet:
         return self.redis_watch
 
     def start(self) -> None:
-        redis_url = start_redis(self.group)
+        redis_url = self.given_redis_url or start_redis(self.group)
         self.connect_redis(redis_url)
         private_key, public_key = write_keypair(self.workdir / "keys")
         self._start_trainer(redis_url, private_key)

@@ -37,7 +37,7 @@ from cloud.demo.figures import (
     phase_metrics,
     recovered,
 )
-from cloud.demo.fleet import FLEET, DemoError, LocalFleet
+from cloud.demo.fleet import FLEET, DemoError, LocalFleet, check_empty
 from cloud.demo.view import live_view, summary_table
 from cloud.demo.workload import WorkloadRequest, prepare
 from shared.messages import TrainerStatus
@@ -66,6 +66,7 @@ class DemoOptions:
     edges: int = 3
     seed: int = 0
     keep: bool = False
+    redis_url: str | None = None  # an existing Redis; None: a private redis-server
 
     @property
     def pre_drift_s(self) -> float:
@@ -116,10 +117,13 @@ class Demo(LocalFleet):
         try:
             # bad input stops the demo here, before any process is started
             workload = prepare(options.request(), workdir)
+            if options.redis_url is not None:
+                check_empty(options.redis_url, workload.name)
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
         super().__init__(workdir, workload, console, edges=options.edges, seed=options.seed)
+        self.given_redis_url = options.redis_url
         self.dataset = self.workload.dataset
         self.task = self.dataset.task
         self.phase = Phase()

@@ -43,7 +43,8 @@ The launching process (``Pool``) starts the workers with
 parent's model and the data at start, and runs one or more *cases* on them; the
 result of a case is the mean of the workers' final parameters (identical ones
 for ``s = 0``). A worker that dies fails the case with ``ParallelTrainingError``
-(the round is abandoned, nothing half-trained is returned).
+(nothing half-trained is returned); ``fine_tune_parallel`` then starts the round's
+training again on new workers, ``Parallelism.retries`` times.
 """
 
 from __future__ import annotations
@@ -110,8 +111,12 @@ class Parallelism:
     workers: int = 1
     staleness: int | None = 0
     backend: str = "gloo"
+    #: Times a round's training is started on new workers when one of them fails.
+    retries: int = 1
 
     def __post_init__(self) -> None:
+        if self.retries < 0:
+            raise ConfigError(f"retries must be 0 or more, got {self.retries}")
         if self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")
         if self.staleness is not None and self.staleness < 0:
@@ -480,8 +485,19 @@ def fine_tune_parallel(
         raise TrainingError(
             f"{len(np.asarray(y))} samples cannot be shared by {parallelism.workers} workers"
         )
-    with Pool(parent, X, y, parallelism) as pool:
-        result = pool.run(Case(hp, parallelism.staleness))
+    attempts = parallelism.retries + 1
+    for attempt in range(1, attempts + 1):
+        try:
+            with Pool(parent, X, y, parallelism) as pool:
+                result = pool.run(Case(hp, parallelism.staleness))
+            break
+        except ParallelTrainingError as e:
+            if attempt == attempts:
+                raise
+            logger.warning(
+                "%s: the round's training is abandoned and started again on new workers "
+                "(attempt %d of %d)", e, attempt + 1, attempts,
+            )  # fmt: skip
     samples = len(np.asarray(y))
     loss = float(np.mean([w.final_loss for w in result.workers]))
     logger.info(
@@ -490,7 +506,12 @@ def fine_tune_parallel(
     )  # fmt: skip
     return TrainResult(
         result.model,
-        {**hp.as_dict(), "workers": parallelism.workers, "staleness": parallelism.staleness},
+        {
+            **hp.as_dict(),
+            "workers": parallelism.workers,
+            "staleness": parallelism.staleness,
+            "attempts": attempt,
+        },
         samples,
         loss,
         result.seconds,

@@ -76,6 +76,8 @@ def _edge_rules(keys: FleetKeys, device_pattern: str) -> list[str]:
         # A Redis Cluster client reads which node holds which slot (a single server
         # answers with an error, harmless) and the command table (where a command's keys are).
         "+cluster|slots", "+command",
+        # feedback_wait_replicas: the uplink's WAIT for a replica's copy (no key, no data)
+        "+wait",
         # Appends only; a device never reads or trims the shared streams.
         f"%W~{p}:feedback", f"%W~{p}:feedback:*", f"%W~{p}:status", "+xadd",
         # Its own latest status and nothing of any other device.

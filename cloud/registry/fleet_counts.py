@@ -136,10 +136,13 @@ class FleetCounts:
         *,
         clock: Callable[[], float] = time.time,
         batch: int = 1000,
+        read_batch: int = 100,
     ) -> None:
         self.client, self.keys, self.clock = client, keys, clock
         #: Reports folded, devices swept or repaired per call (a read's bound).
         self.batch = batch
+        #: Reports a read folds while a controller keeps the counts fresh.
+        self.read_batch = read_batch
         self._apply = client.register_script(_APPLY)
 
     def _keys(self) -> list[str]:
@@ -180,18 +183,35 @@ class FleetCounts:
         self.repair_step()
         self.sweep()
 
-    def catch_up(self, rounds: int = 100) -> None:
+    def read_refresh(self) -> None:
+        """A read's ``refresh``. While a controller keeps the counts up to date (its last
+        ``catch_up`` is fresh: ``counts_folded`` lives) a read folds at most ``read_batch``
+        reports, the few written since that step, and leaves the sweep and any repair to
+        the controller: its cost stays that of the counts' read whatever the report rate.
+        Without a controller, the whole ``refresh``."""
+        if self.client.exists(self.keys.counts_folded):
+            self.fold(self.read_batch)
+        else:
+            self.refresh()
+
+    def catch_up(self, rounds: int = 100, fresh_s: float | None = None) -> None:
         """``refresh``, then fold and repair until nothing is left (or ``rounds`` batches
-        of each): the controller's step, so that reads usually find nothing to do."""
+        of each): the controller's step, so that reads usually find nothing to do. With
+        ``fresh_s``, and nothing left to fold, reads trust the counts for that long
+        (``read_refresh``): the controller's next step is due by then."""
         self.refresh()
+        left = True
         for _ in range(rounds):
             if self.fold() < self.batch:
+                left = False
                 break
         for _ in range(rounds):
             if not self.client.exists(self.keys.counts_repair):
                 break
             self.repair_step()
         self.sweep()
+        if fresh_s is not None and not left and not self.client.exists(self.keys.counts_repair):
+            self.client.set(self.keys.counts_folded, "1", px=max(1, int(fresh_s * 1000)))
 
     def _start_walk(self) -> None:
         """A fleet without counts (new, or upgraded from a version without them): count
@@ -207,11 +227,12 @@ class FleetCounts:
         pipe.execute()
         logger.info("fleet %s: no counts yet; counting every device", k.fleet)
 
-    def fold(self) -> int:
-        """Count the status stream's reports after the cursor (one batch): how many."""
+    def fold(self, count: int | None = None) -> int:
+        """Count the status stream's reports after the cursor (one batch, or ``count``):
+        how many."""
         cursor = replies.text(self.client.get(self.keys.counts_cursor) or b"0-0")
         pipe = self.client.pipeline(transaction=False)
-        pipe.xrange(self.keys.status, f"({cursor}", "+", count=self.batch)
+        pipe.xrange(self.keys.status, f"({cursor}", "+", count=count or self.batch)
         pipe.execute_command("XINFO", "STREAM", self.keys.status)  # type: ignore[no-untyped-call]
         try:
             entries, info = pipe.execute()
@@ -219,8 +240,8 @@ class FleetCounts:
             return 0
         # MAXLEN ~ keeps the newest maxlen entries: the cursor's own entry is gone only
         # after that many more reports, and some of them may be gone unfolded too
-        first = _trimmed_to(_info(info))
-        gap = first is not None and _newer(first, cursor)
+        first = replies.trimmed_to(replies.stream_info(info))
+        gap = first is not None and replies.id_newer(first, cursor)
         if gap and self.client.set(self.keys.counts_repair, "0", nx=True):
             logger.warning(
                 "fleet %s: the status stream was trimmed past the counts (at %s, the "
@@ -373,26 +394,3 @@ def _deadline(now: float, pttl_ms: int) -> float:
     if pttl_ms == -1:
         return now + _NEVER
     return now + pttl_ms / 1000.0
-
-
-def _info(reply: Any) -> dict[str, str]:
-    """XINFO STREAM's flat reply as text fields (the values this module reads)."""
-    if isinstance(reply, dict):
-        items = list(reply.items())
-    else:
-        items = list(zip(reply[::2], reply[1::2], strict=True))
-    return {replies.text(k): replies.text(v) for k, v in items if isinstance(v, (bytes, str, int))}
-
-
-def _trimmed_to(info: dict[str, str]) -> str | None:
-    """The first entry id of a stream that lost entries to trimming, else None."""
-    if int(info.get("entries-added", 0)) <= int(info.get("length", 0)):
-        return None
-    return info.get("recorded-first-entry-id") or None
-
-
-def _newer(a: str, b: str) -> bool:
-    """Stream id ``a`` after ``b``."""
-    am, _, asq = a.partition("-")
-    bm, _, bsq = b.partition("-")
-    return (int(am), int(asq or 0)) > (int(bm), int(bsq or 0))

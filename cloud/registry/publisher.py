@@ -30,6 +30,21 @@ edges through rollouts and operators.
 A base whose file differs in length from the new one gets no patch (the edges
 holding it fetch the full file), and neither does a sha256 that is not a
 version of the model.
+
+Replication. Redis copies writes to replicas after it has answered, so a master
+that dies right after EXEC can take a version its replicas never saw. With
+``wait_replicas`` (the trainer's ``publish_wait_replicas``) a publish is whole on
+the master and on that many replicas before ``publish`` returns: on the
+connection the confirmation uses, a script rewrites the version's record (the same
+bytes, so a write that replicates after the EXEC) only if the version is there,
+then ``WAIT``. Replication is in order, so the replicas that hold that write hold
+the publish and every write before it (the trainer's weights of the version). Fewer
+replicas in time, a lost connection, or a master that no longer has the version (its
+slot moved to a replica that never saw it) raise ``PublishNotReplicated``: the
+version may be on the master and announced, but nothing says it will survive the
+master, so it does not count as published (the trainer's next round publishes
+again on whatever the registry then holds). The announcement stays in the one
+transaction: a version is never seen half-written, whatever happens between.
 """
 
 from __future__ import annotations
@@ -59,6 +74,8 @@ from shared.messages import (
     SignedManifest,
     VersionRecord,
 )
+from shared.redis_client import node_pipeline
+from shared.replies import REDIS_DOWN
 from shared.signing import Signer
 from shared.task import TaskSpec
 from shared.tensors import TensorSpec
@@ -74,8 +91,18 @@ class StaleParent(PublishError):
     """Another version was published since the child was judged against its parent."""
 
 
+class PublishNotReplicated(PublishError):
+    """Fewer replicas than asked confirmed a version in time: it may be on the master
+    (and announced) but may be lost with it, so it does not count as published."""
+
+    def __init__(self, message: str, published: Published | None = None) -> None:
+        super().__init__(message)
+        self.published = published
+
+
 __all__ = [
     "PublishError",
+    "PublishNotReplicated",
     "PublishRequest",
     "Published",
     "Publisher",
@@ -91,6 +118,15 @@ MAX_PATCHES = 4
 DELTAS_MAXLEN = 1000
 #: Device statuses read to find the versions the fleet serves (the most recently seen).
 DEVICE_SCAN = 10_000
+
+#: Rewrites a version's record with its own bytes if the version is there (1), else 0: a
+#: write that replicates after the publish, for WAIT to count (see the module docstring).
+_TOUCH_RECORD = """
+local record = redis.call('HGET', KEYS[1], ARGV[1])
+if not record then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], record)
+return 1
+"""
 
 #: Whether a publish moves the fleet's target (see the module docstring).
 Release = Literal["direct", "manual"]
@@ -123,6 +159,10 @@ class PublishRequest:
     input: TensorSpec | None = None  # one sample's shape and dtype (None: flat float32)
     task: TaskSpec | None = None  # None: a classifier over ``labels``
     exemplars: Exemplars | None = None  # for the edges' adapters (the bootstrap's seed rows)
+    #: Keys the version needs, written before the publish (the trainer's weights of it):
+    #: checked under WATCH on the master that takes the publish, so that a failover which
+    #: lost them never leaves a version without them (PublishNotReplicated).
+    requires: tuple[str, ...] = ()
 
     def manifest(self, sha: str, parent: tuple[str, int] | None) -> ModelManifest:
         """The manifest of this version as the child of ``parent`` (sha256, number)."""
@@ -172,6 +212,8 @@ class Publisher:
         release: Release = "direct",
         tuf: TufRepository | None = None,
         deltas_maxlen: int = DELTAS_MAXLEN,
+        wait_replicas: int = 0,
+        wait_ms: int = 1000,
     ) -> None:
         self.registry = registry
         self.deltas_maxlen = deltas_maxlen
@@ -183,6 +225,7 @@ class Publisher:
         # None: the signed manifest alone vouches for a version (the edges' setting
         # ``tuf_root`` unset); see cloud/registry/tuf_repo.py.
         self.tuf = tuf
+        self.wait_replicas, self.wait_ms = wait_replicas, wait_ms
 
     def publish(self, request: PublishRequest) -> Published:
         """Publish ``request.content`` as the next version of ``request.model``."""
@@ -195,6 +238,12 @@ class Publisher:
         done: list[Published] = []
 
         def txn(pipe: Any) -> None:
+            missing = [key for key in request.requires if not pipe.exists(key)]
+            if missing:
+                raise PublishNotReplicated(
+                    f"{model}: {', '.join(missing)} written before the publish is not on "
+                    "the master (lost in a failover?); not published"
+                )
             manifest = request.manifest(sha, self._parent(pipe, request, sha))
             manifest_json = manifest.model_dump_json()
             signature = self.signer.sign(manifest_json.encode("utf-8"))
@@ -242,7 +291,12 @@ class Publisher:
             done[:] = [Published(manifest.version, sha, signed, "", payloads, set_target)]
 
         # EXEC's replies (redis-py types them for every mode), the XADD's stream id last
-        watched = [versions_key, rollout_key, *(self.tuf.watched() if self.tuf else [])]
+        watched = [
+            versions_key,
+            rollout_key,
+            *(self.tuf.watched() if self.tuf else []),
+            *request.requires,
+        ]
         try:
             answers = cast(list[object], self.client.transaction(txn, *watched))
         except redis.ResponseError as e:
@@ -258,7 +312,42 @@ class Publisher:
         announcement_id = replies.text(answers[-1])
         published = replace(done[0], announcement_id=announcement_id)
         _log(model, published, len(content), len(artifact))
+        try:
+            self.confirm(model, sha)
+        except PublishNotReplicated as e:
+            e.published = published
+            raise
         return published
+
+    def confirm(self, model: str, sha256: str) -> None:
+        """With ``wait_replicas``: return once that many replicas hold the version
+        ``sha256`` of ``model`` (and every write before it on its master), else
+        PublishNotReplicated (see the module docstring). Also for a version whose
+        publish raised and that turned out to be there ("already a published version")."""
+        n = self.wait_replicas
+        if n <= 0:
+            return
+        what = f"{model} {sha256[:12]}"
+        records = self.keys.version_records(model)
+        try:
+            pipe = node_pipeline(self.client, records)
+            pipe.eval(_TOUCH_RECORD, 1, records, sha256)
+            pipe.execute_command("WAIT", n, self.wait_ms)
+            there, acked = (int(r) for r in pipe.execute())
+        except (redis.RedisError, *REDIS_DOWN) as e:
+            raise PublishNotReplicated(
+                f"{what} was published, but its confirmation by {n} replica(s) failed "
+                f"({type(e).__name__}: {e}); it may be lost with the master"
+            ) from e
+        if not there:
+            raise PublishNotReplicated(
+                f"{what} is not on the master of its slot (lost in a failover?)"
+            )
+        if acked < n:
+            raise PublishNotReplicated(
+                f"{what} was published, but {acked} of {n} replica(s) confirmed it within "
+                f"{self.wait_ms} ms; it may be lost with the master"
+            )
 
     def _parent(self, pipe: Any, request: PublishRequest, sha: str) -> tuple[str, int] | None:
         """The latest version (sha256, number), read under WATCH: the new one's parent.

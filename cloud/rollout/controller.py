@@ -38,7 +38,8 @@ from redis.client import Pipeline
 
 from cloud.registry.publisher import DELTAS_MAXLEN
 from cloud.rollout.director import Director, Orders
-from cloud.rollout.health import evaluate, sample_of
+from cloud.rollout.gate_book import GateBook
+from cloud.rollout.health import evaluate
 from cloud.rollout.rings import members
 from shared import replies
 from shared.device_identity import DeviceKeyring
@@ -48,7 +49,6 @@ from shared.messages import EdgeStatus, ModelServing, VersionRecord
 from shared.rollouts import (
     ACTIVE_STATES,
     AssignmentNotice,
-    DeviceSample,
     Rollout,
     RolloutSpec,
     RolloutState,
@@ -119,6 +119,8 @@ class RolloutController:
         self.device_keys = DeviceKeyring(client, keys)
         #: Status reports ignored by the gates, by reason.
         self.refused_statuses: Counter[str] = Counter()
+        #: Each running stage's figures, kept as its ring's reports arrive.
+        self.book = GateBook(client, keys, self.device_keys, self.statuses, self.refused_statuses)
 
     # -- reading --------------------------------------------------------------
 
@@ -193,15 +195,6 @@ class RolloutController:
         """Each device's report on ``model`` (None: offline, or it does not serve ``model``):
         an edge serving several models is judged on the rollout's only."""
         return {d: s.serving(model) if s else None for d, s in self.statuses(devices).items()}
-
-    def _samples(self, devices: list[str], model: str) -> dict[str, DeviceSample]:
-        """The devices' counters on ``model`` now, for those that report on it."""
-        out = {}
-        for device, status in self.statuses(devices).items():
-            on = status.serving(model) if status else None
-            if status is not None and on is not None:
-                out[device] = sample_of(on, ts=status.ts)
-        return out
 
     def pins(self, model: str) -> dict[str, str]:
         """Pinned devices and their versions. With a director, only pins it signed (the
@@ -315,11 +308,8 @@ class RolloutController:
         if stage.status == "pending":
             self._start_stage(r, stage, tx, now)
             return
-        for device, sample in self._samples(stage.devices, r.model).items():
-            if sample.sha256 == r.to_sha256 and device not in stage.switched:
-                stage.switched[device] = sample
-        serving = self.serving(stage.devices, r.model)
-        result = evaluate(stage, serving, r.to_sha256, r.gate, now)
+        a, b = self.book.advance(tx.pipe, r)
+        result = evaluate(stage, a, b, r.gate, now)
         stage.gate = {"decision": result.decision, "reasons": result.reasons, **result.figures}
         if result.decision == "fail":
             stage.status, stage.decided_at = "failed", now
@@ -338,7 +328,7 @@ class RolloutController:
     def _start_stage(self, r: Rollout, stage: StageState, tx: _Tx, now: float) -> None:
         pinned = set(self.pins(r.model))
         stage.devices = [d for d in stage.devices if d not in pinned]
-        stage.before = self._samples(stage.devices, r.model)
+        self.book.start(tx.pipe, r, r.current)
         stage.status, stage.started_at = "running", now
         if stage.devices:
             # a version whose payloads were collected is fetchable again (cloud/registry/collect.py)
@@ -381,6 +371,7 @@ class RolloutController:
         pinned = self.pins(r.model) if self.director is not None else {}
         tx.devices.update({d: pinned.get(d) for d in devices})  # a pin outlives the rollout
         tx.pipe.delete(self.keys.active_rollout(r.model))
+        self.book.close(tx.pipe, r)
         self._notify(tx.pipe, r.model, devices)
 
     def _notify(self, pipe: Pipeline, model: str, devices: list[str]) -> None:

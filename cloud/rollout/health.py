@@ -9,6 +9,9 @@ B's from the labeled counters since the switch against A's rolling accuracy;
 for a lower-is-better metric (a regressor's MAE), the devices' rolling metric on
 B, once enough labeled predictions were made on B, against theirs on A.
 
+The figures are sums kept as reports arrive (``cloud.rollout.gate_book``), so
+judging a stage costs the same for a ring of 10 devices as of 100 000.
+
 A pass needs evidence from ``GatePolicy.min_devices`` distinct devices (each
 serving B, with predictions and labeled ones on B when the policy asks for
 them), or from every device of a smaller ring: one device's reports, honest or not, do
@@ -56,32 +59,49 @@ class GateResult:
 
 
 @dataclass
-class _OnB:
+class OnA:
+    """The ring's figures on A when the stage began (fixed for the stage)."""
+
+    accuracy: float | None = None  # the devices' mean rolling accuracy
+    p99_ms: float | None = None  # the largest p99
+    rolling: float | None = None  # the devices' mean rolling metric
+    metric: str | None = None
+
+
+@dataclass
+class OnB:
+    """Sums over the ring devices seen serving B, each counted since it switched
+    (``cloud.rollout.gate_book`` keeps them as reports arrive)."""
+
     predictions: int = 0
     failed: int = 0
     fallbacks: int = 0
     labeled: int = 0
     correct: int = 0
-    p99: list[float] = field(default_factory=list)
+    devices: int = 0  # ring devices seen serving B
+    witnesses: int = 0  # ... of which give evidence about it (``witnesses``)
+    first_ts: float | None = None  # when the first of them was seen on B
     metric: str | None = None
-    rolling: list[float] = field(default_factory=list)  # the devices' rolling metric on B
-    witnesses: set[str] = field(default_factory=set)  # devices with evidence on B
+    rolling_sum: float = 0.0  # the devices' rolling metric on B, summed ...
+    rolling_n: int = 0  # ... over this many devices
+    p99_ms: float | None = None  # the largest p99 on B
+    left: str | None = None  # a device that went back from B, and why
+    left_why: str = ""
 
-    def add(self, d: DeviceSample) -> None:
-        """One device's counters since it switched to B."""
-        self.predictions += d.predictions
-        self.failed += d.failed
-        self.fallbacks += d.fallbacks
-        self.labeled += d.labeled
-        self.correct += d.correct
-        if d.p99_ms is not None:
-            self.p99.append(d.p99_ms)
-        self.metric = d.metric
+    def add(self, d: DeviceSample, sign: int = 1) -> None:
+        """Add (or, with ``sign`` -1, take out) one device's counters since it switched."""
+        self.predictions += sign * d.predictions
+        self.failed += sign * d.failed
+        self.fallbacks += sign * d.fallbacks
+        self.labeled += sign * d.labeled
+        self.correct += sign * d.correct
         if d.rolling_metric is not None:
-            self.rolling.append(d.rolling_metric)
+            self.rolling_sum += sign * d.rolling_metric
+            self.rolling_n += sign
+        self.metric = d.metric if sign > 0 else self.metric
 
 
-def _since(now: DeviceSample, then: DeviceSample) -> DeviceSample:
+def since(now: DeviceSample, then: DeviceSample) -> DeviceSample:
     """Counters since ``then``; a restarted device (counters went down) counts from zero."""
     if now.predictions < then.predictions or now.labeled < then.labeled:
         then = DeviceSample()
@@ -94,40 +114,39 @@ def _since(now: DeviceSample, then: DeviceSample) -> DeviceSample:
         p99_ms=now.p99_ms,
         metric=now.metric,
         rolling_metric=now.rolling_metric,
+        ts=now.ts,
     )
 
 
-def evaluate(
-    stage: StageState,
-    statuses: dict[str, ModelServing | None],
-    to_sha: str,
-    policy: GatePolicy,
-    now: float,
-) -> GateResult:
-    """Judge a running stage from the ring devices' latest reports on the rollout's model
-    (None: offline, or not serving it)."""
-    left = _left_b(stage, statuses, to_sha)
-    if left is not None:
-        return left
-    on_b = _OnB()
-    for device, first_on_b in stage.switched.items():
-        status = statuses.get(device)
-        if status is not None:  # offline: it converges when it returns
-            since = _since(sample_of(status), first_on_b)
-            on_b.add(since)
-            if _witnesses(since, policy):
-                on_b.witnesses.add(device)
-    figures = _figures(stage, on_b)
+def on_a(samples: list[DeviceSample]) -> OnA:
+    """A's figures from the ring devices' samples when the stage began."""
+    acc = [s.accuracy for s in samples if s.accuracy is not None]
+    p99 = [s.p99_ms for s in samples if s.p99_ms is not None]
+    rolling = [s.rolling_metric for s in samples if s.rolling_metric is not None]
+    return OnA(
+        accuracy=sum(acc) / len(acc) if acc else None,
+        p99_ms=max(p99) if p99 else None,
+        rolling=sum(rolling) / len(rolling) if rolling else None,
+        metric=next((s.metric for s in samples), None),
+    )
+
+
+def evaluate(stage: StageState, a: OnA, b: OnB, policy: GatePolicy, now: float) -> GateResult:
+    """Judge a running stage from its ring's figures on A (when it began) and on B."""
+    if b.left is not None:
+        why = b.left_why or "it no longer serves the new version"
+        return GateResult("fail", [f"{b.left} left version B: {why}"], {"reverted": b.left})
+    figures = _figures(stage, a, b)
     fails = _failures(figures, policy)
     if fails:
         return GateResult("fail", fails, figures)
     if stage.started_at is not None and now - stage.started_at > policy.stage_timeout_s:
         return GateResult("fail", [f"no decision within {policy.stage_timeout_s:.0f}s"], figures)
-    reasons = _not_yet(stage, on_b, policy, now)
+    reasons = _not_yet(stage, b, policy, now)
     return GateResult("wait" if reasons else "pass", reasons, figures)
 
 
-def _witnesses(since: DeviceSample, policy: GatePolicy) -> bool:
+def witnesses(since: DeviceSample, policy: GatePolicy) -> bool:
     """Whether a device serving B gives evidence about it: the traffic the policy asks for
     (predictions when ``min_requests`` > 0, labeled ones when ``min_labeled`` > 0)."""
     return (since.predictions > 0 or policy.min_requests == 0) and (
@@ -135,55 +154,38 @@ def _witnesses(since: DeviceSample, policy: GatePolicy) -> bool:
     )
 
 
-def _left_b(
-    stage: StageState, statuses: dict[str, ModelServing | None], to_sha: str
-) -> GateResult | None:
-    """A fail if a ring device that was serving B reports another version (it reverted)."""
-    for device in stage.switched:
-        status = statuses.get(device)
-        if status is not None and status.sha256 != to_sha:
-            why = status.last_error or "it no longer serves the new version"
-            return GateResult("fail", [f"{device} left version B: {why}"], {"reverted": device})
-    return None
-
-
-def _not_yet(stage: StageState, on_b: _OnB, policy: GatePolicy, now: float) -> list[str]:
+def _not_yet(stage: StageState, b: OnB, policy: GatePolicy, now: float) -> list[str]:
     """Why B cannot pass yet: not long enough on B, or too few predictions to judge."""
     reasons = []
-    started = min((s.ts for s in stage.switched.values()), default=None)
-    if started is None:
+    if b.first_ts is None:
         reasons.append("no ring device serves version B yet")
-    elif now - started < policy.min_dwell_s:
-        reasons.append(f"on B for {now - started:.0f}s of {policy.min_dwell_s:.0f}s")
-    if on_b.labeled < policy.min_labeled:
-        reasons.append(f"{on_b.labeled} of {policy.min_labeled} labeled predictions on B")
-    if on_b.predictions < policy.min_requests:
-        reasons.append(f"{on_b.predictions} of {policy.min_requests} predictions on B")
+    elif now - b.first_ts < policy.min_dwell_s:
+        reasons.append(f"on B for {now - b.first_ts:.0f}s of {policy.min_dwell_s:.0f}s")
+    if b.labeled < policy.min_labeled:
+        reasons.append(f"{b.labeled} of {policy.min_labeled} labeled predictions on B")
+    if b.predictions < policy.min_requests:
+        reasons.append(f"{b.predictions} of {policy.min_requests} predictions on B")
     needed = min(policy.min_devices, len(stage.devices)) if stage.devices else policy.min_devices
-    if len(on_b.witnesses) < needed:
-        reasons.append(f"evidence from {len(on_b.witnesses)} of {needed} devices on B")
+    if b.witnesses < needed:
+        reasons.append(f"evidence from {b.witnesses} of {needed} devices on B")
     return reasons
 
 
-def _figures(stage: StageState, b: _OnB) -> dict[str, Any]:
-    acc_a = [s.accuracy for s in stage.before.values() if s.accuracy is not None]
-    p99_a = [s.p99_ms for s in stage.before.values() if s.p99_ms is not None]
-    metric = b.metric or next((s.metric for s in stage.before.values()), _HIGHER_IS_BETTER)
+def _figures(stage: StageState, a: OnA, b: OnB) -> dict[str, Any]:
+    metric = b.metric or a.metric or _HIGHER_IS_BETTER
     accuracy_b = b.correct / b.labeled if b.labeled else None
     if metric == _HIGHER_IS_BETTER:
-        metric_a: float | None = sum(acc_a) / len(acc_a) if acc_a else None
-        metric_b = accuracy_b
+        metric_a, metric_b = a.accuracy, accuracy_b
     else:
-        on_a = [s.rolling_metric for s in stage.before.values() if s.rolling_metric is not None]
-        metric_a = sum(on_a) / len(on_a) if on_a else None
-        metric_b = sum(b.rolling) / len(b.rolling) if b.rolling else None
+        metric_a = a.rolling
+        metric_b = b.rolling_sum / b.rolling_n if b.rolling_n else None
     return {
         "metric": metric,
         "lower_is_better": metric != _HIGHER_IS_BETTER,
         "metric_b": metric_b,
         "metric_a": metric_a,
-        "devices_on_b": len(stage.switched),
-        "devices_with_evidence": len(b.witnesses),
+        "devices_on_b": b.devices,
+        "devices_with_evidence": b.witnesses,
         "devices_in_ring": len(stage.devices),
         "predictions_b": b.predictions,
         "labeled_b": b.labeled,
@@ -191,8 +193,8 @@ def _figures(stage: StageState, b: _OnB) -> dict[str, Any]:
         "accuracy_a": metric_a if metric == _HIGHER_IS_BETTER else None,
         "error_rate_b": b.failed / b.predictions if b.predictions else None,
         "fallback_rate_b": b.fallbacks / b.predictions if b.predictions else None,
-        "p99_ms_b": max(b.p99) if b.p99 else None,
-        "p99_ms_a": max(p99_a) if p99_a else None,
+        "p99_ms_b": b.p99_ms,
+        "p99_ms_a": a.p99_ms,
     }
 
 

@@ -22,6 +22,7 @@ from cloud.registry.collect import VersionCollector
 from cloud.registry.fleet_counts import FleetCounts
 from cloud.registry.tuf_repo import TufRepository
 from cloud.rollout.controller import RolloutController
+from shared.replies import REDIS_DOWN
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ class ControllerLoop:
                 if failing:
                     logger.info("rollout controller: Redis reachable again")
                 failing = False
-            except redis.RedisError as e:
+            except (redis.RedisError, *REDIS_DOWN) as e:
                 self.errors += 1
                 if not failing:
                     logger.warning(
@@ -100,7 +101,8 @@ class ControllerLoop:
         """Fold the fleet's new reports into its counts; a refusal (a Redis user without
         scripting, say) is logged, and never holds up the rollouts."""
         try:
-            self.counts.catch_up()
+            # reads trust the counts until two steps are missed
+            self.counts.catch_up(fresh_s=2 * self.interval_s + 1.0)
         except redis.ResponseError as e:
             logger.warning("fleet counts not updated: %s", e)
 

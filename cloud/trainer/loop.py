@@ -92,6 +92,8 @@ class Trainer:
             release=s.release or "manual",  # the settings fill it in by mode
             tuf=tuf_repository(self.client, self.keys, s.tuf_targets_key, s.tuf_online_key),
             deltas_maxlen=s.deltas_maxlen,
+            wait_replicas=s.publish_wait_replicas,
+            wait_ms=s.publish_wait_ms,
         )
         self.quarantine = Quarantine(self.client, self.keys, s.model_name)
         self.label_check = LabelCheck(
@@ -125,7 +127,8 @@ class Trainer:
         self._refresh_lease(force=True)
         if self.lease.held and self.publisher.latest(self.settings.model_name) is None:
             logger.info("no version of %s yet: bootstrapping", self.settings.model_name)
-            self._finish(self.rounds.bootstrap())
+            with self.lease.kept():  # a bootstrap outlasts the lease: a standby must wait
+                self._finish(self.rounds.bootstrap())
 
     def _check_published_model(self) -> None:
         """Refuse to train a published model on a dataset with another input or task, or
@@ -154,18 +157,21 @@ class Trainer:
                 ) from e
 
     def run(self, stop: threading.Event) -> None:
-        """Ingest and train until ``stop`` is set; rides out Redis outages."""
-        backoff = Backoff(base=0.2, cap=5.0)
-        backoff.call(self.start, retry_on=REDIS_DOWN, stop=stop)
+        """Ingest and train until ``stop`` is set; rides out Redis outages, and commands a
+        Redis refuses (a cluster down or mid-failover, too few replicas to write, a disk
+        that stops writes, a user without a permission): one warning line each time, and
+        the work is tried again until the refusal is gone."""
+        backoff = Backoff(base=0.2, cap=5.0, on_backoff=_starting_again)
+        backoff.call(self.start, retry_on=(*REDIS_DOWN, redis.ResponseError), stop=stop)
         failures = 0
         while not stop.is_set():
             try:
                 self.step()
                 failures = 0
-            except REDIS_DOWN as e:
+            except (*REDIS_DOWN, redis.ResponseError) as e:
                 failures += 1
                 wait = backoff.delay(min(failures, 6))
-                logger.warning("redis unavailable (%s); retrying in %.1fs", e, wait)
+                logger.warning("%s; retrying in %.1fs", _redis_trouble(e), wait)
                 stop.wait(wait)
         self.close()
 
@@ -222,7 +228,8 @@ class Trainer:
         if trigger is None or self.data.recent_count() < self.settings.gate_min_recent:
             return
         if self.publisher.latest(self.settings.model_name) is None:
-            self._finish(self.rounds.bootstrap())
+            with self.lease.kept():
+                self._finish(self.rounds.bootstrap())
             return
         new = self.trigger.started()
         window = {**self._window.take(new), "signal": self._trigger_signal(trigger)}
@@ -421,3 +428,14 @@ def _describe(task: TaskSpec) -> str:
     if task.is_classification:
         return f"classes {task.labels}"
     return f"outputs {task.outputs}"
+
+
+def _redis_trouble(e: BaseException) -> str:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    if isinstance(e, redis.ResponseError):
+        return f"redis refused a command ({first})"
+    return f"redis unavailable ({first})"
+
+
+def _starting_again(attempt: int, wait: float, e: BaseException) -> None:
+    logger.warning("could not start: %s; trying again in %.1fs", _redis_trouble(e), wait)

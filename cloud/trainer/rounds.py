@@ -69,7 +69,12 @@ from cloud.learning.contract import DataInfo, build_model
 from cloud.learning.models import TaskModel, predict
 from cloud.learning.training import Hyperparameters, fine_tune, train
 from cloud.learning.weights import load_weights, read_weights_file, weights_to_bytes
-from cloud.registry.publisher import Publisher, PublishRequest, StaleParent
+from cloud.registry.publisher import (
+    Publisher,
+    PublishNotReplicated,
+    PublishRequest,
+    StaleParent,
+)
 from cloud.trainer.settings import TrainerSettings
 from shared.errors import ConfigError, EdgeloopError
 from shared.keys import FleetKeys
@@ -229,7 +234,10 @@ class RoundRunner:
         )
         explanation = self._explain(report, _side(model, exported), None, held_out)
         t3 = time.perf_counter()
-        self._publish(report, model, exported, None, explanation, self._exemplars())
+        try:
+            self._publish(report, model, exported, None, explanation, self._exemplars())
+        except PublishNotReplicated as e:
+            report.published, report.reason = False, str(e)  # bootstrapped again if lost
         report.timings.update(train_s=t1 - t0, export_s=t2 - t1, publish_s=time.perf_counter() - t3)
         return report
 
@@ -315,7 +323,9 @@ class RoundRunner:
         t3 = time.perf_counter()
         try:
             self._publish(report, child.model, child.exported, rnd.parent.sha256, explanation)
-        except StaleParent as e:
+        except (StaleParent, PublishNotReplicated) as e:
+            # not published (or not known to survive the master): a later round publishes
+            # again on what the registry then holds
             report.published, report.reason = False, str(e)
         report.timings["publish_s"] = time.perf_counter() - t3
         return report
@@ -606,6 +616,7 @@ class RoundRunner:
             input=data.input,
             task=data.task,
             exemplars=exemplars,
+            requires=(self.keys.weights(exported.sha256),),
         )
         published = self.publisher.publish(request)
         report.published, report.version, report.sha256 = True, published.version, published.sha256

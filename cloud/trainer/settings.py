@@ -302,6 +302,14 @@ class TrainerSettings(RedisSettings):
         description="announcements kept in the fleet's deltas stream (MAXLEN ~): edges follow "
         "their desired version, the history is only their nudge",
     )
+    publish_wait_replicas: int = Field(
+        0,
+        ge=0,
+        description="replicas that must hold a published version (Redis WAIT) before it "
+        "counts as published; fewer within publish_wait_ms: the round is reported not "
+        "published and a later one publishes again (0: do not wait)",
+    )
+    publish_wait_ms: int = Field(1000, ge=1, description="how long a publish waits for them")
     release: Literal["direct", "manual"] | None = Field(
         None,
         description="direct: a published version becomes the fleet's target (unless a rollout "

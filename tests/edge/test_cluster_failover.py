@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,31 +23,12 @@ from shared.keys import FleetKeys
 from shared.messages import FeedbackEvent
 from shared.redis_client import connect_redis
 from shared.retry import Backoff
+from tests.edge.failover import X, send_ms
 from tests.redis_cluster import RedisClusterNodes
 from tests.serving import wait_for
 
-X = [float(i % 17) for i in range(64)]
-
-
-@pytest.fixture
-def own_cluster(tmp_path: Path) -> Iterator[RedisClusterNodes]:
-    cluster = RedisClusterNodes(tmp_path / "cluster")
-    cluster.start()
-    yield cluster
-    cluster.stop()
-
-
-def _send_ms(member: FleetMember, wait_replicas: int, sends: int = 200) -> float:
-    """Median time of one 16-event send, in ms."""
-    sink = RedisSink(member, batch=16, wait_replicas=wait_replicas)
-    lines = [frame(b'{"event_id":"x"}', bytes(256)) for _ in range(16)]
-    times = []
-    for _ in range(sends):
-        t = time.perf_counter()
-        sink.add(lines)
-        times.append(time.perf_counter() - t)
-    sink.close()
-    return sorted(times)[len(times) // 2] * 1000
+#: Redis failover semantics, the same whatever runtime serves: the main suite's only.
+pytestmark = pytest.mark.failover
 
 
 def test_a_killed_master_loses_no_acknowledged_feedback(
@@ -58,7 +38,7 @@ def test_a_killed_master_loses_no_acknowledged_feedback(
     stream = keys.feedback_of("digits")
     member = FleetMember(own_cluster.url, keys, "pi-1", "digits")
     admin = connect_redis(own_cluster.url)
-    plain, waited = _send_ms(member, 0), _send_ms(member, 1)
+    plain, waited = send_ms(member, 0), send_ms(member, 1)
     print(f"\nsend of 16 events: {plain:.2f} ms; with WAIT 1: {waited:.2f} ms (median of 200)")
     admin.delete(stream)
     master = admin.get_node_from_key(stream).port

@@ -87,7 +87,7 @@ class FleetView:
             return DevicesPublic(fleet=self.fleet, total=total, devices=devices)
         if cursor and not safe(cursor):
             raise InputError(f"cursor {cursor!r} is not one this API gave (a device id)")
-        self.counts.refresh()
+        self.counts.read_refresh()
         ids, next_cursor = self.counts.page(cursor, limit)
         scores = self.client.zmscore(self.keys.devices, ids) if ids else []
         seen = [
@@ -107,7 +107,7 @@ class FleetView:
     def read_fleet(self) -> FleetPublic:
         """The fleet's summary from its counts (``cloud.registry.fleet_counts``): no device
         is read, whatever the fleet's size; the counts are brought up to date first."""
-        self.counts.refresh()
+        self.counts.read_refresh()
         f = self.counts.read()
         by_health = f.by_health()
         names = [*self.registry.models()]

@@ -271,3 +271,29 @@ def test_edgeloop_controller_recounts_and_its_step_folds(redis_client, redis_url
     assert counts.read().by_version() == {"v0": 15, "v1": 15}  # not folded yet
     assert cli.main(["controller", "--config", str(config), "--once"]) == 0
     assert counts.read().by_version() == {"v0": 14, "v1": 15, "v7": 1}
+
+
+def test_reads_fold_a_few_reports_while_a_controller_keeps_the_counts_fresh(view, redis_client):
+    """While a controller keeps the counts up to date (its ``catch_up`` marks them fresh),
+    a read folds at most ``read_batch`` reports and no sweep: its cost is bounded whatever
+    the report rate. Once the controller misses its steps the mark expires and a read
+    brings the counts up to date itself."""
+    view.counts.read_batch = 2
+    edge_writes(redis_client, status("pi-01", 1))
+    view.counts.catch_up(fresh_s=0.5)
+    assert redis_client.exists(view.keys.counts_folded)
+    for i in range(2, 7):  # five edges' reports since the controller's step
+        edge_writes(redis_client, status(f"pi-{i:02d}", 1))
+    assert view.read_fleet().devices == 3  # the read folded two of them
+    assert view.read_fleet().devices == 5
+    time.sleep(0.6)  # the controller missed its steps: a read folds all that is left
+    view.counts.batch = 1000
+    assert view.read_fleet().by_version == {"v1": 6}
+    assert_counts_match_scan(view)
+
+    # a fold that leaves reports behind does not mark the counts fresh
+    for i in range(7, 12):
+        edge_writes(redis_client, status(f"pi-{i:02d}", 2))
+    view.counts.batch = 2
+    view.counts.catch_up(rounds=1, fresh_s=60)
+    assert not redis_client.exists(view.keys.counts_folded)

@@ -190,3 +190,32 @@ def test_the_api_user_serves_the_api(acl_redis, tmp_path):
         time.sleep(0.2)
         assert api.app.state.controller_loop.errors == 0
     api_client.close()
+
+
+def test_a_command_the_redis_refuses_is_a_503_naming_it(acl_redis, tmp_path, caplog):
+    """A deployment fault, not a client's: the API's Redis user without a write it needs
+    (a node that refuses a command: NOPERM here; a cluster down or a read-only replica
+    answer the same way) makes the request a 503 whose message names the refusal, and the
+    API goes on serving what it can."""
+    admin = redis.Redis.from_url(acl_redis["admin"])
+    admin.acl_setuser(
+        "reader",
+        enabled=True,
+        passwords=["+pw-reader"],
+        keys=["*"],
+        commands=["+@read", "+@connection", "+evalsha", "+script|load"],
+    )
+    api_client = redis.Redis.from_url(acl_redis["api"])
+    token = issue(api_client, FLEET, "admin")
+    url = acl_redis["api"].replace("api:pw-api", "reader:pw-reader")
+    settings = dev_api_settings(FLEET, url, tmp_path, controller_interval_s=0)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as api:
+        status = {"device_id": "pi-1", "fleet": FLEET, "model": "digits", "state": "serving"}
+        r = api.post("/v1/devices/pi-1/status", json=status, headers=bearer(token))
+        assert r.status_code == 503, r.text
+        assert r.json()["detail"].startswith("the registry's Redis refused a command: ")
+        assert "permission" in r.json()["detail"].lower()
+        assert api.get("/v1/models", headers=bearer(token)).status_code == 200
+    assert "Redis refused a command of POST /v1/devices/pi-1/status" in caplog.text
+    admin.close()
+    api_client.close()

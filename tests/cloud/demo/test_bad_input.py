@@ -206,3 +206,23 @@ def test_the_attacks_scenario_refuses_what_it_does_not_run(no_process, capsys, a
 def test_the_chaos_scenario_refuses_what_it_does_not_run(no_process, capsys, args, words):
     code, err = demo(capsys, "--scenario", "chaos", *args)
     assert_refused(code, err, *words)
+
+
+@pytest.mark.parametrize("scenario", ["chaos", "attacks", "bad-canary"])
+def test_only_the_drift_scenario_runs_on_a_given_redis(no_process, capsys, scenario):
+    code, err = demo(capsys, "--scenario", scenario, "--redis-url", "redis://127.0.0.1:6379/0")
+    assert_refused(code, err, "--redis-url is for the drift scenario", scenario)
+
+
+def test_a_given_redis_that_holds_the_demo_fleet_is_refused(
+    no_process, capsys, redis_url, redis_client
+):
+    """An earlier run's fleet on the Redis given: refused before any process starts (the
+    new run's figures would mix with the old run's versions and feedback)."""
+    from cloud.demo.fleet import FLEET
+    from shared.keys import FleetKeys
+
+    redis_client.sadd(FleetKeys(FLEET).models, "digits")
+    code, err = demo(capsys, "--quick", "--redis-url", redis_url)
+    assert_refused(code, err, "already holds fleet 'demo'")
+    assert not list(no_process.glob("edgeloop-demo*"))  # no work dir left behind

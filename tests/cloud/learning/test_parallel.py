@@ -129,6 +129,35 @@ def test_the_bench_refuses_bad_figures_in_one_line(capsys):
     assert err == ["edgeloop bench: error: --step-ms must be 0 or more and --target in (0, 1]"]
 
 
+@pytest.mark.timeout(180)
+def test_a_round_whose_worker_dies_is_trained_again_on_new_workers(digits, monkeypatch, caplog):
+    """A worker SIGKILLed mid-round: the round's training is abandoned and started again
+    on new workers (``retries``, 1 by default), and the child is the retry's, whole; with
+    no retries left the round fails and returns nothing."""
+    ds, model = digits
+    run = Pool.run
+    killed: list[int] = []
+
+    def run_and_kill_the_first(self, case, *args, **kwargs):
+        if not killed:  # a real SIGKILL of a worker of the first pool, as it trains
+            killed.append(self.context.processes[1].pid)
+            threading.Timer(0.2, os.kill, (killed[0], signal.SIGKILL)).start()
+        return run(self, case, *args, **kwargs)
+
+    monkeypatch.setattr(Pool, "run", run_and_kill_the_first)
+    hp = Hyperparameters(epochs=40, batch_size=32, lr=3e-3, seed=0)
+    got = fine_tune_parallel(model, ds.X, ds.y, hp, Parallelism(WORKERS, 0))
+    assert len(killed) == 1 and got.hyperparameters["attempts"] == 2
+    assert "started again on new workers (attempt 2 of 2)" in caplog.text
+    with torch.no_grad():
+        predicted = got.model(torch.as_tensor(ds.X, dtype=torch.float32)).argmax(1).numpy()
+    assert float(np.mean(predicted == ds.y)) > 0.9  # trained whole
+
+    killed.clear()
+    with pytest.raises(ParallelTrainingError, match="a training worker failed"):
+        fine_tune_parallel(model, ds.X, ds.y, hp, Parallelism(WORKERS, 0, retries=0))
+
+
 # Last in this module: it kills one of the module's workers (the pool is spent after it).
 @pytest.mark.timeout(120)
 def test_a_worker_that_dies_mid_round_fails_the_round_and_returns_nothing(pool):

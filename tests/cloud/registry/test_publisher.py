@@ -7,6 +7,7 @@ import pytest
 from cloud.registry.publisher import (
     Publisher,
     PublishError,
+    PublishNotReplicated,
     PublishRequest,
     StaleParent,
     VersionNotFound,
@@ -151,3 +152,33 @@ def test_a_rollout_started_during_a_publish_retries_it_without_the_target(
     second = publish(publisher, exported.content + b"\0", probe=exported.probe)
     assert started and not second.target_set
     assert redis_client.get(keys.target("digits")) == first.sha256.encode()
+
+
+def test_a_publish_no_replica_confirms_does_not_count(publisher, exported, redis_client, keys):
+    """One server has no replica: WAIT 1 gets 0 in time. The version is whole on the
+    master and announced, but reported as not replicated (docs: "A publish during a
+    failover")."""
+    waiting = _publisher(publisher, wait_replicas=1, wait_ms=50)
+    with pytest.raises(PublishNotReplicated, match="0 of 1 replica") as raised:
+        publish(waiting, exported.content, probe=exported.probe)
+    assert raised.value.published is not None and raised.value.published.version == 1
+    assert waiting.versions("digits") == [(1, exported.sha256)]
+    assert redis_client.xlen(keys.deltas) == 1
+    with pytest.raises(PublishNotReplicated, match="0 of 1"):
+        waiting.confirm("digits", exported.sha256)
+    with pytest.raises(PublishNotReplicated, match="not on the master"):
+        waiting.confirm("digits", "0" * 64)
+    # the confirmation rewrote the record with its own bytes, nothing else
+    assert waiting.registry.get("digits", 1).sha256 == exported.sha256
+
+
+def test_a_publish_needs_what_was_written_before_it(publisher, exported, redis_client, keys):
+    """A key the version needs (the trainer's weights) missing on the master, as after a
+    failover that lost it: nothing is published."""
+    weights = keys.weights(exported.sha256)
+    with pytest.raises(PublishNotReplicated, match="weights"):
+        publish(publisher, exported.content, probe=exported.probe, requires=(weights,))
+    assert publisher.versions("digits") == [] and redis_client.xlen(keys.deltas) == 0
+    redis_client.set(weights, b"w")
+    p = publish(publisher, exported.content, probe=exported.probe, requires=(weights,))
+    assert publisher.versions("digits") == [(1, p.sha256)]

@@ -19,6 +19,7 @@ from shared.keys import FleetKeys
 from shared.messages import EdgeCounters, EdgeStatus, ProbeSet
 from shared.rollouts import AssignmentNotice, GatePolicy, RolloutSpec, StageSpec, desired_sha
 from shared.signing import Signer, generate_keypair
+from shared.status_report import add_status
 
 MODEL = "digits"
 DEVICES = [f"pi-{i:02d}" for i in range(10)]
@@ -100,8 +101,9 @@ class Fleet:
             last_error=error,
             ts=self.clock(),
         )
-        self.client.set(self.keys.device(device), status.to_wire())
-        self.client.zadd(self.keys.devices, {device: self.clock()})
+        pipe = self.client.pipeline(transaction=False)  # as an edge writes its report
+        add_status(pipe, self.keys, status, 3600, 10_000)
+        pipe.execute()
 
     def edges_follow(
         self,

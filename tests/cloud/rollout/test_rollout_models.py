@@ -17,6 +17,7 @@ from shared.keys import FleetKeys
 from shared.messages import EdgeCounters, EdgeStatus, ModelServing, ProbeSet
 from shared.rollouts import GatePolicy, RolloutSpec, StageSpec, desired_sha
 from shared.signing import Signer, generate_keypair
+from shared.status_report import add_status
 
 CLF, REG = "digits", "temp"
 BOTH = [f"pi-{i:02d}" for i in range(6)]  # serve both models
@@ -109,8 +110,9 @@ class TwoModelFleet:
                 models=on,
                 ts=self.clock(),
             )
-            self.client.set(self.keys.device(device), status.to_wire())
-            self.client.zadd(self.keys.devices, {device: self.clock()})
+            pipe = self.client.pipeline(transaction=False)  # as an edge writes its report
+            add_status(pipe, self.keys, status, 3600, 10_000)
+            pipe.execute()
 
     def run(self, rollout_id: str, **good: bool) -> str:
         for _ in range(20):

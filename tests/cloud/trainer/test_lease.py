@@ -62,3 +62,18 @@ def test_an_unrenewed_lease_expires_and_another_trainer_takes_over(redis_client,
     assert not a.refresh() and not a.held
     assert redis_client.get(lease_key) == b"trainer-b"
     assert redis_client.pttl(lease_key) > SHORT_MS
+
+
+def test_a_holder_busy_for_longer_than_the_lease_keeps_it(redis_client, lease_key):
+    """A bootstrap blocks the loop that renews the lease for many TTLs: ``kept`` renews it
+    meanwhile, so a standby waits; once the work is done the lease lapses as before."""
+    a = Lease(redis_client, lease_key, "trainer-a", ttl_ms=300)
+    b = Lease(redis_client, lease_key, "trainer-b", ttl_ms=300)
+    assert a.refresh()
+    with a.kept():
+        for _ in range(10):  # 1 s: over three TTLs
+            time.sleep(0.1)
+            assert not b.refresh()
+    assert a.held
+    time.sleep(0.4)
+    assert b.refresh() and not a.refresh()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import time
 from concurrent.futures import Future
 
 import pytest
@@ -53,3 +54,37 @@ def test_a_round_failed_on_a_bug_keeps_its_traceback(caplog: pytest.LogCaptureFi
         collect(OSError(errno.ENOENT, "No such file"))
         collect(ValueError("a bug"))
     assert [r.exc_info is not None for r in caplog.records] == [True, True]
+
+
+@pytest.mark.timeout(180)
+def test_a_trainer_rides_out_commands_its_redis_refuses(
+    make_settings, digits, redis_client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node that refuses a command (here every write: ``min-replicas-to-write 1`` on a
+    server with no replica answers NOREPLICAS, as a cluster mid-failover or a disk that
+    stops writes would answer with their own refusal): the trainer logs one line each
+    time and tries again, and starts once the refusal is gone."""
+    import threading
+
+    from tests.cloud.conftest import FAST_TRAINER
+
+    trainer = Trainer(make_settings(**{**FAST_TRAINER, "bootstrap_epochs": 1}), dataset=digits)
+    stop = threading.Event()
+    redis_client.config_set("min-replicas-to-write", 1)
+    try:
+        with caplog.at_level(logging.WARNING, logger="cloud.trainer.loop"):
+            thread = threading.Thread(target=trainer.run, args=(stop,))
+            thread.start()
+            time.sleep(1.5)
+            refused = [r for r in caplog.records if "refused a command" in r.getMessage()]
+            assert refused and all(r.exc_info is None for r in refused)
+            assert "NOREPLICAS" in refused[0].getMessage()
+            assert thread.is_alive() and trainer.publisher.latest("digits") is None
+    finally:
+        redis_client.config_set("min-replicas-to-write", 0)
+    deadline = time.monotonic() + 120
+    while trainer.publisher.latest("digits") is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    stop.set()
+    thread.join(60)
+    assert trainer.publisher.latest("digits") is not None  # it bootstrapped v1 after all
