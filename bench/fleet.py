@@ -19,6 +19,7 @@ import random
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 from bench.report import Result, at_most
 from bench.setup import FLEET, MODEL, Bench
@@ -126,6 +127,9 @@ def measure_gate(bench: Bench, n: int, reporting: int = 100) -> Result:
             return VersionRecord.model_construct(
                 model=model, version=version, sha256=sha, size=0, created_at=0.0
             )
+
+        def queue_artifact(self, pipe: Any, sha256: str) -> None:
+            """Nothing is collected here: no file to bring back."""
 
     def report(devices: list[str], sha: str, served: int) -> None:
         pipe = client.pipeline(transaction=False)

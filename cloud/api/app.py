@@ -135,12 +135,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         )
 
     tuf = tuf_repository(client, keys, None, settings.tuf_online_key)
-    collector = VersionCollector(
-        registry,
-        keep_last=settings.keep_versions,
-        interval_s=settings.collect_interval_s,
-        keep_rollouts=settings.keep_rollouts,
-    )
+    collector = VersionCollector.configured(registry, settings)
     lifespan = _lifespan(
         controller, client, settings.controller_interval_s, tuf, settings.tuf_refresh_s, collector
     )

@@ -71,12 +71,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     interval = args.interval or settings.controller_interval_s or 5.0
     tuf = tuf_repository(client, keys, None, settings.tuf_online_key)
-    collector = VersionCollector(
-        registry,
-        keep_last=settings.keep_versions,
-        interval_s=settings.collect_interval_s,
-        keep_rollouts=settings.keep_rollouts,
-    )
+    collector = VersionCollector.configured(registry, settings)
     loop = ControllerLoop(
         controller, interval, tuf=tuf, tuf_refresh_s=settings.tuf_refresh_s, collector=collector
     )

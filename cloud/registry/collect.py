@@ -47,7 +47,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from cloud.registry.versions import Registry
 from shared import replies
@@ -71,8 +71,25 @@ class Collected:
     archived: bool = False  # manifests were moved to the blob store
 
 
+class CollectSettings(Protocol):
+    """The settings a collector takes (the API's, which ``edgeloop controller`` reads too)."""
+
+    keep_versions: int
+    collect_interval_s: float
+    keep_rollouts: int
+
+
 class VersionCollector:
     """Deletes the Redis payloads of the versions of a fleet's models that nothing needs."""
+
+    @classmethod
+    def configured(cls, registry: Registry, settings: CollectSettings) -> VersionCollector:
+        return cls(
+            registry,
+            keep_last=settings.keep_versions,
+            interval_s=settings.collect_interval_s,
+            keep_rollouts=settings.keep_rollouts,
+        )
 
     def __init__(
         self,
