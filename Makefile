@@ -51,7 +51,7 @@ demo-quick: install
 # the edge-only suites then run beside schemathesis. CI and a person run the same.
 test: install
 	@nice -n 19 $(MAKE) --no-print-directory lint typecheck edge-venvs > .test-prep.log 2>&1 & prep=$$!; \
-	$(PY) -m pytest -q -m "not example and not bench_run" --durations=15; tests=$$?; \
+	$(PY) -m pytest -q -m "not example and not bench_run" --durations=30; tests=$$?; \
 	if ! wait $$prep; then cat .test-prep.log; echo "lint, typecheck or edge-venvs failed"; exit 1; fi; \
 	echo "lint, typecheck and the edge-only environments: ok"; exit $$tests
 	$(MAKE) --no-print-directory -j3 --output-sync=target schemathesis edge-only-tests tflite-runtime-tests
