@@ -287,6 +287,16 @@ def test_a_round_retrains_afresh_only_while_its_training_set_is_small(with_paren
         assert rnd.hp.seed == 3  # the settings' seed (0) plus the round's number
 
 
+def test_a_young_drift_is_fine_tuned_whatever_its_training_set(with_parent, parts):
+    # the drift's own recipe (drift_epochs at drift_lr, the labels since it weighted)
+    rounds = with_parent(retrain_max_samples=100_000, drift_epochs=2)
+    rounds.data.mark_drift()
+    flipped_feedback(rounds.data, parts)
+    rnd = rounds._start(1)
+    assert rnd.concept and not rnd.retrain
+    assert (rnd.hp.epochs, rnd.hp.lr) == (2, 1e-2)
+
+
 def test_a_retrained_round_does_not_start_from_the_parent_and_ships_a_fresh_export(
     with_parent, parts, keys, trained
 ):
