@@ -367,7 +367,9 @@ class RoundRunner:
             held_out = _since_drift(held_out, concept, s.concept_min_recent, s.gate_min_recent)
             facts["recent_since_drift"] = len(held_out.recent[1])
             hp = self._hyperparameters(s.drift_epochs, s.seed + round_no, s.drift_lr)
-        retrain = concept is None and 0 < len(y) <= s.retrain_max_samples
+        # a stationary stream's: once a drift was signalled the parent holds what the
+        # stored samples no longer say (ARCHITECTURE.md, "Rounds on small stationary streams")
+        retrain = 0 < len(y) <= s.retrain_max_samples and self.data.drift_mark() is None
         if retrain:
             hp = self._hyperparameters(s.bootstrap_epochs, s.seed + round_no)
         return Round(parent, X, y, held_out, hp, admission, facts, retrain)

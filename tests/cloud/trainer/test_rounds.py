@@ -285,6 +285,11 @@ def test_a_round_retrains_afresh_only_while_its_training_set_is_small(with_paren
         # a fresh model learns with the bootstrap's recipe, a fine-tune with the rounds'
         assert rnd.hp.epochs == (7 if retrain else FAST["epochs"])
         assert rnd.hp.seed == 3  # the settings' seed (0) plus the round's number
+    # after a drift signal, even an old one, the stream is not stationary: fine-tune
+    rounds.settings.retrain_max_samples = stored
+    rounds.data.mark_drift()
+    rnd = rounds._start(3)
+    assert not rnd.concept and not rnd.retrain
 
 
 def test_a_young_drift_is_fine_tuned_whatever_its_training_set(with_parent, parts):
