@@ -145,9 +145,9 @@ class TrainerSettings(RedisSettings):
         0,
         ge=0,
         description="a round on a stream with no drift signalled so far whose training set "
-        "holds at most this many "
-        "samples trains a fresh model with the bootstrap's recipe (bootstrap_epochs at lr) "
-        "instead of fine-tuning the parent, and ships a fresh export, not a budgeted delta "
+        "holds at most this many samples trains a fresh model with the bootstrap's recipe "
+        "(bootstrap_epochs at lr) instead of fine-tuning the parent, and ships a fresh "
+        "export, not a budgeted delta "
         '(ARCHITECTURE.md, "Rounds on small stationary streams"); 0: rounds always fine-tune',
     )
     batch_size: int = Field(64, ge=1)
