@@ -151,6 +151,11 @@ def round_samples(labels: int, quick: bool = False) -> int:
     return max(50, min(100 if quick else 200, labels // 10))
 
 
+#: The replay's trainer retrains a quiet round from a fresh model up to this many
+#: training samples (TrainerSettings.retrain_max_samples).
+RETRAIN_MAX_SAMPLES = 1000
+
+
 class Replay(LocalFleet):
     """One replay; ``run()`` streams, ``result()`` reads the figures back."""
 
@@ -184,6 +189,9 @@ class Replay(LocalFleet):
             # higher rate (ARCHITECTURE.md, "Learning fast enough")
             "epochs": 20,
             "lr": 3e-3,
+            # a small training set is learnt better afresh than by fine-tuning the parent
+            # (ARCHITECTURE.md, "Rounds on small stationary streams")
+            "retrain_max_samples": RETRAIN_MAX_SAMPLES,
             # the edges' adapters start from every seed row (ARCHITECTURE.md, "Exemplars")
             "exemplars": 1000,
         }

@@ -151,6 +151,7 @@ class Round:
     hp: Hyperparameters
     admission: Admission = field(default_factory=Admission)
     concept: dict[str, Any] = field(default_factory=dict)  # what the latest drift changed
+    retrain: bool = False  # a fresh model, not the parent fine-tuned (retrain_max_samples)
 
 
 class RoundRunner:
@@ -298,7 +299,12 @@ class RoundRunner:
         if self.settings.train_workers > 1:
             report.hyperparameters["workers"] = self.settings.train_workers
             report.hyperparameters["staleness"] = self.settings.train_staleness
-        trained = self._fine_tune(rnd.parent.model, rnd.X, rnd.y, rnd.hp)
+        if rnd.retrain:
+            report.hyperparameters["retrained"] = True
+            fresh = build_model(self.spec, self.info, seed=rnd.hp.seed)
+            trained = train(fresh, rnd.X, rnd.y, rnd.hp).model
+        else:
+            trained = self._fine_tune(rnd.parent.model, rnd.X, rnd.y, rnd.hp)
         report.timings["train_s"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         try:
@@ -371,7 +377,12 @@ class RoundRunner:
             held_out = _since_drift(held_out, concept, s.concept_min_recent, s.gate_min_recent)
             facts["recent_since_drift"] = len(held_out.recent[1])
             hp = self._hyperparameters(s.drift_epochs, s.seed + round_no, s.drift_lr)
-        return Round(parent, X, y, held_out, hp, admission, facts)
+        # a stationary stream's: once a drift was signalled the parent holds what the
+        # stored samples no longer say (ARCHITECTURE.md, "Rounds on small stationary streams")
+        retrain = 0 < len(y) <= s.retrain_max_samples and self.data.drift_mark() is None
+        if retrain:
+            hp = self._hyperparameters(s.bootstrap_epochs, s.seed + round_no)
+        return Round(parent, X, y, held_out, hp, admission, facts, retrain)
 
     def _young_concept(self) -> Concept | None:
         """The labels since the latest drift while it is young (the recent window still
@@ -469,6 +480,8 @@ class RoundRunner:
         (cloud/export/budgeted.py), or re-calibrated when the mode or the grid says so."""
         if self.settings.update_mode == "full":
             return self._full(rnd, trained, "full mode"), None
+        if rnd.retrain:  # every weight is new: no small delta on the parent's grid to write
+            return self._full(rnd, trained, "retrained"), None
         try:
             fit = FineTuned(rnd.parent.model, trained, rnd.X, rnd.y, rnd.hp)
             calibration = self._calibration(rnd.X, rnd.hp.seed)

@@ -141,6 +141,15 @@ class TrainerSettings(RedisSettings):
     # How to train
     epochs: int = Field(6, ge=1)
     bootstrap_epochs: int = Field(25, ge=1)
+    retrain_max_samples: int = Field(
+        0,
+        ge=0,
+        description="a round on a stream with no drift signalled so far whose training set "
+        "holds at most this many samples trains a fresh model with the bootstrap's recipe "
+        "(bootstrap_epochs at lr) instead of fine-tuning the parent, and ships a fresh "
+        "export, not a budgeted delta "
+        '(ARCHITECTURE.md, "Rounds on small stationary streams"); 0: rounds always fine-tune',
+    )
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)

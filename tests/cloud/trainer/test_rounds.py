@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from cloud.data.datasets import drift
 from cloud.data.replay import NewSamples, TrainerData
@@ -263,3 +264,67 @@ def test_the_trainer_reads_its_parallelism_and_refuses_bad_values(make_settings)
     for bad in ({"train_workers": 0}, {"train_staleness": -1}):
         with pytest.raises(ValidationError, match="greater than or equal to"):
             make_settings(**bad)
+
+
+def quiet_feedback(data: TrainerData, parts) -> None:
+    """The digits as they were: 400 to train on, 100 held out as the recent window."""
+    X, y = parts.stream.X[:500], parts.stream.y[:500]
+    add_samples(data, X[:400], y[:400], holdout=False)
+    add_samples(data, X[400:], y[400:], holdout=True)
+
+
+def test_a_round_retrains_afresh_only_while_its_training_set_is_small(with_parent, parts):
+    rounds = with_parent(bootstrap_epochs=7)
+    quiet_feedback(rounds.data, parts)
+    stored = len(rounds.data.training_set()[1])  # the replay buffer and the ring
+    for limit, retrain in ((stored, True), (stored - 1, False), (0, False)):
+        rounds.settings.retrain_max_samples = limit
+        rnd = rounds._start(3)
+        assert len(rnd.y) == stored
+        assert rnd.retrain is retrain
+        # a fresh model learns with the bootstrap's recipe, a fine-tune with the rounds'
+        assert rnd.hp.epochs == (7 if retrain else FAST["epochs"])
+        assert rnd.hp.seed == 3  # the settings' seed (0) plus the round's number
+    # after a drift signal, even an old one, the stream is not stationary: fine-tune
+    rounds.settings.retrain_max_samples = stored
+    rounds.data.mark_drift()
+    rnd = rounds._start(3)
+    assert not rnd.concept and not rnd.retrain
+
+
+def test_a_young_drift_is_fine_tuned_whatever_its_training_set(with_parent, parts):
+    # the drift's own recipe (drift_epochs at drift_lr, the labels since it weighted)
+    rounds = with_parent(retrain_max_samples=100_000, drift_epochs=2)
+    rounds.data.mark_drift()
+    flipped_feedback(rounds.data, parts)
+    rnd = rounds._start(1)
+    assert rnd.concept and not rnd.retrain
+    assert (rnd.hp.epochs, rnd.hp.lr) == (2, 1e-2)
+
+
+def test_a_retrained_round_does_not_start_from_the_parent_and_ships_a_fresh_export(
+    with_parent, parts, keys, trained
+):
+    rounds = with_parent(retrain_max_samples=10_000, bootstrap_epochs=10, update_mode="budgeted")
+    quiet_feedback(rounds.data, parts)
+    # the parent's stored float weights scrambled: a fine-tune would start from noise
+    sha = rounds.publisher.latest("digits")[1]
+    net = trained.model.net
+    saved = {k: v.clone() for k, v in net.state_dict().items()}
+    try:
+        with torch.no_grad():
+            for p in net.parameters():
+                p.copy_(torch.randn_like(p) * 5)
+        rounds.client.set(keys.weights(sha), weights_to_bytes(net))
+    finally:
+        net.load_state_dict(saved)
+
+    report = rounds.run(1, "count", {}, lambda: True)
+
+    assert report.hyperparameters["retrained"] is True
+    assert report.hyperparameters["epochs"] == 10
+    # every weight is new: no budgeted delta on the parent's grid, a fresh export
+    delta = report.details["delta"]
+    assert (delta["reason"], delta["scales"]) == ("retrained", "recalibrated")
+    # learnt from the data alone, as well as the bootstrap did from the seed split
+    assert report.details["child"]["recent"]["accuracy"] > 0.85
