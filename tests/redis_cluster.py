@@ -178,6 +178,19 @@ class RedisClusterNodes:
         for port in self.masters():
             self.node(port).flushall()
 
+    def synced(self, port: int, timeout: float = 10.0) -> None:
+        """Wait until every replica of master ``port`` has what it wrote so far: a kill
+        then loses only the writes that come after (replication is asynchronous, and on
+        a loaded machine a replica can be a second behind)."""
+
+        def caught_up() -> bool:
+            info = self.node(port).info("replication")
+            offset = int(info.get("master_repl_offset", 0))
+            replicas = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+            return bool(replicas) and all(int(r.get("offset", 0)) >= offset for r in replicas)
+
+        self._wait(caught_up, f"replicas of {port} caught up", timeout)
+
     def kill(self, port: int) -> None:
         """SIGKILL one node (a crash, no goodbye)."""
         proc = self.procs.pop(port)

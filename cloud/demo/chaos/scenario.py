@@ -17,7 +17,8 @@ target, time, what happened), ``restarts``, and the accounting by event id:
 ``feedback_sent`` (truths an edge accepted, 202, each with its event id),
 ``feedback_trained`` (the trainer's accepted count, kept in Redis across its
 restarts), ``feedback_lost`` (ids the apps were given that never reached the feedback
-stream, plus ids in the stream the trainer neither trained nor dead-lettered),
+stream, plus ids in the stream the trainer neither trained nor dead-lettered; the
+scenario's trainer keeps its stream untrimmed so that every id can be read back),
 ``duplicates_trained`` (trained beyond the distinct ids in the stream: an event
 trained twice), ``failed_requests`` (requests and truths an edge took and did not
 answer well; ``requests_refused`` are those whose connection no edge accepted, its
@@ -109,7 +110,11 @@ class ChaosDemo(Demo):
         blobs = self._mount_tmpfs(self.workdir / "blobs", BLOB_DISK_BYTES)
         if blobs:
             self.disks["blobs"] = blobs
-        self._start_trainer(redis_url, private_key, release="direct")
+        # The books count every event id in the feedback stream: the trainer keeps the
+        # stream whole (no trim of accepted entries) for this run's accounting.
+        self._start_trainer(
+            redis_url, private_key, release="direct", feedback_trim_interval_s=-1.0
+        )
         self._start_api_and_controller(redis_url, public_key)
         self._wait("trainer bootstrap: first version", self._first_version, timeout=600)
         port = int(redis_url.rsplit(":", 1)[1].split("/")[0])

@@ -55,6 +55,7 @@ def test_a_step_in_flight_during_a_failover_is_applied_once(
         # passed is the one that decides it.
         nonlocal killed_at
         if not killed_at and fleet.clock.t >= 1_000_000.0 + 20:
+            own_cluster.synced(master)  # what came before this step is on the replica
             own_cluster.kill(master)
             killed_at = time.monotonic()
         return advance(pipe, rollout)
