@@ -112,9 +112,7 @@ class ChaosDemo(Demo):
             self.disks["blobs"] = blobs
         # The books count every event id in the feedback stream: the trainer keeps the
         # stream whole (no trim of accepted entries) for this run's accounting.
-        self._start_trainer(
-            redis_url, private_key, release="direct", feedback_trim_interval_s=-1.0
-        )
+        self._start_trainer(redis_url, private_key, release="direct", feedback_trim_interval_s=-1.0)
         self._start_api_and_controller(redis_url, public_key)
         self._wait("trainer bootstrap: first version", self._first_version, timeout=600)
         port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
