@@ -24,7 +24,8 @@ MASTERS = 3
 REPLICAS_PER_MASTER = 1
 
 
-def _free_ports(n: int) -> list[int]:
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports (the cluster's nodes, a Sentinel pair's)."""
     from tests.conftest import free_port
 
     ports: set[int] = set()
@@ -83,7 +84,7 @@ class RedisClusterNodes:
         self.workdir = workdir
         self.secure = secure
         n = MASTERS * (1 + REPLICAS_PER_MASTER)
-        ports = _free_ports(2 * n)
+        ports = free_ports(2 * n)
         self.ports, self.bus_ports = ports[:n], ports[n:]
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self._bus = dict(zip(self.ports, self.bus_ports, strict=True))

@@ -25,21 +25,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.redis_cluster import Secure
+from tests.redis_cluster import Secure, free_ports
 
 SERVICE = "lab"
 SENTINELS = 3
 DOWN_AFTER_MS = 1000
 FAILOVER_TIMEOUT_MS = 3000
-
-
-def _free_ports(n: int) -> list[int]:
-    from tests.conftest import free_port
-
-    ports: set[int] = set()
-    while len(ports) < n:
-        ports.add(free_port())
-    return sorted(ports)
 
 
 class RedisSentinelPair:
@@ -49,7 +40,7 @@ class RedisSentinelPair:
         self, workdir: Path, secure: Secure | None = None, sentinel_password: str | None = None
     ) -> None:
         self.workdir, self.secure, self.sentinel_password = workdir, secure, sentinel_password
-        ports = _free_ports(2 + SENTINELS)
+        ports = free_ports(2 + SENTINELS)
         #: The data nodes' ports, the first the primary at the start.
         self.ports = ports[:2]
         self.sentinel_ports = ports[2:]
