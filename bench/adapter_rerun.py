@@ -52,10 +52,11 @@ class Variant:
     window: int = 1000
     ks: tuple[int, ...] = (5, 1, 11)
     spans: tuple[int, ...] = (400,)
+    linear: bool = True
 
     @classmethod
     def parse(cls, text: str) -> Variant:
-        """``NAME:alpha=0.05,keep=0.2,compare=200,window=1000,ks=5/1/11,spans=500``."""
+        """``NAME:alpha=0.05,keep=0.2,compare=200,window=1000,ks=5/1/11,spans=500,linear=0``."""
         name, _, spec = text.partition(":")
         fields: dict[str, Any] = {}
         for part in filter(None, spec.split(",")):
@@ -65,12 +66,14 @@ class Variant:
                     fields["keep_alpha" if key == "keep" else key] = float(value)
                 elif key in ("compare", "window"):
                     fields[key] = int(value)
+                elif key == "linear":
+                    fields[key] = bool(int(value))
                 elif key in ("ks", "spans"):
                     fields[key] = tuple(int(k) for k in value.split("/"))
                 else:
                     raise ValueError(
                         f"variant {name!r}: unknown setting {key!r} "
-                        "(alpha, keep, compare, window, ks, spans)"
+                        "(alpha, keep, compare, window, ks, spans, linear)"
                     )
             except ValueError as e:
                 if "unknown setting" in str(e):
@@ -150,6 +153,7 @@ class KeptRun:
             window=variant.window,
             ks=variant.ks,
             spans=variant.spans,
+            linear=variant.linear,
             compare=variant.compare,
             alpha=variant.alpha,
             keep_alpha=variant.keep_alpha,

@@ -189,12 +189,110 @@ class KnnWindow:
         return shares
 
 
+class OnlineLinear:
+    """Softmax regression learnt online: one SGD step (``lr``) on the log loss per
+    labelled sample, on inputs standardised by the running mean and variance of every
+    sample learnt (Welford's), as River's ``StandardScaler | LogisticRegression`` does.
+
+    Where the concept is linear — SEA, a rotating hyperplane — it is the learner a
+    kNN is not: its answer uses every feature's weight, not distances that
+    irrelevant features blur, and it follows an incremental drift one step a label.
+    Threads as ``KnnWindow``: each learn publishes an immutable snapshot (weights,
+    biases, mean, scale) by one reference assignment, which a predict reads once.
+    A learn or a predict costs O(classes x input values).
+
+    >>> m = OnlineLinear(num_classes=2, lr=0.5)
+    >>> for _ in range(20):
+    ...     for v, y in [(0.0, 0), (1.0, 1)]:
+    ...         m.learn_one(np.array([v], np.float32), y)
+    >>> [round(p) for p in m.predict_one(np.array([1.0], np.float32))]
+    [0, 1]
+    """
+
+    def __init__(self, num_classes: int, lr: float = 0.01) -> None:
+        self.num_classes = num_classes
+        self.lr = lr
+        self._n = 0
+        self._w: Float64s | None = None  # [classes, input values]
+        self._b = np.zeros(num_classes)
+        self._mean: Float64s | None = None
+        self._m2: Float64s | None = None
+        self._snapshot: tuple[Float64s, Float64s, Float64s, Float64s] | None = None
+
+    def learn_one(self, x: npt.NDArray[Any], y: int) -> None:
+        self._step(np.asarray(x, np.float64).reshape(-1), y)
+        self._publish()
+
+    def learn_many(self, X: npt.NDArray[Any], y: npt.NDArray[Any]) -> None:
+        """``learn_one`` on each sample in order, with one snapshot at the end."""
+        rows = np.asarray(X, np.float64).reshape(len(X), -1)
+        for row, label in zip(rows, np.asarray(y), strict=True):
+            self._step(row, int(label))
+        if len(rows):
+            self._publish()
+
+    def _step(self, x: Float64s, y: int) -> None:
+        if self._w is None or self._w.shape[1] != x.size:
+            self._w = np.zeros((self.num_classes, x.size))
+            self._b = np.zeros(self.num_classes)
+            self._mean, self._m2, self._n = np.zeros(x.size), np.zeros(x.size), 0
+        assert self._mean is not None and self._m2 is not None
+        self._n += 1
+        delta = x - self._mean
+        self._mean += delta / self._n
+        self._m2 += delta * (x - self._mean)
+        z = (x - self._mean) / self._scale()
+        grad = _softmax(self._w @ z + self._b)
+        grad[y] -= 1.0
+        self._w -= self.lr * np.outer(grad, z)
+        self._b -= self.lr * grad
+
+    def _scale(self) -> Float64s:
+        assert self._m2 is not None
+        scale = np.sqrt(self._m2 / self._n)
+        scale[scale == 0] = 1.0
+        return scale
+
+    def _publish(self) -> None:
+        if self._w is not None and self._mean is not None:
+            self._snapshot = (self._w.copy(), self._b.copy(), self._mean.copy(), self._scale())
+
+    def predict_one(self, x: npt.NDArray[Any]) -> list[float] | None:
+        """The class probabilities for one sample, or None before the first label."""
+        snap = self._snapshot
+        if snap is None:
+            return None
+        w, b, mean, scale = snap
+        shares: list[float] = _softmax(
+            w @ ((np.asarray(x, np.float64).reshape(-1) - mean) / scale) + b
+        ).tolist()
+        return shares
+
+    def predict_many(self, xs: npt.NDArray[Any]) -> FloatArray | None:
+        """The class probabilities ``[N, classes]`` for a batch, or None (predict_one)."""
+        snap = self._snapshot
+        if snap is None:
+            return None
+        w, b, mean, scale = snap
+        z = (np.asarray(xs, np.float64).reshape(len(xs), -1) - mean) / scale
+        logits = z @ w.T + b
+        p = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return np.asarray(p / p.sum(axis=1, keepdims=True), np.float32)
+
+
+def _softmax(logits: Float64s) -> Float64s:
+    p = np.exp(logits - logits.max())
+    return np.asarray(p / p.sum(), np.float64)
+
+
 #: A KnnWindow's state as predicts see it: the standardised samples newest first,
 #: their squared norms, their labels, the mean and the scale.
 _Snapshot = tuple[Float64s, Float64s, npt.NDArray[np.intp], Float64s, Float64s]
 
 #: Who votes: the k nearest among the span newest samples (None: the whole window).
 Voter = tuple[int | None, int]
+#: The online linear learner's place among an adapter's voters (no neighbours).
+LINEAR: Voter = (None, 0)
 
 
 def _recent(snap: _Snapshot, span: int | None) -> _Snapshot:
@@ -221,14 +319,15 @@ class Adapter:
     and tells the chain when to answer (``on_switch(active, sha256)``).
 
     It votes with each k of ``ks``, over the whole window and over each shorter
-    span of ``spans`` of its newest samples, on every label (test-then-train) and
-    answers with the voter that was right most often over the last ``compare``
-    labels (ties: the first of ``KnnWindow.voters``): one k does not fit every
-    stream — on STAGGER's noiseless repeating inputs k = 1 recovers from a drift
-    fastest, on Agrawal's and SEA's noisy ones k = 11 does best — nor does one
-    memory: after an abrupt drift the newest samples say more. What the guard
-    compares with the model is the answer the adapter would have served, choice of
-    voter included.
+    span of ``spans`` of its newest samples, and (``linear``) with an online
+    softmax regression, on every label (test-then-train), and answers with the
+    voter that was right most often over the last ``compare`` labels (ties: the
+    first of ``voters``): one k does not fit every stream — on STAGGER's noiseless
+    repeating inputs k = 1 recovers from a drift fastest, on Agrawal's and SEA's
+    noisy ones k = 11 does best — nor does one memory: after an abrupt drift the
+    newest samples say more; nor does one learner: where the concept is linear the
+    regression beats every kNN voter. What the guard compares with the model is the
+    answer the adapter would have served, choice of voter included.
 
     ``learn`` runs on feedback threads (serialised by a lock); ``answer`` and
     ``answer_many`` on request threads, lock-free but for their counter.
@@ -244,9 +343,13 @@ class Adapter:
         compare: int = 200,
         alpha: float = 0.05,
         keep_alpha: float = 0.2,
+        linear: bool = True,
         on_switch: Callable[[bool, str], bool] | None = None,
     ) -> None:
         self.knn = KnnWindow(num_classes, window, ks, spans)
+        self.linear = OnlineLinear(num_classes) if linear else None
+        #: Who votes, in order: the kNN's voters, then LINEAR (the regression).
+        self.voters: tuple[Voter, ...] = (*self.knn.voters, *((LINEAR,) if linear else ()))
         self.alpha = alpha
         self.keep_alpha = max(alpha, keep_alpha)
         #: Called to start (True) or stop answering for the version sha256; returns
@@ -259,8 +362,8 @@ class Adapter:
         self._b = self._c = 0
         # Per label, which voters were right; and their sums: the voter to answer with.
         self._rights: deque[npt.NDArray[np.int64]] = deque(maxlen=compare)
-        self._right = np.zeros(len(self.knn.voters), np.int64)
-        self.voter: Voter = self.knn.voters[0]
+        self._right = np.zeros(len(self.voters), np.int64)
+        self.voter: Voter = self.voters[0]
         self._sha: str | None = None
         #: The current model's own class for one sample and its sha256 (None: no
         #: answer), to judge a new version on the held-out labels: ``rejudge``.
@@ -297,7 +400,10 @@ class Adapter:
 
     def answer(self, x: npt.NDArray[Any]) -> list[float] | None:
         span, k = self.voter
-        shares = self.knn.predict_one(x, k, span)
+        if self.voter == LINEAR and self.linear is not None:
+            shares = self.linear.predict_one(x)
+        else:
+            shares = self.knn.predict_one(x, k, span)
         if shares is not None:
             with self._count_lock:
                 self._answered += 1
@@ -305,7 +411,10 @@ class Adapter:
 
     def answer_many(self, xs: npt.NDArray[Any]) -> FloatArray | None:
         span, k = self.voter
-        shares = self.knn.predict_many(xs, k, span)
+        if self.voter == LINEAR and self.linear is not None:
+            shares = self.linear.predict_many(xs)
+        else:
+            shares = self.knn.predict_many(xs, k, span)
         if shares is not None:
             with self._count_lock:
                 self._answered += len(xs)
@@ -322,12 +431,14 @@ class Adapter:
         n_trained = len(y) - held_out
         with self._lock:
             self.knn.learn_many(X[:n_trained], y[:n_trained])
+            if self.linear is not None:
+                self.linear.learn_many(X[:n_trained], y[:n_trained])
             self.exemplars += n_trained
         for x, label in zip(X[n_trained:], y[n_trained:], strict=True):
             own = self.judge(x) if self.judge is not None else None
             with self._lock:
                 if own is None:
-                    self.knn.learn_one(x, int(label))
+                    self._learn_only(x, int(label))
                 else:
                     self._learn(x, int(label), own[0], own[1], held_out=True)
                 self.exemplars += 1
@@ -355,24 +466,31 @@ class Adapter:
         if sha256 != self._sha:
             self._inherit(sha256)
         votes = self.knn.predict_each(x)
+        if votes is not None and self.linear is not None:
+            votes.append(self.linear.predict_one(x) or [0.0] * self.knn.num_classes)
         if votes is not None:
             labels = [int(np.argmax(v)) for v in votes]
-            mine = labels[self.knn.voters.index(self.voter)]
+            mine = labels[self.voters.index(self.voter)]
             self._score_ks(np.array([a == y for a in labels], np.int64))
             if model_label is not None:
                 self._compare(int(mine == y) - int(model_label == y))
             if held_out:
                 self._held.append((self._seq, x, y, mine == y))
-        self.knn.learn_one(x, y)
+        self._learn_only(x, y)
         self._seq += 1
         needed = self.keep_alpha if self.active or self._resume else self.alpha
         better = self._b > self._c and sign_test_p(self._b, self._c) <= needed
         if better != self.active:
             self._switch(better, sha256)
 
+    def _learn_only(self, x: npt.NDArray[Any], y: int) -> None:
+        self.knn.learn_one(x, y)
+        if self.linear is not None:
+            self.linear.learn_one(x, y)
+
     @property
     def k(self) -> int:
-        """The k of the voter that answers."""
+        """The k of the voter that answers (0: the linear regression)."""
         return self.voter[1]
 
     def dropped(self) -> None:
@@ -387,7 +505,7 @@ class Adapter:
             self._right -= self._rights[0]
         self._rights.append(right)
         self._right += right
-        self.voter = self.knn.voters[int(np.argmax(self._right))]
+        self.voter = self.voters[int(np.argmax(self._right))]
 
     def _compare(self, outcome: int) -> None:
         if len(self._outcomes) == self._outcomes.maxlen:
@@ -450,13 +568,13 @@ class Adapter:
             self._resume = False
             self.switches += 1
             logger.info(
-                "adapter %s %s after %d labels (k=%d of the %s newest; adapter/model right "
-                "alone: %d/%d)",
+                "adapter %s %s after %d labels (%s; adapter/model right alone: %d/%d)",
                 "answers instead of" if on else "stops answering for",
                 sha256[:12],
                 self.labels,
-                self.voter[1],
-                self.voter[0] or len(self.knn),
+                "the linear regression"
+                if self.voter == LINEAR
+                else f"k={self.voter[1]} of the {self.voter[0] or len(self.knn)} newest",
                 self._b,
                 self._c,
             )

@@ -443,6 +443,7 @@ class ServedModel:
                     window=settings.adaptation_window,
                     ks=settings.adaptation_ks,
                     spans=settings.adaptation_spans,
+                    linear=settings.adaptation_linear,
                     alpha=settings.adaptation_alpha,
                     keep_alpha=settings.adaptation_keep_alpha,
                 )

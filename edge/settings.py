@@ -168,6 +168,12 @@ class EdgeSettings(RedisSettings):
         description="neighbours per vote: the kNN votes with each and answers with the one "
         "right most often over the last 200 labels (ties: the first)",
     )
+    adaptation_linear: bool = Field(
+        True,
+        description="an online linear regression (softmax, one SGD step a label, on inputs "
+        "standardised by their running mean and variance) votes beside the kNN's voters; "
+        "where the concept is linear it is the better learner",
+    )
     adaptation_spans: list[int] = Field(
         default_factory=lambda: [400],
         max_length=4,

@@ -194,6 +194,9 @@ class Replay(LocalFleet):
             "retrain_max_samples": RETRAIN_MAX_SAMPLES,
             # the edges' adapters start from every seed row (ARCHITECTURE.md, "Exemplars")
             "exemplars": 1000,
+            # the books join each label to its feedback entry (time to serve): the
+            # stream is kept whole for the run, not trimmed as entries are accepted
+            "feedback_trim_interval_s": -1.0,
         }
 
     # -- streaming ---------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 import redis
 from helpers import labeled_digits, make_manifest, publish_version, variant
 
-from edge.adaptation import Adapter, KnnWindow, sign_test_p, wanted
+from edge.adaptation import LINEAR, Adapter, KnnWindow, OnlineLinear, sign_test_p, wanted
 from edge.daemon import EdgeDaemon
 from edge.fallback import ServingChain
 from shared.keys import FleetKeys
@@ -240,7 +240,7 @@ def test_the_guard_stops_it_as_soon_as_it_is_no_longer_better() -> None:
         switches.append(on)
         return True
 
-    adapter = Adapter(2, window=20, ks=(1,), compare=20, on_switch=switch)
+    adapter = Adapter(2, window=20, ks=(1,), compare=20, linear=False, on_switch=switch)
     x = np.zeros(1, np.float32)
     for _ in range(8):  # the adapter repeats the last label, the model says 0
         adapter.learn(x, 1, 0, "a")
@@ -347,3 +347,48 @@ def test_after_an_abrupt_drift_it_answers_from_its_newest_samples() -> None:
     assert window is not None and window[0] > 0.5  # the whole window: mostly old labels
     assert adapter.answer(probe) == [0.0, 1.0] == adapter.knn.predict_one(probe, 3, span=10)
     assert adapter.knn.predict_each(probe) == [window, [0.0, 1.0]]
+
+
+def test_where_the_concept_is_linear_the_regression_answers() -> None:
+    """Two informative features and eight of noise: the kNN's distances are blurred
+    by the noise, the online regression weighs the two, so it is right more often,
+    becomes the voter that answers, and its batch answer is its single answers."""
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(1500, 10)).astype(np.float32)
+    y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(int)
+    adapter = Adapter(2, window=300, ks=(5,), compare=200)
+    assert adapter.voters == ((None, 5), LINEAR)
+    for x, label in zip(X, y, strict=True):
+        adapter.learn(x, int(label), None, "a")
+    assert adapter.voter == LINEAR and adapter.k == 0
+    assert adapter.linear is not None
+    probe = rng.normal(size=(200, 10)).astype(np.float32)
+    truth = probe[:, 0] + 0.5 * probe[:, 1] > 0
+    batch = adapter.answer_many(probe)
+    assert batch is not None
+    assert np.mean(batch.argmax(axis=1) == truth) > 0.93
+    one = adapter.answer(probe[0])
+    assert one is not None and np.allclose(batch[0], one, atol=1e-6)
+    assert np.allclose(one, adapter.linear.predict_one(probe[0]))
+
+
+def test_the_regression_follows_a_rotating_boundary() -> None:
+    """The boundary turns a quarter circle over the stream: one SGD step a label keeps
+    the regression close to the current boundary (its last 200 answers mostly right)."""
+    rng = np.random.default_rng(2)
+    model = OnlineLinear(2)
+    right = []
+    for t in range(4000):
+        angle = np.pi / 2 * t / 4000
+        x = rng.normal(size=2)
+        label = int(np.cos(angle) * x[0] + np.sin(angle) * x[1] > 0)
+        shares = model.predict_one(x.astype(np.float32))
+        right.append(shares is not None and int(np.argmax(shares)) == label)
+        model.learn_one(x.astype(np.float32), label)
+    assert np.mean(right[-200:]) > 0.9
+
+
+def test_without_the_regression_only_the_knn_votes() -> None:
+    adapter = Adapter(2, ks=(5, 1), linear=False)
+    assert adapter.linear is None and LINEAR not in adapter.voters
+    assert adapter.voters == adapter.knn.voters

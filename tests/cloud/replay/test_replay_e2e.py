@@ -55,6 +55,9 @@ def test_a_replay_keeps_its_books(tmp_path, monkeypatch):
     assert result["feedback_lost"] == 0 and result["failed_requests"] == 0
     assert result["feedback_trained"] + result["feedback_deadlettered"] == plan.labels_sent
     assert result["versions_published"] >= 1 and result["bytes_downloaded"] > 0
+    if result["versions_published"] > 1:  # a label reached the edges in a later version
+        assert result["time_to_serve_p50"] is not None
+        assert result["labels_not_served_yet"] < result["labels_sent"]
     assert [d["drift_row"] for d in result["drifts"]] == [800]
     assert result["forgetting"]["rows"] == 500
     # the baselines: the same rows in the same order, the same labels
