@@ -53,10 +53,13 @@ class Variant:
     ks: tuple[int, ...] = (5, 1, 11)
     spans: tuple[int, ...] = (400,)
     linear: bool = True
+    trees: tuple[int, ...] = (400,)
+    lead: int = 1
 
     @classmethod
     def parse(cls, text: str) -> Variant:
-        """``NAME:alpha=0.05,keep=0.2,compare=200,window=1000,ks=5/1/11,spans=500,linear=0``."""
+        """``NAME:alpha=0.05,keep=0.2,compare=200,window=1000,ks=5/1/11,spans=500,linear=0,trees=400``
+        (``trees=0``: none)."""
         name, _, spec = text.partition(":")
         fields: dict[str, Any] = {}
         for part in filter(None, spec.split(",")):
@@ -64,16 +67,18 @@ class Variant:
             try:
                 if key in ("alpha", "keep"):
                     fields["keep_alpha" if key == "keep" else key] = float(value)
-                elif key in ("compare", "window"):
+                elif key in ("compare", "window", "lead"):
                     fields[key] = int(value)
                 elif key == "linear":
                     fields[key] = bool(int(value))
+                elif key == "trees":
+                    fields[key] = tuple(int(t) for t in value.split("/") if int(t) > 0)
                 elif key in ("ks", "spans"):
                     fields[key] = tuple(int(k) for k in value.split("/"))
                 else:
                     raise ValueError(
                         f"variant {name!r}: unknown setting {key!r} "
-                        "(alpha, keep, compare, window, ks, spans, linear)"
+                        "(alpha, keep, compare, window, ks, spans, linear, trees, lead)"
                     )
             except ValueError as e:
                 if "unknown setting" in str(e):
@@ -154,6 +159,8 @@ class KeptRun:
             ks=variant.ks,
             spans=variant.spans,
             linear=variant.linear,
+            trees=variant.trees,
+            lead=variant.lead,
             compare=variant.compare,
             alpha=variant.alpha,
             keep_alpha=variant.keep_alpha,

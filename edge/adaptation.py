@@ -140,6 +140,15 @@ class KnnWindow:
         z = (xs - mean) / scale
         self._snapshot = (z, np.einsum("ij,ij->i", z, z), self._ys[newest_first], mean, scale)
 
+    def newest(self, span: int | None = None) -> tuple[Float64s, npt.NDArray[np.intp]]:
+        """The ``span`` newest samples (None: the window) as learnt, not standardised,
+        newest first, and their labels. On the thread that learns."""
+        n = len(self) if span is None else min(span, len(self))
+        if self._raw is None or n == 0:
+            return np.zeros((0, 0)), np.zeros(0, np.intp)
+        rows = ((self._seen - 1) - np.arange(n)) % self.window
+        return self._raw[rows], self._ys[rows]
+
     def predict_one(
         self, x: npt.NDArray[Any], k: int, span: int | None = None
     ) -> list[float] | None:
@@ -285,6 +294,151 @@ def _softmax(logits: Float64s) -> Float64s:
     return np.asarray(p / p.sum(), np.float64)
 
 
+class WindowTree:
+    """A classification tree (CART: Gini splits at midpoints, at most ``depth`` levels,
+    at least ``min_leaf`` samples a leaf) refit on the ``span`` newest samples of a
+    ``KnnWindow`` (None: all of it) every ``every`` labels.
+
+    Where the concept is a few thresholds on a few features — Agrawal's functions,
+    STAGGER's rules — a tree learns it from a few hundred labels, where a kNN's
+    distances are blurred by the other features and a regression cannot draw it;
+    refit on the newest samples alone it forgets an overwritten concept as fast as
+    they turn over. A fit costs O(depth x input values x span log span), on the
+    feedback thread; a predict walks at most ``depth`` nodes. The fitted tree is one
+    immutable tuple published by a single reference assignment, as the kNN's
+    snapshot is.
+
+    >>> t = WindowTree(num_classes=2, span=None, min_leaf=1)
+    >>> t.fit(np.array([[0.0, 5.0], [1.0, 3.0], [2.0, 5.0], [3.0, 3.0]]), np.array([0, 0, 1, 1]))
+    >>> t.predict_one(np.array([2.5, 4.0], np.float32)), t.predict_one(np.array([0.2, 9.0]))
+    ([0.0, 1.0], [1.0, 0.0])
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        span: int | None,
+        *,
+        depth: int = 10,
+        min_leaf: int = 3,
+        every: int = 25,
+    ) -> None:
+        self.num_classes = num_classes
+        self.span = span
+        self.depth = depth
+        self.min_leaf = min_leaf
+        self.every = every
+        self._since = 0
+        # (feature per node, -1 a leaf; threshold; left child; right child; class shares)
+        self._tree: (
+            tuple[
+                npt.NDArray[np.intp], Float64s, npt.NDArray[np.intp], npt.NDArray[np.intp], Float64s
+            ]
+            | None
+        ) = None
+
+    def learnt(self, knn: KnnWindow) -> None:
+        """One more label is in ``knn``: refit on its newest samples every ``every``."""
+        self._since += 1
+        if self._since >= self.every or self._tree is None:
+            self.refit(knn)
+
+    def refit(self, knn: KnnWindow) -> None:
+        X, y = knn.newest(self.span)
+        if len(y) >= 2 * self.min_leaf:
+            self.fit(X, y)
+            self._since = 0
+
+    def fit(self, X: Float64s, y: npt.NDArray[Any]) -> None:
+        """Grow the tree on ``X`` [n, input values], classes ``y`` [n], and publish it."""
+        eye = np.eye(self.num_classes)
+        feature: list[int] = []
+        threshold: list[float] = []
+        left: list[int] = []
+        right: list[int] = []
+        shares: list[Float64s] = []
+        stack = [(np.arange(len(y)), 0, -1, False)]  # rows, depth, parent, is right child
+        while stack:
+            rows, level, parent, is_right = stack.pop()
+            node = len(feature)
+            if parent >= 0:
+                (right if is_right else left)[parent] = node
+            counts = np.bincount(y[rows], minlength=self.num_classes).astype(np.float64)
+            shares.append(counts / counts.sum())
+            split = (
+                self._split(X[rows], eye[y[rows]])
+                if level < self.depth and counts.max() < len(rows)
+                else None
+            )
+            feature.append(-1 if split is None else split[0])
+            threshold.append(0.0 if split is None else split[1])
+            left.append(-1)
+            right.append(-1)
+            if split is not None:
+                goes_left = X[rows, split[0]] <= split[1]
+                stack.append((rows[~goes_left], level + 1, node, True))
+                stack.append((rows[goes_left], level + 1, node, False))
+        self._tree = (
+            np.array(feature, np.intp),
+            np.array(threshold),
+            np.array(left, np.intp),
+            np.array(right, np.intp),
+            np.array(shares),
+        )
+
+    def _split(self, X: Float64s, onehot: Float64s) -> tuple[int, float] | None:
+        """The (feature, threshold) of the split with the least Gini impurity, both
+        sides at least ``min_leaf`` samples, or None when no split improves on none."""
+        n = len(X)
+        order = np.argsort(X, axis=0, kind="stable")  # [n, F]
+        xs = np.take_along_axis(X, order, axis=0)
+        left = np.cumsum(onehot[order], axis=0)[:-1]  # [n - 1, F, C]: the first i + 1
+        total = onehot.sum(axis=0)
+        n_left = np.arange(1, n)[:, None]
+        # Gini impurity x n on each side is n - sum(counts^2) / n: maximise the sums
+        purity = (left**2).sum(axis=2) / n_left + ((total - left) ** 2).sum(axis=2) / (n - n_left)
+        valid = xs[:-1] < xs[1:]
+        valid[: self.min_leaf - 1] = False
+        valid[n - self.min_leaf :] = False
+        if not valid.any():
+            return None
+        purity[~valid] = -np.inf
+        i, f = np.unravel_index(int(np.argmax(purity)), purity.shape)
+        if purity[i, f] <= (total**2).sum() / n + 1e-12:
+            return None
+        return int(f), float((xs[i, f] + xs[i + 1, f]) / 2.0)
+
+    def predict_one(self, x: npt.NDArray[Any]) -> list[float] | None:
+        """The class shares of the leaf ``x`` falls in, or None before the first fit."""
+        tree = self._tree
+        if tree is None:
+            return None
+        feature, threshold, left, right, shares = tree
+        row = np.asarray(x, np.float64).reshape(-1)
+        node = 0
+        while feature[node] >= 0:
+            node = left[node] if row[feature[node]] <= threshold[node] else right[node]
+        out: list[float] = shares[node].tolist()
+        return out
+
+    def predict_many(self, xs: npt.NDArray[Any]) -> FloatArray | None:
+        """The class shares ``[N, classes]`` for a batch, or None (predict_one)."""
+        tree = self._tree
+        if tree is None:
+            return None
+        feature, threshold, left, right, shares = tree
+        rows = np.asarray(xs, np.float64).reshape(len(xs), -1)
+        nodes = np.zeros(len(rows), np.intp)
+        for _ in range(self.depth + 1):
+            f = feature[nodes]
+            inner = f >= 0
+            if not inner.any():
+                break
+            goes_left = rows[np.arange(len(rows)), np.maximum(f, 0)] <= threshold[nodes]
+            nodes = np.where(inner, np.where(goes_left, left[nodes], right[nodes]), nodes)
+        return np.asarray(shares[nodes], np.float32)
+
+
 #: A KnnWindow's state as predicts see it: the standardised samples newest first,
 #: their squared norms, their labels, the mean and the scale.
 _Snapshot = tuple[Float64s, Float64s, npt.NDArray[np.intp], Float64s, Float64s]
@@ -293,6 +447,18 @@ _Snapshot = tuple[Float64s, Float64s, npt.NDArray[np.intp], Float64s, Float64s]
 Voter = tuple[int | None, int]
 #: The online linear learner's place among an adapter's voters (no neighbours).
 LINEAR: Voter = (None, 0)
+#: A tree's k among an adapter's voters: (span, TREE) is the tree refit on the span
+#: newest samples (None: the window).
+TREE = -1
+
+
+def describe(voter: Voter) -> str:
+    """A voter in words, for logs."""
+    span, k = voter
+    memory = f"the {span} newest" if span else "the window"
+    if voter == LINEAR:
+        return "the linear regression"
+    return f"the tree of {memory}" if k == TREE else f"k={k} of {memory}"
 
 
 def _recent(snap: _Snapshot, span: int | None) -> _Snapshot:
@@ -344,12 +510,23 @@ class Adapter:
         alpha: float = 0.05,
         keep_alpha: float = 0.2,
         linear: bool = True,
+        trees: Sequence[int] = (400,),
+        lead: int = 1,
         on_switch: Callable[[bool, str], bool] | None = None,
     ) -> None:
         self.knn = KnnWindow(num_classes, window, ks, spans)
         self.linear = OnlineLinear(num_classes) if linear else None
-        #: Who votes, in order: the kNN's voters, then LINEAR (the regression).
-        self.voters: tuple[Voter, ...] = (*self.knn.voters, *((LINEAR,) if linear else ()))
+        #: Another voter answers once it was right on this many more of the last
+        #: ``compare`` labels than the one answering.
+        self.lead = lead
+        tree_spans = sorted({None if t >= window else t for t in trees}, key=lambda t: t or window)
+        self.trees = [WindowTree(num_classes, span) for span in tree_spans]
+        #: Who votes, in order: the kNN's voters, LINEAR (the regression), the trees.
+        self.voters: tuple[Voter, ...] = (
+            *self.knn.voters,
+            *((LINEAR,) if linear else ()),
+            *((t.span, TREE) for t in self.trees),
+        )
         self.alpha = alpha
         self.keep_alpha = max(alpha, keep_alpha)
         #: Called to start (True) or stop answering for the version sha256; returns
@@ -399,9 +576,11 @@ class Adapter:
     # -- request threads ----------------------------------------------------
 
     def answer(self, x: npt.NDArray[Any]) -> list[float] | None:
-        span, k = self.voter
-        if self.voter == LINEAR and self.linear is not None:
+        span, k = voter = self.voter
+        if voter == LINEAR and self.linear is not None:
             shares = self.linear.predict_one(x)
+        elif k == TREE:
+            shares = self._tree(span).predict_one(x)
         else:
             shares = self.knn.predict_one(x, k, span)
         if shares is not None:
@@ -410,9 +589,11 @@ class Adapter:
         return shares
 
     def answer_many(self, xs: npt.NDArray[Any]) -> FloatArray | None:
-        span, k = self.voter
-        if self.voter == LINEAR and self.linear is not None:
+        span, k = voter = self.voter
+        if voter == LINEAR and self.linear is not None:
             shares = self.linear.predict_many(xs)
+        elif k == TREE:
+            shares = self._tree(span).predict_many(xs)
         else:
             shares = self.knn.predict_many(xs, k, span)
         if shares is not None:
@@ -433,6 +614,8 @@ class Adapter:
             self.knn.learn_many(X[:n_trained], y[:n_trained])
             if self.linear is not None:
                 self.linear.learn_many(X[:n_trained], y[:n_trained])
+            for tree in self.trees:
+                tree.refit(self.knn)
             self.exemplars += n_trained
         for x, label in zip(X[n_trained:], y[n_trained:], strict=True):
             own = self.judge(x) if self.judge is not None else None
@@ -466,8 +649,11 @@ class Adapter:
         if sha256 != self._sha:
             self._inherit(sha256)
         votes = self.knn.predict_each(x)
-        if votes is not None and self.linear is not None:
-            votes.append(self.linear.predict_one(x) or [0.0] * self.knn.num_classes)
+        if votes is not None:
+            none = [0.0] * self.knn.num_classes
+            if self.linear is not None:
+                votes.append(self.linear.predict_one(x) or none)
+            votes += [tree.predict_one(x) or none for tree in self.trees]
         if votes is not None:
             labels = [int(np.argmax(v)) for v in votes]
             mine = labels[self.voters.index(self.voter)]
@@ -487,10 +673,15 @@ class Adapter:
         self.knn.learn_one(x, y)
         if self.linear is not None:
             self.linear.learn_one(x, y)
+        for tree in self.trees:
+            tree.learnt(self.knn)
+
+    def _tree(self, span: int | None) -> WindowTree:
+        return next(t for t in self.trees if t.span == span)
 
     @property
     def k(self) -> int:
-        """The k of the voter that answers (0: the linear regression)."""
+        """The k of the voter that answers (0: the linear regression, TREE a tree)."""
         return self.voter[1]
 
     def dropped(self) -> None:
@@ -505,7 +696,9 @@ class Adapter:
             self._right -= self._rights[0]
         self._rights.append(right)
         self._right += right
-        self.voter = self.voters[int(np.argmax(self._right))]
+        best = int(np.argmax(self._right))
+        if self._right[best] >= self._right[self.voters.index(self.voter)] + self.lead:
+            self.voter = self.voters[best]
 
     def _compare(self, outcome: int) -> None:
         if len(self._outcomes) == self._outcomes.maxlen:
@@ -572,9 +765,7 @@ class Adapter:
                 "answers instead of" if on else "stops answering for",
                 sha256[:12],
                 self.labels,
-                "the linear regression"
-                if self.voter == LINEAR
-                else f"k={self.voter[1]} of the {self.voter[0] or len(self.knn)} newest",
+                describe(self.voter),
                 self._b,
                 self._c,
             )

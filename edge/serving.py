@@ -444,6 +444,7 @@ class ServedModel:
                     ks=settings.adaptation_ks,
                     spans=settings.adaptation_spans,
                     linear=settings.adaptation_linear,
+                    trees=settings.adaptation_trees,
                     alpha=settings.adaptation_alpha,
                     keep_alpha=settings.adaptation_keep_alpha,
                 )

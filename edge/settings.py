@@ -174,6 +174,13 @@ class EdgeSettings(RedisSettings):
         "standardised by their running mean and variance) votes beside the kNN's voters; "
         "where the concept is linear it is the better learner",
     )
+    adaptation_trees: list[int] = Field(
+        default_factory=lambda: [400],
+        max_length=4,
+        description="classification trees that vote too, each refit every 25 labels on this "
+        "many of the newest samples (the window at most); where the concept is a few "
+        "thresholds on a few features a tree learns it from a few hundred labels; [] none",
+    )
     adaptation_spans: list[int] = Field(
         default_factory=lambda: [400],
         max_length=4,
@@ -262,6 +269,13 @@ class EdgeSettings(RedisSettings):
         k = max(info.data.get("adaptation_ks") or [1])
         if not all(span >= k for span in v):
             raise ValueError(f"each span must be at least the largest k ({k})")
+        return v
+
+    @field_validator("adaptation_trees")
+    @classmethod
+    def _trees_learn_enough(cls, v: list[int]) -> list[int]:
+        if not all(span >= 20 for span in v):
+            raise ValueError("each tree learns at least 20 samples")
         return v
 
     @field_validator("device_id", "fleet", "model")

@@ -12,7 +12,16 @@ import pytest
 import redis
 from helpers import labeled_digits, make_manifest, publish_version, variant
 
-from edge.adaptation import LINEAR, Adapter, KnnWindow, OnlineLinear, sign_test_p, wanted
+from edge.adaptation import (
+    LINEAR,
+    TREE,
+    Adapter,
+    KnnWindow,
+    OnlineLinear,
+    WindowTree,
+    sign_test_p,
+    wanted,
+)
 from edge.daemon import EdgeDaemon
 from edge.fallback import ServingChain
 from shared.keys import FleetKeys
@@ -356,7 +365,7 @@ def test_where_the_concept_is_linear_the_regression_answers() -> None:
     rng = np.random.default_rng(1)
     X = rng.normal(size=(1500, 10)).astype(np.float32)
     y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(int)
-    adapter = Adapter(2, window=300, ks=(5,), compare=200)
+    adapter = Adapter(2, window=300, ks=(5,), compare=200, trees=())
     assert adapter.voters == ((None, 5), LINEAR)
     for x, label in zip(X, y, strict=True):
         adapter.learn(x, int(label), None, "a")
@@ -389,6 +398,50 @@ def test_the_regression_follows_a_rotating_boundary() -> None:
 
 
 def test_without_the_regression_only_the_knn_votes() -> None:
-    adapter = Adapter(2, ks=(5, 1), linear=False)
+    adapter = Adapter(2, ks=(5, 1), linear=False, trees=())
     assert adapter.linear is None and LINEAR not in adapter.voters
     assert adapter.voters == adapter.knn.voters
+
+
+def test_where_the_concept_is_a_few_thresholds_a_tree_answers_and_follows_a_new_one() -> None:
+    """Class 1 when the first feature is inside a band, eight features of noise: the
+    tree on the newest samples is right most often and answers; after an abrupt change
+    to a band of another feature, it is refit on the newest samples and again right on
+    nearly every new label within 250 labels, and answers again."""
+    rng = np.random.default_rng(3)
+    X = rng.uniform(0, 1, (2000, 9)).astype(np.float32)
+    before = ((X[:1000, 0] > 0.3) & (X[:1000, 0] < 0.6)).astype(int)
+    after = ((X[1000:, 4] > 0.2) & (X[1000:, 4] < 0.5)).astype(int)
+    adapter = Adapter(2, window=1000, ks=(5,), spans=(), compare=100, trees=(200,))
+    assert adapter.voters == ((None, 5), LINEAR, (200, TREE))
+    tree = adapter.trees[0]
+    rights = []
+    for x, label in zip(X, np.concatenate([before, after]), strict=True):
+        shares = tree.predict_one(x)
+        rights.append(shares is not None and int(np.argmax(shares)) == label)
+        adapter.learn(x, int(label), None, "a")
+        if len(rights) == 1000:
+            assert adapter.voter == (200, TREE) and adapter.k == TREE
+            assert np.mean(rights[800:1000]) > 0.95
+    assert np.mean(rights[1250:]) > 0.95
+    assert adapter.voter == (200, TREE)
+    batch = adapter.answer_many(X[:50])
+    assert batch is not None
+    assert [list(row) for row in batch] == [adapter.answer(x) for x in X[:50]]
+
+
+def test_a_tree_splits_where_the_classes_part_and_leaves_pure_nodes_alone() -> None:
+    tree = WindowTree(3, None, min_leaf=2)
+    X = np.array([[0.0], [1.0], [2.0], [3.0], [4.0], [5.0]])
+    tree.fit(X, np.array([0, 0, 1, 1, 2, 2]))
+    assert [int(np.argmax(tree.predict_one(np.array([v])) or [])) for v in X[:, 0]] == [
+        0,
+        0,
+        1,
+        1,
+        2,
+        2,
+    ]
+    tree.fit(X, np.zeros(6, np.int64))  # one class: a single leaf
+    assert tree.predict_one(np.array([9.0])) == [1.0, 0.0, 0.0]
+    assert WindowTree(2, None).predict_one(np.zeros(1)) is None  # not fitted yet
