@@ -46,8 +46,8 @@ class Variant:
     """The adapter's settings to serve with (the edge's defaults where unset)."""
 
     name: str
-    alpha: float = 0.05
-    keep_alpha: float = 0.2
+    alpha: float = 0.2
+    keep_alpha: float = 0.5
     compare: int = 200
     window: int = 1000
     ks: tuple[int, ...] = (5, 1, 11)

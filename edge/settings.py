@@ -147,14 +147,14 @@ class EdgeSettings(RedisSettings):
         "served model)",
     )
     adaptation_alpha: float = Field(
-        0.05,
+        0.2,
         gt=0,
         lt=1,
         description="the guard's sign test: the adapter answers while it beats the served "
         "model over the last 200 labels with p at most this",
     )
     adaptation_keep_alpha: float = Field(
-        0.2,
+        0.5,
         gt=0,
         lt=1,
         description="once answering, the adapter goes on while it is still ahead of the "

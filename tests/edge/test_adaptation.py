@@ -141,7 +141,7 @@ def test_a_new_version_inherits_the_comparison_judged_on_the_held_out_labels(
     assert daemon.health().models["digits"].counters.adapter_switches == 2
 
 
-@pytest.mark.parametrize(("held_out", "labels_to_answer"), [(0, 5), (20, 1)])
+@pytest.mark.parametrize(("held_out", "labels_to_answer"), [(0, 3), (20, 1)])
 def test_a_manifest_s_exemplars_start_the_adapter(
     daemon_factory: Factory,
     redis_client: redis.Redis,
@@ -153,8 +153,8 @@ def test_a_manifest_s_exemplars_start_the_adapter(
     """A version whose manifest carries exemplars (seed rows; labels the model
     contradicts here) starts the adapter from them: it votes on the device's first
     label, where an empty one first needs 11 labels to vote at all. Exemplars the
-    model was trained on are never compared with it, so the adapter answers after 5
-    wins on the device's labels (alpha 0.05); the held-out ones are, test-then-train, so with 20 of
+    model was trained on are never compared with it, so the adapter answers after 3
+    wins on the device's labels (alpha 0.2); the held-out ones are, test-then-train, so with 20 of
     them it answers from the device's first label on."""
     labels = shifted(Y)
     daemon = daemon_factory()

@@ -44,6 +44,7 @@ def test_a_replay_keeps_its_books(tmp_path, monkeypatch):
     kept = Path(re.findall(r"kept in (\S+)", out.getvalue())[-1])
     try:
         rerun_the_kept_run(kept)
+        later = KeptRun(kept).version.max() > 1
     finally:
         shutil.rmtree(kept, ignore_errors=True)
 
@@ -55,7 +56,7 @@ def test_a_replay_keeps_its_books(tmp_path, monkeypatch):
     assert result["feedback_lost"] == 0 and result["failed_requests"] == 0
     assert result["feedback_trained"] + result["feedback_deadlettered"] == plan.labels_sent
     assert result["versions_published"] >= 1 and result["bytes_downloaded"] > 0
-    if result["versions_published"] > 1:  # a label reached the edges in a later version
+    if later:  # an edge answered with a version trained on some of the labels
         assert result["time_to_serve_p50"] is not None
         assert result["labels_not_served_yet"] < result["labels_sent"]
     assert [d["drift_row"] for d in result["drifts"]] == [800]
@@ -80,7 +81,7 @@ def test_a_replay_keeps_its_books(tmp_path, monkeypatch):
 def rerun_the_kept_run(kept: Path) -> None:
     run = KeptRun(kept)
     rows = np.flatnonzero((run.version >= 0) & ~run.adapted)
-    assert len(rows) > 1000
+    assert len(rows) > 300  # rows the model answered (the adapter answers many of the others)
     again = [run.row_answer(int(run.version[s]), run.seed_rows + s) for s in rows]
     assert np.array_equal(np.array(again) == run.y[run.seed_rows + rows], run.correct[rows])
     never = run.serve(Variant("never", alpha=1e-12, keep_alpha=1e-12))
