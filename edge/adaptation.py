@@ -3,9 +3,11 @@ model only while it is measurably better (ARCHITECTURE.md, "Adaptation on the ed
 
 Between cloud versions an edge serves a model that has not seen the newest labels.
 ``Adapter`` learns each label the device receives (test-then-train: it first
-predicts the sample, then learns it) with a k-nearest-neighbours vote over a
-sliding window of the device's most recent labelled samples, and compares its
-answer with the served model's on every one of them. Over the last ``compare``
+predicts the sample, then learns it) with several small learners — k-nearest-
+neighbours votes over a sliding window of the device's most recent labelled
+samples, an online linear regression, a tree refit on the newest samples — answers
+with the one right most often lately, and compares that answer with the served
+model's on every label. Over the last ``compare``
 labels it counts b = adapter right and model wrong, c = model right and adapter
 wrong, each label against the version that served when it arrived; it answers the
 requests once b > c with a one-sided sign test p <= ``alpha``, and stops as soon
@@ -246,15 +248,16 @@ class OnlineLinear:
             self._b = np.zeros(self.num_classes)
             self._mean, self._m2, self._n = np.zeros(x.size), np.zeros(x.size), 0
         assert self._mean is not None and self._m2 is not None
+        # new arrays, never updated in place: a published snapshot holds them as they were
         self._n += 1
         delta = x - self._mean
-        self._mean += delta / self._n
-        self._m2 += delta * (x - self._mean)
+        self._mean = self._mean + delta / self._n
+        self._m2 = self._m2 + delta * (x - self._mean)
         z = (x - self._mean) / self._scale()
         grad = _softmax(self._w @ z + self._b)
         grad[y] -= 1.0
-        self._w -= self.lr * np.outer(grad, z)
-        self._b -= self.lr * grad
+        self._w = self._w - self.lr * np.outer(grad, z)
+        self._b = self._b - self.lr * grad
 
     def _scale(self) -> Float64s:
         assert self._m2 is not None
@@ -264,7 +267,7 @@ class OnlineLinear:
 
     def _publish(self) -> None:
         if self._w is not None and self._mean is not None:
-            self._snapshot = (self._w.copy(), self._b.copy(), self._mean.copy(), self._scale())
+            self._snapshot = (self._w, self._b, self._mean, self._scale())
 
     def predict_one(self, x: npt.NDArray[Any]) -> list[float] | None:
         """The class probabilities for one sample, or None before the first label."""
