@@ -55,6 +55,7 @@ class Variant:
     linear: bool = True
     trees: tuple[int, ...] = (400,)
     lead: int = 1
+    average: bool = True
 
     @classmethod
     def parse(cls, text: str) -> Variant:
@@ -69,7 +70,7 @@ class Variant:
                     fields["keep_alpha" if key == "keep" else key] = float(value)
                 elif key in ("compare", "window", "lead"):
                     fields[key] = int(value)
-                elif key == "linear":
+                elif key in ("linear", "average"):
                     fields[key] = bool(int(value))
                 elif key == "trees":
                     fields[key] = tuple(int(t) for t in value.split("/") if int(t) > 0)
@@ -78,7 +79,7 @@ class Variant:
                 else:
                     raise ValueError(
                         f"variant {name!r}: unknown setting {key!r} "
-                        "(alpha, keep, compare, window, ks, spans, linear, trees, lead)"
+                        "(alpha, keep, compare, window, ks, spans, linear, trees, lead, average)"
                     )
             except ValueError as e:
                 if "unknown setting" in str(e):
@@ -161,6 +162,7 @@ class KeptRun:
             linear=variant.linear,
             trees=variant.trees,
             lead=variant.lead,
+            average=variant.average,
             compare=variant.compare,
             alpha=variant.alpha,
             keep_alpha=variant.keep_alpha,

@@ -453,6 +453,8 @@ LINEAR: Voter = (None, 0)
 #: A tree's k among an adapter's voters: (span, TREE) is the tree refit on the span
 #: newest samples (None: the window).
 TREE = -1
+#: The average of every other voter's class shares, as one more voter.
+AVERAGE: Voter = (None, -2)
 
 
 def describe(voter: Voter) -> str:
@@ -461,6 +463,8 @@ def describe(voter: Voter) -> str:
     memory = f"the {span} newest" if span else "the window"
     if voter == LINEAR:
         return "the linear regression"
+    if voter == AVERAGE:
+        return "the average of the voters"
     return f"the tree of {memory}" if k == TREE else f"k={k} of {memory}"
 
 
@@ -515,6 +519,7 @@ class Adapter:
         linear: bool = True,
         trees: Sequence[int] = (400,),
         lead: int = 1,
+        average: bool = True,
         on_switch: Callable[[bool, str], bool] | None = None,
     ) -> None:
         self.knn = KnnWindow(num_classes, window, ks, spans)
@@ -524,11 +529,14 @@ class Adapter:
         self.lead = lead
         tree_spans = sorted({None if t >= window else t for t in trees}, key=lambda t: t or window)
         self.trees = [WindowTree(num_classes, span) for span in tree_spans]
-        #: Who votes, in order: the kNN's voters, LINEAR (the regression), the trees.
+        self.average = average
+        #: Who votes, in order: the kNN's voters, LINEAR (the regression), the trees,
+        #: AVERAGE (the mean of their shares).
         self.voters: tuple[Voter, ...] = (
             *self.knn.voters,
             *((LINEAR,) if linear else ()),
             *((t.span, TREE) for t in self.trees),
+            *((AVERAGE,) if average else ()),
         )
         self.alpha = alpha
         self.keep_alpha = max(alpha, keep_alpha)
@@ -580,7 +588,10 @@ class Adapter:
 
     def answer(self, x: npt.NDArray[Any]) -> list[float] | None:
         span, k = voter = self.voter
-        if voter == LINEAR and self.linear is not None:
+        if voter == AVERAGE:
+            votes = self._votes(x)
+            shares = None if votes is None else votes[-1]
+        elif voter == LINEAR and self.linear is not None:
             shares = self.linear.predict_one(x)
         elif k == TREE:
             shares = self._tree(span).predict_one(x)
@@ -593,7 +604,14 @@ class Adapter:
 
     def answer_many(self, xs: npt.NDArray[Any]) -> FloatArray | None:
         span, k = voter = self.voter
-        if voter == LINEAR and self.linear is not None:
+        if voter == AVERAGE:
+            rows = [self._votes(x) for x in xs]
+            shares = (
+                None
+                if any(r is None for r in rows)
+                else np.array([r[-1] for r in rows if r is not None], np.float32)
+            )
+        elif voter == LINEAR and self.linear is not None:
             shares = self.linear.predict_many(xs)
         elif k == TREE:
             shares = self._tree(span).predict_many(xs)
@@ -651,12 +669,7 @@ class Adapter:
     ) -> None:
         if sha256 != self._sha:
             self._inherit(sha256)
-        votes = self.knn.predict_each(x)
-        if votes is not None:
-            none = [0.0] * self.knn.num_classes
-            if self.linear is not None:
-                votes.append(self.linear.predict_one(x) or none)
-            votes += [tree.predict_one(x) or none for tree in self.trees]
+        votes = self._votes(x)
         if votes is not None:
             labels = [int(np.argmax(v)) for v in votes]
             mine = labels[self.voters.index(self.voter)]
@@ -671,6 +684,20 @@ class Adapter:
         better = self._b > self._c and sign_test_p(self._b, self._c) <= needed
         if better != self.active:
             self._switch(better, sha256)
+
+    def _votes(self, x: npt.NDArray[Any]) -> list[list[float]] | None:
+        """Every voter's class shares for ``x``, in the order of ``voters`` (a learner
+        not yet fitted: all zeros); None while the kNN cannot vote yet."""
+        votes = self.knn.predict_each(x)
+        if votes is None:
+            return None
+        none = [0.0] * self.knn.num_classes
+        if self.linear is not None:
+            votes.append(self.linear.predict_one(x) or none)
+        votes += [tree.predict_one(x) or none for tree in self.trees]
+        if self.average:
+            votes.append(np.mean(votes, axis=0).tolist())
+        return votes
 
     def _learn_only(self, x: npt.NDArray[Any], y: int) -> None:
         self.knn.learn_one(x, y)

@@ -13,6 +13,7 @@ import redis
 from helpers import labeled_digits, make_manifest, publish_version, variant
 
 from edge.adaptation import (
+    AVERAGE,
     LINEAR,
     TREE,
     Adapter,
@@ -365,7 +366,7 @@ def test_where_the_concept_is_linear_the_regression_answers() -> None:
     rng = np.random.default_rng(1)
     X = rng.normal(size=(1500, 10)).astype(np.float32)
     y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(int)
-    adapter = Adapter(2, window=300, ks=(5,), compare=200, trees=())
+    adapter = Adapter(2, window=300, ks=(5,), compare=200, trees=(), average=False)
     assert adapter.voters == ((None, 5), LINEAR)
     for x, label in zip(X, y, strict=True):
         adapter.learn(x, int(label), None, "a")
@@ -398,7 +399,7 @@ def test_the_regression_follows_a_rotating_boundary() -> None:
 
 
 def test_without_the_regression_only_the_knn_votes() -> None:
-    adapter = Adapter(2, ks=(5, 1), linear=False, trees=())
+    adapter = Adapter(2, ks=(5, 1), linear=False, trees=(), average=False)
     assert adapter.linear is None and LINEAR not in adapter.voters
     assert adapter.voters == adapter.knn.voters
 
@@ -412,7 +413,7 @@ def test_where_the_concept_is_a_few_thresholds_a_tree_answers_and_follows_a_new_
     X = rng.uniform(0, 1, (2000, 9)).astype(np.float32)
     before = ((X[:1000, 0] > 0.3) & (X[:1000, 0] < 0.6)).astype(int)
     after = ((X[1000:, 4] > 0.2) & (X[1000:, 4] < 0.5)).astype(int)
-    adapter = Adapter(2, window=1000, ks=(5,), spans=(), compare=100, trees=(200,))
+    adapter = Adapter(2, window=1000, ks=(5,), spans=(), compare=100, trees=(200,), average=False)
     assert adapter.voters == ((None, 5), LINEAR, (200, TREE))
     tree = adapter.trees[0]
     rights = []
@@ -445,3 +446,22 @@ def test_a_tree_splits_where_the_classes_part_and_leaves_pure_nodes_alone() -> N
     tree.fit(X, np.zeros(6, np.int64))  # one class: a single leaf
     assert tree.predict_one(np.array([9.0])) == [1.0, 0.0, 0.0]
     assert WindowTree(2, None).predict_one(np.zeros(1)) is None  # not fitted yet
+
+
+def test_the_average_votes_with_the_mean_of_the_others_shares() -> None:
+    """Where no single voter is right most often, the mean of their shares may be: it
+    is one more voter, and its shares (one answer or a batch) are the others' mean."""
+    adapter = Adapter(3, window=100, ks=(1,), spans=(), compare=50, trees=(30,))
+    assert adapter.voters == ((None, 1), LINEAR, (30, TREE), AVERAGE)
+    rng = np.random.default_rng(4)
+    for _ in range(300):
+        x = rng.normal(size=4).astype(np.float32)
+        adapter.learn(x, int(x[0] > 0) + int(x[1] > 0), None, "a")
+    probe = rng.normal(size=4).astype(np.float32)
+    votes = adapter._votes(probe)
+    assert votes is not None and len(votes) == 4
+    assert np.allclose(votes[-1], np.mean(votes[:-1], axis=0))
+    adapter.voter = AVERAGE
+    assert adapter.answer(probe) == votes[-1]
+    batch = adapter.answer_many(np.stack([probe, probe]))
+    assert batch is not None and np.allclose(batch[1], votes[-1])
