@@ -445,6 +445,7 @@ class ServedModel:
                     spans=settings.adaptation_spans,
                     linear=settings.adaptation_linear,
                     trees=settings.adaptation_trees,
+                    average=settings.adaptation_average,
                     alpha=settings.adaptation_alpha,
                     keep_alpha=settings.adaptation_keep_alpha,
                 )

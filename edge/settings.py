@@ -174,6 +174,11 @@ class EdgeSettings(RedisSettings):
         "standardised by their running mean and variance) votes beside the kNN's voters; "
         "where the concept is linear it is the better learner",
     )
+    adaptation_average: bool = Field(
+        True,
+        description="the mean of the other voters' class shares votes too (where no single "
+        "learner is right most often, their mean may be)",
+    )
     adaptation_trees: list[int] = Field(
         default_factory=lambda: [400],
         max_length=4,
