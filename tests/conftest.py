@@ -39,6 +39,13 @@ collect_ignore = ["conftest.py"]
 
 os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# One OpenMP thread for torch, here and in every process a test starts (the demos'
+# trainers inherit it). The suite's models are small: two threads train them no faster
+# on an idle machine, and beside the session's demos, which run their own trainers,
+# each process's second OpenMP thread spins for a core it does not get, so torch work
+# ran up to 40 times slower than alone (docs/ARCHITECTURE.md, "The test suite's time").
+# Set before torch is first imported: OpenMP reads it once.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def free_port() -> int:

@@ -17,7 +17,7 @@ from cloud.export.exporter import ExportResult, export_int8
 from cloud.learning.training import Hyperparameters, TrainResult, bootstrap
 from cloud.trainer.settings import TrainerSettings
 from shared.keys import FleetKeys
-from shared.messages import FeedbackEvent
+from shared.messages import FeedbackEvent, SignedManifest, TrainerStatus
 from shared.signing import write_keypair
 
 FLEET = "test"
@@ -148,12 +148,26 @@ FAST_TRAINER = {
 
 
 @dataclass(frozen=True)
+class DriftRun:
+    """What the trainer said while ``published_fleet`` was made, as it said it:
+    ``tests/cloud/trainer/test_trainer.py`` checks the drift round by these."""
+
+    quiet: tuple[int, Any]  # (rounds, trigger due) after the 300 truths before the drift
+    rounds: int  # rounds after the 600 rotated ones
+    last_round: dict[str, Any]
+    status: TrainerStatus  # the status key in Redis at that moment
+    latest: tuple[int, str, SignedManifest]
+    contents: list[bytes]  # the model files, by version
+
+
+@dataclass(frozen=True)
 class PublishedFleet:
     """The Redis keys of a fleet after a bootstrap (v1) and a drift round (v2, rotated digits)."""
 
     dump: dict[bytes, bytes]
     shas: list[str]  # by version, v1 first
     blob_dir: Path  # the registry's files
+    run: DriftRun
 
     def restore(self, client: redis.Redis) -> None:
         pipe = client.pipeline(transaction=False)
@@ -172,7 +186,8 @@ def published_fleet(
 ) -> PublishedFleet:
     """Run a real trainer once per session: v1 by bootstrap, v2 by a drift round.
 
-    Tests get the keys restored into their flushed database (``fleet_client``).
+    Tests get the keys restored into their flushed database (``fleet_client``); what the
+    trainer said on the way is in ``run`` (the trainer tests' drift round is this one).
     """
     from cloud.data.datasets import drift
     from cloud.trainer.loop import Trainer
@@ -195,6 +210,7 @@ def published_fleet(
     X, y = parts.stream.X, parts.stream.y
     Xd = np.concatenate([X[:300], drift("digits")(X[300:900])])
     sender = EventMaker()
+    quiet: tuple[int, Any] = (-1, None)
     for lo, hi, start in ((0, 300, 0), (300, 900, 100)):
         sender.send(
             client,
@@ -206,20 +222,32 @@ def published_fleet(
                 predicted=v1.predict_proba_batch(Xd[lo:hi]).argmax(1),
             ),
         )
+        # every truth is taken (a round runs inside a step): the drift round's test
+        # counts them all and asserts that exactly one round ran
         for _ in range(50):
-            # Stop at the first drift round: how many more would follow depends on batch sizes.
-            if (
-                trainer.step(block_ms=10).entries == 0
-                or len(trainer.publisher.versions("digits")) > 1
-            ):
+            if trainer.step(block_ms=10).entries == 0:
                 break
+        if lo == 0:
+            quiet = (trainer.status.rounds, trainer.trigger.due())
+    latest = trainer.publisher.latest("digits")
+    assert latest is not None
+    run = DriftRun(
+        quiet=quiet,
+        rounds=trainer.status.rounds,
+        last_round=trainer.status.last_round,
+        status=TrainerStatus.from_wire(client.get(trainer.keys.trainer("digits"))),
+        latest=latest,
+        contents=[
+            trainer.publisher.content(sha) for _, sha in trainer.publisher.versions("digits")
+        ],
+    )
     trainer.close()
     shas = [sha for _, sha in trainer.publisher.versions("digits")]
     assert len(shas) == 2, trainer.status.last_round
     dump = {key: client.dump(key) for key in client.keys("*")}
     client.flushall()
     client.close()
-    return PublishedFleet(dump, shas, blob_dir)
+    return PublishedFleet(dump, shas, blob_dir, run)
 
 
 @pytest.fixture
