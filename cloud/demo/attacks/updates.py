@@ -76,7 +76,9 @@ def wrong_key(fleet: AttackFleet) -> AttackResult:
     # Then the order (after the targets: an edge reports one refusal per poll, the last).
     saved_orders = fleet.client.hgetall(fleet.keys.director(fleet.model))
     Director(fleet.client, fleet.keys, attacker).order(fleet.model, sha)
-    ordered = fleet.hold("wrong key", marker="trusts key")
+    # each poll reports its last refusal, and the forged targets' refusal comes in the
+    # same polls: on a loaded machine the order's may take several polls to be seen
+    ordered = fleet.hold("wrong key", marker="trusts key", timeout=45.0)
     fleet.client.delete(fleet.keys.director(fleet.model))
     fleet.client.hset(fleet.keys.director(fleet.model), mapping=saved_orders)  # type: ignore[arg-type]
     restore_targets(fleet, saved_targets, version)

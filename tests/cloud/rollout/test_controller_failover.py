@@ -73,6 +73,20 @@ def test_a_step_in_flight_during_a_failover_is_applied_once(
             state = _retried(lambda: controller.get(rollout.id)).state
             if state != "running":
                 break
+
+        def said(level: int, text: str = "") -> bool:
+            return any(
+                r.name == "cloud.rollout.loop" and r.levelno == level and text in r.getMessage()
+                for r in caplog.records
+            )
+
+        # the step after a failed one says so once it has run whole (after the counts and
+        # the collection, which may come after the rollout's completion is visible here)
+        wait_for(
+            lambda: not said(logging.WARNING) or said(logging.INFO, "reachable again"),
+            20,
+            "the controller's line that Redis is reachable again",
+        )
     finally:
         loop.stop()
     recovered_s = time.monotonic() - killed_at
