@@ -26,6 +26,7 @@ from cloud.registry.tuf_repo import TufRepository, TufSigners, load_signer
 from cloud.registry.versions import MemoryBlobStore, Registry
 from cloud.rollout.director import Director
 from shared.codec import encode_full, sha256_hex
+from shared.director import FLEET_SCOPE
 from shared.keys import FleetKeys
 from shared.messages import DeltaAnnouncement, SignedManifest
 from shared.rollouts import AssignmentNotice
@@ -76,9 +77,18 @@ def wrong_key(fleet: AttackFleet) -> AttackResult:
     # Then the order (after the targets: an edge reports one refusal per poll, the last).
     saved_orders = fleet.client.hgetall(fleet.keys.director(fleet.model))
     Director(fleet.client, fleet.keys, attacker).order(fleet.model, sha)
-    # each poll reports its last refusal, and the forged targets' refusal comes in the
-    # same polls: on a loaded machine the order's may take several polls to be seen
-    ordered = fleet.hold("wrong key", marker="trusts key", timeout=45.0)
+    forged = fleet.client.hget(fleet.keys.director(fleet.model), FLEET_SCOPE)
+    violations = len(fleet.violations)
+    ordered = fleet.hold("wrong key", marker="trusts key")
+    # The fleet's own director drops an order no key of its root signed when its
+    # controller renews the orders; when that comes before an edge's poll, no edge had
+    # the order to refuse, and what stopped it is that drop (nothing served meanwhile).
+    dropped = fleet.client.hget(fleet.keys.director(fleet.model), FLEET_SCOPE) != forged
+    if not ordered and dropped:
+        ordered = len(fleet.violations) == violations
+        refused_order = "the fleet's director dropped the order before an edge read it"
+    else:
+        refused_order = fleet.evidence("trusts key")
     fleet.client.delete(fleet.keys.director(fleet.model))
     fleet.client.hset(fleet.keys.director(fleet.model), mapping=saved_orders)  # type: ignore[arg-type]
     restore_targets(fleet, saved_targets, version)
@@ -87,7 +97,7 @@ def wrong_key(fleet: AttackFleet) -> AttackResult:
         listed and ordered,
         f"v902 signed by an unknown manifest key, targets v{version} signed by an unknown "
         "key, an order signed by a director key the root does not name; every edge: "
-        f"{evidence}; {fleet.evidence('trusts key')}",
+        f"{evidence}; {refused_order}",
     )
 
 
