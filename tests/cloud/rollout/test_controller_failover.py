@@ -40,7 +40,8 @@ def _retried(call: Callable[[], Any], timeout: float = 15.0) -> Any:
 def test_a_step_in_flight_during_a_failover_is_applied_once(
     own_cluster: RedisClusterNodes, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO)
+    # on this logger itself: a test before may have raised the level of "cloud" above INFO
+    caplog.set_level(logging.INFO, logger="cloud.rollout.loop")
     client = connect_redis(own_cluster.url)
     fleet = Fleet(client)
     rollout = fleet.controller.create(RolloutSpec(model=MODEL, target="2", gate=FAST_GATE))
