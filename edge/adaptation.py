@@ -626,17 +626,17 @@ class Adapter:
 
     def start_from(self, X: npt.NDArray[Any], y: npt.NDArray[Any], held_out: int = 0) -> None:
         """Learn labelled samples of the seed data (a manifest's exemplars) before any
-        of the device's own. The last ``held_out`` were never trained on: each is
-        first compared with the current model's answer (``judge``), test-then-train,
-        and counts in the record as a label of the device would; the others are only
-        learnt, since the model was trained on them."""
+        of the device's own, each test-then-train. The last ``held_out`` were never
+        trained on: each is first compared with the current model's answer
+        (``judge``) and counts in the record as a label of the device would. The
+        others count only in the voters' record, which voter answers: the model was
+        trained on them, the adapter's learners were not yet. On a short stream this
+        is most of what the choice of voter has to go on."""
         n_trained = len(y) - held_out
         with self._lock:
-            self.knn.learn_many(X[:n_trained], y[:n_trained])
-            if self.linear is not None:
-                self.linear.learn_many(X[:n_trained], y[:n_trained])
-            for tree in self.trees:
-                tree.refit(self.knn)
+            for x, label in zip(X[:n_trained], y[:n_trained], strict=True):
+                self._score_voters(x, int(label))
+                self._learn_only(x, int(label))
             self.exemplars += n_trained
         for x, label in zip(X[n_trained:], y[n_trained:], strict=True):
             own = self.judge(x) if self.judge is not None else None
@@ -669,21 +669,29 @@ class Adapter:
     ) -> None:
         if sha256 != self._sha:
             self._inherit(sha256)
-        votes = self._votes(x)
-        if votes is not None:
-            labels = [int(np.argmax(v)) for v in votes]
-            mine = labels[self.voters.index(self.voter)]
-            self._score_ks(np.array([a == y for a in labels], np.int64))
+        mine = self._score_voters(x, y)
+        if mine is not None:
             if model_label is not None:
-                self._compare(int(mine == y) - int(model_label == y))
+                self._compare(int(mine) - int(model_label == y))
             if held_out:
-                self._held.append((self._seq, x, y, mine == y))
+                self._held.append((self._seq, x, y, mine))
         self._learn_only(x, y)
         self._seq += 1
         needed = self.keep_alpha if self.active or self._resume else self.alpha
         better = self._b > self._c and sign_test_p(self._b, self._c) <= needed
         if better != self.active:
             self._switch(better, sha256)
+
+    def _score_voters(self, x: npt.NDArray[Any], y: int) -> bool | None:
+        """Count which voters answer ``x`` right (before learning it) in their record;
+        whether the voter answering now was right (None: the kNN cannot vote yet)."""
+        votes = self._votes(x)
+        if votes is None:
+            return None
+        right = np.array([int(np.argmax(v)) == y for v in votes], np.int64)
+        mine = bool(right[self.voters.index(self.voter)])
+        self._score_ks(right)
+        return mine
 
     def _votes(self, x: npt.NDArray[Any]) -> list[list[float]] | None:
         """Every voter's class shares for ``x``, in the order of ``voters`` (a learner

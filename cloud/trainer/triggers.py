@@ -78,9 +78,13 @@ class DriftDetector:
             if len(self._recent) > self.window:
                 old = self._recent.popleft()
                 self._sum -= old
-                self.level = (
-                    old if self.level is None else self.level + self.alpha * (old - self.level)
-                )
+                if self.level is None:
+                    # the first full window's mean: one score as the start would make
+                    # the level 1.0 (or 0.0) for the next ~1/alpha scores, and a served
+                    # accuracy of 0.76 "drift" at once
+                    self.level = (self._sum + old) / (len(self._recent) + 1)
+                else:
+                    self.level += self.alpha * (old - self.level)
             signal = self._check() or signal
         return signal
 

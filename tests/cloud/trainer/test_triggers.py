@@ -127,6 +127,17 @@ def test_one_drift_is_one_signal():
     assert d.update(outcomes(0, 10))
 
 
+def test_the_level_starts_from_a_whole_window_not_one_score():
+    # a steady served accuracy of 0.75 whose first score was a hit: from that one
+    # score the level read 1.0 for the next ~1/alpha scores, and the first full window
+    # (0.75 < 1.0 - 0.2) signalled a drift that never was, after every published version
+    d = DriftDetector(window=40, drop=0.2, alpha=0.02)
+    steady = np.tile([1.0, 1.0, 1.0, 0.0], 100)  # 0.75 in every window
+    assert not d.update(steady)
+    assert d.level == pytest.approx(0.75, abs=0.01)
+    assert d.last_signal is None
+
+
 def test_no_signal_before_a_level_exists_or_from_unknown_predictions():
     d = DriftDetector(window=10, drop=0.25, alpha=0.5)
     assert not d.update(outcomes(0, 10))  # a full window, but nothing to compare with
