@@ -326,7 +326,12 @@ class Trainer:
     def _drift_detector(self) -> DriftDetector:
         s = self.settings
         return DriftDetector(
-            s.drift_window, s.drift_drop, s.drift_level_alpha, self.dataset.task, s.drift_rise
+            s.drift_window,
+            s.drift_drop,
+            s.drift_level_alpha,
+            self.dataset.task,
+            s.drift_rise,
+            noise_z=s.drift_noise_z,
         )
 
     # -- lease and status -----------------------------------------------------

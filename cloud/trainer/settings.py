@@ -129,6 +129,14 @@ class TrainerSettings(RedisSettings):
         description="regression: a rise of the served MAE by this share of its level signals drift",
     )
     drift_level_alpha: float = Field(0.02, gt=0, le=1, description="EWMA weight of the level")
+    drift_noise_z: float = Field(
+        4.0,
+        ge=0,
+        description="a classifier's drop must also exceed this many standard errors of the "
+        "difference between a window's accuracy and the level, sqrt(level (1 - level) "
+        "(1 / drift_window + alpha / (2 - alpha))): a window of a noisy stream wobbles further "
+        "than drift_drop (0: drift_drop alone)",
+    )
     lock_ttl_ms: int = Field(15000, ge=100, description="lease on rounds for this model")
 
     # The data the trainer keeps (in Redis)

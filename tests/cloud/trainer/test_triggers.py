@@ -138,6 +138,23 @@ def test_the_level_starts_from_a_whole_window_not_one_score():
     assert d.last_signal is None
 
 
+def test_a_noisy_streams_wobble_is_no_drift_but_a_real_drop_still_is():
+    rng = np.random.default_rng(0)
+    steady = (rng.random(6000) < 0.76).astype(float)  # LED's served accuracy, no drift
+
+    def signals(detector: DriftDetector, scores: np.ndarray) -> int:
+        return sum(detector.update(scores[i : i + 1]) for i in range(len(scores)))
+
+    # drop alone: a 40-score window at 0.76 falls 0.2 below its level by chance
+    assert signals(DriftDetector(window=40, drop=0.2, alpha=0.02), steady) >= 3
+    assert signals(DriftDetector(window=40, drop=0.2, alpha=0.02, noise_z=4.0), steady) <= 1
+    # a drift from 0.97 to 0.5 is beyond both: signalled within the window's span
+    drifted = np.concatenate([(rng.random(600) < 0.97), (rng.random(200) < 0.5)]).astype(float)
+    d = DriftDetector(window=40, drop=0.2, alpha=0.02, noise_z=4.0)
+    first = next(i for i in range(len(drifted)) if d.update(drifted[i : i + 1]))
+    assert 600 <= first < 640
+
+
 def test_no_signal_before_a_level_exists_or_from_unknown_predictions():
     d = DriftDetector(window=10, drop=0.25, alpha=0.5)
     assert not d.update(outcomes(0, 10))  # a full window, but nothing to compare with
