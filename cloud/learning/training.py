@@ -87,20 +87,9 @@ def bootstrap(dataset: Dataset, hp: Hyperparameters, spec: str | None = None) ->
     return _fit(model, dataset.X, dataset.y, hp)
 
 
-def train(
-    model: TaskModel,
-    X: npt.ArrayLike,
-    y: npt.ArrayLike,
-    hp: Hyperparameters,
-    validation: tuple[npt.ArrayLike, npt.ArrayLike] | None = None,
-) -> TrainResult:
-    """``model`` itself trained on (X, y) (a fresh model's first training).
-
-    ``validation`` (X, y) never trained on: the model keeps the weights of the epoch
-    whose loss on it was lowest, not the last epoch's. On a few hundred samples the
-    last of ``hp.epochs`` has learnt their noise (a tabular MLP on 160 rows: 0.927
-    after 20 epochs, 0.968 after 5; ARCHITECTURE.md, "The bootstrap's epochs")."""
-    return _fit(model, X, y, hp, validation=validation)
+def train(model: TaskModel, X: npt.ArrayLike, y: npt.ArrayLike, hp: Hyperparameters) -> TrainResult:
+    """``model`` itself trained on (X, y) (a fresh model's first training)."""
+    return _fit(model, X, y, hp)
 
 
 def fine_tune(
@@ -125,7 +114,6 @@ def _fit(
     y: npt.ArrayLike,
     hp: Hyperparameters,
     after_step: Callable[[TaskModel], None] | None = None,
-    validation: tuple[npt.ArrayLike, npt.ArrayLike] | None = None,
 ) -> TrainResult:
     yt = truths_tensor(y, model.task)
     if len(yt) == 0:
@@ -137,7 +125,6 @@ def _fit(
     loss_fn = loss_of(model.task)
     model.train()
     last = float("nan")
-    best = _BestEpoch(model, validation, loss_fn) if validation is not None else None
     for _ in range(hp.epochs):
         total, count = 0.0, 0
         for idx in torch.split(torch.randperm(len(yt), generator=gen), hp.batch_size):
@@ -150,47 +137,9 @@ def _fit(
             total += float(loss.detach()) * len(idx)
             count += len(idx)
         last = total / count
-        if best is not None:
-            best.after_epoch()
-            model.train()
     model.eval()
-    hyperparameters = hp.as_dict()
-    if best is not None:
-        hyperparameters["best_epoch"] = best.restore()
     seconds = time.perf_counter() - start
     logger.info(
         "trained on %d samples, %d epochs, loss %.4f, in %.1fs", len(yt), hp.epochs, last, seconds
     )
-    return TrainResult(model, hyperparameters, len(yt), last, seconds)
-
-
-class _BestEpoch:
-    """The weights of the epoch with the lowest loss on validation samples."""
-
-    def __init__(
-        self,
-        model: TaskModel,
-        validation: tuple[npt.ArrayLike, npt.ArrayLike],
-        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    ) -> None:
-        self.model = model
-        self.X = torch.as_tensor(np.ascontiguousarray(validation[0], np.float32))
-        self.y = truths_tensor(validation[1], model.task)
-        self.loss_fn = loss_fn
-        self.epoch = 0
-        self.best: tuple[float, int, dict[str, torch.Tensor]] | None = None
-
-    def after_epoch(self) -> None:
-        self.epoch += 1
-        self.model.eval()
-        with torch.no_grad():
-            loss = float(self.loss_fn(self.model.logits(self.X), self.y))
-        if self.best is None or loss < self.best[0]:
-            state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-            self.best = (loss, self.epoch, state)
-
-    def restore(self) -> int:
-        """Load the best epoch's weights; its number (1-based)."""
-        assert self.best is not None
-        self.model.load_state_dict(self.best[2])
-        return self.best[1]
+    return TrainResult(model, hp.as_dict(), len(yt), last, seconds)

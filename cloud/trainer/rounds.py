@@ -213,12 +213,7 @@ class RoundRunner:
             read_weights_file(model.net, self.settings.pretrained)
             hyperparameters = {"pretrained": str(self.settings.pretrained)}
         else:
-            held = self.parts.seed_holdout
-            validation = (
-                (held.X, held.y) if self.settings.bootstrap_best_epoch and len(held.y) else None
-            )
-            result = train(model, self.parts.seed_train.X, self.parts.seed_train.y, hp, validation)
-            model, hyperparameters = result.model, result.hyperparameters
+            model = train(model, self.parts.seed_train.X, self.parts.seed_train.y, hp).model
         t1 = time.perf_counter()
         exported = self._export(model, self.parts.seed_train.X, seed=seed)
         t2 = time.perf_counter()

@@ -149,12 +149,6 @@ class TrainerSettings(RedisSettings):
     # How to train
     epochs: int = Field(6, ge=1)
     bootstrap_epochs: int = Field(25, ge=1)
-    bootstrap_best_epoch: bool = Field(
-        True,
-        description="the bootstrap keeps the weights of the epoch whose loss on the seed "
-        "holdout was lowest, not the last epoch's (the holdout is never trained on; "
-        'ARCHITECTURE.md, "The bootstrap\'s epochs")',
-    )
     retrain_max_samples: int = Field(
         0,
         ge=0,

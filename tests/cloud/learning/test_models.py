@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 import torch
@@ -12,7 +10,7 @@ from cloud.data.datasets import Dataset
 from cloud.learning.contract import DataInfo
 from cloud.learning.contract import build_model as build
 from cloud.learning.models import TaskModel, predict
-from cloud.learning.training import Hyperparameters, TrainingError, bootstrap, fine_tune, train
+from cloud.learning.training import Hyperparameters, TrainingError, bootstrap, fine_tune
 from cloud.learning.weights import WeightsError, load_weights, weights_to_bytes
 from cloud.learning.zoo import TabularMLP, default_model
 from shared.task import TaskSpec
@@ -90,27 +88,6 @@ def test_tabular_training_learns():
     ds = tabular(600)
     r = bootstrap(ds, Hyperparameters(epochs=30, batch_size=32, lr=3e-3, seed=0))
     assert (predict(r.model, ds.X).argmax(1) == ds.y).mean() > 0.9
-
-
-def test_validation_keeps_the_epoch_with_the_lowest_loss_on_it():
-    # 40 noisy samples learnt for 60 epochs: the last epochs learn the noise, and the
-    # loss on samples never trained on is lowest earlier
-    ds, held = tabular(40, seed=1), tabular(200, seed=2)
-    flip = np.random.default_rng(0).random(40) < 0.3
-    noisy_y = np.where(flip, 1 - ds.y, ds.y)
-    hp = Hyperparameters(epochs=60, batch_size=8, lr=1e-2, seed=0)
-    kept = train(build_model(ds, seed=0), ds.X, noisy_y, hp, validation=(held.X, held.y))
-    best = kept.hyperparameters["best_epoch"]
-    assert 1 <= best < hp.epochs
-    # the weights are those of a run stopped after that epoch, same seed, same batches
-    stopped = train(build_model(ds, seed=0), ds.X, noisy_y, replace(hp, epochs=best))
-    last = train(build_model(ds, seed=0), ds.X, noisy_y, hp)
-    for a, b in zip(kept.model.parameters(), stopped.model.parameters(), strict=True):
-        assert torch.equal(a, b)
-    loss = torch.nn.CrossEntropyLoss()
-    with torch.no_grad():
-        x, y = torch.as_tensor(held.X), torch.as_tensor(held.y)
-        assert loss(kept.model.logits(x), y) < loss(last.model.logits(x), y)
 
 
 def test_nothing_to_train_on_is_a_named_error(trained):
