@@ -49,6 +49,7 @@ class Variant:
     alpha: float = 0.2
     keep_alpha: float = 0.5
     compare: int = 200
+    choose: int = 200
     window: int = 1000
     ks: tuple[int, ...] = (5, 1, 11)
     spans: tuple[int, ...] = (400,)
@@ -68,7 +69,7 @@ class Variant:
             try:
                 if key in ("alpha", "keep"):
                     fields["keep_alpha" if key == "keep" else key] = float(value)
-                elif key in ("compare", "window", "lead"):
+                elif key in ("compare", "choose", "window", "lead"):
                     fields[key] = int(value)
                 elif key in ("linear", "average"):
                     fields[key] = bool(int(value))
@@ -79,7 +80,7 @@ class Variant:
                 else:
                     raise ValueError(
                         f"variant {name!r}: unknown setting {key!r} "
-                        "(alpha, keep, compare, window, ks, spans, linear, trees, lead, average)"
+                        "(alpha, keep, compare, choose, window, ks, spans, linear, trees, lead, average)"
                     )
             except ValueError as e:
                 if "unknown setting" in str(e):
@@ -164,6 +165,7 @@ class KeptRun:
             lead=variant.lead,
             average=variant.average,
             compare=variant.compare,
+            choose=variant.choose,
             alpha=variant.alpha,
             keep_alpha=variant.keep_alpha,
         )

@@ -514,6 +514,7 @@ class Adapter:
         ks: Sequence[int] = (5, 1, 11),
         spans: Sequence[int] = (400,),
         compare: int = 200,
+        choose: int = 200,
         alpha: float = 0.2,
         keep_alpha: float = 0.5,
         linear: bool = True,
@@ -549,7 +550,7 @@ class Adapter:
         self._outcomes: deque[list[int]] = deque(maxlen=compare)
         self._b = self._c = 0
         # Per label, which voters were right; and their sums: the voter to answer with.
-        self._rights: deque[npt.NDArray[np.int64]] = deque(maxlen=compare)
+        self._rights: deque[npt.NDArray[np.int64]] = deque(maxlen=choose)
         self._right = np.zeros(len(self.voters), np.int64)
         self.voter: Voter = self.voters[0]
         self._sha: str | None = None

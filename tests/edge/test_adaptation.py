@@ -382,6 +382,21 @@ def test_where_the_concept_is_linear_the_regression_answers() -> None:
     assert np.allclose(one, adapter.linear.predict_one(probe[0]))
 
 
+def test_the_exemplars_choose_the_voter_before_the_device_s_first_label() -> None:
+    """Each exemplar the model was trained on is answered by every voter before it is
+    learnt: on a short stream those answers are most of what the choice of voter has
+    to go on. Where the concept is linear the regression answers from the start; the
+    trained exemplars never count against the model (its record stays empty)."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(600, 10)).astype(np.float32)
+    y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(int)
+    adapter = Adapter(2, window=300, ks=(5,), trees=(), average=False)
+    assert adapter.voter == (None, 5)
+    adapter.start_from(X, y, held_out=0)
+    assert adapter.voter == LINEAR
+    assert adapter.comparison == (0, 0) and adapter.exemplars == 600
+
+
 def test_the_regression_follows_a_rotating_boundary() -> None:
     """The boundary turns a quarter circle over the stream: one SGD step a label keeps
     the regression close to the current boundary (its last 200 answers mostly right)."""
