@@ -49,7 +49,7 @@ class Variant:
     alpha: float = 0.2
     keep_alpha: float = 0.5
     compare: int = 200
-    choose: int = 200
+    choose: int = 500
     window: int = 1000
     ks: tuple[int, ...] = (5, 1, 11)
     spans: tuple[int, ...] = (400,)

@@ -446,6 +446,7 @@ class ServedModel:
                     linear=settings.adaptation_linear,
                     trees=settings.adaptation_trees,
                     average=settings.adaptation_average,
+                    choose=settings.adaptation_voter_record,
                     alpha=settings.adaptation_alpha,
                     keep_alpha=settings.adaptation_keep_alpha,
                 )

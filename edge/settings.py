@@ -161,12 +161,20 @@ class EdgeSettings(RedisSettings):
         "served model with p at most this (not below adaptation_alpha): a record at the "
         "threshold does not flap on and off",
     )
+    adaptation_voter_record: int = Field(
+        500,
+        ge=10,
+        le=10_000,
+        description="the labels over which the adapter's voters are scored: the one right most "
+        "often over the last this many answers (the guard's own record stays 200 labels); a "
+        "longer record stops near-equal voters taking turns on a noisy stream",
+    )
     adaptation_ks: list[int] = Field(
         default_factory=lambda: [5, 1, 11],
         min_length=1,
         max_length=8,
         description="neighbours per vote: the kNN votes with each and answers with the one "
-        "right most often over the last 200 labels (ties: the first)",
+        "right most often over the last adaptation_voter_record labels (ties: the first)",
     )
     adaptation_linear: bool = Field(
         True,
@@ -191,7 +199,8 @@ class EdgeSettings(RedisSettings):
         max_length=4,
         description="shorter memories that vote too: the kNN votes with each k over the whole "
         "window and over each span of its newest samples, and answers with the voter right "
-        "most often over the last 200 labels (after an abrupt drift the newest say more); a "
+        "most often over the last adaptation_voter_record labels (after an abrupt drift the "
+        "newest say more); a "
         "span as long as the window adds nothing",
     )
 
