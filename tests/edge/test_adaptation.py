@@ -243,6 +243,18 @@ def test_it_answers_with_the_k_that_was_right_most_often() -> None:
     assert adapter.k == 1 and adapter.answer(x) == [0.0, 1.0]
 
 
+@pytest.mark.parametrize(("choose", "answering"), [(500, (None, 5)), (200, LINEAR)])
+def test_the_voters_record_is_choose_labels_long(choose: int, answering: tuple) -> None:
+    """300 labels on which k=5 alone is right, then 250 on which the regression alone
+    is: over the last 500 labels k=5 still leads (300 to 250), over the last 200 the
+    regression does. The guard's record (``compare``) is another length."""
+    adapter = Adapter(2, ks=(5,), spans=(), trees=(), average=False, compare=200, choose=choose)
+    assert adapter.voters == ((None, 5), LINEAR)
+    for right in [np.array([1, 0])] * 300 + [np.array([0, 1])] * 250:
+        adapter._score_ks(right)
+    assert adapter.voter == answering
+
+
 def test_the_guard_stops_it_as_soon_as_it_is_no_longer_better() -> None:
     switches: list[bool] = []
 
@@ -380,21 +392,6 @@ def test_where_the_concept_is_linear_the_regression_answers() -> None:
     one = adapter.answer(probe[0])
     assert one is not None and np.allclose(batch[0], one, atol=1e-6)
     assert np.allclose(one, adapter.linear.predict_one(probe[0]))
-
-
-def test_the_exemplars_choose_the_voter_before_the_device_s_first_label() -> None:
-    """Each exemplar the model was trained on is answered by every voter before it is
-    learnt: on a short stream those answers are most of what the choice of voter has
-    to go on. Where the concept is linear the regression answers from the start; the
-    trained exemplars never count against the model (its record stays empty)."""
-    rng = np.random.default_rng(3)
-    X = rng.normal(size=(600, 10)).astype(np.float32)
-    y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(int)
-    adapter = Adapter(2, window=300, ks=(5,), trees=(), average=False)
-    assert adapter.voter == (None, 5)
-    adapter.start_from(X, y, held_out=0)
-    assert adapter.voter == LINEAR
-    assert adapter.comparison == (0, 0) and adapter.exemplars == 600
 
 
 def test_the_regression_follows_a_rotating_boundary() -> None:
