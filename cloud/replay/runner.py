@@ -490,11 +490,20 @@ class Replay(LocalFleet):
         if self.forgetting_accuracy is None or not figures["drifts"]:
             return None
         before = figures["drifts"][0]["accuracy_before"]
+        # the same rows as they were served while streaming, before the drift: the window
+        # before the drift is a few hundred other rows, and on a noisy stream it can sit
+        # several points from the first concept's accuracy over all of its rows
+        then = round(
+            float(self.served.correct[self.forgetting_rows - self.plan.seed_rows].mean()), 4
+        )
+        end = round(self.forgetting_accuracy, 4)
         return {
             "rows": len(self.forgetting_rows),
             "accuracy_before_drift": before,
-            "accuracy_at_end": round(self.forgetting_accuracy, 4),
+            "accuracy_at_end": end,
             "drop": None if before is None else round(before - self.forgetting_accuracy, 4),
+            "rows_accuracy_when_served": then,
+            "drop_on_the_rows": round(then - end, 4),
         }
 
 
@@ -511,7 +520,8 @@ def baselines_result(replay: Replay) -> dict[str, Any]:
     """River's baselines on the replay's rows and plan, in the replay's figures' terms."""
     stream, plan = replay.stream, replay.plan
     started = time.perf_counter()
-    runs = run_baselines(stream, plan, replay.options.seed, probe=replay.forgetting_rows)
+    probe = replay.forgetting_rows
+    runs = run_baselines(stream, plan, replay.options.seed, probe=probe)
     sends = plan.sends()
     drifts = [d - plan.seed_rows for d in stream.drifts]
     details = {}
@@ -522,6 +532,10 @@ def baselines_result(replay: Replay) -> dict[str, Any]:
             "rows_predicted": len(run.correct),
             "labels_learned": run.labels_learned,
             "probe_accuracy": run.probe_accuracy,
+            # the same rows as it answered them while streaming (cf. forgetting)
+            "probe_accuracy_when_streamed": (
+                round(float(run.correct[probe - plan.seed_rows].mean()), 4) if len(probe) else None
+            ),
             "seconds": round(run.seconds, 2),
         }
     accuracies = {n: d["prequential_accuracy"] for n, d in details.items()}

@@ -44,7 +44,8 @@ def test_a_replay_keeps_its_books(tmp_path, monkeypatch):
     kept = Path(re.findall(r"kept in (\S+)", out.getvalue())[-1])
     try:
         rerun_the_kept_run(kept)
-        later = KeptRun(kept).version.max() > 1
+        served = KeptRun(kept)
+        later = served.version.max() > 1
     finally:
         shutil.rmtree(kept, ignore_errors=True)
 
@@ -61,6 +62,13 @@ def test_a_replay_keeps_its_books(tmp_path, monkeypatch):
         assert result["labels_not_served_yet"] < result["labels_sent"]
     assert [d["drift_row"] for d in result["drifts"]] == [800]
     assert result["forgetting"]["rows"] == 500
+    # forgetting against the same rows as they were served while streaming
+    probe = np.unique(np.linspace(200, 999, 500).astype(np.intp)) - 200
+    then = round(float(served.correct[probe].mean()), 4)
+    assert result["forgetting"]["rows_accuracy_when_served"] == then
+    assert result["forgetting"]["drop_on_the_rows"] == round(
+        then - result["forgetting"]["accuracy_at_end"], 4
+    )
     # the baselines: the same rows in the same order, the same labels
     assert set(result["baselines"]) == {
         "arf",
