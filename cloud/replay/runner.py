@@ -185,6 +185,9 @@ class Replay(LocalFleet):
             "round_min_samples": round_samples(self.plan.labels_sent, quick),
             "round_interval_s": 10.0 if quick else 20.0,
             "drift_window": 40,
+            # a noisy stream's windows wobble past drift_drop by chance: a drift must be
+            # beyond that too (ARCHITECTURE.md, "Rounds, triggers and the lease")
+            "drift_noise_z": 4.0,
             # a tabular MLP's quiet rounds learn more per round from more passes at a
             # higher rate (ARCHITECTURE.md, "Learning fast enough")
             "epochs": 20,

@@ -130,12 +130,13 @@ class TrainerSettings(RedisSettings):
     )
     drift_level_alpha: float = Field(0.02, gt=0, le=1, description="EWMA weight of the level")
     drift_noise_z: float = Field(
-        4.0,
+        0.0,
         ge=0,
         description="a classifier's drop must also exceed this many standard errors of the "
         "difference between a window's accuracy and the level, sqrt(level (1 - level) "
         "(1 / drift_window + alpha / (2 - alpha))): a window of a noisy stream wobbles further "
-        "than drift_drop (0: drift_drop alone)",
+        "than drift_drop. 0 (the default): drift_drop alone; edgeloop replay's trainer uses 4 "
+        '(ARCHITECTURE.md, "Rounds, triggers and the lease")',
     )
     lock_ttl_ms: int = Field(15000, ge=100, description="lease on rounds for this model")
 
