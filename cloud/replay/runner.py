@@ -151,6 +151,9 @@ def round_samples(labels: int, quick: bool = False) -> int:
     return max(50, min(100 if quick else 200, labels // 10))
 
 
+#: The weight decays the replay's trainer chooses from (TrainerSettings.weight_decay_choices).
+WEIGHT_DECAY_CHOICES = [0.0, 0.01, 0.03, 0.1]
+
 #: The replay's trainer retrains a quiet round from a fresh model up to this many
 #: training samples (TrainerSettings.retrain_max_samples).
 RETRAIN_MAX_SAMPLES = 1000
@@ -192,6 +195,10 @@ class Replay(LocalFleet):
             # higher rate (ARCHITECTURE.md, "Learning fast enough")
             "epochs": 20,
             "lr": 3e-3,
+            # how hard to hold the weights back is the data's: a 200-row CSV is learnt by
+            # heart without it, a curved border needs every unit (ARCHITECTURE.md,
+            # "Learning fast enough")
+            "weight_decay_choices": WEIGHT_DECAY_CHOICES,
             # a small training set is learnt better afresh than by fine-tuning the parent
             # (ARCHITECTURE.md, "Rounds on small stationary streams")
             "retrain_max_samples": RETRAIN_MAX_SAMPLES,

@@ -68,6 +68,7 @@ from cloud.export.exporter import (
 from cloud.learning.contract import DataInfo, build_model
 from cloud.learning.models import TaskModel, predict
 from cloud.learning.training import Hyperparameters, fine_tune, train
+from cloud.learning.selection import WeightDecayChoice, choose_weight_decay
 from cloud.learning.weights import load_weights, read_weights_file, weights_to_bytes
 from cloud.registry.publisher import (
     Publisher,
@@ -179,12 +180,31 @@ class RoundRunner:
         self.rule = GateRule(settings.min_gain, settings.forgetting_tolerance)
         self.quarantine = Quarantine(client, self.keys, settings.model_name)
         self._parent: Parent | None = None
+        self._weight_decay: WeightDecayChoice | None = None
 
     # -- the model ------------------------------------------------------------
 
     def fresh_model(self) -> TaskModel:
         """A new model of the spec, checked (ModelError) and seeded by the settings."""
         return build_model(self.spec, self.info, seed=self.settings.seed)
+
+    def weight_decay(self) -> WeightDecayChoice:
+        """The weight decay this model trains with: the setting's, or the best of
+        ``weight_decay_choices`` by cross-validation on the seed split with the bootstrap's
+        recipe (chosen once; a restarted trainer chooses the same from the same data)."""
+        s = self.settings
+        if self._weight_decay is None:
+            if not s.weight_decay_choices:
+                self._weight_decay = WeightDecayChoice(s.weight_decay, {}, self.task.metric)
+            else:
+                seed = self.parts.seed_train
+                hp = Hyperparameters(s.bootstrap_epochs, s.batch_size, s.lr, s.seed)
+                choice = choose_weight_decay(
+                    self.fresh_model, seed.X, seed.y, hp, s.weight_decay_choices
+                )
+                logger.info("weight decay by cross-validation: %s", choice.as_dict())
+                self._weight_decay = choice
+        return self._weight_decay
 
     def refuse_unpublishable(self) -> None:
         """Export a fresh model once and refuse (ModelRefused) a model that cannot become an
@@ -233,6 +253,8 @@ class RoundRunner:
             hyperparameters=hyperparameters,
             details=_first_details(earlier, self.task),
         )
+        if self.weight_decay().scores:
+            report.details["weight_decay"] = self.weight_decay().as_dict()
         explanation = self._explain(report, _side(model, exported), None, held_out)
         t3 = time.perf_counter()
         try:
@@ -455,7 +477,7 @@ class RoundRunner:
     def _hyperparameters(self, epochs: int, seed: int, lr: float | None = None) -> Hyperparameters:
         settings = self.settings
         return Hyperparameters(
-            epochs, settings.batch_size, lr or settings.lr, seed, settings.weight_decay
+            epochs, settings.batch_size, lr or settings.lr, seed, self.weight_decay().value
         )
 
     # -- the child ------------------------------------------------------------

@@ -162,6 +162,13 @@ class TrainerSettings(RedisSettings):
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    weight_decay_choices: list[Annotated[float, Field(ge=0)]] = Field(
+        default_factory=list,
+        description="when given, the weight decay every training of this model uses is the "
+        "one of these that 5-fold cross-validation on the seed split scores best (the "
+        "bootstrap's recipe; a tie keeps the smaller), instead of weight_decay "
+        '(cloud/learning/selection.py; ARCHITECTURE.md, "Learning fast enough")',
+    )
     train_workers: int = Field(
         1,
         ge=1,

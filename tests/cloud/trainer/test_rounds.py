@@ -10,6 +10,7 @@ import torch
 
 from cloud.data.datasets import drift
 from cloud.data.replay import NewSamples, TrainerData
+from cloud.learning.selection import WeightDecayChoice
 from cloud.learning.weights import weights_to_bytes
 from cloud.registry.publisher import Publisher, PublishRequest
 from cloud.registry.versions import DirBlobStore, Registry
@@ -118,6 +119,32 @@ def test_the_bootstrap_publishes_version_1_from_the_seed_split(runner, parts, ke
     assert np.array_equal(y[:-h], train.y[-(len(y) - h) :]) and np.array_equal(y[-h:], held.y[-h:])
     flat = np.asarray(held.X, np.float32).reshape(len(held.y), -1)
     assert np.array_equal(X[-h:], flat[-h:])
+
+
+#: A decay of 10 leaves the digits model near chance: the other choice wins.
+DECAYS = [10.0, 1e-4]
+
+
+def test_the_bootstrap_chooses_the_weight_decay_by_cross_validation(runner):
+    rounds = runner(weight_decay_choices=DECAYS)
+    report = rounds.bootstrap()
+    assert report.hyperparameters["weight_decay"] == 1e-4
+    chosen = report.details["weight_decay"]
+    assert chosen["weight_decay"] == 1e-4 and chosen["metric"] == "accuracy"
+    scores = chosen["cross_validated"]
+    assert set(scores) == {"0.0001", "10.0"} and scores["0.0001"] > scores["10.0"] + 0.2
+    # without choices: the weight_decay setting, nothing scored
+    plain = runner(weight_decay=0.02)
+    assert plain.weight_decay() == WeightDecayChoice(0.02, {}, "accuracy")
+
+
+def test_every_round_trains_with_the_chosen_weight_decay(with_parent, parts):
+    # a trainer started on a fleet that has versions chooses again from the same data
+    rounds = with_parent(weight_decay_choices=DECAYS, retrain_max_samples=100_000)
+    quiet_feedback(rounds.data, parts)
+    assert rounds._start(1).hp.weight_decay == 1e-4  # a fresh model's recipe
+    rounds.data.mark_drift()
+    assert rounds._start(2).hp.weight_decay == 1e-4  # a fine-tune's
 
 
 def test_no_exemplars_when_the_setting_is_0(runner):
