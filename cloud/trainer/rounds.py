@@ -67,8 +67,8 @@ from cloud.export.exporter import (
 )
 from cloud.learning.contract import DataInfo, build_model
 from cloud.learning.models import TaskModel, predict
-from cloud.learning.training import Hyperparameters, fine_tune, train
 from cloud.learning.selection import WeightDecayChoice, choose_weight_decay
+from cloud.learning.training import Hyperparameters, fine_tune, train
 from cloud.learning.weights import load_weights, read_weights_file, weights_to_bytes
 from cloud.registry.publisher import (
     Publisher,
