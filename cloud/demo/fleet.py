@@ -11,6 +11,7 @@ trainer rounds (``trainer_settings``) and what it does with the fleet.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -56,7 +57,14 @@ def check_empty(url: str, model: str) -> None:
 
 
 def toml_of(values: dict[str, Any]) -> str:
-    """A flat TOML document of ``values`` (None values left out)."""
+    """A flat TOML document of ``values`` (None values left out).
+
+    >>> print(toml_of({"a": 1, "b": [0.0, 0.1], "c": "x", "d": None, "e": True}), end="")
+    a = 1
+    b = [0.0, 0.1]
+    c = "x"
+    e = true
+    """
     lines = []
     for k, v in values.items():
         if v is None:
@@ -65,6 +73,8 @@ def toml_of(values: dict[str, Any]) -> str:
             lines.append(f"{k} = {'true' if v else 'false'}")
         elif isinstance(v, (int, float)):
             lines.append(f"{k} = {v}")
+        elif isinstance(v, (list, tuple)):  # numbers or strings: JSON's array is TOML's
+            lines.append(f"{k} = {json.dumps(list(v))}")
         else:
             lines.append(f'{k} = "{v}"')
     return "\n".join(lines) + "\n"

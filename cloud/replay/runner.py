@@ -151,6 +151,21 @@ def round_samples(labels: int, quick: bool = False) -> int:
     return max(50, min(100 if quick else 200, labels // 10))
 
 
+#: The trainer's default: every 5th label is held out (TrainerSettings.holdout_every).
+HOLDOUT_EVERY = 5
+
+
+def gate_samples(round_labels: int) -> int:
+    """Held-out labels the first round waits for: the trainer's 30, fewer for a short
+    stream — what one round's labels hold out (every 5th), at least 10 — so that its
+    first round comes after one round's labels, not three.
+
+    >>> gate_samples(200), gate_samples(79), gate_samples(50)
+    (30, 15, 10)
+    """
+    return min(30, max(10, round_labels // HOLDOUT_EVERY))
+
+
 #: The weight decays the replay's trainer chooses from (TrainerSettings.weight_decay_choices).
 WEIGHT_DECAY_CHOICES = [0.0, 0.01, 0.03, 0.1]
 
@@ -186,6 +201,7 @@ class Replay(LocalFleet):
         return {
             "seed_split": "whole",
             "round_min_samples": round_samples(self.plan.labels_sent, quick),
+            "gate_min_recent": gate_samples(round_samples(self.plan.labels_sent, quick)),
             "round_interval_s": 10.0 if quick else 20.0,
             "drift_window": 40,
             # a noisy stream's windows wobble past drift_drop by chance: a drift must be
