@@ -285,19 +285,6 @@ def serve(daemon_factory: Callable[..., EdgeDaemon]) -> Iterator[Callable[[EdgeD
         api.stop()
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The tests that check a whole quick demo run last: the demos start with the
-    session (``_demos_start_first``) and run beside every other test, not while the
-    suite waits for them."""
-    items.sort(key=lambda item: item.get_closest_marker("demo_run") is not None)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _demos_start_first(request: pytest.FixtureRequest) -> None:
-    if demo_runs_of(request.session.items):
-        request.getfixturevalue("demo_runs")
-
-
 @pytest.fixture(scope="session")
 def demo_runs(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory

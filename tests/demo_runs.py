@@ -5,9 +5,8 @@ A quick demo is a tree of processes (a redis-server, a trainer, edges and their
 sensor apps) that spends much of its run on its own clock: the phases before and
 after the drift last as long as they last, and the trainer trains in bursts. On 2
 cores two demos side by side take little longer than one, so ``make test`` starts
-every demo its selected tests need when the session starts, two at a time, runs
-every other test beside them, and runs the tests that check them last, each
-waiting for its own run (tests/conftest.py). A test names its run with the
+every demo its selected tests need when the first of those tests runs, two at a
+time, and each test then waits for its own run. A test names its run with the
 ``demo_run`` mark: ``@pytest.mark.demo_run(NAME, prepare[, during])``, where
 ``prepare(cwd)`` writes what the run needs into ``cwd`` and returns the demo's extra
 arguments, and ``during(proc, tmp)``, if given, acts on the running demo (a fault:
