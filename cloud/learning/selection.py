@@ -78,6 +78,6 @@ def choose_weight_decay(
         scores[decay] = float(np.mean(per_fold))
     best = ordered[0]
     for decay in ordered[1:]:  # a tie keeps the smaller decay
-        if task.better(scores[decay], scores[best]) and scores[decay] != scores[best]:
+        if task.gain(scores[decay], scores[best]) > 0:
             best = decay
     return WeightDecayChoice(best, scores, task.metric)

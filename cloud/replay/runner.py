@@ -47,6 +47,7 @@ from cloud.replay.baselines import require_river, run_baselines
 from cloud.replay.figures import percentile, summary
 from cloud.replay.plan import QUICK_ROWS, Plan, ReplayOptions, default_seed_rows
 from cloud.replay.streams import Stream, load_stream
+from cloud.trainer.settings import TrainerSettings
 from shared.feedback_stream import events_of, frames_field, frames_of
 from shared.messages import TrainerStatus
 
@@ -151,8 +152,8 @@ def round_samples(labels: int, quick: bool = False) -> int:
     return max(50, min(100 if quick else 200, labels // 10))
 
 
-#: The trainer's default: every 5th label is held out (TrainerSettings.holdout_every).
-HOLDOUT_EVERY = 5
+#: The trainer's default: every 5th label is held out.
+HOLDOUT_EVERY: int = TrainerSettings.model_fields["holdout_every"].default
 
 
 def gate_samples(round_labels: int) -> int:

@@ -193,17 +193,15 @@ class RoundRunner:
         ``weight_decay_choices`` by cross-validation on the seed split with the bootstrap's
         recipe (chosen once; a restarted trainer chooses the same from the same data)."""
         s = self.settings
+        if not s.weight_decay_choices:
+            return WeightDecayChoice(s.weight_decay, {}, self.task.metric)
         if self._weight_decay is None:
-            if not s.weight_decay_choices:
-                self._weight_decay = WeightDecayChoice(s.weight_decay, {}, self.task.metric)
-            else:
-                seed = self.parts.seed_train
-                hp = Hyperparameters(s.bootstrap_epochs, s.batch_size, s.lr, s.seed)
-                choice = choose_weight_decay(
-                    self.fresh_model, seed.X, seed.y, hp, s.weight_decay_choices
-                )
-                logger.info("weight decay by cross-validation: %s", choice.as_dict())
-                self._weight_decay = choice
+            seed = self.parts.seed_train
+            hp = Hyperparameters(s.bootstrap_epochs, s.batch_size, s.lr, s.seed)
+            self._weight_decay = choose_weight_decay(
+                self.fresh_model, seed.X, seed.y, hp, s.weight_decay_choices
+            )
+            logger.info("weight decay by cross-validation: %s", self._weight_decay.as_dict())
         return self._weight_decay
 
     def refuse_unpublishable(self) -> None:
@@ -253,8 +251,8 @@ class RoundRunner:
             hyperparameters=hyperparameters,
             details=_first_details(earlier, self.task),
         )
-        if self.weight_decay().scores:
-            report.details["weight_decay"] = self.weight_decay().as_dict()
+        if (decay := self.weight_decay()).scores:
+            report.details["weight_decay"] = decay.as_dict()
         explanation = self._explain(report, _side(model, exported), None, held_out)
         t3 = time.perf_counter()
         try:
