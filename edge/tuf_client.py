@@ -131,13 +131,22 @@ class RedisFetcher(FetcherInterface):
 
     @contextlib.contextmanager
     def download_file(self, url: str, max_length: int) -> Iterator[IO[bytes]]:
-        # Refuse before reading: the library would stop only after max_length bytes.
-        size = self._size(self._key(url))
+        """The value at ``url`` in a temporary file, measured once and refused before
+        reading when over ``max_length`` (the library would stop only after that many
+        bytes). Read here rather than through the library's ``fetch``, which wraps
+        whatever it meets in a DownloadError: a Redis that cannot answer (a failover, a
+        restart) comes out as the outage it is, which the updater waits out and tries
+        again, not as a refused update."""
+        key = self._key(url)
+        size = self._size(key)
         if size > max_length:
             raise tuf_errors.DownloadLengthMismatchError(
                 f"{url} holds {size} bytes, more than the {max_length} allowed"
             )
-        with super().download_file(url, max_length) as f:
+        with tempfile.TemporaryFile() as f:
+            for part in self._chunks(key, size):
+                f.write(part)
+            f.seek(0)
             yield f
 
 

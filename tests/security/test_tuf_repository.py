@@ -6,6 +6,7 @@ a key that is not the targets key) is refused."""
 from __future__ import annotations
 
 import random
+import threading
 import time
 from pathlib import Path
 
@@ -92,6 +93,29 @@ def test_a_trickled_download_is_cut_at_its_deadline(fleet, tmp_path, redis_serve
         proxy.trickle.clear()
         assert edge.download(p.sha256, refresh=False).sha256 == p.sha256
     finally:
+        client.close()
+        proxy.close()
+
+
+def test_an_unreachable_redis_is_an_outage_not_a_refusal(fleet, tmp_path, redis_server, keys):
+    """A Redis that stops answering in the middle of a download (a failover, a restart)
+    comes out as the outage it is, which the updater waits out and tries again, not as
+    a refused update: python-tuf's fetch would have wrapped it in a DownloadError."""
+    p = fleet.publish(random.Random(0).randbytes(16384))  # 32 reads of 512 bytes
+    proxy = StallProxy(redis_server.port)
+    client = redis.Redis(port=proxy.port, socket_timeout=5.0)
+    try:
+        fetcher = RedisFetcher(client, keys, chunk=512)
+        edge = TufClient(client, keys, tmp_path / "edge", fleet.trusted_root, fetcher=fetcher)
+        edge.refresh()
+        proxy.trickle.set()  # 0.2 s a reply: the download takes 6 s
+        threading.Timer(0.3, redis_server.stop).start()  # at its first reads
+        with pytest.raises(redis.ConnectionError):
+            edge.download(p.sha256, refresh=False)
+        with pytest.raises(redis.ConnectionError):
+            edge.refresh()
+    finally:
+        redis_server.start()
         client.close()
         proxy.close()
 
