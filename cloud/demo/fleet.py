@@ -108,6 +108,9 @@ class LocalFleet:
         self.given_redis_url: str | None = None
         self._trainer_raw: bytes | str | None = None  # the trainer's last report read
         self.headline = "starting"
+        # one client for the health polls: a client made per request loads the CA
+        # bundle each time, which cost a quick demo a third of its own CPU
+        self._http = httpx.Client(timeout=2.0)
 
     # -- bring-up ---------------------------------------------------------------
 
@@ -235,7 +238,7 @@ class LocalFleet:
         out: dict[str, EdgeStatus | None] = {}
         for device, url in self.edge_urls.items():
             try:
-                r = httpx.get(f"{url}/v1/health", timeout=2.0)
+                r = self._http.get(f"{url}/v1/health")
                 out[device] = (
                     EdgeStatus.model_validate_json(r.content)
                     if r.status_code in (200, 503)
@@ -298,6 +301,7 @@ class LocalFleet:
 
     def close(self) -> None:
         self.group.stop_all()
+        self._http.close()
         if self.redis is not None:
             self.redis.close()
         if self.redis_watch is not None:

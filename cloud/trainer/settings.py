@@ -166,7 +166,7 @@ class TrainerSettings(RedisSettings):
         default_factory=list,
         description="when given, the weight decay every training of this model uses is the "
         "one of these that 5-fold cross-validation on the seed split scores best (the "
-        "bootstrap's recipe; a tie keeps the smaller), instead of weight_decay "
+        "bootstrap's recipe; a tie keeps the larger), instead of weight_decay "
         '(cloud/learning/selection.py; ARCHITECTURE.md, "Learning fast enough")',
     )
     train_workers: int = Field(

@@ -267,7 +267,7 @@ class ChaosDemo(Demo):
 
     def _probe_api(self) -> None:
         try:
-            r = httpx.get(f"{self.api_url}/healthz", timeout=2.0)
+            r = self._http.get(f"{self.api_url}/healthz")
             self.api_probes["ok" if r.status_code == 200 else f"http {r.status_code}"] += 1
         except httpx.HTTPError:
             self.api_probes["unreachable"] += 1

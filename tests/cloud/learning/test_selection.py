@@ -40,10 +40,11 @@ def test_few_rows_of_many_noisy_features_are_held_back():
     assert choice.value == 0.1 and choice.scores[0.1] > choice.scores[0.0] + 0.03, choice
 
 
-def test_a_tie_keeps_the_smaller_decay_and_one_choice_is_not_scored():
+def test_a_tie_takes_the_larger_decay_and_one_choice_is_not_scored():
     X, y = make_blobs(100, centers=[[-5.0, -5.0], [5.0, 5.0]], random_state=0)
-    choice = choose(X, y, [0.01, 0.0])
-    assert choice.scores == {0.0: 1.0, 0.01: 1.0} and choice.value == 0.0
+    choice = choose(X, y, [0.01, 0.0, 3.0])
+    assert choice.scores[0.0] == choice.scores[0.01] == 1.0 > choice.scores[3.0], choice
+    assert choice.value == 0.01
     assert choose(X, y, [0.01]) == WeightDecayChoice(0.01, {}, "accuracy")
     with pytest.raises(ValueError, match="no weight decay"):
         choose(X, y, [])
