@@ -104,18 +104,23 @@ def test_an_unreachable_redis_is_an_outage_not_a_refusal(fleet, tmp_path, redis_
     p = fleet.publish(random.Random(0).randbytes(16384))  # 32 reads of 512 bytes
     proxy = StallProxy(redis_server.port)
     client = redis.Redis(port=proxy.port, socket_timeout=5.0)
+    stopping = threading.Thread(target=lambda: (time.sleep(0.3), redis_server.stop()))
     try:
         fetcher = RedisFetcher(client, keys, chunk=512)
         edge = TufClient(client, keys, tmp_path / "edge", fleet.trusted_root, fetcher=fetcher)
         edge.refresh()
         proxy.trickle.set()  # 0.2 s a reply: the download takes 6 s
-        threading.Timer(0.3, redis_server.stop).start()  # at its first reads
+        stopping.start()  # the server stops at its first reads
         with pytest.raises(redis.ConnectionError):
             edge.download(p.sha256, refresh=False)
+        stopping.join()  # gone, not going
         with pytest.raises(redis.ConnectionError):
             edge.refresh()
     finally:
-        redis_server.start()
+        if stopping.ident is not None:
+            stopping.join()  # a server still shutting down holds its port
+        if redis_server.proc is None:
+            redis_server.start()
         client.close()
         proxy.close()
 
