@@ -45,15 +45,13 @@ demo: install
 demo-quick: install
 	$(VENV)/bin/edgeloop demo --quick
 
-# The main suite runs on two pytest workers (pytest-xdist; a module's tests, and the
-# tests of one costly session set-up, stay on one worker: tests/conftest.py), since
-# one worker leaves a core idle much of the time (its tests wait on processes and
-# sockets). Lint, the type check and the two edge-only environments' builds run at
-# the lowest CPU priority behind it, and fail the run as they would before it; the
-# edge-only suites then run beside schemathesis. CI and a person run the same.
+# Lint, the type check and the two edge-only environments' builds run at the lowest
+# CPU priority behind the main suite (which leaves a core idle much of the time: its
+# tests wait on processes and sockets), and fail the run as they would before it;
+# the edge-only suites then run beside schemathesis. CI and a person run the same.
 test: install
 	@nice -n 19 $(MAKE) --no-print-directory lint typecheck edge-venvs > .test-prep.log 2>&1 & prep=$$!; \
-	$(PY) -m pytest -q -n 2 -m "not example and not bench_run" --durations=30; tests=$$?; \
+	$(PY) -m pytest -q -m "not example and not bench_run" --durations=30; tests=$$?; \
 	if ! wait $$prep; then cat .test-prep.log; echo "lint, typecheck or edge-venvs failed"; exit 1; fi; \
 	echo "lint, typecheck and the edge-only environments: ok"; exit $$tests
 	$(MAKE) --no-print-directory -j3 --output-sync=target schemathesis edge-only-tests tflite-runtime-tests

@@ -186,63 +186,6 @@ def own_sentinel_pair(tmp_path: Path) -> Iterator[RedisSentinelPair]:
         pair.stop()
 
 
-#: Session set-ups too costly to build on each of ``make test``'s two workers, and the
-#: test modules that use them: each set-up's modules run on one worker, one after the
-#: other (``pytest_xdist_make_scheduler``).
-SHARED_SET_UPS = {
-    "demo_runs": (
-        "tests/cloud/demo/test_chaos.py",
-        "tests/cloud/demo/test_demo_e2e.py",
-        "tests/e2e/test_demo.py",
-        "tests/security/test_attacks_scenario.py",
-    ),
-    "published_fleet": (
-        "tests/cloud/api/test_api.py",
-        "tests/cloud/cli/test_versions_cli.py",
-        "tests/cloud/evaluation/test_explain.py",
-        "tests/cloud/trainer/test_trainer.py",
-    ),
-}
-_SHARED_SCOPE = {module: name for name, modules in SHARED_SET_UPS.items() for module in modules}
-
-
-def scope_of(nodeid: str) -> str:
-    """What runs on one worker, in one piece: a test's module, or the shared set-up its
-    module uses.
-
-    >>> scope_of("tests/e2e/test_demo.py::test_x"), scope_of("tests/edge/test_guard.py::t[a]")
-    ('demo_runs', 'tests/edge/test_guard.py')
-    """
-    module = nodeid.split("::")[0]
-    return _SHARED_SCOPE.get(module, module)
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """``make test`` runs on two workers (pytest-xdist): a module's tests stay together, so
-    that its module and session fixtures are built once, and so do all the modules of a
-    costly session set-up (``SHARED_SET_UPS``)."""
-    from xdist.scheduler import LoadScopeScheduling
-
-    class ByScope(LoadScopeScheduling):  # type: ignore[misc]
-        def _split_scope(self, nodeid: str) -> str:
-            return scope_of(nodeid)
-
-    return ByScope(config, log)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test that uses a shared set-up must be in a module ``SHARED_SET_UPS`` lists: on
-    another worker it would build the set-up again (every demo again, for ``demo_runs``)."""
-    for item in items:
-        for name in set(getattr(item, "fixturenames", ())) & SHARED_SET_UPS.keys():
-            if scope_of(item.nodeid) != name:
-                raise pytest.UsageError(
-                    f"{item.nodeid} uses {name}: list its module in SHARED_SET_UPS[{name!r}]"
-                    " (tests/conftest.py)"
-                )
-
-
 #: What a test marked ``redis_cluster`` runs against: each of its tests runs twice.
 REDIS_KINDS = ("server", "cluster")
 
