@@ -109,7 +109,7 @@ class LocalFleet:
         self._trainer_raw: bytes | str | None = None  # the trainer's last report read
         self.headline = "starting"
         # one client for the health polls: a client made per request loads the CA
-        # bundle each time, which cost a quick demo a third of its own CPU
+        # bundle each time (a quick demo: 266 CPU-seconds with it, 252 without)
         self._http = httpx.Client(timeout=2.0)
 
     # -- bring-up ---------------------------------------------------------------
