@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterator
@@ -54,6 +55,24 @@ CHUNK = 256 * 1024
 
 class TufRefused(IntegrityError):
     """The TUF metadata or a target file did not verify."""
+
+
+#: Refreshes started again when a publish lands in the middle of one (``TufClient.refresh``).
+MOVED_ON_RETRIES = 3
+# python-tuf's words when a file is not the version the metadata above it names
+# (trusted_metadata_set.py): "Expected targets v6, got v7." and
+# "Expected snapshot version 6, got 7".
+_NAMED_VERSION = re.compile(r"^Expected \S+ v(?:ersion )?(\d+), got v?(\d+)")
+
+
+class _MovedOn(Exception):
+    """A metadata file newer than the one that names it: read across a publish."""
+
+
+def _moved_on(message: str) -> bool:
+    """Whether a BadVersionNumberError says the file read is newer than the one named."""
+    m = _NAMED_VERSION.match(message)
+    return m is not None and int(m.group(2)) > int(m.group(1))
 
 
 class NotInTargets(TufRefused, NotFound):
@@ -256,10 +275,34 @@ class TufClient:
 
     def refresh(self) -> None:
         """Fetch the newest metadata. An expired timestamp or snapshot sets ``stale``
-        (the edge keeps serving what it has); any other failure is TufRefused."""
+        (the edge keeps serving what it has); any other failure is TufRefused.
+
+        The repository keeps one file per role (no consistent snapshots), so a publish
+        landing between the updater's reads of snapshot and targets hands it a targets
+        newer than the snapshot it holds names. That is the repository moving on, not an
+        attack: the refresh starts again, up to ``MOVED_ON_RETRIES`` times. Metadata older
+        than what it names (a rollback) is refused at once."""
+        for attempt in range(MOVED_ON_RETRIES + 1):
+            try:
+                self._refresh_once()
+                return
+            except _MovedOn as e:
+                if attempt == MOVED_ON_RETRIES:
+                    cause = e.__cause__
+                    raise TufRefused(
+                        f"TUF metadata refused: {type(cause).__name__}: {cause}"
+                    ) from cause
+                logger.info("tuf: the repository moved on during a refresh (%s); again", e)
+
+    def _refresh_once(self) -> None:
         updater = self._new_updater()
         try:
             updater.refresh()
+        except tuf_errors.BadVersionNumberError as e:
+            self._updater = None
+            if _moved_on(str(e)):
+                raise _MovedOn(str(e)) from e
+            raise TufRefused(f"TUF metadata refused: {type(e).__name__}: {e}") from e
         except tuf_errors.ExpiredMetadataError as e:
             self.stale = True
             self._updater = None

@@ -20,7 +20,13 @@ from cloud.registry.publisher import Publisher, PublishRequest
 from cloud.registry.tuf_repo import TufRepository, TufSigners
 from cloud.registry.versions import MemoryBlobStore, Registry
 from edge.daemon import EdgeDaemon
-from edge.tuf_client import NotInTargets, RedisFetcher, TufClient, TufRefused
+from edge.tuf_client import (
+    MOVED_ON_RETRIES,
+    NotInTargets,
+    RedisFetcher,
+    TufClient,
+    TufRefused,
+)
 from shared.codec import decode_full, sha256_hex
 from shared.errors import ConfigError
 from shared.keys import FleetKeys
@@ -330,6 +336,40 @@ def test_targets_older_than_the_snapshot_says_refused(fleet, redis_client, keys,
     redis_client.set(keys.tuf_metadata("targets.json"), old_targets)
     with pytest.raises(TufRefused, match="Version"):
         fleet.edge(tmp_path / "edge").download(p2.sha256)
+
+
+class PublishingFetcher(RedisFetcher):
+    """Publishes a version the first ``times`` times the updater is about to read
+    targets.json: the publish lands between its reads of snapshot and targets."""
+
+    def __init__(self, fleet: Fleet, times: int) -> None:
+        super().__init__(fleet.client, fleet.keys)
+        self.fleet, self.left, self.published = fleet, times, []
+
+    def download_file(self, url, max_length):
+        if url.endswith("/targets.json") and self.left:
+            self.left -= 1
+            self.published.append(self.fleet.publish(b"mid" * 100 + bytes([self.left])))
+        return super().download_file(url, max_length)
+
+
+@pytest.mark.parametrize("publishes", [1, MOVED_ON_RETRIES + 1])
+def test_a_publish_inside_a_refresh_is_read_again_not_refused(
+    fleet, redis_client, keys, tmp_path, publishes
+):
+    """No consistent snapshots: a publish between the updater's reads of snapshot and
+    targets hands it a targets newer than its snapshot names. The refresh starts again
+    (up to three times) and lists the new version; a repository that keeps moving on
+    past that is refused, like any metadata that does not chain."""
+    fleet.publish(b"v1" * 100)
+    fetcher = PublishingFetcher(fleet, publishes)
+    edge = TufClient(redis_client, keys, tmp_path / "edge", fleet.trusted_root, fetcher=fetcher)
+    if publishes > 1:
+        with pytest.raises(TufRefused, match="BadVersionNumberError: Expected targets v"):
+            edge.refresh()
+        return
+    edge.refresh()
+    assert edge.lists(fetcher.published[-1].sha256)
 
 
 def test_edge_daemon_serves_only_what_director_and_targets_name(
