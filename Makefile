@@ -45,15 +45,22 @@ demo: install
 demo-quick: install
 	$(VENV)/bin/edgeloop demo --quick
 
-# Lint, the type check and the two edge-only environments' builds run at the lowest
-# CPU priority behind the main suite (which leaves a core idle much of the time: its
-# tests wait on processes and sockets), and fail the run as they would before it;
-# the edge-only suites then run beside schemathesis. CI and a person run the same.
+# The suite in two parts side by side (tests/conftest.py, PART_ONE): one holds the
+# whole quick demos, which it starts with its first test and runs two at a time
+# (tests/demo_runs.py); each part alone leaves a core idle much of the time (its tests
+# wait on processes and sockets). Lint, the type check and the two edge-only
+# environments' builds run at the lowest CPU priority behind them and fail the run as
+# they would before it; the edge-only suites then run beside schemathesis. CI and a
+# person run the same.
+PYTEST_RUN = $(PY) -m pytest -q -m "not example and not bench_run"
 test: install
 	@nice -n 19 $(MAKE) --no-print-directory lint typecheck edge-venvs > .test-prep.log 2>&1 & prep=$$!; \
-	$(PY) -m pytest -q -m "not example and not bench_run" --durations=30; tests=$$?; \
+	$(PYTEST_RUN) -p no:cacheprovider --part one --durations=15 > .test-part-one.log 2>&1 & one=$$!; \
+	$(PYTEST_RUN) --part two --durations=20; two=$$?; \
+	wait $$one; one_rc=$$?; echo "--- part one (tests/conftest.py, PART_ONE)"; cat .test-part-one.log; \
 	if ! wait $$prep; then cat .test-prep.log; echo "lint, typecheck or edge-venvs failed"; exit 1; fi; \
-	echo "lint, typecheck and the edge-only environments: ok"; exit $$tests
+	echo "lint, typecheck and the edge-only environments: ok"; \
+	[ $$one_rc = 0 ] && [ $$two = 0 ]
 	$(MAKE) --no-print-directory -j3 --output-sync=target schemathesis edge-only-tests tflite-runtime-tests
 
 # Each shipped example's quick demo end to end (a few minutes each).

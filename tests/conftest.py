@@ -285,6 +285,55 @@ def serve(daemon_factory: Callable[..., EdgeDaemon]) -> Iterator[Callable[[EdgeD
         api.stop()
 
 
+#: ``--part one`` runs the tests that check whole quick demos (their demos started with
+#: the session, the tests themselves last) and the tests under these paths; ``--part
+#: two`` every other test. ``make test`` runs the two parts side by side: a test that
+#: waits on its processes and sockets leaves a core idle, the other part fills it.
+#: Every module of a costly session fixture is in one part (``published_fleet``:
+#: tests/cloud/{api,cli,evaluation,trainer}, all in part two).
+PART_ONE = (
+    "tests/cloud/export/",
+    "tests/conformance/",
+    "tests/e2e/",
+    "tests/edge/",
+    "tests/security/",
+    "tests/shared/",
+    "shared/",
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--part",
+        choices=("one", "two"),
+        default=None,
+        help="run one part of the suite (tests/conftest.py, PART_ONE); make test runs both",
+    )
+
+
+def _in_part_one(item: pytest.Item) -> bool:
+    return item.get_closest_marker("demo_run") is not None or item.nodeid.startswith(PART_ONE)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    part = config.getoption("--part")
+    if part is None:
+        return
+    kept = [item for item in items if _in_part_one(item) == (part == "one")]
+    config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+    # the demos run beside part one's other tests; the tests that wait for them, last
+    kept.sort(key=lambda item: item.get_closest_marker("demo_run") is not None)
+    items[:] = kept
+
+
+@pytest.fixture(scope="session", autouse=True)
+def demos_from_the_start(request: pytest.FixtureRequest) -> None:
+    """With ``--part one``, the session's demos start with its first test."""
+    if request.config.getoption("--part") == "one" and demo_runs_of(request.session.items):
+        request.getfixturevalue("demo_runs")
+
+
 @pytest.fixture(scope="session")
 def demo_runs(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
