@@ -65,10 +65,6 @@ MOVED_ON_RETRIES = 3
 _NAMED_VERSION = re.compile(r"^Expected \S+ v(?:ersion )?(\d+), got v?(\d+)")
 
 
-class _MovedOn(Exception):
-    """A metadata file newer than the one that names it: read across a publish."""
-
-
 def _moved_on(message: str) -> bool:
     """Whether a BadVersionNumberError says the file read is newer than the one named."""
     m = _NAMED_VERSION.match(message)
@@ -283,33 +279,23 @@ class TufClient:
         attack: the refresh starts again, up to ``MOVED_ON_RETRIES`` times. Metadata older
         than what it names (a rollback) is refused at once."""
         for attempt in range(MOVED_ON_RETRIES + 1):
+            updater = self._new_updater()
             try:
-                self._refresh_once()
-                return
-            except _MovedOn as e:
-                if attempt == MOVED_ON_RETRIES:
-                    cause = e.__cause__
-                    raise TufRefused(
-                        f"TUF metadata refused: {type(cause).__name__}: {cause}"
-                    ) from cause
-                logger.info("tuf: the repository moved on during a refresh (%s); again", e)
-
-    def _refresh_once(self) -> None:
-        updater = self._new_updater()
-        try:
-            updater.refresh()
-        except tuf_errors.BadVersionNumberError as e:
-            self._updater = None
-            if _moved_on(str(e)):
-                raise _MovedOn(str(e)) from e
-            raise TufRefused(f"TUF metadata refused: {type(e).__name__}: {e}") from e
-        except tuf_errors.ExpiredMetadataError as e:
-            self.stale = True
-            self._updater = None
-            raise TufRefused(f"TUF metadata expired: {e}") from e
-        except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as e:
-            self._updater = None
-            raise TufRefused(f"TUF metadata refused: {type(e).__name__}: {e}") from e
+                updater.refresh()
+                break
+            except tuf_errors.BadVersionNumberError as e:
+                self._updater = None
+                if attempt < MOVED_ON_RETRIES and _moved_on(str(e)):
+                    logger.info("tuf: the repository moved on during a refresh (%s); again", e)
+                    continue
+                raise TufRefused(f"TUF metadata refused: {type(e).__name__}: {e}") from e
+            except tuf_errors.ExpiredMetadataError as e:
+                self.stale = True
+                self._updater = None
+                raise TufRefused(f"TUF metadata expired: {e}") from e
+            except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as e:
+                self._updater = None
+                raise TufRefused(f"TUF metadata refused: {type(e).__name__}: {e}") from e
         self.stale = False
         self.last_refresh = time.time()
         self._updater = updater

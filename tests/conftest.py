@@ -320,8 +320,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     part = config.getoption("--part")
     if part is None:
         return
-    kept = [item for item in items if _in_part_one(item) == (part == "one")]
-    config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+    kept: list[pytest.Item] = []
+    deselected: list[pytest.Item] = []
+    for item in items:
+        (kept if _in_part_one(item) == (part == "one") else deselected).append(item)
+    config.hook.pytest_deselected(items=deselected)
     # the demos run beside part one's other tests; the tests that wait for them, last
     kept.sort(key=lambda item: item.get_closest_marker("demo_run") is not None)
     items[:] = kept
