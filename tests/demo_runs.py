@@ -29,6 +29,8 @@ from typing import Any
 WORKERS = 2
 #: One demo's longest run (its drift phase may wait up to 100 s more on a busy machine).
 RUN_TIMEOUT_S = 580
+#: The trainer's log lines a run that missed a criterion prints: its last rounds'.
+MAX_ROUND_LINES = 60
 
 Prepare = Callable[[Path], Sequence[str]]
 During = Callable[[subprocess.Popen[bytes], Path], None]
@@ -64,6 +66,17 @@ def run_demo(cwd: Path, *args: str, during: During | None = None) -> dict[str, A
     return result
 
 
+def trainer_rounds(cwd: Path) -> str:
+    """What the trainer logged of its rounds in the run kept under ``cwd/tmp``."""
+    lines = [
+        line.rstrip()
+        for log in sorted((cwd / "tmp").glob("edgeloop-demo-*/trainer.log"))
+        for line in log.read_text(errors="replace").splitlines()
+        if " round " in line or "published v" in line or "gate: " in line
+    ]
+    return "\n".join(["the trainer's rounds:", *lines[-MAX_ROUND_LINES:]])
+
+
 class DemoRuns:
     """The demos a session's tests asked for, started at once, ``WORKERS`` at a time."""
 
@@ -78,8 +91,13 @@ class DemoRuns:
             self._futures[name] = self._pool.submit(run_demo, cwd, *prepare(cwd), during=during)
 
     def result(self, name: str) -> dict[str, Any]:
-        """The run's figures; its failure (a non-zero exit, a timeout) raised here."""
-        return self._futures[name].result()
+        """The run's figures; its failure (a non-zero exit, a timeout) raised here. A run
+        that missed a done criterion kept its logs: its trainer's rounds are printed
+        (the test's captured output, shown if it fails)."""
+        result = self._futures[name].result()
+        if result.get("done") is False:
+            print(trainer_rounds(self._cwds[name]))
+        return result
 
     def cwd(self, name: str) -> Path:
         """Where the run ran: its ``stdout``, ``stderr`` and ``tmp``."""

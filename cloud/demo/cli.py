@@ -78,7 +78,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="edge daemons to start (default 3; 10 for bad-canary)",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--keep", action="store_true", help="keep logs and state in the temp dir")
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep logs and state in the temp dir (a run that fails or misses a done "
+        "criterion keeps them anyway)",
+    )
     p.add_argument(
         "--redis-url",
         help="run the drift scenario on this Redis (redis://, rediss://, redis+cluster://, "

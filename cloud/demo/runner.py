@@ -286,6 +286,8 @@ def run_to_end(
     try:
         demo.start()
         result = work()
+        if result.get("done") is False:
+            demo.options.keep = True  # and of a run that missed a done criterion
     except BaseException:
         demo.options.keep = True  # keep the logs of a failed run
         raise

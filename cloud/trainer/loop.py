@@ -299,13 +299,13 @@ class Trainer:
         self.write_status()
 
     def _round_trigger(self) -> RoundTrigger:
-        """Counts, timer and drift; after a classifier's drift, the young concept's pace:
+        """Counts, timer and drift; after a drift, the young concept's pace:
         the drift round once the samples since it can say what the world is (concept_min
         _samples for training, concept_min_recent held out), then a round every
         concept_round_samples while it is young (fewer held out since it than the recent
         window holds; cloud/data/replay.py's mark)."""
         s = self.settings
-        if not (self.dataset.task.is_classification and s.drop_contradicted):
+        if not s.drop_contradicted:
             return RoundTrigger(
                 s.round_min_samples, s.round_interval_s, s.round_interval_min_samples
             )

@@ -385,8 +385,15 @@ class RoundRunner:
         admission = admit(self.data, s.max_device_share, floor, quarantined)
         concept = self._young_concept()
         facts: dict[str, Any] = {}
-        if concept is not None:
+        if concept is not None and self.task.is_classification:
             facts = self._forget_contradicted(parent, concept)
+        elif concept is not None:
+            # a regression's labels are not a class another label contradicts: the
+            # stored samples stay, and the new ones weigh more
+            facts = {
+                "drift_mark": asdict(concept.mark),
+                "reference_samples": len(concept.reference[1]),
+            }
         X, y = self.data.training_set()
         held_out = self._held_out(quarantined)
         hp = self._hyperparameters(s.epochs, s.seed + round_no)
@@ -407,8 +414,8 @@ class RoundRunner:
     def _young_concept(self) -> Concept | None:
         """The labels since the latest drift while it is young (the recent window still
         holds samples from before it) and there are enough of them to say what the world
-        is now (a classifier's; cloud/data/concept.py)."""
-        if not self.task.is_classification or not self.settings.drop_contradicted:
+        is now (cloud/data/concept.py)."""
+        if not self.settings.drop_contradicted:
             return None
         mark = self.data.drift_mark()
         if mark is None:

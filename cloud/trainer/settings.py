@@ -231,7 +231,8 @@ class TrainerSettings(RedisSettings):
     drop_contradicted: bool = Field(
         True,
         description="after a drift, leave out of training and of the forgetting check the "
-        "stored samples the labels since the drift contradict (a classifier's)",
+        "stored samples the labels since the drift contradict (a classifier's), and weigh "
+        "those labels more while the drift is young (any task); false: neither",
     )
     concept_min_samples: int = Field(
         50, ge=2, description="training samples since a drift before they say what the world is"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cloud.data.datasets import drift
+from cloud.data.datasets import Dataset, drift, split
 from cloud.data.replay import NewSamples, TrainerData
 from cloud.learning.selection import WeightDecayChoice
 from cloud.learning.weights import weights_to_bytes
@@ -17,6 +17,8 @@ from cloud.registry.versions import DirBlobStore, Registry
 from cloud.trainer.rounds import RoundError, RoundRunner
 from shared.keys import FleetKeys
 from shared.signing import Signer
+from shared.task import TaskSpec
+from shared.tensors import TensorSpec
 
 #: Small enough for seconds, large enough that a fine-tune on rotated digits wins.
 FAST = {
@@ -70,11 +72,13 @@ def with_parent(runner, trained, exported, parts, keys):
 
 
 def add_samples(data: TrainerData, X: np.ndarray, y: np.ndarray, *, holdout: bool) -> None:
-    """Accept samples the way ingest does: plan their places, write them in one MULTI."""
+    """Accept samples the way ingest does: plan their places, write them in one MULTI
+    (classes ``[N]``, or a regression's targets ``[N, k]``)."""
+    regression = np.ndim(y) == 2
     samples = NewSamples(
         np.asarray(X, np.float32),
-        np.asarray(y, np.int64),
-        [int(v) for v in y],
+        np.asarray(y, np.float32 if regression else np.int64),
+        [0] * len(y) if regression else [int(v) for v in y],
         list(range(len(y))),
         [holdout] * len(y),
     )
@@ -355,3 +359,57 @@ def test_a_retrained_round_does_not_start_from_the_parent_and_ships_a_fresh_expo
     assert (delta["reason"], delta["scales"]) == ("retrained", "recalibrated")
     # learnt from the data alone, as well as the bootstrap did from the seed split
     assert report.details["child"]["recent"]["accuracy"] > 0.85
+
+
+def temperatures(offset: float, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A machine's temperature from four sensors; ``offset`` moves the first sensor's
+    zero (a replaced sensor: new inputs, the same law)."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal([50, 1, 0, 3], [10, 0.2, 1, 1], size=(n, 4)).astype(np.float32)
+    y = 20 + 0.5 * X[:, 0] + 4 * X[:, 2] + rng.normal(0, 0.5, n)
+    X[:, 0] += offset
+    return X, y[:, None].astype(np.float32)
+
+
+def test_a_regressors_young_drift_weighs_the_labels_since_it_and_deletes_nothing(
+    make_settings, redis_client, signing_dir
+):
+    """A regressor's drift round trains on the labels since the drift at concept_share,
+    harder, and is judged on them; no stored sample goes (a target is no class another
+    label contradicts). With drop_contradicted off it trains on the store as it is."""
+    X, y = temperatures(0.0, 900, seed=0)
+    dataset = Dataset("temps", "tabular", X, y, TensorSpec.flat(4), TaskSpec.regression(["t"]))
+    parts = split(dataset, seed=0)
+    Xd, yd = temperatures(40.0, 250, seed=1)
+
+    def drifted(**overrides):
+        redis_client.flushdb()
+        s = make_settings(**{**FAST, "model_name": "temps", **overrides})
+        keys = FleetKeys(s.fleet)
+        data = TrainerData(redis_client, keys, s.data_options(parts.seed_train))
+        registry = Registry(redis_client, keys, DirBlobStore(s.blob_dir))
+        publisher = Publisher(registry, Signer.from_file(signing_dir / "signing.key"))
+        rounds = RoundRunner(s, redis_client, publisher, data, parts, "regression_mlp")
+        assert rounds.bootstrap().published
+        rounds.data.mark_drift()
+        add_samples(rounds.data, Xd[:200], yd[:200], holdout=False)
+        add_samples(rounds.data, Xd[200:], yd[200:], holdout=True)
+        return rounds
+
+    rounds = drifted()
+    stored = len(rounds.data.training_set()[1])
+    report = rounds.run(1, "drift", {}, lambda: True)
+    concept = report.data_window["concept"]
+    assert concept["reference_samples"] == 200
+    assert "training_forgotten" not in concept and "earlier_forgotten" not in concept
+    assert len(rounds.data.training_set()[1]) == stored  # nothing deleted
+    assert concept["concept_share"] == pytest.approx(0.5, abs=0.05)
+    assert concept["recent_since_drift"] == 50  # judged on the world since the drift
+    assert report.hyperparameters["lr"] == 1e-2  # a young drift's
+    assert report.published, report.reason
+    child, parent = report.details["child"]["recent"], report.details["parent"]["recent"]
+    assert child["mae"] < 0.5 * parent["mae"]
+
+    quiet = drifted(drop_contradicted=False).run(1, "drift", {}, lambda: True)
+    assert "concept" not in quiet.data_window
+    assert quiet.hyperparameters["lr"] != 1e-2
