@@ -70,11 +70,11 @@ class DemoOptions:
 
     @property
     def pre_drift_s(self) -> float:
-        return 35.0 if self.quick else 75.0
+        return 25.0 if self.quick else 75.0
 
     @property
     def post_drift_s(self) -> float:
-        return 80.0 if self.quick else 150.0
+        return 60.0 if self.quick else 150.0
 
     @property
     def settle_s(self) -> float:
@@ -89,7 +89,7 @@ class DemoOptions:
 
     @property
     def rate_hz(self) -> float:
-        return 25.0
+        return 15.0 if self.quick else 25.0
 
     label_share: float = 0.5
     noise: float = 0.5
@@ -133,7 +133,7 @@ class Demo(LocalFleet):
     def trainer_settings(self) -> dict[str, Any]:
         quick = self.options.quick
         return {
-            "round_min_samples": 150 if quick else 250,
+            "round_min_samples": 300 if quick else 250,
             "round_interval_s": 20.0 if quick else 30.0,
             "drift_window": 40,
         }
