@@ -385,15 +385,16 @@ class RoundRunner:
         admission = admit(self.data, s.max_device_share, floor, quarantined)
         concept = self._young_concept()
         facts: dict[str, Any] = {}
-        if concept is not None and self.task.is_classification:
-            facts = self._forget_contradicted(parent, concept)
-        elif concept is not None:
-            # a regression's labels are not a class another label contradicts: the
-            # stored samples stay, and the new ones weigh more
+        if concept is not None:
             facts = {
                 "drift_mark": asdict(concept.mark),
                 "reference_samples": len(concept.reference[1]),
             }
+            # a regression's targets are no class another label contradicts: its stored
+            # samples stay, and the labels since the drift only weigh more
+            if self.task.is_classification:
+                facts |= self._forget_contradicted(parent, concept)
+            logger.info("after the drift: %s", facts)
         X, y = self.data.training_set()
         held_out = self._held_out(quarantined)
         hp = self._hyperparameters(s.epochs, s.seed + round_no)
@@ -434,10 +435,7 @@ class RoundRunner:
         s = self.settings
         hp = self._hyperparameters(s.drift_epochs, s.seed, s.drift_lr)
         now = fine_tune(parent.model, *concept.reference, hp).model
-        facts: dict[str, Any] = {
-            "drift_mark": asdict(concept.mark),
-            "reference_samples": len(concept.reference[1]),
-        }
+        facts: dict[str, Any] = {}
         for holdout, name in ((False, "training_forgotten"), (True, "earlier_forgotten")):
             fields, blobs, (X, y) = self.data.stored(holdout)
             if not fields:
@@ -448,7 +446,6 @@ class RoundRunner:
             facts[name] = self.data.forget(
                 holdout, [fields[i] for i in gone], [blobs[i] for i in gone]
             )
-        logger.info("after the drift: %s", facts)
         return facts
 
     def _held_out(self, quarantined: set[str] | None = None) -> HeldOut:
