@@ -32,15 +32,16 @@ FAST = {
 
 @pytest.fixture
 def runner(make_settings, redis_client, parts, signing_dir):
-    """A RoundRunner over a flushed fleet, wired the way the trainer wires it."""
+    """A RoundRunner over a flushed fleet, wired the way the trainer wires it (the
+    session's digits, or ``of`` and ``spec``)."""
 
-    def make(**overrides):
+    def make(of=parts, spec="digits", **overrides):
         s = make_settings(**{**FAST, **overrides})
         keys = FleetKeys(s.fleet)
-        data = TrainerData(redis_client, keys, s.data_options(parts.seed_train))
+        data = TrainerData(redis_client, keys, s.data_options(of.seed_train))
         registry = Registry(redis_client, keys, DirBlobStore(s.blob_dir))
         publisher = Publisher(registry, Signer.from_file(signing_dir / "signing.key"))
-        return RoundRunner(s, redis_client, publisher, data, parts, "digits")
+        return RoundRunner(s, redis_client, publisher, data, of, spec)
 
     return make
 
@@ -372,7 +373,7 @@ def temperatures(offset: float, n: int, seed: int) -> tuple[np.ndarray, np.ndarr
 
 
 def test_a_regressors_young_drift_weighs_the_labels_since_it_and_deletes_nothing(
-    make_settings, redis_client, signing_dir
+    runner, redis_client
 ):
     """A regressor's drift round trains on the labels since the drift at concept_share,
     harder, and is judged on them; no stored sample goes (a target is no class another
@@ -384,12 +385,7 @@ def test_a_regressors_young_drift_weighs_the_labels_since_it_and_deletes_nothing
 
     def drifted(**overrides):
         redis_client.flushdb()
-        s = make_settings(**{**FAST, "model_name": "temps", **overrides})
-        keys = FleetKeys(s.fleet)
-        data = TrainerData(redis_client, keys, s.data_options(parts.seed_train))
-        registry = Registry(redis_client, keys, DirBlobStore(s.blob_dir))
-        publisher = Publisher(registry, Signer.from_file(signing_dir / "signing.key"))
-        rounds = RoundRunner(s, redis_client, publisher, data, parts, "regression_mlp")
+        rounds = runner(parts, "regression_mlp", model_name="temps", **overrides)
         assert rounds.bootstrap().published
         rounds.data.mark_drift()
         add_samples(rounds.data, Xd[:200], yd[:200], holdout=False)
